@@ -1,0 +1,75 @@
+"""Iceberg schema, partition spec and sort order derived from schemas/tables.py."""
+
+from __future__ import annotations
+
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.io.pyarrow import _ConvertToIcebergWithoutIDs, visit_pyarrow
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema, assign_fresh_schema_ids
+from pyiceberg.table import Table
+from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
+from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, Transform
+
+from schemas.tables import NAMESPACE, TABLES, TableSpec
+
+_TRANSFORMS: dict[str, Transform] = {
+    "hour": HourTransform(),
+    "day": DayTransform(),
+    "identity": IdentityTransform(),
+}
+#: Data files are written with zstd; small local targets, production overrides per catalog.
+DEFAULT_TABLE_PROPERTIES = {
+    "write.parquet.compression-codec": "zstd",
+    "write.parquet.compression-level": "3",
+    "format-version": "2",
+}
+
+
+def iceberg_schema(spec: TableSpec) -> Schema:
+    return assign_fresh_schema_ids(visit_pyarrow(spec.schema, _ConvertToIcebergWithoutIDs()))
+
+
+def partition_spec(spec: TableSpec, schema: Schema) -> PartitionSpec:
+    fields = []
+    for i, (col, transform) in enumerate(spec.partition_by):
+        name = col if transform == "identity" else f"{col}_{transform}"
+        fields.append(PartitionField(source_id=schema.find_field(col).field_id, field_id=1000 + i,
+                                     transform=_TRANSFORMS[transform], name=name))
+    return PartitionSpec(*fields)
+
+
+def sort_order(spec: TableSpec, schema: Schema) -> SortOrder:
+    return SortOrder(*[
+        SortField(source_id=schema.find_field(c).field_id, transform=IdentityTransform(),
+                  direction=SortDirection.ASC, null_order=NullOrder.NULLS_FIRST)
+        for c in spec.sort_by
+    ])
+
+
+def ensure_table(catalog: Catalog, spec: TableSpec, properties: dict[str, str] | None = None) -> Table:
+    """Create the table if missing; an existing table is returned untouched (idempotent)."""
+    try:
+        return catalog.load_table(spec.identifier)
+    except NoSuchTableError:
+        pass
+    schema = iceberg_schema(spec)
+    return catalog.create_table_if_not_exists(
+        spec.identifier,
+        schema=schema,
+        partition_spec=partition_spec(spec, schema),
+        sort_order=sort_order(spec, schema),
+        properties={**DEFAULT_TABLE_PROPERTIES, **(properties or {})},
+    )
+
+
+def ensure_namespace(catalog: Catalog, namespace: str = NAMESPACE) -> None:
+    try:
+        catalog.create_namespace(namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+
+
+def ensure_all_tables(catalog: Catalog, properties: dict[str, str] | None = None) -> dict[str, Table]:
+    ensure_namespace(catalog)
+    return {spec.name: ensure_table(catalog, spec, properties) for spec in TABLES.values()}

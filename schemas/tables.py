@@ -1,0 +1,143 @@
+"""Lake table specs: one Arrow schema per event type, and everything derived from it.
+
+The Arrow schema is the single definition; the Iceberg schema, partition spec, sort
+order, pandera model and the envelope <-> row conversion all come from the spec below.
+Partitioning is hour(exchange_ts) + exchange + market (symbol is pruned by sort order and
+file statistics; see ARCHITECTURE §3 for why symbol is not a partition).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from schemas.model import EventType
+
+NAMESPACE = "market"
+TS = pa.timestamp("us", tz="UTC")
+LEVEL = pa.struct([pa.field("px", pa.int64(), nullable=False), pa.field("qty", pa.int64(), nullable=False)])
+LEVELS = pa.list_(pa.field("element", LEVEL, nullable=False))
+
+
+def _f(name: str, typ: pa.DataType, nullable: bool = False) -> pa.Field:
+    return pa.field(name, typ, nullable=nullable)
+
+
+ENVELOPE_FIELDS: tuple[pa.Field, ...] = (
+    _f("event_id", pa.string()),
+    _f("exchange", pa.string()),
+    _f("market", pa.string()),
+    _f("symbol", pa.string()),
+    _f("native_symbol", pa.string()),
+    _f("exchange_ts", TS),
+    _f("ingest_ts", TS),
+    _f("seq", pa.int64()),
+    _f("price_scale", pa.int32()),
+    _f("size_scale", pa.int32()),
+    _f("ingest_latency_us", pa.int64()),
+    _f("tick_size", pa.int64()),
+    _f("lot_size", pa.int64()),
+    _f("shard", pa.string(), nullable=True),
+)
+
+#: Payload columns per event type; names equal the protobuf payload field names so the
+#: conversion is mechanical (enums become lower-case strings, levels become list<struct>).
+PAYLOAD_FIELDS: dict[EventType, tuple[pa.Field, ...]] = {
+    EventType.TRADE: (
+        _f("trade_id", pa.string()),
+        _f("px", pa.int64()),
+        _f("qty", pa.int64()),
+        _f("taker_side", pa.string()),
+        _f("first_trade_id", pa.int64()),
+        _f("last_trade_id", pa.int64()),
+    ),
+    EventType.BOOK_SNAPSHOT: (
+        _f("bids", LEVELS),
+        _f("asks", LEVELS),
+        _f("depth", pa.int32()),
+        _f("reason", pa.string()),
+        _f("checksum", pa.int64()),
+    ),
+    EventType.BOOK_DELTA: (
+        _f("bids", LEVELS),
+        _f("asks", LEVELS),
+        _f("first_seq", pa.int64()),
+        _f("prev_seq", pa.int64()),
+        _f("checksum", pa.int64()),
+    ),
+    EventType.FUNDING: (
+        _f("rate", pa.int64()),
+        _f("next_funding_ts", pa.int64()),
+        _f("predicted_rate", pa.int64()),
+        _f("mark_px", pa.int64()),
+    ),
+    EventType.MARK_PRICE: (
+        _f("mark_px", pa.int64()),
+        _f("index_px", pa.int64()),
+        _f("estimated_settle_px", pa.int64()),
+    ),
+    EventType.LIQUIDATION: (
+        _f("side", pa.string()),
+        _f("px", pa.int64()),
+        _f("qty", pa.int64()),
+        _f("order_status", pa.string()),
+    ),
+    EventType.TICKER: (
+        _f("bid_px", pa.int64()),
+        _f("bid_qty", pa.int64()),
+        _f("ask_px", pa.int64()),
+        _f("ask_qty", pa.int64()),
+        _f("last_px", pa.int64()),
+        _f("volume_24h", pa.int64()),
+        _f("open_interest", pa.int64()),
+    ),
+}
+
+#: Columns that are prices/sizes and must never be negative.
+NON_NEGATIVE = frozenset({
+    "px", "qty", "mark_px", "index_px", "estimated_settle_px", "bid_px", "bid_qty", "ask_px",
+    "ask_qty", "last_px", "volume_24h", "open_interest", "tick_size", "lot_size",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    name: str
+    event_type: EventType
+    schema: pa.Schema
+    sort_by: tuple[str, ...] = ("symbol", "exchange_ts")
+    partition_by: tuple[tuple[str, str], ...] = (("exchange_ts", "hour"), ("exchange", "identity"),
+                                                  ("market", "identity"))
+
+    @property
+    def identifier(self) -> str:
+        return f"{NAMESPACE}.{self.name}"
+
+
+TABLE_NAMES: dict[EventType, str] = {
+    EventType.TRADE: "trades",
+    EventType.BOOK_SNAPSHOT: "book_snapshots",
+    EventType.BOOK_DELTA: "book_deltas",
+    EventType.FUNDING: "funding",
+    EventType.MARK_PRICE: "mark_prices",
+    EventType.LIQUIDATION: "liquidations",
+    EventType.TICKER: "tickers",
+}
+
+TABLES: dict[EventType, TableSpec] = {
+    et: TableSpec(TABLE_NAMES[et], et, pa.schema(ENVELOPE_FIELDS + PAYLOAD_FIELDS[et]))
+    for et in EventType
+}
+TABLES_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES.values()}
+
+
+def table_for(event_type: EventType | str) -> TableSpec:
+    return TABLES[EventType(event_type)]
+
+
+def table_identifier(name_or_type: str) -> str:
+    """Fully qualified identifier for a table name ('trades') or event type ('trade')."""
+    if name_or_type in TABLES_BY_NAME:
+        return TABLES_BY_NAME[name_or_type].identifier
+    return table_for(name_or_type).identifier

@@ -1,0 +1,76 @@
+"""Pandera models for the lake tables, derived from the table specs.
+
+Used by the hourly asset checks: a sealed hour must satisfy these before anything
+downstream reads it. Validation runs on pandas (pandera's mature backend); list columns
+are checked element-wise.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pandera.pandas as pa_
+import pyarrow as pa
+
+from schemas.model import Exchange, Market
+from schemas.symbols import CANONICAL_RE
+from schemas.tables import NON_NEGATIVE, TableSpec
+
+_EVENT_ID = r"^[0-9a-f]{32}$"
+
+
+def _levels_ok(series: pd.Series) -> bool:
+    for levels in series:
+        if levels is None:
+            return False
+        for lvl in levels:
+            if lvl["px"] <= 0 or lvl["qty"] < 0:
+                return False
+    return True
+
+
+def _column(field: pa.Field) -> pa_.Column:
+    t = field.type
+    checks: list[pa_.Check] = []
+    if field.name == "event_id":
+        checks.append(pa_.Check.str_matches(_EVENT_ID))
+    elif field.name == "exchange":
+        checks.append(pa_.Check.isin([e.value for e in Exchange]))
+    elif field.name == "market":
+        checks.append(pa_.Check.isin([m.value for m in Market]))
+    elif field.name == "symbol":
+        checks.append(pa_.Check.str_matches(CANONICAL_RE.pattern))
+    elif field.name in NON_NEGATIVE:
+        checks.append(pa_.Check.ge(0))
+    elif field.name in ("price_scale", "size_scale"):
+        checks.append(pa_.Check.in_range(0, 18))
+    if pa.types.is_list(t):
+        return pa_.Column(object, checks=[pa_.Check(_levels_ok, element_wise=False,
+                                                    error="level with px<=0 or qty<0")],
+                          nullable=field.nullable)
+    if pa.types.is_timestamp(t):
+        dtype = pd.DatetimeTZDtype("us", "UTC")
+    elif pa.types.is_string(t):
+        dtype = object
+    elif pa.types.is_int32(t):
+        dtype = "int32"
+    else:
+        dtype = "int64"
+    return pa_.Column(dtype, checks=checks, nullable=field.nullable, coerce=False)
+
+
+def pandera_schema(spec: TableSpec) -> pa_.DataFrameSchema:
+    return pa_.DataFrameSchema(
+        {f.name: _column(f) for f in spec.schema},
+        strict=True,
+        name=spec.name,
+        unique=None,
+    )
+
+
+def validate_table(spec: TableSpec, table: pa.Table) -> pd.DataFrame:
+    """Validate an Arrow table against the spec; raises pandera.errors.SchemaErrors (lazy)."""
+    df = table.to_pandas(types_mapper=None, timestamp_as_object=False)
+    for f in spec.schema:
+        if pa.types.is_timestamp(f.type) and f.name in df:
+            df[f.name] = df[f.name].astype(pd.DatetimeTZDtype("us", "UTC"))
+    return pandera_schema(spec).validate(df, lazy=True)
