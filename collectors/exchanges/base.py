@@ -1,0 +1,89 @@
+"""The contract between venue adapters (pure protocol logic) and the transport/runner (I/O).
+
+An adapter never touches a socket: it is fed frames and REST bodies and answers with
+canonical events, dead letters and actions for the transport to perform (subscribe,
+fetch a snapshot, pong, resync one symbol). That keeps every venue rule testable from a
+capture file and lets the same adapter run behind a live socket, the replay emulator or
+`ticklake capture verify`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from schemas.gen.ticklake.v1 import events_pb2 as pb
+from schemas.model import Exchange, Market
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A frame we refused, with why. Goes to dlq.collector; never crashes the shard."""
+
+    reason: str
+    raw: bytes
+    native_symbol: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RestRequest:
+    """A REST call the transport must make (depth snapshot, exchange info)."""
+
+    path: str                     # e.g. "/api/v3/depth"
+    params: tuple[tuple[str, str], ...]
+    weight: int = 1               # request weight for per-IP rate limiting
+    purpose: str = "snapshot"     # "snapshot" | "instruments"
+    native_symbol: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A websocket message to send (subscribe, pong, application ping)."""
+
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Drop and rebuild the book of ONE symbol (gap, checksum failure, crossed book)."""
+
+    native_symbol: str
+    reason: str
+
+
+@dataclass(slots=True)
+class FrameResult:
+    events: list[pb.Envelope] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    requests: list[RestRequest] = field(default_factory=list)
+    sends: list[Send] = field(default_factory=list)
+    resyncs: list[Resync] = field(default_factory=list)
+
+    def extend(self, other: "FrameResult") -> None:
+        self.events.extend(other.events)
+        self.dead_letters.extend(other.dead_letters)
+        self.requests.extend(other.requests)
+        self.sends.extend(other.sends)
+        self.resyncs.extend(other.resyncs)
+
+
+class VenueAdapter(Protocol):
+    """One venue + market (e.g. Binance USD-M). Stateful: holds the books it maintains."""
+
+    exchange: Exchange
+    market: Market
+
+    def ws_url(self, base_url: str, native_symbols: list[str]) -> str:
+        """Websocket URL to connect to (Binance puts the streams in the URL)."""
+
+    def on_open(self, native_symbols: list[str]) -> FrameResult:
+        """Messages to send and requests to make right after connecting."""
+
+    def on_frame(self, frame: bytes | str, recv_ts_us: int) -> FrameResult:
+        """Parse one websocket text frame."""
+
+    def on_rest(self, request: RestRequest, status: int, body: bytes, recv_ts_us: int) -> FrameResult:
+        """Handle the response to a RestRequest the adapter asked for."""
+
+    def keepalive(self, now_us: int) -> FrameResult:
+        """Application-level pings due now (Bybit {"op":"ping"} every 20 s, OKX text "ping")."""
