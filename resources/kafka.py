@@ -1,0 +1,65 @@
+"""Dagster resource for Kafka: connection settings in, librdkafka config dicts out.
+
+The resource only holds *where* and *how to authenticate*; every producer/consumer
+setting comes from streaming/kafka_config.py so a service launched by Dagster and the
+same processor run from a test behave identically. Secrets reach the fields through
+dg.EnvVar (see resources/profiles.py) and are never part of run config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from streaming import kafka_config as kc
+
+
+class KafkaResource(dg.ConfigurableResource):
+    """Kafka cluster connection. Unset fields fall back to TICKLAKE_KAFKA_* environment
+    variables at use time, so a local run picks up the embedded broker `ticklake up` started."""
+
+    bootstrap_servers: str | None = Field(
+        default=None, description=f"host:port list; default ${kc.KAFKA_BOOTSTRAP_ENV} or {kc.DEFAULT_BOOTSTRAP}")
+    security_protocol: str | None = Field(
+        default=None, description="PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL")
+    sasl_mechanism: str | None = Field(default=None, description="PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 | ...")
+    sasl_username: str | None = Field(default=None, description="set through dg.EnvVar")
+    sasl_password: str | None = Field(default=None, description="secret: only through dg.EnvVar")
+    ssl_ca_location: str | None = Field(default=None, description="CA bundle path for SSL/SASL_SSL")
+    client_id: str | None = Field(default=None, description="client.id prefix shown in broker logs")
+
+    def connection(self) -> kc.KafkaConnection:
+        return kc.connection_from_env(
+            bootstrap_servers=self.bootstrap_servers,
+            security_protocol=self.security_protocol,
+            sasl_mechanism=self.sasl_mechanism,
+            sasl_username=self.sasl_username,
+            sasl_password=self.sasl_password,
+            ssl_ca_location=self.ssl_ca_location,
+            client_id=self.client_id,
+        )
+
+    def producer_config(self, extra: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+        return kc.producer_config(self.connection(), extra, **overrides)
+
+    def transactional_producer_config(self, transactional_id: str, extra: Mapping[str, Any] | None = None,
+                                      **overrides: Any) -> dict[str, Any]:
+        return kc.transactional_producer_config(self.connection(), transactional_id, extra, **overrides)
+
+    def consumer_config(self, group_id: str, *, read_committed: bool = True,
+                        session_timeout_ms: int = kc.DEFAULT_SESSION_TIMEOUT_MS,
+                        heartbeat_interval_ms: int | None = None,
+                        fetch_wait_max_ms: int = kc.DEFAULT_FETCH_WAIT_MAX_MS,
+                        auto_offset_reset: str = "earliest",
+                        extra: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+        return kc.consumer_config(self.connection(), group_id, read_committed=read_committed,
+                                  session_timeout_ms=session_timeout_ms,
+                                  heartbeat_interval_ms=heartbeat_interval_ms,
+                                  fetch_wait_max_ms=fetch_wait_max_ms,
+                                  auto_offset_reset=auto_offset_reset, extra=extra, **overrides)
+
+    def admin_config(self, extra: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+        return kc.admin_config(self.connection(), extra, **overrides)

@@ -1,0 +1,124 @@
+"""The resource set for each deployment profile: ``local`` (laptop, tests) or ``aws``.
+
+TICKLAKE_PROFILE picks the profile when the code location loads. Secrets and endpoints of
+the aws profile are dg.EnvVar references: Dagster stores the variable *name* and resolves
+it in the run worker, so no secret is in code, in run config or in the UI. Local values
+all derive from $TICKLAKE_HOME (resources/home.py).
+
+aws environment (names are the contract with deploy/env.example):
+  required: TICKLAKE_KAFKA_BOOTSTRAP, TICKLAKE_AWS_REGION, TICKLAKE_CATALOG_WAREHOUSE
+            (S3 Tables: the table bucket ARN), TICKLAKE_CLICKHOUSE_DSN, TICKLAKE_ARTIFACTS
+  optional: TICKLAKE_CATALOG_TYPE (rest | glue | sql; default rest = S3 Tables),
+            TICKLAKE_CATALOG_URI (default: the S3 Tables endpoint of the region),
+            TICKLAKE_CATALOG_GLUE_ID, TICKLAKE_KAFKA_SECURITY_PROTOCOL (default SASL_SSL),
+            TICKLAKE_KAFKA_SASL_MECHANISM (default SCRAM-SHA-512), TICKLAKE_KAFKA_SASL_USERNAME and
+            TICKLAKE_KAFKA_SASL_PASSWORD (required with SASL), TICKLAKE_KAFKA_SSL_CA_LOCATION,
+            TICKLAKE_CLICKHOUSE_PASSWORD, TICKLAKE_SPARK_MASTER (default yarn),
+            TICKLAKE_S3_ENDPOINT (S3-compatible stores and moto only)
+AWS credentials come from the default chain (IRSA / instance role), never from here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+
+from resources.artifacts import ArtifactStoreResource
+from resources.clickhouse import ClickHouseResource
+from resources.home import resolve_home
+from resources.kafka import KafkaResource
+from resources.lake import LakeResource
+from resources.spark import SparkResource
+from streaming import kafka_config as kc
+
+PROFILE_ENV = "TICKLAKE_PROFILE"
+PROFILES = ("local", "aws")
+
+AWS_REGION_ENV = "TICKLAKE_AWS_REGION"
+CATALOG_TYPE_ENV = "TICKLAKE_CATALOG_TYPE"
+CATALOG_URI_ENV = "TICKLAKE_CATALOG_URI"
+CATALOG_WAREHOUSE_ENV = "TICKLAKE_CATALOG_WAREHOUSE"
+CATALOG_GLUE_ID_ENV = "TICKLAKE_CATALOG_GLUE_ID"
+S3_ENDPOINT_ENV = "TICKLAKE_S3_ENDPOINT"
+CLICKHOUSE_DSN_ENV = "TICKLAKE_CLICKHOUSE_DSN"
+CLICKHOUSE_PASSWORD_ENV = "TICKLAKE_CLICKHOUSE_PASSWORD"
+SPARK_MASTER_ENV = "TICKLAKE_SPARK_MASTER"
+ARTIFACTS_ENV = "TICKLAKE_ARTIFACTS"
+
+#: Resource keys assets and jobs declare; one name per concept.
+KAFKA, LAKE, CLICKHOUSE, SPARK, ARTIFACTS = "kafka", "lake", "clickhouse", "spark", "artifacts"
+
+#: Target data-file size: small locally (tests, laptops), 256 MiB in production (ARCHITECTURE §3).
+LOCAL_TABLE_PROPERTIES = {"write.target-file-size-bytes": str(32 * 1024 * 1024)}
+AWS_TABLE_PROPERTIES = {"write.target-file-size-bytes": str(256 * 1024 * 1024)}
+
+
+def resolve_profile(profile: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    chosen = (profile or env.get(PROFILE_ENV) or "local").strip().lower()
+    if chosen not in PROFILES:
+        raise ValueError(f"{PROFILE_ENV} must be one of {PROFILES}, got {chosen!r}")
+    return chosen
+
+
+def _optional_env(name: str, env: Mapping[str, str]) -> dg.EnvVar | None:
+    """An EnvVar reference when the variable exists where the definitions load, else None
+    (an unset optional feature, e.g. no SASL inside a private VPC)."""
+    return dg.EnvVar(name) if env.get(name) else None
+
+
+def local_resources() -> dict[str, Any]:
+    home = resolve_home()
+    return {
+        # bootstrap unset: read from TICKLAKE_KAFKA_BOOTSTRAP at use time, which `ticklake up`
+        # exports for the broker it started.
+        KAFKA: KafkaResource(),
+        LAKE: LakeResource(catalog_type="sql", name=home.catalog_name, uri=home.catalog_uri,
+                           warehouse=home.warehouse, table_properties=LOCAL_TABLE_PROPERTIES),
+        CLICKHOUSE: ClickHouseResource(dsn=home.clickhouse_dsn),
+        SPARK: SparkResource(master="local[2]", shuffle_partitions=4),
+        ARTIFACTS: ArtifactStoreResource(root=str(home.artifacts_dir)),
+    }
+
+
+def aws_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    env = os.environ if env is None else env
+    protocol = env.get(kc.KAFKA_SECURITY_PROTOCOL_ENV) or "SASL_SSL"
+    sasl = protocol.upper().startswith("SASL_")
+    kafka = KafkaResource(
+        bootstrap_servers=dg.EnvVar(kc.KAFKA_BOOTSTRAP_ENV),
+        security_protocol=protocol,
+        sasl_mechanism=(env.get(kc.KAFKA_SASL_MECHANISM_ENV) or "SCRAM-SHA-512") if sasl else None,
+        sasl_username=dg.EnvVar(kc.KAFKA_SASL_USERNAME_ENV) if sasl else None,
+        sasl_password=dg.EnvVar(kc.KAFKA_SASL_PASSWORD_ENV) if sasl else None,
+        ssl_ca_location=_optional_env(kc.KAFKA_SSL_CA_LOCATION_ENV, env),
+        client_id="ticklake",
+    )
+    lake = LakeResource(
+        catalog_type=env.get(CATALOG_TYPE_ENV) or "rest",
+        uri=_optional_env(CATALOG_URI_ENV, env),
+        warehouse=dg.EnvVar(CATALOG_WAREHOUSE_ENV),
+        region=dg.EnvVar(AWS_REGION_ENV),
+        s3_endpoint=_optional_env(S3_ENDPOINT_ENV, env),
+        glue_catalog_id=_optional_env(CATALOG_GLUE_ID_ENV, env),
+        table_properties=AWS_TABLE_PROPERTIES,
+    )
+    return {
+        KAFKA: kafka,
+        LAKE: lake,
+        CLICKHOUSE: ClickHouseResource(dsn=dg.EnvVar(CLICKHOUSE_DSN_ENV),
+                                       password=_optional_env(CLICKHOUSE_PASSWORD_ENV, env)),
+        SPARK: SparkResource(master=_optional_env(SPARK_MASTER_ENV, env) or "yarn",
+                             shuffle_partitions=200, driver_memory=None, ui_enabled=True),
+        ARTIFACTS: ArtifactStoreResource(root=dg.EnvVar(ARTIFACTS_ENV),
+                                         endpoint_url=_optional_env(S3_ENDPOINT_ENV, env),
+                                         region=dg.EnvVar(AWS_REGION_ENV)),
+    }
+
+
+def build_resources(profile: str | None = None) -> dict[str, Any]:
+    """Resources for `profile` (default: $TICKLAKE_PROFILE, else local)."""
+    return aws_resources() if resolve_profile(profile) == "aws" else local_resources()
