@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import boto3
@@ -29,7 +30,7 @@ from resources.artifacts import (
     validate_key,
 )
 from resources.clickhouse import ClickHouseResource, chdb_path, get_client, release_chdb
-from resources.home import resolve_home
+from resources.home import TicklakeHome
 from resources.kafka import KafkaResource
 from resources.lake import (
     LakeResource,
@@ -310,51 +311,49 @@ def test_bootstrap_defaults_to_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert KafkaResource(bootstrap_servers="h:1").admin_config()["bootstrap.servers"] == "h:1"
 
 
-def test_configs_work_against_the_embedded_broker() -> None:
+def test_configs_work_against_the_embedded_broker(kafka_broker: EmbeddedBroker) -> None:
     """Idempotent zstd producer + transactional producer -> read_committed consumer, on Tansu."""
-    with EmbeddedBroker() as broker:
-        res = KafkaResource(bootstrap_servers=broker.bootstrap, client_id="test-resources")
-        admin = AdminClient(res.admin_config())
-        futures = admin.create_topics([NewTopic("resources.test", num_partitions=2, replication_factor=1,
-                                                config={"retention.ms": "3600000", "retention.bytes": "-1"})])
-        for f in futures.values():
-            f.result(timeout=30)
-        producer = Producer(res.producer_config())
-        for i in range(10):
-            producer.produce("resources.test", key=b"BTC-USDT", value=b"plain-%d" % i)
-        assert producer.flush(30) == 0
-        tx = Producer(res.transactional_producer_config("test-resources-tx"))
-        tx.init_transactions(30)
-        tx.begin_transaction()
-        for i in range(5):
-            tx.produce("resources.test", key=b"ETH-USDT", value=b"tx-%d" % i)
-        tx.commit_transaction(30)
-        consumer = Consumer(res.consumer_config("resources-test", session_timeout_ms=3000, fetch_wait_max_ms=10))
-        consumer.subscribe(["resources.test"])
-        got: dict[bytes, list[bytes]] = {}
-        for _ in range(120):  # bounded by polls, not by wall time
-            if sum(map(len, got.values())) == 15:
-                break
-            msg = consumer.poll(0.5)
-            if msg is not None and not msg.error():
-                got.setdefault(msg.key(), []).append(msg.value())
-        consumer.close()
-        del producer, tx
+    topic, run = f"resources.test.{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:8]
+    res = KafkaResource(bootstrap_servers=kafka_broker.bootstrap, client_id="test-resources")
+    admin = AdminClient(res.admin_config())
+    futures = admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1,
+                                            config={"retention.ms": "3600000", "retention.bytes": "-1"})])
+    for f in futures.values():
+        f.result(timeout=30)
+    producer = Producer(res.producer_config())
+    for i in range(10):
+        producer.produce(topic, key=b"BTC-USDT", value=b"plain-%d" % i)
+    assert producer.flush(30) == 0
+    tx = Producer(res.transactional_producer_config(f"test-resources-{run}"))
+    tx.init_transactions(30)
+    tx.begin_transaction()
+    for i in range(5):
+        tx.produce(topic, key=b"ETH-USDT", value=b"tx-%d" % i)
+    tx.commit_transaction(30)
+    consumer = Consumer(res.consumer_config(f"resources-{run}", session_timeout_ms=3000, fetch_wait_max_ms=10))
+    consumer.subscribe([topic])
+    got: dict[bytes, list[bytes]] = {}
+    for _ in range(120):  # bounded by polls, not by wall time
+        if sum(map(len, got.values())) == 15:
+            break
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            got.setdefault(msg.key(), []).append(msg.value())
+    consumer.close()
     assert got == {b"BTC-USDT": [b"plain-%d" % i for i in range(10)],
                    b"ETH-USDT": [b"tx-%d" % i for i in range(5)]}
 
 
 # ---------------------------------------------------------------- profiles
 
-def test_local_profile_derives_from_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("TICKLAKE_HOME", str(tmp_path))
+def test_local_profile_derives_from_home(monkeypatch: pytest.MonkeyPatch, ticklake_home: TicklakeHome) -> None:
     monkeypatch.delenv(profiles.PROFILE_ENV, raising=False)
     res = profiles.build_resources()
-    home = resolve_home()
+    home = ticklake_home
     assert set(res) == {"kafka", "lake", "clickhouse", "spark", "artifacts"}
     assert res["lake"].catalog_properties()["uri"] == home.catalog_uri
     assert res["lake"].catalog_properties()["warehouse"] == home.warehouse
-    assert res["clickhouse"].resolved_dsn() == f"chdb://{tmp_path}/clickhouse"
+    assert res["clickhouse"].resolved_dsn() == f"chdb://{home.root}/clickhouse"
     assert res["spark"].conf()["spark.master"] == "local[2]"
     with pytest.raises(ValueError, match="TICKLAKE_PROFILE"):
         profiles.build_resources("gcp")
@@ -477,11 +476,9 @@ def test_definitions_validate(tmp_path: Path, profile: str) -> None:
     assert "Validation successful for code location ticklake" in out
 
 
-def test_materialize_lake_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TICKLAKE_HOME", str(tmp_path / "home"))
+def test_materialize_lake_tables(ticklake_home: TicklakeHome) -> None:
     resources = profiles.build_resources("local")
-    (tmp_path / "dagster").mkdir()
-    with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+    with dg.DagsterInstance.local_temp(str(ticklake_home.dagster_home)) as instance:
         result = dg.materialize([lake_tables], resources=resources, instance=instance)
         assert result.success
         meta = result.asset_materializations_for_node("lake_tables")[0].metadata
@@ -493,7 +490,7 @@ def test_materialize_lake_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
         # the tables are really in the home's catalog, seen by an independent catalog object
         # (SqlCatalog scopes rows by catalog name, so the name is part of the address)
-        home = resolve_home()
+        home = ticklake_home
         catalog = SqlCatalog(home.catalog_name, uri=home.catalog_uri, warehouse=home.warehouse)
         assert {".".join(i) for i in catalog.list_tables(NAMESPACE)} == {s.identifier for s in TABLES.values()}
         trades = catalog.load_table(TABLES[EventType.TRADE].identifier)
