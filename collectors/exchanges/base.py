@@ -45,7 +45,12 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Resync:
-    """Drop and rebuild the book of ONE symbol (gap, checksum failure, crossed book)."""
+    """Drop and rebuild the book of ONE symbol (gap, checksum failure, crossed book).
+
+    A record of what happened, for metrics and logs: the adapter has already dropped the
+    book and put the request (Binance REST snapshot) or sends (Bybit/OKX resubscribe) that
+    rebuild it into the same FrameResult, so the transport performs no extra action.
+    """
 
     native_symbol: str
     reason: str
@@ -58,6 +63,10 @@ class FrameResult:
     requests: list[RestRequest] = field(default_factory=list)
     sends: list[Send] = field(default_factory=list)
     resyncs: list[Resync] = field(default_factory=list)
+    #: non-empty = the venue announced this connection is going away (Binance serverShutdown,
+    #: OKX service-upgrade notice); the transport should open a replacement connection now
+    #: (make-before-break) rather than wait for the drop. The text is the reason.
+    reconnect: str = ""
 
     def extend(self, other: "FrameResult") -> None:
         self.events.extend(other.events)
@@ -65,6 +74,8 @@ class FrameResult:
         self.requests.extend(other.requests)
         self.sends.extend(other.sends)
         self.resyncs.extend(other.resyncs)
+        if other.reconnect and not self.reconnect:
+            self.reconnect = other.reconnect
 
 
 class VenueAdapter(Protocol):
@@ -75,6 +86,14 @@ class VenueAdapter(Protocol):
 
     def ws_url(self, base_url: str, native_symbols: list[str]) -> str:
         """Websocket URL to connect to (Binance puts the streams in the URL)."""
+
+    # Adapters in this repo also provide (compatible extension, see collectors/exchanges/):
+    #   ws_urls(base_url, native_symbols) -> list[str]
+    #       every connection the symbols need: Binance USD-M routes depth/bookTicker/trade to
+    #       /public and aggTrade/markPrice/forceOrder to /market, and caps streams per
+    #       connection; ws_url() is ws_urls()[0] for single-connection venues.
+    #   book_stats() -> dict[native, BookStats]   sync counters per instrument
+    #   snapshot_events(recv_ts_us)               periodic BOOK_SNAPSHOT of every synced book
 
     def on_open(self, native_symbols: list[str]) -> FrameResult:
         """Messages to send and requests to make right after connecting."""

@@ -1,0 +1,484 @@
+"""Binance spot and USD-M futures: combined-stream frames and REST depth snapshots ->
+canonical events, with each venue's documented local-book procedure.
+
+Spot (``/api/v3/depth`` + ``<sym>@depth``): buffer diffs, fetch the snapshot, drop diffs
+with ``u <= lastUpdateId``; the first kept diff must reach ``lastUpdateId + 1`` (``U <=
+lastUpdateId + 1``), else the snapshot is older than the stream and is fetched again; then
+a diff with ``u <= book id`` is stale and one with ``U > book id + 1`` is a gap.
+
+USD-M (``/fapi/v1/depth`` + ``<sym>@depth``): drop diffs with ``u < lastUpdateId``; the
+first applied one has ``U <= lastUpdateId <= u``; after that each diff's ``pu`` must equal
+the previous diff's ``u``. Since 2026-04-23 fstream routes streams by path: depth,
+bookTicker and trade on ``/public``, aggTrade, markPrice, forceOrder (and the rest) on
+``/market``; an unrouted connection only gets ``/public`` streams, so ``ws_urls`` returns
+one URL per route.
+
+A gap, a crossed book or an unparseable diff resyncs only that symbol: its book is dropped,
+the diff is buffered and a new REST snapshot requested; the snapshot that follows is
+published with reason RESYNC. Reconnects do not reset books: the sequence rules decide (an
+overlapping make-before-break connection just produces stale diffs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest
+from collectors.exchanges.common import (
+    ET_FUNDING,
+    ET_LIQ,
+    ET_MARK,
+    ET_TICKER,
+    ET_TRADE,
+    JSON_DECODE_ERRORS,
+    SIDE_BUY,
+    SIDE_SELL,
+    AdapterBase,
+    FrameError,
+    InstrumentSpec,
+    InstrumentState,
+    as_int,
+    dump,
+    loads,
+    ms_to_us,
+    rest_request,
+)
+from schemas.model import Exchange, Market
+from schemas.scaled import RATE_SCALE, ScaleError, scale_of, to_scaled
+
+SPOT_WS = "wss://stream.binance.com:9443"
+USDM_WS = "wss://fstream.binance.com"
+
+#: streams on fstream's /public route (high-frequency book data); everything else is /market
+_USDM_PUBLIC = frozenset({"depth", "depth5", "depth10", "depth20", "bookTicker", "trade"})
+
+
+def usdm_route(stream: str) -> str:
+    """'public' or 'market' for a USD-M stream name such as 'btcusdt@depth@100ms'."""
+    kind = stream[1:].split("@")[0] if stream.startswith("!") else stream.partition("@")[2].split("@")[0]
+    return "public" if kind in _USDM_PUBLIC else "market"
+
+
+def spot_depth_weight(limit: int) -> int:
+    """REST weight of GET /api/v3/depth by limit (venue's published table)."""
+    return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
+
+
+def usdm_depth_weight(limit: int) -> int:
+    """REST weight of GET /fapi/v1/depth by limit."""
+    return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+
+
+class BinanceAdapter(AdapterBase):
+    exchange = Exchange.BINANCE
+    market = Market.SPOT
+    usdm = False
+    default_streams: tuple[str, ...] = ("depth@100ms", "trade", "bookTicker")
+    max_streams_per_connection = 1024
+    depth_path = "/api/v3/depth"
+    info_path = "/api/v3/exchangeInfo"
+
+    def __init__(self, *, streams: tuple[str, ...] | None = None, depth_limit: int = 1000,
+                 max_buffer: int = 10_000, fetch_instruments: bool = False, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.streams = tuple(streams or self.default_streams)
+        self.depth_limit = depth_limit
+        self.max_buffer = max_buffer
+        self.fetch_instruments = fetch_instruments
+        self._dispatch = {
+            "depthUpdate": self._depth,
+            "trade": self._trade,
+            "aggTrade": self._agg_trade,
+            "bookTicker": self._book_ticker,
+            "24hrTicker": self._ticker24,
+            "markPriceUpdate": self._mark_price,
+            "forceOrder": self._force_order,
+        }
+
+    # -- connection plumbing ------------------------------------------------------------------
+
+    def stream_names(self, native_symbols: list[str]) -> list[str]:
+        return [f"{s.lower()}@{ch}" for s in native_symbols for ch in self.streams]
+
+    def ws_urls(self, base_url: str, native_symbols: list[str]) -> list[str]:
+        base = (base_url or SPOT_WS).rstrip("/")
+        names = self.stream_names(native_symbols)
+        n = self.max_streams_per_connection
+        return [f"{base}/stream?streams=" + "/".join(names[i:i + n]) for i in range(0, len(names), n)]
+
+    def ws_url(self, base_url: str, native_symbols: list[str]) -> str:
+        return self.ws_urls(base_url, native_symbols)[0]
+
+    def on_open(self, native_symbols: list[str]) -> FrameResult:
+        """Streams are in the URL; snapshots are requested when each symbol's first diff arrives
+        (the documented order: open the stream, buffer, then fetch)."""
+        out = FrameResult()
+        if self.fetch_instruments:
+            out.requests.append(self.instruments_request(native_symbols))
+        return out
+
+    def keepalive(self, now_us: int) -> FrameResult:
+        return FrameResult()  # Binance pings with websocket control frames; the transport pongs
+
+    def snapshot_request(self, st: InstrumentState) -> RestRequest:
+        weight = usdm_depth_weight(self.depth_limit) if self.usdm else spot_depth_weight(self.depth_limit)
+        st.snapshot_requests += 1
+        return rest_request(self.depth_path, {"symbol": st.native, "limit": str(self.depth_limit)},
+                            weight=weight, native_symbol=st.native)
+
+    def instruments_request(self, native_symbols: list[str]) -> RestRequest:
+        if self.usdm:
+            return rest_request(self.info_path, {}, weight=1, purpose="instruments")
+        return rest_request(self.info_path, {"symbols": dump(sorted(native_symbols))}, weight=20,
+                            purpose="instruments")
+
+    # -- frames ----------------------------------------------------------------------------------
+
+    def _handle(self, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        try:
+            msg = loads(frame)
+        except JSON_DECODE_ERRORS as e:
+            raise FrameError(f"malformed JSON: {e}") from None
+        if type(msg) is not dict:
+            raise FrameError(f"unexpected JSON {type(msg).__name__}, expected an object")
+        data = msg.get("data")
+        if data is None:
+            if "result" in msg and "id" in msg:       # SUBSCRIBE/UNSUBSCRIBE acknowledgement
+                self._ignore("ack")
+                return
+            if "code" in msg and "msg" in msg:
+                raise FrameError(f"venue error {msg.get('code')}: {msg.get('msg')}")
+            data = msg                                # raw /ws/<stream> connection
+        if type(data) is list:                        # !markPrice@arr, !forceOrder@arr style
+            for item in data:
+                self._one(item, frame, recv, out)
+            return
+        self._one(data, frame, recv, out)
+
+    def _one(self, data: Any, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        if type(data) is not dict:
+            raise FrameError(f"unexpected payload {type(data).__name__}")
+        e = data.get("e")
+        fn = self._dispatch.get(e) if e is not None else None
+        if fn is not None:
+            fn(data, frame, recv, out)
+        elif e is None and "u" in data and "B" in data and "A" in data:
+            self._book_ticker(data, frame, recv, out)     # spot bookTicker carries no "e"
+        elif e in ("kline", "continuous_kline", "24hrMiniTicker", "depthSnapshot", "indexPriceUpdate"):
+            self._ignore(e)
+        elif e is None and "lastUpdateId" in data:
+            self._ignore("partialDepth")                   # <sym>@depth<N>: no symbol in the payload
+        elif e == "serverShutdown" or (type(data.get("event")) is dict
+                                       and data["event"].get("e") == "serverShutdown"):
+            out.reconnect = "serverShutdown"
+        else:
+            raise FrameError(f"unknown message shape (e={e!r})")
+
+    # -- order book -----------------------------------------------------------------------------
+
+    def _depth(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        st = self.state(d.get("s"))
+        as_int(d.get("U"), "U")
+        as_int(d.get("u"), "u")
+        if not st.book.synced:
+            self._buffer(st, d, frame, recv, out)
+            return
+        self._apply_diff(st, d, frame, recv, out)
+
+    def _buffer(self, st: InstrumentState, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        buf = st.buffer
+        buf.append((d, frame, recv))
+        if len(buf) > self.max_buffer:       # snapshot is late: keep the newest; it will refetch if needed
+            del buf[: len(buf) - self.max_buffer]
+        if not st.awaiting:
+            st.awaiting = True
+            out.requests.append(self.snapshot_request(st))
+
+    def _resync(self, st: InstrumentState, reason: str, d: dict | None, frame: bytes | str, recv: int,
+                out: FrameResult, gap: bool) -> None:
+        self.start_resync(st, reason, out, gap)
+        st.buffer = [(d, frame, recv)] if d is not None else []
+        out.requests.append(self.snapshot_request(st))
+
+    def _apply_diff(self, st: InstrumentState, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        """Apply one diff to a synced book, enforcing the venue's continuity rule."""
+        book = st.book
+        U, u = d["U"], d["u"]
+        last = book.seq
+        if self.usdm:
+            if st.first_after_snapshot:
+                if u < last:
+                    st.stats.deltas_stale += 1
+                    return
+                if U > last:
+                    self._resync(st, f"gap: first diff U={U} > lastUpdateId={last}", d, frame, recv, out, True)
+                    return
+            else:
+                pu = d.get("pu")
+                if pu != last:
+                    if u <= last:
+                        st.stats.deltas_stale += 1
+                        return
+                    self._resync(st, f"gap: pu={pu} != previous u={last}", d, frame, recv, out, True)
+                    return
+        else:
+            if u <= last:
+                st.stats.deltas_stale += 1
+                return
+            if U > last + 1:
+                self._resync(st, f"gap: U={U} > previous u+1={last + 1}", d, frame, recv, out, True)
+                return
+        try:
+            bids = self.levels(st, d.get("b"))
+            asks = self.levels(st, d.get("a"))
+        except FrameError as e:
+            # The venue's update is lost to us, so the book is no longer the venue's.
+            self._resync(st, f"unusable diff: {e.reason}", None, frame, recv, out, True)
+            self._dead_in(out, e.reason, frame, st.native)
+            return
+        book.apply(bids, asks)
+        if book.crossed():
+            st.stats.crossed += 1
+            bb, ba = book.best_bid_px(), book.best_ask_px()
+            self._resync(st, f"crossed book after u={u}: bid {bb} >= ask {ba}", None, frame, recv, out, False)
+            self._dead_in(out, f"crossed book after applying u={u}: best bid {bb} >= best ask {ba}",
+                          frame, st.native)
+            return
+        book.seq = u
+        ts = d.get("T") or d.get("E")
+        book.exchange_ts = ms_to_us(ts) if ts is not None else recv
+        st.first_after_snapshot = False
+        st.stats.deltas_applied += 1
+        out.events.append(self.delta_event(st, bids, asks, book.exchange_ts, recv, u, U,
+                                           d["pu"] if self.usdm and "pu" in d else -1))
+        if st.bbo:
+            self.check_bbo_after_apply(st)
+
+    def _dead_in(self, out: FrameResult, reason: str, frame: bytes | str, native: str) -> None:
+        raw = frame.encode() if isinstance(frame, str) else bytes(frame)
+        self.dead_letter_count += 1
+        out.dead_letters.append(DeadLetter(reason=reason, raw=raw, native_symbol=native))
+
+    def on_rest(self, request: RestRequest, status: int, body: bytes, recv_ts_us: int) -> FrameResult:
+        out = FrameResult()
+        try:
+            if request.purpose == "instruments":
+                if status == 200:
+                    self.set_instruments(parse_exchange_info(loads(body)))
+                return out
+            self._on_snapshot(request, status, body, recv_ts_us, out)
+        except FrameError as e:
+            self._dead_in(out, f"REST {request.path}: {e.reason}", body, e.native_symbol)
+        except ScaleError as e:
+            self._dead_in(out, f"REST {request.path}: precision: {e}", body, request.native_symbol)
+        except JSON_DECODE_ERRORS as e:
+            self._dead_in(out, f"REST {request.path}: malformed JSON: {e}", body, request.native_symbol)
+        except Exception as e:
+            self._dead_in(out, f"REST {request.path}: unexpected {type(e).__name__}: {e}", body,
+                          request.native_symbol)
+        return out
+
+    def _on_snapshot(self, request: RestRequest, status: int, body: bytes, recv: int, out: FrameResult) -> None:
+        native = request.native_symbol or dict(request.params).get("symbol", "")
+        st = self.state(native)
+        if status != 200:
+            self._dead_in(out, f"snapshot HTTP {status} for {native}", body, native)
+            out.requests.append(self.snapshot_request(st))   # the transport paces retries
+            return
+        if st.book.synced:
+            self._ignore("unsolicited_snapshot")
+            return
+        snap = loads(body)
+        if type(snap) is not dict or "lastUpdateId" not in snap:
+            raise FrameError("depth snapshot without lastUpdateId", native)
+        last = as_int(snap["lastUpdateId"], "lastUpdateId")
+        bids = self.levels(st, snap.get("bids"), lock=True)
+        asks = self.levels(st, snap.get("asks"), lock=True)
+        buf, kept = st.buffer, []
+        for item in buf:
+            u = item[0]["u"]
+            if (u < last) if self.usdm else (u <= last):
+                st.stats.deltas_stale += 1
+            else:
+                kept.append(item)
+        if kept:
+            U0, u0 = kept[0][0]["U"], kept[0][0]["u"]
+            bridges = (U0 <= last <= u0) if self.usdm else (U0 <= last + 1)
+            if not bridges:
+                # Older than the buffered stream: fetch again (documented step), keep the buffer.
+                st.buffer = kept
+                self._ignore("snapshot_too_old")
+                out.requests.append(self.snapshot_request(st))
+                return
+        st.buffer = []
+        ts = snap.get("T") or snap.get("E")
+        exchange_ts = ms_to_us(ts) if ts is not None else recv
+        self.apply_book_snapshot(st, bids, asks, last, exchange_ts, recv, out)
+        for d, frame, r in kept:
+            if not st.book.synced:              # a buffered diff broke continuity: re-buffer the rest
+                self._buffer(st, d, frame, r, out)
+                continue
+            self._apply_diff(st, d, frame, r, out)
+
+    # -- trades, tickers, derivatives data -------------------------------------------------------
+
+    def _trade(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        if d.get("X", "MARKET") != "MARKET":
+            # Insurance-fund / ADL fills are not market trades (the aggTrade stream leaves them out too).
+            self._ignore(f"trade:{d.get('X')}")
+            return
+        st = self.state(d.get("s"))
+        t = as_int(d.get("t"), "trade id")
+        px, qty = self.price(st, d.get("p")), self.size(st, d.get("q"))
+        env = self.envelope(st, ET_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, t,
+                            st.px.scale, st.sz.scale)
+        tr = env.trade
+        tr.trade_id = str(t)
+        tr.px = px
+        tr.qty = qty
+        tr.taker_side = SIDE_SELL if _flag(d, "m") else SIDE_BUY
+        out.events.append(self.stamp(env))
+
+    def _agg_trade(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        st = self.state(d.get("s"))
+        f, last = as_int(d.get("f"), "first trade id"), as_int(d.get("l"), "last trade id")
+        a = d.get("a")
+        agg_id = as_int(a, "aggregate trade id") if a is not None else last
+        px, qty = self.price(st, d.get("p")), self.size(st, d.get("q"))
+        env = self.envelope(st, ET_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, agg_id,
+                            st.px.scale, st.sz.scale)
+        tr = env.trade
+        tr.trade_id = str(a) if a is not None else (str(f) if f == last else f"{f}-{last}")
+        tr.px = px
+        tr.qty = qty
+        tr.taker_side = SIDE_SELL if _flag(d, "m") else SIDE_BUY
+        tr.first_trade_id = f
+        tr.last_trade_id = last
+        out.events.append(self.stamp(env))
+
+    def _book_ticker(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        st = self.state(d.get("s"))
+        u = as_int(d.get("u"), "update id")
+        bp, bq = self.price(st, d.get("b")), self.size(st, d.get("B"))
+        ap, aq = self.price(st, d.get("a")), self.size(st, d.get("A"))
+        ts = d.get("T") or d.get("E")     # spot bookTicker has no time: receipt time stands in
+        env = self.envelope(st, ET_TICKER, ms_to_us(ts) if ts else recv, recv, u, st.px.scale, st.sz.scale)
+        tk = env.ticker
+        tk.bid_px, tk.bid_qty, tk.ask_px, tk.ask_qty = bp, bq, ap, aq
+        out.events.append(self.stamp(env))
+        if st.px.locked and st.sz.locked:
+            self.remember_bbo(st, u, bp, bq, ap, aq)
+
+    def _ticker24(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        st = self.state(d.get("s"))
+        env = self.envelope(st, ET_TICKER, ms_to_us(d.get("E")), recv, 0, 0, 0)
+        tk = env.ticker
+        if "b" in d and "a" in d:
+            tk.bid_px, tk.bid_qty = self.price(st, d["b"]), self.size(st, d.get("B"))
+            tk.ask_px, tk.ask_qty = self.price(st, d["a"]), self.size(st, d.get("A"))
+        tk.last_px = self.price(st, d.get("c"))
+        tk.volume_24h = self.size(st, d.get("v"))
+        env.price_scale, env.size_scale = st.px.scale, st.sz.scale
+        out.events.append(self.stamp(env))
+
+    def _mark_price(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        st = self.state(d.get("s"))
+        ts = ms_to_us(d.get("E"))
+        mk = st.mark
+        mk.fit([v for v in (d.get("p"), d.get("i"), d.get("P")) if v not in (None, "")])
+        mark = self.price(st, d.get("p"), mk)
+        index = self.price(st, d["i"], mk) if d.get("i") not in (None, "") else 0
+        settle = self.price(st, d["P"], mk) if d.get("P") not in (None, "") else 0
+        env = self.envelope(st, ET_MARK, ts, recv, 0, mk.scale, 0)
+        m = env.mark_price
+        m.mark_px, m.index_px, m.estimated_settle_px = mark, index, settle
+        events = [self.stamp(env)]
+        rate = d.get("r")
+        if st.market is Market.PERP and rate not in (None, ""):
+            try:
+                r = to_scaled(rate, RATE_SCALE, signed=True)
+            except ScaleError as e:
+                raise FrameError(f"funding rate: {e}", st.native) from None
+            fenv = self.envelope(st, ET_FUNDING, ts, recv, 0, mk.scale, 0)
+            f = fenv.funding
+            f.rate = r
+            nxt = d.get("T")
+            f.next_funding_ts = ms_to_us(nxt) if nxt else 0
+            f.mark_px = mark
+            events.append(self.stamp(fenv))
+        out.events.extend(events)
+
+    def _force_order(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        o = d.get("o")
+        if type(o) is not dict:
+            raise FrameError("forceOrder without order object")
+        st = self.state(o.get("s"))
+        side = o.get("S")
+        if side not in ("BUY", "SELL"):
+            raise FrameError(f"forceOrder side {side!r}", st.native)
+        filled = o.get("z")   # accumulated filled qty; the order qty when nothing is reported filled
+        qty = self.size(st, filled if type(filled) is str and _nonzero(filled) else o.get("q"))
+        px = self.price(st, o.get("p"))
+        env = self.envelope(st, ET_LIQ, ms_to_us(o.get("T") or d.get("E")), recv, 0, st.px.scale, st.sz.scale)
+        liq = env.liquidation
+        liq.side = SIDE_BUY if side == "BUY" else SIDE_SELL
+        liq.px = px
+        liq.qty = qty
+        liq.order_status = str(o.get("X", ""))
+        out.events.append(self.stamp(env))
+
+
+class BinanceSpotAdapter(BinanceAdapter):
+    """Binance spot (stream.binance.com, /api/v3)."""
+
+
+class BinanceUsdmAdapter(BinanceAdapter):
+    """Binance USD-M futures (fstream.binance.com, /fapi/v1): perpetuals and dated contracts."""
+
+    market = Market.PERP
+    usdm = True
+    default_streams = ("depth@100ms", "aggTrade", "bookTicker", "markPrice@1s", "forceOrder")
+    max_streams_per_connection = 200
+    depth_path = "/fapi/v1/depth"
+    info_path = "/fapi/v1/exchangeInfo"
+
+    def market_of(self, native: str) -> Market:
+        tail = native.partition("_")[2]
+        return Market.FUTURE if tail.isdigit() and len(tail) == 6 else Market.PERP
+
+    def ws_urls(self, base_url: str, native_symbols: list[str]) -> list[str]:
+        """One combined-stream URL per fstream route (/public, /market), chunked at 200 streams."""
+        base = (base_url or USDM_WS).rstrip("/")
+        routes: dict[str, list[str]] = {"public": [], "market": []}
+        for name in self.stream_names(native_symbols):
+            routes[usdm_route(name)].append(name)
+        n = self.max_streams_per_connection
+        return [f"{base}/{route}/stream?streams=" + "/".join(names[i:i + n])
+                for route, names in routes.items() for i in range(0, len(names), n)]
+
+
+def _flag(d: dict, key: str) -> bool:
+    v = d.get(key)
+    if type(v) is not bool:
+        raise FrameError(f"field {key!r} is not a boolean: {v!r}")
+    return v
+
+
+def _nonzero(text: str) -> bool:
+    return any(c not in "0." for c in text)
+
+
+def parse_exchange_info(info: Any) -> dict[str, InstrumentSpec]:
+    """/api/v3/exchangeInfo or /fapi/v1/exchangeInfo -> per-symbol scales from tickSize/stepSize."""
+    specs: dict[str, InstrumentSpec] = {}
+    for s in info.get("symbols", []) if type(info) is dict else []:
+        filters = {f.get("filterType"): f for f in s.get("filters", [])}
+        tick = filters.get("PRICE_FILTER", {}).get("tickSize")
+        step = filters.get("LOT_SIZE", {}).get("stepSize")
+        try:
+            specs[s["symbol"]] = InstrumentSpec(
+                price_scale=scale_of(tick) if tick else None, size_scale=scale_of(step) if step else None,
+                base=s.get("baseAsset"), quote=s.get("quoteAsset"), tick_size=tick, lot_size=step)
+        except (KeyError, ScaleError):
+            continue
+    return specs

@@ -1,0 +1,374 @@
+"""Bybit v5 public streams (spot, linear, inverse) -> canonical events.
+
+Order book ``orderbook.{depth}.{symbol}``: a ``snapshot`` replaces the book (Bybit re-sends
+one whenever it has a problem; level-1 books are re-sent unchanged every 3 s with the same
+``u``), a ``delta`` must carry ``u`` = previous ``u`` + 1, and ``u == 1`` means the
+service restarted and the message overwrites the book. Size "0" deletes a level. A gap,
+crossed book or unusable delta resyncs that symbol only, by unsubscribing and
+resubscribing its book topic, which makes Bybit push a fresh snapshot (published with
+reason RESYNC).
+
+``tickers`` sends a snapshot and then deltas holding only changed fields; deltas are
+merged into the last full ticker before a TICKER is emitted, and for contracts the
+funding and mark/index fields become FUNDING and MARK_PRICE events when they change.
+``allLiquidation`` (and the older ``liquidation``) report the *position* side: "Buy"
+means a long was liquidated, i.e. the liquidation order sold.
+Keep-alive is an application ``{"op":"ping"}`` every 20 s.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from collectors.exchanges.base import FrameResult, RestRequest, Send
+from collectors.exchanges.common import (
+    ET_FUNDING,
+    ET_LIQ,
+    ET_MARK,
+    ET_TICKER,
+    ET_TRADE,
+    JSON_DECODE_ERRORS,
+    REASON_RESYNC,
+    SIDE_BUY,
+    SIDE_SELL,
+    AdapterBase,
+    FrameError,
+    InstrumentSpec,
+    InstrumentState,
+    dump,
+    loads,
+    ms_to_us,
+    rest_request,
+)
+from schemas.model import Exchange, Market
+from schemas.scaled import RATE_SCALE, ScaleError, scale_of, to_scaled
+
+WS_BASE = "wss://stream.bybit.com"
+CATEGORIES = ("spot", "linear", "inverse")
+PING_INTERVAL_US = 20_000_000
+#: Bybit caps the args of one subscribe request (spot: 10)
+MAX_ARGS_PER_REQUEST = 10
+
+_INVERSE_FUTURE = re.compile(r"^[A-Z0-9]+USD[FGHJKMNQUVXZ]\d\d$")
+_LINEAR_FUTURE = re.compile(r"^[A-Z0-9]+-\d{1,2}[A-Z]{3}\d{2}$")
+
+
+class BybitAdapter(AdapterBase):
+    exchange = Exchange.BYBIT
+
+    def __init__(self, *, category: str = "linear", depth: int = 200,
+                 channels: tuple[str, ...] | None = None, fetch_instruments: bool = False, **kw: Any) -> None:
+        if category not in CATEGORIES:
+            raise ValueError(f"Bybit category must be one of {CATEGORIES}, not {category!r}")
+        self.category = category
+        self.market = Market.SPOT if category == "spot" else Market.PERP
+        super().__init__(**kw)
+        self.depth = depth
+        default = ("orderbook", "publicTrade", "tickers") + (() if category == "spot" else ("allLiquidation",))
+        self.channels = tuple(channels or default)
+        self.fetch_instruments = fetch_instruments
+        self._last_ping_us = 0
+
+    def market_of(self, native: str) -> Market:
+        if self.category == "spot":
+            return Market.SPOT
+        if self.category == "inverse" and _INVERSE_FUTURE.match(native):
+            return Market.FUTURE
+        if self.category == "linear" and _LINEAR_FUTURE.match(native):
+            return Market.FUTURE
+        return Market.PERP
+
+    # -- connection plumbing --------------------------------------------------------------------
+
+    def topics(self, native: str) -> list[str]:
+        return [f"orderbook.{self.depth}.{native}" if ch == "orderbook" else f"{ch}.{native}"
+                for ch in self.channels]
+
+    def ws_urls(self, base_url: str, native_symbols: list[str]) -> list[str]:
+        return [f"{(base_url or WS_BASE).rstrip('/')}/v5/public/{self.category}"]
+
+    def ws_url(self, base_url: str, native_symbols: list[str]) -> str:
+        return self.ws_urls(base_url, native_symbols)[0]
+
+    def on_open(self, native_symbols: list[str]) -> FrameResult:
+        out = FrameResult()
+        args = [t for s in native_symbols for t in self.topics(s)]
+        for i in range(0, len(args), MAX_ARGS_PER_REQUEST):
+            out.sends.append(Send(dump({"op": "subscribe", "args": args[i:i + MAX_ARGS_PER_REQUEST]})))
+        for s in native_symbols:
+            st = self.states.get(s)
+            if st is not None and st.book.synced:
+                # A new connection starts with a fresh snapshot; consumers must replace their book.
+                st.next_reason = REASON_RESYNC
+        if self.fetch_instruments:
+            out.requests.append(self.instruments_request(native_symbols))
+        return out
+
+    def keepalive(self, now_us: int) -> FrameResult:
+        if now_us - self._last_ping_us >= PING_INTERVAL_US:
+            self._last_ping_us = now_us
+            return FrameResult(sends=[Send('{"op":"ping"}')])
+        return FrameResult()
+
+    def instruments_request(self, native_symbols: list[str]) -> RestRequest:
+        params = {"category": self.category, "limit": "1000"}
+        if len(native_symbols) == 1:
+            params["symbol"] = native_symbols[0]
+        return rest_request("/v5/market/instruments-info", params, weight=1, purpose="instruments")
+
+    def on_rest(self, request: RestRequest, status: int, body: bytes, recv_ts_us: int) -> FrameResult:
+        out = FrameResult()
+        if request.purpose == "instruments" and status == 200:
+            try:
+                self.set_instruments(parse_instruments(loads(body)))
+            except JSON_DECODE_ERRORS as e:
+                self._dead_rest(out, f"instruments: malformed JSON: {e}", body)
+        return out
+
+    def _dead_rest(self, out: FrameResult, reason: str, body: bytes) -> None:
+        from collectors.exchanges.base import DeadLetter
+
+        self.dead_letter_count += 1
+        out.dead_letters.append(DeadLetter(reason=reason, raw=bytes(body)))
+
+    # -- frames ---------------------------------------------------------------------------------
+
+    def _handle(self, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        try:
+            msg = loads(frame)
+        except JSON_DECODE_ERRORS as e:
+            raise FrameError(f"malformed JSON: {e}") from None
+        if type(msg) is not dict:
+            raise FrameError(f"unexpected JSON {type(msg).__name__}, expected an object")
+        topic = msg.get("topic")
+        if topic is None:
+            self._control(msg)
+            return
+        if type(topic) is not str:
+            raise FrameError(f"topic is not a string: {topic!r}")
+        kind, _, rest = topic.partition(".")
+        if kind == "orderbook":
+            self._orderbook(msg, rest, frame, recv, out)
+        elif kind == "publicTrade":
+            self._trades(msg, recv, out)
+        elif kind == "tickers":
+            self._ticker(msg, recv, out)
+        elif kind == "allLiquidation":
+            self._all_liquidation(msg, recv, out)
+        elif kind == "liquidation":
+            self._legacy_liquidation(msg, recv, out)
+        elif kind in ("kline", "tickers_lt", "lt"):
+            self._ignore(kind)
+        else:
+            raise FrameError(f"unknown topic {topic!r}")
+
+    def _control(self, msg: dict) -> None:
+        op = msg.get("op")
+        if op in ("ping", "pong") or msg.get("ret_msg") == "pong":
+            self._ignore("pong")
+        elif op in ("subscribe", "unsubscribe"):
+            if msg.get("success") is False:
+                raise FrameError(f"{op} rejected: {msg.get('ret_msg')!r}")
+            self._ignore(op)
+        else:
+            raise FrameError(f"unknown message without topic (op={op!r})")
+
+    # -- order book -----------------------------------------------------------------------------
+
+    def _orderbook(self, msg: dict, rest: str, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        depth_s, _, native = rest.partition(".")
+        data = msg.get("data")
+        if type(data) is not dict:
+            raise FrameError("orderbook message without data object")
+        native = data.get("s") or native
+        st = self.state(native)
+        st.topic = f"orderbook.{depth_s}.{native}"
+        u = data.get("u")
+        if type(u) is not int:
+            raise FrameError(f"orderbook update id u={u!r}", native)
+        typ = msg.get("type")
+        ts = ms_to_us(msg.get("ts"))
+        if typ == "snapshot" or u == 1:
+            # A snapshot, or a delta with u=1 after a service restart, replaces the book.
+            bids = self.levels(st, data.get("b"), lock=True)
+            asks = self.levels(st, data.get("a"), lock=True)
+            self.apply_book_snapshot(st, bids, asks, u, ts, recv, out)
+            if self.check_crossed(st):
+                self._resync(st, f"crossed snapshot u={u}", out, False)
+                raise FrameError(f"crossed book in snapshot u={u}", native)
+            return
+        if typ != "delta":
+            raise FrameError(f"orderbook message type {typ!r}", native)
+        book = st.book
+        if not book.synced:
+            if not st.awaiting:
+                self._resync(st, f"delta u={u} without a snapshot", out, True)
+            else:
+                st.stats.deltas_stale += 1      # waiting for the resubscribe snapshot
+            return
+        if u <= book.seq:
+            st.stats.deltas_stale += 1
+            return
+        if u != book.seq + 1:
+            self._resync(st, f"gap: u={u} after u={book.seq}", out, True)
+            return
+        try:
+            bids = self.levels(st, data.get("b"))
+            asks = self.levels(st, data.get("a"))
+        except FrameError:
+            self._resync(st, f"unusable delta u={u}", out, True)
+            raise
+        book.apply(bids, asks)
+        if book.crossed():
+            st.stats.crossed += 1
+            bb, ba = book.best_bid_px(), book.best_ask_px()
+            self._resync(st, f"crossed book after u={u}", out, False)
+            raise FrameError(f"crossed book after applying u={u}: best bid {bb} >= best ask {ba}", native)
+        book.seq = u
+        book.exchange_ts = ts
+        st.stats.deltas_applied += 1
+        out.events.append(self.delta_event(st, bids, asks, ts, recv, u, u, -1))
+
+    def _resync(self, st: InstrumentState, reason: str, out: FrameResult, gap: bool) -> None:
+        self.start_resync(st, reason, out, gap)
+        topic = st.topic or f"orderbook.{self.depth}.{st.native}"
+        out.sends.append(Send(dump({"op": "unsubscribe", "args": [topic]})))
+        out.sends.append(Send(dump({"op": "subscribe", "args": [topic]})))
+
+    # -- trades, tickers, liquidations ----------------------------------------------------------
+
+    def _trades(self, msg: dict, recv: int, out: FrameResult) -> None:
+        data = msg.get("data")
+        if type(data) is not list:
+            raise FrameError("publicTrade data is not a list")
+        for t in data:
+            if type(t) is not dict:
+                raise FrameError("publicTrade item is not an object")
+            st = self.state(t.get("s"))
+            side = t.get("S")
+            if side not in ("Buy", "Sell"):
+                raise FrameError(f"trade side {side!r}", st.native)
+            px, qty = self.price(st, t.get("p")), self.size(st, t.get("v"))
+            seq = t.get("seq")
+            env = self.envelope(st, ET_TRADE, ms_to_us(t.get("T")), recv, seq if type(seq) is int else 0,
+                                st.px.scale, st.sz.scale)
+            tr = env.trade
+            tr.trade_id = str(t.get("i", ""))
+            tr.px = px
+            tr.qty = qty
+            tr.taker_side = SIDE_BUY if side == "Buy" else SIDE_SELL
+            out.events.append(self.stamp(env))
+
+    def _ticker(self, msg: dict, recv: int, out: FrameResult) -> None:
+        data = msg.get("data")
+        if type(data) is not dict:
+            raise FrameError("tickers data is not an object")
+        st = self.state(data.get("symbol"))
+        typ = msg.get("type", "snapshot")
+        if typ == "snapshot":
+            st.ticker = dict(data)
+        elif typ == "delta":
+            if st.ticker is None:
+                raise FrameError("tickers delta before any snapshot (nothing to merge into)", st.native)
+            st.ticker.update(data)
+        else:
+            raise FrameError(f"tickers type {typ!r}", st.native)
+        t = st.ticker
+        ts = ms_to_us(msg.get("ts"))
+        cs = msg.get("cs")
+        seq = cs if type(cs) is int else 0
+        env = self.envelope(st, ET_TICKER, ts, recv, seq, 0, 0)
+        tk = env.ticker
+        tk.bid_px = self._opt_px(st, t.get("bid1Price"))
+        tk.bid_qty = self._opt_sz(st, t.get("bid1Size"))
+        tk.ask_px = self._opt_px(st, t.get("ask1Price"))
+        tk.ask_qty = self._opt_sz(st, t.get("ask1Size"))
+        tk.last_px = self._opt_px(st, t.get("lastPrice"))
+        tk.volume_24h = self._opt_sz(st, t.get("volume24h"))
+        tk.open_interest = self._opt_sz(st, t.get("openInterest"))
+        env.price_scale, env.size_scale = st.px.scale, st.sz.scale
+        events = [self.stamp(env)]
+        if self.category != "spot":
+            mk = st.mark
+            if "markPrice" in data or "indexPrice" in data:
+                mark_s, index_s = t.get("markPrice"), t.get("indexPrice")
+                mk.fit([v for v in (mark_s, index_s) if v])
+                if mark_s:
+                    menv = self.envelope(st, ET_MARK, ts, recv, seq, 0, 0)
+                    m = menv.mark_price
+                    m.mark_px = self.price(st, mark_s, mk)
+                    m.index_px = self.price(st, index_s, mk) if index_s else 0
+                    menv.price_scale = mk.scale
+                    events.append(self.stamp(menv))
+            rate = t.get("fundingRate")
+            if ("fundingRate" in data or "nextFundingTime" in data) and rate:
+                try:
+                    r = to_scaled(rate, RATE_SCALE, signed=True)
+                except ScaleError as e:
+                    raise FrameError(f"funding rate: {e}", st.native) from None
+                fenv = self.envelope(st, ET_FUNDING, ts, recv, seq, 0, 0)
+                f = fenv.funding
+                f.rate = r
+                nxt = t.get("nextFundingTime")
+                f.next_funding_ts = ms_to_us(nxt) if nxt else 0
+                mark_s = t.get("markPrice")
+                if mark_s:
+                    mk.fit((mark_s,))
+                    f.mark_px = self.price(st, mark_s, mk)
+                fenv.price_scale = mk.scale
+                events.append(self.stamp(fenv))
+        out.events.extend(events)
+
+    def _opt_px(self, st: InstrumentState, v: Any) -> int:
+        return self.price(st, v) if v not in (None, "") else 0
+
+    def _opt_sz(self, st: InstrumentState, v: Any) -> int:
+        return self.size(st, v) if v not in (None, "") else 0
+
+    def _liq(self, st: InstrumentState, position_side: Any, px: Any, qty: Any, ts: int, recv: int,
+             out: FrameResult) -> None:
+        if position_side not in ("Buy", "Sell"):
+            raise FrameError(f"liquidation side {position_side!r}", st.native)
+        env = self.envelope(st, ET_LIQ, ts, recv, 0, 0, 0)
+        liq = env.liquidation
+        # Position side Buy = a long was liquidated = the liquidation order sold.
+        liq.side = SIDE_SELL if position_side == "Buy" else SIDE_BUY
+        liq.px = self.price(st, px)
+        liq.qty = self.size(st, qty)
+        env.price_scale, env.size_scale = st.px.scale, st.sz.scale
+        out.events.append(self.stamp(env))
+
+    def _all_liquidation(self, msg: dict, recv: int, out: FrameResult) -> None:
+        data = msg.get("data")
+        items = data if type(data) is list else [data]
+        for d in items:
+            if type(d) is not dict:
+                raise FrameError("allLiquidation item is not an object")
+            st = self.state(d.get("s"))
+            self._liq(st, d.get("S"), d.get("p"), d.get("v"), ms_to_us(d.get("T")), recv, out)
+
+    def _legacy_liquidation(self, msg: dict, recv: int, out: FrameResult) -> None:
+        d = msg.get("data")
+        if type(d) is not dict:
+            raise FrameError("liquidation data is not an object")
+        st = self.state(d.get("symbol"))
+        ts = d.get("updatedTime", d.get("updateTime", msg.get("ts")))
+        self._liq(st, d.get("side"), d.get("price"), d.get("size"), ms_to_us(ts), recv, out)
+
+
+def parse_instruments(body: Any) -> dict[str, InstrumentSpec]:
+    """/v5/market/instruments-info -> scales from priceFilter.tickSize and the lot size step."""
+    specs: dict[str, InstrumentSpec] = {}
+    result = body.get("result", {}) if type(body) is dict else {}
+    for s in result.get("list", []) if type(result) is dict else []:
+        tick = (s.get("priceFilter") or {}).get("tickSize")
+        lot = s.get("lotSizeFilter") or {}
+        step = lot.get("qtyStep") or lot.get("basePrecision")
+        try:
+            specs[s["symbol"]] = InstrumentSpec(
+                price_scale=scale_of(tick) if tick else None, size_scale=scale_of(step) if step else None,
+                base=s.get("baseCoin"), quote=s.get("quoteCoin"), tick_size=tick, lot_size=step)
+        except (KeyError, ScaleError):
+            continue
+    return specs

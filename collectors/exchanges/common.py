@@ -1,0 +1,493 @@
+"""What every venue adapter shares: exact number parsing, per-instrument scales and book
+state, envelope construction, and the "never raise out of on_frame" wrapper.
+
+Venue modules keep only their protocol rules; the sync bookkeeping that ``ticklake capture
+verify`` reports (snapshots, applied/stale deltas, gaps, resyncs, crossed books, BBO and
+checksum checks) lives here in one place so every venue counts the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from collectors.book import L2Book
+from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest, Resync
+from schemas.gen.ticklake.v1 import events_pb2 as pb
+from schemas.ids import compute_event_id
+from schemas.model import EventType, Exchange, Market
+from schemas.scaled import INT64_MAX, ScaleError, to_scaled
+from schemas.symbols import Instrument, SymbolError, parse_native
+
+try:  # orjson parses venue frames ~4x faster than the stdlib; the stdlib is the fallback.
+    import orjson as _orjson
+
+    def loads(data: bytes | str) -> Any:
+        return _orjson.loads(data)
+
+    JSON_DECODE_ERRORS: tuple[type[Exception], ...] = (_orjson.JSONDecodeError, ValueError, TypeError)
+except ImportError:  # pragma: no cover - depends on the environment
+    def loads(data: bytes | str) -> Any:
+        return json.loads(data)
+
+    JSON_DECODE_ERRORS = (ValueError, TypeError)
+
+_POW10 = tuple(10**i for i in range(19))
+_ZEROS = tuple("0" * i for i in range(64))
+
+SIDE_BUY = pb.SIDE_BUY
+SIDE_SELL = pb.SIDE_SELL
+ET_TRADE = EventType.TRADE.pb
+ET_SNAPSHOT = EventType.BOOK_SNAPSHOT.pb
+ET_DELTA = EventType.BOOK_DELTA.pb
+ET_FUNDING = EventType.FUNDING.pb
+ET_MARK = EventType.MARK_PRICE.pb
+ET_LIQ = EventType.LIQUIDATION.pb
+ET_TICKER = EventType.TICKER.pb
+REASON_INITIAL = pb.SNAPSHOT_REASON_INITIAL
+REASON_RESYNC = pb.SNAPSHOT_REASON_RESYNC
+REASON_VENUE = pb.SNAPSHOT_REASON_VENUE
+REASON_PERIODIC = pb.SNAPSHOT_REASON_PERIODIC
+
+
+class FrameError(Exception):
+    """A frame we refuse; becomes a DeadLetter with this message as the reason."""
+
+    def __init__(self, reason: str, native_symbol: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.native_symbol = native_symbol
+
+
+# -- numbers -----------------------------------------------------------------------------------
+
+def sc(text: str, scale: int) -> int:
+    """Venue decimal string -> scaled int, exact or ScaleError (never rounds, never negative).
+
+    Fast path for the plain ``digits.digits`` strings venues send; anything else (exponents,
+    signs, too many decimals) goes through ``schemas.scaled.to_scaled``, which decides.
+    """
+    if type(text) is not str:
+        raise ScaleError(f"expected a decimal string, got {type(text).__name__} {text!r}")
+    i = text.find(".")
+    if i > 0:
+        extra = len(text) - i - 1 - scale   # decimals beyond the scale
+        if "_" not in text:
+            if extra <= 0:
+                body, mul = text, _POW10[-extra]
+            elif extra < 64 and text.endswith(_ZEROS[extra]):  # padded: "61737.63000000" at scale 2
+                body, mul = text[:-extra], 1
+            else:
+                return to_scaled(text, scale)       # raises: needs more precision
+            try:
+                v = int(body.replace(".", "", 1)) * mul
+            except ValueError:
+                raise ScaleError(f"not a decimal number: {text!r}") from None
+            if 0 <= v <= INT64_MAX:
+                return v
+    elif i < 0 and text.isdigit() and text.isascii():
+        v = int(text) * _POW10[scale]
+        if v <= INT64_MAX:
+            return v
+    return to_scaled(text, scale)
+
+
+def decimals(text: str) -> int:
+    """Decimals a value needs as written ("0.35130000" -> 8, "30316" -> 0, "1e-5" -> 5)."""
+    if type(text) is not str:
+        raise ScaleError(f"expected a decimal string, got {type(text).__name__} {text!r}")
+    if "e" in text or "E" in text:
+        mant, _, exp = text.lower().partition("e")
+        frac = mant.partition(".")[2]
+        try:
+            return max(0, len(frac) - int(exp))
+        except ValueError:
+            raise ScaleError(f"not a decimal number: {text!r}") from None
+    i = text.find(".")
+    return 0 if i < 0 else len(text) - i - 1
+
+
+def ms_to_us(value: Any) -> int:
+    """Venue millisecond timestamp (int or numeric string) -> µs."""
+    if type(value) is int:
+        return value * 1000
+    if type(value) is str and value.isdigit():
+        return int(value) * 1000
+    raise FrameError(f"bad millisecond timestamp {value!r}")
+
+
+def as_int(value: Any, what: str) -> int:
+    if type(value) is int:
+        return value
+    if type(value) is str and value.lstrip("-").isdigit():
+        return int(value)
+    raise FrameError(f"bad {what} {value!r}")
+
+
+class ScaleTracker:
+    """The scale of one family of values (book/trade prices, sizes, mark prices) of one instrument.
+
+    Known from exchange info -> locked from the start. Otherwise it is inferred from the
+    decimal strings seen: it may grow until the first book snapshot locks it (so a trade
+    printed as "30236" before the book arrived cannot pin the scale to 0), and once locked a
+    value that needs more decimals is refused (dead-lettered) rather than rounded.
+    """
+
+    __slots__ = ("scale", "locked")
+
+    def __init__(self, scale: int | None = None) -> None:
+        self.scale = 0 if scale is None else scale
+        self.locked = scale is not None
+
+    def fit(self, values) -> int:
+        """Scale to use for ``values`` (an iterable of decimal strings)."""
+        if not self.locked:
+            need = self.scale
+            for v in values:
+                d = decimals(v)
+                if d > need:
+                    need = d
+            if need > 18:
+                raise ScaleError(f"a value needs {need} decimals (max 18)")
+            self.scale = need
+        return self.scale
+
+    def lock(self, values=()) -> int:
+        if not self.locked:
+            self.fit(values)
+            self.locked = True
+        return self.scale
+
+
+# -- per-instrument state -----------------------------------------------------------------------
+
+@dataclass(slots=True)
+class BookStats:
+    """Per-instrument sync counters (what `ticklake capture verify` prints)."""
+
+    snapshots: int = 0
+    deltas_applied: int = 0
+    deltas_stale: int = 0
+    gaps: int = 0
+    resyncs: int = 0
+    crossed: int = 0
+    bbo_checked: int = 0
+    bbo_mismatched: int = 0
+    checksum_ok: int = 0
+    checksum_bad: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentSpec:
+    """Exchange-info facts about an instrument (authoritative over inference)."""
+
+    price_scale: int | None = None
+    size_scale: int | None = None
+    base: str | None = None
+    quote: str | None = None
+    tick_size: str | None = None
+    lot_size: str | None = None
+
+
+class InstrumentState:
+    """Everything an adapter keeps for one instrument on one connection set."""
+
+    __slots__ = ("native", "inst", "market", "market_pb", "symbol", "px", "sz", "mark", "book",
+                 "stats", "next_reason", "awaiting", "buffer", "bbo", "first_after_snapshot",
+                 "ticker", "levels_str", "topic", "snapshot_requests")
+
+    def __init__(self, native: str, inst: Instrument, spec: InstrumentSpec | None) -> None:
+        self.native = native
+        self.inst = inst
+        self.market = inst.market
+        self.market_pb = inst.market.pb
+        self.symbol = inst.canonical
+        ps = spec.price_scale if spec else None
+        ss = spec.size_scale if spec else None
+        self.px = ScaleTracker(ps)
+        self.sz = ScaleTracker(ss)
+        self.mark = ScaleTracker(ps)
+        self.book = L2Book()
+        self.stats = BookStats()
+        self.next_reason = REASON_INITIAL  # reason the next applied snapshot is published with
+        self.awaiting = False            # a snapshot was requested / resubscribed, not yet applied
+        self.buffer: list[Any] = []      # venue deltas held until the snapshot arrives (Binance)
+        self.bbo: dict[int, tuple[int, int, int, int]] = {}  # update id -> venue BBO (for checks)
+        self.first_after_snapshot = False
+        self.ticker: dict[str, Any] | None = None   # last full ticker (Bybit delta merge)
+        self.levels_str: tuple[dict[int, tuple[str, str]], dict[int, tuple[str, str]]] | None = None
+        self.topic = ""                  # venue book topic/channel, for resubscribe-style resyncs
+        self.snapshot_requests = 0
+
+
+class AdapterBase:
+    """Shared plumbing; subclasses implement ``_handle(frame, recv_ts_us, out)``."""
+
+    exchange: Exchange
+    market: Market
+    #: emitted BOOK_SNAPSHOT events carry at most this many levels per side
+    snapshot_depth = 2000
+    #: remembered venue BBO frames per instrument, for checks against the rebuilt book
+    bbo_memory = 512
+
+    def __init__(self, *, shard: str = "", instruments: dict[str, InstrumentSpec] | None = None,
+                 snapshot_depth: int | None = None) -> None:
+        self.shard = shard
+        self.specs: dict[str, InstrumentSpec] = dict(instruments or {})
+        self.states: dict[str, InstrumentState] = {}
+        self.ignored: dict[str, int] = {}    # frames understood but deliberately not published
+        self.dead_letter_count = 0
+        self.frames = 0
+        self.last_rx_us = 0
+        if snapshot_depth is not None:
+            self.snapshot_depth = snapshot_depth
+        self._ex_pb = self.exchange.pb
+
+    # -- public API beyond the VenueAdapter protocol -------------------------------------------
+
+    def on_frame(self, frame: bytes | str, recv_ts_us: int) -> FrameResult:
+        """Parse one frame; a refused frame comes back as a DeadLetter, never as an exception."""
+        out = FrameResult()
+        self.frames += 1
+        self.last_rx_us = recv_ts_us
+        try:
+            self._handle(frame, recv_ts_us, out)
+        except FrameError as e:
+            return self._dead(out, e.reason, frame, e.native_symbol)
+        except ScaleError as e:
+            return self._dead(out, f"precision: {e}", frame, "")
+        except Exception as e:  # a bug or an unforeseen shape: keep the frame, keep running
+            return self._dead(out, f"unexpected {type(e).__name__}: {e}", frame, "")
+        return out
+
+    def set_instruments(self, specs: dict[str, InstrumentSpec]) -> None:
+        """Exchange info arrived: future states use it (existing states keep their locks)."""
+        self.specs.update(specs)
+
+    def book_stats(self) -> dict[str, BookStats]:
+        return {n: s.stats for n, s in self.states.items()}
+
+    def book(self, native: str) -> L2Book | None:
+        st = self.states.get(native)
+        return st.book if st else None
+
+    def snapshot_events(self, recv_ts_us: int, reason: int = REASON_PERIODIC) -> list[pb.Envelope]:
+        """BOOK_SNAPSHOT of every synced book (periodic snapshots for late-joining consumers)."""
+        return [self.snapshot_event(st, reason, st.book.exchange_ts, recv_ts_us)
+                for st in self.states.values() if st.book.synced]
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+
+    def _dead(self, out: FrameResult, reason: str, frame: bytes | str, native: str) -> FrameResult:
+        raw = frame.encode() if isinstance(frame, str) else bytes(frame)
+        self.dead_letter_count += 1
+        # Events produced before the failure are dropped: a frame is published whole or not at all.
+        return FrameResult(dead_letters=[DeadLetter(reason=reason, raw=raw, native_symbol=native)],
+                           requests=out.requests, sends=out.sends, resyncs=out.resyncs,
+                           reconnect=out.reconnect)
+
+    def _ignore(self, what: str) -> None:
+        self.ignored[what] = self.ignored.get(what, 0) + 1
+
+    def market_of(self, native: str) -> Market:
+        return self.market
+
+    def state(self, native: str) -> InstrumentState:
+        st = self.states.get(native)
+        if st is None:
+            if type(native) is not str:
+                raise FrameError(f"symbol is not a string: {native!r}")
+            spec = self.specs.get(native)
+            try:
+                market = self.market_of(native)
+                inst = parse_native(self.exchange, market, native,
+                                    base=spec.base if spec else None,
+                                    quote=spec.quote if spec else None)
+            except SymbolError as e:
+                raise FrameError(f"unknown instrument: {e}", native) from None
+            st = self.states[native] = InstrumentState(native, inst, spec)
+        return st
+
+    def envelope(self, st: InstrumentState, event_type: int, exchange_ts: int, ingest_ts: int,
+                 seq: int, price_scale: int, size_scale: int) -> pb.Envelope:
+        env = pb.Envelope()
+        env.exchange = self._ex_pb
+        env.market = st.market_pb
+        env.event_type = event_type
+        env.symbol = st.symbol
+        env.native_symbol = st.native
+        env.exchange_ts = exchange_ts
+        env.ingest_ts = ingest_ts
+        env.seq = seq
+        env.price_scale = price_scale
+        env.size_scale = size_scale
+        if self.shard:
+            env.shard = self.shard
+        return env
+
+    @staticmethod
+    def stamp(env: pb.Envelope) -> pb.Envelope:
+        env.event_id = compute_event_id(env)
+        return env
+
+    def snapshot_event(self, st: InstrumentState, reason: int, exchange_ts: int, ingest_ts: int,
+                       checksum: int = 0) -> pb.Envelope:
+        book = st.book
+        env = self.envelope(st, ET_SNAPSHOT, exchange_ts, ingest_ts, book.seq, st.px.scale, st.sz.scale)
+        snap = env.book_snapshot
+        n = self.snapshot_depth
+        add = snap.bids.add
+        for px, q in book.top_bids(n):
+            add(px=px, qty=q)
+        add = snap.asks.add
+        for px, q in book.top_asks(n):
+            add(px=px, qty=q)
+        snap.depth = max(len(snap.bids), len(snap.asks))
+        snap.reason = reason
+        snap.checksum = checksum & 0xFFFFFFFF
+        return self.stamp(env)
+
+    def delta_event(self, st: InstrumentState, bids: list[tuple[int, int]], asks: list[tuple[int, int]],
+                    exchange_ts: int, ingest_ts: int, seq: int, first_seq: int, prev_seq: int,
+                    checksum: int = 0) -> pb.Envelope:
+        env = self.envelope(st, ET_DELTA, exchange_ts, ingest_ts, seq, st.px.scale, st.sz.scale)
+        d = env.book_delta
+        d.first_seq = first_seq
+        d.prev_seq = prev_seq
+        if checksum:
+            d.checksum = checksum & 0xFFFFFFFF
+        add = d.bids.add
+        for px, q in bids:
+            add(px=px, qty=q)
+        add = d.asks.add
+        for px, q in asks:
+            add(px=px, qty=q)
+        return self.stamp(env)
+
+    def levels(self, st: InstrumentState, raw: Any, lock: bool = False) -> list[tuple[int, int]]:
+        """[[px, qty, ...], ...] strings -> [(px, qty)] at the instrument's scales."""
+        if type(raw) is not list:
+            raise FrameError(f"levels are not a list: {raw!r:.80}", st.native)
+        if lock:
+            try:
+                st.px.lock([lv[0] for lv in raw])
+                st.sz.lock([lv[1] for lv in raw])
+            except (IndexError, TypeError, KeyError):
+                raise FrameError(f"malformed level in {raw!r:.120}", st.native) from None
+        elif not st.px.locked or not st.sz.locked:
+            try:
+                st.px.fit([lv[0] for lv in raw])
+                st.sz.fit([lv[1] for lv in raw])
+            except (IndexError, TypeError, KeyError):
+                raise FrameError(f"malformed level in {raw!r:.120}", st.native) from None
+        ps, ss = st.px.scale, st.sz.scale
+        try:
+            return [(sc(lv[0], ps), sc(lv[1], ss)) for lv in raw]
+        except (IndexError, TypeError, KeyError):
+            raise FrameError(f"malformed level in {raw!r:.120}", st.native) from None
+        except ScaleError as e:
+            raise FrameError(f"precision: {e} (instrument {st.native} fixed at price scale {ps}, "
+                             f"size scale {ss})", st.native) from None
+
+    def price(self, st: InstrumentState, text: Any, tracker: ScaleTracker | None = None) -> int:
+        tr = tracker or st.px
+        if not tr.locked:
+            tr.fit((text,))
+        try:
+            return sc(text, tr.scale)
+        except ScaleError as e:
+            raise FrameError(f"precision: {e} ({st.native} price scale fixed at {tr.scale})", st.native) from None
+
+    def size(self, st: InstrumentState, text: Any) -> int:
+        tr = st.sz
+        if not tr.locked:
+            tr.fit((text,))
+        try:
+            return sc(text, tr.scale)
+        except ScaleError as e:
+            raise FrameError(f"precision: {e} ({st.native} size scale fixed at {tr.scale})", st.native) from None
+
+    # -- book sync helpers shared by the venues -----------------------------------------------
+
+    def apply_book_snapshot(self, st: InstrumentState, bids: list[tuple[int, int]],
+                            asks: list[tuple[int, int]], seq: int, exchange_ts: int, recv_ts_us: int,
+                            out: FrameResult, checksum: int = 0) -> None:
+        book = st.book
+        book.price_scale, book.size_scale = st.px.scale, st.sz.scale
+        book.apply_snapshot(bids, asks, seq)
+        book.exchange_ts = exchange_ts
+        st.stats.snapshots += 1
+        reason = st.next_reason
+        # After the first one, a snapshot nobody asked for is the venue replacing the book.
+        st.next_reason = REASON_VENUE
+        st.awaiting = False
+        st.first_after_snapshot = True
+        out.events.append(self.snapshot_event(st, reason, exchange_ts, recv_ts_us, checksum))
+
+    def start_resync(self, st: InstrumentState, reason: str, out: FrameResult, gap: bool) -> None:
+        """Drop ONE instrument's book; the venue module adds the request/send that rebuilds it."""
+        if gap:
+            st.stats.gaps += 1
+        st.stats.resyncs += 1
+        st.book.clear()
+        st.bbo.clear()
+        st.next_reason = REASON_RESYNC
+        st.awaiting = True
+        st.levels_str = None
+        out.resyncs.append(Resync(native_symbol=st.native, reason=reason))
+
+    def check_crossed(self, st: InstrumentState) -> bool:
+        if st.book.crossed():
+            st.stats.crossed += 1
+            return True
+        return False
+
+    def remember_bbo(self, st: InstrumentState, update_id: int, bid_px: int, bid_qty: int,
+                     ask_px: int, ask_qty: int) -> None:
+        """A venue BBO (Binance bookTicker, OKX bbo-tbt) tagged with the book update id it reflects."""
+        bbo = st.bbo
+        bbo[update_id] = (bid_px, bid_qty, ask_px, ask_qty)
+        if len(bbo) > self.bbo_memory:
+            del bbo[next(iter(bbo))]
+        if st.book.synced and st.book.seq == update_id:
+            self._compare_bbo(st, bbo.pop(update_id))
+
+    def check_bbo_after_apply(self, st: InstrumentState) -> None:
+        if st.bbo:
+            hit = st.bbo.pop(st.book.seq, None)
+            if hit is not None:
+                self._compare_bbo(st, hit)
+            # venue BBOs older than the book can no longer be matched (ids arrive in order)
+            bbo, seq = st.bbo, st.book.seq
+            while bbo:
+                k = next(iter(bbo))
+                if k >= seq:
+                    break
+                del bbo[k]
+
+    def _compare_bbo(self, st: InstrumentState, venue: tuple[int, int, int, int]) -> None:
+        st.stats.bbo_checked += 1
+        bb, ba = st.book.best_bid(), st.book.best_ask()
+        ours = (bb[0] if bb else 0, bb[1] if bb else 0, ba[0] if ba else 0, ba[1] if ba else 0)
+        if ours != venue:
+            st.stats.bbo_mismatched += 1
+
+
+def rest_request(path: str, params: dict[str, str], *, weight: int, purpose: str = "snapshot",
+                 native_symbol: str = "") -> RestRequest:
+    return RestRequest(path=path, params=tuple(params.items()), weight=weight, purpose=purpose,
+                       native_symbol=native_symbol)
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+__all__ = [
+    "AdapterBase", "BookStats", "FrameError", "InstrumentSpec", "InstrumentState", "ScaleTracker",
+    "decimals", "dump", "loads", "ms_to_us", "rest_request", "sc",
+]
