@@ -292,8 +292,9 @@ class BinanceAdapter(AdapterBase):
         if type(snap) is not dict or "lastUpdateId" not in snap:
             raise FrameError("depth snapshot without lastUpdateId", native)
         last = as_int(snap["lastUpdateId"], "lastUpdateId")
-        bids = self.levels(st, snap.get("bids"), lock=True)
-        asks = self.levels(st, snap.get("asks"), lock=True)
+        self.lock_scales(st, snap.get("bids"), snap.get("asks"))
+        bids = self.levels(st, snap.get("bids"))
+        asks = self.levels(st, snap.get("asks"))
         buf, kept = st.buffer, []
         for item in buf:
             u = item[0]["u"]
@@ -314,6 +315,13 @@ class BinanceAdapter(AdapterBase):
         ts = snap.get("T") or snap.get("E")
         exchange_ts = ms_to_us(ts) if ts is not None else recv
         self.apply_book_snapshot(st, bids, asks, last, exchange_ts, recv, out)
+        if st.book.crossed():
+            out.events.pop()                    # not the venue's book: not published
+            st.stats.crossed += 1
+            bb, ba = st.book.best_bid_px(), st.book.best_ask_px()
+            self._resync(st, f"crossed snapshot lastUpdateId={last}", None, body, recv, out, False)
+            st.buffer = kept
+            raise FrameError(f"crossed snapshot lastUpdateId={last}: best bid {bb} >= best ask {ba}", native)
         for d, frame, r in kept:
             if not st.book.synced:              # a buffered diff broke continuity: re-buffer the rest
                 self._buffer(st, d, frame, r, out)
@@ -359,6 +367,7 @@ class BinanceAdapter(AdapterBase):
     def _book_ticker(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         st = self.state(d.get("s"))
         u = as_int(d.get("u"), "update id")
+        self.prepare(st, (d.get("b"), d.get("a")), (d.get("B"), d.get("A")))
         bp, bq = self.price(st, d.get("b")), self.size(st, d.get("B"))
         ap, aq = self.price(st, d.get("a")), self.size(st, d.get("A"))
         ts = d.get("T") or d.get("E")     # spot bookTicker has no time: receipt time stands in
@@ -373,6 +382,7 @@ class BinanceAdapter(AdapterBase):
         st = self.state(d.get("s"))
         env = self.envelope(st, ET_TICKER, ms_to_us(d.get("E")), recv, 0, 0, 0)
         tk = env.ticker
+        self.prepare(st, (d.get("b"), d.get("a"), d.get("c")), (d.get("B"), d.get("A"), d.get("v")))
         if "b" in d and "a" in d:
             tk.bid_px, tk.bid_qty = self.price(st, d["b"]), self.size(st, d.get("B"))
             tk.ask_px, tk.ask_qty = self.price(st, d["a"]), self.size(st, d.get("A"))

@@ -73,9 +73,8 @@ class BybitAdapter(AdapterBase):
     def market_of(self, native: str) -> Market:
         if self.category == "spot":
             return Market.SPOT
-        if self.category == "inverse" and _INVERSE_FUTURE.match(native):
-            return Market.FUTURE
-        if self.category == "linear" and _LINEAR_FUTURE.match(native):
+        # Dated names are unambiguous whatever the category (BTCUSDH25 inverse, BTC-27DEC24 linear).
+        if _INVERSE_FUTURE.match(native) or _LINEAR_FUTURE.match(native):
             return Market.FUTURE
         return Market.PERP
 
@@ -93,6 +92,7 @@ class BybitAdapter(AdapterBase):
 
     def on_open(self, native_symbols: list[str]) -> FrameResult:
         out = FrameResult()
+        self._last_ping_us = 0              # a new connection: ping on the next keepalive tick
         args = [t for s in native_symbols for t in self.topics(s)]
         for i in range(0, len(args), MAX_ARGS_PER_REQUEST):
             out.sends.append(Send(dump({"op": "subscribe", "args": args[i:i + MAX_ARGS_PER_REQUEST]})))
@@ -106,7 +106,7 @@ class BybitAdapter(AdapterBase):
         return out
 
     def keepalive(self, now_us: int) -> FrameResult:
-        if now_us - self._last_ping_us >= PING_INTERVAL_US:
+        if not self._last_ping_us or now_us - self._last_ping_us >= PING_INTERVAL_US:
             self._last_ping_us = now_us
             return FrameResult(sends=[Send('{"op":"ping"}')])
         return FrameResult()
@@ -183,7 +183,13 @@ class BybitAdapter(AdapterBase):
             raise FrameError("orderbook message without data object")
         native = data.get("s") or native
         st = self.state(native)
-        st.topic = f"orderbook.{depth_s}.{native}"
+        topic = f"orderbook.{depth_s}.{native}"
+        if st.topic != topic:
+            if st.topic:
+                # One book per symbol: another depth of the same symbol has its own u sequence.
+                self._ignore("orderbook:other_depth")
+                return
+            st.topic = topic
         u = data.get("u")
         if type(u) is not int:
             raise FrameError(f"orderbook update id u={u!r}", native)
@@ -191,8 +197,9 @@ class BybitAdapter(AdapterBase):
         ts = ms_to_us(msg.get("ts"))
         if typ == "snapshot" or u == 1:
             # A snapshot, or a delta with u=1 after a service restart, replaces the book.
-            bids = self.levels(st, data.get("b"), lock=True)
-            asks = self.levels(st, data.get("a"), lock=True)
+            self.lock_scales(st, data.get("b"), data.get("a"))
+            bids = self.levels(st, data.get("b"))
+            asks = self.levels(st, data.get("a"))
             self.apply_book_snapshot(st, bids, asks, u, ts, recv, out)
             if self.check_crossed(st):
                 self._resync(st, f"crossed snapshot u={u}", out, False)
@@ -280,6 +287,8 @@ class BybitAdapter(AdapterBase):
         seq = cs if type(cs) is int else 0
         env = self.envelope(st, ET_TICKER, ts, recv, seq, 0, 0)
         tk = env.ticker
+        self.prepare(st, (t.get("bid1Price"), t.get("ask1Price"), t.get("lastPrice")),
+                     (t.get("bid1Size"), t.get("ask1Size"), t.get("volume24h"), t.get("openInterest")))
         tk.bid_px = self._opt_px(st, t.get("bid1Price"))
         tk.bid_qty = self._opt_sz(st, t.get("bid1Size"))
         tk.ask_px = self._opt_px(st, t.get("ask1Price"))

@@ -368,17 +368,19 @@ class AdapterBase:
             add(px=px, qty=q)
         return self.stamp(env)
 
-    def levels(self, st: InstrumentState, raw: Any, lock: bool = False) -> list[tuple[int, int]]:
+    def lock_scales(self, st: InstrumentState, *sides: Any) -> None:
+        """A full book arrived: fix the instrument's scales from every level on every side."""
+        try:
+            st.px.lock([lv[0] for raw in sides for lv in raw])
+            st.sz.lock([lv[1] for raw in sides for lv in raw])
+        except (IndexError, TypeError, KeyError):
+            raise FrameError(f"malformed levels in snapshot of {st.native}", st.native) from None
+
+    def levels(self, st: InstrumentState, raw: Any) -> list[tuple[int, int]]:
         """[[px, qty, ...], ...] strings -> [(px, qty)] at the instrument's scales."""
         if type(raw) is not list:
             raise FrameError(f"levels are not a list: {raw!r:.80}", st.native)
-        if lock:
-            try:
-                st.px.lock([lv[0] for lv in raw])
-                st.sz.lock([lv[1] for lv in raw])
-            except (IndexError, TypeError, KeyError):
-                raise FrameError(f"malformed level in {raw!r:.120}", st.native) from None
-        elif not st.px.locked or not st.sz.locked:
+        if not st.px.locked or not st.sz.locked:
             try:
                 st.px.fit([lv[0] for lv in raw])
                 st.sz.fit([lv[1] for lv in raw])
@@ -392,6 +394,14 @@ class AdapterBase:
         except ScaleError as e:
             raise FrameError(f"precision: {e} (instrument {st.native} fixed at price scale {ps}, "
                              f"size scale {ss})", st.native) from None
+
+    def prepare(self, st: InstrumentState, prices: tuple = (), sizes: tuple = ()) -> None:
+        """Settle unlocked scales over every value of a message before converting any, so all
+        values in one envelope share one scale."""
+        if not st.px.locked:
+            st.px.fit([v for v in prices if v not in (None, "")])
+        if not st.sz.locked:
+            st.sz.fit([v for v in sizes if v not in (None, "")])
 
     def price(self, st: InstrumentState, text: Any, tracker: ScaleTracker | None = None) -> int:
         tr = tracker or st.px

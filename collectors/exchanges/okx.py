@@ -231,11 +231,16 @@ class OkxAdapter(AdapterBase):
             raise FrameError(f"bad checksum {checksum!r}", inst)
         raw_b, raw_a = d.get("bids"), d.get("asks")
         if action == "snapshot":
-            bids = self.levels(st, raw_b, lock=True)
-            asks = self.levels(st, raw_a, lock=True)
+            self.lock_scales(st, raw_b, raw_a)
+            bids = self.levels(st, raw_b)
+            asks = self.levels(st, raw_a)
             st.levels_str = ({p: (lv[0], lv[1]) for p, lv in zip((x[0] for x in bids), raw_b)},
                              {p: (lv[0], lv[1]) for p, lv in zip((x[0] for x in asks), raw_a)})
             self.apply_book_snapshot(st, bids, asks, seq_id or 0, ts, recv, out, checksum)
+            if self.check_crossed(st):
+                out.events.pop()   # not the venue's book: not published
+                self._resync(st, "crossed snapshot", out, False)
+                raise FrameError("crossed book in snapshot", inst)
             if not self._check(st, checksum, "snapshot", frame, out):
                 out.events.pop()   # the snapshot is not the venue's book: it is not published
             return
@@ -339,6 +344,8 @@ class OkxAdapter(AdapterBase):
         st = self.state(t.get("instId"))
         env = self.envelope(st, ET_TICKER, ms_to_us(t.get("ts")), recv, 0, 0, 0)
         tk = env.ticker
+        self.prepare(st, (t.get("bidPx"), t.get("askPx"), t.get("last")),
+                     (t.get("bidSz"), t.get("askSz"), t.get("vol24h")))
         tk.bid_px = self._opt(st, t.get("bidPx"), True)
         tk.bid_qty = self._opt(st, t.get("bidSz"), False)
         tk.ask_px = self._opt(st, t.get("askPx"), True)
@@ -410,6 +417,7 @@ class OkxAdapter(AdapterBase):
                 raise FrameError("bbo-tbt item is not an object", st.native)
             b = d.get("bids") or []
             a = d.get("asks") or []
+            self.prepare(st, tuple(lv[0] for lv in b[:1] + a[:1]), tuple(lv[1] for lv in b[:1] + a[:1]))
             bp, bq = (self.price(st, b[0][0]), self.size(st, b[0][1])) if b else (0, 0)
             ap, aq = (self.price(st, a[0][0]), self.size(st, a[0][1])) if a else (0, 0)
             seq = d.get("seqId")
