@@ -1,0 +1,207 @@
+"""`ticklake` command line: run the local platform (up/down/status) and, later, operate it.
+
+Each subcommand lives in its own `_register_<name>(subparsers)` function that adds its
+parser and sets `func`; other commands (backfill, capture verify, ...) are added the
+same way and appended to REGISTRARS. Handlers return the process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from resources.home import DEFAULT_HOME, HOME_ENV, TicklakeHome, resolve_home
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+#: `status`: nothing is running (LSB convention for "program is not running").
+EXIT_NOT_RUNNING = 3
+
+
+def _home(args: argparse.Namespace) -> TicklakeHome:
+    return resolve_home(args.home)
+
+
+def _err(msg: str) -> None:
+    print(f"ticklake: {msg}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- up
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from pipelines import stack
+
+    home = _home(args)
+    options = stack.UpOptions(dagster_port=args.port, partitions=args.partitions,
+                              replay=args.replay, workspace=args.workspace, timeout=args.timeout)
+    try:
+        state = stack.up(home, options)
+    except stack.AlreadyRunning as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    except stack.StackError as exc:
+        _err(f"up failed (nothing it started is left running):\n{exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _err("interrupted; everything started so far was stopped")
+        return 130
+    if args.foreground:
+        return stack.run_foreground(home, state)
+    print(f"ticklake is up. UI: {state.dagster_url}   stop with: ticklake down")
+    return EXIT_OK
+
+
+def _register_up(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "up", help="start the local stack (Kafka broker, topics, Iceberg catalog, Dagster)",
+        description=(
+            "Start the embedded Tansu Kafka broker on a free 127.0.0.1 port (memory storage), "
+            "create every topic, create the SQLite Iceberg catalog and the `market` namespace, "
+            "then start the Dagster webserver and daemon. Returns once the broker answers "
+            "metadata requests, the code location is loaded and the daemons heartbeat; the "
+            "services keep running in the background until `ticklake down`. Refuses to start "
+            "a second stack for the same home."))
+    p.add_argument("--foreground", action="store_true",
+                   help="stay attached; Ctrl-C (or SIGTERM) stops everything")
+    p.add_argument("--port", type=int, default=3000, metavar="PORT",
+                   help="port of the Dagster UI on 127.0.0.1 (default: %(default)s)")
+    p.add_argument("--partitions", type=int, default=3, metavar="N",
+                   help="partitions per topic on the local broker (default: %(default)s)")
+    p.add_argument("--replay", type=Path, metavar="PATH",
+                   help="serve recorded captures instead of live venues (accepted and recorded; "
+                        "NOT YET IMPLEMENTED - collectors come in a later issue)")
+    p.add_argument("--workspace", type=Path, metavar="FILE",
+                   help="Dagster workspace file (default: the repository's workspace.yaml)")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="how long to wait for each service to become ready (default: %(default)s)")
+    p.set_defaults(func=_cmd_up)
+
+
+# --------------------------------------------------------------------------- down
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from pipelines import stack
+
+    try:
+        stack.down(_home(args), timeout=args.timeout)
+    except stack.StackError as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _register_down(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "down", help="stop everything `ticklake up` started",
+        description=(
+            "Stop the Dagster daemon, the webserver and the broker (in that order) by the PIDs "
+            "recorded under $TICKLAKE_HOME/run, including their child processes (code servers, "
+            "runs): SIGTERM, then SIGKILL after the timeout. The broker keeps data in memory, so "
+            "Kafka topics are gone afterwards; the catalog, warehouse and Dagster history stay."))
+    p.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
+                   help="grace period before SIGKILL (default: %(default)s)")
+    p.set_defaults(func=_cmd_down)
+
+
+# --------------------------------------------------------------------------- status
+
+def _print_status(info: dict, overall: str) -> None:
+    print(f"ticklake {overall}   home {info['home']}")
+    for name, svc in info["services"].items():
+        pid = f"pid {svc['pid']}" if svc["pid"] else ""
+        line = f"  {name:<18} {svc['state']:<8} {pid:<11}"
+        if svc["state"] == "running":
+            line += f" {'ok' if svc['healthy'] else 'UNHEALTHY'}  {svc.get('detail', '')}"
+        print(line)
+        print(f"  {'':<18} log {svc['log']}")
+    print(f"  {'kafka':<18} {info['kafka_bootstrap'] or '-'}")
+    print(f"  {'dagster UI':<18} {info['dagster_url'] or '-'}")
+    cat = info["catalog"]
+    tables = (f"{len(cat['tables'])} tables in `{cat['namespace']}`" if "tables" in cat
+              else cat.get("error", "not created yet"))
+    print(f"  {'iceberg catalog':<18} {info['catalog_name']} {info['catalog_uri']} ({tables})")
+    print(f"  {'warehouse':<18} {info['warehouse']}")
+    print(f"  {'clickhouse':<18} {info['clickhouse_dsn']}")
+    print(f"  {'artifacts':<18} {info['artifacts']}")
+    if info.get("replay"):
+        print(f"  {'replay':<18} {info['replay']} (not yet implemented)")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pipelines import stack
+
+    try:
+        info = stack.status(_home(args))
+    except stack.StackError as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    state = stack.overall(info)
+    info["status"] = state
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_status(info, state)
+    return {"running": EXIT_OK, "stopped": EXIT_NOT_RUNNING}.get(state, EXIT_ERROR)
+
+
+def _register_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "status", help="show each part of the local stack and where its logs are",
+        description=(
+            "Probe each service live (Kafka metadata, Dagster GraphQL location and daemon "
+            "heartbeats) and print where state and logs live. Exit code: 0 all running and "
+            "healthy, 3 nothing running, 1 anything in between."))
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output: home, kafka_bootstrap, dagster_url, catalog_name, "
+                        "catalog_uri, warehouse, clickhouse_dsn, artifacts, services, status")
+    p.set_defaults(func=_cmd_status)
+
+
+# --------------------------------------------------------------------------- capture (collectors)
+
+def _register_capture(sub: argparse._SubParsersAction) -> None:
+    # `capture verify` lives with the collectors (collectors/verify.py); imported lazily.
+    from collectors.verify import add_capture_parser
+
+    add_capture_parser(sub)
+
+
+# --------------------------------------------------------------------------- parser
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _register_up,
+    _register_down,
+    _register_status,
+    _register_capture,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ticklake",
+        description="ticklake: crypto market data -> Kafka -> Iceberg -> ClickHouse, run by Dagster.",
+        epilog=(f"State lives in ${HOME_ENV} (default ./{DEFAULT_HOME}): catalog.db, warehouse/, "
+                "clickhouse/, dagster/, artifacts/ and run/ (pid files, logs)."))
+    parser.add_argument("--home", metavar="DIR",
+                        help=f"state directory (default: ${HOME_ENV} or ./{DEFAULT_HOME})")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:  # e.g. an invalid home path
+        _err(str(exc))
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,606 @@
+"""The local stack behind `ticklake up|down|status`: broker, topics, catalog, Dagster.
+
+`up` starts every service as its own detached session (so it outlives the CLI and a
+Ctrl-C in the terminal never half-kills it), records PID + start time of each under
+<home>/run/, and only returns once each part answers its own protocol: Kafka metadata
+for the broker, GraphQL "location loaded" for the webserver, heartbeats for the daemon.
+`down` works from those records alone, so it can run from any shell. Any failure in
+`up` stops what it had started: a failed start never leaves processes behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipelines.procs import ProcessRecord, stop_tree
+from resources.home import HOME_ENV, LOCAL_POOL_LIMITS, TicklakeHome
+from schemas.tables import NAMESPACE as LAKE_NAMESPACE
+from streaming.broker import (
+    LOCAL_HOST,
+    BrokerError,
+    EmbeddedBroker,
+    log_tail,
+    metadata_answers,
+    port_in_use,
+)
+from streaming.kafka_config import KAFKA_BOOTSTRAP_ENV
+
+BROKER = "broker"
+WEBSERVER = "dagster-webserver"
+DAEMON = "dagster-daemon"
+#: Start order; `down` stops in reverse (daemon first, so it launches nothing new).
+SERVICES = (BROKER, WEBSERVER, DAEMON)
+DEFAULT_DAGSTER_PORT = 3000
+STATE_FILE = "stack.json"
+
+
+class StackError(RuntimeError):
+    """The stack could not be started/stopped; the message is meant for the user."""
+
+
+class AlreadyRunning(StackError):
+    pass
+
+
+@dataclass(slots=True)
+class UpOptions:
+    dagster_port: int = DEFAULT_DAGSTER_PORT
+    partitions: int = 3
+    replay: Path | None = None
+    workspace: Path | None = None
+    timeout: float = 300.0
+
+
+@dataclass(slots=True)
+class StackState:
+    """Everything `status` and scripts need, persisted as <home>/run/stack.json."""
+
+    home: str
+    kafka_bootstrap: str | None = None
+    dagster_url: str | None = None
+    replay: str | None = None
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    topics: int = 0
+    services: dict[str, ProcessRecord] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"home": self.home, "kafka_bootstrap": self.kafka_bootstrap,
+                "dagster_url": self.dagster_url, "replay": self.replay,
+                "started_at": self.started_at, "topics": self.topics,
+                "services": {k: v.to_json() for k, v in self.services.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StackState:
+        return cls(home=data["home"], kafka_bootstrap=data.get("kafka_bootstrap"),
+                   dagster_url=data.get("dagster_url"), replay=data.get("replay"),
+                   started_at=data.get("started_at", ""), topics=int(data.get("topics", 0)),
+                   services={k: ProcessRecord.from_json(v)
+                             for k, v in data.get("services", {}).items()})
+
+    def running(self) -> dict[str, ProcessRecord]:
+        return {k: v for k, v in self.services.items() if v.is_running()}
+
+
+# --------------------------------------------------------------------------- state files
+
+def _state_path(home: TicklakeHome) -> Path:
+    return home.run_dir / STATE_FILE
+
+
+def load_state(home: TicklakeHome) -> StackState | None:
+    path = _state_path(home)
+    if not path.exists():
+        return None
+    try:
+        return StackState.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError) as exc:
+        raise StackError(f"unreadable stack state {path}: {exc}; remove it after checking "
+                         "that no ticklake service is running") from exc
+
+
+def _save_state(home: TicklakeHome, state: StackState) -> None:
+    path = _state_path(home)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n")
+    os.replace(tmp, path)
+    for name, rec in state.services.items():
+        (home.run_dir / f"{name}.pid").write_text(f"{rec.pid}\n")
+
+
+def _clear_state(home: TicklakeHome) -> None:
+    for name in SERVICES:
+        (home.run_dir / f"{name}.pid").unlink(missing_ok=True)
+    _state_path(home).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _exclusive(home: TicklakeHome) -> Iterator[None]:
+    """One `up`/`down` at a time per home: two racing `up`s would each start a stack."""
+    home.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(home.run_dir / "stack.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError(f"another `ticklake up` or `ticklake down` is in progress for {home.root}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- processes
+
+def repo_root() -> Path:
+    """The checkout holding workspace.yaml and dagster.yaml (an editable install)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "workspace.yaml").exists() or not (root / "dagster.yaml").exists():
+        raise StackError(f"workspace.yaml/dagster.yaml not found in {root}; install ticklake "
+                         "from a checkout with `pip install -e .`")
+    return root
+
+
+def _script(name: str) -> str:
+    """A console script of this interpreter's environment (not whatever is first on PATH)."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise StackError(f"`{name}` not found next to {sys.executable} nor on PATH")
+    return found
+
+
+@contextlib.contextmanager
+def _children_get_default_signals() -> Iterator[None]:
+    """A shell's `&` starts us with SIGINT ignored, and an ignored signal stays ignored
+    across exec; Dagster relies on SIGINT to shut code servers and runs down. Handlers
+    (unlike SIG_IGN) are reset to default on exec, so swapping SIG_IGN for a handler while
+    spawning gives the children default behaviour without a preexec_fn (unsafe with the
+    Kafka client's threads alive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {}
+    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            saved[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, previous in saved.items():
+            signal.signal(sig, previous)
+
+
+def _spawn(name: str, cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> ProcessRecord:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        fh.write(f"\n=== {datetime.now(UTC).isoformat(timespec='seconds')} {' '.join(cmd)}\n".encode())
+        fh.flush()
+        with _children_get_default_signals():
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fh,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+    # The Popen object is dropped on purpose: the service is tracked by PID from now on.
+    proc.returncode = 0
+    return ProcessRecord.of(name, proc.pid, log, cmd)
+
+
+# --------------------------------------------------------------------------- Dagster GraphQL
+
+_LOCATIONS_QUERY = """
+{ workspaceOrError {
+    __typename
+    ... on Workspace { locationEntries { name loadStatus
+        locationOrLoadError { __typename
+          ... on RepositoryLocation { name repositories { name } }
+          ... on PythonError { message errorChain { error { message } } } } } }
+    ... on PythonError { message } } }
+"""
+_DAEMONS_QUERY = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"
+
+
+def graphql(url: str, query: str, timeout: float = 5.0) -> dict[str, Any]:
+    req = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        body = json.loads(resp.read())
+    if body.get("errors"):
+        raise StackError(f"GraphQL error from {url}: {body['errors']}")
+    return body["data"]
+
+
+@dataclass(frozen=True, slots=True)
+class LocationStatus:
+    """loaded=None: still loading (or the server is not answering yet)."""
+
+    loaded: bool | None
+    detail: str
+
+
+def location_status(url: str, timeout: float = 5.0) -> LocationStatus:
+    try:
+        data = graphql(url, _LOCATIONS_QUERY, timeout)["workspaceOrError"]
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        return LocationStatus(None, f"not answering: {exc}")
+    if data["__typename"] == "PythonError":
+        return LocationStatus(False, data["message"])
+    entries = data["locationEntries"]
+    if not entries:
+        return LocationStatus(False, "the workspace has no code location")
+    errors, loading, loaded = [], [], []
+    for entry in entries:
+        loc = entry["locationOrLoadError"]
+        if loc is not None and loc["__typename"] == "PythonError":
+            chain = "".join(f"\n  caused by: {link['error']['message'].strip()}"
+                            for link in loc.get("errorChain") or [])
+            errors.append(f"location {entry['name']} failed to load: {loc['message'].strip()}{chain}")
+        elif entry["loadStatus"] != "LOADED" or loc is None:
+            loading.append(entry["name"])
+        else:
+            loaded.append(entry["name"])
+    if errors:
+        return LocationStatus(False, "\n".join(errors))
+    if loading:
+        return LocationStatus(None, f"loading: {', '.join(loading)}")
+    return LocationStatus(True, f"loaded: {', '.join(loaded)}")
+
+
+def daemon_health(url: str, timeout: float = 5.0) -> dict[str, bool] | None:
+    """Required daemon -> healthy, as the webserver sees their heartbeats; None if unreachable."""
+    try:
+        statuses = graphql(url, _DAEMONS_QUERY, timeout)["instance"]["daemonHealth"]["allDaemonStatuses"]
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, StackError):
+        return None
+    return {s["daemonType"]: bool(s["healthy"]) for s in statuses if s["required"]}
+
+
+def _wait(what: str, check: Callable[[], bool | None], alive: Callable[[], bool], log: Path,
+          timeout: float, failure: Callable[[], str] = lambda: "") -> None:
+    """Poll `check` (True ready, False failed, None not yet) while the process is alive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result is True:
+            return
+        if result is False:
+            raise StackError(f"{what} failed: {failure()}\nlog {log} ends with:\n{log_tail(log)}")
+        if not alive():
+            raise StackError(f"{what}: the process exited\nlog {log} ends with:\n{log_tail(log)}")
+        if time.monotonic() > deadline:
+            raise StackError(f"{what}: not ready after {timeout:.0f}s ({failure()})\n"
+                             f"log {log} ends with:\n{log_tail(log)}")
+        time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- setup steps
+
+def _create_topics(bootstrap: str, partitions: int) -> int:
+    from streaming.topic_admin import admin_client, ensure_topics
+    from streaming.topic_config import TopicConfig
+
+    result = ensure_topics(admin_client(bootstrap), TopicConfig.local(partitions))
+    return len(result.created) + len(result.existing)
+
+
+def open_local_catalog(home: TicklakeHome):
+    """The local Iceberg catalog exactly as the Dagster `lake` resource opens it."""
+    from resources.profiles import LAKE, local_resources
+
+    os.environ[HOME_ENV] = str(home.root)  # local_resources() derives everything from it
+    return local_resources()[LAKE]
+
+
+def _create_catalog(home: TicklakeHome) -> int:
+    """SQLite catalog, the `market` namespace and every table of schemas/tables.py
+    (idempotent); returns the number of tables."""
+    return len(open_local_catalog(home).ensure_tables())
+
+
+@contextlib.contextmanager
+def _local_instance(home: TicklakeHome):
+    """The local Dagster instance, opened in this process (dagster.yaml reads $DAGSTER_HOME)."""
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home.dagster_home)
+    try:
+        from dagster import DagsterInstance
+
+        with DagsterInstance.from_config(str(home.dagster_home)) as instance:
+            yield instance
+    finally:
+        if previous is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = previous
+
+
+def _prepare_dagster_home(home: TicklakeHome, root: Path) -> list[str]:
+    """Copy the repo's dagster.yaml into DAGSTER_HOME, set the pool limits it cannot hold,
+    and close out runs a previous stack left behind (returns their ids)."""
+    shutil.copyfile(root / "dagster.yaml", home.dagster_home / "dagster.yaml")
+    with _local_instance(home) as instance:
+        for pool, limit in LOCAL_POOL_LIMITS.items():
+            instance.event_log_storage.set_concurrency_slots(pool, limit)
+    return fail_orphaned_runs(home, "its run worker was gone when `ticklake up` started")
+
+
+def fail_orphaned_runs(home: TicklakeHome, why: str) -> list[str]:
+    """Mark runs whose workers no longer exist as failed and free their pool slots.
+
+    Only called while no Dagster process of this home runs, so every in-progress run is an
+    orphan. Left alone they would show as running forever and, worse, hold their
+    `ticklake/service` tag slot, so the supervisor could never start that service again.
+    """
+    if not (home.dagster_home / "dagster.yaml").exists():
+        return []
+    from dagster import DagsterRunStatus, RunsFilter
+
+    in_progress = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+    failed = []
+    with _local_instance(home) as instance:
+        for run in instance.get_runs(RunsFilter(statuses=in_progress)):
+            if run.status == DagsterRunStatus.CANCELING:
+                instance.report_run_canceled(run, message=f"Canceled: {why}.")
+            else:
+                instance.report_run_failed(run, message=f"Marked failed by ticklake: {why}.")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            failed.append(run.run_id)
+    return failed
+
+
+def service_env(home: TicklakeHome, bootstrap: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({HOME_ENV: str(home.root), KAFKA_BOOTSTRAP_ENV: bootstrap,
+                "DAGSTER_HOME": str(home.dagster_home)})
+    return env
+
+
+# --------------------------------------------------------------------------- up / down / status
+
+def up(home: TicklakeHome, options: UpOptions | None = None,
+       echo: Callable[[str], None] = print) -> StackState:
+    options = options or UpOptions()
+    home.ensure()
+    with _exclusive(home):
+        existing = load_state(home)
+        if existing is not None:
+            alive = existing.running()
+            if alive:
+                which = ", ".join(f"{k} (pid {v.pid})" for k, v in alive.items())
+                if len(alive) == len(existing.services):
+                    raise AlreadyRunning(f"ticklake is already running for {home.root}: {which}; "
+                                         f"UI {existing.dagster_url}. Use `ticklake status` or `ticklake down`.")
+                raise AlreadyRunning(f"a previous ticklake stack for {home.root} is partly running "
+                                     f"({which}); run `ticklake down` first")
+            _clear_state(home)  # stale: everything it lists is gone
+
+        root = repo_root()
+        workspace = (options.workspace or root / "workspace.yaml").resolve()
+        if not workspace.exists():
+            raise StackError(f"workspace file not found: {workspace}")
+        if port_in_use(LOCAL_HOST, options.dagster_port):
+            raise StackError(f"port {options.dagster_port} on {LOCAL_HOST} is already in use "
+                             "(another Dagster UI?); stop it or pass --port")
+        if options.replay is not None and not options.replay.exists():
+            raise StackError(f"--replay path does not exist: {options.replay}")
+
+        state = StackState(home=str(home.root),
+                           replay=str(options.replay.resolve()) if options.replay else None)
+        try:
+            _start_all(home, root, workspace, options, state, echo)
+        except BaseException:
+            # KeyboardInterrupt included: a half-started stack is never left behind.
+            _stop_all(home, state, echo=lambda _msg: None)
+            _clear_state(home)
+            raise
+        return state
+
+
+def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptions,
+               state: StackState, echo: Callable[[str], None]) -> None:
+    echo(f"home        {home.root}")
+    broker_log = home.log_path(BROKER)
+    try:
+        broker = EmbeddedBroker(log_path=broker_log).start()
+    except BrokerError as exc:
+        raise StackError(f"Kafka broker: {exc}") from None
+    record = ProcessRecord.of(BROKER, broker.pid, broker_log, broker.command())
+    broker.detach()
+    state.kafka_bootstrap = broker.bootstrap
+    state.services[BROKER] = record
+    _save_state(home, state)
+    echo(f"kafka       {broker.bootstrap} (Tansu, memory storage, pid {record.pid})")
+
+    state.topics = _create_topics(broker.bootstrap, options.partitions)
+    _save_state(home, state)
+    echo(f"topics      {state.topics} topics, {options.partitions} partitions each")
+
+    n_tables = _create_catalog(home)
+    echo(f"catalog     {home.catalog_uri} ({n_tables} tables in `{LAKE_NAMESPACE}`), "
+         f"warehouse {home.warehouse}")
+
+    orphans = _prepare_dagster_home(home, root)
+    if orphans:
+        echo(f"dagster     {len(orphans)} run(s) left running by a previous stack marked failed")
+    env = service_env(home, broker.bootstrap)
+    url = f"http://{LOCAL_HOST}:{options.dagster_port}"
+    state.dagster_url = url
+    web = _spawn(WEBSERVER, [_script("dagster-webserver"), "-h", LOCAL_HOST,
+                             "-p", str(options.dagster_port), "-w", str(workspace)],
+                 env, root, home.log_path(WEBSERVER))
+    state.services[WEBSERVER] = web
+    daemon = _spawn(DAEMON, [_script("dagster-daemon"), "run", "-w", str(workspace)],
+                    env, root, home.log_path(DAEMON))
+    state.services[DAEMON] = daemon
+    _save_state(home, state)
+    echo(f"dagster     starting webserver (pid {web.pid}) and daemon (pid {daemon.pid}) ...")
+
+    last: list[LocationStatus] = []
+
+    def loaded() -> bool | None:
+        last[:] = [location_status(url)]
+        return last[0].loaded
+
+    _wait("Dagster webserver", loaded, web.is_running, Path(web.log), options.timeout,
+          failure=lambda: last[0].detail if last else "")
+
+    health: list[dict[str, bool] | None] = [None]
+
+    def daemons_ok() -> bool | None:
+        health[0] = daemon_health(url)
+        return bool(health[0]) and all(health[0].values()) or None
+
+    _wait("Dagster daemon", daemons_ok, daemon.is_running, Path(daemon.log), options.timeout,
+          failure=lambda: f"unhealthy daemons: {[k for k, v in (health[0] or {}).items() if not v]}")
+    _save_state(home, state)
+    echo(f"dagster     UI {url} (code location loaded, daemons healthy)")
+    if options.replay is not None:
+        echo(f"replay      {state.replay}: recorded, but NOT YET IMPLEMENTED - collectors and the "
+             "replay emulator come in a later issue; no market data flows yet")
+    echo(f"logs        {home.run_dir}/<service>.log")
+
+
+def _stop_all(home: TicklakeHome, state: StackState, echo: Callable[[str], None],
+              timeout: float = 20.0) -> list[str]:
+    """Stop services in reverse start order; returns a problem per service left alive."""
+    problems = []
+    for name in reversed(SERVICES):
+        rec = state.services.get(name)
+        if rec is None:
+            continue
+        if not rec.is_running():
+            echo(f"{name:<18} not running")
+            continue
+        left = stop_tree(rec, timeout)
+        if left:
+            problems.append(f"{name}: processes {left} survived SIGKILL")
+        else:
+            echo(f"{name:<18} stopped (pid {rec.pid})")
+    return problems
+
+
+def down(home: TicklakeHome, echo: Callable[[str], None] = print, timeout: float = 20.0) -> bool:
+    """Stop everything `up` started for this home. False when nothing was running."""
+    with _exclusive(home):
+        state = load_state(home)
+        if state is None:
+            echo(f"nothing to stop: no ticklake stack recorded in {home.run_dir}")
+            return False
+        problems = _stop_all(home, state, echo, timeout)
+        if problems:
+            raise StackError("could not stop everything:\n  " + "\n  ".join(problems))
+        _clear_state(home)
+        orphans = fail_orphaned_runs(home, "`ticklake down` stopped its run worker")
+        if orphans:
+            echo(f"{len(orphans)} run(s) in progress were marked failed: {', '.join(orphans)}")
+        return True
+
+
+def status(home: TicklakeHome) -> dict[str, Any]:
+    """Each part's state, probed live (not just PIDs), plus the values scripts need."""
+    state = load_state(home)
+    info: dict[str, Any] = {
+        "home": str(home.root),
+        "kafka_bootstrap": state.kafka_bootstrap if state else None,
+        "dagster_url": state.dagster_url if state else None,
+        "catalog_name": home.catalog_name,
+        "catalog_uri": home.catalog_uri,
+        "warehouse": home.warehouse,
+        "clickhouse_dsn": home.clickhouse_dsn,
+        "artifacts": str(home.artifacts_dir),
+        "dagster_home": str(home.dagster_home),
+        "replay": state.replay if state else None,
+        "started_at": state.started_at if state else None,
+        "services": {},
+    }
+    services: dict[str, Any] = info["services"]
+    for name in SERVICES:
+        rec = state.services.get(name) if state else None
+        entry: dict[str, Any] = {"state": "stopped", "pid": None, "log": str(home.log_path(name))}
+        if rec is not None:
+            entry["pid"] = rec.pid
+            entry["state"] = "running" if rec.is_running() else "dead"
+        services[name] = entry
+    broker = services[BROKER]
+    if broker["state"] == "running":
+        ok = metadata_answers(info["kafka_bootstrap"], timeout=3.0)
+        broker["healthy"] = ok
+        broker["detail"] = (f"metadata answered on {info['kafka_bootstrap']}, {state.topics} topics"
+                            if ok else f"no metadata reply on {info['kafka_bootstrap']}")
+    web = services[WEBSERVER]
+    if web["state"] == "running":
+        loc = location_status(info["dagster_url"])
+        web["healthy"] = loc.loaded is True
+        web["detail"] = f"{info['dagster_url']} {loc.detail}"
+    daemon = services[DAEMON]
+    if daemon["state"] == "running":
+        health = daemon_health(info["dagster_url"]) if web["state"] == "running" else None
+        daemon["healthy"] = bool(health) and all(health.values())
+        daemon["detail"] = ("heartbeats unknown (webserver down)" if health is None else
+                            "all daemons healthy" if daemon["healthy"] else
+                            f"unhealthy: {[k for k, v in health.items() if not v]}")
+    for entry in services.values():
+        entry.setdefault("healthy", False)
+    info["catalog"] = _catalog_status(home)
+    return info
+
+
+def _catalog_status(home: TicklakeHome) -> dict[str, Any]:
+    if not home.catalog_db.exists():
+        return {"exists": False}
+    try:
+        catalog = open_local_catalog(home).load_catalog()
+        tables = [".".join(t) for t in catalog.list_tables(LAKE_NAMESPACE)]
+        return {"exists": True, "namespace": LAKE_NAMESPACE, "tables": tables}
+    except Exception as exc:  # noqa: BLE001 - status reports, it must not crash
+        return {"exists": True, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def overall(info: dict[str, Any]) -> str:
+    """`running` (all healthy), `stopped` (nothing alive) or `degraded`."""
+    states = [s["state"] for s in info["services"].values()]
+    if all(s == "running" for s in states) and all(s["healthy"] for s in info["services"].values()):
+        return "running"
+    if all(s != "running" for s in states):
+        return "stopped"
+    return "degraded"
+
+
+def run_foreground(home: TicklakeHome, state: StackState, echo: Callable[[str], None] = print,
+                   poll: float = 2.0) -> int:
+    """Stay attached until Ctrl-C/SIGTERM or a service dies, then stop everything."""
+    stop = threading.Event()
+    reason: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        reason.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        echo("running in the foreground; Ctrl-C stops everything")
+        while not stop.wait(poll):
+            dead = [k for k, v in state.services.items() if not v.is_running()]
+            if dead:
+                reason.append(f"service exited: {', '.join(dead)}")
+                break
+        echo(f"stopping ({reason[0] if reason else 'done'}) ...")
+        down(home, echo=echo)
+        return 0 if reason and reason[0] in ("SIGINT", "SIGTERM", "SIGHUP") else 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,108 @@
+"""The local state directory ($TICKLAKE_HOME) and every value derived from it.
+
+One place decides where the local catalog, warehouse, ClickHouse data, Dagster home,
+artifacts and the stack's pid files live, so the CLI, the Dagster resources and the
+tests agree without passing paths around. Plain Python on purpose (no Dagster import):
+the CLI and tests use it before any Dagster process exists.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME_ENV = "TICKLAKE_HOME"
+DEFAULT_HOME = ".ticklake"
+
+CATALOG_NAME = "ticklake"
+
+#: Dagster concurrency pool serializing local ClickHouse (chdb) steps: chdb allows one
+#: engine per process and one process per data path. dagster.yaml cannot name a pool's
+#: limit, so `ticklake up` sets these limits on the local instance.
+CLICKHOUSE_POOL = "clickhouse_local"
+LOCAL_POOL_LIMITS: dict[str, int] = {CLICKHOUSE_POOL: 1}
+
+
+@dataclass(frozen=True, slots=True)
+class TicklakeHome:
+    """Layout of one $TICKLAKE_HOME; `root` is always absolute."""
+
+    root: Path
+
+    @property
+    def catalog_db(self) -> Path:
+        return self.root / "catalog.db"
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.root / "warehouse"
+
+    @property
+    def clickhouse_dir(self) -> Path:
+        return self.root / "clickhouse"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files, the stack state file and service logs."""
+        return self.root / "run"
+
+    @property
+    def catalog_name(self) -> str:
+        return CATALOG_NAME
+
+    @property
+    def catalog_uri(self) -> str:
+        return f"sqlite:///{self.catalog_db}"
+
+    @property
+    def warehouse(self) -> str:
+        return self.warehouse_dir.as_uri()
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        """``chdb:///abs/path``: clickhouse-connect takes the URL path verbatim as the data dir."""
+        return f"chdb://{self.clickhouse_dir}"
+
+    def log_path(self, service: str) -> Path:
+        return self.run_dir / f"{service}.log"
+
+    def ensure(self) -> TicklakeHome:
+        """Create every directory of the layout (idempotent)."""
+        for d in (self.root, self.warehouse_dir, self.clickhouse_dir, self.dagster_home,
+                  self.artifacts_dir, self.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "home": str(self.root),
+            "catalog_name": self.catalog_name,
+            "catalog_uri": self.catalog_uri,
+            "warehouse": self.warehouse,
+            "clickhouse_dsn": self.clickhouse_dsn,
+            "artifacts": str(self.artifacts_dir),
+            "dagster_home": str(self.dagster_home),
+        }
+
+
+def resolve_home(path: str | os.PathLike[str] | None = None) -> TicklakeHome:
+    """The home from an explicit path, else $TICKLAKE_HOME, else ./.ticklake — made absolute.
+
+    Absolute because the path is handed to background processes whose working
+    directory may differ from the caller's.
+    """
+    raw = path if path is not None else (os.environ.get(HOME_ENV) or DEFAULT_HOME)
+    root = Path(raw).expanduser().resolve()
+    if any(c in str(root) for c in "?#\n"):
+        # The path is embedded verbatim in sqlite:// and chdb:// URLs.
+        raise ValueError(f"{HOME_ENV} must not contain '?', '#' or newlines: {root!s}")
+    return TicklakeHome(root)

@@ -1,0 +1,30 @@
+"""Fixtures shared by the whole suite: real services only, started once where possible."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from resources.home import HOME_ENV, TicklakeHome, resolve_home
+from streaming.broker import EmbeddedBroker
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A real Tansu broker (memory storage) on a free 127.0.0.1 port for the whole session.
+
+    Shared: create topics with unique names (or the project's own, idempotently) rather
+    than assuming an empty broker. `.bootstrap` is the host:port to connect to.
+    """
+    log = tmp_path_factory.mktemp("kafka") / "broker.log"
+    with EmbeddedBroker(log_path=log) as broker:
+        yield broker
+
+
+@pytest.fixture
+def ticklake_home(tmp_path, monkeypatch: pytest.MonkeyPatch) -> TicklakeHome:
+    """A fresh $TICKLAKE_HOME (directories created) exported to the environment."""
+    home = resolve_home(tmp_path / "ticklake-home").ensure()
+    monkeypatch.setenv(HOME_ENV, str(home.root))
+    return home

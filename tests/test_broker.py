@@ -1,0 +1,224 @@
+"""The embedded Tansu broker and topic administration, against real broker processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from streaming.broker import (
+    BrokerError,
+    EmbeddedBroker,
+    fetch_metadata,
+    find_free_port,
+    metadata_answers,
+    port_in_use,
+    process_listens_on,
+    wait_for_metadata,
+)
+from streaming.topic_admin import (
+    admin_client,
+    create_topics,
+    describe_topic_configs,
+    ensure_prediction_topic,
+    ensure_topics,
+    planned_topics,
+)
+from streaming.topic_config import DAY_MS, HOUR_MS, TopicConfig, TopicSpec
+
+# --------------------------------------------------------------------------- broker process
+
+
+def test_broker_answers_metadata_and_owns_its_port(kafka_broker):
+    md = fetch_metadata(kafka_broker.bootstrap, 10)
+    assert [f"{b.host}:{b.port}" for b in md.brokers.values()] == [kafka_broker.bootstrap]
+    assert process_listens_on(kafka_broker.pid, kafka_broker.port) is True
+    assert process_listens_on(os.getpid(), kafka_broker.port) is False
+
+
+def test_stop_ends_the_process_and_frees_the_port():
+    broker = EmbeddedBroker().start()
+    pid, port, bootstrap = broker.pid, broker.port, broker.bootstrap
+    assert metadata_answers(bootstrap)
+    broker.stop()
+    assert broker.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stop() waited for it, so it is not even a zombie
+    assert not port_in_use("127.0.0.1", port)
+    assert not metadata_answers(bootstrap, timeout=1.0)
+
+
+def test_taken_port_is_a_clear_error():
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        broker = EmbeddedBroker(port=port)
+        with pytest.raises(BrokerError, match=rf"port {port} on 127.0.0.1 is already in use"):
+            broker.start()
+        assert broker.pid is None
+
+
+def test_port_of_a_running_broker_is_refused_and_that_broker_keeps_working(kafka_broker):
+    with pytest.raises(BrokerError, match="already in use"):
+        EmbeddedBroker(port=kafka_broker.port).start()
+    assert metadata_answers(kafka_broker.bootstrap)
+
+
+def test_broker_that_exits_reports_its_exit_and_log_tail():
+    with pytest.raises(BrokerError) as info:
+        EmbeddedBroker(storage_engine="bogus://nowhere", startup_timeout=20).start()
+    message = str(info.value)
+    assert "exited before answering" in message
+    assert "exit code" in message
+    assert "bogus" in message  # the broker's own complaint, from its log
+
+
+def test_a_port_nobody_answers_on_times_out_with_a_clear_error():
+    port = find_free_port()
+    with pytest.raises(BrokerError, match=rf"127.0.0.1:{port} did not answer a metadata request"):
+        wait_for_metadata(f"127.0.0.1:{port}", timeout=1.5)
+
+
+def test_a_server_that_is_not_kafka_is_not_taken_for_a_broker():
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        bootstrap = f"127.0.0.1:{mute.getsockname()[1]}"
+        with pytest.raises(BrokerError, match="did not answer"):
+            wait_for_metadata(bootstrap, timeout=2.0)
+
+
+# --------------------------------------------------------------------------- topic config
+
+
+def test_production_sizing_is_the_seed_sizing():
+    prod = TopicConfig.production()
+    assert (prod.raw.partitions, prod.raw.retention_ms) == (64, 48 * 3_600_000)
+    assert (prod.processed.partitions, prod.processed.retention_ms) == (64, 5 * 86_400_000)
+    assert (prod.feature.partitions, prod.feature.retention_ms) == (32, 7 * 86_400_000)
+    assert prod.replication_factor == 3
+
+
+def test_spec_for_routes_each_topic_kind_to_its_stage():
+    cfg = TopicConfig.local().with_overrides({
+        "raw": {"partitions": 1}, "processed": {"partitions": 2}, "feature": {"partitions": 3},
+        "prediction": {"partitions": 4}, "dlq": {"partitions": 5}, "pragma": {"partitions": 6}})
+    routed = {t: cfg.spec_for(t).partitions for t in (
+        "raw.spot.orderbook.delta.binance", "processed.perp.trades.okx", "feature.spot.signals.bybit",
+        "prediction.perp.lgbm_v1", "dlq.normalize", "pragma-prices-v1", "pragma-orderbook-v1")}
+    assert list(routed.values()) == [1, 2, 3, 4, 5, 6, 6]
+    with pytest.raises(ValueError, match="not a ticklake topic"):
+        cfg.spec_for("__consumer_offsets")
+
+
+def test_config_overrides_are_validated():
+    with pytest.raises(ValueError, match="unknown topic config keys"):
+        TopicConfig.local().with_overrides({"rawx": {"partitions": 2}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        TopicConfig.local().with_overrides({"raw": {"partition": 2}})
+    with pytest.raises(ValueError, match="partitions must be >= 1"):
+        TopicConfig.local(partitions=0)
+    with pytest.raises(ValueError, match="unknown topic profile"):
+        TopicConfig.for_profile("staging")
+    assert TopicConfig.for_profile("production", {"replication_factor": 1}).replication_factor == 1
+
+
+# --------------------------------------------------------------------------- topic creation
+
+
+def test_standing_topics_are_created_with_partitions_and_retention():
+    cfg = TopicConfig.local(partitions=2).with_overrides({
+        "raw": {"retention_ms": HOUR_MS, "retention_bytes": 1_048_576},
+        "feature": {"partitions": 4},
+    })
+    with EmbeddedBroker() as broker:  # own broker: the assertions need a known-empty one
+        admin = admin_client(broker.bootstrap)
+        planned = planned_topics(cfg)
+        first = ensure_topics(admin, cfg)
+        assert sorted(first.created) == sorted(planned) and first.existing == []
+
+        # 3 venues x (spot 4 + perp 7 + future 7 event types) per stage, 9 feature topics,
+        # one DLQ per stage, the two pragma topics.
+        assert len(planned) == 54 + 54 + 9 + 5 + 2
+        md = admin.list_topics(timeout=10)
+        for name in ("raw.spot.orderbook.delta.binance", "raw.future.funding.okx",
+                     "processed.perp.trades.okx", "feature.spot.signals.bybit", "dlq.collector",
+                     "dlq.pragma", "pragma-prices-v1", "pragma-orderbook-v1"):
+            assert name in md.topics, name
+        assert "raw.spot.funding.binance" not in md.topics  # spot has no funding
+        assert len(md.topics["raw.perp.liquidations.bybit"].partitions) == 2
+        assert len(md.topics["feature.perp.signals.okx"].partitions) == 4
+        assert len(md.topics["dlq.lake"].partitions) == 2
+
+        configs = describe_topic_configs(admin, planned)
+        assert configs["raw.spot.trades.binance"]["retention.ms"] == str(HOUR_MS)
+        assert configs["raw.spot.trades.binance"]["retention.bytes"] == "1048576"
+        assert configs["processed.spot.trades.binance"]["retention.ms"] == str(5 * DAY_MS)
+        assert configs["feature.spot.signals.binance"]["retention.ms"] == str(7 * DAY_MS)
+        for name, spec in planned.items():
+            assert configs[name]["retention.ms"] == str(spec.retention_ms), name
+            assert configs[name]["retention.bytes"] == str(spec.retention_bytes), name
+            assert len(md.topics[name].partitions) == spec.partitions, name
+
+        again = ensure_topics(admin, cfg)
+        assert again.created == [] and sorted(again.existing) == sorted(planned)
+        assert again.partition_mismatch == {}
+        wider = ensure_topics(admin, cfg.with_partitions(5))
+        assert wider.created == []
+        assert wider.partition_mismatch["dlq.lake"] == (2, 5)
+
+
+def test_prediction_topics_are_created_on_demand(kafka_broker):
+    admin = admin_client(kafka_broker.bootstrap)
+    model = f"m{uuid.uuid4().hex[:10]}"
+    cfg = TopicConfig.local().with_overrides({"prediction": {"partitions": 2, "retention_ms": DAY_MS}})
+    name = ensure_prediction_topic(admin, "perp", model, cfg)
+    assert name == f"prediction.perp.{model}"
+    assert len(admin.list_topics(timeout=10).topics[name].partitions) == 2
+    assert describe_topic_configs(admin, [name])[name]["retention.ms"] == str(DAY_MS)
+    assert ensure_prediction_topic(admin, "perp", model, cfg) == name  # idempotent
+
+
+# --------------------------------------------------------------------------- data path
+
+
+def test_produce_consume_round_trip_keeps_per_key_order(kafka_broker):
+    topic = f"test.roundtrip.{uuid.uuid4().hex[:12]}"
+    admin = admin_client(kafka_broker.bootstrap)
+    create_topics(admin, {topic: TopicSpec(3, HOUR_MS)}, replication_factor=1)
+
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "acks": "all",
+                         "enable.idempotence": True, "linger.ms": 5})
+    sent = [(f"SYM{i % 5}".encode(), f"{i % 5}:{i}".encode()) for i in range(40)]
+    for key, value in sent:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0
+
+    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap,
+                         "group.id": f"g-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
+                         "session.timeout.ms": 6000, "fetch.wait.max.ms": 10,
+                         "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    got: list[tuple[bytes, bytes, int]] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(got) < len(sent) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            assert msg.error() is None, msg.error()
+            got.append((msg.key(), msg.value(), msg.partition()))
+    finally:
+        consumer.close()
+
+    assert sorted((k, v) for k, v, _ in got) == sorted(sent)
+    for key in {k for k, _ in sent}:
+        values = [v for k, v, _ in got if k == key]
+        assert values == [v for k, v in sent if k == key]  # per-key order
+        assert len({p for k, _, p in got if k == key}) == 1  # one key, one partition
+    assert len({p for *_, p in got}) > 1  # keys actually spread over partitions
