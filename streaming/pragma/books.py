@@ -1,0 +1,141 @@
+"""One feed's L2 book rebuilt from processed BOOK_SNAPSHOT / BOOK_DELTA envelopes.
+
+Snapshots and deltas travel on different topics (processed.<m>.orderbook.snapshot.<x> and
+...delta.<x>), so a consumer of both sees them in an arbitrary interleaving: at start-up
+the deltas of the first seconds are usually read before the snapshot they follow. The
+book therefore sequences by the venue ids the envelopes carry, the way a venue's own sync
+procedure does: deltas seen before the first snapshot are held (bounded), a snapshot
+replaces the book and the held deltas newer than it are applied after it, in sequence
+order; a delta not newer than the book is stale and skipped, and so is a snapshot older
+than the book it would replace. The collectors already enforced gap rules upstream, so no
+continuity check is repeated here.
+
+Every applied change is reported to the caller (``BookChange``), so the publisher
+emits the price/depth of each state in order even when the states were released by a
+late snapshot. Scales: levels are kept at the largest scale seen (exact up-scaling), since
+a collector infers scales until its first snapshot locks them.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from collectors.book import L2Book
+from schemas.gen.ticklake.v1 import events_pb2 as pb
+
+#: Deltas held per feed while waiting for a snapshot.
+DEFAULT_MAX_PENDING = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class BookChange:
+    """The book after one applied envelope (`env` is the envelope that produced it)."""
+
+    env: pb.Envelope
+    seq: int
+    exchange_ts: int
+
+
+def _newer(env: pb.Envelope, book: L2Book) -> bool:
+    """Is ``env`` after the book's state? Venue ids when both sides have one; otherwise venue
+    time (OKX without seqId, venues with no ids), where equal times count as newer because
+    a venue may stamp a snapshot and its first update alike."""
+    if env.seq and book.seq:
+        return env.seq > book.seq
+    return env.exchange_ts >= book.exchange_ts
+
+
+def _levels(levels: Iterable[pb.PriceLevel], fp: int, fq: int) -> list[tuple[int, int]]:
+    return [(lv.px * fp, lv.qty * fq) for lv in levels]
+
+
+class FeedBook:
+    __slots__ = ("_tie", "book", "dropped_pending", "max_pending", "pending", "stale")
+
+    def __init__(self, max_pending: int = DEFAULT_MAX_PENDING) -> None:
+        self.book = L2Book()
+        self.pending: list[tuple[int, int, int, pb.Envelope]] = []  # heap of (seq, ts, arrival, delta)
+        self.max_pending = max_pending
+        self.dropped_pending = 0
+        self.stale = 0
+        self._tie = 0
+
+    @property
+    def synced(self) -> bool:
+        return self.book.synced
+
+    @property
+    def price_scale(self) -> int:
+        return self.book.price_scale
+
+    @property
+    def size_scale(self) -> int:
+        return self.book.size_scale
+
+    def _align(self, price_scale: int, size_scale: int) -> tuple[int, int]:
+        """Raise the book to at least the incoming scales; return the factors for incoming levels."""
+        b = self.book
+        if price_scale > b.price_scale or size_scale > b.size_scale:
+            fp = 10 ** max(0, price_scale - b.price_scale)
+            fq = 10 ** max(0, size_scale - b.size_scale)
+            bids = [(px * fp, q * fq) for px, q in b.bids.items()]
+            asks = [(px * fp, q * fq) for px, q in b.asks.items()]
+            seq, synced, ts = b.seq, b.synced, b.exchange_ts
+            b.apply_snapshot(bids, asks, seq)
+            b.synced, b.exchange_ts = synced, ts
+            b.price_scale = max(b.price_scale, price_scale)
+            b.size_scale = max(b.size_scale, size_scale)
+        return 10 ** (b.price_scale - price_scale), 10 ** (b.size_scale - size_scale)
+
+    def on_envelope(self, env: pb.Envelope) -> list[BookChange]:
+        """Apply a snapshot or delta; returns the changes applied (possibly several, when a
+        snapshot releases held deltas; none when the envelope was held or stale)."""
+        which = env.WhichOneof("payload")
+        if which == "book_snapshot":
+            return self._snapshot(env)
+        if which == "book_delta":
+            return self._delta(env)
+        raise ValueError(f"not a book envelope: {which}")
+
+    def _snapshot(self, env: pb.Envelope) -> list[BookChange]:
+        b = self.book
+        if b.synced and env.seq and b.seq and env.seq < b.seq:
+            self.stale += 1     # the book is already past this snapshot
+            return []
+        snap = env.book_snapshot
+        b.price_scale, b.size_scale = env.price_scale, env.size_scale
+        b.apply_snapshot(_levels(snap.bids, 1, 1), _levels(snap.asks, 1, 1), env.seq)
+        b.exchange_ts = env.exchange_ts
+        out = [BookChange(env, b.seq, b.exchange_ts)]
+        held, self.pending = self.pending, []
+        while held:
+            d = heapq.heappop(held)[-1]
+            out += self._delta(d)
+        return out
+
+    def _delta(self, env: pb.Envelope) -> list[BookChange]:
+        b = self.book
+        if not b.synced:
+            if len(self.pending) >= self.max_pending:
+                heapq.heappop(self.pending)   # the oldest id goes: it is the least likely to be needed
+                self.dropped_pending += 1
+            self._tie += 1
+            heapq.heappush(self.pending, (env.seq, env.exchange_ts, self._tie, env))
+            return []
+        if not _newer(env, b):
+            self.stale += 1
+            return []
+        d = env.book_delta
+        fp, fq = self._align(env.price_scale, env.size_scale)
+        b.apply(_levels(d.bids, fp, fq), _levels(d.asks, fp, fq))
+        if env.seq:
+            b.seq = env.seq
+        b.exchange_ts = max(b.exchange_ts, env.exchange_ts)
+        return [BookChange(env, b.seq, b.exchange_ts)]
+
+    def reset(self) -> None:
+        """Forget the book (partition revoked: another instance owns the feed now)."""
+        self.book = L2Book()
+        self.pending = []

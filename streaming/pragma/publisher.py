@@ -1,0 +1,343 @@
+"""The pragma publisher: processed.* (read_committed) -> pragma-prices-v1 / pragma-orderbook-v1.
+
+Two layers:
+
+- ``PublisherCore`` is pure (no Kafka, clock passed in): it maps instruments to feeds,
+  maintains one book per feed, and turns each trade / book change into the price message
+  of the feed's configured definition, and dirty books into depth messages at most once
+  per ``depth_interval_ms`` per feed. Tests drive it with a fake clock.
+- ``PragmaPublisher`` is the thin Kafka edge: consume, feed the core, produce with the
+  seed's producer settings (streaming/pragma/config.py ProducerSettings), count, expose
+  Prometheus metrics, dead-letter undecodable input to dlq.pragma.
+
+Delivery: the contract is latest-wins, so offsets are auto-committed about every second
+(a crash republishes or skips at most that much) and nothing is transactional. After a
+restart or a partition move a feed's book is rebuilt from its next snapshot (collectors
+send venue and periodic snapshots); last-trade prices resume at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from prometheus_client import Counter, Histogram
+
+from collectors.dedup import DedupWindow
+from schemas.gen.ticklake.v1 import events_pb2 as pb
+from schemas.model import exchange_from_pb, market_from_pb
+from schemas.symbols import validate_canonical
+from schemas.topics import DlqStage, dlq_topic
+from streaming import kafka_config as kc
+from streaming.pragma.books import FeedBook
+from streaming.pragma.config import FeedConfig, PragmaConfig
+from streaming.pragma.keys import BODY_MARKET_OF_CANONICAL, UNKNOWN_NETWORK, FeedKey
+from streaming.pragma.messages import PragmaRecord, build_depth, build_price, encode
+from streaming.pragma.price import PriceDefinition, book_price, trade_price
+from streaming.serde import SerdeError
+from streaming.serde import decode as decode_envelope
+
+log = logging.getLogger(__name__)
+
+_P = "ticklake_pragma_"
+PUBLISHED = Counter(_P + "messages_published", "Messages acknowledged by the broker, per topic and feed key",
+                    ["topic", "feed"])
+PUBLISH_LATENCY = Histogram(_P + "publish_latency_seconds", "produce() call to broker acknowledgement",
+                            ["topic"], buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+EVENT_AGE = Histogram(_P + "event_age_seconds", "Venue event time to broker acknowledgement (end to end)",
+                      ["topic"], buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+DELIVERY_ERRORS = Counter(_P + "delivery_errors", "Messages the broker did not acknowledge (dropped, "
+                          "retries per config)", ["topic"])
+SKIPPED = Counter(_P + "skipped", "Input envelopes not published, by reason", ["reason"])
+DEAD_LETTERS = Counter(_P + "dead_letters", "Undecodable input records sent to dlq.pragma", ["reason"])
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes
+    record: PragmaRecord
+    event_ts_us: int
+
+
+@dataclass(slots=True)
+class FeedState:
+    feed: FeedKey
+    definition: PriceDefinition
+    symbol: str
+    native: str
+    book: FeedBook = field(default_factory=FeedBook)
+    last_price: str | None = None
+    depth_dirty: bool = False
+    last_depth_us: int | None = None
+
+    @property
+    def key(self) -> str:
+        return self.feed.key()
+
+
+class PublisherCore:
+    """Instrument -> feed mapping, books, and message building; no I/O, no clock of its own."""
+
+    def __init__(self, config: PragmaConfig) -> None:
+        self.config = config
+        self._explicit: dict[tuple, FeedConfig] = {(f.exchange, f.market, f.symbol): f for f in config.feeds}
+        #: key -> instrument that owns it (explicit feeds claim theirs up front)
+        self.claims: dict[str, tuple] = {f.feed_key().key(): (f.exchange, f.market, f.symbol)
+                                         for f in config.feeds}
+        self.feeds: dict[tuple, FeedState | None] = {}
+        self.dedup = DedupWindow(200_000)
+        self.skipped: dict[str, int] = {}
+
+    # -- feed mapping -------------------------------------------------------------------------
+
+    def _skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        SKIPPED.labels(reason).inc()
+
+    def feed_for(self, env: pb.Envelope) -> FeedState | None:
+        ident = (env.exchange, env.market, env.symbol)
+        if ident in self.feeds:
+            return self.feeds[ident]
+        state = self._new_feed(env)
+        self.feeds[ident] = state
+        return state
+
+    def _new_feed(self, env: pb.Envelope) -> FeedState | None:
+        try:
+            exchange, market = exchange_from_pb(env.exchange), market_from_pb(env.market)
+            symbol = validate_canonical(env.symbol)
+        except (KeyError, ValueError):
+            return None
+        if exchange not in self.config.exchanges or market not in BODY_MARKET_OF_CANONICAL:
+            return None                       # futures have no pragma market type
+        fc = self._explicit.get((exchange, market, symbol))
+        if fc is not None:
+            feed, definition = fc.feed_key(), fc.price or self.config.default_price
+        else:
+            quote = symbol.split("-")[1]
+            if quote not in self.config.auto_quotes:
+                return None
+            feed = FeedKey(BODY_MARKET_OF_CANONICAL[market], UNKNOWN_NETWORK, exchange.value,
+                           symbol.split("-")[0])
+            owner = self.claims.setdefault(feed.key(), (exchange, market, symbol))
+            if owner != (exchange, market, symbol):
+                log.warning("pragma: %s %s %s maps to key %s already owned by %s; not published",
+                            exchange, market, symbol, feed.key(), owner)
+                return None
+            definition = self.config.default_price
+        return FeedState(feed, definition, symbol, env.native_symbol)
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def _metadata(self, st: FeedState, **extra: str) -> dict[str, str]:
+        base, quote = st.symbol.split("-")[:2]
+        return {"symbol": st.symbol, "base": base, "quote": quote, "exchange_symbol": st.native, **extra}
+
+    def _price_out(self, st: FeedState, price: str | None, env: pb.Envelope, seq: int,
+                   now_us: int) -> list[Outgoing]:
+        if price is None:
+            self._skip("no_price")  # empty side or crossed book
+            return []
+        if price == st.last_price and not self.config.publish_unchanged:
+            return []
+        st.last_price = price
+        rec = build_price(st.feed, price, event_ts_us=env.exchange_ts, publish_ts_us=now_us,
+                          producer=self.config.producer, identity=(env.event_id, st.definition.value),
+                          metadata=self._metadata(st, price_definition=st.definition.value, seq=str(seq)))
+        return [Outgoing(self.config.prices_topic, st.feed.key_bytes(), rec, env.exchange_ts)]
+
+    def _depth_out(self, st: FeedState, now_us: int) -> list[Outgoing]:
+        b = st.book.book
+        st.depth_dirty = False
+        st.last_depth_us = now_us
+        if b.crossed():
+            self._skip("crossed_book")
+            return []
+        n = self.config.depth_levels
+        rec = build_depth(st.feed, b.top_bids(n), b.top_asks(n), price_scale=b.price_scale,
+                          size_scale=b.size_scale, event_ts_us=b.exchange_ts, publish_ts_us=now_us,
+                          producer=self.config.producer, identity=(b.seq, b.exchange_ts, n),
+                          metadata=self._metadata(st, seq=str(b.seq), depth=str(n)))
+        return [Outgoing(self.config.orderbook_topic, st.feed.key_bytes(), rec, b.exchange_ts)]
+
+    def on_envelope(self, env: pb.Envelope, now_us: int) -> list[Outgoing]:
+        which = env.WhichOneof("payload")
+        if which not in ("trade", "book_snapshot", "book_delta"):
+            return []
+        st = self.feed_for(env)
+        if st is None:
+            self._skip("not_a_feed")
+            return []
+        if not self.dedup.first_time(env.event_id):
+            self._skip("duplicate")
+            return []
+        if which == "trade":
+            if st.definition is not PriceDefinition.LAST_TRADE:
+                return []
+            return self._price_out(st, trade_price(env.trade.px, env.price_scale), env, env.seq, now_us)
+        out: list[Outgoing] = []
+        for change in st.book.on_envelope(env):
+            b = st.book.book
+            if st.definition.from_book:
+                out += self._price_out(st, book_price(st.definition, b.best_bid(), b.best_ask(), b.price_scale,
+                                                      self.config.microprice_extra_decimals),
+                                       change.env, change.seq, now_us)
+            st.depth_dirty = True
+            if self.config.depth_interval_ms == 0:
+                out += self._depth_out(st, now_us)
+        return out
+
+    def due_depth(self, now_us: int, *, force: bool = False) -> list[Outgoing]:
+        """Depth of every feed whose book changed and whose interval has passed."""
+        interval = self.config.depth_interval_ms * 1000
+        out: list[Outgoing] = []
+        for st in self.feeds.values():
+            if st is None or not st.depth_dirty or not st.book.synced:
+                continue
+            if force or st.last_depth_us is None or now_us - st.last_depth_us >= interval:
+                out += self._depth_out(st, now_us)
+        return out
+
+    def forget(self, exchange_market_symbols: list[tuple] | None = None) -> None:
+        """Drop book state (on partition revocation); feed ownership is kept."""
+        for ident, st in self.feeds.items():
+            if st is not None and (exchange_market_symbols is None or ident in exchange_market_symbols):
+                st.book.reset()
+                st.last_price = None
+                st.depth_dirty = False
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    records_in: int = 0
+    produced: int = 0
+    delivered: int = 0
+    delivery_errors: int = 0
+    dead_letters: int = 0
+    produce_errors: int = 0
+    per_feed: dict[str, int] = field(default_factory=dict)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class PragmaPublisher:
+    """Kafka edge of the publisher. ``run`` returns when ``stop`` is set (or, for tests and
+    bounded replays, after ``max_records_in`` input records), after flushing."""
+
+    def __init__(self, conn: kc.KafkaConnection, config: PragmaConfig, *,
+                 clock: Callable[[], int] = _now_us, session_timeout_ms: int = 6000,
+                 dlq: str = dlq_topic(DlqStage.PRAGMA)) -> None:
+        self.conn = conn
+        self.config = config
+        self.clock = clock
+        self.dlq = dlq
+        self.core = PublisherCore(config)
+        self.stats = PublisherStats()
+        self.producer = Producer(kc.producer_config(conn.with_client_id(f"{conn.client_id}-pragma"),
+                                                    extra=config.producer_settings.overrides()))
+        ccfg = kc.consumer_config(conn, config.group_id, read_committed=True,
+                                  session_timeout_ms=session_timeout_ms, fetch_wait_max_ms=10,
+                                  extra={"enable.auto.commit": True, "enable.auto.offset.store": True,
+                                         "auto.commit.interval.ms": 1000})
+        self.consumer = Consumer(ccfg)
+
+    # -- producing ------------------------------------------------------------------------------
+
+    def _deliver_cb(self, topic: str, feed: str, t0: float, event_ts_us: int):
+        def cb(err, _msg) -> None:
+            if err is not None:
+                self.stats.delivery_errors += 1
+                DELIVERY_ERRORS.labels(topic).inc()
+                log.warning("pragma: %s %s not delivered: %s", topic, feed, err)
+                return
+            self.stats.delivered += 1
+            self.stats.per_feed[feed] = self.stats.per_feed.get(feed, 0) + 1
+            PUBLISHED.labels(topic, feed).inc()
+            PUBLISH_LATENCY.labels(topic).observe(time.perf_counter() - t0)
+            EVENT_AGE.labels(topic).observe(max(0.0, (self.clock() - event_ts_us) / 1e6))
+        return cb
+
+    def _produce(self, out: Outgoing) -> None:
+        value, headers = encode(out.record, self.config.encoding)
+        feed = out.key.decode()
+        try:
+            self.producer.produce(out.topic, value=value, key=out.key, headers=headers,
+                                  on_delivery=self._deliver_cb(out.topic, feed, time.perf_counter(),
+                                                               out.event_ts_us))
+            self.stats.produced += 1
+        except BufferError:
+            # Client queue full: latest-wins data, so drop this one rather than stall every feed.
+            self.stats.produce_errors += 1
+            DELIVERY_ERRORS.labels(out.topic).inc()
+        self.producer.poll(0)
+
+    def _dead_letter(self, msg, reason: str) -> None:
+        short = reason.split(":", 1)[0][:60]
+        DEAD_LETTERS.labels(short).inc()
+        self.stats.dead_letters += 1
+        dl = pb.DeadLetter(stage=DlqStage.PRAGMA.value, reason=reason, source=msg.topic() or "",
+                           raw=msg.value() or b"", ingest_ts=self.clock())
+        self.producer.produce(self.dlq, value=dl.SerializeToString(), key=msg.key())
+
+    # -- loop -----------------------------------------------------------------------------------
+
+    def _on_revoke(self, _consumer, _partitions) -> None:
+        # Another instance may own these symbols now; stale books must not be published.
+        self.core.forget()
+
+    def run(self, stop: threading.Event | None = None, *, max_records_in: int | None = None,
+            poll_timeout_s: float = 0.05) -> PublisherStats:
+        stop = stop or threading.Event()
+        topics = self.config.input_topic_list()
+        self.consumer.subscribe(topics, on_revoke=self._on_revoke)
+        try:
+            while not stop.is_set():
+                msgs = self.consumer.consume(num_messages=500, timeout=poll_timeout_s)
+                for msg in msgs:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise KafkaException(err)
+                    self.stats.records_in += 1
+                    try:
+                        env = decode_envelope(msg.value(), msg.headers())
+                    except SerdeError as exc:
+                        self._dead_letter(msg, str(exc))
+                        continue
+                    for out in self.core.on_envelope(env, self.clock()):
+                        self._produce(out)
+                for out in self.core.due_depth(self.clock()):
+                    self._produce(out)
+                self.producer.poll(0)
+                if max_records_in is not None and self.stats.records_in >= max_records_in:
+                    break
+        finally:
+            try:
+                for out in self.core.due_depth(self.clock(), force=True):
+                    self._produce(out)
+                self.producer.flush(10)
+            finally:
+                self.consumer.close()
+        return self.stats
+
+
+def run_service(conn: kc.KafkaConnection, config: PragmaConfig, stop: threading.Event | None = None,
+                **kwargs) -> PublisherStats:
+    """Entry point of the long-running service (the Dagster job calls it)."""
+    if config.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port)
+    log.info("pragma publisher: %d input topics -> %s, %s (encoding %s, acks=%s, retries=%d)",
+             len(config.input_topic_list()), config.prices_topic, config.orderbook_topic, config.encoding,
+             config.producer_settings.acks, config.producer_settings.retries)
+    return PragmaPublisher(conn, config, **kwargs).run(stop)
+
