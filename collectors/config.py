@@ -50,18 +50,23 @@ class Endpoints:
     rest: str
 
 
-#: Production endpoints. Binance USD-M moved market streams to routed paths in 2026
-#: (/public, /market); the adapter picks the path, the base stays the host.
+#: Production endpoints: hosts only; each adapter appends its venue's paths (Binance
+#: /stream or, for USD-M since 2026, /public/stream and /market/stream; Bybit
+#: /v5/public/<category>; OKX /ws/v5/public) and REST paths.
+_BINANCE_SPOT = Endpoints("wss://stream.binance.com:9443", "https://api.binance.com")
+_BINANCE_USDM = Endpoints("wss://fstream.binance.com", "https://fapi.binance.com")
+_BYBIT = Endpoints("wss://stream.bybit.com", "https://api.bybit.com")
+_OKX = Endpoints("wss://ws.okx.com:8443", "https://www.okx.com")
 DEFAULT_ENDPOINTS: dict[tuple[Exchange, Market], Endpoints] = {
-    (Exchange.BINANCE, Market.SPOT): Endpoints("wss://stream.binance.com:9443", "https://api.binance.com"),
-    (Exchange.BINANCE, Market.PERP): Endpoints("wss://fstream.binance.com", "https://fapi.binance.com"),
-    (Exchange.BINANCE, Market.FUTURE): Endpoints("wss://fstream.binance.com", "https://fapi.binance.com"),
-    (Exchange.BYBIT, Market.SPOT): Endpoints("wss://stream.bybit.com/v5/public/spot", "https://api.bybit.com"),
-    (Exchange.BYBIT, Market.PERP): Endpoints("wss://stream.bybit.com/v5/public/linear", "https://api.bybit.com"),
-    (Exchange.BYBIT, Market.FUTURE): Endpoints("wss://stream.bybit.com/v5/public/linear", "https://api.bybit.com"),
-    (Exchange.OKX, Market.SPOT): Endpoints("wss://ws.okx.com:8443/ws/v5/public", "https://www.okx.com"),
-    (Exchange.OKX, Market.PERP): Endpoints("wss://ws.okx.com:8443/ws/v5/public", "https://www.okx.com"),
-    (Exchange.OKX, Market.FUTURE): Endpoints("wss://ws.okx.com:8443/ws/v5/public", "https://www.okx.com"),
+    (Exchange.BINANCE, Market.SPOT): _BINANCE_SPOT,
+    (Exchange.BINANCE, Market.PERP): _BINANCE_USDM,
+    (Exchange.BINANCE, Market.FUTURE): _BINANCE_USDM,
+    (Exchange.BYBIT, Market.SPOT): _BYBIT,
+    (Exchange.BYBIT, Market.PERP): _BYBIT,
+    (Exchange.BYBIT, Market.FUTURE): _BYBIT,
+    (Exchange.OKX, Market.SPOT): _OKX,
+    (Exchange.OKX, Market.PERP): _OKX,
+    (Exchange.OKX, Market.FUTURE): _OKX,
 }
 
 
@@ -158,7 +163,7 @@ class ShardConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> "ShardConfig":
+    def from_dict(cls, data: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> ShardConfig:
         merged = {**(defaults or {}), **data}
         known = {f.name for f in fields(cls)}
         unknown = set(merged) - known
@@ -177,7 +182,7 @@ class ShardConfig:
                 raise
             raise ConfigError(f"shard {merged.get('name')!r}: {exc}") from exc
 
-    def with_overrides(self, **changes: Any) -> "ShardConfig":
+    def with_overrides(self, **changes: Any) -> ShardConfig:
         return replace(self, **changes)
 
 

@@ -1,0 +1,1 @@
+"""Exchange emulator internals; the public face is collectors/replay.py."""

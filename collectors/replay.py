@@ -1,0 +1,711 @@
+"""Exchange emulator: each venue's websocket + REST protocol on 127.0.0.1, fed by genuine
+captures or synthetic load, with faults on command.
+
+Tests, demos (`ticklake up --replay PATH`) and load tests point the real collectors at it
+instead of the venues. Per venue "host" (Binance spot, Binance USD-M, Bybit, OKX) it runs
+a websocket server and a REST server speaking that venue's protocol (emulator/venues.py);
+the venue's own rules for sequencing, snapshots-on-subscribe, pings, rate-limit headers
+and 429/418/403 per *source IP* apply, so the collector's egress-IP logic is exercised
+for real (bind 127.0.0.2…127.0.0.11, the emulator sees those as peers).
+
+Feeds:
+* a capture (any format collectors/capture.py reads): frames are forwarded byte for byte
+  at the recorded pace times ``speed`` (or as fast as subscribers read, ``speed=None``);
+  the emulator replays the capture's snapshot and deltas into its own book so a client
+  that (re)connects at any point gets a snapshot consistent with the stream;
+* synthetic load (emulator/synthetic.py): valid frames for N symbols at a chosen rate.
+
+A feed starts when its venue gets its first subscriber, so nothing is replayed to nobody.
+Control: Python methods below, or the HTTP control API (`/_emulator/...`) for operators.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from collectors.config import Endpoints, ShardConfig
+from collectors.emulator.synthetic import (
+    SyntheticMarket,
+    SyntheticSpec,
+    default_symbols,
+)
+from collectors.emulator.venues import LOW_WATER, BybitSim, Client, VenueSim, make_sim
+from schemas.model import Exchange, Market
+from schemas.symbols import SymbolError, canonical_symbol
+
+HOST = "127.0.0.1"
+
+
+def sim_name(exchange: Exchange | str, market: Market | str) -> str:
+    ex, mk = Exchange(exchange), Market(market)
+    if ex is Exchange.BINANCE:
+        return "binance-spot" if mk is Market.SPOT else "binance-usdm"
+    return ex.value
+
+
+@dataclass
+class Feed:
+    name: str
+    sim: VenueSim
+    task: asyncio.Task | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    items: int = 0
+    errors: int = 0
+    paused_until: float = 0.0
+    error: str = ""
+
+    def stats(self) -> dict[str, Any]:
+        return {"name": self.name, "venue": self.sim.name, "items": self.items, "errors": self.errors,
+                "finished": self.finished.is_set(), "error": self.error}
+
+
+@dataclass
+class _Hosts:
+    ws_server: Any = None
+    ws_port: int = 0
+    rest_runner: web.AppRunner | None = None
+    rest_port: int = 0
+
+
+def _listen(host: str) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, 0))
+    s.listen(512)
+    s.setblocking(False)
+    return s
+
+
+class Emulator:
+    def __init__(self, host: str = HOST, *, server_ping_s: float | None = 20.0,
+                 server_ping_timeout_s: float | None = 60.0, app_ping_timeout_s: float | None = None,
+                 slow_client_s: float = 30.0) -> None:
+        self.host = host
+        self.server_ping_s = server_ping_s
+        self.server_ping_timeout_s = server_ping_timeout_s
+        self.app_ping_timeout_s = app_ping_timeout_s
+        self.slow_client_s = slow_client_s
+        self.sims: dict[str, VenueSim] = {}
+        self._hosts: dict[str, _Hosts] = {}
+        self.feeds: list[Feed] = []
+        self._control: web.AppRunner | None = None
+        self.control_port = 0
+        self._started = False
+        self._tasks: set[asyncio.Task] = set()
+        #: symbols (native) per (exchange, market) the feeds carry, for shard_configs()
+        self.catalog: dict[tuple[Exchange, Market], dict[str, None]] = {}
+        self.channels: dict[tuple[Exchange, Market], dict[str, None]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def venue(self, exchange: Exchange | str, market: Market | str = Market.SPOT, **kw: Any) -> VenueSim:
+        """The simulator of a venue host, created on first use (before or after start())."""
+        name = sim_name(exchange, market)
+        sim = self.sims.get(name)
+        if sim is None:
+            opts = {"server_ping_s": self.server_ping_s, "app_ping_timeout_s": self.app_ping_timeout_s,
+                    "slow_client_s": self.slow_client_s, **kw}
+            sim = self.sims[name] = make_sim(exchange, market, **opts)
+            if self._started:
+                raise RuntimeError(f"venue {name} must be added before start()")
+        return sim
+
+    async def start(self) -> Emulator:
+        if self._started:
+            return self
+        for name, sim in self.sims.items():
+            hosts = self._hosts[name] = _Hosts()
+            hosts.ws_server = await serve(
+                lambda ws, sim=sim: self._ws_handler(sim, ws), sock=_listen(self.host),
+                compression=None, ping_interval=sim.server_ping_s, ping_timeout=self.server_ping_timeout_s,
+                max_size=1 << 20, write_limit=1 << 20)
+            hosts.ws_port = hosts.ws_server.sockets[0].getsockname()[1]
+            runner = web.AppRunner(sim.build_app(), access_log=None)
+            await runner.setup()
+            sock = _listen(self.host)
+            await web.SockSite(runner, sock).start()
+            hosts.rest_runner, hosts.rest_port = runner, sock.getsockname()[1]
+        control = web.AppRunner(self._control_app(), access_log=None)
+        await control.setup()
+        sock = _listen(self.host)
+        await web.SockSite(control, sock).start()
+        self._control, self.control_port = control, sock.getsockname()[1]
+        self._started = True
+        for feed in self.feeds:
+            if feed.task is None:
+                feed.task = asyncio.create_task(feed._coro, name=f"feed {feed.name}")  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        for feed in self.feeds:
+            if feed.task is not None:
+                feed.task.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        for sim in self.sims.values():
+            sim.drop()
+        for hosts in self._hosts.values():
+            if hosts.ws_server is not None:
+                hosts.ws_server.close()
+                await hosts.ws_server.wait_closed()
+            if hosts.rest_runner is not None:
+                await hosts.rest_runner.cleanup()
+        if self._control is not None:
+            await self._control.cleanup()
+        for feed in self.feeds:
+            if feed.task is not None:
+                try:
+                    await feed.task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self._started = False
+
+    async def __aenter__(self) -> Emulator:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- addresses -------------------------------------------------------------------------------
+
+    def ws_base(self, exchange: Exchange | str, market: Market | str) -> str:
+        """Host-only base URL, as the adapters expect (they append the venue's paths)."""
+        return f"ws://{self.host}:{self._hosts[sim_name(exchange, market)].ws_port}"
+
+    def rest_base(self, exchange: Exchange | str, market: Market | str) -> str:
+        return f"http://{self.host}:{self._hosts[sim_name(exchange, market)].rest_port}"
+
+    def endpoints(self, exchange: Exchange | str, market: Market | str) -> Endpoints:
+        return Endpoints(self.ws_base(exchange, market), self.rest_base(exchange, market))
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{self.host}:{self.control_port}/_emulator"
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"control": self.control_url, "venues": {}}
+        for (ex, mk), syms in self.catalog.items():
+            ep = self.endpoints(ex, mk)
+            out["venues"][f"{ex}:{mk}"] = {"ws": ep.ws, "rest": ep.rest, "symbols": list(syms)}
+        return out
+
+    # -- websocket side --------------------------------------------------------------------------
+
+    async def _ws_handler(self, sim: VenueSim, ws: ServerConnection) -> None:
+        peer = ws.remote_address[0] if ws.remote_address else ""
+        client = Client(sim, ws, peer, ws.request.path if ws.request else "/")
+        sim.on_open(client)
+        err = sim.accept(client)
+        if err:
+            sim.on_close(client)
+            await ws.close(1008, err[:120])
+            return
+        writer = asyncio.create_task(self._writer(client))
+        pinger = asyncio.create_task(self._app_ping_watch(client)) if sim.app_ping_timeout_s else None
+        try:
+            async for msg in ws:
+                sim.on_message(client, msg if isinstance(msg, str) else msg.decode(errors="replace"))
+        except ConnectionClosed:
+            pass
+        finally:
+            sim.on_close(client)
+            for t in (writer, pinger):
+                if t is not None:
+                    t.cancel()
+
+    async def _writer(self, client: Client) -> None:
+        q, ws = client.queue, client.ws
+        try:
+            while True:
+                msg = await q.get()
+                await ws.send(msg)
+                if not client.drained.is_set() and q.qsize() <= LOW_WATER:
+                    client.drained.set()
+        except ConnectionClosed:
+            client.drained.set()
+
+    async def _app_ping_watch(self, client: Client) -> None:
+        """Bybit/OKX cut connections that stop pinging; so does the emulator when asked to."""
+        limit = client.sim.app_ping_timeout_s or 0
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            if time.monotonic() - client.last_app_ping > limit:
+                client.close_reason = f"no application ping for {limit}s"
+                await client.ws.close(1000, "ping timeout")
+                return
+
+    # -- feeds -----------------------------------------------------------------------------------
+
+    def _add_feed(self, feed: Feed, coro: Any) -> Feed:
+        feed._coro = coro  # type: ignore[attr-defined]
+        self.feeds.append(feed)
+        if self._started:
+            feed.task = asyncio.create_task(coro, name=f"feed {feed.name}")
+        return feed
+
+    def _note(self, exchange: Exchange, market: Market, symbols: Iterable[str], channels: Iterable[str] = ()) -> None:
+        self.catalog.setdefault((exchange, market), {}).update(dict.fromkeys(symbols))
+        self.channels.setdefault((exchange, market), {}).update(dict.fromkeys(channels))
+
+    def play_records(self, sim: VenueSim, records: Iterable[Any], *, speed: float | None = None,
+                     name: str = "records", gate: asyncio.Event | None | bool = None) -> Feed:
+        """Replay (recv_ts_us, kind, url, payload) records into ``sim`` (see capture.Record).
+
+        ``gate``: the feed starts when this event is set; None = on the venue's first
+        subscriber; False = at once."""
+        feed = Feed(name, sim)
+        return self._add_feed(feed, self._run_records(feed, records, speed, self._gate(sim, gate)))
+
+    @staticmethod
+    def _gate(sim: VenueSim, gate: asyncio.Event | None | bool) -> asyncio.Event | None:
+        if gate is None or gate is True:
+            return sim.first_subscriber
+        return None if gate is False else gate
+
+    @staticmethod
+    def capture_keys(feed: Feed) -> set[str]:
+        """Subscription keys of every market-data frame a capture feed will replay."""
+        keys = set()
+        for rec in getattr(feed, "records", ()):
+            if rec.kind == "ws":
+                try:
+                    k = feed.sim.route_key(json.loads(rec.payload))
+                except ValueError:
+                    continue
+                if k:
+                    keys.add(k)
+        return keys
+
+    async def wait_subscribed(self, venue: str, keys: Iterable[str] | int, timeout: float = 30.0) -> bool:
+        """Until the venue has live subscribers for all ``keys`` (or for that many keys)."""
+        sim = self.sim(venue)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            have = {k for k, subs in sim.subscribers.items() if subs}
+            if (len(have) >= keys) if isinstance(keys, int) else set(keys) <= have:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    def play_capture(self, path: str | Path, *, speed: float | None = None,
+                     gate: asyncio.Event | None | bool = None, bybit_category: str | None = None) -> Feed:
+        """Serve one capture file (format auto-detected by collectors/capture.py)."""
+        from collectors import capture
+
+        info = capture.detect(path)
+        if info.exchange is None:
+            raise ValueError(f"{path}: capture venue unknown ({info.format})")
+        records = list(capture.read(info))
+        ex = info.exchange
+        if ex is Exchange.BINANCE:
+            market = Market.PERP if info.flavor == "usdm" else Market.SPOT
+            sim = self.venue(ex, market)
+        elif ex is Exchange.BYBIT:
+            category = bybit_category or info.flavor
+            if category not in ("spot", "linear", "inverse"):
+                raise ValueError(f"{path}: Bybit capture of the legacy pre-v5 API cannot be served")
+            market = Market.SPOT if category == "spot" else Market.PERP
+            sim = self.venue(ex, market)
+        else:
+            market = Market.SPOT
+            sim = self.venue(ex, market)
+        self._catalog_records(ex, market, info, records)
+        feed = self.play_records(sim, records, speed=speed, name=str(path), gate=gate)
+        feed.info = info  # type: ignore[attr-defined]
+        feed.records = records  # type: ignore[attr-defined]
+        return feed
+
+    def _catalog_records(self, ex: Exchange, market: Market, info: Any, records: list[Any]) -> None:
+        """Which instruments and channels a capture carries, per market (OKX mixes markets)."""
+        from collectors.emulator.venues import okx_market
+
+        for rec in records:
+            if rec.kind != "ws":
+                continue
+            try:
+                obj = json.loads(rec.payload)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            if ex is Exchange.BINANCE and isinstance(obj.get("stream"), str):
+                sym, _, ch = obj["stream"].partition("@")
+                self._note(ex, market, [sym.upper()], [ch])
+            elif ex is Exchange.BYBIT and isinstance(obj.get("topic"), str):
+                parts = obj["topic"].split(".")
+                self._note(ex, market, [parts[-1]], [".".join(parts[:-1])])
+            elif ex is Exchange.OKX and isinstance(obj.get("arg"), dict) and "event" not in obj:
+                inst = obj["arg"].get("instId")
+                if inst:
+                    self._note(ex, okx_market(inst), [inst], [obj["arg"].get("channel", "")])
+
+    async def _run_records(self, feed: Feed, records: Iterable[Any], speed: float | None,
+                           gate: asyncio.Event | None) -> None:
+        sim = feed.sim
+        try:
+            if gate is not None:
+                await gate.wait()
+            t0 = time.monotonic()
+            ts0: int | None = None
+            shift = 0.0
+            n = 0
+            for rec in records:
+                if rec.kind not in ("ws", "rest"):
+                    continue
+                if feed.paused_until > time.monotonic():
+                    pause_start = time.monotonic()
+                    await asyncio.sleep(feed.paused_until - pause_start)
+                    shift += time.monotonic() - pause_start
+                if speed is not None and rec.recv_ts_us:
+                    if ts0 is None:
+                        ts0 = rec.recv_ts_us
+                    due = t0 + shift + (rec.recv_ts_us - ts0) / 1e6 / speed
+                    delay = due - time.monotonic()
+                    if delay > 0.0005:
+                        await asyncio.sleep(delay)
+                try:
+                    if rec.kind == "ws":
+                        sim.ingest_ws(rec.payload)
+                    else:
+                        sim.ingest_rest(rec.url, rec.payload)
+                except (ValueError, KeyError, TypeError):
+                    feed.errors += 1   # a capture line the emulator cannot interpret is skipped
+                feed.items += 1
+                n += 1
+                if sim.pressure:
+                    await sim.relieve()
+                elif n % 64 == 0:
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # keep the emulator up; the feed reports why it stopped
+            feed.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            feed.finished.set()
+
+    def play_synthetic(self, exchange: Exchange | str, market: Market | str, spec: SyntheticSpec | None = None,
+                       *, n_symbols: int = 10, rate: float | None = None, frames: int | None = None,
+                       gate: asyncio.Event | None | bool = None) -> Feed:
+        ex, mk = Exchange(exchange), Market(market)
+        spec = spec or SyntheticSpec(default_symbols(ex, mk, n_symbols), rate=rate, frames=frames)
+        sim = self.venue(ex, mk)
+        if ex is Exchange.OKX:
+            from collectors.emulator.venues import okx_market
+
+            for s in spec.symbols:
+                self._note(ex, okx_market(s), [s], ["books", "trades"])
+        else:
+            self._note(ex, mk, spec.symbols)
+        feed = Feed(f"synthetic {sim.name} x{len(spec.symbols)}", sim)
+        market_model = SyntheticMarket(sim, spec)
+        market_model.start(int(time.time() * 1000))
+        feed.model = market_model  # type: ignore[attr-defined]
+        return self._add_feed(feed, self._run_synthetic(feed, market_model, spec, self._gate(sim, gate)))
+
+    async def _run_synthetic(self, feed: Feed, model: SyntheticMarket, spec: SyntheticSpec,
+                             gate: asyncio.Event | None) -> None:
+        sim = feed.sim
+        try:
+            if gate is not None:
+                await gate.wait()
+            t0 = time.monotonic()
+            shift = 0.0
+            n = 0
+            while spec.frames is None or n < spec.frames:
+                if feed.paused_until > time.monotonic():
+                    pause_start = time.monotonic()
+                    await asyncio.sleep(feed.paused_until - pause_start)
+                    shift += time.monotonic() - pause_start
+                if spec.rate is not None:
+                    due = t0 + shift + n / spec.rate
+                    delay = due - time.monotonic()
+                    if delay > 0.0005:
+                        await asyncio.sleep(delay)
+                model.step(time.time_ns() // 1_000_000)
+                n += 1
+                feed.items = n
+                if sim.pressure:
+                    await sim.relieve()
+                elif n % 64 == 0:
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            feed.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            feed.finished.set()
+
+    async def wait_finished(self, timeout: float | None = None) -> bool:
+        """True when every feed is exhausted (a finite capture or frames=N synthetic feed)."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(f.finished.wait() for f in self.feeds)), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def drained(self, timeout: float = 10.0) -> bool:
+        """True once every queued frame has been written to the sockets."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(c.queue.empty() for sim in self.sims.values() for c in sim.clients.values()):
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    # -- faults and control ----------------------------------------------------------------------
+
+    def sim(self, venue: str) -> VenueSim:
+        try:
+            return self.sims[venue]
+        except KeyError:
+            raise KeyError(f"no venue {venue!r}; have {sorted(self.sims)}") from None
+
+    def drop_connections(self, venue: str | None = None, ip: str | None = None) -> int:
+        """Abort websocket connections (all, one venue's, or one source IP's)."""
+        return sum(s.drop(ip) for name, s in self.sims.items() if venue in (None, name))
+
+    def inject_gap(self, venue: str, native_symbol: str, count: int = 1) -> None:
+        """The next ``count`` book updates of a symbol are withheld from every subscriber."""
+        self.sim(venue).inject_gap(native_symbol, count)
+
+    def inject_malformed(self, venue: str, count: int = 1, native_symbol: str | None = None) -> None:
+        """Each of the next ``count`` frames is preceded by a truncated copy (invalid JSON)."""
+        self.sim(venue).inject_malformed(count, native_symbol)
+
+    def rest_faults(self, venue: str, ip: str, statuses: list[tuple[int, float]]) -> None:
+        """Answer the next REST requests from ``ip`` with these (status, Retry-After) pairs."""
+        self.sim(venue).ratelimiter.force(ip, statuses)
+
+    def throttle(self, venue: str, ip: str, seconds: float) -> None:
+        self.sim(venue).ratelimiter.throttle(ip, seconds, time.time())
+
+    def ban(self, venue: str, ip: str, seconds: float) -> None:
+        self.sim(venue).ratelimiter.ban(ip, seconds, time.time())
+
+    def pause(self, seconds: float, venue: str | None = None) -> None:
+        """Stop emitting data for ``seconds`` (connections stay open and answer pings)."""
+        until = time.monotonic() + seconds
+        for f in self.feeds:
+            if venue in (None, f.sim.name):
+                f.paused_until = until
+
+    def server_shutdown(self, venue: str) -> None:
+        sim = self.sim(venue)
+        if hasattr(sim, "server_shutdown"):
+            sim.server_shutdown()
+
+    def stats(self) -> dict[str, Any]:
+        return {"venues": {n: s.stats() for n, s in self.sims.items()},
+                "feeds": [f.stats() for f in self.feeds],
+                "finished": all(f.finished.is_set() for f in self.feeds) if self.feeds else False}
+
+    def _control_app(self) -> web.Application:
+        app = web.Application()
+
+        async def handle(request: web.Request) -> web.Response:
+            op = request.match_info["op"]
+            q: dict[str, Any] = dict(request.query)
+            if request.can_read_body:
+                try:
+                    q.update(await request.json())
+                except ValueError:
+                    return web.json_response({"error": "body must be JSON"}, status=400)
+            try:
+                if op == "stats":
+                    return web.json_response(self.stats())
+                if op == "drop":
+                    return web.json_response({"dropped": self.drop_connections(q.get("venue"), q.get("ip"))})
+                if op == "gap":
+                    self.inject_gap(q["venue"], q["symbol"], int(q.get("count", 1)))
+                elif op == "malformed":
+                    self.inject_malformed(q["venue"], int(q.get("count", 1)), q.get("symbol"))
+                elif op == "throttle":
+                    self.throttle(q["venue"], q["ip"], float(q.get("seconds", 5)))
+                elif op == "ban":
+                    self.ban(q["venue"], q["ip"], float(q.get("seconds", 60)))
+                elif op == "faults":
+                    pairs = [(int(s.split(":")[0]), float(s.split(":")[1])) for s in str(q["statuses"]).split(",")]
+                    self.rest_faults(q["venue"], q["ip"], pairs)
+                elif op == "pause":
+                    self.pause(float(q.get("seconds", 5)), q.get("venue"))
+                elif op == "shutdown":
+                    self.server_shutdown(q["venue"])
+                else:
+                    return web.json_response({"error": f"unknown operation {op!r}"}, status=404)
+            except KeyError as exc:
+                return web.json_response({"error": f"missing or unknown {exc}"}, status=400)
+            except ValueError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            return web.json_response({"ok": True})
+
+        app.router.add_route("*", "/_emulator/{op}", handle)
+        return app
+
+    # -- collector configuration -----------------------------------------------------------------
+
+    def shard_configs(self, prefix: str = "replay", **overrides: Any) -> list[ShardConfig]:
+        """One shard per (venue, market) the feeds carry, pointed at this emulator, subscribing
+        the channels the capture recorded (so nothing is asked that the capture cannot answer)."""
+        shards = []
+        for (ex, mk), natives in sorted(self.catalog.items()):
+            canon = []
+            for n in natives:
+                try:
+                    canon.append(canonical_symbol(ex, mk, n))
+                except (SymbolError, ValueError):
+                    continue
+            if not canon:
+                continue
+            ep = self.endpoints(ex, mk)
+            opts = adapter_options_for(ex, mk, list(self.channels.get((ex, mk), {})))
+            shards.append(ShardConfig(name=f"{prefix}-{ex}-{mk}", exchange=ex, market=mk,
+                                      symbols=tuple(dict.fromkeys(canon)), ws_url=ep.ws, rest_url=ep.rest,
+                                      adapter_options={**opts, **overrides.pop("adapter_options", {})},
+                                      **overrides))
+        return shards
+
+
+def adapter_options_for(exchange: Exchange, market: Market, channels: list[str]) -> dict[str, Any]:
+    """Adapter settings that subscribe exactly what a capture recorded."""
+    channels = [c for c in channels if c]
+    if not channels:
+        return {}
+    if exchange is Exchange.BINANCE:
+        return {"streams": tuple(channels)}
+    if exchange is Exchange.BYBIT:
+        depths = [int(c.split(".")[1]) for c in channels
+                  if c.startswith("orderbook.") and c.split(".")[1].isdigit()]
+        opts: dict[str, Any] = {"channels": tuple(dict.fromkeys(c.split(".")[0] for c in channels))}
+        if depths:
+            opts["depth"] = max(depths)
+        return opts
+    books = [c for c in channels if c in ("books", "books-l2-tbt", "books50-l2-tbt")]
+    opts = {"channels": tuple(channels)}
+    if books:
+        opts["book_channel"] = books[0]
+    return opts
+
+
+async def serve_capture(path: str | Path | Iterable[str | Path], speed: float | str | None = None, *,
+                        host: str = HOST, **emulator_kw: Any) -> Emulator:
+    """Start an emulator serving one capture, or every capture in a directory.
+
+    ``speed``: a replay-rate multiplier (1 = as recorded), or None / "max" for as fast as the
+    collectors read. Returns the started Emulator: ``endpoints(exchange, market)`` gives the
+    base URLs, ``shard_configs()`` collector shards pointed at it, ``wait_finished()`` tells
+    when every capture is exhausted (the platform can then treat its hours as complete).
+    """
+    from collectors import capture
+
+    spd = None if speed in (None, "max") else float(speed)
+    emu = Emulator(host, **emulator_kw)
+    paths: list[Path] = []
+    items = [path] if isinstance(path, (str, Path)) else list(path)
+    for p in map(Path, items):
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and _servable(f, capture):
+                    paths.append(f)
+        else:
+            paths.append(p)
+    if not paths:
+        raise ValueError(f"no servable capture in {path}")
+    for p in paths:
+        emu.play_capture(p, speed=spd)
+    return await emu.start()
+
+
+def _servable(path: Path, capture: Any) -> bool:
+    """A file the emulator can serve: a known capture format with venue frames and times.
+    Cryptofeed captures are served once, from their .ws file (the .http file rides along)."""
+    if ".http." in path.name:
+        return False
+    try:
+        info = capture.detect(path)
+    except (capture.CaptureError, OSError, ValueError):
+        return False
+    if info.format == "tardis_fixture" or info.exchange is None:
+        return False          # unordered single frames without receive times
+    return not (info.exchange is Exchange.BYBIT and info.flavor == "legacy")
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+def _parse_synthetic(text: str) -> tuple[str, str, int, float | None]:
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise argparse.ArgumentTypeError("synthetic load is EXCHANGE:MARKET:N_SYMBOLS[:RATE]")
+    rate = None if len(parts) == 3 or parts[3] in ("", "max") else float(parts[3])
+    return parts[0], parts[1], int(parts[2]), rate
+
+
+async def _serve_main(args: argparse.Namespace) -> int:
+    emu_kw = {"server_ping_s": args.server_ping}
+    if args.paths:
+        emu = await serve_capture(args.paths, args.speed, host=args.host, **emu_kw)
+    else:
+        emu = Emulator(args.host, **emu_kw)
+    for ex, mk, n, rate in args.synthetic:
+        emu.play_synthetic(ex, mk, n_symbols=n, rate=rate,
+                           frames=args.frames, gate=False if args.start_now else None)
+    await emu.start()
+    info = emu.describe()
+    info["shards"] = [s.to_dict() for s in emu.shard_configs()]
+    text = json.dumps(info, indent=2)
+    if args.state_file:
+        Path(args.state_file).write_text(text)
+    print(text, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await emu.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m collectors.replay",
+                                 description="Serve exchange captures or synthetic load on 127.0.0.1")
+    ap.add_argument("paths", nargs="*", help="capture files or directories")
+    ap.add_argument("--speed", default="max", help="replay speed multiplier, or 'max'")
+    ap.add_argument("--synthetic", action="append", type=_parse_synthetic, default=[],
+                    help="EXCHANGE:MARKET:N_SYMBOLS[:RATE] synthetic load (repeatable)")
+    ap.add_argument("--frames", type=int, default=None, help="stop synthetic feeds after N frames")
+    ap.add_argument("--start-now", action="store_true", help="do not wait for a subscriber")
+    ap.add_argument("--host", default=HOST)
+    ap.add_argument("--server-ping", type=float, default=20.0)
+    ap.add_argument("--state-file", help="write the endpoints JSON here too")
+    args = ap.parse_args(argv)
+    if not args.paths and not args.synthetic:
+        ap.error("give capture paths and/or --synthetic")
+    return asyncio.run(_serve_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "BybitSim",
+    "Emulator",
+    "Feed",
+    "SyntheticSpec",
+    "adapter_options_for",
+    "serve_capture",
+    "sim_name",
+]

@@ -1,0 +1,537 @@
+"""One collector shard: websocket sessions -> venue adapter -> Kafka raw.* topics.
+
+The shard's symbols are planned onto its egress IPs (sharding.py); each planned
+connection is a Worker with its own adapter (books, sequence state, keep-alive timer)
+and one websocket session per URL the adapter needs (Binance USD-M routes streams over
+two). Sessions reconnect forever with jittered backoff; a Worker's adapter survives its
+reconnects, so a missed stretch shows up as a gap and a per-symbol resync, as the venue
+rules require.
+
+Changes of plan are make-before-break: a planned 24 h rotation, a venue's "going away"
+notice, an IP that got throttled/banned (its symbols move to healthy IPs) or recovered
+(they move back) all start the new Worker first and retire the old one only when the new
+one has been receiving for ``handover_overlap_s``. While both run, the same venue events
+arrive twice and hash to the same event_id; a bounded dedup window publishes each once.
+
+Every event goes to raw.<market>.<domain>[.<type>].<exchange> keyed by canonical symbol
+(streaming/serde.py) with the producer settings of ARCHITECTURE §3; every refused frame
+goes to dlq.collector as a DeadLetter with the adapter's reason. Stopping (cancel, stop
+event, SIGTERM in the Dagster run) closes the sockets and flushes the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+
+from collectors import metrics
+from collectors.backoff import Backoff, BackoffPolicy
+from collectors.config import ShardConfig
+from collectors.dedup import DedupWindow
+from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest
+from collectors.logs import get_logger, log_event
+from collectors.ratelimit import IpState, policy_for
+from collectors.rest_client import DEFAULT_IP, RestPool
+from collectors.sharding import ConnectionSpec, plan_connections, preference
+from collectors.ws_client import SessionEnded, WsSession, WsSettings, now_us
+from schemas.gen.ticklake.v1 import events_pb2 as pb
+from schemas.model import (
+    Exchange,
+    Market,
+    event_type_from_pb,
+    exchange_from_pb,
+    market_from_pb,
+)
+from schemas.topics import DlqStage, Stage, dlq_topic, event_topic
+from streaming.serde import SCHEMA_HEADER, SCHEMA_VERSION, encode
+
+log = get_logger()
+
+DLQ_TOPIC = dlq_topic(DlqStage.COLLECTOR)
+
+
+# -- adapters --------------------------------------------------------------------------------------
+
+def make_adapter(cfg: ShardConfig, **extra: Any):
+    """The venue adapter for a shard, with the shard's adapter_options."""
+    opts = {**cfg.adapter_options, **extra, "shard": cfg.name}
+    if cfg.exchange is Exchange.BINANCE:
+        from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
+
+        return (BinanceSpotAdapter if cfg.market is Market.SPOT else BinanceUsdmAdapter)(**opts)
+    if cfg.exchange is Exchange.BYBIT:
+        from collectors.exchanges.bybit import BybitAdapter
+
+        if "category" not in opts:
+            inverse = cfg.market is not Market.SPOT and all(s.split("-")[1] == "USD" for s in cfg.symbols)
+            opts["category"] = "spot" if cfg.market is Market.SPOT else "inverse" if inverse else "linear"
+        return BybitAdapter(**opts)
+    from collectors.exchanges.okx import OkxAdapter
+
+    return OkxAdapter(**opts)
+
+
+def adapter_urls(adapter: Any, base: str, natives: list[str]) -> list[str]:
+    if hasattr(adapter, "ws_urls"):
+        return list(adapter.ws_urls(base, natives))
+    return [adapter.ws_url(base, natives)]
+
+
+# -- Kafka side ------------------------------------------------------------------------------------
+
+@dataclass
+class ShardStats:
+    frames_in: int = 0
+    events_out: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    resyncs: Counter = field(default_factory=Counter)
+    reconnects: int = 0
+    sessions_opened: int = 0
+    rotations: int = 0
+    workers_started: int = 0
+    producer_retries: int = 0
+    delivery_errors: int = 0
+    delivered: int = 0
+    rest_requests: int = 0
+    rest_status: Counter = field(default_factory=Counter)
+    ip_events: list = field(default_factory=list)   # (ts, ip, state)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.__dict__.items()
+                if k != "ip_events"}
+
+
+class Publisher:
+    """Serializes and produces; the only code in a shard that touches Kafka."""
+
+    def __init__(self, cfg: ShardConfig, producer: Producer, stats: ShardStats) -> None:
+        self.cfg = cfg
+        self.producer = producer
+        self.stats = stats
+        self._topics: dict[tuple[int, int, int], str] = {}
+        self._lbl = (cfg.name, str(cfg.exchange), str(cfg.market))
+        self._m_out = metrics.MESSAGES_OUT.labels(*self._lbl)
+        self._m_retry = metrics.PRODUCER_RETRIES.labels(cfg.name)
+        self._m_err = metrics.DELIVERY_ERRORS.labels(cfg.name)
+        self._pending = 0
+
+    def topic_for(self, env: pb.Envelope) -> str:
+        key = (env.exchange, env.market, env.event_type)
+        t = self._topics.get(key)
+        if t is None:
+            t = self._topics[key] = event_topic(Stage.RAW, market_from_pb(env.market),
+                                                event_type_from_pb(env.event_type), exchange_from_pb(env.exchange))
+        return t
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.stats.delivery_errors += 1
+            self._m_err.inc()
+            log_event(log, logging.ERROR, "delivery failed", shard=self.cfg.name, topic=msg.topic(),
+                      error=str(err))
+        else:
+            self.stats.delivered += 1
+
+    def _produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                # Local queue full: the broker is slower than the venue. Serve callbacks
+                # (which frees the queue) and try again; never drop.
+                self.stats.producer_retries += 1
+                self._m_retry.inc()
+                self.producer.poll(0.05)
+        self._pending += 1
+        if self._pending >= 1000:
+            self._pending = 0
+            self.producer.poll(0)
+
+    def publish(self, env: pb.Envelope) -> None:
+        rec = encode(env)
+        self._produce(self.topic_for(env), rec.key, rec.value, rec.headers)
+        self.stats.events_out += 1
+        self._m_out.inc()
+
+    def dead_letter(self, dl: DeadLetter, source: str, ingest_ts: int) -> None:
+        msg = pb.DeadLetter(stage=str(DlqStage.COLLECTOR), reason=dl.reason, source=source, raw=dl.raw,
+                            ingest_ts=ingest_ts, exchange=str(self.cfg.exchange), native_symbol=dl.native_symbol)
+        key = (dl.native_symbol or str(self.cfg.exchange)).encode()
+        self._produce(DLQ_TOPIC, key, msg.SerializeToString(),
+                      [(SCHEMA_HEADER, SCHEMA_VERSION.encode()), ("shard", self.cfg.name.encode()),
+                       ("reason", dl.reason[:200].encode())])
+        self.stats.dead_letters += 1
+
+    def poll(self) -> None:
+        self.producer.poll(0)
+
+    def flush(self, timeout: float) -> int:
+        return self.producer.flush(timeout)
+
+
+# -- connections -----------------------------------------------------------------------------------
+
+class Worker:
+    """One planned connection: an adapter and a session per URL it needs."""
+
+    def __init__(self, runner: ShardRunner, spec: ConnectionSpec, reason: str) -> None:
+        self.runner = runner
+        self.spec = spec
+        self.reason = reason
+        self.natives = [runner.native_of[s] for s in spec.symbols]
+        self.adapter = make_adapter(runner.cfg, instruments=dict(runner.instruments))
+        runner.adapters.append(self.adapter)
+        self.urls = adapter_urls(self.adapter, runner.cfg.endpoints.ws, self.natives)
+        self.sessions: dict[str, WsSession | None] = {u: None for u in self.urls}
+        self.first_frame: dict[str, float] = {}
+        self.started = time.monotonic()
+        self.alive = True
+        self.successor: Worker | None = None
+        self.retire_since: float | None = None
+        self.replace_reason = ""
+        self.tasks = [asyncio.create_task(self._session_loop(u), name=f"ws {spec.key} {u[:50]}")
+                      for u in self.urls]
+        self.tasks.append(asyncio.create_task(self._keepalive(), name=f"keepalive {spec.key}"))
+
+    @property
+    def ip(self) -> str:
+        return self.spec.ip
+
+    def ready(self, overlap_s: float) -> bool:
+        """Every URL has a live session that has been delivering for at least overlap_s."""
+        now = time.monotonic()
+        return all(self.sessions.get(u) is not None and u in self.first_frame
+                   and now - self.first_frame[u] >= overlap_s for u in self.urls)
+
+    def any_session(self) -> WsSession | None:
+        for s in self.sessions.values():
+            if s is not None:
+                return s
+        return None
+
+    async def _session_loop(self, url: str) -> None:
+        r = self.runner
+        cfg = r.cfg
+        backoff = Backoff(BackoffPolicy(base_s=cfg.backoff_base_s, cap_s=cfg.backoff_cap_s,
+                                        reset_after_s=max(cfg.backoff_cap_s, 10.0)), r.rng)
+        gauge = metrics.CONNECTIONS.labels(cfg.name, self.ip or "default")
+        while self.alive:
+            try:
+                async with r.connect_slots:
+                    session = await WsSession.open(url, self.ip, r.ws_settings)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # refused, DNS, handshake, timeout: all transient to us
+                r.on_session_end(self, url, f"connect failed: {type(exc).__name__}: {exc}", opened=False)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            self.sessions[url] = session
+            r.stats.sessions_opened += 1
+            gauge.inc()
+            reason = "closed"
+            try:
+                r.handle(self, session, self.adapter.on_open(self.natives))
+                async for frame, ts in session.frames():
+                    if url not in self.first_frame:
+                        self.first_frame[url] = time.monotonic()
+                    r.on_frame(self, session, frame, ts)
+            except SessionEnded as exc:
+                reason = exc.reason
+            except asyncio.CancelledError:
+                reason = "stopped"
+                raise
+            finally:
+                self.sessions[url] = None
+                self.first_frame.pop(url, None)
+                gauge.dec()
+                await session.close(reason)
+            if not self.alive:
+                return
+            r.on_session_end(self, url, reason, opened=True)
+            backoff.note_uptime(session.age_s)
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _keepalive(self) -> None:
+        while self.alive:
+            await asyncio.sleep(1.0)
+            res = self.adapter.keepalive(now_us())
+            if res.sends or res.events or res.requests:
+                # Application pings are per connection: every session of this worker gets them.
+                for s in list(self.sessions.values()):
+                    if s is not None:
+                        self.runner.handle(self, s, res)
+
+    async def stop(self, reason: str) -> None:
+        self.alive = False
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        log_event(log, logging.INFO, "connection retired", shard=self.runner.cfg.name, conn=self.spec.key,
+                  reason=reason)
+
+
+# -- the shard -------------------------------------------------------------------------------------
+
+class ShardRunner:
+    def __init__(self, cfg: ShardConfig, *, producer: Producer | None = None,
+                 producer_config: dict[str, Any] | None = None,
+                 ws_settings: WsSettings | None = None,
+                 handover_overlap_s: float = 2.0,
+                 reconcile_interval_s: float = 0.25,
+                 max_concurrent_connects: int = 8,
+                 clock: Callable[[], float] = time.time,
+                 rng: Any = None) -> None:
+        if producer is None:
+            if producer_config is None:
+                raise ValueError("pass a confluent_kafka Producer or a producer_config")
+            producer = Producer(producer_config)
+        import random
+
+        self.cfg = cfg
+        self.stats = ShardStats()
+        self.publisher = Publisher(cfg, producer, self.stats)
+        self.rng = rng or random.Random()
+        self.ips = list(cfg.egress_ips) or [DEFAULT_IP]
+        self.pool = RestPool(cfg.endpoints.rest, self.ips, policy_for(cfg.exchange, cfg.market), clock=clock,
+                             on_state_change=self._on_ip_state)
+        self.ws_settings = ws_settings or WsSettings(watchdog_s=cfg.watchdog_s)
+        self.handover_overlap_s = handover_overlap_s
+        self.reconcile_interval_s = reconcile_interval_s
+        self.connect_slots = asyncio.Semaphore(max_concurrent_connects)
+        self.native_of = dict(zip(cfg.symbols, cfg.native_symbols, strict=True))
+        self.canonical_of = {n: c for c, n in self.native_of.items()}
+        self.dedup = DedupWindow(cfg.dedup_window)
+        self.workers: list[Worker] = []
+        self.adapters: list[Any] = []     # every adapter this run created, for sync statistics
+        self.instruments: dict[str, Any] = {}
+        self._rest_tasks: set[asyncio.Task] = set()
+        self._rest_failures: dict[tuple, int] = {}
+        self._wake = asyncio.Event()
+        self._lbl = (cfg.name, str(cfg.exchange), str(cfg.market))
+        self._m_in = metrics.MESSAGES_IN.labels(*self._lbl)
+        self._m_parse = metrics.PARSE_ERRORS.labels(*self._lbl)
+        self.running = asyncio.Event()
+
+    # -- frame handling --------------------------------------------------------------------------
+
+    def on_frame(self, worker: Worker, session: WsSession, frame: str | bytes, ts: int) -> None:
+        self.stats.frames_in += 1
+        self._m_in.inc()
+        self.handle(worker, session, worker.adapter.on_frame(frame, ts), ts)
+
+    def handle(self, worker: Worker, session: WsSession | None, res: FrameResult, ts: int | None = None) -> None:
+        pub = self.publisher
+        for env in res.events:
+            if self.dedup.first_time(env.event_id):
+                pub.publish(env)
+            else:
+                self.stats.duplicates += 1
+                metrics.DUPLICATES.labels(self.cfg.name).inc()
+        if res.dead_letters:
+            source = session.url if session is not None else self.cfg.endpoints.ws
+            for dl in res.dead_letters:
+                pub.dead_letter(dl, source, ts or now_us())
+                self._m_parse.inc()
+                log_event(log, logging.WARNING, "frame refused", shard=self.cfg.name, symbol=dl.native_symbol,
+                          reason=dl.reason, conn=worker.spec.key)
+        if res.sends:
+            target = session or worker.any_session()
+            if target is not None:
+                for s in res.sends:
+                    target.send(s.payload)
+        for req in res.requests:
+            self._spawn_rest(worker, req)
+        for rs in res.resyncs:
+            self.stats.resyncs[rs.native_symbol] += 1
+            metrics.RESYNCS.labels(self.cfg.name, rs.native_symbol).inc()
+            log_event(log, logging.WARNING, "resync", shard=self.cfg.name, symbol=rs.native_symbol,
+                      reason=rs.reason, conn=worker.spec.key)
+        if getattr(res, "reconnect", "") and worker.alive and not worker.replace_reason:
+            worker.replace_reason = res.reconnect
+            self._wake.set()
+
+    # -- REST ------------------------------------------------------------------------------------
+
+    def _spawn_rest(self, worker: Worker, req: RestRequest) -> None:
+        t = asyncio.create_task(self._rest(worker, req), name=f"rest {req.path} {req.native_symbol}")
+        self._rest_tasks.add(t)
+        t.add_done_callback(self._rest_tasks.discard)
+
+    async def _rest(self, worker: Worker, req: RestRequest) -> None:
+        key = (req.path, req.params)
+        fails = self._rest_failures.get(key, 0)
+        if fails:
+            # The adapter asks again right after a failure; pace it here, never give up.
+            pol = BackoffPolicy(base_s=0.2, cap_s=self.cfg.backoff_cap_s)
+            lo, hi = pol.bounds(fails - 1)
+            await asyncio.sleep(lo + (hi - lo) * self.rng.random())
+        canonical = self.canonical_of.get(req.native_symbol)
+        order = [worker.ip] + (preference(canonical, self.ips) if canonical else list(self.ips))
+        self.stats.rest_requests += 1
+        resp = await self.pool.get(req, order)
+        self.stats.rest_status[resp.status] += 1
+        metrics.REST_RESPONSES.labels(self.cfg.name, resp.ip or "default", str(resp.status)).inc()
+        self._rest_failures[key] = 0 if resp.status == 200 else fails + 1
+        if resp.status != 200:
+            log_event(log, logging.WARNING, "rest refused", shard=self.cfg.name, symbol=req.native_symbol,
+                      path=req.path, status=resp.status, ip=resp.ip)
+        self._wake.set()   # a 429/418 may have changed an IP's health
+        if worker.alive:
+            self.handle(worker, worker.any_session(), worker.adapter.on_rest(req, resp.status, resp.body,
+                                                                              resp.recv_ts_us))
+
+    async def _load_instruments(self, timeout: float = 20.0) -> None:
+        """Exchange info once per shard, so every connection's adapter uses the venue's tick
+        and lot scales (identical events from two connections must hash identically)."""
+        probe = make_adapter(self.cfg, fetch_instruments=True)
+        reqs = [r for r in probe.on_open(list(self.native_of.values())).requests if r.purpose == "instruments"]
+
+        async def fetch(req: RestRequest) -> None:
+            resp = await self.pool.get(req, self.ips)
+            probe.on_rest(req, resp.status, resp.body, resp.recv_ts_us)
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(fetch(r) for r in reqs)), timeout)
+        except TimeoutError:
+            log_event(log, logging.WARNING, "instrument info unavailable; scales inferred from frames",
+                      shard=self.cfg.name)
+        self.instruments = dict(getattr(probe, "specs", {}) or {})
+
+    # -- health and planning ---------------------------------------------------------------------
+
+    def _on_ip_state(self, ip: str, state: IpState) -> None:
+        self.stats.ip_events.append((time.time(), ip, str(state)))
+        metrics.FAILOVERS.labels(self.cfg.name, ip or "default", str(state)).inc()
+        log_event(log, logging.WARNING if state is not IpState.HEALTHY else logging.INFO, "egress ip state",
+                  shard=self.cfg.name, ip=ip, state=str(state))
+        self._wake.set()
+
+    def on_session_end(self, worker: Worker, url: str, reason: str, opened: bool) -> None:
+        self.stats.reconnects += 1
+        metrics.RECONNECTS.labels(self.cfg.name, worker.ip or "default").inc()
+        log_event(log, logging.WARNING, "session ended" if opened else "connect failed", shard=self.cfg.name,
+                  conn=worker.spec.key, url=url[:120], reason=reason)
+
+    def carriers(self) -> dict[str, str]:
+        """canonical symbol -> IP of the live, non-retiring worker carrying it."""
+        out = {}
+        for w in self.workers:
+            if w.alive and w.retire_since is None:
+                for s in w.spec.symbols:
+                    out[s] = w.ip
+        return out
+
+    def _start_worker(self, spec: ConnectionSpec, reason: str) -> Worker:
+        w = Worker(self, spec, reason)
+        self.workers.append(w)
+        self.stats.workers_started += 1
+        log_event(log, logging.INFO, "connection planned", shard=self.cfg.name, conn=spec.key, reason=reason,
+                  symbols=len(spec.symbols), failover=spec.is_failover)
+        return w
+
+    def _reconcile(self) -> None:
+        states = self.pool.poll_states()
+        healthy = [ip for ip, st in states.items() if st is IpState.HEALTHY]
+        desired = plan_connections(self.cfg.symbols, self.ips, healthy, self.cfg.max_symbols_per_connection)
+        desired_set = set(desired)
+        now = time.monotonic()
+        live = [w for w in self.workers if w.alive]
+        have = {w.spec for w in live if w.retire_since is None}
+        for spec in desired:
+            if spec not in have:
+                self._start_worker(spec, "plan")
+        # Planned rotation and venue "going away" notices: replace, then retire.
+        for w in list(live):
+            if w.retire_since is not None or w.successor is not None or w.spec not in desired_set:
+                continue
+            due = time.monotonic() - w.started >= self.cfg.rotation_s
+            if due or w.replace_reason:
+                why = w.replace_reason or "rotation"
+                self.stats.rotations += 1
+                metrics.ROTATIONS.labels(self.cfg.name, "rotation" if due and not w.replace_reason else "venue").inc()
+                w.successor = self._start_worker(w.spec, why)
+                w.retire_since = now
+        # Retire workers that left the plan or have a successor, once their symbols are
+        # carried by a ready replacement (or the handover has taken too long).
+        for w in list(self.workers):
+            if not w.alive:
+                continue
+            if w.spec not in desired_set and w.retire_since is None:
+                w.retire_since = now
+            if w.retire_since is None:
+                continue
+            covered = all(any(o is not w and o.alive and o.retire_since is None and s in o.spec.symbols
+                              and o.ready(self.handover_overlap_s) for o in self.workers)
+                          for s in w.spec.symbols)
+            if covered or now - w.retire_since > self.cfg.handover_timeout_s:
+                asyncio.create_task(w.stop("handover complete" if covered else "handover timeout"))
+                w.alive = False
+        self.workers = [w for w in self.workers if w.alive]
+
+    def book_stats(self) -> dict[str, dict[str, int]]:
+        """Sync counters per native symbol, summed over every connection's adapter."""
+        out: dict[str, dict[str, int]] = {}
+        for a in self.adapters:
+            for native, st in (a.book_stats() if hasattr(a, "book_stats") else {}).items():
+                acc = out.setdefault(native, {})
+                for k, v in st.as_dict().items():
+                    acc[k] = acc.get(k, 0) + v
+        return out
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> ShardStats:
+        """Run until ``stop`` is set or the task is cancelled; always flushes on the way out."""
+        stop = stop or asyncio.Event()
+        log_event(log, logging.INFO, "shard starting", shard=self.cfg.name, exchange=str(self.cfg.exchange),
+                  market=str(self.cfg.market), symbols=len(self.cfg.symbols), ips=self.ips)
+        try:
+            await self.pool.start()
+            await self._load_instruments()
+            self.running.set()
+            while not stop.is_set():
+                self._reconcile()
+                self.publisher.poll()
+                self._wake.clear()
+                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+                nxt = self.pool.next_change_in()
+                timeout = self.reconcile_interval_s if nxt is None else min(self.reconcile_interval_s, nxt + 0.01)
+                _, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for p in pending:
+                    p.cancel()
+        finally:
+            await self.shutdown()
+        return self.stats
+
+    async def shutdown(self, flush_timeout: float = 30.0) -> None:
+        workers, self.workers = self.workers, []
+        await asyncio.gather(*(w.stop("shard stopping") for w in workers), return_exceptions=True)
+        for t in list(self._rest_tasks):
+            t.cancel()
+        await asyncio.gather(*self._rest_tasks, return_exceptions=True)
+        await self.pool.close()
+        loop = asyncio.get_running_loop()
+        try:
+            left = await loop.run_in_executor(None, self.publisher.flush, flush_timeout)
+        except KafkaException as exc:
+            left = -1
+            log_event(log, logging.ERROR, "flush failed", shard=self.cfg.name, error=str(exc))
+        log_event(log, logging.INFO, "shard stopped", shard=self.cfg.name, unflushed=left, **self.stats.as_dict())
+
+
+async def run_shard(cfg: ShardConfig, producer_config: dict[str, Any], stop: asyncio.Event | None = None,
+                    **kw: Any) -> ShardStats:
+    return await ShardRunner(cfg, producer_config=producer_config, **kw).run(stop)
