@@ -1,0 +1,72 @@
+"""Dead letters: a refused record, why it was refused, and a count per reason.
+
+Nothing a processor refuses is dropped silently: it is published to dlq.<stage> with a
+reason (inside the same Kafka transaction as the processor's output, so a crash neither
+loses nor doubles it) and counted, so `ticklake status` and Prometheus can show *why*
+data is missing. Reasons are "<code>: <detail>"; the code is the counter label.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter as PromCounter
+
+from schemas.gen.ticklake.v1 import events_pb2 as pb
+from schemas.topics import DlqStage, dlq_topic
+
+DLQ_REASON_HEADER = "dlq-reason"
+DLQ_SOURCE_HEADER = "dlq-source"
+
+_PROM = PromCounter("ticklake_dead_letters", "Records sent to a dead-letter topic", ["stage", "code"])
+
+
+def reason_code(reason: str) -> str:
+    return reason.split(":", 1)[0].strip() or "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    timestamp_ms: int | None
+
+
+def dead_letter(stage: DlqStage | str, reason: str, *, source: str, raw: bytes | None,
+                ingest_ts: int = 0, exchange: str = "", native_symbol: str = "",
+                timestamp_ms: int | None = None) -> DeadLetterRecord:
+    """Build the dlq.<stage> record. `source` is topic[partition]@offset: deterministic, so
+    a record re-published after a crash can be recognised as the same dead letter."""
+    st = DlqStage(stage)
+    msg = pb.DeadLetter(stage=st.value, reason=reason, source=source, raw=raw or b"",
+                        ingest_ts=ingest_ts, exchange=exchange, native_symbol=native_symbol)
+    return DeadLetterRecord(
+        topic=dlq_topic(st), key=(native_symbol or source).encode(), value=msg.SerializeToString(),
+        headers=[(DLQ_REASON_HEADER, reason.encode()[:512]), (DLQ_SOURCE_HEADER, source.encode())],
+        timestamp_ms=timestamp_ms)
+
+
+def parse_dead_letter(value: bytes) -> pb.DeadLetter:
+    msg = pb.DeadLetter()
+    msg.ParseFromString(value)
+    return msg
+
+
+@dataclass(slots=True)
+class DlqCounters:
+    """Per-stage counts by reason code (also exported to Prometheus)."""
+
+    stage: str
+    counts: Counter = field(default_factory=Counter)
+
+    def count(self, reason: str) -> None:
+        code = reason_code(reason)
+        self.counts[code] += 1
+        _PROM.labels(self.stage, code).inc()
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
