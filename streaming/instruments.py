@@ -41,6 +41,7 @@ class InstrumentRef:
     status: str = ""
     expiry: str = ""      # YYMMDD for dated futures
     contract_value: str = ""  # OKX ctVal / inverse contract size; "" for spot
+    size_decimals: int = 0    # venue-declared quantity precision when wider than the lot
 
     @property
     def price_scale(self) -> int:
@@ -48,7 +49,9 @@ class InstrumentRef:
 
     @property
     def size_scale(self) -> int:
-        return scale_of(self.lot_size)
+        """Book and trade quantities can be finer than the order lot (Binance books carry
+        baseAssetPrecision decimals), so the wider of the two."""
+        return max(scale_of(self.lot_size), self.size_decimals)
 
     def tick_units(self, price_scale: int) -> int:
         return to_scaled(self.tick_size, price_scale)
@@ -62,13 +65,16 @@ def _yymmdd_from_ms(ms: str | int) -> str:
 
 
 def _ref(ex: Exchange, mk: Market, native: str, base: str, quote: str, tick: str, lot: str,
-         status: str, expiry: str = "", ctval: str = "") -> InstrumentRef:
+         status: str, expiry: str = "", ctval: str = "", size_decimals: int = 0) -> InstrumentRef:
     base, quote = base.upper(), quote.upper()
     canonical = Instrument(ex, mk, native, base, quote, expiry).canonical
     validate_canonical(canonical)
     scale_of(tick)  # both must be positive decimals; raises ScaleError otherwise
     scale_of(lot)
-    return InstrumentRef(ex.value, mk.value, native, canonical, base, quote, tick, lot, status, expiry, ctval)
+    if not 0 <= size_decimals <= 18:
+        raise InstrumentDataError(f"{native}: quantity precision {size_decimals} out of range")
+    return InstrumentRef(ex.value, mk.value, native, canonical, base, quote, tick, lot, status, expiry, ctval,
+                         size_decimals)
 
 
 def _load(body: bytes | str | dict) -> dict:
@@ -102,14 +108,17 @@ def parse_binance(body: bytes | str | dict, *, futures: bool) -> list[Instrument
         except (KeyError, TypeError) as exc:
             raise InstrumentDataError(f"Binance symbol entry lacks {exc}: {str(s)[:120]}") from exc
         if not futures:
-            out.append(_ref(Exchange.BINANCE, Market.SPOT, native, base, quote, tick, lot, status))
+            out.append(_ref(Exchange.BINANCE, Market.SPOT, native, base, quote, tick, lot, status,
+                            size_decimals=int(s.get("baseAssetPrecision", 0))))
             continue
         ctype = s.get("contractType", "")
+        qp = int(s.get("quantityPrecision", 0))
         if "PERPETUAL" in ctype:
-            out.append(_ref(Exchange.BINANCE, Market.PERP, native, base, quote, tick, lot, status))
+            out.append(_ref(Exchange.BINANCE, Market.PERP, native, base, quote, tick, lot, status,
+                            size_decimals=qp))
         elif ctype and "_" in native:  # CURRENT_QUARTER / NEXT_QUARTER: BTCUSDT_240927
             out.append(_ref(Exchange.BINANCE, Market.FUTURE, native, base, quote, tick, lot, status,
-                            expiry=native.rsplit("_", 1)[1]))
+                            expiry=native.rsplit("_", 1)[1], size_decimals=qp))
     return out
 
 
