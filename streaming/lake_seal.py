@@ -1,0 +1,133 @@
+"""Seal one hour of one lake table: replace its micro-batch files by large sorted files.
+
+One atomic commit (delete of the hour's files + append of the compacted ones, one
+transaction, so readers see either layout, never both or neither). The hour filter is
+aligned to the hour partition, so the delete drops whole files and rewrites nothing.
+
+Idempotent: an hour whose files all come from a seal is already in its sealed layout and
+is left untouched (same data, same files, no new snapshot). Rows are kept exactly as they
+are — compaction is not repair: a duplicate in the hour stays visible to the asset checks.
+
+If the sink (or anything) commits to the table while the seal computes, the commit fails
+the optimistic check, the files written for it are deleted (no snapshot ever saw them)
+and the seal starts over from the new state.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table
+
+from streaming.lake_sink import hour_filter
+from streaming.lake_state import HOUR_US, SEAL_WRITER, SEALED_HOUR_KEY, WRITER_KEY
+from streaming.lake_writer import LakeFileWriter, commit_files
+
+log = logging.getLogger(__name__)
+
+SEALED_PREFIX = "sealed"
+
+
+@dataclass(slots=True)
+class HourLayout:
+    """The data files of one hour as the current snapshot sees them."""
+
+    files: list[DataFile] = field(default_factory=list)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [f.file_size_in_bytes for f in self.files]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.record_count for f in self.files)
+
+    @property
+    def is_sealed(self) -> bool:
+        return bool(self.files) and all(
+            posixpath.basename(f.file_path).startswith(SEALED_PREFIX + "-") for f in self.files)
+
+    def per_partition(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for f in self.files:
+            out.setdefault(str(f.partition), []).append(f.file_size_in_bytes)
+        return out
+
+
+@dataclass(slots=True)
+class SealResult:
+    table: str
+    hour: datetime
+    rows: int
+    files: int
+    bytes: int
+    file_sizes: list[int]
+    files_before: int
+    snapshot_id: int | None
+    min_event: datetime | None
+    max_event: datetime | None
+    already_sealed: bool
+
+
+def hour_layout(table: Table, hour_us: int) -> HourLayout:
+    if table.current_snapshot() is None:
+        return HourLayout()
+    return HourLayout([task.file for task in table.scan(row_filter=hour_filter(hour_us)).plan_files()])
+
+
+def read_hour(table: Table, hour_us: int) -> pa.Table:
+    if table.current_snapshot() is None:
+        from pyiceberg.io.pyarrow import schema_to_pyarrow
+        return schema_to_pyarrow(table.schema()).empty_table()
+    return table.scan(row_filter=hour_filter(hour_us)).to_arrow()
+
+
+def _ts(v) -> datetime | None:
+    return None if v is None else v.astimezone(UTC) if isinstance(v, datetime) else datetime.fromtimestamp(v / 1e6, tz=UTC)
+
+
+def _result(table: Table, hour_us: int, rows: pa.Table, layout: HourLayout, before: int, sealed: bool) -> SealResult:
+    ts = rows.column("exchange_ts") if rows.num_rows else None
+    snap = table.current_snapshot()
+    return SealResult(
+        table=".".join(table.name()), hour=datetime.fromtimestamp(hour_us / 1e6, tz=UTC), rows=rows.num_rows,
+        files=len(layout.files), bytes=sum(layout.sizes), file_sizes=sorted(layout.sizes), files_before=before,
+        snapshot_id=snap.snapshot_id if snap else None,
+        min_event=_ts(pc.min(ts).as_py()) if ts is not None else None,
+        max_event=_ts(pc.max(ts).as_py()) if ts is not None else None,
+        already_sealed=sealed)
+
+
+def seal_hour(table: Table, hour_us: int, *, target_file_bytes: int | None = None, retries: int = 5) -> SealResult:
+    if hour_us % HOUR_US:
+        raise ValueError(f"hour_us must be an hour boundary, got {hour_us}")
+    for attempt in range(retries + 1):
+        table = table.refresh()
+        layout = hour_layout(table, hour_us)
+        rows = read_hour(table, hour_us)
+        if not layout.files or layout.is_sealed:
+            return _result(table, hour_us, rows, layout, len(layout.files), sealed=layout.is_sealed)
+        before = len(layout.files)
+        writer = LakeFileWriter(table, target_file_bytes=target_file_bytes)
+        new_files = writer.write(rows, prefix=SEALED_PREFIX)
+        summary = {WRITER_KEY: SEAL_WRITER,
+                   SEALED_HOUR_KEY: datetime.fromtimestamp(hour_us / 1e6, tz=UTC).isoformat()}
+        try:
+            commit_files(table, new_files, summary, delete_filter=hour_filter(hour_us))
+        except CommitFailedException:
+            for f in new_files:  # never referenced by any snapshot: safe to remove now
+                table.io.delete(f.file_path)
+            if attempt == retries:
+                raise
+            log.info("seal of %s hour %s raced a concurrent commit; retrying", table.name(), hour_us)
+            continue
+        table = table.refresh()
+        return _result(table, hour_us, rows, hour_layout(table, hour_us), before, sealed=False)
+    raise AssertionError("unreachable")
