@@ -6,20 +6,20 @@ the deltas of the first seconds are usually read before the snapshot they follow
 book therefore sequences by the venue ids the envelopes carry, the way a venue's own sync
 procedure does: deltas seen before the first snapshot are held (bounded), a snapshot
 replaces the book and the held deltas newer than it are applied after it, in sequence
-order; a delta not newer than the book is stale and skipped, and so is a snapshot older
+order; a delta older than the book is stale and skipped, and so is a snapshot older
 than the book it would replace. The collectors already enforced gap rules upstream, so no
 continuity check is repeated here.
 
-Every applied change is reported to the caller (``BookChange``), so the publisher
-emits the price/depth of each state in order even when the states were released by a
-late snapshot. Scales: levels are kept at the largest scale seen (exact up-scaling), since
+Every applied change is yielded to the caller (``BookChange``) right after it is applied,
+so the publisher reads the price/depth of each state in order even when a late snapshot
+releases several states at once (the caller must exhaust the iterator). Scales: levels are kept at the largest scale seen (exact up-scaling), since
 a collector infers scales until its first snapshot locks them.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from collectors.book import L2Book
@@ -43,7 +43,9 @@ def _newer(env: pb.Envelope, book: L2Book) -> bool:
     time (OKX without seqId, venues with no ids), where equal times count as newer because
     a venue may stamp a snapshot and its first update alike."""
     if env.seq and book.seq:
-        return env.seq > book.seq
+        # >=: Binance's first delta after a snapshot may end exactly at the snapshot id
+        # (U <= lastUpdateId <= u); levels are absolute, so applying it again is harmless.
+        return env.seq >= book.seq
     return env.exchange_ts >= book.exchange_ts
 
 
@@ -89,33 +91,32 @@ class FeedBook:
             b.size_scale = max(b.size_scale, size_scale)
         return 10 ** (b.price_scale - price_scale), 10 ** (b.size_scale - size_scale)
 
-    def on_envelope(self, env: pb.Envelope) -> list[BookChange]:
-        """Apply a snapshot or delta; returns the changes applied (possibly several, when a
+    def on_envelope(self, env: pb.Envelope) -> Iterator[BookChange]:
+        """Apply a snapshot or delta, yielding after each applied state (several when a
         snapshot releases held deltas; none when the envelope was held or stale)."""
         which = env.WhichOneof("payload")
         if which == "book_snapshot":
-            return self._snapshot(env)
-        if which == "book_delta":
-            return self._delta(env)
-        raise ValueError(f"not a book envelope: {which}")
+            yield from self._snapshot(env)
+        elif which == "book_delta":
+            yield from self._delta(env)
+        else:
+            raise ValueError(f"not a book envelope: {which}")
 
-    def _snapshot(self, env: pb.Envelope) -> list[BookChange]:
+    def _snapshot(self, env: pb.Envelope) -> Iterator[BookChange]:
         b = self.book
         if b.synced and env.seq and b.seq and env.seq < b.seq:
             self.stale += 1     # the book is already past this snapshot
-            return []
+            return
         snap = env.book_snapshot
         b.price_scale, b.size_scale = env.price_scale, env.size_scale
         b.apply_snapshot(_levels(snap.bids, 1, 1), _levels(snap.asks, 1, 1), env.seq)
         b.exchange_ts = env.exchange_ts
-        out = [BookChange(env, b.seq, b.exchange_ts)]
+        yield BookChange(env, b.seq, b.exchange_ts)
         held, self.pending = self.pending, []
         while held:
-            d = heapq.heappop(held)[-1]
-            out += self._delta(d)
-        return out
+            yield from self._delta(heapq.heappop(held)[-1])
 
-    def _delta(self, env: pb.Envelope) -> list[BookChange]:
+    def _delta(self, env: pb.Envelope) -> Iterator[BookChange]:
         b = self.book
         if not b.synced:
             if len(self.pending) >= self.max_pending:
@@ -123,17 +124,17 @@ class FeedBook:
                 self.dropped_pending += 1
             self._tie += 1
             heapq.heappush(self.pending, (env.seq, env.exchange_ts, self._tie, env))
-            return []
+            return
         if not _newer(env, b):
             self.stale += 1
-            return []
+            return
         d = env.book_delta
         fp, fq = self._align(env.price_scale, env.size_scale)
         b.apply(_levels(d.bids, fp, fq), _levels(d.asks, fp, fq))
         if env.seq:
             b.seq = env.seq
         b.exchange_ts = max(b.exchange_ts, env.exchange_ts)
-        return [BookChange(env, b.seq, b.exchange_ts)]
+        yield BookChange(env, b.seq, b.exchange_ts)
 
     def reset(self) -> None:
         """Forget the book (partition revoked: another instance owns the feed now)."""

@@ -74,6 +74,8 @@ class FeedState:
     last_price: str | None = None
     depth_dirty: bool = False
     last_depth_us: int | None = None
+    #: event id of the envelope that produced the current book state (seeds depth message ids)
+    book_event_id: str = ""
 
     @property
     def key(self) -> str:
@@ -161,7 +163,7 @@ class PublisherCore:
         n = self.config.depth_levels
         rec = build_depth(st.feed, b.top_bids(n), b.top_asks(n), price_scale=b.price_scale,
                           size_scale=b.size_scale, event_ts_us=b.exchange_ts, publish_ts_us=now_us,
-                          producer=self.config.producer, identity=(b.seq, b.exchange_ts, n),
+                          producer=self.config.producer, identity=(st.book_event_id, n),
                           metadata=self._metadata(st, seq=str(b.seq), depth=str(n)))
         return [Outgoing(self.config.orderbook_topic, st.feed.key_bytes(), rec, b.exchange_ts)]
 
@@ -183,6 +185,7 @@ class PublisherCore:
         out: list[Outgoing] = []
         for change in st.book.on_envelope(env):
             b = st.book.book
+            st.book_event_id = change.env.event_id
             if st.definition.from_book:
                 out += self._price_out(st, book_price(st.definition, b.best_bid(), b.best_ask(), b.price_scale,
                                                       self.config.microprice_extra_decimals),
@@ -221,6 +224,7 @@ class PublisherStats:
     dead_letters: int = 0
     produce_errors: int = 0
     per_feed: dict[str, int] = field(default_factory=dict)
+    per_topic: dict[str, int] = field(default_factory=dict)
 
 
 def _now_us() -> int:
@@ -259,6 +263,7 @@ class PragmaPublisher:
                 return
             self.stats.delivered += 1
             self.stats.per_feed[feed] = self.stats.per_feed.get(feed, 0) + 1
+            self.stats.per_topic[topic] = self.stats.per_topic.get(topic, 0) + 1
             PUBLISHED.labels(topic, feed).inc()
             PUBLISH_LATENCY.labels(topic).observe(time.perf_counter() - t0)
             EVENT_AGE.labels(topic).observe(max(0.0, (self.clock() - event_ts_us) / 1e6))
