@@ -1,0 +1,222 @@
+"""L2 book level updates/s: collectors.book.L2Book beside the C `order-book` package.
+
+Both books get the same update stream, taken from genuine captures (the hftbacktest
+BTCUSDT spot depth diffs after their REST snapshot, and the Bybit XRPUSDT ob500 deltas),
+as scaled integers, and apply it level by level:
+
+  - without reading the book, and
+  - reading the best bid and best ask after every level update,
+
+plus the adapters' own path (one ``apply`` per venue message, then best bid/ask). The
+two books must agree on the top of book at the end, so both did the same work.
+`order-book` is GPL and an anchor only: it is imported here and nowhere else.
+
+    python bench/bench_book.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from collectors.book import L2Book  # noqa: E402
+from collectors.capture import REST, read  # noqa: E402
+from collectors.exchanges.common import sc  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+
+
+def binance_stream():
+    """(snapshot bids, asks, [message: [(side, px, qty), ...]]) from the hftbacktest capture."""
+    snap, msgs, scale = None, [], 8
+    for rec in read(SAMPLES / "binance" / "hftbacktest_spot_btcusdt_20240808.gz"):
+        m = json.loads(rec.payload)
+        if rec.kind == REST:
+            snap = m
+            continue
+        d = m.get("data", {})
+        if d.get("e") != "depthUpdate" or snap is None or d["u"] <= snap["lastUpdateId"]:
+            continue
+        msgs.append([(0, sc(p, scale), sc(q, scale)) for p, q in d["b"]]
+                    + [(1, sc(p, scale), sc(q, scale)) for p, q in d["a"]])
+    bids = [(sc(p, scale), sc(q, scale)) for p, q in snap["bids"]]
+    asks = [(sc(p, scale), sc(q, scale)) for p, q in snap["asks"]]
+    return bids, asks, msgs
+
+
+def bybit_stream():
+    rows = [json.loads(r.payload) for r in read(SAMPLES / "bybit" / "nautilus_2024-12-01_XRPUSDT_ob500.data.zip")]
+    ps, ss = 4, 0
+    snap = rows[0]["data"]
+    msgs = [[(0, sc(p, ps), sc(q, ss)) for p, q in r["data"]["b"]] + [(1, sc(p, ps), sc(q, ss)) for p, q in r["data"]["a"]]
+            for r in rows[1:]]
+    return ([(sc(p, ps), sc(q, ss)) for p, q in snap["b"]], [(sc(p, ps), sc(q, ss)) for p, q in snap["a"]], msgs)
+
+
+# -- the two books under the same drivers -------------------------------------------------------
+
+def ours_levels(bids, asks, updates, read_top):
+    book = L2Book()
+    book.apply_snapshot(bids, asks)
+    sb, sa, bb, ba = book.set_bid, book.set_ask, book.best_bid, book.best_ask
+    gc.disable()
+    t = time.process_time()
+    if read_top:
+        for s, p, q in updates:
+            (sa if s else sb)(p, q)
+            bb()
+            ba()
+    else:
+        for s, p, q in updates:
+            (sa if s else sb)(p, q)
+    dt = time.process_time() - t
+    gc.enable()
+    return dt, (book.best_bid(), book.best_ask())
+
+
+def c_levels(bids, asks, updates, read_top):
+    import order_book
+
+    ob = order_book.OrderBook()
+    B, A = ob.bids, ob.asks
+    for p, q in bids:
+        B[p] = q
+    for p, q in asks:
+        A[p] = q
+    gc.disable()
+    t = time.process_time()
+    if read_top:
+        for s, p, q in updates:
+            side = A if s else B
+            if q:
+                side[p] = q
+            elif p in side:
+                del side[p]
+            B.index(0)
+            A.index(0)
+    else:
+        for s, p, q in updates:
+            side = A if s else B
+            if q:
+                side[p] = q
+            elif p in side:
+                del side[p]
+    dt = time.process_time() - t
+    gc.enable()
+    top = (tuple(B.index(0)) if len(B) else None, tuple(A.index(0)) if len(A) else None)
+    return dt, top
+
+
+def ours_messages(bids, asks, msgs):
+    """The adapters' path: one apply() per venue message, then best bid/ask; per-message latency."""
+    book = L2Book()
+    book.apply_snapshot(bids, asks)
+    split = [([(p, q) for s, p, q in m if not s], [(p, q) for s, p, q in m if s]) for m in msgs]
+    lat = []
+    pc = time.perf_counter_ns
+    gc.disable()
+    t0 = time.process_time()
+    for b, a in split:
+        t = pc()
+        book.apply(b, a)
+        book.best_bid()
+        book.best_ask()
+        lat.append(pc() - t)
+    dt = time.process_time() - t0
+    gc.enable()
+    return dt, lat, (book.best_bid(), book.best_ask())
+
+
+def c_messages(bids, asks, msgs):
+    import order_book
+
+    ob = order_book.OrderBook()
+    B, A = ob.bids, ob.asks
+    for p, q in bids:
+        B[p] = q
+    for p, q in asks:
+        A[p] = q
+    lat = []
+    pc = time.perf_counter_ns
+    gc.disable()
+    t0 = time.process_time()
+    for m in msgs:
+        t = pc()
+        for s, p, q in m:
+            side = A if s else B
+            if q:
+                side[p] = q
+            elif p in side:
+                del side[p]
+        B.index(0)
+        A.index(0)
+        lat.append(pc() - t)
+    dt = time.process_time() - t0
+    gc.enable()
+    return dt, lat, (tuple(B.index(0)), tuple(A.index(0)))
+
+
+def best(fn, rounds, *args):
+    runs = [fn(*args) for _ in range(rounds)]
+    return min(runs, key=lambda r: r[0])
+
+
+def pct(values, q):
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--c-read-limit", type=int, default=20_000,
+                    help="updates given to order-book when reading the top after each (it re-sorts on read)")
+    args = ap.parse_args()
+    try:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})   # one core
+    except (AttributeError, OSError):
+        pass
+    print(f"L2 book benchmark  (python {sys.version.split()[0]}, one core, best of {args.rounds})")
+    print(f"{'stream':<28}{'mode':<34}{'ours upd/s':>14}{'order-book upd/s':>18}{'ours/C':>9}")
+    for name, (bids, asks, msgs) in (("binance BTCUSDT diffs", binance_stream()),
+                                     ("bybit XRPUSDT ob500", bybit_stream())):
+        updates = stream = [u for m in msgs for u in m]
+        # short streams are timed over more rounds (never by repeating updates: a replayed
+        # insert would hit an existing level and flatter both books)
+        rounds = max(args.rounds, min(200, 100_000 // len(updates)))
+        d_o, top_o = best(ours_levels, rounds, bids, asks, stream, False)
+        d_c, top_c = best(c_levels, rounds, bids, asks, stream, False)
+        assert top_o == top_c, (top_o, top_c)
+        print(f"{name:<28}{'level updates, no reads':<34}{len(stream) / d_o:>14,.0f}{len(stream) / d_c:>18,.0f}"
+              f"{d_c / d_o:>9.2f}")
+        d_o, top_o = best(ours_levels, rounds, bids, asks, stream, True)
+        lim = stream[: args.c_read_limit]
+        d_c, _ = best(c_levels, max(1, rounds // 2), bids, asks, lim, True)
+        rate_o, rate_c = len(stream) / d_o, len(lim) / d_c
+        print(f"{name:<28}{'level updates + best bid/ask each':<34}{rate_o:>14,.0f}{rate_c:>18,.0f}"
+              f"{rate_o / rate_c:>9.1f}")
+        d_o, lat_o, top_o = best(ours_messages, rounds, bids, asks, msgs)
+        d_c, lat_c, top_c = best(c_messages, rounds, bids, asks, msgs)
+        assert top_o == top_c, (top_o, top_c)
+        n = len(updates)
+        print(f"{name:<28}{'per message: apply + best bid/ask':<34}{n / d_o:>14,.0f}{n / d_c:>18,.0f}"
+              f"{d_c / d_o:>9.2f}")
+        print(f"{'':<28}{'  message latency p50 / p99 (us)':<34}"
+              f"{pct(lat_o, .5) / 1e3:>6.1f} /{pct(lat_o, .99) / 1e3:>6.1f}"
+              f"{pct(lat_c, .5) / 1e3:>10.1f} /{pct(lat_c, .99) / 1e3:>6.1f}")
+        print(f"{'':<28}{'  messages, levels/message':<34}{len(msgs):>14,}{statistics.mean(len(m) for m in msgs):>18.1f}")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (both books, one process)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Frames/s parsed and normalized per core: the collectors' venue adapters beside
+cryptofeed's own Binance feed handler, fed the same genuine frames in the same run.
+
+"Ours" is the whole adapter path a shard runs per frame: JSON parse, venue sync rules,
+exact scaled-int conversion, L2 book update + crossed check, Protobuf envelope and
+event_id (blake2b) for every event. cryptofeed's handler (a bench-only extra, 2.4.x)
+parses with Decimal, updates its order book and calls a no-op callback per object; its
+REST snapshot call is answered with the capture's own snapshot body, before timing.
+
+Workloads (genuine frames from ../shared/samples):
+  binance depth      hftbacktest BTCUSDT spot @depth@100ms diffs after the REST snapshot
+  binance-f depth    cryptofeed USD-M capture @depth@100ms diffs (4 symbols, pu chain)
+  binance-f aggTrade cryptofeed USD-M capture @aggTrade frames
+  binance-f mixed    cryptofeed USD-M capture: depth + bookTicker + aggTrade (klines left out:
+                     neither side publishes them)
+  ours only:         binance spot mixed (hftbacktest depth+trade+bookTicker; cryptofeed's spot
+                     handler has no @trade), bybit ob500 books, okx books with CRC32 checks
+
+Each side runs in its own process pinned to one core (so peak RSS is per side).
+
+    python bench/bench_parse.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SAMPLES = ROOT.parent / "shared" / "samples"
+HFT = SAMPLES / "binance" / "hftbacktest_spot_btcusdt_20240808.gz"
+USDM = SAMPLES / "binance_futures" / "cryptofeed_BINANCE_FUTURES.ws.1.0"
+BYBIT = SAMPLES / "bybit" / "nautilus_2024-12-01_XRPUSDT_ob500.data.zip"
+OKX = SAMPLES / "okx" / "cryptofeed_OKX.ws.1.0"
+
+#: figures the issue quotes for cryptofeed on this kind of machine (frames/s per core)
+ISSUE_BASELINE = {"mixed": 143_000, "depth": 20_000}
+
+
+def load():
+    """(setup records, timed frames) per workload; frames as the str a websocket library yields."""
+    from collectors.capture import REST, WS, read
+
+    hft = list(read(HFT))
+    snap_i = next(i for i, r in enumerate(hft) if r.kind == REST)
+    usdm = list(read(USDM))
+    usdm_rest = [r for r in usdm if r.kind == REST]
+
+    def kind(r):
+        return r.payload[: r.payload.index(b'"', 12)].split(b"@", 1)[1].decode() if r.kind == WS else "rest"
+
+    w = {
+        "binance depth": (hft[: snap_i + 1], [r.payload.decode() for r in hft[snap_i + 1:]
+                                              if b"@depth" in r.payload[:60]]),
+        "binance-f depth": (usdm_rest, [r.payload.decode() for r in usdm if r.kind == WS and kind(r).startswith("depth")]),
+        "binance-f aggTrade": (usdm_rest, [r.payload.decode() for r in usdm if r.kind == WS and kind(r) == "aggTrade"]),
+        "binance-f mixed": (usdm_rest, [r.payload.decode() for r in usdm
+                                        if r.kind == WS and not kind(r).startswith("kline")]),
+        "binance spot mixed": (hft[: snap_i + 1], [r.payload.decode() for r in hft[snap_i + 1:]]),
+        "bybit ob500 books": ([], [r.payload.decode() for r in read(BYBIT)]),
+        "okx books+checksum": ([], [r.payload.decode() for r in read(OKX) if b'"channel":"books"' in r.payload
+                                    and b'"data"' in r.payload]),
+    }
+    return w
+
+
+# -- ours ------------------------------------------------------------------------------------------
+
+def ours_factory(name):
+    from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
+    from collectors.exchanges.bybit import BybitAdapter
+    from collectors.exchanges.okx import OkxAdapter
+
+    if name.startswith("binance-f"):
+        return BinanceUsdmAdapter
+    if name.startswith("binance"):
+        return BinanceSpotAdapter
+    if name.startswith("bybit"):
+        return lambda: BybitAdapter(category="linear")
+    return OkxAdapter
+
+
+def ours_run(name, setup, frames, timed_latency):
+    from urllib.parse import urlsplit
+
+    from collectors.capture import REST, rest_params
+    from collectors.exchanges.base import RestRequest
+
+    ad = ours_factory(name)()
+    for r in setup:
+        if r.kind == REST:
+            q = rest_params(r.url)
+            ad.on_rest(RestRequest(urlsplit(r.url).path, tuple(q.items()), native_symbol=q["symbol"]),
+                       200, r.payload, r.recv_ts_us)
+        else:
+            ad.on_frame(r.payload, r.recv_ts_us)
+    on_frame = ad.on_frame
+    events = 0
+    lat = []
+    gc.disable()
+    if timed_latency:
+        pc = time.perf_counter_ns
+        for i, f in enumerate(frames):
+            t = pc()
+            res = on_frame(f, i)
+            lat.append(pc() - t)
+            events += len(res.events)
+        dt = 0.0
+    else:
+        t0 = time.process_time()
+        for i, f in enumerate(frames):
+            events += len(on_frame(f, i).events)
+        dt = time.process_time() - t0
+    gc.enable()
+    bad = sum(s.stats.gaps + s.stats.crossed + s.stats.checksum_bad for s in ad.states.values())
+    assert bad == 0 and ad.dead_letter_count == 0, f"{name}: the adapter disagreed with the capture"
+    return dt, lat, events
+
+
+# -- cryptofeed -------------------------------------------------------------------------------------
+
+def cryptofeed_feed(futures: bool, symbols: list[str], snapshots: dict[str, bytes]):
+    from cryptofeed.defines import BINANCE, BINANCE_FUTURES, L2_BOOK, TICKER, TRADES
+    from cryptofeed.exchanges import Binance, BinanceFutures
+    from cryptofeed.symbols import Symbols
+
+    from schemas.symbols import split_concatenated
+
+    cls = BinanceFutures if futures else Binance
+    info = {"symbols": [{"symbol": s, "baseAsset": split_concatenated(s)[0], "quoteAsset": split_concatenated(s)[1],
+                         "status": "TRADING", "contractType": "PERPETUAL" if futures else None,
+                         "filters": [{"tickSize": "0.0001"}]} for s in symbols]}
+    Symbols.set(BINANCE_FUTURES if futures else BINANCE, *cls._parse_symbol_data(info))
+    counter = {"n": 0}
+
+    async def cb(obj, receipt_ts):
+        counter["n"] += 1
+
+    std = [f"{split_concatenated(s)[0]}-{split_concatenated(s)[1]}" + ("-PERP" if futures else "") for s in symbols]
+    feed = cls(symbols=std, channels=[L2_BOOK, TRADES, TICKER],
+               callbacks={L2_BOOK: cb, TRADES: cb, TICKER: cb})
+
+    async def read(url, *a, **kw):       # the REST snapshot: the capture's own body
+        sym = url.split("symbol=")[1].split("&")[0]
+        return snapshots[sym]
+
+    feed.http_conn.read = read
+    return feed, counter
+
+
+def cryptofeed_run(name, setup, frames, timed_latency):
+    from collectors.capture import REST, rest_params
+
+    futures = name.startswith("binance-f")
+    snaps = {rest_params(r.url)["symbol"]: r.payload.decode() for r in setup if r.kind == REST}
+    feed, counter = cryptofeed_feed(futures, sorted(snaps), snaps)
+    handler = feed.message_handler
+
+    async def go():
+        for sym in snaps:
+            await feed._snapshot(sym)           # REST snapshot before timing, as for ours
+        for r in setup:                         # diffs buffered before the snapshot (bridge it)
+            if r.kind != REST:
+                await handler(r.payload.decode(), None, 1.0)
+        counter["n"] = 0
+        lat = []
+        gc.disable()
+        if timed_latency:
+            pc = time.perf_counter_ns
+            for f in frames:
+                t = pc()
+                await handler(f, None, 1.0)
+                lat.append(pc() - t)
+            dt = 0.0
+        else:
+            t0 = time.process_time()
+            for f in frames:
+                await handler(f, None, 1.0)
+            dt = time.process_time() - t0
+        gc.enable()
+        return dt, lat, counter["n"]
+
+    return asyncio.run(go())
+
+
+CRYPTOFEED_WORKLOADS = ("binance depth", "binance-f depth", "binance-f aggTrade", "binance-f mixed")
+
+
+def side_main(side: str, rounds: int) -> dict:
+    import logging
+
+    logging.disable(logging.WARNING)
+    try:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    except (AttributeError, OSError):
+        pass
+    work = load()
+    run = ours_run if side == "ours" else cryptofeed_run
+    out = {}
+    for name, (setup, frames) in work.items():
+        if side == "cryptofeed" and name not in CRYPTOFEED_WORKLOADS:
+            continue
+        n_rounds = max(rounds, min(100, 20_000 // max(1, len(frames))))
+        best = min(run(name, setup, frames, False)[0] for _ in range(n_rounds))
+        lat = []
+        for _ in range(max(1, n_rounds // 2)):
+            _, la, events = run(name, setup, frames, True)
+            lat += la
+        lat.sort()
+        out[name] = {"frames": len(frames), "fps": len(frames) / best, "events": events,
+                     "p50_us": lat[len(lat) // 2] / 1e3, "p99_us": lat[int(len(lat) * 0.99)] / 1e3}
+    out["_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        import orjson  # noqa: F401
+        out["_json"] = "orjson"
+    except ImportError:
+        out["_json"] = "json (stdlib)"
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--side", choices=("ours", "cryptofeed"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.side:
+        print(json.dumps(side_main(args.side, args.rounds)))
+        return 0
+    res = {}
+    for side in ("ours", "cryptofeed"):
+        p = subprocess.run([sys.executable, __file__, "--side", side, "--rounds", str(args.rounds)],
+                           capture_output=True, text=True, check=True)
+        res[side] = json.loads(p.stdout.strip().splitlines()[-1])
+    import cryptofeed
+
+    ours, cf = res["ours"], res["cryptofeed"]
+    print(f"Frames parsed+normalized per core (best of >= {args.rounds}; python {sys.version.split()[0]}; "
+          f"ours with {ours['_json']}; cryptofeed {getattr(cryptofeed, '__version__', '2.4.x')})")
+    print(f"{'workload':<22}{'frames':>7}{'ours f/s':>11}{'cryptofeed f/s':>16}{'ratio':>7}"
+          f"{'ours p50/p99 us':>18}{'cf p50/p99 us':>17}{'events ours/cf':>16}")
+    for name, o in ((k, v) for k, v in ours.items() if not k.startswith("_")):
+        c = cf.get(name)
+        cfs = f"{c['fps']:>16,.0f}" if c else f"{'-':>16}"
+        ratio = f"{o['fps'] / c['fps']:>7.2f}" if c else f"{'':>7}"
+        clat = f"{c['p50_us']:>8.1f} /{c['p99_us']:>6.1f}" if c else f"{'-':>16}"
+        evs = f"{o['events']}/{c['events']}" if c else f"{o['events']}/-"
+        print(f"{name:<22}{o['frames']:>7}{o['fps']:>11,.0f}{cfs}{ratio}"
+              f"{o['p50_us']:>10.1f} /{o['p99_us']:>6.1f}{clat:>17}{evs:>16}")
+    print(f"issue's cryptofeed figures: ~{ISSUE_BASELINE['mixed']:,} mixed and ~{ISSUE_BASELINE['depth']:,} depth "
+          f"frames/s per core; target 3x. Ours: depth {ours['binance depth']['fps'] / ISSUE_BASELINE['depth']:.2f}x, "
+          f"USD-M mixed {ours['binance-f mixed']['fps'] / ISSUE_BASELINE['mixed']:.2f}x of those figures.")
+    print(f"peak RSS: ours {ours['_rss_mb']:.0f} MB, cryptofeed {cf['_rss_mb']:.0f} MB (separate processes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
