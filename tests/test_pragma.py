@@ -269,9 +269,9 @@ def run(kafka_broker, events):
 
     cfg = PragmaConfig(feeds=EXPLICIT_FEEDS, auto_quotes=AUTO_QUOTES, depth_levels=DEPTH, depth_interval_ms=0,
                        prices_topic=prices_topic, orderbook_topic=depth_topic, input_topics=tuple(topics.values()),
-                       group_id=f"pragma-{uid}")
+                       group_id=f"pragma-{uid}", dlq_topic=dlq)
     conn = kc.KafkaConnection(bootstrap_servers=bootstrap)
-    pub = PragmaPublisher(conn, cfg, clock=lambda: FIXED_NOW_US, session_timeout_ms=2000, dlq=dlq)
+    pub = PragmaPublisher(conn, cfg, clock=lambda: FIXED_NOW_US, session_timeout_ms=2000)
     stats = pub.run(max_records_in=n_in)
     assert stats.records_in == n_in
     assert stats.delivery_errors == 0 and stats.produce_errors == 0
@@ -463,9 +463,9 @@ def test_protobuf_encoding_carries_the_same_records(run, kafka_broker, events):
                                                          dt: TopicSpec(OUT_PARTITIONS, 3_600_000)}, 1)
     cfg = PragmaConfig(feeds=EXPLICIT_FEEDS, auto_quotes=AUTO_QUOTES, depth_levels=DEPTH, depth_interval_ms=0,
                        prices_topic=pt, orderbook_topic=dt, input_topics=tuple(run["input_topics"].values()),
-                       group_id=f"pragma-pb-{uid}", encoding="protobuf")
-    stats = PragmaPublisher(run["conn"], cfg, clock=lambda: FIXED_NOW_US, session_timeout_ms=2000,
-                            dlq=f"dlq.{run['uid']}").run(max_records_in=len(events) + 1)
+                       group_id=f"pragma-pb-{uid}", encoding="protobuf", dlq_topic=f"dlq.{run['uid']}")
+    stats = PragmaPublisher(run["conn"], cfg, clock=lambda: FIXED_NOW_US, session_timeout_ms=2000).run(
+        max_records_in=len(events) + 1)
     for topic, json_msgs, data_type in ((pt, run["prices"], "price"), (dt, run["depth"], "market_depth")):
         pb_msgs = read_topic(run["bootstrap"], topic, stats.per_topic[topic])
         assert all(dict(m.headers())["content-type"].startswith(b"application/x-protobuf") for m in pb_msgs)
@@ -617,3 +617,64 @@ def test_stop_event_ends_the_service_loop(run):
     stop.set()
     stats = PragmaPublisher(run["conn"], cfg, session_timeout_ms=2000).run(stop)
     assert stats.produced == 0
+
+
+# -- the Dagster service ---------------------------------------------------------------------------
+
+def test_supervisor_keeps_exactly_one_live_run():
+    import dagster as dg
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from pipelines.pragma_service import (
+        SERVICE,
+        SERVICE_TAG,
+        jobs,
+        pragma_publisher_supervisor,
+        sensors,
+    )
+
+    assert [j.name for j in jobs] == ["pragma_publisher"] and sensors == [pragma_publisher_supervisor]
+    assert jobs[0].tags[SERVICE_TAG] == SERVICE == "pragma-publisher"
+    with dg.instance_for_test() as instance:
+        first = pragma_publisher_supervisor(dg.build_sensor_context(instance=instance))
+        assert isinstance(first, dg.RunRequest) and first.tags[SERVICE_TAG] == SERVICE
+        live = instance.add_run(DagsterRun(job_name="pragma_publisher", run_id="c" * 32,
+                                           status=dg.DagsterRunStatus.STARTED, tags={SERVICE_TAG: SERVICE}))
+        assert isinstance(pragma_publisher_supervisor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+        instance.report_run_failed(live)
+        again = pragma_publisher_supervisor(dg.build_sensor_context(instance=instance))
+        assert isinstance(again, dg.RunRequest)
+
+
+def test_dagster_job_runs_the_publisher(run, events, tmp_path):
+    """The job as Dagster runs it (real instance, the kafka resource, a YAML config file)."""
+    import dagster as dg
+    import yaml
+
+    from pipelines.pragma_service import pragma_publisher
+    from resources.kafka import KafkaResource
+
+    uid = uuid.uuid4().hex[:8]
+    pt, dt = f"{PRAGMA_PRICES_TOPIC}.dg{uid}", f"{PRAGMA_ORDERBOOK_TOPIC}.dg{uid}"
+    create_topics(admin_client(run["bootstrap"]), {pt: TopicSpec(2, 3_600_000), dt: TopicSpec(2, 3_600_000)}, 1)
+    conf = {
+        "feeds": [{"exchange": f.exchange.value, "market": f.market.value, "symbol": f.symbol, "price": f.price.value}
+                  for f in EXPLICIT_FEEDS],
+        "auto_quotes": list(AUTO_QUOTES), "depth_levels": DEPTH, "depth_interval_ms": 0,
+        "prices_topic": pt, "orderbook_topic": dt, "input_topics": list(run["input_topics"].values()),
+        "group_id": f"pragma-dg-{uid}", "dlq_topic": f"dlq.{run['uid']}",
+    }
+    path = tmp_path / "pragma.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    with dg.instance_for_test() as instance:
+        result = pragma_publisher.execute_in_process(
+            run_config={"ops": {"run_pragma_publisher": {"config": {"config_path": str(path),
+                                                                    "max_records_in": len(events) + 1}}}},
+            resources={"kafka": KafkaResource(bootstrap_servers=run["bootstrap"])}, instance=instance)
+    assert result.success
+    summary = result.output_for_node("run_pragma_publisher")
+    assert summary["records_in"] == len(events) + 1 and summary["delivery_errors"] == 0
+    # same feeds and the same number of messages as the directly-run publisher
+    assert summary["per_topic"] == {pt: len(run["prices"]), dt: len(run["depth"])}
+    got = read_topic(run["bootstrap"], pt, len(run["prices"]))
+    assert {m.key() for m in got} == {m.key() for m in run["prices"]}

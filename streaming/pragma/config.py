@@ -31,7 +31,12 @@ from typing import Any
 
 from schemas.model import Exchange, Market
 from schemas.symbols import validate_canonical
-from schemas.topics import PRAGMA_ORDERBOOK_TOPIC, PRAGMA_PRICES_TOPIC
+from schemas.topics import (
+    PRAGMA_ORDERBOOK_TOPIC,
+    PRAGMA_PRICES_TOPIC,
+    DlqStage,
+    dlq_topic,
+)
 from streaming.pragma.keys import UNKNOWN_NETWORK, FeedKey
 from streaming.pragma.price import PriceDefinition
 
@@ -139,6 +144,8 @@ class PragmaConfig:
     encoding: str = "json"
     prices_topic: str = PRAGMA_PRICES_TOPIC
     orderbook_topic: str = PRAGMA_ORDERBOOK_TOPIC
+    #: undecodable input records go here with the reason
+    dlq_topic: str = dlq_topic(DlqStage.PRAGMA)
     #: processed.* topics to read; () = every processed trade/book topic of spot and perp
     input_topics: tuple[str, ...] = ()
     exchanges: tuple[Exchange, ...] = tuple(Exchange)

@@ -31,7 +31,7 @@ from collectors.dedup import DedupWindow
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import exchange_from_pb, market_from_pb
 from schemas.symbols import validate_canonical
-from schemas.topics import DlqStage, dlq_topic
+from schemas.topics import DlqStage
 from streaming import kafka_config as kc
 from streaming.pragma.books import FeedBook
 from streaming.pragma.config import FeedConfig, PragmaConfig
@@ -236,12 +236,11 @@ class PragmaPublisher:
     bounded replays, after ``max_records_in`` input records), after flushing."""
 
     def __init__(self, conn: kc.KafkaConnection, config: PragmaConfig, *,
-                 clock: Callable[[], int] = _now_us, session_timeout_ms: int = 6000,
-                 dlq: str = dlq_topic(DlqStage.PRAGMA)) -> None:
+                 clock: Callable[[], int] = _now_us, session_timeout_ms: int = 6000) -> None:
         self.conn = conn
         self.config = config
         self.clock = clock
-        self.dlq = dlq
+        self.dlq = config.dlq_topic
         self.core = PublisherCore(config)
         self.stats = PublisherStats()
         self.producer = Producer(kc.producer_config(conn.with_client_id(f"{conn.client_id}-pragma"),
@@ -289,7 +288,12 @@ class PragmaPublisher:
         self.stats.dead_letters += 1
         dl = pb.DeadLetter(stage=DlqStage.PRAGMA.value, reason=reason, source=msg.topic() or "",
                            raw=msg.value() or b"", ingest_ts=self.clock())
-        self.producer.produce(self.dlq, value=dl.SerializeToString(), key=msg.key())
+        def cb(err, _m) -> None:
+            if err is not None:
+                DELIVERY_ERRORS.labels(self.dlq).inc()
+                log.error("pragma: dead letter not delivered to %s: %s", self.dlq, err)
+
+        self.producer.produce(self.dlq, value=dl.SerializeToString(), key=msg.key(), on_delivery=cb)
 
     # -- loop -----------------------------------------------------------------------------------
 
