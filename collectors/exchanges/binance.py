@@ -188,8 +188,10 @@ class BinanceAdapter(AdapterBase):
     def _buffer(self, st: InstrumentState, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         buf = st.buffer
         buf.append((d, frame, recv))
-        if len(buf) > self.max_buffer:       # snapshot is late: keep the newest; it will refetch if needed
-            del buf[: len(buf) - self.max_buffer]
+        if len(buf) > self.max_buffer:
+            # The snapshot is very late (or its answer was lost): keep the newest half and ask again.
+            del buf[: len(buf) - self.max_buffer // 2]
+            st.awaiting = False
         if not st.awaiting:
             st.awaiting = True
             out.requests.append(self.snapshot_request(st))
