@@ -678,3 +678,20 @@ def test_dagster_job_runs_the_publisher(run, events, tmp_path):
     assert summary["per_topic"] == {pt: len(run["prices"]), dt: len(run["depth"])}
     got = read_topic(run["bootstrap"], pt, len(run["prices"]))
     assert {m.key() for m in got} == {m.key() for m in run["prices"]}
+
+
+def test_revoked_partitions_forget_only_their_books():
+    from confluent_kafka import TopicPartition as TP
+
+    cfg = PragmaConfig(auto_quotes=("USDT",), depth_interval_ms=0)
+    pub = PragmaPublisher.__new__(PragmaPublisher)       # the revoke logic only, no clients
+    pub.core = PublisherCore(cfg)
+    perp = envelope(EventType.BOOK_SNAPSHOT, 0)
+    spot = envelope(EventType.BOOK_SNAPSHOT, 0, market=Market.SPOT, symbol="BTC-USDT")
+    pub.core.on_envelope(perp, 0)
+    pub.core.on_envelope(spot, 0)
+    pub._instruments_of = {("snap", 0): {(perp.exchange, perp.market, perp.symbol)},
+                           ("snap", 1): {(spot.exchange, spot.market, spot.symbol)}}
+    pub._on_revoke(None, [TP("snap", 0)])
+    books = {st.symbol: st.book.synced for st in pub.core.feeds.values()}
+    assert books == {"BTC-USDT-PERP": False, "BTC-USDT": True}

@@ -37,7 +37,7 @@ from schemas.topics import (
     DlqStage,
     dlq_topic,
 )
-from streaming.pragma.keys import UNKNOWN_NETWORK, FeedKey
+from streaming.pragma.keys import BODY_MARKET_OF_CANONICAL, UNKNOWN_NETWORK, FeedKey
 from streaming.pragma.price import PriceDefinition
 
 ENCODINGS = ("json", "protobuf")
@@ -119,8 +119,6 @@ class FeedConfig:
         self.feed_key()  # validates the key components
 
     def feed_key(self) -> FeedKey:
-        from streaming.pragma.keys import BODY_MARKET_OF_CANONICAL
-
         return FeedKey(BODY_MARKET_OF_CANONICAL[self.market], self.network_id,
                        self.source_id or self.exchange.value,
                        self.token_ticker or self.symbol.split("-", 1)[0])

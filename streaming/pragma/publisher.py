@@ -206,10 +206,11 @@ class PublisherCore:
                 out += self._depth_out(st, now_us)
         return out
 
-    def forget(self, exchange_market_symbols: list[tuple] | None = None) -> None:
-        """Drop book state (on partition revocation); feed ownership is kept."""
+    def forget(self, instruments: list[tuple] | None = None) -> None:
+        """Drop the book state of (exchange, market, symbol) instruments (None = all), on
+        partition revocation; feed ownership is kept."""
         for ident, st in self.feeds.items():
-            if st is not None and (exchange_market_symbols is None or ident in exchange_market_symbols):
+            if st is not None and (instruments is None or ident in instruments):
                 st.book.reset()
                 st.last_price = None
                 st.depth_dirty = False
@@ -241,6 +242,8 @@ class PragmaPublisher:
         self.config = config
         self.clock = clock
         self.dlq = config.dlq_topic
+        #: input partition -> instruments read from it (what to forget when it is revoked)
+        self._instruments_of: dict[tuple[str, int], set[tuple]] = {}
         self.core = PublisherCore(config)
         self.stats = PublisherStats()
         self.producer = Producer(kc.producer_config(conn.with_client_id(f"{conn.client_id}-pragma"),
@@ -297,9 +300,13 @@ class PragmaPublisher:
 
     # -- loop -----------------------------------------------------------------------------------
 
-    def _on_revoke(self, _consumer, _partitions) -> None:
-        # Another instance may own these symbols now; stale books must not be published.
-        self.core.forget()
+    def _on_revoke(self, _consumer, partitions) -> None:
+        # Another instance may own these symbols now: their books would go stale here and
+        # must not be published. Feeds read from partitions we keep are untouched.
+        gone: set[tuple] = set()
+        for tp in partitions:
+            gone |= self._instruments_of.pop((tp.topic, tp.partition), set())
+        self.core.forget(list(gone))
 
     def run(self, stop: threading.Event | None = None, *, max_records_in: int | None = None,
             poll_timeout_s: float = 0.05) -> PublisherStats:
@@ -321,6 +328,8 @@ class PragmaPublisher:
                     except SerdeError as exc:
                         self._dead_letter(msg, str(exc))
                         continue
+                    self._instruments_of.setdefault((msg.topic(), msg.partition()), set()).add(
+                        (env.exchange, env.market, env.symbol))
                     for out in self.core.on_envelope(env, self.clock()):
                         self._produce(out)
                 for out in self.core.due_depth(self.clock()):
@@ -335,6 +344,7 @@ class PragmaPublisher:
                 self.producer.flush(10)
             finally:
                 self.consumer.close()
+                self.producer.close()
         return self.stats
 
 
