@@ -128,9 +128,19 @@ def summary_props(snap: Snapshot) -> dict[str, str]:
 def latest_sink_state(table: Table) -> SinkState:
     """State of the newest sink snapshot on the main branch (empty when there is none).
 
-    Seals and maintenance commits do not carry the sink's keys, so the walk skips them."""
+    Seals and maintenance commits do not carry the sink's keys, so the walk skips them. If
+    the history was cut (expired snapshots) before a sink snapshot was reached, the newest
+    sink snapshot the table still has is used."""
     for snap in ancestors(table):
-        props = summary_props(snap)
-        if props.get(WRITER_KEY) == SINK_WRITER and OFFSETS_KEY in props:
-            return parse_state(props, snap.snapshot_id)
+        if _is_sink(snap):
+            return parse_state(summary_props(snap), snap.snapshot_id)
+    sinks = [s for s in table.metadata.snapshots if _is_sink(s)]
+    if sinks:
+        newest = max(sinks, key=lambda s: (s.sequence_number or 0, s.timestamp_ms))
+        return parse_state(summary_props(newest), newest.snapshot_id)
     return SinkState()
+
+
+def _is_sink(snap: Snapshot) -> bool:
+    props = summary_props(snap)
+    return props.get(WRITER_KEY) == SINK_WRITER and OFFSETS_KEY in props
