@@ -127,6 +127,8 @@ def _print_status(info: dict, overall: str) -> None:
     print(f"  {'warehouse':<18} {info['warehouse']}")
     print(f"  {'clickhouse':<18} {info['clickhouse_dsn']}")
     print(f"  {'artifacts':<18} {info['artifacts']}")
+    if info.get("orphans"):
+        print(f"  {'orphans':<18} {info['orphans']} (their service died; `ticklake down` stops them)")
     if info.get("replay"):
         print(f"  {'replay':<18} {info['replay']} (not yet implemented)")
 

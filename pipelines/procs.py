@@ -73,6 +73,34 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes (other than this one) started with `name=value` in their environment.
+
+    Finds what a process tree walk cannot: children orphaned when their parent died."""
+    marker = f"{name}={value}".encode()
+    found = []
+    for entry in PROC.iterdir() if PROC.is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and is_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def stop_pids(pids: list[int], timeout: float = 20.0) -> list[int]:
+    """SIGTERM `pids`, SIGKILL the survivors after `timeout`; returns PIDs still alive."""
+    _signal(pids, (), signal.SIGTERM)
+    if _wait_gone(pids, timeout):
+        return []
+    _signal([p for p in pids if is_alive(p)], (), signal.SIGKILL)
+    _wait_gone(pids, 5.0)
+    return [p for p in pids if is_alive(p)]
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessRecord:
     """What `up` writes down about a service so that `down`/`status` can find it later."""

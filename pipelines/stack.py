@@ -22,13 +22,20 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.procs import ProcessRecord, stop_tree
+from pipelines.procs import (
+    ProcessRecord,
+    descendants,
+    processes_with_env,
+    stop_pids,
+    stop_tree,
+)
 from resources.home import HOME_ENV, LOCAL_POOL_LIMITS, TicklakeHome
 from schemas.tables import NAMESPACE as LAKE_NAMESPACE
 from streaming.broker import (
@@ -48,6 +55,9 @@ DAEMON = "dagster-daemon"
 SERVICES = (BROKER, WEBSERVER, DAEMON)
 DEFAULT_DAGSTER_PORT = 3000
 STATE_FILE = "stack.json"
+#: Set in the environment of every process of one stack (children inherit it), so `down`
+#: also finds processes orphaned when their parent died, and only those.
+STACK_ID_ENV = "TICKLAKE_STACK_ID"
 
 
 class StackError(RuntimeError):
@@ -72,6 +82,7 @@ class StackState:
     """Everything `status` and scripts need, persisted as <home>/run/stack.json."""
 
     home: str
+    stack_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     kafka_bootstrap: str | None = None
     dagster_url: str | None = None
     replay: str | None = None
@@ -80,14 +91,15 @@ class StackState:
     services: dict[str, ProcessRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"home": self.home, "kafka_bootstrap": self.kafka_bootstrap,
+        return {"home": self.home, "stack_id": self.stack_id, "kafka_bootstrap": self.kafka_bootstrap,
                 "dagster_url": self.dagster_url, "replay": self.replay,
                 "started_at": self.started_at, "topics": self.topics,
                 "services": {k: v.to_json() for k, v in self.services.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StackState:
-        return cls(home=data["home"], kafka_bootstrap=data.get("kafka_bootstrap"),
+        return cls(home=data["home"], stack_id=data.get("stack_id", ""),
+                   kafka_bootstrap=data.get("kafka_bootstrap"),
                    dagster_url=data.get("dagster_url"), replay=data.get("replay"),
                    started_at=data.get("started_at", ""), topics=int(data.get("topics", 0)),
                    services={k: ProcessRecord.from_json(v)
@@ -362,10 +374,10 @@ def fail_orphaned_runs(home: TicklakeHome, why: str) -> list[str]:
     return failed
 
 
-def service_env(home: TicklakeHome, bootstrap: str) -> dict[str, str]:
+def service_env(home: TicklakeHome, bootstrap: str, stack_id: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({HOME_ENV: str(home.root), KAFKA_BOOTSTRAP_ENV: bootstrap,
-                "DAGSTER_HOME": str(home.dagster_home)})
+                "DAGSTER_HOME": str(home.dagster_home), STACK_ID_ENV: stack_id})
     return env
 
 
@@ -415,7 +427,8 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
     echo(f"home        {home.root}")
     broker_log = home.log_path(BROKER)
     try:
-        broker = EmbeddedBroker(log_path=broker_log).start()
+        broker = EmbeddedBroker(log_path=broker_log, env={STACK_ID_ENV: state.stack_id},
+                                die_with_parent=False).start()
     except BrokerError as exc:
         raise StackError(f"Kafka broker: {exc}") from None
     record = ProcessRecord.of(BROKER, broker.pid, broker_log, broker.command())
@@ -436,7 +449,7 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
     orphans = _prepare_dagster_home(home, root)
     if orphans:
         echo(f"dagster     {len(orphans)} run(s) left running by a previous stack marked failed")
-    env = service_env(home, broker.bootstrap)
+    env = service_env(home, broker.bootstrap, state.stack_id)
     url = f"http://{LOCAL_HOST}:{options.dagster_port}"
     state.dagster_url = url
     web = _spawn(WEBSERVER, [_script("dagster-webserver"), "-h", LOCAL_HOST,
@@ -490,6 +503,14 @@ def _stop_all(home: TicklakeHome, state: StackState, echo: Callable[[str], None]
             problems.append(f"{name}: processes {left} survived SIGKILL")
         else:
             echo(f"{name:<18} stopped (pid {rec.pid})")
+    if state.stack_id:
+        orphans = processes_with_env(STACK_ID_ENV, state.stack_id)
+        if orphans:
+            left = stop_pids(orphans, timeout)
+            echo(f"{'orphans':<18} stopped {len(orphans) - len(left)} process(es) whose parent "
+                 f"had died: {orphans}")
+            if left:
+                problems.append(f"orphaned processes {left} survived SIGKILL")
     return problems
 
 
@@ -555,6 +576,12 @@ def status(home: TicklakeHome) -> dict[str, Any]:
                             f"unhealthy: {[k for k, v in health.items() if not v]}")
     for entry in services.values():
         entry.setdefault("healthy", False)
+    # Processes of this stack whose parent service died (e.g. runs of a killed daemon).
+    info["orphans"] = sorted(
+        set(processes_with_env(STACK_ID_ENV, state.stack_id) if state and state.stack_id else ())
+        - {s["pid"] for s in services.values() if s["state"] == "running"}
+        - {d for s in (state.services.values() if state else ()) if s.is_running()
+           for d in descendants(s.pid)})
     info["catalog"] = _catalog_status(home)
     return info
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -90,7 +91,7 @@ def wait_for_metadata(bootstrap: str, timeout: float, alive: Callable[[], bool] 
             raise BrokerError(f"broker on {bootstrap} did not answer a metadata request within "
                               f"{timeout:.0f}s (last error: {last})")
         try:
-            fetch_metadata(bootstrap, min(2.0, max(remaining, 0.1)))
+            fetch_metadata(bootstrap, min(1.0, max(remaining, 0.1)))
             return
         except KafkaException as exc:
             last = exc
@@ -138,24 +139,45 @@ def log_tail(path: Path | None, lines: int = 30) -> str:
     return "\n".join(text[-lines:]) or "(broker log is empty)"
 
 
+#: Exec shim: ask the kernel to SIGTERM the broker when its parent dies (PR_SET_PDEATHSIG
+#: survives exec), so a test run killed with SIGKILL leaves no broker behind. Done in a
+#: shim rather than a preexec_fn, which is unsafe with the Kafka client's threads alive.
+#: The PID stays the same across exec. No-op where prctl does not exist.
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("parent exited before the broker started")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
 class EmbeddedBroker:
     """One Tansu broker process on 127.0.0.1 with memory storage.
 
-    Use as a context manager (tests) or call start()/stop(). With `detach=True` the
-    process is meant to outlive this object (`ticklake up`): stop() is then done by PID
-    from another process, and this object never kills it on garbage collection.
+    Use as a context manager (tests) or call start()/stop(). By default the broker dies
+    with the process that started it, even on SIGKILL (precisely: with the starting
+    *thread*, so start it from a thread that outlives it, or pass die_with_parent=False).
+    `die_with_parent=False` plus detach() lets it outlive its starter (`ticklake up`); it
+    is then stopped by PID.
     """
 
     def __init__(self, port: int | None = None, *, host: str = LOCAL_HOST,
                  log_path: str | os.PathLike[str] | None = None,
                  storage_engine: str = MEMORY_STORAGE, cluster_id: str = CLUSTER_ID,
-                 startup_timeout: float = 30.0, binary: str | None = None):
+                 startup_timeout: float = 30.0, binary: str | None = None,
+                 env: dict[str, str] | None = None, die_with_parent: bool = True):
         self.host = host
         self.port = port
         self.storage_engine = storage_engine
         self.cluster_id = cluster_id
         self.startup_timeout = startup_timeout
         self.binary = binary
+        self.extra_env = dict(env or {})
+        self.die_with_parent = die_with_parent
         self.log_path = Path(log_path) if log_path is not None else None
         self._own_log_dir: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -195,11 +217,14 @@ class EmbeddedBroker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items()
                if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "CLUSTER_ID")}
-        env["NO_COLOR"] = "1"
+        env.update(self.extra_env, NO_COLOR="1")
         with open(self.log_path, "ab") as log:
             # Own session: a Ctrl-C in the caller's terminal must not kill the broker
             # behind the owner's back; the owner stops it explicitly.
-            self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
+            cmd = self.command()
+            if self.die_with_parent:
+                cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             wait_for_metadata(self.bootstrap, self.startup_timeout, alive=self.is_running)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -50,6 +53,39 @@ def test_stop_ends_the_process_and_frees_the_port():
         os.kill(pid, 0)  # stop() waited for it, so it is not even a zombie
     assert not port_in_use("127.0.0.1", port)
     assert not metadata_answers(bootstrap, timeout=1.0)
+
+
+OWNER = """
+import sys, time
+from streaming.broker import EmbeddedBroker
+b = EmbeddedBroker().start()
+print(b.pid, b.port, flush=True)
+time.sleep(600)
+"""
+
+
+def test_broker_dies_with_an_owner_killed_by_sigkill():
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    try:
+        pid, port = map(int, owner.stdout.readline().split())
+        assert metadata_answers(f"127.0.0.1:{port}")
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 30
+    while not _gone(pid):
+        assert time.monotonic() < deadline, f"broker {pid} outlived its killed owner"
+        time.sleep(0.1)
+    assert not port_in_use("127.0.0.1", port)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
 
 
 def test_taken_port_is_a_clear_error():

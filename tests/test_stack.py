@@ -58,6 +58,11 @@ def processes_of(home: Path) -> dict[int, str]:
     return found
 
 
+def parent_pid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rfind(")") + 2:].split()[1])
+
+
 def graphql(query: str) -> dict:
     req = urllib.request.Request(f"{UI}/graphql", data=json.dumps({"query": query}).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -358,9 +363,14 @@ def test_a_dead_service_is_reported_and_blocks_up_until_down(ticklake_home):
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         info = json.loads(ticklake(home, "status", "--json").stdout)
+        assert info["orphans"] == []
         broker_pid = info["services"]["broker"]["pid"]
+        daemon_pid = info["services"]["dagster-daemon"]["pid"]
         broker_port = int(info["kafka_bootstrap"].rsplit(":", 1)[1])
+        daemon_children = [p for p in processes_of(home) if parent_pid(p) == daemon_pid]
+        assert daemon_children  # the daemon's code server
         os.kill(broker_pid, signal.SIGKILL)
+        os.kill(daemon_pid, signal.SIGKILL)  # its code server is orphaned, still running
         deadline = time.monotonic() + 30
         while port_in_use("127.0.0.1", broker_port):
             assert time.monotonic() < deadline
@@ -371,7 +381,9 @@ def test_a_dead_service_is_reported_and_blocks_up_until_down(ticklake_home):
         info = json.loads(st.stdout)
         assert info["status"] == "degraded"
         assert info["services"]["broker"]["state"] == "dead"
+        assert info["services"]["dagster-daemon"]["state"] == "dead"
         assert info["services"]["dagster-webserver"]["state"] == "running"
+        assert set(daemon_children) <= set(info["orphans"])
 
         again = ticklake(home, "up")
         assert again.returncode == 1
@@ -380,4 +392,5 @@ def test_a_dead_service_is_reported_and_blocks_up_until_down(ticklake_home):
         down = ticklake(home, "down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert "broker             not running" in down.stdout
+    assert "orphans" in down.stdout
     assert_nothing_left(home, broker_port)
