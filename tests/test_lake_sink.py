@@ -32,7 +32,7 @@ from tests.lake_helpers import (
     table_rows,
     unique_counts,
 )
-from tests.synthetic_events import SyntheticMarket
+from tests.synthetic_events import SyntheticMarket, SynthInstrument
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,3 +113,53 @@ def test_exactly_once_under_kill9(broker, ticklake_home):
     assert all(dict(m.headers())["dlq-reason"].startswith(b"undecodable") for m in dead)
     sources = {dict(m.headers())["dlq-source"] for m in dead}
     assert len(sources) == 1 and sources.pop().startswith(topics[0].encode() + b"[")
+
+
+def test_resume_from_snapshot_offsets_and_topic_reset(tmp_path, ticklake_home):
+    topics = sink_topics(Exchange.BYBIT, Market.PERP)
+    first = SyntheticMarket(instruments=[_inst("BTC-USDT-PERP"), _inst("ETH-USDT-PERP")],
+                            seed=3).events(800, spacing_us=2_000_000)
+    catalog = open_home_catalog(ticklake_home)
+    with EmbeddedBroker(log_path=tmp_path / "b1.log") as b1:
+        create_sink_topics(b1.bootstrap, topics, partitions=2)
+        produce(b1.bootstrap, first[:500])
+        stats = _sink(b1.bootstrap, catalog, topics).run(idle_exit_s=1.5)
+        assert stats.rows == len(first[:500])
+        state = latest_sink_state(catalog.load_table("market.trades"))
+        # Offsets recorded are exactly the records per partition of the table's topic.
+        trade_topic = [t for t in topics if ".trades." in t][0]
+        assert sum(state.offsets[trade_topic].values()) == sum(1 for e in first[:500] if e.HasField("trade"))
+        produce(b1.bootstrap, first[500:])
+        sink = _sink(b1.bootstrap, catalog, topics)
+        start = sink.start()
+        for p, off in state.offsets[trade_topic].items():
+            assert start[(trade_topic, p)] == off  # resumes where the snapshot says, not from 0
+        stats2 = sink.run(idle_exit_s=1.5)
+        assert stats2.rows == len(first) - 500 and stats2.duplicates == 0
+    # A new broker: every topic is recreated (new topic ids, offsets restart at 0).
+    more = SyntheticMarket(instruments=[_inst("SOL-USDT-PERP")], seed=4).events(200, spacing_us=2_000_000)
+    with EmbeddedBroker(log_path=tmp_path / "b2.log") as b2:
+        create_sink_topics(b2.bootstrap, topics, partitions=2)
+        produce(b2.bootstrap, first[:300] + more)  # replayed old records and new ones
+        sink3 = _sink(b2.bootstrap, catalog, topics)
+        stats3 = sink3.run(idle_exit_s=1.5)
+        # Without topic ids (other brokers), a stored offset past the partition's end is the
+        # reset signal: the fetch-reported high watermark exposes it.
+        tp = (trade_topic, 0)
+        assert sink3._offsets_beyond_end({tp: 10_000, (trade_topic, 1): 1}) == {tp}
+    assert stats3.duplicates == 300 and stats3.rows == len(more)
+    for name, n in unique_counts(first + more).items():
+        rows = table_rows(catalog, name)
+        assert rows.num_rows == n and duplicate_ids(rows) == []
+    wms = read_watermarks(catalog)
+    assert wms["trades"] is not None and wms["funding"] is None
+
+
+def _inst(symbol: str) -> SynthInstrument:
+    return SynthInstrument(symbol, exchange=Exchange.BYBIT, market=Market.PERP, mid=6_000_000)
+
+
+def _sink(bootstrap: str, catalog, topics: list[str]) -> LakeSink:
+    return LakeSink(kc.KafkaConnection(bootstrap_servers=bootstrap), catalog,
+                    SinkConfig(topics=topics, batch_max_records=250, batch_max_ms=200,
+                               allowed_lateness_us=5_000_000))
