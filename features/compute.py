@@ -199,9 +199,11 @@ def compute_features(events: pa.Table, state: FeatureState | None = None) -> tup
     if events.num_rows == 0:
         return FEATURE_SCHEMA.empty_table(), state
     t = prepare(events)
+    # group_by does not promise first-appearance order, so the windows are sorted explicitly:
+    # the book events below are consumed in exactly this order.
     windows = t.group_by(_KEYS, use_threads=False).aggregate([
         ("exchange_ts", "max"), ("exchange_ts", "count"), ("price_scale", "max"), ("size_scale", "max"),
-    ]).to_pylist()
+    ]).sort_by([(k, "ascending") for k in _KEYS]).to_pylist()
     for w in windows:
         st = state.symbols.get((w["exchange"], w["market"], w["symbol"]))
         if st is not None and w["window_start"] <= st.last_window:
