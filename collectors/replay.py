@@ -131,6 +131,7 @@ class Emulator:
             hosts = self._hosts[name] = _Hosts()
             hosts.ws_server = await serve(
                 lambda ws, sim=sim: self._ws_handler(sim, ws), sock=_listen(self.host),
+                process_request=lambda conn, req, sim=sim: self._refusing(sim, conn),
                 compression=None, ping_interval=sim.server_ping_s, ping_timeout=self.server_ping_timeout_s,
                 max_size=1 << 20, write_limit=1 << 20)
             hosts.ws_port = hosts.ws_server.sockets[0].getsockname()[1]
@@ -226,6 +227,13 @@ class Emulator:
             for t in (writer, pinger):
                 if t is not None:
                     t.cancel()
+
+    def _refusing(self, sim: VenueSim, conn: ServerConnection) -> Any:
+        """Handshake answered 503 while the venue is "down" (refuse())."""
+        if time.monotonic() < sim.refuse_until:
+            sim.refused += 1
+            return conn.respond(503, "Service Unavailable\n")
+        return None
 
     async def _writer(self, client: Client) -> None:
         q, ws = client.queue, client.ws
@@ -496,6 +504,12 @@ class Emulator:
     def ban(self, venue: str, ip: str, seconds: float) -> None:
         self.sim(venue).ratelimiter.ban(ip, seconds, time.time())
 
+    def refuse(self, venue: str, seconds: float) -> None:
+        """Drop every connection and refuse websocket handshakes (HTTP 503) for ``seconds``."""
+        sim = self.sim(venue)
+        sim.refuse_until = time.monotonic() + seconds
+        sim.drop()
+
     def pause(self, seconds: float, venue: str | None = None) -> None:
         """Stop emitting data for ``seconds`` (connections stay open and answer pings)."""
         until = time.monotonic() + seconds
@@ -540,6 +554,8 @@ class Emulator:
                 elif op == "faults":
                     pairs = [(int(s.split(":")[0]), float(s.split(":")[1])) for s in str(q["statuses"]).split(",")]
                     self.rest_faults(q["venue"], q["ip"], pairs)
+                elif op == "refuse":
+                    self.refuse(q["venue"], float(q.get("seconds", 5)))
                 elif op == "pause":
                     self.pause(float(q.get("seconds", 5)), q.get("venue"))
                 elif op == "shutdown":

@@ -102,6 +102,7 @@ class ShardStats:
     delivered: int = 0
     rest_requests: int = 0
     rest_status: Counter = field(default_factory=Counter)
+    session_ends: Counter = field(default_factory=Counter)   # reason kind -> count
     ip_events: list = field(default_factory=list)   # (ts, ip, state)
 
     def as_dict(self) -> dict[str, Any]:
@@ -207,10 +208,21 @@ class Worker:
         return self.spec.ip
 
     def ready(self, overlap_s: float) -> bool:
-        """Every URL has a live session that has been delivering for at least overlap_s."""
+        """Every URL has a live session that has been delivering for at least overlap_s and
+        every book this connection keeps is synced: only then has the predecessor nothing
+        left to contribute, so retiring it loses no update."""
         now = time.monotonic()
-        return all(self.sessions.get(u) is not None and u in self.first_frame
-                   and now - self.first_frame[u] >= overlap_s for u in self.urls)
+        if not all(self.sessions.get(u) is not None and u in self.first_frame
+                   and now - self.first_frame[u] >= overlap_s for u in self.urls):
+            return False
+        book = getattr(self.adapter, "book", None)
+        if book is None:
+            return True
+        for n in self.natives:
+            b = book(n)
+            if b is None or not b.synced:
+                return False
+        return True
 
     def any_session(self) -> WsSession | None:
         for s in self.sessions.values():
@@ -421,6 +433,7 @@ class ShardRunner:
 
     def on_session_end(self, worker: Worker, url: str, reason: str, opened: bool) -> None:
         self.stats.reconnects += 1
+        self.stats.session_ends[reason.split(":")[0]] += 1
         metrics.RECONNECTS.labels(self.cfg.name, worker.ip or "default").inc()
         log_event(log, logging.WARNING, "session ended" if opened else "connect failed", shard=self.cfg.name,
                   conn=worker.spec.key, url=url[:120], reason=reason)

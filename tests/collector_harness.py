@@ -118,7 +118,7 @@ def _levels(lvs) -> list[tuple[int, int]]:
 def verify_books(envs: Iterable[pb.Envelope]) -> dict[str, Chain]:
     """Rebuild every symbol's book from the published snapshots and deltas.
 
-    Sequenced venues are replayed in venue sequence order (deltas before a snapshot with
+    Sequenced venues are replayed in venue sequence order (a snapshot before deltas with
     the same id; a delta must link to the book: prev_seq == book id where the venue sends
     a link, else first_seq <= book id + 1). Unsequenced books (old OKX captures) are
     replayed in receive order. A gap is a delta that does not link; a snapshot newer than
@@ -132,7 +132,9 @@ def verify_books(envs: Iterable[pb.Envelope]) -> dict[str, Chain]:
         ch = chains[sym] = Chain()
         sequenced = any(e.seq for e in evs)
         if sequenced:
-            evs.sort(key=lambda e: (e.seq, 1 if e.event_type == ET_SNAP else 0, e.ingest_ts))
+            # A snapshot at id S already contains every update up to S; a delta ending at S
+            # (Binance USD-M may apply one after the snapshot) is then redundant.
+            evs.sort(key=lambda e: (e.seq, 0 if e.event_type == ET_SNAP else 1, e.ingest_ts))
         else:
             evs.sort(key=lambda e: (e.ingest_ts, 0 if e.event_type == ET_SNAP else 1))
         for e in evs:

@@ -139,6 +139,8 @@ class VenueSim:
         self.frames_out = 0
         self.rest_log: list[dict[str, Any]] = []
         self.first_subscriber = asyncio.Event()
+        self.refuse_until = 0.0
+        self.refused = 0
         self.book_known = asyncio.Condition()
 
     # -- connections ---------------------------------------------------------------------------
@@ -339,6 +341,7 @@ class VenueSim:
         return {"venue": self.name, "frames_in": self.frames_in, "frames_out": self.frames_out,
                 "clients": [c.record() for c in list(self.clients.values()) + self.closed_clients],
                 "gaps_injected": dict(self.gaps_injected), "malformed_sent": self.malformed_sent,
+                "refused_handshakes": self.refused,
                 "rest": {ip: {"statuses": dict(r.statuses), "max_used": r.max_used}
                          for ip, r in self.ratelimiter.ips.items()}}
 
