@@ -16,7 +16,8 @@ Workloads (genuine frames from ../shared/samples):
   ours only:         binance spot mixed (hftbacktest depth+trade+bookTicker; cryptofeed's spot
                      handler has no @trade), bybit ob500 books, okx books with CRC32 checks
 
-Each side runs in its own process pinned to one core (so peak RSS is per side).
+Throughput is frames per CPU-second on one pinned core, rounds alternating between the
+two sides; peak RSS is measured for each side in its own process.
 
     python bench/bench_parse.py [--rounds 5]
 """
@@ -90,19 +91,8 @@ def ours_factory(name):
 
 
 def ours_run(name, setup, frames, timed_latency):
-    from urllib.parse import urlsplit
-
-    from collectors.capture import REST, rest_params
-    from collectors.exchanges.base import RestRequest
-
     ad = ours_factory(name)()
-    for r in setup:
-        if r.kind == REST:
-            q = rest_params(r.url)
-            ad.on_rest(RestRequest(urlsplit(r.url).path, tuple(q.items()), native_symbol=q["symbol"]),
-                       200, r.payload, r.recv_ts_us)
-        else:
-            ad.on_frame(r.payload, r.recv_ts_us)
+    ours_run_setup(ad, setup)
     on_frame = ad.on_frame
     events = 0
     lat = []
@@ -195,59 +185,135 @@ def cryptofeed_run(name, setup, frames, timed_latency):
 CRYPTOFEED_WORKLOADS = ("binance depth", "binance-f depth", "binance-f aggTrade", "binance-f mixed")
 
 
-def side_main(side: str, rounds: int) -> dict:
-    import logging
-
-    logging.disable(logging.WARNING)
+def _pin_one_core() -> None:
     try:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     except (AttributeError, OSError):
         pass
-    work = load()
+
+
+def _quiet() -> None:
+    import logging
+
+    logging.disable(logging.WARNING)   # cryptofeed logs every handled kline/unknown frame
+
+
+def rss_main(side: str) -> float:
+    """Run every workload of one side once in a fresh process; its peak RSS (MB)."""
+    _quiet()
     run = ours_run if side == "ours" else cryptofeed_run
-    out = {}
-    for name, (setup, frames) in work.items():
-        if side == "cryptofeed" and name not in CRYPTOFEED_WORKLOADS:
-            continue
+    for name, (setup, frames) in load().items():
+        if side == "ours" or name in CRYPTOFEED_WORKLOADS:
+            run(name, setup, frames, False)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(rounds: int) -> dict:
+    """Rounds alternate ours / cryptofeed on each workload, so a machine whose load drifts
+    during the run slows both sides alike; the best round of each side is kept."""
+    _quiet()
+    _pin_one_core()
+    out: dict = {"ours": {}, "cryptofeed": {}}
+    for name, (setup, frames) in load().items():
+        sides = [("ours", ours_run)] + ([("cryptofeed", cryptofeed_run)] if name in CRYPTOFEED_WORKLOADS else [])
         n_rounds = max(rounds, min(100, 20_000 // max(1, len(frames))))
-        best = min(run(name, setup, frames, False)[0] for _ in range(n_rounds))
-        lat = []
-        for _ in range(max(1, n_rounds // 2)):
-            _, la, events = run(name, setup, frames, True)
-            lat += la
-        lat.sort()
-        out[name] = {"frames": len(frames), "fps": len(frames) / best, "events": events,
-                     "p50_us": lat[len(lat) // 2] / 1e3, "p99_us": lat[int(len(lat) * 0.99)] / 1e3}
-    out["_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    try:
-        import orjson  # noqa: F401
-        out["_json"] = "orjson"
-    except ImportError:
-        out["_json"] = "json (stdlib)"
+        best = {side: float("inf") for side, _ in sides}
+        for _ in range(n_rounds):
+            for side, run in sides:
+                best[side] = min(best[side], run(name, setup, frames, False)[0])
+        for side, run in sides:
+            lat: list[int] = []
+            events = 0
+            for _ in range(max(1, n_rounds // 2)):
+                _, la, events = run(name, setup, frames, True)
+                lat += la
+            lat.sort()
+            out[side][name] = {"frames": len(frames), "fps": len(frames) / best[side], "events": events,
+                               "p50_us": lat[len(lat) // 2] / 1e3, "p99_us": lat[int(len(lat) * 0.99)] / 1e3}
     return out
+
+
+def breakdown(rounds: int) -> dict[str, float]:
+    """Where ours spends a Binance depth frame: cumulative stages, µs per frame (CPU time)."""
+    import orjson
+
+    setup, frames = load()["binance depth"]
+    _quiet()
+
+    def run(stage: int) -> float:
+        ad = ours_factory("binance depth")()
+        ours_run_setup(ad, setup)
+        if stage == 3:
+            ad.stamp = lambda env: env        # the adapter's own envelope code, minus event_id
+        st = ad.states["BTCUSDT"]
+        book = st.book
+        gc.disable()
+        t = time.process_time()
+        for f in frames:
+            d = orjson.loads(f)["data"]
+            if stage < 1:
+                continue
+            b, a = ad.levels(st, d["b"]), ad.levels(st, d["a"])
+            if stage < 2:
+                continue
+            book.apply(b, a)
+            book.crossed()
+            if stage < 3:
+                continue
+            ad.delta_event(st, b, a, 1, 1, d["u"], d["U"], -1)   # stage 3: stamp is a no-op
+        dt = time.process_time() - t
+        gc.enable()
+        return dt / len(frames) * 1e6
+
+    cum = [float("inf")] * 5
+    for _ in range(max(rounds, 5)):          # stages interleaved, so drifting load hits all alike
+        for stage in range(5):
+            cum[stage] = min(cum[stage], run(stage))
+    names = ["json parse", "decimal strings -> scaled ints", "book apply + crossed check",
+             "protobuf envelope", "event_id (blake2b)"]
+    return {n: cum[i] - (cum[i - 1] if i else 0.0) for i, n in enumerate(names)}
+
+
+def ours_run_setup(ad, setup) -> None:
+    from urllib.parse import urlsplit
+
+    from collectors.capture import REST, rest_params
+    from collectors.exchanges.base import RestRequest
+
+    for r in setup:
+        if r.kind == REST:
+            q = rest_params(r.url)
+            ad.on_rest(RestRequest(urlsplit(r.url).path, tuple(q.items()), native_symbol=q["symbol"]),
+                       200, r.payload, r.recv_ts_us)
+        else:
+            ad.on_frame(r.payload, r.recv_ts_us)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--side", choices=("ours", "cryptofeed"), help=argparse.SUPPRESS)
+    ap.add_argument("--rss", choices=("ours", "cryptofeed"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.side:
-        print(json.dumps(side_main(args.side, args.rounds)))
+    if args.rss:
+        print(json.dumps(rss_main(args.rss)))
         return 0
-    res = {}
-    for side in ("ours", "cryptofeed"):
-        p = subprocess.run([sys.executable, __file__, "--side", side, "--rounds", str(args.rounds)],
-                           capture_output=True, text=True, check=True)
-        res[side] = json.loads(p.stdout.strip().splitlines()[-1])
+    rss = {side: json.loads(subprocess.run([sys.executable, __file__, "--rss", side], capture_output=True,
+                                           text=True, check=True).stdout.strip().splitlines()[-1])
+           for side in ("ours", "cryptofeed")}
+    res = measure(args.rounds)
     import cryptofeed
 
+    try:
+        import orjson  # noqa: F401
+        js = "orjson"
+    except ImportError:
+        js = "json (stdlib)"
     ours, cf = res["ours"], res["cryptofeed"]
-    print(f"Frames parsed+normalized per core (best of >= {args.rounds}; python {sys.version.split()[0]}; "
-          f"ours with {ours['_json']}; cryptofeed {getattr(cryptofeed, '__version__', '2.4.x')})")
+    print(f"Frames parsed+normalized per core (CPU time, best of >= {args.rounds} alternating rounds; "
+          f"python {sys.version.split()[0]}; ours with {js}; cryptofeed {getattr(cryptofeed, '__version__', '2.4.x')})")
     print(f"{'workload':<22}{'frames':>7}{'ours f/s':>11}{'cryptofeed f/s':>16}{'ratio':>7}"
           f"{'ours p50/p99 us':>18}{'cf p50/p99 us':>17}{'events ours/cf':>16}")
-    for name, o in ((k, v) for k, v in ours.items() if not k.startswith("_")):
+    for name, o in ours.items():
         c = cf.get(name)
         cfs = f"{c['fps']:>16,.0f}" if c else f"{'-':>16}"
         ratio = f"{o['fps'] / c['fps']:>7.2f}" if c else f"{'':>7}"
@@ -256,9 +322,14 @@ def main() -> int:
         print(f"{name:<22}{o['frames']:>7}{o['fps']:>11,.0f}{cfs}{ratio}"
               f"{o['p50_us']:>10.1f} /{o['p99_us']:>6.1f}{clat:>17}{evs:>16}")
     print(f"issue's cryptofeed figures: ~{ISSUE_BASELINE['mixed']:,} mixed and ~{ISSUE_BASELINE['depth']:,} depth "
-          f"frames/s per core; target 3x. Ours: depth {ours['binance depth']['fps'] / ISSUE_BASELINE['depth']:.2f}x, "
+          f"frames/s per core (target 3x). Ours: depth {ours['binance depth']['fps'] / ISSUE_BASELINE['depth']:.2f}x, "
           f"USD-M mixed {ours['binance-f mixed']['fps'] / ISSUE_BASELINE['mixed']:.2f}x of those figures.")
-    print(f"peak RSS: ours {ours['_rss_mb']:.0f} MB, cryptofeed {cf['_rss_mb']:.0f} MB (separate processes)")
+    print(f"peak RSS over all workloads: ours {rss['ours']:.0f} MB, cryptofeed {rss['cryptofeed']:.0f} MB "
+          f"(separate processes)")
+    parts = breakdown(args.rounds)
+    total = sum(parts.values())
+    print("ours per binance depth frame (us, cumulative-stage differences): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + f"; total {total:.1f}")
     return 0
 
 

@@ -8,13 +8,26 @@ from decimal import Decimal
 import pytest
 
 from collectors.capture import REST, WS, Record
-from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter, usdm_route
+from collectors.exchanges.binance import (
+    BinanceSpotAdapter,
+    BinanceUsdmAdapter,
+    usdm_route,
+)
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
 from schemas.model import EventType, Market
 from tests.adapter_helpers import (
-    BINANCE_SPOT_CF, BINANCE_SPOT_HFT, BINANCE_SPOT_TARDIS, BINANCE_USDM_CF, BINANCE_USDM_TARDIS, Run,
-    book_levels_json, dec, feed, records, same_book,
+    BINANCE_SPOT_CF,
+    BINANCE_SPOT_HFT,
+    BINANCE_SPOT_TARDIS,
+    BINANCE_USDM_CF,
+    BINANCE_USDM_TARDIS,
+    Run,
+    book_levels_json,
+    dec,
+    feed,
+    records,
+    same_book,
 )
 
 

@@ -11,8 +11,16 @@ from collectors.exchanges.bybit import BybitAdapter
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import EventType, Market
 from tests.adapter_helpers import (
-    BYBIT_OB500, BYBIT_TARDIS_ALLLIQ, BYBIT_TARDIS_DERIV, BYBIT_TARDIS_SPOT, Run, book_levels_json, dec,
-    feed, records, same_book,
+    BYBIT_OB500,
+    BYBIT_TARDIS_ALLLIQ,
+    BYBIT_TARDIS_DERIV,
+    BYBIT_TARDIS_SPOT,
+    Run,
+    book_levels_json,
+    dec,
+    feed,
+    records,
+    same_book,
 )
 
 

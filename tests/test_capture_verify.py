@@ -11,11 +11,27 @@ from pathlib import Path
 
 import pytest
 
-from collectors.capture import REST, WS, WS_OUT, CaptureError, detect, read, seconds_to_us
+from collectors.capture import (
+    REST,
+    WS,
+    WS_OUT,
+    CaptureError,
+    detect,
+    read,
+    seconds_to_us,
+)
 from schemas.model import Exchange
 from tests.adapter_helpers import (
-    BINANCE_SPOT_CF, BINANCE_SPOT_HFT, BINANCE_SPOT_TARDIS, BINANCE_USDM_CF, BINANCE_USDM_TARDIS, BYBIT_OB500,
-    OKX_CF, OKX_TARDIS_SPOT, SAMPLES, STREAM_CAPTURES,
+    BINANCE_SPOT_CF,
+    BINANCE_SPOT_HFT,
+    BINANCE_SPOT_TARDIS,
+    BINANCE_USDM_CF,
+    BINANCE_USDM_TARDIS,
+    BYBIT_OB500,
+    OKX_CF,
+    OKX_TARDIS_SPOT,
+    SAMPLES,
+    STREAM_CAPTURES,
 )
 
 TICKLAKE = Path(sys.executable).with_name("ticklake")

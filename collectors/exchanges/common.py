@@ -362,10 +362,14 @@ class AdapterBase:
         n = self.snapshot_depth
         add = snap.bids.add
         for px, q in book.top_bids(n):
-            add(px=px, qty=q)
+            lv = add()          # add() then attribute sets: ~25% cheaper than add(px=, qty=) on upb
+            lv.px = px
+            lv.qty = q
         add = snap.asks.add
         for px, q in book.top_asks(n):
-            add(px=px, qty=q)
+            lv = add()
+            lv.px = px
+            lv.qty = q
         snap.depth = max(len(snap.bids), len(snap.asks))
         snap.reason = reason
         snap.checksum = checksum & 0xFFFFFFFF
@@ -382,10 +386,14 @@ class AdapterBase:
             d.checksum = checksum & 0xFFFFFFFF
         add = d.bids.add
         for px, q in bids:
-            add(px=px, qty=q)
+            lv = add()
+            lv.px = px
+            lv.qty = q
         add = d.asks.add
         for px, q in asks:
-            add(px=px, qty=q)
+            lv = add()
+            lv.px = px
+            lv.qty = q
         return self.stamp(env)
 
     def lock_scales(self, st: InstrumentState, *sides: Any) -> None:
@@ -407,27 +415,42 @@ class AdapterBase:
             except (IndexError, TypeError, KeyError):
                 raise FrameError(f"malformed level in {raw!r:.120}", st.native) from None
         ps, ss = st.px.scale, st.sz.scale
-        pt, qt = st.px, st.sz
-        pc, qc = pt.cache, qt.cache
-        out = []
+        pc, qc = st.px.cache, st.sz.cache
+        if len(pc) > ScaleTracker.CACHE_MAX:
+            pc.clear()
+        if len(qc) > ScaleTracker.CACHE_MAX:
+            qc.clear()
+        out: list[tuple[int, int]] = []
         append = out.append
+        # Hot path of every book message: the cache lookups and the exact conversion of a miss
+        # are inlined here (a call per value costs as much as the lookup).
         try:
-            for lv in raw:
-                p = lv[0]
-                q = lv[1]
-                a = pc.get(p)
-                if a is None:
-                    a = pt.conv(p)
-                b = qc.get(q)
-                if b is None:
-                    b = qt.conv(q)
-                append((a, b))
+            if raw and len(raw[0]) == 2:                 # [px, qty] (Binance, Bybit)
+                for p, q in raw:
+                    a = pc.get(p)
+                    if a is None:
+                        a = pc[p] = sc(p, ps)
+                    b = qc.get(q)
+                    if b is None:
+                        b = qc[q] = sc(q, ss)
+                    append((a, b))
+            else:                                        # [px, qty, ...] (OKX: 4 fields)
+                for lv in raw:
+                    p = lv[0]
+                    q = lv[1]
+                    a = pc.get(p)
+                    if a is None:
+                        a = pc[p] = sc(p, ps)
+                    b = qc.get(q)
+                    if b is None:
+                        b = qc[q] = sc(q, ss)
+                    append((a, b))
             return out
-        except (IndexError, TypeError, KeyError):
-            raise FrameError(f"malformed level in {raw!r:.120}", st.native) from None
-        except ScaleError as e:
+        except ScaleError as e:          # (a ValueError: caught first)
             raise FrameError(f"precision: {e} (instrument {st.native} fixed at price scale {ps}, "
                              f"size scale {ss})", st.native) from None
+        except (IndexError, TypeError, KeyError, ValueError):
+            raise FrameError(f"malformed level in {raw!r:.120}", st.native) from None
 
     def prepare(self, st: InstrumentState, prices: tuple = (), sizes: tuple = ()) -> None:
         """Settle unlocked scales over every value of a message before converting any, so all

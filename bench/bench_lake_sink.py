@@ -1,0 +1,186 @@
+"""Lake write path benchmarks, each beside a baseline measured in the same run.
+
+1. writer: rows/s of the sink's write path (sort once, cut at partition boundaries, zstd
+   Parquet per partition, one fast-append commit) against pyarrow.parquet.write_table of
+   the same rows into one file (the floor: no partitioning, no catalog) and against
+   pyiceberg's generic Table.append (the slow path the sink avoids).
+2. sink end-to-end: Kafka (embedded broker) -> decode -> Arrow -> Iceberg rows/s, beside
+   pyarrow.parquet.write_table of the same rows.
+3. compaction: MB/s of sealing an hour made of many micro-batch files.
+4. scan: one hour of one symbol, data files planned vs files in the table.
+
+Usage: python bench/bench_lake_sink.py [--rows 1000000] [--sink-events 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyiceberg.catalog import load_catalog
+from pyiceberg.expressions import And, EqualTo
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from schemas.iceberg import ensure_all_tables  # noqa: E402
+from schemas.model import EventType  # noqa: E402
+from schemas.tables import TABLES  # noqa: E402
+from streaming.lake_seal import seal_hour  # noqa: E402
+from streaming.lake_sink import hour_filter  # noqa: E402
+from streaming.lake_state import HOUR_US  # noqa: E402
+from streaming.lake_writer import LakeFileWriter, commit_files  # noqa: E402
+
+BASE_HOUR = 1_723_161_600_000_000
+EXCHANGES = ["binance", "bybit", "okx"]
+MARKETS = ["spot", "perp"]
+SYMBOLS = [f"C{i:02d}-USDT" for i in range(20)]
+
+
+def synthetic_trades(n: int, hours: int = 4, seed: int = 1) -> pa.Table:
+    """Trade rows spread over exchanges, markets, symbols and hours (in arrival order)."""
+    rng = np.random.default_rng(seed)
+    ts = BASE_HOUR + np.sort(rng.integers(0, hours * HOUR_US, n))
+    ex = np.array(EXCHANGES)[rng.integers(0, len(EXCHANGES), n)]
+    mk = np.array(MARKETS)[rng.integers(0, len(MARKETS), n)]
+    sym = np.array(SYMBOLS)[rng.integers(0, len(SYMBOLS), n)]
+    sym = np.where(mk == "perp", np.char.add(sym, "-PERP"), sym)
+    ids = np.char.mod("%032x", np.arange(n, dtype=np.int64) + seed * 10**12)
+    spec = TABLES[EventType.TRADE]
+    cols = {
+        "event_id": ids, "exchange": ex, "market": mk, "symbol": sym, "native_symbol": sym,
+        "exchange_ts": ts, "ingest_ts": ts + 500, "seq": np.arange(n), "price_scale": np.full(n, 2, np.int32),
+        "size_scale": np.full(n, 3, np.int32), "ingest_latency_us": np.full(n, 500), "tick_size": np.ones(n, np.int64),
+        "lot_size": np.ones(n, np.int64), "shard": np.full(n, None), "trade_id": np.char.mod("%d", np.arange(n)),
+        "px": rng.integers(1_000, 10_000_000, n), "qty": rng.integers(1, 100_000, n),
+        "taker_side": np.where(rng.random(n) < 0.5, "buy", "sell"), "first_trade_id": np.zeros(n, np.int64),
+        "last_trade_id": np.zeros(n, np.int64),
+    }
+    arrays = [pa.array(cols[f.name], type=f.type) for f in spec.schema]
+    return pa.Table.from_arrays(arrays, schema=spec.schema)
+
+
+def catalog_at(root: Path, props: dict[str, str] | None = None):
+    root.mkdir(parents=True, exist_ok=True)
+    cat = load_catalog("bench", type="sql", uri=f"sqlite:///{root}/catalog.db", warehouse=(root / "wh").as_uri(),
+                       init_catalog_tables="true")
+    tables = ensure_all_tables(cat, props)
+    return cat, tables
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def bench_writer(rows: pa.Table, root: Path) -> None:
+    n = rows.num_rows
+    base_s, _ = timed(lambda: pq.write_table(rows, root / "baseline.parquet", compression="zstd"))
+    _, tables = catalog_at(root / "w")
+    table = tables["trades"]
+    ours_s, files = timed(lambda: commit_files(table, LakeFileWriter(table).write(rows), {"bench": "1"}))
+    nfiles = len(table.refresh().current_snapshot().manifests(table.io))
+    _, tables2 = catalog_at(root / "a")
+    part = rows.slice(0, min(n, 200_000))
+    slow_s, _ = timed(lambda: tables2["trades"].append(part))
+    print(f"writer ({n:,} trade rows, {len(EXCHANGES) * len(MARKETS) * 4} partitions)")
+    print(f"  baseline pyarrow.parquet.write_table, 1 file : {n / base_s:12,.0f} rows/s  ({base_s:.2f} s)")
+    print(f"  lake writer + fast-append commit             : {n / ours_s:12,.0f} rows/s  ({ours_s:.2f} s, "
+          f"{nfiles} manifest(s))")
+    print(f"  pyiceberg Table.append ({part.num_rows:,} rows)          : {part.num_rows / slow_s:12,.0f} rows/s  "
+          f"({slow_s:.2f} s)")
+
+
+def bench_compaction_and_scan(rows: pa.Table, root: Path) -> None:
+    # Small target so a sealed hour has several files per partition and symbol pruning shows.
+    _, tables = catalog_at(root / "c", {"write.target-file-size-bytes": str(512 * 1024)})
+    table = tables["trades"]
+    writer = LakeFileWriter(table)
+    hour = rows.filter(pa.compute.less(rows.column("exchange_ts").cast(pa.int64()), BASE_HOUR + HOUR_US))
+    step = 5_000
+    for s in range(0, hour.num_rows, step):  # micro-batches, as the sink commits them
+        commit_files(table, writer.write(hour.slice(s, step)), {"bench": "micro"})
+    table = table.refresh()
+    before = [t.file for t in table.scan(row_filter=hour_filter(BASE_HOUR)).plan_files()]
+    mb = sum(f.file_size_in_bytes for f in before) / 1e6
+    secs, res = timed(lambda: seal_hour(table, BASE_HOUR))
+    print(f"compaction (one hour, {res.rows:,} rows)")
+    print(f"  {res.files_before} micro-batch files ({mb:.1f} MB) -> {res.files} sealed files: "
+          f"{mb / secs:8.1f} MB/s, {res.rows / secs:12,.0f} rows/s ({secs:.2f} s)")
+    table = table.refresh()
+    total = len(list(table.scan().plan_files()))
+    sym = "C07-USDT"
+    flt = And(hour_filter(BASE_HOUR), And(EqualTo("exchange", "binance"), EqualTo("symbol", sym)))
+    planned = list(table.scan(row_filter=flt).plan_files())
+    hour_files = len(list(table.scan(row_filter=hour_filter(BASE_HOUR)).plan_files()))
+    got = table.scan(row_filter=flt).to_arrow().num_rows
+    print(f"scan of one hour, one exchange, one symbol ({sym}): {len(planned)} files planned "
+          f"of {hour_files} in the hour, {total} in the table ({got:,} rows)")
+
+
+def bench_sink(n_events: int, root: Path) -> None:
+    from confluent_kafka import Producer
+
+    from schemas.arrow_convert import envelopes_to_table
+    from schemas.topics import DlqStage, dlq_topic
+    from streaming import kafka_config as kc
+    from streaming.broker import EmbeddedBroker
+    from streaming.lake_sink import LakeSink, SinkConfig, processed_topics
+    from streaming.serde import encode
+    from streaming.topic_admin import admin_client, create_topics
+    from streaming.topic_config import TopicSpec
+    from tests.lake_helpers import topic_of
+    from tests.synthetic_events import SyntheticMarket
+
+    events = [e for e in SyntheticMarket(seed=3).events(n_events, spacing_us=20_000) if e.HasField("trade")]
+    topics = processed_topics(["binance"], ["spot"])
+    with EmbeddedBroker(log_path=root / "broker.log") as b:
+        specs = {t: TopicSpec(3, -1) for t in topics} | {dlq_topic(DlqStage.LAKE): TopicSpec(1, -1)}
+        create_topics(admin_client(b.bootstrap), specs, replication_factor=1)
+        p = Producer({"bootstrap.servers": b.bootstrap, "linger.ms": 20, "compression.type": "zstd"})
+        for e in events:
+            rec = encode(e)
+            while True:
+                try:
+                    p.produce(topic_of(e), key=rec.key, value=rec.value, headers=rec.headers)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+        p.flush(60)
+        cat, _ = catalog_at(root / "s")
+        sink = LakeSink(kc.KafkaConnection(bootstrap_servers=b.bootstrap), cat,
+                        SinkConfig(topics=topics, batch_max_records=50_000, batch_max_ms=500))
+        sink.start()
+        t = time.perf_counter()
+        stats = sink.run(idle_exit_s=1.0)
+        secs = time.perf_counter() - t - 1.0  # minus the idle wait that ends the run
+    rows = envelopes_to_table(EventType.TRADE, events)
+    base_s, _ = timed(lambda: pq.write_table(rows, root / "sink-baseline.parquet", compression="zstd"))
+    print(f"sink end-to-end ({stats.rows:,} trades: Kafka fetch + decode + Arrow + Iceberg, {stats.commits} commits)")
+    print(f"  baseline pyarrow.parquet.write_table : {len(events) / base_s:12,.0f} rows/s")
+    print(f"  lake sink                            : {stats.rows / secs:12,.0f} rows/s ({secs:.2f} s)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--sink-events", type=int, default=100_000)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-lake-") as tmp:
+        root = Path(tmp)
+        rows = synthetic_trades(a.rows)
+        bench_writer(rows, root)
+        bench_compaction_and_scan(rows, root)
+        if a.sink_events:
+            bench_sink(a.sink_events, root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
