@@ -47,6 +47,10 @@ _HFT_LINE = re.compile(rb"^(\d{10,20}) (.*)$", re.DOTALL)
 _CF_NAME = re.compile(r"^(?P<prefix>.+)\.(?P<kind>ws|http)\.\d+\.\d+$")
 
 
+#: lines of an hftbacktest file read to learn its venue flavour and streams (files run to GBs)
+PRESCAN_LINES = 20_000
+
+
 class CaptureError(ValueError):
     """A file that is not a capture we can read, or is corrupt where it must not be."""
 
@@ -177,7 +181,9 @@ def _detect_hftbacktest(p: Path) -> CaptureInfo:
     usdm = False
     venue: Exchange | None = None
     with gzip.open(p, "rb") as f:
-        for raw in f:
+        for n, raw in enumerate(f):
+            if n >= PRESCAN_LINES and venue is not None:
+                break
             m = _HFT_LINE.match(raw.rstrip(b"\r\n"))
             if not m:
                 continue
