@@ -1,0 +1,134 @@
+"""What every bulk source shares: errors, the instrument a file is stamped with, and the
+last step that makes a bulk envelope identical to the stream's processed one.
+
+The lake's event_id is computed by the normalizer over the instrument's scales, the
+canonical symbol and the payload; so a bulk row converts its decimal strings straight at
+the instrument's scales (exactly, refusing anything off the tick grid, as the normalizer
+does) and is stamped with the same `schemas.ids.stamp_event_id`. What the stream adds from
+its own side and does not hash (ingest time, shard, latency) is set here to bulk values:
+ingest_ts = exchange_ts (a file has no receipt time; a made-up one would pollute latency
+statistics), shard = "bulk:<source>" (the marker that lets a re-run replace exactly the
+rows it wrote earlier).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from collectors.exchanges.common import ScaleTracker
+from schemas.gen.ticklake.v1 import events_pb2 as pb
+from schemas.ids import stamp_event_id
+from schemas.model import EventType, Exchange, Market
+from schemas.scaled import ScaleError
+
+SHARD_PREFIX = "bulk:"
+
+
+class BulkFileError(ValueError):
+    """A downloaded file that cannot be used (corrupt archive, unknown CSV shape)."""
+
+
+class ChecksumMismatch(BulkFileError):
+    """The file's SHA-256 differs from the one the venue published next to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The instrument a file's rows belong to, with the scales of the lake rows."""
+
+    exchange: Exchange
+    market: Market
+    native: str
+    symbol: str           # canonical
+    price_scale: int
+    size_scale: int
+    tick: int             # tick size in price-scale units
+    lot: int              # lot size in size-scale units
+    shard: str            # "bulk:<source key>"
+
+    def trackers(self) -> tuple[ScaleTracker, ScaleTracker]:
+        """Locked converters at the lake scales (cached: venues repeat price strings a lot)."""
+        return ScaleTracker(self.price_scale), ScaleTracker(self.size_scale)
+
+
+@dataclass(slots=True)
+class Rejected:
+    row: int              # 0-based data row in the file (after sorting)
+    reason: str
+
+
+@dataclass(slots=True)
+class Converted:
+    """A file's rows as lake envelopes, plus what could not be converted and why."""
+
+    envelopes: dict[EventType, list[pb.Envelope]] = field(default_factory=dict)
+    rejects: list[Rejected] = field(default_factory=list)
+    file_rows: int = 0
+    in_file_duplicates: int = 0
+    #: integer venue ids of the rows in file order after sorting (trade ids), for gap checks
+    ids: list[int] = field(default_factory=list)
+    was_sorted: bool = False
+    notes: dict[str, object] = field(default_factory=dict)
+
+    def add(self, et: EventType, env: pb.Envelope) -> None:
+        self.envelopes.setdefault(et, []).append(env)
+
+    @property
+    def rows(self) -> int:
+        return sum(len(v) for v in self.envelopes.values())
+
+
+def new_envelope(t: Target, event_type: EventType, exchange_ts: int, seq: int) -> pb.Envelope:
+    env = pb.Envelope()
+    env.exchange = t.exchange.pb
+    env.market = t.market.pb
+    env.event_type = event_type.pb
+    env.symbol = t.symbol
+    env.native_symbol = t.native
+    env.exchange_ts = exchange_ts
+    env.ingest_ts = exchange_ts
+    env.seq = seq
+    env.price_scale = t.price_scale
+    env.size_scale = t.size_scale
+    return env
+
+
+def finish(env: pb.Envelope, t: Target) -> pb.Envelope:
+    """Enrich like the normalizer (tick, lot, latency) and stamp the event_id."""
+    env.tick_size = t.tick
+    env.lot_size = t.lot
+    env.ingest_latency_us = env.ingest_ts - env.exchange_ts
+    env.shard = t.shard
+    return stamp_event_id(env)
+
+
+def on_grid(value: int, grid: int, what: str) -> int:
+    if grid > 1 and value % grid:
+        raise ScaleError(f"off_grid: {what} {value} is not a multiple of the tick {grid}")
+    return value
+
+
+def dedup_in_file(conv: Converted) -> None:
+    """Identical rows in one file hash to one event_id: keep the first, count the rest."""
+    for et, envs in conv.envelopes.items():
+        seen: set[str] = set()
+        kept = []
+        for e in envs:
+            if e.event_id in seen:
+                conv.in_file_duplicates += 1
+                continue
+            seen.add(e.event_id)
+            kept.append(e)
+        conv.envelopes[et] = kept
+
+
+def id_gaps(ids: Iterable[int]) -> int:
+    """Ids missing between consecutive sorted ids (0 for a contiguous run)."""
+    prev = None
+    gaps = 0
+    for i in sorted(set(ids)):
+        if prev is not None and i > prev + 1:
+            gaps += i - prev - 1
+        prev = i
+    return gaps
