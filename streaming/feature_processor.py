@@ -171,6 +171,7 @@ class Engine:
             for b in evs:
                 by_tp.setdefault(b.tp, []).append(b.offset)
         return {
+            "lateness": self.allowed_lateness_us,
             "offsets": {_tp_key(tp): o for tp, o in offsets.items()},
             "frontier": self.frontier,
             "maxts": {_tp_key(tp): m for tp, m in self.maxts.items()},
@@ -179,6 +180,7 @@ class Engine:
         }
 
     def restore(self, ckpt: dict, fetch: Callable[[TP, int, int], Iterable[Message]]) -> None:
+        self.allowed_lateness_us = ckpt.get("lateness", self.allowed_lateness_us)
         self.frontier = ckpt["frontier"]
         self.maxts = {_key_tp(k): v for k, v in ckpt["maxts"].items()}
         self.state = FeatureState.from_state(ckpt["features"])
@@ -237,10 +239,12 @@ def load_state_records(consumer: Consumer, topic: str, start: int, end: int) -> 
     return {m.offset(): json.loads(m.value()) for m in read_range(consumer, (topic, 0), start, end)}
 
 
-def committed_chain(consumer: Consumer, topic: str, committed: int, *, before: dict[TP, int] | None = None) -> Chain:
+def committed_chain(consumer: Consumer, topic: str, committed: int, *, before: dict[TP, int] | None = None,
+                    frontier_at_most: int | None = None) -> Chain:
     """Walk back from the last committed progress record (offset committed-1) to the newest
-    checkpoint written in a committed batch (optionally the newest whose offsets are all
-    <= `before`, for replays)."""
+    checkpoint written in a committed batch. Replays ask for the newest checkpoint whose
+    input offsets are all <= `before` and whose close frontier is <= `frontier_at_most`
+    (so every window from there on is still open in it and will be emitted again)."""
     recs = load_state_records(consumer, topic, 0, committed)
     chain: list[dict] = []
     off = committed - 1
@@ -260,6 +264,8 @@ def committed_chain(consumer: Consumer, topic: str, committed: int, *, before: d
         if before is not None and any(_key_tp(k) in before and v > before[_key_tp(k)]
                                       for k, v in payload["offsets"].items()):
             continue
+        if frontier_at_most is not None and payload["frontier"] > frontier_at_most:
+            continue
         return Chain(payload, chain[i:])
     return Chain(None, chain)
 
@@ -275,7 +281,8 @@ class FeatureProcessor(TransactionalLoop):
                          transactional_id=f"ticklake-features-{processor_name}",
                          input_topics=input_topics(pairs), **kw)
         self.pairs = pairs
-        self.engine = Engine(allowed_lateness_ms * 1000)
+        self.allowed_lateness_us = allowed_lateness_ms * 1000
+        self.engine = Engine(self.allowed_lateness_us)
         self.idle_timeout_s = idle_timeout_ms / 1000
         self.checkpoint_interval_s = checkpoint_interval_s
         self.state_topic = state_topic(processor_name)
@@ -318,6 +325,7 @@ class FeatureProcessor(TransactionalLoop):
             replay_chain(self.engine, chain, reader, emit=None)
         finally:
             reader.close()
+        self.engine.allowed_lateness_us = self.allowed_lateness_us  # the replay used the recorded values
         self.last_progress = st - 1
         self._seq = chain.batches[-1]["seq"] if chain.batches else 0
         end = {_key_tp(k): v for k, v in chain.batches[-1]["end"].items()} if chain.batches else {}
@@ -385,7 +393,8 @@ class FeatureProcessor(TransactionalLoop):
         progress = {"t": "progress", "seq": self._seq + 1, "prev": self.last_progress,
                     "start": {_tp_key(tp): o for tp, o in self._batch_start.items()},
                     "end": {_tp_key(tp): o for tp, o in end.items()},
-                    "frontier": self.engine.frontier, "ckpt": ckpt_ref}
+                    "frontier": self.engine.frontier, "lateness": self.engine.allowed_lateness_us,
+                    "ckpt": ckpt_ref}
         delivered.clear()
         producer.produce(self.state_topic, value=_enc(progress), key=b"progress", partition=0,
                          on_delivery=on_delivery(-1))
@@ -443,6 +452,7 @@ def replay_chain(engine: Engine, chain: Chain, reader: Consumer,
     if chain.checkpoint is not None:
         engine.restore(chain.checkpoint, fetch)
     for rec in chain.batches:
+        engine.allowed_lateness_us = rec.get("lateness", engine.allowed_lateness_us)
         dls = []
         for k, e in rec["end"].items():
             tp = _key_tp(k)

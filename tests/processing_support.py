@@ -74,11 +74,12 @@ def raw_topic(env: pb.Envelope) -> str:
                        exchange_from_pb(env.exchange))
 
 
-def produce(bootstrap: str, items: Iterable[tuple[str, bytes | None, bytes | None, list | None]]) -> int:
+def produce(bootstrap: str, items: Iterable[tuple]) -> int:
+    """Items are (topic, key, value, headers[, timestamp_ms])."""
     p = Producer(kc.producer_config(connection(bootstrap), linger_ms=5))
     n = 0
-    for topic, key, value, headers in items:
-        p.produce(topic, value=value, key=key, headers=headers)
+    for topic, key, value, headers, *ts in items:
+        p.produce(topic, value=value, key=key, headers=headers, timestamp=ts[0] if ts else 0)
         n += 1
         if n % 5000 == 0:
             p.flush()
