@@ -23,7 +23,7 @@ from resources.lake import LakeResource
 from schemas.model import EventType
 from schemas.tables import TABLES, TABLES_BY_NAME, TableSpec
 from streaming import lake_checks
-from streaming.lake_seal import hour_layout, read_hour, seal_hour
+from streaming.lake_seal import hour_layout, hour_tasks, read_hour, seal_hour
 from streaming.lake_state import latest_sink_state
 from streaming.lake_writer import DEFAULT_TARGET_FILE_BYTES
 from streaming.watermarks import is_hour_closed, lake_watermark, read_watermarks
@@ -121,14 +121,15 @@ def run_checks(spec: TableSpec, lake: LakeResource, partition_key: str) -> list[
     tables = lake.ensure_tables()
     table = tables[spec.name]
     hour_us = _hour_us(partition_key)
-    rows = read_hour(table, hour_us)
+    tasks = hour_tasks(table, hour_us)
+    rows = read_hour(table, hour_us, tasks)
     out = [
         _result(spec, CHECK_SCHEMA, lake_checks.schema_check(spec, rows)),
         _result(spec, CHECK_DUPLICATES, lake_checks.duplicate_check(rows)),
         _result(spec, CHECK_ROW_COUNT,
                 lake_checks.row_count_check(rows.num_rows, latest_sink_state(table).ledger.get(hour_us))),
         _result(spec, CHECK_SMALL_FILES,
-                lake_checks.small_file_check(hour_layout(table, hour_us).per_partition(), _target_bytes(table) // 4),
+                lake_checks.small_file_check(hour_layout(table, hour_us, tasks).per_partition(), _target_bytes(table) // 4),
                 severity=dg.AssetCheckSeverity.WARN),
     ]
     if spec.event_type is EventType.BOOK_DELTA:

@@ -22,9 +22,11 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.io.pyarrow import PyArrowFileIO, schema_to_pyarrow
 from pyiceberg.manifest import DataFile
-from pyiceberg.table import Table
+from pyiceberg.table import FileScanTask, Table
 
 from streaming.lake_sink import hour_filter
 from streaming.lake_state import HOUR_US, SEAL_WRITER, SEALED_HOUR_KEY, WRITER_KEY
@@ -76,17 +78,47 @@ class SealResult:
     already_sealed: bool
 
 
-def hour_layout(table: Table, hour_us: int) -> HourLayout:
+def hour_tasks(table: Table, hour_us: int) -> list[FileScanTask]:
     if table.current_snapshot() is None:
-        return HourLayout()
-    return HourLayout([task.file for task in table.scan(row_filter=hour_filter(hour_us)).plan_files()])
+        return []
+    return list(table.scan(row_filter=hour_filter(hour_us)).plan_files())
 
 
-def read_hour(table: Table, hour_us: int) -> pa.Table:
+def hour_layout(table: Table, hour_us: int, tasks: list[FileScanTask] | None = None) -> HourLayout:
+    tasks = hour_tasks(table, hour_us) if tasks is None else tasks
+    return HourLayout([task.file for task in tasks])
+
+
+def read_hour(table: Table, hour_us: int, tasks: list[FileScanTask] | None = None) -> pa.Table:
+    """All rows of the hour. The hour filter is partition-aligned, so the planned files hold
+    exactly the hour; without delete files they are read straight with pyarrow's dataset
+    reader (parallel, no per-file Python), which is several times faster than the generic
+    Iceberg scan for an hour made of hundreds of micro-batch files."""
     if table.current_snapshot() is None:
-        from pyiceberg.io.pyarrow import schema_to_pyarrow
-        return schema_to_pyarrow(table.schema()).empty_table()
-    return table.scan(row_filter=hour_filter(hour_us)).to_arrow()
+        return _empty(table)
+    if tasks is None:
+        tasks = list(table.scan(row_filter=hour_filter(hour_us)).plan_files())
+    if not tasks:
+        return _empty(table)
+    io = table.io
+    schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
+    if any(t.delete_files for t in tasks) or not isinstance(io, PyArrowFileIO):
+        return table.scan(row_filter=hour_filter(hour_us)).to_arrow()
+    scheme, netloc, _ = io.parse_location(tasks[0].file.file_path)
+    paths = [io.parse_location(t.file.file_path)[2] for t in tasks]
+    try:
+        data = ds.dataset(paths, format="parquet", filesystem=io.fs_by_scheme(scheme, netloc)).to_table()
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return table.scan(row_filter=hour_filter(hour_us)).to_arrow()
+    if data.schema.names != schema.names or any(
+            a.type != b.type for a, b in zip(data.schema, schema, strict=True)):
+        # Files from another schema version: let pyiceberg project them.
+        return table.scan(row_filter=hour_filter(hour_us)).to_arrow()
+    return pa.Table.from_arrays(data.columns, schema=schema)
+
+
+def _empty(table: Table) -> pa.Table:
+    return schema_to_pyarrow(table.schema(), include_field_ids=False).empty_table()
 
 
 def _ts(v) -> datetime | None:
@@ -110,8 +142,9 @@ def seal_hour(table: Table, hour_us: int, *, target_file_bytes: int | None = Non
         raise ValueError(f"hour_us must be an hour boundary, got {hour_us}")
     for attempt in range(retries + 1):
         table = table.refresh()
-        layout = hour_layout(table, hour_us)
-        rows = read_hour(table, hour_us)
+        tasks = hour_tasks(table, hour_us)
+        layout = hour_layout(table, hour_us, tasks)
+        rows = read_hour(table, hour_us, tasks)
         if not layout.files or layout.is_sealed:
             return _result(table, hour_us, rows, layout, len(layout.files), sealed=layout.is_sealed)
         before = len(layout.files)

@@ -167,8 +167,8 @@ class TableBatch:
     records: int = 0
 
     def saw(self, msg: Message) -> None:
-        tp = (msg.topic(), msg.partition())
-        self.offsets[tp] = max(self.offsets.get(tp, 0), msg.offset() + 1)
+        # A partition's records arrive in offset order, so the last one seen is the highest.
+        self.offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
         self.records += 1
 
 
