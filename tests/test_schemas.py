@@ -61,7 +61,24 @@ def test_exponent_notation_is_exact(mant: int, scale: int, exp: int) -> None:
         assert to_scaled(text, scale) == int(expect)
 
 
-@pytest.mark.parametrize("bad", ["NaN", "nan", "inf", "-Infinity", "", ".", "1.2.3", "0x10", "1,5", " ", "--1"])
+@given(st.text(alphabet="0123456789.-+eE\u0663\uff11 ", max_size=14), st.integers(min_value=0, max_value=10))
+def test_fast_and_slow_paths_agree_with_decimal(text: str, scale: int) -> None:
+    """Whatever the string, to_scaled either equals exact Decimal arithmetic or refuses it."""
+    import re
+
+    plain = re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,4})?", text.strip())
+    try:
+        got = to_scaled(text, scale, signed=True)
+    except ScaleError:
+        if plain:
+            exact = Decimal(text.strip()).scaleb(scale)
+            assert exact != exact.to_integral_value() or abs(exact) > INT64_MAX
+        return
+    assert plain, f"accepted non-decimal {text!r}"
+    assert Decimal(got) == Decimal(text.strip()).scaleb(scale)
+
+
+@pytest.mark.parametrize("bad", ["\uff11\uff12", "\u0663", "NaN", "nan", "inf", "-Infinity", "", ".", "1.2.3", "0x10", "1,5", " ", "--1"])
 def test_rejects_non_numbers(bad: str) -> None:
     with pytest.raises(ScaleError):
         to_scaled(bad, 8)
