@@ -115,6 +115,10 @@ class IpRateLimiter:
     _used: int = 0
     blocked_until: float = 0.0
     blocked_state: IpState = IpState.HEALTHY
+    #: requests sent and not answered yet
+    inflight: int = 0
+    #: window of the venue's last used-weight reading (-1: none yet)
+    _confirmed: int = -1
     #: per-status counters, for metrics and tests
     responses: dict[int, int] = field(default_factory=dict)
 
@@ -140,6 +144,10 @@ class IpRateLimiter:
         if now < self.blocked_until:
             return self.blocked_until - now
         self._roll(now)
+        if self.policy.used_weight_header and self._confirmed != self._window and self.inflight:
+            # Until the venue has told us this window's usage (others may share the IP),
+            # probe with one request at a time instead of spending the budget blind.
+            return 0.02
         if self._used + weight <= self.policy.budget or self._used == 0:
             # An empty window always admits one request, however heavy, or a request
             # heavier than the budget would wait forever.
@@ -150,9 +158,15 @@ class IpRateLimiter:
     def reserve(self, weight: int, now: float) -> None:
         self._roll(now)
         self._used += weight
+        self.inflight += 1
+
+    def release(self) -> None:
+        """A request ended without an answer (transport error)."""
+        self.inflight = max(0, self.inflight - 1)
 
     def on_response(self, status: int, headers: Mapping[str, str], now: float) -> ResponseVerdict:
         self.responses[status] = self.responses.get(status, 0) + 1
+        self.release()
         self._roll(now)
         if self.policy.used_weight_header:
             raw = _header(headers, self.policy.used_weight_header)
@@ -161,6 +175,7 @@ class IpRateLimiter:
                     # The venue's count is authoritative; keep ours if it is higher
                     # because requests still in flight are not in the venue's figure.
                     self._used = max(self._used, int(raw))
+                    self._confirmed = self._window
                 except ValueError:
                     pass
         retry = parse_retry_after(_header(headers, "Retry-After"), now)

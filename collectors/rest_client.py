@@ -177,6 +177,9 @@ class RestPool:
                 async with member.session.get(url, params=params) as resp:  # type: ignore[union-attr]
                     body = await resp.read()
                     status, headers = resp.status, dict(resp.headers)
+            except asyncio.CancelledError:
+                member.limiter.release()
+                raise
             except (TimeoutError, aiohttp.ClientError, OSError):
                 self.stats.transport_errors += 1
                 self.stats.retries += 1

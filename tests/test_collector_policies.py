@@ -10,8 +10,14 @@ import pytest
 from collectors.backoff import Backoff, BackoffPolicy
 from collectors.config import ConfigError, ShardConfig, load_shards, parse_shards
 from collectors.dedup import DedupWindow
-from collectors.ratelimit import (BINANCE_SPOT, BYBIT, IpRateLimiter, IpState, RateLimitPolicy,
-                                  parse_retry_after)
+from collectors.ratelimit import (
+    BINANCE_SPOT,
+    BYBIT,
+    IpRateLimiter,
+    IpState,
+    RateLimitPolicy,
+    parse_retry_after,
+)
 from collectors.sharding import assign, home_ip, moved, plan_connections, preference
 
 EIPS = [f"127.0.0.{i}" for i in range(2, 12)]  # the seed's 10 EIPs, as loopback aliases
@@ -64,8 +70,7 @@ def test_backoff_policy_rejects_nonsense():
 # -- rate limiting --------------------------------------------------------------------------
 
 def test_limiter_holds_requests_at_the_budget_until_the_window_rolls():
-    pol = RateLimitPolicy("t", window_s=60, limit=100, used_weight_header="X-MBX-USED-WEIGHT-1M",
-                          headroom=0.9)
+    pol = RateLimitPolicy("t", window_s=60, limit=100, headroom=0.9)
     lim = IpRateLimiter("127.0.0.2", pol)
     t = 600.0  # start of a window
     sent = 0
@@ -75,6 +80,22 @@ def test_limiter_holds_requests_at_the_budget_until_the_window_rolls():
     assert sent * 10 <= 90 and sent == 9
     assert lim.wait_time(10, t + 1) == pytest.approx(59.0)
     assert lim.wait_time(10, 660.0) == 0  # next minute
+
+
+def test_limiter_probes_one_request_at_a_time_until_the_venue_reports_usage():
+    lim = IpRateLimiter("127.0.0.2", BINANCE_SPOT)
+    t = 1800.0
+    assert lim.wait_time(5, t) == 0
+    lim.reserve(5, t)
+    # others may share the IP: no second request before the first answer's header
+    assert lim.wait_time(5, t) > 0
+    lim.on_response(200, {"X-MBX-USED-WEIGHT-1M": "40"}, t + 0.05)
+    for _ in range(3):
+        assert lim.wait_time(5, t + 0.1) == 0
+        lim.reserve(5, t + 0.1)           # the window's usage is known: concurrent requests ok
+    assert lim.inflight == 3
+    # a new window starts unconfirmed again
+    assert lim.wait_time(5, t + 60) > 0
 
 
 def test_limiter_honours_the_venue_used_weight_header():
