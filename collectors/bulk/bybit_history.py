@@ -57,6 +57,7 @@ CATEGORIES = ("linear", "inverse", "spot")
 TRADE_COLUMNS = ("timestamp", "symbol", "side", "size", "price", "tickDirection", "trdMatchID")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TS = re.compile(rb'"ts"\s*:\s*(\d+)')
+_U = re.compile(rb'"u"\s*:\s*(\d+)')
 
 
 def book_path(category: str, symbol: str, day: str, depth: int = 500) -> str:
@@ -121,6 +122,9 @@ def replay_book(lines: Iterable[bytes], t: Target, category: str = "linear") -> 
     resyncs: list[str] = []
     n = 0
     for n, line in enumerate(lines, 1):
+        u = _U.search(line)
+        if u is not None:
+            conv.ids.append(int(u.group(1)))   # the file's update ids, for the gap check
         m = _TS.search(line)
         if m is None:
             conv.rejects.append(Rejected(n - 1, "line without ts"))
