@@ -1,0 +1,241 @@
+"""Stream processing benchmark: throughput per core and end-to-end latency at fixed rates.
+
+Prints, from one run on this machine:
+  * baseline: the bare consume -> produce rate of the embedded broker (the same
+    transactional loop with an identity transform), so processor figures can be read
+    against what Kafka plumbing alone costs here;
+  * events/s per core of the normalizer and the feature processor, both in memory (pure
+    logic) and through the broker (consume, transform, produce, commit);
+  * end-to-end latency p50/p99 from each event's exchange_ts to the arrival of the feature
+    row containing it (read_committed consumer), at fixed input rates, with the normalizer
+    and feature processor running as separate processes as in production, beside the
+    seed's SLO (99p ingest -> feature < 2 s).
+
+Input is the synthetic market of tests/synthetic_events.py (three instruments, books and
+trades), stamped with the current time when sent.
+
+    python bench/bench_processing.py [--events 60000] [--rates 5000,20000,50000] [--duration 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+from confluent_kafka import Consumer, Message, Producer, TopicPartition  # noqa: E402
+
+from features.records import decode_row  # noqa: E402
+from features.spec import WINDOW_US  # noqa: E402
+from schemas.ids import stamp_event_id  # noqa: E402
+from schemas.model import Exchange, Market  # noqa: E402
+from schemas.topics import feature_topic  # noqa: E402
+from streaming import kafka_config as kc  # noqa: E402
+from streaming.broker import EmbeddedBroker  # noqa: E402
+from streaming.feature_processor import Engine, FeatureProcessor  # noqa: E402
+from streaming.normalizer import Normalizer, NormalizerService, input_topics_for  # noqa: E402
+from streaming.serde import encode  # noqa: E402
+from streaming.topic_admin import admin_client, create_topics  # noqa: E402
+from streaming.topic_config import TopicSpec  # noqa: E402
+from streaming.txn_loop import OutRecord, TransactionalLoop  # noqa: E402
+from tests.processing_support import create_project_topics, produce_raw, raw_topic, synthetic_catalog  # noqa: E402
+from tests.synthetic_events import SyntheticMarket  # noqa: E402
+
+SLO_P99_S = 2.0
+PAIR = [(Market.SPOT, Exchange.BINANCE)]
+
+
+class CopyLoop(TransactionalLoop):
+    """Identity transform: what the transactional consume -> produce plumbing costs."""
+
+    name = "bench-copy"
+
+    def process_batch(self, msgs: list[Message]) -> list[OutRecord]:
+        return [OutRecord("bench.copy", m.value(), m.key(), m.headers()) for m in msgs]
+
+
+def cpu_seconds() -> float:
+    return time.process_time()
+
+
+def bench_pure(envs) -> dict[str, float]:
+    cat = synthetic_catalog()
+    records = []
+    for i, e in enumerate(envs):
+        r = encode(e)
+        records.append((raw_topic(e), i, r.value, r.headers))
+    n = Normalizer(cat)
+    t0 = cpu_seconds()
+    outs = [n.process(t, 0, i, v, h) for t, i, v, h in records]
+    norm = len(records) / (cpu_seconds() - t0)
+    processed = [(encode(o.env), o.env) for o in outs if o.kind == "ok"]
+    eng = Engine()
+    t0 = cpu_seconds()
+    for i, (rec, env) in enumerate(processed):
+        eng.offer(("p", 0), i, rec.value, rec.headers)
+        if i % 2000 == 1999:
+            eng.close(env.exchange_ts - 1_000_000)
+    eng.close(1 << 62)
+    feat = len(processed) / (cpu_seconds() - t0)
+    return {"normalizer_pure": norm, "features_pure": feat}
+
+
+def run_loop(loop: TransactionalLoop) -> tuple[float, int]:
+    """Events/s of one loop over a prepared backlog (wall time from first to last commit)."""
+    loop.start()
+    first = None
+    try:
+        while True:
+            committed = loop.run_once()
+            if committed and first is None:
+                first = time.monotonic() - loop.batch_max_ms / 1000
+            if not committed and first is not None and time.monotonic() - loop.stats.last_commit_monotonic > 2:
+                break
+    finally:
+        loop.close()
+    return loop.stats.records_in / (loop.stats.last_commit_monotonic - first), loop.stats.records_in
+
+
+def bench_broker(envs) -> dict[str, float]:
+    out = {}
+    with EmbeddedBroker() as b:
+        create_project_topics(b.bootstrap, partitions=3)
+        create_topics(admin_client(b.bootstrap), {"bench.copy": TopicSpec(3, 3_600_000)}, 1)
+        produce_raw(b.bootstrap, envs)
+        conn = kc.connection_from_env(bootstrap_servers=b.bootstrap)
+        topics = input_topics_for(["binance"], ["spot"])
+        out["copy_loop"], _ = run_loop(CopyLoop(conn, group_id="bench-copy", transactional_id="bench-copy",
+                                                input_topics=topics))
+        out["normalizer_broker"], _ = run_loop(NormalizerService(conn, Normalizer(synthetic_catalog()), topics))
+        out["features_broker"], _ = run_loop(FeatureProcessor(conn, PAIR, idle_timeout_ms=1000,
+                                                              checkpoint_interval_s=10))
+    return out
+
+
+def latency_run(rate: int, duration: float, template) -> dict[str, float]:
+    """Normalizer and feature processor as subprocesses; a paced producer; a feature reader."""
+    with EmbeddedBroker() as b, tempfile.TemporaryDirectory() as tmp:
+        create_project_topics(b.bootstrap, partitions=3)
+        cache = Path(tmp) / "instruments.json"
+        synthetic_catalog().save(cache)
+        env = {**os.environ, "PYTHONPATH": str(REPO), kc.KAFKA_BOOTSTRAP_ENV: b.bootstrap}
+        logs = open(Path(tmp) / "procs.log", "ab")
+        procs = [subprocess.Popen([sys.executable, "-m", "streaming.normalizer", "--exchange", "binance",
+                                   "--market", "spot", "--instruments-cache", str(cache), "--batch-max-ms", "50"],
+                                  cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT),
+                 subprocess.Popen([sys.executable, "-m", "streaming.feature_processor", "--pair", "spot:binance",
+                                   "--batch-max-ms", "50", "--allowed-lateness-ms", "200",
+                                   "--idle-timeout-ms", "1000"],
+                                  cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT)]
+        conn = kc.connection_from_env(bootstrap_servers=b.bootstrap)
+        arrivals: dict[str, float] = {}
+        stop = threading.Event()
+
+        def read_features():
+            c = Consumer(kc.consumer_config(conn, "bench-latency", read_committed=True, fetch_wait_max_ms=5))
+            c.assign([TopicPartition(feature_topic("spot", "binance"), p, 0) for p in range(3)])
+            while not stop.is_set():
+                for m in c.consume(1000, 0.05):
+                    if m.error() is None:
+                        now = time.time()
+                        r = decode_row(m.value())
+                        arrivals.setdefault(f"{r['symbol']}|{r['exchange_ts']}", now)
+            c.close()
+
+        reader = threading.Thread(target=read_features, daemon=True)
+        reader.start()
+        time.sleep(3.0)  # processors assign partitions and restore (empty) state
+        p = Producer(kc.producer_config(conn, linger_ms=5))
+        sent: list[tuple[str, int, float]] = []   # (symbol|window, exchange_ts µs, send wall time)
+        start = time.time()
+        n_total = int(rate * duration)
+        i = 0
+        while i < n_total:
+            due = start + i / rate
+            now = time.time()
+            if now < due:
+                time.sleep(min(due - now, 0.002))
+                continue
+            burst = min(n_total - i, max(1, int((now - due) * rate) + 1))
+            for _ in range(burst):
+                src = template[i % len(template)]
+                e = type(src)()
+                e.CopyFrom(src)
+                ts = int(time.time() * 1_000_000)
+                e.exchange_ts = ts
+                e.ingest_ts = ts
+                cycle = i // len(template)   # the template repeats: keep venue sequences increasing
+                if cycle:
+                    e.seq += cycle * 100_000_000
+                    if e.HasField("book_delta"):
+                        e.book_delta.first_seq += cycle * 100_000_000
+                        e.book_delta.prev_seq += cycle * 100_000_000
+                stamp_event_id(e)
+                r = encode(e)
+                while True:
+                    try:
+                        p.produce(raw_topic(e), value=r.value, key=r.key, headers=r.headers)
+                        break
+                    except BufferError:
+                        p.poll(0.01)
+                sent.append((f"{e.symbol}|{ts - ts % WINDOW_US}", ts, ts / 1e6))
+                i += 1
+            p.poll(0)
+        p.flush(30)
+        achieved = n_total / (time.time() - start)
+        time.sleep(6.0)  # last windows close by idleness
+        stop.set()
+        reader.join(5)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        lat = np.array([arrivals[k] - t for k, _, t in sent[int(len(sent) * 0.2):] if k in arrivals])
+        missing = sum(1 for k, _, _ in sent if k not in arrivals)
+        return {"rate": rate, "achieved": achieved, "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+                "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"), "events": len(sent),
+                "events_without_row": missing}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=60_000)
+    ap.add_argument("--rates", default="5000,20000,50000")
+    ap.add_argument("--duration", type=float, default=8.0)
+    a = ap.parse_args(argv)
+    envs = SyntheticMarket(seed=1).events(a.events, 200)
+    print(f"# stream processing benchmark ({os.cpu_count()} cores, {a.events} synthetic events, 3 instruments)")
+    pure = bench_pure(envs)
+    broker = bench_broker(envs)
+    print("\nthroughput (events/s; one process = one core)")
+    print(f"  baseline: bare transactional consume->produce (identity)  {broker['copy_loop']:>10,.0f}")
+    print(f"  normalizer, through the broker                             {broker['normalizer_broker']:>10,.0f}")
+    print(f"  feature processor, through the broker                      {broker['features_broker']:>10,.0f}")
+    print(f"  normalizer, pure logic (CPU time)                          {pure['normalizer_pure']:>10,.0f}")
+    print(f"  feature processor, pure logic (CPU time)                   {pure['features_pure']:>10,.0f}")
+    template = SyntheticMarket(seed=2).events(20_000, 100)
+    print(f"\nend-to-end latency exchange_ts -> feature row (normalizer + feature processor processes, "
+          f"lateness 200 ms, 1 s windows); SLO: p99 ingest->feature < {SLO_P99_S:.0f} s")
+    print(f"  {'rate/s':>8} {'achieved/s':>11} {'p50 s':>8} {'p99 s':>8} {'SLO':>5}  events  no-row")
+    for rate in (int(r) for r in a.rates.split(",")):
+        r = latency_run(rate, a.duration, template)
+        ok = "met" if r["p99"] < SLO_P99_S else "MISS"
+        print(f"  {rate:>8,} {r['achieved']:>11,.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {ok:>5}  "
+              f"{r['events']:>6} {r['events_without_row']:>7}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
