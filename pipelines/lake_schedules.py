@@ -17,6 +17,7 @@ import posixpath
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+from pyiceberg.expressions import GreaterThanOrEqual
 
 from assets.lake_hours import LAKE_HOUR_ASSETS, lake_asset_key
 from assets.partitions import HOURLY, hour_key
@@ -29,7 +30,7 @@ from streaming.lake_maintenance import (
     maintain_table,
 )
 from streaming.lake_seal import SEALED_PREFIX
-from streaming.lake_state import HOUR_US
+from streaming.lake_state import HOUR_US, LEDGER_HOURS
 from streaming.watermarks import DEFAULT_CLOSE_GRACE, closed_hours_until, is_hour_closed, lake_watermark, read_watermarks
 
 LAKE_ASSET_SELECTION = dg.AssetSelection.assets(*LAKE_HOUR_ASSETS.values())
@@ -77,7 +78,10 @@ def unsealed_closed_hours(lake: LakeResource, grace: timedelta = DEFAULT_CLOSE_G
             continue
         by_hour: dict[int, list[str]] = {}
         unsealed_hours: set[int] = set()
-        for task in table.scan().plan_files():
+        # Hours older than the ledger window are out of the sink's reach (their topics'
+        # retention is shorter); the filter prunes their manifests by partition summary.
+        recent = GreaterThanOrEqual("exchange_ts", int(wm.timestamp() * 1e6) - LEDGER_HOURS * HOUR_US)
+        for task in table.scan(row_filter=recent).plan_files():
             f = task.file
             hour = int(f.partition[0]) * HOUR_US  # partition field 0 = hour(exchange_ts), hours since epoch
             by_hour.setdefault(hour, []).append(f.file_path)

@@ -115,6 +115,11 @@ def test_seal_closed_hour_is_idempotent_and_checks_pass(filled_lake):
     assert sorted(f.file_path for f in hour_layout(table, hour_us).files) == files_after_first
     assert hour_rows(catalog, "trades", H0).equals(before["trades"])
 
+    # A table without rows in the hour (funding: spot has none) seals to nothing and passes.
+    empty = materialize(lake, ["funding"], H0)
+    assert empty.success and seal_metadata(empty, "funding")["dagster/row_count"] == 0
+    assert all(c.passed for c in checks_by_name(empty, "funding").values())
+
     # The newest hour is still open: the lake watermark has not passed its end + grace.
     open_hour = materialize(lake, ["trades"], H2)
     assert not open_hour.success
