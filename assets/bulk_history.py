@@ -45,7 +45,6 @@ from collectors.bulk.download import Downloader, DownloadError
 from collectors.bulk.sources import BulkSource, SourceError
 from resources.bulk import BulkHistoryResource
 from resources.lake import LakeResource
-from schemas.arrow_convert import envelopes_to_table
 from schemas.model import EventType
 from schemas.tables import TABLES, TableSpec
 from schemas.validation import validate_table
@@ -66,6 +65,9 @@ CHECK_ROW_COUNT = "row_count_matches_file"
 CHECK_ID_GAPS = "no_new_id_gaps"
 CHECK_SCHEMA = "schema"
 COMMIT_RETRIES = 5
+#: Dagster concurrency pool of the bulk runs: its limit bounds how many archive days are
+#: fetched at once across a backfill (each run's downloader bounds its own connections).
+POOL = "bulk_download"
 
 
 # -- plain functions (no Dagster): fetch, convert, write, verify ---------------------------------
@@ -94,7 +96,7 @@ def fetch_and_convert(source: BulkSource, day: str, target: Target, bulk: BulkHi
         if got.status == "missing":
             return FileOutcome("missing", got.url)
         parsed = bv.parse(bv.read_zip_csv(got.path), source.data_type)
-        conv = bv.to_envelopes(parsed, target)
+        conv = bv.to_rows(parsed, target)
         return FileOutcome("ok", got.url, conv, {"sha256": got.sha256, "reused_file": got.reused,
                                                  "resumed_from_bytes": got.resumed_from})
     if source.data_type == "ob500":
@@ -119,15 +121,9 @@ def fetch_and_convert(source: BulkSource, day: str, target: Target, bulk: BulkHi
 def keep_day(conv: Converted, lo_us: int, hi_us: int) -> int:
     """Reject rows whose time lies outside the partition's day: a re-run replaces exactly
     that day, so a row of another day would be deleted by that day's re-run."""
-    n = 0
-    for et, envs in conv.envelopes.items():
-        kept = [e for e in envs if lo_us <= e.exchange_ts < hi_us]
-        for e in envs:
-            if not lo_us <= e.exchange_ts < hi_us:
-                conv.rejects.append(Rejected(-1, f"exchange_ts {e.exchange_ts} outside the file's day (seq {e.seq})"))
-                n += 1
-        conv.envelopes[et] = kept
-    return n
+    dropped = conv.restrict(lo_us, hi_us)
+    conv.rejects += [Rejected(-1, f"exchange_ts {ts} outside the file's day (seq {seq})") for ts, seq in dropped]
+    return len(dropped)
 
 
 def day_filter(target: Target, lo_us: int, hi_us: int) -> BooleanExpression:
@@ -250,7 +246,7 @@ def load_source_day(source: BulkSource, day: str, lake: LakeResource, bulk: Bulk
     checks: list[CheckOutcome] = []
     for et in source.event_types:
         spec = TABLES[et]
-        rows = envelopes_to_table(et, conv.envelopes.get(et, []))
+        rows = conv.table(et)
         table = lake.load_table(spec.identifier)
         table, ws = write_day(table, spec, rows, target, lo, hi, dict(summary, **{"ticklake.bulk-rows": str(rows.num_rows)}))
         tables[spec.name] = ws
@@ -304,7 +300,7 @@ def build_bulk_history_asset(sources: Sequence[str] | None = None, *, name: str 
     ]
 
     @dg.asset(key=key, partitions_def=partitions, group_name=GROUP, check_specs=check_specs,
-              description=__doc__.split("\n\n")[0], kinds={"iceberg", "python"})
+              description=__doc__.split("\n\n")[0], kinds={"iceberg", "python"}, pool=POOL)
     def _bulk(context: dg.AssetExecutionContext, lake: LakeResource, bulk: BulkHistoryResource) -> dg.MaterializeResult:
         dims = context.partition_key.keys_by_dimension
         day, source_key = dims["date"], dims["source"]

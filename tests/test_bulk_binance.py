@@ -569,3 +569,28 @@ def test_resumed_download_is_verified_by_checksum(archive):
     part.write_bytes(b"\x00" * (len(data) // 2))
     got = bv.fetch_verified(vf, server.base_url, fast_downloader(), tmp_path / "dl2")
     assert got.status == "ok" and got.resumed_from == 0 and dest.read_bytes() == data
+
+
+def test_column_fast_path_equals_envelope_path():
+    """to_rows (used by the asset) builds exactly envelopes_to_table(to_envelopes(...))."""
+    from schemas.arrow_convert import envelopes_to_table
+
+    spot = spot_trade_rows("2025-01-01", 300, 7_000_000, micros=True, seed=12)
+    spot_text = csv_text(spot + [spot[5]] + [(spot[6][0] + 10_000, "1.001", *spot[6][2:])])  # a duplicate, an off-tick
+    header = "update_id,best_bid_price,best_bid_qty,best_ask_price,best_ask_qty,transaction_time,event_time"
+    cases = [
+        (spot_text, "trades", SPOT),
+        ("\n".join(issue_block("1.")), "aggTrades", "binance.um.BTCUSDT.aggTrades"),
+        (header + "\n" + "\n".join(issue_block("2.")), "bookTicker", "binance.um.ETHUSDT.bookTicker"),
+    ]
+    for text, kind, key in cases:
+        parsed = bv.parse(text.encode(), kind)
+        slow = bv.to_envelopes(parsed, target(key))
+        fast = bv.to_rows(parsed, target(key))
+        et = bv.EVENT_TYPES[kind]
+        assert fast.table(et).equals(envelopes_to_table(et, slow.envelopes[et])), kind
+        assert (fast.rows, len(fast.rejects), fast.in_file_duplicates) == \
+            (slow.rows, len(slow.rejects), slow.in_file_duplicates)
+    assert fast.rows == 5
+    spot_fast = bv.to_rows(bv.parse(spot_text.encode(), "trades"), target(SPOT))
+    assert (spot_fast.rows, spot_fast.in_file_duplicates, len(spot_fast.rejects)) == (300, 1, 1)

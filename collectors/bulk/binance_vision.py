@@ -33,6 +33,7 @@ import io
 import re
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -54,9 +55,11 @@ from collectors.bulk.common import (
     on_grid,
 )
 from schemas.gen.ticklake.v1 import events_pb2 as pb
+from schemas.ids import compute_event_id
 from schemas.model import EventType
 from schemas.scaled import ScaleError
 from schemas.symbols import validate_native
+from schemas.tables import PAYLOAD_FIELDS, TABLES
 
 DEFAULT_BASE_URL = "https://data.binance.vision"
 MARKET_PATHS = {"spot": "spot", "um": "futures/um", "cm": "futures/cm"}
@@ -305,20 +308,85 @@ def _stream_ts(us: int) -> int:
 
 def to_envelopes(parsed: ParsedFile, t: Target) -> Converted:
     """Lake envelopes of a trades, aggTrades or bookTicker file (others raise ValueError)."""
-    if parsed.data_type in ("trades", "aggTrades"):
-        conv = _trades(parsed, t, agg=parsed.data_type == "aggTrades")
-    elif parsed.data_type == "bookTicker":
-        conv = _book_ticker(parsed, t)
-    else:
-        raise ValueError(f"{parsed.data_type} rows have no lake event table (see docs/decisions.md)")
-    conv.file_rows = parsed.rows
-    conv.was_sorted = parsed.was_sorted
-    conv.notes.update({"header": parsed.header, "time_unit": parsed.time_unit})
+    conv = _start(parsed)
+    et = EVENT_TYPES[parsed.data_type]
+    for env in _stamped(parsed, t, conv.rejects):
+        conv.add(et, finish(env, t))
     dedup_in_file(conv)
     return conv
 
 
-def _trades(parsed: ParsedFile, t: Target, *, agg: bool) -> Converted:
+def to_rows(parsed: ParsedFile, t: Target) -> Converted:
+    """The same rows as ``envelopes_to_table(to_envelopes(...))``, built column-wise.
+
+    Fast path for days of millions of rows: one reused envelope per file is stamped with
+    the shared `compute_event_id` row by row (the id definition stays in schemas/ids.py),
+    and the columns are filled straight from the parsed values instead of reading every
+    field back from a protobuf. tests/test_bulk_binance.py checks both paths agree."""
+    conv = _start(parsed)
+    et = EVENT_TYPES[parsed.data_type]
+    spec = TABLES[et]
+    cols: dict[str, list] = {f.name: [] for f in PAYLOAD_FIELDS[et]}
+    ids, tss, seqs = [], [], []
+    appenders = [(cols[f.name].append, f.name) for f in PAYLOAD_FIELDS[et]]
+    first = True
+    payload = None
+    id_append, ts_append, seq_append = ids.append, tss.append, seqs.append
+    for env in _stamped(parsed, t, conv.rejects, reuse=True):
+        if first:   # the envelope is reused: constant fields are set once
+            env.shard = t.shard
+            env.tick_size, env.lot_size = t.tick, t.lot
+            payload = getattr(env, et.payload_field)
+            first = False
+        id_append(compute_event_id(env))
+        ts_append(env.exchange_ts)
+        seq_append(env.seq)
+        for append, name in appenders:
+            append(getattr(payload, name))
+    n = len(ids)
+    if et is EventType.TRADE:
+        cols["taker_side"] = [_SIDE_NAMES[v] for v in cols["taker_side"]]
+    data = {
+        "event_id": ids, "exchange": [t.exchange.value] * n, "market": [t.market.value] * n,
+        "symbol": [t.symbol] * n, "native_symbol": [t.native] * n, "exchange_ts": tss, "ingest_ts": tss,
+        "seq": seqs, "price_scale": [t.price_scale] * n, "size_scale": [t.size_scale] * n,
+        "ingest_latency_us": [0] * n, "tick_size": [t.tick] * n, "lot_size": [t.lot] * n, "shard": [t.shard] * n,
+        **cols,
+    }
+    table = pa.Table.from_pydict(data, schema=spec.schema)
+    if len(pc.unique(table.column("event_id"))) != n:   # identical rows: keep the first of each
+        seen: set[str] = set()
+        keep = [not (eid in seen or seen.add(eid)) for eid in ids]
+        conv.in_file_duplicates += n - len(seen)
+        table = table.filter(pa.array(keep))
+    conv.tables[et] = table
+    return conv
+
+
+_SIDE_NAMES = {pb.SIDE_BUY: "buy", pb.SIDE_SELL: "sell", pb.SIDE_UNSPECIFIED: ""}
+
+
+def _start(parsed: ParsedFile) -> Converted:
+    if parsed.data_type not in EVENT_TYPES:
+        raise ValueError(f"{parsed.data_type} rows have no lake event table (see docs/decisions.md)")
+    conv = Converted(file_rows=parsed.rows, was_sorted=parsed.was_sorted)
+    conv.notes.update({"header": parsed.header, "time_unit": parsed.time_unit})
+    id_col = ID_COLUMNS[parsed.data_type]
+    conv.ids = parsed.table.column(id_col).to_pylist()
+    return conv
+
+
+def _stamped(parsed: ParsedFile, t: Target, rejects: list[Rejected], *, reuse: bool = False
+             ) -> Iterator[pb.Envelope]:
+    """Validated envelopes (not yet finished) of each convertible row, in file order."""
+    if parsed.data_type == "bookTicker":
+        yield from _book_ticker(parsed, t, rejects, reuse)
+    else:
+        yield from _trades(parsed, t, rejects, reuse, agg=parsed.data_type == "aggTrades")
+
+
+def _trades(parsed: ParsedFile, t: Target, rejects: list[Rejected], reuse: bool, *, agg: bool
+            ) -> Iterator[pb.Envelope]:
     tb = parsed.table
     ids = tb.column("agg_trade_id" if agg else "id").to_pylist()
     pxs = tb.column("price").to_pylist()
@@ -328,21 +396,26 @@ def _trades(parsed: ParsedFile, t: Target, *, agg: bool) -> Converted:
     firsts = tb.column("first_trade_id").to_pylist() if agg else None
     lasts = tb.column("last_trade_id").to_pylist() if agg else None
     pt, qt = t.trackers()
-    conv = Converted(ids=ids)
     tick = t.tick
     et = EventType.TRADE
+    env = None
     for i in range(len(ids)):
         try:
             px = on_grid(pt.conv(pxs[i]), tick, "price")
             qty = qt.conv(qtys[i])
             maker = _flag(makers[i])
         except ScaleError as exc:
-            conv.rejects.append(Rejected(i, str(exc)))
+            rejects.append(Rejected(i, str(exc)))
             continue
         if px <= 0 or qty <= 0:
-            conv.rejects.append(Rejected(i, f"range: trade px={px} qty={qty} must be positive"))
+            rejects.append(Rejected(i, f"range: trade px={px} qty={qty} must be positive"))
             continue
-        env = new_envelope(t, et, _stream_ts(tss[i]), ids[i])
+        ts = _stream_ts(tss[i])
+        if env is None or not reuse:
+            env = new_envelope(t, et, ts, ids[i])
+        else:
+            env.exchange_ts = env.ingest_ts = ts
+            env.seq = ids[i]
         tr = env.trade
         tr.trade_id = str(ids[i])
         tr.px = px
@@ -351,33 +424,36 @@ def _trades(parsed: ParsedFile, t: Target, *, agg: bool) -> Converted:
         if agg:
             tr.first_trade_id = firsts[i]
             tr.last_trade_id = lasts[i]
-        conv.add(et, finish(env, t))
-    return conv
+        yield env
 
 
-def _book_ticker(parsed: ParsedFile, t: Target) -> Converted:
+def _book_ticker(parsed: ParsedFile, t: Target, rejects: list[Rejected], reuse: bool) -> Iterator[pb.Envelope]:
     tb = parsed.table
     ids = tb.column("update_id").to_pylist()
     cols = [tb.column(c).to_pylist() for c in ("best_bid_price", "best_bid_qty", "best_ask_price", "best_ask_qty")]
     tss = tb.column("time_us").to_pylist()
     pt, qt = t.trackers()
-    conv = Converted(ids=ids)
     et = EventType.TICKER
+    env = None
     for i in range(len(ids)):
         try:
             bp, bq = pt.conv(cols[0][i]), qt.conv(cols[1][i])
             ap, aq = pt.conv(cols[2][i]), qt.conv(cols[3][i])
         except ScaleError as exc:
-            conv.rejects.append(Rejected(i, str(exc)))
+            rejects.append(Rejected(i, str(exc)))
             continue
         if bp and ap and bp > ap:
-            conv.rejects.append(Rejected(i, f"book: ticker bid {bp} > ask {ap}"))
+            rejects.append(Rejected(i, f"book: ticker bid {bp} > ask {ap}"))
             continue
-        env = new_envelope(t, et, _stream_ts(tss[i]), ids[i])
+        ts = _stream_ts(tss[i])
+        if env is None or not reuse:
+            env = new_envelope(t, et, ts, ids[i])
+        else:
+            env.exchange_ts = env.ingest_ts = ts
+            env.seq = ids[i]
         tk = env.ticker
         tk.bid_px, tk.bid_qty, tk.ask_px, tk.ask_qty = bp, bq, ap, aq
-        conv.add(et, finish(env, t))
-    return conv
+        yield env
 
 
 # -- fetching with verification -------------------------------------------------------------

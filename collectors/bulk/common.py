@@ -16,7 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from collectors.exchanges.common import ScaleTracker
+from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import stamp_event_id
 from schemas.model import EventType, Exchange, Market
@@ -63,6 +67,8 @@ class Converted:
     """A file's rows as lake envelopes, plus what could not be converted and why."""
 
     envelopes: dict[EventType, list[pb.Envelope]] = field(default_factory=dict)
+    #: rows already built column-wise (fast path), instead of envelopes
+    tables: dict[EventType, pa.Table] = field(default_factory=dict)
     rejects: list[Rejected] = field(default_factory=list)
     file_rows: int = 0
     in_file_duplicates: int = 0
@@ -76,7 +82,28 @@ class Converted:
 
     @property
     def rows(self) -> int:
-        return sum(len(v) for v in self.envelopes.values())
+        return sum(len(v) for v in self.envelopes.values()) + sum(t.num_rows for t in self.tables.values())
+
+    def table(self, et: EventType) -> pa.Table:
+        """Lake rows of one event type, whichever way they were built."""
+        if et in self.tables:
+            return self.tables[et]
+        return envelopes_to_table(et, self.envelopes.get(et, []))
+
+    def restrict(self, lo_us: int, hi_us: int) -> list[tuple[int, int]]:
+        """Keep rows with lo <= exchange_ts < hi; returns (exchange_ts, seq) of those dropped."""
+        dropped: list[tuple[int, int]] = []
+        for et, envs in self.envelopes.items():
+            dropped += [(e.exchange_ts, e.seq) for e in envs if not lo_us <= e.exchange_ts < hi_us]
+            self.envelopes[et] = [e for e in envs if lo_us <= e.exchange_ts < hi_us]
+        for et, tb in self.tables.items():
+            ts = tb.column("exchange_ts").cast(pa.int64())
+            inside = pc.and_(pc.greater_equal(ts, lo_us), pc.less(ts, hi_us))
+            out = tb.filter(pc.invert(inside))
+            dropped += list(zip(out.column("exchange_ts").cast(pa.int64()).to_pylist(),
+                                out.column("seq").to_pylist(), strict=True))
+            self.tables[et] = tb.filter(inside)
+        return dropped
 
 
 def new_envelope(t: Target, event_type: EventType, exchange_ts: int, seq: int) -> pb.Envelope:
