@@ -28,13 +28,13 @@ from pyiceberg.expressions import And, EqualTo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.iceberg import ensure_all_tables  # noqa: E402
-from schemas.model import EventType  # noqa: E402
-from schemas.tables import TABLES  # noqa: E402
-from streaming.lake_seal import seal_hour  # noqa: E402
-from streaming.lake_sink import hour_filter  # noqa: E402
-from streaming.lake_state import HOUR_US  # noqa: E402
-from streaming.lake_writer import LakeFileWriter, commit_files  # noqa: E402
+from schemas.iceberg import ensure_all_tables
+from schemas.model import EventType
+from schemas.tables import TABLES
+from streaming.lake_seal import seal_hour
+from streaming.lake_sink import hour_filter
+from streaming.lake_state import HOUR_US
+from streaming.lake_writer import LakeFileWriter, commit_files
 
 BASE_HOUR = 1_723_161_600_000_000
 EXCHANGES = ["binance", "bybit", "okx"]
@@ -84,7 +84,7 @@ def bench_writer(rows: pa.Table, root: Path) -> None:
     base_s, _ = timed(lambda: pq.write_table(rows, root / "baseline.parquet", compression="zstd"))
     _, tables = catalog_at(root / "w")
     table = tables["trades"]
-    ours_s, files = timed(lambda: commit_files(table, LakeFileWriter(table).write(rows), {"bench": "1"}))
+    ours_s, _ = timed(lambda: commit_files(table, LakeFileWriter(table).write(rows), {"bench": "1"}))
     nfiles = len(table.refresh().current_snapshot().manifests(table.io))
     _, tables2 = catalog_at(root / "a")
     part = rows.slice(0, min(n, 200_000))
@@ -131,14 +131,13 @@ def bench_sink(n_events: int, root: Path) -> None:
     from schemas.topics import DlqStage, dlq_topic
     from streaming import kafka_config as kc
     from streaming.broker import EmbeddedBroker
+    from streaming.kafka_io import plain_consumer, read_all
     from streaming.lake_sink import LakeSink, SinkConfig, processed_topics
     from streaming.serde import encode
     from streaming.topic_admin import admin_client, create_topics
     from streaming.topic_config import TopicSpec
     from tests.lake_helpers import topic_of
     from tests.synthetic_events import SyntheticMarket
-
-    from streaming.kafka_io import plain_consumer, read_all
 
     events = SyntheticMarket(seed=3).events(n_events, spacing_us=20_000)
     topics = processed_topics(["binance"], ["spot"])
@@ -174,7 +173,7 @@ def bench_sink(n_events: int, root: Path) -> None:
     tables = [envelopes_to_table(TABLES_BY_PAYLOAD[k], v) for k, v in by_type.items()]
     base_s = 0.0
     for i, tbl in enumerate(tables):
-        dt, _ = timed(lambda: pq.write_table(tbl, root / f"sink-baseline-{i}.parquet", compression="zstd"))
+        dt, _ = timed(lambda t=tbl, i=i: pq.write_table(t, root / f"sink-baseline-{i}.parquet", compression="zstd"))
         base_s += dt
     n = len(events)
     print(f"sink end-to-end ({stats.rows:,} rows of {len(tables)} tables: Kafka fetch + decode + Arrow + Iceberg, "

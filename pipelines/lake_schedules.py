@@ -31,7 +31,13 @@ from streaming.lake_maintenance import (
 )
 from streaming.lake_seal import SEALED_PREFIX
 from streaming.lake_state import HOUR_US, LEDGER_HOURS
-from streaming.watermarks import DEFAULT_CLOSE_GRACE, closed_hours_until, is_hour_closed, lake_watermark, read_watermarks
+from streaming.watermarks import (
+    DEFAULT_CLOSE_GRACE,
+    closed_hours_until,
+    is_hour_closed,
+    lake_watermark,
+    read_watermarks,
+)
 
 LAKE_ASSET_SELECTION = dg.AssetSelection.assets(*LAKE_HOUR_ASSETS.values())
 MAX_LATE_REQUESTS_PER_TICK = 24

@@ -4,16 +4,21 @@ One run = one sink process consuming every processed topic (streaming/lake_sink.
 run's `ticklake/service: lake-sink` tag has a concurrency limit of 1 in dagster.yaml, and
 the supervisor only requests a run when none is queued or in progress, so two sinks never
 write the same tables (the sink also detects another writer and stops). Stopping the run
-from the UI interrupts the loop; that is safe at any point — the sink is exactly-once by
-construction, an interrupted batch is simply re-read by the next run.
+from the UI asks the loop to stop after committing its current batch; even a hard kill is
+safe — the sink is exactly-once by construction, an uncommitted batch is re-read by the
+next run.
 
 While it runs, the op emits an AssetObservation per hourly lake asset with the table and
 lake watermarks, so each asset page shows how far event time has advanced.
 """
 
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
+import threading
+import time
+
 import dagster as dg
 from dagster import DagsterRunStatus, RunsFilter
+from pydantic import Field
 
 from assets.lake_hours import watermark_observations
 from resources.kafka import KafkaResource
@@ -28,9 +33,9 @@ ACTIVE_STATUSES = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, Dagste
 
 
 class LakeSinkRunConfig(dg.Config):
-    exchanges: list[str] = []
+    exchanges: list[str] = Field(default_factory=list)
     """Limit to these exchanges (empty: all)."""
-    markets: list[str] = []
+    markets: list[str] = Field(default_factory=list)
     """Limit to these markets (empty: all)."""
     batch_max_records: int = 50_000
     batch_max_ms: int = 500
@@ -51,14 +56,39 @@ def run_lake_sink(context: dg.OpExecutionContext, config: LakeSinkRunConfig, kaf
         batch_max_records=config.batch_max_records, batch_max_ms=config.batch_max_ms,
         allowed_lateness_us=int(config.allowed_lateness_s * 1e6)))
 
-    def observe(_: LakeSink) -> None:
+    def observe() -> None:
         for obs in watermark_observations(lake):
             context.log_event(obs)
 
-    stats = sink.run(idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds,
-                     on_tick=observe, tick_s=config.observe_every_s)
-    observe(sink)
-    context.log.info(f"lake sink stopped: {stats}")
+    # The loop runs in a worker thread; this thread publishes observations and turns a run
+    # termination (an interrupt raised here) into a stop request, so the batch in flight is
+    # committed rather than left as orphan files.
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            sink.run(idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the op's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=work, name="lake-sink-loop", daemon=True)
+    worker.start()
+    last = time.monotonic()
+    try:
+        while worker.is_alive():
+            worker.join(0.5)
+            if time.monotonic() - last >= config.observe_every_s:
+                observe()
+                last = time.monotonic()
+    except BaseException:
+        context.log.info("lake sink: stop requested; committing the current batch")
+        sink.request_stop()
+        worker.join(120)
+        raise
+    if errors:
+        raise errors[0]
+    observe()
+    context.log.info(f"lake sink stopped: {sink.stats}")
 
 
 @dg.job(tags=SERVICE_TAGS, description="Long-running lake sink: processed.* Kafka topics -> Iceberg, exactly once.")

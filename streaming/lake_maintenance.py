@@ -89,7 +89,7 @@ def _filesystem(table: Table) -> tuple[FileSystem, str]:
 
 def _to_table_path(table: Table, fs_path: str) -> str:
     loc = table.location()
-    if loc.startswith("file://") or loc.startswith("/"):
+    if loc.startswith(("file://", "/")):
         return fs_path
     scheme = loc.split("://", 1)[0]
     return f"{scheme}://{fs_path}"

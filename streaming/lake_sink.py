@@ -34,7 +34,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicCollection, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, start_http_server
 from pyiceberg.catalog import Catalog, load_catalog
@@ -45,7 +53,7 @@ from pyiceberg.table import Table
 from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.iceberg import ensure_all_tables
-from schemas.model import EventType, Exchange, Market, event_type_from_pb
+from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.tables import TABLES, TableSpec
 from schemas.topics import DlqStage, Stage, all_event_topics, parse_event_topic
 from streaming import kafka_config as kc
@@ -80,7 +88,7 @@ class TestHook:
     nth: int
 
     @classmethod
-    def from_env(cls) -> "TestHook | None":
+    def from_env(cls) -> TestHook | None:
         raw = os.environ.get(TEST_HOOK_ENV)
         if not raw:
             return None
@@ -492,7 +500,7 @@ class LakeSink:
         return {name: self.tracker.watermark_us(name) for name in self.tables}
 
     def run(self, *, idle_exit_s: float | None = None, max_seconds: float | None = None,
-            on_tick: Callable[["LakeSink"], None] | None = None, tick_s: float = 30.0) -> SinkStats:
+            on_tick: Callable[[LakeSink], None] | None = None, tick_s: float = 30.0) -> SinkStats:
         """Loop until stop is requested (or idle_exit_s without records / max_seconds)."""
         if self.consumer is None:
             self.start()

@@ -65,7 +65,7 @@ class SinkState:
     #: offsets then mean nothing (a reset that grew past the old offset is invisible otherwise)
     topic_ids: dict[str, str] = field(default_factory=dict)
 
-    def copy(self) -> "SinkState":
+    def copy(self) -> SinkState:
         return SinkState(offsets={t: dict(p) for t, p in self.offsets.items()},
                          watermark_us=self.watermark_us, max_event_us=self.max_event_us,
                          ledger={h: HourCount(c.records, c.rows) for h, c in self.ledger.items()},

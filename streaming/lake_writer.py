@@ -72,9 +72,9 @@ def layout_order(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Row order by (exchange, market, hour, symbol, exchange_ts, seq) and each row's
     partition key in that order. Integer keys and numpy lexsort: several times faster than
     a multi-column Arrow sort over strings."""
-    ex, n_ex = _ranks(table.column("exchange"))
+    ex, _ = _ranks(table.column("exchange"))
     mk, n_mk = _ranks(table.column("market"))
-    sym, n_sym = _ranks(table.column("symbol"))
+    sym, _ = _ranks(table.column("symbol"))
     ts = table.column("exchange_ts").cast(pa.int64()).to_numpy()
     hours = (ts - np.mod(ts, HOUR_US)) // HOUR_US
     h0 = int(hours.min()) if len(hours) else 0

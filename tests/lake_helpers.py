@@ -10,7 +10,14 @@ from pyiceberg.catalog import Catalog, load_catalog
 
 from resources.home import CATALOG_NAME, TicklakeHome
 from schemas.gen.ticklake.v1 import events_pb2 as pb
-from schemas.model import EventType, Exchange, Market, event_type_from_pb, exchange_from_pb, market_from_pb
+from schemas.model import (
+    EventType,
+    Exchange,
+    Market,
+    event_type_from_pb,
+    exchange_from_pb,
+    market_from_pb,
+)
 from schemas.tables import TABLES
 from schemas.topics import DlqStage, Stage, dlq_topic, event_topic, event_types_for
 from streaming.serde import encode

@@ -4,8 +4,8 @@ real catalog filled by the real sink and a real (ephemeral) Dagster instance."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -14,7 +14,11 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from assets.partitions import hour_start
 from pipelines.lake_schedules import lake_hourly_seal, lake_late_hours, lake_maintenance
-from pipelines.lake_sink_service import SERVICE_TAGS, lake_sink_service, lake_sink_supervisor
+from pipelines.lake_sink_service import (
+    SERVICE_TAGS,
+    lake_sink_service,
+    lake_sink_supervisor,
+)
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from streaming.broker import EmbeddedBroker
@@ -22,7 +26,13 @@ from streaming.lake_maintenance import maintain_table, referenced_data_files
 from streaming.lake_seal import seal_hour
 from streaming.lake_sink import hour_filter
 from streaming.lake_state import latest_sink_state
-from tests.lake_helpers import create_sink_topics, open_home_catalog, produce, sink_topics, unique_counts
+from tests.lake_helpers import (
+    create_sink_topics,
+    open_home_catalog,
+    produce,
+    sink_topics,
+    unique_counts,
+)
 from tests.synthetic_events import SyntheticMarket
 
 warnings.filterwarnings("ignore")
