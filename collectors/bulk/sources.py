@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 
 from collectors.bulk.binance_vision import EVENT_TYPES as BINANCE_EVENT_TYPES
-from collectors.bulk.binance_vision import MARKET_PATHS
 from collectors.bulk.common import SHARD_PREFIX
 from schemas.model import EventType, Exchange, Market
 from schemas.symbols import validate_native
@@ -21,6 +20,7 @@ BYBIT_TYPES: dict[str, tuple[EventType, ...]] = {
     "trades": (EventType.TRADE,),
 }
 BYBIT_MARKETS = ("linear", "inverse")
+LOADABLE_BINANCE_MARKETS = ("spot", "um")
 _KEY = re.compile(r"^(binance|bybit)\.([a-z]+)\.([A-Z0-9_\-]{2,40})\.([A-Za-z0-9]+)$")
 _BYBIT_FUTURE = re.compile(r"^([A-Z0-9]+USD[FGHJKMNQUVXZ]\d\d|[A-Z0-9]+-\d{1,2}[A-Z]{3}\d{2})$")
 
@@ -48,8 +48,10 @@ class BulkSource:
     def validate(self) -> None:
         validate_native(self.symbol)
         if self.venue == "binance":
-            if self.market not in MARKET_PATHS:
-                raise SourceError(f"Binance market must be one of {tuple(MARKET_PATHS)}: {self.key}")
+            if self.market not in LOADABLE_BINANCE_MARKETS:
+                raise SourceError(f"Binance market must be one of {LOADABLE_BINANCE_MARKETS}: {self.key} "
+                                  "(COIN-M archives parse, but its /dapi exchange info is not in the instrument "
+                                  "catalog, so their scales are unknown)")
             if self.data_type not in BINANCE_EVENT_TYPES:
                 raise SourceError(
                     f"{self.key}: Binance {self.data_type!r} files have no lake event table "
