@@ -31,24 +31,29 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-from confluent_kafka import Consumer, Message, Producer, TopicPartition  # noqa: E402
+import numpy as np
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from features.records import decode_row  # noqa: E402
-from features.spec import WINDOW_US  # noqa: E402
-from schemas.ids import stamp_event_id  # noqa: E402
-from schemas.model import Exchange, Market  # noqa: E402
-from schemas.topics import feature_topic  # noqa: E402
-from streaming import kafka_config as kc  # noqa: E402
-from streaming.broker import EmbeddedBroker  # noqa: E402
-from streaming.feature_processor import Engine, FeatureProcessor  # noqa: E402
-from streaming.normalizer import Normalizer, NormalizerService, input_topics_for  # noqa: E402
-from streaming.serde import encode  # noqa: E402
-from streaming.topic_admin import admin_client, create_topics  # noqa: E402
-from streaming.topic_config import TopicSpec  # noqa: E402
-from streaming.txn_loop import OutRecord, TransactionalLoop  # noqa: E402
-from tests.processing_support import create_project_topics, produce_raw, raw_topic, synthetic_catalog  # noqa: E402
-from tests.synthetic_events import SyntheticMarket  # noqa: E402
+from features.records import decode_row
+from features.spec import WINDOW_US
+from schemas.ids import stamp_event_id
+from schemas.model import Exchange, Market
+from schemas.topics import feature_topic
+from streaming import kafka_config as kc
+from streaming.broker import EmbeddedBroker
+from streaming.feature_processor import Engine, FeatureProcessor
+from streaming.normalizer import Normalizer, NormalizerService, input_topics_for
+from streaming.serde import encode
+from streaming.topic_admin import admin_client, create_topics
+from streaming.topic_config import TopicSpec
+from streaming.txn_loop import OutRecord, TransactionalLoop
+from tests.processing_support import (
+    create_project_topics,
+    produce_raw,
+    raw_topic,
+    synthetic_catalog,
+)
+from tests.synthetic_events import SyntheticMarket
 
 SLO_P99_S = 2.0
 PAIR = [(Market.SPOT, Exchange.BINANCE)]
@@ -128,7 +133,7 @@ def latency_run(rate: int, duration: float, template) -> dict[str, float]:
         cache = Path(tmp) / "instruments.json"
         synthetic_catalog().save(cache)
         env = {**os.environ, "PYTHONPATH": str(REPO), kc.KAFKA_BOOTSTRAP_ENV: b.bootstrap}
-        logs = open(Path(tmp) / "procs.log", "ab")
+        logs = open(Path(tmp) / "procs.log", "ab")  # noqa: SIM115 - held by the child processes
         procs = [subprocess.Popen([sys.executable, "-m", "streaming.normalizer", "--exchange", "binance",
                                    "--market", "spot", "--instruments-cache", str(cache), "--batch-max-ms", "50"],
                                   cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT),

@@ -19,7 +19,7 @@ def _rescale(levels: dict[int, int], factor_px: int, factor_qty: int) -> dict[in
 
 
 class Book:
-    __slots__ = ("bids", "asks", "seq", "price_scale", "size_scale", "ready")
+    __slots__ = ("asks", "bids", "price_scale", "ready", "seq", "size_scale")
 
     def __init__(self) -> None:
         self.bids: dict[int, int] = {}
@@ -81,7 +81,7 @@ class Book:
                 "ps": self.price_scale, "ss": self.size_scale, "ready": self.ready}
 
     @classmethod
-    def from_state(cls, d: dict) -> "Book":
+    def from_state(cls, d: dict) -> Book:
         b = cls()
         b.bids = {int(px): int(q) for px, q in d["b"]}
         b.asks = {int(px): int(q) for px, q in d["a"]}

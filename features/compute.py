@@ -56,7 +56,7 @@ class SymbolState:
                 "ret": [list(x) for x in self.returns], "last_window": self.last_window}
 
     @classmethod
-    def from_state(cls, d: dict) -> "SymbolState":
+    def from_state(cls, d: dict) -> SymbolState:
         return cls(Book.from_state(d["book"]), d["last_mid"],
                    deque((int(w), float(r)) for w, r in d["ret"]), int(d["last_window"]))
 
@@ -76,7 +76,7 @@ class FeatureState:
                 "symbols": [[list(k), s.to_state()] for k, s in sorted(self.symbols.items())]}
 
     @classmethod
-    def from_state(cls, d: dict) -> "FeatureState":
+    def from_state(cls, d: dict) -> FeatureState:
         if d.get("v") != SPEC_VERSION:
             raise ValueError(f"feature state of spec v{d.get('v')} cannot seed spec v{SPEC_VERSION}")
         return cls({tuple(k): SymbolState.from_state(s) for k, s in d["symbols"]})

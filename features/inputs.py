@@ -13,7 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.gen.ticklake.v1 import events_pb2 as pb
-from schemas.model import EventType, event_type_from_pb, exchange_from_pb, market_from_pb
+from schemas.model import (
+    EventType,
+    event_type_from_pb,
+    exchange_from_pb,
+    market_from_pb,
+)
 from schemas.tables import LEVELS
 
 #: Event types the spec consumes; everything else is ignored by the feature path.

@@ -17,7 +17,12 @@ from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from schemas.model import Exchange, Market
 from streaming.feature_processor import FeatureProcessor, parse_pairs
-from streaming.normalizer import Normalizer, NormalizerService, build_catalog, input_topics_for
+from streaming.normalizer import (
+    Normalizer,
+    NormalizerService,
+    build_catalog,
+    input_topics_for,
+)
 from streaming.txn_loop import TransactionalLoop
 
 SERVICE_TAG = "ticklake/service"

@@ -4,6 +4,8 @@ Logic lives in streaming/replay_runbook.py; this op only parses the config, runs
 reports counts, checksums and what (if anything) was promoted as output metadata.
 """
 
+from datetime import UTC
+
 import dagster as dg
 
 from resources.kafka import KafkaResource
@@ -27,10 +29,10 @@ class ReplayConfig(dg.Config):
 
 
 def _iso_us(text: str) -> int:
-    from datetime import datetime, timezone
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    from datetime import datetime
+    dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1_000_000)
 
 

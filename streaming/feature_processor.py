@@ -47,11 +47,11 @@ from features.compute import FeatureState, compute_features
 from features.inputs import FEATURE_EVENT_TYPES, envelope_row, rows_to_table
 from features.records import CONTENT_TYPE, encode_row, table_rows
 from features.spec import WINDOW_US
-from schemas.model import EventType, Exchange, Market, event_type_from_pb
+from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.topics import DlqStage, Stage, event_topic, feature_topic
 from streaming import kafka_config as kc
 from streaming.dlq import DlqCounters, dead_letter
-from streaming.kafka_io import TP, read_range, watermarks
+from streaming.kafka_io import TP, read_range
 from streaming.serde import SerdeError, decode
 from streaming.topic_admin import create_topics
 from streaming.topic_config import DAY_MS, TopicSpec

@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas.model import Exchange, Market
@@ -61,7 +61,7 @@ class InstrumentRef:
 
 
 def _yymmdd_from_ms(ms: str | int) -> str:
-    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).strftime("%y%m%d")
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).strftime("%y%m%d")
 
 
 def _ref(ex: Exchange, mk: Market, native: str, base: str, quote: str, tick: str, lot: str,
@@ -211,7 +211,7 @@ DEFAULT_BASE_URLS: dict[tuple[Exchange, Market], str] = {
 
 
 def http_get(url: str, timeout: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - configured venue URL
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
         return resp.read()
 
 
@@ -286,7 +286,7 @@ class InstrumentCatalog:
         os.replace(tmp, p)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "InstrumentCatalog":
+    def load(cls, path: str | os.PathLike[str]) -> InstrumentCatalog:
         data = json.loads(Path(path).read_text())
         if data.get("version") != 1:
             raise InstrumentDataError(f"unknown instrument cache version in {path}")

@@ -32,9 +32,22 @@ from confluent_kafka import Consumer, Message
 
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
-from schemas.model import EventType, Exchange, Market, event_type_from_pb, exchange_from_pb, market_from_pb
+from schemas.model import (
+    EventType,
+    Exchange,
+    Market,
+    event_type_from_pb,
+    exchange_from_pb,
+    market_from_pb,
+)
 from schemas.scaled import INT64_MAX
-from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, parse_event_topic
+from schemas.topics import (
+    DlqStage,
+    Stage,
+    all_event_topics,
+    event_topic,
+    parse_event_topic,
+)
 from streaming import kafka_config as kc
 from streaming.dedup import OffsetWindowDedup
 from streaming.dlq import DlqCounters, dead_letter

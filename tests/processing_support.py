@@ -130,7 +130,7 @@ def capture_raw_events() -> list[pb.Envelope]:
 
 def run_module(module: str, args: list[str], bootstrap: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), kc.KAFKA_BOOTSTRAP_ENV: bootstrap}
-    fh = open(log, "ab")
+    fh = open(log, "ab")  # noqa: SIM115 - the child process writes to it after we return
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env, stdout=fh,
                             stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -11,10 +11,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from features.compute import FeatureState, LateWindowError, compute_features, features_for_group
-from features.inputs import INPUT_SCHEMA, events_from_envelopes, events_from_lake, rows_to_table
-from features.records import decode_row, encode_row, rows_to_table as feature_rows_to_table, table_rows
-from features.spec import FEATURE_SCHEMA, FEATURES_TABLE, HOUR_US, WINDOW_US, feature_event_id
+from features.compute import (
+    FeatureState,
+    LateWindowError,
+    compute_features,
+    features_for_group,
+)
+from features.inputs import (
+    INPUT_SCHEMA,
+    events_from_envelopes,
+    events_from_lake,
+    rows_to_table,
+)
+from features.records import decode_row, encode_row, table_rows
+from features.records import rows_to_table as feature_rows_to_table
+from features.spec import (
+    FEATURE_SCHEMA,
+    FEATURES_TABLE,
+    HOUR_US,
+    WINDOW_US,
+    feature_event_id,
+)
 from schemas.arrow_convert import envelopes_to_table, group_by_event_type
 from schemas.model import EventType
 from tests.synthetic_events import BASE_TS, SyntheticMarket

@@ -3,6 +3,7 @@ broker (from the genuine Binance capture), including kill -9 inside a transactio
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections import Counter, defaultdict
@@ -17,8 +18,19 @@ from schemas.model import EventType, Exchange, Market
 from schemas.topics import dlq_topic, event_topic
 from streaming.broker import EmbeddedBroker
 from streaming.dlq import parse_dead_letter
-from streaming.instruments import InstrumentCatalog, fetch_instruments, parse_binance, parse_bybit, parse_okx
-from streaming.normalizer import Normalizer, NormalizerService, build_catalog, input_topics_for
+from streaming.instruments import (
+    InstrumentCatalog,
+    fetch_instruments,
+    parse_binance,
+    parse_bybit,
+    parse_okx,
+)
+from streaming.normalizer import (
+    Normalizer,
+    NormalizerService,
+    build_catalog,
+    input_topics_for,
+)
 from streaming.serde import decode, encode
 from tests import processing_support as ps
 from tests.sample_events import envelope
@@ -107,7 +119,7 @@ def test_exchange_info_bodies_parse_into_reference_data():
 class _Venue(BaseHTTPRequestHandler):
     """Serves exchange-info bodies; Bybit linear comes in two pages (cursor)."""
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         u = urlsplit(self.path)
         q = {k: v[0] for k, v in parse_qs(u.query).items()}
         if u.path == "/v5/market/instruments-info" and q.get("category") == "linear":
@@ -144,7 +156,7 @@ def test_catalog_fetched_over_http_and_cached(tmp_path):
         perps = fetch_instruments(Exchange.BYBIT, Market.PERP, url)
         assert sorted(r.native for r in perps) == ["BTCPERP", "BTCUSDT"]  # both pages, futures filtered out
         cache = tmp_path / "instruments.json"
-        cat, refresh = build_catalog(str(cache), {(Exchange.BINANCE, Market.SPOT): url},
+        cat, _ = build_catalog(str(cache), {(Exchange.BINANCE, Market.SPOT): url},
                                      venues=[(Exchange.BINANCE, Market.SPOT)])
         assert cat.get("binance", "spot", "btcusdt").canonical == "BTC-USDT"
         assert InstrumentCatalog.load(cache).get("binance", "spot", "BTCUSDT") == cat.get("binance", "spot", "BTCUSDT")
@@ -187,10 +199,11 @@ def test_records_are_enriched_or_refused_with_a_reason():
     assert decode(encode(e).value, verify_id=True).event_id == e.event_id
     assert n.process(topic, 0, 1, value, headers).kind == "duplicate"
 
-    def reason(env, et=EventType.TRADE, topic=None, offset=[10]):
-        offset[0] += 1
+    offsets = itertools.count(10)
+
+    def reason(env, et=EventType.TRADE, topic=None):
         t, v, h = _raw(env, topic, et)
-        out = n.process(t, 0, offset[0], v, h)
+        out = n.process(t, 0, next(offsets), v, h)
         assert out.kind == "dlq", out
         return out.reason.split(":")[0]
 

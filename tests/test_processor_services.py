@@ -43,7 +43,7 @@ def test_supervisor_keeps_one_live_run_per_processor_and_restarts_dead_ones():
     assert [j.name for j in jobs] == ["normalizer_service", "feature_processor_service"]
     assert sensors == [stream_processors_supervisor]
     with dg.instance_for_test() as instance:
-        ctx = lambda: dg.build_sensor_context(instance=instance)  # noqa: E731
+        ctx = lambda: dg.build_sensor_context(instance=instance)
         first = _requests(stream_processors_supervisor(ctx()))
         assert first == {"normalizer_service": {SERVICE_TAG: NORMALIZER},
                          "feature_processor_service": {SERVICE_TAG: FEATURE_PROCESSOR}}

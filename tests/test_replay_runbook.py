@@ -4,7 +4,7 @@ range from the processor's committed history into a side topic, compare, promote
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
@@ -19,7 +19,12 @@ from schemas.topics import event_topic, feature_topic
 from streaming import kafka_config as kc
 from streaming.broker import EmbeddedBroker
 from streaming.feature_processor import FeatureProcessor
-from streaming.replay_runbook import CORRECTION_HEADER, _uncommitted_reader, offset_for_time, replay_features
+from streaming.replay_runbook import (
+    CORRECTION_HEADER,
+    _uncommitted_reader,
+    offset_for_time,
+    replay_features,
+)
 from streaming.serde import encode
 from streaming.topic_admin import admin_client, create_topics
 from streaming.topic_config import TopicSpec
@@ -108,7 +113,7 @@ def test_broken_range_is_detected_and_promoted_from_the_ui_job(broker):
     bogus["event_id"] = feature_event_id("binance", "spot", "XRP-USDT", bogus["exchange_ts"])
     ps.produce(broker.bootstrap, [(LIVE, r["symbol"].encode(), encode_row(r), None) for r in (broken, bogus)])
 
-    iso = lambda us: datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat()  # noqa: E731
+    iso = lambda us: datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat()
     with dg.instance_for_test() as instance:
         res = replay_features_job.execute_in_process(
             run_config={"ops": {"replay_feature_range": {"config": {
