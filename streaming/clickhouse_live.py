@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from clickhouse_connect.driver.client import Client
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from features.records import decode_row, rows_to_table
 from schemas.model import Exchange, Market
@@ -119,7 +119,11 @@ class ClickHouseLive:
                                      cs.to_ch_rows(cs.CH_FEATURES_LIVE, table))
         if self.producer.flush(30) != 0:
             raise RuntimeError("dead letters were not delivered; not committing the batch")
-        self.consumer.commit(asynchronous=False)
+        ends: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            tp = (m.topic(), m.partition())
+            ends[tp] = max(ends.get(tp, 0), m.offset() + 1)
+        self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False)
         self.stats.records += len(msgs)
         self.stats.rows += len(rows)
         self.stats.batches += 1
