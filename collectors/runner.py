@@ -111,18 +111,23 @@ class ShardStats:
 
 
 class Publisher:
-    """Serializes and produces; the only code in a shard that touches Kafka."""
+    """Serializes and produces; the only code in a shard that touches Kafka.
 
-    def __init__(self, cfg: ShardConfig, producer: Producer, stats: ShardStats) -> None:
+    Given a config, it asks librdkafka for delivery reports of failures only: a Python
+    callback per acknowledged record would cost about as much as the produce call, and
+    the delivered count follows from what is still queued (see ``delivered``)."""
+
+    def __init__(self, cfg: ShardConfig, producer: Producer | dict[str, Any], stats: ShardStats) -> None:
         self.cfg = cfg
-        self.producer = producer
         self.stats = stats
+        self._per_message_cb = not isinstance(producer, dict)
+        if isinstance(producer, dict):
+            producer = Producer({**producer, "delivery.report.only.error": True,
+                                 "on_delivery": self._on_delivery})
+        self.producer = producer
         self._topics: dict[tuple[int, int, int], str] = {}
-        self._lbl = (cfg.name, str(cfg.exchange), str(cfg.market))
-        self._m_out = metrics.MESSAGES_OUT.labels(*self._lbl)
-        self._m_retry = metrics.PRODUCER_RETRIES.labels(cfg.name)
-        self._m_err = metrics.DELIVERY_ERRORS.labels(cfg.name)
         self._pending = 0
+        self._produced = 0
 
     def topic_for(self, env: pb.Envelope) -> str:
         key = (env.exchange, env.market, env.event_type)
@@ -135,23 +140,26 @@ class Publisher:
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             self.stats.delivery_errors += 1
-            self._m_err.inc()
             log_event(log, logging.ERROR, "delivery failed", shard=self.cfg.name, topic=msg.topic(),
                       error=str(err))
-        else:
+        elif self._per_message_cb:
             self.stats.delivered += 1
 
     def _produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                if self._per_message_cb:
+                    self.producer.produce(topic, value=value, key=key, headers=headers,
+                                          on_delivery=self._on_delivery)
+                else:
+                    self.producer.produce(topic, value=value, key=key, headers=headers)
                 break
             except BufferError:
                 # Local queue full: the broker is slower than the venue. Serve callbacks
                 # (which frees the queue) and try again; never drop.
                 self.stats.producer_retries += 1
-                self._m_retry.inc()
                 self.producer.poll(0.05)
+        self._produced += 1
         self._pending += 1
         if self._pending >= 1000:
             self._pending = 0
@@ -161,7 +169,6 @@ class Publisher:
         rec = encode(env)
         self._produce(self.topic_for(env), rec.key, rec.value, rec.headers)
         self.stats.events_out += 1
-        self._m_out.inc()
 
     def dead_letter(self, dl: DeadLetter, source: str, ingest_ts: int) -> None:
         msg = pb.DeadLetter(stage=str(DlqStage.COLLECTOR), reason=dl.reason, source=source, raw=dl.raw,
@@ -174,9 +181,17 @@ class Publisher:
 
     def poll(self) -> None:
         self.producer.poll(0)
+        self._update_delivered()
+
+    def _update_delivered(self) -> None:
+        if not self._per_message_cb:
+            # produced - still queued or in flight - failed = acknowledged
+            self.stats.delivered = self._produced - len(self.producer) - self.stats.delivery_errors
 
     def flush(self, timeout: float) -> int:
-        return self.producer.flush(timeout)
+        left = self.producer.flush(timeout)
+        self._update_delivered()
+        return left
 
 
 # -- connections -----------------------------------------------------------------------------------
@@ -306,15 +321,13 @@ class ShardRunner:
                  max_concurrent_connects: int = 8,
                  clock: Callable[[], float] = time.time,
                  rng: Any = None) -> None:
-        if producer is None:
-            if producer_config is None:
-                raise ValueError("pass a confluent_kafka Producer or a producer_config")
-            producer = Producer(producer_config)
+        if producer is None and producer_config is None:
+            raise ValueError("pass a confluent_kafka Producer or a producer_config")
         import random
 
         self.cfg = cfg
         self.stats = ShardStats()
-        self.publisher = Publisher(cfg, producer, self.stats)
+        self.publisher = Publisher(cfg, producer if producer is not None else producer_config, self.stats)
         self.rng = rng or random.Random()
         self.ips = list(cfg.egress_ips) or [DEFAULT_IP]
         self.pool = RestPool(cfg.endpoints.rest, self.ips, policy_for(cfg.exchange, cfg.market), clock=clock,
@@ -333,15 +346,13 @@ class ShardRunner:
         self._rest_failures: dict[tuple, int] = {}
         self._wake = asyncio.Event()
         self._lbl = (cfg.name, str(cfg.exchange), str(cfg.market))
-        self._m_in = metrics.MESSAGES_IN.labels(*self._lbl)
-        self._m_parse = metrics.PARSE_ERRORS.labels(*self._lbl)
+        self._metered: dict[str, int] = {}
         self.running = asyncio.Event()
 
     # -- frame handling --------------------------------------------------------------------------
 
     def on_frame(self, worker: Worker, session: WsSession, frame: str | bytes, ts: int) -> None:
         self.stats.frames_in += 1
-        self._m_in.inc()
         self.handle(worker, session, worker.adapter.on_frame(frame, ts), ts)
 
     def handle(self, worker: Worker, session: WsSession | None, res: FrameResult, ts: int | None = None) -> None:
@@ -351,12 +362,10 @@ class ShardRunner:
                 pub.publish(env)
             else:
                 self.stats.duplicates += 1
-                metrics.DUPLICATES.labels(self.cfg.name).inc()
         if res.dead_letters:
             source = session.url if session is not None else self.cfg.endpoints.ws
             for dl in res.dead_letters:
                 pub.dead_letter(dl, source, ts or now_us())
-                self._m_parse.inc()
                 log_event(log, logging.WARNING, "frame refused", shard=self.cfg.name, symbol=dl.native_symbol,
                           reason=dl.reason, conn=worker.spec.key)
         if res.sends:
@@ -374,6 +383,22 @@ class ShardRunner:
         if getattr(res, "reconnect", "") and worker.alive and not worker.replace_reason:
             worker.replace_reason = res.reconnect
             self._wake.set()
+
+    def _sync_metrics(self) -> None:
+        """Per-frame counters move to Prometheus in batches (a locked inc per frame would
+        cost a few percent of the loop)."""
+        st = self.stats
+        for name, counter, value in (
+                ("in", metrics.MESSAGES_IN.labels(*self._lbl), st.frames_in),
+                ("out", metrics.MESSAGES_OUT.labels(*self._lbl), st.events_out),
+                ("parse", metrics.PARSE_ERRORS.labels(*self._lbl), st.dead_letters),
+                ("dup", metrics.DUPLICATES.labels(self.cfg.name), st.duplicates),
+                ("retry", metrics.PRODUCER_RETRIES.labels(self.cfg.name), st.producer_retries),
+                ("err", metrics.DELIVERY_ERRORS.labels(self.cfg.name), st.delivery_errors)):
+            delta = value - self._metered.get(name, 0)
+            if delta:
+                counter.inc(delta)
+                self._metered[name] = value
 
     # -- REST ------------------------------------------------------------------------------------
 
@@ -518,6 +543,7 @@ class ShardRunner:
             while not stop.is_set():
                 self._reconcile()
                 self.publisher.poll()
+                self._sync_metrics()
                 self._wake.clear()
                 waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
                 nxt = self.pool.next_change_in()
@@ -542,6 +568,7 @@ class ShardRunner:
         except KafkaException as exc:
             left = -1
             log_event(log, logging.ERROR, "flush failed", shard=self.cfg.name, error=str(exc))
+        self._sync_metrics()
         log_event(log, logging.INFO, "shard stopped", shard=self.cfg.name, unflushed=left, **self.stats.as_dict())
 
 
