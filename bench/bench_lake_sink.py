@@ -34,7 +34,7 @@ from schemas.tables import TABLES
 from streaming.lake_seal import seal_hour
 from streaming.lake_sink import hour_filter
 from streaming.lake_state import HOUR_US
-from streaming.lake_writer import LakeFileWriter, commit_files
+from streaming.lake_writer import LakeFileWriter, commit_files, ensure_writer_properties
 
 BASE_HOUR = 1_723_161_600_000_000
 EXCHANGES = ["binance", "bybit", "okx"]
@@ -83,7 +83,7 @@ def bench_writer(rows: pa.Table, root: Path) -> None:
     n = rows.num_rows
     base_s, _ = timed(lambda: pq.write_table(rows, root / "baseline.parquet", compression="zstd"))
     _, tables = catalog_at(root / "w")
-    table = tables["trades"]
+    table = ensure_writer_properties(tables["trades"])
     ours_s, _ = timed(lambda: commit_files(table, LakeFileWriter(table).write(rows), {"bench": "1"}))
     nfiles = len(table.refresh().current_snapshot().manifests(table.io))
     _, tables2 = catalog_at(root / "a")
@@ -100,7 +100,7 @@ def bench_writer(rows: pa.Table, root: Path) -> None:
 def bench_compaction_and_scan(rows: pa.Table, root: Path) -> None:
     # Small target so a sealed hour has several files per partition and symbol pruning shows.
     _, tables = catalog_at(root / "c", {"write.target-file-size-bytes": str(512 * 1024)})
-    table = tables["trades"]
+    table = ensure_writer_properties(tables["trades"])
     writer = LakeFileWriter(table)
     hour = rows.filter(pa.compute.less(rows.column("exchange_ts").cast(pa.int64()), BASE_HOUR + HOUR_US))
     step = 5_000

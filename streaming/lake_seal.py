@@ -30,7 +30,7 @@ from pyiceberg.table import FileScanTask, Table
 
 from streaming.lake_sink import hour_filter
 from streaming.lake_state import HOUR_US, SEAL_WRITER, SEALED_HOUR_KEY, WRITER_KEY
-from streaming.lake_writer import LakeFileWriter, commit_files
+from streaming.lake_writer import LakeFileWriter, commit_files, ensure_writer_properties
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ def _result(table: Table, hour_us: int, rows: pa.Table, layout: HourLayout, befo
 def seal_hour(table: Table, hour_us: int, *, target_file_bytes: int | None = None, retries: int = 5) -> SealResult:
     if hour_us % HOUR_US:
         raise ValueError(f"hour_us must be an hour boundary, got {hour_us}")
+    table = ensure_writer_properties(table)
     for attempt in range(retries + 1):
         table = table.refresh()
         tasks = hour_tasks(table, hour_us)

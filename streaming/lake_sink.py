@@ -60,7 +60,7 @@ from streaming import kafka_config as kc
 from streaming.dlq import DlqCounters, dead_letter
 from streaming.kafka_io import TP, check
 from streaming.lake_state import HOUR_US, HourCount, SinkState, latest_sink_state
-from streaming.lake_writer import LakeFileWriter, commit_files
+from streaming.lake_writer import LakeFileWriter, commit_files, ensure_writer_properties
 from streaming.serde import SerdeError, decode
 from streaming.watermarks import DEFAULT_ALLOWED_LATENESS_US, WatermarkTracker
 
@@ -209,7 +209,7 @@ class LakeSink:
         """Load each table's sink state and assign the consumer at those offsets."""
         tables = ensure_all_tables(self.catalog)
         for spec in {s.name: s for s in self.topic_table.values()}.values():
-            table = tables[spec.name]
+            table = ensure_writer_properties(tables[spec.name])
             self.tables[spec.name] = table
             state = latest_sink_state(table)
             self.states[spec.name] = state

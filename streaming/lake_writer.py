@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.io.pyarrow import (
     compute_statistics_plan,
@@ -186,11 +187,36 @@ class LakeFileWriter:
         )
 
 
+#: Table properties every lake writer relies on. pyiceberg retries a failed commit by
+#: rebuilding it on metadata the writer never read: a stale second sink would then
+#: double-apply a batch, and a seal's hour delete would drop files the sink added in the
+#: meantime. The lake's writers re-plan on conflict themselves, so the automatic retry is off.
+WRITER_PROPERTIES = {"commit.retry.num-retries": "0"}
+
+
+def ensure_writer_properties(table: Table, attempts: int = 5) -> Table:
+    """Set WRITER_PROPERTIES on the table if needed (idempotent; retried on a race)."""
+    for attempt in range(attempts):
+        missing = {k: v for k, v in WRITER_PROPERTIES.items() if table.metadata.properties.get(k) != v}
+        if not missing:
+            return table
+        try:
+            with table.transaction() as tx:
+                tx.set_properties(missing)
+            return table
+        except CommitFailedException:
+            if attempt == attempts - 1:
+                raise
+            table = table.refresh()
+    return table
+
+
 def commit_files(table: Table, files: Sequence[DataFile], summary: Mapping[str, str], *,
                  delete_filter: BooleanExpression | None = None) -> Table:
     """One atomic commit: optional delete of `delete_filter`, then a fast append of `files`,
     both snapshots carrying `summary`. Raises CommitFailedException when the table moved
     underneath (optimistic concurrency); the caller refreshes and decides."""
+    table = ensure_writer_properties(table)  # no-op once set; see WRITER_PROPERTIES
     props = dict(summary)
     with table.transaction() as tx:
         if delete_filter is not None:

@@ -24,7 +24,8 @@ from schemas.topics import DlqStage, dlq_topic
 from streaming import kafka_config as kc
 from streaming.broker import EmbeddedBroker
 from streaming.kafka_io import plain_consumer, read_all
-from streaming.lake_sink import TEST_HOOK_ENV, LakeSink, SinkConfig
+from streaming.lake_seal import seal_hour
+from streaming.lake_sink import TEST_HOOK_ENV, LakeSink, SinkConfig, SinkFencedError
 from streaming.lake_state import HOUR_US, latest_sink_state
 from streaming.watermarks import read_watermarks
 from tests.lake_helpers import (
@@ -210,3 +211,36 @@ def _sink(bootstrap: str, catalog, topics: list[str]) -> LakeSink:
     return LakeSink(kc.KafkaConnection(bootstrap_servers=bootstrap), catalog,
                     SinkConfig(topics=topics, batch_max_records=250, batch_max_ms=200,
                                allowed_lateness_us=5_000_000))
+
+
+def test_commit_races_a_seal_but_a_second_sink_is_fenced(broker, ticklake_home):
+    """A seal committing under the sink makes the sink retry on the new metadata; a second
+    sink (stale view of the sink bookkeeping) is refused instead of double-applying."""
+    topics = sink_topics()
+    create_sink_topics(broker.bootstrap, topics, partitions=1)
+    events = market_events(1200, seed=9, spacing_us=3_000_000)  # ~1 h of event time
+    produce(broker.bootstrap, events[:600])
+    catalog = open_home_catalog(ticklake_home)
+    a = _sink(broker.bootstrap, catalog, topics)
+    a.start()
+    while a.run_once():
+        pass
+    b = _sink(broker.bootstrap, catalog, topics)  # starts from a's committed offsets
+    b.start()
+    # A seal commits to book_deltas behind a's back: a's table object is now stale.
+    deltas = catalog.load_table("market.book_deltas")
+    seal_hour(deltas, events[0].exchange_ts - events[0].exchange_ts % HOUR_US)
+    produce(broker.bootstrap, events[600:])
+    commits = 0
+    for _ in range(20):
+        commits += a.run_once()
+    assert commits and a.stats.rows == len(events)
+    # b still believes the last sink snapshot is the one it loaded at start.
+    with pytest.raises(SinkFencedError, match="only one lake sink may run"):
+        for _ in range(20):
+            b.run_once()
+    a.close()
+    b.close()
+    for name, n in unique_counts(events).items():
+        rows = table_rows(catalog, name)
+        assert rows.num_rows == n and duplicate_ids(rows) == []
