@@ -457,22 +457,30 @@ def lake_day(lake: LakeResource, day: str, market: str = "spot"):
                                pc.equal(rows.column("market"), market)))
 
 
+def streamed(rows) -> list:
+    """The processed envelopes the live path makes of these trades (websocket ms times)."""
+    norm = Normalizer(catalog())
+    adapter = BinanceSpotAdapter(shard="collector-0")
+    out = []
+    for n, r in enumerate(rows):
+        ms = r[4] // 1000 if r[4] >= bv.MICROS_THRESHOLD else r[4]
+        frame = ('{"stream":"btcusdt@trade","data":{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"%s",'
+                 '"q":"%s","T":%d,"m":%s,"M":true}}' % (ms + 1, r[0], r[1], r[2], ms, r[5].lower()))
+        env = adapter.on_frame(frame, (ms + 3) * 1000).events[0]
+        rec = encode(env)
+        o = norm.process(event_topic(Stage.RAW, Market.SPOT, EventType.TRADE, Exchange.BINANCE), 0, n,
+                         rec.value, rec.headers)
+        assert o.kind == "ok", o.reason
+        out.append(o.env)
+    return out
+
+
 def test_backfill_date_range_through_dagster(archive):
     _server, bulk, lake, rows, agg_rows, tmp_path = archive
     asset = build_bulk_history_asset([SPOT, UM_AGG])
     with dg.instance_for_test() as instance:
         # the stream already holds 25 trades of the first day (same events, its own shard)
-        norm = Normalizer(catalog())
-        adapter = BinanceSpotAdapter(shard="collector-0")
-        stream_envs = []
-        for n, r in enumerate(rows[DAYS_OK[0]][100:125]):
-            frame = ('{"stream":"btcusdt@trade","data":{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"%s",'
-                     '"q":"%s","T":%d,"m":%s,"M":true}}' % (r[4] + 1, r[0], r[1], r[2], r[4], r[5].lower()))
-            env = adapter.on_frame(frame, (r[4] + 3) * 1000).events[0]
-            rec = encode(env)
-            o = norm.process(event_topic(Stage.RAW, Market.SPOT, EventType.TRADE, Exchange.BINANCE), 0, n,
-                             rec.value, rec.headers)
-            stream_envs.append(o.env)
+        stream_envs = streamed(rows[DAYS_OK[0]][100:125])
         lake.ensure_tables()
         from schemas.arrow_convert import envelopes_to_table
         trades = lake.load_table(TABLES[EventType.TRADE].identifier)
@@ -594,3 +602,49 @@ def test_column_fast_path_equals_envelope_path():
     assert fast.rows == 5
     spot_fast = bv.to_rows(bv.parse(spot_text.encode(), "trades"), target(SPOT))
     assert (spot_fast.rows, spot_fast.in_file_duplicates, len(spot_fast.rejects)) == (300, 1, 1)
+
+
+def test_stream_and_bulk_cover_a_day_once_through_the_real_sink(archive, tmp_path):
+    """Both orders, with the real lake sink on a real broker: stream then bulk (the bulk load
+    skips what the sink wrote), bulk then stream (the sink drops what the bulk load wrote)."""
+    from streaming import kafka_config as kc
+    from streaming.broker import EmbeddedBroker
+    from streaming.lake_sink import LakeSink, SinkConfig
+    from tests.lake_helpers import (
+        create_sink_topics,
+        open_home_catalog,
+        produce,
+        sink_topics,
+    )
+
+    _server, bulk, lake, rows, _agg, _tmp = archive
+    asset = build_bulk_history_asset([SPOT])
+    first, second = DAYS_OK[0], DAYS_OK[2]          # a ms day and a µs day
+    topics = sink_topics()
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b, dg.instance_for_test() as instance:
+        create_sink_topics(b.bootstrap, topics, partitions=1)
+        lake.ensure_tables()
+
+        def run_sink() -> int:
+            sink = LakeSink(kc.KafkaConnection(bootstrap_servers=b.bootstrap), open_home_catalog(
+                bulk_home(lake)), SinkConfig(topics=topics, batch_max_records=500, batch_max_ms=200))
+            return sink.run(idle_exit_s=1.0).duplicates
+
+        produce(b.bootstrap, streamed(rows[first][50:110]))
+        assert run_sink() == 0
+        res = materialize(instance, asset, lake, bulk, first, SPOT)
+        assert res.success and mat_meta(res)["trades.held_by_other_source"] == 60
+        assert lake_day(lake, first).num_rows == 400
+
+        res = materialize(instance, asset, lake, bulk, second, SPOT)
+        assert res.success and mat_meta(res)["trades.held_by_other_source"] == 0
+        produce(b.bootstrap, streamed(rows[second][300:340]))
+        assert run_sink() == 40                       # the sink found them in the lake already
+        got = lake_day(lake, second)
+        assert got.num_rows == 400 and len(set(got.column("event_id").to_pylist())) == 400
+
+
+def bulk_home(lake: LakeResource):
+    from resources.home import resolve_home
+
+    return resolve_home(Path(lake.uri.removeprefix("sqlite:///")).parent)
