@@ -28,7 +28,6 @@ import json
 import multiprocessing as mp
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,9 +79,8 @@ def capture_envelopes(n: int):
 def phase_bare(bootstrap: str, n: int, q: mp.Queue) -> None:
     from confluent_kafka import Producer
 
-    from collectors.runner import Publisher
     from collectors.config import ShardConfig
-    from collectors.runner import ShardStats
+    from collectors.runner import Publisher, ShardStats
     from streaming import kafka_config as kc
     from streaming.serde import encode
 

@@ -43,7 +43,7 @@ from collectors.emulator.synthetic import (
     SyntheticSpec,
     default_symbols,
 )
-from collectors.emulator.venues import LOW_WATER, BybitSim, Client, VenueSim, make_sim
+from collectors.emulator.venues import LOW_WATER, Client, VenueSim, make_sim
 from schemas.model import Exchange, Market
 from schemas.symbols import SymbolError, canonical_symbol
 
@@ -117,11 +117,11 @@ class Emulator:
         name = sim_name(exchange, market)
         sim = self.sims.get(name)
         if sim is None:
+            if self._started:
+                raise RuntimeError(f"venue {name} must be added before start()")
             opts = {"server_ping_s": self.server_ping_s, "app_ping_timeout_s": self.app_ping_timeout_s,
                     "slow_client_s": self.slow_client_s, **kw}
             sim = self.sims[name] = make_sim(exchange, market, **opts)
-            if self._started:
-                raise RuntimeError(f"venue {name} must be added before start()")
         return sim
 
     async def start(self) -> Emulator:
@@ -616,15 +616,10 @@ def adapter_options_for(exchange: Exchange, market: Market, channels: list[str])
     return opts
 
 
-async def serve_capture(path: str | Path | Iterable[str | Path], speed: float | str | None = None, *,
-                        host: str = HOST, **emulator_kw: Any) -> Emulator:
-    """Start an emulator serving one capture, or every capture in a directory.
-
-    ``speed``: a replay-rate multiplier (1 = as recorded), or None / "max" for as fast as the
-    collectors read. Returns the started Emulator: ``endpoints(exchange, market)`` gives the
-    base URLs, ``shard_configs()`` collector shards pointed at it, ``wait_finished()`` tells
-    when every capture is exhausted (the platform can then treat its hours as complete).
-    """
+def capture_emulator(path: str | Path | Iterable[str | Path], speed: float | str | None = None, *,
+                     host: str = HOST, **emulator_kw: Any) -> Emulator:
+    """An emulator (not started) with a feed for one capture, or for every servable capture
+    in a directory. ``speed``: replay-rate multiplier (1 = as recorded) or None / "max"."""
     from collectors import capture
 
     spd = None if speed in (None, "max") else float(speed)
@@ -633,16 +628,27 @@ async def serve_capture(path: str | Path | Iterable[str | Path], speed: float | 
     items = [path] if isinstance(path, (str, Path)) else list(path)
     for p in map(Path, items):
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and _servable(f, capture):
-                    paths.append(f)
+            paths += [f for f in sorted(p.rglob("*")) if f.is_file() and _servable(f, capture)]
         else:
             paths.append(p)
     if not paths:
         raise ValueError(f"no servable capture in {path}")
     for p in paths:
         emu.play_capture(p, speed=spd)
-    return await emu.start()
+    return emu
+
+
+async def serve_capture(path: str | Path | Iterable[str | Path], speed: float | str | None = None, *,
+                        host: str = HOST, **emulator_kw: Any) -> Emulator:
+    """Start an emulator serving one capture, or every capture in a directory.
+
+    ``speed``: a replay-rate multiplier (1 = as recorded), or None / "max" for as fast as the
+    collectors read. Returns the started Emulator: ``endpoints(exchange, market)`` gives the
+    base URLs, ``shard_configs()`` collector shards pointed at it, ``wait_finished()`` (or
+    ``stats()["finished"]`` / GET <control_url>/stats) tells when every capture is exhausted,
+    so the platform can treat the hours they cover as complete. Stop it with ``stop()``.
+    """
+    return await capture_emulator(path, speed, host=host, **emulator_kw).start()
 
 
 def _servable(path: Path, capture: Any) -> bool:
@@ -672,7 +678,7 @@ def _parse_synthetic(text: str) -> tuple[str, str, int, float | None]:
 async def _serve_main(args: argparse.Namespace) -> int:
     emu_kw = {"server_ping_s": args.server_ping}
     if args.paths:
-        emu = await serve_capture(args.paths, args.speed, host=args.host, **emu_kw)
+        emu = capture_emulator(args.paths, args.speed, host=args.host, **emu_kw)
     else:
         emu = Emulator(args.host, **emu_kw)
     for ex, mk, n, rate in args.synthetic:
@@ -716,12 +722,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = [
-    "BybitSim",
-    "Emulator",
-    "Feed",
-    "SyntheticSpec",
-    "adapter_options_for",
-    "serve_capture",
-    "sim_name",
-]
+__all__ = ["Emulator", "Feed", "SyntheticSpec", "adapter_options_for", "capture_emulator", "serve_capture",
+           "sim_name"]

@@ -12,7 +12,12 @@ import dagster as dg
 from dagster import DagsterRunStatus, RunsFilter
 
 from collectors.config import ConfigError, config_path, load_shards
-from pipelines.collector_service import SHARD_TAG, collector_shard, shard_run_config, shard_tags
+from pipelines.collector_service import (
+    SHARD_TAG,
+    collector_shard,
+    shard_run_config,
+    shard_tags,
+)
 
 ALIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
          DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]

@@ -284,7 +284,7 @@ def test_rotation_and_venue_shutdown_notice_lose_and_duplicate_nothing(kafka_bro
 
 
 def test_application_keepalive_reaches_every_connection(kafka_broker, monkeypatch):
-    import collectors.exchanges.bybit as bybit
+    from collectors.exchanges import bybit
 
     # Bybit wants {"op":"ping"} every 20 s; shortened so the test need not wait minutes.
     monkeypatch.setattr(bybit, "PING_INTERVAL_US", 500_000)

@@ -28,7 +28,13 @@ from pipelines.collector_service import (
 )
 from pipelines.supervisors import collector_supervisor, sensors
 from resources.kafka import KafkaResource
-from tests.collector_harness import EIPS, ensure_collector_topics, producer_config, shard_events, unique
+from tests.collector_harness import (
+    EIPS,
+    ensure_collector_topics,
+    producer_config,
+    shard_events,
+    unique,
+)
 
 
 def _requests(result) -> dict[str, dict]:
