@@ -499,6 +499,10 @@ def test_backfill_date_range_through_dagster(archive):
             got = lake_day(lake, day)
             assert got.num_rows == 400 and len(set(got.column("event_id").to_pylist())) == 400
             assert sorted(got.column("seq").to_pylist()) == [r[0] for r in rows[day]]
+        # progress is in the run log: download, parse and commit
+        log = [e.message for e in instance.all_logs(outcomes[DAYS_OK[0]].run_id) if e.message]
+        assert any("MB (100%)" in m for m in log), log
+        assert any("parsed 400 rows" in m for m in log) and any("375 rows committed" in m for m in log)
         first = mat_meta(outcomes[DAYS_OK[0]])
         assert first["trades.held_by_other_source"] == 25 and first["trades.rows"] == 375
         shards = lake_day(lake, DAYS_OK[0]).column("shard").to_pylist()
