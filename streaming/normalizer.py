@@ -176,6 +176,9 @@ class Normalizer:
         self.dedup: dict[TP, OffsetWindowDedup] = {}
         self.last_seq: dict[tuple, int] = {}
         self.counters = DlqCounters(DlqStage.NORMALIZE.value)
+        self._topics: dict[str, tuple] = {}
+        self._unit_cache: dict[tuple, tuple[int, int]] = {}
+        self._scale_cache: dict[InstrumentRef, tuple[int, int]] = {}
         self.duplicates = 0
         self.ok = 0
 
@@ -218,13 +221,34 @@ class Normalizer:
             self.counters.count(str(exc))
             return Outcome("dlq", reason=str(exc))
 
+    def _topic(self, topic: str):
+        """(source facets, processed topic) per raw topic, parsed once."""
+        hit = self._topics.get(topic)
+        if hit is None:
+            try:
+                src = parse_event_topic(topic)
+            except ValueError as exc:
+                raise Reject(f"bad_topic: {exc}") from None
+            if src.stage is not Stage.RAW:
+                raise Reject(f"bad_topic: {topic} is not a raw topic")
+            hit = self._topics[topic] = (src, event_topic(Stage.PROCESSED, src.market, src.event_type, src.exchange))
+        return hit
+
+    def _units(self, ref: InstrumentRef, ps: int, ss: int) -> tuple[int, int]:
+        key = (ref, ps, ss)
+        hit = self._unit_cache.get(key)
+        if hit is None:
+            hit = self._unit_cache[key] = (ref.tick_units(ps), ref.lot_units(ss))
+        return hit
+
+    def _scales(self, ref: InstrumentRef) -> tuple[int, int]:
+        hit = self._scale_cache.get(ref)
+        if hit is None:
+            hit = self._scale_cache[ref] = (ref.price_scale, ref.size_scale)
+        return hit
+
     def _process(self, topic, partition, offset, value, headers) -> Outcome:
-        try:
-            src = parse_event_topic(topic)
-        except ValueError as exc:
-            raise Reject(f"bad_topic: {exc}") from None
-        if src.stage is not Stage.RAW:
-            raise Reject(f"bad_topic: {topic} is not a raw topic")
+        src, out_topic = self._topic(topic)
         try:
             env = decode(value, headers, verify_id=True)
         except SerdeError as exc:
@@ -246,6 +270,7 @@ class Normalizer:
             self.duplicates += 1
             return Outcome("duplicate", env=env)
         ref = self._instrument(ex, mk, env.native_symbol)
+        changed = env.symbol != ref.canonical
         env.symbol = ref.canonical
         if env.exchange_ts < MIN_TS_US or env.ingest_ts < MIN_TS_US:
             raise Reject(f"ts_range: exchange_ts={env.exchange_ts} ingest_ts={env.ingest_ts} before 2010")
@@ -255,18 +280,20 @@ class Normalizer:
         if not (0 <= env.price_scale <= 18 and 0 <= env.size_scale <= 18):
             raise Reject(f"range: scales {env.price_scale}/{env.size_scale} outside 0..18")
         _validate_payload(env, et)
-        ps, ss = ref.price_scale, ref.size_scale
+        ps, ss = self._scales(ref)
         if et not in GRID_TYPES:
             ps, ss = max(ps, env.price_scale), max(ss, env.size_scale)
-        tick = ref.tick_units(ps)
+        tick, lot = self._units(ref, ps, ss)
+        changed = changed or (ps, ss) != (env.price_scale, env.size_scale)
         _rescale_payload(env, et, ps, ss, tick)
         self._check_seq(tp, env, et)
         env.tick_size = tick
-        env.lot_size = ref.lot_units(ss)
+        env.lot_size = lot
         env.ingest_latency_us = env.ingest_ts - env.exchange_ts
-        env.event_id = compute_event_id(env)
+        if changed:  # enrichment fields are not part of the id; symbol and scales are
+            env.event_id = compute_event_id(env)
         self.ok += 1
-        return Outcome("ok", env=env, topic=event_topic(Stage.PROCESSED, mk, et, ex))
+        return Outcome("ok", env=env, topic=out_topic)
 
 
 def outcome_records(o: Outcome, msg_topic: str, partition: int, offset: int, value: bytes | None) -> list[OutRecord]:
