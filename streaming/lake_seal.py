@@ -137,10 +137,16 @@ def _result(table: Table, hour_us: int, rows: pa.Table, layout: HourLayout, befo
         already_sealed=sealed)
 
 
-def seal_hour(table: Table, hour_us: int, *, target_file_bytes: int | None = None, retries: int = 5) -> SealResult:
+def seal_hour(table: Table, hour_us: int, *, target_file_bytes: int | None = None, retries: int = 5,
+              rebase_attempts: int = 50) -> SealResult:
+    """Compact one hour. A concurrent commit that did not touch the hour (the sink appending
+    to the current hour, the usual case) only costs a re-check and a fresh commit of the
+    same compacted files ("rebase"); only a change inside the hour (late rows) makes the
+    seal read and write the hour again, at most `retries` times."""
     if hour_us % HOUR_US:
         raise ValueError(f"hour_us must be an hour boundary, got {hour_us}")
     table = ensure_writer_properties(table)
+    summary = {WRITER_KEY: SEAL_WRITER, SEALED_HOUR_KEY: datetime.fromtimestamp(hour_us / 1e6, tz=UTC).isoformat()}
     for attempt in range(retries + 1):
         table = table.refresh()
         tasks = hour_tasks(table, hour_us)
@@ -148,20 +154,26 @@ def seal_hour(table: Table, hour_us: int, *, target_file_bytes: int | None = Non
         rows = read_hour(table, hour_us, tasks)
         if not layout.files or layout.is_sealed:
             return _result(table, hour_us, rows, layout, len(layout.files), sealed=layout.is_sealed)
-        before = len(layout.files)
-        writer = LakeFileWriter(table, target_file_bytes=target_file_bytes)
-        new_files = writer.write(rows, prefix=SEALED_PREFIX)
-        summary = {WRITER_KEY: SEAL_WRITER,
-                   SEALED_HOUR_KEY: datetime.fromtimestamp(hour_us / 1e6, tz=UTC).isoformat()}
-        try:
-            commit_files(table, new_files, summary, delete_filter=hour_filter(hour_us))
-        except CommitFailedException:
-            for f in new_files:  # never referenced by any snapshot: safe to remove now
-                table.io.delete(f.file_path)
-            if attempt == retries:
-                raise
-            log.info("seal of %s hour %s raced a concurrent commit; retrying", table.name(), hour_us)
-            continue
-        table = table.refresh()
-        return _result(table, hour_us, rows, hour_layout(table, hour_us), before, sealed=False)
+        read_set = {f.file_path for f in layout.files}
+        new_files = LakeFileWriter(table, target_file_bytes=target_file_bytes).write(rows, prefix=SEALED_PREFIX)
+        committed = False
+        for _ in range(rebase_attempts):
+            try:
+                commit_files(table, new_files, summary, delete_filter=hour_filter(hour_us))
+                committed = True
+                break
+            except CommitFailedException:
+                table = table.refresh()
+                if {t.file.file_path for t in hour_tasks(table, hour_us)} != read_set:
+                    break  # the hour itself changed: redo from its new content
+                log.info("seal of %s hour %s: concurrent commit outside the hour; rebasing", table.name(), hour_us)
+        if committed:
+            table = table.refresh()
+            return _result(table, hour_us, rows, hour_layout(table, hour_us), len(read_set), sealed=False)
+        for f in new_files:  # never referenced by any snapshot: safe to remove now
+            table.io.delete(f.file_path)
+        if attempt == retries:
+            raise CommitFailedException(f"seal of {'.'.join(table.name())} hour {hour_us}: the hour kept "
+                                        f"changing under {retries + 1} attempts")
+        log.info("seal of %s hour %s: the hour changed during the seal; starting over", table.name(), hour_us)
     raise AssertionError("unreachable")

@@ -4,6 +4,7 @@ through dg.materialize against a real SQLite Iceberg catalog filled by the real 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -164,3 +165,45 @@ def test_checks_fail_on_corrupted_hour(filled_lake):
 
 def _et(name: str) -> EventType:
     return next(s.event_type for s in TABLES.values() if s.name == name)
+
+
+def test_seal_rebases_over_commits_outside_the_hour_and_redoes_on_late_rows(filled_lake, monkeypatch):
+    from streaming import lake_seal
+    from streaming.lake_writer import LakeFileWriter, commit_files
+
+    catalog, _ = filled_lake
+    h0 = int(hour_start(H0).timestamp()) * 1_000_000
+    h1 = int(hour_start("2024-08-09-01:00").timestamp()) * 1_000_000
+    other = catalog.load_table("market.trades")
+    one_h1 = other.scan(row_filter=hour_filter(h1), limit=1).to_arrow()
+    one_h0 = other.scan(row_filter=hour_filter(h0), limit=1).to_arrow()
+    expected = hour_rows(catalog, "trades", H0).num_rows
+    interleave = [h1, h0]  # first a commit into 01:00 (outside), then a late row into 00:00
+    calls = {"n": 0}
+
+    def commit_behind_the_seal(table, files, summary, delete_filter=None):
+        calls["n"] += 1
+        if interleave:
+            hour = interleave.pop(0)
+            src = one_h1 if hour == h1 else one_h0
+            row = src.set_column(0, pa.field("event_id", pa.string(), nullable=False),
+                                 pa.array([f"{hour:032x}"[-32:]], pa.string()))
+            fresh = catalog.load_table("market.trades")
+            commit_files(fresh, LakeFileWriter(fresh).write(row, prefix="sink"), {"test": "interleaved"})
+        return commit_files(table, files, summary, delete_filter=delete_filter)
+
+    monkeypatch.setattr(lake_seal, "commit_files", commit_behind_the_seal)
+    res = lake_seal.seal_hour(catalog.load_table("market.trades"), h0)
+    # 1st commit lost to the 01:00 commit and was rebased; the 2nd lost to the late 00:00
+    # row, so the hour was read again; the 3rd landed with the late row included.
+    assert calls["n"] == 3
+    assert res.rows == expected + 1 and not res.already_sealed
+    table = catalog.load_table("market.trades")
+    assert hour_layout(table, h0).is_sealed
+    assert hour_rows(catalog, "trades", H0).num_rows == expected + 1
+    assert hour_rows(catalog, "trades", "2024-08-09-01:00").num_rows == (
+        table.scan(row_filter=hour_filter(h1)).to_arrow().num_rows)
+    # No compacted file of a lost attempt is left behind: every sealed-* file on disk is live.
+    live = {t.file.file_path.removeprefix("file://") for t in table.scan().plan_files()}
+    sealed_on_disk = {str(p) for p in Path(table.location().removeprefix("file://")).rglob("sealed-*.parquet")}
+    assert sealed_on_disk and sealed_on_disk <= live
