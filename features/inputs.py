@@ -42,6 +42,10 @@ INPUT_SCHEMA = pa.schema([
 ])
 
 _SIDE = {pb.SIDE_BUY: "buy", pb.SIDE_SELL: "sell", pb.SIDE_UNSPECIFIED: ""}
+# enum number -> name, built once (the per-event Enum lookups were a measurable share of the cost)
+_ET = {et.pb: et for et in EventType}
+_EX = {int(v): exchange_from_pb(v).value for v in pb.Exchange.values() if v}
+_MK = {int(v): market_from_pb(v).value for v in pb.Market.values() if v}
 
 
 def _levels(levels) -> list[dict]:
@@ -50,10 +54,10 @@ def _levels(levels) -> list[dict]:
 
 def envelope_row(env: pb.Envelope) -> dict | None:
     """One input row from a processed envelope (None for types the spec does not use)."""
-    et = event_type_from_pb(env.event_type)
+    et = _ET.get(env.event_type) or event_type_from_pb(env.event_type)
     row = {
-        "event_id": env.event_id, "exchange": exchange_from_pb(env.exchange).value,
-        "market": market_from_pb(env.market).value, "symbol": env.symbol, "kind": et.value,
+        "event_id": env.event_id, "exchange": _EX.get(env.exchange) or exchange_from_pb(env.exchange).value,
+        "market": _MK.get(env.market) or market_from_pb(env.market).value, "symbol": env.symbol, "kind": et.value,
         "exchange_ts": env.exchange_ts, "seq": env.seq, "price_scale": env.price_scale,
         "size_scale": env.size_scale, "px": 0, "qty": 0, "side": "", "bids": [], "asks": [],
     }
