@@ -202,6 +202,7 @@ class LakeSink:
         self.producer: Producer | None = None
         self.assignment: list[TP] = []
         self.topic_ids: dict[str, str] = {}
+        self.dlq_errors: list[str] = []
 
     # -- start / resume ------------------------------------------------------------------
 
@@ -342,9 +343,14 @@ class LakeSink:
 
     def _dead_letter(self, reason: str, source: str, m: Message) -> None:
         rec = dead_letter(DlqStage.LAKE, reason, source=source, raw=m.value())
-        self.producer.produce(rec.topic, key=rec.key, value=rec.value, headers=rec.headers)
+        self.producer.produce(rec.topic, key=rec.key, value=rec.value, headers=rec.headers,
+                              on_delivery=self._delivered)
         self.dlq.count(reason)
         self.stats.dead_letters += 1
+
+    def _delivered(self, err, _msg) -> None:
+        if err is not None:
+            self.dlq_errors.append(str(err))
 
     def run_once(self) -> int:
         """One micro-batch: returns the number of table commits made."""
@@ -355,8 +361,9 @@ class LakeSink:
         if self.stats.dead_letters:
             # Dead letters must be durable before the offsets that skip them are.
             remaining = self.producer.flush(30)
-            if remaining:
-                raise RuntimeError(f"{remaining} dead letters not delivered; not committing past them")
+            if remaining or self.dlq_errors:
+                raise RuntimeError(f"dead letters not delivered ({remaining} pending, errors: "
+                                   f"{self.dlq_errors[:3]}); not committing past them")
         commits = 0
         for name in sorted(batches):
             if self.commit_table(batches[name]):
