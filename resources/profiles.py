@@ -27,6 +27,7 @@ from typing import Any
 import dagster as dg
 
 from resources.artifacts import ArtifactStoreResource
+from resources.bulk import BulkHistoryResource
 from resources.clickhouse import ClickHouseResource
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
@@ -38,6 +39,7 @@ PROFILE_ENV = "TICKLAKE_PROFILE"
 PROFILES = ("local", "aws")
 
 AWS_REGION_ENV = "TICKLAKE_AWS_REGION"
+BULK_DIR_ENV = "TICKLAKE_BULK_DIR"
 CATALOG_TYPE_ENV = "TICKLAKE_CATALOG_TYPE"
 CATALOG_URI_ENV = "TICKLAKE_CATALOG_URI"
 CATALOG_WAREHOUSE_ENV = "TICKLAKE_CATALOG_WAREHOUSE"
@@ -49,7 +51,7 @@ SPARK_MASTER_ENV = "TICKLAKE_SPARK_MASTER"
 ARTIFACTS_ENV = "TICKLAKE_ARTIFACTS"
 
 #: Resource keys assets and jobs declare; one name per concept.
-KAFKA, LAKE, CLICKHOUSE, SPARK, ARTIFACTS = "kafka", "lake", "clickhouse", "spark", "artifacts"
+KAFKA, LAKE, CLICKHOUSE, SPARK, ARTIFACTS, BULK = "kafka", "lake", "clickhouse", "spark", "artifacts", "bulk"
 
 #: Target data-file size: small locally (tests, laptops), 256 MiB in production (ARCHITECTURE §3).
 LOCAL_TABLE_PROPERTIES = {"write.target-file-size-bytes": str(32 * 1024 * 1024)}
@@ -81,6 +83,7 @@ def local_resources() -> dict[str, Any]:
         CLICKHOUSE: ClickHouseResource(dsn=home.clickhouse_dsn),
         SPARK: SparkResource(master="local[2]", shuffle_partitions=4),
         ARTIFACTS: ArtifactStoreResource(root=str(home.artifacts_dir)),
+        BULK: BulkHistoryResource(),
     }
 
 
@@ -116,6 +119,7 @@ def aws_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         ARTIFACTS: ArtifactStoreResource(root=dg.EnvVar(ARTIFACTS_ENV),
                                          endpoint_url=_optional_env(S3_ENDPOINT_ENV, env),
                                          region=dg.EnvVar(AWS_REGION_ENV)),
+        BULK: BulkHistoryResource(download_dir=_optional_env(BULK_DIR_ENV, env)),
     }
 
 
