@@ -79,22 +79,31 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
-def bench_writer(rows: pa.Table, root: Path) -> None:
+def best_of(repeat: int, fn):
+    """Fastest of `repeat` runs: the machine is shared, the minimum is the least disturbed."""
+    return min((timed(fn) for _ in range(repeat)), key=lambda r: r[0])
+
+
+def bench_writer(rows: pa.Table, root: Path, repeat: int) -> None:
     n = rows.num_rows
-    base_s, _ = timed(lambda: pq.write_table(rows, root / "baseline.parquet", compression="zstd"))
-    _, tables = catalog_at(root / "w")
-    table = ensure_writer_properties(tables["trades"])
-    ours_s, _ = timed(lambda: commit_files(table, LakeFileWriter(table).write(rows), {"bench": "1"}))
-    nfiles = len(table.refresh().current_snapshot().manifests(table.io))
-    _, tables2 = catalog_at(root / "a")
-    part = rows.slice(0, min(n, 200_000))
-    slow_s, _ = timed(lambda: tables2["trades"].append(part))
-    print(f"writer ({n:,} trade rows, {len(EXCHANGES) * len(MARKETS) * 4} partitions)")
-    print(f"  baseline pyarrow.parquet.write_table, 1 file : {n / base_s:12,.0f} rows/s  ({base_s:.2f} s)")
-    print(f"  lake writer + fast-append commit             : {n / ours_s:12,.0f} rows/s  ({ours_s:.2f} s, "
-          f"{nfiles} manifest(s))")
-    print(f"  pyiceberg Table.append ({part.num_rows:,} rows)          : {part.num_rows / slow_s:12,.0f} rows/s  "
-          f"({slow_s:.2f} s)")
+    base_s, _ = best_of(repeat, lambda: pq.write_table(rows, root / "baseline.parquet", compression="zstd"))
+    runs = iter(range(100))
+
+    def ours():
+        _, tables = catalog_at(root / f"w{next(runs)}")
+        table = ensure_writer_properties(tables["trades"])
+        return commit_files(table, LakeFileWriter(table).write(rows), {"bench": "1"})
+
+    def generic():
+        _, tables = catalog_at(root / f"a{next(runs)}")
+        return tables["trades"].append(rows)
+
+    ours_s, _ = best_of(repeat, ours)
+    slow_s, _ = best_of(repeat, generic)
+    print(f"writer ({n:,} trade rows, {len(EXCHANGES) * len(MARKETS) * 4} partitions; best of {repeat})")
+    print(f"  baseline pyarrow.parquet.write_table, 1 unsorted file  : {n / base_s:12,.0f} rows/s  ({base_s:.2f} s)")
+    print(f"  lake writer: sorted per partition + fast-append commit : {n / ours_s:12,.0f} rows/s  ({ours_s:.2f} s)")
+    print(f"  pyiceberg Table.append (partitioned, not sorted)       : {n / slow_s:12,.0f} rows/s  ({slow_s:.2f} s)")
 
 
 def bench_compaction_and_scan(rows: pa.Table, root: Path) -> None:
@@ -190,11 +199,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--sink-events", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-lake-") as tmp:
         root = Path(tmp)
         rows = synthetic_trades(a.rows)
-        bench_writer(rows, root)
+        bench_writer(rows, root, a.repeat)
         bench_compaction_and_scan(rows, root)
         if a.sink_events:
             bench_sink(a.sink_events, root)
