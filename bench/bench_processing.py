@@ -14,7 +14,7 @@ Prints, from one run on this machine:
 Input is the synthetic market of tests/synthetic_events.py (three instruments, books and
 trades), stamped with the current time when sent.
 
-    python bench/bench_processing.py [--events 60000] [--rates 5000,20000,50000] [--duration 8]
+    python bench/bench_processing.py [--events 60000] [--rates 2000,5000,20000,50000] [--duration 8]
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def latency_run(rate: int, duration: float, template) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=60_000)
-    ap.add_argument("--rates", default="5000,20000,50000")
+    ap.add_argument("--rates", default="2000,5000,20000,50000")
     ap.add_argument("--duration", type=float, default=8.0)
     a = ap.parse_args(argv)
     envs = SyntheticMarket(seed=1).events(a.events, 200)

@@ -295,3 +295,38 @@ def test_kill_9_inside_a_transaction_then_restart_publishes_each_record_once(bro
     assert set(copies) == set(expected)                                        # nothing missing, nothing extra
     assert all(v == {expected[k]} for k, v in copies.items())                  # every copy byte-identical
     assert len(processed) >= len(expected)   # > when the aborted batch is visible (the embedded broker shows it)
+
+
+def test_reference_data_from_the_replay_emulator_enriches_captured_events(tmp_path):
+    """The emulator serves each venue's exchange-info endpoint for what its feeds carry; the
+    normalizer's catalog is fetched from there over HTTP (as `ticklake up --replay` does)."""
+    import asyncio
+
+    from collectors.replay import Emulator
+
+    async def fetch_catalog():
+        emu = Emulator()
+        emu.play_capture(ps.HFT_CAPTURE, speed=None, gate=False)
+        async with emu:
+            url = emu.rest_base(Exchange.BINANCE, Market.SPOT)
+            for _ in range(100):   # the feed registers its instruments as it starts
+                cat, _ = await asyncio.to_thread(build_catalog, str(tmp_path / "i.json"),
+                                                 {(Exchange.BINANCE, Market.SPOT): url},
+                                                 [(Exchange.BINANCE, Market.SPOT)])
+                if len(cat):
+                    return cat
+                (tmp_path / "i.json").unlink(missing_ok=True)
+                await asyncio.sleep(0.1)
+        raise AssertionError("emulator never listed an instrument")
+
+    cat = asyncio.run(fetch_catalog())
+    ref = cat.get("binance", "spot", "BTCUSDT")
+    assert ref.canonical == "BTC-USDT" and ref.tick_size.rstrip("0") == "0.01"
+    n = Normalizer(cat)
+    events = ps.capture_raw_events()[:3000]
+    outs = []
+    for i, e in enumerate(events):
+        r = encode(e)
+        outs.append(n.process(ps.raw_topic(e), 0, i, r.value, r.headers))
+    assert [o.reason for o in outs if o.kind != "ok"] == []
+    assert {(o.env.symbol, o.env.tick_size, o.env.price_scale) for o in outs} == {("BTC-USDT", 1, 2)}
