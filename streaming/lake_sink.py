@@ -119,6 +119,7 @@ class SinkStats:
     duplicates: int = 0
     dead_letters: int = 0
     commits: int = 0
+    commit_retries: int = 0
     per_table_rows: dict[str, int] = field(default_factory=dict)
 
 
@@ -474,6 +475,7 @@ class LakeSink:
                         f"table {'.'.join(table.name())} got sink snapshot {now.snapshot_id} from another "
                         f"writer (expected {prev.snapshot_id}); only one lake sink may run") from None
                 log.info("commit to %s raced a concurrent commit; retrying", ".".join(table.name()))
+                self.stats.commit_retries += 1
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 

@@ -3,6 +3,7 @@ through dg.materialize against a real SQLite Iceberg catalog filled by the real 
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -56,8 +57,13 @@ def filled_lake(tmp_path, ticklake_home):
         sink = LakeSink(kc.KafkaConnection(bootstrap_servers=b.bootstrap), catalog,
                         SinkConfig(topics=topics, batch_max_records=700, batch_max_ms=200,
                                    allowed_lateness_us=5_000_000))
-        stats = sink.run(idle_exit_s=1.5)
-    assert stats.rows == len(events)
+        sink.start()
+        deadline = time.monotonic() + 120  # turns a hang into a failure, never a pass
+        while sink.stats.records < len(events):  # batch by batch until every record is in
+            assert time.monotonic() < deadline, f"sink stuck at {sink.stats}"
+            sink.run_once()
+        sink.close()
+    assert sink.stats.rows == len(events)
     return catalog, LakeResource(uri=ticklake_home.catalog_uri, warehouse=ticklake_home.warehouse)
 
 

@@ -56,7 +56,7 @@ def service_lake(tmp_path, ticklake_home):
         result = lake_sink_service.execute_in_process(
             run_config={"ops": {"run_lake_sink": {"config": {
                 "exchanges": ["binance"], "markets": ["spot"], "batch_max_records": 800,
-                "batch_max_ms": 200, "allowed_lateness_s": 5.0, "idle_exit_s": 1.5}}}},
+                "batch_max_ms": 200, "allowed_lateness_s": 5.0, "idle_exit_s": 2.5}}}},
             resources={"lake": lake, "kafka": KafkaResource(bootstrap_servers=b.bootstrap)})
     assert result.success
     return open_home_catalog(ticklake_home), lake, events, result

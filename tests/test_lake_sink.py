@@ -130,10 +130,14 @@ def test_exactly_once_under_kill9(broker, ticklake_home):
     # An outside kill -9 at whatever point the sink has reached (it may also have finished
     # first: the assertions below hold either way), then a clean run to the end.
     kill_after_snapshots(broker.bootstrap, ticklake_home, rng.randint(1, 2))
-    assert run_sink_process(broker.bootstrap, ticklake_home, hooks[3]) == 0
-
     catalog = open_home_catalog(ticklake_home)
     expected = unique_counts(events)
+    # The sink exits after 2.5 s without records; on a loaded machine a run may stop early,
+    # and a further run must then simply continue (bounded, so a real loss still fails).
+    for _ in range(3):
+        assert run_sink_process(broker.bootstrap, ticklake_home, hooks[3]) == 0
+        if all(table_rows(catalog, n).num_rows >= c for n, c in expected.items()):
+            break
     for name, n in expected.items():
         rows = table_rows(catalog, name)
         assert rows.num_rows == n, name
@@ -168,7 +172,9 @@ def test_resume_from_snapshot_offsets_and_topic_reset(tmp_path, ticklake_home):
     with EmbeddedBroker(log_path=tmp_path / "b1.log") as b1:
         create_sink_topics(b1.bootstrap, topics, partitions=2)
         produce(b1.bootstrap, first[:500])
-        stats = _sink(b1.bootstrap, catalog, topics).run(idle_exit_s=1.5)
+        s1 = _sink(b1.bootstrap, catalog, topics)
+        stats = run_until(s1, records=500)
+        s1.close()
         assert stats.rows == len(first[:500])
         state = latest_sink_state(catalog.load_table("market.trades"))
         # Offsets recorded are exactly the records per partition of the table's topic.
@@ -179,7 +185,8 @@ def test_resume_from_snapshot_offsets_and_topic_reset(tmp_path, ticklake_home):
         start = sink.start()
         for p, off in state.offsets[trade_topic].items():
             assert start[(trade_topic, p)] == off  # resumes where the snapshot says, not from 0
-        stats2 = sink.run(idle_exit_s=1.5)
+        stats2 = run_until(sink, records=len(first) - 500)
+        sink.close()
         assert stats2.rows == len(first) - 500 and stats2.duplicates == 0
     # A new broker: every topic is recreated (new topic ids, offsets restart at 0).
     more = SyntheticMarket(instruments=[_inst("SOL-USDT-PERP")], seed=4).events(200, spacing_us=2_000_000)
@@ -187,7 +194,8 @@ def test_resume_from_snapshot_offsets_and_topic_reset(tmp_path, ticklake_home):
         create_sink_topics(b2.bootstrap, topics, partitions=2)
         produce(b2.bootstrap, first[:300] + more)  # replayed old records and new ones
         sink3 = _sink(b2.bootstrap, catalog, topics)
-        stats3 = sink3.run(idle_exit_s=1.5)
+        stats3 = run_until(sink3, records=300 + len(more))
+        sink3.close()
         # Without topic ids (other brokers), a stored offset past the partition's end is the
         # reset signal: the fetch-reported high watermark exposes it.
         tp = (trade_topic, 0)
@@ -201,6 +209,18 @@ def test_resume_from_snapshot_offsets_and_topic_reset(tmp_path, ticklake_home):
     # The live gauge shows the same watermark the snapshot summary stores.
     gauge = REGISTRY.get_sample_value("ticklake_lake_watermark_seconds", {"table": "trades"})
     assert gauge == wms["trades"].timestamp()
+
+
+def run_until(sink: LakeSink, rows: int | None = None, records: int | None = None, limit_s: float = 120):
+    """Drive the sink batch by batch until it has committed `rows` rows / consumed `records`
+    records (the limit only turns a hang into a failure); returns its stats."""
+    if sink.consumer is None:
+        sink.start()
+    deadline = time.monotonic() + limit_s
+    while (rows is not None and sink.stats.rows < rows) or (records is not None and sink.stats.records < records):
+        assert time.monotonic() < deadline, f"sink stuck at {sink.stats}"
+        sink.run_once()
+    return sink.stats
 
 
 def _inst(symbol: str) -> SynthInstrument:
@@ -223,22 +243,18 @@ def test_commit_races_a_seal_but_a_second_sink_is_fenced(broker, ticklake_home):
     catalog = open_home_catalog(ticklake_home)
     a = _sink(broker.bootstrap, catalog, topics)
     a.start()
-    while a.run_once():
-        pass
+    run_until(a, rows=600)
     b = _sink(broker.bootstrap, catalog, topics)  # starts from a's committed offsets
     b.start()
     # A seal commits to book_deltas behind a's back: a's table object is now stale.
     deltas = catalog.load_table("market.book_deltas")
     seal_hour(deltas, events[0].exchange_ts - events[0].exchange_ts % HOUR_US)
     produce(broker.bootstrap, events[600:])
-    commits = 0
-    for _ in range(20):
-        commits += a.run_once()
-    assert commits and a.stats.rows == len(events)
+    run_until(a, rows=len(events))
+    assert a.stats.commit_retries >= 1  # its book_deltas commit lost to the seal, then landed
     # b still believes the last sink snapshot is the one it loaded at start.
     with pytest.raises(SinkFencedError, match="only one lake sink may run"):
-        for _ in range(20):
-            b.run_once()
+        run_until(b, rows=len(events))
     a.close()
     b.close()
     for name, n in unique_counts(events).items():
