@@ -33,6 +33,8 @@ class ClickHouseLiveConfig(dg.Config):
     ttl_days: int | None = None
     batch_max_records: int = 5000
     batch_max_ms: int = 500
+    session_timeout_ms: int = 10_000
+    """Consumer group session; the embedded broker admits a member after about half of it."""
     idle_exit_s: float | None = None
     """Stop after this long without records (tests, catch-up runs); None = run forever."""
     max_seconds: float | None = None
@@ -44,7 +46,8 @@ def run_clickhouse_live(context: dg.OpExecutionContext, config: ClickHouseLiveCo
     svc = ClickHouseLive(kafka.connection(), clickhouse.get_client(),
                          live_topics(config.exchanges or None, config.markets or None),
                          database=config.database, batch_max_records=config.batch_max_records,
-                         batch_max_ms=config.batch_max_ms, ttl_days=config.ttl_days)
+                         batch_max_ms=config.batch_max_ms, ttl_days=config.ttl_days,
+                         session_timeout_ms=config.session_timeout_ms)
     stats = svc.run(idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
     context.log.info(f"clickhouse-live stopped: records={stats.records} rows={stats.rows} "
                      f"dlq={dict(stats.dlq.counts)}")

@@ -93,9 +93,14 @@ class ChTable:
                 f"ENGINE = {self.engine}\nPARTITION BY toDate(ts)\nORDER BY ({', '.join(self.order_by)}){ttl}")
 
 
+#: toDateTime(ts) + TTL must stay below DateTime's end (2106); beyond it the sum wraps
+#: around and every row looks expired.
+MAX_TTL_DAYS = 20_000
+
+
 def ttl_interval(days: int | None) -> int:
-    if days is None or isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise ValueError(f"ttl_days must be a positive integer, got {days!r}")
+    if days is None or isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_TTL_DAYS:
+        raise ValueError(f"ttl_days must be an integer in 1..{MAX_TTL_DAYS}, got {days!r}")
     return days
 
 

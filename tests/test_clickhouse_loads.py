@@ -162,6 +162,8 @@ def test_inputs_are_validated_and_ttl_comes_from_config(env):
         cs.ensure_tables(client, "tl; DROP DATABASE x")
     with pytest.raises(ValueError):
         cs.delete_hour(client, DB, "trades", a.utc(H).replace(minute=5))
+    with pytest.raises(ValueError):
+        cs.ensure_tables(client, "tl_ttl", ttl_days=36500)   # would wrap past DateTime's end
     cs.ensure_tables(client, "tl_ttl", ttl_days=30, tables=[cs.CH_TRADES])
     engine = client.query("SELECT engine_full FROM system.tables WHERE database='tl_ttl' AND name='trades'").result_rows[0][0]
     assert "toIntervalDay(30)" in engine and "PARTITION BY toDate(ts)" in engine and "ORDER BY (symbol, ts)" in engine
