@@ -44,7 +44,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
@@ -76,6 +76,7 @@ RECORDS = Counter("ticklake_lake_records", "Kafka records consumed by the lake s
 DUPLICATES = Counter("ticklake_lake_duplicates", "Records dropped as event_id duplicates", ["table"])
 LATE = Counter("ticklake_lake_late_rows", "Rows older than the table watermark when they arrived", ["table"])
 COMMITS = Counter("ticklake_lake_commits", "Iceberg commits of the lake sink", ["table"])
+LAG = Gauge("ticklake_lake_consumer_lag", "Records in processed topics not yet in the lake", ["topic"])
 
 
 class SinkFencedError(RuntimeError):
@@ -204,6 +205,7 @@ class LakeSink:
         self.assignment: list[TP] = []
         self.topic_ids: dict[str, str] = {}
         self.dlq_errors: list[str] = []
+        self._lag_at = 0.0
 
     # -- start / resume ------------------------------------------------------------------
 
@@ -371,7 +373,24 @@ class LakeSink:
                 commits += 1
         self.stats.batches += 1
         self.stats.records += len(msgs)
+        self._publish_lag()
         return commits
+
+    def _publish_lag(self, every_s: float = 5.0) -> None:
+        """Consumer lag per topic from the high watermarks the fetches report (cached: the
+        embedded broker answers a ListOffsets(latest) query wrongly)."""
+        now = time.monotonic()
+        if now - self._lag_at < every_s:
+            return
+        self._lag_at = now
+        lag: dict[str, int] = {}
+        positions = self.consumer.position([TopicPartition(t, p) for t, p in self.assignment])
+        for tp in positions:
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= 0:
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - tp.offset)
+        for topic, n in lag.items():
+            LAG.labels(topic).set(n)
 
     def commit_table(self, tb: TableBatch) -> bool:
         name = tb.spec.name
