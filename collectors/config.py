@@ -159,7 +159,8 @@ class ShardConfig:
         d = asdict(self)
         d["exchange"], d["market"] = str(self.exchange), str(self.market)
         d["symbols"], d["egress_ips"] = list(self.symbols), list(self.egress_ips)
-        d["adapter_options"] = dict(self.adapter_options)
+        # plain lists, so the dict survives yaml.safe_dump and JSON alike
+        d["adapter_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.adapter_options.items()}
         return d
 
     @classmethod

@@ -216,7 +216,8 @@ class Emulator:
             await ws.close(1008, err[:120])
             return
         writer = asyncio.create_task(self._writer(client))
-        pinger = asyncio.create_task(self._app_ping_watch(client)) if sim.app_ping_timeout_s else None
+        pinger = (asyncio.create_task(self._app_ping_watch(client))
+                  if sim.app_ping_timeout_s and sim.app_pings_required else None)
         try:
             async for msg in ws:
                 sim.on_message(client, msg if isinstance(msg, str) else msg.decode(errors="replace"))

@@ -343,6 +343,7 @@ class ShardRunner:
         self.adapters: list[Any] = []     # every adapter this run created, for sync statistics
         self.instruments: dict[str, Any] = {}
         self._rest_tasks: set[asyncio.Task] = set()
+        self._stopping: set[asyncio.Task] = set()
         self._rest_failures: dict[tuple, int] = {}
         self._wake = asyncio.Event()
         self._lbl = (cfg.name, str(cfg.exchange), str(cfg.market))
@@ -515,7 +516,9 @@ class ShardRunner:
                               and o.ready(self.handover_overlap_s) for o in self.workers)
                           for s in w.spec.symbols)
             if covered or now - w.retire_since > self.cfg.handover_timeout_s:
-                asyncio.create_task(w.stop("handover complete" if covered else "handover timeout"))
+                t = asyncio.create_task(w.stop("handover complete" if covered else "handover timeout"))
+                self._stopping.add(t)
+                t.add_done_callback(self._stopping.discard)
                 w.alive = False
         self.workers = [w for w in self.workers if w.alive]
 
@@ -557,7 +560,7 @@ class ShardRunner:
 
     async def shutdown(self, flush_timeout: float = 30.0) -> None:
         workers, self.workers = self.workers, []
-        await asyncio.gather(*(w.stop("shard stopping") for w in workers), return_exceptions=True)
+        await asyncio.gather(*(w.stop("shard stopping") for w in workers), *self._stopping, return_exceptions=True)
         for t in list(self._rest_tasks):
             t.cancel()
         await asyncio.gather(*self._rest_tasks, return_exceptions=True)

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from collectors.backoff import Backoff, BackoffPolicy
-from collectors.config import ConfigError, ShardConfig, load_shards, parse_shards
+from collectors.config import ConfigError, ShardConfig, dump_shards, load_shards, parse_shards
 from collectors.dedup import DedupWindow
 from collectors.ratelimit import (
     BINANCE_SPOT,
@@ -246,3 +246,8 @@ def test_shard_config_validates_and_maps_native_symbols(tmp_path):
     with pytest.raises(ConfigError):
         parse_shards({"shards": [{"name": "a", "exchange": "okx", "market": "spot", "symbols": ["BTC-USDT"]}] * 2})
     assert load_shards(tmp_path / "missing.yaml") == []
+    # adapter options (tuples in code) survive the YAML round trip the supervisor reads
+    opt = ShardConfig("c", "binance", "spot", ("BTC-USDT",), adapter_options={"streams": ("depth@100ms", "trade")})
+    dump_shards([opt], tmp_path / "again.yaml")
+    (back,) = load_shards(tmp_path / "again.yaml")
+    assert list(back.adapter_options["streams"]) == ["depth@100ms", "trade"] and back.symbols == opt.symbols

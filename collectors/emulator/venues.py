@@ -115,6 +115,8 @@ class VenueSim:
     exchange: Exchange
     name: str
     limits: VenueLimits
+    #: the venue expects application-level pings (Bybit {"op":"ping"}, OKX "ping")
+    app_pings_required = False
 
     def __init__(self, *, server_ping_s: float | None = 20.0, app_ping_timeout_s: float | None = None,
                  limits: VenueLimits | None = None, slow_client_s: float = 30.0) -> None:
@@ -645,6 +647,7 @@ BYBIT_CATEGORIES = {"spot": Market.SPOT, "linear": Market.PERP, "inverse": Marke
 
 class BybitSim(VenueSim):
     exchange = Exchange.BYBIT
+    app_pings_required = True
     name = "bybit"
     limits = BYBIT_LIMITS
 
@@ -848,6 +851,7 @@ def okx_inst_type(inst_id: str) -> str:
 
 class OkxSim(VenueSim):
     exchange = Exchange.OKX
+    app_pings_required = True
     name = "okx"
     limits = OKX_LIMITS
 
