@@ -578,3 +578,46 @@ class ShardRunner:
 async def run_shard(cfg: ShardConfig, producer_config: dict[str, Any], stop: asyncio.Event | None = None,
                     **kw: Any) -> ShardStats:
     return await ShardRunner(cfg, producer_config=producer_config, **kw).run(stop)
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one shard from the collectors config outside Dagster; SIGTERM/SIGINT stop it cleanly
+    (sockets closed, producer flushed) and the last log line carries the final counts."""
+    import argparse
+    import signal
+
+    from collectors.config import find_shard
+    from collectors.logs import configure_json_logging
+    from streaming import kafka_config as kc
+
+    ap = argparse.ArgumentParser(prog="python -m collectors.runner", description=main.__doc__)
+    ap.add_argument("shard", help="shard name in the collectors config")
+    ap.add_argument("--config", help="collectors YAML (default $TICKLAKE_COLLECTORS or $TICKLAKE_HOME/collectors.yaml)")
+    ap.add_argument("--bootstrap", help="Kafka bootstrap (default $TICKLAKE_KAFKA_BOOTSTRAP)")
+    ap.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
+    args = ap.parse_args(argv)
+    cfg = find_shard(args.shard, args.config)
+    configure_json_logging()
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
+    conn = kc.connection_from_env(bootstrap_servers=args.bootstrap, client_id=f"ticklake-collector-{cfg.name}")
+
+    async def run() -> ShardStats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await ShardRunner(cfg, producer_config=kc.producer_config(conn)).run(stop)
+
+    stats = asyncio.run(run())
+    return 0 if stats.delivery_errors == 0 else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -188,3 +188,32 @@ def test_termination_closes_and_flushes_before_returning(kafka_broker):
     assert st.delivered == st.events_out and st.delivery_errors == 0
     assert not handle.runner.workers                        # every connection closed
     assert len(shard_events(kafka_broker.bootstrap, name, "binance")) == st.events_out
+
+
+def test_sigterm_stops_a_command_line_shard_cleanly(kafka_broker, tmp_path):
+    """Outside Dagster: SIGTERM closes the connections and flushes before the process exits."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ensure_collector_topics(kafka_broker.bootstrap)
+    et = EmulatorThread("binance", "spot", n_symbols=3, rate=1000)
+    name = unique("sigterm")
+    path = dump_shards([_shard_on(et.emu, name)], tmp_path / "collectors.yaml")
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.Popen([sys.executable, "-m", "collectors.runner", name, "--config", str(path),
+                          "--bootstrap", kafka_broker.bootstrap], cwd=root,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(6.0)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        et.stop()
+    assert p.returncode == 0, err[-2000:]
+    final = [json.loads(line) for line in err.splitlines() if line.startswith("{") and '"shard stopped"' in line]
+    assert final and final[-1]["unflushed"] == 0
+    out = final[-1]["events_out"]
+    assert out > 1000 and final[-1]["delivered"] == out
+    assert len(shard_events(kafka_broker.bootstrap, name, "binance")) == out
