@@ -50,6 +50,7 @@ from features.spec import WINDOW_US
 from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.topics import DlqStage, Stage, event_topic, feature_topic
 from streaming import kafka_config as kc
+from streaming import processor_metrics as metrics
 from streaming.dlq import DlqCounters, dead_letter
 from streaming.kafka_io import TP, read_range
 from streaming.serde import SerdeError, decode
@@ -276,6 +277,9 @@ class FeatureProcessor(TransactionalLoop):
     def __init__(self, conn: kc.KafkaConnection, pairs: list[tuple[Market, Exchange]], *,
                  processor_name: str = "default", allowed_lateness_ms: int = 500,
                  idle_timeout_ms: int = 2000, checkpoint_interval_s: float = 10.0, **kw):
+        # Each transaction writes a progress record; a floor on the batch interval bounds
+        # the state topic's growth (~10 small records/s) at a small latency cost.
+        kw.setdefault("batch_min_ms", 100)
         self.processor_name = processor_name
         super().__init__(conn, group_id=f"ticklake-features-{processor_name}",
                          transactional_id=f"ticklake-features-{processor_name}",
@@ -351,14 +355,23 @@ class FeatureProcessor(TransactionalLoop):
             reason, _ = self.engine.offer(tp, m.offset(), m.value(), m.headers())
             if reason is not None:
                 self.engine.dlq.count(reason)
+                if reason.startswith("late"):
+                    metrics.LATE.labels(self.name).inc()
                 dl = dead_letter(DlqStage.FEATURES, reason, source=f"{tp[0]}[{tp[1]}]@{m.offset()}",
                                  raw=m.value())
                 out.append(OutRecord(dl.topic, dl.value, dl.key, dl.headers))
         live = [tp for tp in self.assignment if now - self.last_seen.get(tp, now) <= self.idle_timeout_s]
         before = self.engine.frontier
         frontier = self.engine.propose_frontier(live if live else None)
-        out += feature_records(self.engine.close(frontier))
+        rows = self.engine.close(frontier)
+        if rows:
+            wall = time.time()
+            for r in rows:
+                metrics.FEATURE_DELAY.labels(self.name).observe(max(0.0, wall - r["last_event_ts"] / 1e6))
+        out += feature_records(rows)
         self._frontier_changed = self.engine.frontier != before
+        if self._frontier_changed:
+            metrics.WATERMARK.labels(self.name).set(self.engine.frontier)
         if msgs or self._frontier_changed:
             self._dirty = True
         return out
@@ -488,10 +501,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint-interval-s", type=float, default=10.0)
     ap.add_argument("--batch-max-ms", type=int, default=200)
     ap.add_argument("--idle-exit-s", type=float, default=None)
+    ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
     ap.add_argument("--test-hold-in-txn", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--test-hold-after-batches", type=int, default=1, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if a.metrics_port:
+        metrics.start_metrics_server(a.metrics_port)
     conn = kc.connection_from_env(bootstrap_servers=a.bootstrap)
     hold = HoldInTxn(a.test_hold_in_txn, a.test_hold_after_batches) if a.test_hold_in_txn else None
     fp = FeatureProcessor(conn, parse_pairs(a.pair), processor_name=a.name,

@@ -49,6 +49,7 @@ from schemas.topics import (
     parse_event_topic,
 )
 from streaming import kafka_config as kc
+from streaming import processor_metrics as metrics
 from streaming.dedup import OffsetWindowDedup
 from streaming.dlq import DlqCounters, dead_letter
 from streaming.instruments import InstrumentCatalog, InstrumentRef, fetch_instruments
@@ -343,9 +344,13 @@ class NormalizerService(TransactionalLoop):
     def process_batch(self, msgs: list[Message]) -> list[OutRecord]:
         out: list[OutRecord] = []
         proc = self.normalizer.process
+        dups = 0
         for m in msgs:
             o = proc(m.topic(), m.partition(), m.offset(), m.value(), m.headers())
+            dups += o.kind == "duplicate"
             out += outcome_records(o, m.topic(), m.partition(), m.offset(), m.value())
+        if dups:
+            metrics.DUPLICATES.labels(self.name).inc(dups)
         return out
 
 
@@ -387,10 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dedup-span", type=int, default=200_000)
     ap.add_argument("--batch-max-ms", type=int, default=200)
     ap.add_argument("--idle-exit-s", type=float, default=None)
+    ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
     ap.add_argument("--test-hold-in-txn", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--test-hold-after-batches", type=int, default=1, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if a.metrics_port:
+        metrics.start_metrics_server(a.metrics_port)
     urls = {}
     for item in a.base_url:
         venue, _, url = item.partition("=")

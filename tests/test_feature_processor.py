@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import pyarrow as pa
 import pytest
+from prometheus_client import REGISTRY
 
 from features.compute import compute_features
 from features.inputs import events_from_envelopes
@@ -95,8 +96,11 @@ def test_late_and_malformed_records_go_to_the_dlq_with_reasons(broker):
     _produce_processed(broker.bootstrap, late)
     ps.produce(broker.bootstrap, [(event_topic("processed", "spot", EventType.TRADE, "binance"), b"BTC-USDT",
                                    b"\x01\x02not an envelope", None)])
+    late_metric = ("ticklake_processor_late_records_total", {"processor": "feature-processor"})
+    late_before = REGISTRY.get_sample_value(*late_metric) or 0.0
     fp = FeatureProcessor(ps.connection(broker.bootstrap), PAIR, allowed_lateness_ms=500, idle_timeout_ms=1000)
     fp.run(idle_exit_s=3.0)
+    assert REGISTRY.get_sample_value(*late_metric) - late_before == 5          # exported to Prometheus
 
     dead = [parse_dead_letter(m.value()) for m in ps.read_topics(broker.bootstrap, [dlq_topic("features")])]
     reasons = sorted(d.reason.split(":")[0] for d in dead)
