@@ -350,7 +350,7 @@ def test_local_profile_derives_from_home(monkeypatch: pytest.MonkeyPatch, tickla
     monkeypatch.delenv(profiles.PROFILE_ENV, raising=False)
     res = profiles.build_resources()
     home = ticklake_home
-    assert set(res) == {"kafka", "lake", "clickhouse", "spark", "artifacts"}
+    assert set(res) == {"kafka", "lake", "clickhouse", "spark", "artifacts", "bulk"}
     assert res["lake"].catalog_properties()["uri"] == home.catalog_uri
     assert res["lake"].catalog_properties()["warehouse"] == home.warehouse
     assert res["clickhouse"].resolved_dsn() == f"chdb://{home.root}/clickhouse"
