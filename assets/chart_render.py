@@ -16,14 +16,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: charts are rendered in workers and tests
 
-import matplotlib.dates as mdates  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from schemas.model import Exchange  # noqa: E402
-from schemas.symbols import validate_canonical  # noqa: E402
+from schemas.model import Exchange
+from schemas.symbols import validate_canonical
 
 CHART_NAME = "market_overview"
 FIGSIZE = (12.0, 9.0)   # inches; at dpi 100 -> 1200 x 900 px

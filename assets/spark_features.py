@@ -21,7 +21,13 @@ import sys
 
 import dagster as dg
 
-from assets.batch_features import BATCH_FEATURES_KEY, INPUT_DEPS, FeatureHourConfig, feature_metadata, hour_us
+from assets.batch_features import (
+    BATCH_FEATURES_KEY,
+    INPUT_DEPS,
+    FeatureHourConfig,
+    feature_metadata,
+    hour_us,
+)
 from assets.partitions import HOURLY, hour_start
 from features.spec import FEATURES_TABLE
 from resources.clickhouse import CLICKHOUSE_POOL, ClickHouseResource

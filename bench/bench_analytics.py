@@ -19,35 +19,34 @@ over one hour for the feature recompute.
 from __future__ import annotations
 
 import argparse
-import warnings
 import os
-import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from assets.chart_render import render  # noqa: E402
-from resources.clickhouse import get_client, release_chdb  # noqa: E402
-from resources.home import resolve_home  # noqa: E402
-from resources.spark import SparkResource  # noqa: E402
-from schemas.arrow_convert import envelopes_to_table  # noqa: E402
-from schemas.model import event_type_from_pb  # noqa: E402
-from schemas.tables import TABLES  # noqa: E402
-from streaming import clickhouse_sql as cs  # noqa: E402
-from streaming import feature_lake as fl  # noqa: E402
-from streaming import feature_spark as fsp  # noqa: E402
-from streaming.lake_seal import read_hour  # noqa: E402
-from streaming.lake_writer import LakeFileWriter, commit_files  # noqa: E402
-from tests import analytics_support as a  # noqa: E402
-from tests.synthetic_events import SyntheticMarket  # noqa: E402
+from assets.chart_render import render
+from resources.clickhouse import get_client, release_chdb
+from resources.home import resolve_home
+from resources.spark import SparkResource
+from schemas.arrow_convert import envelopes_to_table
+from schemas.model import event_type_from_pb
+from schemas.tables import TABLES
+from streaming import clickhouse_sql as cs
+from streaming import feature_lake as fl
+from streaming import feature_spark as fsp
+from streaming.lake_seal import read_hour
+from streaming.lake_writer import LakeFileWriter, commit_files
+from tests import analytics_support as a
+from tests.synthetic_events import SyntheticMarket
 
 
 def best(fn, rounds: int) -> float:

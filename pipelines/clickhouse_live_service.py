@@ -11,6 +11,7 @@ on event_id in the ReplacingMergeTree.
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
 import dagster as dg
 from dagster import DagsterRunStatus, RunsFilter
+from pydantic import Field
 
 from resources.clickhouse import CLICKHOUSE_POOL, ClickHouseResource
 from resources.kafka import KafkaResource
@@ -25,9 +26,9 @@ ACTIVE_STATUSES = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, Dagste
 
 
 class ClickHouseLiveConfig(dg.Config):
-    exchanges: list[str] = []
+    exchanges: list[str] = Field(default_factory=list)
     """Limit to these exchanges (empty: all)."""
-    markets: list[str] = []
+    markets: list[str] = Field(default_factory=list)
     """Limit to these markets (empty: all)."""
     database: str = cs.DEFAULT_DATABASE
     ttl_days: int | None = None

@@ -151,14 +151,17 @@ class ClickHouseLive:
             self.producer = None
 
     def run(self, *, idle_exit_s: float | None = None, max_seconds: float | None = None,
-            on_tick: Callable[["ClickHouseLive"], None] | None = None, tick_s: float = 60.0) -> LiveStats:
+            on_tick: Callable[[ClickHouseLive], None] | None = None, tick_s: float = 60.0) -> LiveStats:
         """Consume until stopped (or idle for idle_exit_s / running max_seconds)."""
         self.start()
         began = last_data = last_tick = time.monotonic()
+        assigned = False
         try:
             while not self._stop:
                 n = self.run_once()
                 now = time.monotonic()
+                if not assigned and self.consumer is not None and self.consumer.assignment():
+                    assigned, last_data = True, now   # idle time counts from joining the group
                 if n:
                     last_data = now
                 if on_tick is not None and now - last_tick >= tick_s:

@@ -128,7 +128,7 @@ def write_hour(spark, tables: Mapping[str, Table], target: Table, hour_us: int, 
         df = df.persist()
         try:
             pairs = sorted((r["exchange"], r["market"]) for r in df.select("exchange", "market").distinct().collect())
-            fs = spark.sparkContext._jvm.org.apache.hadoop.fs  # noqa: SLF001 - listing what Spark wrote
+            fs = spark.sparkContext._jvm.org.apache.hadoop.fs
             for ex, mk in pairs:
                 out = (f"{target.location()}/data/exchange_ts_hour={hour_path_value(hour_us)}/exchange={ex}"
                        f"/market={mk}/{WRITER}-{run}")
@@ -136,7 +136,7 @@ def write_hour(spark, tables: Mapping[str, Table], target: Table, hour_us: int, 
                     "symbol", "exchange_ts")
                 part.write.mode("errorifexists").option("compression", "zstd").parquet(out)
                 path = fs.Path(out)
-                fsys = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # noqa: SLF001
+                fsys = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
                 written = [str(s.getPath().toUri()) for s in fsys.listStatus(path)
                            if s.getPath().getName().endswith(".parquet")]
                 files += sorted(f"file://{local_path(w)}" if w.startswith("/") else w for w in written)

@@ -25,8 +25,8 @@ from pipelines.clickhouse_live_service import (
     clickhouse_live_service,
     clickhouse_live_supervisor,
 )
-from resources.clickhouse import CLICKHOUSE_POOL, ClickHouseResource, release_chdb
 from resources.artifacts import ArtifactStoreResource
+from resources.clickhouse import CLICKHOUSE_POOL, ClickHouseResource, release_chdb
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.spark import SparkResource

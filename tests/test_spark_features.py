@@ -20,7 +20,12 @@ import pyarrow as pa
 import pytest
 
 from assets.batch_features import features_1s
-from assets.spark_features import CHECK_PARITY, features_parity, parity_outcome, spark_features_1s
+from assets.spark_features import (
+    CHECK_PARITY,
+    features_parity,
+    parity_outcome,
+    spark_features_1s,
+)
 from features.spec import FEATURE_SCHEMA
 from resources.clickhouse import ClickHouseResource, release_chdb
 from resources.home import resolve_home
