@@ -8,9 +8,11 @@ from datetime import UTC
 
 import dagster as dg
 
+from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from streaming.feature_processor import parse_pairs
-from streaming.replay_runbook import replay_features
+from streaming.normalizer import build_catalog, input_topics_for
+from streaming.replay_runbook import replay_features, replay_normalizer
 
 
 class ReplayConfig(dg.Config):
@@ -18,6 +20,8 @@ class ReplayConfig(dg.Config):
     """Range start, ISO 8601 (e.g. 2024-08-09T13:00:00Z)."""
     end: str
     """Range end (exclusive), ISO 8601."""
+    processor: str = "features"
+    """Which processor to replay: "features" or "normalizer"."""
     processor_name: str = "default"
     """Which feature processor's history to replay (its state topic and group)."""
     pairs: list[str] = []
@@ -26,6 +30,12 @@ class ReplayConfig(dg.Config):
     """Publish missing and corrected rows into the live feature topics when they differ."""
     tag: str = ""
     """Side topic suffix (default: the run id)."""
+    exchanges: list[str] = []
+    """normalizer: raw topics of these exchanges (empty: all)."""
+    markets: list[str] = []
+    """normalizer: raw topics of these markets (empty: all)."""
+    instruments_cache: str = ""
+    """normalizer: reference data cache (default $TICKLAKE_HOME/instruments.json)."""
 
 
 def _iso_us(text: str) -> int:
@@ -37,10 +47,20 @@ def _iso_us(text: str) -> int:
 
 
 @dg.op(out=dg.Out(dict), tags={"kind": "kafka"})
-def replay_feature_range(context: dg.OpExecutionContext, config: ReplayConfig, kafka: KafkaResource):
-    report = replay_features(kafka.connection(), parse_pairs(config.pairs or None), _iso_us(config.start),
-                             _iso_us(config.end), processor_name=config.processor_name, promote=config.promote,
-                             tag=config.tag or context.run_id[:8])
+def replay_range(context: dg.OpExecutionContext, config: ReplayConfig, kafka: KafkaResource):
+    tag = config.tag or context.run_id[:8]
+    if config.processor == "features":
+        report = replay_features(kafka.connection(), parse_pairs(config.pairs or None), _iso_us(config.start),
+                                 _iso_us(config.end), processor_name=config.processor_name,
+                                 promote=config.promote, tag=tag)
+    elif config.processor == "normalizer":
+        cache = config.instruments_cache or str(resolve_home().root / "instruments.json")
+        catalog, _ = build_catalog(cache)
+        report = replay_normalizer(kafka.connection(), catalog,
+                                   input_topics_for(config.exchanges or None, config.markets or None),
+                                   _iso_us(config.start), _iso_us(config.end), promote=config.promote, tag=tag)
+    else:
+        raise dg.Failure(f"unknown processor {config.processor!r}; expected 'features' or 'normalizer'")
     d = report.as_dict()
     context.log.info(f"replay {config.start}..{config.end}: recomputed {report.recomputed}, live {report.live}, "
                      f"equal={report.equal}, promoted {len(report.promoted)}")
@@ -54,10 +74,10 @@ def replay_feature_range(context: dg.OpExecutionContext, config: ReplayConfig, k
 
 
 @dg.job(tags={"ticklake/runbook": "replay"},
-        description="Replay runbook: recompute features for a time range into a side topic, compare with the "
-                    "live topic, optionally promote.")
-def replay_features_job():
-    replay_feature_range()
+        description="Replay runbook: recompute a processor's output (features or normalized records) for a "
+                    "time range into a side topic, compare with the live topic, optionally promote.")
+def replay_job():
+    replay_range()
 
 
-jobs = [replay_features_job]
+jobs = [replay_job]

@@ -12,18 +12,20 @@ from confluent_kafka import Producer
 
 from features.records import decode_row, encode_row
 from features.spec import WINDOW_US, feature_event_id
-from pipelines.replay_job import replay_features_job
+from pipelines.replay_job import replay_job
 from resources.kafka import KafkaResource
 from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.topics import event_topic, feature_topic
 from streaming import kafka_config as kc
 from streaming.broker import EmbeddedBroker
 from streaming.feature_processor import FeatureProcessor
+from streaming.normalizer import Normalizer, NormalizerService, input_topics_for
 from streaming.replay_runbook import (
     CORRECTION_HEADER,
     _uncommitted_reader,
     offset_for_time,
     replay_features,
+    replay_normalizer,
 )
 from streaming.serde import encode
 from streaming.topic_admin import admin_client, create_topics
@@ -115,13 +117,13 @@ def test_broken_range_is_detected_and_promoted_from_the_ui_job(broker):
 
     iso = lambda us: datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat()
     with dg.instance_for_test() as instance:
-        res = replay_features_job.execute_in_process(
-            run_config={"ops": {"replay_feature_range": {"config": {
+        res = replay_job.execute_in_process(
+            run_config={"ops": {"replay_range": {"config": {
                 "start": iso(start), "end": iso(end), "processor_name": "live", "pairs": ["spot:binance"],
                 "promote": True, "tag": "fix"}}}},
             resources={"kafka": KafkaResource(bootstrap_servers=broker.bootstrap)}, instance=instance)
     assert res.success
-    report = res.output_for_node("replay_feature_range")
+    report = res.output_for_node("replay_range")
     assert report["differing"] == [broken["event_id"]] and report["extra_in_live"] == [bogus["event_id"]]
     assert report["promoted"] == [broken["event_id"]] and not report["equal"]
     corrections = [m for m in ps.read_topics(broker.bootstrap, [LIVE])
@@ -130,3 +132,24 @@ def test_broken_range_is_detected_and_promoted_from_the_ui_job(broker):
     fixed = decode_row(corrections[0].value())
     assert fixed == next(r for r in rows if r["event_id"] == broken["event_id"])
     assert json.loads(json.dumps(report))["complete"] is True
+
+
+def test_normalizer_replay_rewinds_raw_by_timestamp_and_matches_processed(broker):
+    envs = SyntheticMarket(seed=41).events(20_000, 1000)            # 20 s of raw events
+    items = []
+    for e in envs:
+        r = encode(e)
+        items.append((ps.raw_topic(e), r.key, r.value, r.headers, e.ingest_ts // 1000))  # create time = receipt
+    ps.produce(broker.bootstrap, items)
+    conn = ps.connection(broker.bootstrap)
+    NormalizerService(conn, Normalizer(ps.synthetic_catalog()), input_topics_for(["binance"], ["spot"])).run(
+        idle_exit_s=2.0)
+    start, end = BASE_TS + 8 * WINDOW_US, BASE_TS + 12 * WINDOW_US
+    report = replay_normalizer(conn, ps.synthetic_catalog(), input_topics_for(["binance"], ["spot"]), start, end,
+                               tag="n1", margin_us=2 * WINDOW_US)
+    expected = sum(start <= e.exchange_ts < end for e in envs)
+    assert report.recomputed == report.live == expected > 3000 and report.equal
+    assert report.batches_replayed < len(envs)                      # rewound and stopped by timestamp
+    assert any(o > 0 for o in report.input_offsets.values())
+    side = ps.read_topics(broker.bootstrap, [report.side_topic])
+    assert len(side) == expected
