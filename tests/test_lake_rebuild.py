@@ -1,0 +1,184 @@
+"""Rebuilding a broken lake hour (streaming/lake_rebuild.py) against a real broker and a real
+SQLite Iceberg catalog filled by the real lake sink."""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from assets.partitions import hour_start
+from resources.lake import LakeResource
+from schemas.tables import TABLES_BY_NAME
+from streaming import kafka_config as kc
+from streaming.broker import EmbeddedBroker
+from streaming.lake_checks import duplicate_check, row_count_check
+from streaming.lake_rebuild import (
+    REBUILD_WRITER,
+    SourceUnavailable,
+    checksum,
+    rebuild_hour,
+    table_schema,
+)
+from streaming.lake_seal import SEALED_PREFIX, hour_layout, read_hour
+from streaming.lake_sink import LakeSink, SinkConfig, hour_filter
+from streaming.lake_state import WRITER_KEY, latest_sink_state
+from streaming.lake_writer import LakeFileWriter, commit_files
+from tests.lake_helpers import create_sink_topics, open_home_catalog, produce, sink_topics
+from tests.synthetic_events import SyntheticMarket
+
+H0 = "2024-08-09-00:00"
+H0_US = int(hour_start(H0).timestamp()) * 1_000_000
+
+
+@pytest.fixture
+def sunk(tmp_path, ticklake_home):
+    """~75 min of a synthetic market committed by the sink in micro-batches; the broker
+    stays up so processed.* still holds every record."""
+    events = SyntheticMarket(seed=5).events(1800, spacing_us=2_500_000)
+    topics = sink_topics()
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
+        create_sink_topics(b.bootstrap, topics, partitions=2)
+        produce(b.bootstrap, events)
+        catalog = open_home_catalog(ticklake_home)
+        conn = kc.KafkaConnection(bootstrap_servers=b.bootstrap)
+        sink = LakeSink(conn, catalog, SinkConfig(topics=topics, batch_max_records=300, batch_max_ms=200,
+                                                  allowed_lateness_us=5_000_000))
+        sink.start()
+        deadline = time.monotonic() + 120  # a hang becomes a failure, never a pass
+        while sink.stats.records < len(events):
+            assert time.monotonic() < deadline, f"sink stuck at {sink.stats}"
+            sink.run_once()
+        sink.close()
+        yield catalog, conn
+
+
+def _hour(table) -> pa.Table:
+    return table.refresh().scan(row_filter=hour_filter(H0_US)).to_arrow()
+
+
+def _break_hour(table, keep_fraction: float = 0.5, duplicate: int = 10):
+    """Replace the hour by a broken copy: part of its rows lost, some rows doubled."""
+    rows = read_hour(table, H0_US)
+    n = int(rows.num_rows * keep_fraction)
+    broken = pa.concat_tables([rows.slice(0, n), rows.slice(0, duplicate)])
+    files = LakeFileWriter(table).write(broken, prefix="broken")
+    return commit_files(table, files, {WRITER_KEY: "vandal"}, delete_filter=hour_filter(H0_US)).refresh()
+
+
+def test_checksum_ignores_order_and_chunking_but_not_content(sunk):
+    catalog, _ = sunk
+    table = catalog.load_table("market.trades")
+    schema = table_schema(table)
+    rows = read_hour(table, H0_US)
+    assert rows.num_rows > 100
+    shuffled = pa.concat_tables([rows.slice(50), rows.slice(0, 50)])
+    assert checksum(shuffled, schema) == checksum(rows, schema)
+    qty = rows.column("qty").to_pylist()
+    qty[7] += 1
+    changed = rows.set_column(rows.schema.get_field_index("qty"), "qty", pa.array(qty, pa.int64()))
+    assert checksum(changed, schema) != checksum(rows, schema)
+    assert checksum(rows.slice(1), schema) != checksum(rows, schema)
+
+
+def test_broken_hour_is_rebuilt_from_processed_topics_through_a_staging_branch(sunk):
+    catalog, conn = sunk
+    table = catalog.load_table("market.trades")
+    schema = table_schema(table)
+    original = read_hour(table, H0_US)
+    good = checksum(original, schema)
+    other_hour_before = table.scan(row_filter=hour_filter(H0_US + 3_600_000_000)).to_arrow()
+    table = _break_hour(table)
+    broken = _hour(table)
+    assert broken.num_rows < original.num_rows and not duplicate_check(broken).passed
+    ledger = latest_sink_state(table).ledger[H0_US]
+    assert not row_count_check(broken.num_rows, ledger).passed
+
+    dry = rebuild_hour(table, H0_US, conn=conn, dry_run=True)
+    assert dry.source == "kafka" and dry.promoted_snapshot_id is None and dry.changed
+    assert dry.missing_before == original.num_rows - int(original.num_rows * 0.5)
+    assert _hour(table).num_rows == broken.num_rows  # a dry run changes nothing
+
+    report = rebuild_hour(table, H0_US, source="auto", conn=conn)
+    assert report.source == "kafka", report.kafka_unavailable
+    assert report.rows == original.num_rows == ledger.rows
+    assert report.checksum == report.staged_checksum == good
+    assert report.before_rows == broken.num_rows and report.extra_before == 0
+    table = table.refresh()
+    after = _hour(table)
+    assert checksum(after, schema) == good
+    assert duplicate_check(after).passed and row_count_check(after.num_rows, ledger).passed
+    # One promotion commit on main, the staging branch gone, the hour in sealed layout.
+    snap = table.current_snapshot()
+    assert snap.snapshot_id == report.promoted_snapshot_id
+    assert snap.summary.additional_properties[WRITER_KEY] == REBUILD_WRITER
+    assert report.staging_branch and report.staging_branch not in table.metadata.refs
+    assert set(table.metadata.refs) == {"main"}
+    assert table.metadata.snapshot_by_id(report.staged_snapshot_id) is not None  # staged, then promoted
+    assert hour_layout(table, H0_US).is_sealed
+    # The other hours are untouched, and the sink still resumes where it was.
+    nxt = table.scan(row_filter=hour_filter(H0_US + 3_600_000_000)).to_arrow()
+    assert checksum(nxt, schema) == checksum(other_hour_before, schema)
+    assert latest_sink_state(table).offsets
+
+
+def test_kafka_source_keeps_bulk_rows_of_the_hour(sunk):
+    catalog, conn = sunk
+    table = catalog.load_table("market.trades")
+    rows = read_hour(table, H0_US).slice(0, 5)
+    bulk = rows.set_column(rows.schema.get_field_index("event_id"), "event_id",
+                           pa.array([f"bulk-{i}" for i in range(5)]))
+    bulk = bulk.set_column(bulk.schema.get_field_index("shard"), "shard", pa.array(["bulk:test"] * 5))
+    table = commit_files(table, LakeFileWriter(table).write(bulk), {WRITER_KEY: "bulk"}).refresh()
+    before = _hour(table)
+    report = rebuild_hour(table, H0_US, source="kafka", conn=conn)
+    assert report.source == "kafka" and report.carried_over == 5
+    after = _hour(table)
+    assert sorted(after.column("event_id").to_pylist()) == sorted(before.column("event_id").to_pylist())
+    assert not report.changed  # same content, new (sealed) layout
+
+
+def test_without_the_topics_the_hour_is_rebuilt_from_the_lake(sunk, tmp_path):
+    catalog, _ = sunk
+    table = catalog.load_table("market.trades")
+    schema = table_schema(table)
+    original = read_hour(table, H0_US)
+    before_break = table.current_snapshot().snapshot_id
+    table = _break_hour(table)
+    broken = _hour(table)
+    # A fresh broker: the processed topics were lost (e.g. the memory broker restarted).
+    with EmbeddedBroker(log_path=tmp_path / "empty.log") as empty:
+        other = kc.KafkaConnection(bootstrap_servers=empty.bootstrap)
+        create_sink_topics(empty.bootstrap, sink_topics(), partitions=2)
+        with pytest.raises(SourceUnavailable, match="records the sink consumed"):
+            rebuild_hour(table, H0_US, source="kafka", conn=other)
+        report = rebuild_hour(table, H0_US, source="auto", conn=other)
+    assert report.source == "lake" and "records the sink consumed" in report.kafka_unavailable
+    after = _hour(table)
+    distinct = pc.count_distinct(broken.column("event_id")).as_py()
+    assert after.num_rows == report.rows == distinct < broken.num_rows  # duplicates gone
+    assert report.duplicates_dropped == broken.num_rows - distinct
+    assert duplicate_check(after).passed
+
+    # From a snapshot before the damage the lake source brings the whole hour back.
+    again = rebuild_hour(table.refresh(), H0_US, source="lake", snapshot_id=before_break)
+    assert again.rows == original.num_rows
+    assert checksum(_hour(table), schema) == checksum(original, schema)
+    with pytest.raises(SourceUnavailable, match="does not exist"):
+        rebuild_hour(table.refresh(), H0_US, source="lake", snapshot_id=123)
+
+
+def test_rebuild_through_the_resource_catalog_and_bad_arguments(sunk, ticklake_home):
+    catalog, conn = sunk
+    lake = LakeResource(uri=ticklake_home.catalog_uri, warehouse=ticklake_home.warehouse)
+    table = lake.ensure_tables()["book_deltas"]
+    spec = TABLES_BY_NAME["book_deltas"]
+    rep = rebuild_hour(table, H0_US, conn=conn)
+    assert rep.table == spec.identifier and rep.source == "kafka" and not rep.changed
+    assert all(f.file_path.rsplit("/", 1)[1].startswith(SEALED_PREFIX) for f in hour_layout(table.refresh(), H0_US).files)
+    with pytest.raises(ValueError, match="hour boundary"):
+        rebuild_hour(table, H0_US + 1)
+    with pytest.raises(ValueError, match="source must be"):
+        rebuild_hour(table, H0_US, source="s3")
