@@ -24,6 +24,7 @@ from assets import (
 from pipelines import (
     clickhouse_live_service,
     collector_service,
+    lake_rebuild_job,
     lake_schedules,
     lake_sink_service,
     pragma_service,
@@ -39,7 +40,7 @@ AREAS: list[ModuleType] = [
     collector_service, supervisors,
     processor_services, supervisors_processors, replay_job,
     pragma_service,
-    lake_setup, lake_sink_service, lake_hours, lake_schedules, bulk_history,
+    lake_setup, lake_sink_service, lake_hours, lake_schedules, lake_rebuild_job, bulk_history,
     batch_features, spark_features, clickhouse_loads, clickhouse_live_service, charts,
 ]
 

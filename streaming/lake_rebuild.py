@@ -51,7 +51,13 @@ from streaming import kafka_config as kc
 from streaming.kafka_io import TP, read_range, watermarks
 from streaming.lake_seal import SEALED_PREFIX, hour_tasks, read_hour
 from streaming.lake_sink import hour_filter
-from streaming.lake_state import HOUR_US, SEALED_HOUR_KEY, WRITER_KEY, HourCount, latest_sink_state
+from streaming.lake_state import (
+    HOUR_US,
+    SEALED_HOUR_KEY,
+    WRITER_KEY,
+    HourCount,
+    latest_sink_state,
+)
 from streaming.lake_writer import LakeFileWriter, commit_files, ensure_writer_properties
 from streaming.replay_runbook import offset_for_time
 from streaming.serde import SerdeError, decode

@@ -26,7 +26,12 @@ from streaming.lake_seal import SEALED_PREFIX, hour_layout, read_hour
 from streaming.lake_sink import LakeSink, SinkConfig, hour_filter
 from streaming.lake_state import WRITER_KEY, latest_sink_state
 from streaming.lake_writer import LakeFileWriter, commit_files
-from tests.lake_helpers import create_sink_topics, open_home_catalog, produce, sink_topics
+from tests.lake_helpers import (
+    create_sink_topics,
+    open_home_catalog,
+    produce,
+    sink_topics,
+)
 from tests.synthetic_events import SyntheticMarket
 
 H0 = "2024-08-09-00:00"
@@ -171,7 +176,7 @@ def test_without_the_topics_the_hour_is_rebuilt_from_the_lake(sunk, tmp_path):
 
 
 def test_rebuild_through_the_resource_catalog_and_bad_arguments(sunk, ticklake_home):
-    catalog, conn = sunk
+    _, conn = sunk
     lake = LakeResource(uri=ticklake_home.catalog_uri, warehouse=ticklake_home.warehouse)
     table = lake.ensure_tables()["book_deltas"]
     spec = TABLES_BY_NAME["book_deltas"]
@@ -182,3 +187,38 @@ def test_rebuild_through_the_resource_catalog_and_bad_arguments(sunk, ticklake_h
         rebuild_hour(table, H0_US + 1)
     with pytest.raises(ValueError, match="source must be"):
         rebuild_hour(table, H0_US, source="s3")
+
+
+def test_rebuild_job_rebuilds_checks_and_records_the_partition(sunk, ticklake_home):
+    import dagster as dg
+
+    from pipelines.lake_rebuild_job import lake_rebuild_hour
+    from resources.kafka import KafkaResource
+
+    catalog, conn = sunk
+    table = _break_hour(catalog.load_table("market.trades"))
+    lake = LakeResource(uri=ticklake_home.catalog_uri, warehouse=ticklake_home.warehouse)
+    resources = {"lake": lake, "kafka": KafkaResource(bootstrap_servers=conn.bootstrap_servers)}
+    with dg.instance_for_test() as instance:
+        res = lake_rebuild_hour.execute_in_process(
+            partition_key=H0, instance=instance, resources=resources,
+            run_config={"ops": {"rebuild_lake_hour": {"config": {"tables": ["trades"]}}}})
+        assert res.success
+        [mat] = [e.event_specific_data.materialization for e in res.all_events
+                 if e.event_type_value == "ASSET_MATERIALIZATION"]
+        assert mat.asset_key == dg.AssetKey(["lake", "trades"]) and mat.partition == H0
+        meta = {k: v.value for k, v in mat.metadata.items()}
+        assert meta["rebuild_source"] == "kafka" and meta["checksum"] == meta["staged_checksum"]
+        assert meta["missing_before"] > 0 and all(meta["checks"].values()), meta["checks"]
+        assert duplicate_check(_hour(table)).passed
+        # The newest hour is still open: refused unless asked for explicitly.
+        open_hour = lake_rebuild_hour.execute_in_process(
+            partition_key="2024-08-09-01:00", instance=instance, resources=resources, raise_on_error=False,
+            run_config={"ops": {"rebuild_lake_hour": {"config": {"tables": ["trades"]}}}})
+        assert not open_hour.success
+        failure = next(e for e in open_hour.all_events if e.event_type_value == "STEP_FAILURE")
+        assert "is not closed" in str(failure.event_specific_data.error)
+        bad = lake_rebuild_hour.execute_in_process(
+            partition_key=H0, instance=instance, resources=resources, raise_on_error=False,
+            run_config={"ops": {"rebuild_lake_hour": {"config": {"tables": ["nope"]}}}})
+        assert not bad.success
