@@ -22,6 +22,8 @@ INPUT_DEPS = [LAKE_HOUR_ASSETS[name] for name in fl.INPUT_TABLES]
 
 
 class FeatureHourConfig(dg.Config):
+    require_sealed: bool = True
+    """Refuse an hour whose input tables still hold unsealed micro-batch files (not closed yet)."""
     lookback_s: float = 0.0
     """Replay this much history before the hour to warm up books and rolling values (0: the
     hour is computed from an empty state; see streaming/feature_lake.py)."""
@@ -29,6 +31,15 @@ class FeatureHourConfig(dg.Config):
 
 def hour_us(partition_key: str) -> int:
     return int(hour_start(partition_key).timestamp()) * 1_000_000
+
+
+def require_sealed(tables, partition_key: str) -> None:
+    """dg.Failure when the hour of any of `tables` is not sealed (see streaming/feature_lake.unsealed)."""
+    names = fl.unsealed(tables, hour_us(partition_key))
+    if names:
+        raise dg.Failure(description=(f"hour {partition_key} of {', '.join(sorted(names))} is not sealed: materialize "
+                                      "the lake hour assets first (or set require_sealed: false)"),
+                         allow_retries=False)
 
 
 def feature_metadata(rows) -> dict:
@@ -51,7 +62,10 @@ def features_1s(context: dg.AssetExecutionContext, config: FeatureHourConfig, la
     catalog = lake.load_catalog()
     lake.ensure_tables()
     h = hour_us(context.partition_key)
-    events = fl.hour_events(fl.input_tables(catalog), h, config.lookback_s)
+    inputs = fl.input_tables(catalog)
+    if config.require_sealed:
+        require_sealed(inputs, context.partition_key)
+    events = fl.hour_events(inputs, h, config.lookback_s)
     rows = fl.compute_hour(events, h)
     table = fl.ensure_spec_table(catalog, FEATURES_TABLE, dict(lake.table_properties) or None)
     table = fl.write_hour(table, rows, h, {"writer": "batch-features", "hour": context.partition_key})

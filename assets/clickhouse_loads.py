@@ -12,7 +12,7 @@ process at a time.
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
 import dagster as dg
 
-from assets.batch_features import BATCH_FEATURES_KEY, hour_us
+from assets.batch_features import BATCH_FEATURES_KEY, hour_us, require_sealed
 from assets.lake_hours import LAKE_HOUR_ASSETS
 from assets.partitions import HOURLY, hour_start
 from resources.clickhouse import CLICKHOUSE_POOL, ClickHouseResource
@@ -31,6 +31,8 @@ BARS_KEY = dg.AssetKey(["lake", cs.BARS_1M_TABLE.name])
 
 class ClickHouseConfig(dg.Config):
     database: str = cs.DEFAULT_DATABASE
+    require_sealed: bool = True
+    """Refuse to load a lake hour that still holds unsealed micro-batch files (not closed yet)."""
     ttl_days: int | None = None
     """Rows older than this many days (by ts) are dropped by ClickHouse; None keeps them."""
 
@@ -56,7 +58,10 @@ def load_lake_hour(client, database: str, ch_table: cs.ChTable, lake_rows, parti
 def clickhouse_trades(context: dg.AssetExecutionContext, config: ClickHouseConfig, lake: LakeResource,
                       clickhouse: ClickHouseResource) -> dg.MaterializeResult:
     client = _client(clickhouse, config)
-    rows = read_hour(lake.ensure_tables()["trades"], hour_us(context.partition_key))
+    table = lake.ensure_tables()["trades"]
+    if config.require_sealed:
+        require_sealed({"trades": table}, context.partition_key)
+    rows = read_hour(table, hour_us(context.partition_key))
     n = load_lake_hour(client, config.database, cs.CH_TRADES, rows, context.partition_key)
     stored = cs.count_hour(client, config.database, cs.CH_TRADES.name, hour_start(context.partition_key))
     return dg.MaterializeResult(metadata={"dagster/row_count": stored, "lake_rows": n,

@@ -27,6 +27,7 @@ from assets.batch_features import (
     FeatureHourConfig,
     feature_metadata,
     hour_us,
+    require_sealed,
 )
 from assets.partitions import HOURLY, hour_start
 from features.spec import FEATURES_TABLE
@@ -70,7 +71,10 @@ def spark_features_1s(context: dg.AssetExecutionContext, config: FeatureHourConf
     lake.ensure_tables()
     h = hour_us(context.partition_key)
     target = fl.ensure_spec_table(catalog, fsp.SPARK_FEATURES_TABLE, dict(lake.table_properties) or None)
-    res = fsp.write_hour(_session(spark), fl.input_tables(catalog), target, h, config.lookback_s,
+    inputs = fl.input_tables(catalog)
+    if config.require_sealed:
+        require_sealed(inputs, context.partition_key)
+    res = fsp.write_hour(_session(spark), inputs, target, h, config.lookback_s,
                          {"hour": context.partition_key, "dagster_run_id": context.run_id})
     rows = fl.read_hour_rows(target.refresh(), h)
     context.log.info("spark features %s: %d rows in %d files", context.partition_key, res.rows, len(res.files))

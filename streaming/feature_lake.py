@@ -140,3 +140,16 @@ def compare_features(outputs: Mapping[str, pa.Table]) -> tuple[bool, dict]:
                 ref_name: repr(a[idx].as_py()), n: repr(b[idx].as_py())})
             break
     return not details["mismatches"], details
+
+
+def unsealed(tables: Mapping[str, Table], hour_us: int) -> list[str]:
+    """Names of tables whose hour has data files that are not all sealed (compacted after the
+    hour closed): products of such an hour could still change, so assets refuse them."""
+    from streaming.lake_seal import hour_layout
+
+    out = []
+    for name, table in tables.items():
+        layout = hour_layout(table, hour_us)
+        if layout.files and not layout.is_sealed:
+            out.append(name)
+    return out

@@ -24,6 +24,7 @@ from schemas.symbols import SymbolError
 from streaming import clickhouse_sql as cs
 from streaming import feature_lake as fl
 from streaming.lake_seal import read_hour
+from streaming.lake_writer import LakeFileWriter, commit_files
 from tests import analytics_support as a
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
@@ -172,3 +173,21 @@ def test_inputs_are_validated_and_ttl_comes_from_config(env):
     assert "toIntervalDay(7)" in engine
     cols = dict(client.query("SELECT name, type FROM system.columns WHERE database='tl_ttl' AND table='trades'").result_rows)
     assert cols["symbol"] == "LowCardinality(String)" and cols["ts"] == "DateTime64(6, 'UTC')"
+
+
+def test_unsealed_hours_are_refused(env):
+    lake, ch = env
+    table = lake.lake.ensure_tables()["trades"]
+    late = read_hour(table, a.hour_us(H_NEXT)).slice(0, 1)
+    late = late.set_column(0, "event_id", pa.array(["late-arrival"], pa.string()))
+    commit_files(table, LakeFileWriter(table).write(late), {"writer": "test"})   # a micro-batch after sealing
+    sel = [dg.AssetKey(["clickhouse", "trades"])]
+    res = dg.materialize([features_1s, *ch_assets], partition_key=H_NEXT, selection=sel,
+                         resources={"lake": lake.lake, "clickhouse": ch}, raise_on_error=False,
+                         run_config={"ops": {"clickhouse__trades": {"config": {"database": DB}}}})
+    assert not res.success
+    failure = next(e for e in res.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "not sealed" in failure.event_specific_data.error.message
+    before = cs.count_hour(ch.get_client(), DB, "trades", a.utc(H_NEXT))
+    run(lake, ch, H_NEXT, selection=sel, config={"require_sealed": False})
+    assert cs.count_hour(ch.get_client(), DB, "trades", a.utc(H_NEXT)) == before + 1
