@@ -172,6 +172,14 @@ def _register_capture(sub: argparse._SubParsersAction) -> None:
     add_capture_parser(sub)
 
 
+# --------------------------------------------------------------------------- backfill (lake)
+
+def _register_backfill(sub: argparse._SubParsersAction) -> None:
+    from pipelines.backfill_cli import register
+
+    register(sub)
+
+
 # --------------------------------------------------------------------------- parser
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -179,6 +187,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_down,
     _register_status,
     _register_capture,
+    _register_backfill,
 ]
 
 

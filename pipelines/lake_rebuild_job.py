@@ -19,7 +19,13 @@ from datetime import timedelta
 import dagster as dg
 from pydantic import Field
 
-from assets.lake_hours import CHECK_DUPLICATES, CHECK_ROW_COUNT, CHECK_SCHEMA, lake_asset_key, run_checks
+from assets.lake_hours import (
+    CHECK_DUPLICATES,
+    CHECK_ROW_COUNT,
+    CHECK_SCHEMA,
+    lake_asset_key,
+    run_checks,
+)
 from assets.partitions import HOURLY, hour_start
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
