@@ -9,6 +9,7 @@ micro-batch in flight before the run ends — nothing is left in an open transac
 """
 
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
+import os
 import threading
 
 import dagster as dg
@@ -18,6 +19,7 @@ from resources.kafka import KafkaResource
 from schemas.model import Exchange, Market
 from streaming.feature_processor import FeatureProcessor, parse_pairs
 from streaming.normalizer import (
+    DEFAULT_DEDUP_SPAN,
     Normalizer,
     NormalizerService,
     build_catalog,
@@ -70,11 +72,16 @@ class NormalizerRunConfig(dg.Config):
     """JSON instrument cache (default $TICKLAKE_HOME/instruments.json); refreshed on unknown symbols."""
     exchange_info_urls: list[str] = []
     """EXCHANGE:MARKET=URL roots for exchange-info (e.g. the replay emulator); default the live venues."""
-    dedup_span: int = 200_000
+    dedup_span: int = DEFAULT_DEDUP_SPAN
+    """Offsets per partition the event_id dedup window spans (also what a restart re-reads)."""
     batch_max_ms: int = 200
     idle_exit_s: float | None = None
     """Stop after this long without input (tests, one-off catch-up); None = run until terminated."""
     max_seconds: float | None = None
+
+
+#: Comma-separated EXCHANGE:MARKET=URL exchange-info roots used when the run config gives none.
+EXCHANGE_INFO_ENV = "TICKLAKE_EXCHANGE_INFO_URLS"
 
 
 def _urls(items: list[str]) -> dict:
@@ -89,7 +96,10 @@ def _urls(items: list[str]) -> dict:
 @dg.op(tags={"kind": "kafka"})
 def run_normalizer(context: dg.OpExecutionContext, config: NormalizerRunConfig, kafka: KafkaResource) -> dg.Nothing:
     cache = config.instruments_cache or str(resolve_home().ensure().root / "instruments.json")
-    catalog, refresh = build_catalog(cache, _urls(config.exchange_info_urls))
+    # `ticklake up --replay` points reference data at its emulator through the environment,
+    # because the supervisor launches the normalizer without run config.
+    urls = config.exchange_info_urls or [u for u in os.environ.get(EXCHANGE_INFO_ENV, "").split(",") if u]
+    catalog, refresh = build_catalog(cache, _urls(urls))
     context.log.info(f"instrument catalog: {len(catalog)} instruments from {cache}")
     svc = NormalizerService(kafka.connection(), Normalizer(catalog, dedup_span=config.dedup_span, refresh=refresh),
                             input_topics_for(config.exchanges or None, config.markets or None),

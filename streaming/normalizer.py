@@ -60,6 +60,10 @@ from streaming.txn_loop import HoldInTxn, OutRecord, TransactionalLoop
 log = logging.getLogger(__name__)
 
 MIN_TS_US = 1_262_304_000_000_000  # 2010-01-01: nothing older is crypto market data
+#: Offsets per input partition the dedup window spans. Duplicates come from collector
+#: overlaps (reconnects, failover) lasting seconds; a restart re-reads this many offsets
+#: per partition, so the span is also the restart cost.
+DEFAULT_DEDUP_SPAN = 50_000
 GRID_TYPES = (EventType.TRADE, EventType.BOOK_SNAPSHOT, EventType.BOOK_DELTA)
 
 
@@ -166,7 +170,7 @@ def _rescale_payload(env: pb.Envelope, et: EventType, ps: int, ss: int, tick: in
 class Normalizer:
     """The pure per-record logic plus its per-partition state (no Kafka in here)."""
 
-    def __init__(self, catalog: InstrumentCatalog, *, dedup_span: int = 200_000,
+    def __init__(self, catalog: InstrumentCatalog, *, dedup_span: int = DEFAULT_DEDUP_SPAN,
                  max_future_skew_us: int = 5_000_000,
                  refresh: Callable[[Exchange, Market], int] | None = None):
         self.catalog = catalog
@@ -389,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="exchange-info root per venue: EXCHANGE:MARKET=URL (repeatable)")
     ap.add_argument("--group-id", default="ticklake-normalizer")
     ap.add_argument("--transactional-id", default="ticklake-normalizer")
-    ap.add_argument("--dedup-span", type=int, default=200_000)
+    ap.add_argument("--dedup-span", type=int, default=DEFAULT_DEDUP_SPAN)
     ap.add_argument("--batch-max-ms", type=int, default=200)
     ap.add_argument("--idle-exit-s", type=float, default=None)
     ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")

@@ -54,6 +54,8 @@ from streaming.kafka_io import (
     read_range,
     watermarks,
 )
+from streaming.normalizer import DEFAULT_DEDUP_SPAN, Normalizer
+from streaming.serde import decode, encode
 from streaming.topic_admin import create_topics
 from streaming.topic_config import TopicConfig
 
@@ -275,12 +277,10 @@ def _compare(report: ReplayReport, rows: dict[str, bytes], live: dict[str, set[b
 
 def replay_normalizer(conn: kc.KafkaConnection, catalog, raw_topics: list[str], start_us: int, end_us: int, *,
                       promote: bool = False, tag: str | None = None, margin_us: int = 60 * WINDOW_US,
-                      dedup_span: int = 200_000) -> ReplayReport:
+                      dedup_span: int | None = None) -> ReplayReport:
     """Re-normalize the raw records around [start, end) and compare the processed rows of
     that exchange-time range with the live processed topics."""
-    from streaming.normalizer import Normalizer
-    from streaming.serde import decode, encode
-
+    dedup_span = dedup_span or DEFAULT_DEDUP_SPAN
     if end_us <= start_us:
         raise ValueError("end must be after start")
     tag = tag or time.strftime("%Y%m%dT%H%M%S")
