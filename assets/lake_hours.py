@@ -26,6 +26,7 @@ from streaming import lake_checks
 from streaming.lake_seal import hour_layout, hour_tasks, read_hour, seal_hour
 from streaming.lake_state import latest_sink_state
 from streaming.lake_writer import DEFAULT_TARGET_FILE_BYTES
+from streaming.source_complete import read_complete_ranges
 from streaming.watermarks import is_hour_closed, lake_watermark, read_watermarks
 
 CHECK_SCHEMA = "schema"
@@ -73,7 +74,7 @@ def _seal_asset(spec: TableSpec) -> dg.AssetsDefinition:
         start = hour_start(context.partition_key)
         grace = timedelta(minutes=config.grace_minutes)
         wm = lake_watermark(read_watermarks(catalog))
-        if not is_hour_closed(start, wm, grace):
+        if not is_hour_closed(start, wm, grace, read_complete_ranges(catalog)):
             raise dg.Failure(
                 description=(f"hour {context.partition_key} of {spec.identifier} is not closed yet: the lake "
                              f"watermark is {wm.isoformat() if wm else 'unknown (no sink commit yet)'}, it must "

@@ -34,10 +34,20 @@ def _err(msg: str) -> None:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from pipelines import stack
+    from pipelines.stack_replay import parse_speed
 
     home = _home(args)
+    try:
+        speed = parse_speed(args.speed)
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    if args.speed != "max" and args.replay is None:
+        _err("--speed applies to --replay only")
+        return EXIT_USAGE
     options = stack.UpOptions(dagster_port=args.port, partitions=args.partitions,
-                              replay=args.replay, workspace=args.workspace, timeout=args.timeout)
+                              replay=args.replay, workspace=args.workspace, timeout=args.timeout,
+                              speed=speed, services=not args.no_services)
     try:
         state = stack.up(home, options)
     except stack.AlreadyRunning as exc:
@@ -62,9 +72,10 @@ def _register_up(sub: argparse._SubParsersAction) -> None:
             "Start the embedded Tansu Kafka broker on a free 127.0.0.1 port (memory storage), "
             "create every topic, create the SQLite Iceberg catalog and the `market` namespace, "
             "then start the Dagster webserver and daemon. Returns once the broker answers "
-            "metadata requests, the code location is loaded and the daemons heartbeat; the "
-            "services keep running in the background until `ticklake down`. Refuses to start "
-            "a second stack for the same home."))
+            "metadata requests, the code location is loaded and the daemons heartbeat, and "
+            "after turning on every supervisor sensor and schedule (collectors, processors, "
+            "lake sink, publishers, lake seal/maintenance); the services keep running in the "
+            "background until `ticklake down`. Refuses to start a second stack for the same home."))
     p.add_argument("--foreground", action="store_true",
                    help="stay attached; Ctrl-C (or SIGTERM) stops everything")
     p.add_argument("--port", type=int, default=3000, metavar="PORT",
@@ -72,8 +83,13 @@ def _register_up(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--partitions", type=int, default=3, metavar="N",
                    help="partitions per topic on the local broker (default: %(default)s)")
     p.add_argument("--replay", type=Path, metavar="PATH",
-                   help="serve recorded captures instead of live venues (accepted and recorded; "
-                        "NOT YET IMPLEMENTED - collectors come in a later issue)")
+                   help="run the platform from a capture (file or directory of captures) instead of "
+                        "live venues: an exchange emulator serves it and the collectors point at it; "
+                        "once it is exhausted and drained, the hours it covers close and are sealed")
+    p.add_argument("--speed", default="max", metavar="N|max",
+                   help="replay speed: a multiplier of the recorded pace, or max (default: %(default)s)")
+    p.add_argument("--no-services", action="store_true",
+                   help="leave every sensor and schedule off (start them from the UI)")
     p.add_argument("--workspace", type=Path, metavar="FILE",
                    help="Dagster workspace file (default: the repository's workspace.yaml)")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
@@ -129,8 +145,17 @@ def _print_status(info: dict, overall: str) -> None:
     print(f"  {'artifacts':<18} {info['artifacts']}")
     if info.get("orphans"):
         print(f"  {'orphans':<18} {info['orphans']} (their service died; `ticklake down` stops them)")
-    if info.get("replay"):
-        print(f"  {'replay':<18} {info['replay']} (not yet implemented)")
+    report = info.get("dagster_services")
+    if report is not None:
+        if "error" in report:
+            print(f"  {'sensors/schedules':<18} unknown: {report['error']}")
+        else:
+            for item in report["instigators"]:
+                print(f"  {item['kind'] + ' ' + item['name']:<46} {item['status']}")
+            runs = report["runs"]
+            print(f"  {'service runs':<18} {len(runs)} live")
+            for run in runs:
+                print(f"    {run['service']:<40} {run['status']:<10} {run['job']} {run['run_id']}")
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from pipelines import (
     lake_sink_service,
     pragma_service,
     processor_services,
+    replay_completion,
     replay_job,
     supervisors,
     supervisors_processors,
@@ -40,7 +41,7 @@ AREAS: list[ModuleType] = [
     collector_service, supervisors,
     processor_services, supervisors_processors, replay_job,
     pragma_service,
-    lake_setup, lake_sink_service, lake_hours, lake_schedules, lake_rebuild_job, bulk_history,
+    lake_setup, lake_sink_service, lake_hours, lake_schedules, lake_rebuild_job, replay_completion, bulk_history,
     batch_features, spark_features, clickhouse_loads, clickhouse_live_service, charts,
 ]
 

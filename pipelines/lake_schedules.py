@@ -31,6 +31,7 @@ from streaming.lake_maintenance import (
 )
 from streaming.lake_seal import SEALED_PREFIX
 from streaming.lake_state import HOUR_US, LEDGER_HOURS
+from streaming.source_complete import read_complete_ranges
 from streaming.watermarks import (
     DEFAULT_CLOSE_GRACE,
     closed_hours_until,
@@ -73,6 +74,7 @@ def unsealed_closed_hours(lake: LakeResource, grace: timedelta = DEFAULT_CLOSE_G
     """hour key -> table -> files of that hour outside the sealed layout, for closed hours."""
     catalog = lake.load_catalog()
     wm = lake_watermark(read_watermarks(catalog))
+    complete = read_complete_ranges(catalog)
     out: dict[str, dict[str, list[str]]] = {}
     if wm is None:
         return out
@@ -98,7 +100,7 @@ def unsealed_closed_hours(lake: LakeResource, grace: timedelta = DEFAULT_CLOSE_G
             key = hour_key(start)
             if first is not None and key < first:
                 continue
-            if is_hour_closed(start, wm, grace):
+            if is_hour_closed(start, wm, grace, complete):
                 out.setdefault(key, {})[spec.name] = sorted(by_hour[hour])
     return out
 

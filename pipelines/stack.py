@@ -49,10 +49,12 @@ from streaming.broker import (
 from streaming.kafka_config import KAFKA_BOOTSTRAP_ENV
 
 BROKER = "broker"
+REPLAY = "replay"
 WEBSERVER = "dagster-webserver"
 DAEMON = "dagster-daemon"
 #: Start order; `down` stops in reverse (daemon first, so it launches nothing new).
-SERVICES = (BROKER, WEBSERVER, DAEMON)
+#: REPLAY (the exchange emulator) only exists in a stack started with --replay.
+SERVICES = (BROKER, REPLAY, WEBSERVER, DAEMON)
 DEFAULT_DAGSTER_PORT = 3000
 STATE_FILE = "stack.json"
 #: Set in the environment of every process of one stack (children inherit it), so `down`
@@ -75,6 +77,10 @@ class UpOptions:
     replay: Path | None = None
     workspace: Path | None = None
     timeout: float = 300.0
+    #: replay speed multiplier (1 = as recorded) or "max"
+    speed: str = "max"
+    #: turn on every supervisor sensor and schedule once Dagster is up (--no-services: off)
+    services: bool = True
 
 
 @dataclass(slots=True)
@@ -135,9 +141,22 @@ def _save_state(home: TicklakeHome, state: StackState) -> None:
         (home.run_dir / f"{name}.pid").write_text(f"{rec.pid}\n")
 
 
+def collectors_file(home: TicklakeHome) -> Path:
+    """The collectors config a replay stack writes (its services get it as $TICKLAKE_COLLECTORS)."""
+    from collectors.config import DEFAULT_FILE
+
+    return home.root / DEFAULT_FILE
+
+
 def _clear_state(home: TicklakeHome) -> None:
+    from pipelines import stack_replay
+
     for name in SERVICES:
         (home.run_dir / f"{name}.pid").unlink(missing_ok=True)
+    if any((home.run_dir / f).exists() for f in (stack_replay.EMULATOR_STATE, stack_replay.SOURCE_FILE)):
+        # A replay stack pointed the collectors at its emulator: undo that with it.
+        stack_replay.restore_collectors(collectors_file(home))
+        stack_replay.clear(home.run_dir)
     _state_path(home).unlink(missing_ok=True)
 
 
@@ -446,10 +465,23 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
     echo(f"catalog     {home.catalog_uri} ({n_tables} tables in `{LAKE_NAMESPACE}`), "
          f"warehouse {home.warehouse}")
 
+    emulator: dict[str, Any] = {}
+    if options.replay is not None:
+        emulator = _start_replay(home, root, options, state, echo)
+
     orphans = _prepare_dagster_home(home, root)
     if orphans:
         echo(f"dagster     {len(orphans)} run(s) left running by a previous stack marked failed")
     env = service_env(home, broker.bootstrap, state.stack_id)
+    if options.replay is not None:
+        from collectors.config import COLLECTORS_ENV
+        from pipelines.processor_services import EXCHANGE_INFO_ENV
+
+        env[COLLECTORS_ENV] = str(collectors_file(home))
+        # The normalizer fetches reference data from the emulator (which learns each
+        # instrument from the capture as it plays), not from the live venues.
+        env[EXCHANGE_INFO_ENV] = ",".join(f"{venue}={ep['rest']}"
+                                          for venue, ep in sorted(emulator.get("venues", {}).items()))
     url = f"http://{LOCAL_HOST}:{options.dagster_port}"
     state.dagster_url = url
     web = _spawn(WEBSERVER, [_script("dagster-webserver"), "-h", LOCAL_HOST,
@@ -481,10 +513,55 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
           failure=lambda: f"unhealthy daemons: {[k for k, v in (health[0] or {}).items() if not v]}")
     _save_state(home, state)
     echo(f"dagster     UI {url} (code location loaded, daemons healthy)")
-    if options.replay is not None:
-        echo(f"replay      {state.replay}: recorded, but NOT YET IMPLEMENTED - collectors and the "
-             "replay emulator come in a later issue; no market data flows yet")
+    if options.services:
+        _start_services(url, echo)
+    else:
+        echo("services    left off (--no-services): turn sensors/schedules on in the UI")
     echo(f"logs        {home.run_dir}/<service>.log")
+
+
+def _start_replay(home: TicklakeHome, root: Path, options: UpOptions, state: StackState,
+                  echo: Callable[[str], None]) -> dict[str, Any]:
+    """The emulator as a stack service, collectors.yaml pointed at it, and the replay source
+    recorded for completion; returns the emulator's state (endpoints, shards)."""
+    from pipelines import stack_replay as sr
+    from streaming.source_complete import withdraw_overlapping
+
+    capture = options.replay.resolve()
+    span = sr.capture_span(capture)
+    state_file = home.run_dir / sr.EMULATOR_STATE
+    state_file.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env.update({HOME_ENV: str(home.root), STACK_ID_ENV: state.stack_id})
+    rec = _spawn(REPLAY, sr.emulator_command(capture, options.speed, state_file), env, root,
+                 home.log_path(REPLAY))
+    state.services[REPLAY] = rec
+    _save_state(home, state)
+    try:
+        emu = sr.wait_for_state(state_file, rec.is_running, options.timeout)
+        shards = sr.write_collectors(collectors_file(home), emu)
+    except sr.ReplayError as exc:
+        raise StackError(f"replay: {exc}\nlog {rec.log} ends with:\n{log_tail(Path(rec.log))}") from None
+    source = sr.new_source(capture, options.speed, emu, shards, span, state.started_at)
+    withdrawn = withdraw_overlapping(open_local_catalog(home).load_catalog(), source.from_us, source.until_us)
+    sr.save_source(home.run_dir, source)
+    first = datetime.fromtimestamp(span[0] / 1e6, UTC).isoformat(timespec="seconds")
+    last = datetime.fromtimestamp(span[1] / 1e6, UTC).isoformat(timespec="seconds")
+    echo(f"replay      {capture} at speed {options.speed} (pid {rec.pid}), captured {first} .. {last}; "
+         f"{len(shards)} collector shard(s) in {collectors_file(home)}: {', '.join(s.name for s in shards)}"
+         + (f"; {len(withdrawn)} earlier completion(s) of these hours withdrawn" if withdrawn else ""))
+    return emu
+
+
+def _start_services(url: str, echo: Callable[[str], None]) -> None:
+    from pipelines.stack_services import ServicesError, start_all
+
+    try:
+        final = start_all(url)
+    except (ServicesError, urllib.error.URLError, OSError) as exc:
+        raise StackError(f"turning on sensors/schedules failed: {exc}") from None
+    names = ", ".join(i.name for i in final)
+    echo(f"services    {len(final)} sensors/schedules on: {names}")
 
 
 def _stop_all(home: TicklakeHome, state: StackState, echo: Callable[[str], None],
@@ -550,6 +627,8 @@ def status(home: TicklakeHome) -> dict[str, Any]:
     }
     services: dict[str, Any] = info["services"]
     for name in SERVICES:
+        if name == REPLAY and not (state and state.replay):
+            continue  # only a --replay stack has an emulator
         rec = state.services.get(name) if state else None
         entry: dict[str, Any] = {"state": "stopped", "pid": None, "log": str(home.log_path(name))}
         if rec is not None:
@@ -582,8 +661,38 @@ def status(home: TicklakeHome) -> dict[str, Any]:
         - {s["pid"] for s in services.values() if s["state"] == "running"}
         - {d for s in (state.services.values() if state else ()) if s.is_running()
            for d in descendants(s.pid)})
+    if REPLAY in services and services[REPLAY]["state"] == "running":
+        services[REPLAY].update(_replay_status(home))
     info["catalog"] = _catalog_status(home)
+    if web["state"] == "running":
+        from pipelines.stack_services import services_report
+
+        info["dagster_services"] = services_report(info["dagster_url"])
     return info
+
+
+def _replay_status(home: TicklakeHome) -> dict[str, Any]:
+    from pipelines import stack_replay as sr
+    from streaming.source_complete import read_complete_ranges
+
+    source = sr.load_source(home.run_dir)
+    if source is None:
+        return {"healthy": False, "detail": "no replay source recorded"}
+    try:
+        stats = sr.emulator_stats(source.control_url)
+    except OSError as exc:
+        return {"healthy": False, "detail": f"control API not answering: {exc}"}
+    items = sum(f.get("items", 0) for f in stats.get("feeds", []))
+    try:
+        complete = any(r.source == source.source_id
+                       for r in read_complete_ranges(open_local_catalog(home).load_catalog()))
+    except Exception:  # noqa: BLE001 - status reports, it must not crash
+        complete = False
+    phase = ("complete (hours declared closed)" if complete else
+             "capture exhausted, draining" if stats.get("finished") else "replaying")
+    return {"healthy": True, "detail": f"{source.capture}: {phase}, {items} records served",
+            "finished": bool(stats.get("finished")), "complete": complete, "records_served": items,
+            "source_id": source.source_id}
 
 
 def _catalog_status(home: TicklakeHome) -> dict[str, Any]:

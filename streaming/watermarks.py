@@ -5,7 +5,8 @@ in the table's own snapshot summary, so every reader — the hourly seal, the la
 sensor, `ticklake status` — asks the catalog, not the sink process. A Prometheus gauge
 shows the same number live.
 
-An hour is closed when the lake watermark has passed hour end + grace. The lake watermark
+An hour is closed when the lake watermark has passed hour end + grace, or when a finished
+source (a replayed capture) declared it complete. The lake watermark
 is the maximum over the tables: one sink process consumes every processed topic in one
 loop, so its tables advance together, and a sparse table (liquidations, funding) that
 saw nothing for an hour must not hold its hours open forever.
@@ -13,7 +14,7 @@ saw nothing for an hour must not hold its hours open forever.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +24,7 @@ from pyiceberg.exceptions import NoSuchTableError
 
 from schemas.tables import TABLES
 from streaming.lake_state import HOUR_US, latest_sink_state
+from streaming.source_complete import CompleteRange, hour_completed
 
 #: Defaults: venues deliver within seconds; grace covers a sink restart plus catch-up.
 DEFAULT_ALLOWED_LATENESS_US = 10_000_000
@@ -86,7 +88,13 @@ def hour_end(hour_start: datetime) -> datetime:
 
 
 def is_hour_closed(hour_start: datetime, watermark: datetime | None,
-                   grace: timedelta = DEFAULT_CLOSE_GRACE) -> bool:
+                   grace: timedelta = DEFAULT_CLOSE_GRACE,
+                   complete: Sequence[CompleteRange] = ()) -> bool:
+    """Closed by the watermark, or because a finished source (a replayed capture) declared
+    the hour complete (streaming/source_complete.py): nothing will ever move a watermark
+    past the last hour of a capture."""
+    if hour_completed(hour_start, complete):
+        return True
     return watermark is not None and watermark >= hour_end(hour_start) + grace
 
 

@@ -135,10 +135,12 @@ def test_down_without_a_stack_says_so(ticklake_home):
 def test_up_status_refused_second_up_and_down_leaves_nothing(ticklake_home):
     home = ticklake_home.root
     require_ui_port_free()
-    up = ticklake(home, "up")
+    # --no-services keeps this test light; tests/test_replay_e2e.py runs `up` with them on.
+    up = ticklake(home, "up", "--no-services")
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         assert f"UI: {UI}" in up.stdout
+        assert "left off (--no-services)" in up.stdout
 
         # The UI serves, and the code location loaded without error (not just HTTP 200).
         with urllib.request.urlopen(UI, timeout=30) as resp:
@@ -173,6 +175,12 @@ def test_up_status_refused_second_up_and_down_leaves_nothing(ticklake_home):
         for name, svc in info["services"].items():
             assert svc["state"] == "running" and svc["healthy"], (name, svc)
             assert Path(svc["log"]).parent == home / "run"
+        # Status lists every supervisor sensor and schedule (left off here) and no service run.
+        report = info["dagster_services"]
+        kinds = {(i["kind"], i["name"]): i["status"] for i in report["instigators"]}
+        assert ("sensor", "collector_supervisor") in kinds and ("schedule", "lake_hourly_seal") in kinds
+        assert set(kinds.values()) == {"STOPPED"}, kinds
+        assert report["runs"] == []
 
         # The broker status points at answers metadata and holds the topics, sized locally.
         bootstrap = info["kafka_bootstrap"]
@@ -236,7 +244,7 @@ def test_foreground_stops_everything_on_ctrl_c(ticklake_home, tmp_path):
     require_ui_port_free()
     out = tmp_path / "foreground.out"
     with open(out, "w") as fh:
-        proc = subprocess.Popen([str(TICKLAKE), "up", "--foreground"], stdout=fh,
+        proc = subprocess.Popen([str(TICKLAKE), "up", "--foreground", "--no-services"], stdout=fh,
                                 stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "TICKLAKE_HOME": str(home)})
     try:
@@ -359,7 +367,7 @@ def test_orphaned_runs_are_marked_failed_and_release_their_slots(ticklake_home, 
 def test_a_dead_service_is_reported_and_blocks_up_until_down(ticklake_home):
     home = ticklake_home.root
     require_ui_port_free()
-    up = ticklake(home, "up")
+    up = ticklake(home, "up", "--no-services")
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         info = json.loads(ticklake(home, "status", "--json").stdout)

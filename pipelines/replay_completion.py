@@ -1,0 +1,128 @@
+"""Completion of a replayed capture: its hours close and get sealed.
+
+A capture ends; a live venue never does. Nothing will push the lake watermark past the
+last hour of a capture, so without help its hours would stay open forever. This sensor
+(on with the other services; it does nothing without a replay) declares the replay's
+hours complete once, in this order, all of these hold:
+
+1. the emulator reports every capture feed exhausted (GET <control>/stats "finished");
+2. the chain has drained: the normalizer's group has no committed record left in raw.*
+   and the lake sink no record after the offsets stored in its Iceberg snapshots in
+   processed.* (streaming/drain.py asks the broker for records, not offsets);
+3. (2) held on two consecutive evaluations (>= 15 s apart), so frames still inside a
+   collector or an open transaction when the first probe ran are not missed.
+
+Then it writes the completed range (the capture's whole hours) into the catalog
+(streaming/source_complete.py; the closed-hour rule honours it) and requests a seal run
+of every hour of the range. Rows arriving afterwards anyway are resealed by the
+late-hours sensor.
+"""
+
+# No `from __future__ import annotations`: Dagster inspects real annotation types.
+import json
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from assets.partitions import HOURLY, hour_key
+from pipelines.lake_schedules import lake_seal_job
+from pipelines.stack_replay import emulator_stats, load_source
+from resources.home import resolve_home
+from resources.kafka import KafkaResource
+from resources.lake import LakeResource
+from schemas.topics import Stage, all_event_topics
+from streaming import kafka_config as kc
+from streaming.drain import pending_partitions
+from streaming.lake_state import HOUR_US, latest_sink_state
+from streaming.source_complete import mark_complete
+
+NORMALIZER_GROUP = "ticklake-normalizer"
+CONFIRMATIONS = 2
+
+
+def _partitions(conn: kc.KafkaConnection, topics: list[str]) -> list[tuple[str, int]]:
+    from confluent_kafka.admin import AdminClient
+
+    md = AdminClient(kc.admin_config(conn)).list_topics(timeout=10).topics
+    return [(t, p) for t in topics if t in md and md[t].error is None for p in sorted(md[t].partitions)]
+
+
+def normalizer_positions(conn: kc.KafkaConnection) -> dict[tuple[str, int], int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    tps = _partitions(conn, all_event_topics(Stage.RAW))
+    cons = Consumer(kc.consumer_config(conn, NORMALIZER_GROUP, read_committed=True))
+    try:
+        got = cons.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
+    finally:
+        cons.close()
+    return {(r.topic, r.partition): max(0, r.offset) for r in got}
+
+
+def sink_positions(conn: kc.KafkaConnection, lake: LakeResource) -> dict[tuple[str, int], int]:
+    stored: dict[tuple[str, int], int] = {}
+    for table in lake.ensure_tables().values():
+        for topic, parts in latest_sink_state(table).offsets.items():
+            for p, off in parts.items():
+                stored[(topic, int(p))] = int(off)
+    return {tp: stored.get(tp, 0) for tp in _partitions(conn, all_event_topics(Stage.PROCESSED))}
+
+
+def drain_report(conn: kc.KafkaConnection, lake: LakeResource) -> dict[str, dict[tuple[str, int], int]]:
+    """Stage -> partitions still holding records for it (empty dicts: drained)."""
+    return {"normalizer": pending_partitions(conn, normalizer_positions(conn)),
+            "lake sink": pending_partitions(conn, sink_positions(conn, lake))}
+
+
+def _hours(from_us: int, until_us: int) -> list[str]:
+    first = HOURLY.get_first_partition_key()
+    keys = []
+    for h in range(from_us, until_us, HOUR_US):
+        key = hour_key(datetime.fromtimestamp(h / 1e6, tz=UTC))
+        if first is not None and key >= first:
+            keys.append(key)
+    return keys
+
+
+@dg.sensor(job=lake_seal_job, minimum_interval_seconds=15, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Declares a replayed capture complete once it is exhausted and drained into the "
+                       "lake, so the hours it covers close; then seals them.")
+def replay_completion(context: dg.SensorEvaluationContext, kafka: KafkaResource, lake: LakeResource):
+    source = load_source(resolve_home().run_dir)
+    if source is None:
+        return dg.SkipReason("no replay running (ticklake up --replay PATH starts one)")
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    if cursor.get("source_id") != source.source_id:
+        cursor = {"source_id": source.source_id, "drained": 0, "done": False}
+    if cursor["done"]:
+        return dg.SkipReason(f"{source.capture}: complete; its hours were declared closed and sealed")
+    try:
+        stats = emulator_stats(source.control_url)
+    except OSError as exc:
+        return dg.SkipReason(f"replay emulator at {source.control_url} not answering: {exc}")
+    if not stats.get("finished"):
+        items = sum(f.get("items", 0) for f in stats.get("feeds", []))
+        context.update_cursor(json.dumps({**cursor, "drained": 0}))
+        return dg.SkipReason(f"{source.capture}: replaying ({items} records served so far)")
+    pending = drain_report(kafka.connection(), lake)
+    busy = {stage: len(tps) for stage, tps in pending.items() if tps}
+    if busy:
+        context.update_cursor(json.dumps({**cursor, "drained": 0}))
+        return dg.SkipReason(f"capture exhausted; waiting for the chain to drain: partitions with records "
+                             f"left per stage {busy}")
+    cursor["drained"] += 1
+    if cursor["drained"] < CONFIRMATIONS:
+        context.update_cursor(json.dumps(cursor))
+        return dg.SkipReason("capture exhausted and the chain drained; confirming on the next evaluation")
+    done = mark_complete(lake.load_catalog(), source.source_id, source.from_us, source.until_us)
+    keys = _hours(done.from_us, done.until_us)
+    context.log.info(f"{source.capture}: complete; hours {keys} declared closed")
+    context.update_cursor(json.dumps({**cursor, "done": True}))
+    if not keys:
+        return dg.SkipReason(f"{source.capture}: complete, but its hours precede the first lake partition "
+                             f"({HOURLY.get_first_partition_key()}): nothing to seal")
+    return [dg.RunRequest(run_key=f"{source.source_id}-{k}", partition_key=k,
+                          tags={"ticklake/replay": source.source_id}) for k in keys]
+
+
+sensors = [replay_completion]
