@@ -127,7 +127,9 @@ def write_hour(spark, tables: Mapping[str, Table], target: Table, hour_us: int, 
     if df is not None:
         df = df.persist()
         try:
-            pairs = sorted((r["exchange"], r["market"]) for r in df.select("exchange", "market").distinct().collect())
+            counts = {(r["exchange"], r["market"]): r["count"] for r in df.groupBy("exchange", "market").count().collect()}
+            pairs = sorted(counts)
+            rows = sum(counts.values())
             fs = spark.sparkContext._jvm.org.apache.hadoop.fs
             for ex, mk in pairs:
                 out = (f"{target.location()}/data/exchange_ts_hour={hour_path_value(hour_us)}/exchange={ex}"
@@ -140,7 +142,6 @@ def write_hour(spark, tables: Mapping[str, Table], target: Table, hour_us: int, 
                 written = [str(s.getPath().toUri()) for s in fsys.listStatus(path)
                            if s.getPath().getName().endswith(".parquet")]
                 files += sorted(f"file://{local_path(w)}" if w.startswith("/") else w for w in written)
-            rows = df.count()
         finally:
             df.unpersist()
     props = {"writer": WRITER, **(summary or {})}

@@ -129,21 +129,24 @@ def test_spark_equals_local_batch_equals_published_exactly(world, spark):
 
 
 def test_parity_fails_when_one_feature_value_is_perturbed(world, spark):
-    assert materialize(world, spark, H).success
-    table = world["lake"].catalog.load_table(fsp.SPARK_FEATURES_TABLE.identifier)
+    # The Spark table's hour is set to the local batch rows with ONE value moved by one ulp
+    # (no Spark run needed: the check only reads the three outputs).
     h = a.hour_us(H)
-    rows = fl.read_hour_rows(table, h)
+    rows = fl.compute_hour(fl.hour_events(fl.input_tables(world["lake"].catalog), h), h)
     i = next(k for k, v in enumerate(rows["microprice"].to_pylist()) if v is not None and k > 10)
     col = rows["microprice"].to_pylist()
-    col[i] = math.nextafter(col[i], math.inf)       # one ulp on one value of one row
+    col[i] = math.nextafter(col[i], math.inf)
     bad = rows.set_column(rows.schema.get_field_index("microprice"), FEATURE_SCHEMA.field("microprice"),
                           pa.array(col, pa.float64()))
-    fl.write_hour(table, bad, h)
+    table = fl.ensure_spec_table(world["lake"].catalog, fsp.SPARK_FEATURES_TABLE)
+    fl.write_hour(table, rows, h)
+    assert parity_outcome(world["lake"].lake, world["ch"], H, DB)[0]      # unperturbed copy: identical
+    fl.write_hour(table.refresh(), bad, h)
     ok, details = parity_outcome(world["lake"].lake, world["ch"], H, DB)
     assert not ok
     m = details["mismatches"][0]
     assert m["column"] == "microprice" and m["event_id"] == rows["event_id"][i].as_py()
-    # Re-run the local batch and the check through Dagster (the Spark output stays perturbed).
+    # And through Dagster: the local batch and the check run, the Spark output stays perturbed.
     result = materialize(world, spark, H, selection=dg.AssetSelection.assets(features_1s)
                          | dg.AssetSelection.checks(features_parity))
     check = parity_check(result)
@@ -153,9 +156,14 @@ def test_parity_fails_when_one_feature_value_is_perturbed(world, spark):
 def test_next_hour_needs_the_lookback_to_match_the_stream(world, spark):
     # The capture's last second lies in the next hour; the processor computed it with the
     # books it had built before midnight. Without lookback the batch starts from empty books.
-    cold = materialize(world, spark, H_NEXT, lookback_s=0.0)
-    assert not parity_check(cold).passed
+    h = a.hour_us(H_NEXT)
+    client = world["ch"].get_client()
+    published = cs.features_from_ch(cs.query_hour(client, DB, cs.CH_FEATURES_LIVE, a.utc(H_NEXT), final=True))
+    assert published.num_rows >= 1
+    cold = fl.compute_hour(fl.hour_events(fl.input_tables(world["lake"].catalog), h, 0.0), h)
+    ok, details = fl.compare_features({"local_batch": cold, "published": published})
+    assert not ok and details["mismatches"][0]["column"] in {"book_seq", "best_bid_px", "mid_px", "microprice"}
     warm = materialize(world, spark, H_NEXT, lookback_s=900.0)
     check = parity_check(warm)
     assert check.passed, check.description
-    assert check.metadata["rows"].value["published"] >= 1
+    assert check.metadata["rows"].value["published"] == published.num_rows
