@@ -504,12 +504,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
     ap.add_argument("--test-hold-in-txn", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--test-hold-after-batches", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--test-hold-with-output", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.metrics_port:
         metrics.start_metrics_server(a.metrics_port)
     conn = kc.connection_from_env(bootstrap_servers=a.bootstrap)
-    hold = HoldInTxn(a.test_hold_in_txn, a.test_hold_after_batches) if a.test_hold_in_txn else None
+    hold = (HoldInTxn(a.test_hold_in_txn, a.test_hold_after_batches, with_output=a.test_hold_with_output)
+            if a.test_hold_in_txn else None)
     fp = FeatureProcessor(conn, parse_pairs(a.pair), processor_name=a.name,
                           allowed_lateness_ms=a.allowed_lateness_ms, idle_timeout_ms=a.idle_timeout_ms,
                           checkpoint_interval_s=a.checkpoint_interval_s, batch_max_ms=a.batch_max_ms,

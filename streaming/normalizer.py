@@ -399,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
     ap.add_argument("--test-hold-in-txn", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--test-hold-after-batches", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--test-hold-with-output", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.metrics_port:
@@ -410,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         urls[(Exchange(ex), Market(mk))] = url
     catalog, refresh = build_catalog(a.instruments_cache, urls)
     conn = kc.connection_from_env(bootstrap_servers=a.bootstrap)
-    hold = HoldInTxn(a.test_hold_in_txn, a.test_hold_after_batches) if a.test_hold_in_txn else None
+    hold = (HoldInTxn(a.test_hold_in_txn, a.test_hold_after_batches, with_output=a.test_hold_with_output)
+            if a.test_hold_in_txn else None)
     svc = NormalizerService(conn, Normalizer(catalog, dedup_span=a.dedup_span, refresh=refresh),
                             input_topics_for(a.exchange, a.market), group_id=a.group_id,
                             transactional_id=a.transactional_id, batch_max_ms=a.batch_max_ms, hold_in_txn=hold)

@@ -52,6 +52,7 @@ class HoldInTxn:
     path: str
     after_batches: int
     seconds: float = 3600.0
+    with_output: bool = False   # hold the first transaction from `after_batches` on that has output
 
 
 @dataclass(slots=True)
@@ -185,7 +186,7 @@ class TransactionalLoop:
                 tp = (m.topic(), m.partition())
                 offsets[tp] = max(offsets.get(tp, -1), m.offset() + 1)
             tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()] + list(extra)
-            self._maybe_hold()
+            self._maybe_hold(outs)
             if tps:
                 producer.send_offsets_to_transaction(tps, self.consumer.consumer_group_metadata(), 60)
             producer.commit_transaction(60)
@@ -221,9 +222,12 @@ class TransactionalLoop:
             except BufferError:
                 self.producer.poll(0.05)
 
-    def _maybe_hold(self) -> None:
+    def _maybe_hold(self, outs: list[OutRecord]) -> None:
         h = self.hold_in_txn
-        if h is None or self.stats.batches + 1 != h.after_batches:
+        if h is None:
+            return
+        n = self.stats.batches + 1
+        if (n < h.after_batches or not outs) if h.with_output else n != h.after_batches:
             return
         self.producer.flush(30)  # the open transaction's records are now in the log
         Path(h.path).write_text(str(os.getpid()))

@@ -294,7 +294,8 @@ def test_kill_9_inside_a_transaction_then_restart_publishes_each_record_once(bro
     assert len(expected) == len(events)
     assert set(copies) == set(expected)                                        # nothing missing, nothing extra
     assert all(v == {expected[k]} for k, v in copies.items())                  # every copy byte-identical
-    assert len(processed) >= len(expected)   # > when the aborted batch is visible (the embedded broker shows it)
+    # the killed transaction had flushed its records and this broker shows them: some are read twice
+    assert len(processed) > len(expected)
 
 
 def test_reference_data_from_the_replay_emulator_enriches_captured_events(tmp_path):
