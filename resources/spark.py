@@ -12,6 +12,8 @@ pay for a JVM. It wraps dagster-pyspark's session builder.
 
 from __future__ import annotations
 
+import sys
+
 from typing import Any
 
 import dagster as dg
@@ -45,6 +47,10 @@ def spark_conf(master: str = "local[2]", app_name: str = "ticklake", shuffle_par
     }
     if driver_memory:
         conf["spark.driver.memory"] = driver_memory
+    if master.startswith("local"):
+        # Local Python workers must be this interpreter (it has pyarrow for applyInArrow),
+        # not whatever python3 is first on PATH.
+        conf["spark.pyspark.python"] = conf["spark.pyspark.driver.python"] = sys.executable
     conf.update({k: str(v) for k, v in (extra or {}).items()})
     return conf
 
