@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -15,16 +17,18 @@ from streaming.topic_config import TopicConfig
 from tests.sample_events import envelope
 
 
-def _drain(consumer: Consumer, want: int, timeout_polls: int = 200) -> list:
+def _drain(consumer: Consumer, key: bytes, want: int, max_polls: int = 600) -> list:
+    """Records with `key`, read until `want` of them arrived and the topic went quiet."""
     got = []
-    for _ in range(timeout_polls):
+    for _ in range(max_polls):
         msg = consumer.poll(0.1)
         if msg is None:
             if len(got) >= want:
                 break
             continue
         assert msg.error() is None, msg.error()
-        got.append(msg)
+        if msg.key() == key:
+            got.append(msg)
     return got
 
 
@@ -34,7 +38,10 @@ def test_every_event_type_roundtrips_through_broker(kafka_broker, market: Market
     config = TopicConfig.local(partitions=3)
     ensure_topics(admin_client(kafka_broker.bootstrap), config)
 
-    symbol = "BTC-USDT" if market is Market.SPOT else "BTC-USDT-PERP"
+    # The session broker is shared and the project topics may already hold other tests'
+    # records: a symbol of our own (= our own key) picks out exactly what this test sent.
+    base = "RT" + uuid.uuid4().hex[:10].upper()
+    symbol = f"{base}-USDT" if market is Market.SPOT else f"{base}-USDT-PERP"
     sent = {}
     producer = Producer(producer_config(conn))
     for et in event_types_for(market):
@@ -50,7 +57,7 @@ def test_every_event_type_roundtrips_through_broker(kafka_broker, market: Market
         consumer = Consumer(consumer_config(conn, f"roundtrip-{topic}", session_timeout_ms=6000))
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-        msgs = _drain(consumer, len(envs))
+        msgs = _drain(consumer, symbol.encode(), len(envs))
         consumer.close()
         # every record of one symbol sits on one partition, in produce order
         assert len({m.partition() for m in msgs}) == 1
