@@ -48,7 +48,7 @@ LATENESS_US = 5_000_000
 
 # --------------------------------------------------------------------------- lake data
 
-def seed_lake(home: TicklakeHome, batches: int = 4) -> dict[str, dict[int, int]]:
+def seed_lake(home: TicklakeHome, batches: int = 13) -> dict[str, dict[int, int]]:
     """Four closed hours (00:00-04:00 on 2024-08-09) and some of 04:00-04:20, committed in
     micro-batches with the sink's summary (offsets, watermark, hour ledger). Returns rows
     per table per hour."""
@@ -215,6 +215,9 @@ def test_backfill_launched_from_the_partitions_page_completes(ticklake_home):
     home = ticklake_home.root
     expected = seed_lake(ticklake_home)
     assert all(expected["trades"][hour_us(k)] > 0 for k in UI_HOURS + CLI_HOURS)
+    files_before = {k: len(hour_layout(LakeResource(uri=ticklake_home.catalog_uri, warehouse=ticklake_home.warehouse)
+                                       .ensure_tables()["trades"], hour_us(k)).files) for k in UI_HOURS}
+    assert all(n > 1 for n in files_before.values()), files_before  # micro-batch layout to compact
     port = free_port()
     up = run_ticklake(home, *up_args(port))
     assert up.returncode == 0, up.stdout + up.stderr
@@ -256,6 +259,12 @@ def test_backfill_launched_from_the_partitions_page_completes(ticklake_home):
                 page.goto(f"{url}/assets/{ASSET}?view=partitions")
                 page.get_by_text(f"Materialized ({len(UI_HOURS)})").wait_for()
                 page.screenshot(path=str(ARTIFACTS / "partitions_after.png"))
+                # One backfilled hour in detail: the seal's metadata (rows, files before/after).
+                page.get_by_placeholder("Filter by name").fill(UI_HOURS[0][:10])
+                page.get_by_text(UI_HOURS[0], exact=True).first.click()
+                page.get_by_text("files_before", exact=True).wait_for()
+                expect(page.get_by_text("min_event_time", exact=True)).to_be_visible()
+                page.screenshot(path=str(ARTIFACTS / "partition_detail.png"))
             except BaseException:
                 page.screenshot(path=str(ARTIFACTS / "failure.png"))
                 raise
@@ -293,6 +302,7 @@ def test_backfill_launched_from_the_partitions_page_completes(ticklake_home):
     for key in UI_HOURS + CLI_HOURS:
         layout = hour_layout(table, hour_us(key))
         assert layout.is_sealed and layout.rows == expected["trades"][hour_us(key)], key
+        assert len(layout.files) < files_before.get(key, len(layout.files) + 1), key
         results = run_checks(TABLES_BY_NAME["trades"], lake, key)
         assert all(c.passed for c in results), [(c.check_name, c.description) for c in results]
     assert not hour_layout(table, hour_us("2024-08-09-04:00")).is_sealed
