@@ -407,14 +407,16 @@ def rebuild_hour(table: Table, hour_us: int, *, source: str = "auto", conn: kc.K
             raise
         promoted = False
         for _ in range(rebase_attempts):
+            # The commit is optimistic against `table`'s metadata, so the hour must still be
+            # what the source was read against in exactly that metadata (staging refreshed it).
+            if _hour_files(table, hour_us) != read_set:
+                break  # rows arrived in the hour meanwhile: rebuild from the new state
             try:
                 table = commit_files(table, files, props, delete_filter=hour_filter(hour_us))
                 promoted = True
                 break
             except CommitFailedException:
                 table = table.refresh()
-                if _hour_files(table, hour_us) != read_set:
-                    break  # rows arrived in the hour meanwhile: rebuild from the new state
         if promoted:
             table = table.refresh()
             report.promoted_snapshot_id = table.current_snapshot().snapshot_id

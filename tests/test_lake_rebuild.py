@@ -222,3 +222,79 @@ def test_rebuild_job_rebuilds_checks_and_records_the_partition(sunk, ticklake_ho
             partition_key=H0, instance=instance, resources=resources, raise_on_error=False,
             run_config={"ops": {"rebuild_lake_hour": {"config": {"tables": ["nope"]}}}})
         assert not bad.success
+
+
+def _extra_row(table, hour_us: int, event_id: str) -> pa.Table:
+    row = read_hour(table, hour_us).slice(0, 1)
+    return row.set_column(row.schema.get_field_index("event_id"), "event_id", pa.array([event_id]))
+
+
+def test_commits_racing_the_promotion_rebase_or_restart(sunk, monkeypatch):
+    """A commit landing while the hour is rebuilt: outside the hour (the sink appending the
+    current hour) the promotion is simply re-committed; inside the hour the rebuild starts
+    over from the new state, so the row that arrived is not lost."""
+    import streaming.lake_rebuild as lr
+
+    catalog, _ = sunk
+    table = catalog.load_table("market.trades")
+    h1 = H0_US + 3_600_000_000
+    original = lr._commit_to_branch
+    # (hour, event_id, whether the caller's table already sees the racing commit: the race
+    # hit between reading the source and staging, or after staging)
+    plan = [(h1, "late-other-hour", False), (H0_US, "late-same-hour", True)]
+    done = []
+
+    def racing(table, *args, **kwargs):
+        staged = original(table, *args, **kwargs)
+        if plan:
+            hour, eid, seen = plan.pop(0)
+            row = _extra_row(staged, hour, eid)
+            commit_files(staged, LakeFileWriter(staged).write(row), {WRITER_KEY: "racer"})
+            done.append(eid)
+            return staged.refresh() if seen else staged
+        return staged
+
+    monkeypatch.setattr(lr, "_commit_to_branch", racing)
+    rep = rebuild_hour(table, H0_US, source="lake")  # race 1: another hour -> rebase
+    assert rep.attempts == 1 and done == ["late-other-hour"]
+    table = table.refresh()
+    assert "late-other-hour" in table.scan(row_filter=hour_filter(h1)).to_arrow().column("event_id").to_pylist()
+    before = _hour(table).num_rows
+    rep = rebuild_hour(table, H0_US, source="lake")  # race 2: the hour itself -> start over
+    assert rep.attempts == 2 and done == ["late-other-hour", "late-same-hour"]
+    after = _hour(table)
+    assert after.num_rows == before + 1 == rep.rows
+    assert "late-same-hour" in after.column("event_id").to_pylist()
+    assert set(table.refresh().metadata.refs) == {"main"}
+
+
+def test_a_staged_hour_that_differs_from_its_source_is_not_promoted(sunk, monkeypatch):
+    import streaming.lake_rebuild as lr
+
+    catalog, _ = sunk
+    table = catalog.load_table("market.trades")
+    schema = table_schema(table)
+    before_snap = table.current_snapshot().snapshot_id
+    before = checksum(_hour(table), schema)
+    original = lr._commit_to_branch
+    written: list[str] = []
+
+    def tampered(table, branch, base, files, hour_us, props, **kw):
+        written.extend(f.file_path for f in files)
+        staged = original(table, branch, base, files, hour_us, props, **kw)
+        extra = LakeFileWriter(staged).write(_extra_row(staged, hour_us, "intruder"))
+        written.extend(f.file_path for f in extra)
+        with staged.transaction() as tx, tx.update_snapshot(branch=branch).fast_append() as append:
+            for f in extra:
+                append.append_data_file(f)
+        return staged.refresh()
+
+    monkeypatch.setattr(lr, "_commit_to_branch", tampered)
+    with pytest.raises(lr.ValidationFailed, match="staged hour"):
+        rebuild_hour(table, H0_US, source="lake")
+    table = table.refresh()
+    assert table.current_snapshot().snapshot_id == before_snap  # main untouched
+    assert checksum(_hour(table), schema) == before
+    assert set(table.metadata.refs) == {"main"}  # the staging branch is gone
+    staged_files = written[:-1]
+    assert staged_files and not any(table.io.new_input(p).exists() for p in staged_files)
