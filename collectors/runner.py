@@ -439,7 +439,10 @@ class ShardRunner:
 
         async def fetch(req: RestRequest) -> None:
             resp = await self.pool.get(req, self.ips)
-            probe.on_rest(req, resp.status, resp.body, resp.recv_ts_us)
+            res = probe.on_rest(req, resp.status, resp.body, resp.recv_ts_us)
+            for dl in res.dead_letters:   # no connection exists yet to publish them on
+                log_event(log, logging.WARNING, "instrument info unusable; scales inferred from frames",
+                          shard=self.cfg.name, path=req.path, reason=dl.reason[:300])
 
         try:
             await asyncio.wait_for(asyncio.gather(*(fetch(r) for r in reqs)), timeout)

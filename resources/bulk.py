@@ -22,8 +22,9 @@ from collectors.bulk.common import Target
 from collectors.bulk.download import Downloader, Progress
 from collectors.bulk.sources import BulkSource
 from resources.home import resolve_home
+from schemas.instruments import InstrumentRef
 from schemas.model import Exchange, Market
-from streaming.instruments import InstrumentCatalog, InstrumentRef, fetch_instruments
+from streaming.instruments import InstrumentCatalog, fetch_instruments
 
 
 class BulkHistoryResource(dg.ConfigurableResource):

@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, Message
 
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
+from schemas.instruments import InstrumentRef
 from schemas.model import (
     EventType,
     Exchange,
@@ -52,7 +53,7 @@ from streaming import kafka_config as kc
 from streaming import processor_metrics as metrics
 from streaming.dedup import OffsetWindowDedup
 from streaming.dlq import DlqCounters, dead_letter
-from streaming.instruments import InstrumentCatalog, InstrumentRef, fetch_instruments
+from streaming.instruments import InstrumentCatalog, fetch_instruments
 from streaming.kafka_io import TP, read_range, watermarks
 from streaming.serde import SerdeError, decode, encode
 from streaming.txn_loop import HoldInTxn, OutRecord, TransactionalLoop

@@ -19,10 +19,11 @@ from urllib.parse import urlsplit
 from confluent_kafka import Producer
 
 from schemas.gen.ticklake.v1 import events_pb2 as pb
+from schemas.instruments import InstrumentRef, by_native, parse_binance
 from schemas.model import EventType, Exchange, Market, event_type_from_pb
 from schemas.topics import event_topic
 from streaming import kafka_config as kc
-from streaming.instruments import InstrumentCatalog, InstrumentRef
+from streaming.instruments import InstrumentCatalog
 from streaming.kafka_io import partitions_for, plain_consumer, read_all
 from streaming.serde import encode
 from streaming.topic_admin import admin_client, ensure_topics
@@ -104,19 +105,27 @@ def read_topics(bootstrap: str, topics: list[str], group: str = "test-reader") -
 
 
 def capture_raw_events() -> list[pb.Envelope]:
-    """Raw envelopes from the genuine Binance capture, through the collectors' own adapter."""
+    """Raw envelopes from the genuine Binance capture, through the collectors' own adapter
+    with the venue's exchange info (the shared parser of schemas/instruments.py).
+
+    The capture holds one REST depth snapshot and no way to answer a resync request, so a
+    single refused frame would silently end the book there (the adapter waits for a snapshot
+    that never comes). Any dead letter or resync request is therefore a failure here, not
+    data quietly lost to every test built on this helper."""
     from collectors.capture import REST, WS, detect, read, rest_params
     from collectors.exchanges.base import RestRequest
-    from collectors.exchanges.binance import parse_exchange_info
     from collectors.verify import adapter_for
 
     info = detect(HFT_CAPTURE)
     adapter = adapter_for(info)
-    adapter.set_instruments(parse_exchange_info(BTCUSDT_SPOT_INFO))
+    adapter.set_instruments(by_native(parse_binance(BTCUSDT_SPOT_INFO, futures=False)))
     events: list[pb.Envelope] = []
+    dead: list[str] = []
+    unserved: list[RestRequest] = []
     for rec in read(info):
         if rec.kind == WS:
             out = adapter.on_frame(rec.payload, rec.recv_ts_us)
+            unserved += out.requests          # WS-triggered REST calls: resync snapshots
         elif rec.kind == REST:
             params = rest_params(rec.url)
             req = RestRequest(path=urlsplit(rec.url).path, params=tuple(params.items()),
@@ -124,7 +133,13 @@ def capture_raw_events() -> list[pb.Envelope]:
             out = adapter.on_rest(req, 200, rec.payload, rec.recv_ts_us)
         else:
             continue
+        dead += [d.reason for d in out.dead_letters]
         events.extend(out.events)
+    resyncs = sum(st.stats.resyncs for st in adapter.states.values())
+    # The first frame asks for the initial snapshot, which the capture holds; anything more is a resync.
+    assert not dead and resyncs == 0 and len(unserved) <= 1, (
+        f"capture replay lost data: {len(dead)} dead letters {dead[:3]}, {resyncs} resyncs, "
+        f"{len(unserved)} REST requests from frames")
     return events
 
 

@@ -392,12 +392,12 @@ def test_urls_route_usdm_streams_and_chunk():
 
 
 def test_exchange_info_fixes_scales_and_base_quote():
-    from collectors.exchanges.binance import parse_exchange_info
+    from schemas.instruments import by_native, parse_binance
 
     body = {"symbols": [{"symbol": "BTCUSDT", "baseAsset": "BTC", "quoteAsset": "USDT", "filters": [
         {"filterType": "PRICE_FILTER", "tickSize": "0.01000000"},
         {"filterType": "LOT_SIZE", "stepSize": "0.00001000"}]}]}
-    specs = parse_exchange_info(body)
+    specs = by_native(parse_binance(body, futures=False))   # no baseAssetPrecision: the step decides
     assert (specs["BTCUSDT"].price_scale, specs["BTCUSDT"].size_scale) == (2, 5)
     ad = BinanceSpotAdapter(instruments=specs)
     res = ad.on_frame(b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":9,'

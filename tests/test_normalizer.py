@@ -14,17 +14,12 @@ import pytest
 
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import stamp_event_id
+from schemas.instruments import parse_binance, parse_bybit, parse_okx
 from schemas.model import EventType, Exchange, Market
 from schemas.topics import dlq_topic, event_topic
 from streaming.broker import EmbeddedBroker
 from streaming.dlq import parse_dead_letter
-from streaming.instruments import (
-    InstrumentCatalog,
-    fetch_instruments,
-    parse_binance,
-    parse_bybit,
-    parse_okx,
-)
+from streaming.instruments import InstrumentCatalog, fetch_instruments
 from streaming.normalizer import (
     Normalizer,
     NormalizerService,

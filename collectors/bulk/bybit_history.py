@@ -45,7 +45,7 @@ from collectors.bulk.common import (
     on_grid,
 )
 from collectors.exchanges.bybit import BybitAdapter
-from collectors.exchanges.common import BookStats, InstrumentSpec
+from collectors.exchanges.common import BookStats
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import EventType, event_type_from_pb
 from schemas.scaled import ScaleError, to_scaled
@@ -116,8 +116,7 @@ class BookReplay:
 def replay_book(lines: Iterable[bytes], t: Target, category: str = "linear") -> BookReplay:
     """Replay ob history lines through the Bybit adapter into lake envelopes."""
     adapter = BybitAdapter(category=category, shard=t.shard,
-                           instruments={t.native: InstrumentSpec(price_scale=t.price_scale,
-                                                                 size_scale=t.size_scale)})
+                           instruments={t.native: t.reference()})
     conv = Converted()
     resyncs: list[str] = []
     n = 0

@@ -23,8 +23,9 @@ from collectors.exchanges.common import ScaleTracker
 from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import stamp_event_id
+from schemas.instruments import InstrumentRef
 from schemas.model import EventType, Exchange, Market
-from schemas.scaled import ScaleError
+from schemas.scaled import ScaleError, from_scaled
 
 SHARD_PREFIX = "bulk:"
 
@@ -54,6 +55,17 @@ class Target:
     def trackers(self) -> tuple[ScaleTracker, ScaleTracker]:
         """Locked converters at the lake scales (cached: venues repeat price strings a lot)."""
         return ScaleTracker(self.price_scale), ScaleTracker(self.size_scale)
+
+    def reference(self) -> InstrumentRef:
+        """The target as the shared instrument reference row, for replaying files through a
+        live adapter: its scales come out exactly as the lake's (size_decimals carries a size
+        scale wider than the lot, as the catalog's rule allows)."""
+        parts = self.symbol.split("-")
+        expiry = parts[2] if len(parts) > 2 and parts[2].isdigit() else ""
+        return InstrumentRef(self.exchange.value, self.market.value, self.native, self.symbol, parts[0],
+                             parts[1] if len(parts) > 1 else "", from_scaled(self.tick, self.price_scale),
+                             from_scaled(self.lot, self.size_scale), expiry=expiry,
+                             size_decimals=self.size_scale)
 
 
 @dataclass(slots=True)

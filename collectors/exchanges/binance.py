@@ -35,7 +35,6 @@ from collectors.exchanges.common import (
     SIDE_SELL,
     AdapterBase,
     FrameError,
-    InstrumentSpec,
     InstrumentState,
     as_int,
     dump,
@@ -44,7 +43,7 @@ from collectors.exchanges.common import (
     rest_request,
 )
 from schemas.model import Exchange, Market
-from schemas.scaled import RATE_SCALE, ScaleError, scale_of, to_scaled
+from schemas.scaled import RATE_SCALE, ScaleError, to_scaled
 
 SPOT_WS = "wss://stream.binance.com:9443"
 USDM_WS = "wss://fstream.binance.com"
@@ -266,7 +265,7 @@ class BinanceAdapter(AdapterBase):
         try:
             if request.purpose == "instruments":
                 if status == 200:
-                    self.set_instruments(parse_exchange_info(loads(body)))
+                    self.load_instruments(body, out)
                 return out
             self._on_snapshot(request, status, body, recv_ts_us, out)
         except FrameError as e:
@@ -478,19 +477,3 @@ def _flag(d: dict, key: str) -> bool:
 
 def _nonzero(text: str) -> bool:
     return any(c not in "0." for c in text)
-
-
-def parse_exchange_info(info: Any) -> dict[str, InstrumentSpec]:
-    """/api/v3/exchangeInfo or /fapi/v1/exchangeInfo -> per-symbol scales from tickSize/stepSize."""
-    specs: dict[str, InstrumentSpec] = {}
-    for s in info.get("symbols", []) if type(info) is dict else []:
-        filters = {f.get("filterType"): f for f in s.get("filters", [])}
-        tick = filters.get("PRICE_FILTER", {}).get("tickSize")
-        step = filters.get("LOT_SIZE", {}).get("stepSize")
-        try:
-            specs[s["symbol"]] = InstrumentSpec(
-                price_scale=scale_of(tick) if tick else None, size_scale=scale_of(step) if step else None,
-                base=s.get("baseAsset"), quote=s.get("quoteAsset"), tick_size=tick, lot_size=step)
-        except (KeyError, ScaleError):
-            continue
-    return specs

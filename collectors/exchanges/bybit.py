@@ -34,7 +34,6 @@ from collectors.exchanges.common import (
     SIDE_SELL,
     AdapterBase,
     FrameError,
-    InstrumentSpec,
     InstrumentState,
     dump,
     loads,
@@ -42,7 +41,7 @@ from collectors.exchanges.common import (
     rest_request,
 )
 from schemas.model import Exchange, Market
-from schemas.scaled import RATE_SCALE, ScaleError, scale_of, to_scaled
+from schemas.scaled import RATE_SCALE, ScaleError, to_scaled
 
 WS_BASE = "wss://stream.bybit.com"
 CATEGORIES = ("spot", "linear", "inverse")
@@ -120,17 +119,8 @@ class BybitAdapter(AdapterBase):
     def on_rest(self, request: RestRequest, status: int, body: bytes, recv_ts_us: int) -> FrameResult:
         out = FrameResult()
         if request.purpose == "instruments" and status == 200:
-            try:
-                self.set_instruments(parse_instruments(loads(body)))
-            except JSON_DECODE_ERRORS as e:
-                self._dead_rest(out, f"instruments: malformed JSON: {e}", body)
+            self.load_instruments(body, out, category=self.category)
         return out
-
-    def _dead_rest(self, out: FrameResult, reason: str, body: bytes) -> None:
-        from collectors.exchanges.base import DeadLetter
-
-        self.dead_letter_count += 1
-        out.dead_letters.append(DeadLetter(reason=reason, raw=bytes(body)))
 
     # -- frames ---------------------------------------------------------------------------------
 
@@ -364,20 +354,3 @@ class BybitAdapter(AdapterBase):
         st = self.state(d.get("symbol"))
         ts = d.get("updatedTime", d.get("updateTime", msg.get("ts")))
         self._liq(st, d.get("side"), d.get("price"), d.get("size"), ms_to_us(ts), recv, out)
-
-
-def parse_instruments(body: Any) -> dict[str, InstrumentSpec]:
-    """/v5/market/instruments-info -> scales from priceFilter.tickSize and the lot size step."""
-    specs: dict[str, InstrumentSpec] = {}
-    result = body.get("result", {}) if type(body) is dict else {}
-    for s in result.get("list", []) if type(result) is dict else []:
-        tick = (s.get("priceFilter") or {}).get("tickSize")
-        lot = s.get("lotSizeFilter") or {}
-        step = lot.get("qtyStep") or lot.get("basePrecision")
-        try:
-            specs[s["symbol"]] = InstrumentSpec(
-                price_scale=scale_of(tick) if tick else None, size_scale=scale_of(step) if step else None,
-                base=s.get("baseCoin"), quote=s.get("quoteCoin"), tick_size=tick, lot_size=step)
-        except (KeyError, ScaleError):
-            continue
-    return specs

@@ -16,6 +16,12 @@ from collectors.book import L2Book
 from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest, Resync
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import stamp_event_id
+from schemas.instruments import (
+    InstrumentDataError,
+    InstrumentRef,
+    by_native,
+    parse_exchange_info,
+)
 from schemas.model import EventType, Exchange, Market
 from schemas.scaled import INT64_MAX, ScaleError, to_scaled
 from schemas.symbols import Instrument, SymbolError, parse_native
@@ -204,18 +210,6 @@ class BookStats:
         return asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
-class InstrumentSpec:
-    """Exchange-info facts about an instrument (authoritative over inference)."""
-
-    price_scale: int | None = None
-    size_scale: int | None = None
-    base: str | None = None
-    quote: str | None = None
-    tick_size: str | None = None
-    lot_size: str | None = None
-
-
 class InstrumentState:
     """Everything an adapter keeps for one instrument on one connection set."""
 
@@ -223,7 +217,7 @@ class InstrumentState:
                  "stats", "next_reason", "awaiting", "buffer", "bbo", "first_after_snapshot",
                  "ticker", "levels_str", "topic", "snapshot_requests")
 
-    def __init__(self, native: str, inst: Instrument, spec: InstrumentSpec | None) -> None:
+    def __init__(self, native: str, inst: Instrument, spec: InstrumentRef | None) -> None:
         self.native = native
         self.inst = inst
         self.market = inst.market
@@ -257,10 +251,10 @@ class AdapterBase:
     #: remembered venue BBO frames per instrument, for checks against the rebuilt book
     bbo_memory = 512
 
-    def __init__(self, *, shard: str = "", instruments: dict[str, InstrumentSpec] | None = None,
+    def __init__(self, *, shard: str = "", instruments: dict[str, InstrumentRef] | None = None,
                  snapshot_depth: int | None = None) -> None:
         self.shard = shard
-        self.specs: dict[str, InstrumentSpec] = dict(instruments or {})
+        self.specs: dict[str, InstrumentRef] = dict(instruments or {})
         self.states: dict[str, InstrumentState] = {}
         self.ignored: dict[str, int] = {}    # frames understood but deliberately not published
         self.dead_letter_count = 0
@@ -287,9 +281,26 @@ class AdapterBase:
             return self._dead(out, f"unexpected {type(e).__name__}: {e}", frame, "")
         return out
 
-    def set_instruments(self, specs: dict[str, InstrumentSpec]) -> None:
+    def set_instruments(self, specs: dict[str, InstrumentRef]) -> None:
         """Exchange info arrived: future states use it (existing states keep their locks)."""
         self.specs.update(specs)
+
+    def load_instruments(self, body: bytes | str, out: FrameResult, *, category: str | None = None) -> None:
+        """An exchange-info body of this venue: parse it with the one shared parser
+        (schemas/instruments.py), so the raw events' scales follow the same rule as the
+        normalizer's catalog. A body without the documented shape is a dead letter; single
+        unusable entries are left out and counted (the other instruments still get scales)."""
+        rejects: list[str] = []
+        try:
+            refs = parse_exchange_info(self.exchange, self.market, body, category=category, rejects=rejects)
+        except InstrumentDataError as e:
+            raw = body.encode() if isinstance(body, str) else bytes(body)
+            self.dead_letter_count += 1
+            out.dead_letters.append(DeadLetter(reason=f"instruments: {e}", raw=raw))
+            return
+        for _ in rejects:
+            self._ignore("instrument entry unusable")
+        self.set_instruments(by_native(refs))
 
     def book_stats(self) -> dict[str, BookStats]:
         return {n: s.stats for n, s in self.states.items()}
@@ -555,6 +566,6 @@ def dump(obj: Any) -> str:
 
 
 __all__ = [
-    "AdapterBase", "BookStats", "FrameError", "InstrumentSpec", "InstrumentState", "ScaleTracker",
+    "AdapterBase", "BookStats", "FrameError", "InstrumentState", "ScaleTracker",
     "decimals", "dump", "loads", "ms_to_us", "rest_request", "sc",
 ]

@@ -36,7 +36,6 @@ from collectors.exchanges.common import (
     SIDE_SELL,
     AdapterBase,
     FrameError,
-    InstrumentSpec,
     InstrumentState,
     dump,
     loads,
@@ -44,7 +43,7 @@ from collectors.exchanges.common import (
     rest_request,
 )
 from schemas.model import Exchange, Market
-from schemas.scaled import RATE_SCALE, ScaleError, scale_of, to_scaled
+from schemas.scaled import RATE_SCALE, ScaleError, to_scaled
 
 WS_BASE = "wss://ws.okx.com:8443"
 IDLE_PING_US = 20_000_000
@@ -147,11 +146,7 @@ class OkxAdapter(AdapterBase):
     def on_rest(self, request: RestRequest, status: int, body: bytes, recv_ts_us: int) -> FrameResult:
         out = FrameResult()
         if request.purpose == "instruments" and status == 200:
-            try:
-                self.set_instruments(parse_instruments(loads(body)))
-            except JSON_DECODE_ERRORS as e:
-                self.dead_letter_count += 1
-                out.dead_letters.append(DeadLetter(reason=f"instruments: malformed JSON: {e}", raw=bytes(body)))
+            self.load_instruments(body, out)
         return out
 
     # -- frames ---------------------------------------------------------------------------------
@@ -432,17 +427,3 @@ class OkxAdapter(AdapterBase):
 
 def _inst_type(m: Market) -> str:
     return {Market.SPOT: "SPOT", Market.PERP: "SWAP", Market.FUTURE: "FUTURES"}[m]
-
-
-def parse_instruments(body: Any) -> dict[str, InstrumentSpec]:
-    """/api/v5/public/instruments -> scales from tickSz and lotSz."""
-    specs: dict[str, InstrumentSpec] = {}
-    for s in body.get("data", []) if type(body) is dict else []:
-        tick, lot = s.get("tickSz"), s.get("lotSz")
-        try:
-            specs[s["instId"]] = InstrumentSpec(
-                price_scale=scale_of(tick) if tick else None, size_scale=scale_of(lot) if lot else None,
-                base=s.get("baseCcy") or None, quote=s.get("quoteCcy") or None, tick_size=tick, lot_size=lot)
-        except (KeyError, ScaleError):
-            continue
-    return specs
