@@ -100,6 +100,9 @@ class InstrumentInfo:
     quote: str
     tick: str = ""
     lot: str = ""
+    #: decimals the venue renders quantities with; Binance spot prints them at the base asset's
+    #: precision ("25.42618900"), which its exchangeInfo declares as baseAssetPrecision
+    size_decimals: int = 0
 
 
 def _step_from_strings(values: Iterable[str]) -> str:
@@ -338,6 +341,7 @@ class VenueSim:
         lv = [list(x) for x in levels]
         info.tick = _step_from_strings(x[0] for x in lv)
         info.lot = _step_from_strings(x[1] for x in lv)
+        info.size_decimals = max((len(str(x[1]).partition(".")[2]) for x in lv), default=0)
 
     def stats(self) -> dict[str, Any]:
         return {"venue": self.name, "frames_in": self.frames_in, "frames_out": self.frames_out,
@@ -557,6 +561,8 @@ class BinanceSim(VenueSim):
                         "stepSize": info.lot or "0"}]
             row: dict[str, Any] = {"symbol": info.native, "status": "TRADING", "baseAsset": info.base,
                                    "quoteAsset": info.quote, "filters": filters}
+            if not self.usdm:   # book quantities can be finer than the lot step (schemas/instruments.py)
+                row["baseAssetPrecision"] = info.size_decimals or len(info.lot.partition(".")[2])
             if self.usdm:
                 row.update({"pair": info.native, "contractType": "PERPETUAL",
                             "pricePrecision": len(info.tick.partition(".")[2]),
