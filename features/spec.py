@@ -11,11 +11,10 @@ code path, so every runtime produces bit-identical rows.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import pyarrow as pa
 
-from schemas.tables import NAMESPACE, TS
+from schemas.tables import TS, TableSpec
 
 #: Bump when a formula changes: the version is part of every feature event_id, so rows of
 #: two spec versions never dedup against each other.
@@ -75,22 +74,7 @@ FEATURE_SCHEMA = pa.schema([
 ])
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureTableSpec:
-    """Duck-compatible with schemas.tables.TableSpec for schemas.iceberg.ensure_table."""
-
-    name: str
-    schema: pa.Schema
-    sort_by: tuple[str, ...] = ("symbol", "exchange_ts")
-    partition_by: tuple[tuple[str, str], ...] = (("exchange_ts", "hour"), ("exchange", "identity"),
-                                                  ("market", "identity"))
-
-    @property
-    def identifier(self) -> str:
-        return f"{NAMESPACE}.{self.name}"
-
-
-FEATURES_TABLE = FeatureTableSpec("features_1s", FEATURE_SCHEMA)
+FEATURES_TABLE = TableSpec("features_1s", FEATURE_SCHEMA)
 
 
 def window_start(ts_us: int) -> int:

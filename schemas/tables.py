@@ -103,9 +103,12 @@ NON_NEGATIVE = frozenset({
 
 @dataclass(frozen=True, slots=True)
 class TableSpec:
+    """A lake table: its Arrow schema and layout. `event_type` is set for the per-event
+    tables; derived tables (features_1s, bars_1m) have none."""
+
     name: str
-    event_type: EventType
     schema: pa.Schema
+    event_type: EventType | None = None
     sort_by: tuple[str, ...] = ("symbol", "exchange_ts")
     partition_by: tuple[tuple[str, str], ...] = (("exchange_ts", "hour"), ("exchange", "identity"),
                                                   ("market", "identity"))
@@ -126,7 +129,7 @@ TABLE_NAMES: dict[EventType, str] = {
 }
 
 TABLES: dict[EventType, TableSpec] = {
-    et: TableSpec(TABLE_NAMES[et], et, pa.schema(ENVELOPE_FIELDS + PAYLOAD_FIELDS[et]))
+    et: TableSpec(TABLE_NAMES[et], pa.schema(ENVELOPE_FIELDS + PAYLOAD_FIELDS[et]), et)
     for et in EventType
 }
 TABLES_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES.values()}

@@ -30,10 +30,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
-from features.spec import FEATURE_SCHEMA, FeatureTableSpec
+from features.spec import FEATURE_SCHEMA
 from schemas.model import EventType
 from schemas.symbols import validate_canonical
-from schemas.tables import TABLES, TS
+from schemas.tables import TABLES, TS, TableSpec
 
 DEFAULT_DATABASE = "ticklake"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -151,7 +151,7 @@ BARS_1M_SCHEMA = pa.schema(
     [pa.field("exchange_ts" if f.name == "ts" else f.name, f.type, f.nullable) for f in _BAR_FIELDS]
     + [pa.field(f.name, f.type, True) for f in OHLCV_SCHEMA if f.name not in {x.name for x in _BAR_FIELDS}]
     + [pa.field(f.name, f.type, True) for f in BOOK_STATS_SCHEMA if f.name not in {x.name for x in _BAR_FIELDS}])
-BARS_1M_TABLE = FeatureTableSpec("bars_1m", BARS_1M_SCHEMA)
+BARS_1M_TABLE = TableSpec("bars_1m", BARS_1M_SCHEMA)
 
 
 # -- statements ---------------------------------------------------------------------------

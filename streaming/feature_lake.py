@@ -24,10 +24,10 @@ from pyiceberg.table import Table
 
 from features.compute import compute_features
 from features.inputs import events_from_lake
-from features.spec import FEATURE_SCHEMA, FEATURES_TABLE, FeatureTableSpec
+from features.spec import FEATURE_SCHEMA, FEATURES_TABLE
 from schemas.iceberg import ensure_namespace, ensure_table
 from schemas.model import EventType
-from schemas.tables import TABLES
+from schemas.tables import TABLES, TableSpec
 from streaming.lake_state import HOUR_US
 
 INPUT_TABLES = {"trades": EventType.TRADE, "book_snapshots": EventType.BOOK_SNAPSHOT,
@@ -83,7 +83,7 @@ def canonical(rows: pa.Table) -> pa.Table:
     return rows.select(FEATURE_SCHEMA.names).cast(FEATURE_SCHEMA).sort_by(FEATURE_SORT).combine_chunks()
 
 
-def ensure_spec_table(catalog: Catalog, spec: FeatureTableSpec = FEATURES_TABLE,
+def ensure_spec_table(catalog: Catalog, spec: TableSpec = FEATURES_TABLE,
                       properties: dict[str, str] | None = None) -> Table:
     ensure_namespace(catalog)
     return ensure_table(catalog, spec, properties)

@@ -26,8 +26,8 @@ from pyiceberg.table import Table
 
 from features.compute import features_for_group
 from features.inputs import INPUT_SCHEMA, events_from_lake
-from features.spec import FEATURE_SCHEMA, FeatureTableSpec
-from schemas.tables import TABLES
+from features.spec import FEATURE_SCHEMA
+from schemas.tables import TABLES, TableSpec
 from streaming.feature_lake import INPUT_TABLES, input_range, keep_hour, ts_range
 from streaming.lake_state import HOUR_US
 from streaming.lake_writer import hour_path_value
@@ -35,7 +35,7 @@ from streaming.lake_writer import hour_path_value
 GROUP_KEYS = ["exchange", "market", "symbol"]
 #: Where Spark's recompute lands: same schema as features_1s, a separate table so the two
 #: runtimes can be compared (and either promoted) without overwriting each other.
-SPARK_FEATURES_TABLE = FeatureTableSpec("features_1s_spark", FEATURE_SCHEMA)
+SPARK_FEATURES_TABLE = TableSpec("features_1s_spark", FEATURE_SCHEMA)
 WRITER = "spark-features"
 
 
