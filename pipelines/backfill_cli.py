@@ -94,6 +94,7 @@ class Progress:
     assets: dict[str, dict[str, int]] = field(default_factory=dict)
     runs: Counter = field(default_factory=Counter)
     error: str | None = None
+    failed_runs: list[str] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -124,7 +125,8 @@ def progress_from(backfill: dict[str, Any]) -> Progress:
     err = backfill.get("error")
     return Progress(status=backfill["status"], partitions=backfill.get("numPartitions"), assets=assets,
                     runs=Counter(r["status"] for r in backfill.get("runs") or []),
-                    error=err["message"] if err else None)
+                    error=err["message"] if err else None,
+                    failed_runs=[r["runId"] for r in backfill.get("runs") or [] if r["status"] == "FAILURE"])
 
 
 # --------------------------------------------------------------------------- GraphQL
@@ -167,6 +169,28 @@ STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
     runs(limit: 10000) { runId status } }
   ... on BackfillNotFoundError { message }
   ... on PythonError { message } } }"""
+
+
+RUN_FAILURES = """query($id: ID!) { runOrError(runId: $id) { __typename
+  ... on Run { runId status tags { key value }
+    eventConnection(limit: 2000) { ... on EventConnection { events { __typename
+      ... on ExecutionStepFailureEvent { stepKey error { message } }
+      ... on RunFailureEvent { message } } } } } } }"""
+
+
+def failure_reasons(gql: Gql, run_id: str, limit: int = 3) -> list[str]:
+    """Why a run failed: its step failures (and the run failure message), first lines only."""
+    run = gql(RUN_FAILURES, {"id": run_id})["runOrError"]
+    if run["__typename"] != "Run":
+        return [run["__typename"]]
+    out = []
+    for e in run["eventConnection"]["events"]:
+        if e["__typename"] == "ExecutionStepFailureEvent":
+            msg = (e.get("error") or {}).get("message") or ""
+            out.append(f"step {e['stepKey']}: {msg.strip().splitlines()[0] if msg.strip() else '?'}")
+        elif e["__typename"] == "RunFailureEvent" and not out:
+            out.append(e.get("message") or "run failed")
+    return out[:limit]
 
 
 def hourly_assets(gql: Gql) -> list[str]:
@@ -249,8 +273,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         assets = select_assets(args.select or list(DEFAULT_SELECTION), hourly_assets(gql))
         title = f"ticklake backfill {keys[0]} .. {keys[-1]}"
         backfill_id = launch(gql, assets, keys, title)
-        echo(f"backfill {backfill_id}: {len(keys)} hours ({keys[0]} .. {keys[-1]}) x {len(assets)} assets "
-             f"({', '.join(assets)})")
+        echo(f"backfill {backfill_id}: {_n(len(keys), 'hour')} ({keys[0]} .. {keys[-1]}) x "
+             f"{_n(len(assets), 'asset')} ({', '.join(assets)})")
         echo(f"  {url}/runs/b/{backfill_id}")
         if args.no_wait:
             return EXIT_OK
@@ -259,13 +283,25 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print(f"ticklake backfill: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if prog.succeeded:
-        echo(f"backfill {backfill_id} succeeded: {sum(prog.runs.values())} runs")
+        echo(f"backfill {backfill_id} succeeded: {_n(sum(prog.runs.values()), 'run')}")
         return EXIT_OK
     bad = {a: c for a, c in prog.assets.items() if c["failed"] or c["materialized"] != c["targeted"]}
     print(f"ticklake backfill: backfill {backfill_id} ended {prog.status}"
           + (f": {prog.error}" if prog.error else "")
           + f"; runs {dict(prog.runs)}; incomplete assets {bad}", file=sys.stderr)
+    for run_id in prog.failed_runs[:10]:
+        try:
+            reasons = failure_reasons(gql, run_id)
+        except BackfillError as exc:
+            reasons = [f"(could not read its events: {exc})"]
+        print(f"  failed run {run_id} ({url}/runs/{run_id}):", file=sys.stderr)
+        for r in reasons:
+            print(f"    {r}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def register(sub: argparse._SubParsersAction) -> None:

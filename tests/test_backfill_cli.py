@@ -66,7 +66,9 @@ def test_progress_success_needs_every_run_and_partition():
     running = b.progress_from(_status("REQUESTED", ["SUCCESS", "STARTED"], (1, 1, 0)))
     assert not running.done and not running.succeeded
     failed = b.progress_from(_status("COMPLETED_FAILED", ["SUCCESS", "FAILURE"], (0, 1, 1)))
-    assert failed.done and not failed.succeeded
+    assert failed.done and not failed.succeeded and failed.failed_runs == ["1"]
+    # Every partition materialized, but a run (its checks) failed: not a success either.
+    assert not b.progress_from(_status("COMPLETED_SUCCESS", ["SUCCESS", "FAILURE"], (0, 2, 0))).succeeded
     # Completed, but a run still finishing: not done yet.
     assert not b.progress_from(_status("COMPLETED_SUCCESS", ["SUCCESS", "STARTING"], (0, 2, 0))).done
     # No run at all is not a success.
@@ -75,7 +77,7 @@ def test_progress_success_needs_every_run_and_partition():
 
 def test_graphql_documents_match_the_installed_schema():
     schema = create_schema().graphql_schema
-    for doc in (b.ASSET_NODES, b.LAUNCH, b.STATUS):
+    for doc in (b.ASSET_NODES, b.LAUNCH, b.STATUS, b.RUN_FAILURES):
         assert validate(schema, parse(doc)) == [], doc
 
 

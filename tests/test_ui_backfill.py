@@ -283,11 +283,12 @@ def test_backfill_launched_from_the_partitions_page_completes(ticklake_home):
         ok_out, ok_err = ok.communicate(timeout=1500)
         bad_out, bad_err = bad.communicate(timeout=1500)
         assert ok.returncode == 0, ok_out + ok_err
-        assert re.search(r"backfill \w+: 1 hours", ok_out) and "COMPLETED_SUCCESS" in ok_out
-        assert "succeeded: 1 runs" in ok_out
+        assert re.search(r"backfill \w+: 1 hour \(", ok_out) and "COMPLETED_SUCCESS" in ok_out
+        assert "succeeded: 1 run" in ok_out
         assert bad.returncode == 1, bad_out + bad_err
         assert "COMPLETED_FAILED" in bad_err or "FAILED" in bad_err, bad_err
-        cli_id = re.search(r"backfill (\w+): 1 hours", ok_out).group(1)
+        assert "failed run" in bad_err and "is not closed yet" in bad_err, bad_err  # the reason, for the user
+        cli_id = re.search(r"backfill (\w+): 1 hour \(", ok_out).group(1)
         cli = wait_backfill_done(gql, lambda b: b["id"] == cli_id, timeout_s=60)
         assert cli["partitionNames"] == CLI_HOURS and cli["status"] == "COMPLETED_SUCCESS"
         assert materialized_keys(gql, ASSET) == set(UI_HOURS + CLI_HOURS)
