@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -17,17 +18,22 @@ from streaming.topic_config import TopicConfig
 from tests.sample_events import envelope
 
 
-def _drain(consumer: Consumer, key: bytes, want: int, max_polls: int = 600) -> list:
-    """Records with `key`, read until `want` of them arrived and the topic went quiet."""
+def _drain(consumer: Consumer, key: bytes, want: int, deadline_s: float = 120.0) -> list:
+    """Records with `key`, read until `want` of them arrived (other tests' records on the
+    same topic are skipped). The deadline only turns a hang into a failure."""
     got = []
-    for _ in range(max_polls):
+    deadline = time.monotonic() + deadline_s
+    while len(got) < want and time.monotonic() < deadline:
         msg = consumer.poll(0.1)
         if msg is None:
-            if len(got) >= want:
-                break
             continue
         assert msg.error() is None, msg.error()
         if msg.key() == key:
+            got.append(msg)
+    # anything more for our key would be a duplicate: give it a moment to show up
+    for _ in range(20):
+        msg = consumer.poll(0.05)
+        if msg is not None and msg.error() is None and msg.key() == key:
             got.append(msg)
     return got
 
