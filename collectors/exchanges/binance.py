@@ -395,12 +395,10 @@ class BinanceAdapter(AdapterBase):
     def _mark_price(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         st = self.state(d.get("s"))
         ts = ms_to_us(d.get("E"))
-        mk = st.mark
-        mk.fit([v for v in (d.get("p"), d.get("i"), d.get("P")) if v not in (None, "")])
-        mark = self.price(st, d.get("p"), mk)
-        index = self.price(st, d["i"], mk) if d.get("i") not in (None, "") else 0
-        settle = self.price(st, d["P"], mk) if d.get("P") not in (None, "") else 0
-        env = self.envelope(st, ET_MARK, ts, recv, 0, mk.scale, 0)
+        if d.get("p") in (None, ""):
+            raise FrameError("markPriceUpdate without a mark price", st.native)
+        scale, (mark, index, settle) = self.aux_prices(st, d.get("p"), d.get("i"), d.get("P"))
+        env = self.envelope(st, ET_MARK, ts, recv, 0, scale, 0)
         m = env.mark_price
         m.mark_px, m.index_px, m.estimated_settle_px = mark, index, settle
         events = [self.stamp(env)]
@@ -410,7 +408,7 @@ class BinanceAdapter(AdapterBase):
                 r = to_scaled(rate, RATE_SCALE, signed=True)
             except ScaleError as e:
                 raise FrameError(f"funding rate: {e}", st.native) from None
-            fenv = self.envelope(st, ET_FUNDING, ts, recv, 0, mk.scale, 0)
+            fenv = self.envelope(st, ET_FUNDING, ts, recv, 0, scale, 0)
             f = fenv.funding
             f.rate = r
             nxt = d.get("T")

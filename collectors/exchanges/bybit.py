@@ -263,15 +263,16 @@ class BybitAdapter(AdapterBase):
             raise FrameError("tickers data is not an object")
         st = self.state(data.get("symbol"))
         typ = msg.get("type", "snapshot")
+        # The merged ticker is kept only once the whole frame has been accepted: a refused
+        # delta must not leak its fields into later TICKER events.
         if typ == "snapshot":
-            st.ticker = dict(data)
+            t = dict(data)
         elif typ == "delta":
             if st.ticker is None:
                 raise FrameError("tickers delta before any snapshot (nothing to merge into)", st.native)
-            st.ticker.update(data)
+            t = {**st.ticker, **data}
         else:
             raise FrameError(f"tickers type {typ!r}", st.native)
-        t = st.ticker
         ts = ms_to_us(msg.get("ts"))
         cs = msg.get("cs")
         seq = cs if type(cs) is int else 0
@@ -289,34 +290,28 @@ class BybitAdapter(AdapterBase):
         env.price_scale, env.size_scale = st.px.scale, st.sz.scale
         events = [self.stamp(env)]
         if self.category != "spot":
-            mk = st.mark
-            if "markPrice" in data or "indexPrice" in data:
-                mark_s, index_s = t.get("markPrice"), t.get("indexPrice")
-                mk.fit([v for v in (mark_s, index_s) if v])
-                if mark_s:
-                    menv = self.envelope(st, ET_MARK, ts, recv, seq, 0, 0)
-                    m = menv.mark_price
-                    m.mark_px = self.price(st, mark_s, mk)
-                    m.index_px = self.price(st, index_s, mk) if index_s else 0
-                    menv.price_scale = mk.scale
-                    events.append(self.stamp(menv))
+            mark_s, index_s = t.get("markPrice"), t.get("indexPrice")
+            mscale, (mark, index) = self.aux_prices(st, mark_s, index_s)
+            if ("markPrice" in data or "indexPrice" in data) and mark:
+                menv = self.envelope(st, ET_MARK, ts, recv, seq, mscale, 0)
+                m = menv.mark_price
+                m.mark_px = mark
+                m.index_px = index
+                events.append(self.stamp(menv))
             rate = t.get("fundingRate")
             if ("fundingRate" in data or "nextFundingTime" in data) and rate:
                 try:
                     r = to_scaled(rate, RATE_SCALE, signed=True)
                 except ScaleError as e:
                     raise FrameError(f"funding rate: {e}", st.native) from None
-                fenv = self.envelope(st, ET_FUNDING, ts, recv, seq, 0, 0)
+                fenv = self.envelope(st, ET_FUNDING, ts, recv, seq, mscale, 0)
                 f = fenv.funding
                 f.rate = r
                 nxt = t.get("nextFundingTime")
                 f.next_funding_ts = ms_to_us(nxt) if nxt else 0
-                mark_s = t.get("markPrice")
-                if mark_s:
-                    mk.fit((mark_s,))
-                    f.mark_px = self.price(st, mark_s, mk)
-                fenv.price_scale = mk.scale
+                f.mark_px = mark
                 events.append(self.stamp(fenv))
+        st.ticker = t
         out.events.extend(events)
 
     def _opt_px(self, st: InstrumentState, v: Any) -> int:

@@ -114,6 +114,18 @@ def decimals(text: str) -> int:
     return 0 if i < 0 else len(text) - i - 1
 
 
+def significant_decimals(text: Any) -> int:
+    """Decimals a value needs to be exact ("28560.00" -> 0, "11851.86949091" -> 8): trailing
+    zeros carry no precision, so they must not widen a scale (a mark price printed with 18
+    decimals of padding would otherwise not fit int64 at scale 18)."""
+    if type(text) is not str:
+        raise ScaleError(f"expected a decimal string, got {type(text).__name__} {text!r:.40}")
+    if "e" in text or "E" in text:
+        return decimals(text)
+    i = text.find(".")
+    return 0 if i < 0 else len(text[i + 1:].rstrip("0"))
+
+
 def ms_to_us(value: Any) -> int:
     """Venue millisecond timestamp (int or numeric string) -> µs."""
     if type(value) is int:
@@ -213,7 +225,7 @@ class BookStats:
 class InstrumentState:
     """Everything an adapter keeps for one instrument on one connection set."""
 
-    __slots__ = ("native", "inst", "market", "market_pb", "symbol", "px", "sz", "mark", "book",
+    __slots__ = ("native", "inst", "market", "market_pb", "symbol", "px", "sz", "mark_floor", "book",
                  "stats", "next_reason", "awaiting", "buffer", "bbo", "first_after_snapshot",
                  "ticker", "levels_str", "topic", "snapshot_requests")
 
@@ -227,7 +239,8 @@ class InstrumentState:
         ss = spec.size_scale if spec else None
         self.px = ScaleTracker(ps)
         self.sz = ScaleTracker(ss)
-        self.mark = ScaleTracker(ps)
+        #: least scale of mark/index/settle prices; each message may need more (aux_prices)
+        self.mark_floor = ps or 0
         self.book = L2Book()
         self.stats = BookStats()
         self.next_reason = REASON_INITIAL  # reason the next applied snapshot is published with
@@ -470,6 +483,39 @@ class AdapterBase:
             st.px.fit([v for v in prices if v not in (None, "")])
         if not st.sz.locked:
             st.sz.fit([v for v in sizes if v not in (None, "")])
+
+    def aux_prices(self, st: InstrumentState, *texts: Any) -> tuple[int, list[int]]:
+        """Mark, index and settle prices of ONE message at one scale of their own: the
+        instrument's tick scale, widened to what this message's values need.
+
+        Venues publish these with more decimals than the tick (Binance USD-M markPrice
+        "11851.86949091" on a 0.10 tick, Bybit indexPrice, OKX markPx), so locking them to
+        the tick scale dead-letters them in production mode, and a scale that grows with
+        what was seen makes one padded 18-decimal value widen it for the session and the
+        same message hash differently on two connections. Per message, the scale depends
+        on the message alone (deterministic event ids); "" / None -> 0 (absent)."""
+        scale = st.mark_floor
+        for t in texts:
+            if t is None or t == "":
+                continue
+            try:
+                d = significant_decimals(t)
+            except ScaleError as e:
+                raise FrameError(f"precision: {e}", st.native) from None
+            if d > scale:
+                scale = d
+        if scale > 18:
+            raise FrameError(f"precision: a mark/index price needs {scale} decimals (max 18)", st.native)
+        out = []
+        for t in texts:
+            if t is None or t == "":
+                out.append(0)
+                continue
+            try:
+                out.append(sc(t, scale))
+            except ScaleError as e:
+                raise FrameError(f"precision: {e} ({st.native} mark/index scale {scale})", st.native) from None
+        return scale, out
 
     def price(self, st: InstrumentState, text: Any, tracker: ScaleTracker | None = None) -> int:
         tr = tracker or st.px

@@ -382,8 +382,10 @@ class OkxAdapter(AdapterBase):
         if type(t) is not dict:
             raise FrameError("mark-price item is not an object")
         st = self.state(t.get("instId"))
-        mark = self.price(st, t.get("markPx"), st.mark)
-        env = self.envelope(st, ET_MARK, ms_to_us(t.get("ts")), recv, 0, st.mark.scale, 0)
+        if t.get("markPx") in (None, ""):
+            raise FrameError("mark-price item without markPx", st.native)
+        scale, (mark,) = self.aux_prices(st, t.get("markPx"))
+        env = self.envelope(st, ET_MARK, ms_to_us(t.get("ts")), recv, 0, scale, 0)
         env.mark_price.mark_px = mark
         out.events.append(self.stamp(env))
 
