@@ -438,8 +438,13 @@ class ShardRunner:
         reqs = [r for r in probe.on_open(list(self.native_of.values())).requests if r.purpose == "instruments"]
 
         async def fetch(req: RestRequest) -> None:
-            resp = await self.pool.get(req, self.ips)
-            res = probe.on_rest(req, resp.status, resp.body, resp.recv_ts_us)
+            try:
+                resp = await self.pool.get(req, self.ips)
+                res = probe.on_rest(req, resp.status, resp.body, resp.recv_ts_us)
+            except Exception as exc:  # noqa: BLE001 - one bad reference body must not crash-loop the shard
+                log_event(log, logging.WARNING, "instrument info unusable; scales inferred from frames",
+                          shard=self.cfg.name, path=req.path, reason=f"{type(exc).__name__}: {exc}"[:300])
+                return
             for dl in res.dead_letters:   # no connection exists yet to publish them on
                 log_event(log, logging.WARNING, "instrument info unusable; scales inferred from frames",
                           shard=self.cfg.name, path=req.path, reason=dl.reason[:300])

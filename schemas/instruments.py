@@ -15,7 +15,9 @@ Bybit /v5/market/instruments-info per category (spot, linear, inverse), OKX
 
 from __future__ import annotations
 
+import functools
 import json
+import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -101,9 +103,16 @@ def _load(body: bytes | str | dict) -> dict:
         data = json.loads(body)
     except (ValueError, TypeError) as exc:
         raise InstrumentDataError(f"exchange info is not JSON: {exc}") from exc
+    except RecursionError:
+        # nested deeper than the parser's recursion limit: not a venue body
+        raise InstrumentDataError("exchange info is nested too deep to parse") from None
     if not isinstance(data, dict):
         raise InstrumentDataError("exchange info must be a JSON object")
     return data
+
+
+_SHORT = reprlib.Repr()        # str() of a deeply nested entry would recurse; this stops at depth 3
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 120, 120
 
 
 class _Entries:
@@ -116,13 +125,29 @@ class _Entries:
 
     def bad(self, entry: object, exc: Exception) -> None:
         what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
-        reason = f"{self.venue} instrument entry unusable ({what}): {str(entry)[:120]}"
+        reason = f"{self.venue} instrument entry unusable ({what}): {_SHORT.repr(entry)}"
         if self.rejects is None:
             raise InstrumentDataError(reason) from exc
         self.rejects.append(reason)
 
 
-_ENTRY_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
+_ENTRY_ERRORS = (LookupError, TypeError, ValueError, AttributeError, RecursionError)
+
+
+def _whole_body(parse):
+    """A body whose envelope (not one entry) has an unexpected shape -- a category that is a
+    number, an error code that is an object -- is refused as InstrumentDataError like any
+    other bad body: callers handle that one exception, and a shard must start (with scales
+    inferred from frames) rather than crash-loop on one bad reference body."""
+    @functools.wraps(parse)
+    def wrapped(*args, **kw):
+        try:
+            return parse(*args, **kw)
+        except InstrumentDataError:
+            raise
+        except _ENTRY_ERRORS as exc:
+            raise InstrumentDataError(f"exchange info unusable ({type(exc).__name__}: {exc})"[:300]) from exc
+    return wrapped
 
 
 def _int(v: object) -> int:
@@ -131,6 +156,7 @@ def _int(v: object) -> int:
 
 # -- Binance -------------------------------------------------------------------------------------
 
+@_whole_body
 def parse_binance(body: bytes | str | dict, *, futures: bool,
                   rejects: list[str] | None = None) -> list[InstrumentRef]:
     """/api/v3/exchangeInfo (futures=False) or /fapi/v1/exchangeInfo (futures=True).
@@ -173,6 +199,7 @@ def parse_binance(body: bytes | str | dict, *, futures: bool,
 
 # -- Bybit ---------------------------------------------------------------------------------------
 
+@_whole_body
 def parse_bybit(body: bytes | str | dict, category: str | None = None,
                 rejects: list[str] | None = None) -> list[InstrumentRef]:
     """/v5/market/instruments-info for category spot, linear or inverse (one page).
@@ -222,6 +249,7 @@ def bybit_next_cursor(body: bytes | str | dict) -> str:
 
 # -- OKX -----------------------------------------------------------------------------------------
 
+@_whole_body
 def parse_okx(body: bytes | str | dict, rejects: list[str] | None = None) -> list[InstrumentRef]:
     """/api/v5/public/instruments for instType SPOT, SWAP or FUTURES.
 
@@ -253,8 +281,11 @@ def parse_okx(body: bytes | str | dict, rejects: list[str] | None = None) -> lis
                 out.append(_ref(Exchange.OKX, Market.PERP, inst_id, base, quote, tick, lot, status,
                                 ctval=s.get("ctVal", ""), contract_type=ctype))
             elif itype == "FUTURES":
+                expiry = inst_id.rsplit("-", 1)[-1]
+                if len(expiry) != 6 or not expiry.isdigit() or not expiry.isascii():
+                    raise ValueError(f"FUTURES instId {inst_id!r} does not end in -YYMMDD")
                 out.append(_ref(Exchange.OKX, Market.FUTURE, inst_id, base, quote, tick, lot, status,
-                                expiry=inst_id.rsplit("-", 1)[1], ctval=s.get("ctVal", ""),
+                                expiry=expiry, ctval=s.get("ctVal", ""),
                                 contract_type=ctype))
         except _ENTRY_ERRORS as exc:
             errs.bad(s, exc)

@@ -306,10 +306,11 @@ class AdapterBase:
         rejects: list[str] = []
         try:
             refs = parse_exchange_info(self.exchange, self.market, body, category=category, rejects=rejects)
-        except InstrumentDataError as e:
+        except Exception as e:  # InstrumentDataError, or anything unforeseen: never out of shard start
+            what = str(e) if isinstance(e, InstrumentDataError) else f"unexpected {type(e).__name__}: {e}"
             raw = body.encode() if isinstance(body, str) else bytes(body)
             self.dead_letter_count += 1
-            out.dead_letters.append(DeadLetter(reason=f"instruments: {e}", raw=raw))
+            out.dead_letters.append(DeadLetter(reason=f"instruments: {what}"[:1000], raw=raw))
             return
         for _ in rejects:
             self._ignore("instrument entry unusable")

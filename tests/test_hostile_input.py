@@ -1,0 +1,60 @@
+"""One bad input never takes a service down, never stops a connection quietly, and never makes
+the published stream differ from the collector's book (issue 12). Each test here failed before
+its fix; the randomized counterpart is tests/test_fuzz_adapters.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+
+from collectors.config import ShardConfig
+from collectors.runner import ShardRunner
+
+DEEP = b'{"symbols":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+OKX_FUTURES_NO_DASH = json.dumps({"code": "0", "msg": "", "data": [
+    {"instType": "FUTURES", "instId": "BTCUSD", "instFamily": "BTC-USD", "uly": "BTC-USD", "ctVal": "100",
+     "ctValCcy": "USD", "ctType": "inverse", "tickSz": "0.1", "lotSz": "1", "state": "live"},
+    {"instType": "FUTURES", "instId": "BTC-USD-220527", "instFamily": "BTC-USD", "uly": "BTC-USD",
+     "ctVal": "100", "ctValCcy": "USD", "ctType": "inverse", "tickSz": "0.1", "lotSz": "1", "state": "live"}]})
+
+
+# -- item 5: no crash loops ---------------------------------------------------------------------------
+
+async def _start_with_body(exchange: str, market: str, symbol: str, path: str, body: bytes) -> ShardRunner:
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get(path, serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        cfg = ShardConfig("hostile", exchange, market, (symbol,), rest_url=f"http://127.0.0.1:{port}")
+        shard = ShardRunner(cfg, producer_config={"bootstrap.servers": "127.0.0.1:9"})
+        await shard.pool.start()
+        try:
+            await shard._load_instruments(timeout=10)
+        finally:
+            await shard.pool.close()
+        return shard
+    finally:
+        await runner.cleanup()
+
+
+def test_shard_start_survives_exchange_info_nested_too_deep():
+    for ex, mk, sym, path in (("bybit", "perp", "BTC-USDT-PERP", "/v5/market/instruments-info"),
+                              ("okx", "perp", "BTC-USDT-PERP", "/api/v5/public/instruments"),
+                              ("binance", "spot", "BTC-USDT", "/api/v3/exchangeInfo")):
+        shard = asyncio.run(_start_with_body(ex, mk, sym, path, DEEP))
+        assert shard.instruments == {}          # scales will be inferred from frames
+
+
+def test_shard_start_survives_okx_futures_inst_id_without_dash():
+    shard = asyncio.run(_start_with_body("okx", "future", "BTC-USD-220527", "/api/v5/public/instruments",
+                                         OKX_FUTURES_NO_DASH.encode()))
+    assert list(shard.instruments) == ["BTC-USD-220527"]    # the good entry is kept
