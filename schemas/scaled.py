@@ -12,6 +12,10 @@ import re
 INT64_MAX = (1 << 63) - 1
 #: Scale of funding rates (1e-12 resolves every venue's published precision).
 RATE_SCALE = 12
+#: Largest plausible |funding rate| per interval, at RATE_SCALE: 10 %. Venues cap rates far
+#: below this (Binance/OKX/Bybit caps are a few percent), so anything beyond is a corrupt
+#: value, refused by the collectors and the normalizer rather than landing in the lake.
+MAX_ABS_FUNDING_RATE = 10**11
 
 _POW10 = tuple(10**i for i in range(19))
 _DECIMAL = re.compile(r"^([+-]?)([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]{1,4}))?$")

@@ -41,7 +41,7 @@ from schemas.model import (
     exchange_from_pb,
     market_from_pb,
 )
-from schemas.scaled import INT64_MAX
+from schemas.scaled import INT64_MAX, MAX_ABS_FUNDING_RATE
 from schemas.topics import (
     DlqStage,
     Stage,
@@ -90,7 +90,7 @@ def _rescale(value: int, src: int, dst: int, what: str, grid: int = 1) -> int:
         out = q
     if grid > 1 and out % grid:
         raise Reject(f"off_grid: {what} {out}e-{dst} is not a multiple of {grid}e-{dst}")
-    if out > INT64_MAX:
+    if out > INT64_MAX or out < -INT64_MAX - 1:
         raise Reject(f"range: {what} overflows int64 at scale {dst}")
     return out
 
@@ -119,17 +119,30 @@ def _validate_payload(env: pb.Envelope, et: EventType) -> None:
         if s.bids and s.asks and s.bids[0].px >= s.asks[0].px:
             raise Reject(f"book: crossed snapshot bid {s.bids[0].px} >= ask {s.asks[0].px}")
     elif et is EventType.BOOK_DELTA:
-        _levels_ok(env.book_delta.bids, "bid", snapshot=False)
-        _levels_ok(env.book_delta.asks, "ask", snapshot=False)
+        d = env.book_delta
+        _levels_ok(d.bids, "bid", snapshot=False)
+        _levels_ok(d.asks, "ask", snapshot=False)
+        if d.first_seq < 0 or d.prev_seq < -1:      # prev_seq -1 = "the venue sends none"
+            raise Reject(f"range: delta first_seq {d.first_seq} / prev_seq {d.prev_seq} negative")
     elif et is EventType.MARK_PRICE:
-        if env.mark_price.mark_px <= 0:
-            raise Reject("range: mark price must be positive")
+        m = env.mark_price
+        if m.mark_px <= 0 or m.index_px < 0 or m.estimated_settle_px < 0:
+            raise Reject("range: mark price must be positive, index and settle prices not negative")
+    elif et is EventType.FUNDING:
+        f = env.funding
+        if abs(f.rate) > MAX_ABS_FUNDING_RATE or abs(f.predicted_rate) > MAX_ABS_FUNDING_RATE:
+            raise Reject(f"range: funding rate {f.rate}e-12 (predicted {f.predicted_rate}e-12) beyond "
+                         f"±{MAX_ABS_FUNDING_RATE}e-12")
+        if f.mark_px < 0 or f.next_funding_ts < 0:
+            raise Reject("range: funding mark price or next funding time negative")
     elif et is EventType.LIQUIDATION:
         liq = env.liquidation
         if liq.px <= 0 or liq.qty <= 0:
             raise Reject("range: liquidation px and qty must be positive")
     elif et is EventType.TICKER:
         tk = env.ticker
+        if min(tk.bid_px, tk.ask_px, tk.last_px, tk.bid_qty, tk.ask_qty, tk.volume_24h, tk.open_interest) < 0:
+            raise Reject("range: negative ticker price or quantity")
         if tk.bid_px and tk.ask_px and tk.bid_px > tk.ask_px:
             raise Reject(f"book: ticker bid {tk.bid_px} > ask {tk.ask_px}")
 
@@ -202,7 +215,9 @@ class Normalizer:
         return ref
 
     def _check_seq(self, tp: TP, env: pb.Envelope, et: EventType) -> None:
-        if env.seq <= 0:
+        if env.seq < 0:
+            raise Reject(f"range: seq {env.seq} negative (0 = the venue sends none)")
+        if env.seq == 0:
             return
         key = (tp, env.symbol, et)
         if et is EventType.BOOK_SNAPSHOT:
@@ -226,6 +241,12 @@ class Normalizer:
         except Reject as exc:
             self.counters.count(str(exc))
             return Outcome("dlq", reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a record we did not foresee is a dead letter, not
+            # a crash: the service would re-read the same record on restart and crash again.
+            reason = f"unexpected: {type(exc).__name__}: {exc}"[:500]
+            log.warning("normalizer refused %s[%d]@%d: %s", topic, partition, offset, reason)
+            self.counters.count(reason)
+            return Outcome("dlq", reason=reason)
 
     def _topic(self, topic: str):
         """(source facets, processed topic) per raw topic, parsed once."""
@@ -244,7 +265,11 @@ class Normalizer:
         key = (ref, ps, ss)
         hit = self._unit_cache.get(key)
         if hit is None:
-            hit = self._unit_cache[key] = (ref.tick_units(ps), ref.lot_units(ss))
+            try:
+                hit = (ref.tick_units(ps), ref.lot_units(ss))
+            except ValueError as exc:   # ScaleError: a tick or lot that overflows int64 at this scale
+                raise Reject(f"range: tick/lot of {ref.native} at scales {ps}/{ss}: {exc}") from None
+            self._unit_cache[key] = hit
         return hit
 
     def _scales(self, ref: InstrumentRef) -> tuple[int, int]:

@@ -58,3 +58,32 @@ def test_shard_start_survives_okx_futures_inst_id_without_dash():
     shard = asyncio.run(_start_with_body("okx", "future", "BTC-USD-220527", "/api/v5/public/instruments",
                                          OKX_FUTURES_NO_DASH.encode()))
     assert list(shard.instruments) == ["BTC-USD-220527"]    # the good entry is kept
+
+
+# -- item 5/6: the normalizer dead-letters what it cannot represent, never crashes --------------------
+
+def test_normalizer_dead_letters_overflow_negative_and_out_of_range_values():
+    from schemas.model import EventType
+    from streaming.normalizer import Normalizer
+    from tests.sample_events import envelope
+    from tests.test_normalizer import _catalog, _raw, _with
+
+    n = Normalizer(_catalog())
+    cases = [  # (event type, mutation, expected reason code)
+        (EventType.TICKER, lambda e: (setattr(e, "size_scale", 0), setattr(e.ticker, "bid_qty", -(2**62))), "range"),
+        (EventType.FUNDING, lambda e: (setattr(e, "price_scale", 0), setattr(e.funding, "mark_px", -(2**62))),
+         "range"),
+        (EventType.MARK_PRICE, lambda e: (setattr(e, "price_scale", 0), setattr(e.mark_price, "index_px", 2**62)),
+         "range"),
+        (EventType.FUNDING, lambda e: setattr(e.funding, "rate", 1_500_000_000_000), "range"),      # +150 %
+        (EventType.FUNDING, lambda e: setattr(e.funding, "rate", -1_500_000_000_000), "range"),
+        (EventType.TRADE, lambda e: setattr(e, "seq", -5), "range"),
+        (EventType.BOOK_DELTA, lambda e: setattr(e.book_delta, "first_seq", -7), "range"),
+    ]
+    for i, (et, fn, code) in enumerate(cases):
+        t, v, h = _raw(_with(envelope(et, 100 + i), fn), et=et)
+        out = n.process(t, 0, i, v, h)
+        assert out.kind == "dlq" and out.reason.split(":")[0] == code, (i, out)
+    # a funding rate of -0.0125 % (the sample's) is fine
+    t, v, h = _raw(envelope(EventType.FUNDING, 200), et=EventType.FUNDING)
+    assert n.process(t, 0, 50, v, h).kind == "ok"
