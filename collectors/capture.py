@@ -91,9 +91,34 @@ def _head(path: Path, n: int = 4096) -> bytes:
         return f.read(n)
 
 
+def _unreadable(path: Path, exc: BaseException) -> CaptureError:
+    """One line for any way a file's content defeats a reader (bad gzip or zip, JSON nested past
+    the parser's recursion limit, a value of the wrong type, undecodable bytes): the CLI
+    prints it and exits 2 instead of a traceback."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return CaptureError(f"{path}: not a readable capture ({text[:200]})")
+
+
 def detect(path: str | Path) -> CaptureInfo:
     """Identify a capture's format and venue. Raises CaptureError for anything else."""
-    p = Path(path)
+    try:
+        return _detect(Path(path))
+    except CaptureError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - file content decides; see _unreadable
+        raise _unreadable(Path(path), exc) from exc
+
+
+def _guarded(path: Path, records: Iterator[Record]) -> Iterator[Record]:
+    try:
+        yield from records
+    except CaptureError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - file content decides; see _unreadable
+        raise _unreadable(path, exc) from exc
+
+
+def _detect(p: Path) -> CaptureInfo:
     if not p.is_file():
         raise CaptureError(f"no such capture file: {p}")
     head = _head(p)
@@ -252,7 +277,7 @@ def _detect_bybit_history(p: Path) -> CaptureInfo:
         if len(parts) < 2:
             raise CaptureError(f"{p}: not a Bybit v5 message: {raw[:80]!r}")
         symbol = parts[-1]
-        depth = int(parts[1]) if parts[0] == "orderbook" and parts[1].isdigit() else None
+        depth = int(parts[1]) if parts[0] == "orderbook" and parts[1].isdigit() and parts[1].isascii() else None
         cat = bybit_category(symbol, depth)
         return CaptureInfo(p, "bybit_history", Exchange.BYBIT, cat,
                            f"wss://stream.bybit.com/v5/public/{cat}", (p,), (symbol,))
@@ -305,12 +330,12 @@ def read(path: str | Path | CaptureInfo, *, include_sent: bool = False) -> Itera
     """All records of a capture in receive order (see the module docstring)."""
     info = path if isinstance(path, CaptureInfo) else detect(path)
     if info.format == "cryptofeed":
-        return _read_cryptofeed(info, include_sent)
+        return _guarded(info.path, _read_cryptofeed(info, include_sent))
     if info.format == "hftbacktest":
-        return _read_hftbacktest(info)
+        return _guarded(info.path, _read_hftbacktest(info))
     if info.format == "bybit_history":
-        return _read_bybit_history(info)
-    return _read_tardis(info)
+        return _guarded(info.path, _read_bybit_history(info))
+    return _guarded(info.path, _read_tardis(info))
 
 
 def _read_cf_ws(path: Path, include_sent: bool) -> Iterator[tuple[int, int, Record]]:

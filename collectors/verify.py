@@ -97,8 +97,12 @@ def replay(path: str | Path | CaptureInfo, *, bybit_category: str | None = None,
             on_rest = getattr(adapter, "on_rest", None)
             if on_rest is None:
                 continue
-            params = rest_params(rec.url)
-            req = RestRequest(path=urlsplit(rec.url).path, params=tuple(params.items()),
+            try:
+                params = rest_params(rec.url)
+                path = urlsplit(rec.url).path
+            except ValueError as e:              # e.g. "Invalid IPv6 URL"
+                raise CaptureError(f"{info.path}: REST record with an unusable URL {rec.url[:80]!r}: {e}") from None
+            req = RestRequest(path=path, params=tuple(params.items()),
                               native_symbol=params.get("symbol", ""))
             _tally(res, on_rest(req, 200, rec.payload, rec.recv_ts_us))
     return res

@@ -87,3 +87,48 @@ def test_normalizer_dead_letters_overflow_negative_and_out_of_range_values():
     # a funding rate of -0.0125 % (the sample's) is fine
     t, v, h = _raw(envelope(EventType.FUNDING, 200), et=EventType.FUNDING)
     assert n.process(t, 0, 50, v, h).kind == "ok"
+
+
+# -- item 5: `ticklake capture verify` on a bad file: exit 2, one line ---------------------------------
+
+def _bad_captures(tmp_path):
+    import gzip
+    import io
+    import zipfile
+
+    from tests.adapter_helpers import BINANCE_SPOT_HFT, BYBIT_OB500
+
+    good_gz = BINANCE_SPOT_HFT.read_bytes()
+    files = {
+        "truncated.gz": good_gz[:5000],                                       # gzip cut mid-stream
+        "corrupt.gz": good_gz[:200] + bytes(range(256)) * 20 + good_gz[5320:9000],
+        "bad.zip": b"PK\x03\x04" + b"\x00" * 60 + b"not a zip at all",
+        "deep.jsonl": b'{"stream":' + b"[" * 50_000 + b"]" * 50_000 + b"}\n",
+        "stream_not_string.jsonl": b'{"stream":["btcusdt@trade"],"data":{"e":"trade"}}\n',
+        "stream_number.jsonl": b'{"stream":5,"data":{}}\n',
+        "undecodable.ws.1.0": b"wss://stream.binance.com:9443/\xff\xfe <-> 1633998512.06\n1633998512.07: {}\n",
+        "undecodable_url.http.0.0": b"https://api.binance.com/\xc3\x28?symbol=X -> 1633998512.1: {}\n",
+        "hft_stream_list.gz": gzip.compress(b'1723161600000000000 {"stream":{"a":1},"data":{}}\n'),
+    }
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.data", BYBIT_OB500.read_bytes()[:100])
+    raw = bytearray(zbuf.getvalue())
+    raw[40:60] = b"\xff" * 20                                                 # corrupt deflate data
+    files["corrupt_member.zip"] = bytes(raw)
+    paths = []
+    for name, data in files.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        paths.append(p)
+    return paths
+
+
+def test_capture_verify_exits_2_with_one_line_on_bad_files(tmp_path, capsys):
+    from collectors.verify import main
+
+    for p in _bad_captures(tmp_path):
+        code = main(["capture", "verify", str(p)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (p.name, code, err)
+        assert err.startswith("ticklake: ") and "\n" not in err and len(err) < 400, (p.name, err)
