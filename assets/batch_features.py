@@ -10,6 +10,7 @@ Spark asset recomputes it at scale and its parity check compares against it.
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
 import dagster as dg
 
+from assets.automation import HOURLY_CHAIN
 from assets.lake_hours import LAKE_HOUR_ASSETS
 from assets.partitions import HOURLY, hour_start
 from features.spec import FEATURES_TABLE, SPEC_VERSION
@@ -55,6 +56,7 @@ def feature_metadata(rows) -> dict:
     group_name=GROUP,
     kinds={"python", "iceberg"},
     tags={"ticklake/layer": "features"},
+    automation_condition=HOURLY_CHAIN,
     description=f"`{FEATURES_TABLE.identifier}`: 1 s features of the hour, the feature spec run in-process "
                 "(the local batch runtime); the hour is replaced atomically.",
 )

@@ -13,6 +13,7 @@ import base64
 import dagster as dg
 import pyarrow.compute as pc
 
+from assets.automation import HOURLY_CHAIN
 from assets.batch_features import BATCH_FEATURES_KEY, hour_us
 from assets.chart_render import CHART_NAME, chart_key, render
 from assets.partitions import HOURLY, hour_start
@@ -37,6 +38,7 @@ class ChartConfig(dg.Config):
     group_name="charts",
     kinds={"matplotlib"},
     tags={"ticklake/layer": "analytics"},
+    automation_condition=HOURLY_CHAIN,
     description="Per exchange/symbol/hour: mid and microprice with the spread band, top-10 order-book imbalance, "
                 "traded volume and VWAP (PNG + SVG in the artifact store, previews in the metadata).",
 )

@@ -12,6 +12,7 @@ process at a time.
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
 import dagster as dg
 
+from assets.automation import HOURLY_CHAIN
 from assets.batch_features import BATCH_FEATURES_KEY, hour_us, require_sealed
 from assets.lake_hours import LAKE_HOUR_ASSETS
 from assets.partitions import HOURLY, hour_start
@@ -45,7 +46,7 @@ def _client(clickhouse: ClickHouseResource, config: ClickHouseConfig):
 
 def _common(**kw) -> dict:
     return dict(partitions_def=HOURLY, group_name=GROUP, pool=CLICKHOUSE_POOL, tags={"ticklake/layer": "analytics"},
-                **kw)
+                automation_condition=HOURLY_CHAIN, **kw)
 
 
 def load_lake_hour(client, database: str, ch_table: cs.ChTable, lake_rows, partition_key: str) -> int:

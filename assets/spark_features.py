@@ -21,6 +21,7 @@ import sys
 
 import dagster as dg
 
+from assets.automation import HOURLY_CHAIN
 from assets.batch_features import (
     BATCH_FEATURES_KEY,
     INPUT_DEPS,
@@ -62,6 +63,7 @@ def _session(spark: SparkResource):
     group_name=GROUP,
     kinds={"spark", "iceberg"},
     tags={"ticklake/layer": "features"},
+    automation_condition=HOURLY_CHAIN,
     description=f"`{fsp.SPARK_FEATURES_TABLE.identifier}`: the hour's 1 s features recomputed by Spark "
                 "(applyInArrow over the files pyiceberg plans), Parquet registered with add_files.",
 )

@@ -25,7 +25,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"  # the key format of assets.partitions.HOURLY (checked in tests)
-DEFAULT_SELECTION = ("lake/*",)
+#: Every hourly-partitioned asset: the lake hours and all their hourly products (features,
+#: Spark, ClickHouse, bars, charts), so a backfilled range ends with charts.
+DEFAULT_SELECTION = ("*",)
 MAX_HOURS = 24 * 366
 TERMINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 SUCCESS_RUN = "SUCCESS"
@@ -316,8 +318,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("start", metavar="START", help="first hour, UTC (2024-08-08T23:00)")
     p.add_argument("end", metavar="END", help="end hour, UTC, exclusive")
     p.add_argument("--select", action="append", metavar="ASSETS",
-                   help="asset keys or globs, comma-separated or repeated (default: lake/*, the hourly lake "
-                        "tables); only hourly-partitioned assets")
+                   help="asset keys or globs, comma-separated or repeated (default: every hourly asset, the "
+                        "lake hours and their whole chain up to charts; e.g. lake/trades,clickhouse/* narrows it); "
+                        "only hourly-partitioned assets")
     p.add_argument("--url", help="Dagster webserver URL (default: the one `ticklake up` started)")
     p.add_argument("--poll", type=float, default=2.0, metavar="SECONDS", help="progress poll interval")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

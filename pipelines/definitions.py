@@ -24,6 +24,7 @@ from assets import (
 from pipelines import (
     clickhouse_live_service,
     collector_service,
+    hourly_chain,
     lake_rebuild_job,
     lake_schedules,
     lake_sink_service,
@@ -42,7 +43,7 @@ AREAS: list[ModuleType] = [
     processor_services, supervisors_processors, replay_job,
     pragma_service,
     lake_setup, lake_sink_service, lake_hours, lake_schedules, lake_rebuild_job, replay_completion, bulk_history,
-    batch_features, spark_features, clickhouse_loads, clickhouse_live_service, charts,
+    batch_features, spark_features, clickhouse_loads, clickhouse_live_service, charts, hourly_chain,
 ]
 
 
