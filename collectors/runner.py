@@ -50,6 +50,7 @@ from schemas.model import (
     market_from_pb,
 )
 from schemas.topics import DlqStage, Stage, dlq_topic, event_topic
+from streaming.dlq import DLQ_SYMBOL_MAX, clip_raw
 from streaming.serde import SCHEMA_HEADER, SCHEMA_VERSION, encode
 
 log = get_logger()
@@ -171,12 +172,16 @@ class Publisher:
         self.stats.events_out += 1
 
     def dead_letter(self, dl: DeadLetter, source: str, ingest_ts: int) -> None:
-        msg = pb.DeadLetter(stage=str(DlqStage.COLLECTOR), reason=dl.reason, source=source, raw=dl.raw,
-                            ingest_ts=ingest_ts, exchange=str(self.cfg.exchange), native_symbol=dl.native_symbol)
-        key = (dl.native_symbol or str(self.cfg.exchange)).encode()
+        # Clipped to what the broker accepts (a >1 MB frame raised MSG_SIZE_TOO_LARGE here and
+        # killed the session); size and SHA-256 of the whole frame are kept.
+        clip = clip_raw(dl.raw)
+        reason, native = clip.annotate(dl.reason), dl.native_symbol[:DLQ_SYMBOL_MAX]
+        msg = pb.DeadLetter(stage=str(DlqStage.COLLECTOR), reason=reason, source=source[:500], raw=clip.raw,
+                            ingest_ts=ingest_ts, exchange=str(self.cfg.exchange), native_symbol=native)
+        key = (native or str(self.cfg.exchange)).encode()
         self._produce(DLQ_TOPIC, key, msg.SerializeToString(),
                       [(SCHEMA_HEADER, SCHEMA_VERSION.encode()), ("shard", self.cfg.name.encode()),
-                       ("reason", dl.reason[:200].encode())])
+                       ("reason", reason[:200].encode()), *clip.headers()])
         self.stats.dead_letters += 1
 
     def poll(self) -> None:
@@ -276,6 +281,9 @@ class Worker:
             except asyncio.CancelledError:
                 reason = "stopped"
                 raise
+            except Exception as exc:  # noqa: BLE001 - never a quietly dead session: reconnect, counted
+                reason = f"error: {type(exc).__name__}: {exc}"[:300]
+                log.exception("session task failed; reconnecting")
             finally:
                 self.sessions[url] = None
                 self.first_frame.pop(url, None)
@@ -290,12 +298,15 @@ class Worker:
     async def _keepalive(self) -> None:
         while self.alive:
             await asyncio.sleep(1.0)
-            res = self.adapter.keepalive(now_us())
-            if res.sends or res.events or res.requests:
-                # Application pings are per connection: every session of this worker gets them.
-                for s in list(self.sessions.values()):
-                    if s is not None:
-                        self.runner.handle(self, s, res)
+            try:
+                res = self.adapter.keepalive(now_us())
+                if res.sends or res.events or res.requests:
+                    # Application pings are per connection: every session of this worker gets them.
+                    for s in list(self.sessions.values()):
+                        if s is not None:
+                            self.runner.handle(self, s, res)
+            except Exception:  # noqa: BLE001 - a dead keepalive task would let the venue drop us
+                log.exception("keepalive failed; retrying next tick")
 
     async def stop(self, reason: str) -> None:
         self.alive = False
@@ -404,9 +415,24 @@ class ShardRunner:
     # -- REST ------------------------------------------------------------------------------------
 
     def _spawn_rest(self, worker: Worker, req: RestRequest) -> None:
-        t = asyncio.create_task(self._rest(worker, req), name=f"rest {req.path} {req.native_symbol}")
+        t = asyncio.create_task(self._rest_guarded(worker, req), name=f"rest {req.path} {req.native_symbol}")
         self._rest_tasks.add(t)
         t.add_done_callback(self._rest_tasks.discard)
+
+    async def _rest_guarded(self, worker: Worker, req: RestRequest) -> None:
+        """A REST task that fails must not leave its symbol waiting forever for a snapshot
+        nobody fetches: the failure is logged and counted and the request made again (paced)."""
+        try:
+            await self._rest(worker, req)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            key = (req.path, req.params)
+            self._rest_failures[key] = self._rest_failures.get(key, 0) + 1
+            self.stats.rest_status["error"] += 1
+            log.exception("rest task failed; asking again")
+            if worker.alive:
+                self._spawn_rest(worker, req)
 
     async def _rest(self, worker: Worker, req: RestRequest) -> None:
         key = (req.path, req.params)

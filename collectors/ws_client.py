@@ -98,6 +98,11 @@ class WsSession:
                 await self.ws.send(msg)
             except ConnectionClosed:
                 return
+            except Exception as exc:  # noqa: BLE001 - a writer that died quietly would leave the
+                # session up with its subscriptions unsent: end the session so the caller reconnects.
+                self.end_reason = f"writer failed: {type(exc).__name__}: {exc}"[:300]
+                self.ws.transport.abort()
+                return
 
     async def _watch(self) -> None:
         period = max(0.05, min(1.0, self.settings.watchdog_s / 4))

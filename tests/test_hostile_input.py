@@ -132,3 +132,45 @@ def test_capture_verify_exits_2_with_one_line_on_bad_files(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2, (p.name, code, err)
         assert err.startswith("ticklake: ") and "\n" not in err and len(err) < 400, (p.name, err)
+
+
+# -- item 4: connections cannot die quietly ------------------------------------------------------------
+
+def test_oversized_frame_and_a_failing_session_task_end_in_dead_letter_and_reconnect(kafka_broker):
+    """A 2 MB non-JSON frame is dead-lettered clipped to what the broker accepts (size and
+    SHA-256 of the whole kept) on a session that goes on; an exception raised while handling a
+    frame ends that session with a counted reason and the shard reconnects and resyncs."""
+    import hashlib
+
+    from streaming.dlq import DLQ_RAW_MAX
+    from tests.collector_harness import shard_dead_letters, wait_until
+    from tests.test_collector_faults import check_books, run_synthetic
+
+    big = "not json " + "x" * 2_000_000
+    seen = {}
+
+    async def scenario(emu, runner, feed):
+        assert await wait_until(lambda: feed.items > 300, 30)
+        clients = feed.sim.live_clients()
+        seen["clients"] = len(clients)
+        for c in clients:
+            c.offer(big)
+        assert await wait_until(lambda: runner.stats.dead_letters >= 1, 20), "oversized frame never refused"
+        orig = runner.on_frame
+
+        def fail_once(worker, session, frame, ts):
+            runner.on_frame = orig
+            raise RuntimeError("injected handler failure")
+
+        runner.on_frame = fail_once
+        assert await wait_until(lambda: runner.stats.session_ends.get("error", 0) >= 1, 20)
+        seen["reconnects"] = runner.stats.reconnects
+
+    emu, runner, shard, events = run_synthetic(kafka_broker, "binance-spot", scenario, n_symbols=2, frames=2500)
+    check_books(emu, shard, events)
+    assert seen["reconnects"] >= 1 and runner.stats.session_ends["error"] == 1
+    dls = [d for d in shard_dead_letters(kafka_broker.bootstrap, shard.name) if d.raw.startswith(b"not json")]
+    assert len(dls) == seen["clients"] >= 1
+    for dl in dls:
+        assert len(dl.raw) == DLQ_RAW_MAX and dl.raw == big.encode()[:DLQ_RAW_MAX]
+        assert f"of {len(big)} bytes, sha256 {hashlib.sha256(big.encode()).hexdigest()}" in dl.reason
