@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -21,6 +22,9 @@ from pydantic import Field, PrivateAttr
 from resources.home import resolve_home
 
 MAX_KEY_LENGTH = 512
+#: An http(s) base URL under which the store's keys can be read (production: whatever serves
+#: the S3 prefix); the local stack's artifact server records its own in the home instead.
+ARTIFACTS_URL_ENV = "TICKLAKE_ARTIFACTS_URL"
 _SEGMENT = re.compile(r"^[A-Za-z0-9._=-]+$")
 
 
@@ -167,6 +171,9 @@ class ArtifactStoreResource(dg.ConfigurableResource):
     region: str | None = Field(default=None)
     access_key_id: str | None = Field(default=None, description="only through dg.EnvVar; unset = AWS default chain")
     secret_access_key: str | None = Field(default=None, description="secret: only through dg.EnvVar")
+    base_url: str | None = Field(default=None, description=(
+        f"http(s) URL serving the store's keys (for previews in the UI); unset: ${ARTIFACTS_URL_ENV}, else "
+        "the local stack's artifact server when the store is $TICKLAKE_HOME/artifacts"))
 
     _store: ArtifactStore | None = PrivateAttr(default=None)
 
@@ -189,6 +196,23 @@ class ArtifactStoreResource(dg.ConfigurableResource):
 
     def uri_for(self, key: str) -> str:
         return self.store().uri_for(key)
+
+    def url_for(self, key: str) -> str | None:
+        """An http(s) URL a browser can load `key` from, or None when nothing serves the store."""
+        base = self.base_url or os.environ.get(ARTIFACTS_URL_ENV) or self._local_server_url()
+        if not base:
+            return None
+        return f"{base.rstrip('/')}/{urllib.parse.quote(validate_key(key), safe='/=')}"
+
+    def _local_server_url(self) -> str | None:
+        from resources.artifact_server import recorded_url
+
+        home = resolve_home()
+        root = self.root or str(home.artifacts_dir)
+        if urlparse(root).scheme == "s3":
+            return None
+        local = Path(urlparse(root).path if urlparse(root).scheme == "file" else root).expanduser().resolve()
+        return recorded_url(home) if local == home.artifacts_dir else None
 
     def list(self, prefix: str = "") -> list[str]:
         return self.store().list(prefix)
