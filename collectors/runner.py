@@ -62,7 +62,8 @@ DLQ_TOPIC = dlq_topic(DlqStage.COLLECTOR)
 
 def make_adapter(cfg: ShardConfig, **extra: Any):
     """The venue adapter for a shard, with the shard's adapter_options."""
-    opts = {**cfg.adapter_options, **extra, "shard": cfg.name}
+    # frames about symbols the shard does not collect are refused, not tracked (memory, labels)
+    opts = {"subscribed": cfg.native_symbols, **cfg.adapter_options, **extra, "shard": cfg.name}
     if cfg.exchange is Exchange.BINANCE:
         from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
 

@@ -85,6 +85,10 @@ def _yymmdd_from_ms(ms: str | int) -> str:
 def _ref(ex: Exchange, mk: Market, native: str, base: str, quote: str, tick: str, lot: str,
          status: str, expiry: str = "", ctval: str = "", size_decimals: int = 0,
          contract_type: str = "") -> InstrumentRef:
+    for what, v in (("symbol", native), ("base", base), ("quote", quote), ("tick size", tick), ("lot size", lot),
+                    ("status", status), ("contract value", ctval), ("contract type", contract_type)):
+        if type(v) is not str:
+            raise InstrumentDataError(f"{what} is not a string: {v!r:.60}")
     base, quote = base.upper(), quote.upper()
     canonical = Instrument(ex, mk, native, base, quote, expiry).canonical
     validate_canonical(canonical)

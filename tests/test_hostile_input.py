@@ -174,3 +174,126 @@ def test_oversized_frame_and_a_failing_session_task_end_in_dead_letter_and_recon
     for dl in dls:
         assert len(dl.raw) == DLQ_RAW_MAX and dl.raw == big.encode()[:DLQ_RAW_MAX]
         assert f"of {len(big)} bytes, sha256 {hashlib.sha256(big.encode()).hexdigest()}" in dl.reason
+
+
+# -- item 3: a frame is all or nothing -------------------------------------------------------------------
+
+def _rebuilt(events):
+    """Books from published BOOK_SNAPSHOT / BOOK_DELTA events alone (what consumers see)."""
+    from collectors.book import L2Book
+    from schemas.model import EventType
+
+    books = {}
+    for e in events:
+        if e.event_type == EventType.BOOK_SNAPSHOT.pb:
+            b = books[e.native_symbol] = L2Book()
+            b.apply_snapshot([(x.px, x.qty) for x in e.book_snapshot.bids], [(x.px, x.qty) for x in e.book_snapshot.asks])
+        elif e.event_type == EventType.BOOK_DELTA.pb and e.native_symbol in books:
+            d = e.book_delta
+            books[e.native_symbol].apply([(x.px, x.qty) for x in d.bids], [(x.px, x.qty) for x in d.asks])
+    return books
+
+
+def _assert_stream_rebuilds(adapter, events):
+    books = _rebuilt(events)
+    for native, st in adapter.states.items():
+        if st.book.synced:
+            assert native in books, native
+            assert (books[native].bids, books[native].asks) == (st.book.bids, st.book.asks), native
+
+
+def _with_data(rec, **changes):
+    from collectors.capture import Record
+
+    obj = json.loads(rec.payload)
+    obj["data"].update(changes)
+    return Record(rec.recv_ts_us, rec.kind, rec.url, json.dumps(obj).encode())
+
+
+def test_diff_refused_after_its_levels_changes_neither_book_nor_sequence():
+    """A USD-M diff whose time field is bad was applied and its u taken before the refusal; the
+    next diff passed the pu check and the published deltas no longer rebuilt the book."""
+    from collectors.exchanges.binance import BinanceUsdmAdapter
+    from tests.adapter_helpers import BINANCE_USDM_CF, feed, records
+
+    recs = records(BINANCE_USDM_CF)[:400]
+    ad = BinanceUsdmAdapter(snapshot_depth=10**6)
+    run = feed(ad, recs[:60])
+    assert ad.book("SUSHIUSDT").synced
+    i = next(i for i in range(60, 400) if b'"sushiusdt@depth' in recs[i].payload
+             and json.loads(recs[i].payload)["data"]["b"])
+    seq_before = ad.book("SUSHIUSDT").seq
+    bad = ad.on_frame(_with_data(recs[i], T="abc").payload, recs[i].recv_ts_us)
+    assert bad.events == [] and "bad millisecond timestamp" in bad.dead_letters[0].reason
+    assert [r.native_symbol for r in bad.resyncs] == ["SUSHIUSDT"]       # the update is lost: rebuild
+    assert not ad.book("SUSHIUSDT").synced and seq_before
+    run.results.append(bad)
+    feed(ad, recs[i + 1:], run)
+    feed(ad, [r for r in recs[:60] if r.kind == "rest" and b"SUSHIUSDT" in r.url.encode()], run)   # re-fetch
+    _assert_stream_rebuilds(ad, run.events)
+
+
+def test_buffered_diff_with_a_string_u_does_not_break_the_snapshot():
+    from collectors.exchanges.binance import BinanceSpotAdapter
+    from tests.adapter_helpers import BINANCE_SPOT_CF, feed, records
+
+    recs = records(BINANCE_SPOT_CF)[:14]
+    first = json.loads(recs[0].payload)["data"]
+    # numeric string: the venue's number in another JSON type; converted when it arrives
+    ad = BinanceSpotAdapter()
+    run = feed(ad, [_with_data(recs[0], u=str(first["u"]))] + recs[1:])
+    assert run.dead_letters == [] and ad.book("NKNUSDT").synced
+    _assert_stream_rebuilds(ad, run.events)
+    # not a number: refused on arrival with its own reason, the snapshot still applies
+    ad = BinanceSpotAdapter()
+    run = feed(ad, [_with_data(recs[0], u="abc")] + recs[1:])
+    (dl,) = run.dead_letters
+    assert "final update id u" in dl.reason and "malformed JSON" not in dl.reason
+    assert ad.book("NKNUSDT").synced
+
+
+def test_a_refused_frame_does_not_widen_the_scale():
+    from collectors.exchanges.binance import BinanceSpotAdapter
+
+    ad = BinanceSpotAdapter()
+    trade = {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 9,
+                                                  "p": "0.000000000000000001", "q": "abc", "T": 2, "m": True}}
+    assert ad.on_frame(json.dumps(trade), 3).dead_letters
+    trade["data"].update(p="61737.63000000", q="0.02000000")
+    res = ad.on_frame(json.dumps(trade), 3)
+    assert res.dead_letters == [] and res.events[0].price_scale == 8
+
+
+def test_one_odd_early_value_does_not_make_the_book_unrepresentable():
+    """Without exchange info, a trade priced with 18 decimals before the first snapshot widened
+    the unlocked scale to 18; the snapshot then overflowed int64 and the book never synced."""
+    from collectors.exchanges.binance import BinanceSpotAdapter
+    from tests.adapter_helpers import BINANCE_SPOT_HFT, feed, records
+
+    recs = records(BINANCE_SPOT_HFT)[:40]
+    ad = BinanceSpotAdapter()
+    odd = {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 9,
+                                                "p": "0.000000000000000001", "q": "1", "T": 2, "m": True}}
+    assert ad.on_frame(json.dumps(odd), 1).dead_letters == []
+    snap = next(i for i, r in enumerate(recs) if r.kind == "rest")
+    run = feed(ad, recs[:snap + 1])                 # (bookTickers before it are refused: scale 18)
+    assert ad.book("BTCUSDT").synced
+    later = feed(ad, recs[snap + 1:])
+    assert later.dead_letters == []
+    _assert_stream_rebuilds(ad, run.events + later.events)
+
+
+def test_frames_for_unsubscribed_symbols_are_dead_lettered_and_not_tracked():
+    from collectors.exchanges.binance import BinanceSpotAdapter
+    from collectors.exchanges.okx import OkxAdapter
+    from tests.adapter_helpers import BINANCE_SPOT_CF, OKX_TARDIS_FUT, feed, records
+
+    ad = BinanceSpotAdapter(subscribed=["NKNUSDT"])
+    run = feed(ad, records(BINANCE_SPOT_CF))
+    assert set(ad.states) == {"NKNUSDT"} and ad.book("NKNUSDT").synced
+    assert run.dead_letters and all("not subscribed" in d.reason for d in run.dead_letters)
+    # per-instType liquidation channels report every instrument: ignored and counted, not dead letters
+    ok = OkxAdapter(subscribed=["BTC-USDT-SWAP"])
+    liq = [r for r in records(OKX_TARDIS_FUT) if b"liquidation-orders" in r.payload]
+    run = feed(ok, liq)
+    assert run.dead_letters == [] and ok.states == {} and ok.ignored["liquidation:not_subscribed"] == len(liq)

@@ -21,7 +21,7 @@ overlapping make-before-break connection just produces stale diffs).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest
 from collectors.exchanges.common import (
@@ -36,11 +36,13 @@ from collectors.exchanges.common import (
     AdapterBase,
     FrameError,
     InstrumentState,
+    NotSubscribed,
     as_int,
     dump,
     loads,
     ms_to_us,
     rest_request,
+    text_id,
 )
 from schemas.model import Exchange, Market
 from schemas.scaled import RATE_SCALE, ScaleError, to_scaled
@@ -66,6 +68,19 @@ def spot_depth_weight(limit: int) -> int:
 def usdm_depth_weight(limit: int) -> int:
     """REST weight of GET /fapi/v1/depth by limit."""
     return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+
+
+class Diff(NamedTuple):
+    """A depth diff whose ids and time were checked when it arrived, so a buffered diff can
+    never break the snapshot handler later (a string "u" once made it raise on every
+    snapshot and the symbol stayed unsynced)."""
+
+    U: int
+    u: int
+    pu: int | None
+    ts_us: int | None
+    bids: Any
+    asks: Any
 
 
 class BinanceAdapter(AdapterBase):
@@ -158,6 +173,8 @@ class BinanceAdapter(AdapterBase):
         if type(data) is not dict:
             raise FrameError(f"unexpected payload {type(data).__name__}")
         e = data.get("e")
+        if e is not None and type(e) is not str:
+            raise FrameError(f"event type is not a string: {e!r:.60}")
         fn = self._dispatch.get(e) if e is not None else None
         if fn is not None:
             fn(data, frame, recv, out)
@@ -177,14 +194,24 @@ class BinanceAdapter(AdapterBase):
 
     def _depth(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         st = self.state(d.get("s"))
-        as_int(d.get("U"), "U")
-        as_int(d.get("u"), "u")
+        self._book_st = st               # refused from here on: this book lost a venue update
+        U, u = as_int(d.get("U"), "first update id U"), as_int(d.get("u"), "final update id u")
+        if U > u:
+            raise FrameError(f"first update id U={U} > final update id u={u}", st.native)
+        pu = d.get("pu")
+        if pu is not None:
+            pu = as_int(pu, "previous final update id pu", lo=-1)
+        ts = d.get("T") or d.get("E")
+        diff = Diff(U, u, pu, ms_to_us(ts) if ts is not None else None, d.get("b"), d.get("a"))
         if not st.book.synced:
-            self._buffer(st, d, frame, recv, out)
+            self._buffer(st, diff, frame, recv, out)
             return
-        self._apply_diff(st, d, frame, recv, out)
+        self._apply_diff(st, diff, frame, recv, out)
 
-    def _buffer(self, st: InstrumentState, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+    def lost_update(self, st: InstrumentState, reason: str, out: FrameResult) -> None:
+        self._resync(st, reason, None, b"", 0, out, True)
+
+    def _buffer(self, st: InstrumentState, d: Diff, frame: bytes | str, recv: int, out: FrameResult) -> None:
         buf = st.buffer
         buf.append((d, frame, recv))
         if len(buf) > self.max_buffer:
@@ -195,16 +222,17 @@ class BinanceAdapter(AdapterBase):
             st.awaiting = True
             out.requests.append(self.snapshot_request(st))
 
-    def _resync(self, st: InstrumentState, reason: str, d: dict | None, frame: bytes | str, recv: int,
+    def _resync(self, st: InstrumentState, reason: str, d: Diff | None, frame: bytes | str, recv: int,
                 out: FrameResult, gap: bool) -> None:
         self.start_resync(st, reason, out, gap)
         st.buffer = [(d, frame, recv)] if d is not None else []
         out.requests.append(self.snapshot_request(st))
 
-    def _apply_diff(self, st: InstrumentState, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
-        """Apply one diff to a synced book, enforcing the venue's continuity rule."""
+    def _apply_diff(self, st: InstrumentState, d: Diff, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        """Apply one diff to a synced book, enforcing the venue's continuity rule. Everything
+        that can refuse the diff is checked before the book changes."""
         book = st.book
-        U, u = d["U"], d["u"]
+        U, u = d.U, d.u
         last = book.seq
         if self.usdm:
             if st.first_after_snapshot:
@@ -215,7 +243,7 @@ class BinanceAdapter(AdapterBase):
                     self._resync(st, f"gap: first diff U={U} > lastUpdateId={last}", d, frame, recv, out, True)
                     return
             else:
-                pu = d.get("pu")
+                pu = d.pu
                 if pu != last:
                     if u <= last:
                         st.stats.deltas_stale += 1
@@ -230,8 +258,8 @@ class BinanceAdapter(AdapterBase):
                 self._resync(st, f"gap: U={U} > previous u+1={last + 1}", d, frame, recv, out, True)
                 return
         try:
-            bids = self.levels(st, d.get("b"))
-            asks = self.levels(st, d.get("a"))
+            bids = self.levels(st, d.bids)
+            asks = self.levels(st, d.asks)
         except FrameError as e:
             # The venue's update is lost to us, so the book is no longer the venue's.
             self._resync(st, f"unusable diff: {e.reason}", None, frame, recv, out, True)
@@ -246,12 +274,11 @@ class BinanceAdapter(AdapterBase):
                           frame, st.native)
             return
         book.seq = u
-        ts = d.get("T") or d.get("E")
-        book.exchange_ts = ms_to_us(ts) if ts is not None else recv
+        book.exchange_ts = d.ts_us if d.ts_us is not None else recv
         st.first_after_snapshot = False
         st.stats.deltas_applied += 1
         out.events.append(self.delta_event(st, bids, asks, book.exchange_ts, recv, u, U,
-                                           d["pu"] if self.usdm and "pu" in d else -1))
+                                           d.pu if self.usdm and d.pu is not None else -1))
         if st.bbo:
             self.check_bbo_after_apply(st)
 
@@ -269,15 +296,22 @@ class BinanceAdapter(AdapterBase):
                 return out
             self._on_snapshot(request, status, body, recv_ts_us, out)
         except FrameError as e:
-            self._dead_in(out, f"REST {request.path}: {e.reason}", body, e.native_symbol)
+            self._rest_refused(out, request, f"REST {request.path}: {e.reason}", body, e.native_symbol)
         except ScaleError as e:
-            self._dead_in(out, f"REST {request.path}: precision: {e}", body, request.native_symbol)
-        except JSON_DECODE_ERRORS as e:
-            self._dead_in(out, f"REST {request.path}: malformed JSON: {e}", body, request.native_symbol)
+            self._rest_refused(out, request, f"REST {request.path}: precision: {e}", body, request.native_symbol)
         except Exception as e:
-            self._dead_in(out, f"REST {request.path}: unexpected {type(e).__name__}: {e}", body,
-                          request.native_symbol)
+            self._rest_refused(out, request, f"REST {request.path}: unexpected {type(e).__name__}: {e}"[:500],
+                               body, request.native_symbol)
         return out
+
+    def _rest_refused(self, out: FrameResult, request: RestRequest, reason: str, body: bytes, native: str) -> None:
+        """A snapshot body we refuse. If the book was already rebuilt from it when the error
+        came, it is dropped again and re-fetched, so nothing half-applied stays published."""
+        st = self.states.get(request.native_symbol) if type(request.native_symbol) is str else None
+        if st is not None and st.book.synced and any(e.native_symbol == st.native for e in out.events):
+            out.events = [e for e in out.events if e.native_symbol != st.native]
+            self._resync(st, reason[:300], None, body, 0, out, False)
+        self._dead_in(out, reason, body, native)
 
     def _on_snapshot(self, request: RestRequest, status: int, body: bytes, recv: int, out: FrameResult) -> None:
         native = request.native_symbol or dict(request.params).get("symbol", "")
@@ -289,22 +323,25 @@ class BinanceAdapter(AdapterBase):
         if st.book.synced:
             self._ignore("unsolicited_snapshot")
             return
-        snap = loads(body)
+        try:
+            snap = loads(body)
+        except JSON_DECODE_ERRORS as e:
+            raise FrameError(f"malformed JSON: {e}", native) from None
         if type(snap) is not dict or "lastUpdateId" not in snap:
             raise FrameError("depth snapshot without lastUpdateId", native)
         last = as_int(snap["lastUpdateId"], "lastUpdateId")
-        self.lock_scales(st, snap.get("bids"), snap.get("asks"))
-        bids = self.levels(st, snap.get("bids"))
-        asks = self.levels(st, snap.get("asks"))
+        ts = snap.get("T") or snap.get("E")
+        exchange_ts = ms_to_us(ts) if ts is not None else recv
+        bids, asks = self.snapshot_levels(st, snap.get("bids"), snap.get("asks"))
         buf, kept = st.buffer, []
         for item in buf:
-            u = item[0]["u"]
+            u = item[0].u
             if (u < last) if self.usdm else (u <= last):
                 st.stats.deltas_stale += 1
             else:
                 kept.append(item)
         if kept:
-            U0, u0 = kept[0][0]["U"], kept[0][0]["u"]
+            U0, u0 = kept[0][0].U, kept[0][0].u
             bridges = (U0 <= last <= u0) if self.usdm else (U0 <= last + 1)
             if not bridges:
                 # Older than the buffered stream: fetch again (documented step), keep the buffer.
@@ -313,8 +350,6 @@ class BinanceAdapter(AdapterBase):
                 out.requests.append(self.snapshot_request(st))
                 return
         st.buffer = []
-        ts = snap.get("T") or snap.get("E")
-        exchange_ts = ms_to_us(ts) if ts is not None else recv
         self.apply_book_snapshot(st, bids, asks, last, exchange_ts, recv, out)
         if st.book.crossed():
             out.events.pop()                    # not the venue's book: not published
@@ -332,9 +367,10 @@ class BinanceAdapter(AdapterBase):
     # -- trades, tickers, derivatives data -------------------------------------------------------
 
     def _trade(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
-        if d.get("X", "MARKET") != "MARKET":
+        x = d.get("X", "MARKET")
+        if x != "MARKET":
             # Insurance-fund / ADL fills are not market trades (the aggTrade stream leaves them out too).
-            self._ignore(f"trade:{d.get('X')}")
+            self._ignore(f"trade:{text_id(x, 'trade type X', 32)}")
             return
         st = self.state(d.get("s"))
         t = as_int(d.get("t"), "trade id")
@@ -353,6 +389,8 @@ class BinanceAdapter(AdapterBase):
         f, last = as_int(d.get("f"), "first trade id"), as_int(d.get("l"), "last trade id")
         a = d.get("a")
         agg_id = as_int(a, "aggregate trade id") if a is not None else last
+        if f > last:
+            raise FrameError(f"aggTrade first trade id {f} > last {last}", st.native)
         px, qty = self.price(st, d.get("p")), self.size(st, d.get("q"))
         env = self.envelope(st, ET_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, agg_id,
                             st.px.scale, st.sz.scale)
@@ -421,7 +459,11 @@ class BinanceAdapter(AdapterBase):
         o = d.get("o")
         if type(o) is not dict:
             raise FrameError("forceOrder without order object")
-        st = self.state(o.get("s"))
+        try:
+            st = self.state(o.get("s"))
+        except NotSubscribed:            # !forceOrder@arr reports every symbol's liquidations
+            self._ignore("liquidation:not_subscribed")
+            return
         side = o.get("S")
         if side not in ("BUY", "SELL"):
             raise FrameError(f"forceOrder side {side!r}", st.native)
@@ -433,7 +475,7 @@ class BinanceAdapter(AdapterBase):
         liq.side = SIDE_BUY if side == "BUY" else SIDE_SELL
         liq.px = px
         liq.qty = qty
-        liq.order_status = str(o.get("X", ""))
+        liq.order_status = text_id(o.get("X", ""), "order status")
         out.events.append(self.stamp(env))
 
 

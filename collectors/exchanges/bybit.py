@@ -35,10 +35,14 @@ from collectors.exchanges.common import (
     AdapterBase,
     FrameError,
     InstrumentState,
+    NotSubscribed,
+    as_int,
     dump,
     loads,
     ms_to_us,
+    opt_seq,
     rest_request,
+    text_id,
 )
 from schemas.model import Exchange, Market
 from schemas.scaled import RATE_SCALE, ScaleError, to_scaled
@@ -179,17 +183,19 @@ class BybitAdapter(AdapterBase):
                 # One book per symbol: another depth of the same symbol has its own u sequence.
                 self._ignore("orderbook:other_depth")
                 return
+            if not depth_s.isdigit() or not depth_s.isascii() or len(depth_s) > 4:
+                raise FrameError(f"orderbook topic depth {depth_s[:20]!r}", native)
             st.topic = topic
+        self._book_st = st               # refused from here on: this book lost a venue update
         u = data.get("u")
         if type(u) is not int:
-            raise FrameError(f"orderbook update id u={u!r}", native)
+            raise FrameError(f"orderbook update id u={u!r:.40}", native)
+        as_int(u, "orderbook update id u")
         typ = msg.get("type")
         ts = ms_to_us(msg.get("ts"))
         if typ == "snapshot" or u == 1:
             # A snapshot, or a delta with u=1 after a service restart, replaces the book.
-            self.lock_scales(st, data.get("b"), data.get("a"))
-            bids = self.levels(st, data.get("b"))
-            asks = self.levels(st, data.get("a"))
+            bids, asks = self.snapshot_levels(st, data.get("b"), data.get("a"))
             self.apply_book_snapshot(st, bids, asks, u, ts, recv, out)
             if self.check_crossed(st):
                 self._resync(st, f"crossed snapshot u={u}", out, False)
@@ -227,6 +233,9 @@ class BybitAdapter(AdapterBase):
         st.stats.deltas_applied += 1
         out.events.append(self.delta_event(st, bids, asks, ts, recv, u, u, -1))
 
+    def lost_update(self, st: InstrumentState, reason: str, out: FrameResult) -> None:
+        self._resync(st, reason, out, True)
+
     def _resync(self, st: InstrumentState, reason: str, out: FrameResult, gap: bool) -> None:
         self.start_resync(st, reason, out, gap)
         topic = st.topic or f"orderbook.{self.depth}.{st.native}"
@@ -247,11 +256,10 @@ class BybitAdapter(AdapterBase):
             if side not in ("Buy", "Sell"):
                 raise FrameError(f"trade side {side!r}", st.native)
             px, qty = self.price(st, t.get("p")), self.size(st, t.get("v"))
-            seq = t.get("seq")
-            env = self.envelope(st, ET_TRADE, ms_to_us(t.get("T")), recv, seq if type(seq) is int else 0,
+            env = self.envelope(st, ET_TRADE, ms_to_us(t.get("T")), recv, opt_seq(t.get("seq"), "trade seq"),
                                 st.px.scale, st.sz.scale)
             tr = env.trade
-            tr.trade_id = str(t.get("i", ""))
+            tr.trade_id = text_id(t.get("i", ""), "trade id")
             tr.px = px
             tr.qty = qty
             tr.taker_side = SIDE_BUY if side == "Buy" else SIDE_SELL
@@ -274,8 +282,7 @@ class BybitAdapter(AdapterBase):
         else:
             raise FrameError(f"tickers type {typ!r}", st.native)
         ts = ms_to_us(msg.get("ts"))
-        cs = msg.get("cs")
-        seq = cs if type(cs) is int else 0
+        seq = opt_seq(msg.get("cs"), "ticker cs")
         env = self.envelope(st, ET_TICKER, ts, recv, seq, 0, 0)
         tk = env.ticker
         self.prepare(st, (t.get("bid1Price"), t.get("ask1Price"), t.get("lastPrice")),
@@ -339,7 +346,11 @@ class BybitAdapter(AdapterBase):
         for d in items:
             if type(d) is not dict:
                 raise FrameError("allLiquidation item is not an object")
-            st = self.state(d.get("s"))
+            try:
+                st = self.state(d.get("s"))
+            except NotSubscribed:
+                self._ignore("liquidation:not_subscribed")
+                continue
             self._liq(st, d.get("S"), d.get("p"), d.get("v"), ms_to_us(d.get("T")), recv, out)
 
     def _legacy_liquidation(self, msg: dict, recv: int, out: FrameResult) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from collections.abc import Iterable
 from typing import Any
 
 from collectors.book import L2Book
@@ -64,6 +65,11 @@ class FrameError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.native_symbol = native_symbol
+
+
+class NotSubscribed(FrameError):
+    """A frame about an instrument this adapter was not asked to collect: no state is made for
+    it (a venue -- or a corrupt frame -- naming 20,000 symbols must not grow memory)."""
 
 
 # -- numbers -----------------------------------------------------------------------------------
@@ -126,21 +132,52 @@ def significant_decimals(text: Any) -> int:
     return 0 if i < 0 else len(text[i + 1:].rstrip("0"))
 
 
+_MAX_MS = INT64_MAX // 1000
+
+
 def ms_to_us(value: Any) -> int:
-    """Venue millisecond timestamp (int or numeric string) -> µs."""
+    """Venue millisecond timestamp (int or numeric string) -> µs, within int64."""
     if type(value) is int:
-        return value * 1000
-    if type(value) is str and value.isdigit():
-        return int(value) * 1000
-    raise FrameError(f"bad millisecond timestamp {value!r}")
+        v = value
+    elif type(value) is str and value.isdigit() and value.isascii():
+        v = int(value)
+    else:
+        raise FrameError(f"bad millisecond timestamp {value!r:.80}")
+    if not 0 <= v <= _MAX_MS:
+        raise FrameError(f"millisecond timestamp {value!r:.40} out of range")
+    return v * 1000
 
 
-def as_int(value: Any, what: str) -> int:
+def as_int(value: Any, what: str, lo: int = 0) -> int:
+    """A venue id/sequence number (int or integer string) in lo..INT64_MAX: the envelope's
+    fields are int64, and venue ids are never negative (lo=-1 where -1 means "none")."""
     if type(value) is int:
-        return value
-    if type(value) is str and value.lstrip("-").isdigit():
-        return int(value)
-    raise FrameError(f"bad {what} {value!r}")
+        v = value
+    elif type(value) is str and value.lstrip("-").isdigit() and value.isascii() and len(value) < 40:
+        v = int(value)
+    else:
+        raise FrameError(f"bad {what} {value!r:.80}")
+    if not lo <= v <= INT64_MAX:
+        raise FrameError(f"{what} {v} out of range")
+    return v
+
+
+def opt_seq(value: Any, what: str) -> int:
+    """An optional venue sequence field: absent or not an integer -> 0 ("none"), else in range."""
+    if type(value) is not int:
+        return 0
+    if not 0 <= value <= INT64_MAX:
+        raise FrameError(f"{what} {value} out of range")
+    return value
+
+
+def text_id(value: Any, what: str, limit: int = 64) -> str:
+    """A venue id or status carried as text (trade id, order status): short, not a structure."""
+    if type(value) is int:
+        return str(value)
+    if type(value) is not str or len(value) > limit:
+        raise FrameError(f"bad {what} {value!r:.80}")
+    return value
 
 
 class ScaleTracker:
@@ -185,6 +222,13 @@ class ScaleTracker:
             self.fit(values)
             self.locked = True
         return self.scale
+
+    def restore(self, scale: int, locked: bool) -> None:
+        """Back to an earlier state (a refused frame must not leave its scale behind)."""
+        if scale != self.scale:
+            self.scale = scale
+            self.cache.clear()
+        self.locked = locked
 
     def conv(self, text: str) -> int:
         """``text`` at this scale (exact, cached); ScaleError when it does not fit."""
@@ -265,9 +309,15 @@ class AdapterBase:
     bbo_memory = 512
 
     def __init__(self, *, shard: str = "", instruments: dict[str, InstrumentRef] | None = None,
-                 snapshot_depth: int | None = None) -> None:
+                 snapshot_depth: int | None = None, subscribed: Iterable[str] | None = None) -> None:
         self.shard = shard
         self.specs: dict[str, InstrumentRef] = dict(instruments or {})
+        #: venue symbols this adapter collects; None = any (capture replay)
+        self.subscribed: frozenset[str] | None = frozenset(subscribed) if subscribed is not None else None
+        #: states read by the current frame -> their scale trackers before it (see on_frame)
+        self._touched: dict[InstrumentState, tuple[int, bool, int, bool]] = {}
+        #: the book the current frame updates, once known (see on_frame)
+        self._book_st: InstrumentState | None = None
         self.states: dict[str, InstrumentState] = {}
         self.ignored: dict[str, int] = {}    # frames understood but deliberately not published
         self.dead_letter_count = 0
@@ -280,19 +330,39 @@ class AdapterBase:
     # -- public API beyond the VenueAdapter protocol -------------------------------------------
 
     def on_frame(self, frame: bytes | str, recv_ts_us: int) -> FrameResult:
-        """Parse one frame; a refused frame comes back as a DeadLetter, never as an exception."""
+        """Parse one frame; a refused frame comes back as a DeadLetter, never as an exception.
+
+        A frame is all or nothing. Its events are published only if the whole frame is
+        accepted; scales it would have widened are put back; and a refused frame of a synced
+        book means the venue's update is lost to us, so that symbol resyncs: the published
+        deltas must always rebuild the collector's book."""
         out = FrameResult()
         self.frames += 1
         self.last_rx_us = recv_ts_us
+        self._touched.clear()
+        self._book_st = None
         try:
             self._handle(frame, recv_ts_us, out)
         except FrameError as e:
-            return self._dead(out, e.reason, frame, e.native_symbol)
+            return self._refuse(out, e.reason, frame, e.native_symbol)
         except ScaleError as e:
-            return self._dead(out, f"precision: {e}", frame, "")
+            return self._refuse(out, f"precision: {e}", frame, "")
         except Exception as e:  # a bug or an unforeseen shape: keep the frame, keep running
-            return self._dead(out, f"unexpected {type(e).__name__}: {e}", frame, "")
+            return self._refuse(out, f"unexpected {type(e).__name__}: {e}"[:500], frame, "")
         return out
+
+    def _refuse(self, out: FrameResult, reason: str, frame: bytes | str, native: str) -> FrameResult:
+        for st, (ps, pl, ss, sl) in self._touched.items():
+            st.px.restore(ps, pl)
+            st.sz.restore(ss, sl)
+        st = self._book_st
+        if st is not None and st.book.synced:
+            self.lost_update(st, f"refused frame: {reason}"[:300], out)
+        return self._dead(out, reason, frame, native or (st.native if st is not None else ""))
+
+    def lost_update(self, st: InstrumentState, reason: str, out: FrameResult) -> None:
+        """Resync ``st`` after a refused frame of its synced book (venue-specific rebuild)."""
+        raise NotImplementedError
 
     def set_instruments(self, specs: dict[str, InstrumentRef]) -> None:
         """Exchange info arrived: future states use it (existing states keep their locks)."""
@@ -345,10 +415,12 @@ class AdapterBase:
         return self.market
 
     def state(self, native: str) -> InstrumentState:
+        if type(native) is not str:
+            raise FrameError(f"symbol is not a string: {native!r:.80}")
         st = self.states.get(native)
         if st is None:
-            if type(native) is not str:
-                raise FrameError(f"symbol is not a string: {native!r}")
+            if self.subscribed is not None and native not in self.subscribed:
+                raise NotSubscribed(f"not subscribed: {native[:40]!r}", native[:40])
             spec = self.specs.get(native)
             try:
                 market = self.market_of(native)
@@ -356,8 +428,11 @@ class AdapterBase:
                                     base=spec.base if spec else None,
                                     quote=spec.quote if spec else None)
             except SymbolError as e:
-                raise FrameError(f"unknown instrument: {e}", native) from None
+                raise FrameError(f"unknown instrument: {e}"[:300], native[:40]) from None
             st = self.states[native] = InstrumentState(native, inst, spec)
+        t = self._touched
+        if st not in t:
+            t[st] = (st.px.scale, st.px.locked, st.sz.scale, st.sz.locked)
         return st
 
     def envelope(self, st: InstrumentState, event_type: int, exchange_ts: int, ingest_ts: int,
@@ -421,13 +496,42 @@ class AdapterBase:
             lv.qty = q
         return self.stamp(env)
 
-    def lock_scales(self, st: InstrumentState, *sides: Any) -> None:
-        """A full book arrived: fix the instrument's scales from every level on every side."""
+    def snapshot_levels(self, st: InstrumentState, raw_bids: Any, raw_asks: Any) -> tuple[list, list]:
+        """A full book arrived: fix the instrument's scales from every level of both sides
+        (unless exchange info fixed them) and convert the levels. All or nothing: a refused
+        snapshot leaves the scales as they were. If a value seen earlier widened the
+        not-yet-locked scale so far that this book overflows int64 at it, the book's own
+        precision wins (one odd trade must not make every book unrepresentable)."""
+        px, sz = st.px, st.sz
+        saved = (px.scale, px.locked, sz.scale, sz.locked)
         try:
-            st.px.lock([lv[0] for raw in sides for lv in raw])
-            st.sz.lock([lv[1] for raw in sides for lv in raw])
-        except (IndexError, TypeError, KeyError):
-            raise FrameError(f"malformed levels in snapshot of {st.native}", st.native) from None
+            if type(raw_bids) is not list or type(raw_asks) is not list:
+                raise FrameError(f"snapshot levels of {st.native} are not lists", st.native)
+            try:
+                prices = [lv[0] for raw in (raw_bids, raw_asks) for lv in raw]
+                sizes = [lv[1] for raw in (raw_bids, raw_asks) for lv in raw]
+            except (IndexError, TypeError, KeyError):
+                raise FrameError(f"malformed levels in snapshot of {st.native}", st.native) from None
+            px.lock(prices)
+            sz.lock(sizes)
+            try:
+                return self.levels(st, raw_bids), self.levels(st, raw_asks)
+            except FrameError:
+                if saved[1] and saved[3]:
+                    raise
+                px.restore(saved[0], saved[1])
+                sz.restore(saved[2], saved[3])
+                if not px.locked:
+                    px.scale, px.cache = 0, {}
+                    px.lock(prices)
+                if not sz.locked:
+                    sz.scale, sz.cache = 0, {}
+                    sz.lock(sizes)
+                return self.levels(st, raw_bids), self.levels(st, raw_asks)
+        except (FrameError, ScaleError):
+            px.restore(saved[0], saved[1])
+            sz.restore(saved[2], saved[3])
+            raise
 
     def levels(self, st: InstrumentState, raw: Any) -> list[tuple[int, int]]:
         """[[px, qty, ...], ...] strings -> [(px, qty)] at the instrument's scales."""
@@ -451,7 +555,10 @@ class AdapterBase:
         # are inlined here (a call per value costs as much as the lookup).
         try:
             if raw and len(raw[0]) == 2:                 # [px, qty] (Binance, Bybit)
-                for p, q in raw:
+                for lv in raw:
+                    if type(lv) is not list or len(lv) != 2:
+                        raise TypeError
+                    p, q = lv
                     a = pc.get(p)
                     if a is None:
                         a = pc[p] = sc(p, ps)
@@ -461,6 +568,8 @@ class AdapterBase:
                     append((a, b))
             else:                                        # [px, qty, ...] (OKX: 4 fields)
                 for lv in raw:
+                    if type(lv) is not list:
+                        raise TypeError
                     p = lv[0]
                     q = lv[1]
                     a = pc.get(p)
@@ -613,6 +722,7 @@ def dump(obj: Any) -> str:
 
 
 __all__ = [
-    "AdapterBase", "BookStats", "FrameError", "InstrumentState", "ScaleTracker",
-    "decimals", "dump", "loads", "ms_to_us", "rest_request", "sc",
+    "AdapterBase", "BookStats", "FrameError", "InstrumentState", "NotSubscribed", "ScaleTracker",
+    "as_int", "decimals", "dump", "loads", "ms_to_us", "opt_seq", "rest_request", "sc", "significant_decimals",
+    "text_id",
 ]

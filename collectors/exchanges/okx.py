@@ -37,10 +37,14 @@ from collectors.exchanges.common import (
     AdapterBase,
     FrameError,
     InstrumentState,
+    NotSubscribed,
+    as_int,
     dump,
     loads,
     ms_to_us,
+    opt_seq,
     rest_request,
+    text_id,
 )
 from schemas.model import Exchange, Market
 from schemas.scaled import RATE_SCALE, ScaleError, to_scaled
@@ -168,6 +172,8 @@ class OkxAdapter(AdapterBase):
         if type(arg) is not dict or "data" not in msg:
             raise FrameError("message without arg/data")
         ch = arg.get("channel")
+        if type(ch) is not str:
+            raise FrameError(f"channel is not a string: {ch!r:.60}")
         data = msg["data"]
         if type(data) is not list:
             raise FrameError(f"{ch}: data is not a list")
@@ -213,6 +219,7 @@ class OkxAdapter(AdapterBase):
         inst = arg.get("instId")
         st = self.state(inst)
         st.topic = arg.get("channel", self.book_channel)
+        self._book_st = st               # refused from here on: this book lost a venue update
         if len(data) != 1 or type(data[0]) is not dict:
             raise FrameError("book message must carry exactly one data object", inst)
         d = data[0]
@@ -220,15 +227,17 @@ class OkxAdapter(AdapterBase):
         ts = ms_to_us(d.get("ts"))
         seq_id, prev = d.get("seqId"), d.get("prevSeqId")
         if (seq_id is not None and type(seq_id) is not int) or (prev is not None and type(prev) is not int):
-            raise FrameError(f"bad seqId/prevSeqId {seq_id!r}/{prev!r}", inst)
+            raise FrameError(f"bad seqId/prevSeqId {seq_id!r:.40}/{prev!r:.40}", inst)
+        if seq_id is not None:
+            as_int(seq_id, "seqId")
+        if prev is not None:
+            as_int(prev, "prevSeqId", lo=-1)
         checksum = d.get("checksum", 0) or 0
-        if type(checksum) is not int:
-            raise FrameError(f"bad checksum {checksum!r}", inst)
+        if type(checksum) is not int or not -(2**31) <= checksum < 2**32:
+            raise FrameError(f"bad checksum {checksum!r:.40}", inst)
         raw_b, raw_a = d.get("bids"), d.get("asks")
         if action == "snapshot":
-            self.lock_scales(st, raw_b, raw_a)
-            bids = self.levels(st, raw_b)
-            asks = self.levels(st, raw_a)
+            bids, asks = self.snapshot_levels(st, raw_b, raw_a)
             st.levels_str = ({p: (lv[0], lv[1]) for p, lv in zip((x[0] for x in bids), raw_b)},
                              {p: (lv[0], lv[1]) for p, lv in zip((x[0] for x in asks), raw_a)})
             self.apply_book_snapshot(st, bids, asks, seq_id or 0, ts, recv, out, checksum)
@@ -307,6 +316,9 @@ class OkxAdapter(AdapterBase):
             native_symbol=st.native))
         return False
 
+    def lost_update(self, st: InstrumentState, reason: str, out: FrameResult) -> None:
+        self._resync(st, reason, out, True)
+
     def _resync(self, st: InstrumentState, reason: str, out: FrameResult, gap: bool) -> None:
         self.start_resync(st, reason, out, gap)
         arg = {"channel": st.topic or self.book_channel, "instId": st.native}
@@ -322,12 +334,12 @@ class OkxAdapter(AdapterBase):
         side = t.get("side")
         if side not in ("buy", "sell"):
             raise FrameError(f"trade side {side!r}", st.native)
-        tid = t.get("tradeId")
+        tid = text_id(t.get("tradeId"), "tradeId")
         px, qty = self.price(st, t.get("px")), self.size(st, t.get("sz"))
-        env = self.envelope(st, ET_TRADE, ms_to_us(t.get("ts")), recv,
-                            int(tid) if type(tid) is str and tid.isdigit() else 0, st.px.scale, st.sz.scale)
+        seq = int(tid) if tid.isdigit() and tid.isascii() and len(tid) < 19 else 0
+        env = self.envelope(st, ET_TRADE, ms_to_us(t.get("ts")), recv, seq, st.px.scale, st.sz.scale)
         tr = env.trade
-        tr.trade_id = str(tid)
+        tr.trade_id = tid
         tr.px = px
         tr.qty = qty
         tr.taker_side = SIDE_BUY if side == "buy" else SIDE_SELL
@@ -392,7 +404,11 @@ class OkxAdapter(AdapterBase):
     def _liquidations(self, t: Any, recv: int, out: FrameResult) -> None:
         if type(t) is not dict or type(t.get("details")) is not list:
             raise FrameError("liquidation-orders item without details")
-        st = self.state(t.get("instId"))
+        try:
+            st = self.state(t.get("instId"))
+        except NotSubscribed:            # the channel is per instType: every instrument's liquidations
+            self._ignore("liquidation:not_subscribed")
+            return
         for det in t["details"]:
             if type(det) is not dict:
                 raise FrameError("liquidation detail is not an object", st.native)
@@ -414,16 +430,17 @@ class OkxAdapter(AdapterBase):
                 raise FrameError("bbo-tbt item is not an object", st.native)
             b = d.get("bids") or []
             a = d.get("asks") or []
+            if type(b) is not list or type(a) is not list or any(type(lv) is not list for lv in b[:1] + a[:1]):
+                raise FrameError("bbo-tbt levels are not lists", st.native)
             self.prepare(st, tuple(lv[0] for lv in b[:1] + a[:1]), tuple(lv[1] for lv in b[:1] + a[:1]))
             bp, bq = (self.price(st, b[0][0]), self.size(st, b[0][1])) if b else (0, 0)
             ap, aq = (self.price(st, a[0][0]), self.size(st, a[0][1])) if a else (0, 0)
-            seq = d.get("seqId")
-            env = self.envelope(st, ET_TICKER, ms_to_us(d.get("ts")), recv, seq if type(seq) is int else 0,
-                                st.px.scale, st.sz.scale)
+            seq = opt_seq(d.get("seqId"), "bbo seqId")
+            env = self.envelope(st, ET_TICKER, ms_to_us(d.get("ts")), recv, seq, st.px.scale, st.sz.scale)
             tk = env.ticker
             tk.bid_px, tk.bid_qty, tk.ask_px, tk.ask_qty = bp, bq, ap, aq
             out.events.append(self.stamp(env))
-            if type(seq) is int and st.px.locked and st.sz.locked:
+            if seq and st.px.locked and st.sz.locked:
                 self.remember_bbo(st, seq, bp, bq, ap, aq)
 
 
