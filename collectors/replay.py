@@ -15,7 +15,11 @@ Feeds:
   that (re)connects at any point gets a snapshot consistent with the stream;
 * synthetic load (emulator/synthetic.py): valid frames for N symbols at a chosen rate.
 
-A feed starts when its venue gets its first subscriber, so nothing is replayed to nobody.
+A feed starts when its venue gets its first subscriber, and a capture feed then holds each
+frame until its stream (subscription key) has a subscriber: a capture spanning several
+shards (OKX spot + swap + futures, or several captures at once) is delivered whole however
+late, in whatever order, and at whatever speed the shards subscribe. Stats count frames
+served and unserved; the platform declares a replay complete only when none went unserved.
 Control: Python methods below, or the HTTP control API (`/_emulator/...`) for operators.
 """
 
@@ -67,10 +71,25 @@ class Feed:
     errors: int = 0
     paused_until: float = 0.0
     error: str = ""
+    #: market-data frames handed to at least one subscriber / to nobody (lost to the collectors)
+    served: int = 0
+    unserved: int = 0
+    unserved_keys: dict[str, int] = field(default_factory=dict)
+    #: subscription key the playback is holding for (no collector subscribed to it yet)
+    waiting_for: str = ""
+    held_s: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """Exhausted with every market-data frame served to a subscriber and every line read."""
+        return self.finished.is_set() and not self.error and self.unserved == 0 and self.errors == 0
 
     def stats(self) -> dict[str, Any]:
+        worst = sorted(self.unserved_keys.items(), key=lambda kv: -kv[1])[:10]
         return {"name": self.name, "venue": self.sim.name, "items": self.items, "errors": self.errors,
-                "finished": self.finished.is_set(), "error": self.error}
+                "finished": self.finished.is_set(), "error": self.error, "served": self.served,
+                "unserved": self.unserved, "unserved_keys": dict(worst), "waiting_for": self.waiting_for,
+                "held_s": round(self.held_s, 3), "complete": self.complete}
 
 
 @dataclass
@@ -93,8 +112,14 @@ def _listen(host: str) -> socket.socket:
 class Emulator:
     def __init__(self, host: str = HOST, *, server_ping_s: float | None = 20.0,
                  server_ping_timeout_s: float | None = 60.0, app_ping_timeout_s: float | None = None,
-                 slow_client_s: float = 30.0) -> None:
+                 slow_client_s: float = 30.0, hold_timeout_s: float | None = None,
+                 sync_timeout_s: float = 30.0) -> None:
         self.host = host
+        #: how long a capture playback holds a frame for a subscriber of its key (None: as long
+        #: as it takes); a frame released after the timeout goes to nobody and is counted unserved
+        self.hold_timeout_s = hold_timeout_s
+        #: longest hold for subscribers fetching the snapshot of a book the capture installed
+        self.sync_timeout_s = sync_timeout_s
         self.server_ping_s = server_ping_s
         self.server_ping_timeout_s = server_ping_timeout_s
         self.app_ping_timeout_s = app_ping_timeout_s
@@ -271,13 +296,42 @@ class Emulator:
         self.channels.setdefault((exchange, market), {}).update(dict.fromkeys(channels))
 
     def play_records(self, sim: VenueSim, records: Iterable[Any], *, speed: float | None = None,
-                     name: str = "records", gate: asyncio.Event | None | bool = None) -> Feed:
+                     name: str = "records", gate: asyncio.Event | None | bool = None,
+                     hold: bool | None = None, keys: list[str | None] | None = None,
+                     required: set[str] | None = None) -> Feed:
         """Replay (recv_ts_us, kind, url, payload) records into ``sim`` (see capture.Record).
 
         ``gate``: the feed starts when this event is set; None = on the venue's first
-        subscriber; False = at once."""
+        subscriber; False = at once.
+
+        ``hold`` (default: on unless ``gate`` is False): a market-data frame whose subscription
+        key is in ``required`` (default: every key the records carry) and has no subscriber
+        is held, with the rest of the playback behind it, until a collector subscribes to it
+        (or ``hold_timeout_s`` passes). So a replay delivers every event whatever the number
+        of shards, the order and delay in which they connect, a reconnect in the middle, and
+        the speed: the first subscriber of a venue no longer starts a playback that the other
+        shards of that venue join late. ``keys``: each record's subscription key (None: not
+        market data), if the caller has already parsed them."""
+        records = list(records)
+        if keys is None:
+            keys = [self._route_key(sim, rec) for rec in records]
+        if hold is None:
+            hold = gate is not False
+        if required is None:
+            required = {k for k in keys if k}
         feed = Feed(name, sim)
-        return self._add_feed(feed, self._run_records(feed, records, speed, self._gate(sim, gate)))
+        feed.keys = keys  # type: ignore[attr-defined]
+        return self._add_feed(feed, self._run_records(feed, records, keys, required if hold else set(), speed,
+                                                      self._gate(sim, gate)))
+
+    @staticmethod
+    def _route_key(sim: VenueSim, rec: Any) -> str | None:
+        if rec.kind != "ws":
+            return None
+        try:
+            return sim.route_key(json.loads(rec.payload)) or None
+        except ValueError:
+            return None
 
     @staticmethod
     def _gate(sim: VenueSim, gate: asyncio.Event | None | bool) -> asyncio.Event | None:
@@ -288,16 +342,7 @@ class Emulator:
     @staticmethod
     def capture_keys(feed: Feed) -> set[str]:
         """Subscription keys of every market-data frame a capture feed will replay."""
-        keys = set()
-        for rec in getattr(feed, "records", ()):
-            if rec.kind == "ws":
-                try:
-                    k = feed.sim.route_key(json.loads(rec.payload))
-                except ValueError:
-                    continue
-                if k:
-                    keys.add(k)
-        return keys
+        return {k for k in getattr(feed, "keys", ()) if k}
 
     async def wait_subscribed(self, venue: str, keys: Iterable[str] | int, timeout: float = 30.0) -> bool:
         """Until the venue has live subscribers for all ``keys`` (or for that many keys)."""
@@ -332,16 +377,46 @@ class Emulator:
         else:
             market = Market.SPOT
             sim = self.venue(ex, market)
-        self._catalog_records(ex, market, info, records)
-        feed = self.play_records(sim, records, speed=speed, name=str(path), gate=gate)
+        key_natives = self._catalog_records(ex, market, info, records)
+        self._learn_instruments(sim, market, records)
+        keys = [self._route_key(sim, rec) for rec in records]
+        # Held for: every key of an instrument a collector shard can carry (shard_configs()
+        # leaves out natives without a canonical symbol; nothing would ever subscribe them).
+        required = {k for k in keys if k and _routable(*key_natives.get(k, (ex, market, "")))}
+        feed = self.play_records(sim, records, speed=speed, name=str(path), gate=gate, keys=keys,
+                                 required=required)
         feed.info = info  # type: ignore[attr-defined]
         feed.records = records  # type: ignore[attr-defined]
         return feed
 
-    def _catalog_records(self, ex: Exchange, market: Market, info: Any, records: list[Any]) -> None:
-        """Which instruments and channels a capture carries, per market (OKX mixes markets)."""
-        from collectors.emulator.venues import okx_market
+    @staticmethod
+    def _learn_instruments(sim: VenueSim, market: Market, records: list[Any]) -> None:
+        """Read the capture ahead on a scratch copy of the venue so its exchange-info endpoints
+        list every instrument (ticks and lots from the capture's first snapshots) before
+        playback: collectors and the normalizer then get the same reference data whenever
+        they ask, so scales (and event ids) do not depend on when a shard started."""
+        from collectors.emulator.venues import make_sim
 
+        shadow = make_sim(sim.exchange, market)
+        shadow.shadow = True
+        for rec in records:
+            try:
+                if rec.kind == "ws":
+                    shadow.ingest_ws(rec.payload)
+                elif rec.kind == "rest":
+                    shadow.ingest_rest(rec.url, rec.payload)
+            except (ValueError, KeyError, TypeError):
+                continue
+        for info in shadow.instruments.values():
+            sim.add_instrument(info)
+
+    def _catalog_records(self, ex: Exchange, market: Market, info: Any,
+                         records: list[Any]) -> dict[str, tuple[Exchange, Market, str]]:
+        """Which instruments and channels a capture carries, per market (OKX mixes markets);
+        returns subscription key -> (exchange, market, native symbol)."""
+        from collectors.emulator.venues import OkxSim, okx_market
+
+        out: dict[str, tuple[Exchange, Market, str]] = {}
         for rec in records:
             if rec.kind != "ws":
                 continue
@@ -354,16 +429,20 @@ class Emulator:
             if ex is Exchange.BINANCE and isinstance(obj.get("stream"), str):
                 sym, _, ch = obj["stream"].partition("@")
                 self._note(ex, market, [sym.upper()], [ch])
+                out[obj["stream"]] = (ex, market, sym.upper())
             elif ex is Exchange.BYBIT and isinstance(obj.get("topic"), str):
                 parts = obj["topic"].split(".")
                 self._note(ex, market, [parts[-1]], [".".join(parts[:-1])])
+                out[obj["topic"]] = (ex, market, parts[-1])
             elif ex is Exchange.OKX and isinstance(obj.get("arg"), dict) and "event" not in obj:
                 inst = obj["arg"].get("instId")
                 if inst:
                     self._note(ex, okx_market(inst), [inst], [obj["arg"].get("channel", "")])
+                    out[OkxSim.key(obj["arg"])] = (ex, okx_market(inst), inst)
+        return out
 
-    async def _run_records(self, feed: Feed, records: Iterable[Any], speed: float | None,
-                           gate: asyncio.Event | None) -> None:
+    async def _run_records(self, feed: Feed, records: list[Any], keys: list[str | None], required: set[str],
+                           speed: float | None, gate: asyncio.Event | None) -> None:
         sim = feed.sim
         try:
             if gate is not None:
@@ -372,13 +451,25 @@ class Emulator:
             ts0: int | None = None
             shift = 0.0
             n = 0
-            for rec in records:
+            for rec, key in zip(records, keys, strict=True):
                 if rec.kind not in ("ws", "rest"):
                     continue
                 if feed.paused_until > time.monotonic():
                     pause_start = time.monotonic()
                     await asyncio.sleep(feed.paused_until - pause_start)
                     shift += time.monotonic() - pause_start
+                if key is not None and key in required and not sim.subscribed(key):
+                    # Nobody to hand this event to yet: hold the playback (like a pause, the
+                    # recorded pace resumes from here) until a collector subscribes it. A
+                    # stream that timed out is not waited for again (its frames go unserved).
+                    hold_start = time.monotonic()
+                    feed.waiting_for = key
+                    if not await sim.wait_subscriber(key, self.hold_timeout_s):
+                        required = required - {key}
+                    feed.waiting_for = ""
+                    held = time.monotonic() - hold_start
+                    feed.held_s += held
+                    shift += held
                 if speed is not None and rec.recv_ts_us:
                     if ts0 is None:
                         ts0 = rec.recv_ts_us
@@ -386,6 +477,12 @@ class Emulator:
                     delay = due - time.monotonic()
                     if delay > 0.0005:
                         await asyncio.sleep(delay)
+                if key is not None:
+                    if sim.subscribed(key):
+                        feed.served += 1
+                    else:
+                        feed.unserved += 1
+                        feed.unserved_keys[key] = feed.unserved_keys.get(key, 0) + 1
                 try:
                     if rec.kind == "ws":
                         sim.ingest_ws(rec.payload)
@@ -393,6 +490,14 @@ class Emulator:
                         sim.ingest_rest(rec.url, rec.payload)
                 except (ValueError, KeyError, TypeError):
                     feed.errors += 1   # a capture line the emulator cannot interpret is skipped
+                if sim.barrier and required:
+                    # A book the capture just installed: its subscribers fetch their snapshot
+                    # of exactly this state before the next diff plays (speed-independent sync).
+                    hold_start = time.monotonic()
+                    await sim.settle(self.sync_timeout_s)
+                    held = time.monotonic() - hold_start
+                    feed.held_s += held
+                    shift += held
                 feed.items += 1
                 n += 1
                 if sim.pressure:
@@ -524,9 +629,20 @@ class Emulator:
             sim.server_shutdown()
 
     def stats(self) -> dict[str, Any]:
+        """``finished``: every feed exhausted and every frame written to its socket (nothing
+        left inside the emulator). ``complete``: finished, and every market-data frame of
+        every capture was handed to a subscriber (``unserved`` counts the ones that were
+        not); only then has a replay delivered the whole capture to the collectors.
+        ``waiting_for``: keys playback is holding for, i.e. no collector subscribed yet."""
+        exhausted = all(f.finished.is_set() for f in self.feeds) if self.feeds else False
+        queued = sum(c.queue.qsize() for sim in self.sims.values() for c in sim.clients.values())
+        finished = exhausted and queued == 0
         return {"venues": {n: s.stats() for n, s in self.sims.items()},
                 "feeds": [f.stats() for f in self.feeds],
-                "finished": all(f.finished.is_set() for f in self.feeds) if self.feeds else False}
+                "exhausted": exhausted, "queued": queued, "finished": finished,
+                "complete": finished and all(f.complete for f in self.feeds if hasattr(f, "keys")),
+                "served": sum(f.served for f in self.feeds), "unserved": sum(f.unserved for f in self.feeds),
+                "waiting_for": sorted({f"{f.sim.name} {f.waiting_for}" for f in self.feeds if f.waiting_for})}
 
     def _control_app(self) -> web.Application:
         app = web.Application()
@@ -594,6 +710,15 @@ class Emulator:
                                       adapter_options={**opts, **overrides.pop("adapter_options", {})},
                                       **overrides))
         return shards
+
+
+def _routable(exchange: Exchange, market: Market, native: str) -> bool:
+    """A native symbol shard_configs() gives a shard (it has a canonical spelling)."""
+    try:
+        canonical_symbol(exchange, market, native)
+    except (SymbolError, ValueError):
+        return False
+    return bool(native)
 
 
 def adapter_options_for(exchange: Exchange, market: Market, channels: list[str]) -> dict[str, Any]:
@@ -677,7 +802,7 @@ def _parse_synthetic(text: str) -> tuple[str, str, int, float | None]:
 
 
 async def _serve_main(args: argparse.Namespace) -> int:
-    emu_kw = {"server_ping_s": args.server_ping}
+    emu_kw = {"server_ping_s": args.server_ping, "hold_timeout_s": args.hold_timeout}
     if args.paths:
         emu = capture_emulator(args.paths, args.speed, host=args.host, **emu_kw)
     else:
@@ -712,6 +837,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-now", action="store_true", help="do not wait for a subscriber")
     ap.add_argument("--host", default=HOST)
     ap.add_argument("--server-ping", type=float, default=20.0)
+    ap.add_argument("--hold-timeout", type=float, default=None,
+                    help="seconds a capture frame waits for a subscriber of its stream before it is "
+                         "released to nobody (counted unserved); default: wait as long as it takes")
     ap.add_argument("--state-file", help="write the endpoints JSON here too")
     args = ap.parse_args(argv)
     if not args.paths and not args.synthetic:

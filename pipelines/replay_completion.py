@@ -5,7 +5,12 @@ last hour of a capture, so without help its hours would stay open forever. This 
 (on with the other services; it does nothing without a replay) declares the replay's
 hours complete once, in this order, all of these hold:
 
-1. the emulator reports every capture feed exhausted (GET <control>/stats "finished");
+1. the emulator reports every capture feed exhausted and written out (GET <control>/stats
+   "finished") and every market-data frame of the capture served to a collector
+   ("complete"; its playback holds a frame until a collector subscribed the stream, so a
+   shard starting late misses nothing). A capture with frames that reached no collector
+   (``unserved``: a hold timeout, a feed error) is reported and never declared complete:
+   its hours would be sealed with events missing;
 2. the chain has drained: the normalizer's group has no committed record left in raw.*
    and the lake sink no record after the offsets stored in its Iceberg snapshots in
    processed.* (streaming/drain.py asks the broker for records, not offsets);
@@ -26,7 +31,7 @@ import dagster as dg
 
 from assets.partitions import HOURLY, hour_key
 from pipelines.lake_schedules import lake_seal_job
-from pipelines.stack_replay import emulator_stats, load_source
+from pipelines.stack_replay import emulator_stats, incomplete_reason, load_source
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
@@ -103,7 +108,13 @@ def replay_completion(context: dg.SensorEvaluationContext, kafka: KafkaResource,
     if not stats.get("finished"):
         items = sum(f.get("items", 0) for f in stats.get("feeds", []))
         context.update_cursor(json.dumps({**cursor, "drained": 0}))
-        return dg.SkipReason(f"{source.capture}: replaying ({items} records served so far)")
+        waiting = stats.get("waiting_for") or []
+        return dg.SkipReason(f"{source.capture}: replaying ({items} records served so far)"
+                             + (f"; holding for collectors to subscribe {waiting}" if waiting else ""))
+    problem = incomplete_reason(stats)
+    if problem:
+        context.update_cursor(json.dumps({**cursor, "drained": 0}))
+        return dg.SkipReason(f"{source.capture}: {problem}; its hours are not declared complete")
     pending = drain_report(kafka.connection(), lake)
     busy = {stage: len(tps) for stage, tps in pending.items() if tps}
     if busy:

@@ -688,10 +688,15 @@ def _replay_status(home: TicklakeHome) -> dict[str, Any]:
                        for r in read_complete_ranges(open_local_catalog(home).load_catalog()))
     except Exception:  # noqa: BLE001 - status reports, it must not crash
         complete = False
+    problem = sr.incomplete_reason(stats) if stats.get("finished") else ""
+    waiting = stats.get("waiting_for") or []
     phase = ("complete (hours declared closed)" if complete else
-             "capture exhausted, draining" if stats.get("finished") else "replaying")
-    return {"healthy": True, "detail": f"{source.capture}: {phase}, {items} records served",
+             f"INCOMPLETE: {problem}" if problem else
+             "capture exhausted, draining" if stats.get("finished") else
+             f"replaying, holding for collectors to subscribe {waiting}" if waiting else "replaying")
+    return {"healthy": not problem, "detail": f"{source.capture}: {phase}, {items} records served",
             "finished": bool(stats.get("finished")), "complete": complete, "records_served": items,
+            "unserved": stats.get("unserved", 0), "waiting_for": waiting,
             "source_id": source.source_id}
 
 

@@ -165,6 +165,22 @@ def emulator_stats(control_url: str, timeout: float = 5.0) -> dict[str, Any]:
         return json.loads(resp.read())
 
 
+def incomplete_reason(stats: dict[str, Any]) -> str:
+    """Why an exhausted replay did not deliver its whole capture ('' if it did)."""
+    if stats.get("complete"):
+        return ""
+    parts = []
+    for f in stats.get("feeds", []):
+        if f.get("unserved"):
+            parts.append(f"{f['unserved']} events of {f['name']} reached no collector "
+                         f"(by stream: {f.get('unserved_keys')})")
+        if f.get("errors"):
+            parts.append(f"{f['errors']} lines of {f['name']} could not be replayed")
+        if f.get("error"):
+            parts.append(f"{f['name']} stopped: {f['error']}")
+    return "; ".join(parts) or "the emulator does not report the capture delivered"
+
+
 def restore_collectors(path: Path) -> None:
     """Undo write_collectors: the replay's shards go, a previous file comes back."""
     backup = path.with_name(path.name + ".before-replay")

@@ -129,6 +129,89 @@ def test_bybit_and_okx_subscribe_ping_and_snapshot_on_subscribe():
     asyncio.run(main())
 
 
+OKX_CAPTURE = SAMPLES / "okx" / "cryptofeed_OKX.ws.1.0"
+
+
+async def _okx_subscriber(emu, insts: list[str], got: dict[str, int], stop: asyncio.Event) -> None:
+    """A plain websocket client subscribing every channel of some instruments; counts the
+    market-data frames it receives per instrument."""
+    async with connect(emu.ws_base("okx", "spot") + "/ws/v5/public") as ws:
+        args = [{"channel": ch, "instId": i} for i in insts for ch in ("books", "trades", "tickers")]
+        await ws.send(json.dumps({"op": "subscribe", "args": args}))
+        while not stop.is_set():
+            try:
+                m = json.loads(await asyncio.wait_for(ws.recv(), 0.2))
+            except TimeoutError:
+                continue
+            if "event" not in m and "arg" in m:
+                got[m["arg"]["instId"]] = got.get(m["arg"]["instId"], 0) + 1
+
+
+def test_capture_playback_holds_each_stream_until_a_subscriber_takes_it():
+    """A three-instrument capture whose collectors connect one by one, a second apart, at
+    unlimited speed: every frame reaches the client of its instrument (nothing is replayed
+    to nobody once the first one subscribed), and the stats say the capture was served."""
+    async def main():
+        emu = Emulator()
+        feed = emu.play_capture(OKX_CAPTURE, speed=None)
+        await emu.start()
+        got: dict[str, int] = {}
+        stop = asyncio.Event()
+        try:
+            clients = []
+            for inst in ("BTC-USDT", "UNI-USD-SWAP", "BTC-USD-220527"):
+                clients.append(asyncio.create_task(_okx_subscriber(emu, [inst], got, stop)))
+                await asyncio.sleep(1.0)
+                if inst != "BTC-USD-220527":
+                    assert not feed.finished.is_set() and emu.stats()["waiting_for"]
+            await asyncio.wait_for(feed.finished.wait(), 30)
+            await asyncio.sleep(0.5)
+            st = emu.stats()
+        finally:
+            stop.set()
+            await asyncio.gather(*clients, return_exceptions=True)
+            await emu.stop()
+        return feed, got, st
+
+    feed, got, st = asyncio.run(main())
+    per_inst: dict[str, int] = {}
+    for key in feed.keys:
+        if key:
+            inst = key.partition(":")[2]
+            per_inst[inst] = per_inst.get(inst, 0) + 1
+    assert got == per_inst
+    assert st["finished"] and st["complete"] and st["unserved"] == 0 and st["served"] == sum(per_inst.values())
+
+
+def test_frames_nobody_subscribed_are_counted_and_the_replay_is_not_complete():
+    """With a hold timeout, a stream no collector ever subscribes is released to nobody; the
+    stats count it per stream and the completion rule refuses to call the capture complete."""
+    from pipelines.stack_replay import incomplete_reason
+
+    async def main():
+        emu = Emulator(hold_timeout_s=0.3)
+        feed = emu.play_capture(OKX_CAPTURE, speed=None)
+        await emu.start()
+        got: dict[str, int] = {}
+        stop = asyncio.Event()
+        client = asyncio.create_task(_okx_subscriber(emu, ["BTC-USDT"], got, stop))
+        try:
+            await asyncio.wait_for(feed.finished.wait(), 60)
+            await asyncio.sleep(0.3)
+            return feed, emu.stats()
+        finally:
+            stop.set()
+            await client
+            await emu.stop()
+
+    feed, st = asyncio.run(main())
+    others = sum(1 for k in feed.keys if k and not k.endswith(":BTC-USDT"))
+    assert st["finished"] and not st["complete"] and st["unserved"] == others
+    assert set(st["feeds"][0]["unserved_keys"]) == {k for k in feed.keys if k and not k.endswith(":BTC-USDT")}
+    why = incomplete_reason(st)
+    assert f"{others} events of {OKX_CAPTURE} reached no collector" in why and "trades:UNI-USD-SWAP" in why
+
+
 def test_okx_checksum_matches_the_genuine_capture():
     """The emulator's OKX checksum reproduces the values OKX itself sent."""
     from collectors.capture import read

@@ -144,6 +144,10 @@ class VenueSim:
         self.frames_out = 0
         self.rest_log: list[dict[str, Any]] = []
         self.first_subscriber = asyncio.Event()
+        #: playback waiting for a key's first (or next) subscriber: key -> futures
+        self._sub_waiters: dict[str, list[asyncio.Future]] = {}
+        self.barrier = set()
+        self._settled = asyncio.Event()
         self.refuse_until = 0.0
         self.refused = 0
         self.book_known = asyncio.Condition()
@@ -180,6 +184,26 @@ class VenueSim:
             client.offer(frame)
             client.frames_sent += 1
         self.first_subscriber.set()
+        for fut in self._sub_waiters.pop(key, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_subscriber(self, key: str, timeout: float | None = None) -> bool:
+        """Until ``key`` has a live subscriber (True) or ``timeout`` seconds passed (False).
+
+        Woken by subscribe() itself, so a playback holding for a late collector costs
+        nothing while it waits."""
+        if self.subscribed(key):
+            return True
+        fut = asyncio.get_running_loop().create_future()
+        self._sub_waiters.setdefault(key, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            waiters = self._sub_waiters.get(key)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+        return self.subscribed(key)
 
     def unsubscribe(self, client: Client, key: str) -> None:
         client.subs.discard(key)
@@ -189,6 +213,38 @@ class VenueSim:
 
     def frames_on_subscribe(self, key: str) -> list[str]:
         return []
+
+    # -- book sync barrier (venues whose clients fetch snapshots over REST) ----------------------
+
+    #: natives whose book the capture just (re)installed while a subscriber still has to fetch
+    #: its snapshot; a capture playback holds until they did (see settle()).
+    barrier: set[str]
+
+    def _sync_done(self, native: str) -> bool:
+        return True
+
+    async def settle(self, timeout: float) -> None:
+        """Hold the playback until every subscriber waiting for a snapshot of a book the
+        capture just installed has been answered (or ``timeout`` passed). The answer is then
+        the capture's own snapshot, whatever the replay speed: at speed max the REST
+        round-trip would otherwise let the rest of the capture play first and fold every
+        diff into a later snapshot, so the raw stream would depend on the speed."""
+        deadline = time.monotonic() + timeout
+        while self.barrier:
+            for native in list(self.barrier):
+                if self._sync_done(native):
+                    self.barrier.discard(native)
+            if not self.barrier:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.barrier.clear()
+                return
+            self._settled.clear()
+            try:
+                await asyncio.wait_for(self._settled.wait(), min(left, 0.25))
+            except TimeoutError:
+                pass
 
     def live_clients(self) -> list[Client]:
         return list(self.clients.values())
@@ -268,7 +324,13 @@ class VenueSim:
             self.book_known.notify_all()
 
     def mark_known(self) -> None:
+        if self.shadow:
+            return
         asyncio.get_running_loop().create_task(self._notify_book())
+
+    #: a scratch copy that reads a capture ahead of playback (Emulator.play_capture) to learn
+    #: its instruments: no waiters to wake
+    shadow = False
 
     async def wait_book(self, native: str, timeout: float) -> EmuBook | None:
         b = self.books.get(native)
@@ -388,6 +450,39 @@ class BinanceSim(VenueSim):
         #: diffs seen before the symbol's first snapshot: the venue's book already includes
         #: them, so they are applied on top of a snapshot that is older than they are.
         self._early: dict[str, list[dict]] = {}
+        #: native -> connections subscribed to its diff stream that have not fetched a depth
+        #: snapshot since (a Binance client buffers diffs and asks once it sees the first)
+        self._snapshot_due: dict[str, set[int]] = {}
+
+    @staticmethod
+    def _diff_native(key: str) -> str | None:
+        """The symbol of a diff-depth stream (<sym>@depth[@100ms]); None for other streams
+        (partial-depth <sym>@depth20 needs no snapshot)."""
+        sym, _, rest = key.partition("@")
+        if rest == "depth" or (rest.startswith("depth@") and rest.endswith("ms")):
+            return sym.upper()
+        return None
+
+    def subscribe(self, client: Client, key: str) -> None:
+        native = self._diff_native(key)
+        if native is not None:
+            self._snapshot_due.setdefault(native, set()).add(client.id)
+        super().subscribe(client, key)
+
+    def on_close(self, client: Client) -> None:
+        super().on_close(client)
+        for due in self._snapshot_due.values():
+            due.discard(client.id)
+        self._settled.set()
+
+    def _sync_done(self, native: str) -> bool:
+        return not self._snapshot_due.get(native)
+
+    def _snapshot_served(self, native: str) -> None:
+        due = self._snapshot_due.get(native)
+        if due:
+            due.pop()
+        self._settled.set()
 
     # ws
     def accept(self, client: Client) -> str | None:
@@ -509,6 +604,8 @@ class BinanceSim(VenueSim):
         for data in self._early.pop(native, []):
             self._apply_update(native, data)
         self.learn_steps(native, list(snap.get("bids", ())) + list(snap.get("asks", ())))
+        if self._snapshot_due.get(native):
+            self.barrier.add(native)
         self.mark_known()
 
     # REST
@@ -547,6 +644,7 @@ class BinanceSim(VenueSim):
             body["T"] = book.ts_ms or _now_ms()
         body["bids"] = [lv[:2] for lv in book.top_bids(n)]
         body["asks"] = [lv[:2] for lv in book.top_asks(n)]
+        self._snapshot_served(native)
         return web.json_response(body)
 
     async def _exchange_info(self, request: web.Request) -> web.Response:
