@@ -297,3 +297,26 @@ def test_frames_for_unsubscribed_symbols_are_dead_lettered_and_not_tracked():
     liq = [r for r in records(OKX_TARDIS_FUT) if b"liquidation-orders" in r.payload]
     run = feed(ok, liq)
     assert run.dead_letters == [] and ok.states == {} and ok.ignored["liquidation:not_subscribed"] == len(liq)
+
+
+# -- item 6: range checks at the collector --------------------------------------------------------------
+
+def test_funding_rates_beyond_ten_percent_and_negative_ids_are_refused():
+    from collectors.exchanges.binance import BinanceUsdmAdapter, BinanceSpotAdapter
+    from collectors.exchanges.okx import OkxAdapter
+    from tests.adapter_helpers import BINANCE_USDM_TARDIS, OKX_TARDIS_SWAP
+
+    frames = [json.loads(x) for x in BINANCE_USDM_TARDIS.read_text().splitlines() if x.strip()]
+    mark = next(f for f in frames if f.get("stream") == "btcusdt@markPrice")
+    mark["data"]["r"] = "1.50000000"                                                 # +150 %
+    res = BinanceUsdmAdapter().on_frame(json.dumps(mark), 1)
+    assert res.events == [] and "beyond ±10 %" in res.dead_letters[0].reason
+    okx = [json.loads(x) for x in OKX_TARDIS_SWAP.read_text().splitlines() if x.strip()]
+    fund = next(f for f in okx if f.get("arg", {}).get("channel") == "funding-rate")
+    fund["data"][0]["nextFundingRate"] = "-1.5"
+    res = OkxAdapter().on_frame(json.dumps(fund), 1)
+    assert res.events == [] and "beyond ±10 %" in res.dead_letters[0].reason
+    trade = {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": -5,
+                                                  "p": "61737.63", "q": "0.02", "T": 2, "m": True}}
+    res = BinanceSpotAdapter().on_frame(json.dumps(trade), 3)
+    assert res.events == [] and "trade id -5 out of range" in res.dead_letters[0].reason

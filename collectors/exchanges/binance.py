@@ -39,13 +39,14 @@ from collectors.exchanges.common import (
     NotSubscribed,
     as_int,
     dump,
+    funding_rate,
     loads,
     ms_to_us,
     rest_request,
     text_id,
 )
 from schemas.model import Exchange, Market
-from schemas.scaled import RATE_SCALE, ScaleError, to_scaled
+from schemas.scaled import ScaleError
 
 SPOT_WS = "wss://stream.binance.com:9443"
 USDM_WS = "wss://fstream.binance.com"
@@ -442,10 +443,7 @@ class BinanceAdapter(AdapterBase):
         events = [self.stamp(env)]
         rate = d.get("r")
         if st.market is Market.PERP and rate not in (None, ""):
-            try:
-                r = to_scaled(rate, RATE_SCALE, signed=True)
-            except ScaleError as e:
-                raise FrameError(f"funding rate: {e}", st.native) from None
+            r = funding_rate(rate, st.native)
             fenv = self.envelope(st, ET_FUNDING, ts, recv, 0, scale, 0)
             f = fenv.funding
             f.rate = r

@@ -38,6 +38,7 @@ from collectors.exchanges.common import (
     NotSubscribed,
     as_int,
     dump,
+    funding_rate,
     loads,
     ms_to_us,
     opt_seq,
@@ -45,7 +46,6 @@ from collectors.exchanges.common import (
     text_id,
 )
 from schemas.model import Exchange, Market
-from schemas.scaled import RATE_SCALE, ScaleError, to_scaled
 
 WS_BASE = "wss://stream.bybit.com"
 CATEGORIES = ("spot", "linear", "inverse")
@@ -307,10 +307,7 @@ class BybitAdapter(AdapterBase):
                 events.append(self.stamp(menv))
             rate = t.get("fundingRate")
             if ("fundingRate" in data or "nextFundingTime" in data) and rate:
-                try:
-                    r = to_scaled(rate, RATE_SCALE, signed=True)
-                except ScaleError as e:
-                    raise FrameError(f"funding rate: {e}", st.native) from None
+                r = funding_rate(rate, st.native)
                 fenv = self.envelope(st, ET_FUNDING, ts, recv, seq, mscale, 0)
                 f = fenv.funding
                 f.rate = r

@@ -24,7 +24,7 @@ from schemas.instruments import (
     parse_exchange_info,
 )
 from schemas.model import EventType, Exchange, Market
-from schemas.scaled import INT64_MAX, ScaleError, to_scaled
+from schemas.scaled import INT64_MAX, MAX_ABS_FUNDING_RATE, RATE_SCALE, ScaleError, to_scaled
 from schemas.symbols import Instrument, SymbolError, parse_native
 
 try:  # orjson parses venue frames ~4x faster than the stdlib; the stdlib is the fallback.
@@ -133,6 +133,18 @@ def significant_decimals(text: Any) -> int:
 
 
 _MAX_MS = INT64_MAX // 1000
+
+
+def funding_rate(text: Any, native: str) -> int:
+    """A venue funding rate at RATE_SCALE, refused beyond ±MAX_ABS_FUNDING_RATE (10 %): venue
+    caps are a few percent, so a rate of 150 % is a corrupt value, not a market."""
+    try:
+        r = to_scaled(text, RATE_SCALE, signed=True)
+    except ScaleError as e:
+        raise FrameError(f"funding rate: {e}", native) from None
+    if abs(r) > MAX_ABS_FUNDING_RATE:
+        raise FrameError(f"funding rate {text!r:.40} beyond ±10 %", native)
+    return r
 
 
 def ms_to_us(value: Any) -> int:
@@ -723,6 +735,6 @@ def dump(obj: Any) -> str:
 
 __all__ = [
     "AdapterBase", "BookStats", "FrameError", "InstrumentState", "NotSubscribed", "ScaleTracker",
-    "as_int", "decimals", "dump", "loads", "ms_to_us", "opt_seq", "rest_request", "sc", "significant_decimals",
+    "as_int", "decimals", "dump", "funding_rate", "loads", "ms_to_us", "opt_seq", "rest_request", "sc", "significant_decimals",
     "text_id",
 ]

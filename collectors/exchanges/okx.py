@@ -40,6 +40,7 @@ from collectors.exchanges.common import (
     NotSubscribed,
     as_int,
     dump,
+    funding_rate,
     loads,
     ms_to_us,
     opt_seq,
@@ -47,7 +48,6 @@ from collectors.exchanges.common import (
     text_id,
 )
 from schemas.model import Exchange, Market
-from schemas.scaled import RATE_SCALE, ScaleError, to_scaled
 
 WS_BASE = "wss://ws.okx.com:8443"
 IDLE_PING_US = 20_000_000
@@ -375,12 +375,9 @@ class OkxAdapter(AdapterBase):
         rate = t.get("fundingRate")
         if rate in (None, ""):
             raise FrameError("funding-rate message has no fundingRate", st.native)
-        try:
-            r = to_scaled(rate, RATE_SCALE, signed=True)
-            nxt = t.get("nextFundingRate")
-            predicted = to_scaled(nxt, RATE_SCALE, signed=True) if nxt not in (None, "") else 0
-        except ScaleError as e:
-            raise FrameError(f"funding rate: {e}", st.native) from None
+        r = funding_rate(rate, st.native)
+        nxt = t.get("nextFundingRate")
+        predicted = funding_rate(nxt, st.native) if nxt not in (None, "") else 0
         ts = t.get("ts")
         env = self.envelope(st, ET_FUNDING, ms_to_us(ts) if ts not in (None, "") else recv, recv, 0, 0, 0)
         f = env.funding
