@@ -105,7 +105,7 @@ class ShardConfig:
     adapter_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             raise ConfigError(f"shard name must match {_NAME_RE.pattern}: {self.name!r}")
         object.__setattr__(self, "exchange", Exchange(self.exchange))
         object.__setattr__(self, "market", Market(self.market))

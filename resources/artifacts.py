@@ -43,7 +43,7 @@ def validate_key(key: str) -> str:
     for seg in key.split("/"):
         if seg in ("", ".", ".."):
             raise InvalidArtifactKey(f"artifact key has an empty, '.' or '..' segment: {key!r}")
-        if not _SEGMENT.match(seg):
+        if not _SEGMENT.fullmatch(seg):
             raise InvalidArtifactKey(f"artifact key segment {seg!r} has characters outside [A-Za-z0-9._=-]")
     return key
 

@@ -121,7 +121,7 @@ def catalog_properties(s: LakeSettings) -> dict[str, str]:
             raise ValueError("a rest (S3 Tables) catalog needs region for SigV4 signing")
         if not s.warehouse:
             raise ValueError("a rest catalog needs warehouse (for S3 Tables: the table bucket ARN)")
-        if s.signing_name == S3_TABLES_SIGNING_NAME and not _TABLE_BUCKET_ARN.match(s.warehouse):
+        if s.signing_name == S3_TABLES_SIGNING_NAME and not _TABLE_BUCKET_ARN.fullmatch(s.warehouse):
             raise ValueError("for S3 Tables the warehouse is the table bucket ARN "
                              f"arn:aws:s3tables:<region>:<account>:bucket/<name>, got {s.warehouse!r}")
         props |= {

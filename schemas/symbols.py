@@ -63,13 +63,13 @@ class Instrument:
 
 def validate_canonical(symbol: str) -> str:
     """Return the symbol unchanged if it is a well-formed canonical symbol, else raise."""
-    if not isinstance(symbol, str) or not CANONICAL_RE.match(symbol):
+    if not isinstance(symbol, str) or not CANONICAL_RE.fullmatch(symbol):
         raise SymbolError(f"not a canonical symbol: {symbol!r}")
     return symbol
 
 
 def validate_native(native: str) -> str:
-    if not isinstance(native, str) or not _NATIVE_RE.match(native):
+    if not isinstance(native, str) or not _NATIVE_RE.fullmatch(native):
         raise SymbolError(f"not a valid venue symbol: {native!r}")
     return native
 

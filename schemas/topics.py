@@ -83,7 +83,7 @@ def feature_topic(market: Market | str, exchange: Exchange | str) -> str:
 
 
 def prediction_topic(market: Market | str, model: str) -> str:
-    if not _MODEL_RE.match(model):
+    if not _MODEL_RE.fullmatch(model):
         raise ValueError(f"model name must match {_MODEL_RE.pattern}: {model!r}")
     return f"{Stage.PREDICTION}.{Market(market)}.{model}"
 

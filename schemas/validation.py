@@ -28,17 +28,23 @@ def _levels_ok(series: pd.Series) -> bool:
     return True
 
 
+def _fullmatch(pattern: str) -> pa_.Check:
+    """The whole value must match: str_matches (re.match) lets "BTC-USDT\n" through a `$`."""
+    return pa_.Check(lambda s: s.str.fullmatch(pattern).fillna(False).astype(bool), element_wise=False,
+                     error=f"fullmatch {pattern}")
+
+
 def _column(field: pa.Field) -> pa_.Column:
     t = field.type
     checks: list[pa_.Check] = []
     if field.name == "event_id":
-        checks.append(pa_.Check.str_matches(_EVENT_ID))
+        checks.append(_fullmatch(_EVENT_ID))
     elif field.name == "exchange":
         checks.append(pa_.Check.isin([e.value for e in Exchange]))
     elif field.name == "market":
         checks.append(pa_.Check.isin([m.value for m in Market]))
     elif field.name == "symbol":
-        checks.append(pa_.Check.str_matches(CANONICAL_RE.pattern))
+        checks.append(_fullmatch(CANONICAL_RE.pattern))
     elif field.name in NON_NEGATIVE:
         checks.append(pa_.Check.ge(0))
     elif field.name in ("price_scale", "size_scale"):

@@ -45,7 +45,7 @@ DT64 = "DateTime64(6, 'UTC')"
 
 def ident(name: str) -> str:
     """A validated identifier (database or table name) for DDL/DML text."""
-    if not isinstance(name, str) or not _IDENT.match(name):
+    if not isinstance(name, str) or not _IDENT.fullmatch(name):
         raise ValueError(f"not a safe ClickHouse identifier: {name!r}")
     return name
 

@@ -302,7 +302,7 @@ def test_event_ids_equal_the_streams():
     frame = ('{"stream":"ethusdt@bookTicker","data":{"e":"bookTicker","u":%s,"s":"ETHUSDT","b":"2474.30",'
              '"B":"6.009","a":"2474.31","A":"44.757","T":%s,"E":%s}}' % (u, tt, et))
     adapter = BinanceUsdmAdapter(shard="c1")
-    adapter.lock_scales(adapter.state("ETHUSDT"), [["2474.30", "6.009"]])  # the book snapshot fixed the scales
+    adapter.snapshot_levels(adapter.state("ETHUSDT"), [["2474.30", "6.009"]], [])  # the book snapshot fixed the scales
     stream = via_stream(adapter, frame, int(et) * 1000 + 900)
     assert stream.event_id == bulk.envelopes[EventType.TICKER][0].event_id
 

@@ -320,3 +320,33 @@ def test_funding_rates_beyond_ten_percent_and_negative_ids_are_refused():
                                                   "p": "61737.63", "q": "0.02", "T": 2, "m": True}}
     res = BinanceSpotAdapter().on_frame(json.dumps(trade), 3)
     assert res.events == [] and "trade id -5 out of range" in res.dead_letters[0].reason
+
+
+# -- item 6: validators match whole values ------------------------------------------------------------
+
+def test_validators_refuse_a_trailing_newline():
+    """`$` matches before a final newline, so "BTC-USDT\\n" passed and became a Kafka key."""
+    import pandas as pd
+    import pytest
+
+    from collectors.bulk.sources import BulkSource
+    from collectors.config import ConfigError, ShardConfig
+    from resources.artifacts import InvalidArtifactKey, validate_key
+    from schemas.symbols import SymbolError, validate_canonical, validate_native
+    from schemas.topics import prediction_topic
+    from schemas.validation import _fullmatch
+    from streaming.clickhouse_sql import ident
+    from streaming.pragma.keys import FeedKey, PragmaKeyError
+
+    for fn, arg, exc in ((validate_canonical, "BTC-USDT\n", SymbolError), (validate_native, "BTCUSDT\n", SymbolError),
+                         (validate_key, "charts/BTC-USDT\n/x.png", InvalidArtifactKey),
+                         (lambda m: prediction_topic("spot", m), "model\n", ValueError),
+                         (ident, "trades\n", ValueError),
+                         (BulkSource.parse, "binance.spot.BTCUSDT.trades\n", Exception),
+                         (lambda n: ShardConfig(n, "binance", "spot", ("BTC-USDT",)), "shard\n", ConfigError),
+                         (lambda t: FeedKey("spot", "unknown", "binance", t), "BTC\n", PragmaKeyError)):
+        with pytest.raises(exc):
+            fn(arg)
+    assert validate_canonical("BTC-USDT") == "BTC-USDT"
+    check = _fullmatch(r"^[A-Z]+-[A-Z]+$")
+    assert list(check(pd.DataFrame({"s": ["BTC-USDT", "BTC-USDT\n"]})["s"]).check_output) == [True, False]

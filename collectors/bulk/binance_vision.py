@@ -118,7 +118,7 @@ class VisionFile:
             raise ValueError(f"data type must be one of {DATA_TYPES}, got {self.data_type!r}")
         if self.period not in PERIODS:
             raise ValueError(f"period must be one of {PERIODS}, got {self.period!r}")
-        if not (_DAY if self.period == "daily" else _MONTH).match(self.day):
+        if not (_DAY if self.period == "daily" else _MONTH).fullmatch(self.day):
             raise ValueError(f"{self.period} file needs a {'YYYY-MM-DD' if self.period == 'daily' else 'YYYY-MM'} "
                              f"date, got {self.day!r}")
         validate_native(self.symbol)

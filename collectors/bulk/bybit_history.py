@@ -74,7 +74,7 @@ def _check(category: str, symbol: str, day: str) -> None:
     if category not in CATEGORIES:
         raise ValueError(f"Bybit category must be one of {CATEGORIES}, got {category!r}")
     validate_native(symbol)
-    if not _DAY.match(day):
+    if not _DAY.fullmatch(day):
         raise ValueError(f"day must be YYYY-MM-DD, got {day!r}")
 
 

@@ -38,7 +38,7 @@ class BulkSource:
 
     @classmethod
     def parse(cls, key: str) -> BulkSource:
-        m = _KEY.match(key)
+        m = _KEY.fullmatch(key)
         if not m:
             raise SourceError(f"bulk source key must be <venue>.<market>.<SYMBOL>.<type>, got {key!r}")
         src = cls(*m.groups())
@@ -83,7 +83,7 @@ class BulkSource:
                 return Market.SPOT
             tail = self.symbol.partition("_")[2]
             return Market.FUTURE if tail.isdigit() and len(tail) == 6 else Market.PERP
-        return Market.FUTURE if _BYBIT_FUTURE.match(self.symbol) else Market.PERP
+        return Market.FUTURE if _BYBIT_FUTURE.fullmatch(self.symbol) else Market.PERP
 
     @property
     def event_types(self) -> tuple[EventType, ...]:

@@ -77,7 +77,7 @@ class BybitAdapter(AdapterBase):
         if self.category == "spot":
             return Market.SPOT
         # Dated names are unambiguous whatever the category (BTCUSDH25 inverse, BTC-27DEC24 linear).
-        if _INVERSE_FUTURE.match(native) or _LINEAR_FUTURE.match(native):
+        if _INVERSE_FUTURE.fullmatch(native) or _LINEAR_FUTURE.fullmatch(native):
             return Market.FUTURE
         return Market.PERP
 

@@ -64,7 +64,7 @@ class FeedKey:
             raise PragmaKeyError(f"market_type must be one of {MARKET_TYPES}, got {self.market_type!r}")
         for name in ("network_id", "source_id", "token_ticker"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not COMPONENT_RE.match(value):
+            if not isinstance(value, str) or not COMPONENT_RE.fullmatch(value):
                 raise PragmaKeyError(f"{name} {value!r} must match {COMPONENT_RE.pattern} (no '-')")
 
     @property
