@@ -70,19 +70,28 @@ def policy_for(exchange: Exchange | str, market: Market | str) -> RateLimitPolic
     return BYBIT if ex is Exchange.BYBIT else OKX
 
 
+#: Longest Retry-After honoured: Binance's longest documented IP ban (bans escalate from 2
+#: minutes to 3 days). A bigger value, "inf" or a date years ahead would bench the egress
+#: IP for the life of the process; "nan" and other non-numbers fall back to the default.
+MAX_RETRY_AFTER_S = 3 * 24 * 3600.0
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), at most
+    MAX_RETRY_AFTER_S; None when absent or unusable."""
     if value is None:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        secs = float(value)
     except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError, IndexError):
+        try:
+            secs = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if not math.isfinite(secs) and secs != math.inf:
         return None
+    return min(MAX_RETRY_AFTER_S, max(0.0, secs))
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -350,3 +350,17 @@ def test_validators_refuse_a_trailing_newline():
     assert validate_canonical("BTC-USDT") == "BTC-USDT"
     check = _fullmatch(r"^[A-Z]+-[A-Z]+$")
     assert list(check(pd.DataFrame({"s": ["BTC-USDT", "BTC-USDT\n"]})["s"]).check_output) == [True, False]
+
+
+def test_retry_after_is_capped_and_nonsense_ignored():
+    from collectors.ratelimit import BINANCE_SPOT, MAX_RETRY_AFTER_S, IpRateLimiter, IpState, parse_retry_after
+
+    assert parse_retry_after("inf", 0.0) == MAX_RETRY_AFTER_S
+    assert parse_retry_after("1e30", 0.0) == MAX_RETRY_AFTER_S
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", 0.0) == MAX_RETRY_AFTER_S
+    assert parse_retry_after("nan", 0.0) is None and parse_retry_after("-5", 0.0) == 0.0
+    assert parse_retry_after("120", 0.0) == 120.0
+    ip = IpRateLimiter("127.0.0.2", BINANCE_SPOT)
+    verdict = ip.on_response(418, {"Retry-After": "inf"}, 1000.0)
+    assert verdict.state is IpState.BANNED and verdict.retry_after_s == MAX_RETRY_AFTER_S
+    assert ip.state(1000.0 + MAX_RETRY_AFTER_S + 1) is IpState.HEALTHY        # it comes back
