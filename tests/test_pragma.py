@@ -555,21 +555,67 @@ def test_proto_round_trip_and_same_fields_as_json():
     assert parse_iso_utc(iso_utc(1_723_161_600_000_001)) == 1_723_161_600_000_001
 
 
-def test_depth_rate_limit_publishes_latest_book_at_most_once_per_interval():
+def test_depth_rate_limit_publishes_the_book_at_the_end_of_each_event_time_interval():
     cfg = PragmaConfig(depth_interval_ms=100, depth_levels=2, default_price=PriceDefinition.MID)
     core = PublisherCore(cfg)
-    t0 = 1_000_000_000
-    out = core.on_envelope(envelope(EventType.BOOK_SNAPSHOT, 0), t0)
-    assert [o.topic for o in out] == [cfg.prices_topic]             # depth waits for the tick
-    assert len(core.due_depth(t0)) == 1                               # first depth at once
-    for i in range(1, 6):                                             # five changes within 100 ms
-        core.on_envelope(envelope(EventType.BOOK_DELTA, i), t0 + i * 10_000)
-        assert core.due_depth(t0 + i * 10_000) == []
-    out = core.due_depth(t0 + 100_000)
-    assert len(out) == 1
-    book = out[0].record
-    assert book.metadata["seq"] == str(1005)                          # the latest state, not a stale one
-    assert core.due_depth(t0 + 300_000) == []                         # nothing changed: nothing sent
+    wall = 5_000_000_000_000_000                                      # far from the events' times
+    out = core.on_envelope(envelope(EventType.BOOK_SNAPSHOT, 0), wall)
+    assert [o.topic for o in out] == [cfg.prices_topic]             # depth waits for its interval to end
+    for i in range(1, 6):                                             # five deltas 1 ms apart (event time)
+        assert cfg.orderbook_topic not in {o.topic for o in core.on_envelope(envelope(EventType.BOOK_DELTA, i), wall)}
+    assert core.due_depth(wall + 500_000) == []                        # busy feed: no wall-clock flush yet
+    out = core.on_envelope(envelope(EventType.BOOK_DELTA, 150), wall)   # next interval (event time +150 ms)
+    depth = [o for o in out if o.topic == cfg.orderbook_topic]
+    assert len(depth) == 1
+    assert depth[0].record.metadata["seq"] == str(1005)              # the book at the end of the interval
+    assert depth[0].record.event_timestamp == iso_utc(envelope(EventType.BOOK_DELTA, 5).exchange_ts)
+    assert core.due_depth(wall + 900_000) == []
+    flushed = core.due_depth(wall + 1_000_000)                         # quiet for depth_idle_flush_ms
+    assert [o.record.metadata["seq"] for o in flushed] == [str(1150)]
+    assert core.due_depth(wall + 3_000_000) == []                      # nothing changed: nothing sent
+    # An event of the flushed interval's successor does not publish that book a second time.
+    assert cfg.orderbook_topic not in {o.topic for o in core.on_envelope(envelope(EventType.BOOK_DELTA, 300), wall)}
+
+
+def _replay_publisher(evs: list[pb.Envelope], speed_max: bool) -> dict[tuple[str, bytes], list[str]]:
+    """The publisher core fed `evs` as a replay would: at speed 1 the wall clock follows the
+    events' venue time and the loop polls between records; at speed max every record arrives
+    within a few wall-clock milliseconds, in batches, and the idle flush comes at the end."""
+    core = PublisherCore(PragmaConfig(feeds=EXPLICIT_FEEDS, auto_quotes=AUTO_QUOTES, depth_levels=DEPTH))
+    out: list = []
+    wall = 5_000_000_000_000_000
+    for i, env in enumerate(evs):
+        now = (env.exchange_ts + 7_000_000_000) if not speed_max else wall + i
+        out += core.on_envelope(env, now)
+        if not speed_max or i % 500 == 499:
+            out += core.due_depth(now)
+    end = (max(e.exchange_ts for e in evs) + 7_000_000_000) if not speed_max else wall + len(evs)
+    out += core.due_depth(end + 2_000_000)
+    per_stream: dict[tuple[str, bytes], list[str]] = defaultdict(list)    # what a consumer sees per key
+    for o in out:
+        per_stream[(o.topic, o.key)].append(o.record.message_id)
+    return per_stream
+
+
+def test_a_replay_publishes_the_same_messages_at_speed_1_and_at_speed_max():
+    """Time rules run on event time: the records (ids, count, order per feed) do not depend
+    on how fast the input arrives. Short captures, trimmed here from the shipped samples."""
+    evs = capture_envelopes(SAMPLES / "okx" / "cryptofeed_OKX.ws.1.0")
+    evs += capture_envelopes(SAMPLES / "binance" / "hftbacktest_spot_btcusdt_20240808.gz", limit=6000)
+    evs.sort(key=lambda e: e.ingest_ts)         # one stream, in arrival order (trimmed captures interleave)
+    slow = _replay_publisher(evs, speed_max=False)
+    fast = _replay_publisher(evs, speed_max=True)
+    assert fast == slow                                  # same ids, same count, same order per key
+    depth = [mid for (topic, _), ids in slow.items() if topic == PRAGMA_ORDERBOOK_TOPIC for mid in ids]
+    assert len(set(depth)) == len(depth)
+    # One depth message per 100 ms interval of venue time in which a book changed (not one per
+    # 100 ms of the replay's wall clock): far more than a wall-clock throttle gives at speed max.
+    spans = {}
+    for e in evs:
+        if e.WhichOneof("payload") == "book_delta":
+            spans.setdefault((e.exchange, e.market, e.symbol), set()).add(e.exchange_ts // 100_000)
+    assert len(depth) >= 100
+    assert len(depth) <= sum(len(v) for v in spans.values()) + len(spans)
 
 
 def test_config_guards():

@@ -19,7 +19,7 @@ a collector infers scales until its first snapshot locks them.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from collectors.book import L2Book
@@ -91,22 +91,28 @@ class FeedBook:
             b.size_scale = max(b.size_scale, size_scale)
         return 10 ** (b.price_scale - price_scale), 10 ** (b.size_scale - size_scale)
 
-    def on_envelope(self, env: pb.Envelope) -> Iterator[BookChange]:
+    def on_envelope(self, env: pb.Envelope,
+                    before: Callable[[pb.Envelope], None] | None = None) -> Iterator[BookChange]:
         """Apply a snapshot or delta, yielding after each applied state (several when a
-        snapshot releases held deltas; none when the envelope was held or stale)."""
+        snapshot releases held deltas; none when the envelope was held or stale).
+        ``before(env)`` is called right before each envelope is applied, while the book is
+        still the previous state (the publisher's event-time depth throttle reads it there)."""
         which = env.WhichOneof("payload")
         if which == "book_snapshot":
-            yield from self._snapshot(env)
+            yield from self._snapshot(env, before)
         elif which == "book_delta":
-            yield from self._delta(env)
+            yield from self._delta(env, before)
         else:
             raise ValueError(f"not a book envelope: {which}")
 
-    def _snapshot(self, env: pb.Envelope) -> Iterator[BookChange]:
+    def _snapshot(self, env: pb.Envelope, before: Callable[[pb.Envelope], None] | None = None,
+                  ) -> Iterator[BookChange]:
         b = self.book
         if b.synced and env.seq and b.seq and env.seq < b.seq:
             self.stale += 1     # the book is already past this snapshot
             return
+        if before is not None:
+            before(env)
         snap = env.book_snapshot
         b.price_scale, b.size_scale = env.price_scale, env.size_scale
         b.apply_snapshot(_levels(snap.bids, 1, 1), _levels(snap.asks, 1, 1), env.seq)
@@ -114,9 +120,10 @@ class FeedBook:
         yield BookChange(env, b.seq, b.exchange_ts)
         held, self.pending = self.pending, []
         while held:
-            yield from self._delta(heapq.heappop(held)[-1])
+            yield from self._delta(heapq.heappop(held)[-1], before)
 
-    def _delta(self, env: pb.Envelope) -> Iterator[BookChange]:
+    def _delta(self, env: pb.Envelope, before: Callable[[pb.Envelope], None] | None = None,
+               ) -> Iterator[BookChange]:
         b = self.book
         if not b.synced:
             if len(self.pending) >= self.max_pending:
@@ -128,6 +135,8 @@ class FeedBook:
         if not _newer(env, b):
             self.stale += 1
             return
+        if before is not None:
+            before(env)
         d = env.book_delta
         fp, fq = self._align(env.price_scale, env.size_scale)
         b.apply(_levels(d.bids, fp, fq), _levels(d.asks, fp, fq))

@@ -132,9 +132,13 @@ class PragmaConfig:
     auto_quotes: tuple[str, ...] = ("USDT",)
     feeds: tuple[FeedConfig, ...] = ()
     depth_levels: int = 20
-    #: at most one depth message per feed per interval, carrying the latest book; 0 = after
-    #: every book change (tests use it to check every state)
+    #: at most one depth message per feed per interval of venue (event) time, carrying the
+    #: book at the interval's end, so a replay at any speed publishes what live does; 0 =
+    #: after every book change (tests use it to check every state)
     depth_interval_ms: int = 100
+    #: a dirty book with no change for this long (wall time) is published without waiting for
+    #: the event that would end its event-time interval (streaming/pragma/publisher.py)
+    depth_idle_flush_ms: int = 1000
     #: publish a price only when it differs from the feed's last published price
     publish_unchanged: bool = False
     #: extra decimals of the microprice beyond the instrument's price scale (it is a ratio)
@@ -157,8 +161,8 @@ class PragmaConfig:
         object.__setattr__(self, "exchanges", tuple(Exchange(x) for x in self.exchanges))
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
-        if self.depth_levels < 1 or self.depth_interval_ms < 0:
-            raise ValueError("depth_levels must be >= 1 and depth_interval_ms >= 0")
+        if self.depth_levels < 1 or self.depth_interval_ms < 0 or self.depth_idle_flush_ms < 0:
+            raise ValueError("depth_levels must be >= 1, depth_interval_ms and depth_idle_flush_ms >= 0")
         if not 0 <= self.microprice_extra_decimals <= 12:
             raise ValueError("microprice_extra_decimals must be within 0..12")
         if not self.producer or not isinstance(self.producer, str):

@@ -5,10 +5,21 @@ Two layers:
 - ``PublisherCore`` is pure (no Kafka, clock passed in): it maps instruments to feeds,
   maintains one book per feed, and turns each trade / book change into the price message
   of the feed's configured definition, and dirty books into depth messages at most once
-  per ``depth_interval_ms`` per feed. Tests drive it with a fake clock.
+  per ``depth_interval_ms`` of *event time* per feed. Tests drive it with a fake clock.
 - ``PragmaPublisher`` is the thin Kafka edge: consume, feed the core, produce with the
   seed's producer settings (streaming/pragma/config.py ProducerSettings), count, expose
   Prometheus metrics, dead-letter undecodable input to dlq.pragma.
+
+Depth throttle on event time: the venue times of a feed's book deltas fall into intervals of
+``depth_interval_ms``; the book as it stands after the last change of an interval is
+published when the feed's first delta of a later interval arrives (before it is applied),
+or, if none comes, once the feed has had no change for ``depth_idle_flush_ms`` of wall
+time (the one wall-clock rule: a quiet book must not wait for its next event; a replay's
+event time does not pass at all between its records). The message is the same either way
+(its id is the id of the book's last event), so what is published depends on the input
+events only: a capture replayed at speed max publishes what it publishes at speed 1, and
+what a live run published (a wall-clock throttle published 6 depth messages for 6 minutes
+of a book replayed at speed max).
 
 Delivery: the contract is latest-wins, so offsets are auto-committed about every second
 (a crash republishes or skips at most that much) and nothing is transactional. After a
@@ -73,7 +84,10 @@ class FeedState:
     book: FeedBook = field(default_factory=FeedBook)
     last_price: str | None = None
     depth_dirty: bool = False
-    last_depth_us: int | None = None
+    #: event-time interval (venue time // depth interval) of the latest delta in the dirty book
+    depth_window: int | None = None
+    #: wall time of the last book change (idle flush)
+    last_change_us: int = 0
     #: event id of the envelope that produced the current book state (seeds depth message ids)
     book_event_id: str = ""
 
@@ -156,7 +170,6 @@ class PublisherCore:
     def _depth_out(self, st: FeedState, now_us: int) -> list[Outgoing]:
         b = st.book.book
         st.depth_dirty = False
-        st.last_depth_us = now_us
         if b.crossed():
             self._skip("crossed_book")
             return []
@@ -183,7 +196,18 @@ class PublisherCore:
                 return []
             return self._price_out(st, trade_price(env.trade.px, env.price_scale), env, env.seq, now_us)
         out: list[Outgoing] = []
-        for change in st.book.on_envelope(env):
+        interval = self.config.depth_interval_ms * 1000
+
+        def before(change_env: pb.Envelope) -> None:
+            # A delta of a later event-time interval closes the dirty one: its book goes out
+            # before the delta is applied. Snapshots neither close nor open an interval (a
+            # REST snapshot may carry a receive time, not venue time).
+            if (interval and st.depth_dirty and st.depth_window is not None and st.book.synced
+                    and change_env.WhichOneof("payload") == "book_delta"
+                    and change_env.exchange_ts // interval > st.depth_window):
+                out.extend(self._depth_out(st, now_us))
+
+        for change in st.book.on_envelope(env, before=before):
             b = st.book.book
             st.book_event_id = change.env.event_id
             if st.definition.from_book:
@@ -191,18 +215,24 @@ class PublisherCore:
                                                       self.config.microprice_extra_decimals),
                                        change.env, change.seq, now_us)
             st.depth_dirty = True
-            if self.config.depth_interval_ms == 0:
+            st.last_change_us = now_us
+            if interval == 0:
                 out += self._depth_out(st, now_us)
+            elif change.env.WhichOneof("payload") == "book_delta":
+                w = change.env.exchange_ts // interval
+                st.depth_window = w if st.depth_window is None else max(st.depth_window, w)
         return out
 
     def due_depth(self, now_us: int, *, force: bool = False) -> list[Outgoing]:
-        """Depth of every feed whose book changed and whose interval has passed."""
-        interval = self.config.depth_interval_ms * 1000
+        """Depth of every dirty book that has had no change for ``depth_idle_flush_ms`` of
+        wall time (``force``: every dirty book, e.g. on shutdown). Books of busy feeds go out
+        from on_envelope, when their event-time interval ends."""
+        idle = self.config.depth_idle_flush_ms * 1000
         out: list[Outgoing] = []
         for st in self.feeds.values():
             if st is None or not st.depth_dirty or not st.book.synced:
                 continue
-            if force or st.last_depth_us is None or now_us - st.last_depth_us >= interval:
+            if force or now_us - st.last_change_us >= idle:
                 out += self._depth_out(st, now_us)
         return out
 
@@ -214,6 +244,7 @@ class PublisherCore:
                 st.book.reset()
                 st.last_price = None
                 st.depth_dirty = False
+                st.depth_window = None
 
 
 @dataclass(slots=True)
