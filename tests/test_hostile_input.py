@@ -364,3 +364,41 @@ def test_retry_after_is_capped_and_nonsense_ignored():
     verdict = ip.on_response(418, {"Retry-After": "inf"}, 1000.0)
     assert verdict.state is IpState.BANNED and verdict.retry_after_s == MAX_RETRY_AFTER_S
     assert ip.state(1000.0 + MAX_RETRY_AFTER_S + 1) is IpState.HEALTHY        # it comes back
+
+
+# -- item 6: archive caps --------------------------------------------------------------------------------
+
+def test_bulk_archives_that_expand_too_far_or_hold_many_members_are_refused(tmp_path):
+    import gzip
+    import zipfile
+
+    import pytest
+
+    from collectors.bulk.binance_vision import read_zip_csv
+    from collectors.bulk.bybit_history import book_lines, read_trades_csv
+    from collectors.bulk.common import BulkFileError
+
+    bomb = tmp_path / "BTCUSDT-trades-2024-08-08.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z, z.open("x.csv", "w") as f:
+        block = b"0" * (1 << 20)
+        for _ in range(100):                      # 100 MiB of zeros -> ~100 KB compressed
+            f.write(block)
+    assert bomb.stat().st_size < 500_000
+    with pytest.raises(BulkFileError, match="expands"):
+        read_zip_csv(bomb)
+    with pytest.raises(BulkFileError, match="expands"):
+        list(book_lines(bomb))
+    many = tmp_path / "many.zip"
+    with zipfile.ZipFile(many, "w") as z:
+        for i in range(40):
+            z.writestr(f"d{i}/", b"")
+        z.writestr("x.csv", b"1,2\n")
+    with pytest.raises(BulkFileError, match="entries"):
+        read_zip_csv(many)
+    gz = gzip.compress(b"id,price\n" + b"0" * (100 << 20))
+    with pytest.raises(BulkFileError, match="expands"):
+        read_trades_csv(gz)
+    # a normal gzip (two members, as concatenated files are) still reads
+    header = b"timestamp,symbol,side,size,price,tickDirection,trdMatchID\n"
+    ok = read_trades_csv(gzip.compress(header) + gzip.compress(b"1,BTCUSDT,Buy,1,2,PlusTick,abc\n"))
+    assert ok.num_rows == 1

@@ -31,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import zipfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -53,6 +51,7 @@ from collectors.bulk.common import (
     finish,
     new_envelope,
     on_grid,
+    read_single_member,
 )
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
@@ -183,15 +182,8 @@ def verify_checksum(path: str | Path, checksum_text: bytes | str, expected_name:
 
 
 def read_zip_csv(path: str | Path) -> bytes:
-    """The one CSV inside a Binance archive; a corrupt archive raises BulkFileError."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if not n.endswith("/")]
-            if len(names) != 1:
-                raise BulkFileError(f"{Path(path).name}: expected one CSV in the archive, found {names}")
-            return z.read(names[0])  # verifies the member's CRC-32
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error) as exc:
-        raise BulkFileError(f"{Path(path).name}: corrupt zip archive: {exc}") from None
+    """The one CSV inside a Binance archive; a corrupt or oversized archive raises BulkFileError."""
+    return read_single_member(path, "CSV")
 
 
 # -- CSV ------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ Bybit publishes no checksums; integrity rests on the gzip/zip CRCs.
 
 from __future__ import annotations
 
-import gzip
 import io
 import itertools
 import json
@@ -41,8 +40,10 @@ from collectors.bulk.common import (
     Target,
     dedup_in_file,
     finish,
+    gunzip_capped,
     new_envelope,
     on_grid,
+    read_single_member,
 )
 from collectors.exchanges.bybit import BybitAdapter
 from collectors.exchanges.common import BookStats
@@ -85,11 +86,7 @@ def book_lines(path: str | Path) -> Iterator[bytes]:
     p = Path(path)
     try:
         if zipfile.is_zipfile(p):
-            with zipfile.ZipFile(p) as z:
-                names = [n for n in z.namelist() if not n.endswith("/")]
-                if len(names) != 1:
-                    raise BulkFileError(f"{p.name}: expected one file in the archive, found {names}")
-                data = z.read(names[0])
+            data = read_single_member(p)
         else:
             data = p.read_bytes()
             if data[:2] == b"PK":
@@ -192,10 +189,7 @@ def first_message(path: str | Path) -> dict:
 def read_trades_csv(data: bytes) -> pa.Table:
     """A trading/*.csv.gz body (gzip bytes or plain CSV) as string columns."""
     if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise BulkFileError(f"corrupt gzip trade file: {exc}") from None
+        data = gunzip_capped(data, "gzip trade file")
     first = data.split(b"\n", 1)[0].strip()
     if not first[:1].isalpha():
         raise BulkFileError(f"Bybit trade file without header: {first[:120]!r}")
