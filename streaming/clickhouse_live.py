@@ -96,7 +96,7 @@ class ClickHouseLive:
         cs.ensure_tables(self.client, self.database, self.ttl_days, tables=[cs.CH_FEATURES_LIVE])
         self.consumer = Consumer(kc.consumer_config(self.conn, self.group_id, read_committed=True,
                                                     session_timeout_ms=self.session_timeout_ms,
-                                                    fetch_wait_max_ms=10))
+                                                    fetch_wait_max_ms=kc.SERVICE_FETCH_WAIT_MAX_MS))
         self.consumer.subscribe(self.topics)
         self.producer = Producer(kc.producer_config(self.conn, linger_ms=5))
 

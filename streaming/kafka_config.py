@@ -63,6 +63,18 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 DEFAULT_FETCH_WAIT_MAX_MS = 100
 
+#: fetch.wait.max.ms of the long-running service consumers (normalizer, feature processor,
+#: lake sink, pragma publisher, ClickHouse live). The embedded broker (Tansu 0.6) has no
+#: data-arrival wake-up: an empty fetch re-reads every requested partition, sleeps half the
+#: remaining wait (the whole rest once under 250 ms), and repeats until the wait is spent.
+#: So an idle consumer costs the broker (fetches per second) x (partitions it reads), and
+#: with 10 ms each service made ~100 full scans a second of its 50-160 partitions (measured:
+#: ~0.9 core for an idle stack). 500 ms means 3 scans per 500 ms (at 0, 250, 500 ms); a
+#: record that lands in an idle partition waits at most ~250 ms for the next scan. Under
+#: load fetches return at their first scan with data, and read_committed output is visible
+#: only per processor transaction anyway. bench/bench_idle.py measures the effect.
+SERVICE_FETCH_WAIT_MAX_MS = 500
+
 #: Keys whose values must never appear in logs.
 SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "ssl.keystore.password",
                          "sasl.oauthbearer.client.secret"})

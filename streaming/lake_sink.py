@@ -221,7 +221,7 @@ class LakeSink:
             self.writers[spec.name] = LakeFileWriter(table, target_file_bytes=self.config.target_file_bytes)
             self.tracker.seed(spec.name, state.max_event_us)
         cfg = kc.consumer_config(self.conn, self.config.group_id, read_committed=True,
-                                 session_timeout_ms=6000, fetch_wait_max_ms=10)
+                                 session_timeout_ms=6000, fetch_wait_max_ms=kc.SERVICE_FETCH_WAIT_MAX_MS)
         self.consumer = Consumer(cfg)
         self.assignment = self._existing_partitions()
         stored = {tp: self.states[self.topic_table[tp[0]].name].offsets.get(tp[0], {}).get(tp[1])

@@ -112,7 +112,7 @@ class TransactionalLoop:
     def start(self) -> None:
         conn = self.conn.with_client_id(f"{self.conn.client_id}-{self.name}")
         cfg = kc.consumer_config(conn, self.group_id, read_committed=True, session_timeout_ms=6000,
-                                 fetch_wait_max_ms=10)
+                                 fetch_wait_max_ms=kc.SERVICE_FETCH_WAIT_MAX_MS)
         self.consumer = Consumer(cfg)
         self.assignment = partitions_for(self.consumer, self.input_topics)
         self.producer = Producer(kc.transactional_producer_config(conn, self.transactional_id,

@@ -258,3 +258,99 @@ def test_produce_consume_round_trip_keeps_per_key_order(kafka_broker):
         assert values == [v for k, v in sent if k == key]  # per-key order
         assert len({p for k, _, p in got if k == key}) == 1  # one key, one partition
     assert len({p for *_, p in got}) > 1  # keys actually spread over partitions
+
+
+# --------------------------------------------------------------------------- default clients
+
+
+def _join_frame(version: int, session_ms: int, *, group: str = "g1", client_id: str | None = "cli",
+                tags: bytes = b"\x00") -> bytearray:
+    """A JoinGroup request frame (no size prefix) up to its session_timeout_ms field,
+    followed by a marker so the field's position is unambiguous."""
+    import struct
+
+    head = struct.pack(">hhi", 11, version, 7)
+    head += struct.pack(">h", -1) if client_id is None else struct.pack(">h", len(client_id)) + client_id.encode()
+    if version >= 6:
+        body = tags + bytes([len(group) + 1]) + group.encode()
+    else:
+        body = struct.pack(">h", len(group)) + group.encode()
+    return bytearray(head + body + struct.pack(">i", session_ms) + b"REST")
+
+
+@pytest.mark.parametrize("version", [0, 5, 6, 9])
+@pytest.mark.parametrize("client_id", ["rdkafka", None])
+def test_join_group_session_timeout_is_capped_in_place(version, client_id):
+    from streaming.broker_proxy import cap_session_timeout
+
+    frame = _join_frame(version, 45_000, client_id=client_id,
+                        tags=b"\x01\x00\x02ab" if version >= 6 else b"\x00")
+    before = len(frame)
+    assert cap_session_timeout(frame, 6_000) == 45_000
+    assert len(frame) == before and frame.endswith(b"REST")
+    assert bytes(frame) == bytes(_join_frame(version, 6_000, client_id=client_id,
+                                             tags=b"\x01\x00\x02ab" if version >= 6 else b"\x00"))
+    short = _join_frame(version, 2_000, client_id=client_id)
+    assert cap_session_timeout(short, 6_000) == 2_000
+    assert short == _join_frame(version, 2_000, client_id=client_id)  # a smaller ask is kept
+
+
+def test_other_requests_and_truncated_frames_pass_untouched():
+    import struct
+
+    from streaming.broker_proxy import cap_session_timeout
+
+    fetch = bytearray(struct.pack(">hhi", 1, 11, 3) + b"\x00" * 40)
+    assert cap_session_timeout(fetch, 6_000) is None and fetch == struct.pack(">hhi", 1, 11, 3) + b"\x00" * 40
+    cut = _join_frame(5, 45_000)[:-8]  # ends inside session_timeout_ms
+    assert cap_session_timeout(cut, 6_000) is None
+
+
+def test_a_consumer_with_library_defaults_reads_a_new_group_within_10_s(kafka_broker):
+    """Issue 11: bootstrap.servers, a new group.id and auto.offset.reset only (session
+    timeout 45 s, heartbeat 3 s): the bare broker holds its JoinGroup ~23 s; through the
+    broker's proxy it must read within 10 s, and stay a member past the capped session."""
+    topic = f"test.defaults.{uuid.uuid4().hex[:12]}"
+    create_topics(admin_client(kafka_broker.bootstrap), {topic: TopicSpec(3, HOUR_MS)}, replication_factor=1)
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    for i in range(6):
+        producer.produce(topic, key=f"k{i}".encode(), value=f"first-{i}".encode())
+    assert producer.flush(30) == 0
+
+    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": f"plain-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest"})
+    revoked: list[int] = []
+    consumer.subscribe([topic], on_revoke=lambda c, parts: revoked.append(len(parts)))
+    got: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(got) < 6 and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                got.append(msg.value())
+        assert sorted(got) == sorted(f"first-{i}".encode() for i in range(6))
+
+        # Idle for longer than the capped session (6 s): default heartbeats keep it a member.
+        idle_until = time.monotonic() + 8
+        while time.monotonic() < idle_until:
+            assert consumer.poll(0.5) is None
+        for i in range(3):
+            producer.produce(topic, key=f"k{i}".encode(), value=f"second-{i}".encode())
+        assert producer.flush(30) == 0
+        later: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(later) < 3 and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                later.append(msg.value())
+        assert sorted(later) == sorted(f"second-{i}".encode() for i in range(3))
+        assert revoked == []  # never lost its partitions
+    finally:
+        consumer.close()
+
+
+def test_bare_broker_mode_runs_without_the_proxy():
+    with EmbeddedBroker(max_session_timeout_ms=None) as broker:
+        assert "streaming.broker_proxy" not in " ".join(broker.command())
+        assert process_listens_on(broker.pid, broker.port) is True
+        assert metadata_answers(broker.bootstrap)

@@ -280,7 +280,8 @@ class PragmaPublisher:
         self.producer = Producer(kc.producer_config(conn.with_client_id(f"{conn.client_id}-pragma"),
                                                     extra=config.producer_settings.overrides()))
         ccfg = kc.consumer_config(conn, config.group_id, read_committed=True,
-                                  session_timeout_ms=session_timeout_ms, fetch_wait_max_ms=10,
+                                  session_timeout_ms=session_timeout_ms,
+                                  fetch_wait_max_ms=kc.SERVICE_FETCH_WAIT_MAX_MS,
                                   extra={"enable.auto.commit": True, "enable.auto.offset.store": True,
                                          "auto.commit.interval.ms": 1000})
         self.consumer = Consumer(ccfg)
