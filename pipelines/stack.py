@@ -36,6 +36,7 @@ from pipelines.procs import (
     stop_pids,
     stop_tree,
 )
+from resources import artifact_server
 from resources.home import HOME_ENV, LOCAL_POOL_LIMITS, TicklakeHome
 from schemas.tables import NAMESPACE as LAKE_NAMESPACE
 from streaming.broker import (
@@ -49,12 +50,14 @@ from streaming.broker import (
 from streaming.kafka_config import KAFKA_BOOTSTRAP_ENV
 
 BROKER = "broker"
+#: Read-only HTTP server over <home>/artifacts: the chart previews in the UI load from it.
+ARTIFACTS = "artifacts"
 REPLAY = "replay"
 WEBSERVER = "dagster-webserver"
 DAEMON = "dagster-daemon"
 #: Start order; `down` stops in reverse (daemon first, so it launches nothing new).
 #: REPLAY (the exchange emulator) only exists in a stack started with --replay.
-SERVICES = (BROKER, REPLAY, WEBSERVER, DAEMON)
+SERVICES = (BROKER, ARTIFACTS, REPLAY, WEBSERVER, DAEMON)
 DEFAULT_DAGSTER_PORT = 3000
 STATE_FILE = "stack.json"
 #: Set in the environment of every process of one stack (children inherit it), so `down`
@@ -464,6 +467,7 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
     n_tables = _create_catalog(home)
     echo(f"catalog     {home.catalog_uri} ({n_tables} tables in `{LAKE_NAMESPACE}`), "
          f"warehouse {home.warehouse}")
+    _start_artifacts(home, root, options, state, echo)
 
     emulator: dict[str, Any] = {}
     if options.replay is not None:
@@ -518,6 +522,27 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
     else:
         echo("services    left off (--no-services): turn sensors/schedules on in the UI")
     echo(f"logs        {home.run_dir}/<service>.log")
+
+
+def _start_artifacts(home: TicklakeHome, root: Path, options: UpOptions, state: StackState,
+                     echo: Callable[[str], None]) -> None:
+    """resources/artifact_server.py over <home>/artifacts, preferably on the port after the UI's
+    (stable preview URLs across restarts), else any free one; it records its URL in the home."""
+    state_file = artifact_server.state_path(home)
+    state_file.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env.update({HOME_ENV: str(home.root), STACK_ID_ENV: state.stack_id})
+    rec = _spawn(ARTIFACTS, artifact_server.command(home.artifacts_dir, state_file, options.dagster_port + 1),
+                 env, root, home.log_path(ARTIFACTS))
+    state.services[ARTIFACTS] = rec
+    _save_state(home, state)
+
+    def ready() -> bool | None:
+        url = artifact_server.recorded_url(home)
+        return True if url and artifact_server.answers(url) else None
+
+    _wait("artifact server", ready, rec.is_running, Path(rec.log), options.timeout)
+    echo(f"artifacts   {artifact_server.recorded_url(home)} serves {home.artifacts_dir} (pid {rec.pid})")
 
 
 def _start_replay(home: TicklakeHome, root: Path, options: UpOptions, state: StackState,
@@ -620,6 +645,7 @@ def status(home: TicklakeHome) -> dict[str, Any]:
         "warehouse": home.warehouse,
         "clickhouse_dsn": home.clickhouse_dsn,
         "artifacts": str(home.artifacts_dir),
+        "artifacts_url": artifact_server.recorded_url(home),
         "dagster_home": str(home.dagster_home),
         "replay": state.replay if state else None,
         "started_at": state.started_at if state else None,
@@ -641,6 +667,12 @@ def status(home: TicklakeHome) -> dict[str, Any]:
         broker["healthy"] = ok
         broker["detail"] = (f"metadata answered on {info['kafka_bootstrap']}, {state.topics} topics"
                             if ok else f"no metadata reply on {info['kafka_bootstrap']}")
+    artifacts = services[ARTIFACTS]
+    if artifacts["state"] == "running":
+        url = info["artifacts_url"]
+        ok = bool(url) and artifact_server.answers(url)
+        artifacts["healthy"] = ok
+        artifacts["detail"] = f"{url} answers" if ok else f"no HTTP answer on {url}"
     web = services[WEBSERVER]
     if web["state"] == "running":
         loc = location_status(info["dagster_url"])
