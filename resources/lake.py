@@ -46,6 +46,7 @@ from pyiceberg.table import Table
 
 from resources.home import CATALOG_NAME
 from schemas.iceberg import ensure_all_tables
+from streaming.redact import redact_mapping
 
 CatalogType = Literal["sql", "rest", "glue"]
 CATALOG_TYPES: tuple[str, ...] = ("sql", "rest", "glue")
@@ -155,8 +156,9 @@ def catalog_properties(s: LakeSettings) -> dict[str, str]:
 
 
 def redacted_properties(props: Mapping[str, str]) -> dict[str, str]:
-    """Catalog properties safe to log or put in asset metadata."""
-    return {k: ("***" if k in _SECRET_PROPERTIES and v else v) for k, v in props.items()}
+    """Catalog properties safe to log or put in asset metadata: secret keys masked whole, and
+    credentials inside any value (a catalog URI's password, a DSN's password=) masked too."""
+    return redact_mapping(props, _SECRET_PROPERTIES)
 
 
 def open_catalog(s: LakeSettings) -> Catalog:

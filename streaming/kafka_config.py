@@ -247,5 +247,8 @@ def admin_config(conn: KafkaConnection, extra: Mapping[str, Any] | None = None,
 
 
 def redacted(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy safe to log: secret values replaced by '***'."""
-    return {k: ("***" if k in SECRET_KEYS and v else v) for k, v in cfg.items()}
+    """A copy safe to log: secret values replaced by '***', and credentials embedded in other
+    values (a bootstrap or OAuth URL with user:password@) masked in place."""
+    from streaming.redact import redact_mapping
+
+    return redact_mapping(cfg, SECRET_KEYS)

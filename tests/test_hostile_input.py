@@ -402,3 +402,28 @@ def test_bulk_archives_that_expand_too_far_or_hold_many_members_are_refused(tmp_
     header = b"timestamp,symbol,side,size,price,tickDirection,trdMatchID\n"
     ok = read_trades_csv(gzip.compress(header) + gzip.compress(b"1,BTCUSDT,Buy,1,2,PlusTick,abc\n"))
     assert ok.num_rows == 1
+
+
+# -- item 6: credentials inside values are redacted --------------------------------------------------
+
+def test_credentials_inside_values_are_redacted_in_catalog_metadata():
+    from resources.lake import redacted_properties
+    from streaming.redact import redact_value
+
+    props = {"uri": "postgresql://ticklake:s3cr3t@db.internal:5432/catalog", "warehouse": "s3://bucket/wh",
+             "s3.secret-access-key": "AKIAXXXX", "jdbc": "host=db user=u password='p w' dbname=c",
+             "rest": "https://cat.example/v1?token=abc123&prefix=x", "plain": "https://host/x"}
+    out = redacted_properties(props)
+    text = repr(out)
+    for secret in ("s3cr3t", "AKIAXXXX", "p w", "abc123"):
+        assert secret not in text, out
+    assert out["uri"] == "postgresql://ticklake:***@db.internal:5432/catalog"
+    assert out["rest"] == "https://cat.example/v1?token=***&prefix=x" and out["plain"] == "https://host/x"
+    assert out["warehouse"] == "s3://bucket/wh"
+    assert redact_value("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact_value("user@example.com") == "user@example.com"
+    from streaming.kafka_config import redacted
+
+    out = redacted({"sasl.password": "pw1", "sasl.oauthbearer.token.endpoint.url": "https://u:pw2@idp/token",
+                    "bootstrap.servers": "b:9092"})
+    assert "pw1" not in repr(out) and "pw2" not in repr(out) and out["bootstrap.servers"] == "b:9092"
