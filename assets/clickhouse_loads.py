@@ -4,9 +4,9 @@ Lineage: lake/trades -> clickhouse/trades -> clickhouse/ohlcv (1 s and 1 min bar
 lake/features_1s -> clickhouse/features_1s -> clickhouse/book_stats_1m;
 {ohlcv, book_stats_1m} -> lake/bars_1m (Iceberg market.bars_1m, the finalized 1 min bars).
 Every load replaces exactly its hour (streaming/clickhouse_sql.py: delete the hour, insert),
-so re-running or backfilling an hour never duplicates rows and touches nothing else. All
-ClickHouse steps run in the `clickhouse_local` pool: a local chdb engine serves one
-process at a time.
+so re-running or backfilling an hour never duplicates rows and touches nothing else. No
+Dagster pool: locally every step is just another HTTP client of the one local ClickHouse
+server (streaming/clickhouse_server.py), which serves them and the live consumer at once.
 """
 
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
@@ -16,7 +16,7 @@ from assets.automation import HOURLY_CHAIN
 from assets.batch_features import BATCH_FEATURES_KEY, hour_us, require_sealed
 from assets.lake_hours import LAKE_HOUR_ASSETS
 from assets.partitions import HOURLY, hour_start
-from resources.clickhouse import CLICKHOUSE_POOL, ClickHouseResource
+from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from streaming import clickhouse_sql as cs
 from streaming import feature_lake as fl
@@ -45,7 +45,7 @@ def _client(clickhouse: ClickHouseResource, config: ClickHouseConfig):
 
 
 def _common(**kw) -> dict:
-    return dict(partitions_def=HOURLY, group_name=GROUP, pool=CLICKHOUSE_POOL, tags={"ticklake/layer": "analytics"},
+    return dict(partitions_def=HOURLY, group_name=GROUP, tags={"ticklake/layer": "analytics"},
                 automation_condition=HOURLY_CHAIN, **kw)
 
 

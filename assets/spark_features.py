@@ -32,7 +32,7 @@ from assets.batch_features import (
 )
 from assets.partitions import HOURLY, hour_start
 from features.spec import FEATURES_TABLE
-from resources.clickhouse import CLICKHOUSE_POOL, ClickHouseResource
+from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.spark import SparkResource
 from streaming import clickhouse_sql as cs
@@ -108,7 +108,6 @@ def parity_outcome(lake: LakeResource, clickhouse: ClickHouseResource, partition
     partitions_def=HOURLY,
     additional_deps=[BATCH_FEATURES_KEY],
     blocking=True,
-    pool=CLICKHOUSE_POOL,
     description="Spark output == local batch output == rows the streaming processor published for the hour "
                 "(exact, every column).",
 )

@@ -141,7 +141,7 @@ def _print_status(info: dict, overall: str) -> None:
               else cat.get("error", "not created yet"))
     print(f"  {'iceberg catalog':<18} {info['catalog_name']} {info['catalog_uri']} ({tables})")
     print(f"  {'warehouse':<18} {info['warehouse']}")
-    print(f"  {'clickhouse':<18} {info['clickhouse_dsn']}")
+    print(f"  {'clickhouse DSN':<18} {info['clickhouse_dsn'] or '- (the local server is not running)'}")
     print(f"  {'artifacts':<18} {info['artifacts']}")
     if info.get("orphans"):
         print(f"  {'orphans':<18} {info['orphans']} (their service died; `ticklake down` stops them)")

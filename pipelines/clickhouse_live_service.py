@@ -2,8 +2,9 @@
 
 One run = one streaming/clickhouse_live.py consumer. The `ticklake/service: clickhouse-live`
 tag keeps it to one run (tag concurrency in dagster.yaml, and the supervisor requests a
-run only when none is queued or running); the op holds the ClickHouse pool slot because a
-local chdb engine serves one process at a time. Stopping the run is safe at any point:
+run only when none is queued or running). It holds no Dagster pool: locally it is one HTTP
+client of the local ClickHouse server among others (hourly loads, user clients), which all
+run at the same time. Stopping the run is safe at any point:
 offsets are committed after the insert, so an interrupted batch is re-read and collapses
 on event_id in the ReplacingMergeTree.
 """
@@ -13,7 +14,7 @@ import dagster as dg
 from dagster import DagsterRunStatus, RunsFilter
 from pydantic import Field
 
-from resources.clickhouse import CLICKHOUSE_POOL, ClickHouseResource
+from resources.clickhouse import ClickHouseResource
 from resources.kafka import KafkaResource
 from streaming import clickhouse_sql as cs
 from streaming.clickhouse_live import ClickHouseLive, live_topics
@@ -41,7 +42,7 @@ class ClickHouseLiveConfig(dg.Config):
     max_seconds: float | None = None
 
 
-@dg.op(tags={"kind": "clickhouse"}, pool=CLICKHOUSE_POOL)
+@dg.op(tags={"kind": "clickhouse"})
 def run_clickhouse_live(context: dg.OpExecutionContext, config: ClickHouseLiveConfig, kafka: KafkaResource,
                         clickhouse: ClickHouseResource) -> dg.Nothing:
     svc = ClickHouseLive(kafka.connection(), clickhouse.get_client(),

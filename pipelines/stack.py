@@ -47,9 +47,14 @@ from streaming.broker import (
     metadata_answers,
     port_in_use,
 )
+from streaming.clickhouse_server import LocalClickHouse
+from streaming.clickhouse_server import answers as clickhouse_answers
 from streaming.kafka_config import KAFKA_BOOTSTRAP_ENV
 
 BROKER = "broker"
+#: The local ClickHouse server: the one process owning the chdb engine of <home>/clickhouse,
+#: reached over ClickHouse's HTTP interface by the live consumer, the hourly steps and users.
+CLICKHOUSE = "clickhouse"
 #: Read-only HTTP server over <home>/artifacts: the chart previews in the UI load from it.
 ARTIFACTS = "artifacts"
 REPLAY = "replay"
@@ -57,7 +62,7 @@ WEBSERVER = "dagster-webserver"
 DAEMON = "dagster-daemon"
 #: Start order; `down` stops in reverse (daemon first, so it launches nothing new).
 #: REPLAY (the exchange emulator) only exists in a stack started with --replay.
-SERVICES = (BROKER, ARTIFACTS, REPLAY, WEBSERVER, DAEMON)
+SERVICES = (BROKER, CLICKHOUSE, ARTIFACTS, REPLAY, WEBSERVER, DAEMON)
 DEFAULT_DAGSTER_PORT = 3000
 STATE_FILE = "stack.json"
 #: Set in the environment of every process of one stack (children inherit it), so `down`
@@ -156,6 +161,7 @@ def _clear_state(home: TicklakeHome) -> None:
 
     for name in SERVICES:
         (home.run_dir / f"{name}.pid").unlink(missing_ok=True)
+    home.clickhouse_state_file.unlink(missing_ok=True)
     if any((home.run_dir / f).exists() for f in (stack_replay.EMULATOR_STATE, stack_replay.SOURCE_FILE)):
         # A replay stack pointed the collectors at its emulator: undo that with it.
         stack_replay.restore_collectors(collectors_file(home))
@@ -464,6 +470,8 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
     _save_state(home, state)
     echo(f"topics      {state.topics} topics, {options.partitions} partitions each")
 
+    _start_clickhouse(home, options, state, echo)
+
     n_tables = _create_catalog(home)
     echo(f"catalog     {home.catalog_uri} ({n_tables} tables in `{LAKE_NAMESPACE}`), "
          f"warehouse {home.warehouse}")
@@ -522,6 +530,24 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
     else:
         echo("services    left off (--no-services): turn sensors/schedules on in the UI")
     echo(f"logs        {home.run_dir}/<service>.log")
+
+
+def _start_clickhouse(home: TicklakeHome, options: UpOptions, state: StackState,
+                      echo: Callable[[str], None]) -> None:
+    """The local ClickHouse server on a free port; ready once it answers a real query. It
+    records its address in the home, where every client (resources, status) finds it."""
+    server = LocalClickHouse(home.clickhouse_dir, state_file=home.clickhouse_state_file,
+                             log_path=home.log_path(CLICKHOUSE), env={STACK_ID_ENV: state.stack_id},
+                             die_with_parent=False, startup_timeout=options.timeout)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        raise StackError(f"ClickHouse server: {exc}") from None
+    state.services[CLICKHOUSE] = ProcessRecord.of(CLICKHOUSE, server.pid, home.log_path(CLICKHOUSE),
+                                                  server.command())
+    server.detach()
+    _save_state(home, state)
+    echo(f"clickhouse  {server.dsn} (local server owning {home.clickhouse_dir}, pid {state.services[CLICKHOUSE].pid})")
 
 
 def _start_artifacts(home: TicklakeHome, root: Path, options: UpOptions, state: StackState,
@@ -667,6 +693,12 @@ def status(home: TicklakeHome) -> dict[str, Any]:
         broker["healthy"] = ok
         broker["detail"] = (f"metadata answered on {info['kafka_bootstrap']}, {state.topics} topics"
                             if ok else f"no metadata reply on {info['kafka_bootstrap']}")
+    clickhouse = services[CLICKHOUSE]
+    if clickhouse["state"] == "running":
+        dsn = info["clickhouse_dsn"]
+        ok = bool(dsn) and clickhouse_answers(dsn)
+        clickhouse["healthy"] = ok
+        clickhouse["detail"] = f"{dsn} answered a query" if ok else f"no answer to a query on {dsn}"
     artifacts = services[ARTIFACTS]
     if artifacts["state"] == "running":
         url = info["artifacts_url"]

@@ -1,20 +1,16 @@
-"""Dagster resource for ClickHouse: one client API for the embedded engine and a server.
+"""Dagster resource for ClickHouse: one client code path for the local stack and production.
 
-Locally the DSN is ``chdb:///abs/path`` (clickhouse-connect's in-process chdb backend);
-in production ``https://user@host:8443/db`` with the password from dg.EnvVar. Asset code
-only sees a clickhouse-connect Client either way.
-
-chdb allows one engine per process, bound to one data path, and refuses a second path
-while a client on the first is open. So chdb clients are cached per process: every
-resource instance in a step shares the engine, and switching to another path (tests
-with their own tmp dirs) closes the old engine first. Dagster serializes local
-ClickHouse steps across processes with the ``clickhouse_local`` pool.
+Every DSN is a ClickHouse HTTP endpoint read by clickhouse-connect. Locally it is
+``http://127.0.0.1:<port>`` of the local ClickHouse server (streaming/clickhouse_server.py:
+one process owns the chdb engine of $TICKLAKE_HOME/clickhouse and serves ClickHouse's HTTP
+interface; `ticklake up` starts it and records its address in the home); in production
+``https://user@host:8443/db`` with the password from dg.EnvVar. The live consumer, the
+hourly loads, the parity check and a user's own client are all HTTP clients of the same
+server, at the same time: no step holds or waits for the engine, hence no Dagster pool.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Any
 from urllib.parse import urlparse
 
@@ -23,76 +19,54 @@ import dagster as dg
 from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
-from resources.home import CLICKHOUSE_POOL, resolve_home
+from resources.home import resolve_home
 
-__all__ = ["CLICKHOUSE_POOL", "ClickHouseResource", "chdb_path", "get_client", "is_chdb", "release_chdb"]
+__all__ = ["ClickHouseResource", "LocalClickHouseNotRunning", "get_client"]
 
-_SCHEMES = ("chdb", "http", "https")
-_lock = threading.Lock()
-_chdb: tuple[str, Client] | None = None
+_SCHEMES = ("http", "https")
 
 
-def is_chdb(dsn: str) -> bool:
-    return dsn.startswith("chdb:")
-
-
-def chdb_path(dsn: str) -> str:
-    """Absolute engine directory of a ``chdb:///abs/path`` DSN (relative paths are refused:
-    a service and a step with different working directories must not get two engines)."""
-    parsed = urlparse(dsn)
-    if parsed.scheme != "chdb" or parsed.netloc or not parsed.path.startswith("/"):
-        raise ValueError(f"local ClickHouse DSN must be chdb:///absolute/path, got {dsn!r}")
-    return os.path.realpath(parsed.path)
+class LocalClickHouseNotRunning(RuntimeError):
+    """No DSN configured and no local ClickHouse server recorded in the home."""
 
 
 def _validate(dsn: str) -> None:
-    scheme = urlparse(dsn).scheme
-    if scheme not in _SCHEMES:
-        raise ValueError(f"ClickHouse DSN scheme must be one of {_SCHEMES}, got {scheme!r}")
-    if scheme in ("http", "https") and urlparse(dsn).password:
+    parsed = urlparse(dsn)
+    if parsed.scheme not in _SCHEMES:
+        hint = (" (the in-process chdb:// engine is no longer used by clients: the local ClickHouse "
+                "server owns it; use its http://127.0.0.1:<port> DSN from `ticklake status`)"
+                if parsed.scheme == "chdb" else "")
+        raise ValueError(f"ClickHouse DSN scheme must be one of {_SCHEMES}, got {parsed.scheme!r}{hint}")
+    if parsed.password:
         raise ValueError("put the ClickHouse password in dg.EnvVar / the password argument, not in the DSN")
 
 
 def get_client(dsn: str, password: str | None = None, settings: dict[str, Any] | None = None) -> Client:
-    """A client for `dsn`. chdb: the process-wide cached client (see module doc); a server:
-    a new client (HTTP clients are cheap and pool connections internally)."""
-    global _chdb
+    """A new clickhouse-connect client for `dsn` (cheap: it pools HTTP connections; one per
+    thread, as clickhouse-connect's sessions require)."""
     _validate(dsn)
-    if not is_chdb(dsn):
-        return clickhouse_connect.get_client(dsn=dsn, password=password or "", settings=settings or {})
-    path = chdb_path(dsn)
-    with _lock:
-        if _chdb is not None and _chdb[0] == path:
-            return _chdb[1]
-        if _chdb is not None:
-            _chdb[1].close()
-            _chdb = None
-        os.makedirs(path, exist_ok=True)
-        client = clickhouse_connect.get_client(dsn=f"chdb://{path}", settings=settings or {})
-        _chdb = (path, client)
-        return client
-
-
-def release_chdb() -> None:
-    """Close the cached embedded engine (end of a test, or before another process needs the path)."""
-    global _chdb
-    with _lock:
-        if _chdb is not None:
-            _chdb[1].close()
-            _chdb = None
+    return clickhouse_connect.get_client(dsn=dsn, password=password or "", settings=settings or {})
 
 
 class ClickHouseResource(dg.ConfigurableResource):
-    """ClickHouse connection; local default is the chdb engine under $TICKLAKE_HOME/clickhouse."""
+    """ClickHouse connection; local default: the local ClickHouse server of $TICKLAKE_HOME."""
 
-    dsn: str | None = Field(default=None, description="chdb:///abs/path (local) or https://user@host:8443/db")
+    dsn: str | None = Field(default=None, description="http(s)://[user@]host:port[/db]; unset: the local "
+                                                      "ClickHouse server `ticklake up` started for $TICKLAKE_HOME")
     password: str | None = Field(default=None, description="secret for a server DSN: only through dg.EnvVar")
 
     def resolved_dsn(self) -> str:
-        return self.dsn or resolve_home().clickhouse_dsn
-
-    def is_local(self) -> bool:
-        return is_chdb(self.resolved_dsn())
+        """The configured DSN, else the local server's, resolved at use time (so a step
+        finds the server of the running stack, whatever port it got)."""
+        if self.dsn:
+            return self.dsn
+        home = resolve_home()
+        dsn = home.clickhouse_dsn
+        if dsn is None:
+            raise LocalClickHouseNotRunning(
+                f"no local ClickHouse server is running for {home.root} (none recorded in "
+                f"{home.clickhouse_state_file}): `ticklake up` starts it, or configure the resource's dsn")
+        return dsn
 
     def get_client(self) -> Client:
         return get_client(self.resolved_dsn(), self.password)

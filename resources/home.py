@@ -8,6 +8,7 @@ the CLI and tests use it before any Dagster process exists.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,13 @@ DEFAULT_HOME = ".ticklake"
 
 CATALOG_NAME = "ticklake"
 
-#: Dagster concurrency pool serializing local ClickHouse (chdb) steps: chdb allows one
-#: engine per process and one process per data path. dagster.yaml cannot name a pool's
-#: limit, so `ticklake up` sets these limits on the local instance.
-CLICKHOUSE_POOL = "clickhouse_local"
-LOCAL_POOL_LIMITS: dict[str, int] = {CLICKHOUSE_POOL: 1}
+#: Limits of Dagster concurrency pools on the local instance (dagster.yaml cannot name a
+#: pool's limit, so `ticklake up` sets them). Empty: local ClickHouse steps need no pool,
+#: the one local ClickHouse server (streaming/clickhouse_server.py) serves them all at once.
+LOCAL_POOL_LIMITS: dict[str, int] = {}
+
+#: Written by the local ClickHouse server once it serves (url, port, pid, data path).
+CLICKHOUSE_STATE_FILE = "clickhouse.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +71,18 @@ class TicklakeHome:
         return self.warehouse_dir.as_uri()
 
     @property
-    def clickhouse_dsn(self) -> str:
-        """``chdb:///abs/path``: clickhouse-connect takes the URL path verbatim as the data dir."""
-        return f"chdb://{self.clickhouse_dir}"
+    def clickhouse_state_file(self) -> Path:
+        return self.run_dir / CLICKHOUSE_STATE_FILE
+
+    @property
+    def clickhouse_dsn(self) -> str | None:
+        """``http://127.0.0.1:<port>`` of this home's local ClickHouse server (the one process
+        that owns the chdb engine of `clickhouse_dir`), as the server recorded it when it
+        started serving; None while none was started (`ticklake up` starts it)."""
+        try:
+            return str(json.loads(self.clickhouse_state_file.read_text())["url"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
 
     def log_path(self, service: str) -> Path:
         return self.run_dir / f"{service}.log"
@@ -82,7 +94,7 @@ class TicklakeHome:
             d.mkdir(parents=True, exist_ok=True)
         return self
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, str | None]:
         return {
             "home": str(self.root),
             "catalog_name": self.catalog_name,
@@ -103,6 +115,6 @@ def resolve_home(path: str | os.PathLike[str] | None = None) -> TicklakeHome:
     raw = path if path is not None else (os.environ.get(HOME_ENV) or DEFAULT_HOME)
     root = Path(raw).expanduser().resolve()
     if any(c in str(root) for c in "?#\n"):
-        # The path is embedded verbatim in sqlite:// and chdb:// URLs.
+        # The path is embedded verbatim in sqlite:// URLs.
         raise ValueError(f"{HOME_ENV} must not contain '?', '#' or newlines: {root!s}")
     return TicklakeHome(root)

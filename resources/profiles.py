@@ -80,7 +80,9 @@ def local_resources() -> dict[str, Any]:
         KAFKA: KafkaResource(),
         LAKE: LakeResource(catalog_type="sql", name=home.catalog_name, uri=home.catalog_uri,
                            warehouse=home.warehouse, table_properties=LOCAL_TABLE_PROPERTIES),
-        CLICKHOUSE: ClickHouseResource(dsn=home.clickhouse_dsn),
+        # dsn unset: the local ClickHouse server's address, read from the home at use time
+        # (`ticklake up` starts the server on a free port and records it there).
+        CLICKHOUSE: ClickHouseResource(),
         SPARK: SparkResource(master="local[2]", shuffle_partitions=4),
         ARTIFACTS: ArtifactStoreResource(root=str(home.artifacts_dir)),
         BULK: BulkHistoryResource(),

@@ -179,7 +179,8 @@ class ClickHouseLive:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m streaming.clickhouse_live", description=__doc__.split("\n")[0])
     ap.add_argument("--bootstrap")
-    ap.add_argument("--dsn", required=True, help="chdb:///abs/path or http(s)://host:port")
+    ap.add_argument("--dsn", required=True, help="http(s)://host:port (locally: the local ClickHouse server, "
+                    "`ticklake status` prints it)")
     ap.add_argument("--database", default=cs.DEFAULT_DATABASE)
     ap.add_argument("--exchange", action="append")
     ap.add_argument("--market", action="append")

@@ -8,6 +8,7 @@ import pytest
 
 from resources.home import HOME_ENV, TicklakeHome, resolve_home
 from streaming.broker import EmbeddedBroker
+from streaming.clickhouse_server import LocalClickHouse
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +21,19 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedB
     log = tmp_path_factory.mktemp("kafka") / "broker.log"
     with EmbeddedBroker(log_path=log) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClickHouse]:
+    """The local ClickHouse server (one process owning a chdb engine, ClickHouse's HTTP
+    interface on a free 127.0.0.1 port) for the whole session, as `ticklake up` runs it.
+
+    Shared: work in a database of your own. `.dsn` is the http:// DSN for
+    ClickHouseResource(dsn=...) or clickhouse_connect.get_client(dsn=...).
+    """
+    root = tmp_path_factory.mktemp("clickhouse")
+    with LocalClickHouse(root / "data", state_file=root / "clickhouse.json", log_path=root / "server.log") as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-"""Live analytics consumer on the real broker into real chdb: feature rows land in
+"""Live analytics consumer on the real broker into the local ClickHouse server: feature rows land in
 features_live, duplicates (replays, aborted copies) collapse on event_id, malformed
 records reach dlq.features with a reason; the service job runs it and its supervisor keeps
 exactly one run alive. Also: the Dagster asset graph of the analytics layer (lineage, one
-hourly partitions definition, the ClickHouse pool on every ClickHouse step)."""
+hourly partitions definition, no Dagster pool on any ClickHouse step)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pipelines.clickhouse_live_service import (
     clickhouse_live_supervisor,
 )
 from resources.artifacts import ArtifactStoreResource
-from resources.clickhouse import CLICKHOUSE_POOL, ClickHouseResource, release_chdb
+from resources.clickhouse import ClickHouseResource
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.spark import SparkResource
@@ -40,13 +40,17 @@ from tests import processing_support as ps
 from tests.synthetic_events import SyntheticMarket
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
-DB = "tl_live"
 
 
 @pytest.fixture
-def chdb_res(tmp_path):
-    yield ClickHouseResource(dsn=f"chdb://{tmp_path}/ch")
-    release_chdb()
+def ch_res(clickhouse_server):
+    return ClickHouseResource(dsn=clickhouse_server.dsn)
+
+
+@pytest.fixture
+def db() -> str:
+    """A database of the test's own on the shared server."""
+    return f"tl_live_{uuid.uuid4().hex[:8]}"
 
 
 def _feature_rows() -> list[dict]:
@@ -54,11 +58,11 @@ def _feature_rows() -> list[dict]:
     return table_rows(rows)
 
 
-def _live_rows(client) -> pa.Table:
-    return client.query_arrow(f"SELECT event_id FROM {DB}.features_live FINAL")
+def _live_rows(client, db: str) -> pa.Table:
+    return client.query_arrow(f"SELECT event_id FROM {db}.features_live FINAL")
 
 
-def test_rows_land_once_and_bad_records_go_to_the_dlq(kafka_broker, chdb_res):
+def test_rows_land_once_and_bad_records_go_to_the_dlq(kafka_broker, ch_res, db):
     topic = f"test.clickhouse-live.{uuid.uuid4().hex[:8]}"
     create_topics(admin_client(kafka_broker.bootstrap), {topic: TopicSpec(2, -1), dlq_topic("features"): TopicSpec(1, -1)},
                   replication_factor=1)
@@ -71,16 +75,16 @@ def test_rows_land_once_and_bad_records_go_to_the_dlq(kafka_broker, chdb_res):
     ps.produce(kafka_broker.bootstrap, items)
 
     conn = ps.connection(kafka_broker.bootstrap)
-    client = chdb_res.get_client()
-    live = ClickHouseLive(conn, client, [topic], database=DB, group_id=f"g-{topic}", session_timeout_ms=2000)
+    client = ch_res.get_client()
+    live = ClickHouseLive(conn, client, [topic], database=db, group_id=f"g-{topic}", session_timeout_ms=2000)
     stats = live.run(idle_exit_s=4.0)
     assert stats.records == len(items) and stats.rows == len(rows) + 7
     assert dict(stats.dlq.counts) == {"decode": 2, "mismatch": 1}
-    got = _live_rows(client)
+    got = _live_rows(client, db)
     assert got.num_rows == len(rows)
     assert sorted(got["event_id"].to_pylist()) == sorted(r["event_id"] for r in rows)
     stored = cs.features_from_ch(client.query_arrow(
-        f"SELECT {', '.join(cs.FEATURES_CH_SCHEMA.names)} FROM {DB}.features_live FINAL ORDER BY event_id"))
+        f"SELECT {', '.join(cs.FEATURES_CH_SCHEMA.names)} FROM {db}.features_live FINAL ORDER BY event_id"))
     first = next(r for r in stored.to_pylist() if r["event_id"] == rows[3]["event_id"])
     assert first["vwap"] == rows[3]["vwap"] and first["mid_px"] == rows[3]["mid_px"]   # floats exact
 
@@ -91,12 +95,12 @@ def test_rows_land_once_and_bad_records_go_to_the_dlq(kafka_broker, chdb_res):
     assert any("btc/usdt" in d.reason for d in mine)
 
     # A second consumer group replays the whole topic: still one row per event_id.
-    again = ClickHouseLive(conn, client, [topic], database=DB, group_id=f"g2-{topic}", session_timeout_ms=2000)
+    again = ClickHouseLive(conn, client, [topic], database=db, group_id=f"g2-{topic}", session_timeout_ms=2000)
     again.run(idle_exit_s=4.0)
-    assert _live_rows(client).num_rows == len(rows)
+    assert _live_rows(client, db).num_rows == len(rows)
 
 
-def test_service_job_runs_the_consumer(kafka_broker, chdb_res):
+def test_service_job_runs_the_consumer(kafka_broker, ch_res, db):
     topics = live_topics(["okx"], ["perp"])
     create_topics(admin_client(kafka_broker.bootstrap), {t: TopicSpec(1, -1) for t in topics}, replication_factor=1)
     rows = [r for r in _feature_rows()][:5]
@@ -105,11 +109,11 @@ def test_service_job_runs_the_consumer(kafka_broker, chdb_res):
     ps.produce(kafka_broker.bootstrap, [(topics[0], b"BTC-USDT-PERP", encode_row(r), None) for r in rows])
     result = clickhouse_live_service.execute_in_process(
         run_config={"ops": {"run_clickhouse_live": {"config": {
-            "exchanges": ["okx"], "markets": ["perp"], "database": DB, "idle_exit_s": 4.0, "ttl_days": 3650, "session_timeout_ms": 2000}}}},
-        resources={"kafka": KafkaResource(bootstrap_servers=kafka_broker.bootstrap), "clickhouse": chdb_res})
+            "exchanges": ["okx"], "markets": ["perp"], "database": db, "idle_exit_s": 4.0, "ttl_days": 3650, "session_timeout_ms": 2000}}}},
+        resources={"kafka": KafkaResource(bootstrap_servers=kafka_broker.bootstrap), "clickhouse": ch_res})
     assert result.success
-    client = chdb_res.get_client()
-    n = client.query(f"SELECT count() FROM {DB}.features_live FINAL WHERE exchange = 'okx'").result_rows[0][0]
+    client = ch_res.get_client()
+    n = client.query(f"SELECT count() FROM {db}.features_live FINAL WHERE exchange = 'okx'").result_rows[0][0]
     assert n == len({r["event_id"] for r in rows})
 
 
@@ -125,7 +129,7 @@ def test_supervisor_keeps_one_run():
 def test_analytics_graph_lineage_partitions_and_pools(tmp_path):
     mods = [batch_features, spark_features, clickhouse_loads, charts]
     resources = {"lake": LakeResource(uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}/w"),
-                 "clickhouse": ClickHouseResource(dsn=f"chdb://{tmp_path}/ch"), "spark": SparkResource(),
+                 "clickhouse": ClickHouseResource(dsn="http://127.0.0.1:8123"), "spark": SparkResource(),
                  "artifacts": ArtifactStoreResource(root=str(tmp_path / "a"))}
     defs = dg.Definitions(assets=list(LAKE_HOUR_ASSETS.values()) + [a for m in mods for a in m.assets],
                           asset_checks=[c for m in mods for c in m.asset_checks], resources=resources)
@@ -142,6 +146,7 @@ def test_analytics_graph_lineage_partitions_and_pools(tmp_path):
     for m in mods:
         for a in m.assets:
             assert a.partitions_def is HOURLY, a.key
-    for a in clickhouse_loads.assets:
-        assert a.op.pool == CLICKHOUSE_POOL, a.key
-    assert spark_features.features_parity.op.pool == CLICKHOUSE_POOL
+    for a in clickhouse_loads.assets:          # one server serves every step at once: no pool to wait on
+        assert a.op.pool is None, a.key
+    assert spark_features.features_parity.op.pool is None
+    assert clickhouse_live_service.graph.node_defs[0].pool is None

@@ -1,10 +1,18 @@
-"""ClickHouse loads on real chdb through clickhouse-connect, from a lake hour built from the
-genuine Binance capture: idempotent hour loads, aggregates equal to an independent pyarrow
-reference, bars written back to Iceberg, parameterized/validated inputs, TTL from config."""
+"""ClickHouse loads into the local ClickHouse server through clickhouse-connect, from a lake
+hour built from the genuine Binance capture: idempotent hour loads, aggregates equal to an
+independent pyarrow reference, bars written back to Iceberg, parameterized/validated inputs,
+TTL from config; and the live consumer, an hourly load and a user's own client process all
+working against the server at the same time."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+import threading
+import time
+import uuid
 import warnings
 from collections import defaultdict
 from decimal import Decimal
@@ -18,14 +26,22 @@ from assets.batch_features import features_1s
 from assets.clickhouse_loads import (
     assets as ch_assets,
 )
-from resources.clickhouse import ClickHouseResource, release_chdb
+from features.compute import compute_features
+from features.inputs import events_from_envelopes
+from features.records import encode_row, table_rows
+from resources.clickhouse import ClickHouseResource
 from resources.home import resolve_home
 from schemas.symbols import SymbolError
 from streaming import clickhouse_sql as cs
 from streaming import feature_lake as fl
+from streaming.clickhouse_live import ClickHouseLive
 from streaming.lake_seal import read_hour
 from streaming.lake_writer import LakeFileWriter, commit_files
+from streaming.topic_admin import admin_client, create_topics
+from streaming.topic_config import TopicSpec
 from tests import analytics_support as a
+from tests import processing_support as ps
+from tests.synthetic_events import SyntheticMarket
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
 DB = "tl_test"
@@ -33,12 +49,10 @@ H, H_NEXT = a.CAPTURE_HOUR, a.NEXT_HOUR
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, clickhouse_server):
     home = resolve_home(tmp_path_factory.mktemp("ch") / "home").ensure()
     lake = a.write_lake(home, a.processed_capture(), seal=(H, H_NEXT))
-    ch = ClickHouseResource(dsn=f"chdb://{home.root}/clickhouse")
-    yield lake, ch
-    release_chdb()
+    return lake, ClickHouseResource(dsn=clickhouse_server.dsn)
 
 
 def run(lake, ch, partition: str, selection=None, config: dict | None = None) -> dg.ExecuteInProcessResult:
@@ -191,3 +205,120 @@ def test_unsealed_hours_are_refused(env):
     before = cs.count_hour(ch.get_client(), DB, "trades", a.utc(H_NEXT))
     run(lake, ch, H_NEXT, selection=sel, config={"require_sealed": False})
     assert cs.count_hour(ch.get_client(), DB, "trades", a.utc(H_NEXT)) == before + 1
+
+
+#: A user's own client, in a process of its own, with nothing but clickhouse-connect and the DSN:
+#: queries in a loop until told to stop, then prints every query's (start, end, rows seen).
+USER_CLIENT = r"""
+import json, pathlib, sys, time
+import clickhouse_connect
+dsn, db, stop = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+client = clickhouse_connect.get_client(dsn=dsn)
+seen = []
+while not stop.exists():
+    t0 = time.time()
+    live = client.query(f"SELECT count() FROM {db}.features_live FINAL").result_rows[0][0]
+    trades = client.query(f"SELECT count() FROM {db}.trades").result_rows[0][0]
+    seen.append((t0, time.time(), live, trades))
+print(json.dumps(seen))
+"""
+
+
+def test_live_consumer_hourly_load_and_user_client_at_the_same_time(env, kafka_broker, clickhouse_server, tmp_path):
+    """Issue 11's shape: with the live consumer running (it used to hold the one chdb engine,
+    so hourly ClickHouse steps waited forever on the `clickhouse_local` pool and no user could
+    connect), an hourly load and a separate client process work against the same server at
+    the same time. The producer feeds the consumer while the load runs and the user's
+    client queries in a loop throughout; every row lands once, the load is exact, every
+    user query succeeds, and both the consumer's inserts and the user's queries happened
+    while the load was running."""
+    lake, ch = env
+    db = f"tl_concurrent_{uuid.uuid4().hex[:6]}"
+    client = ch.get_client()
+    cs.ensure_tables(client, db)
+    topic = f"test.ch-concurrent.{uuid.uuid4().hex[:8]}"
+    create_topics(admin_client(kafka_broker.bootstrap), {topic: TopicSpec(2, -1)}, replication_factor=1)
+    rows, _ = compute_features(events_from_envelopes(SyntheticMarket(seed=11).events(3000, 20_000)))
+    rows = table_rows(rows)
+    assert len(rows) > 40
+
+    load_started, load_done, stop_live = threading.Event(), threading.Event(), threading.Event()
+    batches: list[float] = []
+    errors: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            live = ClickHouseLive(ps.connection(kafka_broker.bootstrap), ch.get_client(), [topic], database=db,
+                                  group_id=f"g-{topic}", session_timeout_ms=2000, batch_max_ms=100)
+            live.start()
+            try:
+                while not stop_live.is_set():
+                    if live.run_once():
+                        batches.append(time.time())
+            finally:
+                live.close()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    def produce() -> None:
+        """Half the rows before the load, the rest in small batches for as long as it runs."""
+        try:
+            def send(part: list[dict]) -> None:
+                ps.produce(kafka_broker.bootstrap, [(topic, r["symbol"].encode(), encode_row(r), None) for r in part])
+
+            half = len(rows) // 2
+            send(rows[:half])
+            load_started.wait(120)
+            rest = rows[half:]
+            while rest:
+                n = len(rest) if load_done.is_set() else 5     # trickle while the load runs, then the remainder
+                send(rest[:n])
+                rest = rest[n:]
+                load_done.wait(0.05)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    stop_file = tmp_path / "stop"
+    user = subprocess.Popen([sys.executable, "-c", USER_CLIENT, clickhouse_server.dsn, db, str(stop_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    threads = [threading.Thread(target=consume), threading.Thread(target=produce)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not batches and not errors and time.monotonic() < deadline:   # the consumer is in its group
+            time.sleep(0.1)
+        assert batches, errors or "the live consumer inserted nothing"
+        t_load = time.time()
+        load_started.set()
+        run(lake, ch, H, selection=[dg.AssetKey(["clickhouse", "trades"])], config={"database": db})
+        t_loaded = time.time()
+        load_done.set()
+        threads[1].join(120)
+        expected = len({r["event_id"] for r in rows})
+        while (cs_count := client.query(f"SELECT count() FROM {db}.features_live FINAL").result_rows[0][0]) \
+                < expected and time.monotonic() < deadline + 60 and not errors:
+            time.sleep(0.2)
+    finally:
+        load_started.set()
+        load_done.set()
+        stop_live.set()
+        stop_file.touch()
+        for t in threads:
+            t.join(60)
+        out, err = user.communicate(timeout=60)
+    assert not errors, errors
+    assert user.returncode == 0, err[-2000:]
+    seen = json.loads(out)
+
+    trades = read_hour(lake.lake.ensure_tables()["trades"], a.hour_us(H))
+    assert cs.count_hour(client, db, "trades", a.utc(H)) == trades.num_rows > 9000
+    assert cs_count == expected
+    assert sorted(client.query_arrow(f"SELECT event_id FROM {db}.features_live FINAL")["event_id"].to_pylist()) == \
+        sorted(r["event_id"] for r in rows)
+    # Everything ran at once: consumer inserts and user queries inside the load's run.
+    assert any(t_load <= t <= t_loaded for t in batches)
+    assert any(t_load <= q0 and q1 <= t_loaded for q0, q1, _, _ in seen)
+    # The user's view only ever grew (rows are unique), and it saw the load's rows arrive.
+    assert [q[2] for q in seen] == sorted(q[2] for q in seen)
+    assert seen[-1][3] == trades.num_rows

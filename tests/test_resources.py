@@ -1,5 +1,5 @@
-"""Resources against real parts: SqlCatalog on SQLite (and on a moto S3 server), chdb via
-clickhouse-connect, a local[2] Spark session, the Dagster CLI and a real Dagster instance."""
+"""Resources against real parts: SqlCatalog on SQLite (and on a moto S3 server), the local
+ClickHouse server via clickhouse-connect, a local[2] Spark session, the Dagster CLI and a real Dagster instance."""
 
 from __future__ import annotations
 
@@ -29,7 +29,11 @@ from resources.artifacts import (
     S3ArtifactStore,
     validate_key,
 )
-from resources.clickhouse import ClickHouseResource, chdb_path, get_client, release_chdb
+from resources.clickhouse import (
+    ClickHouseResource,
+    LocalClickHouseNotRunning,
+    get_client,
+)
 from resources.home import TicklakeHome
 from resources.kafka import KafkaResource
 from resources.lake import (
@@ -195,20 +199,13 @@ def test_glue_properties() -> None:
         catalog_properties(LakeSettings(catalog_type="hive"))
 
 
-# ---------------------------------------------------------------- ClickHouse: chdb
+# ---------------------------------------------------------------- ClickHouse: the local server
 
-@pytest.fixture
-def chdb_dsn(tmp_path: Path):
-    yield f"chdb://{tmp_path}/ch"
-    release_chdb()
-
-
-def test_chdb_mergetree_insert_arrow_and_parameterized_query(chdb_dsn: str) -> None:
-    res = ClickHouseResource(dsn=chdb_dsn)
-    assert res.is_local()
-    client = res.get_client()
-    assert ClickHouseResource(dsn=chdb_dsn).get_client() is client  # one engine per process
-    client.command("CREATE TABLE trades (symbol String, exchange_ts DateTime64(6, 'UTC'), px Int64, qty Int64) "
+def test_clickhouse_mergetree_insert_arrow_and_parameterized_query(clickhouse_server) -> None:
+    db = f"res_{uuid.uuid4().hex[:8]}"
+    client = ClickHouseResource(dsn=clickhouse_server.dsn).get_client()
+    client.command(f"CREATE DATABASE {db}")
+    client.command(f"CREATE TABLE {db}.trades (symbol String, exchange_ts DateTime64(6, 'UTC'), px Int64, qty Int64) "
                    "ENGINE = MergeTree ORDER BY (symbol, exchange_ts)")
     data = pa.table({
         "symbol": ["BTC-USDT", "BTC-USDT", "ETH-USDT"],
@@ -217,37 +214,29 @@ def test_chdb_mergetree_insert_arrow_and_parameterized_query(chdb_dsn: str) -> N
         "px": [6_000_010, 6_000_020, 300_050],
         "qty": [15, 7, 100],
     })
-    client.insert_arrow("trades", data)
-    back = client.query_arrow("SELECT symbol, exchange_ts, px, qty FROM trades ORDER BY symbol, exchange_ts")
+    client.insert_arrow(f"{db}.trades", data)
+    back = client.query_arrow(f"SELECT symbol, exchange_ts, px, qty FROM {db}.trades ORDER BY symbol, exchange_ts")
     assert back.column("px").to_pylist() == data.column("px").to_pylist()
     assert back.column("exchange_ts").cast(pa.int64()).to_pylist() == data.column("exchange_ts").cast(pa.int64()).to_pylist()
-    q = "SELECT count(), sum(qty) FROM trades WHERE symbol = {sym:String}"
+    q = f"SELECT count(), sum(qty) FROM {db}.trades WHERE symbol = {{sym:String}}"
     assert client.query(q, parameters={"sym": "BTC-USDT"}).result_rows == [(2, 22)]
     # a hostile value stays a value
     assert client.query(q, parameters={"sym": "x' OR 1=1 --"}).result_rows == [(0, 0)]
 
 
-def test_chdb_switches_data_path_and_keeps_data(tmp_path: Path) -> None:
-    first, second = f"chdb://{tmp_path}/a", f"chdb://{tmp_path}/b"
-    try:
-        get_client(first).command("CREATE TABLE t (x Int64) ENGINE = MergeTree ORDER BY x")
-        get_client(first).command("INSERT INTO t VALUES (1), (2)")
-        assert get_client(second).query("SELECT count() FROM system.tables WHERE name = 't' "
-                                        "AND database = 'default'").result_rows == [(0,)]
-        assert get_client(first).query("SELECT sum(x) FROM t").result_rows == [(3,)]
-    finally:
-        release_chdb()
-
-
-def test_clickhouse_dsn_validation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="absolute"):
-        chdb_path("chdb://relative/path")
+def test_clickhouse_dsn_validation_and_the_local_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="password"):
         get_client("https://user:secret@ch.example.com:8443/db")
     with pytest.raises(ValueError, match="scheme"):
         get_client("tcp://ch.example.com:9000")
+    with pytest.raises(ValueError, match="local ClickHouse server"):
+        get_client(f"chdb://{tmp_path}/ch")                 # no client opens the engine itself any more
     monkeypatch.setenv("TICKLAKE_HOME", str(tmp_path / "home"))
-    assert ClickHouseResource().resolved_dsn() == f"chdb://{tmp_path}/home/clickhouse"
+    with pytest.raises(LocalClickHouseNotRunning, match="ticklake up"):
+        ClickHouseResource().resolved_dsn()                  # nothing started for this home
+    home = TicklakeHome((tmp_path / "home").resolve()).ensure()
+    home.clickhouse_state_file.write_text('{"url": "http://127.0.0.1:18123", "pid": 1}')
+    assert ClickHouseResource().resolved_dsn() == "http://127.0.0.1:18123"   # whatever port the server got
 
 
 # ---------------------------------------------------------------- Kafka configs
@@ -353,7 +342,7 @@ def test_local_profile_derives_from_home(monkeypatch: pytest.MonkeyPatch, tickla
     assert set(res) == {"kafka", "lake", "clickhouse", "spark", "artifacts", "bulk"}
     assert res["lake"].catalog_properties()["uri"] == home.catalog_uri
     assert res["lake"].catalog_properties()["warehouse"] == home.warehouse
-    assert res["clickhouse"].resolved_dsn() == f"chdb://{home.root}/clickhouse"
+    assert res["clickhouse"].dsn is None            # resolved at use time: the running local server's address
     assert res["spark"].conf()["spark.master"] == "local[2]"
     with pytest.raises(ValueError, match="TICKLAKE_PROFILE"):
         profiles.build_resources("gcp")

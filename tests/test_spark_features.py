@@ -3,7 +3,7 @@
 The capture's processed envelopes go (a) into a tmp lake with the sink's file writer, hour
 sealed, and (b) onto the processed topics of a real broker, where the real feature
 processor publishes feature.spot.signals.binance and the live ClickHouse consumer stores
-what it published in chdb. Then the local batch asset, the Spark asset (local[2],
+what it published in the local ClickHouse server. Then the local batch asset, the Spark asset (local[2],
 applyInArrow) and the parity check run through Dagster: identical, exactly — and the
 check fails once a single feature value of the Spark output is perturbed.
 """
@@ -27,7 +27,7 @@ from assets.spark_features import (
     spark_features_1s,
 )
 from features.spec import FEATURE_SCHEMA
-from resources.clickhouse import ClickHouseResource, release_chdb
+from resources.clickhouse import ClickHouseResource
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from resources.spark import SparkResource
@@ -58,12 +58,12 @@ def spark():
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, clickhouse_server):
     root = tmp_path_factory.mktemp("parity")
     home = resolve_home(root / "home").ensure()
     envs = a.processed_capture()
     lake = a.write_lake(home, envs, seal=(H, H_NEXT))
-    ch = ClickHouseResource(dsn=f"chdb://{home.root}/clickhouse")
+    ch = ClickHouseResource(dsn=clickhouse_server.dsn)
     with EmbeddedBroker(log_path=root / "broker.log") as b:
         ps.create_project_topics(b.bootstrap)
 
@@ -80,7 +80,6 @@ def world(tmp_path_factory):
         stats = live.run(idle_exit_s=4.0)
         yield {"lake": lake, "ch": ch, "late": late, "live": stats, "bootstrap": b.bootstrap,
                "kafka": KafkaResource(bootstrap_servers=b.bootstrap)}
-    release_chdb()
 
 
 CHECK_OP = "spark__features_1s_" + CHECK_PARITY

@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from pipelines.cli import build_parser
-from resources.home import CLICKHOUSE_POOL, resolve_home
+from resources.home import resolve_home
 from streaming.broker import port_in_use
 
 TICKLAKE = Path(sys.executable).parent / "ticklake"
@@ -98,7 +98,7 @@ def test_home_layout_and_derived_values(tmp_path, monkeypatch):
     assert home.root == root
     assert home.catalog_uri == f"sqlite:///{root}/catalog.db"
     assert home.warehouse == f"file://{root}/warehouse"
-    assert home.clickhouse_dsn == f"chdb://{root}/clickhouse"
+    assert home.clickhouse_dsn is None                    # no local ClickHouse server started for it
     assert home.catalog_name == "ticklake"
     for sub in ("warehouse", "clickhouse", "dagster", "artifacts", "run"):
         assert (root / sub).is_dir(), sub
@@ -157,9 +157,6 @@ def test_up_status_refused_second_up_and_down_leaves_nothing(ticklake_home):
         daemons = graphql("{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")
         required = [d for d in daemons["instance"]["daemonHealth"]["allDaemonStatuses"] if d["required"]]
         assert required and all(d["healthy"] for d in required), required
-        pool = graphql(f'{{ instance {{ concurrencyLimit(concurrencyKey: "{CLICKHOUSE_POOL}") '
-                       '{ limit usingDefaultLimit } } }')["instance"]["concurrencyLimit"]
-        assert pool == {"limit": 1, "usingDefaultLimit": False}
 
         st = ticklake(home, "status", "--json")
         assert st.returncode == 0, st.stdout + st.stderr
@@ -169,9 +166,16 @@ def test_up_status_refused_second_up_and_down_leaves_nothing(ticklake_home):
         assert info["dagster_url"] == UI
         assert info["catalog_uri"] == f"sqlite:///{home}/catalog.db"
         assert info["warehouse"] == f"file://{home}/warehouse"
-        assert info["clickhouse_dsn"] == f"chdb://{home}/clickhouse"
+        assert info["clickhouse_dsn"].startswith("http://127.0.0.1:")
+        # A user's own client, in a process of its own, queries ClickHouse while the stack runs.
+        script = ("import sys, clickhouse_connect; "
+                  "print(clickhouse_connect.get_client(dsn=sys.argv[1]).query('SELECT 40 + 2').result_rows[0][0])")
+        user = subprocess.run([sys.executable, "-c", script, info["clickhouse_dsn"]],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert user.stdout.strip() == "42", user.stderr
+        clickhouse_port = int(info["clickhouse_dsn"].rsplit(":", 1)[1])
         assert info["artifacts"] == str(home / "artifacts")
-        assert set(info["services"]) == {"broker", "dagster-webserver", "dagster-daemon"}
+        assert {"broker", "clickhouse", "dagster-webserver", "dagster-daemon"} <= set(info["services"])
         for name, svc in info["services"].items():
             assert svc["state"] == "running" and svc["healthy"], (name, svc)
             assert Path(svc["log"]).parent == home / "run"
@@ -213,7 +217,8 @@ def test_up_status_refused_second_up_and_down_leaves_nothing(ticklake_home):
         down = ticklake(home, "down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert_nothing_left(home, broker_port)
-    assert not (home / "run" / "stack.json").exists()
+    assert not port_in_use("127.0.0.1", clickhouse_port)
+    assert not (home / "run" / "stack.json").exists() and not (home / "run" / "clickhouse.json").exists()
     after = ticklake(home, "status", "--json")
     assert after.returncode == 3
     assert {s["state"] for s in json.loads(after.stdout)["services"].values()} == {"stopped"}
@@ -349,8 +354,8 @@ def test_orphaned_runs_are_marked_failed_and_release_their_slots(ticklake_home, 
                                               tags={"ticklake/service": "collector-0"}))
         done = instance.add_run(DagsterRun(job_name="hourly", run_id="b" * 32,
                                            status=DagsterRunStatus.SUCCESS))
-        instance.event_log_storage.set_concurrency_slots(CLICKHOUSE_POOL, 1)
-        claim = instance.event_log_storage.claim_concurrency_slot(CLICKHOUSE_POOL, started.run_id, "load")
+        instance.event_log_storage.set_concurrency_slots("test_pool", 1)
+        claim = instance.event_log_storage.claim_concurrency_slot("test_pool", started.run_id, "load")
         assert claim.is_claimed
 
     assert fail_orphaned_runs(home, "test") == [started.run_id]
@@ -358,7 +363,7 @@ def test_orphaned_runs_are_marked_failed_and_release_their_slots(ticklake_home, 
     with DagsterInstance.from_config(str(home.dagster_home)) as instance:
         assert instance.get_run_by_id(started.run_id).status == DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(done.run_id).status == DagsterRunStatus.SUCCESS
-        info = instance.event_log_storage.get_concurrency_info(CLICKHOUSE_POOL)
+        info = instance.event_log_storage.get_concurrency_info("test_pool")
         assert info.claimed_slots == []
     assert fail_orphaned_runs(home, "test") == []
 
