@@ -630,14 +630,19 @@ class _Handler(BaseHTTPRequestHandler):
                     "X-ClickHouse-Query-Id": query_id})
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("X-ClickHouse-Server-Display-Name", SERVER_NAME)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        try:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("X-ClickHouse-Server-Display-Name", SERVER_NAME)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client went away (timeout, Ctrl-C); the query itself already ran or failed.
+            log.info("client %s disconnected before the response was sent", self.address_string())
+            self.close_connection = True
 
 
 class _Server(ThreadingHTTPServer):
