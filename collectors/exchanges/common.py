@@ -41,6 +41,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     JSON_DECODE_ERRORS = (ValueError, TypeError)
 
 _POW10 = tuple(10**i for i in range(19))
+_LIST_TYPE = {list}
+_TWO = {2}
 _ZEROS = tuple("0" * i for i in range(64))
 
 SIDE_BUY = pb.SIDE_BUY
@@ -566,11 +568,14 @@ class AdapterBase:
         # Hot path of every book message: the cache lookups and the exact conversion of a miss
         # are inlined here (a call per value costs as much as the lookup).
         try:
+            # Every level must be a list (a 2-character string would unpack into a "level");
+            # checked in C over the whole side rather than per level in the loop.
+            if raw and set(map(type, raw)) != _LIST_TYPE:
+                raise TypeError
             if raw and len(raw[0]) == 2:                 # [px, qty] (Binance, Bybit)
-                for lv in raw:
-                    if type(lv) is not list or len(lv) != 2:
-                        raise TypeError
-                    p, q = lv
+                if set(map(len, raw)) != _TWO:
+                    raise TypeError
+                for p, q in raw:
                     a = pc.get(p)
                     if a is None:
                         a = pc[p] = sc(p, ps)
@@ -580,8 +585,6 @@ class AdapterBase:
                     append((a, b))
             else:                                        # [px, qty, ...] (OKX: 4 fields)
                 for lv in raw:
-                    if type(lv) is not list:
-                        raise TypeError
                     p = lv[0]
                     q = lv[1]
                     a = pc.get(p)
