@@ -67,9 +67,8 @@ class _ReadOnlyFiles(SimpleHTTPRequestHandler):
     """GET/HEAD of files under the root only: no directory listings, no dot files (the
     store's half-written temp files), quiet logs."""
 
-    def list_directory(self, path):  # noqa: ARG002 - signature of the base class
+    def list_directory(self, path):
         self.send_error(404, "no listings")
-        return None
 
     def send_head(self):
         if any(part.startswith(".") for part in self.path.split("?")[0].split("/") if part):
@@ -82,7 +81,7 @@ class _ReadOnlyFiles(SimpleHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         super().end_headers()
 
-    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+    def log_message(self, format, *args):
         pass
 
 

@@ -23,7 +23,11 @@ from assets.batch_features import features_1s
 from assets.chart_render import chart_key
 from assets.charts import market_charts
 from resources import artifact_server
-from resources.artifacts import ARTIFACTS_URL_ENV, ArtifactStoreResource, InvalidArtifactKey
+from resources.artifacts import (
+    ARTIFACTS_URL_ENV,
+    ArtifactStoreResource,
+    InvalidArtifactKey,
+)
 from resources.home import resolve_home
 from schemas.symbols import SymbolError
 from tests import analytics_support as a

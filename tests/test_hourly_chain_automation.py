@@ -15,10 +15,14 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
-from dagster._core.definitions.automation_tick_evaluation_context import build_run_requests
-from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
+from dagster._core.definitions.automation_tick_evaluation_context import (
+    build_run_requests,
+)
 from dagster._core.definitions.partitions.context import partition_loading_context
+from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
