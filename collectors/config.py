@@ -231,6 +231,62 @@ def dump_shards(shards: Sequence[ShardConfig], path: str | Path) -> Path:
     return p
 
 
+#: What `ticklake up` collects out of the box (written to $TICKLAKE_HOME/collectors.yaml
+#: when that file is absent; the user edits it there). BTC and ETH on each venue's spot and
+#: linear perpetual market.
+DEFAULT_COLLECTORS_YAML = """\
+# Collector shards: one long-running collector per enabled shard (started by the collector
+# supervisor once `ticklake up` has turned the services on). Edit this file to choose what
+# is collected; the supervisor picks changes up by itself. `ticklake status` shows each
+# shard's connection, the age of its last frame and, if a venue cannot be reached, why.
+#
+# Per shard: name, exchange (binance | bybit | okx), market (spot | perp | future),
+# symbols (canonical: BTC-USDT spot, BTC-USDT-PERP perpetual, BTC-USD-240927 dated),
+# and optionally enabled: false, egress_ips: [...] (source addresses to spread symbols
+# over), ws_url / rest_url (endpoint overrides), max_symbols_per_connection, watchdog_s,
+# adapter_options (e.g. {depth: 50}). Field reference: collectors/config.py.
+# `ticklake up --replay CAPTURE` puts this file aside while the replay runs.
+shards:
+  - name: binance-spot
+    exchange: binance
+    market: spot
+    symbols: [BTC-USDT, ETH-USDT]
+  - name: binance-usdm
+    exchange: binance
+    market: perp
+    symbols: [BTC-USDT-PERP, ETH-USDT-PERP]
+  - name: bybit-spot
+    exchange: bybit
+    market: spot
+    symbols: [BTC-USDT, ETH-USDT]
+  - name: bybit-linear
+    exchange: bybit
+    market: perp
+    symbols: [BTC-USDT-PERP, ETH-USDT-PERP]
+  - name: okx-spot
+    exchange: okx
+    market: spot
+    symbols: [BTC-USDT, ETH-USDT]
+  - name: okx-swap
+    exchange: okx
+    market: perp
+    symbols: [BTC-USDT-PERP, ETH-USDT-PERP]
+"""
+
+
+def ensure_default_config(path: str | Path) -> bool:
+    """Write the default collectors config to ``path`` unless a file is there (True if
+    written). An existing file is the user's and is never touched."""
+    p = Path(path)
+    if p.exists():
+        return False
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(DEFAULT_COLLECTORS_YAML)
+    os.replace(tmp, p)
+    return True
+
+
 def find_shard(name: str, path: str | Path | None = None) -> ShardConfig:
     for s in load_shards(path):
         if s.name == name:

@@ -49,6 +49,8 @@ class RestStats:
     retries: int = 0
     transport_errors: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
+    #: the last request's transport failure ('' once a request got an answer): shard status
+    last_transport_error: str = ""
 
 
 class RestPool:
@@ -180,12 +182,14 @@ class RestPool:
             except asyncio.CancelledError:
                 member.limiter.release()
                 raise
-            except (TimeoutError, aiohttp.ClientError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 self.stats.transport_errors += 1
+                self.stats.last_transport_error = f"{type(exc).__name__}: {exc}"[:300]
                 self.stats.retries += 1
                 await asyncio.sleep(backoff.next_delay())
                 continue
             now = self.clock()
+            self.stats.last_transport_error = ""
             self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
             verdict = member.limiter.on_response(status, headers, now)
             self.poll_states()

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -40,6 +42,13 @@ from collectors.logs import get_logger, log_event
 from collectors.ratelimit import IpState, policy_for
 from collectors.rest_client import DEFAULT_IP, RestPool
 from collectors.sharding import ConnectionSpec, plan_connections, preference
+from collectors.status import (
+    REPORT_INTERVAL_S,
+    short_url,
+    status_file,
+    summarize,
+    write_report,
+)
 from collectors.ws_client import SessionEnded, WsSession, WsSettings, now_us
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import (
@@ -215,6 +224,11 @@ class Worker:
         self.urls = adapter_urls(self.adapter, runner.cfg.endpoints.ws, self.natives)
         self.sessions: dict[str, WsSession | None] = {u: None for u in self.urls}
         self.first_frame: dict[str, float] = {}
+        #: per URL, for the shard's status report: consecutive failed connects, the last
+        #: failure (wall time, reason), and the newest frame of an ended session (monotonic)
+        self.failures: dict[str, int] = {}
+        self.last_error: dict[str, tuple[float, str]] = {}
+        self.last_frame: dict[str, float] = {}
         self.started = time.monotonic()
         self.alive = True
         self.successor: Worker | None = None
@@ -245,6 +259,21 @@ class Worker:
                 return False
         return True
 
+    def connection_reports(self, now_mono: float, now_wall: float) -> list[dict[str, Any]]:
+        """One entry per URL of this connection for the shard's status report."""
+        out = []
+        for url in self.urls:
+            s = self.sessions.get(url)
+            last = s.last_frame_at if s is not None and s.frames_in else self.last_frame.get(url)
+            err = self.last_error.get(url)
+            out.append({"url": short_url(url), "ip": self.ip or "default", "connected": s is not None,
+                        "connected_for_s": round(s.age_s, 1) if s is not None else None,
+                        "last_frame_age_s": round(now_mono - last, 1) if last is not None else None,
+                        "failures": self.failures.get(url, 0),
+                        "last_error": err[1] if err and s is None else "",
+                        "last_error_age_s": round(now_wall - err[0], 1) if err else None})
+        return out
+
     def any_session(self) -> WsSession | None:
         for s in self.sessions.values():
             if s is not None:
@@ -264,9 +293,13 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # refused, DNS, handshake, timeout: all transient to us
-                r.on_session_end(self, url, f"connect failed: {type(exc).__name__}: {exc}", opened=False)
+                why = f"connect failed: {type(exc).__name__}: {exc}"
+                self.failures[url] = self.failures.get(url, 0) + 1
+                self.last_error[url] = (time.time(), why[:300])
+                r.on_session_end(self, url, why, opened=False)
                 await asyncio.sleep(backoff.next_delay())
                 continue
+            self.failures[url] = 0
             self.sessions[url] = session
             r.stats.sessions_opened += 1
             gauge.inc()
@@ -288,10 +321,13 @@ class Worker:
             finally:
                 self.sessions[url] = None
                 self.first_frame.pop(url, None)
+                if session.frames_in:
+                    self.last_frame[url] = session.last_frame_at
                 gauge.dec()
                 await session.close(reason)
             if not self.alive:
                 return
+            self.last_error[url] = (time.time(), reason[:300])
             r.on_session_end(self, url, reason, opened=True)
             backoff.note_uptime(session.age_s)
             await asyncio.sleep(backoff.next_delay())
@@ -332,7 +368,10 @@ class ShardRunner:
                  reconcile_interval_s: float = 0.25,
                  max_concurrent_connects: int = 8,
                  clock: Callable[[], float] = time.time,
-                 rng: Any = None) -> None:
+                 rng: Any = None,
+                 status_path: Path | None = None,
+                 status_interval_s: float = REPORT_INTERVAL_S,
+                 instruments_timeout_s: float = 20.0) -> None:
         if producer is None and producer_config is None:
             raise ValueError("pass a confluent_kafka Producer or a producer_config")
         import random
@@ -361,6 +400,10 @@ class ShardRunner:
         self._lbl = (cfg.name, str(cfg.exchange), str(cfg.market))
         self._metered: dict[str, int] = {}
         self.running = asyncio.Event()
+        #: where the shard reports its state for `ticklake status` (collectors/status.py)
+        self.status_path = status_path
+        self.status_interval_s = status_interval_s
+        self.instruments_timeout_s = instruments_timeout_s
 
     # -- frame handling --------------------------------------------------------------------------
 
@@ -567,6 +610,32 @@ class ShardRunner:
                     acc[k] = acc.get(k, 0) + v
         return out
 
+    # -- status report ---------------------------------------------------------------------------
+
+    def status_report(self, stopped: bool = False) -> dict[str, Any]:
+        now_mono, now_wall = time.monotonic(), time.time()
+        conns = [c for w in self.workers if w.alive for c in w.connection_reports(now_mono, now_wall)]
+        verdict = summarize(conns, rest_error=self.pool.stats.last_transport_error,
+                            rest_url=self.cfg.endpoints.rest, stopped=stopped)
+        st = self.stats
+        return {"shard": self.cfg.name, "exchange": str(self.cfg.exchange), "market": str(self.cfg.market),
+                "pid": os.getpid(), "updated_at": now_wall, **verdict, "connections": conns,
+                "frames_in": st.frames_in, "events_out": st.events_out, "reconnects": st.reconnects,
+                "resyncs": sum(st.resyncs.values()), "dead_letters": st.dead_letters}
+
+    def write_status(self, stopped: bool = False) -> None:
+        if self.status_path is None:
+            return
+        try:
+            write_report(self.status_path, self.status_report(stopped))
+        except OSError as exc:   # a full or read-only disk must not stop collection
+            log_event(log, logging.WARNING, "status report not written", shard=self.cfg.name, error=str(exc))
+
+    async def _report_loop(self) -> None:
+        while True:
+            self.write_status()
+            await asyncio.sleep(self.status_interval_s)
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None) -> ShardStats:
@@ -574,9 +643,11 @@ class ShardRunner:
         stop = stop or asyncio.Event()
         log_event(log, logging.INFO, "shard starting", shard=self.cfg.name, exchange=str(self.cfg.exchange),
                   market=str(self.cfg.market), symbols=len(self.cfg.symbols), ips=self.ips)
+        reporter = asyncio.create_task(self._report_loop(), name=f"status {self.cfg.name}") \
+            if self.status_path is not None else None
         try:
             await self.pool.start()
-            await self._load_instruments()
+            await self._load_instruments(self.instruments_timeout_s)
             self.running.set()
             while not stop.is_set():
                 self._reconcile()
@@ -590,7 +661,10 @@ class ShardRunner:
                 for p in pending:
                     p.cancel()
         finally:
+            if reporter is not None:
+                reporter.cancel()
             await self.shutdown()
+            self.write_status(stopped=True)
         return self.stats
 
     async def shutdown(self, flush_timeout: float = 30.0) -> None:
@@ -646,7 +720,8 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await ShardRunner(cfg, producer_config=kc.producer_config(conn)).run(stop)
+        return await ShardRunner(cfg, producer_config=kc.producer_config(conn),
+                                 status_path=status_file(cfg.name)).run(stop)
 
     stats = asyncio.run(run())
     return 0 if stats.delivery_errors == 0 else 1

@@ -145,6 +145,7 @@ def _print_status(info: dict, overall: str) -> None:
     print(f"  {'artifacts':<18} {info['artifacts']}")
     if info.get("orphans"):
         print(f"  {'orphans':<18} {info['orphans']} (their service died; `ticklake down` stops them)")
+    _print_collectors(info.get("collectors") or {})
     report = info.get("dagster_services")
     if report is not None:
         if "error" in report:
@@ -156,6 +157,20 @@ def _print_status(info: dict, overall: str) -> None:
             print(f"  {'service runs':<18} {len(runs)} live")
             for run in runs:
                 print(f"    {run['service']:<40} {run['status']:<10} {run['job']} {run['run_id']}")
+
+
+def _print_collectors(col: dict) -> None:
+    """Per shard: state, newest frame's age, and the reason when it is not connected."""
+    shards = col.get("shards") or []
+    print(f"  {'collectors':<18} {col.get('config', '-')}: {len(shards)} shard(s){'; ' + col['detail'] if col.get('detail') else ''}")
+    for sh in shards:
+        age = sh.get("last_frame_age_s")
+        frame = f"last frame {age:.0f}s ago" if age is not None else "no frame yet"
+        state = sh["state"] if sh.get("connected") or sh["state"] in ("disabled", "stopped") else sh["state"].upper()
+        print(f"    {sh['shard']:<22} {state:<12} {frame:<22} {sh['exchange']} {sh['market']} "
+              f"{','.join(sh.get('symbols', []))}")
+        if sh.get("reason"):
+            print(f"    {'':<22} {sh['reason']}")
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -20,7 +20,9 @@ import dagster as dg
 from collectors.config import ConfigError, ShardConfig, config_path, find_shard
 from collectors.logs import configure_json_logging
 from collectors.runner import ShardRunner, ShardStats
+from collectors.status import status_file
 from pipelines.processor_services import SERVICE_TAG
+from resources.home import resolve_home
 from resources.kafka import KafkaResource
 
 SHARD_TAG = "ticklake/shard"
@@ -105,7 +107,8 @@ def run_shard_until_stopped(log: Any, cfg: ShardConfig, producer_config: dict[st
     async def main() -> None:
         handle.loop = asyncio.get_running_loop()
         handle.stop = asyncio.Event()
-        handle.runner = ShardRunner(cfg, producer_config=producer_config)
+        handle.runner = ShardRunner(cfg, producer_config=producer_config,
+                                    status_path=status_file(cfg.name, resolve_home().root))
         handle.stats = handle.runner.stats
         handle.started.set()
         if max_seconds:

@@ -480,6 +480,8 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
     emulator: dict[str, Any] = {}
     if options.replay is not None:
         emulator = _start_replay(home, root, options, state, echo)
+    else:
+        _default_collectors(home, echo)
 
     orphans = _prepare_dagster_home(home, root)
     if orphans:
@@ -728,6 +730,7 @@ def status(home: TicklakeHome) -> dict[str, Any]:
     if REPLAY in services and services[REPLAY]["state"] == "running":
         services[REPLAY].update(_replay_status(home))
     info["catalog"] = _catalog_status(home)
+    info["collectors"] = _collectors_status(home)
     if web["state"] == "running":
         from pipelines.stack_services import services_report
 
@@ -762,6 +765,38 @@ def _replay_status(home: TicklakeHome) -> dict[str, Any]:
             "finished": bool(stats.get("finished")), "complete": complete, "records_served": items,
             "unserved": stats.get("unserved", 0), "waiting_for": waiting,
             "source_id": source.source_id}
+
+
+def _default_collectors(home: TicklakeHome, echo: Callable[[str], None]) -> None:
+    """Live collection by default: the shipped collectors.yaml (BTC, ETH on every venue) goes
+    into the home unless the user has one there."""
+    from collectors.config import ConfigError, ensure_default_config, load_shards
+
+    path = collectors_file(home)
+    written = ensure_default_config(path)
+    try:
+        n = f"{len(load_shards(path))} shard(s)"
+    except ConfigError as exc:
+        n = f"INVALID: {exc}"
+    echo(f"collectors  {path}: {n}" + (" (the default: BTC, ETH on Binance, Bybit, OKX spot and perp; "
+                                       "edit it to choose what is collected)" if written else ""))
+
+
+def _collectors_status(home: TicklakeHome) -> dict[str, Any]:
+    """Per configured shard: connected or not, age of its last frame, why a venue is unreachable
+    (from the report each shard writes under <home>/run/collectors; collectors/status.py)."""
+    from collectors.config import ConfigError, load_shards
+    from collectors.status import collectors_status
+
+    path = collectors_file(home)
+    if not path.exists():
+        return {"config": str(path), "shards": [], "detail": "no collectors config: nothing is collected "
+                                                              "(`ticklake up` writes the default one)"}
+    try:
+        shards = load_shards(path)
+    except (ConfigError, OSError, ValueError) as exc:
+        return {"config": str(path), "shards": [], "detail": f"collectors config unusable: {exc}"}
+    return {"config": str(path), "shards": collectors_status(home.root, shards)}
 
 
 def _catalog_status(home: TicklakeHome) -> dict[str, Any]:

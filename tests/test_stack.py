@@ -185,6 +185,14 @@ def test_up_status_refused_second_up_and_down_leaves_nothing(ticklake_home):
         assert ("sensor", "collector_supervisor") in kinds and ("schedule", "lake_hourly_seal") in kinds
         assert set(kinds.values()) == {"STOPPED"}, kinds
         assert report["runs"] == []
+        # Live collection by default: `up` wrote the shipped collectors.yaml; status has a line
+        # per shard (not running: services are off here; tests/test_collector_status.py has
+        # connected and unreachable shards).
+        assert (home / "collectors.yaml").is_file() and "the default: BTC, ETH" in up.stdout
+        shards = info["collectors"]["shards"]
+        assert len(shards) == 6 and {s["state"] for s in shards} == {"not running"}, shards
+        text = ticklake(home, "status").stdout
+        assert "binance-spot" in text and "okx-swap" in text and "NOT RUNNING" in text
 
         # The broker status points at answers metadata and holds the topics, sized locally.
         bootstrap = info["kafka_bootstrap"]

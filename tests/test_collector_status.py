@@ -1,0 +1,156 @@
+"""Live collection by default, and what `ticklake status` says about each collector shard.
+
+Real shards (ShardRunner, the real broker) against a venue that cannot be reached, the way
+this machine (no internet) or a firewalled one sees the real venues: a closed local port
+(connection refused) and a host in the reserved `.invalid` domain (DNS fails everywhere,
+RFC 6761); and against the exchange emulator, where the shard is connected. The reports the
+shards write are read back through the same code `ticklake status` uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import yaml
+
+from collectors.config import (
+    DEFAULT_COLLECTORS_YAML,
+    ShardConfig,
+    dump_shards,
+    ensure_default_config,
+    parse_shards,
+)
+from collectors.replay import Emulator
+from collectors.status import collectors_status, explain, status_file
+from schemas.model import Exchange, Market
+from tests.collector_harness import RunningShard, ensure_collector_topics, unique, wait_until
+
+
+def test_default_config_collects_btc_and_eth_on_every_venue_and_is_never_overwritten(tmp_path):
+    shards = parse_shards(yaml.safe_load(DEFAULT_COLLECTORS_YAML))
+    pairs = {(s.exchange, s.market) for s in shards}
+    assert pairs == {(x, m) for x in (Exchange.BINANCE, Exchange.BYBIT, Exchange.OKX) for m in (Market.SPOT, Market.PERP)}
+    for s in shards:
+        assert {sym.split("-")[0] for sym in s.symbols} == {"BTC", "ETH"} and s.enabled
+        assert not s.ws_url and not s.rest_url            # the venues' production endpoints
+    path = tmp_path / "home" / "collectors.yaml"
+    assert ensure_default_config(path) is True
+    assert parse_shards(yaml.safe_load(path.read_text())) == shards
+    path.write_text("shards: []\n")                       # the user's edit stays
+    assert ensure_default_config(path) is False and path.read_text() == "shards: []\n"
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_status_says_why_a_venue_is_unreachable(kafka_broker, tmp_path):
+    bootstrap = kafka_broker.bootstrap
+    ensure_collector_topics(bootstrap)
+    port = _closed_port()
+    refused = ShardConfig(name=unique("refused"), exchange=Exchange.BINANCE, market=Market.SPOT,
+                          symbols=("BTC-USDT",), ws_url=f"ws://127.0.0.1:{port}",
+                          rest_url=f"http://127.0.0.1:{port}", backoff_cap_s=1.0)
+    nodns = ShardConfig(name=unique("nodns"), exchange=Exchange.OKX, market=Market.PERP,
+                        symbols=("ETH-USDT-PERP",), ws_url="wss://ws.venue.invalid:8443",
+                        rest_url="https://www.venue.invalid", backoff_cap_s=1.0)
+    home = tmp_path / "home"
+
+    def reports():
+        return {s["shard"]: s for s in collectors_status(home, [refused, nodns])}
+
+    async def scenario():
+        runs = [RunningShard(cfg, bootstrap, status_path=status_file(cfg.name, home), status_interval_s=0.2,
+                             instruments_timeout_s=1.0) for cfg in (refused, nodns)]
+        for r in runs:
+            r.task = asyncio.create_task(r.runner.run(r.stop))
+        try:
+            # Still fetching reference data over REST: already unreachable, with the reason.
+            assert await wait_until(lambda: all(s["state"] == "unreachable" for s in reports().values()), 20)
+            early = reports()
+            # Then the websocket connects fail too, and keep failing (it retries forever).
+            assert await wait_until(lambda: all(
+                s["connections"] and all(c["failures"] >= 2 for c in s["connections"]) for s in reports().values()), 30)
+            return early, reports()
+        finally:
+            for r in runs:
+                await r.__aexit__(None, None, None)
+
+    early, late = asyncio.run(scenario())
+    for st in (early, late):
+        a, b = st[refused.name], st[nodns.name]
+        assert a["state"] == b["state"] == "unreachable" and not a["connected"] and not b["connected"]
+        assert a["last_frame_age_s"] is None and b["last_frame_age_s"] is None
+        assert f"127.0.0.1:{port} refused" in a["reason"], a["reason"]
+        assert "DNS lookup of" in b["reason"] and "venue.invalid failed" in b["reason"], b["reason"]
+        assert "no internet access" in b["reason"]
+    assert late[nodns.name]["connections"][0]["url"] == "wss://ws.venue.invalid:8443/ws/v5/public"
+    # After the runs stopped, the reports say so (not a stale "unreachable").
+    assert {s["state"] for s in collectors_status(home, [refused, nodns])} == {"stopped"}
+
+
+def test_status_shows_a_connected_shard_and_its_last_frame_age(kafka_broker, tmp_path):
+    bootstrap = kafka_broker.bootstrap
+    ensure_collector_topics(bootstrap)
+    home = tmp_path / "home"
+
+    async def scenario():
+        emu = Emulator()
+        emu.play_synthetic("okx", "spot", n_symbols=1, rate=50, gate=False)
+        await emu.start()
+        try:
+            cfg = emu.shard_configs(unique("live"))[0]
+            async with RunningShard(cfg, bootstrap, status_path=status_file(cfg.name, home),
+                                    status_interval_s=0.2):
+                assert await wait_until(
+                    lambda: collectors_status(home, [cfg])[0]["state"] == "connected"
+                    and collectors_status(home, [cfg])[0]["last_frame_age_s"] is not None, 30)
+                return cfg, collectors_status(home, [cfg])[0]
+        finally:
+            await emu.stop()
+
+    cfg, st = asyncio.run(scenario())
+    assert st["connected"] is True and st["reason"] == "" and st["last_frame_age_s"] < 5
+    assert st["frames_in"] > 0 and st["connections"][0]["connected"]
+    # A report nobody refreshes any more (the process died) is called out as such.
+    path = status_file(cfg.name, home)
+    rep = json.loads(path.read_text())
+    rep.update(state="connected", updated_at=time.time() - 120)
+    path.write_text(json.dumps(rep))
+    stale = collectors_status(home, [cfg])[0]
+    assert stale["state"] == "no report" and not stale["connected"] and "120s ago" in stale["reason"]
+
+
+def test_stack_status_lists_every_configured_shard(ticklake_home, capsys):
+    """`ticklake status` (JSON and text) has a line per shard of collectors.yaml, also for
+    shards whose run never started."""
+    from pipelines import stack
+    from pipelines.cli import _print_collectors
+
+    path = stack.collectors_file(ticklake_home)
+    ensure_default_config(path)
+    cfg = parse_shards(yaml.safe_load(path.read_text()))
+    dump_shards([*cfg[:5], cfg[5].with_overrides(enabled=False)], path)
+    col = stack._collectors_status(ticklake_home)
+    assert col["config"] == str(path) and [s["shard"] for s in col["shards"]] == [s.name for s in cfg]
+    assert {s["state"] for s in col["shards"][:5]} == {"not running"}
+    assert col["shards"][5]["state"] == "disabled"
+    _print_collectors(col)
+    out = capsys.readouterr().out
+    assert "binance-spot" in out and "NOT RUNNING" in out and "its run has not started" in out
+
+
+def test_explain_names_the_cause():
+    url = "wss://stream.binance.com:9443/stream?streams=btcusdt@trade"
+    assert explain("connect failed: gaierror: [Errno -2] Name or service not known", url).startswith(
+        "venue unreachable: DNS lookup of stream.binance.com failed")
+    assert "timed out" in explain("connect failed: TimeoutError: timed out during opening handshake", url)
+    assert "no network route" in explain("connect failed: OSError: [Errno 101] Network is unreachable", url)
+    assert "HTTP 451" in explain("connect failed: InvalidStatus: server rejected WebSocket connection: HTTP 451", url)
