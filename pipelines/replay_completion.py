@@ -125,8 +125,8 @@ def replay_completion(context: dg.SensorEvaluationContext, kafka: KafkaResource,
     if cursor["drained"] < CONFIRMATIONS:
         context.update_cursor(json.dumps(cursor))
         return dg.SkipReason("capture exhausted and the chain drained; confirming on the next evaluation")
-    done = mark_complete(lake.load_catalog(), source.source_id, source.from_us, source.until_us)
-    keys = _hours(done.from_us, done.until_us)
+    done = mark_complete(lake.load_catalog(), source.source_id, source.spans)
+    keys = [k for r in done for k in _hours(r.from_us, r.until_us)]
     context.log.info(f"{source.capture}: complete; hours {keys} declared closed")
     context.update_cursor(json.dumps({**cursor, "done": True}))
     if not keys:

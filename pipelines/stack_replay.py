@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from collectors.config import ShardConfig, dump_shards
-from streaming.source_complete import hour_span
+from streaming.source_complete import hour_span, merge_spans
 
 REPLAY = "replay"
 EMULATOR_STATE = "replay.json"
@@ -47,17 +47,27 @@ class ReplaySource:
     shards: tuple[str, ...]
     first_us: int         # receive times of the capture's first and last records
     last_us: int
-    from_us: int          # the whole hours those cover (what completion declares final)
-    until_us: int
+    #: the whole hours the capture files cover, one [from_us, until_us) per run of hours
+    #: (what completion declares final; files far apart in time give several spans)
+    spans: tuple[tuple[int, int], ...]
+
+    @property
+    def from_us(self) -> int:
+        return self.spans[0][0]
+
+    @property
+    def until_us(self) -> int:
+        return self.spans[-1][1]
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["shards"] = list(self.shards)
+        d["spans"] = [list(s) for s in self.spans]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ReplaySource:
-        return cls(**{**d, "shards": tuple(d["shards"])})
+        return cls(**{**d, "shards": tuple(d["shards"]), "spans": tuple(tuple(s) for s in d["spans"])})
 
 
 def parse_speed(text: str) -> str:
@@ -73,16 +83,17 @@ def parse_speed(text: str) -> str:
     return text
 
 
-def capture_span(path: Path) -> tuple[int, int]:
-    """First and last receive time (µs) over every servable capture at `path`."""
+def capture_spans(path: Path) -> list[tuple[int, int]]:
+    """First and last receive time (µs) of every servable capture file at `path`."""
     from collectors import capture
     from collectors.replay import _servable
 
     files = ([f for f in sorted(path.rglob("*")) if f.is_file() and _servable(f, capture)]
              if path.is_dir() else [path])
-    lo: int | None = None
-    hi: int | None = None
+    spans: list[tuple[int, int]] = []
     for f in files:
+        lo: int | None = None
+        hi: int | None = None
         try:
             info = capture.detect(f)
             for rec in capture.read(info):
@@ -91,9 +102,17 @@ def capture_span(path: Path) -> tuple[int, int]:
                     hi = rec.recv_ts_us if hi is None else max(hi, rec.recv_ts_us)
         except (capture.CaptureError, OSError, ValueError) as exc:
             raise ReplayError(f"cannot read capture {f}: {exc}") from exc
-    if lo is None or hi is None:
+        if lo is not None and hi is not None:
+            spans.append((lo, hi))
+    if not spans:
         raise ReplayError(f"{path}: no servable capture with receive times")
-    return lo, hi
+    return spans
+
+
+def capture_span(path: Path) -> tuple[int, int]:
+    """First and last receive time (µs) over every servable capture at `path`."""
+    spans = capture_spans(path)
+    return min(s[0] for s in spans), max(s[1] for s in spans)
 
 
 def emulator_command(capture: Path, speed: str, state_file: Path) -> list[str]:
@@ -132,12 +151,12 @@ def write_collectors(path: Path, emulator_state: dict[str, Any]) -> list[ShardCo
 
 
 def new_source(capture: Path, speed: str, emulator_state: dict[str, Any], shards: list[ShardConfig],
-               span: tuple[int, int], started_at: str) -> ReplaySource:
-    lo, hi = hour_span(*span)
+               spans: list[tuple[int, int]], started_at: str) -> ReplaySource:
+    hours = tuple(merge_spans(hour_span(*s) for s in spans))
     sid = hashlib.sha256(f"{capture}|{started_at}|{emulator_state.get('control')}".encode()).hexdigest()[:16]
     return ReplaySource(source_id=f"replay-{sid}", capture=str(capture), speed=speed,
                         control_url=str(emulator_state["control"]), shards=tuple(s.name for s in shards),
-                        first_us=span[0], last_us=span[1], from_us=lo, until_us=hi)
+                        first_us=min(s[0] for s in spans), last_us=max(s[1] for s in spans), spans=hours)
 
 
 def save_source(run_dir: Path, source: ReplaySource) -> None:

@@ -66,12 +66,28 @@ def _write(catalog: Catalog, ranges: Iterable[CompleteRange]) -> None:
     catalog.update_namespace_properties(NAMESPACE, updates={COMPLETE_KEY: text})
 
 
-def mark_complete(catalog: Catalog, source: str, from_us: int, until_us: int) -> CompleteRange:
-    if until_us <= from_us:
-        raise ValueError(f"empty range [{from_us}, {until_us})")
-    new = CompleteRange(source, from_us, until_us)
-    _write(catalog, [*(r for r in read_complete_ranges(catalog) if r.source != source), new])
+def mark_complete(catalog: Catalog, source: str, spans: Sequence[tuple[int, int]]) -> list[CompleteRange]:
+    """Declare `spans` ([from_us, until_us) each) final for `source`, replacing what the
+    source declared before. A replay of several captures declares one span per run of
+    hours its files cover, never the gap between them (a capture of August beside one of
+    December must not close every hour in between)."""
+    new = [CompleteRange(source, lo, hi) for lo, hi in merge_spans(spans)]
+    if not new:
+        raise ValueError(f"nothing to declare complete: {list(spans)}")
+    _write(catalog, [*(r for r in read_complete_ranges(catalog) if r.source != source), *new])
     return new
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping, non-adjacent spans covering exactly the union of `spans`;
+    empty spans are dropped."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(s for s in spans if s[1] > s[0]):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def withdraw_overlapping(catalog: Catalog, from_us: int, until_us: int) -> list[CompleteRange]:

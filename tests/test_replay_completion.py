@@ -33,6 +33,7 @@ from streaming.drain import pending_partitions
 from streaming.lake_state import HOUR_US
 from streaming.source_complete import (
     hour_span,
+    hour_completed,
     mark_complete,
     read_complete_ranges,
     withdraw_overlapping,
@@ -59,17 +60,30 @@ def catalog(ticklake_home):
 
 def test_completed_ranges_round_trip_and_are_withdrawn_by_an_overlapping_replay(catalog):
     assert read_complete_ranges(catalog) == []
-    a = mark_complete(catalog, "replay-a", H_US, H_US + 2 * HOUR_US)
-    b = mark_complete(catalog, "replay-b", H_US + 10 * HOUR_US, H_US + 11 * HOUR_US)
+    [a] = mark_complete(catalog, "replay-a", [(H_US, H_US + 2 * HOUR_US)])
+    [b] = mark_complete(catalog, "replay-b", [(H_US + 10 * HOUR_US, H_US + 11 * HOUR_US)])
     assert read_complete_ranges(catalog) == [a, b]
     # Marking the same source again replaces its range instead of adding one.
-    a2 = mark_complete(catalog, "replay-a", H_US, H_US + 3 * HOUR_US)
+    [a2] = mark_complete(catalog, "replay-a", [(H_US, H_US + 3 * HOUR_US)])
     assert read_complete_ranges(catalog) == [a2, b]
     assert withdraw_overlapping(catalog, H_US + HOUR_US, H_US + HOUR_US + 1) == [a2]
     assert read_complete_ranges(catalog) == [b]
     assert withdraw_overlapping(catalog, H_US, H_US + HOUR_US) == []
     with pytest.raises(ValueError):
-        mark_complete(catalog, "empty", H_US, H_US)
+        mark_complete(catalog, "empty", [(H_US, H_US)])
+
+
+def test_captures_far_apart_declare_their_own_hours_not_the_gap_between(catalog):
+    """Two capture files months apart: each file's hours are declared, the months between
+    them are not (they would otherwise close, and get sealed, thousands of empty hours)."""
+    day = 24 * HOUR_US
+    spans = [(H_US + 100 * day, H_US + 100 * day + HOUR_US), (H_US, H_US + HOUR_US),
+             (H_US + HOUR_US, H_US + 2 * HOUR_US), (H_US + 5, H_US + 10)]
+    ranges = mark_complete(catalog, "replay-two", spans)
+    assert [(r.from_us, r.until_us) for r in ranges] == [(H_US, H_US + 2 * HOUR_US),
+                                                         (H_US + 100 * day, H_US + 100 * day + HOUR_US)]
+    assert not hour_completed(datetime.fromtimestamp((H_US + 50 * day) / 1e6, UTC), read_complete_ranges(catalog))
+    assert hour_completed(datetime.fromtimestamp((H_US + 100 * day) / 1e6, UTC), read_complete_ranges(catalog))
 
 
 def test_closed_hour_rule_honours_completion_and_still_the_watermark():
@@ -166,7 +180,8 @@ def test_collectors_file_is_written_for_the_replay_and_restored_after(tmp_path):
 
 
 def test_replay_source_round_trips(tmp_path):
-    src = ReplaySource("replay-x", "/c", "max", "http://127.0.0.1:9/_emulator", ("s1",), 1, 2, 0, HOUR_US)
+    src = ReplaySource("replay-x", "/c", "max", "http://127.0.0.1:9/_emulator", ("s1",), 1, 2,
+                       ((0, HOUR_US), (5 * HOUR_US, 6 * HOUR_US)))
     save_source(tmp_path, src)
     assert load_source(tmp_path) == src
     assert load_source(tmp_path / "nowhere") is None
