@@ -581,7 +581,8 @@ def _start_replay(home: TicklakeHome, root: Path, options: UpOptions, state: Sta
     from streaming.source_complete import withdraw_overlapping
 
     capture = options.replay.resolve()
-    span = sr.capture_span(capture)
+    spans = sr.capture_spans(capture)
+    span = (min(s[0] for s in spans), max(s[1] for s in spans))
     state_file = home.run_dir / sr.EMULATOR_STATE
     state_file.unlink(missing_ok=True)
     env = dict(os.environ)
@@ -595,8 +596,9 @@ def _start_replay(home: TicklakeHome, root: Path, options: UpOptions, state: Sta
         shards = sr.write_collectors(collectors_file(home), emu)
     except sr.ReplayError as exc:
         raise StackError(f"replay: {exc}\nlog {rec.log} ends with:\n{log_tail(Path(rec.log))}") from None
-    source = sr.new_source(capture, options.speed, emu, shards, span, state.started_at)
-    withdrawn = withdraw_overlapping(open_local_catalog(home).load_catalog(), source.from_us, source.until_us)
+    source = sr.new_source(capture, options.speed, emu, shards, spans, state.started_at)
+    catalog = open_local_catalog(home).load_catalog()
+    withdrawn = [r for lo, hi in source.spans for r in withdraw_overlapping(catalog, lo, hi)]
     sr.save_source(home.run_dir, source)
     first = datetime.fromtimestamp(span[0] / 1e6, UTC).isoformat(timespec="seconds")
     last = datetime.fromtimestamp(span[1] / 1e6, UTC).isoformat(timespec="seconds")
