@@ -6,7 +6,14 @@ below its own partition's watermark, or its window has already been closed; late
 go to dlq.features with the reason (counted), never into a window. Windows close when the
 *close frontier* passes their end: the minimum watermark over partitions that are not idle
 (an idle partition, silent for idle_timeout, would otherwise hold every window open; when
-all are idle everything buffered is closed). Closed windows are computed with the one
+all are idle everything buffered is closed). Idle also requires *caught up*: nothing left
+to read in the partition (consumer position at the broker's high watermark). Silence alone
+is wall time, and a partition that merely has not been fetched for a while (a backlog at
+replay speed max, a slow start) would be declared idle while its records are still to
+come, and then found late: the output would depend on the replay's speed. With the
+caught-up condition a partition is idle only when its source has really gone quiet, which
+is as decidable in event time as it gets (the one wall-clock rule left: how long a
+caught-up partition must stay silent). Closed windows are computed with the one
 feature spec (features.compute) and produced in the same Kafka transaction as the input
 offsets that completed them.
 
@@ -198,6 +205,13 @@ class Engine:
                     self.buffers.setdefault(ts - ts % WINDOW_US, []).append(Buffered(tp, m.offset(), envelope_row(env)))
 
 
+def live_partitions(assignment: Iterable[TP], last_seen: dict[TP, float], now: float, idle_s: float,
+                    caught_up: set[TP]) -> list[TP]:
+    """Partitions that hold the close frontier: all but the idle ones, idle meaning silent for
+    ``idle_s`` *and* caught up (a partition with records still to read is never idle)."""
+    return [tp for tp in assignment if tp not in caught_up or now - last_seen.get(tp, now) <= idle_s]
+
+
 def feature_records(rows: list[dict]) -> list[OutRecord]:
     out = []
     for r in rows:
@@ -360,7 +374,7 @@ class FeatureProcessor(TransactionalLoop):
                 dl = dead_letter(DlqStage.FEATURES, reason, source=f"{tp[0]}[{tp[1]}]@{m.offset()}",
                                  raw=m.value())
                 out.append(OutRecord(dl.topic, dl.value, dl.key, dl.headers))
-        live = [tp for tp in self.assignment if now - self.last_seen.get(tp, now) <= self.idle_timeout_s]
+        live = live_partitions(self.assignment, self.last_seen, now, self.idle_timeout_s, self._caught_up())
         before = self.engine.frontier
         frontier = self.engine.propose_frontier(live if live else None)
         rows = self.engine.close(frontier)
@@ -374,6 +388,28 @@ class FeatureProcessor(TransactionalLoop):
             metrics.WATERMARK.labels(self.name).set(self.engine.frontier)
         if msgs or self._frontier_changed:
             self._dirty = True
+        return out
+
+    def _caught_up(self) -> set[TP]:
+        """Partitions with nothing left to read: position at the cached high watermark (the
+        consumer's position skips transaction markers). Before the first record of a run
+        the position is unknown; the start offset stands in for it, allowing one trailing
+        transaction marker."""
+        out: set[TP] = set()
+        if self.consumer is None:
+            return out
+        for r in self.consumer.position([TopicPartition(t, p) for t, p in self.assignment]):
+            tp = (r.topic, r.partition)
+            lo, hi = self.consumer.get_watermark_offsets(TopicPartition(r.topic, r.partition), cached=True)
+            if hi < 0:
+                out.add(tp)                       # nothing known to be unread yet
+            elif r.offset >= 0:
+                if r.offset >= hi:
+                    out.add(tp)
+            else:
+                start = self.positions.get(tp)
+                if hi <= (max(lo, 0) if start is None else start + 1):
+                    out.add(tp)
         return out
 
     def wants_txn(self, msgs, outs) -> bool:

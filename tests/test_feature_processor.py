@@ -143,3 +143,40 @@ def test_kill_9_inside_a_transaction_then_restart_emits_each_window_once(broker,
     streamed = rows_to_table(decode_row(next(iter(v))) for v in copies.values()).sort_by(SORT)
     assert streamed.equals(expected)
     assert not ps.read_topics(broker.bootstrap, [dlq_topic("features")])
+
+
+def test_a_partition_with_records_still_to_read_is_never_idle():
+    """Idleness needs silence *and* nothing left to read. At replay speed max one input
+    partition may go unfetched for seconds while another races ahead in event time; were it
+    declared idle then, the frontier would pass its unread records and they would be late,
+    so the features would depend on the replay's speed. No broker needed: the engine and the
+    idleness rule are the event-time core."""
+    from streaming.feature_processor import Engine, live_partitions
+    from tests.sample_events import BASE_TS, envelope
+
+    busy, lagging = ("processed.spot.trades.binance", 0), ("processed.spot.trades.binance", 1)
+    last_seen = {busy: 100.0, lagging: 90.0}                 # the lagging one silent for 10 s
+    assert live_partitions([busy, lagging], last_seen, 100.0, 2.0, caught_up={busy}) == [busy, lagging]
+    assert live_partitions([busy, lagging], last_seen, 100.0, 2.0, caught_up={busy, lagging}) == [busy]
+
+    def run(caught_up: set) -> tuple[int, int]:
+        eng = Engine(500_000)
+        first = envelope(EventType.TRADE, 0, market=Market.SPOT, symbol="BTC-USDT")
+        eng.offer(lagging, 0, *_wire(first))
+        for i in range(1, 30):                                  # 30 s of event time on the busy one
+            env = envelope(EventType.TRADE, i * 1000, market=Market.SPOT, symbol="ETH-USDT", native="ETHUSDT")
+            eng.offer(busy, i, *_wire(env))
+            eng.close(eng.propose_frontier(live_partitions([busy, lagging], last_seen, 100.0, 2.0, caught_up)))
+        # ... then the lagging partition's next record (1.2 s after its first) is read.
+        reason, _ = eng.offer(lagging, 1, *_wire(envelope(EventType.TRADE, 1200, market=Market.SPOT,
+                                                           symbol="BTC-USDT")))
+        assert eng.maxts[busy] > BASE_TS + 20_000_000
+        return eng.late, 0 if reason is None else 1
+
+    assert run(caught_up={busy}) == (0, 0)                     # held open for it: on time
+    assert run(caught_up={busy, lagging}) == (1, 1)            # had it been idle: late (as before the fix)
+
+
+def _wire(env) -> tuple[bytes, list]:
+    r = encode(env)
+    return r.value, r.headers
