@@ -135,7 +135,7 @@ def test_down_without_a_stack_says_so(ticklake_home):
 def test_up_status_refused_second_up_and_down_leaves_nothing(ticklake_home):
     home = ticklake_home.root
     require_ui_port_free()
-    # --no-services keeps this test light; tests/test_replay_e2e.py runs `up` with them on.
+    # --no-services keeps this test light; tests/test_platform_acceptance.py runs `up` with them on.
     up = ticklake(home, "up", "--no-services")
     assert up.returncode == 0, up.stdout + up.stderr
     try:

@@ -1,0 +1,230 @@
+"""The assembled platform, as a user runs it: `ticklake up --replay CAPTURES`, nothing else.
+
+Two genuine captures of two venues are replayed together at speed max through the default
+stack (services on): hftbacktest's Binance spot BTCUSDT file (2024-08-08 23:54..23:59:59 UTC)
+and Bybit's own ob500 history file (XRPUSDT linear, 2024-12-01 00:00). No further command is
+given; the test only watches and then checks what a user would look at:
+
+* every trade of the Binance capture is in the lake exactly once and every Bybit book message
+  (1 snapshot + 49 deltas) too, counted from the capture files here, independently of the code;
+* the capture hours are sealed, and every hourly product of those hours (batch and Spark
+  features with the parity check, ClickHouse loads, bars, charts) was materialized by the
+  automation with every check passed, months apart hours included and nothing in between;
+* ClickHouse answers a separate client process while the stack runs, with the lake's numbers;
+* a Kafka consumer with library defaults receives pragma and processed records;
+* `ticklake status --json` reports every service healthy; `ticklake down` leaves no process.
+
+The captures are the only shipped ones inside the lake's hourly partitions (from 2024); the
+cryptofeed captures (2021/2022) complete but have no partition to seal.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.test_stack import processes_of, ticklake
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+BINANCE = SAMPLES / "binance" / "hftbacktest_spot_btcusdt_20240808.gz"
+BYBIT = SAMPLES / "bybit" / "nautilus_2024-12-01_XRPUSDT_ob500.data.zip"
+#: The hours each capture's receive times cover (widened by a minute each way), and only those.
+BINANCE_HOURS = ("2024-08-08-23:00", "2024-08-09-00:00")
+BYBIT_HOURS = ("2024-11-30-23:00", "2024-12-01-00:00")
+HOURS = (*BINANCE_HOURS, *BYBIT_HOURS)
+#: Every hourly product downstream of the sealed lake hours.
+PRODUCTS = ("lake/features_1s", "spark/features_1s", "clickhouse/trades", "clickhouse/features_1s",
+            "clickhouse/ohlcv", "clickhouse/book_stats_1m", "lake/bars_1m", "charts/market_overview")
+SEALED = ("lake/trades", "lake/book_deltas", "lake/book_snapshots")
+TIMEOUT_S = 2400  # a 2-core machine runs ~15 processes here; correctness, not speed
+
+
+def binance_trades() -> int:
+    with gzip.open(BINANCE, "rt") as fh:
+        return sum(1 for line in fh if '@trade"' in line.partition(" ")[2][:200])
+
+
+def bybit_messages() -> dict[str, int]:
+    with zipfile.ZipFile(BYBIT) as z:
+        [name] = z.namelist()
+        kinds = [json.loads(line)["type"] for line in z.read(name).decode().splitlines() if line.strip()]
+    return {k: kinds.count(k) for k in set(kinds)}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def materialized(instance, key: str) -> set[str]:
+    import dagster as dg
+
+    return set(instance.get_materialized_partitions(dg.AssetKey(key.split("/"))))
+
+
+def chain_runs(instance) -> list:
+    """Runs of this stack that are not long-running services."""
+    return [r for r in instance.get_runs() if "ticklake/service" not in r.tags]
+
+
+def check_evaluations(instance, runs) -> list[tuple[str, str, str | None, bool]]:
+    """(asset, check, partition, passed) of every check evaluated in `runs`."""
+    import dagster as dg
+
+    out = []
+    for run in runs:
+        for rec in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+            ev = rec.get_dagster_event().event_specific_data
+            out.append((ev.asset_key.to_user_string(), ev.check_name, run.tags.get("dagster/partition"),
+                        ev.passed))
+    return out
+
+
+def sealed_layout(table, key: str) -> bool:
+    """The hour's data files are the seal's (compacted) files and nothing else."""
+    from assets.partitions import hour_start
+    from streaming.lake_seal import hour_tasks
+
+    tasks = hour_tasks(table, int(hour_start(key).timestamp()) * 1_000_000)
+    return all(Path(t.file.file_path).name.startswith("sealed-") for t in tasks)
+
+
+def query_clickhouse_from_another_process(dsn: str, sql: str) -> list:
+    code = ("import json, sys, clickhouse_connect\n"
+            "c = clickhouse_connect.get_client(dsn=sys.argv[1])\n"
+            "print(json.dumps(c.query(sys.argv[2]).result_rows, default=str))\n")
+    out = subprocess.run([sys.executable, "-c", code, dsn, sql], check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def default_consumer_receives(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int:
+    """Records a confluent-kafka consumer with library defaults (new group, subscribe) gets."""
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"acceptance-{uuid.uuid4().hex}",
+                  "auto.offset.reset": "earliest"})
+    try:
+        c.subscribe([topic])
+        got = 0
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not got:
+            for m in c.consume(num_messages=500, timeout=0.5):
+                if m.error() is None:
+                    got += 1
+        return got
+    finally:
+        c.close()
+
+
+@pytest.mark.stack
+@pytest.mark.timeout(TIMEOUT_S + 900)
+def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_home, tmp_path):
+    import dagster as dg
+
+    assert BINANCE.exists() and BYBIT.exists()
+    home = ticklake_home.root
+    captures = tmp_path / "captures"
+    captures.mkdir()
+    for f in (BINANCE, BYBIT):  # read at test time; the copies live in the test's tmp dir
+        shutil.copy(f, captures / f.name)
+    port = free_port()
+    trades = binance_trades()
+    bybit = bybit_messages()
+    assert trades > 0 and bybit == {"snapshot": 1, "delta": 49}
+
+    up = ticklake(home, "up", "--port", str(port), "--replay", str(captures), "--speed", "max")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        instance = dg.DagsterInstance.from_config(str(ticklake_home.dagster_home))
+
+        # Nothing but waiting: completion, seals and the automation build everything.
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            missing = {k: sorted(set(HOURS) - materialized(instance, k)) for k in (*SEALED, *PRODUCTS)}
+            missing = {k: v for k, v in missing.items() if v}
+            active = [r for r in chain_runs(instance) if not r.is_finished]
+            if not missing and not active:
+                break
+            failed = [(r.job_name, r.tags.get("dagster/partition")) for r in chain_runs(instance)
+                      if r.status == dg.DagsterRunStatus.FAILURE]
+            assert not failed, f"failed runs: {failed}"
+            assert time.monotonic() < deadline, (missing, [r.job_name for r in active])
+            time.sleep(10)
+
+        runs = chain_runs(instance)
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), \
+            [(r.job_name, r.tags.get("dagster/partition"), r.status) for r in runs]
+        # Only the capture hours: the months between the two captures were not declared, sealed or built.
+        for key in (*SEALED, *PRODUCTS):
+            assert materialized(instance, key) == set(HOURS), key
+        # The automation built the products (a person launched nothing).
+        assert any(r.tags.get("dagster/from_automation_condition") or r.tags.get("dagster/sensor_name")
+                   == "hourly_chain_automation" for r in runs), [r.tags for r in runs]
+        evaluations = check_evaluations(instance, runs)
+        assert evaluations and all(passed for *_, passed in evaluations), \
+            [e for e in evaluations if not e[-1]]
+        parity = {p for a, c, p, _ in evaluations if (a, c) == ("spark/features_1s", "offline_online_parity")}
+        assert parity == set(HOURS), parity
+        sealed_checks = {(a, p) for a, c, p, _ in evaluations if c == "unique_event_ids"}
+        assert {("lake/trades", h) for h in HOURS} <= sealed_checks
+
+        # The lake: every capture event exactly once.
+        from pipelines.stack import open_local_catalog
+
+        tables = open_local_catalog(ticklake_home).ensure_tables()
+        lake_trades = tables["trades"].scan().to_arrow()
+        assert lake_trades.num_rows == trades
+        assert len(set(lake_trades.column("event_id").to_pylist())) == trades
+        assert set(lake_trades.column("symbol").to_pylist()) == {"BTC-USDT"}
+        xrp = "XRP-USDT-PERP"
+        deltas = tables["book_deltas"].scan(row_filter=f"symbol == '{xrp}'").to_arrow()
+        snaps = tables["book_snapshots"].scan(row_filter=f"symbol == '{xrp}'").to_arrow()
+        assert deltas.num_rows == bybit["delta"]
+        assert len(set(deltas.column("event_id").to_pylist())) == bybit["delta"]
+        assert snaps.num_rows == bybit["snapshot"]
+        for key in HOURS:
+            for name in ("trades", "book_deltas", "book_snapshots"):
+                assert sealed_layout(tables[name], key), (name, key)
+
+        info = json.loads(ticklake(home, "status", "--json").stdout)
+        # ClickHouse, from a separate process, while the stack runs: the lake's trades.
+        rows = query_clickhouse_from_another_process(
+            info["clickhouse_dsn"], "SELECT count(), uniqExact(event_id) FROM ticklake.trades")
+        assert rows == [[trades, trades]], rows
+        features = query_clickhouse_from_another_process(
+            info["clickhouse_dsn"], "SELECT count() FROM ticklake.features_1s")
+        assert features[0][0] > 0
+
+        # Charts on disk for the hours with trades.
+        charts = sorted(p.relative_to(ticklake_home.artifacts_dir).as_posix()
+                        for p in ticklake_home.artifacts_dir.rglob("*.png"))
+        assert any(c.startswith("binance/BTC-USDT/dt=2024-08-08/hour=23/") for c in charts), charts
+
+        # Ordinary Kafka clients: library defaults, a new group, subscribe.
+        assert default_consumer_receives(info["kafka_bootstrap"], "pragma-prices-v1") > 0
+        assert default_consumer_receives(info["kafka_bootstrap"], "processed.spot.trades.binance") > 0
+
+        # Every service healthy, every service run alive.
+        info = json.loads(ticklake(home, "status", "--json").stdout)
+        unhealthy = {k: v.get("detail") for k, v in info["services"].items() if not v.get("healthy")}
+        assert not unhealthy, unhealthy
+        assert info["services"]["replay"]["complete"] is True
+    finally:
+        down = ticklake(home, "down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    left = processes_of(home)
+    assert left == {}, f"processes left behind: {left}"
+    assert not (home / "run" / "replay-source.json").exists()
