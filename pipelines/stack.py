@@ -60,9 +60,11 @@ ARTIFACTS = "artifacts"
 REPLAY = "replay"
 WEBSERVER = "dagster-webserver"
 DAEMON = "dagster-daemon"
+#: The one Dagster code server both use (pipelines/code_server.py); absent with --workspace.
+CODE_SERVER = "dagster-code-server"
 #: Start order; `down` stops in reverse (daemon first, so it launches nothing new).
 #: REPLAY (the exchange emulator) only exists in a stack started with --replay.
-SERVICES = (BROKER, CLICKHOUSE, ARTIFACTS, REPLAY, WEBSERVER, DAEMON)
+SERVICES = (BROKER, CLICKHOUSE, ARTIFACTS, REPLAY, CODE_SERVER, WEBSERVER, DAEMON)
 DEFAULT_DAGSTER_PORT = 3000
 STATE_FILE = "stack.json"
 #: Set in the environment of every process of one stack (children inherit it), so `down`
@@ -498,6 +500,8 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
                                           for venue, ep in sorted(emulator.get("venues", {}).items()))
     url = f"http://{LOCAL_HOST}:{options.dagster_port}"
     state.dagster_url = url
+    if workspace == (root / "workspace.yaml").resolve():
+        workspace = _start_code_server(home, root, env, options, state, echo)
     web = _spawn(WEBSERVER, [_script("dagster-webserver"), "-h", LOCAL_HOST,
                              "-p", str(options.dagster_port), "-w", str(workspace)],
                  env, root, home.log_path(WEBSERVER))
@@ -619,6 +623,24 @@ def _start_services(url: str, echo: Callable[[str], None]) -> None:
     echo(f"services    {len(final)} sensors/schedules on: {names}")
 
 
+def _start_code_server(home: TicklakeHome, root: Path, env: dict[str, str], options: UpOptions,
+                       state: StackState, echo: Callable[[str], None]) -> Path:
+    """The stack's code server (see pipelines/code_server.py); returns the workspace file
+    that points the webserver and the daemon at it."""
+    from pipelines import code_server
+    from streaming.broker import find_free_port
+
+    port = find_free_port(LOCAL_HOST)
+    rec = _spawn(CODE_SERVER, code_server.command(_script("dagster"), LOCAL_HOST, port, root),
+                 env, root, home.log_path(CODE_SERVER))
+    state.services[CODE_SERVER] = rec
+    _save_state(home, state)
+    _wait("Dagster code server", lambda: code_server.loaded(LOCAL_HOST, port) or None, rec.is_running,
+          Path(rec.log), options.timeout)
+    echo(f"dagster     code server {LOCAL_HOST}:{port} (pid {rec.pid})")
+    return code_server.write_workspace(home.run_dir / "workspace.yaml", LOCAL_HOST, port)
+
+
 def _stop_all(home: TicklakeHome, state: StackState, echo: Callable[[str], None],
               timeout: float = 20.0) -> list[str]:
     """Stop services in reverse start order; returns a problem per service left alive."""
@@ -685,6 +707,8 @@ def status(home: TicklakeHome) -> dict[str, Any]:
     for name in SERVICES:
         if name == REPLAY and not (state and state.replay):
             continue  # only a --replay stack has an emulator
+        if name == CODE_SERVER and not (state and CODE_SERVER in state.services):
+            continue  # a stack started with --workspace has no code server of its own
         rec = state.services.get(name) if state else None
         entry: dict[str, Any] = {"state": "stopped", "pid": None, "log": str(home.log_path(name))}
         if rec is not None:
@@ -721,6 +745,10 @@ def status(home: TicklakeHome) -> dict[str, Any]:
         daemon["detail"] = ("heartbeats unknown (webserver down)" if health is None else
                             "all daemons healthy" if daemon["healthy"] else
                             f"unhealthy: {[k for k, v in health.items() if not v]}")
+    code = services.get(CODE_SERVER)
+    if code is not None and code["state"] == "running":
+        code["healthy"] = bool(web.get("healthy"))  # the webserver's location is this server
+        code["detail"] = "serves the code location" if code["healthy"] else "code location not loaded"
     for entry in services.values():
         entry.setdefault("healthy", False)
     # Processes of this stack whose parent service died (e.g. runs of a killed daemon).
