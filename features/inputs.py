@@ -3,6 +3,11 @@
 The streaming processor builds it from processed envelopes, the batch paths from the
 lake's trades / book_snapshots / book_deltas tables; both land here so the spec sees the
 same columns whichever runtime feeds it.
+
+Quantities enter the spec in the base asset (schemas/units.py): contract sizes (OKX
+SWAP/FUTURES, Bybit inverse) are converted here, trade by trade and level by level at the
+level's own price, and `size_scale` becomes the base scale, so volumes and depth of every
+venue mean the same thing. Rows without a stated unit (written before units) are base.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from schemas.model import (
     market_from_pb,
 )
 from schemas.tables import LEVELS
+from schemas.units import base_levels, unit_of_envelope, unit_of_row
 
 #: Event types the spec consumes; everything else is ignored by the feature path.
 FEATURE_EVENT_TYPES = (EventType.TRADE, EventType.BOOK_SNAPSHOT, EventType.BOOK_DELTA)
@@ -48,8 +54,11 @@ _EX = {int(v): exchange_from_pb(v).value for v in pb.Exchange.values() if v}
 _MK = {int(v): market_from_pb(v).value for v in pb.Market.values() if v}
 
 
-def _levels(levels) -> list[dict]:
-    return [{"px": lvl.px, "qty": lvl.qty} for lvl in levels]
+def _levels(levels, unit=None, size_scale: int = 0, price_scale: int = 0) -> list[dict]:
+    if unit is None:
+        return [{"px": lvl.px, "qty": lvl.qty} for lvl in levels]
+    pairs, _ = base_levels(levels, unit, size_scale, price_scale)
+    return [{"px": px, "qty": q} for px, q in pairs]
 
 
 def envelope_row(env: pb.Envelope) -> dict | None:
@@ -61,15 +70,19 @@ def envelope_row(env: pb.Envelope) -> dict | None:
         "exchange_ts": env.exchange_ts, "seq": env.seq, "price_scale": env.price_scale,
         "size_scale": env.size_scale, "px": 0, "qty": 0, "side": "", "bids": [], "asks": [],
     }
+    if et not in FEATURE_EVENT_TYPES:
+        return None
+    unit = unit_of_envelope(env)
+    ss, ps = env.size_scale, env.price_scale
     if et is EventType.TRADE:
         t = env.trade
-        row["px"], row["qty"], row["side"] = t.px, t.qty, _SIDE.get(t.taker_side, "")
-    elif et is EventType.BOOK_SNAPSHOT:
-        row["bids"], row["asks"] = _levels(env.book_snapshot.bids), _levels(env.book_snapshot.asks)
-    elif et is EventType.BOOK_DELTA:
-        row["bids"], row["asks"] = _levels(env.book_delta.bids), _levels(env.book_delta.asks)
+        qty = t.qty if unit is None else unit.to_base(t.qty, ss, t.px, ps)
+        row["px"], row["qty"], row["side"] = t.px, qty, _SIDE.get(t.taker_side, "")
     else:
-        return None
+        b = env.book_snapshot if et is EventType.BOOK_SNAPSHOT else env.book_delta
+        row["bids"], row["asks"] = _levels(b.bids, unit, ss, ps), _levels(b.asks, unit, ss, ps)
+    if unit is not None:
+        row["size_scale"] = unit.base_scale(ss)
     return row
 
 
@@ -97,12 +110,34 @@ def _lake_part(table: pa.Table | None, kind: EventType) -> pa.Table | None:
         "size_scale": table["size_scale"],
     }
     if kind is EventType.TRADE:
-        cols.update(px=table["px"], qty=table["qty"], side=table["taker_side"],
+        qty = table["qty"]
+        if "base_qty" in table.column_names and table["base_qty"].null_count < n:
+            # rows with a unit carry their base size; pre-unit rows (null) are base already
+            qty = pc.coalesce(table["base_qty"], table["qty"])
+            cols["size_scale"] = pc.coalesce(table["base_size_scale"], table["size_scale"])
+        cols.update(px=table["px"], qty=qty, side=table["taker_side"],
                     bids=empty_levels, asks=empty_levels)
     else:
-        cols.update(px=zeros, qty=zeros, side=pa.array([""] * n, pa.string()),
-                    bids=table["bids"], asks=table["asks"])
+        cols.update(px=zeros, qty=zeros, side=pa.array([""] * n, pa.string()), **_base_book(table))
     return pa.Table.from_pydict({k: cols[k] for k in INPUT_SCHEMA.names}, schema=INPUT_SCHEMA)
+
+
+def _base_book(table: pa.Table) -> dict:
+    """bids/asks (and size_scale) of lake book rows with contract sizes converted to base."""
+    names = table.column_names
+    if "qty_unit" not in names or not pc.any(pc.and_(pc.is_valid(table["qty_unit"]),
+                                                     pc.not_equal(table["qty_unit"], "base"))).as_py():
+        return {"bids": table["bids"], "asks": table["asks"]}
+    bids, asks, scales = [], [], []
+    rows = table.select(["qty_unit", "contract_value", "contract_value_ccy", "size_scale", "price_scale",
+                         "bids", "asks"]).to_pylist()
+    for r in rows:
+        unit = unit_of_row(r["qty_unit"], r["contract_value"], r["contract_value_ccy"])
+        ss, ps = r["size_scale"], r["price_scale"]
+        bids.append(_levels([(lv["px"], lv["qty"]) for lv in r["bids"]], unit, ss, ps) if unit else r["bids"])
+        asks.append(_levels([(lv["px"], lv["qty"]) for lv in r["asks"]], unit, ss, ps) if unit else r["asks"])
+        scales.append(unit.base_scale(ss) if unit else ss)
+    return {"bids": pa.array(bids, LEVELS), "asks": pa.array(asks, LEVELS), "size_scale": pa.array(scales, pa.int32())}
 
 
 def events_from_lake(trades: pa.Table | None = None, book_snapshots: pa.Table | None = None,

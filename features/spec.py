@@ -2,8 +2,10 @@
 
 Defined once here; the streaming processor, the local batch asset, Spark (`applyInArrow`)
 and the lake sink all import it, so "which columns does a feature row have" has one
-answer. Prices in the integer columns use the row's `price_scale`, sizes its `size_scale`
-(the same scaled integers as the market-data envelopes); ratio-like values (mid,
+answer. Prices in the integer columns use the row's `price_scale`, sizes its `size_scale`;
+every size (best bid/ask qty, depth, volumes) is in the BASE ASSET whatever the venue's
+unit (contracts are converted on input, features/inputs.py, schemas/units.py), so rows of
+different venues compare directly; ratio-like values (mid,
 microprice, VWAP, imbalances, volatility) are float64 computed from exact integers by one
 code path, so every runtime produces bit-identical rows.
 """
@@ -18,7 +20,7 @@ from schemas.tables import TS, TableSpec
 
 #: Bump when a formula changes: the version is part of every feature event_id, so rows of
 #: two spec versions never dedup against each other.
-SPEC_VERSION = 1
+SPEC_VERSION = 2   # 2: sizes in the base asset (contract units converted)
 
 WINDOW_US = 1_000_000          # tumbling window; divides an hour, so windows align to hours
 HOUR_US = 3_600_000_000

@@ -23,6 +23,7 @@ from schemas.model import (
     Market,
 )
 from schemas.tables import ENVELOPE_FIELDS, PAYLOAD_FIELDS, TABLES
+from schemas.units import QtyUnit, unit_name, unit_of_envelope
 
 _ENUM_PREFIX = {"Side": "SIDE_", "SnapshotReason": "SNAPSHOT_REASON_"}
 
@@ -109,9 +110,29 @@ def envelopes_to_table(event_type: EventType | str, envelopes: Iterable[pb.Envel
             cols[name] = [names[getattr(p, name)] for p in payloads]
         else:
             cols[name] = [getattr(p, name) for p in payloads]
+    cols["qty_unit"] = [unit_name(e.qty_unit) for e in envs]
+    cols["contract_value"] = [e.contract_value or None for e in envs]
+    cols["contract_value_ccy"] = [e.contract_value_ccy or None for e in envs]
+    if et is EventType.TRADE:
+        cols["base_qty"], cols["base_size_scale"] = _trade_base_qty(envs, payloads)
     arrays = [c if isinstance(c, pa.Array) else pa.array(c, type=fld.type)
               for c, fld in ((cols[fld.name], fld) for fld in spec.schema)]
     return pa.Table.from_arrays(arrays, schema=spec.schema)
+
+
+def _trade_base_qty(envs: list[pb.Envelope], trades: list) -> tuple[list[int], list[int]]:
+    """Each trade's size in the base asset and its scale (schemas/units.py); a trade with
+    no stated unit is base asset already."""
+    qty, scale = [], []
+    for e, t in zip(envs, trades, strict=True):
+        unit = unit_of_envelope(e)
+        if unit is None:
+            qty.append(t.qty)
+            scale.append(e.size_scale)
+        else:
+            qty.append(unit.to_base(t.qty, e.size_scale, t.px, e.price_scale))
+            scale.append(unit.base_scale(e.size_scale))
+    return qty, scale
 
 
 def table_to_envelopes(event_type: EventType | str, table: pa.Table) -> list[pb.Envelope]:
@@ -141,6 +162,10 @@ def table_to_envelopes(event_type: EventType | str, table: pa.Table) -> list[pb.
             lot_size=row["lot_size"],
             shard=row["shard"] or "",
         )
+        if row.get("qty_unit"):
+            env.qty_unit = QtyUnit(row["qty_unit"]).pb
+            env.contract_value = row.get("contract_value") or ""
+            env.contract_value_ccy = row.get("contract_value_ccy") or ""
         payload = getattr(env, et.payload_field)
         for name, fd in pfields:
             v = row[name]

@@ -9,7 +9,12 @@ from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema, assign_fresh_schema_ids
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
-from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, Transform
+from pyiceberg.transforms import (
+    DayTransform,
+    HourTransform,
+    IdentityTransform,
+    Transform,
+)
 
 from schemas.tables import NAMESPACE, TABLES, TableSpec
 
@@ -48,9 +53,12 @@ def sort_order(spec: TableSpec, schema: Schema) -> SortOrder:
 
 
 def ensure_table(catalog: Catalog, spec: TableSpec, properties: dict[str, str] | None = None) -> Table:
-    """Create the table if missing; an existing table is returned untouched (idempotent)."""
+    """Create the table if missing; an existing table gains the spec's columns it lacks
+    (idempotent). Evolution is additive only: a column added to a spec after tables exist
+    must be nullable (Iceberg adds optional columns to tables with data; older files read
+    as null), e.g. the quantity-unit columns of schemas/tables.py."""
     try:
-        return catalog.load_table(spec.identifier)
+        return evolve_table(catalog.load_table(spec.identifier), spec)
     except NoSuchTableError:
         pass
     schema = iceberg_schema(spec)
@@ -61,6 +69,20 @@ def ensure_table(catalog: Catalog, spec: TableSpec, properties: dict[str, str] |
         sort_order=sort_order(spec, schema),
         properties={**DEFAULT_TABLE_PROPERTIES, **(properties or {})},
     )
+
+
+def evolve_table(table: Table, spec: TableSpec) -> Table:
+    """Add the spec's missing columns (optional) to an existing table; never drops or retypes."""
+    have = {f.name for f in table.schema().fields}
+    missing = [f for f in spec.schema if f.name not in have]
+    if not missing:
+        return table
+    required = [f.name for f in missing if not f.nullable]
+    if required:
+        raise ValueError(f"{spec.identifier}: cannot add required columns {required} to an existing table")
+    with table.update_schema() as upd:
+        upd.union_by_name(iceberg_schema(spec))
+    return table.refresh()
 
 
 def ensure_namespace(catalog: Catalog, namespace: str = NAMESPACE) -> None:

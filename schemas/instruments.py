@@ -52,6 +52,7 @@ class InstrumentRef:
     contract_value: str = ""  # OKX ctVal / inverse contract size; "" for spot
     size_decimals: int = 0    # venue-declared quantity precision when wider than the lot
     contract_type: str = ""   # venue's contract type (PERPETUAL, LinearFutures, linear, ...); "" for spot
+    contract_value_ccy: str = ""  # currency of one contract's value (OKX ctValCcy; Bybit inverse: quote)
 
     @property
     def price_scale(self) -> int:
@@ -84,9 +85,10 @@ def _yymmdd_from_ms(ms: str | int) -> str:
 
 def _ref(ex: Exchange, mk: Market, native: str, base: str, quote: str, tick: str, lot: str,
          status: str, expiry: str = "", ctval: str = "", size_decimals: int = 0,
-         contract_type: str = "") -> InstrumentRef:
+         contract_type: str = "", ctval_ccy: str = "") -> InstrumentRef:
     for what, v in (("symbol", native), ("base", base), ("quote", quote), ("tick size", tick), ("lot size", lot),
-                    ("status", status), ("contract value", ctval), ("contract type", contract_type)):
+                    ("status", status), ("contract value", ctval), ("contract type", contract_type),
+                    ("contract value currency", ctval_ccy)):
         if type(v) is not str:
             raise InstrumentDataError(f"{what} is not a string: {v!r:.60}")
     base, quote = base.upper(), quote.upper()
@@ -96,8 +98,10 @@ def _ref(ex: Exchange, mk: Market, native: str, base: str, quote: str, tick: str
     scale_of(lot)
     if type(size_decimals) is not int or not 0 <= size_decimals <= 18:
         raise InstrumentDataError(f"{native}: quantity precision {size_decimals!r} out of range")
+    if ctval:
+        scale_of(ctval)  # a positive decimal (ScaleError otherwise)
     return InstrumentRef(ex.value, mk.value, native, canonical, base, quote, tick, lot, status, expiry, ctval,
-                         size_decimals, contract_type)
+                         size_decimals, contract_type, ctval_ccy.upper())
 
 
 def _load(body: bytes | str | dict) -> dict:
@@ -234,12 +238,14 @@ def parse_bybit(body: bytes | str | dict, category: str | None = None,
                 out.append(_ref(Exchange.BYBIT, Market.SPOT, native, base, quote, tick, lot, status))
                 continue
             ctype = s.get("contractType", "") or ""
+            # inverse contracts are 1 USD (quote) each; linear sizes are the base asset
+            unit = {"ctval": "1", "ctval_ccy": quote} if category == "inverse" or ctype.startswith("Inverse") else {}
             if ctype.endswith("Perpetual"):
                 out.append(_ref(Exchange.BYBIT, Market.PERP, native, base, quote, tick, lot, status,
-                                contract_type=ctype))
+                                contract_type=ctype, **unit))
             elif ctype.endswith("Futures") and str(s.get("deliveryTime", "0")) not in ("", "0"):
                 out.append(_ref(Exchange.BYBIT, Market.FUTURE, native, base, quote, tick, lot, status,
-                                expiry=_yymmdd_from_ms(s["deliveryTime"]), contract_type=ctype))
+                                expiry=_yymmdd_from_ms(s["deliveryTime"]), contract_type=ctype, **unit))
         except _ENTRY_ERRORS as exc:
             errs.bad(s, exc)
     return out
@@ -258,7 +264,8 @@ def parse_okx(body: bytes | str | dict, rejects: list[str] | None = None) -> lis
     """/api/v5/public/instruments for instType SPOT, SWAP or FUTURES.
 
     Derivatives have empty baseCcy/quoteCcy; their pair is instFamily (or the older uly).
-    Sizes of SWAP/FUTURES are contracts, so lotSz is already the book's quantity step.
+    Sizes of SWAP/FUTURES are contracts, so lotSz is already the book's quantity step; one
+    contract is ctVal of ctValCcy (schemas/units.py turns that into the record's unit).
     """
     data = _load(body)
     if str(data.get("code", "0")) != "0":
@@ -283,14 +290,14 @@ def parse_okx(body: bytes | str | dict, rejects: list[str] | None = None) -> lis
             ctype = s.get("ctType", "") or ""
             if itype == "SWAP":
                 out.append(_ref(Exchange.OKX, Market.PERP, inst_id, base, quote, tick, lot, status,
-                                ctval=s.get("ctVal", ""), contract_type=ctype))
+                                ctval=s.get("ctVal", ""), contract_type=ctype, ctval_ccy=s.get("ctValCcy", "")))
             elif itype == "FUTURES":
                 expiry = inst_id.rsplit("-", 1)[-1]
                 if len(expiry) != 6 or not expiry.isdigit() or not expiry.isascii():
                     raise ValueError(f"FUTURES instId {inst_id!r} does not end in -YYMMDD")
                 out.append(_ref(Exchange.OKX, Market.FUTURE, inst_id, base, quote, tick, lot, status,
                                 expiry=expiry, ctval=s.get("ctVal", ""),
-                                contract_type=ctype))
+                                contract_type=ctype, ctval_ccy=s.get("ctValCcy", "")))
         except _ENTRY_ERRORS as exc:
             errs.bad(s, exc)
     return out

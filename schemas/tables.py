@@ -94,10 +94,29 @@ PAYLOAD_FIELDS: dict[EventType, tuple[pa.Field, ...]] = {
     ),
 }
 
+#: The unit of every quantity in a row (schemas/units.py, docs/units.md): `qty x
+#: contract_value` is in `contract_value_ccy`; qty_unit is base | linear_contract |
+#: inverse_contract. Appended after the payload and nullable, because they were added to
+#: existing Iceberg tables (schema evolution adds optional columns only); null means a row
+#: written before units were recorded, whose sizes are read as base asset.
+UNIT_FIELDS: tuple[pa.Field, ...] = (
+    _f("qty_unit", pa.string(), nullable=True),
+    _f("contract_value", pa.string(), nullable=True),
+    _f("contract_value_ccy", pa.string(), nullable=True),
+)
+
+#: Derived per trade (not in the protobuf payload, so not part of event_id): the size in the
+#: base asset at base_size_scale, so bars and analytics sum comparable volumes across venues.
+BASE_QTY_FIELDS: tuple[pa.Field, ...] = (
+    _f("base_qty", pa.int64(), nullable=True),
+    _f("base_size_scale", pa.int32(), nullable=True),
+)
+DERIVED_FIELDS: dict[EventType, tuple[pa.Field, ...]] = {EventType.TRADE: BASE_QTY_FIELDS}
+
 #: Columns that are prices/sizes and must never be negative.
 NON_NEGATIVE = frozenset({
     "px", "qty", "mark_px", "index_px", "estimated_settle_px", "bid_px", "bid_qty", "ask_px",
-    "ask_qty", "last_px", "volume_24h", "open_interest", "tick_size", "lot_size",
+    "ask_qty", "last_px", "volume_24h", "open_interest", "tick_size", "lot_size", "base_qty",
 })
 
 
@@ -129,7 +148,8 @@ TABLE_NAMES: dict[EventType, str] = {
 }
 
 TABLES: dict[EventType, TableSpec] = {
-    et: TableSpec(TABLE_NAMES[et], pa.schema(ENVELOPE_FIELDS + PAYLOAD_FIELDS[et]), et)
+    et: TableSpec(TABLE_NAMES[et], pa.schema(ENVELOPE_FIELDS + PAYLOAD_FIELDS[et] + UNIT_FIELDS
+                                             + DERIVED_FIELDS.get(et, ())), et)
     for et in EventType
 }
 TABLES_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES.values()}

@@ -57,6 +57,8 @@ def _column(field: pa.Field) -> pa_.Column:
         dtype = pd.DatetimeTZDtype("us", "UTC")
     elif pa.types.is_string(t):
         dtype = object
+    elif field.nullable:
+        dtype = None  # pandas turns an int column with nulls into float64 (pre-unit rows: base_qty)
     elif pa.types.is_int32(t):
         dtype = "int32"
     else:

@@ -37,7 +37,8 @@ from schemas.tables import TABLES, TS, TableSpec
 
 DEFAULT_DATABASE = "ticklake"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-LOW_CARDINALITY = frozenset({"exchange", "market", "symbol", "taker_side", "side", "kind", "shard"})
+LOW_CARDINALITY = frozenset({"exchange", "market", "symbol", "taker_side", "side", "kind", "shard", "qty_unit",
+                             "contract_value", "contract_value_ccy"})
 #: Lightweight deletes must be visible before the insert that follows them.
 DELETE_SETTINGS = {"lightweight_deletes_sync": 2}
 DT64 = "DateTime64(6, 'UTC')"
@@ -114,6 +115,7 @@ _BAR_FIELDS = [
     pa.field("symbol", pa.string(), False), pa.field("ts", TS, False),
     pa.field("price_scale", pa.int32(), False), pa.field("size_scale", pa.int32(), False),
 ]
+#: Bar and book-statistics sizes (volume, depth) are BASE-ASSET quantities at size_scale.
 OHLCV_SCHEMA = pa.schema(_BAR_FIELDS + [
     pa.field("trade_count", pa.int64(), False), pa.field("volume", pa.int64(), False),
     pa.field("buy_volume", pa.int64(), False), pa.field("sell_volume", pa.int64(), False),
@@ -165,6 +167,15 @@ def ensure_tables(client: Client, database: str = DEFAULT_DATABASE, ttl_days: in
     names = []
     for t in tables if tables is not None else CH_TABLES.values():
         client.command(t.ddl(db, ttl_days))
+        # a table created before a column was added to its schema (e.g. the unit columns of
+        # trades) gains it; added columns are nullable, so older rows read as null
+        have = {r[0] for r in client.query(
+            "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+            parameters={"db": db, "t": t.name}).result_rows}
+        for f in t.schema:
+            if f.name not in have and f.nullable:
+                client.command(f"ALTER TABLE {db}.{ident(t.name)} ADD COLUMN IF NOT EXISTS `{ident(f.name)}` "
+                               f"{ch_type(f)}")
         engine_full = client.query(
             "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
             parameters={"db": db, "t": t.name}).result_rows[0][0]
@@ -231,20 +242,24 @@ def replace_hour(client: Client, database: str, table: ChTable, hour_start: date
 
 
 def _ohlcv_select(database: str, seconds: int) -> str:
+    """Bars sum trade sizes in the BASE ASSET (base_qty at base_size_scale, computed per
+    trade by schemas/units.py when the lake row was built): contract sizes of OKX
+    SWAP/FUTURES and Bybit inverse would otherwise add 1 contract of 100 USD as 1 BTC.
+    Rows loaded before units existed have null base_qty and are base already."""
     order = "(ts, seq, event_id)"
     return f"""
 SELECT exchange, market, symbol, toStartOfInterval(ts, toIntervalSecond({seconds:d})) AS bucket,
-       price_scale, size_scale,
+       price_scale, ifNull(base_size_scale, size_scale) AS bar_size_scale,
        toInt64(count()) AS trade_count,
-       sum(qty) AS volume,
-       sumIf(qty, taker_side = 'buy') AS buy_volume,
-       sumIf(qty, taker_side = 'sell') AS sell_volume,
+       sum(ifNull(base_qty, qty)) AS volume,
+       sumIf(ifNull(base_qty, qty), taker_side = 'buy') AS buy_volume,
+       sumIf(ifNull(base_qty, qty), taker_side = 'sell') AS sell_volume,
        argMin(px, {order}) AS open_px, max(px) AS high_px, min(px) AS low_px, argMax(px, {order}) AS close_px,
-       sum(toDecimal128(px, 0) * toDecimal128(qty, 0)) AS notional,
+       sum(toDecimal128(px, 0) * toDecimal128(ifNull(base_qty, qty), 0)) AS notional,
        if(volume = 0, NULL, toFloat64(notional) / (toFloat64(volume) * pow(10, price_scale))) AS vwap
 FROM {ident(database)}.{CH_TRADES.name}
 WHERE {_HOUR_WHERE}
-GROUP BY exchange, market, symbol, bucket, price_scale, size_scale"""
+GROUP BY exchange, market, symbol, bucket, price_scale, bar_size_scale"""
 
 
 def aggregate_ohlcv(client: Client, database: str, hour_start: datetime, seconds: int) -> int:

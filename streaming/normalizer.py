@@ -12,7 +12,9 @@ Per record, in order (the first failure sends it to dlq.normalize with a reason)
    of their own and the instrument's scales;
 8. venue sequence ids must not go backwards per (partition, symbol, type); book deltas must
    strictly increase, except after a snapshot reset (Bybit u=1);
-9. enrich tick_size, lot_size, ingest_latency_us and re-stamp event_id over the result.
+9. enrich tick_size, lot_size, the quantity unit (qty_unit, contract_value,
+   contract_value_ccy: schemas/units.py) and ingest_latency_us, and re-stamp event_id over
+   the result.
 
 Every decision depends only on the record and on state rebuilt from the preceding
 `dedup_span` offsets of the same partition, so a restarted normalizer re-reads that span
@@ -49,6 +51,7 @@ from schemas.topics import (
     event_topic,
     parse_event_topic,
 )
+from schemas.units import ContractUnit, UnitError, unit_of
 from streaming import kafka_config as kc
 from streaming import processor_metrics as metrics
 from streaming.dedup import OffsetWindowDedup
@@ -198,6 +201,7 @@ class Normalizer:
         self._topics: dict[str, tuple] = {}
         self._unit_cache: dict[tuple, tuple[int, int]] = {}
         self._scale_cache: dict[InstrumentRef, tuple[int, int]] = {}
+        self._qty_units: dict[InstrumentRef, ContractUnit] = {}
         self.duplicates = 0
         self.ok = 0
 
@@ -272,6 +276,15 @@ class Normalizer:
             self._unit_cache[key] = hit
         return hit
 
+    def _qty_unit(self, ref: InstrumentRef) -> ContractUnit:
+        hit = self._qty_units.get(ref)
+        if hit is None:
+            try:
+                hit = self._qty_units[ref] = unit_of(ref)
+            except UnitError as exc:  # never guess: 1 contract read as 1 BTC is silently wrong
+                raise Reject(f"unit: {exc}") from None
+        return hit
+
     def _scales(self, ref: InstrumentRef) -> tuple[int, int]:
         hit = self._scale_cache.get(ref)
         if hit is None:
@@ -320,6 +333,8 @@ class Normalizer:
         self._check_seq(tp, env, et)
         env.tick_size = tick
         env.lot_size = lot
+        unit = self._qty_unit(ref)
+        env.qty_unit, env.contract_value, env.contract_value_ccy = unit.unit.pb, unit.contract_value, unit.ccy
         env.ingest_latency_us = env.ingest_ts - env.exchange_ts
         if changed:  # enrichment fields are not part of the id; symbol and scales are
             env.event_id = compute_event_id(env)

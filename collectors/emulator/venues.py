@@ -886,12 +886,17 @@ class BybitSim(VenueSim):
         for info in self.instruments.values():
             if wanted and info.native != wanted:
                 continue
+            if cat != "spot" and (cat == "inverse") != (info.quote == "USD"):
+                continue  # Bybit lists USD-quoted (inverse) contracts under inverse only
             row: dict[str, Any] = {"symbol": info.native, "status": "Trading", "baseCoin": info.base,
                                    "quoteCoin": info.quote, "priceFilter": {"tickSize": info.tick or "0"}}
             if cat == "spot":
                 row["lotSizeFilter"] = {"basePrecision": info.lot or "0", "minOrderQty": info.lot or "0"}
             else:
-                row["contractType"] = "LinearPerpetual"
+                # inverse: sizes are 1-USD contracts, margined and settled in the coin
+                inverse = cat == "inverse"
+                row["contractType"] = "InversePerpetual" if inverse else "LinearPerpetual"
+                row["settleCoin"] = info.base if inverse else info.quote
                 row["lotSizeFilter"] = {"qtyStep": info.lot or "0", "minOrderQty": info.lot or "0"}
             rows.append(row)
         return web.json_response({"retCode": 0, "retMsg": "OK", "result": {"category": cat, "list": rows},
@@ -940,6 +945,36 @@ OKX_LIMITS = VenueLimits(2.0, 40, None, 429, 429, 2.0)
 OKX_BOOK_CHANNELS = {"books": 400, "books-l2-tbt": 400, "books50-l2-tbt": 50}
 
 
+#: Contract values the OKX emulator serves for a derivative no genuine instrument body names
+#: (its captures carry no instruments body). OKX's published contract specifications:
+#: inverse (coin-margined) contracts are 100 USD for BTC and 10 USD for every other coin;
+#: linear USDT/USDC contracts are 0.01 BTC, 0.1 ETH and, for the coins listed here, their
+#: OKX value; any other linear coin is served as 1 coin per contract (stated by ctVal, so a
+#: consumer that applies ctVal reads the right amount whatever the value).
+OKX_INVERSE_CTVAL_USD = {"BTC": "100"}
+OKX_INVERSE_CTVAL_DEFAULT = "10"
+OKX_LINEAR_CTVAL = {"BTC": "0.01", "ETH": "0.1", "SOL": "1", "XRP": "100", "DOGE": "1000", "LTC": "1",
+                    "UNI": "1", "ADA": "100"}
+OKX_LINEAR_CTVAL_DEFAULT = "1"
+#: Quote currencies of OKX inverse contracts (sizes are USD contracts, margin in the coin).
+OKX_INVERSE_QUOTES = ("USD",)
+
+
+def okx_contract(inst_id: str, reference: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+    """ctVal, ctValCcy, ctType and settleCcy OKX lists for a SWAP/FUTURES instrument: from a
+    genuine instruments body when one names it (OkxSim.load_reference), else the defaults
+    above. Written independently of the collectors' and normalizer's unit code, which it tests."""
+    ref = (reference or {}).get(inst_id)
+    if ref is not None and ref.get("ctVal"):
+        return {k: str(ref.get(k, "")) for k in ("ctVal", "ctValCcy", "ctType", "settleCcy")}
+    base, quote = (inst_id.split("-") + ["", ""])[:2]
+    if quote in OKX_INVERSE_QUOTES:
+        return {"ctVal": OKX_INVERSE_CTVAL_USD.get(base, OKX_INVERSE_CTVAL_DEFAULT), "ctValCcy": quote,
+                "ctType": "inverse", "settleCcy": base}
+    return {"ctVal": OKX_LINEAR_CTVAL.get(base, OKX_LINEAR_CTVAL_DEFAULT), "ctValCcy": base,
+            "ctType": "linear", "settleCcy": quote}
+
+
 def okx_market(inst_id: str) -> Market:
     parts = inst_id.split("-")
     if parts[-1] == "SWAP":
@@ -964,6 +999,16 @@ class OkxSim(VenueSim):
         #: OKX stopped sending checksums (always 0) in 2026; False emulates that.
         self.checksums = checksums
         self._has_seq: set[str] = set()
+        #: genuine /api/v5/public/instruments rows by instId (load_reference): served as is
+        self.reference: dict[str, dict[str, Any]] = {}
+
+    def load_reference(self, body: bytes | str | dict[str, Any]) -> int:
+        """Serve the venue's own instrument rows (ctVal, ticks, lots) for the instruments a
+        genuine instruments body lists; returns how many rows it added."""
+        data = json.loads(body) if isinstance(body, (bytes, str)) else body
+        rows = [r for r in data.get("data", []) if isinstance(r, dict) and r.get("instId")]
+        self.reference.update((r["instId"], r) for r in rows)
+        return len(rows)
 
     @staticmethod
     def key(arg: dict[str, Any]) -> str:
@@ -1081,11 +1126,12 @@ class OkxSim(VenueSim):
             itype = okx_inst_type(info.native)
             if (want_type and itype != want_type) or (want_id and info.native != want_id):
                 continue
+            contract = {"ctVal": "", "ctValCcy": "", "ctType": "", "settleCcy": ""} if itype == "SPOT" else \
+                okx_contract(info.native, self.reference)
             rows.append({"instType": itype, "instId": info.native, "baseCcy": info.base if itype == "SPOT" else "",
-                         "quoteCcy": info.quote if itype == "SPOT" else "",
-                         "settleCcy": "" if itype == "SPOT" else info.quote,
-                         "ctVal": "" if itype == "SPOT" else "1", "ctValCcy": "" if itype == "SPOT" else info.base,
+                         "quoteCcy": info.quote if itype == "SPOT" else "", **contract,
                          "uly": "" if itype == "SPOT" else f"{info.base}-{info.quote}",
+                         "instFamily": "" if itype == "SPOT" else f"{info.base}-{info.quote}",
                          "tickSz": info.tick or "0", "lotSz": info.lot or "0", "minSz": info.lot or "0",
                          "state": "live"})
         return web.json_response({"code": "0", "msg": "", "data": rows})
@@ -1145,5 +1191,6 @@ __all__ = [
     "VenueSim",
     "binance_depth_weight",
     "make_sim",
+    "okx_contract",
     "okx_market",
 ]

@@ -14,16 +14,21 @@ Every applied change is yielded to the caller (``BookChange``) right after it is
 so the publisher reads the price/depth of each state in order even when a late snapshot
 releases several states at once (the caller must exhaust the iterator). Scales: levels are kept at the largest scale seen (exact up-scaling), since
 a collector infers scales until its first snapshot locks them.
+
+Quantities are kept in the base asset (schemas/units.py): contract sizes of OKX
+SWAP/FUTURES and Bybit inverse are converted level by level as they arrive, and the book's
+size_scale is the base scale, so published depth means the same on every venue.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from collectors.book import L2Book
 from schemas.gen.ticklake.v1 import events_pb2 as pb
+from schemas.units import base_levels, unit_of_envelope
 
 #: Deltas held per feed while waiting for a snapshot.
 DEFAULT_MAX_PENDING = 20_000
@@ -49,8 +54,12 @@ def _newer(env: pb.Envelope, book: L2Book) -> bool:
     return env.exchange_ts >= book.exchange_ts
 
 
-def _levels(levels: Iterable[pb.PriceLevel], fp: int, fq: int) -> list[tuple[int, int]]:
-    return [(lv.px * fp, lv.qty * fq) for lv in levels]
+def _base(env: pb.Envelope, payload) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
+    """The payload's (px, qty) levels with qty in the base asset, and the base size scale."""
+    unit = unit_of_envelope(env)
+    bids, bs = base_levels(payload.bids, unit, env.size_scale, env.price_scale)
+    asks, _ = base_levels(payload.asks, unit, env.size_scale, env.price_scale)
+    return bids, asks, bs
 
 
 class FeedBook:
@@ -113,9 +122,9 @@ class FeedBook:
             return
         if before is not None:
             before(env)
-        snap = env.book_snapshot
-        b.price_scale, b.size_scale = env.price_scale, env.size_scale
-        b.apply_snapshot(_levels(snap.bids, 1, 1), _levels(snap.asks, 1, 1), env.seq)
+        bids, asks, bs = _base(env, env.book_snapshot)
+        b.price_scale, b.size_scale = env.price_scale, bs
+        b.apply_snapshot(bids, asks, env.seq)
         b.exchange_ts = env.exchange_ts
         yield BookChange(env, b.seq, b.exchange_ts)
         held, self.pending = self.pending, []
@@ -137,9 +146,9 @@ class FeedBook:
             return
         if before is not None:
             before(env)
-        d = env.book_delta
-        fp, fq = self._align(env.price_scale, env.size_scale)
-        b.apply(_levels(d.bids, fp, fq), _levels(d.asks, fp, fq))
+        bids, asks, bs = _base(env, env.book_delta)
+        fp, fq = self._align(env.price_scale, bs)
+        b.apply([(px * fp, q * fq) for px, q in bids], [(px * fp, q * fq) for px, q in asks])
         if env.seq:
             b.seq = env.seq
         b.exchange_ts = max(b.exchange_ts, env.exchange_ts)

@@ -45,6 +45,13 @@ class SnapshotReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SNAPSHOT_REASON_RESYNC: _ClassVar[SnapshotReason]
     SNAPSHOT_REASON_VENUE: _ClassVar[SnapshotReason]
     SNAPSHOT_REASON_PERIODIC: _ClassVar[SnapshotReason]
+
+class QtyUnit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QTY_UNIT_UNSPECIFIED: _ClassVar[QtyUnit]
+    QTY_UNIT_BASE: _ClassVar[QtyUnit]
+    QTY_UNIT_LINEAR_CONTRACT: _ClassVar[QtyUnit]
+    QTY_UNIT_INVERSE_CONTRACT: _ClassVar[QtyUnit]
 EXCHANGE_UNSPECIFIED: Exchange
 EXCHANGE_BINANCE: Exchange
 EXCHANGE_BYBIT: Exchange
@@ -69,6 +76,10 @@ SNAPSHOT_REASON_INITIAL: SnapshotReason
 SNAPSHOT_REASON_RESYNC: SnapshotReason
 SNAPSHOT_REASON_VENUE: SnapshotReason
 SNAPSHOT_REASON_PERIODIC: SnapshotReason
+QTY_UNIT_UNSPECIFIED: QtyUnit
+QTY_UNIT_BASE: QtyUnit
+QTY_UNIT_LINEAR_CONTRACT: QtyUnit
+QTY_UNIT_INVERSE_CONTRACT: QtyUnit
 
 class PriceLevel(_message.Message):
     __slots__ = ("px", "qty")
@@ -175,7 +186,7 @@ class Ticker(_message.Message):
     def __init__(self, bid_px: _Optional[int] = ..., bid_qty: _Optional[int] = ..., ask_px: _Optional[int] = ..., ask_qty: _Optional[int] = ..., last_px: _Optional[int] = ..., volume_24h: _Optional[int] = ..., open_interest: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("event_id", "exchange", "market", "event_type", "symbol", "native_symbol", "exchange_ts", "ingest_ts", "seq", "price_scale", "size_scale", "ingest_latency_us", "tick_size", "lot_size", "shard", "trade", "book_snapshot", "book_delta", "funding", "mark_price", "liquidation", "ticker")
+    __slots__ = ("event_id", "exchange", "market", "event_type", "symbol", "native_symbol", "exchange_ts", "ingest_ts", "seq", "price_scale", "size_scale", "ingest_latency_us", "tick_size", "lot_size", "shard", "qty_unit", "contract_value", "contract_value_ccy", "trade", "book_snapshot", "book_delta", "funding", "mark_price", "liquidation", "ticker")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     MARKET_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +202,9 @@ class Envelope(_message.Message):
     TICK_SIZE_FIELD_NUMBER: _ClassVar[int]
     LOT_SIZE_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    QTY_UNIT_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_VALUE_CCY_FIELD_NUMBER: _ClassVar[int]
     TRADE_FIELD_NUMBER: _ClassVar[int]
     BOOK_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     BOOK_DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +227,9 @@ class Envelope(_message.Message):
     tick_size: int
     lot_size: int
     shard: str
+    qty_unit: QtyUnit
+    contract_value: str
+    contract_value_ccy: str
     trade: Trade
     book_snapshot: BookSnapshot
     book_delta: BookDelta
@@ -220,7 +237,7 @@ class Envelope(_message.Message):
     mark_price: MarkPrice
     liquidation: Liquidation
     ticker: Ticker
-    def __init__(self, event_id: _Optional[str] = ..., exchange: _Optional[_Union[Exchange, str]] = ..., market: _Optional[_Union[Market, str]] = ..., event_type: _Optional[_Union[EventType, str]] = ..., symbol: _Optional[str] = ..., native_symbol: _Optional[str] = ..., exchange_ts: _Optional[int] = ..., ingest_ts: _Optional[int] = ..., seq: _Optional[int] = ..., price_scale: _Optional[int] = ..., size_scale: _Optional[int] = ..., ingest_latency_us: _Optional[int] = ..., tick_size: _Optional[int] = ..., lot_size: _Optional[int] = ..., shard: _Optional[str] = ..., trade: _Optional[_Union[Trade, _Mapping]] = ..., book_snapshot: _Optional[_Union[BookSnapshot, _Mapping]] = ..., book_delta: _Optional[_Union[BookDelta, _Mapping]] = ..., funding: _Optional[_Union[Funding, _Mapping]] = ..., mark_price: _Optional[_Union[MarkPrice, _Mapping]] = ..., liquidation: _Optional[_Union[Liquidation, _Mapping]] = ..., ticker: _Optional[_Union[Ticker, _Mapping]] = ...) -> None: ...
+    def __init__(self, event_id: _Optional[str] = ..., exchange: _Optional[_Union[Exchange, str]] = ..., market: _Optional[_Union[Market, str]] = ..., event_type: _Optional[_Union[EventType, str]] = ..., symbol: _Optional[str] = ..., native_symbol: _Optional[str] = ..., exchange_ts: _Optional[int] = ..., ingest_ts: _Optional[int] = ..., seq: _Optional[int] = ..., price_scale: _Optional[int] = ..., size_scale: _Optional[int] = ..., ingest_latency_us: _Optional[int] = ..., tick_size: _Optional[int] = ..., lot_size: _Optional[int] = ..., shard: _Optional[str] = ..., qty_unit: _Optional[_Union[QtyUnit, str]] = ..., contract_value: _Optional[str] = ..., contract_value_ccy: _Optional[str] = ..., trade: _Optional[_Union[Trade, _Mapping]] = ..., book_snapshot: _Optional[_Union[BookSnapshot, _Mapping]] = ..., book_delta: _Optional[_Union[BookDelta, _Mapping]] = ..., funding: _Optional[_Union[Funding, _Mapping]] = ..., mark_price: _Optional[_Union[MarkPrice, _Mapping]] = ..., liquidation: _Optional[_Union[Liquidation, _Mapping]] = ..., ticker: _Optional[_Union[Ticker, _Mapping]] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("stage", "reason", "source", "raw", "ingest_ts", "exchange", "native_symbol")
