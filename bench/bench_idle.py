@@ -16,7 +16,8 @@ their code servers, every run worker and step process). CPU is read from /proc: 
 process's own user+system time, plus what its reaped children used (cutime/cstime), minus
 what was already counted for those children, so processes that start and end inside the
 window count too. Groups: broker, clickhouse, replay emulator, dagster-webserver,
-dagster-daemon (with its code server), and one group per Dagster job for run workers.
+the Dagster code server, dagster-daemon, and one group per Dagster job for run workers
+and their step processes (summed over the job's runs, e.g. every collector shard).
 
 Run it under the shared stack lock (two cores shared by several people):
 
@@ -154,6 +155,22 @@ def groups(window: Window, state: dict, url: str) -> dict[str, set[int]]:
     jobs = run_jobs(url)
     procs = window.seen
     label: dict[int, str] = {}
+    children: dict[int, list[int]] = {}
+    for p in procs.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+
+    def run_of(p: Proc) -> str | None:
+        """A run worker or step process names its run in its command line, or its compute-log
+        helpers (children tailing <storage>/<run_id>/compute_logs) do."""
+        if "spawn_main" not in p.cmd and "execute_" not in p.cmd:
+            return None
+        near = [c for c in children.get(p.pid, ())]
+        near += [g for c in near for g in children.get(c, ()) if "spawn_main" not in procs[c].cmd]
+        for text in [p.cmd, *(procs[c].cmd for c in near)]:
+            for u in UUID_RE.findall(text):
+                if u in jobs:
+                    return u
+        return None
 
     def name_of(pid: int, depth: int = 0) -> str:
         if pid in label:
@@ -161,9 +178,9 @@ def groups(window: Window, state: dict, url: str) -> dict[str, set[int]]:
         p = procs.get(pid)
         if p is None or depth > 50:
             return "other"
-        run_ids = [u for u in UUID_RE.findall(p.cmd) if u in jobs]
-        if run_ids and ("execute_run" in p.cmd or "execute_step" in p.cmd or "resume_run" in p.cmd):
-            out = f"run:{jobs[run_ids[0]]}"
+        run_id = run_of(p)
+        if run_id is not None:
+            out = f"run:{jobs[run_id]}"
         elif pid in roots:
             out = roots[pid]
         else:
