@@ -61,7 +61,11 @@ def _to_inputs(kind: str, start_us: int, end_us: int, lake_schema: pa.Schema):
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.compute as pc
         for b in batches:
-            t = pa.Table.from_batches([b]).select(lake_schema.names).cast(lake_schema)
+            t = pa.Table.from_batches([b])
+            for f in lake_schema:   # files written before a nullable column was added (units)
+                if f.name not in t.column_names:
+                    t = t.append_column(f, pa.nulls(t.num_rows, f.type))
+            t = t.select(lake_schema.names).cast(lake_schema)
             ts = pc.cast(t["exchange_ts"], pa.int64())
             t = t.filter(pc.and_(pc.greater_equal(ts, start_us), pc.less(ts, end_us)))
             if t.num_rows:
@@ -91,7 +95,10 @@ def hour_features_df(spark, tables: Mapping[str, Table], hour_us: int, lookback_
         if not files:
             continue
         lake_schema = TABLES[et].schema
-        df = spark.read.parquet(*files).select(*lake_schema.names)
+        # mergeSchema: files from before an added column (the unit columns) and after it are
+        # read as one schema; without it Spark takes one file's columns for all
+        df = spark.read.option("mergeSchema", "true").parquet(*files)
+        df = df.select(*[n for n in lake_schema.names if n in df.columns])
         parts.append(df.mapInArrow(_to_inputs(name, start, end, lake_schema), spark_schema(INPUT_SCHEMA)))
     if not parts:
         return None

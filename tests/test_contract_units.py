@@ -165,9 +165,13 @@ def _okx_processed(raw, cat) -> list[pb.Envelope]:
     return _normalize(Normalizer(cat), raw, topic)
 
 
-def test_okx_inverse_trades_land_with_contract_units_and_base_features(okx_replay, tmp_path):
-    raw, cat = okx_replay
-    proc = _okx_processed(raw, cat)
+@pytest.fixture(scope="module")
+def okx_processed(okx_replay) -> list[pb.Envelope]:
+    return _okx_processed(*okx_replay)
+
+
+def test_okx_inverse_trades_land_with_contract_units_and_base_features(okx_processed, tmp_path):
+    proc = okx_processed
     by_sym: dict[str, list[pb.Envelope]] = {}
     for e in proc:
         by_sym.setdefault(e.native_symbol, []).append(e)
@@ -244,3 +248,35 @@ def test_okx_inverse_trades_land_with_contract_units_and_base_features(okx_repla
     assert abs(Decimal(bq) / 10**8 - Decimal(contracts_at_best) / 10 ** last.size_scale * 100 / px) < Decimal("1e-8")
     f_last = [r for r in stream.to_pylist() if r["symbol"] == last.symbol and r["best_bid_qty"] is not None][-1]
     assert f_last["size_scale"] == 8 and f_last["best_bid_px"] == bpx and f_last["best_bid_qty"] == bq
+
+
+def test_clickhouse_bars_sum_base_asset_volume(okx_processed, clickhouse_server):
+    """ClickHouse trades keep the contract size and its unit; 1 min bars add base-asset sizes.
+    The trades table is first created without the unit columns (a database from before them)
+    and gains them in place."""
+    import clickhouse_connect
+
+    from streaming import clickhouse_sql as cs
+
+    client = clickhouse_connect.get_client(dsn=clickhouse_server.dsn)
+    db = unique("units_ch").replace("-", "_")
+    old = cs.ChTable("trades", pa.schema([f for f in cs.TRADES_SCHEMA
+                                          if f.name not in {x.name for x in UNIT_FIELDS + BASE_QTY_FIELDS}]))
+    cs.ensure_tables(client, db, tables=[old])
+    cs.ensure_tables(client, db, tables=[cs.CH_TRADES, cs.CH_OHLCV_1M])
+    trades = [e for e in okx_processed if e.event_type == EventType.TRADE.pb]
+    rows = cs.to_ch_rows(cs.CH_TRADES, envelopes_to_table(EventType.TRADE, trades))
+    hour = rows["ts"][0].as_py().replace(minute=0, second=0, microsecond=0)
+    cs.replace_hour(client, db, cs.CH_TRADES, hour, rows)
+    cs.aggregate_ohlcv(client, db, hour, 60)
+    bars = cs.query_hour(client, db, cs.CH_OHLCV_1M, hour, symbols=["BTC-USD-220527"]).to_pylist()
+    inv = [r for r in rows.to_pylist() if r["symbol"] == "BTC-USD-220527"]
+    want = sum(Decimal(r["qty"]) / 10 ** r["size_scale"] * 100 / (Decimal(r["px"]) / 10 ** r["price_scale"])
+               for r in inv)
+    got = sum(Decimal(b["volume"]) / 10 ** b["size_scale"] for b in bars)
+    assert sum(b["trade_count"] for b in bars) == len(inv) == 4
+    assert abs(got - want) < Decimal("1e-7") and got < 1, (got, want)
+    units = client.query(f"SELECT DISTINCT qty_unit, contract_value, contract_value_ccy FROM {db}.trades "
+                         "WHERE symbol = 'BTC-USD-220527'").result_rows
+    assert units == [("inverse_contract", "100", "USD")]
+    client.command(f"DROP DATABASE {db}")

@@ -177,7 +177,8 @@ class PublisherCore:
         rec = build_depth(st.feed, b.top_bids(n), b.top_asks(n), price_scale=b.price_scale,
                           size_scale=b.size_scale, event_ts_us=b.exchange_ts, publish_ts_us=now_us,
                           producer=self.config.producer, identity=(st.book_event_id, n),
-                          metadata=self._metadata(st, seq=str(b.seq), depth=str(n)))
+                          metadata=self._metadata(st, seq=str(b.seq), depth=str(n),
+                                                  size_unit=st.symbol.split("-")[0]))  # base asset (books.py)
         return [Outgoing(self.config.orderbook_topic, st.feed.key_bytes(), rec, b.exchange_ts)]
 
     def on_envelope(self, env: pb.Envelope, now_us: int) -> list[Outgoing]:
