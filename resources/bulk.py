@@ -24,6 +24,7 @@ from collectors.bulk.sources import BulkSource
 from resources.home import resolve_home
 from schemas.instruments import InstrumentRef
 from schemas.model import Exchange, Market
+from schemas.units import unit_of
 from streaming.instruments import InstrumentCatalog, fetch_instruments
 
 
@@ -83,4 +84,4 @@ class BulkHistoryResource(dg.ConfigurableResource):
         ref = self.instrument(source.exchange, source.lake_market, source.symbol)
         ps, ss = ref.price_scale, ref.size_scale
         return Target(source.exchange, source.lake_market, source.symbol, ref.canonical, ps, ss,
-                      ref.tick_units(ps), ref.lot_units(ss), source.shard)
+                      ref.tick_units(ps), ref.lot_units(ss), source.shard, unit_of(ref))

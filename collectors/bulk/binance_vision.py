@@ -52,6 +52,7 @@ from collectors.bulk.common import (
     new_envelope,
     on_grid,
     read_single_member,
+    unit_columns,
 )
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
@@ -345,6 +346,7 @@ def to_rows(parsed: ParsedFile, t: Target) -> Converted:
         "ingest_latency_us": [0] * n, "tick_size": [t.tick] * n, "lot_size": [t.lot] * n, "shard": [t.shard] * n,
         **cols,
     }
+    data.update(unit_columns(t, et, cols.get("px", [0] * n), cols.get("qty", cols.get("bid_qty", [0] * n))))
     table = pa.Table.from_pydict(data, schema=spec.schema)
     if len(pc.unique(table.column("event_id"))) != n:   # identical rows: keep the first of each
         seen: set[str] = set()

@@ -29,6 +29,7 @@ from schemas.ids import stamp_event_id
 from schemas.instruments import InstrumentRef
 from schemas.model import EventType, Exchange, Market
 from schemas.scaled import ScaleError, from_scaled
+from schemas.units import ContractUnit
 
 SHARD_PREFIX = "bulk:"
 
@@ -117,6 +118,8 @@ class Target:
     tick: int             # tick size in price-scale units
     lot: int              # lot size in size-scale units
     shard: str            # "bulk:<source key>"
+    #: unit of the file's sizes (schemas/units.py; Bybit inverse: 1-USD contracts); None: not stated
+    unit: ContractUnit | None = None
 
     def trackers(self) -> tuple[ScaleTracker, ScaleTracker]:
         """Locked converters at the lake scales (cached: venues repeat price strings a lot)."""
@@ -205,7 +208,27 @@ def finish(env: pb.Envelope, t: Target) -> pb.Envelope:
     env.lot_size = t.lot
     env.ingest_latency_us = env.ingest_ts - env.exchange_ts
     env.shard = t.shard
+    if t.unit is not None:  # enrichment like tick/lot: not part of the event id
+        env.qty_unit, env.contract_value, env.contract_value_ccy = (t.unit.unit.pb, t.unit.contract_value,
+                                                                    t.unit.ccy)
     return stamp_event_id(env)
+
+
+def unit_columns(t: Target, et: EventType, px: list[int], qty: list[int]) -> dict[str, list]:
+    """The lake's unit columns (and a trade's base_qty) for n rows of one target, exactly as
+    envelopes_to_table builds them from finished envelopes (column-wise fast paths)."""
+    n = len(qty)
+    u = t.unit
+    cols: dict[str, list] = {"qty_unit": [u.unit.value if u else None] * n,
+                             "contract_value": [u.contract_value if u else None] * n,
+                             "contract_value_ccy": [u.ccy if u else None] * n}
+    if et is EventType.TRADE:
+        if u is None or u.is_base:
+            cols["base_qty"], cols["base_size_scale"] = list(qty), [t.size_scale] * n
+        else:
+            cols["base_qty"] = [u.to_base(q, t.size_scale, p, t.price_scale) for p, q in zip(px, qty, strict=True)]
+            cols["base_size_scale"] = [u.base_scale(t.size_scale)] * n
+    return cols
 
 
 def on_grid(value: int, grid: int, what: str) -> int:
