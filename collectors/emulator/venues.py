@@ -16,6 +16,7 @@ DLQ while the book stays whole); a drop aborts the TCP connection.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import time
@@ -105,6 +106,16 @@ class InstrumentInfo:
     size_decimals: int = 0
 
 
+#: Subscription keys whose frames are self-contained events (each one a venue event with its
+#: own id) and so can be resent to a late subscriber without breaking a book's sequence.
+_REPLAYABLE = ("@trade", "@aggtrade", "@bookticker", "trades:", "publictrade.")
+
+
+def _replayable(key: str) -> bool:
+    k = key.lower()
+    return any(m in k for m in _REPLAYABLE)
+
+
 def _step_from_strings(values: Iterable[str]) -> str:
     """Smallest step the observed decimal strings need (captures carry no exchange info)."""
     d = 0
@@ -151,6 +162,13 @@ class VenueSim:
         self.refuse_until = 0.0
         self.refused = 0
         self.book_known = asyncio.Condition()
+        #: frames of event streams (trades, best bid/offer) resent to a new subscriber of the
+        #: key: up to this many of the latest (0: none, as a venue does). A test fault facility:
+        #: a collector restarted after kill -9 gets again what its dead predecessor received
+        #: but may not have published (the overlap), and must publish it with the same ids.
+        self.replay_recent = 0
+        self._recent: dict[str, collections.deque] = {}
+        self.replayed = 0
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -183,6 +201,10 @@ class VenueSim:
         for frame in self.frames_on_subscribe(key):
             client.offer(frame)
             client.frames_sent += 1
+        for text, raw in self._recent.get(key, ()):
+            client.offer(raw() if (client.raw and raw) else text)
+            client.frames_sent += 1
+            self.replayed += 1
         self.first_subscriber.set()
         for fut in self._sub_waiters.pop(key, ()):
             if not fut.done():
@@ -253,6 +275,11 @@ class VenueSim:
 
     def emit(self, key: str, text: str, native: str = "", book_update: bool = False,
              raw: Callable[[], str] | None = None) -> None:
+        if self.replay_recent and not book_update and _replayable(key):
+            ring = self._recent.get(key)
+            if ring is None:
+                ring = self._recent[key] = collections.deque(maxlen=self.replay_recent)
+            ring.append((text, raw))
         subs = self.subscribers.get(key)
         if not subs:
             return
