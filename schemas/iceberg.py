@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+)
 from pyiceberg.io.pyarrow import _ConvertToIcebergWithoutIDs, visit_pyarrow
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema, assign_fresh_schema_ids
@@ -80,8 +84,14 @@ def evolve_table(table: Table, spec: TableSpec) -> Table:
     required = [f.name for f in missing if not f.nullable]
     if required:
         raise ValueError(f"{spec.identifier}: cannot add required columns {required} to an existing table")
-    with table.update_schema() as upd:
-        upd.union_by_name(iceberg_schema(spec))
+    try:
+        with table.update_schema() as upd:
+            upd.union_by_name(iceberg_schema(spec))
+    except CommitFailedException:
+        # another service (lake sink, hourly asset) evolved it at the same moment: re-check
+        table = table.refresh()
+        if any(f.name not in {x.name for x in table.schema().fields} for f in missing):
+            raise
     return table.refresh()
 
 
