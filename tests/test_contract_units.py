@@ -37,7 +37,14 @@ from streaming.instruments import InstrumentCatalog, fetch_instruments
 from streaming.normalizer import Normalizer
 from streaming.pragma.books import FeedBook
 from streaming.serde import encode
-from tests.collector_harness import EIPS, RunningShard, ensure_collector_topics, shard_events, unique, wait_until
+from tests.collector_harness import (
+    EIPS,
+    RunningShard,
+    ensure_collector_topics,
+    shard_events,
+    unique,
+    wait_until,
+)
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
 OKX_CAPTURE = SAMPLES / "okx" / "cryptofeed_OKX.ws.1.0"
@@ -280,3 +287,29 @@ def test_clickhouse_bars_sum_base_asset_volume(okx_processed, clickhouse_server)
                          "WHERE symbol = 'BTC-USD-220527'").result_rows
     assert units == [("inverse_contract", "100", "USD")]
     client.command(f"DROP DATABASE {db}")
+
+
+def test_emulator_serves_bybit_inverse_and_linear_contracts_apart():
+    """Bybit lists USD-quoted contracts under category=inverse only (InversePerpetual, 1 USD
+    each) and stablecoin-quoted ones under linear; the catalog the normalizer fetches from the
+    emulator must give each its own unit."""
+    from collectors.emulator.venues import InstrumentInfo
+
+    async def main():
+        emu = Emulator(server_ping_s=None)
+        sim = emu.venue(Exchange.BYBIT, Market.PERP)
+        sim.add_instrument(InstrumentInfo("BTCUSD", Market.PERP, "BTC", "USD", "0.5", "1"))
+        sim.add_instrument(InstrumentInfo("BTCUSDT", Market.PERP, "BTC", "USDT", "0.1", "0.001"))
+        await emu.start()
+        try:
+            return await asyncio.to_thread(fetch_instruments, Exchange.BYBIT, Market.PERP,
+                                           emu.rest_base(Exchange.BYBIT, Market.PERP))
+        finally:
+            await emu.stop()
+
+    refs = {r.native: r for r in asyncio.run(main())}
+    assert set(refs) == {"BTCUSD", "BTCUSDT"}
+    inv, lin = unit_of(refs["BTCUSD"]), unit_of(refs["BTCUSDT"])
+    assert (refs["BTCUSD"].canonical, inv.unit, inv.contract_value, inv.ccy) == (
+        "BTC-USD-PERP", QtyUnit.INVERSE_CONTRACT, "1", "USD")
+    assert (refs["BTCUSDT"].canonical, lin.unit) == ("BTC-USDT-PERP", QtyUnit.BASE)
