@@ -27,7 +27,8 @@ def compute_event_id(env: pb.Envelope) -> str:
                 b"%d" % env.market,
                 env.symbol.encode(),
                 b"%d" % env.event_type,
-                b"%d" % env.exchange_ts,
+                # a stand-in receipt time is not what the venue said (see the .proto)
+                b"0" if env.exchange_ts_is_receipt else b"%d" % env.exchange_ts,
                 b"%d" % env.seq,
                 b"%d:%d" % (env.price_scale, env.size_scale),
             )

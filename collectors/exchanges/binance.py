@@ -412,6 +412,7 @@ class BinanceAdapter(AdapterBase):
         ap, aq = self.price(st, d.get("a")), self.size(st, d.get("A"))
         ts = d.get("T") or d.get("E")     # spot bookTicker has no time: receipt time stands in
         env = self.envelope(st, ET_TICKER, ms_to_us(ts) if ts else recv, recv, u, st.px.scale, st.sz.scale)
+        env.exchange_ts_is_receipt = not ts   # the id then hashes u and the prices, not our clock
         tk = env.ticker
         tk.bid_px, tk.bid_qty, tk.ask_px, tk.ask_qty = bp, bq, ap, aq
         out.events.append(self.stamp(env))

@@ -186,7 +186,7 @@ class Ticker(_message.Message):
     def __init__(self, bid_px: _Optional[int] = ..., bid_qty: _Optional[int] = ..., ask_px: _Optional[int] = ..., ask_qty: _Optional[int] = ..., last_px: _Optional[int] = ..., volume_24h: _Optional[int] = ..., open_interest: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("event_id", "exchange", "market", "event_type", "symbol", "native_symbol", "exchange_ts", "ingest_ts", "seq", "price_scale", "size_scale", "ingest_latency_us", "tick_size", "lot_size", "shard", "qty_unit", "contract_value", "contract_value_ccy", "trade", "book_snapshot", "book_delta", "funding", "mark_price", "liquidation", "ticker")
+    __slots__ = ("event_id", "exchange", "market", "event_type", "symbol", "native_symbol", "exchange_ts", "ingest_ts", "seq", "price_scale", "size_scale", "ingest_latency_us", "tick_size", "lot_size", "shard", "qty_unit", "contract_value", "contract_value_ccy", "exchange_ts_is_receipt", "trade", "book_snapshot", "book_delta", "funding", "mark_price", "liquidation", "ticker")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     MARKET_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +205,7 @@ class Envelope(_message.Message):
     QTY_UNIT_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_VALUE_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_VALUE_CCY_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_TS_IS_RECEIPT_FIELD_NUMBER: _ClassVar[int]
     TRADE_FIELD_NUMBER: _ClassVar[int]
     BOOK_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     BOOK_DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +231,7 @@ class Envelope(_message.Message):
     qty_unit: QtyUnit
     contract_value: str
     contract_value_ccy: str
+    exchange_ts_is_receipt: bool
     trade: Trade
     book_snapshot: BookSnapshot
     book_delta: BookDelta
@@ -237,7 +239,7 @@ class Envelope(_message.Message):
     mark_price: MarkPrice
     liquidation: Liquidation
     ticker: Ticker
-    def __init__(self, event_id: _Optional[str] = ..., exchange: _Optional[_Union[Exchange, str]] = ..., market: _Optional[_Union[Market, str]] = ..., event_type: _Optional[_Union[EventType, str]] = ..., symbol: _Optional[str] = ..., native_symbol: _Optional[str] = ..., exchange_ts: _Optional[int] = ..., ingest_ts: _Optional[int] = ..., seq: _Optional[int] = ..., price_scale: _Optional[int] = ..., size_scale: _Optional[int] = ..., ingest_latency_us: _Optional[int] = ..., tick_size: _Optional[int] = ..., lot_size: _Optional[int] = ..., shard: _Optional[str] = ..., qty_unit: _Optional[_Union[QtyUnit, str]] = ..., contract_value: _Optional[str] = ..., contract_value_ccy: _Optional[str] = ..., trade: _Optional[_Union[Trade, _Mapping]] = ..., book_snapshot: _Optional[_Union[BookSnapshot, _Mapping]] = ..., book_delta: _Optional[_Union[BookDelta, _Mapping]] = ..., funding: _Optional[_Union[Funding, _Mapping]] = ..., mark_price: _Optional[_Union[MarkPrice, _Mapping]] = ..., liquidation: _Optional[_Union[Liquidation, _Mapping]] = ..., ticker: _Optional[_Union[Ticker, _Mapping]] = ...) -> None: ...
+    def __init__(self, event_id: _Optional[str] = ..., exchange: _Optional[_Union[Exchange, str]] = ..., market: _Optional[_Union[Market, str]] = ..., event_type: _Optional[_Union[EventType, str]] = ..., symbol: _Optional[str] = ..., native_symbol: _Optional[str] = ..., exchange_ts: _Optional[int] = ..., ingest_ts: _Optional[int] = ..., seq: _Optional[int] = ..., price_scale: _Optional[int] = ..., size_scale: _Optional[int] = ..., ingest_latency_us: _Optional[int] = ..., tick_size: _Optional[int] = ..., lot_size: _Optional[int] = ..., shard: _Optional[str] = ..., qty_unit: _Optional[_Union[QtyUnit, str]] = ..., contract_value: _Optional[str] = ..., contract_value_ccy: _Optional[str] = ..., exchange_ts_is_receipt: _Optional[bool] = ..., trade: _Optional[_Union[Trade, _Mapping]] = ..., book_snapshot: _Optional[_Union[BookSnapshot, _Mapping]] = ..., book_delta: _Optional[_Union[BookDelta, _Mapping]] = ..., funding: _Optional[_Union[Funding, _Mapping]] = ..., mark_price: _Optional[_Union[MarkPrice, _Mapping]] = ..., liquidation: _Optional[_Union[Liquidation, _Mapping]] = ..., ticker: _Optional[_Union[Ticker, _Mapping]] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("stage", "reason", "source", "raw", "ingest_ts", "exchange", "native_symbol")
