@@ -97,8 +97,14 @@ def parity_outcome(lake: LakeResource, clickhouse: ClickHouseResource, partition
                                                   final=True))
     ok, details = fl.compare_features({"spark": spark_rows, "local_batch": local_rows, "published": published})
     if ok and spark_rows.num_rows == 0:
-        ok = False
-        details["mismatches"].append({"reason": "no feature rows for the hour in any runtime"})
+        # Zero rows everywhere is parity only when the lake hour had nothing to compute from
+        # (a sealed hour a replay or a quiet venue left empty); otherwise every runtime failed alike.
+        inputs = fl.hour_events(fl.input_tables(catalog), h, 0).num_rows
+        details["input_events"] = inputs
+        if inputs:
+            ok = False
+            details["mismatches"].append({"reason": f"no feature rows for the hour in any runtime, "
+                                                    f"from {inputs} input events"})
     return ok, details
 
 
