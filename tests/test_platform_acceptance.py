@@ -79,6 +79,18 @@ def chain_runs(instance) -> list:
     return [r for r in instance.get_runs() if "ticklake/service" not in r.tags]
 
 
+def failures(instance, runs) -> list[str]:
+    """What failed in `runs`: step errors and failed checks, for the assertion message."""
+    import dagster as dg
+
+    out = []
+    for run in runs:
+        for rec in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+            err = rec.get_dagster_event().event_specific_data.error
+            out.append(f"{run.tags.get('dagster/partition')} {rec.step_key}: {err.message if err else '?'}")
+    return out
+
+
 def check_evaluations(instance, runs) -> list[tuple[str, str, str | None, bool]]:
     """(asset, check, partition, passed) of every check evaluated in `runs`."""
     import dagster as dg
@@ -158,9 +170,10 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
             active = [r for r in chain_runs(instance) if not r.is_finished]
             if not missing and not active:
                 break
-            failed = [(r.job_name, r.tags.get("dagster/partition")) for r in chain_runs(instance)
-                      if r.status == dg.DagsterRunStatus.FAILURE]
-            assert not failed, f"failed runs: {failed}"
+            failed = [r for r in chain_runs(instance) if r.status == dg.DagsterRunStatus.FAILURE]
+            assert not failed, (f"failed runs: {[(r.job_name, r.tags.get('dagster/partition')) for r in failed]}",
+                                failures(instance, failed), [e for e in check_evaluations(instance, failed)
+                                                             if not e[-1]])
             assert time.monotonic() < deadline, (missing, [r.job_name for r in active])
             time.sleep(10)
 
