@@ -8,7 +8,9 @@ the console script, each time in its own temporary TICKLAKE_HOME:
    settled, then measure every process of the stack for --seconds;
 2. busy (the baseline, same run): `ticklake up --replay <capture> --speed 1` (the genuine
    hftbacktest Binance spot capture by default, ~6 minutes of market data played at its
-   recorded pace), measured for the same time while it plays.
+   recorded pace), measured for the same time while it plays. After that window a consumer
+   with library defaults (new group, subscribe, earliest) reports how long it took to get
+   its first record from pragma-prices-v1 and processed.spot.trades.binance (issue 11 item 4).
 
 "Every process of the stack" = every process whose environment carries the stack's
 TICKLAKE_STACK_ID (the broker, ClickHouse, the emulator, the Dagster webserver and daemon,
@@ -221,8 +223,30 @@ def wait_services_settled(url: str, timeout: float, quiet_for: float = 20.0) -> 
     raise SystemExit(f"service runs did not settle within {timeout:.0f}s")
 
 
+def default_consumer_seconds(bootstrap: str, topics: list[str], limit: float = 60.0) -> dict[str, float | None]:
+    """Seconds until a consumer with library defaults (a new group, subscribe, earliest)
+    receives its first record from each topic (issue 11 item 4); None if not within `limit`."""
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-plain-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest"})
+    first: dict[str, float | None] = dict.fromkeys(topics)
+    t0 = time.monotonic()
+    consumer.subscribe(topics)
+    try:
+        while any(v is None for v in first.values()) and time.monotonic() - t0 < limit:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None and first.get(msg.topic(), 0) is None:
+                first[msg.topic()] = time.monotonic() - t0
+    finally:
+        consumer.close()
+    return first
+
+
 def measure_stack(label: str, up_args: list[str], seconds: float, settle: float, port: int,
-                  keep: bool, top: int = 0) -> tuple[dict[str, float], list[str]]:
+                  keep: bool, top: int = 0, plain_topics: list[str] | None = None) -> tuple[dict[str, float], list[str]]:
     home = Path(tempfile.mkdtemp(prefix=f"ticklake-bench-{label}-"))
     try:
         t = time.monotonic()
@@ -237,6 +261,10 @@ def measure_stack(label: str, up_args: list[str], seconds: float, settle: float,
         print(f"[{label}] {len(services)} service runs: {', '.join(services)}; measuring {seconds:.0f}s",
               file=sys.stderr, flush=True)
         window = Window(state["stack_id"]).run(seconds)
+        if plain_topics:
+            for topic, secs in default_consumer_seconds(state["kafka_bootstrap"], plain_topics).items():
+                got = f"first record after {secs:.1f}s" if secs is not None else "nothing within 60s"
+                print(f"[{label}] default-config consumer, new group, {topic}: {got}", file=sys.stderr, flush=True)
         grouped = groups(window, state, url)
         by_group = {g: window.core_pct(pids) for g, pids in grouped.items()}
         if top:
@@ -270,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     busy: dict[str, float] = {}
     if not a.no_busy:
         busy, _ = measure_stack("busy", ["--replay", str(a.capture), "--speed", "1"], a.seconds,
-                                a.settle, a.port, a.keep, a.top)
+                                a.settle, a.port, a.keep, a.top,
+                                plain_topics=["pragma-prices-v1", "processed.spot.trades.binance"])
 
     names = sorted(set(idle) | set(busy), key=lambda g: -max(idle.get(g, 0.0), busy.get(g, 0.0)))
     print(f"\nCPU, % of one core, averaged over {a.seconds:.0f}s "
