@@ -37,11 +37,16 @@ from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from schemas.topics import Stage, all_event_topics
 from streaming import kafka_config as kc
+from streaming.clickhouse_live import GROUP_ID as CLICKHOUSE_LIVE_GROUP
+from streaming.clickhouse_live import live_topics
 from streaming.drain import pending_partitions
+from streaming.feature_processor import feature_group, input_topics, parse_pairs
 from streaming.lake_state import HOUR_US, latest_sink_state
 from streaming.source_complete import mark_complete
 
 NORMALIZER_GROUP = "ticklake-normalizer"
+#: The default feature processor's group (pipelines/processor_services.py runs it under name "default").
+FEATURES_GROUP = feature_group("default")
 CONFIRMATIONS = 2
 
 
@@ -52,16 +57,21 @@ def _partitions(conn: kc.KafkaConnection, topics: list[str]) -> list[tuple[str, 
     return [(t, p) for t in topics if t in md and md[t].error is None for p in sorted(md[t].partitions)]
 
 
-def normalizer_positions(conn: kc.KafkaConnection) -> dict[tuple[str, int], int]:
+def group_positions(conn: kc.KafkaConnection, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """Committed offsets of `group` on every partition of `topics` (0 where it committed none)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    tps = _partitions(conn, all_event_topics(Stage.RAW))
-    cons = Consumer(kc.consumer_config(conn, NORMALIZER_GROUP, read_committed=True))
+    tps = _partitions(conn, topics)
+    cons = Consumer(kc.consumer_config(conn, group, read_committed=True))
     try:
         got = cons.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
     finally:
         cons.close()
     return {(r.topic, r.partition): max(0, r.offset) for r in got}
+
+
+def normalizer_positions(conn: kc.KafkaConnection) -> dict[tuple[str, int], int]:
+    return group_positions(conn, NORMALIZER_GROUP, all_event_topics(Stage.RAW))
 
 
 def sink_positions(conn: kc.KafkaConnection, lake: LakeResource) -> dict[tuple[str, int], int]:
@@ -75,8 +85,14 @@ def sink_positions(conn: kc.KafkaConnection, lake: LakeResource) -> dict[tuple[s
 
 def drain_report(conn: kc.KafkaConnection, lake: LakeResource) -> dict[str, dict[tuple[str, int], int]]:
     """Stage -> partitions still holding records for it (empty dicts: drained)."""
+    # The streaming feature path too: the hours' chain compares Spark and batch features with
+    # what the processor published (read from ClickHouse), so sealing before the processor and
+    # the live consumer have caught up would fail that parity check for a lagging service.
     return {"normalizer": pending_partitions(conn, normalizer_positions(conn)),
-            "lake sink": pending_partitions(conn, sink_positions(conn, lake))}
+            "lake sink": pending_partitions(conn, sink_positions(conn, lake)),
+            "feature processor": pending_partitions(conn, group_positions(
+                conn, FEATURES_GROUP, input_topics(parse_pairs(None)))),
+            "clickhouse live": pending_partitions(conn, group_positions(conn, CLICKHOUSE_LIVE_GROUP, live_topics()))}
 
 
 def _hours(from_us: int, until_us: int) -> list[str]:

@@ -77,6 +77,11 @@ def state_topic(name: str) -> str:
     return f"state.features.{name}"
 
 
+def feature_group(name: str) -> str:
+    """Consumer group (and transactional id) of processor `name`."""
+    return f"ticklake-features-{name}"
+
+
 def input_topics(pairs: Iterable[tuple[Market, Exchange]]) -> list[str]:
     return [event_topic(Stage.PROCESSED, m, et, x) for m, x in pairs for et in FEATURE_EVENT_TYPES]
 
@@ -295,8 +300,8 @@ class FeatureProcessor(TransactionalLoop):
         # the state topic's growth (~10 small records/s) at a small latency cost.
         kw.setdefault("batch_min_ms", 100)
         self.processor_name = processor_name
-        super().__init__(conn, group_id=f"ticklake-features-{processor_name}",
-                         transactional_id=f"ticklake-features-{processor_name}",
+        super().__init__(conn, group_id=feature_group(processor_name),
+                         transactional_id=feature_group(processor_name),
                          input_topics=input_topics(pairs), **kw)
         self.pairs = pairs
         self.allowed_lateness_us = allowed_lateness_ms * 1000

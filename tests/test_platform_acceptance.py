@@ -167,7 +167,7 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
         while True:
             missing = {k: sorted(set(HOURS) - materialized(instance, k)) for k in (*SEALED, *PRODUCTS)}
             missing = {k: v for k, v in missing.items() if v}
-            active = [r for r in chain_runs(instance) if not r.is_finished]
+            active = [r for r in chain_runs(instance) if not r.is_finished and r.tags.get("dagster/partition") in HOURS]
             if not missing and not active:
                 break
             failed = [r for r in chain_runs(instance) if r.status == dg.DagsterRunStatus.FAILURE]
@@ -177,12 +177,14 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
             assert time.monotonic() < deadline, (missing, [r.job_name for r in active])
             time.sleep(10)
 
-        runs = chain_runs(instance)
+        runs = [r for r in chain_runs(instance) if r.tags.get("dagster/partition") in HOURS]
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), \
             [(r.job_name, r.tags.get("dagster/partition"), r.status) for r in runs]
-        # Only the capture hours: the months between the two captures were not declared, sealed or built.
+        # The months between the two captures were not declared, sealed or built. (Hours of today
+        # may be: the hourly schedule seals wall-clock hours the lake's watermark has passed.)
         for key in (*SEALED, *PRODUCTS):
-            assert materialized(instance, key) == set(HOURS), key
+            between = {h for h in materialized(instance, key) if BINANCE_HOURS[-1] < h < BYBIT_HOURS[0]}
+            assert not between, (key, sorted(between)[:5])
         # The automation built the products (a person launched nothing).
         assert any(r.tags.get("dagster/from_automation_condition") or r.tags.get("dagster/sensor_name")
                    == "hourly_chain_automation" for r in runs), [r.tags for r in runs]
