@@ -388,10 +388,14 @@ def test_a_dead_service_is_reported_and_blocks_up_until_down(ticklake_home):
         broker_pid = info["services"]["broker"]["pid"]
         daemon_pid = info["services"]["dagster-daemon"]["pid"]
         broker_port = int(info["kafka_bootstrap"].rsplit(":", 1)[1])
-        daemon_children = [p for p in processes_of(home) if parent_pid(p) == daemon_pid]
-        assert daemon_children  # the daemon's code server
+        # A process of this stack that no service owns any more (what a kill -9'd parent leaves
+        # behind): it carries the stack's id, so status reports it and `down` stops it.
+        stack_id = json.loads((home / "run" / "stack.json").read_text())["stack_id"]
+        orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                  env={**os.environ, "TICKLAKE_STACK_ID": stack_id}, start_new_session=True)
+        daemon_children = [orphan.pid]
         os.kill(broker_pid, signal.SIGKILL)
-        os.kill(daemon_pid, signal.SIGKILL)  # its code server is orphaned, still running
+        os.kill(daemon_pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while port_in_use("127.0.0.1", broker_port):
             assert time.monotonic() < deadline
@@ -414,4 +418,5 @@ def test_a_dead_service_is_reported_and_blocks_up_until_down(ticklake_home):
     assert down.returncode == 0, down.stdout + down.stderr
     assert "broker             not running" in down.stdout
     assert "orphans" in down.stdout
+    assert orphan.wait(timeout=30) is not None  # stopped by down (reaped here: it is this test's child)
     assert_nothing_left(home, broker_port)
