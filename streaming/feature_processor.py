@@ -210,11 +210,23 @@ class Engine:
                     self.buffers.setdefault(ts - ts % WINDOW_US, []).append(Buffered(tp, m.offset(), envelope_row(env)))
 
 
+#: Silence (in idle timeouts) after which a partition is idle even when the caught-up probe
+#: says records remain: the probe compares the consumer position with a cached high
+#: watermark, and a trailing transaction marker the position never passes (seen on the
+#: embedded broker) would otherwise hold every later window open forever.
+STALE_IDLE_FACTOR = 10
+
+
 def live_partitions(assignment: Iterable[TP], last_seen: dict[TP, float], now: float, idle_s: float,
                     caught_up: set[TP]) -> list[TP]:
     """Partitions that hold the close frontier: all but the idle ones, idle meaning silent for
-    ``idle_s`` *and* caught up (a partition with records still to read is never idle)."""
-    return [tp for tp in assignment if tp not in caught_up or now - last_seen.get(tp, now) <= idle_s]
+    ``idle_s`` *and* caught up (a partition with records still to read is not idle), or silent
+    for STALE_IDLE_FACTOR x ``idle_s`` whatever the probe says."""
+    def holds(tp: TP) -> bool:
+        silent = now - last_seen.get(tp, now)
+        return silent <= idle_s or (tp not in caught_up and silent <= STALE_IDLE_FACTOR * idle_s)
+
+    return [tp for tp in assignment if holds(tp)]
 
 
 def feature_records(rows: list[dict]) -> list[OutRecord]:
