@@ -45,7 +45,7 @@ HOURS = (*BINANCE_HOURS, *BYBIT_HOURS)
 PRODUCTS = ("lake/features_1s", "spark/features_1s", "clickhouse/trades", "clickhouse/features_1s",
             "clickhouse/ohlcv", "clickhouse/book_stats_1m", "lake/bars_1m", "charts/market_overview")
 SEALED = ("lake/trades", "lake/book_deltas", "lake/book_snapshots")
-TIMEOUT_S = 2400  # a 2-core machine runs ~15 processes here; correctness, not speed
+TIMEOUT_S = 1500  # ~11-18 min seen on a loaded 2-core machine; bounded so a hang cannot eat the CI limit
 
 
 def binance_trades() -> int:
@@ -142,7 +142,7 @@ def default_consumer_receives(bootstrap: str, topic: str, timeout_s: float = 10.
 
 
 @pytest.mark.stack
-@pytest.mark.timeout(TIMEOUT_S + 900)
+@pytest.mark.timeout(TIMEOUT_S + 600)
 @pytest.mark.xfail(strict=False, reason=(
     "KNOWN DEFECT (open, issue 11): at --speed max the streaming feature processor published 344 of the 345 "
     "1 s windows of 2024-08-08 23:00 in the last run on this machine (117 before d79fa05), so that hour's "
