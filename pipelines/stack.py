@@ -586,7 +586,6 @@ def _start_replay(home: TicklakeHome, root: Path, options: UpOptions, state: Sta
 
     capture = options.replay.resolve()
     spans = sr.capture_spans(capture)
-    span = (min(s[0] for s in spans), max(s[1] for s in spans))
     state_file = home.run_dir / sr.EMULATOR_STATE
     state_file.unlink(missing_ok=True)
     env = dict(os.environ)
@@ -604,8 +603,8 @@ def _start_replay(home: TicklakeHome, root: Path, options: UpOptions, state: Sta
     catalog = open_local_catalog(home).load_catalog()
     withdrawn = [r for lo, hi in source.spans for r in withdraw_overlapping(catalog, lo, hi)]
     sr.save_source(home.run_dir, source)
-    first = datetime.fromtimestamp(span[0] / 1e6, UTC).isoformat(timespec="seconds")
-    last = datetime.fromtimestamp(span[1] / 1e6, UTC).isoformat(timespec="seconds")
+    first = datetime.fromtimestamp(source.first_us / 1e6, UTC).isoformat(timespec="seconds")
+    last = datetime.fromtimestamp(source.last_us / 1e6, UTC).isoformat(timespec="seconds")
     echo(f"replay      {capture} at speed {options.speed} (pid {rec.pid}), captured {first} .. {last}; "
          f"{len(shards)} collector shard(s) in {collectors_file(home)}: {', '.join(s.name for s in shards)}"
          + (f"; {len(withdrawn)} earlier completion(s) of these hours withdrawn" if withdrawn else ""))

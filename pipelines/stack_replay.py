@@ -51,14 +51,6 @@ class ReplaySource:
     #: (what completion declares final; files far apart in time give several spans)
     spans: tuple[tuple[int, int], ...]
 
-    @property
-    def from_us(self) -> int:
-        return self.spans[0][0]
-
-    @property
-    def until_us(self) -> int:
-        return self.spans[-1][1]
-
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["shards"] = list(self.shards)
@@ -107,12 +99,6 @@ def capture_spans(path: Path) -> list[tuple[int, int]]:
     if not spans:
         raise ReplayError(f"{path}: no servable capture with receive times")
     return spans
-
-
-def capture_span(path: Path) -> tuple[int, int]:
-    """First and last receive time (µs) over every servable capture at `path`."""
-    spans = capture_spans(path)
-    return min(s[0] for s in spans), max(s[1] for s in spans)
 
 
 def emulator_command(capture: Path, speed: str, state_file: Path) -> list[str]:

@@ -21,7 +21,7 @@ from collectors.config import load_shards
 from pipelines.cli import build_parser
 from pipelines.stack_replay import (
     ReplaySource,
-    capture_span,
+    capture_spans,
     load_source,
     parse_speed,
     restore_collectors,
@@ -32,8 +32,8 @@ from streaming import kafka_config as kc
 from streaming.drain import pending_partitions
 from streaming.lake_state import HOUR_US
 from streaming.source_complete import (
-    hour_span,
     hour_completed,
+    hour_span,
     mark_complete,
     read_complete_ranges,
     withdraw_overlapping,
@@ -156,7 +156,7 @@ def test_drain_probe_is_not_fooled_by_a_transaction_commit_marker(kafka_broker):
 def test_capture_span_is_the_first_and_last_receive_time_of_the_capture():
     with gzip.open(HFT, "rt") as fh:
         stamps = [int(line.split(" ", 1)[0]) for line in fh if line.strip()]
-    first, last = capture_span(HFT)
+    [(first, last)] = capture_spans(HFT)
     assert first == min(stamps) // 1000 and last == max(stamps) // 1000
     lo, hi = hour_span(first, last)
     assert datetime.fromtimestamp(lo / 1e6, UTC) == H
