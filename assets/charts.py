@@ -87,7 +87,5 @@ def market_charts(context: dg.AssetExecutionContext, config: ChartConfig, lake: 
     return dg.MaterializeResult(metadata=meta)
 
 
-assets = [market_charts]
-asset_checks: list = []
-jobs: list = []
-sensors: list = []
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(assets=[market_charts])

@@ -120,7 +120,7 @@ def bars_1m(context: dg.AssetExecutionContext, config: ClickHouseConfig, lake: L
         "snapshot_id": dg.MetadataValue.text(str(table.current_snapshot().snapshot_id))})
 
 
-assets = [clickhouse_trades, clickhouse_features, clickhouse_ohlcv, clickhouse_book_stats, bars_1m]
-asset_checks: list = []
-jobs: list = []
-sensors: list = []
+#: Every hour load of this module (also part of the hourly chain's selection).
+CLICKHOUSE_ASSETS = [clickhouse_trades, clickhouse_features, clickhouse_ohlcv, clickhouse_book_stats, bars_1m]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(assets=CLICKHOUSE_ASSETS)

@@ -178,5 +178,5 @@ LAKE_HOUR_ASSETS: dict[str, dg.AssetsDefinition] = {spec.name: _seal_asset(spec)
 LAKE_HOUR_CHECKS: dict[str, dg.AssetChecksDefinition] = {
     name: _checks(TABLES_BY_NAME[name], asset) for name, asset in LAKE_HOUR_ASSETS.items()}
 
-assets = list(LAKE_HOUR_ASSETS.values())
-asset_checks = list(LAKE_HOUR_CHECKS.values())
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(assets=list(LAKE_HOUR_ASSETS.values()), asset_checks=list(LAKE_HOUR_CHECKS.values()))

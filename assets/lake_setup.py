@@ -61,4 +61,5 @@ def lake_tables(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Mat
     })
 
 
-ASSETS = [lake_tables]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(assets=[lake_tables])

@@ -72,5 +72,5 @@ def clickhouse_live_supervisor(context: dg.SensorEvaluationContext):
     return dg.RunRequest(tags=SERVICE_TAGS)
 
 
-jobs = [clickhouse_live_service]
-sensors = [clickhouse_live_supervisor]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(jobs=[clickhouse_live_service], sensors=[clickhouse_live_supervisor])

@@ -168,4 +168,5 @@ def collector_shard():
     run_collector_shard()
 
 
-jobs = [collector_shard]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(jobs=[collector_shard])

@@ -1,14 +1,14 @@
 """The one Definitions object of the ticklake code location (workspace.yaml loads it).
 
-Each area exports plain lists (`assets`, `asset_checks`, `jobs`, `sensors`, `schedules`)
-from its own module; adding an area means adding its module to AREAS below, never
-building a second Definitions object. Resources come from the profile selected by
-TICKLAKE_PROFILE (resources/profiles.py).
+Each area module builds its own `defs = dg.Definitions(...)` beside what it defines; this
+module only merges them with `dg.Definitions.merge` (one line per area) and adds the
+resources of the profile selected by TICKLAKE_PROFILE (resources/profiles.py). Two areas
+defining the same asset key, check, job, sensor or schedule name fail when the code location
+loads, not silently. tests/test_definitions_snapshot.py compares the merged graph with
+tests/snapshots/definitions.json, so any change to it is a visible diff.
 """
 
 from __future__ import annotations
-
-from types import ModuleType
 
 import dagster as dg
 
@@ -37,35 +37,27 @@ from pipelines import (
 )
 from resources.profiles import build_resources
 
-#: In data-flow order: collectors -> streaming services -> lake -> analytics.
-AREAS: list[ModuleType] = [
-    collector_service, supervisors,
-    processor_services, supervisors_processors, replay_job,
-    pragma_service,
-    lake_setup, lake_sink_service, lake_hours, lake_schedules, lake_rebuild_job, replay_completion, bulk_history,
-    batch_features, spark_features, clickhouse_loads, clickhouse_live_service, charts, hourly_chain,
-]
-
-
-def _collect(kind: str) -> list:
-    seen: dict[int, object] = {}
-    for module in AREAS:
-        for item in getattr(module, kind, []):
-            seen.setdefault(id(item), item)
-    return list(seen.values())
-
-
-ASSETS = [*dg.load_assets_from_modules([lake_setup]), *_collect("assets")]
-ASSET_CHECKS = _collect("asset_checks")
-JOBS = _collect("jobs")
-SENSORS = _collect("sensors")
-SCHEDULES = _collect("schedules")
-
-defs = dg.Definitions(
-    assets=ASSETS,
-    asset_checks=ASSET_CHECKS,
-    jobs=JOBS,
-    sensors=SENSORS,
-    schedules=SCHEDULES,
-    resources=build_resources(),
+#: One line per area, in data-flow order: collectors -> streaming services -> lake -> analytics.
+#: A new area defines `defs = dg.Definitions(...)` in its own module and adds one line here.
+defs = dg.Definitions.merge(
+    collector_service.defs,        # collector shard job
+    supervisors.defs,              # collector supervisor sensor
+    processor_services.defs,       # normalizer + feature processor service jobs
+    supervisors_processors.defs,   # their supervisor sensor
+    replay_job.defs,               # processor replay runbook
+    pragma_service.defs,           # pragma publisher service + supervisor
+    lake_setup.defs,               # lake tables
+    lake_sink_service.defs,        # lake sink service + supervisor
+    lake_hours.defs,               # sealed lake hours + their checks
+    lake_schedules.defs,           # hourly seal, late hours, daily maintenance
+    lake_rebuild_job.defs,         # lake hour rebuild job
+    replay_completion.defs,        # seals a replayed capture's hours
+    bulk_history.defs,             # exchange archive downloads
+    batch_features.defs,           # lake features_1s
+    spark_features.defs,           # Spark features_1s + parity check
+    clickhouse_loads.defs,         # ClickHouse hour loads + bars
+    clickhouse_live_service.defs,  # ClickHouse live loader service + supervisor
+    charts.defs,                   # market charts
+    hourly_chain.defs,             # automation of every hourly product
+    dg.Definitions(resources=build_resources()),
 )

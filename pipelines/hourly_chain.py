@@ -13,11 +13,11 @@ import dagster as dg
 
 from assets.batch_features import features_1s
 from assets.charts import market_charts
-from assets.clickhouse_loads import assets as clickhouse_assets
+from assets.clickhouse_loads import CLICKHOUSE_ASSETS
 from assets.spark_features import spark_features_1s
 
 #: The hourly products of a sealed lake hour, every one carrying HOURLY_CHAIN.
-CHAIN_ASSETS: list[dg.AssetsDefinition] = [features_1s, spark_features_1s, *clickhouse_assets, market_charts]
+CHAIN_ASSETS: list[dg.AssetsDefinition] = [features_1s, spark_features_1s, *CLICKHOUSE_ASSETS, market_charts]
 CHAIN_SELECTION = dg.AssetSelection.assets(*CHAIN_ASSETS)
 #: Seconds between evaluations: a sealed hour starts building within about this long, and
 #: an idle stack pays one evaluation of a few assets this often.
@@ -34,4 +34,5 @@ hourly_chain_automation = dg.AutomationConditionSensorDefinition(
                 "a run or backfill of that partition is in progress.",
 )
 
-sensors = [hourly_chain_automation]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(sensors=[hourly_chain_automation])

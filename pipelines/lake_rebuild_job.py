@@ -135,4 +135,5 @@ def lake_rebuild_hour():
     rebuild_lake_hour()
 
 
-jobs = [lake_rebuild_hour]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(jobs=[lake_rebuild_hour])

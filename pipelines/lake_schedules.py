@@ -153,6 +153,6 @@ lake_daily_maintenance = dg.ScheduleDefinition(
     job=lake_maintenance, cron_schedule="30 3 * * *", execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED, name="lake_daily_maintenance")
 
-jobs = [lake_seal_job, lake_maintenance]
-schedules = [lake_hourly_seal, lake_daily_maintenance]
-sensors = [lake_late_hours]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(jobs=[lake_seal_job, lake_maintenance], schedules=[lake_hourly_seal, lake_daily_maintenance],
+                      sensors=[lake_late_hours])

@@ -107,5 +107,5 @@ def lake_sink_supervisor(context: dg.SensorEvaluationContext):
     return dg.RunRequest(tags=SERVICE_TAGS)
 
 
-jobs = [lake_sink_service]
-sensors = [lake_sink_supervisor]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(jobs=[lake_sink_service], sensors=[lake_sink_supervisor])

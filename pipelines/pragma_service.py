@@ -89,5 +89,5 @@ def pragma_publisher_supervisor(context: dg.SensorEvaluationContext):
     return dg.RunRequest(tags={SERVICE_TAG: SERVICE})
 
 
-jobs = [pragma_publisher]
-sensors = [pragma_publisher_supervisor]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(jobs=[pragma_publisher], sensors=[pragma_publisher_supervisor])

@@ -146,4 +146,5 @@ def feature_processor_service():
     run_feature_processor()
 
 
-jobs = [normalizer_service, feature_processor_service]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(jobs=[normalizer_service, feature_processor_service])

@@ -80,4 +80,5 @@ def replay_job():
     replay_range()
 
 
-jobs = [replay_job]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(jobs=[replay_job])

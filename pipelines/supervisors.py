@@ -49,4 +49,5 @@ def collector_supervisor(context: dg.SensorEvaluationContext):
     return requests
 
 
-sensors = [collector_supervisor]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(sensors=[collector_supervisor])

@@ -39,4 +39,5 @@ def stream_processors_supervisor(context: dg.SensorEvaluationContext):
     return requests
 
 
-sensors = [stream_processors_supervisor]
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(sensors=[stream_processors_supervisor])

@@ -14,8 +14,7 @@ import pyarrow as pa
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
-from assets import batch_features, charts, clickhouse_loads, spark_features
-from assets.lake_hours import LAKE_HOUR_ASSETS
+from assets import batch_features, charts, clickhouse_loads, lake_hours, spark_features
 from assets.partitions import HOURLY
 from features.compute import compute_features
 from features.inputs import events_from_envelopes
@@ -131,8 +130,7 @@ def test_analytics_graph_lineage_partitions_and_pools(tmp_path):
     resources = {"lake": LakeResource(uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}/w"),
                  "clickhouse": ClickHouseResource(dsn="http://127.0.0.1:8123"), "spark": SparkResource(),
                  "artifacts": ArtifactStoreResource(root=str(tmp_path / "a"))}
-    defs = dg.Definitions(assets=list(LAKE_HOUR_ASSETS.values()) + [a for m in mods for a in m.assets],
-                          asset_checks=[c for m in mods for c in m.asset_checks], resources=resources)
+    defs = dg.Definitions.merge(lake_hours.defs, *(m.defs for m in mods), dg.Definitions(resources=resources))
     graph = defs.resolve_asset_graph()
     up = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
           for k in graph.get_all_asset_keys()}
@@ -144,9 +142,9 @@ def test_analytics_graph_lineage_partitions_and_pools(tmp_path):
     assert up["lake/bars_1m"] == {"clickhouse/ohlcv", "clickhouse/book_stats_1m"}
     assert up["charts/market_overview"] == {"lake/features_1s"}
     for m in mods:
-        for a in m.assets:
+        for a in m.defs.assets:
             assert a.partitions_def is HOURLY, a.key
-    for a in clickhouse_loads.assets:          # one server serves every step at once: no pool to wait on
+    for a in clickhouse_loads.CLICKHOUSE_ASSETS:          # one server serves every step at once: no pool to wait on
         assert a.op.pool is None, a.key
     assert spark_features.features_parity.op.pool is None
     assert clickhouse_live_service.graph.node_defs[0].pool is None
