@@ -1,0 +1,138 @@
+"""The production deployment (deploy/): the Dagster instance validates, loads and runs on a real
+PostgreSQL; the Kubernetes launcher config passes dagster-k8s's own schema.
+
+One Postgres server per module (tests/postgres_helpers.py, ~3 s); nothing here needs a cluster.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import shutil
+from pathlib import Path
+
+import boto3
+import dagster as dg
+import dagster._daemon  # imports the scheduler in the order its import cycle needs
+import pytest
+import yaml
+from dagster._core.instance.config import dagster_instance_config
+from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+from dagster._scheduler.scheduler import launch_scheduled_runs
+from moto import mock_aws
+
+from tests import deploy_probe_defs as probe
+from tests.postgres_helpers import PostgresServer, postgres_server
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+LOG_BUCKET = "ticklake-logs"
+
+
+def _yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_production_instance_config_passes_dagsters_validation() -> None:
+    config, _ = dagster_instance_config(str(DEPLOY), "dagster.yaml")
+    assert config["storage"].keys() == {"postgres"}
+    assert config["run_launcher"]["class"] == "K8sRunLauncher"
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+
+
+def test_production_limits_the_same_tags_as_local() -> None:
+    """The one-run-per-service and one-run-per-partition guarantees the code relies on hold in
+    both instances (the local file is what the stack tests exercise)."""
+    local = _yaml(REPO / "dagster.yaml")["concurrency"]["runs"]["tag_concurrency_limits"]
+    prod = _yaml(DEPLOY / "dagster.yaml")["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert prod == local
+    helm = _yaml(DEPLOY / "values.yaml")["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert helm["tagConcurrencyLimits"] == local
+
+
+@pytest.fixture(scope="module")
+def postgres() -> PostgresServer:
+    with postgres_server(db_name="dagster") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def prod_instance(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory):
+    """deploy/dagster.yaml, unchanged, as DAGSTER_HOME's instance; its environment points at
+    the test Postgres (compute logs would go to S3: moto)."""
+    home = tmp_path_factory.mktemp("dagster-prod-home")
+    shutil.copyfile(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    env = {"DAGSTER_PG_HOST": postgres.host, "DAGSTER_PG_PORT": str(postgres.port),
+           "DAGSTER_PG_USER": postgres.user, "DAGSTER_PG_PASSWORD": "unused-trust-auth",
+           "DAGSTER_PG_DB": postgres.db_name, "DAGSTER_K8S_NAMESPACE": "ticklake",
+           "TICKLAKE_LOG_BUCKET": LOG_BUCKET, "DAGSTER_HOME": str(home),
+           "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        with mock_aws():
+            boto3.client("s3").create_bucket(Bucket=LOG_BUCKET,
+                                             CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                yield instance
+
+
+def test_instance_storage_is_postgres(prod_instance: dg.DagsterInstance) -> None:
+    from dagster_postgres import (
+        PostgresEventLogStorage,
+        PostgresRunStorage,
+        PostgresScheduleStorage,
+    )
+
+    assert isinstance(prod_instance.run_storage, PostgresRunStorage)
+    assert isinstance(prod_instance.event_log_storage, PostgresEventLogStorage)
+    assert isinstance(prod_instance.schedule_storage, PostgresScheduleStorage)
+    limits = prod_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert {limit["key"] for limit in limits} == {"ticklake/service", "dagster/partition"}
+
+
+def test_job_run_and_its_events_are_in_postgres(prod_instance: dg.DagsterInstance, postgres: PostgresServer) -> None:
+    result = dg.materialize([probe.deploy_probe], instance=prod_instance, tags={"ticklake/test": "deploy"})
+    assert result.success
+    run_id = result.run_id
+
+    # Read back through Postgres itself, not the instance: proves where it was written.
+    [(status,)] = postgres.query("SELECT status FROM runs WHERE run_id = %s", (run_id,))
+    assert status == "SUCCESS"
+    events = {row[0] for row in postgres.query("SELECT dagster_event_type FROM event_logs WHERE run_id = %s",
+                                               (run_id,))}
+    expected = {dg.DagsterEventType.RUN_START, dg.DagsterEventType.STEP_SUCCESS,
+                dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.RUN_SUCCESS}
+    assert {t.value for t in expected} <= events
+    # The step's captured output went to the S3 compute log manager (moto's bucket).
+    logs = boto3.client("s3").list_objects_v2(Bucket=LOG_BUCKET, Prefix="dagster-compute-logs/")
+    assert any(run_id in obj["Key"] for obj in logs.get("Contents", []))
+    assert postgres.query("SELECT 1 FROM run_tags WHERE run_id = %s AND key = 'ticklake/test'", (run_id,))
+    assert postgres.query("SELECT 1 FROM asset_keys WHERE asset_key = %s", ('["deploy_probe"]',))
+
+
+def test_schedule_state_ticks_and_queued_runs_are_in_postgres(prod_instance: dg.DagsterInstance,
+                                                              postgres: PostgresServer) -> None:
+    """The scheduler daemon's own iteration, in process: the tick and the run it submits go
+    through the production QueuedRunCoordinator into Postgres (queued, so no launcher)."""
+    origin = LoadableTargetOrigin(python_file=probe.__file__, working_directory=str(REPO), attribute="defs")
+    target = InProcessWorkspaceLoadTarget(InProcessCodeLocationOrigin(origin))
+    with WorkspaceProcessContext(prod_instance, target) as context:
+        [location] = context.create_request_context().code_locations
+        [repository] = location.get_repositories().values()
+        schedule = repository.get_schedule(probe.PROBE_SCHEDULE)
+        prod_instance.start_schedule(schedule)
+        assert postgres.query("SELECT status, instigator_type FROM instigators WHERE selector_id = %s",
+                              (schedule.selector_id,)) == [("RUNNING", "SCHEDULE")]
+        after_next_minute = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=61)
+        list(launch_scheduled_runs(context, logging.getLogger("test_deploy"), after_next_minute, {}))
+
+    ticks = postgres.query("SELECT status, type FROM job_ticks WHERE selector_id = %s", (schedule.selector_id,))
+    assert ("SUCCESS", "SCHEDULE") in ticks
+    queued = postgres.query(
+        "SELECT r.status FROM runs r JOIN run_tags t ON t.run_id = r.run_id "
+        "WHERE t.key = 'dagster/schedule_name' AND t.value = %s", (probe.PROBE_SCHEDULE,))
+    assert queued == [("QUEUED",)]
