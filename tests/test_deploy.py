@@ -16,14 +16,21 @@ import dagster as dg
 import dagster._daemon  # imports the scheduler in the order its import cycle needs
 import pytest
 import yaml
+from dagster._config import process_config
+from dagster._core.code_pointer import ModuleCodePointer
 from dagster._core.instance.config import dagster_instance_config
+from dagster._core.launcher import LaunchRunContext
+from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._scheduler.scheduler import launch_scheduled_runs
+from dagster_k8s import K8sRunLauncher
+from dagster_k8s.job import get_user_defined_k8s_config
 from moto import mock_aws
 
+from pipelines import k8s
 from tests import deploy_probe_defs as probe
 from tests.postgres_helpers import PostgresServer, postgres_server
 
@@ -136,3 +143,108 @@ def test_schedule_state_ticks_and_queued_runs_are_in_postgres(prod_instance: dg.
         "SELECT r.status FROM runs r JOIN run_tags t ON t.run_id = r.run_id "
         "WHERE t.key = 'dagster/schedule_name' AND t.value = %s", (probe.PROBE_SCHEDULE,))
     assert queued == [("QUEUED",)]
+
+
+# --------------------------------------------------------------------------- Kubernetes launcher
+
+SERVICES = [f"{k8s.COLLECTOR}:binance-spot-1", k8s.NORMALIZER, k8s.FEATURE_PROCESSOR, k8s.LAKE_SINK,
+            k8s.CLICKHOUSE_LIVE, k8s.PRAGMA_PUBLISHER]
+
+
+def _launcher_config(**overrides) -> dict:
+    """deploy/dagster.yaml's K8sRunLauncher config after dagster's own validation against
+    dagster-k8s's schema (env references resolved), plus test-only overrides."""
+    raw = _yaml(DEPLOY / "dagster.yaml")["run_launcher"]
+    assert (raw["module"], raw["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAGSTER_K8S_NAMESPACE", "ticklake")
+        result = process_config(K8sRunLauncher.config_type(), {**raw["config"], **overrides})
+    assert result.success, [e.message for e in result.errors]
+    return dict(result.value)
+
+
+def test_k8s_launcher_config_passes_dagster_k8s_schema() -> None:
+    config = _launcher_config()
+    assert config["job_namespace"] == "ticklake"
+    assert config["env_config_maps"] == ["ticklake-env"] and config["env_secrets"] == ["ticklake-secrets"]
+    bad = process_config(K8sRunLauncher.config_type(), {**_yaml(DEPLOY / "dagster.yaml")["run_launcher"]["config"],
+                                                         "job_namespace": "x", "no_such_field": 1})
+    assert not bad.success  # the schema is strict: a typo in the deployment fails here
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_k8s_tag_passes_dagster_k8s_schema(service: str) -> None:
+    parsed = get_user_defined_k8s_config(k8s.k8s_tags(service))
+    assert parsed.container_config["resources"] == k8s.SERVICE_RESOURCES[k8s.service_kind(service)]
+
+
+def service_job(service: str) -> dg.JobDefinition:
+    from pipelines import (
+        clickhouse_live_service,
+        collector_service,
+        lake_sink_service,
+        pragma_service,
+        processor_services,
+    )
+
+    return {k8s.COLLECTOR: collector_service.collector_shard,
+            k8s.NORMALIZER: processor_services.normalizer_service,
+            k8s.FEATURE_PROCESSOR: processor_services.feature_processor_service,
+            k8s.LAKE_SINK: lake_sink_service.lake_sink_service,
+            k8s.CLICKHOUSE_LIVE: clickhouse_live_service.clickhouse_live_service,
+            k8s.PRAGMA_PUBLISHER: pragma_service.pragma_publisher}[k8s.service_kind(service)]
+
+
+class RecordingBatchApi:
+    """Stands in for the Kubernetes API server (no cluster here): keeps the Job bodies the
+    launcher submits so the test can read the pod it would have run."""
+
+    def __init__(self) -> None:
+        self.jobs: list = []
+
+    def create_namespaced_job(self, body, namespace, **_kwargs):
+        self.jobs.append((namespace, body))
+        return body
+
+
+def test_k8s_launcher_builds_each_service_pod(prod_instance: dg.DagsterInstance, tmp_path: Path) -> None:
+    """The real K8sRunLauncher, configured from deploy/dagster.yaml, launches a run of each
+    service job: the Job it submits has the service's resources and the shared env/secrets."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:6443"}}],
+        "users": [{"name": "test", "user": {"token": "unused"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}]}))
+    batch = RecordingBatchApi()
+    launcher = K8sRunLauncher(**_launcher_config(load_incluster_config=False, kubeconfig_file=str(kubeconfig),
+                                                 dagster_home="/opt/dagster/home"),
+                              k8s_client_batch_api=batch)
+    launcher.register_instance(prod_instance)
+    image = "registry.example/ticklake:test"
+    for service in SERVICES:
+        job = service_job(service)
+        origin = JobPythonOrigin(job.name, RepositoryPythonOrigin(
+            executable_path="/usr/local/bin/python", container_image=image,
+            code_pointer=ModuleCodePointer("pipelines.definitions", "defs", working_directory="/opt/ticklake")))
+        # the tags a supervisor's RunRequest gives the run, over the job's own (as the daemon merges them)
+        tags = {**job.run_tags, **k8s.k8s_tags(service), "ticklake/service": service}
+        run = prod_instance.create_run_for_job(job, job_code_origin=origin, tags=tags)
+        launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+
+    assert [ns for ns, _ in batch.jobs] == ["ticklake"] * len(SERVICES)
+    for service, (_, job) in zip(SERVICES, batch.jobs, strict=True):
+        pod = job.spec.template.spec
+        [container] = pod.containers
+        kind = k8s.service_kind(service)
+        expected = k8s.SERVICE_RESOURCES[kind]
+        assert container.resources.requests == expected["requests"], service
+        assert container.resources.limits == expected["limits"], service
+        assert container.image == image
+        assert pod.service_account_name == "ticklake-runs"
+        assert {e.config_map_ref.name for e in container.env_from if e.config_map_ref} == {"ticklake-env"}
+        assert {e.secret_ref.name for e in container.env_from if e.secret_ref} == {"ticklake-secrets"}
+        assert job.spec.template.metadata.labels["ticklake/service-kind"] == kind
+        assert bool(pod.host_network) == (kind == k8s.COLLECTOR), service
+        if kind == k8s.COLLECTOR:
+            assert pod.node_selector == {k8s.EGRESS_NODE_LABEL: "true"}
