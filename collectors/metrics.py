@@ -1,4 +1,5 @@
-"""Prometheus counters of the collectors (one definition, shared by every shard in a process).
+"""Prometheus counters of the collectors, under the names the runner uses; every metric is
+defined once, in streaming/metrics.py (the platform's one metrics module).
 
 Labelled by shard so one scrape of a multi-shard process still tells shards apart; the
 symbol label appears only where a per-instrument story matters (resyncs) and symbols per
@@ -7,21 +8,38 @@ shard are bounded by its config.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from streaming.metrics import COLLECTOR_CONNECTIONS as CONNECTIONS
+from streaming.metrics import COLLECTOR_DELIVERY_ERRORS as DELIVERY_ERRORS
+from streaming.metrics import COLLECTOR_DUPLICATES as DUPLICATES
+from streaming.metrics import COLLECTOR_GAPS as GAPS
+from streaming.metrics import COLLECTOR_IP_STATE_CHANGES as FAILOVERS
+from streaming.metrics import COLLECTOR_MESSAGES_IN as MESSAGES_IN
+from streaming.metrics import COLLECTOR_MESSAGES_OUT as MESSAGES_OUT
+from streaming.metrics import COLLECTOR_PARSE_ERRORS as PARSE_ERRORS
+from streaming.metrics import COLLECTOR_PRODUCER_RETRIES as PRODUCER_RETRIES
+from streaming.metrics import COLLECTOR_RATE_LIMIT_HITS as RATE_LIMIT_HITS
+from streaming.metrics import COLLECTOR_RECONNECTS as RECONNECTS
+from streaming.metrics import COLLECTOR_REST_RESPONSES as REST_RESPONSES
+from streaming.metrics import COLLECTOR_RESYNCS as RESYNCS
+from streaming.metrics import COLLECTOR_ROTATIONS as ROTATIONS
+from streaming.metrics import COLLECTOR_SYMBOLS as SYMBOLS
+from streaming.metrics import LAST_RECORD
 
-_P = "ticklake_collector_"
-
-MESSAGES_IN = Counter(_P + "messages_in", "Websocket frames received", ["shard", "exchange", "market"])
-MESSAGES_OUT = Counter(_P + "messages_out", "Records published to raw topics", ["shard", "exchange", "market"])
-DUPLICATES = Counter(_P + "duplicates", "Events dropped as already published (event_id window)", ["shard"])
-PARSE_ERRORS = Counter(_P + "parse_errors", "Frames refused by the adapter (sent to dlq.collector)",
-                       ["shard", "exchange", "market"])
-RESYNCS = Counter(_P + "resyncs", "Per-symbol book resyncs", ["shard", "symbol"])
-RECONNECTS = Counter(_P + "reconnects", "Websocket sessions that ended and were reopened", ["shard", "ip"])
-ROTATIONS = Counter(_P + "rotations", "Planned make-before-break connection replacements", ["shard", "reason"])
-FAILOVERS = Counter(_P + "ip_state_changes", "Egress IP health transitions", ["shard", "ip", "state"])
-PRODUCER_RETRIES = Counter(_P + "producer_retries", "Produce calls retried because the local queue was full",
-                           ["shard"])
-DELIVERY_ERRORS = Counter(_P + "delivery_errors", "Records the broker did not acknowledge", ["shard"])
-REST_RESPONSES = Counter(_P + "rest_responses", "REST answers by status", ["shard", "ip", "status"])
-CONNECTIONS = Gauge(_P + "connections", "Open websocket sessions", ["shard", "ip"])
+__all__ = [
+           "CONNECTIONS",
+           "DELIVERY_ERRORS",
+           "DUPLICATES",
+           "FAILOVERS",
+           "GAPS",
+           "LAST_RECORD",
+           "MESSAGES_IN",
+           "MESSAGES_OUT",
+           "PARSE_ERRORS",
+           "PRODUCER_RETRIES",
+           "RATE_LIMIT_HITS",
+           "RECONNECTS",
+           "REST_RESPONSES",
+           "RESYNCS",
+           "ROTATIONS",
+           "SYMBOLS",
+]

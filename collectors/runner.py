@@ -399,6 +399,9 @@ class ShardRunner:
         self._wake = asyncio.Event()
         self._lbl = (cfg.name, str(cfg.exchange), str(cfg.market))
         self._metered: dict[str, int] = {}
+        metrics.SYMBOLS.labels(*self._lbl).set(len(cfg.symbols))
+        _pol = policy_for(cfg.exchange, cfg.market)
+        self._limit_statuses = _pol.throttle_statuses | _pol.ban_statuses
         self.running = asyncio.Event()
         #: where the shard reports its state for `ticklake status` (collectors/status.py)
         self.status_path = status_path
@@ -434,6 +437,8 @@ class ShardRunner:
         for rs in res.resyncs:
             self.stats.resyncs[rs.native_symbol] += 1
             metrics.RESYNCS.labels(self.cfg.name, rs.native_symbol).inc()
+            if rs.reason.startswith("gap"):
+                metrics.GAPS.labels(*self._lbl).inc()
             log_event(log, logging.WARNING, "resync", shard=self.cfg.name, symbol=rs.native_symbol,
                       reason=rs.reason, conn=worker.spec.key)
         if getattr(res, "reconnect", "") and worker.alive and not worker.replace_reason:
@@ -455,6 +460,8 @@ class ShardRunner:
             if delta:
                 counter.inc(delta)
                 self._metered[name] = value
+                if name == "in":
+                    metrics.LAST_RECORD.labels(f"collector:{self.cfg.name}").set(time.time())
 
     # -- REST ------------------------------------------------------------------------------------
 
@@ -492,6 +499,8 @@ class ShardRunner:
         resp = await self.pool.get(req, order)
         self.stats.rest_status[resp.status] += 1
         metrics.REST_RESPONSES.labels(self.cfg.name, resp.ip or "default", str(resp.status)).inc()
+        if resp.status in self._limit_statuses:
+            metrics.RATE_LIMIT_HITS.labels(self.cfg.name, resp.ip or "default", str(resp.status)).inc()
         self._rest_failures[key] = 0 if resp.status == 200 else fails + 1
         if resp.status != 200:
             log_event(log, logging.WARNING, "rest refused", shard=self.cfg.name, symbol=req.native_symbol,
@@ -695,24 +704,30 @@ def main(argv: list[str] | None = None) -> int:
     """Run one shard from the collectors config outside Dagster; SIGTERM/SIGINT stop it cleanly
     (sockets closed, producer flushed) and the last log line carries the final counts."""
     import argparse
-    import signal
 
     from collectors.config import find_shard
     from collectors.logs import configure_json_logging
-    from streaming import kafka_config as kc
 
     ap = argparse.ArgumentParser(prog="python -m collectors.runner", description=main.__doc__)
     ap.add_argument("shard", help="shard name in the collectors config")
     ap.add_argument("--config", help="collectors YAML (default $TICKLAKE_COLLECTORS or $TICKLAKE_HOME/collectors.yaml)")
     ap.add_argument("--bootstrap", help="Kafka bootstrap (default $TICKLAKE_KAFKA_BOOTSTRAP)")
-    ap.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
+    ap.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port "
+                    "(default: an ephemeral one, recorded for `ticklake status`)")
     args = ap.parse_args(argv)
     cfg = find_shard(args.shard, args.config)
     configure_json_logging()
-    if args.metrics_port:
-        from prometheus_client import start_http_server
+    from streaming.service_status import service_run
 
-        start_http_server(args.metrics_port)
+    with service_run(f"collector:{cfg.name}", shard=cfg.name, port=args.metrics_port or None):
+        return _main(cfg, args)
+
+
+def _main(cfg: ShardConfig, args: Any) -> int:
+    import signal
+
+    from streaming import kafka_config as kc
+
     conn = kc.connection_from_env(bootstrap_servers=args.bootstrap, client_id=f"ticklake-collector-{cfg.name}")
 
     async def run() -> ShardStats:

@@ -47,7 +47,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     options = stack.UpOptions(dagster_port=args.port, partitions=args.partitions,
                               replay=args.replay, workspace=args.workspace, timeout=args.timeout,
-                              speed=speed, services=not args.no_services)
+                              speed=speed, services=not args.no_services, observe=args.observe)
     try:
         state = stack.up(home, options)
     except stack.AlreadyRunning as exc:
@@ -90,6 +90,9 @@ def _register_up(sub: argparse._SubParsersAction) -> None:
                    help="replay speed: a multiplier of the recorded pace, or max (default: %(default)s)")
     p.add_argument("--no-services", action="store_true",
                    help="leave every sensor and schedule off (start them from the UI)")
+    p.add_argument("--observe", action="store_true",
+                   help="also start a local Prometheus (Debian `prometheus` binary) scraping every service's "
+                        "metrics, with the alert rules of deploy/prometheus/rules; `status` prints its URL")
     p.add_argument("--workspace", type=Path, metavar="FILE",
                    help="Dagster workspace file (default: the repository's workspace.yaml)")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
@@ -146,6 +149,7 @@ def _print_status(info: dict, overall: str) -> None:
     if info.get("orphans"):
         print(f"  {'orphans':<18} {info['orphans']} (their service died; `ticklake down` stops them)")
     _print_collectors(info.get("collectors") or {})
+    _print_health(info)
     report = info.get("dagster_services")
     if report is not None:
         if "error" in report:
@@ -173,6 +177,31 @@ def _print_collectors(col: dict) -> None:
             print(f"    {'':<22} {sh['reason']}")
 
 
+def _print_health(info: dict) -> None:
+    """Per long-running service: lag, last record age, restarts, last error; per lake table
+    the newest sealed hour; then what makes the stack unhealthy."""
+    health = info.get("service_health") or []
+    if health:
+        print(f"  {'services':<18} {len(health)} recorded (metrics on 127.0.0.1:<port>)")
+    for h in health:
+        age = h.get("last_record_age_s")
+        line = (f"    {h['service']:<30} {'ok' if h['healthy'] else 'UNHEALTHY':<9} {h['state']:<8} "
+                f"port {h.get('metrics_port') or '-':<6} lag {h['lag'] if h['lag'] is not None else '-':<7} "
+                f"last record {f'{age:.0f}s ago' if age is not None else '-':<10} restarts {h['restarts']}")
+        print(line)
+        if h.get("problem"):
+            print(f"    {'':<30} {h['problem']}")
+        elif h.get("last_error"):
+            print(f"    {'':<30} last error {h.get('last_error_at') or ''}: {h['last_error'][:160]}")
+    sealed = info.get("lake_sealed_hours") or {}
+    if sealed:
+        print(f"  {'lake sealed hours':<18} " + ", ".join(f"{k} {v or '-'}" for k, v in sealed.items()))
+    if info.get("prometheus_url"):
+        print(f"  {'prometheus':<18} {info['prometheus_url']}")
+    for problem in info.get("problems") or []:
+        print(f"  UNHEALTHY          {problem}")
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipelines import stack
 
@@ -195,11 +224,14 @@ def _register_status(sub: argparse._SubParsersAction) -> None:
         "status", help="show each part of the local stack and where its logs are",
         description=(
             "Probe each service live (Kafka metadata, Dagster GraphQL location and daemon "
-            "heartbeats) and print where state and logs live. Exit code: 0 all running and "
-            "healthy, 3 nothing running, 1 anything in between."))
+            "heartbeats), each long-running service through its metrics endpoint (lag, last "
+            "record age, last error, restarts) and each lake table's newest sealed hour, and "
+            "print where state and logs live. Exit code: 0 all running and healthy, 3 nothing "
+            "running, 1 anything in between (a dead or stuck service, an unreachable collector)."))
     p.add_argument("--json", action="store_true",
                    help="machine-readable output: home, kafka_bootstrap, dagster_url, catalog_name, "
-                        "catalog_uri, warehouse, clickhouse_dsn, artifacts, services, status")
+                        "catalog_uri, warehouse, clickhouse_dsn, artifacts, services, service_health, "
+                        "lake_sealed_hours, problems, status")
     p.set_defaults(func=_cmd_status)
 
 

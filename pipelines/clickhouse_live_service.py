@@ -15,9 +15,11 @@ from dagster import DagsterRunStatus, RunsFilter
 from pydantic import Field
 
 from resources.clickhouse import ClickHouseResource
+from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from streaming import clickhouse_sql as cs
 from streaming.clickhouse_live import ClickHouseLive, live_topics
+from streaming.service_status import service_run
 
 SERVICE_TAG = "ticklake/service"
 SERVICE_NAME = "clickhouse-live"
@@ -45,14 +47,15 @@ class ClickHouseLiveConfig(dg.Config):
 @dg.op(tags={"kind": "clickhouse"})
 def run_clickhouse_live(context: dg.OpExecutionContext, config: ClickHouseLiveConfig, kafka: KafkaResource,
                         clickhouse: ClickHouseResource) -> dg.Nothing:
-    svc = ClickHouseLive(kafka.connection(), clickhouse.get_client(),
-                         live_topics(config.exchanges or None, config.markets or None),
-                         database=config.database, batch_max_records=config.batch_max_records,
-                         batch_max_ms=config.batch_max_ms, ttl_days=config.ttl_days,
-                         session_timeout_ms=config.session_timeout_ms)
-    stats = svc.run(idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
-    context.log.info(f"clickhouse-live stopped: records={stats.records} rows={stats.rows} "
-                     f"dlq={dict(stats.dlq.counts)}")
+    with service_run(SERVICE_NAME, run_id=context.run_id, home=resolve_home().root):
+        svc = ClickHouseLive(kafka.connection(), clickhouse.get_client(),
+                             live_topics(config.exchanges or None, config.markets or None),
+                             database=config.database, batch_max_records=config.batch_max_records,
+                             batch_max_ms=config.batch_max_ms, ttl_days=config.ttl_days,
+                             session_timeout_ms=config.session_timeout_ms)
+        stats = svc.run(idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
+        context.log.info(f"clickhouse-live stopped: records={stats.records} rows={stats.rows} "
+                         f"dlq={dict(stats.dlq.counts)}")
 
 
 @dg.job(tags=SERVICE_TAGS, description="Long-running consumer: feature.* topics -> ClickHouse features_live.",

@@ -18,12 +18,12 @@ from typing import Any
 import dagster as dg
 
 from collectors.config import ConfigError, ShardConfig, config_path, find_shard
-from collectors.logs import configure_json_logging
 from collectors.runner import ShardRunner, ShardStats
 from collectors.status import status_file
 from pipelines.processor_services import SERVICE_TAG
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
+from streaming.service_status import service_run
 
 SHARD_TAG = "ticklake/shard"
 OP_NAME = "run_collector_shard"
@@ -58,7 +58,7 @@ class CollectorShardConfig(dg.Config):
     max_seconds: float = 0.0
     """Stop after this long (tests, demos); 0 = run until terminated."""
     metrics_port: int = 0
-    """Serve Prometheus metrics on this port (0: none)."""
+    """Serve Prometheus metrics on this port (0: an ephemeral port, recorded for `ticklake status`)."""
 
 
 def resolve_shard(config: CollectorShardConfig) -> ShardConfig:
@@ -145,20 +145,18 @@ def run_shard_until_stopped(log: Any, cfg: ShardConfig, producer_config: dict[st
 def run_collector_shard(context: dg.OpExecutionContext, config: CollectorShardConfig,
                         kafka: KafkaResource) -> dg.Nothing:
     cfg = resolve_shard(config)
-    configure_json_logging()
     if context.run.tags.get(SERVICE_TAG) != service_value(cfg.name):
         context.log.warning(f"run is not tagged {SERVICE_TAG}={service_value(cfg.name)}: the one-run-per-shard "
                             "limit does not protect it (launch shards through the supervisor)")
-    if config.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(config.metrics_port)
-    producer_config = kafka.producer_config(client_id=f"ticklake-collector-{cfg.name}")
-    context.log.info(f"collector {cfg.name}: {cfg.exchange} {cfg.market}, {len(cfg.symbols)} symbols, "
-                     f"egress {list(cfg.egress_ips) or ['default']}, ws {cfg.endpoints.ws}")
-    t0 = time.monotonic()
-    stats = run_shard_until_stopped(context.log, cfg, producer_config, max_seconds=config.max_seconds)
-    context.log.info(f"collector {cfg.name} stopped after {time.monotonic() - t0:.0f}s: {stats.as_dict()}")
+    # Metrics on an ephemeral port unless one is configured; JSON logs with shard and run id.
+    with service_run(service_value(cfg.name), shard=cfg.name, run_id=context.run_id, home=resolve_home().root,
+                     port=config.metrics_port or None):
+        producer_config = kafka.producer_config(client_id=f"ticklake-collector-{cfg.name}")
+        context.log.info(f"collector {cfg.name}: {cfg.exchange} {cfg.market}, {len(cfg.symbols)} symbols, "
+                         f"egress {list(cfg.egress_ips) or ['default']}, ws {cfg.endpoints.ws}")
+        t0 = time.monotonic()
+        stats = run_shard_until_stopped(context.log, cfg, producer_config, max_seconds=config.max_seconds)
+        context.log.info(f"collector {cfg.name} stopped after {time.monotonic() - t0:.0f}s: {stats.as_dict()}")
 
 
 @dg.job(description="One collector shard (venue, market, symbols, egress IPs), kept alive by the "

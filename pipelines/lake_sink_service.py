@@ -21,9 +21,11 @@ from dagster import DagsterRunStatus, RunsFilter
 from pydantic import Field
 
 from assets.lake_hours import watermark_observations
+from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from streaming.lake_sink import LakeSink, SinkConfig, processed_topics
+from streaming.service_status import service_run
 
 SERVICE_TAG = "ticklake/service"
 SERVICE_NAME = "lake-sink"
@@ -50,45 +52,46 @@ class LakeSinkRunConfig(dg.Config):
 @dg.op(tags={"kind": "kafka"})
 def run_lake_sink(context: dg.OpExecutionContext, config: LakeSinkRunConfig, kafka: KafkaResource,
                   lake: LakeResource) -> dg.Nothing:
-    lake.ensure_tables()
-    sink = LakeSink(kafka.connection(), lake.load_catalog(), SinkConfig(
-        topics=processed_topics(config.exchanges or None, config.markets or None),
-        batch_max_records=config.batch_max_records, batch_max_ms=config.batch_max_ms,
-        allowed_lateness_us=int(config.allowed_lateness_s * 1e6)))
+    with service_run(SERVICE_NAME, run_id=context.run_id, home=resolve_home().root):
+        lake.ensure_tables()
+        sink = LakeSink(kafka.connection(), lake.load_catalog(), SinkConfig(
+            topics=processed_topics(config.exchanges or None, config.markets or None),
+            batch_max_records=config.batch_max_records, batch_max_ms=config.batch_max_ms,
+            allowed_lateness_us=int(config.allowed_lateness_s * 1e6)))
 
-    def observe() -> None:
-        for obs in watermark_observations(lake):
-            context.log_event(obs)
+        def observe() -> None:
+            for obs in watermark_observations(lake):
+                context.log_event(obs)
 
-    # The loop runs in a worker thread; this thread publishes observations and turns a run
-    # termination (an interrupt raised here) into a stop request, so the batch in flight is
-    # committed rather than left as orphan files.
-    errors: list[BaseException] = []
+        # The loop runs in a worker thread; this thread publishes observations and turns a run
+        # termination (an interrupt raised here) into a stop request, so the batch in flight is
+        # committed rather than left as orphan files.
+        errors: list[BaseException] = []
 
-    def work() -> None:
+        def work() -> None:
+            try:
+                sink.run(idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the op's thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=work, name="lake-sink-loop", daemon=True)
+        worker.start()
+        last = time.monotonic()
         try:
-            sink.run(idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the op's thread
-            errors.append(exc)
-
-    worker = threading.Thread(target=work, name="lake-sink-loop", daemon=True)
-    worker.start()
-    last = time.monotonic()
-    try:
-        while worker.is_alive():
-            worker.join(0.5)
-            if time.monotonic() - last >= config.observe_every_s:
-                observe()
-                last = time.monotonic()
-    except BaseException:
-        context.log.info("lake sink: stop requested; committing the current batch")
-        sink.request_stop()
-        worker.join(120)
-        raise
-    if errors:
-        raise errors[0]
-    observe()
-    context.log.info(f"lake sink stopped: {sink.stats}")
+            while worker.is_alive():
+                worker.join(0.5)
+                if time.monotonic() - last >= config.observe_every_s:
+                    observe()
+                    last = time.monotonic()
+        except BaseException:
+            context.log.info("lake sink: stop requested; committing the current batch")
+            sink.request_stop()
+            worker.join(120)
+            raise
+        if errors:
+            raise errors[0]
+        observe()
+        context.log.info(f"lake sink stopped: {sink.stats}")
 
 
 @dg.job(tags=SERVICE_TAGS, description="Long-running lake sink: processed.* Kafka topics -> Iceberg, exactly once.",

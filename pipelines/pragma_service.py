@@ -24,6 +24,7 @@ from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from streaming.pragma.config import PragmaConfig
 from streaming.pragma.publisher import PragmaPublisher
+from streaming.service_status import service_run
 
 SERVICE_TAG = "ticklake/service"
 SERVICE = "pragma-publisher"
@@ -56,20 +57,17 @@ def run_pragma_publisher(context: dg.OpExecutionContext, config: PragmaPublisher
                          kafka: KafkaResource) -> dg.Output[dict]:
     path = resolve_config_path(config.config_path)
     cfg = PragmaConfig.load(path)
-    context.log.info(f"pragma publisher: config {path or '(defaults)'}, producer {cfg.producer}, "
-                     f"encoding {cfg.encoding}, acks={cfg.producer_settings.acks}, "
-                     f"retries={cfg.producer_settings.retries}, depth {cfg.depth_levels} every "
-                     f"{cfg.depth_interval_ms} ms")
-    if cfg.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(cfg.metrics_port)
-    stats = PragmaPublisher(kafka.connection(), cfg).run(max_records_in=config.max_records_in)
-    summary = {"records_in": stats.records_in, "delivered": stats.delivered,
-               "delivery_errors": stats.delivery_errors, "dead_letters": stats.dead_letters,
-               "per_topic": dict(stats.per_topic)}
-    context.log.info(f"pragma publisher stopped: {summary}")
-    return dg.Output(summary)
+    with service_run(SERVICE, run_id=context.run_id, home=resolve_home().root, port=cfg.metrics_port):
+        context.log.info(f"pragma publisher: config {path or '(defaults)'}, producer {cfg.producer}, "
+                         f"encoding {cfg.encoding}, acks={cfg.producer_settings.acks}, "
+                         f"retries={cfg.producer_settings.retries}, depth {cfg.depth_levels} every "
+                         f"{cfg.depth_interval_ms} ms")
+        stats = PragmaPublisher(kafka.connection(), cfg).run(max_records_in=config.max_records_in)
+        summary = {"records_in": stats.records_in, "delivered": stats.delivered,
+                   "delivery_errors": stats.delivery_errors, "dead_letters": stats.dead_letters,
+                   "per_topic": dict(stats.per_topic)}
+        context.log.info(f"pragma publisher stopped: {summary}")
+        return dg.Output(summary)
 
 
 @dg.job(name=JOB_NAME, tags={SERVICE_TAG: SERVICE},

@@ -25,6 +25,7 @@ from streaming.normalizer import (
     build_catalog,
     input_topics_for,
 )
+from streaming.service_status import service_run
 from streaming.txn_loop import TransactionalLoop
 
 SERVICE_TAG = "ticklake/service"
@@ -95,18 +96,20 @@ def _urls(items: list[str]) -> dict:
 
 @dg.op(tags={"kind": "kafka"})
 def run_normalizer(context: dg.OpExecutionContext, config: NormalizerRunConfig, kafka: KafkaResource) -> dg.Nothing:
-    cache = config.instruments_cache or str(resolve_home().ensure().root / "instruments.json")
-    # `ticklake up --replay` points reference data at its emulator through the environment,
-    # because the supervisor launches the normalizer without run config.
-    urls = config.exchange_info_urls or [u for u in os.environ.get(EXCHANGE_INFO_ENV, "").split(",") if u]
-    catalog, refresh = build_catalog(cache, _urls(urls))
-    context.log.info(f"instrument catalog: {len(catalog)} instruments from {cache}")
-    svc = NormalizerService(kafka.connection(), Normalizer(catalog, dedup_span=config.dedup_span, refresh=refresh),
-                            input_topics_for(config.exchanges or None, config.markets or None),
-                            batch_max_ms=config.batch_max_ms)
-    run_until_stopped(context, svc, idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
-    context.log.info(f"normalizer: ok={svc.normalizer.ok} duplicates={svc.normalizer.duplicates} "
-                     f"dlq={dict(svc.normalizer.counters.counts)}")
+    with service_run(NORMALIZER, run_id=context.run_id, home=resolve_home().root):
+        cache = config.instruments_cache or str(resolve_home().ensure().root / "instruments.json")
+        # `ticklake up --replay` points reference data at its emulator through the environment,
+        # because the supervisor launches the normalizer without run config.
+        urls = config.exchange_info_urls or [u for u in os.environ.get(EXCHANGE_INFO_ENV, "").split(",") if u]
+        catalog, refresh = build_catalog(cache, _urls(urls))
+        context.log.info(f"instrument catalog: {len(catalog)} instruments from {cache}")
+        normalizer = Normalizer(catalog, dedup_span=config.dedup_span, refresh=refresh)
+        svc = NormalizerService(kafka.connection(), normalizer,
+                                input_topics_for(config.exchanges or None, config.markets or None),
+                                batch_max_ms=config.batch_max_ms)
+        run_until_stopped(context, svc, idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
+        context.log.info(f"normalizer: ok={svc.normalizer.ok} duplicates={svc.normalizer.duplicates} "
+                         f"dlq={dict(svc.normalizer.counters.counts)}")
 
 
 class FeatureProcessorRunConfig(dg.Config):
@@ -125,11 +128,12 @@ class FeatureProcessorRunConfig(dg.Config):
 @dg.op(tags={"kind": "kafka"})
 def run_feature_processor(context: dg.OpExecutionContext, config: FeatureProcessorRunConfig,
                           kafka: KafkaResource) -> dg.Nothing:
-    fp = FeatureProcessor(kafka.connection(), parse_pairs(config.pairs or None), processor_name=config.name,
-                          allowed_lateness_ms=config.allowed_lateness_ms, idle_timeout_ms=config.idle_timeout_ms,
-                          checkpoint_interval_s=config.checkpoint_interval_s, batch_max_ms=config.batch_max_ms)
-    run_until_stopped(context, fp, idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
-    context.log.info(f"feature processor: late={fp.engine.late} dlq={dict(fp.engine.dlq.counts)}")
+    with service_run(FEATURE_PROCESSOR, run_id=context.run_id, home=resolve_home().root):
+        fp = FeatureProcessor(kafka.connection(), parse_pairs(config.pairs or None), processor_name=config.name,
+                              allowed_lateness_ms=config.allowed_lateness_ms, idle_timeout_ms=config.idle_timeout_ms,
+                              checkpoint_interval_s=config.checkpoint_interval_s, batch_max_ms=config.batch_max_ms)
+        run_until_stopped(context, fp, idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
+        context.log.info(f"feature processor: late={fp.engine.late} dlq={dict(fp.engine.dlq.counts)}")
 
 
 @dg.job(tags=service_tags(NORMALIZER),

@@ -58,13 +58,15 @@ CLICKHOUSE = "clickhouse"
 #: Read-only HTTP server over <home>/artifacts: the chart previews in the UI load from it.
 ARTIFACTS = "artifacts"
 REPLAY = "replay"
+#: A local Prometheus scraping every service; only in a stack started with --observe.
+PROMETHEUS = "prometheus"
 WEBSERVER = "dagster-webserver"
 DAEMON = "dagster-daemon"
 #: The one Dagster code server both use (pipelines/code_server.py); absent with --workspace.
 CODE_SERVER = "dagster-code-server"
 #: Start order; `down` stops in reverse (daemon first, so it launches nothing new).
 #: REPLAY (the exchange emulator) only exists in a stack started with --replay.
-SERVICES = (BROKER, CLICKHOUSE, ARTIFACTS, REPLAY, CODE_SERVER, WEBSERVER, DAEMON)
+SERVICES = (BROKER, CLICKHOUSE, ARTIFACTS, PROMETHEUS, REPLAY, CODE_SERVER, WEBSERVER, DAEMON)
 DEFAULT_DAGSTER_PORT = 3000
 STATE_FILE = "stack.json"
 #: Set in the environment of every process of one stack (children inherit it), so `down`
@@ -91,6 +93,8 @@ class UpOptions:
     speed: str = "max"
     #: turn on every supervisor sensor and schedule once Dagster is up (--no-services: off)
     services: bool = True
+    #: start a local Prometheus scraping every service (--observe)
+    observe: bool = False
 
 
 @dataclass(slots=True)
@@ -478,6 +482,11 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
     echo(f"catalog     {home.catalog_uri} ({n_tables} tables in `{LAKE_NAMESPACE}`), "
          f"warehouse {home.warehouse}")
     _start_artifacts(home, root, options, state, echo)
+    from streaming import service_status
+
+    service_status.clear(home.root)   # records of a previous stack's services
+    if options.observe:
+        _start_prometheus(home, root, options, state, echo)
 
     emulator: dict[str, Any] = {}
     if options.replay is not None:
@@ -575,6 +584,29 @@ def _start_artifacts(home: TicklakeHome, root: Path, options: UpOptions, state: 
 
     _wait("artifact server", ready, rec.is_running, Path(rec.log), options.timeout)
     echo(f"artifacts   {artifact_server.recorded_url(home)} serves {home.artifacts_dir} (pid {rec.pid})")
+
+
+def _start_prometheus(home: TicklakeHome, root: Path, options: UpOptions, state: StackState,
+                      echo: Callable[[str], None]) -> None:
+    """pipelines/observe.py: the Debian Prometheus on a free port, ready once /-/ready answers."""
+    from pipelines import observe
+    from streaming.broker import find_free_port
+
+    port = find_free_port(LOCAL_HOST)
+    try:
+        cmd = observe.command(home.run_dir, root, port, LOCAL_HOST)
+    except FileNotFoundError as exc:
+        raise StackError(f"--observe: {exc}") from None
+    env = dict(os.environ)
+    env.update({HOME_ENV: str(home.root), STACK_ID_ENV: state.stack_id})
+    rec = _spawn(PROMETHEUS, cmd, env, root, home.log_path(PROMETHEUS))
+    state.services[PROMETHEUS] = rec
+    _save_state(home, state)
+    url = f"http://{LOCAL_HOST}:{port}"
+    _wait("Prometheus", lambda: observe.ready(url) or None, rec.is_running, Path(rec.log), options.timeout)
+    observe.save_url(home.run_dir, url)
+    echo(f"prometheus  {url} scrapes every service (targets in {observe.prometheus_dir(home.run_dir) / 'targets'}, "
+         f"pid {rec.pid})")
 
 
 def _start_replay(home: TicklakeHome, root: Path, options: UpOptions, state: StackState,
@@ -708,6 +740,8 @@ def status(home: TicklakeHome) -> dict[str, Any]:
             continue  # only a --replay stack has an emulator
         if name == CODE_SERVER and not (state and CODE_SERVER in state.services):
             continue  # a stack started with --workspace has no code server of its own
+        if name == PROMETHEUS and not (state and PROMETHEUS in state.services):
+            continue  # only a stack started with --observe has one
         rec = state.services.get(name) if state else None
         entry: dict[str, Any] = {"state": "stopped", "pid": None, "log": str(home.log_path(name))}
         if rec is not None:
@@ -744,6 +778,14 @@ def status(home: TicklakeHome) -> dict[str, Any]:
         daemon["detail"] = ("heartbeats unknown (webserver down)" if health is None else
                             "all daemons healthy" if daemon["healthy"] else
                             f"unhealthy: {[k for k, v in health.items() if not v]}")
+    prom = services.get(PROMETHEUS)
+    if prom is not None and prom["state"] == "running":
+        from pipelines import observe
+
+        url = observe.recorded_url(home.run_dir)
+        prom["healthy"] = bool(url) and observe.ready(url)
+        prom["detail"] = f"{url} ready" if prom["healthy"] else f"not ready on {url}"
+        info["prometheus_url"] = url
     code = services.get(CODE_SERVER)
     if code is not None and code["state"] == "running":
         code["healthy"] = bool(web.get("healthy"))  # the webserver's location is this server
@@ -760,11 +802,38 @@ def status(home: TicklakeHome) -> dict[str, Any]:
         services[REPLAY].update(_replay_status(home))
     info["catalog"] = _catalog_status(home)
     info["collectors"] = _collectors_status(home)
+    _health(home, info)
     if web["state"] == "running":
         from pipelines.stack_services import services_report
 
         info["dagster_services"] = services_report(info["dagster_url"])
     return info
+
+
+def _health(home: TicklakeHome, info: dict[str, Any]) -> None:
+    """"Is it healthy?" beyond the stack's own processes: each long-running service (lag, last
+    record age, last error, restarts; streaming/service_status.py), each lake table's newest
+    sealed hour, and the collectors; whatever is wrong goes to info["problems"], which makes
+    the status `degraded` (exit code 1)."""
+    from streaming.lake_freshness import newest_sealed_hours
+    from streaming.service_status import service_health
+
+    running = any(s["state"] == "running" for s in info["services"].values())
+    health = service_health(home.root) if running else []
+    info["service_health"] = health
+    problems = [f"{h['service']}: {h['problem']}" for h in health if not h["healthy"]]
+    problems += [f"collector {sh['shard']}: {sh['state']} ({sh.get('reason') or ''})"
+                 for sh in (info.get("collectors") or {}).get("shards", [])
+                 if running and sh.get("state") in ("unreachable", "no report")]
+    lake: dict[str, str | None] = {}
+    if home.catalog_db.exists():
+        try:
+            sealed = newest_sealed_hours(open_local_catalog(home).load_catalog())
+            lake = {k: (v.isoformat() if v else None) for k, v in sealed.items()}
+        except Exception as exc:  # noqa: BLE001 - status reports, it must not crash
+            lake = {"error": f"{type(exc).__name__}: {exc}"}
+    info["lake_sealed_hours"] = lake
+    info["problems"] = problems
 
 
 def _replay_status(home: TicklakeHome) -> dict[str, Any]:
@@ -843,7 +912,7 @@ def overall(info: dict[str, Any]) -> str:
     """`running` (all healthy), `stopped` (nothing alive) or `degraded`."""
     states = [s["state"] for s in info["services"].values()]
     if all(s == "running" for s in states) and all(s["healthy"] for s in info["services"].values()):
-        return "running"
+        return "degraded" if info.get("problems") else "running"
     if all(s != "running" for s in states):
         return "stopped"
     return "degraded"

@@ -36,11 +36,14 @@ from schemas.symbols import validate_canonical
 from schemas.topics import DlqStage, feature_topic
 from streaming import clickhouse_sql as cs
 from streaming import kafka_config as kc
+from streaming import metrics as obs
 from streaming.dlq import DlqCounters, dead_letter
 from streaming.kafka_io import check
 
 log = logging.getLogger(__name__)
 GROUP_ID = "ticklake-clickhouse-live"
+#: Service name (Dagster run tag value, status and metrics label).
+SERVICE_NAME = "clickhouse-live"
 
 
 def live_topics(exchanges: Iterable[str] | None = None, markets: Iterable[str] | None = None) -> list[str]:
@@ -99,6 +102,15 @@ class ClickHouseLive:
                                                     fetch_wait_max_ms=kc.SERVICE_FETCH_WAIT_MAX_MS))
         self.consumer.subscribe(self.topics)
         self.producer = Producer(kc.producer_config(self.conn, linger_ms=5))
+        obs.register_lag_provider(SERVICE_NAME, self.lag)
+
+    def lag(self) -> list[tuple[str, int, int]]:
+        """Per assigned partition, for the metrics scrape thread."""
+        consumer = self.consumer
+        if consumer is None:
+            return []
+        pos = consumer.position(consumer.assignment())
+        return obs.consumer_lag(consumer, [(tp.topic, tp.partition, tp.offset) for tp in pos if tp.offset >= 0])
 
     def run_once(self) -> int:
         """One poll batch: insert its rows, dead-letter the bad ones, then commit offsets."""
@@ -126,6 +138,9 @@ class ClickHouseLive:
         self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False)
         self.stats.records += len(msgs)
         self.stats.rows += len(rows)
+        obs.LAST_RECORD.labels(SERVICE_NAME).set(time.time())
+        for topic in {t for t, _ in ends}:
+            obs.RECORDS_CONSUMED.labels(SERVICE_NAME, topic).inc(sum(1 for m in msgs if m.topic() == topic))
         self.stats.batches += 1
         return len(msgs)
 
@@ -143,6 +158,7 @@ class ClickHouseLive:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def close(self) -> None:
+        obs.unregister_lag_provider(SERVICE_NAME)
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
@@ -185,8 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exchange", action="append")
     ap.add_argument("--market", action="append")
     ap.add_argument("--idle-exit-s", type=float, default=None)
+    ap.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default: an ephemeral one, "
+                    "recorded for `ticklake status`)")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from streaming.service_status import service_run
+
+    with service_run(SERVICE_NAME, port=a.metrics_port):
+        return _main(a)
+
+
+def _main(a: argparse.Namespace) -> int:
     import clickhouse_connect  # the CLI builds its own client; the Dagster job uses the resource
     client = clickhouse_connect.get_client(dsn=a.dsn)
     svc = ClickHouseLive(kc.connection_from_env(bootstrap_servers=a.bootstrap), client,

@@ -12,10 +12,9 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter as PromCounter
-
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.topics import DlqStage, dlq_topic
+from streaming.metrics import DEAD_LETTERS as _PROM
 
 DLQ_REASON_HEADER = "dlq-reason"
 DLQ_SOURCE_HEADER = "dlq-source"
@@ -52,8 +51,6 @@ class ClippedRaw:
 def clip_raw(raw: bytes | None, limit: int = DLQ_RAW_MAX) -> ClippedRaw:
     raw = raw or b""
     return ClippedRaw(raw[:limit], len(raw), hashlib.sha256(raw).hexdigest(), len(raw) > limit)
-
-_PROM = PromCounter("ticklake_dead_letters", "Records sent to a dead-letter topic", ["stage", "code"])
 
 
 def reason_code(reason: str) -> str:

@@ -559,9 +559,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-hold-after-batches", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--test-hold-with-output", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if a.metrics_port:
-        metrics.start_metrics_server(a.metrics_port)
+    from streaming.service_status import service_run
+
+    with service_run(FeatureProcessor.name, port=a.metrics_port):
+        return _main(a)
+
+
+def _main(a: argparse.Namespace) -> int:
     conn = kc.connection_from_env(bootstrap_servers=a.bootstrap)
     hold = (HoldInTxn(a.test_hold_in_txn, a.test_hold_after_batches, with_output=a.test_hold_with_output)
             if a.test_hold_in_txn else None)

@@ -44,7 +44,6 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
-from prometheus_client import Counter, Gauge, start_http_server
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
@@ -57,8 +56,10 @@ from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.tables import TABLES, TableSpec
 from schemas.topics import DlqStage, Stage, all_event_topics, parse_event_topic
 from streaming import kafka_config as kc
+from streaming import metrics as obs
 from streaming.dlq import DlqCounters, dead_letter
 from streaming.kafka_io import TP, check
+from streaming.lake_freshness import sealed_hour_timestamps
 from streaming.lake_state import HOUR_US, HourCount, SinkState, latest_sink_state
 from streaming.lake_writer import LakeFileWriter, commit_files, ensure_writer_properties
 from streaming.serde import SerdeError, decode
@@ -70,13 +71,12 @@ log = logging.getLogger(__name__)
 #: commit of this process reaches <point> (after-write: files written, not committed;
 #: after-commit: committed, later tables of the batch not yet). Read once at start.
 TEST_HOOK_ENV = "TICKLAKE_LAKE_SINK_TEST_HOOK"
+#: Service name (Dagster run tag value, status and metrics label).
+SERVICE_NAME = "lake-sink"
 
-ROWS = Counter("ticklake_lake_rows", "Rows committed to the lake", ["table"])
-RECORDS = Counter("ticklake_lake_records", "Kafka records consumed by the lake sink", ["table"])
-DUPLICATES = Counter("ticklake_lake_duplicates", "Records dropped as event_id duplicates", ["table"])
-LATE = Counter("ticklake_lake_late_rows", "Rows older than the table watermark when they arrived", ["table"])
-COMMITS = Counter("ticklake_lake_commits", "Iceberg commits of the lake sink", ["table"])
-LAG = Gauge("ticklake_lake_consumer_lag", "Records in processed topics not yet in the lake", ["topic"])
+# Metrics are defined once, in streaming/metrics.py.
+ROWS, RECORDS, DUPLICATES = obs.LAKE_ROWS, obs.LAKE_RECORDS, obs.LAKE_DUPLICATES
+LATE, COMMITS, LAG = obs.LAKE_LATE, obs.LAKE_COMMITS, obs.LAKE_LAG
 
 
 class SinkFencedError(RuntimeError):
@@ -246,6 +246,8 @@ class LakeSink:
                         "reading it from the beginning; event_id dedup drops what the lake has", stored[tp], *tp)
         self.consumer.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
         self.producer = Producer(kc.producer_config(self.conn, linger_ms=5))
+        obs.register_lag_provider(SERVICE_NAME, self.lag)
+        obs.set_sealed_hour_source(lambda: sealed_hour_timestamps(self.catalog))
         log.info("lake sink started on %d partitions of %d topics", len(self.assignment), len(self.topic_table))
         return start
 
@@ -373,6 +375,12 @@ class LakeSink:
                 commits += 1
         self.stats.batches += 1
         self.stats.records += len(msgs)
+        obs.LAST_RECORD.labels(SERVICE_NAME).set(time.time())
+        per_topic: dict[str, int] = {}
+        for msg in msgs:
+            per_topic[msg.topic()] = per_topic.get(msg.topic(), 0) + 1
+        for topic, n in per_topic.items():
+            obs.RECORDS_CONSUMED.labels(SERVICE_NAME, topic).inc(n)
         self._publish_lag()
         return commits
 
@@ -422,6 +430,9 @@ class LakeSink:
         state.max_event_us = self.tracker.max_event_us.get(name)
         state.watermark_us = self.tracker.watermark_us(name)
         files = self.writers[name].write(kept) if kept is not None and kept.num_rows else []
+        for f in files:
+            obs.LAKE_FILES.labels(name).inc()
+            obs.LAKE_FILE_SIZE.labels(name).observe(f.file_size_in_bytes)
         self._maybe_crash("after-write")
         table = self._commit_with_retry(table, prev, files, state)
         self.tables[name] = table
@@ -516,7 +527,17 @@ class LakeSink:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
 
+    def lag(self) -> list[tuple[str, int, int]]:
+        """Per-partition lag for the metrics scrape thread (positions of the consumer)."""
+        consumer = self.consumer
+        if consumer is None:
+            return []
+        pos = consumer.position([TopicPartition(t, p) for t, p in self.assignment])
+        return obs.consumer_lag(consumer, [(tp.topic, tp.partition, tp.offset) for tp in pos if tp.offset >= 0])
+
     def close(self) -> None:
+        obs.unregister_lag_provider(SERVICE_NAME)
+        obs.set_sealed_hour_source(None)
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
@@ -563,7 +584,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-exit-s", type=float, default=None)
     ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from streaming.service_status import service_run
+
+    with service_run(SERVICE_NAME, port=a.metrics_port, home=a.home):
+        return _main(a)
+
+
+def _main(a: argparse.Namespace) -> int:
     # resources.home is plain Python (no Dagster): the one definition of the home layout.
     from resources.home import CATALOG_NAME, resolve_home
 
@@ -574,8 +601,6 @@ def main(argv: list[str] | None = None) -> int:
     conn = kc.connection_from_env(bootstrap_servers=a.bootstrap)
     cfg = SinkConfig(topics=topics, batch_max_records=a.batch_max_records, batch_max_ms=a.batch_max_ms,
                      allowed_lateness_us=int(a.allowed_lateness_s * 1e6))
-    if a.metrics_port:
-        start_http_server(a.metrics_port, addr="127.0.0.1")
     sink = LakeSink(conn, catalog, cfg)
     sink.install_signal_handlers()
     stats = sink.run(idle_exit_s=a.idle_exit_s)

@@ -27,6 +27,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -390,13 +391,27 @@ class NormalizerService(TransactionalLoop):
         out: list[OutRecord] = []
         proc = self.normalizer.process
         dups = 0
+        delays: dict[str, list[int]] = {}
         for m in msgs:
             o = proc(m.topic(), m.partition(), m.offset(), m.value(), m.headers())
             dups += o.kind == "duplicate"
+            if o.kind == "ok":
+                delays.setdefault(o.topic, []).append(o.env.exchange_ts)
             out += outcome_records(o, m.topic(), m.partition(), m.offset(), m.value())
         if dups:
             metrics.DUPLICATES.labels(self.name).inc(dups)
+        observe_exchange_to_processed(delays, time.time())
         return out
+
+
+def observe_exchange_to_processed(exchange_ts_by_topic: dict[str, list[int]], now_s: float) -> None:
+    """Venue time -> processed latency per record, labelled by the processed topic's exchange
+    and market (processed.<market>.<domain>.<type>.<exchange>)."""
+    for topic, stamps in exchange_ts_by_topic.items():
+        parts = topic.split(".")
+        hist = metrics.EXCHANGE_TO_PROCESSED.labels(parts[-1], parts[1])
+        for ts in stamps:
+            hist.observe(max(0.0, now_s - ts / 1e6))
 
 
 def build_catalog(cache_path: str | None, base_urls: dict[tuple[Exchange, Market], str] | None = None,
@@ -442,9 +457,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-hold-after-batches", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--test-hold-with-output", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if a.metrics_port:
-        metrics.start_metrics_server(a.metrics_port)
+    from streaming.service_status import service_run
+
+    with service_run(NormalizerService.name, port=a.metrics_port):
+        return _main(a)
+
+
+def _main(a: argparse.Namespace) -> int:
     urls = {}
     for item in a.base_url:
         venue, _, url = item.partition("=")

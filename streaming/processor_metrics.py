@@ -1,28 +1,36 @@
-"""Prometheus metrics of the stream processors (normalizer, feature processor).
+"""Prometheus metrics of the stream processors (normalizer, feature processor), under the
+names the processors use; every metric is defined once, in streaming/metrics.py.
 
 Labelled by processor name only: per-symbol labels would make cardinality follow the
-instrument list. Served by `start_metrics_server` when a processor is started with a
-metrics port (one port per process).
+instrument list.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from streaming.metrics import EXCHANGE_TO_FEATURE as FEATURE_DELAY
+from streaming.metrics import (
+    EXCHANGE_TO_PROCESSED,
+    LAST_RECORD,
+    RECORDS_CONSUMED,
+    RECORDS_PRODUCED,
+    consumer_lag,
+    register_lag_provider,
+    unregister_lag_provider,
+)
+from streaming.metrics import PROCESSOR_BATCH_SECONDS as BATCH_SECONDS
+from streaming.metrics import PROCESSOR_DUPLICATES as DUPLICATES
+from streaming.metrics import PROCESSOR_LATE as LATE
+from streaming.metrics import PROCESSOR_RECORDS_IN as RECORDS_IN
+from streaming.metrics import PROCESSOR_RECORDS_OUT as RECORDS_OUT
+from streaming.metrics import PROCESSOR_TRANSACTIONS as TRANSACTIONS
+from streaming.metrics import PROCESSOR_WATERMARK as WATERMARK
 
-_P = "ticklake_processor_"
-
-RECORDS_IN = Counter(_P + "records_in", "Input records consumed and committed", ["processor"])
-RECORDS_OUT = Counter(_P + "records_out", "Output records committed (incl. dead letters)", ["processor"])
-TRANSACTIONS = Counter(_P + "transactions", "Committed transactions (micro-batches)", ["processor"])
-DUPLICATES = Counter(_P + "duplicates", "Input records dropped as duplicates (event_id)", ["processor"])
-LATE = Counter(_P + "late_records", "Records later than the allowed lateness (sent to dlq.features)", ["processor"])
-WATERMARK = Gauge(_P + "watermark_us", "Close frontier: windows ending at or before it are final", ["processor"])
-BATCH_SECONDS = Histogram(_P + "batch_seconds", "Wall time of one micro-batch (poll to commit)", ["processor"],
-                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-FEATURE_DELAY = Histogram(_P + "feature_delay_seconds",
-                          "Feature row emission time minus the newest exchange_ts in its window",
-                          ["processor"], buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30))
+__all__ = ["BATCH_SECONDS", "DUPLICATES", "EXCHANGE_TO_PROCESSED", "FEATURE_DELAY", "LAST_RECORD", "LATE",
+           "RECORDS_CONSUMED", "RECORDS_IN", "RECORDS_OUT", "RECORDS_PRODUCED", "TRANSACTIONS", "WATERMARK",
+           "consumer_lag", "register_lag_provider", "start_metrics_server", "unregister_lag_provider"]
 
 
 def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
-    start_http_server(port, addr)
+    from streaming.service_status import start_metrics_server as start
+
+    start(port, addr)

@@ -124,9 +124,20 @@ class TransactionalLoop:
         self.positions = {tp: off for tp, off in committed.items() if off is not None}
         self.consumer.assign([TopicPartition(t, p, committed[(t, p)] if committed[(t, p)] is not None else -2)
                               for t, p in self.assignment])
+        metrics.register_lag_provider(self.name, self.lag)
         log.info("%s started: %d partitions, committed %s", self.name, len(self.assignment), committed)
 
+    def lag(self) -> list[tuple[str, int, int]]:
+        """Records per input partition past the committed position (read by the metrics
+        scrape thread: the positions dict is copied, the consumer only read)."""
+        consumer = self.consumer
+        if consumer is None:
+            return []
+        pos = dict(self.positions)
+        return metrics.consumer_lag(consumer, [(t, p, pos.get((t, p), 0)) for t, p in self.assignment])
+
     def close(self) -> None:
+        metrics.unregister_lag_provider(self.name)
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
@@ -205,9 +216,22 @@ class TransactionalLoop:
         metrics.RECORDS_IN.labels(self.name).inc(len(msgs))
         metrics.RECORDS_OUT.labels(self.name).inc(len(outs))
         metrics.TRANSACTIONS.labels(self.name).inc()
+        self._count_topics(msgs, outs)
         metrics.BATCH_SECONDS.labels(self.name).observe(now - started)
         self.after_commit()
         return True
+
+    def _count_topics(self, msgs: list[Message], outs: list[OutRecord]) -> None:
+        """Per-topic in/out counts of a committed batch (one inc per topic, not per record)."""
+        if msgs:
+            metrics.LAST_RECORD.labels(self.name).set(time.time())
+        for counter, topics in ((metrics.RECORDS_CONSUMED, [m.topic() for m in msgs]),
+                                (metrics.RECORDS_PRODUCED, [o.topic for o in outs])):
+            counts: dict[str, int] = {}
+            for t in topics:
+                counts[t] = counts.get(t, 0) + 1
+            for t, n in counts.items():
+                counter.labels(self.name, t).inc(n)
 
     def _produce(self, o: OutRecord) -> None:
         kwargs: dict[str, Any] = {"value": o.value, "key": o.key, "headers": o.headers}

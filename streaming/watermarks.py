@@ -18,21 +18,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from prometheus_client import Gauge
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 
 from schemas.tables import TABLES
 from streaming.lake_state import HOUR_US, latest_sink_state
+from streaming.metrics import LAKE_WATERMARK as WATERMARK_GAUGE
 from streaming.source_complete import CompleteRange, hour_completed
 
 #: Defaults: venues deliver within seconds; grace covers a sink restart plus catch-up.
 DEFAULT_ALLOWED_LATENESS_US = 10_000_000
 DEFAULT_CLOSE_GRACE = timedelta(minutes=5)
-
-WATERMARK_GAUGE = Gauge("ticklake_lake_watermark_seconds",
-                        "Event-time watermark of a lake table (max exchange_ts - allowed lateness), unix s",
-                        ["table"])
 
 
 @dataclass(slots=True)

@@ -36,7 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from prometheus_client import Counter, Histogram
 
 from collectors.dedup import DedupWindow
 from schemas.gen.ticklake.v1 import events_pb2 as pb
@@ -44,6 +43,7 @@ from schemas.model import exchange_from_pb, market_from_pb
 from schemas.symbols import validate_canonical
 from schemas.topics import DlqStage
 from streaming import kafka_config as kc
+from streaming import metrics as obs
 from streaming.pragma.books import FeedBook
 from streaming.pragma.config import FeedConfig, PragmaConfig
 from streaming.pragma.keys import BODY_MARKET_OF_CANONICAL, UNKNOWN_NETWORK, FeedKey
@@ -54,17 +54,12 @@ from streaming.serde import decode as decode_envelope
 
 log = logging.getLogger(__name__)
 
-_P = "ticklake_pragma_"
-PUBLISHED = Counter(_P + "messages_published", "Messages acknowledged by the broker, per topic and feed key",
-                    ["topic", "feed"])
-PUBLISH_LATENCY = Histogram(_P + "publish_latency_seconds", "produce() call to broker acknowledgement",
-                            ["topic"], buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
-EVENT_AGE = Histogram(_P + "event_age_seconds", "Venue event time to broker acknowledgement (end to end)",
-                      ["topic"], buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-DELIVERY_ERRORS = Counter(_P + "delivery_errors", "Messages the broker did not acknowledge (dropped, "
-                          "retries per config)", ["topic"])
-SKIPPED = Counter(_P + "skipped", "Input envelopes not published, by reason", ["reason"])
-DEAD_LETTERS = Counter(_P + "dead_letters", "Undecodable input records sent to dlq.pragma", ["reason"])
+# Metrics are defined once, in streaming/metrics.py.
+PUBLISHED, PUBLISH_LATENCY = obs.PRAGMA_PUBLISHED, obs.PRAGMA_PUBLISH_LATENCY
+EVENT_AGE, DELIVERY_ERRORS = obs.PRAGMA_EVENT_AGE, obs.PRAGMA_DELIVERY_ERRORS
+SKIPPED, DEAD_LETTERS = obs.PRAGMA_SKIPPED, obs.PRAGMA_DEAD_LETTERS
+#: Service name (Dagster run tag value, status and metrics label).
+SERVICE_NAME = "pragma-publisher"
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +316,7 @@ class PragmaPublisher:
     def _dead_letter(self, msg, reason: str) -> None:
         short = reason.split(":", 1)[0][:60]
         DEAD_LETTERS.labels(short).inc()
+        obs.DEAD_LETTERS.labels(DlqStage.PRAGMA.value, short).inc()
         self.stats.dead_letters += 1
         dl = pb.DeadLetter(stage=DlqStage.PRAGMA.value, reason=reason, source=msg.topic() or "",
                            raw=msg.value() or b"", ingest_ts=self.clock())
@@ -332,6 +328,12 @@ class PragmaPublisher:
         self.producer.produce(self.dlq, value=dl.SerializeToString(), key=msg.key(), on_delivery=cb)
 
     # -- loop -----------------------------------------------------------------------------------
+
+    def lag(self) -> list[tuple[str, int, int]]:
+        """Per assigned partition, for the metrics scrape thread."""
+        pos = self.consumer.position(self.consumer.assignment())
+        return obs.consumer_lag(self.consumer, [(tp.topic, tp.partition, tp.offset) for tp in pos
+                                                    if tp.offset >= 0])
 
     def _on_revoke(self, _consumer, partitions) -> None:
         # Another instance may own these symbols now: their books would go stale here and
@@ -346,9 +348,12 @@ class PragmaPublisher:
         stop = stop or threading.Event()
         topics = self.config.input_topic_list()
         self.consumer.subscribe(topics, on_revoke=self._on_revoke)
+        obs.register_lag_provider(SERVICE_NAME, self.lag)
         try:
             while not stop.is_set():
                 msgs = self.consumer.consume(num_messages=500, timeout=poll_timeout_s)
+                if msgs:
+                    obs.LAST_RECORD.labels(SERVICE_NAME).set(time.time())
                 for msg in msgs:
                     err = msg.error()
                     if err is not None:
@@ -371,6 +376,7 @@ class PragmaPublisher:
                 if max_records_in is not None and self.stats.records_in >= max_records_in:
                     break
         finally:
+            obs.unregister_lag_provider(SERVICE_NAME)
             try:
                 for out in self.core.due_depth(self.clock(), force=True):
                     self._produce(out)
@@ -384,10 +390,14 @@ class PragmaPublisher:
 def run_service(conn: kc.KafkaConnection, config: PragmaConfig, stop: threading.Event | None = None,
                 **kwargs) -> PublisherStats:
     """Entry point of the long-running service (the Dagster job calls it)."""
-    if config.metrics_port:
-        from prometheus_client import start_http_server
+    from streaming.service_status import service_run
 
-        start_http_server(config.metrics_port)
+    with service_run(SERVICE_NAME, port=config.metrics_port):
+        return _run_service(conn, config, stop, **kwargs)
+
+
+def _run_service(conn: kc.KafkaConnection, config: PragmaConfig, stop: threading.Event | None = None,
+                 **kwargs) -> PublisherStats:
     log.info("pragma publisher: %d input topics -> %s, %s (encoding %s, acks=%s, retries=%d)",
              len(config.input_topic_list()), config.prices_topic, config.orderbook_topic, config.encoding,
              config.producer_settings.acks, config.producer_settings.retries)
