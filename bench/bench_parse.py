@@ -19,7 +19,11 @@ Workloads (genuine frames from ../shared/samples):
 Throughput is frames per CPU-second on one pinned core, rounds alternating between the
 two sides; peak RSS is measured for each side in its own process.
 
-    python bench/bench_parse.py [--rounds 5]
+    python bench/bench_parse.py [--rounds 5] [--quick | --smoke]
+
+--quick (python -m bench): one timed round, no RSS processes; --smoke (CI): 100 frames per
+workload, just to prove the plumbing (no speed is asserted anywhere). Figures are also
+printed as machine-readable lines (bench/figures.py).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ OKX = SAMPLES / "okx" / "cryptofeed_OKX.ws.1.0"
 ISSUE_BASELINE = {"mixed": 143_000, "depth": 20_000}
 
 
-def load():
+def load(limit: int | None = None):
     """(setup records, timed frames) per workload; frames as the str a websocket library yields."""
     from collectors.capture import REST, WS, read
 
@@ -71,7 +75,7 @@ def load():
         "okx books+checksum": ([], [r.payload.decode() for r in read(OKX) if b'"channel":"books"' in r.payload
                                     and b'"data"' in r.payload]),
     }
-    return w
+    return {k: (setup, frames[:limit]) for k, (setup, frames) in w.items()} if limit else w
 
 
 # -- ours ------------------------------------------------------------------------------------------
@@ -183,6 +187,10 @@ def cryptofeed_run(name, setup, frames, timed_latency):
 
 
 CRYPTOFEED_WORKLOADS = ("binance depth", "binance-f depth", "binance-f aggTrade", "binance-f mixed")
+try:
+    import cryptofeed  # noqa: F401  (the '.[bench]' extra; absent on CI, where only --smoke runs)
+except ImportError:
+    CRYPTOFEED_WORKLOADS = ()
 
 
 def _pin_one_core() -> None:
@@ -208,15 +216,15 @@ def rss_main(side: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(rounds: int) -> dict:
+def measure(rounds: int, limit: int | None = None, min_frames: int = 20_000) -> dict:
     """Rounds alternate ours / cryptofeed on each workload, so a machine whose load drifts
     during the run slows both sides alike; the best round of each side is kept."""
     _quiet()
     _pin_one_core()
     out: dict = {"ours": {}, "cryptofeed": {}}
-    for name, (setup, frames) in load().items():
+    for name, (setup, frames) in load(limit).items():
         sides = [("ours", ours_run)] + ([("cryptofeed", cryptofeed_run)] if name in CRYPTOFEED_WORKLOADS else [])
-        n_rounds = max(rounds, min(100, 20_000 // max(1, len(frames))))
+        n_rounds = max(rounds, min(100, min_frames // max(1, len(frames))))
         best = {side: float("inf") for side, _ in sides}
         for _ in range(n_rounds):
             for side, run in sides:
@@ -233,11 +241,11 @@ def measure(rounds: int) -> dict:
     return out
 
 
-def breakdown(rounds: int) -> dict[str, float]:
+def breakdown(rounds: int, limit: int | None = None) -> dict[str, float]:
     """Where ours spends a Binance depth frame: cumulative stages, µs per frame (CPU time)."""
     import orjson
 
-    setup, frames = load()["binance depth"]
+    setup, frames = load(limit)["binance depth"]
     _quiet()
 
     def run(stage: int) -> float:
@@ -274,6 +282,57 @@ def breakdown(rounds: int) -> dict[str, float]:
     return {n: cum[i] - (cum[i - 1] if i else 0.0) for i, n in enumerate(names)}
 
 
+def floor(limit: int | None = None) -> dict[str, float]:
+    """The irreducible steps of one USD-M aggTrade frame on this interpreter, µs (CPU time):
+    parse the JSON, build the Protobuf envelope with exactly the fields ours sets, hash its
+    event_id. Their sum bounds what any Python adapter emitting these envelopes can reach,
+    whatever its number parsing does (cryptofeed emits no envelope and hashes nothing)."""
+    import orjson
+
+    from schemas.gen.ticklake.v1 import events_pb2 as pb
+    from schemas.ids import compute_event_id
+
+    setup, frames = load(limit)["binance-f aggTrade"]
+    ad = ours_factory("binance-f aggTrade")()
+    ours_run_setup(ad, setup)
+    pairs = [(f, ad.on_frame(f, i).events[0]) for i, f in enumerate(frames)]
+    Envelope = pb.Envelope
+
+    def build(e):
+        env = Envelope()
+        env.exchange, env.market, env.event_type = e.exchange, e.market, e.event_type
+        env.symbol, env.native_symbol = e.symbol, e.native_symbol
+        env.exchange_ts, env.ingest_ts, env.seq = e.exchange_ts, e.ingest_ts, e.seq
+        env.price_scale, env.size_scale = e.price_scale, e.size_scale
+        t, tr = env.trade, e.trade
+        t.trade_id, t.px, t.qty, t.taker_side = tr.trade_id, tr.px, tr.qty, tr.taker_side
+        t.first_trade_id, t.last_trade_id = tr.first_trade_id, tr.last_trade_id
+        return env
+
+    def copy_only(e):       # the same attribute reads, no envelope: subtracted from "build"
+        return (e.exchange, e.market, e.event_type, e.symbol, e.native_symbol, e.exchange_ts, e.ingest_ts,
+                e.seq, e.price_scale, e.size_scale, e.trade.trade_id, e.trade.px, e.trade.qty,
+                e.trade.taker_side, e.trade.first_trade_id, e.trade.last_trade_id)
+
+    steps = {"aggTrade json parse": lambda: [orjson.loads(f) for f, _ in pairs],
+             "aggTrade envelope build": lambda: [build(e) for _, e in pairs],
+             "aggTrade reads only": lambda: [copy_only(e) for _, e in pairs],
+             "aggTrade event_id": lambda: [compute_event_id(e) for _, e in pairs]}
+    best = {k: float("inf") for k in steps}
+    reps = 1 if limit else max(1, 5_000 // max(1, len(pairs)))
+    gc.disable()
+    for _ in range(2 if limit else 7):
+        for k, fn in steps.items():
+            t = time.process_time()
+            for _ in range(reps):
+                fn()
+            best[k] = min(best[k], (time.process_time() - t) / (reps * len(pairs)) * 1e6)
+    gc.enable()
+    best["aggTrade envelope build"] = max(0.0, best["aggTrade envelope build"] - best.pop("aggTrade reads only"))
+    best["aggTrade sum (floor)"] = sum(best.values())
+    return best
+
+
 def ours_run_setup(ad, setup) -> None:
     from urllib.parse import urlsplit
 
@@ -292,16 +351,26 @@ def ours_run_setup(ad, setup) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="one round, no RSS processes (python -m bench)")
+    ap.add_argument("--smoke", action="store_true", help="100 frames per workload: plumbing only (CI)")
     ap.add_argument("--rss", choices=("ours", "cryptofeed"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss:
         print(json.dumps(rss_main(args.rss)))
         return 0
-    rss = {side: json.loads(subprocess.run([sys.executable, __file__, "--rss", side], capture_output=True,
-                                           text=True, check=True).stdout.strip().splitlines()[-1])
-           for side in ("ours", "cryptofeed")}
-    res = measure(args.rounds)
-    import cryptofeed
+    limit = 100 if args.smoke else None
+    if args.quick or args.smoke:
+        args.rounds = 1
+        rss = None
+    else:
+        rss = {side: json.loads(subprocess.run([sys.executable, __file__, "--rss", side], capture_output=True,
+                                               text=True, check=True).stdout.strip().splitlines()[-1])
+               for side in ("ours", "cryptofeed")}
+    res = measure(args.rounds, limit, 100 if args.smoke else 6_000 if args.quick else 20_000)
+    try:
+        import cryptofeed
+    except ImportError:
+        cryptofeed = None
 
     try:
         import orjson  # noqa: F401
@@ -324,12 +393,27 @@ def main() -> int:
     print(f"issue's cryptofeed figures: ~{ISSUE_BASELINE['mixed']:,} mixed and ~{ISSUE_BASELINE['depth']:,} depth "
           f"frames/s per core (target 3x). Ours: depth {ours['binance depth']['fps'] / ISSUE_BASELINE['depth']:.2f}x, "
           f"USD-M mixed {ours['binance-f mixed']['fps'] / ISSUE_BASELINE['mixed']:.2f}x of those figures.")
-    print(f"peak RSS over all workloads: ours {rss['ours']:.0f} MB, cryptofeed {rss['cryptofeed']:.0f} MB "
-          f"(separate processes)")
-    parts = breakdown(args.rounds)
+    if rss:
+        print(f"peak RSS over all workloads: ours {rss['ours']:.0f} MB, cryptofeed {rss['cryptofeed']:.0f} MB "
+              f"(separate processes)")
+    parts = breakdown(args.rounds, limit)
     total = sum(parts.values())
     print("ours per binance depth frame (us, cumulative-stage differences): "
           + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + f"; total {total:.1f}")
+    fl = floor(limit)
+    print("floor per frame, ours (us): " + ", ".join(f"{k} {v:.2f}" for k, v in fl.items()))
+    from figures import emit
+
+    for name, o in ours.items():
+        c = cf.get(name)
+        emit(f"parse+normalize {name}", o["fps"], "frames/s", "cryptofeed (same frames)" if c else None,
+             c["fps"] if c else None, "≥ 3× cryptofeed" if c else "")
+    js_us = parts["json parse"]
+    for k, v in parts.items():
+        emit(f"depth frame stage: {k}", v, "µs/frame", "json parse (same frames)", js_us,
+             "≤ json parse" if k in ("decimal strings -> scaled ints", "protobuf envelope") else "")
+    for k, v in fl.items():
+        emit(f"floor: {k}", v, "µs/frame")
     return 0
 
 

@@ -84,6 +84,14 @@ def sc(text: str, scale: int) -> int:
     """
     if type(text) is not str:
         raise ScaleError(f"expected a decimal string, got {type(text).__name__} {text!r}")
+    i = len(text) - 1 - scale
+    if i > 0 and text[i] == ".":        # exactly `scale` decimals, as venues print a feed
+        t = text.replace(".", "", 1)
+        if t.isdigit() and t.isascii():  # [0-9] only: no sign, blank, "_" or second point
+            v = int(t)
+            if v <= INT64_MAX:
+                return v
+        return to_scaled(text, scale)    # decides (and refuses) the odd ones
     i = text.find(".")
     if i > 0:
         extra = len(text) - i - 1 - scale   # decimals beyond the scale

@@ -1,0 +1,39 @@
+"""One machine-readable line per benchmark figure, beside the human table each script prints.
+
+Every figure is a value measured beside a named baseline in the same run (ratio = value /
+baseline_value, so the ratio stays meaningful on a loaded machine where absolute rates
+drift). A script calls ``emit`` next to its own print; ``bench/run_all.py`` picks the lines
+out of the script's stdout by their prefix, adds the commit and writes
+``bench/results/<date>.jsonl`` plus a Markdown table. Kept dependency-free so any bench
+script (and the CI smoke test) can import it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+PREFIX = "BENCH-FIGURE "
+
+
+def emit(name: str, value: float, unit: str, baseline: str | None = None,
+         baseline_value: float | None = None, target: str = "", note: str = "") -> dict:
+    """Print one figure line (and return it). ``baseline`` names what ``baseline_value`` is."""
+    fig = {
+        "name": name,
+        "value": round(float(value), 4),
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": None if baseline_value is None else round(float(baseline_value), 4),
+        "ratio": (round(float(value) / float(baseline_value), 4)
+                  if baseline_value not in (None, 0) else None),
+        "target": target,
+        "note": note,
+    }
+    print(PREFIX + json.dumps(fig), file=sys.stdout, flush=True)
+    return fig
+
+
+def parse(stdout: str) -> list[dict]:
+    """The figure lines of a script's output, in order."""
+    return [json.loads(line[len(PREFIX):]) for line in stdout.splitlines() if line.startswith(PREFIX)]

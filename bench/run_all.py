@@ -1,0 +1,151 @@
+"""Run every benchmark in a quick mode; one JSON line per figure plus a Markdown table.
+
+Each benchmark runs as its own subprocess (its own peak RSS, its own crash) with short
+arguments, and reports figures through ``bench/figures.py`` lines on its stdout; this
+runner adds the run time and the commit measured, appends them to
+``bench/results/<UTC date>.jsonl`` and writes ``bench/results/<UTC date>.md`` (the table the
+README's benchmark section shows). A script that prints no figure lines yet still runs,
+and its printed table is kept in the Markdown file, so nothing is silently left out.
+
+Figures are ratios against a baseline measured in the same run: on a shared machine the
+absolute rates drift, the ratios much less. Benchmarks are for people, never for CI
+timing: CI only runs ``--smoke`` (tiny inputs, checks the plumbing, asserts no speed).
+
+    python -m bench                       # every quick benchmark (several minutes)
+    python -m bench --only parse,book     # a subset
+    python -m bench --smoke --out /tmp/x  # seconds: the runner and two tiny benchmarks
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from figures import parse  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    script: str
+    quick: tuple[str, ...]
+    smoke: tuple[str, ...] | None = None   # None: not part of the smoke run
+    in_quick: bool = True                  # False: only with --only (needs the stack lock)
+
+
+BENCHES = (
+    Bench("parse", "bench_parse.py", ("--quick",), ("--smoke",)),
+    Bench("book", "bench_book.py", ("--rounds", "2"), ("--smoke",)),
+    Bench("bulk", "bench_bulk.py", ("--rows", "60000", "--rounds", "1")),
+    Bench("publish", "bench_publish.py", ("--events", "30000", "--seconds", "4", "--symbols", "5")),
+    Bench("lake_sink", "bench_lake_sink.py", ("--rows", "200000", "--sink-events", "20000", "--repeat", "1")),
+    Bench("processing", "bench_processing.py", ("--events", "20000", "--rates", "2000,5000,10000,20000",
+                                                "--duration", "4")),
+    Bench("analytics", "bench_analytics.py", ("--rows", "100000", "--events", "30000", "--rounds", "1")),
+    # starts two whole stacks: run it alone, under /tmp/ticklake-stack.lock (see its docstring)
+    Bench("idle", "bench_idle.py", ("--seconds", "20", "--settle", "10", "--json"), in_quick=False),
+)
+
+
+def commit_info() -> dict:
+    """The commit measured, and whether the measured code differed from it (a dirty tree)."""
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "collectors", "schemas", "streaming",
+                "features", "bench")
+    return {"commit": git("rev-parse", "HEAD")[:12] or "unknown", "dirty": bool(dirty)}
+
+
+def run_one(b: Bench, smoke: bool, timeout: float) -> tuple[list[dict], str, float, int]:
+    args = b.smoke if smoke else b.quick
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([sys.executable, str(HERE / b.script), *(args or ())], cwd=ROOT, capture_output=True,
+                           text=True, timeout=timeout)
+        out, rc = p.stdout + (("\n" + p.stderr[-3000:]) if p.returncode else ""), p.returncode
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")) + f"\n(timeout after {timeout:.0f} s)"
+        rc = -1
+    return parse(out), out, time.monotonic() - t0, rc
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+    return str(v)
+
+
+def markdown(figs: list[dict], meta: dict, raw: dict[str, tuple[str, int]]) -> str:
+    lines = [f"Benchmarks, quick mode, {meta['time']} on commit `{meta['commit']}`"
+             f"{' (tree dirty)' if meta['dirty'] else ''}, python {meta['python']}, {meta['cpus']} CPUs shared"
+             " (ratio = value / baseline, both measured in the same run).", "",
+             "| figure | value | unit | baseline (same run) | baseline value | ratio | target |",
+             "|---|---:|---|---|---:|---:|---|"]
+    for f in figs:
+        lines.append(f"| {f['name']} | {fmt(f['value'])} | {f['unit']} | {f.get('baseline') or ''} | "
+                     f"{fmt(f.get('baseline_value'))} | {fmt(f.get('ratio'))} | {f.get('target') or ''} |")
+    for name, (out, rc) in raw.items():
+        tail = "\n".join(out.strip().splitlines()[-25:])
+        lines += ["", f"`{name}` printed no machine-readable figures (exit {rc}); its output:", "", "```", tail, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default="", help="comma-separated benchmark names: "
+                    + ",".join(b.name for b in BENCHES))
+    ap.add_argument("--smoke", action="store_true", help="tiny inputs: checks the runner, not speed")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--timeout", type=float, default=1200.0, help="per benchmark, seconds")
+    args = ap.parse_args(argv)
+    if not args.smoke:
+        try:
+            os.nice(-5)        # others share the machine: ask for a little more than them
+        except OSError:
+            pass
+    only = {n for n in args.only.split(",") if n}
+    unknown = only - {b.name for b in BENCHES}
+    if unknown:
+        ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    chosen = [b for b in BENCHES if (b.name in only if only else (b.smoke is not None if args.smoke else b.in_quick))]
+    now = dt.datetime.now(dt.timezone.utc)
+    meta = {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), **commit_info(), "python": sys.version.split()[0],
+            "cpus": os.cpu_count(), "mode": "smoke" if args.smoke else "quick"}
+    figs: list[dict] = []
+    raw: dict[str, tuple[str, int]] = {}
+    for b in chosen:
+        got, out, secs, rc = run_one(b, args.smoke, args.timeout)
+        print(f"[bench] {b.name}: {len(got)} figures in {secs:.0f} s (exit {rc})", file=sys.stderr, flush=True)
+        for f in got:
+            figs.append({**f, "bench": b.name, **meta})
+        if not got or rc:
+            raw[b.name] = (out, rc)
+    args.out.mkdir(parents=True, exist_ok=True)
+    day = now.strftime("%Y-%m-%d")
+    with open(args.out / f"{day}.jsonl", "a") as fh:
+        for f in figs:
+            fh.write(json.dumps(f) + "\n")
+    md = markdown(figs, meta, raw)
+    (args.out / f"{day}.md").write_text(md)
+    print(md)
+    return 0 if figs and all(rc == 0 for _, rc in raw.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
