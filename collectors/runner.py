@@ -402,6 +402,15 @@ class ShardRunner:
         metrics.SYMBOLS.labels(*self._lbl).set(len(cfg.symbols))
         _pol = policy_for(cfg.exchange, cfg.market)
         self._limit_statuses = _pol.throttle_statuses | _pol.ban_statuses
+        # Counters start at 0 for every known label set, so each family has series (and
+        # rate()/increase() see the first event) before anything went wrong.
+        metrics.GAPS.labels(*self._lbl)
+        for ip in self.ips:
+            metrics.RECONNECTS.labels(cfg.name, ip or "default")
+            for st in self._limit_statuses:
+                metrics.RATE_LIMIT_HITS.labels(cfg.name, ip or "default", str(st))
+        for native in self.native_of.values():
+            metrics.RESYNCS.labels(cfg.name, native)
         self.running = asyncio.Event()
         #: where the shard reports its state for `ticklake status` (collectors/status.py)
         self.status_path = status_path

@@ -200,3 +200,47 @@ def test_json_log_line_has_service_shard_symbol_and_run_id():
     assert first["event"] == "resync" and first["reason"].startswith("gap")
     assert second["event"] == "plain line" and second["symbol"] is None and second["run_id"] == "abc123"
     assert {"ts", "level", "logger", "event", "service", "shard", "symbol", "run_id"} <= second.keys()
+
+
+# --------------------------------------------------------------------------- on a running stack
+
+#: Families every replay-driven stack must show in Prometheus (the seed list plus the
+#: per-service ones); checked by tests/test_platform_acceptance.py on its running stack.
+STACK_FAMILIES = SEED_FAMILIES | {"ticklake_service_start_time_seconds",
+                                  "ticklake_service_last_record_timestamp_seconds"}
+#: The long-running services a `ticklake up --replay` runs besides its collector shards.
+STACK_SERVICES = {"normalizer", "feature-processor", "lake-sink", "clickhouse-live", "pragma-publisher"}
+
+
+def inject_dead_letter(bootstrap: str) -> None:
+    """One undecodable record on a raw topic: the normalizer must dead-letter it with a reason
+    (so the DLQ family has a series to scrape)."""
+    prod = Producer({"bootstrap.servers": bootstrap})
+    prod.produce("raw.spot.trades.binance", key=b"BTCUSDT", value=b"\x00not an envelope")
+    assert prod.flush(30) == 0
+
+
+def wait_for_every_family(prometheus_url: str, timeout_s: float) -> dict[str, set[str]]:
+    """Until Prometheus holds a non-empty series of every STACK_FAMILIES family and scrapes
+    every service (up == 1); returns {family: services seen} for the assertion message."""
+    from pipelines import observe
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen: dict[str, set[str]] = {}
+        for row in observe.query(prometheus_url, 'count by (__name__, service) ({__name__=~"ticklake_.+"})'):
+            name = row["metric"]["__name__"]
+            for suffix in ("_bucket", "_count", "_sum"):
+                if name.endswith(suffix) and name[: -len(suffix)] in STACK_FAMILIES:
+                    name = name[: -len(suffix)]
+            seen.setdefault(name, set()).add(row["metric"].get("service", ""))
+        up = {r["metric"].get("service"): r["value"][1]
+              for r in observe.query(prometheus_url, 'up{job="ticklake"}')}
+        missing = STACK_FAMILIES - seen.keys()
+        services = {s for s, v in up.items() if v == "1"}
+        collectors = {s for s in services if s and s.startswith("collector:")}
+        if not missing and STACK_SERVICES <= services and collectors:
+            return seen
+        assert time.monotonic() < deadline, (f"missing families {sorted(missing)}; scraped services {up}; "
+                                             f"targets {observe.targets(prometheus_url)}")
+        time.sleep(10)
