@@ -96,12 +96,21 @@ def build_rows(features: pa.Table, until_us: int, horizons_s: Sequence[int] = HO
 
 
 def checksum(rows: pa.Table) -> str:
-    """sha256 of the rows' Arrow IPC stream (one chunk, fixed schema): equal iff same bits."""
-    sink = pa.BufferOutputStream()
-    t = rows.cast(DATASET_SCHEMA).combine_chunks()
-    with pa.ipc.new_stream(sink, t.schema) as w:
-        w.write_table(t)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+    """sha256 over every column's validity and values (floats by their bits, NaN included):
+    equal iff the datasets are equal bit for bit, whatever the chunking or file format
+    they went through (Arrow IPC bytes are not: a Parquet round trip adds validity bitmaps)."""
+    h = hashlib.sha256()
+    t = rows.cast(DATASET_SCHEMA)
+    for name in DATASET_SCHEMA.names:
+        col = t[name].combine_chunks() if t.num_rows else pa.array([], DATASET_SCHEMA.field(name).type)
+        h.update(name.encode() + b"\0")
+        h.update(pc.is_valid(col).to_numpy(zero_copy_only=False).tobytes())
+        if pa.types.is_string(col.type):
+            h.update("\0".join(v or "" for v in col.to_pylist()).encode())
+        else:
+            zero = 0.0 if pa.types.is_floating(col.type) else 0
+            h.update(pc.fill_null(col, zero).to_numpy(zero_copy_only=False).tobytes())
+    return h.hexdigest()
 
 
 def leakage_violations(rows: pa.Table, features: pa.Table, until_us: int, cuts: int = 12,

@@ -54,7 +54,7 @@ def experiment_id(client, settings: MlflowSettings, name: str = EXPERIMENT) -> s
         return exp.experiment_id
     try:
         return client.create_experiment(name, artifact_location=settings.artifact_location)
-    except Exception:  # noqa: BLE001 - a concurrent creator won; use theirs
+    except Exception:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise

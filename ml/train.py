@@ -93,7 +93,7 @@ def walk_forward_blocks(ts: np.ndarray, folds: int) -> list[tuple[int, int]]:
     uniq = np.unique(ts)
     if len(uniq) < folds + 1:
         return []
-    edges = [uniq[int(round(i * len(uniq) / (folds + 1)))] for i in range(folds + 1)] + [uniq[-1] + 1]
+    edges = [uniq[round(i * len(uniq) / (folds + 1))] for i in range(folds + 1)] + [uniq[-1] + 1]
     return [(int(edges[i]), int(edges[i + 1])) for i in range(folds + 1)]
 
 

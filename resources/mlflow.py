@@ -1,0 +1,41 @@
+"""Dagster resource for MLflow tracking and the model registry.
+
+Local default: SQLite store and file artifacts under $TICKLAKE_HOME/mlflow. Production sets
+`tracking_uri` (a tracking server URL or database URI, through dg.EnvVar or the
+TICKLAKE_MLFLOW_TRACKING_URI environment variable); the client code (ml/registry.py) is
+the same for both.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from pydantic import Field
+
+from ml.registry import MlflowSettings
+from resources.home import resolve_home
+
+TRACKING_URI_ENV = "TICKLAKE_MLFLOW_TRACKING_URI"
+MLFLOW = "mlflow"
+
+
+def mlflow_settings(tracking_uri: str | None = None, registry_uri: str | None = None,
+                    artifact_location: str | None = None) -> MlflowSettings:
+    """Explicit URI, else $TICKLAKE_MLFLOW_TRACKING_URI, else the local store of $TICKLAKE_HOME."""
+    uri = tracking_uri or os.environ.get(TRACKING_URI_ENV)
+    if not uri:
+        return MlflowSettings.local(resolve_home().ensure().root / "mlflow")
+    return MlflowSettings(uri, registry_uri, artifact_location)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """Where runs are tracked and models registered."""
+
+    tracking_uri: str | None = Field(default=None, description=f"tracking server / store URI; default "
+                                     f"${TRACKING_URI_ENV}, else sqlite under $TICKLAKE_HOME/mlflow")
+    registry_uri: str | None = Field(default=None, description="model registry URI (default: the tracking URI)")
+    artifact_location: str | None = Field(default=None, description="artifact root of new experiments")
+
+    def settings(self) -> MlflowSettings:
+        return mlflow_settings(self.tracking_uri, self.registry_uri, self.artifact_location)

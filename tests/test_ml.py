@@ -1,0 +1,124 @@
+"""ML on the genuine capture hour: dataset (as-of snapshots) -> models in MLflow -> champion.
+
+The capture's processed envelopes are written with the sink's file writer and sealed, the
+local batch feature asset computes lake/features_1s, then the ML assets run through
+Dagster against a real local MLflow store (SQLite + file artifacts). Checks are shown to
+fail when they should: a perturbed dataset value (rebuild checksum), a shifted label
+(leakage), a model that loses to the zero-return baseline (never registered).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from assets import ml as aml
+from assets.batch_features import features_1s
+from features.spec import FEATURES_TABLE
+from ml import dataset as mds
+from ml import registry as reg
+from ml import train as mtr
+from resources.artifacts import ArtifactStoreResource
+from resources.home import resolve_home
+from resources.mlflow import MlflowResource
+from workloads import binance_hour as a
+
+warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
+DAY = a.CAPTURE_HOUR[:10]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ml")
+    home = resolve_home(root / "home").ensure()
+    lake = a.write_lake(home, a.processed_capture(), seal=(a.CAPTURE_HOUR, a.NEXT_HOUR))
+    res = {"lake": lake.lake, "artifacts": ArtifactStoreResource(root=str(home.artifacts_dir)),
+           "mlflow": MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+                                    artifact_location=(root / "mlruns").as_uri())}
+    r = dg.materialize([features_1s], partition_key=a.CAPTURE_HOUR, resources=res)
+    assert r.success
+    yield {"res": res, "lake": lake, "root": root}
+
+
+def run_ml(world, selection) -> dg.ExecuteInProcessResult:
+    job = dg.define_asset_job("ml_test", selection=selection, partitions_def=aml.DAILY)
+    defs = dg.Definitions(assets=aml.assets, asset_checks=aml.asset_checks, jobs=[job], resources=world["res"])
+    return defs.resolve_job_def("ml_test").execute_in_process(partition_key=DAY, raise_on_error=False)
+
+
+def checks(result) -> dict[str, bool]:
+    return {f"{e.asset_key.path[-1]}.{e.check_name}": e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_labels_are_future_returns_from_rows_at_or_after_t():
+    ts = np.array([0, 1, 2, 5], dtype=np.int64) * 1_000_000
+    f = pa.table({"exchange": ["x"] * 4, "market": ["spot"] * 4, "symbol": ["A"] * 4,
+                  "exchange_ts": pa.array(ts).cast(pa.timestamp("us", tz="UTC")), "mid_px": [1.0, 2.0, 4.0, 8.0]})
+    r = mds.future_returns(f, (1, 2), until_us=7_000_000)
+    assert r[1].tolist()[:3] == [np.log(2.0), np.log(2.0), np.log(1.0)]     # t=2+1 -> as-of row t=2
+    assert r[2][0] == np.log(4.0) and r[2][3] != r[2][3]                     # t=5+2 reaches until: NaN
+
+
+def test_dataset_models_and_champion_through_dagster(world):
+    r = run_ml(world, dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks())
+    ev = checks(r)
+    assert ev["training_dataset.no_label_leakage"] and ev["training_dataset.rebuild_from_snapshots"]
+    mat = {tuple(m.asset_key.path): m.metadata for m in r.get_asset_materialization_events()
+           and [e.event_specific_data.materialization for e in r.get_asset_materialization_events()]}
+    ds_meta = mat[("ml", "training_dataset")]
+    assert ds_meta["dagster/row_count"].value > 300
+    assert "market.features_1s" in ds_meta["snapshot_ids"].value
+    settings = world["res"]["mlflow"].settings()
+    client = settings.client()
+    for h in mds.HORIZONS_S:
+        beats = ev[f"model_{h}s.beats_baseline"]
+        meta = mat[("ml", f"model_{h}s")]
+        assert beats == (meta["mse_model"].value < meta["mse_baseline"].value)
+        run = client.get_run(meta["mlflow_run_id"].value)
+        assert any(k.startswith("fold") and k.endswith("_mse_baseline") for k in run.data.metrics)
+        assert run.data.tags["snapshot.market.features_1s"]
+        champion = reg.load_alias(settings, reg.model_name(h))
+        assert (champion is not None) == beats, h           # a losing model never registered
+        assert (("ml", f"champion_{h}s") in mat) == beats
+    # the 1 s model beats the baseline on the capture (deterministic training)
+    assert ev["model_1s.beats_baseline"]
+    served = reg.load_alias(settings, reg.model_name(1))
+    rows, _ = aml.load_dataset(world["res"]["artifacts"], DAY)
+    assert served.booster.model_to_string() and len(mtr.predict(served.booster, rows)) == rows.num_rows
+
+
+def test_rebuild_check_fails_on_a_perturbed_value_and_leakage_on_a_shifted_label(world):
+    store = world["res"]["artifacts"]
+    r = run_ml(world, dg.AssetSelection.assets(aml.DATASET_KEY))
+    assert r.success
+    rows, _man = aml.load_dataset(store, DAY)
+    rows_key, _ = aml.dataset_keys(DAY)
+    vals = rows["micro_rel"].to_numpy(zero_copy_only=False).copy()
+    vals[10] = np.nextafter(vals[10], 1.0)                 # one ulp
+    store.put_bytes(rows_key, mds.to_parquet(rows.set_column(rows.schema.get_field_index("micro_rel"),
+                                                               "micro_rel", pa.array(vals))))
+    lake = world["res"]["lake"]
+    assert not aml.rebuild_result(lake, store, DAY).passed       # what the check runs
+    assert aml.leakage_result(lake, store, DAY).passed
+
+    lab = rows["label_10s"].to_numpy(zero_copy_only=False)
+    shifted = np.concatenate((lab[1:], [np.nan]))          # each row gets its successor's label
+    store.put_bytes(rows_key, mds.to_parquet(rows.set_column(rows.schema.get_field_index("label_10s"),
+                                                               "label_10s", pa.array(shifted))))
+    leak = aml.leakage_result(lake, store, DAY)
+    assert not leak.passed and leak.metadata["violations"].value[0]["horizon_s"] == 10
+
+
+def test_baseline_check_blocks_a_model_without_signal(world):
+    ftable = world["lake"].catalog.load_table(FEATURES_TABLE.identifier)
+    rows, _ = mds.build_dataset(ftable, DAY, aml.day_start_us(DAY), mds.current_snapshots(
+        {FEATURES_TABLE.identifier: ftable}))
+    rng = np.random.default_rng(0)
+    noisy = rows.set_column(rows.schema.get_field_index("label_1s"), "label_1s",
+                            pa.array(rng.normal(0, 1e-4, rows.num_rows)))     # labels without signal
+    res = mtr.train_horizon(noisy, 1)
+    assert len(res.folds) == mtr.DEFAULT_FOLDS and not res.beats_baseline
