@@ -12,8 +12,23 @@ lowered to `max_session_timeout_ms` when larger (same byte length, rewritten in 
 The client keeps heartbeating at its own heartbeat.interval.ms (3 s by default, below the
 cap), so a healthy member is never expired by the shorter session.
 
-Responses are not parsed at all (a plain byte copy), and requests only as far as their
-header: the cost is one extra local hop per request. The proxy is also the broker's parent:
+Second, a long poll the broker lacks. Tansu 0.6 has no data-arrival wake-up: a Fetch that
+finds nothing re-reads every partition it names, sleeps half the remaining max_wait_ms and
+repeats, so an idle consumer of N partitions costs the broker ~3 scans of N per fetch wait
+(the idle local stack: ~11 % of a core, bench/bench_idle.py). The proxy sees every write
+(Produce and EndTxn pass through it), so it answers the question the broker cannot: when a
+connection's previous Fetch came back without records and nothing was written since it was
+forwarded, the next Fetch would find nothing either; the proxy holds it until a write
+completes or the client's own max_wait_ms is spent, and then forwards it (with a zero wait
+when nothing was written, a single scan). Every forwarded Fetch waits at most
+`BROKER_FETCH_WAIT_MS` in the broker, so a client asking for a long wait costs the broker
+one scan per wait when idle and sees records as soon as they are written, as on a real
+Kafka broker. A connection is never held while its last Fetch returned records, an error or
+a response this module cannot parse (then it behaves exactly like the bare broker).
+
+Requests are parsed only as far as JoinGroup's and Fetch's wait fields, Fetch responses as
+far as "did any partition return records", other responses not at all (byte copies): the
+cost is one extra local hop per request. The proxy is also the broker's parent:
 it starts the broker binary given after `--`, ends it when it is told to stop (SIGTERM /
 SIGINT) or dies (PR_SET_PDEATHSIG), and exits with the broker's exit code when the broker
 exits, so "the broker process" keeps one PID and one meaning for its supervisors.
@@ -33,10 +48,23 @@ import struct
 import subprocess
 import sys
 
+PRODUCE = 0
+FETCH = 1
 JOIN_GROUP = 11
+END_TXN = 26
 #: JoinGroup versions whose request header is flexible (header v2: tagged fields).
 JOIN_GROUP_FIRST_FLEXIBLE = 6
+#: Fetch / Produce versions with flexible encodings (compact arrays, tagged fields).
+FETCH_FIRST_FLEXIBLE = 12
+PRODUCE_FIRST_FLEXIBLE = 9
+#: Fetch response versions whose layout fetch_response_has_records reads (librdkafka 2.x uses 16).
+FETCH_RESPONSE_VERSIONS = range(4, 17)
 DEFAULT_MAX_SESSION_TIMEOUT_MS = 6_000
+#: Longest a forwarded Fetch may wait inside the broker. Tansu re-scans at 0, 1/2, 3/4 ...
+#: of the wait, so a wait this short keeps its polling (and a record's delay after an
+#: unproductive wake-up scan) at today's 250 ms granularity whatever the client asked for;
+#: the rest of a longer wait is spent held here, where it costs nothing.
+BROKER_FETCH_WAIT_MS = 500
 CHUNK = 256 * 1024
 
 
@@ -54,6 +82,129 @@ def _uvarint(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
+def _body_offset(frame: bytes | bytearray, flexible: bool) -> int:
+    """Where a request's body starts: after api_key, api_version, correlation_id, the
+    client_id (int16 length, -1 = null; not compact even in header v2) and, in flexible
+    versions, the header's tagged fields."""
+    pos = 8
+    (client_len,) = struct.unpack_from(">h", frame, pos)
+    pos += 2 + max(client_len, 0)
+    if flexible:
+        pos = _skip_tags(frame, pos)
+    return pos
+
+
+def _skip_tags(buf: bytes | bytearray, pos: int) -> int:
+    n_tags, pos = _uvarint(buf, pos)
+    for _ in range(n_tags):
+        _, pos = _uvarint(buf, pos)
+        size, pos = _uvarint(buf, pos)
+        pos += size
+    return pos
+
+
+def fetch_max_wait_offset(frame: bytes | bytearray) -> int | None:
+    """Byte offset of max_wait_ms in a Fetch request frame (without the size prefix); None
+    for any other request or a frame too short. The body starts with replica_id int32 up to
+    version 14 (later versions moved it into a tagged field), then max_wait_ms int32."""
+    try:
+        api_key, version = struct.unpack_from(">hh", frame, 0)
+        if api_key != FETCH:
+            return None
+        pos = _body_offset(frame, version >= FETCH_FIRST_FLEXIBLE)
+        if version < 15:
+            pos += 4
+        if pos + 4 > len(frame):
+            return None
+        return pos
+    except (struct.error, IndexError, ValueError):
+        return None
+
+
+def fetch_response_has_records(frame: bytes | bytearray, version: int) -> bool | None:
+    """Whether a Fetch response (without the size prefix) carries records or an error for any
+    partition: True/False, or None when the version or bytes are not understood.
+
+    Layout (v4-v16): correlation_id, [tagged fields], throttle_time_ms, v7+: error_code and
+    session_id; per topic its name (v13+: a 16-byte id); per partition: index, error_code,
+    high_watermark, last_stable_offset, v5+: log_start_offset, aborted_transactions
+    (producer_id, first_offset), v11+: preferred_read_replica, then the records bytes.
+    v12+ encodes arrays, strings and bytes compactly (unsigned varint length + 1) and ends
+    every structure with tagged fields."""
+    if version not in FETCH_RESPONSE_VERSIONS:
+        return None
+    flexible = version >= FETCH_FIRST_FLEXIBLE
+
+    def length(pos: int) -> tuple[int, int]:  # array/bytes/string length; -1 = null
+        if flexible:
+            n, pos = _uvarint(frame, pos)
+            return n - 1, pos
+        (n,) = struct.unpack_from(">i", frame, pos)
+        return n, pos + 4
+
+    try:
+        pos = 4
+        if flexible:
+            pos = _skip_tags(frame, pos)
+        pos += 4  # throttle_time_ms
+        if version >= 7:
+            (error,) = struct.unpack_from(">h", frame, pos)
+            if error:
+                return True
+            pos += 2 + 4  # error_code, session_id
+        n_topics, pos = length(pos)
+        for _ in range(max(n_topics, 0)):
+            if version >= 13:
+                pos += 16
+            else:
+                size, pos = length(pos) if flexible else (struct.unpack_from(">h", frame, pos)[0], pos + 2)
+                pos += max(size, 0)
+            n_parts, pos = length(pos)
+            for _ in range(max(n_parts, 0)):
+                (error,) = struct.unpack_from(">h", frame, pos + 4)
+                pos += 4 + 2 + 8 + 8 + (8 if version >= 5 else 0)
+                n_aborted, pos = length(pos)
+                for _ in range(max(n_aborted, 0)):
+                    pos += 16
+                    if flexible:
+                        pos = _skip_tags(frame, pos)
+                if version >= 11:
+                    pos += 4
+                size, pos = length(pos)
+                if error or size > 0:
+                    return True
+                if flexible:
+                    pos = _skip_tags(frame, pos)
+            if flexible:
+                pos = _skip_tags(frame, pos)
+        if pos > len(frame):
+            return None
+        return False
+    except (struct.error, IndexError, ValueError):
+        return None
+
+
+def produce_kind(frame: bytes | bytearray) -> tuple[bool, int] | None:
+    """(transactional, acks) of a Produce request (v3+: a nullable transactional_id, then
+    acks); None when the frame is another request, an older version or too short to tell."""
+    try:
+        api_key, version = struct.unpack_from(">hh", frame, 0)
+        if api_key != PRODUCE or version < 3:
+            return None
+        flexible = version >= PRODUCE_FIRST_FLEXIBLE
+        pos = _body_offset(frame, flexible)
+        if flexible:
+            n, pos = _uvarint(frame, pos)
+            n -= 1
+        else:
+            (n,) = struct.unpack_from(">h", frame, pos)
+            pos += 2
+        pos += max(n, 0)
+        return n >= 0, struct.unpack_from(">h", frame, pos)[0]
+    except (struct.error, IndexError, ValueError):
+        return None
+
+
 def session_timeout_offset(frame: bytes | bytearray) -> int | None:
     """Byte offset of session_timeout_ms in a JoinGroup request frame (without the 4-byte
     size prefix); None when the frame is not a JoinGroup request or is too short.
@@ -66,16 +217,9 @@ def session_timeout_offset(frame: bytes | bytearray) -> int | None:
         api_key, version = struct.unpack_from(">hh", frame, 0)
         if api_key != JOIN_GROUP:
             return None
-        pos = 8
-        (client_len,) = struct.unpack_from(">h", frame, pos)
-        pos += 2 + max(client_len, 0)
         flexible = version >= JOIN_GROUP_FIRST_FLEXIBLE
+        pos = _body_offset(frame, flexible)
         if flexible:
-            n_tags, pos = _uvarint(frame, pos)
-            for _ in range(n_tags):
-                _, pos = _uvarint(frame, pos)
-                size, pos = _uvarint(frame, pos)
-                pos += size
             group_len, pos = _uvarint(frame, pos)
             pos += max(group_len - 1, 0)
         else:
@@ -100,49 +244,153 @@ def cap_session_timeout(frame: bytearray, max_ms: int) -> int | None:
     return asked
 
 
-async def _requests(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_ms: int) -> None:
-    """Client -> broker: frame by frame, JoinGroup rewritten, the rest copied."""
+class WriteClock:
+    """Counts writes that completed in the broker (Produce and EndTxn answered) and wakes
+    fetches held until the next one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._next = asyncio.Event()
+
+    def bump(self) -> None:
+        self.count += 1
+        self._next.set()
+        self._next = asyncio.Event()
+
+    async def wait_past(self, count: int, timeout: float) -> bool:
+        """True once a write after `count` completed; False when `timeout` s passed first."""
+        if self.count != count:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._next.wait(), timeout)
+            return True
+        return False
+
+
+class _Connection:
+    """What the proxy remembers about one client connection."""
+
+    def __init__(self) -> None:
+        #: correlation id -> (api_key, version) of requests whose responses matter here
+        self.pending: dict[int, tuple[int, int]] = {}
+        #: the last Fetch response carried no records and no error
+        self.last_fetch_empty = False
+        #: WriteClock.count when this connection's last Fetch was forwarded
+        self.count_at_forward = -1
+
+
+async def hold_fetch(frame: bytearray, conn: _Connection, clock: WriteClock,
+                     broker_wait_ms: int = BROKER_FETCH_WAIT_MS) -> None:
+    """Delay a Fetch request that cannot find records yet (see the module docstring) and
+    rewrite its max_wait_ms to what the broker should still wait; returns when it may go."""
+    pos = fetch_max_wait_offset(frame)
+    if pos is None:
+        return
+    (wait_ms,) = struct.unpack_from(">i", frame, pos)
+    forward_ms = min(wait_ms, broker_wait_ms)
+    if conn.last_fetch_empty and clock.count == conn.count_at_forward and wait_ms > 0:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if await clock.wait_past(conn.count_at_forward, wait_ms / 1000):
+            spent_ms = int((loop.time() - t0) * 1000)
+            forward_ms = max(0, min(wait_ms - spent_ms, broker_wait_ms))
+        else:
+            forward_ms = 0  # the client's wait is spent and nothing was written: one scan
+    if forward_ms != wait_ms:
+        struct.pack_into(">i", frame, pos, forward_ms)
+    conn.count_at_forward = clock.count
+
+
+async def _copy_exactly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, left: int) -> bool:
+    while left:
+        chunk = await reader.read(min(left, CHUNK))
+        if not chunk:
+            return False
+        writer.write(chunk)
+        left -= len(chunk)
+        if writer.transport.get_write_buffer_size() > CHUNK:
+            await writer.drain()
+    return True
+
+
+async def _requests(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_ms: int,
+                    conn: _Connection, clock: WriteClock) -> None:
+    """Client -> broker: frame by frame; JoinGroup rewritten, Fetch possibly held and its
+    wait rewritten, Produce/EndTxn/Fetch noted for their responses, the rest copied."""
     while True:
         try:
             size_bytes = await reader.readexactly(4)
         except asyncio.IncompleteReadError:
             return
         (size,) = struct.unpack(">i", size_bytes)
-        if size < 2:
+        if size < 8:
             writer.write(size_bytes + await reader.readexactly(max(size, 0)))
             await writer.drain()
             continue
-        head = await reader.readexactly(2)
-        if struct.unpack(">h", head)[0] == JOIN_GROUP:
-            frame = bytearray(head + await reader.readexactly(size - 2))
-            cap_session_timeout(frame, max_ms)
+        head = await reader.readexactly(8)
+        api_key, version, correlation = struct.unpack(">hhi", head)
+        if api_key in (JOIN_GROUP, FETCH):
+            frame = bytearray(head + await reader.readexactly(size - 8))
+            if api_key == JOIN_GROUP:
+                cap_session_timeout(frame, max_ms)
+            else:
+                await hold_fetch(frame, conn, clock)
+                conn.pending[correlation] = (api_key, version)
             writer.write(size_bytes + bytes(frame))
         else:
-            writer.write(size_bytes + head)
-            left = size - 2
-            while left:
-                chunk = await reader.read(min(left, CHUNK))
-                if not chunk:
-                    return
-                writer.write(chunk)
-                left -= len(chunk)
-                if writer.transport.get_write_buffer_size() > CHUNK:
-                    await writer.drain()
+            first = b""
+            if api_key == END_TXN:
+                conn.pending[correlation] = (api_key, version)
+            elif api_key == PRODUCE:
+                # Enough of the frame to find transactional_id and acks. A transactional
+                # write counts at its EndTxn (read_committed fetches cannot see it before);
+                # acks=0 gets no response, so it counts once sent.
+                first = await reader.read(min(size - 8, 1024))
+                kind = produce_kind(head + first)
+                if kind is None or not kind[0]:
+                    conn.pending[correlation] = (api_key, version)
+            writer.write(size_bytes + head + first)
+            if not await _copy_exactly(reader, writer, size - 8 - len(first)):
+                return
+            if api_key == PRODUCE and kind is not None and not kind[0] and kind[1] == 0:
+                conn.pending.pop(correlation, None)
+                clock.bump()
         await writer.drain()
 
 
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Broker -> client: bytes as they come."""
+async def _responses(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection,
+                     clock: WriteClock) -> None:
+    """Broker -> client, frame by frame: a Fetch response is read whole to learn whether it
+    carried records, a Produce/EndTxn response counts as a completed write, the rest is
+    copied as it comes."""
     while True:
-        chunk = await reader.read(CHUNK)
-        if not chunk:
+        try:
+            size_bytes = await reader.readexactly(4)
+        except asyncio.IncompleteReadError:
             return
-        writer.write(chunk)
+        (size,) = struct.unpack(">i", size_bytes)
+        if size < 4:
+            writer.write(size_bytes + await reader.readexactly(max(size, 0)))
+            await writer.drain()
+            continue
+        head = await reader.readexactly(4)
+        request = conn.pending.pop(struct.unpack(">i", head)[0], None)
+        if request is not None and request[0] == FETCH:
+            frame = head + await reader.readexactly(size - 4)
+            # set before the client can see the response and send its next Fetch
+            conn.last_fetch_empty = fetch_response_has_records(frame, request[1]) is False
+            writer.write(size_bytes + frame)
+        else:
+            writer.write(size_bytes + head)
+            if not await _copy_exactly(reader, writer, size - 4):
+                return
+            if request is not None:
+                clock.bump()
         await writer.drain()
 
 
 async def _serve_client(cr: asyncio.StreamReader, cw: asyncio.StreamWriter, upstream: tuple[str, int],
-                        max_ms: int) -> None:
+                        max_ms: int, clock: WriteClock) -> None:
     try:
         ur, uw = await asyncio.open_connection(*upstream)
     except OSError:
@@ -153,7 +401,9 @@ async def _serve_client(cr: asyncio.StreamReader, cw: asyncio.StreamWriter, upst
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
-    tasks = [asyncio.create_task(_requests(cr, uw, max_ms)), asyncio.create_task(_copy(ur, cw))]
+    conn = _Connection()
+    tasks = [asyncio.create_task(_requests(cr, uw, max_ms, conn, clock)),
+             asyncio.create_task(_responses(ur, cw, conn, clock))]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -175,7 +425,8 @@ async def _main(listen: tuple[str, int], upstream: tuple[str, int], max_ms: int,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Listen first: a taken port fails here, before any broker was started.
-    server = await asyncio.start_server(lambda r, w: _serve_client(r, w, upstream, max_ms),
+    clock = WriteClock()
+    server = await asyncio.start_server(lambda r, w: _serve_client(r, w, upstream, max_ms, clock),
                                         listen[0], listen[1], reuse_address=True)
     # A plain Popen (not asyncio's): the child must not depend on this loop's child watcher.
     child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: ASYNC220, PLW1509

@@ -354,3 +354,117 @@ def test_bare_broker_mode_runs_without_the_proxy():
         assert "streaming.broker_proxy" not in " ".join(broker.command())
         assert process_listens_on(broker.pid, broker.port) is True
         assert metadata_answers(broker.bootstrap)
+
+
+# --------------------------------------------------------------------------- the proxy's fetch hold
+
+def _fetch_request(version: int, wait_ms: int) -> bytes:
+    import struct
+
+    head = struct.pack(">hhi", 1, version, 9) + struct.pack(">h", 7) + b"rdkafka"
+    if version >= 12:
+        head += b"\x00"  # header tagged fields
+    body = b"" if version >= 15 else struct.pack(">i", -1)  # replica_id
+    return head + body + struct.pack(">ii", wait_ms, 1) + b"REST"
+
+
+def _fetch_response(version: int, partitions: list[tuple[int, bytes | None]]) -> bytes:
+    """Correlation id, then one topic with (error_code, records) per partition."""
+    import struct
+
+    flexible = version >= 12
+
+    def length(n: int) -> bytes:
+        return bytes([n + 1]) if flexible else struct.pack(">i", n)
+
+    tags = b"\x00" if flexible else b""
+    out = struct.pack(">i", 9) + tags + struct.pack(">i", 0)
+    if version >= 7:
+        out += struct.pack(">hi", 0, 0)
+    out += length(1) + (b"\x11" * 16 if version >= 13 else
+                        (bytes([3]) + b"ab" if flexible else struct.pack(">h", 2) + b"ab"))
+    out += length(len(partitions))
+    for i, (error, records) in enumerate(partitions):
+        out += struct.pack(">ihqq", i, error, 5, 5) + (struct.pack(">q", 0) if version >= 5 else b"")
+        out += length(1) + struct.pack(">qq", 77, 3) + tags  # one aborted transaction
+        if version >= 11:
+            out += struct.pack(">i", -1)
+        out += length(-1) if records is None else length(len(records)) + records
+        out += tags
+    return out + tags + tags
+
+
+@pytest.mark.parametrize("version", [4, 11, 12, 15, 16])
+def test_fetch_wait_and_records_are_read_from_fetch_frames(version):
+    import struct
+
+    from streaming.broker_proxy import fetch_max_wait_offset, fetch_response_has_records
+
+    frame = _fetch_request(version, 5_000)
+    pos = fetch_max_wait_offset(frame)
+    assert struct.unpack_from(">ii", frame, pos) == (5_000, 1)
+    assert fetch_max_wait_offset(_join_frame(5, 45_000)) is None
+    assert fetch_response_has_records(_fetch_response(version, [(0, None), (0, b"")]), version) is False
+    assert fetch_response_has_records(_fetch_response(version, [(0, b""), (0, b"batch")]), version) is True
+    assert fetch_response_has_records(_fetch_response(version, [(0, None), (6, None)]), version) is True
+    assert fetch_response_has_records(_fetch_response(version, [(0, None)])[:-9], version) is None  # cut short
+    assert fetch_response_has_records(_fetch_response(version, [(0, None)]), 17) is None  # unknown layout
+
+
+@pytest.mark.parametrize("version", [3, 8, 9, 10])
+def test_produce_requests_say_whether_they_are_transactional_and_acked(version):
+    import struct
+
+    from streaming.broker_proxy import produce_kind
+
+    def frame(txn: str | None, acks: int) -> bytes:
+        head = struct.pack(">hhi", 0, version, 4) + struct.pack(">h", -1)
+        if version >= 9:
+            head += b"\x00"
+            txn_field = bytes([0 if txn is None else len(txn) + 1]) + (txn or "").encode()
+        else:
+            txn_field = struct.pack(">h", -1 if txn is None else len(txn)) + (txn or "").encode()
+        return head + txn_field + struct.pack(">hi", acks, 30_000)
+
+    assert produce_kind(frame(None, -1)) == (False, -1)
+    assert produce_kind(frame("normalizer-0", -1)) == (True, -1)
+    assert produce_kind(frame(None, 0)) == (False, 0)
+    assert produce_kind(_fetch_request(11, 500)) is None
+
+
+def test_an_idle_consumer_with_a_long_fetch_wait_gets_records_when_they_are_written(kafka_broker):
+    """The proxy holds an idle consumer's fetch (up to the client's own fetch.wait.max.ms,
+    here 20 s) and releases it when a write completes, plain or transactional: records
+    arrive long before the wait would have run out."""
+    topic = f"test.hold.{uuid.uuid4().hex[:12]}"
+    create_topics(admin_client(kafka_broker.bootstrap), {topic: TopicSpec(3, HOUR_MS)}, replication_factor=1)
+    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": f"hold-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 20_000,
+                         "isolation.level": "read_committed"})
+    consumer.subscribe([topic])
+    plain = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    txn = Producer({"bootstrap.servers": kafka_broker.bootstrap, "transactional.id": f"hold-{uuid.uuid4().hex}"})
+    txn.init_transactions(30)
+    try:
+        settle = time.monotonic() + 8  # joined, and its fetches are being held
+        while time.monotonic() < settle:
+            assert consumer.poll(0.5) is None
+        for write in ("plain", "transactional"):
+            if write == "plain":
+                plain.produce(topic, key=b"k", value=b"plain")
+                assert plain.flush(10) == 0
+            else:
+                txn.begin_transaction()
+                txn.produce(topic, key=b"k", value=b"transactional")
+                txn.commit_transaction(30)
+            written = time.monotonic()
+            msg = None
+            while msg is None and time.monotonic() - written < 10:
+                msg = consumer.poll(0.1)
+                msg = msg if msg is not None and msg.error() is None else None
+            assert msg is not None and msg.value() == write.encode(), f"{write} record not delivered within 10 s"
+            idle = time.monotonic() + 3  # its next fetches are held again
+            while time.monotonic() < idle:
+                assert consumer.poll(0.5) is None
+    finally:
+        consumer.close()
