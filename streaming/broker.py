@@ -24,6 +24,8 @@ from typing import Self
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from streaming import broker_store
+
 LOCAL_HOST = "127.0.0.1"
 MEMORY_STORAGE = "memory://tansu/"
 CLUSTER_ID = "ticklake"
@@ -159,7 +161,12 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 class EmbeddedBroker:
-    """One Tansu broker process on 127.0.0.1 with memory storage.
+    """One Tansu broker process on 127.0.0.1, with memory storage or, given `data_dir`,
+    persistent storage in that directory.
+
+    `data_dir`: the proxy serves the directory to Tansu as S3 storage
+    (streaming/broker_store.py) and restarts Tansu when it crashes, so topics, records and
+    committed offsets survive both a crash and a stop/start on the same directory.
 
     By default clients reach it through streaming/broker_proxy.py, which owns the Tansu
     process and caps the session timeout of every JoinGroup at `max_session_timeout_ms`,
@@ -179,13 +186,21 @@ class EmbeddedBroker:
                  storage_engine: str = MEMORY_STORAGE, cluster_id: str = CLUSTER_ID,
                  startup_timeout: float = 30.0, binary: str | None = None,
                  env: dict[str, str] | None = None, die_with_parent: bool = True,
-                 max_session_timeout_ms: int | None = DEFAULT_MAX_SESSION_TIMEOUT_MS):
+                 max_session_timeout_ms: int | None = DEFAULT_MAX_SESSION_TIMEOUT_MS,
+                 data_dir: str | os.PathLike[str] | None = None):
+        if data_dir is not None and max_session_timeout_ms is None:
+            raise BrokerError("persistent storage (data_dir) is served by the broker proxy; "
+                              "it cannot be combined with the bare broker")
         self.host = host
         self.port = port
         self.max_session_timeout_ms = max_session_timeout_ms
         #: where Tansu itself listens when the proxy fronts it (chosen at start)
         self.upstream_port: int | None = None
-        self.storage_engine = storage_engine
+        #: directory of the broker's persistent storage (None: memory, lost on stop)
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        #: where the proxy serves that storage to the broker (chosen at start)
+        self.store_port: int | None = None
+        self.storage_engine = broker_store.storage_url() if data_dir is not None else storage_engine
         self.cluster_id = cluster_id
         self.startup_timeout = startup_timeout
         self.binary = binary
@@ -220,10 +235,12 @@ class EmbeddedBroker:
                  "--storage-engine", self.storage_engine]
         if self.max_session_timeout_ms is None:
             return tansu
+        store = ([] if self.data_dir is None else
+                 ["--store-dir", str(self.data_dir), "--store-port", str(self.store_port)])
         return [sys.executable, "-m", "streaming.broker_proxy",
                 "--listen", f"{self.host}:{self.port}",
                 "--upstream", f"{self.host}:{self.upstream_port}",
-                "--max-session-timeout-ms", str(self.max_session_timeout_ms), "--", *tansu]
+                "--max-session-timeout-ms", str(self.max_session_timeout_ms), *store, "--", *tansu]
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -240,6 +257,11 @@ class EmbeddedBroker:
             self.upstream_port = find_free_port(self.host)
             while self.upstream_port == self.port:
                 self.upstream_port = find_free_port(self.host)
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.store_port = find_free_port(self.host)
+            while self.store_port in (self.port, self.upstream_port):
+                self.store_port = find_free_port(self.host)
         if self.log_path is None:
             self._own_log_dir = tempfile.mkdtemp(prefix="ticklake-broker-")
             self.log_path = Path(self._own_log_dir) / "broker.log"

@@ -33,6 +33,13 @@ it starts the broker binary given after `--`, ends it when it is told to stop (S
 SIGINT) or dies (PR_SET_PDEATHSIG), and exits with the broker's exit code when the broker
 exits, so "the broker process" keeps one PID and one meaning for its supervisors.
 
+With `--store-dir` the proxy also serves the broker's storage (streaming/broker_store.py,
+an S3-compatible server over that directory, in this event loop) and supervises the broker:
+a broker that crashes after it had answered is started again on the same ports and storage
+(at most MAX_RESTARTS per RESTART_WINDOW_S), so a kill -9 of the broker loses neither topics
+nor offsets and clients reconnect to the same address. Without persistent storage a restart
+would bring back an empty broker, so a memory broker's exit still ends the proxy.
+
     python -m streaming.broker_proxy --listen 127.0.0.1:9092 --upstream 127.0.0.1:19092 \
         --max-session-timeout-ms 6000 -- tansu broker ...
 """
@@ -43,10 +50,12 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import struct
 import subprocess
 import sys
+import time
 
 PRODUCE = 0
 FETCH = 1
@@ -419,7 +428,28 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-async def _main(listen: tuple[str, int], upstream: tuple[str, int], max_ms: int, cmd: list[str]) -> int:
+#: A broker that exits after it had answered is restarted (same command, ports and storage);
+#: more than this many restarts within RESTART_WINDOW_S means it cannot stay up: give up.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+
+
+async def _port_open(addr: tuple[str, int]) -> bool:
+    try:
+        _r, w = await asyncio.wait_for(asyncio.open_connection(*addr), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    w.close()
+    return True
+
+
+def _spawn(cmd: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    # A plain Popen (not asyncio's): the child must not depend on this loop's child watcher.
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+
+async def _main(listen: tuple[str, int], upstream: tuple[str, int], max_ms: int, cmd: list[str],
+                store_dir: str | None = None, store_port: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -428,12 +458,40 @@ async def _main(listen: tuple[str, int], upstream: tuple[str, int], max_ms: int,
     clock = WriteClock()
     server = await asyncio.start_server(lambda r, w: _serve_client(r, w, upstream, max_ms, clock),
                                         listen[0], listen[1], reuse_address=True)
-    # A plain Popen (not asyncio's): the child must not depend on this loop's child watcher.
-    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: ASYNC220, PLW1509
+    env = None
+    store = None
+    if store_dir is not None and store_port is not None:
+        from streaming import broker_store
+
+        store = await broker_store.start_server(store_dir, listen[0], store_port)
+        env = {**os.environ, **broker_store.client_env(f"http://{listen[0]}:{store_port}")}
+    child = _spawn(cmd, env)
+    ready = False
+    restarts: list[float] = []
     try:
-        while not stop.is_set() and child.poll() is None:
+        while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
+            if stop.is_set():
+                break
+            if child.poll() is None:
+                ready = ready or await _port_open(upstream)
+                continue
+            # The broker exited without being told to. Before it ever answered, that is a
+            # failed start (taken port, bad storage): exit with its code, as before. After,
+            # it crashed: start it again on the same ports and storage, and clients (which
+            # reconnect to this proxy by themselves) find their topics and offsets again.
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW_S]
+            if not ready or store is None or len(restarts) >= MAX_RESTARTS:
+                break
+            restarts.append(now)
+            print(f"broker proxy: broker exited with code {child.returncode}; restarting it "
+                  f"({len(restarts)} restart(s) in the last {RESTART_WINDOW_S:.0f} s)",
+                  file=sys.stderr, flush=True)
+            await asyncio.sleep(0.5)
+            child = _spawn(cmd, env)
+            ready = False
     finally:
         server.close()
         if child.poll() is None:
@@ -443,6 +501,8 @@ async def _main(listen: tuple[str, int], upstream: tuple[str, int], max_ms: int,
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        if store is not None:
+            store.close()
     return child.returncode if child.returncode and child.returncode > 0 else 0
 
 
@@ -462,12 +522,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--listen", type=_hostport, required=True)
     ap.add_argument("--upstream", type=_hostport, required=True)
     ap.add_argument("--max-session-timeout-ms", type=int, default=DEFAULT_MAX_SESSION_TIMEOUT_MS)
+    ap.add_argument("--store-dir", help="serve the broker's S3 storage from this directory "
+                    "(streaming/broker_store.py); the broker is then restarted when it crashes")
+    ap.add_argument("--store-port", type=int, help="port of that store on the listen host")
     a = ap.parse_args(argv[:split])
     cmd = argv[split + 1:]
     if not cmd:
         ap.error("no broker command after --")
     try:
-        return asyncio.run(_main(a.listen, a.upstream, a.max_session_timeout_ms, cmd))
+        return asyncio.run(_main(a.listen, a.upstream, a.max_session_timeout_ms, cmd,
+                                 a.store_dir, a.store_port))
     except OSError as exc:  # e.g. the listening port is taken
         print(f"broker proxy: {exc}", file=sys.stderr)
         return 1
