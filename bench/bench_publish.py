@@ -274,6 +274,13 @@ def show(title: str, base: dict, other: dict, unit: str) -> None:
     ratio = (other["n"] / other["s"]) / (base["n"] / base["s"])
     ratio_cpu = (other["n"] / other["cpu"]) / (base["n"] / base["cpu"])
     print(f"  ratio (measured / baseline): {ratio:.2f}x throughput, {ratio_cpu:.2f}x per cpu-second\n")
+    from figures import emit
+
+    what = title.split(",")[0].split(" (")[0].lstrip("0123456789. ")
+    emit(f"{what}: {other['name']}", other["n"] / other["s"], f"{unit}/s", base["name"], base["n"] / base["s"])
+    if base["cpu"] and other["cpu"]:
+        emit(f"{what} per cpu-second: {other['name']}", other["n"] / other["cpu"], f"{unit}/cpu-s", base["name"],
+             base["n"] / base["cpu"])
 
 
 def main(argv: list[str] | None = None) -> int:
