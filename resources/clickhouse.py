@@ -11,7 +11,7 @@ server, at the same time: no step holds or waits for the engine, hence no Dagste
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 from urllib.parse import urlparse
 
 import clickhouse_connect
@@ -20,6 +20,9 @@ from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
 from resources.home import resolve_home
+from resources.secrets import SecretsResource
+
+CLICKHOUSE_PASSWORD_ENV = "TICKLAKE_CLICKHOUSE_PASSWORD"
 
 __all__ = ["ClickHouseResource", "LocalClickHouseNotRunning", "get_client"]
 
@@ -54,6 +57,14 @@ class ClickHouseResource(dg.ConfigurableResource):
     dsn: str | None = Field(default=None, description="http(s)://[user@]host:port[/db]; unset: the local "
                                                       "ClickHouse server `ticklake up` started for $TICKLAKE_HOME")
     password: str | None = Field(default=None, description="secret for a server DSN: only through dg.EnvVar")
+    # Optional[...] rather than `| None`: Dagster resolves nested resource annotations at runtime.
+    secrets: Optional[SecretsResource] = Field(  # noqa: UP045
+        default=None, description=f"where an unset password comes from (${CLICKHOUSE_PASSWORD_ENV}, then Secrets Manager)")
+
+    def resolved_password(self) -> str | None:
+        if self.password or self.secrets is None:
+            return self.password
+        return self.secrets.get(CLICKHOUSE_PASSWORD_ENV)
 
     def resolved_dsn(self) -> str:
         """The configured DSN, else the local server's, resolved at use time (so a step
@@ -69,4 +80,4 @@ class ClickHouseResource(dg.ConfigurableResource):
         return dsn
 
     def get_client(self) -> Client:
-        return get_client(self.resolved_dsn(), self.password)
+        return get_client(self.resolved_dsn(), self.resolved_password())

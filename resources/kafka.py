@@ -3,17 +3,19 @@
 The resource only holds *where* and *how to authenticate*; every producer/consumer
 setting comes from streaming/kafka_config.py so a service launched by Dagster and the
 same processor run from a test behave identically. Secrets reach the fields through
-dg.EnvVar (see resources/profiles.py) and are never part of run config.
+dg.EnvVar (see resources/profiles.py), or, with `secrets` set, from the environment or AWS
+Secrets Manager at use time (resources/secrets.py); they are never part of run config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 import dagster as dg
 from pydantic import Field
 
+from resources.secrets import SecretsResource
 from streaming import kafka_config as kc
 
 
@@ -30,14 +32,20 @@ class KafkaResource(dg.ConfigurableResource):
     sasl_password: str | None = Field(default=None, description="secret: only through dg.EnvVar")
     ssl_ca_location: str | None = Field(default=None, description="CA bundle path for SSL/SASL_SSL")
     client_id: str | None = Field(default=None, description="client.id prefix shown in broker logs")
+    # Optional[...] rather than `| None`: Dagster resolves nested resource annotations at runtime.
+    secrets: Optional[SecretsResource] = Field(  # noqa: UP045
+        default=None, description="where unset SASL credentials come from (environment, then Secrets Manager)")
+
+    def _secret(self, value: str | None, name: str) -> str | None:
+        return value or (self.secrets.get(name) if self.secrets is not None else None)
 
     def connection(self) -> kc.KafkaConnection:
         return kc.connection_from_env(
             bootstrap_servers=self.bootstrap_servers,
             security_protocol=self.security_protocol,
             sasl_mechanism=self.sasl_mechanism,
-            sasl_username=self.sasl_username,
-            sasl_password=self.sasl_password,
+            sasl_username=self._secret(self.sasl_username, kc.KAFKA_SASL_USERNAME_ENV),
+            sasl_password=self._secret(self.sasl_password, kc.KAFKA_SASL_PASSWORD_ENV),
             ssl_ca_location=self.ssl_ca_location,
             client_id=self.client_id,
         )

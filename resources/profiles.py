@@ -14,7 +14,9 @@ aws environment (names are the contract with deploy/env.example):
             TICKLAKE_KAFKA_SASL_MECHANISM (default SCRAM-SHA-512), TICKLAKE_KAFKA_SASL_USERNAME and
             TICKLAKE_KAFKA_SASL_PASSWORD (required with SASL), TICKLAKE_KAFKA_SSL_CA_LOCATION,
             TICKLAKE_CLICKHOUSE_PASSWORD, TICKLAKE_SPARK_MASTER (default yarn),
-            TICKLAKE_S3_ENDPOINT (S3-compatible stores and moto only)
+            TICKLAKE_S3_ENDPOINT (S3-compatible stores and moto only),
+            TICKLAKE_SECRETS_TAG (Secrets Manager tag: the SASL credentials and ClickHouse
+            password come from the environment, else the tagged secret named like the variable)
 AWS credentials come from the default chain (IRSA / instance role), never from here.
 """
 
@@ -28,10 +30,11 @@ import dagster as dg
 
 from resources.artifacts import ArtifactStoreResource
 from resources.bulk import BulkHistoryResource
-from resources.clickhouse import ClickHouseResource
+from resources.clickhouse import CLICKHOUSE_PASSWORD_ENV, ClickHouseResource
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
+from resources.secrets import SECRETS_TAG_ENV, SecretsResource
 from resources.spark import SparkResource
 from streaming import kafka_config as kc
 
@@ -46,7 +49,6 @@ CATALOG_WAREHOUSE_ENV = "TICKLAKE_CATALOG_WAREHOUSE"
 CATALOG_GLUE_ID_ENV = "TICKLAKE_CATALOG_GLUE_ID"
 S3_ENDPOINT_ENV = "TICKLAKE_S3_ENDPOINT"
 CLICKHOUSE_DSN_ENV = "TICKLAKE_CLICKHOUSE_DSN"
-CLICKHOUSE_PASSWORD_ENV = "TICKLAKE_CLICKHOUSE_PASSWORD"
 SPARK_MASTER_ENV = "TICKLAKE_SPARK_MASTER"
 ARTIFACTS_ENV = "TICKLAKE_ARTIFACTS"
 
@@ -93,14 +95,19 @@ def aws_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     env = os.environ if env is None else env
     protocol = env.get(kc.KAFKA_SECURITY_PROTOCOL_ENV) or "SASL_SSL"
     sasl = protocol.upper().startswith("SASL_")
+    # With a Secrets Manager tag, credentials are read at use time (environment first, then the
+    # tagged secret of the variable's name); without it they are required dg.EnvVar references.
+    secrets = (SecretsResource(secrets_tag=env[SECRETS_TAG_ENV], region_name=dg.EnvVar(AWS_REGION_ENV))
+               if env.get(SECRETS_TAG_ENV) else None)
     kafka = KafkaResource(
         bootstrap_servers=dg.EnvVar(kc.KAFKA_BOOTSTRAP_ENV),
         security_protocol=protocol,
         sasl_mechanism=(env.get(kc.KAFKA_SASL_MECHANISM_ENV) or "SCRAM-SHA-512") if sasl else None,
-        sasl_username=dg.EnvVar(kc.KAFKA_SASL_USERNAME_ENV) if sasl else None,
-        sasl_password=dg.EnvVar(kc.KAFKA_SASL_PASSWORD_ENV) if sasl else None,
+        sasl_username=dg.EnvVar(kc.KAFKA_SASL_USERNAME_ENV) if sasl and secrets is None else None,
+        sasl_password=dg.EnvVar(kc.KAFKA_SASL_PASSWORD_ENV) if sasl and secrets is None else None,
         ssl_ca_location=_optional_env(kc.KAFKA_SSL_CA_LOCATION_ENV, env),
         client_id="ticklake",
+        secrets=secrets,
     )
     lake = LakeResource(
         catalog_type=env.get(CATALOG_TYPE_ENV) or "rest",
@@ -115,7 +122,8 @@ def aws_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         KAFKA: kafka,
         LAKE: lake,
         CLICKHOUSE: ClickHouseResource(dsn=dg.EnvVar(CLICKHOUSE_DSN_ENV),
-                                       password=_optional_env(CLICKHOUSE_PASSWORD_ENV, env)),
+                                       password=None if secrets else _optional_env(CLICKHOUSE_PASSWORD_ENV, env),
+                                       secrets=secrets),
         SPARK: SparkResource(master=_optional_env(SPARK_MASTER_ENV, env) or "yarn",
                              shuffle_partitions=200, driver_memory=None, ui_enabled=True),
         ARTIFACTS: ArtifactStoreResource(root=dg.EnvVar(ARTIFACTS_ENV),
