@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 PROMETHEUS = "prometheus"
-SCRAPE_INTERVAL = "5s"
+#: Generous for a laptop-sized machine: a service busy at replay speed max can take seconds
+#: to answer a scrape (GIL), and a failed scrape loses the sample.
+SCRAPE_INTERVAL = "10s"
+SCRAPE_TIMEOUT = "9s"
 STATE_FILE = "prometheus.json"
 
 
@@ -38,7 +41,8 @@ def prometheus_dir(run_dir: Path) -> Path:
 def config_text(targets_dir: Path, rules: Path) -> str:
     """prometheus.yml for the local stack (YAML is a superset of JSON: no YAML writer needed)."""
     cfg = {
-        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": "15s"},
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_TIMEOUT,
+                   "evaluation_interval": "15s"},
         "rule_files": [str(rules / "*.yml")],
         "scrape_configs": [{
             "job_name": "ticklake",

@@ -8,10 +8,12 @@ it). Conventions: `ticklake_` prefix, the unit in the name (`_seconds`, `_bytes`
 exchange, market, topic, partition, table, egress ip, reason code. Symbol labels appear only
 where the shard config bounds them (book resyncs).
 
-Two families are computed when Prometheus scrapes, not in the hot path: consumer lag per
+Two families are computed because Prometheus scrapes, not in the hot path: consumer lag per
 partition (each consuming service registers a provider that reads its consumer's positions
 and the high watermarks its fetches report) and sealed-hour freshness (read from the lake
-catalog, cached). An idle service therefore pays nothing for them between scrapes.
+catalog). A scrape starts their refresh in a background thread and waits at most a second
+for it, else serves the previous values: a busy consumer or a locked catalog never hangs the
+scrape. Without scrapes nothing runs, so an idle service pays nothing for them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -127,12 +130,57 @@ LagSample = tuple[str, int, int]          # topic, partition, records behind
 LagProvider = Callable[[], Iterable[LagSample]]
 
 
+class Refreshed:
+    """A value computed off the caller's thread: `get()` starts a refresh when the value is
+    older than `ttl_s` (one at a time), waits up to `wait_s` for it, and returns the newest
+    value it has."""
+
+    def __init__(self, compute: Callable[[], Any], initial: Any, ttl_s: float = 0.0, wait_s: float = 1.0):
+        self.compute, self.value, self.ttl_s, self.wait_s = compute, initial, ttl_s, wait_s
+        self._at = -1e18
+        self._running: threading.Event | None = None
+        self._lock = threading.Lock()
+
+    def _run(self, done: threading.Event) -> None:
+        try:
+            self.value = self.compute()
+            self._at = time.monotonic()
+        except Exception:  # keep the last value; the next get() tries again
+            log.debug("metrics refresh failed", exc_info=True)
+        finally:
+            with self._lock:
+                self._running = None
+            done.set()
+
+    def get(self) -> Any:
+        with self._lock:
+            done = self._running
+            if done is None and time.monotonic() - self._at >= self.ttl_s:
+                done = self._running = threading.Event()
+                threading.Thread(target=self._run, args=(done,), name="metrics-refresh", daemon=True).start()
+        if done is not None:
+            done.wait(self.wait_s)
+        return self.value
+
+
 class _LagCollector(Collector):
     """ticklake_consumer_lag_records{service,topic,partition} from registered providers."""
 
     def __init__(self) -> None:
         self._providers: dict[str, LagProvider] = {}
         self._lock = threading.Lock()
+        self._values = Refreshed(self._compute, [])
+
+    def _compute(self) -> list[tuple[str, str, int, int]]:
+        with self._lock:
+            providers = list(self._providers.items())
+        out = []
+        for service, provider in providers:
+            try:
+                out += [(service, topic, part, lag) for topic, part, lag in provider()]
+            except Exception:  # a closing consumer must not break the others
+                log.debug("lag provider of %s failed", service, exc_info=True)
+        return out
 
     def register(self, service: str, provider: LagProvider) -> None:
         with self._lock:
@@ -150,13 +198,10 @@ class _LagCollector(Collector):
         fam = GaugeMetricFamily(CONSUMER_LAG_NAME, "Records in a partition not yet consumed and committed",
                                 labels=["service", "topic", "partition"])
         with self._lock:
-            providers = list(self._providers.items())
-        for service, provider in providers:
-            try:
-                for topic, part, lag in provider():
-                    fam.add_metric([service, topic, str(part)], float(lag))
-            except Exception:
-                log.debug("lag provider of %s failed", service, exc_info=True)
+            live = set(self._providers)
+        for service, topic, part, lag in self._values.get():
+            if service in live:
+                fam.add_metric([service, topic, str(part)], float(lag))
         yield fam
 
 
@@ -192,13 +237,12 @@ class _SealedHourCollector(Collector):
 
     def __init__(self, ttl_s: float = 60.0) -> None:
         self.ttl_s = ttl_s
-        self._source: Callable[[], dict[str, float | None]] | None = None
-        self._cache: tuple[float, dict[str, float | None]] = (0.0, {})
+        self._values: Refreshed | None = None
         self._lock = threading.Lock()
 
     def set_source(self, source: Callable[[], dict[str, float | None]] | None) -> None:
         with self._lock:
-            self._source, self._cache = source, (0.0, {})
+            self._values = None if source is None else Refreshed(source, {}, ttl_s=self.ttl_s)
 
     def describe(self):
         return [GaugeMetricFamily(SEALED_HOUR_NAME, "Start of the newest sealed hour of a lake table, unix s",
@@ -208,13 +252,8 @@ class _SealedHourCollector(Collector):
         fam = GaugeMetricFamily(SEALED_HOUR_NAME, "Start of the newest sealed hour of a lake table, unix s",
                                 labels=["table"])
         with self._lock:
-            source, (at, values) = self._source, self._cache
-            if source is not None and time.monotonic() - at >= self.ttl_s:
-                try:
-                    values = source()
-                except Exception:
-                    log.debug("sealed-hour source failed", exc_info=True)
-                self._cache = (time.monotonic(), values)
+            refreshed = self._values
+        values = refreshed.get() if refreshed is not None else {}
         for table, ts in sorted(values.items()):
             if ts is not None:
                 fam.add_metric([table], ts)

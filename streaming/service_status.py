@@ -43,6 +43,8 @@ SERVICES_SUBDIR = Path("run") / "services"
 TARGETS_SUBDIR = Path("run") / "prometheus" / "targets"
 #: A service with records waiting that consumed nothing for this long is stuck.
 STUCK_AFTER_S = 180.0
+#: How long `ticklake status` waits for one service's /metrics.
+SCRAPE_TIMEOUT_S = 15.0
 
 _server_lock = threading.Lock()
 _server_port: int | None = None
@@ -244,36 +246,45 @@ def judge(record: dict[str, Any], samples: dict[str, list[tuple[dict, float]]] |
     if samples is None:
         out.update(healthy=False, problem=f"metrics endpoint not answering: {scrape_error}")
         return out
-    lags = [v for labels, v in samples.get(m.CONSUMER_LAG_NAME, []) if labels.get("service") == service]
+    lags = [v for _labels, v in samples.get(m.CONSUMER_LAG_NAME, [])]
     out["lag"] = int(sum(lags)) if lags else None
-    last = [v for labels, v in samples.get(m.LAST_RECORD._name, []) if labels.get("service") == service]
+    # One record per partition may be a transaction marker the position never passes (the
+    # upstream producers are transactional): only more than that counts as waiting input.
+    waiting = int(sum(v for v in lags if v > 1))
+    # One service per process: every sample of the scrape is this service's.
+    last = [v for _labels, v in samples.get(m.LAST_RECORD._name, []) if v > 0]
     started = [v for labels, v in samples.get(m.SERVICE_START_TIME._name, []) if labels.get("service") == service]
-    if last and last[0] > 0:
-        out["last_record_age_s"] = round(now - last[0], 1)
+    if last:
+        out["last_record_age_s"] = round(now - max(last), 1)
     since = out["last_record_age_s"] if out["last_record_age_s"] is not None else (
         now - started[0] if started else None)
-    if out["lag"] and since is not None and since > STUCK_AFTER_S:
+    if waiting and since is not None and since > STUCK_AFTER_S:
         out.update(healthy=False, problem=f"stuck: {out['lag']} records behind and nothing consumed for "
                                           f"{since:.0f}s")
     return out
 
 
 def service_health(home: str | Path | None = None, now: float | None = None) -> list[dict[str, Any]]:
-    """Every recorded service of this home, probed (scrape with a short timeout)."""
-    out = []
-    for path in sorted(services_dir(home).glob("*.json")):
-        record = read_json(path)
-        if not isinstance(record, dict):
-            continue
+    """Every recorded service of this home, probed (scraped in parallel: a service busy at
+    full speed on a loaded machine may take seconds to answer)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    records = [r for r in (read_json(p) for p in sorted(services_dir(home).glob("*.json"))) if isinstance(r, dict)]
+
+    def probe(record: dict[str, Any]) -> dict[str, Any]:
         alive = _alive(record.get("pid"))
         samples, err = None, ""
         if alive and record.get("state") == "running" and record.get("port"):
             try:
-                samples = scrape(int(record["port"]))
+                samples = scrape(int(record["port"]), timeout=SCRAPE_TIMEOUT_S)
             except OSError as exc:
                 err = f"{type(exc).__name__}: {exc}"
-        out.append(judge(record, samples, scrape_error=err, alive=alive, now=now))
-    return out
+        return judge(record, samples, scrape_error=err, alive=alive, now=now)
+
+    if not records:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(records))) as pool:
+        return list(pool.map(probe, records))
 
 
 def clear(home: str | Path | None = None) -> None:

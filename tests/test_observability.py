@@ -144,6 +144,9 @@ def test_health_verdict_lag_without_progress_is_stuck():
     stuck = ss.judge(rec, stale, now=now)
     assert not stuck["healthy"] and stuck["problem"].startswith("stuck")
     assert ss.judge(rec, idle, now=now)["healthy"]             # a quiet venue is not a sick service
+    markers = {m.CONSUMER_LAG_NAME: [({"partition": str(p)}, 1.0) for p in range(5)],
+               m.LAST_RECORD._name: [({"service": "lake-sink"}, now - 9000)]}
+    assert ss.judge(rec, markers, now=now)["healthy"]          # 1 per partition: a trailing txn marker
     assert not ss.judge(rec, None, scrape_error="refused", now=now)["healthy"]
     assert not ss.judge(rec, fresh, alive=False, now=now)["healthy"]
     assert ss.judge({**rec, "state": "stopped"}, None, alive=False, now=now)["healthy"]
