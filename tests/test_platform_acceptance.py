@@ -162,10 +162,18 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
     bybit = bybit_messages()
     assert trades > 0 and bybit == {"snapshot": 1, "delta": 49}
 
-    up = ticklake(home, "up", "--port", str(port), "--replay", str(captures), "--speed", "max")
+    up = ticklake(home, "up", "--port", str(port), "--replay", str(captures), "--speed", "max", "--observe")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         instance = dg.DagsterInstance.from_config(str(ticklake_home.dagster_home))
+
+        # A real Prometheus (--observe) scrapes every service: a non-empty series of each metric
+        # family (a bad raw record makes a dead letter; sealed hours come with the replay).
+        from tests.test_observability import inject_dead_letter, wait_for_every_family
+
+        info = json.loads(ticklake(home, "status", "--json").stdout)
+        inject_dead_letter(info["kafka_bootstrap"])
+        wait_for_every_family(info["prometheus_url"], TIMEOUT_S)
 
         # Nothing but waiting: completion, seals and the automation build everything.
         deadline = time.monotonic() + TIMEOUT_S
@@ -241,6 +249,14 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
         info = json.loads(ticklake(home, "status", "--json").stdout)
         unhealthy = {k: v.get("detail") for k, v in info["services"].items() if not v.get("healthy")}
         assert not unhealthy, unhealthy
+        # ... and each long-running service by its own metrics: answering, not stuck; the
+        # sealed hours per table; the exit code says healthy.
+        assert {h["service"] for h in info["service_health"] if h["state"] == "running"} >= {
+            "normalizer", "feature-processor", "lake-sink", "clickhouse-live", "pragma-publisher"}
+        assert all(h["healthy"] for h in info["service_health"]), info["service_health"]
+        assert info["lake_sealed_hours"]["trades"] is not None
+        assert info["problems"] == [], info["problems"]
+        assert ticklake(home, "status", "--json").returncode == 0
         assert info["services"]["replay"]["complete"] is True
     finally:
         down = ticklake(home, "down")
