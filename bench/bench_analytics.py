@@ -50,8 +50,8 @@ from streaming import feature_spark as fsp
 from streaming.clickhouse_server import LocalClickHouse
 from streaming.lake_seal import read_hour
 from streaming.lake_writer import LakeFileWriter, commit_files
-from tests import analytics_support as a
-from tests.synthetic_events import SyntheticMarket
+from workloads import binance_hour as a
+from workloads.synthetic import SyntheticMarket
 
 
 def best(fn, rounds: int) -> float:

@@ -145,8 +145,8 @@ def bench_sink(n_events: int, root: Path) -> None:
     from streaming.serde import encode
     from streaming.topic_admin import admin_client, create_topics
     from streaming.topic_config import TopicSpec
-    from tests.lake_helpers import topic_of
-    from tests.synthetic_events import SyntheticMarket
+    from tests.support.lake import topic_of
+    from workloads.synthetic import SyntheticMarket
 
     events = SyntheticMarket(seed=3).events(n_events, spacing_us=20_000)
     topics = processed_topics(["binance"], ["spot"])

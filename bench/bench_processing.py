@@ -11,7 +11,7 @@ Prints, from one run on this machine:
     and feature processor running as separate processes as in production, beside the
     seed's SLO (99p ingest -> feature < 2 s).
 
-Input is the synthetic market of tests/synthetic_events.py (three instruments, books and
+Input is the synthetic market of workloads/synthetic.py (three instruments, books and
 trades), stamped with the current time when sent.
 
     python bench/bench_processing.py [--events 60000] [--rates 2000,5000,20000,50000] [--duration 8]
@@ -47,13 +47,8 @@ from streaming.serde import encode
 from streaming.topic_admin import admin_client, create_topics
 from streaming.topic_config import TopicSpec
 from streaming.txn_loop import OutRecord, TransactionalLoop
-from tests.processing_support import (
-    create_project_topics,
-    produce_raw,
-    raw_topic,
-    synthetic_catalog,
-)
-from tests.synthetic_events import SyntheticMarket
+from workloads.kafka import create_project_topics, produce_raw, raw_topic
+from workloads.synthetic import SyntheticMarket, synthetic_catalog
 
 SLO_P99_S = 2.0
 PAIR = [(Market.SPOT, Exchange.BINANCE)]

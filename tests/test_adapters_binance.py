@@ -16,18 +16,13 @@ from collectors.exchanges.binance import (
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
 from schemas.model import EventType, Market
-from tests.adapter_helpers import (
+from tests.support.adapters import Run, book_levels_json, dec, feed, records, same_book
+from workloads.samples import (
     BINANCE_SPOT_CF,
     BINANCE_SPOT_HFT,
     BINANCE_SPOT_TARDIS,
     BINANCE_USDM_CF,
     BINANCE_USDM_TARDIS,
-    Run,
-    book_levels_json,
-    dec,
-    feed,
-    records,
-    same_book,
 )
 
 

@@ -10,17 +10,12 @@ from collectors.capture import WS, Record
 from collectors.exchanges.bybit import BybitAdapter
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import EventType, Market
-from tests.adapter_helpers import (
+from tests.support.adapters import Run, book_levels_json, dec, feed, records, same_book
+from workloads.samples import (
     BYBIT_OB500,
     BYBIT_TARDIS_ALLLIQ,
     BYBIT_TARDIS_DERIV,
     BYBIT_TARDIS_SPOT,
-    Run,
-    book_levels_json,
-    dec,
-    feed,
-    records,
-    same_book,
 )
 
 

@@ -10,16 +10,8 @@ from collectors.capture import WS, Record
 from collectors.exchanges.okx import OkxAdapter, okx_checksum
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import EventType, Market
-from tests.adapter_helpers import (
-    OKX_CF,
-    OKX_TARDIS_FUT,
-    OKX_TARDIS_SPOT,
-    OKX_TARDIS_SWAP,
-    dec,
-    feed,
-    records,
-    same_book,
-)
+from tests.support.adapters import dec, feed, records, same_book
+from workloads.samples import OKX_CF, OKX_TARDIS_FUT, OKX_TARDIS_SPOT, OKX_TARDIS_SWAP
 
 INSTRUMENTS = {"BTC-USD-220527": Market.FUTURE, "UNI-USD-SWAP": Market.PERP, "BTC-USDT": Market.SPOT}
 

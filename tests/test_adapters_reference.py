@@ -20,12 +20,12 @@ from schemas.topics import event_topic
 from streaming.instruments import InstrumentCatalog
 from streaming.normalizer import Normalizer
 from streaming.serde import encode
-from tests.adapter_helpers import (
+from tests.support.adapters import dec
+from workloads.samples import (
     BINANCE_USDM_TARDIS,
     BYBIT_TARDIS_DERIV,
     OKX_TARDIS_SWAP,
     SAMPLES,
-    dec,
 )
 
 OKX_SWAP_BODY = SAMPLES / "reference" / "nautilus_okx_instruments_swap.json"

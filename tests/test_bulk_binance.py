@@ -43,7 +43,7 @@ from streaming.instruments import InstrumentCatalog
 from streaming.lake_writer import LakeFileWriter, commit_files
 from streaming.normalizer import Normalizer
 from streaming.serde import encode
-from tests.bulk_server import FileServer
+from tests.support.bulk_server import FileServer
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
 warnings.filterwarnings("ignore", category=getattr(dg, "BetaWarning", Warning))
@@ -614,7 +614,7 @@ def test_stream_and_bulk_cover_a_day_once_through_the_real_sink(archive, tmp_pat
     from streaming import kafka_config as kc
     from streaming.broker import EmbeddedBroker
     from streaming.lake_sink import LakeSink, SinkConfig
-    from tests.lake_helpers import (
+    from tests.support.lake import (
         create_sink_topics,
         open_home_catalog,
         produce,

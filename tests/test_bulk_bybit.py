@@ -27,7 +27,7 @@ from resources.lake import LakeResource
 from schemas.model import EventType, Exchange, Market
 from schemas.tables import TABLES
 from streaming.instruments import InstrumentCatalog
-from tests.bulk_server import FileServer
+from tests.support.bulk_server import FileServer
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
 warnings.filterwarnings("ignore", category=getattr(dg, "BetaWarning", Warning))

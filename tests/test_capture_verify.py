@@ -21,7 +21,7 @@ from collectors.capture import (
     seconds_to_us,
 )
 from schemas.model import Exchange
-from tests.adapter_helpers import (
+from workloads.samples import (
     BINANCE_SPOT_CF,
     BINANCE_SPOT_HFT,
     BINANCE_SPOT_TARDIS,

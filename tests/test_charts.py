@@ -30,7 +30,7 @@ from resources.artifacts import (
 )
 from resources.home import resolve_home
 from schemas.symbols import SymbolError
-from tests import analytics_support as a
+from workloads import binance_hour as a
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
 H = a.CAPTURE_HOUR

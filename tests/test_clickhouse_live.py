@@ -35,8 +35,9 @@ from streaming.clickhouse_live import ClickHouseLive, live_topics
 from streaming.dlq import parse_dead_letter
 from streaming.topic_admin import admin_client, create_topics
 from streaming.topic_config import TopicSpec
-from tests import processing_support as ps
-from tests.synthetic_events import SyntheticMarket
+from tests.support import processing as ps
+from workloads.kafka import connection, produce
+from workloads.synthetic import SyntheticMarket
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
 
@@ -71,9 +72,9 @@ def test_rows_land_once_and_bad_records_go_to_the_dlq(kafka_broker, ch_res, db):
     items += items[:7]                                               # replayed / aborted copies
     bad_symbol = dict(rows[0], symbol="btc/usdt")
     items += [(topic, b"x", b"{not json", None), (topic, b"x", encode_row(bad_symbol), None), (topic, b"x", b"[1,2]", None)]
-    ps.produce(kafka_broker.bootstrap, items)
+    produce(kafka_broker.bootstrap, items)
 
-    conn = ps.connection(kafka_broker.bootstrap)
+    conn = connection(kafka_broker.bootstrap)
     client = ch_res.get_client()
     live = ClickHouseLive(conn, client, [topic], database=db, group_id=f"g-{topic}", session_timeout_ms=2000)
     stats = live.run(idle_exit_s=4.0)
@@ -105,7 +106,7 @@ def test_service_job_runs_the_consumer(kafka_broker, ch_res, db):
     rows = [r for r in _feature_rows()][:5]
     for r in rows:
         r["exchange"], r["market"], r["symbol"] = "okx", "perp", "BTC-USDT-PERP"
-    ps.produce(kafka_broker.bootstrap, [(topics[0], b"BTC-USDT-PERP", encode_row(r), None) for r in rows])
+    produce(kafka_broker.bootstrap, [(topics[0], b"BTC-USDT-PERP", encode_row(r), None) for r in rows])
     result = clickhouse_live_service.execute_in_process(
         run_config={"ops": {"run_clickhouse_live": {"config": {
             "exchanges": ["okx"], "markets": ["perp"], "database": db, "idle_exit_s": 4.0, "ttl_days": 3650, "session_timeout_ms": 2000}}}},

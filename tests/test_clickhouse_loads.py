@@ -23,9 +23,7 @@ import pyarrow.compute as pc
 import pytest
 
 from assets.batch_features import features_1s
-from assets.clickhouse_loads import (
-    assets as ch_assets,
-)
+from assets.clickhouse_loads import CLICKHOUSE_ASSETS
 from features.compute import compute_features
 from features.inputs import events_from_envelopes
 from features.records import encode_row, table_rows
@@ -39,9 +37,9 @@ from streaming.lake_seal import read_hour
 from streaming.lake_writer import LakeFileWriter, commit_files
 from streaming.topic_admin import admin_client, create_topics
 from streaming.topic_config import TopicSpec
-from tests import analytics_support as a
-from tests import processing_support as ps
-from tests.synthetic_events import SyntheticMarket
+from workloads import binance_hour as a
+from workloads.kafka import connection, produce
+from workloads.synthetic import SyntheticMarket
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
 DB = "tl_test"
@@ -56,8 +54,8 @@ def env(tmp_path_factory, clickhouse_server):
 
 
 def run(lake, ch, partition: str, selection=None, config: dict | None = None) -> dg.ExecuteInProcessResult:
-    defs = [features_1s, *ch_assets]
-    keys = selection or [k for d in ch_assets for k in d.keys]
+    defs = [features_1s, *CLICKHOUSE_ASSETS]
+    keys = selection or [k for d in CLICKHOUSE_ASSETS for k in d.keys]
     cfg = {"ops": {"__".join(k.path): {"config": {"database": DB, **(config or {})}}
                    for k in keys if k.path[0] == "clickhouse" or k.path[-1] == "bars_1m"}}
     res = dg.materialize(defs, partition_key=partition, resources={"lake": lake.lake, "clickhouse": ch},
@@ -196,7 +194,7 @@ def test_unsealed_hours_are_refused(env):
     late = late.set_column(0, "event_id", pa.array(["late-arrival"], pa.string()))
     commit_files(table, LakeFileWriter(table).write(late), {"writer": "test"})   # a micro-batch after sealing
     sel = [dg.AssetKey(["clickhouse", "trades"])]
-    res = dg.materialize([features_1s, *ch_assets], partition_key=H_NEXT, selection=sel,
+    res = dg.materialize([features_1s, *CLICKHOUSE_ASSETS], partition_key=H_NEXT, selection=sel,
                          resources={"lake": lake.lake, "clickhouse": ch}, raise_on_error=False,
                          run_config={"ops": {"clickhouse__trades": {"config": {"database": DB}}}})
     assert not res.success
@@ -248,7 +246,7 @@ def test_live_consumer_hourly_load_and_user_client_at_the_same_time(env, kafka_b
 
     def consume() -> None:
         try:
-            live = ClickHouseLive(ps.connection(kafka_broker.bootstrap), ch.get_client(), [topic], database=db,
+            live = ClickHouseLive(connection(kafka_broker.bootstrap), ch.get_client(), [topic], database=db,
                                   group_id=f"g-{topic}", session_timeout_ms=2000, batch_max_ms=100)
             live.start()
             try:
@@ -260,11 +258,11 @@ def test_live_consumer_hourly_load_and_user_client_at_the_same_time(env, kafka_b
         except BaseException as exc:  # noqa: BLE001 - reported by the test thread
             errors.append(exc)
 
-    def produce() -> None:
+    def producer() -> None:
         """Half the rows before the load, the rest in small batches for as long as it runs."""
         try:
             def send(part: list[dict]) -> None:
-                ps.produce(kafka_broker.bootstrap, [(topic, r["symbol"].encode(), encode_row(r), None) for r in part])
+                produce(kafka_broker.bootstrap, [(topic, r["symbol"].encode(), encode_row(r), None) for r in part])
 
             half = len(rows) // 2
             send(rows[:half])
@@ -281,7 +279,7 @@ def test_live_consumer_hourly_load_and_user_client_at_the_same_time(env, kafka_b
     stop_file = tmp_path / "stop"
     user = subprocess.Popen([sys.executable, "-c", USER_CLIENT, clickhouse_server.dsn, db, str(stop_file)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    threads = [threading.Thread(target=consume), threading.Thread(target=produce)]
+    threads = [threading.Thread(target=consume), threading.Thread(target=producer)]
     for t in threads:
         t.start()
     try:

@@ -19,7 +19,7 @@ from collectors.replay import Emulator, sim_name
 from collectors.sharding import home_ip
 from schemas.model import EventType, Exchange, Market
 from schemas.symbols import canonical_symbol
-from tests.collector_harness import (
+from tests.support.collectors import (
     EIPS,
     RunningShard,
     ensure_collector_topics,

@@ -27,7 +27,7 @@ from pathlib import Path
 from collectors.config import dump_shards
 from collectors.replay import Emulator
 from schemas.model import EventType, Exchange
-from tests.collector_harness import (
+from tests.support.collectors import (
     EIPS,
     ensure_collector_topics,
     shard_events,

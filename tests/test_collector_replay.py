@@ -14,7 +14,7 @@ import pytest
 
 from collectors.replay import Emulator
 from schemas.model import EventType, Exchange, event_type_from_pb
-from tests.collector_harness import (
+from tests.support.collectors import (
     EIPS,
     RunningShard,
     ensure_collector_topics,

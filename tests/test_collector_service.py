@@ -14,21 +14,21 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from collectors.config import ShardConfig, dump_shards
 from collectors.replay import Emulator
+from pipelines import collector_service, supervisors
 from pipelines.collector_service import (
     SERVICE_TAG,
     SHARD_TAG,
     CollectorShardConfig,
     ShardHandle,
     collector_shard,
-    jobs,
     resolve_shard,
     run_shard_until_stopped,
     shard_run_config,
     shard_tags,
 )
-from pipelines.supervisors import collector_supervisor, sensors
+from pipelines.supervisors import collector_supervisor
 from resources.kafka import KafkaResource
-from tests.collector_harness import (
+from tests.support.collectors import (
     EIPS,
     ensure_collector_topics,
     producer_config,
@@ -50,7 +50,8 @@ def _shards(tmp_path, monkeypatch, shards: list[ShardConfig]):
 
 
 def test_supervisor_keeps_exactly_one_live_run_per_enabled_shard(tmp_path, monkeypatch):
-    assert jobs == [collector_shard] and sensors == [collector_supervisor]
+    assert list(collector_service.defs.jobs) == [collector_shard]
+    assert list(supervisors.defs.sensors) == [collector_supervisor]
     _shards(tmp_path, monkeypatch, [
         ShardConfig("alpha", "binance", "spot", ("BTC-USDT",), EIPS[:2]),
         ShardConfig("beta", "okx", "perp", ("BTC-USDT-PERP",)),

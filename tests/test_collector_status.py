@@ -26,7 +26,12 @@ from collectors.config import (
 from collectors.replay import Emulator
 from collectors.status import collectors_status, explain, status_file
 from schemas.model import Exchange, Market
-from tests.collector_harness import RunningShard, ensure_collector_topics, unique, wait_until
+from tests.support.collectors import (
+    RunningShard,
+    ensure_collector_topics,
+    unique,
+    wait_until,
+)
 
 
 def test_default_config_collects_btc_and_eth_on_every_venue_and_is_never_overwritten(tmp_path):

@@ -13,7 +13,7 @@ from collectors.ratelimit import IpState, RateLimitPolicy
 from collectors.replay import Emulator
 from collectors.rest_client import RestPool
 from collectors.ws_client import WsSession
-from tests.collector_harness import EIPS
+from tests.support.collectors import EIPS
 
 # A small weight budget so a test can exhaust it quickly: 60 per 2 s window, as Binance
 # reports it in X-MBX-USED-WEIGHT-1M.

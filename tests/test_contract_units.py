@@ -37,7 +37,7 @@ from streaming.instruments import InstrumentCatalog, fetch_instruments
 from streaming.normalizer import Normalizer
 from streaming.pragma.books import FeedBook
 from streaming.serde import encode
-from tests.collector_harness import (
+from tests.support.collectors import (
     EIPS,
     RunningShard,
     ensure_collector_topics,

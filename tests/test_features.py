@@ -34,7 +34,7 @@ from features.spec import (
 )
 from schemas.arrow_convert import envelopes_to_table, group_by_event_type
 from schemas.model import EventType
-from tests.synthetic_events import BASE_TS, SyntheticMarket
+from workloads.synthetic import BASE_TS, SyntheticMarket
 
 T0 = BASE_TS + 5 * HOUR_US  # an hour boundary
 

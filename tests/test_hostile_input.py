@@ -65,7 +65,7 @@ def test_shard_start_survives_okx_futures_inst_id_without_dash():
 def test_normalizer_dead_letters_overflow_negative_and_out_of_range_values():
     from schemas.model import EventType
     from streaming.normalizer import Normalizer
-    from tests.sample_events import envelope
+    from tests.support.envelopes import envelope
     from tests.test_normalizer import _catalog, _raw, _with
 
     n = Normalizer(_catalog())
@@ -96,7 +96,7 @@ def _bad_captures(tmp_path):
     import io
     import zipfile
 
-    from tests.adapter_helpers import BINANCE_SPOT_HFT, BYBIT_OB500
+    from workloads.samples import BINANCE_SPOT_HFT, BYBIT_OB500
 
     good_gz = BINANCE_SPOT_HFT.read_bytes()
     files = {
@@ -143,7 +143,7 @@ def test_oversized_frame_and_a_failing_session_task_end_in_dead_letter_and_recon
     import hashlib
 
     from streaming.dlq import DLQ_RAW_MAX
-    from tests.collector_harness import shard_dead_letters, wait_until
+    from tests.support.collectors import shard_dead_letters, wait_until
     from tests.test_collector_faults import check_books, run_synthetic
 
     big = "not json " + "x" * 2_000_000
@@ -214,7 +214,8 @@ def test_diff_refused_after_its_levels_changes_neither_book_nor_sequence():
     """A USD-M diff whose time field is bad was applied and its u taken before the refusal; the
     next diff passed the pu check and the published deltas no longer rebuilt the book."""
     from collectors.exchanges.binance import BinanceUsdmAdapter
-    from tests.adapter_helpers import BINANCE_USDM_CF, feed, records
+    from tests.support.adapters import feed, records
+    from workloads.samples import BINANCE_USDM_CF
 
     recs = records(BINANCE_USDM_CF)[:400]
     ad = BinanceUsdmAdapter(snapshot_depth=10**6)
@@ -235,7 +236,8 @@ def test_diff_refused_after_its_levels_changes_neither_book_nor_sequence():
 
 def test_buffered_diff_with_a_string_u_does_not_break_the_snapshot():
     from collectors.exchanges.binance import BinanceSpotAdapter
-    from tests.adapter_helpers import BINANCE_SPOT_CF, feed, records
+    from tests.support.adapters import feed, records
+    from workloads.samples import BINANCE_SPOT_CF
 
     recs = records(BINANCE_SPOT_CF)[:14]
     first = json.loads(recs[0].payload)["data"]
@@ -268,7 +270,8 @@ def test_one_odd_early_value_does_not_make_the_book_unrepresentable():
     """Without exchange info, a trade priced with 18 decimals before the first snapshot widened
     the unlocked scale to 18; the snapshot then overflowed int64 and the book never synced."""
     from collectors.exchanges.binance import BinanceSpotAdapter
-    from tests.adapter_helpers import BINANCE_SPOT_HFT, feed, records
+    from tests.support.adapters import feed, records
+    from workloads.samples import BINANCE_SPOT_HFT
 
     recs = records(BINANCE_SPOT_HFT)[:40]
     ad = BinanceSpotAdapter()
@@ -286,7 +289,8 @@ def test_one_odd_early_value_does_not_make_the_book_unrepresentable():
 def test_frames_for_unsubscribed_symbols_are_dead_lettered_and_not_tracked():
     from collectors.exchanges.binance import BinanceSpotAdapter
     from collectors.exchanges.okx import OkxAdapter
-    from tests.adapter_helpers import BINANCE_SPOT_CF, OKX_TARDIS_FUT, feed, records
+    from tests.support.adapters import feed, records
+    from workloads.samples import BINANCE_SPOT_CF, OKX_TARDIS_FUT
 
     ad = BinanceSpotAdapter(subscribed=["NKNUSDT"])
     run = feed(ad, records(BINANCE_SPOT_CF))
@@ -302,9 +306,9 @@ def test_frames_for_unsubscribed_symbols_are_dead_lettered_and_not_tracked():
 # -- item 6: range checks at the collector --------------------------------------------------------------
 
 def test_funding_rates_beyond_ten_percent_and_negative_ids_are_refused():
-    from collectors.exchanges.binance import BinanceUsdmAdapter, BinanceSpotAdapter
+    from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
     from collectors.exchanges.okx import OkxAdapter
-    from tests.adapter_helpers import BINANCE_USDM_TARDIS, OKX_TARDIS_SWAP
+    from workloads.samples import BINANCE_USDM_TARDIS, OKX_TARDIS_SWAP
 
     frames = [json.loads(x) for x in BINANCE_USDM_TARDIS.read_text().splitlines() if x.strip()]
     mark = next(f for f in frames if f.get("stream") == "btcusdt@markPrice")

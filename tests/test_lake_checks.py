@@ -16,7 +16,7 @@ from streaming.lake_checks import (
     small_file_check,
 )
 from streaming.lake_state import HourCount
-from tests.sample_events import envelope
+from tests.support.envelopes import envelope
 
 
 def deltas(rows: list[tuple[str, int, int, int]]) -> pa.Table:

@@ -31,13 +31,13 @@ from streaming import kafka_config as kc
 from streaming.broker import EmbeddedBroker
 from streaming.lake_seal import hour_layout
 from streaming.lake_sink import LakeSink, SinkConfig, hour_filter
-from tests.lake_helpers import (
+from tests.support.lake import (
     create_sink_topics,
     open_home_catalog,
     produce,
     sink_topics,
 )
-from tests.synthetic_events import SyntheticMarket
+from workloads.synthetic import SyntheticMarket
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
 

@@ -26,13 +26,13 @@ from streaming.lake_seal import SEALED_PREFIX, hour_layout, read_hour
 from streaming.lake_sink import LakeSink, SinkConfig, hour_filter
 from streaming.lake_state import WRITER_KEY, latest_sink_state
 from streaming.lake_writer import LakeFileWriter, commit_files
-from tests.lake_helpers import (
+from tests.support.lake import (
     create_sink_topics,
     open_home_catalog,
     produce,
     sink_topics,
 )
-from tests.synthetic_events import SyntheticMarket
+from workloads.synthetic import SyntheticMarket
 
 H0 = "2024-08-09-00:00"
 H0_US = int(hour_start(H0).timestamp()) * 1_000_000

@@ -35,8 +35,8 @@ from streaming.lake_rebuild import checksum, rebuild_hour, table_schema
 from streaming.lake_seal import hour_layout, read_hour, seal_hour
 from streaming.lake_sink import LakeSink, SinkConfig, hour_filter
 from streaming.lake_state import latest_sink_state
-from tests.lake_helpers import create_sink_topics, produce, sink_topics, unique_counts
-from tests.synthetic_events import BASE_TS, SyntheticMarket
+from tests.support.lake import create_sink_topics, produce, sink_topics, unique_counts
+from workloads.synthetic import BASE_TS, SyntheticMarket
 
 BUCKET = "lake"
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}

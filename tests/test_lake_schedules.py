@@ -26,14 +26,14 @@ from streaming.lake_maintenance import maintain_table, referenced_data_files
 from streaming.lake_seal import seal_hour
 from streaming.lake_sink import hour_filter
 from streaming.lake_state import latest_sink_state
-from tests.lake_helpers import (
+from tests.support.lake import (
     create_sink_topics,
     open_home_catalog,
     produce,
     sink_topics,
     unique_counts,
 )
-from tests.synthetic_events import SyntheticMarket
+from workloads.synthetic import SyntheticMarket
 
 warnings.filterwarnings("ignore")
 

@@ -28,7 +28,7 @@ from streaming.lake_seal import seal_hour
 from streaming.lake_sink import TEST_HOOK_ENV, LakeSink, SinkConfig, SinkFencedError
 from streaming.lake_state import HOUR_US, latest_sink_state
 from streaming.watermarks import read_watermarks
-from tests.lake_helpers import (
+from tests.support.lake import (
     create_sink_topics,
     duplicate_ids,
     open_home_catalog,
@@ -37,7 +37,7 @@ from tests.lake_helpers import (
     table_rows,
     unique_counts,
 )
-from tests.synthetic_events import SyntheticMarket, SynthInstrument
+from workloads.synthetic import SyntheticMarket, SynthInstrument
 
 REPO = Path(__file__).resolve().parents[1]
 

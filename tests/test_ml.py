@@ -25,7 +25,9 @@ from ml import train as mtr
 from resources.artifacts import ArtifactStoreResource
 from resources.home import resolve_home
 from resources.mlflow import MlflowResource
+from tests.support.processing import read_topics
 from workloads import binance_hour as a
+from workloads import kafka as wk
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
 DAY = a.CAPTURE_HOUR[:10]
@@ -122,3 +124,77 @@ def test_baseline_check_blocks_a_model_without_signal(world):
                             pa.array(rng.normal(0, 1e-4, rows.num_rows)))     # labels without signal
     res = mtr.train_horizon(noisy, 1)
     assert len(res.folds) == mtr.DEFAULT_FOLDS and not res.beats_baseline
+
+
+# -- online inference ------------------------------------------------------------------------
+
+def _feature_items(topic: str, rows: list[dict]) -> list[tuple]:
+    from features.records import CONTENT_TYPE, encode_row
+    return [(topic, r["symbol"].encode(), encode_row(r), [("content-type", CONTENT_TYPE.encode())],
+             r["exchange_ts"] // 1000) for r in rows]
+
+
+def _predictions(bootstrap: str, group: str) -> list[dict]:
+    from ml.predictions import decode_prediction
+    from schemas.topics import prediction_topic
+    return [decode_prediction(m.value()) for m in read_topics(bootstrap, [prediction_topic("spot", "mid_ret_1s")],
+                                                                  group=group)]
+
+
+def test_inference_service_scores_every_row_exactly_once_and_follows_the_alias(world, kafka_broker, tmp_path):
+    import uuid
+
+    from features.records import table_rows
+    from ml.predictions import prediction_event_id, score_features
+    from schemas.topics import DlqStage, dlq_topic
+    from streaming import feature_lake as fl
+    from streaming.dlq import parse_dead_letter
+    from streaming.inference import InferenceLoop, InferenceService
+    from streaming.topic_admin import admin_client, create_topics
+    from streaming.topic_config import TopicSpec
+
+    settings = reg.MlflowSettings(f"sqlite:///{tmp_path / 'mlflow.db'}", None, (tmp_path / "mlruns").as_uri())
+    ftable = world["lake"].catalog.load_table(FEATURES_TABLE.identifier)
+    rows, man = mds.build_dataset(ftable, DAY, aml.day_start_us(DAY),
+                                  mds.current_snapshots({FEATURES_TABLE.identifier: ftable}))
+    res = mtr.train_horizon(rows, 1)
+    run = reg.log_training(settings, horizon_s=1, booster=res.booster, params={}, metrics=res.metrics(),
+                           fold_metrics=[], tags={"dataset_day": DAY})
+    assert reg.register(settings, "mid_ret_1s", run.run_id) == "1"
+
+    feats = fl.read_hour_rows(ftable, a.hour_us(a.CAPTURE_HOUR))
+    wire = table_rows(feats)
+    topic = f"test-ml-features-{uuid.uuid4().hex[:8]}"
+    b = kafka_broker.bootstrap
+    create_topics(admin_client(b), {topic: TopicSpec(2, -1)}, replication_factor=1)
+    bad_spec = dict(wire[0], spec_version=1)
+    from features.records import encode_row
+    items = _feature_items(topic, wire[:200]) + [(topic, b"BTC-USDT", b"{not json", None),
+                                                 (topic, b"BTC-USDT", encode_row(bad_spec), None)]
+    wk.produce(b, items)
+    conn = wk.connection(b)
+
+    def service():
+        return InferenceService([InferenceLoop(conn, settings, "mid_ret_1s", [], input_topics=[topic],
+                                               reload_interval_s=0.5)])
+
+    service().run(idle_exit_s=4.0)
+    got = _predictions(b, "t-ml-1")
+    assert len(got) == 200 and {p["model_version"] for p in got} == {"1"}
+    offline = score_features(feats.slice(0, 200), "mid_ret_1s", "1", 1, reg.load_alias(settings, "mid_ret_1s").booster)
+    want = dict(zip(offline["feature_event_id"].to_pylist(), offline["prediction"].to_pylist()))
+    assert {p["feature_event_id"]: p["prediction"] for p in got} == want          # same bits as offline
+    assert all(p["event_id"] == prediction_event_id(p["feature_event_id"], "mid_ret_1s", "1") for p in got)
+    ts = [p["exchange_ts"] for p in got]
+    assert ts == sorted(ts)                                                        # one symbol: in order
+    dead = [parse_dead_letter(m.value()).reason for m in read_topics(b, [dlq_topic(DlqStage.INFERENCE)], "t-ml-d")]
+    assert len(dead) == 2 and dead[0].startswith("decode") and dead[1].startswith("mismatch")
+
+    # the alias moves: the restarted service resumes after its committed offsets (nothing
+    # scored twice) and scores the new rows with the new version
+    assert reg.register(settings, "mid_ret_1s", run.run_id) == "2"
+    wk.produce(b, _feature_items(topic, wire[200:210]))
+    service().run(idle_exit_s=4.0)
+    got = _predictions(b, "t-ml-2")
+    assert len(got) == 210 and len({p["event_id"] for p in got}) == 210
+    assert [p["model_version"] for p in got[200:]] == ["2"] * 10

@@ -27,9 +27,18 @@ from streaming.normalizer import (
     input_topics_for,
 )
 from streaming.serde import decode, encode
-from tests import processing_support as ps
-from tests.sample_events import envelope
-from tests.synthetic_events import SyntheticMarket
+from tests.support import processing as ps
+from tests.support.envelopes import envelope
+from workloads.binance_hour import BTCUSDT_SPOT_INFO, capture_raw_events
+from workloads.kafka import (
+    connection,
+    create_project_topics,
+    produce,
+    produce_raw,
+    raw_topic,
+)
+from workloads.samples import BINANCE_SPOT_HFT
+from workloads.synthetic import SyntheticMarket, synthetic_catalog
 
 RAW_TRADES = event_topic("raw", "spot", EventType.TRADE, "binance")
 
@@ -37,7 +46,7 @@ RAW_TRADES = event_topic("raw", "spot", EventType.TRADE, "binance")
 @pytest.fixture
 def broker(tmp_path):
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        ps.create_project_topics(b.bootstrap)
+        create_project_topics(b.bootstrap)
         yield b
 
 
@@ -89,7 +98,7 @@ OKX = {"code": "0", "msg": "", "data": [
 
 
 def test_exchange_info_bodies_parse_into_reference_data():
-    spot = {r.native: r for r in parse_binance(ps.BTCUSDT_SPOT_INFO, futures=False)}
+    spot = {r.native: r for r in parse_binance(BTCUSDT_SPOT_INFO, futures=False)}
     assert spot["BTCUSDT"].canonical == "BTC-USDT"
     assert (spot["BTCUSDT"].price_scale, spot["BTCUSDT"].size_scale) == (2, 8)  # baseAssetPrecision wins
     fut = {r.native: r for r in parse_binance(BINANCE_FAPI, futures=True)}
@@ -127,7 +136,7 @@ class _Venue(BaseHTTPRequestHandler):
         elif u.path == "/v5/market/instruments-info" and q.get("category") == "inverse":
             body = {"retCode": 0, "retMsg": "OK", "result": {"category": "inverse", "list": [], "nextPageCursor": ""}}
         elif u.path == "/api/v3/exchangeInfo":
-            body = ps.BTCUSDT_SPOT_INFO
+            body = BTCUSDT_SPOT_INFO
         else:
             self.send_response(404)
             self.end_headers()
@@ -238,16 +247,16 @@ def _processed(bootstrap) -> list:
 
 def test_capture_normalized_on_the_broker_with_duplicates_and_malformed_records(broker):
     cat = InstrumentCatalog()
-    cat.load_exchange_info("binance", "spot", ps.BTCUSDT_SPOT_INFO)
-    events = ps.capture_raw_events()
+    cat.load_exchange_info("binance", "spot", BTCUSDT_SPOT_INFO)
+    events = capture_raw_events()
     assert len(events) > 30_000
-    ps.produce_raw(broker.bootstrap, events)
-    ps.produce_raw(broker.bootstrap, events[1000:1200])                      # a collector overlap
+    produce_raw(broker.bootstrap, events)
+    produce_raw(broker.bootstrap, events[1000:1200])                      # a collector overlap
     bad_snapshot = _with(next(e for e in events if e.event_type == EventType.BOOK_SNAPSHOT.pb),
                          lambda e: e.book_snapshot.bids[0].__setattr__("px", e.book_snapshot.asks[0].px))
-    ps.produce_raw(broker.bootstrap, [bad_snapshot])
-    ps.produce(broker.bootstrap, [(RAW_TRADES, b"BTC-USDT", b"\xff\x00not protobuf", None)])
-    svc = NormalizerService(ps.connection(broker.bootstrap), Normalizer(cat), input_topics_for(["binance"], ["spot"]))
+    produce_raw(broker.bootstrap, [bad_snapshot])
+    produce(broker.bootstrap, [(RAW_TRADES, b"BTC-USDT", b"\xff\x00not protobuf", None)])
+    svc = NormalizerService(connection(broker.bootstrap), Normalizer(cat), input_topics_for(["binance"], ["spot"]))
     stats = svc.run(idle_exit_s=2.0)
     assert stats.records_in == len(events) + 200 + 2
 
@@ -267,9 +276,9 @@ def test_capture_normalized_on_the_broker_with_duplicates_and_malformed_records(
 
 def test_kill_9_inside_a_transaction_then_restart_publishes_each_record_once(broker, tmp_path):
     cache = tmp_path / "instruments.json"
-    ps.synthetic_catalog().save(cache)
+    synthetic_catalog().save(cache)
     events = SyntheticMarket(seed=21).events(9000, 300)
-    ps.produce_raw(broker.bootstrap, events)
+    produce_raw(broker.bootstrap, events)
     hold, log = tmp_path / "in-txn", tmp_path / "normalizer.log"
     args = ["--exchange", "binance", "--market", "spot", "--instruments-cache", str(cache),
             "--batch-max-ms", "50"]
@@ -285,7 +294,7 @@ def test_kill_9_inside_a_transaction_then_restart_publishes_each_record_once(bro
     for m in processed:
         copies[decode(m.value(), m.headers()).event_id].add(m.value())
     raw = ps.read_topics(broker.bootstrap, input_topics_for(["binance"], ["spot"]))
-    expected = _expected(raw, ps.synthetic_catalog())
+    expected = _expected(raw, synthetic_catalog())
     assert len(expected) == len(events)
     assert set(copies) == set(expected)                                        # nothing missing, nothing extra
     assert all(v == {expected[k]} for k, v in copies.items())                  # every copy byte-identical
@@ -302,7 +311,7 @@ def test_reference_data_from_the_replay_emulator_enriches_captured_events(tmp_pa
 
     async def fetch_catalog():
         emu = Emulator()
-        emu.play_capture(ps.HFT_CAPTURE, speed=None, gate=False)
+        emu.play_capture(BINANCE_SPOT_HFT, speed=None, gate=False)
         async with emu:
             url = emu.rest_base(Exchange.BINANCE, Market.SPOT)
             for _ in range(100):   # the feed registers its instruments as it starts
@@ -319,10 +328,10 @@ def test_reference_data_from_the_replay_emulator_enriches_captured_events(tmp_pa
     ref = cat.get("binance", "spot", "BTCUSDT")
     assert ref.canonical == "BTC-USDT" and ref.tick_size.rstrip("0") == "0.01"
     n = Normalizer(cat)
-    events = ps.capture_raw_events()[:3000]
+    events = capture_raw_events()[:3000]
     outs = []
     for i, e in enumerate(events):
         r = encode(e)
-        outs.append(n.process(ps.raw_topic(e), 0, i, r.value, r.headers))
+        outs.append(n.process(raw_topic(e), 0, i, r.value, r.headers))
     assert [o.reason for o in outs if o.kind != "ok"] == []
     assert {(o.env.symbol, o.env.tick_size, o.env.price_scale) for o in outs} == {("BTC-USDT", 1, 2)}

@@ -65,7 +65,7 @@ from streaming.pragma.price import PriceDefinition, microprice, mid_price
 from streaming.pragma.publisher import PragmaPublisher, PublisherCore
 from streaming.topic_admin import admin_client, create_topics
 from streaming.topic_config import TopicSpec
-from tests.sample_events import envelope
+from tests.support.envelopes import envelope
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -671,15 +671,10 @@ def test_supervisor_keeps_exactly_one_live_run():
     import dagster as dg
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from pipelines.pragma_service import (
-        SERVICE,
-        SERVICE_TAG,
-        jobs,
-        pragma_publisher_supervisor,
-        sensors,
-    )
+    from pipelines.pragma_service import SERVICE, SERVICE_TAG, defs, pragma_publisher_supervisor
 
-    assert [j.name for j in jobs] == ["pragma_publisher"] and sensors == [pragma_publisher_supervisor]
+    jobs = list(defs.jobs)
+    assert [j.name for j in jobs] == ["pragma_publisher"] and list(defs.sensors) == [pragma_publisher_supervisor]
     assert jobs[0].tags[SERVICE_TAG] == SERVICE == "pragma-publisher"
     with dg.instance_for_test() as instance:
         first = pragma_publisher_supervisor(dg.build_sensor_context(instance=instance))

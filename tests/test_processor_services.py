@@ -13,24 +13,25 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from features.compute import compute_features
 from features.inputs import events_from_envelopes
 from features.records import decode_row, rows_to_table
+from pipelines import processor_services, supervisors_processors
 from pipelines.processor_services import (
     FEATURE_PROCESSOR,
     NORMALIZER,
     SERVICE_TAG,
     feature_processor_service,
-    jobs,
     normalizer_service,
     run_until_stopped,
 )
-from pipelines.supervisors_processors import sensors, stream_processors_supervisor
+from pipelines.supervisors_processors import stream_processors_supervisor
 from resources.kafka import KafkaResource
 from schemas.topics import feature_topic
 from streaming.broker import EmbeddedBroker
 from streaming.kafka_io import committed_offsets, plain_consumer
 from streaming.normalizer import Normalizer, NormalizerService, input_topics_for
 from streaming.serde import decode
-from tests import processing_support as ps
-from tests.synthetic_events import SyntheticMarket
+from tests.support import processing as ps
+from workloads.kafka import connection, create_project_topics, produce_raw
+from workloads.synthetic import SyntheticMarket, synthetic_catalog
 
 
 def _requests(result) -> dict[str, dict]:
@@ -40,8 +41,8 @@ def _requests(result) -> dict[str, dict]:
 
 
 def test_supervisor_keeps_one_live_run_per_processor_and_restarts_dead_ones():
-    assert [j.name for j in jobs] == ["normalizer_service", "feature_processor_service"]
-    assert sensors == [stream_processors_supervisor]
+    assert [j.name for j in processor_services.defs.jobs] == ["normalizer_service", "feature_processor_service"]
+    assert list(supervisors_processors.defs.sensors) == [stream_processors_supervisor]
     with dg.instance_for_test() as instance:
         ctx = lambda: dg.build_sensor_context(instance=instance)
         first = _requests(stream_processors_supervisor(ctx()))
@@ -60,14 +61,14 @@ def test_supervisor_keeps_one_live_run_per_processor_and_restarts_dead_ones():
 @pytest.fixture
 def broker(tmp_path):
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        ps.create_project_topics(b.bootstrap)
+        create_project_topics(b.bootstrap)
         yield b
 
 
 def test_jobs_run_the_processors_end_to_end_under_dagster(broker, tmp_path):
     cache = tmp_path / "instruments.json"
-    ps.synthetic_catalog().save(cache)
-    ps.produce_raw(broker.bootstrap, SyntheticMarket(seed=13).events(5000, 1000))
+    synthetic_catalog().save(cache)
+    produce_raw(broker.bootstrap, SyntheticMarket(seed=13).events(5000, 1000))
     kafka = KafkaResource(bootstrap_servers=broker.bootstrap)
     with dg.instance_for_test() as instance:
         r1 = normalizer_service.execute_in_process(
@@ -90,8 +91,8 @@ def test_jobs_run_the_processors_end_to_end_under_dagster(broker, tmp_path):
 def test_termination_drains_and_commits_before_the_op_returns(broker):
     """An interrupt in the op's thread (what a run termination delivers) stops the loop only
     after its batch committed: the group's committed offsets equal what it processed."""
-    ps.produce_raw(broker.bootstrap, SyntheticMarket(seed=17).events(40_000, 100))
-    svc = NormalizerService(ps.connection(broker.bootstrap), Normalizer(ps.synthetic_catalog()),
+    produce_raw(broker.bootstrap, SyntheticMarket(seed=17).events(40_000, 100))
+    svc = NormalizerService(connection(broker.bootstrap), Normalizer(synthetic_catalog()),
                             input_topics_for(["binance"], ["spot"]), batch_max_records=2000, batch_max_ms=50)
     main = threading.get_ident()
 
@@ -104,7 +105,7 @@ def test_termination_drains_and_commits_before_the_op_returns(broker):
     with pytest.raises(KeyboardInterrupt):
         run_until_stopped(dg.build_op_context(), svc, idle_exit_s=None, max_seconds=120)
     assert 3 <= svc.stats.batches and svc.stats.records_in < 40_000        # stopped early, not at the end
-    c = plain_consumer(ps.connection(broker.bootstrap), "ticklake-normalizer")
+    c = plain_consumer(connection(broker.bootstrap), "ticklake-normalizer")
     try:
         committed = committed_offsets(c, svc.assignment)
     finally:

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from collectors.exchanges.okx import okx_checksum as adapter_okx_checksum
 from collectors.replay import Emulator, serve_capture
 from schemas.model import Exchange, Market
-from tests.collector_harness import EIPS
+from tests.support.collectors import EIPS
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT.parent / "shared" / "samples"

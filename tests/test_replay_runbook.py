@@ -30,8 +30,9 @@ from streaming.replay_runbook import (
 from streaming.serde import encode
 from streaming.topic_admin import admin_client, create_topics
 from streaming.topic_config import TopicSpec
-from tests import processing_support as ps
-from tests.synthetic_events import BASE_TS, SyntheticMarket
+from tests.support import processing as ps
+from workloads.kafka import connection, create_project_topics, produce, raw_topic
+from workloads.synthetic import BASE_TS, SyntheticMarket, synthetic_catalog
 
 PAIR = [(Market.SPOT, Exchange.BINANCE)]
 LIVE = feature_topic("spot", "binance")
@@ -40,14 +41,14 @@ LIVE = feature_topic("spot", "binance")
 @pytest.fixture
 def broker(tmp_path):
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        ps.create_project_topics(b.bootstrap)
+        create_project_topics(b.bootstrap)
         yield b
 
 
 def test_offset_for_time_is_a_binary_search_over_record_timestamps(broker):
     topic = "runbook.search"
     create_topics(admin_client(broker.bootstrap), {topic: TopicSpec(1, 3_600_000)}, 1)
-    conn = ps.connection(broker.bootstrap)
+    conn = connection(broker.bootstrap)
     p = Producer(kc.transactional_producer_config(conn, "search-writer"))
     p.init_transactions(30)
     stamps = []
@@ -82,8 +83,8 @@ def _run_processor(broker, seconds=20):
         r = encode(e)
         items.append((event_topic("processed", "spot", event_type_from_pb(e.event_type), "binance"), r.key, r.value,
                       r.headers, e.exchange_ts // 1000))       # event time, as the normalizer stamps it
-    ps.produce(broker.bootstrap, items)
-    fp = FeatureProcessor(ps.connection(broker.bootstrap), PAIR, processor_name="live", idle_timeout_ms=1000,
+    produce(broker.bootstrap, items)
+    fp = FeatureProcessor(connection(broker.bootstrap), PAIR, processor_name="live", idle_timeout_ms=1000,
                           checkpoint_interval_s=0, batch_max_records=1500, batch_max_ms=30)
     fp.run(idle_exit_s=3.0)
     return envs
@@ -96,7 +97,7 @@ def _live_rows(broker) -> list[dict]:
 def test_replay_of_a_range_matches_the_live_topic(broker):
     _run_processor(broker)
     start, end = BASE_TS + 10 * WINDOW_US, BASE_TS + 16 * WINDOW_US
-    report = replay_features(ps.connection(broker.bootstrap), PAIR, start, end, processor_name="live", tag="t1")
+    report = replay_features(connection(broker.bootstrap), PAIR, start, end, processor_name="live", tag="t1")
     live = [r for r in _live_rows(broker) if start <= r["exchange_ts"] < end]
     assert report.complete and report.from_checkpoint
     assert report.recomputed == report.live == len(live) == 6 * 3          # 6 windows x 3 instruments
@@ -113,7 +114,7 @@ def test_broken_range_is_detected_and_promoted_from_the_ui_job(broker):
     broken = dict(rows[3], vwap=(rows[3]["vwap"] or 1.0) * 1.5)              # a wrong copy of a real window
     bogus = dict(rows[0], exchange_ts=start + 2 * WINDOW_US, symbol="XRP-USDT")       # a window never computed
     bogus["event_id"] = feature_event_id("binance", "spot", "XRP-USDT", bogus["exchange_ts"])
-    ps.produce(broker.bootstrap, [(LIVE, r["symbol"].encode(), encode_row(r), None) for r in (broken, bogus)])
+    produce(broker.bootstrap, [(LIVE, r["symbol"].encode(), encode_row(r), None) for r in (broken, bogus)])
 
     iso = lambda us: datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat()
     with dg.instance_for_test() as instance:
@@ -139,13 +140,13 @@ def test_normalizer_replay_rewinds_raw_by_timestamp_and_matches_processed(broker
     items = []
     for e in envs:
         r = encode(e)
-        items.append((ps.raw_topic(e), r.key, r.value, r.headers, e.ingest_ts // 1000))  # create time = receipt
-    ps.produce(broker.bootstrap, items)
-    conn = ps.connection(broker.bootstrap)
-    NormalizerService(conn, Normalizer(ps.synthetic_catalog()), input_topics_for(["binance"], ["spot"])).run(
+        items.append((raw_topic(e), r.key, r.value, r.headers, e.ingest_ts // 1000))  # create time = receipt
+    produce(broker.bootstrap, items)
+    conn = connection(broker.bootstrap)
+    NormalizerService(conn, Normalizer(synthetic_catalog()), input_topics_for(["binance"], ["spot"])).run(
         idle_exit_s=2.0)
     start, end = BASE_TS + 8 * WINDOW_US, BASE_TS + 12 * WINDOW_US
-    report = replay_normalizer(conn, ps.synthetic_catalog(), input_topics_for(["binance"], ["spot"]), start, end,
+    report = replay_normalizer(conn, synthetic_catalog(), input_topics_for(["binance"], ["spot"]), start, end,
                                tag="n1", margin_us=2 * WINDOW_US)
     expected = sum(start <= e.exchange_ts < end for e in envs)
     assert report.recomputed == report.live == expected > 3000 and report.equal

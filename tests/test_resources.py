@@ -50,7 +50,7 @@ from schemas.model import EventType, Exchange, Market
 from schemas.tables import NAMESPACE, TABLES
 from streaming import kafka_config as kc
 from streaming.broker import EmbeddedBroker
-from tests.sample_events import envelope
+from tests.support.envelopes import envelope
 
 REPO = Path(__file__).resolve().parents[1]
 HOUR_US = 3_600_000_000

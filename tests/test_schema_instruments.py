@@ -13,8 +13,8 @@ from collectors.exchanges.bybit import BybitAdapter
 from collectors.exchanges.okx import OkxAdapter
 from schemas.instruments import InstrumentDataError, by_native, parse_binance
 from streaming.instruments import InstrumentCatalog
-from tests import processing_support as ps
 from tests import test_normalizer as tn
+from workloads.binance_hour import BTCUSDT_SPOT_INFO
 
 INFO_REQ = RestRequest(path="/info", params=(), purpose="instruments")
 
@@ -26,7 +26,7 @@ def _adapter_specs(adapter, body) -> dict:
 
 
 @pytest.mark.parametrize("adapter, exchange, market, body, category", [
-    (BinanceSpotAdapter(), "binance", "spot", ps.BTCUSDT_SPOT_INFO, None),
+    (BinanceSpotAdapter(), "binance", "spot", BTCUSDT_SPOT_INFO, None),
     (BinanceUsdmAdapter(), "binance", "perp", tn.BINANCE_FAPI, None),
     (BybitAdapter(category="linear"), "bybit", "perp", tn.BYBIT_LINEAR, None),
     (BybitAdapter(category="spot"), "bybit", "spot", tn.BYBIT_SPOT, None),
@@ -44,7 +44,7 @@ def test_collector_and_catalog_scales_come_from_one_rule(adapter, exchange, mark
 
 
 def test_binance_spot_size_scale_holds_book_quantities_finer_than_the_lot():
-    (ref,) = parse_binance(ps.BTCUSDT_SPOT_INFO, futures=False)
+    (ref,) = parse_binance(BTCUSDT_SPOT_INFO, futures=False)
     assert (ref.lot_size, ref.price_scale, ref.size_scale) == ("0.00001000", 2, 8)
     ad = BinanceSpotAdapter(instruments=by_native([ref]))
     # A depth diff as the genuine capture carries it: a quantity with 6 significant decimals.
@@ -55,7 +55,7 @@ def test_binance_spot_size_scale_holds_book_quantities_finer_than_the_lot():
 
 def test_unusable_entries_are_left_out_and_counted_bad_bodies_dead_lettered():
     odd = {"symbol": "X", "baseAsset": "X", "quoteAsset": "USDT", "filters": []}   # no PRICE_FILTER
-    body = {**ps.BTCUSDT_SPOT_INFO, "symbols": [*ps.BTCUSDT_SPOT_INFO["symbols"], odd]}
+    body = {**BTCUSDT_SPOT_INFO, "symbols": [*BTCUSDT_SPOT_INFO["symbols"], odd]}
     with pytest.raises(InstrumentDataError, match="PRICE_FILTER"):
         parse_binance(body, futures=False)
     rejects: list[str] = []

@@ -25,7 +25,7 @@ from schemas.topics import (
     prediction_topic,
 )
 from schemas.validation import validate_table
-from tests.sample_events import envelope, one_of_each
+from tests.support.envelopes import envelope, one_of_each
 
 # ---------------------------------------------------------------- scaled integers
 

@@ -15,7 +15,7 @@ from streaming.kafka_config import KafkaConnection, consumer_config, producer_co
 from streaming.serde import SCHEMA_HEADER, SerdeError, decode, encode, header
 from streaming.topic_admin import admin_client, ensure_topics
 from streaming.topic_config import TopicConfig
-from tests.sample_events import envelope
+from tests.support.envelopes import envelope
 
 
 def _drain(consumer: Consumer, key: bytes, want: int, deadline_s: float = 120.0) -> list:

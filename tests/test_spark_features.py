@@ -40,8 +40,9 @@ from streaming.broker import EmbeddedBroker
 from streaming.clickhouse_live import ClickHouseLive
 from streaming.feature_processor import FeatureProcessor
 from streaming.serde import encode
-from tests import analytics_support as a
-from tests import processing_support as ps
+from tests.support import processing as ps
+from workloads import binance_hour as a
+from workloads.kafka import connection, create_project_topics, produce
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
 DB = "tl_parity"
@@ -65,14 +66,14 @@ def world(tmp_path_factory, clickhouse_server):
     lake = a.write_lake(home, envs, seal=(H, H_NEXT))
     ch = ClickHouseResource(dsn=clickhouse_server.dsn)
     with EmbeddedBroker(log_path=root / "broker.log") as b:
-        ps.create_project_topics(b.bootstrap)
+        create_project_topics(b.bootstrap)
 
         def items():
             for e in envs:
                 r = encode(e)
                 yield event_topic("processed", "spot", event_type_from_pb(e.event_type), "binance"), r.key, r.value, r.headers
-        ps.produce(b.bootstrap, (i for i in items() if i[0] in set(ps.processed_feature_topics())))
-        conn = ps.connection(b.bootstrap)
+        produce(b.bootstrap, (i for i in items() if i[0] in set(ps.processed_feature_topics())))
+        conn = connection(b.bootstrap)
         fp = FeatureProcessor(conn, [(Market.SPOT, Exchange.BINANCE)], idle_timeout_ms=1000, checkpoint_interval_s=2.0)
         fp.run(idle_exit_s=3.0)
         late = len(ps.read_topics(b.bootstrap, [dlq_topic("features")]))

@@ -36,8 +36,8 @@ from schemas.tables import TABLES
 from streaming.lake_seal import hour_layout
 from streaming.lake_state import HOUR_US, HourCount, SinkState
 from streaming.lake_writer import LakeFileWriter, commit_files
-from tests.synthetic_events import SyntheticMarket
 from tests.test_stack import TICKLAKE, processes_of
+from workloads.synthetic import SyntheticMarket
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -50,7 +50,8 @@ from schemas.model import EventType, event_type_from_pb, market_from_pb
 from schemas.scaled import from_scaled
 from schemas.topics import event_topic
 from streaming.serde import decode, encode
-from tests.adapter_helpers import (
+from tests.support.adapters import rest_request_for
+from workloads.samples import (
     BINANCE_SPOT_CF,
     BINANCE_SPOT_HFT,
     BINANCE_SPOT_TARDIS,
@@ -64,7 +65,6 @@ from tests.adapter_helpers import (
     OKX_TARDIS_SPOT,
     OKX_TARDIS_SWAP,
     SAMPLES,
-    rest_request_for,
 )
 
 FULL_DEPTH = 1_000_000          # published snapshots carry the whole book, so it can be compared
