@@ -14,6 +14,7 @@ import dagster as dg
 from dagster import DagsterRunStatus, RunsFilter
 from pydantic import Field
 
+from pipelines.k8s import k8s_tags
 from resources.clickhouse import ClickHouseResource
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
@@ -58,7 +59,7 @@ def run_clickhouse_live(context: dg.OpExecutionContext, config: ClickHouseLiveCo
                          f"dlq={dict(stats.dlq.counts)}")
 
 
-@dg.job(tags=SERVICE_TAGS, description="Long-running consumer: feature.* topics -> ClickHouse features_live.",
+@dg.job(tags={**SERVICE_TAGS, **k8s_tags(SERVICE_NAME)}, description="Long-running consumer: feature.* topics -> ClickHouse features_live.",
         executor_def=dg.in_process_executor)  # in the run worker: no 20 ms step-event polling parent (~1 % of a core each)
 def clickhouse_live_service():
     run_clickhouse_live()

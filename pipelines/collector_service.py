@@ -20,6 +20,7 @@ import dagster as dg
 from collectors.config import ConfigError, ShardConfig, config_path, find_shard
 from collectors.runner import ShardRunner, ShardStats
 from collectors.status import status_file
+from pipelines.k8s import COLLECTOR, k8s_tags
 from pipelines.processor_services import SERVICE_TAG
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
@@ -159,7 +160,7 @@ def run_collector_shard(context: dg.OpExecutionContext, config: CollectorShardCo
         context.log.info(f"collector {cfg.name} stopped after {time.monotonic() - t0:.0f}s: {stats.as_dict()}")
 
 
-@dg.job(description="One collector shard (venue, market, symbols, egress IPs), kept alive by the "
+@dg.job(tags=k8s_tags(COLLECTOR), description="One collector shard (venue, market, symbols, egress IPs), kept alive by the "
                     "collector supervisor; publishes raw.* and dlq.collector.",
         executor_def=dg.in_process_executor)
 def collector_shard():

@@ -21,6 +21,7 @@ from dagster import DagsterRunStatus, RunsFilter
 from pydantic import Field
 
 from assets.lake_hours import watermark_observations
+from pipelines.k8s import k8s_tags
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
@@ -94,7 +95,7 @@ def run_lake_sink(context: dg.OpExecutionContext, config: LakeSinkRunConfig, kaf
         context.log.info(f"lake sink stopped: {sink.stats}")
 
 
-@dg.job(tags=SERVICE_TAGS, description="Long-running lake sink: processed.* Kafka topics -> Iceberg, exactly once.",
+@dg.job(tags={**SERVICE_TAGS, **k8s_tags(SERVICE_NAME)}, description="Long-running lake sink: processed.* Kafka topics -> Iceberg, exactly once.",
         executor_def=dg.in_process_executor)  # in the run worker: no 20 ms step-event polling parent (~1 % of a core each)
 def lake_sink_service():
     run_lake_sink()

@@ -20,6 +20,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from pipelines.k8s import k8s_tags
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from streaming.pragma.config import PragmaConfig
@@ -70,7 +71,7 @@ def run_pragma_publisher(context: dg.OpExecutionContext, config: PragmaPublisher
         return dg.Output(summary)
 
 
-@dg.job(name=JOB_NAME, tags={SERVICE_TAG: SERVICE},
+@dg.job(name=JOB_NAME, tags={SERVICE_TAG: SERVICE, **k8s_tags(SERVICE)},
         description="Long-running: processed.* -> pragma-prices-v1 / pragma-orderbook-v1 (docs/pragma-contract.md)",
         executor_def=dg.in_process_executor)  # in the run worker: no 20 ms step-event polling parent (~1 % of a core each)
 def pragma_publisher() -> None:

@@ -14,6 +14,7 @@ import threading
 
 import dagster as dg
 
+from pipelines.k8s import k8s_tags
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from schemas.model import Exchange, Market
@@ -136,14 +137,14 @@ def run_feature_processor(context: dg.OpExecutionContext, config: FeatureProcess
         context.log.info(f"feature processor: late={fp.engine.late} dlq={dict(fp.engine.dlq.counts)}")
 
 
-@dg.job(tags=service_tags(NORMALIZER),
+@dg.job(tags={**service_tags(NORMALIZER), **k8s_tags(NORMALIZER)},
         description="Long-running normalizer: raw.* -> processed.* (+ dlq.normalize), exactly once.",
         executor_def=dg.in_process_executor)  # in the run worker: no 20 ms step-event polling parent (~1 % of a core each)
 def normalizer_service():
     run_normalizer()
 
 
-@dg.job(tags=service_tags(FEATURE_PROCESSOR),
+@dg.job(tags={**service_tags(FEATURE_PROCESSOR), **k8s_tags(FEATURE_PROCESSOR)},
         description="Long-running feature processor: processed.* -> feature.*.signals.* (+ dlq.features).",
         executor_def=dg.in_process_executor)  # in the run worker: no 20 ms step-event polling parent (~1 % of a core each)
 def feature_processor_service():

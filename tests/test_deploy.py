@@ -195,6 +195,13 @@ def service_job(service: str) -> dg.JobDefinition:
             k8s.PRAGMA_PUBLISHER: pragma_service.pragma_publisher}[k8s.service_kind(service)]
 
 
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_service_job_carries_its_k8s_tag(service: str) -> None:
+    job = service_job(service)
+    assert job.run_tags[k8s.K8S_CONFIG_TAG] == k8s.k8s_tags(service)[k8s.K8S_CONFIG_TAG]
+    assert job.executor_def.name == "in_process"  # one pod per run: the service is the run worker itself
+
+
 class RecordingBatchApi:
     """Stands in for the Kubernetes API server (no cluster here): keeps the Job bodies the
     launcher submits so the test can read the pod it would have run."""
@@ -227,8 +234,9 @@ def test_k8s_launcher_builds_each_service_pod(prod_instance: dg.DagsterInstance,
         origin = JobPythonOrigin(job.name, RepositoryPythonOrigin(
             executable_path="/usr/local/bin/python", container_image=image,
             code_pointer=ModuleCodePointer("pipelines.definitions", "defs", working_directory="/opt/ticklake")))
-        # the tags a supervisor's RunRequest gives the run, over the job's own (as the daemon merges them)
-        tags = {**job.run_tags, **k8s.k8s_tags(service), "ticklake/service": service}
+        # the job's own tags (its dagster-k8s/config among them) and the tag a supervisor's
+        # RunRequest adds, merged as the daemon does
+        tags = {**job.run_tags, "ticklake/service": service}
         run = prod_instance.create_run_for_job(job, job_code_origin=origin, tags=tags)
         launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
 
