@@ -30,6 +30,13 @@ def model_name(horizon_s: int) -> str:
     return f"mid_ret_{horizon_s}s"
 
 
+def horizon_of(name: str) -> int:
+    """Inverse of model_name."""
+    if not (name.startswith("mid_ret_") and name.endswith("s") and name[8:-1].isdigit()):
+        raise ValueError(f"not a mid-return model name: {name!r}")
+    return int(name[8:-1])
+
+
 @dataclass(frozen=True, slots=True)
 class MlflowSettings:
     tracking_uri: str

@@ -19,12 +19,14 @@ from assets import (
     clickhouse_loads,
     lake_hours,
     lake_setup,
+    ml,
     spark_features,
 )
 from pipelines import (
     clickhouse_live_service,
     collector_service,
     hourly_chain,
+    inference_service,
     lake_rebuild_job,
     lake_schedules,
     lake_sink_service,
@@ -59,5 +61,7 @@ defs = dg.Definitions.merge(
     clickhouse_live_service.defs,  # ClickHouse live loader service + supervisor
     charts.defs,                   # market charts
     hourly_chain.defs,             # automation of every hourly product
+    ml.defs,                       # training datasets, models (MLflow), champion registration
+    inference_service.defs,        # online inference service + supervisor
     dg.Definitions(resources=build_resources()),
 )

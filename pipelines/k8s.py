@@ -38,6 +38,7 @@ FEATURE_PROCESSOR = "feature-processor"
 LAKE_SINK = "lake-sink"
 CLICKHOUSE_LIVE = "clickhouse-live"
 PRAGMA_PUBLISHER = "pragma-publisher"
+INFERENCE = "inference"
 
 
 def _resources(cpu: str, memory: str, memory_limit: str) -> dict[str, Any]:
@@ -52,6 +53,7 @@ SERVICE_RESOURCES: Mapping[str, Mapping[str, Any]] = {
     LAKE_SINK: _resources("1", "4Gi", "8Gi"),
     CLICKHOUSE_LIVE: _resources("250m", "512Mi", "1Gi"),
     PRAGMA_PUBLISHER: _resources("250m", "512Mi", "1Gi"),
+    INFERENCE: _resources("500m", "1Gi", "2Gi"),
 }
 
 #: Pod settings beyond resources: collectors share the egress nodes' network (see module doc),

@@ -29,6 +29,7 @@ class DlqStage(StrEnum):
     FEATURES = "features"
     LAKE = "lake"
     PRAGMA = "pragma"
+    INFERENCE = "inference"
 
 
 #: event type -> (domain, type facet or "")

@@ -155,7 +155,7 @@ def test_inference_service_scores_every_row_exactly_once_and_follows_the_alias(w
 
     settings = reg.MlflowSettings(f"sqlite:///{tmp_path / 'mlflow.db'}", None, (tmp_path / "mlruns").as_uri())
     ftable = world["lake"].catalog.load_table(FEATURES_TABLE.identifier)
-    rows, man = mds.build_dataset(ftable, DAY, aml.day_start_us(DAY),
+    rows, _man = mds.build_dataset(ftable, DAY, aml.day_start_us(DAY),
                                   mds.current_snapshots({FEATURES_TABLE.identifier: ftable}))
     res = mtr.train_horizon(rows, 1)
     run = reg.log_training(settings, horizon_s=1, booster=res.booster, params={}, metrics=res.metrics(),

@@ -1,0 +1,204 @@
+"""Online inference: feature.* -> prediction.<market>.<model>, exactly once, per-symbol order.
+
+One transactional loop per served model (streaming/txn_loop.py, the processors' loop):
+it reads every feature topic it serves, scores each batch with the model version the
+registry alias `champion` names, and produces one prediction per feature row in the same
+Kafka transaction as the input offsets. Keys stay the symbol and every input partition is
+read in order by one consumer, so each symbol's predictions keep the order of its feature
+rows. A feature row that cannot be scored (undecodable, another feature spec version,
+columns of the wrong type, a non-finite score) goes to dlq.inference with the reason.
+
+The alias is checked every `reload_interval_s`; when it moved, the new version is loaded
+between two batches, so a batch is scored by exactly one version and a prediction's
+event_id (feature row id + model + version, ml/predictions.py) says which. Until a model
+has a champion its loop consumes nothing (offsets stay put), so once the first version is
+registered the loop scores the feature topics from where its group left off — from their
+beginning the first time. Each model has its own consumer group and transactional id, so
+models come and go independently.
+
+The scoring code (ml.predictions.score_features) is the one the offline parity check runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from confluent_kafka import Message
+from confluent_kafka.admin import AdminClient
+
+from features.records import decode_row, rows_to_table
+from features.spec import SPEC_VERSION
+from ml.predictions import CONTENT_TYPE, encode_prediction, score_features
+from ml.registry import (
+    MlflowSettings,
+    ServedModel,
+    alias_version,
+    horizon_of,
+    load_version,
+)
+from schemas.model import Exchange, Market
+from schemas.topics import DlqStage, dlq_topic, feature_topic, prediction_topic
+from streaming import kafka_config as kc
+from streaming.dlq import DlqCounters, dead_letter
+from streaming.topic_admin import create_topics
+from streaming.topic_config import TopicConfig
+from streaming.txn_loop import LoopStats, OutRecord, TransactionalLoop
+
+log = logging.getLogger(__name__)
+
+
+def inference_group(model: str) -> str:
+    """Consumer group and transactional id of the loop serving `model`."""
+    return f"ticklake-inference-{model}"
+
+
+class InferenceLoop(TransactionalLoop):
+    def __init__(self, conn: kc.KafkaConnection, settings: MlflowSettings, model: str,
+                 pairs: Iterable[tuple[Market, Exchange]], *, reload_interval_s: float = 10.0,
+                 topic_config: TopicConfig | None = None, input_topics: list[str] | None = None, **kw):
+        self.pairs = list(pairs)
+        super().__init__(conn, group_id=inference_group(model), transactional_id=inference_group(model),
+                         input_topics=input_topics or [feature_topic(m, x) for m, x in self.pairs], **kw)
+        self.name = f"inference-{model}"
+        self.settings = settings
+        self.model = model
+        self.horizon_s = horizon_of(model)
+        self.reload_interval_s = reload_interval_s
+        self.topic_config = topic_config or TopicConfig.local()
+        self.served: ServedModel | None = None
+        self.reloads = 0
+        self.dlq = DlqCounters(DlqStage.INFERENCE.value)
+        self._client = None
+        self._next_check = 0.0
+
+    def start(self) -> None:
+        admin = AdminClient(kc.admin_config(self.conn))
+        specs = {prediction_topic(m, self.model): self.topic_config.prediction for m in {m for m, _ in self.pairs}}
+        specs[dlq_topic(DlqStage.INFERENCE)] = self.topic_config.dlq
+        create_topics(admin, specs, self.topic_config.replication_factor)
+        super().start()
+
+    # -- the model ------------------------------------------------------------------------
+
+    def refresh_model(self, force: bool = False) -> bool:
+        """Load the champion when the alias moved (checked every reload_interval_s); True if
+        a new version was loaded. Registry errors keep the current version."""
+        now = time.monotonic()
+        if not force and now < self._next_check:
+            return False
+        self._next_check = now + self.reload_interval_s
+        try:
+            if self._client is None:
+                self._client = self.settings.client()
+            found = alias_version(self._client, self.model)
+            if found is None or (self.served is not None and found[0] == self.served.version):
+                return False
+            self.served = load_version(self._client, self.model, *found)
+        except Exception as exc:  # noqa: BLE001 - the registry being down must not stop scoring
+            log.warning("%s: cannot check the champion (%s); keeping version %s", self.name, exc,
+                        self.served.version if self.served else None)
+            return False
+        self.reloads += 1
+        log.info("%s: serving version %s (run %s)", self.name, self.served.version, self.served.run_id)
+        return True
+
+    def run_once(self) -> bool:
+        self.refresh_model()
+        if self.served is None:          # nothing to serve yet: leave the input where it is
+            self.stop_event.wait(min(self.reload_interval_s, 1.0))
+            return False
+        return super().run_once()
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def _dead(self, m: Message, reason: str) -> OutRecord:
+        self.dlq.count(reason)
+        dl = dead_letter(DlqStage.INFERENCE, reason, source=f"{m.topic()}[{m.partition()}]@{m.offset()}",
+                         raw=m.value())
+        return OutRecord(dl.topic, dl.value, dl.key, dl.headers, dl.timestamp_ms)
+
+    def _parse(self, m: Message) -> tuple[dict | None, str | None]:
+        try:
+            row = decode_row(m.value() or b"")
+        except (ValueError, TypeError) as exc:
+            return None, f"decode: {exc}"
+        if row.get("spec_version") != SPEC_VERSION:
+            return None, (f"mismatch: feature spec version {row.get('spec_version')!r}, model "
+                          f"{self.model} takes version {SPEC_VERSION}")
+        try:
+            rows_to_table([row])
+        except _ARROW_ERRORS as exc:
+            return None, f"schema: {exc}"
+        return row, None
+
+    def process_batch(self, msgs: list[Message]) -> list[OutRecord]:
+        assert self.served is not None
+        outs: list[OutRecord] = []
+        good: list[tuple[Message, dict]] = []
+        for m in msgs:
+            row, reason = self._parse(m)
+            if reason is not None:
+                outs.append(self._dead(m, reason))
+            else:
+                good.append((m, row))
+        if not good:
+            return outs
+        served = self.served
+        preds = score_features(rows_to_table([r for _, r in good]), served.name, served.version, self.horizon_s,
+                               served.booster)
+        ts = pc.cast(preds["exchange_ts"], pa.int64()).to_pylist()
+        preds = preds.drop_columns(["exchange_ts"])
+        for (m, _), p, t in zip(good, preds.to_pylist(), ts, strict=True):
+            if not math.isfinite(p["prediction"]):
+                outs.append(self._dead(m, f"score: non-finite prediction {p['prediction']!r}"))
+                continue
+            p["exchange_ts"] = t
+            outs.append(OutRecord(prediction_topic(p["market"], self.model), encode_prediction(p),
+                                  p["symbol"].encode(), [("content-type", CONTENT_TYPE.encode()),
+                                                         ("event-id", p["event_id"].encode())], t // 1000))
+        return outs
+
+
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
+
+
+class InferenceService:
+    """The loops of every served model, run side by side in one process (the Dagster run);
+    duck-types the TransactionalLoop interface pipelines.processor_services.run_until_stopped uses."""
+
+    name = "inference"
+
+    def __init__(self, loops: list[InferenceLoop]):
+        self.loops = loops
+
+    @property
+    def stats(self) -> dict[str, LoopStats]:
+        return {lp.model: lp.stats for lp in self.loops}
+
+    def request_stop(self, *_: object) -> None:
+        for lp in self.loops:
+            lp.request_stop()
+
+    def run(self, *, idle_exit_s: float | None = None, max_seconds: float | None = None) -> None:
+        errors: list[BaseException] = []
+
+        def work(lp: InferenceLoop) -> None:
+            try:
+                lp.run(idle_exit_s=idle_exit_s, max_seconds=max_seconds)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+                self.request_stop()      # crash-only: one failed loop stops the service; the supervisor restarts it
+
+        threads = [threading.Thread(target=work, args=(lp,), name=lp.name, daemon=True) for lp in self.loops]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
