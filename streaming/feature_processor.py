@@ -6,16 +6,18 @@ below its own partition's watermark, or its window has already been closed; late
 go to dlq.features with the reason (counted), never into a window. Windows close when the
 *close frontier* passes their end: the minimum watermark over partitions that are not idle
 (an idle partition, silent for idle_timeout, would otherwise hold every window open; when
-all are idle everything buffered is closed). Idle also requires *caught up*: nothing left
-to read in the partition (consumer position at the broker's high watermark). Silence alone
-is wall time, and a partition that merely has not been fetched for a while (a backlog at
-replay speed max, a slow start) would be declared idle while its records are still to
-come, and then found late: the output would depend on the replay's speed. With the
-caught-up condition a partition is idle only when its source has really gone quiet, which
-is as decidable in event time as it gets (the one wall-clock rule left: how long a
-caught-up partition must stay silent). Closed windows are computed with the one
-feature spec (features.compute) and produced in the same Kafka transaction as the input
-offsets that completed them.
+all are idle everything buffered is closed). Idle requires three things (live_partitions):
+nothing left to read in the partition, decided exactly from the client's end-of-partition
+events (transaction markers understood, records of an open upstream transaction counted);
+silence for idle_timeout of wall time; and silence for idle_timeout of *event* time (the
+active partitions have moved that far past it). Silence alone is wall time: a partition
+that has not been fetched for a while, or whose upstream writes it behind another topic
+(the normalizer working through a backlog at replay speed max), would be declared idle
+while older records are still to come, and they would be found late: the output would
+depend on the replay's speed. The one wall-clock rule left is the end of input (every
+partition quiet: close what is buffered), which event time cannot decide. Closed windows
+are computed with the one feature spec (features.compute) and produced in the same Kafka
+transaction as the input offsets that completed them.
 
 Why per-partition watermarks: after a restart the consumer may read one topic far ahead
 of another; a watermark shared across partitions would then declare the slower topic's
@@ -210,23 +212,31 @@ class Engine:
                     self.buffers.setdefault(ts - ts % WINDOW_US, []).append(Buffered(tp, m.offset(), envelope_row(env)))
 
 
-#: Silence (in idle timeouts) after which a partition is idle even when the caught-up probe
-#: says records remain: the probe compares the consumer position with a cached high
-#: watermark, and a trailing transaction marker the position never passes (seen on the
-#: embedded broker) would otherwise hold every later window open forever.
-STALE_IDLE_FACTOR = 10
-
-
 def live_partitions(assignment: Iterable[TP], last_seen: dict[TP, float], now: float, idle_s: float,
-                    caught_up: set[TP]) -> list[TP]:
-    """Partitions that hold the close frontier: all but the idle ones, idle meaning silent for
-    ``idle_s`` *and* caught up (a partition with records still to read is not idle), or silent
-    for STALE_IDLE_FACTOR x ``idle_s`` whatever the probe says."""
-    def holds(tp: TP) -> bool:
-        silent = now - last_seen.get(tp, now)
-        return silent <= idle_s or (tp not in caught_up and silent <= STALE_IDLE_FACTOR * idle_s)
+                    caught_up: set[TP], maxts: dict[TP, int] | None = None) -> list[TP]:
+    """Partitions that hold the close frontier: all but the idle ones.
 
-    return [tp for tp in assignment if holds(tp)]
+    A partition is *quiet* when it has nothing left to read (`caught_up`, exact: see
+    FeatureProcessor._caught_up) and nothing arrived for ``idle_s`` of wall time. A quiet
+    partition is idle only when it is quiet in event time too: the partitions still active
+    have moved at least ``idle_s`` of event time past its newest record (or it never had
+    one). Live, both clocks agree. At replay speed max the upstream normalizer may write one
+    topic seconds of event time ahead of another (it works through its backlog a fetch
+    chunk at a time): the lagging partition's next records are then still behind the
+    others, and declaring it idle on wall-clock silence alone would close their window
+    before they arrive (one missing 1 s window in the acceptance test). When every
+    partition is quiet the input has ended for now: [] (the caller closes what is buffered)."""
+    assignment = list(assignment)
+    quiet = {tp for tp in assignment if tp in caught_up and now - last_seen.get(tp, now) > idle_s}
+    active = [tp for tp in assignment if tp not in quiet]
+    if not active:
+        return []
+    maxts = maxts or {}
+    seen = [maxts[tp] for tp in active if tp in maxts]
+    if not seen:
+        return active
+    reference = min(seen) - int(idle_s * 1_000_000)
+    return [tp for tp in assignment if tp not in quiet or (tp in maxts and maxts[tp] > reference)]
 
 
 def feature_records(rows: list[dict]) -> list[OutRecord]:
@@ -304,6 +314,7 @@ def committed_chain(consumer: Consumer, topic: str, committed: int, *, before: d
 
 class FeatureProcessor(TransactionalLoop):
     name = "feature-processor"
+    partition_eof = True   # the exact caught-up test (_caught_up) reads end-of-partition events
 
     def __init__(self, conn: kc.KafkaConnection, pairs: list[tuple[Market, Exchange]], *,
                  processor_name: str = "default", allowed_lateness_ms: int = 500,
@@ -322,6 +333,8 @@ class FeatureProcessor(TransactionalLoop):
         self.checkpoint_interval_s = checkpoint_interval_s
         self.state_topic = state_topic(processor_name)
         self.last_seen: dict[TP, float] = {}
+        self.eof: dict[TP, int] = {}          # end offset the client's fetcher last reported reaching
+        self.next_offset: dict[TP, int] = {}  # offset after the newest record taken from the partition
         self.last_progress: int | None = None
         self._pending_ckpt: dict | None = None
         self._last_ckpt_time = 0.0
@@ -383,6 +396,7 @@ class FeatureProcessor(TransactionalLoop):
         for m in msgs:
             tp = (m.topic(), m.partition())
             self.last_seen[tp] = now
+            self.next_offset[tp] = m.offset() + 1
             reason, _ = self.engine.offer(tp, m.offset(), m.value(), m.headers())
             if reason is not None:
                 self.engine.dlq.count(reason)
@@ -391,7 +405,8 @@ class FeatureProcessor(TransactionalLoop):
                 dl = dead_letter(DlqStage.FEATURES, reason, source=f"{tp[0]}[{tp[1]}]@{m.offset()}",
                                  raw=m.value())
                 out.append(OutRecord(dl.topic, dl.value, dl.key, dl.headers))
-        live = live_partitions(self.assignment, self.last_seen, now, self.idle_timeout_s, self._caught_up())
+        live = live_partitions(self.assignment, self.last_seen, now, self.idle_timeout_s, self._caught_up(),
+                               self.engine.maxts)
         before = self.engine.frontier
         frontier = self.engine.propose_frontier(live if live else None)
         rows = self.engine.close(frontier)
@@ -407,26 +422,28 @@ class FeatureProcessor(TransactionalLoop):
             self._dirty = True
         return out
 
+    def on_partition_eof(self, tp: TP, offset: int) -> None:
+        self.eof[tp] = offset
+
     def _caught_up(self) -> set[TP]:
-        """Partitions with nothing left to read: position at the cached high watermark (the
-        consumer's position skips transaction markers). Before the first record of a run
-        the position is unknown; the start offset stands in for it, allowing one trailing
-        transaction marker."""
+        """Partitions with nothing left to read, exactly: the client's fetcher reported the
+        partition's end (an end-of-partition event; its fetch position passes transaction
+        markers, which occupy offsets but are never delivered, so a trailing marker cannot
+        keep a partition "behind" forever), no record was taken from it after that, and the
+        newest high watermark the client saw is not beyond that end (records of a
+        transaction still open upstream count: the embedded broker's fetch responses carry
+        the high watermark including them, so the partition is not quiet while they may
+        still be committed). No wall-clock escape: a partition that is behind stays held."""
         out: set[TP] = set()
         if self.consumer is None:
             return out
-        for r in self.consumer.position([TopicPartition(t, p) for t, p in self.assignment]):
-            tp = (r.topic, r.partition)
-            lo, hi = self.consumer.get_watermark_offsets(TopicPartition(r.topic, r.partition), cached=True)
-            if hi < 0:
-                out.add(tp)                       # nothing known to be unread yet
-            elif r.offset >= 0:
-                if r.offset >= hi:
-                    out.add(tp)
-            else:
-                start = self.positions.get(tp)
-                if hi <= (max(lo, 0) if start is None else start + 1):
-                    out.add(tp)
+        for tp in self.assignment:
+            end = self.eof.get(tp)
+            if end is None or end < self.next_offset.get(tp, 0):
+                continue
+            _, hi = self.consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            if hi <= end:
+                out.add(tp)
         return out
 
     def wants_txn(self, msgs, outs) -> bool:

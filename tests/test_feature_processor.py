@@ -158,10 +158,9 @@ def test_a_partition_with_records_still_to_read_is_never_idle():
     last_seen = {busy: 100.0, lagging: 90.0}                 # the lagging one silent for 10 s
     assert live_partitions([busy, lagging], last_seen, 100.0, 2.0, caught_up={busy}) == [busy, lagging]
     assert live_partitions([busy, lagging], last_seen, 100.0, 2.0, caught_up={busy, lagging}) == [busy]
-    # Silent far longer than any fetch gap (10 idle timeouts): idle even if the probe still
-    # sees a record to read (a trailing transaction marker), so the end of a stream closes.
-    assert live_partitions([busy, lagging], last_seen, 121.0, 2.0, caught_up=set()) == []
-    assert live_partitions([busy, lagging], last_seen, 119.0, 2.0, caught_up=set()) == [busy]
+    # No wall-clock escape: however long it is silent, a partition with something left to read
+    # holds (the caught-up test understands transaction markers, tests/test_feature_idleness.py).
+    assert live_partitions([busy, lagging], last_seen, 1000.0, 2.0, caught_up=set()) == [busy, lagging]
 
     def run(caught_up: set) -> tuple[int, int]:
         eng = Engine(500_000)

@@ -1,0 +1,126 @@
+"""When an input partition of the feature processor counts as idle, on a real broker.
+
+The close frontier skips idle partitions; declaring one idle too early makes its next
+records late (dead-lettered, their window missing or short), and the hour's parity check
+(streaming vs batch features) fails. These tests pin the two ways that happened in the
+acceptance test (tests/test_platform_acceptance.py) at replay speed max."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import Producer
+
+from features.compute import compute_features
+from features.inputs import events_from_envelopes
+from features.records import decode_row, rows_to_table
+from schemas.model import EventType, Exchange, Market, event_type_from_pb
+from schemas.topics import dlq_topic, event_topic, feature_topic
+from streaming import kafka_config as kc
+from streaming.broker import EmbeddedBroker
+from streaming.feature_processor import FeatureProcessor, live_partitions
+from streaming.serde import encode
+from tests import processing_support as ps
+from tests.sample_events import BASE_TS, envelope
+from tests.synthetic_events import SyntheticMarket
+
+PAIR = [(Market.SPOT, Exchange.BINANCE)]
+SORT = [("symbol", "ascending"), ("exchange_ts", "ascending")]
+SPOT = {"market": Market.SPOT, "symbol": "BTC-USDT", "native": "BTCUSDT"}
+
+
+@pytest.fixture
+def broker(tmp_path):
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
+        ps.create_project_topics(b.bootstrap)
+        yield b
+
+
+def _topic(env) -> str:
+    return event_topic("processed", "spot", event_type_from_pb(env.event_type), "binance")
+
+
+def _produce(bootstrap: str, envs) -> None:
+    records = [(_topic(e), encode(e)) for e in envs]
+    ps.produce(bootstrap, [(t, r.key, r.value, r.headers) for t, r in records])
+
+
+def _streamed(bootstrap: str):
+    rows = [decode_row(m.value()) for m in ps.read_topics(bootstrap, [feature_topic("spot", "binance")])]
+    return rows_to_table(rows).sort_by(SORT)
+
+
+def _batch(envs):
+    return compute_features(events_from_envelopes(envs))[0].sort_by(SORT)
+
+
+def _pump(fp: FeatureProcessor, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        fp.run_once()
+
+
+def test_quiet_in_wall_time_is_not_idle_until_quiet_in_event_time_too():
+    """The rule itself: a partition read to its end and silent for the idle timeout is idle
+    only once the active partitions are an idle timeout of event time past it."""
+    deltas, trades, empty = ("d", 0), ("t", 0), ("e", 0)
+    seen = {deltas: 90.0, trades: 100.0, empty: 90.0}
+    caught_up = {deltas, trades, empty}
+    maxts = {deltas: BASE_TS + 3_932_000, trades: BASE_TS + 5_702_000}
+    assert live_partitions([deltas, trades, empty], seen, 100.0, 2.0, caught_up, maxts) == [deltas, trades]
+    maxts[trades] = BASE_TS + 5_933_000                        # 2.001 s past the deltas: now idle
+    assert live_partitions([deltas, trades, empty], seen, 100.0, 2.0, caught_up, maxts) == [trades]
+    assert live_partitions([deltas, trades, empty], seen, 103.0, 2.0, caught_up, maxts) == []   # all quiet
+    assert live_partitions([deltas, trades], seen, 100.0, 2.0, {trades}, maxts) == [deltas, trades]
+
+
+def test_a_partition_written_behind_another_keeps_its_window_open(broker):
+    """The acceptance test's missing window, replayed on a real broker. At speed max the
+    normalizer wrote BTC-USDT's trade of 23:58:35.702 before the book deltas of 23:58:34 (a
+    second without trades). The delta partition, read to its end and silent for the idle
+    timeout, was declared idle; the trade moved the frontier past 23:58:35 and the deltas of
+    23:58:34, written a moment later, were late: that 1 s window was never published. The
+    deltas are only 1.77 s of event time behind the trade (< the idle timeout): not idle."""
+    first = [envelope(EventType.BOOK_SNAPSHOT, 0, **SPOT)]
+    first += [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(40)]   # to 3.932 s
+    first += [envelope(EventType.TRADE, 250 * k + 227, **SPOT) for k in range(16)]       # to 3.977 s
+    ahead = [envelope(EventType.TRADE, 5702 + k, **SPOT) for k in range(3)]             # none in second 4
+    behind = [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(40, 60)]
+    fp = FeatureProcessor(ps.connection(broker.bootstrap), PAIR, processor_name="behind",
+                          idle_timeout_ms=2000, batch_max_ms=100)
+    fp.start()
+    try:
+        _produce(broker.bootstrap, first)
+        _pump(fp, 3.0)           # read to the end, then quiet: seconds 0-3 closed
+        _produce(broker.bootstrap, ahead)
+        _pump(fp, 1.0)           # the trades run ahead; the deltas have been silent for > 2 s
+        _produce(broker.bootstrap, behind)
+        _pump(fp, 3.0)
+    finally:
+        fp.close()
+    assert not ps.read_topics(broker.bootstrap, [dlq_topic("features")])
+    streamed = _streamed(broker.bootstrap)
+    assert streamed.column("exchange_ts").cast("int64").to_pylist() == [BASE_TS + s * 1_000_000 for s in range(6)]
+    assert streamed.equals(_batch(first + ahead + behind))
+
+
+def test_transactional_input_ends_after_one_idle_timeout_without_a_wall_clock_escape(broker):
+    """Input written in transactions ends with a commit marker: an offset that is never
+    delivered. The caught-up test reads the client's end-of-partition events (their position
+    passes markers), so the end of input closes the last windows after one idle timeout,
+    with no silence-based escape that could also skip a partition with records to read."""
+    envs = SyntheticMarket(seed=11).events(4000, 1000)                     # 4 s of three instruments
+    conn = ps.connection(broker.bootstrap)
+    p = Producer(kc.transactional_producer_config(conn, "test-upstream-txn"))
+    p.init_transactions(30)
+    for part in (envs[: len(envs) // 2], envs[len(envs) // 2:]):
+        p.begin_transaction()
+        for e in part:
+            r = encode(e)
+            p.produce(_topic(e), value=r.value, key=r.key, headers=r.headers)
+        p.commit_transaction(30)
+    fp = FeatureProcessor(conn, PAIR, processor_name="txn-input", idle_timeout_ms=1000)
+    fp.run(idle_exit_s=4.0)
+    assert not ps.read_topics(broker.bootstrap, [dlq_topic("features")])
+    assert _streamed(broker.bootstrap).equals(_batch(envs))
