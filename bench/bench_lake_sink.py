@@ -59,8 +59,10 @@ def synthetic_trades(n: int, hours: int = 4, seed: int = 1) -> pa.Table:
         "lot_size": np.ones(n, np.int64), "shard": np.full(n, None), "trade_id": np.char.mod("%d", np.arange(n)),
         "px": rng.integers(1_000, 10_000_000, n), "qty": rng.integers(1, 100_000, n),
         "taker_side": np.where(rng.random(n) < 0.5, "buy", "sell"), "first_trade_id": np.zeros(n, np.int64),
-        "last_trade_id": np.zeros(n, np.int64),
+        "last_trade_id": np.zeros(n, np.int64), "qty_unit": np.full(n, "base"), "contract_value": np.full(n, "1"),
+        "contract_value_ccy": np.full(n, None), "base_qty": None, "base_size_scale": np.full(n, 3, np.int32),
     }
+    cols["base_qty"] = cols["qty"]
     arrays = [pa.array(cols[f.name], type=f.type) for f in spec.schema]
     return pa.Table.from_arrays(arrays, schema=spec.schema)
 
