@@ -18,18 +18,23 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
+import pyarrow.compute as pc
 
-from assets.batch_features import BATCH_FEATURES_KEY
-from assets.partitions import DAILY
+from assets.batch_features import BATCH_FEATURES_KEY, hour_us
+from assets.partitions import DAILY, HOURLY
 from features.spec import FEATURES_TABLE
 from ml import dataset as mds
 from ml import registry as reg
 from ml import train as mtr
+from ml.parity import compare_predictions
+from ml.predictions import PREDICTION_SCHEMA, PREDICTIONS_TABLE
 from resources.artifacts import ArtifactStoreResource
+from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.mlflow import MLFLOW, MlflowResource
 from schemas.tables import TABLES
 from streaming import feature_lake as fl
+from streaming import prediction_lake as pl
 from streaming.lake_state import HOUR_US
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))  # partitioned checks
@@ -39,6 +44,8 @@ DATASET_KEY = dg.AssetKey(["ml", "training_dataset"])
 CHECK_LEAKAGE = "no_label_leakage"
 CHECK_REBUILD = "rebuild_from_snapshots"
 CHECK_BASELINE = "beats_baseline"
+CHECK_PARITY = "offline_online_parity"
+PREDICTIONS_KEY = dg.AssetKey(["lake", PREDICTIONS_TABLE.name])
 
 
 def model_key(horizon_s: int) -> dg.AssetKey:
@@ -212,11 +219,75 @@ def _champion_asset(horizon_s: int):
     return _champion
 
 
+# -- predictions in the lake, and offline/online parity -----------------------------------------
+
+class PredictionHourConfig(dg.Config):
+    require_complete: bool = True
+    """Refuse an hour some model's inference loop has not scored to its end yet."""
+
+
+@dg.asset(
+    key=PREDICTIONS_KEY,
+    partitions_def=HOURLY,
+    deps=[BATCH_FEATURES_KEY],
+    group_name=GROUP,
+    kinds={"kafka", "iceberg"},
+    description=f"`{PREDICTIONS_TABLE.identifier}`: the predictions the inference service published for the "
+                "hour (every prediction.* topic, event_id-distinct); the hour is replaced atomically.",
+)
+def lake_predictions(context: dg.AssetExecutionContext, config: PredictionHourConfig, lake: LakeResource,
+                     kafka: KafkaResource) -> dg.MaterializeResult:
+    h = hour_us(context.partition_key)
+    conn = kafka.connection()
+    rows, newest = pl.read_predictions(conn, pl.prediction_topics(conn), h)
+    if config.require_complete:
+        behind = [m for m in pl.hour_models(rows) if newest[m] < h + HOUR_US and not pl.group_caught_up(
+            conn, m, pl.hour_instruments(rows.filter(pc.equal(rows["model"], m))))]
+        if behind:
+            raise dg.Failure(description=f"hour {context.partition_key} not fully scored yet by {behind}")
+    table = fl.ensure_spec_table(lake.load_catalog(), PREDICTIONS_TABLE, dict(lake.table_properties) or None)
+    table = fl.write_hour(table, rows, h, {"writer": "prediction-lake", "hour": context.partition_key})
+    per_model = {m: int(pc.sum(pc.equal(rows["model"], m)).as_py()) for m in pl.hour_models(rows)}
+    return dg.MaterializeResult(metadata={"dagster/row_count": rows.num_rows,
+                                          "per_model": dg.MetadataValue.json(per_model),
+                                          "snapshot_id": dg.MetadataValue.text(
+                                              str(table.current_snapshot().snapshot_id))})
+
+
+def parity_result(lake: LakeResource, mlflow: MlflowResource, partition_key: str) -> dg.AssetCheckResult:
+    """The parity check's evaluation of one hour (lake features vs lake predictions)."""
+    h = hour_us(partition_key)
+    catalog = lake.load_catalog()
+    feats = fl.read_hour_rows(catalog.load_table(FEATURES_TABLE.identifier), h)
+    preds = fl.read_range(catalog.load_table(PREDICTIONS_TABLE.identifier), h, h + HOUR_US)
+    preds = PREDICTION_SCHEMA.empty_table() if preds is None else preds
+    client = mlflow.settings().client()
+    cache: dict = {}
+
+    def booster_for(model: str, version: str):
+        if (model, version) not in cache:
+            run_id = client.get_model_version(model, version).run_id
+            cache[model, version] = reg.load_version(client, model, version, run_id).booster
+        return cache[model, version]
+
+    ok, details = compare_predictions(feats, preds, booster_for)
+    return dg.AssetCheckResult(passed=ok, metadata={"details": dg.MetadataValue.json(details),
+                                                    "predictions": preds.num_rows, "feature_rows": feats.num_rows})
+
+
+@dg.asset_check(asset=PREDICTIONS_KEY, name=CHECK_PARITY, partitions_def=HOURLY,
+                description="Every published prediction of the hour equals the same model version scored offline "
+                            "on lake/features_1s, bit for bit.")
+def predictions_parity(context: dg.AssetCheckExecutionContext, lake: LakeResource,
+                       mlflow: MlflowResource) -> dg.AssetCheckResult:
+    return parity_result(lake, mlflow, context.partition_key)
+
+
 MODEL_ASSETS = {h: _model_asset(h) for h in mds.HORIZONS_S}
 CHAMPION_ASSETS = {h: _champion_asset(h) for h in mds.HORIZONS_S}
 
-assets = [training_dataset, *MODEL_ASSETS.values(), *CHAMPION_ASSETS.values()]
-asset_checks = [no_label_leakage, rebuild_from_snapshots]
+assets = [training_dataset, *MODEL_ASSETS.values(), *CHAMPION_ASSETS.values(), lake_predictions]
+asset_checks = [no_label_leakage, rebuild_from_snapshots, predictions_parity]
 jobs: list = []
 sensors: list = []
 schedules: list = []

@@ -198,3 +198,26 @@ def test_inference_service_scores_every_row_exactly_once_and_follows_the_alias(w
     got = _predictions(b, "t-ml-2")
     assert len(got) == 210 and len({p["event_id"] for p in got}) == 210
     assert [p["model_version"] for p in got[200:]] == ["2"] * 10
+
+    # predictions land in the lake hour, and the parity check compares them with the same
+    # versions scored offline on lake/features_1s: equal; one ulp off fails
+    from ml.predictions import PREDICTIONS_TABLE
+    from resources.kafka import KafkaResource
+    mlres = MlflowResource(tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_location)
+    r = dg.materialize([aml.lake_predictions, aml.predictions_parity], partition_key=a.CAPTURE_HOUR,
+                       resources={"lake": world["res"]["lake"], "kafka": KafkaResource(bootstrap_servers=b),
+                                  "mlflow": mlres},
+                       run_config={"ops": {"lake__predictions": {"config": {"require_complete": False}}}})
+    assert r.success
+    (ev,) = r.get_asset_check_evaluations()
+    assert ev.passed, ev.metadata
+    assert ev.metadata["predictions"].value == 210
+    ptable = world["lake"].catalog.load_table(PREDICTIONS_TABLE.identifier)
+    h = a.hour_us(a.CAPTURE_HOUR)
+    rows_p = fl.read_range(ptable, h, h + 3_600_000_000)
+    vals = rows_p["prediction"].to_numpy().copy()
+    vals[5] = np.nextafter(vals[5], 1.0)
+    fl.write_hour(ptable, rows_p.set_column(rows_p.schema.get_field_index("prediction"), "prediction",
+                                            pa.array(vals)), h)
+    bad = aml.parity_result(world["res"]["lake"], mlres, a.CAPTURE_HOUR)
+    assert not bad.passed and bad.metadata["details"].value["mismatches"][0]["model"] == "mid_ret_1s"
