@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from collectors import metrics
 from collectors.backoff import Backoff, BackoffPolicy
@@ -109,7 +109,12 @@ class ShardStats:
     rotations: int = 0
     workers_started: int = 0
     producer_retries: int = 0
+    #: records the broker refused for good (too large, invalid): dropped, logged
     delivery_errors: int = 0
+    #: records whose delivery failed for a passing reason (broker down past
+    #: message.timeout.ms, producer fenced or fatal): produced again, never dropped
+    redelivered: int = 0
+    producers_replaced: int = 0
     delivered: int = 0
     rest_requests: int = 0
     rest_status: Counter = field(default_factory=Counter)
@@ -119,6 +124,26 @@ class ShardStats:
     def as_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.__dict__.items()
                 if k != "ip_events"}
+
+
+#: Delivery errors no retry can fix: the record itself is refused.
+_PERMANENT_DELIVERY_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
+    KafkaError.INVALID_MSG, KafkaError.INVALID_RECORD,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.TOPIC_EXCEPTION,
+})
+
+
+#: Delivery errors that mean the producer's own id/epoch is no longer valid on the broker
+#: (e.g. a broker restart after timeouts): not fatal to librdkafka, but every later record
+#: of this producer fails the same way, so the publisher starts a new producer.
+_PRODUCER_STATE_ERRORS = frozenset({
+    KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.UNKNOWN_PRODUCER_ID,
+    KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.INVALID_PRODUCER_ID_MAPPING,
+})
+#: Seconds between two rounds of producing failed records again (a broker that is down
+#: must not turn redelivery into a busy loop).
+REDELIVERY_INTERVAL_S = 0.5
 
 
 class Publisher:
@@ -132,10 +157,13 @@ class Publisher:
         self.cfg = cfg
         self.stats = stats
         self._per_message_cb = not isinstance(producer, dict)
+        self._config: dict[str, Any] | None = None
         if isinstance(producer, dict):
-            producer = Producer({**producer, "delivery.report.only.error": True,
-                                 "on_delivery": self._on_delivery})
+            self._config = {**producer, "delivery.report.only.error": True, "on_delivery": self._on_delivery}
+            producer = Producer(self._config)
         self.producer = producer
+        #: records to produce again (their delivery failed for a passing reason)
+        self._redeliver: list[tuple[str, bytes | None, bytes | None, Any]] = []
         self._topics: dict[tuple[int, int, int], str] = {}
         self._pending = 0
         self._produced = 0
@@ -150,11 +178,54 @@ class Publisher:
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
-            self.stats.delivery_errors += 1
-            log_event(log, logging.ERROR, "delivery failed", shard=self.cfg.name, topic=msg.topic(),
-                      error=str(err))
+            if err.code() in _PERMANENT_DELIVERY_ERRORS:
+                self.stats.delivery_errors += 1
+                log_event(log, logging.ERROR, "delivery failed", shard=self.cfg.name, topic=msg.topic(),
+                          error=str(err))
+                return
+            # A broker outage longer than message.timeout.ms, or a producer that turned
+            # fatal (e.g. the broker lost its idempotence state in a restart): the venue
+            # will not send this event again, so it is produced again (a copy that did land
+            # has the same event id, and consumers dedup by it).
+            self.stats.redelivered += 1
+            self._redeliver.append((msg.topic(), msg.key(), msg.value(), msg.headers()))
+            if err.fatal() or err.code() in _PRODUCER_STATE_ERRORS:
+                self._fatal = True
+            if self.stats.redelivered == 1 or self.stats.redelivered % 10_000 == 0:
+                log_event(log, logging.WARNING, "delivery failed; producing again", shard=self.cfg.name,
+                          topic=msg.topic(), error=str(err), redelivered=self.stats.redelivered)
         elif self._per_message_cb:
             self.stats.delivered += 1
+
+    _fatal = False
+
+    def _replace_producer(self) -> None:
+        """A fatal producer error (idempotence state lost) leaves the producer unusable: queue
+        what it still holds for redelivery and continue with a new one."""
+        if self._config is None:
+            raise KafkaException("producer failed fatally and was not built by the publisher")
+        old = self.producer
+        old.purge()  # queued/in-flight records come back as failed deliveries -> _redeliver
+        old.poll(0)
+        self._produced -= len(old)  # anything it still reports is not counted as delivered
+        self.producer = Producer(self._config)
+        self._fatal = False
+        self.stats.producers_replaced += 1
+        log_event(log, logging.WARNING, "producer replaced after a fatal error", shard=self.cfg.name,
+                  redeliver=len(self._redeliver))
+
+    _last_redelivery = 0.0
+
+    def _flush_redeliveries(self) -> None:
+        now = time.monotonic()
+        if now - self._last_redelivery < REDELIVERY_INTERVAL_S:
+            return
+        self._last_redelivery = now
+        if self._fatal:
+            self._replace_producer()
+        batch, self._redeliver = self._redeliver, []
+        for topic, key, value, headers in batch:
+            self._produce(topic, key, value, headers)
 
     def _produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         while True:
@@ -170,6 +241,10 @@ class Publisher:
                 # (which frees the queue) and try again; never drop.
                 self.stats.producer_retries += 1
                 self.producer.poll(0.05)
+            except KafkaException as exc:
+                if not exc.args[0].fatal():
+                    raise
+                self._replace_producer()
         self._produced += 1
         self._pending += 1
         if self._pending >= 1000:
@@ -196,17 +271,25 @@ class Publisher:
 
     def poll(self) -> None:
         self.producer.poll(0)
+        if self._redeliver or self._fatal:
+            self._flush_redeliveries()
         self._update_delivered()
 
     def _update_delivered(self) -> None:
         if not self._per_message_cb:
             # produced - still queued or in flight - failed = acknowledged
-            self.stats.delivered = self._produced - len(self.producer) - self.stats.delivery_errors
+            self.stats.delivered = (self._produced - len(self.producer) - self.stats.delivery_errors
+                                    - self.stats.redelivered)
 
     def flush(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
         left = self.producer.flush(timeout)
+        while (self._redeliver or self._fatal) and time.monotonic() < deadline:
+            time.sleep(min(REDELIVERY_INTERVAL_S, max(deadline - time.monotonic(), 0)))
+            self._flush_redeliveries()
+            left = self.producer.flush(max(deadline - time.monotonic(), 0))
         self._update_delivered()
-        return left
+        return left + len(self._redeliver)
 
 
 # -- connections -----------------------------------------------------------------------------------

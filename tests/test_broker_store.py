@@ -125,3 +125,37 @@ def test_topics_records_and_offsets_survive_a_stop_start_and_a_kill_9(tmp_path):
         # the group resumes after its committed 20: exactly the records written since
         assert sorted(_consume(broker.bootstrap, topic, group, 20)) == sorted(second + third)
         assert "restarting it" in (tmp_path / "b2.log").read_text()
+
+
+# --------------------------------------------------------------------------- producers across an outage
+
+
+def test_collector_publisher_produces_again_what_a_broker_outage_timed_out(tmp_path):
+    """A collector cannot ask the venue again: records whose delivery timed out while the
+    broker was down are produced again, not dropped and counted."""
+    from types import SimpleNamespace
+
+    from collectors.runner import Publisher, ShardStats
+    from streaming.broker import find_free_port
+
+    port, data, topic = find_free_port(), tmp_path / "broker-data", f"outage-{uuid.uuid4().hex[:8]}"
+    cfg = SimpleNamespace(name="outage-shard", exchange="binance")
+    with EmbeddedBroker(port=port, data_dir=data, log_path=tmp_path / "b1.log") as broker:
+        create_topics(admin_client(broker.bootstrap), {topic: TopicSpec(1, HOUR_MS)}, 1)
+        pub = Publisher(cfg, {"bootstrap.servers": broker.bootstrap, "enable.idempotence": True,
+                              "message.timeout.ms": 1500, "reconnect.backoff.max.ms": 200}, ShardStats())
+        pub._produce(topic, b"k0", b"v0", [])
+        assert pub.flush(20) == 0
+    # The broker is down: these time out after 1.5 s, repeatedly.
+    for i in range(1, 6):
+        pub._produce(topic, f"k{i}".encode(), f"v{i}".encode(), [])
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        pub.poll()
+        time.sleep(0.1)
+    assert pub.stats.redelivered >= 5 and pub.stats.delivery_errors == 0
+    with EmbeddedBroker(port=port, data_dir=data, log_path=tmp_path / "b2.log") as broker:
+        assert pub.flush(30) == 0
+        got = _consume(broker.bootstrap, topic, "outage-group", 6, commit=False)
+    assert sorted(set(got)) == [f"v{i}".encode() for i in range(6)]
+    assert pub.stats.delivered == 6
