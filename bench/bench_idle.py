@@ -43,8 +43,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from workloads.samples import BINANCE_SPOT_HFT  # noqa: E402 - after the sys.path line above
 
-CAPTURE = ROOT.parent / "shared" / "samples" / "binance" / "hftbacktest_spot_btcusdt_20240808.gz"
+CAPTURE = BINANCE_SPOT_HFT
 TICKLAKE = Path(sys.executable).with_name("ticklake")
 STACK_ID_ENV = "TICKLAKE_STACK_ID"
 TICK = os.sysconf("SC_CLK_TCK")

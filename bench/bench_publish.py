@@ -36,9 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from workloads.samples import BINANCE_SPOT_HFT  # noqa: E402 - after the sys.path line above
 
-SAMPLES = ROOT.parent / "shared" / "samples"
-CAPTURE = SAMPLES / "binance" / "hftbacktest_spot_btcusdt_20240808.gz"
+CAPTURE = BINANCE_SPOT_HFT
 SAMPLE_EVERY = 50
 
 

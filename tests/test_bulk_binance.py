@@ -44,12 +44,12 @@ from streaming.lake_writer import LakeFileWriter, commit_files
 from streaming.normalizer import Normalizer
 from streaming.serde import encode
 from tests.support.bulk_server import FileServer
+from workloads.samples import BINANCE_VISION
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
 warnings.filterwarnings("ignore", category=getattr(dg, "BetaWarning", Warning))
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "binance_vision"
-ISSUE_ROWS = SAMPLES / "rows_quoted_in_binance-public-data_issues.txt"
+ISSUE_ROWS = BINANCE_VISION / "rows_quoted_in_binance-public-data_issues.txt"
 
 SPOT_INFO = {"symbols": [{
     "symbol": "BTCUSDT", "status": "TRADING", "baseAsset": "BTC", "quoteAsset": "USDT", "baseAssetPrecision": 8,
@@ -164,7 +164,7 @@ def test_layout_matches_data_binance_vision():
 
 
 def test_checksum_cells_of_the_genuine_replacement_log(tmp_path):
-    lines = (SAMPLES / "binance-public-data_updates_2022-10-04_aggregate_trade_updates.head.csv").read_text().splitlines()
+    lines = (BINANCE_VISION / "binance-public-data_updates_2022-10-04_aggregate_trade_updates.head.csv").read_text().splitlines()
     name, old, new = lines[1].split(",")
     digest, fname = bv.parse_checksum(new)
     assert fname == f"{name}.zip" and len(digest) == 64 and digest != bv.parse_checksum(old)[0]
@@ -216,7 +216,7 @@ def test_genuine_rows_parse():
     cm_k = bv.parse("\n".join(kl[3:]).encode(), "klines")
     assert not spot_k.header and cm_k.header and spot_k.rows == cm_k.rows == 3
     assert spot_k.table.column("open_time").to_pylist() == cm_k.table.column("open_time").to_pylist()
-    ada = bv.parse((SAMPLES / "nautilus_ADABTC-1m-2021-11-27.csv").read_bytes(), "klines")
+    ada = bv.parse((BINANCE_VISION / "nautilus_ADABTC-1m-2021-11-27.csv").read_bytes(), "klines")
     assert ada.rows == 10 and not ada.header and ada.table.column("count").to_pylist()[0] == 79
     with pytest.raises(ValueError, match="no lake event table"):
         bv.to_envelopes(ada, target("binance.spot.BTCUSDT.trades"))

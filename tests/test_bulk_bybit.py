@@ -12,7 +12,6 @@ import random
 import warnings
 import zipfile
 from decimal import Decimal
-from pathlib import Path
 
 import dagster as dg
 import pyarrow.compute as pc
@@ -28,11 +27,11 @@ from schemas.model import EventType, Exchange, Market
 from schemas.tables import TABLES
 from streaming.instruments import InstrumentCatalog
 from tests.support.bulk_server import FileServer
+from workloads.samples import BYBIT_OB500
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
 warnings.filterwarnings("ignore", category=getattr(dg, "BetaWarning", Warning))
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "samples" / "bybit" / "nautilus_2024-12-01_XRPUSDT_ob500.data.zip"
 DAY = "2024-12-01"
 BOOK = "bybit.linear.XRPUSDT.ob500"
 TRADES = "bybit.linear.XRPUSDT.trades"
@@ -55,7 +54,7 @@ def target(key: str) -> Target:
 
 
 def sample_lines() -> list[bytes]:
-    with zipfile.ZipFile(SAMPLE) as z:
+    with zipfile.ZipFile(BYBIT_OB500) as z:
         return [ln for ln in z.read(z.namelist()[0]).splitlines() if ln.strip()]
 
 
@@ -149,7 +148,7 @@ def test_trade_history_parses_exactly():
 @pytest.fixture
 def served(tmp_path, ticklake_home):
     server = FileServer()
-    server.put(bh.book_path("linear", "XRPUSDT", DAY), SAMPLE.read_bytes())
+    server.put(bh.book_path("linear", "XRPUSDT", DAY), BYBIT_OB500.read_bytes())
     trades = generated_trades(300)
     server.put(bh.trades_path("XRPUSDT", DAY), trades_csv_gz(trades))
     bad = io.BytesIO()

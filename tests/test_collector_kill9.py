@@ -36,9 +36,9 @@ from tests.support.collectors import (
     verify_books,
     wait_until,
 )
+from workloads.samples import BINANCE_SPOT_HFT
 
 REPO = Path(__file__).resolve().parents[1]
-CAPTURE = REPO.parent / "shared" / "samples" / "binance" / "hftbacktest_spot_btcusdt_20240808.gz"
 KILLS = 6
 SEED = int(os.environ.get("TICKLAKE_KILL9_SEED", "20261204"))
 
@@ -67,7 +67,7 @@ def test_kill9_of_a_shard_under_replay_load_loses_and_doubles_nothing(kafka_brok
 
     async def main():
         emu = Emulator(server_ping_s=5)
-        feed = emu.play_capture(CAPTURE, speed=25)
+        feed = emu.play_capture(BINANCE_SPOT_HFT, speed=25)
         sim = feed.sim
         sim.replay_recent = 4000
         await emu.start()

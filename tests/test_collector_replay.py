@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -25,8 +24,7 @@ from tests.support.collectors import (
     verify_books,
     wait_until,
 )
-
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
+from workloads.samples import SAMPLES
 
 #: every capture the emulator serves, with the replay speed it is tested at: unlimited, and
 #: paced (hftbacktest to ~6 s; OKX, three shards, at twice the recorded pace).

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,11 +44,10 @@ from tests.support.collectors import (
     unique,
     wait_until,
 )
+from workloads.samples import OKX_CF, REFERENCE
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
-OKX_CAPTURE = SAMPLES / "okx" / "cryptofeed_OKX.ws.1.0"
-OKX_REF = SAMPLES / "reference" / "nautilus_okx_instruments_swap.json"
-BYBIT_INVERSE_REF = SAMPLES / "reference" / "nautilus_bybit_instruments_inverse.json"
+OKX_REF = REFERENCE / "nautilus_okx_instruments_swap.json"
+BYBIT_INVERSE_REF = REFERENCE / "nautilus_bybit_instruments_inverse.json"
 
 
 def _base(qty: int, ss: int, bs: int | None) -> Decimal:
@@ -137,7 +135,7 @@ def okx_replay(kafka_broker):
 
     async def scenario():
         emu = Emulator(server_ping_s=5)
-        feed = emu.play_capture(OKX_CAPTURE, speed=None)
+        feed = emu.play_capture(OKX_CF, speed=None)
         await emu.start()
         shards = emu.shard_configs(prefix, egress_ips=EIPS[:3], watchdog_s=60)
         runs = [RunningShard(cfg, bootstrap) for cfg in shards]

@@ -33,10 +33,9 @@ from pathlib import Path
 import pytest
 
 from tests.test_stack import processes_of, ticklake
+from workloads.samples import BINANCE_SPOT_HFT, BYBIT_OB500
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-BINANCE = SAMPLES / "binance" / "hftbacktest_spot_btcusdt_20240808.gz"
-BYBIT = SAMPLES / "bybit" / "nautilus_2024-12-01_XRPUSDT_ob500.data.zip"
+BINANCE, BYBIT = BINANCE_SPOT_HFT, BYBIT_OB500
 #: The hours each capture's receive times cover (widened by a minute each way), and only those.
 BINANCE_HOURS = ("2024-08-08-23:00", "2024-08-09-00:00")
 BYBIT_HOURS = ("2024-11-30-23:00", "2024-12-01-00:00")

@@ -66,11 +66,11 @@ from streaming.pragma.publisher import PragmaPublisher, PublisherCore
 from streaming.topic_admin import admin_client, create_topics
 from streaming.topic_config import TopicSpec
 from tests.support.envelopes import envelope
+from workloads.samples import BINANCE_SPOT_CF, BINANCE_SPOT_HFT, BINANCE_USDM_CF, OKX_CF
 
 pytestmark = pytest.mark.timeout(180)
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO.parent / "shared" / "samples"
 SCHEMA_DIR = REPO / "schemas" / "jsonschema"
 KEY_RE = re.compile(r"^(spot|perp)-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+$")
 FIXED_NOW_US = 1_750_000_000_123_456
@@ -116,10 +116,10 @@ def synthetic_binance_btc_perp() -> list[pb.Envelope]:
 @pytest.fixture(scope="module")
 def events() -> list[pb.Envelope]:
     evs: list[pb.Envelope] = []
-    evs += capture_envelopes(SAMPLES / "okx" / "cryptofeed_OKX.ws.1.0")
-    evs += capture_envelopes(SAMPLES / "binance_futures" / "cryptofeed_BINANCE_FUTURES.ws.1.0")
-    evs += capture_envelopes(SAMPLES / "binance" / "cryptofeed_BINANCE.ws.1.0")
-    evs += capture_envelopes(SAMPLES / "binance" / "hftbacktest_spot_btcusdt_20240808.gz", limit=3000)
+    evs += capture_envelopes(OKX_CF)
+    evs += capture_envelopes(BINANCE_USDM_CF)
+    evs += capture_envelopes(BINANCE_SPOT_CF)
+    evs += capture_envelopes(BINANCE_SPOT_HFT, limit=3000)
     evs += synthetic_binance_btc_perp()
     kinds = {(exchange_from_pb(e.exchange), market_from_pb(e.market), event_type_from_pb(e.event_type))
              for e in evs}
@@ -600,8 +600,8 @@ def _replay_publisher(evs: list[pb.Envelope], speed_max: bool) -> dict[tuple[str
 def test_a_replay_publishes_the_same_messages_at_speed_1_and_at_speed_max():
     """Time rules run on event time: the records (ids, count, order per feed) do not depend
     on how fast the input arrives. Short captures, trimmed here from the shipped samples."""
-    evs = capture_envelopes(SAMPLES / "okx" / "cryptofeed_OKX.ws.1.0")
-    evs += capture_envelopes(SAMPLES / "binance" / "hftbacktest_spot_btcusdt_20240808.gz", limit=6000)
+    evs = capture_envelopes(OKX_CF)
+    evs += capture_envelopes(BINANCE_SPOT_HFT, limit=6000)
     evs.sort(key=lambda e: e.ingest_ts)         # one stream, in arrival order (trimmed captures interleave)
     slow = _replay_publisher(evs, speed_max=False)
     fast = _replay_publisher(evs, speed_max=True)

@@ -39,9 +39,8 @@ from streaming.source_complete import (
     withdraw_overlapping,
 )
 from streaming.watermarks import is_hour_closed
+from workloads.samples import BINANCE_SPOT_HFT
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-HFT = SAMPLES / "binance" / "hftbacktest_spot_btcusdt_20240808.gz"
 TICKLAKE = Path(sys.executable).parent / "ticklake"
 H = datetime(2024, 8, 8, 23, tzinfo=UTC)
 H_US = int(H.timestamp()) * 1_000_000
@@ -154,9 +153,9 @@ def test_drain_probe_is_not_fooled_by_a_transaction_commit_marker(kafka_broker):
 # --------------------------------------------------------------------------- replay setup pieces
 
 def test_capture_span_is_the_first_and_last_receive_time_of_the_capture():
-    with gzip.open(HFT, "rt") as fh:
+    with gzip.open(BINANCE_SPOT_HFT, "rt") as fh:
         stamps = [int(line.split(" ", 1)[0]) for line in fh if line.strip()]
-    [(first, last)] = capture_spans(HFT)
+    [(first, last)] = capture_spans(BINANCE_SPOT_HFT)
     assert first == min(stamps) // 1000 and last == max(stamps) // 1000
     lo, hi = hour_span(first, last)
     assert datetime.fromtimestamp(lo / 1e6, UTC) == H
@@ -198,6 +197,6 @@ def test_speed_and_services_options():
     out = subprocess.run([str(TICKLAKE), "up", "--speed", "2"], capture_output=True, text=True, timeout=60,
                          check=False)
     assert out.returncode == 2 and "--speed applies to --replay only" in out.stderr
-    out = subprocess.run([str(TICKLAKE), "up", "--replay", str(HFT), "--speed", "fast"], capture_output=True,
+    out = subprocess.run([str(TICKLAKE), "up", "--replay", str(BINANCE_SPOT_HFT), "--speed", "fast"], capture_output=True,
                          text=True, timeout=60, check=False)
     assert out.returncode == 2 and "--speed must be" in out.stderr

@@ -17,9 +17,9 @@ from collectors.exchanges.okx import okx_checksum as adapter_okx_checksum
 from collectors.replay import Emulator, serve_capture
 from schemas.model import Exchange, Market
 from tests.support.collectors import EIPS
+from workloads.samples import OKX_CF, SAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT.parent / "shared" / "samples"
 
 
 async def _recv_json(ws, timeout: float = 5.0):
@@ -129,7 +129,6 @@ def test_bybit_and_okx_subscribe_ping_and_snapshot_on_subscribe():
     asyncio.run(main())
 
 
-OKX_CAPTURE = SAMPLES / "okx" / "cryptofeed_OKX.ws.1.0"
 
 
 async def _okx_subscriber(emu, insts: list[str], got: dict[str, int], stop: asyncio.Event) -> None:
@@ -153,7 +152,7 @@ def test_capture_playback_holds_each_stream_until_a_subscriber_takes_it():
     to nobody once the first one subscribed), and the stats say the capture was served."""
     async def main():
         emu = Emulator()
-        feed = emu.play_capture(OKX_CAPTURE, speed=None)
+        feed = emu.play_capture(OKX_CF, speed=None)
         await emu.start()
         got: dict[str, int] = {}
         stop = asyncio.Event()
@@ -190,7 +189,7 @@ def test_frames_nobody_subscribed_are_counted_and_the_replay_is_not_complete():
 
     async def main():
         emu = Emulator(hold_timeout_s=0.3)
-        feed = emu.play_capture(OKX_CAPTURE, speed=None)
+        feed = emu.play_capture(OKX_CF, speed=None)
         await emu.start()
         got: dict[str, int] = {}
         stop = asyncio.Event()
@@ -209,7 +208,7 @@ def test_frames_nobody_subscribed_are_counted_and_the_replay_is_not_complete():
     assert st["finished"] and not st["complete"] and st["unserved"] == others
     assert set(st["feeds"][0]["unserved_keys"]) == {k for k in feed.keys if k and not k.endswith(":BTC-USDT")}
     why = incomplete_reason(st)
-    assert f"{others} events of {OKX_CAPTURE} reached no collector" in why and "trades:UNI-USD-SWAP" in why
+    assert f"{others} events of {OKX_CF} reached no collector" in why and "trades:UNI-USD-SWAP" in why
 
 
 def test_okx_checksum_matches_the_genuine_capture():
@@ -218,7 +217,7 @@ def test_okx_checksum_matches_the_genuine_capture():
     from collectors.emulator.book import okx_checksum
 
     n = 0
-    for rec in read(SAMPLES / "okx" / "cryptofeed_OKX.ws.1.0"):
+    for rec in read(OKX_CF):
         obj = json.loads(rec.payload)
         if isinstance(obj, dict) and obj.get("action") == "snapshot":
             d = obj["data"][0]
@@ -260,7 +259,7 @@ def test_control_api_and_capture_directory_serving(tmp_path):
 
 def test_emulator_command_line_writes_its_endpoints(tmp_path):
     state = tmp_path / "emu.json"
-    p = subprocess.Popen([sys.executable, "-m", "collectors.replay", str(SAMPLES / "okx" / "cryptofeed_OKX.ws.1.0"),
+    p = subprocess.Popen([sys.executable, "-m", "collectors.replay", str(OKX_CF),
                           "--synthetic", "binance:spot:3:50", "--state-file", str(state)],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
