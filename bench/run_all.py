@@ -119,7 +119,30 @@ def _printed_processing(out: str) -> list[dict]:
     return figs
 
 
-PRINTED = {"lake_sink": _printed_lake_sink, "processing": _printed_processing}
+def _printed_analytics(out: str) -> list[dict]:
+    """Figures of bench_analytics.py's printed table (until it emits figure lines itself)."""
+    figs = []
+    m = re.search(r"ClickHouse hour load \(trades\)\s+([\d,]+) rows/s\s+insert_arrow baseline\s+([\d,]+)", out)
+    if m:
+        figs.append(figure("ClickHouse hour load (trades)", _num(m.group(1)), "rows/s",
+                           "plain insert_arrow, same server", _num(m.group(2))))
+    m = re.search(r"insert_arrow via the local server \(HTTP\)\s+([\d,]+) rows/s\s+in-process chdb baseline\s+([\d,]+)",
+                  out)
+    if m:
+        figs.append(figure("insert_arrow via the local ClickHouse server (HTTP)", _num(m.group(1)), "rows/s",
+                           "in-process chdb", _num(m.group(2))))
+    loc = re.search(r"feature recompute, local batch \(in-process\)\s+([\d,]+) events/s", out)
+    spk = re.search(r"feature recompute, Spark local\[2\]\s+([\d,]+) events/s", out)
+    if spk:
+        figs.append(figure("feature recompute, Spark local[2]", _num(spk.group(1)), "events/s",
+                           "local batch in-process", _num(loc.group(1)) if loc else None))
+    m = re.search(r"chart render per symbol-hour \(PNG\+SVG\+preview\)\s+([\d,]+) ms", out)
+    if m:
+        figs.append(figure("chart render per symbol-hour (PNG+SVG+preview)", _num(m.group(1)), "ms"))
+    return figs
+
+
+PRINTED = {"lake_sink": _printed_lake_sink, "processing": _printed_processing, "analytics": _printed_analytics}
 
 
 def run_one(b: Bench, smoke: bool, timeout: float) -> tuple[list[dict], str, float, int]:
@@ -157,10 +180,24 @@ def fmt(v) -> str:
     return str(v)
 
 
+def latest(jsonl: Path) -> list[dict]:
+    """The day's figures, each benchmark from its latest run (a run of one benchmark replaces
+    only that benchmark's rows in the day's table)."""
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    last = {}
+    for r in rows:
+        last[r["bench"]] = max(last.get(r["bench"], ""), r["time"])
+    order = [b.name for b in BENCHES]
+    keep = [r for r in rows if r["time"] == last[r["bench"]]]
+    return sorted(keep, key=lambda r: order.index(r["bench"]) if r["bench"] in order else len(order))
+
+
 def markdown(figs: list[dict], meta: dict, raw: dict[str, tuple[str, int]]) -> str:
-    lines = [f"Benchmarks, {meta['mode']} mode, {meta['time']} on commit `{meta['commit']}`"
-             f"{' (tree dirty)' if meta['dirty'] else ''}, python {meta['python']}, {meta['cpus']} CPUs shared"
-             " (ratio = value / baseline, both measured in the same run).", "",
+    runs = sorted({(f["bench"], f["time"], f["commit"], f.get("dirty")) for f in figs},
+                  key=lambda r: [b.name for b in BENCHES].index(r[0]) if r[0] in [b.name for b in BENCHES] else 99)
+    lines = [f"Benchmarks, {meta['mode']} mode, python {meta['python']}, {meta['cpus']} CPUs shared with other work"
+             " (ratio = value / baseline, both measured in the same run). Runs: "
+             + "; ".join(f"{b} {t} on `{c}`{' (dirty tree)' if d else ''}" for b, t, c, d in runs) + ".", "",
              "| figure | value | unit | baseline (same run) | baseline value | ratio | target | note |",
              "|---|---:|---|---|---:|---:|---|---|"]
     for f in figs:
@@ -207,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out / f"{day}.jsonl", "a") as fh:
         for f in figs:
             fh.write(json.dumps(f) + "\n")
-    md = markdown(figs, meta, raw)
+    md = markdown(latest(args.out / f"{day}.jsonl"), meta, raw)
     (args.out / f"{day}.md").write_text(md)
     print(md)
     return 0 if figs and all(rc == 0 for _, rc in raw.values()) else 1
