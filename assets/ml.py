@@ -286,7 +286,10 @@ def predictions_parity(context: dg.AssetCheckExecutionContext, lake: LakeResourc
 MODEL_ASSETS = {h: _model_asset(h) for h in mds.HORIZONS_S}
 CHAMPION_ASSETS = {h: _champion_asset(h) for h in mds.HORIZONS_S}
 
-assets = [training_dataset, *MODEL_ASSETS.values(), *CHAMPION_ASSETS.values(), lake_predictions]
+#: The daily training chain (dataset -> models -> champions) and its dataset checks.
+TRAINING_ASSETS = [training_dataset, *MODEL_ASSETS.values(), *CHAMPION_ASSETS.values()]
+TRAINING_CHECKS = [no_label_leakage, rebuild_from_snapshots]
+assets = [*TRAINING_ASSETS, lake_predictions]
 asset_checks = [no_label_leakage, rebuild_from_snapshots, predictions_parity]
 jobs: list = []
 sensors: list = []

@@ -108,6 +108,11 @@ class InferenceLoop(TransactionalLoop):
         log.info("%s: serving version %s (run %s)", self.name, self.served.version, self.served.run_id)
         return True
 
+    def lag(self) -> list[tuple[str, int, int]]:
+        """No lag while no model is served: waiting for a first champion is not being stuck
+        (`ticklake status` would otherwise judge the service stuck on an untrained stack)."""
+        return super().lag() if self.served is not None else []
+
     def run_once(self) -> bool:
         self.refresh_model()
         if self.served is None:          # nothing to serve yet: leave the input where it is
@@ -131,11 +136,15 @@ class InferenceLoop(TransactionalLoop):
         if row.get("spec_version") != SPEC_VERSION:
             return None, (f"mismatch: feature spec version {row.get('spec_version')!r}, model "
                           f"{self.model} takes version {SPEC_VERSION}")
+        return row, None
+
+    @staticmethod
+    def _schema_error(row: dict) -> str | None:
         try:
             rows_to_table([row])
         except _ARROW_ERRORS as exc:
-            return None, f"schema: {exc}"
-        return row, None
+            return f"schema: {exc}"
+        return None
 
     def process_batch(self, msgs: list[Message]) -> list[OutRecord]:
         assert self.served is not None
@@ -149,9 +158,23 @@ class InferenceLoop(TransactionalLoop):
                 good.append((m, row))
         if not good:
             return outs
+        try:
+            table = rows_to_table([r for _, r in good])
+        except _ARROW_ERRORS:
+            # Some row has values of the wrong type: find it (row by row only on this rare path).
+            kept = []
+            for m, r in good:
+                reason = self._schema_error(r)
+                if reason is None:
+                    kept.append((m, r))
+                else:
+                    outs.append(self._dead(m, reason))
+            good = kept
+            if not good:
+                return outs
+            table = rows_to_table([r for _, r in good])
         served = self.served
-        preds = score_features(rows_to_table([r for _, r in good]), served.name, served.version, self.horizon_s,
-                               served.booster)
+        preds = score_features(table, served.name, served.version, self.horizon_s, served.booster)
         ts = pc.cast(preds["exchange_ts"], pa.int64()).to_pylist()
         preds = preds.drop_columns(["exchange_ts"])
         for (m, _), p, t in zip(good, preds.to_pylist(), ts, strict=True):
@@ -181,12 +204,22 @@ class InferenceService:
     def stats(self) -> dict[str, LoopStats]:
         return {lp.model: lp.stats for lp in self.loops}
 
+    def warm_registry(self) -> None:
+        """Touch each distinct store once, serially, before the loops start: a fresh local
+        SQLite store creates its tables on first use, which the loops' threads must not race."""
+        for settings in {lp.settings for lp in self.loops}:
+            try:
+                settings.client().search_registered_models(max_results=1)
+            except Exception as exc:  # noqa: BLE001 - the loops retry on their own schedule
+                log.warning("inference: registry %s not reachable yet: %s", settings.tracking_uri, exc)
+
     def request_stop(self, *_: object) -> None:
         for lp in self.loops:
             lp.request_stop()
 
     def run(self, *, idle_exit_s: float | None = None, max_seconds: float | None = None) -> None:
         errors: list[BaseException] = []
+        self.warm_registry()
 
         def work(lp: InferenceLoop) -> None:
             try:

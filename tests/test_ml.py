@@ -48,7 +48,8 @@ def world(tmp_path_factory):
 
 def run_ml(world, selection) -> dg.ExecuteInProcessResult:
     job = dg.define_asset_job("ml_test", selection=selection, partitions_def=aml.DAILY)
-    defs = dg.Definitions(assets=aml.assets, asset_checks=aml.asset_checks, jobs=[job], resources=world["res"])
+    defs = dg.Definitions(assets=aml.TRAINING_ASSETS, asset_checks=aml.TRAINING_CHECKS, jobs=[job],
+                          resources=world["res"])
     return defs.resolve_job_def("ml_test").execute_in_process(partition_key=DAY, raise_on_error=False)
 
 
