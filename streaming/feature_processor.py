@@ -14,9 +14,13 @@ active partitions have moved that far past it). Silence alone is wall time: a pa
 that has not been fetched for a while, or whose upstream writes it behind another topic
 (the normalizer working through a backlog at replay speed max), would be declared idle
 while older records are still to come, and they would be found late: the output would
-depend on the replay's speed. The one wall-clock rule left is the end of input (every
-partition quiet: close what is buffered), which event time cannot decide. Closed windows
-are computed with the one feature spec (features.compute) and produced in the same Kafka
+depend on the replay's speed. And before the frontier skips an idle partition (or, every
+partition quiet, closes what is buffered: the end of input, which event time cannot
+decide), the stage upstream must be clear: the normalizer's group has consumed every raw
+record created before that decision and nothing committed is left unread in the skipped
+partitions (streaming/upstream.py; FeatureProcessor._upstream_gate). Whatever reaches them
+later then comes after the records the frontier was computed from. Closed windows are
+computed with the one feature spec (features.compute) and produced in the same Kafka
 transaction as the input offsets that completed them.
 
 Why per-partition watermarks: after a restart the consumer may read one topic far ahead
@@ -49,7 +53,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from features.compute import FeatureState, compute_features
@@ -57,7 +61,7 @@ from features.inputs import FEATURE_EVENT_TYPES, envelope_row, rows_to_table
 from features.records import CONTENT_TYPE, encode_row, table_rows
 from features.spec import WINDOW_US
 from schemas.model import Exchange, Market, event_type_from_pb
-from schemas.topics import DlqStage, Stage, event_topic, feature_topic
+from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, feature_topic
 from streaming import kafka_config as kc
 from streaming import processor_metrics as metrics
 from streaming.dlq import DlqCounters, dead_letter
@@ -66,12 +70,20 @@ from streaming.serde import SerdeError, decode
 from streaming.topic_admin import create_topics
 from streaming.topic_config import DAY_MS, TopicSpec
 from streaming.txn_loop import HoldInTxn, OutRecord, TransactionalLoop
+from streaming.upstream import UpstreamClearance
 
 log = logging.getLogger(__name__)
 
 NEG_INF = -(1 << 62)
 CHUNK_BYTES = 700_000
 STATE_TOPIC_SPEC = TopicSpec(1, 7 * DAY_MS, -1, extra={"cleanup.policy": "delete"})
+
+
+#: The normalizer's consumer group (streaming.normalizer.NormalizerService's default): the stage
+#: upstream of processed.*, whose progress through raw.* decides idleness (streaming/upstream.py).
+NORMALIZER_GROUP = "ticklake-normalizer"
+#: How often a pending upstream clearance is probed.
+UPSTREAM_PROBE_EVERY_S = 0.5
 
 
 def state_topic(name: str) -> str:
@@ -318,7 +330,8 @@ class FeatureProcessor(TransactionalLoop):
 
     def __init__(self, conn: kc.KafkaConnection, pairs: list[tuple[Market, Exchange]], *,
                  processor_name: str = "default", allowed_lateness_ms: int = 500,
-                 idle_timeout_ms: int = 2000, checkpoint_interval_s: float = 10.0, **kw):
+                 idle_timeout_ms: int = 2000, checkpoint_interval_s: float = 10.0,
+                 upstream_group: str | None = NORMALIZER_GROUP, **kw):
         # Each transaction writes a progress record; a floor on the batch interval bounds
         # the state topic's growth (~10 small records/s) at a small latency cost.
         kw.setdefault("batch_min_ms", 100)
@@ -335,6 +348,10 @@ class FeatureProcessor(TransactionalLoop):
         self.last_seen: dict[TP, float] = {}
         self.eof: dict[TP, int] = {}          # end offset the client's fetcher last reported reaching
         self.next_offset: dict[TP, int] = {}  # offset after the newest record taken from the partition
+        self.upstream_group = upstream_group
+        self.upstream: UpstreamClearance | None = None
+        self._clearance: tuple[float, int] | None = None   # (wall time asked about, frontier then)
+        self._last_probe = 0.0
         self.last_progress: int | None = None
         self._pending_ckpt: dict | None = None
         self._last_ckpt_time = 0.0
@@ -351,7 +368,16 @@ class FeatureProcessor(TransactionalLoop):
 
     def start(self) -> None:
         self.ensure_state_topic()
+        if self.upstream_group is not None:
+            raw = sorted({t for m, x in self.pairs for t in all_event_topics(Stage.RAW, [x], [m])})
+            self.upstream = UpstreamClearance(self.conn, self.upstream_group, raw)
         super().start()
+
+    def close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        super().close()
 
     def _reader(self) -> Consumer:
         return Consumer(kc.consumer_config(self.conn, f"{self.group_id}-restore", read_committed=True,
@@ -409,6 +435,8 @@ class FeatureProcessor(TransactionalLoop):
                                self.engine.maxts)
         before = self.engine.frontier
         frontier = self.engine.propose_frontier(live if live else None)
+        if len(live) < len(self.assignment):
+            frontier = self._upstream_gate(frontier, [tp for tp in self.assignment if tp not in set(live)])
         rows = self.engine.close(frontier)
         if rows:
             wall = time.time()
@@ -421,6 +449,42 @@ class FeatureProcessor(TransactionalLoop):
         if msgs or self._frontier_changed:
             self._dirty = True
         return out
+
+    def _upstream_gate(self, frontier: int, idle: list[TP]) -> int:
+        """The frontier the `idle` partitions may let through: `frontier` (which skips them)
+        only as far as the upstream has been found clear, else the frontier that holds every
+        partition. A quiet partition's next records can only come from raw records not yet
+        normalized (or normalized but not yet fetched here). So: note (T, frontier at T);
+        once the normalizer's group has consumed every raw record created before T (its
+        transactions make the output visible with the offsets) and a direct read finds no
+        committed record after what this processor took from the idle partitions, whatever
+        reaches them later comes from raw records created after T, i.e. after every record
+        behind the frontier proposed at T: close up to min(frontier at T, frontier now).
+        Asked only when skipping the idle partitions would close a buffered window (never on
+        an idle stack)."""
+        held = self.engine.propose_frontier(self.assignment)
+        if self.upstream is None:
+            return frontier
+        if not any(held < ws + WINDOW_US <= frontier for ws in self.engine.buffers):
+            return held
+        now = time.monotonic()
+        if self._clearance is None:
+            self._clearance, self._last_probe = (time.time(), frontier), 0.0
+        if now - self._last_probe < UPSTREAM_PROBE_EVERY_S:
+            return held
+        self._last_probe = now
+        asked, then = self._clearance
+        try:
+            clear = (self.upstream.cleared(asked) and
+                     self.upstream.nothing_after({tp: max(self.eof.get(tp, 0), self.next_offset.get(tp, 0))
+                                                  for tp in idle}))
+        except KafkaException as exc:      # a broker hiccup: ask again later
+            log.warning("upstream clearance probe failed: %s", exc)
+            clear = False
+        if not clear:
+            return held
+        self._clearance = None
+        return max(held, min(then, frontier))
 
     def on_partition_eof(self, tp: TP, offset: int) -> None:
         self.eof[tp] = offset

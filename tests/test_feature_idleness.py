@@ -92,11 +92,11 @@ def test_a_partition_written_behind_another_keeps_its_window_open(broker):
     fp.start()
     try:
         _produce(broker.bootstrap, first)
-        _pump(fp, 3.0)           # read to the end, then quiet: seconds 0-3 closed
+        _pump(fp, 3.0)           # read to the end, then quiet
         _produce(broker.bootstrap, ahead)
         _pump(fp, 1.0)           # the trades run ahead; the deltas have been silent for > 2 s
         _produce(broker.bootstrap, behind)
-        _pump(fp, 3.0)
+        _pump(fp, 8.0)           # end of input: quiet, upstream clear, fetched since: all closed
     finally:
         fp.close()
     assert not ps.read_topics(broker.bootstrap, [dlq_topic("features")])
@@ -121,6 +121,49 @@ def test_transactional_input_ends_after_one_idle_timeout_without_a_wall_clock_es
             p.produce(_topic(e), value=r.value, key=r.key, headers=r.headers)
         p.commit_transaction(30)
     fp = FeatureProcessor(conn, PAIR, processor_name="txn-input", idle_timeout_ms=1000)
-    fp.run(idle_exit_s=4.0)
+    fp.run(idle_exit_s=8.0)
     assert not ps.read_topics(broker.bootstrap, [dlq_topic("features")])
     assert _streamed(broker.bootstrap).equals(_batch(envs))
+
+
+def test_a_partition_far_behind_waits_until_the_normalizer_has_read_its_backlog(broker):
+    """Skew beyond the idle timeout: the normalizer, working through raw.* a chunk at a time,
+    wrote trades 8 s of event time ahead of the deltas. The delta partition is quiet in both
+    clocks, yet its deltas are still in raw.*; the frontier may skip it only once the
+    normalizer's group has consumed every raw record created before that decision."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streaming.feature_processor import NORMALIZER_GROUP
+
+    raw = event_topic("raw", "spot", EventType.BOOK_DELTA, "binance")
+    ps.produce(broker.bootstrap, [(raw, b"BTCUSDT", b"not yet normalized", None)])
+    first = [envelope(EventType.BOOK_SNAPSHOT, 0, **SPOT)]
+    first += [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(40)]
+    first += [envelope(EventType.TRADE, 250 * k + 227, **SPOT) for k in range(16)]
+    ahead = [envelope(EventType.TRADE, 12_000 + k, **SPOT) for k in range(3)]
+    behind = [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(40, 125)]
+    fp = FeatureProcessor(ps.connection(broker.bootstrap), PAIR, processor_name="far-behind",
+                          idle_timeout_ms=1000, batch_max_ms=100)
+    fp.start()
+    try:
+        _produce(broker.bootstrap, first + ahead)
+        _pump(fp, 3.0)           # everything read and quiet, but raw.* still holds a record
+        assert not _streamed(broker.bootstrap).num_rows
+        _produce(broker.bootstrap, behind)
+        normalizer = Consumer(kc.consumer_config(ps.connection(broker.bootstrap), NORMALIZER_GROUP))
+        parts = {(t, p) for t, p in fp.upstream.partitions() if t == raw}
+        normalizer.commit(offsets=[TopicPartition(t, p, 1 if p == _partition_of(broker.bootstrap, raw) else 0)
+                                   for t, p in parts], asynchronous=False)
+        normalizer.close()
+        _pump(fp, 8.0)
+    finally:
+        fp.close()
+    assert not ps.read_topics(broker.bootstrap, [dlq_topic("features")])
+    streamed = _streamed(broker.bootstrap)
+    assert streamed.column("exchange_ts").cast("int64").to_pylist() == [BASE_TS + s * 1_000_000 for s in range(13)]
+    assert streamed.equals(_batch(first + ahead + behind))
+
+
+def _partition_of(bootstrap: str, topic: str) -> int:
+    [m] = ps.read_topics(bootstrap, [topic], group="test-partition-of")
+    return m.partition()
