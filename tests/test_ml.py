@@ -222,3 +222,28 @@ def test_inference_service_scores_every_row_exactly_once_and_follows_the_alias(w
                                             pa.array(vals)), h)
     bad = aml.parity_result(world["res"]["lake"], mlres, a.CAPTURE_HOUR)
     assert not bad.passed and bad.metadata["details"].value["mismatches"][0]["model"] == "mid_ret_1s"
+
+
+def test_inference_job_waits_for_a_champion_without_consuming(kafka_broker, ticklake_home, tmp_path):
+    """The Dagster service job as the supervisor launches it (resources, topics, service_run):
+    with no registered model it consumes nothing and stops cleanly when asked to."""
+    from pipelines.inference_service import inference_service
+    from resources.kafka import KafkaResource
+    from schemas.topics import DlqStage, dlq_topic, feature_topic, prediction_topic
+    from streaming.inference import inference_group
+    from streaming.kafka_io import committed_offsets, partitions_for, plain_consumer
+
+    b = kafka_broker.bootstrap
+    wk.create_project_topics(b)
+    res = {"kafka": KafkaResource(bootstrap_servers=b),
+           "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")}
+    r = inference_service.execute_in_process(
+        run_config={"ops": {"run_inference": {"config": {"models": ["mid_ret_10s"], "pairs": ["spot:binance"],
+                                                         "idle_exit_s": 2.0}}}}, resources=res)
+    assert r.success
+    c = plain_consumer(wk.connection(b), inference_group("mid_ret_10s"))
+    try:
+        assert partitions_for(c, [prediction_topic("spot", "mid_ret_10s"), dlq_topic(DlqStage.INFERENCE)])
+        assert set(committed_offsets(c, partitions_for(c, [feature_topic("spot", "binance")])).values()) == {None}
+    finally:
+        c.close()
