@@ -54,6 +54,7 @@ BENCHES = (
     Bench("processing", "bench_processing.py", ("--events", "20000", "--rates", "2000,5000,10000,20000",
                                                 "--duration", "4")),
     Bench("analytics", "bench_analytics.py", ("--rows", "100000", "--events", "30000", "--rounds", "1")),
+    Bench("ml", "bench_ml.py", ("--copies", "30", "--rounds", "1")),
     # starts two whole stacks: run it alone, under /tmp/ticklake-stack.lock (see its docstring)
     Bench("idle", "bench_idle.py", ("--seconds", "20", "--settle", "10", "--json"), in_quick=False),
 )
