@@ -32,8 +32,8 @@ from pipelines import (
     lake_sink_service,
     pragma_service,
     processor_services,
+    recompute_job,
     replay_completion,
-    replay_job,
     supervisors,
     supervisors_processors,
 )
@@ -46,7 +46,7 @@ defs = dg.Definitions.merge(
     supervisors.defs,              # collector supervisor sensor
     processor_services.defs,       # normalizer + feature processor service jobs
     supervisors_processors.defs,   # their supervisor sensor
-    replay_job.defs,               # processor replay runbook
+    recompute_job.defs,            # processor recompute runbook
     pragma_service.defs,           # pragma publisher service + supervisor
     lake_setup.defs,               # lake tables
     lake_sink_service.defs,        # lake sink service + supervisor

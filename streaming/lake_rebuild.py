@@ -3,7 +3,7 @@
 1. Source. `processed.*` when the topics still hold every record the sink consumed for
    the hour, else the lake's own rows of the hour:
    * kafka - per partition of the table's topics, the start offset is found by binary
-     search over record timestamps (streaming/replay_runbook.offset_for_time: the embedded
+     search over record timestamps (streaming/recompute.offset_for_time: the embedded
      broker has no timestamp index). A record is produced after its event happened, so a
      record stamped before hour start - margin holds no row of the hour. Records are read
      up to the offsets of the sink's newest snapshot (exactly what the sink consumed, never
@@ -59,7 +59,7 @@ from streaming.lake_state import (
     latest_sink_state,
 )
 from streaming.lake_writer import LakeFileWriter, commit_files, ensure_writer_properties
-from streaming.replay_runbook import offset_for_time
+from streaming.recompute import offset_for_time
 from streaming.serde import SerdeError, decode
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
-"""The replay runbook as a job: launch it from the UI (Launchpad) with a time range.
+"""The recompute runbook as a job: launch it from the UI (Launchpad) with a time range.
 
-Logic lives in streaming/replay_runbook.py; this op only parses the config, runs it and
+Logic lives in streaming/recompute.py; this op only parses the config, runs it and
 reports counts, checksums and what (if anything) was promoted as output metadata.
 """
 
@@ -12,18 +12,18 @@ from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from streaming.feature_processor import parse_pairs
 from streaming.normalizer import build_catalog, input_topics_for
-from streaming.replay_runbook import replay_features, replay_normalizer
+from streaming.recompute import recompute_features, recompute_normalizer
 
 
-class ReplayConfig(dg.Config):
+class RecomputeConfig(dg.Config):
     start: str
     """Range start, ISO 8601 (e.g. 2024-08-09T13:00:00Z)."""
     end: str
     """Range end (exclusive), ISO 8601."""
     processor: str = "features"
-    """Which processor to replay: "features" or "normalizer"."""
+    """Which processor to recompute: "features" or "normalizer"."""
     processor_name: str = "default"
-    """Which feature processor's history to replay (its state topic and group)."""
+    """Which feature processor's history to recompute (its state topic and group)."""
     pairs: list[str] = []
     """MARKET:EXCHANGE pairs the processor handles (empty: all)."""
     promote: bool = False
@@ -47,22 +47,22 @@ def _iso_us(text: str) -> int:
 
 
 @dg.op(out=dg.Out(dict), tags={"kind": "kafka"})
-def replay_range(context: dg.OpExecutionContext, config: ReplayConfig, kafka: KafkaResource):
+def recompute_range(context: dg.OpExecutionContext, config: RecomputeConfig, kafka: KafkaResource):
     tag = config.tag or context.run_id[:8]
     if config.processor == "features":
-        report = replay_features(kafka.connection(), parse_pairs(config.pairs or None), _iso_us(config.start),
+        report = recompute_features(kafka.connection(), parse_pairs(config.pairs or None), _iso_us(config.start),
                                  _iso_us(config.end), processor_name=config.processor_name,
                                  promote=config.promote, tag=tag)
     elif config.processor == "normalizer":
         cache = config.instruments_cache or str(resolve_home().root / "instruments.json")
         catalog, _ = build_catalog(cache)
-        report = replay_normalizer(kafka.connection(), catalog,
+        report = recompute_normalizer(kafka.connection(), catalog,
                                    input_topics_for(config.exchanges or None, config.markets or None),
                                    _iso_us(config.start), _iso_us(config.end), promote=config.promote, tag=tag)
     else:
         raise dg.Failure(f"unknown processor {config.processor!r}; expected 'features' or 'normalizer'")
     d = report.as_dict()
-    context.log.info(f"replay {config.start}..{config.end}: recomputed {report.recomputed}, live {report.live}, "
+    context.log.info(f"recompute {config.start}..{config.end}: recomputed {report.recomputed}, live {report.live}, "
                      f"equal={report.equal}, promoted {len(report.promoted)}")
     return dg.Output(d, metadata={
         "side_topic": report.side_topic, "recomputed": report.recomputed, "live": report.live,
@@ -73,12 +73,12 @@ def replay_range(context: dg.OpExecutionContext, config: ReplayConfig, kafka: Ka
         "promoted": len(report.promoted)})
 
 
-@dg.job(tags={"ticklake/runbook": "replay"},
-        description="Replay runbook: recompute a processor's output (features or normalized records) for a "
+@dg.job(tags={"ticklake/runbook": "recompute"},
+        description="Recompute runbook: recompute a processor's output (features or normalized records) for a "
                     "time range into a side topic, compare with the live topic, optionally promote.")
-def replay_job():
-    replay_range()
+def recompute_job():
+    recompute_range()
 
 
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
-defs = dg.Definitions(jobs=[replay_job])
+defs = dg.Definitions(jobs=[recompute_job])

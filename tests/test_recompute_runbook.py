@@ -1,4 +1,4 @@
-"""Replay runbook on a real broker: offsets by record timestamp (binary search), recompute a
+"""Recompute runbook on a real broker: offsets by record timestamp (binary search), recompute a
 range from the processor's committed history into a side topic, compare, promote."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 
 from features.records import decode_row, encode_row
 from features.spec import WINDOW_US, feature_event_id
-from pipelines.replay_job import replay_job
+from pipelines.recompute_job import recompute_job
 from resources.kafka import KafkaResource
 from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.topics import event_topic, feature_topic
@@ -20,12 +20,12 @@ from streaming import kafka_config as kc
 from streaming.broker import EmbeddedBroker
 from streaming.feature_processor import FeatureProcessor
 from streaming.normalizer import Normalizer, NormalizerService, input_topics_for
-from streaming.replay_runbook import (
+from streaming.recompute import (
     CORRECTION_HEADER,
     _uncommitted_reader,
     offset_for_time,
-    replay_features,
-    replay_normalizer,
+    recompute_features,
+    recompute_normalizer,
 )
 from streaming.serde import encode
 from streaming.topic_admin import admin_client, create_topics
@@ -94,10 +94,10 @@ def _live_rows(broker) -> list[dict]:
     return [decode_row(m.value()) for m in ps.read_topics(broker.bootstrap, [LIVE])]
 
 
-def test_replay_of_a_range_matches_the_live_topic(broker):
+def test_recompute_of_a_range_matches_the_live_topic(broker):
     _run_processor(broker)
     start, end = BASE_TS + 10 * WINDOW_US, BASE_TS + 16 * WINDOW_US
-    report = replay_features(connection(broker.bootstrap), PAIR, start, end, processor_name="live", tag="t1")
+    report = recompute_features(connection(broker.bootstrap), PAIR, start, end, processor_name="live", tag="t1")
     live = [r for r in _live_rows(broker) if start <= r["exchange_ts"] < end]
     assert report.complete and report.from_checkpoint
     assert report.recomputed == report.live == len(live) == 6 * 3          # 6 windows x 3 instruments
@@ -118,13 +118,13 @@ def test_broken_range_is_detected_and_promoted_from_the_ui_job(broker):
 
     iso = lambda us: datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat()
     with dg.instance_for_test() as instance:
-        res = replay_job.execute_in_process(
-            run_config={"ops": {"replay_range": {"config": {
+        res = recompute_job.execute_in_process(
+            run_config={"ops": {"recompute_range": {"config": {
                 "start": iso(start), "end": iso(end), "processor_name": "live", "pairs": ["spot:binance"],
                 "promote": True, "tag": "fix"}}}},
             resources={"kafka": KafkaResource(bootstrap_servers=broker.bootstrap)}, instance=instance)
     assert res.success
-    report = res.output_for_node("replay_range")
+    report = res.output_for_node("recompute_range")
     assert report["differing"] == [broken["event_id"]] and report["extra_in_live"] == [bogus["event_id"]]
     assert report["promoted"] == [broken["event_id"]] and not report["equal"]
     corrections = [m for m in ps.read_topics(broker.bootstrap, [LIVE])
@@ -135,7 +135,7 @@ def test_broken_range_is_detected_and_promoted_from_the_ui_job(broker):
     assert json.loads(json.dumps(report))["complete"] is True
 
 
-def test_normalizer_replay_rewinds_raw_by_timestamp_and_matches_processed(broker):
+def test_normalizer_recompute_rewinds_raw_by_timestamp_and_matches_processed(broker):
     envs = SyntheticMarket(seed=41).events(20_000, 1000)            # 20 s of raw events
     items = []
     for e in envs:
@@ -146,7 +146,7 @@ def test_normalizer_replay_rewinds_raw_by_timestamp_and_matches_processed(broker
     NormalizerService(conn, Normalizer(synthetic_catalog()), input_topics_for(["binance"], ["spot"])).run(
         idle_exit_s=2.0)
     start, end = BASE_TS + 8 * WINDOW_US, BASE_TS + 12 * WINDOW_US
-    report = replay_normalizer(conn, synthetic_catalog(), input_topics_for(["binance"], ["spot"]), start, end,
+    report = recompute_normalizer(conn, synthetic_catalog(), input_topics_for(["binance"], ["spot"]), start, end,
                                tag="n1", margin_us=2 * WINDOW_US)
     expected = sum(start <= e.exchange_ts < end for e in envs)
     assert report.recomputed == report.live == expected > 3000 and report.equal

@@ -1,4 +1,6 @@
-"""Replay runbook (seed: "Replay/Backfill a Broken Hour") for the feature processor.
+"""Recompute runbook for the feature processor: rebuild a time range of a processor's output
+from its own history (docs/lake.md, "Runbook: a broken hour"; named apart from the exchange
+emulator's capture replay, collectors/replay.py).
 
 1. Rewind: per input partition, find the first offset whose record timestamp is at or
    after the range start (minus lateness and one window) by binary search over offsets,
@@ -16,11 +18,11 @@
    republished; a correction shares its row's event_id and is the last copy, which is the
    one "latest wins" consumers keep. The report lists every promoted event_id.
 
-The normalizer has the same runbook (`replay_normalizer`): raw offsets found by record
+The normalizer has the same runbook (`recompute_normalizer`): raw offsets found by record
 timestamp (collectors' create time, i.e. receipt), its dedup window rebuilt by re-reading
 the span before the rewind point (exactly what a restart does), records re-normalized with
 the current reference data, and processed rows of the range compared and promoted the
-same way (side topic `replay.<tag>.processed`).
+same way (side topic `recompute.<tag>.processed`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from streaming.topic_admin import create_topics
 from streaming.topic_config import TopicConfig
 
 CORRECTION_HEADER = "ticklake-correction"
-REPLAY_HEADER = "ticklake-replay"
+RECOMPUTE_HEADER = "ticklake-recompute"
 
 
 def _uncommitted_reader(conn: kc.KafkaConnection, group: str) -> Consumer:
@@ -105,7 +107,7 @@ def offset_for_time(consumer: Consumer, tp: TP, ts_ms: int) -> int:
 
 
 @dataclass
-class ReplayReport:
+class RecomputeReport:
     processor: str
     start_us: int
     end_us: int
@@ -164,9 +166,9 @@ def _live_rows(conn: kc.KafkaConnection, topics: list[str], start_us: int, end_u
     return rows, n
 
 
-def replay_features(conn: kc.KafkaConnection, pairs: list[tuple[Market, Exchange]], start_us: int, end_us: int,
+def recompute_features(conn: kc.KafkaConnection, pairs: list[tuple[Market, Exchange]], start_us: int, end_us: int,
                     *, processor_name: str = "default", promote: bool = False, tag: str | None = None,
-                    side_partitions: int | None = None, rewind_margin_us: int = 5 * WINDOW_US) -> ReplayReport:
+                    side_partitions: int | None = None, rewind_margin_us: int = 5 * WINDOW_US) -> RecomputeReport:
     """`rewind_margin_us` (> allowed lateness + one window) is how far before `start` the
     input is rewound; the checkpoint used is the newest at or before that point whose
     windows from `start` on were still open."""
@@ -175,7 +177,7 @@ def replay_features(conn: kc.KafkaConnection, pairs: list[tuple[Market, Exchange
     tag = tag or time.strftime("%Y%m%dT%H%M%S")
     group = f"ticklake-features-{processor_name}"
     st_topic = state_topic(processor_name)
-    search = _uncommitted_reader(conn, f"{group}-replay-search")
+    search = _uncommitted_reader(conn, f"{group}-recompute-search")
     committed_reader = Consumer(kc.consumer_config(conn, group, read_committed=True, fetch_wait_max_ms=10))
     try:
         tps = partitions_for(search, input_topics(pairs))
@@ -206,15 +208,15 @@ def replay_features(conn: kc.KafkaConnection, pairs: list[tuple[Market, Exchange
         committed_reader.close()
 
     live_topics = sorted({feature_topic(m, x) for m, x in pairs})
-    side = f"replay.{tag}.features.{processor_name}"
+    side = f"recompute.{tag}.features.{processor_name}"
     cfg = TopicConfig.local(side_partitions or 3)
     create_topics(AdminClient(kc.admin_config(conn)), {side: cfg.feature}, replication_factor=1)
     recs = feature_records([decode_row(v) for v in rows.values()])
-    _publish(conn, f"ticklake-replay-{processor_name}-{tag}", side,
-             [(r.key, r.value, r.headers + [(REPLAY_HEADER, tag.encode())], r.timestamp_ms) for r in recs])
+    _publish(conn, f"ticklake-recompute-{processor_name}-{tag}", side,
+             [(r.key, r.value, r.headers + [(RECOMPUTE_HEADER, tag.encode())], r.timestamp_ms) for r in recs])
 
-    live, copies = _live_rows(conn, live_topics, start_us, end_us, f"{group}-replay-live", rewind_margin_us)
-    report = ReplayReport(
+    live, copies = _live_rows(conn, live_topics, start_us, end_us, f"{group}-recompute-live", rewind_margin_us)
+    report = RecomputeReport(
         processor=processor_name, start_us=start_us, end_us=end_us, side_topic=side,
         input_offsets={f"{t}[{p}]": o for (t, p), o in offsets.items()},
         from_checkpoint=chain.checkpoint is not None, batches_replayed=batches,
@@ -231,7 +233,7 @@ def replay_features(conn: kc.KafkaConnection, pairs: list[tuple[Market, Exchange
         items = []
         for eid in report.missing_in_live + report.differing:
             rec = feature_records([by_id[eid]])[0]
-            hdrs = rec.headers + [(REPLAY_HEADER, tag.encode())]
+            hdrs = rec.headers + [(RECOMPUTE_HEADER, tag.encode())]
             if eid in report.differing:
                 hdrs.append((CORRECTION_HEADER, b"1"))
             items.append((rec.topic, rec.key, rec.value, hdrs, rec.timestamp_ms))
@@ -265,7 +267,7 @@ def _publish_many(conn, txid, items) -> None:
 
 
 
-def _compare(report: ReplayReport, rows: dict[str, bytes], live: dict[str, set[bytes]]) -> ReplayReport:
+def _compare(report: RecomputeReport, rows: dict[str, bytes], live: dict[str, set[bytes]]) -> RecomputeReport:
     report.recomputed, report.live = len(rows), len(live)
     report.recomputed_checksum = checksum(rows)
     report.live_checksum = checksum({k: min(v) for k, v in live.items()})
@@ -275,9 +277,9 @@ def _compare(report: ReplayReport, rows: dict[str, bytes], live: dict[str, set[b
     return report
 
 
-def replay_normalizer(conn: kc.KafkaConnection, catalog, raw_topics: list[str], start_us: int, end_us: int, *,
+def recompute_normalizer(conn: kc.KafkaConnection, catalog, raw_topics: list[str], start_us: int, end_us: int, *,
                       promote: bool = False, tag: str | None = None, margin_us: int = 60 * WINDOW_US,
-                      dedup_span: int | None = None) -> ReplayReport:
+                      dedup_span: int | None = None) -> RecomputeReport:
     """Re-normalize the raw records around [start, end) and compare the processed rows of
     that exchange-time range with the live processed topics."""
     dedup_span = dedup_span or DEFAULT_DEDUP_SPAN
@@ -285,8 +287,8 @@ def replay_normalizer(conn: kc.KafkaConnection, catalog, raw_topics: list[str], 
         raise ValueError("end must be after start")
     tag = tag or time.strftime("%Y%m%dT%H%M%S")
     norm = Normalizer(catalog, dedup_span=dedup_span)
-    search = _uncommitted_reader(conn, "ticklake-normalizer-replay-search")
-    reader = Consumer(kc.consumer_config(conn, "ticklake-normalizer-replay", read_committed=True,
+    search = _uncommitted_reader(conn, "ticklake-normalizer-recompute-search")
+    reader = Consumer(kc.consumer_config(conn, "ticklake-normalizer-recompute", read_committed=True,
                                          fetch_wait_max_ms=10))
     rows: dict[str, bytes] = {}
     topic_of: dict[str, str] = {}
@@ -322,15 +324,15 @@ def replay_normalizer(conn: kc.KafkaConnection, catalog, raw_topics: list[str], 
         search.close()
         reader.close()
 
-    side = f"replay.{tag}.processed"
+    side = f"recompute.{tag}.processed"
     create_topics(AdminClient(kc.admin_config(conn)), {side: TopicConfig.local(3).processed}, replication_factor=1)
     items = []
     for eid, value in rows.items():
         env = decode(value)
         rec = encode(env)
-        items.append((side, rec.key, rec.value, rec.headers + [(REPLAY_HEADER, tag.encode())], env.exchange_ts // 1000))
-    _publish_many(conn, f"ticklake-replay-normalizer-{tag}", items)
-    report = _compare(ReplayReport(processor="normalizer", start_us=start_us, end_us=end_us, side_topic=side,
+        items.append((side, rec.key, rec.value, rec.headers + [(RECOMPUTE_HEADER, tag.encode())], env.exchange_ts // 1000))
+    _publish_many(conn, f"ticklake-recompute-normalizer-{tag}", items)
+    report = _compare(RecomputeReport(processor="normalizer", start_us=start_us, end_us=end_us, side_topic=side,
                                    input_offsets={f"{t}[{p}]": o for (t, p), o in offsets.items()},
                                    from_checkpoint=False, batches_replayed=replayed, complete=True,
                                    live_copies=copies), rows, live)
@@ -339,7 +341,7 @@ def replay_normalizer(conn: kc.KafkaConnection, catalog, raw_topics: list[str], 
         for eid in report.missing_in_live + report.differing:
             env = decode(rows[eid])
             rec = encode(env)
-            hdrs = rec.headers + [(REPLAY_HEADER, tag.encode())]
+            hdrs = rec.headers + [(RECOMPUTE_HEADER, tag.encode())]
             if eid in report.differing:
                 hdrs.append((CORRECTION_HEADER, b"1"))
             out.append((topic_of[eid], rec.key, rec.value, hdrs, env.exchange_ts // 1000))
