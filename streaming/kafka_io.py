@@ -1,8 +1,8 @@
-"""Small Kafka reading helpers the processors and the replay runbook share.
+"""Small Kafka reading helpers the processors and the recompute runbook share.
 
 They only use what the embedded broker implements: metadata, fetch from an explicit
 offset, committed offsets and the high watermark of a fetch. Anything needing timestamps
-(offsets_for_times) is done by reading records (see streaming/replay_runbook.py).
+(offsets_for_times) is done by reading records (see streaming/recompute.py).
 """
 
 from __future__ import annotations
