@@ -7,11 +7,15 @@ serves S3 Tables itself (moto's s3tables implements the control-plane API only, 
 /iceberg/v1 routes; docs/decisions.md lists what was tried), so the server is Lakana
 (`lakana-server` from PyPI, an Iceberg REST catalog on PostgreSQL), run from its own venv
 (.ci/run installs it; its s3fs pins botocore apart from ours) on a PostgreSQL the test starts.
-What differs from production, on purpose and only here: bearer-token auth instead of SigV4
-(signing is covered by tests/test_resources.py), and the namespace: Lakana only accepts
-tables under bronze/silver/gold, so the table is `silver.trades` with the trades table's
-schema, partition spec and sort order. The catalog properties come from the lake resource's
-own builder (resources/lake.py, type rest).
+The client side is production's: the lake resource's `rest` properties (SigV4 signing as
+`s3tables`, the table bucket ARN as warehouse), pointed at tests/sigv4_front.py, which
+verifies every request's signature as S3 Tables would, maps the ARN to the server's
+environment and adds a `prefix` override to /v1/config (how a REST catalog gives the client its
+path prefix; the properties set none). What differs, only
+here: the server side is not S3 Tables, and the namespace is `silver`, not `market` (Lakana
+accepts tables only under bronze/silver/gold), so the table is `silver.trades` with the
+trades table's schema, partition spec and sort order, and the lake sink itself (which writes
+`market.*`) is not run against it; its commit function and summary are.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from streaming.lake_state import (
 )
 from streaming.lake_writer import LakeFileWriter, commit_files
 from tests.postgres_helpers import postgres_server
+from tests.sigv4_front import SigV4Front
 from tests.support.envelopes import envelope
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +67,9 @@ KEY_ID, SECRET = "ticklaketest0001", "t" * 40
 TOKEN = f"lakana_pat_{KEY_ID}_{SECRET}"
 ENVIRONMENT = "prod"
 IDENTIFIER = "silver.trades"
+REGION = "eu-west-1"
+TABLE_BUCKET_ARN = "arn:aws:s3tables:eu-west-1:123456789012:bucket/ticklake"
+ACCESS_KEY, SECRET_KEY = "AKIATICKLAKETEST0001", "test-secret-key"
 
 
 def _server_binary() -> Path:
@@ -89,7 +97,7 @@ def _api(port: int, path: str, body: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def rest_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
+def s3_tables_front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SigV4Front]:
     binary = _server_binary()
     root = tmp_path_factory.mktemp("rest-catalog")
     with postgres_server(db_name="lakana") as pg:
@@ -113,15 +121,24 @@ def rest_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
                         raise AssertionError(f"REST catalog server: {exc}\n{log.read_text()[-3000:]}") from exc
                     assert time.monotonic() < deadline, f"REST catalog server not up\n{log.read_text()[-3000:]}"
                     time.sleep(0.3)
-            # The lake resource's own property builder, type rest; only auth and prefix differ
-            # from S3 Tables (see the module docstring).
-            yield open_catalog(LakeSettings(
-                catalog_type="rest", name="rest", uri=f"http://127.0.0.1:{port}", warehouse=ENVIRONMENT,
-                region="eu-west-1", signing_name="lakana",
-                extra={"rest.sigv4-enabled": "false", "token": TOKEN, "prefix": ENVIRONMENT}))
+            with SigV4Front(f"http://127.0.0.1:{port}", TOKEN, ENVIRONMENT, warehouse_arn=TABLE_BUCKET_ARN,
+                            access_key=ACCESS_KEY, secret_key=SECRET_KEY, region=REGION) as front:
+                yield front
         finally:
             server.terminate()
             server.wait(30)
+
+
+def s3_tables_settings(front: SigV4Front, secret_key: str = SECRET_KEY) -> LakeSettings:
+    """The aws profile's lake settings (type rest: SigV4 as s3tables, a table bucket ARN), with
+    the test endpoint and the test's keys where production takes the pod's role."""
+    return LakeSettings(catalog_type="rest", name="s3tables", uri=front.uri, warehouse=TABLE_BUCKET_ARN,
+                        region=REGION, s3_access_key_id=ACCESS_KEY, s3_secret_access_key=secret_key)
+
+
+@pytest.fixture(scope="module")
+def rest_catalog(s3_tables_front: SigV4Front) -> Catalog:
+    return open_catalog(s3_tables_settings(s3_tables_front))
 
 
 H0 = 1_723_161_600_000_000 // HOUR_US * HOUR_US  # an hour boundary (2024-08-09T00:00Z)
@@ -138,7 +155,7 @@ def _trades(hour_us: int, n: int) -> pa.Table:
     return envelopes_to_table(EventType.TRADE, out)
 
 
-def test_create_append_branch_promote_over_rest(rest_catalog: Catalog) -> None:
+def test_create_append_branch_promote_over_rest(rest_catalog: Catalog, s3_tables_front: SigV4Front) -> None:
     spec = TABLES_BY_NAME["trades"]
     schema = iceberg_schema(spec)
     table = rest_catalog.create_table(IDENTIFIER, schema=schema, partition_spec=partition_spec(spec, schema),
@@ -173,3 +190,11 @@ def test_create_append_branch_promote_over_rest(rest_catalog: Catalog) -> None:
     assert staged is not None and staged.parent_snapshot_id is not None  # the branch's commit is in the history
     assert checksum(read_hour(final, H0), table_schema(final)) == checksum(good, table_schema(final))
     assert read_hour(final, H0 + HOUR_US).num_rows == 10  # the other hour untouched
+    assert s3_tables_front.verified > 10 and not s3_tables_front.refused  # every call SigV4-signed, and valid
+
+
+def test_requests_signed_with_other_keys_are_refused(s3_tables_front: SigV4Front) -> None:
+    refused = len(s3_tables_front.refused)
+    with pytest.raises(Exception, match="(?i)forbidden|signature|403"):
+        open_catalog(s3_tables_settings(s3_tables_front, secret_key="not-the-key"))
+    assert s3_tables_front.refused[refused:] == ["signature mismatch"]
