@@ -148,7 +148,7 @@ def bench_sink(n_events: int, root: Path) -> None:
     from streaming.serde import encode
     from streaming.topic_admin import admin_client, create_topics
     from streaming.topic_config import TopicSpec
-    from tests.support.lake import topic_of
+    from workloads.kafka import processed_topic as topic_of
     from workloads.synthetic import SyntheticMarket
 
     events = SyntheticMarket(seed=3).events(n_events, spacing_us=20_000)
