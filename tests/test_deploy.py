@@ -148,7 +148,7 @@ def test_schedule_state_ticks_and_queued_runs_are_in_postgres(prod_instance: dg.
 # --------------------------------------------------------------------------- Kubernetes launcher
 
 SERVICES = [f"{k8s.COLLECTOR}:binance-spot-1", k8s.NORMALIZER, k8s.FEATURE_PROCESSOR, k8s.LAKE_SINK,
-            k8s.CLICKHOUSE_LIVE, k8s.PRAGMA_PUBLISHER]
+            k8s.CLICKHOUSE_LIVE, k8s.PRAGMA_PUBLISHER, k8s.INFERENCE]
 
 
 def _launcher_config(**overrides) -> dict:
@@ -182,6 +182,7 @@ def service_job(service: str) -> dg.JobDefinition:
     from pipelines import (
         clickhouse_live_service,
         collector_service,
+        inference_service,
         lake_sink_service,
         pragma_service,
         processor_services,
@@ -192,7 +193,8 @@ def service_job(service: str) -> dg.JobDefinition:
             k8s.FEATURE_PROCESSOR: processor_services.feature_processor_service,
             k8s.LAKE_SINK: lake_sink_service.lake_sink_service,
             k8s.CLICKHOUSE_LIVE: clickhouse_live_service.clickhouse_live_service,
-            k8s.PRAGMA_PUBLISHER: pragma_service.pragma_publisher}[k8s.service_kind(service)]
+            k8s.PRAGMA_PUBLISHER: pragma_service.pragma_publisher,
+            k8s.INFERENCE: inference_service.inference_service}[k8s.service_kind(service)]
 
 
 @pytest.mark.parametrize("service", SERVICES)
