@@ -69,7 +69,8 @@ def _register_up(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "up", help="start the local stack (Kafka broker, topics, Iceberg catalog, Dagster)",
         description=(
-            "Start the embedded Tansu Kafka broker on a free 127.0.0.1 port (memory storage), "
+            "Start the embedded Tansu Kafka broker on a free 127.0.0.1 port (storage in <home>/broker, "
+            "kept across down/up; restarted if it crashes), "
             "create every topic, create the SQLite Iceberg catalog and the `market` namespace, "
             "then start the Dagster webserver and daemon. Returns once the broker answers "
             "metadata requests, the code location is loaded and the daemons heartbeat, and "

@@ -462,7 +462,7 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
     broker_log = home.log_path(BROKER)
     try:
         broker = EmbeddedBroker(log_path=broker_log, env={STACK_ID_ENV: state.stack_id},
-                                die_with_parent=False).start()
+                                die_with_parent=False, data_dir=home.broker_dir).start()
     except BrokerError as exc:
         raise StackError(f"Kafka broker: {exc}") from None
     record = ProcessRecord.of(BROKER, broker.pid, broker_log, broker.command())
@@ -470,7 +470,8 @@ def _start_all(home: TicklakeHome, root: Path, workspace: Path, options: UpOptio
     state.kafka_bootstrap = broker.bootstrap
     state.services[BROKER] = record
     _save_state(home, state)
-    echo(f"kafka       {broker.bootstrap} (Tansu, memory storage, pid {record.pid})")
+    echo(f"kafka       {broker.bootstrap} (Tansu, storage {home.broker_dir}, restarted if it crashes, "
+         f"pid {record.pid})")
 
     state.topics = _create_topics(broker.bootstrap, options.partitions)
     _save_state(home, state)

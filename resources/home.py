@@ -46,6 +46,12 @@ class TicklakeHome:
         return self.root / "clickhouse"
 
     @property
+    def broker_dir(self) -> Path:
+        """The local broker's persistent storage (topics, records, offsets): kept across
+        `ticklake down`/`up` and broker restarts, like the lake."""
+        return self.root / "broker"
+
+    @property
     def dagster_home(self) -> Path:
         return self.root / "dagster"
 
