@@ -10,6 +10,17 @@ from resources.home import HOME_ENV, TicklakeHome, resolve_home
 from streaming.broker import EmbeddedBroker
 from streaming.clickhouse_server import LocalClickHouse
 
+#: Fixtures that start a real component, and the marker (pyproject.toml) every test using
+#: them carries, so `-m "not broker"` and the fast set in README.md select by what a test
+#: starts, not by file. Modules that start a component themselves set `pytestmark`.
+COMPONENT_FIXTURES = {"kafka_broker": "broker", "broker": "broker", "clickhouse_server": "chdb", "spark": "spark"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in COMPONENT_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(COMPONENT_FIXTURES[fixture])
+
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
