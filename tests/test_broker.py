@@ -58,6 +58,8 @@ def test_stop_ends_the_process_and_frees_the_port():
 OWNER = """
 import sys, time
 from streaming.broker import EmbeddedBroker
+
+pytestmark = pytest.mark.broker
 b = EmbeddedBroker().start()
 print(b.pid, b.port, flush=True)
 time.sleep(600)

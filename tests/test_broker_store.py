@@ -8,12 +8,15 @@ import signal
 import time
 import uuid
 
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streaming.broker import EmbeddedBroker, fetch_metadata
 from streaming.broker_store import ObjectStore, handle
 from streaming.topic_admin import admin_client, create_topics
 from streaming.topic_config import HOUR_MS, TopicSpec
+
+pytestmark = pytest.mark.broker
 
 # --------------------------------------------------------------------------- the store
 

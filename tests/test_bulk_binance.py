@@ -608,6 +608,7 @@ def test_column_fast_path_equals_envelope_path():
     assert (spot_fast.rows, spot_fast.in_file_duplicates, len(spot_fast.rejects)) == (300, 1, 1)
 
 
+@pytest.mark.broker
 def test_stream_and_bulk_cover_a_day_once_through_the_real_sink(archive, tmp_path):
     """Both orders, with the real lake sink on a real broker: stream then bulk (the bulk load
     skips what the sink wrote), bulk then stream (the sink drops what the bulk load wrote)."""

@@ -210,6 +210,8 @@ def test_unsealed_hours_are_refused(env):
 USER_CLIENT = r"""
 import json, pathlib, sys, time
 import clickhouse_connect
+
+pytestmark = [pytest.mark.chdb, pytest.mark.broker]
 dsn, db, stop = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
 client = clickhouse_connect.get_client(dsn=dsn)
 seen = []

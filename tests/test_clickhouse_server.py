@@ -33,6 +33,8 @@ from streaming.clickhouse_server import (
     split_insert,
 )
 
+pytestmark = pytest.mark.chdb
+
 
 @pytest.fixture
 def db(clickhouse_server) -> str:

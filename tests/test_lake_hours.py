@@ -39,6 +39,8 @@ from tests.support.lake import (
 )
 from workloads.synthetic import SyntheticMarket
 
+pytestmark = pytest.mark.broker
+
 warnings.filterwarnings("ignore", category=dg.PreviewWarning if hasattr(dg, "PreviewWarning") else Warning)
 
 H0 = "2024-08-09-00:00"

@@ -34,6 +34,8 @@ from tests.support.lake import (
 )
 from workloads.synthetic import SyntheticMarket
 
+pytestmark = pytest.mark.broker
+
 H0 = "2024-08-09-00:00"
 H0_US = int(hour_start(H0).timestamp()) * 1_000_000
 

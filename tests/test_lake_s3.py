@@ -83,6 +83,7 @@ def _drain(sink: LakeSink, n: int) -> None:
         sink.run_once()
 
 
+@pytest.mark.broker
 def test_sink_seal_rebuild_and_orphans_on_an_s3_warehouse(tmp_path, s3_lake):
     lake, client, bucket = s3_lake
     catalog = lake.load_catalog()

@@ -35,6 +35,8 @@ from tests.support.lake import (
 )
 from workloads.synthetic import SyntheticMarket
 
+pytestmark = pytest.mark.broker
+
 warnings.filterwarnings("ignore")
 
 H0, H1 = "2024-08-09-00:00", "2024-08-09-01:00"

@@ -44,6 +44,8 @@ from tests.support import processing as ps
 from workloads import binance_hour as a
 from workloads.kafka import connection, create_project_topics, produce
 
+pytestmark = [pytest.mark.spark, pytest.mark.broker, pytest.mark.chdb]
+
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
 DB = "tl_parity"
 H, H_NEXT = a.CAPTURE_HOUR, a.NEXT_HOUR

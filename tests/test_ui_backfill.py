@@ -39,6 +39,8 @@ from streaming.lake_writer import LakeFileWriter, commit_files
 from tests.test_stack import TICKLAKE, processes_of
 from workloads.synthetic import SyntheticMarket
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
