@@ -9,7 +9,7 @@ Prints, from one run on this machine:
   * end-to-end latency p50/p99 from each event's exchange_ts to the arrival of the feature
     row containing it (read_committed consumer), at fixed input rates, with the normalizer
     and feature processor running as separate processes as in production, beside the
-    seed's SLO (99p ingest -> feature < 2 s).
+    platform's latency target (99p ingest -> feature < 2 s; docs/decisions.md, Latency SLO).
 
 Input is the synthetic market of workloads/synthetic.py (three instruments, books and
 trades), stamped with the current time when sent.

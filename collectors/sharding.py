@@ -1,7 +1,7 @@
 """Which egress IP carries which symbol: rendezvous hashing with failover.
 
 Venues limit REST (and count websocket connections) per source IP, so a shard spreads its
-symbols over a list of egress IPs (the seed's 10 EIPs) and binds each socket to one.
+symbols over a list of egress IPs (10 EIPs in production, ARCHITECTURE §5) and binds each socket to one.
 Rendezvous (highest-random-weight) hashing gives every symbol a *home* IP and a stable
 preference order over the others, so:
 

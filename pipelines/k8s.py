@@ -5,7 +5,7 @@ In production every run is a Kubernetes Job started by dagster-k8s's K8sRunLaunc
 resources; a service whose needs differ carries this tag on its job, and the launcher merges
 it into that run's pod. Locally the tag is inert (the default launcher ignores it).
 
-Sizes are the steady-state needs of one process at the seed's rates (ARCHITECTURE §5) with
+Sizes are the steady-state needs of one process at the rates of ARCHITECTURE §5 with
 headroom, not measurements of this machine: the lake sink buffers up to a 256 MiB target file
 per open table, the feature processor holds one window state per symbol, collectors and the
 thin consumers are network-bound. Memory limits bound a leak to one pod; no CPU limits, so a

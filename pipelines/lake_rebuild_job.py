@@ -1,4 +1,4 @@
-"""Rebuild broken lake hours as a Dagster job (seed runbook "Replay/Backfill a Broken Hour").
+"""Rebuild broken lake hours as a Dagster job (the runbook of docs/lake.md, "Runbook: a broken hour").
 
 `lake_rebuild_hour` is partitioned by the shared HOURLY definition, so a user launches it
 for one hour from the Launchpad or for a range of hours from the job's Partitions tab (a

@@ -3,7 +3,7 @@
 ``raw.<market>.<domain>[.<type>].<exchange>``, ``processed.…``, ``feature.<market>.signals.<exchange>``,
 ``prediction.<market>.<model>``, ``dlq.<stage>``, and the two pragma v1 contract topics.
 Order-book records carry a type facet (snapshot/delta); single-kind domains do not
-(``processed.perp.trades.okx``), which keeps the seed's examples literally valid.
+(``processed.perp.trades.okx``), which keeps ARCHITECTURE §3's examples literally valid.
 """
 
 from __future__ import annotations

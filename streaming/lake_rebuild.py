@@ -1,4 +1,4 @@
-"""Rebuild a broken hour of one lake table (seed runbook "Replay/Backfill a Broken Hour").
+"""Rebuild a broken hour of one lake table (the runbook of docs/lake.md, "Runbook: a broken hour").
 
 1. Source. `processed.*` when the topics still hold every record the sink consumed for
    the hour, else the lake's own rows of the hour:

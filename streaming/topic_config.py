@@ -1,6 +1,6 @@
 """Partitions, retention and replication of every topic stage, per deployment profile.
 
-The seed fixes production sizing (raw 64 partitions / 48 h, processed 64 / 5 d,
+ARCHITECTURE §3 fixes production sizing (raw 64 partitions / 48 h, processed 64 / 5 d,
 feature 32 / 7 d); a laptop broker wants a handful of partitions. Both are values of
 one dataclass so topic creation, tests and production share a single code path and
 every number can be overridden without editing code.
@@ -63,7 +63,7 @@ class TopicConfig:
 
     @classmethod
     def production(cls) -> TopicConfig:
-        """Seed sizing; prediction/dlq/pragma are this project's choices (docs/local-stack.md)."""
+        """Production sizing (ARCHITECTURE §3); prediction/dlq/pragma are this project's choices (docs/local-stack.md)."""
         durable = {"min.insync.replicas": "2"}
         return cls(
             raw=TopicSpec(64, 48 * HOUR_MS, extra=durable),

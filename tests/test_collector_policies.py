@@ -20,7 +20,7 @@ from collectors.ratelimit import (
 )
 from collectors.sharding import assign, home_ip, moved, plan_connections, preference
 
-EIPS = [f"127.0.0.{i}" for i in range(2, 12)]  # the seed's 10 EIPs, as loopback aliases
+EIPS = [f"127.0.0.{i}" for i in range(2, 12)]  # production's 10 EIPs, as loopback aliases
 SYMBOLS = [f"S{i:03d}-USDT" for i in range(400)]
 
 

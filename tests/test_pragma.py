@@ -632,7 +632,7 @@ def test_config_guards():
         PragmaConfig.from_mapping({"depth": 5})
 
 
-def test_producer_settings_follow_the_seed():
+def test_producer_settings_follow_the_contract():
     s = ProducerSettings()
     cfg = kc.producer_config(kc.KafkaConnection(), extra=s.overrides())
     assert cfg["acks"] == "1" and cfg["retries"] == 0 and cfg["enable.idempotence"] is False

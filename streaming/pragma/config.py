@@ -45,7 +45,7 @@ ENCODINGS = ("json", "protobuf")
 
 @dataclass(frozen=True, slots=True)
 class ProducerSettings:
-    """The seed's producer decisions, as numbers.
+    """The producer decisions of docs/pragma-contract.md (Producer settings), as numbers.
 
     - ``acks=1``: wait for the partition leader only. A price feed is latest-wins; waiting
       for every in-sync replica (acks=all) costs a replication round trip per batch to
@@ -53,14 +53,14 @@ class ProducerSettings:
     - ``retries=0`` (configurable): a retried price arrives late and, without idempotence,
       possibly out of order behind a newer one; dropping it is the better failure for
       latest-wins data. Raise it (2-3) if depth snapshots matter more than freshness.
-    - idempotence off: it requires acks=all, which the seed rejected.
+    - idempotence off: it requires acks=all, which the contract rejects.
     - ``linger_ms``/``batch_size``: how long the client waits to fill a batch and how big
       one may get. 5 ms / 64 KiB keeps added latency to a few ms while still batching the
       bursts a 100 ms depth tick produces (tens of feeds at once); raise linger to 20-50 ms
       and batch to 1 MiB for throughput (fewer, larger requests, better compression), lower
       to 0 for the lowest latency at the price of one request per message.
     - ``compression``: lz4 is cheap on CPU and shrinks repeated JSON field names well.
-    - ``buffer_max_kbytes``: the client-side queue (the seed's buffer.memory question);
+    - ``buffer_max_kbytes``: the client-side queue (the contract's buffer.memory question);
       when it is full, produce() reports the error and the publisher drops that message
       (counted) instead of blocking the feed.
     """

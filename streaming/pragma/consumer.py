@@ -1,6 +1,6 @@
 """Consumer helper for the pragma topics: filter by feed from the KEY, then deserialize.
 
-The seed's point about the key is that a consumer can drop what it does not want without
+The contract's point about the key (docs/pragma-contract.md) is that a consumer can drop what it does not want without
 paying for the body: ``parse_key`` is one split of a short ASCII string, a JSON body is a
 parse of a few hundred bytes (thousands for depth). So the filter runs on the key first
 and a skipped record's value is never touched (``stats.skipped`` counts them; the tests

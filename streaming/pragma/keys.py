@@ -5,7 +5,7 @@ network, source and token) carries the same key, so Kafka puts it on one partiti
 consumers see it in publish order. It is also what lets a consumer drop the feeds it does
 not want *before* deserializing a body (streaming/pragma/consumer.py).
 
-Market type spelling, kept exactly as the seed shows it:
+Market type spelling, kept exactly as docs/pragma-contract.md (Record key) shows it:
 
 =================  ==================  ====================
 canonical market    key prefix          body ``market_type``
@@ -14,7 +14,7 @@ canonical market    key prefix          body ``market_type``
 ``Market.PERP``     ``perp``            ``"perpetual"``
 =================  ==================  ====================
 
-(The seed's example keys say ``perp-unknown-paradex-BTC`` while its bodies say
+(The contract's example keys say ``perp-unknown-paradex-BTC`` while its bodies say
 ``"market_type": "perpetual"``; both spellings are part of the contract, this module is the
 one place that maps between them.) Dated futures have no pragma market type and are not
 published.
@@ -40,7 +40,7 @@ BODY_MARKET_OF_CANONICAL: dict[Market, str] = {Market.SPOT: "spot", Market.PERP:
 #: Body market types, in the order the JSON Schema enum lists them.
 MARKET_TYPES: tuple[str, ...] = ("spot", "perpetual")
 
-#: Network of off-chain venues (the seed's example ``perp-unknown-paradex-BTC``).
+#: Network of off-chain venues (the contract's example ``perp-unknown-paradex-BTC``).
 UNKNOWN_NETWORK = "unknown"
 
 COMPONENT_RE = re.compile(r"^[A-Za-z0-9_.]{1,64}$")

@@ -265,7 +265,7 @@ def content_type(headers: Iterable[tuple[str, bytes]] | None) -> str:
     for k, v in headers or ():
         if k == CONTENT_TYPE_HEADER and v is not None:
             return v.decode("ascii", "replace")
-    return JSON_CONTENT_TYPE  # the seed's encoding is the default
+    return JSON_CONTENT_TYPE  # the contract's JSON encoding is the default
 
 
 def decode(value: bytes | None, headers: Iterable[tuple[str, bytes]] | None, data_type: str) -> PragmaRecord:
