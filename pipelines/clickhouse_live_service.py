@@ -65,7 +65,7 @@ def clickhouse_live_service():
     run_clickhouse_live()
 
 
-@dg.sensor(job=clickhouse_live_service, minimum_interval_seconds=30,
+@dg.sensor(job=clickhouse_live_service, minimum_interval_seconds=60,
            default_status=dg.DefaultSensorStatus.STOPPED,
            description="Keeps one clickhouse-live run alive: requests a run whenever none is queued or running.")
 def clickhouse_live_supervisor(context: dg.SensorEvaluationContext):

@@ -21,7 +21,7 @@ CHAIN_ASSETS: list[dg.AssetsDefinition] = [features_1s, spark_features_1s, *CLIC
 CHAIN_SELECTION = dg.AssetSelection.assets(*CHAIN_ASSETS)
 #: Seconds between evaluations: a sealed hour starts building within about this long, and
 #: an idle stack pays one evaluation of a few assets this often.
-EVALUATION_INTERVAL_S = 30
+EVALUATION_INTERVAL_S = 60
 
 hourly_chain_automation = dg.AutomationConditionSensorDefinition(
     "hourly_chain_automation",

@@ -101,7 +101,7 @@ def lake_sink_service():
     run_lake_sink()
 
 
-@dg.sensor(job=lake_sink_service, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
+@dg.sensor(job=lake_sink_service, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
            description="Keeps one lake sink run alive: requests a run whenever none is queued or running.")
 def lake_sink_supervisor(context: dg.SensorEvaluationContext):
     active = context.instance.get_runs(

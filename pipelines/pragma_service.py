@@ -78,7 +78,7 @@ def pragma_publisher() -> None:
     run_pragma_publisher()
 
 
-@dg.sensor(job=pragma_publisher, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
+@dg.sensor(job=pragma_publisher, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
            description="Keeps one live pragma_publisher run (restarts it after a failure or termination)")
 def pragma_publisher_supervisor(context: dg.SensorEvaluationContext):
     live = context.instance.get_runs(filters=dg.RunsFilter(job_name=JOB_NAME, tags={SERVICE_TAG: SERVICE},

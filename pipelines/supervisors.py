@@ -23,7 +23,7 @@ ALIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus
          DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
-@dg.sensor(job=collector_shard, minimum_interval_seconds=15, default_status=dg.DefaultSensorStatus.STOPPED,
+@dg.sensor(job=collector_shard, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
            description="Keeps one collector run alive per enabled shard in the collectors config.")
 def collector_supervisor(context: dg.SensorEvaluationContext):
     path = config_path()

@@ -23,7 +23,7 @@ ALIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus
 SUPERVISED = ((normalizer_service, NORMALIZER), (feature_processor_service, FEATURE_PROCESSOR))
 
 
-@dg.sensor(jobs=[normalizer_service, feature_processor_service], minimum_interval_seconds=30,
+@dg.sensor(jobs=[normalizer_service, feature_processor_service], minimum_interval_seconds=60,
            default_status=dg.DefaultSensorStatus.STOPPED,
            description="Keeps one normalizer and one feature processor run alive.")
 def stream_processors_supervisor(context: dg.SensorEvaluationContext):
