@@ -30,6 +30,7 @@ from pipelines import (
     lake_rebuild_job,
     lake_schedules,
     lake_sink_service,
+    ml_promotion,
     pragma_service,
     processor_services,
     recompute_job,
@@ -63,5 +64,6 @@ defs = dg.Definitions.merge(
     hourly_chain.defs,             # automation of every hourly product
     ml.defs,                       # training datasets, models (MLflow), champion registration
     inference_service.defs,        # online inference service + supervisor
+    ml_promotion.defs,             # shadow vs champion promotion job
     dg.Definitions(resources=build_resources()),
 )

@@ -30,6 +30,9 @@ class InferenceRunConfig(dg.Config):
     """Registered models to serve (empty: one per horizon, mid_ret_<h>s)."""
     pairs: list[str] = Field(default_factory=list)
     """MARKET:EXCHANGE feature topics to score (empty: all)."""
+    shadows: list[str] = Field(default_factory=list)
+    """Extra loops serving another alias: MODEL:ALIAS[:SYMBOL,SYMBOL] (canary symbols optional),
+    published as prediction.<market>.<MODEL>-<ALIAS> (see pipelines/ml_promotion.py)."""
     reload_interval_s: float = 10.0
     """How often the `champion` alias is checked for a new version."""
     batch_max_ms: int = 200
@@ -44,14 +47,19 @@ def run_inference(context: dg.OpExecutionContext, config: InferenceRunConfig, ka
     models = config.models or [model_name(h) for h in HORIZONS_S]
     pairs = parse_pairs(config.pairs or None)
     settings = mlflow.settings()
+    loops = [InferenceLoop(kafka.connection(), settings, m, pairs, reload_interval_s=config.reload_interval_s,
+                           batch_max_ms=config.batch_max_ms) for m in models]
+    for spec in config.shadows:
+        model, alias, *syms = spec.split(":")
+        loops.append(InferenceLoop(kafka.connection(), settings, model, pairs, alias=alias,
+                                   symbols=[s for s in ",".join(syms).split(",") if s] or None,
+                                   reload_interval_s=config.reload_interval_s, batch_max_ms=config.batch_max_ms))
     with service_run(INFERENCE, run_id=context.run_id, home=resolve_home().root):
-        svc = InferenceService([InferenceLoop(kafka.connection(), settings, m, pairs,
-                                              reload_interval_s=config.reload_interval_s,
-                                              batch_max_ms=config.batch_max_ms) for m in models])
-        context.log.info(f"inference: serving {models} from {settings.tracking_uri}")
+        svc = InferenceService(loops)
+        context.log.info(f"inference: serving {[lp.publish_name for lp in loops]} from {settings.tracking_uri}")
         run_until_stopped(context, svc, idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
-        context.log.info(f"inference: dlq={ {lp.model: dict(lp.dlq.counts) for lp in svc.loops} } versions="
-                         f"{ {lp.model: lp.served.version if lp.served else None for lp in svc.loops} }")
+        context.log.info(f"inference: dlq={ {lp.publish_name: dict(lp.dlq.counts) for lp in loops} } versions="
+                         f"{ {lp.publish_name: lp.served.version if lp.served else None for lp in loops} }")
 
 
 @dg.job(tags={**service_tags(INFERENCE), **k8s_tags(INFERENCE)},

@@ -36,6 +36,7 @@ from features.records import decode_row, rows_to_table
 from features.spec import SPEC_VERSION
 from ml.predictions import CONTENT_TYPE, encode_prediction, score_features
 from ml.registry import (
+    CHAMPION,
     MlflowSettings,
     ServedModel,
     alias_version,
@@ -53,6 +54,13 @@ from streaming.txn_loop import LoopStats, OutRecord, TransactionalLoop
 log = logging.getLogger(__name__)
 
 
+def published_name(model: str, alias: str = CHAMPION) -> str:
+    """Prediction topic suffix (and loop identity) of a model served under `alias`: the model
+    name for its champion, `<model>-<alias>` for a shadow (canary) version, so a shadow's
+    predictions never mix with the champion's."""
+    return model if alias == CHAMPION else f"{model}-{alias}"
+
+
 def inference_group(model: str) -> str:
     """Consumer group and transactional id of the loop serving `model`."""
     return f"ticklake-inference-{model}"
@@ -61,11 +69,17 @@ def inference_group(model: str) -> str:
 class InferenceLoop(TransactionalLoop):
     def __init__(self, conn: kc.KafkaConnection, settings: MlflowSettings, model: str,
                  pairs: Iterable[tuple[Market, Exchange]], *, reload_interval_s: float = 10.0,
-                 topic_config: TopicConfig | None = None, input_topics: list[str] | None = None, **kw):
+                 topic_config: TopicConfig | None = None, input_topics: list[str] | None = None,
+                 alias: str = CHAMPION, symbols: Iterable[str] | None = None, **kw):
         self.pairs = list(pairs)
-        super().__init__(conn, group_id=inference_group(model), transactional_id=inference_group(model),
+        self.alias = alias
+        #: what the loop publishes as: the model for its champion, `<model>-<alias>` for a shadow
+        self.publish_name = published_name(model, alias)
+        super().__init__(conn, group_id=inference_group(self.publish_name),
+                         transactional_id=inference_group(self.publish_name),
                          input_topics=input_topics or [feature_topic(m, x) for m, x in self.pairs], **kw)
-        self.name = f"inference-{model}"
+        self.name = f"inference-{self.publish_name}"
+        self.symbols = frozenset(symbols) if symbols else None   # canary: score only these
         self.settings = settings
         self.model = model
         self.horizon_s = horizon_of(model)
@@ -79,7 +93,8 @@ class InferenceLoop(TransactionalLoop):
 
     def start(self) -> None:
         admin = AdminClient(kc.admin_config(self.conn))
-        specs = {prediction_topic(m, self.model): self.topic_config.prediction for m in {m for m, _ in self.pairs}}
+        specs = {prediction_topic(m, self.publish_name): self.topic_config.prediction
+                 for m in {m for m, _ in self.pairs}}
         specs[dlq_topic(DlqStage.INFERENCE)] = self.topic_config.dlq
         create_topics(admin, specs, self.topic_config.replication_factor)
         super().start()
@@ -96,7 +111,7 @@ class InferenceLoop(TransactionalLoop):
         try:
             if self._client is None:
                 self._client = self.settings.client()
-            found = alias_version(self._client, self.model)
+            found = alias_version(self._client, self.model, self.alias)
             if found is None or (self.served is not None and found[0] == self.served.version):
                 return False
             self.served = load_version(self._client, self.model, *found)
@@ -154,7 +169,7 @@ class InferenceLoop(TransactionalLoop):
             row, reason = self._parse(m)
             if reason is not None:
                 outs.append(self._dead(m, reason))
-            else:
+            elif self.symbols is None or row.get("symbol") in self.symbols:
                 good.append((m, row))
         if not good:
             return outs
@@ -182,7 +197,7 @@ class InferenceLoop(TransactionalLoop):
                 outs.append(self._dead(m, f"score: non-finite prediction {p['prediction']!r}"))
                 continue
             p["exchange_ts"] = t
-            outs.append(OutRecord(prediction_topic(p["market"], self.model), encode_prediction(p),
+            outs.append(OutRecord(prediction_topic(p["market"], self.publish_name), encode_prediction(p),
                                   p["symbol"].encode(), [("content-type", CONTENT_TYPE.encode()),
                                                          ("event-id", p["event_id"].encode())], t // 1000))
         return outs
@@ -202,7 +217,7 @@ class InferenceService:
 
     @property
     def stats(self) -> dict[str, LoopStats]:
-        return {lp.model: lp.stats for lp in self.loops}
+        return {lp.publish_name: lp.stats for lp in self.loops}
 
     def warm_registry(self) -> None:
         """Touch each distinct store once, serially, before the loops start: a fresh local

@@ -247,3 +247,46 @@ def test_inference_job_waits_for_a_champion_without_consuming(kafka_broker, tick
         assert set(committed_offsets(c, partitions_for(c, [feature_topic("spot", "binance")])).values()) == {None}
     finally:
         c.close()
+
+
+def test_promotion_moves_the_alias_only_to_a_shadow_that_is_at_least_as_good(world, tmp_path):
+    from ml.predictions import PREDICTIONS_TABLE, score_features
+    from pipelines.ml_promotion import promote_model
+    from streaming import feature_lake as fl
+
+    settings = reg.MlflowSettings(f"sqlite:///{tmp_path / 'mlflow.db'}", None, (tmp_path / "mlruns").as_uri())
+    ftable = world["lake"].catalog.load_table(FEATURES_TABLE.identifier)
+    rows, _ = mds.build_dataset(ftable, DAY, aml.day_start_us(DAY), mds.current_snapshots(
+        {FEATURES_TABLE.identifier: ftable}))
+    good = mtr.train_horizon(rows, 1).booster
+    rng = np.random.default_rng(1)
+    noise = mtr.train_horizon(rows.set_column(rows.schema.get_field_index("label_1s"), "label_1s",
+                                              pa.array(rng.normal(0, 1e-3, rows.num_rows))), 1).booster
+    versions = {}
+    for name, booster in (("good", good), ("noise", noise)):
+        run = reg.log_training(settings, horizon_s=1, booster=booster, params={}, metrics={}, fold_metrics=[],
+                               tags={"candidate": name})
+        versions[name] = reg.register(settings, "mid_ret_1s", run.run_id, alias=None)
+    client = settings.client()
+    h = a.hour_us(a.CAPTURE_HOUR)
+    feats = fl.read_hour_rows(ftable, h)
+    ptable = fl.ensure_spec_table(world["lake"].catalog, PREDICTIONS_TABLE)
+    fl.write_hour(ptable, pa.concat_tables([score_features(feats, "mid_ret_1s", versions[n], 1, b)
+                                            for n, b in (("good", good), ("noise", noise))]), h)
+    mlres = MlflowResource(tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_location)
+
+    def promote():
+        return promote_model.execute_in_process(
+            run_config={"ops": {"promote_shadow": {"config": {"hours": [a.CAPTURE_HOUR], "min_rows": 100}}}},
+            resources={"lake": world["res"]["lake"], "mlflow": mlres}, raise_on_error=False)
+
+    client.set_registered_model_alias("mid_ret_1s", "champion", versions["good"])
+    client.set_registered_model_alias("mid_ret_1s", "shadow", versions["noise"])
+    assert not promote().success                                              # worse shadow: refused
+    assert reg.alias_version(client, "mid_ret_1s")[0] == versions["good"]
+    client.set_registered_model_alias("mid_ret_1s", "champion", versions["noise"])
+    client.set_registered_model_alias("mid_ret_1s", "shadow", versions["good"])
+    r = promote()
+    assert r.success and r.output_for_node("promote_shadow")["rows"] > 300
+    assert reg.alias_version(client, "mid_ret_1s")[0] == versions["good"]      # alias moved
+    assert "promotion_check" in client.get_model_version("mid_ret_1s", versions["good"]).tags
