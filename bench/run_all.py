@@ -42,7 +42,8 @@ class Bench:
     script: str
     quick: tuple[str, ...]
     smoke: tuple[str, ...] | None = None   # None: not part of the smoke run
-    in_quick: bool = True                  # False: only with --only (needs the stack lock)
+    in_quick: bool = True                  # False: only with --only
+    stack_lock: bool = False               # starts whole stacks: run under /tmp/ticklake-stack.lock
 
 
 BENCHES = (
@@ -56,7 +57,8 @@ BENCHES = (
     Bench("analytics", "bench_analytics.py", ("--rows", "100000", "--events", "30000", "--rounds", "1")),
     Bench("ml", "bench_ml.py", ("--copies", "30", "--rounds", "1")),
     # starts two whole stacks: run it alone, under /tmp/ticklake-stack.lock (see its docstring)
-    Bench("idle", "bench_idle.py", ("--seconds", "20", "--settle", "10", "--json"), in_quick=False),
+    Bench("idle", "bench_idle.py", ("--seconds", "20", "--settle", "10", "--json"), in_quick=False,
+          stack_lock=True),
 )
 
 
@@ -143,15 +145,28 @@ def _printed_analytics(out: str) -> list[dict]:
     return figs
 
 
-PRINTED = {"lake_sink": _printed_lake_sink, "processing": _printed_processing, "analytics": _printed_analytics}
+def _printed_idle(out: str) -> list[dict]:
+    """bench_idle.py --json prints its own JSON lines (value = idle, baseline = busy)."""
+    figs = []
+    for line in out.splitlines():
+        if line.startswith('{"name": "idle_cpu/'):
+            d = json.loads(line)
+            figs.append(figure(d["name"], d["value"], d["unit"], d.get("baseline_name"), d.get("baseline"),
+                               "total ≤ 10 % of one core" if d["name"] == "idle_cpu/total" else ""))
+    return figs
+
+
+PRINTED = {"lake_sink": _printed_lake_sink, "processing": _printed_processing, "analytics": _printed_analytics,
+           "idle": _printed_idle}
 
 
 def run_one(b: Bench, smoke: bool, timeout: float) -> tuple[list[dict], str, float, int]:
     args = b.smoke if smoke else b.quick
     t0 = time.monotonic()
     try:
-        p = subprocess.run([sys.executable, str(HERE / b.script), *(args or ())], cwd=ROOT, capture_output=True,
-                           text=True, timeout=timeout)
+        lock = ["flock", "/tmp/ticklake-stack.lock"] if b.stack_lock else []
+        p = subprocess.run([*lock, sys.executable, str(HERE / b.script), *(args or ())], cwd=ROOT,
+                           capture_output=True, text=True, timeout=timeout)
         out, rc = p.stdout + (("\n" + p.stderr[-3000:]) if p.returncode else ""), p.returncode
     except subprocess.TimeoutExpired as e:
         out = (e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")) + f"\n(timeout after {timeout:.0f} s)"
@@ -228,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     chosen = [b for b in BENCHES if (b.name in only if only else (b.smoke is not None if args.smoke else b.in_quick))]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     meta = {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), **commit_info(), "python": sys.version.split()[0],
             "cpus": os.cpu_count(), "mode": "smoke" if args.smoke else "quick"}
     figs: list[dict] = []
