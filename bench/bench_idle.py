@@ -167,7 +167,7 @@ def groups(window: Window, state: dict, url: str) -> dict[str, set[int]]:
         helpers (children tailing <storage>/<run_id>/compute_logs) do."""
         if "spawn_main" not in p.cmd and "execute_" not in p.cmd:
             return None
-        near = [c for c in children.get(p.pid, ())]
+        near = list(children.get(p.pid, ()))
         near += [g for c in near for g in children.get(c, ()) if "spawn_main" not in procs[c].cmd]
         for text in [p.cmd, *(procs[c].cmd for c in near)]:
             for u in UUID_RE.findall(text):

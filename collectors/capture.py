@@ -244,8 +244,7 @@ def _bybit_lines(p: Path) -> Iterator[bytes]:
             if len(names) != 1:
                 raise CaptureError(f"{p}: expected one file in the zip, found {names}")
             with z.open(names[0]) as f:
-                for line in io.BufferedReader(f):
-                    yield line
+                yield from io.BufferedReader(f)
     else:
         with open(p, "rb") as f:
             yield from f

@@ -69,7 +69,7 @@ class RestPool:
         self.on_state_change = on_state_change
         ips = list(ips) or [DEFAULT_IP]
         self._members = {ip: _Member(ip, IpRateLimiter(ip, policy)) for ip in ips}
-        self._last_state = {ip: IpState.HEALTHY for ip in ips}
+        self._last_state = dict.fromkeys(ips, IpState.HEALTHY)
         self.stats = RestStats()
 
     @property

@@ -305,7 +305,7 @@ class Worker:
         self.adapter = make_adapter(runner.cfg, instruments=dict(runner.instruments))
         runner.adapters.append(self.adapter)
         self.urls = adapter_urls(self.adapter, runner.cfg.endpoints.ws, self.natives)
-        self.sessions: dict[str, WsSession | None] = {u: None for u in self.urls}
+        self.sessions: dict[str, WsSession | None] = dict.fromkeys(self.urls)
         self.first_frame: dict[str, float] = {}
         #: per URL, for the shard's status report: consecutive failed connects, the last
         #: failure (wall time, reason), and the newest frame of an ended session (monotonic)

@@ -13,7 +13,6 @@ pay for a JVM. It wraps dagster-pyspark's session builder.
 from __future__ import annotations
 
 import sys
-
 from typing import Any
 
 import dagster as dg

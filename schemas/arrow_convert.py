@@ -16,11 +16,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import (
     EventType,
-    event_type_from_pb,
-    exchange_from_pb,
-    market_from_pb,
     Exchange,
     Market,
+    event_type_from_pb,
 )
 from schemas.tables import ENVELOPE_FIELDS, PAYLOAD_FIELDS, TABLES
 from schemas.units import QtyUnit, unit_name, unit_of_envelope

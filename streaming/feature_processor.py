@@ -386,7 +386,7 @@ class FeatureProcessor(TransactionalLoop):
     def warm_up(self, committed: dict[TP, int | None]) -> None:
         st = self.consumer.committed([TopicPartition(self.state_topic, 0)], timeout=10)[0].offset
         now = time.monotonic()
-        self.last_seen = {tp: now for tp in self.assignment}
+        self.last_seen = dict.fromkeys(self.assignment, now)
         self._last_ckpt_time = now
         if st is None or st < 0:
             if any(v is not None for v in committed.values()):

@@ -327,7 +327,7 @@ def recompute_normalizer(conn: kc.KafkaConnection, catalog, raw_topics: list[str
     side = f"recompute.{tag}.processed"
     create_topics(AdminClient(kc.admin_config(conn)), {side: TopicConfig.local(3).processed}, replication_factor=1)
     items = []
-    for eid, value in rows.items():
+    for value in rows.values():
         env = decode(value)
         rec = encode(env)
         items.append((side, rec.key, rec.value, rec.headers + [(RECOMPUTE_HEADER, tag.encode())], env.exchange_ts // 1000))

@@ -67,7 +67,7 @@ def test_cryptofeed_reader_merges_ws_and_rest_by_time():
 
 def test_cryptofeed_okx_sent_messages_are_optional():
     recs = list(read(OKX_CF))
-    sent = list(r for r in read(OKX_CF, include_sent=True) if r.kind == WS_OUT)
+    sent = [r for r in read(OKX_CF, include_sent=True) if r.kind == WS_OUT]
     raw = OKX_CF.read_text().splitlines()
     assert len(recs) == sum(1 for x in raw if re.match(r"^\d+(\.\d+)?: ", x))
     assert len(sent) == sum(1 for x in raw if " <- " in x) == 3

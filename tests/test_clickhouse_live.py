@@ -103,7 +103,7 @@ def test_rows_land_once_and_bad_records_go_to_the_dlq(kafka_broker, ch_res, db):
 def test_service_job_runs_the_consumer(kafka_broker, ch_res, db):
     topics = live_topics(["okx"], ["perp"])
     create_topics(admin_client(kafka_broker.bootstrap), {t: TopicSpec(1, -1) for t in topics}, replication_factor=1)
-    rows = [r for r in _feature_rows()][:5]
+    rows = list(_feature_rows())[:5]
     for r in rows:
         r["exchange"], r["market"], r["symbol"] = "okx", "perp", "BTC-USDT-PERP"
     produce(kafka_broker.bootstrap, [(topics[0], b"BTC-USDT-PERP", encode_row(r), None) for r in rows])

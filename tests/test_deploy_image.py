@@ -78,7 +78,7 @@ def _project_and_extras(target: str) -> tuple[str, set[str]]:
 def _readme_install_target() -> str:
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- run-command -->", 1)[1].split("```", 2)[1]
-    [target] = [t for t in _pip_targets(block.replace("-e ", ""))]
+    [target] = list(_pip_targets(block.replace("-e ", "")))
     return target
 
 

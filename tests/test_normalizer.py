@@ -241,7 +241,7 @@ def _expected(raw_msgs, catalog) -> dict[str, bytes]:
 
 
 def _processed(bootstrap) -> list:
-    topics = [t for t in input_topics_for(["binance"], ["spot"])]
+    topics = list(input_topics_for(["binance"], ["spot"]))
     return ps.read_topics(bootstrap, [t.replace("raw.", "processed.", 1) for t in topics])
 
 

@@ -111,7 +111,7 @@ def test_service_run_serves_metrics_and_records_port_errors_and_restarts(tmp_pat
         assert target == [{"targets": [f"127.0.0.1:{record['port']}"], "labels": {"service": "unit-svc",
                                                                                    "shard": "s1"}}]
         samples = ss.scrape(record["port"])
-        starts = dict((lb["service"], v) for lb, v in samples[m.SERVICE_START_TIME._name])
+        starts = {lb["service"]: v for lb, v in samples[m.SERVICE_START_TIME._name]}
         assert abs(starts["unit-svc"] - time.time()) < 600
         [line] = ss.service_health(tmp_path)
         assert line["healthy"] and line["metrics_port"] == record["port"] and line["restarts"] == 0

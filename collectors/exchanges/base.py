@@ -68,7 +68,7 @@ class FrameResult:
     #: (make-before-break) rather than wait for the drop. The text is the reason.
     reconnect: str = ""
 
-    def extend(self, other: "FrameResult") -> None:
+    def extend(self, other: FrameResult) -> None:
         self.events.extend(other.events)
         self.dead_letters.extend(other.dead_letters)
         self.requests.extend(other.requests)
