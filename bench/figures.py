@@ -11,6 +11,7 @@ script (and the CI smoke test) can import it.
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 PREFIX = "BENCH-FIGURE "
@@ -18,15 +19,19 @@ PREFIX = "BENCH-FIGURE "
 
 def emit(name: str, value: float, unit: str, baseline: str | None = None,
          baseline_value: float | None = None, target: str = "", note: str = "") -> dict:
-    """Print one figure line (and return it). ``baseline`` names what ``baseline_value`` is."""
+    """Print one figure line (and return it). ``baseline`` names what ``baseline_value`` is.
+    A value that could not be measured (NaN, e.g. no feature row arrived) is written as null."""
+    value = float(value)
+    if not math.isfinite(value):
+        value = None
     fig = {
         "name": name,
-        "value": round(float(value), 4),
+        "value": None if value is None else round(value, 4),
         "unit": unit,
         "baseline": baseline,
         "baseline_value": None if baseline_value is None else round(float(baseline_value), 4),
-        "ratio": (round(float(value) / float(baseline_value), 4)
-                  if baseline_value not in (None, 0) else None),
+        "ratio": (round(value / float(baseline_value), 4)
+                  if value is not None and baseline_value not in (None, 0) else None),
         "target": target,
         "note": note,
     }
