@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from collectors.book import L2Book  # noqa: E402
 from collectors.capture import REST, read  # noqa: E402
-from collectors.exchanges.common import sc  # noqa: E402
+from collectors.exchanges.common import parse_scaled  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 
@@ -50,10 +50,10 @@ def binance_stream():
         d = m.get("data", {})
         if d.get("e") != "depthUpdate" or snap is None or d["u"] <= snap["lastUpdateId"]:
             continue
-        msgs.append([(0, sc(p, scale), sc(q, scale)) for p, q in d["b"]]
-                    + [(1, sc(p, scale), sc(q, scale)) for p, q in d["a"]])
-    bids = [(sc(p, scale), sc(q, scale)) for p, q in snap["bids"]]
-    asks = [(sc(p, scale), sc(q, scale)) for p, q in snap["asks"]]
+        msgs.append([(0, parse_scaled(p, scale), parse_scaled(q, scale)) for p, q in d["b"]]
+                    + [(1, parse_scaled(p, scale), parse_scaled(q, scale)) for p, q in d["a"]])
+    bids = [(parse_scaled(p, scale), parse_scaled(q, scale)) for p, q in snap["bids"]]
+    asks = [(parse_scaled(p, scale), parse_scaled(q, scale)) for p, q in snap["asks"]]
     return bids, asks, msgs
 
 
@@ -61,9 +61,9 @@ def bybit_stream():
     rows = [json.loads(r.payload) for r in read(SAMPLES / "bybit" / "nautilus_2024-12-01_XRPUSDT_ob500.data.zip")]
     ps, ss = 4, 0
     snap = rows[0]["data"]
-    msgs = [[(0, sc(p, ps), sc(q, ss)) for p, q in r["data"]["b"]] + [(1, sc(p, ps), sc(q, ss)) for p, q in r["data"]["a"]]
+    msgs = [[(0, parse_scaled(p, ps), parse_scaled(q, ss)) for p, q in r["data"]["b"]] + [(1, parse_scaled(p, ps), parse_scaled(q, ss)) for p, q in r["data"]["a"]]
             for r in rows[1:]]
-    return ([(sc(p, ps), sc(q, ss)) for p, q in snap["b"]], [(sc(p, ps), sc(q, ss)) for p, q in snap["a"]], msgs)
+    return ([(parse_scaled(p, ps), parse_scaled(q, ss)) for p, q in snap["b"]], [(parse_scaled(p, ps), parse_scaled(q, ss)) for p, q in snap["a"]], msgs)
 
 
 # -- the two books under the same drivers -------------------------------------------------------

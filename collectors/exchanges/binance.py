@@ -25,11 +25,11 @@ from typing import Any, NamedTuple
 
 from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest
 from collectors.exchanges.common import (
-    ET_FUNDING,
-    ET_LIQ,
-    ET_MARK,
-    ET_TICKER,
-    ET_TRADE,
+    EVENT_FUNDING,
+    EVENT_LIQUIDATION,
+    EVENT_MARK_PRICE,
+    EVENT_TICKER,
+    EVENT_TRADE,
     JSON_DECODE_ERRORS,
     SIDE_BUY,
     SIDE_SELL,
@@ -376,7 +376,7 @@ class BinanceAdapter(AdapterBase):
         st = self.state(d.get("s"))
         t = as_int(d.get("t"), "trade id")
         px, qty = self.price(st, d.get("p")), self.size(st, d.get("q"))
-        env = self.envelope(st, ET_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, t,
+        env = self.envelope(st, EVENT_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, t,
                             st.px.scale, st.sz.scale)
         tr = env.trade
         tr.trade_id = str(t)
@@ -393,7 +393,7 @@ class BinanceAdapter(AdapterBase):
         if f > last:
             raise FrameError(f"aggTrade first trade id {f} > last {last}", st.native)
         px, qty = self.price(st, d.get("p")), self.size(st, d.get("q"))
-        env = self.envelope(st, ET_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, agg_id,
+        env = self.envelope(st, EVENT_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, agg_id,
                             st.px.scale, st.sz.scale)
         tr = env.trade
         tr.trade_id = str(a) if a is not None else (str(f) if f == last else f"{f}-{last}")
@@ -411,7 +411,7 @@ class BinanceAdapter(AdapterBase):
         bp, bq = self.price(st, d.get("b")), self.size(st, d.get("B"))
         ap, aq = self.price(st, d.get("a")), self.size(st, d.get("A"))
         ts = d.get("T") or d.get("E")     # spot bookTicker has no time: receipt time stands in
-        env = self.envelope(st, ET_TICKER, ms_to_us(ts) if ts else recv, recv, u, st.px.scale, st.sz.scale)
+        env = self.envelope(st, EVENT_TICKER, ms_to_us(ts) if ts else recv, recv, u, st.px.scale, st.sz.scale)
         env.exchange_ts_is_receipt = not ts   # the id then hashes u and the prices, not our clock
         tk = env.ticker
         tk.bid_px, tk.bid_qty, tk.ask_px, tk.ask_qty = bp, bq, ap, aq
@@ -421,7 +421,7 @@ class BinanceAdapter(AdapterBase):
 
     def _ticker24(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         st = self.state(d.get("s"))
-        env = self.envelope(st, ET_TICKER, ms_to_us(d.get("E")), recv, 0, 0, 0)
+        env = self.envelope(st, EVENT_TICKER, ms_to_us(d.get("E")), recv, 0, 0, 0)
         tk = env.ticker
         self.prepare(st, (d.get("b"), d.get("a"), d.get("c")), (d.get("B"), d.get("A"), d.get("v")))
         if "b" in d and "a" in d:
@@ -438,14 +438,14 @@ class BinanceAdapter(AdapterBase):
         if d.get("p") in (None, ""):
             raise FrameError("markPriceUpdate without a mark price", st.native)
         scale, (mark, index, settle) = self.aux_prices(st, d.get("p"), d.get("i"), d.get("P"))
-        env = self.envelope(st, ET_MARK, ts, recv, 0, scale, 0)
+        env = self.envelope(st, EVENT_MARK_PRICE, ts, recv, 0, scale, 0)
         m = env.mark_price
         m.mark_px, m.index_px, m.estimated_settle_px = mark, index, settle
         events = [self.stamp(env)]
         rate = d.get("r")
         if st.market is Market.PERP and rate not in (None, ""):
             r = funding_rate(rate, st.native)
-            fenv = self.envelope(st, ET_FUNDING, ts, recv, 0, scale, 0)
+            fenv = self.envelope(st, EVENT_FUNDING, ts, recv, 0, scale, 0)
             f = fenv.funding
             f.rate = r
             nxt = d.get("T")
@@ -469,7 +469,7 @@ class BinanceAdapter(AdapterBase):
         filled = o.get("z")   # accumulated filled qty; the order qty when nothing is reported filled
         qty = self.size(st, filled if type(filled) is str and _nonzero(filled) else o.get("q"))
         px = self.price(st, o.get("p"))
-        env = self.envelope(st, ET_LIQ, ms_to_us(o.get("T") or d.get("E")), recv, 0, st.px.scale, st.sz.scale)
+        env = self.envelope(st, EVENT_LIQUIDATION, ms_to_us(o.get("T") or d.get("E")), recv, 0, st.px.scale, st.sz.scale)
         liq = env.liquidation
         liq.side = SIDE_BUY if side == "BUY" else SIDE_SELL
         liq.px = px

@@ -23,11 +23,11 @@ from typing import Any
 
 from collectors.exchanges.base import FrameResult, RestRequest, Send
 from collectors.exchanges.common import (
-    ET_FUNDING,
-    ET_LIQ,
-    ET_MARK,
-    ET_TICKER,
-    ET_TRADE,
+    EVENT_FUNDING,
+    EVENT_LIQUIDATION,
+    EVENT_MARK_PRICE,
+    EVENT_TICKER,
+    EVENT_TRADE,
     JSON_DECODE_ERRORS,
     REASON_RESYNC,
     SIDE_BUY,
@@ -256,7 +256,7 @@ class BybitAdapter(AdapterBase):
             if side not in ("Buy", "Sell"):
                 raise FrameError(f"trade side {side!r}", st.native)
             px, qty = self.price(st, t.get("p")), self.size(st, t.get("v"))
-            env = self.envelope(st, ET_TRADE, ms_to_us(t.get("T")), recv, opt_seq(t.get("seq"), "trade seq"),
+            env = self.envelope(st, EVENT_TRADE, ms_to_us(t.get("T")), recv, opt_seq(t.get("seq"), "trade seq"),
                                 st.px.scale, st.sz.scale)
             tr = env.trade
             tr.trade_id = text_id(t.get("i", ""), "trade id")
@@ -283,7 +283,7 @@ class BybitAdapter(AdapterBase):
             raise FrameError(f"tickers type {typ!r}", st.native)
         ts = ms_to_us(msg.get("ts"))
         seq = opt_seq(msg.get("cs"), "ticker cs")
-        env = self.envelope(st, ET_TICKER, ts, recv, seq, 0, 0)
+        env = self.envelope(st, EVENT_TICKER, ts, recv, seq, 0, 0)
         tk = env.ticker
         self.prepare(st, (t.get("bid1Price"), t.get("ask1Price"), t.get("lastPrice")),
                      (t.get("bid1Size"), t.get("ask1Size"), t.get("volume24h"), t.get("openInterest")))
@@ -300,7 +300,7 @@ class BybitAdapter(AdapterBase):
             mark_s, index_s = t.get("markPrice"), t.get("indexPrice")
             mscale, (mark, index) = self.aux_prices(st, mark_s, index_s)
             if ("markPrice" in data or "indexPrice" in data) and mark:
-                menv = self.envelope(st, ET_MARK, ts, recv, seq, mscale, 0)
+                menv = self.envelope(st, EVENT_MARK_PRICE, ts, recv, seq, mscale, 0)
                 m = menv.mark_price
                 m.mark_px = mark
                 m.index_px = index
@@ -308,7 +308,7 @@ class BybitAdapter(AdapterBase):
             rate = t.get("fundingRate")
             if ("fundingRate" in data or "nextFundingTime" in data) and rate:
                 r = funding_rate(rate, st.native)
-                fenv = self.envelope(st, ET_FUNDING, ts, recv, seq, mscale, 0)
+                fenv = self.envelope(st, EVENT_FUNDING, ts, recv, seq, mscale, 0)
                 f = fenv.funding
                 f.rate = r
                 nxt = t.get("nextFundingTime")
@@ -328,7 +328,7 @@ class BybitAdapter(AdapterBase):
              out: FrameResult) -> None:
         if position_side not in ("Buy", "Sell"):
             raise FrameError(f"liquidation side {position_side!r}", st.native)
-        env = self.envelope(st, ET_LIQ, ts, recv, 0, 0, 0)
+        env = self.envelope(st, EVENT_LIQUIDATION, ts, recv, 0, 0, 0)
         liq = env.liquidation
         # Position side Buy = a long was liquidated = the liquidation order sold.
         liq.side = SIDE_SELL if position_side == "Buy" else SIDE_BUY

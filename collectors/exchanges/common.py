@@ -9,8 +9,8 @@ checksum checks) lives here in one place so every venue counts the same way.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from collectors.book import L2Book
@@ -47,13 +47,13 @@ _ZEROS = tuple("0" * i for i in range(64))
 
 SIDE_BUY = pb.SIDE_BUY
 SIDE_SELL = pb.SIDE_SELL
-ET_TRADE = EventType.TRADE.pb
-ET_SNAPSHOT = EventType.BOOK_SNAPSHOT.pb
-ET_DELTA = EventType.BOOK_DELTA.pb
-ET_FUNDING = EventType.FUNDING.pb
-ET_MARK = EventType.MARK_PRICE.pb
-ET_LIQ = EventType.LIQUIDATION.pb
-ET_TICKER = EventType.TICKER.pb
+EVENT_TRADE = EventType.TRADE.pb
+EVENT_BOOK_SNAPSHOT = EventType.BOOK_SNAPSHOT.pb
+EVENT_BOOK_DELTA = EventType.BOOK_DELTA.pb
+EVENT_FUNDING = EventType.FUNDING.pb
+EVENT_MARK_PRICE = EventType.MARK_PRICE.pb
+EVENT_LIQUIDATION = EventType.LIQUIDATION.pb
+EVENT_TICKER = EventType.TICKER.pb
 REASON_INITIAL = pb.SNAPSHOT_REASON_INITIAL
 REASON_RESYNC = pb.SNAPSHOT_REASON_RESYNC
 REASON_VENUE = pb.SNAPSHOT_REASON_VENUE
@@ -76,7 +76,7 @@ class NotSubscribed(FrameError):
 
 # -- numbers -----------------------------------------------------------------------------------
 
-def sc(text: str, scale: int) -> int:
+def parse_scaled(text: str, scale: int) -> int:
     """Venue decimal string -> scaled int, exact or ScaleError (never rounds, never negative).
 
     Fast path for the plain ``digits.digits`` strings venues send; anything else (exponents,
@@ -260,7 +260,7 @@ class ScaleTracker:
         except TypeError:
             raise ScaleError(f"expected a decimal string, got {type(text).__name__}") from None
         if v is None:
-            v = sc(text, self.scale)
+            v = parse_scaled(text, self.scale)
             if len(cache) >= self.CACHE_MAX:
                 cache.clear()
             cache[text] = v
@@ -479,7 +479,7 @@ class AdapterBase:
     def snapshot_event(self, st: InstrumentState, reason: int, exchange_ts: int, ingest_ts: int,
                        checksum: int = 0) -> pb.Envelope:
         book = st.book
-        env = self.envelope(st, ET_SNAPSHOT, exchange_ts, ingest_ts, book.seq, st.px.scale, st.sz.scale)
+        env = self.envelope(st, EVENT_BOOK_SNAPSHOT, exchange_ts, ingest_ts, book.seq, st.px.scale, st.sz.scale)
         snap = env.book_snapshot
         n = self.snapshot_depth
         add = snap.bids.add
@@ -500,7 +500,7 @@ class AdapterBase:
     def delta_event(self, st: InstrumentState, bids: list[tuple[int, int]], asks: list[tuple[int, int]],
                     exchange_ts: int, ingest_ts: int, seq: int, first_seq: int, prev_seq: int,
                     checksum: int = 0) -> pb.Envelope:
-        env = self.envelope(st, ET_DELTA, exchange_ts, ingest_ts, seq, st.px.scale, st.sz.scale)
+        env = self.envelope(st, EVENT_BOOK_DELTA, exchange_ts, ingest_ts, seq, st.px.scale, st.sz.scale)
         d = env.book_delta
         d.first_seq = first_seq
         d.prev_seq = prev_seq
@@ -586,10 +586,10 @@ class AdapterBase:
                 for p, q in raw:
                     a = pc.get(p)
                     if a is None:
-                        a = pc[p] = sc(p, ps)
+                        a = pc[p] = parse_scaled(p, ps)
                     b = qc.get(q)
                     if b is None:
-                        b = qc[q] = sc(q, ss)
+                        b = qc[q] = parse_scaled(q, ss)
                     append((a, b))
             else:                                        # [px, qty, ...] (OKX: 4 fields)
                 for lv in raw:
@@ -597,10 +597,10 @@ class AdapterBase:
                     q = lv[1]
                     a = pc.get(p)
                     if a is None:
-                        a = pc[p] = sc(p, ps)
+                        a = pc[p] = parse_scaled(p, ps)
                     b = qc.get(q)
                     if b is None:
-                        b = qc[q] = sc(q, ss)
+                        b = qc[q] = parse_scaled(q, ss)
                     append((a, b))
             return out
         except ScaleError as e:          # (a ValueError: caught first)
@@ -645,7 +645,7 @@ class AdapterBase:
                 out.append(0)
                 continue
             try:
-                out.append(sc(t, scale))
+                out.append(parse_scaled(t, scale))
             except ScaleError as e:
                 raise FrameError(f"precision: {e} ({st.native} mark/index scale {scale})", st.native) from None
         return scale, out
@@ -746,6 +746,6 @@ def dump(obj: Any) -> str:
 
 __all__ = [
     "AdapterBase", "BookStats", "FrameError", "InstrumentState", "NotSubscribed", "ScaleTracker",
-    "as_int", "decimals", "dump", "funding_rate", "loads", "ms_to_us", "opt_seq", "rest_request", "sc", "significant_decimals",
+    "as_int", "decimals", "dump", "funding_rate", "loads", "ms_to_us", "opt_seq", "parse_scaled", "rest_request", "significant_decimals",
     "text_id",
 ]

@@ -25,11 +25,11 @@ from typing import Any
 
 from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest, Send
 from collectors.exchanges.common import (
-    ET_FUNDING,
-    ET_LIQ,
-    ET_MARK,
-    ET_TICKER,
-    ET_TRADE,
+    EVENT_FUNDING,
+    EVENT_LIQUIDATION,
+    EVENT_MARK_PRICE,
+    EVENT_TICKER,
+    EVENT_TRADE,
     JSON_DECODE_ERRORS,
     REASON_RESYNC,
     SIDE_BUY,
@@ -337,7 +337,7 @@ class OkxAdapter(AdapterBase):
         tid = text_id(t.get("tradeId"), "tradeId")
         px, qty = self.price(st, t.get("px")), self.size(st, t.get("sz"))
         seq = int(tid) if tid.isdigit() and tid.isascii() and len(tid) < 19 else 0
-        env = self.envelope(st, ET_TRADE, ms_to_us(t.get("ts")), recv, seq, st.px.scale, st.sz.scale)
+        env = self.envelope(st, EVENT_TRADE, ms_to_us(t.get("ts")), recv, seq, st.px.scale, st.sz.scale)
         tr = env.trade
         tr.trade_id = tid
         tr.px = px
@@ -349,7 +349,7 @@ class OkxAdapter(AdapterBase):
         if type(t) is not dict:
             raise FrameError("ticker item is not an object")
         st = self.state(t.get("instId"))
-        env = self.envelope(st, ET_TICKER, ms_to_us(t.get("ts")), recv, 0, 0, 0)
+        env = self.envelope(st, EVENT_TICKER, ms_to_us(t.get("ts")), recv, 0, 0, 0)
         tk = env.ticker
         self.prepare(st, (t.get("bidPx"), t.get("askPx"), t.get("last")),
                      (t.get("bidSz"), t.get("askSz"), t.get("vol24h")))
@@ -379,7 +379,7 @@ class OkxAdapter(AdapterBase):
         nxt = t.get("nextFundingRate")
         predicted = funding_rate(nxt, st.native) if nxt not in (None, "") else 0
         ts = t.get("ts")
-        env = self.envelope(st, ET_FUNDING, ms_to_us(ts) if ts not in (None, "") else recv, recv, 0, 0, 0)
+        env = self.envelope(st, EVENT_FUNDING, ms_to_us(ts) if ts not in (None, "") else recv, recv, 0, 0, 0)
         f = env.funding
         f.rate = r
         f.predicted_rate = predicted
@@ -394,7 +394,7 @@ class OkxAdapter(AdapterBase):
         if t.get("markPx") in (None, ""):
             raise FrameError("mark-price item without markPx", st.native)
         scale, (mark,) = self.aux_prices(st, t.get("markPx"))
-        env = self.envelope(st, ET_MARK, ms_to_us(t.get("ts")), recv, 0, scale, 0)
+        env = self.envelope(st, EVENT_MARK_PRICE, ms_to_us(t.get("ts")), recv, 0, scale, 0)
         env.mark_price.mark_px = mark
         out.events.append(self.stamp(env))
 
@@ -413,7 +413,7 @@ class OkxAdapter(AdapterBase):
             if side not in ("buy", "sell"):
                 raise FrameError(f"liquidation side {side!r}", st.native)
             px, qty = self.price(st, det.get("bkPx")), self.size(st, det.get("sz"))
-            env = self.envelope(st, ET_LIQ, ms_to_us(det.get("ts")), recv, 0, st.px.scale, st.sz.scale)
+            env = self.envelope(st, EVENT_LIQUIDATION, ms_to_us(det.get("ts")), recv, 0, st.px.scale, st.sz.scale)
             liq = env.liquidation
             liq.side = SIDE_BUY if side == "buy" else SIDE_SELL   # the liquidation order's side
             liq.px = px
@@ -433,7 +433,7 @@ class OkxAdapter(AdapterBase):
             bp, bq = (self.price(st, b[0][0]), self.size(st, b[0][1])) if b else (0, 0)
             ap, aq = (self.price(st, a[0][0]), self.size(st, a[0][1])) if a else (0, 0)
             seq = opt_seq(d.get("seqId"), "bbo seqId")
-            env = self.envelope(st, ET_TICKER, ms_to_us(d.get("ts")), recv, seq, st.px.scale, st.sz.scale)
+            env = self.envelope(st, EVENT_TICKER, ms_to_us(d.get("ts")), recv, seq, st.px.scale, st.sz.scale)
             tk = env.ticker
             tk.bid_px, tk.bid_qty, tk.ask_px, tk.ask_qty = bp, bq, ap, aq
             out.events.append(self.stamp(env))

@@ -69,7 +69,7 @@ from workloads.samples import (
 
 FULL_DEPTH = 1_000_000          # published snapshots carry the whole book, so it can be compared
 MAX_RECORD_BYTES = 1_000_000    # librdkafka's default message.max.bytes
-ET_SNAP, ET_DELTA = EventType.BOOK_SNAPSHOT.pb, EventType.BOOK_DELTA.pb
+EVENT_BOOK_SNAPSHOT, EVENT_BOOK_DELTA = EventType.BOOK_SNAPSHOT.pb, EventType.BOOK_DELTA.pb
 
 #: venue -> (adapter factory, [(capture, records used)]); records are read at run time
 VENUES: dict[str, tuple[Callable[[], object], list[tuple[Path, int]]]] = {
@@ -392,9 +392,9 @@ def run_stream(venue: str, path: Path, limit: int, rnd: random.Random, p: float,
                 tally.crashed += 1
                 tally.fail(f"unpublishable event at {where}: {bad}")
                 continue
-            if env.event_type == ET_SNAP:
+            if env.event_type == EVENT_BOOK_SNAPSHOT:
                 rebuilt[env.native_symbol] = _book_of_levels(env.book_snapshot.bids, env.book_snapshot.asks)
-            elif env.event_type == ET_DELTA and env.native_symbol in rebuilt:
+            elif env.event_type == EVENT_BOOK_DELTA and env.native_symbol in rebuilt:
                 d = env.book_delta
                 rebuilt[env.native_symbol].apply([(lv.px, lv.qty) for lv in d.bids], [(lv.px, lv.qty) for lv in d.asks])
         for native, st in ad.states.items():

@@ -29,8 +29,8 @@ from streaming.topic_admin import admin_client, ensure_topics
 from streaming.topic_config import TopicConfig
 
 EIPS = tuple(f"127.0.0.{i}" for i in range(2, 12))
-ET_SNAP = EventType.BOOK_SNAPSHOT.pb
-ET_DELTA = EventType.BOOK_DELTA.pb
+EVENT_BOOK_SNAPSHOT = EventType.BOOK_SNAPSHOT.pb
+EVENT_BOOK_DELTA = EventType.BOOK_DELTA.pb
 
 _ensured: set[str] = set()
 
@@ -125,7 +125,7 @@ def verify_books(envs: Iterable[pb.Envelope]) -> dict[str, Chain]:
     the book is a reset (legitimate after a resync or a new connection)."""
     by_sym: dict[str, list[pb.Envelope]] = defaultdict(list)
     for e in envs:
-        if e.event_type in (ET_SNAP, ET_DELTA):
+        if e.event_type in (EVENT_BOOK_SNAPSHOT, EVENT_BOOK_DELTA):
             by_sym[e.symbol].append(e)
     chains: dict[str, Chain] = {}
     for sym, evs in by_sym.items():
@@ -134,12 +134,12 @@ def verify_books(envs: Iterable[pb.Envelope]) -> dict[str, Chain]:
         if sequenced:
             # A snapshot at id S already contains every update up to S; a delta ending at S
             # (Binance USD-M may apply one after the snapshot) is then redundant.
-            evs.sort(key=lambda e: (e.seq, 0 if e.event_type == ET_SNAP else 1, e.ingest_ts))
+            evs.sort(key=lambda e: (e.seq, 0 if e.event_type == EVENT_BOOK_SNAPSHOT else 1, e.ingest_ts))
         else:
-            evs.sort(key=lambda e: (e.ingest_ts, 0 if e.event_type == ET_SNAP else 1))
+            evs.sort(key=lambda e: (e.ingest_ts, 0 if e.event_type == EVENT_BOOK_SNAPSHOT else 1))
         for e in evs:
             ch.price_scale, ch.size_scale = e.price_scale, e.size_scale
-            if e.event_type == ET_SNAP:
+            if e.event_type == EVENT_BOOK_SNAPSHOT:
                 s = e.book_snapshot
                 if ch.seq is None or not sequenced or e.seq > ch.seq:
                     if ch.seq is not None:
