@@ -13,7 +13,7 @@
 3. Chart render time per symbol-hour (PNG + SVG + preview) for the captured hour.
 
 Data: trades of the genuine Binance capture hour, tiled with fresh event_ids to --rows;
-a synthetic three-instrument market (tests/synthetic_events.py) of --events events spread
+a synthetic three-instrument market (workloads/synthetic.py) of --events events spread
 over one hour for the feature recompute.
 
     python bench/bench_analytics.py [--rows 500000] [--events 200000] [--rounds 3]

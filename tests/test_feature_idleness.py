@@ -21,9 +21,10 @@ from streaming import kafka_config as kc
 from streaming.broker import EmbeddedBroker
 from streaming.feature_processor import FeatureProcessor, live_partitions
 from streaming.serde import encode
-from tests import processing_support as ps
-from tests.sample_events import BASE_TS, envelope
-from tests.synthetic_events import SyntheticMarket
+from tests.support import processing as ps
+from tests.support.envelopes import BASE_TS, envelope
+from workloads.kafka import connection, create_project_topics, produce
+from workloads.synthetic import SyntheticMarket
 
 PAIR = [(Market.SPOT, Exchange.BINANCE)]
 SORT = [("symbol", "ascending"), ("exchange_ts", "ascending")]
@@ -33,7 +34,7 @@ SPOT = {"market": Market.SPOT, "symbol": "BTC-USDT", "native": "BTCUSDT"}
 @pytest.fixture
 def broker(tmp_path):
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        ps.create_project_topics(b.bootstrap)
+        create_project_topics(b.bootstrap)
         yield b
 
 
@@ -43,7 +44,7 @@ def _topic(env) -> str:
 
 def _produce(bootstrap: str, envs) -> None:
     records = [(_topic(e), encode(e)) for e in envs]
-    ps.produce(bootstrap, [(t, r.key, r.value, r.headers) for t, r in records])
+    produce(bootstrap, [(t, r.key, r.value, r.headers) for t, r in records])
 
 
 def _streamed(bootstrap: str):
@@ -87,7 +88,7 @@ def test_a_partition_written_behind_another_keeps_its_window_open(broker):
     first += [envelope(EventType.TRADE, 250 * k + 227, **SPOT) for k in range(16)]       # to 3.977 s
     ahead = [envelope(EventType.TRADE, 5702 + k, **SPOT) for k in range(3)]             # none in second 4
     behind = [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(40, 60)]
-    fp = FeatureProcessor(ps.connection(broker.bootstrap), PAIR, processor_name="behind",
+    fp = FeatureProcessor(connection(broker.bootstrap), PAIR, processor_name="behind",
                           idle_timeout_ms=2000, batch_max_ms=100)
     fp.start()
     try:
@@ -111,7 +112,7 @@ def test_transactional_input_ends_after_one_idle_timeout_without_a_wall_clock_es
     passes markers), so the end of input closes the last windows after one idle timeout,
     with no silence-based escape that could also skip a partition with records to read."""
     envs = SyntheticMarket(seed=11).events(4000, 1000)                     # 4 s of three instruments
-    conn = ps.connection(broker.bootstrap)
+    conn = connection(broker.bootstrap)
     p = Producer(kc.transactional_producer_config(conn, "test-upstream-txn"))
     p.init_transactions(30)
     for part in (envs[: len(envs) // 2], envs[len(envs) // 2:]):
@@ -136,13 +137,13 @@ def test_a_partition_far_behind_waits_until_the_normalizer_has_read_its_backlog(
     from streaming.feature_processor import NORMALIZER_GROUP
 
     raw = event_topic("raw", "spot", EventType.BOOK_DELTA, "binance")
-    ps.produce(broker.bootstrap, [(raw, b"BTCUSDT", b"not yet normalized", None)])
+    produce(broker.bootstrap, [(raw, b"BTCUSDT", b"not yet normalized", None)])
     first = [envelope(EventType.BOOK_SNAPSHOT, 0, **SPOT)]
     first += [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(40)]
     first += [envelope(EventType.TRADE, 250 * k + 227, **SPOT) for k in range(16)]
     ahead = [envelope(EventType.TRADE, 12_000 + k, **SPOT) for k in range(3)]
     behind = [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(40, 125)]
-    fp = FeatureProcessor(ps.connection(broker.bootstrap), PAIR, processor_name="far-behind",
+    fp = FeatureProcessor(connection(broker.bootstrap), PAIR, processor_name="far-behind",
                           idle_timeout_ms=1000, batch_max_ms=100)
     fp.start()
     try:
@@ -150,7 +151,7 @@ def test_a_partition_far_behind_waits_until_the_normalizer_has_read_its_backlog(
         _pump(fp, 3.0)           # everything read and quiet, but raw.* still holds a record
         assert not _streamed(broker.bootstrap).num_rows
         _produce(broker.bootstrap, behind)
-        normalizer = Consumer(kc.consumer_config(ps.connection(broker.bootstrap), NORMALIZER_GROUP))
+        normalizer = Consumer(kc.consumer_config(connection(broker.bootstrap), NORMALIZER_GROUP))
         parts = {(t, p) for t, p in fp.upstream.partitions() if t == raw}
         normalizer.commit(offsets=[TopicPartition(t, p, 1 if p == _partition_of(broker.bootstrap, raw) else 0)
                                    for t, p in parts], asynchronous=False)

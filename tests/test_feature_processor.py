@@ -22,8 +22,10 @@ from streaming.feature_processor import FeatureProcessor, state_topic
 from streaming.instruments import InstrumentCatalog
 from streaming.normalizer import Normalizer, NormalizerService, input_topics_for
 from streaming.serde import decode, encode
-from tests import processing_support as ps
-from tests.synthetic_events import SyntheticMarket
+from tests.support import processing as ps
+from workloads.binance_hour import BTCUSDT_SPOT_INFO, capture_raw_events
+from workloads.kafka import connection, create_project_topics, produce, produce_raw
+from workloads.synthetic import SyntheticMarket
 
 PAIR = [(Market.SPOT, Exchange.BINANCE)]
 FEATURES = feature_topic("spot", "binance")
@@ -33,7 +35,7 @@ SORT = [("symbol", "ascending"), ("exchange_ts", "ascending")]
 @pytest.fixture
 def broker(tmp_path):
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        ps.create_project_topics(b.bootstrap)
+        create_project_topics(b.bootstrap)
         yield b
 
 
@@ -56,14 +58,14 @@ def _produce_processed(bootstrap, envs) -> None:
         for e in envs:
             r = encode(e)
             yield event_topic("processed", "spot", event_type_from_pb(e.event_type), "binance"), r.key, r.value, r.headers
-    ps.produce(bootstrap, items())
+    produce(bootstrap, items())
 
 
 def test_capture_raw_to_features_equals_the_batch_spec(broker):
     cat = InstrumentCatalog()
-    cat.load_exchange_info("binance", "spot", ps.BTCUSDT_SPOT_INFO)
-    ps.produce_raw(broker.bootstrap, ps.capture_raw_events())
-    conn = ps.connection(broker.bootstrap)
+    cat.load_exchange_info("binance", "spot", BTCUSDT_SPOT_INFO)
+    produce_raw(broker.bootstrap, capture_raw_events())
+    conn = connection(broker.bootstrap)
     NormalizerService(conn, Normalizer(cat), input_topics_for(["binance"], ["spot"])).run(idle_exit_s=2.0)
     fp = FeatureProcessor(conn, PAIR, idle_timeout_ms=1000, checkpoint_interval_s=2.0)
     fp.run(idle_exit_s=3.0)
@@ -94,11 +96,11 @@ def test_late_and_malformed_records_go_to_the_dlq_with_reasons(broker):
         e.trade.trade_id = f"late-{i}"
         late.append(stamp_event_id(e))
     _produce_processed(broker.bootstrap, late)
-    ps.produce(broker.bootstrap, [(event_topic("processed", "spot", EventType.TRADE, "binance"), b"BTC-USDT",
+    produce(broker.bootstrap, [(event_topic("processed", "spot", EventType.TRADE, "binance"), b"BTC-USDT",
                                    b"\x01\x02not an envelope", None)])
     late_metric = ("ticklake_processor_late_records_total", {"processor": "feature-processor"})
     late_before = REGISTRY.get_sample_value(*late_metric) or 0.0
-    fp = FeatureProcessor(ps.connection(broker.bootstrap), PAIR, allowed_lateness_ms=500, idle_timeout_ms=1000)
+    fp = FeatureProcessor(connection(broker.bootstrap), PAIR, allowed_lateness_ms=500, idle_timeout_ms=1000)
     fp.run(idle_exit_s=3.0)
     assert REGISTRY.get_sample_value(*late_metric) - late_before == 5          # exported to Prometheus
 
@@ -152,7 +154,7 @@ def test_a_partition_with_records_still_to_read_is_never_idle():
     so the features would depend on the replay's speed. No broker needed: the engine and the
     idleness rule are the event-time core."""
     from streaming.feature_processor import Engine, live_partitions
-    from tests.sample_events import BASE_TS, envelope
+    from tests.support.envelopes import BASE_TS, envelope
 
     busy, lagging = ("processed.spot.trades.binance", 0), ("processed.spot.trades.binance", 1)
     last_seen = {busy: 100.0, lagging: 90.0}                 # the lagging one silent for 10 s
