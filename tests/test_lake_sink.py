@@ -39,6 +39,8 @@ from tests.support.lake import (
 )
 from workloads.synthetic import SyntheticMarket, SynthInstrument
 
+pytestmark = pytest.mark.broker
+
 REPO = Path(__file__).resolve().parents[1]
 
 
