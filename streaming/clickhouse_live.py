@@ -94,6 +94,7 @@ class ClickHouseLive:
         self._stop = False
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+        self.lag_snapshot = obs.LagSnapshot()
 
     def start(self) -> None:
         cs.ensure_tables(self.client, self.database, self.ttl_days, tables=[cs.CH_FEATURES_LIVE])
@@ -102,10 +103,10 @@ class ClickHouseLive:
                                                     fetch_wait_max_ms=kc.SERVICE_FETCH_WAIT_MAX_MS))
         self.consumer.subscribe(self.topics)
         self.producer = Producer(kc.producer_config(self.conn, linger_ms=5))
-        obs.register_lag_provider(SERVICE_NAME, self.lag)
+        obs.register_lag_provider(SERVICE_NAME, self.lag_snapshot.get)
 
     def lag(self) -> list[tuple[str, int, int]]:
-        """Per assigned partition, for the metrics scrape thread."""
+        """Per assigned partition (this loop's thread; the scrape reads lag_snapshot)."""
         consumer = self.consumer
         if consumer is None:
             return []
@@ -115,6 +116,7 @@ class ClickHouseLive:
     def run_once(self) -> int:
         """One poll batch: insert its rows, dead-letter the bad ones, then commit offsets."""
         assert self.consumer is not None and self.producer is not None
+        self.lag_snapshot.maybe_update(self.lag)
         msgs = [m for m in self.consumer.consume(self.batch_max_records, self.batch_max_ms / 1000)
                 if check(m) is not None]
         if not msgs:

@@ -206,6 +206,7 @@ class LakeSink:
         self.topic_ids: dict[str, str] = {}
         self.dlq_errors: list[str] = []
         self._lag_at = 0.0
+        self.lag_snapshot = obs.LagSnapshot()
 
     # -- start / resume ------------------------------------------------------------------
 
@@ -246,7 +247,7 @@ class LakeSink:
                         "reading it from the beginning; event_id dedup drops what the lake has", stored[tp], *tp)
         self.consumer.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
         self.producer = Producer(kc.producer_config(self.conn, linger_ms=5))
-        obs.register_lag_provider(SERVICE_NAME, self.lag)
+        obs.register_lag_provider(SERVICE_NAME, self.lag_snapshot.get)
         obs.set_sealed_hour_source(lambda: sealed_hour_timestamps(self.catalog))
         log.info("lake sink started on %d partitions of %d topics", len(self.assignment), len(self.topic_table))
         return start
@@ -359,6 +360,7 @@ class LakeSink:
 
     def run_once(self) -> int:
         """One micro-batch: returns the number of table commits made."""
+        self.lag_snapshot.maybe_update(self.lag)
         msgs = self.poll_batch()
         if not msgs:
             return 0
@@ -528,7 +530,7 @@ class LakeSink:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def lag(self) -> list[tuple[str, int, int]]:
-        """Per-partition lag for the metrics scrape thread (positions of the consumer)."""
+        """Per-partition lag from the consumer's positions (this loop's thread)."""
         consumer = self.consumer
         if consumer is None:
             return []

@@ -217,6 +217,30 @@ def unregister_lag_provider(service: str) -> None:
     _LAG.unregister(service)
 
 
+class LagSnapshot:
+    """Per-partition lag computed by the thread that owns the consumer, at most every
+    `every_s` (a few cached-watermark reads per partition), read by the scrape. Calling a
+    consumer from the scrape thread was seen to hang until the consumer's own thread moved,
+    freezing the exported lag; the owning thread never waits on anything here."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s = every_s
+        self.samples: list[LagSample] = []
+        self._at = -1e18
+
+    def maybe_update(self, compute: Callable[[], list[LagSample]]) -> None:
+        now = time.monotonic()
+        if now - self._at >= self.every_s:
+            self._at = now
+            try:
+                self.samples = compute()
+            except Exception:  # a closing consumer: keep the last samples
+                log.debug("lag computation failed", exc_info=True)
+
+    def get(self) -> list[LagSample]:
+        return self.samples
+
+
 def consumer_lag(consumer, positions: Iterable[tuple[str, int, int]]) -> list[LagSample]:
     """Lag of (topic, partition, next offset to consume) against the high watermark the
     consumer's fetches last reported (cached: the embedded broker answers a ListOffsets

@@ -13,6 +13,7 @@ from streaming.metrics import (
     LAST_RECORD,
     RECORDS_CONSUMED,
     RECORDS_PRODUCED,
+    LagSnapshot,
     consumer_lag,
     register_lag_provider,
     unregister_lag_provider,
@@ -25,7 +26,7 @@ from streaming.metrics import PROCESSOR_RECORDS_OUT as RECORDS_OUT
 from streaming.metrics import PROCESSOR_TRANSACTIONS as TRANSACTIONS
 from streaming.metrics import PROCESSOR_WATERMARK as WATERMARK
 
-__all__ = ["BATCH_SECONDS", "DUPLICATES", "EXCHANGE_TO_PROCESSED", "FEATURE_DELAY", "LAST_RECORD", "LATE",
+__all__ = ["BATCH_SECONDS", "DUPLICATES", "EXCHANGE_TO_PROCESSED", "LagSnapshot", "FEATURE_DELAY", "LAST_RECORD", "LATE",
            "RECORDS_CONSUMED", "RECORDS_IN", "RECORDS_OUT", "RECORDS_PRODUCED", "TRANSACTIONS", "WATERMARK",
            "consumer_lag", "register_lag_provider", "start_metrics_server", "unregister_lag_provider"]
 

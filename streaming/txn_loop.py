@@ -96,6 +96,7 @@ class TransactionalLoop:
         self.stop_event = threading.Event()
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+        self.lag_snapshot = metrics.LagSnapshot()
         self.assignment: list[TP] = []
         self.positions: dict[TP, int] = {}
 
@@ -139,16 +140,16 @@ class TransactionalLoop:
         self.positions = {tp: off for tp, off in committed.items() if off is not None}
         self.consumer.assign([TopicPartition(t, p, committed[(t, p)] if committed[(t, p)] is not None else -2)
                               for t, p in self.assignment])
-        metrics.register_lag_provider(self.name, self.lag)
+        self.lag_snapshot = metrics.LagSnapshot()
+        metrics.register_lag_provider(self.name, self.lag_snapshot.get)
         log.info("%s started: %d partitions, committed %s", self.name, len(self.assignment), committed)
 
     def lag(self) -> list[tuple[str, int, int]]:
-        """Records per input partition past the committed position (read by the metrics
-        scrape thread: the positions dict is copied, the consumer only read)."""
+        """Records per input partition past the committed position (this loop's thread)."""
         consumer = self.consumer
         if consumer is None:
             return []
-        pos = dict(self.positions)
+        pos = self.positions
         return metrics.consumer_lag(consumer, [(t, p, pos.get((t, p), 0)) for t, p in self.assignment])
 
     def close(self) -> None:
@@ -201,6 +202,7 @@ class TransactionalLoop:
         """One micro-batch; True if a transaction was committed."""
         assert self.producer is not None
         started = time.monotonic()
+        self.lag_snapshot.maybe_update(self.lag)
         msgs = self._poll_batch()
         outs = self.process_batch(msgs)
         if not self.wants_txn(msgs, outs):

@@ -330,7 +330,7 @@ class PragmaPublisher:
     # -- loop -----------------------------------------------------------------------------------
 
     def lag(self) -> list[tuple[str, int, int]]:
-        """Per assigned partition, for the metrics scrape thread."""
+        """Per assigned partition (this loop's thread; the scrape reads the snapshot)."""
         pos = self.consumer.position(self.consumer.assignment())
         return obs.consumer_lag(self.consumer, [(tp.topic, tp.partition, tp.offset) for tp in pos
                                                     if tp.offset >= 0])
@@ -348,9 +348,11 @@ class PragmaPublisher:
         stop = stop or threading.Event()
         topics = self.config.input_topic_list()
         self.consumer.subscribe(topics, on_revoke=self._on_revoke)
-        obs.register_lag_provider(SERVICE_NAME, self.lag)
+        snapshot = obs.LagSnapshot()
+        obs.register_lag_provider(SERVICE_NAME, snapshot.get)
         try:
             while not stop.is_set():
+                snapshot.maybe_update(self.lag)
                 msgs = self.consumer.consume(num_messages=500, timeout=poll_timeout_s)
                 if msgs:
                     obs.LAST_RECORD.labels(SERVICE_NAME).set(time.time())
