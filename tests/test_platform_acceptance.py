@@ -142,11 +142,6 @@ def default_consumer_receives(bootstrap: str, topic: str, timeout_s: float = 10.
 
 @pytest.mark.stack
 @pytest.mark.timeout(TIMEOUT_S + 600)
-@pytest.mark.xfail(strict=False, reason=(
-    "KNOWN DEFECT (open, issue 11): at --speed max the streaming feature processor published 344 of the 345 "
-    "1 s windows of 2024-08-08 23:00 in the last run on this machine (117 before d79fa05), so that hour's "
-    "blocking Spark parity check fails and its chain stops; everything before it (lake exactly once, seals, "
-    "automation, the other hours' chains) passed. Kept running so an XPASS shows when it is fixed."))
 def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_home, tmp_path):
     import dagster as dg
 
