@@ -74,6 +74,11 @@ DEFAULT_MAX_SESSION_TIMEOUT_MS = 6_000
 #: unproductive wake-up scan) at today's 250 ms granularity whatever the client asked for;
 #: the rest of a longer wait is spent held here, where it costs nothing.
 BROKER_FETCH_WAIT_MS = 500
+#: The smallest wait a held Fetch is forwarded with (one scan of the log; see hold_fetch).
+#: Not 1 ms: on persistent storage (streaming/broker_store.py) Tansu reads a partition's
+#: batches over HTTP, and with a 1 ms wait it answered empty before they arrived, every
+#: time: a consumer reading records written before a broker restart never got them.
+MIN_SCAN_WAIT_MS = 100
 CHUNK = 256 * 1024
 
 
@@ -302,9 +307,12 @@ async def hold_fetch(frame: bytearray, conn: _Connection, clock: WriteClock,
         t0 = loop.time()
         if await clock.wait_past(conn.count_at_forward, wait_ms / 1000):
             spent_ms = int((loop.time() - t0) * 1000)
-            forward_ms = max(0, min(wait_ms - spent_ms, broker_wait_ms))
+            forward_ms = max(MIN_SCAN_WAIT_MS, min(wait_ms - spent_ms, broker_wait_ms))
         else:
-            forward_ms = 0  # the client's wait is spent and nothing was written: one scan
+            # The client's wait is spent and nothing was written: one scan. Not 0: Tansu answers
+            # a Fetch with max_wait_ms 0 without reading the log, so a consumer that seeks back to
+            # records after an empty fetch would never receive them.
+            forward_ms = MIN_SCAN_WAIT_MS
     if forward_ms != wait_ms:
         struct.pack_into(">i", frame, pos, forward_ms)
     conn.count_at_forward = clock.count

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from schemas.topics import DlqStage
 from streaming.broker import (
     BrokerError,
     EmbeddedBroker,
@@ -58,8 +59,6 @@ def test_stop_ends_the_process_and_frees_the_port():
 OWNER = """
 import sys, time
 from streaming.broker import EmbeddedBroker
-
-pytestmark = pytest.mark.broker
 b = EmbeddedBroker().start()
 print(b.pid, b.port, flush=True)
 time.sleep(600)
@@ -80,6 +79,8 @@ def test_broker_dies_with_an_owner_killed_by_sigkill():
         assert time.monotonic() < deadline, f"broker {pid} outlived its killed owner"
         time.sleep(0.1)
     assert not port_in_use("127.0.0.1", port)
+
+pytestmark = pytest.mark.broker
 
 
 def _gone(pid: int) -> bool:
@@ -182,7 +183,7 @@ def test_standing_topics_are_created_with_partitions_and_retention():
 
         # 3 venues x (spot 4 + perp 7 + future 7 event types) per stage, 9 feature topics,
         # one DLQ per stage, the two pragma topics.
-        assert len(planned) == 54 + 54 + 9 + 5 + 2
+        assert len(planned) == 54 + 54 + 9 + len(DlqStage) + 2
         md = admin.list_topics(timeout=10)
         for name in ("raw.spot.orderbook.delta.binance", "raw.future.funding.okx",
                      "processed.perp.trades.okx", "feature.spot.signals.bybit", "dlq.collector",
