@@ -110,6 +110,8 @@ def test_topics_records_and_offsets_survive_a_stop_start_and_a_kill_9(tmp_path):
     with EmbeddedBroker(data_dir=data, log_path=tmp_path / "b2.log") as broker:
         assert topic in fetch_metadata(broker.bootstrap, 10).topics
         assert _committed(broker.bootstrap, topic, group) == 20
+        # records written before the restart, read from the beginning by a new group
+        assert sorted(_consume(broker.bootstrap, topic, "after-restart", 20, commit=False)) == sorted(first)
         second = [f"b{i}".encode() for i in range(10)]
         _produce(broker.bootstrap, topic, second)
 
