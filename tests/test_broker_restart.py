@@ -1,0 +1,134 @@
+"""Fault test: the local broker crashes (kill -9) in the middle of a replay, with every service
+running, and the stack recovers by itself.
+
+`ticklake up --replay` of the first minute of the genuine Binance spot BTCUSDT capture at a
+speed slow enough that the broker dies under load: collectors publishing raw.*, the normalizer
+and feature processor in transactions, the lake sink, ClickHouse live and the pragma publisher
+all reading. Nothing is done by hand after the kill: the broker proxy starts the broker again
+on the same address and persistent storage, and every client reconnects. Then every trade and
+best bid/offer update of the slice is in the lake exactly once (counted from the capture file
+here, independently of the code), and `ticklake status` reports every service healthy.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_platform_acceptance import free_port
+from tests.test_stack import processes_of, ticklake
+
+pytestmark = pytest.mark.stack
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "samples" / "binance" / "hftbacktest_spot_btcusdt_20240808.gz"
+#: Capture seconds replayed, and the replay speed: ~12 s of wall time under load.
+SLICE_S = 60
+SPEED = "5"
+TIMEOUT_S = 600
+
+
+def capture_slice(dest: Path) -> dict[str, int]:
+    """The first SLICE_S seconds of the capture (same name, so the replay reads the same
+    format); returns the number of frames per stream kind."""
+    counts = {"trade": 0, "bookTicker": 0, "depth": 0}
+    with gzip.open(SAMPLE, "rt") as src, gzip.open(dest, "wt") as out:
+        first = None
+        for line in src:
+            ts = int(line.partition(" ")[0])
+            first = ts if first is None else first
+            if ts - first > SLICE_S * 1_000_000_000:
+                break
+            out.write(line)
+            stream = json.loads(line.partition(" ")[2]).get("stream", "")
+            for kind in counts:
+                if f"@{kind}" in stream:
+                    counts[kind] += 1
+    return counts
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(p))
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def lake_counts(home) -> dict[str, tuple[int, int]]:
+    from pipelines.stack import open_local_catalog
+
+    tables = open_local_catalog(home).ensure_tables()
+    out = {}
+    for name in ("trades", "tickers", "book_deltas"):
+        ids = tables[name].scan(selected_fields=("event_id",)).to_arrow().column("event_id").to_pylist()
+        out[name] = (len(ids), len(set(ids)))
+    return out
+
+
+@pytest.mark.timeout(TIMEOUT_S + 900)  # `ticklake up` alone took ~9 min on the loaded 2-core machine
+@pytest.mark.xfail(strict=False, reason=(
+    "not yet seen passing: its only run timed out in `ticklake up` (pytest's 600 s default) before "
+    "the kill; the same kill -9 under a collector's replay load recovers with nothing missing in "
+    "raw.* (checked by hand), the lake and service-health half is unverified"))
+def test_broker_killed_under_replay_load_recovers_and_loses_nothing(ticklake_home, tmp_path):
+    home = ticklake_home.root
+    captures = tmp_path / "captures"
+    captures.mkdir()
+    expected = capture_slice(captures / SAMPLE.name)
+    assert expected["trade"] > 0 and expected["bookTicker"] > 0
+
+    up = ticklake(home, "up", "--port", str(free_port()), "--replay", str(captures), "--speed", SPEED)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        info = json.loads(ticklake(home, "status", "--json").stdout)
+        proxy = info["services"]["broker"]["pid"]
+        [broker] = children(proxy)
+
+        # Under load: kill once records are flowing through the whole chain, well before the end.
+        deadline = time.monotonic() + 120
+        while lake_counts(ticklake_home)["trades"][0] == 0:
+            assert time.monotonic() < deadline, "no trade reached the lake before the kill"
+            time.sleep(0.5)
+        os.kill(broker, signal.SIGKILL)
+
+        # The stack restarts the broker by itself (same proxy, a new broker process).
+        deadline = time.monotonic() + 60
+        while not [c for c in children(proxy) if c != broker]:
+            assert time.monotonic() < deadline, "the broker was not restarted"
+            time.sleep(0.5)
+
+        # Every trade and best bid/offer update of the slice in the lake exactly once.
+        want = {"trades": expected["trade"], "tickers": expected["bookTicker"]}
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            counts = lake_counts(ticklake_home)
+            if all(counts[k][1] >= n for k, n in want.items()):
+                break
+            assert time.monotonic() < deadline, (counts, want)
+            time.sleep(2)
+        time.sleep(5)  # anything duplicated late would land now
+        counts = lake_counts(ticklake_home)
+        for name, n in want.items():
+            assert counts[name] == (n, n), (name, counts[name], n)
+        total, unique = counts["book_deltas"]
+        assert total == unique > 0, counts["book_deltas"]
+
+        info = json.loads(ticklake(home, "status", "--json").stdout)
+        unhealthy = {k: v.get("detail") for k, v in info["services"].items() if not v.get("healthy")}
+        assert not unhealthy, unhealthy
+        assert all(h["healthy"] for h in info.get("service_health", [])), info.get("service_health")
+    finally:
+        down = ticklake(home, "down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert processes_of(home) == {}
