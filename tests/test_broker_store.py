@@ -97,6 +97,7 @@ def _ppid(pid: int) -> int | None:
         return None
 
 
+@pytest.mark.broker
 def test_topics_records_and_offsets_survive_a_stop_start_and_a_kill_9(tmp_path):
     topic, group = f"persist-{uuid.uuid4().hex[:8]}", "persist-group"
     data = tmp_path / "broker-data"
@@ -135,6 +136,7 @@ def test_topics_records_and_offsets_survive_a_stop_start_and_a_kill_9(tmp_path):
 # --------------------------------------------------------------------------- producers across an outage
 
 
+@pytest.mark.broker
 def test_collector_publisher_produces_again_what_a_broker_outage_timed_out(tmp_path):
     """A collector cannot ask the venue again: records whose delivery timed out while the
     broker was down are produced again, not dropped and counted."""
