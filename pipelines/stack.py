@@ -49,7 +49,7 @@ from streaming.broker import (
 )
 from streaming.clickhouse_server import LocalClickHouse
 from streaming.clickhouse_server import answers as clickhouse_answers
-from streaming.kafka_config import KAFKA_BOOTSTRAP_ENV
+from streaming.kafka_config import KAFKA_BOOTSTRAP_ENV, KAFKA_METADATA_RECOVERY_ENV
 
 BROKER = "broker"
 #: The local ClickHouse server: the one process owning the chdb engine of <home>/clickhouse,
@@ -412,6 +412,9 @@ def service_env(home: TicklakeHome, bootstrap: str, stack_id: str) -> dict[str, 
     env = dict(os.environ)
     env.update({HOME_ENV: str(home.root), KAFKA_BOOTSTRAP_ENV: bootstrap,
                 "DAGSTER_HOME": str(home.dagster_home), STACK_ID_ENV: stack_id})
+    # The stack's one broker comes back on the same address after a crash (broker proxy):
+    # clients must keep it rather than re-bootstrap (see KAFKA_METADATA_RECOVERY_ENV).
+    env.setdefault(KAFKA_METADATA_RECOVERY_ENV, "none")
     return env
 
 

@@ -25,6 +25,11 @@ KAFKA_SASL_MECHANISM_ENV = "TICKLAKE_KAFKA_SASL_MECHANISM"
 KAFKA_SASL_USERNAME_ENV = "TICKLAKE_KAFKA_SASL_USERNAME"
 KAFKA_SASL_PASSWORD_ENV = "TICKLAKE_KAFKA_SASL_PASSWORD"
 KAFKA_SSL_CA_LOCATION_ENV = "TICKLAKE_KAFKA_SSL_CA_LOCATION"
+#: librdkafka's metadata.recovery.strategy ("rebootstrap" by default, "none"). The local stack
+#: sets "none": its single broker restarts on the same address, and a client that re-bootstraps
+#: meanwhile decommissions it, after which send_offsets_to_transaction never returns
+#: (librdkafka issue #5511) and a transactional processor stalls for good.
+KAFKA_METADATA_RECOVERY_ENV = "TICKLAKE_KAFKA_METADATA_RECOVERY"
 KAFKA_CLIENT_ID_ENV = "TICKLAKE_KAFKA_CLIENT_ID"
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -93,6 +98,8 @@ class KafkaConnection:
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_ca_location: str | None = None
+    #: librdkafka metadata.recovery.strategy; None keeps librdkafka's default
+    metadata_recovery: str | None = None
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -140,6 +147,7 @@ def connection_from_env(env: Mapping[str, str] | None = None, **explicit: Any) -
         "sasl_username": env.get(KAFKA_SASL_USERNAME_ENV) or None,
         "sasl_password": env.get(KAFKA_SASL_PASSWORD_ENV) or None,
         "ssl_ca_location": env.get(KAFKA_SSL_CA_LOCATION_ENV) or None,
+        "metadata_recovery": env.get(KAFKA_METADATA_RECOVERY_ENV) or None,
     }
     values.update({k: v for k, v in explicit.items() if v is not None})
     return KafkaConnection(**values)
@@ -169,6 +177,8 @@ def connection_config(conn: KafkaConnection) -> dict[str, Any]:
         cfg["sasl.password"] = conn.sasl_password
     if conn.ssl_ca_location:
         cfg["ssl.ca.location"] = conn.ssl_ca_location
+    if conn.metadata_recovery:
+        cfg["metadata.recovery.strategy"] = conn.metadata_recovery
     return cfg
 
 

@@ -24,8 +24,6 @@ import pytest
 from tests.test_platform_acceptance import free_port
 from tests.test_stack import processes_of, ticklake
 
-pytestmark = pytest.mark.stack
-
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "samples" / "binance" / "hftbacktest_spot_btcusdt_20240808.gz"
 #: Capture seconds replayed, and the replay speed: ~15 s of wall time, long enough to kill
 #: the broker while the emulator is still serving.
@@ -90,6 +88,7 @@ def lake_counts(home) -> dict[str, tuple[int, int]]:
     return out
 
 
+@pytest.mark.stack
 @pytest.mark.timeout(UP_TIMEOUT_S + 2 * TIMEOUT_S)
 @pytest.mark.xfail(strict=False, reason=(
     "fails (run 2026-12-04, `ticklake up` 1 min, kill -9 of Tansu mid-replay, proxy restarted it in <1 s): "
@@ -161,3 +160,75 @@ def test_broker_killed_under_replay_load_recovers_and_loses_nothing(ticklake_hom
         down = ticklake(home, "down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert processes_of(home) == {}
+
+
+@pytest.mark.timeout(180)
+def test_transaction_open_across_a_broker_kill_commits_with_the_stack_client_config(tmp_path):
+    """The normalizer's failure mode, without the stack: a transaction is open (records
+    written) when Tansu is killed and restarted by its proxy; then send_offsets_to_transaction
+    and commit_transaction must return. With librdkafka's default metadata recovery the client
+    re-bootstraps during the outage, decommissions the broker it still needs as group
+    coordinator and send_offsets_to_transaction never returns (librdkafka #5511); the stack's
+    services get metadata.recovery.strategy=none from service_env."""
+    import threading
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from pipelines.stack import service_env
+    from resources.home import resolve_home
+    from streaming import kafka_config as kc
+    from streaming.broker import EmbeddedBroker
+    from streaming.topic_admin import admin_client, create_topics
+    from streaming.topic_config import HOUR_MS, TopicSpec
+
+    with EmbeddedBroker(data_dir=tmp_path / "broker", log_path=tmp_path / "broker.log") as broker:
+        env = service_env(resolve_home(tmp_path / "home"), broker.bootstrap, "t")
+        conn = kc.connection_from_env(env)
+        create_topics(admin_client(broker.bootstrap), {"in": TopicSpec(1, HOUR_MS), "out": TopicSpec(1, HOUR_MS)}, 1)
+        plain = Producer(kc.producer_config(conn))
+        for i in range(10):
+            plain.produce("in", b"%d" % i)
+        plain.flush(30)
+        consumer = Consumer(kc.consumer_config(conn, "g"))
+        consumer.subscribe(["in"])
+        producer = Producer(kc.transactional_producer_config(conn, "t1"))
+        producer.init_transactions(30)
+
+        def take(n: int) -> list:
+            got: list = []
+            deadline = time.monotonic() + 60
+            while len(got) < n and time.monotonic() < deadline:
+                got += [m for m in consumer.consume(n - len(got), 1) if m.error() is None]
+            assert len(got) == n
+            return got
+
+        def finish(msgs: list) -> None:
+            producer.send_offsets_to_transaction([TopicPartition("in", 0, msgs[-1].offset() + 1)],
+                                                 consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(30)
+
+        for attempt in ("before", "across"):
+            msgs = take(5)
+            producer.begin_transaction()
+            for m in msgs:
+                producer.produce("out", m.value())
+            producer.flush(30)
+            if attempt == "across":
+                [tansu] = children(broker.pid)
+                os.kill(tansu, signal.SIGKILL)
+                time.sleep(3)   # the proxy restarts it meanwhile; clients see the outage
+            done: list[BaseException | None] = []
+
+            def run(msgs=msgs, done=done) -> None:
+                try:
+                    finish(msgs)
+                    done.append(None)
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    done.append(exc)
+
+            t = threading.Thread(target=run, daemon=True)
+            t.start()
+            t.join(90)
+            assert done == [None], f"{attempt} the kill: {done or 'send_offsets/commit never returned'}"
+        producer.flush(10)
+        consumer.close()
