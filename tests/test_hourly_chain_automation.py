@@ -28,6 +28,8 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from assets.automation import HOURLY_CHAIN
 from assets.lake_hours import LAKE_HOUR_ASSETS, LAKE_HOUR_CHECKS
+from assets.ml import GROUP as ML_GROUP
+from assets.ml import PREDICTIONS_KEY as ML_PREDICTIONS_KEY
 from pipelines import backfill_cli
 from pipelines.hourly_chain import CHAIN_ASSETS, hourly_chain_automation
 from pipelines.lake_schedules import lake_seal_job
@@ -49,10 +51,14 @@ def instance(ticklake_home):
 
 
 def chain_keys(defs) -> set[dg.AssetKey]:
-    """Every hourly asset downstream of the lake hour assets, from the real asset graph."""
+    """Every hourly asset downstream of the lake hour assets, from the real asset graph, except
+    the ML area's: datasets and models are daily and built on request, and an hour of
+    predictions exists only once a model serves (docs/decisions.md, ML area)."""
     graph = defs.resolve_asset_graph()
     lake = {a.key for a in LAKE_HOUR_ASSETS.values()}
-    return {k for k in dg.AssetSelection.assets(*lake).downstream(include_self=False).resolve(graph)
+    downstream = dg.AssetSelection.assets(*lake).downstream(include_self=False)
+    on_request = dg.AssetSelection.groups(ML_GROUP)
+    return {k for k in (downstream - on_request).resolve(graph)
             if graph.get(k).partitions_def is not None}
 
 
@@ -228,7 +234,9 @@ def test_backfill_default_selection_is_the_whole_hourly_chain(defs):
     hourly = sorted(k.to_user_string() for k in graph.get_all_asset_keys()
                     if graph.get(k).partitions_def is not None
                     and getattr(graph.get(k).partitions_def, "fmt", None) == backfill_cli.HOUR_KEY_FORMAT)
-    selected = backfill_cli.select_assets(list(backfill_cli.DEFAULT_SELECTION), hourly)
+    selected = [a for a in backfill_cli.select_assets(list(backfill_cli.DEFAULT_SELECTION), hourly)
+                if a not in backfill_cli.DEFAULT_EXCLUDED]
+    assert backfill_cli.DEFAULT_EXCLUDED == (ML_PREDICTIONS_KEY.to_user_string(),)
     lake = {a.key.to_user_string() for a in LAKE_HOUR_ASSETS.values()}
     assert set(selected) == lake | {k.to_user_string() for k in chain_keys(defs)}
     assert "charts/market_overview" in selected
