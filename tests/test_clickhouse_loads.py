@@ -41,6 +41,8 @@ from workloads import binance_hour as a
 from workloads.kafka import connection, produce
 from workloads.synthetic import SyntheticMarket
 
+pytestmark = [pytest.mark.chdb, pytest.mark.broker]
+
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))
 DB = "tl_test"
 H, H_NEXT = a.CAPTURE_HOUR, a.NEXT_HOUR
@@ -211,7 +213,6 @@ USER_CLIENT = r"""
 import json, pathlib, sys, time
 import clickhouse_connect
 
-pytestmark = [pytest.mark.chdb, pytest.mark.broker]
 dsn, db, stop = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
 client = clickhouse_connect.get_client(dsn=dsn)
 seen = []
