@@ -90,14 +90,6 @@ def lake_counts(home) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.stack
 @pytest.mark.timeout(UP_TIMEOUT_S + 2 * TIMEOUT_S)
-@pytest.mark.xfail(strict=False, reason=(
-    "fails (run 2026-12-04, `ticklake up` 1 min, kill -9 of Tansu mid-replay, proxy restarted it in <1 s): "
-    "the normalizer's transactional loop then blocks in producer.send_offsets_to_transaction(..., 60) "
-    "(streaming/txn_loop.py) for minutes without returning or raising, so the lake stays at "
-    "77/547 trades and 395/2432 tickers (its committed raw offsets); after the restart "
-    "processed.spot.{trades,tickers}.binance report watermarks (0, 0) although records from them "
-    "were already in the lake, and raw.spot.trades/tickers.binance hold 539/547 and 2353/2432 records "
-    "(transactional state and part of the log not surviving Tansu's restart on the S3 store)"))
 def test_broker_killed_under_replay_load_recovers_and_loses_nothing(ticklake_home, tmp_path):
     home = ticklake_home.root
     captures = tmp_path / "captures"
@@ -152,10 +144,12 @@ def test_broker_killed_under_replay_load_recovers_and_loses_nothing(ticklake_hom
         total, unique = counts["book_deltas"]
         assert total == unique > 0, counts["book_deltas"]
 
-        info = json.loads(ticklake(home, "status", "--json").stdout)
+        status = ticklake(home, "status", "--json")
+        info = json.loads(status.stdout)
         unhealthy = {k: v.get("detail") for k, v in info["services"].items() if not v.get("healthy")}
         assert not unhealthy, unhealthy
         assert all(h["healthy"] for h in info.get("service_health", [])), info.get("service_health")
+        assert status.returncode == 0, status.stdout[-2000:] + status.stderr[-2000:]
     finally:
         down = ticklake(home, "down")
     assert down.returncode == 0, down.stdout + down.stderr
