@@ -55,7 +55,10 @@ def configure_json_logging(level: int = logging.INFO, stream: Any = None) -> log
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
-    for name in ("ticklake", "collectors", "streaming", "features", "pipelines", "resources", "assets"):
+    # "__main__": a service started as `python -m streaming.feature_processor` logs under that
+    # name, outside the package loggers, and its own lines would otherwise drop to WARNING.
+    for name in ("__main__", "ticklake", "collectors", "streaming", "features", "pipelines", "resources",
+                 "assets", "ml", "workloads"):
         lg = logging.getLogger(name)
         if lg.level == logging.NOTSET or lg.level > level:
             lg.setLevel(level)
