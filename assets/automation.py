@@ -31,7 +31,6 @@ builds them.
 import dagster as dg
 
 HOURLY_CHAIN: dg.AutomationCondition = (
-    dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window())
-    .with_label("eager, any hour")
+    dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window()).with_label("eager, any hour")
     & dg.AutomationCondition.all_deps_blocking_checks_passed()
 ).with_label("hourly_chain")

@@ -15,7 +15,7 @@ from assets.lake_hours import LAKE_HOUR_ASSETS
 from assets.partitions import HOURLY, hour_start
 from features.spec import FEATURES_TABLE, SPEC_VERSION
 from resources.lake import LakeResource
-from streaming import feature_lake as fl
+from streaming.lake import features as fl
 
 GROUP = "features"
 BATCH_FEATURES_KEY = dg.AssetKey(["lake", FEATURES_TABLE.name])
@@ -27,7 +27,7 @@ class FeatureHourConfig(dg.Config):
     """Refuse an hour whose input tables still hold unsealed micro-batch files (not closed yet)."""
     lookback_s: float = 0.0
     """Replay this much history before the hour to warm up books and rolling values (0: the
-    hour is computed from an empty state; see streaming/feature_lake.py)."""
+    hour is computed from an empty state; see streaming/lake/features.py)."""
 
 
 def hour_us(partition_key: str) -> int:
@@ -35,18 +35,21 @@ def hour_us(partition_key: str) -> int:
 
 
 def require_sealed(tables, partition_key: str) -> None:
-    """dg.Failure when the hour of any of `tables` is not sealed (see streaming/feature_lake.unsealed)."""
+    """dg.Failure when the hour of any of `tables` is not sealed (see streaming/lake/features.unsealed)."""
     names = fl.unsealed(tables, hour_us(partition_key))
     if names:
-        raise dg.Failure(description=(f"hour {partition_key} of {', '.join(sorted(names))} is not sealed: materialize "
-                                      "the lake hour assets first (or set require_sealed: false)"),
-                         allow_retries=False)
+        raise dg.Failure(
+            description=(
+                f"hour {partition_key} of {', '.join(sorted(names))} is not sealed: materialize "
+                "the lake hour assets first (or set require_sealed: false)"
+            ),
+            allow_retries=False,
+        )
 
 
 def feature_metadata(rows) -> dict:
     symbols = sorted(set(rows.column("symbol").to_pylist())) if rows.num_rows else []
-    return {"dagster/row_count": rows.num_rows, "symbols": dg.MetadataValue.json(symbols),
-            "spec_version": SPEC_VERSION}
+    return {"dagster/row_count": rows.num_rows, "symbols": dg.MetadataValue.json(symbols), "spec_version": SPEC_VERSION}
 
 
 @dg.asset(
@@ -58,9 +61,11 @@ def feature_metadata(rows) -> dict:
     tags={"ticklake/layer": "features"},
     automation_condition=HOURLY_CHAIN,
     description=f"`{FEATURES_TABLE.identifier}`: 1 s features of the hour, the feature spec run in-process "
-                "(the local batch runtime); the hour is replaced atomically.",
+    "(the local batch runtime); the hour is replaced atomically.",
 )
-def features_1s(context: dg.AssetExecutionContext, config: FeatureHourConfig, lake: LakeResource) -> dg.MaterializeResult:
+def features_1s(
+    context: dg.AssetExecutionContext, config: FeatureHourConfig, lake: LakeResource
+) -> dg.MaterializeResult:
     catalog = lake.load_catalog()
     lake.ensure_tables()
     h = hour_us(context.partition_key)
@@ -71,10 +76,17 @@ def features_1s(context: dg.AssetExecutionContext, config: FeatureHourConfig, la
     rows = fl.compute_hour(events, h)
     table = fl.ensure_spec_table(catalog, FEATURES_TABLE, dict(lake.table_properties) or None)
     table = fl.write_hour(table, rows, h, {"writer": "batch-features", "hour": context.partition_key})
-    context.log.info("features_1s %s: %d input events -> %d rows", context.partition_key, events.num_rows, rows.num_rows)
-    return dg.MaterializeResult(metadata={**feature_metadata(rows), "input_events": events.num_rows,
-                                          "lookback_s": config.lookback_s,
-                                          "snapshot_id": dg.MetadataValue.text(str(table.current_snapshot().snapshot_id))})
+    context.log.info(
+        "features_1s %s: %d input events -> %d rows", context.partition_key, events.num_rows, rows.num_rows
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **feature_metadata(rows),
+            "input_events": events.num_rows,
+            "lookback_s": config.lookback_s,
+            "snapshot_id": dg.MetadataValue.text(str(table.current_snapshot().snapshot_id)),
+        }
+    )
 
 
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).

@@ -48,7 +48,7 @@ from resources.lake import LakeResource
 from schemas.model import EventType
 from schemas.tables import TABLES, TableSpec
 from schemas.validation import validate_table
-from streaming.lake_writer import LakeFileWriter, commit_files
+from streaming.lake.writer import LakeFileWriter, commit_files
 
 GROUP = "bulk"
 DAY_US = 86_400_000_000
@@ -72,9 +72,10 @@ POOL = "bulk_download"
 
 # -- plain functions (no Dagster): fetch, convert, write, verify ---------------------------------
 
+
 @dataclass(slots=True)
 class FileOutcome:
-    status: str                       # ok | missing
+    status: str  # ok | missing
     url: str
     conv: Converted | None = None
     meta: dict = field(default_factory=dict)
@@ -86,8 +87,9 @@ def day_bounds_us(day: str) -> tuple[int, int]:
     return s, s + DAY_US
 
 
-def fetch_and_convert(source: BulkSource, day: str, target: Target, bulk: BulkHistoryResource,
-                      downloader: Downloader) -> FileOutcome:
+def fetch_and_convert(
+    source: BulkSource, day: str, target: Target, bulk: BulkHistoryResource, downloader: Downloader
+) -> FileOutcome:
     """Fetch the source's file of `day` and turn it into lake envelopes (raises BulkFileError)."""
     cache = bulk.cache_dir()
     if source.venue == "binance":
@@ -97,8 +99,12 @@ def fetch_and_convert(source: BulkSource, day: str, target: Target, bulk: BulkHi
             return FileOutcome("missing", got.url)
         parsed = bv.parse(bv.read_zip_csv(got.path), source.data_type)
         conv = bv.to_rows(parsed, target)
-        return FileOutcome("ok", got.url, conv, {"sha256": got.sha256, "reused_file": got.reused,
-                                                 "resumed_from_bytes": got.resumed_from})
+        return FileOutcome(
+            "ok",
+            got.url,
+            conv,
+            {"sha256": got.sha256, "reused_file": got.reused, "resumed_from_bytes": got.resumed_from},
+        )
     if source.data_type == "ob500":
         path = bh.book_path(source.market, source.symbol, day)
         url = f"{bulk.bybit_book_base_url.rstrip('/')}/{path}"
@@ -127,22 +133,27 @@ def keep_day(conv: Converted, lo_us: int, hi_us: int) -> int:
 
 
 def day_filter(target: Target, lo_us: int, hi_us: int) -> BooleanExpression:
-    return And(And(GreaterThanOrEqual("exchange_ts", lo_us), LessThan("exchange_ts", hi_us)),
-               And(EqualTo("exchange", target.exchange.value),
-                   And(EqualTo("market", target.market.value), EqualTo("symbol", target.symbol))))
+    return And(
+        And(GreaterThanOrEqual("exchange_ts", lo_us), LessThan("exchange_ts", hi_us)),
+        And(
+            EqualTo("exchange", target.exchange.value),
+            And(EqualTo("market", target.market.value), EqualTo("symbol", target.symbol)),
+        ),
+    )
 
 
 @dataclass(slots=True)
 class WriteStats:
     table: str
-    rows: int = 0                  # rows of this source now in the lake for the day
+    rows: int = 0  # rows of this source now in the lake for the day
     held_by_other_source: int = 0  # rows skipped because the stream (or another source) has them
     files: int = 0
     expected_ids: list[str] = field(default_factory=list)
 
 
-def write_day(table: Table, spec: TableSpec, rows: pa.Table, target: Target, lo_us: int, hi_us: int,
-              summary: dict[str, str]) -> tuple[Table, WriteStats]:
+def write_day(
+    table: Table, spec: TableSpec, rows: pa.Table, target: Target, lo_us: int, hi_us: int, summary: dict[str, str]
+) -> tuple[Table, WriteStats]:
     """Replace this source's rows of [lo, hi) with `rows`, minus event_ids other sources
     already hold; one atomic commit (retried on a concurrent commit)."""
     stats = WriteStats(spec.name, expected_ids=rows.column("event_id").to_pylist())
@@ -180,29 +191,64 @@ class CheckOutcome:
     meta: dict
 
 
-def verify_day(table: Table, spec: TableSpec, target: Target, lo_us: int, hi_us: int, expected_ids: Sequence[str],
-               conv: Converted, source: BulkSource) -> list[CheckOutcome]:
+def verify_day(
+    table: Table,
+    spec: TableSpec,
+    target: Target,
+    lo_us: int,
+    hi_us: int,
+    expected_ids: Sequence[str],
+    conv: Converted,
+    source: BulkSource,
+) -> list[CheckOutcome]:
     """The checks of one table of one source-day, over the rows as committed."""
-    got = table.scan(row_filter=day_filter(target, lo_us, hi_us)).to_arrow() \
-        if table.current_snapshot() is not None else spec.schema.empty_table()
+    got = (
+        table.scan(row_filter=day_filter(target, lo_us, hi_us)).to_arrow()
+        if table.current_snapshot() is not None
+        else spec.schema.empty_table()
+    )
     got = got.filter(pc.is_in(got.column("event_id"), value_set=pa.array(list(expected_ids), pa.string())))
     present = len(set(got.column("event_id").to_pylist()))
     out = []
     # every file row is a lake row, a rejected row, an in-file duplicate, or (book files) a
     # delta the venue's sync rules dropped: stale, or the one that revealed a gap
-    accounted = (conv.rows + len(conv.rejects) + conv.in_file_duplicates + int(conv.notes.get("stale", 0))
-                 + int(conv.notes.get("gaps", 0)))
-    out.append(CheckOutcome(CHECK_ROW_COUNT, present == len(expected_ids) and got.num_rows == present,
-                            {"table": spec.name, "expected_rows": len(expected_ids), "rows_in_lake": got.num_rows}))
-    out.append(CheckOutcome("accounting", accounted == conv.file_rows and not conv.rejects,
-                            {"file_rows": conv.file_rows, "converted_rows": conv.rows,
-                             "rejected_rows": len(conv.rejects), "in_file_duplicates": conv.in_file_duplicates,
-                             "first_rejects": "; ".join(f"row {r.row}: {r.reason}" for r in conv.rejects[:5])}))
+    accounted = (
+        conv.rows
+        + len(conv.rejects)
+        + conv.in_file_duplicates
+        + int(conv.notes.get("stale", 0))
+        + int(conv.notes.get("gaps", 0))
+    )
+    out.append(
+        CheckOutcome(
+            CHECK_ROW_COUNT,
+            present == len(expected_ids) and got.num_rows == present,
+            {"table": spec.name, "expected_rows": len(expected_ids), "rows_in_lake": got.num_rows},
+        )
+    )
+    out.append(
+        CheckOutcome(
+            "accounting",
+            accounted == conv.file_rows and not conv.rejects,
+            {
+                "file_rows": conv.file_rows,
+                "converted_rows": conv.rows,
+                "rejected_rows": len(conv.rejects),
+                "in_file_duplicates": conv.in_file_duplicates,
+                "first_rejects": "; ".join(f"row {r.row}: {r.reason}" for r in conv.rejects[:5]),
+            },
+        )
+    )
     if source.has_integer_ids and spec.event_type in (EventType.TRADE, EventType.BOOK_DELTA):
         lake_gaps = id_gaps(got.column("seq").to_pylist())
         file_gaps = id_gaps(conv.ids)
-        out.append(CheckOutcome(CHECK_ID_GAPS, lake_gaps <= file_gaps,
-                                {"table": spec.name, "gaps_in_file": file_gaps, "gaps_in_lake": lake_gaps}))
+        out.append(
+            CheckOutcome(
+                CHECK_ID_GAPS,
+                lake_gaps <= file_gaps,
+                {"table": spec.name, "gaps_in_file": file_gaps, "gaps_in_lake": lake_gaps},
+            )
+        )
     try:
         validate_table(spec, got)
         out.append(CheckOutcome(CHECK_SCHEMA, True, {"table": spec.name, "rows_validated": got.num_rows}))
@@ -211,8 +257,9 @@ def verify_day(table: Table, spec: TableSpec, target: Target, lo_us: int, hi_us:
     return out
 
 
-def load_source_day(source: BulkSource, day: str, lake: LakeResource, bulk: BulkHistoryResource,
-                    log: Callable[[str], None] = print) -> dict:
+def load_source_day(
+    source: BulkSource, day: str, lake: LakeResource, bulk: BulkHistoryResource, log: Callable[[str], None] = print
+) -> dict:
     """Fetch, convert, write and verify one (source, day); the whole pipeline without Dagster.
 
     Returns {"status", "url", "meta", "tables": {name: WriteStats}, "checks": [CheckOutcome]}."""
@@ -233,35 +280,52 @@ def load_source_day(source: BulkSource, day: str, lake: LakeResource, bulk: Bulk
         log(f"{source.key} {day}: no file at {outcome.url} (404): recorded as missing")
         return {"status": "missing", "url": outcome.url, "meta": {}, "tables": {}, "checks": []}
     conv = outcome.conv
-    log(f"{source.key} {day}: parsed {conv.file_rows} rows ({conv.rows} events, {len(conv.rejects)} rejected)"
-        f" in {time.monotonic() - t0:.1f}s")
+    log(
+        f"{source.key} {day}: parsed {conv.file_rows} rows ({conv.rows} events, {len(conv.rejects)} rejected)"
+        f" in {time.monotonic() - t0:.1f}s"
+    )
     lo, hi = day_bounds_us(day)
     outside = keep_day(conv, lo, hi)
     if outside:
         log(f"{source.key} {day}: {outside} rows lie outside the file's day and are rejected")
     lake.ensure_tables()
-    summary = {"ticklake.writer": WRITER, "ticklake.bulk-source": source.key, "ticklake.bulk-day": day,
-               "ticklake.bulk-url": outcome.url}
+    summary = {
+        "ticklake.writer": WRITER,
+        "ticklake.bulk-source": source.key,
+        "ticklake.bulk-day": day,
+        "ticklake.bulk-url": outcome.url,
+    }
     tables: dict[str, WriteStats] = {}
     checks: list[CheckOutcome] = []
     for et in source.event_types:
         spec = TABLES[et]
         rows = conv.table(et)
         table = lake.load_table(spec.identifier)
-        table, ws = write_day(table, spec, rows, target, lo, hi, dict(summary, **{"ticklake.bulk-rows": str(rows.num_rows)}))
+        table, ws = write_day(
+            table, spec, rows, target, lo, hi, dict(summary, **{"ticklake.bulk-rows": str(rows.num_rows)})
+        )
         tables[spec.name] = ws
-        log(f"{source.key} {day}: {spec.name}: {ws.rows} rows committed, {ws.held_by_other_source} already in "
-            f"the lake from another source")
+        log(
+            f"{source.key} {day}: {spec.name}: {ws.rows} rows committed, {ws.held_by_other_source} already in "
+            f"the lake from another source"
+        )
         checks += verify_day(table, spec, target, lo, hi, ws.expected_ids, conv, source)
     meta = dict(outcome.meta)
     meta.update({k: v for k, v in conv.notes.items() if isinstance(v, (int, str, bool, float))})
     meta["was_sorted"] = conv.was_sorted
     meta["seconds"] = round(time.monotonic() - t0, 3)
-    return {"status": "ok", "url": outcome.url, "meta": meta, "tables": tables, "checks": checks,
-            "file_rows": conv.file_rows}
+    return {
+        "status": "ok",
+        "url": outcome.url,
+        "meta": meta,
+        "tables": tables,
+        "checks": checks,
+        "file_rows": conv.file_rows,
+    }
 
 
 # -- Dagster ----------------------------------------------------------------------------------
+
 
 def sources_from_env() -> tuple[str, ...]:
     raw = os.environ.get(SOURCES_ENV, "")
@@ -292,15 +356,24 @@ def build_bulk_history_asset(sources: Sequence[str] | None = None, *, name: str 
     partitions = dg.MultiPartitionsDefinition({"date": DAILY, "source": dg.StaticPartitionsDefinition(keys)})
     key = dg.AssetKey([GROUP, name])
     check_specs = [
-        dg.AssetCheckSpec(CHECK_ROW_COUNT, asset=key,
-                          description="rows in the lake equal the file's rows; nothing rejected"),
-        dg.AssetCheckSpec(CHECK_ID_GAPS, asset=key,
-                          description="venue ids (trade ids, book update ids) have no gaps the file lacks"),
+        dg.AssetCheckSpec(
+            CHECK_ROW_COUNT, asset=key, description="rows in the lake equal the file's rows; nothing rejected"
+        ),
+        dg.AssetCheckSpec(
+            CHECK_ID_GAPS, asset=key, description="venue ids (trade ids, book update ids) have no gaps the file lacks"
+        ),
         dg.AssetCheckSpec(CHECK_SCHEMA, asset=key, description="pandera schema of the lake table spec"),
     ]
 
-    @dg.asset(key=key, partitions_def=partitions, group_name=GROUP, check_specs=check_specs,
-              description=__doc__.split("\n\n")[0], kinds={"iceberg", "python"}, pool=POOL)
+    @dg.asset(
+        key=key,
+        partitions_def=partitions,
+        group_name=GROUP,
+        check_specs=check_specs,
+        description=__doc__.split("\n\n")[0],
+        kinds={"iceberg", "python"},
+        pool=POOL,
+    )
     def _bulk(context: dg.AssetExecutionContext, lake: LakeResource, bulk: BulkHistoryResource) -> dg.MaterializeResult:
         dims = context.partition_key.keys_by_dimension
         day, source_key = dims["date"], dims["source"]
@@ -308,14 +381,17 @@ def build_bulk_history_asset(sources: Sequence[str] | None = None, *, name: str 
             source = BulkSource.parse(source_key)
             result = load_source_day(source, day, lake, bulk, log=context.log.info)
         except (BulkFileError, DownloadError, SourceError, LookupError) as exc:
-            raise dg.Failure(description=f"{source_key} {day}: {exc}",
-                             metadata={"source": source_key, "date": day, "error": str(exc)}) from None
+            raise dg.Failure(
+                description=f"{source_key} {day}: {exc}",
+                metadata={"source": source_key, "date": day, "error": str(exc)},
+            ) from None
         meta: dict = {"source": source_key, "date": day, "status": result["status"], "url": result["url"]}
         if result["status"] == "missing":
             context.log.warning(f"{source_key} {day}: the venue has no file for this day (404)")
-            checks = [dg.AssetCheckResult(check_name=c.name, passed=True,
-                                          metadata={"status": "missing: nothing loaded"})
-                      for c in check_specs]
+            checks = [
+                dg.AssetCheckResult(check_name=c.name, passed=True, metadata={"status": "missing: nothing loaded"})
+                for c in check_specs
+            ]
             return dg.MaterializeResult(metadata=meta, check_results=checks)
         meta.update(result["meta"])
         meta["file_rows"] = result["file_rows"]
@@ -328,12 +404,20 @@ def build_bulk_history_asset(sources: Sequence[str] | None = None, *, name: str 
         for spec in check_specs:
             c = merged.get(spec.name)
             if c is None:
-                results.append(dg.AssetCheckResult(check_name=spec.name, passed=True,
-                                                   metadata={"applicable": "no (source has no contiguous ids)"}))
+                results.append(
+                    dg.AssetCheckResult(
+                        check_name=spec.name, passed=True, metadata={"applicable": "no (source has no contiguous ids)"}
+                    )
+                )
             else:
-                results.append(dg.AssetCheckResult(
-                    check_name=spec.name, passed=bool(c.passed),
-                    severity=dg.AssetCheckSeverity.ERROR, metadata=c.meta))
+                results.append(
+                    dg.AssetCheckResult(
+                        check_name=spec.name,
+                        passed=bool(c.passed),
+                        severity=dg.AssetCheckSeverity.ERROR,
+                        metadata=c.meta,
+                    )
+                )
         return dg.MaterializeResult(metadata=meta, check_results=results)
 
     return _bulk

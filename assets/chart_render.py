@@ -26,7 +26,7 @@ from schemas.model import Exchange
 from schemas.symbols import validate_canonical
 
 CHART_NAME = "market_overview"
-FIGSIZE = (12.0, 9.0)   # inches; at dpi 100 -> 1200 x 900 px
+FIGSIZE = (12.0, 9.0)  # inches; at dpi 100 -> 1200 x 900 px
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +57,16 @@ def _series(rows: pa.Table) -> dict[str, np.ndarray]:
         return v / np.power(10.0, scale) if scale is not None else v
 
     vol = f("volume", ss)
-    return {"t": t, "bid": f("best_bid_px", ps), "ask": f("best_ask_px", ps), "mid": f("mid_px"),
-            "micro": f("microprice"), "imb": f("imbalance_10"), "vol": vol, "vwap": f("vwap")}
+    return {
+        "t": t,
+        "bid": f("best_bid_px", ps),
+        "ask": f("best_ask_px", ps),
+        "mid": f("mid_px"),
+        "micro": f("microprice"),
+        "imb": f("imbalance_10"),
+        "vol": vol,
+        "vwap": f("vwap"),
+    }
 
 
 def _minute_vwap(t: np.ndarray, vol: np.ndarray, vwap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,19 +79,29 @@ def _minute_vwap(t: np.ndarray, vol: np.ndarray, vwap: np.ndarray) -> tuple[np.n
     return keys.astype("datetime64[us]"), np.array(out)
 
 
-def render(rows: pa.Table, exchange: str, market: str, symbol: str, hour: datetime, *, dpi: int = 100,
-           preview_dpi: int = 40) -> ChartFiles:
+def render(
+    rows: pa.Table, exchange: str, market: str, symbol: str, hour: datetime, *, dpi: int = 100, preview_dpi: int = 40
+) -> ChartFiles:
     """PNG, SVG and a small preview PNG of one instrument-hour."""
     validate_canonical(symbol)
     base, quote = symbol.split("-")[0], symbol.split("-")[1]
     s = _series(rows)
     h = hour.astimezone(UTC)
-    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=FIGSIZE, sharex=True,
-                                        gridspec_kw={"height_ratios": [3, 1.2, 1.8]})
+    fig, (ax1, ax2, ax3) = plt.subplots(
+        3, 1, figsize=FIGSIZE, sharex=True, gridspec_kw={"height_ratios": [3, 1.2, 1.8]}
+    )
     try:
         has_book = ~np.isnan(s["bid"]) & ~np.isnan(s["ask"])
-        ax1.fill_between(s["t"], s["bid"], s["ask"], where=has_book, color="tab:blue", alpha=0.25, step="post",
-                         label="spread (best bid .. best ask)")
+        ax1.fill_between(
+            s["t"],
+            s["bid"],
+            s["ask"],
+            where=has_book,
+            color="tab:blue",
+            alpha=0.25,
+            step="post",
+            label="spread (best bid .. best ask)",
+        )
         ax1.plot(s["t"], s["mid"], color="tab:blue", lw=1.0, label="mid")
         ax1.plot(s["t"], s["micro"], color="tab:orange", lw=0.9, label="microprice")
         ax1.set_ylabel(f"price ({quote})")
@@ -110,16 +128,21 @@ def render(rows: pa.Table, exchange: str, market: str, symbol: str, hour: dateti
         ax3.legend(lines[0] + lines4[0], lines[1] + lines4[1], loc="upper left", fontsize=8)
         ax3.set_xlabel("time (UTC)")
         ax3.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
-        ax3.set_xlim(np.datetime64(h.replace(tzinfo=None), "us") if s["t"].size == 0 else s["t"].min(),
-                     np.datetime64((h + timedelta(hours=1)).replace(tzinfo=None), "us") if s["t"].size == 0
-                     else s["t"].max() + np.timedelta64(1, "s"))
+        ax3.set_xlim(
+            np.datetime64(h.replace(tzinfo=None), "us") if s["t"].size == 0 else s["t"].min(),
+            np.datetime64((h + timedelta(hours=1)).replace(tzinfo=None), "us")
+            if s["t"].size == 0
+            else s["t"].max() + np.timedelta64(1, "s"),
+        )
         for ax in (ax1, ax2, ax3):
             ax.grid(True, alpha=0.3)
         fig.tight_layout()
         out = {}
         for fmt, d in (("png", dpi), ("svg", dpi), ("preview", preview_dpi)):
             buf = io.BytesIO()
-            fig.savefig(buf, format="svg" if fmt == "svg" else "png", dpi=d, metadata={"Date": None} if fmt == "svg" else None)
+            fig.savefig(
+                buf, format="svg" if fmt == "svg" else "png", dpi=d, metadata={"Date": None} if fmt == "svg" else None
+            )
             out[fmt] = buf.getvalue()
     finally:
         plt.close(fig)

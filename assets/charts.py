@@ -20,7 +20,7 @@ from assets.chart_render import CHART_NAME, chart_key, render
 from assets.partitions import HOURLY, hour_start
 from resources.artifacts import ARTIFACTS_URL_ENV, ArtifactStoreResource
 from resources.lake import LakeResource
-from streaming import feature_lake as fl
+from streaming.lake import features as fl
 
 CHARTS_KEY = dg.AssetKey(["charts", CHART_NAME])
 PREVIEW_NAME = f"{CHART_NAME}_preview"
@@ -33,15 +33,16 @@ class ChartConfig(dg.Config):
     """Previews shown in the metadata (each a ~20 kB thumbnail, loaded by URL); all paths are listed regardless."""
 
 
-def preview_markdown(artifacts: ArtifactStoreResource, title: str, png_key: str, svg_key: str,
-                     preview_key: str) -> str:
+def preview_markdown(artifacts: ArtifactStoreResource, title: str, png_key: str, svg_key: str, preview_key: str) -> str:
     """One instrument's preview: the thumbnail by URL, linked to the full-size PNG (the SVG is in
     the `charts` entry); without a URL for the store (nothing serves it) the keys, and how to
     get previews. Short on purpose: the UI shows markdown under 1000 characters inline."""
     png, thumb = artifacts.url_for(png_key), artifacts.url_for(preview_key)
     if not (png and thumb):
-        return (f"**{title}** — `{png_key}`, `{svg_key}` (no preview: the artifact store has no http(s) "
-                f"address; `ticklake up` serves it, elsewhere set {ARTIFACTS_URL_ENV})")
+        return (
+            f"**{title}** — `{png_key}`, `{svg_key}` (no preview: the artifact store has no http(s) "
+            f"address; `ticklake up` serves it, elsewhere set {ARTIFACTS_URL_ENV})"
+        )
     return f"**{title}**\n\n[![{title}]({thumb})]({png})"
 
 
@@ -54,24 +55,30 @@ def preview_markdown(artifacts: ArtifactStoreResource, title: str, png_key: str,
     tags={"ticklake/layer": "analytics"},
     automation_condition=HOURLY_CHAIN,
     description="Per exchange/symbol/hour: mid and microprice with the spread band, top-10 order-book imbalance, "
-                "traded volume and VWAP (PNG + SVG in the artifact store, previews in the metadata).",
+    "traded volume and VWAP (PNG + SVG in the artifact store, previews in the metadata).",
 )
-def market_charts(context: dg.AssetExecutionContext, config: ChartConfig, lake: LakeResource,
-                  artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
+def market_charts(
+    context: dg.AssetExecutionContext, config: ChartConfig, lake: LakeResource, artifacts: ArtifactStoreResource
+) -> dg.MaterializeResult:
     h = hour_start(context.partition_key)
     rows = fl.read_hour_rows(fl.ensure_spec_table(lake.load_catalog()), hour_us(context.partition_key))
-    instruments = sorted({(r["exchange"], r["market"], r["symbol"])
-                          for r in rows.select(["exchange", "market", "symbol"]).to_pylist()})
+    instruments = sorted(
+        {(r["exchange"], r["market"], r["symbol"]) for r in rows.select(["exchange", "market", "symbol"]).to_pylist()}
+    )
     paths: dict[str, dict[str, str]] = {}
     previews: list[str] = []
     for ex, mk, sym in instruments:
-        mask = pc.and_(pc.and_(pc.equal(rows["exchange"], ex), pc.equal(rows["market"], mk)), pc.equal(rows["symbol"], sym))
+        mask = pc.and_(
+            pc.and_(pc.equal(rows["exchange"], ex), pc.equal(rows["market"], mk)), pc.equal(rows["symbol"], sym)
+        )
         files = render(rows.filter(mask), ex, mk, sym, h, dpi=config.dpi)
         png_key, svg_key = chart_key(ex, sym, h, ext="png"), chart_key(ex, sym, h, ext="svg")
         preview_key = chart_key(ex, sym, h, name=PREVIEW_NAME, ext="png")
-        paths[f"{ex}/{sym}"] = {"png": artifacts.put_bytes(png_key, files.png, "image/png"),
-                                "svg": artifacts.put_bytes(svg_key, files.svg, "image/svg+xml"),
-                                "preview": artifacts.put_bytes(preview_key, files.preview_png, "image/png")}
+        paths[f"{ex}/{sym}"] = {
+            "png": artifacts.put_bytes(png_key, files.png, "image/png"),
+            "svg": artifacts.put_bytes(svg_key, files.svg, "image/svg+xml"),
+            "preview": artifacts.put_bytes(preview_key, files.preview_png, "image/png"),
+        }
         if len(previews) < config.max_previews:
             previews.append(preview_markdown(artifacts, f"{ex} {mk} {sym}", png_key, svg_key, preview_key))
     context.log.info("charts %s: %d instruments", context.partition_key, len(instruments))

@@ -3,10 +3,10 @@
 Lineage: lake/trades -> clickhouse/trades -> clickhouse/ohlcv (1 s and 1 min bars);
 lake/features_1s -> clickhouse/features_1s -> clickhouse/book_stats_1m;
 {ohlcv, book_stats_1m} -> lake/bars_1m (Iceberg market.bars_1m, the finalized 1 min bars).
-Every load replaces exactly its hour (streaming/clickhouse_sql.py: delete the hour, insert),
+Every load replaces exactly its hour (streaming/clickhouse/sql.py: delete the hour, insert),
 so re-running or backfilling an hour never duplicates rows and touches nothing else. No
 Dagster pool: locally every step is just another HTTP client of the one local ClickHouse
-server (streaming/clickhouse_server.py), which serves them and the live consumer at once.
+server (streaming/clickhouse/server.py), which serves them and the live consumer at once.
 """
 
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
@@ -18,9 +18,9 @@ from assets.lake_hours import LAKE_HOUR_ASSETS
 from assets.partitions import HOURLY, hour_start
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
-from streaming import clickhouse_sql as cs
-from streaming import feature_lake as fl
-from streaming.lake_seal import read_hour
+from streaming.clickhouse import sql as cs
+from streaming.lake import features as fl
+from streaming.lake.seal import read_hour
 
 GROUP = "clickhouse"
 CH_TRADES_KEY = dg.AssetKey(["clickhouse", "trades"])
@@ -45,19 +45,29 @@ def _client(clickhouse: ClickHouseResource, config: ClickHouseConfig):
 
 
 def _common(**kw) -> dict:
-    return dict(partitions_def=HOURLY, group_name=GROUP, tags={"ticklake/layer": "analytics"},
-                automation_condition=HOURLY_CHAIN, **kw)
+    return dict(
+        partitions_def=HOURLY,
+        group_name=GROUP,
+        tags={"ticklake/layer": "analytics"},
+        automation_condition=HOURLY_CHAIN,
+        **kw,
+    )
 
 
 def load_lake_hour(client, database: str, ch_table: cs.ChTable, lake_rows, partition_key: str) -> int:
     return cs.replace_hour(client, database, ch_table, hour_start(partition_key), cs.to_ch_rows(ch_table, lake_rows))
 
 
-@dg.asset(key=CH_TRADES_KEY, deps=[LAKE_HOUR_ASSETS["trades"]], kinds={"clickhouse"},
-          description="ClickHouse `trades`: the sealed lake hour of market.trades (hour replaced on each run).",
-          **_common())
-def clickhouse_trades(context: dg.AssetExecutionContext, config: ClickHouseConfig, lake: LakeResource,
-                      clickhouse: ClickHouseResource) -> dg.MaterializeResult:
+@dg.asset(
+    key=CH_TRADES_KEY,
+    deps=[LAKE_HOUR_ASSETS["trades"]],
+    kinds={"clickhouse"},
+    description="ClickHouse `trades`: the sealed lake hour of market.trades (hour replaced on each run).",
+    **_common(),
+)
+def clickhouse_trades(
+    context: dg.AssetExecutionContext, config: ClickHouseConfig, lake: LakeResource, clickhouse: ClickHouseResource
+) -> dg.MaterializeResult:
     client = _client(clickhouse, config)
     table = lake.ensure_tables()["trades"]
     if config.require_sealed:
@@ -65,28 +75,39 @@ def clickhouse_trades(context: dg.AssetExecutionContext, config: ClickHouseConfi
     rows = read_hour(table, hour_us(context.partition_key))
     n = load_lake_hour(client, config.database, cs.CH_TRADES, rows, context.partition_key)
     stored = cs.count_hour(client, config.database, cs.CH_TRADES.name, hour_start(context.partition_key))
-    return dg.MaterializeResult(metadata={"dagster/row_count": stored, "lake_rows": n,
-                                          "table": f"{config.database}.{cs.CH_TRADES.name}"})
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": stored, "lake_rows": n, "table": f"{config.database}.{cs.CH_TRADES.name}"}
+    )
 
 
-@dg.asset(key=CH_FEATURES_KEY, deps=[BATCH_FEATURES_KEY], kinds={"clickhouse"},
-          description="ClickHouse `features_1s`: the hour of the lake's market.features_1s (local batch output).",
-          **_common())
-def clickhouse_features(context: dg.AssetExecutionContext, config: ClickHouseConfig, lake: LakeResource,
-                        clickhouse: ClickHouseResource) -> dg.MaterializeResult:
+@dg.asset(
+    key=CH_FEATURES_KEY,
+    deps=[BATCH_FEATURES_KEY],
+    kinds={"clickhouse"},
+    description="ClickHouse `features_1s`: the hour of the lake's market.features_1s (local batch output).",
+    **_common(),
+)
+def clickhouse_features(
+    context: dg.AssetExecutionContext, config: ClickHouseConfig, lake: LakeResource, clickhouse: ClickHouseResource
+) -> dg.MaterializeResult:
     client = _client(clickhouse, config)
     table = fl.ensure_spec_table(lake.load_catalog())
     rows = fl.read_hour_rows(table, hour_us(context.partition_key))
     n = load_lake_hour(client, config.database, cs.CH_FEATURES, rows, context.partition_key)
-    return dg.MaterializeResult(metadata={"dagster/row_count": n,
-                                          "table": f"{config.database}.{cs.CH_FEATURES.name}"})
+    return dg.MaterializeResult(metadata={"dagster/row_count": n, "table": f"{config.database}.{cs.CH_FEATURES.name}"})
 
 
-@dg.asset(key=CH_OHLCV_KEY, deps=[CH_TRADES_KEY], kinds={"clickhouse"},
-          description="ClickHouse `ohlcv_1s` and `ohlcv_1m`: OHLCV, buy/sell volume and VWAP per symbol, "
-                      "computed by ClickHouse from the hour's trades.", **_common())
-def clickhouse_ohlcv(context: dg.AssetExecutionContext, config: ClickHouseConfig,
-                     clickhouse: ClickHouseResource) -> dg.MaterializeResult:
+@dg.asset(
+    key=CH_OHLCV_KEY,
+    deps=[CH_TRADES_KEY],
+    kinds={"clickhouse"},
+    description="ClickHouse `ohlcv_1s` and `ohlcv_1m`: OHLCV, buy/sell volume and VWAP per symbol, "
+    "computed by ClickHouse from the hour's trades.",
+    **_common(),
+)
+def clickhouse_ohlcv(
+    context: dg.AssetExecutionContext, config: ClickHouseConfig, clickhouse: ClickHouseResource
+) -> dg.MaterializeResult:
     client = _client(clickhouse, config)
     start = hour_start(context.partition_key)
     n1s = cs.aggregate_ohlcv(client, config.database, start, 1)
@@ -94,30 +115,45 @@ def clickhouse_ohlcv(context: dg.AssetExecutionContext, config: ClickHouseConfig
     return dg.MaterializeResult(metadata={"dagster/row_count": n1m, "rows_1s": n1s, "rows_1m": n1m})
 
 
-@dg.asset(key=CH_BOOK_STATS_KEY, deps=[CH_FEATURES_KEY], kinds={"clickhouse"},
-          description="ClickHouse `book_stats_1m`: spread (min/max/mean, bps), depth within 10 bps and "
-                      "top-10 imbalance per symbol and minute, from the 1 s features.", **_common())
-def clickhouse_book_stats(context: dg.AssetExecutionContext, config: ClickHouseConfig,
-                          clickhouse: ClickHouseResource) -> dg.MaterializeResult:
+@dg.asset(
+    key=CH_BOOK_STATS_KEY,
+    deps=[CH_FEATURES_KEY],
+    kinds={"clickhouse"},
+    description="ClickHouse `book_stats_1m`: spread (min/max/mean, bps), depth within 10 bps and "
+    "top-10 imbalance per symbol and minute, from the 1 s features.",
+    **_common(),
+)
+def clickhouse_book_stats(
+    context: dg.AssetExecutionContext, config: ClickHouseConfig, clickhouse: ClickHouseResource
+) -> dg.MaterializeResult:
     client = _client(clickhouse, config)
     n = cs.aggregate_book_stats(client, config.database, hour_start(context.partition_key))
     return dg.MaterializeResult(metadata={"dagster/row_count": n})
 
 
-@dg.asset(key=BARS_KEY, deps=[CH_OHLCV_KEY, CH_BOOK_STATS_KEY], kinds={"clickhouse", "iceberg"},
-          description=f"`{cs.BARS_1M_TABLE.identifier}`: the finalized 1 min bars (ClickHouse OHLCV/VWAP joined "
-                      "with book statistics) written back to the lake; the hour is replaced atomically.",
-          **_common())
-def bars_1m(context: dg.AssetExecutionContext, config: ClickHouseConfig, lake: LakeResource,
-            clickhouse: ClickHouseResource) -> dg.MaterializeResult:
+@dg.asset(
+    key=BARS_KEY,
+    deps=[CH_OHLCV_KEY, CH_BOOK_STATS_KEY],
+    kinds={"clickhouse", "iceberg"},
+    description=f"`{cs.BARS_1M_TABLE.identifier}`: the finalized 1 min bars (ClickHouse OHLCV/VWAP joined "
+    "with book statistics) written back to the lake; the hour is replaced atomically.",
+    **_common(),
+)
+def bars_1m(
+    context: dg.AssetExecutionContext, config: ClickHouseConfig, lake: LakeResource, clickhouse: ClickHouseResource
+) -> dg.MaterializeResult:
     client = _client(clickhouse, config)
     rows = cs.bars_1m(client, config.database, hour_start(context.partition_key))
     table = fl.ensure_spec_table(lake.load_catalog(), cs.BARS_1M_TABLE, dict(lake.table_properties) or None)
-    table = fl.write_hour(table, rows, hour_us(context.partition_key),
-                          {"writer": "clickhouse-bars", "hour": context.partition_key})
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": rows.num_rows,
-        "snapshot_id": dg.MetadataValue.text(str(table.current_snapshot().snapshot_id))})
+    table = fl.write_hour(
+        table, rows, hour_us(context.partition_key), {"writer": "clickhouse-bars", "hour": context.partition_key}
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows.num_rows,
+            "snapshot_id": dg.MetadataValue.text(str(table.current_snapshot().snapshot_id)),
+        }
+    )
 
 
 #: Every hour load of this module (also part of the hourly chain's selection).

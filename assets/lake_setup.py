@@ -35,8 +35,10 @@ def describe_table(table: Table) -> dict[str, Any]:
 def _markdown(rows: dict[str, dict[str, Any]]) -> str:
     lines = ["| table | partition spec | sort order | snapshot |", "|---|---|---|---|"]
     for d in rows.values():
-        lines.append(f"| {d['identifier']} | {', '.join(d['partition_spec'])} | {', '.join(d['sort_order'])} "
-                     f"| {d['current_snapshot_id']} |")
+        lines.append(
+            f"| {d['identifier']} | {', '.join(d['partition_spec'])} | {', '.join(d['sort_order'])} "
+            f"| {d['current_snapshot_id']} |"
+        )
     return "\n".join(lines)
 
 
@@ -50,15 +52,21 @@ def lake_tables(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Mat
     tables = lake.ensure_tables()
     rows = {name: describe_table(t) for name, t in sorted(tables.items())}
     for d in rows.values():
-        context.log.info("table %s partitioned by %s, snapshot %s", d["identifier"],
-                         ", ".join(d["partition_spec"]), d["current_snapshot_id"])
-    return dg.MaterializeResult(metadata={
-        "namespace": NAMESPACE,
-        "table_count": len(rows),
-        "tables": dg.MetadataValue.json(rows),
-        "overview": dg.MetadataValue.md(_markdown(rows)),
-        "catalog": dg.MetadataValue.json(lake.describe()),
-    })
+        context.log.info(
+            "table %s partitioned by %s, snapshot %s",
+            d["identifier"],
+            ", ".join(d["partition_spec"]),
+            d["current_snapshot_id"],
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "namespace": NAMESPACE,
+            "table_count": len(rows),
+            "tables": dg.MetadataValue.json(rows),
+            "overview": dg.MetadataValue.md(_markdown(rows)),
+            "catalog": dg.MetadataValue.json(lake.describe()),
+        }
+    )
 
 
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).

@@ -33,9 +33,9 @@ from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.mlflow import MLFLOW, MlflowResource
 from schemas.tables import TABLES
-from streaming import feature_lake as fl
-from streaming import prediction_lake as pl
-from streaming.lake_state import HOUR_US
+from streaming.lake import features as fl
+from streaming.lake import predictions as pl
+from streaming.lake.state import HOUR_US
 
 warnings.filterwarnings("ignore", category=getattr(dg, "PreviewWarning", Warning))  # partitioned checks
 
@@ -82,44 +82,63 @@ class DatasetConfig(dg.Config):
     group_name=GROUP,
     kinds={"python", "parquet"},
     description="Per (exchange, market, symbol, second): model inputs from lake/features_1s and future mid "
-                "log returns over 1/10/60 s, read as of recorded Iceberg snapshot ids (manifest in the "
-                "artifact store).",
+    "log returns over 1/10/60 s, read as of recorded Iceberg snapshot ids (manifest in the "
+    "artifact store).",
 )
-def training_dataset(context: dg.AssetExecutionContext, config: DatasetConfig, lake: LakeResource,
-                     artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
+def training_dataset(
+    context: dg.AssetExecutionContext, config: DatasetConfig, lake: LakeResource, artifacts: ArtifactStoreResource
+) -> dg.MaterializeResult:
     catalog = lake.load_catalog()
     lake.ensure_tables()
     start = day_start_us(context.partition_key)
     inputs = fl.input_tables(catalog)
     if config.require_sealed:
-        bad = sorted({f"{name}@{h}" for h in range(start, start + mds.DAY_US, HOUR_US)
-                      for name in fl.unsealed(inputs, h)})
+        bad = sorted(
+            {f"{name}@{h}" for h in range(start, start + mds.DAY_US, HOUR_US) for name in fl.unsealed(inputs, h)}
+        )
         if bad:
-            raise dg.Failure(description=f"day {context.partition_key} has unsealed lake hours: {bad[:6]}",
-                             allow_retries=False)
+            raise dg.Failure(
+                description=f"day {context.partition_key} has unsealed lake hours: {bad[:6]}", allow_retries=False
+            )
     ftable = fl.ensure_spec_table(catalog, FEATURES_TABLE, dict(lake.table_properties) or None)
-    tables = {FEATURES_TABLE.identifier: ftable,
-              **{TABLES[et].identifier: inputs[name] for name, et in fl.INPUT_TABLES.items()}}
+    tables = {
+        FEATURES_TABLE.identifier: ftable,
+        **{TABLES[et].identifier: inputs[name] for name, et in fl.INPUT_TABLES.items()},
+    }
     snapshots = mds.current_snapshots(tables)
     rows, manifest = mds.build_dataset(ftable, context.partition_key, start, snapshots)
     rows_key, man_key = dataset_keys(context.partition_key)
     artifacts.put_bytes(rows_key, mds.to_parquet(rows))
     artifacts.put_bytes(man_key, manifest.to_json(), "application/json")
-    labelled = {f"labelled_{h}s": int((~np.isnan(rows[mds.label_column(h)].to_numpy(zero_copy_only=False))).sum())
-                for h in mds.HORIZONS_S}
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": rows.num_rows, "checksum": manifest.checksum, **labelled,
-        "snapshot_ids": dg.MetadataValue.json({k: (str(v) if v is not None else None)
-                                               for k, v in manifest.snapshots.items()}),
-        "dataset": dg.MetadataValue.path(artifacts.uri_for(rows_key)),
-        "manifest": dg.MetadataValue.path(artifacts.uri_for(man_key))})
+    labelled = {
+        f"labelled_{h}s": int((~np.isnan(rows[mds.label_column(h)].to_numpy(zero_copy_only=False))).sum())
+        for h in mds.HORIZONS_S
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows.num_rows,
+            "checksum": manifest.checksum,
+            **labelled,
+            "snapshot_ids": dg.MetadataValue.json(
+                {k: (str(v) if v is not None else None) for k, v in manifest.snapshots.items()}
+            ),
+            "dataset": dg.MetadataValue.path(artifacts.uri_for(rows_key)),
+            "manifest": dg.MetadataValue.path(artifacts.uri_for(man_key)),
+        }
+    )
 
 
-@dg.asset_check(asset=DATASET_KEY, name=CHECK_LEAKAGE, blocking=True, partitions_def=DAILY,
-                description="Labels recomputed with the future cut off at several points equal the stored "
-                            "labels bit for bit (a label uses no data before its row, nor a shifted row).")
-def no_label_leakage(context: dg.AssetCheckExecutionContext, lake: LakeResource,
-                     artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=DATASET_KEY,
+    name=CHECK_LEAKAGE,
+    blocking=True,
+    partitions_def=DAILY,
+    description="Labels recomputed with the future cut off at several points equal the stored "
+    "labels bit for bit (a label uses no data before its row, nor a shifted row).",
+)
+def no_label_leakage(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource, artifacts: ArtifactStoreResource
+) -> dg.AssetCheckResult:
     return leakage_result(lake, artifacts, context.partition_key)
 
 
@@ -129,15 +148,22 @@ def leakage_result(lake: LakeResource, artifacts: ArtifactStoreResource, day: st
     ftable = lake.load_catalog().load_table(FEATURES_TABLE.identifier)
     feats = mds.read_features_as_of(ftable, man.start_us, man.end_us, man.snapshots[FEATURES_TABLE.identifier])
     bad = mds.leakage_violations(rows, feats, man.end_us)
-    return dg.AssetCheckResult(passed=not bad, metadata={"violations": dg.MetadataValue.json(bad[:10]),
-                                                         "rows": rows.num_rows})
+    return dg.AssetCheckResult(
+        passed=not bad, metadata={"violations": dg.MetadataValue.json(bad[:10]), "rows": rows.num_rows}
+    )
 
 
-@dg.asset_check(asset=DATASET_KEY, name=CHECK_REBUILD, blocking=True, partitions_def=DAILY,
-                description="Rebuilding the day from the manifest's snapshot ids (time travel) gives the stored "
-                            "dataset's checksum.")
-def rebuild_from_snapshots(context: dg.AssetCheckExecutionContext, lake: LakeResource,
-                           artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=DATASET_KEY,
+    name=CHECK_REBUILD,
+    blocking=True,
+    partitions_def=DAILY,
+    description="Rebuilding the day from the manifest's snapshot ids (time travel) gives the stored "
+    "dataset's checksum.",
+)
+def rebuild_from_snapshots(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource, artifacts: ArtifactStoreResource
+) -> dg.AssetCheckResult:
     return rebuild_result(lake, artifacts, context.partition_key)
 
 
@@ -148,78 +174,150 @@ def rebuild_result(lake: LakeResource, artifacts: ArtifactStoreResource, day: st
     rebuilt, again = mds.build_dataset(ftable, man.day, man.start_us, man.snapshots)
     stored = mds.checksum(rows)
     ok = stored == man.checksum == again.checksum
-    return dg.AssetCheckResult(passed=ok, metadata={"manifest_checksum": man.checksum, "stored_checksum": stored,
-                                                    "rebuilt_checksum": again.checksum, "rows": rebuilt.num_rows})
+    return dg.AssetCheckResult(
+        passed=ok,
+        metadata={
+            "manifest_checksum": man.checksum,
+            "stored_checksum": stored,
+            "rebuilt_checksum": again.checksum,
+            "rows": rebuilt.num_rows,
+        },
+    )
 
 
 def _model_asset(horizon_s: int):
     key = model_key(horizon_s)
 
     @dg.asset(
-        key=key, partitions_def=DAILY, deps=[DATASET_KEY], group_name=GROUP,
+        key=key,
+        partitions_def=DAILY,
+        deps=[DATASET_KEY],
+        group_name=GROUP,
         kinds={"lightgbm", "mlflow"},
-        check_specs=[dg.AssetCheckSpec(CHECK_BASELINE, asset=key, blocking=True, partitions_def=DAILY,
-                                       description="pooled walk-forward held-out MSE below the zero-return "
-                                                   "baseline's; blocks registration otherwise")],
+        check_specs=[
+            dg.AssetCheckSpec(
+                CHECK_BASELINE,
+                asset=key,
+                blocking=True,
+                partitions_def=DAILY,
+                description="pooled walk-forward held-out MSE below the zero-return "
+                "baseline's; blocks registration otherwise",
+            )
+        ],
         description=f"LightGBM forecast of the {horizon_s} s mid log return, walk-forward validated; one MLflow "
-                    "run with params, per-fold and overall metrics beside the baseline, and the dataset's "
-                    "snapshot ids.",
+        "run with params, per-fold and overall metrics beside the baseline, and the dataset's "
+        "snapshot ids.",
     )
-    def _model(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource,
-               mlflow: MlflowResource) -> dg.MaterializeResult:
+    def _model(
+        context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource, mlflow: MlflowResource
+    ) -> dg.MaterializeResult:
         rows, man = load_dataset(artifacts, context.partition_key)
         res = mtr.train_horizon(rows, horizon_s)
-        tags = {"dataset_day": man.day, "dataset_checksum": man.checksum, "horizon_s": str(horizon_s),
-                "dagster_run_id": context.run_id, "beats_baseline": str(res.beats_baseline).lower(),
-                **{f"snapshot.{k}": str(v) for k, v in man.snapshots.items()}}
-        params = {**mtr.PARAMS, "num_rounds": mtr.NUM_ROUNDS, "folds": mtr.DEFAULT_FOLDS,
-                  "horizon_s": horizon_s, "inputs_version": man.inputs_version,
-                  "feature_spec_version": man.feature_spec_version}
-        folds = [{"fold": f.fold, "mse_model": f.mse_model, "mse_baseline": f.mse_baseline,
-                  "test_rows": f.test_rows, "train_rows": f.train_rows} for f in res.folds]
-        run = reg.log_training(mlflow.settings(), horizon_s=horizon_s, booster=res.booster, params=params,
-                               metrics=res.metrics(), fold_metrics=folds, tags=tags)
+        tags = {
+            "dataset_day": man.day,
+            "dataset_checksum": man.checksum,
+            "horizon_s": str(horizon_s),
+            "dagster_run_id": context.run_id,
+            "beats_baseline": str(res.beats_baseline).lower(),
+            **{f"snapshot.{k}": str(v) for k, v in man.snapshots.items()},
+        }
+        params = {
+            **mtr.PARAMS,
+            "num_rounds": mtr.NUM_ROUNDS,
+            "folds": mtr.DEFAULT_FOLDS,
+            "horizon_s": horizon_s,
+            "inputs_version": man.inputs_version,
+            "feature_spec_version": man.feature_spec_version,
+        }
+        folds = [
+            {
+                "fold": f.fold,
+                "mse_model": f.mse_model,
+                "mse_baseline": f.mse_baseline,
+                "test_rows": f.test_rows,
+                "train_rows": f.train_rows,
+            }
+            for f in res.folds
+        ]
+        run = reg.log_training(
+            mlflow.settings(),
+            horizon_s=horizon_s,
+            booster=res.booster,
+            params=params,
+            metrics=res.metrics(),
+            fold_metrics=folds,
+            tags=tags,
+        )
         m = res.metrics()
         return dg.MaterializeResult(
-            metadata={"mlflow_run_id": run.run_id, "model": run.model_name, "rows": res.rows,
-                      "mse_model": m["mse_model"], "mse_baseline": m["mse_baseline"], "skill": m["skill"]},
-            check_results=[dg.AssetCheckResult(
-                check_name=CHECK_BASELINE, passed=res.beats_baseline,
-                metadata={"mse_model": m["mse_model"], "mse_baseline": m["mse_baseline"],
-                          "folds": dg.MetadataValue.json(folds), "mlflow_run_id": run.run_id})])
+            metadata={
+                "mlflow_run_id": run.run_id,
+                "model": run.model_name,
+                "rows": res.rows,
+                "mse_model": m["mse_model"],
+                "mse_baseline": m["mse_baseline"],
+                "skill": m["skill"],
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=CHECK_BASELINE,
+                    passed=res.beats_baseline,
+                    metadata={
+                        "mse_model": m["mse_model"],
+                        "mse_baseline": m["mse_baseline"],
+                        "folds": dg.MetadataValue.json(folds),
+                        "mlflow_run_id": run.run_id,
+                    },
+                )
+            ],
+        )
 
     return _model
 
 
 def _champion_asset(horizon_s: int):
     @dg.asset(
-        key=champion_key(horizon_s), partitions_def=DAILY, deps=[model_key(horizon_s)], group_name=GROUP,
+        key=champion_key(horizon_s),
+        partitions_def=DAILY,
+        deps=[model_key(horizon_s)],
+        group_name=GROUP,
         kinds={"mlflow"},
         description=f"Registers the day's {reg.model_name(horizon_s)} model as a new version and moves the "
-                    f"`{reg.CHAMPION}` alias to it (runs only after beats_baseline passed).",
+        f"`{reg.CHAMPION}` alias to it (runs only after beats_baseline passed).",
     )
     def _champion(context: dg.AssetExecutionContext, mlflow: MlflowResource) -> dg.MaterializeResult:
         settings = mlflow.settings()
         client = settings.client()
         exp = reg.experiment_id(client, settings)
         day = context.partition_key
-        runs = client.search_runs([exp], filter_string=f"tags.dataset_day = '{day}' and "
-                                                       f"tags.horizon_s = '{horizon_s}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
+        runs = client.search_runs(
+            [exp],
+            filter_string=f"tags.dataset_day = '{day}' and tags.horizon_s = '{horizon_s}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         if not runs:
             raise dg.Failure(description=f"no MLflow run of {reg.model_name(horizon_s)} for {day}")
         run = runs[0]
         if run.data.tags.get("beats_baseline") != "true":
-            raise dg.Failure(description=f"run {run.info.run_id} did not beat the baseline; not registered",
-                             allow_retries=False)
+            raise dg.Failure(
+                description=f"run {run.info.run_id} did not beat the baseline; not registered", allow_retries=False
+            )
         version = reg.register(settings, reg.model_name(horizon_s), run.info.run_id)
-        return dg.MaterializeResult(metadata={"model": reg.model_name(horizon_s), "version": version,
-                                              "alias": reg.CHAMPION, "mlflow_run_id": run.info.run_id})
+        return dg.MaterializeResult(
+            metadata={
+                "model": reg.model_name(horizon_s),
+                "version": version,
+                "alias": reg.CHAMPION,
+                "mlflow_run_id": run.info.run_id,
+            }
+        )
 
     return _champion
 
 
 # -- predictions in the lake, and offline/online parity -----------------------------------------
+
 
 class PredictionHourConfig(dg.Config):
     require_complete: bool = True
@@ -233,25 +331,33 @@ class PredictionHourConfig(dg.Config):
     group_name=GROUP,
     kinds={"kafka", "iceberg"},
     description=f"`{PREDICTIONS_TABLE.identifier}`: the predictions the inference service published for the "
-                "hour (every prediction.* topic, event_id-distinct); the hour is replaced atomically.",
+    "hour (every prediction.* topic, event_id-distinct); the hour is replaced atomically.",
 )
-def lake_predictions(context: dg.AssetExecutionContext, config: PredictionHourConfig, lake: LakeResource,
-                     kafka: KafkaResource) -> dg.MaterializeResult:
+def lake_predictions(
+    context: dg.AssetExecutionContext, config: PredictionHourConfig, lake: LakeResource, kafka: KafkaResource
+) -> dg.MaterializeResult:
     h = hour_us(context.partition_key)
     conn = kafka.connection()
     rows, newest = pl.read_predictions(conn, pl.prediction_topics(conn), h)
     if config.require_complete:
-        behind = [m for m in pl.hour_models(rows) if newest[m] < h + HOUR_US and not pl.group_caught_up(
-            conn, m, pl.hour_instruments(rows.filter(pc.equal(rows["model"], m))))]
+        behind = [
+            m
+            for m in pl.hour_models(rows)
+            if newest[m] < h + HOUR_US
+            and not pl.group_caught_up(conn, m, pl.hour_instruments(rows.filter(pc.equal(rows["model"], m))))
+        ]
         if behind:
             raise dg.Failure(description=f"hour {context.partition_key} not fully scored yet by {behind}")
     table = fl.ensure_spec_table(lake.load_catalog(), PREDICTIONS_TABLE, dict(lake.table_properties) or None)
     table = fl.write_hour(table, rows, h, {"writer": "prediction-lake", "hour": context.partition_key})
     per_model = {m: int(pc.sum(pc.equal(rows["model"], m)).as_py()) for m in pl.hour_models(rows)}
-    return dg.MaterializeResult(metadata={"dagster/row_count": rows.num_rows,
-                                          "per_model": dg.MetadataValue.json(per_model),
-                                          "snapshot_id": dg.MetadataValue.text(
-                                              str(table.current_snapshot().snapshot_id))})
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows.num_rows,
+            "per_model": dg.MetadataValue.json(per_model),
+            "snapshot_id": dg.MetadataValue.text(str(table.current_snapshot().snapshot_id)),
+        }
+    )
 
 
 def parity_result(lake: LakeResource, mlflow: MlflowResource, partition_key: str) -> dg.AssetCheckResult:
@@ -271,15 +377,26 @@ def parity_result(lake: LakeResource, mlflow: MlflowResource, partition_key: str
         return cache[model, version]
 
     ok, details = compare_predictions(feats, preds, booster_for)
-    return dg.AssetCheckResult(passed=ok, metadata={"details": dg.MetadataValue.json(details),
-                                                    "predictions": preds.num_rows, "feature_rows": feats.num_rows})
+    return dg.AssetCheckResult(
+        passed=ok,
+        metadata={
+            "details": dg.MetadataValue.json(details),
+            "predictions": preds.num_rows,
+            "feature_rows": feats.num_rows,
+        },
+    )
 
 
-@dg.asset_check(asset=PREDICTIONS_KEY, name=CHECK_PARITY, partitions_def=HOURLY,
-                description="Every published prediction of the hour equals the same model version scored offline "
-                            "on lake/features_1s, bit for bit.")
-def predictions_parity(context: dg.AssetCheckExecutionContext, lake: LakeResource,
-                       mlflow: MlflowResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=PREDICTIONS_KEY,
+    name=CHECK_PARITY,
+    partitions_def=HOURLY,
+    description="Every published prediction of the hour equals the same model version scored offline "
+    "on lake/features_1s, bit for bit.",
+)
+def predictions_parity(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource, mlflow: MlflowResource
+) -> dg.AssetCheckResult:
     return parity_result(lake, mlflow, context.partition_key)
 
 

@@ -2,7 +2,7 @@
 parity check that ties the three runtimes together.
 
 The asset writes market.features_1s_spark (same schema as features_1s) through
-streaming/feature_spark.py: pyiceberg plans the files, Spark runs the unchanged spec via
+streaming/lake/spark_features.py: pyiceberg plans the files, Spark runs the unchanged spec via
 mapInArrow/applyInArrow, Parquet (TIMESTAMP_MICROS) is registered with add_files in the
 commit that drops the hour's previous files. The check `offline_online_parity` then
 requires, exactly and column by column:
@@ -35,9 +35,9 @@ from features.spec import FEATURES_TABLE
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.spark import SparkResource
-from streaming import clickhouse_sql as cs
-from streaming import feature_lake as fl
-from streaming import feature_spark as fsp
+from streaming.clickhouse import sql as cs
+from streaming.lake import features as fl
+from streaming.lake import spark_features as fsp
 
 GROUP = "features"
 SPARK_FEATURES_KEY = dg.AssetKey(["spark", "features_1s"])
@@ -65,10 +65,11 @@ def _session(spark: SparkResource):
     tags={"ticklake/layer": "features"},
     automation_condition=HOURLY_CHAIN,
     description=f"`{fsp.SPARK_FEATURES_TABLE.identifier}`: the hour's 1 s features recomputed by Spark "
-                "(applyInArrow over the files pyiceberg plans), Parquet registered with add_files.",
+    "(applyInArrow over the files pyiceberg plans), Parquet registered with add_files.",
 )
-def spark_features_1s(context: dg.AssetExecutionContext, config: FeatureHourConfig, lake: LakeResource,
-                      spark: SparkResource) -> dg.MaterializeResult:
+def spark_features_1s(
+    context: dg.AssetExecutionContext, config: FeatureHourConfig, lake: LakeResource, spark: SparkResource
+) -> dg.MaterializeResult:
     catalog = lake.load_catalog()
     lake.ensure_tables()
     h = hour_us(context.partition_key)
@@ -76,16 +77,24 @@ def spark_features_1s(context: dg.AssetExecutionContext, config: FeatureHourConf
     inputs = fl.input_tables(catalog)
     if config.require_sealed:
         require_sealed(inputs, context.partition_key)
-    res = fsp.write_hour(_session(spark), inputs, target, h, config.lookback_s,
-                         {"hour": context.partition_key, "dagster_run_id": context.run_id})
+    res = fsp.write_hour(
+        _session(spark),
+        inputs,
+        target,
+        h,
+        config.lookback_s,
+        {"hour": context.partition_key, "dagster_run_id": context.run_id},
+    )
     rows = fl.read_hour_rows(target.refresh(), h)
     context.log.info("spark features %s: %d rows in %d files", context.partition_key, res.rows, len(res.files))
-    return dg.MaterializeResult(metadata={**feature_metadata(rows), "files": dg.MetadataValue.json(res.files),
-                                          "lookback_s": config.lookback_s})
+    return dg.MaterializeResult(
+        metadata={**feature_metadata(rows), "files": dg.MetadataValue.json(res.files), "lookback_s": config.lookback_s}
+    )
 
 
-def parity_outcome(lake: LakeResource, clickhouse: ClickHouseResource, partition_key: str,
-                   database: str = cs.DEFAULT_DATABASE) -> tuple[bool, dict]:
+def parity_outcome(
+    lake: LakeResource, clickhouse: ClickHouseResource, partition_key: str, database: str = cs.DEFAULT_DATABASE
+) -> tuple[bool, dict]:
     """Plain function (tests and sensors reuse it): compare the three runtimes for one hour."""
     catalog = lake.load_catalog()
     h = hour_us(partition_key)
@@ -93,8 +102,9 @@ def parity_outcome(lake: LakeResource, clickhouse: ClickHouseResource, partition
     local_rows = fl.read_hour_rows(fl.ensure_spec_table(catalog, FEATURES_TABLE), h)
     client = clickhouse.get_client()
     cs.ensure_tables(client, database, tables=[cs.CH_FEATURES_LIVE])
-    published = cs.features_from_ch(cs.query_hour(client, database, cs.CH_FEATURES_LIVE, hour_start(partition_key),
-                                                  final=True))
+    published = cs.features_from_ch(
+        cs.query_hour(client, database, cs.CH_FEATURES_LIVE, hour_start(partition_key), final=True)
+    )
     ok, details = fl.compare_features({"spark": spark_rows, "local_batch": local_rows, "published": published})
     if ok and spark_rows.num_rows == 0:
         # Zero rows everywhere is parity only when the lake hour had nothing to compute from
@@ -103,8 +113,9 @@ def parity_outcome(lake: LakeResource, clickhouse: ClickHouseResource, partition
         details["input_events"] = inputs
         if inputs:
             ok = False
-            details["mismatches"].append({"reason": f"no feature rows for the hour in any runtime, "
-                                                    f"from {inputs} input events"})
+            details["mismatches"].append(
+                {"reason": f"no feature rows for the hour in any runtime, from {inputs} input events"}
+            )
     return ok, details
 
 
@@ -115,18 +126,21 @@ def parity_outcome(lake: LakeResource, clickhouse: ClickHouseResource, partition
     additional_deps=[BATCH_FEATURES_KEY],
     blocking=True,
     description="Spark output == local batch output == rows the streaming processor published for the hour "
-                "(exact, every column).",
+    "(exact, every column).",
 )
-def features_parity(context: dg.AssetCheckExecutionContext, config: ParityConfig, lake: LakeResource,
-                    clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
+def features_parity(
+    context: dg.AssetCheckExecutionContext, config: ParityConfig, lake: LakeResource, clickhouse: ClickHouseResource
+) -> dg.AssetCheckResult:
     ok, details = parity_outcome(lake, clickhouse, context.partition_key, config.database)
     rows = details["rows"]
     summary = ("identical: " if ok else "DIFFERENT: ") + ", ".join(f"{k}={v} rows" for k, v in rows.items())
     if details["mismatches"]:
         summary += f"; first mismatch {details['mismatches'][0]}"
-    return dg.AssetCheckResult(passed=ok, description=summary[:1000],
-                               metadata={"rows": dg.MetadataValue.json(rows),
-                                         "mismatches": dg.MetadataValue.json(details["mismatches"])})
+    return dg.AssetCheckResult(
+        passed=ok,
+        description=summary[:1000],
+        metadata={"rows": dg.MetadataValue.json(rows), "mismatches": dg.MetadataValue.json(details["mismatches"])},
+    )
 
 
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).

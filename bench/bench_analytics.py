@@ -1,8 +1,8 @@
 """Analytics layer throughput, each figure beside a baseline measured in the same run.
 
-1. ClickHouse hour load (streaming/clickhouse_sql.replace_hour: lake Arrow rows -> column
+1. ClickHouse hour load (streaming/clickhouse/sql.replace_hour: lake Arrow rows -> column
    mapping -> delete the hour -> insert_arrow) in rows/s against the local ClickHouse server
-   (streaming/clickhouse_server.py, over HTTP as every client reaches it), beside a plain
+   (streaming/clickhouse/server.py, over HTTP as every client reaches it), beside a plain
    `insert_arrow` of the same Arrow table into an identical empty table through the same
    server (the floor of any load path). Also the cost of the server itself: that plain
    `insert_arrow` over HTTP beside the same insert into an in-process chdb engine, and the
@@ -44,12 +44,12 @@ from resources.spark import SparkResource
 from schemas.arrow_convert import envelopes_to_table
 from schemas.model import event_type_from_pb
 from schemas.tables import TABLES
-from streaming import clickhouse_sql as cs
-from streaming import feature_lake as fl
-from streaming import feature_spark as fsp
-from streaming.clickhouse_server import LocalClickHouse
-from streaming.lake_seal import read_hour
-from streaming.lake_writer import LakeFileWriter, commit_files
+from streaming.clickhouse import sql as cs
+from streaming.clickhouse.server import LocalClickHouse
+from streaming.lake import features as fl
+from streaming.lake import spark_features as fsp
+from streaming.lake.seal import read_hour
+from streaming.lake.writer import LakeFileWriter, commit_files
 from workloads import binance_hour as a
 from workloads.synthetic import SyntheticMarket
 
@@ -91,7 +91,7 @@ def _bench_clickhouse(client, root: Path, trades: pa.Table, rounds: int) -> None
         client.command("TRUNCATE TABLE bench.raw_trades")
         client.insert_arrow("bench.raw_trades", ch_rows)
 
-    in_process = clickhouse_connect.get_client(dsn=f"chdb://{root}/inproc")   # its own engine and path
+    in_process = clickhouse_connect.get_client(dsn=f"chdb://{root}/inproc")  # its own engine and path
     cs.ensure_tables(in_process, "bench", tables=[cs.CH_TRADES])
 
     def engine_floor():
@@ -101,19 +101,25 @@ def _bench_clickhouse(client, root: Path, trades: pa.Table, rounds: int) -> None
     d_ours, d_base, d_floor = best(ours, rounds), best(baseline, rounds), best(engine_floor, rounds)
     in_process.close()
     assert cs.count_hour(client, "bench", cs.CH_TRADES.name, hour) == trades.num_rows
-    d_agg = best(lambda: (cs.aggregate_ohlcv(client, "bench", hour, 1), cs.aggregate_ohlcv(client, "bench", hour, 60)),
-                 rounds)
+    d_agg = best(
+        lambda: (cs.aggregate_ohlcv(client, "bench", hour, 1), cs.aggregate_ohlcv(client, "bench", hour, 60)), rounds
+    )
     n = trades.num_rows
-    print(f"{'ClickHouse hour load (trades)':<44}{n / d_ours:>14,.0f} rows/s   "
-          f"insert_arrow baseline {n / d_base:>12,.0f} rows/s   ours/baseline {d_base / d_ours:5.2f}")
-    print(f"{'  insert_arrow via the local server (HTTP)':<44}{n / d_base:>14,.0f} rows/s   "
-          f"in-process chdb baseline {n / d_floor:>10,.0f} rows/s   server/in-process {d_floor / d_base:5.2f}")
+    print(
+        f"{'ClickHouse hour load (trades)':<44}{n / d_ours:>14,.0f} rows/s   "
+        f"insert_arrow baseline {n / d_base:>12,.0f} rows/s   ours/baseline {d_base / d_ours:5.2f}"
+    )
+    print(
+        f"{'  insert_arrow via the local server (HTTP)':<44}{n / d_base:>14,.0f} rows/s   "
+        f"in-process chdb baseline {n / d_floor:>10,.0f} rows/s   server/in-process {d_floor / d_base:5.2f}"
+    )
     print(f"{'  1 s + 1 min OHLCV of that hour':<44}{n / d_agg:>14,.0f} trades/s  ({d_agg * 1000:.0f} ms)")
 
 
 def synthetic_lake(root: Path, events: int):
     home = resolve_home(root / "synth").ensure()
     from resources.lake import LakeResource
+
     lake = LakeResource(uri=home.catalog_uri, warehouse=home.warehouse, name=home.catalog_name)
     tables = lake.ensure_tables()
     spacing = max(1, 3_590_000_000 // events)
@@ -144,17 +150,23 @@ def bench_features(root: Path, events: int, rounds: int) -> None:
     fsp.write_hour(spark, tables, target, h0)  # warm-up: JVM, Python workers
     d_spark = best(lambda: fsp.write_hour(spark, tables, target.refresh(), h0), rounds)
     same = fl.read_hour_rows(target.refresh(), h0).equals(local_rows["t"])
-    print(f"{'feature recompute, local batch (in-process)':<44}{n_events / d_local:>14,.0f} events/s  "
-          f"({local_rows['t'].num_rows:,} rows, {d_local:.2f} s)")
-    print(f"{'feature recompute, Spark local[2]':<44}{n_events / d_spark:>14,.0f} events/s  "
-          f"({d_spark:.2f} s; Spark/local {d_local / d_spark:5.2f}; outputs identical: {same})")
+    print(
+        f"{'feature recompute, local batch (in-process)':<44}{n_events / d_local:>14,.0f} events/s  "
+        f"({local_rows['t'].num_rows:,} rows, {d_local:.2f} s)"
+    )
+    print(
+        f"{'feature recompute, Spark local[2]':<44}{n_events / d_spark:>14,.0f} events/s  "
+        f"({d_spark:.2f} s; Spark/local {d_local / d_spark:5.2f}; outputs identical: {same})"
+    )
 
 
 def bench_charts(root: Path, trades_lake, rounds: int) -> None:
     h = a.hour_us(a.CAPTURE_HOUR)
     rows = fl.compute_hour(fl.hour_events(fl.input_tables(trades_lake.catalog), h), h)
     d = best(lambda: render(rows, "binance", "spot", "BTC-USDT", a.utc(a.CAPTURE_HOUR)), rounds)
-    print(f"{'chart render per symbol-hour (PNG+SVG+preview)':<44}{d * 1000:>14,.0f} ms      ({rows.num_rows} 1 s rows)")
+    print(
+        f"{'chart render per symbol-hour (PNG+SVG+preview)':<44}{d * 1000:>14,.0f} ms      ({rows.num_rows} 1 s rows)"
+    )
 
 
 def main() -> int:

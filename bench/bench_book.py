@@ -50,8 +50,10 @@ def binance_stream():
         d = m.get("data", {})
         if d.get("e") != "depthUpdate" or snap is None or d["u"] <= snap["lastUpdateId"]:
             continue
-        msgs.append([(0, parse_scaled(p, scale), parse_scaled(q, scale)) for p, q in d["b"]]
-                    + [(1, parse_scaled(p, scale), parse_scaled(q, scale)) for p, q in d["a"]])
+        msgs.append(
+            [(0, parse_scaled(p, scale), parse_scaled(q, scale)) for p, q in d["b"]]
+            + [(1, parse_scaled(p, scale), parse_scaled(q, scale)) for p, q in d["a"]]
+        )
     bids = [(parse_scaled(p, scale), parse_scaled(q, scale)) for p, q in snap["bids"]]
     asks = [(parse_scaled(p, scale), parse_scaled(q, scale)) for p, q in snap["asks"]]
     return bids, asks, msgs
@@ -61,12 +63,20 @@ def bybit_stream():
     rows = [json.loads(r.payload) for r in read(SAMPLES / "bybit" / "nautilus_2024-12-01_XRPUSDT_ob500.data.zip")]
     ps, ss = 4, 0
     snap = rows[0]["data"]
-    msgs = [[(0, parse_scaled(p, ps), parse_scaled(q, ss)) for p, q in r["data"]["b"]] + [(1, parse_scaled(p, ps), parse_scaled(q, ss)) for p, q in r["data"]["a"]]
-            for r in rows[1:]]
-    return ([(parse_scaled(p, ps), parse_scaled(q, ss)) for p, q in snap["b"]], [(parse_scaled(p, ps), parse_scaled(q, ss)) for p, q in snap["a"]], msgs)
+    msgs = [
+        [(0, parse_scaled(p, ps), parse_scaled(q, ss)) for p, q in r["data"]["b"]]
+        + [(1, parse_scaled(p, ps), parse_scaled(q, ss)) for p, q in r["data"]["a"]]
+        for r in rows[1:]
+    ]
+    return (
+        [(parse_scaled(p, ps), parse_scaled(q, ss)) for p, q in snap["b"]],
+        [(parse_scaled(p, ps), parse_scaled(q, ss)) for p, q in snap["a"]],
+        msgs,
+    )
 
 
 # -- the two books under the same drivers -------------------------------------------------------
+
 
 def ours_levels(bids, asks, updates, read_top):
     book = L2Book()
@@ -208,20 +218,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--smoke", action="store_true", help="300 messages per stream, one round: plumbing only")
-    ap.add_argument("--c-read-limit", type=int, default=20_000,
-                    help="updates given to order-book when reading the top after each (it re-sorts on read)")
+    ap.add_argument(
+        "--c-read-limit",
+        type=int,
+        default=20_000,
+        help="updates given to order-book when reading the top after each (it re-sorts on read)",
+    )
     args = ap.parse_args()
     if args.smoke:
         args.rounds = 1
     have_c = _have_c()
     try:
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})   # one core
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
     except (AttributeError, OSError):
         pass
     print(f"L2 book benchmark  (python {sys.version.split()[0]}, one core, best of {args.rounds})")
     print(f"{'stream':<28}{'mode':<34}{'ours upd/s':>14}{'order-book upd/s':>18}{'ours/C':>9}")
-    for name, (bids, asks, msgs) in (("binance BTCUSDT diffs", binance_stream()),
-                                     ("bybit XRPUSDT ob500", bybit_stream())):
+    for name, (bids, asks, msgs) in (
+        ("binance BTCUSDT diffs", binance_stream()),
+        ("bybit XRPUSDT ob500", bybit_stream()),
+    ):
         if args.smoke:
             msgs = msgs[:300]
         updates = stream = [u for m in msgs for u in m]
@@ -259,10 +275,14 @@ def main() -> int:
             assert top_o == top_c, (top_o, top_c)
         n = len(updates)
         row("per message: apply + best bid/ask", n / d_o, d_c and n / d_c, "")
-        print(f"{'':<28}{'  message latency p50 / p99 (us)':<34}"
-              f"{pct(lat_o, .5) / 1e3:>6.1f} /{pct(lat_o, .99) / 1e3:>6.1f}"
-              f"{pct(lat_c, .5) / 1e3:>10.1f} /{pct(lat_c, .99) / 1e3:>6.1f}")
-        print(f"{'':<28}{'  messages, levels/message':<34}{len(msgs):>14,}{statistics.mean(len(m) for m in msgs):>18.1f}")
+        print(
+            f"{'':<28}{'  message latency p50 / p99 (us)':<34}"
+            f"{pct(lat_o, 0.5) / 1e3:>6.1f} /{pct(lat_o, 0.99) / 1e3:>6.1f}"
+            f"{pct(lat_c, 0.5) / 1e3:>10.1f} /{pct(lat_c, 0.99) / 1e3:>6.1f}"
+        )
+        print(
+            f"{'':<28}{'  messages, levels/message':<34}{len(msgs):>14,}{statistics.mean(len(m) for m in msgs):>18.1f}"
+        )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (both books, one process)")
     return 0
 

@@ -46,8 +46,10 @@ def make_csv(n: int, seed: int = 1) -> bytes:
     for i in range(n):
         px += rng.randint(-3, 3)
         t = start_us + i * (86_400_000_000 // n) + rng.randint(0, 999)
-        out.append(f"{4_000_000 + i},{px // 100}.{px % 100:02d}000000,0.{rng.randint(1, 99999):08d},1.00000000,"
-                   f"{t},{rng.choice(('True', 'False'))},True")
+        out.append(
+            f"{4_000_000 + i},{px // 100}.{px % 100:02d}000000,0.{rng.randint(1, 99999):08d},1.00000000,"
+            f"{t},{rng.choice(('True', 'False'))},True"
+        )
     return ("\n".join(out) + "\n").encode()
 
 
@@ -67,8 +69,13 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
     zpath = tmp / f"BTCUSDT-trades-{DAY}.zip"
     zpath.write_bytes(zipped(csv))
-    catalog = load_catalog("bench", type="sql", uri=f"sqlite:///{tmp / 'catalog.db'}",
-                           warehouse=(tmp / "wh").as_uri(), init_catalog_tables="true")
+    catalog = load_catalog(
+        "bench",
+        type="sql",
+        uri=f"sqlite:///{tmp / 'catalog.db'}",
+        warehouse=(tmp / "wh").as_uri(),
+        init_catalog_tables="true",
+    )
     table = ensure_all_tables(catalog)[TABLES[EventType.TRADE].name]
     t = Target(Exchange.BINANCE, Market.SPOT, "BTCUSDT", "BTC-USDT", 2, 8, 1, 1000, "bulk:bench")
     lo, hi = day_bounds_us(DAY)
@@ -99,19 +106,22 @@ def main() -> int:
 
     n = a.rows
     med = statistics.median
-    print(f"rows per run: {n}  (zip {zpath.stat().st_size / 1e6:.1f} MB, csv {len(csv) / 1e6:.1f} MB), "
-          f"median of {a.rounds}")
+    print(
+        f"rows per run: {n}  (zip {zpath.stat().st_size / 1e6:.1f} MB, csv {len(csv) / 1e6:.1f} MB), "
+        f"median of {a.rounds}"
+    )
     print(f"  baseline pyarrow.csv.read_csv (same CSV, in memory) : {n / med(base):>12,.0f} rows/s")
-    print(f"  ticklake zip -> committed lake rows                  : {n / med(full):>12,.0f} rows/s"
-          f"  ({med(full) / med(base):.0f}x the baseline's time)")
+    print(
+        f"  ticklake zip -> committed lake rows                  : {n / med(full):>12,.0f} rows/s"
+        f"  ({med(full) / med(base):.0f}x the baseline's time)"
+    )
     for k, v in stages.items():
         print(f"    {k:<10} {med(v) * 1e3:>9.1f} ms  ({n / med(v):>12,.0f} rows/s)")
     committed = table.scan(selected_fields=("event_id",)).to_arrow().num_rows
     print(f"  rows in the lake after {a.rounds} re-runs of the day: {committed} (replace, not append)")
     from figures import emit
 
-    emit("bulk zip -> committed lake rows", n / med(full), "rows/s", "pyarrow.csv.read_csv (same CSV)",
-         n / med(base))
+    emit("bulk zip -> committed lake rows", n / med(full), "rows/s", "pyarrow.csv.read_csv (same CSV)", n / med(base))
     return 0
 
 

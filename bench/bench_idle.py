@@ -55,13 +55,14 @@ UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 
 # --------------------------------------------------------------------------- /proc sampling
 
+
 @dataclass(slots=True)
 class Proc:
     pid: int
     ppid: int
-    start: int        # clock ticks since boot (identity together with pid)
-    own: int          # utime + stime, ticks
-    reaped: int       # cutime + cstime, ticks
+    start: int  # clock ticks since boot (identity together with pid)
+    own: int  # utime + stime, ticks
+    reaped: int  # cutime + cstime, ticks
     cmd: str
 
 
@@ -74,7 +75,7 @@ def _read(pid: int, stack_id: str) -> Proc | None:
         cmd = (base / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return None
-    f = raw[raw.rfind(")") + 2:].split()
+    f = raw[raw.rfind(")") + 2 :].split()
     if f[0] in ("Z", "X"):
         return None
     return Proc(pid, int(f[1]), int(f[19]), int(f[11]) + int(f[12]), int(f[13]) + int(f[14]), cmd)
@@ -139,9 +140,11 @@ class Window:
 
 # --------------------------------------------------------------------------- grouping
 
+
 def _gql(url: str, query: str) -> dict:
-    req = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/graphql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())["data"]
 
@@ -199,10 +202,12 @@ def groups(window: Window, state: dict, url: str) -> dict[str, set[int]]:
 
 # --------------------------------------------------------------------------- stack control
 
+
 def ticklake(home: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TICKLAKE_HOME": str(home)}
-    return subprocess.run([str(TICKLAKE), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, check=False)
+    return subprocess.run(
+        [str(TICKLAKE), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
+    )
 
 
 def wait_services_settled(url: str, timeout: float, quiet_for: float = 20.0) -> list[str]:
@@ -231,8 +236,9 @@ def default_consumer_seconds(bootstrap: str, topics: list[str], limit: float = 6
 
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-plain-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"bench-plain-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
+    )
     first: dict[str, float | None] = dict.fromkeys(topics)
     t0 = time.monotonic()
     consumer.subscribe(topics)
@@ -246,8 +252,16 @@ def default_consumer_seconds(bootstrap: str, topics: list[str], limit: float = 6
     return first
 
 
-def measure_stack(label: str, up_args: list[str], seconds: float, settle: float, port: int,
-                  keep: bool, top: int = 0, plain_topics: list[str] | None = None) -> tuple[dict[str, float], list[str]]:
+def measure_stack(
+    label: str,
+    up_args: list[str],
+    seconds: float,
+    settle: float,
+    port: int,
+    keep: bool,
+    top: int = 0,
+    plain_topics: list[str] | None = None,
+) -> tuple[dict[str, float], list[str]]:
     home = Path(tempfile.mkdtemp(prefix=f"ticklake-bench-{label}-"))
     try:
         t = time.monotonic()
@@ -259,8 +273,11 @@ def measure_stack(label: str, up_args: list[str], seconds: float, settle: float,
         url = state["dagster_url"]
         services = wait_services_settled(url, timeout=600)
         time.sleep(settle)
-        print(f"[{label}] {len(services)} service runs: {', '.join(services)}; measuring {seconds:.0f}s",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{label}] {len(services)} service runs: {', '.join(services)}; measuring {seconds:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
         window = Window(state["stack_id"]).run(seconds)
         if plain_topics:
             for topic, secs in default_consumer_seconds(state["kafka_bootstrap"], plain_topics).items():
@@ -272,8 +289,10 @@ def measure_stack(label: str, up_args: list[str], seconds: float, settle: float,
             where = {pid: g for g, pids in grouped.items() for pid in pids}
             busiest = sorted(window.seen, key=lambda pid: -window.ticks.get(pid, 0))[:top]
             for pid in busiest:
-                print(f"[{label}] {window.core_pct({pid}):5.1f}% {where[pid]:<28} {pid:>7} "
-                      f"{window.seen[pid].cmd[:110]}", file=sys.stderr)
+                print(
+                    f"[{label}] {window.core_pct({pid}):5.1f}% {where[pid]:<28} {pid:>7} {window.seen[pid].cmd[:110]}",
+                    file=sys.stderr,
+                )
         return by_group, services
     finally:
         down = ticklake(home, "down", timeout=300)
@@ -298,13 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     idle, _services = measure_stack("idle", [], a.seconds, a.settle, a.port, a.keep, a.top)
     busy: dict[str, float] = {}
     if not a.no_busy:
-        busy, _ = measure_stack("busy", ["--replay", str(a.capture), "--speed", "1"], a.seconds,
-                                a.settle, a.port, a.keep, a.top,
-                                plain_topics=["pragma-prices-v1", "processed.spot.trades.binance"])
+        busy, _ = measure_stack(
+            "busy",
+            ["--replay", str(a.capture), "--speed", "1"],
+            a.seconds,
+            a.settle,
+            a.port,
+            a.keep,
+            a.top,
+            plain_topics=["pragma-prices-v1", "processed.spot.trades.binance"],
+        )
 
     names = sorted(set(idle) | set(busy), key=lambda g: -max(idle.get(g, 0.0), busy.get(g, 0.0)))
-    print(f"\nCPU, % of one core, averaged over {a.seconds:.0f}s "
-          f"(busy = replay of {a.capture.name} at speed 1)")
+    print(f"\nCPU, % of one core, averaged over {a.seconds:.0f}s (busy = replay of {a.capture.name} at speed 1)")
     print(f"{'process group':<40} {'idle':>8} {'busy':>8} {'idle/busy':>10}")
     for g in names:
         i, b = idle.get(g, 0.0), busy.get(g, 0.0)
@@ -312,14 +337,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{g:<40} {i:>7.1f}% {b:>7.1f}% {ratio:>10}")
     ti, tb = sum(idle.values()), sum(busy.values())
     print(f"{'TOTAL':<40} {ti:>7.1f}% {tb:>7.1f}% {(f'{ti / tb:.2f}' if tb else '-'):>10}")
-    print(f"idle target: <= {TARGET_IDLE_CORE_PCT:.0f}% of one core -> "
-          f"{'met' if ti <= TARGET_IDLE_CORE_PCT else 'NOT met'}")
+    print(
+        f"idle target: <= {TARGET_IDLE_CORE_PCT:.0f}% of one core -> "
+        f"{'met' if ti <= TARGET_IDLE_CORE_PCT else 'NOT met'}"
+    )
     if a.json:
         for g in names:
-            print(json.dumps({"name": f"idle_cpu/{g}", "value": round(idle.get(g, 0.0), 2), "unit": "%core",
-                              "baseline": round(busy.get(g, 0.0), 2), "baseline_name": "busy (replay speed 1)"}))
-        print(json.dumps({"name": "idle_cpu/total", "value": round(ti, 2), "unit": "%core",
-                          "baseline": round(tb, 2), "baseline_name": "busy (replay speed 1)"}))
+            print(
+                json.dumps(
+                    {
+                        "name": f"idle_cpu/{g}",
+                        "value": round(idle.get(g, 0.0), 2),
+                        "unit": "%core",
+                        "baseline": round(busy.get(g, 0.0), 2),
+                        "baseline_name": "busy (replay speed 1)",
+                    }
+                )
+            )
+        print(
+            json.dumps(
+                {
+                    "name": "idle_cpu/total",
+                    "value": round(ti, 2),
+                    "unit": "%core",
+                    "baseline": round(tb, 2),
+                    "baseline_name": "busy (replay speed 1)",
+                }
+            )
+        )
     return 0
 
 

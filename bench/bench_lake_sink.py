@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from schemas.iceberg import ensure_all_tables
 from schemas.model import EventType
 from schemas.tables import TABLES
-from streaming.lake_seal import seal_hour
-from streaming.lake_sink import hour_filter
-from streaming.lake_state import HOUR_US
-from streaming.lake_writer import LakeFileWriter, commit_files, ensure_writer_properties
+from streaming.lake.seal import seal_hour
+from streaming.lake.sink import hour_filter
+from streaming.lake.state import HOUR_US
+from streaming.lake.writer import LakeFileWriter, commit_files, ensure_writer_properties
 
 BASE_HOUR = 1_723_161_600_000_000
 EXCHANGES = ["binance", "bybit", "okx"]
@@ -53,14 +53,31 @@ def synthetic_trades(n: int, hours: int = 4, seed: int = 1) -> pa.Table:
     ids = np.char.mod("%032x", np.arange(n, dtype=np.int64) + seed * 10**12)
     spec = TABLES[EventType.TRADE]
     cols = {
-        "event_id": ids, "exchange": ex, "market": mk, "symbol": sym, "native_symbol": sym,
-        "exchange_ts": ts, "ingest_ts": ts + 500, "seq": np.arange(n), "price_scale": np.full(n, 2, np.int32),
-        "size_scale": np.full(n, 3, np.int32), "ingest_latency_us": np.full(n, 500), "tick_size": np.ones(n, np.int64),
-        "lot_size": np.ones(n, np.int64), "shard": np.full(n, None), "trade_id": np.char.mod("%d", np.arange(n)),
-        "px": rng.integers(1_000, 10_000_000, n), "qty": rng.integers(1, 100_000, n),
-        "taker_side": np.where(rng.random(n) < 0.5, "buy", "sell"), "first_trade_id": np.zeros(n, np.int64),
-        "last_trade_id": np.zeros(n, np.int64), "qty_unit": np.full(n, "base"), "contract_value": np.full(n, "1"),
-        "contract_value_ccy": np.full(n, None), "base_qty": None, "base_size_scale": np.full(n, 3, np.int32),
+        "event_id": ids,
+        "exchange": ex,
+        "market": mk,
+        "symbol": sym,
+        "native_symbol": sym,
+        "exchange_ts": ts,
+        "ingest_ts": ts + 500,
+        "seq": np.arange(n),
+        "price_scale": np.full(n, 2, np.int32),
+        "size_scale": np.full(n, 3, np.int32),
+        "ingest_latency_us": np.full(n, 500),
+        "tick_size": np.ones(n, np.int64),
+        "lot_size": np.ones(n, np.int64),
+        "shard": np.full(n, None),
+        "trade_id": np.char.mod("%d", np.arange(n)),
+        "px": rng.integers(1_000, 10_000_000, n),
+        "qty": rng.integers(1, 100_000, n),
+        "taker_side": np.where(rng.random(n) < 0.5, "buy", "sell"),
+        "first_trade_id": np.zeros(n, np.int64),
+        "last_trade_id": np.zeros(n, np.int64),
+        "qty_unit": np.full(n, "base"),
+        "contract_value": np.full(n, "1"),
+        "contract_value_ccy": np.full(n, None),
+        "base_qty": None,
+        "base_size_scale": np.full(n, 3, np.int32),
     }
     cols["base_qty"] = cols["qty"]
     arrays = [pa.array(cols[f.name], type=f.type) for f in spec.schema]
@@ -69,8 +86,13 @@ def synthetic_trades(n: int, hours: int = 4, seed: int = 1) -> pa.Table:
 
 def catalog_at(root: Path, props: dict[str, str] | None = None):
     root.mkdir(parents=True, exist_ok=True)
-    cat = load_catalog("bench", type="sql", uri=f"sqlite:///{root}/catalog.db", warehouse=(root / "wh").as_uri(),
-                       init_catalog_tables="true")
+    cat = load_catalog(
+        "bench",
+        type="sql",
+        uri=f"sqlite:///{root}/catalog.db",
+        warehouse=(root / "wh").as_uri(),
+        init_catalog_tables="true",
+    )
     tables = ensure_all_tables(cat, props)
     return cat, tables
 
@@ -123,8 +145,10 @@ def bench_compaction_and_scan(rows: pa.Table, root: Path) -> None:
     mb = sum(f.file_size_in_bytes for f in before) / 1e6
     secs, res = timed(lambda: seal_hour(table, BASE_HOUR))
     print(f"compaction (one hour, {res.rows:,} rows)")
-    print(f"  {res.files_before} micro-batch files ({mb:.1f} MB) -> {res.files} sealed files: "
-          f"{mb / secs:8.1f} MB/s, {res.rows / secs:12,.0f} rows/s ({secs:.2f} s)")
+    print(
+        f"  {res.files_before} micro-batch files ({mb:.1f} MB) -> {res.files} sealed files: "
+        f"{mb / secs:8.1f} MB/s, {res.rows / secs:12,.0f} rows/s ({secs:.2f} s)"
+    )
     table = table.refresh()
     total = len(list(table.scan().plan_files()))
     sym = "C07-USDT"
@@ -132,22 +156,24 @@ def bench_compaction_and_scan(rows: pa.Table, root: Path) -> None:
     planned = list(table.scan(row_filter=flt).plan_files())
     hour_files = len(list(table.scan(row_filter=hour_filter(BASE_HOUR)).plan_files()))
     got = table.scan(row_filter=flt).to_arrow().num_rows
-    print(f"scan of one hour, one exchange, one symbol ({sym}): {len(planned)} files planned "
-          f"of {hour_files} in the hour, {total} in the table ({got:,} rows)")
+    print(
+        f"scan of one hour, one exchange, one symbol ({sym}): {len(planned)} files planned "
+        f"of {hour_files} in the hour, {total} in the table ({got:,} rows)"
+    )
 
 
 def bench_sink(n_events: int, root: Path) -> None:
     from confluent_kafka import Producer
 
+    from runtime import kafka_config as kc
     from schemas.arrow_convert import envelopes_to_table
+    from schemas.serde import encode
     from schemas.topics import DlqStage, dlq_topic
-    from streaming import kafka_config as kc
-    from streaming.broker import EmbeddedBroker
-    from streaming.kafka_io import plain_consumer, read_all
-    from streaming.lake_sink import LakeSink, SinkConfig, processed_topics
-    from streaming.serde import encode
-    from streaming.topic_admin import admin_client, create_topics
-    from streaming.topic_config import TopicSpec
+    from streaming.kafka.broker import EmbeddedBroker
+    from streaming.kafka.io import plain_consumer, read_all
+    from streaming.kafka.topic_admin import admin_client, create_topics
+    from streaming.kafka.topic_config import TopicSpec
+    from streaming.lake.sink import LakeSink, SinkConfig, processed_topics
     from workloads.kafka import processed_topic as topic_of
     from workloads.synthetic import SyntheticMarket
 
@@ -188,8 +214,10 @@ def bench_sink(n_events: int, root: Path) -> None:
         dt, _ = timed(lambda t=tbl, i=i: pq.write_table(t, root / f"sink-baseline-{i}.parquet", compression="zstd"))
         base_s += dt
     n = len(events)
-    print(f"sink end-to-end ({stats.rows:,} rows of {len(tables)} tables: Kafka fetch + decode + Arrow + Iceberg, "
-          f"{stats.commits} commits)")
+    print(
+        f"sink end-to-end ({stats.rows:,} rows of {len(tables)} tables: Kafka fetch + decode + Arrow + Iceberg, "
+        f"{stats.commits} commits)"
+    )
     print(f"  baseline pyarrow.parquet.write_table of the same rows : {n / base_s:12,.0f} rows/s")
     print(f"  baseline Kafka consume only ({len(consumed):,} records)     : {len(consumed) / consume_s:12,.0f} rows/s")
     print(f"  lake sink                                            : {stats.rows / secs:12,.0f} rows/s ({secs:.2f} s)")

@@ -42,9 +42,9 @@ from ml import train as mtr
 from ml.inputs import input_matrix
 from ml.registry import MlflowSettings, ServedModel
 from resources.home import resolve_home
-from streaming import feature_lake as fl
-from streaming.inference import InferenceLoop
-from streaming.kafka_config import connection_from_env
+from runtime.kafka_config import connection_from_env
+from streaming.lake import features as fl
+from streaming.processors.inference import InferenceLoop
 from workloads import binance_hour as bh
 
 
@@ -83,8 +83,10 @@ def tiled(rows: pa.Table, copies: int) -> pa.Table:
     for i in range(copies):
         sym = f"B{i:03d}-USDT"
         ts = pc.cast(rows["exchange_ts"], pa.int64()).to_pylist()
-        ids = [feature_event_id(x, m, sym, t) for x, m, t in zip(rows["exchange"].to_pylist(),
-                                                                  rows["market"].to_pylist(), ts)]
+        ids = [
+            feature_event_id(x, m, sym, t)
+            for x, m, t in zip(rows["exchange"].to_pylist(), rows["market"].to_pylist(), ts)
+        ]
         t = rows.set_column(rows.schema.get_field_index("symbol"), "symbol", pa.array([sym] * rows.num_rows))
         parts.append(t.set_column(t.schema.get_field_index("event_id"), "event_id", pa.array(ids)))
     return pa.concat_tables(parts).combine_chunks()
@@ -116,30 +118,52 @@ def main() -> int:
     bare = best(lambda: pa.concat_tables([pq.read_table(p) for p in paths]), rounds)
     build = best(lambda: mds.build_dataset(ftable, day, start, {FEATURES_TABLE.identifier: sid}), rounds)
     print(f"dataset build {rows.num_rows / build:,.0f} rows/s; bare pyarrow read {rows.num_rows / bare:,.0f} rows/s")
-    emit("ml_dataset_build_rows_per_s", rows.num_rows / build, "rows/s", "bare pyarrow read of the hour",
-         rows.num_rows / bare)
+    emit(
+        "ml_dataset_build_rows_per_s",
+        rows.num_rows / build,
+        "rows/s",
+        "bare pyarrow read of the hour",
+        rows.num_rows / bare,
+    )
 
     # online scoring path vs the feature processor's in-memory rate
     ds, _ = mds.build_dataset(ftable, day, start, {FEATURES_TABLE.identifier: sid})
     res = mtr.train_horizon(ds, 1)
-    loop = InferenceLoop(connection_from_env(bootstrap_servers="127.0.0.1:1"), MlflowSettings("sqlite:///:memory:"),
-                         "mid_ret_1s", [], input_topics=["unused"])
+    loop = InferenceLoop(
+        connection_from_env(bootstrap_servers="127.0.0.1:1"),
+        MlflowSettings("sqlite:///:memory:"),
+        "mid_ret_1s",
+        [],
+        input_topics=["unused"],
+    )
     loop.served = ServedModel("mid_ret_1s", "1", "bench", res.booster)
     msgs = [_Msg(encode_row(r), i) for i, r in enumerate(table_rows(rows))]
     score = best(lambda: loop.process_batch(msgs), rounds)
     feat = best(lambda: compute_features(events), rounds)
-    print(f"inference batch path {len(msgs) / score:,.0f} rows/s; feature processor (in memory) "
-          f"{events.num_rows / feat:,.0f} events/s")
-    emit("ml_inference_rows_per_s", len(msgs) / score, "rows/s", "feature processor in memory (events/s)",
-         events.num_rows / feat, note="no broker; latency not measured")
+    print(
+        f"inference batch path {len(msgs) / score:,.0f} rows/s; feature processor (in memory) "
+        f"{events.num_rows / feat:,.0f} events/s"
+    )
+    emit(
+        "ml_inference_rows_per_s",
+        len(msgs) / score,
+        "rows/s",
+        "feature processor in memory (events/s)",
+        events.num_rows / feat,
+        note="no broker; latency not measured",
+    )
 
     # training per horizon vs one plain fit
     for hz in mds.HORIZONS_S:
         y = ds[mds.label_column(hz)].to_numpy(zero_copy_only=False)
         keep = ~np.isnan(y)
         x, yk = input_matrix(ds.filter(pa.array(keep))), y[keep]
-        fit = best(lambda x=x, yk=yk: lgb.train(mtr.PARAMS, lgb.Dataset(x, yk, params={"verbose": -1}),
-                                                num_boost_round=mtr.NUM_ROUNDS), rounds)
+        fit = best(
+            lambda x=x, yk=yk: lgb.train(
+                mtr.PARAMS, lgb.Dataset(x, yk, params={"verbose": -1}), num_boost_round=mtr.NUM_ROUNDS
+            ),
+            rounds,
+        )
         wf = best(lambda hz=hz: mtr.train_horizon(ds, hz), rounds)
         print(f"training {hz}s: walk-forward {wf:.2f} s for {int(keep.sum())} rows; one fit {fit:.2f} s")
         emit(f"ml_train_{hz}s_seconds", wf, "s", "one LightGBM fit on the same rows", fit)

@@ -64,21 +64,31 @@ def load(limit: int | None = None):
         return r.payload[: r.payload.index(b'"', 12)].split(b"@", 1)[1].decode() if r.kind == WS else "rest"
 
     w = {
-        "binance depth": (hft[: snap_i + 1], [r.payload.decode() for r in hft[snap_i + 1:]
-                                              if b"@depth" in r.payload[:60]]),
-        "binance-f depth": (usdm_rest, [r.payload.decode() for r in usdm if r.kind == WS and kind(r).startswith("depth")]),
+        "binance depth": (
+            hft[: snap_i + 1],
+            [r.payload.decode() for r in hft[snap_i + 1 :] if b"@depth" in r.payload[:60]],
+        ),
+        "binance-f depth": (
+            usdm_rest,
+            [r.payload.decode() for r in usdm if r.kind == WS and kind(r).startswith("depth")],
+        ),
         "binance-f aggTrade": (usdm_rest, [r.payload.decode() for r in usdm if r.kind == WS and kind(r) == "aggTrade"]),
-        "binance-f mixed": (usdm_rest, [r.payload.decode() for r in usdm
-                                        if r.kind == WS and not kind(r).startswith("kline")]),
-        "binance spot mixed": (hft[: snap_i + 1], [r.payload.decode() for r in hft[snap_i + 1:]]),
+        "binance-f mixed": (
+            usdm_rest,
+            [r.payload.decode() for r in usdm if r.kind == WS and not kind(r).startswith("kline")],
+        ),
+        "binance spot mixed": (hft[: snap_i + 1], [r.payload.decode() for r in hft[snap_i + 1 :]]),
         "bybit ob500 books": ([], [r.payload.decode() for r in read(BYBIT)]),
-        "okx books+checksum": ([], [r.payload.decode() for r in read(OKX) if b'"channel":"books"' in r.payload
-                                    and b'"data"' in r.payload]),
+        "okx books+checksum": (
+            [],
+            [r.payload.decode() for r in read(OKX) if b'"channel":"books"' in r.payload and b'"data"' in r.payload],
+        ),
     }
     return {k: (setup, frames[:limit]) for k, (setup, frames) in w.items()} if limit else w
 
 
 # -- ours ------------------------------------------------------------------------------------------
+
 
 def ours_factory(name):
     from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
@@ -122,6 +132,7 @@ def ours_run(name, setup, frames, timed_latency):
 
 # -- cryptofeed -------------------------------------------------------------------------------------
 
+
 def cryptofeed_feed(futures: bool, symbols: list[str], snapshots: dict[str, bytes]):
     from cryptofeed.defines import BINANCE, BINANCE_FUTURES, L2_BOOK, TICKER, TRADES
     from cryptofeed.exchanges import Binance, BinanceFutures
@@ -130,9 +141,19 @@ def cryptofeed_feed(futures: bool, symbols: list[str], snapshots: dict[str, byte
     from schemas.symbols import split_concatenated
 
     cls = BinanceFutures if futures else Binance
-    info = {"symbols": [{"symbol": s, "baseAsset": split_concatenated(s)[0], "quoteAsset": split_concatenated(s)[1],
-                         "status": "TRADING", "contractType": "PERPETUAL" if futures else None,
-                         "filters": [{"tickSize": "0.0001"}]} for s in symbols]}
+    info = {
+        "symbols": [
+            {
+                "symbol": s,
+                "baseAsset": split_concatenated(s)[0],
+                "quoteAsset": split_concatenated(s)[1],
+                "status": "TRADING",
+                "contractType": "PERPETUAL" if futures else None,
+                "filters": [{"tickSize": "0.0001"}],
+            }
+            for s in symbols
+        ]
+    }
     Symbols.set(BINANCE_FUTURES if futures else BINANCE, *cls._parse_symbol_data(info))
     counter = {"n": 0}
 
@@ -140,10 +161,9 @@ def cryptofeed_feed(futures: bool, symbols: list[str], snapshots: dict[str, byte
         counter["n"] += 1
 
     std = [f"{split_concatenated(s)[0]}-{split_concatenated(s)[1]}" + ("-PERP" if futures else "") for s in symbols]
-    feed = cls(symbols=std, channels=[L2_BOOK, TRADES, TICKER],
-               callbacks={L2_BOOK: cb, TRADES: cb, TICKER: cb})
+    feed = cls(symbols=std, channels=[L2_BOOK, TRADES, TICKER], callbacks={L2_BOOK: cb, TRADES: cb, TICKER: cb})
 
-    async def read(url, *a, **kw):       # the REST snapshot: the capture's own body
+    async def read(url, *a, **kw):  # the REST snapshot: the capture's own body
         sym = url.split("symbol=")[1].split("&")[0]
         return snapshots[sym]
 
@@ -161,8 +181,8 @@ def cryptofeed_run(name, setup, frames, timed_latency):
 
     async def go():
         for sym in snaps:
-            await feed._snapshot(sym)           # REST snapshot before timing, as for ours
-        for r in setup:                         # diffs buffered before the snapshot (bridge it)
+            await feed._snapshot(sym)  # REST snapshot before timing, as for ours
+        for r in setup:  # diffs buffered before the snapshot (bridge it)
             if r.kind != REST:
                 await handler(r.payload.decode(), None, 1.0)
         counter["n"] = 0
@@ -203,7 +223,7 @@ def _pin_one_core() -> None:
 def _quiet() -> None:
     import logging
 
-    logging.disable(logging.WARNING)   # cryptofeed logs every handled kline/unknown frame
+    logging.disable(logging.WARNING)  # cryptofeed logs every handled kline/unknown frame
 
 
 def rss_main(side: str) -> float:
@@ -236,8 +256,13 @@ def measure(rounds: int, limit: int | None = None, min_frames: int = 20_000) -> 
                 _, la, events = run(name, setup, frames, True)
                 lat += la
             lat.sort()
-            out[side][name] = {"frames": len(frames), "fps": len(frames) / best[side], "events": events,
-                               "p50_us": lat[len(lat) // 2] / 1e3, "p99_us": lat[int(len(lat) * 0.99)] / 1e3}
+            out[side][name] = {
+                "frames": len(frames),
+                "fps": len(frames) / best[side],
+                "events": events,
+                "p50_us": lat[len(lat) // 2] / 1e3,
+                "p99_us": lat[int(len(lat) * 0.99)] / 1e3,
+            }
     return out
 
 
@@ -252,7 +277,7 @@ def breakdown(rounds: int, limit: int | None = None) -> dict[str, float]:
         ad = ours_factory("binance depth")()
         ours_run_setup(ad, setup)
         if stage == 3:
-            ad.stamp = lambda env: env        # the adapter's own envelope code, minus event_id
+            ad.stamp = lambda env: env  # the adapter's own envelope code, minus event_id
         st = ad.states["BTCUSDT"]
         book = st.book
         gc.disable()
@@ -268,17 +293,22 @@ def breakdown(rounds: int, limit: int | None = None) -> dict[str, float]:
             book.crossed()
             if stage < 3:
                 continue
-            ad.delta_event(st, b, a, 1, 1, d["u"], d["U"], -1)   # stage 3: stamp is a no-op
+            ad.delta_event(st, b, a, 1, 1, d["u"], d["U"], -1)  # stage 3: stamp is a no-op
         dt = time.process_time() - t
         gc.enable()
         return dt / len(frames) * 1e6
 
     cum = [float("inf")] * 5
-    for _ in range(max(rounds, 5)):          # stages interleaved, so drifting load hits all alike
+    for _ in range(max(rounds, 5)):  # stages interleaved, so drifting load hits all alike
         for stage in range(5):
             cum[stage] = min(cum[stage], run(stage))
-    names = ["json parse", "decimal strings -> scaled ints", "book apply + crossed check",
-             "protobuf envelope", "event_id (blake2b)"]
+    names = [
+        "json parse",
+        "decimal strings -> scaled ints",
+        "book apply + crossed check",
+        "protobuf envelope",
+        "event_id (blake2b)",
+    ]
     return {n: cum[i] - (cum[i - 1] if i else 0.0) for i, n in enumerate(names)}
 
 
@@ -309,15 +339,32 @@ def floor(limit: int | None = None) -> dict[str, float]:
         t.first_trade_id, t.last_trade_id = tr.first_trade_id, tr.last_trade_id
         return env
 
-    def copy_only(e):       # the same attribute reads, no envelope: subtracted from "build"
-        return (e.exchange, e.market, e.event_type, e.symbol, e.native_symbol, e.exchange_ts, e.ingest_ts,
-                e.seq, e.price_scale, e.size_scale, e.trade.trade_id, e.trade.px, e.trade.qty,
-                e.trade.taker_side, e.trade.first_trade_id, e.trade.last_trade_id)
+    def copy_only(e):  # the same attribute reads, no envelope: subtracted from "build"
+        return (
+            e.exchange,
+            e.market,
+            e.event_type,
+            e.symbol,
+            e.native_symbol,
+            e.exchange_ts,
+            e.ingest_ts,
+            e.seq,
+            e.price_scale,
+            e.size_scale,
+            e.trade.trade_id,
+            e.trade.px,
+            e.trade.qty,
+            e.trade.taker_side,
+            e.trade.first_trade_id,
+            e.trade.last_trade_id,
+        )
 
-    steps = {"aggTrade json parse": lambda: [orjson.loads(f) for f, _ in pairs],
-             "aggTrade envelope build": lambda: [build(e) for _, e in pairs],
-             "aggTrade reads only": lambda: [copy_only(e) for _, e in pairs],
-             "aggTrade event_id": lambda: [compute_event_id(e) for _, e in pairs]}
+    steps = {
+        "aggTrade json parse": lambda: [orjson.loads(f) for f, _ in pairs],
+        "aggTrade envelope build": lambda: [build(e) for _, e in pairs],
+        "aggTrade reads only": lambda: [copy_only(e) for _, e in pairs],
+        "aggTrade event_id": lambda: [compute_event_id(e) for _, e in pairs],
+    }
     best = {k: float("inf") for k in steps}
     reps = 1 if limit else max(1, 5_000 // max(1, len(pairs)))
     gc.disable()
@@ -342,8 +389,12 @@ def ours_run_setup(ad, setup) -> None:
     for r in setup:
         if r.kind == REST:
             q = rest_params(r.url)
-            ad.on_rest(RestRequest(urlsplit(r.url).path, tuple(q.items()), native_symbol=q["symbol"]),
-                       200, r.payload, r.recv_ts_us)
+            ad.on_rest(
+                RestRequest(urlsplit(r.url).path, tuple(q.items()), native_symbol=q["symbol"]),
+                200,
+                r.payload,
+                r.recv_ts_us,
+            )
         else:
             ad.on_frame(r.payload, r.recv_ts_us)
 
@@ -363,9 +414,14 @@ def main() -> int:
         args.rounds = 1
         rss = None
     else:
-        rss = {side: json.loads(subprocess.run([sys.executable, __file__, "--rss", side], capture_output=True,
-                                               text=True, check=True).stdout.strip().splitlines()[-1])
-               for side in ("ours", "cryptofeed")}
+        rss = {
+            side: json.loads(
+                subprocess.run([sys.executable, __file__, "--rss", side], capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            for side in ("ours", "cryptofeed")
+        }
     res = measure(args.rounds, limit, 100 if args.smoke else 6_000 if args.quick else 20_000)
     try:
         import cryptofeed
@@ -374,50 +430,82 @@ def main() -> int:
 
     try:
         import orjson  # noqa: F401
+
         js = "orjson"
     except ImportError:
         js = "json (stdlib)"
     ours, cf = res["ours"], res["cryptofeed"]
-    print(f"Frames parsed+normalized per core (CPU time, best of >= {args.rounds} alternating rounds; "
-          f"python {sys.version.split()[0]}; ours with {js}; cryptofeed {getattr(cryptofeed, '__version__', '2.4.x')})")
-    print(f"{'workload':<22}{'frames':>7}{'ours f/s':>11}{'cryptofeed f/s':>16}{'ratio':>7}"
-          f"{'ours p50/p99 us':>18}{'cf p50/p99 us':>17}{'events ours/cf':>16}")
+    print(
+        f"Frames parsed+normalized per core (CPU time, best of >= {args.rounds} alternating rounds; "
+        f"python {sys.version.split()[0]}; ours with {js}; cryptofeed {getattr(cryptofeed, '__version__', '2.4.x')})"
+    )
+    print(
+        f"{'workload':<22}{'frames':>7}{'ours f/s':>11}{'cryptofeed f/s':>16}{'ratio':>7}"
+        f"{'ours p50/p99 us':>18}{'cf p50/p99 us':>17}{'events ours/cf':>16}"
+    )
     for name, o in ours.items():
         c = cf.get(name)
         cfs = f"{c['fps']:>16,.0f}" if c else f"{'-':>16}"
         ratio = f"{o['fps'] / c['fps']:>7.2f}" if c else f"{'':>7}"
         clat = f"{c['p50_us']:>8.1f} /{c['p99_us']:>6.1f}" if c else f"{'-':>16}"
         evs = f"{o['events']}/{c['events']}" if c else f"{o['events']}/-"
-        print(f"{name:<22}{o['frames']:>7}{o['fps']:>11,.0f}{cfs}{ratio}"
-              f"{o['p50_us']:>10.1f} /{o['p99_us']:>6.1f}{clat:>17}{evs:>16}")
-    print(f"issue's cryptofeed figures: ~{ISSUE_BASELINE['mixed']:,} mixed and ~{ISSUE_BASELINE['depth']:,} depth "
-          f"frames/s per core (target 3x). Ours: depth {ours['binance depth']['fps'] / ISSUE_BASELINE['depth']:.2f}x, "
-          f"USD-M mixed {ours['binance-f mixed']['fps'] / ISSUE_BASELINE['mixed']:.2f}x of those figures.")
+        print(
+            f"{name:<22}{o['frames']:>7}{o['fps']:>11,.0f}{cfs}{ratio}"
+            f"{o['p50_us']:>10.1f} /{o['p99_us']:>6.1f}{clat:>17}{evs:>16}"
+        )
+    print(
+        f"issue's cryptofeed figures: ~{ISSUE_BASELINE['mixed']:,} mixed and ~{ISSUE_BASELINE['depth']:,} depth "
+        f"frames/s per core (target 3x). Ours: depth {ours['binance depth']['fps'] / ISSUE_BASELINE['depth']:.2f}x, "
+        f"USD-M mixed {ours['binance-f mixed']['fps'] / ISSUE_BASELINE['mixed']:.2f}x of those figures."
+    )
     if rss:
-        print(f"peak RSS over all workloads: ours {rss['ours']:.0f} MB, cryptofeed {rss['cryptofeed']:.0f} MB "
-              f"(separate processes)")
+        print(
+            f"peak RSS over all workloads: ours {rss['ours']:.0f} MB, cryptofeed {rss['cryptofeed']:.0f} MB "
+            f"(separate processes)"
+        )
     parts = breakdown(args.rounds, limit)
     total = sum(parts.values())
-    print("ours per binance depth frame (us, cumulative-stage differences): "
-          + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + f"; total {total:.1f}")
+    print(
+        "ours per binance depth frame (us, cumulative-stage differences): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
+        + f"; total {total:.1f}"
+    )
     fl = floor(limit)
     print("floor per frame, ours (us): " + ", ".join(f"{k} {v:.2f}" for k, v in fl.items()))
     from figures import emit
 
     for name, o in ours.items():
         c = cf.get(name)
-        emit(f"parse+normalize {name}", o["fps"], "frames/s", "cryptofeed (same frames)" if c else None,
-             c["fps"] if c else None, "≥ 3× cryptofeed" if c else "")
+        emit(
+            f"parse+normalize {name}",
+            o["fps"],
+            "frames/s",
+            "cryptofeed (same frames)" if c else None,
+            c["fps"] if c else None,
+            "≥ 3× cryptofeed" if c else "",
+        )
     js_us = parts["json parse"]
     for k, v in parts.items():
-        emit(f"depth frame stage: {k}", v, "µs/frame", "json parse (same frames)", js_us,
-             "≤ json parse" if k in ("decimal strings -> scaled ints", "protobuf envelope") else "")
+        emit(
+            f"depth frame stage: {k}",
+            v,
+            "µs/frame",
+            "json parse (same frames)",
+            js_us,
+            "≤ json parse" if k in ("decimal strings -> scaled ints", "protobuf envelope") else "",
+        )
     for k, v in fl.items():
         emit(f"floor: {k}", v, "µs/frame")
     agg = cf.get("binance-f aggTrade")
-    emit("floor: aggTrade frames/s with nothing but json + envelope + event_id", 1e6 / fl["aggTrade sum (floor)"],
-         "frames/s", "cryptofeed (same frames)" if agg else None, agg["fps"] if agg else None, "≥ 3× cryptofeed",
-         "the most any Python adapter emitting these envelopes reaches")
+    emit(
+        "floor: aggTrade frames/s with nothing but json + envelope + event_id",
+        1e6 / fl["aggTrade sum (floor)"],
+        "frames/s",
+        "cryptofeed (same frames)" if agg else None,
+        agg["fps"] if agg else None,
+        "≥ 3× cryptofeed",
+        "the most any Python adapter emitting these envelopes reaches",
+    )
     return 0
 
 

@@ -36,17 +36,17 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from features.records import decode_row
 from features.spec import WINDOW_US
+from runtime import kafka_config as kc
 from schemas.ids import stamp_event_id
 from schemas.model import Exchange, Market
+from schemas.serde import encode
 from schemas.topics import feature_topic
-from streaming import kafka_config as kc
-from streaming.broker import EmbeddedBroker
-from streaming.feature_processor import Engine, FeatureProcessor
-from streaming.normalizer import Normalizer, NormalizerService, input_topics_for
-from streaming.serde import encode
-from streaming.topic_admin import admin_client, create_topics
-from streaming.topic_config import TopicSpec
-from streaming.txn_loop import OutRecord, TransactionalLoop
+from streaming.kafka.broker import EmbeddedBroker
+from streaming.kafka.topic_admin import admin_client, create_topics
+from streaming.kafka.topic_config import TopicSpec
+from streaming.processors.feature_processor import Engine, FeatureProcessor
+from streaming.processors.normalizer import Normalizer, NormalizerService, input_topics_for
+from streaming.processors.txn_loop import OutRecord, TransactionalLoop
 from workloads.kafka import create_project_topics, produce_raw, raw_topic
 from workloads.synthetic import SyntheticMarket, synthetic_catalog
 
@@ -113,11 +113,13 @@ def bench_broker(envs) -> dict[str, float]:
         produce_raw(b.bootstrap, envs)
         conn = kc.connection_from_env(bootstrap_servers=b.bootstrap)
         topics = input_topics_for(["binance"], ["spot"])
-        out["copy_loop"], _ = run_loop(CopyLoop(conn, group_id="bench-copy", transactional_id="bench-copy",
-                                                input_topics=topics))
+        out["copy_loop"], _ = run_loop(
+            CopyLoop(conn, group_id="bench-copy", transactional_id="bench-copy", input_topics=topics)
+        )
         out["normalizer_broker"], _ = run_loop(NormalizerService(conn, Normalizer(synthetic_catalog()), topics))
-        out["features_broker"], _ = run_loop(FeatureProcessor(conn, PAIR, idle_timeout_ms=1000,
-                                                              checkpoint_interval_s=10))
+        out["features_broker"], _ = run_loop(
+            FeatureProcessor(conn, PAIR, idle_timeout_ms=1000, checkpoint_interval_s=10)
+        )
     return out
 
 
@@ -129,13 +131,46 @@ def latency_run(rate: int, duration: float, template) -> dict[str, float]:
         synthetic_catalog().save(cache)
         env = {**os.environ, "PYTHONPATH": str(REPO), kc.KAFKA_BOOTSTRAP_ENV: b.bootstrap}
         logs = open(Path(tmp) / "procs.log", "ab")  # noqa: SIM115 - held by the child processes
-        procs = [subprocess.Popen([sys.executable, "-m", "streaming.normalizer", "--exchange", "binance",
-                                   "--market", "spot", "--instruments-cache", str(cache), "--batch-max-ms", "50"],
-                                  cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT),
-                 subprocess.Popen([sys.executable, "-m", "streaming.feature_processor", "--pair", "spot:binance",
-                                   "--batch-max-ms", "50", "--allowed-lateness-ms", "200",
-                                   "--idle-timeout-ms", "1000"],
-                                  cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "streaming.processors.normalizer",
+                    "--exchange",
+                    "binance",
+                    "--market",
+                    "spot",
+                    "--instruments-cache",
+                    str(cache),
+                    "--batch-max-ms",
+                    "50",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=logs,
+                stderr=subprocess.STDOUT,
+            ),
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "streaming.processors.feature_processor",
+                    "--pair",
+                    "spot:binance",
+                    "--batch-max-ms",
+                    "50",
+                    "--allowed-lateness-ms",
+                    "200",
+                    "--idle-timeout-ms",
+                    "1000",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=logs,
+                stderr=subprocess.STDOUT,
+            ),
+        ]
         conn = kc.connection_from_env(bootstrap_servers=b.bootstrap)
         arrivals: dict[str, float] = {}
         stop = threading.Event()
@@ -155,7 +190,7 @@ def latency_run(rate: int, duration: float, template) -> dict[str, float]:
         reader.start()
         time.sleep(3.0)  # processors assign partitions and restore (empty) state
         p = Producer(kc.producer_config(conn, linger_ms=5))
-        sent: list[tuple[str, int, float]] = []   # (symbol|window, exchange_ts µs, send wall time)
+        sent: list[tuple[str, int, float]] = []  # (symbol|window, exchange_ts µs, send wall time)
         start = time.time()
         n_total = int(rate * duration)
         i = 0
@@ -173,7 +208,7 @@ def latency_run(rate: int, duration: float, template) -> dict[str, float]:
                 ts = int(time.time() * 1_000_000)
                 e.exchange_ts = ts
                 e.ingest_ts = ts
-                cycle = i // len(template)   # the template repeats: keep venue sequences increasing
+                cycle = i // len(template)  # the template repeats: keep venue sequences increasing
                 if cycle:
                     e.seq += cycle * 100_000_000
                     if e.HasField("book_delta"):
@@ -202,16 +237,26 @@ def latency_run(rate: int, duration: float, template) -> dict[str, float]:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        lat = np.array([arrivals[k] - t for k, _, t in sent[int(len(sent) * 0.2):] if k in arrivals])
+        lat = np.array([arrivals[k] - t for k, _, t in sent[int(len(sent) * 0.2) :] if k in arrivals])
         skip = sent[int(len(sent) * 0.2)][2] if sent else 0
-        after_end = np.array([t - (int(k.rsplit("|", 1)[1]) + WINDOW_US) / 1e6 for k, t in arrivals.items()
-                              if int(k.rsplit("|", 1)[1]) / 1e6 >= skip])
+        after_end = np.array(
+            [
+                t - (int(k.rsplit("|", 1)[1]) + WINDOW_US) / 1e6
+                for k, t in arrivals.items()
+                if int(k.rsplit("|", 1)[1]) / 1e6 >= skip
+            ]
+        )
         missing = sum(1 for k, _, _ in sent if k not in arrivals)
-        return {"rate": rate, "achieved": achieved, "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-                "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"), "events": len(sent),
-                "close_p50": float(np.percentile(after_end, 50)) if len(after_end) else float("nan"),
-                "close_p99": float(np.percentile(after_end, 99)) if len(after_end) else float("nan"),
-                "events_without_row": missing}
+        return {
+            "rate": rate,
+            "achieved": achieved,
+            "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+            "events": len(sent),
+            "close_p50": float(np.percentile(after_end, 50)) if len(after_end) else float("nan"),
+            "close_p99": float(np.percentile(after_end, 99)) if len(after_end) else float("nan"),
+            "events_without_row": missing,
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,16 +276,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  normalizer, pure logic (CPU time)                          {pure['normalizer_pure']:>10,.0f}")
     print(f"  feature processor, pure logic (CPU time)                   {pure['features_pure']:>10,.0f}")
     template = SyntheticMarket(seed=2).events(20_000, 100)
-    print(f"\nend-to-end latency exchange_ts -> feature row (normalizer + feature processor processes, "
-          f"lateness 200 ms, 1 s windows); SLO: p99 ingest->feature < {SLO_P99_S:.0f} s")
+    print(
+        f"\nend-to-end latency exchange_ts -> feature row (normalizer + feature processor processes, "
+        f"lateness 200 ms, 1 s windows); SLO: p99 ingest->feature < {SLO_P99_S:.0f} s"
+    )
     print("  (p50/p99: per event, exchange_ts -> its feature row; after-close: row arrival - window end)")
-    print(f"  {'rate/s':>8} {'achieved/s':>11} {'p50 s':>8} {'p99 s':>8} {'SLO':>5}  {'after-close p50/p99 s':>22}"
-          "  events  no-row")
+    print(
+        f"  {'rate/s':>8} {'achieved/s':>11} {'p50 s':>8} {'p99 s':>8} {'SLO':>5}  {'after-close p50/p99 s':>22}"
+        "  events  no-row"
+    )
     for rate in (int(r) for r in a.rates.split(",")):
         r = latency_run(rate, a.duration, template)
         ok = "met" if r["p99"] < SLO_P99_S else "MISS"
-        print(f"  {rate:>8,} {r['achieved']:>11,.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {ok:>5}  "
-              f"{r['close_p50']:>10.3f} / {r['close_p99']:<9.3f}  {r['events']:>6} {r['events_without_row']:>7}")
+        print(
+            f"  {rate:>8,} {r['achieved']:>11,.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {ok:>5}  "
+            f"{r['close_p50']:>10.3f} / {r['close_p99']:<9.3f}  {r['events']:>6} {r['events_without_row']:>7}"
+        )
     return 0
 
 

@@ -63,8 +63,7 @@ def capture_envelopes(n: int):
     events = []
     for rec in read(CAPTURE):
         if rec.kind == REST:
-            req = RestRequest("/api/v3/depth", (("symbol", "BTCUSDT"), ("limit", "1000")), 50,
-                              native_symbol="BTCUSDT")
+            req = RestRequest("/api/v3/depth", (("symbol", "BTCUSDT"), ("limit", "1000")), 50, native_symbol="BTCUSDT")
             res = adapter.on_rest(req, 200, rec.payload, rec.recv_ts_us)
         else:
             res = adapter.on_frame(rec.payload, rec.recv_ts_us)
@@ -76,13 +75,14 @@ def capture_envelopes(n: int):
 
 # -- phase 1: publish paths ------------------------------------------------------------------------
 
+
 def phase_bare(bootstrap: str, n: int, q: mp.Queue) -> None:
     from confluent_kafka import Producer
 
     from collectors.config import ShardConfig
     from collectors.runner import Publisher, ShardStats
-    from streaming import kafka_config as kc
-    from streaming.serde import encode
+    from runtime import kafka_config as kc
+    from schemas.serde import encode
 
     envs = capture_envelopes(n)
     router = Publisher(ShardConfig("bench", "binance", "spot", ("BTC-USDT",)), None, ShardStats())  # type: ignore[arg-type]
@@ -111,20 +111,33 @@ def phase_bare(bootstrap: str, n: int, q: mp.Queue) -> None:
             p.poll(0)
     left = p.flush(120)
     el = time.perf_counter() - t0
-    q.put({"name": "bare producer (pre-serialized)", "n": n, "s": el, "cpu": time.process_time() - c0,
-           "p50_ms": _pct(lat, 0.5) * 1e3, "p99_ms": _pct(lat, 0.99) * 1e3, "rss_mb": _rss_mb(), "unflushed": left})
+    q.put(
+        {
+            "name": "bare producer (pre-serialized)",
+            "n": n,
+            "s": el,
+            "cpu": time.process_time() - c0,
+            "p50_ms": _pct(lat, 0.5) * 1e3,
+            "p99_ms": _pct(lat, 0.99) * 1e3,
+            "rss_mb": _rss_mb(),
+            "unflushed": left,
+        }
+    )
 
 
 def phase_runner(bootstrap: str, n: int, q: mp.Queue) -> None:
     """The shard's own publish path, configured as the shard configures it."""
     from collectors.config import ShardConfig
     from collectors.runner import Publisher, ShardStats
-    from streaming import kafka_config as kc
+    from runtime import kafka_config as kc
 
     envs = capture_envelopes(n)
     stats = ShardStats()
-    pub = Publisher(ShardConfig("bench", "binance", "spot", ("BTC-USDT",)),
-                    kc.producer_config(kc.KafkaConnection(bootstrap), client_id="bench-runner"), stats)
+    pub = Publisher(
+        ShardConfig("bench", "binance", "spot", ("BTC-USDT",)),
+        kc.producer_config(kc.KafkaConnection(bootstrap), client_id="bench-runner"),
+        stats,
+    )
     t0 = time.perf_counter()
     c0 = time.process_time()
     for e in envs:
@@ -132,8 +145,16 @@ def phase_runner(bootstrap: str, n: int, q: mp.Queue) -> None:
     left = pub.flush(120)
     el = time.perf_counter() - t0
     assert stats.delivered == n and stats.delivery_errors == 0, stats
-    q.put({"name": "shard Publisher (encode + route + produce)", "n": n, "s": el, "cpu": time.process_time() - c0,
-           "rss_mb": _rss_mb(), "unflushed": left})
+    q.put(
+        {
+            "name": "shard Publisher (encode + route + produce)",
+            "n": n,
+            "s": el,
+            "cpu": time.process_time() - c0,
+            "rss_mb": _rss_mb(),
+            "unflushed": left,
+        }
+    )
 
 
 def phase_runner_latency(bootstrap: str, n: int, q: mp.Queue) -> None:
@@ -143,11 +164,14 @@ def phase_runner_latency(bootstrap: str, n: int, q: mp.Queue) -> None:
 
     from collectors.config import ShardConfig
     from collectors.runner import Publisher, ShardStats
-    from streaming import kafka_config as kc
+    from runtime import kafka_config as kc
 
     envs = capture_envelopes(n)
-    pub = Publisher(ShardConfig("bench", "binance", "spot", ("BTC-USDT",)),
-                    Producer(kc.producer_config(kc.KafkaConnection(bootstrap), client_id="bench-lat")), ShardStats())
+    pub = Publisher(
+        ShardConfig("bench", "binance", "spot", ("BTC-USDT",)),
+        Producer(kc.producer_config(kc.KafkaConnection(bootstrap), client_id="bench-lat")),
+        ShardStats(),
+    )
     lat: list[float] = []
     inner, count = pub._on_delivery, [0]
 
@@ -166,6 +190,7 @@ def phase_runner_latency(bootstrap: str, n: int, q: mp.Queue) -> None:
 
 # -- phase 2: shard loop ---------------------------------------------------------------------------
 
+
 def phase_receive(venue: dict, seconds: float, q: mp.Queue) -> None:
     from websockets.asyncio.client import connect
 
@@ -182,7 +207,7 @@ def phase_receive(venue: dict, seconds: float, q: mp.Queue) -> None:
                     counts[0] += 1
 
         tasks = [asyncio.create_task(read(u)) for u in urls]
-        await asyncio.sleep(2.0)                    # warm-up
+        await asyncio.sleep(2.0)  # warm-up
         n0, t0, c0 = counts[0], time.perf_counter(), time.process_time()
         await asyncio.sleep(seconds)
         n1, el, cpu = counts[0], time.perf_counter() - t0, time.process_time() - c0
@@ -191,24 +216,40 @@ def phase_receive(venue: dict, seconds: float, q: mp.Queue) -> None:
         return n1 - n0, el, cpu
 
     n, el, cpu = asyncio.run(main())
-    q.put({"name": "receive-only websocket client", "n": n, "s": el, "cpu": cpu, "p50_ms": float("nan"),
-           "p99_ms": float("nan"), "rss_mb": _rss_mb()})
+    q.put(
+        {
+            "name": "receive-only websocket client",
+            "n": n,
+            "s": el,
+            "cpu": cpu,
+            "p50_ms": float("nan"),
+            "p99_ms": float("nan"),
+            "rss_mb": _rss_mb(),
+        }
+    )
 
 
 def phase_shard(venue: dict, bootstrap: str, seconds: float, q: mp.Queue) -> None:
     from collectors.config import ShardConfig
     from collectors.runner import ShardRunner
+    from runtime import kafka_config as kc
     from schemas.symbols import canonical_symbol
-    from streaming import kafka_config as kc
 
-    cfg = ShardConfig("bench-shard", "binance", "spot",
-                      tuple(canonical_symbol("binance", "spot", s) for s in venue["symbols"]),
-                      ws_url=venue["ws"], rest_url=venue["rest"], max_symbols_per_connection=len(venue["symbols"]),
-                      watchdog_s=60)
+    cfg = ShardConfig(
+        "bench-shard",
+        "binance",
+        "spot",
+        tuple(canonical_symbol("binance", "spot", s) for s in venue["symbols"]),
+        ws_url=venue["ws"],
+        rest_url=venue["rest"],
+        max_symbols_per_connection=len(venue["symbols"]),
+        watchdog_s=60,
+    )
 
     async def main():
-        runner = ShardRunner(cfg, producer_config=kc.producer_config(kc.KafkaConnection(bootstrap),
-                                                                    client_id="bench-shard"))
+        runner = ShardRunner(
+            cfg, producer_config=kc.producer_config(kc.KafkaConnection(bootstrap), client_id="bench-shard")
+        )
         lat: list[float] = []
         # Frame-to-ack latency: a frame's ingest_ts (receipt) to the moment the producer
         # queue no longer holds it, sampled by timing how long each sampled record takes to
@@ -235,7 +276,7 @@ def phase_shard(venue: dict, bootstrap: str, seconds: float, q: mp.Queue) -> Non
         samp = asyncio.create_task(sampler())
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop))
-        await asyncio.sleep(3.0)                    # connect, snapshots, warm-up
+        await asyncio.sleep(3.0)  # connect, snapshots, warm-up
         s = runner.stats
         n0, e0, t0, c0 = s.frames_in, s.events_out, time.perf_counter(), time.process_time()
         await asyncio.sleep(seconds)
@@ -246,9 +287,20 @@ def phase_shard(venue: dict, bootstrap: str, seconds: float, q: mp.Queue) -> Non
         return n1 - n0, e1 - e0, el, cpu, lat, s
 
     n, ev, el, cpu, lat, s = asyncio.run(main())
-    q.put({"name": "shard loop (ws -> parse -> book -> publish)", "n": n, "events": ev, "s": el, "cpu": cpu,
-           "p50_ms": _pct(lat, 0.5) * 1e3, "p99_ms": _pct(lat, 0.99) * 1e3, "rss_mb": _rss_mb(),
-           "resyncs": sum(s.resyncs.values()), "dead_letters": s.dead_letters})
+    q.put(
+        {
+            "name": "shard loop (ws -> parse -> book -> publish)",
+            "n": n,
+            "events": ev,
+            "s": el,
+            "cpu": cpu,
+            "p50_ms": _pct(lat, 0.5) * 1e3,
+            "p99_ms": _pct(lat, 0.99) * 1e3,
+            "rss_mb": _rss_mb(),
+            "resyncs": sum(s.resyncs.values()),
+            "dead_letters": s.dead_letters,
+        }
+    )
 
 
 def run_phase(target, *args) -> dict:
@@ -265,9 +317,12 @@ def show(title: str, base: dict, other: dict, unit: str) -> None:
     def row(r: dict) -> str:
         rate = r["n"] / r["s"]
         per_core = r["n"] / r["cpu"] if r["cpu"] else float("nan")
-        return (f"  {r['name']:<45} {rate:>11,.0f} {unit}/s  {per_core:>11,.0f} {unit}/cpu-s  "
-                f"cpu {r['cpu'] / r['s']:>4.0%}  p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>7.2f} ms  "
-                f"peak RSS {r['rss_mb']:>6.0f} MB")
+        return (
+            f"  {r['name']:<45} {rate:>11,.0f} {unit}/s  {per_core:>11,.0f} {unit}/cpu-s  "
+            f"cpu {r['cpu'] / r['s']:>4.0%}  p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>7.2f} ms  "
+            f"peak RSS {r['rss_mb']:>6.0f} MB"
+        )
+
     print(title)
     print(row(base) + "   [baseline]")
     print(row(other))
@@ -279,8 +334,13 @@ def show(title: str, base: dict, other: dict, unit: str) -> None:
     what = title.split(",")[0].split(" (")[0].lstrip("0123456789. ")
     emit(f"{what}: {other['name']}", other["n"] / other["s"], f"{unit}/s", base["name"], base["n"] / base["s"])
     if base["cpu"] and other["cpu"]:
-        emit(f"{what} per cpu-second: {other['name']}", other["n"] / other["cpu"], f"{unit}/cpu-s", base["name"],
-             base["n"] / base["cpu"])
+        emit(
+            f"{what} per cpu-second: {other['name']}",
+            other["n"] / other["cpu"],
+            f"{unit}/cpu-s",
+            base["name"],
+            base["n"] / base["cpu"],
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,23 +352,34 @@ def main(argv: list[str] | None = None) -> int:
     if not CAPTURE.exists():
         raise SystemExit(f"capture missing: {CAPTURE}")
 
-    from streaming.broker import EmbeddedBroker
-    from streaming.topic_admin import admin_client, ensure_topics
-    from streaming.topic_config import TopicConfig
+    from streaming.kafka.broker import EmbeddedBroker
+    from streaming.kafka.topic_admin import admin_client, ensure_topics
+    from streaming.kafka.topic_config import TopicConfig
 
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}\n")
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
         ensure_topics(admin_client(broker.bootstrap), TopicConfig.local(3))
-        run_phase(phase_bare, broker.bootstrap, min(args.events, 50_000))    # warm the broker up
+        run_phase(phase_bare, broker.bootstrap, min(args.events, 50_000))  # warm the broker up
         bare = run_phase(phase_bare, broker.bootstrap, args.events)
         ours = run_phase(phase_runner, broker.bootstrap, args.events)
         ours.update(run_phase(phase_runner_latency, broker.bootstrap, args.events))
         show(f"1. raw-topic publish, {args.events:,} genuine Binance events", bare, ours, "msg")
 
         state = Path(tmp) / "emulator.json"
-        emu = subprocess.Popen([sys.executable, "-m", "collectors.replay", "--synthetic",
-                                f"binance:spot:{args.symbols}", "--state-file", str(state)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        emu = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "collectors.replay",
+                "--synthetic",
+                f"binance:spot:{args.symbols}",
+                "--state-file",
+                str(state),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 30
             while not state.exists() and time.monotonic() < deadline:
@@ -319,12 +390,20 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             emu.terminate()
             emu.wait(20)
-        show(f"2. shard loop on emulator synthetic load ({args.symbols} Binance spot symbols, max rate)",
-             recv, shard, "frame")
-        print(f"  shard published {shard['events']:,} events from {shard['n']:,} frames; resyncs "
-              f"{shard['resyncs']}, dead letters {shard['dead_letters']}")
-        print("  note: frames/s of the shard is bounded by the emulator's output when the shard's cpu is "
-              "below 100%; frames per cpu-second is the per-core figure.")
+        show(
+            f"2. shard loop on emulator synthetic load ({args.symbols} Binance spot symbols, max rate)",
+            recv,
+            shard,
+            "frame",
+        )
+        print(
+            f"  shard published {shard['events']:,} events from {shard['n']:,} frames; resyncs "
+            f"{shard['resyncs']}, dead letters {shard['dead_letters']}"
+        )
+        print(
+            "  note: frames/s of the shard is bounded by the emulator's output when the shard's cpu is "
+            "below 100%; frames per cpu-second is the per-core figure."
+        )
     return 0
 
 

@@ -17,8 +17,15 @@ import sys
 PREFIX = "BENCH-FIGURE "
 
 
-def emit(name: str, value: float, unit: str, baseline: str | None = None,
-         baseline_value: float | None = None, target: str = "", note: str = "") -> dict:
+def emit(
+    name: str,
+    value: float,
+    unit: str,
+    baseline: str | None = None,
+    baseline_value: float | None = None,
+    target: str = "",
+    note: str = "",
+) -> dict:
     """Print one figure line (and return it). ``baseline`` names what ``baseline_value`` is.
     A value that could not be measured (NaN, e.g. no feature row arrived) is written as null."""
     value = float(value)
@@ -30,8 +37,9 @@ def emit(name: str, value: float, unit: str, baseline: str | None = None,
         "unit": unit,
         "baseline": baseline,
         "baseline_value": None if baseline_value is None else round(float(baseline_value), 4),
-        "ratio": (round(value / float(baseline_value), 4)
-                  if value is not None and baseline_value not in (None, 0) else None),
+        "ratio": (
+            round(value / float(baseline_value), 4) if value is not None and baseline_value not in (None, 0) else None
+        ),
         "target": target,
         "note": note,
     }
@@ -41,4 +49,4 @@ def emit(name: str, value: float, unit: str, baseline: str | None = None,
 
 def parse(stdout: str) -> list[dict]:
     """The figure lines of a script's output, in order."""
-    return [json.loads(line[len(PREFIX):]) for line in stdout.splitlines() if line.startswith(PREFIX)]
+    return [json.loads(line[len(PREFIX) :]) for line in stdout.splitlines() if line.startswith(PREFIX)]

@@ -41,9 +41,9 @@ class Bench:
     name: str
     script: str
     quick: tuple[str, ...]
-    smoke: tuple[str, ...] | None = None   # None: not part of the smoke run
-    in_quick: bool = True                  # False: only with --only
-    stack_lock: bool = False               # starts whole stacks: run under /tmp/ticklake-stack.lock
+    smoke: tuple[str, ...] | None = None  # None: not part of the smoke run
+    in_quick: bool = True  # False: only with --only
+    stack_lock: bool = False  # starts whole stacks: run under /tmp/ticklake-stack.lock
 
 
 BENCHES = (
@@ -52,25 +52,30 @@ BENCHES = (
     Bench("bulk", "bench_bulk.py", ("--rows", "60000", "--rounds", "1")),
     Bench("publish", "bench_publish.py", ("--events", "30000", "--seconds", "4", "--symbols", "5")),
     Bench("lake_sink", "bench_lake_sink.py", ("--rows", "200000", "--sink-events", "20000", "--repeat", "1")),
-    Bench("processing", "bench_processing.py", ("--events", "20000", "--rates", "2000,5000,10000,20000",
-                                                "--duration", "4")),
+    Bench(
+        "processing",
+        "bench_processing.py",
+        ("--events", "20000", "--rates", "2000,5000,10000,20000", "--duration", "4"),
+    ),
     Bench("analytics", "bench_analytics.py", ("--rows", "100000", "--events", "30000", "--rounds", "1")),
     Bench("ml", "bench_ml.py", ("--copies", "30", "--rounds", "1")),
     # starts two whole stacks: run it alone, under /tmp/ticklake-stack.lock (see its docstring)
-    Bench("idle", "bench_idle.py", ("--seconds", "20", "--settle", "10", "--json"), in_quick=False,
-          stack_lock=True),
+    Bench("idle", "bench_idle.py", ("--seconds", "20", "--settle", "10", "--json"), in_quick=False, stack_lock=True),
 )
 
 
 def commit_info() -> dict:
     """The commit measured, and whether the measured code differed from it (a dirty tree)."""
+
     def git(*a: str) -> str:
         try:
             return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "collectors", "schemas", "streaming",
-                "features", "bench")
+
+    dirty = git(
+        "status", "--porcelain", "--untracked-files=no", "--", "collectors", "schemas", "streaming", "features", "bench"
+    )
     return {"commit": git("rev-parse", "HEAD")[:12] or "unknown", "dirty": bool(dirty)}
 
 
@@ -81,20 +86,38 @@ def _num(text: str) -> float:
 def _printed_lake_sink(out: str) -> list[dict]:
     """Figures of bench_lake_sink.py's printed table (until it emits figure lines itself)."""
     got: dict[str, float] = {}
-    for key, pat in (("parquet", r"baseline pyarrow\.parquet\.write_table, 1 unsorted file\s*:\s*([\d,]+)"),
-                     ("writer", r"lake writer: sorted per partition \+ fast-append commit\s*:\s*([\d,]+)"),
-                     ("consume", r"baseline Kafka consume only \([\d,]+ records\)\s*:\s*([\d,]+)"),
-                     ("sink", r"lake sink\s*:\s*([\d,]+)")):
+    for key, pat in (
+        ("parquet", r"baseline pyarrow\.parquet\.write_table, 1 unsorted file\s*:\s*([\d,]+)"),
+        ("writer", r"lake writer: sorted per partition \+ fast-append commit\s*:\s*([\d,]+)"),
+        ("consume", r"baseline Kafka consume only \([\d,]+ records\)\s*:\s*([\d,]+)"),
+        ("sink", r"lake sink\s*:\s*([\d,]+)"),
+    ):
         m = re.search(pat, out)
         if m:
             got[key] = _num(m.group(1))
     figs = []
     if "writer" in got:
-        figs.append(figure("lake writer (sorted per partition + commit)", got["writer"], "rows/s",
-                           "pq.write_table (same rows)", got.get("parquet"), "≥ 50 %"))
+        figs.append(
+            figure(
+                "lake writer (sorted per partition + commit)",
+                got["writer"],
+                "rows/s",
+                "pq.write_table (same rows)",
+                got.get("parquet"),
+                "≥ 50 %",
+            )
+        )
     if "sink" in got:
-        figs.append(figure("lake sink end to end (fetch + decode + Arrow + Iceberg)", got["sink"], "rows/s",
-                           "broker consume only", got.get("consume"), "≥ 80 %"))
+        figs.append(
+            figure(
+                "lake sink end to end (fetch + decode + Arrow + Iceberg)",
+                got["sink"],
+                "rows/s",
+                "broker consume only",
+                got.get("consume"),
+                "≥ 80 %",
+            )
+        )
     return figs
 
 
@@ -103,23 +126,44 @@ def _printed_processing(out: str) -> list[dict]:
     figs = []
     m = re.search(r"bare transactional consume->produce \(identity\)\s+([\d,]+)", out)
     base = _num(m.group(1)) if m else None
-    for label, name, target in (("normalizer, through the broker", "normalizer through the broker", "≥ 70 %"),
-                                ("feature processor, through the broker", "feature processor through the broker",
-                                 "≥ 50 %")):
+    for label, name, target in (
+        ("normalizer, through the broker", "normalizer through the broker", "≥ 70 %"),
+        ("feature processor, through the broker", "feature processor through the broker", "≥ 50 %"),
+    ):
         m = re.search(re.escape(label) + r"\s+([\d,]+)", out)
         if m:
-            figs.append(figure(name, _num(m.group(1)), "events/s", "bare transactional consume->produce", base,
-                               target))
+            figs.append(figure(name, _num(m.group(1)), "events/s", "bare transactional consume->produce", base, target))
     num = r"([\d.]+|nan|inf)"
-    for m in re.finditer(r"^\s+([\d,]+)\s+([\d,]+)\s+" + num + r"\s+" + num + r"\s+(met|MISS)\s+" + num + " / " + num,
-                         out, re.M):
+    for m in re.finditer(
+        r"^\s+([\d,]+)\s+([\d,]+)\s+" + num + r"\s+" + num + r"\s+(met|MISS)\s+" + num + " / " + num, out, re.M
+    ):
         rate = int(_num(m.group(1)))
-        figs.append(figure(f"latency after window close p50 at {rate:,} ev/s", float(m.group(6)), "s",
-                           note=f"achieved {m.group(2)} ev/s"))
-        figs.append(figure(f"latency after window close p99 at {rate:,} ev/s", float(m.group(7)), "s",
-                           target="< 0.1 s at 20k ev/s", note=f"achieved {m.group(2)} ev/s"))
-        figs.append(figure(f"latency exchange_ts -> feature row p99 at {rate:,} ev/s", float(m.group(4)), "s",
-                           target="< 2 s (SLO)", note=f"SLO {m.group(5)}"))
+        figs.append(
+            figure(
+                f"latency after window close p50 at {rate:,} ev/s",
+                float(m.group(6)),
+                "s",
+                note=f"achieved {m.group(2)} ev/s",
+            )
+        )
+        figs.append(
+            figure(
+                f"latency after window close p99 at {rate:,} ev/s",
+                float(m.group(7)),
+                "s",
+                target="< 0.1 s at 20k ev/s",
+                note=f"achieved {m.group(2)} ev/s",
+            )
+        )
+        figs.append(
+            figure(
+                f"latency exchange_ts -> feature row p99 at {rate:,} ev/s",
+                float(m.group(4)),
+                "s",
+                target="< 2 s (SLO)",
+                note=f"SLO {m.group(5)}",
+            )
+        )
     return figs
 
 
@@ -128,18 +172,40 @@ def _printed_analytics(out: str) -> list[dict]:
     figs = []
     m = re.search(r"ClickHouse hour load \(trades\)\s+([\d,]+) rows/s\s+insert_arrow baseline\s+([\d,]+)", out)
     if m:
-        figs.append(figure("ClickHouse hour load (trades)", _num(m.group(1)), "rows/s",
-                           "plain insert_arrow, same server", _num(m.group(2))))
-    m = re.search(r"insert_arrow via the local server \(HTTP\)\s+([\d,]+) rows/s\s+in-process chdb baseline\s+([\d,]+)",
-                  out)
+        figs.append(
+            figure(
+                "ClickHouse hour load (trades)",
+                _num(m.group(1)),
+                "rows/s",
+                "plain insert_arrow, same server",
+                _num(m.group(2)),
+            )
+        )
+    m = re.search(
+        r"insert_arrow via the local server \(HTTP\)\s+([\d,]+) rows/s\s+in-process chdb baseline\s+([\d,]+)", out
+    )
     if m:
-        figs.append(figure("insert_arrow via the local ClickHouse server (HTTP)", _num(m.group(1)), "rows/s",
-                           "in-process chdb", _num(m.group(2))))
+        figs.append(
+            figure(
+                "insert_arrow via the local ClickHouse server (HTTP)",
+                _num(m.group(1)),
+                "rows/s",
+                "in-process chdb",
+                _num(m.group(2)),
+            )
+        )
     loc = re.search(r"feature recompute, local batch \(in-process\)\s+([\d,]+) events/s", out)
     spk = re.search(r"feature recompute, Spark local\[2\]\s+([\d,]+) events/s", out)
     if spk:
-        figs.append(figure("feature recompute, Spark local[2]", _num(spk.group(1)), "events/s",
-                           "local batch in-process", _num(loc.group(1)) if loc else None))
+        figs.append(
+            figure(
+                "feature recompute, Spark local[2]",
+                _num(spk.group(1)),
+                "events/s",
+                "local batch in-process",
+                _num(loc.group(1)) if loc else None,
+            )
+        )
     m = re.search(r"chart render per symbol-hour \(PNG\+SVG\+preview\)\s+([\d,]+) ms", out)
     if m:
         figs.append(figure("chart render per symbol-hour (PNG+SVG+preview)", _num(m.group(1)), "ms"))
@@ -152,13 +218,25 @@ def _printed_idle(out: str) -> list[dict]:
     for line in out.splitlines():
         if line.startswith('{"name": "idle_cpu/'):
             d = json.loads(line)
-            figs.append(figure(d["name"], d["value"], d["unit"], d.get("baseline_name"), d.get("baseline"),
-                               "total ≤ 10 % of one core" if d["name"] == "idle_cpu/total" else ""))
+            figs.append(
+                figure(
+                    d["name"],
+                    d["value"],
+                    d["unit"],
+                    d.get("baseline_name"),
+                    d.get("baseline"),
+                    "total ≤ 10 % of one core" if d["name"] == "idle_cpu/total" else "",
+                )
+            )
     return figs
 
 
-PRINTED = {"lake_sink": _printed_lake_sink, "processing": _printed_processing, "analytics": _printed_analytics,
-           "idle": _printed_idle}
+PRINTED = {
+    "lake_sink": _printed_lake_sink,
+    "processing": _printed_processing,
+    "analytics": _printed_analytics,
+    "idle": _printed_idle,
+}
 
 
 def run_one(b: Bench, smoke: bool, timeout: float) -> tuple[list[dict], str, float, int]:
@@ -166,21 +244,37 @@ def run_one(b: Bench, smoke: bool, timeout: float) -> tuple[list[dict], str, flo
     t0 = time.monotonic()
     try:
         lock = ["flock", "/tmp/ticklake-stack.lock"] if b.stack_lock else []
-        p = subprocess.run([*lock, sys.executable, str(HERE / b.script), *(args or ())], cwd=ROOT,
-                           capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(
+            [*lock, sys.executable, str(HERE / b.script), *(args or ())],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         out, rc = p.stdout + (("\n" + p.stderr[-3000:]) if p.returncode else ""), p.returncode
     except subprocess.TimeoutExpired as e:
-        out = (e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")) + f"\n(timeout after {timeout:.0f} s)"
+        out = (
+            e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        ) + f"\n(timeout after {timeout:.0f} s)"
         rc = -1
     figs = parse(out)
     if not figs and b.name in PRINTED:
-        figs = [{**f, "note": (f["note"] + "; " if f["note"] else "") + "parsed from the printed table"}
-                for f in PRINTED[b.name](out)]
+        figs = [
+            {**f, "note": (f["note"] + "; " if f["note"] else "") + "parsed from the printed table"}
+            for f in PRINTED[b.name](out)
+        ]
     return figs, out, time.monotonic() - t0, rc
 
 
-def figure(name: str, value: float, unit: str, baseline: str | None = None, baseline_value: float | None = None,
-           target: str = "", note: str = "") -> dict:
+def figure(
+    name: str,
+    value: float,
+    unit: str,
+    baseline: str | None = None,
+    baseline_value: float | None = None,
+    target: str = "",
+    note: str = "",
+) -> dict:
     """A figure dict as ``figures.emit`` makes it, without printing it."""
     import contextlib
     import io
@@ -210,35 +304,45 @@ def latest(jsonl: Path) -> list[dict]:
 
 
 def markdown(figs: list[dict], meta: dict, raw: dict[str, tuple[str, int]]) -> str:
-    runs = sorted({(f["bench"], f["time"], f["commit"], f.get("dirty")) for f in figs},
-                  key=lambda r: [b.name for b in BENCHES].index(r[0]) if r[0] in [b.name for b in BENCHES] else 99)
-    lines = [f"Benchmarks, {meta['mode']} mode, python {meta['python']}, {meta['cpus']} CPUs shared with other work"
-             " (ratio = value / baseline, both measured in the same run). Runs: "
-             + "; ".join(f"{b} {t} on `{c}`{' (dirty tree)' if d else ''}" for b, t, c, d in runs) + ".", "",
-             "| figure | value | unit | baseline (same run) | baseline value | ratio | target | note |",
-             "|---|---:|---|---|---:|---:|---|---|"]
+    runs = sorted(
+        {(f["bench"], f["time"], f["commit"], f.get("dirty")) for f in figs},
+        key=lambda r: [b.name for b in BENCHES].index(r[0]) if r[0] in [b.name for b in BENCHES] else 99,
+    )
+    lines = [
+        f"Benchmarks, {meta['mode']} mode, python {meta['python']}, {meta['cpus']} CPUs shared with other work"
+        " (ratio = value / baseline, both measured in the same run). Runs: "
+        + "; ".join(f"{b} {t} on `{c}`{' (dirty tree)' if d else ''}" for b, t, c, d in runs)
+        + ".",
+        "",
+        "| figure | value | unit | baseline (same run) | baseline value | ratio | target | note |",
+        "|---|---:|---|---|---:|---:|---|---|",
+    ]
     for f in figs:
-        lines.append(f"| {f['name']} | {fmt(f['value'])} | {f['unit']} | {f.get('baseline') or ''} | "
-                     f"{fmt(f.get('baseline_value'))} | {fmt(f.get('ratio'))} | {f.get('target') or ''} | {f.get('note') or ''} |")
+        lines.append(
+            f"| {f['name']} | {fmt(f['value'])} | {f['unit']} | {f.get('baseline') or ''} | "
+            f"{fmt(f.get('baseline_value'))} | {fmt(f.get('ratio'))} | {f.get('target') or ''} | {f.get('note') or ''} |"
+        )
     for name, (out, rc) in raw.items():
         tail = "\n".join(out.strip().splitlines()[-25:])
-        what = "printed its table (figures above parsed from it)" if name in PRINTED and rc == 0 else \
-            f"printed no machine-readable figures (exit {rc})"
+        what = (
+            "printed its table (figures above parsed from it)"
+            if name in PRINTED and rc == 0
+            else f"printed no machine-readable figures (exit {rc})"
+        )
         lines += ["", f"`{name}` {what}; its output:", "", "```", tail, "```"]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="", help="comma-separated benchmark names: "
-                    + ",".join(b.name for b in BENCHES))
+    ap.add_argument("--only", default="", help="comma-separated benchmark names: " + ",".join(b.name for b in BENCHES))
     ap.add_argument("--smoke", action="store_true", help="tiny inputs: checks the runner, not speed")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--timeout", type=float, default=1200.0, help="per benchmark, seconds")
     args = ap.parse_args(argv)
     if not args.smoke:
         try:
-            os.nice(-5)        # others share the machine: ask for a little more than them
+            os.nice(-5)  # others share the machine: ask for a little more than them
         except OSError:
             pass
     only = {n for n in args.only.split(",") if n}
@@ -247,8 +351,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     chosen = [b for b in BENCHES if (b.name in only if only else (b.smoke is not None if args.smoke else b.in_quick))]
     now = dt.datetime.now(dt.UTC)
-    meta = {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), **commit_info(), "python": sys.version.split()[0],
-            "cpus": os.cpu_count(), "mode": "smoke" if args.smoke else "quick"}
+    meta = {
+        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **commit_info(),
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "mode": "smoke" if args.smoke else "quick",
+    }
     figs: list[dict] = []
     raw: dict[str, tuple[str, int]] = {}
     for b in chosen:
@@ -256,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {b.name}: {len(got)} figures in {secs:.0f} s (exit {rc})", file=sys.stderr, flush=True)
         for f in got:
             figs.append({**f, "bench": b.name, **meta})
-        if not got or rc or b.name in PRINTED:      # a parsed table is kept as printed too
+        if not got or rc or b.name in PRINTED:  # a parsed table is kept as printed too
             raw[b.name] = (out, rc)
     args.out.mkdir(parents=True, exist_ok=True)
     day = now.strftime("%Y-%m-%d")

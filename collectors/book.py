@@ -23,19 +23,18 @@ Level = tuple[int, int]
 class L2Book:
     """One instrument's book plus the sequence bookkeeping its venue sync rules need."""
 
-    __slots__ = ("bids", "asks", "_bpx", "_akey", "seq", "synced", "price_scale", "size_scale",
-                 "exchange_ts")
+    __slots__ = ("bids", "asks", "_bpx", "_akey", "seq", "synced", "price_scale", "size_scale", "exchange_ts")
 
     def __init__(self, price_scale: int = 0, size_scale: int = 0) -> None:
         self.bids: dict[int, int] = {}
         self.asks: dict[int, int] = {}
-        self._bpx: list[int] = []     # bid prices ascending; best bid = last
-        self._akey: list[int] = []    # negated ask prices ascending; best ask = -last
-        self.seq = 0                  # venue id of the last applied snapshot/update
-        self.synced = False           # True once a snapshot was applied and no gap since
+        self._bpx: list[int] = []  # bid prices ascending; best bid = last
+        self._akey: list[int] = []  # negated ask prices ascending; best ask = -last
+        self.seq = 0  # venue id of the last applied snapshot/update
+        self.synced = False  # True once a snapshot was applied and no gap since
         self.price_scale = price_scale
         self.size_scale = size_scale
-        self.exchange_ts = 0          # µs, venue time of the last applied message
+        self.exchange_ts = 0  # µs, venue time of the last applied message
 
     # -- whole-book operations -------------------------------------------------------------
 
@@ -148,5 +147,7 @@ class L2Book:
         return len(self._bpx) + len(self._akey)
 
     def __repr__(self) -> str:
-        return (f"L2Book(bids={len(self._bpx)}, asks={len(self._akey)}, best={self.best_bid()}"
-                f"/{self.best_ask()}, seq={self.seq}, synced={self.synced})")
+        return (
+            f"L2Book(bids={len(self._bpx)}, asks={len(self._akey)}, best={self.best_bid()}"
+            f"/{self.best_ask()}, seq={self.seq}, synced={self.synced})"
+        )

@@ -68,11 +68,11 @@ class CaptureInfo:
     """What a capture holds, as far as the file itself tells."""
 
     path: Path
-    format: str                      # cryptofeed | hftbacktest | bybit_history | tardis_fixture
+    format: str  # cryptofeed | hftbacktest | bybit_history | tardis_fixture
     exchange: Exchange | None
-    flavor: str                      # binance: spot|usdm; bybit: spot|linear|inverse; okx: mixed
+    flavor: str  # binance: spot|usdm; bybit: spot|linear|inverse; okx: mixed
     ws_url: str = ""
-    files: tuple[Path, ...] = ()     # every file the records come from
+    files: tuple[Path, ...] = ()  # every file the records come from
     symbols: tuple[str, ...] = field(default=())
 
 
@@ -85,6 +85,7 @@ def seconds_to_us(text: bytes | str) -> int:
 
 
 # -- detection -----------------------------------------------------------------------------------
+
 
 def _head(path: Path, n: int = 4096) -> bytes:
     with open(path, "rb") as f:
@@ -222,8 +223,9 @@ def _detect_hftbacktest(p: Path) -> CaptureInfo:
                 venue = Exchange.BINANCE
                 streams[obj["stream"]] = None
                 d = obj.get("data") or {}
-                if isinstance(d, dict) and (d.get("e") in ("markPriceUpdate", "forceOrder")
-                                            or (d.get("e") == "depthUpdate" and "pu" in d)):
+                if isinstance(d, dict) and (
+                    d.get("e") in ("markPriceUpdate", "forceOrder") or (d.get("e") == "depthUpdate" and "pu" in d)
+                ):
                     usdm = True
             elif "topic" in obj:
                 venue = Exchange.BYBIT
@@ -233,8 +235,7 @@ def _detect_hftbacktest(p: Path) -> CaptureInfo:
         return CaptureInfo(p, "hftbacktest", venue, "linear", "", (p,))
     base = "wss://fstream.binance.com" if usdm else "wss://stream.binance.com:9443"
     url = f"{base}/stream?streams=" + "/".join(streams)
-    return CaptureInfo(p, "hftbacktest", venue, "usdm" if usdm else "spot", url, (p,),
-                       _symbols_from_url(url))
+    return CaptureInfo(p, "hftbacktest", venue, "usdm" if usdm else "spot", url, (p,), _symbols_from_url(url))
 
 
 def _bybit_lines(p: Path) -> Iterator[bytes]:
@@ -278,8 +279,9 @@ def _detect_bybit_history(p: Path) -> CaptureInfo:
         symbol = parts[-1]
         depth = int(parts[1]) if parts[0] == "orderbook" and parts[1].isdigit() and parts[1].isascii() else None
         cat = bybit_category(symbol, depth)
-        return CaptureInfo(p, "bybit_history", Exchange.BYBIT, cat,
-                           f"wss://stream.bybit.com/v5/public/{cat}", (p,), (symbol,))
+        return CaptureInfo(
+            p, "bybit_history", Exchange.BYBIT, cat, f"wss://stream.bybit.com/v5/public/{cat}", (p,), (symbol,)
+        )
     raise CaptureError(f"{p}: empty Bybit history file")
 
 
@@ -302,8 +304,9 @@ def _detect_tardis(p: Path) -> CaptureInfo:
                 venue = Exchange.BINANCE
                 d = obj.get("data") or {}
                 symbols[obj["stream"].split("@", 1)[0].upper()] = None
-                if isinstance(d, dict) and (d.get("e") in ("markPriceUpdate", "forceOrder")
-                                            or (d.get("e") == "depthUpdate" and "pu" in d)):
+                if isinstance(d, dict) and (
+                    d.get("e") in ("markPriceUpdate", "forceOrder") or (d.get("e") == "depthUpdate" and "pu" in d)
+                ):
                     usdm = True
             elif "topic" in obj:
                 venue = Exchange.BYBIT
@@ -315,15 +318,17 @@ def _detect_tardis(p: Path) -> CaptureInfo:
                     symbols[inst] = None
     if venue is None:
         raise CaptureError(f"{p}: JSON lines with no recognisable venue messages")
-    flavor = {Exchange.BINANCE: "usdm" if usdm else "spot", Exchange.OKX: "mixed",
-              Exchange.BYBIT: "linear"}[venue]
-    url = {Exchange.BINANCE: "wss://fstream.binance.com/stream" if usdm else "wss://stream.binance.com:9443/stream",
-           Exchange.OKX: "wss://ws.okx.com:8443/ws/v5/public",
-           Exchange.BYBIT: "wss://stream.bybit.com/v5/public/linear"}[venue]
+    flavor = {Exchange.BINANCE: "usdm" if usdm else "spot", Exchange.OKX: "mixed", Exchange.BYBIT: "linear"}[venue]
+    url = {
+        Exchange.BINANCE: "wss://fstream.binance.com/stream" if usdm else "wss://stream.binance.com:9443/stream",
+        Exchange.OKX: "wss://ws.okx.com:8443/ws/v5/public",
+        Exchange.BYBIT: "wss://stream.bybit.com/v5/public/linear",
+    }[venue]
     return CaptureInfo(p, "tardis_fixture", venue, flavor, url, (p,), tuple(symbols))
 
 
 # -- reading -------------------------------------------------------------------------------------
+
 
 def read(path: str | Path | CaptureInfo, *, include_sent: bool = False) -> Iterator[Record]:
     """All records of a capture in receive order (see the module docstring)."""
@@ -382,8 +387,9 @@ def _read_cryptofeed(info: CaptureInfo, include_sent: bool) -> Iterator[Record]:
 
 
 def _read_hftbacktest(info: CaptureInfo) -> Iterator[Record]:
-    rest_base = ("https://fapi.binance.com/fapi/v1/depth" if info.flavor == "usdm"
-                 else "https://api.binance.com/api/v3/depth")
+    rest_base = (
+        "https://fapi.binance.com/fapi/v1/depth" if info.flavor == "usdm" else "https://api.binance.com/api/v3/depth"
+    )
     symbol = info.symbols[0] if info.symbols else ""
     with gzip.open(info.path, "rb") as f:
         for n, raw in enumerate(f):
@@ -425,8 +431,11 @@ def _read_tardis(info: CaptureInfo) -> Iterator[Record]:
             stream = str(obj.get("stream", ""))
             if info.exchange is Exchange.BINANCE and stream.endswith("@depthSnapshot"):
                 sym = stream.split("@", 1)[0].upper()
-                base = ("https://fapi.binance.com/fapi/v1/depth" if info.flavor == "usdm"
-                        else "https://api.binance.com/api/v3/depth")
+                base = (
+                    "https://fapi.binance.com/fapi/v1/depth"
+                    if info.flavor == "usdm"
+                    else "https://api.binance.com/api/v3/depth"
+                )
                 body = json.dumps(obj["data"], separators=(",", ":")).encode()
                 yield Record(0, REST, f"{base}?symbol={sym}&limit=1000", body)
 

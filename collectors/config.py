@@ -86,9 +86,9 @@ class ShardConfig:
     name: str
     exchange: Exchange
     market: Market
-    symbols: tuple[str, ...]                 # canonical (BTC-USDT, BTC-USDT-PERP)
-    egress_ips: tuple[str, ...] = ()         # empty: the OS picks the source address
-    ws_url: str = ""                         # empty: DEFAULT_ENDPOINTS
+    symbols: tuple[str, ...]  # canonical (BTC-USDT, BTC-USDT-PERP)
+    egress_ips: tuple[str, ...] = ()  # empty: the OS picks the source address
+    ws_url: str = ""  # empty: DEFAULT_ENDPOINTS
     rest_url: str = ""
     enabled: bool = True
     max_symbols_per_connection: int = 200

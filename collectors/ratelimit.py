@@ -23,8 +23,8 @@ from schemas.model import Exchange, Market
 
 class IpState(StrEnum):
     HEALTHY = "healthy"
-    THROTTLED = "throttled"   # 429: backing off to avoid a ban
-    BANNED = "banned"         # 418 / 403: the venue refuses this IP until the ban ends
+    THROTTLED = "throttled"  # 429: backing off to avoid a ban
+    BANNED = "banned"  # 418 / 403: the venue refuses this IP until the ban ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +55,12 @@ class RateLimitPolicy:
 # Binance: weight per minute per IP (spot 6000, USD-M 2400); 429 then 418 ban, both with
 # Retry-After. Bybit: 600 requests / 5 s per IP; over it the IP gets 403 for ~10 min.
 # OKX: per-endpoint limits per IP (order book 40 / 2 s); 429 (code 50011) when exceeded.
-BINANCE_SPOT = RateLimitPolicy("binance-spot", 60.0, 6000, "X-MBX-USED-WEIGHT-1M",
-                               frozenset({429}), frozenset({418}), 1.0, 120.0)
-BINANCE_USDM = RateLimitPolicy("binance-usdm", 60.0, 2400, "X-MBX-USED-WEIGHT-1M",
-                               frozenset({429}), frozenset({418}), 1.0, 120.0)
+BINANCE_SPOT = RateLimitPolicy(
+    "binance-spot", 60.0, 6000, "X-MBX-USED-WEIGHT-1M", frozenset({429}), frozenset({418}), 1.0, 120.0
+)
+BINANCE_USDM = RateLimitPolicy(
+    "binance-usdm", 60.0, 2400, "X-MBX-USED-WEIGHT-1M", frozenset({429}), frozenset({418}), 1.0, 120.0
+)
 BYBIT = RateLimitPolicy("bybit", 5.0, 600, None, frozenset({429}), frozenset({403}), 1.0, 600.0)
 OKX = RateLimitPolicy("okx", 2.0, 40, None, frozenset({429}), frozenset(), 2.0, 120.0)
 

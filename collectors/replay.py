@@ -86,10 +86,20 @@ class Feed:
 
     def stats(self) -> dict[str, Any]:
         worst = sorted(self.unserved_keys.items(), key=lambda kv: -kv[1])[:10]
-        return {"name": self.name, "venue": self.sim.name, "items": self.items, "errors": self.errors,
-                "finished": self.finished.is_set(), "error": self.error, "served": self.served,
-                "unserved": self.unserved, "unserved_keys": dict(worst), "waiting_for": self.waiting_for,
-                "held_s": round(self.held_s, 3), "complete": self.complete}
+        return {
+            "name": self.name,
+            "venue": self.sim.name,
+            "items": self.items,
+            "errors": self.errors,
+            "finished": self.finished.is_set(),
+            "error": self.error,
+            "served": self.served,
+            "unserved": self.unserved,
+            "unserved_keys": dict(worst),
+            "waiting_for": self.waiting_for,
+            "held_s": round(self.held_s, 3),
+            "complete": self.complete,
+        }
 
 
 @dataclass
@@ -110,10 +120,17 @@ def _listen(host: str) -> socket.socket:
 
 
 class Emulator:
-    def __init__(self, host: str = HOST, *, server_ping_s: float | None = 20.0,
-                 server_ping_timeout_s: float | None = 60.0, app_ping_timeout_s: float | None = None,
-                 slow_client_s: float = 30.0, hold_timeout_s: float | None = None,
-                 sync_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        host: str = HOST,
+        *,
+        server_ping_s: float | None = 20.0,
+        server_ping_timeout_s: float | None = 60.0,
+        app_ping_timeout_s: float | None = None,
+        slow_client_s: float = 30.0,
+        hold_timeout_s: float | None = None,
+        sync_timeout_s: float = 30.0,
+    ) -> None:
         self.host = host
         #: how long a capture playback holds a frame for a subscriber of its key (None: as long
         #: as it takes); a frame released after the timeout goes to nobody and is counted unserved
@@ -144,8 +161,12 @@ class Emulator:
         if sim is None:
             if self._started:
                 raise RuntimeError(f"venue {name} must be added before start()")
-            opts = {"server_ping_s": self.server_ping_s, "app_ping_timeout_s": self.app_ping_timeout_s,
-                    "slow_client_s": self.slow_client_s, **kw}
+            opts = {
+                "server_ping_s": self.server_ping_s,
+                "app_ping_timeout_s": self.app_ping_timeout_s,
+                "slow_client_s": self.slow_client_s,
+                **kw,
+            }
             sim = self.sims[name] = make_sim(exchange, market, **opts)
         return sim
 
@@ -155,10 +176,15 @@ class Emulator:
         for name, sim in self.sims.items():
             hosts = self._hosts[name] = _Hosts()
             hosts.ws_server = await serve(
-                lambda ws, sim=sim: self._ws_handler(sim, ws), sock=_listen(self.host),
+                lambda ws, sim=sim: self._ws_handler(sim, ws),
+                sock=_listen(self.host),
                 process_request=lambda conn, req, sim=sim: self._refusing(sim, conn),
-                compression=None, ping_interval=sim.server_ping_s, ping_timeout=self.server_ping_timeout_s,
-                max_size=1 << 20, write_limit=1 << 20)
+                compression=None,
+                ping_interval=sim.server_ping_s,
+                ping_timeout=self.server_ping_timeout_s,
+                max_size=1 << 20,
+                write_limit=1 << 20,
+            )
             hosts.ws_port = hosts.ws_server.sockets[0].getsockname()[1]
             runner = web.AppRunner(sim.build_app(), access_log=None)
             await runner.setup()
@@ -241,8 +267,11 @@ class Emulator:
             await ws.close(1008, err[:120])
             return
         writer = asyncio.create_task(self._writer(client))
-        pinger = (asyncio.create_task(self._app_ping_watch(client))
-                  if sim.app_ping_timeout_s and sim.app_pings_required else None)
+        pinger = (
+            asyncio.create_task(self._app_ping_watch(client))
+            if sim.app_ping_timeout_s and sim.app_pings_required
+            else None
+        )
         try:
             async for msg in ws:
                 sim.on_message(client, msg if isinstance(msg, str) else msg.decode(errors="replace"))
@@ -295,10 +324,18 @@ class Emulator:
         self.catalog.setdefault((exchange, market), {}).update(dict.fromkeys(symbols))
         self.channels.setdefault((exchange, market), {}).update(dict.fromkeys(channels))
 
-    def play_records(self, sim: VenueSim, records: Iterable[Any], *, speed: float | None = None,
-                     name: str = "records", gate: asyncio.Event | None | bool = None,
-                     hold: bool | None = None, keys: list[str | None] | None = None,
-                     required: set[str] | None = None) -> Feed:
+    def play_records(
+        self,
+        sim: VenueSim,
+        records: Iterable[Any],
+        *,
+        speed: float | None = None,
+        name: str = "records",
+        gate: asyncio.Event | None | bool = None,
+        hold: bool | None = None,
+        keys: list[str | None] | None = None,
+        required: set[str] | None = None,
+    ) -> Feed:
         """Replay (recv_ts_us, kind, url, payload) records into ``sim`` (see capture.Record).
 
         ``gate``: the feed starts when this event is set; None = on the venue's first
@@ -321,8 +358,9 @@ class Emulator:
             required = {k for k in keys if k}
         feed = Feed(name, sim)
         feed.keys = keys  # type: ignore[attr-defined]
-        return self._add_feed(feed, self._run_records(feed, records, keys, required if hold else set(), speed,
-                                                      self._gate(sim, gate)))
+        return self._add_feed(
+            feed, self._run_records(feed, records, keys, required if hold else set(), speed, self._gate(sim, gate))
+        )
 
     @staticmethod
     def _route_key(sim: VenueSim, rec: Any) -> str | None:
@@ -355,8 +393,14 @@ class Emulator:
             await asyncio.sleep(0.02)
         return False
 
-    def play_capture(self, path: str | Path, *, speed: float | None = None,
-                     gate: asyncio.Event | None | bool = None, bybit_category: str | None = None) -> Feed:
+    def play_capture(
+        self,
+        path: str | Path,
+        *,
+        speed: float | None = None,
+        gate: asyncio.Event | None | bool = None,
+        bybit_category: str | None = None,
+    ) -> Feed:
         """Serve one capture file (format auto-detected by collectors/capture.py)."""
         from collectors import capture
 
@@ -383,8 +427,7 @@ class Emulator:
         # Held for: every key of an instrument a collector shard can carry (shard_configs()
         # leaves out natives without a canonical symbol; nothing would ever subscribe them).
         required = {k for k in keys if k and _routable(*key_natives.get(k, (ex, market, "")))}
-        feed = self.play_records(sim, records, speed=speed, name=str(path), gate=gate, keys=keys,
-                                 required=required)
+        feed = self.play_records(sim, records, speed=speed, name=str(path), gate=gate, keys=keys, required=required)
         feed.info = info  # type: ignore[attr-defined]
         feed.records = records  # type: ignore[attr-defined]
         return feed
@@ -410,8 +453,9 @@ class Emulator:
         for info in shadow.instruments.values():
             sim.add_instrument(info)
 
-    def _catalog_records(self, ex: Exchange, market: Market, info: Any,
-                         records: list[Any]) -> dict[str, tuple[Exchange, Market, str]]:
+    def _catalog_records(
+        self, ex: Exchange, market: Market, info: Any, records: list[Any]
+    ) -> dict[str, tuple[Exchange, Market, str]]:
         """Which instruments and channels a capture carries, per market (OKX mixes markets);
         returns subscription key -> (exchange, market, native symbol)."""
         from collectors.emulator.venues import OkxSim, okx_market
@@ -441,8 +485,15 @@ class Emulator:
                     out[OkxSim.key(obj["arg"])] = (ex, okx_market(inst), inst)
         return out
 
-    async def _run_records(self, feed: Feed, records: list[Any], keys: list[str | None], required: set[str],
-                           speed: float | None, gate: asyncio.Event | None) -> None:
+    async def _run_records(
+        self,
+        feed: Feed,
+        records: list[Any],
+        keys: list[str | None],
+        required: set[str],
+        speed: float | None,
+        gate: asyncio.Event | None,
+    ) -> None:
         sim = feed.sim
         try:
             if gate is not None:
@@ -489,7 +540,7 @@ class Emulator:
                     else:
                         sim.ingest_rest(rec.url, rec.payload)
                 except (ValueError, KeyError, TypeError):
-                    feed.errors += 1   # a capture line the emulator cannot interpret is skipped
+                    feed.errors += 1  # a capture line the emulator cannot interpret is skipped
                 if sim.barrier and required:
                     # A book the capture just installed: its subscribers fetch their snapshot
                     # of exactly this state before the next diff plays (speed-independent sync).
@@ -511,9 +562,17 @@ class Emulator:
         finally:
             feed.finished.set()
 
-    def play_synthetic(self, exchange: Exchange | str, market: Market | str, spec: SyntheticSpec | None = None,
-                       *, n_symbols: int = 10, rate: float | None = None, frames: int | None = None,
-                       gate: asyncio.Event | None | bool = None) -> Feed:
+    def play_synthetic(
+        self,
+        exchange: Exchange | str,
+        market: Market | str,
+        spec: SyntheticSpec | None = None,
+        *,
+        n_symbols: int = 10,
+        rate: float | None = None,
+        frames: int | None = None,
+        gate: asyncio.Event | None | bool = None,
+    ) -> Feed:
         ex, mk = Exchange(exchange), Market(market)
         spec = spec or SyntheticSpec(default_symbols(ex, mk, n_symbols), rate=rate, frames=frames)
         sim = self.venue(ex, mk)
@@ -530,8 +589,9 @@ class Emulator:
         feed.model = market_model  # type: ignore[attr-defined]
         return self._add_feed(feed, self._run_synthetic(feed, market_model, spec, self._gate(sim, gate)))
 
-    async def _run_synthetic(self, feed: Feed, model: SyntheticMarket, spec: SyntheticSpec,
-                             gate: asyncio.Event | None) -> None:
+    async def _run_synthetic(
+        self, feed: Feed, model: SyntheticMarket, spec: SyntheticSpec, gate: asyncio.Event | None
+    ) -> None:
         sim = feed.sim
         try:
             if gate is not None:
@@ -637,12 +697,17 @@ class Emulator:
         exhausted = all(f.finished.is_set() for f in self.feeds) if self.feeds else False
         queued = sum(c.queue.qsize() for sim in self.sims.values() for c in sim.clients.values())
         finished = exhausted and queued == 0
-        return {"venues": {n: s.stats() for n, s in self.sims.items()},
-                "feeds": [f.stats() for f in self.feeds],
-                "exhausted": exhausted, "queued": queued, "finished": finished,
-                "complete": finished and all(f.complete for f in self.feeds if hasattr(f, "keys")),
-                "served": sum(f.served for f in self.feeds), "unserved": sum(f.unserved for f in self.feeds),
-                "waiting_for": sorted({f"{f.sim.name} {f.waiting_for}" for f in self.feeds if f.waiting_for})}
+        return {
+            "venues": {n: s.stats() for n, s in self.sims.items()},
+            "feeds": [f.stats() for f in self.feeds],
+            "exhausted": exhausted,
+            "queued": queued,
+            "finished": finished,
+            "complete": finished and all(f.complete for f in self.feeds if hasattr(f, "keys")),
+            "served": sum(f.served for f in self.feeds),
+            "unserved": sum(f.unserved for f in self.feeds),
+            "waiting_for": sorted({f"{f.sim.name} {f.waiting_for}" for f in self.feeds if f.waiting_for}),
+        }
 
     def _control_app(self) -> web.Application:
         app = web.Application()
@@ -705,10 +770,18 @@ class Emulator:
                 continue
             ep = self.endpoints(ex, mk)
             opts = adapter_options_for(ex, mk, list(self.channels.get((ex, mk), {})))
-            shards.append(ShardConfig(name=f"{prefix}-{ex}-{mk}", exchange=ex, market=mk,
-                                      symbols=tuple(dict.fromkeys(canon)), ws_url=ep.ws, rest_url=ep.rest,
-                                      adapter_options={**opts, **overrides.pop("adapter_options", {})},
-                                      **overrides))
+            shards.append(
+                ShardConfig(
+                    name=f"{prefix}-{ex}-{mk}",
+                    exchange=ex,
+                    market=mk,
+                    symbols=tuple(dict.fromkeys(canon)),
+                    ws_url=ep.ws,
+                    rest_url=ep.rest,
+                    adapter_options={**opts, **overrides.pop("adapter_options", {})},
+                    **overrides,
+                )
+            )
         return shards
 
 
@@ -729,8 +802,7 @@ def adapter_options_for(exchange: Exchange, market: Market, channels: list[str])
     if exchange is Exchange.BINANCE:
         return {"streams": tuple(channels)}
     if exchange is Exchange.BYBIT:
-        depths = [int(c.split(".")[1]) for c in channels
-                  if c.startswith("orderbook.") and c.split(".")[1].isdigit()]
+        depths = [int(c.split(".")[1]) for c in channels if c.startswith("orderbook.") and c.split(".")[1].isdigit()]
         opts: dict[str, Any] = {"channels": tuple(dict.fromkeys(c.split(".")[0] for c in channels))}
         if depths:
             opts["depth"] = max(depths)
@@ -742,8 +814,9 @@ def adapter_options_for(exchange: Exchange, market: Market, channels: list[str])
     return opts
 
 
-def capture_emulator(path: str | Path | Iterable[str | Path], speed: float | str | None = None, *,
-                     host: str = HOST, **emulator_kw: Any) -> Emulator:
+def capture_emulator(
+    path: str | Path | Iterable[str | Path], speed: float | str | None = None, *, host: str = HOST, **emulator_kw: Any
+) -> Emulator:
     """An emulator (not started) with a feed for one capture, or for every servable capture
     in a directory. ``speed``: replay-rate multiplier (1 = as recorded) or None / "max"."""
     from collectors import capture
@@ -764,8 +837,9 @@ def capture_emulator(path: str | Path | Iterable[str | Path], speed: float | str
     return emu
 
 
-async def serve_capture(path: str | Path | Iterable[str | Path], speed: float | str | None = None, *,
-                        host: str = HOST, **emulator_kw: Any) -> Emulator:
+async def serve_capture(
+    path: str | Path | Iterable[str | Path], speed: float | str | None = None, *, host: str = HOST, **emulator_kw: Any
+) -> Emulator:
     """Start an emulator serving one capture, or every capture in a directory.
 
     ``speed``: a replay-rate multiplier (1 = as recorded), or None / "max" for as fast as the
@@ -787,11 +861,12 @@ def _servable(path: Path, capture: Any) -> bool:
     except (capture.CaptureError, OSError, ValueError):
         return False
     if info.format == "tardis_fixture" or info.exchange is None:
-        return False          # unordered single frames without receive times
+        return False  # unordered single frames without receive times
     return not (info.exchange is Exchange.BYBIT and info.flavor == "legacy")
 
 
 # -- command line ------------------------------------------------------------------------------------
+
 
 def _parse_synthetic(text: str) -> tuple[str, str, int, float | None]:
     parts = text.split(":")
@@ -808,8 +883,7 @@ async def _serve_main(args: argparse.Namespace) -> int:
     else:
         emu = Emulator(args.host, **emu_kw)
     for ex, mk, n, rate in args.synthetic:
-        emu.play_synthetic(ex, mk, n_symbols=n, rate=rate,
-                           frames=args.frames, gate=False if args.start_now else None)
+        emu.play_synthetic(ex, mk, n_symbols=n, rate=rate, frames=args.frames, gate=False if args.start_now else None)
     await emu.start()
     info = emu.describe()
     info["shards"] = [s.to_dict() for s in emu.shard_configs()]
@@ -827,19 +901,29 @@ async def _serve_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m collectors.replay",
-                                 description="Serve exchange captures or synthetic load on 127.0.0.1")
+    ap = argparse.ArgumentParser(
+        prog="python -m collectors.replay", description="Serve exchange captures or synthetic load on 127.0.0.1"
+    )
     ap.add_argument("paths", nargs="*", help="capture files or directories")
     ap.add_argument("--speed", default="max", help="replay speed multiplier, or 'max'")
-    ap.add_argument("--synthetic", action="append", type=_parse_synthetic, default=[],
-                    help="EXCHANGE:MARKET:N_SYMBOLS[:RATE] synthetic load (repeatable)")
+    ap.add_argument(
+        "--synthetic",
+        action="append",
+        type=_parse_synthetic,
+        default=[],
+        help="EXCHANGE:MARKET:N_SYMBOLS[:RATE] synthetic load (repeatable)",
+    )
     ap.add_argument("--frames", type=int, default=None, help="stop synthetic feeds after N frames")
     ap.add_argument("--start-now", action="store_true", help="do not wait for a subscriber")
     ap.add_argument("--host", default=HOST)
     ap.add_argument("--server-ping", type=float, default=20.0)
-    ap.add_argument("--hold-timeout", type=float, default=None,
-                    help="seconds a capture frame waits for a subscriber of its stream before it is "
-                         "released to nobody (counted unserved); default: wait as long as it takes")
+    ap.add_argument(
+        "--hold-timeout",
+        type=float,
+        default=None,
+        help="seconds a capture frame waits for a subscriber of its stream before it is "
+        "released to nobody (counted unserved); default: wait as long as it takes",
+    )
     ap.add_argument("--state-file", help="write the endpoints JSON here too")
     args = ap.parse_args(argv)
     if not args.paths and not args.synthetic:
@@ -851,5 +935,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["Emulator", "Feed", "SyntheticSpec", "adapter_options_for", "capture_emulator", "serve_capture",
-           "sim_name"]
+__all__ = ["Emulator", "Feed", "SyntheticSpec", "adapter_options_for", "capture_emulator", "serve_capture", "sim_name"]

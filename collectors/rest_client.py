@@ -56,11 +56,17 @@ class RestStats:
 class RestPool:
     """One aiohttp session per egress IP, all against one venue base URL."""
 
-    def __init__(self, base_url: str, ips: Sequence[str], policy: RateLimitPolicy, *,
-                 clock: Callable[[], float] = time.time,
-                 backoff: BackoffPolicy | None = None,
-                 timeout_s: float = 10.0,
-                 on_state_change: Callable[[str, IpState], None] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        ips: Sequence[str],
+        policy: RateLimitPolicy,
+        *,
+        clock: Callable[[], float] = time.time,
+        backoff: BackoffPolicy | None = None,
+        timeout_s: float = 10.0,
+        on_state_change: Callable[[str, IpState], None] | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.policy = policy
         self.clock = clock
@@ -79,11 +85,10 @@ class RestPool:
     async def start(self) -> None:
         for m in self._members.values():
             if m.session is None:
-                connector = aiohttp.TCPConnector(
-                    local_addr=(m.ip, 0) if m.ip else None, limit=16, ttl_dns_cache=300)
+                connector = aiohttp.TCPConnector(local_addr=(m.ip, 0) if m.ip else None, limit=16, ttl_dns_cache=300)
                 m.session = aiohttp.ClientSession(
-                    connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                    auto_decompress=True)
+                    connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s), auto_decompress=True
+                )
 
     async def close(self) -> None:
         for m in self._members.values():
@@ -113,8 +118,7 @@ class RestPool:
     def next_change_in(self) -> float | None:
         """Seconds until the earliest blocked IP becomes usable again (None if none blocked)."""
         now = self.clock()
-        waits = [m.limiter.blocked_until - now for m in self._members.values()
-                 if m.limiter.blocked_until > now]
+        waits = [m.limiter.blocked_until - now for m in self._members.values() if m.limiter.blocked_until > now]
         return min(waits) if waits else None
 
     def poll_states(self) -> dict[str, IpState]:

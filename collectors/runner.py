@@ -14,7 +14,7 @@ one has been receiving for ``handover_overlap_s``. While both run, the same venu
 arrive twice and hash to the same event_id; a bounded dedup window publishes each once.
 
 Every event goes to raw.<market>.<domain>[.<type>].<exchange> keyed by canonical symbol
-(streaming/serde.py) with the producer settings of ARCHITECTURE §3; every refused frame
+(schemas/serde.py) with the producer settings of ARCHITECTURE §3; every refused frame
 goes to dlq.collector as a DeadLetter with the adapter's reason. Stopping (cancel, stop
 event, SIGTERM in the Dagster run) closes the sockets and flushes the producer.
 """
@@ -50,6 +50,7 @@ from collectors.status import (
     write_report,
 )
 from collectors.ws_client import SessionEnded, WsSession, WsSettings, now_us
+from runtime.dlq import DLQ_SYMBOL_MAX, clip_raw
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import (
     Exchange,
@@ -58,9 +59,8 @@ from schemas.model import (
     exchange_from_pb,
     market_from_pb,
 )
+from schemas.serde import SCHEMA_HEADER, SCHEMA_VERSION, encode
 from schemas.topics import DlqStage, Stage, dlq_topic, event_topic
-from streaming.dlq import DLQ_SYMBOL_MAX, clip_raw
-from streaming.serde import SCHEMA_HEADER, SCHEMA_VERSION, encode
 
 log = get_logger()
 
@@ -68,6 +68,7 @@ DLQ_TOPIC = dlq_topic(DlqStage.COLLECTOR)
 
 
 # -- adapters --------------------------------------------------------------------------------------
+
 
 def make_adapter(cfg: ShardConfig, **extra: Any):
     """The venue adapter for a shard, with the shard's adapter_options."""
@@ -97,6 +98,7 @@ def adapter_urls(adapter: Any, base: str, natives: list[str]) -> list[str]:
 
 # -- Kafka side ------------------------------------------------------------------------------------
 
+
 @dataclass
 class ShardStats:
     frames_in: int = 0
@@ -118,29 +120,38 @@ class ShardStats:
     delivered: int = 0
     rest_requests: int = 0
     rest_status: Counter = field(default_factory=Counter)
-    session_ends: Counter = field(default_factory=Counter)   # reason kind -> count
-    ip_events: list = field(default_factory=list)   # (ts, ip, state)
+    session_ends: Counter = field(default_factory=Counter)  # reason kind -> count
+    ip_events: list = field(default_factory=list)  # (ts, ip, state)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.__dict__.items()
-                if k != "ip_events"}
+        return {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.__dict__.items() if k != "ip_events"}
 
 
 #: Delivery errors no retry can fix: the record itself is refused.
-_PERMANENT_DELIVERY_ERRORS = frozenset({
-    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
-    KafkaError.INVALID_MSG, KafkaError.INVALID_RECORD,
-    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.TOPIC_EXCEPTION,
-})
+_PERMANENT_DELIVERY_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_RECORD,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.TOPIC_EXCEPTION,
+    }
+)
 
 
 #: Delivery errors that mean the producer's own id/epoch is no longer valid on the broker
 #: (e.g. a broker restart after timeouts): not fatal to librdkafka, but every later record
 #: of this producer fails the same way, so the publisher starts a new producer.
-_PRODUCER_STATE_ERRORS = frozenset({
-    KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.UNKNOWN_PRODUCER_ID,
-    KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.INVALID_PRODUCER_ID_MAPPING,
-})
+_PRODUCER_STATE_ERRORS = frozenset(
+    {
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+    }
+)
 #: Seconds between two rounds of producing failed records again (a broker that is down
 #: must not turn redelivery into a busy loop).
 REDELIVERY_INTERVAL_S = 0.5
@@ -172,16 +183,19 @@ class Publisher:
         key = (env.exchange, env.market, env.event_type)
         t = self._topics.get(key)
         if t is None:
-            t = self._topics[key] = event_topic(Stage.RAW, market_from_pb(env.market),
-                                                event_type_from_pb(env.event_type), exchange_from_pb(env.exchange))
+            t = self._topics[key] = event_topic(
+                Stage.RAW,
+                market_from_pb(env.market),
+                event_type_from_pb(env.event_type),
+                exchange_from_pb(env.exchange),
+            )
         return t
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             if err.code() in _PERMANENT_DELIVERY_ERRORS:
                 self.stats.delivery_errors += 1
-                log_event(log, logging.ERROR, "delivery failed", shard=self.cfg.name, topic=msg.topic(),
-                          error=str(err))
+                log_event(log, logging.ERROR, "delivery failed", shard=self.cfg.name, topic=msg.topic(), error=str(err))
                 return
             # A broker outage longer than message.timeout.ms, or a producer that turned
             # fatal (e.g. the broker lost its idempotence state in a restart): the venue
@@ -192,8 +206,15 @@ class Publisher:
             if err.fatal() or err.code() in _PRODUCER_STATE_ERRORS:
                 self._fatal = True
             if self.stats.redelivered == 1 or self.stats.redelivered % 10_000 == 0:
-                log_event(log, logging.WARNING, "delivery failed; producing again", shard=self.cfg.name,
-                          topic=msg.topic(), error=str(err), redelivered=self.stats.redelivered)
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "delivery failed; producing again",
+                    shard=self.cfg.name,
+                    topic=msg.topic(),
+                    error=str(err),
+                    redelivered=self.stats.redelivered,
+                )
         elif self._per_message_cb:
             self.stats.delivered += 1
 
@@ -211,8 +232,13 @@ class Publisher:
         self.producer = Producer(self._config)
         self._fatal = False
         self.stats.producers_replaced += 1
-        log_event(log, logging.WARNING, "producer replaced after a fatal error", shard=self.cfg.name,
-                  redeliver=len(self._redeliver))
+        log_event(
+            log,
+            logging.WARNING,
+            "producer replaced after a fatal error",
+            shard=self.cfg.name,
+            redeliver=len(self._redeliver),
+        )
 
     _last_redelivery = 0.0
 
@@ -231,8 +257,7 @@ class Publisher:
         while True:
             try:
                 if self._per_message_cb:
-                    self.producer.produce(topic, value=value, key=key, headers=headers,
-                                          on_delivery=self._on_delivery)
+                    self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
                 else:
                     self.producer.produce(topic, value=value, key=key, headers=headers)
                 break
@@ -261,12 +286,27 @@ class Publisher:
         # killed the session); size and SHA-256 of the whole frame are kept.
         clip = clip_raw(dl.raw)
         reason, native = clip.annotate(dl.reason), dl.native_symbol[:DLQ_SYMBOL_MAX]
-        msg = pb.DeadLetter(stage=str(DlqStage.COLLECTOR), reason=reason, source=source[:500], raw=clip.raw,
-                            ingest_ts=ingest_ts, exchange=str(self.cfg.exchange), native_symbol=native)
+        msg = pb.DeadLetter(
+            stage=str(DlqStage.COLLECTOR),
+            reason=reason,
+            source=source[:500],
+            raw=clip.raw,
+            ingest_ts=ingest_ts,
+            exchange=str(self.cfg.exchange),
+            native_symbol=native,
+        )
         key = (native or str(self.cfg.exchange)).encode()
-        self._produce(DLQ_TOPIC, key, msg.SerializeToString(),
-                      [(SCHEMA_HEADER, SCHEMA_VERSION.encode()), ("shard", self.cfg.name.encode()),
-                       ("reason", reason[:200].encode()), *clip.headers()])
+        self._produce(
+            DLQ_TOPIC,
+            key,
+            msg.SerializeToString(),
+            [
+                (SCHEMA_HEADER, SCHEMA_VERSION.encode()),
+                ("shard", self.cfg.name.encode()),
+                ("reason", reason[:200].encode()),
+                *clip.headers(),
+            ],
+        )
         self.stats.dead_letters += 1
 
     def poll(self) -> None:
@@ -278,8 +318,9 @@ class Publisher:
     def _update_delivered(self) -> None:
         if not self._per_message_cb:
             # produced - still queued or in flight - failed = acknowledged
-            self.stats.delivered = (self._produced - len(self.producer) - self.stats.delivery_errors
-                                    - self.stats.redelivered)
+            self.stats.delivered = (
+                self._produced - len(self.producer) - self.stats.delivery_errors - self.stats.redelivered
+            )
 
     def flush(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -293,6 +334,7 @@ class Publisher:
 
 
 # -- connections -----------------------------------------------------------------------------------
+
 
 class Worker:
     """One planned connection: an adapter and a session per URL it needs."""
@@ -317,8 +359,7 @@ class Worker:
         self.successor: Worker | None = None
         self.retire_since: float | None = None
         self.replace_reason = ""
-        self.tasks = [asyncio.create_task(self._session_loop(u), name=f"ws {spec.key} {u[:50]}")
-                      for u in self.urls]
+        self.tasks = [asyncio.create_task(self._session_loop(u), name=f"ws {spec.key} {u[:50]}") for u in self.urls]
         self.tasks.append(asyncio.create_task(self._keepalive(), name=f"keepalive {spec.key}"))
 
     @property
@@ -330,8 +371,10 @@ class Worker:
         every book this connection keeps is synced: only then has the predecessor nothing
         left to contribute, so retiring it loses no update."""
         now = time.monotonic()
-        if not all(self.sessions.get(u) is not None and u in self.first_frame
-                   and now - self.first_frame[u] >= overlap_s for u in self.urls):
+        if not all(
+            self.sessions.get(u) is not None and u in self.first_frame and now - self.first_frame[u] >= overlap_s
+            for u in self.urls
+        ):
             return False
         book = getattr(self.adapter, "book", None)
         if book is None:
@@ -349,12 +392,18 @@ class Worker:
             s = self.sessions.get(url)
             last = s.last_frame_at if s is not None and s.frames_in else self.last_frame.get(url)
             err = self.last_error.get(url)
-            out.append({"url": short_url(url), "ip": self.ip or "default", "connected": s is not None,
-                        "connected_for_s": round(s.age_s, 1) if s is not None else None,
-                        "last_frame_age_s": round(now_mono - last, 1) if last is not None else None,
-                        "failures": self.failures.get(url, 0),
-                        "last_error": err[1] if err and s is None else "",
-                        "last_error_age_s": round(now_wall - err[0], 1) if err else None})
+            out.append(
+                {
+                    "url": short_url(url),
+                    "ip": self.ip or "default",
+                    "connected": s is not None,
+                    "connected_for_s": round(s.age_s, 1) if s is not None else None,
+                    "last_frame_age_s": round(now_mono - last, 1) if last is not None else None,
+                    "failures": self.failures.get(url, 0),
+                    "last_error": err[1] if err and s is None else "",
+                    "last_error_age_s": round(now_wall - err[0], 1) if err else None,
+                }
+            )
         return out
 
     def any_session(self) -> WsSession | None:
@@ -366,8 +415,12 @@ class Worker:
     async def _session_loop(self, url: str) -> None:
         r = self.runner
         cfg = r.cfg
-        backoff = Backoff(BackoffPolicy(base_s=cfg.backoff_base_s, cap_s=cfg.backoff_cap_s,
-                                        reset_after_s=max(cfg.backoff_cap_s, 10.0)), r.rng)
+        backoff = Backoff(
+            BackoffPolicy(
+                base_s=cfg.backoff_base_s, cap_s=cfg.backoff_cap_s, reset_after_s=max(cfg.backoff_cap_s, 10.0)
+            ),
+            r.rng,
+        )
         gauge = metrics.CONNECTIONS.labels(cfg.name, self.ip or "default")
         while self.alive:
             try:
@@ -437,24 +490,31 @@ class Worker:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
-        log_event(log, logging.INFO, "connection retired", shard=self.runner.cfg.name, conn=self.spec.key,
-                  reason=reason)
+        log_event(
+            log, logging.INFO, "connection retired", shard=self.runner.cfg.name, conn=self.spec.key, reason=reason
+        )
 
 
 # -- the shard -------------------------------------------------------------------------------------
 
+
 class ShardRunner:
-    def __init__(self, cfg: ShardConfig, *, producer: Producer | None = None,
-                 producer_config: dict[str, Any] | None = None,
-                 ws_settings: WsSettings | None = None,
-                 handover_overlap_s: float = 2.0,
-                 reconcile_interval_s: float = 0.25,
-                 max_concurrent_connects: int = 8,
-                 clock: Callable[[], float] = time.time,
-                 rng: Any = None,
-                 status_path: Path | None = None,
-                 status_interval_s: float = REPORT_INTERVAL_S,
-                 instruments_timeout_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        cfg: ShardConfig,
+        *,
+        producer: Producer | None = None,
+        producer_config: dict[str, Any] | None = None,
+        ws_settings: WsSettings | None = None,
+        handover_overlap_s: float = 2.0,
+        reconcile_interval_s: float = 0.25,
+        max_concurrent_connects: int = 8,
+        clock: Callable[[], float] = time.time,
+        rng: Any = None,
+        status_path: Path | None = None,
+        status_interval_s: float = REPORT_INTERVAL_S,
+        instruments_timeout_s: float = 20.0,
+    ) -> None:
         if producer is None and producer_config is None:
             raise ValueError("pass a confluent_kafka Producer or a producer_config")
         import random
@@ -464,8 +524,13 @@ class ShardRunner:
         self.publisher = Publisher(cfg, producer if producer is not None else producer_config, self.stats)
         self.rng = rng or random.Random()
         self.ips = list(cfg.egress_ips) or [DEFAULT_IP]
-        self.pool = RestPool(cfg.endpoints.rest, self.ips, policy_for(cfg.exchange, cfg.market), clock=clock,
-                             on_state_change=self._on_ip_state)
+        self.pool = RestPool(
+            cfg.endpoints.rest,
+            self.ips,
+            policy_for(cfg.exchange, cfg.market),
+            clock=clock,
+            on_state_change=self._on_ip_state,
+        )
         self.ws_settings = ws_settings or WsSettings(watchdog_s=cfg.watchdog_s)
         self.handover_overlap_s = handover_overlap_s
         self.reconcile_interval_s = reconcile_interval_s
@@ -474,7 +539,7 @@ class ShardRunner:
         self.canonical_of = {n: c for c, n in self.native_of.items()}
         self.dedup = DedupWindow(cfg.dedup_window)
         self.workers: list[Worker] = []
-        self.adapters: list[Any] = []     # every adapter this run created, for sync statistics
+        self.adapters: list[Any] = []  # every adapter this run created, for sync statistics
         self.instruments: dict[str, Any] = {}
         self._rest_tasks: set[asyncio.Task] = set()
         self._stopping: set[asyncio.Task] = set()
@@ -517,8 +582,15 @@ class ShardRunner:
             source = session.url if session is not None else self.cfg.endpoints.ws
             for dl in res.dead_letters:
                 pub.dead_letter(dl, source, ts or now_us())
-                log_event(log, logging.WARNING, "frame refused", shard=self.cfg.name, symbol=dl.native_symbol,
-                          reason=dl.reason, conn=worker.spec.key)
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "frame refused",
+                    shard=self.cfg.name,
+                    symbol=dl.native_symbol,
+                    reason=dl.reason,
+                    conn=worker.spec.key,
+                )
         if res.sends:
             target = session or worker.any_session()
             if target is not None:
@@ -531,8 +603,15 @@ class ShardRunner:
             metrics.RESYNCS.labels(self.cfg.name, rs.native_symbol).inc()
             if rs.reason.startswith("gap"):
                 metrics.GAPS.labels(*self._lbl).inc()
-            log_event(log, logging.WARNING, "resync", shard=self.cfg.name, symbol=rs.native_symbol,
-                      reason=rs.reason, conn=worker.spec.key)
+            log_event(
+                log,
+                logging.WARNING,
+                "resync",
+                shard=self.cfg.name,
+                symbol=rs.native_symbol,
+                reason=rs.reason,
+                conn=worker.spec.key,
+            )
         if getattr(res, "reconnect", "") and worker.alive and not worker.replace_reason:
             worker.replace_reason = res.reconnect
             self._wake.set()
@@ -542,12 +621,13 @@ class ShardRunner:
         cost a few percent of the loop)."""
         st = self.stats
         for name, counter, value in (
-                ("in", metrics.MESSAGES_IN.labels(*self._lbl), st.frames_in),
-                ("out", metrics.MESSAGES_OUT.labels(*self._lbl), st.events_out),
-                ("parse", metrics.PARSE_ERRORS.labels(*self._lbl), st.dead_letters),
-                ("dup", metrics.DUPLICATES.labels(self.cfg.name), st.duplicates),
-                ("retry", metrics.PRODUCER_RETRIES.labels(self.cfg.name), st.producer_retries),
-                ("err", metrics.DELIVERY_ERRORS.labels(self.cfg.name), st.delivery_errors)):
+            ("in", metrics.MESSAGES_IN.labels(*self._lbl), st.frames_in),
+            ("out", metrics.MESSAGES_OUT.labels(*self._lbl), st.events_out),
+            ("parse", metrics.PARSE_ERRORS.labels(*self._lbl), st.dead_letters),
+            ("dup", metrics.DUPLICATES.labels(self.cfg.name), st.duplicates),
+            ("retry", metrics.PRODUCER_RETRIES.labels(self.cfg.name), st.producer_retries),
+            ("err", metrics.DELIVERY_ERRORS.labels(self.cfg.name), st.delivery_errors),
+        ):
             delta = value - self._metered.get(name, 0)
             if delta:
                 counter.inc(delta)
@@ -595,12 +675,21 @@ class ShardRunner:
             metrics.RATE_LIMIT_HITS.labels(self.cfg.name, resp.ip or "default", str(resp.status)).inc()
         self._rest_failures[key] = 0 if resp.status == 200 else fails + 1
         if resp.status != 200:
-            log_event(log, logging.WARNING, "rest refused", shard=self.cfg.name, symbol=req.native_symbol,
-                      path=req.path, status=resp.status, ip=resp.ip)
-        self._wake.set()   # a 429/418 may have changed an IP's health
+            log_event(
+                log,
+                logging.WARNING,
+                "rest refused",
+                shard=self.cfg.name,
+                symbol=req.native_symbol,
+                path=req.path,
+                status=resp.status,
+                ip=resp.ip,
+            )
+        self._wake.set()  # a 429/418 may have changed an IP's health
         if worker.alive:
-            self.handle(worker, worker.any_session(), worker.adapter.on_rest(req, resp.status, resp.body,
-                                                                              resp.recv_ts_us))
+            self.handle(
+                worker, worker.any_session(), worker.adapter.on_rest(req, resp.status, resp.body, resp.recv_ts_us)
+            )
 
     async def _load_instruments(self, timeout: float = 20.0) -> None:
         """Exchange info once per shard, so every connection's adapter uses the venue's tick
@@ -613,18 +702,31 @@ class ShardRunner:
                 resp = await self.pool.get(req, self.ips)
                 res = probe.on_rest(req, resp.status, resp.body, resp.recv_ts_us)
             except Exception as exc:  # noqa: BLE001 - one bad reference body must not crash-loop the shard
-                log_event(log, logging.WARNING, "instrument info unusable; scales inferred from frames",
-                          shard=self.cfg.name, path=req.path, reason=f"{type(exc).__name__}: {exc}"[:300])
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "instrument info unusable; scales inferred from frames",
+                    shard=self.cfg.name,
+                    path=req.path,
+                    reason=f"{type(exc).__name__}: {exc}"[:300],
+                )
                 return
-            for dl in res.dead_letters:   # no connection exists yet to publish them on
-                log_event(log, logging.WARNING, "instrument info unusable; scales inferred from frames",
-                          shard=self.cfg.name, path=req.path, reason=dl.reason[:300])
+            for dl in res.dead_letters:  # no connection exists yet to publish them on
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "instrument info unusable; scales inferred from frames",
+                    shard=self.cfg.name,
+                    path=req.path,
+                    reason=dl.reason[:300],
+                )
 
         try:
             await asyncio.wait_for(asyncio.gather(*(fetch(r) for r in reqs)), timeout)
         except TimeoutError:
-            log_event(log, logging.WARNING, "instrument info unavailable; scales inferred from frames",
-                      shard=self.cfg.name)
+            log_event(
+                log, logging.WARNING, "instrument info unavailable; scales inferred from frames", shard=self.cfg.name
+            )
         self.instruments = dict(getattr(probe, "specs", {}) or {})
 
     # -- health and planning ---------------------------------------------------------------------
@@ -632,16 +734,29 @@ class ShardRunner:
     def _on_ip_state(self, ip: str, state: IpState) -> None:
         self.stats.ip_events.append((time.time(), ip, str(state)))
         metrics.FAILOVERS.labels(self.cfg.name, ip or "default", str(state)).inc()
-        log_event(log, logging.WARNING if state is not IpState.HEALTHY else logging.INFO, "egress ip state",
-                  shard=self.cfg.name, ip=ip, state=str(state))
+        log_event(
+            log,
+            logging.WARNING if state is not IpState.HEALTHY else logging.INFO,
+            "egress ip state",
+            shard=self.cfg.name,
+            ip=ip,
+            state=str(state),
+        )
         self._wake.set()
 
     def on_session_end(self, worker: Worker, url: str, reason: str, opened: bool) -> None:
         self.stats.reconnects += 1
         self.stats.session_ends[reason.split(":")[0]] += 1
         metrics.RECONNECTS.labels(self.cfg.name, worker.ip or "default").inc()
-        log_event(log, logging.WARNING, "session ended" if opened else "connect failed", shard=self.cfg.name,
-                  conn=worker.spec.key, url=url[:120], reason=reason)
+        log_event(
+            log,
+            logging.WARNING,
+            "session ended" if opened else "connect failed",
+            shard=self.cfg.name,
+            conn=worker.spec.key,
+            url=url[:120],
+            reason=reason,
+        )
 
     def carriers(self) -> dict[str, str]:
         """canonical symbol -> IP of the live, non-retiring worker carrying it."""
@@ -656,8 +771,16 @@ class ShardRunner:
         w = Worker(self, spec, reason)
         self.workers.append(w)
         self.stats.workers_started += 1
-        log_event(log, logging.INFO, "connection planned", shard=self.cfg.name, conn=spec.key, reason=reason,
-                  symbols=len(spec.symbols), failover=spec.is_failover)
+        log_event(
+            log,
+            logging.INFO,
+            "connection planned",
+            shard=self.cfg.name,
+            conn=spec.key,
+            reason=reason,
+            symbols=len(spec.symbols),
+            failover=spec.is_failover,
+        )
         return w
 
     def _reconcile(self) -> None:
@@ -691,9 +814,17 @@ class ShardRunner:
                 w.retire_since = now
             if w.retire_since is None:
                 continue
-            covered = all(any(o is not w and o.alive and o.retire_since is None and s in o.spec.symbols
-                              and o.ready(self.handover_overlap_s) for o in self.workers)
-                          for s in w.spec.symbols)
+            covered = all(
+                any(
+                    o is not w
+                    and o.alive
+                    and o.retire_since is None
+                    and s in o.spec.symbols
+                    and o.ready(self.handover_overlap_s)
+                    for o in self.workers
+                )
+                for s in w.spec.symbols
+            )
             if covered or now - w.retire_since > self.cfg.handover_timeout_s:
                 t = asyncio.create_task(w.stop("handover complete" if covered else "handover timeout"))
                 self._stopping.add(t)
@@ -716,20 +847,31 @@ class ShardRunner:
     def status_report(self, stopped: bool = False) -> dict[str, Any]:
         now_mono, now_wall = time.monotonic(), time.time()
         conns = [c for w in self.workers if w.alive for c in w.connection_reports(now_mono, now_wall)]
-        verdict = summarize(conns, rest_error=self.pool.stats.last_transport_error,
-                            rest_url=self.cfg.endpoints.rest, stopped=stopped)
+        verdict = summarize(
+            conns, rest_error=self.pool.stats.last_transport_error, rest_url=self.cfg.endpoints.rest, stopped=stopped
+        )
         st = self.stats
-        return {"shard": self.cfg.name, "exchange": str(self.cfg.exchange), "market": str(self.cfg.market),
-                "pid": os.getpid(), "updated_at": now_wall, **verdict, "connections": conns,
-                "frames_in": st.frames_in, "events_out": st.events_out, "reconnects": st.reconnects,
-                "resyncs": sum(st.resyncs.values()), "dead_letters": st.dead_letters}
+        return {
+            "shard": self.cfg.name,
+            "exchange": str(self.cfg.exchange),
+            "market": str(self.cfg.market),
+            "pid": os.getpid(),
+            "updated_at": now_wall,
+            **verdict,
+            "connections": conns,
+            "frames_in": st.frames_in,
+            "events_out": st.events_out,
+            "reconnects": st.reconnects,
+            "resyncs": sum(st.resyncs.values()),
+            "dead_letters": st.dead_letters,
+        }
 
     def write_status(self, stopped: bool = False) -> None:
         if self.status_path is None:
             return
         try:
             write_report(self.status_path, self.status_report(stopped))
-        except OSError as exc:   # a full or read-only disk must not stop collection
+        except OSError as exc:  # a full or read-only disk must not stop collection
             log_event(log, logging.WARNING, "status report not written", shard=self.cfg.name, error=str(exc))
 
     async def _report_loop(self) -> None:
@@ -742,10 +884,21 @@ class ShardRunner:
     async def run(self, stop: asyncio.Event | None = None) -> ShardStats:
         """Run until ``stop`` is set or the task is cancelled; always flushes on the way out."""
         stop = stop or asyncio.Event()
-        log_event(log, logging.INFO, "shard starting", shard=self.cfg.name, exchange=str(self.cfg.exchange),
-                  market=str(self.cfg.market), symbols=len(self.cfg.symbols), ips=self.ips)
-        reporter = asyncio.create_task(self._report_loop(), name=f"status {self.cfg.name}") \
-            if self.status_path is not None else None
+        log_event(
+            log,
+            logging.INFO,
+            "shard starting",
+            shard=self.cfg.name,
+            exchange=str(self.cfg.exchange),
+            market=str(self.cfg.market),
+            symbols=len(self.cfg.symbols),
+            ips=self.ips,
+        )
+        reporter = (
+            asyncio.create_task(self._report_loop(), name=f"status {self.cfg.name}")
+            if self.status_path is not None
+            else None
+        )
         try:
             await self.pool.start()
             await self._load_instruments(self.instruments_timeout_s)
@@ -785,12 +938,14 @@ class ShardRunner:
         log_event(log, logging.INFO, "shard stopped", shard=self.cfg.name, unflushed=left, **self.stats.as_dict())
 
 
-async def run_shard(cfg: ShardConfig, producer_config: dict[str, Any], stop: asyncio.Event | None = None,
-                    **kw: Any) -> ShardStats:
+async def run_shard(
+    cfg: ShardConfig, producer_config: dict[str, Any], stop: asyncio.Event | None = None, **kw: Any
+) -> ShardStats:
     return await ShardRunner(cfg, producer_config=producer_config, **kw).run(stop)
 
 
 # -- command line ----------------------------------------------------------------------------------
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run one shard from the collectors config outside Dagster; SIGTERM/SIGINT stop it cleanly
@@ -804,12 +959,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("shard", help="shard name in the collectors config")
     ap.add_argument("--config", help="collectors YAML (default $TICKLAKE_COLLECTORS or $TICKLAKE_HOME/collectors.yaml)")
     ap.add_argument("--bootstrap", help="Kafka bootstrap (default $TICKLAKE_KAFKA_BOOTSTRAP)")
-    ap.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port "
-                    "(default: an ephemeral one, recorded for `ticklake status`)")
+    ap.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics on this port (default: an ephemeral one, recorded for `ticklake status`)",
+    )
     args = ap.parse_args(argv)
     cfg = find_shard(args.shard, args.config)
     configure_json_logging()
-    from streaming.service_status import service_run
+    from runtime.service_status import service_run
 
     with service_run(f"collector:{cfg.name}", shard=cfg.name, port=args.metrics_port or None):
         return _main(cfg, args)
@@ -818,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(cfg: ShardConfig, args: Any) -> int:
     import signal
 
-    from streaming import kafka_config as kc
+    from runtime import kafka_config as kc
 
     conn = kc.connection_from_env(bootstrap_servers=args.bootstrap, client_id=f"ticklake-collector-{cfg.name}")
 
@@ -827,8 +986,9 @@ def _main(cfg: ShardConfig, args: Any) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await ShardRunner(cfg, producer_config=kc.producer_config(conn),
-                                 status_path=status_file(cfg.name)).run(stop)
+        return await ShardRunner(cfg, producer_config=kc.producer_config(conn), status_path=status_file(cfg.name)).run(
+            stop
+        )
 
     stats = asyncio.run(run())
     return 0 if stats.delivery_errors == 0 else 1

@@ -78,8 +78,12 @@ class ConnectionSpec:
         return self.ip != self.home
 
 
-def plan_connections(symbols: Iterable[str], ips: Sequence[str], healthy: Iterable[str] | None = None,
-                     max_symbols_per_connection: int = 200) -> list[ConnectionSpec]:
+def plan_connections(
+    symbols: Iterable[str],
+    ips: Sequence[str],
+    healthy: Iterable[str] | None = None,
+    max_symbols_per_connection: int = 200,
+) -> list[ConnectionSpec]:
     """Connections needed to carry every symbol. Bounded concurrency: no connection
     carries more than ``max_symbols_per_connection`` symbols (Binance allows 1024 streams
     per connection, and a few streams per symbol)."""
@@ -93,8 +97,11 @@ def plan_connections(symbols: Iterable[str], ips: Sequence[str], healthy: Iterab
     specs: list[ConnectionSpec] = []
     for (ip, home), syms in sorted(groups.items()):
         for i in range(0, len(syms), max_symbols_per_connection):
-            specs.append(ConnectionSpec(ip, home, i // max_symbols_per_connection,
-                                        tuple(syms[i:i + max_symbols_per_connection])))
+            specs.append(
+                ConnectionSpec(
+                    ip, home, i // max_symbols_per_connection, tuple(syms[i : i + max_symbols_per_connection])
+                )
+            )
     return specs
 
 

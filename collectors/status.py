@@ -9,7 +9,7 @@ and says per shard whether it is connected, how old its newest frame is, and, wh
 venue cannot be reached, why, in words a user can act on ("DNS lookup of
 stream.binance.com failed: no internet access?") rather than a bare exception.
 
-Plain Python, no Dagster; the writer is collectors/runner.py, the reader pipelines/stack.py.
+Plain Python, no Dagster; the writer is collectors/runner.py, the reader pipelines/local/stack.py.
 """
 
 from __future__ import annotations
@@ -54,17 +54,27 @@ def explain(error: str, url: str = "") -> str:
     host = (parts.hostname or "") if parts else ""
     where = f"{host}:{parts.port}" if parts and parts.port else host or "the venue"
     e = error.lower()
-    if any(s in e for s in ("name or service not known", "temporary failure in name resolution",
-                            "nodename nor servname", "gaierror", "no address associated",
-                            "domain name not found", "dnserror")):
+    if any(
+        s in e
+        for s in (
+            "name or service not known",
+            "temporary failure in name resolution",
+            "nodename nor servname",
+            "gaierror",
+            "no address associated",
+            "domain name not found",
+            "dnserror",
+        )
+    ):
         return f"venue unreachable: DNS lookup of {host or 'the venue host'} failed (no internet access from this machine?)"
     if "connection refused" in e or "connect call failed" in e or "errno 111" in e:
         return f"venue unreachable: connection to {where} refused (nothing listening there)"
     if "network is unreachable" in e or "errno 101" in e or "no route to host" in e or "errno 113" in e:
         return f"venue unreachable: no network route to {where} (no internet access from this machine?)"
     if "timed out" in e or "timeout" in e:
-        return (f"venue unreachable: connecting to {where} timed out (no internet access, or a firewall "
-                "drops the traffic?)")
+        return (
+            f"venue unreachable: connecting to {where} timed out (no internet access, or a firewall drops the traffic?)"
+        )
     if "451" in e:
         return f"refused by {where}: HTTP 451, the venue does not serve this location"
     if "http 403" in e or " 403" in e:
@@ -85,8 +95,9 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def summarize(connections: list[dict[str, Any]], *, rest_error: str = "", rest_url: str = "",
-              stopped: bool = False) -> dict[str, Any]:
+def summarize(
+    connections: list[dict[str, Any]], *, rest_error: str = "", rest_url: str = "", stopped: bool = False
+) -> dict[str, Any]:
     """The shard-level verdict from its connections: state, connected, newest frame, reason."""
     ages = [c["last_frame_age_s"] for c in connections if c.get("last_frame_age_s") is not None]
     up = [c for c in connections if c["connected"]]
@@ -95,7 +106,7 @@ def summarize(connections: list[dict[str, Any]], *, rest_error: str = "", rest_u
     if stopped:
         state = "stopped"
     elif not connections:
-        state = "starting"          # fetching reference data before it connects
+        state = "starting"  # fetching reference data before it connects
         if rest_error:
             state = "unreachable"
             reason = explain(rest_error, rest_url)
@@ -109,8 +120,12 @@ def summarize(connections: list[dict[str, Any]], *, rest_error: str = "", rest_u
         state = "connecting"
     if failing and not reason:
         reason = explain(failing[0]["last_error"], failing[0].get("url", ""))
-    return {"state": state, "connected": bool(connections) and len(up) == len(connections) and not stopped,
-            "last_frame_age_s": min(ages) if ages else None, "reason": reason}
+    return {
+        "state": state,
+        "connected": bool(connections) and len(up) == len(connections) and not stopped,
+        "last_frame_age_s": min(ages) if ages else None,
+        "reason": reason,
+    }
 
 
 def read_report(path: Path) -> dict[str, Any] | None:
@@ -123,25 +138,57 @@ def read_report(path: Path) -> dict[str, Any] | None:
 def shard_status(cfg: ShardConfig, report: dict[str, Any] | None, now: float | None = None) -> dict[str, Any]:
     """One line of `ticklake status` for a configured shard, from its report (if any)."""
     now = time.time() if now is None else now
-    base = {"shard": cfg.name, "exchange": str(cfg.exchange), "market": str(cfg.market),
-            "symbols": list(cfg.symbols), "endpoint": short_url(cfg.endpoints.ws)}
+    base = {
+        "shard": cfg.name,
+        "exchange": str(cfg.exchange),
+        "market": str(cfg.market),
+        "symbols": list(cfg.symbols),
+        "endpoint": short_url(cfg.endpoints.ws),
+    }
     if not cfg.enabled:
-        return {**base, "state": "disabled", "connected": False, "last_frame_age_s": None,
-                "reason": "enabled: false in the collectors config"}
+        return {
+            **base,
+            "state": "disabled",
+            "connected": False,
+            "last_frame_age_s": None,
+            "reason": "enabled: false in the collectors config",
+        }
     if report is None:
-        return {**base, "state": "not running", "connected": False, "last_frame_age_s": None,
-                "reason": "no report from this shard yet: its run has not started (services off, or the "
-                          "collector supervisor has not launched it)"}
+        return {
+            **base,
+            "state": "not running",
+            "connected": False,
+            "last_frame_age_s": None,
+            "reason": "no report from this shard yet: its run has not started (services off, or the "
+            "collector supervisor has not launched it)",
+        }
     age = now - float(report.get("updated_at", 0))
-    out = {**base, **{k: report.get(k) for k in ("state", "connected", "last_frame_age_s", "reason",
-                                                  "pid", "frames_in", "events_out", "connections")}}
+    out = {
+        **base,
+        **{
+            k: report.get(k)
+            for k in (
+                "state",
+                "connected",
+                "last_frame_age_s",
+                "reason",
+                "pid",
+                "frames_in",
+                "events_out",
+                "connections",
+            )
+        },
+    }
     if out["last_frame_age_s"] is not None:
         out["last_frame_age_s"] = round(out["last_frame_age_s"] + max(0.0, age), 1)
     out["report_age_s"] = round(age, 1)
     if report.get("state") != "stopped" and age > STALE_AFTER_S:
-        out.update(state="no report", connected=False,
-                   reason=f"last report {age:.0f}s ago: the shard's process is gone or stuck "
-                          f"(was: {report.get('state')}{', ' + report['reason'] if report.get('reason') else ''})")
+        out.update(
+            state="no report",
+            connected=False,
+            reason=f"last report {age:.0f}s ago: the shard's process is gone or stuck "
+            f"(was: {report.get('state')}{', ' + report['reason'] if report.get('reason') else ''})",
+        )
     return out
 
 

@@ -42,7 +42,7 @@ class ReplayResult:
     adapters: list[AdapterBase]
     frames: int = 0
     rest: int = 0
-    events: dict[str, int] = field(default_factory=dict)            # per native symbol
+    events: dict[str, int] = field(default_factory=dict)  # per native symbol
     dead_letters: list[tuple[str, str]] = field(default_factory=list)  # (native, reason)
     requests: int = 0
     sends: int = 0
@@ -51,8 +51,12 @@ class ReplayResult:
         out = []
         for ad in self.adapters:
             for native, st in ad.states.items():
-                row = {"exchange": str(ad.exchange), "market": str(st.market), "symbol": st.symbol,
-                       "native_symbol": native}
+                row = {
+                    "exchange": str(ad.exchange),
+                    "market": str(st.market),
+                    "symbol": st.symbol,
+                    "native_symbol": native,
+                }
                 row.update(st.stats.as_dict())
                 row["synced"] = st.book.synced
                 row["events"] = self.events.get(native, 0)
@@ -80,8 +84,9 @@ def adapter_for(info: CaptureInfo, bybit_category: str | None = None) -> Adapter
     raise CaptureError(f"{info.path}: venue not recognised from the capture (url {info.ws_url!r})")
 
 
-def replay(path: str | Path | CaptureInfo, *, bybit_category: str | None = None,
-           frames: Iterable | None = None) -> ReplayResult:
+def replay(
+    path: str | Path | CaptureInfo, *, bybit_category: str | None = None, frames: Iterable | None = None
+) -> ReplayResult:
     """Feed every record of a capture to one adapter; ``frames`` overrides the records
     (tests inject faults into genuine frames this way)."""
     info = path if isinstance(path, CaptureInfo) else detect(path)
@@ -100,10 +105,9 @@ def replay(path: str | Path | CaptureInfo, *, bybit_category: str | None = None,
             try:
                 params = rest_params(rec.url)
                 path = urlsplit(rec.url).path
-            except ValueError as e:              # e.g. "Invalid IPv6 URL"
+            except ValueError as e:  # e.g. "Invalid IPv6 URL"
                 raise CaptureError(f"{info.path}: REST record with an unusable URL {rec.url[:80]!r}: {e}") from None
-            req = RestRequest(path=path, params=tuple(params.items()),
-                              native_symbol=params.get("symbol", ""))
+            req = RestRequest(path=path, params=tuple(params.items()), native_symbol=params.get("symbol", ""))
             _tally(res, on_rest(req, 200, rec.payload, rec.recv_ts_us))
     return res
 
@@ -119,6 +123,7 @@ def _tally(res: ReplayResult, out: FrameResult) -> None:
 
 # -- CLI -------------------------------------------------------------------------------------------
 
+
 def cmd_verify(args: argparse.Namespace) -> int:
     try:
         res = replay(args.path, bybit_category=args.bybit_category)
@@ -132,9 +137,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for native, reason in res.dead_letters:
             print(f"dead letter [{native}]: {reason}", file=sys.stderr)
         info = res.info
-        print(f"{info.format} {info.exchange} {info.flavor}: {res.frames} frames, {res.rest} REST bodies, "
-              f"{sum(res.events.values())} events, {len(res.dead_letters)} dead letters",
-              file=sys.stderr)
+        print(
+            f"{info.format} {info.exchange} {info.flavor}: {res.frames} frames, {res.rest} REST bodies, "
+            f"{sum(res.events.values())} events, {len(res.dead_letters)} dead letters",
+            file=sys.stderr,
+        )
     if not rows:
         print("ticklake: no instruments found in the capture", file=sys.stderr)
         return 1
@@ -142,11 +149,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def add_capture_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `capture verify` on the `ticklake` CLI (called from pipelines/cli.py)."""
+    """Register `capture verify` on the `ticklake` CLI (called from pipelines/local/cli.py)."""
     cap = subparsers.add_parser("capture", help="work with recorded exchange traffic")
     sub = cap.add_subparsers(dest="capture_command", metavar="ACTION", required=True)
     p = sub.add_parser(
-        "verify", help="replay a capture through the adapters and books; one JSON line per instrument",
+        "verify",
+        help="replay a capture through the adapters and books; one JSON line per instrument",
         description=(
             "Replay a capture (cryptofeed raw data, hftbacktest .gz, Bybit history zip, tardis "
             "fixture JSON lines; detected automatically) through the collectors' venue adapters "
@@ -154,10 +162,15 @@ def add_capture_parser(subparsers: argparse._SubParsersAction) -> None:
             "applied/stale, gaps, resyncs, crossed books, BBO checks (against bookTicker/bbo "
             "frames whose update id equals the last applied delta) and OKX checksum results. "
             "Exit status 0 only when no instrument had a gap, a crossed book, a BBO mismatch "
-            "or a bad checksum; 2 when the file is not a capture."))
+            "or a bad checksum; 2 when the file is not a capture."
+        ),
+    )
     p.add_argument("path", type=Path, help="capture file (for cryptofeed, either the .ws or .http file)")
-    p.add_argument("--bybit-category", choices=("spot", "linear", "inverse"),
-                   help="Bybit files do not record their category; override the guess from the symbol")
+    p.add_argument(
+        "--bybit-category",
+        choices=("spot", "linear", "inverse"),
+        help="Bybit files do not record their category; override the guess from the symbol",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="dead-letter reasons and totals on stderr")
     p.set_defaults(func=cmd_verify)
 

@@ -41,8 +41,9 @@ class Book:
             self.size_scale = max(self.size_scale, size_scale)
         return 10 ** (self.price_scale - price_scale), 10 ** (self.size_scale - size_scale)
 
-    def snapshot(self, bids: Iterable[Level], asks: Iterable[Level], seq: int,
-                 price_scale: int, size_scale: int) -> None:
+    def snapshot(
+        self, bids: Iterable[Level], asks: Iterable[Level], seq: int, price_scale: int, size_scale: int
+    ) -> None:
         self.bids = {px: q for px, q in bids if q}
         self.asks = {px: q for px, q in asks if q}
         self.seq = seq
@@ -50,8 +51,7 @@ class Book:
         self.size_scale = size_scale
         self.ready = True
 
-    def apply(self, bids: Iterable[Level], asks: Iterable[Level], seq: int,
-              price_scale: int, size_scale: int) -> bool:
+    def apply(self, bids: Iterable[Level], asks: Iterable[Level], seq: int, price_scale: int, size_scale: int) -> bool:
         """Apply a delta; False (ignored) before the first snapshot or when the delta is
         already contained in the snapshot (seq <= book seq)."""
         if not self.ready:
@@ -77,8 +77,14 @@ class Book:
         return [(px, self.asks[px]) for px in heapq.nsmallest(n, self.asks)]
 
     def to_state(self) -> dict:
-        return {"b": sorted(self.bids.items()), "a": sorted(self.asks.items()), "seq": self.seq,
-                "ps": self.price_scale, "ss": self.size_scale, "ready": self.ready}
+        return {
+            "b": sorted(self.bids.items()),
+            "a": sorted(self.asks.items()),
+            "seq": self.seq,
+            "ps": self.price_scale,
+            "ss": self.size_scale,
+            "ready": self.ready,
+        }
 
     @classmethod
     def from_state(cls, d: dict) -> Book:

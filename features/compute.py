@@ -48,17 +48,25 @@ InstrumentKey = tuple[str, str, str]
 class SymbolState:
     book: Book = field(default_factory=Book)
     last_mid: float | None = None
-    returns: deque = field(default_factory=deque)   # (window_start, squared log return)
-    last_window: int = -1                            # newest window already computed
+    returns: deque = field(default_factory=deque)  # (window_start, squared log return)
+    last_window: int = -1  # newest window already computed
 
     def to_state(self) -> dict:
-        return {"book": self.book.to_state(), "last_mid": self.last_mid,
-                "ret": [list(x) for x in self.returns], "last_window": self.last_window}
+        return {
+            "book": self.book.to_state(),
+            "last_mid": self.last_mid,
+            "ret": [list(x) for x in self.returns],
+            "last_window": self.last_window,
+        }
 
     @classmethod
     def from_state(cls, d: dict) -> SymbolState:
-        return cls(Book.from_state(d["book"]), d["last_mid"],
-                   deque((int(w), float(r)) for w, r in d["ret"]), int(d["last_window"]))
+        return cls(
+            Book.from_state(d["book"]),
+            d["last_mid"],
+            deque((int(w), float(r)) for w, r in d["ret"]),
+            int(d["last_window"]),
+        )
 
 
 @dataclass(slots=True)
@@ -72,8 +80,7 @@ class FeatureState:
         return st
 
     def to_state(self) -> dict:
-        return {"v": SPEC_VERSION,
-                "symbols": [[list(k), s.to_state()] for k, s in sorted(self.symbols.items())]}
+        return {"v": SPEC_VERSION, "symbols": [[list(k), s.to_state()] for k, s in sorted(self.symbols.items())]}
 
     @classmethod
     def from_state(cls, d: dict) -> FeatureState:
@@ -99,15 +106,22 @@ def prepare(events: pa.Table) -> pa.Table:
         bad = pc.unique(pc.filter(events["kind"], pc.is_null(rank))).to_pylist()
         raise ValueError(f"feature input has unsupported kinds {bad}")
     t = events.append_column("window_start", ws).append_column("rank", rank)
-    return t.sort_by([("exchange", "ascending"), ("market", "ascending"), ("symbol", "ascending"),
-                      ("exchange_ts", "ascending"), ("rank", "ascending"), ("seq", "ascending"),
-                      ("event_id", "ascending")])
+    return t.sort_by(
+        [
+            ("exchange", "ascending"),
+            ("market", "ascending"),
+            ("symbol", "ascending"),
+            ("exchange_ts", "ascending"),
+            ("rank", "ascending"),
+            ("seq", "ascending"),
+            ("event_id", "ascending"),
+        ]
+    )
 
 
 def _scale_up(values: pa.ChunkedArray, scales: pa.ChunkedArray, target: list[int]) -> pa.Array:
     """values * 10**(target - scale) per row (exact; used only when scales are mixed)."""
-    return pa.array([v * 10 ** (t - s) for v, s, t in zip(values.to_pylist(), scales.to_pylist(), target)],
-                    pa.int64())
+    return pa.array([v * 10 ** (t - s) for v, s, t in zip(values.to_pylist(), scales.to_pylist(), target)], pa.int64())
 
 
 def _trade_aggregates(trades: pa.Table) -> dict[tuple, dict]:
@@ -130,17 +144,33 @@ def _trade_aggregates(trades: pa.Table) -> dict[tuple, dict]:
         ss = pa.array([wss[k] for k in keys], pa.int32())
     side = trades["side"]
     zero = pa.scalar(0, pa.int64())
-    t = pa.table({
-        **{k: trades[k] for k in _KEYS},
-        "px": px, "qty": qty, "ps": ps, "ss": ss,
-        "buy": pc.if_else(pc.equal(side, "buy"), qty, zero),
-        "sell": pc.if_else(pc.equal(side, "sell"), qty, zero),
-        "notional": pc.multiply(pc.cast(px, pa.decimal256(19, 0)), pc.cast(qty, pa.decimal256(19, 0))),
-    })
-    agg = t.group_by(_KEYS, use_threads=False).aggregate([
-        ("px", "count"), ("qty", "sum"), ("buy", "sum"), ("sell", "sum"), ("px", "first"),
-        ("px", "max"), ("px", "min"), ("px", "last"), ("notional", "sum"), ("ps", "max"), ("ss", "max"),
-    ])
+    t = pa.table(
+        {
+            **{k: trades[k] for k in _KEYS},
+            "px": px,
+            "qty": qty,
+            "ps": ps,
+            "ss": ss,
+            "buy": pc.if_else(pc.equal(side, "buy"), qty, zero),
+            "sell": pc.if_else(pc.equal(side, "sell"), qty, zero),
+            "notional": pc.multiply(pc.cast(px, pa.decimal256(19, 0)), pc.cast(qty, pa.decimal256(19, 0))),
+        }
+    )
+    agg = t.group_by(_KEYS, use_threads=False).aggregate(
+        [
+            ("px", "count"),
+            ("qty", "sum"),
+            ("buy", "sum"),
+            ("sell", "sum"),
+            ("px", "first"),
+            ("px", "max"),
+            ("px", "min"),
+            ("px", "last"),
+            ("notional", "sum"),
+            ("ps", "max"),
+            ("ss", "max"),
+        ]
+    )
     out: dict[tuple, dict] = {}
     for r in agg.to_pylist():
         out[(r["exchange"], r["market"], r["symbol"], r["window_start"])] = r
@@ -153,23 +183,37 @@ def _ratio(num: int, den: int) -> float | None:
 
 def _book_features(book: Book) -> dict:
     """Book columns at a window end, all computed from exact integers."""
-    nulls = dict.fromkeys(("best_bid_px", "best_bid_qty", "best_ask_px", "best_ask_qty", "spread_px",
-                           "mid_px", "microprice", "imbalance_10", "depth_bid_10bps",
-                           "depth_ask_10bps"))
+    nulls = dict.fromkeys(
+        (
+            "best_bid_px",
+            "best_bid_qty",
+            "best_ask_px",
+            "best_ask_qty",
+            "spread_px",
+            "mid_px",
+            "microprice",
+            "imbalance_10",
+            "depth_bid_10bps",
+            "depth_ask_10bps",
+        )
+    )
     nulls["book_seq"] = book.seq if book.ready else None
     if not book.ready or not book.bids or not book.asks:
         return nulls
     bids, asks = book.top_bids(TOP_LEVELS), book.top_asks(TOP_LEVELS)
     (bp, bq), (ap, aq) = bids[0], asks[0]
-    unit = 10 ** book.price_scale
-    two_mid = bp + ap                         # 2*mid in price units: keeps the bps tests integer
-    lo = two_mid * (10_000 - DEPTH_BPS)       # bid px * 20_000 >= lo  <=> px >= mid*(1-bps)
+    unit = 10**book.price_scale
+    two_mid = bp + ap  # 2*mid in price units: keeps the bps tests integer
+    lo = two_mid * (10_000 - DEPTH_BPS)  # bid px * 20_000 >= lo  <=> px >= mid*(1-bps)
     hi = two_mid * (10_000 + DEPTH_BPS)
     sb = sum(q for _, q in bids)
     sa = sum(q for _, q in asks)
     return {
         "book_seq": book.seq,
-        "best_bid_px": bp, "best_bid_qty": bq, "best_ask_px": ap, "best_ask_qty": aq,
+        "best_bid_px": bp,
+        "best_bid_qty": bq,
+        "best_ask_px": ap,
+        "best_ask_qty": aq,
         "spread_px": ap - bp,
         "mid_px": two_mid / (2 * unit),
         "microprice": _ratio(bp * aq + ap * bq, (bq + aq) * unit),
@@ -201,19 +245,34 @@ def compute_features(events: pa.Table, state: FeatureState | None = None) -> tup
     t = prepare(events)
     # group_by does not promise first-appearance order, so the windows are sorted explicitly:
     # the book events below are consumed in exactly this order.
-    windows = t.group_by(_KEYS, use_threads=False).aggregate([
-        ("exchange_ts", "max"), ("exchange_ts", "count"), ("price_scale", "max"), ("size_scale", "max"),
-    ]).sort_by([(k, "ascending") for k in _KEYS]).to_pylist()
+    windows = (
+        t.group_by(_KEYS, use_threads=False)
+        .aggregate(
+            [
+                ("exchange_ts", "max"),
+                ("exchange_ts", "count"),
+                ("price_scale", "max"),
+                ("size_scale", "max"),
+            ]
+        )
+        .sort_by([(k, "ascending") for k in _KEYS])
+        .to_pylist()
+    )
     for w in windows:
         st = state.symbols.get((w["exchange"], w["market"], w["symbol"]))
         if st is not None and w["window_start"] <= st.last_window:
-            raise LateWindowError(f"{w['symbol']} window {w['window_start']} is not after the last "
-                                  f"computed window {st.last_window}")
+            raise LateWindowError(
+                f"{w['symbol']} window {w['window_start']} is not after the last computed window {st.last_window}"
+            )
     is_trade = pc.equal(t["kind"], "trade")
     trades = _trade_aggregates(t.filter(is_trade))
-    book_rows = t.filter(pc.invert(is_trade)).select(
-        ["exchange", "market", "symbol", "window_start", "kind", "seq", "price_scale", "size_scale",
-         "bids", "asks"]).to_pylist()
+    book_rows = (
+        t.filter(pc.invert(is_trade))
+        .select(
+            ["exchange", "market", "symbol", "window_start", "kind", "seq", "price_scale", "size_scale", "bids", "asks"]
+        )
+        .to_pylist()
+    )
     bi = 0
     cols: dict[str, list] = {f.name: [] for f in FEATURE_SCHEMA}
     for w in windows:
@@ -255,20 +314,45 @@ def compute_features(events: pa.Table, state: FeatureState | None = None) -> tup
             notional = int(tr["notional_sum"]) * fpt * fqt
             vol, buy, sell = tr["qty_sum"] * fqt, tr["buy_sum"] * fqt, tr["sell_sum"] * fqt
             trade_cols = {
-                "trade_count": tr["px_count"], "volume": vol, "buy_volume": buy, "sell_volume": sell,
-                "vwap": _ratio(notional, vol * 10 ** ps), "open_px": tr["px_first"] * fpt,
-                "high_px": tr["px_max"] * fpt, "low_px": tr["px_min"] * fpt, "close_px": tr["px_last"] * fpt,
+                "trade_count": tr["px_count"],
+                "volume": vol,
+                "buy_volume": buy,
+                "sell_volume": sell,
+                "vwap": _ratio(notional, vol * 10**ps),
+                "open_px": tr["px_first"] * fpt,
+                "high_px": tr["px_max"] * fpt,
+                "low_px": tr["px_min"] * fpt,
+                "close_px": tr["px_last"] * fpt,
                 "trade_imbalance": _ratio(buy - sell, buy + sell),
             }
         else:
-            trade_cols = {"trade_count": 0, "volume": 0, "buy_volume": 0, "sell_volume": 0, "vwap": None,
-                          "open_px": None, "high_px": None, "low_px": None, "close_px": None,
-                          "trade_imbalance": None}
+            trade_cols = {
+                "trade_count": 0,
+                "volume": 0,
+                "buy_volume": 0,
+                "sell_volume": 0,
+                "vwap": None,
+                "open_px": None,
+                "high_px": None,
+                "low_px": None,
+                "close_px": None,
+                "trade_imbalance": None,
+            }
         row = {
-            "event_id": feature_event_id(*key, ws), "exchange": key[0], "market": key[1], "symbol": key[2],
-            "exchange_ts": ws, "window_end": ws + WINDOW_US, "last_event_ts": w["exchange_ts_max"],
-            "price_scale": ps, "size_scale": ss, "event_count": w["exchange_ts_count"],
-            "book_event_count": n_book, **bf, **trade_cols, "realized_vol_60s": rv,
+            "event_id": feature_event_id(*key, ws),
+            "exchange": key[0],
+            "market": key[1],
+            "symbol": key[2],
+            "exchange_ts": ws,
+            "window_end": ws + WINDOW_US,
+            "last_event_ts": w["exchange_ts_max"],
+            "price_scale": ps,
+            "size_scale": ss,
+            "event_count": w["exchange_ts_count"],
+            "book_event_count": n_book,
+            **bf,
+            **trade_cols,
+            "realized_vol_60s": rv,
             "spec_version": SPEC_VERSION,
         }
         for c, v in row.items():

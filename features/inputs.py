@@ -30,22 +30,24 @@ from schemas.units import base_levels, unit_of_envelope, unit_of_row
 #: Event types the spec consumes; everything else is ignored by the feature path.
 FEATURE_EVENT_TYPES = (EventType.TRADE, EventType.BOOK_SNAPSHOT, EventType.BOOK_DELTA)
 
-INPUT_SCHEMA = pa.schema([
-    pa.field("event_id", pa.string(), nullable=False),
-    pa.field("exchange", pa.string(), nullable=False),
-    pa.field("market", pa.string(), nullable=False),
-    pa.field("symbol", pa.string(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),          # EventType value
-    pa.field("exchange_ts", pa.int64(), nullable=False),    # µs UTC
-    pa.field("seq", pa.int64(), nullable=False),
-    pa.field("price_scale", pa.int32(), nullable=False),
-    pa.field("size_scale", pa.int32(), nullable=False),
-    pa.field("px", pa.int64(), nullable=False),             # trades; 0 for book events
-    pa.field("qty", pa.int64(), nullable=False),
-    pa.field("side", pa.string(), nullable=False),          # taker side: buy | sell | ""
-    pa.field("bids", LEVELS, nullable=False),               # book events; [] for trades
-    pa.field("asks", LEVELS, nullable=False),
-])
+INPUT_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("exchange", pa.string(), nullable=False),
+        pa.field("market", pa.string(), nullable=False),
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # EventType value
+        pa.field("exchange_ts", pa.int64(), nullable=False),  # µs UTC
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("price_scale", pa.int32(), nullable=False),
+        pa.field("size_scale", pa.int32(), nullable=False),
+        pa.field("px", pa.int64(), nullable=False),  # trades; 0 for book events
+        pa.field("qty", pa.int64(), nullable=False),
+        pa.field("side", pa.string(), nullable=False),  # taker side: buy | sell | ""
+        pa.field("bids", LEVELS, nullable=False),  # book events; [] for trades
+        pa.field("asks", LEVELS, nullable=False),
+    ]
+)
 
 _SIDE = {pb.SIDE_BUY: "buy", pb.SIDE_SELL: "sell", pb.SIDE_UNSPECIFIED: ""}
 # enum number -> name, built once (the per-event Enum lookups were a measurable share of the cost)
@@ -65,10 +67,20 @@ def envelope_row(env: pb.Envelope) -> dict | None:
     """One input row from a processed envelope (None for types the spec does not use)."""
     et = _ET.get(env.event_type) or event_type_from_pb(env.event_type)
     row = {
-        "event_id": env.event_id, "exchange": _EX.get(env.exchange) or exchange_from_pb(env.exchange).value,
-        "market": _MK.get(env.market) or market_from_pb(env.market).value, "symbol": env.symbol, "kind": et.value,
-        "exchange_ts": env.exchange_ts, "seq": env.seq, "price_scale": env.price_scale,
-        "size_scale": env.size_scale, "px": 0, "qty": 0, "side": "", "bids": [], "asks": [],
+        "event_id": env.event_id,
+        "exchange": _EX.get(env.exchange) or exchange_from_pb(env.exchange).value,
+        "market": _MK.get(env.market) or market_from_pb(env.market).value,
+        "symbol": env.symbol,
+        "kind": et.value,
+        "exchange_ts": env.exchange_ts,
+        "seq": env.seq,
+        "price_scale": env.price_scale,
+        "size_scale": env.size_scale,
+        "px": 0,
+        "qty": 0,
+        "side": "",
+        "bids": [],
+        "asks": [],
     }
     if et not in FEATURE_EVENT_TYPES:
         return None
@@ -104,9 +116,14 @@ def _lake_part(table: pa.Table | None, kind: EventType) -> pa.Table | None:
     empty_levels = pa.array([[]] * n, type=LEVELS)
     zeros = pa.array([0] * n, type=pa.int64())
     cols = {
-        "event_id": table["event_id"], "exchange": table["exchange"], "market": table["market"],
-        "symbol": table["symbol"], "kind": pa.array([kind.value] * n, pa.string()),
-        "exchange_ts": ts, "seq": table["seq"], "price_scale": table["price_scale"],
+        "event_id": table["event_id"],
+        "exchange": table["exchange"],
+        "market": table["market"],
+        "symbol": table["symbol"],
+        "kind": pa.array([kind.value] * n, pa.string()),
+        "exchange_ts": ts,
+        "seq": table["seq"],
+        "price_scale": table["price_scale"],
         "size_scale": table["size_scale"],
     }
     if kind is EventType.TRADE:
@@ -115,8 +132,7 @@ def _lake_part(table: pa.Table | None, kind: EventType) -> pa.Table | None:
             # rows with a unit carry their base size; pre-unit rows (null) are base already
             qty = pc.coalesce(table["base_qty"], table["qty"])
             cols["size_scale"] = pc.coalesce(table["base_size_scale"], table["size_scale"])
-        cols.update(px=table["px"], qty=qty, side=table["taker_side"],
-                    bids=empty_levels, asks=empty_levels)
+        cols.update(px=table["px"], qty=qty, side=table["taker_side"], bids=empty_levels, asks=empty_levels)
     else:
         cols.update(px=zeros, qty=zeros, side=pa.array([""] * n, pa.string()), **_base_book(table))
     return pa.Table.from_pydict({k: cols[k] for k in INPUT_SCHEMA.names}, schema=INPUT_SCHEMA)
@@ -125,12 +141,15 @@ def _lake_part(table: pa.Table | None, kind: EventType) -> pa.Table | None:
 def _base_book(table: pa.Table) -> dict:
     """bids/asks (and size_scale) of lake book rows with contract sizes converted to base."""
     names = table.column_names
-    if "qty_unit" not in names or not pc.any(pc.and_(pc.is_valid(table["qty_unit"]),
-                                                     pc.not_equal(table["qty_unit"], "base"))).as_py():
+    if (
+        "qty_unit" not in names
+        or not pc.any(pc.and_(pc.is_valid(table["qty_unit"]), pc.not_equal(table["qty_unit"], "base"))).as_py()
+    ):
         return {"bids": table["bids"], "asks": table["asks"]}
     bids, asks, scales = [], [], []
-    rows = table.select(["qty_unit", "contract_value", "contract_value_ccy", "size_scale", "price_scale",
-                         "bids", "asks"]).to_pylist()
+    rows = table.select(
+        ["qty_unit", "contract_value", "contract_value_ccy", "size_scale", "price_scale", "bids", "asks"]
+    ).to_pylist()
     for r in rows:
         unit = unit_of_row(r["qty_unit"], r["contract_value"], r["contract_value_ccy"])
         ss, ps = r["size_scale"], r["price_scale"]
@@ -140,12 +159,19 @@ def _base_book(table: pa.Table) -> dict:
     return {"bids": pa.array(bids, LEVELS), "asks": pa.array(asks, LEVELS), "size_scale": pa.array(scales, pa.int32())}
 
 
-def events_from_lake(trades: pa.Table | None = None, book_snapshots: pa.Table | None = None,
-                     book_deltas: pa.Table | None = None) -> pa.Table:
+def events_from_lake(
+    trades: pa.Table | None = None, book_snapshots: pa.Table | None = None, book_deltas: pa.Table | None = None
+) -> pa.Table:
     """Concatenate the lake's trades / book_snapshots / book_deltas rows into the input shape."""
-    parts = [p for p in (_lake_part(trades, EventType.TRADE),
-                         _lake_part(book_snapshots, EventType.BOOK_SNAPSHOT),
-                         _lake_part(book_deltas, EventType.BOOK_DELTA)) if p is not None]
+    parts = [
+        p
+        for p in (
+            _lake_part(trades, EventType.TRADE),
+            _lake_part(book_snapshots, EventType.BOOK_SNAPSHOT),
+            _lake_part(book_deltas, EventType.BOOK_DELTA),
+        )
+        if p is not None
+    ]
     if not parts:
         return INPUT_SCHEMA.empty_table()
     return pa.concat_tables(parts)

@@ -18,8 +18,7 @@ from features.spec import FEATURE_SCHEMA, SPEC_VERSION
 
 CONTENT_TYPE = f"application/json; schema=ticklake.features_1s.v{SPEC_VERSION}"
 _TS_COLS = [f.name for f in FEATURE_SCHEMA if pa.types.is_timestamp(f.type)]
-_INT_SCHEMA = pa.schema([pa.field(f.name, pa.int64(), f.nullable) if f.name in _TS_COLS else f
-                         for f in FEATURE_SCHEMA])
+_INT_SCHEMA = pa.schema([pa.field(f.name, pa.int64(), f.nullable) if f.name in _TS_COLS else f for f in FEATURE_SCHEMA])
 
 
 def table_rows(table: pa.Table) -> list[dict]:
@@ -28,8 +27,7 @@ def table_rows(table: pa.Table) -> list[dict]:
 
 
 def encode_row(row: dict) -> bytes:
-    return json.dumps([row[n] for n in FEATURE_SCHEMA.names], separators=(",", ":"),
-                      allow_nan=False).encode()
+    return json.dumps([row[n] for n in FEATURE_SCHEMA.names], separators=(",", ":"), allow_nan=False).encode()
 
 
 def decode_row(value: bytes) -> dict:

@@ -43,11 +43,17 @@ def label_column(horizon_s: int) -> str:
 
 
 DATASET_SCHEMA = pa.schema(
-    [pa.field("event_id", pa.string(), False), pa.field("exchange", pa.string(), False),
-     pa.field("market", pa.string(), False), pa.field("symbol", pa.string(), False),
-     pa.field("exchange_ts", pa.int64(), False), pa.field("mid_px", pa.float64())]
+    [
+        pa.field("event_id", pa.string(), False),
+        pa.field("exchange", pa.string(), False),
+        pa.field("market", pa.string(), False),
+        pa.field("symbol", pa.string(), False),
+        pa.field("exchange_ts", pa.int64(), False),
+        pa.field("mid_px", pa.float64()),
+    ]
     + [pa.field(c, pa.float64()) for c in INPUT_COLUMNS]
-    + [pa.field(label_column(h), pa.float64()) for h in HORIZONS_S])
+    + [pa.field(label_column(h), pa.float64()) for h in HORIZONS_S]
+)
 
 
 def _ts_int(col) -> np.ndarray:
@@ -74,7 +80,7 @@ def future_returns(features: pa.Table, horizons_s: Sequence[int], until_us: int)
             raise ValueError("rows must be sorted by instrument then exchange_ts, one row per window")
         for h in horizons_s:
             target = t + h * 1_000_000
-            j = np.searchsorted(t, target, side="right") - 1          # newest row at or before t + h
+            j = np.searchsorted(t, target, side="right") - 1  # newest row at or before t + h
             fut = m[j]
             with np.errstate(invalid="ignore", divide="ignore"):
                 r = np.log(fut / m)
@@ -88,8 +94,14 @@ def build_rows(features: pa.Table, until_us: int, horizons_s: Sequence[int] = HO
     f = features.select(FEATURE_SCHEMA.names).cast(FEATURE_SCHEMA).sort_by(SORT).combine_chunks()
     labels = future_returns(f, horizons_s, until_us)
     inputs = model_inputs(f)
-    cols = {"event_id": f["event_id"], "exchange": f["exchange"], "market": f["market"], "symbol": f["symbol"],
-            "exchange_ts": pc.cast(f["exchange_ts"], pa.int64()), "mid_px": f["mid_px"]}
+    cols = {
+        "event_id": f["event_id"],
+        "exchange": f["exchange"],
+        "market": f["market"],
+        "symbol": f["symbol"],
+        "exchange_ts": pc.cast(f["exchange_ts"], pa.int64()),
+        "mid_px": f["mid_px"],
+    }
     cols |= {c: inputs[c] for c in INPUT_COLUMNS}
     cols |= {label_column(h): pa.array(labels[h], pa.float64(), from_pandas=True) for h in horizons_s}
     return pa.table(cols).cast(DATASET_SCHEMA).combine_chunks()
@@ -113,8 +125,9 @@ def checksum(rows: pa.Table) -> str:
     return h.hexdigest()
 
 
-def leakage_violations(rows: pa.Table, features: pa.Table, until_us: int, cuts: int = 12,
-                       horizons_s: Sequence[int] = HORIZONS_S) -> list[dict]:
+def leakage_violations(
+    rows: pa.Table, features: pa.Table, until_us: int, cuts: int = 12, horizons_s: Sequence[int] = HORIZONS_S
+) -> list[dict]:
     """Recompute labels with the future cut off at `cuts` points c: from the feature rows with
     time < c only, every label whose horizon ends before c must equal the stored label bit
     for bit, and every label reaching c must be null in the recomputation (so a stored label
@@ -131,23 +144,30 @@ def leakage_violations(rows: pa.Table, features: pa.Table, until_us: int, cuts: 
     for c in np.unique(np.linspace(lo + 1, hi + 1, cuts).astype(np.int64)):
         cut = f.filter(pa.array(ts < c))
         relabeled = future_returns(cut, horizons_s, int(c))
-        idx = pc.fill_null(pc.index_in(cut["event_id"], value_set=rows["event_id"]), -1).to_numpy(
-            zero_copy_only=False)
+        idx = pc.fill_null(pc.index_in(cut["event_id"], value_set=rows["event_id"]), -1).to_numpy(zero_copy_only=False)
         for h in horizons_s:
-            have = (idx >= 0) & ~np.isnan(relabeled[h])   # horizon covered before the cut
+            have = (idx >= 0) & ~np.isnan(relabeled[h])  # horizon covered before the cut
             a = relabeled[h][have]
             b = stored[h][idx[have]]
             diff = np.flatnonzero(a.view(np.int64) != b.view(np.int64))
             ids = cut["event_id"].filter(pa.array(have)).to_pylist() if len(diff) else []
-            for k in diff[:20 - len(bad)]:
-                bad.append({"cut_us": int(c), "horizon_s": h, "event_id": ids[k], "stored": repr(float(b[k])),
-                            "recomputed": repr(float(a[k]))})
+            for k in diff[: 20 - len(bad)]:
+                bad.append(
+                    {
+                        "cut_us": int(c),
+                        "horizon_s": h,
+                        "event_id": ids[k],
+                        "stored": repr(float(b[k])),
+                        "recomputed": repr(float(a[k])),
+                    }
+                )
             if len(bad) >= 20:
                 return bad
     return bad
 
 
 # -- the dataset of a day, as of recorded snapshots ------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
@@ -156,7 +176,7 @@ class Manifest:
     day: str
     start_us: int
     end_us: int
-    snapshots: dict[str, int | None]        # table identifier -> snapshot id read (None: empty table)
+    snapshots: dict[str, int | None]  # table identifier -> snapshot id read (None: empty table)
     rows: int
     checksum: str
     horizons_s: list[int] = field(default_factory=lambda: list(HORIZONS_S))
@@ -173,7 +193,7 @@ class Manifest:
 
 def read_features_as_of(table: Table, start_us: int, end_us: int, snapshot_id: int | None) -> pa.Table:
     """features_1s rows with window start in [start, end) as of one snapshot."""
-    from streaming.feature_lake import ts_range
+    from streaming.lake.features import ts_range
 
     if snapshot_id is None:
         return FEATURE_SCHEMA.empty_table()
@@ -184,7 +204,9 @@ def current_snapshots(tables: Mapping[str, Table]) -> dict[str, int | None]:
     return {name: (t.current_snapshot().snapshot_id if t.current_snapshot() else None) for name, t in tables.items()}
 
 
-def build_dataset(features_table: Table, day: str, start_us: int, snapshots: Mapping[str, int | None]) -> tuple[pa.Table, Manifest]:
+def build_dataset(
+    features_table: Table, day: str, start_us: int, snapshots: Mapping[str, int | None]
+) -> tuple[pa.Table, Manifest]:
     """The day's dataset from features_1s as of `snapshots[features table]`; `snapshots`
     also lists the other tables the caller read (sealed-hour checks), recorded as they are."""
     end = start_us + DAY_US

@@ -20,9 +20,22 @@ KEY_COLUMNS = ("event_id", "exchange", "market", "symbol", "exchange_ts")
 
 #: Model input names, in the order the booster is trained with.
 INPUT_COLUMNS = (
-    "spread_rel", "micro_rel", "vwap_rel", "close_rel", "imbalance_10", "trade_imbalance",
-    "depth_bid_10bps", "depth_ask_10bps", "best_bid_qty", "best_ask_qty",
-    "trade_count", "volume", "buy_volume", "sell_volume", "event_count", "book_event_count",
+    "spread_rel",
+    "micro_rel",
+    "vwap_rel",
+    "close_rel",
+    "imbalance_10",
+    "trade_imbalance",
+    "depth_bid_10bps",
+    "depth_ask_10bps",
+    "best_bid_qty",
+    "best_ask_qty",
+    "trade_count",
+    "volume",
+    "buy_volume",
+    "sell_volume",
+    "event_count",
+    "book_event_count",
     "realized_vol_60s",
 )
 
@@ -77,5 +90,10 @@ def input_matrix(inputs: pa.Table):
     """(rows x INPUT_COLUMNS) float64 numpy matrix, C order, for LightGBM."""
     import numpy as np
 
-    return np.column_stack([inputs[c].to_numpy(zero_copy_only=False) for c in INPUT_COLUMNS]).astype(
-        np.float64, copy=False) if inputs.num_rows else np.empty((0, len(INPUT_COLUMNS)))
+    return (
+        np.column_stack([inputs[c].to_numpy(zero_copy_only=False) for c in INPUT_COLUMNS]).astype(
+            np.float64, copy=False
+        )
+        if inputs.num_rows
+        else np.empty((0, len(INPUT_COLUMNS)))
+    )

@@ -17,8 +17,9 @@ from ml.predictions import score_features
 from ml.registry import horizon_of
 
 
-def compare_predictions(features: pa.Table, published: pa.Table,
-                        booster_for: Callable[[str, str], object]) -> tuple[bool, dict]:
+def compare_predictions(
+    features: pa.Table, published: pa.Table, booster_for: Callable[[str, str], object]
+) -> tuple[bool, dict]:
     """(passed, details). Fails on any value that differs from the offline score of the same
     (feature row, model, version) and on predictions of feature rows the lake hour lacks;
     reports per model how many lake rows no version scored (`unscored`)."""
@@ -29,8 +30,12 @@ def compare_predictions(features: pa.Table, published: pa.Table,
     groups = sorted(set(zip(published["model"].to_pylist(), published["model_version"].to_pylist())))
     scored: dict[str, set[str]] = {}
     for model, version in groups:
-        mask = pa.array([m == model and v == version for m, v in zip(published["model"].to_pylist(),
-                                                                      published["model_version"].to_pylist())])
+        mask = pa.array(
+            [
+                m == model and v == version
+                for m, v in zip(published["model"].to_pylist(), published["model_version"].to_pylist())
+            ]
+        )
         pub = published.filter(mask)
         offline = score_features(features, model, version, horizon_of(model), booster_for(model, version))
         want = dict(zip(offline["feature_event_id"].to_pylist(), offline["prediction"].to_pylist()))
@@ -38,12 +43,25 @@ def compare_predictions(features: pa.Table, published: pa.Table,
         for fid, got in zip(pub["feature_event_id"].to_pylist(), pub["prediction"].to_pylist()):
             scored.setdefault(model, set()).add(fid)
             if fid not in lake_ids:
-                details["mismatches"].append({"model": model, "version": version, "feature_event_id": fid,
-                                              "problem": "feature row not in the lake hour"})
+                details["mismatches"].append(
+                    {
+                        "model": model,
+                        "version": version,
+                        "feature_event_id": fid,
+                        "problem": "feature row not in the lake hour",
+                    }
+                )
                 n_bad += 1
             elif want[fid] != got:
-                details["mismatches"].append({"model": model, "version": version, "feature_event_id": fid,
-                                              "published": repr(got), "offline": repr(want[fid])})
+                details["mismatches"].append(
+                    {
+                        "model": model,
+                        "version": version,
+                        "feature_event_id": fid,
+                        "published": repr(got),
+                        "offline": repr(want[fid]),
+                    }
+                )
                 n_bad += 1
         details["models"][f"{model}@{version}"] = {"published": pub.num_rows, "mismatches": n_bad}
     for model, ids in scored.items():

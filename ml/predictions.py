@@ -26,19 +26,21 @@ def _f(name: str, typ: pa.DataType, nullable: bool = False) -> pa.Field:
     return pa.field(name, typ, nullable=nullable)
 
 
-PREDICTION_SCHEMA = pa.schema([
-    _f("event_id", pa.string()),
-    _f("feature_event_id", pa.string()),
-    _f("exchange", pa.string()),
-    _f("market", pa.string()),
-    _f("symbol", pa.string()),
-    _f("exchange_ts", TS),                 # the feature row's window start (the lake partitions on it)
-    _f("model", pa.string()),
-    _f("model_version", pa.string()),
-    _f("horizon_s", pa.int32()),
-    _f("prediction", pa.float64()),        # forecast log mid return over horizon_s
-    _f("feature_spec_version", pa.int32()),
-])
+PREDICTION_SCHEMA = pa.schema(
+    [
+        _f("event_id", pa.string()),
+        _f("feature_event_id", pa.string()),
+        _f("exchange", pa.string()),
+        _f("market", pa.string()),
+        _f("symbol", pa.string()),
+        _f("exchange_ts", TS),  # the feature row's window start (the lake partitions on it)
+        _f("model", pa.string()),
+        _f("model_version", pa.string()),
+        _f("horizon_s", pa.int32()),
+        _f("prediction", pa.float64()),  # forecast log mid return over horizon_s
+        _f("feature_spec_version", pa.int32()),
+    ]
+)
 
 PREDICTIONS_TABLE = TableSpec("predictions", PREDICTION_SCHEMA)
 _WIRE = [f.name for f in PREDICTION_SCHEMA]
@@ -64,8 +66,9 @@ def decode_prediction(value: bytes) -> dict:
 
 def predictions_table(rows: list[dict]) -> pa.Table:
     """Decoded records (exchange_ts in µs) -> PREDICTION_SCHEMA."""
-    ints = pa.schema([pa.field("exchange_ts", pa.int64(), False) if f.name == "exchange_ts" else f
-                      for f in PREDICTION_SCHEMA])
+    ints = pa.schema(
+        [pa.field("exchange_ts", pa.int64(), False) if f.name == "exchange_ts" else f for f in PREDICTION_SCHEMA]
+    )
     return pa.Table.from_pylist(rows, schema=ints).cast(PREDICTION_SCHEMA)
 
 
@@ -82,12 +85,18 @@ def score_features(features: pa.Table, model: str, version: str, horizon_s: int,
         return PREDICTION_SCHEMA.empty_table()
     preds = predict(booster, model_inputs(features))
     fids = features["event_id"].to_pylist()
-    return pa.table({
-        "event_id": [prediction_event_id(f, model, version) for f in fids],
-        "feature_event_id": features["event_id"], "exchange": features["exchange"],
-        "market": features["market"], "symbol": features["symbol"],
-        "exchange_ts": pc.cast(features["exchange_ts"], TS),
-        "model": [model] * n, "model_version": [version] * n,
-        "horizon_s": pa.array([horizon_s] * n, pa.int32()), "prediction": pa.array(preds, pa.float64()),
-        "feature_spec_version": pc.cast(features["spec_version"], pa.int32()),
-    }).cast(PREDICTION_SCHEMA)
+    return pa.table(
+        {
+            "event_id": [prediction_event_id(f, model, version) for f in fids],
+            "feature_event_id": features["event_id"],
+            "exchange": features["exchange"],
+            "market": features["market"],
+            "symbol": features["symbol"],
+            "exchange_ts": pc.cast(features["exchange_ts"], TS),
+            "model": [model] * n,
+            "model_version": [version] * n,
+            "horizon_s": pa.array([horizon_s] * n, pa.int32()),
+            "prediction": pa.array(preds, pa.float64()),
+            "feature_spec_version": pc.cast(features["spec_version"], pa.int32()),
+        }
+    ).cast(PREDICTION_SCHEMA)

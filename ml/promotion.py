@@ -21,10 +21,10 @@ from ml.dataset import build_rows, label_column
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    rows: int                    # feature rows scored by both versions and labelled
+    rows: int  # feature rows scored by both versions and labelled
     mse_champion: float
     mse_shadow: float
-    drift_mean_abs: float        # mean |shadow - champion| prediction
+    drift_mean_abs: float  # mean |shadow - champion| prediction
     min_rows: int
 
     @property
@@ -41,8 +41,16 @@ def _by_feature(preds: pa.Table, model: str, version: str) -> dict[str, float]:
     return dict(zip(t["feature_event_id"].to_pylist(), t["prediction"].to_pylist()))
 
 
-def compare_versions(features: pa.Table, until_us: int, preds: pa.Table, model: str, horizon_s: int,
-                     champion: str, shadow: str, min_rows: int = 100) -> Comparison:
+def compare_versions(
+    features: pa.Table,
+    until_us: int,
+    preds: pa.Table,
+    model: str,
+    horizon_s: int,
+    champion: str,
+    shadow: str,
+    min_rows: int = 100,
+) -> Comparison:
     """Champion vs shadow version of `model` on the feature rows both scored (features_1s
     rows of the compared hours; labels need data before `until_us`)."""
     labels = build_rows(features, until_us)
@@ -53,5 +61,10 @@ def compare_versions(features: pa.Table, until_us: int, preds: pa.Table, model: 
         return Comparison(0, float("nan"), float("nan"), float("nan"), min_rows)
     yy = np.array([y[f] for f in common])
     pa_, pb = np.array([a[f] for f in common]), np.array([b[f] for f in common])
-    return Comparison(len(common), float(np.mean((pa_ - yy) ** 2)), float(np.mean((pb - yy) ** 2)),
-                      float(np.mean(np.abs(pb - pa_))), min_rows)
+    return Comparison(
+        len(common),
+        float(np.mean((pa_ - yy) ** 2)),
+        float(np.mean((pb - yy) ** 2)),
+        float(np.mean(np.abs(pb - pa_))),
+        min_rows,
+    )

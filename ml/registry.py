@@ -41,7 +41,7 @@ def horizon_of(name: str) -> int:
 class MlflowSettings:
     tracking_uri: str
     registry_uri: str | None = None
-    artifact_location: str | None = None     # for new experiments; None: the server's default
+    artifact_location: str | None = None  # for new experiments; None: the server's default
 
     @classmethod
     def local(cls, root: Path) -> MlflowSettings:
@@ -75,8 +75,16 @@ class LoggedRun:
     artifact_uri: str
 
 
-def log_training(settings: MlflowSettings, *, horizon_s: int, booster: lgb.Booster | None, params: dict,
-                 metrics: dict[str, float], fold_metrics: list[dict[str, float]], tags: dict[str, str]) -> LoggedRun:
+def log_training(
+    settings: MlflowSettings,
+    *,
+    horizon_s: int,
+    booster: lgb.Booster | None,
+    params: dict,
+    metrics: dict[str, float],
+    fold_metrics: list[dict[str, float]],
+    tags: dict[str, str],
+) -> LoggedRun:
     """One MLflow run: params, overall metrics, per-fold metrics (step = fold), tags (dataset
     snapshot ids, Dagster run/partition) and the booster text."""
     client = settings.client()

@@ -23,9 +23,18 @@ from ml.dataset import label_column
 from ml.inputs import INPUT_COLUMNS, input_matrix
 
 PARAMS: dict = {
-    "objective": "regression", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 20,
-    "feature_fraction": 1.0, "bagging_fraction": 1.0, "lambda_l2": 1.0, "deterministic": True,
-    "force_row_wise": True, "num_threads": 1, "seed": 7, "verbose": -1,
+    "objective": "regression",
+    "learning_rate": 0.05,
+    "num_leaves": 15,
+    "min_data_in_leaf": 20,
+    "feature_fraction": 1.0,
+    "bagging_fraction": 1.0,
+    "lambda_l2": 1.0,
+    "deterministic": True,
+    "force_row_wise": True,
+    "num_threads": 1,
+    "seed": 7,
+    "verbose": -1,
 }
 NUM_ROUNDS = 80
 DEFAULT_FOLDS = 4
@@ -68,12 +77,19 @@ class TrainResult:
         return bool(self.folds) and self.mse_model < self.mse_baseline
 
     def metrics(self) -> dict[str, float]:
-        out = {"mse_model": self.mse_model, "mse_baseline": self.mse_baseline,
-               "skill": 1.0 - self.mse_model / self.mse_baseline if self.mse_baseline > 0 else 0.0,
-               "rows": float(self.rows), "folds": float(len(self.folds))}
+        out = {
+            "mse_model": self.mse_model,
+            "mse_baseline": self.mse_baseline,
+            "skill": 1.0 - self.mse_model / self.mse_baseline if self.mse_baseline > 0 else 0.0,
+            "rows": float(self.rows),
+            "folds": float(len(self.folds)),
+        }
         for f in self.folds:
-            out |= {f"fold{f.fold}_mse_model": f.mse_model, f"fold{f.fold}_mse_baseline": f.mse_baseline,
-                    f"fold{f.fold}_test_rows": float(f.test_rows)}
+            out |= {
+                f"fold{f.fold}_mse_model": f.mse_model,
+                f"fold{f.fold}_mse_baseline": f.mse_baseline,
+                f"fold{f.fold}_test_rows": float(f.test_rows),
+            }
         return out
 
 
@@ -112,13 +128,16 @@ def train_horizon(rows: pa.Table, horizon_s: int, folds: int = DEFAULT_FOLDS) ->
     h_us = horizon_s * 1_000_000
     for i in range(1, len(blocks)):
         test_lo, test_hi = blocks[i]
-        train = ts + h_us < test_lo                       # purged: label ends before the test block
+        train = ts + h_us < test_lo  # purged: label ends before the test block
         test = (ts >= test_lo) & (ts < test_hi)
         if train.sum() < 2 * PARAMS["min_data_in_leaf"] or not test.any():
             continue
         model = _fit(x[train], y[train])
         p = model.predict(x[test], num_threads=1)
-        res.folds.append(FoldMetrics(i, int(train.sum()), int(test.sum()),
-                                     float(np.mean((p - y[test]) ** 2)), float(np.mean(y[test] ** 2))))
+        res.folds.append(
+            FoldMetrics(
+                i, int(train.sum()), int(test.sum()), float(np.mean((p - y[test]) ** 2)), float(np.mean(y[test] ** 2))
+            )
+        )
     res.booster = _fit(x, y)
     return res

@@ -23,47 +23,46 @@ from assets import (
     spark_features,
 )
 from pipelines import (
-    clickhouse_live_service,
-    collector_service,
     hourly_chain,
-    inference_service,
     lake_rebuild_job,
     lake_schedules,
-    lake_sink_service,
     ml_promotion,
-    pragma_service,
-    processor_services,
     recompute_job,
     replay_completion,
-    supervisors,
-    supervisors_processors,
 )
+from pipelines.services import clickhouse_live as clickhouse_live_service
+from pipelines.services import collector as collector_service
+from pipelines.services import inference as inference_service
+from pipelines.services import lake_sink as lake_sink_service
+from pipelines.services import pragma as pragma_service
+from pipelines.services import processors as processor_services
+from pipelines.services import supervisors, supervisors_processors
 from resources.profiles import build_resources
 
 #: One line per area, in data-flow order: collectors -> streaming services -> lake -> analytics.
 #: A new area defines `defs = dg.Definitions(...)` in its own module and adds one line here.
 defs = dg.Definitions.merge(
-    collector_service.defs,        # collector shard job
-    supervisors.defs,              # collector supervisor sensor
-    processor_services.defs,       # normalizer + feature processor service jobs
-    supervisors_processors.defs,   # their supervisor sensor
-    recompute_job.defs,            # processor recompute runbook
-    pragma_service.defs,           # pragma publisher service + supervisor
-    lake_setup.defs,               # lake tables
-    lake_sink_service.defs,        # lake sink service + supervisor
-    lake_hours.defs,               # sealed lake hours + their checks
-    lake_schedules.defs,           # hourly seal, late hours, daily maintenance
-    lake_rebuild_job.defs,         # lake hour rebuild job
-    replay_completion.defs,        # seals a replayed capture's hours
-    bulk_history.defs,             # exchange archive downloads
-    batch_features.defs,           # lake features_1s
-    spark_features.defs,           # Spark features_1s + parity check
-    clickhouse_loads.defs,         # ClickHouse hour loads + bars
+    collector_service.defs,  # collector shard job
+    supervisors.defs,  # collector supervisor sensor
+    processor_services.defs,  # normalizer + feature processor service jobs
+    supervisors_processors.defs,  # their supervisor sensor
+    recompute_job.defs,  # processor recompute runbook
+    pragma_service.defs,  # pragma publisher service + supervisor
+    lake_setup.defs,  # lake tables
+    lake_sink_service.defs,  # lake sink service + supervisor
+    lake_hours.defs,  # sealed lake hours + their checks
+    lake_schedules.defs,  # hourly seal, late hours, daily maintenance
+    lake_rebuild_job.defs,  # lake hour rebuild job
+    replay_completion.defs,  # seals a replayed capture's hours
+    bulk_history.defs,  # exchange archive downloads
+    batch_features.defs,  # lake features_1s
+    spark_features.defs,  # Spark features_1s + parity check
+    clickhouse_loads.defs,  # ClickHouse hour loads + bars
     clickhouse_live_service.defs,  # ClickHouse live loader service + supervisor
-    charts.defs,                   # market charts
-    hourly_chain.defs,             # automation of every hourly product
-    ml.defs,                       # training datasets, models (MLflow), champion registration
-    inference_service.defs,        # online inference service + supervisor
-    ml_promotion.defs,             # shadow vs champion promotion job
+    charts.defs,  # market charts
+    hourly_chain.defs,  # automation of every hourly product
+    ml.defs,  # training datasets, models (MLflow), champion registration
+    inference_service.defs,  # online inference service + supervisor
+    ml_promotion.defs,  # shadow vs champion promotion job
     dg.Definitions(resources=build_resources()),
 )

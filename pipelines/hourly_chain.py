@@ -30,8 +30,8 @@ hourly_chain_automation = dg.AutomationConditionSensorDefinition(
     minimum_interval_seconds=EVALUATION_INTERVAL_S,
     run_tags={"ticklake/launched-by": "hourly-chain-automation"},
     description="Builds every hourly product (features, Spark features + parity check, ClickHouse loads, bars, "
-                "charts) of each lake hour once its lake seal is materialized and its checks passed; never while "
-                "a run or backfill of that partition is in progress.",
+    "charts) of each lake hour once its lake seal is materialized and its checks passed; never while "
+    "a run or backfill of that partition is in progress.",
 )
 
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).

@@ -62,10 +62,16 @@ _COLLECTOR_POD_SPEC: Mapping[str, Any] = {
     "host_network": True,
     "dns_policy": "ClusterFirstWithHostNet",
     "node_selector": {EGRESS_NODE_LABEL: "true"},
-    "affinity": {"pod_anti_affinity": {"required_during_scheduling_ignored_during_execution": [{
-        "label_selector": {"match_labels": {"ticklake/service-kind": COLLECTOR}},
-        "topology_key": "kubernetes.io/hostname",
-    }]}},
+    "affinity": {
+        "pod_anti_affinity": {
+            "required_during_scheduling_ignored_during_execution": [
+                {
+                    "label_selector": {"match_labels": {"ticklake/service-kind": COLLECTOR}},
+                    "topology_key": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    },
 }
 
 

@@ -3,7 +3,7 @@
 `lake_rebuild_hour` is partitioned by the shared HOURLY definition, so a user launches it
 for one hour from the Launchpad or for a range of hours from the job's Partitions tab (a
 backfill; the daemon runs it). Each run rebuilds the selected tables' hour through
-streaming/lake_rebuild.py (processed.* when it still holds the hour, else the lake's own
+streaming/lake/rebuild.py (processed.* when it still holds the hour, else the lake's own
 rows; staged on a branch, validated, promoted in one overwrite), then runs the hour's asset
 checks on the result and records a materialization of `lake/<table>` for that partition,
 so the rebuild shows on the asset's page next to the seals, with source, counts and
@@ -30,8 +30,8 @@ from assets.partitions import HOURLY, hour_start
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from schemas.tables import TABLES, TABLES_BY_NAME
-from streaming.lake_rebuild import DEFAULT_MARGIN_US, SOURCES, rebuild_hour
-from streaming.watermarks import is_hour_closed, lake_watermark, read_watermarks
+from streaming.lake.rebuild import DEFAULT_MARGIN_US, SOURCES, rebuild_hour
+from streaming.processors.watermarks import is_hour_closed, lake_watermark, read_watermarks
 
 BLOCKING_CHECKS = (CHECK_SCHEMA, CHECK_DUPLICATES, CHECK_ROW_COUNT)
 
@@ -65,8 +65,9 @@ def _tables(config: RebuildConfig) -> list[str]:
 
 
 @dg.op(tags={"kind": "iceberg"}, description="Rebuild one hour of the selected lake tables and check it.")
-def rebuild_lake_hour(context: dg.OpExecutionContext, config: RebuildConfig, lake: LakeResource,
-                      kafka: KafkaResource) -> dg.Nothing:
+def rebuild_lake_hour(
+    context: dg.OpExecutionContext, config: RebuildConfig, lake: LakeResource, kafka: KafkaResource
+) -> dg.Nothing:
     names = _tables(config)
     key = context.partition_key
     start = hour_start(key)
@@ -74,33 +75,54 @@ def rebuild_lake_hour(context: dg.OpExecutionContext, config: RebuildConfig, lak
     if not config.allow_open_hour:
         wm = lake_watermark(read_watermarks(lake.load_catalog()))
         if not is_hour_closed(start, wm, timedelta(minutes=config.grace_minutes)):
-            raise dg.Failure(f"hour {key} is not closed (lake watermark {wm}); the sink may still write it. "
-                             "Set allow_open_hour to rebuild anyway.", allow_retries=False)
+            raise dg.Failure(
+                f"hour {key} is not closed (lake watermark {wm}); the sink may still write it. "
+                "Set allow_open_hour to rebuild anyway.",
+                allow_retries=False,
+            )
     tables = lake.ensure_tables()
     conn = kafka.connection()
     failed: list[str] = []
     for name in names:
-        report = rebuild_hour(tables[name], hour_us, source=config.source, conn=conn,
-                              snapshot_id=config.snapshot_id, dry_run=config.dry_run,
-                              margin_us=int(config.margin_minutes * 60e6))
-        context.log.info(f"{report.table} {key}: source {report.source} ({report.source_detail}); "
-                         f"{report.before_rows} rows before, {report.rows} after, "
-                         f"{report.missing_before} were missing, {report.extra_before} extra; "
-                         f"checksum {report.checksum}")
+        report = rebuild_hour(
+            tables[name],
+            hour_us,
+            source=config.source,
+            conn=conn,
+            snapshot_id=config.snapshot_id,
+            dry_run=config.dry_run,
+            margin_us=int(config.margin_minutes * 60e6),
+        )
+        context.log.info(
+            f"{report.table} {key}: source {report.source} ({report.source_detail}); "
+            f"{report.before_rows} rows before, {report.rows} after, "
+            f"{report.missing_before} were missing, {report.extra_before} extra; "
+            f"checksum {report.checksum}"
+        )
         if report.kafka_unavailable:
             context.log.warning(f"{report.table} {key}: processed.* not used: {report.kafka_unavailable}")
         if config.dry_run:
-            context.log_event(dg.AssetObservation(asset_key=lake_asset_key(TABLES_BY_NAME[name]), partition=key,
-                                                  metadata=_metadata(report)))
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=lake_asset_key(TABLES_BY_NAME[name]), partition=key, metadata=_metadata(report)
+                )
+            )
             continue
         checks = run_checks(TABLES_BY_NAME[name], lake, key)
         outcome = {c.check_name: c.passed for c in checks}
-        failed += [f"{name}.{c.check_name}: {c.description}" for c in checks
-                   if not c.passed and c.check_name in BLOCKING_CHECKS]
-        context.log_event(dg.AssetMaterialization(
-            asset_key=lake_asset_key(TABLES_BY_NAME[name]), partition=key,
-            description=f"rebuilt from {report.source}",
-            metadata={**_metadata(report), "checks": dg.MetadataValue.json(outcome)}))
+        failed += [
+            f"{name}.{c.check_name}: {c.description}"
+            for c in checks
+            if not c.passed and c.check_name in BLOCKING_CHECKS
+        ]
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=lake_asset_key(TABLES_BY_NAME[name]),
+                partition=key,
+                description=f"rebuilt from {report.source}",
+                metadata={**_metadata(report), "checks": dg.MetadataValue.json(outcome)},
+            )
+        )
     if failed:
         raise dg.Failure("the rebuilt hour fails its checks:\n" + "\n".join(failed))
 
@@ -128,9 +150,12 @@ def _metadata(report) -> dict:
     }
 
 
-@dg.job(partitions_def=HOURLY, tags={"ticklake/layer": "lake"},
-        description="Rebuild broken lake hours: recompute from processed.* (or the lake), stage on a branch, "
-                    "validate counts and checksums, promote in one overwrite.")
+@dg.job(
+    partitions_def=HOURLY,
+    tags={"ticklake/layer": "lake"},
+    description="Rebuild broken lake hours: recompute from processed.* (or the lake), stage on a branch, "
+    "validate counts and checksums, promote in one overwrite.",
+)
 def lake_rebuild_hour():
     rebuild_lake_hour()
 

@@ -8,7 +8,7 @@
   digest of those files, so a tick re-finding the same work does not launch it twice,
   while new late rows produce a new request.
 * `lake_maintenance` (job + daily schedule): expire old snapshots, then delete
-  unreferenced data files older than a safety age (streaming/lake_maintenance.py).
+  unreferenced data files older than a safety age (streaming/lake/maintenance.py).
 """
 
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
@@ -23,16 +23,16 @@ from assets.lake_hours import LAKE_HOUR_ASSETS, lake_asset_key
 from assets.partitions import HOURLY, hour_key
 from resources.lake import LakeResource
 from schemas.tables import TABLES, TABLES_BY_NAME
-from streaming.lake_maintenance import (
+from streaming.kafka.source_complete import read_complete_ranges
+from streaming.lake.maintenance import (
     DEFAULT_ORPHAN_MIN_AGE,
     DEFAULT_RETAIN_LAST,
     DEFAULT_SNAPSHOT_MAX_AGE,
     maintain_table,
 )
-from streaming.lake_seal import SEALED_PREFIX
-from streaming.lake_state import HOUR_US, LEDGER_HOURS
-from streaming.source_complete import read_complete_ranges
-from streaming.watermarks import (
+from streaming.lake.seal import SEALED_PREFIX
+from streaming.lake.state import HOUR_US, LEDGER_HOURS
+from streaming.processors.watermarks import (
     DEFAULT_CLOSE_GRACE,
     closed_hours_until,
     is_hour_closed,
@@ -60,9 +60,13 @@ def newest_closed_hour(lake: LakeResource, grace: timedelta = DEFAULT_CLOSE_GRAC
     return key if first is not None and key >= first else None
 
 
-@dg.schedule(job=lake_seal_job, cron_schedule="10 * * * *", execution_timezone="UTC",
-             default_status=dg.DefaultScheduleStatus.STOPPED,
-             description="Seal the newest closed hour (by the lake watermark) of every lake table.")
+@dg.schedule(
+    job=lake_seal_job,
+    cron_schedule="10 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Seal the newest closed hour (by the lake watermark) of every lake table.",
+)
 def lake_hourly_seal(context: dg.ScheduleEvaluationContext, lake: LakeResource):
     key = newest_closed_hour(lake)
     if key is None:
@@ -70,7 +74,9 @@ def lake_hourly_seal(context: dg.ScheduleEvaluationContext, lake: LakeResource):
     return dg.RunRequest(run_key=f"seal-{key}", partition_key=key)
 
 
-def unsealed_closed_hours(lake: LakeResource, grace: timedelta = DEFAULT_CLOSE_GRACE) -> dict[str, dict[str, list[str]]]:
+def unsealed_closed_hours(
+    lake: LakeResource, grace: timedelta = DEFAULT_CLOSE_GRACE
+) -> dict[str, dict[str, list[str]]]:
     """hour key -> table -> files of that hour outside the sealed layout, for closed hours."""
     catalog = lake.load_catalog()
     wm = lake_watermark(read_watermarks(catalog))
@@ -105,8 +111,12 @@ def unsealed_closed_hours(lake: LakeResource, grace: timedelta = DEFAULT_CLOSE_G
     return out
 
 
-@dg.sensor(job=lake_seal_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Seal closed hours that are not in their sealed layout (never sealed, or late rows).")
+@dg.sensor(
+    job=lake_seal_job,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Seal closed hours that are not in their sealed layout (never sealed, or late rows).",
+)
 def lake_late_hours(context: dg.SensorEvaluationContext, lake: LakeResource):
     pending = unsealed_closed_hours(lake)
     if not pending:
@@ -115,8 +125,13 @@ def lake_late_hours(context: dg.SensorEvaluationContext, lake: LakeResource):
     for key in sorted(pending)[:MAX_LATE_REQUESTS_PER_TICK]:
         tables = pending[key]
         digest = hashlib.sha256("\n".join(p for name in sorted(tables) for p in tables[name]).encode()).hexdigest()[:16]
-        requests.append(dg.RunRequest(run_key=f"late-{key}-{digest}", partition_key=key,
-                                      asset_selection=[lake_asset_key(TABLES_BY_NAME[n]) for n in sorted(tables)]))
+        requests.append(
+            dg.RunRequest(
+                run_key=f"late-{key}-{digest}",
+                partition_key=key,
+                asset_selection=[lake_asset_key(TABLES_BY_NAME[n]) for n in sorted(tables)],
+            )
+        )
     return requests
 
 
@@ -130,18 +145,29 @@ class MaintenanceConfig(dg.Config):
 @dg.op(description="Expire old snapshots and delete unreferenced data files older than the safety age.")
 def maintain_lake_tables(context: dg.OpExecutionContext, config: MaintenanceConfig, lake: LakeResource) -> dg.Nothing:
     for name, table in sorted(lake.ensure_tables().items()):
-        res = maintain_table(table, snapshot_max_age=timedelta(hours=config.snapshot_max_age_hours),
-                             retain_last=config.retain_last,
-                             orphan_min_age=timedelta(hours=config.orphan_min_age_hours), dry_run=config.dry_run)
-        context.log.info(f"{name}: expired {len(res.snapshots_expired)}/{res.snapshots_before} snapshots, "
-                         f"deleted {len(res.orphans_deleted)} orphan files ({res.bytes_deleted} bytes), "
-                         f"{res.orphans_too_young} unreferenced files younger than the safety age kept")
-        context.log_event(dg.AssetObservation(asset_key=lake_asset_key(TABLES_BY_NAME[name]), metadata={
-            "snapshots_expired": len(res.snapshots_expired),
-            "orphan_files_deleted": len(res.orphans_deleted),
-            "orphan_bytes_deleted": res.bytes_deleted,
-            "referenced_files": res.referenced_files,
-        }))
+        res = maintain_table(
+            table,
+            snapshot_max_age=timedelta(hours=config.snapshot_max_age_hours),
+            retain_last=config.retain_last,
+            orphan_min_age=timedelta(hours=config.orphan_min_age_hours),
+            dry_run=config.dry_run,
+        )
+        context.log.info(
+            f"{name}: expired {len(res.snapshots_expired)}/{res.snapshots_before} snapshots, "
+            f"deleted {len(res.orphans_deleted)} orphan files ({res.bytes_deleted} bytes), "
+            f"{res.orphans_too_young} unreferenced files younger than the safety age kept"
+        )
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=lake_asset_key(TABLES_BY_NAME[name]),
+                metadata={
+                    "snapshots_expired": len(res.snapshots_expired),
+                    "orphan_files_deleted": len(res.orphans_deleted),
+                    "orphan_bytes_deleted": res.bytes_deleted,
+                    "referenced_files": res.referenced_files,
+                },
+            )
+        )
 
 
 @dg.job(description="Daily Iceberg maintenance of the lake tables.")
@@ -150,9 +176,16 @@ def lake_maintenance():
 
 
 lake_daily_maintenance = dg.ScheduleDefinition(
-    job=lake_maintenance, cron_schedule="30 3 * * *", execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.STOPPED, name="lake_daily_maintenance")
+    job=lake_maintenance,
+    cron_schedule="30 3 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    name="lake_daily_maintenance",
+)
 
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
-defs = dg.Definitions(jobs=[lake_seal_job, lake_maintenance], schedules=[lake_hourly_seal, lake_daily_maintenance],
-                      sensors=[lake_late_hours])
+defs = dg.Definitions(
+    jobs=[lake_seal_job, lake_maintenance],
+    schedules=[lake_hourly_seal, lake_daily_maintenance],
+    sensors=[lake_late_hours],
+)

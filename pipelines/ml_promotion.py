@@ -26,8 +26,8 @@ from ml.predictions import PREDICTION_SCHEMA, PREDICTIONS_TABLE
 from ml.promotion import compare_versions
 from resources.lake import LakeResource
 from resources.mlflow import MlflowResource
-from streaming import feature_lake as fl
-from streaming.lake_state import HOUR_US
+from streaming.lake import features as fl
+from streaming.lake.state import HOUR_US
 
 
 class PromoteConfig(dg.Config):
@@ -40,8 +40,9 @@ class PromoteConfig(dg.Config):
 
 
 @dg.op
-def promote_shadow(context: dg.OpExecutionContext, config: PromoteConfig, lake: LakeResource,
-                   mlflow: MlflowResource) -> dict:
+def promote_shadow(
+    context: dg.OpExecutionContext, config: PromoteConfig, lake: LakeResource, mlflow: MlflowResource
+) -> dict:
     client = mlflow.settings().client()
     champ = reg.alias_version(client, config.model, reg.CHAMPION)
     shadow = reg.alias_version(client, config.model, config.shadow_alias)
@@ -54,8 +55,16 @@ def promote_shadow(context: dg.OpExecutionContext, config: PromoteConfig, lake: 
     hs = sorted(hour_us(k) for k in config.hours)
     feats = pa.concat_tables([fl.read_hour_rows(ftable, h) for h in hs])
     preds = pa.concat_tables([fl.read_range(ptable, h, h + HOUR_US) or PREDICTION_SCHEMA.empty_table() for h in hs])
-    cmp = compare_versions(feats, hs[-1] + HOUR_US, preds.cast(PREDICTION_SCHEMA), config.model,
-                           reg.horizon_of(config.model), champ[0], shadow[0], config.min_rows)
+    cmp = compare_versions(
+        feats,
+        hs[-1] + HOUR_US,
+        preds.cast(PREDICTION_SCHEMA),
+        config.model,
+        reg.horizon_of(config.model),
+        champ[0],
+        shadow[0],
+        config.min_rows,
+    )
     result = {**cmp.to_dict(), "champion_version": champ[0], "shadow_version": shadow[0], "hours": config.hours}
     client.set_model_version_tag(config.model, shadow[0], "promotion_check", json.dumps(result, default=str))
     context.log.info(f"promotion check of {config.model} v{shadow[0]} vs v{champ[0]}: {result}")
@@ -67,8 +76,10 @@ def promote_shadow(context: dg.OpExecutionContext, config: PromoteConfig, lake: 
     return result
 
 
-@dg.job(description="Compare a model's shadow version with its champion on sealed hours and move the "
-                    "`champion` alias only when the shadow is at least as good (promotion runbook).")
+@dg.job(
+    description="Compare a model's shadow version with its champion on sealed hours and move the "
+    "`champion` alias only when the shadow is at least as good (promotion runbook)."
+)
 def promote_model():
     promote_shadow()
 

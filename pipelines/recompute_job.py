@@ -1,6 +1,6 @@
 """The recompute runbook as a job: launch it from the UI (Launchpad) with a time range.
 
-Logic lives in streaming/recompute.py; this op only parses the config, runs it and
+Logic lives in streaming/processors/recompute.py; this op only parses the config, runs it and
 reports counts, checksums and what (if anything) was promoted as output metadata.
 """
 
@@ -10,9 +10,9 @@ import dagster as dg
 
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
-from streaming.feature_processor import parse_pairs
-from streaming.normalizer import build_catalog, input_topics_for
-from streaming.recompute import recompute_features, recompute_normalizer
+from streaming.processors.feature_processor import parse_pairs
+from streaming.processors.normalizer import build_catalog, input_topics_for
+from streaming.processors.recompute import recompute_features, recompute_normalizer
 
 
 class RecomputeConfig(dg.Config):
@@ -40,6 +40,7 @@ class RecomputeConfig(dg.Config):
 
 def _iso_us(text: str) -> int:
     from datetime import datetime
+
     dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
@@ -50,32 +51,59 @@ def _iso_us(text: str) -> int:
 def recompute_range(context: dg.OpExecutionContext, config: RecomputeConfig, kafka: KafkaResource):
     tag = config.tag or context.run_id[:8]
     if config.processor == "features":
-        report = recompute_features(kafka.connection(), parse_pairs(config.pairs or None), _iso_us(config.start),
-                                 _iso_us(config.end), processor_name=config.processor_name,
-                                 promote=config.promote, tag=tag)
+        report = recompute_features(
+            kafka.connection(),
+            parse_pairs(config.pairs or None),
+            _iso_us(config.start),
+            _iso_us(config.end),
+            processor_name=config.processor_name,
+            promote=config.promote,
+            tag=tag,
+        )
     elif config.processor == "normalizer":
         cache = config.instruments_cache or str(resolve_home().root / "instruments.json")
         catalog, _ = build_catalog(cache)
-        report = recompute_normalizer(kafka.connection(), catalog,
-                                   input_topics_for(config.exchanges or None, config.markets or None),
-                                   _iso_us(config.start), _iso_us(config.end), promote=config.promote, tag=tag)
+        report = recompute_normalizer(
+            kafka.connection(),
+            catalog,
+            input_topics_for(config.exchanges or None, config.markets or None),
+            _iso_us(config.start),
+            _iso_us(config.end),
+            promote=config.promote,
+            tag=tag,
+        )
     else:
         raise dg.Failure(f"unknown processor {config.processor!r}; expected 'features' or 'normalizer'")
     d = report.as_dict()
-    context.log.info(f"recompute {config.start}..{config.end}: recomputed {report.recomputed}, live {report.live}, "
-                     f"equal={report.equal}, promoted {len(report.promoted)}")
-    return dg.Output(d, metadata={
-        "side_topic": report.side_topic, "recomputed": report.recomputed, "live": report.live,
-        "live_copies": report.live_copies, "equal": report.equal, "complete": report.complete,
-        "from_checkpoint": report.from_checkpoint, "recomputed_checksum": report.recomputed_checksum,
-        "live_checksum": report.live_checksum, "missing_in_live": len(report.missing_in_live),
-        "extra_in_live": len(report.extra_in_live), "differing": len(report.differing),
-        "promoted": len(report.promoted)})
+    context.log.info(
+        f"recompute {config.start}..{config.end}: recomputed {report.recomputed}, live {report.live}, "
+        f"equal={report.equal}, promoted {len(report.promoted)}"
+    )
+    return dg.Output(
+        d,
+        metadata={
+            "side_topic": report.side_topic,
+            "recomputed": report.recomputed,
+            "live": report.live,
+            "live_copies": report.live_copies,
+            "equal": report.equal,
+            "complete": report.complete,
+            "from_checkpoint": report.from_checkpoint,
+            "recomputed_checksum": report.recomputed_checksum,
+            "live_checksum": report.live_checksum,
+            "missing_in_live": len(report.missing_in_live),
+            "extra_in_live": len(report.extra_in_live),
+            "differing": len(report.differing),
+            "promoted": len(report.promoted),
+        },
+    )
 
 
-@dg.job(tags={"ticklake/runbook": "recompute"},
-        description="Recompute runbook: recompute a processor's output (features or normalized records) for a "
-                    "time range into a side topic, compare with the live topic, optionally promote.")
+@dg.job(
+    tags={"ticklake/runbook": "recompute"},
+    description="Recompute runbook: recompute a processor's output (features or normalized records) for a "
+    "time range into a side topic, compare with the live topic, optionally promote.",
+)
 def recompute_job():
     recompute_range()
 

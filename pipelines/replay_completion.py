@@ -13,12 +13,12 @@ hours complete once, in this order, all of these hold:
    its hours would be sealed with events missing;
 2. the chain has drained: the normalizer's group has no committed record left in raw.*
    and the lake sink no record after the offsets stored in its Iceberg snapshots in
-   processed.* (streaming/drain.py asks the broker for records, not offsets);
+   processed.* (streaming/kafka/drain.py asks the broker for records, not offsets);
 3. (2) held on two consecutive evaluations (>= 15 s apart), so frames still inside a
    collector or an open transaction when the first probe ran are not missed.
 
 Then it writes the completed range (the capture's whole hours) into the catalog
-(streaming/source_complete.py; the closed-hour rule honours it) and requests a seal run
+(streaming/kafka/source_complete.py; the closed-hour rule honours it) and requests a seal run
 of every hour of the range. Rows arriving afterwards anyway are resealed by the
 late-hours sensor.
 """
@@ -31,21 +31,21 @@ import dagster as dg
 
 from assets.partitions import HOURLY, hour_key
 from pipelines.lake_schedules import lake_seal_job
-from pipelines.stack_replay import emulator_stats, incomplete_reason, load_source
+from pipelines.local.replay import emulator_stats, incomplete_reason, load_source
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
+from runtime import kafka_config as kc
 from schemas.topics import Stage, all_event_topics
-from streaming import kafka_config as kc
-from streaming.clickhouse_live import GROUP_ID as CLICKHOUSE_LIVE_GROUP
-from streaming.clickhouse_live import live_topics
-from streaming.drain import pending_partitions
-from streaming.feature_processor import feature_group, input_topics, parse_pairs
-from streaming.lake_state import HOUR_US, latest_sink_state
-from streaming.source_complete import mark_complete
+from streaming.clickhouse.live import GROUP_ID as CLICKHOUSE_LIVE_GROUP
+from streaming.clickhouse.live import live_topics
+from streaming.kafka.drain import pending_partitions
+from streaming.kafka.source_complete import mark_complete
+from streaming.lake.state import HOUR_US, latest_sink_state
+from streaming.processors.feature_processor import feature_group, input_topics, parse_pairs
 
 NORMALIZER_GROUP = "ticklake-normalizer"
-#: The default feature processor's group (pipelines/processor_services.py runs it under name "default").
+#: The default feature processor's group (pipelines/services/processors.py runs it under name "default").
 FEATURES_GROUP = feature_group("default")
 CONFIRMATIONS = 2
 
@@ -88,11 +88,14 @@ def drain_report(conn: kc.KafkaConnection, lake: LakeResource) -> dict[str, dict
     # The streaming feature path too: the hours' chain compares Spark and batch features with
     # what the processor published (read from ClickHouse), so sealing before the processor and
     # the live consumer have caught up would fail that parity check for a lagging service.
-    return {"normalizer": pending_partitions(conn, normalizer_positions(conn)),
-            "lake sink": pending_partitions(conn, sink_positions(conn, lake)),
-            "feature processor": pending_partitions(conn, group_positions(
-                conn, FEATURES_GROUP, input_topics(parse_pairs(None)))),
-            "clickhouse live": pending_partitions(conn, group_positions(conn, CLICKHOUSE_LIVE_GROUP, live_topics()))}
+    return {
+        "normalizer": pending_partitions(conn, normalizer_positions(conn)),
+        "lake sink": pending_partitions(conn, sink_positions(conn, lake)),
+        "feature processor": pending_partitions(
+            conn, group_positions(conn, FEATURES_GROUP, input_topics(parse_pairs(None)))
+        ),
+        "clickhouse live": pending_partitions(conn, group_positions(conn, CLICKHOUSE_LIVE_GROUP, live_topics())),
+    }
 
 
 def _hours(from_us: int, until_us: int) -> list[str]:
@@ -105,9 +108,13 @@ def _hours(from_us: int, until_us: int) -> list[str]:
     return keys
 
 
-@dg.sensor(job=lake_seal_job, minimum_interval_seconds=15, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Declares a replayed capture complete once it is exhausted and drained into the "
-                       "lake, so the hours it covers close; then seals them.")
+@dg.sensor(
+    job=lake_seal_job,
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Declares a replayed capture complete once it is exhausted and drained into the "
+    "lake, so the hours it covers close; then seals them.",
+)
 def replay_completion(context: dg.SensorEvaluationContext, kafka: KafkaResource, lake: LakeResource):
     source = load_source(resolve_home().run_dir)
     if source is None:
@@ -125,8 +132,10 @@ def replay_completion(context: dg.SensorEvaluationContext, kafka: KafkaResource,
         items = sum(f.get("items", 0) for f in stats.get("feeds", []))
         context.update_cursor(json.dumps({**cursor, "drained": 0}))
         waiting = stats.get("waiting_for") or []
-        return dg.SkipReason(f"{source.capture}: replaying ({items} records served so far)"
-                             + (f"; holding for collectors to subscribe {waiting}" if waiting else ""))
+        return dg.SkipReason(
+            f"{source.capture}: replaying ({items} records served so far)"
+            + (f"; holding for collectors to subscribe {waiting}" if waiting else "")
+        )
     problem = incomplete_reason(stats)
     if problem:
         context.update_cursor(json.dumps({**cursor, "drained": 0}))
@@ -135,8 +144,9 @@ def replay_completion(context: dg.SensorEvaluationContext, kafka: KafkaResource,
     busy = {stage: len(tps) for stage, tps in pending.items() if tps}
     if busy:
         context.update_cursor(json.dumps({**cursor, "drained": 0}))
-        return dg.SkipReason(f"capture exhausted; waiting for the chain to drain: partitions with records "
-                             f"left per stage {busy}")
+        return dg.SkipReason(
+            f"capture exhausted; waiting for the chain to drain: partitions with records left per stage {busy}"
+        )
     cursor["drained"] += 1
     if cursor["drained"] < CONFIRMATIONS:
         context.update_cursor(json.dumps(cursor))
@@ -146,10 +156,14 @@ def replay_completion(context: dg.SensorEvaluationContext, kafka: KafkaResource,
     context.log.info(f"{source.capture}: complete; hours {keys} declared closed")
     context.update_cursor(json.dumps({**cursor, "done": True}))
     if not keys:
-        return dg.SkipReason(f"{source.capture}: complete, but its hours precede the first lake partition "
-                             f"({HOURLY.get_first_partition_key()}): nothing to seal")
-    return [dg.RunRequest(run_key=f"{source.source_id}-{k}", partition_key=k,
-                          tags={"ticklake/replay": source.source_id}) for k in keys]
+        return dg.SkipReason(
+            f"{source.capture}: complete, but its hours precede the first lake partition "
+            f"({HOURLY.get_first_partition_key()}): nothing to seal"
+        )
+    return [
+        dg.RunRequest(run_key=f"{source.source_id}-{k}", partition_key=k, tags={"ticklake/replay": source.source_id})
+        for k in keys
+    ]
 
 
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).

@@ -59,8 +59,17 @@ def answers(url: str, timeout: float = 3.0) -> bool:
 
 
 def command(root: Path, state_file: Path, port: int = 0) -> list[str]:
-    return [sys.executable, "-m", "resources.artifact_server", "--root", str(root), "--state", str(state_file),
-            "--port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "resources.artifact_server",
+        "--root",
+        str(root),
+        "--state",
+        str(state_file),
+        "--port",
+        str(port),
+    ]
 
 
 class _ReadOnlyFiles(SimpleHTTPRequestHandler):

@@ -113,18 +113,31 @@ class LocalArtifactStore:
 class S3ArtifactStore:
     """Objects under s3://bucket/prefix/; `endpoint_url` points at moto or MinIO in tests."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 region: str | None = None, access_key_id: str | None = None,
-                 secret_access_key: str | None = None, session_token: str | None = None):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+    ):
         import boto3
 
         if not bucket:
             raise ValueError("S3 artifact store needs a bucket")
         self.bucket = bucket
         self.prefix = validate_key(prefix.strip("/")) + "/" if prefix.strip("/") else ""
-        self._s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
-                                aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
-                                aws_session_token=session_token)
+        self._s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            aws_session_token=session_token,
+        )
 
     def _key(self, key: str) -> str:
         return self.prefix + validate_key(key)
@@ -147,7 +160,7 @@ class S3ArtifactStore:
         keys: list[str] = []
         pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
         for page in pages:
-            keys += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
+            keys += [o["Key"][len(self.prefix) :] for o in page.get("Contents", [])]
         return sorted(keys)
 
 
@@ -171,9 +184,13 @@ class ArtifactStoreResource(dg.ConfigurableResource):
     region: str | None = Field(default=None)
     access_key_id: str | None = Field(default=None, description="only through dg.EnvVar; unset = AWS default chain")
     secret_access_key: str | None = Field(default=None, description="secret: only through dg.EnvVar")
-    base_url: str | None = Field(default=None, description=(
-        f"http(s) URL serving the store's keys (for previews in the UI); unset: ${ARTIFACTS_URL_ENV}, else "
-        "the local stack's artifact server when the store is $TICKLAKE_HOME/artifacts"))
+    base_url: str | None = Field(
+        default=None,
+        description=(
+            f"http(s) URL serving the store's keys (for previews in the UI); unset: ${ARTIFACTS_URL_ENV}, else "
+            "the local stack's artifact server when the store is $TICKLAKE_HOME/artifacts"
+        ),
+    )
 
     _store: ArtifactStore | None = PrivateAttr(default=None)
 
@@ -181,9 +198,13 @@ class ArtifactStoreResource(dg.ConfigurableResource):
         if self._store is None:
             root = self.root or str(resolve_home().artifacts_dir)
             if urlparse(root).scheme == "s3":
-                self._store = open_store(root, endpoint_url=self.endpoint_url, region=self.region,
-                                         access_key_id=self.access_key_id,
-                                         secret_access_key=self.secret_access_key)
+                self._store = open_store(
+                    root,
+                    endpoint_url=self.endpoint_url,
+                    region=self.region,
+                    access_key_id=self.access_key_id,
+                    secret_access_key=self.secret_access_key,
+                )
             else:
                 self._store = open_store(root)
         return self._store

@@ -25,7 +25,7 @@ from resources.home import resolve_home
 from schemas.instruments import InstrumentRef
 from schemas.model import Exchange, Market
 from schemas.units import unit_of
-from streaming.instruments import InstrumentCatalog, fetch_instruments
+from streaming.processors.instruments import InstrumentCatalog, fetch_instruments
 
 
 class BulkHistoryResource(dg.ConfigurableResource):
@@ -40,9 +40,11 @@ class BulkHistoryResource(dg.ConfigurableResource):
     backoff_cap_s: float = Field(default=30.0)
     timeout_s: float = Field(default=60.0)
     instruments_cache: str | None = Field(
-        default=None, description="InstrumentCatalog JSON; default $TICKLAKE_HOME/instruments.json")
+        default=None, description="InstrumentCatalog JSON; default $TICKLAKE_HOME/instruments.json"
+    )
     exchange_info_urls: dict[str, str] = Field(
-        default_factory=dict, description="'<exchange>:<market>' -> exchange-info root (default: live venue)")
+        default_factory=dict, description="'<exchange>:<market>' -> exchange-info root (default: live venue)"
+    )
 
     _catalog: InstrumentCatalog | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -53,9 +55,14 @@ class BulkHistoryResource(dg.ConfigurableResource):
         return d
 
     def downloader(self, progress: Progress | None = None) -> Downloader:
-        return Downloader(max_concurrency=self.max_concurrency, per_host_rate=self.per_host_rate,
-                          retries=self.retries, timeout_s=self.timeout_s, progress=progress,
-                          backoff=BackoffPolicy(base_s=self.backoff_base_s, cap_s=self.backoff_cap_s))
+        return Downloader(
+            max_concurrency=self.max_concurrency,
+            per_host_rate=self.per_host_rate,
+            retries=self.retries,
+            timeout_s=self.timeout_s,
+            progress=progress,
+            backoff=BackoffPolicy(base_s=self.backoff_base_s, cap_s=self.backoff_cap_s),
+        )
 
     def _cache_path(self) -> Path:
         return Path(self.instruments_cache) if self.instruments_cache else resolve_home().root / "instruments.json"
@@ -76,12 +83,23 @@ class BulkHistoryResource(dg.ConfigurableResource):
                 cat.save(self._cache_path())
                 ref = cat.get(exchange, market, native)
             if ref is None:
-                raise LookupError(f"{exchange} {market} {native}: not in the venue's exchange info; "
-                                  "cannot know its scales")
+                raise LookupError(
+                    f"{exchange} {market} {native}: not in the venue's exchange info; cannot know its scales"
+                )
             return ref
 
     def target(self, source: BulkSource) -> Target:
         ref = self.instrument(source.exchange, source.lake_market, source.symbol)
         ps, ss = ref.price_scale, ref.size_scale
-        return Target(source.exchange, source.lake_market, source.symbol, ref.canonical, ps, ss,
-                      ref.tick_units(ps), ref.lot_units(ss), source.shard, unit_of(ref))
+        return Target(
+            source.exchange,
+            source.lake_market,
+            source.symbol,
+            ref.canonical,
+            ps,
+            ss,
+            ref.tick_units(ps),
+            ref.lot_units(ss),
+            source.shard,
+            unit_of(ref),
+        )

@@ -1,7 +1,7 @@
 """Dagster resource for ClickHouse: one client code path for the local stack and production.
 
 Every DSN is a ClickHouse HTTP endpoint read by clickhouse-connect. Locally it is
-``http://127.0.0.1:<port>`` of the local ClickHouse server (streaming/clickhouse_server.py:
+``http://127.0.0.1:<port>`` of the local ClickHouse server (streaming/clickhouse/server.py:
 one process owns the chdb engine of $TICKLAKE_HOME/clickhouse and serves ClickHouse's HTTP
 interface; `ticklake up` starts it and records its address in the home); in production
 ``https://user@host:8443/db`` with the password from dg.EnvVar. The live consumer, the
@@ -36,9 +36,12 @@ class LocalClickHouseNotRunning(RuntimeError):
 def _validate(dsn: str) -> None:
     parsed = urlparse(dsn)
     if parsed.scheme not in _SCHEMES:
-        hint = (" (the in-process chdb:// engine is no longer used by clients: the local ClickHouse "
-                "server owns it; use its http://127.0.0.1:<port> DSN from `ticklake status`)"
-                if parsed.scheme == "chdb" else "")
+        hint = (
+            " (the in-process chdb:// engine is no longer used by clients: the local ClickHouse "
+            "server owns it; use its http://127.0.0.1:<port> DSN from `ticklake status`)"
+            if parsed.scheme == "chdb"
+            else ""
+        )
         raise ValueError(f"ClickHouse DSN scheme must be one of {_SCHEMES}, got {parsed.scheme!r}{hint}")
     if parsed.password:
         raise ValueError("put the ClickHouse password in dg.EnvVar / the password argument, not in the DSN")
@@ -54,12 +57,17 @@ def get_client(dsn: str, password: str | None = None, settings: dict[str, Any] |
 class ClickHouseResource(dg.ConfigurableResource):
     """ClickHouse connection; local default: the local ClickHouse server of $TICKLAKE_HOME."""
 
-    dsn: str | None = Field(default=None, description="http(s)://[user@]host:port[/db]; unset: the local "
-                                                      "ClickHouse server `ticklake up` started for $TICKLAKE_HOME")
+    dsn: str | None = Field(
+        default=None,
+        description="http(s)://[user@]host:port[/db]; unset: the local "
+        "ClickHouse server `ticklake up` started for $TICKLAKE_HOME",
+    )
     password: str | None = Field(default=None, description="secret for a server DSN: only through dg.EnvVar")
     # Optional[...] rather than `| None`: Dagster resolves nested resource annotations at runtime.
     secrets: Optional[SecretsResource] = Field(  # noqa: UP045
-        default=None, description=f"where an unset password comes from (${CLICKHOUSE_PASSWORD_ENV}, then Secrets Manager)")
+        default=None,
+        description=f"where an unset password comes from (${CLICKHOUSE_PASSWORD_ENV}, then Secrets Manager)",
+    )
 
     def resolved_password(self) -> str | None:
         if self.password or self.secrets is None:
@@ -76,7 +84,8 @@ class ClickHouseResource(dg.ConfigurableResource):
         if dsn is None:
             raise LocalClickHouseNotRunning(
                 f"no local ClickHouse server is running for {home.root} (none recorded in "
-                f"{home.clickhouse_state_file}): `ticklake up` starts it, or configure the resource's dsn")
+                f"{home.clickhouse_state_file}): `ticklake up` starts it, or configure the resource's dsn"
+            )
         return dsn
 
     def get_client(self) -> Client:

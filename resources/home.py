@@ -20,7 +20,7 @@ CATALOG_NAME = "ticklake"
 
 #: Limits of Dagster concurrency pools on the local instance (dagster.yaml cannot name a
 #: pool's limit, so `ticklake up` sets them). Empty: local ClickHouse steps need no pool,
-#: the one local ClickHouse server (streaming/clickhouse_server.py) serves them all at once.
+#: the one local ClickHouse server (streaming/clickhouse/server.py) serves them all at once.
 LOCAL_POOL_LIMITS: dict[str, int] = {}
 
 #: Written by the local ClickHouse server once it serves (url, port, pid, data path).
@@ -95,8 +95,14 @@ class TicklakeHome:
 
     def ensure(self) -> TicklakeHome:
         """Create every directory of the layout (idempotent)."""
-        for d in (self.root, self.warehouse_dir, self.clickhouse_dir, self.dagster_home,
-                  self.artifacts_dir, self.run_dir):
+        for d in (
+            self.root,
+            self.warehouse_dir,
+            self.clickhouse_dir,
+            self.dagster_home,
+            self.artifacts_dir,
+            self.run_dir,
+        ):
             d.mkdir(parents=True, exist_ok=True)
         return self
 

@@ -1,7 +1,7 @@
 """Dagster resource for Kafka: connection settings in, librdkafka config dicts out.
 
 The resource only holds *where* and *how to authenticate*; every producer/consumer
-setting comes from streaming/kafka_config.py so a service launched by Dagster and the
+setting comes from runtime/kafka_config.py so a service launched by Dagster and the
 same processor run from a test behave identically. Secrets reach the fields through
 dg.EnvVar (see resources/profiles.py), or, with `secrets` set, from the environment or AWS
 Secrets Manager at use time (resources/secrets.py); they are never part of run config.
@@ -16,7 +16,7 @@ import dagster as dg
 from pydantic import Field
 
 from resources.secrets import SecretsResource
-from streaming import kafka_config as kc
+from runtime import kafka_config as kc
 
 
 class KafkaResource(dg.ConfigurableResource):
@@ -24,9 +24,9 @@ class KafkaResource(dg.ConfigurableResource):
     variables at use time, so a local run picks up the embedded broker `ticklake up` started."""
 
     bootstrap_servers: str | None = Field(
-        default=None, description=f"host:port list; default ${kc.KAFKA_BOOTSTRAP_ENV} or {kc.DEFAULT_BOOTSTRAP}")
-    security_protocol: str | None = Field(
-        default=None, description="PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL")
+        default=None, description=f"host:port list; default ${kc.KAFKA_BOOTSTRAP_ENV} or {kc.DEFAULT_BOOTSTRAP}"
+    )
+    security_protocol: str | None = Field(default=None, description="PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL")
     sasl_mechanism: str | None = Field(default=None, description="PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 | ...")
     sasl_username: str | None = Field(default=None, description="set through dg.EnvVar")
     sasl_password: str | None = Field(default=None, description="secret: only through dg.EnvVar")
@@ -34,7 +34,8 @@ class KafkaResource(dg.ConfigurableResource):
     client_id: str | None = Field(default=None, description="client.id prefix shown in broker logs")
     # Optional[...] rather than `| None`: Dagster resolves nested resource annotations at runtime.
     secrets: Optional[SecretsResource] = Field(  # noqa: UP045
-        default=None, description="where unset SASL credentials come from (environment, then Secrets Manager)")
+        default=None, description="where unset SASL credentials come from (environment, then Secrets Manager)"
+    )
 
     def _secret(self, value: str | None, name: str) -> str | None:
         return value or (self.secrets.get(name) if self.secrets is not None else None)
@@ -53,21 +54,34 @@ class KafkaResource(dg.ConfigurableResource):
     def producer_config(self, extra: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
         return kc.producer_config(self.connection(), extra, **overrides)
 
-    def transactional_producer_config(self, transactional_id: str, extra: Mapping[str, Any] | None = None,
-                                      **overrides: Any) -> dict[str, Any]:
+    def transactional_producer_config(
+        self, transactional_id: str, extra: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> dict[str, Any]:
         return kc.transactional_producer_config(self.connection(), transactional_id, extra, **overrides)
 
-    def consumer_config(self, group_id: str, *, read_committed: bool = True,
-                        session_timeout_ms: int = kc.DEFAULT_SESSION_TIMEOUT_MS,
-                        heartbeat_interval_ms: int | None = None,
-                        fetch_wait_max_ms: int = kc.DEFAULT_FETCH_WAIT_MAX_MS,
-                        auto_offset_reset: str = "earliest",
-                        extra: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
-        return kc.consumer_config(self.connection(), group_id, read_committed=read_committed,
-                                  session_timeout_ms=session_timeout_ms,
-                                  heartbeat_interval_ms=heartbeat_interval_ms,
-                                  fetch_wait_max_ms=fetch_wait_max_ms,
-                                  auto_offset_reset=auto_offset_reset, extra=extra, **overrides)
+    def consumer_config(
+        self,
+        group_id: str,
+        *,
+        read_committed: bool = True,
+        session_timeout_ms: int = kc.DEFAULT_SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms: int | None = None,
+        fetch_wait_max_ms: int = kc.DEFAULT_FETCH_WAIT_MAX_MS,
+        auto_offset_reset: str = "earliest",
+        extra: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> dict[str, Any]:
+        return kc.consumer_config(
+            self.connection(),
+            group_id,
+            read_committed=read_committed,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            fetch_wait_max_ms=fetch_wait_max_ms,
+            auto_offset_reset=auto_offset_reset,
+            extra=extra,
+            **overrides,
+        )
 
     def admin_config(self, extra: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
         return kc.admin_config(self.connection(), extra, **overrides)

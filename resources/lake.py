@@ -45,15 +45,23 @@ from pyiceberg.io import (
 from pyiceberg.table import Table
 
 from resources.home import CATALOG_NAME
+from runtime.redact import redact_mapping
 from schemas.iceberg import ensure_all_tables
-from streaming.redact import redact_mapping
 
 CatalogType = Literal["sql", "rest", "glue"]
 CATALOG_TYPES: tuple[str, ...] = ("sql", "rest", "glue")
 S3_TABLES_SIGNING_NAME = "s3tables"
 _TABLE_BUCKET_ARN = re.compile(r"^arn:aws[a-z-]*:s3tables:[a-z0-9-]+:\d{12}:bucket/[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
-_SECRET_PROPERTIES = frozenset({S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
-                                "glue.secret-access-key", "glue.session-token"})
+_SECRET_PROPERTIES = frozenset(
+    {
+        S3_SECRET_ACCESS_KEY,
+        S3_SESSION_TOKEN,
+        AWS_SECRET_ACCESS_KEY,
+        AWS_SESSION_TOKEN,
+        "glue.secret-access-key",
+        "glue.session-token",
+    }
+)
 
 
 def s3_tables_uri(region: str) -> str:
@@ -95,8 +103,10 @@ def _s3_properties(s: LakeSettings) -> dict[str, str]:
     if s.s3_session_token:
         props[S3_SESSION_TOKEN] = s.s3_session_token
     if bool(s.s3_access_key_id) != bool(s.s3_secret_access_key):
-        raise ValueError("set both s3_access_key_id and s3_secret_access_key, or neither "
-                         "(then the default AWS credential chain is used)")
+        raise ValueError(
+            "set both s3_access_key_id and s3_secret_access_key, or neither "
+            "(then the default AWS credential chain is used)"
+        )
     return props
 
 
@@ -123,8 +133,10 @@ def catalog_properties(s: LakeSettings) -> dict[str, str]:
         if not s.warehouse:
             raise ValueError("a rest catalog needs warehouse (for S3 Tables: the table bucket ARN)")
         if s.signing_name == S3_TABLES_SIGNING_NAME and not _TABLE_BUCKET_ARN.fullmatch(s.warehouse):
-            raise ValueError("for S3 Tables the warehouse is the table bucket ARN "
-                             f"arn:aws:s3tables:<region>:<account>:bucket/<name>, got {s.warehouse!r}")
+            raise ValueError(
+                "for S3 Tables the warehouse is the table bucket ARN "
+                f"arn:aws:s3tables:<region>:<account>:bucket/<name>, got {s.warehouse!r}"
+            )
         props |= {
             "uri": s.uri or s3_tables_uri(s.region),
             "warehouse": s.warehouse,
@@ -173,9 +185,13 @@ class LakeResource(dg.ConfigurableResource):
     """The Iceberg catalog the platform writes to. Secrets only via dg.EnvVar."""
 
     catalog_type: CatalogType = Field(default="sql", description="sql (SQLite/Postgres) | rest (S3 Tables) | glue")
-    name: str = Field(default=CATALOG_NAME,
-                      description="catalog name; SqlCatalog scopes tables by it, so keep it fixed per deployment")
-    uri: str | None = Field(default=None, description="sql: SQLAlchemy URL; rest: endpoint (default: S3 Tables of region)")
+    name: str = Field(
+        default=CATALOG_NAME,
+        description="catalog name; SqlCatalog scopes tables by it, so keep it fixed per deployment",
+    )
+    uri: str | None = Field(
+        default=None, description="sql: SQLAlchemy URL; rest: endpoint (default: S3 Tables of region)"
+    )
     warehouse: str | None = Field(default=None, description="file:// or s3:// location; S3 Tables: table bucket ARN")
     region: str | None = Field(default=None, description="AWS region (SigV4, Glue, S3)")
     s3_endpoint: str | None = Field(default=None, description="S3-compatible endpoint (moto, MinIO); unset for AWS")
@@ -186,16 +202,24 @@ class LakeResource(dg.ConfigurableResource):
     glue_catalog_id: str | None = Field(default=None, description="Glue catalog (account) id, if not the caller's")
     glue_endpoint: str | None = Field(default=None, description="Glue endpoint override (tests)")
     table_properties: dict[str, str] = Field(
-        default_factory=dict, description="Iceberg table properties applied when tables are created")
+        default_factory=dict, description="Iceberg table properties applied when tables are created"
+    )
 
     _catalog: Catalog | None = PrivateAttr(default=None)
 
     def settings(self) -> LakeSettings:
         return LakeSettings(
-            catalog_type=self.catalog_type, name=self.name, uri=self.uri, warehouse=self.warehouse,
-            region=self.region, s3_endpoint=self.s3_endpoint, s3_access_key_id=self.s3_access_key_id,
-            s3_secret_access_key=self.s3_secret_access_key, s3_session_token=self.s3_session_token,
-            signing_name=self.signing_name, glue_catalog_id=self.glue_catalog_id,
+            catalog_type=self.catalog_type,
+            name=self.name,
+            uri=self.uri,
+            warehouse=self.warehouse,
+            region=self.region,
+            s3_endpoint=self.s3_endpoint,
+            s3_access_key_id=self.s3_access_key_id,
+            s3_secret_access_key=self.s3_secret_access_key,
+            s3_session_token=self.s3_session_token,
+            signing_name=self.signing_name,
+            glue_catalog_id=self.glue_catalog_id,
             glue_endpoint=self.glue_endpoint,
         )
 

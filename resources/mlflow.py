@@ -20,8 +20,9 @@ TRACKING_URI_ENV = "TICKLAKE_MLFLOW_TRACKING_URI"
 MLFLOW = "mlflow"
 
 
-def mlflow_settings(tracking_uri: str | None = None, registry_uri: str | None = None,
-                    artifact_location: str | None = None) -> MlflowSettings:
+def mlflow_settings(
+    tracking_uri: str | None = None, registry_uri: str | None = None, artifact_location: str | None = None
+) -> MlflowSettings:
     """Explicit URI, else $TICKLAKE_MLFLOW_TRACKING_URI, else the local store of $TICKLAKE_HOME."""
     uri = tracking_uri or os.environ.get(TRACKING_URI_ENV)
     if not uri:
@@ -32,8 +33,11 @@ def mlflow_settings(tracking_uri: str | None = None, registry_uri: str | None = 
 class MlflowResource(dg.ConfigurableResource):
     """Where runs are tracked and models registered."""
 
-    tracking_uri: str | None = Field(default=None, description=f"tracking server / store URI; default "
-                                     f"${TRACKING_URI_ENV}, else sqlite under $TICKLAKE_HOME/mlflow")
+    tracking_uri: str | None = Field(
+        default=None,
+        description=f"tracking server / store URI; default "
+        f"${TRACKING_URI_ENV}, else sqlite under $TICKLAKE_HOME/mlflow",
+    )
     registry_uri: str | None = Field(default=None, description="model registry URI (default: the tracking URI)")
     artifact_location: str | None = Field(default=None, description="artifact root of new experiments")
 

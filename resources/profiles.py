@@ -36,7 +36,7 @@ from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.secrets import SECRETS_TAG_ENV, SecretsResource
 from resources.spark import SparkResource
-from streaming import kafka_config as kc
+from runtime import kafka_config as kc
 
 PROFILE_ENV = "TICKLAKE_PROFILE"
 PROFILES = ("local", "aws")
@@ -80,8 +80,13 @@ def local_resources() -> dict[str, Any]:
         # bootstrap unset: read from TICKLAKE_KAFKA_BOOTSTRAP at use time, which `ticklake up`
         # exports for the broker it started.
         KAFKA: KafkaResource(),
-        LAKE: LakeResource(catalog_type="sql", name=home.catalog_name, uri=home.catalog_uri,
-                           warehouse=home.warehouse, table_properties=LOCAL_TABLE_PROPERTIES),
+        LAKE: LakeResource(
+            catalog_type="sql",
+            name=home.catalog_name,
+            uri=home.catalog_uri,
+            warehouse=home.warehouse,
+            table_properties=LOCAL_TABLE_PROPERTIES,
+        ),
         # dsn unset: the local ClickHouse server's address, read from the home at use time
         # (`ticklake up` starts the server on a free port and records it there).
         CLICKHOUSE: ClickHouseResource(),
@@ -97,8 +102,11 @@ def aws_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     sasl = protocol.upper().startswith("SASL_")
     # With a Secrets Manager tag, credentials are read at use time (environment first, then the
     # tagged secret of the variable's name); without it they are required dg.EnvVar references.
-    secrets = (SecretsResource(secrets_tag=env[SECRETS_TAG_ENV], region_name=dg.EnvVar(AWS_REGION_ENV))
-               if env.get(SECRETS_TAG_ENV) else None)
+    secrets = (
+        SecretsResource(secrets_tag=env[SECRETS_TAG_ENV], region_name=dg.EnvVar(AWS_REGION_ENV))
+        if env.get(SECRETS_TAG_ENV)
+        else None
+    )
     kafka = KafkaResource(
         bootstrap_servers=dg.EnvVar(kc.KAFKA_BOOTSTRAP_ENV),
         security_protocol=protocol,
@@ -121,14 +129,22 @@ def aws_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         KAFKA: kafka,
         LAKE: lake,
-        CLICKHOUSE: ClickHouseResource(dsn=dg.EnvVar(CLICKHOUSE_DSN_ENV),
-                                       password=None if secrets else _optional_env(CLICKHOUSE_PASSWORD_ENV, env),
-                                       secrets=secrets),
-        SPARK: SparkResource(master=_optional_env(SPARK_MASTER_ENV, env) or "yarn",
-                             shuffle_partitions=200, driver_memory=None, ui_enabled=True),
-        ARTIFACTS: ArtifactStoreResource(root=dg.EnvVar(ARTIFACTS_ENV),
-                                         endpoint_url=_optional_env(S3_ENDPOINT_ENV, env),
-                                         region=dg.EnvVar(AWS_REGION_ENV)),
+        CLICKHOUSE: ClickHouseResource(
+            dsn=dg.EnvVar(CLICKHOUSE_DSN_ENV),
+            password=None if secrets else _optional_env(CLICKHOUSE_PASSWORD_ENV, env),
+            secrets=secrets,
+        ),
+        SPARK: SparkResource(
+            master=_optional_env(SPARK_MASTER_ENV, env) or "yarn",
+            shuffle_partitions=200,
+            driver_memory=None,
+            ui_enabled=True,
+        ),
+        ARTIFACTS: ArtifactStoreResource(
+            root=dg.EnvVar(ARTIFACTS_ENV),
+            endpoint_url=_optional_env(S3_ENDPOINT_ENV, env),
+            region=dg.EnvVar(AWS_REGION_ENV),
+        ),
         BULK: BulkHistoryResource(download_dir=_optional_env(BULK_DIR_ENV, env)),
     }
 

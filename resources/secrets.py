@@ -28,7 +28,8 @@ class SecretsResource(dg.ConfigurableResource):
     """Secret values by variable name (environment first, then Secrets Manager by tag)."""
 
     secrets_tag: str | None = Field(
-        default=None, description="Secrets Manager tag of ticklake's secrets; unset: environment only")
+        default=None, description="Secrets Manager tag of ticklake's secrets; unset: environment only"
+    )
     region_name: str | None = Field(default=None, description="AWS region of Secrets Manager")
 
     _fetched: dict[str, str] | None = PrivateAttr(default=None)

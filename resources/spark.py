@@ -27,9 +27,14 @@ REQUIRED_CONF: dict[str, str] = {
 }
 
 
-def spark_conf(master: str = "local[2]", app_name: str = "ticklake", shuffle_partitions: int = 4,
-               driver_memory: str | None = "2g", ui_enabled: bool = False,
-               extra: dict[str, str] | None = None) -> dict[str, str]:
+def spark_conf(
+    master: str = "local[2]",
+    app_name: str = "ticklake",
+    shuffle_partitions: int = 4,
+    driver_memory: str | None = "2g",
+    ui_enabled: bool = False,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
     """The full Spark conf for one session; `extra` cannot override REQUIRED_CONF."""
     if shuffle_partitions < 1:
         raise ValueError("shuffle_partitions must be >= 1")
@@ -67,8 +72,14 @@ class SparkResource(dg.ConfigurableResource):
     _session: Any = PrivateAttr(default=None)
 
     def conf(self) -> dict[str, str]:
-        return spark_conf(self.master, self.app_name, self.shuffle_partitions, self.driver_memory,
-                          self.ui_enabled, dict(self.extra_conf))
+        return spark_conf(
+            self.master,
+            self.app_name,
+            self.shuffle_partitions,
+            self.driver_memory,
+            self.ui_enabled,
+            dict(self.extra_conf),
+        )
 
     @property
     def spark_session(self) -> Any:

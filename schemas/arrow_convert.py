@@ -53,8 +53,7 @@ def _levels_array(levels_per_row: list, typ: pa.DataType) -> pa.Array:
             qty.append(lvl.qty)
         offsets.append(len(px))
     struct_type = typ.value_type
-    values = pa.StructArray.from_arrays(
-        [pa.array(px, pa.int64()), pa.array(qty, pa.int64())], fields=list(struct_type))
+    values = pa.StructArray.from_arrays([pa.array(px, pa.int64()), pa.array(qty, pa.int64())], fields=list(struct_type))
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, type=typ)
 
 
@@ -113,8 +112,10 @@ def envelopes_to_table(event_type: EventType | str, envelopes: Iterable[pb.Envel
     cols["contract_value_ccy"] = [e.contract_value_ccy or None for e in envs]
     if et is EventType.TRADE:
         cols["base_qty"], cols["base_size_scale"] = _trade_base_qty(envs, payloads)
-    arrays = [c if isinstance(c, pa.Array) else pa.array(c, type=fld.type)
-              for c, fld in ((cols[fld.name], fld) for fld in spec.schema)]
+    arrays = [
+        c if isinstance(c, pa.Array) else pa.array(c, type=fld.type)
+        for c, fld in ((cols[fld.name], fld) for fld in spec.schema)
+    ]
     return pa.Table.from_arrays(arrays, schema=spec.schema)
 
 
@@ -140,8 +141,7 @@ def table_to_envelopes(event_type: EventType | str, table: pa.Table) -> list[pb.
     pfields = [(f.name, pdesc.fields_by_name[f.name]) for f in PAYLOAD_FIELDS[et]]
     out: list[pb.Envelope] = []
     ts_cols = {f.name for f in ENVELOPE_FIELDS if pa.types.is_timestamp(f.type)}
-    table = table.cast(pa.schema([pa.field(f.name, pa.int64() if f.name in ts_cols else f.type)
-                                  for f in table.schema]))
+    table = table.cast(pa.schema([pa.field(f.name, pa.int64() if f.name in ts_cols else f.type) for f in table.schema]))
     for row in table.to_pylist():
         env = pb.Envelope(
             event_id=row["event_id"],

@@ -43,17 +43,29 @@ def partition_spec(spec: TableSpec, schema: Schema) -> PartitionSpec:
     fields = []
     for i, (col, transform) in enumerate(spec.partition_by):
         name = col if transform == "identity" else f"{col}_{transform}"
-        fields.append(PartitionField(source_id=schema.find_field(col).field_id, field_id=1000 + i,
-                                     transform=_TRANSFORMS[transform], name=name))
+        fields.append(
+            PartitionField(
+                source_id=schema.find_field(col).field_id,
+                field_id=1000 + i,
+                transform=_TRANSFORMS[transform],
+                name=name,
+            )
+        )
     return PartitionSpec(*fields)
 
 
 def sort_order(spec: TableSpec, schema: Schema) -> SortOrder:
-    return SortOrder(*[
-        SortField(source_id=schema.find_field(c).field_id, transform=IdentityTransform(),
-                  direction=SortDirection.ASC, null_order=NullOrder.NULLS_FIRST)
-        for c in spec.sort_by
-    ])
+    return SortOrder(
+        *[
+            SortField(
+                source_id=schema.find_field(c).field_id,
+                transform=IdentityTransform(),
+                direction=SortDirection.ASC,
+                null_order=NullOrder.NULLS_FIRST,
+            )
+            for c in spec.sort_by
+        ]
+    )
 
 
 def ensure_table(catalog: Catalog, spec: TableSpec, properties: dict[str, str] | None = None) -> Table:

@@ -22,7 +22,8 @@ def compute_event_id(env: pb.Envelope) -> str:
     which = env.WhichOneof("payload")
     payload = getattr(env, which).SerializeToString(deterministic=True) if which else b""
     return blake2b(
-        b"%d\x1f%d\x1f%b\x1f%d\x1f%d\x1f%d\x1f%d:%d\x1f%b" % (
+        b"%d\x1f%d\x1f%b\x1f%d\x1f%d\x1f%d\x1f%d:%d\x1f%b"
+        % (
             env.exchange,
             env.market,
             env.symbol.encode(),

@@ -5,7 +5,7 @@ One definition for both layers: the collectors fix the raw events' scales from i
 normalizer enriches processed events from it, so if each had its own parser the raw and
 processed scales could disagree (and did: the collectors once took Binance's stepSize as
 the size scale and dead-lettered book quantities the normalizer accepted). Pure: bodies in,
-rows out; fetching and caching live with the callers (streaming/instruments.py, the
+rows out; fetching and caching live with the callers (streaming/processors/instruments.py, the
 collectors' REST path).
 
 Response shapes: Binance /api/v3/exchangeInfo (spot) and /fapi/v1/exchangeInfo (USD-M),
@@ -36,7 +36,7 @@ class InstrumentRef:
     """One listed instrument as its venue describes it.
 
     Sizes are kept as the venue's decimal strings so nothing is lost; the scales are derived.
-    Field order is the JSON cache's (streaming/instruments.py), so new fields go last with defaults.
+    Field order is the JSON cache's (streaming/processors/instruments.py), so new fields go last with defaults.
     """
 
     exchange: str
@@ -45,13 +45,13 @@ class InstrumentRef:
     canonical: str
     base: str
     quote: str
-    tick_size: str        # decimal strings exactly as the venue publishes them
+    tick_size: str  # decimal strings exactly as the venue publishes them
     lot_size: str
     status: str = ""
-    expiry: str = ""      # YYMMDD for dated futures
+    expiry: str = ""  # YYMMDD for dated futures
     contract_value: str = ""  # OKX ctVal / inverse contract size; "" for spot
-    size_decimals: int = 0    # venue-declared quantity precision when wider than the lot
-    contract_type: str = ""   # venue's contract type (PERPETUAL, LinearFutures, linear, ...); "" for spot
+    size_decimals: int = 0  # venue-declared quantity precision when wider than the lot
+    contract_type: str = ""  # venue's contract type (PERPETUAL, LinearFutures, linear, ...); "" for spot
     contract_value_ccy: str = ""  # currency of one contract's value (OKX ctValCcy; Bybit inverse: quote)
 
     @property
@@ -79,16 +79,37 @@ def by_native(refs: Iterable[InstrumentRef]) -> dict[str, InstrumentRef]:
 
 # -- helpers -------------------------------------------------------------------------------------
 
+
 def _yymmdd_from_ms(ms: str | int) -> str:
     return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).strftime("%y%m%d")
 
 
-def _ref(ex: Exchange, mk: Market, native: str, base: str, quote: str, tick: str, lot: str,
-         status: str, expiry: str = "", ctval: str = "", size_decimals: int = 0,
-         contract_type: str = "", ctval_ccy: str = "") -> InstrumentRef:
-    for what, v in (("symbol", native), ("base", base), ("quote", quote), ("tick size", tick), ("lot size", lot),
-                    ("status", status), ("contract value", ctval), ("contract type", contract_type),
-                    ("contract value currency", ctval_ccy)):
+def _ref(
+    ex: Exchange,
+    mk: Market,
+    native: str,
+    base: str,
+    quote: str,
+    tick: str,
+    lot: str,
+    status: str,
+    expiry: str = "",
+    ctval: str = "",
+    size_decimals: int = 0,
+    contract_type: str = "",
+    ctval_ccy: str = "",
+) -> InstrumentRef:
+    for what, v in (
+        ("symbol", native),
+        ("base", base),
+        ("quote", quote),
+        ("tick size", tick),
+        ("lot size", lot),
+        ("status", status),
+        ("contract value", ctval),
+        ("contract type", contract_type),
+        ("contract value currency", ctval_ccy),
+    ):
         if type(v) is not str:
             raise InstrumentDataError(f"{what} is not a string: {v!r:.60}")
     base, quote = base.upper(), quote.upper()
@@ -100,8 +121,22 @@ def _ref(ex: Exchange, mk: Market, native: str, base: str, quote: str, tick: str
         raise InstrumentDataError(f"{native}: quantity precision {size_decimals!r} out of range")
     if ctval:
         scale_of(ctval)  # a positive decimal (ScaleError otherwise)
-    return InstrumentRef(ex.value, mk.value, native, canonical, base, quote, tick, lot, status, expiry, ctval,
-                         size_decimals, contract_type, ctval_ccy.upper())
+    return InstrumentRef(
+        ex.value,
+        mk.value,
+        native,
+        canonical,
+        base,
+        quote,
+        tick,
+        lot,
+        status,
+        expiry,
+        ctval,
+        size_decimals,
+        contract_type,
+        ctval_ccy.upper(),
+    )
 
 
 def _load(body: bytes | str | dict) -> dict:
@@ -119,7 +154,7 @@ def _load(body: bytes | str | dict) -> dict:
     return data
 
 
-_SHORT = reprlib.Repr()        # str() of a deeply nested entry would recurse; this stops at depth 3
+_SHORT = reprlib.Repr()  # str() of a deeply nested entry would recurse; this stops at depth 3
 _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 120, 120
 
 
@@ -147,6 +182,7 @@ def _whole_body(parse):
     number, an error code that is an object -- is refused as InstrumentDataError like any
     other bad body: callers handle that one exception, and a shard must start (with scales
     inferred from frames) rather than crash-loop on one bad reference body."""
+
     @functools.wraps(parse)
     def wrapped(*args, **kw):
         try:
@@ -155,6 +191,7 @@ def _whole_body(parse):
             raise
         except _ENTRY_ERRORS as exc:
             raise InstrumentDataError(f"exchange info unusable ({type(exc).__name__}: {exc})"[:300]) from exc
+
     return wrapped
 
 
@@ -164,9 +201,9 @@ def _int(v: object) -> int:
 
 # -- Binance -------------------------------------------------------------------------------------
 
+
 @_whole_body
-def parse_binance(body: bytes | str | dict, *, futures: bool,
-                  rejects: list[str] | None = None) -> list[InstrumentRef]:
+def parse_binance(body: bytes | str | dict, *, futures: bool, rejects: list[str] | None = None) -> list[InstrumentRef]:
     """/api/v3/exchangeInfo (futures=False) or /fapi/v1/exchangeInfo (futures=True).
 
     Price scale from PRICE_FILTER.tickSize. Size scale is the wider of LOT_SIZE.stepSize and
@@ -189,17 +226,53 @@ def parse_binance(body: bytes | str | dict, *, futures: bool,
             tick, lot = f["PRICE_FILTER"]["tickSize"], f["LOT_SIZE"]["stepSize"]
             native, base, quote, status = s["symbol"], s["baseAsset"], s["quoteAsset"], s.get("status", "")
             if not futures:
-                out.append(_ref(Exchange.BINANCE, Market.SPOT, native, base, quote, tick, lot, status,
-                                size_decimals=_int(s.get("baseAssetPrecision"))))
+                out.append(
+                    _ref(
+                        Exchange.BINANCE,
+                        Market.SPOT,
+                        native,
+                        base,
+                        quote,
+                        tick,
+                        lot,
+                        status,
+                        size_decimals=_int(s.get("baseAssetPrecision")),
+                    )
+                )
                 continue
             ctype = s.get("contractType", "") or ""
             qp = _int(s.get("quantityPrecision"))
             if "PERPETUAL" in ctype:
-                out.append(_ref(Exchange.BINANCE, Market.PERP, native, base, quote, tick, lot, status,
-                                size_decimals=qp, contract_type=ctype))
+                out.append(
+                    _ref(
+                        Exchange.BINANCE,
+                        Market.PERP,
+                        native,
+                        base,
+                        quote,
+                        tick,
+                        lot,
+                        status,
+                        size_decimals=qp,
+                        contract_type=ctype,
+                    )
+                )
             elif ctype and "_" in native:  # CURRENT_QUARTER / NEXT_QUARTER: BTCUSDT_240927
-                out.append(_ref(Exchange.BINANCE, Market.FUTURE, native, base, quote, tick, lot, status,
-                                expiry=native.rsplit("_", 1)[1], size_decimals=qp, contract_type=ctype))
+                out.append(
+                    _ref(
+                        Exchange.BINANCE,
+                        Market.FUTURE,
+                        native,
+                        base,
+                        quote,
+                        tick,
+                        lot,
+                        status,
+                        expiry=native.rsplit("_", 1)[1],
+                        size_decimals=qp,
+                        contract_type=ctype,
+                    )
+                )
         except _ENTRY_ERRORS as exc:
             errs.bad(s, exc)
     return out
@@ -207,9 +280,11 @@ def parse_binance(body: bytes | str | dict, *, futures: bool,
 
 # -- Bybit ---------------------------------------------------------------------------------------
 
+
 @_whole_body
-def parse_bybit(body: bytes | str | dict, category: str | None = None,
-                rejects: list[str] | None = None) -> list[InstrumentRef]:
+def parse_bybit(
+    body: bytes | str | dict, category: str | None = None, rejects: list[str] | None = None
+) -> list[InstrumentRef]:
     """/v5/market/instruments-info for category spot, linear or inverse (one page).
 
     Spot lots are lotSizeFilter.basePrecision (spot has no qtyStep; books carry quantities at
@@ -241,11 +316,27 @@ def parse_bybit(body: bytes | str | dict, category: str | None = None,
             # inverse contracts are 1 USD (quote) each; linear sizes are the base asset
             unit = {"ctval": "1", "ctval_ccy": quote} if category == "inverse" or ctype.startswith("Inverse") else {}
             if ctype.endswith("Perpetual"):
-                out.append(_ref(Exchange.BYBIT, Market.PERP, native, base, quote, tick, lot, status,
-                                contract_type=ctype, **unit))
+                out.append(
+                    _ref(
+                        Exchange.BYBIT, Market.PERP, native, base, quote, tick, lot, status, contract_type=ctype, **unit
+                    )
+                )
             elif ctype.endswith("Futures") and str(s.get("deliveryTime", "0")) not in ("", "0"):
-                out.append(_ref(Exchange.BYBIT, Market.FUTURE, native, base, quote, tick, lot, status,
-                                expiry=_yymmdd_from_ms(s["deliveryTime"]), contract_type=ctype, **unit))
+                out.append(
+                    _ref(
+                        Exchange.BYBIT,
+                        Market.FUTURE,
+                        native,
+                        base,
+                        quote,
+                        tick,
+                        lot,
+                        status,
+                        expiry=_yymmdd_from_ms(s["deliveryTime"]),
+                        contract_type=ctype,
+                        **unit,
+                    )
+                )
         except _ENTRY_ERRORS as exc:
             errs.bad(s, exc)
     return out
@@ -258,6 +349,7 @@ def bybit_next_cursor(body: bytes | str | dict) -> str:
 
 
 # -- OKX -----------------------------------------------------------------------------------------
+
 
 @_whole_body
 def parse_okx(body: bytes | str | dict, rejects: list[str] | None = None) -> list[InstrumentRef]:
@@ -280,8 +372,7 @@ def parse_okx(body: bytes | str | dict, rejects: list[str] | None = None) -> lis
             inst_id, itype, tick, lot = s["instId"], s["instType"], s["tickSz"], s["lotSz"]
             status = s.get("state", "")
             if itype == "SPOT":
-                out.append(_ref(Exchange.OKX, Market.SPOT, inst_id, s["baseCcy"], s["quoteCcy"], tick, lot,
-                                status))
+                out.append(_ref(Exchange.OKX, Market.SPOT, inst_id, s["baseCcy"], s["quoteCcy"], tick, lot, status))
                 continue
             family = s.get("instFamily") or s.get("uly") or ""
             if family.count("-") != 1:
@@ -289,22 +380,54 @@ def parse_okx(body: bytes | str | dict, rejects: list[str] | None = None) -> lis
             base, quote = family.split("-")
             ctype = s.get("ctType", "") or ""
             if itype == "SWAP":
-                out.append(_ref(Exchange.OKX, Market.PERP, inst_id, base, quote, tick, lot, status,
-                                ctval=s.get("ctVal", ""), contract_type=ctype, ctval_ccy=s.get("ctValCcy", "")))
+                out.append(
+                    _ref(
+                        Exchange.OKX,
+                        Market.PERP,
+                        inst_id,
+                        base,
+                        quote,
+                        tick,
+                        lot,
+                        status,
+                        ctval=s.get("ctVal", ""),
+                        contract_type=ctype,
+                        ctval_ccy=s.get("ctValCcy", ""),
+                    )
+                )
             elif itype == "FUTURES":
                 expiry = inst_id.rsplit("-", 1)[-1]
                 if len(expiry) != 6 or not expiry.isdigit() or not expiry.isascii():
                     raise ValueError(f"FUTURES instId {inst_id!r} does not end in -YYMMDD")
-                out.append(_ref(Exchange.OKX, Market.FUTURE, inst_id, base, quote, tick, lot, status,
-                                expiry=expiry, ctval=s.get("ctVal", ""),
-                                contract_type=ctype, ctval_ccy=s.get("ctValCcy", "")))
+                out.append(
+                    _ref(
+                        Exchange.OKX,
+                        Market.FUTURE,
+                        inst_id,
+                        base,
+                        quote,
+                        tick,
+                        lot,
+                        status,
+                        expiry=expiry,
+                        ctval=s.get("ctVal", ""),
+                        contract_type=ctype,
+                        ctval_ccy=s.get("ctValCcy", ""),
+                    )
+                )
         except _ENTRY_ERRORS as exc:
             errs.bad(s, exc)
     return out
 
 
-def parse_exchange_info(exchange: Exchange | str, market: Market | str, body: bytes | str | dict, *,
-                        category: str | None = None, rejects: list[str] | None = None) -> list[InstrumentRef]:
+def parse_exchange_info(
+    exchange: Exchange | str,
+    market: Market | str,
+    body: bytes | str | dict,
+    *,
+    category: str | None = None,
+    rejects: list[str] | None = None,
+) -> list[InstrumentRef]:
     """Any venue's exchange-info body fetched for (exchange, market). Every row the body
     lists is returned: Binance /fapi covers perpetuals and dated futures in one response,
     and callers key by venue symbol, whose market the row itself states."""
@@ -317,6 +440,12 @@ def parse_exchange_info(exchange: Exchange | str, market: Market | str, body: by
 
 
 __all__ = [
-    "InstrumentDataError", "InstrumentRef", "by_native", "bybit_next_cursor", "parse_binance", "parse_bybit",
-    "parse_exchange_info", "parse_okx",
+    "InstrumentDataError",
+    "InstrumentRef",
+    "by_native",
+    "bybit_next_cursor",
+    "parse_binance",
+    "parse_bybit",
+    "parse_exchange_info",
+    "parse_okx",
 ]

@@ -61,14 +61,20 @@ def buf_binary() -> str:
 
 def breaking(current: Path, against: str) -> subprocess.CompletedProcess:
     """Run `buf breaking` of the module at `current` against a buf input (dir or .git#ref=…)."""
-    return subprocess.run([buf_binary(), "breaking", str(current), "--against", against],
-                          capture_output=True, text=True, cwd=REPO, check=False)
+    return subprocess.run(
+        [buf_binary(), "breaking", str(current), "--against", against],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
 
 
 def historical_proto_commits() -> list[str]:
     """Every commit that changed schemas/proto (newest first); empty outside a git checkout."""
-    out = subprocess.run(["git", "log", "--format=%H", "--", "schemas/proto"], capture_output=True,
-                         text=True, cwd=REPO, check=False)
+    out = subprocess.run(
+        ["git", "log", "--format=%H", "--", "schemas/proto"], capture_output=True, text=True, cwd=REPO, check=False
+    )
     return out.stdout.split() if out.returncode == 0 else []
 
 

@@ -23,18 +23,55 @@ _NATIVE_RE = re.compile(r"^[A-Za-z0-9_\-]{2,40}$")
 KNOWN_QUOTES: tuple[str, ...] = tuple(
     sorted(
         {
-            "USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USDP", "DAI", "UST", "USD", "USDE",
-            "BTC", "ETH", "BNB", "XRP", "TRX", "DOGE", "DOT", "SOL",
-            "EUR", "GBP", "TRY", "BRL", "AUD", "RUB", "UAH", "NGN", "ZAR", "JPY", "IDRT",
-            "BIDR", "PLN", "RON", "ARS", "MXN", "COP", "CZK", "BKRW", "VAI", "PAX", "AEUR",
+            "USDT",
+            "USDC",
+            "FDUSD",
+            "BUSD",
+            "TUSD",
+            "USDP",
+            "DAI",
+            "UST",
+            "USD",
+            "USDE",
+            "BTC",
+            "ETH",
+            "BNB",
+            "XRP",
+            "TRX",
+            "DOGE",
+            "DOT",
+            "SOL",
+            "EUR",
+            "GBP",
+            "TRY",
+            "BRL",
+            "AUD",
+            "RUB",
+            "UAH",
+            "NGN",
+            "ZAR",
+            "JPY",
+            "IDRT",
+            "BIDR",
+            "PLN",
+            "RON",
+            "ARS",
+            "MXN",
+            "COP",
+            "CZK",
+            "BKRW",
+            "VAI",
+            "PAX",
+            "AEUR",
         },
         key=len,
         reverse=True,
     )
 )
 
-_MONTHS = {m: i for i, m in enumerate(
-    ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)}
+_MONTHS = {
+    m: i for i, m in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)
+}
 # Bybit inverse futures month codes (BTCUSDH25): CME letters.
 _FUT_CODES = {c: i for i, c in enumerate("FGHJKMNQUVXZ", 1)}
 
@@ -161,9 +198,7 @@ def native_symbol(exchange: Exchange | str, market: Market | str, canonical: str
     if (mk is Market.SPOT) != (tail == "") or (mk is Market.PERP) != (tail == "PERP"):
         raise SymbolError(f"{canonical!r} is not a {mk} symbol")
     if ex is Exchange.OKX:
-        return {Market.SPOT: f"{base}-{quote}", Market.PERP: f"{base}-{quote}-SWAP"}.get(
-            mk, f"{base}-{quote}-{tail}"
-        )
+        return {Market.SPOT: f"{base}-{quote}", Market.PERP: f"{base}-{quote}-SWAP"}.get(mk, f"{base}-{quote}-{tail}")
     if ex is Exchange.BINANCE:
         if mk is Market.FUTURE:
             return f"{base}{quote}_{tail}"

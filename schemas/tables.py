@@ -114,10 +114,25 @@ BASE_QTY_FIELDS: tuple[pa.Field, ...] = (
 DERIVED_FIELDS: dict[EventType, tuple[pa.Field, ...]] = {EventType.TRADE: BASE_QTY_FIELDS}
 
 #: Columns that are prices/sizes and must never be negative.
-NON_NEGATIVE = frozenset({
-    "px", "qty", "mark_px", "index_px", "estimated_settle_px", "bid_px", "bid_qty", "ask_px",
-    "ask_qty", "last_px", "volume_24h", "open_interest", "tick_size", "lot_size", "base_qty",
-})
+NON_NEGATIVE = frozenset(
+    {
+        "px",
+        "qty",
+        "mark_px",
+        "index_px",
+        "estimated_settle_px",
+        "bid_px",
+        "bid_qty",
+        "ask_px",
+        "ask_qty",
+        "last_px",
+        "volume_24h",
+        "open_interest",
+        "tick_size",
+        "lot_size",
+        "base_qty",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +144,11 @@ class TableSpec:
     schema: pa.Schema
     event_type: EventType | None = None
     sort_by: tuple[str, ...] = ("symbol", "exchange_ts")
-    partition_by: tuple[tuple[str, str], ...] = (("exchange_ts", "hour"), ("exchange", "identity"),
-                                                  ("market", "identity"))
+    partition_by: tuple[tuple[str, str], ...] = (
+        ("exchange_ts", "hour"),
+        ("exchange", "identity"),
+        ("market", "identity"),
+    )
 
     @property
     def identifier(self) -> str:
@@ -148,8 +166,9 @@ TABLE_NAMES: dict[EventType, str] = {
 }
 
 TABLES: dict[EventType, TableSpec] = {
-    et: TableSpec(TABLE_NAMES[et], pa.schema(ENVELOPE_FIELDS + PAYLOAD_FIELDS[et] + UNIT_FIELDS
-                                             + DERIVED_FIELDS.get(et, ())), et)
+    et: TableSpec(
+        TABLE_NAMES[et], pa.schema(ENVELOPE_FIELDS + PAYLOAD_FIELDS[et] + UNIT_FIELDS + DERIVED_FIELDS.get(et, ())), et
+    )
     for et in EventType
 }
 TABLES_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES.values()}

@@ -58,8 +58,7 @@ class EventTopic:
     exchange: Exchange
 
 
-def event_topic(stage: Stage | str, market: Market | str, event_type: EventType | str,
-                exchange: Exchange | str) -> str:
+def event_topic(stage: Stage | str, market: Market | str, event_type: EventType | str, exchange: Exchange | str) -> str:
     """Topic of a market-data event at the raw or processed stage."""
     st = Stage(stage)
     if st not in (Stage.RAW, Stage.PROCESSED):
@@ -97,8 +96,7 @@ def event_types_for(market: Market) -> tuple[EventType, ...]:
     """Spot markets have no funding, mark price or liquidations."""
     if market in DERIVATIVE_MARKETS:
         return tuple(EventType)
-    return tuple(e for e in EventType
-                 if e not in (EventType.FUNDING, EventType.MARK_PRICE, EventType.LIQUIDATION))
+    return tuple(e for e in EventType if e not in (EventType.FUNDING, EventType.MARK_PRICE, EventType.LIQUIDATION))
 
 
 def all_event_topics(stage: Stage | str, exchanges=tuple(Exchange), markets=tuple(Market)) -> list[str]:

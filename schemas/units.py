@@ -55,7 +55,7 @@ class ContractUnit:
     """The unit of an instrument's quantities: `qty * contract_value` is in `ccy`."""
 
     unit: QtyUnit
-    contract_value: str   # decimal string as published ("100", "0.01"); "1" for base units
+    contract_value: str  # decimal string as published ("100", "0.01"); "1" for base units
     ccy: str
 
     @property
@@ -91,10 +91,10 @@ class ContractUnit:
             return _checked(qty * cv)
         if px <= 0:
             return 0
-        shift = self.base_scale(size_scale) - size_scale - self.cv_scale   # >= 0 unless clamped
-        num = qty * cv * 10 ** price_scale
+        shift = self.base_scale(size_scale) - size_scale - self.cv_scale  # >= 0 unless clamped
+        num = qty * cv * 10**price_scale
         if shift >= 0:
-            num *= 10 ** shift
+            num *= 10**shift
             den = px
         else:
             den = px * 10 ** (-shift)
@@ -173,8 +173,9 @@ def unit_name(value: int) -> str | None:
     return u.value if u is not None else None
 
 
-def base_levels(levels, unit: ContractUnit | None, size_scale: int, price_scale: int
-                ) -> tuple[list[tuple[int, int]], int]:
+def base_levels(
+    levels, unit: ContractUnit | None, size_scale: int, price_scale: int
+) -> tuple[list[tuple[int, int]], int]:
     """(px, qty) pairs of book levels with qty as base asset; and the base scale. Each
     level converts at its own price (an inverse level of N contracts at px holds N*cv/px)."""
     pairs = [(lv[0], lv[1]) if isinstance(lv, tuple) else (lv.px, lv.qty) for lv in levels]
@@ -183,5 +184,16 @@ def base_levels(levels, unit: ContractUnit | None, size_scale: int, price_scale:
     return [(px, unit.to_base(q, size_scale, px, price_scale)) for px, q in pairs], unit.base_scale(size_scale)
 
 
-__all__ = ["INVERSE_EXTRA_DECIMALS", "ContractUnit", "QtyUnit", "UnitError", "base_levels", "base_unit",
-           "div_round_half_even", "unit_name", "unit_of", "unit_of_envelope", "unit_of_row"]
+__all__ = [
+    "INVERSE_EXTRA_DECIMALS",
+    "ContractUnit",
+    "QtyUnit",
+    "UnitError",
+    "base_levels",
+    "base_unit",
+    "div_round_half_even",
+    "unit_name",
+    "unit_of",
+    "unit_of_envelope",
+    "unit_of_row",
+]

@@ -30,8 +30,9 @@ def _levels_ok(series: pd.Series) -> bool:
 
 def _fullmatch(pattern: str) -> pa_.Check:
     """The whole value must match: str_matches (re.match) lets "BTC-USDT\n" through a `$`."""
-    return pa_.Check(lambda s: s.str.fullmatch(pattern).fillna(False).astype(bool), element_wise=False,
-                     error=f"fullmatch {pattern}")
+    return pa_.Check(
+        lambda s: s.str.fullmatch(pattern).fillna(False).astype(bool), element_wise=False, error=f"fullmatch {pattern}"
+    )
 
 
 def _column(field: pa.Field) -> pa_.Column:
@@ -50,9 +51,11 @@ def _column(field: pa.Field) -> pa_.Column:
     elif field.name in ("price_scale", "size_scale"):
         checks.append(pa_.Check.in_range(0, 18))
     if pa.types.is_list(t):
-        return pa_.Column(object, checks=[pa_.Check(_levels_ok, element_wise=False,
-                                                    error="level with px<=0 or qty<0")],
-                          nullable=field.nullable)
+        return pa_.Column(
+            object,
+            checks=[pa_.Check(_levels_ok, element_wise=False, error="level with px<=0 or qty<0")],
+            nullable=field.nullable,
+        )
     if pa.types.is_timestamp(t):
         dtype = pd.DatetimeTZDtype("us", "UTC")
     elif pa.types.is_string(t):

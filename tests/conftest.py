@@ -7,14 +7,19 @@ from collections.abc import Iterator
 import pytest
 
 from resources.home import HOME_ENV, TicklakeHome, resolve_home
-from streaming.broker import EmbeddedBroker
-from streaming.clickhouse_server import LocalClickHouse
+from streaming.clickhouse.server import LocalClickHouse
+from streaming.kafka.broker import EmbeddedBroker
 
 #: Fixtures that start a real component, and the marker (pyproject.toml) every test using
 #: them carries, so `-m "not broker"` and the fast set in README.md select by what a test
 #: starts, not by file. Modules that start a component themselves set `pytestmark`.
-COMPONENT_FIXTURES = {"kafka_broker": "broker", "broker": "broker", "secured_broker": "broker", "clickhouse_server": "chdb",
-                      "spark": "spark"}
+COMPONENT_FIXTURES = {
+    "kafka_broker": "broker",
+    "broker": "broker",
+    "secured_broker": "broker",
+    "clickhouse_server": "chdb",
+    "spark": "spark",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -47,16 +47,23 @@ def make_self_signed(directory: Path, host: str = "127.0.0.1") -> TlsFiles:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     files = TlsFiles(directory / "tls-cert.pem", directory / "tls-key.pem")
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+    files.key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return files
 
 
@@ -77,8 +84,8 @@ def _request_header(frame: bytes) -> tuple[int, int, int, int]:
 
 
 def _kafka_string(data: bytes, at: int) -> str:
-    (n,) = struct.unpack(">h", data[at:at + 2])
-    return data[at + 2:at + 2 + n].decode()
+    (n,) = struct.unpack(">h", data[at : at + 2])
+    return data[at + 2 : at + 2 + n].decode()
 
 
 def _handshake_response(correlation_id: int, error: int) -> bytes:
@@ -89,9 +96,9 @@ def _handshake_response(correlation_id: int, error: int) -> bytes:
 def _authenticate_response(correlation_id: int, version: int, error: int, message: str | None) -> bytes:
     body = struct.pack(">ih", correlation_id, error)
     body += struct.pack(">h", -1) if message is None else struct.pack(">h", len(message)) + message.encode()
-    body += struct.pack(">i", 0)              # auth_bytes: empty
+    body += struct.pack(">i", 0)  # auth_bytes: empty
     if version >= 1:
-        body += struct.pack(">q", 0)          # session_lifetime_ms: 0 = no re-authentication
+        body += struct.pack(">q", 0)  # session_lifetime_ms: 0 = no re-authentication
     return _frame(body)
 
 
@@ -99,8 +106,15 @@ class SaslPlainTlsProxy:
     """Listens on (host, port) with TLS; after SASL/PLAIN as (username, password), pipes the
     connection to the broker at upstream. Runs its own event loop in a thread."""
 
-    def __init__(self, tls: TlsFiles, upstream: tuple[str, int], username: str, password: str,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        tls: TlsFiles,
+        upstream: tuple[str, int],
+        username: str,
+        password: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self.tls, self.upstream, self.username, self.password = tls, upstream, username, password
         self.host, self.port = host, port
         self.authenticated = 0
@@ -114,7 +128,8 @@ class SaslPlainTlsProxy:
         context.load_cert_chain(self.tls.cert, self.tls.key)
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, self.host, self.port, ssl=context), self._loop).result(10)
+            asyncio.start_server(self._serve, self.host, self.port, ssl=context), self._loop
+        ).result(10)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -154,15 +169,21 @@ class SaslPlainTlsProxy:
                 mechanism_ok = _kafka_string(frame, body) == "PLAIN"
                 writer.write(_handshake_response(correlation_id, 0 if mechanism_ok else UNSUPPORTED_SASL_MECHANISM))
             elif api_key == SASL_AUTHENTICATE and mechanism_ok and version <= 1:
-                (n,) = struct.unpack(">i", frame[body:body + 4])
-                _authzid, user, password = frame[body + 4:body + 4 + n].split(b"\0")
+                (n,) = struct.unpack(">i", frame[body : body + 4])
+                _authzid, user, password = frame[body + 4 : body + 4 + n].split(b"\0")
                 ok = (user.decode(), password.decode()) == (self.username, self.password)
                 if ok:
                     self.authenticated += 1
                 else:
                     self.rejected += 1
-                writer.write(_authenticate_response(correlation_id, version, 0 if ok else SASL_AUTHENTICATION_FAILED,
-                                                    None if ok else "Authentication failed: invalid credentials"))
+                writer.write(
+                    _authenticate_response(
+                        correlation_id,
+                        version,
+                        0 if ok else SASL_AUTHENTICATION_FAILED,
+                        None if ok else "Authentication failed: invalid credentials",
+                    )
+                )
                 await writer.drain()
                 return ok
             else:  # anything else before authentication: drop the connection, as a SASL listener does

@@ -54,8 +54,10 @@ def postgres_bin_dir() -> Path | None:
     found = shutil.which("initdb")
     if found and shutil.which("pg_ctl"):
         return Path(os.path.realpath(found)).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     return Path(candidates[-1]).parent if candidates else None
 
 
@@ -89,22 +91,54 @@ def postgres_server(db_name: str = "ticklake_test", user: str = "dagster") -> It
     started = False
     try:
         try:
-            subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", user, "--auth=trust",
-                            "--no-locale", "-E", "UTF8", "--no-sync"],
-                           check=True, capture_output=True, cwd=root, **as_runner)
-            opts = (f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off "
-                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=50")
-            subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w",
-                            "-t", "60", "start"], check=True, capture_output=True, cwd=root, **as_runner)
+            subprocess.run(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    user,
+                    "--auth=trust",
+                    "--no-locale",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
+                check=True,
+                capture_output=True,
+                cwd=root,
+                **as_runner,
+            )
+            opts = (
+                f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
+            )
+            subprocess.run(
+                [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"],
+                check=True,
+                capture_output=True,
+                cwd=root,
+                **as_runner,
+            )
             started = True
-            subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, db_name],
-                           check=True, capture_output=True, cwd=root, **as_runner)
+            subprocess.run(
+                [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, db_name],
+                check=True,
+                capture_output=True,
+                cwd=root,
+                **as_runner,
+            )
         except subprocess.CalledProcessError as exc:
             server_log = log.read_text(errors="replace") if log.exists() else ""
             raise RuntimeError(f"{exc.cmd[0]} failed: {exc.stderr!r}\n{server_log}") from exc
         yield PostgresServer("127.0.0.1", port, user, db_name, data)
     finally:
         if started:
-            subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           check=False, capture_output=True, cwd=root, **as_runner)
+            subprocess.run(
+                [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                check=False,
+                capture_output=True,
+                cwd=root,
+                **as_runner,
+            )
         shutil.rmtree(root, ignore_errors=True)

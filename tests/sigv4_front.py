@@ -27,13 +27,24 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-_AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
-                   r"SignedHeaders=([^,]+), Signature=([0-9a-f]{64})")
+_AUTH = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
+    r"SignedHeaders=([^,]+), Signature=([0-9a-f]{64})"
+)
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "server", "date"}
 
 
-def signature_error(method: str, url: str, headers: dict[str, str], body: bytes, *, access_key: str,
-                    secret_key: str, service: str, region: str) -> str | None:
+def signature_error(
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    access_key: str,
+    secret_key: str,
+    service: str,
+    region: str,
+) -> str | None:
     """Why the request's SigV4 signature is not valid for these credentials, or None."""
     lower = {k.lower(): v for k, v in headers.items()}
     m = _AUTH.fullmatch(lower.get("authorization", ""))
@@ -43,9 +54,13 @@ def signature_error(method: str, url: str, headers: dict[str, str], body: bytes,
     if (key, got_region, got_service) != (access_key, region, service):
         return f"credential scope {key}/{got_region}/{got_service} is not {access_key}/{region}/{service}"
     parts = urlsplit(url)
-    request = AWSRequest(method=method, url=f"{parts.scheme}://{parts.netloc}{parts.path}",
-                         params=dict(parse_qsl(parts.query, keep_blank_values=True)), data=body or None,
-                         headers={h: lower[h] for h in signed.split(";") if h in lower})
+    request = AWSRequest(
+        method=method,
+        url=f"{parts.scheme}://{parts.netloc}{parts.path}",
+        params=dict(parse_qsl(parts.query, keep_blank_values=True)),
+        data=body or None,
+        headers={h: lower[h] for h in signed.split(";") if h in lower},
+    )
     request.context["timestamp"] = lower.get("x-amz-date", "")
     auth = SigV4Auth(Credentials(access_key, secret_key), service, region)
     expected = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
@@ -55,8 +70,18 @@ def signature_error(method: str, url: str, headers: dict[str, str], body: bytes,
 class SigV4Front:
     """Serves on 127.0.0.1:<port>; forwards verified requests to `upstream` with `token`."""
 
-    def __init__(self, upstream: str, token: str, environment: str, *, warehouse_arn: str, access_key: str,
-                 secret_key: str, region: str, service: str = "s3tables") -> None:
+    def __init__(
+        self,
+        upstream: str,
+        token: str,
+        environment: str,
+        *,
+        warehouse_arn: str,
+        access_key: str,
+        secret_key: str,
+        region: str,
+        service: str = "s3tables",
+    ) -> None:
         self.upstream, self.token, self.environment = upstream.rstrip("/"), token, environment
         self.warehouse_arn = warehouse_arn
         self.creds = {"access_key": access_key, "secret_key": secret_key, "service": service, "region": region}
@@ -91,17 +116,23 @@ class SigV4Front:
                 why = signature_error(self.command, url, dict(self.headers.items()), body, **front.creds)
                 if why is not None:
                     front.refused.append(why)
-                    self._reply(403, {"Content-Type": "application/json"},
-                                json.dumps({"error": {"message": why, "type": "ForbiddenException",
-                                                      "code": 403}}).encode())
+                    self._reply(
+                        403,
+                        {"Content-Type": "application/json"},
+                        json.dumps({"error": {"message": why, "type": "ForbiddenException", "code": 403}}).encode(),
+                    )
                     return
                 front.verified += 1
                 parts = urlsplit(self.path)
-                query = [(k, front.environment if (k, v) == ("warehouse", front.warehouse_arn) else v)
-                         for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in _HOP_BY_HOP | {"host", "authorization"}
-                           and not k.lower().startswith("x-amz-")}
+                query = [
+                    (k, front.environment if (k, v) == ("warehouse", front.warehouse_arn) else v)
+                    for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                ]
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in _HOP_BY_HOP | {"host", "authorization"} and not k.lower().startswith("x-amz-")
+                }
                 headers["Authorization"] = f"Bearer {front.token}"
                 target = f"{front.upstream}{parts.path}" + (f"?{urlencode(query)}" if query else "")
                 resp = requests.request(self.command, target, data=body or None, headers=headers, timeout=120)
@@ -110,8 +141,9 @@ class SigV4Front:
                     config = resp.json()
                     config.setdefault("overrides", {})["prefix"] = front.environment
                     content = json.dumps(config).encode()
-                self._reply(resp.status_code, {k: v for k, v in resp.headers.items()
-                                               if k.lower() not in _HOP_BY_HOP}, content)
+                self._reply(
+                    resp.status_code, {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP}, content
+                )
 
             def _reply(self, status: int, headers: dict[str, str], content: bytes) -> None:
                 self.send_response(status)

@@ -38,8 +38,11 @@ def depth_frames(recs, symbol=None):
 
 
 def snapshots(recs):
-    return {r.url.split("symbol=")[1].split("&")[0]: (i, json.loads(r.payload))
-            for i, r in enumerate(recs) if r.kind == REST}
+    return {
+        r.url.split("symbol=")[1].split("&")[0]: (i, json.loads(r.payload))
+        for i, r in enumerate(recs)
+        if r.kind == REST
+    }
 
 
 def reference_book(snapshot, diffs, usdm=False):
@@ -60,6 +63,7 @@ def reference_book(snapshot, diffs, usdm=False):
 
 
 # -- genuine captures rebuild ------------------------------------------------------------------------
+
 
 def test_spot_cryptofeed_all_symbols_bridge_and_match_reference():
     recs = records(BINANCE_SPOT_CF)
@@ -105,8 +109,9 @@ def test_spot_hftbacktest_stale_applied_and_book_ticker_agreement():
     # every bookTicker received after the snapshot whose u equals an applied diff's u is compared
     snap_i, snap = snapshots(recs)["BTCUSDT"]
     applied_u = {d["u"] for _, d in depth_frames(recs) if d["u"] > snap["lastUpdateId"]}
-    tickers_u = {json.loads(r.payload)["data"]["u"] for r in recs[snap_i:]
-                 if r.kind == WS and b"@bookTicker" in r.payload[:40]}
+    tickers_u = {
+        json.loads(r.payload)["data"]["u"] for r in recs[snap_i:] if r.kind == WS and b"@bookTicker" in r.payload[:40]
+    }
     assert st.stats.bbo_checked == len(applied_u & tickers_u) > 100
     assert st.stats.bbo_mismatched == 0
     assert len(run.of(EventType.TRADE)) == sum(1 for r in recs if b"@trade" in r.payload[:40])
@@ -125,9 +130,9 @@ def test_usdm_cryptofeed_pu_chain():
         assert (st.stats.snapshots, st.stats.gaps, st.stats.crossed, st.stats.bbo_mismatched) == (1, 0, 0, 0)
         deltas = run.of(EventType.BOOK_DELTA, sym)
         last = snap["lastUpdateId"]
-        assert deltas[0].book_delta.first_seq <= last <= deltas[0].seq     # U <= lastUpdateId <= u
+        assert deltas[0].book_delta.first_seq <= last <= deltas[0].seq  # U <= lastUpdateId <= u
         for a, b in zip(deltas, deltas[1:]):
-            assert b.book_delta.prev_seq == a.seq                          # pu == previous u
+            assert b.book_delta.prev_seq == a.seq  # pu == previous u
         diffs = [d for _, d in depth_frames(recs, sym)]
         ref_bids, ref_asks = reference_book(snap, diffs, usdm=True)
         assert {dec(p, st.px.scale): dec(q, st.sz.scale) for p, q in st.book.bids.items()} == ref_bids
@@ -138,6 +143,7 @@ def test_usdm_cryptofeed_pu_chain():
 
 # -- injected faults -----------------------------------------------------------------------------------
 
+
 def snapshot_record(ad_clean, sym, recv_ts, usdm=False) -> Record:
     """A REST depth snapshot of the clean run's book as of now (what the venue would answer)."""
     st = ad_clean.states[sym]
@@ -147,19 +153,18 @@ def snapshot_record(ad_clean, sym, recv_ts, usdm=False) -> Record:
     return Record(recv_ts, REST, f"https://{path}?symbol={sym}&limit=1000", body)
 
 
-@pytest.mark.parametrize("usdm,path,sym", [(False, BINANCE_SPOT_CF, "NKNUSDT"),
-                                           (True, BINANCE_USDM_CF, "SUSHIUSDT")])
+@pytest.mark.parametrize("usdm,path,sym", [(False, BINANCE_SPOT_CF, "NKNUSDT"), (True, BINANCE_USDM_CF, "SUSHIUSDT")])
 def test_removed_frame_resyncs_only_that_symbol_and_recovers(usdm, path, sym):
     cls = BinanceUsdmAdapter if usdm else BinanceSpotAdapter
     recs = records(path)
     sym_diffs = depth_frames(recs, sym)
-    drop_i = sym_diffs[40][0]           # a diff well after the sync
-    serve_after = sym_diffs[45][0]      # the venue answers the new snapshot a few diffs later
+    drop_i = sym_diffs[40][0]  # a diff well after the sync
+    serve_after = sym_diffs[45][0]  # the venue answers the new snapshot a few diffs later
 
     clean = cls()
     clean_run = feed(clean, recs[: serve_after + 1])
     snap = snapshot_record(clean, sym, recs[serve_after].recv_ts_us, usdm)
-    feed(clean, recs[serve_after + 1:], clean_run)
+    feed(clean, recs[serve_after + 1 :], clean_run)
 
     faulty = cls()
     run = feed(faulty, [r for i, r in enumerate(recs[: serve_after + 1]) if i != drop_i])
@@ -168,9 +173,9 @@ def test_removed_frame_resyncs_only_that_symbol_and_recovers(usdm, path, sym):
     assert [r.native_symbol for r in run.resyncs] == [sym]
     assert "gap" in run.resyncs[0].reason
     resync_requests = [q for q in run.requests if q.native_symbol == sym]
-    assert len(resync_requests) == 2                       # initial sync + the resync
+    assert len(resync_requests) == 2  # initial sync + the resync
     assert dict(resync_requests[-1].params)["symbol"] == sym
-    after = feed(faulty, [snap] + recs[serve_after + 1:])
+    after = feed(faulty, [snap] + recs[serve_after + 1 :])
     resnap = after.of(EventType.BOOK_SNAPSHOT, sym)
     assert len(resnap) == 1 and resnap[0].book_snapshot.reason == pb.SNAPSHOT_REASON_RESYNC
     assert after.of(EventType.BOOK_DELTA, sym), "deltas continue after the resync"
@@ -229,12 +234,16 @@ def test_unusable_numbers_and_unknown_shapes_are_dead_letters():
     res = ad.on_frame(json.dumps({"stream": "nknusdt@depth@100ms", "data": d2}), 1)
     assert len(res.dead_letters) == 1 and "precision" in res.dead_letters[0].reason
     assert [r.native_symbol for r in res.resyncs] == ["NKNUSDT"]
-    for frame, why in [(b"[1, 2, 3]", "expected an object"),
-                       (b'{"stream":"x@y","data":{"e":"somethingNew","s":"NKNUSDT"}}', "unknown message shape"),
-                       (b'{"stream":"x@trade","data":{"e":"trade","s":"NKNUSDT","t":1,"p":"1.0",'
-                        b'"q":"1.0","T":1,"m":"yes"}}', "not a boolean"),
-                       (b'{"stream":"x@trade","data":{"e":"trade","s":"??","t":1}}', "unknown instrument"),
-                       (b'{"code":-1121,"msg":"Invalid symbol."}', "venue error -1121")]:
+    for frame, why in [
+        (b"[1, 2, 3]", "expected an object"),
+        (b'{"stream":"x@y","data":{"e":"somethingNew","s":"NKNUSDT"}}', "unknown message shape"),
+        (
+            b'{"stream":"x@trade","data":{"e":"trade","s":"NKNUSDT","t":1,"p":"1.0","q":"1.0","T":1,"m":"yes"}}',
+            "not a boolean",
+        ),
+        (b'{"stream":"x@trade","data":{"e":"trade","s":"??","t":1}}', "unknown instrument"),
+        (b'{"code":-1121,"msg":"Invalid symbol."}', "venue error -1121"),
+    ]:
         res = ad.on_frame(frame, 2)
         assert res.events == [] and len(res.dead_letters) == 1, frame
         assert why in res.dead_letters[0].reason, res.dead_letters[0].reason
@@ -279,6 +288,7 @@ def test_a_snapshot_that_never_comes_is_asked_for_again():
 
 # -- event mapping (tardis-node fixture frames), values checked against the raw strings ------------
 
+
 def tardis_frames(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -304,9 +314,12 @@ def test_spot_trade_ticker_mapping():
     bt = next(f["data"] for f in frames if f["stream"].endswith("@bookTicker"))
     env = next(t for t in tickers if t.native_symbol == bt["s"])
     assert env.seq == bt["u"]
-    assert (dec(env.ticker.bid_px, env.price_scale), dec(env.ticker.bid_qty, env.size_scale),
-            dec(env.ticker.ask_px, env.price_scale), dec(env.ticker.ask_qty, env.size_scale)) == \
-        tuple(Decimal(bt[k]) for k in "bBaA")
+    assert (
+        dec(env.ticker.bid_px, env.price_scale),
+        dec(env.ticker.bid_qty, env.size_scale),
+        dec(env.ticker.ask_px, env.price_scale),
+        dec(env.ticker.ask_qty, env.size_scale),
+    ) == tuple(Decimal(bt[k]) for k in "bBaA")
     t24 = next(f["data"] for f in frames if f["stream"].endswith("@ticker"))
     env = next(t for t in tickers if t.native_symbol == t24["s"])
     assert dec(env.ticker.last_px, env.price_scale) == Decimal(t24["c"])
@@ -379,7 +392,7 @@ def test_urls_route_usdm_streams_and_chunk():
         assert s in market and s not in public
     assert usdm_route("btcusdt@trade") == "public" and usdm_route("!forceOrder@arr") == "market"
     spot = BinanceSpotAdapter(streams=("depth@100ms", "trade"))
-    syms = [f"S{i}USDT" for i in range(600)]                        # 1200 streams -> 2 connections
+    syms = [f"S{i}USDT" for i in range(600)]  # 1200 streams -> 2 connections
     urls = spot.ws_urls("", syms)
     assert len(urls) == 2 and all(u.startswith("wss://stream.binance.com:9443/stream?streams=") for u in urls)
     assert sum(len(u.split("streams=")[1].split("/")) for u in urls) == 1200
@@ -389,16 +402,32 @@ def test_urls_route_usdm_streams_and_chunk():
 def test_exchange_info_fixes_scales_and_base_quote():
     from schemas.instruments import by_native, parse_binance
 
-    body = {"symbols": [{"symbol": "BTCUSDT", "baseAsset": "BTC", "quoteAsset": "USDT", "filters": [
-        {"filterType": "PRICE_FILTER", "tickSize": "0.01000000"},
-        {"filterType": "LOT_SIZE", "stepSize": "0.00001000"}]}]}
-    specs = by_native(parse_binance(body, futures=False))   # no baseAssetPrecision: the step decides
+    body = {
+        "symbols": [
+            {
+                "symbol": "BTCUSDT",
+                "baseAsset": "BTC",
+                "quoteAsset": "USDT",
+                "filters": [
+                    {"filterType": "PRICE_FILTER", "tickSize": "0.01000000"},
+                    {"filterType": "LOT_SIZE", "stepSize": "0.00001000"},
+                ],
+            }
+        ]
+    }
+    specs = by_native(parse_binance(body, futures=False))  # no baseAssetPrecision: the step decides
     assert (specs["BTCUSDT"].price_scale, specs["BTCUSDT"].size_scale) == (2, 5)
     ad = BinanceSpotAdapter(instruments=specs)
-    res = ad.on_frame(b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":9,'
-                      b'"p":"61737.63000000","q":"0.02000000","T":2,"m":true}}', 3)
+    res = ad.on_frame(
+        b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":9,'
+        b'"p":"61737.63000000","q":"0.02000000","T":2,"m":true}}',
+        3,
+    )
     (env,) = res.events
     assert (env.price_scale, env.size_scale, env.trade.px, env.trade.qty) == (2, 5, 6173763, 2000)
-    res = ad.on_frame(b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":9,'
-                      b'"p":"61737.63100000","q":"0.02000000","T":2,"m":true}}', 3)
+    res = ad.on_frame(
+        b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":9,'
+        b'"p":"61737.63100000","q":"0.02000000","T":2,"m":true}}',
+        3,
+    )
     assert res.events == [] and "precision" in res.dead_letters[0].reason

@@ -43,8 +43,17 @@ def test_ob500_history_rebuilds_consistently():
     st = ad.states["XRPUSDT"]
     assert st.symbol == "XRP-USDT-PERP" and st.market is Market.PERP
     assert st.stats.as_dict() | {"deltas_applied": 0} == {
-        "snapshots": 1, "deltas_applied": 0, "deltas_stale": 0, "gaps": 0, "resyncs": 0, "crossed": 0,
-        "bbo_checked": 0, "bbo_mismatched": 0, "checksum_ok": 0, "checksum_bad": 0}
+        "snapshots": 1,
+        "deltas_applied": 0,
+        "deltas_stale": 0,
+        "gaps": 0,
+        "resyncs": 0,
+        "crossed": 0,
+        "bbo_checked": 0,
+        "bbo_mismatched": 0,
+        "checksum_ok": 0,
+        "checksum_bad": 0,
+    }
     assert st.stats.deltas_applied == len(msgs) - 1
     deltas = run.of(EventType.BOOK_DELTA)
     assert [d.seq for d in deltas] == [m["data"]["u"] for m in msgs[1:]]
@@ -61,8 +70,12 @@ def test_ob500_history_rebuilds_consistently():
 def snapshot_record(clean: BybitAdapter, recv_ts: int) -> Record:
     st = clean.states["XRPUSDT"]
     bids, asks = book_levels_json(st.book, st.px.scale, st.sz.scale)
-    msg = {"topic": "orderbook.500.XRPUSDT", "type": "snapshot", "ts": recv_ts // 1000,
-           "data": {"s": "XRPUSDT", "b": bids, "a": asks, "u": st.book.seq, "seq": 1}}
+    msg = {
+        "topic": "orderbook.500.XRPUSDT",
+        "type": "snapshot",
+        "ts": recv_ts // 1000,
+        "data": {"s": "XRPUSDT", "b": bids, "a": asks, "u": st.book.seq, "seq": 1},
+    }
     return Record(recv_ts, WS, "", json.dumps(msg).encode())
 
 
@@ -72,7 +85,7 @@ def test_missing_delta_resubscribes_that_book_and_recovers():
     clean = BybitAdapter(category="linear")
     feed(clean, recs[: serve_after + 1])
     snap = snapshot_record(clean, recs[serve_after].recv_ts_us)
-    feed(clean, recs[serve_after + 1:])
+    feed(clean, recs[serve_after + 1 :])
 
     ad = BybitAdapter(category="linear")
     run = feed(ad, [r for i, r in enumerate(recs[: serve_after + 1]) if i != drop])
@@ -81,10 +94,11 @@ def test_missing_delta_resubscribes_that_book_and_recovers():
     assert [r.native_symbol for r in run.resyncs] == ["XRPUSDT"]
     assert [json.loads(s.payload) for s in run.sends] == [
         {"op": "unsubscribe", "args": ["orderbook.500.XRPUSDT"]},
-        {"op": "subscribe", "args": ["orderbook.500.XRPUSDT"]}]
+        {"op": "subscribe", "args": ["orderbook.500.XRPUSDT"]},
+    ]
     # deltas that arrive before the fresh snapshot are not applied
     assert st.stats.deltas_stale == serve_after - drop - 1
-    after = feed(ad, [snap] + recs[serve_after + 1:])
+    after = feed(ad, [snap] + recs[serve_after + 1 :])
     (resnap,) = after.of(EventType.BOOK_SNAPSHOT)
     assert resnap.book_snapshot.reason == pb.SNAPSHOT_REASON_RESYNC
     assert len(after.of(EventType.BOOK_DELTA)) == len(recs) - serve_after - 1
@@ -96,7 +110,7 @@ def test_u1_restart_overwrites_the_book_and_size_zero_deletes():
     ad = BybitAdapter(category="linear")
     feed(ad, recs[:10])
     m = json.loads(recs[10].payload)
-    m["data"]["u"] = 1                      # service restart: this message is the whole book
+    m["data"]["u"] = 1  # service restart: this message is the whole book
     res = ad.on_frame(json.dumps(m), 1)
     (snap,) = res.events
     assert snap.event_type == EventType.BOOK_SNAPSHOT.pb and snap.seq == 1
@@ -125,11 +139,12 @@ def test_crossed_delta_and_malformed_frames_are_dead_letters():
     assert res.events == [] and "crossed" in res.dead_letters[0].reason
     assert st.stats.crossed == 1 and [r.native_symbol for r in res.resyncs] == ["XRPUSDT"]
     assert len(res.sends) == 2
-    for frame, why in [(recs[6].payload[:-7], "malformed JSON"),
-                       (b'{"topic":"mystery.XRPUSDT","data":{}}', "unknown topic"),
-                       (b'{"success":false,"ret_msg":"error:handler not found","op":"subscribe"}', "rejected"),
-                       (b'{"topic":"tickers.XRPUSDT","type":"delta","ts":1,"data":{"symbol":"XRPUSDT"}}',
-                        "before any snapshot")]:
+    for frame, why in [
+        (recs[6].payload[:-7], "malformed JSON"),
+        (b'{"topic":"mystery.XRPUSDT","data":{}}', "unknown topic"),
+        (b'{"success":false,"ret_msg":"error:handler not found","op":"subscribe"}', "rejected"),
+        (b'{"topic":"tickers.XRPUSDT","type":"delta","ts":1,"data":{"symbol":"XRPUSDT"}}', "before any snapshot"),
+    ]:
         res = ad.on_frame(frame, 1)
         assert res.events == [] and why in res.dead_letters[0].reason, res.dead_letters
 
@@ -139,12 +154,14 @@ def test_ping_every_20s_and_control_frames():
     assert [s.payload for s in ad.keepalive(1_000_000).sends] == ['{"op":"ping"}']
     assert ad.keepalive(11_000_000).sends == []
     assert [s.payload for s in ad.keepalive(21_000_000).sends] == ['{"op":"ping"}']
-    for pong in (b'{"success":true,"ret_msg":"pong","conn_id":"x","req_id":"","op":"ping"}',
-                 b'{"op":"pong","args":["1675418560633"],"conn_id":"x"}',
-                 b'{"success":true,"ret_msg":"","conn_id":"x","req_id":"","op":"subscribe"}'):
+    for pong in (
+        b'{"success":true,"ret_msg":"pong","conn_id":"x","req_id":"","op":"ping"}',
+        b'{"op":"pong","args":["1675418560633"],"conn_id":"x"}',
+        b'{"success":true,"ret_msg":"","conn_id":"x","req_id":"","op":"subscribe"}',
+    ):
         res = ad.on_frame(pong, 1)
         assert res.events == [] and res.dead_letters == []
-    symbols = [f"C{i}USDT" for i in range(4)]            # 4 symbols x 3 topics = 12 args -> 2 requests
+    symbols = [f"C{i}USDT" for i in range(4)]  # 4 symbols x 3 topics = 12 args -> 2 requests
     sends = [json.loads(s.payload) for s in ad.on_open(symbols).sends]
     assert [len(s["args"]) for s in sends] == [10, 2]
     assert "orderbook.50.C0USDT" in sends[0]["args"] and all(s["op"] == "subscribe" for s in sends)
@@ -187,8 +204,8 @@ def test_trades_tickers_funding_mark_mapping_linear_inverse():
     d = delta_msg["data"]
     assert [e.event_type for e in delta_res.events] == [EventType.TICKER.pb, EventType.FUNDING.pb]
     tk2 = delta_res.events[0]
-    assert dec(tk2.ticker.open_interest, tk2.size_scale) == Decimal(d["openInterest"])   # from the delta
-    assert dec(tk2.ticker.last_px, tk2.price_scale) == Decimal(s["lastPrice"])           # kept from snapshot
+    assert dec(tk2.ticker.open_interest, tk2.size_scale) == Decimal(d["openInterest"])  # from the delta
+    assert dec(tk2.ticker.last_px, tk2.price_scale) == Decimal(s["lastPrice"])  # kept from snapshot
     assert dec(tk2.ticker.bid_px, tk2.price_scale) == Decimal(d["bid1Price"])
     # a dated inverse contract: mark price but no funding (its fundingRate is "")
     (fut_msg, fut_res), _ = out["tickers.BTCUSDU23"]
@@ -210,7 +227,7 @@ def test_all_liquidation_mapping():
     raw = json.loads(line)["data"][0]
     (liq,) = res.events
     assert liq.symbol == "PIPPIN-USDT-PERP" and liq.exchange_ts == raw["T"] * 1000
-    assert raw["S"] == "Sell" and liq.liquidation.side == pb.SIDE_BUY   # a short liquidated by a buy
+    assert raw["S"] == "Sell" and liq.liquidation.side == pb.SIDE_BUY  # a short liquidated by a buy
     assert dec(liq.liquidation.px, liq.price_scale) == Decimal(raw["p"])
     assert dec(liq.liquidation.qty, liq.size_scale) == Decimal(raw["v"])
 

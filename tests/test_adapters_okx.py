@@ -20,8 +20,7 @@ def book_msgs(recs, inst=None):
     out = []
     for i, r in enumerate(recs):
         m = json.loads(r.payload)
-        if ("data" in m and m.get("arg", {}).get("channel") == "books"
-                and (inst is None or m["arg"]["instId"] == inst)):
+        if "data" in m and m.get("arg", {}).get("channel") == "books" and (inst is None or m["arg"]["instId"] == inst):
             out.append((i, m))
     return out
 
@@ -71,8 +70,11 @@ def snapshot_msg(clean: OkxAdapter, inst: str, recv_ts: int) -> Record:
     bids = [[*sb[p], "0", "1"] for p, _ in st.book.top_bids(400)]
     asks = [[*sa[p], "0", "1"] for p, _ in st.book.top_asks(400)]
     cs = okx_checksum([tuple(b[:2]) for b in bids], [tuple(a[:2]) for a in asks])
-    msg = {"arg": {"channel": "books", "instId": inst}, "action": "snapshot",
-           "data": [{"asks": asks, "bids": bids, "ts": str(recv_ts // 1000), "checksum": cs}]}
+    msg = {
+        "arg": {"channel": "books", "instId": inst},
+        "action": "snapshot",
+        "data": [{"asks": asks, "bids": bids, "ts": str(recv_ts // 1000), "checksum": cs}],
+    }
     return Record(recv_ts, WS, "", json.dumps(msg).encode())
 
 
@@ -84,7 +86,7 @@ def test_corrupted_checksum_resyncs_only_that_instrument():
     clean = OkxAdapter()
     feed(clean, recs[: serve_after + 1])
     snap = snapshot_msg(clean, inst, recs[serve_after].recv_ts_us)
-    feed(clean, recs[serve_after + 1:])
+    feed(clean, recs[serve_after + 1 :])
 
     ad = OkxAdapter()
     run = feed(ad, [with_checksum(r, 1) if i == bad_i else r for i, r in enumerate(recs[: serve_after + 1])])
@@ -93,10 +95,11 @@ def test_corrupted_checksum_resyncs_only_that_instrument():
     assert [r.native_symbol for r in run.resyncs] == [inst] and "checksum" in run.resyncs[0].reason
     assert [json.loads(s.payload) for s in run.sends] == [
         {"op": "unsubscribe", "args": [{"channel": "books", "instId": inst}]},
-        {"op": "subscribe", "args": [{"channel": "books", "instId": inst}]}]
+        {"op": "subscribe", "args": [{"channel": "books", "instId": inst}]},
+    ]
     (dl,) = run.dead_letters
     assert "checksum mismatch" in dl.reason and dl.native_symbol == inst
-    after = feed(ad, [snap] + recs[serve_after + 1:])
+    after = feed(ad, [snap] + recs[serve_after + 1 :])
     (resnap,) = after.of(EventType.BOOK_SNAPSHOT)
     assert resnap.book_snapshot.reason == pb.SNAPSHOT_REASON_RESYNC
     assert st.stats.checksum_bad == 1 and after.dead_letters == []
@@ -134,9 +137,20 @@ def test_seqid_chain_heartbeat_reset_and_break():
     st = ad.states["UNI-USD-SWAP"]
     last = msgs[19]["data"][0]
     # heartbeat: no levels, seqId == prevSeqId == previous seqId; the checksum is the book's own
-    hb = {"arg": msgs[1]["arg"], "action": "update",
-          "data": [{"asks": [], "bids": [], "ts": last["ts"], "checksum": last["checksum"],
-                    "prevSeqId": last["seqId"], "seqId": last["seqId"]}]}
+    hb = {
+        "arg": msgs[1]["arg"],
+        "action": "update",
+        "data": [
+            {
+                "asks": [],
+                "bids": [],
+                "ts": last["ts"],
+                "checksum": last["checksum"],
+                "prevSeqId": last["seqId"],
+                "seqId": last["seqId"],
+            }
+        ],
+    }
     res = ad.on_frame(frame(hb), 2)
     assert res.dead_letters == [] and res.resyncs == [] and st.book.seq == last["seqId"]
     # sequence reset (maintenance): seqId drops below prevSeqId, later messages chain from it
@@ -151,7 +165,7 @@ def test_seqid_chain_heartbeat_reset_and_break():
     n3["data"][0]["prevSeqId"], n3["data"][0]["seqId"] = 12, 15
     res = ad.on_frame(frame(n3), 5)
     assert [r.native_symbol for r in res.resyncs] == ["UNI-USD-SWAP"] and "gap" in res.resyncs[0].reason
-    assert st.stats.gaps == 1 and st.stats.checksum_ok == 23 and not st.book.synced   # 20 + hb + 2
+    assert st.stats.gaps == 1 and st.stats.checksum_ok == 23 and not st.book.synced  # 20 + hb + 2
     # a replayed (already applied) update is stale, not a gap
     ad2 = OkxAdapter()
     for m in msgs[:10]:
@@ -168,12 +182,15 @@ def test_control_frames_errors_and_keepalive():
     assert "venue error 60012" in res.dead_letters[0].reason
     res = ad.on_frame(b'{"event":"notice","code":"64008","msg":"The connection will soon be closed"}', 1)
     assert res.reconnect.startswith("notice 64008") and res.dead_letters == []
-    for f, why in [(b'{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"update","data":[{"asks":[]',
-                    "malformed JSON"),
-                   (b'{"arg":{"channel":"unknown-thing","instId":"BTC-USDT"},"data":[]}', "unknown channel"),
-                   (b'{"arg":{"channel":"trades","instId":"BTC-USD-240329-60000-C"},"data":[{"instId":'
-                    b'"BTC-USD-240329-60000-C","tradeId":"1","px":"1","sz":"1","side":"buy","ts":"1"}]}',
-                    "unsupported OKX instrument")]:
+    for f, why in [
+        (b'{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"update","data":[{"asks":[]', "malformed JSON"),
+        (b'{"arg":{"channel":"unknown-thing","instId":"BTC-USDT"},"data":[]}', "unknown channel"),
+        (
+            b'{"arg":{"channel":"trades","instId":"BTC-USD-240329-60000-C"},"data":[{"instId":'
+            b'"BTC-USD-240329-60000-C","tradeId":"1","px":"1","sz":"1","side":"buy","ts":"1"}]}',
+            "unsupported OKX instrument",
+        ),
+    ]:
         res = ad.on_frame(f, 1)
         assert res.events == [] and why in res.dead_letters[0].reason
     # keep-alive: "ping" only after 20 s of silence
@@ -193,7 +210,8 @@ def test_subscriptions_by_market():
     assert {"channel": "funding-rate", "instId": "BTC-USDT"} not in args
     assert [a for a in args if a["channel"] == "liquidation-orders"] == [
         {"channel": "liquidation-orders", "instType": "FUTURES"},
-        {"channel": "liquidation-orders", "instType": "SWAP"}]
+        {"channel": "liquidation-orders", "instType": "SWAP"},
+    ]
     assert ad.ws_url("", []) == "wss://ws.okx.com:8443/ws/v5/public"
 
 
@@ -215,9 +233,14 @@ def test_trade_ticker_mapping_spot():
     msg, res = out["tickers"]
     (tk,) = res.events
     t = msg["data"][0]
-    for field, key, scale in (("bid_px", "bidPx", tk.price_scale), ("bid_qty", "bidSz", tk.size_scale),
-                              ("ask_px", "askPx", tk.price_scale), ("ask_qty", "askSz", tk.size_scale),
-                              ("last_px", "last", tk.price_scale), ("volume_24h", "vol24h", tk.size_scale)):
+    for field, key, scale in (
+        ("bid_px", "bidPx", tk.price_scale),
+        ("bid_qty", "bidSz", tk.size_scale),
+        ("ask_px", "askPx", tk.price_scale),
+        ("ask_qty", "askSz", tk.size_scale),
+        ("last_px", "last", tk.price_scale),
+        ("volume_24h", "vol24h", tk.size_scale),
+    ):
         assert dec(getattr(tk.ticker, field), scale) == Decimal(t[key]), field
 
 
@@ -241,8 +264,10 @@ def test_funding_mark_bbo_mapping_swap():
     (env,) = r.events
     d = m["data"][0]
     assert env.event_type == EventType.TICKER.pb
-    assert (dec(env.ticker.bid_px, env.price_scale), dec(env.ticker.ask_qty, env.size_scale)) == \
-        (Decimal(d["bids"][0][0]), Decimal(d["asks"][0][1]))
+    assert (dec(env.ticker.bid_px, env.price_scale), dec(env.ticker.ask_qty, env.size_scale)) == (
+        Decimal(d["bids"][0][0]),
+        Decimal(d["asks"][0][1]),
+    )
     ignored = [r for m, r in results if m["arg"]["channel"] in ("index-tickers", "open-interest")]
     assert ignored and all(r.events == [] and r.dead_letters == [] for r in ignored)
 

@@ -16,10 +16,10 @@ from collectors.exchanges.binance import BinanceUsdmAdapter
 from collectors.exchanges.bybit import BybitAdapter
 from collectors.exchanges.okx import OkxAdapter
 from schemas.model import EventType, event_type_from_pb, market_from_pb
+from schemas.serde import encode
 from schemas.topics import event_topic
-from streaming.instruments import InstrumentCatalog
-from streaming.normalizer import Normalizer
-from streaming.serde import encode
+from streaming.processors.instruments import InstrumentCatalog
+from streaming.processors.normalizer import Normalizer
 from tests.support.adapters import dec
 from workloads.samples import (
     BINANCE_USDM_TARDIS,
@@ -31,17 +31,44 @@ from workloads.samples import (
 OKX_SWAP_BODY = SAMPLES / "reference" / "nautilus_okx_instruments_swap.json"
 BYBIT_INVERSE_BODY = SAMPLES / "reference" / "nautilus_bybit_instruments_inverse.json"
 
-BINANCE_FAPI_BODY = json.dumps({"timezone": "UTC", "serverTime": 1597536008000, "symbols": [
-    {"symbol": "BTCUSDT", "pair": "BTCUSDT", "contractType": "PERPETUAL", "status": "TRADING",
-     "baseAsset": "BTC", "quoteAsset": "USDT", "marginAsset": "USDT", "pricePrecision": 2,
-     "quantityPrecision": 3, "filters": [
-         {"filterType": "PRICE_FILTER", "minPrice": "556.80", "maxPrice": "4529764", "tickSize": "0.10"},
-         {"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": "1000", "stepSize": "0.001"}]},
-    {"symbol": "BTCBUSD_210129", "pair": "BTCBUSD", "contractType": "CURRENT_QUARTER", "status": "TRADING",
-     "baseAsset": "BTC", "quoteAsset": "BUSD", "marginAsset": "BUSD", "pricePrecision": 1,
-     "quantityPrecision": 3, "filters": [
-         {"filterType": "PRICE_FILTER", "minPrice": "576.3", "maxPrice": "1000000", "tickSize": "0.1"},
-         {"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": "500", "stepSize": "0.001"}]}]})
+BINANCE_FAPI_BODY = json.dumps(
+    {
+        "timezone": "UTC",
+        "serverTime": 1597536008000,
+        "symbols": [
+            {
+                "symbol": "BTCUSDT",
+                "pair": "BTCUSDT",
+                "contractType": "PERPETUAL",
+                "status": "TRADING",
+                "baseAsset": "BTC",
+                "quoteAsset": "USDT",
+                "marginAsset": "USDT",
+                "pricePrecision": 2,
+                "quantityPrecision": 3,
+                "filters": [
+                    {"filterType": "PRICE_FILTER", "minPrice": "556.80", "maxPrice": "4529764", "tickSize": "0.10"},
+                    {"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": "1000", "stepSize": "0.001"},
+                ],
+            },
+            {
+                "symbol": "BTCBUSD_210129",
+                "pair": "BTCBUSD",
+                "contractType": "CURRENT_QUARTER",
+                "status": "TRADING",
+                "baseAsset": "BTC",
+                "quoteAsset": "BUSD",
+                "marginAsset": "BUSD",
+                "pricePrecision": 1,
+                "quantityPrecision": 3,
+                "filters": [
+                    {"filterType": "PRICE_FILTER", "minPrice": "576.3", "maxPrice": "1000000", "tickSize": "0.1"},
+                    {"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": "500", "stepSize": "0.001"},
+                ],
+            },
+        ],
+    }
+)
 
 INSTRUMENTS = RestRequest(path="/instruments", params=(), purpose="instruments")
 
@@ -59,8 +86,12 @@ def _load(adapter, body: bytes | str):
 def _normalized(adapter, events, body, recv_us):
     """Every event through the normalizer with a catalog from the same exchange-info body."""
     cat = InstrumentCatalog()
-    cat.load_exchange_info(adapter.exchange, adapter.market, body,
-                           **({"category": adapter.category} if isinstance(adapter, BybitAdapter) else {}))
+    cat.load_exchange_info(
+        adapter.exchange,
+        adapter.market,
+        body,
+        **({"category": adapter.category} if isinstance(adapter, BybitAdapter) else {}),
+    )
     norm = Normalizer(cat)
     outs = []
     for i, env in enumerate(events):
@@ -99,10 +130,10 @@ def test_binance_usdm_mark_and_funding_with_exchange_info():
 def test_bybit_inverse_tickers_mark_index_funding_with_genuine_instruments():
     body = BYBIT_INVERSE_BODY.read_bytes()
     ad = _load(BybitAdapter(category="inverse"), body)
-    assert ad.specs["BTCUSD"].price_scale == 1           # tickSize 0.5
+    assert ad.specs["BTCUSD"].price_scale == 1  # tickSize 0.5
     events = []
     frames = [f for f in _lines(BYBIT_TARDIS_DERIV) if f.get("topic") == "tickers.BTCUSD"]
-    assert len(frames) == 2                                # snapshot + delta
+    assert len(frames) == 2  # snapshot + delta
     for f in frames:
         res = ad.on_frame(json.dumps(f), f["ts"] * 1000 + 1)
         assert res.dead_letters == [], res.dead_letters[0].reason
@@ -113,7 +144,7 @@ def test_bybit_inverse_tickers_mark_index_funding_with_genuine_instruments():
     assert set(by_type) == {EventType.TICKER, EventType.MARK_PRICE, EventType.FUNDING}
     snap = frames[0]["data"]
     mark = by_type[EventType.MARK_PRICE][0]
-    assert dec(mark.mark_price.index_px, mark.price_scale) == Decimal(snap["indexPrice"])   # "28566.94"
+    assert dec(mark.mark_price.index_px, mark.price_scale) == Decimal(snap["indexPrice"])  # "28566.94"
     assert dec(mark.mark_price.mark_px, mark.price_scale) == Decimal(snap["markPrice"])
     tk = by_type[EventType.TICKER][-1]
     assert tk.price_scale == 1 and dec(tk.ticker.bid_px, 1) == Decimal(frames[1]["data"]["bid1Price"])
@@ -142,9 +173,18 @@ def test_one_padded_mark_price_does_not_widen_the_scale_for_the_session():
     """Without exchange info: a mark price printed with 18 decimals of padding once must not
     make every later mark price overflow int64 at scale 18 (they were all dead-lettered)."""
     ad = BinanceUsdmAdapter()
-    frame = {"stream": "btcusdt@markPrice@1s", "data": {"e": "markPriceUpdate", "E": 1597536008000,
-             "s": "BTCUSDT", "p": "11857.560000000000000000", "i": "11851.86949091", "r": "0.00015640",
-             "T": 1597564800000}}
+    frame = {
+        "stream": "btcusdt@markPrice@1s",
+        "data": {
+            "e": "markPriceUpdate",
+            "E": 1597536008000,
+            "s": "BTCUSDT",
+            "p": "11857.560000000000000000",
+            "i": "11851.86949091",
+            "r": "0.00015640",
+            "T": 1597564800000,
+        },
+    }
     first = ad.on_frame(json.dumps(frame), 1)
     frame["data"]["p"], frame["data"]["E"] = "11858.12000000", 1597536009000
     second = ad.on_frame(json.dumps(frame), 2)

@@ -14,14 +14,23 @@ from dagster_graphql.schema import create_schema
 from graphql import parse, validate
 
 from assets.partitions import HOURLY
-from pipelines import backfill_cli as b
-from pipelines.cli import build_parser
+from pipelines.local import backfill as b
+from pipelines.local.cli import build_parser
 
 TICKLAKE = Path(sys.executable).parent / "ticklake"
 
 
-@pytest.mark.parametrize("text", ["2024-08-08T23:00", "2024-08-08T23", "2024-08-08 23:00Z",
-                                  "2024-08-08T23:00:00+00:00", "2024-08-09T01:00+02:00", "2024-08-08-23:00"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-08-08T23:00",
+        "2024-08-08T23",
+        "2024-08-08 23:00Z",
+        "2024-08-08T23:00:00+00:00",
+        "2024-08-09T01:00+02:00",
+        "2024-08-08-23:00",
+    ],
+)
 def test_parse_hour_accepts_utc_hours(text):
     assert b.parse_hour(text) == datetime(2024, 8, 8, 23, tzinfo=UTC)
 
@@ -52,12 +61,24 @@ def test_selection_globs_and_errors():
 
 
 def _status(status, runs, counts):
-    return {"status": status, "numPartitions": 2, "error": None, "runs": [{"runId": str(i), "status": s}
-                                                                         for i, s in enumerate(runs)],
-            "assetBackfillData": {"assetBackfillStatuses": [
-                {"__typename": "AssetPartitionsStatusCounts", "assetKey": {"path": ["lake", "trades"]},
-                 "numPartitionsTargeted": 2, "numPartitionsInProgress": counts[0],
-                 "numPartitionsMaterialized": counts[1], "numPartitionsFailed": counts[2]}]}}
+    return {
+        "status": status,
+        "numPartitions": 2,
+        "error": None,
+        "runs": [{"runId": str(i), "status": s} for i, s in enumerate(runs)],
+        "assetBackfillData": {
+            "assetBackfillStatuses": [
+                {
+                    "__typename": "AssetPartitionsStatusCounts",
+                    "assetKey": {"path": ["lake", "trades"]},
+                    "numPartitionsTargeted": 2,
+                    "numPartitionsInProgress": counts[0],
+                    "numPartitionsMaterialized": counts[1],
+                    "numPartitionsFailed": counts[2],
+                }
+            ]
+        },
+    }
 
 
 def test_progress_success_needs_every_run_and_partition():
@@ -85,10 +106,20 @@ def test_cli_registration_and_clear_errors(tmp_path):
     args = build_parser().parse_args(["backfill", "2024-08-08T23:00", "2024-08-09T00:00", "--select", "lake/trades"])
     assert args.func is b.cmd_backfill and args.select == ["lake/trades"]
     env_home = tmp_path / "home"
-    res = subprocess.run([str(TICKLAKE), "--home", str(env_home), "backfill", "2024-08-08T23:00",
-                          "2024-08-09T00:00"], capture_output=True, text=True, timeout=120, check=False)
+    res = subprocess.run(
+        [str(TICKLAKE), "--home", str(env_home), "backfill", "2024-08-08T23:00", "2024-08-09T00:00"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert res.returncode == b.EXIT_NOT_RUNNING
     assert "not running" in res.stderr and "ticklake up" in res.stderr
-    res = subprocess.run([str(TICKLAKE), "--home", str(env_home), "backfill", "2024-08-09T00:00",
-                          "2024-08-08T23:00"], capture_output=True, text=True, timeout=120, check=False)
+    res = subprocess.run(
+        [str(TICKLAKE), "--home", str(env_home), "backfill", "2024-08-09T00:00", "2024-08-08T23:00"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert res.returncode == b.EXIT_USAGE and "exclusive" in res.stderr

@@ -16,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_smoke_writes_figures(tmp_path: Path) -> None:
-    p = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     (jl,) = tmp_path.glob("*.jsonl")
     figs = [json.loads(line) for line in jl.read_text().splitlines()]
@@ -29,7 +34,7 @@ def test_bench_smoke_writes_figures(tmp_path: Path) -> None:
             assert abs(f["ratio"] - f["value"] / f["baseline_value"]) <= 1e-3 * abs(f["ratio"]) + 1e-4
     names = {f["name"] for f in figs}
     assert "parse+normalize binance depth" in names
-    assert "depth frame stage: protobuf envelope" in names       # the stage breakdown stays
+    assert "depth frame stage: protobuf envelope" in names  # the stage breakdown stays
     assert any(n.startswith("L2 book ") for n in names)
     md = next(tmp_path.glob("*.md")).read_text()
     assert "| figure | value |" in md and "parse+normalize binance depth" in md

@@ -69,17 +69,17 @@ def test_batch_apply_equals_level_by_level(snapshot_ops, updates):
 def test_views_order_and_deletes():
     book = L2Book(price_scale=2, size_scale=3)
     book.apply_snapshot([(10000, 5), (9990, 7), (9980, 0)], [(10010, 1), (10030, 2), (10020, 3)], seq=42)
-    assert book.top_bids(5) == [(10000, 5), (9990, 7)]          # qty 0 in a snapshot is not a level
+    assert book.top_bids(5) == [(10000, 5), (9990, 7)]  # qty 0 in a snapshot is not a level
     assert book.top_asks(2) == [(10010, 1), (10020, 3)]
     assert book.best_bid_px() == 10000 and book.best_ask_px() == 10010
     book.set_bid(9990, 0)
-    book.set_bid(1, 0)                                           # deleting a missing level is normal
+    book.set_bid(1, 0)  # deleting a missing level is normal
     book.set_ask(10010, 0)
     assert book.top_bids(5) == [(10000, 5)]
     assert book.best_ask() == (10020, 3)
     assert not book.crossed()
     book.set_bid(10020, 9)
-    assert book.crossed()                                        # bid at the best ask
+    assert book.crossed()  # bid at the best ask
     assert book.top_bids(0) == [] and book.top_asks(-1) == []
 
 

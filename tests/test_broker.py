@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from schemas.topics import DlqStage
-from streaming.broker import (
+from streaming.kafka.broker import (
     BrokerError,
     EmbeddedBroker,
     fetch_metadata,
@@ -24,7 +24,7 @@ from streaming.broker import (
     process_listens_on,
     wait_for_metadata,
 )
-from streaming.topic_admin import (
+from streaming.kafka.topic_admin import (
     admin_client,
     create_topics,
     describe_topic_configs,
@@ -32,7 +32,7 @@ from streaming.topic_admin import (
     ensure_topics,
     planned_topics,
 )
-from streaming.topic_config import DAY_MS, HOUR_MS, TopicConfig, TopicSpec
+from streaming.kafka.topic_config import DAY_MS, HOUR_MS, TopicConfig, TopicSpec
 
 # --------------------------------------------------------------------------- broker process
 
@@ -58,7 +58,7 @@ def test_stop_ends_the_process_and_frees_the_port():
 
 OWNER = """
 import sys, time
-from streaming.broker import EmbeddedBroker
+from streaming.kafka.broker import EmbeddedBroker
 b = EmbeddedBroker().start()
 print(b.pid, b.port, flush=True)
 time.sleep(600)
@@ -66,8 +66,9 @@ time.sleep(600)
 
 
 def test_broker_dies_with_an_owner_killed_by_sigkill():
-    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
-                             cwd=Path(__file__).resolve().parents[1])
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
     try:
         pid, port = map(int, owner.stdout.readline().split())
         assert metadata_answers(f"127.0.0.1:{port}")
@@ -79,6 +80,7 @@ def test_broker_dies_with_an_owner_killed_by_sigkill():
         assert time.monotonic() < deadline, f"broker {pid} outlived its killed owner"
         time.sleep(0.1)
     assert not port_in_use("127.0.0.1", port)
+
 
 pytestmark = pytest.mark.broker
 
@@ -144,12 +146,28 @@ def test_production_sizing_is_the_seed_sizing():
 
 
 def test_spec_for_routes_each_topic_kind_to_its_stage():
-    cfg = TopicConfig.local().with_overrides({
-        "raw": {"partitions": 1}, "processed": {"partitions": 2}, "feature": {"partitions": 3},
-        "prediction": {"partitions": 4}, "dlq": {"partitions": 5}, "pragma": {"partitions": 6}})
-    routed = {t: cfg.spec_for(t).partitions for t in (
-        "raw.spot.orderbook.delta.binance", "processed.perp.trades.okx", "feature.spot.signals.bybit",
-        "prediction.perp.lgbm_v1", "dlq.normalize", "pragma-prices-v1", "pragma-orderbook-v1")}
+    cfg = TopicConfig.local().with_overrides(
+        {
+            "raw": {"partitions": 1},
+            "processed": {"partitions": 2},
+            "feature": {"partitions": 3},
+            "prediction": {"partitions": 4},
+            "dlq": {"partitions": 5},
+            "pragma": {"partitions": 6},
+        }
+    )
+    routed = {
+        t: cfg.spec_for(t).partitions
+        for t in (
+            "raw.spot.orderbook.delta.binance",
+            "processed.perp.trades.okx",
+            "feature.spot.signals.bybit",
+            "prediction.perp.lgbm_v1",
+            "dlq.normalize",
+            "pragma-prices-v1",
+            "pragma-orderbook-v1",
+        )
+    }
     assert list(routed.values()) == [1, 2, 3, 4, 5, 6, 6]
     with pytest.raises(ValueError, match="not a ticklake topic"):
         cfg.spec_for("__consumer_offsets")
@@ -171,10 +189,12 @@ def test_config_overrides_are_validated():
 
 
 def test_standing_topics_are_created_with_partitions_and_retention():
-    cfg = TopicConfig.local(partitions=2).with_overrides({
-        "raw": {"retention_ms": HOUR_MS, "retention_bytes": 1_048_576},
-        "feature": {"partitions": 4},
-    })
+    cfg = TopicConfig.local(partitions=2).with_overrides(
+        {
+            "raw": {"retention_ms": HOUR_MS, "retention_bytes": 1_048_576},
+            "feature": {"partitions": 4},
+        }
+    )
     with EmbeddedBroker() as broker:  # own broker: the assertions need a known-empty one
         admin = admin_client(broker.bootstrap)
         planned = planned_topics(cfg)
@@ -185,9 +205,16 @@ def test_standing_topics_are_created_with_partitions_and_retention():
         # one DLQ per stage, the two pragma topics.
         assert len(planned) == 54 + 54 + 9 + len(DlqStage) + 2
         md = admin.list_topics(timeout=10)
-        for name in ("raw.spot.orderbook.delta.binance", "raw.future.funding.okx",
-                     "processed.perp.trades.okx", "feature.spot.signals.bybit", "dlq.collector",
-                     "dlq.pragma", "pragma-prices-v1", "pragma-orderbook-v1"):
+        for name in (
+            "raw.spot.orderbook.delta.binance",
+            "raw.future.funding.okx",
+            "processed.perp.trades.okx",
+            "feature.spot.signals.bybit",
+            "dlq.collector",
+            "dlq.pragma",
+            "pragma-prices-v1",
+            "pragma-orderbook-v1",
+        ):
             assert name in md.topics, name
         assert "raw.spot.funding.binance" not in md.topics  # spot has no funding
         assert len(md.topics["raw.perp.liquidations.bybit"].partitions) == 2
@@ -231,17 +258,24 @@ def test_produce_consume_round_trip_keeps_per_key_order(kafka_broker):
     admin = admin_client(kafka_broker.bootstrap)
     create_topics(admin, {topic: TopicSpec(3, HOUR_MS)}, replication_factor=1)
 
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "acks": "all",
-                         "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer(
+        {"bootstrap.servers": kafka_broker.bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+    )
     sent = [(f"SYM{i % 5}".encode(), f"{i % 5}:{i}".encode()) for i in range(40)]
     for key, value in sent:
         producer.produce(topic, key=key, value=value)
     assert producer.flush(30) == 0
 
-    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap,
-                         "group.id": f"g-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
-                         "session.timeout.ms": 6000, "fetch.wait.max.ms": 10,
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_broker.bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "fetch.wait.max.ms": 10,
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     got: list[tuple[bytes, bytes, int]] = []
     deadline = time.monotonic() + 60
@@ -266,8 +300,9 @@ def test_produce_consume_round_trip_keeps_per_key_order(kafka_broker):
 # --------------------------------------------------------------------------- default clients
 
 
-def _join_frame(version: int, session_ms: int, *, group: str = "g1", client_id: str | None = "cli",
-                tags: bytes = b"\x00") -> bytearray:
+def _join_frame(
+    version: int, session_ms: int, *, group: str = "g1", client_id: str | None = "cli", tags: bytes = b"\x00"
+) -> bytearray:
     """A JoinGroup request frame (no size prefix) up to its session_timeout_ms field,
     followed by a marker so the field's position is unambiguous."""
     import struct
@@ -284,15 +319,15 @@ def _join_frame(version: int, session_ms: int, *, group: str = "g1", client_id: 
 @pytest.mark.parametrize("version", [0, 5, 6, 9])
 @pytest.mark.parametrize("client_id", ["rdkafka", None])
 def test_join_group_session_timeout_is_capped_in_place(version, client_id):
-    from streaming.broker_proxy import cap_session_timeout
+    from streaming.kafka.broker_proxy import cap_session_timeout
 
-    frame = _join_frame(version, 45_000, client_id=client_id,
-                        tags=b"\x01\x00\x02ab" if version >= 6 else b"\x00")
+    frame = _join_frame(version, 45_000, client_id=client_id, tags=b"\x01\x00\x02ab" if version >= 6 else b"\x00")
     before = len(frame)
     assert cap_session_timeout(frame, 6_000) == 45_000
     assert len(frame) == before and frame.endswith(b"REST")
-    assert bytes(frame) == bytes(_join_frame(version, 6_000, client_id=client_id,
-                                             tags=b"\x01\x00\x02ab" if version >= 6 else b"\x00"))
+    assert bytes(frame) == bytes(
+        _join_frame(version, 6_000, client_id=client_id, tags=b"\x01\x00\x02ab" if version >= 6 else b"\x00")
+    )
     short = _join_frame(version, 2_000, client_id=client_id)
     assert cap_session_timeout(short, 6_000) == 2_000
     assert short == _join_frame(version, 2_000, client_id=client_id)  # a smaller ask is kept
@@ -301,7 +336,7 @@ def test_join_group_session_timeout_is_capped_in_place(version, client_id):
 def test_other_requests_and_truncated_frames_pass_untouched():
     import struct
 
-    from streaming.broker_proxy import cap_session_timeout
+    from streaming.kafka.broker_proxy import cap_session_timeout
 
     fetch = bytearray(struct.pack(">hhi", 1, 11, 3) + b"\x00" * 40)
     assert cap_session_timeout(fetch, 6_000) is None and fetch == struct.pack(">hhi", 1, 11, 3) + b"\x00" * 40
@@ -320,8 +355,13 @@ def test_a_consumer_with_library_defaults_reads_a_new_group_within_10_s(kafka_br
         producer.produce(topic, key=f"k{i}".encode(), value=f"first-{i}".encode())
     assert producer.flush(30) == 0
 
-    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": f"plain-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_broker.bootstrap,
+            "group.id": f"plain-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
     revoked: list[int] = []
     consumer.subscribe([topic], on_revoke=lambda c, parts: revoked.append(len(parts)))
     got: list[bytes] = []
@@ -354,12 +394,13 @@ def test_a_consumer_with_library_defaults_reads_a_new_group_within_10_s(kafka_br
 
 def test_bare_broker_mode_runs_without_the_proxy():
     with EmbeddedBroker(max_session_timeout_ms=None) as broker:
-        assert "streaming.broker_proxy" not in " ".join(broker.command())
+        assert "streaming.kafka.broker_proxy" not in " ".join(broker.command())
         assert process_listens_on(broker.pid, broker.port) is True
         assert metadata_answers(broker.bootstrap)
 
 
 # --------------------------------------------------------------------------- the proxy's fetch hold
+
 
 def _fetch_request(version: int, wait_ms: int) -> bytes:
     import struct
@@ -384,8 +425,9 @@ def _fetch_response(version: int, partitions: list[tuple[int, bytes | None]]) ->
     out = struct.pack(">i", 9) + tags + struct.pack(">i", 0)
     if version >= 7:
         out += struct.pack(">hi", 0, 0)
-    out += length(1) + (b"\x11" * 16 if version >= 13 else
-                        (bytes([3]) + b"ab" if flexible else struct.pack(">h", 2) + b"ab"))
+    out += length(1) + (
+        b"\x11" * 16 if version >= 13 else (bytes([3]) + b"ab" if flexible else struct.pack(">h", 2) + b"ab")
+    )
     out += length(len(partitions))
     for i, (error, records) in enumerate(partitions):
         out += struct.pack(">ihqq", i, error, 5, 5) + (struct.pack(">q", 0) if version >= 5 else b"")
@@ -401,7 +443,7 @@ def _fetch_response(version: int, partitions: list[tuple[int, bytes | None]]) ->
 def test_fetch_wait_and_records_are_read_from_fetch_frames(version):
     import struct
 
-    from streaming.broker_proxy import fetch_max_wait_offset, fetch_response_has_records
+    from streaming.kafka.broker_proxy import fetch_max_wait_offset, fetch_response_has_records
 
     frame = _fetch_request(version, 5_000)
     pos = fetch_max_wait_offset(frame)
@@ -418,7 +460,7 @@ def test_fetch_wait_and_records_are_read_from_fetch_frames(version):
 def test_produce_requests_say_whether_they_are_transactional_and_acked(version):
     import struct
 
-    from streaming.broker_proxy import produce_kind
+    from streaming.kafka.broker_proxy import produce_kind
 
     def frame(txn: str | None, acks: int) -> bytes:
         head = struct.pack(">hhi", 0, version, 4) + struct.pack(">h", -1)
@@ -441,9 +483,15 @@ def test_an_idle_consumer_with_a_long_fetch_wait_gets_records_when_they_are_writ
     arrive long before the wait would have run out."""
     topic = f"test.hold.{uuid.uuid4().hex[:12]}"
     create_topics(admin_client(kafka_broker.bootstrap), {topic: TopicSpec(3, HOUR_MS)}, replication_factor=1)
-    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": f"hold-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 20_000,
-                         "isolation.level": "read_committed"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_broker.bootstrap,
+            "group.id": f"hold-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 20_000,
+            "isolation.level": "read_committed",
+        }
+    )
     consumer.subscribe([topic])
     plain = Producer({"bootstrap.servers": kafka_broker.bootstrap})
     txn = Producer({"bootstrap.servers": kafka_broker.bootstrap, "transactional.id": f"hold-{uuid.uuid4().hex}"})

@@ -71,14 +71,14 @@ def children(pid: int) -> list[int]:
 
 def replay_stats(home) -> dict:
     """The emulator's own counters (records served, finished), read from its control API."""
-    from pipelines import stack_replay as sr
+    from pipelines.local import replay as sr
 
     source = sr.load_source(home.run_dir)
     return sr.emulator_stats(source.control_url) if source is not None else {}
 
 
 def lake_counts(home) -> dict[str, tuple[int, int]]:
-    from pipelines.stack import open_local_catalog
+    from pipelines.local.stack import open_local_catalog
 
     tables = open_local_catalog(home).ensure_tables()
     out = {}
@@ -97,8 +97,19 @@ def test_broker_killed_under_replay_load_recovers_and_loses_nothing(ticklake_hom
     expected = capture_slice(captures / SAMPLE.name)
     assert expected["trade"] > 0 and expected["bookTicker"] > 0
 
-    up = ticklake(home, "up", "--port", str(free_port()), "--replay", str(captures), "--speed", SPEED,
-                  "--timeout", str(UP_TIMEOUT_S // 2), timeout=UP_TIMEOUT_S)
+    up = ticklake(
+        home,
+        "up",
+        "--port",
+        str(free_port()),
+        "--replay",
+        str(captures),
+        "--speed",
+        SPEED,
+        "--timeout",
+        str(UP_TIMEOUT_S // 2),
+        timeout=UP_TIMEOUT_S,
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         info = json.loads(ticklake(home, "status", "--json").stdout)
@@ -168,12 +179,12 @@ def test_transaction_open_across_a_broker_kill_commits_with_the_stack_client_con
 
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    from pipelines.stack import service_env
+    from pipelines.local.stack import service_env
     from resources.home import resolve_home
-    from streaming import kafka_config as kc
-    from streaming.broker import EmbeddedBroker
-    from streaming.topic_admin import admin_client, create_topics
-    from streaming.topic_config import HOUR_MS, TopicSpec
+    from runtime import kafka_config as kc
+    from streaming.kafka.broker import EmbeddedBroker
+    from streaming.kafka.topic_admin import admin_client, create_topics
+    from streaming.kafka.topic_config import HOUR_MS, TopicSpec
 
     with EmbeddedBroker(data_dir=tmp_path / "broker", log_path=tmp_path / "broker.log") as broker:
         env = service_env(resolve_home(tmp_path / "home"), broker.bootstrap, "t")
@@ -197,8 +208,9 @@ def test_transaction_open_across_a_broker_kill_commits_with_the_stack_client_con
             return got
 
         def finish(msgs: list) -> None:
-            producer.send_offsets_to_transaction([TopicPartition("in", 0, msgs[-1].offset() + 1)],
-                                                 consumer.consumer_group_metadata(), 30)
+            producer.send_offsets_to_transaction(
+                [TopicPartition("in", 0, msgs[-1].offset() + 1)], consumer.consumer_group_metadata(), 30
+            )
             producer.commit_transaction(30)
 
         for attempt in ("before", "across"):
@@ -210,7 +222,7 @@ def test_transaction_open_across_a_broker_kill_commits_with_the_stack_client_con
             if attempt == "across":
                 [tansu] = children(broker.pid)
                 os.kill(tansu, signal.SIGKILL)
-                time.sleep(3)   # the proxy restarts it meanwhile; clients see the outage
+                time.sleep(3)  # the proxy restarts it meanwhile; clients see the outage
             done: list[BaseException | None] = []
 
             def run(msgs=msgs, done=done) -> None:

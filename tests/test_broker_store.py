@@ -11,10 +11,10 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streaming.broker import EmbeddedBroker, fetch_metadata
-from streaming.broker_store import ObjectStore, handle
-from streaming.topic_admin import admin_client, create_topics
-from streaming.topic_config import HOUR_MS, TopicSpec
+from streaming.kafka.broker import EmbeddedBroker, fetch_metadata
+from streaming.kafka.broker_store import ObjectStore, handle
+from streaming.kafka.topic_admin import admin_client, create_topics
+from streaming.kafka.topic_config import HOUR_MS, TopicSpec
 
 pytestmark = pytest.mark.broker
 
@@ -59,8 +59,15 @@ def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
 
 
 def _consume(bootstrap: str, topic: str, group: str, n: int, commit: bool = True) -> list[bytes]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
-                  "enable.auto.commit": False, "session.timeout.ms": 6000})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
     c.subscribe([topic])
     got: list[bytes] = []
     deadline = time.monotonic() + 60
@@ -143,14 +150,22 @@ def test_collector_publisher_produces_again_what_a_broker_outage_timed_out(tmp_p
     from types import SimpleNamespace
 
     from collectors.runner import Publisher, ShardStats
-    from streaming.broker import find_free_port
+    from streaming.kafka.broker import find_free_port
 
     port, data, topic = find_free_port(), tmp_path / "broker-data", f"outage-{uuid.uuid4().hex[:8]}"
     cfg = SimpleNamespace(name="outage-shard", exchange="binance")
     with EmbeddedBroker(port=port, data_dir=data, log_path=tmp_path / "b1.log") as broker:
         create_topics(admin_client(broker.bootstrap), {topic: TopicSpec(1, HOUR_MS)}, 1)
-        pub = Publisher(cfg, {"bootstrap.servers": broker.bootstrap, "enable.idempotence": True,
-                              "message.timeout.ms": 1500, "reconnect.backoff.max.ms": 200}, ShardStats())
+        pub = Publisher(
+            cfg,
+            {
+                "bootstrap.servers": broker.bootstrap,
+                "enable.idempotence": True,
+                "message.timeout.ms": 1500,
+                "reconnect.backoff.max.ms": 200,
+            },
+            ShardStats(),
+        )
         pub._produce(topic, b"k0", b"v0", [])
         assert pub.flush(20) == 0
     # The broker is down: these time out after 1.5 s, repeatedly.

@@ -37,12 +37,12 @@ from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
 from resources.bulk import BulkHistoryResource
 from resources.lake import LakeResource
 from schemas.model import EventType, Exchange, Market
+from schemas.serde import encode
 from schemas.tables import TABLES
 from schemas.topics import Stage, event_topic
-from streaming.instruments import InstrumentCatalog
-from streaming.lake_writer import LakeFileWriter, commit_files
-from streaming.normalizer import Normalizer
-from streaming.serde import encode
+from streaming.lake.writer import LakeFileWriter, commit_files
+from streaming.processors.instruments import InstrumentCatalog
+from streaming.processors.normalizer import Normalizer
 from tests.support.bulk_server import FileServer
 from workloads.samples import BINANCE_VISION
 
@@ -51,15 +51,38 @@ warnings.filterwarnings("ignore", category=getattr(dg, "BetaWarning", Warning))
 
 ISSUE_ROWS = BINANCE_VISION / "rows_quoted_in_binance-public-data_issues.txt"
 
-SPOT_INFO = {"symbols": [{
-    "symbol": "BTCUSDT", "status": "TRADING", "baseAsset": "BTC", "quoteAsset": "USDT", "baseAssetPrecision": 8,
-    "filters": [{"filterType": "PRICE_FILTER", "tickSize": "0.01000000"},
-                {"filterType": "LOT_SIZE", "stepSize": "0.00001000"}]}]}
-UM_INFO = {"symbols": [
-    {"symbol": s, "status": "TRADING", "baseAsset": b, "quoteAsset": "USDT", "contractType": "PERPETUAL",
-     "quantityPrecision": 3,
-     "filters": [{"filterType": "PRICE_FILTER", "tickSize": tick}, {"filterType": "LOT_SIZE", "stepSize": "0.001"}]}
-    for s, b, tick in (("BTCUSDT", "BTC", "0.10"), ("ETHUSDT", "ETH", "0.01"))]}
+SPOT_INFO = {
+    "symbols": [
+        {
+            "symbol": "BTCUSDT",
+            "status": "TRADING",
+            "baseAsset": "BTC",
+            "quoteAsset": "USDT",
+            "baseAssetPrecision": 8,
+            "filters": [
+                {"filterType": "PRICE_FILTER", "tickSize": "0.01000000"},
+                {"filterType": "LOT_SIZE", "stepSize": "0.00001000"},
+            ],
+        }
+    ]
+}
+UM_INFO = {
+    "symbols": [
+        {
+            "symbol": s,
+            "status": "TRADING",
+            "baseAsset": b,
+            "quoteAsset": "USDT",
+            "contractType": "PERPETUAL",
+            "quantityPrecision": 3,
+            "filters": [
+                {"filterType": "PRICE_FILTER", "tickSize": tick},
+                {"filterType": "LOT_SIZE", "stepSize": "0.001"},
+            ],
+        }
+        for s, b, tick in (("BTCUSDT", "BTC", "0.10"), ("ETHUSDT", "ETH", "0.01"))
+    ]
+}
 
 
 def catalog() -> InstrumentCatalog:
@@ -72,8 +95,17 @@ def catalog() -> InstrumentCatalog:
 def target(source_key: str) -> Target:
     src = BulkSource.parse(source_key)
     ref = catalog().get(src.exchange, src.lake_market, src.symbol)
-    return Target(src.exchange, src.lake_market, src.symbol, ref.canonical, ref.price_scale, ref.size_scale,
-                  ref.tick_units(ref.price_scale), ref.lot_units(ref.size_scale), src.shard)
+    return Target(
+        src.exchange,
+        src.lake_market,
+        src.symbol,
+        ref.canonical,
+        ref.price_scale,
+        ref.size_scale,
+        ref.tick_units(ref.price_scale),
+        ref.lot_units(ref.size_scale),
+        src.shard,
+    )
 
 
 def issue_block(title_start: str) -> list[str]:
@@ -81,7 +113,7 @@ def issue_block(title_start: str) -> list[str]:
     lines = ISSUE_ROWS.read_text().splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith(f"## {title_start}"))
     out = []
-    for ln in lines[start + 1:]:
+    for ln in lines[start + 1 :]:
         if ln.startswith("## "):
             break
         if ln and not ln.startswith("#"):
@@ -90,6 +122,7 @@ def issue_block(title_start: str) -> list[str]:
 
 
 # -- archive building -------------------------------------------------------------------------
+
 
 def zip_of(name: str, text: str) -> bytes:
     buf = io.BytesIO()
@@ -102,12 +135,13 @@ def checksum_of(data: bytes, name: str) -> bytes:
     return f"{hashlib.sha256(data).hexdigest()}  {name}\n".encode()
 
 
-def publish(server: FileServer, vf: bv.VisionFile, csv_text: str, *, checksum: bytes | None = None,
-            corrupt: bool = False) -> bytes:
+def publish(
+    server: FileServer, vf: bv.VisionFile, csv_text: str, *, checksum: bytes | None = None, corrupt: bool = False
+) -> bytes:
     data = zip_of(vf.file_name.replace(".zip", ".csv"), csv_text)
     if corrupt:  # damage the compressed member: the archive still opens, its CRC fails
         mid = len(data) // 3
-        data = data[:mid] + bytes(b ^ 0x5A for b in data[mid:mid + 40]) + data[mid + 40:]
+        data = data[:mid] + bytes(b ^ 0x5A for b in data[mid : mid + 40]) + data[mid + 40 :]
     server.put(vf.path, data)
     server.put(vf.checksum_path, checksum if checksum is not None else checksum_of(data, vf.file_name))
     return data
@@ -117,8 +151,9 @@ def day_ms(day: str) -> int:
     return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()) * 1000
 
 
-def spot_trade_rows(day: str, n: int, first_id: int, *, micros: bool, seed: int, skip: int | None = None
-                    ) -> list[tuple[int, str, str, str, int, str, str]]:
+def spot_trade_rows(
+    day: str, n: int, first_id: int, *, micros: bool, seed: int, skip: int | None = None
+) -> list[tuple[int, str, str, str, int, str, str]]:
     """Generated spot trades in the genuine 7-column shape (`252195,0.00005717,383.00000000,
     0.02189611,1601560817800,False,True`); times in ms, or µs with sub-ms digits."""
     rng = random.Random(seed)
@@ -127,13 +162,22 @@ def spot_trade_rows(day: str, n: int, first_id: int, *, micros: bool, seed: int,
     tid = first_id
     for i in range(n):
         if skip is not None and i == skip:
-            tid += 1            # the venue's file has a hole here
+            tid += 1  # the venue's file has a hole here
         px += rng.randint(-3, 3)
         qty = rng.randint(1, 50_000)
         ms = day_ms(day) + i * 250 + rng.randint(0, 200)
         t = ms * 1000 + rng.randint(0, 999) if micros else ms
-        rows.append((tid, f"{px // 100}.{px % 100:02d}000000", f"0.{qty:08d}", "1.00000000", t,
-                     rng.choice(("True", "False")), "True"))
+        rows.append(
+            (
+                tid,
+                f"{px // 100}.{px % 100:02d}000000",
+                f"0.{qty:08d}",
+                "1.00000000",
+                t,
+                rng.choice(("True", "False")),
+                "True",
+            )
+        )
         tid += 1
     return rows
 
@@ -145,18 +189,29 @@ def csv_text(rows, header: str | None = None) -> str:
 
 # -- layout, checksums, parsers -----------------------------------------------------------------
 
+
 def test_layout_matches_data_binance_vision():
-    assert bv.VisionFile("spot", "trades", "BTCUSDT", "2024-12-31").url("https://m/") == \
-        "https://m/data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-12-31.zip"
-    assert bv.VisionFile("um", "aggTrades", "BTCUSDT", "2023-05", period="monthly").path == \
-        "data/futures/um/monthly/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2023-05.zip"
+    assert (
+        bv.VisionFile("spot", "trades", "BTCUSDT", "2024-12-31").url("https://m/")
+        == "https://m/data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-12-31.zip"
+    )
+    assert (
+        bv.VisionFile("um", "aggTrades", "BTCUSDT", "2023-05", period="monthly").path
+        == "data/futures/um/monthly/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2023-05.zip"
+    )
     # the genuine paths quoted in the sample README
-    assert bv.VisionFile("spot", "klines", "BTCUSDT", "2023-10-27", interval="1h").path == \
-        "data/spot/daily/klines/BTCUSDT/1h/BTCUSDT-1h-2023-10-27.zip"
-    assert bv.VisionFile("cm", "klines", "BTCUSD_PERP", "2023-10-27", interval="1h").path == \
-        "data/futures/cm/daily/klines/BTCUSD_PERP/1h/BTCUSD_PERP-1h-2023-10-27.zip"
-    assert bv.VisionFile("um", "bookDepth", "BTCUSDT", "2025-05-19").checksum_path == \
-        "data/futures/um/daily/bookDepth/BTCUSDT/BTCUSDT-bookDepth-2025-05-19.zip.CHECKSUM"
+    assert (
+        bv.VisionFile("spot", "klines", "BTCUSDT", "2023-10-27", interval="1h").path
+        == "data/spot/daily/klines/BTCUSDT/1h/BTCUSDT-1h-2023-10-27.zip"
+    )
+    assert (
+        bv.VisionFile("cm", "klines", "BTCUSD_PERP", "2023-10-27", interval="1h").path
+        == "data/futures/cm/daily/klines/BTCUSD_PERP/1h/BTCUSD_PERP-1h-2023-10-27.zip"
+    )
+    assert (
+        bv.VisionFile("um", "bookDepth", "BTCUSDT", "2025-05-19").checksum_path
+        == "data/futures/um/daily/bookDepth/BTCUSDT/BTCUSDT-bookDepth-2025-05-19.zip.CHECKSUM"
+    )
     with pytest.raises(ValueError):
         bv.VisionFile("spot", "trades", "../etc", "2024-01-01")
     with pytest.raises(ValueError):
@@ -164,7 +219,11 @@ def test_layout_matches_data_binance_vision():
 
 
 def test_checksum_cells_of_the_genuine_replacement_log(tmp_path):
-    lines = (BINANCE_VISION / "binance-public-data_updates_2022-10-04_aggregate_trade_updates.head.csv").read_text().splitlines()
+    lines = (
+        (BINANCE_VISION / "binance-public-data_updates_2022-10-04_aggregate_trade_updates.head.csv")
+        .read_text()
+        .splitlines()
+    )
     name, old, new = lines[1].split(",")
     digest, fname = bv.parse_checksum(new)
     assert fname == f"{name}.zip" and len(digest) == 64 and digest != bv.parse_checksum(old)[0]
@@ -190,8 +249,13 @@ def test_genuine_rows_parse():
     assert not conv.rejects and conv.rows == 10
     first = conv.envelopes[EventType.TRADE][0]
     # 1715206948,29223.0,0.639,3643221425,3643221428,1682899200101,false -> buyer was taker
-    assert (first.seq, first.trade.px, first.trade.qty, first.trade.first_trade_id, first.trade.last_trade_id) == \
-        (1715206948, 292230, 639, 3643221425, 3643221428)
+    assert (first.seq, first.trade.px, first.trade.qty, first.trade.first_trade_id, first.trade.last_trade_id) == (
+        1715206948,
+        292230,
+        639,
+        3643221425,
+        3643221428,
+    )
     assert first.exchange_ts == 1682899200101000 and first.trade.taker_side == 1  # SIDE_BUY
     sides = {e.seq: e.trade.taker_side for e in conv.envelopes[EventType.TRADE]}
     assert sides[1715206951] == 2  # is_buyer_maker true -> the taker sold
@@ -203,8 +267,13 @@ def test_genuine_rows_parse():
     assert p.was_sorted and p.table.column("update_id").to_pylist() == sorted(int(r.split(",")[0]) for r in bt)
     conv = bv.to_envelopes(p, target("binance.um.ETHUSDT.bookTicker"))
     tk = conv.envelopes[EventType.TICKER][0]
-    assert (tk.seq, tk.ticker.bid_px, tk.ticker.bid_qty, tk.ticker.ask_px, tk.ticker.ask_qty) == \
-        (3831603310013, 247430, 6009, 247431, 44757)
+    assert (tk.seq, tk.ticker.bid_px, tk.ticker.bid_qty, tk.ticker.ask_px, tk.ticker.ask_qty) == (
+        3831603310013,
+        247430,
+        6009,
+        247431,
+        44757,
+    )
     assert tk.exchange_ts == 1705276800000000
 
     # bookDepth WITH header (first data cell is a date, not a number) and klines both ways
@@ -231,7 +300,7 @@ def test_genuine_rows_parse():
 def test_header_and_time_unit_variants_parse_identically():
     day = "2025-01-01"
     ms_rows = spot_trade_rows(day, 200, 4_000_000, micros=False, seed=5)
-    us_rows = [r[:4] + (r[4] * 1000 + (r[0] % 997),) + r[5:] for r in ms_rows]   # same trades, µs with sub-ms
+    us_rows = [r[:4] + (r[4] * 1000 + (r[0] % 997),) + r[5:] for r in ms_rows]  # same trades, µs with sub-ms
     header = "id,price,qty,quote_qty,time,is_buyer_maker,is_best_match"
     variants = {
         "ms, no header": csv_text(ms_rows),
@@ -246,8 +315,10 @@ def test_header_and_time_unit_variants_parse_identically():
         p = bv.parse(text.encode(), "trades")
         conv = bv.to_envelopes(p, t)
         assert not conv.rejects, name
-        results[name] = [(e.event_id, e.exchange_ts, e.seq, e.trade.px, e.trade.qty, e.trade.taker_side)
-                         for e in conv.envelopes[EventType.TRADE]]
+        results[name] = [
+            (e.event_id, e.exchange_ts, e.seq, e.trade.px, e.trade.qty, e.trade.taker_side)
+            for e in conv.envelopes[EventType.TRADE]
+        ]
         assert p.time_unit == ("us" if name.startswith("µs") else "ms"), name
     base = results["ms, no header"]
     assert len(base) == 200 and all(v == base for v in results.values())
@@ -269,9 +340,12 @@ def test_event_ids_equal_the_streams():
         assert not res.dead_letters, res.dead_letters
         env = res.events[0]
         rec = encode(env)
-        topic = event_topic(Stage.RAW, Market(adapter.market_of(env.native_symbol)),
-                            EventType.TRADE if env.WhichOneof("payload") == "trade" else EventType.TICKER,
-                            Exchange.BINANCE)
+        topic = event_topic(
+            Stage.RAW,
+            Market(adapter.market_of(env.native_symbol)),
+            EventType.TRADE if env.WhichOneof("payload") == "trade" else EventType.TICKER,
+            Exchange.BINANCE,
+        )
         off[0] += 1
         o = norm.process(topic, 0, off[0], rec.value, rec.headers)
         assert o.kind == "ok", o.reason
@@ -281,8 +355,10 @@ def test_event_ids_equal_the_streams():
     ms = day_ms("2025-01-01") + 12_345
     file_row = f"4000001,94012.34000000,0.01230000,1156.35,{ms * 1000 + 678},True,True\n"
     bulk = bv.to_envelopes(bv.parse(file_row.encode(), "trades"), target("binance.spot.BTCUSDT.trades"))
-    frame = ('{"stream":"btcusdt@trade","data":{"e":"trade","E":%d,"s":"BTCUSDT","t":4000001,'
-             '"p":"94012.34000000","q":"0.01230000","T":%d,"m":true,"M":true}}' % (ms + 1, ms))
+    frame = (
+        '{"stream":"btcusdt@trade","data":{"e":"trade","E":%d,"s":"BTCUSDT","t":4000001,'
+        '"p":"94012.34000000","q":"0.01230000","T":%d,"m":true,"M":true}}' % (ms + 1, ms)
+    )
     stream = via_stream(BinanceSpotAdapter(shard="c0"), frame, (ms + 5) * 1000)
     assert stream.event_id == bulk.envelopes[EventType.TRADE][0].event_id
 
@@ -290,8 +366,10 @@ def test_event_ids_equal_the_streams():
     row = issue_block("1.")[1]
     a, p, q, f, last, ts, m = row.split(",")
     bulk = bv.to_envelopes(bv.parse(row.encode(), "aggTrades"), target("binance.um.BTCUSDT.aggTrades"))
-    frame = ('{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":%s,"a":%s,"s":"BTCUSDT","p":"%s",'
-             '"q":"%s","f":%s,"l":%s,"T":%s,"m":%s}}' % (ts, a, p, q, f, last, ts, m))
+    frame = (
+        '{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":%s,"a":%s,"s":"BTCUSDT","p":"%s",'
+        '"q":"%s","f":%s,"l":%s,"T":%s,"m":%s}}' % (ts, a, p, q, f, last, ts, m)
+    )
     stream = via_stream(BinanceUsdmAdapter(shard="c1"), frame, int(ts) * 1000 + 900)
     assert stream.event_id == bulk.envelopes[EventType.TRADE][0].event_id
 
@@ -299,8 +377,10 @@ def test_event_ids_equal_the_streams():
     row = issue_block("2.")[0]
     u, _b, _bq, _ak, _aq, tt, et = row.split(",")
     bulk = bv.to_envelopes(bv.parse(row.encode(), "bookTicker"), target("binance.um.ETHUSDT.bookTicker"))
-    frame = ('{"stream":"ethusdt@bookTicker","data":{"e":"bookTicker","u":%s,"s":"ETHUSDT","b":"2474.30",'
-             '"B":"6.009","a":"2474.31","A":"44.757","T":%s,"E":%s}}' % (u, tt, et))
+    frame = (
+        '{"stream":"ethusdt@bookTicker","data":{"e":"bookTicker","u":%s,"s":"ETHUSDT","b":"2474.30",'
+        '"B":"6.009","a":"2474.31","A":"44.757","T":%s,"E":%s}}' % (u, tt, et)
+    )
     adapter = BinanceUsdmAdapter(shard="c1")
     adapter.snapshot_levels(adapter.state("ETHUSDT"), [["2474.30", "6.009"]], [])  # the book snapshot fixed the scales
     stream = via_stream(adapter, frame, int(et) * 1000 + 900)
@@ -309,9 +389,11 @@ def test_event_ids_equal_the_streams():
 
 def test_off_grid_and_malformed_rows_are_rejected_with_reasons():
     t = target("binance.spot.BTCUSDT.trades")
-    text = ("1,94000.01000000,0.01000000,1,1735689600000,True,True\n"
-            "2,94000.01500000,0.01000000,1,1735689600001,True,True\n"      # off the 0.01 tick
-            "3,94000.02000000,0.01000000,1,1735689600002,maybe,True\n")     # not a boolean
+    text = (
+        "1,94000.01000000,0.01000000,1,1735689600000,True,True\n"
+        "2,94000.01500000,0.01000000,1,1735689600001,True,True\n"  # off the 0.01 tick
+        "3,94000.02000000,0.01000000,1,1735689600002,maybe,True\n"
+    )  # not a boolean
     conv = bv.to_envelopes(bv.parse(text.encode(), "trades"), t)
     assert conv.rows == 1 and [r.row for r in conv.rejects] == [1, 2]
     assert "precision" in conv.rejects[0].reason or "off_grid" in conv.rejects[0].reason
@@ -332,9 +414,11 @@ def test_source_keys():
 
 # -- downloads ---------------------------------------------------------------------------------
 
+
 def fast_downloader(**kw) -> Downloader:
-    return Downloader(backoff=BackoffPolicy(base_s=0.001, cap_s=0.002), sleep=lambda s: None,
-                      rng=random.Random(0), **kw)
+    return Downloader(
+        backoff=BackoffPolicy(base_s=0.001, cap_s=0.002), sleep=lambda s: None, rng=random.Random(0), **kw
+    )
 
 
 def test_download_resume_retry_and_missing(tmp_path):
@@ -342,8 +426,8 @@ def test_download_resume_retry_and_missing(tmp_path):
     blob = bytes(random.Random(3).getrandbits(8) for _ in range(300_000))
     server.put("a.bin", blob)
     server.put("b.bin", blob[::-1])
-    server.drop_after["a.bin"] = [100_000]        # the first response dies after 100 kB
-    server.fail_with["b.bin"] = [503, 503]        # two transient errors first
+    server.drop_after["a.bin"] = [100_000]  # the first response dies after 100 kB
+    server.fail_with["b.bin"] = [503, 503]  # two transient errors first
     seen = []
     with server.running():
         dl = fast_downloader(chunk_bytes=16_384, progress=lambda u, d, t: seen.append((u, d, t)))
@@ -369,8 +453,9 @@ def test_download_resume_retry_and_missing(tmp_path):
             fast_downloader(retries=2).fetch(f"{server.base_url}/b.bin", tmp_path / "d.bin")
 
         # bounded concurrency: several files at once, one missing, all reported
-        results = dl.fetch_many([(f"{server.base_url}/a.bin", tmp_path / "m1"),
-                                 (f"{server.base_url}/zzz", tmp_path / "m2")])
+        results = dl.fetch_many(
+            [(f"{server.base_url}/a.bin", tmp_path / "m1"), (f"{server.base_url}/zzz", tmp_path / "m2")]
+        )
         assert [x.status for x in results] == ["ok", "missing"]
 
 
@@ -385,7 +470,7 @@ def test_host_rate_limiter_spaces_requests_per_host():
     lim = HostRateLimiter(4.0, clock=lambda: now[0], sleep=sleep)
     for _ in range(5):
         lim.acquire("data.binance.vision")
-    lim.acquire("public.bybit.com")   # another host is not held back
+    lim.acquire("public.bybit.com")  # another host is not held back
     assert slept == [0.25] * 4
     assert HostRateLimiter(0).acquire("x") == 0.0
 
@@ -403,35 +488,61 @@ def archive(tmp_path, ticklake_home):
     server = FileServer()
     rows = {}
     for i, day in enumerate(DAYS_OK):
-        rows[day] = spot_trade_rows(day, 400, 4_000_000 + i * 1000, micros=day >= "2025-01-01", seed=i,
-                                    skip=17 if i == 1 else None)
+        rows[day] = spot_trade_rows(
+            day, 400, 4_000_000 + i * 1000, micros=day >= "2025-01-01", seed=i, skip=17 if i == 1 else None
+        )
         publish(server, bv.VisionFile("spot", "trades", "BTCUSDT", day), csv_text(rows[day]))
     bad = csv_text(spot_trade_rows(DAY_CORRUPT, 400, 9_000_000, micros=True, seed=9))
     publish(server, bv.VisionFile("spot", "trades", "BTCUSDT", DAY_CORRUPT), bad, corrupt=True)
-    publish(server, bv.VisionFile("spot", "trades", "BTCUSDT", DAY_BADSUM), bad,
-            checksum=f"{'ab' * 32}  BTCUSDT-trades-{DAY_BADSUM}.zip\n".encode())
+    publish(
+        server,
+        bv.VisionFile("spot", "trades", "BTCUSDT", DAY_BADSUM),
+        bad,
+        checksum=f"{'ab' * 32}  BTCUSDT-trades-{DAY_BADSUM}.zip\n".encode(),
+    )
     # USD-M aggTrades day: header as the genuine file has, rows shaped like the genuine ones
     header = issue_block("1.")[0]
     agg_rows = []
     t0 = day_ms("2024-12-31")
     for k in range(300):
-        agg_rows.append((2_500_000_000 + k, f"{94000 + k % 7}.{k % 10}", f"0.{(k % 900) + 1:03d}",
-                         5_000_000_000 + 2 * k, 5_000_000_000 + 2 * k + 1, t0 + k * 1000, "true" if k % 3 else "false"))
-    shuffled = random.Random(4).sample(agg_rows, len(agg_rows))   # the archive is out of order
+        agg_rows.append(
+            (
+                2_500_000_000 + k,
+                f"{94000 + k % 7}.{k % 10}",
+                f"0.{(k % 900) + 1:03d}",
+                5_000_000_000 + 2 * k,
+                5_000_000_000 + 2 * k + 1,
+                t0 + k * 1000,
+                "true" if k % 3 else "false",
+            )
+        )
+    shuffled = random.Random(4).sample(agg_rows, len(agg_rows))  # the archive is out of order
     publish(server, bv.VisionFile("um", "aggTrades", "BTCUSDT", "2024-12-31"), csv_text(shuffled, header))
     cache = ticklake_home.root / "instruments.json"
     catalog().save(cache)
     with server.running():
-        bulk = BulkHistoryResource(binance_base_url=server.base_url, download_dir=str(tmp_path / "dl"),
-                                   instruments_cache=str(cache), per_host_rate=0, retries=2,
-                                   backoff_base_s=0.001, backoff_cap_s=0.002, timeout_s=10)
+        bulk = BulkHistoryResource(
+            binance_base_url=server.base_url,
+            download_dir=str(tmp_path / "dl"),
+            instruments_cache=str(cache),
+            per_host_rate=0,
+            retries=2,
+            backoff_base_s=0.001,
+            backoff_cap_s=0.002,
+            timeout_s=10,
+        )
         lake = LakeResource(uri=ticklake_home.catalog_uri, warehouse=ticklake_home.warehouse)
         yield server, bulk, lake, rows, agg_rows, tmp_path
 
 
 def materialize(instance, asset, lake, bulk, day, source) -> dg.ExecuteInProcessResult:
-    return dg.materialize([asset], partition_key=dg.MultiPartitionKey({"date": day, "source": source}),
-                          resources={"lake": lake, "bulk": bulk}, instance=instance, raise_on_error=False)
+    return dg.materialize(
+        [asset],
+        partition_key=dg.MultiPartitionKey({"date": day, "source": source}),
+        resources={"lake": lake, "bulk": bulk},
+        instance=instance,
+        raise_on_error=False,
+    )
 
 
 def mat_meta(result) -> dict:
@@ -453,8 +564,9 @@ def lake_day(lake: LakeResource, day: str, market: str = "spot"):
     t = lake.load_table(TABLES[EventType.TRADE].identifier)
     rows = t.scan().to_arrow()
     ts = rows.column("exchange_ts").cast("int64")
-    return rows.filter(pc.and_(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)),
-                               pc.equal(rows.column("market"), market)))
+    return rows.filter(
+        pc.and_(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)), pc.equal(rows.column("market"), market))
+    )
 
 
 def streamed(rows) -> list:
@@ -464,12 +576,15 @@ def streamed(rows) -> list:
     out = []
     for n, r in enumerate(rows):
         ms = r[4] // 1000 if r[4] >= bv.MICROS_THRESHOLD else r[4]
-        frame = ('{"stream":"btcusdt@trade","data":{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"%s",'
-                 '"q":"%s","T":%d,"m":%s,"M":true}}' % (ms + 1, r[0], r[1], r[2], ms, r[5].lower()))
+        frame = (
+            '{"stream":"btcusdt@trade","data":{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"%s",'
+            '"q":"%s","T":%d,"m":%s,"M":true}}' % (ms + 1, r[0], r[1], r[2], ms, r[5].lower())
+        )
         env = adapter.on_frame(frame, (ms + 3) * 1000).events[0]
         rec = encode(env)
-        o = norm.process(event_topic(Stage.RAW, Market.SPOT, EventType.TRADE, Exchange.BINANCE), 0, n,
-                         rec.value, rec.headers)
+        o = norm.process(
+            event_topic(Stage.RAW, Market.SPOT, EventType.TRADE, Exchange.BINANCE), 0, n, rec.value, rec.headers
+        )
         assert o.kind == "ok", o.reason
         out.append(o.env)
     return out
@@ -483,12 +598,18 @@ def test_backfill_date_range_through_dagster(archive):
         stream_envs = streamed(rows[DAYS_OK[0]][100:125])
         lake.ensure_tables()
         from schemas.arrow_convert import envelopes_to_table
-        trades = lake.load_table(TABLES[EventType.TRADE].identifier)
-        commit_files(trades, LakeFileWriter(trades).write(envelopes_to_table(EventType.TRADE, stream_envs)),
-                     {"ticklake.writer": "test-stream"})
 
-        outcomes = {day: materialize(instance, asset, lake, bulk, day, SPOT)
-                    for day in DAYS_OK + (DAY_404, DAY_CORRUPT, DAY_BADSUM)}
+        trades = lake.load_table(TABLES[EventType.TRADE].identifier)
+        commit_files(
+            trades,
+            LakeFileWriter(trades).write(envelopes_to_table(EventType.TRADE, stream_envs)),
+            {"ticklake.writer": "test-stream"},
+        )
+
+        outcomes = {
+            day: materialize(instance, asset, lake, bulk, day, SPOT)
+            for day in DAYS_OK + (DAY_404, DAY_CORRUPT, DAY_BADSUM)
+        }
         for day in DAYS_OK:
             res = outcomes[day]
             assert res.success, failure_text(res)
@@ -507,8 +628,7 @@ def test_backfill_date_range_through_dagster(archive):
         assert first["trades.held_by_other_source"] == 25 and first["trades.rows"] == 375
         shards = lake_day(lake, DAYS_OK[0]).column("shard").to_pylist()
         assert shards.count("collector-0") == 25 and shards.count("bulk:" + SPOT) == 375
-        gap_check = next(e for e in outcomes[DAYS_OK[1]].get_asset_check_evaluations()
-                         if e.check_name == CHECK_ID_GAPS)
+        gap_check = next(e for e in outcomes[DAYS_OK[1]].get_asset_check_evaluations() if e.check_name == CHECK_ID_GAPS)
         gap_meta = {k: v.value for k, v in gap_check.metadata.items()}
         assert gap_meta["trades.gaps_in_file"] == 1 and gap_meta["trades.gaps_in_lake"] == 1
 
@@ -555,8 +675,9 @@ def test_backfill_date_range_through_dagster(archive):
         trades.delete(EqualTo("event_id", ids[200]))
         conv = bv.to_envelopes(bv.parse(csv_text(rows[day]).encode(), "trades"), t)
         lo, hi = day_bounds_us(day)
-        got = {c.name: c.passed for c in verify_day(trades.refresh(), TABLES[EventType.TRADE], t, lo, hi, ids,
-                                                      conv, src)}
+        got = {
+            c.name: c.passed for c in verify_day(trades.refresh(), TABLES[EventType.TRADE], t, lo, hi, ids, conv, src)
+        }
         assert got == {CHECK_ROW_COUNT: False, "accounting": True, CHECK_ID_GAPS: False, CHECK_SCHEMA: True}
 
         # the instance knows which partitions materialized (what the UI shows)
@@ -572,7 +693,7 @@ def test_resumed_download_is_verified_by_checksum(archive):
     dest = tmp_path / "dl2" / vf.path
     dest.parent.mkdir(parents=True)
     part = dest.with_name(dest.name + ".part")
-    part.write_bytes(data[: len(data) // 2])            # an interrupted earlier run
+    part.write_bytes(data[: len(data) // 2])  # an interrupted earlier run
     got = bv.fetch_verified(vf, server.base_url, fast_downloader(), tmp_path / "dl2")
     assert got.status == "ok" and got.resumed_from == len(data) // 2 and dest.read_bytes() == data
     # a partial file from a different (since replaced) archive: the resume fails the checksum,
@@ -601,8 +722,11 @@ def test_column_fast_path_equals_envelope_path():
         fast = bv.to_rows(parsed, target(key))
         et = bv.EVENT_TYPES[kind]
         assert fast.table(et).equals(envelopes_to_table(et, slow.envelopes[et])), kind
-        assert (fast.rows, len(fast.rejects), fast.in_file_duplicates) == \
-            (slow.rows, len(slow.rejects), slow.in_file_duplicates)
+        assert (fast.rows, len(fast.rejects), fast.in_file_duplicates) == (
+            slow.rows,
+            len(slow.rejects),
+            slow.in_file_duplicates,
+        )
     assert fast.rows == 5
     spot_fast = bv.to_rows(bv.parse(spot_text.encode(), "trades"), target(SPOT))
     assert (spot_fast.rows, spot_fast.in_file_duplicates, len(spot_fast.rejects)) == (300, 1, 1)
@@ -612,9 +736,9 @@ def test_column_fast_path_equals_envelope_path():
 def test_stream_and_bulk_cover_a_day_once_through_the_real_sink(archive, tmp_path):
     """Both orders, with the real lake sink on a real broker: stream then bulk (the bulk load
     skips what the sink wrote), bulk then stream (the sink drops what the bulk load wrote)."""
-    from streaming import kafka_config as kc
-    from streaming.broker import EmbeddedBroker
-    from streaming.lake_sink import LakeSink, SinkConfig
+    from runtime import kafka_config as kc
+    from streaming.kafka.broker import EmbeddedBroker
+    from streaming.lake.sink import LakeSink, SinkConfig
     from tests.support.lake import (
         create_sink_topics,
         open_home_catalog,
@@ -624,15 +748,18 @@ def test_stream_and_bulk_cover_a_day_once_through_the_real_sink(archive, tmp_pat
 
     _server, bulk, lake, rows, _agg, _tmp = archive
     asset = build_bulk_history_asset([SPOT])
-    first, second = DAYS_OK[0], DAYS_OK[2]          # a ms day and a µs day
+    first, second = DAYS_OK[0], DAYS_OK[2]  # a ms day and a µs day
     topics = sink_topics()
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as b, dg.instance_for_test() as instance:
         create_sink_topics(b.bootstrap, topics, partitions=1)
         lake.ensure_tables()
 
         def run_sink() -> int:
-            sink = LakeSink(kc.KafkaConnection(bootstrap_servers=b.bootstrap), open_home_catalog(
-                bulk_home(lake)), SinkConfig(topics=topics, batch_max_records=500, batch_max_ms=200))
+            sink = LakeSink(
+                kc.KafkaConnection(bootstrap_servers=b.bootstrap),
+                open_home_catalog(bulk_home(lake)),
+                SinkConfig(topics=topics, batch_max_records=500, batch_max_ms=200),
+            )
             return sink.run(idle_exit_s=1.0).duplicates
 
         produce(b.bootstrap, streamed(rows[first][50:110]))
@@ -644,7 +771,7 @@ def test_stream_and_bulk_cover_a_day_once_through_the_real_sink(archive, tmp_pat
         res = materialize(instance, asset, lake, bulk, second, SPOT)
         assert res.success and mat_meta(res)["trades.held_by_other_source"] == 0
         produce(b.bootstrap, streamed(rows[second][300:340]))
-        assert run_sink() == 40                       # the sink found them in the lake already
+        assert run_sink() == 40  # the sink found them in the lake already
         got = lake_day(lake, second)
         assert got.num_rows == 400 and len(set(got.column("event_id").to_pylist())) == 400
 

@@ -25,7 +25,7 @@ from resources.bulk import BulkHistoryResource
 from resources.lake import LakeResource
 from schemas.model import EventType, Exchange, Market
 from schemas.tables import TABLES
-from streaming.instruments import InstrumentCatalog
+from streaming.processors.instruments import InstrumentCatalog
 from tests.support.bulk_server import FileServer
 from workloads.samples import BYBIT_OB500
 
@@ -35,9 +35,23 @@ warnings.filterwarnings("ignore", category=getattr(dg, "BetaWarning", Warning))
 DAY = "2024-12-01"
 BOOK = "bybit.linear.XRPUSDT.ob500"
 TRADES = "bybit.linear.XRPUSDT.trades"
-INFO = {"retCode": 0, "result": {"category": "linear", "list": [{
-    "symbol": "XRPUSDT", "baseCoin": "XRP", "quoteCoin": "USDT", "contractType": "LinearPerpetual",
-    "status": "Trading", "priceFilter": {"tickSize": "0.0001"}, "lotSizeFilter": {"qtyStep": "1"}}]}}
+INFO = {
+    "retCode": 0,
+    "result": {
+        "category": "linear",
+        "list": [
+            {
+                "symbol": "XRPUSDT",
+                "baseCoin": "XRP",
+                "quoteCoin": "USDT",
+                "contractType": "LinearPerpetual",
+                "status": "Trading",
+                "priceFilter": {"tickSize": "0.0001"},
+                "lotSizeFilter": {"qtyStep": "1"},
+            }
+        ],
+    },
+}
 
 
 def catalog() -> InstrumentCatalog:
@@ -49,8 +63,17 @@ def catalog() -> InstrumentCatalog:
 def target(key: str) -> Target:
     src = BulkSource.parse(key)
     ref = catalog().get(src.exchange, src.lake_market, src.symbol)
-    return Target(src.exchange, src.lake_market, src.symbol, ref.canonical, ref.price_scale, ref.size_scale,
-                  ref.tick_units(ref.price_scale), ref.lot_units(ref.size_scale), src.shard)
+    return Target(
+        src.exchange,
+        src.lake_market,
+        src.symbol,
+        ref.canonical,
+        ref.price_scale,
+        ref.size_scale,
+        ref.tick_units(ref.price_scale),
+        ref.lot_units(ref.size_scale),
+        src.shard,
+    )
 
 
 def sample_lines() -> list[bytes]:
@@ -84,33 +107,41 @@ def test_sample_rebuilds_a_consistent_book():
     t = target(BOOK)
     r = bh.replay_book(lines, t)
     assert r.conv.file_rows == 50 and not r.conv.rejects
-    assert (r.stats.snapshots, r.stats.deltas_applied, r.stats.gaps, r.stats.crossed, r.stats.resyncs) == (1, 49, 0, 0, 0)
+    assert (r.stats.snapshots, r.stats.deltas_applied, r.stats.gaps, r.stats.crossed, r.stats.resyncs) == (
+        1,
+        49,
+        0,
+        0,
+        0,
+    )
     assert r.crossed_after_apply == 0 and r.stale == 0
     snaps = r.conv.envelopes[EventType.BOOK_SNAPSHOT]
     deltas = r.conv.envelopes[EventType.BOOK_DELTA]
     assert len(snaps) == 1 and len(deltas) == 49
     seqs = [snaps[0].seq] + [d.seq for d in deltas]
-    assert seqs == list(range(seqs[0], seqs[0] + 50))           # u strictly +1
+    assert seqs == list(range(seqs[0], seqs[0] + 50))  # u strictly +1
     assert len(snaps[0].book_snapshot.bids) == 500 and len(snaps[0].book_snapshot.asks) == 500
-    assert all(e.symbol == "XRP-USDT-PERP" and e.shard == "bulk:" + BOOK and len(e.event_id) == 32
-               for e in snaps + deltas)
+    assert all(
+        e.symbol == "XRP-USDT-PERP" and e.shard == "bulk:" + BOOK and len(e.event_id) == 32 for e in snaps + deltas
+    )
     # the rebuilt book equals an independent Decimal replay of the raw lines, level for level
     bids, asks = independent_book(lines)
     scale = Decimal(10) ** t.price_scale
     assert r.final_book.bids == {int(p * scale): int(q) for p, q in bids.items()}
     assert r.final_book.asks == {int(p * scale): int(q) for p, q in asks.items()}
     # replaying the same file again gives the same event ids (deterministic)
-    assert [e.event_id for e in bh.replay_book(lines, t).conv.envelopes[EventType.BOOK_DELTA]] == \
-        [e.event_id for e in deltas]
+    assert [e.event_id for e in bh.replay_book(lines, t).conv.envelopes[EventType.BOOK_DELTA]] == [
+        e.event_id for e in deltas
+    ]
 
 
 def test_a_gap_in_the_history_drops_the_book_until_the_next_snapshot():
     lines = sample_lines()
-    gapped = lines[:10] + lines[11:]                              # one delta lost
+    gapped = lines[:10] + lines[11:]  # one delta lost
     r = bh.replay_book(gapped, target(BOOK))
     assert r.stats.gaps == 1 and r.stats.crossed == 0 and r.crossed_after_apply == 0
-    assert len(r.conv.envelopes[EventType.BOOK_DELTA]) == 9       # the 9 deltas before the gap only
-    assert r.stale == len(gapped) - 10 - 1                        # the rest waits for a snapshot
+    assert len(r.conv.envelopes[EventType.BOOK_DELTA]) == 9  # the 9 deltas before the gap only
+    assert r.stale == len(gapped) - 10 - 1  # the rest waits for a snapshot
     assert r.resyncs and r.resyncs[0].startswith("gap:")
 
 
@@ -128,8 +159,21 @@ def generated_trades(n: int) -> list[tuple]:
         px = f"2.{4000 + rng.randint(0, 300):04d}"
         size = rng.randint(1, 9000)
         ts = f"{start + i * 60}.{rng.randint(0, 9999):04d}"
-        out.append((ts, "XRPUSDT", rng.choice(("Buy", "Sell")), size, px, "PlusTick",
-                    f"{rng.getrandbits(64):016x}-trade-{i}", "1e+08", size, "1.0", i % 2))
+        out.append(
+            (
+                ts,
+                "XRPUSDT",
+                rng.choice(("Buy", "Sell")),
+                size,
+                px,
+                "PlusTick",
+                f"{rng.getrandbits(64):016x}-trade-{i}",
+                "1e+08",
+                size,
+                "1.0",
+                i % 2,
+            )
+        )
     return out
 
 
@@ -155,13 +199,20 @@ def served(tmp_path, ticklake_home):
     with zipfile.ZipFile(bad, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("x.data", b"\n".join(sample_lines()))
     data = bad.getvalue()
-    server.put(bh.book_path("linear", "XRPUSDT", "2024-12-03"), data[:len(data) // 2])   # truncated archive
+    server.put(bh.book_path("linear", "XRPUSDT", "2024-12-03"), data[: len(data) // 2])  # truncated archive
     cache = ticklake_home.root / "instruments.json"
     catalog().save(cache)
     with server.running():
-        bulk = BulkHistoryResource(bybit_book_base_url=server.base_url, bybit_trades_base_url=server.base_url,
-                                   download_dir=str(tmp_path / "dl"), instruments_cache=str(cache),
-                                   per_host_rate=0, retries=1, backoff_base_s=0.001, backoff_cap_s=0.002)
+        bulk = BulkHistoryResource(
+            bybit_book_base_url=server.base_url,
+            bybit_trades_base_url=server.base_url,
+            download_dir=str(tmp_path / "dl"),
+            instruments_cache=str(cache),
+            per_host_rate=0,
+            retries=1,
+            backoff_base_s=0.001,
+            backoff_cap_s=0.002,
+        )
         yield bulk, LakeResource(uri=ticklake_home.catalog_uri, warehouse=ticklake_home.warehouse), trades
 
 
@@ -176,21 +227,30 @@ def test_bybit_history_through_dagster(served):
     bulk, lake, trades = served
     asset = build_bulk_history_asset([BOOK, TRADES])
     with dg.instance_for_test() as instance:
+
         def run(day, source):
-            return dg.materialize([asset], partition_key=dg.MultiPartitionKey({"date": day, "source": source}),
-                                  resources={"lake": lake, "bulk": bulk}, instance=instance, raise_on_error=False)
+            return dg.materialize(
+                [asset],
+                partition_key=dg.MultiPartitionKey({"date": day, "source": source}),
+                resources={"lake": lake, "bulk": bulk},
+                instance=instance,
+                raise_on_error=False,
+            )
 
         res = run(DAY, BOOK)
         assert res.success
-        assert {e.check_name: e.passed for e in res.get_asset_check_evaluations()} == \
-            {CHECK_ROW_COUNT: True, CHECK_ID_GAPS: True, CHECK_SCHEMA: True}
+        assert {e.check_name: e.passed for e in res.get_asset_check_evaluations()} == {
+            CHECK_ROW_COUNT: True,
+            CHECK_ID_GAPS: True,
+            CHECK_SCHEMA: True,
+        }
         snaps, deltas = rows_of(lake, EventType.BOOK_SNAPSHOT, DAY), rows_of(lake, EventType.BOOK_DELTA, DAY)
         assert snaps.num_rows == 1 and deltas.num_rows == 49
         assert set(deltas.column("symbol").to_pylist()) == {"XRP-USDT-PERP"}
         assert set(deltas.column("shard").to_pylist()) == {"bulk:" + BOOK}
         ids = sorted(deltas.column("event_id").to_pylist())
 
-        again = run(DAY, BOOK)                                     # idempotent re-run
+        again = run(DAY, BOOK)  # idempotent re-run
         assert again.success
         assert rows_of(lake, EventType.BOOK_SNAPSHOT, DAY).num_rows == 1
         assert sorted(rows_of(lake, EventType.BOOK_DELTA, DAY).column("event_id").to_pylist()) == ids

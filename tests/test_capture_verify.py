@@ -35,8 +35,21 @@ from workloads.samples import (
 )
 
 TICKLAKE = Path(sys.executable).with_name("ticklake")
-REQUIRED = ["exchange", "market", "symbol", "snapshots", "deltas_applied", "deltas_stale", "gaps", "resyncs",
-            "crossed", "bbo_checked", "bbo_mismatched", "checksum_ok", "checksum_bad"]
+REQUIRED = [
+    "exchange",
+    "market",
+    "symbol",
+    "snapshots",
+    "deltas_applied",
+    "deltas_stale",
+    "gaps",
+    "resyncs",
+    "crossed",
+    "bbo_checked",
+    "bbo_mismatched",
+    "checksum_ok",
+    "checksum_bad",
+]
 
 
 def test_seconds_to_us_is_exact():
@@ -53,7 +66,7 @@ def test_cryptofeed_reader_merges_ws_and_rest_by_time():
     assert (info.format, info.exchange, info.flavor) == ("cryptofeed", Exchange.BINANCE, "spot")
     assert info.symbols == ("NKNUSDT", "BLZETH", "LRCBTC", "RUNEEUR")
     recs = list(read(BINANCE_SPOT_CF))
-    assert sum(r.kind == WS for r in recs) == len(ws_lines) - 1          # minus the "<url> <->" line
+    assert sum(r.kind == WS for r in recs) == len(ws_lines) - 1  # minus the "<url> <->" line
     assert sum(r.kind == REST for r in recs) == len(http_lines) == 4
     assert all(a.recv_ts_us <= b.recv_ts_us for a, b in zip(recs, recs[1:]))
     first_frame = ws_lines[1].split(": ", 1)
@@ -61,7 +74,7 @@ def test_cryptofeed_reader_merges_ws_and_rest_by_time():
     rest = [r for r in recs if r.kind == REST]
     assert rest[0].url == "https://api.binance.com/api/v3/depth?symbol=NKNUSDT&limit=1000"
     assert json.loads(rest[0].payload)["lastUpdateId"] == 499869752
-    assert [r.payload for r in read(http_path)] == [r.payload for r in recs]   # either file names the capture
+    assert [r.payload for r in read(http_path)] == [r.payload for r in recs]  # either file names the capture
     assert all(r.url == info.ws_url for r in recs if r.kind == WS)
 
 
@@ -79,8 +92,12 @@ def test_hftbacktest_reader_tells_spot_from_frames_and_rebuilds_the_snapshot_url
     with gzip.open(BINANCE_SPOT_HFT, "rt") as f:
         lines = f.read().splitlines()
     info = detect(BINANCE_SPOT_HFT)
-    assert (info.format, info.exchange, info.flavor, info.symbols) == ("hftbacktest", Exchange.BINANCE, "spot",
-                                                                       ("BTCUSDT",))
+    assert (info.format, info.exchange, info.flavor, info.symbols) == (
+        "hftbacktest",
+        Exchange.BINANCE,
+        "spot",
+        ("BTCUSDT",),
+    )
     recs = list(read(info))
     assert len(recs) == len(lines)
     (rest,) = [r for r in recs if r.kind == REST]
@@ -91,8 +108,10 @@ def test_hftbacktest_reader_tells_spot_from_frames_and_rebuilds_the_snapshot_url
 
 def test_hftbacktest_usdm_detected_by_pu(tmp_path):
     # the same file format carrying a USD-M diff (pu present) is told apart by its frames
-    line = ('1626992741081672000 {"stream":"sushiusdt@depth@100ms","data":{"e":"depthUpdate","E":1626992741037,'
-            '"T":1626992741024,"s":"SUSHIUSDT","U":1,"u":2,"pu":0,"b":[],"a":[]}}\n')
+    line = (
+        '1626992741081672000 {"stream":"sushiusdt@depth@100ms","data":{"e":"depthUpdate","E":1626992741037,'
+        '"T":1626992741024,"s":"SUSHIUSDT","U":1,"u":2,"pu":0,"b":[],"a":[]}}\n'
+    )
     p = tmp_path / "usdm.gz"
     with gzip.open(p, "wt") as f:
         f.write(line)
@@ -100,7 +119,8 @@ def test_hftbacktest_usdm_detected_by_pu(tmp_path):
     info = detect(p)
     assert info.flavor == "usdm"
     assert [r.url for r in read(info) if r.kind == REST] == [
-        "https://fapi.binance.com/fapi/v1/depth?symbol=SUSHIUSDT&limit=1000"]
+        "https://fapi.binance.com/fapi/v1/depth?symbol=SUSHIUSDT&limit=1000"
+    ]
 
 
 def test_bybit_history_reader():
@@ -115,12 +135,12 @@ def test_tardis_fixture_generated_lines():
     recs = list(read(BINANCE_SPOT_TARDIS))
     raw = [json.loads(x) for x in BINANCE_SPOT_TARDIS.read_text().splitlines() if x.strip()]
     gen = [x for x in raw if x.get("generated")]
-    assert sum(r.kind == REST for r in recs) == len(gen) == 2      # @depthSnapshot = the REST snapshot tardis took
+    assert sum(r.kind == REST for r in recs) == len(gen) == 2  # @depthSnapshot = the REST snapshot tardis took
     assert sum(r.kind == WS for r in recs) == len(raw) - len(gen)
     assert {r.url.split("symbol=")[1].split("&")[0] for r in recs if r.kind == REST} == {"BTCUSDC", "GNTBTC"}
     info = detect(BINANCE_USDM_TARDIS)
     assert info.flavor == "usdm"
-    assert not any(b"openInterest" in r.payload for r in read(info))   # generated, not a venue frame
+    assert not any(b"openInterest" in r.payload for r in read(info))  # generated, not a venue frame
 
 
 def test_not_a_capture(tmp_path):
@@ -132,10 +152,12 @@ def test_not_a_capture(tmp_path):
 
 # -- the CLI -------------------------------------------------------------------------------------------
 
+
 def verify(path: Path, *extra: str) -> tuple[int, list[dict], str]:
     assert TICKLAKE.exists(), f"console script missing: {TICKLAKE}"
-    p = subprocess.run([str(TICKLAKE), "capture", "verify", str(path), *extra], capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [str(TICKLAKE), "capture", "verify", str(path), *extra], capture_output=True, text=True, timeout=300
+    )
     rows = [json.loads(line) for line in p.stdout.splitlines()]
     return p.returncode, rows, p.stderr
 
@@ -179,7 +201,7 @@ def test_cli_verify_fails_on_a_bad_checksum(tmp_path):
     out = []
     done = False
     for line in OKX_CF.read_text().splitlines(keepends=True):
-        if not done and '"action":"update"' in line and "BTC-USDT\"" in line:
+        if not done and '"action":"update"' in line and 'BTC-USDT"' in line:
             line = re.sub(r'"checksum":(-?\d+)', lambda m: f'"checksum":{int(m.group(1)) ^ 1}', line)
             done = True
         out.append(line)

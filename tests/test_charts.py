@@ -53,7 +53,7 @@ def served(tmp_path_factory):
     yield root / "artifacts", url
     proc.terminate()
     assert proc.wait(timeout=30) == 0
-    assert not (root / "artifacts.json").exists()   # the record goes with the server
+    assert not (root / "artifacts.json").exists()  # the record goes with the server
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,9 @@ def charted(tmp_path_factory, served):
     home = resolve_home(root / "home").ensure()
     lake = a.write_lake(home, a.processed_capture(), seal=(H,))
     store = ArtifactStoreResource(root=str(served[0]), base_url=served[1])
-    res = dg.materialize([features_1s, market_charts], partition_key=H,
-                         resources={"lake": lake.lake, "artifacts": store})
+    res = dg.materialize(
+        [features_1s, market_charts], partition_key=H, resources={"lake": lake.lake, "artifacts": store}
+    )
     assert res.success
     mats = [m for m in res.get_asset_materialization_events() if m.asset_key == market_charts.key]
     return store, mats[0].materialization.metadata
@@ -106,7 +107,7 @@ def test_artifact_server_serves_files_only(served, path):
 
 def test_store_url_comes_from_setting_env_or_the_local_server(ticklake_home, monkeypatch):
     key = "binance/BTC-USDT/x.png"
-    assert ArtifactStoreResource().url_for(key) is None                 # nothing serves the store
+    assert ArtifactStoreResource().url_for(key) is None  # nothing serves the store
     artifact_server.state_path(ticklake_home).parent.mkdir(parents=True, exist_ok=True)
     artifact_server.state_path(ticklake_home).write_text(json.dumps({"url": "http://127.0.0.1:1", "pid": 1}))
     assert ArtifactStoreResource().url_for(key) == "http://127.0.0.1:1/binance/BTC-USDT/x.png"
@@ -124,14 +125,15 @@ def test_png_opens_with_the_expected_size_and_real_content(charted):
     assert img.size == (1200, 900)
     px = np.asarray(img).astype(int)
     non_white = np.any(px < 245, axis=2)
-    assert non_white.mean() > 0.03                     # axes, lines, bars, text
+    assert non_white.mean() > 0.03  # axes, lines, bars, text
 
     def near(rgb) -> int:
         return int((np.abs(px - np.array(rgb)).sum(axis=2) < 60).sum())
-    assert near((255, 127, 14)) > 200                  # microprice (over the mid line)
-    assert near((44, 160, 44)) > 500                   # book imbalance
-    assert near((127, 127, 127)) > 2000                # volume bars
-    assert near((214, 39, 40)) > 100                   # VWAP steps
+
+    assert near((255, 127, 14)) > 200  # microprice (over the mid line)
+    assert near((44, 160, 44)) > 500  # book imbalance
+    assert near((127, 127, 127)) > 2000  # volume bars
+    assert near((214, 39, 40)) > 100  # VWAP steps
 
 
 def test_svg_parses_and_carries_labels_and_plotted_paths(charted):
@@ -141,10 +143,9 @@ def test_svg_parses_and_carries_labels_and_plotted_paths(charted):
     assert root.tag.endswith("svg") and root.get("width") == "864pt" and root.get("height") == "648pt"
     ns = "{http://www.w3.org/2000/svg}"
     paths = root.iter(f"{ns}path")
-    assert sum(1 for p in paths if len(p.get("d", "")) > 200) >= 4   # series, band, bars
+    assert sum(1 for p in paths if len(p.get("d", "")) > 200) >= 4  # series, band, bars
     text = svg.decode()
-    for label in ("time (UTC)", "price (USDT)", "traded volume (BTC)", "VWAP (USDT)", "microprice",
-                  "2024-08-08 23:00"):
+    for label in ("time (UTC)", "price (USDT)", "traded volume (BTC)", "VWAP (USDT)", "microprice", "2024-08-08 23:00"):
         assert label in text, label
 
 

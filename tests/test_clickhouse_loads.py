@@ -30,13 +30,13 @@ from features.records import encode_row, table_rows
 from resources.clickhouse import ClickHouseResource
 from resources.home import resolve_home
 from schemas.symbols import SymbolError
-from streaming import clickhouse_sql as cs
-from streaming import feature_lake as fl
-from streaming.clickhouse_live import ClickHouseLive
-from streaming.lake_seal import read_hour
-from streaming.lake_writer import LakeFileWriter, commit_files
-from streaming.topic_admin import admin_client, create_topics
-from streaming.topic_config import TopicSpec
+from streaming.clickhouse import sql as cs
+from streaming.clickhouse.live import ClickHouseLive
+from streaming.kafka.topic_admin import admin_client, create_topics
+from streaming.kafka.topic_config import TopicSpec
+from streaming.lake import features as fl
+from streaming.lake.seal import read_hour
+from streaming.lake.writer import LakeFileWriter, commit_files
 from workloads import binance_hour as a
 from workloads.kafka import connection, produce
 from workloads.synthetic import SyntheticMarket
@@ -58,10 +58,21 @@ def env(tmp_path_factory, clickhouse_server):
 def run(lake, ch, partition: str, selection=None, config: dict | None = None) -> dg.ExecuteInProcessResult:
     defs = [features_1s, *CLICKHOUSE_ASSETS]
     keys = selection or [k for d in CLICKHOUSE_ASSETS for k in d.keys]
-    cfg = {"ops": {"__".join(k.path): {"config": {"database": DB, **(config or {})}}
-                   for k in keys if k.path[0] == "clickhouse" or k.path[-1] == "bars_1m"}}
-    res = dg.materialize(defs, partition_key=partition, resources={"lake": lake.lake, "clickhouse": ch},
-                         selection=selection, run_config=cfg, raise_on_error=True)
+    cfg = {
+        "ops": {
+            "__".join(k.path): {"config": {"database": DB, **(config or {})}}
+            for k in keys
+            if k.path[0] == "clickhouse" or k.path[-1] == "bars_1m"
+        }
+    }
+    res = dg.materialize(
+        defs,
+        partition_key=partition,
+        resources={"lake": lake.lake, "clickhouse": ch},
+        selection=selection,
+        run_config=cfg,
+        raise_on_error=True,
+    )
     assert res.success
     return res
 
@@ -78,15 +89,17 @@ def test_hour_loads_are_idempotent_and_touch_only_their_hour(env):
     trades = read_hour(lake.lake.ensure_tables()["trades"], a.hour_us(H))
     first = {t: counts(client, t) for t in ("trades", "features_1s", "ohlcv_1s", "ohlcv_1m", "book_stats_1m")}
     assert first["trades"][H] == trades.num_rows > 9000
-    assert 0 < first["trades"][H_NEXT] < 100          # the capture's last second crosses midnight
+    assert 0 < first["trades"][H_NEXT] < 100  # the capture's last second crosses midnight
     assert first["features_1s"][H] > 300 and first["ohlcv_1m"][H] == 6
 
-    run(lake, ch, H)                                   # the same hour again: replaced, not appended
+    run(lake, ch, H)  # the same hour again: replaced, not appended
     assert {t: counts(client, t) for t in first} == first
     ids = client.query(f"SELECT count(), uniqExact(event_id) FROM {DB}.trades").result_rows[0]
     assert ids[0] == ids[1] == first["trades"][H] + first["trades"][H_NEXT]
 
-    bars = fl.read_range(lake.catalog.load_table(cs.BARS_1M_TABLE.identifier), a.hour_us(H), a.hour_us(H) + 3_600_000_000)
+    bars = fl.read_range(
+        lake.catalog.load_table(cs.BARS_1M_TABLE.identifier), a.hour_us(H), a.hour_us(H) + 3_600_000_000
+    )
     assert bars.num_rows == 6 and pc.all(pc.is_valid(bars["vwap"])).as_py()
 
 
@@ -96,8 +109,21 @@ def _key(r):
 
 def ohlcv_reference(trades: pa.Table, seconds: int) -> dict:
     """1 s / 1 min bars in plain Python over the lake rows (exact integers)."""
-    rows = trades.select(["exchange", "market", "symbol", "exchange_ts", "seq", "event_id", "price_scale",
-                          "size_scale", "px", "qty", "taker_side"]).to_pylist()
+    rows = trades.select(
+        [
+            "exchange",
+            "market",
+            "symbol",
+            "exchange_ts",
+            "seq",
+            "event_id",
+            "price_scale",
+            "size_scale",
+            "px",
+            "qty",
+            "taker_side",
+        ]
+    ).to_pylist()
     rows.sort(key=lambda r: (r["exchange_ts"], r["seq"], r["event_id"]))
     out: dict = {}
     for r in rows:
@@ -141,8 +167,16 @@ def test_ohlcv_equals_an_independent_reference(env, seconds, table):
 
 def test_book_stats_equal_an_independent_reference(env):
     lake, ch = env
-    run(lake, ch, H, selection=[dg.AssetKey(["lake", "features_1s"]), dg.AssetKey(["clickhouse", "features_1s"]),
-                                dg.AssetKey(["clickhouse", "book_stats_1m"])])
+    run(
+        lake,
+        ch,
+        H,
+        selection=[
+            dg.AssetKey(["lake", "features_1s"]),
+            dg.AssetKey(["clickhouse", "features_1s"]),
+            dg.AssetKey(["clickhouse", "book_stats_1m"]),
+        ],
+    )
     feats = fl.read_hour_rows(fl.ensure_spec_table(lake.catalog), a.hour_us(H))
     feats = feats.filter(pc.and_(pc.is_valid(feats["mid_px"]), pc.is_valid(feats["imbalance_10"])))
     ref: dict = defaultdict(list)
@@ -158,12 +192,16 @@ def test_book_stats_equal_an_independent_reference(env):
         assert g["spread_min_px"] == min(r["spread_px"] for r in rs)
         assert g["spread_max_px"] == max(r["spread_px"] for r in rs)
         assert math.isclose(g["spread_mean_px"], sum(r["spread_px"] for r in rs) / len(rs), rel_tol=1e-12)
-        assert math.isclose(g["spread_mean_bps"], math.fsum(r["spread_px"] / (r["mid_px"] * 10 ** ps) * 1e4
-                                                            for r in rs) / len(rs), rel_tol=1e-9)
+        assert math.isclose(
+            g["spread_mean_bps"],
+            math.fsum(r["spread_px"] / (r["mid_px"] * 10**ps) * 1e4 for r in rs) / len(rs),
+            rel_tol=1e-9,
+        )
         assert math.isclose(g["depth_bid_10bps_mean"], sum(r["depth_bid_10bps"] for r in rs) / len(rs), rel_tol=1e-12)
         assert math.isclose(g["depth_ask_10bps_mean"], sum(r["depth_ask_10bps"] for r in rs) / len(rs), rel_tol=1e-12)
-        assert math.isclose(g["imbalance_10_mean"], math.fsum(r["imbalance_10"] for r in rs) / len(rs),
-                            rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(
+            g["imbalance_10_mean"], math.fsum(r["imbalance_10"] for r in rs) / len(rs), rel_tol=1e-9, abs_tol=1e-12
+        )
         assert g["mid_close"] == max(rs, key=lambda r: r["exchange_ts"])["mid_px"]
 
 
@@ -178,14 +216,20 @@ def test_inputs_are_validated_and_ttl_comes_from_config(env):
     with pytest.raises(ValueError):
         cs.delete_hour(client, DB, "trades", a.utc(H).replace(minute=5))
     with pytest.raises(ValueError):
-        cs.ensure_tables(client, "tl_ttl", ttl_days=36500)   # would wrap past DateTime's end
+        cs.ensure_tables(client, "tl_ttl", ttl_days=36500)  # would wrap past DateTime's end
     cs.ensure_tables(client, "tl_ttl", ttl_days=30, tables=[cs.CH_TRADES])
-    engine = client.query("SELECT engine_full FROM system.tables WHERE database='tl_ttl' AND name='trades'").result_rows[0][0]
+    engine = client.query(
+        "SELECT engine_full FROM system.tables WHERE database='tl_ttl' AND name='trades'"
+    ).result_rows[0][0]
     assert "toIntervalDay(30)" in engine and "PARTITION BY toDate(ts)" in engine and "ORDER BY (symbol, ts)" in engine
     cs.ensure_tables(client, "tl_ttl", ttl_days=7, tables=[cs.CH_TRADES])
-    engine = client.query("SELECT engine_full FROM system.tables WHERE database='tl_ttl' AND name='trades'").result_rows[0][0]
+    engine = client.query(
+        "SELECT engine_full FROM system.tables WHERE database='tl_ttl' AND name='trades'"
+    ).result_rows[0][0]
     assert "toIntervalDay(7)" in engine
-    cols = dict(client.query("SELECT name, type FROM system.columns WHERE database='tl_ttl' AND table='trades'").result_rows)
+    cols = dict(
+        client.query("SELECT name, type FROM system.columns WHERE database='tl_ttl' AND table='trades'").result_rows
+    )
     assert cols["symbol"] == "LowCardinality(String)" and cols["ts"] == "DateTime64(6, 'UTC')"
 
 
@@ -194,11 +238,16 @@ def test_unsealed_hours_are_refused(env):
     table = lake.lake.ensure_tables()["trades"]
     late = read_hour(table, a.hour_us(H_NEXT)).slice(0, 1)
     late = late.set_column(0, "event_id", pa.array(["late-arrival"], pa.string()))
-    commit_files(table, LakeFileWriter(table).write(late), {"writer": "test"})   # a micro-batch after sealing
+    commit_files(table, LakeFileWriter(table).write(late), {"writer": "test"})  # a micro-batch after sealing
     sel = [dg.AssetKey(["clickhouse", "trades"])]
-    res = dg.materialize([features_1s, *CLICKHOUSE_ASSETS], partition_key=H_NEXT, selection=sel,
-                         resources={"lake": lake.lake, "clickhouse": ch}, raise_on_error=False,
-                         run_config={"ops": {"clickhouse__trades": {"config": {"database": DB}}}})
+    res = dg.materialize(
+        [features_1s, *CLICKHOUSE_ASSETS],
+        partition_key=H_NEXT,
+        selection=sel,
+        resources={"lake": lake.lake, "clickhouse": ch},
+        raise_on_error=False,
+        run_config={"ops": {"clickhouse__trades": {"config": {"database": DB}}}},
+    )
     assert not res.success
     failure = next(e for e in res.all_events if e.event_type_value == "STEP_FAILURE")
     assert "not sealed" in failure.event_specific_data.error.message
@@ -249,8 +298,15 @@ def test_live_consumer_hourly_load_and_user_client_at_the_same_time(env, kafka_b
 
     def consume() -> None:
         try:
-            live = ClickHouseLive(connection(kafka_broker.bootstrap), ch.get_client(), [topic], database=db,
-                                  group_id=f"g-{topic}", session_timeout_ms=2000, batch_max_ms=100)
+            live = ClickHouseLive(
+                connection(kafka_broker.bootstrap),
+                ch.get_client(),
+                [topic],
+                database=db,
+                group_id=f"g-{topic}",
+                session_timeout_ms=2000,
+                batch_max_ms=100,
+            )
             live.start()
             try:
                 while not stop_live.is_set():
@@ -264,6 +320,7 @@ def test_live_consumer_hourly_load_and_user_client_at_the_same_time(env, kafka_b
     def producer() -> None:
         """Half the rows before the load, the rest in small batches for as long as it runs."""
         try:
+
             def send(part: list[dict]) -> None:
                 produce(kafka_broker.bootstrap, [(topic, r["symbol"].encode(), encode_row(r), None) for r in part])
 
@@ -272,7 +329,7 @@ def test_live_consumer_hourly_load_and_user_client_at_the_same_time(env, kafka_b
             load_started.wait(120)
             rest = rows[half:]
             while rest:
-                n = len(rest) if load_done.is_set() else 5     # trickle while the load runs, then the remainder
+                n = len(rest) if load_done.is_set() else 5  # trickle while the load runs, then the remainder
                 send(rest[:n])
                 rest = rest[n:]
                 load_done.wait(0.05)
@@ -280,14 +337,18 @@ def test_live_consumer_hourly_load_and_user_client_at_the_same_time(env, kafka_b
             errors.append(exc)
 
     stop_file = tmp_path / "stop"
-    user = subprocess.Popen([sys.executable, "-c", USER_CLIENT, clickhouse_server.dsn, db, str(stop_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    user = subprocess.Popen(
+        [sys.executable, "-c", USER_CLIENT, clickhouse_server.dsn, db, str(stop_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     threads = [threading.Thread(target=consume), threading.Thread(target=producer)]
     for t in threads:
         t.start()
     try:
         deadline = time.monotonic() + 120
-        while not batches and not errors and time.monotonic() < deadline:   # the consumer is in its group
+        while not batches and not errors and time.monotonic() < deadline:  # the consumer is in its group
             time.sleep(0.1)
         assert batches, errors or "the live consumer inserted nothing"
         t_load = time.time()
@@ -297,8 +358,11 @@ def test_live_consumer_hourly_load_and_user_client_at_the_same_time(env, kafka_b
         load_done.set()
         threads[1].join(120)
         expected = len({r["event_id"] for r in rows})
-        while (cs_count := client.query(f"SELECT count() FROM {db}.features_live FINAL").result_rows[0][0]) \
-                < expected and time.monotonic() < deadline + 60 and not errors:
+        while (
+            (cs_count := client.query(f"SELECT count() FROM {db}.features_live FINAL").result_rows[0][0]) < expected
+            and time.monotonic() < deadline + 60
+            and not errors
+        ):
             time.sleep(0.2)
     finally:
         load_started.set()
@@ -315,8 +379,9 @@ def test_live_consumer_hourly_load_and_user_client_at_the_same_time(env, kafka_b
     trades = read_hour(lake.lake.ensure_tables()["trades"], a.hour_us(H))
     assert cs.count_hour(client, db, "trades", a.utc(H)) == trades.num_rows > 9000
     assert cs_count == expected
-    assert sorted(client.query_arrow(f"SELECT event_id FROM {db}.features_live FINAL")["event_id"].to_pylist()) == \
-        sorted(r["event_id"] for r in rows)
+    assert sorted(
+        client.query_arrow(f"SELECT event_id FROM {db}.features_live FINAL")["event_id"].to_pylist()
+    ) == sorted(r["event_id"] for r in rows)
     # Everything ran at once: the consumer kept inserting once the load had started (nothing held
     # the engine for a service) and the user's queries overlapped the load's run. Overlap, not
     # "inside": on a slow machine one request can straddle the load's start or end.

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from streaming.clickhouse_server import (
+from streaming.clickhouse.server import (
     ClickHouseError,
     LocalClickHouse,
     decompress,
@@ -63,45 +63,62 @@ def _http(server, query: str | None = None, body: bytes | None = None, headers: 
 def test_handshake_types_and_result_formats(clickhouse_server, db):
     c = _client(clickhouse_server)
     assert c.server_version.count(".") >= 2 and c.server_tz == UTC
-    c.command(f"CREATE TABLE {db}.t (id UInt64, sym LowCardinality(String), ts DateTime64(6, 'UTC'), "
-              "px Decimal(38, 8), f Float64, tags Array(String), n Nullable(Int32)) ENGINE = MergeTree ORDER BY id")
-    rows = [[1, "BTC-USDT", datetime(2024, 8, 8, 23, 59, 59, 123456, tzinfo=UTC), 1.5, 0.1, ["a"], None],
-            [2, "ETH-USDT", datetime(2024, 8, 9, tzinfo=UTC), 2.25, float("inf"), [], -7]]
+    c.command(
+        f"CREATE TABLE {db}.t (id UInt64, sym LowCardinality(String), ts DateTime64(6, 'UTC'), "
+        "px Decimal(38, 8), f Float64, tags Array(String), n Nullable(Int32)) ENGINE = MergeTree ORDER BY id"
+    )
+    rows = [
+        [1, "BTC-USDT", datetime(2024, 8, 8, 23, 59, 59, 123456, tzinfo=UTC), 1.5, 0.1, ["a"], None],
+        [2, "ETH-USDT", datetime(2024, 8, 9, tzinfo=UTC), 2.25, float("inf"), [], -7],
+    ]
     assert c.insert(f"{db}.t", rows).written_rows == 2
     got = c.query(f"SELECT * FROM {db}.t ORDER BY id").result_rows
-    assert [(r[0], r[1], r[2].replace(tzinfo=UTC), float(r[3]), r[4], r[5], r[6]) for r in got] == \
-        [(1, "BTC-USDT", rows[0][2], 1.5, 0.1, ["a"], None), (2, "ETH-USDT", rows[1][2], 2.25, float("inf"), [], -7)]
+    assert [(r[0], r[1], r[2].replace(tzinfo=UTC), float(r[3]), r[4], r[5], r[6]) for r in got] == [
+        (1, "BTC-USDT", rows[0][2], 1.5, 0.1, ["a"], None),
+        (2, "ETH-USDT", rows[1][2], 2.25, float("inf"), [], -7),
+    ]
     arrow = c.query_arrow(f"SELECT id, sym FROM {db}.t ORDER BY id")
     assert arrow.column("sym").to_pylist() == ["BTC-USDT", "ETH-USDT"]
     assert c.query_df(f"SELECT id FROM {db}.t ORDER BY id")["id"].tolist() == [1, 2]
     assert c.query(f"SELECT * FROM {db}.t LIMIT 0").column_names == ("id", "sym", "ts", "px", "f", "tags", "n")
     assert c.raw_query(f"SELECT id FROM {db}.t ORDER BY id FORMAT JSONEachRow") == b'{"id":1}\n{"id":2}\n'
-    assert c.command("SELECT 1 WHERE 0") == ""         # an empty result set is still a result set
+    assert c.command("SELECT 1 WHERE 0") == ""  # an empty result set is still a result set
     status, headers, body = _http(clickhouse_server, f"SELECT count() FROM {db}.t")
-    assert (status, body, headers["X-ClickHouse-Format"], headers["X-ClickHouse-Timezone"]) == \
-        (200, b"2\n", "TabSeparated", "Etc/UTC")
+    assert (status, body, headers["X-ClickHouse-Format"], headers["X-ClickHouse-Timezone"]) == (
+        200,
+        b"2\n",
+        "TabSeparated",
+        "Etc/UTC",
+    )
 
 
-@pytest.mark.parametrize("compress", ["lz4", "zstd", "gzip", False])   # deflate: the client cannot write it
+@pytest.mark.parametrize("compress", ["lz4", "zstd", "gzip", False])  # deflate: the client cannot write it
 def test_native_inserts_in_every_compression_the_client_offers(clickhouse_server, db, compress):
     c = _client(clickhouse_server, compress=compress)
     c.command(f"CREATE TABLE {db}.t (id UInt32, s String) ENGINE = MergeTree ORDER BY id")
     rows = [[i, f"row {i} " * (i % 7)] for i in range(20_000)]
     summary = c.insert(f"{db}.t", rows, settings={"max_insert_block_size": 4096})
     assert summary.written_rows == 20_000
-    assert c.query(f"SELECT count(), sum(id), sum(length(s)) FROM {db}.t").result_rows[0] == \
-        (20_000, sum(range(20_000)), sum(len(r[1]) for r in rows))
+    assert c.query(f"SELECT count(), sum(id), sum(length(s)) FROM {db}.t").result_rows[0] == (
+        20_000,
+        sum(range(20_000)),
+        sum(len(r[1]) for r in rows),
+    )
 
 
 def test_arrow_and_pandas_inserts(clickhouse_server, db):
     c = _client(clickhouse_server)
     c.command(f"CREATE TABLE {db}.t (id Int64, ts DateTime64(6, 'UTC'), v Float64) ENGINE = MergeTree ORDER BY id")
-    t = pa.table({"id": pa.array([1, 2], pa.int64()), "ts": pa.array([1, 2_000_000], pa.timestamp("us", "UTC")),
-                  "v": [0.5, 1.5]})
+    t = pa.table(
+        {"id": pa.array([1, 2], pa.int64()), "ts": pa.array([1, 2_000_000], pa.timestamp("us", "UTC")), "v": [0.5, 1.5]}
+    )
     assert c.insert_arrow(f"{db}.t", t).written_rows == 2
     c.insert_df(f"{db}.t", pd.DataFrame({"id": [3], "ts": [pd.Timestamp("2024-01-01", tz="UTC")], "v": [2.5]}))
-    assert c.query(f"SELECT id, toUnixTimestamp64Micro(ts) FROM {db}.t ORDER BY id").result_rows == \
-        [(1, 1), (2, 2_000_000), (3, 1_704_067_200_000_000)]
+    assert c.query(f"SELECT id, toUnixTimestamp64Micro(ts) FROM {db}.t ORDER BY id").result_rows == [
+        (1, 1),
+        (2, 2_000_000),
+        (3, 1_704_067_200_000_000),
+    ]
 
 
 def test_parameters_settings_sessions_and_databases(clickhouse_server, db):
@@ -115,8 +132,8 @@ def test_parameters_settings_sessions_and_databases(clickhouse_server, db):
     setting = "SELECT getSetting('max_block_size')"
     default = c.query(setting).result_rows[0][0]
     assert c.query(setting, settings={"max_block_size": 1234}).result_rows == [(1234,)]
-    assert c.query(setting).result_rows == [(default,)]              # a query's settings end with it
-    c.command("SET max_block_size = 777")                           # a session's last for the session
+    assert c.query(setting).result_rows == [(default,)]  # a query's settings end with it
+    c.command("SET max_block_size = 777")  # a session's last for the session
     other = _client(clickhouse_server)
     assert c.query(setting).result_rows == [(777,)] and other.query(setting).result_rows == [(default,)]
     c.command("SET max_block_size = DEFAULT")
@@ -127,14 +144,14 @@ def test_parameters_settings_sessions_and_databases(clickhouse_server, db):
     assert c.query(setting).result_rows == [(default,)]
 
     c.command(f"CREATE TABLE {db}.t (a Int8) ENGINE = Memory")
-    c.command(f"USE {db}")                                          # the session's database
+    c.command(f"USE {db}")  # the session's database
     assert c.command("SELECT currentDatabase()") == db and other.command("SELECT currentDatabase()") == "default"
     c.command("INSERT INTO t VALUES (1), (2)")
     scoped = clickhouse_connect.get_client(dsn=f"{clickhouse_server.dsn}/{db}")  # DSN path = database param
     assert scoped.query("SELECT sum(a) FROM t").result_rows == [(3,)]
     assert other.query(f"SELECT count() FROM {db}.t").result_rows == [(2,)]
     with pytest.raises(DatabaseError) as err:
-        other.query("SELECT count() FROM t")                        # not in `default`
+        other.query("SELECT count() FROM t")  # not in `default`
     assert err.value.code == 60
 
 
@@ -144,7 +161,9 @@ def test_errors_come_back_as_clickhouse_sends_them(clickhouse_server, db):
         c.query("SELECT * FROM no_such_table_anywhere")
     assert err.value.code == 60 and "UNKNOWN_TABLE" in str(err.value)
     status, headers, body = _http(clickhouse_server, "SELEC 1")
-    assert (status, headers["X-ClickHouse-Exception-Code"]) == (400, "62") and body.startswith(b"Code: 62. DB::Exception")
+    assert (status, headers["X-ClickHouse-Exception-Code"]) == (400, "62") and body.startswith(
+        b"Code: 62. DB::Exception"
+    )
     status, headers, _ = _http(clickhouse_server, f"SELECT * FROM {db}.nope")
     assert (status, headers["X-ClickHouse-Exception-Code"]) == (404, "60")
     status, headers, body = _http(clickhouse_server, f"CREATE TABLE {db}.x (a Int8) ENGINE = Memory")  # GET
@@ -155,9 +174,9 @@ def test_errors_come_back_as_clickhouse_sends_them(clickhouse_server, db):
     assert (status, headers["X-ClickHouse-Exception-Code"]) == (501, "48")
     c.command(f"CREATE TABLE {db}.n (a UInt8) ENGINE = Memory")
     with pytest.raises(DatabaseError) as err:
-        c.raw_insert(f"{db}.n", ["a"], b"x\n", fmt="CSV")           # bad data in the body
+        c.raw_insert(f"{db}.n", ["a"], b"x\n", fmt="CSV")  # bad data in the body
     assert err.value.code in (6, 27, 117) and "CSV" in str(err.value)
-    assert c.query("SELECT 1").result_rows == [(1,)]                 # the engine is fine afterwards
+    assert c.query("SELECT 1").result_rows == [(1,)]  # the engine is fine afterwards
     assert _http(clickhouse_server, None)[2] == b"Ok.\n"
     assert urllib.request.urlopen(f"{clickhouse_server.dsn}/ping").read() == b"Ok.\n"
 
@@ -166,8 +185,12 @@ def test_query_and_data_split_between_url_and_body(clickhouse_server, db):
     c = _client(clickhouse_server)
     c.command(f"CREATE TABLE {db}.t (a UInt32, b String) ENGINE = MergeTree ORDER BY a")
     # the statement in the URL, the data in the body, gzip-compressed (curl's usual form)
-    status, _, _ = _http(clickhouse_server, f"INSERT INTO {db}.t FORMAT CSV", body=gzip.compress(b"1,x\n2,y\n"),
-                         headers={"Content-Encoding": "gzip"})
+    status, _, _ = _http(
+        clickhouse_server,
+        f"INSERT INTO {db}.t FORMAT CSV",
+        body=gzip.compress(b"1,x\n2,y\n"),
+        headers={"Content-Encoding": "gzip"},
+    )
     assert status == 200
     # statement and data both in the body, Values (plain SQL, not split)
     assert _http(clickhouse_server, body=f"INSERT INTO {db}.t VALUES (3, 'z')".encode())[0] == 200
@@ -176,8 +199,9 @@ def test_query_and_data_split_between_url_and_body(clickhouse_server, db):
 
 
 def test_split_insert_finds_where_the_data_starts():
-    assert split_insert(b"INSERT INTO db.t (a, b) FORMAT Native\n\n\x02rest") == \
-        split_insert(b"  -- c\nINSERT INTO db.t (a, b) FORMAT Native\n\n\x02rest")
+    assert split_insert(b"INSERT INTO db.t (a, b) FORMAT Native\n\n\x02rest") == split_insert(
+        b"  -- c\nINSERT INTO db.t (a, b) FORMAT Native\n\n\x02rest"
+    )
     got = split_insert(b"INSERT INTO db.t (a, b) FORMAT Native\n\n\x02rest")
     assert (got.statement, got.fmt, got.data) == ("INSERT INTO db.t (a, b)", "Native", b"\n\x02rest")  # 10 columns
     got = split_insert(b"insert into t SETTINGS async_insert=0 format CSV 1,2\n")
@@ -189,10 +213,21 @@ def test_split_insert_finds_where_the_data_starts():
 
 def test_request_decoding():
     headers = {"Content-Encoding": "deflate"}
-    req = parse_request("POST", "query=SELECT&database=d&param_x=1&max_threads=2&session_id=s&readonly=1"
-                        "&enable_http_compression=1&wait_end_of_query=1", headers, zlib.compress(b"1"))
-    assert (req.sql, req.database, req.params, req.settings, req.session_id, req.readonly) == \
-        (b"SELECT\n1", "d", {"x": "1"}, {"max_threads": "2"}, "s", True)
+    req = parse_request(
+        "POST",
+        "query=SELECT&database=d&param_x=1&max_threads=2&session_id=s&readonly=1"
+        "&enable_http_compression=1&wait_end_of_query=1",
+        headers,
+        zlib.compress(b"1"),
+    )
+    assert (req.sql, req.database, req.params, req.settings, req.session_id, req.readonly) == (
+        b"SELECT\n1",
+        "d",
+        {"x": "1"},
+        {"max_threads": "2"},
+        "s",
+        True,
+    )
     assert parse_request("GET", "query=SELECT+1", {}, b"").readonly
     assert parse_set("SET a = 1, b = 'x, y', c=DEFAULT") == {"a": "1", "b": "'x, y'", "c": "DEFAULT"}
     assert parse_set("SET ROLE NONE") is None
@@ -225,11 +260,13 @@ def test_many_clients_at_once(clickhouse_server, db):
     for t in threads:
         t.join()
     assert not errors, errors
-    assert _client(clickhouse_server).query(f"SELECT count(), uniqExact(w, i) FROM {db}.t").result_rows == \
-        [(6000, 6000)]
+    assert _client(clickhouse_server).query(f"SELECT count(), uniqExact(w, i) FROM {db}.t").result_rows == [
+        (6000, 6000)
+    ]
 
 
 def test_one_server_per_data_path(clickhouse_server, tmp_path):
     with pytest.raises(RuntimeError, match="another process already serves"):
-        LocalClickHouse(clickhouse_server.path, state_file=tmp_path / "s.json", log_path=tmp_path / "l.log",
-                        startup_timeout=30).start()
+        LocalClickHouse(
+            clickhouse_server.path, state_file=tmp_path / "s.json", log_path=tmp_path / "l.log", startup_timeout=30
+        ).start()

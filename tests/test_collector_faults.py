@@ -75,9 +75,19 @@ async def quiet(runner, emu: Emulator, settle_s: float = 0.6, timeout: float = 3
 Scenario = Callable[[Emulator, object, object], Awaitable[None]]
 
 
-def run_synthetic(kafka_broker, venue: str, scenario: Scenario, *, n_symbols: int = 4, rate: float = 600,
-                  frames: int = 4000, ips: tuple[str, ...] = EIPS[:2], cfg: dict | None = None,
-                  runner_kw: dict | None = None, emu_kw: dict | None = None):
+def run_synthetic(
+    kafka_broker,
+    venue: str,
+    scenario: Scenario,
+    *,
+    n_symbols: int = 4,
+    rate: float = 600,
+    frames: int = 4000,
+    ips: tuple[str, ...] = EIPS[:2],
+    cfg: dict | None = None,
+    runner_kw: dict | None = None,
+    emu_kw: dict | None = None,
+):
     """Serve synthetic load for ``venue``, run one shard on it, play ``scenario`` while the
     feed runs, then return (emulator, runner, cfg, events) after a clean stop."""
     bootstrap = kafka_broker.bootstrap
@@ -91,9 +101,18 @@ def run_synthetic(kafka_broker, venue: str, scenario: Scenario, *, n_symbols: in
         await emu.start()
         ep = emu.endpoints(ex, mk)
         natives = feed.model.spec.symbols
-        shard = ShardConfig(unique("flt"), ex, mk, tuple(canonical_symbol(ex, mk, n) for n in natives),
-                            ips, ws_url=ep.ws, rest_url=ep.rest, backoff_base_s=0.05, backoff_cap_s=0.5,
-                            **(cfg or {}))
+        shard = ShardConfig(
+            unique("flt"),
+            ex,
+            mk,
+            tuple(canonical_symbol(ex, mk, n) for n in natives),
+            ips,
+            ws_url=ep.ws,
+            rest_url=ep.rest,
+            backoff_base_s=0.05,
+            backoff_cap_s=0.5,
+            **(cfg or {}),
+        )
         async with RunningShard(shard, bootstrap, **(runner_kw or {})) as runner:
             assert await wait_until(lambda: subscribed(feed.sim, natives), 30), "never subscribed"
             gate.set()
@@ -133,6 +152,7 @@ def trade_ids(events) -> dict[str, list[int]]:
 
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("venue", ["binance-spot", "bybit-linear", "okx-spot"])
 def test_connection_drop_mid_stream_reconnects_and_resyncs(kafka_broker, venue):
     async def scenario(emu, runner, feed):
@@ -161,9 +181,10 @@ def test_sequence_gap_resyncs_only_that_symbol(kafka_broker, venue):
     emu, runner, shard, events = run_synthetic(kafka_broker, venue, scenario)
     check_books(emu, shard, events)
     assert dict(runner.stats.resyncs) == {victim["native"]: 1}
-    assert runner.stats.reconnects == 0          # one symbol resynced, the connection stayed up
-    snaps = Counter(e.symbol for e in events if e.event_type == EventType.BOOK_SNAPSHOT.pb
-                    and e.book_snapshot.reason == 2)  # SNAPSHOT_REASON_RESYNC
+    assert runner.stats.reconnects == 0  # one symbol resynced, the connection stayed up
+    snaps = Counter(
+        e.symbol for e in events if e.event_type == EventType.BOOK_SNAPSHOT.pb and e.book_snapshot.reason == 2
+    )  # SNAPSHOT_REASON_RESYNC
     assert snaps == Counter({shard.symbols[1]: 1})
 
 
@@ -205,16 +226,16 @@ def test_429_then_418_on_one_egress_ip_fails_over_and_returns(kafka_broker):
         seen["during"] = dict(runner.carriers())
         assert await wait_until(lambda: sim.ratelimiter.ips[ips[0]].statuses.get(418, 0) >= 1, 30)
         # After the ban its symbols come home, and stay there.
-        assert await wait_until(lambda: all(runner.carriers().get(s) == ips[0] for s in owned)
-                                and synced(runner), 40)
+        assert await wait_until(lambda: all(runner.carriers().get(s) == ips[0] for s in owned) and synced(runner), 40)
         seen["after"] = dict(runner.carriers())
 
     emu, runner, shard, events = run_synthetic(
-        kafka_broker, "binance-spot", scenario, n_symbols=8, rate=500, frames=9000, ips=ips)
+        kafka_broker, "binance-spot", scenario, n_symbols=8, rate=500, frames=9000, ips=ips
+    )
     check_books(emu, shard, events)
     sim = emu.sims["binance-spot"]
     st = sim.ratelimiter.ips[ips[0]].statuses
-    assert st.get(429) == 1 and st.get(418, 0) >= 1   # requests already in flight share the ban
+    assert st.get(429) == 1 and st.get(418, 0) >= 1  # requests already in flight share the ban
     # Retry-After was honoured: nothing more came from that IP while it was told to wait
     # (requests already on the wire when the 429 was sent may land just after it).
     log = [e for e in sim.rest_log if e["ip"] == ips[0]]
@@ -229,14 +250,20 @@ def test_429_then_418_on_one_egress_ip_fails_over_and_returns(kafka_broker):
     assert seen["after"] == {s: home_ip(s, ips) for s in shard.symbols}
     # The venue saw the moved symbols subscribed from the other IPs while ips[0] was out.
     moved_natives = {n.lower() for s, n in zip(shard.symbols, shard.native_symbols) if s in owned}
-    foreign = [c for c in sim.closed_clients + list(sim.clients.values())
-               if c.ip != ips[0] and any(k.split("@")[0] in moved_natives for k in c.subscribed_ever)]
+    foreign = [
+        c
+        for c in sim.closed_clients + list(sim.clients.values())
+        if c.ip != ips[0] and any(k.split("@")[0] in moved_natives for k in c.subscribed_ever)
+    ]
     assert foreign
     # The healthy IPs' own connections were never replaced.
-    own_conns = Counter(c.ip for c in sim.closed_clients + list(sim.clients.values())
-                        if c.ip != ips[0] and not any(k.split("@")[0] in moved_natives for k in c.subscribed_ever))
+    own_conns = Counter(
+        c.ip
+        for c in sim.closed_clients + list(sim.clients.values())
+        if c.ip != ips[0] and not any(k.split("@")[0] in moved_natives for k in c.subscribed_ever)
+    )
     assert all(n == 1 for n in own_conns.values()), own_conns
-    assert runner.stats.dead_letters == 0    # throttles are retried elsewhere, never handed on
+    assert runner.stats.dead_letters == 0  # throttles are retried elsewhere, never handed on
 
 
 def test_refused_handshakes_are_retried_until_the_venue_is_back(kafka_broker):
@@ -254,7 +281,7 @@ def test_refused_handshakes_are_retried_until_the_venue_is_back(kafka_broker):
 def test_watchdog_reconnects_a_silent_connection(kafka_broker):
     async def scenario(emu, runner, feed):
         assert await wait_until(lambda: feed.items > 600, 30)
-        emu.pause(2.5, feed.sim.name)           # socket open, pings answered, no data
+        emu.pause(2.5, feed.sim.name)  # socket open, pings answered, no data
         assert await wait_until(lambda: runner.stats.session_ends["watchdog"] >= 1, 10)
 
     emu, runner, shard, events = run_synthetic(kafka_broker, "okx-spot", scenario, cfg={"watchdog_s": 1.0})
@@ -269,8 +296,14 @@ def test_rotation_and_venue_shutdown_notice_lose_and_duplicate_nothing(kafka_bro
         assert await wait_until(lambda: runner.stats.rotations >= 3, 15)
 
     emu, runner, shard, events = run_synthetic(
-        kafka_broker, "binance-spot", scenario, rate=800, frames=9000,
-        cfg={"rotation_s": 2.5}, runner_kw={"handover_overlap_s": 0.5})
+        kafka_broker,
+        "binance-spot",
+        scenario,
+        rate=800,
+        frames=9000,
+        cfg={"rotation_s": 2.5},
+        runner_kw={"handover_overlap_s": 0.5},
+    )
     check_books(emu, shard, events)
     assert runner.stats.rotations >= 3
     assert runner.stats.duplicates > 0, "the connections overlapped, so duplicates had to be removed"
@@ -293,8 +326,15 @@ def test_application_keepalive_reaches_every_connection(kafka_broker, monkeypatc
         await asyncio.sleep(4.0)
 
     emu, runner, shard, events = run_synthetic(
-        kafka_broker, "bybit-linear", scenario, n_symbols=6, ips=EIPS[:3], frames=3000, rate=500,
-        emu_kw={"app_ping_timeout_s": 2.0})
+        kafka_broker,
+        "bybit-linear",
+        scenario,
+        n_symbols=6,
+        ips=EIPS[:3],
+        frames=3000,
+        rate=500,
+        emu_kw={"app_ping_timeout_s": 2.0},
+    )
     check_books(emu, shard, events)
     clients = emu.sims["bybit"].closed_clients
     assert clients and all(c.app_pings >= 3 for c in clients), [(c.ip, c.app_pings) for c in clients]

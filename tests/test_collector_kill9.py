@@ -76,8 +76,19 @@ def test_kill9_of_a_shard_under_replay_load_loses_and_doubles_nothing(kafka_brok
 
         async def start():
             return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "collectors.runner", cfg.name, "--config", str(path),
-                "--bootstrap", bootstrap, env=env, stdout=log, stderr=log, cwd=str(REPO))
+                sys.executable,
+                "-m",
+                "collectors.runner",
+                cfg.name,
+                "--config",
+                str(path),
+                "--bootstrap",
+                bootstrap,
+                env=env,
+                stdout=log,
+                stderr=log,
+                cwd=str(REPO),
+            )
 
         def receiving(since: int) -> bool:
             return sim.frames_out > since and any(sim.subscribers.values())
@@ -88,7 +99,7 @@ def test_kill9_of_a_shard_under_replay_load_loses_and_doubles_nothing(kafka_brok
             while kills < KILLS:
                 out0 = sim.frames_out
                 assert await wait_until(lambda since=out0: receiving(since), 60), "restarted shard never received"
-                await asyncio.sleep(rng.uniform(0.2, 2.0))   # a random point of the playback
+                await asyncio.sleep(rng.uniform(0.2, 2.0))  # a random point of the playback
                 assert not feed.finished.is_set(), f"capture played out after {kills} kills; slow it down"
                 proc.send_signal(signal.SIGKILL)
                 assert await proc.wait() == -signal.SIGKILL
@@ -101,15 +112,16 @@ def test_kill9_of_a_shard_under_replay_load_loses_and_doubles_nothing(kafka_brok
             assert await emu.drained(30)
             want_trades, want_bbo = capture_ids(feed.records)
 
-            def all_in_raw() -> bool:   # the last process has published the end of the capture
+            def all_in_raw() -> bool:  # the last process has published the end of the capture
                 got = shard_events(bootstrap, cfg.name, Exchange.BINANCE)
-                return (want_trades <= {int(e.trade.trade_id) for e in got if e.event_type == EventType.TRADE.pb}
-                        and want_bbo <= {e.seq for e in got if e.event_type == EventType.TICKER.pb})
+                return want_trades <= {
+                    int(e.trade.trade_id) for e in got if e.event_type == EventType.TRADE.pb
+                } and want_bbo <= {e.seq for e in got if e.event_type == EventType.TICKER.pb}
 
             for _ in range(20):
                 if await asyncio.to_thread(all_in_raw):
                     break
-            proc.send_signal(signal.SIGTERM)                  # clean stop: producer flushed
+            proc.send_signal(signal.SIGTERM)  # clean stop: producer flushed
             assert await asyncio.wait_for(proc.wait(), 60) == 0
         finally:
             if proc.returncode is None:
@@ -142,15 +154,14 @@ def test_kill9_of_a_shard_under_replay_load_loses_and_doubles_nothing(kafka_brok
     want_trades, want_bbo = capture_ids(feed.records)
     trades = [e for e in unique_events if e.event_type == EventType.TRADE.pb]
     tickers = [e for e in unique_events if e.event_type == EventType.TICKER.pb]
-    assert sorted(int(e.trade.trade_id) for e in trades) == sorted(want_trades)      # each exactly once
+    assert sorted(int(e.trade.trade_id) for e in trades) == sorted(want_trades)  # each exactly once
     # spot bookTicker has no venue time: receipt time stands in (exchange_ts_is_receipt) and
     # the id hashes the update id and prices instead, so a resent update keeps its one id
     assert all(e.exchange_ts_is_receipt for e in tickers)
-    assert sorted(e.seq for e in tickers) == sorted(want_bbo)                           # each exactly once
+    assert sorted(e.seq for e in tickers) == sorted(want_bbo)  # each exactly once
     assert feed.sim.replayed > 0, "no overlap was resent: the test did not exercise recovery"
 
-    chains = verify_books(e for e in events if e.event_type in (EventType.BOOK_SNAPSHOT.pb,
-                                                                 EventType.BOOK_DELTA.pb))
+    chains = verify_books(e for e in events if e.event_type in (EventType.BOOK_SNAPSHOT.pb, EventType.BOOK_DELTA.pb))
     [ch] = chains.values()
     # a process killed before its first snapshot published none; the survivors each began with one
     assert ch.snapshots >= 2, ch

@@ -26,6 +26,7 @@ SYMBOLS = [f"S{i:03d}-USDT" for i in range(400)]
 
 # -- backoff --------------------------------------------------------------------------------
 
+
 def test_backoff_delays_stay_within_jitter_bounds_and_grow_to_cap():
     pol = BackoffPolicy(base_s=0.5, cap_s=30.0, multiplier=2.0)
     b = Backoff(pol, random.Random(7))
@@ -53,9 +54,9 @@ def test_backoff_resets_only_after_a_long_enough_healthy_connection():
     b = Backoff(BackoffPolicy(base_s=1, cap_s=64, reset_after_s=60), random.Random(3))
     for _ in range(6):
         b.next_delay()
-    b.note_uptime(5.0)        # flapped again quickly: keep backing off
+    b.note_uptime(5.0)  # flapped again quickly: keep backing off
     assert b.attempt == 6
-    b.note_uptime(61.0)       # was healthy for a minute: start over
+    b.note_uptime(61.0)  # was healthy for a minute: start over
     assert b.attempt == 0
     assert 0.5 <= b.next_delay() <= 1.0
 
@@ -68,6 +69,7 @@ def test_backoff_policy_rejects_nonsense():
 
 
 # -- rate limiting --------------------------------------------------------------------------
+
 
 def test_limiter_holds_requests_at_the_budget_until_the_window_rolls():
     pol = RateLimitPolicy("t", window_s=60, limit=100, headroom=0.9)
@@ -92,7 +94,7 @@ def test_limiter_probes_one_request_at_a_time_until_the_venue_reports_usage():
     lim.on_response(200, {"X-MBX-USED-WEIGHT-1M": "40"}, t + 0.05)
     for _ in range(3):
         assert lim.wait_time(5, t + 0.1) == 0
-        lim.reserve(5, t + 0.1)           # the window's usage is known: concurrent requests ok
+        lim.reserve(5, t + 0.1)  # the window's usage is known: concurrent requests ok
     assert lim.inflight == 3
     # a new window starts unconfirmed again
     assert lim.wait_time(5, t + 60) > 0
@@ -147,6 +149,7 @@ def test_retry_after_parsing():
 
 # -- sharding -------------------------------------------------------------------------------
 
+
 def test_assignment_is_deterministic_and_spread():
     a = assign(SYMBOLS, EIPS)
     assert a == assign(list(reversed(SYMBOLS)), list(reversed(EIPS)))
@@ -162,11 +165,11 @@ def test_failover_moves_only_the_failed_ips_symbols_and_back(down):
     during = assign(SYMBOLS, EIPS, healthy)
     changed = moved(before, during)
     owned = {s for s, ip in before.items() if ip == down}
-    assert set(changed) == owned and owned            # exactly the failed IP's symbols
+    assert set(changed) == owned and owned  # exactly the failed IP's symbols
     assert all(new != down for _, new in changed.values())
     spread = Counter(new for _, new in changed.values())
     assert len(spread) >= 5, "a failed IP's symbols spread over the others, not onto one"
-    assert assign(SYMBOLS, EIPS, EIPS) == before      # recovery restores the original map
+    assert assign(SYMBOLS, EIPS, EIPS) == before  # recovery restores the original map
 
 
 def test_adding_an_ip_moves_about_one_share_and_only_to_the_new_ip():
@@ -204,16 +207,18 @@ def test_connection_plan_bounds_size_and_keeps_own_connections_on_failover():
 
 # -- dedup ----------------------------------------------------------------------------------
 
+
 def test_dedup_window_drops_repeats_and_stays_bounded():
     d = DedupWindow(capacity=3)
     assert [d.first_time(k) for k in "abcab"] == [True, True, True, False, False]
-    assert d.first_time("d") is True       # evicts "a"
+    assert d.first_time("d") is True  # evicts "a"
     assert len(d) == 3
-    assert d.first_time("a") is True       # outside the window again
+    assert d.first_time("a") is True  # outside the window again
     assert d.duplicates == 2
 
 
 # -- config ---------------------------------------------------------------------------------
+
 
 def test_shard_config_validates_and_maps_native_symbols(tmp_path):
     cfg = ShardConfig("binance-spot-0", "binance", "spot", ("BTC-USDT", "ETH-BTC"), tuple(EIPS[:2]))
@@ -223,7 +228,7 @@ def test_shard_config_validates_and_maps_native_symbols(tmp_path):
     with pytest.raises(ConfigError):
         ShardConfig("Bad Name", "binance", "spot", ("BTC-USDT",))
     with pytest.raises(ConfigError):
-        ShardConfig("x", "binance", "spot", ("BTC-USDT-PERP",))   # perp symbol in a spot shard
+        ShardConfig("x", "binance", "spot", ("BTC-USDT-PERP",))  # perp symbol in a spot shard
     with pytest.raises(ConfigError):
         ShardConfig("x", "binance", "spot", ("BTC-USDT",), ("not-an-ip",))
     with pytest.raises(ConfigError):
@@ -233,7 +238,8 @@ def test_shard_config_validates_and_maps_native_symbols(tmp_path):
         "defaults:\n  egress_ips: [127.0.0.2, 127.0.0.3]\n"
         "shards:\n"
         "  - {name: a, exchange: okx, market: perp, symbols: [BTC-USDT-PERP]}\n"
-        "  - {name: b, exchange: bybit, market: spot, symbols: [ETH-USDT], enabled: false}\n")
+        "  - {name: b, exchange: bybit, market: spot, symbols: [ETH-USDT], enabled: false}\n"
+    )
     shards = load_shards(p)
     assert [s.name for s in shards] == ["a", "b"]
     assert shards[0].egress_ips == ("127.0.0.2", "127.0.0.3")
@@ -241,8 +247,9 @@ def test_shard_config_validates_and_maps_native_symbols(tmp_path):
     assert shards[1].enabled is False
     assert ShardConfig.from_dict(shards[0].to_dict()) == shards[0]
     with pytest.raises(ConfigError):
-        parse_shards({"shards": [{"name": "a", "exchange": "okx", "market": "spot",
-                                  "symbols": ["BTC-USDT"], "bogus": 1}]})
+        parse_shards(
+            {"shards": [{"name": "a", "exchange": "okx", "market": "spot", "symbols": ["BTC-USDT"], "bogus": 1}]}
+        )
     with pytest.raises(ConfigError):
         parse_shards({"shards": [{"name": "a", "exchange": "okx", "market": "spot", "symbols": ["BTC-USDT"]}] * 2})
     assert load_shards(tmp_path / "missing.yaml") == []

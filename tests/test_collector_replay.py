@@ -50,7 +50,8 @@ def capture_trades(feed) -> int:
         if isinstance(data, dict) and data.get("e") in ("trade", "aggTrade") and data.get("X", "MARKET") == "MARKET":
             n += 1
         elif str(obj.get("topic", "")).startswith("publicTrade.") or (
-                isinstance(obj.get("arg"), dict) and obj["arg"].get("channel") == "trades" and "event" not in obj):
+            isinstance(obj.get("arg"), dict) and obj["arg"].get("channel") == "trades" and "event" not in obj
+        ):
             n += len(data)
     return n
 
@@ -67,9 +68,9 @@ def capture_events(feed) -> tuple[Counter, dict[str, list[int]]]:
             continue
         obj = json.loads(rec.payload)
         if not isinstance(obj, dict) or "event" in obj or "result" in obj or "success" in obj:
-            continue   # acks
+            continue  # acks
         data = obj.get("data")
-        if isinstance(data, dict) and isinstance(obj.get("stream"), str):      # Binance
+        if isinstance(data, dict) and isinstance(obj.get("stream"), str):  # Binance
             e, native = data.get("e"), data.get("s", "")
             if e in ("trade", "aggTrade"):
                 n[(native, EventType.TRADE)] += data.get("X", "MARKET") == "MARKET"
@@ -79,7 +80,7 @@ def capture_events(feed) -> tuple[Counter, dict[str, list[int]]]:
                 n[(native, EventType.TICKER)] += 1
             elif e != "kline":
                 pytest.fail(f"uncounted Binance frame {rec.payload[:120]!r}")
-        elif isinstance(obj.get("arg"), dict):                                   # OKX
+        elif isinstance(obj.get("arg"), dict):  # OKX
             ch, native = obj["arg"]["channel"], obj["arg"]["instId"]
             if ch == "trades":
                 n[(native, EventType.TRADE)] += len(data)
@@ -89,7 +90,7 @@ def capture_events(feed) -> tuple[Counter, dict[str, list[int]]]:
                 n[(native, EventType.BOOK_SNAPSHOT if obj.get("action") == "snapshot" else EventType.BOOK_DELTA)] += 1
             else:
                 pytest.fail(f"uncounted OKX frame {rec.payload[:120]!r}")
-        elif isinstance(obj.get("topic"), str):                                  # Bybit
+        elif isinstance(obj.get("topic"), str):  # Bybit
             topic = obj["topic"]
             if topic.startswith("publicTrade."):
                 n[(topic.split(".")[-1], EventType.TRADE)] += len(data)

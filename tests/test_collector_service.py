@@ -14,8 +14,9 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from collectors.config import ShardConfig, dump_shards
 from collectors.replay import Emulator
-from pipelines import collector_service, supervisors
-from pipelines.collector_service import (
+from pipelines.services import collector as collector_service
+from pipelines.services import supervisors
+from pipelines.services.collector import (
     SERVICE_TAG,
     SHARD_TAG,
     CollectorShardConfig,
@@ -26,7 +27,7 @@ from pipelines.collector_service import (
     shard_run_config,
     shard_tags,
 )
-from pipelines.supervisors import collector_supervisor
+from pipelines.services.supervisors import collector_supervisor
 from resources.kafka import KafkaResource
 from tests.support.collectors import (
     EIPS,
@@ -52,29 +53,35 @@ def _shards(tmp_path, monkeypatch, shards: list[ShardConfig]):
 def test_supervisor_keeps_exactly_one_live_run_per_enabled_shard(tmp_path, monkeypatch):
     assert list(collector_service.defs.jobs) == [collector_shard]
     assert list(supervisors.defs.sensors) == [collector_supervisor]
-    _shards(tmp_path, monkeypatch, [
-        ShardConfig("alpha", "binance", "spot", ("BTC-USDT",), EIPS[:2]),
-        ShardConfig("beta", "okx", "perp", ("BTC-USDT-PERP",)),
-        ShardConfig("gamma", "bybit", "spot", ("ETH-USDT",), enabled=False),
-    ])
+    _shards(
+        tmp_path,
+        monkeypatch,
+        [
+            ShardConfig("alpha", "binance", "spot", ("BTC-USDT",), EIPS[:2]),
+            ShardConfig("beta", "okx", "perp", ("BTC-USDT-PERP",)),
+            ShardConfig("gamma", "bybit", "spot", ("ETH-USDT",), enabled=False),
+        ],
+    )
     with dg.instance_for_test() as instance:
+
         def evaluate():
             return collector_supervisor(dg.build_sensor_context(instance=instance))
 
         first = _requests(evaluate())
-        assert set(first) == {"alpha", "beta"}                   # gamma is disabled
+        assert set(first) == {"alpha", "beta"}  # gamma is disabled
         assert first["alpha"]["tags"] == {SERVICE_TAG: "collector:alpha", SHARD_TAG: "alpha"}
         assert first["alpha"]["run_config"] == shard_run_config("alpha")
 
         def add(name: str, run_id: str, status=DagsterRunStatus.STARTED) -> DagsterRun:
-            return instance.add_run(DagsterRun(job_name=collector_shard.name, run_id=run_id, status=status,
-                                               tags=shard_tags(name)))
+            return instance.add_run(
+                DagsterRun(job_name=collector_shard.name, run_id=run_id, status=status, tags=shard_tags(name))
+            )
 
         alpha = add("alpha", "a" * 32)
-        assert set(_requests(evaluate())) == {"beta"}            # alpha is alive: no second run
-        add("beta", "b" * 32, DagsterRunStatus.STARTING)         # starting counts as alive
+        assert set(_requests(evaluate())) == {"beta"}  # alpha is alive: no second run
+        add("beta", "b" * 32, DagsterRunStatus.STARTING)  # starting counts as alive
         assert isinstance(evaluate(), dg.SkipReason)
-        instance.report_run_failed(alpha)                        # its worker died
+        instance.report_run_failed(alpha)  # its worker died
         assert set(_requests(evaluate())) == {"alpha"}
         add("alpha", "c" * 32)
         # a run of a shard that is not enabled (anymore) is canceled, and not replaced
@@ -135,8 +142,9 @@ class EmulatorThread:
 
 def _shard_on(emu: Emulator, name: str) -> ShardConfig:
     ep = emu.endpoints("binance", "spot")
-    return ShardConfig(name, "binance", "spot", ("SYN0-USDT", "SYN1-USDT", "SYN2-USDT"), EIPS[:2],
-                       ws_url=ep.ws, rest_url=ep.rest)
+    return ShardConfig(
+        name, "binance", "spot", ("SYN0-USDT", "SYN1-USDT", "SYN2-USDT"), EIPS[:2], ws_url=ep.ws, rest_url=ep.rest
+    )
 
 
 def test_collector_job_runs_a_shard_under_dagster(kafka_broker, tmp_path, monkeypatch):
@@ -149,7 +157,9 @@ def test_collector_job_runs_a_shard_under_dagster(kafka_broker, tmp_path, monkey
             result = collector_shard.execute_in_process(
                 run_config=shard_run_config(name, max_seconds=5.0),
                 resources={"kafka": KafkaResource(bootstrap_servers=kafka_broker.bootstrap)},
-                instance=instance, tags=shard_tags(name))
+                instance=instance,
+                tags=shard_tags(name),
+            )
             assert result.success
             assert result.dagster_run.tags[SERVICE_TAG] == f"collector:{name}"
             logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
@@ -180,14 +190,15 @@ def test_termination_closes_and_flushes_before_returning(kafka_broker):
     threading.Thread(target=interrupt_when_busy, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            run_shard_until_stopped(dg.get_dagster_logger(), _shard_on(et.emu, name),
-                                    producer_config(kafka_broker.bootstrap), handle=handle)
+            run_shard_until_stopped(
+                dg.get_dagster_logger(), _shard_on(et.emu, name), producer_config(kafka_broker.bootstrap), handle=handle
+            )
     finally:
         et.stop()
     st = handle.stats
     assert st.events_out >= 2000
     assert st.delivered == st.events_out and st.delivery_errors == 0
-    assert not handle.runner.workers                        # every connection closed
+    assert not handle.runner.workers  # every connection closed
     assert len(shard_events(kafka_broker.bootstrap, name, "binance")) == st.events_out
 
 
@@ -203,9 +214,13 @@ def test_sigterm_stops_a_command_line_shard_cleanly(kafka_broker, tmp_path):
     name = unique("sigterm")
     path = dump_shards([_shard_on(et.emu, name)], tmp_path / "collectors.yaml")
     root = Path(__file__).resolve().parents[1]
-    p = subprocess.Popen([sys.executable, "-m", "collectors.runner", name, "--config", str(path),
-                          "--bootstrap", kafka_broker.bootstrap], cwd=root,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "collectors.runner", name, "--config", str(path), "--bootstrap", kafka_broker.bootstrap],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(6.0)
         p.send_signal(signal.SIGTERM)

@@ -37,14 +37,16 @@ from tests.support.collectors import (
 def test_default_config_collects_btc_and_eth_on_every_venue_and_is_never_overwritten(tmp_path):
     shards = parse_shards(yaml.safe_load(DEFAULT_COLLECTORS_YAML))
     pairs = {(s.exchange, s.market) for s in shards}
-    assert pairs == {(x, m) for x in (Exchange.BINANCE, Exchange.BYBIT, Exchange.OKX) for m in (Market.SPOT, Market.PERP)}
+    assert pairs == {
+        (x, m) for x in (Exchange.BINANCE, Exchange.BYBIT, Exchange.OKX) for m in (Market.SPOT, Market.PERP)
+    }
     for s in shards:
         assert {sym.split("-")[0] for sym in s.symbols} == {"BTC", "ETH"} and s.enabled
-        assert not s.ws_url and not s.rest_url            # the venues' production endpoints
+        assert not s.ws_url and not s.rest_url  # the venues' production endpoints
     path = tmp_path / "home" / "collectors.yaml"
     assert ensure_default_config(path) is True
     assert parse_shards(yaml.safe_load(path.read_text())) == shards
-    path.write_text("shards: []\n")                       # the user's edit stays
+    path.write_text("shards: []\n")  # the user's edit stays
     assert ensure_default_config(path) is False and path.read_text() == "shards: []\n"
 
 
@@ -60,20 +62,40 @@ def test_status_says_why_a_venue_is_unreachable(kafka_broker, tmp_path):
     bootstrap = kafka_broker.bootstrap
     ensure_collector_topics(bootstrap)
     port = _closed_port()
-    refused = ShardConfig(name=unique("refused"), exchange=Exchange.BINANCE, market=Market.SPOT,
-                          symbols=("BTC-USDT",), ws_url=f"ws://127.0.0.1:{port}",
-                          rest_url=f"http://127.0.0.1:{port}", backoff_cap_s=1.0)
-    nodns = ShardConfig(name=unique("nodns"), exchange=Exchange.OKX, market=Market.PERP,
-                        symbols=("ETH-USDT-PERP",), ws_url="wss://ws.venue.invalid:8443",
-                        rest_url="https://www.venue.invalid", backoff_cap_s=1.0)
+    refused = ShardConfig(
+        name=unique("refused"),
+        exchange=Exchange.BINANCE,
+        market=Market.SPOT,
+        symbols=("BTC-USDT",),
+        ws_url=f"ws://127.0.0.1:{port}",
+        rest_url=f"http://127.0.0.1:{port}",
+        backoff_cap_s=1.0,
+    )
+    nodns = ShardConfig(
+        name=unique("nodns"),
+        exchange=Exchange.OKX,
+        market=Market.PERP,
+        symbols=("ETH-USDT-PERP",),
+        ws_url="wss://ws.venue.invalid:8443",
+        rest_url="https://www.venue.invalid",
+        backoff_cap_s=1.0,
+    )
     home = tmp_path / "home"
 
     def reports():
         return {s["shard"]: s for s in collectors_status(home, [refused, nodns])}
 
     async def scenario():
-        runs = [RunningShard(cfg, bootstrap, status_path=status_file(cfg.name, home), status_interval_s=0.2,
-                             instruments_timeout_s=1.0) for cfg in (refused, nodns)]
+        runs = [
+            RunningShard(
+                cfg,
+                bootstrap,
+                status_path=status_file(cfg.name, home),
+                status_interval_s=0.2,
+                instruments_timeout_s=1.0,
+            )
+            for cfg in (refused, nodns)
+        ]
         for r in runs:
             r.task = asyncio.create_task(r.runner.run(r.stop))
         try:
@@ -81,8 +103,12 @@ def test_status_says_why_a_venue_is_unreachable(kafka_broker, tmp_path):
             assert await wait_until(lambda: all(s["state"] == "unreachable" for s in reports().values()), 20)
             early = reports()
             # Then the websocket connects fail too, and keep failing (it retries forever).
-            assert await wait_until(lambda: all(
-                s["connections"] and all(c["failures"] >= 2 for c in s["connections"]) for s in reports().values()), 30)
+            assert await wait_until(
+                lambda: all(
+                    s["connections"] and all(c["failures"] >= 2 for c in s["connections"]) for s in reports().values()
+                ),
+                30,
+            )
             return early, reports()
         finally:
             for r in runs:
@@ -112,11 +138,14 @@ def test_status_shows_a_connected_shard_and_its_last_frame_age(kafka_broker, tmp
         await emu.start()
         try:
             cfg = emu.shard_configs(unique("live"))[0]
-            async with RunningShard(cfg, bootstrap, status_path=status_file(cfg.name, home),
-                                    status_interval_s=0.2):
+            async with RunningShard(cfg, bootstrap, status_path=status_file(cfg.name, home), status_interval_s=0.2):
                 assert await wait_until(
-                    lambda: collectors_status(home, [cfg])[0]["state"] == "connected"
-                    and collectors_status(home, [cfg])[0]["last_frame_age_s"] is not None, 30)
+                    lambda: (
+                        collectors_status(home, [cfg])[0]["state"] == "connected"
+                        and collectors_status(home, [cfg])[0]["last_frame_age_s"] is not None
+                    ),
+                    30,
+                )
                 return cfg, collectors_status(home, [cfg])[0]
         finally:
             await emu.stop()
@@ -136,8 +165,8 @@ def test_status_shows_a_connected_shard_and_its_last_frame_age(kafka_broker, tmp
 def test_stack_status_lists_every_configured_shard(ticklake_home, capsys):
     """`ticklake status` (JSON and text) has a line per shard of collectors.yaml, also for
     shards whose run never started."""
-    from pipelines import stack
-    from pipelines.cli import _print_collectors
+    from pipelines.local import stack
+    from pipelines.local.cli import _print_collectors
 
     path = stack.collectors_file(ticklake_home)
     ensure_default_config(path)
@@ -155,7 +184,8 @@ def test_stack_status_lists_every_configured_shard(ticklake_home, capsys):
 def test_explain_names_the_cause():
     url = "wss://stream.binance.com:9443/stream?streams=btcusdt@trade"
     assert explain("connect failed: gaierror: [Errno -2] Name or service not known", url).startswith(
-        "venue unreachable: DNS lookup of stream.binance.com failed")
+        "venue unreachable: DNS lookup of stream.binance.com failed"
+    )
     assert "timed out" in explain("connect failed: TimeoutError: timed out during opening handshake", url)
     assert "no network route" in explain("connect failed: OSError: [Errno 101] Network is unreachable", url)
     assert "HTTP 451" in explain("connect failed: InvalidStatus: server rejected WebSocket connection: HTTP 451", url)

@@ -17,10 +17,18 @@ from tests.support.collectors import EIPS
 
 # A small weight budget so a test can exhaust it quickly: 60 per 2 s window, as Binance
 # reports it in X-MBX-USED-WEIGHT-1M.
-LIMITS = VenueLimits(window_s=2.0, limit=60, weight_header="X-MBX-USED-WEIGHT-1M", throttle_status=429,
-                     ban_status=418, ban_s=5.0)
-POLICY = RateLimitPolicy("test", window_s=2.0, limit=60, used_weight_header="X-MBX-USED-WEIGHT-1M",
-                         throttle_statuses=frozenset({429}), ban_statuses=frozenset({418}), headroom=1.0)
+LIMITS = VenueLimits(
+    window_s=2.0, limit=60, weight_header="X-MBX-USED-WEIGHT-1M", throttle_status=429, ban_status=418, ban_s=5.0
+)
+POLICY = RateLimitPolicy(
+    "test",
+    window_s=2.0,
+    limit=60,
+    used_weight_header="X-MBX-USED-WEIGHT-1M",
+    throttle_statuses=frozenset({429}),
+    ban_statuses=frozenset({418}),
+    headroom=1.0,
+)
 DEPTH = RestRequest("/api/v3/depth", (("symbol", "SYN0USDT"), ("limit", "100")), weight=5, native_symbol="SYN0USDT")
 
 
@@ -62,6 +70,7 @@ def test_weight_header_is_honoured_and_no_429_is_ever_earned():
 def test_a_client_that_ignores_the_budget_is_throttled_then_banned():
     """The same load without the limiter: the emulator enforces the venue's rules, so the
     previous test passing is not a property of a lenient emulator."""
+
     async def main():
         emu = await _emulator()
         base = emu.rest_base("binance", "spot")
@@ -89,8 +98,9 @@ def test_throttled_and_banned_ips_are_skipped_until_retry_after_passes():
         base = emu.rest_base("binance", "spot")
         changes = []
         try:
-            async with RestPool(base, list(EIPS[:2]), POLICY,
-                                on_state_change=lambda ip, st: changes.append((ip, st))) as pool:
+            async with RestPool(
+                base, list(EIPS[:2]), POLICY, on_state_change=lambda ip, st: changes.append((ip, st))
+            ) as pool:
                 emu.rest_faults("binance-spot", EIPS[0], [(429, 1.0), (418, 2.0)])
                 r1 = await pool.get(DEPTH, [EIPS[0], EIPS[1]])
                 # 429 on the preferred IP: answered from the other one, immediately
@@ -98,10 +108,10 @@ def test_throttled_and_banned_ips_are_skipped_until_retry_after_passes():
                 assert pool.state(EIPS[0]) is IpState.THROTTLED
                 assert pool.healthy_ips() == [EIPS[1]]
                 r2 = await pool.get(DEPTH, [EIPS[0], EIPS[1]])
-                assert r2.ip == EIPS[1]                    # not retried on the throttled IP
+                assert r2.ip == EIPS[1]  # not retried on the throttled IP
                 await asyncio.sleep(1.1)
-                assert pool.poll_states()[EIPS[0]] is IpState.HEALTHY   # what the shard's planner sees
-                r3 = await pool.get(DEPTH, [EIPS[0], EIPS[1]])   # back: 418 now, banned
+                assert pool.poll_states()[EIPS[0]] is IpState.HEALTHY  # what the shard's planner sees
+                r3 = await pool.get(DEPTH, [EIPS[0], EIPS[1]])  # back: 418 now, banned
                 assert r3.ip == EIPS[1] and pool.state(EIPS[0]) is IpState.BANNED
                 await asyncio.sleep(2.1)
                 pool.poll_states()
@@ -109,8 +119,12 @@ def test_throttled_and_banned_ips_are_skipped_until_retry_after_passes():
                 assert r4.ip == EIPS[0] and pool.state(EIPS[0]) is IpState.HEALTHY
         finally:
             await emu.stop()
-        assert changes == [(EIPS[0], IpState.THROTTLED), (EIPS[0], IpState.HEALTHY),
-                           (EIPS[0], IpState.BANNED), (EIPS[0], IpState.HEALTHY)]
+        assert changes == [
+            (EIPS[0], IpState.THROTTLED),
+            (EIPS[0], IpState.HEALTHY),
+            (EIPS[0], IpState.BANNED),
+            (EIPS[0], IpState.HEALTHY),
+        ]
         log = [(e["ip"], e["status"]) for e in sim.rest_log]
         assert log.count((EIPS[0], 429)) == 1 and log.count((EIPS[0], 418)) == 1
 

@@ -18,8 +18,15 @@ DAGSTER = Path(sys.executable).parent / "dagster"
 
 def test_definitions_validate_from_repo_root_with_a_clean_environment(tmp_path):
     env = {"PATH": os.defpath, "HOME": str(tmp_path), "LANG": "C.UTF-8"}
-    res = subprocess.run([str(DAGSTER), "definitions", "validate"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300, check=False)
+    res = subprocess.run(
+        [str(DAGSTER), "definitions", "validate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert "Validation successful for code location ticklake" in out, out

@@ -38,11 +38,19 @@ def graph_summary(defs: dg.Definitions) -> dict:
         }
     checks = sorted(f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys)
     jobs = sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__ASSET_JOB"))
-    sensors = {s.name: {"type": type(s).__name__, "default": s.default_status.value}
-               for s in sorted(repo.sensor_defs, key=lambda s: s.name)}
-    schedules = {s.name: {"cron": s.cron_schedule, "job": s.job_name, "timezone": s.execution_timezone,
-                          "default": s.default_status.value}
-                 for s in sorted(repo.schedule_defs, key=lambda s: s.name)}
+    sensors = {
+        s.name: {"type": type(s).__name__, "default": s.default_status.value}
+        for s in sorted(repo.sensor_defs, key=lambda s: s.name)
+    }
+    schedules = {
+        s.name: {
+            "cron": s.cron_schedule,
+            "job": s.job_name,
+            "timezone": s.execution_timezone,
+            "default": s.default_status.value,
+        }
+        for s in sorted(repo.schedule_defs, key=lambda s: s.name)
+    }
     return {"assets": assets, "asset_checks": checks, "jobs": jobs, "sensors": sensors, "schedules": schedules}
 
 
@@ -57,4 +65,5 @@ def test_definitions_match_snapshot():
     expected = json.loads(SNAPSHOT.read_text())
     assert current == expected, (
         f"the code location's graph differs from {SNAPSHOT.name}; if intended, regenerate with "
-        f"{UPDATE_ENV}=1 .venv/bin/python -m pytest -q {Path(__file__).relative_to(Path.cwd())} and commit the diff")
+        f"{UPDATE_ENV}=1 .venv/bin/python -m pytest -q {Path(__file__).relative_to(Path.cwd())} and commit the diff"
+    )

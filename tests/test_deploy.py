@@ -72,17 +72,26 @@ def prod_instance(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFac
     the test Postgres (compute logs would go to S3: moto)."""
     home = tmp_path_factory.mktemp("dagster-prod-home")
     shutil.copyfile(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-    env = {"DAGSTER_PG_HOST": postgres.host, "DAGSTER_PG_PORT": str(postgres.port),
-           "DAGSTER_PG_USER": postgres.user, "DAGSTER_PG_PASSWORD": "unused-trust-auth",
-           "DAGSTER_PG_DB": postgres.db_name, "DAGSTER_K8S_NAMESPACE": "ticklake",
-           "TICKLAKE_LOG_BUCKET": LOG_BUCKET, "DAGSTER_HOME": str(home),
-           "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    env = {
+        "DAGSTER_PG_HOST": postgres.host,
+        "DAGSTER_PG_PORT": str(postgres.port),
+        "DAGSTER_PG_USER": postgres.user,
+        "DAGSTER_PG_PASSWORD": "unused-trust-auth",
+        "DAGSTER_PG_DB": postgres.db_name,
+        "DAGSTER_K8S_NAMESPACE": "ticklake",
+        "TICKLAKE_LOG_BUCKET": LOG_BUCKET,
+        "DAGSTER_HOME": str(home),
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
         with mock_aws():
-            boto3.client("s3").create_bucket(Bucket=LOG_BUCKET,
-                                             CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+            boto3.client("s3").create_bucket(
+                Bucket=LOG_BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+            )
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 yield instance
 
@@ -109,10 +118,15 @@ def test_job_run_and_its_events_are_in_postgres(prod_instance: dg.DagsterInstanc
     # Read back through Postgres itself, not the instance: proves where it was written.
     [(status,)] = postgres.query("SELECT status FROM runs WHERE run_id = %s", (run_id,))
     assert status == "SUCCESS"
-    events = {row[0] for row in postgres.query("SELECT dagster_event_type FROM event_logs WHERE run_id = %s",
-                                               (run_id,))}
-    expected = {dg.DagsterEventType.RUN_START, dg.DagsterEventType.STEP_SUCCESS,
-                dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.RUN_SUCCESS}
+    events = {
+        row[0] for row in postgres.query("SELECT dagster_event_type FROM event_logs WHERE run_id = %s", (run_id,))
+    }
+    expected = {
+        dg.DagsterEventType.RUN_START,
+        dg.DagsterEventType.STEP_SUCCESS,
+        dg.DagsterEventType.ASSET_MATERIALIZATION,
+        dg.DagsterEventType.RUN_SUCCESS,
+    }
     assert {t.value for t in expected} <= events
     # The step's captured output went to the S3 compute log manager (moto's bucket).
     logs = boto3.client("s3").list_objects_v2(Bucket=LOG_BUCKET, Prefix="dagster-compute-logs/")
@@ -121,8 +135,9 @@ def test_job_run_and_its_events_are_in_postgres(prod_instance: dg.DagsterInstanc
     assert postgres.query("SELECT 1 FROM asset_keys WHERE asset_key = %s", ('["deploy_probe"]',))
 
 
-def test_schedule_state_ticks_and_queued_runs_are_in_postgres(prod_instance: dg.DagsterInstance,
-                                                              postgres: PostgresServer) -> None:
+def test_schedule_state_ticks_and_queued_runs_are_in_postgres(
+    prod_instance: dg.DagsterInstance, postgres: PostgresServer
+) -> None:
     """The scheduler daemon's own iteration, in process: the tick and the run it submits go
     through the production QueuedRunCoordinator into Postgres (queued, so no launcher)."""
     origin = LoadableTargetOrigin(python_file=probe.__file__, working_directory=str(REPO), attribute="defs")
@@ -132,8 +147,9 @@ def test_schedule_state_ticks_and_queued_runs_are_in_postgres(prod_instance: dg.
         [repository] = location.get_repositories().values()
         schedule = repository.get_schedule(probe.PROBE_SCHEDULE)
         prod_instance.start_schedule(schedule)
-        assert postgres.query("SELECT status, instigator_type FROM instigators WHERE selector_id = %s",
-                              (schedule.selector_id,)) == [("RUNNING", "SCHEDULE")]
+        assert postgres.query(
+            "SELECT status, instigator_type FROM instigators WHERE selector_id = %s", (schedule.selector_id,)
+        ) == [("RUNNING", "SCHEDULE")]
         after_next_minute = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=61)
         list(launch_scheduled_runs(context, logging.getLogger("test_deploy"), after_next_minute, {}))
 
@@ -141,14 +157,23 @@ def test_schedule_state_ticks_and_queued_runs_are_in_postgres(prod_instance: dg.
     assert ("SUCCESS", "SCHEDULE") in ticks
     queued = postgres.query(
         "SELECT r.status FROM runs r JOIN run_tags t ON t.run_id = r.run_id "
-        "WHERE t.key = 'dagster/schedule_name' AND t.value = %s", (probe.PROBE_SCHEDULE,))
+        "WHERE t.key = 'dagster/schedule_name' AND t.value = %s",
+        (probe.PROBE_SCHEDULE,),
+    )
     assert queued == [("QUEUED",)]
 
 
 # --------------------------------------------------------------------------- Kubernetes launcher
 
-SERVICES = [f"{k8s.COLLECTOR}:binance-spot-1", k8s.NORMALIZER, k8s.FEATURE_PROCESSOR, k8s.LAKE_SINK,
-            k8s.CLICKHOUSE_LIVE, k8s.PRAGMA_PUBLISHER, k8s.INFERENCE]
+SERVICES = [
+    f"{k8s.COLLECTOR}:binance-spot-1",
+    k8s.NORMALIZER,
+    k8s.FEATURE_PROCESSOR,
+    k8s.LAKE_SINK,
+    k8s.CLICKHOUSE_LIVE,
+    k8s.PRAGMA_PUBLISHER,
+    k8s.INFERENCE,
+]
 
 
 def _launcher_config(**overrides) -> dict:
@@ -167,8 +192,10 @@ def test_k8s_launcher_config_passes_dagster_k8s_schema() -> None:
     config = _launcher_config()
     assert config["job_namespace"] == "ticklake"
     assert config["env_config_maps"] == ["ticklake-env"] and config["env_secrets"] == ["ticklake-secrets"]
-    bad = process_config(K8sRunLauncher.config_type(), {**_yaml(DEPLOY / "dagster.yaml")["run_launcher"]["config"],
-                                                         "job_namespace": "x", "no_such_field": 1})
+    bad = process_config(
+        K8sRunLauncher.config_type(),
+        {**_yaml(DEPLOY / "dagster.yaml")["run_launcher"]["config"], "job_namespace": "x", "no_such_field": 1},
+    )
     assert not bad.success  # the schema is strict: a typo in the deployment fails here
 
 
@@ -179,22 +206,22 @@ def test_service_k8s_tag_passes_dagster_k8s_schema(service: str) -> None:
 
 
 def service_job(service: str) -> dg.JobDefinition:
-    from pipelines import (
-        clickhouse_live_service,
-        collector_service,
-        inference_service,
-        lake_sink_service,
-        pragma_service,
-        processor_services,
-    )
+    from pipelines.services import clickhouse_live as clickhouse_live_service
+    from pipelines.services import collector as collector_service
+    from pipelines.services import inference as inference_service
+    from pipelines.services import lake_sink as lake_sink_service
+    from pipelines.services import pragma as pragma_service
+    from pipelines.services import processors as processor_services
 
-    return {k8s.COLLECTOR: collector_service.collector_shard,
-            k8s.NORMALIZER: processor_services.normalizer_service,
-            k8s.FEATURE_PROCESSOR: processor_services.feature_processor_service,
-            k8s.LAKE_SINK: lake_sink_service.lake_sink_service,
-            k8s.CLICKHOUSE_LIVE: clickhouse_live_service.clickhouse_live_service,
-            k8s.PRAGMA_PUBLISHER: pragma_service.pragma_publisher,
-            k8s.INFERENCE: inference_service.inference_service}[k8s.service_kind(service)]
+    return {
+        k8s.COLLECTOR: collector_service.collector_shard,
+        k8s.NORMALIZER: processor_services.normalizer_service,
+        k8s.FEATURE_PROCESSOR: processor_services.feature_processor_service,
+        k8s.LAKE_SINK: lake_sink_service.lake_sink_service,
+        k8s.CLICKHOUSE_LIVE: clickhouse_live_service.clickhouse_live_service,
+        k8s.PRAGMA_PUBLISHER: pragma_service.pragma_publisher,
+        k8s.INFERENCE: inference_service.inference_service,
+    }[k8s.service_kind(service)]
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -220,22 +247,37 @@ def test_k8s_launcher_builds_each_service_pod(prod_instance: dg.DagsterInstance,
     """The real K8sRunLauncher, configured from deploy/dagster.yaml, launches a run of each
     service job: the Job it submits has the service's resources and the shared env/secrets."""
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:6443"}}],
-        "users": [{"name": "test", "user": {"token": "unused"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}]}))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "users": [{"name": "test", "user": {"token": "unused"}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            }
+        )
+    )
     batch = RecordingBatchApi()
-    launcher = K8sRunLauncher(**_launcher_config(load_incluster_config=False, kubeconfig_file=str(kubeconfig),
-                                                 dagster_home="/opt/dagster/home"),
-                              k8s_client_batch_api=batch)
+    launcher = K8sRunLauncher(
+        **_launcher_config(
+            load_incluster_config=False, kubeconfig_file=str(kubeconfig), dagster_home="/opt/dagster/home"
+        ),
+        k8s_client_batch_api=batch,
+    )
     launcher.register_instance(prod_instance)
     image = "registry.example/ticklake:test"
     for service in SERVICES:
         job = service_job(service)
-        origin = JobPythonOrigin(job.name, RepositoryPythonOrigin(
-            executable_path="/usr/local/bin/python", container_image=image,
-            code_pointer=ModuleCodePointer("pipelines.definitions", "defs", working_directory="/opt/ticklake")))
+        origin = JobPythonOrigin(
+            job.name,
+            RepositoryPythonOrigin(
+                executable_path="/usr/local/bin/python",
+                container_image=image,
+                code_pointer=ModuleCodePointer("pipelines.definitions", "defs", working_directory="/opt/ticklake"),
+            ),
+        )
         # the job's own tags (its dagster-k8s/config among them) and the tag a supervisor's
         # RunRequest adds, merged as the daemon does
         tags = {**job.run_tags, "ticklake/service": service}

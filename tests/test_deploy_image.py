@@ -64,8 +64,8 @@ def _pip_targets(command: str) -> list[str]:
     words = shlex.split(command)
     for i, word in enumerate(words[:-1]):
         if word == "pip" and words[i + 1] == "install" or word.endswith("/pip") and words[i + 1] == "install":
-            rest = [w for w in words[i + 2:] if not w.startswith("-")]
-            return rest[:next((k for k, w in enumerate(rest) if w in {"&&", ";"}), len(rest))]
+            rest = [w for w in words[i + 2 :] if not w.startswith("-")]
+            return rest[: next((k for k, w in enumerate(rest) if w in {"&&", ";"}), len(rest))]
     return []
 
 
@@ -120,15 +120,34 @@ def image_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for sources, dest in _copies(STEPS):
         for src in sources:
-            target = workdir / dest if dest not in {".", "./"} and not dest.endswith("/") else workdir / dest / Path(src).name
+            target = (
+                workdir / dest
+                if dest not in {".", "./"} and not dest.endswith("/")
+                else workdir / dest / Path(src).name
+            )
             if (REPO / src).is_dir():
                 shutil.copytree(REPO / src, target, ignore=ignore)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(REPO / src, target)
     wheels = context / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(wheels), "."], cwd=workdir, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(wheels),
+            ".",
+        ],
+        cwd=workdir,
+        check=True,
+        capture_output=True,
+    )
     [wheel] = wheels.glob("ticklake-*.whl")
     site = context / "site"
     with zipfile.ZipFile(wheel) as zf:
@@ -138,8 +157,9 @@ def image_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_image_build_contains_every_source_module(image_site: Path) -> None:
     packages = [p.rstrip("*").rstrip(".") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]]
-    tracked = subprocess.run(["git", "ls-files", *packages], cwd=REPO, check=True, capture_output=True,
-                             text=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", *packages], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.split()
     sources = {p for p in tracked if p.endswith(".py")}
     built = {p.relative_to(image_site).as_posix() for p in image_site.rglob("*.py")}
     assert sources <= built, f"missing from the image: {sorted(sources - built)[:10]}"
@@ -152,12 +172,26 @@ def test_image_serves_the_code_location_it_names(image_site: Path, tmp_path: Pat
     cmd = next(s.args for s in STEPS if s.instruction == "CMD")
     module = re.search(r'"--module-name",\s*"([^"]+)"', cmd).group(1)
     env = {k: v for s in STEPS if s.instruction == "ENV" for k, v in (kv.split("=", 1) for kv in shlex.split(s.args))}
-    code = (f"import importlib, pathlib; m = importlib.import_module({module!r}); "
-            f"assert pathlib.Path(m.__file__).is_relative_to({str(image_site)!r}), m.__file__; "
-            "print(len(list(m.defs.resolve_all_job_defs())))")
-    run_env = {**os.environ, **env, "PYTHONPATH": str(image_site), "DAGSTER_HOME": str(tmp_path),
-               "TICKLAKE_HOME": str(tmp_path / "home")}
-    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=tmp_path, env=run_env, capture_output=True, text=True,
-                          timeout=300)
+    code = (
+        f"import importlib, pathlib; m = importlib.import_module({module!r}); "
+        f"assert pathlib.Path(m.__file__).is_relative_to({str(image_site)!r}), m.__file__; "
+        "print(len(list(m.defs.resolve_all_job_defs())))"
+    )
+    run_env = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": str(image_site),
+        "DAGSTER_HOME": str(tmp_path),
+        "TICKLAKE_HOME": str(tmp_path / "home"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=tmp_path,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.strip().splitlines()[-1]) > 0

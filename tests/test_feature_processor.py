@@ -13,15 +13,15 @@ from prometheus_client import REGISTRY
 from features.compute import compute_features
 from features.inputs import events_from_envelopes
 from features.records import decode_row, rows_to_table
+from runtime.dlq import parse_dead_letter
 from schemas.ids import stamp_event_id
 from schemas.model import EventType, Exchange, Market, event_type_from_pb
+from schemas.serde import decode, encode
 from schemas.topics import dlq_topic, event_topic, feature_topic
-from streaming.broker import EmbeddedBroker
-from streaming.dlq import parse_dead_letter
-from streaming.feature_processor import FeatureProcessor, state_topic
-from streaming.instruments import InstrumentCatalog
-from streaming.normalizer import Normalizer, NormalizerService, input_topics_for
-from streaming.serde import decode, encode
+from streaming.kafka.broker import EmbeddedBroker
+from streaming.processors.feature_processor import FeatureProcessor, state_topic
+from streaming.processors.instruments import InstrumentCatalog
+from streaming.processors.normalizer import Normalizer, NormalizerService, input_topics_for
 from tests.support import processing as ps
 from workloads.binance_hour import BTCUSDT_SPOT_INFO, capture_raw_events
 from workloads.kafka import connection, create_project_topics, produce, produce_raw
@@ -49,15 +49,24 @@ def _batch(envs) -> pa.Table:
 
 def _processed_envelopes(bootstrap, exclude_sources: set[str] = frozenset()) -> list:
     msgs = ps.read_topics(bootstrap, ps.processed_feature_topics())
-    return [decode(m.value(), m.headers()) for m in msgs
-            if f"{m.topic()}[{m.partition()}]@{m.offset()}" not in exclude_sources]
+    return [
+        decode(m.value(), m.headers())
+        for m in msgs
+        if f"{m.topic()}[{m.partition()}]@{m.offset()}" not in exclude_sources
+    ]
 
 
 def _produce_processed(bootstrap, envs) -> None:
     def items():
         for e in envs:
             r = encode(e)
-            yield event_topic("processed", "spot", event_type_from_pb(e.event_type), "binance"), r.key, r.value, r.headers
+            yield (
+                event_topic("processed", "spot", event_type_from_pb(e.event_type), "binance"),
+                r.key,
+                r.value,
+                r.headers,
+            )
+
     produce(bootstrap, items())
 
 
@@ -72,9 +81,11 @@ def test_capture_raw_to_features_equals_the_batch_spec(broker):
 
     rows = _feature_rows(broker.bootstrap)
     streamed = rows_to_table(rows).sort_by(SORT)
-    late_sources = {parse_dead_letter(m.value()).source for m in ps.read_topics(broker.bootstrap, [dlq_topic("features")])}
+    late_sources = {
+        parse_dead_letter(m.value()).source for m in ps.read_topics(broker.bootstrap, [dlq_topic("features")])
+    }
     batch = _batch(_processed_envelopes(broker.bootstrap, late_sources))
-    assert streamed.num_rows > 300                         # ~6 minutes of BTCUSDT, one row per second
+    assert streamed.num_rows > 300  # ~6 minutes of BTCUSDT, one row per second
     assert len({r["event_id"] for r in rows}) == len(rows)
     assert streamed.equals(batch)
     with_book = [r for r in rows if r["mid_px"] is not None]
@@ -83,7 +94,7 @@ def test_capture_raw_to_features_equals_the_batch_spec(broker):
 
 
 def test_late_and_malformed_records_go_to_the_dlq_with_reasons(broker):
-    envs = SyntheticMarket(seed=4).events(6000, 1000)     # 6 s of three instruments
+    envs = SyntheticMarket(seed=4).events(6000, 1000)  # 6 s of three instruments
     _produce_processed(broker.bootstrap, envs)
     newest = max(e.exchange_ts for e in envs)
     late = []
@@ -92,17 +103,19 @@ def test_late_and_malformed_records_go_to_the_dlq_with_reasons(broker):
             break
         e = type(src)()
         e.CopyFrom(src)
-        e.exchange_ts = newest - 3_000_000 - i             # 3 s behind its partition: late
+        e.exchange_ts = newest - 3_000_000 - i  # 3 s behind its partition: late
         e.trade.trade_id = f"late-{i}"
         late.append(stamp_event_id(e))
     _produce_processed(broker.bootstrap, late)
-    produce(broker.bootstrap, [(event_topic("processed", "spot", EventType.TRADE, "binance"), b"BTC-USDT",
-                                   b"\x01\x02not an envelope", None)])
+    produce(
+        broker.bootstrap,
+        [(event_topic("processed", "spot", EventType.TRADE, "binance"), b"BTC-USDT", b"\x01\x02not an envelope", None)],
+    )
     late_metric = ("ticklake_processor_late_records_total", {"processor": "feature-processor"})
     late_before = REGISTRY.get_sample_value(*late_metric) or 0.0
     fp = FeatureProcessor(connection(broker.bootstrap), PAIR, allowed_lateness_ms=500, idle_timeout_ms=1000)
     fp.run(idle_exit_s=3.0)
-    assert REGISTRY.get_sample_value(*late_metric) - late_before == 5          # exported to Prometheus
+    assert REGISTRY.get_sample_value(*late_metric) - late_before == 5  # exported to Prometheus
 
     dead = [parse_dead_letter(m.value()) for m in ps.read_topics(broker.bootstrap, [dlq_topic("features")])]
     reasons = sorted(d.reason.split(":")[0] for d in dead)
@@ -112,26 +125,39 @@ def test_late_and_malformed_records_go_to_the_dlq_with_reasons(broker):
     assert all("behind" in d.reason or "already closed" in d.reason for d in dead if d.reason.startswith("late"))
     assert fp.engine.late == 5 and fp.engine.dlq.counts["late"] == 5
     streamed = rows_to_table(_feature_rows(broker.bootstrap)).sort_by(SORT)
-    assert streamed.equals(_batch(envs))                  # late records are in no window
+    assert streamed.equals(_batch(envs))  # late records are in no window
 
 
 def test_kill_9_inside_a_transaction_then_restart_emits_each_window_once(broker, tmp_path):
-    envs = SyntheticMarket(seed=8).events(30_000, 400)   # 12 s, three instruments
+    envs = SyntheticMarket(seed=8).events(30_000, 400)  # 12 s, three instruments
     _produce_processed(broker.bootstrap, envs)
     hold, log = tmp_path / "in-txn", tmp_path / "fp.log"
     args = ["--pair", "spot:binance", "--name", "crash", "--batch-max-ms", "40", "--idle-timeout-ms", "1500"]
-    first = ps.run_module("streaming.feature_processor",
-                          args + ["--checkpoint-interval-s", "0", "--test-hold-in-txn", str(hold),
-                                  "--test-hold-after-batches", "2", "--test-hold-with-output"],
-                          broker.bootstrap, log)
+    first = ps.run_module(
+        "streaming.processors.feature_processor",
+        args
+        + [
+            "--checkpoint-interval-s",
+            "0",
+            "--test-hold-in-txn",
+            str(hold),
+            "--test-hold-after-batches",
+            "2",
+            "--test-hold-with-output",
+        ],
+        broker.bootstrap,
+        log,
+    )
     ps.wait_for_file(hold, first, log=log)
     ps.kill9(first)
     state_records = ps.read_topics(broker.bootstrap, [state_topic("crash")])
-    assert any(b'"t":"ckpt"' in m.value() for m in state_records)   # the restart has a checkpoint to use
+    assert any(b'"t":"ckpt"' in m.value() for m in state_records)  # the restart has a checkpoint to use
     # --idle-exit-s ends the run after that long without a commit. Closing the last windows at
     # the end of input waits for the idleness rule (idle timeout, then event-time quiet), which
     # on a loaded machine took longer than 4 s: the run exited with 3 windows still buffered.
-    second = ps.run_module("streaming.feature_processor", args + ["--idle-exit-s", "15"], broker.bootstrap, log)
+    second = ps.run_module(
+        "streaming.processors.feature_processor", args + ["--idle-exit-s", "15"], broker.bootstrap, log
+    )
     ps.wait_exit(second, 240, log)
     assert "restored feature state" in log.read_text()
 
@@ -140,8 +166,8 @@ def test_kill_9_inside_a_transaction_then_restart_emits_each_window_once(broker,
     for m in msgs:
         copies[decode_row(m.value())["event_id"]].add(m.value())
     expected = _batch(envs)
-    assert set(copies) == set(expected["event_id"].to_pylist())             # nothing missing or extra
-    assert all(len(v) == 1 for v in copies.values())                       # copies are byte-identical
+    assert set(copies) == set(expected["event_id"].to_pylist())  # nothing missing or extra
+    assert all(len(v) == 1 for v in copies.values())  # copies are byte-identical
     # The killed transaction had flushed feature rows; this broker shows them to read_committed
     # readers, so some windows are read twice - identical, and deduplicated by event_id.
     assert len(msgs) > len(copies)
@@ -156,11 +182,11 @@ def test_a_partition_with_records_still_to_read_is_never_idle():
     declared idle then, the frontier would pass its unread records and they would be late,
     so the features would depend on the replay's speed. No broker needed: the engine and the
     idleness rule are the event-time core."""
-    from streaming.feature_processor import Engine, live_partitions
+    from streaming.processors.feature_processor import Engine, live_partitions
     from tests.support.envelopes import BASE_TS, envelope
 
     busy, lagging = ("processed.spot.trades.binance", 0), ("processed.spot.trades.binance", 1)
-    last_seen = {busy: 100.0, lagging: 90.0}                 # the lagging one silent for 10 s
+    last_seen = {busy: 100.0, lagging: 90.0}  # the lagging one silent for 10 s
     assert live_partitions([busy, lagging], last_seen, 100.0, 2.0, caught_up={busy}) == [busy, lagging]
     assert live_partitions([busy, lagging], last_seen, 100.0, 2.0, caught_up={busy, lagging}) == [busy]
     # No wall-clock escape: however long it is silent, a partition with something left to read
@@ -171,18 +197,19 @@ def test_a_partition_with_records_still_to_read_is_never_idle():
         eng = Engine(500_000)
         first = envelope(EventType.TRADE, 0, market=Market.SPOT, symbol="BTC-USDT")
         eng.offer(lagging, 0, *_wire(first))
-        for i in range(1, 30):                                  # 30 s of event time on the busy one
+        for i in range(1, 30):  # 30 s of event time on the busy one
             env = envelope(EventType.TRADE, i * 1000, market=Market.SPOT, symbol="ETH-USDT", native="ETHUSDT")
             eng.offer(busy, i, *_wire(env))
             eng.close(eng.propose_frontier(live_partitions([busy, lagging], last_seen, 100.0, 2.0, caught_up)))
         # ... then the lagging partition's next record (1.2 s after its first) is read.
-        reason, _ = eng.offer(lagging, 1, *_wire(envelope(EventType.TRADE, 1200, market=Market.SPOT,
-                                                           symbol="BTC-USDT")))
+        reason, _ = eng.offer(
+            lagging, 1, *_wire(envelope(EventType.TRADE, 1200, market=Market.SPOT, symbol="BTC-USDT"))
+        )
         assert eng.maxts[busy] > BASE_TS + 20_000_000
         return eng.late, 0 if reason is None else 1
 
-    assert run(caught_up={busy}) == (0, 0)                     # held open for it: on time
-    assert run(caught_up={busy, lagging}) == (1, 1)            # had it been idle: late (as before the fix)
+    assert run(caught_up={busy}) == (0, 0)  # held open for it: on time
+    assert run(caught_up={busy, lagging}) == (1, 1)  # had it been idle: late (as before the fix)
 
 
 def _wire(env) -> tuple[bytes, list]:

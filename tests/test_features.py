@@ -40,22 +40,39 @@ T0 = BASE_TS + 5 * HOUR_US  # an hour boundary
 
 
 def ev(kind, ts, *, seq=0, px=0, qty=0, side="", bids=(), asks=(), symbol="BTC-USDT", ps=2, ss=3, eid=None):
-    return {"event_id": eid or f"{kind}-{ts}-{seq}-{px}", "exchange": "binance", "market": "spot",
-            "symbol": symbol, "kind": kind, "exchange_ts": ts, "seq": seq, "price_scale": ps,
-            "size_scale": ss, "px": px, "qty": qty, "side": side,
-            "bids": [{"px": p, "qty": q} for p, q in bids], "asks": [{"px": p, "qty": q} for p, q in asks]}
+    return {
+        "event_id": eid or f"{kind}-{ts}-{seq}-{px}",
+        "exchange": "binance",
+        "market": "spot",
+        "symbol": symbol,
+        "kind": kind,
+        "exchange_ts": ts,
+        "seq": seq,
+        "price_scale": ps,
+        "size_scale": ss,
+        "px": px,
+        "qty": qty,
+        "side": side,
+        "bids": [{"px": p, "qty": q} for p, q in bids],
+        "asks": [{"px": p, "qty": q} for p, q in asks],
+    }
 
 
 def test_book_features_from_exact_integers():
     # bid 100.00 x 3.000, 99.99 x 1.000, 99.80 x 5.000 ; ask 100.02 x 1.000, 100.10 x 2.000, 100.50 x 9.000
-    snap = ev("book_snapshot", T0 + 10, seq=5, bids=[(10000, 3000), (9999, 1000), (9980, 5000)],
-              asks=[(10002, 1000), (10010, 2000), (10050, 9000)])
+    snap = ev(
+        "book_snapshot",
+        T0 + 10,
+        seq=5,
+        bids=[(10000, 3000), (9999, 1000), (9980, 5000)],
+        asks=[(10002, 1000), (10010, 2000), (10050, 9000)],
+    )
     out, _ = compute_features(rows_to_table([snap]))
     r = out.to_pylist()[0]
     assert (r["best_bid_px"], r["best_bid_qty"], r["best_ask_px"], r["best_ask_qty"]) == (10000, 3000, 10002, 1000)
     assert r["spread_px"] == 2
     assert r["mid_px"] == 100.01
-    assert r["microprice"] == (10000 * 1000 + 10002 * 3000) / (4000 * 100)   # 100.015
+    assert r["microprice"] == (10000 * 1000 + 10002 * 3000) / (4000 * 100)  # 100.015
     assert r["imbalance_10"] == (9000 - 12000) / 21000
     # mid 100.01: +-10 bps = [99.90999, 100.11001] -> bids 100.00, 99.99 ; asks 100.02, 100.10
     assert r["depth_bid_10bps"] == 4000 and r["depth_ask_10bps"] == 3000
@@ -66,7 +83,7 @@ def test_book_features_from_exact_integers():
 def test_deltas_apply_in_sequence_and_stale_ones_are_ignored():
     rows = [
         ev("book_snapshot", T0 + 1, seq=10, bids=[(100, 5)], asks=[(102, 5)]),
-        ev("book_delta", T0 + 2, seq=9, bids=[(101, 7)]),           # already in the snapshot
+        ev("book_delta", T0 + 2, seq=9, bids=[(101, 7)]),  # already in the snapshot
         ev("book_delta", T0 + 3, seq=11, bids=[(100, 0), (99, 4)], asks=[(101, 2)]),
     ]
     r = compute_features(rows_to_table(rows))[0].to_pylist()[0]
@@ -75,10 +92,12 @@ def test_deltas_apply_in_sequence_and_stale_ones_are_ignored():
 
 
 def test_trade_features():
-    trades = [ev("trade", T0 + 100, seq=1, px=10000, qty=2000, side="buy"),
-              ev("trade", T0 + 200, seq=2, px=10050, qty=1000, side="sell"),
-              ev("trade", T0 + 300, seq=3, px=9990, qty=3000, side="buy"),
-              ev("trade", T0 + 400, seq=4, px=10010, qty=4000, side="sell")]
+    trades = [
+        ev("trade", T0 + 100, seq=1, px=10000, qty=2000, side="buy"),
+        ev("trade", T0 + 200, seq=2, px=10050, qty=1000, side="sell"),
+        ev("trade", T0 + 300, seq=3, px=9990, qty=3000, side="buy"),
+        ev("trade", T0 + 400, seq=4, px=10010, qty=4000, side="sell"),
+    ]
     random.Random(1).shuffle(trades)
     r = compute_features(rows_to_table(trades))[0].to_pylist()[0]
     assert r["trade_count"] == 4 and r["volume"] == 10_000
@@ -91,9 +110,11 @@ def test_trade_features():
 
 
 def test_windows_tile_hours_and_rows_only_where_events_are():
-    rows = [ev("trade", T0 - 1, px=100, qty=1, side="buy"),           # last µs of the previous hour
-            ev("trade", T0, px=101, qty=1, side="buy"),               # first µs of the hour
-            ev("trade", T0 + 3 * WINDOW_US + 5, px=102, qty=1, side="sell")]
+    rows = [
+        ev("trade", T0 - 1, px=100, qty=1, side="buy"),  # last µs of the previous hour
+        ev("trade", T0, px=101, qty=1, side="buy"),  # first µs of the hour
+        ev("trade", T0 + 3 * WINDOW_US + 5, px=102, qty=1, side="sell"),
+    ]
     out = compute_features(rows_to_table(rows))[0]
     starts = [int(x.timestamp() * 1_000_000) for x in out["exchange_ts"].to_pylist()]
     assert starts == [T0 - WINDOW_US, T0, T0 + 3 * WINDOW_US]
@@ -112,8 +133,8 @@ def test_realized_volatility_over_sixty_seconds():
     r2 = [math.log(mid[i] / mid[i - 1]) ** 2 for i in range(1, len(mid))]
     assert rv[0] is None
     assert rv[1] == math.sqrt(math.fsum(r2[0:1]))
-    assert rv[3] == math.sqrt(math.fsum(r2[0:3]))      # returns at 20, 40, 60 s: all within 60 s
-    assert rv[4] == math.sqrt(math.fsum(r2[1:4]))      # the return ending at 20 s has left the window
+    assert rv[3] == math.sqrt(math.fsum(r2[0:3]))  # returns at 20, 40, 60 s: all within 60 s
+    assert rv[4] == math.sqrt(math.fsum(r2[1:4]))  # the return ending at 20 s has left the window
 
 
 def test_streaming_equals_batch_exactly():
@@ -142,8 +163,9 @@ def test_spark_style_groups_equal_whole_batch():
     """applyInArrow calls the spec once per symbol group; the union equals one batch call."""
     table = events_from_envelopes(SyntheticMarket(seed=5).events(6000, 900))
     whole, _ = compute_features(table)
-    groups = [features_for_group(table.filter(pc.equal(table["symbol"], s)))
-              for s in pc.unique(table["symbol"]).to_pylist()]
+    groups = [
+        features_for_group(table.filter(pc.equal(table["symbol"], s))) for s in pc.unique(table["symbol"]).to_pylist()
+    ]
     union = pa.concat_tables(groups).sort_by([("symbol", "ascending"), ("exchange_ts", "ascending")])
     assert union.equals(whole)
 
@@ -151,9 +173,11 @@ def test_spark_style_groups_equal_whole_batch():
 def test_lake_rows_and_envelopes_give_the_same_input():
     envs = SyntheticMarket(seed=2).events(3000, 1000)
     by_type = group_by_event_type(envs)
-    lake = events_from_lake(envelopes_to_table(EventType.TRADE, by_type[EventType.TRADE]),
-                            envelopes_to_table(EventType.BOOK_SNAPSHOT, by_type[EventType.BOOK_SNAPSHOT]),
-                            envelopes_to_table(EventType.BOOK_DELTA, by_type[EventType.BOOK_DELTA]))
+    lake = events_from_lake(
+        envelopes_to_table(EventType.TRADE, by_type[EventType.TRADE]),
+        envelopes_to_table(EventType.BOOK_SNAPSHOT, by_type[EventType.BOOK_SNAPSHOT]),
+        envelopes_to_table(EventType.BOOK_DELTA, by_type[EventType.BOOK_DELTA]),
+    )
     assert lake.schema == INPUT_SCHEMA
     assert compute_features(lake)[0].equals(compute_features(events_from_envelopes(envs))[0])
 

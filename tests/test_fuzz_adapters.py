@@ -16,8 +16,13 @@ from hypothesis import strategies as st
 
 from tests.fuzz import engine
 
-_SETTINGS = {"derandomize": True, "database": None, "deadline": None,
-             "phases": [Phase.explicit, Phase.generate], "suppress_health_check": list(HealthCheck)}
+_SETTINGS = {
+    "derandomize": True,
+    "database": None,
+    "deadline": None,
+    "phases": [Phase.explicit, Phase.generate],
+    "suppress_health_check": list(HealthCheck),
+}
 
 TALLIES: dict[str, engine.Tally] = {}
 
@@ -30,8 +35,9 @@ def _check(name: str, tally: engine.Tally) -> None:
 
 
 @settings(max_examples=48, **_SETTINGS)
-@given(venue=st.sampled_from(sorted(engine.VENUES)), seed=st.integers(0, 2**32 - 1),
-       p=st.sampled_from([0.03, 0.15, 0.4]))
+@given(
+    venue=st.sampled_from(sorted(engine.VENUES)), seed=st.integers(0, 2**32 - 1), p=st.sampled_from([0.03, 0.15, 0.4])
+)
 def test_mutated_genuine_frames_never_crash_or_diverge(venue, seed, p):
     tally = engine.Tally()
     engine.fuzz_venue(venue, random.Random(seed), streams=1, p=p, tally=tally)

@@ -13,14 +13,42 @@ from collectors.config import ShardConfig
 from collectors.runner import ShardRunner
 
 DEEP = b'{"symbols":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-OKX_FUTURES_NO_DASH = json.dumps({"code": "0", "msg": "", "data": [
-    {"instType": "FUTURES", "instId": "BTCUSD", "instFamily": "BTC-USD", "uly": "BTC-USD", "ctVal": "100",
-     "ctValCcy": "USD", "ctType": "inverse", "tickSz": "0.1", "lotSz": "1", "state": "live"},
-    {"instType": "FUTURES", "instId": "BTC-USD-220527", "instFamily": "BTC-USD", "uly": "BTC-USD",
-     "ctVal": "100", "ctValCcy": "USD", "ctType": "inverse", "tickSz": "0.1", "lotSz": "1", "state": "live"}]})
+OKX_FUTURES_NO_DASH = json.dumps(
+    {
+        "code": "0",
+        "msg": "",
+        "data": [
+            {
+                "instType": "FUTURES",
+                "instId": "BTCUSD",
+                "instFamily": "BTC-USD",
+                "uly": "BTC-USD",
+                "ctVal": "100",
+                "ctValCcy": "USD",
+                "ctType": "inverse",
+                "tickSz": "0.1",
+                "lotSz": "1",
+                "state": "live",
+            },
+            {
+                "instType": "FUTURES",
+                "instId": "BTC-USD-220527",
+                "instFamily": "BTC-USD",
+                "uly": "BTC-USD",
+                "ctVal": "100",
+                "ctValCcy": "USD",
+                "ctType": "inverse",
+                "tickSz": "0.1",
+                "lotSz": "1",
+                "state": "live",
+            },
+        ],
+    }
+)
 
 
 # -- item 5: no crash loops ---------------------------------------------------------------------------
+
 
 async def _start_with_body(exchange: str, market: str, symbol: str, path: str, body: bytes) -> ShardRunner:
     async def serve(request: web.Request) -> web.Response:
@@ -47,35 +75,41 @@ async def _start_with_body(exchange: str, market: str, symbol: str, path: str, b
 
 
 def test_shard_start_survives_exchange_info_nested_too_deep():
-    for ex, mk, sym, path in (("bybit", "perp", "BTC-USDT-PERP", "/v5/market/instruments-info"),
-                              ("okx", "perp", "BTC-USDT-PERP", "/api/v5/public/instruments"),
-                              ("binance", "spot", "BTC-USDT", "/api/v3/exchangeInfo")):
+    for ex, mk, sym, path in (
+        ("bybit", "perp", "BTC-USDT-PERP", "/v5/market/instruments-info"),
+        ("okx", "perp", "BTC-USDT-PERP", "/api/v5/public/instruments"),
+        ("binance", "spot", "BTC-USDT", "/api/v3/exchangeInfo"),
+    ):
         shard = asyncio.run(_start_with_body(ex, mk, sym, path, DEEP))
-        assert shard.instruments == {}          # scales will be inferred from frames
+        assert shard.instruments == {}  # scales will be inferred from frames
 
 
 def test_shard_start_survives_okx_futures_inst_id_without_dash():
-    shard = asyncio.run(_start_with_body("okx", "future", "BTC-USD-220527", "/api/v5/public/instruments",
-                                         OKX_FUTURES_NO_DASH.encode()))
-    assert list(shard.instruments) == ["BTC-USD-220527"]    # the good entry is kept
+    shard = asyncio.run(
+        _start_with_body("okx", "future", "BTC-USD-220527", "/api/v5/public/instruments", OKX_FUTURES_NO_DASH.encode())
+    )
+    assert list(shard.instruments) == ["BTC-USD-220527"]  # the good entry is kept
 
 
 # -- item 5/6: the normalizer dead-letters what it cannot represent, never crashes --------------------
 
+
 def test_normalizer_dead_letters_overflow_negative_and_out_of_range_values():
     from schemas.model import EventType
-    from streaming.normalizer import Normalizer
+    from streaming.processors.normalizer import Normalizer
     from tests.support.envelopes import envelope
     from tests.test_normalizer import _catalog, _raw, _with
 
     n = Normalizer(_catalog())
     cases = [  # (event type, mutation, expected reason code)
         (EventType.TICKER, lambda e: (setattr(e, "size_scale", 0), setattr(e.ticker, "bid_qty", -(2**62))), "range"),
-        (EventType.FUNDING, lambda e: (setattr(e, "price_scale", 0), setattr(e.funding, "mark_px", -(2**62))),
-         "range"),
-        (EventType.MARK_PRICE, lambda e: (setattr(e, "price_scale", 0), setattr(e.mark_price, "index_px", 2**62)),
-         "range"),
-        (EventType.FUNDING, lambda e: setattr(e.funding, "rate", 1_500_000_000_000), "range"),      # +150 %
+        (EventType.FUNDING, lambda e: (setattr(e, "price_scale", 0), setattr(e.funding, "mark_px", -(2**62))), "range"),
+        (
+            EventType.MARK_PRICE,
+            lambda e: (setattr(e, "price_scale", 0), setattr(e.mark_price, "index_px", 2**62)),
+            "range",
+        ),
+        (EventType.FUNDING, lambda e: setattr(e.funding, "rate", 1_500_000_000_000), "range"),  # +150 %
         (EventType.FUNDING, lambda e: setattr(e.funding, "rate", -1_500_000_000_000), "range"),
         (EventType.TRADE, lambda e: setattr(e, "seq", -5), "range"),
         (EventType.BOOK_DELTA, lambda e: setattr(e.book_delta, "first_seq", -7), "range"),
@@ -91,6 +125,7 @@ def test_normalizer_dead_letters_overflow_negative_and_out_of_range_values():
 
 # -- item 5: `ticklake capture verify` on a bad file: exit 2, one line ---------------------------------
 
+
 def _bad_captures(tmp_path):
     import gzip
     import io
@@ -100,7 +135,7 @@ def _bad_captures(tmp_path):
 
     good_gz = BINANCE_SPOT_HFT.read_bytes()
     files = {
-        "truncated.gz": good_gz[:5000],                                       # gzip cut mid-stream
+        "truncated.gz": good_gz[:5000],  # gzip cut mid-stream
         "corrupt.gz": good_gz[:200] + bytes(range(256)) * 20 + good_gz[5320:9000],
         "bad.zip": b"PK\x03\x04" + b"\x00" * 60 + b"not a zip at all",
         "deep.jsonl": b'{"stream":' + b"[" * 50_000 + b"]" * 50_000 + b"}\n",
@@ -114,7 +149,7 @@ def _bad_captures(tmp_path):
     with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("x.data", BYBIT_OB500.read_bytes()[:100])
     raw = bytearray(zbuf.getvalue())
-    raw[40:60] = b"\xff" * 20                                                 # corrupt deflate data
+    raw[40:60] = b"\xff" * 20  # corrupt deflate data
     files["corrupt_member.zip"] = bytes(raw)
     paths = []
     for name, data in files.items():
@@ -136,13 +171,14 @@ def test_capture_verify_exits_2_with_one_line_on_bad_files(tmp_path, capsys):
 
 # -- item 4: connections cannot die quietly ------------------------------------------------------------
 
+
 def test_oversized_frame_and_a_failing_session_task_end_in_dead_letter_and_reconnect(kafka_broker):
     """A 2 MB non-JSON frame is dead-lettered clipped to what the broker accepts (size and
     SHA-256 of the whole kept) on a session that goes on; an exception raised while handling a
     frame ends that session with a counted reason and the shard reconnects and resyncs."""
     import hashlib
 
-    from streaming.dlq import DLQ_RAW_MAX
+    from runtime.dlq import DLQ_RAW_MAX
     from tests.support.collectors import shard_dead_letters, wait_until
     from tests.test_collector_faults import check_books, run_synthetic
 
@@ -178,6 +214,7 @@ def test_oversized_frame_and_a_failing_session_task_end_in_dead_letter_and_recon
 
 # -- item 3: a frame is all or nothing -------------------------------------------------------------------
 
+
 def _rebuilt(events):
     """Books from published BOOK_SNAPSHOT / BOOK_DELTA events alone (what consumers see)."""
     from collectors.book import L2Book
@@ -187,7 +224,9 @@ def _rebuilt(events):
     for e in events:
         if e.event_type == EventType.BOOK_SNAPSHOT.pb:
             b = books[e.native_symbol] = L2Book()
-            b.apply_snapshot([(x.px, x.qty) for x in e.book_snapshot.bids], [(x.px, x.qty) for x in e.book_snapshot.asks])
+            b.apply_snapshot(
+                [(x.px, x.qty) for x in e.book_snapshot.bids], [(x.px, x.qty) for x in e.book_snapshot.asks]
+            )
         elif e.event_type == EventType.BOOK_DELTA.pb and e.native_symbol in books:
             d = e.book_delta
             books[e.native_symbol].apply([(x.px, x.qty) for x in d.bids], [(x.px, x.qty) for x in d.asks])
@@ -221,16 +260,17 @@ def test_diff_refused_after_its_levels_changes_neither_book_nor_sequence():
     ad = BinanceUsdmAdapter(snapshot_depth=10**6)
     run = feed(ad, recs[:60])
     assert ad.book("SUSHIUSDT").synced
-    i = next(i for i in range(60, 400) if b'"sushiusdt@depth' in recs[i].payload
-             and json.loads(recs[i].payload)["data"]["b"])
+    i = next(
+        i for i in range(60, 400) if b'"sushiusdt@depth' in recs[i].payload and json.loads(recs[i].payload)["data"]["b"]
+    )
     seq_before = ad.book("SUSHIUSDT").seq
     bad = ad.on_frame(_with_data(recs[i], T="abc").payload, recs[i].recv_ts_us)
     assert bad.events == [] and "bad millisecond timestamp" in bad.dead_letters[0].reason
-    assert [r.native_symbol for r in bad.resyncs] == ["SUSHIUSDT"]       # the update is lost: rebuild
+    assert [r.native_symbol for r in bad.resyncs] == ["SUSHIUSDT"]  # the update is lost: rebuild
     assert not ad.book("SUSHIUSDT").synced and seq_before
     run.results.append(bad)
-    feed(ad, recs[i + 1:], run)
-    feed(ad, [r for r in recs[:60] if r.kind == "rest" and b"SUSHIUSDT" in r.url.encode()], run)   # re-fetch
+    feed(ad, recs[i + 1 :], run)
+    feed(ad, [r for r in recs[:60] if r.kind == "rest" and b"SUSHIUSDT" in r.url.encode()], run)  # re-fetch
     _assert_stream_rebuilds(ad, run.events)
 
 
@@ -258,8 +298,19 @@ def test_a_refused_frame_does_not_widen_the_scale():
     from collectors.exchanges.binance import BinanceSpotAdapter
 
     ad = BinanceSpotAdapter()
-    trade = {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 9,
-                                                  "p": "0.000000000000000001", "q": "abc", "T": 2, "m": True}}
+    trade = {
+        "stream": "btcusdt@trade",
+        "data": {
+            "e": "trade",
+            "E": 1,
+            "s": "BTCUSDT",
+            "t": 9,
+            "p": "0.000000000000000001",
+            "q": "abc",
+            "T": 2,
+            "m": True,
+        },
+    }
     assert ad.on_frame(json.dumps(trade), 3).dead_letters
     trade["data"].update(p="61737.63000000", q="0.02000000")
     res = ad.on_frame(json.dumps(trade), 3)
@@ -275,13 +326,24 @@ def test_one_odd_early_value_does_not_make_the_book_unrepresentable():
 
     recs = records(BINANCE_SPOT_HFT)[:40]
     ad = BinanceSpotAdapter()
-    odd = {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 9,
-                                                "p": "0.000000000000000001", "q": "1", "T": 2, "m": True}}
+    odd = {
+        "stream": "btcusdt@trade",
+        "data": {
+            "e": "trade",
+            "E": 1,
+            "s": "BTCUSDT",
+            "t": 9,
+            "p": "0.000000000000000001",
+            "q": "1",
+            "T": 2,
+            "m": True,
+        },
+    }
     assert ad.on_frame(json.dumps(odd), 1).dead_letters == []
     snap = next(i for i, r in enumerate(recs) if r.kind == "rest")
-    run = feed(ad, recs[:snap + 1])                 # (bookTickers before it are refused: scale 18)
+    run = feed(ad, recs[: snap + 1])  # (bookTickers before it are refused: scale 18)
     assert ad.book("BTCUSDT").synced
-    later = feed(ad, recs[snap + 1:])
+    later = feed(ad, recs[snap + 1 :])
     assert later.dead_letters == []
     _assert_stream_rebuilds(ad, run.events + later.events)
 
@@ -305,6 +367,7 @@ def test_frames_for_unsubscribed_symbols_are_dead_lettered_and_not_tracked():
 
 # -- item 6: range checks at the collector --------------------------------------------------------------
 
+
 def test_funding_rates_beyond_ten_percent_and_negative_ids_are_refused():
     from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
     from collectors.exchanges.okx import OkxAdapter
@@ -312,7 +375,7 @@ def test_funding_rates_beyond_ten_percent_and_negative_ids_are_refused():
 
     frames = [json.loads(x) for x in BINANCE_USDM_TARDIS.read_text().splitlines() if x.strip()]
     mark = next(f for f in frames if f.get("stream") == "btcusdt@markPrice")
-    mark["data"]["r"] = "1.50000000"                                                 # +150 %
+    mark["data"]["r"] = "1.50000000"  # +150 %
     res = BinanceUsdmAdapter().on_frame(json.dumps(mark), 1)
     assert res.events == [] and "beyond ±10 %" in res.dead_letters[0].reason
     okx = [json.loads(x) for x in OKX_TARDIS_SWAP.read_text().splitlines() if x.strip()]
@@ -320,13 +383,16 @@ def test_funding_rates_beyond_ten_percent_and_negative_ids_are_refused():
     fund["data"][0]["nextFundingRate"] = "-1.5"
     res = OkxAdapter().on_frame(json.dumps(fund), 1)
     assert res.events == [] and "beyond ±10 %" in res.dead_letters[0].reason
-    trade = {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": -5,
-                                                  "p": "61737.63", "q": "0.02", "T": 2, "m": True}}
+    trade = {
+        "stream": "btcusdt@trade",
+        "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": -5, "p": "61737.63", "q": "0.02", "T": 2, "m": True},
+    }
     res = BinanceSpotAdapter().on_frame(json.dumps(trade), 3)
     assert res.events == [] and "trade id -5 out of range" in res.dead_letters[0].reason
 
 
 # -- item 6: validators match whole values ------------------------------------------------------------
+
 
 def test_validators_refuse_a_trailing_newline():
     """`$` matches before a final newline, so "BTC-USDT\\n" passed and became a Kafka key."""
@@ -339,16 +405,19 @@ def test_validators_refuse_a_trailing_newline():
     from schemas.symbols import SymbolError, validate_canonical, validate_native
     from schemas.topics import prediction_topic
     from schemas.validation import _fullmatch
-    from streaming.clickhouse_sql import ident
+    from streaming.clickhouse.sql import ident
     from streaming.pragma.keys import FeedKey, PragmaKeyError
 
-    for fn, arg, exc in ((validate_canonical, "BTC-USDT\n", SymbolError), (validate_native, "BTCUSDT\n", SymbolError),
-                         (validate_key, "charts/BTC-USDT\n/x.png", InvalidArtifactKey),
-                         (lambda m: prediction_topic("spot", m), "model\n", ValueError),
-                         (ident, "trades\n", ValueError),
-                         (BulkSource.parse, "binance.spot.BTCUSDT.trades\n", Exception),
-                         (lambda n: ShardConfig(n, "binance", "spot", ("BTC-USDT",)), "shard\n", ConfigError),
-                         (lambda t: FeedKey("spot", "unknown", "binance", t), "BTC\n", PragmaKeyError)):
+    for fn, arg, exc in (
+        (validate_canonical, "BTC-USDT\n", SymbolError),
+        (validate_native, "BTCUSDT\n", SymbolError),
+        (validate_key, "charts/BTC-USDT\n/x.png", InvalidArtifactKey),
+        (lambda m: prediction_topic("spot", m), "model\n", ValueError),
+        (ident, "trades\n", ValueError),
+        (BulkSource.parse, "binance.spot.BTCUSDT.trades\n", Exception),
+        (lambda n: ShardConfig(n, "binance", "spot", ("BTC-USDT",)), "shard\n", ConfigError),
+        (lambda t: FeedKey("spot", "unknown", "binance", t), "BTC\n", PragmaKeyError),
+    ):
         with pytest.raises(exc):
             fn(arg)
     assert validate_canonical("BTC-USDT") == "BTC-USDT"
@@ -367,10 +436,11 @@ def test_retry_after_is_capped_and_nonsense_ignored():
     ip = IpRateLimiter("127.0.0.2", BINANCE_SPOT)
     verdict = ip.on_response(418, {"Retry-After": "inf"}, 1000.0)
     assert verdict.state is IpState.BANNED and verdict.retry_after_s == MAX_RETRY_AFTER_S
-    assert ip.state(1000.0 + MAX_RETRY_AFTER_S + 1) is IpState.HEALTHY        # it comes back
+    assert ip.state(1000.0 + MAX_RETRY_AFTER_S + 1) is IpState.HEALTHY  # it comes back
 
 
 # -- item 6: archive caps --------------------------------------------------------------------------------
+
 
 def test_bulk_archives_that_expand_too_far_or_hold_many_members_are_refused(tmp_path):
     import gzip
@@ -385,7 +455,7 @@ def test_bulk_archives_that_expand_too_far_or_hold_many_members_are_refused(tmp_
     bomb = tmp_path / "BTCUSDT-trades-2024-08-08.zip"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z, z.open("x.csv", "w") as f:
         block = b"0" * (1 << 20)
-        for _ in range(100):                      # 100 MiB of zeros -> ~100 KB compressed
+        for _ in range(100):  # 100 MiB of zeros -> ~100 KB compressed
             f.write(block)
     assert bomb.stat().st_size < 500_000
     with pytest.raises(BulkFileError, match="expands"):
@@ -410,13 +480,19 @@ def test_bulk_archives_that_expand_too_far_or_hold_many_members_are_refused(tmp_
 
 # -- item 6: credentials inside values are redacted --------------------------------------------------
 
+
 def test_credentials_inside_values_are_redacted_in_catalog_metadata():
     from resources.lake import redacted_properties
-    from streaming.redact import redact_value
+    from runtime.redact import redact_value
 
-    props = {"uri": "postgresql://ticklake:s3cr3t@db.internal:5432/catalog", "warehouse": "s3://bucket/wh",
-             "s3.secret-access-key": "AKIAXXXX", "jdbc": "host=db user=u password='p w' dbname=c",
-             "rest": "https://cat.example/v1?token=abc123&prefix=x", "plain": "https://host/x"}
+    props = {
+        "uri": "postgresql://ticklake:s3cr3t@db.internal:5432/catalog",
+        "warehouse": "s3://bucket/wh",
+        "s3.secret-access-key": "AKIAXXXX",
+        "jdbc": "host=db user=u password='p w' dbname=c",
+        "rest": "https://cat.example/v1?token=abc123&prefix=x",
+        "plain": "https://host/x",
+    }
     out = redacted_properties(props)
     text = repr(out)
     for secret in ("s3cr3t", "AKIAXXXX", "p w", "abc123"):
@@ -426,8 +502,13 @@ def test_credentials_inside_values_are_redacted_in_catalog_metadata():
     assert out["warehouse"] == "s3://bucket/wh"
     assert redact_value("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
     assert redact_value("user@example.com") == "user@example.com"
-    from streaming.kafka_config import redacted
+    from runtime.kafka_config import redacted
 
-    out = redacted({"sasl.password": "pw1", "sasl.oauthbearer.token.endpoint.url": "https://u:pw2@idp/token",
-                    "bootstrap.servers": "b:9092"})
+    out = redacted(
+        {
+            "sasl.password": "pw1",
+            "sasl.oauthbearer.token.endpoint.url": "https://u:pw2@idp/token",
+            "bootstrap.servers": "b:9092",
+        }
+    )
     assert "pw1" not in repr(out) and "pw2" not in repr(out) and out["bootstrap.servers"] == "b:9092"

@@ -30,9 +30,9 @@ from assets.automation import HOURLY_CHAIN
 from assets.lake_hours import LAKE_HOUR_ASSETS, LAKE_HOUR_CHECKS
 from assets.ml import GROUP as ML_GROUP
 from assets.ml import PREDICTIONS_KEY as ML_PREDICTIONS_KEY
-from pipelines import backfill_cli
 from pipelines.hourly_chain import CHAIN_ASSETS, hourly_chain_automation
 from pipelines.lake_schedules import lake_seal_job
+from pipelines.local import backfill as backfill_cli
 
 H1, H2, H3 = "2024-08-09-01:00", "2024-08-09-02:00", "2024-08-09-03:00"
 
@@ -58,8 +58,7 @@ def chain_keys(defs) -> set[dg.AssetKey]:
     lake = {a.key for a in LAKE_HOUR_ASSETS.values()}
     downstream = dg.AssetSelection.assets(*lake).downstream(include_self=False)
     on_request = dg.AssetSelection.groups(ML_GROUP)
-    return {k for k in (downstream - on_request).resolve(graph)
-            if graph.get(k).partitions_def is not None}
+    return {k for k in (downstream - on_request).resolve(graph) if graph.get(k).partitions_def is not None}
 
 
 class Tick:
@@ -70,51 +69,72 @@ class Tick:
         self.selection = hourly_chain_automation.asset_selection
 
     def __call__(self) -> dict[dg.AssetKey, set[str]]:
-        res = dg.evaluate_automation_conditions(self.defs, self.instance, asset_selection=self.selection,
-                                                cursor=self.cursor)
+        res = dg.evaluate_automation_conditions(
+            self.defs, self.instance, asset_selection=self.selection, cursor=self.cursor
+        )
         self.cursor = res.cursor
         self.last = res
-        return {k: set(res.get_requested_partitions(k)) for k in chain_keys(self.defs)
-                if res.get_requested_partitions(k)}
+        return {
+            k: set(res.get_requested_partitions(k)) for k in chain_keys(self.defs) if res.get_requested_partitions(k)
+        }
 
 
 # ----------------------------------------------------------------------------- recording runs
 
+
 def start_run(instance, job: dg.JobDefinition, partition: str, keys=None, tags=None) -> DagsterRun:
     """A run as the daemon creates it: from the job's execution plan, so every planned asset
     (and check) partition is in progress until the run writes its events."""
-    return instance.create_run_for_job(job_def=job, asset_selection=set(keys) if keys else None,
-                                       tags={"dagster/partition": partition, **(tags or {})},
-                                       status=DagsterRunStatus.STARTED)
+    return instance.create_run_for_job(
+        job_def=job,
+        asset_selection=set(keys) if keys else None,
+        tags={"dagster/partition": partition, **(tags or {})},
+        status=DagsterRunStatus.STARTED,
+    )
 
 
 def materialize(instance, run: DagsterRun, key: dg.AssetKey, partition: str) -> None:
-    instance.report_dagster_event(DagsterEvent(
-        event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value, job_name=run.job_name,
-        event_specific_data=StepMaterializationData(dg.AssetMaterialization(asset_key=key, partition=partition))),
-        run_id=run.run_id)
+    instance.report_dagster_event(
+        DagsterEvent(
+            event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+            job_name=run.job_name,
+            event_specific_data=StepMaterializationData(dg.AssetMaterialization(asset_key=key, partition=partition)),
+        ),
+        run_id=run.run_id,
+    )
 
 
 def check_result(instance, run: DagsterRun, check_key: dg.AssetCheckKey, partition: str, passed: bool) -> None:
     record = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=check_key.asset_key, asset_partitions=[partition]), limit=1).records[0]
+        dg.AssetRecordsFilter(asset_key=check_key.asset_key, asset_partitions=[partition]), limit=1
+    ).records[0]
     evaluation = dg.AssetCheckEvaluation(
-        asset_key=check_key.asset_key, check_name=check_key.name, passed=passed, partition=partition,
+        asset_key=check_key.asset_key,
+        check_name=check_key.name,
+        passed=passed,
+        partition=partition,
         target_materialization_data=AssetCheckEvaluationTargetMaterializationData(
-            storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp))
-    instance.report_dagster_event(DagsterEvent(
-        event_type_value=DagsterEventType.ASSET_CHECK_EVALUATION.value, job_name=run.job_name,
-        event_specific_data=evaluation), run_id=run.run_id)
+            storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+        ),
+    )
+    instance.report_dagster_event(
+        DagsterEvent(
+            event_type_value=DagsterEventType.ASSET_CHECK_EVALUATION.value,
+            job_name=run.job_name,
+            event_specific_data=evaluation,
+        ),
+        run_id=run.run_id,
+    )
 
 
 def finish(instance, run: DagsterRun) -> None:
-    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value,
-                                               job_name=run.job_name), run_id=run.run_id)
+    instance.report_dagster_event(
+        DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value, job_name=run.job_name), run_id=run.run_id
+    )
     assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.SUCCESS
 
 
-def seal(instance, defs, partition: str, tables=None, failing: tuple[str, str] | None = None,
-         tags=None) -> None:
+def seal(instance, defs, partition: str, tables=None, failing: tuple[str, str] | None = None, tags=None) -> None:
     """A whole seal run of `lake_seal_hour` (or of some tables, as the late-hours sensor
     requests): materializations, then the hour's checks; `failing` = (table, check) fails."""
     job = defs.get_job_def(lake_seal_job.name)
@@ -135,13 +155,18 @@ def topo_order(defs, keys) -> list[dg.AssetKey]:
 
 # ----------------------------------------------------------------------------- tests
 
+
 def test_every_hourly_product_carries_the_chain_condition(defs):
     graph = defs.resolve_asset_graph()
     chain = chain_keys(defs)
     assert {a.key for a in CHAIN_ASSETS} == chain
-    assert {dg.AssetKey(["lake", "features_1s"]), dg.AssetKey(["spark", "features_1s"]),
-            dg.AssetKey(["clickhouse", "trades"]), dg.AssetKey(["lake", "bars_1m"]),
-            dg.AssetKey(["charts", "market_overview"])} <= chain
+    assert {
+        dg.AssetKey(["lake", "features_1s"]),
+        dg.AssetKey(["spark", "features_1s"]),
+        dg.AssetKey(["clickhouse", "trades"]),
+        dg.AssetKey(["lake", "bars_1m"]),
+        dg.AssetKey(["charts", "market_overview"]),
+    } <= chain
     for key in chain:
         assert graph.get(key).automation_condition == HOURLY_CHAIN, key
     # The lake hours themselves are sealed by the schedule and sensors, not by automation.
@@ -155,12 +180,12 @@ def test_every_hourly_product_carries_the_chain_condition(defs):
 def test_sealed_hour_requests_its_chain_once_in_lineage_order(defs, instance):
     tick = Tick(defs, instance)
     chain = chain_keys(defs)
-    assert tick() == {}                                    # first evaluation: nothing happened
+    assert tick() == {}  # first evaluation: nothing happened
 
     job = defs.get_job_def(lake_seal_job.name)
-    run = start_run(instance, job, H1)                     # the seal run of H1 is in progress
+    run = start_run(instance, job, H1)  # the seal run of H1 is in progress
     assert tick() == {}
-    for name in sorted(LAKE_HOUR_ASSETS)[:3]:              # ... and part-way through
+    for name in sorted(LAKE_HOUR_ASSETS)[:3]:  # ... and part-way through
         materialize(instance, run, LAKE_HOUR_ASSETS[name].key, H1)
     assert tick() == {}, "requested while upstream partitions were still being sealed"
     for name in sorted(LAKE_HOUR_ASSETS)[3:]:
@@ -171,7 +196,7 @@ def test_sealed_hour_requests_its_chain_once_in_lineage_order(defs, instance):
     finish(instance, run)
 
     requested = tick()
-    assert requested == {k: {H1} for k in chain}           # the whole chain of that hour, nothing else
+    assert requested == {k: {H1} for k in chain}  # the whole chain of that hour, nothing else
     # One run for the hour, every product in it: Dagster executes it in dependency order.
     runs = build_run_requests(tick.last._requested_subsets, defs.resolve_asset_graph(), {}, emit_backfills=True)
     assert len(runs) == 1 and runs[0].partition_key == H1 and set(runs[0].asset_selection) == chain
@@ -199,7 +224,7 @@ def test_failed_blocking_check_holds_the_hour_until_it_is_resealed(defs, instanc
     tick()
     seal(instance, defs, H2, failing=("trades", "row_count_matches_source"))
     assert tick() == {}, "built on an hour whose blocking check failed"
-    seal(instance, defs, H2, tables=["trades"])            # resealed; its checks pass now
+    seal(instance, defs, H2, tables=["trades"])  # resealed; its checks pass now
     assert tick() == {k: {H2} for k in chain}
 
 
@@ -213,9 +238,18 @@ def test_backfill_in_progress_is_not_fought(defs, instance):
     lake = {a.key for a in LAKE_HOUR_ASSETS.values()}
     with partition_loading_context(effective_dt=datetime.now(UTC), dynamic_partitions_store=instance):
         backfill = PartitionBackfill.from_asset_partitions(
-            backfill_id="userbackfill", asset_graph=graph, partition_names=[H3], asset_selection=sorted(lake | chain),
-            backfill_timestamp=time.time(), tags={}, dynamic_partitions_store=instance, all_partitions=False,
-            title=None, description=None, run_config=None)
+            backfill_id="userbackfill",
+            asset_graph=graph,
+            partition_names=[H3],
+            asset_selection=sorted(lake | chain),
+            backfill_timestamp=time.time(),
+            tags={},
+            dynamic_partitions_store=instance,
+            all_partitions=False,
+            title=None,
+            description=None,
+            run_config=None,
+        )
     instance.add_backfill(backfill)
     tags = {"dagster/backfill": backfill.backfill_id}
     seal(instance, defs, H3, tags=tags)
@@ -231,11 +265,17 @@ def test_backfill_in_progress_is_not_fought(defs, instance):
 
 def test_backfill_default_selection_is_the_whole_hourly_chain(defs):
     graph = defs.resolve_asset_graph()
-    hourly = sorted(k.to_user_string() for k in graph.get_all_asset_keys()
-                    if graph.get(k).partitions_def is not None
-                    and getattr(graph.get(k).partitions_def, "fmt", None) == backfill_cli.HOUR_KEY_FORMAT)
-    selected = [a for a in backfill_cli.select_assets(list(backfill_cli.DEFAULT_SELECTION), hourly)
-                if a not in backfill_cli.DEFAULT_EXCLUDED]
+    hourly = sorted(
+        k.to_user_string()
+        for k in graph.get_all_asset_keys()
+        if graph.get(k).partitions_def is not None
+        and getattr(graph.get(k).partitions_def, "fmt", None) == backfill_cli.HOUR_KEY_FORMAT
+    )
+    selected = [
+        a
+        for a in backfill_cli.select_assets(list(backfill_cli.DEFAULT_SELECTION), hourly)
+        if a not in backfill_cli.DEFAULT_EXCLUDED
+    ]
     assert backfill_cli.DEFAULT_EXCLUDED == (ML_PREDICTIONS_KEY.to_user_string(),)
     lake = {a.key.to_user_string() for a in LAKE_HOUR_ASSETS.values()}
     assert set(selected) == lake | {k.to_user_string() for k in chain_keys(defs)}

@@ -27,8 +27,8 @@ from moto import mock_aws
 
 from resources import profiles
 from resources.secrets import SECRETS_TAG_ENV, SecretsResource
-from streaming import kafka_config as kc
-from streaming.broker import CLUSTER_ID, MEMORY_STORAGE, find_free_port, resolve_binary
+from runtime import kafka_config as kc
+from streaming.kafka.broker import CLUSTER_ID, MEMORY_STORAGE, find_free_port, resolve_binary
 from tests.kafka_tls_proxy import SaslPlainTlsProxy, TlsFiles, make_self_signed
 
 USER, PASSWORD = "ticklake-svc", "s3cret-from-secrets-manager"
@@ -57,10 +57,22 @@ def secured_broker(tls: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> I
     front, internal = find_free_port(), find_free_port()
     log = tmp_path_factory.mktemp("secured-broker") / "broker.log"
     with log.open("wb") as out:
-        broker = subprocess.Popen([resolve_binary(), "broker", "--cluster-id", CLUSTER_ID,
-                                   "--listener-url", f"tcp://127.0.0.1:{internal}",
-                                   "--advertised-listener-url", f"tcp://127.0.0.1:{front}",
-                                   "--storage-engine", MEMORY_STORAGE], stdout=out, stderr=subprocess.STDOUT)
+        broker = subprocess.Popen(
+            [
+                resolve_binary(),
+                "broker",
+                "--cluster-id",
+                CLUSTER_ID,
+                "--listener-url",
+                f"tcp://127.0.0.1:{internal}",
+                "--advertised-listener-url",
+                f"tcp://127.0.0.1:{front}",
+                "--storage-engine",
+                MEMORY_STORAGE,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_listening(internal)
         with SaslPlainTlsProxy(tls, ("127.0.0.1", internal), USER, PASSWORD, port=front) as proxy:
@@ -73,22 +85,32 @@ def secured_broker(tls: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, secured_broker: SaslPlainTlsProxy, tls: TlsFiles) -> Iterator[None]:
     """The aws profile's environment, SASL credentials only in Secrets Manager (moto)."""
-    env = {profiles.PROFILE_ENV: "aws", kc.KAFKA_BOOTSTRAP_ENV: f"127.0.0.1:{secured_broker.port}",
-           kc.KAFKA_SECURITY_PROTOCOL_ENV: "SASL_SSL", kc.KAFKA_SASL_MECHANISM_ENV: "PLAIN",
-           kc.KAFKA_SSL_CA_LOCATION_ENV: str(tls.cert), SECRETS_TAG_ENV: TAG,
-           profiles.AWS_REGION_ENV: REGION, "AWS_DEFAULT_REGION": REGION,
-           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           profiles.CATALOG_WAREHOUSE_ENV: "arn:aws:s3tables:eu-west-1:123456789012:bucket/lake",
-           profiles.CLICKHOUSE_DSN_ENV: "https://ticklake@ch.example.com:8443/market",
-           profiles.ARTIFACTS_ENV: "s3://artifacts/ticklake"}
+    env = {
+        profiles.PROFILE_ENV: "aws",
+        kc.KAFKA_BOOTSTRAP_ENV: f"127.0.0.1:{secured_broker.port}",
+        kc.KAFKA_SECURITY_PROTOCOL_ENV: "SASL_SSL",
+        kc.KAFKA_SASL_MECHANISM_ENV: "PLAIN",
+        kc.KAFKA_SSL_CA_LOCATION_ENV: str(tls.cert),
+        SECRETS_TAG_ENV: TAG,
+        profiles.AWS_REGION_ENV: REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        profiles.CATALOG_WAREHOUSE_ENV: "arn:aws:s3tables:eu-west-1:123456789012:bucket/lake",
+        profiles.CLICKHOUSE_DSN_ENV: "https://ticklake@ch.example.com:8443/market",
+        profiles.ARTIFACTS_ENV: "s3://artifacts/ticklake",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     for key in (kc.KAFKA_SASL_USERNAME_ENV, kc.KAFKA_SASL_PASSWORD_ENV, "TICKLAKE_CLICKHOUSE_PASSWORD"):
         monkeypatch.delenv(key, raising=False)
     with mock_aws():
         sm = boto3.client("secretsmanager", region_name=REGION)
-        for name, value in ((kc.KAFKA_SASL_USERNAME_ENV, USER), (kc.KAFKA_SASL_PASSWORD_ENV, PASSWORD),
-                            ("TICKLAKE_CLICKHOUSE_PASSWORD", "ch-secret")):
+        for name, value in (
+            (kc.KAFKA_SASL_USERNAME_ENV, USER),
+            (kc.KAFKA_SASL_PASSWORD_ENV, PASSWORD),
+            ("TICKLAKE_CLICKHOUSE_PASSWORD", "ch-secret"),
+        ):
             sm.create_secret(Name=name, SecretString=value, Tags=[{"Key": TAG, "Value": "1"}])
         sm.create_secret(Name="UNRELATED", SecretString="x")  # untagged: never read
         yield
@@ -104,7 +126,8 @@ def test_secrets_resource_environment_first_then_secrets_manager(aws_env, monkey
 
 
 def test_aws_profile_reaches_kafka_over_sasl_ssl_with_secrets_manager_credentials(
-        aws_env, secured_broker: SaslPlainTlsProxy) -> None:
+    aws_env, secured_broker: SaslPlainTlsProxy
+) -> None:
     res = profiles.build_resources()
     assert PASSWORD not in repr(res)  # definitions name where secrets live, never hold them
     topic = f"secure-{uuid.uuid4().hex[:8]}"
@@ -141,8 +164,9 @@ def _refusal(config: dict) -> str:
     return " | ".join(errors)
 
 
-def test_wrong_password_plaintext_and_untrusted_server_are_refused(secured_broker: SaslPlainTlsProxy, tls: TlsFiles,
-                                                                    tmp_path: Path) -> None:
+def test_wrong_password_plaintext_and_untrusted_server_are_refused(
+    secured_broker: SaslPlainTlsProxy, tls: TlsFiles, tmp_path: Path
+) -> None:
     base = {"bootstrap.servers": f"127.0.0.1:{secured_broker.port}", "socket.timeout.ms": 3000}
     sasl = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": USER}
     rejected = secured_broker.rejected

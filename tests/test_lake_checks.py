@@ -8,38 +8,62 @@ import pyarrow as pa
 from schemas.arrow_convert import envelopes_to_table
 from schemas.model import EventType
 from schemas.tables import TABLES
-from streaming.lake_checks import (
+from streaming.lake.checks import (
     duplicate_check,
     row_count_check,
     schema_check,
     sequence_gaps,
     small_file_check,
 )
-from streaming.lake_state import HourCount
+from streaming.lake.state import HourCount
 from tests.support.envelopes import envelope
 
 
 def deltas(rows: list[tuple[str, int, int, int]]) -> pa.Table:
     """(symbol, seq, first_seq, prev_seq) rows as book_deltas lake rows."""
-    return pa.table({
-        "exchange": ["binance"] * len(rows), "market": ["perp"] * len(rows),
-        "symbol": [r[0] for r in rows], "seq": [r[1] for r in rows],
-        "first_seq": [r[2] for r in rows], "prev_seq": [r[3] for r in rows],
-    })
+    return pa.table(
+        {
+            "exchange": ["binance"] * len(rows),
+            "market": ["perp"] * len(rows),
+            "symbol": [r[0] for r in rows],
+            "seq": [r[1] for r in rows],
+            "first_seq": [r[2] for r in rows],
+            "prev_seq": [r[3] for r in rows],
+        }
+    )
 
 
 def snapshots(rows: list[tuple[str, int]]) -> pa.Table:
-    return pa.table({"exchange": ["binance"] * len(rows), "market": ["perp"] * len(rows),
-                     "symbol": [r[0] for r in rows], "seq": [r[1] for r in rows]})
+    return pa.table(
+        {
+            "exchange": ["binance"] * len(rows),
+            "market": ["perp"] * len(rows),
+            "symbol": [r[0] for r in rows],
+            "seq": [r[1] for r in rows],
+        }
+    )
 
 
 def test_sequence_rules_prev_seq_first_seq_and_snapshot_bridge():
     # USD-M style (pu = previous u) and spot style (U = previous u + 1, no pu).
-    ok = deltas([("BTC-USDT-PERP", 10, 8, 5), ("BTC-USDT-PERP", 14, 11, 10), ("ETH-USDT-PERP", 3, 3, -1),
-                 ("ETH-USDT-PERP", 4, 4, -1), ("ETH-USDT-PERP", 7, 5, -1)])
+    ok = deltas(
+        [
+            ("BTC-USDT-PERP", 10, 8, 5),
+            ("BTC-USDT-PERP", 14, 11, 10),
+            ("ETH-USDT-PERP", 3, 3, -1),
+            ("ETH-USDT-PERP", 4, 4, -1),
+            ("ETH-USDT-PERP", 7, 5, -1),
+        ]
+    )
     assert sequence_gaps(ok).passed
-    bad = deltas([("BTC-USDT-PERP", 10, 8, 5), ("BTC-USDT-PERP", 14, 12, 11), ("ETH-USDT-PERP", 3, 3, -1),
-                  ("ETH-USDT-PERP", 9, 6, -1)])
+    bad = deltas(
+        [
+            ("BTC-USDT-PERP", 10, 8, 5),
+            ("BTC-USDT-PERP", 14, 12, 11),
+            ("ETH-USDT-PERP", 3, 3, -1),
+            ("ETH-USDT-PERP", 9, 6, -1),
+        ]
+    )
     out = sequence_gaps(bad)
     assert not out.passed
     assert out.details["symbols"] == {"binance/perp/BTC-USDT-PERP": 1, "binance/perp/ETH-USDT-PERP": 1}
@@ -55,8 +79,9 @@ def test_duplicates_schema_row_count_and_small_files():
     doubled = pa.concat_tables([rows, rows.slice(1, 2)])
     dup = duplicate_check(doubled)
     assert not dup.passed and dup.details["duplicates"] == 2
-    broken = rows.set_column(rows.schema.get_field_index("px"), rows.schema.field("px"),
-                             pa.array([-1, 1, 2, 3], pa.int64()))
+    broken = rows.set_column(
+        rows.schema.get_field_index("px"), rows.schema.field("px"), pa.array([-1, 1, 2, 3], pa.int64())
+    )
     assert not schema_check(TABLES[EventType.TRADE], broken).passed
 
     assert row_count_check(10, HourCount(records=12, rows=10)).passed

@@ -25,12 +25,12 @@ from assets.lake_hours import (
 from assets.lake_setup import lake_tables
 from assets.partitions import hour_start
 from resources.lake import LakeResource
+from runtime import kafka_config as kc
 from schemas.model import EventType
 from schemas.tables import TABLES
-from streaming import kafka_config as kc
-from streaming.broker import EmbeddedBroker
-from streaming.lake_seal import hour_layout
-from streaming.lake_sink import LakeSink, SinkConfig, hour_filter
+from streaming.kafka.broker import EmbeddedBroker
+from streaming.lake.seal import hour_layout
+from streaming.lake.sink import LakeSink, SinkConfig, hour_filter
 from tests.support.lake import (
     create_sink_topics,
     open_home_catalog,
@@ -56,9 +56,11 @@ def filled_lake(tmp_path, ticklake_home):
         create_sink_topics(b.bootstrap, topics, partitions=2)
         produce(b.bootstrap, events)
         catalog = open_home_catalog(ticklake_home)
-        sink = LakeSink(kc.KafkaConnection(bootstrap_servers=b.bootstrap), catalog,
-                        SinkConfig(topics=topics, batch_max_records=700, batch_max_ms=200,
-                                   allowed_lateness_us=5_000_000))
+        sink = LakeSink(
+            kc.KafkaConnection(bootstrap_servers=b.bootstrap),
+            catalog,
+            SinkConfig(topics=topics, batch_max_records=700, batch_max_ms=200, allowed_lateness_us=5_000_000),
+        )
         sink.start()
         deadline = time.monotonic() + 120  # turns a hang into a failure, never a pass
         while sink.stats.records < len(events):  # batch by batch until every record is in
@@ -71,14 +73,20 @@ def filled_lake(tmp_path, ticklake_home):
 
 def materialize(lake: LakeResource, names: list[str], partition: str) -> dg.ExecuteInProcessResult:
     defs = [lake_tables] + [LAKE_HOUR_ASSETS[n] for n in names] + [LAKE_HOUR_CHECKS[n] for n in names]
-    return dg.materialize(defs, partition_key=partition, resources={"lake": lake}, raise_on_error=False,
-                          selection=dg.AssetSelection.assets(*[LAKE_HOUR_ASSETS[n] for n in names])
-                          | dg.AssetSelection.checks_for_assets(*[LAKE_HOUR_ASSETS[n] for n in names]))
+    return dg.materialize(
+        defs,
+        partition_key=partition,
+        resources={"lake": lake},
+        raise_on_error=False,
+        selection=dg.AssetSelection.assets(*[LAKE_HOUR_ASSETS[n] for n in names])
+        | dg.AssetSelection.checks_for_assets(*[LAKE_HOUR_ASSETS[n] for n in names]),
+    )
 
 
 def checks_by_name(result: dg.ExecuteInProcessResult, table: str) -> dict[str, dg.AssetCheckEvaluation]:
-    return {e.check_name: e for e in result.get_asset_check_evaluations()
-            if e.asset_key == dg.AssetKey(["lake", table])}
+    return {
+        e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey(["lake", table])
+    }
 
 
 def hour_rows(catalog, table: str, key: str) -> pa.Table:
@@ -88,8 +96,7 @@ def hour_rows(catalog, table: str, key: str) -> pa.Table:
 
 
 def seal_metadata(result: dg.ExecuteInProcessResult, table: str) -> dict:
-    mats = [m for m in result.get_asset_materialization_events()
-            if m.asset_key == dg.AssetKey(["lake", table])]
+    mats = [m for m in result.get_asset_materialization_events() if m.asset_key == dg.AssetKey(["lake", table])]
     assert len(mats) == 1
     return {k: v.value for k, v in mats[0].materialization.metadata.items()}
 
@@ -108,11 +115,14 @@ def test_seal_closed_hour_is_idempotent_and_checks_pass(filled_lake):
         meta = seal_metadata(first, n)
         assert meta["dagster/row_count"] == before[n].num_rows > 0
         assert meta["files_before"] > meta["file_count"] >= 1 and not meta["already_sealed"]
-        assert meta["min_event_time"].startswith("2024-08-09T00:") and meta["max_event_time"].startswith("2024-08-09T00:")
+        assert meta["min_event_time"].startswith("2024-08-09T00:") and meta["max_event_time"].startswith(
+            "2024-08-09T00:"
+        )
         assert hour_rows(catalog, n, H0).equals(before[n])  # same data
         checks = checks_by_name(first, n)
         expected = {CHECK_SCHEMA, CHECK_DUPLICATES, CHECK_ROW_COUNT, CHECK_SMALL_FILES} | (
-            {CHECK_SEQUENCE} if n == "book_deltas" else set())
+            {CHECK_SEQUENCE} if n == "book_deltas" else set()
+        )
         assert set(checks) == expected
         assert all(c.passed for c in checks.values()), {k: c.description for k, c in checks.items()}
     table = catalog.load_table("market.trades")
@@ -176,8 +186,8 @@ def _et(name: str) -> EventType:
 
 
 def test_seal_rebases_over_commits_outside_the_hour_and_redoes_on_late_rows(filled_lake, monkeypatch):
-    from streaming import lake_seal
-    from streaming.lake_writer import LakeFileWriter, commit_files
+    from streaming.lake import seal as lake_seal
+    from streaming.lake.writer import LakeFileWriter, commit_files
 
     catalog, _ = filled_lake
     h0 = int(hour_start(H0).timestamp()) * 1_000_000
@@ -194,8 +204,9 @@ def test_seal_rebases_over_commits_outside_the_hour_and_redoes_on_late_rows(fill
         if interleave:
             hour = interleave.pop(0)
             src = one_h1 if hour == h1 else one_h0
-            row = src.set_column(0, pa.field("event_id", pa.string(), nullable=False),
-                                 pa.array([f"{hour:032x}"[-32:]], pa.string()))
+            row = src.set_column(
+                0, pa.field("event_id", pa.string(), nullable=False), pa.array([f"{hour:032x}"[-32:]], pa.string())
+            )
             fresh = catalog.load_table("market.trades")
             commit_files(fresh, LakeFileWriter(fresh).write(row, prefix="sink"), {"test": "interleaved"})
         return commit_files(table, files, summary, delete_filter=delete_filter)
@@ -210,7 +221,8 @@ def test_seal_rebases_over_commits_outside_the_hour_and_redoes_on_late_rows(fill
     assert hour_layout(table, h0).is_sealed
     assert hour_rows(catalog, "trades", H0).num_rows == expected + 1
     assert hour_rows(catalog, "trades", "2024-08-09-01:00").num_rows == (
-        table.scan(row_filter=hour_filter(h1)).to_arrow().num_rows)
+        table.scan(row_filter=hour_filter(h1)).to_arrow().num_rows
+    )
     # No compacted file of a lost attempt is left behind: every sealed-* file on disk is live.
     live = {t.file.file_path.removeprefix("file://") for t in table.scan().plan_files()}
     sealed_on_disk = {str(p) for p in Path(table.location().removeprefix("file://")).rglob("sealed-*.parquet")}

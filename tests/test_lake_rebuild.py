@@ -1,4 +1,4 @@
-"""Rebuilding a broken lake hour (streaming/lake_rebuild.py) against a real broker and a real
+"""Rebuilding a broken lake hour (streaming/lake/rebuild.py) against a real broker and a real
 SQLite Iceberg catalog filled by the real lake sink."""
 
 from __future__ import annotations
@@ -11,21 +11,21 @@ import pytest
 
 from assets.partitions import hour_start
 from resources.lake import LakeResource
+from runtime import kafka_config as kc
 from schemas.tables import TABLES_BY_NAME
-from streaming import kafka_config as kc
-from streaming.broker import EmbeddedBroker
-from streaming.lake_checks import duplicate_check, row_count_check
-from streaming.lake_rebuild import (
+from streaming.kafka.broker import EmbeddedBroker
+from streaming.lake.checks import duplicate_check, row_count_check
+from streaming.lake.rebuild import (
     REBUILD_WRITER,
     SourceUnavailable,
     checksum,
     rebuild_hour,
     table_schema,
 )
-from streaming.lake_seal import SEALED_PREFIX, hour_layout, read_hour
-from streaming.lake_sink import LakeSink, SinkConfig, hour_filter
-from streaming.lake_state import WRITER_KEY, latest_sink_state
-from streaming.lake_writer import LakeFileWriter, commit_files
+from streaming.lake.seal import SEALED_PREFIX, hour_layout, read_hour
+from streaming.lake.sink import LakeSink, SinkConfig, hour_filter
+from streaming.lake.state import WRITER_KEY, latest_sink_state
+from streaming.lake.writer import LakeFileWriter, commit_files
 from tests.support.lake import (
     create_sink_topics,
     open_home_catalog,
@@ -51,8 +51,11 @@ def sunk(tmp_path, ticklake_home):
         produce(b.bootstrap, events)
         catalog = open_home_catalog(ticklake_home)
         conn = kc.KafkaConnection(bootstrap_servers=b.bootstrap)
-        sink = LakeSink(conn, catalog, SinkConfig(topics=topics, batch_max_records=300, batch_max_ms=200,
-                                                  allowed_lateness_us=5_000_000))
+        sink = LakeSink(
+            conn,
+            catalog,
+            SinkConfig(topics=topics, batch_max_records=300, batch_max_ms=200, allowed_lateness_us=5_000_000),
+        )
         sink.start()
         deadline = time.monotonic() + 120  # a hang becomes a failure, never a pass
         while sink.stats.records < len(events):
@@ -135,8 +138,9 @@ def test_kafka_source_keeps_bulk_rows_of_the_hour(sunk):
     catalog, conn = sunk
     table = catalog.load_table("market.trades")
     rows = read_hour(table, H0_US).slice(0, 5)
-    bulk = rows.set_column(rows.schema.get_field_index("event_id"), "event_id",
-                           pa.array([f"bulk-{i}" for i in range(5)]))
+    bulk = rows.set_column(
+        rows.schema.get_field_index("event_id"), "event_id", pa.array([f"bulk-{i}" for i in range(5)])
+    )
     bulk = bulk.set_column(bulk.schema.get_field_index("shard"), "shard", pa.array(["bulk:test"] * 5))
     table = commit_files(table, LakeFileWriter(table).write(bulk), {WRITER_KEY: "bulk"}).refresh()
     before = _hour(table)
@@ -184,7 +188,9 @@ def test_rebuild_through_the_resource_catalog_and_bad_arguments(sunk, ticklake_h
     spec = TABLES_BY_NAME["book_deltas"]
     rep = rebuild_hour(table, H0_US, conn=conn)
     assert rep.table == spec.identifier and rep.source == "kafka" and not rep.changed
-    assert all(f.file_path.rsplit("/", 1)[1].startswith(SEALED_PREFIX) for f in hour_layout(table.refresh(), H0_US).files)
+    assert all(
+        f.file_path.rsplit("/", 1)[1].startswith(SEALED_PREFIX) for f in hour_layout(table.refresh(), H0_US).files
+    )
     with pytest.raises(ValueError, match="hour boundary"):
         rebuild_hour(table, H0_US + 1)
     with pytest.raises(ValueError, match="source must be"):
@@ -203,11 +209,17 @@ def test_rebuild_job_rebuilds_checks_and_records_the_partition(sunk, ticklake_ho
     resources = {"lake": lake, "kafka": KafkaResource(bootstrap_servers=conn.bootstrap_servers)}
     with dg.instance_for_test() as instance:
         res = lake_rebuild_hour.execute_in_process(
-            partition_key=H0, instance=instance, resources=resources,
-            run_config={"ops": {"rebuild_lake_hour": {"config": {"tables": ["trades"]}}}})
+            partition_key=H0,
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"rebuild_lake_hour": {"config": {"tables": ["trades"]}}}},
+        )
         assert res.success
-        [mat] = [e.event_specific_data.materialization for e in res.all_events
-                 if e.event_type_value == "ASSET_MATERIALIZATION"]
+        [mat] = [
+            e.event_specific_data.materialization
+            for e in res.all_events
+            if e.event_type_value == "ASSET_MATERIALIZATION"
+        ]
         assert mat.asset_key == dg.AssetKey(["lake", "trades"]) and mat.partition == H0
         meta = {k: v.value for k, v in mat.metadata.items()}
         assert meta["rebuild_source"] == "kafka" and meta["checksum"] == meta["staged_checksum"]
@@ -215,14 +227,22 @@ def test_rebuild_job_rebuilds_checks_and_records_the_partition(sunk, ticklake_ho
         assert duplicate_check(_hour(table)).passed
         # The newest hour is still open: refused unless asked for explicitly.
         open_hour = lake_rebuild_hour.execute_in_process(
-            partition_key="2024-08-09-01:00", instance=instance, resources=resources, raise_on_error=False,
-            run_config={"ops": {"rebuild_lake_hour": {"config": {"tables": ["trades"]}}}})
+            partition_key="2024-08-09-01:00",
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            run_config={"ops": {"rebuild_lake_hour": {"config": {"tables": ["trades"]}}}},
+        )
         assert not open_hour.success
         failure = next(e for e in open_hour.all_events if e.event_type_value == "STEP_FAILURE")
         assert "is not closed" in str(failure.event_specific_data.error)
         bad = lake_rebuild_hour.execute_in_process(
-            partition_key=H0, instance=instance, resources=resources, raise_on_error=False,
-            run_config={"ops": {"rebuild_lake_hour": {"config": {"tables": ["nope"]}}}})
+            partition_key=H0,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            run_config={"ops": {"rebuild_lake_hour": {"config": {"tables": ["nope"]}}}},
+        )
         assert not bad.success
 
 
@@ -235,7 +255,7 @@ def test_commits_racing_the_promotion_rebase_or_restart(sunk, monkeypatch):
     """A commit landing while the hour is rebuilt: outside the hour (the sink appending the
     current hour) the promotion is simply re-committed; inside the hour the rebuild starts
     over from the new state, so the row that arrived is not lost."""
-    import streaming.lake_rebuild as lr
+    import streaming.lake.rebuild as lr
 
     catalog, _ = sunk
     table = catalog.load_table("market.trades")
@@ -271,7 +291,7 @@ def test_commits_racing_the_promotion_rebase_or_restart(sunk, monkeypatch):
 
 
 def test_a_staged_hour_that_differs_from_its_source_is_not_promoted(sunk, monkeypatch):
-    import streaming.lake_rebuild as lr
+    import streaming.lake.rebuild as lr
 
     catalog, _ = sunk
     table = catalog.load_table("market.trades")

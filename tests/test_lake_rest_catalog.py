@@ -45,17 +45,17 @@ from schemas.iceberg import (
 from schemas.ids import stamp_event_id
 from schemas.model import EventType
 from schemas.tables import TABLES_BY_NAME
-from streaming.lake_rebuild import checksum, rebuild_hour, table_schema
-from streaming.lake_seal import read_hour
-from streaming.lake_sink import hour_filter
-from streaming.lake_state import (
+from streaming.lake.rebuild import checksum, rebuild_hour, table_schema
+from streaming.lake.seal import read_hour
+from streaming.lake.sink import hour_filter
+from streaming.lake.state import (
     HOUR_US,
     WRITER_KEY,
     HourCount,
     SinkState,
     latest_sink_state,
 )
-from streaming.lake_writer import LakeFileWriter, commit_files
+from streaming.lake.writer import LakeFileWriter, commit_files
 from tests.postgres_helpers import postgres_server
 from tests.sigv4_front import SigV4Front
 from tests.support.envelopes import envelope
@@ -75,8 +75,10 @@ ACCESS_KEY, SECRET_KEY = "AKIATICKLAKETEST0001", "test-secret-key"
 def _server_binary() -> Path:
     path = Path(os.environ.get(SERVER_ENV) or DEFAULT_SERVER)
     if not path.exists():
-        message = (f"no Iceberg REST catalog server at {path}: .ci/run installs lakana-server into "
-                   f".venv-rest-catalog (or set {SERVER_ENV})")
+        message = (
+            f"no Iceberg REST catalog server at {path}: .ci/run installs lakana-server into "
+            f".venv-rest-catalog (or set {SERVER_ENV})"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -90,8 +92,12 @@ def _free_port() -> int:
 
 
 def _api(port: int, path: str, body: dict) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST", data=json.dumps(body).encode(),
-                                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method="POST",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
@@ -102,9 +108,15 @@ def s3_tables_front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SigV4F
     root = tmp_path_factory.mktemp("rest-catalog")
     with postgres_server(db_name="lakana") as pg:
         port = _free_port()
-        env = {**os.environ, "LAKANA_DATABASE__URL": f"postgresql+pg8000://{pg.user}@{pg.host}:{pg.port}/{pg.db_name}",
-               "LAKANA_BOOTSTRAP_PAT_KEY_ID": KEY_ID, "LAKANA_BOOTSTRAP_PAT_SECRET": SECRET,
-               "LAKANA_HOST": "127.0.0.1", "LAKANA_PORT": str(port), "LAKANA_LOG__ACCESS": "false"}
+        env = {
+            **os.environ,
+            "LAKANA_DATABASE__URL": f"postgresql+pg8000://{pg.user}@{pg.host}:{pg.port}/{pg.db_name}",
+            "LAKANA_BOOTSTRAP_PAT_KEY_ID": KEY_ID,
+            "LAKANA_BOOTSTRAP_PAT_SECRET": SECRET,
+            "LAKANA_HOST": "127.0.0.1",
+            "LAKANA_PORT": str(port),
+            "LAKANA_LOG__ACCESS": "false",
+        }
         subprocess.run([str(binary), "migrate"], env=env, check=True, capture_output=True, timeout=300)
         log = root / "server.log"
         with log.open("wb") as out:
@@ -113,16 +125,26 @@ def s3_tables_front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SigV4F
             deadline = time.monotonic() + 180
             while True:
                 try:
-                    _api(port, "/api/v1/environments", {"name": ENVIRONMENT, "storage": {
-                        "scheme": "file", "root": (root / "warehouse").as_uri()}})
+                    _api(
+                        port,
+                        "/api/v1/environments",
+                        {"name": ENVIRONMENT, "storage": {"scheme": "file", "root": (root / "warehouse").as_uri()}},
+                    )
                     break
                 except (urllib.error.URLError, ConnectionError) as exc:
                     if isinstance(exc, urllib.error.HTTPError) or server.poll() is not None:
                         raise AssertionError(f"REST catalog server: {exc}\n{log.read_text()[-3000:]}") from exc
                     assert time.monotonic() < deadline, f"REST catalog server not up\n{log.read_text()[-3000:]}"
                     time.sleep(0.3)
-            with SigV4Front(f"http://127.0.0.1:{port}", TOKEN, ENVIRONMENT, warehouse_arn=TABLE_BUCKET_ARN,
-                            access_key=ACCESS_KEY, secret_key=SECRET_KEY, region=REGION) as front:
+            with SigV4Front(
+                f"http://127.0.0.1:{port}",
+                TOKEN,
+                ENVIRONMENT,
+                warehouse_arn=TABLE_BUCKET_ARN,
+                access_key=ACCESS_KEY,
+                secret_key=SECRET_KEY,
+                region=REGION,
+            ) as front:
                 yield front
         finally:
             server.terminate()
@@ -132,8 +154,15 @@ def s3_tables_front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SigV4F
 def s3_tables_settings(front: SigV4Front, secret_key: str = SECRET_KEY) -> LakeSettings:
     """The aws profile's lake settings (type rest: SigV4 as s3tables, a table bucket ARN), with
     the test endpoint and the test's keys where production takes the pod's role."""
-    return LakeSettings(catalog_type="rest", name="s3tables", uri=front.uri, warehouse=TABLE_BUCKET_ARN,
-                        region=REGION, s3_access_key_id=ACCESS_KEY, s3_secret_access_key=secret_key)
+    return LakeSettings(
+        catalog_type="rest",
+        name="s3tables",
+        uri=front.uri,
+        warehouse=TABLE_BUCKET_ARN,
+        region=REGION,
+        s3_access_key_id=ACCESS_KEY,
+        s3_secret_access_key=secret_key,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -158,13 +187,22 @@ def _trades(hour_us: int, n: int) -> pa.Table:
 def test_create_append_branch_promote_over_rest(rest_catalog: Catalog, s3_tables_front: SigV4Front) -> None:
     spec = TABLES_BY_NAME["trades"]
     schema = iceberg_schema(spec)
-    table = rest_catalog.create_table(IDENTIFIER, schema=schema, partition_spec=partition_spec(spec, schema),
-                                      sort_order=sort_order(spec, schema), properties=DEFAULT_TABLE_PROPERTIES)
+    table = rest_catalog.create_table(
+        IDENTIFIER,
+        schema=schema,
+        partition_spec=partition_spec(spec, schema),
+        sort_order=sort_order(spec, schema),
+        properties=DEFAULT_TABLE_PROPERTIES,
+    )
 
     # The sink's commit: data files plus the bookkeeping in the snapshot summary.
     rows = pa.concat_tables([_trades(H0, 40), _trades(H0 + HOUR_US, 10)])
-    state = SinkState(offsets={"processed.binance.perp.trades": {0: 49}}, watermark_us=H0 + HOUR_US,
-                      max_event_us=H0 + HOUR_US + 9_000, ledger={H0: HourCount(40, 40), H0 + HOUR_US: HourCount(10, 10)})
+    state = SinkState(
+        offsets={"processed.binance.perp.trades": {0: 49}},
+        watermark_us=H0 + HOUR_US,
+        max_event_us=H0 + HOUR_US + 9_000,
+        ledger={H0: HourCount(40, 40), H0 + HOUR_US: HourCount(10, 10)},
+    )
     commit_files(table, LakeFileWriter(table).write(rows, prefix="sink"), state.summary())
     reloaded = rest_catalog.load_table(IDENTIFIER)  # what the server stored, not the client's copy
     got = latest_sink_state(reloaded)
@@ -175,8 +213,12 @@ def test_create_append_branch_promote_over_rest(rest_catalog: Catalog, s3_tables
 
     # A bad commit breaks the hour (rows lost, some doubled) ...
     broken = pa.concat_tables([good.slice(0, 25), good.slice(0, 5)])
-    commit_files(reloaded, LakeFileWriter(reloaded).write(broken, prefix="broken"), {WRITER_KEY: "vandal"},
-                 delete_filter=hour_filter(H0))
+    commit_files(
+        reloaded,
+        LakeFileWriter(reloaded).write(broken, prefix="broken"),
+        {WRITER_KEY: "vandal"},
+        delete_filter=hour_filter(H0),
+    )
     assert read_hour(rest_catalog.load_table(IDENTIFIER), H0).num_rows == 30
 
     # ... and the runbook rebuilds it from before that commit: staged on a branch, validated

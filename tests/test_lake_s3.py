@@ -27,14 +27,14 @@ from resources.lake import (
     open_catalog,
     redacted_properties,
 )
-from streaming import kafka_config as kc
-from streaming.broker import EmbeddedBroker
-from streaming.lake_checks import duplicate_check
-from streaming.lake_maintenance import delete_orphan_files
-from streaming.lake_rebuild import checksum, rebuild_hour, table_schema
-from streaming.lake_seal import hour_layout, read_hour, seal_hour
-from streaming.lake_sink import LakeSink, SinkConfig, hour_filter
-from streaming.lake_state import latest_sink_state
+from runtime import kafka_config as kc
+from streaming.kafka.broker import EmbeddedBroker
+from streaming.lake.checks import duplicate_check
+from streaming.lake.maintenance import delete_orphan_files
+from streaming.lake.rebuild import checksum, rebuild_hour, table_schema
+from streaming.lake.seal import hour_layout, read_hour, seal_hour
+from streaming.lake.sink import LakeSink, SinkConfig, hour_filter
+from streaming.lake.state import latest_sink_state
 from tests.support.lake import create_sink_topics, produce, sink_topics, unique_counts
 from workloads.synthetic import BASE_TS, SyntheticMarket
 
@@ -57,11 +57,17 @@ def s3_lake(tmp_path, moto_endpoint):
     client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", **CREDS)
     bucket = f"{BUCKET}-{tmp_path.name.lower().replace('_', '-')[-40:]}"
     client.create_bucket(Bucket=bucket)
-    lake = LakeResource(catalog_type="sql", name="s3", uri=f"sqlite:///{tmp_path}/catalog.db",
-                        warehouse=f"s3://{bucket}/wh", region="us-east-1", s3_endpoint=moto_endpoint,
-                        s3_access_key_id=CREDS["aws_access_key_id"],
-                        s3_secret_access_key=CREDS["aws_secret_access_key"],
-                        table_properties={"write.target-file-size-bytes": str(1 << 20)})
+    lake = LakeResource(
+        catalog_type="sql",
+        name="s3",
+        uri=f"sqlite:///{tmp_path}/catalog.db",
+        warehouse=f"s3://{bucket}/wh",
+        region="us-east-1",
+        s3_endpoint=moto_endpoint,
+        s3_access_key_id=CREDS["aws_access_key_id"],
+        s3_secret_access_key=CREDS["aws_secret_access_key"],
+        table_properties={"write.target-file-size-bytes": str(1 << 20)},
+    )
     return lake, client, bucket
 
 
@@ -153,6 +159,7 @@ def test_sink_seal_rebuild_and_orphans_on_an_s3_warehouse(tmp_path, s3_lake):
 
 # ---------------------------------------------------------------- S3 Tables: REST + SigV4
 
+
 class _RestRecorder(BaseHTTPRequestHandler):
     """A stand-in for the S3 Tables Iceberg REST endpoint: records each request's path and
     headers and answers the two calls a catalog makes first."""
@@ -189,9 +196,14 @@ def test_s3_tables_rest_catalog_signs_requests_with_sigv4(monkeypatch):
     for var in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     try:
-        settings = LakeSettings(catalog_type="rest", uri=f"http://127.0.0.1:{server.server_port}",
-                                warehouse=arn, region="eu-central-1", s3_access_key_id="AKIDEXAMPLE",
-                                s3_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+        settings = LakeSettings(
+            catalog_type="rest",
+            uri=f"http://127.0.0.1:{server.server_port}",
+            warehouse=arn,
+            region="eu-central-1",
+            s3_access_key_id="AKIDEXAMPLE",
+            s3_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        )
         props = catalog_properties(settings)
         assert props["rest.sigv4-enabled"] == "true" and props["rest.signing-name"] == "s3tables"
         assert props["rest.signing-region"] == "eu-central-1" and props["warehouse"] == arn
@@ -213,8 +225,9 @@ def test_s3_tables_rest_catalog_signs_requests_with_sigv4(monkeypatch):
 
 
 def test_s3_tables_resource_without_static_keys_uses_the_default_chain():
-    lake = LakeResource(catalog_type="rest", warehouse="arn:aws:s3tables:us-east-1:123456789012:bucket/lake",
-                        region="us-east-1")
+    lake = LakeResource(
+        catalog_type="rest", warehouse="arn:aws:s3tables:us-east-1:123456789012:bucket/lake", region="us-east-1"
+    )
     props = lake.catalog_properties()
     assert props["uri"] == "https://s3tables.us-east-1.amazonaws.com/iceberg"
     assert not any(k.endswith(("access-key-id", "secret-access-key", "session-token")) for k in props)

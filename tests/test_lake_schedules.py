@@ -14,18 +14,18 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from assets.partitions import hour_start
 from pipelines.lake_schedules import lake_hourly_seal, lake_late_hours, lake_maintenance
-from pipelines.lake_sink_service import (
+from pipelines.services.lake_sink import (
     SERVICE_TAGS,
     lake_sink_service,
     lake_sink_supervisor,
 )
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
-from streaming.broker import EmbeddedBroker
-from streaming.lake_maintenance import maintain_table, referenced_data_files
-from streaming.lake_seal import seal_hour
-from streaming.lake_sink import hour_filter
-from streaming.lake_state import latest_sink_state
+from streaming.kafka.broker import EmbeddedBroker
+from streaming.lake.maintenance import maintain_table, referenced_data_files
+from streaming.lake.seal import seal_hour
+from streaming.lake.sink import hour_filter
+from streaming.lake.state import latest_sink_state
 from tests.support.lake import (
     create_sink_topics,
     open_home_catalog,
@@ -56,10 +56,22 @@ def service_lake(tmp_path, ticklake_home):
         create_sink_topics(b.bootstrap, topics, partitions=2)
         produce(b.bootstrap, events)
         result = lake_sink_service.execute_in_process(
-            run_config={"ops": {"run_lake_sink": {"config": {
-                "exchanges": ["binance"], "markets": ["spot"], "batch_max_records": 800,
-                "batch_max_ms": 200, "allowed_lateness_s": 5.0, "idle_exit_s": 2.5}}}},
-            resources={"lake": lake, "kafka": KafkaResource(bootstrap_servers=b.bootstrap)})
+            run_config={
+                "ops": {
+                    "run_lake_sink": {
+                        "config": {
+                            "exchanges": ["binance"],
+                            "markets": ["spot"],
+                            "batch_max_records": 800,
+                            "batch_max_ms": 200,
+                            "allowed_lateness_s": 5.0,
+                            "idle_exit_s": 2.5,
+                        }
+                    }
+                }
+            },
+            resources={"lake": lake, "kafka": KafkaResource(bootstrap_servers=b.bootstrap)},
+        )
     assert result.success
     return open_home_catalog(ticklake_home), lake, events, result
 
@@ -68,8 +80,11 @@ def test_service_job_fills_lake_and_publishes_watermarks(service_lake):
     catalog, _, events, result = service_lake
     for name, n in unique_counts(events).items():
         assert catalog.load_table(f"market.{name}").scan().to_arrow().num_rows == n
-    obs = [e.asset_observation_data.asset_observation for e in result.all_events
-           if e.event_type_value == "ASSET_OBSERVATION"]
+    obs = [
+        e.asset_observation_data.asset_observation
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    ]
     trades = [o for o in obs if o.asset_key == dg.AssetKey(["lake", "trades"])]
     assert trades and trades[-1].metadata["watermark"].value.startswith("2024-08-09T02:")
 
@@ -79,8 +94,11 @@ def test_supervisor_starts_one_sink_run_only():
         ctx = dg.build_sensor_context(instance=instance)
         req = lake_sink_supervisor(ctx)
         assert isinstance(req, dg.RunRequest) and req.tags == SERVICE_TAGS
-        instance.add_run(DagsterRun(job_name=lake_sink_service.name, run_id="c" * 32,
-                                    status=dg.DagsterRunStatus.STARTED, tags=SERVICE_TAGS))
+        instance.add_run(
+            DagsterRun(
+                job_name=lake_sink_service.name, run_id="c" * 32, status=dg.DagsterRunStatus.STARTED, tags=SERVICE_TAGS
+            )
+        )
         assert isinstance(lake_sink_supervisor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
 
 
@@ -121,7 +139,9 @@ def test_maintenance_expires_snapshots_and_deletes_only_orphans(service_lake, ti
     # A late row, then a second seal: the first seal's files are now only in old snapshots.
     table = table.refresh()
     late = table.scan(row_filter=hour_filter(hour), limit=1).to_arrow()
-    table.append(late.set_column(0, pa.field("event_id", pa.string(), nullable=False), pa.array(["e" * 32], pa.string())))
+    table.append(
+        late.set_column(0, pa.field("event_id", pa.string(), nullable=False), pa.array(["e" * 32], pa.string()))
+    )
     seal_hour(table, hour)
     table = table.refresh()
     second_seal = {t.file.file_path for t in table.scan(row_filter=hour_filter(hour)).plan_files()}
@@ -134,9 +154,15 @@ def test_maintenance_expires_snapshots_and_deletes_only_orphans(service_lake, ti
     stray.write_bytes(b"PAR1")
 
     result = lake_maintenance.execute_in_process(
-        run_config={"ops": {"maintain_lake_tables": {"config": {
-            "snapshot_max_age_hours": 0.0, "retain_last": 1, "orphan_min_age_hours": 0.0}}}},
-        resources={"lake": lake})
+        run_config={
+            "ops": {
+                "maintain_lake_tables": {
+                    "config": {"snapshot_max_age_hours": 0.0, "retain_last": 1, "orphan_min_age_hours": 0.0}
+                }
+            }
+        },
+        resources={"lake": lake},
+    )
     assert result.success
     table = table.refresh()
     assert len(table.metadata.snapshots) < snapshots_before

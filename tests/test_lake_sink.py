@@ -19,15 +19,15 @@ import pytest
 from prometheus_client import REGISTRY
 from pyiceberg.exceptions import NoSuchTableError
 
+from runtime import kafka_config as kc
 from schemas.model import Exchange, Market
 from schemas.topics import DlqStage, dlq_topic
-from streaming import kafka_config as kc
-from streaming.broker import EmbeddedBroker
-from streaming.kafka_io import plain_consumer, read_all
-from streaming.lake_seal import seal_hour
-from streaming.lake_sink import TEST_HOOK_ENV, LakeSink, SinkConfig, SinkFencedError
-from streaming.lake_state import HOUR_US, latest_sink_state
-from streaming.watermarks import read_watermarks
+from streaming.kafka.broker import EmbeddedBroker
+from streaming.kafka.io import plain_consumer, read_all
+from streaming.lake.seal import seal_hour
+from streaming.lake.sink import TEST_HOOK_ENV, LakeSink, SinkConfig, SinkFencedError
+from streaming.lake.state import HOUR_US, latest_sink_state
+from streaming.processors.watermarks import read_watermarks
 from tests.support.lake import (
     create_sink_topics,
     duplicate_ids,
@@ -57,9 +57,27 @@ def market_events(n: int, seed: int = 7, spacing_us: int = 1_500_000):
 
 
 def sink_command(bootstrap: str, home) -> list[str]:
-    return [sys.executable, "-m", "streaming.lake_sink", "--bootstrap", bootstrap, "--home", str(home.root),
-            "--exchange", "binance", "--market", "spot", "--batch-max-records", "400",
-            "--batch-max-ms", "300", "--idle-exit-s", "2.5", "--allowed-lateness-s", "5"]
+    return [
+        sys.executable,
+        "-m",
+        "streaming.lake.sink",
+        "--bootstrap",
+        bootstrap,
+        "--home",
+        str(home.root),
+        "--exchange",
+        "binance",
+        "--market",
+        "spot",
+        "--batch-max-records",
+        "400",
+        "--batch-max-ms",
+        "300",
+        "--idle-exit-s",
+        "2.5",
+        "--allowed-lateness-s",
+        "5",
+    ]
 
 
 def sink_env(hook: str | None) -> dict[str, str]:
@@ -71,8 +89,9 @@ def sink_env(hook: str | None) -> dict[str, str]:
 
 
 def run_sink_process(bootstrap: str, home, hook: str | None, timeout: float = 120) -> int:
-    proc = subprocess.run(sink_command(bootstrap, home), cwd=REPO, env=sink_env(hook), capture_output=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        sink_command(bootstrap, home), cwd=REPO, env=sink_env(hook), capture_output=True, timeout=timeout, check=False
+    )
     if proc.returncode not in (0, -9):
         raise AssertionError(f"sink exited {proc.returncode}:\n{proc.stderr.decode()[-3000:]}")
     return proc.returncode
@@ -90,8 +109,9 @@ def kill_after_snapshots(bootstrap: str, home, snapshots: int, timeout: float = 
             return 0
 
     start = count()
-    proc = subprocess.Popen(sink_command(bootstrap, home), cwd=REPO, env=sink_env(None),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        sink_command(bootstrap, home), cwd=REPO, env=sink_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None and count() < start + snapshots and time.monotonic() < deadline:
@@ -125,8 +145,12 @@ def test_exactly_once_under_kill9(broker, ticklake_home):
     create_sink_topics(broker.bootstrap, topics)
     produce(broker.bootstrap, events + dups, raw=[(topics[0], b"\x00not a protobuf")])
     rng = random.Random(5)
-    hooks = [f"after-write:{rng.randint(1, 4)}", f"after-commit:{rng.randint(1, 4)}",
-             f"after-write:{rng.randint(1, 3)}", None]
+    hooks = [
+        f"after-write:{rng.randint(1, 4)}",
+        f"after-commit:{rng.randint(1, 4)}",
+        f"after-write:{rng.randint(1, 3)}",
+        None,
+    ]
     codes = [run_sink_process(broker.bootstrap, ticklake_home, h) for h in hooks[:3]]
     assert codes == [-9, -9, -9], codes
     # An outside kill -9 at whatever point the sink has reached (it may also have finished
@@ -168,8 +192,9 @@ def test_exactly_once_under_kill9(broker, ticklake_home):
 
 def test_resume_from_snapshot_offsets_and_topic_reset(tmp_path, ticklake_home):
     topics = sink_topics(Exchange.BYBIT, Market.PERP)
-    first = SyntheticMarket(instruments=[_inst("BTC-USDT-PERP"), _inst("ETH-USDT-PERP")],
-                            seed=3).events(800, spacing_us=2_000_000)
+    first = SyntheticMarket(instruments=[_inst("BTC-USDT-PERP"), _inst("ETH-USDT-PERP")], seed=3).events(
+        800, spacing_us=2_000_000
+    )
     catalog = open_home_catalog(ticklake_home)
     with EmbeddedBroker(log_path=tmp_path / "b1.log") as b1:
         create_sink_topics(b1.bootstrap, topics, partitions=2)
@@ -233,9 +258,11 @@ def _inst(symbol: str) -> SynthInstrument:
 
 
 def _sink(bootstrap: str, catalog, topics: list[str]) -> LakeSink:
-    return LakeSink(kc.KafkaConnection(bootstrap_servers=bootstrap), catalog,
-                    SinkConfig(topics=topics, batch_max_records=250, batch_max_ms=200,
-                               allowed_lateness_us=5_000_000))
+    return LakeSink(
+        kc.KafkaConnection(bootstrap_servers=bootstrap),
+        catalog,
+        SinkConfig(topics=topics, batch_max_records=250, batch_max_ms=200, allowed_lateness_us=5_000_000),
+    )
 
 
 def test_commit_races_a_seal_but_a_second_sink_is_fenced(broker, ticklake_home):

@@ -38,9 +38,13 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("ml")
     home = resolve_home(root / "home").ensure()
     lake = a.write_lake(home, a.processed_capture(), seal=(a.CAPTURE_HOUR, a.NEXT_HOUR))
-    res = {"lake": lake.lake, "artifacts": ArtifactStoreResource(root=str(home.artifacts_dir)),
-           "mlflow": MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-                                    artifact_location=(root / "mlruns").as_uri())}
+    res = {
+        "lake": lake.lake,
+        "artifacts": ArtifactStoreResource(root=str(home.artifacts_dir)),
+        "mlflow": MlflowResource(
+            tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "mlruns").as_uri()
+        ),
+    }
     r = dg.materialize([features_1s], partition_key=a.CAPTURE_HOUR, resources=res)
     assert r.success
     yield {"res": res, "lake": lake, "root": root}
@@ -48,8 +52,9 @@ def world(tmp_path_factory):
 
 def run_ml(world, selection) -> dg.ExecuteInProcessResult:
     job = dg.define_asset_job("ml_test", selection=selection, partitions_def=aml.DAILY)
-    defs = dg.Definitions(assets=aml.TRAINING_ASSETS, asset_checks=aml.TRAINING_CHECKS, jobs=[job],
-                          resources=world["res"])
+    defs = dg.Definitions(
+        assets=aml.TRAINING_ASSETS, asset_checks=aml.TRAINING_CHECKS, jobs=[job], resources=world["res"]
+    )
     return defs.resolve_job_def("ml_test").execute_in_process(partition_key=DAY, raise_on_error=False)
 
 
@@ -59,19 +64,29 @@ def checks(result) -> dict[str, bool]:
 
 def test_labels_are_future_returns_from_rows_at_or_after_t():
     ts = np.array([0, 1, 2, 5], dtype=np.int64) * 1_000_000
-    f = pa.table({"exchange": ["x"] * 4, "market": ["spot"] * 4, "symbol": ["A"] * 4,
-                  "exchange_ts": pa.array(ts).cast(pa.timestamp("us", tz="UTC")), "mid_px": [1.0, 2.0, 4.0, 8.0]})
+    f = pa.table(
+        {
+            "exchange": ["x"] * 4,
+            "market": ["spot"] * 4,
+            "symbol": ["A"] * 4,
+            "exchange_ts": pa.array(ts).cast(pa.timestamp("us", tz="UTC")),
+            "mid_px": [1.0, 2.0, 4.0, 8.0],
+        }
+    )
     r = mds.future_returns(f, (1, 2), until_us=7_000_000)
-    assert r[1].tolist()[:3] == [np.log(2.0), np.log(2.0), np.log(1.0)]     # t=2+1 -> as-of row t=2
-    assert r[2][0] == np.log(4.0) and r[2][3] != r[2][3]                     # t=5+2 reaches until: NaN
+    assert r[1].tolist()[:3] == [np.log(2.0), np.log(2.0), np.log(1.0)]  # t=2+1 -> as-of row t=2
+    assert r[2][0] == np.log(4.0) and r[2][3] != r[2][3]  # t=5+2 reaches until: NaN
 
 
 def test_dataset_models_and_champion_through_dagster(world):
     r = run_ml(world, dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks())
     ev = checks(r)
     assert ev["training_dataset.no_label_leakage"] and ev["training_dataset.rebuild_from_snapshots"]
-    mat = {tuple(m.asset_key.path): m.metadata for m in r.get_asset_materialization_events()
-           and [e.event_specific_data.materialization for e in r.get_asset_materialization_events()]}
+    mat = {
+        tuple(m.asset_key.path): m.metadata
+        for m in r.get_asset_materialization_events()
+        and [e.event_specific_data.materialization for e in r.get_asset_materialization_events()]
+    }
     ds_meta = mat[("ml", "training_dataset")]
     assert ds_meta["dagster/row_count"].value > 300
     assert "market.features_1s" in ds_meta["snapshot_ids"].value
@@ -85,7 +100,7 @@ def test_dataset_models_and_champion_through_dagster(world):
         assert any(k.startswith("fold") and k.endswith("_mse_baseline") for k in run.data.metrics)
         assert run.data.tags["snapshot.market.features_1s"]
         champion = reg.load_alias(settings, reg.model_name(h))
-        assert (champion is not None) == beats, h           # a losing model never registered
+        assert (champion is not None) == beats, h  # a losing model never registered
         assert (("ml", f"champion_{h}s") in mat) == beats
     # the 1 s model beats the baseline on the capture (deterministic training)
     assert ev["model_1s.beats_baseline"]
@@ -101,45 +116,63 @@ def test_rebuild_check_fails_on_a_perturbed_value_and_leakage_on_a_shifted_label
     rows, _man = aml.load_dataset(store, DAY)
     rows_key, _ = aml.dataset_keys(DAY)
     vals = rows["micro_rel"].to_numpy(zero_copy_only=False).copy()
-    vals[10] = np.nextafter(vals[10], 1.0)                 # one ulp
-    store.put_bytes(rows_key, mds.to_parquet(rows.set_column(rows.schema.get_field_index("micro_rel"),
-                                                               "micro_rel", pa.array(vals))))
+    vals[10] = np.nextafter(vals[10], 1.0)  # one ulp
+    store.put_bytes(
+        rows_key, mds.to_parquet(rows.set_column(rows.schema.get_field_index("micro_rel"), "micro_rel", pa.array(vals)))
+    )
     lake = world["res"]["lake"]
-    assert not aml.rebuild_result(lake, store, DAY).passed       # what the check runs
+    assert not aml.rebuild_result(lake, store, DAY).passed  # what the check runs
     assert aml.leakage_result(lake, store, DAY).passed
 
     lab = rows["label_10s"].to_numpy(zero_copy_only=False)
-    shifted = np.concatenate((lab[1:], [np.nan]))          # each row gets its successor's label
-    store.put_bytes(rows_key, mds.to_parquet(rows.set_column(rows.schema.get_field_index("label_10s"),
-                                                               "label_10s", pa.array(shifted))))
+    shifted = np.concatenate((lab[1:], [np.nan]))  # each row gets its successor's label
+    store.put_bytes(
+        rows_key,
+        mds.to_parquet(rows.set_column(rows.schema.get_field_index("label_10s"), "label_10s", pa.array(shifted))),
+    )
     leak = aml.leakage_result(lake, store, DAY)
     assert not leak.passed and leak.metadata["violations"].value[0]["horizon_s"] == 10
 
 
 def test_baseline_check_blocks_a_model_without_signal(world):
     ftable = world["lake"].catalog.load_table(FEATURES_TABLE.identifier)
-    rows, _ = mds.build_dataset(ftable, DAY, aml.day_start_us(DAY), mds.current_snapshots(
-        {FEATURES_TABLE.identifier: ftable}))
+    rows, _ = mds.build_dataset(
+        ftable, DAY, aml.day_start_us(DAY), mds.current_snapshots({FEATURES_TABLE.identifier: ftable})
+    )
     rng = np.random.default_rng(0)
-    noisy = rows.set_column(rows.schema.get_field_index("label_1s"), "label_1s",
-                            pa.array(rng.normal(0, 1e-4, rows.num_rows)))     # labels without signal
+    noisy = rows.set_column(
+        rows.schema.get_field_index("label_1s"), "label_1s", pa.array(rng.normal(0, 1e-4, rows.num_rows))
+    )  # labels without signal
     res = mtr.train_horizon(noisy, 1)
     assert len(res.folds) == mtr.DEFAULT_FOLDS and not res.beats_baseline
 
 
 # -- online inference ------------------------------------------------------------------------
 
+
 def _feature_items(topic: str, rows: list[dict]) -> list[tuple]:
     from features.records import CONTENT_TYPE, encode_row
-    return [(topic, r["symbol"].encode(), encode_row(r), [("content-type", CONTENT_TYPE.encode())],
-             r["exchange_ts"] // 1000) for r in rows]
+
+    return [
+        (
+            topic,
+            r["symbol"].encode(),
+            encode_row(r),
+            [("content-type", CONTENT_TYPE.encode())],
+            r["exchange_ts"] // 1000,
+        )
+        for r in rows
+    ]
 
 
 def _predictions(bootstrap: str, group: str) -> list[dict]:
     from ml.predictions import decode_prediction
     from schemas.topics import prediction_topic
-    return [decode_prediction(m.value()) for m in read_topics(bootstrap, [prediction_topic("spot", "mid_ret_1s")],
-                                                                  group=group)]
+
+    return [
+        decode_prediction(m.value())
+        for m in read_topics(bootstrap, [prediction_topic("spot", "mid_ret_1s")], group=group)
+    ]
 
 
 def test_inference_service_scores_every_row_exactly_once_and_follows_the_alias(world, kafka_broker, tmp_path):
@@ -147,20 +180,28 @@ def test_inference_service_scores_every_row_exactly_once_and_follows_the_alias(w
 
     from features.records import table_rows
     from ml.predictions import prediction_event_id, score_features
+    from runtime.dlq import parse_dead_letter
     from schemas.topics import DlqStage, dlq_topic
-    from streaming import feature_lake as fl
-    from streaming.dlq import parse_dead_letter
-    from streaming.inference import InferenceLoop, InferenceService
-    from streaming.topic_admin import admin_client, create_topics
-    from streaming.topic_config import TopicSpec
+    from streaming.kafka.topic_admin import admin_client, create_topics
+    from streaming.kafka.topic_config import TopicSpec
+    from streaming.lake import features as fl
+    from streaming.processors.inference import InferenceLoop, InferenceService
 
     settings = reg.MlflowSettings(f"sqlite:///{tmp_path / 'mlflow.db'}", None, (tmp_path / "mlruns").as_uri())
     ftable = world["lake"].catalog.load_table(FEATURES_TABLE.identifier)
-    rows, _man = mds.build_dataset(ftable, DAY, aml.day_start_us(DAY),
-                                  mds.current_snapshots({FEATURES_TABLE.identifier: ftable}))
+    rows, _man = mds.build_dataset(
+        ftable, DAY, aml.day_start_us(DAY), mds.current_snapshots({FEATURES_TABLE.identifier: ftable})
+    )
     res = mtr.train_horizon(rows, 1)
-    run = reg.log_training(settings, horizon_s=1, booster=res.booster, params={}, metrics=res.metrics(),
-                           fold_metrics=[], tags={"dataset_day": DAY})
+    run = reg.log_training(
+        settings,
+        horizon_s=1,
+        booster=res.booster,
+        params={},
+        metrics=res.metrics(),
+        fold_metrics=[],
+        tags={"dataset_day": DAY},
+    )
     assert reg.register(settings, "mid_ret_1s", run.run_id) == "1"
 
     feats = fl.read_hour_rows(ftable, a.hour_us(a.CAPTURE_HOUR))
@@ -170,24 +211,28 @@ def test_inference_service_scores_every_row_exactly_once_and_follows_the_alias(w
     create_topics(admin_client(b), {topic: TopicSpec(2, -1)}, replication_factor=1)
     bad_spec = dict(wire[0], spec_version=1)
     from features.records import encode_row
-    items = _feature_items(topic, wire[:200]) + [(topic, b"BTC-USDT", b"{not json", None),
-                                                 (topic, b"BTC-USDT", encode_row(bad_spec), None)]
+
+    items = _feature_items(topic, wire[:200]) + [
+        (topic, b"BTC-USDT", b"{not json", None),
+        (topic, b"BTC-USDT", encode_row(bad_spec), None),
+    ]
     wk.produce(b, items)
     conn = wk.connection(b)
 
     def service():
-        return InferenceService([InferenceLoop(conn, settings, "mid_ret_1s", [], input_topics=[topic],
-                                               reload_interval_s=0.5)])
+        return InferenceService(
+            [InferenceLoop(conn, settings, "mid_ret_1s", [], input_topics=[topic], reload_interval_s=0.5)]
+        )
 
     service().run(idle_exit_s=4.0)
     got = _predictions(b, "t-ml-1")
     assert len(got) == 200 and {p["model_version"] for p in got} == {"1"}
     offline = score_features(feats.slice(0, 200), "mid_ret_1s", "1", 1, reg.load_alias(settings, "mid_ret_1s").booster)
     want = dict(zip(offline["feature_event_id"].to_pylist(), offline["prediction"].to_pylist()))
-    assert {p["feature_event_id"]: p["prediction"] for p in got} == want          # same bits as offline
+    assert {p["feature_event_id"]: p["prediction"] for p in got} == want  # same bits as offline
     assert all(p["event_id"] == prediction_event_id(p["feature_event_id"], "mid_ret_1s", "1") for p in got)
     ts = [p["exchange_ts"] for p in got]
-    assert ts == sorted(ts)                                                        # one symbol: in order
+    assert ts == sorted(ts)  # one symbol: in order
     dead = [parse_dead_letter(m.value()).reason for m in read_topics(b, [dlq_topic(DlqStage.INFERENCE)], "t-ml-d")]
     assert len(dead) == 2 and dead[0].startswith("decode") and dead[1].startswith("mismatch")
 
@@ -204,11 +249,14 @@ def test_inference_service_scores_every_row_exactly_once_and_follows_the_alias(w
     # versions scored offline on lake/features_1s: equal; one ulp off fails
     from ml.predictions import PREDICTIONS_TABLE
     from resources.kafka import KafkaResource
+
     mlres = MlflowResource(tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_location)
-    r = dg.materialize([aml.lake_predictions, aml.predictions_parity], partition_key=a.CAPTURE_HOUR,
-                       resources={"lake": world["res"]["lake"], "kafka": KafkaResource(bootstrap_servers=b),
-                                  "mlflow": mlres},
-                       run_config={"ops": {"lake__predictions": {"config": {"require_complete": False}}}})
+    r = dg.materialize(
+        [aml.lake_predictions, aml.predictions_parity],
+        partition_key=a.CAPTURE_HOUR,
+        resources={"lake": world["res"]["lake"], "kafka": KafkaResource(bootstrap_servers=b), "mlflow": mlres},
+        run_config={"ops": {"lake__predictions": {"config": {"require_complete": False}}}},
+    )
     assert r.success
     (ev,) = r.get_asset_check_evaluations()
     assert ev.passed, ev.metadata
@@ -218,8 +266,9 @@ def test_inference_service_scores_every_row_exactly_once_and_follows_the_alias(w
     rows_p = fl.read_range(ptable, h, h + 3_600_000_000)
     vals = rows_p["prediction"].to_numpy().copy()
     vals[5] = np.nextafter(vals[5], 1.0)
-    fl.write_hour(ptable, rows_p.set_column(rows_p.schema.get_field_index("prediction"), "prediction",
-                                            pa.array(vals)), h)
+    fl.write_hour(
+        ptable, rows_p.set_column(rows_p.schema.get_field_index("prediction"), "prediction", pa.array(vals)), h
+    )
     bad = aml.parity_result(world["res"]["lake"], mlres, a.CAPTURE_HOUR)
     assert not bad.passed and bad.metadata["details"].value["mismatches"][0]["model"] == "mid_ret_1s"
 
@@ -227,19 +276,26 @@ def test_inference_service_scores_every_row_exactly_once_and_follows_the_alias(w
 def test_inference_job_waits_for_a_champion_without_consuming(kafka_broker, ticklake_home, tmp_path):
     """The Dagster service job as the supervisor launches it (resources, topics, service_run):
     with no registered model it consumes nothing and stops cleanly when asked to."""
-    from pipelines.inference_service import inference_service
+    from pipelines.services.inference import inference_service
     from resources.kafka import KafkaResource
     from schemas.topics import DlqStage, dlq_topic, feature_topic, prediction_topic
-    from streaming.inference import inference_group
-    from streaming.kafka_io import committed_offsets, partitions_for, plain_consumer
+    from streaming.kafka.io import committed_offsets, partitions_for, plain_consumer
+    from streaming.processors.inference import inference_group
 
     b = kafka_broker.bootstrap
     wk.create_project_topics(b)
-    res = {"kafka": KafkaResource(bootstrap_servers=b),
-           "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")}
+    res = {
+        "kafka": KafkaResource(bootstrap_servers=b),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+    }
     r = inference_service.execute_in_process(
-        run_config={"ops": {"run_inference": {"config": {"models": ["mid_ret_10s"], "pairs": ["spot:binance"],
-                                                         "idle_exit_s": 2.0}}}}, resources=res)
+        run_config={
+            "ops": {
+                "run_inference": {"config": {"models": ["mid_ret_10s"], "pairs": ["spot:binance"], "idle_exit_s": 2.0}}
+            }
+        },
+        resources=res,
+    )
     assert r.success
     c = plain_consumer(wk.connection(b), inference_group("mid_ret_10s"))
     try:
@@ -252,41 +308,54 @@ def test_inference_job_waits_for_a_champion_without_consuming(kafka_broker, tick
 def test_promotion_moves_the_alias_only_to_a_shadow_that_is_at_least_as_good(world, tmp_path):
     from ml.predictions import PREDICTIONS_TABLE, score_features
     from pipelines.ml_promotion import promote_model
-    from streaming import feature_lake as fl
+    from streaming.lake import features as fl
 
     settings = reg.MlflowSettings(f"sqlite:///{tmp_path / 'mlflow.db'}", None, (tmp_path / "mlruns").as_uri())
     ftable = world["lake"].catalog.load_table(FEATURES_TABLE.identifier)
-    rows, _ = mds.build_dataset(ftable, DAY, aml.day_start_us(DAY), mds.current_snapshots(
-        {FEATURES_TABLE.identifier: ftable}))
+    rows, _ = mds.build_dataset(
+        ftable, DAY, aml.day_start_us(DAY), mds.current_snapshots({FEATURES_TABLE.identifier: ftable})
+    )
     good = mtr.train_horizon(rows, 1).booster
     rng = np.random.default_rng(1)
-    noise = mtr.train_horizon(rows.set_column(rows.schema.get_field_index("label_1s"), "label_1s",
-                                              pa.array(rng.normal(0, 1e-3, rows.num_rows))), 1).booster
+    noise = mtr.train_horizon(
+        rows.set_column(
+            rows.schema.get_field_index("label_1s"), "label_1s", pa.array(rng.normal(0, 1e-3, rows.num_rows))
+        ),
+        1,
+    ).booster
     versions = {}
     for name, booster in (("good", good), ("noise", noise)):
-        run = reg.log_training(settings, horizon_s=1, booster=booster, params={}, metrics={}, fold_metrics=[],
-                               tags={"candidate": name})
+        run = reg.log_training(
+            settings, horizon_s=1, booster=booster, params={}, metrics={}, fold_metrics=[], tags={"candidate": name}
+        )
         versions[name] = reg.register(settings, "mid_ret_1s", run.run_id, alias=None)
     client = settings.client()
     h = a.hour_us(a.CAPTURE_HOUR)
     feats = fl.read_hour_rows(ftable, h)
     ptable = fl.ensure_spec_table(world["lake"].catalog, PREDICTIONS_TABLE)
-    fl.write_hour(ptable, pa.concat_tables([score_features(feats, "mid_ret_1s", versions[n], 1, b)
-                                            for n, b in (("good", good), ("noise", noise))]), h)
+    fl.write_hour(
+        ptable,
+        pa.concat_tables(
+            [score_features(feats, "mid_ret_1s", versions[n], 1, b) for n, b in (("good", good), ("noise", noise))]
+        ),
+        h,
+    )
     mlres = MlflowResource(tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_location)
 
     def promote():
         return promote_model.execute_in_process(
             run_config={"ops": {"promote_shadow": {"config": {"hours": [a.CAPTURE_HOUR], "min_rows": 100}}}},
-            resources={"lake": world["res"]["lake"], "mlflow": mlres}, raise_on_error=False)
+            resources={"lake": world["res"]["lake"], "mlflow": mlres},
+            raise_on_error=False,
+        )
 
     client.set_registered_model_alias("mid_ret_1s", "champion", versions["good"])
     client.set_registered_model_alias("mid_ret_1s", "shadow", versions["noise"])
-    assert not promote().success                                              # worse shadow: refused
+    assert not promote().success  # worse shadow: refused
     assert reg.alias_version(client, "mid_ret_1s")[0] == versions["good"]
     client.set_registered_model_alias("mid_ret_1s", "champion", versions["noise"])
     client.set_registered_model_alias("mid_ret_1s", "shadow", versions["good"])
     r = promote()
     assert r.success and r.output_for_node("promote_shadow")["rows"] > 300
-    assert reg.alias_version(client, "mid_ret_1s")[0] == versions["good"]      # alias moved
+    assert reg.alias_version(client, "mid_ret_1s")[0] == versions["good"]  # alias moved
     assert "promotion_check" in client.get_model_version("mid_ret_1s", versions["good"]).tags

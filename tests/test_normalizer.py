@@ -12,21 +12,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from runtime.dlq import parse_dead_letter
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import stamp_event_id
 from schemas.instruments import parse_binance, parse_bybit, parse_okx
 from schemas.model import EventType, Exchange, Market
+from schemas.serde import decode, encode
 from schemas.topics import dlq_topic, event_topic
-from streaming.broker import EmbeddedBroker
-from streaming.dlq import parse_dead_letter
-from streaming.instruments import InstrumentCatalog, fetch_instruments
-from streaming.normalizer import (
+from streaming.kafka.broker import EmbeddedBroker
+from streaming.processors.instruments import InstrumentCatalog, fetch_instruments
+from streaming.processors.normalizer import (
     Normalizer,
     NormalizerService,
     build_catalog,
     input_topics_for,
 )
-from streaming.serde import decode, encode
 from tests.support import processing as ps
 from tests.support.envelopes import envelope
 from workloads.binance_hour import BTCUSDT_SPOT_INFO, capture_raw_events
@@ -52,49 +52,170 @@ def broker(tmp_path):
 
 # -- reference data ------------------------------------------------------------------------
 
-BINANCE_FAPI = {"timezone": "UTC", "serverTime": 1, "rateLimits": [], "exchangeFilters": [], "assets": [], "symbols": [
-    {"symbol": "BTCUSDT", "pair": "BTCUSDT", "contractType": "PERPETUAL", "deliveryDate": 4133404800000,
-     "status": "TRADING", "baseAsset": "BTC", "quoteAsset": "USDT", "marginAsset": "USDT", "pricePrecision": 2,
-     "quantityPrecision": 3, "filters": [{"filterType": "PRICE_FILTER", "tickSize": "0.10", "minPrice": "556.80",
-                                          "maxPrice": "4529764"},
-                                         {"filterType": "LOT_SIZE", "stepSize": "0.001", "minQty": "0.001",
-                                          "maxQty": "1000"}]},
-    {"symbol": "BTCUSDT_240927", "pair": "BTCUSDT", "contractType": "CURRENT_QUARTER", "deliveryDate": 1727424000000,
-     "status": "TRADING", "baseAsset": "BTC", "quoteAsset": "USDT", "pricePrecision": 1, "quantityPrecision": 3,
-     "filters": [{"filterType": "PRICE_FILTER", "tickSize": "0.1"}, {"filterType": "LOT_SIZE", "stepSize": "0.001"}]},
-]}
+BINANCE_FAPI = {
+    "timezone": "UTC",
+    "serverTime": 1,
+    "rateLimits": [],
+    "exchangeFilters": [],
+    "assets": [],
+    "symbols": [
+        {
+            "symbol": "BTCUSDT",
+            "pair": "BTCUSDT",
+            "contractType": "PERPETUAL",
+            "deliveryDate": 4133404800000,
+            "status": "TRADING",
+            "baseAsset": "BTC",
+            "quoteAsset": "USDT",
+            "marginAsset": "USDT",
+            "pricePrecision": 2,
+            "quantityPrecision": 3,
+            "filters": [
+                {"filterType": "PRICE_FILTER", "tickSize": "0.10", "minPrice": "556.80", "maxPrice": "4529764"},
+                {"filterType": "LOT_SIZE", "stepSize": "0.001", "minQty": "0.001", "maxQty": "1000"},
+            ],
+        },
+        {
+            "symbol": "BTCUSDT_240927",
+            "pair": "BTCUSDT",
+            "contractType": "CURRENT_QUARTER",
+            "deliveryDate": 1727424000000,
+            "status": "TRADING",
+            "baseAsset": "BTC",
+            "quoteAsset": "USDT",
+            "pricePrecision": 1,
+            "quantityPrecision": 3,
+            "filters": [
+                {"filterType": "PRICE_FILTER", "tickSize": "0.1"},
+                {"filterType": "LOT_SIZE", "stepSize": "0.001"},
+            ],
+        },
+    ],
+}
 
-BYBIT_LINEAR = {"retCode": 0, "retMsg": "OK", "result": {"category": "linear", "nextPageCursor": "", "list": [
-    {"symbol": "BTCUSDT", "contractType": "LinearPerpetual", "status": "Trading", "baseCoin": "BTC",
-     "quoteCoin": "USDT", "launchTime": "1585526400000", "deliveryTime": "0", "priceScale": "2",
-     "priceFilter": {"minPrice": "0.10", "maxPrice": "199999.80", "tickSize": "0.10"},
-     "lotSizeFilter": {"maxOrderQty": "1190.000", "minOrderQty": "0.001", "qtyStep": "0.001"},
-     "settleCoin": "USDT"},
-    {"symbol": "BTCPERP", "contractType": "LinearPerpetual", "status": "Trading", "baseCoin": "BTC",
-     "quoteCoin": "USDC", "deliveryTime": "0", "priceFilter": {"tickSize": "0.50"},
-     "lotSizeFilter": {"qtyStep": "0.001"}, "settleCoin": "USDC"},
-    {"symbol": "BTC-27DEC24", "contractType": "LinearFutures", "status": "Trading", "baseCoin": "BTC",
-     "quoteCoin": "USDC", "deliveryTime": "1735286400000", "priceFilter": {"tickSize": "0.50"},
-     "lotSizeFilter": {"qtyStep": "0.001"}, "settleCoin": "USDC"},
-]}, "retExtInfo": {}, "time": 1}
+BYBIT_LINEAR = {
+    "retCode": 0,
+    "retMsg": "OK",
+    "result": {
+        "category": "linear",
+        "nextPageCursor": "",
+        "list": [
+            {
+                "symbol": "BTCUSDT",
+                "contractType": "LinearPerpetual",
+                "status": "Trading",
+                "baseCoin": "BTC",
+                "quoteCoin": "USDT",
+                "launchTime": "1585526400000",
+                "deliveryTime": "0",
+                "priceScale": "2",
+                "priceFilter": {"minPrice": "0.10", "maxPrice": "199999.80", "tickSize": "0.10"},
+                "lotSizeFilter": {"maxOrderQty": "1190.000", "minOrderQty": "0.001", "qtyStep": "0.001"},
+                "settleCoin": "USDT",
+            },
+            {
+                "symbol": "BTCPERP",
+                "contractType": "LinearPerpetual",
+                "status": "Trading",
+                "baseCoin": "BTC",
+                "quoteCoin": "USDC",
+                "deliveryTime": "0",
+                "priceFilter": {"tickSize": "0.50"},
+                "lotSizeFilter": {"qtyStep": "0.001"},
+                "settleCoin": "USDC",
+            },
+            {
+                "symbol": "BTC-27DEC24",
+                "contractType": "LinearFutures",
+                "status": "Trading",
+                "baseCoin": "BTC",
+                "quoteCoin": "USDC",
+                "deliveryTime": "1735286400000",
+                "priceFilter": {"tickSize": "0.50"},
+                "lotSizeFilter": {"qtyStep": "0.001"},
+                "settleCoin": "USDC",
+            },
+        ],
+    },
+    "retExtInfo": {},
+    "time": 1,
+}
 
-BYBIT_SPOT = {"retCode": 0, "retMsg": "OK", "result": {"category": "spot", "list": [
-    {"symbol": "BTCUSDT", "baseCoin": "BTC", "quoteCoin": "USDT", "innovation": "0", "status": "Trading",
-     "marginTrading": "both", "lotSizeFilter": {"basePrecision": "0.000001", "quotePrecision": "0.00000001",
-                                                "minOrderQty": "0.000048", "maxOrderQty": "71.73956243"},
-     "priceFilter": {"tickSize": "0.01"}}]}, "retExtInfo": {}, "time": 1}
+BYBIT_SPOT = {
+    "retCode": 0,
+    "retMsg": "OK",
+    "result": {
+        "category": "spot",
+        "list": [
+            {
+                "symbol": "BTCUSDT",
+                "baseCoin": "BTC",
+                "quoteCoin": "USDT",
+                "innovation": "0",
+                "status": "Trading",
+                "marginTrading": "both",
+                "lotSizeFilter": {
+                    "basePrecision": "0.000001",
+                    "quotePrecision": "0.00000001",
+                    "minOrderQty": "0.000048",
+                    "maxOrderQty": "71.73956243",
+                },
+                "priceFilter": {"tickSize": "0.01"},
+            }
+        ],
+    },
+    "retExtInfo": {},
+    "time": 1,
+}
 
-OKX = {"code": "0", "msg": "", "data": [
-    {"instType": "SPOT", "instId": "BTC-USDT", "baseCcy": "BTC", "quoteCcy": "USDT", "settleCcy": "",
-     "ctVal": "", "uly": "", "instFamily": "", "tickSz": "0.1", "lotSz": "0.00000001", "minSz": "0.00001",
-     "state": "live"},
-    {"instType": "SWAP", "instId": "BTC-USDT-SWAP", "baseCcy": "", "quoteCcy": "", "settleCcy": "USDT",
-     "ctVal": "0.01", "ctValCcy": "BTC", "ctType": "linear", "uly": "BTC-USDT", "instFamily": "BTC-USDT",
-     "tickSz": "0.1", "lotSz": "0.01", "state": "live"},
-    {"instType": "FUTURES", "instId": "BTC-USD-240927", "uly": "BTC-USD", "instFamily": "BTC-USD",
-     "ctVal": "100", "ctValCcy": "USD", "settleCcy": "BTC", "tickSz": "0.1", "lotSz": "1",
-     "expTime": "1727424000000", "state": "live"},
-]}
+OKX = {
+    "code": "0",
+    "msg": "",
+    "data": [
+        {
+            "instType": "SPOT",
+            "instId": "BTC-USDT",
+            "baseCcy": "BTC",
+            "quoteCcy": "USDT",
+            "settleCcy": "",
+            "ctVal": "",
+            "uly": "",
+            "instFamily": "",
+            "tickSz": "0.1",
+            "lotSz": "0.00000001",
+            "minSz": "0.00001",
+            "state": "live",
+        },
+        {
+            "instType": "SWAP",
+            "instId": "BTC-USDT-SWAP",
+            "baseCcy": "",
+            "quoteCcy": "",
+            "settleCcy": "USDT",
+            "ctVal": "0.01",
+            "ctValCcy": "BTC",
+            "ctType": "linear",
+            "uly": "BTC-USDT",
+            "instFamily": "BTC-USDT",
+            "tickSz": "0.1",
+            "lotSz": "0.01",
+            "state": "live",
+        },
+        {
+            "instType": "FUTURES",
+            "instId": "BTC-USD-240927",
+            "uly": "BTC-USD",
+            "instFamily": "BTC-USD",
+            "ctVal": "100",
+            "ctValCcy": "USD",
+            "settleCcy": "BTC",
+            "tickSz": "0.1",
+            "lotSz": "1",
+            "expTime": "1727424000000",
+            "state": "live",
+        },
+    ],
+}
 
 
 def test_exchange_info_bodies_parse_into_reference_data():
@@ -160,8 +281,9 @@ def test_catalog_fetched_over_http_and_cached(tmp_path):
         perps = fetch_instruments(Exchange.BYBIT, Market.PERP, url)
         assert sorted(r.native for r in perps) == ["BTCPERP", "BTCUSDT"]  # both pages, futures filtered out
         cache = tmp_path / "instruments.json"
-        cat, _ = build_catalog(str(cache), {(Exchange.BINANCE, Market.SPOT): url},
-                                     venues=[(Exchange.BINANCE, Market.SPOT)])
+        cat, _ = build_catalog(
+            str(cache), {(Exchange.BINANCE, Market.SPOT): url}, venues=[(Exchange.BINANCE, Market.SPOT)]
+        )
         assert cat.get("binance", "spot", "btcusdt").canonical == "BTC-USDT"
         assert InstrumentCatalog.load(cache).get("binance", "spot", "BTCUSDT") == cat.get("binance", "spot", "BTCUSDT")
     finally:
@@ -169,6 +291,7 @@ def test_catalog_fetched_over_http_and_cached(tmp_path):
 
 
 # -- per-record rules -----------------------------------------------------------------------
+
 
 def _catalog() -> InstrumentCatalog:
     cat = InstrumentCatalog()
@@ -190,13 +313,14 @@ def _with(env: pb.Envelope, fn) -> pb.Envelope:
 
 def test_records_are_enriched_or_refused_with_a_reason():
     n = Normalizer(_catalog())
-    good = _with(envelope(EventType.TRADE, 0), lambda e: (setattr(e.trade, "px", 6000010),
-                                                           setattr(e, "symbol", "BTC-USDT")))
+    good = _with(
+        envelope(EventType.TRADE, 0), lambda e: (setattr(e.trade, "px", 6000010), setattr(e, "symbol", "BTC-USDT"))
+    )
     topic, value, headers = _raw(good)
     o = n.process(topic, 0, 0, value, headers)
     assert o.kind == "ok" and o.topic == "processed.perp.trades.binance"
     e = o.env
-    assert e.symbol == "BTC-USDT-PERP"                      # canonical from reference data
+    assert e.symbol == "BTC-USDT-PERP"  # canonical from reference data
     assert (e.price_scale, e.tick_size, e.size_scale, e.lot_size) == (1, 1, 3, 1)  # tick "0.10"
     assert e.trade.px == 600001
     assert e.ingest_latency_us == good.ingest_ts - good.exchange_ts == 350
@@ -212,12 +336,18 @@ def test_records_are_enriched_or_refused_with_a_reason():
         return out.reason.split(":")[0]
 
     snap = _with(envelope(EventType.BOOK_SNAPSHOT, 1), lambda e: e.book_snapshot.bids[0].__setattr__("px", 7000000))
-    assert reason(snap, EventType.BOOK_SNAPSHOT) == "book"                      # crossed
+    assert reason(snap, EventType.BOOK_SNAPSHOT) == "book"  # crossed
     assert reason(_with(good, lambda e: setattr(e.trade, "px", 6000011)), EventType.TRADE) == "off_grid"
     assert reason(_with(good, lambda e: setattr(e.trade, "qty", 0))) == "range"
     # (native_symbol is not part of the event_id, so the time moves too: otherwise a duplicate)
-    assert reason(_with(good, lambda e: (setattr(e, "native_symbol", "DOGEUSDT"),
-                                         setattr(e, "exchange_ts", e.exchange_ts + 1)))) == "unknown_instrument"
+    assert (
+        reason(
+            _with(
+                good, lambda e: (setattr(e, "native_symbol", "DOGEUSDT"), setattr(e, "exchange_ts", e.exchange_ts + 1))
+            )
+        )
+        == "unknown_instrument"
+    )
     assert reason(_with(good, lambda e: setattr(e, "exchange_ts", e.ingest_ts + 60_000_000))) == "ts_range"
     assert reason(good, topic="raw.spot.trades.binance") == "mismatch"
     assert reason(_with(good, lambda e: setattr(e, "seq", 1)), EventType.TRADE) == "seq_regression"
@@ -228,6 +358,7 @@ def test_records_are_enriched_or_refused_with_a_reason():
 
 
 # -- on the broker ----------------------------------------------------------------------------
+
 
 def _expected(raw_msgs, catalog) -> dict[str, bytes]:
     """What the normalizer must publish: the pure logic over the same records in partition order."""
@@ -251,9 +382,11 @@ def test_capture_normalized_on_the_broker_with_duplicates_and_malformed_records(
     events = capture_raw_events()
     assert len(events) > 30_000
     produce_raw(broker.bootstrap, events)
-    produce_raw(broker.bootstrap, events[1000:1200])                      # a collector overlap
-    bad_snapshot = _with(next(e for e in events if e.event_type == EventType.BOOK_SNAPSHOT.pb),
-                         lambda e: e.book_snapshot.bids[0].__setattr__("px", e.book_snapshot.asks[0].px))
+    produce_raw(broker.bootstrap, events[1000:1200])  # a collector overlap
+    bad_snapshot = _with(
+        next(e for e in events if e.event_type == EventType.BOOK_SNAPSHOT.pb),
+        lambda e: e.book_snapshot.bids[0].__setattr__("px", e.book_snapshot.asks[0].px),
+    )
     produce_raw(broker.bootstrap, [bad_snapshot])
     produce(broker.bootstrap, [(RAW_TRADES, b"BTC-USDT", b"\xff\x00not protobuf", None)])
     svc = NormalizerService(connection(broker.bootstrap), Normalizer(cat), input_topics_for(["binance"], ["spot"]))
@@ -262,7 +395,7 @@ def test_capture_normalized_on_the_broker_with_duplicates_and_malformed_records(
 
     processed = _processed(broker.bootstrap)
     ids = Counter(decode(m.value(), m.headers(), verify_id=True).event_id for m in processed)
-    assert len(ids) == len(processed) == len(events)                          # duplicates removed
+    assert len(ids) == len(processed) == len(events)  # duplicates removed
     env = decode(processed[0].value(), processed[0].headers())
     assert env.symbol == "BTC-USDT" and env.tick_size == 1 and env.size_scale == 8 and env.lot_size == 1000
     by_type = Counter(m.topic() for m in processed)
@@ -280,13 +413,16 @@ def test_kill_9_inside_a_transaction_then_restart_publishes_each_record_once(bro
     events = SyntheticMarket(seed=21).events(9000, 300)
     produce_raw(broker.bootstrap, events)
     hold, log = tmp_path / "in-txn", tmp_path / "normalizer.log"
-    args = ["--exchange", "binance", "--market", "spot", "--instruments-cache", str(cache),
-            "--batch-max-ms", "50"]
-    first = ps.run_module("streaming.normalizer", args + ["--test-hold-in-txn", str(hold),
-                                                          "--test-hold-after-batches", "2"], broker.bootstrap, log)
+    args = ["--exchange", "binance", "--market", "spot", "--instruments-cache", str(cache), "--batch-max-ms", "50"]
+    first = ps.run_module(
+        "streaming.processors.normalizer",
+        args + ["--test-hold-in-txn", str(hold), "--test-hold-after-batches", "2"],
+        broker.bootstrap,
+        log,
+    )
     ps.wait_for_file(hold, first, log=log)
-    ps.kill9(first)                                   # open transaction, its records already in the log
-    second = ps.run_module("streaming.normalizer", args + ["--idle-exit-s", "3"], broker.bootstrap, log)
+    ps.kill9(first)  # open transaction, its records already in the log
+    second = ps.run_module("streaming.processors.normalizer", args + ["--idle-exit-s", "3"], broker.bootstrap, log)
     ps.wait_exit(second, 180, log)
 
     processed = _processed(broker.bootstrap)
@@ -296,8 +432,8 @@ def test_kill_9_inside_a_transaction_then_restart_publishes_each_record_once(bro
     raw = ps.read_topics(broker.bootstrap, input_topics_for(["binance"], ["spot"]))
     expected = _expected(raw, synthetic_catalog())
     assert len(expected) == len(events)
-    assert set(copies) == set(expected)                                        # nothing missing, nothing extra
-    assert all(v == {expected[k]} for k, v in copies.items())                  # every copy byte-identical
+    assert set(copies) == set(expected)  # nothing missing, nothing extra
+    assert all(v == {expected[k]} for k, v in copies.items())  # every copy byte-identical
     # the killed transaction had flushed its records and this broker shows them: some are read twice
     assert len(processed) > len(expected)
 
@@ -314,10 +450,13 @@ def test_reference_data_from_the_replay_emulator_enriches_captured_events(tmp_pa
         emu.play_capture(BINANCE_SPOT_HFT, speed=None, gate=False)
         async with emu:
             url = emu.rest_base(Exchange.BINANCE, Market.SPOT)
-            for _ in range(100):   # the feed registers its instruments as it starts
-                cat, _ = await asyncio.to_thread(build_catalog, str(tmp_path / "i.json"),
-                                                 {(Exchange.BINANCE, Market.SPOT): url},
-                                                 [(Exchange.BINANCE, Market.SPOT)])
+            for _ in range(100):  # the feed registers its instruments as it starts
+                cat, _ = await asyncio.to_thread(
+                    build_catalog,
+                    str(tmp_path / "i.json"),
+                    {(Exchange.BINANCE, Market.SPOT): url},
+                    [(Exchange.BINANCE, Market.SPOT)],
+                )
                 if len(cat):
                     return cat
                 (tmp_path / "i.json").unlink(missing_ok=True)

@@ -20,9 +20,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streaming import metrics as m
-from streaming import service_status as ss
-from streaming.logs import JsonFormatter, log_event, set_context
+from runtime import metrics as m
+from runtime import service_status as ss
+from runtime.logs import JsonFormatter, log_event, set_context
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM = ROOT / "deploy" / "prometheus"
@@ -31,15 +31,20 @@ GRAFANA = ROOT / "deploy" / "grafana"
 PROMETHEUS_BUILTINS = {"up"}
 #: The seed's observability list, as metric families (each must exist in the code).
 SEED_FAMILIES = {
-    "ticklake_topic_records_consumed_total", "ticklake_topic_records_produced_total",    # topic rates in/out
-    "ticklake_consumer_lag_records",                                                    # lag per partition
-    "ticklake_dead_letters_total",                                                      # DLQ by reason
-    "ticklake_exchange_to_processed_seconds", "ticklake_exchange_to_feature_seconds",    # latency histograms
-    "ticklake_collector_resyncs_total", "ticklake_collector_reconnects_total",          # books resynced, reconnects
-    "ticklake_collector_rate_limit_hits_total",                                         # per egress IP
-    "ticklake_lake_files_written_total", "ticklake_lake_file_size_bytes",                # lake files / size
-    "ticklake_lake_newest_sealed_hour_timestamp_seconds",                               # sealed-hour freshness
-    "ticklake_collector_sequence_gaps_total", "ticklake_collector_symbols",              # gaps per symbol-hour
+    "ticklake_topic_records_consumed_total",
+    "ticklake_topic_records_produced_total",  # topic rates in/out
+    "ticklake_consumer_lag_records",  # lag per partition
+    "ticklake_dead_letters_total",  # DLQ by reason
+    "ticklake_exchange_to_processed_seconds",
+    "ticklake_exchange_to_feature_seconds",  # latency histograms
+    "ticklake_collector_resyncs_total",
+    "ticklake_collector_reconnects_total",  # books resynced, reconnects
+    "ticklake_collector_rate_limit_hits_total",  # per egress IP
+    "ticklake_lake_files_written_total",
+    "ticklake_lake_file_size_bytes",  # lake files / size
+    "ticklake_lake_newest_sealed_hour_timestamp_seconds",  # sealed-hour freshness
+    "ticklake_collector_sequence_gaps_total",
+    "ticklake_collector_symbols",  # gaps per symbol-hour
 }
 
 
@@ -62,9 +67,10 @@ def test_seed_observability_list_is_defined_once():
         assert n.startswith("ticklake_"), n
     # One definition: the old per-area modules re-export the same objects.
     from collectors import metrics as cm
-    from streaming import lake_sink, processor_metrics
-    from streaming.dlq import _PROM
+    from runtime.dlq import _PROM
+    from streaming.lake import sink as lake_sink
     from streaming.pragma import publisher
+    from streaming.processors import metrics as processor_metrics
 
     assert cm.RESYNCS is m.COLLECTOR_RESYNCS and processor_metrics.FEATURE_DELAY is m.EXCHANGE_TO_FEATURE
     assert lake_sink.LAG is m.LAKE_LAG and _PROM is m.DEAD_LETTERS and publisher.PUBLISHED is m.PRAGMA_PUBLISHED
@@ -94,11 +100,22 @@ def test_alert_rules_and_dashboards_reference_only_defined_metrics():
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing (Debian package prometheus)")
 def test_alert_rules_pass_promtool_unit_tests():
-    check = subprocess.run(["promtool", "check", "rules", str(PROM / "rules" / "ticklake.yml")],
-                           capture_output=True, text=True, timeout=60, check=False)
+    check = subprocess.run(
+        ["promtool", "check", "rules", str(PROM / "rules" / "ticklake.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
-    test = subprocess.run(["promtool", "test", "rules", "tests/ticklake_test.yml"], cwd=PROM,
-                          capture_output=True, text=True, timeout=120, check=False)
+    test = subprocess.run(
+        ["promtool", "test", "rules", "tests/ticklake_test.yml"],
+        cwd=PROM,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert test.returncode == 0, test.stdout + test.stderr
     assert "SUCCESS" in test.stdout
 
@@ -108,8 +125,9 @@ def test_service_run_serves_metrics_and_records_port_errors_and_restarts(tmp_pat
         record = json.loads(handle.path.read_text())
         assert record["state"] == "running" and record["starts"] == 1 and record["run_id"] == "r1"
         target = json.loads(handle.target_path.read_text())
-        assert target == [{"targets": [f"127.0.0.1:{record['port']}"], "labels": {"service": "unit-svc",
-                                                                                   "shard": "s1"}}]
+        assert target == [
+            {"targets": [f"127.0.0.1:{record['port']}"], "labels": {"service": "unit-svc", "shard": "s1"}}
+        ]
         samples = ss.scrape(record["port"])
         starts = {lb["service"]: v for lb, v in samples[m.SERVICE_START_TIME._name]}
         assert abs(starts["unit-svc"] - time.time()) < 600
@@ -124,7 +142,7 @@ def test_service_run_serves_metrics_and_records_port_errors_and_restarts(tmp_pat
     assert not line["healthy"] and "broker gone" in line["last_error"] and line["state"] == "failed"
     with ss.service_run("unit-svc", home=tmp_path, log_json=False):
         logging.getLogger("streaming.unit").error("delivery failed: partition 3")
-        deadline = time.monotonic() + 30     # an error right after a write lands within a second
+        deadline = time.monotonic() + 30  # an error right after a write lands within a second
         while ss.service_health(tmp_path)[0]["last_error"] != "delivery failed: partition 3":
             assert time.monotonic() < deadline
             time.sleep(0.2)
@@ -143,10 +161,12 @@ def test_health_verdict_lag_without_progress_is_stuck():
     assert ok["healthy"] and ok["lag"] == 500 and ok["last_record_age_s"] == 5 and ok["restarts"] == 2
     stuck = ss.judge(rec, stale, now=now)
     assert not stuck["healthy"] and stuck["problem"].startswith("stuck")
-    assert ss.judge(rec, idle, now=now)["healthy"]             # a quiet venue is not a sick service
-    markers = {m.CONSUMER_LAG_NAME: [({"partition": str(p)}, 1.0) for p in range(5)],
-               m.LAST_RECORD._name: [({"service": "lake-sink"}, now - 9000)]}
-    assert ss.judge(rec, markers, now=now)["healthy"]          # 1 per partition: a trailing txn marker
+    assert ss.judge(rec, idle, now=now)["healthy"]  # a quiet venue is not a sick service
+    markers = {
+        m.CONSUMER_LAG_NAME: [({"partition": str(p)}, 1.0) for p in range(5)],
+        m.LAST_RECORD._name: [({"service": "lake-sink"}, now - 9000)],
+    }
+    assert ss.judge(rec, markers, now=now)["healthy"]  # 1 per partition: a trailing txn marker
     assert not ss.judge(rec, None, scrape_error="refused", now=now)["healthy"]
     assert not ss.judge(rec, fresh, alive=False, now=now)["healthy"]
     assert ss.judge({**rec, "state": "stopped"}, None, alive=False, now=now)["healthy"]
@@ -160,8 +180,14 @@ def test_consumer_lag_per_partition_on_a_real_broker(kafka_broker):
     for i in range(7):
         prod.produce(topic, value=b"x", partition=i % 2)
     assert prod.flush(30) == 0
-    cons = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": topic, "enable.auto.commit": False,
-                     "fetch.wait.max.ms": 10})
+    cons = Consumer(
+        {
+            "bootstrap.servers": kafka_broker.bootstrap,
+            "group.id": topic,
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
     try:
         cons.assign([TopicPartition(topic, 0, 0), TopicPartition(topic, 1, 0)])
         got: list = []
@@ -176,8 +202,10 @@ def test_consumer_lag_per_partition_on_a_real_broker(kafka_broker):
         m.register_lag_provider("unit-lag", lambda: m.consumer_lag(cons, [(topic, 0, 1), (topic, 1, 3)]))
         from prometheus_client import REGISTRY
 
-        assert REGISTRY.get_sample_value(m.CONSUMER_LAG_NAME, {"service": "unit-lag", "topic": topic,
-                                                               "partition": "0"}) == 3.0
+        assert (
+            REGISTRY.get_sample_value(m.CONSUMER_LAG_NAME, {"service": "unit-lag", "topic": topic, "partition": "0"})
+            == 3.0
+        )
     finally:
         m.unregister_lag_provider("unit-lag")
         cons.close()
@@ -209,8 +237,10 @@ def test_json_log_line_has_service_shard_symbol_and_run_id():
 
 #: Families every replay-driven stack must show in Prometheus (the seed list plus the
 #: per-service ones); checked by tests/test_platform_acceptance.py on its running stack.
-STACK_FAMILIES = SEED_FAMILIES | {"ticklake_service_start_time_seconds",
-                                  "ticklake_service_last_record_timestamp_seconds"}
+STACK_FAMILIES = SEED_FAMILIES | {
+    "ticklake_service_start_time_seconds",
+    "ticklake_service_last_record_timestamp_seconds",
+}
 #: The long-running services a `ticklake up --replay` runs besides its collector shards.
 STACK_SERVICES = {"normalizer", "feature-processor", "lake-sink", "clickhouse-live", "pragma-publisher"}
 
@@ -226,7 +256,7 @@ def inject_dead_letter(bootstrap: str) -> None:
 def wait_for_every_family(prometheus_url: str, timeout_s: float) -> dict[str, set[str]]:
     """Until Prometheus holds a non-empty series of every STACK_FAMILIES family and scrapes
     every service (up == 1); returns {family: services seen} for the assertion message."""
-    from pipelines import observe
+    from pipelines.local import observe
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -237,13 +267,13 @@ def wait_for_every_family(prometheus_url: str, timeout_s: float) -> dict[str, se
                 if name.endswith(suffix) and name[: -len(suffix)] in STACK_FAMILIES:
                     name = name[: -len(suffix)]
             seen.setdefault(name, set()).add(row["metric"].get("service", ""))
-        up = {r["metric"].get("service"): r["value"][1]
-              for r in observe.query(prometheus_url, 'up{job="ticklake"}')}
+        up = {r["metric"].get("service"): r["value"][1] for r in observe.query(prometheus_url, 'up{job="ticklake"}')}
         missing = STACK_FAMILIES - seen.keys()
         services = {s for s, v in up.items() if v == "1"}
         collectors = {s for s in services if s and s.startswith("collector:")}
         if not missing and STACK_SERVICES <= services and collectors:
             return seen
-        assert time.monotonic() < deadline, (f"missing families {sorted(missing)}; scraped services {up}; "
-                                             f"targets {observe.targets(prometheus_url)}")
+        assert time.monotonic() < deadline, (
+            f"missing families {sorted(missing)}; scraped services {up}; targets {observe.targets(prometheus_url)}"
+        )
         time.sleep(10)

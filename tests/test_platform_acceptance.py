@@ -41,8 +41,16 @@ BINANCE_HOURS = ("2024-08-08-23:00", "2024-08-09-00:00")
 BYBIT_HOURS = ("2024-11-30-23:00", "2024-12-01-00:00")
 HOURS = (*BINANCE_HOURS, *BYBIT_HOURS)
 #: Every hourly product downstream of the sealed lake hours.
-PRODUCTS = ("lake/features_1s", "spark/features_1s", "clickhouse/trades", "clickhouse/features_1s",
-            "clickhouse/ohlcv", "clickhouse/book_stats_1m", "lake/bars_1m", "charts/market_overview")
+PRODUCTS = (
+    "lake/features_1s",
+    "spark/features_1s",
+    "clickhouse/trades",
+    "clickhouse/features_1s",
+    "clickhouse/ohlcv",
+    "clickhouse/book_stats_1m",
+    "lake/bars_1m",
+    "charts/market_overview",
+)
 SEALED = ("lake/trades", "lake/book_deltas", "lake/book_snapshots")
 TIMEOUT_S = 1500  # ~11-18 min seen on a loaded 2-core machine; bounded so a hang cannot eat the CI limit
 
@@ -98,25 +106,28 @@ def check_evaluations(instance, runs) -> list[tuple[str, str, str | None, bool]]
     for run in runs:
         for rec in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
             ev = rec.get_dagster_event().event_specific_data
-            out.append((ev.asset_key.to_user_string(), ev.check_name, run.tags.get("dagster/partition"),
-                        ev.passed))
+            out.append((ev.asset_key.to_user_string(), ev.check_name, run.tags.get("dagster/partition"), ev.passed))
     return out
 
 
 def sealed_layout(table, key: str) -> bool:
     """The hour's data files are the seal's (compacted) files and nothing else."""
     from assets.partitions import hour_start
-    from streaming.lake_seal import hour_tasks
+    from streaming.lake.seal import hour_tasks
 
     tasks = hour_tasks(table, int(hour_start(key).timestamp()) * 1_000_000)
     return all(Path(t.file.file_path).name.startswith("sealed-") for t in tasks)
 
 
 def query_clickhouse_from_another_process(dsn: str, sql: str) -> list:
-    code = ("import json, sys, clickhouse_connect\n"
-            "c = clickhouse_connect.get_client(dsn=sys.argv[1])\n"
-            "print(json.dumps(c.query(sys.argv[2]).result_rows, default=str))\n")
-    out = subprocess.run([sys.executable, "-c", code, dsn, sql], check=False, capture_output=True, text=True, timeout=120)
+    code = (
+        "import json, sys, clickhouse_connect\n"
+        "c = clickhouse_connect.get_client(dsn=sys.argv[1])\n"
+        "print(json.dumps(c.query(sys.argv[2]).result_rows, default=str))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, dsn, sql], check=False, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -125,8 +136,9 @@ def default_consumer_receives(bootstrap: str, topic: str, timeout_s: float = 10.
     """Records a confluent-kafka consumer with library defaults (new group, subscribe) gets."""
     from confluent_kafka import Consumer
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"acceptance-{uuid.uuid4().hex}",
-                  "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"acceptance-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
+    )
     try:
         c.subscribe([topic])
         got = 0
@@ -178,33 +190,38 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
             if not missing and not active:
                 break
             failed = [r for r in chain_runs(instance) if r.status == dg.DagsterRunStatus.FAILURE]
-            assert not failed, (f"failed runs: {[(r.job_name, r.tags.get('dagster/partition')) for r in failed]}",
-                                failures(instance, failed), [e for e in check_evaluations(instance, failed)
-                                                             if not e[-1]])
+            assert not failed, (
+                f"failed runs: {[(r.job_name, r.tags.get('dagster/partition')) for r in failed]}",
+                failures(instance, failed),
+                [e for e in check_evaluations(instance, failed) if not e[-1]],
+            )
             assert time.monotonic() < deadline, (missing, [r.job_name for r in active])
             time.sleep(10)
 
         runs = [r for r in chain_runs(instance) if r.tags.get("dagster/partition") in HOURS]
-        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), \
-            [(r.job_name, r.tags.get("dagster/partition"), r.status) for r in runs]
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [
+            (r.job_name, r.tags.get("dagster/partition"), r.status) for r in runs
+        ]
         # The months between the two captures were not declared, sealed or built. (Hours of today
         # may be: the hourly schedule seals wall-clock hours the lake's watermark has passed.)
         for key in (*SEALED, *PRODUCTS):
             between = {h for h in materialized(instance, key) if BINANCE_HOURS[-1] < h < BYBIT_HOURS[0]}
             assert not between, (key, sorted(between)[:5])
         # The automation built the products (a person launched nothing).
-        assert any(r.tags.get("dagster/from_automation_condition") or r.tags.get("dagster/sensor_name")
-                   == "hourly_chain_automation" for r in runs), [r.tags for r in runs]
+        assert any(
+            r.tags.get("dagster/from_automation_condition")
+            or r.tags.get("dagster/sensor_name") == "hourly_chain_automation"
+            for r in runs
+        ), [r.tags for r in runs]
         evaluations = check_evaluations(instance, runs)
-        assert evaluations and all(passed for *_, passed in evaluations), \
-            [e for e in evaluations if not e[-1]]
+        assert evaluations and all(passed for *_, passed in evaluations), [e for e in evaluations if not e[-1]]
         parity = {p for a, c, p, _ in evaluations if (a, c) == ("spark/features_1s", "offline_online_parity")}
         assert parity == set(HOURS), parity
         sealed_checks = {(a, p) for a, c, p, _ in evaluations if c == "unique_event_ids"}
         assert {("lake/trades", h) for h in HOURS} <= sealed_checks
 
         # The lake: every capture event exactly once.
-        from pipelines.stack import open_local_catalog
+        from pipelines.local.stack import open_local_catalog
 
         tables = open_local_catalog(ticklake_home).ensure_tables()
         lake_trades = tables["trades"].scan().to_arrow()
@@ -224,15 +241,18 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
         info = json.loads(ticklake(home, "status", "--json").stdout)
         # ClickHouse, from a separate process, while the stack runs: the lake's trades.
         rows = query_clickhouse_from_another_process(
-            info["clickhouse_dsn"], "SELECT count(), uniqExact(event_id) FROM ticklake.trades")
+            info["clickhouse_dsn"], "SELECT count(), uniqExact(event_id) FROM ticklake.trades"
+        )
         assert rows == [[trades, trades]], rows
         features = query_clickhouse_from_another_process(
-            info["clickhouse_dsn"], "SELECT count() FROM ticklake.features_1s")
+            info["clickhouse_dsn"], "SELECT count() FROM ticklake.features_1s"
+        )
         assert features[0][0] > 0
 
         # Charts on disk for the hours with trades.
-        charts = sorted(p.relative_to(ticklake_home.artifacts_dir).as_posix()
-                        for p in ticklake_home.artifacts_dir.rglob("*.png"))
+        charts = sorted(
+            p.relative_to(ticklake_home.artifacts_dir).as_posix() for p in ticklake_home.artifacts_dir.rglob("*.png")
+        )
         assert any(c.startswith("binance/BTC-USDT/dt=2024-08-08/hour=23/") for c in charts), charts
 
         # Ordinary Kafka clients: library defaults, a new group, subscribe.
@@ -246,7 +266,12 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
         # ... and each long-running service by its own metrics: answering, not stuck; the
         # sealed hours per table; the exit code says healthy.
         assert {h["service"] for h in info["service_health"] if h["state"] == "running"} >= {
-            "normalizer", "feature-processor", "lake-sink", "clickhouse-live", "pragma-publisher"}
+            "normalizer",
+            "feature-processor",
+            "lake-sink",
+            "clickhouse-live",
+            "pragma-publisher",
+        }
         assert all(h["healthy"] for h in info["service_health"]), info["service_health"]
         assert info["lake_sealed_hours"]["trades"] is not None
         assert info["problems"] == [], info["problems"]

@@ -29,6 +29,8 @@ from prometheus_client import REGISTRY
 from collectors.capture import REST, WS, detect, read, rest_params
 from collectors.exchanges.base import RestRequest
 from collectors.verify import adapter_for
+from runtime import kafka_config as kc
+from schemas import serde
 from schemas.gen.pragma.v1 import pragma_pb2 as ppb
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import (
@@ -40,8 +42,8 @@ from schemas.model import (
     market_from_pb,
 )
 from schemas.topics import PRAGMA_ORDERBOOK_TOPIC, PRAGMA_PRICES_TOPIC
-from streaming import kafka_config as kc
-from streaming import serde
+from streaming.kafka.topic_admin import admin_client, create_topics
+from streaming.kafka.topic_config import TopicSpec
 from streaming.pragma import consumer as consumer_mod
 from streaming.pragma.config import FeedConfig, PragmaConfig, ProducerSettings
 from streaming.pragma.consumer import FeedFilter, PragmaConsumer
@@ -63,8 +65,6 @@ from streaming.pragma.messages import (
 )
 from streaming.pragma.price import PriceDefinition, microprice, mid_price
 from streaming.pragma.publisher import PragmaPublisher, PublisherCore
-from streaming.topic_admin import admin_client, create_topics
-from streaming.topic_config import TopicSpec
 from tests.support.envelopes import envelope
 from workloads.samples import BINANCE_SPOT_CF, BINANCE_SPOT_HFT, BINANCE_USDM_CF, OKX_CF
 
@@ -77,13 +77,17 @@ FIXED_NOW_US = 1_750_000_000_123_456
 OUT_PARTITIONS = 4
 DEPTH = 5
 
-PRICE_VALIDATOR = Draft202012Validator(json.loads((SCHEMA_DIR / "pragma-prices-v1.json").read_text()),
-                                       format_checker=Draft202012Validator.FORMAT_CHECKER)
-DEPTH_VALIDATOR = Draft202012Validator(json.loads((SCHEMA_DIR / "pragma-orderbook-v1.json").read_text()),
-                                       format_checker=Draft202012Validator.FORMAT_CHECKER)
+PRICE_VALIDATOR = Draft202012Validator(
+    json.loads((SCHEMA_DIR / "pragma-prices-v1.json").read_text()), format_checker=Draft202012Validator.FORMAT_CHECKER
+)
+DEPTH_VALIDATOR = Draft202012Validator(
+    json.loads((SCHEMA_DIR / "pragma-orderbook-v1.json").read_text()),
+    format_checker=Draft202012Validator.FORMAT_CHECKER,
+)
 
 
 # -- input: genuine captures through the project's adapters ------------------------------------
+
 
 def capture_envelopes(path: Path, limit: int | None = None) -> list[pb.Envelope]:
     info = detect(path)
@@ -96,8 +100,9 @@ def capture_envelopes(path: Path, limit: int | None = None) -> list[pb.Envelope]
             res = adapter.on_frame(rec.payload, rec.recv_ts_us)
         elif rec.kind == REST:
             params = rest_params(rec.url)
-            req = RestRequest(path=urlsplit(rec.url).path, params=tuple(params.items()),
-                              native_symbol=params.get("symbol", ""))
+            req = RestRequest(
+                path=urlsplit(rec.url).path, params=tuple(params.items()), native_symbol=params.get("symbol", "")
+            )
             res = adapter.on_rest(req, 200, rec.payload, rec.recv_ts_us)
         else:
             continue
@@ -121,8 +126,7 @@ def events() -> list[pb.Envelope]:
     evs += capture_envelopes(BINANCE_SPOT_CF)
     evs += capture_envelopes(BINANCE_SPOT_HFT, limit=3000)
     evs += synthetic_binance_btc_perp()
-    kinds = {(exchange_from_pb(e.exchange), market_from_pb(e.market), event_type_from_pb(e.event_type))
-             for e in evs}
+    kinds = {(exchange_from_pb(e.exchange), market_from_pb(e.market), event_type_from_pb(e.event_type)) for e in evs}
     # the captures must really give what the tests rely on
     assert (Exchange.OKX, Market.SPOT, EventType.BOOK_DELTA) in kinds
     assert (Exchange.BINANCE, Market.PERP, EventType.TRADE) in kinds
@@ -156,6 +160,7 @@ def expected_feed(env: pb.Envelope) -> tuple[str, PriceDefinition] | None:
 
 
 # -- independent model of what must be published ----------------------------------------------
+
 
 def dec(scaled: int, scale: int) -> Decimal:
     return Decimal(scaled).scaleb(-scale)
@@ -205,8 +210,13 @@ def expected_messages(evs: list[pb.Envelope]) -> tuple[dict, dict]:
                         b[side][px] = q
             bids = sorted(b["bids"].items(), reverse=True)
             asks = sorted(b["asks"].items())
-            depth[key].append((iso(env.exchange_ts), [[text(p), text(q)] for p, q in bids[:DEPTH]],
-                               [[text(p), text(q)] for p, q in asks[:DEPTH]]))
+            depth[key].append(
+                (
+                    iso(env.exchange_ts),
+                    [[text(p), text(q)] for p, q in bids[:DEPTH]],
+                    [[text(p), text(q)] for p, q in asks[:DEPTH]],
+                )
+            )
             if bids and asks and bids[0][0] < asks[0][0]:
                 (bp, bq), (ap, aq) = bids[0], asks[0]
                 if definition is PriceDefinition.MID:
@@ -223,10 +233,17 @@ def expected_messages(evs: list[pb.Envelope]) -> tuple[dict, dict]:
 
 # -- the broker run ----------------------------------------------------------------------------
 
+
 def read_topic(bootstrap: str, topic: str, count: int, deadline_polls: int = 600) -> list:
     """Every record of `topic` from the beginning until `count` were read."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
     try:
         md = c.list_topics(topic, timeout=10).topics[topic]
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
@@ -248,28 +265,42 @@ def run(kafka_broker, events):
     uid = uuid.uuid4().hex[:8]
     bootstrap = kafka_broker.bootstrap
     topics = {
-        "trade": f"t{uid}.processed.trades", "book_snapshot": f"t{uid}.processed.snapshots",
-        "book_delta": f"t{uid}.processed.deltas", "other": f"t{uid}.processed.other",
+        "trade": f"t{uid}.processed.trades",
+        "book_snapshot": f"t{uid}.processed.snapshots",
+        "book_delta": f"t{uid}.processed.deltas",
+        "other": f"t{uid}.processed.other",
     }
     prices_topic, depth_topic, dlq = f"{PRAGMA_PRICES_TOPIC}.{uid}", f"{PRAGMA_ORDERBOOK_TOPIC}.{uid}", f"dlq.{uid}"
     admin = admin_client(bootstrap)
     specs = {t: TopicSpec(3, 3_600_000) for t in topics.values()}
-    specs |= {prices_topic: TopicSpec(OUT_PARTITIONS, 3_600_000), depth_topic: TopicSpec(OUT_PARTITIONS, 3_600_000),
-              dlq: TopicSpec(1, 3_600_000)}
+    specs |= {
+        prices_topic: TopicSpec(OUT_PARTITIONS, 3_600_000),
+        depth_topic: TopicSpec(OUT_PARTITIONS, 3_600_000),
+        dlq: TopicSpec(1, 3_600_000),
+    }
     create_topics(admin, specs, 1)
 
     prod = Producer({"bootstrap.servers": bootstrap})
     for env in events:
         rec = serde.encode(env)
-        prod.produce(topics.get(env.WhichOneof("payload"), topics["other"]), value=rec.value, key=rec.key,
-                     headers=rec.headers)
-    prod.produce(topics["trade"], value=b"\x00not an envelope", key=b"BTC-USDT")   # must go to the DLQ
+        prod.produce(
+            topics.get(env.WhichOneof("payload"), topics["other"]), value=rec.value, key=rec.key, headers=rec.headers
+        )
+    prod.produce(topics["trade"], value=b"\x00not an envelope", key=b"BTC-USDT")  # must go to the DLQ
     assert prod.flush(30) == 0
     n_in = len(events) + 1
 
-    cfg = PragmaConfig(feeds=EXPLICIT_FEEDS, auto_quotes=AUTO_QUOTES, depth_levels=DEPTH, depth_interval_ms=0,
-                       prices_topic=prices_topic, orderbook_topic=depth_topic, input_topics=tuple(topics.values()),
-                       group_id=f"pragma-{uid}", dlq_topic=dlq)
+    cfg = PragmaConfig(
+        feeds=EXPLICIT_FEEDS,
+        auto_quotes=AUTO_QUOTES,
+        depth_levels=DEPTH,
+        depth_interval_ms=0,
+        prices_topic=prices_topic,
+        orderbook_topic=depth_topic,
+        input_topics=tuple(topics.values()),
+        group_id=f"pragma-{uid}",
+        dlq_topic=dlq,
+    )
     conn = kc.KafkaConnection(bootstrap_servers=bootstrap)
     pub = PragmaPublisher(conn, cfg, clock=lambda: FIXED_NOW_US, session_timeout_ms=2000)
     stats = pub.run(max_records_in=n_in)
@@ -278,9 +309,20 @@ def run(kafka_broker, events):
     prices = read_topic(bootstrap, prices_topic, stats.per_topic[prices_topic])
     depth = read_topic(bootstrap, depth_topic, stats.per_topic[depth_topic])
     dead = read_topic(bootstrap, dlq, 1)
-    return {"bootstrap": bootstrap, "conn": conn, "cfg": cfg, "stats": stats, "prices": prices, "depth": depth,
-            "dead": dead, "prices_topic": prices_topic, "depth_topic": depth_topic, "input_topics": topics,
-            "core": pub.core, "uid": uid}
+    return {
+        "bootstrap": bootstrap,
+        "conn": conn,
+        "cfg": cfg,
+        "stats": stats,
+        "prices": prices,
+        "depth": depth,
+        "dead": dead,
+        "prices_topic": prices_topic,
+        "depth_topic": depth_topic,
+        "input_topics": topics,
+        "core": pub.core,
+        "uid": uid,
+    }
 
 
 def by_key(msgs) -> dict[str, list]:
@@ -291,6 +333,7 @@ def by_key(msgs) -> dict[str, list]:
 
 
 # -- contract tests on the broker run ----------------------------------------------------------
+
 
 def test_every_key_follows_the_format_and_names_the_body_feed(run):
     for m in run["prices"] + run["depth"]:
@@ -329,13 +372,15 @@ def test_published_feeds_are_exactly_the_configured_ones(run, events):
     assert got == want
     # futures, ETH/EUR-quoted instruments without a feed entry, are not published
     assert not any("BLZ" in k or "RUNE" in k for k in got)
-    assert "spot-unknown-binance-LRC" in got                   # explicit feed with a BTC quote
+    assert "spot-unknown-binance-LRC" in got  # explicit feed with a BTC quote
 
 
 def test_prices_equal_the_configured_definition_in_feed_order(run, events):
     exp_prices, _ = expected_messages(events)
-    got = {k: [(json.loads(m.value())["event_timestamp"], json.loads(m.value())["price"]) for m in ms]
-           for k, ms in by_key(run["prices"]).items()}
+    got = {
+        k: [(json.loads(m.value())["event_timestamp"], json.loads(m.value())["price"]) for m in ms]
+        for k, ms in by_key(run["prices"]).items()
+    }
     assert set(got) == {k for k, v in exp_prices.items() if v}
     for key, seq in exp_prices.items():
         assert got.get(key, []) == seq, key
@@ -347,8 +392,10 @@ def test_prices_equal_the_configured_definition_in_feed_order(run, events):
 
 def test_depth_is_the_top_levels_of_the_maintained_book_in_order(run, events):
     _, exp_depth = expected_messages(events)
-    got = {k: [(b["event_timestamp"], b["bids"], b["asks"]) for b in (json.loads(m.value()) for m in ms)]
-           for k, ms in by_key(run["depth"]).items()}
+    got = {
+        k: [(b["event_timestamp"], b["bids"], b["asks"]) for b in (json.loads(m.value()) for m in ms)]
+        for k, ms in by_key(run["depth"]).items()
+    }
     assert set(got) == set(exp_depth)
     for key, seq in exp_depth.items():
         assert got[key] == seq, key
@@ -388,10 +435,10 @@ def test_bad_input_goes_to_the_dead_letter_topic(run):
 def test_metrics_count_published_messages_per_feed(run):
     for topic, msgs in ((run["prices_topic"], run["prices"]), (run["depth_topic"], run["depth"])):
         for key, ms in by_key(msgs).items():
-            assert REGISTRY.get_sample_value("ticklake_pragma_messages_published_total",
-                                             {"topic": topic, "feed": key}) == len(ms)
-        assert REGISTRY.get_sample_value("ticklake_pragma_publish_latency_seconds_count",
-                                         {"topic": topic}) == len(msgs)
+            assert REGISTRY.get_sample_value(
+                "ticklake_pragma_messages_published_total", {"topic": topic, "feed": key}
+            ) == len(ms)
+        assert REGISTRY.get_sample_value("ticklake_pragma_publish_latency_seconds_count", {"topic": topic}) == len(msgs)
 
 
 def test_consumer_helper_filters_by_key_without_deserializing(run, monkeypatch):
@@ -416,9 +463,16 @@ def test_consumer_helper_filters_by_key_without_deserializing(run, monkeypatch):
     all_msgs = run["prices"] + run["depth"]
     perp = [m for m in all_msgs if m.key().startswith(b"perp-")]
     total = len(all_msgs) + junk
-    with PragmaConsumer(run["conn"], f"app-{run['uid']}", feed_filter=FeedFilter.of(market_type="perpetual"),
-                        prices_topic=run["prices_topic"], orderbook_topic=run["depth_topic"],
-                        session_timeout_ms=2000, fetch_wait_max_ms=10, raise_on_bad=True) as cons:
+    with PragmaConsumer(
+        run["conn"],
+        f"app-{run['uid']}",
+        feed_filter=FeedFilter.of(market_type="perpetual"),
+        prices_topic=run["prices_topic"],
+        orderbook_topic=run["depth_topic"],
+        session_timeout_ms=2000,
+        fetch_wait_max_ms=10,
+        raise_on_bad=True,
+    ) as cons:
         got = []
         for _ in range(600):
             got += cons.poll_batch(timeout=0.1)
@@ -428,8 +482,7 @@ def test_consumer_helper_filters_by_key_without_deserializing(run, monkeypatch):
     assert cons.stats.skipped == total - len(perp)
     assert cons.stats.decoded == len(perp) == len(calls) == len(got)
     assert cons.stats.decode_errors == 0 and cons.stats.bad_keys == 0
-    assert all(isinstance(d.record, PriceRecord | OrderbookRecord) and d.record.market_type == "perpetual"
-               for d in got)
+    assert all(isinstance(d.record, PriceRecord | OrderbookRecord) and d.record.market_type == "perpetual" for d in got)
     # order per feed (and topic) as published
     for key, ms in by_key(perp).items():
         for topic in (run["prices_topic"], run["depth_topic"]):
@@ -442,10 +495,16 @@ def test_consumer_helper_filters_by_key_without_deserializing(run, monkeypatch):
 def test_consumer_filters_by_source_and_ticker(run):
     prices = run["prices"]
     want = [m for m in prices if m.key() == b"perp-unknown-binance-SUSHI"]
-    with PragmaConsumer(run["conn"], f"app2-{run['uid']}", topics=[run["prices_topic"]],
-                        feed_filter=FeedFilter.of(market_type="perpetual", source_id="binance", token_ticker="SUSHI"),
-                        prices_topic=run["prices_topic"], orderbook_topic=run["depth_topic"],
-                        session_timeout_ms=2000, fetch_wait_max_ms=10) as cons:
+    with PragmaConsumer(
+        run["conn"],
+        f"app2-{run['uid']}",
+        topics=[run["prices_topic"]],
+        feed_filter=FeedFilter.of(market_type="perpetual", source_id="binance", token_ticker="SUSHI"),
+        prices_topic=run["prices_topic"],
+        orderbook_topic=run["depth_topic"],
+        session_timeout_ms=2000,
+        fetch_wait_max_ms=10,
+    ) as cons:
         got = []
         for _ in range(600):
             got += cons.poll_batch(timeout=0.1)
@@ -459,13 +518,26 @@ def test_protobuf_encoding_carries_the_same_records(run, kafka_broker, events):
     """A second publisher in protobuf mode over the same input: identical records."""
     uid = uuid.uuid4().hex[:8]
     pt, dt = f"{PRAGMA_PRICES_TOPIC}.pb{uid}", f"{PRAGMA_ORDERBOOK_TOPIC}.pb{uid}"
-    create_topics(admin_client(kafka_broker.bootstrap), {pt: TopicSpec(OUT_PARTITIONS, 3_600_000),
-                                                         dt: TopicSpec(OUT_PARTITIONS, 3_600_000)}, 1)
-    cfg = PragmaConfig(feeds=EXPLICIT_FEEDS, auto_quotes=AUTO_QUOTES, depth_levels=DEPTH, depth_interval_ms=0,
-                       prices_topic=pt, orderbook_topic=dt, input_topics=tuple(run["input_topics"].values()),
-                       group_id=f"pragma-pb-{uid}", encoding="protobuf", dlq_topic=f"dlq.{run['uid']}")
+    create_topics(
+        admin_client(kafka_broker.bootstrap),
+        {pt: TopicSpec(OUT_PARTITIONS, 3_600_000), dt: TopicSpec(OUT_PARTITIONS, 3_600_000)},
+        1,
+    )
+    cfg = PragmaConfig(
+        feeds=EXPLICIT_FEEDS,
+        auto_quotes=AUTO_QUOTES,
+        depth_levels=DEPTH,
+        depth_interval_ms=0,
+        prices_topic=pt,
+        orderbook_topic=dt,
+        input_topics=tuple(run["input_topics"].values()),
+        group_id=f"pragma-pb-{uid}",
+        encoding="protobuf",
+        dlq_topic=f"dlq.{run['uid']}",
+    )
     stats = PragmaPublisher(run["conn"], cfg, clock=lambda: FIXED_NOW_US, session_timeout_ms=2000).run(
-        max_records_in=len(events) + 1)
+        max_records_in=len(events) + 1
+    )
     for topic, json_msgs, data_type in ((pt, run["prices"], "price"), (dt, run["depth"], "market_depth")):
         pb_msgs = read_topic(run["bootstrap"], topic, stats.per_topic[topic])
         assert all(dict(m.headers())["content-type"].startswith(b"application/x-protobuf") for m in pb_msgs)
@@ -476,16 +548,24 @@ def test_protobuf_encoding_carries_the_same_records(run, kafka_broker, events):
 
 # -- pure parts ----------------------------------------------------------------------------------
 
+
 def test_key_format_and_parse():
     assert feed_key("perpetual", "unknown", "binance", "BTC") == "perp-unknown-binance-BTC"
     assert feed_key("spot", "ethereum", "ekubo", "ETH") == "spot-ethereum-ekubo-ETH"
     k = parse_key(b"perp-unknown-paradex-BTC")
     assert (k.market_type, k.network_id, k.source_id, k.token_ticker) == ("perpetual", "unknown", "paradex", "BTC")
-    for bad in (b"perpetual-unknown-x-BTC", b"spot-unknown-BTC", None, b"spot-a-b-c-d", b"\xff-a-b-c", b"option-1-x-BTC"):
+    for bad in (
+        b"perpetual-unknown-x-BTC",
+        b"spot-unknown-BTC",
+        None,
+        b"spot-a-b-c-d",
+        b"\xff-a-b-c",
+        b"option-1-x-BTC",
+    ):
         with pytest.raises(PragmaKeyError):
             parse_key(bad)
     with pytest.raises(PragmaKeyError):
-        feed_key("spot", "main-net", "x", "BTC")     # a dash would make the key ambiguous
+        feed_key("spot", "main-net", "x", "BTC")  # a dash would make the key ambiguous
 
 
 def test_murmur2_matches_kafka_reference_vectors():
@@ -500,7 +580,7 @@ def test_murmur2_matches_kafka_reference_vectors():
 
 def test_price_definitions_exact():
     assert mid_price(6543210, 6543211, 2) == "65432.105"
-    assert mid_price(100, 100, 0) is None            # locked/crossed book has no price
+    assert mid_price(100, 100, 0) is None  # locked/crossed book has no price
     assert mid_price(None, 5, 0) is None
     # (100*3 + 102*1) / 4 = 100.5
     assert microprice(100, 1, 102, 3, 0, 4) == "100.5"
@@ -509,41 +589,85 @@ def test_price_definitions_exact():
     with localcontext() as ctx:
         ctx.prec = 60
         for bp, bq, ap, aq in ((6543210, 7, 6543290, 3), (1, 999, 3, 1), (123456789, 13, 123456799, 17)):
-            want = ((Decimal(bp) * aq + Decimal(ap) * bq) / (bq + aq)).scaleb(-2).quantize(
-                Decimal("1e-6"), rounding=ROUND_HALF_EVEN)
+            want = (
+                ((Decimal(bp) * aq + Decimal(ap) * bq) / (bq + aq))
+                .scaleb(-2)
+                .quantize(Decimal("1e-6"), rounding=ROUND_HALF_EVEN)
+            )
             assert Decimal(microprice(bp, bq, ap, aq, 2, 4)) == want
 
 
 def test_schema_rejects_what_the_contract_forbids():
-    good = PriceRecord(message_id=str(uuid.uuid4()), event_timestamp=iso_utc(0), publish_timestamp=iso_utc(1),
-                       producer="ticklake", market_type="spot", token_ticker="BTC", source_id="binance",
-                       network_id="unknown", price="65432.1").to_json_dict()
+    good = PriceRecord(
+        message_id=str(uuid.uuid4()),
+        event_timestamp=iso_utc(0),
+        publish_timestamp=iso_utc(1),
+        producer="ticklake",
+        market_type="spot",
+        token_ticker="BTC",
+        source_id="binance",
+        network_id="unknown",
+        price="65432.1",
+    ).to_json_dict()
     PRICE_VALIDATOR.validate(good)
-    bad_cases = [{"price": 65432.1}, {"price": "6.5e4"}, {"market_type": "perp"}, {"version": "1.0"},
-                 {"message_id": "not-a-uuid"}, {"event_timestamp": "2024-08-09 00:00:00"}, {"extra": 1},
-                 {"data_type": "market_depth"}]
+    bad_cases = [
+        {"price": 65432.1},
+        {"price": "6.5e4"},
+        {"market_type": "perp"},
+        {"version": "1.0"},
+        {"message_id": "not-a-uuid"},
+        {"event_timestamp": "2024-08-09 00:00:00"},
+        {"extra": 1},
+        {"data_type": "market_depth"},
+    ]
     for change in bad_cases:
         assert not PRICE_VALIDATOR.is_valid(good | change), change
     for field_name in ("market_type", "price", "message_id"):
         assert not PRICE_VALIDATOR.is_valid({k: v for k, v in good.items() if k != field_name})
-    depth = OrderbookRecord(message_id=str(uuid.uuid4()), event_timestamp=iso_utc(0), publish_timestamp=iso_utc(0),
-                            producer="p", market_type="perpetual", token_ticker="BTC", source_id="okx",
-                            network_id="unknown", bids=(("1.5", "2"),), asks=(("1.6", "0.25"),)).to_json_dict()
+    depth = OrderbookRecord(
+        message_id=str(uuid.uuid4()),
+        event_timestamp=iso_utc(0),
+        publish_timestamp=iso_utc(0),
+        producer="p",
+        market_type="perpetual",
+        token_ticker="BTC",
+        source_id="okx",
+        network_id="unknown",
+        bids=(("1.5", "2"),),
+        asks=(("1.6", "0.25"),),
+    ).to_json_dict()
     DEPTH_VALIDATOR.validate(depth)
     for change in ({"bids": [["1.5"]]}, {"asks": [[1.6, "0.25"]]}, {"bids": [["1.5", "2", "3"]]}):
         assert not DEPTH_VALIDATOR.is_valid(depth | change), change
 
 
 def test_proto_round_trip_and_same_fields_as_json():
-    rec = PriceRecord(message_id=str(uuid.uuid4()), event_timestamp=iso_utc(1_723_161_600_000_001),
-                      publish_timestamp=iso_utc(1_723_161_600_000_002), producer="ticklake", market_type="perpetual",
-                      token_ticker="BTC", source_id="bybit", network_id="unknown", price="0.00001234",
-                      metadata={"symbol": "BTC-USDT-PERP"})
+    rec = PriceRecord(
+        message_id=str(uuid.uuid4()),
+        event_timestamp=iso_utc(1_723_161_600_000_001),
+        publish_timestamp=iso_utc(1_723_161_600_000_002),
+        producer="ticklake",
+        market_type="perpetual",
+        token_ticker="BTC",
+        source_id="bybit",
+        network_id="unknown",
+        price="0.00001234",
+        metadata={"symbol": "BTC-USDT-PERP"},
+    )
     value, headers = encode(rec, "protobuf")
     assert decode(value, headers, "price") == rec
-    depth = OrderbookRecord(message_id=str(uuid.uuid4()), event_timestamp=iso_utc(5), publish_timestamp=iso_utc(6),
-                            producer="ticklake", market_type="spot", token_ticker="ETH", source_id="okx",
-                            network_id="unknown", bids=(("3000.1", "1"), ("3000", "2.5")), asks=(("3000.2", "7"),))
+    depth = OrderbookRecord(
+        message_id=str(uuid.uuid4()),
+        event_timestamp=iso_utc(5),
+        publish_timestamp=iso_utc(6),
+        producer="ticklake",
+        market_type="spot",
+        token_ticker="ETH",
+        source_id="okx",
+        network_id="unknown",
+        bids=(("3000.1", "1"), ("3000", "2.5")),
+        asks=(("3000.2", "7"),),
+    )
     value, headers = encode(depth, "protobuf")
     assert decode(value, headers, "market_depth") == depth
     # the .proto has exactly the JSON body's fields
@@ -558,21 +682,21 @@ def test_proto_round_trip_and_same_fields_as_json():
 def test_depth_rate_limit_publishes_the_book_at_the_end_of_each_event_time_interval():
     cfg = PragmaConfig(depth_interval_ms=100, depth_levels=2, default_price=PriceDefinition.MID)
     core = PublisherCore(cfg)
-    wall = 5_000_000_000_000_000                                      # far from the events' times
+    wall = 5_000_000_000_000_000  # far from the events' times
     out = core.on_envelope(envelope(EventType.BOOK_SNAPSHOT, 0), wall)
-    assert [o.topic for o in out] == [cfg.prices_topic]             # depth waits for its interval to end
-    for i in range(1, 6):                                             # five deltas 1 ms apart (event time)
+    assert [o.topic for o in out] == [cfg.prices_topic]  # depth waits for its interval to end
+    for i in range(1, 6):  # five deltas 1 ms apart (event time)
         assert cfg.orderbook_topic not in {o.topic for o in core.on_envelope(envelope(EventType.BOOK_DELTA, i), wall)}
-    assert core.due_depth(wall + 500_000) == []                        # busy feed: no wall-clock flush yet
-    out = core.on_envelope(envelope(EventType.BOOK_DELTA, 150), wall)   # next interval (event time +150 ms)
+    assert core.due_depth(wall + 500_000) == []  # busy feed: no wall-clock flush yet
+    out = core.on_envelope(envelope(EventType.BOOK_DELTA, 150), wall)  # next interval (event time +150 ms)
     depth = [o for o in out if o.topic == cfg.orderbook_topic]
     assert len(depth) == 1
-    assert depth[0].record.metadata["seq"] == str(1005)              # the book at the end of the interval
+    assert depth[0].record.metadata["seq"] == str(1005)  # the book at the end of the interval
     assert depth[0].record.event_timestamp == iso_utc(envelope(EventType.BOOK_DELTA, 5).exchange_ts)
     assert core.due_depth(wall + 900_000) == []
-    flushed = core.due_depth(wall + 1_000_000)                         # quiet for depth_idle_flush_ms
+    flushed = core.due_depth(wall + 1_000_000)  # quiet for depth_idle_flush_ms
     assert [o.record.metadata["seq"] for o in flushed] == [str(1150)]
-    assert core.due_depth(wall + 3_000_000) == []                      # nothing changed: nothing sent
+    assert core.due_depth(wall + 3_000_000) == []  # nothing changed: nothing sent
     # An event of the flushed interval's successor does not publish that book a second time.
     assert cfg.orderbook_topic not in {o.topic for o in core.on_envelope(envelope(EventType.BOOK_DELTA, 300), wall)}
 
@@ -591,7 +715,7 @@ def _replay_publisher(evs: list[pb.Envelope], speed_max: bool) -> dict[tuple[str
             out += core.due_depth(now)
     end = (max(e.exchange_ts for e in evs) + 7_000_000_000) if not speed_max else wall + len(evs)
     out += core.due_depth(end + 2_000_000)
-    per_stream: dict[tuple[str, bytes], list[str]] = defaultdict(list)    # what a consumer sees per key
+    per_stream: dict[tuple[str, bytes], list[str]] = defaultdict(list)  # what a consumer sees per key
     for o in out:
         per_stream[(o.topic, o.key)].append(o.record.message_id)
     return per_stream
@@ -602,10 +726,10 @@ def test_a_replay_publishes_the_same_messages_at_speed_1_and_at_speed_max():
     on how fast the input arrives. Short captures, trimmed here from the shipped samples."""
     evs = capture_envelopes(OKX_CF)
     evs += capture_envelopes(BINANCE_SPOT_HFT, limit=6000)
-    evs.sort(key=lambda e: e.ingest_ts)         # one stream, in arrival order (trimmed captures interleave)
+    evs.sort(key=lambda e: e.ingest_ts)  # one stream, in arrival order (trimmed captures interleave)
     slow = _replay_publisher(evs, speed_max=False)
     fast = _replay_publisher(evs, speed_max=True)
-    assert fast == slow                                  # same ids, same count, same order per key
+    assert fast == slow  # same ids, same count, same order per key
     depth = [mid for (topic, _), ids in slow.items() if topic == PRAGMA_ORDERBOOK_TOPIC for mid in ids]
     assert len(set(depth)) == len(depth)
     # One depth message per 100 ms interval of venue time in which a book changed (not one per
@@ -620,13 +744,21 @@ def test_a_replay_publishes_the_same_messages_at_speed_1_and_at_speed_max():
 
 def test_config_guards():
     with pytest.raises(ValueError):
-        PragmaConfig(feeds=(FeedConfig(Exchange.BINANCE, Market.SPOT, "BTC-USDT"),
-                            FeedConfig(Exchange.BINANCE, Market.SPOT, "BTC-FDUSD")))    # same key twice
+        PragmaConfig(
+            feeds=(
+                FeedConfig(Exchange.BINANCE, Market.SPOT, "BTC-USDT"),
+                FeedConfig(Exchange.BINANCE, Market.SPOT, "BTC-FDUSD"),
+            )
+        )  # same key twice
     with pytest.raises(ValueError):
         FeedConfig(Exchange.OKX, Market.FUTURE, "BTC-USD-220527")
-    cfg = PragmaConfig.from_mapping({"default_price": "microprice", "producer_settings": {"retries": 2},
-                                     "feeds": [{"exchange": "okx", "market": "perp", "symbol": "ETH-USDT-PERP",
-                                                "price": "last_trade"}]})
+    cfg = PragmaConfig.from_mapping(
+        {
+            "default_price": "microprice",
+            "producer_settings": {"retries": 2},
+            "feeds": [{"exchange": "okx", "market": "perp", "symbol": "ETH-USDT-PERP", "price": "last_trade"}],
+        }
+    )
     assert cfg.default_price is PriceDefinition.MICROPRICE and cfg.feeds[0].price is PriceDefinition.LAST_TRADE
     with pytest.raises(ValueError):
         PragmaConfig.from_mapping({"depth": 5})
@@ -641,24 +773,29 @@ def test_producer_settings_follow_the_contract():
 
 
 def test_unchanged_prices_are_not_republished():
-    core = PublisherCore(PragmaConfig(feeds=(FeedConfig(Exchange.BINANCE, Market.PERP, "BTC-USDT-PERP",
-                                                        PriceDefinition.LAST_TRADE),)))
+    core = PublisherCore(
+        PragmaConfig(feeds=(FeedConfig(Exchange.BINANCE, Market.PERP, "BTC-USDT-PERP", PriceDefinition.LAST_TRADE),))
+    )
     t = envelope(EventType.TRADE, 1)
     same = pb.Envelope()
     same.CopyFrom(t)
     same.trade.trade_id = "other"
     same.event_id = "x" * 32
     assert len(core.on_envelope(t, 0)) == 1
-    assert core.on_envelope(same, 0) == []          # same price again
-    assert core.on_envelope(t, 0) == []             # duplicate event id
+    assert core.on_envelope(same, 0) == []  # same price again
+    assert core.on_envelope(t, 0) == []  # duplicate event id
     assert core.skipped.get("duplicate") == 1
 
 
 def test_stop_event_ends_the_service_loop(run):
     """The Dagster op stops the service through this event; the loop must return."""
-    cfg = PragmaConfig(input_topics=tuple(run["input_topics"].values()), group_id=f"stop-{run['uid']}",
-                       prices_topic=run["prices_topic"] + ".unused", orderbook_topic=run["depth_topic"] + ".unused",
-                       auto_quotes=())
+    cfg = PragmaConfig(
+        input_topics=tuple(run["input_topics"].values()),
+        group_id=f"stop-{run['uid']}",
+        prices_topic=run["prices_topic"] + ".unused",
+        orderbook_topic=run["depth_topic"] + ".unused",
+        auto_quotes=(),
+    )
     stop = threading.Event()
     stop.set()
     stats = PragmaPublisher(run["conn"], cfg, session_timeout_ms=2000).run(stop)
@@ -667,11 +804,12 @@ def test_stop_event_ends_the_service_loop(run):
 
 # -- the Dagster service ---------------------------------------------------------------------------
 
+
 def test_supervisor_keeps_exactly_one_live_run():
     import dagster as dg
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from pipelines.pragma_service import SERVICE, SERVICE_TAG, defs, pragma_publisher_supervisor
+    from pipelines.services.pragma import SERVICE, SERVICE_TAG, defs, pragma_publisher_supervisor
 
     jobs = list(defs.jobs)
     assert [j.name for j in jobs] == ["pragma_publisher"] and list(defs.sensors) == [pragma_publisher_supervisor]
@@ -679,8 +817,14 @@ def test_supervisor_keeps_exactly_one_live_run():
     with dg.instance_for_test() as instance:
         first = pragma_publisher_supervisor(dg.build_sensor_context(instance=instance))
         assert isinstance(first, dg.RunRequest) and first.tags[SERVICE_TAG] == SERVICE
-        live = instance.add_run(DagsterRun(job_name="pragma_publisher", run_id="c" * 32,
-                                           status=dg.DagsterRunStatus.STARTED, tags={SERVICE_TAG: SERVICE}))
+        live = instance.add_run(
+            DagsterRun(
+                job_name="pragma_publisher",
+                run_id="c" * 32,
+                status=dg.DagsterRunStatus.STARTED,
+                tags={SERVICE_TAG: SERVICE},
+            )
+        )
         assert isinstance(pragma_publisher_supervisor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
         instance.report_run_failed(live)
         again = pragma_publisher_supervisor(dg.build_sensor_context(instance=instance))
@@ -692,26 +836,38 @@ def test_dagster_job_runs_the_publisher(run, events, tmp_path):
     import dagster as dg
     import yaml
 
-    from pipelines.pragma_service import pragma_publisher
+    from pipelines.services.pragma import pragma_publisher
     from resources.kafka import KafkaResource
 
     uid = uuid.uuid4().hex[:8]
     pt, dt = f"{PRAGMA_PRICES_TOPIC}.dg{uid}", f"{PRAGMA_ORDERBOOK_TOPIC}.dg{uid}"
     create_topics(admin_client(run["bootstrap"]), {pt: TopicSpec(2, 3_600_000), dt: TopicSpec(2, 3_600_000)}, 1)
     conf = {
-        "feeds": [{"exchange": f.exchange.value, "market": f.market.value, "symbol": f.symbol, "price": f.price.value}
-                  for f in EXPLICIT_FEEDS],
-        "auto_quotes": list(AUTO_QUOTES), "depth_levels": DEPTH, "depth_interval_ms": 0,
-        "prices_topic": pt, "orderbook_topic": dt, "input_topics": list(run["input_topics"].values()),
-        "group_id": f"pragma-dg-{uid}", "dlq_topic": f"dlq.{run['uid']}",
+        "feeds": [
+            {"exchange": f.exchange.value, "market": f.market.value, "symbol": f.symbol, "price": f.price.value}
+            for f in EXPLICIT_FEEDS
+        ],
+        "auto_quotes": list(AUTO_QUOTES),
+        "depth_levels": DEPTH,
+        "depth_interval_ms": 0,
+        "prices_topic": pt,
+        "orderbook_topic": dt,
+        "input_topics": list(run["input_topics"].values()),
+        "group_id": f"pragma-dg-{uid}",
+        "dlq_topic": f"dlq.{run['uid']}",
     }
     path = tmp_path / "pragma.yaml"
     path.write_text(yaml.safe_dump(conf))
     with dg.instance_for_test() as instance:
         result = pragma_publisher.execute_in_process(
-            run_config={"ops": {"run_pragma_publisher": {"config": {"config_path": str(path),
-                                                                    "max_records_in": len(events) + 1}}}},
-            resources={"kafka": KafkaResource(bootstrap_servers=run["bootstrap"])}, instance=instance)
+            run_config={
+                "ops": {
+                    "run_pragma_publisher": {"config": {"config_path": str(path), "max_records_in": len(events) + 1}}
+                }
+            },
+            resources={"kafka": KafkaResource(bootstrap_servers=run["bootstrap"])},
+            instance=instance,
+        )
     assert result.success
     summary = result.output_for_node("run_pragma_publisher")
     assert summary["records_in"] == len(events) + 1 and summary["delivery_errors"] == 0
@@ -725,14 +881,16 @@ def test_revoked_partitions_forget_only_their_books():
     from confluent_kafka import TopicPartition as TP
 
     cfg = PragmaConfig(auto_quotes=("USDT",), depth_interval_ms=0)
-    pub = PragmaPublisher.__new__(PragmaPublisher)       # the revoke logic only, no clients
+    pub = PragmaPublisher.__new__(PragmaPublisher)  # the revoke logic only, no clients
     pub.core = PublisherCore(cfg)
     perp = envelope(EventType.BOOK_SNAPSHOT, 0)
     spot = envelope(EventType.BOOK_SNAPSHOT, 0, market=Market.SPOT, symbol="BTC-USDT")
     pub.core.on_envelope(perp, 0)
     pub.core.on_envelope(spot, 0)
-    pub._instruments_of = {("snap", 0): {(perp.exchange, perp.market, perp.symbol)},
-                           ("snap", 1): {(spot.exchange, spot.market, spot.symbol)}}
+    pub._instruments_of = {
+        ("snap", 0): {(perp.exchange, perp.market, perp.symbol)},
+        ("snap", 1): {(spot.exchange, spot.market, spot.symbol)},
+    }
     pub._on_revoke(None, [TP("snap", 0)])
     books = {st.symbol: st.book.synced for st in pub.core.feeds.values()}
     assert books == {"BTC-USDT-PERP": False, "BTC-USDT": True}

@@ -14,22 +14,22 @@ from features.records import decode_row, encode_row
 from features.spec import WINDOW_US, feature_event_id
 from pipelines.recompute_job import recompute_job
 from resources.kafka import KafkaResource
+from runtime import kafka_config as kc
 from schemas.model import Exchange, Market, event_type_from_pb
+from schemas.serde import encode
 from schemas.topics import event_topic, feature_topic
-from streaming import kafka_config as kc
-from streaming.broker import EmbeddedBroker
-from streaming.feature_processor import FeatureProcessor
-from streaming.normalizer import Normalizer, NormalizerService, input_topics_for
-from streaming.recompute import (
+from streaming.kafka.broker import EmbeddedBroker
+from streaming.kafka.topic_admin import admin_client, create_topics
+from streaming.kafka.topic_config import TopicSpec
+from streaming.processors.feature_processor import FeatureProcessor
+from streaming.processors.normalizer import Normalizer, NormalizerService, input_topics_for
+from streaming.processors.recompute import (
     CORRECTION_HEADER,
     _uncommitted_reader,
     offset_for_time,
     recompute_features,
     recompute_normalizer,
 )
-from streaming.serde import encode
-from streaming.topic_admin import admin_client, create_topics
-from streaming.topic_config import TopicSpec
 from tests.support import processing as ps
 from workloads.kafka import connection, create_project_topics, produce, raw_topic
 from workloads.synthetic import BASE_TS, SyntheticMarket, synthetic_catalog
@@ -52,7 +52,7 @@ def test_offset_for_time_is_a_binary_search_over_record_timestamps(broker):
     p = Producer(kc.transactional_producer_config(conn, "search-writer"))
     p.init_transactions(30)
     stamps = []
-    for batch in range(20):                 # transactions leave control records between batches
+    for batch in range(20):  # transactions leave control records between batches
         p.begin_transaction()
         for i in range(7):
             ts = 1_700_000_000_000 + batch * 1000 + i * 10
@@ -61,14 +61,14 @@ def test_offset_for_time_is_a_binary_search_over_record_timestamps(broker):
         p.commit_transaction(30)
     msgs = ps.read_topics(broker.bootstrap, [topic])
     by_offset = sorted((m.offset(), m.timestamp()[1]) for m in msgs)
-    assert len(by_offset) == 140 and by_offset[-1][0] > 140   # offsets have gaps (markers)
+    assert len(by_offset) == 140 and by_offset[-1][0] > 140  # offsets have gaps (markers)
     c = _uncommitted_reader(conn, "search")
     try:
         for target in (0, stamps[0], stamps[0] + 1, stamps[33], stamps[70] - 5, stamps[-1], stamps[-1] + 1):
             want = next((o for o, ts in by_offset if ts >= target), None)
             got = offset_for_time(c, (topic, 0), target)
             if want is None:
-                assert got > by_offset[-1][0]                        # past the last record
+                assert got > by_offset[-1][0]  # past the last record
             else:
                 first_at_or_after = next(o for o, _ in by_offset if o >= got)
                 assert first_at_or_after == want, target
@@ -81,11 +81,25 @@ def _run_processor(broker, seconds=20):
     items = []
     for e in envs:
         r = encode(e)
-        items.append((event_topic("processed", "spot", event_type_from_pb(e.event_type), "binance"), r.key, r.value,
-                      r.headers, e.exchange_ts // 1000))       # event time, as the normalizer stamps it
+        items.append(
+            (
+                event_topic("processed", "spot", event_type_from_pb(e.event_type), "binance"),
+                r.key,
+                r.value,
+                r.headers,
+                e.exchange_ts // 1000,
+            )
+        )  # event time, as the normalizer stamps it
     produce(broker.bootstrap, items)
-    fp = FeatureProcessor(connection(broker.bootstrap), PAIR, processor_name="live", idle_timeout_ms=1000,
-                          checkpoint_interval_s=0, batch_max_records=1500, batch_max_ms=30)
+    fp = FeatureProcessor(
+        connection(broker.bootstrap),
+        PAIR,
+        processor_name="live",
+        idle_timeout_ms=1000,
+        checkpoint_interval_s=0,
+        batch_max_records=1500,
+        batch_max_ms=30,
+    )
     fp.run(idle_exit_s=3.0)
     return envs
 
@@ -100,35 +114,49 @@ def test_recompute_of_a_range_matches_the_live_topic(broker):
     report = recompute_features(connection(broker.bootstrap), PAIR, start, end, processor_name="live", tag="t1")
     live = [r for r in _live_rows(broker) if start <= r["exchange_ts"] < end]
     assert report.complete and report.from_checkpoint
-    assert report.recomputed == report.live == len(live) == 6 * 3          # 6 windows x 3 instruments
+    assert report.recomputed == report.live == len(live) == 6 * 3  # 6 windows x 3 instruments
     assert report.equal and not (report.missing_in_live or report.extra_in_live or report.differing)
     side = [decode_row(m.value()) for m in ps.read_topics(broker.bootstrap, [report.side_topic])]
     assert sorted(r["event_id"] for r in side) == sorted(r["event_id"] for r in live)
-    assert all(o > 0 for o in report.input_offsets.values() if o)    # rewound, not from the beginning
+    assert all(o > 0 for o in report.input_offsets.values() if o)  # rewound, not from the beginning
 
 
 def test_broken_range_is_detected_and_promoted_from_the_ui_job(broker):
     _run_processor(broker)
     start, end = BASE_TS + 4 * WINDOW_US, BASE_TS + 9 * WINDOW_US
     rows = [r for r in _live_rows(broker) if start <= r["exchange_ts"] < end]
-    broken = dict(rows[3], vwap=(rows[3]["vwap"] or 1.0) * 1.5)              # a wrong copy of a real window
-    bogus = dict(rows[0], exchange_ts=start + 2 * WINDOW_US, symbol="XRP-USDT")       # a window never computed
+    broken = dict(rows[3], vwap=(rows[3]["vwap"] or 1.0) * 1.5)  # a wrong copy of a real window
+    bogus = dict(rows[0], exchange_ts=start + 2 * WINDOW_US, symbol="XRP-USDT")  # a window never computed
     bogus["event_id"] = feature_event_id("binance", "spot", "XRP-USDT", bogus["exchange_ts"])
     produce(broker.bootstrap, [(LIVE, r["symbol"].encode(), encode_row(r), None) for r in (broken, bogus)])
 
     iso = lambda us: datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat()
     with dg.instance_for_test() as instance:
         res = recompute_job.execute_in_process(
-            run_config={"ops": {"recompute_range": {"config": {
-                "start": iso(start), "end": iso(end), "processor_name": "live", "pairs": ["spot:binance"],
-                "promote": True, "tag": "fix"}}}},
-            resources={"kafka": KafkaResource(bootstrap_servers=broker.bootstrap)}, instance=instance)
+            run_config={
+                "ops": {
+                    "recompute_range": {
+                        "config": {
+                            "start": iso(start),
+                            "end": iso(end),
+                            "processor_name": "live",
+                            "pairs": ["spot:binance"],
+                            "promote": True,
+                            "tag": "fix",
+                        }
+                    }
+                }
+            },
+            resources={"kafka": KafkaResource(bootstrap_servers=broker.bootstrap)},
+            instance=instance,
+        )
     assert res.success
     report = res.output_for_node("recompute_range")
     assert report["differing"] == [broken["event_id"]] and report["extra_in_live"] == [bogus["event_id"]]
     assert report["promoted"] == [broken["event_id"]] and not report["equal"]
-    corrections = [m for m in ps.read_topics(broker.bootstrap, [LIVE])
-                   if (CORRECTION_HEADER, b"1") in (m.headers() or [])]
+    corrections = [
+        m for m in ps.read_topics(broker.bootstrap, [LIVE]) if (CORRECTION_HEADER, b"1") in (m.headers() or [])
+    ]
     assert len(corrections) == 1
     fixed = decode_row(corrections[0].value())
     assert fixed == next(r for r in rows if r["event_id"] == broken["event_id"])
@@ -136,7 +164,7 @@ def test_broken_range_is_detected_and_promoted_from_the_ui_job(broker):
 
 
 def test_normalizer_recompute_rewinds_raw_by_timestamp_and_matches_processed(broker):
-    envs = SyntheticMarket(seed=41).events(20_000, 1000)            # 20 s of raw events
+    envs = SyntheticMarket(seed=41).events(20_000, 1000)  # 20 s of raw events
     items = []
     for e in envs:
         r = encode(e)
@@ -144,13 +172,21 @@ def test_normalizer_recompute_rewinds_raw_by_timestamp_and_matches_processed(bro
     produce(broker.bootstrap, items)
     conn = connection(broker.bootstrap)
     NormalizerService(conn, Normalizer(synthetic_catalog()), input_topics_for(["binance"], ["spot"])).run(
-        idle_exit_s=2.0)
+        idle_exit_s=2.0
+    )
     start, end = BASE_TS + 8 * WINDOW_US, BASE_TS + 12 * WINDOW_US
-    report = recompute_normalizer(conn, synthetic_catalog(), input_topics_for(["binance"], ["spot"]), start, end,
-                               tag="n1", margin_us=2 * WINDOW_US)
+    report = recompute_normalizer(
+        conn,
+        synthetic_catalog(),
+        input_topics_for(["binance"], ["spot"]),
+        start,
+        end,
+        tag="n1",
+        margin_us=2 * WINDOW_US,
+    )
     expected = sum(start <= e.exchange_ts < end for e in envs)
     assert report.recomputed == report.live == expected > 3000 and report.equal
-    assert report.batches_replayed < len(envs)                      # rewound and stopped by timestamp
+    assert report.batches_replayed < len(envs)  # rewound and stopped by timestamp
     assert any(o > 0 for o in report.input_offsets.values())
     side = ps.read_topics(broker.bootstrap, [report.side_topic])
     assert len(side) == expected

@@ -18,8 +18,8 @@ import pytest
 from confluent_kafka import Producer
 
 from collectors.config import load_shards
-from pipelines.cli import build_parser
-from pipelines.stack_replay import (
+from pipelines.local.cli import build_parser
+from pipelines.local.replay import (
     ReplaySource,
     capture_spans,
     load_source,
@@ -28,17 +28,17 @@ from pipelines.stack_replay import (
     save_source,
     write_collectors,
 )
-from streaming import kafka_config as kc
-from streaming.drain import pending_partitions
-from streaming.lake_state import HOUR_US
-from streaming.source_complete import (
+from runtime import kafka_config as kc
+from streaming.kafka.drain import pending_partitions
+from streaming.kafka.source_complete import (
     hour_completed,
     hour_span,
     mark_complete,
     read_complete_ranges,
     withdraw_overlapping,
 )
-from streaming.watermarks import is_hour_closed
+from streaming.lake.state import HOUR_US
+from streaming.processors.watermarks import is_hour_closed
 from workloads.samples import BINANCE_SPOT_HFT
 
 TICKLAKE = Path(sys.executable).parent / "ticklake"
@@ -48,9 +48,10 @@ H_US = int(H.timestamp()) * 1_000_000
 
 # --------------------------------------------------------------------------- completion in the catalog
 
+
 @pytest.fixture
 def catalog(ticklake_home):
-    from pipelines.stack import open_local_catalog
+    from pipelines.local.stack import open_local_catalog
 
     lake = open_local_catalog(ticklake_home)
     lake.ensure_tables()
@@ -76,24 +77,30 @@ def test_captures_far_apart_declare_their_own_hours_not_the_gap_between(catalog)
     """Two capture files months apart: each file's hours are declared, the months between
     them are not (they would otherwise close, and get sealed, thousands of empty hours)."""
     day = 24 * HOUR_US
-    spans = [(H_US + 100 * day, H_US + 100 * day + HOUR_US), (H_US, H_US + HOUR_US),
-             (H_US + HOUR_US, H_US + 2 * HOUR_US), (H_US + 5, H_US + 10)]
+    spans = [
+        (H_US + 100 * day, H_US + 100 * day + HOUR_US),
+        (H_US, H_US + HOUR_US),
+        (H_US + HOUR_US, H_US + 2 * HOUR_US),
+        (H_US + 5, H_US + 10),
+    ]
     ranges = mark_complete(catalog, "replay-two", spans)
-    assert [(r.from_us, r.until_us) for r in ranges] == [(H_US, H_US + 2 * HOUR_US),
-                                                         (H_US + 100 * day, H_US + 100 * day + HOUR_US)]
+    assert [(r.from_us, r.until_us) for r in ranges] == [
+        (H_US, H_US + 2 * HOUR_US),
+        (H_US + 100 * day, H_US + 100 * day + HOUR_US),
+    ]
     assert not hour_completed(datetime.fromtimestamp((H_US + 50 * day) / 1e6, UTC), read_complete_ranges(catalog))
     assert hour_completed(datetime.fromtimestamp((H_US + 100 * day) / 1e6, UTC), read_complete_ranges(catalog))
 
 
 def test_closed_hour_rule_honours_completion_and_still_the_watermark():
-    from streaming.source_complete import CompleteRange
+    from streaming.kafka.source_complete import CompleteRange
 
     done = [CompleteRange("r", H_US, H_US + 2 * HOUR_US)]
     grace = timedelta(minutes=5)
     # No watermark at all (a capture never pushes one past its last hour): completion closes.
     assert is_hour_closed(H, None, grace, done)
     assert is_hour_closed(H + timedelta(hours=1), None, grace, done)
-    assert not is_hour_closed(H + timedelta(hours=2), None, grace, done)   # outside the range
+    assert not is_hour_closed(H + timedelta(hours=2), None, grace, done)  # outside the range
     assert not is_hour_closed(H - timedelta(hours=1), None, grace, done)
     # Without completion the watermark rule is unchanged.
     assert not is_hour_closed(H, H + timedelta(hours=1, minutes=4), grace)
@@ -101,15 +108,16 @@ def test_closed_hour_rule_honours_completion_and_still_the_watermark():
 
 
 def test_hour_span_covers_whole_hours_with_a_margin():
-    first = H_US + 54 * 60_000_000          # 23:54
-    last = H_US + HOUR_US - 1               # 23:59:59.999999
+    first = H_US + 54 * 60_000_000  # 23:54
+    last = H_US + HOUR_US - 1  # 23:59:59.999999
     lo, hi = hour_span(first, last)
-    assert (lo, hi) == (H_US, H_US + 2 * HOUR_US)   # the margin reaches into 00:00
+    assert (lo, hi) == (H_US, H_US + 2 * HOUR_US)  # the margin reaches into 00:00
     lo, hi = hour_span(H_US + 10 * 60_000_000, H_US + 20 * 60_000_000)
     assert (lo, hi) == (H_US, H_US + HOUR_US)
 
 
 # --------------------------------------------------------------------------- drain probe (real broker)
+
 
 def _topic(bootstrap: str, partitions: int = 2) -> str:
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -117,7 +125,8 @@ def _topic(bootstrap: str, partitions: int = 2) -> str:
     name = f"drain-{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
     fut = admin.create_topics(
-        [NewTopic(name, partitions, 1, config={"retention.ms": "3600000", "retention.bytes": "1048576"})])
+        [NewTopic(name, partitions, 1, config={"retention.ms": "3600000", "retention.bytes": "1048576"})]
+    )
     fut[name].result(30)
     return name
 
@@ -147,10 +156,11 @@ def test_drain_probe_is_not_fooled_by_a_transaction_commit_marker(kafka_broker):
         p.produce(topic, value=f"v{i}".encode(), partition=0)
     p.commit_transaction(30)
     assert pending_partitions(conn, {(topic, 0): 0}) == {(topic, 0): 0}
-    assert pending_partitions(conn, {(topic, 0): 2}) == {}   # only the marker is left
+    assert pending_partitions(conn, {(topic, 0): 2}) == {}  # only the marker is left
 
 
 # --------------------------------------------------------------------------- replay setup pieces
+
 
 def test_capture_span_is_the_first_and_last_receive_time_of_the_capture():
     with gzip.open(BINANCE_SPOT_HFT, "rt") as fh:
@@ -165,8 +175,18 @@ def test_capture_span_is_the_first_and_last_receive_time_of_the_capture():
 def test_collectors_file_is_written_for_the_replay_and_restored_after(tmp_path):
     path = tmp_path / "collectors.yaml"
     path.write_text("shards:\n  - {name: live-0, exchange: okx, market: spot, symbols: [BTC-USDT]}\n")
-    emu = {"shards": [{"name": "replay-binance-spot", "exchange": "binance", "market": "spot",
-                       "symbols": ["BTC-USDT"], "ws_url": "ws://127.0.0.1:1", "rest_url": "http://127.0.0.1:2"}]}
+    emu = {
+        "shards": [
+            {
+                "name": "replay-binance-spot",
+                "exchange": "binance",
+                "market": "spot",
+                "symbols": ["BTC-USDT"],
+                "ws_url": "ws://127.0.0.1:1",
+                "rest_url": "http://127.0.0.1:2",
+            }
+        ]
+    }
     shards = write_collectors(path, emu)
     assert [s.name for s in load_shards(path)] == ["replay-binance-spot"] == [s.name for s in shards]
     assert load_shards(path)[0].ws_url == "ws://127.0.0.1:1"
@@ -179,8 +199,16 @@ def test_collectors_file_is_written_for_the_replay_and_restored_after(tmp_path):
 
 
 def test_replay_source_round_trips(tmp_path):
-    src = ReplaySource("replay-x", "/c", "max", "http://127.0.0.1:9/_emulator", ("s1",), 1, 2,
-                       ((0, HOUR_US), (5 * HOUR_US, 6 * HOUR_US)))
+    src = ReplaySource(
+        "replay-x",
+        "/c",
+        "max",
+        "http://127.0.0.1:9/_emulator",
+        ("s1",),
+        1,
+        2,
+        ((0, HOUR_US), (5 * HOUR_US, 6 * HOUR_US)),
+    )
     save_source(tmp_path, src)
     assert load_source(tmp_path) == src
     assert load_source(tmp_path / "nowhere") is None
@@ -194,9 +222,13 @@ def test_speed_and_services_options():
     args = build_parser().parse_args(["up", "--replay", "x", "--speed", "10", "--no-services"])
     assert (str(args.replay), args.speed, args.no_services) == ("x", "10", True)
     assert build_parser().parse_args(["up"]).no_services is False
-    out = subprocess.run([str(TICKLAKE), "up", "--speed", "2"], capture_output=True, text=True, timeout=60,
-                         check=False)
+    out = subprocess.run([str(TICKLAKE), "up", "--speed", "2"], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 2 and "--speed applies to --replay only" in out.stderr
-    out = subprocess.run([str(TICKLAKE), "up", "--replay", str(BINANCE_SPOT_HFT), "--speed", "fast"], capture_output=True,
-                         text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [str(TICKLAKE), "up", "--replay", str(BINANCE_SPOT_HFT), "--speed", "fast"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 2 and "--speed must be" in out.stderr

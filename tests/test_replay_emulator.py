@@ -45,7 +45,7 @@ def test_binance_streams_subscribe_method_and_rest_limits():
                     if seen_ack and seen_depth:
                         break
                 assert seen_ack and seen_depth
-            async with connect(base + "/ws/syn0usdt@bookTicker") as ws:     # raw stream: no wrapper
+            async with connect(base + "/ws/syn0usdt@bookTicker") as ws:  # raw stream: no wrapper
                 m = await _recv_json(ws)
                 assert m["s"] == "SYN0USDT" and {"u", "b", "B", "a", "A"} <= m.keys()
             rest = emu.rest_base("binance", "spot")
@@ -59,7 +59,7 @@ def test_binance_streams_subscribe_method_and_rest_limits():
                 async with s.get(rest + "/api/v3/depth", params={"symbol": "NOPE"}) as r:
                     assert r.status == 400 and (await r.json())["code"] == -1121
                     w2 = int(r.headers["X-MBX-USED-WEIGHT-1M"])
-                    assert w2 in (55, 5)                      # 5 if a new minute began between the two
+                    assert w2 in (55, 5)  # 5 if a new minute began between the two
                 async with s.get(rest + "/api/v3/exchangeInfo") as r:
                     info = await r.json()
                     assert int(r.headers["X-MBX-USED-WEIGHT-1M"]) in (w2 + 20, 20)
@@ -94,7 +94,7 @@ def test_bybit_and_okx_subscribe_ping_and_snapshot_on_subscribe():
                     if m.get("op") == "pong":
                         got_pong = True
                     elif m.get("type") == "delta":
-                        assert m["data"]["u"] == u + 1       # u increases by exactly one
+                        assert m["data"]["u"] == u + 1  # u increases by exactly one
                         u += 1
                     if got_pong and u > snap["data"]["u"] + 2:
                         break
@@ -129,8 +129,6 @@ def test_bybit_and_okx_subscribe_ping_and_snapshot_on_subscribe():
     asyncio.run(main())
 
 
-
-
 async def _okx_subscriber(emu, insts: list[str], got: dict[str, int], stop: asyncio.Event) -> None:
     """A plain websocket client subscribing every channel of some instruments; counts the
     market-data frames it receives per instrument."""
@@ -150,6 +148,7 @@ def test_capture_playback_holds_each_stream_until_a_subscriber_takes_it():
     """A three-instrument capture whose collectors connect one by one, a second apart, at
     unlimited speed: every frame reaches the client of its instrument (nothing is replayed
     to nobody once the first one subscribed), and the stats say the capture was served."""
+
     async def main():
         emu = Emulator()
         feed = emu.play_capture(OKX_CF, speed=None)
@@ -185,7 +184,7 @@ def test_capture_playback_holds_each_stream_until_a_subscriber_takes_it():
 def test_frames_nobody_subscribed_are_counted_and_the_replay_is_not_complete():
     """With a hold timeout, a stream no collector ever subscribes is released to nobody; the
     stats count it per stream and the completion rule refuses to call the capture complete."""
-    from pipelines.stack_replay import incomplete_reason
+    from pipelines.local.replay import incomplete_reason
 
     async def main():
         emu = Emulator(hold_timeout_s=0.3)
@@ -231,9 +230,11 @@ def test_control_api_and_capture_directory_serving(tmp_path):
         emu = await serve_capture(SAMPLES, speed="max")
         try:
             desc = emu.describe()
-            assert {"binance:spot", "binance:perp", "bybit:perp", "okx:spot", "okx:perp", "okx:future"} <= set(desc["venues"])
-            assert "BTCUSDT" in desc["venues"]["binance:spot"]["symbols"]     # hftbacktest
-            assert "NKNUSDT" in desc["venues"]["binance:spot"]["symbols"]     # cryptofeed
+            assert {"binance:spot", "binance:perp", "bybit:perp", "okx:spot", "okx:perp", "okx:future"} <= set(
+                desc["venues"]
+            )
+            assert "BTCUSDT" in desc["venues"]["binance:spot"]["symbols"]  # hftbacktest
+            assert "NKNUSDT" in desc["venues"]["binance:spot"]["symbols"]  # cryptofeed
             shards = {s.name: s for s in emu.shard_configs("replay")}
             assert shards["replay-bybit-perp"].adapter_options == {"channels": ("orderbook",), "depth": 500}
             assert shards["replay-okx-future"].symbols == ("BTC-USD-220527",)
@@ -241,8 +242,10 @@ def test_control_api_and_capture_directory_serving(tmp_path):
             async with aiohttp.ClientSession() as s:
                 async with s.post(emu.control_url + "/gap", json={"venue": "binance-spot", "symbol": "BTCUSDT"}) as r:
                     assert r.status == 200
-                async with s.post(emu.control_url + "/faults",
-                                  json={"venue": "binance-spot", "ip": EIPS[0], "statuses": "429:1,418:2"}) as r:
+                async with s.post(
+                    emu.control_url + "/faults",
+                    json={"venue": "binance-spot", "ip": EIPS[0], "statuses": "429:1,418:2"},
+                ) as r:
                     assert r.status == 200
                 async with s.get(emu.control_url + "/stats") as r:
                     st = await r.json()
@@ -259,9 +262,21 @@ def test_control_api_and_capture_directory_serving(tmp_path):
 
 def test_emulator_command_line_writes_its_endpoints(tmp_path):
     state = tmp_path / "emu.json"
-    p = subprocess.Popen([sys.executable, "-m", "collectors.replay", str(OKX_CF),
-                          "--synthetic", "binance:spot:3:50", "--state-file", str(state)],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collectors.replay",
+            str(OKX_CF),
+            "--synthetic",
+            "binance:spot:3:50",
+            "--state-file",
+            str(state),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 30
         while not state.exists() and time.monotonic() < deadline:

@@ -43,19 +43,21 @@ from resources.lake import (
     redacted_properties,
 )
 from resources.spark import SparkResource, spark_conf
+from runtime import kafka_config as kc
 from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import stamp_event_id
 from schemas.model import EventType, Exchange, Market
 from schemas.tables import NAMESPACE, TABLES
-from streaming import kafka_config as kc
-from streaming.broker import EmbeddedBroker
+from streaming.kafka.broker import EmbeddedBroker
 from tests.support.envelopes import envelope
 
 REPO = Path(__file__).resolve().parents[1]
 HOUR_US = 3_600_000_000
-COMBOS = [(Exchange.BINANCE, Market.PERP, "BTC-USDT-PERP", "BTCUSDT"),
-          (Exchange.OKX, Market.SPOT, "ETH-USDT", "ETH-USDT")]
+COMBOS = [
+    (Exchange.BINANCE, Market.PERP, "BTC-USDT-PERP", "BTCUSDT"),
+    (Exchange.OKX, Market.SPOT, "ETH-USDT", "ETH-USDT"),
+]
 
 
 def lake_envelopes(et: EventType) -> list[pb.Envelope]:
@@ -72,11 +74,16 @@ def lake_envelopes(et: EventType) -> list[pb.Envelope]:
 
 
 def sql_lake(tmp_path: Path) -> LakeResource:
-    return LakeResource(catalog_type="sql", name="t", uri=f"sqlite:///{tmp_path}/catalog.db",
-                        warehouse=(tmp_path / "warehouse").as_uri())
+    return LakeResource(
+        catalog_type="sql",
+        name="t",
+        uri=f"sqlite:///{tmp_path}/catalog.db",
+        warehouse=(tmp_path / "warehouse").as_uri(),
+    )
 
 
 # ---------------------------------------------------------------- lake: SqlCatalog on SQLite
+
 
 def test_sql_catalog_creates_every_table_with_spec_and_order(tmp_path: Path) -> None:
     lake = sql_lake(tmp_path)
@@ -88,8 +95,11 @@ def test_sql_catalog_creates_every_table_with_spec_and_order(tmp_path: Path) -> 
         table = catalog.load_table(spec.identifier)
         schema = table.schema()
         fields = [(schema.find_column_name(f.source_id), f.transform) for f in table.spec().fields]
-        assert fields == [("exchange_ts", HourTransform()), ("exchange", IdentityTransform()),
-                          ("market", IdentityTransform())]
+        assert fields == [
+            ("exchange_ts", HourTransform()),
+            ("exchange", IdentityTransform()),
+            ("market", IdentityTransform()),
+        ]
         assert [schema.find_column_name(f.source_id) for f in table.sort_order().fields] == ["symbol", "exchange_ts"]
         assert schema.as_arrow().names == spec.schema.names
         assert table.properties["write.parquet.compression-codec"] == "zstd"
@@ -120,6 +130,7 @@ def test_append_and_read_back_each_event_type(tmp_path: Path, et: EventType) -> 
 
 # ---------------------------------------------------------------- lake: S3 warehouse on moto
 
+
 @pytest.fixture(scope="module")
 def moto_s3():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -135,10 +146,16 @@ def moto_s3():
 def test_sql_catalog_with_s3_warehouse_on_moto(tmp_path: Path, moto_s3) -> None:
     endpoint, client, creds = moto_s3
     client.create_bucket(Bucket="lake")
-    lake = LakeResource(catalog_type="sql", name="s3", uri=f"sqlite:///{tmp_path}/catalog.db",
-                        warehouse="s3://lake/wh", region="us-east-1", s3_endpoint=endpoint,
-                        s3_access_key_id=creds["aws_access_key_id"],
-                        s3_secret_access_key=creds["aws_secret_access_key"])
+    lake = LakeResource(
+        catalog_type="sql",
+        name="s3",
+        uri=f"sqlite:///{tmp_path}/catalog.db",
+        warehouse="s3://lake/wh",
+        region="us-east-1",
+        s3_endpoint=endpoint,
+        s3_access_key_id=creds["aws_access_key_id"],
+        s3_secret_access_key=creds["aws_secret_access_key"],
+    )
     table = lake.ensure_tables()["trades"]
     data = envelopes_to_table(EventType.TRADE, lake_envelopes(EventType.TRADE))
     table.append(data)
@@ -151,13 +168,25 @@ def test_sql_catalog_with_s3_warehouse_on_moto(tmp_path: Path, moto_s3) -> None:
 
 # ---------------------------------------------------------------- lake: property builders
 
+
 def test_sql_properties_local_and_s3() -> None:
     local = catalog_properties(LakeSettings(uri="sqlite:////h/catalog.db", warehouse="file:///h/warehouse"))
-    assert local == {"type": "sql", "uri": "sqlite:////h/catalog.db", "warehouse": "file:///h/warehouse",
-                     "init_catalog_tables": "true"}
-    s3 = catalog_properties(LakeSettings(uri="sqlite:////h/c.db", warehouse="s3://b/wh", region="eu-west-1",
-                                         s3_endpoint="http://127.0.0.1:9000", s3_access_key_id="AK",
-                                         s3_secret_access_key="SK"))
+    assert local == {
+        "type": "sql",
+        "uri": "sqlite:////h/catalog.db",
+        "warehouse": "file:///h/warehouse",
+        "init_catalog_tables": "true",
+    }
+    s3 = catalog_properties(
+        LakeSettings(
+            uri="sqlite:////h/c.db",
+            warehouse="s3://b/wh",
+            region="eu-west-1",
+            s3_endpoint="http://127.0.0.1:9000",
+            s3_access_key_id="AK",
+            s3_secret_access_key="SK",
+        )
+    )
     assert s3["s3.endpoint"] == "http://127.0.0.1:9000"
     assert s3["s3.region"] == "eu-west-1"
     assert (s3["s3.access-key-id"], s3["s3.secret-access-key"]) == ("AK", "SK")
@@ -165,8 +194,9 @@ def test_sql_properties_local_and_s3() -> None:
     with pytest.raises(ValueError, match="region"):
         catalog_properties(LakeSettings(uri="sqlite:////x.db", warehouse="s3://b/wh"))
     with pytest.raises(ValueError, match="both"):
-        catalog_properties(LakeSettings(uri="sqlite:////x.db", warehouse="s3://b/wh", region="r",
-                                        s3_access_key_id="AK"))
+        catalog_properties(
+            LakeSettings(uri="sqlite:////x.db", warehouse="s3://b/wh", region="r", s3_access_key_id="AK")
+        )
     with pytest.raises(ValueError, match="warehouse"):
         catalog_properties(LakeSettings(uri="sqlite:////x.db"))
 
@@ -191,33 +221,49 @@ def test_rest_sigv4_properties_for_s3_tables() -> None:
 
 
 def test_glue_properties() -> None:
-    props = catalog_properties(LakeSettings(catalog_type="glue", region="us-east-2", warehouse="s3://b/lake",
-                                            glue_catalog_id="123456789012"))
-    assert props == {"type": "glue", "glue.region": "us-east-2", "client.region": "us-east-2",
-                     "s3.region": "us-east-2", "warehouse": "s3://b/lake", "glue.id": "123456789012"}
+    props = catalog_properties(
+        LakeSettings(catalog_type="glue", region="us-east-2", warehouse="s3://b/lake", glue_catalog_id="123456789012")
+    )
+    assert props == {
+        "type": "glue",
+        "glue.region": "us-east-2",
+        "client.region": "us-east-2",
+        "s3.region": "us-east-2",
+        "warehouse": "s3://b/lake",
+        "glue.id": "123456789012",
+    }
     with pytest.raises(ValueError, match="catalog_type"):
         catalog_properties(LakeSettings(catalog_type="hive"))
 
 
 # ---------------------------------------------------------------- ClickHouse: the local server
 
+
 def test_clickhouse_mergetree_insert_arrow_and_parameterized_query(clickhouse_server) -> None:
     db = f"res_{uuid.uuid4().hex[:8]}"
     client = ClickHouseResource(dsn=clickhouse_server.dsn).get_client()
     client.command(f"CREATE DATABASE {db}")
-    client.command(f"CREATE TABLE {db}.trades (symbol String, exchange_ts DateTime64(6, 'UTC'), px Int64, qty Int64) "
-                   "ENGINE = MergeTree ORDER BY (symbol, exchange_ts)")
-    data = pa.table({
-        "symbol": ["BTC-USDT", "BTC-USDT", "ETH-USDT"],
-        "exchange_ts": pa.array([1_723_161_600_000_001, 1_723_161_600_000_002, 1_723_161_600_000_003],
-                                pa.timestamp("us", tz="UTC")),
-        "px": [6_000_010, 6_000_020, 300_050],
-        "qty": [15, 7, 100],
-    })
+    client.command(
+        f"CREATE TABLE {db}.trades (symbol String, exchange_ts DateTime64(6, 'UTC'), px Int64, qty Int64) "
+        "ENGINE = MergeTree ORDER BY (symbol, exchange_ts)"
+    )
+    data = pa.table(
+        {
+            "symbol": ["BTC-USDT", "BTC-USDT", "ETH-USDT"],
+            "exchange_ts": pa.array(
+                [1_723_161_600_000_001, 1_723_161_600_000_002, 1_723_161_600_000_003], pa.timestamp("us", tz="UTC")
+            ),
+            "px": [6_000_010, 6_000_020, 300_050],
+            "qty": [15, 7, 100],
+        }
+    )
     client.insert_arrow(f"{db}.trades", data)
     back = client.query_arrow(f"SELECT symbol, exchange_ts, px, qty FROM {db}.trades ORDER BY symbol, exchange_ts")
     assert back.column("px").to_pylist() == data.column("px").to_pylist()
-    assert back.column("exchange_ts").cast(pa.int64()).to_pylist() == data.column("exchange_ts").cast(pa.int64()).to_pylist()
+    assert (
+        back.column("exchange_ts").cast(pa.int64()).to_pylist()
+        == data.column("exchange_ts").cast(pa.int64()).to_pylist()
+    )
     q = f"SELECT count(), sum(qty) FROM {db}.trades WHERE symbol = {{sym:String}}"
     assert client.query(q, parameters={"sym": "BTC-USDT"}).result_rows == [(2, 22)]
     # a hostile value stays a value
@@ -230,16 +276,17 @@ def test_clickhouse_dsn_validation_and_the_local_default(monkeypatch: pytest.Mon
     with pytest.raises(ValueError, match="scheme"):
         get_client("tcp://ch.example.com:9000")
     with pytest.raises(ValueError, match="local ClickHouse server"):
-        get_client(f"chdb://{tmp_path}/ch")                 # no client opens the engine itself any more
+        get_client(f"chdb://{tmp_path}/ch")  # no client opens the engine itself any more
     monkeypatch.setenv("TICKLAKE_HOME", str(tmp_path / "home"))
     with pytest.raises(LocalClickHouseNotRunning, match="ticklake up"):
-        ClickHouseResource().resolved_dsn()                  # nothing started for this home
+        ClickHouseResource().resolved_dsn()  # nothing started for this home
     home = TicklakeHome((tmp_path / "home").resolve()).ensure()
     home.clickhouse_state_file.write_text('{"url": "http://127.0.0.1:18123", "pid": 1}')
-    assert ClickHouseResource().resolved_dsn() == "http://127.0.0.1:18123"   # whatever port the server got
+    assert ClickHouseResource().resolved_dsn() == "http://127.0.0.1:18123"  # whatever port the server got
 
 
 # ---------------------------------------------------------------- Kafka configs
+
 
 def test_producer_config_has_delivery_settings_and_no_sasl_by_default() -> None:
     cfg = KafkaResource(bootstrap_servers="127.0.0.1:19092").producer_config()
@@ -280,9 +327,14 @@ def test_transactional_and_consumer_configs() -> None:
 
 
 def test_sasl_options_appear_only_when_set_and_are_redacted() -> None:
-    res = KafkaResource(bootstrap_servers="b-1.msk:9096", security_protocol="SASL_SSL",
-                        sasl_mechanism="SCRAM-SHA-512", sasl_username="svc", sasl_password="s3cret",
-                        ssl_ca_location="/etc/ssl/ca.pem")
+    res = KafkaResource(
+        bootstrap_servers="b-1.msk:9096",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="svc",
+        sasl_password="s3cret",
+        ssl_ca_location="/etc/ssl/ca.pem",
+    )
     cfg = res.producer_config()
     assert (cfg["security.protocol"], cfg["sasl.mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")
     assert (cfg["sasl.username"], cfg["sasl.password"], cfg["ssl.ca.location"]) == ("svc", "s3cret", "/etc/ssl/ca.pem")
@@ -305,8 +357,16 @@ def test_configs_work_against_the_embedded_broker(kafka_broker: EmbeddedBroker) 
     topic, run = f"resources.test.{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:8]
     res = KafkaResource(bootstrap_servers=kafka_broker.bootstrap, client_id="test-resources")
     admin = AdminClient(res.admin_config())
-    futures = admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1,
-                                            config={"retention.ms": "3600000", "retention.bytes": "-1"})])
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                topic,
+                num_partitions=2,
+                replication_factor=1,
+                config={"retention.ms": "3600000", "retention.bytes": "-1"},
+            )
+        ]
+    )
     for f in futures.values():
         f.result(timeout=30)
     producer = Producer(res.producer_config())
@@ -329,11 +389,11 @@ def test_configs_work_against_the_embedded_broker(kafka_broker: EmbeddedBroker) 
         if msg is not None and not msg.error():
             got.setdefault(msg.key(), []).append(msg.value())
     consumer.close()
-    assert got == {b"BTC-USDT": [b"plain-%d" % i for i in range(10)],
-                   b"ETH-USDT": [b"tx-%d" % i for i in range(5)]}
+    assert got == {b"BTC-USDT": [b"plain-%d" % i for i in range(10)], b"ETH-USDT": [b"tx-%d" % i for i in range(5)]}
 
 
 # ---------------------------------------------------------------- profiles
+
 
 def test_local_profile_derives_from_home(monkeypatch: pytest.MonkeyPatch, ticklake_home: TicklakeHome) -> None:
     monkeypatch.delenv(profiles.PROFILE_ENV, raising=False)
@@ -342,7 +402,7 @@ def test_local_profile_derives_from_home(monkeypatch: pytest.MonkeyPatch, tickla
     assert set(res) == {"kafka", "lake", "clickhouse", "spark", "artifacts", "bulk"}
     assert res["lake"].catalog_properties()["uri"] == home.catalog_uri
     assert res["lake"].catalog_properties()["warehouse"] == home.warehouse
-    assert res["clickhouse"].dsn is None            # resolved at use time: the running local server's address
+    assert res["clickhouse"].dsn is None  # resolved at use time: the running local server's address
     assert res["spark"].conf()["spark.master"] == "local[2]"
     with pytest.raises(ValueError, match="TICKLAKE_PROFILE"):
         profiles.build_resources("gcp")
@@ -365,8 +425,7 @@ def test_aws_profile_reads_secrets_through_envvar(monkeypatch: pytest.MonkeyPatc
     # the definitions hold variable names only, never the values
     assert isinstance(res["kafka"].sasl_password, dg.EnvVar)
     assert "pw-from-env" not in repr(res) and "ch-pw" not in repr(res)
-    with dg.build_resources({"kafka": res["kafka"], "lake": res["lake"],
-                             "clickhouse": res["clickhouse"]}) as r:
+    with dg.build_resources({"kafka": res["kafka"], "lake": res["lake"], "clickhouse": res["clickhouse"]}) as r:
         cfg = r.kafka.producer_config()
         assert (cfg["bootstrap.servers"], cfg["security.protocol"]) == ("b-1.msk.example:9096", "SASL_SSL")
         assert (cfg["sasl.username"], cfg["sasl.password"]) == ("svc", "pw-from-env")
@@ -377,6 +436,7 @@ def test_aws_profile_reads_secrets_through_envvar(monkeypatch: pytest.MonkeyPatc
 
 
 # ---------------------------------------------------------------- artifact store
+
 
 def test_local_artifacts_put_get_list(tmp_path: Path) -> None:
     store = ArtifactStoreResource(root=str(tmp_path / "art"))
@@ -402,9 +462,13 @@ def test_artifact_keys_rejected(tmp_path: Path, key: str) -> None:
 def test_s3_artifacts_on_moto(moto_s3) -> None:
     endpoint, client, creds = moto_s3
     client.create_bucket(Bucket="artifacts")
-    res = ArtifactStoreResource(root="s3://artifacts/ticklake", endpoint_url=endpoint, region="us-east-1",
-                                access_key_id=creds["aws_access_key_id"],
-                                secret_access_key=creds["aws_secret_access_key"])
+    res = ArtifactStoreResource(
+        root="s3://artifacts/ticklake",
+        endpoint_url=endpoint,
+        region="us-east-1",
+        access_key_id=creds["aws_access_key_id"],
+        secret_access_key=creds["aws_secret_access_key"],
+    )
     assert isinstance(res.store(), S3ArtifactStore)
     uri = res.put_bytes("charts/x.svg", b"<svg/>", "image/svg+xml")
     assert uri == "s3://artifacts/ticklake/charts/x.svg"
@@ -419,6 +483,7 @@ def test_s3_artifacts_on_moto(moto_s3) -> None:
 
 
 # ---------------------------------------------------------------- Spark
+
 
 @pytest.fixture(scope="module")
 def spark():
@@ -448,9 +513,14 @@ def test_spark_conf_refuses_changing_fixed_settings() -> None:
 
 # ---------------------------------------------------------------- Dagster
 
+
 def _dagster_env(tmp_path: Path, profile: str) -> dict[str, str]:
-    env = {**os.environ, "TICKLAKE_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster"),
-           "TICKLAKE_PROFILE": profile}
+    env = {
+        **os.environ,
+        "TICKLAKE_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "TICKLAKE_PROFILE": profile,
+    }
     (tmp_path / "dagster").mkdir(exist_ok=True)
     return env
 
@@ -458,8 +528,15 @@ def _dagster_env(tmp_path: Path, profile: str) -> dict[str, str]:
 @pytest.mark.parametrize("profile", ["local", "aws"])
 def test_definitions_validate(tmp_path: Path, profile: str) -> None:
     dagster_cli = Path(sys.executable).with_name("dagster")
-    proc = subprocess.run([str(dagster_cli), "definitions", "validate", "-w", "workspace.yaml"], check=False, cwd=REPO,
-                          env=_dagster_env(tmp_path, profile), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(dagster_cli), "definitions", "validate", "-w", "workspace.yaml"],
+        check=False,
+        cwd=REPO,
+        env=_dagster_env(tmp_path, profile),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Validation successful for code location ticklake" in out

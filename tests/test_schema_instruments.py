@@ -12,7 +12,7 @@ from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
 from collectors.exchanges.bybit import BybitAdapter
 from collectors.exchanges.okx import OkxAdapter
 from schemas.instruments import InstrumentDataError, by_native, parse_binance
-from streaming.instruments import InstrumentCatalog
+from streaming.processors.instruments import InstrumentCatalog
 from tests import test_normalizer as tn
 from workloads.binance_hour import BTCUSDT_SPOT_INFO
 
@@ -25,13 +25,16 @@ def _adapter_specs(adapter, body) -> dict:
     return adapter.specs
 
 
-@pytest.mark.parametrize("adapter, exchange, market, body, category", [
-    (BinanceSpotAdapter(), "binance", "spot", BTCUSDT_SPOT_INFO, None),
-    (BinanceUsdmAdapter(), "binance", "perp", tn.BINANCE_FAPI, None),
-    (BybitAdapter(category="linear"), "bybit", "perp", tn.BYBIT_LINEAR, None),
-    (BybitAdapter(category="spot"), "bybit", "spot", tn.BYBIT_SPOT, None),
-    (OkxAdapter(), "okx", "spot", tn.OKX, None),
-])
+@pytest.mark.parametrize(
+    "adapter, exchange, market, body, category",
+    [
+        (BinanceSpotAdapter(), "binance", "spot", BTCUSDT_SPOT_INFO, None),
+        (BinanceUsdmAdapter(), "binance", "perp", tn.BINANCE_FAPI, None),
+        (BybitAdapter(category="linear"), "bybit", "perp", tn.BYBIT_LINEAR, None),
+        (BybitAdapter(category="spot"), "bybit", "spot", tn.BYBIT_SPOT, None),
+        (OkxAdapter(), "okx", "spot", tn.OKX, None),
+    ],
+)
 def test_collector_and_catalog_scales_come_from_one_rule(adapter, exchange, market, body, category):
     specs = _adapter_specs(adapter, body)
     cat = InstrumentCatalog()
@@ -48,13 +51,16 @@ def test_binance_spot_size_scale_holds_book_quantities_finer_than_the_lot():
     assert (ref.lot_size, ref.price_scale, ref.size_scale) == ("0.00001000", 2, 8)
     ad = BinanceSpotAdapter(instruments=by_native([ref]))
     # A depth diff as the genuine capture carries it: a quantity with 6 significant decimals.
-    res = ad.on_frame(b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":9,'
-                      b'"p":"61737.63000000","q":"25.42618900","T":2,"m":true}}', 3)
+    res = ad.on_frame(
+        b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":9,'
+        b'"p":"61737.63000000","q":"25.42618900","T":2,"m":true}}',
+        3,
+    )
     assert res.dead_letters == [] and res.events[0].trade.qty == 2_542_618_900
 
 
 def test_unusable_entries_are_left_out_and_counted_bad_bodies_dead_lettered():
-    odd = {"symbol": "X", "baseAsset": "X", "quoteAsset": "USDT", "filters": []}   # no PRICE_FILTER
+    odd = {"symbol": "X", "baseAsset": "X", "quoteAsset": "USDT", "filters": []}  # no PRICE_FILTER
     body = {**BTCUSDT_SPOT_INFO, "symbols": [*BTCUSDT_SPOT_INFO["symbols"], odd]}
     with pytest.raises(InstrumentDataError, match="PRICE_FILTER"):
         parse_binance(body, futures=False)

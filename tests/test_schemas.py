@@ -29,8 +29,7 @@ from tests.support.envelopes import envelope, one_of_each
 
 # ---------------------------------------------------------------- scaled integers
 
-decimals = st.decimals(min_value=0, max_value=Decimal("92233720368"), places=8,
-                       allow_nan=False, allow_infinity=False)
+decimals = st.decimals(min_value=0, max_value=Decimal("92233720368"), places=8, allow_nan=False, allow_infinity=False)
 
 
 @given(decimals, st.integers(min_value=8, max_value=8))
@@ -46,8 +45,11 @@ def test_from_scaled_is_inverse(n: int, scale: int) -> None:
     assert to_scaled(from_scaled(n, scale), scale, signed=True) == n
 
 
-@given(st.integers(min_value=1, max_value=10**12), st.integers(min_value=0, max_value=8),
-       st.integers(min_value=-6, max_value=6))
+@given(
+    st.integers(min_value=1, max_value=10**12),
+    st.integers(min_value=0, max_value=8),
+    st.integers(min_value=-6, max_value=6),
+)
 def test_exponent_notation_is_exact(mant: int, scale: int, exp: int) -> None:
     text = f"{mant}e{exp}"
     expect = Decimal(mant).scaleb(exp).scaleb(scale)
@@ -75,7 +77,9 @@ def test_fast_and_slow_paths_agree_with_decimal(text: str, scale: int) -> None:
     assert Decimal(got) == Decimal(text.strip()).scaleb(scale)
 
 
-@pytest.mark.parametrize("bad", ["\uff11\uff12", "\u0663", "NaN", "nan", "inf", "-Infinity", "", ".", "1.2.3", "0x10", "1,5", " ", "--1"])
+@pytest.mark.parametrize(
+    "bad", ["\uff11\uff12", "\u0663", "NaN", "nan", "inf", "-Infinity", "", ".", "1.2.3", "0x10", "1,5", " ", "--1"]
+)
 def test_rejects_non_numbers(bad: str) -> None:
     with pytest.raises(ScaleError):
         to_scaled(bad, 8)
@@ -150,8 +154,11 @@ def test_event_id_covers_payload() -> None:
 
 
 def test_python_enums_mirror_proto() -> None:
-    for py, proto, prefix in ((Exchange, pb.Exchange, "EXCHANGE_"), (Market, pb.Market, "MARKET_"),
-                              (EventType, pb.EventType, "EVENT_TYPE_")):
+    for py, proto, prefix in (
+        (Exchange, pb.Exchange, "EXCHANGE_"),
+        (Market, pb.Market, "MARKET_"),
+        (EventType, pb.EventType, "EVENT_TYPE_"),
+    ):
         proto_names = {n.removeprefix(prefix) for n in proto.keys()} - {"UNSPECIFIED"}  # noqa: SIM118 - a protobuf enum wrapper, not a dict
         assert proto_names == {m.name for m in py}
     payloads = {f.name for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields}
@@ -161,33 +168,43 @@ def test_python_enums_mirror_proto() -> None:
 # ---------------------------------------------------------------- symbols
 
 
-@pytest.mark.parametrize(("exchange", "market", "native", "canonical"), [
-    ("binance", "spot", "BTCUSDT", "BTC-USDT"),
-    ("binance", "spot", "RUNEEUR", "RUNE-EUR"),
-    ("binance", "spot", "BTCFDUSD", "BTC-FDUSD"),
-    ("binance", "perp", "ETHUSDT", "ETH-USDT-PERP"),
-    ("binance", "perp", "BTCUSD_PERP", "BTC-USD-PERP"),
-    ("binance", "future", "BTCUSDT_250328", "BTC-USDT-250328"),
-    ("bybit", "spot", "XRPUSDT", "XRP-USDT"),
-    ("bybit", "perp", "XRPUSDT", "XRP-USDT-PERP"),
-    ("bybit", "perp", "BTCPERP", "BTC-USDC-PERP"),
-    ("bybit", "perp", "BTCUSD", "BTC-USD-PERP"),
-    ("bybit", "future", "BTC-27DEC24", "BTC-USDC-241227"),
-    ("okx", "spot", "BTC-USDT", "BTC-USDT"),
-    ("okx", "perp", "UNI-USD-SWAP", "UNI-USD-PERP"),
-    ("okx", "future", "BTC-USD-220527", "BTC-USD-220527"),
-])
+@pytest.mark.parametrize(
+    ("exchange", "market", "native", "canonical"),
+    [
+        ("binance", "spot", "BTCUSDT", "BTC-USDT"),
+        ("binance", "spot", "RUNEEUR", "RUNE-EUR"),
+        ("binance", "spot", "BTCFDUSD", "BTC-FDUSD"),
+        ("binance", "perp", "ETHUSDT", "ETH-USDT-PERP"),
+        ("binance", "perp", "BTCUSD_PERP", "BTC-USD-PERP"),
+        ("binance", "future", "BTCUSDT_250328", "BTC-USDT-250328"),
+        ("bybit", "spot", "XRPUSDT", "XRP-USDT"),
+        ("bybit", "perp", "XRPUSDT", "XRP-USDT-PERP"),
+        ("bybit", "perp", "BTCPERP", "BTC-USDC-PERP"),
+        ("bybit", "perp", "BTCUSD", "BTC-USD-PERP"),
+        ("bybit", "future", "BTC-27DEC24", "BTC-USDC-241227"),
+        ("okx", "spot", "BTC-USDT", "BTC-USDT"),
+        ("okx", "perp", "UNI-USD-SWAP", "UNI-USD-PERP"),
+        ("okx", "future", "BTC-USD-220527", "BTC-USD-220527"),
+    ],
+)
 def test_canonical_symbols(exchange: str, market: str, native: str, canonical: str) -> None:
     assert canonical_symbol(exchange, market, native) == canonical
     if not (exchange == "bybit" and market == "future"):
         assert native_symbol(exchange, market, canonical) == native
 
 
-@pytest.mark.parametrize(("exchange", "market", "native"), [
-    ("okx", "perp", "BTC-USDT"), ("okx", "spot", "BTC-USDT-SWAP"), ("binance", "future", "BTCUSDT"),
-    ("binance", "spot", "../etc"), ("binance", "spot", "BTC USDT"), ("binance", "spot", "XYZ"),
-    ("bybit", "spot", "'; DROP TABLE x;--"),
-])
+@pytest.mark.parametrize(
+    ("exchange", "market", "native"),
+    [
+        ("okx", "perp", "BTC-USDT"),
+        ("okx", "spot", "BTC-USDT-SWAP"),
+        ("binance", "future", "BTCUSDT"),
+        ("binance", "spot", "../etc"),
+        ("binance", "spot", "BTC USDT"),
+        ("binance", "spot", "XYZ"),
+        ("bybit", "spot", "'; DROP TABLE x;--"),
+    ],
+)
 def test_bad_symbols_rejected(exchange: str, market: str, native: str) -> None:
     with pytest.raises(SymbolError):
         canonical_symbol(exchange, market, native)
@@ -236,8 +253,9 @@ def test_arrow_rows_roundtrip_and_validate(et: EventType) -> None:
     assert table.column("exchange_ts").type == pa.timestamp("us", tz="UTC")
     validate_table(TABLES[et], table)
     back = table_to_envelopes(et, table)
-    assert [e.SerializeToString(deterministic=True) for e in back] == \
-           [e.SerializeToString(deterministic=True) for e in envs]
+    assert [e.SerializeToString(deterministic=True) for e in back] == [
+        e.SerializeToString(deterministic=True) for e in envs
+    ]
     assert all(compute_event_id(e) == e.event_id for e in back)
 
 
@@ -246,15 +264,21 @@ def test_validation_catches_bad_rows() -> None:
 
     envs = [envelope(EventType.TRADE, i) for i in range(3)]
     table = envelopes_to_table(EventType.TRADE, envs)
-    bad = table.set_column(table.schema.get_field_index("symbol"), table.schema.field("symbol"),
-                           pa.array(["BTC-USDT-PERP", "btc", "BTC-USDT-PERP"]))
+    bad = table.set_column(
+        table.schema.get_field_index("symbol"),
+        table.schema.field("symbol"),
+        pa.array(["BTC-USDT-PERP", "btc", "BTC-USDT-PERP"]),
+    )
     with pytest.raises(pandera.errors.SchemaErrors, match="symbol"):
         validate_table(TABLES[EventType.TRADE], bad)
     snap = envelopes_to_table(EventType.BOOK_SNAPSHOT, [envelope(EventType.BOOK_SNAPSHOT, 0)])
     bids = snap.column("bids").to_pylist()
     bids[0][0]["qty"] = -1
-    bad_snap = snap.set_column(snap.schema.get_field_index("bids"), snap.schema.field("bids"),
-                               pa.array(bids, type=snap.schema.field("bids").type))
+    bad_snap = snap.set_column(
+        snap.schema.get_field_index("bids"),
+        snap.schema.field("bids"),
+        pa.array(bids, type=snap.schema.field("bids").type),
+    )
     with pytest.raises(pandera.errors.SchemaErrors):
         validate_table(TABLES[EventType.BOOK_SNAPSHOT], bad_snap)
 

@@ -8,13 +8,13 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from runtime.kafka_config import KafkaConnection, consumer_config, producer_config
 from schemas.ids import compute_event_id
 from schemas.model import EventType, Market, event_type_from_pb, exchange_from_pb, market_from_pb
+from schemas.serde import SCHEMA_HEADER, SerdeError, decode, encode, header
 from schemas.topics import Stage, event_topic, event_types_for
-from streaming.kafka_config import KafkaConnection, consumer_config, producer_config
-from streaming.serde import SCHEMA_HEADER, SerdeError, decode, encode, header
-from streaming.topic_admin import admin_client, ensure_topics
-from streaming.topic_config import TopicConfig
+from streaming.kafka.topic_admin import admin_client, ensure_topics
+from streaming.kafka.topic_config import TopicConfig
 from tests.support.envelopes import envelope
 
 
@@ -69,13 +69,18 @@ def test_every_event_type_roundtrips_through_broker(kafka_broker, market: Market
         assert len({m.partition() for m in msgs}) == 1
         decoded = [decode(m.value(), m.headers(), verify_id=True) for m in msgs]
         assert [d.event_id for d in decoded] == [e.event_id for e in envs]
-        assert [d.SerializeToString(deterministic=True) for d in decoded] == \
-               [e.SerializeToString(deterministic=True) for e in envs]
+        assert [d.SerializeToString(deterministic=True) for d in decoded] == [
+            e.SerializeToString(deterministic=True) for e in envs
+        ]
         for m, d in zip(msgs, decoded):
             assert m.key() == symbol.encode()
             assert header(m.headers(), SCHEMA_HEADER) == b"1"
-            assert event_topic(Stage.RAW, market_from_pb(d.market), event_type_from_pb(d.event_type),
-                               exchange_from_pb(d.exchange)) == topic
+            assert (
+                event_topic(
+                    Stage.RAW, market_from_pb(d.market), event_type_from_pb(d.event_type), exchange_from_pb(d.exchange)
+                )
+                == topic
+            )
 
 
 def test_decode_rejects_with_reasons() -> None:

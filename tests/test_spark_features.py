@@ -32,14 +32,14 @@ from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from resources.spark import SparkResource
 from schemas.model import Exchange, Market, event_type_from_pb
+from schemas.serde import encode
 from schemas.topics import dlq_topic, event_topic, feature_topic
-from streaming import clickhouse_sql as cs
-from streaming import feature_lake as fl
-from streaming import feature_spark as fsp
-from streaming.broker import EmbeddedBroker
-from streaming.clickhouse_live import ClickHouseLive
-from streaming.feature_processor import FeatureProcessor
-from streaming.serde import encode
+from streaming.clickhouse import sql as cs
+from streaming.clickhouse.live import ClickHouseLive
+from streaming.kafka.broker import EmbeddedBroker
+from streaming.lake import features as fl
+from streaming.lake import spark_features as fsp
+from streaming.processors.feature_processor import FeatureProcessor
 from tests.support import processing as ps
 from workloads import binance_hour as a
 from workloads.kafka import connection, create_project_topics, produce
@@ -73,7 +73,13 @@ def world(tmp_path_factory, clickhouse_server):
         def items():
             for e in envs:
                 r = encode(e)
-                yield event_topic("processed", "spot", event_type_from_pb(e.event_type), "binance"), r.key, r.value, r.headers
+                yield (
+                    event_topic("processed", "spot", event_type_from_pb(e.event_type), "binance"),
+                    r.key,
+                    r.value,
+                    r.headers,
+                )
+
         produce(b.bootstrap, (i for i in items() if i[0] in set(ps.processed_feature_topics())))
         conn = connection(b.bootstrap)
         fp = FeatureProcessor(conn, [(Market.SPOT, Exchange.BINANCE)], idle_timeout_ms=1000, checkpoint_interval_s=2.0)
@@ -81,8 +87,14 @@ def world(tmp_path_factory, clickhouse_server):
         late = len(ps.read_topics(b.bootstrap, [dlq_topic("features")]))
         live = ClickHouseLive(conn, ch.get_client(), [FEATURES_TOPIC], database=DB, session_timeout_ms=2000)
         stats = live.run(idle_exit_s=4.0)
-        yield {"lake": lake, "ch": ch, "late": late, "live": stats, "bootstrap": b.bootstrap,
-               "kafka": KafkaResource(bootstrap_servers=b.bootstrap)}
+        yield {
+            "lake": lake,
+            "ch": ch,
+            "late": late,
+            "live": stats,
+            "bootstrap": b.bootstrap,
+            "kafka": KafkaResource(bootstrap_servers=b.bootstrap),
+        }
 
 
 CHECK_OP = "spark__features_1s_" + CHECK_PARITY
@@ -93,9 +105,14 @@ def materialize(world, spark, partition: str, lookback_s: float = 0.0, selection
     if selection is None:
         selection = dg.AssetSelection.all() | dg.AssetSelection.checks(features_parity)
         ops["spark__features_1s"] = {"config": {"lookback_s": lookback_s}}
-    return dg.materialize([features_1s, spark_features_1s, features_parity], partition_key=partition,
-                          resources={"lake": world["lake"].lake, "clickhouse": world["ch"], "spark": spark},
-                          run_config={"ops": ops}, selection=selection, raise_on_error=False)
+    return dg.materialize(
+        [features_1s, spark_features_1s, features_parity],
+        partition_key=partition,
+        resources={"lake": world["lake"].lake, "clickhouse": world["ch"], "spark": spark},
+        run_config={"ops": ops},
+        selection=selection,
+        raise_on_error=False,
+    )
 
 
 def parity_check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
@@ -105,7 +122,7 @@ def parity_check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
 
 
 def test_streaming_published_every_window_of_the_capture(world):
-    assert world["late"] == 0                       # nothing late: the processor saw every event
+    assert world["late"] == 0  # nothing late: the processor saw every event
     assert world["live"].rows > 300 and not world["live"].dlq.counts
     client = world["ch"].get_client()
     assert cs.count_hour(client, DB, "features_live", a.utc(H), final=True) > 300
@@ -119,13 +136,17 @@ def test_spark_equals_local_batch_equals_published_exactly(world, spark):
     rows = check.metadata["rows"].value
     assert rows["spark"] == rows["local_batch"] == rows["published"] > 300
     table = world["lake"].catalog.load_table(fsp.SPARK_FEATURES_TABLE.identifier)
-    files = [t.file.file_path for t in table.scan(row_filter=fl.ts_range(a.hour_us(H), a.hour_us(H) + 3_600_000_000)).plan_files()]
+    files = [
+        t.file.file_path
+        for t in table.scan(row_filter=fl.ts_range(a.hour_us(H), a.hour_us(H) + 3_600_000_000)).plan_files()
+    ]
     assert files and all("spark-features-" in f and f.endswith(".parquet") for f in files)
     import pyarrow.parquet as pq
+
     ts_type = pq.read_schema(files[0].removeprefix("file://")).field("exchange_ts").type
     assert ts_type == pa.timestamp("us", tz="UTC")  # TIMESTAMP_MICROS, not INT96
 
-    again = materialize(world, spark, H)            # a rerun replaces the hour: same rows, no duplicates
+    again = materialize(world, spark, H)  # a rerun replaces the hour: same rows, no duplicates
     assert parity_check(again).passed
     assert parity_check(again).metadata["rows"].value == rows
 
@@ -138,19 +159,21 @@ def test_parity_fails_when_one_feature_value_is_perturbed(world, spark):
     i = next(k for k, v in enumerate(rows["microprice"].to_pylist()) if v is not None and k > 10)
     col = rows["microprice"].to_pylist()
     col[i] = math.nextafter(col[i], math.inf)
-    bad = rows.set_column(rows.schema.get_field_index("microprice"), FEATURE_SCHEMA.field("microprice"),
-                          pa.array(col, pa.float64()))
+    bad = rows.set_column(
+        rows.schema.get_field_index("microprice"), FEATURE_SCHEMA.field("microprice"), pa.array(col, pa.float64())
+    )
     table = fl.ensure_spec_table(world["lake"].catalog, fsp.SPARK_FEATURES_TABLE)
     fl.write_hour(table, rows, h)
-    assert parity_outcome(world["lake"].lake, world["ch"], H, DB)[0]      # unperturbed copy: identical
+    assert parity_outcome(world["lake"].lake, world["ch"], H, DB)[0]  # unperturbed copy: identical
     fl.write_hour(table.refresh(), bad, h)
     ok, details = parity_outcome(world["lake"].lake, world["ch"], H, DB)
     assert not ok
     m = details["mismatches"][0]
     assert m["column"] == "microprice" and m["event_id"] == rows["event_id"][i].as_py()
     # And through Dagster: the local batch and the check run, the Spark output stays perturbed.
-    result = materialize(world, spark, H, selection=dg.AssetSelection.assets(features_1s)
-                         | dg.AssetSelection.checks(features_parity))
+    result = materialize(
+        world, spark, H, selection=dg.AssetSelection.assets(features_1s) | dg.AssetSelection.checks(features_parity)
+    )
     check = parity_check(result)
     assert not check.passed and "microprice" in check.description
 
@@ -169,7 +192,6 @@ def test_next_hour_needs_the_lookback_to_match_the_stream(world, spark):
     check = parity_check(warm)
     assert check.passed, check.description
     assert check.metadata["rows"].value["published"] == published.num_rows
-
 
 
 def test_parity_of_an_empty_hour_passes(world):

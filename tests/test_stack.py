@@ -21,23 +21,34 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from pipelines.cli import build_parser
+from pipelines.local.cli import build_parser
 from resources.home import resolve_home
-from streaming.broker import port_in_use
+from streaming.kafka.broker import port_in_use
 
 TICKLAKE = Path(sys.executable).parent / "ticklake"
 UI_PORT = 3000
 UI = f"http://127.0.0.1:{UI_PORT}"
-REQUIRED_STATUS_KEYS = {"home", "kafka_bootstrap", "dagster_url", "catalog_name", "catalog_uri",
-                        "warehouse", "clickhouse_dsn", "artifacts", "services"}
+REQUIRED_STATUS_KEYS = {
+    "home",
+    "kafka_bootstrap",
+    "dagster_url",
+    "catalog_name",
+    "catalog_uri",
+    "warehouse",
+    "clickhouse_dsn",
+    "artifacts",
+    "services",
+}
 
 
 # --------------------------------------------------------------------------- helpers
 
+
 def ticklake(home: Path, *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TICKLAKE_HOME": str(home)}
-    return subprocess.run([str(TICKLAKE), *args], env=env, capture_output=True, text=True, check=False,
-                          timeout=timeout, cwd=home.parent)
+    return subprocess.run(
+        [str(TICKLAKE), *args], env=env, capture_output=True, text=True, check=False, timeout=timeout, cwd=home.parent
+    )
 
 
 def processes_of(home: Path) -> dict[int, str]:
@@ -60,12 +71,13 @@ def processes_of(home: Path) -> dict[int, str]:
 
 def parent_pid(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rfind(")") + 2:].split()[1])
+    return int(stat[stat.rfind(")") + 2 :].split()[1])
 
 
 def graphql(query: str) -> dict:
-    req = urllib.request.Request(f"{UI}/graphql", data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{UI}/graphql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         body = json.loads(resp.read())
     assert "errors" not in body, body
@@ -74,7 +86,8 @@ def graphql(query: str) -> dict:
 
 def require_ui_port_free() -> None:
     assert not port_in_use("127.0.0.1", UI_PORT), (
-        f"port {UI_PORT} is taken (another `ticklake up` or Dagster UI?); these tests need it")
+        f"port {UI_PORT} is taken (another `ticklake up` or Dagster UI?); these tests need it"
+    )
 
 
 def assert_nothing_left(home: Path, broker_port: int | None = None) -> None:
@@ -87,6 +100,7 @@ def assert_nothing_left(home: Path, broker_port: int | None = None) -> None:
 
 # --------------------------------------------------------------------------- fast checks
 
+
 def test_home_layout_and_derived_values(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TICKLAKE_HOME", raising=False)
@@ -98,7 +112,7 @@ def test_home_layout_and_derived_values(tmp_path, monkeypatch):
     assert home.root == root
     assert home.catalog_uri == f"sqlite:///{root}/catalog.db"
     assert home.warehouse == f"file://{root}/warehouse"
-    assert home.clickhouse_dsn is None                    # no local ClickHouse server started for it
+    assert home.clickhouse_dsn is None  # no local ClickHouse server started for it
     assert home.catalog_name == "ticklake"
     for sub in ("warehouse", "clickhouse", "dagster", "artifacts", "run"):
         assert (root / sub).is_dir(), sub
@@ -113,8 +127,7 @@ def test_cli_help_and_subcommands():
     args = parser.parse_args(["up", "--foreground", "--port", "3111", "--replay", "x"])
     assert (args.foreground, args.port, str(args.replay)) == (True, 3111, "x")
     assert parser.parse_args(["status", "--json"]).json is True
-    out = subprocess.run([str(TICKLAKE), "up", "--help"], capture_output=True, text=True,
-                         check=False, timeout=60)
+    out = subprocess.run([str(TICKLAKE), "up", "--help"], capture_output=True, text=True, check=False, timeout=60)
     assert out.returncode == 0 and "--foreground" in out.stdout and "--replay" in out.stdout
 
 
@@ -130,6 +143,7 @@ def test_down_without_a_stack_says_so(ticklake_home):
 
 
 # --------------------------------------------------------------------------- full stack
+
 
 @pytest.mark.stack
 def test_up_status_refused_second_up_and_down_leaves_nothing(ticklake_home):
@@ -168,10 +182,17 @@ def test_up_status_refused_second_up_and_down_leaves_nothing(ticklake_home):
         assert info["warehouse"] == f"file://{home}/warehouse"
         assert info["clickhouse_dsn"].startswith("http://127.0.0.1:")
         # A user's own client, in a process of its own, queries ClickHouse while the stack runs.
-        script = ("import sys, clickhouse_connect; "
-                  "print(clickhouse_connect.get_client(dsn=sys.argv[1]).query('SELECT 40 + 2').result_rows[0][0])")
-        user = subprocess.run([sys.executable, "-c", script, info["clickhouse_dsn"]],
-                              capture_output=True, text=True, timeout=120, check=False)
+        script = (
+            "import sys, clickhouse_connect; "
+            "print(clickhouse_connect.get_client(dsn=sys.argv[1]).query('SELECT 40 + 2').result_rows[0][0])"
+        )
+        user = subprocess.run(
+            [sys.executable, "-c", script, info["clickhouse_dsn"]],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert user.stdout.strip() == "42", user.stderr
         clickhouse_port = int(info["clickhouse_dsn"].rsplit(":", 1)[1])
         assert info["artifacts"] == str(home / "artifacts")
@@ -198,8 +219,13 @@ def test_up_status_refused_second_up_and_down_leaves_nothing(ticklake_home):
         bootstrap = info["kafka_bootstrap"]
         broker_port = int(bootstrap.rsplit(":", 1)[1])
         topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=20).topics
-        for name in ("raw.spot.trades.binance", "processed.perp.orderbook.delta.okx",
-                     "feature.future.signals.bybit", "dlq.collector", "pragma-prices-v1"):
+        for name in (
+            "raw.spot.trades.binance",
+            "processed.perp.orderbook.delta.okx",
+            "feature.future.signals.bybit",
+            "dlq.collector",
+            "pragma-prices-v1",
+        ):
             assert len(topics[name].partitions) == 3, name
 
         # The catalog and namespace exist in the SQLite file named by status.
@@ -240,7 +266,8 @@ def test_up_with_a_broken_code_location_fails_with_its_error_and_stops_everythin
     bad.mkdir()
     (bad / "defs.py").write_text('raise RuntimeError("deliberately broken definitions")\n')
     (bad / "workspace.yaml").write_text(
-        "load_from:\n  - python_file:\n      relative_path: defs.py\n      location_name: broken\n")
+        "load_from:\n  - python_file:\n      relative_path: defs.py\n      location_name: broken\n"
+    )
     up = ticklake(home, "up", "--workspace", str(bad / "workspace.yaml"))
     if up.returncode == 0:  # never leave a stack behind, even when the assertion fails
         ticklake(home, "down")
@@ -257,9 +284,13 @@ def test_foreground_stops_everything_on_ctrl_c(ticklake_home, tmp_path):
     require_ui_port_free()
     out = tmp_path / "foreground.out"
     with open(out, "w") as fh:
-        proc = subprocess.Popen([str(TICKLAKE), "up", "--foreground", "--no-services"], stdout=fh,
-                                stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "TICKLAKE_HOME": str(home)})
+        proc = subprocess.Popen(
+            [str(TICKLAKE), "up", "--foreground", "--no-services"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "TICKLAKE_HOME": str(home)},
+        )
     try:
         deadline = time.monotonic() + 400
         while "Ctrl-C stops everything" not in out.read_text():
@@ -280,7 +311,7 @@ def test_foreground_stops_everything_on_ctrl_c(ticklake_home, tmp_path):
     assert_nothing_left(home, broker_port)
 
 
-LONG_RUN_DEFS = '''
+LONG_RUN_DEFS = """
 import time
 import dagster as dg
 
@@ -289,17 +320,26 @@ def sleepy():
     time.sleep(600)
 
 defs = dg.Definitions(assets=[sleepy])
-'''
+"""
 
 
 def launch_asset_run(asset: str) -> str:
     query = """mutation($p: ExecutionParams!) { launchPipelineExecution(executionParams: $p) {
         __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
-    params = {"selector": {"repositoryLocationName": "ticklake", "repositoryName": "__repository__",
-                           "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": [asset]}]},
-              "runConfigData": {}}
-    req = urllib.request.Request(f"{UI}/graphql", headers={"Content-Type": "application/json"},
-                                 data=json.dumps({"query": query, "variables": {"p": params}}).encode())
+    params = {
+        "selector": {
+            "repositoryLocationName": "ticklake",
+            "repositoryName": "__repository__",
+            "pipelineName": "__ASSET_JOB",
+            "assetSelection": [{"path": [asset]}],
+        },
+        "runConfigData": {},
+    }
+    req = urllib.request.Request(
+        f"{UI}/graphql",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"query": query, "variables": {"p": params}}).encode(),
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         result = json.loads(resp.read())["data"]["launchPipelineExecution"]
     assert result["__typename"] == "LaunchRunSuccess", result
@@ -318,7 +358,8 @@ def test_down_stops_runs_in_progress_and_marks_them_failed(ticklake_home, tmp_pa
     code.mkdir()
     (code / "defs.py").write_text(LONG_RUN_DEFS)
     (code / "workspace.yaml").write_text(
-        "load_from:\n  - python_file:\n      relative_path: defs.py\n      location_name: ticklake\n")
+        "load_from:\n  - python_file:\n      relative_path: defs.py\n      location_name: ticklake\n"
+    )
     up = ticklake(home, "up", "--workspace", str(code / "workspace.yaml"))
     assert up.returncode == 0, up.stdout + up.stderr
     try:
@@ -351,17 +392,21 @@ def test_orphaned_runs_are_marked_failed_and_release_their_slots(ticklake_home, 
     from dagster import DagsterInstance, DagsterRunStatus
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from pipelines.stack import fail_orphaned_runs, repo_root
+    from pipelines.local.stack import fail_orphaned_runs, repo_root
 
     home = ticklake_home
     shutil.copyfile(repo_root() / "dagster.yaml", home.dagster_home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home.dagster_home))
     with DagsterInstance.from_config(str(home.dagster_home)) as instance:
-        started = instance.add_run(DagsterRun(job_name="collector", run_id="a" * 32,
-                                              status=DagsterRunStatus.STARTED,
-                                              tags={"ticklake/service": "collector-0"}))
-        done = instance.add_run(DagsterRun(job_name="hourly", run_id="b" * 32,
-                                           status=DagsterRunStatus.SUCCESS))
+        started = instance.add_run(
+            DagsterRun(
+                job_name="collector",
+                run_id="a" * 32,
+                status=DagsterRunStatus.STARTED,
+                tags={"ticklake/service": "collector-0"},
+            )
+        )
+        done = instance.add_run(DagsterRun(job_name="hourly", run_id="b" * 32, status=DagsterRunStatus.SUCCESS))
         instance.event_log_storage.set_concurrency_slots("test_pool", 1)
         claim = instance.event_log_storage.claim_concurrency_slot("test_pool", started.run_id, "load")
         assert claim.is_claimed
@@ -391,8 +436,11 @@ def test_a_dead_service_is_reported_and_blocks_up_until_down(ticklake_home):
         # A process of this stack that no service owns any more (what a kill -9'd parent leaves
         # behind): it carries the stack's id, so status reports it and `down` stops it.
         stack_id = json.loads((home / "run" / "stack.json").read_text())["stack_id"]
-        orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
-                                  env={**os.environ, "TICKLAKE_STACK_ID": stack_id}, start_new_session=True)
+        orphan = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"],
+            env={**os.environ, "TICKLAKE_STACK_ID": stack_id},
+            start_new_session=True,
+        )
         daemon_children = [orphan.pid]
         os.kill(broker_pid, signal.SIGKILL)
         os.kill(daemon_pid, signal.SIGKILL)

@@ -33,17 +33,24 @@ from resources.home import TicklakeHome
 from resources.lake import LakeResource
 from schemas.arrow_convert import envelopes_to_table, group_by_event_type
 from schemas.tables import TABLES
-from streaming.lake_seal import hour_layout
-from streaming.lake_state import HOUR_US, HourCount, SinkState
-from streaming.lake_writer import LakeFileWriter, commit_files
+from streaming.lake.seal import hour_layout
+from streaming.lake.state import HOUR_US, HourCount, SinkState
+from streaming.lake.writer import LakeFileWriter, commit_files
 from tests.test_stack import TICKLAKE, processes_of
 from workloads.synthetic import SyntheticMarket
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "ui_backfill"
 ASSET = "lake/trades"
 UI_HOURS = ["2024-08-09-00:00", "2024-08-09-01:00", "2024-08-09-02:00"]
@@ -55,6 +62,7 @@ LATENESS_US = 5_000_000
 
 
 # --------------------------------------------------------------------------- lake data
+
 
 def seed_lake(home: TicklakeHome, batches: int = 13) -> dict[str, dict[int, int]]:
     """Four closed hours (00:00-04:00 on 2024-08-09) and some of 04:00-04:20, committed in
@@ -95,6 +103,7 @@ def hour_us(key: str) -> int:
 
 # --------------------------------------------------------------------------- stack helpers
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,8 +112,9 @@ def free_port() -> int:
 
 def run_ticklake(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TICKLAKE_HOME": str(home)}
-    return subprocess.run([str(TICKLAKE), *args], env=env, capture_output=True, text=True, check=False,
-                          timeout=timeout, cwd=home.parent)
+    return subprocess.run(
+        [str(TICKLAKE), *args], env=env, capture_output=True, text=True, check=False, timeout=timeout, cwd=home.parent
+    )
 
 
 def up_args(port: int) -> list[str]:
@@ -119,8 +129,11 @@ class Gql:
         self.url = url
 
     def __call__(self, query: str, variables: dict | None = None) -> dict:
-        req = urllib.request.Request(f"{self.url}/graphql", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"query": query, "variables": variables or {}}).encode())
+        req = urllib.request.Request(
+            f"{self.url}/graphql",
+            headers={"Content-Type": "application/json"},
+            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        )
         with urllib.request.urlopen(req, timeout=60) as resp:
             body = json.loads(resp.read())
         assert "errors" not in body, body
@@ -161,14 +174,18 @@ def wait_backfill_done(gql: Gql, predicate, timeout_s: float = 600) -> dict:
         if found:
             last = found[0]
             runs_done = all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in last["runs"])
-            if last["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED") \
-                    and runs_done and last["runs"]:
+            if (
+                last["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
+                and runs_done
+                and last["runs"]
+            ):
                 return last
         time.sleep(1)
     raise AssertionError(f"backfill not finished in {timeout_s}s: {last}")
 
 
 # --------------------------------------------------------------------------- the browser
+
 
 def launch_backfill_in_ui(page, url: str, asset: str, first: str, last: str) -> str:
     """Partitions page -> "Materialize…" -> the hour range -> "Launch backfill"; returns
@@ -215,7 +232,8 @@ def check_chart_preview(page, url: str, partition: str, artifacts_url: str) -> N
     img.scroll_into_view_if_needed()
     size = page.wait_for_function(
         "el => el.complete && el.naturalWidth > 0 ? [el.naturalWidth, el.naturalHeight] : null",
-        arg=img.element_handle()).json_value()
+        arg=img.element_handle(),
+    ).json_value()
     assert size == [480, 360], size
     page.screenshot(path=str(ARTIFACTS / "chart_preview.png"))
 
@@ -230,6 +248,7 @@ def HOURLY_KEYS_BETWEEN(first: str, last: str) -> list[str]:
 
 # --------------------------------------------------------------------------- the test
 
+
 @pytest.mark.stack
 @pytest.mark.timeout(2700)
 def test_backfill_launched_from_the_partitions_page_completes(ticklake_home):
@@ -243,8 +262,17 @@ def test_backfill_launched_from_the_partitions_page_completes(ticklake_home):
     home = ticklake_home.root
     expected = seed_lake(ticklake_home)
     assert all(expected["trades"][hour_us(k)] > 0 for k in UI_HOURS + CLI_HOURS)
-    files_before = {k: len(hour_layout(LakeResource(uri=ticklake_home.catalog_uri, warehouse=ticklake_home.warehouse)
-                                       .ensure_tables()["trades"], hour_us(k)).files) for k in UI_HOURS}
+    files_before = {
+        k: len(
+            hour_layout(
+                LakeResource(uri=ticklake_home.catalog_uri, warehouse=ticklake_home.warehouse).ensure_tables()[
+                    "trades"
+                ],
+                hour_us(k),
+            ).files
+        )
+        for k in UI_HOURS
+    }
     assert all(n > 1 for n in files_before.values()), files_before  # micro-batch layout to compact
     port = free_port()
     up = run_ticklake(home, *up_args(port))
@@ -274,13 +302,15 @@ def test_backfill_launched_from_the_partitions_page_completes(ticklake_home):
                 assert {"key": "dagster/from_ui", "value": "true"} in done["tags"]
                 assert done["status"] == "COMPLETED_SUCCESS", done
                 assert [r["status"] for r in done["runs"]] == ["SUCCESS"] * len(UI_HOURS), done["runs"]
-                partitions = sorted(next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition")
-                                    for r in done["runs"])
+                partitions = sorted(
+                    next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition") for r in done["runs"]
+                )
                 assert partitions == UI_HOURS
                 for r in done["runs"]:
                     run = gql(RUN_PARTITION, {"id": r["runId"]})["runOrError"]
                     assert [(m["assetKey"]["path"], m["partition"]) for m in run["assetMaterializations"]] == [
-                        (ASSET.split("/"), next(t["value"] for t in run["tags"] if t["key"] == "dagster/partition"))]
+                        (ASSET.split("/"), next(t["value"] for t in run["tags"] if t["key"] == "dagster/partition"))
+                    ]
                 assert materialized_keys(gql, ASSET) == set(UI_HOURS)
 
                 # The Partitions page shows them as materialized.
@@ -302,12 +332,20 @@ def test_backfill_launched_from_the_partitions_page_completes(ticklake_home):
         # `ticklake backfill` launches the same kind of backfill and waits for it: a closed
         # hour succeeds (exit 0), an hour still open fails its seal (exit 1).
         env = {**os.environ, "TICKLAKE_HOME": str(home)}
-        ok = subprocess.Popen([str(TICKLAKE), "backfill", "2024-08-09T03:00", "2024-08-09T04:00", "--select",
-                               CLI_SELECT, "--poll", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-        bad = subprocess.Popen([str(TICKLAKE), "backfill", "2024-08-09T04:00", "2024-08-09T05:00", "--select",
-                                ASSET, "--poll", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+        ok = subprocess.Popen(
+            [str(TICKLAKE), "backfill", "2024-08-09T03:00", "2024-08-09T04:00", "--select", CLI_SELECT, "--poll", "1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        bad = subprocess.Popen(
+            [str(TICKLAKE), "backfill", "2024-08-09T04:00", "2024-08-09T05:00", "--select", ASSET, "--poll", "1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         ok_out, ok_err = ok.communicate(timeout=1500)
         bad_out, bad_err = bad.communicate(timeout=1500)
         assert ok.returncode == 0, ok_out + ok_err

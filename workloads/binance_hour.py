@@ -23,12 +23,12 @@ from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.instruments import by_native, parse_binance
 from schemas.model import event_type_from_pb
+from schemas.serde import encode
 from schemas.tables import TABLES
-from streaming.instruments import InstrumentCatalog
-from streaming.lake_seal import seal_hour
-from streaming.lake_writer import LakeFileWriter, commit_files
-from streaming.normalizer import Normalizer
-from streaming.serde import encode
+from streaming.lake.seal import seal_hour
+from streaming.lake.writer import LakeFileWriter, commit_files
+from streaming.processors.instruments import InstrumentCatalog
+from streaming.processors.normalizer import Normalizer
 from workloads.kafka import raw_topic
 from workloads.samples import BINANCE_SPOT_HFT
 
@@ -39,18 +39,31 @@ NEXT_HOUR = "2024-08-09-00:00"
 #: Binance /api/v3/exchangeInfo entry for BTCUSDT in the documented shape (values as the
 #: venue published them for the capture's day: tick 0.01, lot 0.00001, 8 base decimals).
 BTCUSDT_SPOT_INFO = {
-    "timezone": "UTC", "serverTime": 1723161600000, "rateLimits": [], "exchangeFilters": [],
-    "symbols": [{
-        "symbol": "BTCUSDT", "status": "TRADING", "baseAsset": "BTC", "baseAssetPrecision": 8,
-        "quoteAsset": "USDT", "quotePrecision": 8, "quoteAssetPrecision": 8,
-        "orderTypes": ["LIMIT", "MARKET"],
-        "filters": [
-            {"filterType": "PRICE_FILTER", "minPrice": "0.01000000", "maxPrice": "1000000.00000000",
-             "tickSize": "0.01000000"},
-            {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000.00000000",
-             "stepSize": "0.00001000"},
-        ],
-    }],
+    "timezone": "UTC",
+    "serverTime": 1723161600000,
+    "rateLimits": [],
+    "exchangeFilters": [],
+    "symbols": [
+        {
+            "symbol": "BTCUSDT",
+            "status": "TRADING",
+            "baseAsset": "BTC",
+            "baseAssetPrecision": 8,
+            "quoteAsset": "USDT",
+            "quotePrecision": 8,
+            "quoteAssetPrecision": 8,
+            "orderTypes": ["LIMIT", "MARKET"],
+            "filters": [
+                {
+                    "filterType": "PRICE_FILTER",
+                    "minPrice": "0.01000000",
+                    "maxPrice": "1000000.00000000",
+                    "tickSize": "0.01000000",
+                },
+                {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000.00000000", "stepSize": "0.00001000"},
+            ],
+        }
+    ],
 }
 
 
@@ -83,11 +96,12 @@ def capture_raw_events() -> list[pb.Envelope]:
     for rec in read(info):
         if rec.kind == WS:
             out = adapter.on_frame(rec.payload, rec.recv_ts_us)
-            unserved += out.requests          # WS-triggered REST calls: resync snapshots
+            unserved += out.requests  # WS-triggered REST calls: resync snapshots
         elif rec.kind == REST:
             params = rest_params(rec.url)
-            req = RestRequest(path=urlsplit(rec.url).path, params=tuple(params.items()),
-                              native_symbol=params.get("symbol", ""))
+            req = RestRequest(
+                path=urlsplit(rec.url).path, params=tuple(params.items()), native_symbol=params.get("symbol", "")
+            )
             out = adapter.on_rest(req, 200, rec.payload, rec.recv_ts_us)
         else:
             continue
@@ -97,7 +111,8 @@ def capture_raw_events() -> list[pb.Envelope]:
     # The first frame asks for the initial snapshot, which the capture holds; anything more is a resync.
     assert not dead and resyncs == 0 and len(unserved) <= 1, (
         f"capture replay lost data: {len(dead)} dead letters {dead[:3]}, {resyncs} resyncs, "
-        f"{len(unserved)} REST requests from frames")
+        f"{len(unserved)} REST requests from frames"
+    )
     return events
 
 
@@ -125,7 +140,9 @@ class CapturedLake:
     envelopes: list[pb.Envelope]
 
 
-def write_lake(home: TicklakeHome, envelopes: list[pb.Envelope], seal: tuple[str, ...] = (CAPTURE_HOUR,)) -> CapturedLake:
+def write_lake(
+    home: TicklakeHome, envelopes: list[pb.Envelope], seal: tuple[str, ...] = (CAPTURE_HOUR,)
+) -> CapturedLake:
     """The envelopes written to the home's lake in several micro-batch files per hour (as the
     sink leaves them), then the `seal` hours sealed."""
     lake = LakeResource(uri=home.catalog_uri, warehouse=home.warehouse, name=home.catalog_name)
@@ -136,7 +153,7 @@ def write_lake(home: TicklakeHome, envelopes: list[pb.Envelope], seal: tuple[str
     for et, envs in by_type.items():
         table = tables[TABLES[et].name]
         for i in range(0, len(envs), 10_000):
-            rows = envelopes_to_table(et, envs[i:i + 10_000])
+            rows = envelopes_to_table(et, envs[i : i + 10_000])
             files = LakeFileWriter(table).write(rows)
             table = commit_files(table, files, {"writer": "test"}).refresh()
         for key in seal:

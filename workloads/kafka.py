@@ -1,7 +1,7 @@
 """Putting workload envelopes on the project's topics of a real broker.
 
 Topic names come from schemas/topics.py (the one naming scheme); the producer settings from
-streaming/kafka_config.py, as every service builds them.
+runtime/kafka_config.py, as every service builds them.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from collections.abc import Iterable
 
 from confluent_kafka import Producer
 
+from runtime import kafka_config as kc
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import event_type_from_pb, exchange_from_pb, market_from_pb
+from schemas.serde import encode
 from schemas.topics import Stage, event_topic
-from streaming import kafka_config as kc
-from streaming.serde import encode
-from streaming.topic_admin import admin_client, ensure_topics
-from streaming.topic_config import TopicConfig
+from streaming.kafka.topic_admin import admin_client, ensure_topics
+from streaming.kafka.topic_config import TopicConfig
 
 
 def connection(bootstrap: str) -> kc.KafkaConnection:
@@ -31,8 +31,9 @@ def create_project_topics(bootstrap: str, exchanges=("binance",), markets=("spot
 
 def stage_topic(stage: Stage | str, env: pb.Envelope) -> str:
     """The `stage` topic an envelope belongs on (raw.* as collected, processed.* once normalized)."""
-    return event_topic(stage, market_from_pb(env.market), event_type_from_pb(env.event_type),
-                       exchange_from_pb(env.exchange))
+    return event_topic(
+        stage, market_from_pb(env.market), event_type_from_pb(env.event_type), exchange_from_pb(env.exchange)
+    )
 
 
 def raw_topic(env: pb.Envelope) -> str:
@@ -58,8 +59,10 @@ def produce(bootstrap: str, items: Iterable[tuple]) -> int:
 
 def produce_raw(bootstrap: str, envs: Iterable[pb.Envelope]) -> int:
     """Envelopes on their raw.* topics, encoded as the collectors publish them."""
+
     def items():
         for e in envs:
             r = encode(e)
             yield raw_topic(e), r.key, r.value, r.headers
+
     return produce(bootstrap, items())

@@ -16,7 +16,7 @@ from schemas.ids import stamp_event_id
 from schemas.instruments import InstrumentRef
 from schemas.model import EventType, Exchange, Market
 from schemas.symbols import native_symbol
-from streaming.instruments import InstrumentCatalog
+from streaming.processors.instruments import InstrumentCatalog
 
 BASE_TS = 1_723_161_600_000_000  # 2024-08-09T00:00:00Z
 
@@ -26,7 +26,7 @@ class SynthInstrument:
     symbol: str
     exchange: Exchange = Exchange.BINANCE
     market: Market = Market.SPOT
-    mid: int = 6_000_000          # price units at price_scale (60000.00)
+    mid: int = 6_000_000  # price units at price_scale (60000.00)
     tick: int = 1
     lot: int = 1
     price_scale: int = 2
@@ -46,17 +46,31 @@ DEFAULT_INSTRUMENTS = (
 
 def _env(inst: SynthInstrument, et: EventType, ts: int, seq: int, ingest_delay: int) -> pb.Envelope:
     return pb.Envelope(
-        exchange=inst.exchange.pb, market=inst.market.pb, event_type=et.pb, symbol=inst.symbol,
-        native_symbol=inst.native, exchange_ts=ts, ingest_ts=ts + ingest_delay, seq=seq,
-        price_scale=inst.price_scale, size_scale=inst.size_scale, shard="synthetic",
+        exchange=inst.exchange.pb,
+        market=inst.market.pb,
+        event_type=et.pb,
+        symbol=inst.symbol,
+        native_symbol=inst.native,
+        exchange_ts=ts,
+        ingest_ts=ts + ingest_delay,
+        seq=seq,
+        price_scale=inst.price_scale,
+        size_scale=inst.size_scale,
+        shard="synthetic",
     )
 
 
 class SyntheticMarket:
     """Yields envelopes in exchange-time order; each instrument keeps its own book."""
 
-    def __init__(self, instruments=DEFAULT_INSTRUMENTS, seed: int = 7, depth: int = 20,
-                 start_ts: int = BASE_TS, trade_share: float = 0.4):
+    def __init__(
+        self,
+        instruments=DEFAULT_INSTRUMENTS,
+        seed: int = 7,
+        depth: int = 20,
+        start_ts: int = BASE_TS,
+        trade_share: float = 0.4,
+    ):
         self.instruments = list(instruments)
         self.rng = random.Random(seed)
         self.depth = depth
@@ -74,10 +88,14 @@ class SyntheticMarket:
         self.books[inst.symbol] = (bids, asks)
         self.seq[inst.symbol] += 1
         env = _env(inst, EventType.BOOK_SNAPSHOT, ts, self.seq[inst.symbol], 800)
-        env.book_snapshot.CopyFrom(pb.BookSnapshot(
-            bids=[pb.PriceLevel(px=p, qty=q) for p, q in sorted(bids.items(), reverse=True)],
-            asks=[pb.PriceLevel(px=p, qty=q) for p, q in sorted(asks.items())],
-            depth=self.depth, reason=pb.SNAPSHOT_REASON_INITIAL))
+        env.book_snapshot.CopyFrom(
+            pb.BookSnapshot(
+                bids=[pb.PriceLevel(px=p, qty=q) for p, q in sorted(bids.items(), reverse=True)],
+                asks=[pb.PriceLevel(px=p, qty=q) for p, q in sorted(asks.items())],
+                depth=self.depth,
+                reason=pb.SNAPSHOT_REASON_INITIAL,
+            )
+        )
         return stamp_event_id(env)
 
     def _delta(self, inst: SynthInstrument, ts: int) -> pb.Envelope:
@@ -106,9 +124,14 @@ class SyntheticMarket:
         first = self.seq[inst.symbol] + 1
         self.seq[inst.symbol] += 1
         env = _env(inst, EventType.BOOK_DELTA, ts, self.seq[inst.symbol], 400)
-        env.book_delta.CopyFrom(pb.BookDelta(
-            bids=[pb.PriceLevel(px=p, qty=q) for p, q in db], asks=[pb.PriceLevel(px=p, qty=q) for p, q in da],
-            first_seq=first, prev_seq=first - 1))
+        env.book_delta.CopyFrom(
+            pb.BookDelta(
+                bids=[pb.PriceLevel(px=p, qty=q) for p, q in db],
+                asks=[pb.PriceLevel(px=p, qty=q) for p, q in da],
+                first_seq=first,
+                prev_seq=first - 1,
+            )
+        )
         return stamp_event_id(env)
 
     def _trade(self, inst: SynthInstrument, ts: int) -> pb.Envelope:
@@ -119,8 +142,14 @@ class SyntheticMarket:
         tid = self.trade_id[inst.symbol]
         self.trade_id[inst.symbol] += 1
         env = _env(inst, EventType.TRADE, ts, tid, 300)
-        env.trade.CopyFrom(pb.Trade(trade_id=str(tid), px=px, qty=self.rng.randint(1, 40) * inst.lot,
-                                    taker_side=pb.SIDE_BUY if buy else pb.SIDE_SELL))
+        env.trade.CopyFrom(
+            pb.Trade(
+                trade_id=str(tid),
+                px=px,
+                qty=self.rng.randint(1, 40) * inst.lot,
+                taker_side=pb.SIDE_BUY if buy else pb.SIDE_SELL,
+            )
+        )
         return stamp_event_id(env)
 
     def events(self, n: int, spacing_us: int = 1_000) -> list[pb.Envelope]:
@@ -143,7 +172,16 @@ def synthetic_catalog(instruments=DEFAULT_INSTRUMENTS) -> InstrumentCatalog:
     """The instrument catalog the normalizer needs for the synthetic market (tick and lot
     one unit at each instrument's scales)."""
     return InstrumentCatalog(
-        InstrumentRef(i.exchange.value, i.market.value, i.native, i.symbol, i.symbol.split("-")[0],
-                      i.symbol.split("-")[1], "0." + "0" * (i.price_scale - 1) + "1",
-                      "0." + "0" * (i.size_scale - 1) + "1", "TRADING")
-        for i in instruments)
+        InstrumentRef(
+            i.exchange.value,
+            i.market.value,
+            i.native,
+            i.symbol,
+            i.symbol.split("-")[0],
+            i.symbol.split("-")[1],
+            "0." + "0" * (i.price_scale - 1) + "1",
+            "0." + "0" * (i.size_scale - 1) + "1",
+            "TRADING",
+        )
+        for i in instruments
+    )

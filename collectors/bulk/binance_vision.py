@@ -66,10 +66,14 @@ MARKET_PATHS = {"spot": "spot", "um": "futures/um", "cm": "futures/cm"}
 PERIODS = ("daily", "monthly")
 DATA_TYPES = ("trades", "aggTrades", "klines", "bookTicker", "bookDepth")
 #: Types that become lake events; the others are parsed and verified only.
-EVENT_TYPES: dict[str, EventType] = {"trades": EventType.TRADE, "aggTrades": EventType.TRADE,
-                                     "bookTicker": EventType.TICKER}
-KLINE_INTERVALS = frozenset({"1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h",
-                             "1d", "3d", "1w", "1mo"})
+EVENT_TYPES: dict[str, EventType] = {
+    "trades": EventType.TRADE,
+    "aggTrades": EventType.TRADE,
+    "bookTicker": EventType.TICKER,
+}
+KLINE_INTERVALS = frozenset(
+    {"1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1mo"}
+)
 #: Spot files carry µs from this day on (informational: parsing classifies by magnitude).
 SPOT_MICROS_FROM = date(2025, 1, 1)
 MICROS_THRESHOLD = 10**14
@@ -79,20 +83,60 @@ STREAM_TIME_RESOLUTION_US = 1000
 #: Columns by position (header names differ between eras; positions do not).
 COLUMNS: dict[str, tuple[str, ...]] = {
     "trades": ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match"),
-    "aggTrades": ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time",
-                  "is_buyer_maker", "is_best_match"),
-    "bookTicker": ("update_id", "best_bid_price", "best_bid_qty", "best_ask_price", "best_ask_qty",
-                   "transaction_time", "event_time"),
-    "klines": ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "count",
-               "taker_buy_volume", "taker_buy_quote_volume", "ignore"),
+    "aggTrades": (
+        "agg_trade_id",
+        "price",
+        "quantity",
+        "first_trade_id",
+        "last_trade_id",
+        "transact_time",
+        "is_buyer_maker",
+        "is_best_match",
+    ),
+    "bookTicker": (
+        "update_id",
+        "best_bid_price",
+        "best_bid_qty",
+        "best_ask_price",
+        "best_ask_qty",
+        "transaction_time",
+        "event_time",
+    ),
+    "klines": (
+        "open_time",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "close_time",
+        "quote_volume",
+        "count",
+        "taker_buy_volume",
+        "taker_buy_quote_volume",
+        "ignore",
+    ),
     "bookDepth": ("timestamp", "percentage", "depth", "notional"),
 }
 MIN_COLUMNS = {"trades": 6, "aggTrades": 7, "bookTicker": 7, "klines": 12, "bookDepth": 4}
-INT_COLUMNS = frozenset({"id", "agg_trade_id", "first_trade_id", "last_trade_id", "update_id", "time",
-                         "transact_time", "transaction_time", "event_time", "open_time", "close_time",
-                         "count", "percentage"})
-TIME_COLUMNS = {"trades": "time", "aggTrades": "transact_time", "bookTicker": "transaction_time",
-                "klines": "open_time"}
+INT_COLUMNS = frozenset(
+    {
+        "id",
+        "agg_trade_id",
+        "first_trade_id",
+        "last_trade_id",
+        "update_id",
+        "time",
+        "transact_time",
+        "transaction_time",
+        "event_time",
+        "open_time",
+        "close_time",
+        "count",
+        "percentage",
+    }
+)
+TIME_COLUMNS = {"trades": "time", "aggTrades": "transact_time", "bookTicker": "transaction_time", "klines": "open_time"}
 ID_COLUMNS = {"trades": "id", "aggTrades": "agg_trade_id", "bookTicker": "update_id", "klines": "open_time"}
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -104,12 +148,12 @@ _SHA = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
 class VisionFile:
     """One archive of data.binance.vision."""
 
-    market: str          # spot | um | cm
-    data_type: str       # trades | aggTrades | klines | bookTicker | bookDepth
-    symbol: str          # venue symbol, e.g. BTCUSDT
-    day: str             # YYYY-MM-DD (daily) or YYYY-MM (monthly)
+    market: str  # spot | um | cm
+    data_type: str  # trades | aggTrades | klines | bookTicker | bookDepth
+    symbol: str  # venue symbol, e.g. BTCUSDT
+    day: str  # YYYY-MM-DD (daily) or YYYY-MM (monthly)
     period: str = "daily"
-    interval: str = ""   # klines only
+    interval: str = ""  # klines only
 
     def __post_init__(self) -> None:
         if self.market not in MARKET_PATHS:
@@ -119,8 +163,10 @@ class VisionFile:
         if self.period not in PERIODS:
             raise ValueError(f"period must be one of {PERIODS}, got {self.period!r}")
         if not (_DAY if self.period == "daily" else _MONTH).fullmatch(self.day):
-            raise ValueError(f"{self.period} file needs a {'YYYY-MM-DD' if self.period == 'daily' else 'YYYY-MM'} "
-                             f"date, got {self.day!r}")
+            raise ValueError(
+                f"{self.period} file needs a {'YYYY-MM-DD' if self.period == 'daily' else 'YYYY-MM'} "
+                f"date, got {self.day!r}"
+            )
         validate_native(self.symbol)
         if self.symbol != self.symbol.upper():
             raise ValueError(f"Binance file symbols are upper case: {self.symbol!r}")
@@ -137,8 +183,7 @@ class VisionFile:
     @property
     def path(self) -> str:
         sub = f"{self.interval}/" if self.interval else ""
-        return (f"data/{MARKET_PATHS[self.market]}/{self.period}/{self.data_type}/{self.symbol}/"
-                f"{sub}{self.file_name}")
+        return f"data/{MARKET_PATHS[self.market]}/{self.period}/{self.data_type}/{self.symbol}/{sub}{self.file_name}"
 
     @property
     def checksum_path(self) -> str:
@@ -152,6 +197,7 @@ class VisionFile:
 
 
 # -- checksums and archives -----------------------------------------------------------------
+
 
 def parse_checksum(text: bytes | str) -> tuple[str, str]:
     """``"<sha256>  <file name>"`` -> (lower-case hex digest, file name)."""
@@ -189,6 +235,7 @@ def read_zip_csv(path: str | Path) -> bytes:
 
 # -- CSV ------------------------------------------------------------------------------------
 
+
 def _first_line(data: bytes) -> bytes:
     for line in data.splitlines():
         if line.strip():
@@ -213,22 +260,24 @@ def read_csv(data: bytes, data_type: str) -> pa.Table:
     body = lines[1:] if header else lines
     names = COLUMNS[data_type]
     if not body:
-        return pa.table({n: pa.array([], pa.int64() if n in INT_COLUMNS else pa.string())
-                         for n in names[:MIN_COLUMNS[data_type]]})
+        return pa.table(
+            {n: pa.array([], pa.int64() if n in INT_COLUMNS else pa.string()) for n in names[: MIN_COLUMNS[data_type]]}
+        )
     ncols = body[0].count(b",") + 1
     if ncols < MIN_COLUMNS[data_type] or ncols > len(names):
-        raise BulkFileError(f"{data_type} CSV has {ncols} columns, expected {MIN_COLUMNS[data_type]}"
-                            f"..{len(names)}: {body[0][:120]!r}")
+        raise BulkFileError(
+            f"{data_type} CSV has {ncols} columns, expected {MIN_COLUMNS[data_type]}..{len(names)}: {body[0][:120]!r}"
+        )
     cols = names[:ncols]
     types = {n: (pa.int64() if n in INT_COLUMNS else pa.string()) for n in cols}
     try:
         return pacsv.read_csv(
             io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=list(cols), skip_rows=1 if header else 0,
-                                           block_size=1 << 24),
+            read_options=pacsv.ReadOptions(column_names=list(cols), skip_rows=1 if header else 0, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(newlines_in_values=False),
-            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False,
-                                                 quoted_strings_can_be_null=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False
+            ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise BulkFileError(f"{data_type} CSV does not parse: {exc}") from None
@@ -286,6 +335,7 @@ def parse(data: bytes, data_type: str) -> ParsedFile:
 
 # -- envelopes ------------------------------------------------------------------------------
 
+
 def _flag(text: str) -> bool:
     low = text.strip().lower()
     if low == "true":
@@ -326,7 +376,7 @@ def to_rows(parsed: ParsedFile, t: Target) -> Converted:
     payload = None
     id_append, ts_append, seq_append = ids.append, tss.append, seqs.append
     for env in _stamped(parsed, t, conv.rejects, reuse=True):
-        if first:   # the envelope is reused: constant fields are set once
+        if first:  # the envelope is reused: constant fields are set once
             env.shard = t.shard
             env.tick_size, env.lot_size = t.tick, t.lot
             payload = getattr(env, et.payload_field)
@@ -340,15 +390,25 @@ def to_rows(parsed: ParsedFile, t: Target) -> Converted:
     if et is EventType.TRADE:
         cols["taker_side"] = [_SIDE_NAMES[v] for v in cols["taker_side"]]
     data = {
-        "event_id": ids, "exchange": [t.exchange.value] * n, "market": [t.market.value] * n,
-        "symbol": [t.symbol] * n, "native_symbol": [t.native] * n, "exchange_ts": tss, "ingest_ts": tss,
-        "seq": seqs, "price_scale": [t.price_scale] * n, "size_scale": [t.size_scale] * n,
-        "ingest_latency_us": [0] * n, "tick_size": [t.tick] * n, "lot_size": [t.lot] * n, "shard": [t.shard] * n,
+        "event_id": ids,
+        "exchange": [t.exchange.value] * n,
+        "market": [t.market.value] * n,
+        "symbol": [t.symbol] * n,
+        "native_symbol": [t.native] * n,
+        "exchange_ts": tss,
+        "ingest_ts": tss,
+        "seq": seqs,
+        "price_scale": [t.price_scale] * n,
+        "size_scale": [t.size_scale] * n,
+        "ingest_latency_us": [0] * n,
+        "tick_size": [t.tick] * n,
+        "lot_size": [t.lot] * n,
+        "shard": [t.shard] * n,
         **cols,
     }
     data.update(unit_columns(t, et, cols.get("px", [0] * n), cols.get("qty", cols.get("bid_qty", [0] * n))))
     table = pa.Table.from_pydict(data, schema=spec.schema)
-    if len(pc.unique(table.column("event_id"))) != n:   # identical rows: keep the first of each
+    if len(pc.unique(table.column("event_id"))) != n:  # identical rows: keep the first of each
         seen: set[str] = set()
         keep = [not (eid in seen or seen.add(eid)) for eid in ids]
         conv.in_file_duplicates += n - len(seen)
@@ -370,8 +430,7 @@ def _start(parsed: ParsedFile) -> Converted:
     return conv
 
 
-def _stamped(parsed: ParsedFile, t: Target, rejects: list[Rejected], *, reuse: bool = False
-             ) -> Iterator[pb.Envelope]:
+def _stamped(parsed: ParsedFile, t: Target, rejects: list[Rejected], *, reuse: bool = False) -> Iterator[pb.Envelope]:
     """Validated envelopes (not yet finished) of each convertible row, in file order."""
     if parsed.data_type == "bookTicker":
         yield from _book_ticker(parsed, t, rejects, reuse)
@@ -379,8 +438,7 @@ def _stamped(parsed: ParsedFile, t: Target, rejects: list[Rejected], *, reuse: b
         yield from _trades(parsed, t, rejects, reuse, agg=parsed.data_type == "aggTrades")
 
 
-def _trades(parsed: ParsedFile, t: Target, rejects: list[Rejected], reuse: bool, *, agg: bool
-            ) -> Iterator[pb.Envelope]:
+def _trades(parsed: ParsedFile, t: Target, rejects: list[Rejected], reuse: bool, *, agg: bool) -> Iterator[pb.Envelope]:
     tb = parsed.table
     ids = tb.column("agg_trade_id" if agg else "id").to_pylist()
     pxs = tb.column("price").to_pylist()
@@ -452,13 +510,14 @@ def _book_ticker(parsed: ParsedFile, t: Target, rejects: list[Rejected], reuse: 
 
 # -- fetching with verification -------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    status: str                  # "ok" | "missing"
+    status: str  # "ok" | "missing"
     url: str
     path: Path | None = None
     sha256: str = ""
-    reused: bool = False         # a verified copy was already on disk
+    reused: bool = False  # a verified copy was already on disk
     resumed_from: int = 0
 
 
@@ -476,8 +535,10 @@ def fetch_verified(vf: VisionFile, base_url: str, downloader, cache_dir: str | P
         if probe.status == "missing":
             return Fetched("missing", url)
         dest.unlink(missing_ok=True)
-        raise ChecksumMismatch(f"{vf.file_name}: the archive exists but {vf.file_name}.CHECKSUM does not; "
-                               "refusing a file that cannot be verified (deleted)")
+        raise ChecksumMismatch(
+            f"{vf.file_name}: the archive exists but {vf.file_name}.CHECKSUM does not; "
+            "refusing a file that cannot be verified (deleted)"
+        )
     digest, name = parse_checksum(published)
     if name != vf.file_name:
         raise ChecksumMismatch(f"{vf.file_name}.CHECKSUM names {name!r}")
@@ -493,7 +554,7 @@ def fetch_verified(vf: VisionFile, base_url: str, downloader, cache_dir: str | P
         dest.unlink(missing_ok=True)
         if not result.resumed_from:
             raise ChecksumMismatch(f"{first}; the downloaded file was deleted") from None
-        result = downloader.fetch(url, dest)     # fresh, whole-file attempt
+        result = downloader.fetch(url, dest)  # fresh, whole-file attempt
         if result.status == "missing":
             return Fetched("missing", url)
         try:

@@ -81,6 +81,7 @@ def _check(category: str, symbol: str, day: str) -> None:
 
 # -- order book -------------------------------------------------------------------------------
 
+
 def book_lines(path: str | Path) -> Iterator[bytes]:
     """Non-empty lines of an ob file (the zip's single member, or a bare .data file)."""
     p = Path(path)
@@ -112,15 +113,14 @@ class BookReplay:
 
 def replay_book(lines: Iterable[bytes], t: Target, category: str = "linear") -> BookReplay:
     """Replay ob history lines through the Bybit adapter into lake envelopes."""
-    adapter = BybitAdapter(category=category, shard=t.shard,
-                           instruments={t.native: t.reference()})
+    adapter = BybitAdapter(category=category, shard=t.shard, instruments={t.native: t.reference()})
     conv = Converted()
     resyncs: list[str] = []
     n = 0
     for n, line in enumerate(lines, 1):
         u = _U.search(line)
         if u is not None:
-            conv.ids.append(int(u.group(1)))   # the file's update ids, for the gap check
+            conv.ids.append(int(u.group(1)))  # the file's update ids, for the gap check
         m = _TS.search(line)
         if m is None:
             conv.rejects.append(Rejected(n - 1, "line without ts"))
@@ -144,8 +144,15 @@ def replay_book(lines: Iterable[bytes], t: Target, category: str = "linear") -> 
             conv.add(event_type_from_pb(env.event_type), finish(env, t))
     conv.file_rows = n
     stats = adapter.book_stats().get(t.native, BookStats())
-    conv.notes.update({"snapshots": stats.snapshots, "deltas_applied": stats.deltas_applied,
-                       "gaps": stats.gaps, "crossed": stats.crossed, "resyncs": stats.resyncs})
+    conv.notes.update(
+        {
+            "snapshots": stats.snapshots,
+            "deltas_applied": stats.deltas_applied,
+            "gaps": stats.gaps,
+            "crossed": stats.crossed,
+            "resyncs": stats.resyncs,
+        }
+    )
     dedup_in_file(conv)
     rebuilt, crossed = rebuild(conv)
     return BookReplay(conv, stats, resyncs, stats.deltas_stale, crossed, rebuilt)
@@ -186,6 +193,7 @@ def first_message(path: str | Path) -> dict:
 
 # -- trades -----------------------------------------------------------------------------------
 
+
 def read_trades_csv(data: bytes) -> pa.Table:
     """A trading/*.csv.gz body (gzip bytes or plain CSV) as string columns."""
     if data[:2] == b"\x1f\x8b":
@@ -200,9 +208,11 @@ def read_trades_csv(data: bytes) -> pa.Table:
     try:
         return pacsv.read_csv(
             io.BytesIO(data),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
-                                                 include_columns=list(TRADE_COLUMNS),
-                                                 strings_can_be_null=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in header},
+                include_columns=list(TRADE_COLUMNS),
+                strings_can_be_null=False,
+            ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise BulkFileError(f"Bybit trade CSV does not parse: {exc}") from None

@@ -74,13 +74,20 @@ def read_single_member(path: str | Path, what: str = "file") -> bytes:
             cap = expanded_cap(max(info.compress_size, Path(path).stat().st_size))
             if info.file_size > cap:
                 raise BulkFileError(f"{name}: member expands to {info.file_size} bytes (cap {cap})")
-            with z.open(info) as f:              # the CRC-32 is verified at the end of the member
+            with z.open(info) as f:  # the CRC-32 is verified at the end of the member
                 data = f.read(cap + 1)
                 if len(data) > cap:
                     raise BulkFileError(f"{name}: member expands past {cap} bytes")
                 return data
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error, NotImplementedError,
-            RuntimeError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        OSError,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
         raise BulkFileError(f"{name}: corrupt zip archive: {exc}") from None
 
 
@@ -112,12 +119,12 @@ class Target:
     exchange: Exchange
     market: Market
     native: str
-    symbol: str           # canonical
+    symbol: str  # canonical
     price_scale: int
     size_scale: int
-    tick: int             # tick size in price-scale units
-    lot: int              # lot size in size-scale units
-    shard: str            # "bulk:<source key>"
+    tick: int  # tick size in price-scale units
+    lot: int  # lot size in size-scale units
+    shard: str  # "bulk:<source key>"
     #: unit of the file's sizes (schemas/units.py; Bybit inverse: 1-USD contracts); None: not stated
     unit: ContractUnit | None = None
 
@@ -131,15 +138,23 @@ class Target:
         scale wider than the lot, as the catalog's rule allows)."""
         parts = self.symbol.split("-")
         expiry = parts[2] if len(parts) > 2 and parts[2].isdigit() else ""
-        return InstrumentRef(self.exchange.value, self.market.value, self.native, self.symbol, parts[0],
-                             parts[1] if len(parts) > 1 else "", from_scaled(self.tick, self.price_scale),
-                             from_scaled(self.lot, self.size_scale), expiry=expiry,
-                             size_decimals=self.size_scale)
+        return InstrumentRef(
+            self.exchange.value,
+            self.market.value,
+            self.native,
+            self.symbol,
+            parts[0],
+            parts[1] if len(parts) > 1 else "",
+            from_scaled(self.tick, self.price_scale),
+            from_scaled(self.lot, self.size_scale),
+            expiry=expiry,
+            size_decimals=self.size_scale,
+        )
 
 
 @dataclass(slots=True)
 class Rejected:
-    row: int              # 0-based data row in the file (after sorting)
+    row: int  # 0-based data row in the file (after sorting)
     reason: str
 
 
@@ -181,8 +196,9 @@ class Converted:
             ts = tb.column("exchange_ts").cast(pa.int64())
             inside = pc.and_(pc.greater_equal(ts, lo_us), pc.less(ts, hi_us))
             out = tb.filter(pc.invert(inside))
-            dropped += list(zip(out.column("exchange_ts").cast(pa.int64()).to_pylist(),
-                                out.column("seq").to_pylist(), strict=True))
+            dropped += list(
+                zip(out.column("exchange_ts").cast(pa.int64()).to_pylist(), out.column("seq").to_pylist(), strict=True)
+            )
             self.tables[et] = tb.filter(inside)
         return dropped
 
@@ -209,8 +225,7 @@ def finish(env: pb.Envelope, t: Target) -> pb.Envelope:
     env.ingest_latency_us = env.ingest_ts - env.exchange_ts
     env.shard = t.shard
     if t.unit is not None:  # enrichment like tick/lot: not part of the event id
-        env.qty_unit, env.contract_value, env.contract_value_ccy = (t.unit.unit.pb, t.unit.contract_value,
-                                                                    t.unit.ccy)
+        env.qty_unit, env.contract_value, env.contract_value_ccy = (t.unit.unit.pb, t.unit.contract_value, t.unit.ccy)
     return stamp_event_id(env)
 
 
@@ -219,9 +234,11 @@ def unit_columns(t: Target, et: EventType, px: list[int], qty: list[int]) -> dic
     envelopes_to_table builds them from finished envelopes (column-wise fast paths)."""
     n = len(qty)
     u = t.unit
-    cols: dict[str, list] = {"qty_unit": [u.unit.value if u else None] * n,
-                             "contract_value": [u.contract_value if u else None] * n,
-                             "contract_value_ccy": [u.ccy if u else None] * n}
+    cols: dict[str, list] = {
+        "qty_unit": [u.unit.value if u else None] * n,
+        "contract_value": [u.contract_value if u else None] * n,
+        "contract_value_ccy": [u.ccy if u else None] * n,
+    }
     if et is EventType.TRADE:
         if u is None or u.is_base:
             cols["base_qty"], cols["base_size_scale"] = list(qty), [t.size_scale] * n

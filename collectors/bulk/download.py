@@ -43,18 +43,19 @@ class DownloadError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class DownloadResult:
     url: str
-    status: str                 # "ok" | "missing"
+    status: str  # "ok" | "missing"
     path: Path | None
     size: int = 0
-    resumed_from: int = 0       # bytes already on disk when the last successful request began
+    resumed_from: int = 0  # bytes already on disk when the last successful request began
     attempts: int = 0
 
 
 class HostRateLimiter:
     """At most `rate` request starts per second per host (0 disables), across threads."""
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self, rate: float, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.clock = clock
         self.sleep = sleep
@@ -80,10 +81,20 @@ class _Retryable(Exception):
 
 
 class Downloader:
-    def __init__(self, *, max_concurrency: int = 4, per_host_rate: float = 10.0, retries: int = 5,
-                 backoff: BackoffPolicy | None = None, timeout_s: float = 60.0, chunk_bytes: int = 1 << 20,
-                 progress: Progress | None = None, rng: random.Random | None = None,
-                 sleep: Callable[[float], None] = time.sleep, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 4,
+        per_host_rate: float = 10.0,
+        retries: int = 5,
+        backoff: BackoffPolicy | None = None,
+        timeout_s: float = 60.0,
+        chunk_bytes: int = 1 << 20,
+        progress: Progress | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         if max_concurrency < 1 or retries < 0:
             raise ValueError("max_concurrency must be >= 1 and retries >= 0")
         self.max_concurrency = max_concurrency
@@ -152,11 +163,13 @@ class Downloader:
     def fetch_many(self, items: Sequence[tuple[str, str | Path]]) -> list[DownloadResult | Exception]:
         """Several files at once (at most max_concurrency in flight); one failure does not
         stop the others: its slot in the result holds the exception."""
+
         def one(item):
             try:
                 return self.fetch(*item)
             except Exception as exc:  # noqa: BLE001 - reported per file
                 return exc
+
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             return list(pool.map(one, items))
 
@@ -194,14 +207,16 @@ class Downloader:
                 m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
                 if not m or int(m.group(1)) != have:
                     part.unlink(missing_ok=True)
-                    raise _Retryable(f"206 with Content-Range {resp.headers.get('Content-Range')!r} "
-                                     f"for a request from byte {have}; restarting")
+                    raise _Retryable(
+                        f"206 with Content-Range {resp.headers.get('Content-Range')!r} "
+                        f"for a request from byte {have}; restarting"
+                    )
                 total = int(m.group(3)) if m.group(3) != "*" else None
                 mode, done = "ab", have
             elif status == 200:
                 length = resp.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
-                mode, done = "wb", 0       # the server ignored the range: start over
+                mode, done = "wb", 0  # the server ignored the range: start over
             else:
                 raise DownloadError(f"{url}: unexpected HTTP {status}")
             try:

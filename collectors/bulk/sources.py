@@ -31,10 +31,10 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class BulkSource:
-    venue: str          # binance | bybit
-    market: str         # binance: spot|um|cm; bybit: linear|inverse
-    symbol: str         # venue symbol
-    data_type: str      # binance: trades|aggTrades|bookTicker; bybit: ob500|trades
+    venue: str  # binance | bybit
+    market: str  # binance: spot|um|cm; bybit: linear|inverse
+    symbol: str  # venue symbol
+    data_type: str  # binance: trades|aggTrades|bookTicker; bybit: ob500|trades
 
     @classmethod
     def parse(cls, key: str) -> BulkSource:
@@ -49,14 +49,17 @@ class BulkSource:
         validate_native(self.symbol)
         if self.venue == "binance":
             if self.market not in LOADABLE_BINANCE_MARKETS:
-                raise SourceError(f"Binance market must be one of {LOADABLE_BINANCE_MARKETS}: {self.key} "
-                                  "(COIN-M archives parse, but its /dapi exchange info is not in the instrument "
-                                  "catalog, so their scales are unknown)")
+                raise SourceError(
+                    f"Binance market must be one of {LOADABLE_BINANCE_MARKETS}: {self.key} "
+                    "(COIN-M archives parse, but its /dapi exchange info is not in the instrument "
+                    "catalog, so their scales are unknown)"
+                )
             if self.data_type not in BINANCE_EVENT_TYPES:
                 raise SourceError(
                     f"{self.key}: Binance {self.data_type!r} files have no lake event table "
                     f"(klines and bookDepth are parsed and verified only; see docs/decisions.md); "
-                    f"loadable types: {sorted(BINANCE_EVENT_TYPES)}")
+                    f"loadable types: {sorted(BINANCE_EVENT_TYPES)}"
+                )
         else:
             if self.market not in BYBIT_MARKETS:
                 raise SourceError(f"Bybit history market must be one of {BYBIT_MARKETS}: {self.key}")
@@ -94,5 +97,6 @@ class BulkSource:
     @property
     def has_integer_ids(self) -> bool:
         """Sources whose rows carry contiguous venue ids in `seq` (gap-checkable)."""
-        return (self.venue == "binance" and self.data_type in ("trades", "aggTrades")) or \
-            (self.venue == "bybit" and self.data_type == "ob500")
+        return (self.venue == "binance" and self.data_type in ("trades", "aggTrades")) or (
+            self.venue == "bybit" and self.data_type == "ob500"
+        )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Sequence
 
-VenueLevel = Sequence[str]   # [px, sz] (Binance, Bybit) or [px, sz, "0", n_orders] (OKX)
+VenueLevel = Sequence[str]  # [px, sz] (Binance, Bybit) or [px, sz, "0", n_orders] (OKX)
 
 
 class EmuBook:
@@ -22,12 +22,12 @@ class EmuBook:
     def __init__(self) -> None:
         self.bids: dict[float, list[str]] = {}
         self.asks: dict[float, list[str]] = {}
-        self.seq = 0          # Binance lastUpdateId / Bybit u / OKX seqId
+        self.seq = 0  # Binance lastUpdateId / Bybit u / OKX seqId
         self.prev_seq = -1
-        self.aux_seq = 0      # Bybit cross-sequence "seq"
+        self.aux_seq = 0  # Bybit cross-sequence "seq"
         self.ts_ms = 0
         self.cts_ms = 0
-        self.known = False    # False until a snapshot was installed
+        self.known = False  # False until a snapshot was installed
 
     def reset(self, bids: Iterable[VenueLevel], asks: Iterable[VenueLevel], seq: int) -> None:
         self.bids = {float(lv[0]): list(lv) for lv in bids if float(lv[1]) != 0}

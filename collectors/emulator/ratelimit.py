@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 class VenueLimits:
     window_s: float
     limit: int
-    weight_header: str | None      # e.g. X-MBX-USED-WEIGHT-1M
-    throttle_status: int | None    # 429, or None when the venue bans at once
-    ban_status: int                # 418 (Binance), 403 (Bybit), 429 (OKX has no ban tier)
+    weight_header: str | None  # e.g. X-MBX-USED-WEIGHT-1M
+    throttle_status: int | None  # 429, or None when the venue bans at once
+    ban_status: int  # 418 (Binance), 403 (Bybit), 429 (OKX has no ban tier)
     ban_s: float
 
 
@@ -31,14 +31,14 @@ class _IpRecord:
     used: int = 0
     throttled_until: float = 0.0
     banned_until: float = 0.0
-    forced: deque = field(default_factory=deque)   # (status, retry_after_s)
+    forced: deque = field(default_factory=deque)  # (status, retry_after_s)
     max_used: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    status: int                    # 200 or the refusal
+    status: int  # 200 or the refusal
     headers: dict[str, str]
     retry_after_s: float = 0.0
 
@@ -65,7 +65,7 @@ class VenueRateLimiter:
         self.record(ip).banned_until = now + seconds
 
     def clear(self, ip: str | None = None) -> None:
-        for key in ([ip] if ip else list(self.ips)):
+        for key in [ip] if ip else list(self.ips):
             rec = self.ips.get(key)
             if rec:
                 rec.throttled_until = rec.banned_until = 0.0

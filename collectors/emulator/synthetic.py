@@ -19,11 +19,11 @@ from schemas.model import Exchange, Market
 
 @dataclass(frozen=True, slots=True)
 class SyntheticSpec:
-    symbols: tuple[str, ...]          # venue-native names
-    rate: float | None = None         # frames per second over all symbols; None = as fast as read
-    frames: int | None = None         # stop after this many steps; None = run until stopped
+    symbols: tuple[str, ...]  # venue-native names
+    rate: float | None = None  # frames per second over all symbols; None = as fast as read
+    frames: int | None = None  # stop after this many steps; None = run until stopped
     trade_ratio: float = 0.25
-    levels: int = 40                  # price band per side, in ticks
+    levels: int = 40  # price band per side, in ticks
     price_decimals: int = 2
     size_decimals: int = 3
     seed: int = 7
@@ -73,10 +73,10 @@ class SyntheticMarket:
             self.books[native] = (bids, asks, mid)
             self.trade_ids[native] = 1_000_000
             base = native.split("-")[0].removesuffix("USDT")
-            self.sim.add_instrument(InstrumentInfo(native, market, base, "USDT",
-                                                   _fmt(1, sp.price_decimals), _fmt(1, sp.size_decimals)))
-            self.sim.synth_book(native, self._levels(bids, reverse=True), self._levels(asks), ts_ms,
-                                snapshot=True)
+            self.sim.add_instrument(
+                InstrumentInfo(native, market, base, "USDT", _fmt(1, sp.price_decimals), _fmt(1, sp.size_decimals))
+            )
+            self.sim.synth_book(native, self._levels(bids, reverse=True), self._levels(asks), ts_ms, snapshot=True)
 
     def _levels(self, side: dict[int, int], reverse: bool = False) -> list[list[str]]:
         pd, sd = self.spec.price_decimals, self.spec.size_decimals
@@ -94,8 +94,9 @@ class SyntheticMarket:
             buyer_maker = rng.random() < 0.5
             px = max(bids) if buyer_maker else min(asks)
             self.trade_ids[native] += 1
-            self.sim.synth_trade(native, _fmt(px, pd), _fmt(rng.randint(1, 500), sd), buyer_maker, ts_ms,
-                                 self.trade_ids[native])
+            self.sim.synth_trade(
+                native, _fmt(px, pd), _fmt(rng.randint(1, 500), sd), buyer_maker, ts_ms, self.trade_ids[native]
+            )
             return
         b_chg: dict[int, int] = {}
         a_chg: dict[int, int] = {}
@@ -112,5 +113,9 @@ class SyntheticMarket:
                     side[px] = qty
                 else:
                     side.pop(px, None)
-        self.sim.synth_book(native, [[_fmt(p, pd), _fmt(q, sd)] for p, q in b_chg.items()],
-                            [[_fmt(p, pd), _fmt(q, sd)] for p, q in a_chg.items()], ts_ms)
+        self.sim.synth_book(
+            native,
+            [[_fmt(p, pd), _fmt(q, sd)] for p, q in b_chg.items()],
+            [[_fmt(p, pd), _fmt(q, sd)] for p, q in a_chg.items()],
+            ts_ms,
+        )

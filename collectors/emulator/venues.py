@@ -59,13 +59,13 @@ class Client:
     path: str
     id: int = field(default_factory=lambda: next(_ids))
     subs: set[str] = field(default_factory=set)
-    raw: bool = False               # Binance /ws/<stream>: frames unwrapped from {"stream","data"}
+    raw: bool = False  # Binance /ws/<stream>: frames unwrapped from {"stream","data"}
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     opened_at: float = field(default_factory=time.time)
     closed_at: float | None = None
-    frames_sent: int = 0              # market-data frames (incl. snapshots pushed on subscribe)
-    queued: int = 0                   # every message queued to the client (acks, pongs too)
+    frames_sent: int = 0  # market-data frames (incl. snapshots pushed on subscribe)
+    queued: int = 0  # every message queued to the client (acks, pongs too)
     malformed_sent: int = 0
     app_pings: int = 0
     last_app_ping: float = field(default_factory=time.monotonic)
@@ -86,11 +86,20 @@ class Client:
             transport.abort()
 
     def record(self) -> dict[str, Any]:
-        return {"id": self.id, "venue": self.sim.name, "ip": self.ip, "path": self.path,
-                "subscriptions": sorted(self.subscribed_ever), "opened_at": self.opened_at,
-                "closed_at": self.closed_at, "frames_sent": self.frames_sent,
-                "queued": self.queued, "malformed_sent": self.malformed_sent, "app_pings": self.app_pings,
-                "close_reason": self.close_reason}
+        return {
+            "id": self.id,
+            "venue": self.sim.name,
+            "ip": self.ip,
+            "path": self.path,
+            "subscriptions": sorted(self.subscribed_ever),
+            "opened_at": self.opened_at,
+            "closed_at": self.closed_at,
+            "frames_sent": self.frames_sent,
+            "queued": self.queued,
+            "malformed_sent": self.malformed_sent,
+            "app_pings": self.app_pings,
+            "close_reason": self.close_reason,
+        }
 
 
 @dataclass
@@ -132,8 +141,14 @@ class VenueSim:
     #: the venue expects application-level pings (Bybit {"op":"ping"}, OKX "ping")
     app_pings_required = False
 
-    def __init__(self, *, server_ping_s: float | None = 20.0, app_ping_timeout_s: float | None = None,
-                 limits: VenueLimits | None = None, slow_client_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        server_ping_s: float | None = 20.0,
+        app_ping_timeout_s: float | None = None,
+        limits: VenueLimits | None = None,
+        slow_client_s: float = 30.0,
+    ) -> None:
         self.server_ping_s = server_ping_s
         self.app_ping_timeout_s = app_ping_timeout_s
         self.slow_client_s = slow_client_s
@@ -273,8 +288,9 @@ class VenueSim:
 
     # -- broadcasting --------------------------------------------------------------------------
 
-    def emit(self, key: str, text: str, native: str = "", book_update: bool = False,
-             raw: Callable[[], str] | None = None) -> None:
+    def emit(
+        self, key: str, text: str, native: str = "", book_update: bool = False, raw: Callable[[], str] | None = None
+    ) -> None:
         if self.replay_recent and not book_update and _replayable(key):
             ring = self._recent.get(key)
             if ring is None:
@@ -366,8 +382,8 @@ class VenueSim:
         try:
             async with self.book_known:
                 await asyncio.wait_for(
-                    self.book_known.wait_for(lambda: native in self.books and self.books[native].known),
-                    timeout)
+                    self.book_known.wait_for(lambda: native in self.books and self.books[native].known), timeout
+                )
         except TimeoutError:
             return None
         return self.books[native]
@@ -405,8 +421,14 @@ class VenueSim:
             weight = weight_fn(request)
             now = time.time()
             decision = self.ratelimiter.check(ip, weight, now)
-            entry = {"ts": now, "ip": ip, "path": request.path, "query": dict(request.query),
-                     "weight": weight, "status": decision.status}
+            entry = {
+                "ts": now,
+                "ip": ip,
+                "path": request.path,
+                "query": dict(request.query),
+                "weight": weight,
+                "status": decision.status,
+            }
             self.rest_log.append(entry)
             if decision.status != 200:
                 resp = self.refusal(decision.status, ip, decision.retry_after_s)
@@ -415,6 +437,7 @@ class VenueSim:
                 entry["status"] = resp.status
             resp.headers.update(decision.headers)
             return resp
+
         return wrapped
 
     # -- instruments ---------------------------------------------------------------------------
@@ -433,21 +456,29 @@ class VenueSim:
         info.size_decimals = max((len(str(x[1]).partition(".")[2]) for x in lv), default=0)
 
     def stats(self) -> dict[str, Any]:
-        return {"venue": self.name, "frames_in": self.frames_in, "frames_out": self.frames_out,
-                "clients": [c.record() for c in list(self.clients.values()) + self.closed_clients],
-                "gaps_injected": dict(self.gaps_injected), "malformed_sent": self.malformed_sent,
-                "refused_handshakes": self.refused,
-                "rest": {ip: {"statuses": dict(r.statuses), "max_used": r.max_used}
-                         for ip, r in self.ratelimiter.ips.items()}}
+        return {
+            "venue": self.name,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "clients": [c.record() for c in list(self.clients.values()) + self.closed_clients],
+            "gaps_injected": dict(self.gaps_injected),
+            "malformed_sent": self.malformed_sent,
+            "refused_handshakes": self.refused,
+            "rest": {
+                ip: {"statuses": dict(r.statuses), "max_used": r.max_used} for ip, r in self.ratelimiter.ips.items()
+            },
+        }
 
     # -- synthetic hooks -----------------------------------------------------------------------
 
-    def synth_book(self, native: str, bids: list[list[str]], asks: list[list[str]], ts_ms: int,
-                   snapshot: bool = False) -> None:  # pragma: no cover - per venue
+    def synth_book(
+        self, native: str, bids: list[list[str]], asks: list[list[str]], ts_ms: int, snapshot: bool = False
+    ) -> None:  # pragma: no cover - per venue
         raise NotImplementedError
 
-    def synth_trade(self, native: str, px: str, qty: str, buyer_maker: bool, ts_ms: int,
-                    trade_id: int) -> None:  # pragma: no cover - per venue
+    def synth_trade(
+        self, native: str, px: str, qty: str, buyer_maker: bool, ts_ms: int, trade_id: int
+    ) -> None:  # pragma: no cover - per venue
         raise NotImplementedError
 
 
@@ -515,9 +546,9 @@ class BinanceSim(VenueSim):
     def accept(self, client: Client) -> str | None:
         parts = urlsplit(client.path)
         path = parts.path
-        for prefix in ("/public", "/market"):   # USD-M routed endpoints (2026)
+        for prefix in ("/public", "/market"):  # USD-M routed endpoints (2026)
             if self.usdm and path.startswith(prefix + "/"):
-                path = path[len(prefix):]
+                path = path[len(prefix) :]
         if path == "/stream":
             streams = dict(parse_qsl(parts.query)).get("streams", "")
             for s in filter(None, streams.split("/")):
@@ -551,8 +582,9 @@ class BinanceSim(VenueSim):
         elif method == "LIST_SUBSCRIPTIONS":
             client.offer(_dumps({"result": sorted(client.subs), "id": rid}))
         else:
-            client.offer(_dumps({"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"},
-                                 "id": rid}))
+            client.offer(
+                _dumps({"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"}, "id": rid})
+            )
 
     def server_shutdown(self) -> None:
         text = _dumps({"e": "serverShutdown", "E": _now_ms()})
@@ -657,8 +689,7 @@ class BinanceSim(VenueSim):
     async def _depth(self, request: web.Request) -> web.Response:
         native = request.query.get("symbol", "")
         if not native:
-            return web.json_response({"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent."},
-                                     status=400)
+            return web.json_response({"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent."}, status=400)
         if native not in self.books and native not in self.instruments:
             return web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
         book = await self.wait_book(native, timeout=30.0)
@@ -680,26 +711,51 @@ class BinanceSim(VenueSim):
         for info in self.instruments.values():
             if wanted and info.native != wanted:
                 continue
-            filters = [{"filterType": "PRICE_FILTER", "minPrice": info.tick or "0", "maxPrice": "1000000",
-                        "tickSize": info.tick or "0"},
-                       {"filterType": "LOT_SIZE", "minQty": info.lot or "0", "maxQty": "9000000",
-                        "stepSize": info.lot or "0"}]
-            row: dict[str, Any] = {"symbol": info.native, "status": "TRADING", "baseAsset": info.base,
-                                   "quoteAsset": info.quote, "filters": filters}
-            if not self.usdm:   # book quantities can be finer than the lot step (schemas/instruments.py)
+            filters = [
+                {
+                    "filterType": "PRICE_FILTER",
+                    "minPrice": info.tick or "0",
+                    "maxPrice": "1000000",
+                    "tickSize": info.tick or "0",
+                },
+                {"filterType": "LOT_SIZE", "minQty": info.lot or "0", "maxQty": "9000000", "stepSize": info.lot or "0"},
+            ]
+            row: dict[str, Any] = {
+                "symbol": info.native,
+                "status": "TRADING",
+                "baseAsset": info.base,
+                "quoteAsset": info.quote,
+                "filters": filters,
+            }
+            if not self.usdm:  # book quantities can be finer than the lot step (schemas/instruments.py)
                 row["baseAssetPrecision"] = info.size_decimals or len(info.lot.partition(".")[2])
             if self.usdm:
-                row.update({"pair": info.native, "contractType": "PERPETUAL",
-                            "pricePrecision": len(info.tick.partition(".")[2]),
-                            "quantityPrecision": len(info.lot.partition(".")[2])})
+                row.update(
+                    {
+                        "pair": info.native,
+                        "contractType": "PERPETUAL",
+                        "pricePrecision": len(info.tick.partition(".")[2]),
+                        "quantityPrecision": len(info.lot.partition(".")[2]),
+                    }
+                )
             syms.append(row)
         if wanted and not syms:
             return web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
-        return web.json_response({
-            "timezone": "UTC", "serverTime": _now_ms(),
-            "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-                            "limit": self.limits.limit}],
-            "symbols": syms})
+        return web.json_response(
+            {
+                "timezone": "UTC",
+                "serverTime": _now_ms(),
+                "rateLimits": [
+                    {
+                        "rateLimitType": "REQUEST_WEIGHT",
+                        "interval": "MINUTE",
+                        "intervalNum": 1,
+                        "limit": self.limits.limit,
+                    }
+                ],
+                "symbols": syms,
+            }
+        )
 
     async def _ping(self, request: web.Request) -> web.Response:
         return web.json_response({})
@@ -710,11 +766,15 @@ class BinanceSim(VenueSim):
     def refusal(self, status: int, ip: str, retry_after_s: float) -> web.Response:
         if status == 418:
             until = _now_ms() + int(retry_after_s * 1000)
-            msg = f"Way too much request weight used; IP banned until {until}. " \
-                  "Please use WebSocket Streams for live updates to avoid bans."
+            msg = (
+                f"Way too much request weight used; IP banned until {until}. "
+                "Please use WebSocket Streams for live updates to avoid bans."
+            )
         else:
-            msg = f"Too many requests; current limit of IP({ip}) is {self.limits.limit} requests per minute. " \
-                  "Please use WebSocket Streams for live updates to avoid polling the API."
+            msg = (
+                f"Too many requests; current limit of IP({ip}) is {self.limits.limit} requests per minute. "
+                "Please use WebSocket Streams for live updates to avoid polling the API."
+            )
         return web.json_response({"code": -1003, "msg": msg}, status=status)
 
     # synthetic
@@ -727,12 +787,17 @@ class BinanceSim(VenueSim):
             return
         lower = native.lower()
         U = book.seq + 1
-        u = book.seq + 1 + (ts_ms % 3)          # an event may span several update ids
+        u = book.seq + 1 + (ts_ms % 3)  # an event may span several update ids
         pu = book.seq
         book.apply(bids, asks)
         book.seq, book.prev_seq, book.ts_ms = u, pu, ts_ms
-        for key in (f"{lower}@depth@100ms", f"{lower}@depth", f"{lower}@depth@0ms", f"{lower}@depth@250ms",
-                    f"{lower}@depth@500ms"):
+        for key in (
+            f"{lower}@depth@100ms",
+            f"{lower}@depth",
+            f"{lower}@depth@0ms",
+            f"{lower}@depth@250ms",
+            f"{lower}@depth@500ms",
+        ):
             if not self.subscribed(key):
                 continue
             data: dict[str, Any] = {"e": "depthUpdate", "E": ts_ms}
@@ -755,16 +820,44 @@ class BinanceSim(VenueSim):
         lower = native.lower()
         key = f"{lower}@trade"
         if self.subscribed(key):
-            data = {"e": "trade", "E": ts_ms, "s": native, "t": trade_id, "p": px, "q": qty, "T": ts_ms,
-                    "m": buyer_maker, "M": True}
+            data = {
+                "e": "trade",
+                "E": ts_ms,
+                "s": native,
+                "t": trade_id,
+                "p": px,
+                "q": qty,
+                "T": ts_ms,
+                "m": buyer_maker,
+                "M": True,
+            }
             if self.usdm:
-                data = {"e": "trade", "E": ts_ms, "T": ts_ms, "s": native, "t": trade_id, "p": px, "q": qty,
-                        "X": "MARKET", "m": buyer_maker}
+                data = {
+                    "e": "trade",
+                    "E": ts_ms,
+                    "T": ts_ms,
+                    "s": native,
+                    "t": trade_id,
+                    "p": px,
+                    "q": qty,
+                    "X": "MARKET",
+                    "m": buyer_maker,
+                }
             self.emit(key, _dumps({"stream": key, "data": data}), native, raw=lambda d=data: _dumps(d))
         key = f"{lower}@aggTrade"
         if self.subscribed(key):
-            data = {"e": "aggTrade", "E": ts_ms, "s": native, "a": trade_id, "p": px, "q": qty,
-                    "f": trade_id, "l": trade_id, "T": ts_ms, "m": buyer_maker}
+            data = {
+                "e": "aggTrade",
+                "E": ts_ms,
+                "s": native,
+                "a": trade_id,
+                "p": px,
+                "q": qty,
+                "f": trade_id,
+                "l": trade_id,
+                "T": ts_ms,
+                "m": buyer_maker,
+            }
             if not self.usdm:
                 data["M"] = True
             self.emit(key, _dumps({"stream": key, "data": data}), native, raw=lambda d=data: _dumps(d))
@@ -816,14 +909,24 @@ class BybitSim(VenueSim):
         if op in ("subscribe", "unsubscribe"):
             args = msg.get("args") or []
             ok = isinstance(args, list) and all(isinstance(a, str) and a for a in args)
-            client.offer(_dumps({"success": ok, "ret_msg": "" if ok else f"Invalid topic {args!r}",
-                                 "conn_id": cid, "req_id": rid, "op": op}))
+            client.offer(
+                _dumps(
+                    {
+                        "success": ok,
+                        "ret_msg": "" if ok else f"Invalid topic {args!r}",
+                        "conn_id": cid,
+                        "req_id": rid,
+                        "op": op,
+                    }
+                )
+            )
             if ok:
                 for a in args:
                     (self.subscribe if op == "subscribe" else self.unsubscribe)(client, a)
             return
-        client.offer(_dumps({"success": False, "ret_msg": f"unknown op {op!r}", "conn_id": cid,
-                             "req_id": rid, "op": op}))
+        client.offer(
+            _dumps({"success": False, "ret_msg": f"unknown op {op!r}", "conn_id": cid, "req_id": rid, "op": op})
+        )
 
     def frames_on_subscribe(self, key: str) -> list[str]:
         if key.startswith("orderbook."):
@@ -832,11 +935,23 @@ class BybitSim(VenueSim):
             if book is None or not book.known:
                 return []
             n = int(depth) if depth.isdigit() else None
-            return [_dumps({"topic": key, "type": "snapshot", "ts": book.ts_ms,
-                            "data": {"s": native, "b": [lv[:2] for lv in book.top_bids(n)],
-                                     "a": [lv[:2] for lv in book.top_asks(n)],
-                                     "u": book.seq, "seq": book.aux_seq},
-                            "cts": book.cts_ms or book.ts_ms})]
+            return [
+                _dumps(
+                    {
+                        "topic": key,
+                        "type": "snapshot",
+                        "ts": book.ts_ms,
+                        "data": {
+                            "s": native,
+                            "b": [lv[:2] for lv in book.top_bids(n)],
+                            "a": [lv[:2] for lv in book.top_asks(n)],
+                            "u": book.seq,
+                            "seq": book.aux_seq,
+                        },
+                        "cts": book.cts_ms or book.ts_ms,
+                    }
+                )
+            ]
         if key.startswith("tickers.") and key in self.tickers:
             ts, cs = self._ticker_meta.get(key, (_now_ms(), 0))
             return [_dumps({"topic": key, "type": "snapshot", "data": self.tickers[key], "cs": cs, "ts": ts})]
@@ -882,29 +997,49 @@ class BybitSim(VenueSim):
     def _note_symbol(self, native: str) -> None:
         if native and native not in self.instruments:
             try:
-                base, quote = split_concatenated(native.removesuffix("PERP") + ("USDC" if native.endswith("PERP") else ""))
+                base, quote = split_concatenated(
+                    native.removesuffix("PERP") + ("USDC" if native.endswith("PERP") else "")
+                )
             except SymbolError:
                 base, quote = native, ""
             self.add_instrument(InstrumentInfo(native, BYBIT_CATEGORIES.get(self.category, Market.PERP), base, quote))
 
     def routes(self):
-        return [("/v5/market/orderbook", self._orderbook, lambda r: 1),
-                ("/v5/market/instruments-info", self._instruments, lambda r: 1),
-                ("/v5/market/time", self._time, lambda r: 1)]
+        return [
+            ("/v5/market/orderbook", self._orderbook, lambda r: 1),
+            ("/v5/market/instruments-info", self._instruments, lambda r: 1),
+            ("/v5/market/time", self._time, lambda r: 1),
+        ]
 
     async def _orderbook(self, request: web.Request) -> web.Response:
         native = request.query.get("symbol", "")
-        book = await self.wait_book(native, timeout=30.0) if native in self.books or native in self.instruments else None
+        book = (
+            await self.wait_book(native, timeout=30.0) if native in self.books or native in self.instruments else None
+        )
         if book is None:
-            return web.json_response({"retCode": 10001, "retMsg": "params error: symbol invalid", "result": {},
-                                      "time": _now_ms()})
+            return web.json_response(
+                {"retCode": 10001, "retMsg": "params error: symbol invalid", "result": {}, "time": _now_ms()}
+            )
         try:
             n = int(request.query.get("limit", 25))
         except ValueError:
             n = 25
-        return web.json_response({"retCode": 0, "retMsg": "OK", "result": {
-            "s": native, "b": [lv[:2] for lv in book.top_bids(n)], "a": [lv[:2] for lv in book.top_asks(n)],
-            "ts": book.ts_ms, "u": book.seq, "seq": book.aux_seq, "cts": book.cts_ms}, "time": _now_ms()})
+        return web.json_response(
+            {
+                "retCode": 0,
+                "retMsg": "OK",
+                "result": {
+                    "s": native,
+                    "b": [lv[:2] for lv in book.top_bids(n)],
+                    "a": [lv[:2] for lv in book.top_asks(n)],
+                    "ts": book.ts_ms,
+                    "u": book.seq,
+                    "seq": book.aux_seq,
+                    "cts": book.cts_ms,
+                },
+                "time": _now_ms(),
+            }
+        )
 
     async def _instruments(self, request: web.Request) -> web.Response:
         cat = request.query.get("category", self.category)
@@ -915,8 +1050,13 @@ class BybitSim(VenueSim):
                 continue
             if cat != "spot" and (cat == "inverse") != (info.quote == "USD"):
                 continue  # Bybit lists USD-quoted (inverse) contracts under inverse only
-            row: dict[str, Any] = {"symbol": info.native, "status": "Trading", "baseCoin": info.base,
-                                   "quoteCoin": info.quote, "priceFilter": {"tickSize": info.tick or "0"}}
+            row: dict[str, Any] = {
+                "symbol": info.native,
+                "status": "Trading",
+                "baseCoin": info.base,
+                "quoteCoin": info.quote,
+                "priceFilter": {"tickSize": info.tick or "0"},
+            }
             if cat == "spot":
                 row["lotSizeFilter"] = {"basePrecision": info.lot or "0", "minOrderQty": info.lot or "0"}
             else:
@@ -926,14 +1066,20 @@ class BybitSim(VenueSim):
                 row["settleCoin"] = info.base if inverse else info.quote
                 row["lotSizeFilter"] = {"qtyStep": info.lot or "0", "minOrderQty": info.lot or "0"}
             rows.append(row)
-        return web.json_response({"retCode": 0, "retMsg": "OK", "result": {"category": cat, "list": rows},
-                                  "time": _now_ms()})
+        return web.json_response(
+            {"retCode": 0, "retMsg": "OK", "result": {"category": cat, "list": rows}, "time": _now_ms()}
+        )
 
     async def _time(self, request: web.Request) -> web.Response:
         ms = _now_ms()
-        return web.json_response({"retCode": 0, "retMsg": "OK",
-                                  "result": {"timeSecond": str(ms // 1000), "timeNano": str(ms * 1_000_000)},
-                                  "time": ms})
+        return web.json_response(
+            {
+                "retCode": 0,
+                "retMsg": "OK",
+                "result": {"timeSecond": str(ms // 1000), "timeNano": str(ms * 1_000_000)},
+                "time": ms,
+            }
+        )
 
     def refusal(self, status: int, ip: str, retry_after_s: float) -> web.Response:
         return web.Response(status=status, text="access too frequent")
@@ -953,17 +1099,43 @@ class BybitSim(VenueSim):
         for key in [k for k in self.subscribers if k.startswith("orderbook.") and k.endswith("." + native)]:
             if not self.subscribers[key]:
                 continue
-            text = _dumps({"topic": key, "type": "delta", "ts": ts_ms,
-                           "data": {"s": native, "b": bids, "a": asks, "u": book.seq, "seq": book.aux_seq},
-                           "cts": ts_ms})
+            text = _dumps(
+                {
+                    "topic": key,
+                    "type": "delta",
+                    "ts": ts_ms,
+                    "data": {"s": native, "b": bids, "a": asks, "u": book.seq, "seq": book.aux_seq},
+                    "cts": ts_ms,
+                }
+            )
             self.emit(key, text, native, True)
 
     def synth_trade(self, native, px, qty, buyer_maker, ts_ms, trade_id):
         key = f"publicTrade.{native}"
         if self.subscribed(key):
-            self.emit(key, _dumps({"topic": key, "type": "snapshot", "ts": ts_ms, "data": [
-                {"T": ts_ms, "s": native, "S": "Sell" if buyer_maker else "Buy", "v": qty, "p": px,
-                 "L": "ZeroPlusTick", "i": f"emu-{trade_id}", "BT": False}]}), native)
+            self.emit(
+                key,
+                _dumps(
+                    {
+                        "topic": key,
+                        "type": "snapshot",
+                        "ts": ts_ms,
+                        "data": [
+                            {
+                                "T": ts_ms,
+                                "s": native,
+                                "S": "Sell" if buyer_maker else "Buy",
+                                "v": qty,
+                                "p": px,
+                                "L": "ZeroPlusTick",
+                                "i": f"emu-{trade_id}",
+                                "BT": False,
+                            }
+                        ],
+                    }
+                ),
+                native,
+            )
 
 
 # ============================================================================== OKX
@@ -980,8 +1152,16 @@ OKX_BOOK_CHANNELS = {"books": 400, "books-l2-tbt": 400, "books50-l2-tbt": 50}
 #: consumer that applies ctVal reads the right amount whatever the value).
 OKX_INVERSE_CTVAL_USD = {"BTC": "100"}
 OKX_INVERSE_CTVAL_DEFAULT = "10"
-OKX_LINEAR_CTVAL = {"BTC": "0.01", "ETH": "0.1", "SOL": "1", "XRP": "100", "DOGE": "1000", "LTC": "1",
-                    "UNI": "1", "ADA": "100"}
+OKX_LINEAR_CTVAL = {
+    "BTC": "0.01",
+    "ETH": "0.1",
+    "SOL": "1",
+    "XRP": "100",
+    "DOGE": "1000",
+    "LTC": "1",
+    "UNI": "1",
+    "ADA": "100",
+}
 OKX_LINEAR_CTVAL_DEFAULT = "1"
 #: Quote currencies of OKX inverse contracts (sizes are USD contracts, margin in the coin).
 OKX_INVERSE_QUOTES = ("USD",)
@@ -996,10 +1176,18 @@ def okx_contract(inst_id: str, reference: dict[str, dict[str, Any]] | None = Non
         return {k: str(ref.get(k, "")) for k in ("ctVal", "ctValCcy", "ctType", "settleCcy")}
     base, quote = (inst_id.split("-") + ["", ""])[:2]
     if quote in OKX_INVERSE_QUOTES:
-        return {"ctVal": OKX_INVERSE_CTVAL_USD.get(base, OKX_INVERSE_CTVAL_DEFAULT), "ctValCcy": quote,
-                "ctType": "inverse", "settleCcy": base}
-    return {"ctVal": OKX_LINEAR_CTVAL.get(base, OKX_LINEAR_CTVAL_DEFAULT), "ctValCcy": base,
-            "ctType": "linear", "settleCcy": quote}
+        return {
+            "ctVal": OKX_INVERSE_CTVAL_USD.get(base, OKX_INVERSE_CTVAL_DEFAULT),
+            "ctValCcy": quote,
+            "ctType": "inverse",
+            "settleCcy": base,
+        }
+    return {
+        "ctVal": OKX_LINEAR_CTVAL.get(base, OKX_LINEAR_CTVAL_DEFAULT),
+        "ctValCcy": base,
+        "ctType": "linear",
+        "settleCcy": quote,
+    }
 
 
 def okx_market(inst_id: str) -> Market:
@@ -1059,13 +1247,18 @@ class OkxSim(VenueSim):
             msg = json.loads(text)
             op, args = msg.get("op"), msg.get("args")
         except (ValueError, AttributeError):
-            client.offer(_dumps({"event": "error", "code": "60012", "msg": f"Invalid request: {text[:100]}",
-                                 "connId": cid}))
+            client.offer(
+                _dumps({"event": "error", "code": "60012", "msg": f"Invalid request: {text[:100]}", "connId": cid})
+            )
             return
-        if op not in ("subscribe", "unsubscribe") or not isinstance(args, list) or not all(
-                isinstance(a, dict) and a.get("channel") for a in args):
-            client.offer(_dumps({"event": "error", "code": "60012", "msg": f"Invalid request: {text[:100]}",
-                                 "connId": cid}))
+        if (
+            op not in ("subscribe", "unsubscribe")
+            or not isinstance(args, list)
+            or not all(isinstance(a, dict) and a.get("channel") for a in args)
+        ):
+            client.offer(
+                _dumps({"event": "error", "code": "60012", "msg": f"Invalid request: {text[:100]}", "connId": cid})
+            )
             return
         for a in args:
             client.offer(_dumps({"event": op, "arg": a, "connId": cid}))
@@ -1080,8 +1273,12 @@ class OkxSim(VenueSim):
         if book is None or not book.known:
             return []
         bids, asks = book.top_bids(depth), book.top_asks(depth)
-        d: dict[str, Any] = {"asks": asks, "bids": bids, "ts": str(book.ts_ms),
-                             "checksum": okx_checksum(bids, asks) if self.checksums else 0}
+        d: dict[str, Any] = {
+            "asks": asks,
+            "bids": bids,
+            "ts": str(book.ts_ms),
+            "checksum": okx_checksum(bids, asks) if self.checksums else 0,
+        }
         if inst in self._has_seq:
             d["prevSeqId"] = -1
             d["seqId"] = book.seq
@@ -1129,9 +1326,11 @@ class OkxSim(VenueSim):
             self.add_instrument(InstrumentInfo(inst, okx_market(inst), parts[0], parts[1] if len(parts) > 1 else ""))
 
     def routes(self):
-        return [("/api/v5/market/books", self._books, lambda r: 1),
-                ("/api/v5/public/instruments", self._instruments, lambda r: 1),
-                ("/api/v5/public/time", self._time, lambda r: 1)]
+        return [
+            ("/api/v5/market/books", self._books, lambda r: 1),
+            ("/api/v5/public/instruments", self._instruments, lambda r: 1),
+            ("/api/v5/public/time", self._time, lambda r: 1),
+        ]
 
     async def _books(self, request: web.Request) -> web.Response:
         inst = request.query.get("instId", "")
@@ -1142,8 +1341,13 @@ class OkxSim(VenueSim):
             n = int(request.query.get("sz", 1))
         except ValueError:
             n = 1
-        return web.json_response({"code": "0", "msg": "", "data": [
-            {"asks": book.top_asks(n), "bids": book.top_bids(n), "ts": str(book.ts_ms)}]})
+        return web.json_response(
+            {
+                "code": "0",
+                "msg": "",
+                "data": [{"asks": book.top_asks(n), "bids": book.top_bids(n), "ts": str(book.ts_ms)}],
+            }
+        )
 
     async def _instruments(self, request: web.Request) -> web.Response:
         want_type = request.query.get("instType", "")
@@ -1153,14 +1357,26 @@ class OkxSim(VenueSim):
             itype = okx_inst_type(info.native)
             if (want_type and itype != want_type) or (want_id and info.native != want_id):
                 continue
-            contract = {"ctVal": "", "ctValCcy": "", "ctType": "", "settleCcy": ""} if itype == "SPOT" else \
-                okx_contract(info.native, self.reference)
-            rows.append({"instType": itype, "instId": info.native, "baseCcy": info.base if itype == "SPOT" else "",
-                         "quoteCcy": info.quote if itype == "SPOT" else "", **contract,
-                         "uly": "" if itype == "SPOT" else f"{info.base}-{info.quote}",
-                         "instFamily": "" if itype == "SPOT" else f"{info.base}-{info.quote}",
-                         "tickSz": info.tick or "0", "lotSz": info.lot or "0", "minSz": info.lot or "0",
-                         "state": "live"})
+            contract = (
+                {"ctVal": "", "ctValCcy": "", "ctType": "", "settleCcy": ""}
+                if itype == "SPOT"
+                else okx_contract(info.native, self.reference)
+            )
+            rows.append(
+                {
+                    "instType": itype,
+                    "instId": info.native,
+                    "baseCcy": info.base if itype == "SPOT" else "",
+                    "quoteCcy": info.quote if itype == "SPOT" else "",
+                    **contract,
+                    "uly": "" if itype == "SPOT" else f"{info.base}-{info.quote}",
+                    "instFamily": "" if itype == "SPOT" else f"{info.base}-{info.quote}",
+                    "tickSz": info.tick or "0",
+                    "lotSz": info.lot or "0",
+                    "minSz": info.lot or "0",
+                    "state": "live",
+                }
+            )
         return web.json_response({"code": "0", "msg": "", "data": rows})
 
     async def _time(self, request: web.Request) -> web.Response:
@@ -1188,16 +1404,51 @@ class OkxSim(VenueSim):
             if not self.subscribed(key):
                 continue
             cs = book.okx_checksum() if self.checksums else 0
-            self.emit(key, _dumps({"arg": {"channel": channel, "instId": native}, "action": "update", "data": [
-                {"asks": okx_asks, "bids": okx_bids, "ts": str(ts_ms), "checksum": cs,
-                 "prevSeqId": prev, "seqId": book.seq}]}), native, True)
+            self.emit(
+                key,
+                _dumps(
+                    {
+                        "arg": {"channel": channel, "instId": native},
+                        "action": "update",
+                        "data": [
+                            {
+                                "asks": okx_asks,
+                                "bids": okx_bids,
+                                "ts": str(ts_ms),
+                                "checksum": cs,
+                                "prevSeqId": prev,
+                                "seqId": book.seq,
+                            }
+                        ],
+                    }
+                ),
+                native,
+                True,
+            )
 
     def synth_trade(self, native, px, qty, buyer_maker, ts_ms, trade_id):
         key = f"trades:{native}"
         if self.subscribed(key):
-            self.emit(key, _dumps({"arg": {"channel": "trades", "instId": native}, "data": [
-                {"instId": native, "tradeId": str(trade_id), "px": px, "sz": qty,
-                 "side": "sell" if buyer_maker else "buy", "ts": str(ts_ms), "count": "1"}]}), native)
+            self.emit(
+                key,
+                _dumps(
+                    {
+                        "arg": {"channel": "trades", "instId": native},
+                        "data": [
+                            {
+                                "instId": native,
+                                "tradeId": str(trade_id),
+                                "px": px,
+                                "sz": qty,
+                                "side": "sell" if buyer_maker else "buy",
+                                "ts": str(ts_ms),
+                                "count": "1",
+                            }
+                        ],
+                    }
+                ),
+                native,
+            )
 
 
 def make_sim(exchange: Exchange | str, market: Market | str = Market.SPOT, **kw: Any) -> VenueSim:

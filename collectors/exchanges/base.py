@@ -29,10 +29,10 @@ class DeadLetter:
 class RestRequest:
     """A REST call the transport must make (depth snapshot, exchange info)."""
 
-    path: str                     # e.g. "/api/v3/depth"
+    path: str  # e.g. "/api/v3/depth"
     params: tuple[tuple[str, str], ...]
-    weight: int = 1               # request weight for per-IP rate limiting
-    purpose: str = "snapshot"     # "snapshot" | "instruments"
+    weight: int = 1  # request weight for per-IP rate limiting
+    purpose: str = "snapshot"  # "snapshot" | "instruments"
     native_symbol: str = ""
 
 

@@ -93,8 +93,15 @@ class BinanceAdapter(AdapterBase):
     depth_path = "/api/v3/depth"
     info_path = "/api/v3/exchangeInfo"
 
-    def __init__(self, *, streams: tuple[str, ...] | None = None, depth_limit: int = 1000,
-                 max_buffer: int = 10_000, fetch_instruments: bool = False, **kw: Any) -> None:
+    def __init__(
+        self,
+        *,
+        streams: tuple[str, ...] | None = None,
+        depth_limit: int = 1000,
+        max_buffer: int = 10_000,
+        fetch_instruments: bool = False,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self.streams = tuple(streams or self.default_streams)
         self.depth_limit = depth_limit
@@ -119,7 +126,7 @@ class BinanceAdapter(AdapterBase):
         base = (base_url or SPOT_WS).rstrip("/")
         names = self.stream_names(native_symbols)
         n = self.max_streams_per_connection
-        return [f"{base}/stream?streams=" + "/".join(names[i:i + n]) for i in range(0, len(names), n)]
+        return [f"{base}/stream?streams=" + "/".join(names[i : i + n]) for i in range(0, len(names), n)]
 
     def ws_url(self, base_url: str, native_symbols: list[str]) -> str:
         return self.ws_urls(base_url, native_symbols)[0]
@@ -138,14 +145,17 @@ class BinanceAdapter(AdapterBase):
     def snapshot_request(self, st: InstrumentState) -> RestRequest:
         weight = usdm_depth_weight(self.depth_limit) if self.usdm else spot_depth_weight(self.depth_limit)
         st.snapshot_requests += 1
-        return rest_request(self.depth_path, {"symbol": st.native, "limit": str(self.depth_limit)},
-                            weight=weight, native_symbol=st.native)
+        return rest_request(
+            self.depth_path,
+            {"symbol": st.native, "limit": str(self.depth_limit)},
+            weight=weight,
+            native_symbol=st.native,
+        )
 
     def instruments_request(self, native_symbols: list[str]) -> RestRequest:
         if self.usdm:
             return rest_request(self.info_path, {}, weight=1, purpose="instruments")
-        return rest_request(self.info_path, {"symbols": dump(sorted(native_symbols))}, weight=20,
-                            purpose="instruments")
+        return rest_request(self.info_path, {"symbols": dump(sorted(native_symbols))}, weight=20, purpose="instruments")
 
     # -- frames ----------------------------------------------------------------------------------
 
@@ -158,13 +168,13 @@ class BinanceAdapter(AdapterBase):
             raise FrameError(f"unexpected JSON {type(msg).__name__}, expected an object")
         data = msg.get("data")
         if data is None:
-            if "result" in msg and "id" in msg:       # SUBSCRIBE/UNSUBSCRIBE acknowledgement
+            if "result" in msg and "id" in msg:  # SUBSCRIBE/UNSUBSCRIBE acknowledgement
                 self._ignore("ack")
                 return
             if "code" in msg and "msg" in msg:
                 raise FrameError(f"venue error {msg.get('code')}: {msg.get('msg')}")
-            data = msg                                # raw /ws/<stream> connection
-        if type(data) is list:                        # !markPrice@arr, !forceOrder@arr style
+            data = msg  # raw /ws/<stream> connection
+        if type(data) is list:  # !markPrice@arr, !forceOrder@arr style
             for item in data:
                 self._one(item, frame, recv, out)
             return
@@ -180,13 +190,12 @@ class BinanceAdapter(AdapterBase):
         if fn is not None:
             fn(data, frame, recv, out)
         elif e is None and "u" in data and "B" in data and "A" in data:
-            self._book_ticker(data, frame, recv, out)     # spot bookTicker carries no "e"
+            self._book_ticker(data, frame, recv, out)  # spot bookTicker carries no "e"
         elif e in ("kline", "continuous_kline", "24hrMiniTicker", "depthSnapshot", "indexPriceUpdate"):
             self._ignore(e)
         elif e is None and "lastUpdateId" in data:
-            self._ignore("partialDepth")                   # <sym>@depth<N>: no symbol in the payload
-        elif e == "serverShutdown" or (type(data.get("event")) is dict
-                                       and data["event"].get("e") == "serverShutdown"):
+            self._ignore("partialDepth")  # <sym>@depth<N>: no symbol in the payload
+        elif e == "serverShutdown" or (type(data.get("event")) is dict and data["event"].get("e") == "serverShutdown"):
             out.reconnect = "serverShutdown"
         else:
             raise FrameError(f"unknown message shape (e={e!r})")
@@ -195,7 +204,7 @@ class BinanceAdapter(AdapterBase):
 
     def _depth(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         st = self.state(d.get("s"))
-        self._book_st = st               # refused from here on: this book lost a venue update
+        self._book_st = st  # refused from here on: this book lost a venue update
         U, u = as_int(d.get("U"), "first update id U"), as_int(d.get("u"), "final update id u")
         if U > u:
             raise FrameError(f"first update id U={U} > final update id u={u}", st.native)
@@ -223,8 +232,16 @@ class BinanceAdapter(AdapterBase):
             st.awaiting = True
             out.requests.append(self.snapshot_request(st))
 
-    def _resync(self, st: InstrumentState, reason: str, d: Diff | None, frame: bytes | str, recv: int,
-                out: FrameResult, gap: bool) -> None:
+    def _resync(
+        self,
+        st: InstrumentState,
+        reason: str,
+        d: Diff | None,
+        frame: bytes | str,
+        recv: int,
+        out: FrameResult,
+        gap: bool,
+    ) -> None:
         self.start_resync(st, reason, out, gap)
         st.buffer = [(d, frame, recv)] if d is not None else []
         out.requests.append(self.snapshot_request(st))
@@ -271,15 +288,17 @@ class BinanceAdapter(AdapterBase):
             st.stats.crossed += 1
             bb, ba = book.best_bid_px(), book.best_ask_px()
             self._resync(st, f"crossed book after u={u}: bid {bb} >= ask {ba}", None, frame, recv, out, False)
-            self._dead_in(out, f"crossed book after applying u={u}: best bid {bb} >= best ask {ba}",
-                          frame, st.native)
+            self._dead_in(out, f"crossed book after applying u={u}: best bid {bb} >= best ask {ba}", frame, st.native)
             return
         book.seq = u
         book.exchange_ts = d.ts_us if d.ts_us is not None else recv
         st.first_after_snapshot = False
         st.stats.deltas_applied += 1
-        out.events.append(self.delta_event(st, bids, asks, book.exchange_ts, recv, u, U,
-                                           d.pu if self.usdm and d.pu is not None else -1))
+        out.events.append(
+            self.delta_event(
+                st, bids, asks, book.exchange_ts, recv, u, U, d.pu if self.usdm and d.pu is not None else -1
+            )
+        )
         if st.bbo:
             self.check_bbo_after_apply(st)
 
@@ -301,8 +320,13 @@ class BinanceAdapter(AdapterBase):
         except ScaleError as e:
             self._rest_refused(out, request, f"REST {request.path}: precision: {e}", body, request.native_symbol)
         except Exception as e:
-            self._rest_refused(out, request, f"REST {request.path}: unexpected {type(e).__name__}: {e}"[:500],
-                               body, request.native_symbol)
+            self._rest_refused(
+                out,
+                request,
+                f"REST {request.path}: unexpected {type(e).__name__}: {e}"[:500],
+                body,
+                request.native_symbol,
+            )
         return out
 
     def _rest_refused(self, out: FrameResult, request: RestRequest, reason: str, body: bytes, native: str) -> None:
@@ -319,7 +343,7 @@ class BinanceAdapter(AdapterBase):
         st = self.state(native)
         if status != 200:
             self._dead_in(out, f"snapshot HTTP {status} for {native}", body, native)
-            out.requests.append(self.snapshot_request(st))   # the transport paces retries
+            out.requests.append(self.snapshot_request(st))  # the transport paces retries
             return
         if st.book.synced:
             self._ignore("unsolicited_snapshot")
@@ -353,14 +377,14 @@ class BinanceAdapter(AdapterBase):
         st.buffer = []
         self.apply_book_snapshot(st, bids, asks, last, exchange_ts, recv, out)
         if st.book.crossed():
-            out.events.pop()                    # not the venue's book: not published
+            out.events.pop()  # not the venue's book: not published
             st.stats.crossed += 1
             bb, ba = st.book.best_bid_px(), st.book.best_ask_px()
             self._resync(st, f"crossed snapshot lastUpdateId={last}", None, body, recv, out, False)
             st.buffer = kept
             raise FrameError(f"crossed snapshot lastUpdateId={last}: best bid {bb} >= best ask {ba}", native)
         for d, frame, r in kept:
-            if not st.book.synced:              # a buffered diff broke continuity: re-buffer the rest
+            if not st.book.synced:  # a buffered diff broke continuity: re-buffer the rest
                 self._buffer(st, d, frame, r, out)
                 continue
             self._apply_diff(st, d, frame, r, out)
@@ -376,8 +400,7 @@ class BinanceAdapter(AdapterBase):
         st = self.state(d.get("s"))
         t = as_int(d.get("t"), "trade id")
         px, qty = self.price(st, d.get("p")), self.size(st, d.get("q"))
-        env = self.envelope(st, EVENT_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, t,
-                            st.px.scale, st.sz.scale)
+        env = self.envelope(st, EVENT_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, t, st.px.scale, st.sz.scale)
         tr = env.trade
         tr.trade_id = str(t)
         tr.px = px
@@ -393,8 +416,7 @@ class BinanceAdapter(AdapterBase):
         if f > last:
             raise FrameError(f"aggTrade first trade id {f} > last {last}", st.native)
         px, qty = self.price(st, d.get("p")), self.size(st, d.get("q"))
-        env = self.envelope(st, EVENT_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, agg_id,
-                            st.px.scale, st.sz.scale)
+        env = self.envelope(st, EVENT_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, agg_id, st.px.scale, st.sz.scale)
         tr = env.trade
         tr.trade_id = str(a) if a is not None else (str(f) if f == last else f"{f}-{last}")
         tr.px = px
@@ -410,9 +432,9 @@ class BinanceAdapter(AdapterBase):
         self.prepare(st, (d.get("b"), d.get("a")), (d.get("B"), d.get("A")))
         bp, bq = self.price(st, d.get("b")), self.size(st, d.get("B"))
         ap, aq = self.price(st, d.get("a")), self.size(st, d.get("A"))
-        ts = d.get("T") or d.get("E")     # spot bookTicker has no time: receipt time stands in
+        ts = d.get("T") or d.get("E")  # spot bookTicker has no time: receipt time stands in
         env = self.envelope(st, EVENT_TICKER, ms_to_us(ts) if ts else recv, recv, u, st.px.scale, st.sz.scale)
-        env.exchange_ts_is_receipt = not ts   # the id then hashes u and the prices, not our clock
+        env.exchange_ts_is_receipt = not ts  # the id then hashes u and the prices, not our clock
         tk = env.ticker
         tk.bid_px, tk.bid_qty, tk.ask_px, tk.ask_qty = bp, bq, ap, aq
         out.events.append(self.stamp(env))
@@ -460,16 +482,18 @@ class BinanceAdapter(AdapterBase):
             raise FrameError("forceOrder without order object")
         try:
             st = self.state(o.get("s"))
-        except NotSubscribed:            # !forceOrder@arr reports every symbol's liquidations
+        except NotSubscribed:  # !forceOrder@arr reports every symbol's liquidations
             self._ignore("liquidation:not_subscribed")
             return
         side = o.get("S")
         if side not in ("BUY", "SELL"):
             raise FrameError(f"forceOrder side {side!r}", st.native)
-        filled = o.get("z")   # accumulated filled qty; the order qty when nothing is reported filled
+        filled = o.get("z")  # accumulated filled qty; the order qty when nothing is reported filled
         qty = self.size(st, filled if type(filled) is str and _nonzero(filled) else o.get("q"))
         px = self.price(st, o.get("p"))
-        env = self.envelope(st, EVENT_LIQUIDATION, ms_to_us(o.get("T") or d.get("E")), recv, 0, st.px.scale, st.sz.scale)
+        env = self.envelope(
+            st, EVENT_LIQUIDATION, ms_to_us(o.get("T") or d.get("E")), recv, 0, st.px.scale, st.sz.scale
+        )
         liq = env.liquidation
         liq.side = SIDE_BUY if side == "BUY" else SIDE_SELL
         liq.px = px
@@ -503,8 +527,11 @@ class BinanceUsdmAdapter(BinanceAdapter):
         for name in self.stream_names(native_symbols):
             routes[usdm_route(name)].append(name)
         n = self.max_streams_per_connection
-        return [f"{base}/{route}/stream?streams=" + "/".join(names[i:i + n])
-                for route, names in routes.items() for i in range(0, len(names), n)]
+        return [
+            f"{base}/{route}/stream?streams=" + "/".join(names[i : i + n])
+            for route, names in routes.items()
+            for i in range(0, len(names), n)
+        ]
 
 
 def _flag(d: dict, key: str) -> bool:

@@ -60,8 +60,15 @@ _LINEAR_FUTURE = re.compile(r"^[A-Z0-9]+-\d{1,2}[A-Z]{3}\d{2}$")
 class BybitAdapter(AdapterBase):
     exchange = Exchange.BYBIT
 
-    def __init__(self, *, category: str = "linear", depth: int = 200,
-                 channels: tuple[str, ...] | None = None, fetch_instruments: bool = False, **kw: Any) -> None:
+    def __init__(
+        self,
+        *,
+        category: str = "linear",
+        depth: int = 200,
+        channels: tuple[str, ...] | None = None,
+        fetch_instruments: bool = False,
+        **kw: Any,
+    ) -> None:
         if category not in CATEGORIES:
             raise ValueError(f"Bybit category must be one of {CATEGORIES}, not {category!r}")
         self.category = category
@@ -84,8 +91,7 @@ class BybitAdapter(AdapterBase):
     # -- connection plumbing --------------------------------------------------------------------
 
     def topics(self, native: str) -> list[str]:
-        return [f"orderbook.{self.depth}.{native}" if ch == "orderbook" else f"{ch}.{native}"
-                for ch in self.channels]
+        return [f"orderbook.{self.depth}.{native}" if ch == "orderbook" else f"{ch}.{native}" for ch in self.channels]
 
     def ws_urls(self, base_url: str, native_symbols: list[str]) -> list[str]:
         return [f"{(base_url or WS_BASE).rstrip('/')}/v5/public/{self.category}"]
@@ -95,10 +101,10 @@ class BybitAdapter(AdapterBase):
 
     def on_open(self, native_symbols: list[str]) -> FrameResult:
         out = FrameResult()
-        self._last_ping_us = 0              # a new connection: ping on the next keepalive tick
+        self._last_ping_us = 0  # a new connection: ping on the next keepalive tick
         args = [t for s in native_symbols for t in self.topics(s)]
         for i in range(0, len(args), MAX_ARGS_PER_REQUEST):
-            out.sends.append(Send(dump({"op": "subscribe", "args": args[i:i + MAX_ARGS_PER_REQUEST]})))
+            out.sends.append(Send(dump({"op": "subscribe", "args": args[i : i + MAX_ARGS_PER_REQUEST]})))
         for s in native_symbols:
             st = self.states.get(s)
             if st is not None and st.book.synced:
@@ -186,7 +192,7 @@ class BybitAdapter(AdapterBase):
             if not depth_s.isdigit() or not depth_s.isascii() or len(depth_s) > 4:
                 raise FrameError(f"orderbook topic depth {depth_s[:20]!r}", native)
             st.topic = topic
-        self._book_st = st               # refused from here on: this book lost a venue update
+        self._book_st = st  # refused from here on: this book lost a venue update
         u = data.get("u")
         if type(u) is not int:
             raise FrameError(f"orderbook update id u={u!r:.40}", native)
@@ -208,7 +214,7 @@ class BybitAdapter(AdapterBase):
             if not st.awaiting:
                 self._resync(st, f"delta u={u} without a snapshot", out, True)
             else:
-                st.stats.deltas_stale += 1      # waiting for the resubscribe snapshot
+                st.stats.deltas_stale += 1  # waiting for the resubscribe snapshot
             return
         if u <= book.seq:
             st.stats.deltas_stale += 1
@@ -256,8 +262,15 @@ class BybitAdapter(AdapterBase):
             if side not in ("Buy", "Sell"):
                 raise FrameError(f"trade side {side!r}", st.native)
             px, qty = self.price(st, t.get("p")), self.size(st, t.get("v"))
-            env = self.envelope(st, EVENT_TRADE, ms_to_us(t.get("T")), recv, opt_seq(t.get("seq"), "trade seq"),
-                                st.px.scale, st.sz.scale)
+            env = self.envelope(
+                st,
+                EVENT_TRADE,
+                ms_to_us(t.get("T")),
+                recv,
+                opt_seq(t.get("seq"), "trade seq"),
+                st.px.scale,
+                st.sz.scale,
+            )
             tr = env.trade
             tr.trade_id = text_id(t.get("i", ""), "trade id")
             tr.px = px
@@ -285,8 +298,11 @@ class BybitAdapter(AdapterBase):
         seq = opt_seq(msg.get("cs"), "ticker cs")
         env = self.envelope(st, EVENT_TICKER, ts, recv, seq, 0, 0)
         tk = env.ticker
-        self.prepare(st, (t.get("bid1Price"), t.get("ask1Price"), t.get("lastPrice")),
-                     (t.get("bid1Size"), t.get("ask1Size"), t.get("volume24h"), t.get("openInterest")))
+        self.prepare(
+            st,
+            (t.get("bid1Price"), t.get("ask1Price"), t.get("lastPrice")),
+            (t.get("bid1Size"), t.get("ask1Size"), t.get("volume24h"), t.get("openInterest")),
+        )
         tk.bid_px = self._opt_px(st, t.get("bid1Price"))
         tk.bid_qty = self._opt_sz(st, t.get("bid1Size"))
         tk.ask_px = self._opt_px(st, t.get("ask1Price"))
@@ -324,8 +340,9 @@ class BybitAdapter(AdapterBase):
     def _opt_sz(self, st: InstrumentState, v: Any) -> int:
         return self.size(st, v) if v not in (None, "") else 0
 
-    def _liq(self, st: InstrumentState, position_side: Any, px: Any, qty: Any, ts: int, recv: int,
-             out: FrameResult) -> None:
+    def _liq(
+        self, st: InstrumentState, position_side: Any, px: Any, qty: Any, ts: int, recv: int, out: FrameResult
+    ) -> None:
         if position_side not in ("Buy", "Sell"):
             raise FrameError(f"liquidation side {position_side!r}", st.native)
         env = self.envelope(st, EVENT_LIQUIDATION, ts, recv, 0, 0, 0)

@@ -35,6 +35,7 @@ try:  # orjson parses venue frames ~4x faster than the stdlib; the stdlib is the
 
     JSON_DECODE_ERRORS: tuple[type[Exception], ...] = (_orjson.JSONDecodeError, ValueError, TypeError)
 except ImportError:  # pragma: no cover - depends on the environment
+
     def loads(data: bytes | str) -> Any:
         return json.loads(data)
 
@@ -76,6 +77,7 @@ class NotSubscribed(FrameError):
 
 # -- numbers -----------------------------------------------------------------------------------
 
+
 def parse_scaled(text: str, scale: int) -> int:
     """Venue decimal string -> scaled int, exact or ScaleError (never rounds, never negative).
 
@@ -85,23 +87,23 @@ def parse_scaled(text: str, scale: int) -> int:
     if type(text) is not str:
         raise ScaleError(f"expected a decimal string, got {type(text).__name__} {text!r}")
     i = len(text) - 1 - scale
-    if i > 0 and text[i] == ".":        # exactly `scale` decimals, as venues print a feed
+    if i > 0 and text[i] == ".":  # exactly `scale` decimals, as venues print a feed
         t = text.replace(".", "", 1)
         if t.isdigit() and t.isascii():  # [0-9] only: no sign, blank, "_" or second point
             v = int(t)
             if v <= INT64_MAX:
                 return v
-        return to_scaled(text, scale)    # decides (and refuses) the odd ones
+        return to_scaled(text, scale)  # decides (and refuses) the odd ones
     i = text.find(".")
     if i > 0:
-        extra = len(text) - i - 1 - scale   # decimals beyond the scale
+        extra = len(text) - i - 1 - scale  # decimals beyond the scale
         if "_" not in text:
             if extra <= 0:
                 body, mul = text, _POW10[-extra]
             elif extra < 64 and text.endswith(_ZEROS[extra]):  # padded: "61737.63000000" at scale 2
                 body, mul = text[:-extra], 1
             else:
-                return to_scaled(text, scale)       # raises: needs more precision
+                return to_scaled(text, scale)  # raises: needs more precision
             try:
                 v = int(body.replace(".", "", 1)) * mul
             except ValueError:
@@ -139,7 +141,7 @@ def significant_decimals(text: Any) -> int:
     if "e" in text or "E" in text:
         return decimals(text)
     i = text.find(".")
-    return 0 if i < 0 else len(text[i + 1:].rstrip("0"))
+    return 0 if i < 0 else len(text[i + 1 :].rstrip("0"))
 
 
 _MAX_MS = INT64_MAX // 1000
@@ -269,6 +271,7 @@ class ScaleTracker:
 
 # -- per-instrument state -----------------------------------------------------------------------
 
+
 @dataclass(slots=True)
 class BookStats:
     """Per-instrument sync counters (what `ticklake capture verify` prints)."""
@@ -291,9 +294,27 @@ class BookStats:
 class InstrumentState:
     """Everything an adapter keeps for one instrument on one connection set."""
 
-    __slots__ = ("native", "inst", "market", "market_pb", "symbol", "px", "sz", "mark_floor", "book",
-                 "stats", "next_reason", "awaiting", "buffer", "bbo", "first_after_snapshot",
-                 "ticker", "levels_str", "topic", "snapshot_requests")
+    __slots__ = (
+        "native",
+        "inst",
+        "market",
+        "market_pb",
+        "symbol",
+        "px",
+        "sz",
+        "mark_floor",
+        "book",
+        "stats",
+        "next_reason",
+        "awaiting",
+        "buffer",
+        "bbo",
+        "first_after_snapshot",
+        "ticker",
+        "levels_str",
+        "topic",
+        "snapshot_requests",
+    )
 
     def __init__(self, native: str, inst: Instrument, spec: InstrumentRef | None) -> None:
         self.native = native
@@ -310,13 +331,13 @@ class InstrumentState:
         self.book = L2Book()
         self.stats = BookStats()
         self.next_reason = REASON_INITIAL  # reason the next applied snapshot is published with
-        self.awaiting = False            # a snapshot was requested / resubscribed, not yet applied
-        self.buffer: list[Any] = []      # venue deltas held until the snapshot arrives (Binance)
+        self.awaiting = False  # a snapshot was requested / resubscribed, not yet applied
+        self.buffer: list[Any] = []  # venue deltas held until the snapshot arrives (Binance)
         self.bbo: dict[int, tuple[int, int, int, int]] = {}  # update id -> venue BBO (for checks)
         self.first_after_snapshot = False
-        self.ticker: dict[str, Any] | None = None   # last full ticker (Bybit delta merge)
+        self.ticker: dict[str, Any] | None = None  # last full ticker (Bybit delta merge)
         self.levels_str: tuple[dict[int, tuple[str, str]], dict[int, tuple[str, str]]] | None = None
-        self.topic = ""                  # venue book topic/channel, for resubscribe-style resyncs
+        self.topic = ""  # venue book topic/channel, for resubscribe-style resyncs
         self.snapshot_requests = 0
 
 
@@ -330,8 +351,14 @@ class AdapterBase:
     #: remembered venue BBO frames per instrument, for checks against the rebuilt book
     bbo_memory = 512
 
-    def __init__(self, *, shard: str = "", instruments: dict[str, InstrumentRef] | None = None,
-                 snapshot_depth: int | None = None, subscribed: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        shard: str = "",
+        instruments: dict[str, InstrumentRef] | None = None,
+        snapshot_depth: int | None = None,
+        subscribed: Iterable[str] | None = None,
+    ) -> None:
         self.shard = shard
         self.specs: dict[str, InstrumentRef] = dict(instruments or {})
         #: venue symbols this adapter collects; None = any (capture replay)
@@ -341,7 +368,7 @@ class AdapterBase:
         #: the book the current frame updates, once known (see on_frame)
         self._book_st: InstrumentState | None = None
         self.states: dict[str, InstrumentState] = {}
-        self.ignored: dict[str, int] = {}    # frames understood but deliberately not published
+        self.ignored: dict[str, int] = {}  # frames understood but deliberately not published
         self.dead_letter_count = 0
         self.frames = 0
         self.last_rx_us = 0
@@ -417,8 +444,11 @@ class AdapterBase:
 
     def snapshot_events(self, recv_ts_us: int, reason: int = REASON_PERIODIC) -> list[pb.Envelope]:
         """BOOK_SNAPSHOT of every synced book (periodic snapshots for late-joining consumers)."""
-        return [self.snapshot_event(st, reason, st.book.exchange_ts, recv_ts_us)
-                for st in self.states.values() if st.book.synced]
+        return [
+            self.snapshot_event(st, reason, st.book.exchange_ts, recv_ts_us)
+            for st in self.states.values()
+            if st.book.synced
+        ]
 
     # -- helpers for subclasses ----------------------------------------------------------------
 
@@ -426,9 +456,13 @@ class AdapterBase:
         raw = frame.encode() if isinstance(frame, str) else bytes(frame)
         self.dead_letter_count += 1
         # Events produced before the failure are dropped: a frame is published whole or not at all.
-        return FrameResult(dead_letters=[DeadLetter(reason=reason, raw=raw, native_symbol=native)],
-                           requests=out.requests, sends=out.sends, resyncs=out.resyncs,
-                           reconnect=out.reconnect)
+        return FrameResult(
+            dead_letters=[DeadLetter(reason=reason, raw=raw, native_symbol=native)],
+            requests=out.requests,
+            sends=out.sends,
+            resyncs=out.resyncs,
+            reconnect=out.reconnect,
+        )
 
     def _ignore(self, what: str) -> None:
         self.ignored[what] = self.ignored.get(what, 0) + 1
@@ -446,9 +480,9 @@ class AdapterBase:
             spec = self.specs.get(native)
             try:
                 market = self.market_of(native)
-                inst = parse_native(self.exchange, market, native,
-                                    base=spec.base if spec else None,
-                                    quote=spec.quote if spec else None)
+                inst = parse_native(
+                    self.exchange, market, native, base=spec.base if spec else None, quote=spec.quote if spec else None
+                )
             except SymbolError as e:
                 raise FrameError(f"unknown instrument: {e}"[:300], native[:40]) from None
             st = self.states[native] = InstrumentState(native, inst, spec)
@@ -457,8 +491,16 @@ class AdapterBase:
             t[st] = (st.px.scale, st.px.locked, st.sz.scale, st.sz.locked)
         return st
 
-    def envelope(self, st: InstrumentState, event_type: int, exchange_ts: int, ingest_ts: int,
-                 seq: int, price_scale: int, size_scale: int) -> pb.Envelope:
+    def envelope(
+        self,
+        st: InstrumentState,
+        event_type: int,
+        exchange_ts: int,
+        ingest_ts: int,
+        seq: int,
+        price_scale: int,
+        size_scale: int,
+    ) -> pb.Envelope:
         env = pb.Envelope()
         env.exchange = self._ex_pb
         env.market = st.market_pb
@@ -476,15 +518,16 @@ class AdapterBase:
 
     stamp = staticmethod(stamp_event_id)
 
-    def snapshot_event(self, st: InstrumentState, reason: int, exchange_ts: int, ingest_ts: int,
-                       checksum: int = 0) -> pb.Envelope:
+    def snapshot_event(
+        self, st: InstrumentState, reason: int, exchange_ts: int, ingest_ts: int, checksum: int = 0
+    ) -> pb.Envelope:
         book = st.book
         env = self.envelope(st, EVENT_BOOK_SNAPSHOT, exchange_ts, ingest_ts, book.seq, st.px.scale, st.sz.scale)
         snap = env.book_snapshot
         n = self.snapshot_depth
         add = snap.bids.add
         for px, q in book.top_bids(n):
-            lv = add()          # add() then attribute sets: ~25% cheaper than add(px=, qty=) on upb
+            lv = add()  # add() then attribute sets: ~25% cheaper than add(px=, qty=) on upb
             lv.px = px
             lv.qty = q
         add = snap.asks.add
@@ -497,9 +540,18 @@ class AdapterBase:
         snap.checksum = checksum & 0xFFFFFFFF
         return self.stamp(env)
 
-    def delta_event(self, st: InstrumentState, bids: list[tuple[int, int]], asks: list[tuple[int, int]],
-                    exchange_ts: int, ingest_ts: int, seq: int, first_seq: int, prev_seq: int,
-                    checksum: int = 0) -> pb.Envelope:
+    def delta_event(
+        self,
+        st: InstrumentState,
+        bids: list[tuple[int, int]],
+        asks: list[tuple[int, int]],
+        exchange_ts: int,
+        ingest_ts: int,
+        seq: int,
+        first_seq: int,
+        prev_seq: int,
+        checksum: int = 0,
+    ) -> pb.Envelope:
         env = self.envelope(st, EVENT_BOOK_DELTA, exchange_ts, ingest_ts, seq, st.px.scale, st.sz.scale)
         d = env.book_delta
         d.first_seq = first_seq
@@ -580,7 +632,7 @@ class AdapterBase:
             # checked in C over the whole side rather than per level in the loop.
             if raw and set(map(type, raw)) != _LIST_TYPE:
                 raise TypeError
-            if raw and len(raw[0]) == 2:                 # [px, qty] (Binance, Bybit)
+            if raw and len(raw[0]) == 2:  # [px, qty] (Binance, Bybit)
                 if set(map(len, raw)) != _TWO:
                     raise TypeError
                 for p, q in raw:
@@ -591,7 +643,7 @@ class AdapterBase:
                     if b is None:
                         b = qc[q] = parse_scaled(q, ss)
                     append((a, b))
-            else:                                        # [px, qty, ...] (OKX: 4 fields)
+            else:  # [px, qty, ...] (OKX: 4 fields)
                 for lv in raw:
                     p = lv[0]
                     q = lv[1]
@@ -603,9 +655,10 @@ class AdapterBase:
                         b = qc[q] = parse_scaled(q, ss)
                     append((a, b))
             return out
-        except ScaleError as e:          # (a ValueError: caught first)
-            raise FrameError(f"precision: {e} (instrument {st.native} fixed at price scale {ps}, "
-                             f"size scale {ss})", st.native) from None
+        except ScaleError as e:  # (a ValueError: caught first)
+            raise FrameError(
+                f"precision: {e} (instrument {st.native} fixed at price scale {ps}, size scale {ss})", st.native
+            ) from None
         except (IndexError, TypeError, KeyError, ValueError):
             raise FrameError(f"malformed level in {raw!r:.120}", st.native) from None
 
@@ -670,9 +723,17 @@ class AdapterBase:
 
     # -- book sync helpers shared by the venues -----------------------------------------------
 
-    def apply_book_snapshot(self, st: InstrumentState, bids: list[tuple[int, int]],
-                            asks: list[tuple[int, int]], seq: int, exchange_ts: int, recv_ts_us: int,
-                            out: FrameResult, checksum: int = 0) -> None:
+    def apply_book_snapshot(
+        self,
+        st: InstrumentState,
+        bids: list[tuple[int, int]],
+        asks: list[tuple[int, int]],
+        seq: int,
+        exchange_ts: int,
+        recv_ts_us: int,
+        out: FrameResult,
+        checksum: int = 0,
+    ) -> None:
         book = st.book
         book.price_scale, book.size_scale = st.px.scale, st.sz.scale
         book.apply_snapshot(bids, asks, seq)
@@ -703,8 +764,9 @@ class AdapterBase:
             return True
         return False
 
-    def remember_bbo(self, st: InstrumentState, update_id: int, bid_px: int, bid_qty: int,
-                     ask_px: int, ask_qty: int) -> None:
+    def remember_bbo(
+        self, st: InstrumentState, update_id: int, bid_px: int, bid_qty: int, ask_px: int, ask_qty: int
+    ) -> None:
         """A venue BBO (Binance bookTicker, OKX bbo-tbt) tagged with the book update id it reflects."""
         bbo = st.bbo
         bbo[update_id] = (bid_px, bid_qty, ask_px, ask_qty)
@@ -734,10 +796,12 @@ class AdapterBase:
             st.stats.bbo_mismatched += 1
 
 
-def rest_request(path: str, params: dict[str, str], *, weight: int, purpose: str = "snapshot",
-                 native_symbol: str = "") -> RestRequest:
-    return RestRequest(path=path, params=tuple(params.items()), weight=weight, purpose=purpose,
-                       native_symbol=native_symbol)
+def rest_request(
+    path: str, params: dict[str, str], *, weight: int, purpose: str = "snapshot", native_symbol: str = ""
+) -> RestRequest:
+    return RestRequest(
+        path=path, params=tuple(params.items()), weight=weight, purpose=purpose, native_symbol=native_symbol
+    )
 
 
 def dump(obj: Any) -> str:
@@ -745,7 +809,21 @@ def dump(obj: Any) -> str:
 
 
 __all__ = [
-    "AdapterBase", "BookStats", "FrameError", "InstrumentState", "NotSubscribed", "ScaleTracker",
-    "as_int", "decimals", "dump", "funding_rate", "loads", "ms_to_us", "opt_seq", "parse_scaled", "rest_request", "significant_decimals",
+    "AdapterBase",
+    "BookStats",
+    "FrameError",
+    "InstrumentState",
+    "NotSubscribed",
+    "ScaleTracker",
+    "as_int",
+    "decimals",
+    "dump",
+    "funding_rate",
+    "loads",
+    "ms_to_us",
+    "opt_seq",
+    "parse_scaled",
+    "rest_request",
+    "significant_decimals",
     "text_id",
 ]

@@ -53,8 +53,19 @@ WS_BASE = "wss://ws.okx.com:8443"
 IDLE_PING_US = 20_000_000
 BOOK_CHANNELS = frozenset({"books", "books-l2-tbt", "books50-l2-tbt"})
 CHECKSUM_LEVELS = 25
-_IGNORED = frozenset({"index-tickers", "open-interest", "price-limit", "estimated-price", "opt-summary",
-                      "books5", "mark-price-candle1m", "candle1m", "liquidations"})
+_IGNORED = frozenset(
+    {
+        "index-tickers",
+        "open-interest",
+        "price-limit",
+        "estimated-price",
+        "opt-summary",
+        "books5",
+        "mark-price-candle1m",
+        "candle1m",
+        "liquidations",
+    }
+)
 
 
 def okx_checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
@@ -82,11 +93,17 @@ def market_of_inst(inst_id: str) -> Market:
 
 class OkxAdapter(AdapterBase):
     exchange = Exchange.OKX
-    market = Market.SPOT   # per instrument in practice: see market_of
+    market = Market.SPOT  # per instrument in practice: see market_of
 
-    def __init__(self, *, book_channel: str = "books", channels: tuple[str, ...] | None = None,
-                 liquidation_inst_types: tuple[str, ...] | None = None, fetch_instruments: bool = False,
-                 **kw: Any) -> None:
+    def __init__(
+        self,
+        *,
+        book_channel: str = "books",
+        channels: tuple[str, ...] | None = None,
+        liquidation_inst_types: tuple[str, ...] | None = None,
+        fetch_instruments: bool = False,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         if book_channel not in BOOK_CHANNELS:
             raise ValueError(f"book channel must be one of {sorted(BOOK_CHANNELS)}")
@@ -106,9 +123,11 @@ class OkxAdapter(AdapterBase):
         inst_types: set[str] = set()
         for inst in native_symbols:
             mk = market_of_inst(inst)
-            chans = self.channels or ((self.book_channel, "trades", "tickers")
-                                      + (("funding-rate", "mark-price") if mk is Market.PERP else ())
-                                      + (("mark-price",) if mk is Market.FUTURE else ()))
+            chans = self.channels or (
+                (self.book_channel, "trades", "tickers")
+                + (("funding-rate", "mark-price") if mk is Market.PERP else ())
+                + (("mark-price",) if mk is Market.FUTURE else ())
+            )
             args += [{"channel": ch, "instId": inst} for ch in chans]
             if mk is Market.PERP:
                 inst_types.add("SWAP")
@@ -128,15 +147,16 @@ class OkxAdapter(AdapterBase):
         out = FrameResult()
         args = self.subscriptions(native_symbols)
         for i in range(0, len(args), 100):
-            out.sends.append(Send(dump({"op": "subscribe", "args": args[i:i + 100]})))
+            out.sends.append(Send(dump({"op": "subscribe", "args": args[i : i + 100]})))
         for s in native_symbols:
             st = self.states.get(s)
             if st is not None and st.book.synced:
                 st.next_reason = REASON_RESYNC
         if self.fetch_instruments:
             for it in sorted({_inst_type(market_of_inst(s)) for s in native_symbols}):
-                out.requests.append(rest_request("/api/v5/public/instruments", {"instType": it},
-                                                 weight=1, purpose="instruments"))
+                out.requests.append(
+                    rest_request("/api/v5/public/instruments", {"instType": it}, weight=1, purpose="instruments")
+                )
         return out
 
     def keepalive(self, now_us: int) -> FrameResult:
@@ -219,7 +239,7 @@ class OkxAdapter(AdapterBase):
         inst = arg.get("instId")
         st = self.state(inst)
         st.topic = arg.get("channel", self.book_channel)
-        self._book_st = st               # refused from here on: this book lost a venue update
+        self._book_st = st  # refused from here on: this book lost a venue update
         if len(data) != 1 or type(data[0]) is not dict:
             raise FrameError("book message must carry exactly one data object", inst)
         d = data[0]
@@ -238,15 +258,17 @@ class OkxAdapter(AdapterBase):
         raw_b, raw_a = d.get("bids"), d.get("asks")
         if action == "snapshot":
             bids, asks = self.snapshot_levels(st, raw_b, raw_a)
-            st.levels_str = ({p: (lv[0], lv[1]) for p, lv in zip((x[0] for x in bids), raw_b)},
-                             {p: (lv[0], lv[1]) for p, lv in zip((x[0] for x in asks), raw_a)})
+            st.levels_str = (
+                {p: (lv[0], lv[1]) for p, lv in zip((x[0] for x in bids), raw_b)},
+                {p: (lv[0], lv[1]) for p, lv in zip((x[0] for x in asks), raw_a)},
+            )
             self.apply_book_snapshot(st, bids, asks, seq_id or 0, ts, recv, out, checksum)
             if self.check_crossed(st):
-                out.events.pop()   # not the venue's book: not published
+                out.events.pop()  # not the venue's book: not published
                 self._resync(st, "crossed snapshot", out, False)
                 raise FrameError("crossed book in snapshot", inst)
             if not self._check(st, checksum, "snapshot", frame, out):
-                out.events.pop()   # the snapshot is not the venue's book: it is not published
+                out.events.pop()  # the snapshot is not the venue's book: it is not published
             return
         if action != "update":
             raise FrameError(f"book action {action!r}", inst)
@@ -255,12 +277,12 @@ class OkxAdapter(AdapterBase):
             if not st.awaiting:
                 self._resync(st, "update without a snapshot", out, True)
             else:
-                st.stats.deltas_stale += 1       # waiting for the resubscribe snapshot
+                st.stats.deltas_stale += 1  # waiting for the resubscribe snapshot
             return
         if seq_id is not None and prev is not None and book.seq:
             if prev != book.seq:
                 if seq_id <= book.seq and prev < book.seq and seq_id >= prev:
-                    st.stats.deltas_stale += 1   # already applied (overlapping connection)
+                    st.stats.deltas_stale += 1  # already applied (overlapping connection)
                     return
                 self._resync(st, f"gap: prevSeqId={prev} != previous seqId={book.seq}", out, True)
                 return
@@ -293,8 +315,11 @@ class OkxAdapter(AdapterBase):
             book.seq = seq_id
         book.exchange_ts = ts
         st.stats.deltas_applied += 1
-        out.events.append(self.delta_event(st, bids, asks, ts, recv, seq_id or 0, seq_id or 0,
-                                           prev if prev is not None else -1, checksum))
+        out.events.append(
+            self.delta_event(
+                st, bids, asks, ts, recv, seq_id or 0, seq_id or 0, prev if prev is not None else -1, checksum
+            )
+        )
 
     def _check(self, st: InstrumentState, checksum: int, what: str, frame: bytes | str, out: FrameResult) -> bool:
         """Verify the venue checksum (when sent); on mismatch resync and dead-letter the frame."""
@@ -302,8 +327,9 @@ class OkxAdapter(AdapterBase):
             return True
         sb, sa = st.levels_str
         book = st.book
-        ours = okx_checksum([sb[p] for p, _ in book.top_bids(CHECKSUM_LEVELS)],
-                            [sa[p] for p, _ in book.top_asks(CHECKSUM_LEVELS)])
+        ours = okx_checksum(
+            [sb[p] for p, _ in book.top_bids(CHECKSUM_LEVELS)], [sa[p] for p, _ in book.top_asks(CHECKSUM_LEVELS)]
+        )
         if ours == checksum:
             st.stats.checksum_ok += 1
             return True
@@ -311,9 +337,13 @@ class OkxAdapter(AdapterBase):
         self._resync(st, f"checksum mismatch on {what}: venue {checksum}, book {ours}", out, False)
         raw = frame.encode() if isinstance(frame, str) else bytes(frame)
         self.dead_letter_count += 1
-        out.dead_letters.append(DeadLetter(
-            reason=f"checksum mismatch on {what}: venue {checksum}, rebuilt book {ours}", raw=raw,
-            native_symbol=st.native))
+        out.dead_letters.append(
+            DeadLetter(
+                reason=f"checksum mismatch on {what}: venue {checksum}, rebuilt book {ours}",
+                raw=raw,
+                native_symbol=st.native,
+            )
+        )
         return False
 
     def lost_update(self, st: InstrumentState, reason: str, out: FrameResult) -> None:
@@ -351,8 +381,9 @@ class OkxAdapter(AdapterBase):
         st = self.state(t.get("instId"))
         env = self.envelope(st, EVENT_TICKER, ms_to_us(t.get("ts")), recv, 0, 0, 0)
         tk = env.ticker
-        self.prepare(st, (t.get("bidPx"), t.get("askPx"), t.get("last")),
-                     (t.get("bidSz"), t.get("askSz"), t.get("vol24h")))
+        self.prepare(
+            st, (t.get("bidPx"), t.get("askPx"), t.get("last")), (t.get("bidSz"), t.get("askSz"), t.get("vol24h"))
+        )
         tk.bid_px = self._opt(st, t.get("bidPx"), True)
         tk.bid_qty = self._opt(st, t.get("bidSz"), False)
         tk.ask_px = self._opt(st, t.get("askPx"), True)
@@ -403,7 +434,7 @@ class OkxAdapter(AdapterBase):
             raise FrameError("liquidation-orders item without details")
         try:
             st = self.state(t.get("instId"))
-        except NotSubscribed:            # the channel is per instType: every instrument's liquidations
+        except NotSubscribed:  # the channel is per instType: every instrument's liquidations
             self._ignore("liquidation:not_subscribed")
             return
         for det in t["details"]:
@@ -415,7 +446,7 @@ class OkxAdapter(AdapterBase):
             px, qty = self.price(st, det.get("bkPx")), self.size(st, det.get("sz"))
             env = self.envelope(st, EVENT_LIQUIDATION, ms_to_us(det.get("ts")), recv, 0, st.px.scale, st.sz.scale)
             liq = env.liquidation
-            liq.side = SIDE_BUY if side == "buy" else SIDE_SELL   # the liquidation order's side
+            liq.side = SIDE_BUY if side == "buy" else SIDE_SELL  # the liquidation order's side
             liq.px = px
             liq.qty = qty
             out.events.append(self.stamp(env))

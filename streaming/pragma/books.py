@@ -100,8 +100,9 @@ class FeedBook:
             b.size_scale = max(b.size_scale, size_scale)
         return 10 ** (b.price_scale - price_scale), 10 ** (b.size_scale - size_scale)
 
-    def on_envelope(self, env: pb.Envelope,
-                    before: Callable[[pb.Envelope], None] | None = None) -> Iterator[BookChange]:
+    def on_envelope(
+        self, env: pb.Envelope, before: Callable[[pb.Envelope], None] | None = None
+    ) -> Iterator[BookChange]:
         """Apply a snapshot or delta, yielding after each applied state (several when a
         snapshot releases held deltas; none when the envelope was held or stale).
         ``before(env)`` is called right before each envelope is applied, while the book is
@@ -114,11 +115,14 @@ class FeedBook:
         else:
             raise ValueError(f"not a book envelope: {which}")
 
-    def _snapshot(self, env: pb.Envelope, before: Callable[[pb.Envelope], None] | None = None,
-                  ) -> Iterator[BookChange]:
+    def _snapshot(
+        self,
+        env: pb.Envelope,
+        before: Callable[[pb.Envelope], None] | None = None,
+    ) -> Iterator[BookChange]:
         b = self.book
         if b.synced and env.seq and b.seq and env.seq < b.seq:
-            self.stale += 1     # the book is already past this snapshot
+            self.stale += 1  # the book is already past this snapshot
             return
         if before is not None:
             before(env)
@@ -131,12 +135,15 @@ class FeedBook:
         while held:
             yield from self._delta(heapq.heappop(held)[-1], before)
 
-    def _delta(self, env: pb.Envelope, before: Callable[[pb.Envelope], None] | None = None,
-               ) -> Iterator[BookChange]:
+    def _delta(
+        self,
+        env: pb.Envelope,
+        before: Callable[[pb.Envelope], None] | None = None,
+    ) -> Iterator[BookChange]:
         b = self.book
         if not b.synced:
             if len(self.pending) >= self.max_pending:
-                heapq.heappop(self.pending)   # the oldest id goes: it is the least likely to be needed
+                heapq.heappop(self.pending)  # the oldest id goes: it is the least likely to be needed
                 self.dropped_pending += 1
             self._tie += 1
             heapq.heappush(self.pending, (env.seq, env.exchange_ts, self._tie, env))

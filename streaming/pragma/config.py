@@ -80,7 +80,7 @@ class ProducerSettings:
             raise ValueError("retries and linger_ms must be >= 0, batch_size >= 1")
 
     def overrides(self) -> dict[str, Any]:
-        """librdkafka keys for streaming.kafka_config.producer_config(extra=...)."""
+        """librdkafka keys for runtime.kafka_config.producer_config(extra=...)."""
         return {
             "acks": str(self.acks),
             "enable.idempotence": False,
@@ -103,9 +103,9 @@ class FeedConfig:
     exchange: Exchange
     market: Market
     symbol: str
-    price: PriceDefinition | None = None       # None: the config's default_price
-    token_ticker: str | None = None            # None: the symbol's base asset
-    source_id: str | None = None               # None: the exchange name
+    price: PriceDefinition | None = None  # None: the config's default_price
+    token_ticker: str | None = None  # None: the symbol's base asset
+    source_id: str | None = None  # None: the exchange name
     network_id: str = UNKNOWN_NETWORK
 
     def __post_init__(self) -> None:
@@ -119,9 +119,12 @@ class FeedConfig:
         self.feed_key()  # validates the key components
 
     def feed_key(self) -> FeedKey:
-        return FeedKey(BODY_MARKET_OF_CANONICAL[self.market], self.network_id,
-                       self.source_id or self.exchange.value,
-                       self.token_ticker or self.symbol.split("-", 1)[0])
+        return FeedKey(
+            BODY_MARKET_OF_CANONICAL[self.market],
+            self.network_id,
+            self.source_id or self.exchange.value,
+            self.token_ticker or self.symbol.split("-", 1)[0],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +174,10 @@ class PragmaConfig:
         for f in self.feeds:
             k = f.feed_key().key()
             if k in seen:
-                raise ValueError(f"feeds {seen[k].symbol} and {f.symbol} on {f.exchange} both map to "
-                                 f"key {k!r}; give one a different token_ticker")
+                raise ValueError(
+                    f"feeds {seen[k].symbol} and {f.symbol} on {f.exchange} both map to "
+                    f"key {k!r}; give one a different token_ticker"
+                )
             seen[k] = f
 
     def input_topic_list(self) -> list[str]:
@@ -181,9 +186,12 @@ class PragmaConfig:
         from schemas.model import EventType
         from schemas.topics import Stage, event_topic
 
-        return [event_topic(Stage.PROCESSED, m, et, x) for x in self.exchanges
-                for m in (Market.SPOT, Market.PERP)
-                for et in (EventType.TRADE, EventType.BOOK_SNAPSHOT, EventType.BOOK_DELTA)]
+        return [
+            event_topic(Stage.PROCESSED, m, et, x)
+            for x in self.exchanges
+            for m in (Market.SPOT, Market.PERP)
+            for et in (EventType.TRADE, EventType.BOOK_SNAPSHOT, EventType.BOOK_DELTA)
+        ]
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> PragmaConfig:

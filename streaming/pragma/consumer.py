@@ -21,8 +21,8 @@ from typing import Any, Self
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
+from runtime import kafka_config as kc
 from schemas.topics import PRAGMA_ORDERBOOK_TOPIC, PRAGMA_PRICES_TOPIC
-from streaming import kafka_config as kc
 from streaming.pragma.keys import MARKET_TYPES, FeedKey, PragmaKeyError, parse_key
 from streaming.pragma.messages import (
     MARKET_DEPTH,
@@ -50,9 +50,13 @@ class FeedFilter:
     network_ids: frozenset[str] | None = None
 
     @classmethod
-    def of(cls, market_type: str | Iterable[str] | None = None, source_id: str | Iterable[str] | None = None,
-           token_ticker: str | Iterable[str] | None = None,
-           network_id: str | Iterable[str] | None = None) -> FeedFilter:
+    def of(
+        cls,
+        market_type: str | Iterable[str] | None = None,
+        source_id: str | Iterable[str] | None = None,
+        token_ticker: str | Iterable[str] | None = None,
+        network_id: str | Iterable[str] | None = None,
+    ) -> FeedFilter:
         f = cls(_norm(market_type), _norm(source_id), _norm(token_ticker), _norm(network_id))
         bad = (f.market_types or frozenset()) - set(MARKET_TYPES)
         if bad:
@@ -60,19 +64,21 @@ class FeedFilter:
         return f
 
     def matches(self, feed: FeedKey) -> bool:
-        return ((self.market_types is None or feed.market_type in self.market_types)
-                and (self.source_ids is None or feed.source_id in self.source_ids)
-                and (self.token_tickers is None or feed.token_ticker in self.token_tickers)
-                and (self.network_ids is None or feed.network_id in self.network_ids))
+        return (
+            (self.market_types is None or feed.market_type in self.market_types)
+            and (self.source_ids is None or feed.source_id in self.source_ids)
+            and (self.token_tickers is None or feed.token_ticker in self.token_tickers)
+            and (self.network_ids is None or feed.network_id in self.network_ids)
+        )
 
 
 @dataclass(slots=True)
 class ConsumerStats:
     seen: int = 0
-    skipped: int = 0          # filtered out by key, body never read
-    bad_keys: int = 0         # key not in the contract's format (body never read)
-    decoded: int = 0          # bodies deserialized
-    decode_errors: int = 0    # bodies that were not valid pragma messages
+    skipped: int = 0  # filtered out by key, body never read
+    bad_keys: int = 0  # key not in the contract's format (body never read)
+    decoded: int = 0  # bodies deserialized
+    decode_errors: int = 0  # bodies that were not valid pragma messages
     per_feed: dict[str, int] = field(default_factory=dict)
 
 
@@ -91,11 +97,21 @@ class PragmaConsumer:
     """Subscribe to pragma-prices-v1 and/or pragma-orderbook-v1 and yield typed records of
     the feeds the filter keeps."""
 
-    def __init__(self, conn: kc.KafkaConnection, group_id: str, *, topics: Iterable[str] | None = None,
-                 feed_filter: FeedFilter | None = None, prices_topic: str = PRAGMA_PRICES_TOPIC,
-                 orderbook_topic: str = PRAGMA_ORDERBOOK_TOPIC, session_timeout_ms: int = 10_000,
-                 fetch_wait_max_ms: int = 100, commit: bool = True, extra: dict[str, Any] | None = None,
-                 raise_on_bad: bool = False) -> None:
+    def __init__(
+        self,
+        conn: kc.KafkaConnection,
+        group_id: str,
+        *,
+        topics: Iterable[str] | None = None,
+        feed_filter: FeedFilter | None = None,
+        prices_topic: str = PRAGMA_PRICES_TOPIC,
+        orderbook_topic: str = PRAGMA_ORDERBOOK_TOPIC,
+        session_timeout_ms: int = 10_000,
+        fetch_wait_max_ms: int = 100,
+        commit: bool = True,
+        extra: dict[str, Any] | None = None,
+        raise_on_bad: bool = False,
+    ) -> None:
         self.data_types = {prices_topic: PRICE, orderbook_topic: MARKET_DEPTH}
         self.topics = list(topics) if topics is not None else [prices_topic, orderbook_topic]
         unknown = [t for t in self.topics if t not in self.data_types]
@@ -104,10 +120,14 @@ class PragmaConsumer:
         self.filter = feed_filter or FeedFilter()
         self.raise_on_bad = raise_on_bad
         self.stats = ConsumerStats()
-        cfg = kc.consumer_config(conn, group_id, read_committed=True, session_timeout_ms=session_timeout_ms,
-                                 fetch_wait_max_ms=fetch_wait_max_ms,
-                                 extra={"enable.auto.commit": commit, "enable.auto.offset.store": commit,
-                                        **(extra or {})})
+        cfg = kc.consumer_config(
+            conn,
+            group_id,
+            read_committed=True,
+            session_timeout_ms=session_timeout_ms,
+            fetch_wait_max_ms=fetch_wait_max_ms,
+            extra={"enable.auto.commit": commit, "enable.auto.offset.store": commit, **(extra or {})},
+        )
         self.consumer = Consumer(cfg)
         self.consumer.subscribe(self.topics)
 

@@ -103,6 +103,7 @@ def parse_key(key: bytes | str | None) -> FeedKey:
 
 # -- partition placement ----------------------------------------------------------------------
 
+
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 (the Java client's default partitioner hash), as a signed 32-bit int.
 
@@ -115,13 +116,13 @@ def murmur2(data: bytes) -> int:
     h = (seed ^ length) & 0xFFFFFFFF
     n4 = length // 4
     for i in range(n4):
-        k = int.from_bytes(data[4 * i: 4 * i + 4], "little")
+        k = int.from_bytes(data[4 * i : 4 * i + 4], "little")
         k = (k * m) & 0xFFFFFFFF
         k ^= k >> r
         k = (k * m) & 0xFFFFFFFF
         h = (h * m) & 0xFFFFFFFF
         h ^= k
-    tail = data[4 * n4:]
+    tail = data[4 * n4 :]
     if len(tail) == 3:
         h ^= tail[2] << 16
     if len(tail) >= 2:

@@ -87,37 +87,70 @@ class PriceRecord:
 
     def to_json_dict(self) -> dict:
         return {
-            "message_id": self.message_id, "event_timestamp": self.event_timestamp,
-            "publish_timestamp": self.publish_timestamp, "producer": self.producer,
-            "version": self.version, "data_type": self.data_type, "market_type": self.market_type,
-            "token_ticker": self.token_ticker, "source_id": self.source_id,
-            "network_id": self.network_id, "price": self.price, "metadata": dict(self.metadata),
+            "message_id": self.message_id,
+            "event_timestamp": self.event_timestamp,
+            "publish_timestamp": self.publish_timestamp,
+            "producer": self.producer,
+            "version": self.version,
+            "data_type": self.data_type,
+            "market_type": self.market_type,
+            "token_ticker": self.token_ticker,
+            "source_id": self.source_id,
+            "network_id": self.network_id,
+            "price": self.price,
+            "metadata": dict(self.metadata),
         }
 
     def to_proto(self) -> ppb.PriceMessage:
         return ppb.PriceMessage(
-            message_id=self.message_id, event_timestamp=self.event_timestamp,
-            publish_timestamp=self.publish_timestamp, producer=self.producer, version=self.version,
-            data_type=self.data_type, market_type=_MARKET_PB[self.market_type],
-            token_ticker=self.token_ticker, source_id=self.source_id, network_id=self.network_id,
-            price=self.price, metadata=dict(self.metadata))
+            message_id=self.message_id,
+            event_timestamp=self.event_timestamp,
+            publish_timestamp=self.publish_timestamp,
+            producer=self.producer,
+            version=self.version,
+            data_type=self.data_type,
+            market_type=_MARKET_PB[self.market_type],
+            token_ticker=self.token_ticker,
+            source_id=self.source_id,
+            network_id=self.network_id,
+            price=self.price,
+            metadata=dict(self.metadata),
+        )
 
     @classmethod
     def from_json_dict(cls, d: Mapping) -> PriceRecord:
         _check_common(d, PRICE, {"price"})
-        return cls(message_id=d["message_id"], event_timestamp=d["event_timestamp"],
-                   publish_timestamp=d["publish_timestamp"], producer=d["producer"],
-                   market_type=d["market_type"], token_ticker=d["token_ticker"],
-                   source_id=d["source_id"], network_id=d["network_id"], price=d["price"],
-                   metadata=dict(d.get("metadata") or {}), version=d["version"], data_type=d["data_type"])
+        return cls(
+            message_id=d["message_id"],
+            event_timestamp=d["event_timestamp"],
+            publish_timestamp=d["publish_timestamp"],
+            producer=d["producer"],
+            market_type=d["market_type"],
+            token_ticker=d["token_ticker"],
+            source_id=d["source_id"],
+            network_id=d["network_id"],
+            price=d["price"],
+            metadata=dict(d.get("metadata") or {}),
+            version=d["version"],
+            data_type=d["data_type"],
+        )
 
     @classmethod
     def from_proto(cls, m: ppb.PriceMessage) -> PriceRecord:
-        return cls(message_id=m.message_id, event_timestamp=m.event_timestamp,
-                   publish_timestamp=m.publish_timestamp, producer=m.producer,
-                   market_type=_market_of_pb(m.market_type), token_ticker=m.token_ticker,
-                   source_id=m.source_id, network_id=m.network_id, price=m.price,
-                   metadata=dict(m.metadata), version=m.version, data_type=m.data_type)
+        return cls(
+            message_id=m.message_id,
+            event_timestamp=m.event_timestamp,
+            publish_timestamp=m.publish_timestamp,
+            producer=m.producer,
+            market_type=_market_of_pb(m.market_type),
+            token_ticker=m.token_ticker,
+            source_id=m.source_id,
+            network_id=m.network_id,
+            price=m.price,
+            metadata=dict(m.metadata),
+            version=m.version,
+            data_type=m.data_type,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,49 +175,90 @@ class OrderbookRecord:
 
     def to_json_dict(self) -> dict:
         return {
-            "message_id": self.message_id, "event_timestamp": self.event_timestamp,
-            "publish_timestamp": self.publish_timestamp, "producer": self.producer,
-            "version": self.version, "data_type": self.data_type, "market_type": self.market_type,
-            "token_ticker": self.token_ticker, "source_id": self.source_id,
-            "network_id": self.network_id, "bids": [list(lv) for lv in self.bids],
-            "asks": [list(lv) for lv in self.asks], "metadata": dict(self.metadata),
+            "message_id": self.message_id,
+            "event_timestamp": self.event_timestamp,
+            "publish_timestamp": self.publish_timestamp,
+            "producer": self.producer,
+            "version": self.version,
+            "data_type": self.data_type,
+            "market_type": self.market_type,
+            "token_ticker": self.token_ticker,
+            "source_id": self.source_id,
+            "network_id": self.network_id,
+            "bids": [list(lv) for lv in self.bids],
+            "asks": [list(lv) for lv in self.asks],
+            "metadata": dict(self.metadata),
         }
 
     def to_proto(self) -> ppb.OrderbookMessage:
         return ppb.OrderbookMessage(
-            message_id=self.message_id, event_timestamp=self.event_timestamp,
-            publish_timestamp=self.publish_timestamp, producer=self.producer, version=self.version,
-            data_type=self.data_type, market_type=_MARKET_PB[self.market_type],
-            token_ticker=self.token_ticker, source_id=self.source_id, network_id=self.network_id,
+            message_id=self.message_id,
+            event_timestamp=self.event_timestamp,
+            publish_timestamp=self.publish_timestamp,
+            producer=self.producer,
+            version=self.version,
+            data_type=self.data_type,
+            market_type=_MARKET_PB[self.market_type],
+            token_ticker=self.token_ticker,
+            source_id=self.source_id,
+            network_id=self.network_id,
             bids=[ppb.Level(price=p, quantity=q) for p, q in self.bids],
             asks=[ppb.Level(price=p, quantity=q) for p, q in self.asks],
-            metadata=dict(self.metadata))
+            metadata=dict(self.metadata),
+        )
 
     @classmethod
     def from_json_dict(cls, d: Mapping) -> OrderbookRecord:
         _check_common(d, MARKET_DEPTH, {"bids", "asks"})
-        return cls(message_id=d["message_id"], event_timestamp=d["event_timestamp"],
-                   publish_timestamp=d["publish_timestamp"], producer=d["producer"],
-                   market_type=d["market_type"], token_ticker=d["token_ticker"],
-                   source_id=d["source_id"], network_id=d["network_id"],
-                   bids=_levels(d["bids"]), asks=_levels(d["asks"]),
-                   metadata=dict(d.get("metadata") or {}), version=d["version"], data_type=d["data_type"])
+        return cls(
+            message_id=d["message_id"],
+            event_timestamp=d["event_timestamp"],
+            publish_timestamp=d["publish_timestamp"],
+            producer=d["producer"],
+            market_type=d["market_type"],
+            token_ticker=d["token_ticker"],
+            source_id=d["source_id"],
+            network_id=d["network_id"],
+            bids=_levels(d["bids"]),
+            asks=_levels(d["asks"]),
+            metadata=dict(d.get("metadata") or {}),
+            version=d["version"],
+            data_type=d["data_type"],
+        )
 
     @classmethod
     def from_proto(cls, m: ppb.OrderbookMessage) -> OrderbookRecord:
-        return cls(message_id=m.message_id, event_timestamp=m.event_timestamp,
-                   publish_timestamp=m.publish_timestamp, producer=m.producer,
-                   market_type=_market_of_pb(m.market_type), token_ticker=m.token_ticker,
-                   source_id=m.source_id, network_id=m.network_id,
-                   bids=tuple((lv.price, lv.quantity) for lv in m.bids),
-                   asks=tuple((lv.price, lv.quantity) for lv in m.asks),
-                   metadata=dict(m.metadata), version=m.version, data_type=m.data_type)
+        return cls(
+            message_id=m.message_id,
+            event_timestamp=m.event_timestamp,
+            publish_timestamp=m.publish_timestamp,
+            producer=m.producer,
+            market_type=_market_of_pb(m.market_type),
+            token_ticker=m.token_ticker,
+            source_id=m.source_id,
+            network_id=m.network_id,
+            bids=tuple((lv.price, lv.quantity) for lv in m.bids),
+            asks=tuple((lv.price, lv.quantity) for lv in m.asks),
+            metadata=dict(m.metadata),
+            version=m.version,
+            data_type=m.data_type,
+        )
 
 
 PragmaRecord = PriceRecord | OrderbookRecord
 
-_COMMON = ("message_id", "event_timestamp", "publish_timestamp", "producer", "version", "data_type",
-           "market_type", "token_ticker", "source_id", "network_id")
+_COMMON = (
+    "message_id",
+    "event_timestamp",
+    "publish_timestamp",
+    "producer",
+    "version",
+    "data_type",
+    "market_type",
+    "token_ticker",
+    "source_id",
+    "network_id",
+)
 
 
 def _check_common(d: Mapping, data_type: str, body: set[str]) -> None:
@@ -217,22 +291,47 @@ def _market_of_pb(v: int) -> str:
 
 # -- builders ---------------------------------------------------------------------------------
 
-def build_price(feed: FeedKey, price: str, *, event_ts_us: int, publish_ts_us: int, producer: str,
-                identity: tuple, metadata: Mapping[str, str] | None = None) -> PriceRecord:
+
+def build_price(
+    feed: FeedKey,
+    price: str,
+    *,
+    event_ts_us: int,
+    publish_ts_us: int,
+    producer: str,
+    identity: tuple,
+    metadata: Mapping[str, str] | None = None,
+) -> PriceRecord:
     """A price message; ``identity`` is what makes the message unique within its feed
     (e.g. the source event id and the price definition) and seeds message_id."""
     key = feed.key()
     return PriceRecord(
-        message_id=message_id(key, PRICE, *identity), event_timestamp=iso_utc(event_ts_us),
-        publish_timestamp=iso_utc(publish_ts_us), producer=producer, market_type=feed.market_type,
-        token_ticker=feed.token_ticker, source_id=feed.source_id, network_id=feed.network_id,
-        price=price, metadata=dict(metadata or {}))
+        message_id=message_id(key, PRICE, *identity),
+        event_timestamp=iso_utc(event_ts_us),
+        publish_timestamp=iso_utc(publish_ts_us),
+        producer=producer,
+        market_type=feed.market_type,
+        token_ticker=feed.token_ticker,
+        source_id=feed.source_id,
+        network_id=feed.network_id,
+        price=price,
+        metadata=dict(metadata or {}),
+    )
 
 
-def build_depth(feed: FeedKey, bids: Iterable[tuple[int, int]], asks: Iterable[tuple[int, int]], *,
-                price_scale: int, size_scale: int, event_ts_us: int, publish_ts_us: int,
-                producer: str, identity: tuple,
-                metadata: Mapping[str, str] | None = None) -> OrderbookRecord:
+def build_depth(
+    feed: FeedKey,
+    bids: Iterable[tuple[int, int]],
+    asks: Iterable[tuple[int, int]],
+    *,
+    price_scale: int,
+    size_scale: int,
+    event_ts_us: int,
+    publish_ts_us: int,
+    producer: str,
+    identity: tuple,
+    metadata: Mapping[str, str] | None = None,
+) -> OrderbookRecord:
     """A depth message from scaled-integer levels (best first on each side)."""
     key = feed.key()
 
@@ -240,13 +339,22 @@ def build_depth(feed: FeedKey, bids: Iterable[tuple[int, int]], asks: Iterable[t
         return tuple((from_scaled(px, price_scale), from_scaled(q, size_scale)) for px, q in levels)
 
     return OrderbookRecord(
-        message_id=message_id(key, MARKET_DEPTH, *identity), event_timestamp=iso_utc(event_ts_us),
-        publish_timestamp=iso_utc(publish_ts_us), producer=producer, market_type=feed.market_type,
-        token_ticker=feed.token_ticker, source_id=feed.source_id, network_id=feed.network_id,
-        bids=conv(bids), asks=conv(asks), metadata=dict(metadata or {}))
+        message_id=message_id(key, MARKET_DEPTH, *identity),
+        event_timestamp=iso_utc(event_ts_us),
+        publish_timestamp=iso_utc(publish_ts_us),
+        producer=producer,
+        market_type=feed.market_type,
+        token_ticker=feed.token_ticker,
+        source_id=feed.source_id,
+        network_id=feed.network_id,
+        bids=conv(bids),
+        asks=conv(asks),
+        metadata=dict(metadata or {}),
+    )
 
 
 # -- encodings --------------------------------------------------------------------------------
+
 
 def encode(record: PragmaRecord, encoding: str = "json") -> tuple[bytes, list[tuple[str, bytes]]]:
     """(value, headers) of a record; the content-type header names the encoding."""
@@ -281,8 +389,11 @@ def decode(value: bytes | None, headers: Iterable[tuple[str, bytes]] | None, dat
         except Exception as exc:  # google.protobuf.message.DecodeError and friends
             raise PragmaDecodeError(f"not a pragma.v1 protobuf body: {exc}") from exc
         rec = cls.from_proto(msg)
-        _check_common({f: getattr(rec, f) for f in _COMMON} | _body_of(rec), data_type,
-                      {"price"} if cls is PriceRecord else {"bids", "asks"})
+        _check_common(
+            {f: getattr(rec, f) for f in _COMMON} | _body_of(rec),
+            data_type,
+            {"price"} if cls is PriceRecord else {"bids", "asks"},
+        )
         return rec
     if not ctype.startswith(JSON_CONTENT_TYPE):
         raise PragmaDecodeError(f"unsupported content-type {ctype!r}")

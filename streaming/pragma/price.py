@@ -57,17 +57,27 @@ def _div_round_half_even(num: int, den: int) -> int:
     return q
 
 
-def microprice(bid_px: int | None, bid_qty: int | None, ask_px: int | None, ask_qty: int | None,
-               price_scale: int, extra_decimals: int = 4) -> str | None:
+def microprice(
+    bid_px: int | None,
+    bid_qty: int | None,
+    ask_px: int | None,
+    ask_qty: int | None,
+    price_scale: int,
+    extra_decimals: int = 4,
+) -> str | None:
     if not _book_ok(bid_px, ask_px) or not bid_qty or not ask_qty:
         return None
     num = (bid_px * ask_qty + ask_px * bid_qty) * 10**extra_decimals
     return from_scaled(_div_round_half_even(num, bid_qty + ask_qty), price_scale + extra_decimals)
 
 
-def book_price(definition: PriceDefinition, best_bid: tuple[int, int] | None,
-               best_ask: tuple[int, int] | None, price_scale: int,
-               extra_decimals: int = 4) -> str | None:
+def book_price(
+    definition: PriceDefinition,
+    best_bid: tuple[int, int] | None,
+    best_ask: tuple[int, int] | None,
+    price_scale: int,
+    extra_decimals: int = 4,
+) -> str | None:
     """The book-derived price of ``definition`` from the top of book (px, qty) pairs."""
     bp, bq = best_bid if best_bid else (None, None)
     ap, aq = best_ask if best_ask else (None, None)

@@ -38,23 +38,23 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from collectors.dedup import DedupWindow
+from runtime import kafka_config as kc
+from runtime import metrics as obs
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import exchange_from_pb, market_from_pb
+from schemas.serde import SerdeError
+from schemas.serde import decode as decode_envelope
 from schemas.symbols import validate_canonical
 from schemas.topics import DlqStage
-from streaming import kafka_config as kc
-from streaming import metrics as obs
 from streaming.pragma.books import FeedBook
 from streaming.pragma.config import FeedConfig, PragmaConfig
 from streaming.pragma.keys import BODY_MARKET_OF_CANONICAL, UNKNOWN_NETWORK, FeedKey
 from streaming.pragma.messages import PragmaRecord, build_depth, build_price, encode
 from streaming.pragma.price import PriceDefinition, book_price, trade_price
-from streaming.serde import SerdeError
-from streaming.serde import decode as decode_envelope
 
 log = logging.getLogger(__name__)
 
-# Metrics are defined once, in streaming/metrics.py.
+# Metrics are defined once, in runtime/metrics.py.
 PUBLISHED, PUBLISH_LATENCY = obs.PRAGMA_PUBLISHED, obs.PRAGMA_PUBLISH_LATENCY
 EVENT_AGE, DELIVERY_ERRORS = obs.PRAGMA_EVENT_AGE, obs.PRAGMA_DELIVERY_ERRORS
 SKIPPED, DEAD_LETTERS = obs.PRAGMA_SKIPPED, obs.PRAGMA_DEAD_LETTERS
@@ -98,8 +98,7 @@ class PublisherCore:
         self.config = config
         self._explicit: dict[tuple, FeedConfig] = {(f.exchange, f.market, f.symbol): f for f in config.feeds}
         #: key -> instrument that owns it (explicit feeds claim theirs up front)
-        self.claims: dict[str, tuple] = {f.feed_key().key(): (f.exchange, f.market, f.symbol)
-                                         for f in config.feeds}
+        self.claims: dict[str, tuple] = {f.feed_key().key(): (f.exchange, f.market, f.symbol) for f in config.feeds}
         self.feeds: dict[tuple, FeedState | None] = {}
         self.dedup = DedupWindow(200_000)
         self.skipped: dict[str, int] = {}
@@ -125,7 +124,7 @@ class PublisherCore:
         except (KeyError, ValueError):
             return None
         if exchange not in self.config.exchanges or market not in BODY_MARKET_OF_CANONICAL:
-            return None                       # futures have no pragma market type
+            return None  # futures have no pragma market type
         fc = self._explicit.get((exchange, market, symbol))
         if fc is not None:
             feed, definition = fc.feed_key(), fc.price or self.config.default_price
@@ -133,12 +132,17 @@ class PublisherCore:
             quote = symbol.split("-")[1]
             if quote not in self.config.auto_quotes:
                 return None
-            feed = FeedKey(BODY_MARKET_OF_CANONICAL[market], UNKNOWN_NETWORK, exchange.value,
-                           symbol.split("-")[0])
+            feed = FeedKey(BODY_MARKET_OF_CANONICAL[market], UNKNOWN_NETWORK, exchange.value, symbol.split("-")[0])
             owner = self.claims.setdefault(feed.key(), (exchange, market, symbol))
             if owner != (exchange, market, symbol):
-                log.warning("pragma: %s %s %s maps to key %s already owned by %s; not published",
-                            exchange, market, symbol, feed.key(), owner)
+                log.warning(
+                    "pragma: %s %s %s maps to key %s already owned by %s; not published",
+                    exchange,
+                    market,
+                    symbol,
+                    feed.key(),
+                    owner,
+                )
                 return None
             definition = self.config.default_price
         return FeedState(feed, definition, symbol, env.native_symbol)
@@ -149,17 +153,22 @@ class PublisherCore:
         base, quote = st.symbol.split("-")[:2]
         return {"symbol": st.symbol, "base": base, "quote": quote, "exchange_symbol": st.native, **extra}
 
-    def _price_out(self, st: FeedState, price: str | None, env: pb.Envelope, seq: int,
-                   now_us: int) -> list[Outgoing]:
+    def _price_out(self, st: FeedState, price: str | None, env: pb.Envelope, seq: int, now_us: int) -> list[Outgoing]:
         if price is None:
             self._skip("no_price")  # empty side or crossed book
             return []
         if price == st.last_price and not self.config.publish_unchanged:
             return []
         st.last_price = price
-        rec = build_price(st.feed, price, event_ts_us=env.exchange_ts, publish_ts_us=now_us,
-                          producer=self.config.producer, identity=(env.event_id, st.definition.value),
-                          metadata=self._metadata(st, price_definition=st.definition.value, seq=str(seq)))
+        rec = build_price(
+            st.feed,
+            price,
+            event_ts_us=env.exchange_ts,
+            publish_ts_us=now_us,
+            producer=self.config.producer,
+            identity=(env.event_id, st.definition.value),
+            metadata=self._metadata(st, price_definition=st.definition.value, seq=str(seq)),
+        )
         return [Outgoing(self.config.prices_topic, st.feed.key_bytes(), rec, env.exchange_ts)]
 
     def _depth_out(self, st: FeedState, now_us: int) -> list[Outgoing]:
@@ -169,11 +178,18 @@ class PublisherCore:
             self._skip("crossed_book")
             return []
         n = self.config.depth_levels
-        rec = build_depth(st.feed, b.top_bids(n), b.top_asks(n), price_scale=b.price_scale,
-                          size_scale=b.size_scale, event_ts_us=b.exchange_ts, publish_ts_us=now_us,
-                          producer=self.config.producer, identity=(st.book_event_id, n),
-                          metadata=self._metadata(st, seq=str(b.seq), depth=str(n),
-                                                  size_unit=st.symbol.split("-")[0]))  # base asset (books.py)
+        rec = build_depth(
+            st.feed,
+            b.top_bids(n),
+            b.top_asks(n),
+            price_scale=b.price_scale,
+            size_scale=b.size_scale,
+            event_ts_us=b.exchange_ts,
+            publish_ts_us=now_us,
+            producer=self.config.producer,
+            identity=(st.book_event_id, n),
+            metadata=self._metadata(st, seq=str(b.seq), depth=str(n), size_unit=st.symbol.split("-")[0]),
+        )  # base asset (books.py)
         return [Outgoing(self.config.orderbook_topic, st.feed.key_bytes(), rec, b.exchange_ts)]
 
     def on_envelope(self, env: pb.Envelope, now_us: int) -> list[Outgoing]:
@@ -198,18 +214,29 @@ class PublisherCore:
             # A delta of a later event-time interval closes the dirty one: its book goes out
             # before the delta is applied. Snapshots neither close nor open an interval (a
             # REST snapshot may carry a receive time, not venue time).
-            if (interval and st.depth_dirty and st.depth_window is not None and st.book.synced
-                    and change_env.WhichOneof("payload") == "book_delta"
-                    and change_env.exchange_ts // interval > st.depth_window):
+            if (
+                interval
+                and st.depth_dirty
+                and st.depth_window is not None
+                and st.book.synced
+                and change_env.WhichOneof("payload") == "book_delta"
+                and change_env.exchange_ts // interval > st.depth_window
+            ):
                 out.extend(self._depth_out(st, now_us))
 
         for change in st.book.on_envelope(env, before=before):
             b = st.book.book
             st.book_event_id = change.env.event_id
             if st.definition.from_book:
-                out += self._price_out(st, book_price(st.definition, b.best_bid(), b.best_ask(), b.price_scale,
-                                                      self.config.microprice_extra_decimals),
-                                       change.env, change.seq, now_us)
+                out += self._price_out(
+                    st,
+                    book_price(
+                        st.definition, b.best_bid(), b.best_ask(), b.price_scale, self.config.microprice_extra_decimals
+                    ),
+                    change.env,
+                    change.seq,
+                    now_us,
+                )
             st.depth_dirty = True
             st.last_change_us = now_us
             if interval == 0:
@@ -263,8 +290,14 @@ class PragmaPublisher:
     """Kafka edge of the publisher. ``run`` returns when ``stop`` is set (or, for tests and
     bounded replays, after ``max_records_in`` input records), after flushing."""
 
-    def __init__(self, conn: kc.KafkaConnection, config: PragmaConfig, *,
-                 clock: Callable[[], int] = _now_us, session_timeout_ms: int = 6000) -> None:
+    def __init__(
+        self,
+        conn: kc.KafkaConnection,
+        config: PragmaConfig,
+        *,
+        clock: Callable[[], int] = _now_us,
+        session_timeout_ms: int = 6000,
+    ) -> None:
         self.conn = conn
         self.config = config
         self.clock = clock
@@ -273,13 +306,19 @@ class PragmaPublisher:
         self._instruments_of: dict[tuple[str, int], set[tuple]] = {}
         self.core = PublisherCore(config)
         self.stats = PublisherStats()
-        self.producer = Producer(kc.producer_config(conn.with_client_id(f"{conn.client_id}-pragma"),
-                                                    extra=config.producer_settings.overrides()))
-        ccfg = kc.consumer_config(conn, config.group_id, read_committed=True,
-                                  session_timeout_ms=session_timeout_ms,
-                                  fetch_wait_max_ms=kc.SERVICE_FETCH_WAIT_MAX_MS,
-                                  extra={"enable.auto.commit": True, "enable.auto.offset.store": True,
-                                         "auto.commit.interval.ms": 1000})
+        self.producer = Producer(
+            kc.producer_config(
+                conn.with_client_id(f"{conn.client_id}-pragma"), extra=config.producer_settings.overrides()
+            )
+        )
+        ccfg = kc.consumer_config(
+            conn,
+            config.group_id,
+            read_committed=True,
+            session_timeout_ms=session_timeout_ms,
+            fetch_wait_max_ms=kc.SERVICE_FETCH_WAIT_MAX_MS,
+            extra={"enable.auto.commit": True, "enable.auto.offset.store": True, "auto.commit.interval.ms": 1000},
+        )
         self.consumer = Consumer(ccfg)
 
     # -- producing ------------------------------------------------------------------------------
@@ -297,15 +336,20 @@ class PragmaPublisher:
             PUBLISHED.labels(topic, feed).inc()
             PUBLISH_LATENCY.labels(topic).observe(time.perf_counter() - t0)
             EVENT_AGE.labels(topic).observe(max(0.0, (self.clock() - event_ts_us) / 1e6))
+
         return cb
 
     def _produce(self, out: Outgoing) -> None:
         value, headers = encode(out.record, self.config.encoding)
         feed = out.key.decode()
         try:
-            self.producer.produce(out.topic, value=value, key=out.key, headers=headers,
-                                  on_delivery=self._deliver_cb(out.topic, feed, time.perf_counter(),
-                                                               out.event_ts_us))
+            self.producer.produce(
+                out.topic,
+                value=value,
+                key=out.key,
+                headers=headers,
+                on_delivery=self._deliver_cb(out.topic, feed, time.perf_counter(), out.event_ts_us),
+            )
             self.stats.produced += 1
         except BufferError:
             # Client queue full: latest-wins data, so drop this one rather than stall every feed.
@@ -318,8 +362,14 @@ class PragmaPublisher:
         DEAD_LETTERS.labels(short).inc()
         obs.DEAD_LETTERS.labels(DlqStage.PRAGMA.value, short).inc()
         self.stats.dead_letters += 1
-        dl = pb.DeadLetter(stage=DlqStage.PRAGMA.value, reason=reason, source=msg.topic() or "",
-                           raw=msg.value() or b"", ingest_ts=self.clock())
+        dl = pb.DeadLetter(
+            stage=DlqStage.PRAGMA.value,
+            reason=reason,
+            source=msg.topic() or "",
+            raw=msg.value() or b"",
+            ingest_ts=self.clock(),
+        )
+
         def cb(err, _m) -> None:
             if err is not None:
                 DELIVERY_ERRORS.labels(self.dlq).inc()
@@ -332,8 +382,7 @@ class PragmaPublisher:
     def lag(self) -> list[tuple[str, int, int]]:
         """Per assigned partition (this loop's thread; the scrape reads the snapshot)."""
         pos = self.consumer.position(self.consumer.assignment())
-        return obs.consumer_lag(self.consumer, [(tp.topic, tp.partition, tp.offset) for tp in pos
-                                                    if tp.offset >= 0])
+        return obs.consumer_lag(self.consumer, [(tp.topic, tp.partition, tp.offset) for tp in pos if tp.offset >= 0])
 
     def _on_revoke(self, _consumer, partitions) -> None:
         # Another instance may own these symbols now: their books would go stale here and
@@ -343,8 +392,9 @@ class PragmaPublisher:
             gone |= self._instruments_of.pop((tp.topic, tp.partition), set())
         self.core.forget(list(gone))
 
-    def run(self, stop: threading.Event | None = None, *, max_records_in: int | None = None,
-            poll_timeout_s: float = 0.05) -> PublisherStats:
+    def run(
+        self, stop: threading.Event | None = None, *, max_records_in: int | None = None, poll_timeout_s: float = 0.05
+    ) -> PublisherStats:
         stop = stop or threading.Event()
         topics = self.config.input_topic_list()
         self.consumer.subscribe(topics, on_revoke=self._on_revoke)
@@ -369,7 +419,8 @@ class PragmaPublisher:
                         self._dead_letter(msg, str(exc))
                         continue
                     self._instruments_of.setdefault((msg.topic(), msg.partition()), set()).add(
-                        (env.exchange, env.market, env.symbol))
+                        (env.exchange, env.market, env.symbol)
+                    )
                     for out in self.core.on_envelope(env, self.clock()):
                         self._produce(out)
                 for out in self.core.due_depth(self.clock()):
@@ -389,19 +440,26 @@ class PragmaPublisher:
         return self.stats
 
 
-def run_service(conn: kc.KafkaConnection, config: PragmaConfig, stop: threading.Event | None = None,
-                **kwargs) -> PublisherStats:
+def run_service(
+    conn: kc.KafkaConnection, config: PragmaConfig, stop: threading.Event | None = None, **kwargs
+) -> PublisherStats:
     """Entry point of the long-running service (the Dagster job calls it)."""
-    from streaming.service_status import service_run
+    from runtime.service_status import service_run
 
     with service_run(SERVICE_NAME, port=config.metrics_port):
         return _run_service(conn, config, stop, **kwargs)
 
 
-def _run_service(conn: kc.KafkaConnection, config: PragmaConfig, stop: threading.Event | None = None,
-                 **kwargs) -> PublisherStats:
-    log.info("pragma publisher: %d input topics -> %s, %s (encoding %s, acks=%s, retries=%d)",
-             len(config.input_topic_list()), config.prices_topic, config.orderbook_topic, config.encoding,
-             config.producer_settings.acks, config.producer_settings.retries)
+def _run_service(
+    conn: kc.KafkaConnection, config: PragmaConfig, stop: threading.Event | None = None, **kwargs
+) -> PublisherStats:
+    log.info(
+        "pragma publisher: %d input topics -> %s, %s (encoding %s, acks=%s, retries=%d)",
+        len(config.input_topic_list()),
+        config.prices_topic,
+        config.orderbook_topic,
+        config.encoding,
+        config.producer_settings.acks,
+        config.producer_settings.retries,
+    )
     return PragmaPublisher(conn, config, **kwargs).run(stop)
-

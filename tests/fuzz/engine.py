@@ -48,8 +48,8 @@ from schemas.ids import stamp_event_id
 from schemas.instruments import InstrumentDataError, InstrumentRef, parse_exchange_info
 from schemas.model import EventType, event_type_from_pb, market_from_pb
 from schemas.scaled import from_scaled
+from schemas.serde import decode, encode
 from schemas.topics import event_topic
-from streaming.serde import decode, encode
 from tests.support.adapters import rest_request_for
 from workloads.samples import (
     BINANCE_SPOT_CF,
@@ -67,20 +67,28 @@ from workloads.samples import (
     SAMPLES,
 )
 
-FULL_DEPTH = 1_000_000          # published snapshots carry the whole book, so it can be compared
-MAX_RECORD_BYTES = 1_000_000    # librdkafka's default message.max.bytes
+FULL_DEPTH = 1_000_000  # published snapshots carry the whole book, so it can be compared
+MAX_RECORD_BYTES = 1_000_000  # librdkafka's default message.max.bytes
 EVENT_BOOK_SNAPSHOT, EVENT_BOOK_DELTA = EventType.BOOK_SNAPSHOT.pb, EventType.BOOK_DELTA.pb
 
 #: venue -> (adapter factory, [(capture, records used)]); records are read at run time
 VENUES: dict[str, tuple[Callable[[], object], list[tuple[Path, int]]]] = {
-    "binance-spot": (lambda: BinanceSpotAdapter(snapshot_depth=FULL_DEPTH),
-                     [(BINANCE_SPOT_CF, 300), (BINANCE_SPOT_HFT, 700), (BINANCE_SPOT_TARDIS, 20)]),
-    "binance-usdm": (lambda: BinanceUsdmAdapter(snapshot_depth=FULL_DEPTH),
-                     [(BINANCE_USDM_CF, 700), (BINANCE_USDM_TARDIS, 20)]),
-    "bybit-linear": (lambda: BybitAdapter(category="linear", snapshot_depth=FULL_DEPTH),
-                     [(BYBIT_OB500, 50), (BYBIT_TARDIS_DERIV, 20), (BYBIT_TARDIS_ALLLIQ, 5)]),
-    "okx": (lambda: OkxAdapter(snapshot_depth=FULL_DEPTH),
-            [(OKX_CF, 420), (OKX_TARDIS_SPOT, 10), (OKX_TARDIS_SWAP, 10), (OKX_TARDIS_FUT, 20)]),
+    "binance-spot": (
+        lambda: BinanceSpotAdapter(snapshot_depth=FULL_DEPTH),
+        [(BINANCE_SPOT_CF, 300), (BINANCE_SPOT_HFT, 700), (BINANCE_SPOT_TARDIS, 20)],
+    ),
+    "binance-usdm": (
+        lambda: BinanceUsdmAdapter(snapshot_depth=FULL_DEPTH),
+        [(BINANCE_USDM_CF, 700), (BINANCE_USDM_TARDIS, 20)],
+    ),
+    "bybit-linear": (
+        lambda: BybitAdapter(category="linear", snapshot_depth=FULL_DEPTH),
+        [(BYBIT_OB500, 50), (BYBIT_TARDIS_DERIV, 20), (BYBIT_TARDIS_ALLLIQ, 5)],
+    ),
+    "okx": (
+        lambda: OkxAdapter(snapshot_depth=FULL_DEPTH),
+        [(OKX_CF, 420), (OKX_TARDIS_SPOT, 10), (OKX_TARDIS_SWAP, 10), (OKX_TARDIS_FUT, 20)],
+    ),
 }
 
 _STREAMS: dict[Path, list[Record]] = {}
@@ -110,15 +118,15 @@ COLUMNS = ("tried", "mutated", "specific", "generic", "accepted", "crashed", "di
 
 @dataclass
 class Tally:
-    tried: int = 0          # inputs fed (genuine and mutated)
+    tried: int = 0  # inputs fed (genuine and mutated)
     mutated: int = 0
-    specific: int = 0       # refused with a reason naming the problem
-    generic: int = 0        # refused by a catch-all handler ("unexpected ...")
-    accepted: int = 0       # nothing refused
+    specific: int = 0  # refused with a reason naming the problem
+    generic: int = 0  # refused by a catch-all handler ("unexpected ...")
+    accepted: int = 0  # nothing refused
     crashed: int = 0
     divergences: int = 0
     reasons: Counter = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)     # first few crash/divergence descriptions
+    failures: list[str] = field(default_factory=list)  # first few crash/divergence descriptions
     generic_examples: list[str] = field(default_factory=list)
 
     def fail(self, what: str) -> None:
@@ -178,9 +186,40 @@ def report(tallies: dict[str, Tally]) -> str:
 
 # -- mutators --------------------------------------------------------------------------------------
 
-_ODD_STRINGS = ["", " ", "abc", "-1", "-0.5", "1e5", "1E-30", "NaN", "inf", "-inf", "0", "0.0", "00001",
-                "1" * 30, "9" * 25 + ".5", "0." + "0" * 30 + "1", "1.2.3", "1,5", "+1", "1_000", "１２３",
-                "٣", "²", "1\n", "\n", "\x00", "null", "true", "[]", "{}", "\ud800"[:0] + "é", "x" * 300]
+_ODD_STRINGS = [
+    "",
+    " ",
+    "abc",
+    "-1",
+    "-0.5",
+    "1e5",
+    "1E-30",
+    "NaN",
+    "inf",
+    "-inf",
+    "0",
+    "0.0",
+    "00001",
+    "1" * 30,
+    "9" * 25 + ".5",
+    "0." + "0" * 30 + "1",
+    "1.2.3",
+    "1,5",
+    "+1",
+    "1_000",
+    "１２３",
+    "٣",
+    "²",
+    "1\n",
+    "\n",
+    "\x00",
+    "null",
+    "true",
+    "[]",
+    "{}",
+    "\ud800"[:0] + "é",
+    "x" * 300,
+]
 
 
 def _odd_value(rnd: random.Random):
@@ -207,8 +246,21 @@ def _odd_value(rnd: random.Random):
         return {"a": [1, {"b": None}]}
     if k == 12:
         return "x" * rnd.choice([2000, 70_000])
-    return rnd.choice(["BTCUSDT", "ETHUSDT", "NOPE", "BTC-USDT", "BTC-USDT-SWAP", "XRPUSDT", "btcusdt",
-                       "BTC-USD-220527", "ZZZ-YYY-ZZZ", "../etc", "BTCUSDT\n"])
+    return rnd.choice(
+        [
+            "BTCUSDT",
+            "ETHUSDT",
+            "NOPE",
+            "BTC-USDT",
+            "BTC-USDT-SWAP",
+            "XRPUSDT",
+            "btcusdt",
+            "BTC-USD-220527",
+            "ZZZ-YYY-ZZZ",
+            "../etc",
+            "BTCUSDT\n",
+        ]
+    )
 
 
 def _tweak_str(s: str, rnd: random.Random) -> str:
@@ -239,17 +291,31 @@ def _tweak_str(s: str, rnd: random.Random) -> str:
         return s[:-1]
     if k == 12 and s:
         i = rnd.randrange(len(s))
-        return s[:i] + rnd.choice("０١x_,;- ") + s[i + 1:]
+        return s[:i] + rnd.choice("０١x_,;- ") + s[i + 1 :]
     if k == 13:
         return s + "1" * rnd.randrange(10, 30)
     if k == 14:
         return s.upper() if s.islower() else s.lower()
-    return str(rnd.randrange(-5, 10**rnd.randrange(1, 25)))
+    return str(rnd.randrange(-5, 10 ** rnd.randrange(1, 25)))
 
 
 def _tweak_int(v: int, rnd: random.Random):
-    return rnd.choice([v + 1, v - 1, -v, v * 10**rnd.randrange(1, 20), 2**63, 2**63 - 1, -1, 0, str(v),
-                       float(v), v + rnd.randrange(2, 10**6), str(v) + "0"])
+    return rnd.choice(
+        [
+            v + 1,
+            v - 1,
+            -v,
+            v * 10 ** rnd.randrange(1, 20),
+            2**63,
+            2**63 - 1,
+            -1,
+            0,
+            str(v),
+            float(v),
+            v + rnd.randrange(2, 10**6),
+            str(v) + "0",
+        ]
+    )
 
 
 def _slots(obj) -> list[tuple[object, object]]:
@@ -301,7 +367,7 @@ def mutate_bytes(data: bytes, rnd: random.Random) -> bytes:
         return data[: rnd.randrange(n)]
     if k == 1 and n:
         i = rnd.randrange(n)
-        return data[:i] + bytes([data[i] ^ (1 << rnd.randrange(8))]) + data[i + 1:]
+        return data[:i] + bytes([data[i] ^ (1 << rnd.randrange(8))]) + data[i + 1 :]
     if k == 2:
         i = rnd.randrange(n + 1)
         return data[:i] + bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 8))) + data[i:]
@@ -314,7 +380,7 @@ def mutate_bytes(data: bytes, rnd: random.Random) -> bytes:
     if k == 5 and n > 2:
         i, j = sorted(rnd.randrange(n) for _ in range(2))
         return data[:i] + data[j:]
-    return data[:n // 2] + data[n // 2:][::-1]
+    return data[: n // 2] + data[n // 2 :][::-1]
 
 
 def mutate_payload(data: bytes, rnd: random.Random) -> bytes:
@@ -331,6 +397,7 @@ def mutate_payload(data: bytes, rnd: random.Random) -> bytes:
 
 
 # -- venue adapters --------------------------------------------------------------------------------
+
 
 def _book_of_levels(bids, asks) -> L2Book:
     b = L2Book()
@@ -384,8 +451,9 @@ def run_stream(venue: str, path: Path, limit: int, rnd: random.Random, p: float,
             continue
         classify(tally, [d.reason for d in res.dead_letters])
         if len(tally.generic_examples) < 30:
-            tally.generic_examples += [f"{d.reason[:200]} <- {where[:400]}" for d in res.dead_letters
-                                       if is_generic(d.reason)]
+            tally.generic_examples += [
+                f"{d.reason[:200]} <- {where[:400]}" for d in res.dead_letters if is_generic(d.reason)
+            ]
         for env in res.events:
             bad = check_event(env)
             if bad:
@@ -404,9 +472,11 @@ def run_stream(venue: str, path: Path, limit: int, rnd: random.Random, p: float,
             r = rebuilt.get(native)
             if r is None or r.bids != book.bids or r.asks != book.asks:
                 tally.divergences += 1
-                tally.fail(f"book of {native} differs from its published stream after {where} "
-                           f"(reasons {[d.reason for d in res.dead_letters]})")
-                rebuilt[native] = _copy_book(book)       # count each divergence once
+                tally.fail(
+                    f"book of {native} differs from its published stream after {where} "
+                    f"(reasons {[d.reason for d in res.dead_letters]})"
+                )
+                rebuilt[native] = _copy_book(book)  # count each divergence once
 
 
 def fuzz_venue(venue: str, rnd: random.Random, *, streams: int, p: float, tally: Tally) -> None:
@@ -426,26 +496,50 @@ def _info_bodies() -> list[tuple[str, Callable[[], object], bytes, dict]]:
 
     return [
         ("binance-usdm", lambda: BinanceUsdmAdapter(), BINANCE_FAPI_BODY.encode(), {}),
-        ("bybit-inverse", lambda: BybitAdapter(category="inverse"),
-         (SAMPLES / "reference" / "nautilus_bybit_instruments_inverse.json").read_bytes(), {"category": "inverse"}),
-        ("okx-swap", lambda: OkxAdapter(),
-         (SAMPLES / "reference" / "nautilus_okx_instruments_swap.json").read_bytes(), {}),
+        (
+            "bybit-inverse",
+            lambda: BybitAdapter(category="inverse"),
+            (SAMPLES / "reference" / "nautilus_bybit_instruments_inverse.json").read_bytes(),
+            {"category": "inverse"},
+        ),
+        (
+            "okx-swap",
+            lambda: OkxAdapter(),
+            (SAMPLES / "reference" / "nautilus_okx_instruments_swap.json").read_bytes(),
+            {},
+        ),
     ]
 
 
 _PROBE_FRAMES = {
-    "binance-usdm": [(b'{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1597536008000,"s":"BTCUSDT",'
-                     b'"p":"11857.56000000","i":"11851.86949091","r":"0.00015640","T":1597564800000}}'),
-                     (b'{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":1,"s":"BTCUSDT","a":5,"p":"11857.5",'
-                     b'"q":"0.010","f":1,"l":2,"T":1597536008000,"m":true}}')],
-    "bybit-inverse": [(b'{"topic":"tickers.BTCUSD","type":"snapshot","data":{"symbol":"BTCUSD","lastPrice":"28560.00",'
-                      b'"markPrice":"28560.00","indexPrice":"28566.94","openInterest":"449736676","volume24h":"6615",'
-                      b'"fundingRate":"0.0001","nextFundingTime":"1680681600000","bid1Price":"28560.00",'
-                      b'"bid1Size":"340549","ask1Price":"28560.50","ask1Size":"70817"},"cs":1,"ts":1680673822776}')],
-    "okx-swap": [(b'{"arg":{"channel":"mark-price","instId":"ETH-USDT-SWAP"},"data":[{"instId":"ETH-USDT-SWAP",'
-                 b'"instType":"SWAP","markPx":"2.1729","ts":"1640131259180"}]}'),
-                 (b'{"arg":{"channel":"trades","instId":"BTC-USD-SWAP"},"data":[{"instId":"BTC-USD-SWAP",'
-                 b'"tradeId":"1","px":"43250.3","sz":"3","side":"buy","ts":"1640131259180"}]}')],
+    "binance-usdm": [
+        (
+            b'{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1597536008000,"s":"BTCUSDT",'
+            b'"p":"11857.56000000","i":"11851.86949091","r":"0.00015640","T":1597564800000}}'
+        ),
+        (
+            b'{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":1,"s":"BTCUSDT","a":5,"p":"11857.5",'
+            b'"q":"0.010","f":1,"l":2,"T":1597536008000,"m":true}}'
+        ),
+    ],
+    "bybit-inverse": [
+        (
+            b'{"topic":"tickers.BTCUSD","type":"snapshot","data":{"symbol":"BTCUSD","lastPrice":"28560.00",'
+            b'"markPrice":"28560.00","indexPrice":"28566.94","openInterest":"449736676","volume24h":"6615",'
+            b'"fundingRate":"0.0001","nextFundingTime":"1680681600000","bid1Price":"28560.00",'
+            b'"bid1Size":"340549","ask1Price":"28560.50","ask1Size":"70817"},"cs":1,"ts":1680673822776}'
+        )
+    ],
+    "okx-swap": [
+        (
+            b'{"arg":{"channel":"mark-price","instId":"ETH-USDT-SWAP"},"data":[{"instId":"ETH-USDT-SWAP",'
+            b'"instType":"SWAP","markPx":"2.1729","ts":"1640131259180"}]}'
+        ),
+        (
+            b'{"arg":{"channel":"trades","instId":"BTC-USD-SWAP"},"data":[{"instId":"BTC-USD-SWAP",'
+            b'"tradeId":"1","px":"43250.3","sz":"3","side":"buy","ts":"1640131259180"}]}'
+        ),
+    ],
 }
 
 
@@ -482,6 +576,7 @@ def fuzz_exchange_info(rnd: random.Random, *, n: int, tally: Tally) -> None:
 
 
 # -- capture verify --------------------------------------------------------------------------------
+
 
 def _capture_sources() -> list[tuple[str, list[Path]]]:
     """Small genuine captures (a cryptofeed pair counts as one capture of two files)."""
@@ -553,7 +648,7 @@ def fuzz_capture_verify(rnd: random.Random, *, n: int, tally: Tally) -> None:
             try:
                 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                     code = verify_main(["capture", "verify", str(d / name)])
-            except SystemExit as e:      # argparse: not expected for a path argument
+            except SystemExit as e:  # argparse: not expected for a path argument
                 code = e.code
             except Exception:  # noqa: BLE001
                 tally.crashed += 1
@@ -591,20 +686,24 @@ def raw_events() -> list[tuple[str, pb.Envelope]]:
             for path, limit in sources:
                 ad = factory()
                 for rec in stream(path, min(limit, 300)):
-                    res = (ad.on_frame(rec.payload, rec.recv_ts_us) if rec.kind == WS
-                           else ad.on_rest(rest_request_for(rec), 200, rec.payload, rec.recv_ts_us))
+                    res = (
+                        ad.on_frame(rec.payload, rec.recv_ts_us)
+                        if rec.kind == WS
+                        else ad.on_rest(rest_request_for(rec), 200, rec.payload, rec.recv_ts_us)
+                    )
                     for env in res.events:
-                        if env.ingest_ts < 1_262_304_000_000_000:        # tardis fixtures carry no receive time
+                        if env.ingest_ts < 1_262_304_000_000_000:  # tardis fixtures carry no receive time
                             env.ingest_ts = env.exchange_ts + 1000
                             stamp_event_id(env)
-                        topic = event_topic("raw", market_from_pb(env.market), event_type_from_pb(env.event_type),
-                                            ad.exchange)
+                        topic = event_topic(
+                            "raw", market_from_pb(env.market), event_type_from_pb(env.event_type), ad.exchange
+                        )
                         _RAW_EVENTS.append((topic, env))
     return _RAW_EVENTS
 
 
 def _catalog_for(events):
-    from streaming.instruments import InstrumentCatalog
+    from streaming.processors.instruments import InstrumentCatalog
 
     refs = {}
     for _, env in events:
@@ -614,16 +713,23 @@ def _catalog_for(events):
         base, _, rest = env.symbol.partition("-")
         quote = rest.split("-")[0]
         ex = ("", "binance", "bybit", "okx")[env.exchange] if env.exchange < 4 else "binance"
-        refs[key] = InstrumentRef(ex, str(market_from_pb(env.market)), env.native_symbol, env.symbol, base, quote,
-                                  from_scaled(1, env.price_scale) if env.price_scale else "1",
-                                  from_scaled(1, env.size_scale) if env.size_scale else "1")
+        refs[key] = InstrumentRef(
+            ex,
+            str(market_from_pb(env.market)),
+            env.native_symbol,
+            env.symbol,
+            base,
+            quote,
+            from_scaled(1, env.price_scale) if env.price_scale else "1",
+            from_scaled(1, env.size_scale) if env.size_scale else "1",
+        )
     return InstrumentCatalog(refs.values())
 
 
 def _scalar_fields(msg, out, prefix=()):
     for fd, value in msg.ListFields():
         if fd.message_type is not None:
-            if hasattr(value, "add"):            # repeated message field
+            if hasattr(value, "add"):  # repeated message field
                 for i, m in enumerate(value):
                     _scalar_fields(m, out, prefix + ((fd.name, i),))
             else:
@@ -641,8 +747,19 @@ def mutate_envelope(env: pb.Envelope, rnd: random.Random) -> pb.Envelope:
     t = fd.cpp_type
     if t in (fd.CPPTYPE_INT64, fd.CPPTYPE_INT32):
         big = 2**63 - 1 if t == fd.CPPTYPE_INT64 else 2**31 - 1
-        v = rnd.choice([0, -1, 1, big, -big - 1, getattr(msg, fd.name) * 10, -getattr(msg, fd.name),
-                        getattr(msg, fd.name) + 1, rnd.randrange(-big, big)])
+        v = rnd.choice(
+            [
+                0,
+                -1,
+                1,
+                big,
+                -big - 1,
+                getattr(msg, fd.name) * 10,
+                -getattr(msg, fd.name),
+                getattr(msg, fd.name) + 1,
+                rnd.randrange(-big, big),
+            ]
+        )
         setattr(msg, fd.name, max(-big - 1, min(big, v)))
     elif t in (fd.CPPTYPE_UINT64, fd.CPPTYPE_UINT32):
         setattr(msg, fd.name, rnd.choice([0, 1, 2**32 - 1]))
@@ -652,13 +769,13 @@ def mutate_envelope(env: pb.Envelope, rnd: random.Random) -> pb.Envelope:
         setattr(msg, fd.name, rnd.choice(["", "X", "BTC-USDT", "BTCUSDT\n", "ÿ" * 3, "a" * 500]))
     elif t == fd.CPPTYPE_BOOL:
         setattr(msg, fd.name, not getattr(msg, fd.name))
-    if rnd.random() < 0.7:          # a consistent id, so the record reaches the deeper checks
+    if rnd.random() < 0.7:  # a consistent id, so the record reaches the deeper checks
         stamp_event_id(e)
     return e
 
 
 def fuzz_normalizer(rnd: random.Random, *, n: int, tally: Tally) -> None:
-    from streaming.normalizer import Normalizer
+    from streaming.processors.normalizer import Normalizer
 
     events = raw_events()
     norm = Normalizer(_catalog_for(events))
@@ -697,6 +814,7 @@ def fuzz_normalizer(rnd: random.Random, *, n: int, tally: Tally) -> None:
 
 # -- everything ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Budget:
     streams_per_venue: int = 6
@@ -710,8 +828,9 @@ def run_all(seed: int, budget: Budget) -> dict[str, Tally]:
     tallies: dict[str, Tally] = {}
     for i, venue in enumerate(VENUES):
         t = tallies[venue] = Tally()
-        fuzz_venue(venue, random.Random(seed * 1000 + i), streams=budget.streams_per_venue,
-                   p=budget.mutation_rate, tally=t)
+        fuzz_venue(
+            venue, random.Random(seed * 1000 + i), streams=budget.streams_per_venue, p=budget.mutation_rate, tally=t
+        )
     t = tallies["exchange-info"] = Tally()
     fuzz_exchange_info(random.Random(seed * 1000 + 10), n=budget.exchange_info, tally=t)
     t = tallies["capture-verify"] = Tally()

@@ -19,16 +19,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="budget multiplier")
     a = ap.parse_args(argv)
     k = a.scale
-    budget = Budget(streams_per_venue=max(1, int(60 * k)), mutation_rate=0.15, exchange_info=int(2000 * k),
-                    captures=int(300 * k), envelopes=int(6000 * k))
+    budget = Budget(
+        streams_per_venue=max(1, int(60 * k)),
+        mutation_rate=0.15,
+        exchange_info=int(2000 * k),
+        captures=int(300 * k),
+        envelopes=int(6000 * k),
+    )
     t0 = time.monotonic()
     tallies = run_all(a.seed, budget)
     print(report(tallies))
     for name, t in tallies.items():
         top = ", ".join(f"{r} {n}" for r, n in t.reasons.most_common(6))
         print(f"{name}: top reasons: {top}")
-    print(f"seed {a.seed}, scale {k}: {sum(t.tried for t in tallies.values())} inputs in "
-          f"{time.monotonic() - t0:.1f} s")
+    print(f"seed {a.seed}, scale {k}: {sum(t.tried for t in tallies.values())} inputs in {time.monotonic() - t0:.1f} s")
     bad = any(t.crashed or t.divergences or t.generic * 200 > t.tried for t in tallies.values())
     return 1 if bad else 0
 

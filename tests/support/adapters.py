@@ -42,14 +42,18 @@ class Run:
         return [s for r in self.results for s in r.resyncs]
 
     def of(self, event_type: EventType, native: str | None = None):
-        return [e for e in self.events if event_type_from_pb(e.event_type) is event_type
-                and (native is None or e.native_symbol == native)]
+        return [
+            e
+            for e in self.events
+            if event_type_from_pb(e.event_type) is event_type and (native is None or e.native_symbol == native)
+        ]
 
 
 def rest_request_for(rec: Record) -> RestRequest:
     params = rest_params(rec.url)
-    return RestRequest(path=urlsplit(rec.url).path, params=tuple(params.items()),
-                       native_symbol=params.get("symbol", ""))
+    return RestRequest(
+        path=urlsplit(rec.url).path, params=tuple(params.items()), native_symbol=params.get("symbol", "")
+    )
 
 
 def feed(adapter, records, run: Run | None = None) -> Run:

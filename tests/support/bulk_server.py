@@ -20,8 +20,8 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 class FileServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
-        self.drop_after: dict[str, list[int]] = {}    # path -> body byte counts to cut at, one per request
-        self.fail_with: dict[str, list[int]] = {}     # path -> statuses to answer first
+        self.drop_after: dict[str, list[int]] = {}  # path -> body byte counts to cut at, one per request
+        self.fail_with: dict[str, list[int]] = {}  # path -> statuses to answer first
         self.requests: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
         self.httpd: ThreadingHTTPServer | None = None
@@ -79,7 +79,7 @@ class FileServer:
                         self.end_headers()
                         return
                     code = 206
-                body = data[start:end + 1]
+                body = data[start : end + 1]
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")

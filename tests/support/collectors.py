@@ -19,15 +19,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from collectors.book import L2Book
 from collectors.config import ShardConfig
 from collectors.runner import ShardRunner
+from runtime import kafka_config as kc
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
 from schemas.model import EventType, Exchange, Market
 from schemas.scaled import to_scaled
+from schemas.serde import decode, header
 from schemas.topics import DlqStage, Stage, all_event_topics, dlq_topic
-from streaming import kafka_config as kc
-from streaming.serde import decode, header
-from streaming.topic_admin import admin_client, ensure_topics
-from streaming.topic_config import TopicConfig
+from streaming.kafka.topic_admin import admin_client, ensure_topics
+from streaming.kafka.topic_config import TopicConfig
 
 EIPS = tuple(f"127.0.0.{i}" for i in range(2, 12))
 EVENT_BOOK_SNAPSHOT = EventType.BOOK_SNAPSHOT.pb
@@ -53,11 +53,11 @@ def unique(prefix: str) -> str:
 def read_topics(bootstrap: str, topics: Iterable[str], idle_s: float = 1.5, max_s: float = 60.0) -> list:
     """Every record of ``topics`` from the beginning, until nothing new arrives for idle_s."""
     topics = list(topics)
-    c = Consumer(kc.consumer_config(kc.KafkaConnection(bootstrap), unique("t"), fetch_wait_max_ms=10,
-                                    session_timeout_ms=6000))
+    c = Consumer(
+        kc.consumer_config(kc.KafkaConnection(bootstrap), unique("t"), fetch_wait_max_ms=10, session_timeout_ms=6000)
+    )
     md = c.list_topics(timeout=10)
-    parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics if t in md.topics
-             for p in md.topics[t].partitions]
+    parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics if t in md.topics for p in md.topics[t].partitions]
     c.assign(parts)
     out = []
     last = time.monotonic()
@@ -76,8 +76,9 @@ def read_topics(bootstrap: str, topics: Iterable[str], idle_s: float = 1.5, max_
     return out
 
 
-def shard_events(bootstrap: str, shard: str, exchange: Exchange | str,
-                 markets: Iterable[Market] = tuple(Market)) -> list[pb.Envelope]:
+def shard_events(
+    bootstrap: str, shard: str, exchange: Exchange | str, markets: Iterable[Market] = tuple(Market)
+) -> list[pb.Envelope]:
     """The shard's envelopes on the raw topics, each with its event id verified.
 
     The session broker's raw topics also hold every earlier test's shards; their records are
@@ -107,7 +108,7 @@ class Chain:
     book: L2Book = field(default_factory=L2Book)
     seq: int | None = None
     snapshots: int = 0
-    resets: int = 0          # snapshots that moved the book forward past a hole
+    resets: int = 0  # snapshots that moved the book forward past a hole
     snapshot_mismatch: int = 0
     deltas: int = 0
     stale: int = 0
@@ -155,7 +156,7 @@ def verify_books(envs: Iterable[pb.Envelope]) -> dict[str, Chain]:
                     ch.snapshots += 1
                 elif e.seq == ch.seq:
                     n = min(len(s.bids), len(s.asks), 20)
-                    if (ch.book.top_bids(n) != _levels(s.bids)[:n] or ch.book.top_asks(n) != _levels(s.asks)[:n]):
+                    if ch.book.top_bids(n) != _levels(s.bids)[:n] or ch.book.top_asks(n) != _levels(s.asks)[:n]:
                         ch.snapshot_mismatch += 1
                 continue
             d = e.book_delta
@@ -165,8 +166,11 @@ def verify_books(envs: Iterable[pb.Envelope]) -> dict[str, Chain]:
                 if e.seq <= ch.seq:
                     ch.stale += 1
                     continue
-                linked = (d.prev_seq == ch.seq or d.first_seq <= ch.seq < e.seq) if d.prev_seq != -1 \
+                linked = (
+                    (d.prev_seq == ch.seq or d.first_seq <= ch.seq < e.seq)
+                    if d.prev_seq != -1
                     else d.first_seq <= ch.seq + 1
+                )
                 if not linked:
                     ch.gaps += 1
             ch.book.apply(_levels(d.bids), _levels(d.asks))

@@ -16,17 +16,18 @@ from schemas.model import (
     Market,
     event_type_from_pb,
 )
+from schemas.serde import encode
 from schemas.tables import TABLES
 from schemas.topics import DlqStage, Stage, dlq_topic, event_topic, event_types_for
-from streaming.serde import encode
-from streaming.topic_admin import admin_client, create_topics
-from streaming.topic_config import TopicSpec
+from streaming.kafka.topic_admin import admin_client, create_topics
+from streaming.kafka.topic_config import TopicSpec
 from workloads.kafka import processed_topic
 
 
 def open_home_catalog(home: TicklakeHome) -> Catalog:
-    return load_catalog(CATALOG_NAME, type="sql", uri=home.catalog_uri, warehouse=home.warehouse,
-                        init_catalog_tables="true")
+    return load_catalog(
+        CATALOG_NAME, type="sql", uri=home.catalog_uri, warehouse=home.warehouse, init_catalog_tables="true"
+    )
 
 
 def sink_topics(exchange: Exchange = Exchange.BINANCE, market: Market = Market.SPOT) -> list[str]:

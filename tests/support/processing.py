@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from runtime import kafka_config as kc
 from schemas.model import EventType, Exchange, Market
 from schemas.topics import event_topic
-from streaming import kafka_config as kc
-from streaming.kafka_io import partitions_for, plain_consumer, read_all
+from streaming.kafka.io import partitions_for, plain_consumer, read_all
 from workloads.kafka import connection
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,16 +35,24 @@ def read_topics(bootstrap: str, topics: list[str], group: str = "test-reader") -
 def run_module(module: str, args: list[str], bootstrap: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), kc.KAFKA_BOOTSTRAP_ENV: bootstrap}
     fh = open(log, "ab")  # noqa: SIM115 - the child process writes to it after we return
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env, stdout=fh,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120.0, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {path} appeared:\n"
-                                 + (log.read_text()[-3000:] if log else ""))
+            raise AssertionError(
+                f"process exited ({proc.returncode}) before {path} appeared:\n"
+                + (log.read_text()[-3000:] if log else "")
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} did not appear within {timeout}s")
         time.sleep(0.05)

@@ -1,0 +1,199 @@
+"""A collector shard as a long-running Dagster job.
+
+One run = one shard (a venue + market, its symbols and egress IPs), running until it is
+terminated. The supervisor sensor (pipelines/services/supervisors.py) launches runs tagged
+``ticklake/service: collector:<shard>``; dagster.yaml limits each value of that tag to one
+run, so a shard never has two live collectors. The shard runs on an asyncio loop in a
+worker thread; terminating the run from the UI interrupts the op's thread, which asks the
+loop to stop: sockets close, the producer flushes, and only then does the op return.
+"""
+
+# No `from __future__ import annotations`: Dagster inspects real annotation types.
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from collectors.config import ConfigError, ShardConfig, config_path, find_shard
+from collectors.runner import ShardRunner, ShardStats
+from collectors.status import status_file
+from pipelines.k8s import COLLECTOR, k8s_tags
+from pipelines.services.processors import SERVICE_TAG
+from resources.home import resolve_home
+from resources.kafka import KafkaResource
+from runtime.service_status import service_run
+
+SHARD_TAG = "ticklake/shard"
+OP_NAME = "run_collector_shard"
+
+
+def service_value(shard: str) -> str:
+    return f"collector:{shard}"
+
+
+def shard_tags(shard: str) -> dict[str, str]:
+    return {SERVICE_TAG: service_value(shard), SHARD_TAG: shard}
+
+
+def shard_run_config(shard: str, **extra: Any) -> dict[str, Any]:
+    return {"ops": {OP_NAME: {"config": {"shard": shard, **extra}}}}
+
+
+class CollectorShardConfig(dg.Config):
+    shard: str = ""
+    """Shard name in the collectors config file; the fields below override its values."""
+    config_file: str = ""
+    """Collectors YAML (default $TICKLAKE_COLLECTORS, else $TICKLAKE_HOME/collectors.yaml)."""
+    exchange: str = ""
+    market: str = ""
+    symbols: list[str] = []
+    """Canonical symbols (BTC-USDT, BTC-USDT-PERP)."""
+    egress_ips: list[str] = []
+    """Source addresses to bind, one per egress IP (empty: the OS default)."""
+    ws_url: str = ""
+    """Websocket base URL (host only; the adapter adds the venue's paths). Empty: the venue."""
+    rest_url: str = ""
+    max_seconds: float = 0.0
+    """Stop after this long (tests, demos); 0 = run until terminated."""
+    metrics_port: int = 0
+    """Serve Prometheus metrics on this port (0: an ephemeral port, recorded for `ticklake status`)."""
+
+
+def resolve_shard(config: CollectorShardConfig) -> ShardConfig:
+    """The shard a run collects: from the config file by name, with explicit overrides."""
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "exchange": config.exchange,
+            "market": config.market,
+            "symbols": tuple(config.symbols),
+            "egress_ips": tuple(config.egress_ips),
+            "ws_url": config.ws_url,
+            "rest_url": config.rest_url,
+        }.items()
+        if v
+    }
+    if config.shard:
+        try:
+            base = find_shard(config.shard, config.config_file or None)
+        except ConfigError:
+            if not {"exchange", "market", "symbols"} <= overrides.keys():
+                raise
+            return ShardConfig.from_dict({"name": config.shard, **overrides})
+        return ShardConfig.from_dict({**base.to_dict(), **overrides})
+    if not {"exchange", "market", "symbols"} <= overrides.keys():
+        raise ConfigError(f"give a shard name from {config_path()} or exchange, market and symbols")
+    return ShardConfig.from_dict({"name": f"{overrides['exchange']}-{overrides['market']}", **overrides})
+
+
+@dataclass
+class ShardHandle:
+    """What a running shard exposes to the thread that supervises it."""
+
+    runner: ShardRunner | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    stop: asyncio.Event | None = None
+    stats: ShardStats = field(default_factory=ShardStats)
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def request_stop(self) -> None:
+        if self.loop is not None and self.stop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.stop.set)
+
+
+def run_shard_until_stopped(
+    log: Any,
+    cfg: ShardConfig,
+    producer_config: dict[str, Any],
+    *,
+    max_seconds: float = 0.0,
+    handle: ShardHandle | None = None,
+) -> ShardStats:
+    """Run a shard on its own event loop in a worker thread until ``max_seconds`` pass or this
+    thread is interrupted (a Dagster termination); either way the worker closes its sockets
+    and flushes the producer before this returns or re-raises."""
+    handle = handle or ShardHandle()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    async def main() -> None:
+        handle.loop = asyncio.get_running_loop()
+        handle.stop = asyncio.Event()
+        handle.runner = ShardRunner(
+            cfg, producer_config=producer_config, status_path=status_file(cfg.name, resolve_home().root)
+        )
+        handle.stats = handle.runner.stats
+        handle.started.set()
+        if max_seconds:
+            handle.loop.call_later(max_seconds, handle.stop.set)
+        await handle.runner.run(handle.stop)
+
+    def work() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the supervising thread
+            errors.append(exc)
+        finally:
+            handle.started.set()
+            done.set()
+
+    # Waiting on an Event, not Thread.join: on CPython < 3.13 a join interrupted by a signal
+    # can later return before the thread has finished (the flush would be cut short).
+    threading.Thread(target=work, name=f"collector-{cfg.name}", daemon=True).start()
+    try:
+        while not done.wait(0.5):
+            pass
+    except BaseException:
+        log.info(f"collector {cfg.name}: stop requested; closing connections and flushing")
+        handle.started.wait(30)
+        handle.request_stop()
+        done.wait(120)
+        raise
+    if errors:
+        raise errors[0]
+    return handle.stats
+
+
+@dg.op(tags={"kind": "collector"}, description="Collect one shard until the run is terminated.")
+def run_collector_shard(
+    context: dg.OpExecutionContext, config: CollectorShardConfig, kafka: KafkaResource
+) -> dg.Nothing:
+    cfg = resolve_shard(config)
+    if context.run.tags.get(SERVICE_TAG) != service_value(cfg.name):
+        context.log.warning(
+            f"run is not tagged {SERVICE_TAG}={service_value(cfg.name)}: the one-run-per-shard "
+            "limit does not protect it (launch shards through the supervisor)"
+        )
+    # Metrics on an ephemeral port unless one is configured; JSON logs with shard and run id.
+    with service_run(
+        service_value(cfg.name),
+        shard=cfg.name,
+        run_id=context.run_id,
+        home=resolve_home().root,
+        port=config.metrics_port or None,
+    ):
+        producer_config = kafka.producer_config(client_id=f"ticklake-collector-{cfg.name}")
+        context.log.info(
+            f"collector {cfg.name}: {cfg.exchange} {cfg.market}, {len(cfg.symbols)} symbols, "
+            f"egress {list(cfg.egress_ips) or ['default']}, ws {cfg.endpoints.ws}"
+        )
+        t0 = time.monotonic()
+        stats = run_shard_until_stopped(context.log, cfg, producer_config, max_seconds=config.max_seconds)
+        context.log.info(f"collector {cfg.name} stopped after {time.monotonic() - t0:.0f}s: {stats.as_dict()}")
+
+
+@dg.job(
+    tags=k8s_tags(COLLECTOR),
+    description="One collector shard (venue, market, symbols, egress IPs), kept alive by the "
+    "collector supervisor; publishes raw.* and dlq.collector.",
+    executor_def=dg.in_process_executor,
+)
+def collector_shard():
+    run_collector_shard()
+
+
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(jobs=[collector_shard])

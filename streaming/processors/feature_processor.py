@@ -1,0 +1,727 @@
+"""processed.* -> feature.<market>.signals.<exchange>: 1-second features in micro-batches.
+
+Event time, per input partition. Each input partition P has a watermark
+wm(P) = max exchange_ts seen on P - allowed_lateness. A record is late when its time is
+below its own partition's watermark, or its window has already been closed; late records
+go to dlq.features with the reason (counted), never into a window. Windows close when the
+*close frontier* passes their end: the minimum watermark over partitions that are not idle
+(an idle partition, silent for idle_timeout, would otherwise hold every window open; when
+all are idle everything buffered is closed). Idle requires three things (live_partitions):
+nothing left to read in the partition, decided exactly from the client's end-of-partition
+events (transaction markers understood, records of an open upstream transaction counted);
+silence for idle_timeout of wall time; and silence for idle_timeout of *event* time (the
+active partitions have moved that far past it). Silence alone is wall time: a partition
+that has not been fetched for a while, or whose upstream writes it behind another topic
+(the normalizer working through a backlog at replay speed max), would be declared idle
+while older records are still to come, and they would be found late: the output would
+depend on the replay's speed. And before the frontier skips an idle partition (or, every
+partition quiet, closes what is buffered: the end of input, which event time cannot
+decide), the stage upstream must be clear: the normalizer's group has consumed every raw
+record created before that decision and nothing committed is left unread in the skipped
+partitions (streaming/kafka/upstream.py; FeatureProcessor._upstream_gate). Whatever reaches them
+later then comes after the records the frontier was computed from. Closed windows are
+computed with the one feature spec (features.compute) and produced in the same Kafka
+transaction as the input offsets that completed them.
+
+Why per-partition watermarks: after a restart the consumer may read one topic far ahead
+of another; a watermark shared across partitions would then declare the slower topic's
+records late. Per-partition rules make "late" a function of that partition's own order,
+so the output depends on the input log, not on fetch interleaving.
+
+State and restarts (docs/decisions.md, "Feature processor state"): every transaction also
+writes a small *progress* record (input offset range, close frontier) to the processor's
+state topic and commits the state topic's offset with the inputs' offsets, so the group's
+committed offset there names the last committed progress record exactly — aborted records
+(which the embedded broker does not hide) are never on that chain. Every
+checkpoint_interval_s the transaction also carries a checkpoint (books, rolling values,
+watermarks, which buffered offsets are open). A restart loads the newest checkpoint on the
+chain and replays the committed batches after it with their recorded frontiers, output
+suppressed; the state is then exactly the one the crashed process had committed, and the
+rows it recomputes are byte-identical to any aborted copies (same event_id per window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import sys
+import time
+import zlib
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from features.compute import FeatureState, compute_features
+from features.inputs import FEATURE_EVENT_TYPES, envelope_row, rows_to_table
+from features.records import CONTENT_TYPE, encode_row, table_rows
+from features.spec import WINDOW_US
+from runtime import kafka_config as kc
+from runtime.dlq import DlqCounters, dead_letter
+from schemas.model import Exchange, Market, event_type_from_pb
+from schemas.serde import SerdeError, decode
+from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, feature_topic
+from streaming.kafka.io import TP, read_range
+from streaming.kafka.topic_admin import create_topics
+from streaming.kafka.topic_config import DAY_MS, TopicSpec
+from streaming.kafka.upstream import UpstreamClearance
+from streaming.processors import metrics
+from streaming.processors.txn_loop import HoldInTxn, OutRecord, TransactionalLoop
+
+log = logging.getLogger(__name__)
+
+NEG_INF = -(1 << 62)
+CHUNK_BYTES = 700_000
+STATE_TOPIC_SPEC = TopicSpec(1, 7 * DAY_MS, -1, extra={"cleanup.policy": "delete"})
+
+
+#: The normalizer's consumer group (streaming.processors.normalizer.NormalizerService's default): the stage
+#: upstream of processed.*, whose progress through raw.* decides idleness (streaming/kafka/upstream.py).
+NORMALIZER_GROUP = "ticklake-normalizer"
+#: How often a pending upstream clearance is probed.
+UPSTREAM_PROBE_EVERY_S = 0.5
+
+
+def state_topic(name: str) -> str:
+    """Where processor `name` keeps progress and checkpoints (one partition, ordered)."""
+    return f"state.features.{name}"
+
+
+def feature_group(name: str) -> str:
+    """Consumer group (and transactional id) of processor `name`."""
+    return f"ticklake-features-{name}"
+
+
+def input_topics(pairs: Iterable[tuple[Market, Exchange]]) -> list[str]:
+    return [event_topic(Stage.PROCESSED, m, et, x) for m, x in pairs for et in FEATURE_EVENT_TYPES]
+
+
+def _tp_key(tp: TP) -> str:
+    return f"{tp[0]}|{tp[1]}"
+
+
+def _key_tp(s: str) -> TP:
+    t, p = s.rsplit("|", 1)
+    return t, int(p)
+
+
+def _ranges(offsets: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for o in sorted(offsets):
+        if out and out[-1][1] == o:
+            out[-1][1] = o + 1
+        else:
+            out.append([o, o + 1])
+    return out
+
+
+@dataclass(slots=True)
+class Buffered:
+    tp: TP
+    offset: int
+    row: dict
+
+
+@dataclass(slots=True)
+class Engine:
+    """The event-time core: buffers, watermarks, frontier, spec state. No Kafka in here."""
+
+    allowed_lateness_us: int = 500_000
+    state: FeatureState = field(default_factory=FeatureState)
+    buffers: dict[int, list[Buffered]] = field(default_factory=dict)  # window_start -> events
+    maxts: dict[TP, int] = field(default_factory=dict)
+    frontier: int = NEG_INF
+    late: int = 0
+    dlq: DlqCounters = field(default_factory=lambda: DlqCounters(DlqStage.FEATURES.value))
+
+    def offer(self, tp: TP, offset: int, value: bytes | None, headers) -> tuple[str | None, dict | None]:
+        """Take one input record; returns (dlq reason or None, row if buffered)."""
+        try:
+            env = decode(value, headers)
+        except SerdeError as exc:
+            return f"decode: {exc}", None
+        try:
+            et = event_type_from_pb(env.event_type)
+        except (KeyError, ValueError):
+            return "mismatch: unspecified event type", None
+        if et not in FEATURE_EVENT_TYPES:
+            return f"mismatch: {et} is not a feature input", None
+        ts = env.exchange_ts
+        m = self.maxts.get(tp)
+        if m is not None and ts < m - self.allowed_lateness_us:
+            self.late += 1
+            return (
+                f"late: {env.symbol} {et} at {ts} is {m - ts} µs behind the newest record of "
+                f"{tp[0]}[{tp[1]}] (allowed lateness {self.allowed_lateness_us} µs)"
+            ), None
+        ws = ts - ts % WINDOW_US
+        if ws + WINDOW_US <= self.frontier:
+            self.late += 1
+            return (
+                f"late: {env.symbol} {et} at {ts} falls in window {ws}, already closed (frontier {self.frontier})"
+            ), None
+        if m is None or ts > m:
+            self.maxts[tp] = ts
+        row = envelope_row(env)
+        self.buffers.setdefault(ws, []).append(Buffered(tp, offset, row))
+        return None, row
+
+    def propose_frontier(self, live: Iterable[TP] | None) -> int:
+        """Close frontier from the non-idle partitions (`live`); None means all are idle."""
+        if live is None:
+            if not self.buffers:
+                return self.frontier
+            return max(self.frontier, max(self.buffers) + WINDOW_US)
+        f = None
+        for tp in live:
+            m = self.maxts.get(tp)
+            w = NEG_INF if m is None else m - self.allowed_lateness_us
+            f = w if f is None else min(f, w)
+        return self.frontier if f is None else max(self.frontier, f)
+
+    def close(self, frontier: int) -> list[dict]:
+        """Advance to `frontier`; compute and return the rows of every window it closes."""
+        self.frontier = max(self.frontier, frontier)
+        due = sorted(ws for ws in self.buffers if ws + WINDOW_US <= self.frontier)
+        if not due:
+            return []
+        rows = [b.row for ws in due for b in self.buffers.pop(ws)]
+        table, _ = compute_features(rows_to_table(rows), self.state)
+        return table_rows(table)
+
+    # -- checkpoint payload ---------------------------------------------------------------
+
+    def snapshot(self, offsets: dict[TP, int]) -> dict:
+        by_tp: dict[TP, list[int]] = {}
+        for evs in self.buffers.values():
+            for b in evs:
+                by_tp.setdefault(b.tp, []).append(b.offset)
+        return {
+            "lateness": self.allowed_lateness_us,
+            "offsets": {_tp_key(tp): o for tp, o in offsets.items()},
+            "frontier": self.frontier,
+            "maxts": {_tp_key(tp): m for tp, m in self.maxts.items()},
+            "features": self.state.to_state(),
+            "buffered": {_tp_key(tp): _ranges(offs) for tp, offs in by_tp.items()},
+        }
+
+    def restore(self, ckpt: dict, fetch: Callable[[TP, int, int], Iterable[Message]]) -> None:
+        self.allowed_lateness_us = ckpt.get("lateness", self.allowed_lateness_us)
+        self.frontier = ckpt["frontier"]
+        self.maxts = {_key_tp(k): v for k, v in ckpt["maxts"].items()}
+        self.state = FeatureState.from_state(ckpt["features"])
+        self.buffers = {}
+        for k, ranges in ckpt["buffered"].items():
+            tp = _key_tp(k)
+            wanted = set()
+            for a, b in ranges:
+                wanted.update(range(a, b))
+            for m in fetch(tp, ranges[0][0], ranges[-1][1]):
+                if m.offset() in wanted:
+                    env = decode(m.value(), m.headers())
+                    ts = env.exchange_ts
+                    self.buffers.setdefault(ts - ts % WINDOW_US, []).append(Buffered(tp, m.offset(), envelope_row(env)))
+
+
+def live_partitions(
+    assignment: Iterable[TP],
+    last_seen: dict[TP, float],
+    now: float,
+    idle_s: float,
+    caught_up: set[TP],
+    maxts: dict[TP, int] | None = None,
+) -> list[TP]:
+    """Partitions that hold the close frontier: all but the idle ones.
+
+    A partition is *quiet* when it has nothing left to read (`caught_up`, exact: see
+    FeatureProcessor._caught_up) and nothing arrived for ``idle_s`` of wall time. A quiet
+    partition is idle only when it is quiet in event time too: the partitions still active
+    have moved at least ``idle_s`` of event time past its newest record (or it never had
+    one). Live, both clocks agree. At replay speed max the upstream normalizer may write one
+    topic seconds of event time ahead of another (it works through its backlog a fetch
+    chunk at a time): the lagging partition's next records are then still behind the
+    others, and declaring it idle on wall-clock silence alone would close their window
+    before they arrive (one missing 1 s window in the acceptance test). When every
+    partition is quiet the input has ended for now: [] (the caller closes what is buffered)."""
+    assignment = list(assignment)
+    quiet = {tp for tp in assignment if tp in caught_up and now - last_seen.get(tp, now) > idle_s}
+    active = [tp for tp in assignment if tp not in quiet]
+    if not active:
+        return []
+    maxts = maxts or {}
+    seen = [maxts[tp] for tp in active if tp in maxts]
+    if not seen:
+        return active
+    reference = min(seen) - int(idle_s * 1_000_000)
+    return [tp for tp in assignment if tp not in quiet or (tp in maxts and maxts[tp] > reference)]
+
+
+def feature_records(rows: list[dict]) -> list[OutRecord]:
+    out = []
+    for r in rows:
+        out.append(
+            OutRecord(
+                feature_topic(r["market"], r["exchange"]),
+                encode_row(r),
+                r["symbol"].encode(),
+                [("content-type", CONTENT_TYPE.encode()), ("event-id", r["event_id"].encode())],
+                r["exchange_ts"] // 1000,
+            )
+        )
+    return out
+
+
+# -- state topic records ------------------------------------------------------------------
+
+
+def _enc(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def checkpoint_records(ckpt_id: str, payload: dict) -> list[bytes]:
+    blob = zlib.compress(_enc(payload), 6)
+    chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
+    return [
+        _enc({"t": "ckpt", "id": ckpt_id, "i": i, "n": len(chunks), "data": base64.b64encode(c).decode()})
+        for i, c in enumerate(chunks)
+    ]
+
+
+def assemble_checkpoint(parts: list[dict]) -> dict:
+    parts = sorted(parts, key=lambda p: p["i"])
+    if not parts or len(parts) != parts[0]["n"]:
+        raise ValueError("incomplete checkpoint")
+    return json.loads(zlib.decompress(b"".join(base64.b64decode(p["data"]) for p in parts)))
+
+
+@dataclass(slots=True)
+class Chain:
+    """The committed history since the newest checkpoint on it."""
+
+    checkpoint: dict | None  # assembled payload, or None (replay from the beginning)
+    batches: list[dict]  # progress records after (and including) the checkpoint's batch
+
+
+def load_state_records(consumer: Consumer, topic: str, start: int, end: int) -> dict[int, dict]:
+    return {m.offset(): json.loads(m.value()) for m in read_range(consumer, (topic, 0), start, end)}
+
+
+def committed_chain(
+    consumer: Consumer,
+    topic: str,
+    committed: int,
+    *,
+    before: dict[TP, int] | None = None,
+    frontier_at_most: int | None = None,
+) -> Chain:
+    """Walk back from the last committed progress record (offset committed-1) to the newest
+    checkpoint written in a committed batch. Replays ask for the newest checkpoint whose
+    input offsets are all <= `before` and whose close frontier is <= `frontier_at_most`
+    (so every window from there on is still open in it and will be emitted again)."""
+    recs = load_state_records(consumer, topic, 0, committed)
+    chain: list[dict] = []
+    off = committed - 1
+    while off is not None and off >= 0:
+        rec = recs.get(off)
+        if rec is None or rec.get("t") != "progress":
+            raise ValueError(f"state topic {topic} offset {off} is not a progress record")
+        chain.append(rec)
+        off = rec.get("prev")
+    chain.reverse()
+    for i in range(len(chain) - 1, -1, -1):
+        ck = chain[i].get("ckpt")
+        if ck is None:
+            continue
+        parts = [recs[o] for o in ck["offsets"]]
+        payload = assemble_checkpoint(parts)
+        if before is not None and any(
+            _key_tp(k) in before and v > before[_key_tp(k)] for k, v in payload["offsets"].items()
+        ):
+            continue
+        if frontier_at_most is not None and payload["frontier"] > frontier_at_most:
+            continue
+        return Chain(payload, chain[i:])
+    return Chain(None, chain)
+
+
+class FeatureProcessor(TransactionalLoop):
+    name = "feature-processor"
+    partition_eof = True  # the exact caught-up test (_caught_up) reads end-of-partition events
+
+    def __init__(
+        self,
+        conn: kc.KafkaConnection,
+        pairs: list[tuple[Market, Exchange]],
+        *,
+        processor_name: str = "default",
+        allowed_lateness_ms: int = 500,
+        idle_timeout_ms: int = 2000,
+        checkpoint_interval_s: float = 10.0,
+        upstream_group: str | None = NORMALIZER_GROUP,
+        **kw,
+    ):
+        # Each transaction writes a progress record; a floor on the batch interval bounds
+        # the state topic's growth (~10 small records/s) at a small latency cost.
+        kw.setdefault("batch_min_ms", 100)
+        self.processor_name = processor_name
+        super().__init__(
+            conn,
+            group_id=feature_group(processor_name),
+            transactional_id=feature_group(processor_name),
+            input_topics=input_topics(pairs),
+            **kw,
+        )
+        self.pairs = pairs
+        self.allowed_lateness_us = allowed_lateness_ms * 1000
+        self.engine = Engine(self.allowed_lateness_us)
+        self.idle_timeout_s = idle_timeout_ms / 1000
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.state_topic = state_topic(processor_name)
+        self.last_seen: dict[TP, float] = {}
+        self.eof: dict[TP, int] = {}  # end offset the client's fetcher last reported reaching
+        self.next_offset: dict[TP, int] = {}  # offset after the newest record taken from the partition
+        self.upstream_group = upstream_group
+        self.upstream: UpstreamClearance | None = None
+        self._clearance: tuple[float, int] | None = None  # (wall time asked about, frontier then)
+        self._last_probe = 0.0
+        self.last_progress: int | None = None
+        self._pending_ckpt: dict | None = None
+        self._last_ckpt_time = 0.0
+        self._batch_start: dict[TP, int] = {}
+        self._frontier_changed = False
+        self._dirty = False
+        self._seq = 0
+
+    # -- start / restore -------------------------------------------------------------------
+
+    def ensure_state_topic(self) -> None:
+        admin = AdminClient(kc.admin_config(self.conn))
+        create_topics(admin, {self.state_topic: STATE_TOPIC_SPEC}, replication_factor=1)
+
+    def start(self) -> None:
+        self.ensure_state_topic()
+        if self.upstream_group is not None:
+            raw = sorted({t for m, x in self.pairs for t in all_event_topics(Stage.RAW, [x], [m])})
+            self.upstream = UpstreamClearance(self.conn, self.upstream_group, raw)
+        super().start()
+
+    def close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        super().close()
+
+    def _reader(self) -> Consumer:
+        return Consumer(
+            kc.consumer_config(self.conn, f"{self.group_id}-restore", read_committed=True, fetch_wait_max_ms=10)
+        )
+
+    def warm_up(self, committed: dict[TP, int | None]) -> None:
+        st = self.consumer.committed([TopicPartition(self.state_topic, 0)], timeout=10)[0].offset
+        now = time.monotonic()
+        self.last_seen = dict.fromkeys(self.assignment, now)
+        self._last_ckpt_time = now
+        if st is None or st < 0:
+            if any(v is not None for v in committed.values()):
+                raise RuntimeError(
+                    f"{self.group_id} has committed input offsets but no state in "
+                    f"{self.state_topic}; refusing to guess (reset the group)"
+                )
+            return
+        reader = self._reader()
+        try:
+            chain = committed_chain(reader, self.state_topic, st)
+            replay_chain(self.engine, chain, reader, emit=None)
+        finally:
+            reader.close()
+        self.engine.allowed_lateness_us = self.allowed_lateness_us  # the replay used the recorded values
+        self.last_progress = st - 1
+        self._seq = chain.batches[-1]["seq"] if chain.batches else 0
+        end = {_key_tp(k): v for k, v in chain.batches[-1]["end"].items()} if chain.batches else {}
+        for tp, off in committed.items():
+            if off is not None and end.get(tp, off) != off:
+                raise RuntimeError(f"state chain ends at {end.get(tp)} for {tp} but the group committed {off}")
+        log.info(
+            "restored feature state: %d batches replayed from %s",
+            len(chain.batches),
+            "checkpoint" if chain.checkpoint else "the beginning",
+        )
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def process_batch(self, msgs: list[Message]) -> list[OutRecord]:
+        now = time.monotonic()
+        if self._dirty and now - self._last_ckpt_time >= self.checkpoint_interval_s:
+            self._dirty = False
+            self._pending_ckpt = self.engine.snapshot({tp: self.positions.get(tp, 0) for tp in self.assignment})
+            self._last_ckpt_time = now
+        self._batch_start = {tp: self.positions.get(tp, 0) for tp in self.assignment}
+        out: list[OutRecord] = []
+        for m in msgs:
+            tp = (m.topic(), m.partition())
+            self.last_seen[tp] = now
+            self.next_offset[tp] = m.offset() + 1
+            reason, _ = self.engine.offer(tp, m.offset(), m.value(), m.headers())
+            if reason is not None:
+                self.engine.dlq.count(reason)
+                if reason.startswith("late"):
+                    metrics.LATE.labels(self.name).inc()
+                dl = dead_letter(DlqStage.FEATURES, reason, source=f"{tp[0]}[{tp[1]}]@{m.offset()}", raw=m.value())
+                out.append(OutRecord(dl.topic, dl.value, dl.key, dl.headers))
+        live = live_partitions(
+            self.assignment, self.last_seen, now, self.idle_timeout_s, self._caught_up(), self.engine.maxts
+        )
+        before = self.engine.frontier
+        frontier = self.engine.propose_frontier(live if live else None)
+        if len(live) < len(self.assignment):
+            frontier = self._upstream_gate(frontier, [tp for tp in self.assignment if tp not in set(live)])
+        rows = self.engine.close(frontier)
+        if rows:
+            wall = time.time()
+            for r in rows:
+                metrics.FEATURE_DELAY.labels(self.name).observe(max(0.0, wall - r["last_event_ts"] / 1e6))
+        out += feature_records(rows)
+        self._frontier_changed = self.engine.frontier != before
+        if self._frontier_changed:
+            metrics.WATERMARK.labels(self.name).set(self.engine.frontier)
+        if msgs or self._frontier_changed:
+            self._dirty = True
+        return out
+
+    def _upstream_gate(self, frontier: int, idle: list[TP]) -> int:
+        """The frontier the `idle` partitions may let through: `frontier` (which skips them)
+        only as far as the upstream has been found clear, else the frontier that holds every
+        partition. A quiet partition's next records can only come from raw records not yet
+        normalized (or normalized but not yet fetched here). So: note (T, frontier at T);
+        once the normalizer's group has consumed every raw record created before T (its
+        transactions make the output visible with the offsets) and a direct read finds no
+        committed record after what this processor took from the idle partitions, whatever
+        reaches them later comes from raw records created after T, i.e. after every record
+        behind the frontier proposed at T: close up to min(frontier at T, frontier now).
+        Asked only when skipping the idle partitions would close a buffered window (never on
+        an idle stack)."""
+        held = self.engine.propose_frontier(self.assignment)
+        if self.upstream is None:
+            return frontier
+        if not any(held < ws + WINDOW_US <= frontier for ws in self.engine.buffers):
+            return held
+        now = time.monotonic()
+        if self._clearance is None:
+            self._clearance, self._last_probe = (time.time(), frontier), 0.0
+        if now - self._last_probe < UPSTREAM_PROBE_EVERY_S:
+            return held
+        self._last_probe = now
+        asked, then = self._clearance
+        try:
+            clear = self.upstream.cleared(asked) and self.upstream.nothing_after(
+                {tp: max(self.eof.get(tp, 0), self.next_offset.get(tp, 0)) for tp in idle}
+            )
+        except KafkaException as exc:  # a broker hiccup: ask again later
+            log.warning("upstream clearance probe failed: %s", exc)
+            clear = False
+        if not clear:
+            return held
+        self._clearance = None
+        return max(held, min(then, frontier))
+
+    def on_partition_eof(self, tp: TP, offset: int) -> None:
+        self.eof[tp] = offset
+
+    def _caught_up(self) -> set[TP]:
+        """Partitions with nothing left to read, exactly: the client's fetcher reported the
+        partition's end (an end-of-partition event; its fetch position passes transaction
+        markers, which occupy offsets but are never delivered, so a trailing marker cannot
+        keep a partition "behind" forever), no record was taken from it after that, and the
+        newest high watermark the client saw is not beyond that end (records of a
+        transaction still open upstream count: the embedded broker's fetch responses carry
+        the high watermark including them, so the partition is not quiet while they may
+        still be committed). No wall-clock escape: a partition that is behind stays held."""
+        out: set[TP] = set()
+        if self.consumer is None:
+            return out
+        for tp in self.assignment:
+            end = self.eof.get(tp)
+            if end is None or end < self.next_offset.get(tp, 0):
+                continue
+            _, hi = self.consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            if hi <= end:
+                out.add(tp)
+        return out
+
+    def wants_txn(self, msgs, outs) -> bool:
+        return bool(msgs or outs or self._frontier_changed or self._pending_ckpt is not None)
+
+    def finalize_txn(self, producer: Producer, msgs: list[Message], outs: list[OutRecord]) -> list[TopicPartition]:
+        end = dict(self._batch_start)
+        for m in msgs:
+            tp = (m.topic(), m.partition())
+            end[tp] = max(end.get(tp, 0), m.offset() + 1)
+        delivered: dict[int, int] = {}
+
+        def on_delivery(i):
+            def cb(err, msg):
+                if err is None:
+                    delivered[i] = msg.offset()
+
+            return cb
+
+        ckpt_ref = None
+        if self._pending_ckpt is not None:
+            self._seq_ckpt = f"{self.processor_name}-{self._seq + 1}"
+            parts = checkpoint_records(self._seq_ckpt, self._pending_ckpt)
+            for i, value in enumerate(parts):
+                producer.produce(self.state_topic, value=value, key=b"ckpt", partition=0, on_delivery=on_delivery(i))
+            producer.flush(60)
+            if len(delivered) != len(parts):
+                raise RuntimeError("checkpoint records were not delivered")
+            ckpt_ref = {"offsets": [delivered[i] for i in range(len(parts))]}
+        progress = {
+            "t": "progress",
+            "seq": self._seq + 1,
+            "prev": self.last_progress,
+            "start": {_tp_key(tp): o for tp, o in self._batch_start.items()},
+            "end": {_tp_key(tp): o for tp, o in end.items()},
+            "frontier": self.engine.frontier,
+            "lateness": self.engine.allowed_lateness_us,
+            "ckpt": ckpt_ref,
+        }
+        delivered.clear()
+        producer.produce(
+            self.state_topic, value=_enc(progress), key=b"progress", partition=0, on_delivery=on_delivery(-1)
+        )
+        producer.flush(60)
+        if -1 not in delivered:
+            raise RuntimeError("progress record was not delivered")
+        self._progress_offset = delivered[-1]
+        return [TopicPartition(self.state_topic, 0, delivered[-1] + 1)]
+
+    def after_commit(self) -> None:
+        self.last_progress = self._progress_offset
+        self._seq += 1
+        self._pending_ckpt = None
+
+
+class Prefetch:
+    """Input records a replay needs, read once per partition (a batch-by-batch assign would
+    cost a fetch round trip per partition per batch)."""
+
+    def __init__(self, reader: Consumer, spans: dict[TP, tuple[int, int]]):
+        self.msgs: dict[TP, list[Message]] = {}
+        self.offs: dict[TP, list[int]] = {}
+        for tp, (a, b) in spans.items():
+            ms = list(read_range(reader, tp, a, b)) if b > a else []
+            self.msgs[tp] = ms
+            self.offs[tp] = [m.offset() for m in ms]
+
+    def __call__(self, tp: TP, a: int, b: int) -> list[Message]:
+        offs = self.offs.get(tp, [])
+        return self.msgs.get(tp, [])[bisect_left(offs, a) : bisect_left(offs, b)]
+
+
+def _chain_spans(chain: Chain) -> dict[TP, tuple[int, int]]:
+    spans: dict[TP, list[int]] = {}
+
+    def widen(tp: TP, a: int, b: int) -> None:
+        cur = spans.get(tp)
+        spans[tp] = [min(a, cur[0]), max(b, cur[1])] if cur else [a, b]
+
+    if chain.checkpoint is not None:
+        for k, ranges in chain.checkpoint["buffered"].items():
+            widen(_key_tp(k), ranges[0][0], ranges[-1][1])
+    for rec in chain.batches:
+        for k, e in rec["end"].items():
+            widen(_key_tp(k), rec["start"].get(k, 0), e)
+    return {tp: (a, b) for tp, (a, b) in spans.items()}
+
+
+def replay_chain(
+    engine: Engine,
+    chain: Chain,
+    reader: Consumer,
+    emit: Callable[[list[dict], list[tuple[str, str, bytes | None]]], None] | None,
+    stop_after: Callable[[Engine], bool] | None = None,
+) -> None:
+    """Rebuild `engine` by re-running committed batches with their recorded frontiers.
+    `emit(rows, dead_letters)` receives what each batch produced (None: discard)."""
+    fetch = Prefetch(reader, _chain_spans(chain))
+    if chain.checkpoint is not None:
+        engine.restore(chain.checkpoint, fetch)
+    for rec in chain.batches:
+        engine.allowed_lateness_us = rec.get("lateness", engine.allowed_lateness_us)
+        dls = []
+        for k, e in rec["end"].items():
+            tp = _key_tp(k)
+            for m in fetch(tp, rec["start"].get(k, 0), e):
+                reason, _ = engine.offer(tp, m.offset(), m.value(), m.headers())
+                if reason is not None:
+                    dls.append((reason, f"{tp[0]}[{tp[1]}]@{m.offset()}", m.value()))
+        rows = engine.close(rec["frontier"])
+        if emit is not None:
+            emit(rows, dls)
+        if stop_after is not None and stop_after(engine):
+            return
+
+
+def parse_pairs(values: list[str] | None) -> list[tuple[Market, Exchange]]:
+    """'spot:binance' items; default every market of every exchange."""
+    if not values:
+        return [(m, x) for x in Exchange for m in Market]
+    out = []
+    for v in values:
+        m, _, x = v.partition(":")
+        out.append((Market(m), Exchange(x)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m streaming.processors.feature_processor", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument("--bootstrap")
+    ap.add_argument("--pair", action="append", help="MARKET:EXCHANGE to process (repeatable; default all)")
+    ap.add_argument("--name", default="default", help="processor name (state topic, group, transactional id)")
+    ap.add_argument("--allowed-lateness-ms", type=int, default=500)
+    ap.add_argument("--idle-timeout-ms", type=int, default=2000)
+    ap.add_argument("--checkpoint-interval-s", type=float, default=10.0)
+    ap.add_argument("--batch-max-ms", type=int, default=200)
+    ap.add_argument("--idle-exit-s", type=float, default=None)
+    ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    ap.add_argument("--test-hold-in-txn", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--test-hold-after-batches", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--test-hold-with-output", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    from runtime.service_status import service_run
+
+    with service_run(FeatureProcessor.name, port=a.metrics_port):
+        return _main(a)
+
+
+def _main(a: argparse.Namespace) -> int:
+    conn = kc.connection_from_env(bootstrap_servers=a.bootstrap)
+    hold = (
+        HoldInTxn(a.test_hold_in_txn, a.test_hold_after_batches, with_output=a.test_hold_with_output)
+        if a.test_hold_in_txn
+        else None
+    )
+    fp = FeatureProcessor(
+        conn,
+        parse_pairs(a.pair),
+        processor_name=a.name,
+        allowed_lateness_ms=a.allowed_lateness_ms,
+        idle_timeout_ms=a.idle_timeout_ms,
+        checkpoint_interval_s=a.checkpoint_interval_s,
+        batch_max_ms=a.batch_max_ms,
+        hold_in_txn=hold,
+    )
+    fp.install_signal_handlers()
+    stats = fp.run(idle_exit_s=a.idle_exit_s)
+    log.info("feature processor stopped: %s late=%d dlq=%s", stats, fp.engine.late, dict(fp.engine.dlq.counts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

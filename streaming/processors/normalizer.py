@@ -1,0 +1,521 @@
+"""raw.* -> processed.*: validate, enrich with instrument data, canonicalize, dedup.
+
+Per record, in order (the first failure sends it to dlq.normalize with a reason):
+1. decode the Envelope (schema header, protobuf, event_id matches content);
+2. the record must belong to its topic (exchange, market, event type, payload kind);
+3. duplicates by event_id within the partition's offset window are dropped (counted);
+4. the venue symbol must be in the instrument catalog; the canonical symbol comes from it;
+5. timestamps in range (exchange time not after collector receipt + allowed skew);
+6. payload ranges: positive prices, non-negative sizes, sorted and uncrossed snapshots;
+7. prices and sizes of trades and books are re-expressed at the instrument's scales
+   (exact: a price off the tick grid is refused, never rounded); other types keep the finer
+   of their own and the instrument's scales;
+8. venue sequence ids must not go backwards per (partition, symbol, type); book deltas must
+   strictly increase, except after a snapshot reset (Bybit u=1);
+9. enrich tick_size, lot_size, the quantity unit (qty_unit, contract_value,
+   contract_value_ccy: schemas/units.py) and ingest_latency_us, and re-stamp event_id over
+   the result.
+
+Every decision depends only on the record and on state rebuilt from the preceding
+`dedup_span` offsets of the same partition, so a restarted normalizer re-reads that span
+(warm-up) and then produces byte-identical output for the records after the commit point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, Message
+
+from runtime import kafka_config as kc
+from runtime.dlq import DlqCounters, dead_letter
+from schemas.gen.ticklake.v1 import events_pb2 as pb
+from schemas.ids import compute_event_id
+from schemas.instruments import InstrumentRef
+from schemas.model import (
+    EventType,
+    Exchange,
+    Market,
+    event_type_from_pb,
+    exchange_from_pb,
+    market_from_pb,
+)
+from schemas.scaled import INT64_MAX, MAX_ABS_FUNDING_RATE
+from schemas.serde import SerdeError, decode, encode
+from schemas.topics import (
+    DlqStage,
+    Stage,
+    all_event_topics,
+    event_topic,
+    parse_event_topic,
+)
+from schemas.units import ContractUnit, UnitError, unit_of
+from streaming.kafka.io import TP, read_range, watermarks
+from streaming.processors import metrics
+from streaming.processors.dedup import OffsetWindowDedup
+from streaming.processors.instruments import InstrumentCatalog, fetch_instruments
+from streaming.processors.txn_loop import HoldInTxn, OutRecord, TransactionalLoop
+
+log = logging.getLogger(__name__)
+
+MIN_TS_US = 1_262_304_000_000_000  # 2010-01-01: nothing older is crypto market data
+#: Offsets per input partition the dedup window spans. Duplicates come from collector
+#: overlaps (reconnects, failover) lasting seconds; a restart re-reads this many offsets
+#: per partition, so the span is also the restart cost.
+DEFAULT_DEDUP_SPAN = 50_000
+GRID_TYPES = (EventType.TRADE, EventType.BOOK_SNAPSHOT, EventType.BOOK_DELTA)
+
+
+class Reject(Exception):
+    """A record the normalizer refuses; the message is the DLQ reason."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    kind: str  # "ok" | "duplicate" | "dlq"
+    env: pb.Envelope | None = None
+    topic: str = ""
+    reason: str = ""
+
+
+def _rescale(value: int, src: int, dst: int, what: str, grid: int = 1) -> int:
+    if dst >= src:
+        out = value * 10 ** (dst - src)
+    else:
+        q, r = divmod(value, 10 ** (src - dst))
+        if r:
+            raise Reject(f"off_grid: {what} {value}e-{src} is finer than the instrument's scale {dst}")
+        out = q
+    if grid > 1 and out % grid:
+        raise Reject(f"off_grid: {what} {out}e-{dst} is not a multiple of {grid}e-{dst}")
+    if out > INT64_MAX or out < -INT64_MAX - 1:
+        raise Reject(f"range: {what} overflows int64 at scale {dst}")
+    return out
+
+
+def _levels_ok(levels, what: str, *, snapshot: bool) -> None:
+    for lvl in levels:
+        if lvl.px <= 0:
+            raise Reject(f"range: {what} level price {lvl.px} <= 0")
+        if lvl.qty < 0 or (snapshot and lvl.qty == 0):
+            raise Reject(f"range: {what} level qty {lvl.qty} invalid")
+
+
+def _validate_payload(env: pb.Envelope, et: EventType) -> None:
+    if et is EventType.TRADE:
+        t = env.trade
+        if t.px <= 0 or t.qty <= 0:
+            raise Reject(f"range: trade px={t.px} qty={t.qty} must be positive")
+    elif et is EventType.BOOK_SNAPSHOT:
+        s = env.book_snapshot
+        _levels_ok(s.bids, "bid", snapshot=True)
+        _levels_ok(s.asks, "ask", snapshot=True)
+        if any(a.px <= b.px for a, b in zip(s.bids, s.bids[1:])):
+            raise Reject("book: snapshot bids not strictly descending")
+        if any(b.px <= a.px for a, b in zip(s.asks, s.asks[1:])):
+            raise Reject("book: snapshot asks not strictly ascending")
+        if s.bids and s.asks and s.bids[0].px >= s.asks[0].px:
+            raise Reject(f"book: crossed snapshot bid {s.bids[0].px} >= ask {s.asks[0].px}")
+    elif et is EventType.BOOK_DELTA:
+        d = env.book_delta
+        _levels_ok(d.bids, "bid", snapshot=False)
+        _levels_ok(d.asks, "ask", snapshot=False)
+        if d.first_seq < 0 or d.prev_seq < -1:  # prev_seq -1 = "the venue sends none"
+            raise Reject(f"range: delta first_seq {d.first_seq} / prev_seq {d.prev_seq} negative")
+    elif et is EventType.MARK_PRICE:
+        m = env.mark_price
+        if m.mark_px <= 0 or m.index_px < 0 or m.estimated_settle_px < 0:
+            raise Reject("range: mark price must be positive, index and settle prices not negative")
+    elif et is EventType.FUNDING:
+        f = env.funding
+        if abs(f.rate) > MAX_ABS_FUNDING_RATE or abs(f.predicted_rate) > MAX_ABS_FUNDING_RATE:
+            raise Reject(
+                f"range: funding rate {f.rate}e-12 (predicted {f.predicted_rate}e-12) beyond "
+                f"±{MAX_ABS_FUNDING_RATE}e-12"
+            )
+        if f.mark_px < 0 or f.next_funding_ts < 0:
+            raise Reject("range: funding mark price or next funding time negative")
+    elif et is EventType.LIQUIDATION:
+        liq = env.liquidation
+        if liq.px <= 0 or liq.qty <= 0:
+            raise Reject("range: liquidation px and qty must be positive")
+    elif et is EventType.TICKER:
+        tk = env.ticker
+        if min(tk.bid_px, tk.ask_px, tk.last_px, tk.bid_qty, tk.ask_qty, tk.volume_24h, tk.open_interest) < 0:
+            raise Reject("range: negative ticker price or quantity")
+        if tk.bid_px and tk.ask_px and tk.bid_px > tk.ask_px:
+            raise Reject(f"book: ticker bid {tk.bid_px} > ask {tk.ask_px}")
+
+
+def _rescale_payload(env: pb.Envelope, et: EventType, ps: int, ss: int, tick: int) -> None:
+    """Re-express the payload at (ps, ss). Grid types must land on the tick grid."""
+    sps, sss = env.price_scale, env.size_scale
+    g = tick if et in GRID_TYPES else 1
+    if et is EventType.TRADE:
+        t = env.trade
+        t.px = _rescale(t.px, sps, ps, "trade price", g)
+        t.qty = _rescale(t.qty, sss, ss, "trade size")
+    elif et in (EventType.BOOK_SNAPSHOT, EventType.BOOK_DELTA):
+        p = env.book_snapshot if et is EventType.BOOK_SNAPSHOT else env.book_delta
+        for side in (p.bids, p.asks):
+            for lvl in side:
+                lvl.px = _rescale(lvl.px, sps, ps, "level price", g)
+                lvl.qty = _rescale(lvl.qty, sss, ss, "level size")
+    elif et is EventType.FUNDING:
+        env.funding.mark_px = _rescale(env.funding.mark_px, sps, ps, "mark price")
+    elif et is EventType.MARK_PRICE:
+        m = env.mark_price
+        m.mark_px = _rescale(m.mark_px, sps, ps, "mark price")
+        m.index_px = _rescale(m.index_px, sps, ps, "index price")
+        m.estimated_settle_px = _rescale(m.estimated_settle_px, sps, ps, "settle price")
+    elif et is EventType.LIQUIDATION:
+        liq = env.liquidation
+        liq.px = _rescale(liq.px, sps, ps, "liquidation price")
+        liq.qty = _rescale(liq.qty, sss, ss, "liquidation size")
+    elif et is EventType.TICKER:
+        tk = env.ticker
+        for f in ("bid_px", "ask_px", "last_px"):
+            setattr(tk, f, _rescale(getattr(tk, f), sps, ps, f))
+        for f in ("bid_qty", "ask_qty", "volume_24h", "open_interest"):
+            setattr(tk, f, _rescale(getattr(tk, f), sss, ss, f))
+    env.price_scale, env.size_scale = ps, ss
+
+
+class Normalizer:
+    """The pure per-record logic plus its per-partition state (no Kafka in here)."""
+
+    def __init__(
+        self,
+        catalog: InstrumentCatalog,
+        *,
+        dedup_span: int = DEFAULT_DEDUP_SPAN,
+        max_future_skew_us: int = 5_000_000,
+        refresh: Callable[[Exchange, Market], int] | None = None,
+    ):
+        self.catalog = catalog
+        self.dedup_span = dedup_span
+        self.max_future_skew_us = max_future_skew_us
+        self.refresh = refresh  # reload reference data on an unknown symbol (once per venue)
+        self._refreshed: set[tuple[Exchange, Market]] = set()
+        self.dedup: dict[TP, OffsetWindowDedup] = {}
+        self.last_seq: dict[tuple, int] = {}
+        self.counters = DlqCounters(DlqStage.NORMALIZE.value)
+        self._topics: dict[str, tuple] = {}
+        self._unit_cache: dict[tuple, tuple[int, int]] = {}
+        self._scale_cache: dict[InstrumentRef, tuple[int, int]] = {}
+        self._qty_units: dict[InstrumentRef, ContractUnit] = {}
+        self.duplicates = 0
+        self.ok = 0
+
+    def _instrument(self, ex: Exchange, mk: Market, native: str) -> InstrumentRef:
+        ref = self.catalog.get(ex, mk, native)
+        if ref is None and self.refresh is not None and (ex, mk) not in self._refreshed:
+            self._refreshed.add((ex, mk))
+            try:
+                self.refresh(ex, mk)
+            except Exception as exc:  # noqa: BLE001 - a failed refresh must not stop the stream
+                log.warning("instrument refresh for %s %s failed: %s", ex, mk, exc)
+            ref = self.catalog.get(ex, mk, native)
+        if ref is None:
+            raise Reject(f"unknown_instrument: no reference data for {ex} {mk} {native!r}")
+        return ref
+
+    def _check_seq(self, tp: TP, env: pb.Envelope, et: EventType) -> None:
+        if env.seq < 0:
+            raise Reject(f"range: seq {env.seq} negative (0 = the venue sends none)")
+        if env.seq == 0:
+            return
+        key = (tp, env.symbol, et)
+        if et is EventType.BOOK_SNAPSHOT:
+            # A snapshot is authoritative and may restart the venue's numbering (Bybit u=1):
+            # deltas after it are checked against it.
+            self.last_seq[key] = env.seq
+            self.last_seq[(tp, env.symbol, EventType.BOOK_DELTA)] = env.seq
+            return
+        last = self.last_seq.get(key)
+        if last is not None:
+            if et is EventType.BOOK_DELTA and env.seq <= last:
+                raise Reject(f"seq_regression: book delta seq {env.seq} <= previous {last}")
+            if env.seq < last:
+                raise Reject(f"seq_regression: {et} seq {env.seq} < previous {last}")
+        self.last_seq[key] = env.seq
+
+    def process(
+        self, topic: str, partition: int, offset: int, value: bytes | None, headers: list[tuple[str, bytes]] | None
+    ) -> Outcome:
+        try:
+            return self._process(topic, partition, offset, value, headers)
+        except Reject as exc:
+            self.counters.count(str(exc))
+            return Outcome("dlq", reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a record we did not foresee is a dead letter, not
+            # a crash: the service would re-read the same record on restart and crash again.
+            reason = f"unexpected: {type(exc).__name__}: {exc}"[:500]
+            log.warning("normalizer refused %s[%d]@%d: %s", topic, partition, offset, reason)
+            self.counters.count(reason)
+            return Outcome("dlq", reason=reason)
+
+    def _topic(self, topic: str):
+        """(source facets, processed topic) per raw topic, parsed once."""
+        hit = self._topics.get(topic)
+        if hit is None:
+            try:
+                src = parse_event_topic(topic)
+            except ValueError as exc:
+                raise Reject(f"bad_topic: {exc}") from None
+            if src.stage is not Stage.RAW:
+                raise Reject(f"bad_topic: {topic} is not a raw topic")
+            hit = self._topics[topic] = (src, event_topic(Stage.PROCESSED, src.market, src.event_type, src.exchange))
+        return hit
+
+    def _units(self, ref: InstrumentRef, ps: int, ss: int) -> tuple[int, int]:
+        key = (ref, ps, ss)
+        hit = self._unit_cache.get(key)
+        if hit is None:
+            try:
+                hit = (ref.tick_units(ps), ref.lot_units(ss))
+            except ValueError as exc:  # ScaleError: a tick or lot that overflows int64 at this scale
+                raise Reject(f"range: tick/lot of {ref.native} at scales {ps}/{ss}: {exc}") from None
+            self._unit_cache[key] = hit
+        return hit
+
+    def _qty_unit(self, ref: InstrumentRef) -> ContractUnit:
+        hit = self._qty_units.get(ref)
+        if hit is None:
+            try:
+                hit = self._qty_units[ref] = unit_of(ref)
+            except UnitError as exc:  # never guess: 1 contract read as 1 BTC is silently wrong
+                raise Reject(f"unit: {exc}") from None
+        return hit
+
+    def _scales(self, ref: InstrumentRef) -> tuple[int, int]:
+        hit = self._scale_cache.get(ref)
+        if hit is None:
+            hit = self._scale_cache[ref] = (ref.price_scale, ref.size_scale)
+        return hit
+
+    def _process(self, topic, partition, offset, value, headers) -> Outcome:
+        src, out_topic = self._topic(topic)
+        try:
+            env = decode(value, headers, verify_id=True)
+        except SerdeError as exc:
+            raise Reject(f"decode: {exc}") from None
+        try:
+            et = event_type_from_pb(env.event_type)
+            ex, mk = exchange_from_pb(env.exchange), market_from_pb(env.market)
+        except (KeyError, ValueError):
+            raise Reject("mismatch: unspecified exchange, market or event type") from None
+        if (ex, mk, et) != (src.exchange, src.market, src.event_type):
+            raise Reject(f"mismatch: {ex}/{mk}/{et} record on topic {topic}")
+        if env.WhichOneof("payload") != et.payload_field:
+            raise Reject(f"mismatch: payload {env.WhichOneof('payload')} for event type {et}")
+        tp = (topic, partition)
+        dd = self.dedup.get(tp)
+        if dd is None:
+            dd = self.dedup[tp] = OffsetWindowDedup(self.dedup_span)
+        if not dd.first_time(offset, env.event_id):
+            self.duplicates += 1
+            return Outcome("duplicate", env=env)
+        ref = self._instrument(ex, mk, env.native_symbol)
+        changed = env.symbol != ref.canonical
+        env.symbol = ref.canonical
+        if env.exchange_ts < MIN_TS_US or env.ingest_ts < MIN_TS_US:
+            raise Reject(f"ts_range: exchange_ts={env.exchange_ts} ingest_ts={env.ingest_ts} before 2010")
+        if env.exchange_ts > env.ingest_ts + self.max_future_skew_us:
+            raise Reject(
+                f"ts_range: exchange_ts {env.exchange_ts} is {env.exchange_ts - env.ingest_ts} µs "
+                f"after receipt (allowed skew {self.max_future_skew_us} µs)"
+            )
+        if not (0 <= env.price_scale <= 18 and 0 <= env.size_scale <= 18):
+            raise Reject(f"range: scales {env.price_scale}/{env.size_scale} outside 0..18")
+        _validate_payload(env, et)
+        ps, ss = self._scales(ref)
+        if et not in GRID_TYPES:
+            ps, ss = max(ps, env.price_scale), max(ss, env.size_scale)
+        tick, lot = self._units(ref, ps, ss)
+        changed = changed or (ps, ss) != (env.price_scale, env.size_scale)
+        _rescale_payload(env, et, ps, ss, tick)
+        self._check_seq(tp, env, et)
+        env.tick_size = tick
+        env.lot_size = lot
+        unit = self._qty_unit(ref)
+        env.qty_unit, env.contract_value, env.contract_value_ccy = unit.unit.pb, unit.contract_value, unit.ccy
+        env.ingest_latency_us = env.ingest_ts - env.exchange_ts
+        if changed:  # enrichment fields are not part of the id; symbol and scales are
+            env.event_id = compute_event_id(env)
+        self.ok += 1
+        return Outcome("ok", env=env, topic=out_topic)
+
+
+def outcome_records(o: Outcome, msg_topic: str, partition: int, offset: int, value: bytes | None) -> list[OutRecord]:
+    if o.kind == "ok":
+        rec = encode(o.env)
+        return [OutRecord(o.topic, rec.value, rec.key, rec.headers, o.env.exchange_ts // 1000)]
+    if o.kind == "dlq":
+        env = o.env
+        dl = dead_letter(
+            DlqStage.NORMALIZE,
+            o.reason,
+            source=f"{msg_topic}[{partition}]@{offset}",
+            raw=value,
+            ingest_ts=env.ingest_ts if env else 0,
+        )
+        return [OutRecord(dl.topic, dl.value, dl.key, dl.headers)]
+    return []
+
+
+class NormalizerService(TransactionalLoop):
+    """The long-running normalizer: raw topics in, processed + dlq.normalize out."""
+
+    name = "normalizer"
+
+    def __init__(
+        self,
+        conn: kc.KafkaConnection,
+        normalizer: Normalizer,
+        input_topics: list[str],
+        *,
+        group_id: str = "ticklake-normalizer",
+        transactional_id: str = "ticklake-normalizer",
+        **kw,
+    ):
+        super().__init__(conn, group_id=group_id, transactional_id=transactional_id, input_topics=input_topics, **kw)
+        self.normalizer = normalizer
+
+    def warm_up(self, committed: dict[TP, int | None]) -> None:
+        """Re-read the dedup span before each committed offset so the restarted state equals
+        the crashed one's (output of warm-up records is discarded: it was committed)."""
+        span = self.normalizer.dedup_span
+        cons = Consumer(
+            kc.consumer_config(self.conn, f"{self.group_id}-warmup", read_committed=True, fetch_wait_max_ms=10)
+        )
+        try:
+            n = 0
+            for tp, off in committed.items():
+                if not off:
+                    continue
+                low, _ = watermarks(cons, tp)
+                for m in read_range(cons, tp, max(low, off - span), off):
+                    self.normalizer.process(m.topic(), m.partition(), m.offset(), m.value(), m.headers())
+                    n += 1
+            self.normalizer.counters.counts.clear()
+            log.info("normalizer warm-up replayed %d records", n)
+        finally:
+            cons.close()
+
+    def process_batch(self, msgs: list[Message]) -> list[OutRecord]:
+        out: list[OutRecord] = []
+        proc = self.normalizer.process
+        dups = 0
+        delays: dict[str, list[int]] = {}
+        for m in msgs:
+            o = proc(m.topic(), m.partition(), m.offset(), m.value(), m.headers())
+            dups += o.kind == "duplicate"
+            if o.kind == "ok":
+                delays.setdefault(o.topic, []).append(o.env.exchange_ts)
+            out += outcome_records(o, m.topic(), m.partition(), m.offset(), m.value())
+        if dups:
+            metrics.DUPLICATES.labels(self.name).inc(dups)
+        observe_exchange_to_processed(delays, time.time())
+        return out
+
+
+def observe_exchange_to_processed(exchange_ts_by_topic: dict[str, list[int]], now_s: float) -> None:
+    """Venue time -> processed latency per record, labelled by the processed topic's exchange
+    and market (processed.<market>.<domain>.<type>.<exchange>)."""
+    for topic, stamps in exchange_ts_by_topic.items():
+        parts = topic.split(".")
+        hist = metrics.EXCHANGE_TO_PROCESSED.labels(parts[-1], parts[1])
+        for ts in stamps:
+            hist.observe(max(0.0, now_s - ts / 1e6))
+
+
+def build_catalog(
+    cache_path: str | None,
+    base_urls: dict[tuple[Exchange, Market], str] | None = None,
+    venues: list[tuple[Exchange, Market]] | None = None,
+) -> tuple[InstrumentCatalog, Callable]:
+    """Catalog from the JSON cache (if any), plus a refresher that fetches a venue's exchange
+    info (from `base_urls`, e.g. the replay emulator) and rewrites the cache."""
+    cat = InstrumentCatalog.load(cache_path) if cache_path and os.path.exists(cache_path) else InstrumentCatalog()
+
+    def refresh(ex: Exchange, mk: Market) -> int:
+        url = (base_urls or {}).get((ex, mk))
+        n = cat.add(fetch_instruments(ex, mk, url))
+        if cache_path:
+            cat.save(cache_path)
+        return n
+
+    for ex, mk in venues or []:
+        if not any(r.exchange == ex.value and r.market == mk.value for r in cat):
+            refresh(ex, mk)
+    return cat, refresh
+
+
+def input_topics_for(exchanges: list[str] | None, markets: list[str] | None) -> list[str]:
+    exs = tuple(Exchange(e) for e in exchanges) if exchanges else tuple(Exchange)
+    mks = tuple(Market(m) for m in markets) if markets else tuple(Market)
+    return all_event_topics(Stage.RAW, exchanges=exs, markets=mks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m streaming.processors.normalizer", description=__doc__.split("\n")[0])
+    ap.add_argument("--bootstrap", help="Kafka bootstrap (default $TICKLAKE_KAFKA_BOOTSTRAP)")
+    ap.add_argument("--exchange", action="append", help="limit to these exchanges (repeatable)")
+    ap.add_argument("--market", action="append", help="limit to these markets (repeatable)")
+    ap.add_argument("--instruments-cache", required=True, help="JSON instrument cache (read, refreshed)")
+    ap.add_argument(
+        "--base-url", action="append", default=[], help="exchange-info root per venue: EXCHANGE:MARKET=URL (repeatable)"
+    )
+    ap.add_argument("--group-id", default="ticklake-normalizer")
+    ap.add_argument("--transactional-id", default="ticklake-normalizer")
+    ap.add_argument("--dedup-span", type=int, default=DEFAULT_DEDUP_SPAN)
+    ap.add_argument("--batch-max-ms", type=int, default=200)
+    ap.add_argument("--idle-exit-s", type=float, default=None)
+    ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    ap.add_argument("--test-hold-in-txn", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--test-hold-after-batches", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--test-hold-with-output", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    from runtime.service_status import service_run
+
+    with service_run(NormalizerService.name, port=a.metrics_port):
+        return _main(a)
+
+
+def _main(a: argparse.Namespace) -> int:
+    urls = {}
+    for item in a.base_url:
+        venue, _, url = item.partition("=")
+        ex, _, mk = venue.partition(":")
+        urls[(Exchange(ex), Market(mk))] = url
+    catalog, refresh = build_catalog(a.instruments_cache, urls)
+    conn = kc.connection_from_env(bootstrap_servers=a.bootstrap)
+    hold = (
+        HoldInTxn(a.test_hold_in_txn, a.test_hold_after_batches, with_output=a.test_hold_with_output)
+        if a.test_hold_in_txn
+        else None
+    )
+    svc = NormalizerService(
+        conn,
+        Normalizer(catalog, dedup_span=a.dedup_span, refresh=refresh),
+        input_topics_for(a.exchange, a.market),
+        group_id=a.group_id,
+        transactional_id=a.transactional_id,
+        batch_max_ms=a.batch_max_ms,
+        hold_in_txn=hold,
+    )
+    svc.install_signal_handlers()
+    stats = svc.run(idle_exit_s=a.idle_exit_s)
+    log.info("normalizer stopped: %s dlq=%s", stats, dict(svc.normalizer.counters.counts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
