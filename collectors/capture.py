@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collectors.exchanges import registry
 from schemas.model import Exchange
 
 WS, REST, WS_OUT = "ws", "rest", "ws_out"
@@ -146,22 +147,6 @@ def _detect(p: Path) -> CaptureInfo:
     raise CaptureError(f"{p}: unrecognised capture format")
 
 
-def _flavor_from_url(url: str) -> tuple[Exchange | None, str]:
-    u = url.lower()
-    if "fstream.binance" in u or "fstream-" in u:
-        return Exchange.BINANCE, "usdm"
-    if "binance" in u and "dstream" not in u:
-        return Exchange.BINANCE, "spot"
-    if "okx.com" in u or "okex.com" in u:
-        return Exchange.OKX, "mixed"
-    if "bybit" in u:
-        for cat in ("spot", "linear", "inverse"):
-            if f"/v5/public/{cat}" in u:
-                return Exchange.BYBIT, cat
-        return Exchange.BYBIT, "legacy"
-    return None, ""
-
-
 def _cryptofeed_files(p: Path) -> tuple[Path | None, list[Path]]:
     m = _CF_NAME.match(p.name)
     if not m:
@@ -172,6 +157,19 @@ def _cryptofeed_files(p: Path) -> tuple[Path | None, list[Path]]:
     if m.group("kind") == "ws":
         ws = [p]
     return (ws[0] if ws else None), http
+
+
+def _stream_url(exchange: Exchange, flavor: str) -> str:
+    """The production stream URL of a feed, for captures that do not record one (the venue
+    declares it: collectors/exchanges/<venue>_venue.py)."""
+    feed = registry.feed_of_flavor(exchange, flavor)
+    return feed.stream_url if feed is not None else ""
+
+
+def _depth_url(info: CaptureInfo) -> str:
+    """The REST depth snapshot URL of the capture's feed (Binance spot or USD-M)."""
+    feed = registry.feed_of_flavor(info.exchange, info.flavor) if info.exchange is not None else None
+    return feed.depth_url if feed is not None else ""
 
 
 def glob_escape(text: str) -> str:
@@ -190,7 +188,7 @@ def _detect_cryptofeed(p: Path) -> CaptureInfo:
     elif http:
         m = _CF_LINE.match(_head(http[0]).split(b"\n", 1)[0])
         url = m.group(1).decode() if m else ""
-    ex, flavor = _flavor_from_url(url)
+    ex, flavor = registry.flavor_of_url(url)
     files = tuple(([ws] if ws else []) + http)
     return CaptureInfo(p, "cryptofeed", ex, flavor, url, files, _symbols_from_url(url))
 
@@ -233,9 +231,9 @@ def _detect_hftbacktest(p: Path) -> CaptureInfo:
         raise CaptureError(f"{p}: hftbacktest capture with no recognisable venue frames")
     if venue is Exchange.BYBIT:
         return CaptureInfo(p, "hftbacktest", venue, "linear", "", (p,))
-    base = "wss://fstream.binance.com" if usdm else "wss://stream.binance.com:9443"
-    url = f"{base}/stream?streams=" + "/".join(streams)
-    return CaptureInfo(p, "hftbacktest", venue, "usdm" if usdm else "spot", url, (p,), _symbols_from_url(url))
+    flavor = "usdm" if usdm else "spot"
+    url = _stream_url(venue, flavor) + "?streams=" + "/".join(streams)
+    return CaptureInfo(p, "hftbacktest", venue, flavor, url, (p,), _symbols_from_url(url))
 
 
 def _bybit_lines(p: Path) -> Iterator[bytes]:
@@ -279,9 +277,7 @@ def _detect_bybit_history(p: Path) -> CaptureInfo:
         symbol = parts[-1]
         depth = int(parts[1]) if parts[0] == "orderbook" and parts[1].isdigit() and parts[1].isascii() else None
         cat = bybit_category(symbol, depth)
-        return CaptureInfo(
-            p, "bybit_history", Exchange.BYBIT, cat, f"wss://stream.bybit.com/v5/public/{cat}", (p,), (symbol,)
-        )
+        return CaptureInfo(p, "bybit_history", Exchange.BYBIT, cat, _stream_url(Exchange.BYBIT, cat), (p,), (symbol,))
     raise CaptureError(f"{p}: empty Bybit history file")
 
 
@@ -319,12 +315,7 @@ def _detect_tardis(p: Path) -> CaptureInfo:
     if venue is None:
         raise CaptureError(f"{p}: JSON lines with no recognisable venue messages")
     flavor = {Exchange.BINANCE: "usdm" if usdm else "spot", Exchange.OKX: "mixed", Exchange.BYBIT: "linear"}[venue]
-    url = {
-        Exchange.BINANCE: "wss://fstream.binance.com/stream" if usdm else "wss://stream.binance.com:9443/stream",
-        Exchange.OKX: "wss://ws.okx.com:8443/ws/v5/public",
-        Exchange.BYBIT: "wss://stream.bybit.com/v5/public/linear",
-    }[venue]
-    return CaptureInfo(p, "tardis_fixture", venue, flavor, url, (p,), tuple(symbols))
+    return CaptureInfo(p, "tardis_fixture", venue, flavor, _stream_url(venue, flavor), (p,), tuple(symbols))
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -387,9 +378,7 @@ def _read_cryptofeed(info: CaptureInfo, include_sent: bool) -> Iterator[Record]:
 
 
 def _read_hftbacktest(info: CaptureInfo) -> Iterator[Record]:
-    rest_base = (
-        "https://fapi.binance.com/fapi/v1/depth" if info.flavor == "usdm" else "https://api.binance.com/api/v3/depth"
-    )
+    rest_base = _depth_url(info)
     symbol = info.symbols[0] if info.symbols else ""
     with gzip.open(info.path, "rb") as f:
         for n, raw in enumerate(f):
@@ -431,13 +420,8 @@ def _read_tardis(info: CaptureInfo) -> Iterator[Record]:
             stream = str(obj.get("stream", ""))
             if info.exchange is Exchange.BINANCE and stream.endswith("@depthSnapshot"):
                 sym = stream.split("@", 1)[0].upper()
-                base = (
-                    "https://fapi.binance.com/fapi/v1/depth"
-                    if info.flavor == "usdm"
-                    else "https://api.binance.com/api/v3/depth"
-                )
                 body = json.dumps(obj["data"], separators=(",", ":")).encode()
-                yield Record(0, REST, f"{base}?symbol={sym}&limit=1000", body)
+                yield Record(0, REST, f"{_depth_url(info)}?symbol={sym}&limit=1000", body)
 
 
 def rest_params(url: str) -> dict[str, str]:

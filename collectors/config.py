@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from collectors.exchanges import registry
+from collectors.exchanges.venue import Endpoints
 from schemas.model import Exchange, Market
 from schemas.symbols import native_symbol, validate_canonical
 
@@ -40,34 +42,6 @@ HOME_ENV = "TICKLAKE_HOME"
 DEFAULT_FILE = "collectors.yaml"
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoints:
-    """Base URLs handed to the venue adapter (which appends paths and streams)."""
-
-    ws: str
-    rest: str
-
-
-#: Production endpoints: hosts only; each adapter appends its venue's paths (Binance
-#: /stream or, for USD-M since 2026, /public/stream and /market/stream; Bybit
-#: /v5/public/<category>; OKX /ws/v5/public) and REST paths.
-_BINANCE_SPOT = Endpoints("wss://stream.binance.com:9443", "https://api.binance.com")
-_BINANCE_USDM = Endpoints("wss://fstream.binance.com", "https://fapi.binance.com")
-_BYBIT = Endpoints("wss://stream.bybit.com", "https://api.bybit.com")
-_OKX = Endpoints("wss://ws.okx.com:8443", "https://www.okx.com")
-DEFAULT_ENDPOINTS: dict[tuple[Exchange, Market], Endpoints] = {
-    (Exchange.BINANCE, Market.SPOT): _BINANCE_SPOT,
-    (Exchange.BINANCE, Market.PERP): _BINANCE_USDM,
-    (Exchange.BINANCE, Market.FUTURE): _BINANCE_USDM,
-    (Exchange.BYBIT, Market.SPOT): _BYBIT,
-    (Exchange.BYBIT, Market.PERP): _BYBIT,
-    (Exchange.BYBIT, Market.FUTURE): _BYBIT,
-    (Exchange.OKX, Market.SPOT): _OKX,
-    (Exchange.OKX, Market.PERP): _OKX,
-    (Exchange.OKX, Market.FUTURE): _OKX,
-}
 
 
 class ConfigError(ValueError):
@@ -88,7 +62,7 @@ class ShardConfig:
     market: Market
     symbols: tuple[str, ...]  # canonical (BTC-USDT, BTC-USDT-PERP)
     egress_ips: tuple[str, ...] = ()  # empty: the OS picks the source address
-    ws_url: str = ""  # empty: DEFAULT_ENDPOINTS
+    ws_url: str = ""  # empty: the venue's own (collectors/exchanges/<venue>_venue.py)
     rest_url: str = ""
     enabled: bool = True
     max_symbols_per_connection: int = 200
@@ -140,7 +114,7 @@ class ShardConfig:
 
     @property
     def endpoints(self) -> Endpoints:
-        default = DEFAULT_ENDPOINTS[(self.exchange, self.market)]
+        default = registry.endpoints(self.exchange, self.market)
         return Endpoints(self.ws_url or default.ws, self.rest_url or default.rest)
 
     @property

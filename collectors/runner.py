@@ -37,6 +37,7 @@ from collectors import metrics
 from collectors.backoff import Backoff, BackoffPolicy
 from collectors.config import ShardConfig
 from collectors.dedup import DedupWindow
+from collectors.exchanges import registry
 from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest
 from collectors.logs import get_logger, log_event
 from collectors.ratelimit import IpState, policy_for
@@ -53,8 +54,6 @@ from collectors.ws_client import SessionEnded, WsSession, WsSettings, now_us
 from runtime.dlq import DLQ_SYMBOL_MAX, clip_raw
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import (
-    Exchange,
-    Market,
     event_type_from_pb,
     exchange_from_pb,
     market_from_pb,
@@ -74,20 +73,7 @@ def make_adapter(cfg: ShardConfig, **extra: Any):
     """The venue adapter for a shard, with the shard's adapter_options."""
     # frames about symbols the shard does not collect are refused, not tracked (memory, labels)
     opts = {"subscribed": cfg.native_symbols, **cfg.adapter_options, **extra, "shard": cfg.name}
-    if cfg.exchange is Exchange.BINANCE:
-        from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
-
-        return (BinanceSpotAdapter if cfg.market is Market.SPOT else BinanceUsdmAdapter)(**opts)
-    if cfg.exchange is Exchange.BYBIT:
-        from collectors.exchanges.bybit import BybitAdapter
-
-        if "category" not in opts:
-            inverse = cfg.market is not Market.SPOT and all(s.split("-")[1] == "USD" for s in cfg.symbols)
-            opts["category"] = "spot" if cfg.market is Market.SPOT else "inverse" if inverse else "linear"
-        return BybitAdapter(**opts)
-    from collectors.exchanges.okx import OkxAdapter
-
-    return OkxAdapter(**opts)
+    return registry.make_adapter(cfg.exchange, cfg.market, cfg.symbols, **opts)
 
 
 def adapter_urls(adapter: Any, base: str, natives: list[str]) -> list[str]:

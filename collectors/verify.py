@@ -26,11 +26,9 @@ from collectors.capture import (
     read,
     rest_params,
 )
+from collectors.exchanges import registry
 from collectors.exchanges.base import FrameResult, RestRequest
-from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
-from collectors.exchanges.bybit import BybitAdapter
 from collectors.exchanges.common import AdapterBase
-from collectors.exchanges.okx import OkxAdapter
 from schemas.model import Exchange
 
 FAIL_KEYS = ("gaps", "crossed", "bbo_mismatched", "checksum_bad")
@@ -70,18 +68,14 @@ class ReplayResult:
 
 
 def adapter_for(info: CaptureInfo, bybit_category: str | None = None) -> AdapterBase:
-    if info.exchange is Exchange.BINANCE:
-        if info.flavor == "usdm":
-            return BinanceUsdmAdapter()
-        return BinanceSpotAdapter()
-    if info.exchange is Exchange.OKX:
-        return OkxAdapter()
-    if info.exchange is Exchange.BYBIT:
-        cat = bybit_category or info.flavor
-        if cat not in ("spot", "linear", "inverse"):
-            raise CaptureError(f"{info.path}: Bybit {cat!r} feed is not the v5 API; cannot verify")
-        return BybitAdapter(category=cat)
-    raise CaptureError(f"{info.path}: venue not recognised from the capture (url {info.ws_url!r})")
+    """The adapter of the feed a capture was recorded from (the registry's, as a shard's)."""
+    if info.exchange is None:
+        raise CaptureError(f"{info.path}: venue not recognised from the capture (url {info.ws_url!r})")
+    flavor = (bybit_category if info.exchange is Exchange.BYBIT else None) or info.flavor
+    feed = registry.feed_of_flavor(info.exchange, flavor)
+    if feed is None:
+        raise CaptureError(f"{info.path}: {info.exchange} {flavor!r} feed is not one the adapters speak; cannot verify")
+    return registry.adapter_for_feed(info.exchange, feed)
 
 
 def replay(

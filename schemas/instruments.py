@@ -1,16 +1,15 @@
-"""Venue instrument reference data (tick, lot, scales, base/quote, canonical symbol) and the
-parsers of the venues' own exchange-info responses.
+"""Venue instrument reference data (tick, lot, scales, base/quote, canonical symbol): the
+row every layer shares and the building blocks of the venues' exchange-info parsers.
 
 One definition for both layers: the collectors fix the raw events' scales from it and the
 normalizer enriches processed events from it, so if each had its own parser the raw and
 processed scales could disagree (and did: the collectors once took Binance's stepSize as
-the size scale and dead-lettered book quantities the normalizer accepted). Pure: bodies in,
-rows out; fetching and caching live with the callers (streaming/processors/instruments.py, the
-collectors' REST path).
-
-Response shapes: Binance /api/v3/exchangeInfo (spot) and /fapi/v1/exchangeInfo (USD-M),
-Bybit /v5/market/instruments-info per category (spot, linear, inverse), OKX
-/api/v5/public/instruments per instType (SPOT, SWAP, FUTURES).
+the size scale and dead-lettered book quantities the normalizer accepted). Each venue's
+parser lives with the venue (collectors/exchanges/<venue>_instruments.py, reached through
+collectors/exchanges/registry.py) and builds its rows with ``instrument_ref`` under the
+``Entries`` error policy here, so every venue validates a row the same way. Pure: bodies in,
+rows out; fetching and caching live with the callers (streaming/processors/instruments.py,
+the collectors' REST path).
 """
 
 from __future__ import annotations
@@ -80,11 +79,11 @@ def by_native(refs: Iterable[InstrumentRef]) -> dict[str, InstrumentRef]:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _yymmdd_from_ms(ms: str | int) -> str:
+def yymmdd_from_ms(ms: str | int) -> str:
     return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).strftime("%y%m%d")
 
 
-def _ref(
+def instrument_ref(
     ex: Exchange,
     mk: Market,
     native: str,
@@ -139,7 +138,7 @@ def _ref(
     )
 
 
-def _load(body: bytes | str | dict) -> dict:
+def load_body(body: bytes | str | dict) -> dict:
     if isinstance(body, dict):
         return body
     try:
@@ -158,7 +157,7 @@ _SHORT = reprlib.Repr()  # str() of a deeply nested entry would recurse; this st
 _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 120, 120
 
 
-class _Entries:
+class Entries:
     """Per-entry error policy: strict callers get the first bad entry as an exception;
     callers that pass a ``rejects`` list get the good entries and one reason per bad one
     (a venue listing one odd symbol must not take every other instrument down with it)."""
@@ -174,10 +173,10 @@ class _Entries:
         self.rejects.append(reason)
 
 
-_ENTRY_ERRORS = (LookupError, TypeError, ValueError, AttributeError, RecursionError)
+ENTRY_ERRORS = (LookupError, TypeError, ValueError, AttributeError, RecursionError)
 
 
-def _whole_body(parse):
+def whole_body(parse):
     """A body whose envelope (not one entry) has an unexpected shape -- a category that is a
     number, an error code that is an object -- is refused as InstrumentDataError like any
     other bad body: callers handle that one exception, and a shard must start (with scales
@@ -189,263 +188,25 @@ def _whole_body(parse):
             return parse(*args, **kw)
         except InstrumentDataError:
             raise
-        except _ENTRY_ERRORS as exc:
+        except ENTRY_ERRORS as exc:
             raise InstrumentDataError(f"exchange info unusable ({type(exc).__name__}: {exc})"[:300]) from exc
 
     return wrapped
 
 
-def _int(v: object) -> int:
+def opt_int(v: object) -> int:
     return 0 if v in (None, "") else int(v)  # type: ignore[arg-type]
 
 
-# -- Binance -------------------------------------------------------------------------------------
-
-
-@_whole_body
-def parse_binance(body: bytes | str | dict, *, futures: bool, rejects: list[str] | None = None) -> list[InstrumentRef]:
-    """/api/v3/exchangeInfo (futures=False) or /fapi/v1/exchangeInfo (futures=True).
-
-    Price scale from PRICE_FILTER.tickSize. Size scale is the wider of LOT_SIZE.stepSize and
-    the declared quantity precision (spot baseAssetPrecision, USD-M quantityPrecision): the
-    lot step only constrains *orders*, while depth snapshots and diffs report resting
-    quantities at the asset's full precision -- the genuine BTCUSDT book of 2024-08-08
-    (stepSize 0.00001) carries quantities such as "25.42618900". Using the step alone would
-    refuse those levels, the book would gap and wait for a snapshot. USD-M entries whose
-    contractType is neither perpetual nor dated (settling, empty) are not collected and skipped.
-    """
-    data = _load(body)
-    syms = data.get("symbols")
-    if not isinstance(syms, list):
-        raise InstrumentDataError("Binance exchangeInfo has no 'symbols' list")
-    errs = _Entries("Binance", rejects)
-    out: list[InstrumentRef] = []
-    for s in syms:
-        try:
-            f = {x.get("filterType"): x for x in s.get("filters", []) if isinstance(x, dict)}
-            tick, lot = f["PRICE_FILTER"]["tickSize"], f["LOT_SIZE"]["stepSize"]
-            native, base, quote, status = s["symbol"], s["baseAsset"], s["quoteAsset"], s.get("status", "")
-            if not futures:
-                out.append(
-                    _ref(
-                        Exchange.BINANCE,
-                        Market.SPOT,
-                        native,
-                        base,
-                        quote,
-                        tick,
-                        lot,
-                        status,
-                        size_decimals=_int(s.get("baseAssetPrecision")),
-                    )
-                )
-                continue
-            ctype = s.get("contractType", "") or ""
-            qp = _int(s.get("quantityPrecision"))
-            if "PERPETUAL" in ctype:
-                out.append(
-                    _ref(
-                        Exchange.BINANCE,
-                        Market.PERP,
-                        native,
-                        base,
-                        quote,
-                        tick,
-                        lot,
-                        status,
-                        size_decimals=qp,
-                        contract_type=ctype,
-                    )
-                )
-            elif ctype and "_" in native:  # CURRENT_QUARTER / NEXT_QUARTER: BTCUSDT_240927
-                out.append(
-                    _ref(
-                        Exchange.BINANCE,
-                        Market.FUTURE,
-                        native,
-                        base,
-                        quote,
-                        tick,
-                        lot,
-                        status,
-                        expiry=native.rsplit("_", 1)[1],
-                        size_decimals=qp,
-                        contract_type=ctype,
-                    )
-                )
-        except _ENTRY_ERRORS as exc:
-            errs.bad(s, exc)
-    return out
-
-
-# -- Bybit ---------------------------------------------------------------------------------------
-
-
-@_whole_body
-def parse_bybit(
-    body: bytes | str | dict, category: str | None = None, rejects: list[str] | None = None
-) -> list[InstrumentRef]:
-    """/v5/market/instruments-info for category spot, linear or inverse (one page).
-
-    Spot lots are lotSizeFilter.basePrecision (spot has no qtyStep; books carry quantities at
-    the base precision); derivatives use qtyStep. The category is the body's own
-    result.category, else the one the caller asked for.
-    """
-    data = _load(body)
-    if data.get("retCode", 0) != 0:
-        raise InstrumentDataError(f"Bybit instruments-info error {data.get('retCode')}: {data.get('retMsg')}")
-    result = data.get("result")
-    if not isinstance(result, dict) or not isinstance(result.get("list"), list):
-        raise InstrumentDataError("Bybit instruments-info has no result.list")
-    category = (result.get("category") or category or "").lower()
-    if category not in ("spot", "linear", "inverse"):
-        raise InstrumentDataError(f"Bybit instruments-info category unknown: {category!r}")
-    errs = _Entries("Bybit", rejects)
-    out: list[InstrumentRef] = []
-    for s in result["list"]:
-        try:
-            native, base, quote = s["symbol"], s["baseCoin"], s["quoteCoin"]
-            tick = s["priceFilter"]["tickSize"]
-            lsf = s["lotSizeFilter"]
-            lot = lsf["basePrecision"] if category == "spot" else lsf["qtyStep"]
-            status = s.get("status", "")
-            if category == "spot":
-                out.append(_ref(Exchange.BYBIT, Market.SPOT, native, base, quote, tick, lot, status))
-                continue
-            ctype = s.get("contractType", "") or ""
-            # inverse contracts are 1 USD (quote) each; linear sizes are the base asset
-            unit = {"ctval": "1", "ctval_ccy": quote} if category == "inverse" or ctype.startswith("Inverse") else {}
-            if ctype.endswith("Perpetual"):
-                out.append(
-                    _ref(
-                        Exchange.BYBIT, Market.PERP, native, base, quote, tick, lot, status, contract_type=ctype, **unit
-                    )
-                )
-            elif ctype.endswith("Futures") and str(s.get("deliveryTime", "0")) not in ("", "0"):
-                out.append(
-                    _ref(
-                        Exchange.BYBIT,
-                        Market.FUTURE,
-                        native,
-                        base,
-                        quote,
-                        tick,
-                        lot,
-                        status,
-                        expiry=_yymmdd_from_ms(s["deliveryTime"]),
-                        contract_type=ctype,
-                        **unit,
-                    )
-                )
-        except _ENTRY_ERRORS as exc:
-            errs.bad(s, exc)
-    return out
-
-
-def bybit_next_cursor(body: bytes | str | dict) -> str:
-    """The cursor of the next instruments-info page ("" on the last page)."""
-    result = _load(body).get("result")
-    return (result.get("nextPageCursor") or "") if isinstance(result, dict) else ""
-
-
-# -- OKX -----------------------------------------------------------------------------------------
-
-
-@_whole_body
-def parse_okx(body: bytes | str | dict, rejects: list[str] | None = None) -> list[InstrumentRef]:
-    """/api/v5/public/instruments for instType SPOT, SWAP or FUTURES.
-
-    Derivatives have empty baseCcy/quoteCcy; their pair is instFamily (or the older uly).
-    Sizes of SWAP/FUTURES are contracts, so lotSz is already the book's quantity step; one
-    contract is ctVal of ctValCcy (schemas/units.py turns that into the record's unit).
-    """
-    data = _load(body)
-    if str(data.get("code", "0")) != "0":
-        raise InstrumentDataError(f"OKX instruments error {data.get('code')}: {data.get('msg')}")
-    rows = data.get("data")
-    if not isinstance(rows, list):
-        raise InstrumentDataError("OKX instruments response has no 'data' list")
-    errs = _Entries("OKX", rejects)
-    out: list[InstrumentRef] = []
-    for s in rows:
-        try:
-            inst_id, itype, tick, lot = s["instId"], s["instType"], s["tickSz"], s["lotSz"]
-            status = s.get("state", "")
-            if itype == "SPOT":
-                out.append(_ref(Exchange.OKX, Market.SPOT, inst_id, s["baseCcy"], s["quoteCcy"], tick, lot, status))
-                continue
-            family = s.get("instFamily") or s.get("uly") or ""
-            if family.count("-") != 1:
-                continue  # options and odd instruments are not collected
-            base, quote = family.split("-")
-            ctype = s.get("ctType", "") or ""
-            if itype == "SWAP":
-                out.append(
-                    _ref(
-                        Exchange.OKX,
-                        Market.PERP,
-                        inst_id,
-                        base,
-                        quote,
-                        tick,
-                        lot,
-                        status,
-                        ctval=s.get("ctVal", ""),
-                        contract_type=ctype,
-                        ctval_ccy=s.get("ctValCcy", ""),
-                    )
-                )
-            elif itype == "FUTURES":
-                expiry = inst_id.rsplit("-", 1)[-1]
-                if len(expiry) != 6 or not expiry.isdigit() or not expiry.isascii():
-                    raise ValueError(f"FUTURES instId {inst_id!r} does not end in -YYMMDD")
-                out.append(
-                    _ref(
-                        Exchange.OKX,
-                        Market.FUTURE,
-                        inst_id,
-                        base,
-                        quote,
-                        tick,
-                        lot,
-                        status,
-                        expiry=expiry,
-                        ctval=s.get("ctVal", ""),
-                        contract_type=ctype,
-                        ctval_ccy=s.get("ctValCcy", ""),
-                    )
-                )
-        except _ENTRY_ERRORS as exc:
-            errs.bad(s, exc)
-    return out
-
-
-def parse_exchange_info(
-    exchange: Exchange | str,
-    market: Market | str,
-    body: bytes | str | dict,
-    *,
-    category: str | None = None,
-    rejects: list[str] | None = None,
-) -> list[InstrumentRef]:
-    """Any venue's exchange-info body fetched for (exchange, market). Every row the body
-    lists is returned: Binance /fapi covers perpetuals and dated futures in one response,
-    and callers key by venue symbol, whose market the row itself states."""
-    ex, mk = Exchange(exchange), Market(market)
-    if ex is Exchange.BINANCE:
-        return parse_binance(body, futures=mk is not Market.SPOT, rejects=rejects)
-    if ex is Exchange.BYBIT:
-        return parse_bybit(body, category, rejects=rejects)
-    return parse_okx(body, rejects=rejects)
-
-
 __all__ = [
+    "ENTRY_ERRORS",
+    "Entries",
     "InstrumentDataError",
     "InstrumentRef",
     "by_native",
-    "bybit_next_cursor",
-    "parse_binance",
-    "parse_bybit",
-    "parse_exchange_info",
-    "parse_okx",
+    "instrument_ref",
+    "load_body",
+    "opt_int",
+    "whole_body",
+    "yymmdd_from_ms",
 ]

@@ -400,7 +400,8 @@ def test_urls_route_usdm_streams_and_chunk():
 
 
 def test_exchange_info_fixes_scales_and_base_quote():
-    from schemas.instruments import by_native, parse_binance
+    from collectors.exchanges.binance_instruments import parse_binance
+    from schemas.instruments import by_native
 
     body = {
         "symbols": [

@@ -21,13 +21,14 @@ import pytest
 from pyiceberg.catalog import load_catalog
 
 from collectors.emulator.venues import okx_contract
+from collectors.exchanges.bybit_instruments import parse_bybit
+from collectors.exchanges.okx_instruments import parse_okx
 from collectors.replay import Emulator
 from features.compute import compute_features
 from features.inputs import events_from_envelopes, events_from_lake
 from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.iceberg import ensure_table
-from schemas.instruments import parse_bybit, parse_okx
 from schemas.model import EventType, Exchange, Market
 from schemas.serde import encode
 from schemas.tables import BASE_QTY_FIELDS, TABLES, UNIT_FIELDS, TableSpec

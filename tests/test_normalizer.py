@@ -12,10 +12,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from collectors.exchanges.binance_instruments import parse_binance
+from collectors.exchanges.bybit_instruments import parse_bybit
+from collectors.exchanges.okx_instruments import parse_okx
 from runtime.dlq import parse_dead_letter
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import stamp_event_id
-from schemas.instruments import parse_binance, parse_bybit, parse_okx
 from schemas.model import EventType, Exchange, Market
 from schemas.serde import decode, encode
 from schemas.topics import dlq_topic, event_topic

@@ -9,9 +9,10 @@ import pytest
 
 from collectors.exchanges.base import RestRequest
 from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
+from collectors.exchanges.binance_instruments import parse_binance
 from collectors.exchanges.bybit import BybitAdapter
 from collectors.exchanges.okx import OkxAdapter
-from schemas.instruments import InstrumentDataError, by_native, parse_binance
+from schemas.instruments import InstrumentDataError, by_native
 from streaming.processors.instruments import InstrumentCatalog
 from tests import test_normalizer as tn
 from workloads.binance_hour import BTCUSDT_SPOT_INFO

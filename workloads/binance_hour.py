@@ -17,11 +17,12 @@ from urllib.parse import urlsplit
 from pyiceberg.catalog import Catalog
 
 from assets.partitions import hour_start
+from collectors.exchanges.binance_instruments import parse_binance
 from resources.home import TicklakeHome
 from resources.lake import LakeResource
 from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
-from schemas.instruments import by_native, parse_binance
+from schemas.instruments import by_native
 from schemas.model import event_type_from_pb
 from schemas.serde import encode
 from schemas.tables import TABLES
@@ -77,7 +78,7 @@ def utc(key: str) -> datetime:
 
 def capture_raw_events() -> list[pb.Envelope]:
     """Raw envelopes from the genuine Binance capture, through the collectors' own adapter
-    with the venue's exchange info (the shared parser of schemas/instruments.py).
+    with the venue's exchange info (the venue's one parser, collectors/exchanges/binance_instruments.py).
 
     The capture holds one REST depth snapshot and no way to answer a resync request, so a
     single refused frame would silently end the book there (the adapter waits for a snapshot

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from collectors.exchanges import binance_venue as venue
 from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest
 from collectors.exchanges.common import (
     EVENT_FUNDING,
@@ -48,8 +49,9 @@ from collectors.exchanges.common import (
 from schemas.model import Exchange, Market
 from schemas.scaled import ScaleError
 
-SPOT_WS = "wss://stream.binance.com:9443"
-USDM_WS = "wss://fstream.binance.com"
+#: default hosts: the venue declaration (binance_venue.py) is the one place they are spelled
+SPOT_WS = venue.SPOT.endpoints.ws
+USDM_WS = venue.USDM.endpoints.ws
 
 #: streams on fstream's /public route (high-frequency book data); everything else is /market
 _USDM_PUBLIC = frozenset({"depth", "depth5", "depth10", "depth20", "bookTicker", "trade"})
@@ -90,8 +92,8 @@ class BinanceAdapter(AdapterBase):
     usdm = False
     default_streams: tuple[str, ...] = ("depth@100ms", "trade", "bookTicker")
     max_streams_per_connection = 1024
-    depth_path = "/api/v3/depth"
-    info_path = "/api/v3/exchangeInfo"
+    depth_path = venue.SPOT_DEPTH_PATH
+    info_path = venue.SPOT_INFO_PATH
 
     def __init__(
         self,
@@ -400,13 +402,14 @@ class BinanceAdapter(AdapterBase):
         st = self.state(d.get("s"))
         t = as_int(d.get("t"), "trade id")
         px, qty = self.price(st, d.get("p")), self.size(st, d.get("q"))
-        env = self.envelope(st, EVENT_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, t, st.px.scale, st.sz.scale)
+        ts, ps, ss = ms_to_us(d.get("T") or d.get("E")), st.px.scale, st.sz.scale
+        env = self.envelope(st, EVENT_TRADE, ts, recv, t, ps, ss)
         tr = env.trade
         tr.trade_id = str(t)
         tr.px = px
         tr.qty = qty
         tr.taker_side = SIDE_SELL if _flag(d, "m") else SIDE_BUY
-        out.events.append(self.stamp(env))
+        out.events.append(self.seal(st, env, tr, EVENT_TRADE, ts, t, ps, ss))
 
     def _agg_trade(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         st = self.state(d.get("s"))
@@ -416,7 +419,8 @@ class BinanceAdapter(AdapterBase):
         if f > last:
             raise FrameError(f"aggTrade first trade id {f} > last {last}", st.native)
         px, qty = self.price(st, d.get("p")), self.size(st, d.get("q"))
-        env = self.envelope(st, EVENT_TRADE, ms_to_us(d.get("T") or d.get("E")), recv, agg_id, st.px.scale, st.sz.scale)
+        ts, ps, ss = ms_to_us(d.get("T") or d.get("E")), st.px.scale, st.sz.scale
+        env = self.envelope(st, EVENT_TRADE, ts, recv, agg_id, ps, ss)
         tr = env.trade
         tr.trade_id = str(a) if a is not None else (str(f) if f == last else f"{f}-{last}")
         tr.px = px
@@ -424,7 +428,7 @@ class BinanceAdapter(AdapterBase):
         tr.taker_side = SIDE_SELL if _flag(d, "m") else SIDE_BUY
         tr.first_trade_id = f
         tr.last_trade_id = last
-        out.events.append(self.stamp(env))
+        out.events.append(self.seal(st, env, tr, EVENT_TRADE, ts, agg_id, ps, ss))
 
     def _book_ticker(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         st = self.state(d.get("s"))
@@ -433,11 +437,14 @@ class BinanceAdapter(AdapterBase):
         bp, bq = self.price(st, d.get("b")), self.size(st, d.get("B"))
         ap, aq = self.price(st, d.get("a")), self.size(st, d.get("A"))
         ts = d.get("T") or d.get("E")  # spot bookTicker has no time: receipt time stands in
-        env = self.envelope(st, EVENT_TICKER, ms_to_us(ts) if ts else recv, recv, u, st.px.scale, st.sz.scale)
-        env.exchange_ts_is_receipt = not ts  # the id then hashes u and the prices, not our clock
+        ps, ss = st.px.scale, st.sz.scale
+        ex_ts = ms_to_us(ts) if ts else 0
+        env = self.envelope(st, EVENT_TICKER, ex_ts if ts else recv, recv, u, ps, ss)
+        if not ts:
+            env.exchange_ts_is_receipt = True  # the id then hashes u and the prices, not our clock
         tk = env.ticker
         tk.bid_px, tk.bid_qty, tk.ask_px, tk.ask_qty = bp, bq, ap, aq
-        out.events.append(self.stamp(env))
+        out.events.append(self.seal(st, env, tk, EVENT_TICKER, ex_ts, u, ps, ss))
         if st.px.locked and st.sz.locked:
             self.remember_bbo(st, u, bp, bq, ap, aq)
 
@@ -513,8 +520,8 @@ class BinanceUsdmAdapter(BinanceAdapter):
     usdm = True
     default_streams = ("depth@100ms", "aggTrade", "bookTicker", "markPrice@1s", "forceOrder")
     max_streams_per_connection = 200
-    depth_path = "/fapi/v1/depth"
-    info_path = "/fapi/v1/exchangeInfo"
+    depth_path = venue.USDM_DEPTH_PATH
+    info_path = venue.USDM_INFO_PATH
 
     def market_of(self, native: str) -> Market:
         tail = native.partition("_")[2]

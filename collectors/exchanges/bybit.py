@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from collectors.exchanges import bybit_venue as venue
 from collectors.exchanges.base import FrameResult, RestRequest, Send
 from collectors.exchanges.common import (
     EVENT_FUNDING,
@@ -47,8 +48,8 @@ from collectors.exchanges.common import (
 )
 from schemas.model import Exchange, Market
 
-WS_BASE = "wss://stream.bybit.com"
-CATEGORIES = ("spot", "linear", "inverse")
+WS_BASE = venue.ENDPOINTS.ws  # spelled once, in the venue declaration (bybit_venue.py)
+CATEGORIES = venue.CATEGORIES
 PING_INTERVAL_US = 20_000_000
 #: Bybit caps the args of one subscribe request (spot: 10)
 MAX_ARGS_PER_REQUEST = 10
@@ -94,7 +95,7 @@ class BybitAdapter(AdapterBase):
         return [f"orderbook.{self.depth}.{native}" if ch == "orderbook" else f"{ch}.{native}" for ch in self.channels]
 
     def ws_urls(self, base_url: str, native_symbols: list[str]) -> list[str]:
-        return [f"{(base_url or WS_BASE).rstrip('/')}/v5/public/{self.category}"]
+        return [f"{(base_url or WS_BASE).rstrip('/')}{venue.STREAM_PREFIX}/{self.category}"]
 
     def ws_url(self, base_url: str, native_symbols: list[str]) -> str:
         return self.ws_urls(base_url, native_symbols)[0]
@@ -124,7 +125,7 @@ class BybitAdapter(AdapterBase):
         params = {"category": self.category, "limit": "1000"}
         if len(native_symbols) == 1:
             params["symbol"] = native_symbols[0]
-        return rest_request("/v5/market/instruments-info", params, weight=1, purpose="instruments")
+        return rest_request(venue.INSTRUMENTS_PATH, params, weight=1, purpose="instruments")
 
     def on_rest(self, request: RestRequest, status: int, body: bytes, recv_ts_us: int) -> FrameResult:
         out = FrameResult()

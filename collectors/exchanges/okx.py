@@ -23,6 +23,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from collectors.exchanges import okx_venue as venue
 from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest, Send
 from collectors.exchanges.common import (
     EVENT_FUNDING,
@@ -49,7 +50,7 @@ from collectors.exchanges.common import (
 )
 from schemas.model import Exchange, Market
 
-WS_BASE = "wss://ws.okx.com:8443"
+WS_BASE = venue.MIXED.endpoints.ws  # spelled once, in the venue declaration (okx_venue.py)
 IDLE_PING_US = 20_000_000
 BOOK_CHANNELS = frozenset({"books", "books-l2-tbt", "books50-l2-tbt"})
 CHECKSUM_LEVELS = 25
@@ -138,7 +139,7 @@ class OkxAdapter(AdapterBase):
         return args
 
     def ws_urls(self, base_url: str, native_symbols: list[str]) -> list[str]:
-        return [f"{(base_url or WS_BASE).rstrip('/')}/ws/v5/public"]
+        return [f"{(base_url or WS_BASE).rstrip('/')}{venue.STREAM_PATH}"]
 
     def ws_url(self, base_url: str, native_symbols: list[str]) -> str:
         return self.ws_urls(base_url, native_symbols)[0]
@@ -155,7 +156,7 @@ class OkxAdapter(AdapterBase):
         if self.fetch_instruments:
             for it in sorted({_inst_type(market_of_inst(s)) for s in native_symbols}):
                 out.requests.append(
-                    rest_request("/api/v5/public/instruments", {"instType": it}, weight=1, purpose="instruments")
+                    rest_request(venue.INSTRUMENTS_PATH, {"instType": it}, weight=1, purpose="instruments")
                 )
         return out
 

@@ -3,9 +3,10 @@
 The normalizer enriches every record with it, so it must come from the venues' own
 exchange-info endpoints, not from guesses: Binance /api/v3/exchangeInfo (spot) and
 /fapi/v1/exchangeInfo (USD-M futures), Bybit /v5/market/instruments-info (spot, linear,
-inverse) and OKX /api/v5/public/instruments (SPOT, SWAP, FUTURES). Parsing and the
-InstrumentRef row are schemas/instruments.py, shared with the collectors so raw and
-processed scales come from one rule; this module only does the HTTP and the catalog, which
+inverse) and OKX /api/v5/public/instruments (SPOT, SWAP, FUTURES). Which requests cover a
+market, their hosts and parsers are the venue's own declaration (collectors/exchanges/
+registry.py; the InstrumentRef row is schemas/instruments.py), shared with the collectors so
+raw and processed scales come from one rule; this module only does the HTTP and the catalog, which
 is cached to a JSON file so a processor restarts without network access and a test can feed
 bodies it built in the documented shape.
 """
@@ -21,60 +22,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
-from schemas.instruments import (
-    InstrumentDataError,
-    InstrumentRef,
-    bybit_next_cursor,
-    parse_binance,
-    parse_bybit,
-    parse_exchange_info,
-    parse_okx,
-)
+from collectors.exchanges import registry
+from schemas.instruments import InstrumentDataError, InstrumentRef
 from schemas.model import Exchange, Market
 from schemas.symbols import SymbolError, parse_native
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_BASE_URLS", "ENDPOINTS", "InstrumentCatalog", "fetch_instruments", "http_get", "symbol_fallback"]
-
-
-def _bybit(category: str) -> Callable[..., list[InstrumentRef]]:
-    return lambda body, **kw: parse_bybit(body, category, **kw)
-
-
-#: (exchange, market) -> list of (path, query params, parser) requests that cover it.
-ENDPOINTS: dict[tuple[Exchange, Market], list[tuple[str, dict[str, str], Callable[..., list[InstrumentRef]]]]] = {
-    (Exchange.BINANCE, Market.SPOT): [
-        ("/api/v3/exchangeInfo", {}, lambda b, **kw: parse_binance(b, futures=False, **kw))
-    ],
-    (Exchange.BINANCE, Market.PERP): [
-        ("/fapi/v1/exchangeInfo", {}, lambda b, **kw: parse_binance(b, futures=True, **kw))
-    ],
-    (Exchange.BINANCE, Market.FUTURE): [
-        ("/fapi/v1/exchangeInfo", {}, lambda b, **kw: parse_binance(b, futures=True, **kw))
-    ],
-    (Exchange.BYBIT, Market.SPOT): [("/v5/market/instruments-info", {"category": "spot"}, _bybit("spot"))],
-    (Exchange.BYBIT, Market.PERP): [
-        ("/v5/market/instruments-info", {"category": "linear"}, _bybit("linear")),
-        ("/v5/market/instruments-info", {"category": "inverse"}, _bybit("inverse")),
-    ],
-    (Exchange.BYBIT, Market.FUTURE): [
-        ("/v5/market/instruments-info", {"category": "linear"}, _bybit("linear")),
-        ("/v5/market/instruments-info", {"category": "inverse"}, _bybit("inverse")),
-    ],
-    (Exchange.OKX, Market.SPOT): [("/api/v5/public/instruments", {"instType": "SPOT"}, parse_okx)],
-    (Exchange.OKX, Market.PERP): [("/api/v5/public/instruments", {"instType": "SWAP"}, parse_okx)],
-    (Exchange.OKX, Market.FUTURE): [("/api/v5/public/instruments", {"instType": "FUTURES"}, parse_okx)],
-}
-
-#: Live REST roots; tests and `--replay` point these at collectors/replay.py instead.
-DEFAULT_BASE_URLS: dict[tuple[Exchange, Market], str] = {
-    (Exchange.BINANCE, Market.SPOT): "https://api.binance.com",
-    (Exchange.BINANCE, Market.PERP): "https://fapi.binance.com",
-    (Exchange.BINANCE, Market.FUTURE): "https://fapi.binance.com",
-    **{(Exchange.BYBIT, m): "https://api.bybit.com" for m in Market},
-    **{(Exchange.OKX, m): "https://www.okx.com" for m in Market},
-}
+__all__ = ["InstrumentCatalog", "fetch_instruments", "http_get", "symbol_fallback"]
 
 
 def http_get(url: str, timeout: float = 10.0) -> bytes:
@@ -90,17 +45,15 @@ def fetch_instruments(
     An entry the venue lists in a shape we cannot use is logged and left out rather than
     failing the whole fetch: one odd listing must not leave every other instrument unknown."""
     ex, mk = Exchange(exchange), Market(market)
-    root = (base_url or DEFAULT_BASE_URLS[(ex, mk)]).rstrip("/")
+    root = (base_url or registry.endpoints(ex, mk).rest).rstrip("/")
     out: list[InstrumentRef] = []
     rejects: list[str] = []
-    for path, params, parser in ENDPOINTS[(ex, mk)]:
-        query = dict(params)
-        if ex is Exchange.BYBIT:
-            query["limit"] = "1000"
+    for req in registry.instrument_requests(ex, mk):
+        query = dict(req.params)
         while True:
-            body = get(f"{root}{path}?{urllib.parse.urlencode(query)}" if query else f"{root}{path}")
-            out.extend(r for r in parser(body, rejects=rejects) if r.market == mk.value)
-            cursor = bybit_next_cursor(body) if ex is Exchange.BYBIT else ""
+            body = get(f"{root}{req.path}?{urllib.parse.urlencode(query)}" if query else f"{root}{req.path}")
+            out.extend(r for r in req.parse(body, rejects=rejects) if r.market == mk.value)
+            cursor = req.next_cursor(body) if req.next_cursor is not None else ""
             if not cursor:
                 break
             query["cursor"] = cursor
@@ -147,7 +100,7 @@ class InstrumentCatalog:
         self, exchange: Exchange | str, market: Market | str, body: bytes | str | dict, category: str | None = None
     ) -> int:
         """Parse one exchange-info body of (exchange, market) and add what it lists."""
-        return self.add(parse_exchange_info(exchange, market, body, category=category))
+        return self.add(registry.parse_exchange_info(exchange, market, body, category=category))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the cache atomically (a crash mid-write must not leave half a file)."""

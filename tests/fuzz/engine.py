@@ -43,9 +43,10 @@ from collectors.exchanges.base import RestRequest
 from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
 from collectors.exchanges.bybit import BybitAdapter
 from collectors.exchanges.okx import OkxAdapter
+from collectors.exchanges.registry import parse_exchange_info
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import stamp_event_id
-from schemas.instruments import InstrumentDataError, InstrumentRef, parse_exchange_info
+from schemas.instruments import InstrumentDataError, InstrumentRef
 from schemas.model import EventType, event_type_from_pb, market_from_pb
 from schemas.scaled import from_scaled
 from schemas.serde import decode, encode

@@ -1,0 +1,81 @@
+"""Binance, declared once: spot (stream.binance.com, /api/v3) and USD-M futures
+(fstream.binance.com, /fapi/v1: perpetuals and dated contracts).
+
+Hosts only in the endpoints; the adapter appends its streams (spot /stream, USD-M since 2026
+/public/stream and /market/stream) and REST paths. The emulator serves the same paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from collectors.exchanges.venue import Endpoints, Feed, InstrumentRequest, Venue
+from schemas.instruments import InstrumentRef
+from schemas.model import Exchange, Market
+
+SPOT_REST_PREFIX = "/api/v3"
+USDM_REST_PREFIX = "/fapi/v1"
+SPOT_DEPTH_PATH = SPOT_REST_PREFIX + "/depth"
+USDM_DEPTH_PATH = USDM_REST_PREFIX + "/depth"
+SPOT_INFO_PATH = SPOT_REST_PREFIX + "/exchangeInfo"
+USDM_INFO_PATH = USDM_REST_PREFIX + "/exchangeInfo"
+
+SPOT = Feed(
+    "spot",
+    Market.SPOT,
+    Endpoints("wss://stream.binance.com:9443", "https://api.binance.com"),
+    stream_path="/stream",
+    depth_path=SPOT_DEPTH_PATH,
+)
+USDM = Feed(
+    "usdm",
+    Market.PERP,
+    Endpoints("wss://fstream.binance.com", "https://fapi.binance.com"),
+    stream_path="/stream",
+    depth_path=USDM_DEPTH_PATH,
+)
+
+
+def feed_for(market: Market, symbols: Sequence[str] = ()) -> Feed:
+    return SPOT if market is Market.SPOT else USDM
+
+
+def flavor_of_url(url: str) -> str | None:
+    u = url.lower()
+    if "fstream.binance" in u or "fstream-" in u:
+        return USDM.name
+    if "binance" in u and "dstream" not in u:  # dstream: COIN-M, not collected
+        return SPOT.name
+    return None
+
+
+def adapter(feed: Feed, **options: Any) -> Any:
+    from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
+
+    return (BinanceSpotAdapter if feed is SPOT else BinanceUsdmAdapter)(**options)
+
+
+def parse_instruments(
+    body: bytes | str | dict, market: Market, *, category: str | None = None, rejects: list[str] | None = None
+) -> list[InstrumentRef]:
+    from collectors.exchanges.binance_instruments import parse_binance
+
+    return parse_binance(body, futures=market is not Market.SPOT, rejects=rejects)
+
+
+def instrument_requests(market: Market) -> list[InstrumentRequest]:
+    path = SPOT_INFO_PATH if market is Market.SPOT else USDM_INFO_PATH
+    return [InstrumentRequest(path, {}, lambda body, **kw: parse_instruments(body, market, **kw))]
+
+
+VENUE = Venue(
+    exchange=Exchange.BINANCE,
+    feeds=(SPOT, USDM),
+    feed_for=feed_for,
+    flavor_of_url=flavor_of_url,
+    adapter=adapter,
+    instrument_requests=instrument_requests,
+    parse_instruments=parse_instruments,
+    emulator="collectors.emulator.binance",
+)
