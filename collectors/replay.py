@@ -3,10 +3,10 @@ captures or synthetic load, with faults on command.
 
 Tests, demos (`ticklake up --replay PATH`) and load tests point the real collectors at it
 instead of the venues. Per venue "host" (Binance spot, Binance USD-M, Bybit, OKX) it runs
-a websocket server and a REST server speaking that venue's protocol (emulator/venues.py);
-the venue's own rules for sequencing, snapshots-on-subscribe, pings, rate-limit headers
-and 429/418/403 per *source IP* apply, so the collector's egress-IP logic is exercised
-for real (bind 127.0.0.2…127.0.0.11, the emulator sees those as peers).
+a websocket server and a REST server speaking that venue's protocol (emulator/<venue>.py,
+named by the venue registry); the venue's own rules for sequencing, snapshots-on-subscribe,
+pings, rate-limit headers and 429/418/403 per *source IP* apply, so the collector's
+egress-IP logic is exercised for real (bind 127.0.0.2…127.0.0.11, the emulator sees those as peers).
 
 Feeds:
 * a capture (any format collectors/capture.py reads): frames are forwarded byte for byte
@@ -42,23 +42,18 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from collectors.config import Endpoints, ShardConfig
+from collectors.emulator.sim import LOW_WATER, Client, VenueSim
 from collectors.emulator.synthetic import (
     SyntheticMarket,
     SyntheticSpec,
     default_symbols,
 )
-from collectors.emulator.venues import LOW_WATER, Client, VenueSim, make_sim
+from collectors.emulator.venues import make_sim, sim_name
+from collectors.exchanges import registry
 from schemas.model import Exchange, Market
 from schemas.symbols import SymbolError, canonical_symbol
 
 HOST = "127.0.0.1"
-
-
-def sim_name(exchange: Exchange | str, market: Market | str) -> str:
-    ex, mk = Exchange(exchange), Market(market)
-    if ex is Exchange.BINANCE:
-        return "binance-spot" if mk is Market.SPOT else "binance-usdm"
-    return ex.value
 
 
 @dataclass
@@ -409,18 +404,12 @@ class Emulator:
             raise ValueError(f"{path}: capture venue unknown ({info.format})")
         records = list(capture.read(info))
         ex = info.exchange
-        if ex is Exchange.BINANCE:
-            market = Market.PERP if info.flavor == "usdm" else Market.SPOT
-            sim = self.venue(ex, market)
-        elif ex is Exchange.BYBIT:
-            category = bybit_category or info.flavor
-            if category not in ("spot", "linear", "inverse"):
-                raise ValueError(f"{path}: Bybit capture of the legacy pre-v5 API cannot be served")
-            market = Market.SPOT if category == "spot" else Market.PERP
-            sim = self.venue(ex, market)
-        else:
-            market = Market.SPOT
-            sim = self.venue(ex, market)
+        flavor = (bybit_category if ex is Exchange.BYBIT else None) or info.flavor
+        feed = registry.feed_of_flavor(ex, flavor)
+        if feed is None:  # e.g. Bybit's legacy pre-v5 API
+            raise ValueError(f"{path}: {ex} capture of the {flavor!r} feed cannot be served")
+        market = feed.market
+        sim = self.venue(ex, market)
         key_natives = self._catalog_records(ex, market, info, records)
         self._learn_instruments(sim, market, records)
         keys = [self._route_key(sim, rec) for rec in records]
@@ -438,8 +427,6 @@ class Emulator:
         list every instrument (ticks and lots from the capture's first snapshots) before
         playback: collectors and the normalizer then get the same reference data whenever
         they ask, so scales (and event ids) do not depend on when a shard started."""
-        from collectors.emulator.venues import make_sim
-
         shadow = make_sim(sim.exchange, market)
         shadow.shadow = True
         for rec in records:
@@ -458,7 +445,7 @@ class Emulator:
     ) -> dict[str, tuple[Exchange, Market, str]]:
         """Which instruments and channels a capture carries, per market (OKX mixes markets);
         returns subscription key -> (exchange, market, native symbol)."""
-        from collectors.emulator.venues import OkxSim, okx_market
+        from collectors.emulator.okx import OkxSim, okx_market
 
         out: dict[str, tuple[Exchange, Market, str]] = {}
         for rec in records:
@@ -577,7 +564,7 @@ class Emulator:
         spec = spec or SyntheticSpec(default_symbols(ex, mk, n_symbols), rate=rate, frames=frames)
         sim = self.venue(ex, mk)
         if ex is Exchange.OKX:
-            from collectors.emulator.venues import okx_market
+            from collectors.emulator.okx import okx_market
 
             for s in spec.symbols:
                 self._note(ex, okx_market(s), [s], ["books", "trades"])

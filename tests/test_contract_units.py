@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 from pyiceberg.catalog import load_catalog
 
-from collectors.emulator.venues import okx_contract
+from collectors.emulator.okx import okx_contract
 from collectors.exchanges.bybit_instruments import parse_bybit
 from collectors.exchanges.okx_instruments import parse_okx
 from collectors.replay import Emulator
@@ -338,7 +338,7 @@ def test_emulator_serves_bybit_inverse_and_linear_contracts_apart():
     """Bybit lists USD-quoted contracts under category=inverse only (InversePerpetual, 1 USD
     each) and stablecoin-quoted ones under linear; the catalog the normalizer fetches from the
     emulator must give each its own unit."""
-    from collectors.emulator.venues import InstrumentInfo
+    from collectors.emulator.sim import InstrumentInfo
 
     async def main():
         emu = Emulator(server_ping_s=None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from collectors.emulator.venues import InstrumentInfo, VenueSim
+from collectors.emulator.sim import InstrumentInfo, VenueSim
 from schemas.model import Exchange, Market
 
 
