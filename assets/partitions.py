@@ -12,8 +12,14 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-#: First hour of lake data the platform knows about (older bulk files go to daily assets).
-START = "2024-01-01-00:00"
+#: First hour a lake partition exists for. Every hour of data the platform can hold needs
+#: one: a replayed capture, a rebuild or a bulk day of any age is sealed and built into the
+#: hourly chain only if its hour is a partition (an hour before START is dropped by the
+#: seal sensors and cannot be materialized). The venues collected (Binance, OKX, Bybit) all
+#: started trading in 2017 or later, so no capture of them predates it; the shipped samples
+#: reach back to 2019. The cost of earlier hours is only more (empty) partitions, which
+#: Dagster keeps as time ranges.
+START = "2017-01-01-00:00"
 HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"
 
 HOURLY = dg.HourlyPartitionsDefinition(start_date=START, timezone="UTC")

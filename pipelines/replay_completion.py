@@ -40,7 +40,7 @@ from schemas.topics import Stage, all_event_topics
 from streaming.clickhouse.live import GROUP_ID as CLICKHOUSE_LIVE_GROUP
 from streaming.clickhouse.live import live_topics
 from streaming.kafka.drain import pending_partitions
-from streaming.kafka.source_complete import mark_complete
+from streaming.kafka.source_complete import CompleteRange, mark_complete
 from streaming.lake.state import HOUR_US, latest_sink_state
 from streaming.processors.feature_processor import feature_group, input_topics, parse_pairs
 
@@ -98,14 +98,20 @@ def drain_report(conn: kc.KafkaConnection, lake: LakeResource) -> dict[str, dict
     }
 
 
-def _hours(from_us: int, until_us: int) -> list[str]:
-    first = HOURLY.get_first_partition_key()
-    keys = []
-    for h in range(from_us, until_us, HOUR_US):
-        key = hour_key(datetime.fromtimestamp(h / 1e6, tz=UTC))
-        if first is not None and key >= first:
-            keys.append(key)
-    return keys
+def completed_hour_keys(ranges: list[CompleteRange]) -> tuple[list[str], list[str]]:
+    """(hourly partition keys, hours without a partition) of the whole hours `ranges` cover.
+
+    An hour has no partition before the partitions' start (assets/partitions.py sets it
+    before any venue the platform collects existed) or while it is not over (a capture just
+    recorded): requesting a run of it would fail the whole tick, so it is returned apart and
+    the sensor says so instead of declaring it sealed."""
+    keys: list[str] = []
+    outside: list[str] = []
+    for r in ranges:
+        for h in range(r.from_us, r.until_us, HOUR_US):
+            key = hour_key(datetime.fromtimestamp(h / 1e6, tz=UTC))
+            (keys if HOURLY.has_partition_key(key) else outside).append(key)
+    return keys, outside
 
 
 @dg.sensor(
@@ -123,7 +129,7 @@ def replay_completion(context: dg.SensorEvaluationContext, kafka: KafkaResource,
     if cursor.get("source_id") != source.source_id:
         cursor = {"source_id": source.source_id, "drained": 0, "done": False}
     if cursor["done"]:
-        return dg.SkipReason(f"{source.capture}: complete; its hours were declared closed and sealed")
+        return dg.SkipReason(f"{source.capture}: complete; {cursor.get('outcome', 'its hours were declared closed')}")
     try:
         stats = emulator_stats(source.control_url)
     except OSError as exc:
@@ -152,14 +158,25 @@ def replay_completion(context: dg.SensorEvaluationContext, kafka: KafkaResource,
         context.update_cursor(json.dumps(cursor))
         return dg.SkipReason("capture exhausted and the chain drained; confirming on the next evaluation")
     done = mark_complete(lake.load_catalog(), source.source_id, source.spans)
-    keys = [k for r in done for k in _hours(r.from_us, r.until_us)]
-    context.log.info(f"{source.capture}: complete; hours {keys} declared closed")
-    context.update_cursor(json.dumps({**cursor, "done": True}))
-    if not keys:
-        return dg.SkipReason(
-            f"{source.capture}: complete, but its hours precede the first lake partition "
-            f"({HOURLY.get_first_partition_key()}): nothing to seal"
+    keys, outside = completed_hour_keys(done)
+    context.log.info(f"{source.capture}: complete; hours {keys + outside} declared closed")
+    outcome = (
+        f"its hours {keys[0]} .. {keys[-1]} ({len(keys)}) were declared closed and their seal requested"
+        if keys
+        else "its hours were declared closed"
+    )
+    first = HOURLY.get_first_partition_key() or ""
+    early = [k for k in outside if k < first]
+    if early:
+        outcome += (
+            f"; {len(early)} hours ({early[0]} .. {early[-1]}) precede the first lake partition ({first}, "
+            "assets/partitions.py) and are NOT sealed"
         )
+    if len(early) < len(outside):
+        outcome += "; hours not over yet are sealed by the late-hours sensor once they are"
+    context.update_cursor(json.dumps({**cursor, "done": True, "outcome": outcome}))
+    if not keys:
+        return dg.SkipReason(f"{source.capture}: complete; {outcome}")
     return [
         dg.RunRequest(run_key=f"{source.source_id}-{k}", partition_key=k, tags={"ticklake/replay": source.source_id})
         for k in keys

@@ -14,8 +14,8 @@ given; the test only watches and then checks what a user would look at:
 * a Kafka consumer with library defaults receives pragma and processed records;
 * `ticklake status --json` reports every service healthy; `ticklake down` leaves no process.
 
-The captures are the only shipped ones inside the lake's hourly partitions (from 2024); the
-cryptofeed captures (2021/2022) complete but have no partition to seal.
+Every shipped capture's hours have a lake partition (from 2017, assets/partitions.py); an old
+capture's hours (the OKX one of 2022) are checked without a stack by test_capture_hours_sealed.
 """
 
 from __future__ import annotations
