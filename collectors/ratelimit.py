@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
-from schemas.model import Exchange, Market
-
 
 class IpState(StrEnum):
     HEALTHY = "healthy"
@@ -29,7 +27,8 @@ class IpState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RateLimitPolicy:
-    """One venue's REST limit: ``limit`` weight per fixed ``window_s`` window per IP."""
+    """One venue's REST limit: ``limit`` weight per fixed ``window_s`` window per IP. Each
+    venue declares its own (collectors/exchanges/<venue>_venue.py, one per feed)."""
 
     name: str
     window_s: float
@@ -50,26 +49,6 @@ class RateLimitPolicy:
     @property
     def budget(self) -> int:
         return max(1, int(self.limit * self.headroom))
-
-
-# Binance: weight per minute per IP (spot 6000, USD-M 2400); 429 then 418 ban, both with
-# Retry-After. Bybit: 600 requests / 5 s per IP; over it the IP gets 403 for ~10 min.
-# OKX: per-endpoint limits per IP (order book 40 / 2 s); 429 (code 50011) when exceeded.
-BINANCE_SPOT = RateLimitPolicy(
-    "binance-spot", 60.0, 6000, "X-MBX-USED-WEIGHT-1M", frozenset({429}), frozenset({418}), 1.0, 120.0
-)
-BINANCE_USDM = RateLimitPolicy(
-    "binance-usdm", 60.0, 2400, "X-MBX-USED-WEIGHT-1M", frozenset({429}), frozenset({418}), 1.0, 120.0
-)
-BYBIT = RateLimitPolicy("bybit", 5.0, 600, None, frozenset({429}), frozenset({403}), 1.0, 600.0)
-OKX = RateLimitPolicy("okx", 2.0, 40, None, frozenset({429}), frozenset(), 2.0, 120.0)
-
-
-def policy_for(exchange: Exchange | str, market: Market | str) -> RateLimitPolicy:
-    ex, mk = Exchange(exchange), Market(market)
-    if ex is Exchange.BINANCE:
-        return BINANCE_SPOT if mk is Market.SPOT else BINANCE_USDM
-    return BYBIT if ex is Exchange.BYBIT else OKX
 
 
 #: Longest Retry-After honoured: Binance's longest documented IP ban (bans escalate from 2

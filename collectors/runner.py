@@ -40,7 +40,7 @@ from collectors.dedup import DedupWindow
 from collectors.exchanges import registry
 from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest
 from collectors.logs import get_logger, log_event
-from collectors.ratelimit import IpState, policy_for
+from collectors.ratelimit import IpState
 from collectors.rest_client import DEFAULT_IP, RestPool
 from collectors.sharding import ConnectionSpec, plan_connections, preference
 from collectors.status import (
@@ -513,7 +513,7 @@ class ShardRunner:
         self.pool = RestPool(
             cfg.endpoints.rest,
             self.ips,
-            policy_for(cfg.exchange, cfg.market),
+            registry.rate_limit(cfg.exchange, cfg.market),
             clock=clock,
             on_state_change=self._on_ip_state,
         )
@@ -534,7 +534,7 @@ class ShardRunner:
         self._lbl = (cfg.name, str(cfg.exchange), str(cfg.market))
         self._metered: dict[str, int] = {}
         metrics.SYMBOLS.labels(*self._lbl).set(len(cfg.symbols))
-        _pol = policy_for(cfg.exchange, cfg.market)
+        _pol = registry.rate_limit(cfg.exchange, cfg.market)
         self._limit_statuses = _pol.throttle_statuses | _pol.ban_statuses
         # Counters start at 0 for every known label set, so each family has series (and
         # rate()/increase() see the first event) before anything went wrong.

@@ -10,9 +10,9 @@ import pytest
 from collectors.backoff import Backoff, BackoffPolicy
 from collectors.config import ConfigError, ShardConfig, dump_shards, load_shards, parse_shards
 from collectors.dedup import DedupWindow
+from collectors.exchanges.binance_venue import SPOT_RATE_LIMIT as BINANCE_SPOT
+from collectors.exchanges.bybit_venue import RATE_LIMIT as BYBIT
 from collectors.ratelimit import (
-    BINANCE_SPOT,
-    BYBIT,
     IpRateLimiter,
     IpState,
     RateLimitPolicy,

@@ -426,7 +426,8 @@ def test_validators_refuse_a_trailing_newline():
 
 
 def test_retry_after_is_capped_and_nonsense_ignored():
-    from collectors.ratelimit import BINANCE_SPOT, MAX_RETRY_AFTER_S, IpRateLimiter, IpState, parse_retry_after
+    from collectors.exchanges.binance_venue import SPOT_RATE_LIMIT as BINANCE_SPOT
+    from collectors.ratelimit import MAX_RETRY_AFTER_S, IpRateLimiter, IpState, parse_retry_after
 
     assert parse_retry_after("inf", 0.0) == MAX_RETRY_AFTER_S
     assert parse_retry_after("1e30", 0.0) == MAX_RETRY_AFTER_S

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from collectors.exchanges.venue import Endpoints, Feed, InstrumentRequest, Venue
+from collectors.ratelimit import RateLimitPolicy
 from schemas.instruments import InstrumentRef
 from schemas.model import Exchange, Market
 
@@ -21,10 +22,20 @@ USDM_DEPTH_PATH = USDM_REST_PREFIX + "/depth"
 SPOT_INFO_PATH = SPOT_REST_PREFIX + "/exchangeInfo"
 USDM_INFO_PATH = USDM_REST_PREFIX + "/exchangeInfo"
 
+#: REST weight per minute per IP (spot 6000, USD-M 2400); 429 then a 418 ban, both with
+#: Retry-After.
+SPOT_RATE_LIMIT = RateLimitPolicy(
+    "binance-spot", 60.0, 6000, "X-MBX-USED-WEIGHT-1M", frozenset({429}), frozenset({418}), 1.0, 120.0
+)
+USDM_RATE_LIMIT = RateLimitPolicy(
+    "binance-usdm", 60.0, 2400, "X-MBX-USED-WEIGHT-1M", frozenset({429}), frozenset({418}), 1.0, 120.0
+)
+
 SPOT = Feed(
     "spot",
     Market.SPOT,
     Endpoints("wss://stream.binance.com:9443", "https://api.binance.com"),
+    SPOT_RATE_LIMIT,
     stream_path="/stream",
     depth_path=SPOT_DEPTH_PATH,
 )
@@ -32,6 +43,7 @@ USDM = Feed(
     "usdm",
     Market.PERP,
     Endpoints("wss://fstream.binance.com", "https://fapi.binance.com"),
+    USDM_RATE_LIMIT,
     stream_path="/stream",
     depth_path=USDM_DEPTH_PATH,
 )

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from collectors.exchanges.venue import Endpoints, Feed, InstrumentRequest, Venue
+from collectors.ratelimit import RateLimitPolicy
 from schemas.instruments import InstrumentRef
 from schemas.model import Exchange, Market
 
@@ -20,6 +21,8 @@ ORDERBOOK_PATH = "/v5/market/orderbook"
 INSTRUMENTS_PATH = "/v5/market/instruments-info"
 TIME_PATH = "/v5/market/time"
 CATEGORIES = ("spot", "linear", "inverse")
+#: 600 requests / 5 s per IP; over it the IP gets 403 for ~10 min.
+RATE_LIMIT = RateLimitPolicy("bybit", 5.0, 600, None, frozenset({429}), frozenset({403}), 1.0, 600.0)
 
 
 def _feed(category: str) -> Feed:
@@ -28,6 +31,7 @@ def _feed(category: str) -> Feed:
         category,
         market,
         ENDPOINTS,
+        RATE_LIMIT,
         stream_path=f"{STREAM_PREFIX}/{category}",
         depth_path=ORDERBOOK_PATH,
         adapter_options={"category": category},

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from collectors.exchanges.venue import Endpoints, Feed, InstrumentRequest, Venue
+from collectors.ratelimit import RateLimitPolicy
 from schemas.instruments import InstrumentRef
 from schemas.model import Exchange, Market
 
@@ -20,10 +21,14 @@ TIME_PATH = "/api/v5/public/time"
 #: instType of the instruments endpoint per market
 INST_TYPES = {Market.SPOT: "SPOT", Market.PERP: "SWAP", Market.FUTURE: "FUTURES"}
 
+#: per-endpoint limits per IP (order book 40 / 2 s); 429 (code 50011) when exceeded.
+RATE_LIMIT = RateLimitPolicy("okx", 2.0, 40, None, frozenset({429}), frozenset(), 2.0, 120.0)
+
 MIXED = Feed(
     "mixed",
     Market.SPOT,
     Endpoints("wss://ws.okx.com:8443", "https://www.okx.com"),
+    RATE_LIMIT,
     stream_path=STREAM_PATH,
     depth_path=BOOKS_PATH,
 )

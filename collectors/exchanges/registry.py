@@ -14,6 +14,7 @@ from typing import Any
 
 from collectors.exchanges import binance_venue, bybit_venue, okx_venue
 from collectors.exchanges.venue import Endpoints, Feed, InstrumentRequest, Venue
+from collectors.ratelimit import RateLimitPolicy
 from schemas.instruments import InstrumentRef
 from schemas.model import Exchange, Market
 
@@ -33,6 +34,11 @@ def feed(exchange: Exchange | str, market: Market | str, symbols: Sequence[str] 
 def endpoints(exchange: Exchange | str, market: Market | str) -> Endpoints:
     """Production hosts of (exchange, market)."""
     return feed(exchange, market).endpoints
+
+
+def rate_limit(exchange: Exchange | str, market: Market | str) -> RateLimitPolicy:
+    """The venue's REST limit per egress IP for (exchange, market)."""
+    return feed(exchange, market).rate_limit
 
 
 def make_adapter(exchange: Exchange | str, market: Market | str, symbols: Sequence[str] = (), **options: Any) -> Any:
@@ -88,5 +94,6 @@ __all__ = [
     "instrument_requests",
     "make_adapter",
     "parse_exchange_info",
+    "rate_limit",
     "venue",
 ]

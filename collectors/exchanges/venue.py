@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from collectors.ratelimit import RateLimitPolicy
 from schemas.instruments import InstrumentRef
 from schemas.model import Exchange, Market
 
@@ -43,6 +44,8 @@ class Feed:
     #: the market an adapter and an emulator host of this feed are keyed by
     market: Market
     endpoints: Endpoints
+    #: the venue's REST limit per egress IP on this feed's host
+    rate_limit: RateLimitPolicy
     #: path of the public stream as recorded captures name it (Binance /stream, ...)
     stream_path: str
     #: REST order-book snapshot path ("" when the venue pushes snapshots on the socket)
