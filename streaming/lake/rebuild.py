@@ -59,7 +59,7 @@ from streaming.lake.state import (
     HourCount,
     latest_sink_state,
 )
-from streaming.lake.writer import LakeFileWriter, commit_files, ensure_writer_properties
+from streaming.lake.writer import SEALED_COMPRESSION_LEVEL, LakeFileWriter, commit_files, ensure_writer_properties
 from streaming.processors.recompute import offset_for_time
 
 log = logging.getLogger(__name__)
@@ -430,7 +430,9 @@ def rebuild_hour(
                 raise SourceUnavailable("the table has no snapshot to stage against")
             report.notes.append("empty table: nothing to rebuild")
             return report
-        files = LakeFileWriter(table, target_file_bytes=target_file_bytes).write(rows, prefix=SEALED_PREFIX)
+        files = LakeFileWriter(
+            table, target_file_bytes=target_file_bytes, compression_level=SEALED_COMPRESSION_LEVEL
+        ).write(rows, prefix=SEALED_PREFIX)
         report.files = len(files)
         report.bytes = sum(f.file_size_in_bytes for f in files)
         branch = staging_branch_name(spec, hour_us)

@@ -30,7 +30,7 @@ from pyiceberg.table import FileScanTask, Table
 
 from streaming.lake.sink import hour_filter
 from streaming.lake.state import HOUR_US, SEAL_WRITER, SEALED_HOUR_KEY, WRITER_KEY
-from streaming.lake.writer import LakeFileWriter, commit_files, ensure_writer_properties
+from streaming.lake.writer import SEALED_COMPRESSION_LEVEL, LakeFileWriter, commit_files, ensure_writer_properties
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,9 @@ def seal_hour(
         if not layout.files or layout.is_sealed:
             return _result(table, hour_us, rows, layout, len(layout.files), sealed=layout.is_sealed)
         read_set = {f.file_path for f in layout.files}
-        new_files = LakeFileWriter(table, target_file_bytes=target_file_bytes).write(rows, prefix=SEALED_PREFIX)
+        new_files = LakeFileWriter(
+            table, target_file_bytes=target_file_bytes, compression_level=SEALED_COMPRESSION_LEVEL
+        ).write(rows, prefix=SEALED_PREFIX)
         committed = False
         for _ in range(rebase_attempts):
             try:

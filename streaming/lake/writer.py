@@ -38,6 +38,12 @@ from streaming.lake.state import HOUR_US
 #: pruning works at file level once the hour is split at the target file size.
 ROW_GROUP_ROWS = 1024 * 1024
 DEFAULT_TARGET_FILE_BYTES = 32 * 1024 * 1024
+#: zstd level of micro-batch files (the sink, bulk loads): Arrow's own default level, the
+#: one a bare pq.write_table uses. Level 3 cost ~15 % of the sink's write time for files
+#: that live until their hour is sealed (bench/bench_lake_sink.py, decisions "Performance").
+MICRO_BATCH_COMPRESSION_LEVEL = 1
+#: zstd level of sealed hours (seal, rebuild): written once, read for as long as the lake lives.
+SEALED_COMPRESSION_LEVEL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +123,13 @@ def hour_path_value(hour_us: int) -> str:
 class LakeFileWriter:
     """Writes sorted, partition-pure Parquet files for one table and builds their DataFiles."""
 
-    def __init__(self, table: Table, *, target_file_bytes: int | None = None, compression_level: int = 3):
+    def __init__(
+        self,
+        table: Table,
+        *,
+        target_file_bytes: int | None = None,
+        compression_level: int = MICRO_BATCH_COMPRESSION_LEVEL,
+    ):
         self.table = table
         meta = table.metadata
         self.schema = meta.schema()
