@@ -410,7 +410,7 @@ class Emulator:
             raise ValueError(f"{path}: {ex} capture of the {flavor!r} feed cannot be served")
         market = feed.market
         sim = self.venue(ex, market)
-        key_natives = self._catalog_records(ex, market, info, records)
+        key_natives = self._catalog_records(sim, market, records)
         self._learn_instruments(sim, market, records)
         keys = [self._route_key(sim, rec) for rec in records]
         # Held for: every key of an instrument a collector shard can carry (shard_configs()
@@ -441,12 +441,10 @@ class Emulator:
             sim.add_instrument(info)
 
     def _catalog_records(
-        self, ex: Exchange, market: Market, info: Any, records: list[Any]
+        self, sim: VenueSim, market: Market, records: list[Any]
     ) -> dict[str, tuple[Exchange, Market, str]]:
         """Which instruments and channels a capture carries, per market (OKX mixes markets);
         returns subscription key -> (exchange, market, native symbol)."""
-        from collectors.emulator.okx import OkxSim, okx_market
-
         out: dict[str, tuple[Exchange, Market, str]] = {}
         for rec in records:
             if rec.kind != "ws":
@@ -457,19 +455,11 @@ class Emulator:
                 continue
             if not isinstance(obj, dict):
                 continue
-            if ex is Exchange.BINANCE and isinstance(obj.get("stream"), str):
-                sym, _, ch = obj["stream"].partition("@")
-                self._note(ex, market, [sym.upper()], [ch])
-                out[obj["stream"]] = (ex, market, sym.upper())
-            elif ex is Exchange.BYBIT and isinstance(obj.get("topic"), str):
-                parts = obj["topic"].split(".")
-                self._note(ex, market, [parts[-1]], [".".join(parts[:-1])])
-                out[obj["topic"]] = (ex, market, parts[-1])
-            elif ex is Exchange.OKX and isinstance(obj.get("arg"), dict) and "event" not in obj:
-                inst = obj["arg"].get("instId")
-                if inst:
-                    self._note(ex, okx_market(inst), [inst], [obj["arg"].get("channel", "")])
-                    out[OkxSim.key(obj["arg"])] = (ex, okx_market(inst), inst)
+            entry = sim.catalog_entry(obj, market)
+            if entry is not None:
+                key, mk, native, channel = entry
+                self._note(sim.exchange, mk, [native], [channel])
+                out[key] = (sim.exchange, mk, native)
         return out
 
     async def _run_records(
@@ -563,13 +553,8 @@ class Emulator:
         ex, mk = Exchange(exchange), Market(market)
         spec = spec or SyntheticSpec(default_symbols(ex, mk, n_symbols), rate=rate, frames=frames)
         sim = self.venue(ex, mk)
-        if ex is Exchange.OKX:
-            from collectors.emulator.okx import okx_market
-
-            for s in spec.symbols:
-                self._note(ex, okx_market(s), [s], ["books", "trades"])
-        else:
-            self._note(ex, mk, spec.symbols)
+        for s in spec.symbols:
+            self._note(ex, sim.market_of(s, mk), [s], sim.synthetic_channels)
         feed = Feed(f"synthetic {sim.name} x{len(spec.symbols)}", sim)
         market_model = SyntheticMarket(sim, spec)
         market_model.start(int(time.time() * 1000))
@@ -782,23 +767,10 @@ def _routable(exchange: Exchange, market: Market, native: str) -> bool:
 
 
 def adapter_options_for(exchange: Exchange, market: Market, channels: list[str]) -> dict[str, Any]:
-    """Adapter settings that subscribe exactly what a capture recorded."""
+    """Adapter settings that subscribe exactly what a capture recorded (the venue declares how
+    its adapter is told)."""
     channels = [c for c in channels if c]
-    if not channels:
-        return {}
-    if exchange is Exchange.BINANCE:
-        return {"streams": tuple(channels)}
-    if exchange is Exchange.BYBIT:
-        depths = [int(c.split(".")[1]) for c in channels if c.startswith("orderbook.") and c.split(".")[1].isdigit()]
-        opts: dict[str, Any] = {"channels": tuple(dict.fromkeys(c.split(".")[0] for c in channels))}
-        if depths:
-            opts["depth"] = max(depths)
-        return opts
-    books = [c for c in channels if c in ("books", "books-l2-tbt", "books50-l2-tbt")]
-    opts = {"channels": tuple(channels)}
-    if books:
-        opts["book_channel"] = books[0]
-    return opts
+    return registry.venue(exchange).channel_options(channels) if channels else {}
 
 
 def capture_emulator(

@@ -125,6 +125,12 @@ class BinanceSim(VenueSim):
         for c in self.clients.values():
             c.offer(text)
 
+    def catalog_entry(self, obj: dict[str, Any], market: Market) -> tuple[str, Market, str, str] | None:
+        if not isinstance(obj.get("stream"), str):
+            return None
+        sym, _, ch = obj["stream"].partition("@")
+        return obj["stream"], market, sym.upper(), ch
+
     def route_key(self, obj: Any) -> str | None:
         return obj.get("stream") if isinstance(obj, dict) and isinstance(obj.get("data"), dict) else None
 
@@ -403,3 +409,8 @@ def host_name(market: Market) -> str:
 
 def make_sim(market: Market, **kw: Any) -> BinanceSim:
     return BinanceSim(market, **kw)
+
+
+def synthetic_symbol(base: str, market: Market) -> str:
+    """The venue's spelling of a synthetic USDT instrument of ``market``."""
+    return f"{base}USDT"

@@ -111,6 +111,12 @@ class BybitSim(VenueSim):
             return [dumps({"topic": key, "type": "snapshot", "data": self.tickers[key], "cs": cs, "ts": ts})]
         return []
 
+    def catalog_entry(self, obj: dict[str, Any], market: Market) -> tuple[str, Market, str, str] | None:
+        if not isinstance(obj.get("topic"), str):
+            return None
+        parts = obj["topic"].split(".")
+        return obj["topic"], market, parts[-1], ".".join(parts[:-1])
+
     def route_key(self, obj: Any) -> str | None:
         return obj.get("topic") if isinstance(obj, dict) else None
 
@@ -299,3 +305,8 @@ def host_name(market: Market) -> str:
 def make_sim(market: Market, **kw: Any) -> BybitSim:
     """The host, speaking the category a shard of ``market`` without symbols would use."""
     return BybitSim(bybit_venue.feed_for(market).name, **kw)
+
+
+def synthetic_symbol(base: str, market: Market) -> str:
+    """The venue's spelling of a synthetic USDT instrument of ``market``."""
+    return f"{base}USDT"

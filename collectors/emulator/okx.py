@@ -164,6 +164,19 @@ class OkxSim(VenueSim):
             d["seqId"] = book.seq
         return [dumps({"arg": {"channel": channel, "instId": inst}, "action": "snapshot", "data": [d]})]
 
+    synthetic_channels = ("books", "trades")
+
+    def market_of(self, native: str, market: Market) -> Market:
+        return okx_market(native)  # one host for every market: the instId tells
+
+    def catalog_entry(self, obj: dict[str, Any], market: Market) -> tuple[str, Market, str, str] | None:
+        if not isinstance(obj.get("arg"), dict) or "event" in obj:
+            return None
+        inst = obj["arg"].get("instId")
+        if not inst:
+            return None
+        return self.key(obj["arg"]), okx_market(inst), inst, obj["arg"].get("channel", "")
+
     def route_key(self, obj: Any) -> str | None:
         if not isinstance(obj, dict) or "event" in obj or not isinstance(obj.get("arg"), dict):
             return None
@@ -337,3 +350,8 @@ def host_name(market: Market) -> str:
 
 def make_sim(market: Market, **kw: Any) -> OkxSim:
     return OkxSim(**kw)
+
+
+def synthetic_symbol(base: str, market: Market) -> str:
+    """The venue's spelling of a synthetic USDT instrument of ``market``."""
+    return f"{base}-USDT" + ("-SWAP" if market is Market.PERP else "")

@@ -396,6 +396,19 @@ class VenueSim:
         """Subscription key a venue frame is delivered under (None: not market data)."""
         return None
 
+    def catalog_entry(self, obj: dict[str, Any], market: Market) -> tuple[str, Market, str, str] | None:
+        """(subscription key, market, native symbol, channel) of a capture frame, for the
+        emulator's catalog of what it can serve (None: not market data); ``market`` is the
+        host's market as the capture's feed says."""
+        return None
+
+    #: channels a synthetic feed serves (the collectors' shards subscribe exactly these)
+    synthetic_channels: tuple[str, ...] = ()
+
+    def market_of(self, native: str, market: Market) -> Market:
+        """The market of a venue symbol on this host (``market`` unless the venue mixes them)."""
+        return market
+
     def ingest_rest(self, url: str, payload: bytes | str) -> None:
         """A REST answer recorded in the capture (e.g. the depth snapshot)."""
 

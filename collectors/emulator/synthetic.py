@@ -39,11 +39,10 @@ class SyntheticSpec:
 
 def default_symbols(exchange: Exchange | str, market: Market | str, n: int) -> tuple[str, ...]:
     """N distinct, valid venue symbols (SYN0-USDT style bases)."""
-    ex, mk = Exchange(exchange), Market(market)
-    bases = [f"SYN{i}" for i in range(n)]
-    if ex is Exchange.OKX:
-        return tuple(f"{b}-USDT" + ("-SWAP" if mk is Market.PERP else "") for b in bases)
-    return tuple(f"{b}USDT" for b in bases)
+    from collectors.emulator.venues import emulator_module
+
+    spell = emulator_module(exchange).synthetic_symbol
+    return tuple(spell(f"SYN{i}", Market(market)) for i in range(n))
 
 
 def _fmt(value: int, decimals: int) -> str:

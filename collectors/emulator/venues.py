@@ -14,18 +14,19 @@ from collectors.exchanges import registry
 from schemas.model import Exchange, Market
 
 
-def _module(exchange: Exchange | str) -> Any:
+def emulator_module(exchange: Exchange | str) -> Any:
+    """The venue's emulator module (host_name, make_sim, synthetic_symbol)."""
     return importlib.import_module(registry.venue(exchange).emulator)
 
 
 def sim_name(exchange: Exchange | str, market: Market | str) -> str:
     """Name of the emulator host serving (exchange, market)."""
-    return _module(exchange).host_name(Market(market))
+    return emulator_module(exchange).host_name(Market(market))
 
 
 def make_sim(exchange: Exchange | str, market: Market | str = Market.SPOT, **kw: Any) -> VenueSim:
     """A new simulator of the host serving (exchange, market)."""
-    return _module(exchange).make_sim(Market(market), **kw)
+    return emulator_module(exchange).make_sim(Market(market), **kw)
 
 
-__all__ = ["make_sim", "sim_name"]
+__all__ = ["emulator_module", "make_sim", "sim_name"]

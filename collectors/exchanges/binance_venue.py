@@ -81,6 +81,11 @@ def instrument_requests(market: Market) -> list[InstrumentRequest]:
     return [InstrumentRequest(path, {}, lambda body, **kw: parse_instruments(body, market, **kw))]
 
 
+def channel_options(channels: list[str]) -> dict[str, Any]:
+    """Recorded stream suffixes (``depth@100ms``, ``trade``) are the adapter's streams."""
+    return {"streams": tuple(channels)}
+
+
 VENUE = Venue(
     exchange=Exchange.BINANCE,
     feeds=(SPOT, USDM),
@@ -89,5 +94,6 @@ VENUE = Venue(
     adapter=adapter,
     instrument_requests=instrument_requests,
     parse_instruments=parse_instruments,
+    channel_options=channel_options,
     emulator="collectors.emulator.binance",
 )

@@ -91,6 +91,16 @@ def instrument_requests(market: Market) -> list[InstrumentRequest]:
     ]
 
 
+def channel_options(channels: list[str]) -> dict[str, Any]:
+    """Recorded topic prefixes (``orderbook.50``, ``publicTrade``): channel names, and the
+    deepest book recorded as the adapter's depth."""
+    depths = [int(c.split(".")[1]) for c in channels if c.startswith("orderbook.") and c.split(".")[1].isdigit()]
+    opts: dict[str, Any] = {"channels": tuple(dict.fromkeys(c.split(".")[0] for c in channels))}
+    if depths:
+        opts["depth"] = max(depths)
+    return opts
+
+
 VENUE = Venue(
     exchange=Exchange.BYBIT,
     feeds=(SPOT, LINEAR, INVERSE),
@@ -99,5 +109,6 @@ VENUE = Venue(
     adapter=adapter,
     instrument_requests=instrument_requests,
     parse_instruments=parse_instruments,
+    channel_options=channel_options,
     emulator="collectors.emulator.bybit",
 )

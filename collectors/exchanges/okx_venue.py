@@ -65,6 +65,19 @@ def instrument_requests(market: Market) -> list[InstrumentRequest]:
     ]
 
 
+#: order-book channels of the public stream
+BOOK_CHANNELS = ("books", "books-l2-tbt", "books50-l2-tbt")
+
+
+def channel_options(channels: list[str]) -> dict[str, Any]:
+    """Recorded channels as the adapter's channels, the first book channel as its book."""
+    books = [c for c in channels if c in BOOK_CHANNELS]
+    opts: dict[str, Any] = {"channels": tuple(channels)}
+    if books:
+        opts["book_channel"] = books[0]
+    return opts
+
+
 VENUE = Venue(
     exchange=Exchange.OKX,
     feeds=(MIXED,),
@@ -73,5 +86,6 @@ VENUE = Venue(
     adapter=adapter,
     instrument_requests=instrument_requests,
     parse_instruments=parse_instruments,
+    channel_options=channel_options,
     emulator="collectors.emulator.okx",
 )

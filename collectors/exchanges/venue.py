@@ -88,6 +88,8 @@ class Venue:
     instrument_requests: Callable[[Market], list[InstrumentRequest]]
     #: (body, market, *, category, rejects) -> rows of one exchange-info body
     parse_instruments: Callable[..., list[InstrumentRef]]
+    #: recorded channel names (non-empty) -> adapter options that subscribe exactly those
+    channel_options: Callable[[list[str]], dict[str, Any]]
     #: module of the venue's emulator (collectors/emulator/<venue>.py)
     emulator: str
 
