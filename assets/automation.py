@@ -34,3 +34,41 @@ HOURLY_CHAIN: dg.AutomationCondition = (
     dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window()).with_label("eager, any hour")
     & dg.AutomationCondition.all_deps_blocking_checks_passed()
 ).with_label("hourly_chain")
+
+# -- the ML area (assets/ml.py): daily datasets and models, hourly predictions -----------------
+
+#: A daily ML partition (dataset, model, champion) is due when any upstream partition was newly
+#: updated (or will be in this tick) since the partition was last handled, nothing upstream or
+#: itself is in progress, and every upstream blocking check passed. Unlike HOURLY_CHAIN it does
+#: not wait for *every* upstream partition: a day's dataset reads the hours of lake/features_1s
+#: the lake has, and a replayed day of the past has only the few hours its capture covers (the
+#: dataset itself refuses a day with unsealed lake hours). A live day's partition exists only
+#: once the day is over, so the updates of its earlier hours are behind it and the build is
+#: triggered once, by the features of its last hour. An upstream requested in the same tick
+#: counts as passing its blocking checks (they run in the same run, where a failure keeps the
+#: downstream steps from running), so one tick asks for dataset, models and registrations of a
+#: day together: Dagster's own all_deps_blocking_checks_passed() would wait for the checks to
+#: pass in an earlier run (checks carry no condition and are never "requested"), one run per step.
+ML_DAILY: dg.AutomationCondition = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+    & dg.AutomationCondition.all_deps_match(
+        dg.AutomationCondition.will_be_requested()
+        | dg.AutomationCondition.all_checks_match(dg.AutomationCondition.check_passed(), blocking_only=True)
+    ).with_label("upstream blocking checks passed or upstream requested now")
+).with_label("ml_daily")
+
+
+def prediction_hours(serving: dg.AssetSelection) -> dg.AutomationCondition:
+    """When an hour of lake/predictions is due: its features hour or a `serving` (champion
+    registration) partition of its day was updated since it was last handled, the features
+    hour exists, nothing upstream or itself is in progress. A new champion of day D thus
+    re-lands the hours of D, which the inference service has just scored with it (a first
+    champion makes the service score the feature topics from their start)."""
+    return (
+        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        & ~dg.AutomationCondition.any_deps_missing().ignore(serving)
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("prediction_hours")

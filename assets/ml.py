@@ -6,6 +6,14 @@ MLflow, and the registered `champion` version the inference service serves.
     -> ml/model_<h>s (daily; MLflow run with walk-forward metrics beside the baseline)
         check: beats_baseline (blocking: a losing model never reaches the registry)
     -> ml/champion_<h>s (daily; a registered model version, alias `champion` moved to it)
+    -> lake/predictions (hourly; what the inference service published, with the parity check)
+
+Every one of them carries an automation condition (assets/automation.py: ML_DAILY and
+prediction_hours), evaluated by pipelines/ml_automation.py, so a sealed (e.g. replayed) hour
+builds its day's dataset, trains and registers, and lands the hour's predictions with nobody
+launching anything. A day too small for walk-forward validation trains no model (the model
+asset is skipped, nothing reaches MLflow or the registry); a model that trains but loses to
+the baseline fails its blocking check and is not registered.
 
 The dataset and its manifest (Iceberg snapshot id of every table read, row count,
 checksum) live in the artifact store; the manifest is what makes a dataset rebuildable
@@ -13,6 +21,7 @@ bit for bit, and the rebuild check proves it. Core logic is in ml/ (no Dagster t
 """
 
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
+import time
 import warnings
 from datetime import UTC, datetime
 
@@ -20,6 +29,7 @@ import dagster as dg
 import numpy as np
 import pyarrow.compute as pc
 
+from assets.automation import ML_DAILY, prediction_hours
 from assets.batch_features import BATCH_FEATURES_KEY, hour_us
 from assets.partitions import DAILY, HOURLY
 from features.spec import FEATURES_TABLE
@@ -81,6 +91,7 @@ class DatasetConfig(dg.Config):
     deps=[dg.AssetDep(BATCH_FEATURES_KEY, partition_mapping=dg.TimeWindowPartitionMapping())],
     group_name=GROUP,
     kinds={"python", "parquet"},
+    automation_condition=ML_DAILY,
     description="Per (exchange, market, symbol, second): model inputs from lake/features_1s and future mid "
     "log returns over 1/10/60 s, read as of recorded Iceberg snapshot ids (manifest in the "
     "artifact store).",
@@ -185,6 +196,19 @@ def rebuild_result(lake: LakeResource, artifacts: ArtifactStoreResource, day: st
     )
 
 
+def day_run(mlflow: MlflowResource, day: str, horizon_s: int):
+    """The newest MLflow training run of a horizon on a day's dataset, None if there is none."""
+    settings = mlflow.settings()
+    client = settings.client()
+    runs = client.search_runs(
+        [reg.experiment_id(client, settings)],
+        filter_string=f"tags.dataset_day = '{day}' and tags.horizon_s = '{horizon_s}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
 def _model_asset(horizon_s: int):
     key = model_key(horizon_s)
 
@@ -194,30 +218,27 @@ def _model_asset(horizon_s: int):
         deps=[DATASET_KEY],
         group_name=GROUP,
         kinds={"lightgbm", "mlflow"},
-        check_specs=[
-            dg.AssetCheckSpec(
-                CHECK_BASELINE,
-                asset=key,
-                blocking=True,
-                partitions_def=DAILY,
-                description="pooled walk-forward held-out MSE below the zero-return "
-                "baseline's; blocks registration otherwise",
-            )
-        ],
+        automation_condition=ML_DAILY,
+        output_required=False,
         description=f"LightGBM forecast of the {horizon_s} s mid log return, walk-forward validated; one MLflow "
         "run with params, per-fold and overall metrics beside the baseline, and the dataset's "
-        "snapshot ids.",
+        "snapshot ids. Not materialized (skipped, no MLflow run) when the day has too few labelled "
+        "rows for a single walk-forward fold: nothing could show it beats the baseline.",
     )
-    def _model(
-        context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource, mlflow: MlflowResource
-    ) -> dg.MaterializeResult:
+    def _model(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource, mlflow: MlflowResource):
         rows, man = load_dataset(artifacts, context.partition_key)
         res = mtr.train_horizon(rows, horizon_s)
+        if not res.folds:
+            context.log.info(
+                f"{reg.model_name(horizon_s)} {man.day}: {res.rows} labelled rows, too few for a walk-forward "
+                "fold; no model trained"
+            )
+            return
         tags = {
             "dataset_day": man.day,
             "dataset_checksum": man.checksum,
             "horizon_s": str(horizon_s),
-            "dagster_run_id": context.run_id,
+            "dagster_run_id": context.run.run_id,
             "beats_baseline": str(res.beats_baseline).lower(),
             **{f"snapshot.{k}": str(v) for k, v in man.snapshots.items()},
         }
@@ -249,7 +270,7 @@ def _model_asset(horizon_s: int):
             tags=tags,
         )
         m = res.metrics()
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 "mlflow_run_id": run.run_id,
                 "model": run.model_name,
@@ -257,22 +278,35 @@ def _model_asset(horizon_s: int):
                 "mse_model": m["mse_model"],
                 "mse_baseline": m["mse_baseline"],
                 "skill": m["skill"],
-            },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name=CHECK_BASELINE,
-                    passed=res.beats_baseline,
-                    metadata={
-                        "mse_model": m["mse_model"],
-                        "mse_baseline": m["mse_baseline"],
-                        "folds": dg.MetadataValue.json(folds),
-                        "mlflow_run_id": run.run_id,
-                    },
-                )
-            ],
+                "beats_baseline": res.beats_baseline,
+                "folds": dg.MetadataValue.json(folds),
+            }
         )
 
     return _model
+
+
+def _baseline_check(horizon_s: int):
+    @dg.asset_check(
+        asset=model_key(horizon_s),
+        name=CHECK_BASELINE,
+        blocking=True,
+        partitions_def=DAILY,
+        description="The day's MLflow run: pooled walk-forward held-out MSE below the zero-return baseline's; "
+        "blocks registration otherwise.",
+    )
+    def _check(context: dg.AssetCheckExecutionContext, mlflow: MlflowResource) -> dg.AssetCheckResult:
+        run = day_run(mlflow, context.partition_key, horizon_s)
+        if run is None:
+            return dg.AssetCheckResult(passed=False, metadata={"problem": "no MLflow run for the day"})
+        met = run.data.metrics
+        mse_model, mse_base = met.get("mse_model", float("nan")), met.get("mse_baseline", float("nan"))
+        return dg.AssetCheckResult(
+            passed=run.data.tags.get("beats_baseline") == "true" and mse_model < mse_base,
+            metadata={"mse_model": mse_model, "mse_baseline": mse_base, "mlflow_run_id": run.info.run_id},
+        )
+
+    return _check
 
 
 def _champion_asset(horizon_s: int):
@@ -282,23 +316,16 @@ def _champion_asset(horizon_s: int):
         deps=[model_key(horizon_s)],
         group_name=GROUP,
         kinds={"mlflow"},
+        automation_condition=ML_DAILY,
         description=f"Registers the day's {reg.model_name(horizon_s)} model as a new version and moves the "
         f"`{reg.CHAMPION}` alias to it (runs only after beats_baseline passed).",
     )
     def _champion(context: dg.AssetExecutionContext, mlflow: MlflowResource) -> dg.MaterializeResult:
         settings = mlflow.settings()
-        client = settings.client()
-        exp = reg.experiment_id(client, settings)
         day = context.partition_key
-        runs = client.search_runs(
-            [exp],
-            filter_string=f"tags.dataset_day = '{day}' and tags.horizon_s = '{horizon_s}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if not runs:
+        run = day_run(mlflow, day, horizon_s)
+        if run is None:
             raise dg.Failure(description=f"no MLflow run of {reg.model_name(horizon_s)} for {day}")
-        run = runs[0]
         if run.data.tags.get("beats_baseline") != "true":
             raise dg.Failure(
                 description=f"run {run.info.run_id} did not beat the baseline; not registered", allow_retries=False
@@ -322,32 +349,64 @@ def _champion_asset(horizon_s: int):
 class PredictionHourConfig(dg.Config):
     require_complete: bool = True
     """Refuse an hour some model's inference loop has not scored to its end yet."""
+    wait_s: float = 600.0
+    """How long to wait for the inference service to finish scoring the hour before refusing it
+    (a champion registered a moment ago is loaded within the service's reload interval)."""
+
+
+def serving_models(mlflow: MlflowResource) -> list[str]:
+    """Models the inference service serves now: those whose `champion` alias exists."""
+    client = mlflow.settings().client()
+    return [reg.model_name(h) for h in mds.HORIZONS_S if reg.alias_version(client, reg.model_name(h)) is not None]
+
+
+def behind_models(conn, rows, newest: dict[str, int], h: int, serving: list[str]) -> list[str]:
+    """Models (in the hour's rows, or serving now) whose loop has neither published a prediction
+    past the hour nor consumed every feature record now in the topics."""
+    out = []
+    for m in sorted(set(pl.hour_models(rows)) | set(serving)):
+        if newest.get(m, h - 1) >= h + HOUR_US:
+            continue
+        mine = rows.filter(pc.equal(rows["model"], m))
+        if not pl.group_caught_up(conn, m, pl.hour_instruments(mine) if mine.num_rows else None):
+            out.append(m)
+    return out
 
 
 @dg.asset(
     key=PREDICTIONS_KEY,
     partitions_def=HOURLY,
-    deps=[BATCH_FEATURES_KEY],
+    deps=[
+        BATCH_FEATURES_KEY,
+        *(dg.AssetDep(champion_key(h), partition_mapping=dg.TimeWindowPartitionMapping()) for h in mds.HORIZONS_S),
+    ],
     group_name=GROUP,
     kinds={"kafka", "iceberg"},
+    automation_condition=prediction_hours(dg.AssetSelection.assets(*(champion_key(h) for h in mds.HORIZONS_S))),
     description=f"`{PREDICTIONS_TABLE.identifier}`: the predictions the inference service published for the "
-    "hour (every prediction.* topic, event_id-distinct); the hour is replaced atomically.",
+    "hour (every prediction.* topic, event_id-distinct); the hour is replaced atomically. Waits (wait_s) until "
+    "every serving model has scored the hour. Rebuilt when a champion of its day is registered.",
 )
 def lake_predictions(
-    context: dg.AssetExecutionContext, config: PredictionHourConfig, lake: LakeResource, kafka: KafkaResource
+    context: dg.AssetExecutionContext,
+    config: PredictionHourConfig,
+    lake: LakeResource,
+    kafka: KafkaResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     h = hour_us(context.partition_key)
     conn = kafka.connection()
-    rows, newest = pl.read_predictions(conn, pl.prediction_topics(conn), h)
-    if config.require_complete:
-        behind = [
-            m
-            for m in pl.hour_models(rows)
-            if newest[m] < h + HOUR_US
-            and not pl.group_caught_up(conn, m, pl.hour_instruments(rows.filter(pc.equal(rows["model"], m))))
-        ]
-        if behind:
+    serving = serving_models(mlflow) if config.require_complete else []
+    deadline = time.monotonic() + config.wait_s
+    while True:
+        rows, newest = pl.read_predictions(conn, pl.prediction_topics(conn), h)
+        behind = behind_models(conn, rows, newest, h, serving) if config.require_complete else []
+        if not behind:
+            break
+        if time.monotonic() >= deadline:
             raise dg.Failure(description=f"hour {context.partition_key} not fully scored yet by {behind}")
+        context.log.info(f"waiting for the inference service to score the hour: {behind}")
+        time.sleep(5)
     table = fl.ensure_spec_table(lake.load_catalog(), PREDICTIONS_TABLE, dict(lake.table_properties) or None)
     table = fl.write_hour(table, rows, h, {"writer": "prediction-lake", "hour": context.partition_key})
     per_model = {m: int(pc.sum(pc.equal(rows["model"], m)).as_py()) for m in pl.hour_models(rows)}
@@ -401,13 +460,14 @@ def predictions_parity(
 
 
 MODEL_ASSETS = {h: _model_asset(h) for h in mds.HORIZONS_S}
+BASELINE_CHECKS = {h: _baseline_check(h) for h in mds.HORIZONS_S}
 CHAMPION_ASSETS = {h: _champion_asset(h) for h in mds.HORIZONS_S}
 
-#: The daily training chain (dataset -> models -> champions) and its dataset checks.
+#: The daily training chain (dataset -> models -> champions) and its checks.
 TRAINING_ASSETS = [training_dataset, *MODEL_ASSETS.values(), *CHAMPION_ASSETS.values()]
-TRAINING_CHECKS = [no_label_leakage, rebuild_from_snapshots]
+TRAINING_CHECKS = [no_label_leakage, rebuild_from_snapshots, *BASELINE_CHECKS.values()]
 assets = [*TRAINING_ASSETS, lake_predictions]
-asset_checks = [no_label_leakage, rebuild_from_snapshots, predictions_parity]
+asset_checks = [*TRAINING_CHECKS, predictions_parity]
 jobs: list = []
 sensors: list = []
 schedules: list = []

@@ -26,6 +26,7 @@ from pipelines import (
     hourly_chain,
     lake_rebuild_job,
     lake_schedules,
+    ml_automation,
     ml_promotion,
     recompute_job,
     replay_completion,
@@ -64,5 +65,6 @@ defs = dg.Definitions.merge(
     ml.defs,  # training datasets, models (MLflow), champion registration
     inference_service.defs,  # online inference service + supervisor
     ml_promotion.defs,  # shadow vs champion promotion job
+    ml_automation.defs,  # automation of the datasets, models and prediction hours
     dg.Definitions(resources=build_resources()),
 )

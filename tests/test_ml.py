@@ -50,12 +50,12 @@ def world(tmp_path_factory):
     yield {"res": res, "lake": lake, "root": root}
 
 
-def run_ml(world, selection) -> dg.ExecuteInProcessResult:
+def run_ml(world, selection, day: str = DAY) -> dg.ExecuteInProcessResult:
     job = dg.define_asset_job("ml_test", selection=selection, partitions_def=aml.DAILY)
     defs = dg.Definitions(
         assets=aml.TRAINING_ASSETS, asset_checks=aml.TRAINING_CHECKS, jobs=[job], resources=world["res"]
     )
-    return defs.resolve_job_def("ml_test").execute_in_process(partition_key=DAY, raise_on_error=False)
+    return defs.resolve_job_def("ml_test").execute_in_process(partition_key=day, raise_on_error=False)
 
 
 def checks(result) -> dict[str, bool]:
@@ -145,6 +145,22 @@ def test_baseline_check_blocks_a_model_without_signal(world):
     )  # labels without signal
     res = mtr.train_horizon(noisy, 1)
     assert len(res.folds) == mtr.DEFAULT_FOLDS and not res.beats_baseline
+
+
+def test_a_day_too_small_to_validate_trains_nothing_and_the_run_succeeds(world):
+    """The capture's next day has (almost) no feature rows: its dataset is built and checked,
+    but no model is trained, logged or registered, and nothing fails (what the automation
+    does for the tiny days of a replay)."""
+    day = a.NEXT_HOUR[:10]
+    assert day != DAY
+    r = run_ml(world, dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks(), day)
+    assert r.success
+    built = {tuple(e.asset_key.path) for e in r.get_asset_materialization_events()}
+    assert built == {("ml", "training_dataset")}
+    ev = checks(r)
+    assert ev == {"training_dataset.no_label_leakage": True, "training_dataset.rebuild_from_snapshots": True}
+    for h in mds.HORIZONS_S:
+        assert aml.day_run(world["res"]["mlflow"], day, h) is None
 
 
 # -- online inference ------------------------------------------------------------------------

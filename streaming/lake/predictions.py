@@ -75,11 +75,17 @@ def read_predictions(conn: kc.KafkaConnection, topics: Iterable[str], hour_us: i
     return table, newest
 
 
-def group_caught_up(conn: kc.KafkaConnection, model: str, markets_exchanges: Iterable[tuple[str, str]]) -> bool:
-    """The model's inference group has committed every feature record now in the topics."""
+def group_caught_up(
+    conn: kc.KafkaConnection, model: str, markets_exchanges: Iterable[tuple[str, str]] | None = None
+) -> bool:
+    """The model's inference group has committed every feature record now in the topics (of
+    the given (market, exchange) pairs; None: every feature topic there is)."""
     c = plain_consumer(conn, inference_group(model))
     try:
-        topics = [feature_topic(m, x) for m, x in markets_exchanges]
+        if markets_exchanges is None:
+            topics = sorted(t for t in c.list_topics(timeout=10).topics if t.startswith(f"{Stage.FEATURE}."))
+        else:
+            topics = [feature_topic(m, x) for m, x in markets_exchanges]
         tps = partitions_for(c, topics)
         done = committed_offsets(c, tps)
         return all((done[tp] or 0) >= watermarks(c, tp)[1] for tp in tps)
