@@ -821,7 +821,7 @@ def _servable(path: Path, capture: Any) -> bool:
         return False
     if info.format == "tardis_fixture" or info.exchange is None:
         return False  # unordered single frames without receive times
-    return not (info.exchange is Exchange.BYBIT and info.flavor == "legacy")
+    return registry.feed_of_flavor(info.exchange, info.flavor) is not None  # e.g. not Bybit pre-v5
 
 
 # -- command line ------------------------------------------------------------------------------------
