@@ -58,7 +58,7 @@ BENCHES = (
         ("--events", "20000", "--rates", "2000,5000,10000,20000", "--duration", "4"),
     ),
     Bench("analytics", "bench_analytics.py", ("--rows", "100000", "--events", "30000", "--rounds", "1")),
-    Bench("ml", "bench_ml.py", ("--copies", "30", "--rounds", "1")),
+    Bench("ml", "bench_ml.py", ("--copies", "30", "--rounds", "1"), ("--smoke",)),
     # starts two whole stacks: run it alone, under /tmp/ticklake-stack.lock (see its docstring)
     Bench("idle", "bench_idle.py", ("--seconds", "20", "--settle", "10", "--json"), in_quick=False, stack_lock=True),
 )
@@ -305,13 +305,15 @@ def latest(jsonl: Path) -> list[dict]:
 
 def markdown(figs: list[dict], meta: dict, raw: dict[str, tuple[str, int]]) -> str:
     runs = sorted(
-        {(f["bench"], f["time"], f["commit"], f.get("dirty")) for f in figs},
+        {(f["bench"], f["time"], f["commit"], f.get("dirty"), f.get("load")) for f in figs},
         key=lambda r: [b.name for b in BENCHES].index(r[0]) if r[0] in [b.name for b in BENCHES] else 99,
     )
     lines = [
         f"Benchmarks, {meta['mode']} mode, python {meta['python']}, {meta['cpus']} CPUs shared with other work"
         " (ratio = value / baseline, both measured in the same run). Runs: "
-        + "; ".join(f"{b} {t} on `{c}`{' (dirty tree)' if d else ''}" for b, t, c, d in runs)
+        + "; ".join(
+            f"{b} {t} on `{c}`{' (dirty tree)' if d else ''}{f', load {ld}' if ld else ''}" for b, t, c, d, ld in runs
+        )
         + ".",
         "",
         "| figure | value | unit | baseline (same run) | baseline value | ratio | target | note |",
@@ -331,6 +333,13 @@ def markdown(figs: list[dict], meta: dict, raw: dict[str, tuple[str, int]]) -> s
         )
         lines += ["", f"`{name}` {what}; its output:", "", "```", tail, "```"]
     return "\n".join(lines) + "\n"
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,10 +370,18 @@ def main(argv: list[str] | None = None) -> int:
     figs: list[dict] = []
     raw: dict[str, tuple[str, int]] = {}
     for b in chosen:
+        load0 = _load()
         got, out, secs, rc = run_one(b, args.smoke, args.timeout)
-        print(f"[bench] {b.name}: {len(got)} figures in {secs:.0f} s (exit {rc})", file=sys.stderr, flush=True)
+        # The machine is shared: the 1-minute load average before and after each benchmark says
+        # how much the figures were disturbed (2 = both cores busy with something).
+        load = f"{load0:.1f}-{_load():.1f}"
+        print(
+            f"[bench] {b.name}: {len(got)} figures in {secs:.0f} s (exit {rc}, load {load})",
+            file=sys.stderr,
+            flush=True,
+        )
         for f in got:
-            figs.append({**f, "bench": b.name, **meta})
+            figs.append({**f, "bench": b.name, **meta, "load": load})
         if not got or rc or b.name in PRINTED:  # a parsed table is kept as printed too
             raw[b.name] = (out, rc)
     args.out.mkdir(parents=True, exist_ok=True)
