@@ -1,4 +1,4 @@
-"""L2 book level updates/s: collectors.book.L2Book beside the C `order-book` package.
+"""L2 book level updates/s: orderbook.L2Book beside the C `order-book` package.
 
 Both books get the same update stream, taken from genuine captures (the hftbacktest
 BTCUSDT spot depth diffs after their REST snapshot, and the Bybit XRPUSDT ob500 deltas),
@@ -8,7 +8,10 @@ as scaled integers, and apply it level by level:
   - reading the best bid and best ask after every level update,
 
 plus the adapters' own path (one ``apply`` per venue message, then best bid/ask). The
-two books must agree on the top of book at the end, so both did the same work.
+two books must agree on the top of book at the end, so both did the same work. Level by
+level, each book is driven through its own per-level write, a mapping store: the C
+book's side mapping (a delete is ``del``, after a membership test since deleting a missing
+level is normal) and ours ``bid_qty``/``ask_qty`` (a store of 0 deletes).
 `order-book` is GPL and an anchor only: it is imported here and nowhere else.
 
     python bench/bench_book.py [--rounds 5] [--smoke]
@@ -32,9 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collectors.book import L2Book  # noqa: E402
 from collectors.capture import REST, read  # noqa: E402
-from collectors.exchanges.common import parse_scaled  # noqa: E402
+from orderbook import L2Book  # noqa: E402
+from schemas.scaled import to_scaled as parse_scaled  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 
@@ -81,17 +84,17 @@ def bybit_stream():
 def ours_levels(bids, asks, updates, read_top):
     book = L2Book()
     book.apply_snapshot(bids, asks)
-    sb, sa, bb, ba = book.set_bid, book.set_ask, book.best_bid, book.best_ask
+    B, A, bb, ba = book.bid_qty, book.ask_qty, book.best_bid, book.best_ask
     gc.disable()
     t = time.process_time()
     if read_top:
         for s, p, q in updates:
-            (sa if s else sb)(p, q)
+            (A if s else B)[p] = q
             bb()
             ba()
     else:
         for s, p, q in updates:
-            (sa if s else sb)(p, q)
+            (A if s else B)[p] = q
     dt = time.process_time() - t
     gc.enable()
     return dt, (book.best_bid(), book.best_ask())

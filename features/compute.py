@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.book import Book
 from features.inputs import INPUT_SCHEMA
 from features.spec import (
     DEPTH_BPS,
@@ -37,6 +36,7 @@ from features.spec import (
     WINDOW_US,
     feature_event_id,
 )
+from orderbook import L2Book
 
 KIND_RANK = {"book_snapshot": 0, "book_delta": 1, "trade": 2}
 _KEYS = ["exchange", "market", "symbol", "window_start"]
@@ -46,7 +46,7 @@ InstrumentKey = tuple[str, str, str]
 
 @dataclass(slots=True)
 class SymbolState:
-    book: Book = field(default_factory=Book)
+    book: L2Book = field(default_factory=L2Book)
     last_mid: float | None = None
     returns: deque = field(default_factory=deque)  # (window_start, squared log return)
     last_window: int = -1  # newest window already computed
@@ -62,7 +62,7 @@ class SymbolState:
     @classmethod
     def from_state(cls, d: dict) -> SymbolState:
         return cls(
-            Book.from_state(d["book"]),
+            L2Book.from_state(d["book"]),
             d["last_mid"],
             deque((int(w), float(r)) for w, r in d["ret"]),
             int(d["last_window"]),
@@ -181,7 +181,7 @@ def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
-def _book_features(book: Book) -> dict:
+def _book_features(book: L2Book) -> dict:
     """Book columns at a window end, all computed from exact integers."""
     nulls = dict.fromkeys(
         (
@@ -197,10 +197,10 @@ def _book_features(book: Book) -> dict:
             "depth_ask_10bps",
         )
     )
-    nulls["book_seq"] = book.seq if book.ready else None
-    if not book.ready or not book.bids or not book.asks:
-        return nulls
+    nulls["book_seq"] = book.seq if book.synced else None
     bids, asks = book.top_bids(TOP_LEVELS), book.top_asks(TOP_LEVELS)
+    if not book.synced or not bids or not asks:
+        return nulls
     (bp, bq), (ap, aq) = bids[0], asks[0]
     unit = 10**book.price_scale
     two_mid = bp + ap  # 2*mid in price units: keeps the bps tests integer
@@ -223,13 +223,19 @@ def _book_features(book: Book) -> dict:
     }
 
 
-def _apply_book_event(book: Book, ev: dict) -> None:
+def _apply_book_event(book: L2Book, ev: dict) -> None:
+    """A snapshot replaces the book at its scales; a delta is ignored before the first
+    snapshot and when the snapshot already contains it (seq <= book seq), else applied at
+    the largest scales seen."""
     bids = [(lvl["px"], lvl["qty"]) for lvl in ev["bids"]]
     asks = [(lvl["px"], lvl["qty"]) for lvl in ev["asks"]]
+    seq = ev["seq"]
     if ev["kind"] == "book_snapshot":
-        book.snapshot(bids, asks, ev["seq"], ev["price_scale"], ev["size_scale"])
-    else:
-        book.apply(bids, asks, ev["seq"], ev["price_scale"], ev["size_scale"])
+        book.apply_snapshot(bids, asks, seq, ev["price_scale"], ev["size_scale"])
+    elif book.synced and not (seq and book.seq and seq <= book.seq):
+        book.apply_scaled(bids, asks, ev["price_scale"], ev["size_scale"])
+        if seq:
+            book.seq = seq
 
 
 def compute_features(events: pa.Table, state: FeatureState | None = None) -> tuple[pa.Table, FeatureState]:
@@ -289,8 +295,8 @@ def compute_features(events: pa.Table, state: FeatureState | None = None) -> tup
             bi += 1
         bf = _book_features(st.book)
         tr = trades.get((*key, ws))
-        ps = max(st.book.price_scale if st.book.ready else 0, tr["ps_max"] if tr else 0, w["price_scale_max"])
-        ss = max(st.book.size_scale if st.book.ready else 0, tr["ss_max"] if tr else 0, w["size_scale_max"])
+        ps = max(st.book.price_scale if st.book.synced else 0, tr["ps_max"] if tr else 0, w["price_scale_max"])
+        ss = max(st.book.size_scale if st.book.synced else 0, tr["ss_max"] if tr else 0, w["size_scale_max"])
         # Book integers to the row scale (exact up-scaling; equal scales in practice).
         fpb, fqb = 10 ** (ps - st.book.price_scale), 10 ** (ss - st.book.size_scale)
         for c in ("best_bid_px", "best_ask_px", "spread_px"):

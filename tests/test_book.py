@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collectors.book import L2Book
+from orderbook import L2Book
 
 
 class RefBook:

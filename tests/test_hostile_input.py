@@ -217,7 +217,7 @@ def test_oversized_frame_and_a_failing_session_task_end_in_dead_letter_and_recon
 
 def _rebuilt(events):
     """Books from published BOOK_SNAPSHOT / BOOK_DELTA events alone (what consumers see)."""
-    from collectors.book import L2Book
+    from orderbook import L2Book
     from schemas.model import EventType
 
     books = {}

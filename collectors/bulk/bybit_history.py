@@ -2,7 +2,7 @@
 
 Order book: one v5 websocket message per line, a ``snapshot`` then ``delta``s (``u`` +1
 each, size "0" deletes). The lines are replayed through the collector's own Bybit adapter
-(collectors/exchanges/bybit.py and collectors/book.py), so the history obeys exactly the
+(collectors/exchanges/bybit.py and orderbook/book.py), so the history obeys exactly the
 sync rules the live stream does (gap -> the book is dropped until the next snapshot, a
 crossed book is refused) and yields the same BOOK_SNAPSHOT / BOOK_DELTA envelopes. The
 adapter is given the instrument's scales, so its output is already at the lake's scales
@@ -32,7 +32,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from collectors.book import L2Book
 from collectors.bulk.common import (
     BulkFileError,
     Converted,
@@ -47,6 +46,7 @@ from collectors.bulk.common import (
 )
 from collectors.exchanges.bybit import BybitAdapter
 from collectors.exchanges.common import BookStats
+from orderbook import L2Book
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import EventType, event_type_from_pb
 from schemas.scaled import ScaleError, to_scaled

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from collectors.book import L2Book
 from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest, Resync
 from collectors.exchanges.registry import parse_exchange_info
+from orderbook import L2Book
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import event_id_from, id_head, stamp_event_id
 from schemas.instruments import InstrumentDataError, InstrumentRef, by_native

@@ -12,8 +12,9 @@ continuity check is repeated here.
 
 Every applied change is yielded to the caller (``BookChange``) right after it is applied,
 so the publisher reads the price/depth of each state in order even when a late snapshot
-releases several states at once (the caller must exhaust the iterator). Scales: levels are kept at the largest scale seen (exact up-scaling), since
-a collector infers scales until its first snapshot locks them.
+releases several states at once (the caller must exhaust the iterator). Scales: levels are
+kept at the largest scale seen (``L2Book.apply_scaled``, exact up-scaling), since a
+collector infers scales until its first snapshot locks them.
 
 Quantities are kept in the base asset (schemas/units.py): contract sizes of OKX
 SWAP/FUTURES and Bybit inverse are converted level by level as they arrive, and the book's
@@ -26,7 +27,7 @@ import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from collectors.book import L2Book
+from orderbook import L2Book
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.units import base_levels, unit_of_envelope
 
@@ -85,21 +86,6 @@ class FeedBook:
     def size_scale(self) -> int:
         return self.book.size_scale
 
-    def _align(self, price_scale: int, size_scale: int) -> tuple[int, int]:
-        """Raise the book to at least the incoming scales; return the factors for incoming levels."""
-        b = self.book
-        if price_scale > b.price_scale or size_scale > b.size_scale:
-            fp = 10 ** max(0, price_scale - b.price_scale)
-            fq = 10 ** max(0, size_scale - b.size_scale)
-            bids = [(px * fp, q * fq) for px, q in b.bids.items()]
-            asks = [(px * fp, q * fq) for px, q in b.asks.items()]
-            seq, synced, ts = b.seq, b.synced, b.exchange_ts
-            b.apply_snapshot(bids, asks, seq)
-            b.synced, b.exchange_ts = synced, ts
-            b.price_scale = max(b.price_scale, price_scale)
-            b.size_scale = max(b.size_scale, size_scale)
-        return 10 ** (b.price_scale - price_scale), 10 ** (b.size_scale - size_scale)
-
     def on_envelope(
         self, env: pb.Envelope, before: Callable[[pb.Envelope], None] | None = None
     ) -> Iterator[BookChange]:
@@ -127,8 +113,7 @@ class FeedBook:
         if before is not None:
             before(env)
         bids, asks, bs = _base(env, env.book_snapshot)
-        b.price_scale, b.size_scale = env.price_scale, bs
-        b.apply_snapshot(bids, asks, env.seq)
+        b.apply_snapshot(bids, asks, env.seq, env.price_scale, bs)
         b.exchange_ts = env.exchange_ts
         yield BookChange(env, b.seq, b.exchange_ts)
         held, self.pending = self.pending, []
@@ -154,8 +139,7 @@ class FeedBook:
         if before is not None:
             before(env)
         bids, asks, bs = _base(env, env.book_delta)
-        fp, fq = self._align(env.price_scale, bs)
-        b.apply([(px * fp, q * fq) for px, q in bids], [(px * fp, q * fq) for px, q in asks])
+        b.apply_scaled(bids, asks, env.price_scale, bs)
         if env.seq:
             b.seq = env.seq
         b.exchange_ts = max(b.exchange_ts, env.exchange_ts)

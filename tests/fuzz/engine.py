@@ -37,13 +37,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collectors.book import L2Book
 from collectors.capture import REST, WS, Record
 from collectors.exchanges.base import RestRequest
 from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
 from collectors.exchanges.bybit import BybitAdapter
 from collectors.exchanges.okx import OkxAdapter
 from collectors.exchanges.registry import parse_exchange_info
+from orderbook import L2Book
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import stamp_event_id
 from schemas.instruments import InstrumentDataError, InstrumentRef

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from collectors.book import L2Book
 from collectors.config import ShardConfig
 from collectors.runner import ShardRunner
+from orderbook import L2Book
 from runtime import kafka_config as kc
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
