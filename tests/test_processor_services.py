@@ -15,13 +15,13 @@ from features.inputs import events_from_envelopes
 from features.records import decode_row, rows_to_table
 from pipelines.services import processors as processor_services
 from pipelines.services import supervisors_processors
+from pipelines.services.builder import run_loop
 from pipelines.services.processors import (
     FEATURE_PROCESSOR,
     NORMALIZER,
     SERVICE_TAG,
     feature_processor_service,
     normalizer_service,
-    run_until_stopped,
 )
 from pipelines.services.supervisors_processors import stream_processors_supervisor
 from resources.kafka import KafkaResource
@@ -147,7 +147,7 @@ def test_termination_drains_and_commits_before_the_op_returns(broker):
 
     threading.Thread(target=interrupt_when_busy, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        run_until_stopped(dg.build_op_context(), svc, idle_exit_s=None, max_seconds=120)
+        run_loop(dg.build_op_context(), svc, idle_exit_s=None, max_seconds=120)
     assert 3 <= svc.stats.batches and svc.stats.records_in < 40_000  # stopped early, not at the end
     c = plain_consumer(connection(broker.bootstrap), "ticklake-normalizer")
     try:

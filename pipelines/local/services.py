@@ -16,8 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-SERVICE_TAG = "ticklake/service"
-LIVE_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+from pipelines.services.tags import LIVE_STATUS_NAMES as LIVE_STATUSES
+from pipelines.services.tags import SERVICE_TAG
 
 _INSTIGATORS_QUERY = """
 { repositoriesOrError {

@@ -6,32 +6,18 @@ run only when none is queued or running). It holds no Dagster pool: locally it i
 client of the local ClickHouse server among others (hourly loads, user clients), which all
 run at the same time. Stopping the run is safe at any point:
 offsets are committed after the insert, so an interrupted batch is re-read and collapses
-on event_id in the ReplacingMergeTree.
+on event_id in the ReplacingMergeTree. Job, sensor and tags: pipelines/services/builder.py.
 """
 
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
 import dagster as dg
-from dagster import DagsterRunStatus, RunsFilter
 from pydantic import Field
 
-from pipelines.k8s import k8s_tags
-from resources.clickhouse import ClickHouseResource
-from resources.home import resolve_home
-from resources.kafka import KafkaResource
-from runtime.service_status import service_run
+from pipelines.services.builder import service, service_tags
 from streaming.clickhouse import sql as cs
-from streaming.clickhouse.live import ClickHouseLive, live_topics
+from streaming.clickhouse.live import SERVICE_NAME, ClickHouseLive, live_topics
 
-SERVICE_TAG = "ticklake/service"
-SERVICE_NAME = "clickhouse-live"
-SERVICE_TAGS = {SERVICE_TAG: SERVICE_NAME}
-ACTIVE_STATUSES = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-]
+SERVICE_TAGS = service_tags(SERVICE_NAME)
 
 
 class ClickHouseLiveConfig(dg.Config):
@@ -50,50 +36,34 @@ class ClickHouseLiveConfig(dg.Config):
     max_seconds: float | None = None
 
 
-@dg.op(tags={"kind": "clickhouse"})
-def run_clickhouse_live(
-    context: dg.OpExecutionContext, config: ClickHouseLiveConfig, kafka: KafkaResource, clickhouse: ClickHouseResource
-) -> dg.Nothing:
-    with service_run(SERVICE_NAME, run_id=context.run_id, home=resolve_home().root):
-        svc = ClickHouseLive(
-            kafka.connection(),
-            clickhouse.get_client(),
-            live_topics(config.exchanges or None, config.markets or None),
-            database=config.database,
-            batch_max_records=config.batch_max_records,
-            batch_max_ms=config.batch_max_ms,
-            ttl_days=config.ttl_days,
-            session_timeout_ms=config.session_timeout_ms,
-        )
-        stats = svc.run(idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
-        context.log.info(
-            f"clickhouse-live stopped: records={stats.records} rows={stats.rows} dlq={dict(stats.dlq.counts)}"
-        )
-
-
-@dg.job(
-    tags={**SERVICE_TAGS, **k8s_tags(SERVICE_NAME)},
-    description="Long-running consumer: feature.* topics -> ClickHouse features_live.",
-    executor_def=dg.in_process_executor,
-)  # in the run worker: no 20 ms step-event polling parent (~1 % of a core each)
-def clickhouse_live_service():
-    run_clickhouse_live()
-
-
-@dg.sensor(
-    job=clickhouse_live_service,
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Keeps one clickhouse-live run alive: requests a run whenever none is queued or running.",
-)
-def clickhouse_live_supervisor(context: dg.SensorEvaluationContext):
-    active = context.instance.get_runs(
-        RunsFilter(job_name=clickhouse_live_service.name, statuses=ACTIVE_STATUSES), limit=1
+def _live(context: dg.OpExecutionContext, config: ClickHouseLiveConfig) -> ClickHouseLive:
+    return ClickHouseLive(
+        context.resources.kafka.connection(),
+        context.resources.clickhouse.get_client(),
+        live_topics(config.exchanges or None, config.markets or None),
+        database=config.database,
+        batch_max_records=config.batch_max_records,
+        batch_max_ms=config.batch_max_ms,
+        ttl_days=config.ttl_days,
+        session_timeout_ms=config.session_timeout_ms,
     )
-    if active:
-        return dg.SkipReason(f"clickhouse-live run {active[0].run_id} is {active[0].status.value}")
-    return dg.RunRequest(tags=SERVICE_TAGS)
 
+
+CLICKHOUSE_LIVE = service(
+    SERVICE_NAME,
+    ClickHouseLiveConfig,
+    _live,
+    job_name="clickhouse_live_service",
+    op_name="run_clickhouse_live",
+    op_tags={"kind": "clickhouse"},
+    resources=("kafka", "clickhouse"),
+    report=lambda svc: f"records={svc.stats.records} rows={svc.stats.rows} dlq={dict(svc.stats.dlq.counts)}",
+    description="Long-running consumer: feature.* topics -> ClickHouse features_live.",
+    supervisor_name="clickhouse_live_supervisor",
+    supervisor_description="Keeps one clickhouse-live run alive: requests a run whenever none is queued or running.",
+)
+clickhouse_live_service = CLICKHOUSE_LIVE.job
+clickhouse_live_supervisor = CLICKHOUSE_LIVE.sensor
 
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
-defs = dg.Definitions(jobs=[clickhouse_live_service], sensors=[clickhouse_live_supervisor])
+defs = CLICKHOUSE_LIVE.defs

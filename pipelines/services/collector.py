@@ -20,10 +20,11 @@ import dagster as dg
 from collectors.config import ConfigError, ShardConfig, config_path, find_shard
 from collectors.runner import ShardRunner, ShardStats
 from collectors.status import status_file
-from pipelines.k8s import COLLECTOR, k8s_tags
-from pipelines.services.processors import SERVICE_TAG
+from pipelines.k8s import COLLECTOR
+from pipelines.services.builder import SERVICE_TAG, service_job
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
+from runtime.service_loop import run_in_worker
 from runtime.service_status import service_run
 
 SHARD_TAG = "ticklake/shard"
@@ -116,10 +117,8 @@ def run_shard_until_stopped(
     thread is interrupted (a Dagster termination); either way the worker closes its sockets
     and flushes the producer before this returns or re-raises."""
     handle = handle or ShardHandle()
-    errors: list[BaseException] = []
-    done = threading.Event()
 
-    async def main() -> None:
+    async def main() -> ShardStats:
         handle.loop = asyncio.get_running_loop()
         handle.stop = asyncio.Event()
         handle.runner = ShardRunner(
@@ -130,31 +129,22 @@ def run_shard_until_stopped(
         if max_seconds:
             handle.loop.call_later(max_seconds, handle.stop.set)
         await handle.runner.run(handle.stop)
+        return handle.stats
 
-    def work() -> None:
+    def work() -> ShardStats:
         try:
-            asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the supervising thread
-            errors.append(exc)
+            return asyncio.run(main())
         finally:
             handle.started.set()
-            done.set()
 
-    # Waiting on an Event, not Thread.join: on CPython < 3.13 a join interrupted by a signal
-    # can later return before the thread has finished (the flush would be cut short).
-    threading.Thread(target=work, name=f"collector-{cfg.name}", daemon=True).start()
-    try:
-        while not done.wait(0.5):
-            pass
-    except BaseException:
-        log.info(f"collector {cfg.name}: stop requested; closing connections and flushing")
-        handle.started.wait(30)
-        handle.request_stop()
-        done.wait(120)
-        raise
-    if errors:
-        raise errors[0]
-    return handle.stats
+    return run_in_worker(
+        work,
+        request_stop=handle.request_stop,
+        name=f"collector-{cfg.name}",
+        log=log,
+        stopping_message="stop requested; closing connections and flushing",
+        ready=handle.started,
+    )
 
 
 @dg.op(tags={"kind": "collector"}, description="Collect one shard until the run is terminated.")
@@ -185,14 +175,15 @@ def run_collector_shard(
         context.log.info(f"collector {cfg.name} stopped after {time.monotonic() - t0:.0f}s: {stats.as_dict()}")
 
 
-@dg.job(
-    tags=k8s_tags(COLLECTOR),
+#: The service tag's value is per shard (set by the supervisor's requests), not on the job.
+collector_shard = service_job(
+    COLLECTOR,
+    run_collector_shard,
+    job_name="collector_shard",
+    tag_service=False,
     description="One collector shard (venue, market, symbols, egress IPs), kept alive by the "
     "collector supervisor; publishes raw.* and dlq.collector.",
-    executor_def=dg.in_process_executor,
 )
-def collector_shard():
-    run_collector_shard()
 
 
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).

@@ -1,6 +1,6 @@
 """Online inference as a long-running Dagster service (streaming/processors/inference.py).
 
-Same shape as the other services: a one-op job tagged ``ticklake/service: inference``
+Same shape as the other services (built by pipelines/services/builder.py): a one-op job tagged ``ticklake/service: inference``
 (dagster.yaml allows one live run per service tag value), run in-process, whose op runs
 the loops in a worker thread until the run is terminated (the loops then commit the batch
 in flight), and a supervisor sensor, shipped STOPPED and switched on by `ticklake up`
@@ -14,13 +14,8 @@ from pydantic import Field
 
 from ml.dataset import HORIZONS_S
 from ml.registry import model_name
-from pipelines.k8s import INFERENCE, k8s_tags
-from pipelines.services.processors import run_until_stopped, service_tags
-from pipelines.services.supervisors_processors import ALIVE
-from resources.home import resolve_home
-from resources.kafka import KafkaResource
-from resources.mlflow import MlflowResource
-from runtime.service_status import service_run
+from pipelines.k8s import INFERENCE
+from pipelines.services.builder import service
 from streaming.processors.feature_processor import parse_pairs
 from streaming.processors.inference import InferenceLoop, InferenceService
 
@@ -41,10 +36,8 @@ class InferenceRunConfig(dg.Config):
     max_seconds: float | None = None
 
 
-@dg.op(tags={"kind": "kafka"})
-def run_inference(
-    context: dg.OpExecutionContext, config: InferenceRunConfig, kafka: KafkaResource, mlflow: MlflowResource
-) -> dg.Nothing:
+def _inference(context: dg.OpExecutionContext, config: InferenceRunConfig) -> InferenceService:
+    kafka, mlflow = context.resources.kafka, context.resources.mlflow
     models = config.models or [model_name(h) for h in HORIZONS_S]
     pairs = parse_pairs(config.pairs or None)
     settings = mlflow.settings()
@@ -73,39 +66,36 @@ def run_inference(
                 batch_max_ms=config.batch_max_ms,
             )
         )
-    with service_run(INFERENCE, run_id=context.run_id, home=resolve_home().root):
-        svc = InferenceService(loops)
-        context.log.info(f"inference: serving {[lp.publish_name for lp in loops]} from {settings.tracking_uri}")
-        run_until_stopped(context, svc, idle_exit_s=config.idle_exit_s, max_seconds=config.max_seconds)
-        context.log.info(
-            f"inference: dlq={ {lp.publish_name: dict(lp.dlq.counts) for lp in loops} } versions="
-            f"{ {lp.publish_name: lp.served.version if lp.served else None for lp in loops} }"
-        )
+    svc = InferenceService(loops)
+    context.log.info(f"inference: serving {[lp.publish_name for lp in loops]} from {settings.tracking_uri}")
+    return svc
 
 
-@dg.job(
-    tags={**service_tags(INFERENCE), **k8s_tags(INFERENCE)},
+def _report(svc: InferenceService) -> str:
+    loops = svc.loops
+    return (
+        f"dlq={ {lp.publish_name: dict(lp.dlq.counts) for lp in loops} } versions="
+        f"{ {lp.publish_name: lp.served.version if lp.served else None for lp in loops} }"
+    )
+
+
+INFERENCE_SERVICE = service(
+    INFERENCE,
+    InferenceRunConfig,
+    _inference,
+    job_name="inference_service",
+    op_name="run_inference",
+    resources=("kafka", "mlflow"),
+    report=_report,
     description="Long-running online inference: feature.* -> prediction.<market>.<model> (+ dlq.inference), "
     "exactly once, serving each model's `champion` version.",
-    executor_def=dg.in_process_executor,
-)  # in the run worker: no 20 ms step-event polling parent
-def inference_service():
-    run_inference()
-
-
-@dg.sensor(
-    job=inference_service,
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Keeps one inference service run alive.",
+    supervisor_name="inference_supervisor",
+    supervisor_description="Keeps one inference service run alive.",
+    supervisor_interval_s=30,
 )
-def inference_supervisor(context: dg.SensorEvaluationContext):
-    alive = context.instance.get_runs(dg.RunsFilter(job_name=inference_service.name, statuses=ALIVE), limit=1)
-    if alive:
-        return dg.SkipReason(f"inference run {alive[0].run_id} is {alive[0].status.value}")
-    return dg.RunRequest(job_name=inference_service.name, tags=service_tags(INFERENCE))
-
+inference_service = INFERENCE_SERVICE.job
+inference_supervisor = INFERENCE_SERVICE.sensor
 
 jobs = [inference_service]
 sensors = [inference_supervisor]
-defs = dg.Definitions(jobs=jobs, sensors=sensors)
+defs = INFERENCE_SERVICE.defs

@@ -12,20 +12,13 @@ import dagster as dg
 from dagster import DagsterRunStatus, RunsFilter
 
 from collectors.config import ConfigError, config_path, load_shards
+from pipelines.services.builder import LIVE_STATUSES
 from pipelines.services.collector import (
     SHARD_TAG,
     collector_shard,
     shard_run_config,
     shard_tags,
 )
-
-ALIVE = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-]
 
 
 @dg.sensor(
@@ -43,7 +36,7 @@ def collector_supervisor(context: dg.SensorEvaluationContext):
         return dg.SkipReason(f"collectors config {path} is invalid: {exc}")
     enabled = {s.name for s in shards if s.enabled}
     alive: dict[str, list] = {}
-    for run in context.instance.get_runs(RunsFilter(job_name=collector_shard.name, statuses=ALIVE)):
+    for run in context.instance.get_runs(RunsFilter(job_name=collector_shard.name, statuses=LIVE_STATUSES)):
         alive.setdefault(run.tags.get(SHARD_TAG, ""), []).append(run)
     for name, runs in alive.items():
         if name not in enabled:

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from clickhouse_connect.driver.client import Client
@@ -34,6 +33,7 @@ from features.records import decode_row, rows_to_table
 from runtime import kafka_config as kc
 from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter
+from runtime.service_loop import ServiceLoop
 from schemas.model import Exchange, Market
 from schemas.symbols import validate_canonical
 from schemas.topics import DlqStage, feature_topic
@@ -77,7 +77,11 @@ class LiveStats:
     dlq: DlqCounters = field(default_factory=lambda: DlqCounters(DlqStage.FEATURES.value))
 
 
-class ClickHouseLive:
+class ClickHouseLive(ServiceLoop):
+    """The live consumer loop (lifecycle: runtime.service_loop.ServiceLoop)."""
+
+    name = SERVICE_NAME
+
     def __init__(
         self,
         conn: kc.KafkaConnection,
@@ -91,6 +95,7 @@ class ClickHouseLive:
         session_timeout_ms: int = 6000,
         ttl_days: int | None = None,
     ):
+        super().__init__()
         self.conn = conn
         self.client = client
         self.topics = topics
@@ -101,7 +106,7 @@ class ClickHouseLive:
         self.session_timeout_ms = session_timeout_ms
         self.ttl_days = ttl_days
         self.stats = LiveStats()
-        self._stop = False
+        self._assigned = False
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.lag_snapshot = obs.LagSnapshot()
@@ -136,6 +141,9 @@ class ClickHouseLive:
         msgs = [
             m for m in self.consumer.consume(self.batch_max_records, self.batch_max_ms / 1000) if check(m) is not None
         ]
+        if not self._assigned and self.consumer.assignment():
+            self._assigned = True
+            self.mark_progress()  # idle time counts from joining the group
         if not msgs:
             return 0
         rows = []
@@ -174,12 +182,9 @@ class ClickHouseLive:
         )
         self.producer.produce(dl.topic, value=dl.value, key=dl.key, headers=dl.headers)
 
-    def request_stop(self, *_: object) -> None:
-        self._stop = True
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+    @property
+    def started(self) -> bool:
+        return self.consumer is not None
 
     def close(self) -> None:
         obs.unregister_lag_provider(SERVICE_NAME)
@@ -189,37 +194,6 @@ class ClickHouseLive:
         if self.producer is not None:
             self.producer.flush(10)
             self.producer = None
-
-    def run(
-        self,
-        *,
-        idle_exit_s: float | None = None,
-        max_seconds: float | None = None,
-        on_tick: Callable[[ClickHouseLive], None] | None = None,
-        tick_s: float = 60.0,
-    ) -> LiveStats:
-        """Consume until stopped (or idle for idle_exit_s / running max_seconds)."""
-        self.start()
-        began = last_data = last_tick = time.monotonic()
-        assigned = False
-        try:
-            while not self._stop:
-                n = self.run_once()
-                now = time.monotonic()
-                if not assigned and self.consumer is not None and self.consumer.assignment():
-                    assigned, last_data = True, now  # idle time counts from joining the group
-                if n:
-                    last_data = now
-                if on_tick is not None and now - last_tick >= tick_s:
-                    on_tick(self)
-                    last_tick = now
-                if idle_exit_s is not None and now - last_data >= idle_exit_s:
-                    break
-                if max_seconds is not None and now - began >= max_seconds:
-                    break
-        finally:
-            self.close()
-        return self.stats
 
 
 def main(argv: list[str] | None = None) -> int:

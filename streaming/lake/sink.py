@@ -25,10 +25,8 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +50,7 @@ from pyiceberg.table import Table
 from runtime import kafka_config as kc
 from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter
+from runtime.service_loop import ServiceLoop
 from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.iceberg import ensure_all_tables
@@ -182,15 +181,17 @@ class TableBatch:
         self.records += 1
 
 
-class LakeSink:
+class LakeSink(ServiceLoop):
+    """The sink loop (lifecycle: runtime.service_loop.ServiceLoop)."""
+
     name = "lake-sink"
 
     def __init__(self, conn: kc.KafkaConnection, catalog: Catalog, config: SinkConfig):
+        super().__init__()
         self.conn = conn.with_client_id(f"{conn.client_id}-lake-sink")
         self.catalog = catalog
         self.config = config
         self.topic_table = topic_tables(config.topics)
-        self.stop_event = threading.Event()
         self.stats = SinkStats()
         self.dlq = DlqCounters(DlqStage.LAKE.value)
         self.hook = TestHook.from_env()
@@ -547,12 +548,9 @@ class LakeSink:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def request_stop(self, *_: object) -> None:
-        self.stop_event.set()
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+    @property
+    def started(self) -> bool:
+        return self.consumer is not None
 
     def lag(self) -> list[tuple[str, int, int]]:
         """Per-partition lag from the consumer's positions (this loop's thread)."""
@@ -574,34 +572,6 @@ class LakeSink:
 
     def watermarks_us(self) -> dict[str, int | None]:
         return {name: self.tracker.watermark_us(name) for name in self.tables}
-
-    def run(
-        self,
-        *,
-        idle_exit_s: float | None = None,
-        max_seconds: float | None = None,
-        on_tick: Callable[[LakeSink], None] | None = None,
-        tick_s: float = 30.0,
-    ) -> SinkStats:
-        """Loop until stop is requested (or idle_exit_s without records / max_seconds)."""
-        if self.consumer is None:
-            self.start()
-        started = last = last_tick = time.monotonic()
-        try:
-            while not self.stop_event.is_set():
-                if self.run_once():
-                    last = time.monotonic()
-                now = time.monotonic()
-                if on_tick is not None and now - last_tick >= tick_s:
-                    on_tick(self)
-                    last_tick = now
-                if idle_exit_s is not None and now - last > idle_exit_s:
-                    break
-                if max_seconds is not None and now - started > max_seconds:
-                    break
-        finally:
-            self.close()
-        return self.stats
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from collectors.dedup import DedupWindow
 from runtime import kafka_config as kc
 from runtime import metrics as obs
+from runtime.service_loop import ServiceLoop
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import exchange_from_pb, market_from_pb
 from schemas.serde import SerdeError
@@ -286,9 +287,13 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-class PragmaPublisher:
-    """Kafka edge of the publisher. ``run`` returns when ``stop`` is set (or, for tests and
-    bounded replays, after ``max_records_in`` input records), after flushing."""
+class PragmaPublisher(ServiceLoop):
+    """Kafka edge of the publisher. ``run`` returns when ``stop`` (default: its own
+    `stop_event`, set by `request_stop`) is set, or, for tests and bounded replays, after
+    ``max_records_in`` input records, after flushing. Its clients exist from construction
+    and are closed when run() ends, so it keeps its own run() rather than ServiceLoop's."""
+
+    name = SERVICE_NAME
 
     def __init__(
         self,
@@ -298,6 +303,7 @@ class PragmaPublisher:
         clock: Callable[[], int] = _now_us,
         session_timeout_ms: int = 6000,
     ) -> None:
+        super().__init__()
         self.conn = conn
         self.config = config
         self.clock = clock
@@ -395,7 +401,7 @@ class PragmaPublisher:
     def run(
         self, stop: threading.Event | None = None, *, max_records_in: int | None = None, poll_timeout_s: float = 0.05
     ) -> PublisherStats:
-        stop = stop or threading.Event()
+        stop = stop or self.stop_event
         topics = self.config.input_topic_list()
         self.consumer.subscribe(topics, on_revoke=self._on_revoke)
         snapshot = obs.LagSnapshot()

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from confluent_kafka import (
 )
 
 from runtime import kafka_config as kc
+from runtime.service_loop import ServiceLoop
 from streaming.kafka.io import TP, check, committed_offsets, partitions_for
 from streaming.processors import metrics
 
@@ -71,8 +70,9 @@ class LoopStats:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-class TransactionalLoop:
-    """Subclasses implement process_batch (and optionally warm_up / finalize_txn)."""
+class TransactionalLoop(ServiceLoop):
+    """Subclasses implement process_batch (and optionally warm_up / finalize_txn); the stop
+    request, run() and the signal handlers are runtime.service_loop.ServiceLoop's."""
 
     name = "processor"
     #: Deliver end-of-partition events to on_partition_eof (the feature processor's exact
@@ -92,6 +92,7 @@ class TransactionalLoop:
         hold_in_txn: HoldInTxn | None = None,
         producer_overrides: dict[str, Any] | None = None,
     ):
+        super().__init__()
         self.conn = conn
         self.group_id = group_id
         self.transactional_id = transactional_id
@@ -102,7 +103,6 @@ class TransactionalLoop:
         self.hold_in_txn = hold_in_txn
         self.producer_overrides = {"linger_ms": 5, **(producer_overrides or {})}
         self.stats = LoopStats()
-        self.stop_event = threading.Event()
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.lag_snapshot = metrics.LagSnapshot()
@@ -131,6 +131,10 @@ class TransactionalLoop:
         """The client's fetcher reached the end of `tp` at `offset` (only with partition_eof)."""
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self.producer is not None
 
     def start(self) -> None:
         conn = self.conn.with_client_id(f"{self.conn.client_id}-{self.name}")
@@ -179,14 +183,6 @@ class TransactionalLoop:
         if self.producer is not None:
             self.producer.flush(10)
             self.producer = None
-
-    def request_stop(self, *_: object) -> None:
-        self.stop_event.set()
-
-    def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: finish and commit the current batch, then exit (main thread only)."""
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -298,22 +294,3 @@ class TransactionalLoop:
         self.producer.flush(30)  # the open transaction's records are now in the log
         Path(h.path).write_text(str(os.getpid()))
         time.sleep(h.seconds)
-
-    def run(self, *, idle_exit_s: float | None = None, max_seconds: float | None = None) -> LoopStats:
-        """Loop until stop is requested (or, for tests and runbooks, until nothing was
-        committed for idle_exit_s / max_seconds elapsed)."""
-        if self.producer is None:
-            self.start()
-        started = last = time.monotonic()
-        try:
-            while not self.stop_event.is_set():
-                if self.run_once():
-                    last = time.monotonic()
-                now = time.monotonic()
-                if idle_exit_s is not None and now - last > idle_exit_s:
-                    break
-                if max_seconds is not None and now - started > max_seconds:
-                    break
-        finally:
-            self.close()
-        return self.stats
