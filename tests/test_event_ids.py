@@ -7,10 +7,12 @@ from __future__ import annotations
 from google.protobuf.descriptor import FieldDescriptor
 
 from collectors.exchanges.binance import BinanceSpotAdapter, BinanceUsdmAdapter
+from collectors.exchanges.bybit import BybitAdapter
+from collectors.exchanges.okx import OkxAdapter
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
 from tests.support.adapters import feed, records
-from workloads.samples import BINANCE_SPOT_CF, BINANCE_USDM_CF
+from workloads.samples import BINANCE_SPOT_CF, BINANCE_USDM_CF, BYBIT_TARDIS_DERIV, OKX_CF, OKX_TARDIS_SPOT
 
 
 def _has_map(desc, seen=()) -> bool:
@@ -62,3 +64,27 @@ def test_fast_envelopes_and_ids_equal_the_generic_ones_with_and_without_a_shard(
     for want in (et.EVENT_TYPE_BOOK_SNAPSHOT, et.EVENT_TYPE_BOOK_DELTA, et.EVENT_TYPE_TRADE):
         assert (want, False) in kinds
     assert (et.EVENT_TYPE_TICKER, True) in kinds and (et.EVENT_TYPE_TICKER, False) in kinds
+
+
+def test_bybit_and_okx_trades_and_books_equal_the_generic_ones():
+    def lines(path):
+        return [x for x in path.read_text().splitlines() if x.strip() and '"generated":true' not in x]
+
+    runs = [
+        (lambda shard: BybitAdapter(category="inverse", shard=shard), lines(BYBIT_TARDIS_DERIV)),
+        (lambda shard: OkxAdapter(shard=shard), lines(OKX_TARDIS_SPOT)),
+    ]
+    seen: set[int] = set()
+    for make, frames in runs:
+        for shard in ("", "shard-5"):
+            ad = make(shard)
+            for i, x in enumerate(frames):
+                for e in ad.on_frame(x, i).events:
+                    assert e.SerializeToString() == _generic(e).SerializeToString()
+                    seen.add(e.event_type)
+    for shard in ("", "shard-5"):  # OKX books (snapshot, deltas with checksums) and trades
+        for e in feed(OkxAdapter(shard=shard), records(OKX_CF)[:1500]).events:
+            assert e.SerializeToString() == _generic(e).SerializeToString()
+            seen.add(e.event_type)
+    et = pb.EventType
+    assert {et.EVENT_TYPE_TRADE, et.EVENT_TYPE_BOOK_SNAPSHOT, et.EVENT_TYPE_BOOK_DELTA} <= seen

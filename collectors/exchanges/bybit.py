@@ -263,21 +263,14 @@ class BybitAdapter(AdapterBase):
             if side not in ("Buy", "Sell"):
                 raise FrameError(f"trade side {side!r}", st.native)
             px, qty = self.price(st, t.get("p")), self.size(st, t.get("v"))
-            env = self.envelope(
-                st,
-                EVENT_TRADE,
-                ms_to_us(t.get("T")),
-                recv,
-                opt_seq(t.get("seq"), "trade seq"),
-                st.px.scale,
-                st.sz.scale,
-            )
+            ts, seq, ps, ss = ms_to_us(t.get("T")), opt_seq(t.get("seq"), "trade seq"), st.px.scale, st.sz.scale
+            env = self.envelope(st, EVENT_TRADE, ts, recv, seq, ps, ss)
             tr = env.trade
             tr.trade_id = text_id(t.get("i", ""), "trade id")
             tr.px = px
             tr.qty = qty
             tr.taker_side = SIDE_BUY if side == "Buy" else SIDE_SELL
-            out.events.append(self.stamp(env))
+            out.events.append(self.seal(st, env, tr, EVENT_TRADE, ts, seq, ps, ss))
 
     def _ticker(self, msg: dict, recv: int, out: FrameResult) -> None:
         data = msg.get("data")

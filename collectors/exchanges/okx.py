@@ -368,13 +368,14 @@ class OkxAdapter(AdapterBase):
         tid = text_id(t.get("tradeId"), "tradeId")
         px, qty = self.price(st, t.get("px")), self.size(st, t.get("sz"))
         seq = int(tid) if tid.isdigit() and tid.isascii() and len(tid) < 19 else 0
-        env = self.envelope(st, EVENT_TRADE, ms_to_us(t.get("ts")), recv, seq, st.px.scale, st.sz.scale)
+        ts, ps, ss = ms_to_us(t.get("ts")), st.px.scale, st.sz.scale
+        env = self.envelope(st, EVENT_TRADE, ts, recv, seq, ps, ss)
         tr = env.trade
         tr.trade_id = tid
         tr.px = px
         tr.qty = qty
         tr.taker_side = SIDE_BUY if side == "buy" else SIDE_SELL
-        out.events.append(self.stamp(env))
+        out.events.append(self.seal(st, env, tr, EVENT_TRADE, ts, seq, ps, ss))
 
     def _ticker(self, t: Any, recv: int, out: FrameResult) -> None:
         if type(t) is not dict:
