@@ -477,6 +477,118 @@ def test_produce_requests_say_whether_they_are_transactional_and_acked(version):
     assert produce_kind(_fetch_request(11, 500)) is None
 
 
+def _full_fetch_request(version: int, wait_ms: int, parts: list[tuple[str, int, int]], correlation: int = 9) -> bytes:
+    """A whole Fetch request (no size prefix) for (topic, partition, offset) entries in their
+    order, a topic entry per run of one topic, as librdkafka builds them (v4-v16)."""
+    import struct
+
+    flexible = version >= 12
+
+    def length(n: int) -> bytes:
+        return bytes([n + 1]) if flexible else struct.pack(">i", n)
+
+    tags = b"\x00" if flexible else b""
+    head = struct.pack(">hhi", 1, version, correlation) + struct.pack(">h", 7) + b"rdkafka" + tags
+    body = b"" if version >= 15 else struct.pack(">i", -1)
+    body += struct.pack(">iiib", wait_ms, 1, 52_428_800, 1)
+    if version >= 7:
+        body += struct.pack(">ii", 0, -1)
+    runs: list[tuple[str, list[tuple[int, int]]]] = []
+    for topic, partition, offset in parts:
+        if not runs or runs[-1][0] != topic:
+            runs.append((topic, []))
+        runs[-1][1].append((partition, offset))
+    body += length(len(runs))
+    for topic, entries in runs:
+        if version >= 13:
+            body += topic.encode().ljust(16, b"_")
+        else:
+            body += (bytes([len(topic) + 1]) if flexible else struct.pack(">h", len(topic))) + topic.encode()
+        body += length(len(entries))
+        for partition, offset in entries:
+            body += struct.pack(">i", partition) + (struct.pack(">i", -1) if version >= 9 else b"")
+            body += struct.pack(">q", offset) + (struct.pack(">i", -1) if version >= 12 else b"")
+            body += struct.pack(">qi", -1, 1_048_576) + tags
+        body += tags
+    if version >= 7:
+        body += length(0)  # forgotten topics
+    if version >= 11:
+        body += bytes([1]) if flexible else struct.pack(">h", 0)  # rack_id ""
+    return head + body + tags
+
+
+@pytest.mark.parametrize("version", [4, 11, 12, 13, 16])
+def test_a_fetch_request_key_ignores_wait_and_order_not_offsets(version):
+    from streaming.kafka.broker_proxy import fetch_request_key
+
+    parts = [("raw.a", 0, 5), ("raw.a", 1, 7), ("raw.b", 0, 0)]
+    key = fetch_request_key(_full_fetch_request(version, 2_000, parts))
+    assert key is not None
+    rotated = parts[1:] + parts[:1]  # librdkafka starts each fetch at the next partition
+    assert fetch_request_key(_full_fetch_request(version, 100, rotated, correlation=10)) == key
+    split = [parts[0], parts[2], parts[1]]  # raw.a in two topic entries
+    assert fetch_request_key(_full_fetch_request(version, 2_000, split)) == key
+    assert fetch_request_key(_full_fetch_request(version, 2_000, [*parts[:2], ("raw.b", 0, 1)])) != key
+    assert fetch_request_key(_full_fetch_request(version, 2_000, parts[:2])) != key
+    assert fetch_request_key(_full_fetch_request(version, 2_000, [*parts, ("raw.b", 1, 0)])) != key
+    assert fetch_request_key(_full_fetch_request(version, 2_000, parts)[:-12]) is None  # cut short
+    assert fetch_request_key(_join_frame(5, 45_000)) is None
+
+
+def test_a_held_fetch_is_answered_by_the_proxy_only_when_the_broker_would_answer_the_same():
+    """After the client's wait, a Fetch asking what the broker last answered with nothing is
+    answered from that answer; any write since, another question, an answer still on its way
+    or an answer too old sends it to the broker (with one scan's wait)."""
+    import asyncio
+    import struct
+
+    from streaming.kafka.broker_proxy import (
+        MIN_SCAN_WAIT_MS,
+        WriteClock,
+        _Connection,
+        fetch_max_wait_offset,
+        fetch_request_key,
+        hold_fetch,
+    )
+
+    parts = [("raw.a", 0, 5), ("raw.a", 1, 7)]
+
+    async def scenario() -> list[bytes | int]:
+        clock = WriteClock()
+        conn = _Connection()
+        out: list[bytes | int] = []
+
+        async def ask(offsets: list[tuple[str, int, int]] = parts, age_s: float = 30.0) -> None:
+            frame = bytearray(_full_fetch_request(16, 50, offsets))
+            answer = await hold_fetch(frame, conn, clock, max_answer_age_s=age_s)
+            out.append(
+                answer if answer is not None else struct.unpack_from(">i", frame, fetch_max_wait_offset(frame))[0]
+            )
+
+        def broker_answered_empty() -> None:
+            conn.last_fetch_empty = True
+            conn.empty_answer = b"EMPTY"
+            conn.empty_key = fetch_request_key(_full_fetch_request(16, 50, parts))
+
+        await ask()  # nothing known yet: forwarded with the client's wait
+        broker_answered_empty()
+        await ask()  # same question, nothing written: the broker's answer again
+        await ask(parts[::-1])  # the same question in another order
+        await ask([("raw.a", 0, 4), ("raw.a", 1, 7)])  # a seek back: asked of the broker
+        await ask()  # the answer on record is still the one to the first question
+        conn.in_flight = 1
+        await ask()  # an answer to an earlier request is on its way: forwarded
+        conn.in_flight = 0
+        await ask(age_s=0.0)  # the answer is too old: forwarded
+        broker_answered_empty()
+        clock.bump()
+        await ask()  # a write since the broker answered: forwarded at once
+        return out
+
+    wait = MIN_SCAN_WAIT_MS
+    assert asyncio.run(scenario()) == [50, b"EMPTY", b"EMPTY", wait, b"EMPTY", wait, wait, 50]
+
+
 def test_an_idle_consumer_with_a_long_fetch_wait_gets_records_when_they_are_written(kafka_broker):
     """The proxy holds an idle consumer's fetch (up to the client's own fetch.wait.max.ms,
     here 20 s) and releases it when a write completes, plain or transactional: records

@@ -26,6 +26,13 @@ one scan per wait when idle and sees records as soon as they are written, as on 
 Kafka broker. A connection is never held while its last Fetch returned records, an error or
 a response this module cannot parse (then it behaves exactly like the bare broker).
 
+Third, an idle consumer costs the broker nothing. When a held Fetch's wait is spent, nothing
+was written since the broker answered that connection's previous Fetch with nothing, and the
+new one asks the same (same partitions and offsets, fetch_request_key), the broker would
+answer the same: the proxy gives that answer itself (on persistent storage every broker scan
+reads each partition over HTTP). The broker is asked again on every write and at least every
+MAX_ANSWER_AGE_S (figures in docs/decisions.md, "Idle cost").
+
 Requests are parsed only as far as JoinGroup's and Fetch's wait fields, Fetch responses as
 far as "did any partition return records", other responses not at all (byte copies): the
 cost is one extra local hop per request. The proxy is also the broker's parent:
@@ -79,6 +86,15 @@ BROKER_FETCH_WAIT_MS = 500
 #: batches over HTTP, and with a 1 ms wait it answered empty before they arrived, every
 #: time: a consumer reading records written before a broker restart never got them.
 MIN_SCAN_WAIT_MS = 100
+#: A held Fetch is answered from the broker's last empty answer to the same request only while
+#: that answer is younger than this; then the broker is asked again. A safety net for changes
+#: the proxy cannot see (none are known: every write passes through it); it bounds how stale
+#: an idle consumer's view can be, at one broker scan per consumer per this many seconds.
+MAX_ANSWER_AGE_S = 30.0
+#: Requests whose completion may change what a Fetch returns: Produce, EndTxn (read_committed
+#: sees a transaction's records at its end), InitProducerId (it ends a fenced producer's
+#: open transaction), and topic admin (create, delete, delete records, add partitions).
+WRITES = frozenset({0, 19, 20, 21, 22, 26, 37})
 CHUNK = 256 * 1024
 
 
@@ -198,6 +214,71 @@ def fetch_response_has_records(frame: bytes | bytearray, version: int) -> bool |
         return None
 
 
+def fetch_request_key(frame: bytes | bytearray) -> bytes | None:
+    """What a broker's answer to a Fetch request depends on, as bytes: the request minus its
+    header, its max_wait_ms and the order of its topics and partitions (librdkafka rotates
+    the partition it starts from on every fetch). Two requests with equal keys ask for the
+    same partitions at the same offsets with the same limits and isolation. None when the
+    frame is another request, a version this does not read (v4-v16 are) or malformed.
+
+    Body (v4-v16): v<15 replica_id, max_wait_ms, min_bytes, max_bytes, isolation_level,
+    v7+: session_id, session_epoch; topics: name (v13+: a 16-byte id), partitions: index,
+    v9+: current_leader_epoch, fetch_offset, v12+: last_fetched_epoch, log_start_offset,
+    partition_max_bytes; v7+: forgotten topics, v11+: rack_id, and from v12 compact
+    encodings with tagged fields after every structure."""
+    try:
+        api_key, version = struct.unpack_from(">hh", frame, 0)
+        if api_key != FETCH or version not in FETCH_RESPONSE_VERSIONS:
+            return None
+        flexible = version >= FETCH_FIRST_FLEXIBLE
+
+        def length(pos: int) -> tuple[int, int]:
+            if flexible:
+                n, pos = _uvarint(frame, pos)
+                return n - 1, pos
+            (n,) = struct.unpack_from(">i", frame, pos)
+            return n, pos + 4
+
+        start = _body_offset(frame, flexible)
+        wait = start + (4 if version < 15 else 0)
+        pos = wait + 4 + 4 + 4 + 1 + (8 if version >= 7 else 0)
+        head = bytes(frame[start:wait]) + bytes(frame[wait + 4 : pos])
+        part_size = 4 + (4 if version >= 9 else 0) + 8 + (4 if version >= 12 else 0) + 8 + 4
+        entries = []
+        n_topics, pos = length(pos)
+        for _ in range(max(n_topics, 0)):
+            t0 = pos
+            if version >= 13:
+                pos += 16
+            else:
+                size, pos = length(pos) if flexible else (struct.unpack_from(">h", frame, pos)[0], pos + 2)
+                pos += max(size, 0)
+            name = bytes(frame[t0:pos])
+            parts = []
+            n_parts, pos = length(pos)
+            for _ in range(max(n_parts, 0)):
+                p0 = pos
+                pos += part_size
+                if flexible:
+                    pos = _skip_tags(frame, pos)
+                parts.append(bytes(frame[p0:pos]))
+            t1 = pos
+            if flexible:
+                pos = _skip_tags(frame, pos)
+            topic_tags = bytes(frame[t1:pos])
+            entries.extend(name + part + topic_tags for part in parts)
+        if pos > len(frame):
+            return None
+        # One entry per partition: librdkafka may split a topic's partitions over several
+        # topic entries, in an order that rotates from fetch to fetch.
+        entries.sort()
+        rest = bytes(frame[pos:])  # forgotten topics, rack_id, tagged fields
+        count = len(entries).to_bytes(4, "big")
+        return b"".join([version.to_bytes(2, "big"), head, count, *entries, rest])
+    except (struct.error, IndexError, ValueError):
+        return None
+
+
 def produce_kind(frame: bytes | bytearray) -> tuple[bool, int] | None:
     """(transactional, acks) of a Produce request (v3+: a nullable transactional_id, then
     acks); None when the frame is another request, an older version or too short to tell."""
@@ -285,30 +366,54 @@ class _Connection:
     """What the proxy remembers about one client connection."""
 
     def __init__(self) -> None:
-        #: correlation id -> (api_key, version) of requests whose responses matter here
-        self.pending: dict[int, tuple[int, int]] = {}
+        #: correlation id -> (api_key, version, fetch key) of requests whose responses matter here
+        self.pending: dict[int, tuple[int, int, bytes | None]] = {}
+        #: requests forwarded whose responses have not come back yet (acks=0 produces get none)
+        self.in_flight = 0
         #: the last Fetch response carried no records and no error
         self.last_fetch_empty = False
         #: WriteClock.count when this connection's last Fetch was forwarded
         self.count_at_forward = -1
+        #: the last empty Fetch answer (after its correlation id), the key of the request it
+        #: answered (fetch_request_key) and when that request was forwarded (loop time)
+        self.empty_answer: bytes | None = None
+        self.empty_key: bytes | None = None
+        self.forwarded_at = 0.0
 
 
 async def hold_fetch(
-    frame: bytearray, conn: _Connection, clock: WriteClock, broker_wait_ms: int = BROKER_FETCH_WAIT_MS
-) -> None:
+    frame: bytearray,
+    conn: _Connection,
+    clock: WriteClock,
+    broker_wait_ms: int = BROKER_FETCH_WAIT_MS,
+    max_answer_age_s: float = MAX_ANSWER_AGE_S,
+) -> bytes | None:
     """Delay a Fetch request that cannot find records yet (see the module docstring) and
-    rewrite its max_wait_ms to what the broker should still wait; returns when it may go."""
+    rewrite its max_wait_ms to what the broker should still wait; returns when it may go,
+    with None (forward it) or the answer to give the client instead (after its correlation
+    id): the broker's empty answer to the same question, when nothing was written since."""
     pos = fetch_max_wait_offset(frame)
     if pos is None:
-        return
+        return None
     (wait_ms,) = struct.unpack_from(">i", frame, pos)
     forward_ms = min(wait_ms, broker_wait_ms)
+    loop = asyncio.get_running_loop()
     if conn.last_fetch_empty and clock.count == conn.count_at_forward and wait_ms > 0:
-        loop = asyncio.get_running_loop()
         t0 = loop.time()
         if await clock.wait_past(conn.count_at_forward, wait_ms / 1000):
             spent_ms = int((loop.time() - t0) * 1000)
             forward_ms = max(MIN_SCAN_WAIT_MS, min(wait_ms - spent_ms, broker_wait_ms))
+        elif (
+            clock.count == conn.count_at_forward
+            and conn.in_flight == 0
+            and conn.empty_answer is not None
+            and loop.time() - conn.forwarded_at < max_answer_age_s
+            and fetch_request_key(frame) == conn.empty_key
+        ):
+            # The wait is spent, nothing was written since the broker answered this same
+            # question with nothing, and no answer to an earlier request is still on its way
+            # (answers keep request order): the broker would answer the same again.
+            return conn.empty_answer
         else:
             # The client's wait is spent and nothing was written: one scan. Not 0: Tansu answers
             # a Fetch with max_wait_ms 0 without reading the log, so a consumer that seeks back to
@@ -317,6 +422,8 @@ async def hold_fetch(
     if forward_ms != wait_ms:
         struct.pack_into(">i", frame, pos, forward_ms)
     conn.count_at_forward = clock.count
+    conn.forwarded_at = loop.time()
+    return None
 
 
 async def _copy_exactly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, left: int) -> bool:
@@ -332,10 +439,16 @@ async def _copy_exactly(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 
 async def _requests(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_ms: int, conn: _Connection, clock: WriteClock
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    max_ms: int,
+    conn: _Connection,
+    clock: WriteClock,
+    client: asyncio.StreamWriter,
 ) -> None:
     """Client -> broker: frame by frame; JoinGroup rewritten, Fetch possibly held and its
-    wait rewritten, Produce/EndTxn/Fetch noted for their responses, the rest copied."""
+    wait rewritten (or answered here, on `client`), writes and Fetch noted for their
+    responses, the rest copied."""
     while True:
         try:
             size_bytes = await reader.readexactly(4)
@@ -343,6 +456,7 @@ async def _requests(
             return
         (size,) = struct.unpack(">i", size_bytes)
         if size < 8:
+            conn.in_flight += 1
             writer.write(size_bytes + await reader.readexactly(max(size, 0)))
             await writer.drain()
             continue
@@ -353,13 +467,19 @@ async def _requests(
             if api_key == JOIN_GROUP:
                 cap_session_timeout(frame, max_ms)
             else:
-                await hold_fetch(frame, conn, clock)
-                conn.pending[correlation] = (api_key, version)
+                answer = await hold_fetch(frame, conn, clock)
+                if answer is not None:
+                    client.write(struct.pack(">ii", len(answer) + 4, correlation) + answer)
+                    await client.drain()
+                    continue
+                conn.pending[correlation] = (api_key, version, fetch_request_key(frame))
+            conn.in_flight += 1
             writer.write(size_bytes + bytes(frame))
         else:
             first = b""
-            if api_key == END_TXN:
-                conn.pending[correlation] = (api_key, version)
+            kind = None
+            if api_key in WRITES and api_key != PRODUCE:
+                conn.pending[correlation] = (api_key, version, None)
             elif api_key == PRODUCE:
                 # Enough of the frame to find transactional_id and acks. A transactional
                 # write counts at its EndTxn (read_committed fetches cannot see it before);
@@ -367,11 +487,13 @@ async def _requests(
                 first = await reader.read(min(size - 8, 1024))
                 kind = produce_kind(head + first)
                 if kind is None or not kind[0]:
-                    conn.pending[correlation] = (api_key, version)
+                    conn.pending[correlation] = (api_key, version, None)
+            if kind is None or kind[1] != 0:
+                conn.in_flight += 1
             writer.write(size_bytes + head + first)
             if not await _copy_exactly(reader, writer, size - 8 - len(first)):
                 return
-            if api_key == PRODUCE and kind is not None and not kind[0] and kind[1] == 0:
+            if kind is not None and not kind[0] and kind[1] == 0:
                 conn.pending.pop(correlation, None)
                 clock.bump()
         await writer.drain()
@@ -381,16 +503,19 @@ async def _responses(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection, clock: WriteClock
 ) -> None:
     """Broker -> client, frame by frame: a Fetch response is read whole to learn whether it
-    carried records, a Produce/EndTxn response counts as a completed write, the rest is
-    copied as it comes."""
+    carried records (an empty one is kept for hold_fetch), the response to a write counts
+    as a completed write, the rest is copied as it comes."""
     while True:
         try:
             size_bytes = await reader.readexactly(4)
         except asyncio.IncompleteReadError:
             return
         (size,) = struct.unpack(">i", size_bytes)
+        # in_flight drops once a response is written whole: hold_fetch may then write its own
+        # answer on the same connection without splitting this one.
         if size < 4:
             writer.write(size_bytes + await reader.readexactly(max(size, 0)))
+            conn.in_flight -= 1
             await writer.drain()
             continue
         head = await reader.readexactly(4)
@@ -399,11 +524,16 @@ async def _responses(
             frame = head + await reader.readexactly(size - 4)
             # set before the client can see the response and send its next Fetch
             conn.last_fetch_empty = fetch_response_has_records(frame, request[1]) is False
+            empty = conn.last_fetch_empty and request[2] is not None
+            conn.empty_answer = frame[4:] if empty else None
+            conn.empty_key = request[2] if empty else None
             writer.write(size_bytes + frame)
+            conn.in_flight -= 1
         else:
             writer.write(size_bytes + head)
             if not await _copy_exactly(reader, writer, size - 4):
                 return
+            conn.in_flight -= 1
             if request is not None:
                 clock.bump()
         await writer.drain()
@@ -424,7 +554,7 @@ async def _serve_client(
                 sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
     conn = _Connection()
     tasks = [
-        asyncio.create_task(_requests(cr, uw, max_ms, conn, clock)),
+        asyncio.create_task(_requests(cr, uw, max_ms, conn, clock, cw)),
         asyncio.create_task(_responses(ur, cw, conn, clock)),
     ]
     try:
@@ -514,6 +644,7 @@ async def _main(
                 flush=True,
             )
             await asyncio.sleep(0.5)
+            clock.bump()  # no empty answer from before the crash is given again
             child = _spawn(cmd, env)
             ready = False
     finally:
