@@ -112,3 +112,115 @@ def test_large_random_stream_against_reference():
         ref.set(side, px, qty)
     assert book.top_bids(500) == ref.top_bids(500)
     assert book.top_asks(500) == ref.top_asks(500)
+
+
+# Prices over a range much wider than the sorted top (orderbook.book.REGION), reads at random
+# moments: exercises the floor, the top rebuilt from the dict, tombstones and their compaction.
+wide_ops = st.lists(
+    st.tuples(st.sampled_from("ba"), st.integers(1, 700), st.integers(0, 3), st.booleans()), max_size=1500
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(wide_ops, st.integers(1, 700))
+def test_wide_book_with_sparse_reads_matches_reference(updates, n):
+    book, ref = L2Book(), RefBook()
+    book.apply_snapshot([(p, 1) for p in range(1, 701, 3)], [(p, 2) for p in range(2, 701, 5)])
+    for px in range(1, 701, 3):
+        ref.set("b", px, 1)
+    for px in range(2, 701, 5):
+        ref.set("a", px, 2)
+    for side, px, qty, read in updates:
+        (book.bid_qty if side == "b" else book.ask_qty)[px] = qty
+        ref.set(side, px, qty)
+        if read:
+            assert book.best_bid() == (ref.top_bids(1)[0] if ref.bids else None)
+            assert book.best_ask() == (ref.top_asks(1)[0] if ref.asks else None)
+    assert book.top_bids(n) == ref.top_bids(n)
+    assert book.top_asks(n) == ref.top_asks(n)
+    assert book.bids == ref.bids and book.asks == ref.asks
+    assert book.depth() == (len(ref.bids), len(ref.asks))
+
+
+def test_unread_writes_stay_bounded_and_exact():
+    """Deletes of missing levels (venues send them) written without a read leave tombstones;
+    apply drops them once the dict is far past its bound, so it never holds every price."""
+    rng = random.Random(3)
+    book, ref = L2Book(), RefBook()
+    book.apply_snapshot([(10, 1)], [(20, 1)])
+    ref.set("b", 10, 1)
+    written = set()
+    for _ in range(400):
+        ups = [(rng.randrange(1, 10**6), rng.choice([0] * 19 + [1])) for _ in range(50)]
+        book.apply(ups, [])
+        for px, q in ups:
+            ref.set("b", px, q)
+            written.add(px)
+    assert len(book.bid_qty) < len(written) / 2
+    assert book.top_bids(100_000) == ref.top_bids(100_000)
+
+
+def test_setters_survive_snapshot_clear_and_rescale():
+    book = L2Book()
+    sb = book.set_bid
+    book.apply_snapshot([(5, 1)], [(9, 1)], seq=1, price_scale=1, size_scale=0)
+    sb(6, 2)
+    assert book.best_bid() == (6, 2)
+    assert book.rescale(2, 1) == (1, 1) and book.best_bid() == (60, 20)
+    sb(61, 1)
+    book.clear()
+    sb(7, 1)
+    assert book.best_bid() == (7, 1)
+
+
+def test_rescale_keeps_the_largest_scales_exactly():
+    book = L2Book()
+    book.apply_snapshot([(100, 5)], [(101, 7)], seq=3, price_scale=1, size_scale=0)
+    # levels one price decimal finer raise the book; the book's levels are multiplied, never rounded
+    book.apply_scaled([(1005, 3)], [], price_scale=2, size_scale=0)
+    assert (book.price_scale, book.size_scale) == (2, 0)
+    assert book.top_bids(5) == [(1005, 3), (1000, 5)] and book.best_ask() == (1010, 7)
+    # coarser levels are brought up to the book's scales; qty 0 deletes at the book's price
+    book.apply_scaled([(100, 0)], [(102, 4)], price_scale=1, size_scale=0)
+    book.apply_scaled([], [(1010, 25)], price_scale=2, size_scale=1)
+    assert book.size_scale == 1
+    assert book.top_bids(5) == [(1005, 30)] and book.top_asks(5) == [(1010, 25), (1020, 40)]
+    assert book.seq == 3 and book.synced
+
+
+def test_state_round_trip_through_json():
+    import json
+
+    book = L2Book()
+    book.apply_snapshot([(p, p) for p in range(1, 300)], [(p, 1) for p in range(300, 600)], seq=9, price_scale=2)
+    book.apply([(5, 0), (700, 1)], [(300, 0)])
+    book.exchange_ts = 1_700_000_000_000_000
+    back = L2Book.from_state(json.loads(json.dumps(book.to_state())))
+    assert back.to_state() == book.to_state()
+    assert back.top_bids(1000) == book.top_bids(1000) and back.top_asks(1000) == book.top_asks(1000)
+    assert (back.seq, back.synced, back.price_scale, back.exchange_ts) == (9, True, 2, book.exchange_ts)
+    # the feature processor's checkpoints written before this module restore as they were
+    old = {"b": [[1, 2]], "a": [[3, 4]], "seq": 5, "ps": 1, "ss": 2, "ready": True}
+    assert L2Book.from_state(old).to_state() == {**old, "b": [(1, 2)], "a": [(3, 4)]}
+
+
+def test_interior_tombstones_are_dropped_by_reads():
+    """Deletes below the best leave tombstones that reads do not see; once they could
+    outnumber the levels, a read drops them (the dict stays near the level count)."""
+    rng = random.Random(11)
+    book, ref = L2Book(), RefBook()
+    book.apply_snapshot([(p, 1) for p in range(100_000, 104_000)], [(p, 1) for p in range(104_000, 108_000)])
+    for p in range(100_000, 104_000):
+        ref.set("b", p, 1)
+        ref.set("a", p + 4_000, 1)
+    for i in range(40_000):
+        side = rng.choice("ba")
+        px = rng.randrange(60_000, 104_000) if side == "b" else rng.randrange(104_000, 148_000)
+        q = rng.choice([0, 0, 0, 1])
+        (book.set_bid if side == "b" else book.set_ask)(px, q)
+        ref.set(side, px, q)
+        if i % 100 == 0:
+            bb, ba = max(ref.bids), min(ref.asks)
+            assert (book.best_bid(), book.best_ask()) == ((bb, ref.bids[bb]), (ba, ref.asks[ba]))
+    assert len(book.bid_qty) + len(book.ask_qty) < 3 * (len(ref.bids) + len(ref.asks)) + 4 * 256
+    assert book.top_bids(10**6) == ref.top_bids(10**6) and book.top_asks(10**6) == ref.top_asks(10**6)
