@@ -50,6 +50,7 @@ from pyiceberg.table import Table
 from runtime import kafka_config as kc
 from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter
+from runtime.service_cli import ServiceSettings, standalone
 from runtime.service_loop import ServiceLoop
 from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
@@ -174,11 +175,6 @@ class TableBatch:
     envelopes: list[pb.Envelope] = field(default_factory=list)
     offsets: dict[TP, int] = field(default_factory=dict)  # next offset per partition
     records: int = 0
-
-    def saw(self, msg: Message) -> None:
-        # A partition's records arrive in offset order, so the last one seen is the highest.
-        self.offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
-        self.records += 1
 
 
 class LakeSink(ServiceLoop):
@@ -351,27 +347,41 @@ class LakeSink(ServiceLoop):
 
     def split(self, msgs: list[Message]) -> dict[str, TableBatch]:
         """Decode and route each record to its table; refused records go to dlq.lake."""
+        # Per record only what every record needs (a record-source string and the event-type
+        # enum are built for refused records alone): this loop runs once per lake row.
         batches: dict[str, TableBatch] = {}
+        by_topic: dict[str, tuple[TableBatch, int, list[pb.Envelope], dict[TP, int]]] = {}
         for m in msgs:
-            spec = self.topic_table[m.topic()]
-            tb = batches.get(spec.name)
-            if tb is None:
-                tb = batches[spec.name] = TableBatch(spec)
-            tb.saw(m)
-            source = f"{m.topic()}[{m.partition()}]@{m.offset()}"
+            topic = m.topic()
+            hit = by_topic.get(topic)
+            if hit is None:
+                spec = self.topic_table[topic]
+                tb = batches.get(spec.name)
+                if tb is None:
+                    tb = batches[spec.name] = TableBatch(spec)
+                hit = by_topic[topic] = (tb, spec.event_type.pb, tb.envelopes, tb.offsets)
+            tb, want, envelopes, offsets = hit
+            # A partition's records arrive in offset order, so the last one seen is the highest.
+            offsets[(topic, m.partition())] = m.offset() + 1
+            tb.records += 1
             try:
                 env = decode(m.value(), m.headers())
-                et = event_type_from_pb(env.event_type)
-            except (SerdeError, ValueError) as exc:
-                self._dead_letter(f"undecodable: {exc}", source, m)
+            except SerdeError as exc:
+                self._dead_letter(f"undecodable: {exc}", m)
                 continue
-            if et is not spec.event_type:
-                self._dead_letter(f"wrong_event_type: {et} record on a {spec.event_type} topic", source, m)
+            if env.event_type != want:
+                try:
+                    et = event_type_from_pb(env.event_type)
+                except ValueError as exc:
+                    self._dead_letter(f"undecodable: {exc}", m)
+                    continue
+                self._dead_letter(f"wrong_event_type: {et} record on a {tb.spec.event_type} topic", m)
                 continue
-            tb.envelopes.append(env)
+            envelopes.append(env)
         return batches
 
-    def _dead_letter(self, reason: str, source: str, m: Message) -> None:
+    def _dead_letter(self, reason: str, m: Message) -> None:
+        source = f"{m.topic()}[{m.partition()}]@{m.offset()}"
         rec = dead_letter(DlqStage.LAKE, reason, source=source, raw=m.value())
         self.producer.produce(rec.topic, key=rec.key, value=rec.value, headers=rec.headers, on_delivery=self._delivered)
         self.dlq.count(reason)
@@ -574,26 +584,39 @@ class LakeSink(ServiceLoop):
         return {name: self.tracker.watermark_us(name) for name in self.tables}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m streaming.lake.sink", description=__doc__.split("\n")[0])
-    ap.add_argument("--bootstrap", help="Kafka bootstrap (default $TICKLAKE_KAFKA_BOOTSTRAP)")
-    ap.add_argument("--home", help="$TICKLAKE_HOME whose local catalog to write (default: the env/.ticklake)")
-    ap.add_argument("--exchange", action="append", help="limit to these exchanges (repeatable)")
-    ap.add_argument("--market", action="append", help="limit to these markets (repeatable)")
-    ap.add_argument("--topic", action="append", help="exact processed topics (overrides exchange/market)")
-    ap.add_argument("--batch-max-records", type=int, default=50_000)
-    ap.add_argument("--batch-max-ms", type=int, default=500)
-    ap.add_argument("--allowed-lateness-s", type=float, default=DEFAULT_ALLOWED_LATENESS_US / 1e6)
-    ap.add_argument("--idle-exit-s", type=float, default=None)
-    ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
-    a = ap.parse_args(argv)
-    from runtime.service_status import service_run
+class LakeSinkSettings(ServiceSettings):
+    """The sink's settings: the Dagster run config (pipelines/services/lake_sink.py) and the
+    `python -m streaming.lake.sink` options (runtime/service_cli.py)."""
 
-    with service_run(SERVICE_NAME, port=a.metrics_port, home=a.home):
-        return _main(a)
+    exchanges: list[str] = []
+    """Limit to these exchanges (empty: all)."""
+    markets: list[str] = []
+    """Limit to these markets (empty: all)."""
+    topics: list[str] = []
+    """Exact processed topics (overrides exchanges/markets)."""
+    batch_max_records: int = 50_000
+    batch_max_ms: int = 500
+    allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_US / 1e6
+    idle_exit_s: float | None = None
+    """Stop after this long without records (tests and one-off catch-up runs); None = run forever."""
+    max_seconds: float | None = None
 
 
-def _main(a: argparse.Namespace) -> int:
+def sink_from_settings(conn: kc.KafkaConnection, catalog: Catalog, settings: LakeSinkSettings) -> LakeSink:
+    """The sink a Dagster run and the standalone entry both run."""
+    return LakeSink(
+        conn,
+        catalog,
+        SinkConfig(
+            topics=settings.topics or processed_topics(settings.exchanges or None, settings.markets or None),
+            batch_max_records=settings.batch_max_records,
+            batch_max_ms=settings.batch_max_ms,
+            allowed_lateness_us=int(settings.allowed_lateness_s * 1e6),
+        ),
+    )
+
+
+def _standalone_sink(a: argparse.Namespace, settings: LakeSinkSettings) -> LakeSink:
     # resources.home is plain Python (no Dagster): the one definition of the home layout.
     from resources.home import CATALOG_NAME, resolve_home
 
@@ -601,19 +624,22 @@ def _main(a: argparse.Namespace) -> int:
     catalog = load_catalog(
         CATALOG_NAME, type="sql", uri=home.catalog_uri, warehouse=home.warehouse, init_catalog_tables="true"
     )
-    topics = a.topic or processed_topics(a.exchange, a.market)
-    conn = kc.connection_from_env(bootstrap_servers=a.bootstrap)
-    cfg = SinkConfig(
-        topics=topics,
-        batch_max_records=a.batch_max_records,
-        batch_max_ms=a.batch_max_ms,
-        allowed_lateness_us=int(a.allowed_lateness_s * 1e6),
+    return sink_from_settings(kc.connection_from_env(bootstrap_servers=a.bootstrap), catalog, settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone(
+        LakeSinkSettings,
+        _standalone_sink,
+        service=SERVICE_NAME,
+        prog="python -m streaming.lake.sink",
+        description=__doc__.split("\n")[0],
+        argv=argv,
+        add_arguments=lambda ap: ap.add_argument(
+            "--home", help="$TICKLAKE_HOME whose local catalog to write (default: the env/.ticklake)"
+        ),
+        report=lambda sink: f"dlq={dict(sink.dlq.counts)}",
     )
-    sink = LakeSink(conn, catalog, cfg)
-    sink.install_signal_handlers()
-    stats = sink.run(idle_exit_s=a.idle_exit_s)
-    log.info("lake sink stopped: %s dlq=%s", stats, dict(sink.dlq.counts))
-    return 0
 
 
 if __name__ == "__main__":
