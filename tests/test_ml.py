@@ -289,6 +289,42 @@ def test_inference_service_scores_every_row_exactly_once_and_follows_the_alias(w
     assert not bad.passed and bad.metadata["details"].value["mismatches"][0]["model"] == "mid_ret_1s"
 
 
+def test_a_group_past_the_last_record_of_a_transactional_topic_has_consumed_it(kafka_broker):
+    """lake/predictions waits for the inference group to have consumed the feature topics; they
+    are written in transactions, so the group's committed offset (last record + 1) stays below
+    the end offset (the commit marker occupies one): asked of the records, it has consumed."""
+    import uuid
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from runtime import kafka_config as kc
+    from streaming.kafka.topic_admin import admin_client, create_topics
+    from streaming.kafka.topic_config import TopicSpec
+    from streaming.lake.predictions import topics_consumed
+
+    b = kafka_broker.bootstrap
+    topic, group = f"test-ml-txn-{uuid.uuid4().hex[:8]}", f"test-ml-group-{uuid.uuid4().hex[:8]}"
+    create_topics(admin_client(b), {topic: TopicSpec(1, -1)}, replication_factor=1)
+    conn = wk.connection(b)
+    p = Producer(kc.transactional_producer_config(conn, f"t-{topic}"))
+    p.init_transactions(30)
+    p.begin_transaction()
+    for i in range(3):
+        p.produce(topic, value=b"%d" % i)
+    p.commit_transaction(30)
+    assert not topics_consumed(conn, group, [topic])  # nothing committed: 3 records pending
+
+    def commit(offset: int) -> None:
+        c = Consumer(kc.consumer_config(conn, group))
+        c.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
+        c.close()
+
+    commit(2)
+    assert not topics_consumed(conn, group, [topic])  # the last record is still ahead
+    commit(3)  # past the last record, before the commit marker
+    assert topics_consumed(conn, group, [topic])
+
+
 def test_inference_job_waits_for_a_champion_without_consuming(kafka_broker, ticklake_home, tmp_path):
     """The Dagster service job as the supervisor launches it (resources, topics, service_run):
     with no registered model it consumes nothing and stops cleanly when asked to."""

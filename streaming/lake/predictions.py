@@ -23,12 +23,12 @@ import pyarrow.compute as pc
 from ml.predictions import PREDICTION_SCHEMA, decode_prediction, predictions_table
 from runtime import kafka_config as kc
 from schemas.topics import Stage, feature_topic
+from streaming.kafka.drain import pending_partitions
 from streaming.kafka.io import (
     committed_offsets,
     partitions_for,
     plain_consumer,
     read_all,
-    watermarks,
 )
 from streaming.lake.state import HOUR_US
 from streaming.processors.inference import inference_group
@@ -78,19 +78,31 @@ def read_predictions(conn: kc.KafkaConnection, topics: Iterable[str], hour_us: i
 def group_caught_up(
     conn: kc.KafkaConnection, model: str, markets_exchanges: Iterable[tuple[str, str]] | None = None
 ) -> bool:
-    """The model's inference group has committed every feature record now in the topics (of
-    the given (market, exchange) pairs; None: every feature topic there is)."""
-    c = plain_consumer(conn, inference_group(model))
-    try:
-        if markets_exchanges is None:
+    """The model's inference group has consumed every feature record now in the topics (of
+    the given (market, exchange) pairs; None: every feature topic there is). Asked of the
+    records, not of the offsets (streaming/kafka/drain.py): the feature topics are written in
+    transactions whose commit markers occupy offsets the group never commits past, and the
+    embedded broker answers ListOffsets(latest) wrongly."""
+    if markets_exchanges is None:
+        c = plain_consumer(conn, "ticklake-prediction-lake-list")
+        try:
             topics = sorted(t for t in c.list_topics(timeout=10).topics if t.startswith(f"{Stage.FEATURE}."))
-        else:
-            topics = [feature_topic(m, x) for m, x in markets_exchanges]
-        tps = partitions_for(c, topics)
+        finally:
+            c.close()
+    else:
+        topics = [feature_topic(m, x) for m, x in markets_exchanges]
+    return topics_consumed(conn, inference_group(model), topics)
+
+
+def topics_consumed(conn: kc.KafkaConnection, group: str, topics: Iterable[str]) -> bool:
+    """No committed record of `topics` at or after `group`'s committed offsets."""
+    c = plain_consumer(conn, group)
+    try:
+        tps = partitions_for(c, list(topics))
         done = committed_offsets(c, tps)
-        return all((done[tp] or 0) >= watermarks(c, tp)[1] for tp in tps)
     finally:
         c.close()
+    return not pending_partitions(conn, {tp: done[tp] or 0 for tp in tps})
 
 
 def hour_models(rows: pa.Table) -> list[str]:
