@@ -21,12 +21,12 @@ def test_bench_smoke_writes_figures(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     (jl,) = tmp_path.glob("*.jsonl")
     figs = [json.loads(line) for line in jl.read_text().splitlines()]
-    assert {f["bench"] for f in figs} == {"parse", "book"}
+    assert {f["bench"] for f in figs} == {"parse", "book", "ml"}
     for f in figs:
         assert {"name", "value", "unit", "baseline", "baseline_value", "ratio", "commit"} <= f.keys()
         assert f["value"] >= 0 and f["mode"] == "smoke"
@@ -36,5 +36,8 @@ def test_bench_smoke_writes_figures(tmp_path: Path) -> None:
     assert "parse+normalize binance depth" in names
     assert "depth frame stage: protobuf envelope" in names  # the stage breakdown stays
     assert any(n.startswith("L2 book ") for n in names)
+    # the ML benchmark: every figure it promises, latency through the broker included
+    assert {"ml_dataset_build_rows_per_s", "ml_inference_broker_rows_per_s", "ml_feature_to_prediction_p99_ms"} <= names
+    assert {f"ml_train_{h}s_seconds" for h in (1, 10, 60)} <= names
     md = next(tmp_path.glob("*.md")).read_text()
     assert "| figure | value |" in md and "parse+normalize binance depth" in md
