@@ -1,0 +1,118 @@
+"""A service's settings, declared once, feed both its Dagster run config and its `python -m` entry.
+
+Each service declares its tunables as one `ServiceSettings` class next to its loop (field,
+type, default, a docstring saying why). The Dagster job's config class is that class mixed
+into `dg.Config` (pipelines/services/*.py), and the standalone entry's argparse parser is
+generated from the same fields here, so the two cannot drift apart:
+
+* `snake_case` fields become `--kebab-case` options; `bool` fields are switches;
+* `list[...]` fields are repeatable options named in the singular (`exchanges` ->
+  `--exchange`), as the hand-written parsers always were;
+* `json_schema_extra={"cli": "--name"}` on a field names its option explicitly.
+
+Options that only a standalone process needs (`--bootstrap`, `--metrics-port`, ...) are added
+by the entry itself. Plain pydantic and argparse: no Dagster import in a standalone process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+log = logging.getLogger(__name__)
+
+
+class ServiceSettings(BaseModel):
+    """Base of every service's settings (attribute docstrings are the field descriptions)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+def _inner(annotation: Any) -> tuple[Any, bool]:
+    """(type without Optional, whether None is allowed)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def option_name(name: str, field: Any) -> str:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if "cli" in extra:
+        return str(extra["cli"])
+    base, _ = _inner(field.annotation)
+    if typing.get_origin(base) is list and name.endswith("s"):
+        name = name[:-1]
+    return "--" + name.replace("_", "-")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, settings: type[BaseModel]) -> None:
+    """One option per field of `settings` (dest = the field name)."""
+    for name, field in settings.model_fields.items():
+        base, _optional = _inner(field.annotation)
+        help_text = (field.description or "").split("\n")[0] or None
+        flag = option_name(name, field)
+        metavar = flag.lstrip("-").replace("-", "_").upper()
+        if typing.get_origin(base) is list:
+            (item,) = typing.get_args(base) or (str,)
+            parser.add_argument(flag, dest=name, action="append", type=item, metavar=metavar, help=help_text)
+        elif base is bool:
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=base, metavar=metavar, help=help_text)
+
+
+def settings_from_args(settings: type[BaseModel], args: argparse.Namespace) -> Any:
+    """The settings instance of parsed options (unset options keep the field defaults)."""
+    given = {name: getattr(args, name) for name in settings.model_fields if getattr(args, name, None) is not None}
+    return settings(**given)
+
+
+def settings_parser(settings: type[BaseModel], *, prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_settings_arguments(parser, settings)
+    return parser
+
+
+def standalone(
+    settings: type[BaseModel],
+    build: Callable[[argparse.Namespace, Any], Any],
+    *,
+    service: str,
+    prog: str,
+    description: str,
+    argv: list[str] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    report: Callable[[Any], str] | None = None,
+) -> int:
+    """The `python -m` entry of a service: options from `settings` (plus --bootstrap,
+    --metrics-port and `add_arguments`), then `build(args, settings)` -> the loop, run in
+    this (main) thread under service_run until SIGTERM/SIGINT (a stop request: the batch in
+    flight commits) or its idle_exit_s / max_seconds."""
+    from runtime.service_status import service_run
+
+    parser = settings_parser(settings, prog=prog, description=description)
+    parser.add_argument("--bootstrap", help="Kafka bootstrap (default $TICKLAKE_KAFKA_BOOTSTRAP)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus port (default: ephemeral, for `ticklake status`)"
+    )
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    values = settings_from_args(settings, args)
+    with service_run(service, port=args.metrics_port, home=getattr(args, "home", None)):
+        loop = build(args, values)
+        loop.install_signal_handlers()
+        stats = loop.run(
+            idle_exit_s=getattr(values, "idle_exit_s", None), max_seconds=getattr(values, "max_seconds", None)
+        )
+        log.info("%s stopped: %s %s", service, stats, report(loop) if report is not None else "")
+    return 0
