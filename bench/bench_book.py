@@ -11,7 +11,10 @@ plus the adapters' own path (one ``apply`` per venue message, then best bid/ask)
 two books must agree on the top of book at the end, so both did the same work. Level by
 level, each book is driven through its own per-level write, a mapping store: the C
 book's side mapping (a delete is ``del``, after a membership test since deleting a missing
-level is normal) and ours ``bid_qty``/``ask_qty`` (a store of 0 deletes).
+level is normal) and ours ``bid_qty``/``ask_qty`` (a store of 0 deletes). The "floor"
+rows time the same loops on a bare dict (and, for the reads, two calls of a method that
+does nothing): no pure-Python book goes below them, so they show which part of a ratio is
+the interpreter's.
 `order-book` is GPL and an anchor only: it is imported here and nowhere else.
 
     python bench/bench_book.py [--rounds 5] [--smoke]
@@ -98,6 +101,31 @@ def ours_levels(bids, asks, updates, read_top):
     dt = time.process_time() - t
     gc.enable()
     return dt, (book.best_bid(), book.best_ask())
+
+
+class _Nop:
+    def read(self) -> None:
+        return None
+
+
+def floor_levels(bids, asks, updates, read_top):
+    """What no pure-Python per-level book can beat: the same loop storing into a bare dict
+    (no order kept), and for the reads two calls of a method that does nothing."""
+    B, A = dict(bids), dict(asks)
+    nop = _Nop().read
+    gc.disable()
+    t = time.process_time()
+    if read_top:
+        for s, p, q in updates:
+            (A if s else B)[p] = q
+            nop()
+            nop()
+    else:
+        for s, p, q in updates:
+            (A if s else B)[p] = q
+    dt = time.process_time() - t
+    gc.enable()
+    return dt, None
 
 
 def c_levels(bids, asks, updates, read_top):
@@ -260,6 +288,8 @@ def main() -> int:
             d_c, top_c = best(c_levels, rounds, bids, asks, stream, False)
             assert top_o == top_c, (top_o, top_c)
         row("level updates, no reads", len(stream) / d_o, d_c and len(stream) / d_c, "≥ 1× C")
+        d_f, _ = best(floor_levels, rounds, bids, asks, stream, False)
+        row("  floor: bare dict store, same loop", len(stream) / d_f, d_c and len(stream) / d_c, "")
         d_m, top_m = best(ours_apply, rounds, bids, asks, msgs)
         if have_c:
             assert top_m == top_c, (top_m, top_c)
@@ -271,6 +301,8 @@ def main() -> int:
             d_c, _ = best(c_levels, max(1, rounds // 2), bids, asks, lim, True)
             rate_c = len(lim) / d_c
         row("level updates + best bid/ask each", len(stream) / d_o, rate_c, "≥ 10× C")
+        d_f, _ = best(floor_levels, rounds, bids, asks, stream, True)
+        row("  floor: store + two no-op calls", len(stream) / d_f, rate_c, "")
         d_o, lat_o, top_o = best(ours_messages, rounds, bids, asks, msgs)
         lat_c, d_c = [0], None
         if have_c:

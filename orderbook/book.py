@@ -69,6 +69,8 @@ class L2Book:
         "_capa",
         "_fb",
         "_fa",
+        "_bb",
+        "_ba",
         "bid_qty",
         "ask_qty",
         "set_bid",
@@ -87,6 +89,8 @@ class L2Book:
         self._ak: list[int] = []  # top negated ask prices >= _fa, ascending; best ask = -last
         self._fb: float = _ALL  # floor of _bk: every key of _b at or above it is in _bk
         self._fa: float = _ALL  # floor of _ak, negated like its keys
+        self._bb: int | None = None  # best bid price when last settled (None: no bids)
+        self._ba: int | None = None  # best ask price when last settled (None: no asks)
         self._nb = 0  # len(_b) when last settled
         self._na = 0
         self._capb = _SLACK  # rebuild a side when its dict grows past this
@@ -193,6 +197,7 @@ class L2Book:
             self._fb = keys[0]
         self._nb = len(d)
         self._capb = 2 * len(d) + _SLACK
+        self._bb = self._bk[-1] if self._bk else None
 
     def _rebuild_asks(self, want: int) -> None:
         d = self._a
@@ -207,6 +212,7 @@ class L2Book:
             self._fa = keys[0]
         self._na = len(d)
         self._capa = 2 * len(d) + _SLACK
+        self._ba = -self._ak[-1] if self._ak else None
 
     def _settle_bids(self) -> None:
         d, keys, floor = self._b, self._bk, self._fb
@@ -228,8 +234,12 @@ class L2Book:
         while keys and not d[keys[-1]]:
             del d[keys.pop()]
         self._nb = len(d)
-        if not keys and d:
+        if keys:
+            self._bb = keys[-1]
+        elif d:
             self._rebuild_bids(REGION)
+        else:
+            self._bb = None
 
     def _settle_asks(self) -> None:
         d, keys, floor = self._a, self._ak, self._fa
@@ -251,44 +261,40 @@ class L2Book:
         while keys and not d[-keys[-1]]:
             del d[-keys.pop()]
         self._na = len(d)
-        if not keys and d:
+        if keys:
+            self._ba = -keys[-1]
+        elif d:
             self._rebuild_asks(REGION)
+        else:
+            self._ba = None
 
     # -- reads ---------------------------------------------------------------------------------
 
     def best_bid(self) -> Level | None:
         d = self._b
-        if len(d) == self._nb:
-            keys = self._bk
-            if not keys:
+        if len(d) == self._nb:  # no new price since the last read
+            px = self._bb
+            if px is None:
                 return None
-            px = keys[-1]
             q = d[px]
             if q:
                 return px, q
         self._settle_bids()
-        keys = self._bk
-        if keys:
-            px = keys[-1]
-            return px, d[px]
-        return None
+        px = self._bb
+        return None if px is None else (px, d[px])
 
     def best_ask(self) -> Level | None:
         d = self._a
         if len(d) == self._na:
-            keys = self._ak
-            if not keys:
+            px = self._ba
+            if px is None:
                 return None
-            px = -keys[-1]
             q = d[px]
             if q:
                 return px, q
         self._settle_asks()
-        keys = self._ak
-        if keys:
-            px = -keys[-1]
-            return px, d[px]
-        return None
+        px = self._ba
+        return None if px is None else (px, d[px])
 
     def best_bid_px(self) -> int | None:
         lv = self.best_bid()
