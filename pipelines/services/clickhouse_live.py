@@ -11,42 +11,19 @@ on event_id in the ReplacingMergeTree. Job, sensor and tags: pipelines/services/
 
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
 import dagster as dg
-from pydantic import Field
 
 from pipelines.services.builder import service, service_tags
-from streaming.clickhouse import sql as cs
-from streaming.clickhouse.live import SERVICE_NAME, ClickHouseLive, live_topics
+from streaming.clickhouse.live import SERVICE_NAME, ClickHouseLive, ClickHouseLiveSettings, live_from_settings
 
 SERVICE_TAGS = service_tags(SERVICE_NAME)
 
 
-class ClickHouseLiveConfig(dg.Config):
-    exchanges: list[str] = Field(default_factory=list)
-    """Limit to these exchanges (empty: all)."""
-    markets: list[str] = Field(default_factory=list)
-    """Limit to these markets (empty: all)."""
-    database: str = cs.DEFAULT_DATABASE
-    ttl_days: int | None = None
-    batch_max_records: int = 5000
-    batch_max_ms: int = 500
-    session_timeout_ms: int = 10_000
-    """Consumer group session; the embedded broker admits a member after about half of it."""
-    idle_exit_s: float | None = None
-    """Stop after this long without records (tests, catch-up runs); None = run forever."""
-    max_seconds: float | None = None
+class ClickHouseLiveConfig(dg.Config, ClickHouseLiveSettings):
+    """The live loader's settings (streaming/clickhouse/live.py) as Dagster run config."""
 
 
 def _live(context: dg.OpExecutionContext, config: ClickHouseLiveConfig) -> ClickHouseLive:
-    return ClickHouseLive(
-        context.resources.kafka.connection(),
-        context.resources.clickhouse.get_client(),
-        live_topics(config.exchanges or None, config.markets or None),
-        database=config.database,
-        batch_max_records=config.batch_max_records,
-        batch_max_ms=config.batch_max_ms,
-        ttl_days=config.ttl_days,
-        session_timeout_ms=config.session_timeout_ms,
-    )
+    return live_from_settings(context.resources.kafka.connection(), context.resources.clickhouse.get_client(), config)
 
 
 CLICKHOUSE_LIVE = service(

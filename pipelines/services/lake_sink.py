@@ -15,43 +15,25 @@ and tags come from the service builder (pipelines/services/builder.py).
 
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
 import dagster as dg
-from pydantic import Field
 
 from assets.lake_hours import watermark_observations
 from pipelines.services.builder import run_loop, service, service_tags
-from streaming.lake.sink import SERVICE_NAME, LakeSink, SinkConfig, processed_topics
+from streaming.lake.sink import SERVICE_NAME, LakeSink, LakeSinkSettings, sink_from_settings
 
 SERVICE_TAGS = service_tags(SERVICE_NAME)
 
 
-class LakeSinkRunConfig(dg.Config):
-    exchanges: list[str] = Field(default_factory=list)
-    """Limit to these exchanges (empty: all)."""
-    markets: list[str] = Field(default_factory=list)
-    """Limit to these markets (empty: all)."""
-    batch_max_records: int = 50_000
-    batch_max_ms: int = 500
-    allowed_lateness_s: float = 10.0
+class LakeSinkRunConfig(dg.Config, LakeSinkSettings):
+    """The sink's settings (streaming/lake/sink.py) as run config, plus the op's observations."""
+
     observe_every_s: float = 60.0
     """How often watermarks are published as asset observations."""
-    idle_exit_s: float | None = None
-    """Stop after this long without records (tests and one-off catch-up runs); None = run forever."""
-    max_seconds: float | None = None
 
 
 def _sink(context: dg.OpExecutionContext, config: LakeSinkRunConfig) -> LakeSink:
     kafka, lake = context.resources.kafka, context.resources.lake
     lake.ensure_tables()
-    return LakeSink(
-        kafka.connection(),
-        lake.load_catalog(),
-        SinkConfig(
-            topics=processed_topics(config.exchanges or None, config.markets or None),
-            batch_max_records=config.batch_max_records,
-            batch_max_ms=config.batch_max_ms,
-            allowed_lateness_us=int(config.allowed_lateness_s * 1e6),
-        ),
-    )
+    return sink_from_settings(kafka.connection(), lake.load_catalog(), config)
 
 
 def _run(context: dg.OpExecutionContext, config: LakeSinkRunConfig, sink: LakeSink) -> None:

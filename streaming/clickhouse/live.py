@@ -33,6 +33,7 @@ from features.records import decode_row, rows_to_table
 from runtime import kafka_config as kc
 from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter
+from runtime.service_cli import ServiceSettings, standalone
 from runtime.service_loop import ServiceLoop
 from schemas.model import Exchange, Market
 from schemas.symbols import validate_canonical
@@ -196,45 +197,61 @@ class ClickHouseLive(ServiceLoop):
             self.producer = None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m streaming.clickhouse.live", description=__doc__.split("\n")[0])
-    ap.add_argument("--bootstrap")
-    ap.add_argument(
-        "--dsn",
-        required=True,
-        help="http(s)://host:port (locally: the local ClickHouse server, `ticklake status` prints it)",
+class ClickHouseLiveSettings(ServiceSettings):
+    """The live loader's settings: the Dagster run config (pipelines/services/clickhouse_live.py)
+    and the `python -m streaming.clickhouse.live` options (runtime/service_cli.py)."""
+
+    exchanges: list[str] = []
+    """Limit to these exchanges (empty: all)."""
+    markets: list[str] = []
+    """Limit to these markets (empty: all)."""
+    database: str = cs.DEFAULT_DATABASE
+    ttl_days: int | None = None
+    batch_max_records: int = 5000
+    batch_max_ms: int = 500
+    session_timeout_ms: int = 10_000
+    """Consumer group session; the embedded broker admits a member after about half of it."""
+    idle_exit_s: float | None = None
+    """Stop after this long without records (tests, catch-up runs); None = run forever."""
+    max_seconds: float | None = None
+
+
+def live_from_settings(conn: kc.KafkaConnection, client: Client, settings: ClickHouseLiveSettings) -> ClickHouseLive:
+    """The loader a Dagster run and the standalone entry both run."""
+    return ClickHouseLive(
+        conn,
+        client,
+        live_topics(settings.exchanges or None, settings.markets or None),
+        database=settings.database,
+        batch_max_records=settings.batch_max_records,
+        batch_max_ms=settings.batch_max_ms,
+        ttl_days=settings.ttl_days,
+        session_timeout_ms=settings.session_timeout_ms,
     )
-    ap.add_argument("--database", default=cs.DEFAULT_DATABASE)
-    ap.add_argument("--exchange", action="append")
-    ap.add_argument("--market", action="append")
-    ap.add_argument("--idle-exit-s", type=float, default=None)
-    ap.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        help="Prometheus port (default: an ephemeral one, recorded for `ticklake status`)",
-    )
-    a = ap.parse_args(argv)
-    from runtime.service_status import service_run
-
-    with service_run(SERVICE_NAME, port=a.metrics_port):
-        return _main(a)
 
 
-def _main(a: argparse.Namespace) -> int:
+def _standalone_live(a: argparse.Namespace, settings: ClickHouseLiveSettings) -> ClickHouseLive:
     import clickhouse_connect  # the CLI builds its own client; the Dagster job uses the resource
 
     client = clickhouse_connect.get_client(dsn=a.dsn)
-    svc = ClickHouseLive(
-        kc.connection_from_env(bootstrap_servers=a.bootstrap),
-        client,
-        live_topics(a.exchange, a.market),
-        database=a.database,
+    return live_from_settings(kc.connection_from_env(bootstrap_servers=a.bootstrap), client, settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone(
+        ClickHouseLiveSettings,
+        _standalone_live,
+        service=SERVICE_NAME,
+        prog="python -m streaming.clickhouse.live",
+        description=__doc__.split("\n")[0],
+        argv=argv,
+        add_arguments=lambda ap: ap.add_argument(
+            "--dsn",
+            required=True,
+            help="http(s)://host:port (locally: the local ClickHouse server, `ticklake status` prints it)",
+        ),
+        report=lambda svc: f"records={svc.stats.records} rows={svc.stats.rows} dlq={dict(svc.stats.dlq.counts)}",
     )
-    svc.install_signal_handlers()
-    stats = svc.run(idle_exit_s=a.idle_exit_s)
-    log.info("clickhouse-live stopped: records=%d rows=%d dlq=%s", stats.records, stats.rows, dict(stats.dlq.counts))
-    return 0
 
 
 if __name__ == "__main__":

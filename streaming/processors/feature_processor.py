@@ -42,7 +42,6 @@ rows it recomputes are byte-identical to any aborted copies (same event_id per w
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import logging
@@ -62,6 +61,7 @@ from features.records import CONTENT_TYPE, encode_row, table_rows
 from features.spec import WINDOW_US
 from runtime import kafka_config as kc
 from runtime.dlq import DlqCounters, dead_letter
+from runtime.service_cli import ServiceSettings, standalone
 from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.serde import SerdeError, decode
 from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, feature_topic
@@ -70,7 +70,7 @@ from streaming.kafka.topic_admin import create_topics
 from streaming.kafka.topic_config import DAY_MS, TopicSpec
 from streaming.kafka.upstream import UpstreamClearance
 from streaming.processors import metrics
-from streaming.processors.txn_loop import HoldInTxn, OutRecord, TransactionalLoop
+from streaming.processors.txn_loop import OutRecord, TransactionalLoop
 
 log = logging.getLogger(__name__)
 
@@ -677,50 +677,46 @@ def parse_pairs(values: list[str] | None) -> list[tuple[Market, Exchange]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m streaming.processors.feature_processor", description=__doc__.split("\n")[0]
-    )
-    ap.add_argument("--bootstrap")
-    ap.add_argument("--pair", action="append", help="MARKET:EXCHANGE to process (repeatable; default all)")
-    ap.add_argument("--name", default="default", help="processor name (state topic, group, transactional id)")
-    ap.add_argument("--allowed-lateness-ms", type=int, default=500)
-    ap.add_argument("--idle-timeout-ms", type=int, default=2000)
-    ap.add_argument("--checkpoint-interval-s", type=float, default=10.0)
-    ap.add_argument("--batch-max-ms", type=int, default=200)
-    ap.add_argument("--idle-exit-s", type=float, default=None)
-    ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
-    ap.add_argument("--test-hold-in-txn", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--test-hold-after-batches", type=int, default=1, help=argparse.SUPPRESS)
-    ap.add_argument("--test-hold-with-output", action="store_true", help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
-    from runtime.service_status import service_run
+class FeatureProcessorSettings(ServiceSettings):
+    """The feature processor's settings: the Dagster run config (pipelines/services/processors.py)
+    and the `python -m streaming.processors.feature_processor` options (runtime/service_cli.py)."""
 
-    with service_run(FeatureProcessor.name, port=a.metrics_port):
-        return _main(a)
+    pairs: list[str] = []
+    """MARKET:EXCHANGE pairs to process (empty: all)."""
+    name: str = "default"
+    """Processor name: its state topic, consumer group and transactional id."""
+    allowed_lateness_ms: int = 500
+    idle_timeout_ms: int = 2000
+    checkpoint_interval_s: float = 10.0
+    batch_max_ms: int = 200
+    idle_exit_s: float | None = None
+    """Stop after this long without a commit (tests, one-off catch-up); None = run until terminated."""
+    max_seconds: float | None = None
 
 
-def _main(a: argparse.Namespace) -> int:
-    conn = kc.connection_from_env(bootstrap_servers=a.bootstrap)
-    hold = (
-        HoldInTxn(a.test_hold_in_txn, a.test_hold_after_batches, with_output=a.test_hold_with_output)
-        if a.test_hold_in_txn
-        else None
-    )
-    fp = FeatureProcessor(
+def feature_processor_from_settings(conn: kc.KafkaConnection, settings: FeatureProcessorSettings) -> FeatureProcessor:
+    """The processor a Dagster run and the standalone entry both run."""
+    return FeatureProcessor(
         conn,
-        parse_pairs(a.pair),
-        processor_name=a.name,
-        allowed_lateness_ms=a.allowed_lateness_ms,
-        idle_timeout_ms=a.idle_timeout_ms,
-        checkpoint_interval_s=a.checkpoint_interval_s,
-        batch_max_ms=a.batch_max_ms,
-        hold_in_txn=hold,
+        parse_pairs(settings.pairs or None),
+        processor_name=settings.name,
+        allowed_lateness_ms=settings.allowed_lateness_ms,
+        idle_timeout_ms=settings.idle_timeout_ms,
+        checkpoint_interval_s=settings.checkpoint_interval_s,
+        batch_max_ms=settings.batch_max_ms,
     )
-    fp.install_signal_handlers()
-    stats = fp.run(idle_exit_s=a.idle_exit_s)
-    log.info("feature processor stopped: %s late=%d dlq=%s", stats, fp.engine.late, dict(fp.engine.dlq.counts))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone(
+        FeatureProcessorSettings,
+        lambda a, s: feature_processor_from_settings(kc.connection_from_env(bootstrap_servers=a.bootstrap), s),
+        service=FeatureProcessor.name,
+        prog="python -m streaming.processors.feature_processor",
+        description=__doc__.split("\n")[0],
+        argv=argv,
+        report=lambda fp: f"late={fp.engine.late} dlq={dict(fp.engine.dlq.counts)}",
+    )
 
 
 if __name__ == "__main__":

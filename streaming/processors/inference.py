@@ -234,7 +234,7 @@ _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, Over
 
 class InferenceService:
     """The loops of every served model, run side by side in one process (the Dagster run);
-    duck-types the TransactionalLoop interface pipelines.services.processors.run_until_stopped uses."""
+    duck-types the loop interface pipelines.services.builder.run_loop uses (run, request_stop, name, stats)."""
 
     name = "inference"
 

@@ -23,7 +23,6 @@ Every decision depends only on the record and on state rebuilt from the precedin
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -32,9 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, Message
+from pydantic import Field
 
 from runtime import kafka_config as kc
 from runtime.dlq import DlqCounters, dead_letter
+from runtime.service_cli import ServiceSettings, standalone
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
 from schemas.instruments import InstrumentRef
@@ -60,7 +61,7 @@ from streaming.kafka.io import TP, read_range, watermarks
 from streaming.processors import metrics
 from streaming.processors.dedup import OffsetWindowDedup
 from streaming.processors.instruments import InstrumentCatalog, fetch_instruments
-from streaming.processors.txn_loop import HoldInTxn, OutRecord, TransactionalLoop
+from streaming.processors.txn_loop import OutRecord, TransactionalLoop
 
 log = logging.getLogger(__name__)
 
@@ -464,57 +465,75 @@ def input_topics_for(exchanges: list[str] | None, markets: list[str] | None) -> 
     return all_event_topics(Stage.RAW, exchanges=exs, markets=mks)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m streaming.processors.normalizer", description=__doc__.split("\n")[0])
-    ap.add_argument("--bootstrap", help="Kafka bootstrap (default $TICKLAKE_KAFKA_BOOTSTRAP)")
-    ap.add_argument("--exchange", action="append", help="limit to these exchanges (repeatable)")
-    ap.add_argument("--market", action="append", help="limit to these markets (repeatable)")
-    ap.add_argument("--instruments-cache", required=True, help="JSON instrument cache (read, refreshed)")
-    ap.add_argument(
-        "--base-url", action="append", default=[], help="exchange-info root per venue: EXCHANGE:MARKET=URL (repeatable)"
-    )
-    ap.add_argument("--group-id", default="ticklake-normalizer")
-    ap.add_argument("--transactional-id", default="ticklake-normalizer")
-    ap.add_argument("--dedup-span", type=int, default=DEFAULT_DEDUP_SPAN)
-    ap.add_argument("--batch-max-ms", type=int, default=200)
-    ap.add_argument("--idle-exit-s", type=float, default=None)
-    ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
-    ap.add_argument("--test-hold-in-txn", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--test-hold-after-batches", type=int, default=1, help=argparse.SUPPRESS)
-    ap.add_argument("--test-hold-with-output", action="store_true", help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
-    from runtime.service_status import service_run
-
-    with service_run(NormalizerService.name, port=a.metrics_port):
-        return _main(a)
+#: Comma-separated EXCHANGE:MARKET=URL exchange-info roots used when the settings give none
+#: (`ticklake up --replay` points reference data at its emulator this way, because the
+#: supervisor launches the normalizer without run config).
+EXCHANGE_INFO_ENV = "TICKLAKE_EXCHANGE_INFO_URLS"
 
 
-def _main(a: argparse.Namespace) -> int:
-    urls = {}
-    for item in a.base_url:
+class NormalizerSettings(ServiceSettings):
+    """The normalizer's settings: the Dagster run config (pipelines/services/processors.py)
+    and the `python -m streaming.processors.normalizer` options (runtime/service_cli.py)."""
+
+    exchanges: list[str] = []
+    """Limit to these exchanges (empty: all)."""
+    markets: list[str] = []
+    """Limit to these markets (empty: all)."""
+    instruments_cache: str = ""
+    """JSON instrument cache (default $TICKLAKE_HOME/instruments.json); refreshed on unknown symbols."""
+    exchange_info_urls: list[str] = Field(default_factory=list, json_schema_extra={"cli": "--base-url"})
+    """EXCHANGE:MARKET=URL roots for exchange-info (e.g. the replay emulator); default the live venues."""
+    group_id: str = "ticklake-normalizer"
+    """Consumer group (the feature processor's upstream-progress check reads it)."""
+    transactional_id: str = "ticklake-normalizer"
+    dedup_span: int = DEFAULT_DEDUP_SPAN
+    """Offsets per partition the event_id dedup window spans (also what a restart re-reads)."""
+    batch_max_ms: int = 200
+    idle_exit_s: float | None = None
+    """Stop after this long without input (tests, one-off catch-up); None = run until terminated."""
+    max_seconds: float | None = None
+
+
+def exchange_info_urls(items: list[str]) -> dict[tuple[Exchange, Market], str]:
+    """EXCHANGE:MARKET=URL items (the settings', else $TICKLAKE_EXCHANGE_INFO_URLS) by venue."""
+    items = items or [u for u in os.environ.get(EXCHANGE_INFO_ENV, "").split(",") if u]
+    out = {}
+    for item in items:
         venue, _, url = item.partition("=")
         ex, _, mk = venue.partition(":")
-        urls[(Exchange(ex), Market(mk))] = url
-    catalog, refresh = build_catalog(a.instruments_cache, urls)
-    conn = kc.connection_from_env(bootstrap_servers=a.bootstrap)
-    hold = (
-        HoldInTxn(a.test_hold_in_txn, a.test_hold_after_batches, with_output=a.test_hold_with_output)
-        if a.test_hold_in_txn
-        else None
-    )
-    svc = NormalizerService(
+        out[(Exchange(ex), Market(mk))] = url
+    return out
+
+
+def normalizer_from_settings(
+    conn: kc.KafkaConnection, settings: NormalizerSettings, *, default_cache: str = ""
+) -> NormalizerService:
+    """The service a Dagster run (default_cache: the home's) and the standalone entry both run."""
+    cache = settings.instruments_cache or default_cache
+    if not cache:
+        raise SystemExit("normalizer: give --instruments-cache (the JSON instrument cache to read and refresh)")
+    catalog, refresh = build_catalog(cache, exchange_info_urls(settings.exchange_info_urls))
+    log.info("instrument catalog: %d instruments from %s", len(catalog), cache)
+    return NormalizerService(
         conn,
-        Normalizer(catalog, dedup_span=a.dedup_span, refresh=refresh),
-        input_topics_for(a.exchange, a.market),
-        group_id=a.group_id,
-        transactional_id=a.transactional_id,
-        batch_max_ms=a.batch_max_ms,
-        hold_in_txn=hold,
+        Normalizer(catalog, dedup_span=settings.dedup_span, refresh=refresh),
+        input_topics_for(settings.exchanges or None, settings.markets or None),
+        group_id=settings.group_id,
+        transactional_id=settings.transactional_id,
+        batch_max_ms=settings.batch_max_ms,
     )
-    svc.install_signal_handlers()
-    stats = svc.run(idle_exit_s=a.idle_exit_s)
-    log.info("normalizer stopped: %s dlq=%s", stats, dict(svc.normalizer.counters.counts))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone(
+        NormalizerSettings,
+        lambda a, s: normalizer_from_settings(kc.connection_from_env(bootstrap_servers=a.bootstrap), s),
+        service=NormalizerService.name,
+        prog="python -m streaming.processors.normalizer",
+        description=__doc__.split("\n")[0],
+        argv=argv,
+        report=lambda svc: f"dlq={dict(svc.normalizer.counters.counts)}",
+    )
 
 
 if __name__ == "__main__":

@@ -16,10 +16,8 @@ fresh process, whose init_transactions() fences the old producer id. A stop requ
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import (
@@ -47,18 +45,6 @@ class OutRecord:
     headers: list[tuple[str, bytes]] | None = None
     timestamp_ms: int | None = None
     partition: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HoldInTxn:
-    """Test hook: after producing (and flushing) batch number `after_batches`, touch `path`
-    and sleep `seconds` before committing, so a test can kill -9 the process while a
-    transaction with visible output is open."""
-
-    path: str
-    after_batches: int
-    seconds: float = 3600.0
-    with_output: bool = False  # hold the first transaction from `after_batches` on that has output
 
 
 @dataclass(slots=True)
@@ -89,7 +75,6 @@ class TransactionalLoop(ServiceLoop):
         batch_max_records: int = 5000,
         batch_max_ms: int = 200,
         batch_min_ms: int = 0,
-        hold_in_txn: HoldInTxn | None = None,
         producer_overrides: dict[str, Any] | None = None,
     ):
         super().__init__()
@@ -100,7 +85,6 @@ class TransactionalLoop(ServiceLoop):
         self.batch_max_records = batch_max_records
         self.batch_max_ms = batch_max_ms
         self.batch_min_ms = min(batch_min_ms, batch_max_ms)
-        self.hold_in_txn = hold_in_txn
         self.producer_overrides = {"linger_ms": 5, **(producer_overrides or {})}
         self.stats = LoopStats()
         self.consumer: Consumer | None = None
@@ -233,7 +217,6 @@ class TransactionalLoop(ServiceLoop):
                 tp = (m.topic(), m.partition())
                 offsets[tp] = max(offsets.get(tp, -1), m.offset() + 1)
             tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()] + list(extra)
-            self._maybe_hold(outs)
             if tps:
                 producer.send_offsets_to_transaction(tps, self.consumer.consumer_group_metadata(), 60)
             producer.commit_transaction(60)
@@ -283,14 +266,3 @@ class TransactionalLoop(ServiceLoop):
                 return
             except BufferError:
                 self.producer.poll(0.05)
-
-    def _maybe_hold(self, outs: list[OutRecord]) -> None:
-        h = self.hold_in_txn
-        if h is None:
-            return
-        n = self.stats.batches + 1
-        if (n < h.after_batches or not outs) if h.with_output else n != h.after_batches:
-            return
-        self.producer.flush(30)  # the open transaction's records are now in the log
-        Path(h.path).write_text(str(os.getpid()))
-        time.sleep(h.seconds)

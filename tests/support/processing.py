@@ -35,6 +35,9 @@ def read_topics(bootstrap: str, topics: list[str], group: str = "test-reader") -
 def run_module(module: str, args: list[str], bootstrap: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), kc.KAFKA_BOOTSTRAP_ENV: bootstrap}
     fh = open(log, "ab")  # noqa: SIM115 - the child process writes to it after we return
+    if any(a.startswith("--test-hold") for a in args):
+        # The in-transaction hold is a test hook, outside the production module.
+        args, module = [module, *args], "tests.support.hold_in_txn"
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
         cwd=REPO,

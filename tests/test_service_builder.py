@@ -1,0 +1,154 @@
+"""The one service shape: the loop lifecycle and worker thread (runtime/service_loop.py), settings
+that feed both the Dagster config and the `python -m` options (runtime/service_cli.py), and the
+builder's jobs and supervisors (pipelines/services/builder.py). Fast: no broker."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import dagster as dg
+import pytest
+from dagster._core.storage.dagster_run import DagsterRun
+
+from pipelines.services import clickhouse_live, lake_sink, processors
+from pipelines.services.builder import LIVE_STATUSES, SERVICE_TAG, supervisor
+from pipelines.services.tags import LIVE_STATUS_NAMES
+from runtime.service_cli import settings_from_args, settings_parser
+from runtime.service_loop import ServiceLoop, run_in_worker
+from streaming.clickhouse.live import ClickHouseLiveSettings
+from streaming.lake.sink import LakeSinkSettings
+from streaming.processors.feature_processor import FeatureProcessorSettings
+from streaming.processors.normalizer import NormalizerSettings
+
+
+class Counter(ServiceLoop):
+    """A loop that makes progress `busy` times, then idles; records its lifecycle."""
+
+    name = "counter"
+
+    def __init__(self, busy: int) -> None:
+        super().__init__()
+        self.busy, self.steps, self.events = busy, 0, []
+        self.stats = self.steps
+
+    @property
+    def started(self) -> bool:
+        return bool(self.events)
+
+    def start(self) -> None:
+        self.events.append("start")
+
+    def run_once(self) -> bool:
+        self.steps += 1
+        self.stats = self.steps
+        time.sleep(0.01)
+        return self.steps <= self.busy
+
+    def close(self) -> None:
+        self.events.append("close")
+
+
+def test_loop_runs_until_idle_then_closes_once():
+    loop = Counter(busy=5)
+    assert loop.run(idle_exit_s=0.2) > 5
+    assert loop.events == ["start", "close"]
+
+
+def test_a_stop_request_ends_the_loop_and_a_failure_still_closes():
+    loop = Counter(busy=10**9)
+    threading.Timer(0.1, loop.request_stop).start()
+    loop.run()
+    assert loop.events == ["start", "close"] and loop.stopping
+
+    class Failing(Counter):
+        def run_once(self) -> bool:
+            raise RuntimeError("boom")
+
+    bad = Failing(busy=0)
+    with pytest.raises(RuntimeError, match="boom"):
+        bad.run()
+    assert bad.events == ["start", "close"]
+
+
+def test_an_interrupt_while_waiting_stops_the_worker_and_waits_for_it():
+    """What a Dagster run termination does: an exception in the waiting thread becomes a stop
+    request, and it is re-raised only once the worker has finished (its final commit)."""
+    loop = Counter(busy=10**9)
+    finished = threading.Event()
+
+    def work():
+        loop.run()
+        time.sleep(0.3)  # the final commit, after the stop request
+        finished.set()
+        return loop.stats
+
+    main = threading.get_ident()
+    threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_in_worker(work, request_stop=loop.request_stop, name="counter-loop")
+    assert finished.is_set() and loop.events == ["start", "close"]
+
+
+def test_worker_result_and_error_reach_the_caller():
+    assert run_in_worker(lambda: 42, request_stop=lambda: None, name="answer") == 42
+
+    def fail():
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        run_in_worker(fail, request_stop=lambda: None, name="failing")
+
+
+@pytest.mark.parametrize(
+    ("settings", "config"),
+    [
+        (NormalizerSettings, processors.NormalizerRunConfig),
+        (FeatureProcessorSettings, processors.FeatureProcessorRunConfig),
+        (LakeSinkSettings, lake_sink.LakeSinkRunConfig),
+        (ClickHouseLiveSettings, clickhouse_live.ClickHouseLiveConfig),
+    ],
+)
+def test_one_settings_class_feeds_the_run_config_and_the_command_line(settings, config):
+    assert issubclass(config, dg.Config) and issubclass(config, settings)
+    parser = settings_parser(settings, prog="x", description="x")
+    assert settings_from_args(settings, parser.parse_args([])) == settings()  # defaults are the settings'
+    for name, field in settings.model_fields.items():
+        assert config.model_fields[name].default == field.default, name
+
+
+def test_generated_options_keep_the_hand_written_names():
+    parser = settings_parser(NormalizerSettings, prog="x", description="x")
+    args = ["--exchange", "binance", "--exchange", "okx", "--base-url", "binance:spot=http://h", "--idle-exit-s", "3"]
+    got = settings_from_args(NormalizerSettings, parser.parse_args(args))
+    assert got.exchanges == ["binance", "okx"] and got.exchange_info_urls == ["binance:spot=http://h"]
+    assert got.idle_exit_s == 3.0 and got.markets == [] and got.batch_max_ms == 200
+    fp = settings_parser(FeatureProcessorSettings, prog="x", description="x").parse_args(["--pair", "spot:binance"])
+    assert settings_from_args(FeatureProcessorSettings, fp).pairs == ["spot:binance"]
+
+
+def test_live_statuses_are_one_list():
+    assert [s.value for s in LIVE_STATUSES] == list(LIVE_STATUS_NAMES)
+
+
+def test_a_seventh_service_is_one_supervisor_call():
+    @dg.op
+    def noop():
+        pass
+
+    @dg.job(tags={SERVICE_TAG: "seventh"})
+    def seventh_job():
+        noop()
+
+    sensor = supervisor("seventh_supervisor", [("seventh", seventh_job)], description="d")
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    with dg.instance_for_test() as instance:
+        first = sensor(dg.build_sensor_context(instance=instance))
+        assert isinstance(first, dg.RunRequest) and first.tags == {SERVICE_TAG: "seventh"}
+        run = instance.add_run(
+            DagsterRun(job_name="seventh_job", run_id="e" * 32, status=dg.DagsterRunStatus.CANCELING)
+        )
+        assert isinstance(sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)  # still live
+        instance.report_run_canceled(run)
+        assert isinstance(sensor(dg.build_sensor_context(instance=instance)), dg.RunRequest)
