@@ -109,6 +109,23 @@ def unsealed_closed_hours(
     return out
 
 
+def sealing_hours(instance: dg.DagsterInstance) -> set[str]:
+    """Hour keys with a `lake_seal_hour` run not finished yet (queued, starting or running)."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            job_name=lake_seal_job.name,
+            statuses=[
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+                dg.DagsterRunStatus.CANCELING,
+            ],
+        )
+    )
+    return {r.tags["dagster/partition"] for r in runs if "dagster/partition" in r.tags}
+
+
 @dg.sensor(
     job=lake_seal_job,
     minimum_interval_seconds=300,
@@ -119,8 +136,14 @@ def lake_late_hours(context: dg.SensorEvaluationContext, lake: LakeResource):
     pending = unsealed_closed_hours(lake)
     if not pending:
         return dg.SkipReason("every closed hour is sealed")
+    # An hour whose seal run is queued or running (a replay's completion requests one for each
+    # of its hours) is looked at again once that run is over: a second seal of the same files
+    # would only delay the hour's chain, which waits for every run of its upstream partitions.
+    sealing = sealing_hours(context.instance)
+    if set(pending) <= sealing:
+        return dg.SkipReason(f"unsealed closed hours {sorted(pending)} have a seal run in progress")
     requests = []
-    for key in sorted(pending)[:MAX_LATE_REQUESTS_PER_TICK]:
+    for key in sorted(set(pending) - sealing)[:MAX_LATE_REQUESTS_PER_TICK]:
         tables = pending[key]
         digest = hashlib.sha256("\n".join(p for name in sorted(tables) for p in tables[name]).encode()).hexdigest()[:16]
         requests.append(

@@ -19,7 +19,7 @@ import pytest
 
 from assets.lake_hours import LAKE_HOUR_ASSETS, LAKE_HOUR_CHECKS
 from assets.partitions import HOURLY
-from pipelines.lake_schedules import lake_late_hours, unsealed_closed_hours
+from pipelines.lake_schedules import lake_late_hours, lake_seal_job, unsealed_closed_hours
 from pipelines.local.replay import capture_spans
 from pipelines.replay_completion import completed_hour_keys
 from resources.lake import LakeResource
@@ -29,7 +29,7 @@ from streaming.kafka.source_complete import hour_span, mark_complete
 from streaming.lake.seal import hour_layout
 from streaming.lake.state import HOUR_US, HourCount, SinkState
 from streaming.lake.writer import LakeFileWriter, commit_files
-from tests.test_hourly_chain_automation import Tick, chain_keys
+from tests.test_hourly_chain_automation import Tick, chain_keys, start_run
 from workloads.samples import OKX_CF
 from workloads.synthetic import SyntheticMarket
 
@@ -93,6 +93,13 @@ def test_hours_of_a_2022_capture_are_sealed_and_build_their_chain(ticklake_home,
         assert isinstance(reqs, list), reqs
         with_rows = [k for k in keys if any(_us(k) in hs for hs in hours.values())]
         assert with_rows and sorted(r.partition_key for r in reqs) == with_rows
+        # ... except while a seal run of the hour (the one replay_completion requested) is queued
+        # or running: a second seal would hold the hour's chain back until it is over too.
+        queued = [start_run(instance, defs.get_job_def(lake_seal_job.name), k) for k in with_rows]
+        skip = lake_late_hours(dg.build_sensor_context(instance=instance, resources={"lake": lake}))
+        assert isinstance(skip, dg.SkipReason) and "in progress" in skip.skip_message
+        for run in queued:
+            instance.report_run_canceled(run)
 
         # The seal of each hour (the run replay_completion requests) materializes, its checks pass.
         for key in keys:
