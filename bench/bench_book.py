@@ -280,7 +280,7 @@ def main() -> int:
 
         def row(mode: str, rate_o: float, rate_c: float | None, target: str) -> None:
             print(f"{name:<28}{mode:<34}{rate_o:>14,.0f}{rate_c or nan:>18,.0f}{rate_o / (rate_c or nan):>9.2f}")
-            emit(f"L2 book {name}: {mode}", rate_o, "updates/s", c_name, rate_c, target)
+            emit(f"L2 book {name}: {mode.strip()}", rate_o, "updates/s", c_name, rate_c, target)
 
         d_o, top_o = best(ours_levels, rounds, bids, asks, stream, False)
         d_c = None
