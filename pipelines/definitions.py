@@ -37,16 +37,13 @@ from pipelines.services import inference as inference_service
 from pipelines.services import lake_sink as lake_sink_service
 from pipelines.services import pragma as pragma_service
 from pipelines.services import processors as processor_services
-from pipelines.services import supervisors, supervisors_processors
 from resources.profiles import build_resources
 
 #: One line per area, in data-flow order: collectors -> streaming services -> lake -> analytics.
 #: A new area defines `defs = dg.Definitions(...)` in its own module and adds one line here.
 defs = dg.Definitions.merge(
-    collector_service.defs,  # collector shard job
-    supervisors.defs,  # collector supervisor sensor
-    processor_services.defs,  # normalizer + feature processor service jobs
-    supervisors_processors.defs,  # their supervisor sensor
+    collector_service.defs,  # collector shard job + its supervisor
+    processor_services.defs,  # normalizer + feature processor service jobs + their supervisor
     recompute_job.defs,  # processor recompute runbook
     pragma_service.defs,  # pragma publisher service + supervisor
     lake_setup.defs,  # lake tables

@@ -15,19 +15,18 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from collectors.config import ShardConfig, dump_shards
 from collectors.replay import Emulator
 from pipelines.services import collector as collector_service
-from pipelines.services import supervisors
 from pipelines.services.collector import (
     SERVICE_TAG,
     SHARD_TAG,
     CollectorShardConfig,
     ShardHandle,
     collector_shard,
+    collector_supervisor,
     resolve_shard,
     run_shard_until_stopped,
     shard_run_config,
     shard_tags,
 )
-from pipelines.services.supervisors import collector_supervisor
 from resources.kafka import KafkaResource
 from tests.support.collectors import (
     EIPS,
@@ -52,7 +51,7 @@ def _shards(tmp_path, monkeypatch, shards: list[ShardConfig]):
 
 def test_supervisor_keeps_exactly_one_live_run_per_enabled_shard(tmp_path, monkeypatch):
     assert list(collector_service.defs.jobs) == [collector_shard]
-    assert list(supervisors.defs.sensors) == [collector_supervisor]
+    assert list(collector_service.defs.sensors) == [collector_supervisor]
     _shards(
         tmp_path,
         monkeypatch,

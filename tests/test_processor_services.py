@@ -14,7 +14,6 @@ from features.compute import compute_features
 from features.inputs import events_from_envelopes
 from features.records import decode_row, rows_to_table
 from pipelines.services import processors as processor_services
-from pipelines.services import supervisors_processors
 from pipelines.services.builder import run_loop
 from pipelines.services.processors import (
     FEATURE_PROCESSOR,
@@ -22,8 +21,8 @@ from pipelines.services.processors import (
     SERVICE_TAG,
     feature_processor_service,
     normalizer_service,
+    stream_processors_supervisor,
 )
-from pipelines.services.supervisors_processors import stream_processors_supervisor
 from resources.kafka import KafkaResource
 from schemas.serde import decode
 from schemas.topics import feature_topic
@@ -43,7 +42,7 @@ def _requests(result) -> dict[str, dict]:
 
 def test_supervisor_keeps_one_live_run_per_processor_and_restarts_dead_ones():
     assert [j.name for j in processor_services.defs.jobs] == ["normalizer_service", "feature_processor_service"]
-    assert list(supervisors_processors.defs.sensors) == [stream_processors_supervisor]
+    assert list(processor_services.defs.sensors) == [stream_processors_supervisor]
     with dg.instance_for_test() as instance:
         ctx = lambda: dg.build_sensor_context(instance=instance)
         first = _requests(stream_processors_supervisor(ctx()))

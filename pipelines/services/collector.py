@@ -1,7 +1,7 @@
 """A collector shard as a long-running Dagster job.
 
 One run = one shard (a venue + market, its symbols and egress IPs), running until it is
-terminated. The supervisor sensor (pipelines/services/supervisors.py) launches runs tagged
+terminated. The supervisor sensor (`collector_supervisor`, below) launches runs tagged
 ``ticklake/service: collector:<shard>``; dagster.yaml limits each value of that tag to one
 run, so a shard never has two live collectors. The shard runs on an asyncio loop in a
 worker thread; terminating the run from the UI interrupts the op's thread, which asks the
@@ -17,11 +17,11 @@ from typing import Any
 
 import dagster as dg
 
-from collectors.config import ConfigError, ShardConfig, config_path, find_shard
+from collectors.config import ConfigError, ShardConfig, config_path, find_shard, load_shards
 from collectors.runner import ShardRunner, ShardStats
 from collectors.status import status_file
 from pipelines.k8s import COLLECTOR
-from pipelines.services.builder import SERVICE_TAG, service_job
+from pipelines.services.builder import LIVE_STATUSES, SERVICE_TAG, service_job
 from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from runtime.service_loop import run_in_worker
@@ -186,5 +186,50 @@ collector_shard = service_job(
 )
 
 
+# Collector supervisor: exactly one live run per enabled shard of the collectors config.
+#
+# Every evaluation reads the shard list ($TICKLAKE_COLLECTORS or
+# $TICKLAKE_HOME/collectors.yaml), compares it with the collector runs that are alive, and
+# requests a run for each enabled shard that has none — a run that failed, was canceled or
+# whose worker died (run monitoring marks it failed) is not alive, so it gets replaced. Runs
+# of shards that were disabled or removed from the file are canceled. The service tag's
+# concurrency limit of one (dagster.yaml) holds even if two evaluations race.
+#
+# The one service whose sensor is not builder.supervisor(): its run set comes from a file.
+
+
+@dg.sensor(
+    job=collector_shard,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Keeps one collector run alive per enabled shard in the collectors config.",
+)
+def collector_supervisor(context: dg.SensorEvaluationContext):
+    path = config_path()
+    try:
+        shards = load_shards(path)
+    except (ConfigError, OSError, ValueError) as exc:
+        # A broken file must be loud, and must not stop the runs that are already collecting.
+        return dg.SkipReason(f"collectors config {path} is invalid: {exc}")
+    enabled = {s.name for s in shards if s.enabled}
+    alive: dict[str, list] = {}
+    for run in context.instance.get_runs(dg.RunsFilter(job_name=collector_shard.name, statuses=LIVE_STATUSES)):
+        alive.setdefault(run.tags.get(SHARD_TAG, ""), []).append(run)
+    for name, runs in alive.items():
+        if name not in enabled:
+            for run in runs:
+                if run.status is not dg.DagsterRunStatus.CANCELING:
+                    context.log.info(f"canceling run {run.run_id} of shard {name!r}: not enabled in {path}")
+                    context.instance.run_coordinator.cancel_run(run.run_id)
+    requests = [
+        dg.RunRequest(job_name=collector_shard.name, run_config=shard_run_config(name), tags=shard_tags(name))
+        for name in sorted(enabled)
+        if name not in alive
+    ]
+    if not requests:
+        return dg.SkipReason(f"{len(enabled)} enabled shard(s) in {path}, each with a live run")
+    return requests
+
+
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
-defs = dg.Definitions(jobs=[collector_shard])
+defs = dg.Definitions(jobs=[collector_shard], sensors=[collector_supervisor])

@@ -2,8 +2,9 @@
 
 One run = one processor process. Runs carry `ticklake/service: normalizer` or
 `ticklake/service: feature-processor`; dagster.yaml limits each tag value to one run, and
-pipelines/services/supervisors_processors.py requests a run whenever none is alive, so a processor
-that dies is restarted. Terminating a run from the UI interrupts the op; the op then asks
+`stream_processors_supervisor` (one sensor for both, its name unchanged) requests a run
+whenever none is alive, so a processor that dies is restarted; the new process fences the
+dead one's Kafka producer and resumes from the committed offsets and state. Terminating a run from the UI interrupts the op; the op then asks
 the processor loop (running in a worker thread) to stop, which finishes and commits the
 micro-batch in flight before the run ends — nothing is left in an open transaction.
 """
@@ -12,7 +13,7 @@ micro-batch in flight before the run ends — nothing is left in an open transac
 import dagster as dg
 
 from pipelines.k8s import FEATURE_PROCESSOR, NORMALIZER
-from pipelines.services.builder import SERVICE_TAG, service
+from pipelines.services.builder import SERVICE_TAG, service, supervisor
 from resources.home import resolve_home
 from streaming.processors.feature_processor import (
     FeatureProcessor,
@@ -76,6 +77,11 @@ FEATURE_PROCESSOR_SERVICE = service(
 normalizer_service = NORMALIZER_SERVICE.job
 feature_processor_service = FEATURE_PROCESSOR_SERVICE.job
 
-#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`);
-#: both are supervised by pipelines/services/supervisors_processors.py.
-defs = dg.Definitions(jobs=[normalizer_service, feature_processor_service])
+stream_processors_supervisor = supervisor(
+    "stream_processors_supervisor",
+    [(NORMALIZER, normalizer_service), (FEATURE_PROCESSOR, feature_processor_service)],
+    description="Keeps one normalizer and one feature processor run alive.",
+)
+
+#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+defs = dg.Definitions(jobs=[normalizer_service, feature_processor_service], sensors=[stream_processors_supervisor])
