@@ -218,7 +218,8 @@ class L2Book:
         d, keys, floor = self._b, self._bk, self._fb
         m = len(d)
         if m != self._nb:
-            for px in list(islice(reversed(d), m - self._nb)):
+            k = m - self._nb
+            for px in (next(reversed(d)),) if k == 1 else list(islice(reversed(d), k)):
                 if not d[px]:
                     del d[px]
                 elif px >= floor:
@@ -245,7 +246,8 @@ class L2Book:
         d, keys, floor = self._a, self._ak, self._fa
         m = len(d)
         if m != self._na:
-            for px in list(islice(reversed(d), m - self._na)):
+            k = m - self._na
+            for px in (next(reversed(d)),) if k == 1 else list(islice(reversed(d), k)):
                 if not d[px]:
                     del d[px]
                 elif -px >= floor:
