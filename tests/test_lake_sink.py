@@ -25,7 +25,7 @@ from schemas.topics import DlqStage, dlq_topic
 from streaming.kafka.broker import EmbeddedBroker
 from streaming.kafka.io import plain_consumer, read_all
 from streaming.lake.seal import seal_hour
-from streaming.lake.sink import TEST_HOOK_ENV, LakeSink, SinkConfig, SinkFencedError
+from streaming.lake.sink import LakeSink, SinkConfig, SinkFencedError
 from streaming.lake.state import HOUR_US, latest_sink_state
 from streaming.processors.watermarks import read_watermarks
 from tests.support.lake import (
@@ -37,6 +37,7 @@ from tests.support.lake import (
     table_rows,
     unique_counts,
 )
+from tests.support.sink_crash import TEST_HOOK_ENV
 from workloads.synthetic import SyntheticMarket, SynthInstrument
 
 pytestmark = pytest.mark.broker
@@ -60,7 +61,7 @@ def sink_command(bootstrap: str, home) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "streaming.lake.sink",
+        "tests.support.sink_crash",  # the sink's python -m entry, with the kill -9 hook of TEST_HOOK_ENV
         "--bootstrap",
         bootstrap,
         "--home",

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
 import time
 from collections import OrderedDict
@@ -67,10 +65,6 @@ from streaming.processors.watermarks import DEFAULT_ALLOWED_LATENESS_US, Waterma
 
 log = logging.getLogger(__name__)
 
-#: Test-only crash hook: "<point>:<n>" kills the process with SIGKILL when the n-th table
-#: commit of this process reaches <point> (after-write: files written, not committed;
-#: after-commit: committed, later tables of the batch not yet). Read once at start.
-TEST_HOOK_ENV = "TICKLAKE_LAKE_SINK_TEST_HOOK"
 #: Service name (Dagster run tag value, status and metrics label).
 SERVICE_NAME = "lake-sink"
 
@@ -81,22 +75,6 @@ LATE, COMMITS, LAG = obs.LAKE_LATE, obs.LAKE_COMMITS, obs.LAKE_LAG
 
 class SinkFencedError(RuntimeError):
     """Another writer committed sink offsets to a table this sink writes: two sinks run."""
-
-
-@dataclass(frozen=True, slots=True)
-class TestHook:
-    point: str
-    nth: int
-
-    @classmethod
-    def from_env(cls) -> TestHook | None:
-        raw = os.environ.get(TEST_HOOK_ENV)
-        if not raw:
-            return None
-        point, _, n = raw.partition(":")
-        if point not in ("after-write", "after-commit"):
-            raise ValueError(f"{TEST_HOOK_ENV}: unknown point {point!r}")
-        return cls(point, int(n or "1"))
 
 
 @dataclass(slots=True)
@@ -190,8 +168,6 @@ class LakeSink(ServiceLoop):
         self.topic_table = topic_tables(config.topics)
         self.stats = SinkStats()
         self.dlq = DlqCounters(DlqStage.LAKE.value)
-        self.hook = TestHook.from_env()
-        self.table_commits = 0
         self.tables: dict[str, Table] = {}
         self.states: dict[str, SinkState] = {}
         self.dedup: dict[str, HourDedup] = {}
@@ -470,7 +446,6 @@ class LakeSink(ServiceLoop):
         for f in files:
             obs.LAKE_FILES.labels(name).inc()
             obs.LAKE_FILE_SIZE.labels(name).observe(f.file_size_in_bytes)
-        self._maybe_crash("after-write")
         table = self._commit_with_retry(table, prev, files, state)
         self.tables[name] = table
         state.snapshot_id = table.current_snapshot().snapshot_id if table.current_snapshot() else None
@@ -486,8 +461,6 @@ class LakeSink(ServiceLoop):
         self.stats.duplicates += dups
         self.stats.commits += 1
         self.stats.per_table_rows[name] = self.stats.per_table_rows.get(name, 0) + n_rows
-        self.table_commits += 1
-        self._maybe_crash("after-commit", counted=True)
         return True
 
     def _dedup(self, table: Table, name: str, rows: pa.Table | None):
@@ -546,15 +519,6 @@ class LakeSink(ServiceLoop):
                 self.stats.commit_retries += 1
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
-
-    def _maybe_crash(self, point: str, counted: bool = False) -> None:
-        h = self.hook
-        if h is None or h.point != point:
-            return
-        n = self.table_commits if counted else self.table_commits + 1
-        if n == h.nth:
-            log.warning("test hook: SIGKILL at %s of table commit %d", point, n)
-            os.kill(os.getpid(), signal.SIGKILL)
 
     # -- lifecycle -----------------------------------------------------------------------
 
