@@ -120,6 +120,24 @@ def hour_path_value(hour_us: int) -> str:
     return datetime.fromtimestamp(hour_us / 1e6, tz=UTC).strftime("%Y-%m-%d-%H")
 
 
+def _narrow_strings(schema: pa.Schema) -> pa.Schema:
+    """pyiceberg maps strings and lists to Arrow large_string / large_list, the lake's Arrow
+    rows (schemas/tables.py) carry string / list: the Parquet bytes are the same either way,
+    so the write schema keeps the narrow types rather than cast (copy) every string and level
+    column of every batch (~7 % of a trades write, profiled)."""
+
+    def narrow(t: pa.DataType) -> pa.DataType:
+        if t == pa.large_string():
+            return pa.string()
+        if t == pa.large_binary():
+            return pa.binary()
+        if pa.types.is_large_list(t):
+            return pa.list_(t.value_field)
+        return t
+
+    return pa.schema([f.with_type(narrow(f.type)) for f in schema], metadata=schema.metadata)
+
+
 class LakeFileWriter:
     """Writes sorted, partition-pure Parquet files for one table and builds their DataFiles."""
 
@@ -133,7 +151,7 @@ class LakeFileWriter:
         self.table = table
         meta = table.metadata
         self.schema = meta.schema()
-        self.arrow_schema = schema_to_pyarrow(self.schema, include_field_ids=True)
+        self.arrow_schema = _narrow_strings(schema_to_pyarrow(self.schema, include_field_ids=True))
         self.stats_plan = compute_statistics_plan(self.schema, meta.properties)
         self.col_mapping = parquet_path_to_id_mapping(self.schema)
         prop = meta.properties.get("write.target-file-size-bytes")
