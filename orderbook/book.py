@@ -12,15 +12,15 @@ between reads only writes touch it, so it only grows, and it iterates in inserti
 The keys added since the last read are therefore the last ``len(d) - n`` of
 ``reversed(d)``. And reads only look at the top, so only the top is kept sorted: a short
 list of the prices at or better than a floor (bids ascending, asks negated ascending, so
-the best is LAST and the top moves few slots). A new price better than the floor is
-inserted there; one worse than the floor stays in the dict only, which is where the time
-went in a fully sorted book (a ``bisect`` over thousands of scattered ints misses the
-cache on every probe). After a read there is no tombstone above the best (they are
-popped), so while the dict's length is unchanged and the best is still live, nothing
-moved above it: a best read is a length check and one lookup. When the top list runs out
-of live levels (or a top-N read wants more than it holds), it is rebuilt from the dict
-(``heapq.nlargest``), which also drops the dict's tombstones; so does a dict grown to
-twice its last rebuilt size.
+the best is LAST and the top moves few slots). A new price at or better than the floor is
+inserted there; one worse than the floor stays in the dict only (in a fully sorted book,
+one ``insort`` per new price was most of a Binance stream's time). After a read there is
+no tombstone above the best (they are popped) and the best price is cached, so while the
+dict's length is unchanged and that price is still live nothing moved above it: a best
+read is a length check and one lookup. When the top list runs out of live levels (or a
+top-N read wants more than it holds) it is rebuilt from the dict (``heapq.nlargest``).
+Tombstones below the top are dropped by a read once the dict could hold twice the side's
+levels, and by ``apply`` only far past that (a book nobody reads stays bounded).
 
 Prices and quantities are the venue's decimal strings already converted with the
 instrument's scales (``schemas.scaled``); the book never sees floats. Deleting a level
@@ -95,8 +95,9 @@ class L2Book:
         self._na = 0
         self._capb = _SLACK  # rebuild a side when its dict grows past this
         self._capa = _SLACK
-        #: Writable level maps (px -> qty, 0 deletes). Write only: reads go through the
-        #: book's views, since these hold tombstones.
+        #: Writable level maps (px -> qty). Store only, 0 to delete, never ``del`` or pop:
+        #: reads rely on the dict only growing between them. Read through the book's
+        #: views (these hold tombstones).
         self.bid_qty: dict[int, int] = self._b
         self.ask_qty: dict[int, int] = self._a
         self.set_bid: Callable[[int, int], None] = self._b.__setitem__
