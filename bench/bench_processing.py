@@ -123,6 +123,19 @@ def bench_broker(envs) -> dict[str, float]:
     return out
 
 
+def wait_started(log: Path, markers: tuple[str, ...], procs: list, timeout_s: float = 120.0) -> None:
+    """Until every marker is in the processes' log (or one of them exited, or the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if all(m in text for m in markers):
+            return
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a processor exited during start; see {log}")
+        time.sleep(0.2)
+    raise RuntimeError(f"processors not started after {timeout_s:.0f} s; see {log}")
+
+
 def latency_run(rate: int, duration: float, template) -> dict[str, float]:
     """Normalizer and feature processor as subprocesses; a paced producer; a feature reader."""
     with EmbeddedBroker() as b, tempfile.TemporaryDirectory() as tmp:
@@ -188,7 +201,11 @@ def latency_run(rate: int, duration: float, template) -> dict[str, float]:
 
         reader = threading.Thread(target=read_features, daemon=True)
         reader.start()
-        time.sleep(3.0)  # processors assign partitions and restore (empty) state
+        # Produce only once both processors have started (partitions assigned, state restored):
+        # on a loaded machine their start took 7 s, and a fixed 3 s wait timed the start-up
+        # backlog as latency (every row seconds late, or none before the reader stopped).
+        wait_started(Path(tmp) / "procs.log", ("normalizer started", "feature-processor started"), procs)
+        time.sleep(0.5)
         p = Producer(kc.producer_config(conn, linger_ms=5))
         sent: list[tuple[str, int, float]] = []  # (symbol|window, exchange_ts µs, send wall time)
         start = time.time()
