@@ -168,6 +168,7 @@ def test_broker_killed_under_replay_load_recovers_and_loses_nothing(ticklake_hom
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.broker
 def test_transaction_open_across_a_broker_kill_commits_with_the_stack_client_config(tmp_path):
     """The normalizer's failure mode, without the stack: a transaction is open (records
     written) when Tansu is killed and restarted by its proxy; then send_offsets_to_transaction

@@ -590,6 +590,7 @@ def streamed(rows) -> list:
     return out
 
 
+@pytest.mark.dagster
 def test_backfill_date_range_through_dagster(archive):
     _server, bulk, lake, rows, agg_rows, tmp_path = archive
     asset = build_bulk_history_asset([SPOT, UM_AGG])

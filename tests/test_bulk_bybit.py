@@ -223,6 +223,7 @@ def rows_of(lake: LakeResource, et: EventType, day: str):
     return t.filter(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))
 
 
+@pytest.mark.dagster
 def test_bybit_history_through_dagster(served):
     bulk, lake, trades = served
     asset = build_bulk_history_asset([BOOK, TRADES])

@@ -70,6 +70,7 @@ def defs():
     return defs
 
 
+@pytest.mark.dagster
 def test_hours_of_a_2022_capture_are_sealed_and_build_their_chain(ticklake_home, defs):
     [(first, last)] = capture_spans(OKX_CF)
     lo, hi = hour_span(first, last)

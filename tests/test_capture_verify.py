@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import re
@@ -153,7 +154,11 @@ def test_not_a_capture(tmp_path):
 # -- the CLI -------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def verify(path: Path, *extra: str) -> tuple[int, list[dict], str]:
+    """One `ticklake capture verify` process per (capture, options): the shipped captures are
+    read-only and verification is deterministic, so tests asserting different things about the
+    same capture share its run (callers must not mutate the rows)."""
     assert TICKLAKE.exists(), f"console script missing: {TICKLAKE}"
     p = subprocess.run(
         [str(TICKLAKE), "capture", "verify", str(path), *extra], capture_output=True, text=True, timeout=300

@@ -70,6 +70,7 @@ def charted(tmp_path_factory, served):
     return store, mats[0].materialization.metadata
 
 
+@pytest.mark.dagster
 def test_png_and_svg_are_stored_under_the_hour_key_and_listed(charted):
     store, meta = charted
     key = chart_key("binance", "BTC-USDT", a.utc(H))
@@ -80,6 +81,7 @@ def test_png_and_svg_are_stored_under_the_hour_key_and_listed(charted):
     assert meta["charts"].value["binance/BTC-USDT"]["png"] == store.uri_for(key)
 
 
+@pytest.mark.dagster
 def test_previews_are_images_the_ui_can_load_by_url(charted, served):
     """The UI's markdown renderer drops `data:` images: previews are http URLs, and the
     artifact server answers them with the stored PNG."""
@@ -117,6 +119,7 @@ def test_store_url_comes_from_setting_env_or_the_local_server(ticklake_home, mon
     assert ArtifactStoreResource(base_url="https://x.example").url_for(key) == "https://x.example/" + key
 
 
+@pytest.mark.dagster
 def test_png_opens_with_the_expected_size_and_real_content(charted):
     store, _ = charted
     img = Image.open(io.BytesIO(store.get_bytes(chart_key("binance", "BTC-USDT", a.utc(H)))))
@@ -136,6 +139,7 @@ def test_png_opens_with_the_expected_size_and_real_content(charted):
     assert near((214, 39, 40)) > 100  # VWAP steps
 
 
+@pytest.mark.dagster
 def test_svg_parses_and_carries_labels_and_plotted_paths(charted):
     store, _ = charted
     svg = store.get_bytes(chart_key("binance", "BTC-USDT", a.utc(H), ext="svg"))

@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).parent / "dagster"
 
 
+@pytest.mark.dagster
 def test_definitions_validate_from_repo_root_with_a_clean_environment(tmp_path):
     env = {"PATH": os.defpath, "HOME": str(tmp_path), "LANG": "C.UTF-8"}
     res = subprocess.run(

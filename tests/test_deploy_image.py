@@ -167,6 +167,7 @@ def test_image_build_contains_every_source_module(image_site: Path) -> None:
         assert set(image_site.glob(pattern)), pattern
 
 
+@pytest.mark.dagster
 def test_image_serves_the_code_location_it_names(image_site: Path, tmp_path: Path) -> None:
     """The CMD's module imports from the built package alone, with the image's ENV."""
     cmd = next(s.args for s in STEPS if s.instruction == "CMD")

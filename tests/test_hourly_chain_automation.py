@@ -177,6 +177,7 @@ def test_every_hourly_product_carries_the_chain_condition(defs):
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
 
 
+@pytest.mark.dagster
 def test_sealed_hour_requests_its_chain_once_in_lineage_order(defs, instance):
     tick = Tick(defs, instance)
     chain = chain_keys(defs)
@@ -218,6 +219,7 @@ def test_sealed_hour_requests_its_chain_once_in_lineage_order(defs, instance):
     assert tick() == {k: {H1} for k in chain}
 
 
+@pytest.mark.dagster
 def test_failed_blocking_check_holds_the_hour_until_it_is_resealed(defs, instance):
     tick = Tick(defs, instance)
     chain = chain_keys(defs)
@@ -228,6 +230,7 @@ def test_failed_blocking_check_holds_the_hour_until_it_is_resealed(defs, instanc
     assert tick() == {k: {H2} for k in chain}
 
 
+@pytest.mark.dagster
 def test_backfill_in_progress_is_not_fought(defs, instance):
     """A user's backfill of the whole chain: its seal lands while the backfill still has to
     build the products, so automation leaves them to it, and does not rebuild them after."""

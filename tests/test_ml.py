@@ -78,6 +78,7 @@ def test_labels_are_future_returns_from_rows_at_or_after_t():
     assert r[2][0] == np.log(4.0) and r[2][3] != r[2][3]  # t=5+2 reaches until: NaN
 
 
+@pytest.mark.dagster
 def test_dataset_models_and_champion_through_dagster(world):
     r = run_ml(world, dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks())
     ev = checks(r)
@@ -109,6 +110,7 @@ def test_dataset_models_and_champion_through_dagster(world):
     assert served.booster.model_to_string() and len(mtr.predict(served.booster, rows)) == rows.num_rows
 
 
+@pytest.mark.dagster
 def test_rebuild_check_fails_on_a_perturbed_value_and_leakage_on_a_shifted_label(world):
     store = world["res"]["artifacts"]
     r = run_ml(world, dg.AssetSelection.assets(aml.DATASET_KEY))
@@ -134,6 +136,7 @@ def test_rebuild_check_fails_on_a_perturbed_value_and_leakage_on_a_shifted_label
     assert not leak.passed and leak.metadata["violations"].value[0]["horizon_s"] == 10
 
 
+@pytest.mark.dagster
 def test_baseline_check_blocks_a_model_without_signal(world):
     ftable = world["lake"].catalog.load_table(FEATURES_TABLE.identifier)
     rows, _ = mds.build_dataset(
@@ -147,6 +150,7 @@ def test_baseline_check_blocks_a_model_without_signal(world):
     assert len(res.folds) == mtr.DEFAULT_FOLDS and not res.beats_baseline
 
 
+@pytest.mark.dagster
 def test_a_day_too_small_to_validate_trains_nothing_and_the_run_succeeds(world):
     """The capture's next day has (almost) no feature rows: its dataset is built and checked,
     but no model is trained, logged or registered, and nothing fails (what the automation
@@ -357,6 +361,7 @@ def test_inference_job_waits_for_a_champion_without_consuming(kafka_broker, tick
         c.close()
 
 
+@pytest.mark.dagster
 def test_promotion_moves_the_alias_only_to_a_shadow_that_is_at_least_as_good(world, tmp_path):
     from ml.predictions import PREDICTIONS_TABLE, score_features
     from pipelines.ml_promotion import promote_model

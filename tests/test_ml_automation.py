@@ -74,6 +74,7 @@ def test_ml_assets_carry_conditions_and_the_sensors_ship_off(defs):
         assert defs.get_sensor_def(s.name).default_status == dg.DefaultSensorStatus.STOPPED
 
 
+@pytest.mark.dagster
 def test_a_replayed_hour_trains_its_past_day_registers_and_relands_predictions(defs, instance):
     train, predict = Tick(defs, instance, ml_training_automation), Tick(defs, instance, ml_predictions_automation)
     assert train() == {} and predict() == {}
@@ -120,6 +121,7 @@ def test_a_replayed_hour_trains_its_past_day_registers_and_relands_predictions(d
     assert predict() == {PREDICTIONS_KEY: {OTHER_HOUR}}
 
 
+@pytest.mark.dagster
 def test_a_dataset_failing_its_blocking_check_trains_nothing(defs, instance):
     train = Tick(defs, instance, ml_training_automation)
     train()

@@ -9,6 +9,7 @@ build on it.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,6 +78,31 @@ def utc(key: str) -> datetime:
 
 
 def capture_raw_events() -> list[pb.Envelope]:
+    """Raw envelopes from the genuine Binance capture (see `_capture_raw_events`); fresh
+    messages on every call, the replay itself runs once per process."""
+    return [pb.Envelope.FromString(b) for b in _raw_capture_bytes()]
+
+
+def processed_capture() -> list[pb.Envelope]:
+    """The capture's raw envelopes normalized record by record (what processed.* would hold);
+    fresh messages on every call, normalized once per process."""
+    return [pb.Envelope.FromString(b) for b in _processed_capture_bytes()]
+
+
+@functools.cache
+def _raw_capture_bytes() -> tuple[bytes, ...]:
+    """Several test modules and benchmarks build on the capture in one process; replaying and
+    normalizing its 41k frames each time cost seconds of CPU per module. Kept serialized so no
+    caller can change what the next one gets."""
+    return tuple(env.SerializeToString() for env in _capture_raw_events())
+
+
+@functools.cache
+def _processed_capture_bytes() -> tuple[bytes, ...]:
+    return tuple(env.SerializeToString() for env in _processed_capture())
+
+
+def _capture_raw_events() -> list[pb.Envelope]:
     """Raw envelopes from the genuine Binance capture, through the collectors' own adapter
     with the venue's exchange info (the venue's one parser, collectors/exchanges/binance_instruments.py).
 
@@ -117,8 +143,7 @@ def capture_raw_events() -> list[pb.Envelope]:
     return events
 
 
-def processed_capture() -> list[pb.Envelope]:
-    """The capture's raw envelopes normalized record by record (what processed.* would hold)."""
+def _processed_capture() -> list[pb.Envelope]:
     cat = InstrumentCatalog()
     cat.load_exchange_info("binance", "spot", BTCUSDT_SPOT_INFO)
     norm = Normalizer(cat)
