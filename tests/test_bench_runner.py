@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.broker  # bench_ml's smoke run goes through an embedded broker
 def test_bench_smoke_writes_figures(tmp_path: Path) -> None:
     p = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
