@@ -16,14 +16,13 @@ import hashlib
 
 import pyarrow as pa
 
-from schemas.tables import TS, TableSpec
+from schemas.tables import HOUR_US, TS, TableSpec
 
 #: Bump when a formula changes: the version is part of every feature event_id, so rows of
 #: two spec versions never dedup against each other.
 SPEC_VERSION = 2  # 2: sizes in the base asset (contract units converted)
 
 WINDOW_US = 1_000_000  # tumbling window; divides an hour, so windows align to hours
-HOUR_US = 3_600_000_000
 VOL_WINDOW_US = 60_000_000  # rolling realized volatility horizon
 TOP_LEVELS = 10  # order-book imbalance depth
 DEPTH_BPS = 10  # depth within +-10 bps of mid

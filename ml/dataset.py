@@ -31,6 +31,7 @@ from pyiceberg.table import Table
 
 from features.spec import FEATURE_SCHEMA, FEATURES_TABLE, SPEC_VERSION
 from ml.inputs import INPUT_COLUMNS, INPUTS_VERSION, model_inputs
+from schemas.iceberg import ts_range
 
 HORIZONS_S: tuple[int, ...] = (1, 10, 60)
 DAY_US = 86_400_000_000
@@ -193,8 +194,6 @@ class Manifest:
 
 def read_features_as_of(table: Table, start_us: int, end_us: int, snapshot_id: int | None) -> pa.Table:
     """features_1s rows with window start in [start, end) as of one snapshot."""
-    from streaming.lake.features import ts_range
-
     if snapshot_id is None:
         return FEATURE_SCHEMA.empty_table()
     return table.scan(row_filter=ts_range(start_us, end_us), snapshot_id=snapshot_id).to_arrow()

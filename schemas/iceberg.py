@@ -8,6 +8,7 @@ from pyiceberg.exceptions import (
     NamespaceAlreadyExistsError,
     NoSuchTableError,
 )
+from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, LessThan
 from pyiceberg.io.pyarrow import _ConvertToIcebergWithoutIDs, visit_pyarrow
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema, assign_fresh_schema_ids
@@ -117,3 +118,9 @@ def ensure_namespace(catalog: Catalog, namespace: str = NAMESPACE) -> None:
 def ensure_all_tables(catalog: Catalog, properties: dict[str, str] | None = None) -> dict[str, Table]:
     ensure_namespace(catalog)
     return {spec.name: ensure_table(catalog, spec, properties) for spec in TABLES.values()}
+
+
+def ts_range(start_us: int, end_us: int) -> BooleanExpression:
+    """Rows with exchange_ts in [start, end): the hourly partition source of every table, so a
+    scan with it reads only the files of those hours."""
+    return And(GreaterThanOrEqual("exchange_ts", start_us), LessThan("exchange_ts", end_us))

@@ -16,6 +16,8 @@ from schemas.model import EventType
 
 NAMESPACE = "market"
 TS = pa.timestamp("us", tz="UTC")
+#: Every table is partitioned by hour(exchange_ts) and every lake product is hourly: one hour in µs.
+HOUR_US = 3_600_000_000
 LEVEL = pa.struct([pa.field("px", pa.int64(), nullable=False), pa.field("qty", pa.int64(), nullable=False)])
 LEVELS = pa.list_(pa.field("element", LEVEL, nullable=False))
 

@@ -20,8 +20,7 @@ from datetime import datetime
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchNamespaceError
 
-from schemas.tables import NAMESPACE
-from streaming.lake.state import HOUR_US
+from schemas.tables import HOUR_US, NAMESPACE
 
 COMPLETE_KEY = "ticklake.complete-ranges"
 

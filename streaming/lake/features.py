@@ -19,13 +19,12 @@ from collections.abc import Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
-from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 from pyiceberg.table import Table
 
 from features.compute import compute_features
 from features.inputs import events_from_lake
 from features.spec import FEATURE_SCHEMA, FEATURES_TABLE
-from schemas.iceberg import ensure_namespace, ensure_table
+from schemas.iceberg import ensure_namespace, ensure_table, ts_range
 from schemas.model import EventType
 from schemas.tables import TABLES, TableSpec
 from streaming.lake.state import HOUR_US
@@ -41,10 +40,6 @@ FEATURE_SORT = [
     ("symbol", "ascending"),
     ("exchange_ts", "ascending"),
 ]
-
-
-def ts_range(start_us: int, end_us: int):
-    return And(GreaterThanOrEqual("exchange_ts", start_us), LessThan("exchange_ts", end_us))
 
 
 def input_range(hour_us: int, lookback_s: float) -> tuple[int, int]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
+from schemas.tables import HOUR_US  # the lake modules take it from here
+
 OFFSETS_KEY = "ticklake.offsets"
 WATERMARK_KEY = "ticklake.watermark-us"
 MAX_EVENT_KEY = "ticklake.max-event-us"
@@ -31,7 +33,6 @@ TOPIC_IDS_KEY = "ticklake.topic-ids"
 SINK_WRITER = "lake-sink"
 SEAL_WRITER = "lake-seal"
 
-HOUR_US = 3_600_000_000
 #: Hours kept in the cumulative ledger: longer than processed.* retention (5 d), so the
 #: row-count check of any hour whose source can still be replayed has its expected count.
 LEDGER_HOURS = 7 * 24
