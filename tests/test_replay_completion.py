@@ -232,3 +232,12 @@ def test_speed_and_services_options():
         check=False,
     )
     assert out.returncode == 2 and "--speed must be" in out.stderr
+
+
+def test_up_names_the_replay_completion_sensor_it_leaves_off_without_a_replay():
+    """`ticklake up` without --replay leaves this sensor off by name (it has no work there);
+    the name the CLI knows without importing Dagster must be the sensor's."""
+    from pipelines.local.replay import COMPLETION_SENSOR
+    from pipelines.replay_completion import replay_completion
+
+    assert replay_completion.name == COMPLETION_SENSOR

@@ -30,6 +30,9 @@ from streaming.kafka.source_complete import hour_span, merge_spans
 REPLAY = "replay"
 EMULATOR_STATE = "replay.json"
 SOURCE_FILE = "replay-source.json"
+#: The sensor that declares a replay complete (pipelines/replay_completion.py): `up` turns it on
+#: only in a --replay stack, where it has work.
+COMPLETION_SENSOR = "replay_completion"
 
 
 class ReplayError(RuntimeError):

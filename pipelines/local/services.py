@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,14 +119,15 @@ def start(url: str, item: Instigator, timeout: float = 30.0) -> str:
     return res["scheduleState"]["status"]
 
 
-def start_all(url: str, timeout: float = 30.0) -> list[Instigator]:
-    """Turn on every sensor and schedule that is not running yet; returns the final list.
-    Idempotent: an already running one is left alone."""
+def start_all(url: str, timeout: float = 30.0, leave_off: Collection[str] = ()) -> list[Instigator]:
+    """Turn on every sensor and schedule that is not running yet, except those named in
+    `leave_off` (left as they are); returns the final list. Idempotent: an already running
+    one is left alone."""
     for item in instigators(url, timeout):
-        if item.status != "RUNNING":
+        if item.status != "RUNNING" and item.name not in leave_off:
             start(url, item, timeout)
     final = instigators(url, timeout)
-    off = [i.name for i in final if i.status != "RUNNING"]
+    off = [i.name for i in final if i.status != "RUNNING" and i.name not in leave_off]
     if off:
         raise ServicesError(f"still not running after start: {', '.join(off)}")
     return final

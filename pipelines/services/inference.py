@@ -91,7 +91,6 @@ INFERENCE_SERVICE = service(
     "exactly once, serving each model's `champion` version.",
     supervisor_name="inference_supervisor",
     supervisor_description="Keeps one inference service run alive.",
-    supervisor_interval_s=30,
 )
 inference_service = INFERENCE_SERVICE.job
 inference_supervisor = INFERENCE_SERVICE.sensor
