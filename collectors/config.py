@@ -32,8 +32,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from collectors.exchanges import registry
 from collectors.exchanges.venue import Endpoints
+from runtime.service_cli import ServiceSettings
 from schemas.model import Exchange, Market
 from schemas.symbols import native_symbol, validate_canonical
 
@@ -266,3 +269,53 @@ def find_shard(name: str, path: str | Path | None = None) -> ShardConfig:
         if s.name == name:
             return s
     raise ConfigError(f"no shard named {name!r} in {path or config_path()}")
+
+
+class CollectorShardSettings(ServiceSettings):
+    """One shard run's settings: the Dagster run config (pipelines/services/collector.py) and
+    the `python -m collectors.runner` options (runtime/service_cli.py)."""
+
+    shard: str = Field("", json_schema_extra={"cli": "shard"})
+    """Shard name in the collectors config file; the fields below override its values."""
+    config_file: str = Field("", json_schema_extra={"cli": "--config"})
+    """Collectors YAML (default $TICKLAKE_COLLECTORS, else $TICKLAKE_HOME/collectors.yaml)."""
+    exchange: str = ""
+    market: str = ""
+    symbols: list[str] = []
+    """Canonical symbols (BTC-USDT, BTC-USDT-PERP)."""
+    egress_ips: list[str] = []
+    """Source addresses to bind, one per egress IP (empty: the OS default)."""
+    ws_url: str = ""
+    """Websocket base URL (host only; the adapter adds the venue's paths). Empty: the venue."""
+    rest_url: str = ""
+    max_seconds: float = 0.0
+    """Stop after this long (tests, demos); 0 = run until terminated."""
+    metrics_port: int = 0
+    """Serve Prometheus metrics on this port (0: an ephemeral port, recorded for `ticklake status`)."""
+
+
+def resolve_shard(settings: CollectorShardSettings) -> ShardConfig:
+    """The shard a run collects: from the config file by name, with explicit overrides."""
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "exchange": settings.exchange,
+            "market": settings.market,
+            "symbols": tuple(settings.symbols),
+            "egress_ips": tuple(settings.egress_ips),
+            "ws_url": settings.ws_url,
+            "rest_url": settings.rest_url,
+        }.items()
+        if v
+    }
+    if settings.shard:
+        try:
+            base = find_shard(settings.shard, settings.config_file or None)
+        except ConfigError:
+            if not {"exchange", "market", "symbols"} <= overrides.keys():
+                raise
+            return ShardConfig.from_dict({"name": settings.shard, **overrides})
+        return ShardConfig.from_dict({**base.to_dict(), **overrides}) if overrides else base
+    if not {"exchange", "market", "symbols"} <= overrides.keys():
+        raise ConfigError(f"give a shard name from {config_path()} or exchange, market and symbols")
+    return ShardConfig.from_dict({"name": f"{overrides['exchange']}-{overrides['market']}", **overrides})

@@ -936,31 +936,23 @@ async def run_shard(
 def main(argv: list[str] | None = None) -> int:
     """Run one shard from the collectors config outside Dagster; SIGTERM/SIGINT stop it cleanly
     (sockets closed, producer flushed) and the last log line carries the final counts."""
-    import argparse
-
-    from collectors.config import find_shard
+    from collectors.config import CollectorShardSettings, resolve_shard
     from collectors.logs import configure_json_logging
+    from runtime.service_cli import settings_from_args, settings_parser
 
-    ap = argparse.ArgumentParser(prog="python -m collectors.runner", description=main.__doc__)
-    ap.add_argument("shard", help="shard name in the collectors config")
-    ap.add_argument("--config", help="collectors YAML (default $TICKLAKE_COLLECTORS or $TICKLAKE_HOME/collectors.yaml)")
+    ap = settings_parser(CollectorShardSettings, prog="python -m collectors.runner", description=main.__doc__)
     ap.add_argument("--bootstrap", help="Kafka bootstrap (default $TICKLAKE_KAFKA_BOOTSTRAP)")
-    ap.add_argument(
-        "--metrics-port",
-        type=int,
-        default=0,
-        help="serve Prometheus metrics on this port (default: an ephemeral one, recorded for `ticklake status`)",
-    )
     args = ap.parse_args(argv)
-    cfg = find_shard(args.shard, args.config)
+    settings = settings_from_args(CollectorShardSettings, args)
+    cfg = resolve_shard(settings)
     configure_json_logging()
     from runtime.service_status import service_run
 
-    with service_run(f"collector:{cfg.name}", shard=cfg.name, port=args.metrics_port or None):
-        return _main(cfg, args)
+    with service_run(f"collector:{cfg.name}", shard=cfg.name, port=settings.metrics_port or None):
+        return _main(cfg, args, settings.max_seconds)
 
 
-def _main(cfg: ShardConfig, args: Any) -> int:
+def _main(cfg: ShardConfig, args: Any, max_seconds: float = 0.0) -> int:
     import signal
 
     from runtime import kafka_config as kc
@@ -972,6 +964,8 @@ def _main(cfg: ShardConfig, args: Any) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if max_seconds:
+            loop.call_later(max_seconds, stop.set)
         return await ShardRunner(cfg, producer_config=kc.producer_config(conn), status_path=status_file(cfg.name)).run(
             stop
         )

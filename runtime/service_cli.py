@@ -8,7 +8,8 @@ generated from the same fields here, so the two cannot drift apart:
 * `snake_case` fields become `--kebab-case` options; `bool` fields are switches;
 * `list[...]` fields are repeatable options named in the singular (`exchanges` ->
   `--exchange`), as the hand-written parsers always were;
-* `json_schema_extra={"cli": "--name"}` on a field names its option explicitly.
+* `json_schema_extra={"cli": "--name"}` on a field names its option explicitly (a name
+  without dashes, equal to the field's, makes it an optional positional).
 
 Options that only a standalone process needs (`--bootstrap`, `--metrics-port`, ...) are added
 by the entry itself. Plain pydantic and argparse: no Dagster import in a standalone process.
@@ -61,7 +62,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings: type[BaseM
         help_text = (field.description or "").split("\n")[0] or None
         flag = option_name(name, field)
         metavar = flag.lstrip("-").replace("-", "_").upper()
-        if typing.get_origin(base) is list:
+        if not flag.startswith("-"):  # a positional (its name is the field's)
+            parser.add_argument(flag, nargs="?", default=None, type=base, metavar=metavar, help=help_text)
+        elif typing.get_origin(base) is list:
             (item,) = typing.get_args(base) or (str,)
             parser.add_argument(flag, dest=name, action="append", type=item, metavar=metavar, help=help_text)
         elif base is bool:

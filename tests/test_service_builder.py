@@ -12,7 +12,8 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
-from pipelines.services import clickhouse_live, lake_sink, processors
+from collectors.config import CollectorShardSettings
+from pipelines.services import clickhouse_live, collector, lake_sink, processors
 from pipelines.services.builder import LIVE_STATUSES, SERVICE_TAG, supervisor
 from pipelines.services.tags import LIVE_STATUS_NAMES
 from runtime.service_cli import settings_from_args, settings_parser
@@ -108,6 +109,7 @@ def test_worker_result_and_error_reach_the_caller():
         (FeatureProcessorSettings, processors.FeatureProcessorRunConfig),
         (LakeSinkSettings, lake_sink.LakeSinkRunConfig),
         (ClickHouseLiveSettings, clickhouse_live.ClickHouseLiveConfig),
+        (CollectorShardSettings, collector.CollectorShardConfig),
     ],
 )
 def test_one_settings_class_feeds_the_run_config_and_the_command_line(settings, config):
@@ -126,6 +128,13 @@ def test_generated_options_keep_the_hand_written_names():
     assert got.idle_exit_s == 3.0 and got.markets == [] and got.batch_max_ms == 200
     fp = settings_parser(FeatureProcessorSettings, prog="x", description="x").parse_args(["--pair", "spot:binance"])
     assert settings_from_args(FeatureProcessorSettings, fp).pairs == ["spot:binance"]
+    shard = settings_parser(CollectorShardSettings, prog="x", description="x").parse_args(
+        ["alpha", "--config", "c.yaml"]
+    )
+    assert settings_from_args(CollectorShardSettings, shard).model_dump(include={"shard", "config_file"}) == {
+        "shard": "alpha",
+        "config_file": "c.yaml",
+    }
 
 
 def test_live_statuses_are_one_list():

@@ -17,7 +17,14 @@ from typing import Any
 
 import dagster as dg
 
-from collectors.config import ConfigError, ShardConfig, config_path, find_shard, load_shards
+from collectors.config import (
+    CollectorShardSettings,
+    ConfigError,
+    ShardConfig,
+    config_path,
+    load_shards,
+    resolve_shard,
+)
 from collectors.runner import ShardRunner, ShardStats
 from collectors.status import status_file
 from pipelines.k8s import COLLECTOR
@@ -26,6 +33,15 @@ from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from runtime.service_loop import run_in_worker
 from runtime.service_status import service_run
+
+__all__ = [
+    "SERVICE_TAG",
+    "SHARD_TAG",
+    "CollectorShardConfig",
+    "collector_shard",
+    "collector_supervisor",
+    "resolve_shard",
+]
 
 SHARD_TAG = "ticklake/shard"
 OP_NAME = "run_collector_shard"
@@ -43,51 +59,8 @@ def shard_run_config(shard: str, **extra: Any) -> dict[str, Any]:
     return {"ops": {OP_NAME: {"config": {"shard": shard, **extra}}}}
 
 
-class CollectorShardConfig(dg.Config):
-    shard: str = ""
-    """Shard name in the collectors config file; the fields below override its values."""
-    config_file: str = ""
-    """Collectors YAML (default $TICKLAKE_COLLECTORS, else $TICKLAKE_HOME/collectors.yaml)."""
-    exchange: str = ""
-    market: str = ""
-    symbols: list[str] = []
-    """Canonical symbols (BTC-USDT, BTC-USDT-PERP)."""
-    egress_ips: list[str] = []
-    """Source addresses to bind, one per egress IP (empty: the OS default)."""
-    ws_url: str = ""
-    """Websocket base URL (host only; the adapter adds the venue's paths). Empty: the venue."""
-    rest_url: str = ""
-    max_seconds: float = 0.0
-    """Stop after this long (tests, demos); 0 = run until terminated."""
-    metrics_port: int = 0
-    """Serve Prometheus metrics on this port (0: an ephemeral port, recorded for `ticklake status`)."""
-
-
-def resolve_shard(config: CollectorShardConfig) -> ShardConfig:
-    """The shard a run collects: from the config file by name, with explicit overrides."""
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "exchange": config.exchange,
-            "market": config.market,
-            "symbols": tuple(config.symbols),
-            "egress_ips": tuple(config.egress_ips),
-            "ws_url": config.ws_url,
-            "rest_url": config.rest_url,
-        }.items()
-        if v
-    }
-    if config.shard:
-        try:
-            base = find_shard(config.shard, config.config_file or None)
-        except ConfigError:
-            if not {"exchange", "market", "symbols"} <= overrides.keys():
-                raise
-            return ShardConfig.from_dict({"name": config.shard, **overrides})
-        return ShardConfig.from_dict({**base.to_dict(), **overrides})
-    if not {"exchange", "market", "symbols"} <= overrides.keys():
-        raise ConfigError(f"give a shard name from {config_path()} or exchange, market and symbols")
-    return ShardConfig.from_dict({"name": f"{overrides['exchange']}-{overrides['market']}", **overrides})
+class CollectorShardConfig(dg.Config, CollectorShardSettings):
+    """A shard run's settings (collectors/config.py) as Dagster run config."""
 
 
 @dataclass
