@@ -45,6 +45,7 @@ from ml.registry import (
 )
 from runtime import kafka_config as kc
 from runtime.dlq import DlqCounters, dead_letter
+from runtime.service_loop import ServiceLoop
 from schemas.model import Exchange, Market
 from schemas.topics import DlqStage, dlq_topic, feature_topic, prediction_topic
 from streaming.kafka.topic_admin import create_topics
@@ -232,13 +233,14 @@ class InferenceLoop(TransactionalLoop):
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
 
 
-class InferenceService:
-    """The loops of every served model, run side by side in one process (the Dagster run);
-    duck-types the loop interface pipelines.services.builder.run_loop uses (run, request_stop, name, stats)."""
+class InferenceService(ServiceLoop):
+    """The loops of every served model, run side by side in one process (the Dagster run): a
+    ServiceLoop whose run() runs each loop in its own thread and whose stop request stops them all."""
 
     name = "inference"
 
     def __init__(self, loops: list[InferenceLoop]):
+        super().__init__()
         self.loops = loops
 
     @property
@@ -255,6 +257,7 @@ class InferenceService:
                 log.warning("inference: registry %s not reachable yet: %s", settings.tracking_uri, exc)
 
     def request_stop(self, *_: object) -> None:
+        super().request_stop()
         for lp in self.loops:
             lp.request_stop()
 
