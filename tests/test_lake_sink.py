@@ -57,7 +57,10 @@ def market_events(n: int, seed: int = 7, spacing_us: int = 1_500_000):
     return SyntheticMarket(seed=seed).events(n, spacing_us=spacing_us)
 
 
-def sink_command(bootstrap: str, home) -> list[str]:
+def sink_command(bootstrap: str, home, idle_exit_s: float = 2.5) -> list[str]:
+    """A hooked run is to be killed by its hook, so it gets a long idle exit: on a loaded machine
+    a fetch can come back empty for seconds, and a 2.5 s idle exit then ended the run (exit 0)
+    before its n-th commit."""
     return [
         sys.executable,
         "-m",
@@ -75,7 +78,7 @@ def sink_command(bootstrap: str, home) -> list[str]:
         "--batch-max-ms",
         "300",
         "--idle-exit-s",
-        "2.5",
+        str(idle_exit_s),
         "--allowed-lateness-s",
         "5",
     ]
@@ -91,7 +94,12 @@ def sink_env(hook: str | None) -> dict[str, str]:
 
 def run_sink_process(bootstrap: str, home, hook: str | None, timeout: float = 120) -> int:
     proc = subprocess.run(
-        sink_command(bootstrap, home), cwd=REPO, env=sink_env(hook), capture_output=True, timeout=timeout, check=False
+        sink_command(bootstrap, home, 2.5 if hook is None else 30.0),
+        cwd=REPO,
+        env=sink_env(hook),
+        capture_output=True,
+        timeout=timeout,
+        check=False,
     )
     if proc.returncode not in (0, -9):
         raise AssertionError(f"sink exited {proc.returncode}:\n{proc.stderr.decode()[-3000:]}")
