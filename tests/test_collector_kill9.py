@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import sys
+import time
 from pathlib import Path
 
 from collectors.config import dump_shards
@@ -118,9 +119,11 @@ def test_kill9_of_a_shard_under_replay_load_loses_and_doubles_nothing(kafka_brok
                     int(e.trade.trade_id) for e in got if e.event_type == EventType.TRADE.pb
                 } and want_bbo <= {e.seq for e in got if e.event_type == EventType.TICKER.pb}
 
-            for _ in range(20):
-                if await asyncio.to_thread(all_in_raw):
-                    break
+            # time-bounded, not a count of tries: on a loaded machine the last process can need
+            # many seconds to publish the tail, and a SIGTERM before that discards unread frames
+            deadline = time.monotonic() + 120
+            while not await asyncio.to_thread(all_in_raw) and time.monotonic() < deadline:
+                await asyncio.sleep(1.0)
             proc.send_signal(signal.SIGTERM)  # clean stop: producer flushed
             assert await asyncio.wait_for(proc.wait(), 60) == 0
         finally:
