@@ -477,7 +477,9 @@ def test_produce_requests_say_whether_they_are_transactional_and_acked(version):
     assert produce_kind(_fetch_request(11, 500)) is None
 
 
-def _full_fetch_request(version: int, wait_ms: int, parts: list[tuple[str, int, int]], correlation: int = 9) -> bytes:
+def _full_fetch_request(
+    version: int, wait_ms: int, parts: list[tuple[str, int, int]], correlation: int = 9, isolation: int = 1
+) -> bytes:
     """A whole Fetch request (no size prefix) for (topic, partition, offset) entries in their
     order, a topic entry per run of one topic, as librdkafka builds them (v4-v16)."""
     import struct
@@ -490,7 +492,7 @@ def _full_fetch_request(version: int, wait_ms: int, parts: list[tuple[str, int, 
     tags = b"\x00" if flexible else b""
     head = struct.pack(">hhi", 1, version, correlation) + struct.pack(">h", 7) + b"rdkafka" + tags
     body = b"" if version >= 15 else struct.pack(">i", -1)
-    body += struct.pack(">iiib", wait_ms, 1, 52_428_800, 1)
+    body += struct.pack(">iiib", wait_ms, 1, 52_428_800, isolation)
     if version >= 7:
         body += struct.pack(">ii", 0, -1)
     runs: list[tuple[str, list[tuple[int, int]]]] = []
@@ -532,6 +534,8 @@ def test_a_fetch_request_key_ignores_wait_and_order_not_offsets(version):
     assert fetch_request_key(_full_fetch_request(version, 2_000, parts[:2])) != key
     assert fetch_request_key(_full_fetch_request(version, 2_000, [*parts, ("raw.b", 1, 0)])) != key
     assert fetch_request_key(_full_fetch_request(version, 2_000, parts)[:-12]) is None  # cut short
+    # read_uncommitted sees an open transaction's records before the EndTxn counted as their write
+    assert fetch_request_key(_full_fetch_request(version, 2_000, parts, isolation=0)) is None
     assert fetch_request_key(_join_frame(5, 45_000)) is None
 
 

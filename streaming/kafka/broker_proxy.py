@@ -219,7 +219,9 @@ def fetch_request_key(frame: bytes | bytearray) -> bytes | None:
     header, its max_wait_ms and the order of its topics and partitions (librdkafka rotates
     the partition it starts from on every fetch). Two requests with equal keys ask for the
     same partitions at the same offsets with the same limits and isolation. None when the
-    frame is another request, a version this does not read (v4-v16 are) or malformed.
+    frame is another request, a version this does not read (v4-v16 are) or malformed, and for
+    read_uncommitted: it sees an open transaction's records before the EndTxn the proxy
+    counts as their write (librdkafka's default and the services are read_committed).
 
     Body (v4-v16): v<15 replica_id, max_wait_ms, min_bytes, max_bytes, isolation_level,
     v7+: session_id, session_epoch; topics: name (v13+: a 16-byte id), partitions: index,
@@ -241,6 +243,8 @@ def fetch_request_key(frame: bytes | bytearray) -> bytes | None:
 
         start = _body_offset(frame, flexible)
         wait = start + (4 if version < 15 else 0)
+        if frame[wait + 12] == 0:  # isolation_level READ_UNCOMMITTED
+            return None
         pos = wait + 4 + 4 + 4 + 1 + (8 if version >= 7 else 0)
         head = bytes(frame[start:wait]) + bytes(frame[wait + 4 : pos])
         part_size = 4 + (4 if version >= 9 else 0) + 8 + (4 if version >= 12 else 0) + 8 + 4
