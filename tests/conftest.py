@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from resources.home import HOME_ENV, TicklakeHome, resolve_home
 from streaming.clickhouse.server import LocalClickHouse
 from streaming.kafka.broker import EmbeddedBroker
+
+if TYPE_CHECKING:
+    from resources.spark import SparkResource
 
 #: Fixtures that start a real component, and the marker (pyproject.toml) every test using
 #: them carries, so `-m "not broker"` and the fast set in README.md select by what a test
@@ -19,6 +25,7 @@ COMPONENT_FIXTURES = {
     "secured_broker": "broker",
     "clickhouse_server": "chdb",
     "spark": "spark",
+    "spark_resource": "spark",
 }
 
 
@@ -51,6 +58,21 @@ def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loca
     root = tmp_path_factory.mktemp("clickhouse")
     with LocalClickHouse(root / "data", state_file=root / "clickhouse.json", log_path=root / "server.log") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def spark_resource() -> Iterator[SparkResource]:
+    """One local[2] Spark session (one JVM) for the whole session, started on first use and
+    stopped at the end: every Spark test module shares it (SparkResource.spark_session is
+    getOrCreate), so CI starts the JVM once."""
+    from resources.spark import SparkResource  # pyspark only where Spark is used
+
+    # Python workers (applyInArrow) need this interpreter, with pyarrow; read when the JVM starts.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    res = SparkResource(master="local[2]", shuffle_partitions=2)
+    yield res
+    if res._session is not None:
+        res._session.stop()
 
 
 @pytest.fixture

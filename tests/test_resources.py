@@ -486,11 +486,8 @@ def test_s3_artifacts_on_moto(moto_s3) -> None:
 
 
 @pytest.fixture(scope="module")
-def spark():
-    res = SparkResource()
-    session = res.spark_session
-    yield session
-    session.stop()
+def spark(spark_resource: SparkResource):
+    return spark_resource.spark_session  # the session-wide one (tests/conftest.py)
 
 
 def test_spark_local_session_and_platform_conf(spark, tmp_path: Path) -> None:

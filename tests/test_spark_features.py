@@ -11,8 +11,6 @@ check fails once a single feature value of the Spark output is perturbed.
 from __future__ import annotations
 
 import math
-import os
-import sys
 import warnings
 
 import dagster as dg
@@ -53,11 +51,9 @@ FEATURES_TOPIC = feature_topic("spot", "binance")
 
 
 @pytest.fixture(scope="module")
-def spark():
-    """One local[2] session for the module (getOrCreate: reused if another module made one)."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    res = SparkResource(master="local[2]", shuffle_partitions=2)
-    yield res
+def spark(spark_resource: SparkResource):
+    """The session-wide local[2] session (tests/conftest.py)."""
+    return spark_resource
 
 
 @pytest.fixture(scope="module")
