@@ -86,71 +86,19 @@ class PriceRecord:
         return FeedKey(self.market_type, self.network_id, self.source_id, self.token_ticker)
 
     def to_json_dict(self) -> dict:
-        return {
-            "message_id": self.message_id,
-            "event_timestamp": self.event_timestamp,
-            "publish_timestamp": self.publish_timestamp,
-            "producer": self.producer,
-            "version": self.version,
-            "data_type": self.data_type,
-            "market_type": self.market_type,
-            "token_ticker": self.token_ticker,
-            "source_id": self.source_id,
-            "network_id": self.network_id,
-            "price": self.price,
-            "metadata": dict(self.metadata),
-        }
+        return {**_common_json(self), "price": self.price, "metadata": dict(self.metadata)}
 
     def to_proto(self) -> ppb.PriceMessage:
-        return ppb.PriceMessage(
-            message_id=self.message_id,
-            event_timestamp=self.event_timestamp,
-            publish_timestamp=self.publish_timestamp,
-            producer=self.producer,
-            version=self.version,
-            data_type=self.data_type,
-            market_type=_MARKET_PB[self.market_type],
-            token_ticker=self.token_ticker,
-            source_id=self.source_id,
-            network_id=self.network_id,
-            price=self.price,
-            metadata=dict(self.metadata),
-        )
+        return ppb.PriceMessage(**_common_proto(self), price=self.price, metadata=dict(self.metadata))
 
     @classmethod
     def from_json_dict(cls, d: Mapping) -> PriceRecord:
         _check_common(d, PRICE, {"price"})
-        return cls(
-            message_id=d["message_id"],
-            event_timestamp=d["event_timestamp"],
-            publish_timestamp=d["publish_timestamp"],
-            producer=d["producer"],
-            market_type=d["market_type"],
-            token_ticker=d["token_ticker"],
-            source_id=d["source_id"],
-            network_id=d["network_id"],
-            price=d["price"],
-            metadata=dict(d.get("metadata") or {}),
-            version=d["version"],
-            data_type=d["data_type"],
-        )
+        return cls(**_common_json(d), price=d["price"], metadata=dict(d.get("metadata") or {}))
 
     @classmethod
     def from_proto(cls, m: ppb.PriceMessage) -> PriceRecord:
-        return cls(
-            message_id=m.message_id,
-            event_timestamp=m.event_timestamp,
-            publish_timestamp=m.publish_timestamp,
-            producer=m.producer,
-            market_type=_market_of_pb(m.market_type),
-            token_ticker=m.token_ticker,
-            source_id=m.source_id,
-            network_id=m.network_id,
-            price=m.price,
-            metadata=dict(m.metadata),
-            version=m.version,
-            data_type=m.data_type,
-        )
+        return cls(**_common_of_proto(m), price=m.price, metadata=dict(m.metadata))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,16 +123,7 @@ class OrderbookRecord:
 
     def to_json_dict(self) -> dict:
         return {
-            "message_id": self.message_id,
-            "event_timestamp": self.event_timestamp,
-            "publish_timestamp": self.publish_timestamp,
-            "producer": self.producer,
-            "version": self.version,
-            "data_type": self.data_type,
-            "market_type": self.market_type,
-            "token_ticker": self.token_ticker,
-            "source_id": self.source_id,
-            "network_id": self.network_id,
+            **_common_json(self),
             "bids": [list(lv) for lv in self.bids],
             "asks": [list(lv) for lv in self.asks],
             "metadata": dict(self.metadata),
@@ -192,16 +131,7 @@ class OrderbookRecord:
 
     def to_proto(self) -> ppb.OrderbookMessage:
         return ppb.OrderbookMessage(
-            message_id=self.message_id,
-            event_timestamp=self.event_timestamp,
-            publish_timestamp=self.publish_timestamp,
-            producer=self.producer,
-            version=self.version,
-            data_type=self.data_type,
-            market_type=_MARKET_PB[self.market_type],
-            token_ticker=self.token_ticker,
-            source_id=self.source_id,
-            network_id=self.network_id,
+            **_common_proto(self),
             bids=[ppb.Level(price=p, quantity=q) for p, q in self.bids],
             asks=[ppb.Level(price=p, quantity=q) for p, q in self.asks],
             metadata=dict(self.metadata),
@@ -211,37 +141,19 @@ class OrderbookRecord:
     def from_json_dict(cls, d: Mapping) -> OrderbookRecord:
         _check_common(d, MARKET_DEPTH, {"bids", "asks"})
         return cls(
-            message_id=d["message_id"],
-            event_timestamp=d["event_timestamp"],
-            publish_timestamp=d["publish_timestamp"],
-            producer=d["producer"],
-            market_type=d["market_type"],
-            token_ticker=d["token_ticker"],
-            source_id=d["source_id"],
-            network_id=d["network_id"],
+            **_common_json(d),
             bids=_levels(d["bids"]),
             asks=_levels(d["asks"]),
             metadata=dict(d.get("metadata") or {}),
-            version=d["version"],
-            data_type=d["data_type"],
         )
 
     @classmethod
     def from_proto(cls, m: ppb.OrderbookMessage) -> OrderbookRecord:
         return cls(
-            message_id=m.message_id,
-            event_timestamp=m.event_timestamp,
-            publish_timestamp=m.publish_timestamp,
-            producer=m.producer,
-            market_type=_market_of_pb(m.market_type),
-            token_ticker=m.token_ticker,
-            source_id=m.source_id,
-            network_id=m.network_id,
+            **_common_of_proto(m),
             bids=tuple((lv.price, lv.quantity) for lv in m.bids),
             asks=tuple((lv.price, lv.quantity) for lv in m.asks),
             metadata=dict(m.metadata),
-            version=m.version,
-            data_type=m.data_type,
         )
 
 
@@ -259,6 +171,21 @@ _COMMON = (
     "source_id",
     "network_id",
 )
+
+
+def _common_json(r: PragmaRecord | Mapping) -> dict:
+    """The header fields every message carries, in the contract's order, from a record or a
+    decoded JSON object (both record types share them; the body follows)."""
+    get = r.__getitem__ if isinstance(r, Mapping) else r.__getattribute__
+    return {k: get(k) for k in _COMMON}
+
+
+def _common_proto(r: PragmaRecord) -> dict:
+    return {**_common_json(r), "market_type": _MARKET_PB[r.market_type]}
+
+
+def _common_of_proto(m: ppb.PriceMessage | ppb.OrderbookMessage) -> dict:
+    return {**{k: getattr(m, k) for k in _COMMON}, "market_type": _market_of_pb(m.market_type)}
 
 
 def _check_common(d: Mapping, data_type: str, body: set[str]) -> None:
@@ -292,6 +219,22 @@ def _market_of_pb(v: int) -> str:
 # -- builders ---------------------------------------------------------------------------------
 
 
+def _header(
+    feed: FeedKey, data_type: str, identity: tuple, event_ts_us: int, publish_ts_us: int, producer: str
+) -> dict:
+    """The header fields a new message of `feed` gets (version and data_type: the record's defaults)."""
+    return {
+        "message_id": message_id(feed.key(), data_type, *identity),
+        "event_timestamp": iso_utc(event_ts_us),
+        "publish_timestamp": iso_utc(publish_ts_us),
+        "producer": producer,
+        "market_type": feed.market_type,
+        "token_ticker": feed.token_ticker,
+        "source_id": feed.source_id,
+        "network_id": feed.network_id,
+    }
+
+
 def build_price(
     feed: FeedKey,
     price: str,
@@ -304,16 +247,8 @@ def build_price(
 ) -> PriceRecord:
     """A price message; ``identity`` is what makes the message unique within its feed
     (e.g. the source event id and the price definition) and seeds message_id."""
-    key = feed.key()
     return PriceRecord(
-        message_id=message_id(key, PRICE, *identity),
-        event_timestamp=iso_utc(event_ts_us),
-        publish_timestamp=iso_utc(publish_ts_us),
-        producer=producer,
-        market_type=feed.market_type,
-        token_ticker=feed.token_ticker,
-        source_id=feed.source_id,
-        network_id=feed.network_id,
+        **_header(feed, PRICE, identity, event_ts_us, publish_ts_us, producer),
         price=price,
         metadata=dict(metadata or {}),
     )
@@ -333,20 +268,12 @@ def build_depth(
     metadata: Mapping[str, str] | None = None,
 ) -> OrderbookRecord:
     """A depth message from scaled-integer levels (best first on each side)."""
-    key = feed.key()
 
     def conv(levels: Iterable[tuple[int, int]]) -> tuple[Level, ...]:
         return tuple((from_scaled(px, price_scale), from_scaled(q, size_scale)) for px, q in levels)
 
     return OrderbookRecord(
-        message_id=message_id(key, MARKET_DEPTH, *identity),
-        event_timestamp=iso_utc(event_ts_us),
-        publish_timestamp=iso_utc(publish_ts_us),
-        producer=producer,
-        market_type=feed.market_type,
-        token_ticker=feed.token_ticker,
-        source_id=feed.source_id,
-        network_id=feed.network_id,
+        **_header(feed, MARKET_DEPTH, identity, event_ts_us, publish_ts_us, producer),
         bids=conv(bids),
         asks=conv(asks),
         metadata=dict(metadata or {}),
