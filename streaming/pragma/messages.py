@@ -66,8 +66,11 @@ def message_id(key: str, kind: str, *identity: object) -> str:
     return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, "|".join([key, kind, *map(str, identity)])))
 
 
-@dataclass(frozen=True, slots=True)
-class PriceRecord:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Header:
+    """The fields every pragma v1 message carries before its body (version and data_type
+    default per record type)."""
+
     message_id: str
     event_timestamp: str
     publish_timestamp: str
@@ -76,14 +79,18 @@ class PriceRecord:
     token_ticker: str
     source_id: str
     network_id: str
-    price: str
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    version: str = VERSION
-    data_type: str = PRICE
 
     @property
     def feed(self) -> FeedKey:
         return FeedKey(self.market_type, self.network_id, self.source_id, self.token_ticker)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PriceRecord(_Header):
+    price: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    version: str = VERSION
+    data_type: str = PRICE
 
     def to_json_dict(self) -> dict:
         return {**_common_json(self), "price": self.price, "metadata": dict(self.metadata)}
@@ -101,25 +108,13 @@ class PriceRecord:
         return cls(**_common_of_proto(m), price=m.price, metadata=dict(m.metadata))
 
 
-@dataclass(frozen=True, slots=True)
-class OrderbookRecord:
-    message_id: str
-    event_timestamp: str
-    publish_timestamp: str
-    producer: str
-    market_type: str
-    token_ticker: str
-    source_id: str
-    network_id: str
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderbookRecord(_Header):
     bids: tuple[Level, ...]
     asks: tuple[Level, ...]
     metadata: Mapping[str, str] = field(default_factory=dict)
     version: str = VERSION
     data_type: str = MARKET_DEPTH
-
-    @property
-    def feed(self) -> FeedKey:
-        return FeedKey(self.market_type, self.network_id, self.source_id, self.token_ticker)
 
     def to_json_dict(self) -> dict:
         return {
