@@ -146,7 +146,7 @@ def test_down_without_a_stack_says_so(ticklake_home):
 
 
 @pytest.mark.stack
-def test_up_status_refused_second_up_and_down_leaves_nothing(ticklake_home):
+def test_up_status_refused_second_up_dead_services_and_down_leaves_nothing(ticklake_home):
     home = ticklake_home.root
     require_ui_port_free()
     # --no-services keeps this test light; tests/test_platform_acceptance.py runs `up` with them on.
@@ -247,9 +247,40 @@ def test_up_status_refused_second_up_and_down_leaves_nothing(ticklake_home):
         running = processes_of(home)
         assert set(pids.values()) <= set(running), running
         assert len(running) > len(pids)  # the code servers of webserver and daemon
+
+        # A dead service is reported and blocks `up` until `down` (on this same stack: one
+        # start less in CI). A process of this stack that no service owns any more (what a
+        # kill -9'd parent leaves behind) carries the stack's id: status reports it, down stops it.
+        assert info["orphans"] == []
+        stack_id = json.loads((home / "run" / "stack.json").read_text())["stack_id"]
+        orphan = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"],
+            env={**os.environ, "TICKLAKE_STACK_ID": stack_id},
+            start_new_session=True,
+        )
+        os.kill(pids["broker"], signal.SIGKILL)
+        os.kill(pids["dagster-daemon"], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while port_in_use("127.0.0.1", broker_port):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        st = ticklake(home, "status", "--json")
+        assert st.returncode == 1
+        dead = json.loads(st.stdout)
+        assert dead["status"] == "degraded"
+        assert dead["services"]["broker"]["state"] == "dead"
+        assert dead["services"]["dagster-daemon"]["state"] == "dead"
+        assert dead["services"]["dagster-webserver"]["state"] == "running"
+        assert orphan.pid in dead["orphans"]
+        again = ticklake(home, "up")
+        assert again.returncode == 1
+        assert "partly running" in again.stderr and "ticklake down" in again.stderr
     finally:
         down = ticklake(home, "down")
     assert down.returncode == 0, down.stdout + down.stderr
+    assert "broker             not running" in down.stdout
+    assert "orphans" in down.stdout
+    assert orphan.wait(timeout=30) is not None  # stopped by down (reaped here: it is this test's child)
     assert_nothing_left(home, broker_port)
     assert not port_in_use("127.0.0.1", clickhouse_port)
     assert not (home / "run" / "stack.json").exists() and not (home / "run" / "clickhouse.json").exists()
@@ -419,52 +450,3 @@ def test_orphaned_runs_are_marked_failed_and_release_their_slots(ticklake_home, 
         info = instance.event_log_storage.get_concurrency_info("test_pool")
         assert info.claimed_slots == []
     assert fail_orphaned_runs(home, "test") == []
-
-
-@pytest.mark.stack
-def test_a_dead_service_is_reported_and_blocks_up_until_down(ticklake_home):
-    home = ticklake_home.root
-    require_ui_port_free()
-    up = ticklake(home, "up", "--no-services")
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        info = json.loads(ticklake(home, "status", "--json").stdout)
-        assert info["orphans"] == []
-        broker_pid = info["services"]["broker"]["pid"]
-        daemon_pid = info["services"]["dagster-daemon"]["pid"]
-        broker_port = int(info["kafka_bootstrap"].rsplit(":", 1)[1])
-        # A process of this stack that no service owns any more (what a kill -9'd parent leaves
-        # behind): it carries the stack's id, so status reports it and `down` stops it.
-        stack_id = json.loads((home / "run" / "stack.json").read_text())["stack_id"]
-        orphan = subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(600)"],
-            env={**os.environ, "TICKLAKE_STACK_ID": stack_id},
-            start_new_session=True,
-        )
-        daemon_children = [orphan.pid]
-        os.kill(broker_pid, signal.SIGKILL)
-        os.kill(daemon_pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while port_in_use("127.0.0.1", broker_port):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-
-        st = ticklake(home, "status", "--json")
-        assert st.returncode == 1
-        info = json.loads(st.stdout)
-        assert info["status"] == "degraded"
-        assert info["services"]["broker"]["state"] == "dead"
-        assert info["services"]["dagster-daemon"]["state"] == "dead"
-        assert info["services"]["dagster-webserver"]["state"] == "running"
-        assert set(daemon_children) <= set(info["orphans"])
-
-        again = ticklake(home, "up")
-        assert again.returncode == 1
-        assert "partly running" in again.stderr and "ticklake down" in again.stderr
-    finally:
-        down = ticklake(home, "down")
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert "broker             not running" in down.stdout
-    assert "orphans" in down.stdout
-    assert orphan.wait(timeout=30) is not None  # stopped by down (reaped here: it is this test's child)
-    assert_nothing_left(home, broker_port)
