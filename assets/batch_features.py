@@ -47,31 +47,47 @@ def require_sealed(tables, partition_key: str) -> None:
         )
 
 
+def feature_asset(key: dg.AssetKey, kinds: set[str], description: str):
+    """The asset decorator of an hour of 1 s features, whichever runtime computes it (local
+    batch here, Spark in assets/spark_features.py): same partitions, inputs, group and automation."""
+    return dg.asset(
+        key=key,
+        partitions_def=HOURLY,
+        deps=INPUT_DEPS,
+        group_name=GROUP,
+        kinds=kinds,
+        tags={"ticklake/layer": "features"},
+        automation_condition=HOURLY_CHAIN,
+        description=description,
+    )
+
+
+def hour_inputs(lake: LakeResource, config: FeatureHourConfig, partition_key: str):
+    """(catalog, hour start in µs, input tables) of a feature hour; dg.Failure when the inputs
+    are not sealed and the config requires it."""
+    catalog = lake.load_catalog()
+    lake.ensure_tables()
+    inputs = fl.input_tables(catalog)
+    if config.require_sealed:
+        require_sealed(inputs, partition_key)
+    return catalog, hour_us(partition_key), inputs
+
+
 def feature_metadata(rows) -> dict:
     symbols = sorted(set(rows.column("symbol").to_pylist())) if rows.num_rows else []
     return {"dagster/row_count": rows.num_rows, "symbols": dg.MetadataValue.json(symbols), "spec_version": SPEC_VERSION}
 
 
-@dg.asset(
-    key=BATCH_FEATURES_KEY,
-    partitions_def=HOURLY,
-    deps=INPUT_DEPS,
-    group_name=GROUP,
-    kinds={"python", "iceberg"},
-    tags={"ticklake/layer": "features"},
-    automation_condition=HOURLY_CHAIN,
-    description=f"`{FEATURES_TABLE.identifier}`: 1 s features of the hour, the feature spec run in-process "
+@feature_asset(
+    BATCH_FEATURES_KEY,
+    {"python", "iceberg"},
+    f"`{FEATURES_TABLE.identifier}`: 1 s features of the hour, the feature spec run in-process "
     "(the local batch runtime); the hour is replaced atomically.",
 )
 def features_1s(
     context: dg.AssetExecutionContext, config: FeatureHourConfig, lake: LakeResource
 ) -> dg.MaterializeResult:
-    catalog = lake.load_catalog()
-    lake.ensure_tables()
-    h = hour_us(context.partition_key)
-    inputs = fl.input_tables(catalog)
-    if config.require_sealed:
-        require_sealed(inputs, context.partition_key)
+    catalog, h, inputs = hour_inputs(lake, config, context.partition_key)
     events = fl.hour_events(inputs, h, config.lookback_s)
     rows = fl.compute_hour(events, h)
     table = fl.ensure_spec_table(catalog, FEATURES_TABLE, dict(lake.table_properties) or None)

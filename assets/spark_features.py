@@ -21,14 +21,13 @@ import sys
 
 import dagster as dg
 
-from assets.automation import HOURLY_CHAIN
 from assets.batch_features import (
     BATCH_FEATURES_KEY,
-    INPUT_DEPS,
     FeatureHourConfig,
+    feature_asset,
     feature_metadata,
+    hour_inputs,
     hour_us,
-    require_sealed,
 )
 from assets.partitions import HOURLY, hour_start
 from features.spec import FEATURES_TABLE
@@ -39,7 +38,6 @@ from streaming.clickhouse import sql as cs
 from streaming.lake import features as fl
 from streaming.lake import spark_features as fsp
 
-GROUP = "features"
 SPARK_FEATURES_KEY = dg.AssetKey(["spark", "features_1s"])
 CHECK_PARITY = "offline_online_parity"
 
@@ -56,27 +54,17 @@ def _session(spark: SparkResource):
     return spark.spark_session
 
 
-@dg.asset(
-    key=SPARK_FEATURES_KEY,
-    partitions_def=HOURLY,
-    deps=INPUT_DEPS,
-    group_name=GROUP,
-    kinds={"spark", "iceberg"},
-    tags={"ticklake/layer": "features"},
-    automation_condition=HOURLY_CHAIN,
-    description=f"`{fsp.SPARK_FEATURES_TABLE.identifier}`: the hour's 1 s features recomputed by Spark "
+@feature_asset(
+    SPARK_FEATURES_KEY,
+    {"spark", "iceberg"},
+    f"`{fsp.SPARK_FEATURES_TABLE.identifier}`: the hour's 1 s features recomputed by Spark "
     "(applyInArrow over the files pyiceberg plans), Parquet registered with add_files.",
 )
 def spark_features_1s(
     context: dg.AssetExecutionContext, config: FeatureHourConfig, lake: LakeResource, spark: SparkResource
 ) -> dg.MaterializeResult:
-    catalog = lake.load_catalog()
-    lake.ensure_tables()
-    h = hour_us(context.partition_key)
+    catalog, h, inputs = hour_inputs(lake, config, context.partition_key)
     target = fl.ensure_spec_table(catalog, fsp.SPARK_FEATURES_TABLE, dict(lake.table_properties) or None)
-    inputs = fl.input_tables(catalog)
-    if config.require_sealed:
-        require_sealed(inputs, context.partition_key)
     res = fsp.write_hour(
         _session(spark),
         inputs,
