@@ -462,12 +462,7 @@ def _trades(parsed: ParsedFile, t: Target, rejects: list[Rejected], reuse: bool,
         if px <= 0 or qty <= 0:
             rejects.append(Rejected(i, f"range: trade px={px} qty={qty} must be positive"))
             continue
-        ts = _stream_ts(tss[i])
-        if env is None or not reuse:
-            env = new_envelope(t, et, ts, ids[i])
-        else:
-            env.exchange_ts = env.ingest_ts = ts
-            env.seq = ids[i]
+        env = _stamp(env, reuse, t, et, _stream_ts(tss[i]), ids[i])
         tr = env.trade
         tr.trade_id = str(ids[i])
         tr.px = px
@@ -477,6 +472,17 @@ def _trades(parsed: ParsedFile, t: Target, rejects: list[Rejected], reuse: bool,
             tr.first_trade_id = firsts[i]
             tr.last_trade_id = lasts[i]
         yield env
+
+
+def _stamp(env: pb.Envelope | None, reuse: bool, t: Target, et: EventType, ts: int, seq: int) -> pb.Envelope:
+    """The envelope of the next row: a new one, or with `reuse` (the caller consumes each
+    envelope before asking for the next) the previous one with its time and sequence replaced,
+    which saves building a message per row."""
+    if env is None or not reuse:
+        return new_envelope(t, et, ts, seq)
+    env.exchange_ts = env.ingest_ts = ts
+    env.seq = seq
+    return env
 
 
 def _book_ticker(parsed: ParsedFile, t: Target, rejects: list[Rejected], reuse: bool) -> Iterator[pb.Envelope]:
@@ -497,12 +503,7 @@ def _book_ticker(parsed: ParsedFile, t: Target, rejects: list[Rejected], reuse: 
         if bp and ap and bp > ap:
             rejects.append(Rejected(i, f"book: ticker bid {bp} > ask {ap}"))
             continue
-        ts = _stream_ts(tss[i])
-        if env is None or not reuse:
-            env = new_envelope(t, et, ts, ids[i])
-        else:
-            env.exchange_ts = env.ingest_ts = ts
-            env.seq = ids[i]
+        env = _stamp(env, reuse, t, et, _stream_ts(tss[i]), ids[i])
         tk = env.ticker
         tk.bid_px, tk.bid_qty, tk.ask_px, tk.ask_qty = bp, bq, ap, aq
         yield env
