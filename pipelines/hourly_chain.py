@@ -23,13 +23,27 @@ CHAIN_SELECTION = dg.AssetSelection.assets(*CHAIN_ASSETS)
 #: an idle stack pays one evaluation of a few assets this often.
 EVALUATION_INTERVAL_S = 60
 
-hourly_chain_automation = dg.AutomationConditionSensorDefinition(
+
+def automation_sensor(
+    name: str, target: dg.AssetSelection, launched_by: str, description: str
+) -> dg.AutomationConditionSensorDefinition:
+    """An automation-condition sensor of this code location: off until `ticklake up` (or the
+    UI) turns it on, evaluated every EVALUATION_INTERVAL_S, its runs tagged with who launched them."""
+    return dg.AutomationConditionSensorDefinition(
+        name,
+        target=target,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=EVALUATION_INTERVAL_S,
+        run_tags={"ticklake/launched-by": launched_by},
+        description=description,
+    )
+
+
+hourly_chain_automation = automation_sensor(
     "hourly_chain_automation",
-    target=CHAIN_SELECTION,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    minimum_interval_seconds=EVALUATION_INTERVAL_S,
-    run_tags={"ticklake/launched-by": "hourly-chain-automation"},
-    description="Builds every hourly product (features, Spark features + parity check, ClickHouse loads, bars, "
+    CHAIN_SELECTION,
+    "hourly-chain-automation",
+    "Builds every hourly product (features, Spark features + parity check, ClickHouse loads, bars, "
     "charts) of each lake hour once its lake seal is materialized and its checks passed; never while "
     "a run or backfill of that partition is in progress.",
 )

@@ -22,28 +22,24 @@ like every sensor; `ticklake up` turns them on.
 import dagster as dg
 
 from assets.ml import TRAINING_ASSETS, lake_predictions
-from pipelines.hourly_chain import EVALUATION_INTERVAL_S
+from pipelines.hourly_chain import automation_sensor
 
 TRAINING_SELECTION = dg.AssetSelection.assets(*TRAINING_ASSETS)
 PREDICTIONS_SELECTION = dg.AssetSelection.assets(lake_predictions)
 
-ml_training_automation = dg.AutomationConditionSensorDefinition(
+ml_training_automation = automation_sensor(
     "ml_training_automation",
-    target=TRAINING_SELECTION,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    minimum_interval_seconds=EVALUATION_INTERVAL_S,
-    run_tags={"ticklake/launched-by": "ml-automation"},
-    description="Builds the training dataset of each day whose features_1s hours were (re)built, trains a "
+    TRAINING_SELECTION,
+    "ml-automation",
+    "Builds the training dataset of each day whose features_1s hours were (re)built, trains a "
     "model per horizon and registers every one that beats the baseline as champion.",
 )
 
-ml_predictions_automation = dg.AutomationConditionSensorDefinition(
+ml_predictions_automation = automation_sensor(
     "ml_predictions_automation",
-    target=PREDICTIONS_SELECTION,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    minimum_interval_seconds=EVALUATION_INTERVAL_S,
-    run_tags={"ticklake/launched-by": "ml-automation"},
-    description="Lands each hour's predictions in the lake (with the parity check) once its features exist "
+    PREDICTIONS_SELECTION,
+    "ml-automation",
+    "Lands each hour's predictions in the lake (with the parity check) once its features exist "
     "and again when a champion of its day is registered.",
 )
 
