@@ -254,7 +254,8 @@ def test_inference_service_scores_every_row_exactly_once_and_follows_the_alias(w
     ts = [p["exchange_ts"] for p in got]
     assert ts == sorted(ts)  # one symbol: in order
     dead = [parse_dead_letter(m.value()).reason for m in read_topics(b, [dlq_topic(DlqStage.INFERENCE)], "t-ml-d")]
-    assert len(dead) == 2 and dead[0].startswith("decode") and dead[1].startswith("mismatch")
+    # (the DLQ has several partitions: no order between the two)
+    assert sorted(r.split(":")[0] for r in dead) == ["decode", "mismatch"], dead
 
     # the alias moves: the restarted service resumes after its committed offsets (nothing
     # scored twice) and scores the new rows with the new version
