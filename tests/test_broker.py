@@ -539,6 +539,20 @@ def test_a_fetch_request_key_ignores_wait_and_order_not_offsets(version):
     assert fetch_request_key(_join_frame(5, 45_000)) is None
 
 
+@pytest.mark.parametrize("version", [4, 11, 12, 16])
+def test_only_an_empty_answer_to_a_fetch_that_waited_a_scan_may_be_given_again(version):
+    """Asked with a few ms, the broker can answer empty before its scan read batches that
+    exist; such an answer says nothing about the log (test_collector_faults' 10 ms readers
+    missed records while it was replayed)."""
+    from streaming.kafka.broker_proxy import MIN_SCAN_WAIT_MS, scans_log
+
+    parts = [("raw.a", 0, 5)]
+    assert scans_log(_full_fetch_request(version, MIN_SCAN_WAIT_MS, parts))
+    assert scans_log(_full_fetch_request(version, 2_000, parts))
+    assert not scans_log(_full_fetch_request(version, 10, parts))
+    assert not scans_log(_join_frame(5, 45_000))
+
+
 def test_a_held_fetch_is_answered_by_the_proxy_only_when_the_broker_would_answer_the_same():
     """After the client's wait, a Fetch asking what the broker last answered with nothing is
     answered from that answer; any write since, another question, an answer still on its way

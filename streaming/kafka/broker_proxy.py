@@ -385,6 +385,15 @@ class _Connection:
         self.forwarded_at = 0.0
 
 
+def scans_log(frame: bytes | bytearray) -> bool:
+    """Whether the broker will wait long enough on this Fetch to read the log: only such an
+    empty answer shows that nothing is there. Asked with a few ms, Tansu can answer empty
+    before its scan has read batches that exist (seen as a reader with a 10 ms wait missing
+    records), and that answer must not be given again for the same question."""
+    pos = fetch_max_wait_offset(frame)
+    return pos is not None and struct.unpack_from(">i", frame, pos)[0] >= MIN_SCAN_WAIT_MS
+
+
 async def hold_fetch(
     frame: bytearray,
     conn: _Connection,
@@ -476,7 +485,7 @@ async def _requests(
                     client.write(struct.pack(">ii", len(answer) + 4, correlation) + answer)
                     await client.drain()
                     continue
-                conn.pending[correlation] = (api_key, version, fetch_request_key(frame))
+                conn.pending[correlation] = (api_key, version, fetch_request_key(frame) if scans_log(frame) else None)
             conn.in_flight += 1
             writer.write(size_bytes + bytes(frame))
         else:
