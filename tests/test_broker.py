@@ -536,7 +536,20 @@ def test_a_fetch_request_key_ignores_wait_and_order_not_offsets(version):
     assert fetch_request_key(_full_fetch_request(version, 2_000, parts)[:-12]) is None  # cut short
     # read_uncommitted sees an open transaction's records before the EndTxn counted as their write
     assert fetch_request_key(_full_fetch_request(version, 2_000, parts, isolation=0)) is None
+    offsets: dict[tuple[bytes, int], int] = {}
+    fetch_request_key(_full_fetch_request(version, 2_000, parts), offsets)
+    assert sorted((p, o) for (_, p), o in offsets.items()) == [(0, 0), (0, 5), (1, 7)]
+    assert len({t for t, _ in offsets}) == 2
     assert fetch_request_key(_join_frame(5, 45_000)) is None
+
+
+@pytest.mark.parametrize("version", [4, 12, 16])
+def test_a_fetch_response_reports_each_partitions_last_stable_offset(version):
+    from streaming.kafka.broker_proxy import fetch_response_has_records
+
+    stable: dict[tuple[bytes, int], int] = {}
+    assert fetch_response_has_records(_fetch_response(version, [(0, None), (0, b"")]), version, stable) is False
+    assert sorted((p, o) for (_, p), o in stable.items()) == [(0, 5), (1, 5)]  # the helper's offsets
 
 
 @pytest.mark.parametrize("version", [4, 11, 12, 16])

@@ -151,7 +151,9 @@ def fetch_max_wait_offset(frame: bytes | bytearray) -> int | None:
         return None
 
 
-def fetch_response_has_records(frame: bytes | bytearray, version: int) -> bool | None:
+def fetch_response_has_records(
+    frame: bytes | bytearray, version: int, stable: dict[tuple[bytes, int], int] | None = None
+) -> bool | None:
     """Whether a Fetch response (without the size prefix) carries records or an error for any
     partition: True/False, or None when the version or bytes are not understood.
 
@@ -160,7 +162,8 @@ def fetch_response_has_records(frame: bytes | bytearray, version: int) -> bool |
     high_watermark, last_stable_offset, v5+: log_start_offset, aborted_transactions
     (producer_id, first_offset), v11+: preferred_read_replica, then the records bytes.
     v12+ encodes arrays, strings and bytes compactly (unsigned varint length + 1) and ends
-    every structure with tagged fields."""
+    every structure with tagged fields. `stable`, when given, receives each partition's
+    last_stable_offset keyed by (topic bytes as encoded, partition index)."""
     if version not in FETCH_RESPONSE_VERSIONS:
         return None
     flexible = version >= FETCH_FIRST_FLEXIBLE
@@ -184,14 +187,18 @@ def fetch_response_has_records(frame: bytes | bytearray, version: int) -> bool |
             pos += 2 + 4  # error_code, session_id
         n_topics, pos = length(pos)
         for _ in range(max(n_topics, 0)):
+            t0 = pos
             if version >= 13:
                 pos += 16
             else:
                 size, pos = length(pos) if flexible else (struct.unpack_from(">h", frame, pos)[0], pos + 2)
                 pos += max(size, 0)
+            name = bytes(frame[t0:pos])
             n_parts, pos = length(pos)
             for _ in range(max(n_parts, 0)):
-                (error,) = struct.unpack_from(">h", frame, pos + 4)
+                index, error, _high, last_stable = struct.unpack_from(">ihqq", frame, pos)
+                if stable is not None:
+                    stable[(name, index)] = last_stable
                 pos += 4 + 2 + 8 + 8 + (8 if version >= 5 else 0)
                 n_aborted, pos = length(pos)
                 for _ in range(max(n_aborted, 0)):
@@ -214,7 +221,7 @@ def fetch_response_has_records(frame: bytes | bytearray, version: int) -> bool |
         return None
 
 
-def fetch_request_key(frame: bytes | bytearray) -> bytes | None:
+def fetch_request_key(frame: bytes | bytearray, offsets: dict[tuple[bytes, int], int] | None = None) -> bytes | None:
     """What a broker's answer to a Fetch request depends on, as bytes: the request minus its
     header, its max_wait_ms and the order of its topics and partitions (librdkafka rotates
     the partition it starts from on every fetch). Two requests with equal keys ask for the
@@ -248,6 +255,7 @@ def fetch_request_key(frame: bytes | bytearray) -> bytes | None:
         pos = wait + 4 + 4 + 4 + 1 + (8 if version >= 7 else 0)
         head = bytes(frame[start:wait]) + bytes(frame[wait + 4 : pos])
         part_size = 4 + (4 if version >= 9 else 0) + 8 + (4 if version >= 12 else 0) + 8 + 4
+        offset_at = 4 + (4 if version >= 9 else 0)  # fetch_offset within a partition entry
         entries = []
         n_topics, pos = length(pos)
         for _ in range(max(n_topics, 0)):
@@ -262,6 +270,12 @@ def fetch_request_key(frame: bytes | bytearray) -> bytes | None:
             n_parts, pos = length(pos)
             for _ in range(max(n_parts, 0)):
                 p0 = pos
+                if offsets is not None:
+                    index, offset = (
+                        struct.unpack_from(">i", frame, p0)[0],
+                        struct.unpack_from(">q", frame, offset_at + p0)[0],
+                    )
+                    offsets[(name, index)] = offset
                 pos += part_size
                 if flexible:
                     pos = _skip_tags(frame, pos)
@@ -371,7 +385,7 @@ class _Connection:
 
     def __init__(self) -> None:
         #: correlation id -> (api_key, version, fetch key) of requests whose responses matter here
-        self.pending: dict[int, tuple[int, int, bytes | None]] = {}
+        self.pending: dict[int, tuple[int, int, bytes | None, dict[tuple[bytes, int], int]]] = {}
         #: requests forwarded whose responses have not come back yet (acks=0 produces get none)
         self.in_flight = 0
         #: the last Fetch response carried no records and no error
@@ -485,14 +499,16 @@ async def _requests(
                     client.write(struct.pack(">ii", len(answer) + 4, correlation) + answer)
                     await client.drain()
                     continue
-                conn.pending[correlation] = (api_key, version, fetch_request_key(frame) if scans_log(frame) else None)
+                offsets: dict[tuple[bytes, int], int] = {}
+                key = fetch_request_key(frame, offsets) if scans_log(frame) else None
+                conn.pending[correlation] = (api_key, version, key, offsets)
             conn.in_flight += 1
             writer.write(size_bytes + bytes(frame))
         else:
             first = b""
             kind = None
             if api_key in WRITES and api_key != PRODUCE:
-                conn.pending[correlation] = (api_key, version, None)
+                conn.pending[correlation] = (api_key, version, None, {})
             elif api_key == PRODUCE:
                 # Enough of the frame to find transactional_id and acks. A transactional
                 # write counts at its EndTxn (read_committed fetches cannot see it before);
@@ -500,7 +516,7 @@ async def _requests(
                 first = await reader.read(min(size - 8, 1024))
                 kind = produce_kind(head + first)
                 if kind is None or not kind[0]:
-                    conn.pending[correlation] = (api_key, version, None)
+                    conn.pending[correlation] = (api_key, version, None, {})
             if kind is None or kind[1] != 0:
                 conn.in_flight += 1
             writer.write(size_bytes + head + first)
@@ -536,8 +552,15 @@ async def _responses(
         if request is not None and request[0] == FETCH:
             frame = head + await reader.readexactly(size - 4)
             # set before the client can see the response and send its next Fetch
-            conn.last_fetch_empty = fetch_response_has_records(frame, request[1]) is False
-            empty = conn.last_fetch_empty and request[2] is not None
+            stable: dict[tuple[bytes, int], int] = {}
+            conn.last_fetch_empty = fetch_response_has_records(frame, request[1], stable) is False
+            # Kept for hold_fetch only when it shows the reader caught up: every partition asked
+            # for is answered, at or past its last stable offset (a scan cut short would not be).
+            empty = (
+                conn.last_fetch_empty
+                and request[2] is not None
+                and all(tp in stable and stable[tp] <= offset for tp, offset in request[3].items())
+            )
             conn.empty_answer = frame[4:] if empty else None
             conn.empty_key = request[2] if empty else None
             writer.write(size_bytes + frame)
