@@ -63,6 +63,12 @@ from schemas.topics import DlqStage, Stage, dlq_topic, event_topic
 
 log = get_logger()
 
+
+def _shard_log(shard: str, level: int, event: str, **fields: object) -> None:
+    """Every line a shard logs names the shard, so one grep follows one shard through a log."""
+    log_event(log, level, event, shard=shard, **fields)
+
+
 DLQ_TOPIC = dlq_topic(DlqStage.COLLECTOR)
 
 
@@ -181,7 +187,7 @@ class Publisher:
         if err is not None:
             if err.code() in _PERMANENT_DELIVERY_ERRORS:
                 self.stats.delivery_errors += 1
-                log_event(log, logging.ERROR, "delivery failed", shard=self.cfg.name, topic=msg.topic(), error=str(err))
+                _shard_log(self.cfg.name, logging.ERROR, "delivery failed", topic=msg.topic(), error=str(err))
                 return
             # A broker outage longer than message.timeout.ms, or a producer that turned
             # fatal (e.g. the broker lost its idempotence state in a restart): the venue
@@ -192,11 +198,10 @@ class Publisher:
             if err.fatal() or err.code() in _PRODUCER_STATE_ERRORS:
                 self._fatal = True
             if self.stats.redelivered == 1 or self.stats.redelivered % 10_000 == 0:
-                log_event(
-                    log,
+                _shard_log(
+                    self.cfg.name,
                     logging.WARNING,
                     "delivery failed; producing again",
-                    shard=self.cfg.name,
                     topic=msg.topic(),
                     error=str(err),
                     redelivered=self.stats.redelivered,
@@ -218,11 +223,10 @@ class Publisher:
         self.producer = Producer(self._config)
         self._fatal = False
         self.stats.producers_replaced += 1
-        log_event(
-            log,
+        _shard_log(
+            self.cfg.name,
             logging.WARNING,
             "producer replaced after a fatal error",
-            shard=self.cfg.name,
             redeliver=len(self._redeliver),
         )
 
@@ -476,9 +480,7 @@ class Worker:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
-        log_event(
-            log, logging.INFO, "connection retired", shard=self.runner.cfg.name, conn=self.spec.key, reason=reason
-        )
+        _shard_log(self.runner.cfg.name, logging.INFO, "connection retired", conn=self.spec.key, reason=reason)
 
 
 # -- the shard -------------------------------------------------------------------------------------
@@ -568,11 +570,10 @@ class ShardRunner:
             source = session.url if session is not None else self.cfg.endpoints.ws
             for dl in res.dead_letters:
                 pub.dead_letter(dl, source, ts or now_us())
-                log_event(
-                    log,
+                _shard_log(
+                    self.cfg.name,
                     logging.WARNING,
                     "frame refused",
-                    shard=self.cfg.name,
                     symbol=dl.native_symbol,
                     reason=dl.reason,
                     conn=worker.spec.key,
@@ -589,11 +590,10 @@ class ShardRunner:
             metrics.RESYNCS.labels(self.cfg.name, rs.native_symbol).inc()
             if rs.reason.startswith("gap"):
                 metrics.GAPS.labels(*self._lbl).inc()
-            log_event(
-                log,
+            _shard_log(
+                self.cfg.name,
                 logging.WARNING,
                 "resync",
-                shard=self.cfg.name,
                 symbol=rs.native_symbol,
                 reason=rs.reason,
                 conn=worker.spec.key,
@@ -661,11 +661,10 @@ class ShardRunner:
             metrics.RATE_LIMIT_HITS.labels(self.cfg.name, resp.ip or "default", str(resp.status)).inc()
         self._rest_failures[key] = 0 if resp.status == 200 else fails + 1
         if resp.status != 200:
-            log_event(
-                log,
+            _shard_log(
+                self.cfg.name,
                 logging.WARNING,
                 "rest refused",
-                shard=self.cfg.name,
                 symbol=req.native_symbol,
                 path=req.path,
                 status=resp.status,
@@ -683,36 +682,29 @@ class ShardRunner:
         probe = make_adapter(self.cfg, fetch_instruments=True)
         reqs = [r for r in probe.on_open(list(self.native_of.values())).requests if r.purpose == "instruments"]
 
+        def unusable(req: RestRequest, reason: str) -> None:
+            _shard_log(
+                self.cfg.name,
+                logging.WARNING,
+                "instrument info unusable; scales inferred from frames",
+                path=req.path,
+                reason=reason[:300],
+            )
+
         async def fetch(req: RestRequest) -> None:
             try:
                 resp = await self.pool.get(req, self.ips)
                 res = probe.on_rest(req, resp.status, resp.body, resp.recv_ts_us)
             except Exception as exc:  # noqa: BLE001 - one bad reference body must not crash-loop the shard
-                log_event(
-                    log,
-                    logging.WARNING,
-                    "instrument info unusable; scales inferred from frames",
-                    shard=self.cfg.name,
-                    path=req.path,
-                    reason=f"{type(exc).__name__}: {exc}"[:300],
-                )
+                unusable(req, f"{type(exc).__name__}: {exc}")
                 return
             for dl in res.dead_letters:  # no connection exists yet to publish them on
-                log_event(
-                    log,
-                    logging.WARNING,
-                    "instrument info unusable; scales inferred from frames",
-                    shard=self.cfg.name,
-                    path=req.path,
-                    reason=dl.reason[:300],
-                )
+                unusable(req, dl.reason)
 
         try:
             await asyncio.wait_for(asyncio.gather(*(fetch(r) for r in reqs)), timeout)
         except TimeoutError:
-            log_event(
-                log, logging.WARNING, "instrument info unavailable; scales inferred from frames", shard=self.cfg.name
-            )
+            _shard_log(self.cfg.name, logging.WARNING, "instrument info unavailable; scales inferred from frames")
         self.instruments = dict(getattr(probe, "specs", {}) or {})
 
     # -- health and planning ---------------------------------------------------------------------
@@ -720,11 +712,10 @@ class ShardRunner:
     def _on_ip_state(self, ip: str, state: IpState) -> None:
         self.stats.ip_events.append((time.time(), ip, str(state)))
         metrics.FAILOVERS.labels(self.cfg.name, ip or "default", str(state)).inc()
-        log_event(
-            log,
+        _shard_log(
+            self.cfg.name,
             logging.WARNING if state is not IpState.HEALTHY else logging.INFO,
             "egress ip state",
-            shard=self.cfg.name,
             ip=ip,
             state=str(state),
         )
@@ -734,11 +725,10 @@ class ShardRunner:
         self.stats.reconnects += 1
         self.stats.session_ends[reason.split(":")[0]] += 1
         metrics.RECONNECTS.labels(self.cfg.name, worker.ip or "default").inc()
-        log_event(
-            log,
+        _shard_log(
+            self.cfg.name,
             logging.WARNING,
             "session ended" if opened else "connect failed",
-            shard=self.cfg.name,
             conn=worker.spec.key,
             url=url[:120],
             reason=reason,
@@ -757,11 +747,10 @@ class ShardRunner:
         w = Worker(self, spec, reason)
         self.workers.append(w)
         self.stats.workers_started += 1
-        log_event(
-            log,
+        _shard_log(
+            self.cfg.name,
             logging.INFO,
             "connection planned",
-            shard=self.cfg.name,
             conn=spec.key,
             reason=reason,
             symbols=len(spec.symbols),
@@ -858,7 +847,7 @@ class ShardRunner:
         try:
             write_report(self.status_path, self.status_report(stopped))
         except OSError as exc:  # a full or read-only disk must not stop collection
-            log_event(log, logging.WARNING, "status report not written", shard=self.cfg.name, error=str(exc))
+            _shard_log(self.cfg.name, logging.WARNING, "status report not written", error=str(exc))
 
     async def _report_loop(self) -> None:
         while True:
@@ -870,11 +859,10 @@ class ShardRunner:
     async def run(self, stop: asyncio.Event | None = None) -> ShardStats:
         """Run until ``stop`` is set or the task is cancelled; always flushes on the way out."""
         stop = stop or asyncio.Event()
-        log_event(
-            log,
+        _shard_log(
+            self.cfg.name,
             logging.INFO,
             "shard starting",
-            shard=self.cfg.name,
             exchange=str(self.cfg.exchange),
             market=str(self.cfg.market),
             symbols=len(self.cfg.symbols),
@@ -919,9 +907,9 @@ class ShardRunner:
             left = await loop.run_in_executor(None, self.publisher.flush, flush_timeout)
         except KafkaException as exc:
             left = -1
-            log_event(log, logging.ERROR, "flush failed", shard=self.cfg.name, error=str(exc))
+            _shard_log(self.cfg.name, logging.ERROR, "flush failed", error=str(exc))
         self._sync_metrics()
-        log_event(log, logging.INFO, "shard stopped", shard=self.cfg.name, unflushed=left, **self.stats.as_dict())
+        _shard_log(self.cfg.name, logging.INFO, "shard stopped", unflushed=left, **self.stats.as_dict())
 
 
 async def run_shard(

@@ -43,49 +43,24 @@ def parse_binance(body: bytes | str | dict, *, futures: bool, rejects: list[str]
             f = {x.get("filterType"): x for x in s.get("filters", []) if isinstance(x, dict)}
             tick, lot = f["PRICE_FILTER"]["tickSize"], f["LOT_SIZE"]["stepSize"]
             native, base, quote, status = s["symbol"], s["baseAsset"], s["quoteAsset"], s.get("status", "")
+            ids = (native, base, quote, tick, lot, status)
             if not futures:
                 out.append(
                     instrument_ref(
-                        Exchange.BINANCE,
-                        Market.SPOT,
-                        native,
-                        base,
-                        quote,
-                        tick,
-                        lot,
-                        status,
-                        size_decimals=opt_int(s.get("baseAssetPrecision")),
+                        Exchange.BINANCE, Market.SPOT, *ids, size_decimals=opt_int(s.get("baseAssetPrecision"))
                     )
                 )
                 continue
             ctype = s.get("contractType", "") or ""
             qp = opt_int(s.get("quantityPrecision"))
             if "PERPETUAL" in ctype:
-                out.append(
-                    instrument_ref(
-                        Exchange.BINANCE,
-                        Market.PERP,
-                        native,
-                        base,
-                        quote,
-                        tick,
-                        lot,
-                        status,
-                        size_decimals=qp,
-                        contract_type=ctype,
-                    )
-                )
+                out.append(instrument_ref(Exchange.BINANCE, Market.PERP, *ids, size_decimals=qp, contract_type=ctype))
             elif ctype and "_" in native:  # CURRENT_QUARTER / NEXT_QUARTER: BTCUSDT_240927
                 out.append(
                     instrument_ref(
                         Exchange.BINANCE,
                         Market.FUTURE,
-                        native,
-                        base,
-                        quote,
-                        tick,
-                        lot,
-                        status,
+                        *ids,
                         expiry=native.rsplit("_", 1)[1],
                         size_decimals=qp,
                         contract_type=ctype,

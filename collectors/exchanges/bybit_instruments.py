@@ -54,27 +54,13 @@ def parse_bybit(
             ctype = s.get("contractType", "") or ""
             # inverse contracts are 1 USD (quote) each; linear sizes are the base asset
             unit = {"ctval": "1", "ctval_ccy": quote} if category == "inverse" or ctype.startswith("Inverse") else {}
+            ids = (native, base, quote, tick, lot, status)
             if ctype.endswith("Perpetual"):
-                out.append(
-                    instrument_ref(
-                        Exchange.BYBIT, Market.PERP, native, base, quote, tick, lot, status, contract_type=ctype, **unit
-                    )
-                )
+                out.append(instrument_ref(Exchange.BYBIT, Market.PERP, *ids, contract_type=ctype, **unit))
             elif ctype.endswith("Futures") and str(s.get("deliveryTime", "0")) not in ("", "0"):
+                expiry = yymmdd_from_ms(s["deliveryTime"])
                 out.append(
-                    instrument_ref(
-                        Exchange.BYBIT,
-                        Market.FUTURE,
-                        native,
-                        base,
-                        quote,
-                        tick,
-                        lot,
-                        status,
-                        expiry=yymmdd_from_ms(s["deliveryTime"]),
-                        contract_type=ctype,
-                        **unit,
-                    )
+                    instrument_ref(Exchange.BYBIT, Market.FUTURE, *ids, expiry=expiry, contract_type=ctype, **unit)
                 )
         except ENTRY_ERRORS as exc:
             errs.bad(s, exc)

@@ -49,21 +49,10 @@ def parse_okx(body: bytes | str | dict, rejects: list[str] | None = None) -> lis
                 continue  # options and odd instruments are not collected
             base, quote = family.split("-")
             ctype = s.get("ctType", "") or ""
+            contract = {"ctval": s.get("ctVal", ""), "contract_type": ctype, "ctval_ccy": s.get("ctValCcy", "")}
             if itype == "SWAP":
                 out.append(
-                    instrument_ref(
-                        Exchange.OKX,
-                        Market.PERP,
-                        inst_id,
-                        base,
-                        quote,
-                        tick,
-                        lot,
-                        status,
-                        ctval=s.get("ctVal", ""),
-                        contract_type=ctype,
-                        ctval_ccy=s.get("ctValCcy", ""),
-                    )
+                    instrument_ref(Exchange.OKX, Market.PERP, inst_id, base, quote, tick, lot, status, **contract)
                 )
             elif itype == "FUTURES":
                 expiry = inst_id.rsplit("-", 1)[-1]
@@ -71,18 +60,7 @@ def parse_okx(body: bytes | str | dict, rejects: list[str] | None = None) -> lis
                     raise ValueError(f"FUTURES instId {inst_id!r} does not end in -YYMMDD")
                 out.append(
                     instrument_ref(
-                        Exchange.OKX,
-                        Market.FUTURE,
-                        inst_id,
-                        base,
-                        quote,
-                        tick,
-                        lot,
-                        status,
-                        expiry=expiry,
-                        ctval=s.get("ctVal", ""),
-                        contract_type=ctype,
-                        ctval_ccy=s.get("ctValCcy", ""),
+                        Exchange.OKX, Market.FUTURE, inst_id, base, quote, tick, lot, status, expiry=expiry, **contract
                     )
                 )
         except ENTRY_ERRORS as exc:
