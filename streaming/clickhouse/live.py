@@ -39,7 +39,7 @@ from schemas.model import Exchange, Market
 from schemas.symbols import validate_canonical
 from schemas.topics import DlqStage, feature_topic
 from streaming.clickhouse import sql as cs
-from streaming.kafka.io import check
+from streaming.kafka.io import check, release_clients
 
 log = logging.getLogger(__name__)
 GROUP_ID = "ticklake-clickhouse-live"
@@ -189,12 +189,7 @@ class ClickHouseLive(ServiceLoop):
 
     def close(self) -> None:
         obs.unregister_lag_provider(SERVICE_NAME)
-        if self.consumer is not None:
-            self.consumer.close()
-            self.consumer = None
-        if self.producer is not None:
-            self.producer.flush(10)
-            self.producer = None
+        release_clients(self)
 
 
 class ClickHouseLiveSettings(ServiceSettings):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -17,12 +17,30 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
+    Producer,
     TopicPartition,
 )
 
 from runtime import kafka_config as kc
 
 TP = tuple[str, int]
+
+
+class KafkaClients(Protocol):
+    consumer: Consumer | None
+    producer: Producer | None
+
+
+def release_clients(owner: KafkaClients) -> None:
+    """Close a stream loop's clients in the order every loop needs: the consumer leaves its
+    group first (no record is taken that nobody will process), then the producer delivers
+    what it queued (dead letters) within 10 s. Safe after a failed start and when called twice."""
+    if owner.consumer is not None:
+        owner.consumer.close()
+        owner.consumer = None
+    if owner.producer is not None:
+        owner.producer.flush(10)
+        owner.producer = None
 
 
 def plain_consumer(conn: kc.KafkaConnection, group_id: str, **overrides: Any) -> Consumer:

@@ -57,7 +57,7 @@ from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.serde import SerdeError, decode
 from schemas.tables import TABLES, TableSpec
 from schemas.topics import DlqStage, Stage, all_event_topics, parse_event_topic
-from streaming.kafka.io import TP, check
+from streaming.kafka.io import TP, check, release_clients
 from streaming.lake.freshness import sealed_hour_timestamps
 from streaming.lake.state import HOUR_US, HourCount, SinkState, latest_sink_state
 from streaming.lake.writer import LakeFileWriter, commit_files, ensure_writer_properties
@@ -537,12 +537,7 @@ class LakeSink(ServiceLoop):
     def close(self) -> None:
         obs.unregister_lag_provider(SERVICE_NAME)
         obs.set_sealed_hour_source(None)
-        if self.consumer is not None:
-            self.consumer.close()
-            self.consumer = None
-        if self.producer is not None:
-            self.producer.flush(10)
-            self.producer = None
+        release_clients(self)
 
     def watermarks_us(self) -> dict[str, int | None]:
         return {name: self.tracker.watermark_us(name) for name in self.tables}

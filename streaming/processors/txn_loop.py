@@ -31,7 +31,7 @@ from confluent_kafka import (
 
 from runtime import kafka_config as kc
 from runtime.service_loop import ServiceLoop
-from streaming.kafka.io import TP, check, committed_offsets, partitions_for
+from streaming.kafka.io import TP, check, committed_offsets, partitions_for, release_clients
 from streaming.processors import metrics
 
 log = logging.getLogger(__name__)
@@ -161,12 +161,7 @@ class TransactionalLoop(ServiceLoop):
 
     def close(self) -> None:
         metrics.unregister_lag_provider(self.name)
-        if self.consumer is not None:
-            self.consumer.close()
-            self.consumer = None
-        if self.producer is not None:
-            self.producer.flush(10)
-            self.producer = None
+        release_clients(self)
 
     # -- the loop ------------------------------------------------------------------------
 
