@@ -220,11 +220,7 @@ def _detect_hftbacktest(p: Path) -> CaptureInfo:
             if "stream" in obj:
                 venue = Exchange.BINANCE
                 streams[obj["stream"]] = None
-                d = obj.get("data") or {}
-                if isinstance(d, dict) and (
-                    d.get("e") in ("markPriceUpdate", "forceOrder") or (d.get("e") == "depthUpdate" and "pu" in d)
-                ):
-                    usdm = True
+                usdm = usdm or _binance_usdm_frame(obj.get("data"))
             elif "topic" in obj:
                 venue = Exchange.BYBIT
     if venue is None:
@@ -259,6 +255,14 @@ def bybit_category(symbol: str, depth: int | None = None) -> str:
     if re.search(r"USD[FGHJKMNQUVXZ]\d\d$", s) or (s.endswith("USD") and not s.endswith(("USDT", "USDC"))):
         return "inverse"
     return "linear"
+
+
+def _binance_usdm_frame(data: object) -> bool:
+    """A Binance combined-stream payload only USD-M sends (mark price, liquidations, or a depth
+    diff carrying `pu`): what tells a futures capture from a spot one, whose hosts differ."""
+    return isinstance(data, dict) and (
+        data.get("e") in ("markPriceUpdate", "forceOrder") or (data.get("e") == "depthUpdate" and "pu" in data)
+    )
 
 
 def _detect_bybit_history(p: Path) -> CaptureInfo:
@@ -298,12 +302,8 @@ def _detect_tardis(p: Path) -> CaptureInfo:
                 continue
             if "stream" in obj:
                 venue = Exchange.BINANCE
-                d = obj.get("data") or {}
                 symbols[obj["stream"].split("@", 1)[0].upper()] = None
-                if isinstance(d, dict) and (
-                    d.get("e") in ("markPriceUpdate", "forceOrder") or (d.get("e") == "depthUpdate" and "pu" in d)
-                ):
-                    usdm = True
+                usdm = usdm or _binance_usdm_frame(obj.get("data"))
             elif "topic" in obj:
                 venue = Exchange.BYBIT
                 symbols[str(obj["topic"]).split(".")[-1]] = None

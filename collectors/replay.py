@@ -97,6 +97,41 @@ class Feed:
         }
 
 
+async def _guarded_feed(feed: Feed, coro: Any) -> None:
+    """Every feed's playback: a failure keeps the emulator up (the feed reports why it
+    stopped), and the feed counts as finished however it ends."""
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        feed.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        feed.finished.set()
+
+
+async def _sit_out_pause(feed: Feed) -> float:
+    """Wait out a paused feed; returns the seconds paused (the pace resumes from there)."""
+    pause_start = time.monotonic()
+    await asyncio.sleep(feed.paused_until - pause_start)
+    return time.monotonic() - pause_start
+
+
+async def _sleep_until(due: float) -> None:
+    """Pace to a monotonic deadline (sub-millisecond waits are not worth a sleep)."""
+    delay = due - time.monotonic()
+    if delay > 0.0005:
+        await asyncio.sleep(delay)
+
+
+async def _yield_to_clients(sim: VenueSim, n: int) -> None:
+    """Let the server send: drain full client queues, else yield every 64 frames."""
+    if sim.pressure:
+        await sim.relieve()
+    elif n % 64 == 0:
+        await asyncio.sleep(0)
+
+
 @dataclass
 class _Hosts:
     ws_server: Any = None
@@ -309,10 +344,10 @@ class Emulator:
     # -- feeds -----------------------------------------------------------------------------------
 
     def _add_feed(self, feed: Feed, coro: Any) -> Feed:
-        feed._coro = coro  # type: ignore[attr-defined]
+        feed._coro = _guarded_feed(feed, coro)  # type: ignore[attr-defined]
         self.feeds.append(feed)
         if self._started:
-            feed.task = asyncio.create_task(coro, name=f"feed {feed.name}")
+            feed.task = asyncio.create_task(feed._coro, name=f"feed {feed.name}")  # type: ignore[attr-defined]
         return feed
 
     def _note(self, exchange: Exchange, market: Market, symbols: Iterable[str], channels: Iterable[str] = ()) -> None:
@@ -472,72 +507,58 @@ class Emulator:
         gate: asyncio.Event | None,
     ) -> None:
         sim = feed.sim
-        try:
-            if gate is not None:
-                await gate.wait()
-            t0 = time.monotonic()
-            ts0: int | None = None
-            shift = 0.0
-            n = 0
-            for rec, key in zip(records, keys, strict=True):
-                if rec.kind not in ("ws", "rest"):
-                    continue
-                if feed.paused_until > time.monotonic():
-                    pause_start = time.monotonic()
-                    await asyncio.sleep(feed.paused_until - pause_start)
-                    shift += time.monotonic() - pause_start
-                if key is not None and key in required and not sim.subscribed(key):
-                    # Nobody to hand this event to yet: hold the playback (like a pause, the
-                    # recorded pace resumes from here) until a collector subscribes it. A
-                    # stream that timed out is not waited for again (its frames go unserved).
-                    hold_start = time.monotonic()
-                    feed.waiting_for = key
-                    if not await sim.wait_subscriber(key, self.hold_timeout_s):
-                        required = required - {key}
-                    feed.waiting_for = ""
-                    held = time.monotonic() - hold_start
-                    feed.held_s += held
-                    shift += held
-                if speed is not None and rec.recv_ts_us:
-                    if ts0 is None:
-                        ts0 = rec.recv_ts_us
-                    due = t0 + shift + (rec.recv_ts_us - ts0) / 1e6 / speed
-                    delay = due - time.monotonic()
-                    if delay > 0.0005:
-                        await asyncio.sleep(delay)
-                if key is not None:
-                    if sim.subscribed(key):
-                        feed.served += 1
-                    else:
-                        feed.unserved += 1
-                        feed.unserved_keys[key] = feed.unserved_keys.get(key, 0) + 1
-                try:
-                    if rec.kind == "ws":
-                        sim.ingest_ws(rec.payload)
-                    else:
-                        sim.ingest_rest(rec.url, rec.payload)
-                except (ValueError, KeyError, TypeError):
-                    feed.errors += 1  # a capture line the emulator cannot interpret is skipped
-                if sim.barrier and required:
-                    # A book the capture just installed: its subscribers fetch their snapshot
-                    # of exactly this state before the next diff plays (speed-independent sync).
-                    hold_start = time.monotonic()
-                    await sim.settle(self.sync_timeout_s)
-                    held = time.monotonic() - hold_start
-                    feed.held_s += held
-                    shift += held
-                feed.items += 1
-                n += 1
-                if sim.pressure:
-                    await sim.relieve()
-                elif n % 64 == 0:
-                    await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # keep the emulator up; the feed reports why it stopped
-            feed.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            feed.finished.set()
+        if gate is not None:
+            await gate.wait()
+        t0 = time.monotonic()
+        ts0: int | None = None
+        shift = 0.0
+        n = 0
+        for rec, key in zip(records, keys, strict=True):
+            if rec.kind not in ("ws", "rest"):
+                continue
+            if feed.paused_until > time.monotonic():
+                shift += await _sit_out_pause(feed)
+            if key is not None and key in required and not sim.subscribed(key):
+                # Nobody to hand this event to yet: hold the playback (like a pause, the
+                # recorded pace resumes from here) until a collector subscribes it. A
+                # stream that timed out is not waited for again (its frames go unserved).
+                hold_start = time.monotonic()
+                feed.waiting_for = key
+                if not await sim.wait_subscriber(key, self.hold_timeout_s):
+                    required = required - {key}
+                feed.waiting_for = ""
+                held = time.monotonic() - hold_start
+                feed.held_s += held
+                shift += held
+            if speed is not None and rec.recv_ts_us:
+                if ts0 is None:
+                    ts0 = rec.recv_ts_us
+                due = t0 + shift + (rec.recv_ts_us - ts0) / 1e6 / speed
+                await _sleep_until(due)
+            if key is not None:
+                if sim.subscribed(key):
+                    feed.served += 1
+                else:
+                    feed.unserved += 1
+                    feed.unserved_keys[key] = feed.unserved_keys.get(key, 0) + 1
+            try:
+                if rec.kind == "ws":
+                    sim.ingest_ws(rec.payload)
+                else:
+                    sim.ingest_rest(rec.url, rec.payload)
+            except (ValueError, KeyError, TypeError):
+                feed.errors += 1  # a capture line the emulator cannot interpret is skipped
+            if sim.barrier and required:
+                # A book the capture just installed: its subscribers fetch their snapshot
+                # of exactly this state before the next diff plays (speed-independent sync).
+                hold_start = time.monotonic()
+                await sim.settle(self.sync_timeout_s)
+                held = time.monotonic() - hold_start
+                feed.held_s += held
+                shift += held
+            feed.items += 1
+            n += 1
+            await _yield_to_clients(sim, n)
 
     def play_synthetic(
         self,
@@ -565,35 +586,21 @@ class Emulator:
         self, feed: Feed, model: SyntheticMarket, spec: SyntheticSpec, gate: asyncio.Event | None
     ) -> None:
         sim = feed.sim
-        try:
-            if gate is not None:
-                await gate.wait()
-            t0 = time.monotonic()
-            shift = 0.0
-            n = 0
-            while spec.frames is None or n < spec.frames:
-                if feed.paused_until > time.monotonic():
-                    pause_start = time.monotonic()
-                    await asyncio.sleep(feed.paused_until - pause_start)
-                    shift += time.monotonic() - pause_start
-                if spec.rate is not None:
-                    due = t0 + shift + n / spec.rate
-                    delay = due - time.monotonic()
-                    if delay > 0.0005:
-                        await asyncio.sleep(delay)
-                model.step(time.time_ns() // 1_000_000)
-                n += 1
-                feed.items = n
-                if sim.pressure:
-                    await sim.relieve()
-                elif n % 64 == 0:
-                    await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            feed.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            feed.finished.set()
+        if gate is not None:
+            await gate.wait()
+        t0 = time.monotonic()
+        shift = 0.0
+        n = 0
+        while spec.frames is None or n < spec.frames:
+            if feed.paused_until > time.monotonic():
+                shift += await _sit_out_pause(feed)
+            if spec.rate is not None:
+                due = t0 + shift + n / spec.rate
+                await _sleep_until(due)
+            model.step(time.time_ns() // 1_000_000)
+            n += 1
+            feed.items = n
+            await _yield_to_clients(sim, n)
 
     async def wait_finished(self, timeout: float | None = None) -> bool:
         """True when every feed is exhausted (a finite capture or frames=N synthetic feed)."""
