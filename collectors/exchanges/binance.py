@@ -40,6 +40,7 @@ from collectors.exchanges.common import (
     NotSubscribed,
     as_int,
     dump,
+    frame_object,
     funding_rate,
     loads,
     ms_to_us,
@@ -130,9 +131,6 @@ class BinanceAdapter(AdapterBase):
         n = self.max_streams_per_connection
         return [f"{base}/stream?streams=" + "/".join(names[i : i + n]) for i in range(0, len(names), n)]
 
-    def ws_url(self, base_url: str, native_symbols: list[str]) -> str:
-        return self.ws_urls(base_url, native_symbols)[0]
-
     def on_open(self, native_symbols: list[str]) -> FrameResult:
         """Streams are in the URL; snapshots are requested when each symbol's first diff arrives
         (the documented order: open the stream, buffer, then fetch)."""
@@ -162,12 +160,7 @@ class BinanceAdapter(AdapterBase):
     # -- frames ----------------------------------------------------------------------------------
 
     def _handle(self, frame: bytes | str, recv: int, out: FrameResult) -> None:
-        try:
-            msg = loads(frame)
-        except JSON_DECODE_ERRORS as e:
-            raise FrameError(f"malformed JSON: {e}") from None
-        if type(msg) is not dict:
-            raise FrameError(f"unexpected JSON {type(msg).__name__}, expected an object")
+        msg = frame_object(frame)
         data = msg.get("data")
         if data is None:
             if "result" in msg and "id" in msg:  # SUBSCRIBE/UNSUBSCRIBE acknowledgement

@@ -29,7 +29,6 @@ from collectors.exchanges.common import (
     EVENT_MARK_PRICE,
     EVENT_TICKER,
     EVENT_TRADE,
-    JSON_DECODE_ERRORS,
     REASON_RESYNC,
     SIDE_BUY,
     SIDE_SELL,
@@ -39,8 +38,8 @@ from collectors.exchanges.common import (
     NotSubscribed,
     as_int,
     dump,
+    frame_object,
     funding_rate,
-    loads,
     ms_to_us,
     opt_seq,
     rest_request,
@@ -97,9 +96,6 @@ class BybitAdapter(AdapterBase):
     def ws_urls(self, base_url: str, native_symbols: list[str]) -> list[str]:
         return [f"{(base_url or WS_BASE).rstrip('/')}{venue.STREAM_PREFIX}/{self.category}"]
 
-    def ws_url(self, base_url: str, native_symbols: list[str]) -> str:
-        return self.ws_urls(base_url, native_symbols)[0]
-
     def on_open(self, native_symbols: list[str]) -> FrameResult:
         out = FrameResult()
         self._last_ping_us = 0  # a new connection: ping on the next keepalive tick
@@ -136,12 +132,7 @@ class BybitAdapter(AdapterBase):
     # -- frames ---------------------------------------------------------------------------------
 
     def _handle(self, frame: bytes | str, recv: int, out: FrameResult) -> None:
-        try:
-            msg = loads(frame)
-        except JSON_DECODE_ERRORS as e:
-            raise FrameError(f"malformed JSON: {e}") from None
-        if type(msg) is not dict:
-            raise FrameError(f"unexpected JSON {type(msg).__name__}, expected an object")
+        msg = frame_object(frame)
         topic = msg.get("topic")
         if topic is None:
             self._control(msg)

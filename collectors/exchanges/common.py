@@ -37,6 +37,19 @@ except ImportError:  # pragma: no cover - depends on the environment
 
     JSON_DECODE_ERRORS = (ValueError, TypeError)
 
+
+def frame_object(frame: bytes | str) -> dict:
+    """A venue frame decoded: every venue's data frames are JSON objects, so anything else is
+    refused with the same reason whichever venue sent it."""
+    try:
+        msg = loads(frame)
+    except JSON_DECODE_ERRORS as e:
+        raise FrameError(f"malformed JSON: {e}") from None
+    if type(msg) is not dict:
+        raise FrameError(f"unexpected JSON {type(msg).__name__}, expected an object")
+    return msg
+
+
 _POW10 = tuple(10**i for i in range(19))
 _LIST_TYPE = {list}
 _TWO = {2}
@@ -409,6 +422,13 @@ class AdapterBase:
         if st is not None and st.book.synced:
             self.lost_update(st, f"refused frame: {reason}"[:300], out)
         return self._dead(out, reason, frame, native or (st.native if st is not None else ""))
+
+    def ws_urls(self, base_url: str, native_symbols: list[str]) -> list[str]:
+        """Every connection URL for these symbols (venue-specific)."""
+        raise NotImplementedError
+
+    def ws_url(self, base_url: str, native_symbols: list[str]) -> str:
+        return self.ws_urls(base_url, native_symbols)[0]
 
     def lost_update(self, st: InstrumentState, reason: str, out: FrameResult) -> None:
         """Resync ``st`` after a refused frame of its synced book (venue-specific rebuild)."""
@@ -861,6 +881,7 @@ __all__ = [
     "as_int",
     "decimals",
     "dump",
+    "frame_object",
     "funding_rate",
     "loads",
     "ms_to_us",

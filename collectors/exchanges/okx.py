@@ -31,7 +31,6 @@ from collectors.exchanges.common import (
     EVENT_MARK_PRICE,
     EVENT_TICKER,
     EVENT_TRADE,
-    JSON_DECODE_ERRORS,
     REASON_RESYNC,
     SIDE_BUY,
     SIDE_SELL,
@@ -41,8 +40,8 @@ from collectors.exchanges.common import (
     NotSubscribed,
     as_int,
     dump,
+    frame_object,
     funding_rate,
-    loads,
     ms_to_us,
     opt_seq,
     rest_request,
@@ -141,9 +140,6 @@ class OkxAdapter(AdapterBase):
     def ws_urls(self, base_url: str, native_symbols: list[str]) -> list[str]:
         return [f"{(base_url or WS_BASE).rstrip('/')}{venue.STREAM_PATH}"]
 
-    def ws_url(self, base_url: str, native_symbols: list[str]) -> str:
-        return self.ws_urls(base_url, native_symbols)[0]
-
     def on_open(self, native_symbols: list[str]) -> FrameResult:
         out = FrameResult()
         args = self.subscriptions(native_symbols)
@@ -180,12 +176,7 @@ class OkxAdapter(AdapterBase):
         if frame == "pong" or frame == b"pong":
             self._ignore("pong")
             return
-        try:
-            msg = loads(frame)
-        except JSON_DECODE_ERRORS as e:
-            raise FrameError(f"malformed JSON: {e}") from None
-        if type(msg) is not dict:
-            raise FrameError(f"unexpected JSON {type(msg).__name__}, expected an object")
+        msg = frame_object(frame)
         arg = msg.get("arg")
         if "event" in msg:
             self._event(msg, out)
