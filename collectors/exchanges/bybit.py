@@ -196,7 +196,7 @@ class BybitAdapter(AdapterBase):
             bids, asks = self.snapshot_levels(st, data.get("b"), data.get("a"))
             self.apply_book_snapshot(st, bids, asks, u, ts, recv, out)
             if self.check_crossed(st):
-                self._resync(st, f"crossed snapshot u={u}", out, False)
+                self.resubscribe(st, f"crossed snapshot u={u}", out, False)
                 raise FrameError(f"crossed book in snapshot u={u}", native)
             return
         if typ != "delta":
@@ -204,7 +204,7 @@ class BybitAdapter(AdapterBase):
         book = st.book
         if not book.synced:
             if not st.awaiting:
-                self._resync(st, f"delta u={u} without a snapshot", out, True)
+                self.resubscribe(st, f"delta u={u} without a snapshot", out, True)
             else:
                 st.stats.deltas_stale += 1  # waiting for the resubscribe snapshot
             return
@@ -212,33 +212,27 @@ class BybitAdapter(AdapterBase):
             st.stats.deltas_stale += 1
             return
         if u != book.seq + 1:
-            self._resync(st, f"gap: u={u} after u={book.seq}", out, True)
+            self.resubscribe(st, f"gap: u={u} after u={book.seq}", out, True)
             return
         try:
             bids = self.levels(st, data.get("b"))
             asks = self.levels(st, data.get("a"))
         except FrameError:
-            self._resync(st, f"unusable delta u={u}", out, True)
+            self.resubscribe(st, f"unusable delta u={u}", out, True)
             raise
         book.apply(bids, asks)
         if book.crossed():
             st.stats.crossed += 1
             bb, ba = book.best_bid_px(), book.best_ask_px()
-            self._resync(st, f"crossed book after u={u}", out, False)
+            self.resubscribe(st, f"crossed book after u={u}", out, False)
             raise FrameError(f"crossed book after applying u={u}: best bid {bb} >= best ask {ba}", native)
         book.seq = u
         book.exchange_ts = ts
         st.stats.deltas_applied += 1
         out.events.append(self.delta_event(st, bids, asks, ts, recv, u, u, -1))
 
-    def lost_update(self, st: InstrumentState, reason: str, out: FrameResult) -> None:
-        self._resync(st, reason, out, True)
-
-    def _resync(self, st: InstrumentState, reason: str, out: FrameResult, gap: bool) -> None:
-        self.start_resync(st, reason, out, gap)
-        topic = st.topic or f"orderbook.{self.depth}.{st.native}"
-        out.sends.append(Send(dump({"op": "unsubscribe", "args": [topic]})))
-        out.sends.append(Send(dump({"op": "subscribe", "args": [topic]})))
+    def book_subscription(self, st: InstrumentState) -> str:
+        return st.topic or f"orderbook.{self.depth}.{st.native}"
 
     # -- trades, tickers, liquidations ----------------------------------------------------------
 

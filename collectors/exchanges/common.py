@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest, Resync
+from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest, Resync, Send
 from collectors.exchanges.registry import parse_exchange_info
 from orderbook import L2Book
 from schemas.gen.ticklake.v1 import events_pb2 as pb
@@ -431,8 +431,21 @@ class AdapterBase:
         return self.ws_urls(base_url, native_symbols)[0]
 
     def lost_update(self, st: InstrumentState, reason: str, out: FrameResult) -> None:
-        """Resync ``st`` after a refused frame of its synced book (venue-specific rebuild)."""
+        """Resync ``st`` after a refused frame of its synced book (by default by subscribing
+        its book again; Binance fetches a REST snapshot instead)."""
+        self.resubscribe(st, reason, out, True)
+
+    def book_subscription(self, st: InstrumentState) -> Any:
+        """The subscribe argument of ``st``'s book, for venues that resend a snapshot on subscribe."""
         raise NotImplementedError
+
+    def resubscribe(self, st: InstrumentState, reason: str, out: FrameResult, gap: bool) -> None:
+        """Drop ``st``'s book and subscribe it again: Bybit and OKX answer a subscribe with a
+        fresh snapshot, so that is their whole rebuild."""
+        self.start_resync(st, reason, out, gap)
+        arg = self.book_subscription(st)
+        out.sends.append(Send(dump({"op": "unsubscribe", "args": [arg]})))
+        out.sends.append(Send(dump({"op": "subscribe", "args": [arg]})))
 
     def set_instruments(self, specs: dict[str, InstrumentRef]) -> None:
         """Exchange info arrived: future states use it (existing states keep their locks)."""

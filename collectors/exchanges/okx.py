@@ -257,7 +257,7 @@ class OkxAdapter(AdapterBase):
             self.apply_book_snapshot(st, bids, asks, seq_id or 0, ts, recv, out, checksum)
             if self.check_crossed(st):
                 out.events.pop()  # not the venue's book: not published
-                self._resync(st, "crossed snapshot", out, False)
+                self.resubscribe(st, "crossed snapshot", out, False)
                 raise FrameError("crossed book in snapshot", inst)
             if not self._check(st, checksum, "snapshot", frame, out):
                 out.events.pop()  # the snapshot is not the venue's book: it is not published
@@ -267,7 +267,7 @@ class OkxAdapter(AdapterBase):
         book = st.book
         if not book.synced:
             if not st.awaiting:
-                self._resync(st, "update without a snapshot", out, True)
+                self.resubscribe(st, "update without a snapshot", out, True)
             else:
                 st.stats.deltas_stale += 1  # waiting for the resubscribe snapshot
             return
@@ -276,13 +276,13 @@ class OkxAdapter(AdapterBase):
                 if seq_id <= book.seq and prev < book.seq and seq_id >= prev:
                     st.stats.deltas_stale += 1  # already applied (overlapping connection)
                     return
-                self._resync(st, f"gap: prevSeqId={prev} != previous seqId={book.seq}", out, True)
+                self.resubscribe(st, f"gap: prevSeqId={prev} != previous seqId={book.seq}", out, True)
                 return
         try:
             bids = self.levels(st, raw_b)
             asks = self.levels(st, raw_a)
         except FrameError:
-            self._resync(st, "unusable update", out, True)
+            self.resubscribe(st, "unusable update", out, True)
             raise
         book.apply(bids, asks)
         sb, sa = st.levels_str
@@ -299,7 +299,7 @@ class OkxAdapter(AdapterBase):
         if book.crossed():
             st.stats.crossed += 1
             bb, ba = book.best_bid_px(), book.best_ask_px()
-            self._resync(st, "crossed book", out, False)
+            self.resubscribe(st, "crossed book", out, False)
             raise FrameError(f"crossed book after update: best bid {bb} >= best ask {ba}", inst)
         if not self._check(st, checksum, "update", frame, out):
             return
@@ -326,7 +326,7 @@ class OkxAdapter(AdapterBase):
             st.stats.checksum_ok += 1
             return True
         st.stats.checksum_bad += 1
-        self._resync(st, f"checksum mismatch on {what}: venue {checksum}, book {ours}", out, False)
+        self.resubscribe(st, f"checksum mismatch on {what}: venue {checksum}, book {ours}", out, False)
         raw = frame.encode() if isinstance(frame, str) else bytes(frame)
         self.dead_letter_count += 1
         out.dead_letters.append(
@@ -338,14 +338,8 @@ class OkxAdapter(AdapterBase):
         )
         return False
 
-    def lost_update(self, st: InstrumentState, reason: str, out: FrameResult) -> None:
-        self._resync(st, reason, out, True)
-
-    def _resync(self, st: InstrumentState, reason: str, out: FrameResult, gap: bool) -> None:
-        self.start_resync(st, reason, out, gap)
-        arg = {"channel": st.topic or self.book_channel, "instId": st.native}
-        out.sends.append(Send(dump({"op": "unsubscribe", "args": [arg]})))
-        out.sends.append(Send(dump({"op": "subscribe", "args": [arg]})))
+    def book_subscription(self, st: InstrumentState) -> dict[str, str]:
+        return {"channel": st.topic or self.book_channel, "instId": st.native}
 
     # -- other channels -------------------------------------------------------------------------
 
