@@ -87,22 +87,25 @@ def settings_parser(settings: type[BaseModel], *, prog: str, description: str) -
 
 def standalone(
     settings: type[BaseModel],
-    build: Callable[[argparse.Namespace, Any], Any],
+    build: Callable[[Any, argparse.Namespace, Any], Any],
     *,
     service: str,
     prog: str,
-    description: str,
+    doc: str,
     argv: list[str] | None = None,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     report: Callable[[Any], str] | None = None,
 ) -> int:
     """The `python -m` entry of a service: options from `settings` (plus --bootstrap,
-    --metrics-port and `add_arguments`), then `build(args, settings)` -> the loop, run in
+    --metrics-port and `add_arguments`; the description is the first line of the module's `doc`),
+    then `build(conn, args, settings)` -> the loop, `conn` being the Kafka connection of
+    --bootstrap or the environment, run in
     this (main) thread under service_run until SIGTERM/SIGINT (a stop request: the batch in
     flight commits) or its idle_exit_s / max_seconds."""
+    from runtime.kafka_config import connection_from_env
     from runtime.service_status import service_run
 
-    parser = settings_parser(settings, prog=prog, description=description)
+    parser = settings_parser(settings, prog=prog, description=doc.split("\n")[0])
     parser.add_argument("--bootstrap", help="Kafka bootstrap (default $TICKLAKE_KAFKA_BOOTSTRAP)")
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="Prometheus port (default: ephemeral, for `ticklake status`)"
@@ -112,7 +115,7 @@ def standalone(
     args = parser.parse_args(argv)
     values = settings_from_args(settings, args)
     with service_run(service, port=args.metrics_port, home=getattr(args, "home", None)):
-        loop = build(args, values)
+        loop = build(connection_from_env(bootstrap_servers=args.bootstrap), args, values)
         loop.install_signal_handlers()
         stats = loop.run(
             idle_exit_s=getattr(values, "idle_exit_s", None), max_seconds=getattr(values, "max_seconds", None)

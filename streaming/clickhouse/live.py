@@ -225,11 +225,13 @@ def live_from_settings(conn: kc.KafkaConnection, client: Client, settings: Click
     )
 
 
-def _standalone_live(a: argparse.Namespace, settings: ClickHouseLiveSettings) -> ClickHouseLive:
+def _standalone_live(
+    conn: kc.KafkaConnection, a: argparse.Namespace, settings: ClickHouseLiveSettings
+) -> ClickHouseLive:
     import clickhouse_connect  # the CLI builds its own client; the Dagster job uses the resource
 
     client = clickhouse_connect.get_client(dsn=a.dsn)
-    return live_from_settings(kc.connection_from_env(bootstrap_servers=a.bootstrap), client, settings)
+    return live_from_settings(conn, client, settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         _standalone_live,
         service=SERVICE_NAME,
         prog="python -m streaming.clickhouse.live",
-        description=__doc__.split("\n")[0],
+        doc=__doc__,
         argv=argv,
         add_arguments=lambda ap: ap.add_argument(
             "--dsn",

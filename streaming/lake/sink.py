@@ -575,7 +575,7 @@ def sink_from_settings(conn: kc.KafkaConnection, catalog: Catalog, settings: Lak
     )
 
 
-def _standalone_sink(a: argparse.Namespace, settings: LakeSinkSettings) -> LakeSink:
+def _standalone_sink(conn: kc.KafkaConnection, a: argparse.Namespace, settings: LakeSinkSettings) -> LakeSink:
     # resources.home is plain Python (no Dagster): the one definition of the home layout.
     from resources.home import CATALOG_NAME, resolve_home
 
@@ -583,7 +583,7 @@ def _standalone_sink(a: argparse.Namespace, settings: LakeSinkSettings) -> LakeS
     catalog = load_catalog(
         CATALOG_NAME, type="sql", uri=home.catalog_uri, warehouse=home.warehouse, init_catalog_tables="true"
     )
-    return sink_from_settings(kc.connection_from_env(bootstrap_servers=a.bootstrap), catalog, settings)
+    return sink_from_settings(conn, catalog, settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -592,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         _standalone_sink,
         service=SERVICE_NAME,
         prog="python -m streaming.lake.sink",
-        description=__doc__.split("\n")[0],
+        doc=__doc__,
         argv=argv,
         add_arguments=lambda ap: ap.add_argument(
             "--home", help="$TICKLAKE_HOME whose local catalog to write (default: the env/.ticklake)"

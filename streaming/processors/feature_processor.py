@@ -710,10 +710,10 @@ def feature_processor_from_settings(conn: kc.KafkaConnection, settings: FeatureP
 def main(argv: list[str] | None = None) -> int:
     return standalone(
         FeatureProcessorSettings,
-        lambda a, s: feature_processor_from_settings(kc.connection_from_env(bootstrap_servers=a.bootstrap), s),
+        lambda conn, _a, s: feature_processor_from_settings(conn, s),
         service=FeatureProcessor.name,
         prog="python -m streaming.processors.feature_processor",
-        description=__doc__.split("\n")[0],
+        doc=__doc__,
         argv=argv,
         report=lambda fp: f"late={fp.engine.late} dlq={dict(fp.engine.dlq.counts)}",
     )

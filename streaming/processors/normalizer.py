@@ -527,10 +527,10 @@ def normalizer_from_settings(
 def main(argv: list[str] | None = None) -> int:
     return standalone(
         NormalizerSettings,
-        lambda a, s: normalizer_from_settings(kc.connection_from_env(bootstrap_servers=a.bootstrap), s),
+        lambda conn, _a, s: normalizer_from_settings(conn, s),
         service=NormalizerService.name,
         prog="python -m streaming.processors.normalizer",
-        description=__doc__.split("\n")[0],
+        doc=__doc__,
         argv=argv,
         report=lambda svc: f"dlq={dict(svc.normalizer.counters.counts)}",
     )
