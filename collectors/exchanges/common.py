@@ -38,6 +38,16 @@ except ImportError:  # pragma: no cover - depends on the environment
     JSON_DECODE_ERRORS = (ValueError, TypeError)
 
 
+def put_levels(levels: Any, pairs: Iterable[tuple[int, int]]) -> None:
+    """Append (px, qty) pairs to a repeated Level field of a book event. add() then attribute
+    sets: ~25% cheaper than add(px=, qty=) on upb."""
+    add = levels.add
+    for px, q in pairs:
+        lv = add()
+        lv.px = px
+        lv.qty = q
+
+
 def frame_object(frame: bytes | str) -> dict:
     """A venue frame decoded: every venue's data frames are JSON objects, so anything else is
     refused with the same reason whichever venue sent it."""
@@ -600,16 +610,8 @@ class AdapterBase:
         env = self.envelope(st, EVENT_BOOK_SNAPSHOT, exchange_ts, ingest_ts, book.seq, ps, ss)
         snap = env.book_snapshot
         n = self.snapshot_depth
-        add = snap.bids.add
-        for px, q in book.top_bids(n):
-            lv = add()  # add() then attribute sets: ~25% cheaper than add(px=, qty=) on upb
-            lv.px = px
-            lv.qty = q
-        add = snap.asks.add
-        for px, q in book.top_asks(n):
-            lv = add()
-            lv.px = px
-            lv.qty = q
+        put_levels(snap.bids, book.top_bids(n))
+        put_levels(snap.asks, book.top_asks(n))
         snap.depth = max(len(snap.bids), len(snap.asks))
         snap.reason = reason
         snap.checksum = checksum & 0xFFFFFFFF
@@ -634,16 +636,8 @@ class AdapterBase:
         d.prev_seq = prev_seq
         if checksum:
             d.checksum = checksum & 0xFFFFFFFF
-        add = d.bids.add
-        for px, q in bids:
-            lv = add()
-            lv.px = px
-            lv.qty = q
-        add = d.asks.add
-        for px, q in asks:
-            lv = add()
-            lv.px = px
-            lv.qty = q
+        put_levels(d.bids, bids)
+        put_levels(d.asks, asks)
         return self.seal(st, env, d, EVENT_BOOK_DELTA, exchange_ts, seq, ps, ss)
 
     def snapshot_levels(self, st: InstrumentState, raw_bids: Any, raw_asks: Any) -> tuple[list, list]:
