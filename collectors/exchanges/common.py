@@ -365,6 +365,17 @@ class InstrumentState:
         self.prefixes: dict[tuple[int, int, int, str], tuple[bytes, bytes]] = {}
 
 
+def _tracked_value(st: InstrumentState, text: Any, tr: ScaleTracker, what: str) -> int:
+    """One decimal string of ``st`` as a scaled int: the scale widens to fit it until the
+    tracker is locked; past that, a value with more decimals refuses the frame."""
+    if not tr.locked:
+        tr.fit((text,))
+    try:
+        return tr.conv(text)
+    except ScaleError as e:
+        raise FrameError(f"precision: {e} ({st.native} {what} scale fixed at {tr.scale})", st.native) from None
+
+
 class AdapterBase:
     """Shared plumbing; subclasses implement ``_handle(frame, recv_ts_us, out)``."""
 
@@ -774,22 +785,10 @@ class AdapterBase:
         return scale, out
 
     def price(self, st: InstrumentState, text: Any, tracker: ScaleTracker | None = None) -> int:
-        tr = tracker or st.px
-        if not tr.locked:
-            tr.fit((text,))
-        try:
-            return tr.conv(text)
-        except ScaleError as e:
-            raise FrameError(f"precision: {e} ({st.native} price scale fixed at {tr.scale})", st.native) from None
+        return _tracked_value(st, text, tracker or st.px, "price")
 
     def size(self, st: InstrumentState, text: Any) -> int:
-        tr = st.sz
-        if not tr.locked:
-            tr.fit((text,))
-        try:
-            return tr.conv(text)
-        except ScaleError as e:
-            raise FrameError(f"precision: {e} ({st.native} size scale fixed at {tr.scale})", st.native) from None
+        return _tracked_value(st, text, st.sz, "size")
 
     # -- book sync helpers shared by the venues -----------------------------------------------
 
