@@ -546,21 +546,16 @@ def fetch_verified(vf: VisionFile, base_url: str, downloader, cache_dir: str | P
     if dest.exists() and sha256_file(dest) == digest:
         return Fetched("ok", url, dest, digest, reused=True)
     dest.unlink(missing_ok=True)
-    result = downloader.fetch(url, dest)
-    if result.status == "missing":
-        return Fetched("missing", url)
-    try:
-        verify_checksum(dest, published, vf.file_name)
-    except ChecksumMismatch as first:
-        dest.unlink(missing_ok=True)
-        if not result.resumed_from:
-            raise ChecksumMismatch(f"{first}; the downloaded file was deleted") from None
-        result = downloader.fetch(url, dest)  # fresh, whole-file attempt
+    for fresh_retry in (False, True):
+        result = downloader.fetch(url, dest)
         if result.status == "missing":
             return Fetched("missing", url)
         try:
             verify_checksum(dest, published, vf.file_name)
-        except ChecksumMismatch as second:
+            break
+        except ChecksumMismatch as exc:
             dest.unlink(missing_ok=True)
-            raise ChecksumMismatch(f"{second}; the downloaded file was deleted") from None
+            # A resumed download that fails the checksum gets one fresh, whole-file attempt.
+            if fresh_retry or not result.resumed_from:
+                raise ChecksumMismatch(f"{exc}; the downloaded file was deleted") from None
     return Fetched("ok", url, dest, digest, resumed_from=result.resumed_from)
