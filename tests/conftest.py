@@ -81,3 +81,18 @@ def ticklake_home(tmp_path, monkeypatch: pytest.MonkeyPatch) -> TicklakeHome:
     home = resolve_home(tmp_path / "ticklake-home").ensure()
     monkeypatch.setenv(HOME_ENV, str(home.root))
     return home
+
+
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in the main thread during the test, whatever the runner
+    inherited: a shell starting pytest as a background job (`cmd &` without job control) makes
+    it ignore SIGINT, and Python then installs no KeyboardInterrupt handler, so a test that
+    interrupts its own main thread (what a run termination delivers) would wait forever."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

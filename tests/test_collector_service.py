@@ -170,7 +170,7 @@ def test_collector_job_runs_a_shard_under_dagster(kafka_broker, tmp_path, monkey
     assert {e.symbol for e in events} == {"SYN0-USDT", "SYN1-USDT", "SYN2-USDT"}
 
 
-def test_termination_closes_and_flushes_before_returning(kafka_broker):
+def test_termination_closes_and_flushes_before_returning(kafka_broker, sigint_raises):
     """An interrupt in the supervising thread (what a run termination delivers) stops the
     shard only after the producer flushed: every record it counted is on the broker."""
     ensure_collector_topics(kafka_broker.bootstrap)

@@ -126,7 +126,7 @@ def test_jobs_run_the_processors_end_to_end_under_dagster(broker, tmp_path):
     assert got.equals(compute_features(events_from_envelopes(processed))[0])
 
 
-def test_termination_drains_and_commits_before_the_op_returns(broker):
+def test_termination_drains_and_commits_before_the_op_returns(broker, sigint_raises):
     """An interrupt in the op's thread (what a run termination delivers) stops the loop only
     after its batch committed: the group's committed offsets equal what it processed."""
     produce_raw(broker.bootstrap, SyntheticMarket(seed=17).events(40_000, 100))

@@ -73,7 +73,7 @@ def test_a_stop_request_ends_the_loop_and_a_failure_still_closes():
     assert bad.events == ["start", "close"]
 
 
-def test_an_interrupt_while_waiting_stops_the_worker_and_waits_for_it():
+def test_an_interrupt_while_waiting_stops_the_worker_and_waits_for_it(sigint_raises):
     """What a Dagster run termination does: an exception in the waiting thread becomes a stop
     request, and it is re-raised only once the worker has finished (its final commit)."""
     loop = Counter(busy=10**9)
