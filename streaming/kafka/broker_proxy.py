@@ -124,6 +124,28 @@ def _body_offset(frame: bytes | bytearray, flexible: bool) -> int:
     return pos
 
 
+def _array_length(buf: bytes | bytearray, pos: int, flexible: bool) -> tuple[int, int]:
+    """An array/bytes/string length (-1 = null) and the position after it: a compact uvarint
+    (n + 1) in flexible versions, an int32 before."""
+    if flexible:
+        n, pos = _uvarint(buf, pos)
+        return n - 1, pos
+    (n,) = struct.unpack_from(">i", buf, pos)
+    return n, pos + 4
+
+
+def _after_topic(buf: bytes | bytearray, pos: int, version: int, flexible: bool) -> int:
+    """The position after a Fetch request/response topic entry's name: a 16-byte topic id from
+    v13, else a (compact) string."""
+    if version >= 13:
+        return pos + 16
+    if flexible:
+        size, pos = _array_length(buf, pos, flexible)
+    else:
+        size, pos = struct.unpack_from(">h", buf, pos)[0], pos + 2
+    return pos + max(size, 0)
+
+
 def _skip_tags(buf: bytes | bytearray, pos: int) -> int:
     n_tags, pos = _uvarint(buf, pos)
     for _ in range(n_tags):
@@ -168,12 +190,8 @@ def fetch_response_has_records(
         return None
     flexible = version >= FETCH_FIRST_FLEXIBLE
 
-    def length(pos: int) -> tuple[int, int]:  # array/bytes/string length; -1 = null
-        if flexible:
-            n, pos = _uvarint(frame, pos)
-            return n - 1, pos
-        (n,) = struct.unpack_from(">i", frame, pos)
-        return n, pos + 4
+    def length(pos: int) -> tuple[int, int]:
+        return _array_length(frame, pos, flexible)
 
     try:
         pos = 4
@@ -188,11 +206,7 @@ def fetch_response_has_records(
         n_topics, pos = length(pos)
         for _ in range(max(n_topics, 0)):
             t0 = pos
-            if version >= 13:
-                pos += 16
-            else:
-                size, pos = length(pos) if flexible else (struct.unpack_from(">h", frame, pos)[0], pos + 2)
-                pos += max(size, 0)
+            pos = _after_topic(frame, pos, version, flexible)
             name = bytes(frame[t0:pos])
             n_parts, pos = length(pos)
             for _ in range(max(n_parts, 0)):
@@ -242,11 +256,7 @@ def fetch_request_key(frame: bytes | bytearray, offsets: dict[tuple[bytes, int],
         flexible = version >= FETCH_FIRST_FLEXIBLE
 
         def length(pos: int) -> tuple[int, int]:
-            if flexible:
-                n, pos = _uvarint(frame, pos)
-                return n - 1, pos
-            (n,) = struct.unpack_from(">i", frame, pos)
-            return n, pos + 4
+            return _array_length(frame, pos, flexible)
 
         start = _body_offset(frame, flexible)
         wait = start + (4 if version < 15 else 0)
@@ -260,11 +270,7 @@ def fetch_request_key(frame: bytes | bytearray, offsets: dict[tuple[bytes, int],
         n_topics, pos = length(pos)
         for _ in range(max(n_topics, 0)):
             t0 = pos
-            if version >= 13:
-                pos += 16
-            else:
-                size, pos = length(pos) if flexible else (struct.unpack_from(">h", frame, pos)[0], pos + 2)
-                pos += max(size, 0)
+            pos = _after_topic(frame, pos, version, flexible)
             name = bytes(frame[t0:pos])
             parts = []
             n_parts, pos = length(pos)
