@@ -26,8 +26,8 @@ from streaming.kafka.source_complete import read_complete_ranges
 from streaming.lake import checks as lake_checks
 from streaming.lake.seal import hour_layout, hour_tasks, read_hour, seal_hour
 from streaming.lake.state import latest_sink_state
+from streaming.lake.watermarks import is_hour_closed, lake_watermark, read_watermarks
 from streaming.lake.writer import DEFAULT_TARGET_FILE_BYTES
-from streaming.processors.watermarks import is_hour_closed, lake_watermark, read_watermarks
 
 CHECK_SCHEMA = "schema"
 CHECK_DUPLICATES = "unique_event_ids"

@@ -39,8 +39,8 @@ import pyarrow.compute as pc
 
 from assets.chart_render import render
 from resources.clickhouse import get_client
-from resources.home import resolve_home
 from resources.spark import SparkResource
+from runtime.home import resolve_home
 from schemas.arrow_convert import envelopes_to_table
 from schemas.model import event_type_from_pb
 from schemas.tables import TABLES

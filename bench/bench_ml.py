@@ -50,8 +50,8 @@ from ml import train as mtr
 from ml.inputs import input_matrix
 from ml.predictions import decode_prediction
 from ml.registry import MlflowSettings, ServedModel
-from resources.home import resolve_home
 from runtime import kafka_config as kc
+from runtime.home import resolve_home
 from runtime.kafka_config import connection_from_env
 from schemas.serde import encode
 from schemas.topics import prediction_topic

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from collectors.config import HOME_ENV, ShardConfig
 
-#: reports live in <home>/RUN_SUBDIR/<shard>.json (resources/home.py: run_dir = <home>/run)
+#: reports live in <home>/RUN_SUBDIR/<shard>.json (runtime/home.py: run_dir = <home>/run)
 RUN_SUBDIR = Path("run") / "collectors"
 #: how often a running shard rewrites its report
 REPORT_INTERVAL_S = 5.0

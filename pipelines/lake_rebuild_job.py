@@ -31,7 +31,7 @@ from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from schemas.tables import TABLES, TABLES_BY_NAME
 from streaming.lake.rebuild import DEFAULT_MARGIN_US, SOURCES, rebuild_hour
-from streaming.processors.watermarks import is_hour_closed, lake_watermark, read_watermarks
+from streaming.lake.watermarks import is_hour_closed, lake_watermark, read_watermarks
 
 BLOCKING_CHECKS = (CHECK_SCHEMA, CHECK_DUPLICATES, CHECK_ROW_COUNT)
 

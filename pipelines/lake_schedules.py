@@ -32,7 +32,7 @@ from streaming.lake.maintenance import (
 )
 from streaming.lake.seal import SEALED_PREFIX
 from streaming.lake.state import HOUR_US, LEDGER_HOURS
-from streaming.processors.watermarks import (
+from streaming.lake.watermarks import (
     DEFAULT_CLOSE_GRACE,
     closed_hours_until,
     is_hour_closed,

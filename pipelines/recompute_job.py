@@ -8,8 +8,8 @@ from datetime import UTC
 
 import dagster as dg
 
-from resources.home import resolve_home
 from resources.kafka import KafkaResource
+from runtime.home import resolve_home
 from streaming.processors.feature_processor import parse_pairs
 from streaming.processors.normalizer import build_catalog, input_topics_for
 from streaming.processors.recompute import recompute_features, recompute_normalizer

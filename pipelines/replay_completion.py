@@ -32,10 +32,10 @@ import dagster as dg
 from assets.partitions import HOURLY, hour_key
 from pipelines.lake_schedules import lake_seal_job
 from pipelines.local.replay import emulator_stats, incomplete_reason, load_source
-from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from runtime import kafka_config as kc
+from runtime.home import resolve_home
 from schemas.topics import Stage, all_event_topics
 from streaming.clickhouse.live import GROUP_ID as CLICKHOUSE_LIVE_GROUP
 from streaming.clickhouse.live import live_topics

@@ -26,7 +26,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from resources.home import TicklakeHome
+from runtime.home import TicklakeHome
 
 HOST = "127.0.0.1"
 STATE_FILE = "artifacts.json"

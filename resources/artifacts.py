@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from resources.home import resolve_home
+from runtime.home import resolve_home
 
 MAX_KEY_LENGTH = 512
 #: An http(s) base URL under which the store's keys can be read (production: whatever serves

@@ -21,7 +21,7 @@ from collectors.bulk.bybit_history import BOOK_BASE_URL, TRADES_BASE_URL
 from collectors.bulk.common import Target
 from collectors.bulk.download import Downloader, Progress
 from collectors.bulk.sources import BulkSource
-from resources.home import resolve_home
+from runtime.home import resolve_home
 from schemas.instruments import InstrumentRef
 from schemas.model import Exchange, Market
 from schemas.units import unit_of

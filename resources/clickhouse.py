@@ -19,8 +19,8 @@ import dagster as dg
 from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
-from resources.home import resolve_home
 from resources.secrets import SecretsResource
+from runtime.home import resolve_home
 
 CLICKHOUSE_PASSWORD_ENV = "TICKLAKE_CLICKHOUSE_PASSWORD"
 

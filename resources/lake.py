@@ -44,7 +44,7 @@ from pyiceberg.io import (
 )
 from pyiceberg.table import Table
 
-from resources.home import CATALOG_NAME
+from runtime.home import CATALOG_NAME
 from runtime.redact import redact_mapping
 from schemas.iceberg import ensure_all_tables
 

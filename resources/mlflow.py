@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from ml.registry import MlflowSettings
-from resources.home import resolve_home
+from runtime.home import resolve_home
 
 TRACKING_URI_ENV = "TICKLAKE_MLFLOW_TRACKING_URI"
 MLFLOW = "mlflow"

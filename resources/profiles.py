@@ -3,7 +3,7 @@
 TICKLAKE_PROFILE picks the profile when the code location loads. Secrets and endpoints of
 the aws profile are dg.EnvVar references: Dagster stores the variable *name* and resolves
 it in the run worker, so no secret is in code, in run config or in the UI. Local values
-all derive from $TICKLAKE_HOME (resources/home.py).
+all derive from $TICKLAKE_HOME (runtime/home.py).
 
 aws environment (names are the contract with deploy/env.example):
   required: TICKLAKE_KAFKA_BOOTSTRAP, TICKLAKE_AWS_REGION, TICKLAKE_CATALOG_WAREHOUSE
@@ -31,12 +31,12 @@ import dagster as dg
 from resources.artifacts import ArtifactStoreResource
 from resources.bulk import BulkHistoryResource
 from resources.clickhouse import CLICKHOUSE_PASSWORD_ENV, ClickHouseResource
-from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.secrets import SECRETS_TAG_ENV, SecretsResource
 from resources.spark import SparkResource
 from runtime import kafka_config as kc
+from runtime.home import resolve_home
 
 PROFILE_ENV = "TICKLAKE_PROFILE"
 PROFILES = ("local", "aws")

@@ -177,21 +177,48 @@ ENTRY_ERRORS = (LookupError, TypeError, ValueError, AttributeError, RecursionErr
 
 
 def whole_body(parse):
-    """A body whose envelope (not one entry) has an unexpected shape -- a category that is a
-    number, an error code that is an object -- is refused as InstrumentDataError like any
-    other bad body: callers handle that one exception, and a shard must start (with scales
-    inferred from frames) rather than crash-loop on one bad reference body."""
+    """A venue parser of one exchange-info body: it is handed the decoded JSON object
+    (``load_body``), and a body whose envelope (not one entry) has an unexpected shape -- a
+    category that is a number, an error code that is an object -- is refused as
+    InstrumentDataError like any other bad body: callers handle that one exception, and a shard
+    must start (with scales inferred from frames) rather than crash-loop on one bad reference
+    body."""
 
     @functools.wraps(parse)
-    def wrapped(*args, **kw):
+    def wrapped(body: bytes | str | dict, *args, **kw):
         try:
-            return parse(*args, **kw)
+            return parse(load_body(body), *args, **kw)
         except InstrumentDataError:
             raise
         except ENTRY_ERRORS as exc:
             raise InstrumentDataError(f"exchange info unusable ({type(exc).__name__}: {exc})"[:300]) from exc
 
     return wrapped
+
+
+def entry_rows(
+    venue: str,
+    entries: object,
+    missing: str,
+    entry: Callable[[Any], InstrumentRef | None],
+    rejects: list[str] | None,
+) -> list[InstrumentRef]:
+    """The loop every venue parser shares: the body's entry list (refused with ``missing``
+    when it is not a list), one row per entry ``entry`` maps to a row (None: a listed
+    instrument that is not collected), each bad entry handled by the ``Entries`` policy."""
+    if not isinstance(entries, list):
+        raise InstrumentDataError(missing)
+    errs = Entries(venue, rejects)
+    out: list[InstrumentRef] = []
+    for s in entries:
+        try:
+            row = entry(s)
+        except ENTRY_ERRORS as exc:
+            errs.bad(s, exc)
+            continue
+        if row is not None:
+            out.append(row)
+    return out
 
 
 def opt_int(v: object) -> int:
@@ -204,6 +231,7 @@ __all__ = [
     "InstrumentDataError",
     "InstrumentRef",
     "by_native",
+    "entry_rows",
     "instrument_ref",
     "load_body",
     "opt_int",

@@ -1,7 +1,11 @@
 """Guards for the .proto contract, run by the test suite (and by hand: python -m schemas.proto_check).
 
 1. The checked-in generated Python must equal what protoc generates now, so nobody edits
-   generated code or forgets to regenerate.
+   generated code or forgets to regenerate. Only the `_pb2.py` modules are checked in: the
+   code imports them and an install must not need protoc. The `_pb2.pyi` type stubs serve an
+   editor or type checker only (no type checker runs here and the wheel does not ship them),
+   so they are not committed (.gitignore): `--regen` writes them beside the modules, and
+   stubs present in a checkout are compared like the modules, so stale ones are reported.
 2. The current .proto must be wire- and source-compatible (buf "FILE" rules: no retyped,
    renumbered, reused or silently removed field) with every earlier committed version of
    it, not just the previous one, so a break cannot be smuggled in over two commits.
@@ -38,7 +42,8 @@ def generate(out_dir: Path) -> None:
 
 
 def generated_differences() -> list[str]:
-    """Files whose checked-in generated code differs from a fresh generation."""
+    """Generated files of this checkout that differ from a fresh generation: every module,
+    missing or not, and the type stubs that are present (they are optional)."""
     diffs: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp)
@@ -46,7 +51,10 @@ def generated_differences() -> list[str]:
         for f in sorted(fresh.rglob("*_pb2.py*")):
             rel = f.relative_to(fresh)
             mine = GEN_DIR / rel
-            if not mine.exists() or not filecmp.cmp(f, mine, shallow=False):
+            if not mine.exists():
+                if f.suffix == ".py":
+                    diffs.append(str(rel))
+            elif not filecmp.cmp(f, mine, shallow=False):
                 diffs.append(str(rel))
     return diffs
 

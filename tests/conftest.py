@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from resources.home import HOME_ENV, TicklakeHome, resolve_home
+from runtime.home import HOME_ENV, TicklakeHome, resolve_home
 from streaming.clickhouse.server import LocalClickHouse
 from streaming.kafka.broker import EmbeddedBroker
 

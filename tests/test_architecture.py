@@ -36,12 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
 STREAMING_LAYERS: list[tuple[str, ...]] = [("kafka",), ("processors",), ("lake", "clickhouse", "pragma")]
 
 #: (importing file, imported module) -> why it is still there. Each is drawn dotted in the doc.
-EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("streaming/lake/sink.py", "resources.home"): "the standalone sink resolves $TICKLAKE_HOME; the home layout "
-    "belongs in runtime/ (plain Python, every process shares it)",
-    ("streaming/processors/watermarks.py", "streaming.lake.state"): "lake watermarks read the sink's snapshot "
-    "state; the module belongs in streaming/lake/",
-}
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 NOT_PACKAGES = {"tests", "bench", "deploy", "docs"}
 

@@ -181,8 +181,8 @@ def test_transaction_open_across_a_broker_kill_commits_with_the_stack_client_con
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from pipelines.local.stack import service_env
-    from resources.home import resolve_home
     from runtime import kafka_config as kc
+    from runtime.home import resolve_home
     from streaming.kafka.broker import EmbeddedBroker
     from streaming.kafka.topic_admin import admin_client, create_topics
     from streaming.kafka.topic_config import HOUR_MS, TopicSpec

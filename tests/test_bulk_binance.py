@@ -778,6 +778,6 @@ def test_stream_and_bulk_cover_a_day_once_through_the_real_sink(archive, tmp_pat
 
 
 def bulk_home(lake: LakeResource):
-    from resources.home import resolve_home
+    from runtime.home import resolve_home
 
     return resolve_home(Path(lake.uri.removeprefix("sqlite:///")).parent)

@@ -28,7 +28,7 @@ from resources.artifacts import (
     ArtifactStoreResource,
     InvalidArtifactKey,
 )
-from resources.home import resolve_home
+from runtime.home import resolve_home
 from schemas.symbols import SymbolError
 from workloads import binance_hour as a
 

@@ -28,7 +28,7 @@ from features.compute import compute_features
 from features.inputs import events_from_envelopes
 from features.records import encode_row, table_rows
 from resources.clickhouse import ClickHouseResource
-from resources.home import resolve_home
+from runtime.home import resolve_home
 from schemas.symbols import SymbolError
 from streaming.clickhouse import sql as cs
 from streaming.clickhouse.live import ClickHouseLive

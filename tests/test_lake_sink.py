@@ -27,7 +27,7 @@ from streaming.kafka.io import plain_consumer, read_all
 from streaming.lake.seal import seal_hour
 from streaming.lake.sink import LakeSink, SinkConfig, SinkFencedError
 from streaming.lake.state import HOUR_US, latest_sink_state
-from streaming.processors.watermarks import read_watermarks
+from streaming.lake.watermarks import read_watermarks
 from tests.support.lake import (
     create_sink_topics,
     duplicate_ids,

@@ -23,8 +23,8 @@ from ml import dataset as mds
 from ml import registry as reg
 from ml import train as mtr
 from resources.artifacts import ArtifactStoreResource
-from resources.home import resolve_home
 from resources.mlflow import MlflowResource
+from runtime.home import resolve_home
 from tests.support.processing import read_topics
 from workloads import binance_hour as a
 from workloads import kafka as wk
@@ -417,3 +417,32 @@ def test_promotion_moves_the_alias_only_to_a_shadow_that_is_at_least_as_good(wor
     assert r.success and r.output_for_node("promote_shadow")["rows"] > 300
     assert reg.alias_version(client, "mid_ret_1s")[0] == versions["good"]  # alias moved
     assert "promotion_check" in client.get_model_version("mid_ret_1s", versions["good"]).tags
+
+
+@pytest.mark.dagster
+def test_a_replay_received_at_wall_clock_time_trains_the_captures_day(tmp_path):
+    """Issue 14 item 6: on `ticklake up --replay` the collector receives the capture from the
+    venue emulator at wall-clock time. Binance's spot REST depth snapshot carries no time, so it
+    was stamped with that receive time ("now"), landed in another lake hour than its deltas, and
+    the capture hour's features had no book: no mid, no label, every model skipped. Stamped with
+    the stream's time, the replayed day trains like the captured one."""
+    envs = a.replayed_capture()
+    lo, hi = a.hour_us(a.CAPTURE_HOUR), a.hour_us(a.NEXT_HOUR) + 3_600_000_000
+    snaps = [e.exchange_ts for e in envs if e.HasField("book_snapshot")]
+    assert snaps and all(lo <= t < hi for t in snaps), snaps
+    home = resolve_home(tmp_path / "home").ensure()
+    lake = a.write_lake(home, envs, seal=(a.CAPTURE_HOUR, a.NEXT_HOUR))
+    res = {
+        "lake": lake.lake,
+        "artifacts": ArtifactStoreResource(root=str(home.artifacts_dir)),
+        "mlflow": MlflowResource(
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=(tmp_path / "mlruns").as_uri()
+        ),
+    }
+    assert dg.materialize([features_1s], partition_key=a.CAPTURE_HOUR, resources=res).success
+    r = run_ml({"res": res}, dg.AssetSelection.assets(aml.DATASET_KEY, aml.model_key(1)))
+    assert r.success
+    rows, _ = aml.load_dataset(res["artifacts"], DAY)
+    assert rows.num_rows > 300 and not np.isnan(rows["label_1s"].to_numpy(zero_copy_only=False)).all()
+    trained = {tuple(e.asset_key.path) for e in r.get_asset_materialization_events()}
+    assert ("ml", "model_1s") in trained, "the replayed day's 1 s model was skipped as too small"

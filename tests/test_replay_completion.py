@@ -38,7 +38,7 @@ from streaming.kafka.source_complete import (
     withdraw_overlapping,
 )
 from streaming.lake.state import HOUR_US
-from streaming.processors.watermarks import is_hour_closed
+from streaming.lake.watermarks import is_hour_closed
 from workloads.samples import BINANCE_SPOT_HFT
 
 TICKLAKE = Path(sys.executable).parent / "ticklake"

@@ -34,7 +34,6 @@ from resources.clickhouse import (
     LocalClickHouseNotRunning,
     get_client,
 )
-from resources.home import TicklakeHome
 from resources.kafka import KafkaResource
 from resources.lake import (
     LakeResource,
@@ -44,6 +43,7 @@ from resources.lake import (
 )
 from resources.spark import SparkResource, spark_conf
 from runtime import kafka_config as kc
+from runtime.home import TicklakeHome
 from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import stamp_event_id

@@ -26,9 +26,9 @@ from assets.spark_features import (
 )
 from features.spec import FEATURE_SCHEMA
 from resources.clickhouse import ClickHouseResource
-from resources.home import resolve_home
 from resources.kafka import KafkaResource
 from resources.spark import SparkResource
+from runtime.home import resolve_home
 from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.serde import encode
 from schemas.topics import dlq_topic, event_topic, feature_topic

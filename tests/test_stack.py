@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from pipelines.local.cli import build_parser
-from resources.home import resolve_home
+from runtime.home import resolve_home
 from streaming.kafka.broker import port_in_use
 
 TICKLAKE = Path(sys.executable).parent / "ticklake"

@@ -29,8 +29,8 @@ import pyarrow as pa
 import pytest
 
 from resources import artifact_server
-from resources.home import TicklakeHome
 from resources.lake import LakeResource
+from runtime.home import TicklakeHome
 from schemas.arrow_convert import envelopes_to_table, group_by_event_type
 from schemas.tables import TABLES
 from streaming.lake.seal import hour_layout

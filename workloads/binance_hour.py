@@ -10,7 +10,9 @@ build on it.
 from __future__ import annotations
 
 import functools
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -19,8 +21,8 @@ from pyiceberg.catalog import Catalog
 
 from assets.partitions import hour_start
 from collectors.exchanges.binance_instruments import parse_binance
-from resources.home import TicklakeHome
 from resources.lake import LakeResource
+from runtime.home import TicklakeHome
 from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.instruments import by_native
@@ -102,9 +104,12 @@ def _processed_capture_bytes() -> tuple[bytes, ...]:
     return tuple(env.SerializeToString() for env in _processed_capture())
 
 
-def _capture_raw_events() -> list[pb.Envelope]:
+def _capture_raw_events(receive_clock: Callable[[int], int] | None = None) -> list[pb.Envelope]:
     """Raw envelopes from the genuine Binance capture, through the collectors' own adapter
     with the venue's exchange info (the venue's one parser, collectors/exchanges/binance_instruments.py).
+    `receive_clock` maps a record's captured receive time to the one the adapter is given
+    (default: as captured; `ticklake up --replay` receives at wall-clock time, see
+    `replayed_capture`).
 
     The capture holds one REST depth snapshot and no way to answer a resync request, so a
     single refused frame would silently end the book there (the adapter waits for a snapshot
@@ -120,16 +125,17 @@ def _capture_raw_events() -> list[pb.Envelope]:
     events: list[pb.Envelope] = []
     dead: list[str] = []
     unserved: list[RestRequest] = []
+    clock = receive_clock or (lambda us: us)
     for rec in read(info):
         if rec.kind == WS:
-            out = adapter.on_frame(rec.payload, rec.recv_ts_us)
+            out = adapter.on_frame(rec.payload, clock(rec.recv_ts_us))
             unserved += out.requests  # WS-triggered REST calls: resync snapshots
         elif rec.kind == REST:
             params = rest_params(rec.url)
             req = RestRequest(
                 path=urlsplit(rec.url).path, params=tuple(params.items()), native_symbol=params.get("symbol", "")
             )
-            out = adapter.on_rest(req, 200, rec.payload, rec.recv_ts_us)
+            out = adapter.on_rest(req, 200, rec.payload, clock(rec.recv_ts_us))
         else:
             continue
         dead += [d.reason for d in out.dead_letters]
@@ -143,13 +149,20 @@ def _capture_raw_events() -> list[pb.Envelope]:
     return events
 
 
-def _processed_capture() -> list[pb.Envelope]:
+def replayed_capture() -> list[pb.Envelope]:
+    """The capture normalized as `ticklake up --replay` gets it: the collector talks to the
+    venue emulator and stamps receive times with the wall clock, while the stream carries the
+    capture's own event times (a spot REST depth snapshot carries none)."""
+    return _processed_capture(_capture_raw_events(lambda _us: time.time_ns() // 1000))
+
+
+def _processed_capture(raw: list[pb.Envelope] | None = None) -> list[pb.Envelope]:
     cat = InstrumentCatalog()
     cat.load_exchange_info("binance", "spot", BTCUSDT_SPOT_INFO)
     norm = Normalizer(cat)
     out = []
     offsets: dict[str, int] = defaultdict(int)
-    for env in capture_raw_events():
+    for env in capture_raw_events() if raw is None else raw:
         topic = raw_topic(env)
         rec = encode(env)
         o = norm.process(topic, 0, offsets[topic], rec.value, rec.headers)

@@ -87,6 +87,23 @@ class Diff(NamedTuple):
     asks: Any
 
 
+def snapshot_stream_ts(buffered: list, kept: list, recv: int) -> int:
+    """The event time of a spot depth snapshot, which the venue does not send: the time of the
+    stream position it stands for. Its book is the state just before the first diff kept after
+    it (snapshot events sort before deltas of the same time), else the state after the newest
+    buffered diff it covers; the receive time only when no buffered diff has a time. Never the
+    receive time first: in a replay the collector receives at wall-clock time while the stream
+    carries the capture's times, and a snapshot stamped "now" lands in another lake hour than
+    its deltas, so the capture's hours have a book that never syncs (no mid, no labels)."""
+    for d, _frame, _recv in kept:
+        if d.ts_us is not None:
+            return d.ts_us
+    for d, _frame, _recv in reversed(buffered):
+        if d.ts_us is not None:
+            return d.ts_us
+    return recv
+
+
 class BinanceAdapter(AdapterBase):
     exchange = Exchange.BINANCE
     market = Market.SPOT
@@ -351,7 +368,6 @@ class BinanceAdapter(AdapterBase):
             raise FrameError("depth snapshot without lastUpdateId", native)
         last = as_int(snap["lastUpdateId"], "lastUpdateId")
         ts = snap.get("T") or snap.get("E")
-        exchange_ts = ms_to_us(ts) if ts is not None else recv
         bids, asks = self.snapshot_levels(st, snap.get("bids"), snap.get("asks"))
         buf, kept = st.buffer, []
         for item in buf:
@@ -360,6 +376,7 @@ class BinanceAdapter(AdapterBase):
                 st.stats.deltas_stale += 1
             else:
                 kept.append(item)
+        exchange_ts = ms_to_us(ts) if ts is not None else snapshot_stream_ts(buf, kept, recv)
         if kept:
             U0, u0 = kept[0][0].U, kept[0][0].u
             bridges = (U0 <= last <= u0) if self.usdm else (U0 <= last + 1)

@@ -86,14 +86,4 @@ def channel_options(channels: list[str]) -> dict[str, Any]:
     return {"streams": tuple(channels)}
 
 
-VENUE = Venue(
-    exchange=Exchange.BINANCE,
-    feeds=(SPOT, USDM),
-    feed_for=feed_for,
-    flavor_of_url=flavor_of_url,
-    adapter=adapter,
-    instrument_requests=instrument_requests,
-    parse_instruments=parse_instruments,
-    channel_options=channel_options,
-    emulator="collectors.emulator.binance",
-)
+VENUE = Venue.declare(Exchange.BINANCE, (SPOT, USDM), globals())

@@ -101,14 +101,4 @@ def channel_options(channels: list[str]) -> dict[str, Any]:
     return opts
 
 
-VENUE = Venue(
-    exchange=Exchange.BYBIT,
-    feeds=(SPOT, LINEAR, INVERSE),
-    feed_for=feed_for,
-    flavor_of_url=flavor_of_url,
-    adapter=adapter,
-    instrument_requests=instrument_requests,
-    parse_instruments=parse_instruments,
-    channel_options=channel_options,
-    emulator="collectors.emulator.bybit",
-)
+VENUE = Venue.declare(Exchange.BYBIT, (SPOT, LINEAR, INVERSE), globals())

@@ -78,14 +78,4 @@ def channel_options(channels: list[str]) -> dict[str, Any]:
     return opts
 
 
-VENUE = Venue(
-    exchange=Exchange.OKX,
-    feeds=(MIXED,),
-    feed_for=feed_for,
-    flavor_of_url=flavor_of_url,
-    adapter=adapter,
-    instrument_requests=instrument_requests,
-    parse_instruments=parse_instruments,
-    channel_options=channel_options,
-    emulator="collectors.emulator.okx",
-)
+VENUE = Venue.declare(Exchange.OKX, (MIXED,), globals())

@@ -95,3 +95,15 @@ class Venue:
 
     def feed(self, name: str) -> Feed | None:
         return next((f for f in self.feeds if f.name == name), None)
+
+    @classmethod
+    def declare(cls, exchange: Exchange, feeds: tuple[Feed, ...], module: Mapping[str, Any]) -> Venue:
+        """A venue module's declaration: its hooks are the module's own functions named as the
+        fields in ``HOOKS`` (so each venue states them by defining them, not by listing them
+        again), and its emulator is ``collectors/emulator/<exchange>.py``. Pass ``globals()``."""
+        hooks = {name: module[name] for name in HOOKS}
+        return cls(exchange, feeds, **hooks, emulator=f"collectors.emulator.{exchange.value}")
+
+
+#: the functions every ``<venue>_venue.py`` defines, read by ``Venue.declare``
+HOOKS = ("feed_for", "flavor_of_url", "adapter", "instrument_requests", "parse_instruments", "channel_options")

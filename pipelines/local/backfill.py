@@ -296,7 +296,7 @@ def webserver_url(home) -> str:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from resources.home import resolve_home
+    from runtime.home import resolve_home
 
     echo = print
     try:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from resources.home import DEFAULT_HOME, HOME_ENV, TicklakeHome, resolve_home
+from runtime.home import DEFAULT_HOME, HOME_ENV, TicklakeHome, resolve_home
 
 EXIT_OK = 0
 EXIT_ERROR = 1

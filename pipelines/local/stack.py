@@ -38,7 +38,7 @@ from pipelines.local.procs import (
 )
 from pipelines.local.replay import COMPLETION_SENSOR
 from resources import artifact_server
-from resources.home import HOME_ENV, LOCAL_POOL_LIMITS, TicklakeHome
+from runtime.home import HOME_ENV, LOCAL_POOL_LIMITS, TicklakeHome
 from runtime.kafka_config import KAFKA_BOOTSTRAP_ENV, KAFKA_METADATA_RECOVERY_ENV
 from schemas.tables import NAMESPACE as LAKE_NAMESPACE
 from streaming.clickhouse.server import LocalClickHouse

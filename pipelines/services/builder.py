@@ -28,7 +28,7 @@ import dagster as dg
 
 from pipelines.k8s import k8s_tags
 from pipelines.services.tags import LIVE_STATUS_NAMES, SERVICE_TAG, service_tags
-from resources.home import resolve_home
+from runtime.home import resolve_home
 from runtime.service_loop import run_in_worker
 from runtime.service_status import service_run
 

@@ -29,8 +29,8 @@ from collectors.runner import ShardRunner, ShardStats
 from collectors.status import status_file
 from pipelines.k8s import COLLECTOR
 from pipelines.services.builder import LIVE_STATUSES, SERVICE_TAG, service_job
-from resources.home import resolve_home
 from resources.kafka import KafkaResource
+from runtime.home import resolve_home
 from runtime.service_loop import run_in_worker
 from runtime.service_status import service_run
 

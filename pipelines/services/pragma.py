@@ -20,7 +20,7 @@ import dagster as dg
 from pydantic import Field
 
 from pipelines.services.builder import SERVICE_TAG, run_loop, service, service_tags
-from resources.home import resolve_home
+from runtime.home import resolve_home
 from streaming.pragma.config import PragmaConfig
 from streaming.pragma.publisher import SERVICE_NAME as SERVICE
 from streaming.pragma.publisher import PragmaPublisher

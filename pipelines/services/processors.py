@@ -14,7 +14,7 @@ import dagster as dg
 
 from pipelines.k8s import FEATURE_PROCESSOR, NORMALIZER
 from pipelines.services.builder import SERVICE_TAG, service, supervisor
-from resources.home import resolve_home
+from runtime.home import resolve_home
 from streaming.processors.feature_processor import (
     FeatureProcessor,
     FeatureProcessorSettings,

@@ -68,7 +68,9 @@ import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO
+
+from runtime.child_process import ChildServer
 
 log = logging.getLogger(__name__)
 
@@ -860,7 +862,7 @@ def answers(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-class LocalClickHouse:
+class LocalClickHouse(ChildServer):
     """Start, check and stop a server process (the stack's service and the tests' fixture).
 
     Ready means: the server wrote its state file (it listens, the engine is open) and it
@@ -868,6 +870,9 @@ class LocalClickHouse:
     (the broker's PR_SET_PDEATHSIG shim); `die_with_parent=False` plus detach() lets it
     outlive `ticklake up`, after which it is stopped by PID.
     """
+
+    kind = "ClickHouse server"
+    stop_timeout = 20.0
 
     def __init__(
         self,
@@ -897,10 +902,6 @@ class LocalClickHouse:
             raise RuntimeError("ClickHouse server not started")
         return self.url
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     def command(self) -> list[str]:
         return [
             sys.executable,
@@ -915,9 +916,6 @@ class LocalClickHouse:
             "--state-file",
             str(self.state_file),
         ]
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> LocalClickHouse:
         from streaming.kafka.broker import _DIE_WITH_PARENT, log_tail
@@ -954,38 +952,6 @@ class LocalClickHouse:
                     f"ClickHouse server {why}; log {self.log_path} ends with:\n{log_tail(self.log_path)}"
                 )
             time.sleep(0.1)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
-        else:
-            proc.wait()
-
-    def detach(self) -> int:
-        """Forget the process without stopping it; returns its PID."""
-        if self._proc is None:
-            raise RuntimeError("ClickHouse server not started")
-        pid = self._proc.pid
-        self._proc.returncode = 0  # no "still running" warning when the Popen is collected
-        self._proc = None
-        return pid
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,11 +18,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from runtime.child_process import ChildServer
 from streaming.kafka import broker_store
 
 LOCAL_HOST = "127.0.0.1"
@@ -168,7 +167,7 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(ChildServer):
     """One Tansu broker process on 127.0.0.1, with memory storage or, given `data_dir`,
     persistent storage in that directory.
 
@@ -188,6 +187,9 @@ class EmbeddedBroker:
     `die_with_parent=False` plus detach() lets it outlive its starter (`ticklake up`); it
     is then stopped by PID.
     """
+
+    kind = "broker"
+    not_started = BrokerError
 
     def __init__(
         self,
@@ -234,10 +236,6 @@ class EmbeddedBroker:
             raise BrokerError("broker not started")
         return f"{self.host}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     def command(self) -> list[str]:
         advertised = f"tcp://{self.host}:{self.port}"
         if self.max_session_timeout_ms is None:
@@ -277,9 +275,6 @@ class EmbeddedBroker:
             "--",
             *tansu,
         ]
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> EmbeddedBroker:
         if self._proc is not None:
@@ -333,42 +328,7 @@ class EmbeddedBroker:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
-        elif proc is not None:
-            proc.wait()
+        super().stop(timeout)
         if self._own_log_dir is not None:
             shutil.rmtree(self._own_log_dir, ignore_errors=True)
             self._own_log_dir = None
-
-    def detach(self) -> int:
-        """Forget the process without stopping it (it keeps running); returns its PID."""
-        if self._proc is None:
-            raise BrokerError("broker not started")
-        pid = self._proc.pid
-        # Popen would otherwise warn ("still running") when collected.
-        self._proc.returncode = 0
-        self._proc = None
-        return pid
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        os.kill(pid, sig)

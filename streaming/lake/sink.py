@@ -48,6 +48,7 @@ from pyiceberg.table import Table
 from runtime import kafka_config as kc
 from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter
+from runtime.home import CATALOG_NAME, resolve_home
 from runtime.service_cli import ServiceSettings, standalone
 from runtime.service_loop import ServiceLoop
 from schemas.arrow_convert import envelopes_to_table
@@ -60,8 +61,8 @@ from schemas.topics import DlqStage, Stage, all_event_topics, parse_event_topic
 from streaming.kafka.io import TP, check, release_clients
 from streaming.lake.freshness import sealed_hour_timestamps
 from streaming.lake.state import HOUR_US, HourCount, SinkState, latest_sink_state
+from streaming.lake.watermarks import DEFAULT_ALLOWED_LATENESS_US, WatermarkTracker
 from streaming.lake.writer import LakeFileWriter, commit_files, ensure_writer_properties
-from streaming.processors.watermarks import DEFAULT_ALLOWED_LATENESS_US, WatermarkTracker
 
 log = logging.getLogger(__name__)
 
@@ -576,9 +577,6 @@ def sink_from_settings(conn: kc.KafkaConnection, catalog: Catalog, settings: Lak
 
 
 def _standalone_sink(conn: kc.KafkaConnection, a: argparse.Namespace, settings: LakeSinkSettings) -> LakeSink:
-    # resources.home is plain Python (no Dagster): the one definition of the home layout.
-    from resources.home import CATALOG_NAME, resolve_home
-
     home = resolve_home(a.home).ensure()
     catalog = load_catalog(
         CATALOG_NAME, type="sql", uri=home.catalog_uri, warehouse=home.warehouse, init_catalog_tables="true"

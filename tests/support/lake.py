@@ -8,7 +8,7 @@ import pyarrow as pa
 from confluent_kafka import Producer
 from pyiceberg.catalog import Catalog, load_catalog
 
-from resources.home import CATALOG_NAME, TicklakeHome
+from runtime.home import CATALOG_NAME, TicklakeHome
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import (
     EventType,
