@@ -17,9 +17,10 @@ from __future__ import annotations
 import functools
 import json
 import reprlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from schemas.model import Exchange, Market
 from schemas.scaled import scale_of, to_scaled

@@ -7,11 +7,12 @@ normalizer's catalog and the bulk loaders all use this one parser.
 
 from __future__ import annotations
 
+from typing import Any
+
 from schemas.instruments import (
-    ENTRY_ERRORS,
-    Entries,
     InstrumentDataError,
     InstrumentRef,
+    entry_rows,
     instrument_ref,
     load_body,
     whole_body,
@@ -21,16 +22,13 @@ from schemas.model import Exchange, Market
 
 
 @whole_body
-def parse_bybit(
-    body: bytes | str | dict, category: str | None = None, rejects: list[str] | None = None
-) -> list[InstrumentRef]:
+def parse_bybit(data: dict, category: str | None = None, rejects: list[str] | None = None) -> list[InstrumentRef]:
     """/v5/market/instruments-info for category spot, linear or inverse (one page).
 
     Spot lots are lotSizeFilter.basePrecision (spot has no qtyStep; books carry quantities at
     the base precision); derivatives use qtyStep. The category is the body's own
     result.category, else the one the caller asked for.
     """
-    data = load_body(body)
     if data.get("retCode", 0) != 0:
         raise InstrumentDataError(f"Bybit instruments-info error {data.get('retCode')}: {data.get('retMsg')}")
     result = data.get("result")
@@ -39,32 +37,27 @@ def parse_bybit(
     category = (result.get("category") or category or "").lower()
     if category not in ("spot", "linear", "inverse"):
         raise InstrumentDataError(f"Bybit instruments-info category unknown: {category!r}")
-    errs = Entries("Bybit", rejects)
-    out: list[InstrumentRef] = []
-    for s in result["list"]:
-        try:
-            native, base, quote = s["symbol"], s["baseCoin"], s["quoteCoin"]
-            tick = s["priceFilter"]["tickSize"]
-            lsf = s["lotSizeFilter"]
-            lot = lsf["basePrecision"] if category == "spot" else lsf["qtyStep"]
-            status = s.get("status", "")
-            if category == "spot":
-                out.append(instrument_ref(Exchange.BYBIT, Market.SPOT, native, base, quote, tick, lot, status))
-                continue
-            ctype = s.get("contractType", "") or ""
-            # inverse contracts are 1 USD (quote) each; linear sizes are the base asset
-            unit = {"ctval": "1", "ctval_ccy": quote} if category == "inverse" or ctype.startswith("Inverse") else {}
-            ids = (native, base, quote, tick, lot, status)
-            if ctype.endswith("Perpetual"):
-                out.append(instrument_ref(Exchange.BYBIT, Market.PERP, *ids, contract_type=ctype, **unit))
-            elif ctype.endswith("Futures") and str(s.get("deliveryTime", "0")) not in ("", "0"):
-                expiry = yymmdd_from_ms(s["deliveryTime"])
-                out.append(
-                    instrument_ref(Exchange.BYBIT, Market.FUTURE, *ids, expiry=expiry, contract_type=ctype, **unit)
-                )
-        except ENTRY_ERRORS as exc:
-            errs.bad(s, exc)
-    return out
+
+    def entry(s: Any) -> InstrumentRef | None:
+        native, base, quote = s["symbol"], s["baseCoin"], s["quoteCoin"]
+        tick = s["priceFilter"]["tickSize"]
+        lsf = s["lotSizeFilter"]
+        lot = lsf["basePrecision"] if category == "spot" else lsf["qtyStep"]
+        status = s.get("status", "")
+        if category == "spot":
+            return instrument_ref(Exchange.BYBIT, Market.SPOT, native, base, quote, tick, lot, status)
+        ctype = s.get("contractType", "") or ""
+        # inverse contracts are 1 USD (quote) each; linear sizes are the base asset
+        unit = {"ctval": "1", "ctval_ccy": quote} if category == "inverse" or ctype.startswith("Inverse") else {}
+        ids = (native, base, quote, tick, lot, status)
+        if ctype.endswith("Perpetual"):
+            return instrument_ref(Exchange.BYBIT, Market.PERP, *ids, contract_type=ctype, **unit)
+        if ctype.endswith("Futures") and str(s.get("deliveryTime", "0")) not in ("", "0"):
+            expiry = yymmdd_from_ms(s["deliveryTime"])
+            return instrument_ref(Exchange.BYBIT, Market.FUTURE, *ids, expiry=expiry, contract_type=ctype, **unit)
+        return None
+
+    return entry_rows("Bybit", result["list"], "Bybit instruments-info has no result.list", entry, rejects)
 
 
 def bybit_next_cursor(body: bytes | str | dict) -> str:

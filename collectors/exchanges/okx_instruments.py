@@ -7,62 +7,42 @@ normalizer's catalog both use this one parser.
 
 from __future__ import annotations
 
-from schemas.instruments import (
-    ENTRY_ERRORS,
-    Entries,
-    InstrumentDataError,
-    InstrumentRef,
-    instrument_ref,
-    load_body,
-    whole_body,
-)
+from typing import Any
+
+from schemas.instruments import InstrumentDataError, InstrumentRef, entry_rows, instrument_ref, whole_body
 from schemas.model import Exchange, Market
 
 
 @whole_body
-def parse_okx(body: bytes | str | dict, rejects: list[str] | None = None) -> list[InstrumentRef]:
+def parse_okx(data: dict, rejects: list[str] | None = None) -> list[InstrumentRef]:
     """/api/v5/public/instruments for instType SPOT, SWAP or FUTURES.
 
     Derivatives have empty baseCcy/quoteCcy; their pair is instFamily (or the older uly).
     Sizes of SWAP/FUTURES are contracts, so lotSz is already the book's quantity step; one
     contract is ctVal of ctValCcy (schemas/units.py turns that into the record's unit).
     """
-    data = load_body(body)
     if str(data.get("code", "0")) != "0":
         raise InstrumentDataError(f"OKX instruments error {data.get('code')}: {data.get('msg')}")
-    rows = data.get("data")
-    if not isinstance(rows, list):
-        raise InstrumentDataError("OKX instruments response has no 'data' list")
-    errs = Entries("OKX", rejects)
-    out: list[InstrumentRef] = []
-    for s in rows:
-        try:
-            inst_id, itype, tick, lot = s["instId"], s["instType"], s["tickSz"], s["lotSz"]
-            status = s.get("state", "")
-            if itype == "SPOT":
-                out.append(
-                    instrument_ref(Exchange.OKX, Market.SPOT, inst_id, s["baseCcy"], s["quoteCcy"], tick, lot, status)
-                )
-                continue
-            family = s.get("instFamily") or s.get("uly") or ""
-            if family.count("-") != 1:
-                continue  # options and odd instruments are not collected
-            base, quote = family.split("-")
-            ctype = s.get("ctType", "") or ""
-            contract = {"ctval": s.get("ctVal", ""), "contract_type": ctype, "ctval_ccy": s.get("ctValCcy", "")}
-            if itype == "SWAP":
-                out.append(
-                    instrument_ref(Exchange.OKX, Market.PERP, inst_id, base, quote, tick, lot, status, **contract)
-                )
-            elif itype == "FUTURES":
-                expiry = inst_id.rsplit("-", 1)[-1]
-                if len(expiry) != 6 or not expiry.isdigit() or not expiry.isascii():
-                    raise ValueError(f"FUTURES instId {inst_id!r} does not end in -YYMMDD")
-                out.append(
-                    instrument_ref(
-                        Exchange.OKX, Market.FUTURE, inst_id, base, quote, tick, lot, status, expiry=expiry, **contract
-                    )
-                )
-        except ENTRY_ERRORS as exc:
-            errs.bad(s, exc)
-    return out
+
+    def entry(s: Any) -> InstrumentRef | None:
+        inst_id, itype, tick, lot = s["instId"], s["instType"], s["tickSz"], s["lotSz"]
+        status = s.get("state", "")
+        if itype == "SPOT":
+            return instrument_ref(Exchange.OKX, Market.SPOT, inst_id, s["baseCcy"], s["quoteCcy"], tick, lot, status)
+        family = s.get("instFamily") or s.get("uly") or ""
+        if family.count("-") != 1:
+            return None  # options and odd instruments are not collected
+        base, quote = family.split("-")
+        ctype = s.get("ctType", "") or ""
+        contract = {"ctval": s.get("ctVal", ""), "contract_type": ctype, "ctval_ccy": s.get("ctValCcy", "")}
+        ids = (inst_id, base, quote, tick, lot, status)
+        if itype == "SWAP":
+            return instrument_ref(Exchange.OKX, Market.PERP, *ids, **contract)
+        if itype == "FUTURES":
+            expiry = inst_id.rsplit("-", 1)[-1]
+            if len(expiry) != 6 or not expiry.isdigit() or not expiry.isascii():
+                raise ValueError(f"FUTURES instId {inst_id!r} does not end in -YYMMDD")
+            return instrument_ref(Exchange.OKX, Market.FUTURE, *ids, expiry=expiry, **contract)
+        return None
+
+    return entry_rows("OKX", data.get("data"), "OKX instruments response has no 'data' list", entry, rejects)
