@@ -8,31 +8,47 @@ stay in step, so adding a venue means touching the .proto and this file, nothing
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Self
 
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 
 
-class Exchange(StrEnum):
+class ProtoEnum(StrEnum):
+    """A lower-case mirror of a .proto enum: member NAME is the .proto value `<prefix>NAME`.
+
+    Subclasses name their .proto enum and its value prefix once, in the class line
+    (`class Market(ProtoEnum, proto=pb.Market, prefix="MARKET_")`); the wire number and the
+    way back from it are then the same code for every mirrored enum."""
+
+    def __init_subclass__(cls, *, proto=None, prefix: str = "", **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._proto = proto
+        cls._prefix = prefix
+
+    @property
+    def pb(self) -> int:
+        """The .proto enum number of this member."""
+        return self._proto.Value(self._prefix + self.name)
+
+    @classmethod
+    def from_pb(cls, value: int) -> Self:
+        """The member of a .proto enum number (KeyError for UNSPECIFIED and unknown numbers)."""
+        return cls[cls._proto.Name(value).removeprefix(cls._prefix)]
+
+
+class Exchange(ProtoEnum, proto=pb.Exchange, prefix="EXCHANGE_"):
     BINANCE = "binance"
     BYBIT = "bybit"
     OKX = "okx"
 
-    @property
-    def pb(self) -> int:
-        return pb.Exchange.Value(f"EXCHANGE_{self.name}")
 
-
-class Market(StrEnum):
+class Market(ProtoEnum, proto=pb.Market, prefix="MARKET_"):
     SPOT = "spot"
     PERP = "perp"
     FUTURE = "future"
 
-    @property
-    def pb(self) -> int:
-        return pb.Market.Value(f"MARKET_{self.name}")
 
-
-class EventType(StrEnum):
+class EventType(ProtoEnum, proto=pb.EventType, prefix="EVENT_TYPE_"):
     TRADE = "trade"
     BOOK_SNAPSHOT = "book_snapshot"
     BOOK_DELTA = "book_delta"
@@ -42,25 +58,14 @@ class EventType(StrEnum):
     TICKER = "ticker"
 
     @property
-    def pb(self) -> int:
-        return pb.EventType.Value(f"EVENT_TYPE_{self.name}")
-
-    @property
     def payload_field(self) -> str:
         """Name of the Envelope oneof member carrying this type's payload."""
         return self.value
 
 
-def exchange_from_pb(value: int) -> Exchange:
-    return Exchange[pb.Exchange.Name(value).removeprefix("EXCHANGE_")]
-
-
-def market_from_pb(value: int) -> Market:
-    return Market[pb.Market.Name(value).removeprefix("MARKET_")]
-
-
-def event_type_from_pb(value: int) -> EventType:
-    return EventType[pb.EventType.Name(value).removeprefix("EVENT_TYPE_")]
+exchange_from_pb = Exchange.from_pb
+market_from_pb = Market.from_pb
+event_type_from_pb = EventType.from_pb
 
 
 #: Markets whose instruments carry funding, mark price and liquidations.

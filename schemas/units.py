@@ -20,9 +20,9 @@ where cv is the contract value as a scaled integer at its own decimal count.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 from schemas.gen.ticklake.v1 import events_pb2 as pb
+from schemas.model import ProtoEnum
 from schemas.scaled import INT64_MAX, ScaleError, scale_of, to_scaled
 
 #: Decimals an inverse conversion adds beyond the contract's own: 1 contract of 100 USD at
@@ -31,16 +31,12 @@ INVERSE_EXTRA_DECIMALS = 8
 MAX_SCALE = 18
 
 
-class QtyUnit(StrEnum):
+class QtyUnit(ProtoEnum, proto=pb.QtyUnit, prefix="QTY_UNIT_"):
     """Lower-case names of pb.QtyUnit, as stored in lake/ClickHouse columns."""
 
     BASE = "base"
     LINEAR_CONTRACT = "linear_contract"
     INVERSE_CONTRACT = "inverse_contract"
-
-    @property
-    def pb(self) -> int:
-        return pb.QtyUnit.Value(f"QTY_UNIT_{self.name}")
 
 
 _FROM_PB = {u.pb: u for u in QtyUnit}
