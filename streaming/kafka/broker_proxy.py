@@ -471,6 +471,30 @@ async def _copy_exactly(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     return True
 
 
+async def _frame_size(reader: asyncio.StreamReader) -> tuple[bytes, int] | None:
+    """The next frame's 4-byte length prefix and its value; None at the end of the stream."""
+    try:
+        size_bytes = await reader.readexactly(4)
+    except asyncio.IncompleteReadError:
+        return None
+    return size_bytes, struct.unpack(">i", size_bytes)[0]
+
+
+async def _copy_short(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    framed: tuple[bytes, int],
+    conn: _Connection,
+    in_flight: int,
+) -> None:
+    """Pass on a frame too short to carry a header (malformed; the broker judges it),
+    moving the connection's in-flight count by `in_flight` once it is written."""
+    size_bytes, size = framed
+    writer.write(size_bytes + await reader.readexactly(max(size, 0)))
+    conn.in_flight += in_flight
+    await writer.drain()
+
+
 async def _requests(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -482,16 +506,10 @@ async def _requests(
     """Client -> broker: frame by frame; JoinGroup rewritten, Fetch possibly held and its
     wait rewritten (or answered here, on `client`), writes and Fetch noted for their
     responses, the rest copied."""
-    while True:
-        try:
-            size_bytes = await reader.readexactly(4)
-        except asyncio.IncompleteReadError:
-            return
-        (size,) = struct.unpack(">i", size_bytes)
+    while (framed := await _frame_size(reader)) is not None:
+        size_bytes, size = framed
         if size < 8:
-            conn.in_flight += 1
-            writer.write(size_bytes + await reader.readexactly(max(size, 0)))
-            await writer.drain()
+            await _copy_short(reader, writer, framed, conn, +1)
             continue
         head = await reader.readexactly(8)
         api_key, version, correlation = struct.unpack(">hhi", head)
@@ -540,18 +558,12 @@ async def _responses(
     """Broker -> client, frame by frame: a Fetch response is read whole to learn whether it
     carried records (an empty one is kept for hold_fetch), the response to a write counts
     as a completed write, the rest is copied as it comes."""
-    while True:
-        try:
-            size_bytes = await reader.readexactly(4)
-        except asyncio.IncompleteReadError:
-            return
-        (size,) = struct.unpack(">i", size_bytes)
+    while (framed := await _frame_size(reader)) is not None:
+        size_bytes, size = framed
         # in_flight drops once a response is written whole: hold_fetch may then write its own
         # answer on the same connection without splitting this one.
         if size < 4:
-            writer.write(size_bytes + await reader.readexactly(max(size, 0)))
-            conn.in_flight -= 1
-            await writer.drain()
+            await _copy_short(reader, writer, framed, conn, -1)
             continue
         head = await reader.readexactly(4)
         request = conn.pending.pop(struct.unpack(">i", head)[0], None)
