@@ -10,33 +10,17 @@ Duplicates of one venue event share the key (symbol) and so the partition.
 
 from __future__ import annotations
 
-from collections import deque
+from collectors.dedup import RecentIds
 
 
-class OffsetWindowDedup:
+class OffsetWindowDedup(RecentIds):
+    """The ids of the last ``span`` offsets of one input partition."""
+
     def __init__(self, span: int = 200_000) -> None:
-        if span < 1:
-            raise ValueError("span must be >= 1")
+        super().__init__(span, "span")
         self.span = span
-        self._ids: set[str] = set()
-        self._order: deque[tuple[int, str]] = deque()
-        self.duplicates = 0
-
-    def _evict(self, offset: int) -> None:
-        order, ids = self._order, self._ids
-        floor = offset - self.span
-        while order and order[0][0] < floor:
-            ids.discard(order.popleft()[1])
 
     def first_time(self, offset: int, event_id: str) -> bool:
         """True the first time `event_id` appears within the span ending at `offset`."""
-        self._evict(offset)
-        if event_id in self._ids:
-            self.duplicates += 1
-            return False
-        self._ids.add(event_id)
-        self._order.append((offset, event_id))
-        return True
-
-    def __len__(self) -> int:
-        return len(self._ids)
+        self._forget_before(offset - self.span)
+        return self._remember(offset, event_id)
