@@ -28,9 +28,19 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from runtime import kafka_config as kc
 from streaming.kafka.io import TP
 
+#: How long a raw record may take from its CreateTime (the collector's produce() call) to
+#: the broker's log: the collectors' linger.ms (runtime.kafka_config.PRODUCER_DEFAULTS, 20
+#: ms) and one produce round trip, with room. A wall-clock bound, like the clearance's use of
+#: CreateTime itself (docs/decisions.md, "Feature processor idleness").
+APPEND_MARGIN_S = 0.2
+#: How long one probe's consume call waits. consume() returns when this passes or 1000
+#: records arrived, so a probe costs at least one of these; end-of-partition events come
+#: after the first fetch round.
+PROBE_POLL_S = 0.005
+
 
 class UpstreamClearance:
-    """`cleared(t)`: has `group` consumed every record of `topics` created before `t`?"""
+    """`cleared_until()`: before which time has `group` consumed every record of `topics`?"""
 
     def __init__(self, conn: kc.KafkaConnection, group: str, topics: Iterable[str], *, probe_s: float = 1.0):
         self.conn = conn
@@ -49,19 +59,30 @@ class UpstreamClearance:
         md = self._view().list_topics(timeout=10).topics
         return [(t, p) for t in self.topics if t in md and md[t].error is None for p in sorted(md[t].partitions)]
 
-    def cleared(self, before_wall_s: float) -> bool:
-        """True when every record created before `before_wall_s` (unix seconds) has been
-        consumed by the group; False if one is pending or the probe did not settle."""
+    def cleared_until(self) -> float | None:
+        """Unix seconds T such that the group has consumed every record created before T;
+        None if the probe did not settle. Per partition: the CreateTime of the first record
+        at the group's committed offset (every record created before it was consumed), or,
+        when the group is at the partition's end, the probe's start less
+        APPEND_MARGIN_S (a record created just before the probe may still sit in its
+        producer's linger buffer). One probe answers for every T: a caller keeps the
+        frontiers it proposed at several times and closes up to the newest one cleared,
+        instead of asking about one time and waiting for a later probe."""
+        start = time.time()
         tps = self.partitions()
+        bound = start - APPEND_MARGIN_S
         if not tps:
-            return True
+            return bound
         committed = self._view().committed([TopicPartition(t, p) for t, p in tps], timeout=10)
-        before_ms = int(before_wall_s * 1000)
-        return self._probe(
-            {(r.topic, r.partition): max(r.offset, 0) for r in committed},
-            lambda m: m.timestamp()[1] >= before_ms,
-            read_committed=False,
-        )
+        firsts: list[int] = []
+
+        def note(m: Message) -> bool:
+            firsts.append(m.timestamp()[1])
+            return True
+
+        if not self._probe({(r.topic, r.partition): max(r.offset, 0) for r in committed}, note, read_committed=False):
+            return None
+        return min([bound, *(ms / 1000 for ms in firsts)])
 
     def nothing_after(self, starts: dict[TP, int]) -> bool:
         """True when none of `starts`' partitions holds a committed record at or after its
@@ -89,7 +110,7 @@ class UpstreamClearance:
             reader.assign([TopicPartition(t, p, max(o, 0)) for (t, p), o in starts.items()])
             deadline = time.monotonic() + self.probe_s
             while len(settled) < len(starts) and time.monotonic() < deadline:
-                for m in reader.consume(1000, 0.1):
+                for m in reader.consume(1000, PROBE_POLL_S):
                     tp = (m.topic(), m.partition())
                     err = m.error()
                     if err is not None:

@@ -82,8 +82,8 @@ STATE_TOPIC_SPEC = TopicSpec(1, 7 * DAY_MS, -1, extra={"cleanup.policy": "delete
 #: The normalizer's consumer group (streaming.processors.normalizer.NormalizerService's default): the stage
 #: upstream of processed.*, whose progress through raw.* decides idleness (streaming/kafka/upstream.py).
 NORMALIZER_GROUP = "ticklake-normalizer"
-#: How often a pending upstream clearance is probed.
-UPSTREAM_PROBE_EVERY_S = 0.5
+#: How often a pending upstream clearance is probed (a probe: two short-lived readers, ~10-30 ms).
+UPSTREAM_PROBE_EVERY_S = 0.1
 
 
 def state_topic(name: str) -> str:
@@ -386,7 +386,7 @@ class FeatureProcessor(TransactionalLoop):
         self.next_offset: dict[TP, int] = {}  # offset after the newest record taken from the partition
         self.upstream_group = upstream_group
         self.upstream: UpstreamClearance | None = None
-        self._clearance: tuple[float, int] | None = None  # (wall time asked about, frontier then)
+        self._proposals: list[tuple[float, int]] = []  # (wall time, frontier proposed then), not yet cleared
         self._last_probe = 0.0
         self.last_progress: int | None = None
         self._pending_ckpt: dict | None = None
@@ -496,28 +496,32 @@ class FeatureProcessor(TransactionalLoop):
         """The frontier the `idle` partitions may let through: `frontier` (which skips them)
         only as far as the upstream has been found clear, else the frontier that holds every
         partition. A quiet partition's next records can only come from raw records not yet
-        normalized (or normalized but not yet fetched here). So: note (T, frontier at T);
-        once the normalizer's group has consumed every raw record created before T (its
-        transactions make the output visible with the offsets) and a direct read finds no
-        committed record after what this processor took from the idle partitions, whatever
-        reaches them later comes from raw records created after T, i.e. after every record
-        behind the frontier proposed at T: close up to min(frontier at T, frontier now).
-        Asked only when skipping the idle partitions would close a buffered window (never on
-        an idle stack)."""
+        normalized (or normalized but not yet fetched here). So: note (T, frontier proposed
+        at T) at every batch; a probe finds the time U before which the normalizer's group
+        has consumed every raw record (its transactions make the output visible with the
+        offsets), then a direct read finds no committed record after what this processor
+        took from the idle partitions. Whatever reaches them later comes from raw records
+        created after U, i.e. after every record behind a frontier proposed at any T < U:
+        close up to min(newest such frontier, frontier now). Keeping every proposal and
+        asking "until when" (not "is T clear", one T per probe) closes a window one probe
+        after its frontier was proposed, not one probe interval after the previous
+        clearance. Asked only when skipping the idle partitions would close a buffered
+        window (never on an idle stack)."""
         held = self.engine.propose_frontier(self.assignment)
         if self.upstream is None:
             return frontier
         if not any(held < ws + WINDOW_US <= frontier for ws in self.engine.buffers):
             return held
         now = time.monotonic()
-        if self._clearance is None:
-            self._clearance, self._last_probe = (time.time(), frontier), 0.0
+        if not self._proposals or frontier > self._proposals[-1][1]:
+            self._proposals.append((time.time(), frontier))
         if now - self._last_probe < UPSTREAM_PROBE_EVERY_S:
             return held
         self._last_probe = now
-        asked, then = self._clearance
         try:
-            clear = self.upstream.cleared(asked) and self.upstream.nothing_after(
+            until = self.upstream.cleared_until()
+            cleared = [f for t, f in self._proposals if t < until] if until is not None else []
+            clear = bool(cleared) and self.upstream.nothing_after(
                 {tp: max(self.eof.get(tp, 0), self.next_offset.get(tp, 0)) for tp in idle}
             )
         except KafkaException as exc:  # a broker hiccup: ask again later
@@ -525,8 +529,8 @@ class FeatureProcessor(TransactionalLoop):
             clear = False
         if not clear:
             return held
-        self._clearance = None
-        return max(held, min(then, frontier))
+        self._proposals = [(t, f) for t, f in self._proposals if t >= until]
+        return max(held, min(max(cleared), frontier))
 
     def on_partition_eof(self, tp: TP, offset: int) -> None:
         self.eof[tp] = offset
