@@ -24,7 +24,7 @@ from schemas.model import (
     exchange_from_pb,
     market_from_pb,
 )
-from schemas.tables import LEVELS
+from schemas.tables import INSTRUMENT_FIELDS, LEVELS
 from schemas.units import base_levels, unit_of_envelope, unit_of_row
 
 #: Event types the spec consumes; everything else is ignored by the feature path.
@@ -33,9 +33,7 @@ FEATURE_EVENT_TYPES = (EventType.TRADE, EventType.BOOK_SNAPSHOT, EventType.BOOK_
 INPUT_SCHEMA = pa.schema(
     [
         pa.field("event_id", pa.string(), nullable=False),
-        pa.field("exchange", pa.string(), nullable=False),
-        pa.field("market", pa.string(), nullable=False),
-        pa.field("symbol", pa.string(), nullable=False),
+        *INSTRUMENT_FIELDS,
         pa.field("kind", pa.string(), nullable=False),  # EventType value
         pa.field("exchange_ts", pa.int64(), nullable=False),  # µs UTC
         pa.field("seq", pa.int64(), nullable=False),

@@ -16,7 +16,7 @@ import hashlib
 
 import pyarrow as pa
 
-from schemas.tables import HOUR_US, TS, TableSpec
+from schemas.tables import HOUR_US, INSTRUMENT_FIELDS, TS, TableSpec, column
 
 #: Bump when a formula changes: the version is part of every feature event_id, so rows of
 #: two spec versions never dedup against each other.
@@ -30,49 +30,43 @@ DEPTH_BPS = 10  # depth within +-10 bps of mid
 assert HOUR_US % WINDOW_US == 0, "windows must tile hours (downstream partitions are hourly)"
 
 
-def _f(name: str, typ: pa.DataType, nullable: bool = False) -> pa.Field:
-    return pa.field(name, typ, nullable=nullable)
-
-
 FEATURE_SCHEMA = pa.schema(
     [
-        _f("event_id", pa.string()),
-        _f("exchange", pa.string()),
-        _f("market", pa.string()),
-        _f("symbol", pa.string()),
-        _f("exchange_ts", TS),  # window start (event time); the lake partitions on it
-        _f("window_end", TS),
-        _f("last_event_ts", TS),  # newest exchange_ts that went into the row
-        _f("price_scale", pa.int32()),
-        _f("size_scale", pa.int32()),
-        _f("event_count", pa.int64()),
-        _f("book_event_count", pa.int64()),
+        column("event_id", pa.string()),
+        *INSTRUMENT_FIELDS,
+        column("exchange_ts", TS),  # window start (event time); the lake partitions on it
+        column("window_end", TS),
+        column("last_event_ts", TS),  # newest exchange_ts that went into the row
+        column("price_scale", pa.int32()),
+        column("size_scale", pa.int32()),
+        column("event_count", pa.int64()),
+        column("book_event_count", pa.int64()),
         # book state at window end (null until the symbol's first snapshot)
-        _f("book_seq", pa.int64(), True),
-        _f("best_bid_px", pa.int64(), True),
-        _f("best_bid_qty", pa.int64(), True),
-        _f("best_ask_px", pa.int64(), True),
-        _f("best_ask_qty", pa.int64(), True),
-        _f("spread_px", pa.int64(), True),
-        _f("mid_px", pa.float64(), True),
-        _f("microprice", pa.float64(), True),
-        _f("imbalance_10", pa.float64(), True),
-        _f("depth_bid_10bps", pa.int64(), True),
-        _f("depth_ask_10bps", pa.int64(), True),
+        column("book_seq", pa.int64(), True),
+        column("best_bid_px", pa.int64(), True),
+        column("best_bid_qty", pa.int64(), True),
+        column("best_ask_px", pa.int64(), True),
+        column("best_ask_qty", pa.int64(), True),
+        column("spread_px", pa.int64(), True),
+        column("mid_px", pa.float64(), True),
+        column("microprice", pa.float64(), True),
+        column("imbalance_10", pa.float64(), True),
+        column("depth_bid_10bps", pa.int64(), True),
+        column("depth_ask_10bps", pa.int64(), True),
         # trades inside the window
-        _f("trade_count", pa.int64()),
-        _f("volume", pa.int64()),
-        _f("buy_volume", pa.int64()),
-        _f("sell_volume", pa.int64()),
-        _f("vwap", pa.float64(), True),
-        _f("open_px", pa.int64(), True),
-        _f("high_px", pa.int64(), True),
-        _f("low_px", pa.int64(), True),
-        _f("close_px", pa.int64(), True),
-        _f("trade_imbalance", pa.float64(), True),
+        column("trade_count", pa.int64()),
+        column("volume", pa.int64()),
+        column("buy_volume", pa.int64()),
+        column("sell_volume", pa.int64()),
+        column("vwap", pa.float64(), True),
+        column("open_px", pa.int64(), True),
+        column("high_px", pa.int64(), True),
+        column("low_px", pa.int64(), True),
+        column("close_px", pa.int64(), True),
+        column("trade_imbalance", pa.float64(), True),
         # rolling over the last 60 s of rows
-        _f("realized_vol_60s", pa.float64(), True),
-        _f("spec_version", pa.int32()),
+        column("realized_vol_60s", pa.float64(), True),
+        column("spec_version", pa.int32()),
     ]
 )
 

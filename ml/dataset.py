@@ -32,6 +32,7 @@ from pyiceberg.table import Table
 from features.spec import FEATURE_SCHEMA, FEATURES_TABLE, SPEC_VERSION
 from ml.inputs import INPUT_COLUMNS, INPUTS_VERSION, model_inputs
 from schemas.iceberg import ts_range
+from schemas.tables import INSTRUMENT_FIELDS
 
 HORIZONS_S: tuple[int, ...] = (1, 10, 60)
 DAY_US = 86_400_000_000
@@ -46,9 +47,7 @@ def label_column(horizon_s: int) -> str:
 DATASET_SCHEMA = pa.schema(
     [
         pa.field("event_id", pa.string(), False),
-        pa.field("exchange", pa.string(), False),
-        pa.field("market", pa.string(), False),
-        pa.field("symbol", pa.string(), False),
+        *INSTRUMENT_FIELDS,
         pa.field("exchange_ts", pa.int64(), False),
         pa.field("mid_px", pa.float64()),
     ]

@@ -16,29 +16,23 @@ import json
 
 import pyarrow as pa
 
-from schemas.tables import TS, TableSpec
+from schemas.tables import INSTRUMENT_FIELDS, TS, TableSpec, column
 
 PREDICTION_VERSION = 1
 CONTENT_TYPE = f"application/json; schema=ticklake.prediction.v{PREDICTION_VERSION}"
 
 
-def _f(name: str, typ: pa.DataType, nullable: bool = False) -> pa.Field:
-    return pa.field(name, typ, nullable=nullable)
-
-
 PREDICTION_SCHEMA = pa.schema(
     [
-        _f("event_id", pa.string()),
-        _f("feature_event_id", pa.string()),
-        _f("exchange", pa.string()),
-        _f("market", pa.string()),
-        _f("symbol", pa.string()),
-        _f("exchange_ts", TS),  # the feature row's window start (the lake partitions on it)
-        _f("model", pa.string()),
-        _f("model_version", pa.string()),
-        _f("horizon_s", pa.int32()),
-        _f("prediction", pa.float64()),  # forecast log mid return over horizon_s
-        _f("feature_spec_version", pa.int32()),
+        column("event_id", pa.string()),
+        column("feature_event_id", pa.string()),
+        *INSTRUMENT_FIELDS,
+        column("exchange_ts", TS),  # the feature row's window start (the lake partitions on it)
+        column("model", pa.string()),
+        column("model_version", pa.string()),
+        column("horizon_s", pa.int32()),
+        column("prediction", pa.float64()),  # forecast log mid return over horizon_s
+        column("feature_spec_version", pa.int32()),
     ]
 )
 

@@ -22,77 +22,84 @@ LEVEL = pa.struct([pa.field("px", pa.int64(), nullable=False), pa.field("qty", p
 LEVELS = pa.list_(pa.field("element", LEVEL, nullable=False))
 
 
-def _f(name: str, typ: pa.DataType, nullable: bool = False) -> pa.Field:
+def column(name: str, typ: pa.DataType, nullable: bool = False) -> pa.Field:
+    """A lake column: required unless said otherwise (the lake schemas' default)."""
     return pa.field(name, typ, nullable=nullable)
 
 
+#: The instrument of a row, in every lake table and every table derived from one: TableSpec
+#: partitions on exchange and market and sorts on symbol.
+INSTRUMENT_FIELDS: tuple[pa.Field, ...] = (
+    column("exchange", pa.string()),
+    column("market", pa.string()),
+    column("symbol", pa.string()),
+)
+
 ENVELOPE_FIELDS: tuple[pa.Field, ...] = (
-    _f("event_id", pa.string()),
-    _f("exchange", pa.string()),
-    _f("market", pa.string()),
-    _f("symbol", pa.string()),
-    _f("native_symbol", pa.string()),
-    _f("exchange_ts", TS),
-    _f("ingest_ts", TS),
-    _f("seq", pa.int64()),
-    _f("price_scale", pa.int32()),
-    _f("size_scale", pa.int32()),
-    _f("ingest_latency_us", pa.int64()),
-    _f("tick_size", pa.int64()),
-    _f("lot_size", pa.int64()),
-    _f("shard", pa.string(), nullable=True),
+    column("event_id", pa.string()),
+    *INSTRUMENT_FIELDS,
+    column("native_symbol", pa.string()),
+    column("exchange_ts", TS),
+    column("ingest_ts", TS),
+    column("seq", pa.int64()),
+    column("price_scale", pa.int32()),
+    column("size_scale", pa.int32()),
+    column("ingest_latency_us", pa.int64()),
+    column("tick_size", pa.int64()),
+    column("lot_size", pa.int64()),
+    column("shard", pa.string(), nullable=True),
 )
 
 #: Payload columns per event type; names equal the protobuf payload field names so the
 #: conversion is mechanical (enums become lower-case strings, levels become list<struct>).
 PAYLOAD_FIELDS: dict[EventType, tuple[pa.Field, ...]] = {
     EventType.TRADE: (
-        _f("trade_id", pa.string()),
-        _f("px", pa.int64()),
-        _f("qty", pa.int64()),
-        _f("taker_side", pa.string()),
-        _f("first_trade_id", pa.int64()),
-        _f("last_trade_id", pa.int64()),
+        column("trade_id", pa.string()),
+        column("px", pa.int64()),
+        column("qty", pa.int64()),
+        column("taker_side", pa.string()),
+        column("first_trade_id", pa.int64()),
+        column("last_trade_id", pa.int64()),
     ),
     EventType.BOOK_SNAPSHOT: (
-        _f("bids", LEVELS),
-        _f("asks", LEVELS),
-        _f("depth", pa.int32()),
-        _f("reason", pa.string()),
-        _f("checksum", pa.int64()),
+        column("bids", LEVELS),
+        column("asks", LEVELS),
+        column("depth", pa.int32()),
+        column("reason", pa.string()),
+        column("checksum", pa.int64()),
     ),
     EventType.BOOK_DELTA: (
-        _f("bids", LEVELS),
-        _f("asks", LEVELS),
-        _f("first_seq", pa.int64()),
-        _f("prev_seq", pa.int64()),
-        _f("checksum", pa.int64()),
+        column("bids", LEVELS),
+        column("asks", LEVELS),
+        column("first_seq", pa.int64()),
+        column("prev_seq", pa.int64()),
+        column("checksum", pa.int64()),
     ),
     EventType.FUNDING: (
-        _f("rate", pa.int64()),
-        _f("next_funding_ts", pa.int64()),
-        _f("predicted_rate", pa.int64()),
-        _f("mark_px", pa.int64()),
+        column("rate", pa.int64()),
+        column("next_funding_ts", pa.int64()),
+        column("predicted_rate", pa.int64()),
+        column("mark_px", pa.int64()),
     ),
     EventType.MARK_PRICE: (
-        _f("mark_px", pa.int64()),
-        _f("index_px", pa.int64()),
-        _f("estimated_settle_px", pa.int64()),
+        column("mark_px", pa.int64()),
+        column("index_px", pa.int64()),
+        column("estimated_settle_px", pa.int64()),
     ),
     EventType.LIQUIDATION: (
-        _f("side", pa.string()),
-        _f("px", pa.int64()),
-        _f("qty", pa.int64()),
-        _f("order_status", pa.string()),
+        column("side", pa.string()),
+        column("px", pa.int64()),
+        column("qty", pa.int64()),
+        column("order_status", pa.string()),
     ),
     EventType.TICKER: (
-        _f("bid_px", pa.int64()),
-        _f("bid_qty", pa.int64()),
-        _f("ask_px", pa.int64()),
-        _f("ask_qty", pa.int64()),
-        _f("last_px", pa.int64()),
-        _f("volume_24h", pa.int64()),
-        _f("open_interest", pa.int64()),
+        column("bid_px", pa.int64()),
+        column("bid_qty", pa.int64()),
+        column("ask_px", pa.int64()),
+        column("ask_qty", pa.int64()),
+        column("last_px", pa.int64()),
+        column("volume_24h", pa.int64()),
+        column("open_interest", pa.int64()),
     ),
 }
 
@@ -102,16 +109,16 @@ PAYLOAD_FIELDS: dict[EventType, tuple[pa.Field, ...]] = {
 #: existing Iceberg tables (schema evolution adds optional columns only); null means a row
 #: written before units were recorded, whose sizes are read as base asset.
 UNIT_FIELDS: tuple[pa.Field, ...] = (
-    _f("qty_unit", pa.string(), nullable=True),
-    _f("contract_value", pa.string(), nullable=True),
-    _f("contract_value_ccy", pa.string(), nullable=True),
+    column("qty_unit", pa.string(), nullable=True),
+    column("contract_value", pa.string(), nullable=True),
+    column("contract_value_ccy", pa.string(), nullable=True),
 )
 
 #: Derived per trade (not in the protobuf payload, so not part of event_id): the size in the
 #: base asset at base_size_scale, so bars and analytics sum comparable volumes across venues.
 BASE_QTY_FIELDS: tuple[pa.Field, ...] = (
-    _f("base_qty", pa.int64(), nullable=True),
-    _f("base_size_scale", pa.int32(), nullable=True),
+    column("base_qty", pa.int64(), nullable=True),
+    column("base_size_scale", pa.int32(), nullable=True),
 )
 DERIVED_FIELDS: dict[EventType, tuple[pa.Field, ...]] = {EventType.TRADE: BASE_QTY_FIELDS}
 

@@ -33,7 +33,7 @@ from clickhouse_connect.driver.client import Client
 from features.spec import FEATURE_SCHEMA
 from schemas.model import EventType
 from schemas.symbols import validate_canonical
-from schemas.tables import TABLES, TS, TableSpec
+from schemas.tables import INSTRUMENT_FIELDS, TABLES, TS, TableSpec
 
 DEFAULT_DATABASE = "ticklake"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -125,9 +125,7 @@ TRADES_SCHEMA = rename_ts(TABLES[EventType.TRADE].schema)
 FEATURES_CH_SCHEMA = rename_ts(FEATURE_SCHEMA)
 
 _BAR_FIELDS = [
-    pa.field("exchange", pa.string(), False),
-    pa.field("market", pa.string(), False),
-    pa.field("symbol", pa.string(), False),
+    *INSTRUMENT_FIELDS,
     pa.field("ts", TS, False),
     pa.field("price_scale", pa.int32(), False),
     pa.field("size_scale", pa.int32(), False),
