@@ -209,9 +209,16 @@ def dump_shards(shards: Sequence[ShardConfig], path: str | Path) -> Path:
 
 
 #: What `ticklake up` collects out of the box (written to $TICKLAKE_HOME/collectors.yaml
-#: when that file is absent; the user edits it there). BTC and ETH on each venue's spot and
-#: linear perpetual market.
-DEFAULT_COLLECTORS_YAML = """\
+#: when that file is absent; the user edits it there): BTC and ETH on each venue's spot and
+#: linear perpetual market, one shard per (venue, market) named as below.
+DEFAULT_SHARD_NAMES = {
+    Exchange.BINANCE: {Market.SPOT: "binance-spot", Market.PERP: "binance-usdm"},
+    Exchange.BYBIT: {Market.SPOT: "bybit-spot", Market.PERP: "bybit-linear"},
+    Exchange.OKX: {Market.SPOT: "okx-spot", Market.PERP: "okx-swap"},
+}
+DEFAULT_SYMBOLS = {Market.SPOT: ("BTC-USDT", "ETH-USDT"), Market.PERP: ("BTC-USDT-PERP", "ETH-USDT-PERP")}
+
+_DEFAULT_HEADER = """\
 # Collector shards: one long-running collector per enabled shard (started by the collector
 # supervisor once `ticklake up` has turned the services on). Edit this file to choose what
 # is collected; the supervisor picks changes up by itself. `ticklake status` shows each
@@ -223,32 +230,17 @@ DEFAULT_COLLECTORS_YAML = """\
 # over), ws_url / rest_url (endpoint overrides), max_symbols_per_connection, watchdog_s,
 # adapter_options (e.g. {depth: 50}). Field reference: collectors/config.py.
 # `ticklake up --replay CAPTURE` puts this file aside while the replay runs.
-shards:
-  - name: binance-spot
-    exchange: binance
-    market: spot
-    symbols: [BTC-USDT, ETH-USDT]
-  - name: binance-usdm
-    exchange: binance
-    market: perp
-    symbols: [BTC-USDT-PERP, ETH-USDT-PERP]
-  - name: bybit-spot
-    exchange: bybit
-    market: spot
-    symbols: [BTC-USDT, ETH-USDT]
-  - name: bybit-linear
-    exchange: bybit
-    market: perp
-    symbols: [BTC-USDT-PERP, ETH-USDT-PERP]
-  - name: okx-spot
-    exchange: okx
-    market: spot
-    symbols: [BTC-USDT, ETH-USDT]
-  - name: okx-swap
-    exchange: okx
-    market: perp
-    symbols: [BTC-USDT-PERP, ETH-USDT-PERP]
 """
+
+DEFAULT_COLLECTORS_YAML = (
+    _DEFAULT_HEADER
+    + "shards:\n"
+    + "".join(
+        f"  - name: {name}\n    exchange: {ex}\n    market: {mk}\n    symbols: [{', '.join(DEFAULT_SYMBOLS[mk])}]\n"
+        for ex, names in DEFAULT_SHARD_NAMES.items()
+        for mk, name in names.items()
+    )
+)
 
 
 def ensure_default_config(path: str | Path) -> bool:

@@ -570,14 +570,7 @@ class ShardRunner:
             source = session.url if session is not None else self.cfg.endpoints.ws
             for dl in res.dead_letters:
                 pub.dead_letter(dl, source, ts or now_us())
-                _shard_log(
-                    self.cfg.name,
-                    logging.WARNING,
-                    "frame refused",
-                    symbol=dl.native_symbol,
-                    reason=dl.reason,
-                    conn=worker.spec.key,
-                )
+                self._symbol_warning("frame refused", dl.native_symbol, dl.reason, worker)
         if res.sends:
             target = session or worker.any_session()
             if target is not None:
@@ -590,17 +583,15 @@ class ShardRunner:
             metrics.RESYNCS.labels(self.cfg.name, rs.native_symbol).inc()
             if rs.reason.startswith("gap"):
                 metrics.GAPS.labels(*self._lbl).inc()
-            _shard_log(
-                self.cfg.name,
-                logging.WARNING,
-                "resync",
-                symbol=rs.native_symbol,
-                reason=rs.reason,
-                conn=worker.spec.key,
-            )
+            self._symbol_warning("resync", rs.native_symbol, rs.reason, worker)
         if getattr(res, "reconnect", "") and worker.alive and not worker.replace_reason:
             worker.replace_reason = res.reconnect
             self._wake.set()
+
+    def _symbol_warning(self, event: str, symbol: str, reason: str, worker: Worker) -> None:
+        """One symbol of one connection went wrong (a refused frame, a resync): the line names
+        the shard, the symbol, the venue's reason and the connection."""
+        _shard_log(self.cfg.name, logging.WARNING, event, symbol=symbol, reason=reason, conn=worker.spec.key)
 
     def _sync_metrics(self) -> None:
         """Per-frame counters move to Prometheus in batches (a locked inc per frame would
