@@ -33,6 +33,8 @@ from schemas.units import base_levels, unit_of_envelope
 
 #: Deltas held per feed while waiting for a snapshot.
 DEFAULT_MAX_PENDING = 20_000
+#: Called with each envelope right before the book applies it (on_envelope's docstring).
+BeforeApply = Callable[[pb.Envelope], None] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +88,7 @@ class FeedBook:
     def size_scale(self) -> int:
         return self.book.size_scale
 
-    def on_envelope(
-        self, env: pb.Envelope, before: Callable[[pb.Envelope], None] | None = None
-    ) -> Iterator[BookChange]:
+    def on_envelope(self, env: pb.Envelope, before: BeforeApply = None) -> Iterator[BookChange]:
         """Apply a snapshot or delta, yielding after each applied state (several when a
         snapshot releases held deltas; none when the envelope was held or stale).
         ``before(env)`` is called right before each envelope is applied, while the book is
@@ -101,11 +101,7 @@ class FeedBook:
         else:
             raise ValueError(f"not a book envelope: {which}")
 
-    def _snapshot(
-        self,
-        env: pb.Envelope,
-        before: Callable[[pb.Envelope], None] | None = None,
-    ) -> Iterator[BookChange]:
+    def _snapshot(self, env: pb.Envelope, before: BeforeApply = None) -> Iterator[BookChange]:
         b = self.book
         if b.synced and env.seq and b.seq and env.seq < b.seq:
             self.stale += 1  # the book is already past this snapshot
@@ -120,11 +116,7 @@ class FeedBook:
         while held:
             yield from self._delta(heapq.heappop(held)[-1], before)
 
-    def _delta(
-        self,
-        env: pb.Envelope,
-        before: Callable[[pb.Envelope], None] | None = None,
-    ) -> Iterator[BookChange]:
+    def _delta(self, env: pb.Envelope, before: BeforeApply = None) -> Iterator[BookChange]:
         b = self.book
         if not b.synced:
             if len(self.pending) >= self.max_pending:
