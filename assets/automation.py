@@ -30,10 +30,28 @@ builds them.
 
 import dagster as dg
 
+from assets.partitions import HOURLY
+
 HOURLY_CHAIN: dg.AutomationCondition = (
     dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window()).with_label("eager, any hour")
     & dg.AutomationCondition.all_deps_blocking_checks_passed()
 ).with_label("hourly_chain")
+
+
+def hourly_chain_asset(key: dg.AssetKey, deps: list, description: str, *, group: str, layer: str, kinds: set[str]):
+    """The decorator of an asset of the hourly chain (features, ClickHouse loads, bars,
+    charts): hourly partitions, built by HOURLY_CHAIN, tagged with its layer."""
+    return dg.asset(
+        key=key,
+        deps=deps,
+        description=description,
+        group_name=group,
+        kinds=kinds,
+        tags={"ticklake/layer": layer},
+        partitions_def=HOURLY,
+        automation_condition=HOURLY_CHAIN,
+    )
+
 
 # -- the ML area (assets/ml.py): daily datasets and models, hourly predictions -----------------
 

@@ -14,10 +14,10 @@ click away.
 import dagster as dg
 import pyarrow.compute as pc
 
-from assets.automation import HOURLY_CHAIN
+from assets.automation import hourly_chain_asset
 from assets.batch_features import BATCH_FEATURES_KEY, hour_us
 from assets.chart_render import CHART_NAME, chart_key, render
-from assets.partitions import HOURLY, hour_start
+from assets.partitions import hour_start
 from resources.artifacts import ARTIFACTS_URL_ENV, ArtifactStoreResource
 from resources.lake import LakeResource
 from streaming.lake import features as fl
@@ -46,16 +46,14 @@ def preview_markdown(artifacts: ArtifactStoreResource, title: str, png_key: str,
     return f"**{title}**\n\n[![{title}]({thumb})]({png})"
 
 
-@dg.asset(
-    key=CHARTS_KEY,
-    partitions_def=HOURLY,
-    deps=[BATCH_FEATURES_KEY],
-    group_name="charts",
-    kinds={"matplotlib"},
-    tags={"ticklake/layer": "analytics"},
-    automation_condition=HOURLY_CHAIN,
-    description="Per exchange/symbol/hour: mid and microprice with the spread band, top-10 order-book imbalance, "
+@hourly_chain_asset(
+    CHARTS_KEY,
+    [BATCH_FEATURES_KEY],
+    "Per exchange/symbol/hour: mid and microprice with the spread band, top-10 order-book imbalance, "
     "traded volume and VWAP (PNG + SVG in the artifact store, previews in the metadata).",
+    group="charts",
+    layer="analytics",
+    kinds={"matplotlib"},
 )
 def market_charts(
     context: dg.AssetExecutionContext, config: ChartConfig, lake: LakeResource, artifacts: ArtifactStoreResource

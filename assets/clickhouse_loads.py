@@ -12,10 +12,10 @@ server (streaming/clickhouse/server.py), which serves them and the live consumer
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
 import dagster as dg
 
-from assets.automation import HOURLY_CHAIN
+from assets.automation import hourly_chain_asset
 from assets.batch_features import BATCH_FEATURES_KEY, hour_us, require_sealed
 from assets.lake_hours import LAKE_HOUR_ASSETS
-from assets.partitions import HOURLY, hour_start
+from assets.partitions import hour_start
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from streaming.clickhouse import sql as cs
@@ -44,26 +44,19 @@ def _client(clickhouse: ClickHouseResource, config: ClickHouseConfig):
     return client
 
 
-def _common(**kw) -> dict:
-    return dict(
-        partitions_def=HOURLY,
-        group_name=GROUP,
-        tags={"ticklake/layer": "analytics"},
-        automation_condition=HOURLY_CHAIN,
-        **kw,
-    )
+def _hour_asset(key: dg.AssetKey, deps: list, description: str, kinds: tuple[str, ...] = ("clickhouse",)):
+    """The decorator of one hour load: an hourly chain asset of this group, analytics layer."""
+    return hourly_chain_asset(key, deps, description, group=GROUP, layer="analytics", kinds=set(kinds))
 
 
 def load_lake_hour(client, database: str, ch_table: cs.ChTable, lake_rows, partition_key: str) -> int:
     return cs.replace_hour(client, database, ch_table, hour_start(partition_key), cs.to_ch_rows(ch_table, lake_rows))
 
 
-@dg.asset(
-    key=CH_TRADES_KEY,
-    deps=[LAKE_HOUR_ASSETS["trades"]],
-    kinds={"clickhouse"},
-    description="ClickHouse `trades`: the sealed lake hour of market.trades (hour replaced on each run).",
-    **_common(),
+@_hour_asset(
+    CH_TRADES_KEY,
+    [LAKE_HOUR_ASSETS["trades"]],
+    "ClickHouse `trades`: the sealed lake hour of market.trades (hour replaced on each run).",
 )
 def clickhouse_trades(
     context: dg.AssetExecutionContext, config: ClickHouseConfig, lake: LakeResource, clickhouse: ClickHouseResource
@@ -80,12 +73,10 @@ def clickhouse_trades(
     )
 
 
-@dg.asset(
-    key=CH_FEATURES_KEY,
-    deps=[BATCH_FEATURES_KEY],
-    kinds={"clickhouse"},
-    description="ClickHouse `features_1s`: the hour of the lake's market.features_1s (local batch output).",
-    **_common(),
+@_hour_asset(
+    CH_FEATURES_KEY,
+    [BATCH_FEATURES_KEY],
+    "ClickHouse `features_1s`: the hour of the lake's market.features_1s (local batch output).",
 )
 def clickhouse_features(
     context: dg.AssetExecutionContext, config: ClickHouseConfig, lake: LakeResource, clickhouse: ClickHouseResource
@@ -97,47 +88,48 @@ def clickhouse_features(
     return dg.MaterializeResult(metadata={"dagster/row_count": n, "table": f"{config.database}.{cs.CH_FEATURES.name}"})
 
 
-@dg.asset(
-    key=CH_OHLCV_KEY,
-    deps=[CH_TRADES_KEY],
-    kinds={"clickhouse"},
-    description="ClickHouse `ohlcv_1s` and `ohlcv_1m`: OHLCV, buy/sell volume and VWAP per symbol, "
+def _aggregation(key: dg.AssetKey, deps: list, description: str, aggregate):
+    """An hour computed inside ClickHouse from tables already loaded: `aggregate(client,
+    database, hour_start)` runs the SQL and returns the materialization's metadata."""
+
+    @_hour_asset(key, deps, description)
+    def _asset(
+        context: dg.AssetExecutionContext, config: ClickHouseConfig, clickhouse: ClickHouseResource
+    ) -> dg.MaterializeResult:
+        client = _client(clickhouse, config)
+        return dg.MaterializeResult(metadata=aggregate(client, config.database, hour_start(context.partition_key)))
+
+    return _asset
+
+
+def _ohlcv(client, database: str, start) -> dict:
+    n1s = cs.aggregate_ohlcv(client, database, start, 1)
+    n1m = cs.aggregate_ohlcv(client, database, start, 60)
+    return {"dagster/row_count": n1m, "rows_1s": n1s, "rows_1m": n1m}
+
+
+clickhouse_ohlcv = _aggregation(
+    CH_OHLCV_KEY,
+    [CH_TRADES_KEY],
+    "ClickHouse `ohlcv_1s` and `ohlcv_1m`: OHLCV, buy/sell volume and VWAP per symbol, "
     "computed by ClickHouse from the hour's trades.",
-    **_common(),
+    _ohlcv,
 )
-def clickhouse_ohlcv(
-    context: dg.AssetExecutionContext, config: ClickHouseConfig, clickhouse: ClickHouseResource
-) -> dg.MaterializeResult:
-    client = _client(clickhouse, config)
-    start = hour_start(context.partition_key)
-    n1s = cs.aggregate_ohlcv(client, config.database, start, 1)
-    n1m = cs.aggregate_ohlcv(client, config.database, start, 60)
-    return dg.MaterializeResult(metadata={"dagster/row_count": n1m, "rows_1s": n1s, "rows_1m": n1m})
-
-
-@dg.asset(
-    key=CH_BOOK_STATS_KEY,
-    deps=[CH_FEATURES_KEY],
-    kinds={"clickhouse"},
-    description="ClickHouse `book_stats_1m`: spread (min/max/mean, bps), depth within 10 bps and "
+clickhouse_book_stats = _aggregation(
+    CH_BOOK_STATS_KEY,
+    [CH_FEATURES_KEY],
+    "ClickHouse `book_stats_1m`: spread (min/max/mean, bps), depth within 10 bps and "
     "top-10 imbalance per symbol and minute, from the 1 s features.",
-    **_common(),
+    lambda client, database, start: {"dagster/row_count": cs.aggregate_book_stats(client, database, start)},
 )
-def clickhouse_book_stats(
-    context: dg.AssetExecutionContext, config: ClickHouseConfig, clickhouse: ClickHouseResource
-) -> dg.MaterializeResult:
-    client = _client(clickhouse, config)
-    n = cs.aggregate_book_stats(client, config.database, hour_start(context.partition_key))
-    return dg.MaterializeResult(metadata={"dagster/row_count": n})
 
 
-@dg.asset(
-    key=BARS_KEY,
-    deps=[CH_OHLCV_KEY, CH_BOOK_STATS_KEY],
-    kinds={"clickhouse", "iceberg"},
-    description=f"`{cs.BARS_1M_TABLE.identifier}`: the finalized 1 min bars (ClickHouse OHLCV/VWAP joined "
+@_hour_asset(
+    BARS_KEY,
+    [CH_OHLCV_KEY, CH_BOOK_STATS_KEY],
+    f"`{cs.BARS_1M_TABLE.identifier}`: the finalized 1 min bars (ClickHouse OHLCV/VWAP joined "
     "with book statistics) written back to the lake; the hour is replaced atomically.",
-    **_common(),
+    kinds=("clickhouse", "iceberg"),
 )
 def bars_1m(
     context: dg.AssetExecutionContext, config: ClickHouseConfig, lake: LakeResource, clickhouse: ClickHouseResource
