@@ -31,23 +31,16 @@ from pipelines import (
     recompute_job,
     replay_completion,
 )
-from pipelines.services import clickhouse_live as clickhouse_live_service
-from pipelines.services import collector as collector_service
-from pipelines.services import inference as inference_service
-from pipelines.services import lake_sink as lake_sink_service
-from pipelines.services import pragma as pragma_service
-from pipelines.services import processors as processor_services
+from pipelines.services import registry as services
 from resources.profiles import build_resources
 
-#: One line per area, in data-flow order: collectors -> streaming services -> lake -> analytics.
-#: A new area defines `defs = dg.Definitions(...)` in its own module and adds one line here.
+#: One line per area, in data-flow order: services -> lake -> analytics. A new area defines
+#: `defs = dg.Definitions(...)` in its own module and adds one line here; a new long-running
+#: service adds nothing here (its module under pipelines/services/ is found by the registry).
 defs = dg.Definitions.merge(
-    collector_service.defs,  # collector shard job + its supervisor
-    processor_services.defs,  # normalizer + feature processor service jobs + their supervisor
+    services.defs(),  # every long-running service job + supervisor (pipelines/services/, one module each)
     recompute_job.defs,  # processor recompute runbook
-    pragma_service.defs,  # pragma publisher service + supervisor
     lake_setup.defs,  # lake tables
-    lake_sink_service.defs,  # lake sink service + supervisor
     lake_hours.defs,  # sealed lake hours + their checks
     lake_schedules.defs,  # hourly seal, late hours, daily maintenance
     lake_rebuild_job.defs,  # lake hour rebuild job
@@ -56,11 +49,9 @@ defs = dg.Definitions.merge(
     batch_features.defs,  # lake features_1s
     spark_features.defs,  # Spark features_1s + parity check
     clickhouse_loads.defs,  # ClickHouse hour loads + bars
-    clickhouse_live_service.defs,  # ClickHouse live loader service + supervisor
     charts.defs,  # market charts
     hourly_chain.defs,  # automation of every hourly product
     ml.defs,  # training datasets, models (MLflow), champion registration
-    inference_service.defs,  # online inference service + supervisor
     ml_promotion.defs,  # shadow vs champion promotion job
     ml_automation.defs,  # automation of the datasets, models and prediction hours
     dg.Definitions(resources=build_resources()),

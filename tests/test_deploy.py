@@ -31,6 +31,8 @@ from dagster_k8s.job import get_user_defined_k8s_config
 from moto import mock_aws
 
 from pipelines import k8s
+from pipelines.services import registry
+from pipelines.services.builder import Service, instance_value
 from tests import deploy_probe_defs as probe
 from tests.postgres_helpers import PostgresServer, postgres_server
 
@@ -165,15 +167,30 @@ def test_schedule_state_ticks_and_queued_runs_are_in_postgres(
 
 # --------------------------------------------------------------------------- Kubernetes launcher
 
-SERVICES = [
-    f"{k8s.COLLECTOR}:binance-spot-1",
-    k8s.NORMALIZER,
-    k8s.FEATURE_PROCESSOR,
-    k8s.LAKE_SINK,
-    k8s.CLICKHOUSE_LIVE,
-    k8s.PRAGMA_PUBLISHER,
-    k8s.INFERENCE,
-]
+
+def _registered() -> dict[str, Service]:
+    """Every service of the code location (pipelines/services/registry.py), by the service tag
+    value of one of its runs (an instance service's run carries `<name>:<key>`)."""
+    return {
+        (instance_value(svc.name, "binance-spot-1") if svc.instances else svc.name): svc for svc in registry.services()
+    }
+
+
+REGISTERED = _registered()
+SERVICES = sorted(REGISTERED)
+
+
+def test_every_service_is_registered() -> None:
+    # the seven services of ARCHITECTURE.md; a new one is found without being listed anywhere
+    assert {svc.name for svc in REGISTERED.values()} >= {
+        "collector",
+        "normalizer",
+        "feature-processor",
+        "lake-sink",
+        "clickhouse-live",
+        "pragma-publisher",
+        "inference",
+    }
 
 
 def _launcher_config(**overrides) -> dict:
@@ -201,33 +218,16 @@ def test_k8s_launcher_config_passes_dagster_k8s_schema() -> None:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_service_k8s_tag_passes_dagster_k8s_schema(service: str) -> None:
-    parsed = get_user_defined_k8s_config(k8s.k8s_tags(service))
-    assert parsed.container_config["resources"] == k8s.SERVICE_RESOURCES[k8s.service_kind(service)]
-
-
-def service_job(service: str) -> dg.JobDefinition:
-    from pipelines.services import clickhouse_live as clickhouse_live_service
-    from pipelines.services import collector as collector_service
-    from pipelines.services import inference as inference_service
-    from pipelines.services import lake_sink as lake_sink_service
-    from pipelines.services import pragma as pragma_service
-    from pipelines.services import processors as processor_services
-
-    return {
-        k8s.COLLECTOR: collector_service.collector_shard,
-        k8s.NORMALIZER: processor_services.normalizer_service,
-        k8s.FEATURE_PROCESSOR: processor_services.feature_processor_service,
-        k8s.LAKE_SINK: lake_sink_service.lake_sink_service,
-        k8s.CLICKHOUSE_LIVE: clickhouse_live_service.clickhouse_live_service,
-        k8s.PRAGMA_PUBLISHER: pragma_service.pragma_publisher,
-        k8s.INFERENCE: inference_service.inference_service,
-    }[k8s.service_kind(service)]
+    pod = REGISTERED[service].pod
+    parsed = get_user_defined_k8s_config(k8s.k8s_tags(service, pod))
+    assert parsed.container_config["resources"] == pod.resources
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_service_job_carries_its_k8s_tag(service: str) -> None:
-    job = service_job(service)
-    assert job.run_tags[k8s.K8S_CONFIG_TAG] == k8s.k8s_tags(service)[k8s.K8S_CONFIG_TAG]
+    svc = REGISTERED[service]
+    assert svc.job.run_tags[k8s.K8S_CONFIG_TAG] == k8s.k8s_tags(service, svc.pod)[k8s.K8S_CONFIG_TAG]
+    job = svc.job
     assert job.executor_def.name == "in_process"  # one pod per run: the service is the run worker itself
 
 
@@ -269,7 +269,7 @@ def test_k8s_launcher_builds_each_service_pod(prod_instance: dg.DagsterInstance,
     launcher.register_instance(prod_instance)
     image = "registry.example/ticklake:test"
     for service in SERVICES:
-        job = service_job(service)
+        job = REGISTERED[service].job
         origin = JobPythonOrigin(
             job.name,
             RepositoryPythonOrigin(
@@ -289,7 +289,8 @@ def test_k8s_launcher_builds_each_service_pod(prod_instance: dg.DagsterInstance,
         pod = job.spec.template.spec
         [container] = pod.containers
         kind = k8s.service_kind(service)
-        expected = k8s.SERVICE_RESOURCES[kind]
+        pod_size = REGISTERED[service].pod
+        expected = pod_size.resources
         assert container.resources.requests == expected["requests"], service
         assert container.resources.limits == expected["limits"], service
         assert container.image == image
@@ -297,6 +298,6 @@ def test_k8s_launcher_builds_each_service_pod(prod_instance: dg.DagsterInstance,
         assert {e.config_map_ref.name for e in container.env_from if e.config_map_ref} == {"ticklake-env"}
         assert {e.secret_ref.name for e in container.env_from if e.secret_ref} == {"ticklake-secrets"}
         assert job.spec.template.metadata.labels["ticklake/service-kind"] == kind
-        assert bool(pod.host_network) == (kind == k8s.COLLECTOR), service
-        if kind == k8s.COLLECTOR:
+        assert bool(pod.host_network) == pod_size.egress == (kind == "collector"), service
+        if pod_size.egress:
             assert pod.node_selector == {k8s.EGRESS_NODE_LABEL: "true"}

@@ -14,6 +14,7 @@ from features.compute import compute_features
 from features.inputs import events_from_envelopes
 from features.records import decode_row, rows_to_table
 from pipelines.services import processors as processor_services
+from pipelines.services import registry
 from pipelines.services.builder import run_loop
 from pipelines.services.processors import (
     FEATURE_PROCESSOR,
@@ -41,8 +42,9 @@ def _requests(result) -> dict[str, dict]:
 
 
 def test_supervisor_keeps_one_live_run_per_processor_and_restarts_dead_ones():
-    assert [j.name for j in processor_services.defs.jobs] == ["normalizer_service", "feature_processor_service"]
-    assert list(processor_services.defs.sensors) == [stream_processors_supervisor]
+    defs = registry.defs([processor_services])
+    assert [j.name for j in defs.jobs] == ["feature_processor_service", "normalizer_service"]
+    assert list(defs.sensors) == [stream_processors_supervisor]
     with dg.instance_for_test() as instance:
         ctx = lambda: dg.build_sensor_context(instance=instance)
         first = _requests(stream_processors_supervisor(ctx()))

@@ -4,17 +4,21 @@ builder's jobs and supervisors (pipelines/services/builder.py). Fast: no broker.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import signal
 import threading
 import time
+import types
 
 import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
 from collectors.config import CollectorShardSettings
-from pipelines.services import clickhouse_live, collector, lake_sink, processors
-from pipelines.services.builder import LIVE_STATUSES, SERVICE_TAG, supervisor
+from pipelines.k8s import K8S_CONFIG_TAG
+from pipelines.services import clickhouse_live, collector, lake_sink, processors, registry
+from pipelines.services.builder import LIVE_STATUSES, SERVICE_TAG, Pod, service
 from pipelines.services.tags import LIVE_STATUS_NAMES
 from runtime.service_cli import settings_from_args, settings_parser
 from runtime.service_loop import ServiceLoop, run_in_worker
@@ -141,23 +145,63 @@ def test_live_statuses_are_one_list():
     assert [s.value for s in LIVE_STATUSES] == list(LIVE_STATUS_NAMES)
 
 
-def test_a_seventh_service_is_one_supervisor_call():
-    @dg.op
-    def noop():
-        pass
+class SeventhConfig(dg.Config):
+    idle_exit_s: float | None = 0.2
+    max_seconds: float | None = None
 
-    @dg.job(tags={SERVICE_TAG: "seventh"})
-    def seventh_job():
-        noop()
 
-    sensor = supervisor("seventh_supervisor", [("seventh", seventh_job)], description="d")
+def test_a_seventh_service_is_one_builder_call_in_its_own_module():
+    """A new service = its module with one `service(...)` call: the registry finds it, and its
+    job, tags, pod size and supervisor come with it (nothing else lists services)."""
+    module = types.ModuleType("pipelines.services.seventh")
+    module.SEVENTH = service(
+        "seventh",
+        SeventhConfig,
+        lambda context, config: Counter(busy=3),
+        pod=Pod("100m", "128Mi", "256Mi"),
+        resources=(),
+        description="A toy service.",
+    )
+    svc = module.SEVENTH
+    found = registry.services([module])
+    assert found == [svc]
+    defs = registry.defs([module])
+    assert [j.name for j in defs.jobs] == ["seventh_service"] and [s.name for s in defs.sensors] == [
+        "seventh_supervisor"
+    ]
+    assert svc.op.name == "run_seventh" and svc.job.executor_def.name == "in_process"
+    assert svc.job.tags[SERVICE_TAG] == "seventh" and svc.tags == {SERVICE_TAG: "seventh"}
+    pod = json.loads(svc.job.tags[K8S_CONFIG_TAG])
+    assert pod["container_config"]["resources"] == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"memory": "256Mi"},
+    }
+    assert "pod_spec_config" not in pod  # not an egress service
+    with pytest.raises(ValueError, match="defined twice"):
+        other = types.ModuleType("pipelines.services.eighth")
+        other.SAME_NAME = dataclasses.replace(svc)
+        registry.services([module, other])
+
+    sensor = svc.sensor
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
     with dg.instance_for_test() as instance:
         first = sensor(dg.build_sensor_context(instance=instance))
         assert isinstance(first, dg.RunRequest) and first.tags == {SERVICE_TAG: "seventh"}
         run = instance.add_run(
-            DagsterRun(job_name="seventh_job", run_id="e" * 32, status=dg.DagsterRunStatus.CANCELING)
+            DagsterRun(job_name="seventh_service", run_id="e" * 32, status=dg.DagsterRunStatus.CANCELING)
         )
         assert isinstance(sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)  # still live
         instance.report_run_canceled(run)
         assert isinstance(sensor(dg.build_sensor_context(instance=instance)), dg.RunRequest)
+        # the op runs the loop through the shared worker thread until it idles out
+        assert svc.job.execute_in_process(instance=instance).success
+
+
+def test_the_code_location_serves_exactly_the_registered_services():
+    from pipelines.definitions import defs
+
+    svcs = registry.services()
+    repo = defs.get_repository_def()
+    service_jobs = {j.name for j in repo.get_all_jobs() if SERVICE_TAG in j.tags or j.name == "collector_shard"}
+    assert service_jobs == {s.job.name for s in svcs}
+    assert {s.name for s in registry.defs().sensors} <= {s.name for s in repo.sensor_defs}

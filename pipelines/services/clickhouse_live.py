@@ -12,7 +12,7 @@ on event_id in the ReplacingMergeTree. Job, sensor and tags: pipelines/services/
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
 import dagster as dg
 
-from pipelines.services.builder import service, service_tags
+from pipelines.services.builder import Pod, service, service_tags
 from streaming.clickhouse.live import SERVICE_NAME, ClickHouseLive, ClickHouseLiveSettings, live_from_settings
 
 SERVICE_TAGS = service_tags(SERVICE_NAME)
@@ -30,17 +30,11 @@ CLICKHOUSE_LIVE = service(
     SERVICE_NAME,
     ClickHouseLiveConfig,
     _live,
-    job_name="clickhouse_live_service",
-    op_name="run_clickhouse_live",
+    pod=Pod("250m", "512Mi", "1Gi"),
     op_tags={"kind": "clickhouse"},
     resources=("kafka", "clickhouse"),
     report=lambda svc: f"records={svc.stats.records} rows={svc.stats.rows} dlq={dict(svc.stats.dlq.counts)}",
     description="Long-running consumer: feature.* topics -> ClickHouse features_live.",
-    supervisor_name="clickhouse_live_supervisor",
-    supervisor_description="Keeps one clickhouse-live run alive: requests a run whenever none is queued or running.",
 )
 clickhouse_live_service = CLICKHOUSE_LIVE.job
 clickhouse_live_supervisor = CLICKHOUSE_LIVE.sensor
-
-#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
-defs = CLICKHOUSE_LIVE.defs

@@ -1,7 +1,8 @@
 """A collector shard as a long-running Dagster job.
 
 One run = one shard (a venue + market, its symbols and egress IPs), running until it is
-terminated. The supervisor sensor (`collector_supervisor`, below) launches runs tagged
+terminated. The builder's supervisor (`collector_supervisor`) keeps one run per enabled shard
+of the collectors config (the service's `Instances`), tagged
 ``ticklake/service: collector:<shard>``; dagster.yaml limits each value of that tag to one
 run, so a shard never has two live collectors. The shard runs on an asyncio loop in a
 worker thread; terminating the run from the UI interrupts the op's thread, which asks the
@@ -27,8 +28,15 @@ from collectors.config import (
 )
 from collectors.runner import ShardRunner, ShardStats
 from collectors.status import status_file
-from pipelines.k8s import COLLECTOR
-from pipelines.services.builder import LIVE_STATUSES, SERVICE_TAG, service_job
+from pipelines.services.builder import (
+    SERVICE_TAG,
+    Instances,
+    InstancesUnavailable,
+    Pod,
+    Wanted,
+    instance_value,
+    supervised,
+)
 from resources.kafka import KafkaResource
 from runtime.home import resolve_home
 from runtime.service_loop import run_in_worker
@@ -43,20 +51,13 @@ __all__ = [
     "resolve_shard",
 ]
 
+#: Service name (its runs' tag value is `collector:<shard>`).
+COLLECTOR = "collector"
 SHARD_TAG = "ticklake/shard"
-OP_NAME = "run_collector_shard"
 
 
 def service_value(shard: str) -> str:
-    return f"collector:{shard}"
-
-
-def shard_tags(shard: str) -> dict[str, str]:
-    return {SERVICE_TAG: service_value(shard), SHARD_TAG: shard}
-
-
-def shard_run_config(shard: str, **extra: Any) -> dict[str, Any]:
-    return {"ops": {OP_NAME: {"config": {"shard": shard, **extra}}}}
+    return instance_value(COLLECTOR, shard)
 
 
 class CollectorShardConfig(dg.Config, CollectorShardSettings):
@@ -148,61 +149,33 @@ def run_collector_shard(
         context.log.info(f"collector {cfg.name} stopped after {time.monotonic() - t0:.0f}s: {stats.as_dict()}")
 
 
-#: The service tag's value is per shard (set by the supervisor's requests), not on the job.
-collector_shard = service_job(
-    COLLECTOR,
-    run_collector_shard,
-    job_name="collector_shard",
-    tag_service=False,
-    description="One collector shard (venue, market, symbols, egress IPs), kept alive by the "
-    "collector supervisor; publishes raw.* and dlq.collector.",
-)
-
-
-# Collector supervisor: exactly one live run per enabled shard of the collectors config.
-#
-# Every evaluation reads the shard list ($TICKLAKE_COLLECTORS or
-# $TICKLAKE_HOME/collectors.yaml), compares it with the collector runs that are alive, and
-# requests a run for each enabled shard that has none — a run that failed, was canceled or
-# whose worker died (run monitoring marks it failed) is not alive, so it gets replaced. Runs
-# of shards that were disabled or removed from the file are canceled. The service tag's
-# concurrency limit of one (dagster.yaml) holds even if two evaluations race.
-#
-# The one service whose sensor is not builder.supervisor(): its run set comes from a file.
-
-
-@dg.sensor(
-    job=collector_shard,
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Keeps one collector run alive per enabled shard in the collectors config.",
-)
-def collector_supervisor(context: dg.SensorEvaluationContext):
+def enabled_shards() -> Wanted:
+    """The shards that should each have a live run: the enabled ones of the collectors config
+    ($TICKLAKE_COLLECTORS or $TICKLAKE_HOME/collectors.yaml), read at every evaluation, so a
+    shard added, disabled or removed in the file gets a run or loses it (runs canceled)."""
     path = config_path()
     try:
         shards = load_shards(path)
     except (ConfigError, OSError, ValueError) as exc:
-        # A broken file must be loud, and must not stop the runs that are already collecting.
-        return dg.SkipReason(f"collectors config {path} is invalid: {exc}")
-    enabled = {s.name for s in shards if s.enabled}
-    alive: dict[str, list] = {}
-    for run in context.instance.get_runs(dg.RunsFilter(job_name=collector_shard.name, statuses=LIVE_STATUSES)):
-        alive.setdefault(run.tags.get(SHARD_TAG, ""), []).append(run)
-    for name, runs in alive.items():
-        if name not in enabled:
-            for run in runs:
-                if run.status is not dg.DagsterRunStatus.CANCELING:
-                    context.log.info(f"canceling run {run.run_id} of shard {name!r}: not enabled in {path}")
-                    context.instance.run_coordinator.cancel_run(run.run_id)
-    requests = [
-        dg.RunRequest(job_name=collector_shard.name, run_config=shard_run_config(name), tags=shard_tags(name))
-        for name in sorted(enabled)
-        if name not in alive
-    ]
-    if not requests:
-        return dg.SkipReason(f"{len(enabled)} enabled shard(s) in {path}, each with a live run")
-    return requests
+        raise InstancesUnavailable(f"collectors config {path} is invalid: {exc}") from exc
+    return Wanted({s.name for s in shards if s.enabled}, f"enabled shard(s) in {path}")
 
 
-#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
-defs = dg.Definitions(jobs=[collector_shard], sensors=[collector_supervisor])
+COLLECTOR_SERVICE = supervised(
+    COLLECTOR,
+    run_collector_shard,
+    pod=Pod("500m", "512Mi", "1Gi", egress=True),
+    job_name="collector_shard",
+    description="One collector shard (venue, market, symbols, egress IPs), kept alive by the "
+    "collector supervisor; publishes raw.* and dlq.collector.",
+    instances=Instances(tag=SHARD_TAG, config_field="shard", wanted=enabled_shards),
+    supervisor_description="Keeps one collector run alive per enabled shard in the collectors config.",
+    supervisor_interval_s=30,
+)
+collector_shard = COLLECTOR_SERVICE.job
+collector_supervisor = COLLECTOR_SERVICE.sensor
+shard_tags = COLLECTOR_SERVICE.instance_tags
+shard_run_config = COLLECTOR_SERVICE.run_config
+
+#: This area's part of the code location (pipelines/services/registry.py collects the service).
+defs = COLLECTOR_SERVICE.defs

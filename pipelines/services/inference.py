@@ -14,8 +14,7 @@ from pydantic import Field
 
 from ml.dataset import HORIZONS_S
 from ml.registry import model_name
-from pipelines.k8s import INFERENCE
-from pipelines.services.builder import service
+from pipelines.services.builder import Pod, service
 from streaming.processors.feature_processor import parse_pairs
 from streaming.processors.inference import InferenceLoop, InferenceService
 
@@ -79,22 +78,18 @@ def _report(svc: InferenceService) -> str:
     )
 
 
+#: Service name (run tag value, status and metrics label).
+INFERENCE = "inference"
+
 INFERENCE_SERVICE = service(
     INFERENCE,
     InferenceRunConfig,
     _inference,
-    job_name="inference_service",
-    op_name="run_inference",
+    pod=Pod("500m", "1Gi", "2Gi"),
     resources=("kafka", "mlflow"),
     report=_report,
     description="Long-running online inference: feature.* -> prediction.<market>.<model> (+ dlq.inference), "
     "exactly once, serving each model's `champion` version.",
-    supervisor_name="inference_supervisor",
-    supervisor_description="Keeps one inference service run alive.",
 )
 inference_service = INFERENCE_SERVICE.job
 inference_supervisor = INFERENCE_SERVICE.sensor
-
-jobs = [inference_service]
-sensors = [inference_supervisor]
-defs = INFERENCE_SERVICE.defs

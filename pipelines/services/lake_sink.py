@@ -17,7 +17,7 @@ and tags come from the service builder (pipelines/services/builder.py).
 import dagster as dg
 
 from assets.lake_hours import watermark_observations
-from pipelines.services.builder import run_loop, service, service_tags
+from pipelines.services.builder import Pod, run_loop, service, service_tags
 from streaming.lake.sink import SERVICE_NAME, LakeSink, LakeSinkSettings, sink_from_settings
 
 SERVICE_TAGS = service_tags(SERVICE_NAME)
@@ -59,16 +59,10 @@ LAKE_SINK = service(
     SERVICE_NAME,
     LakeSinkRunConfig,
     _sink,
-    job_name="lake_sink_service",
-    op_name="run_lake_sink",
+    pod=Pod("1", "4Gi", "8Gi"),
     resources=("kafka", "lake"),
     run=_run,
     description="Long-running lake sink: processed.* Kafka topics -> Iceberg, exactly once.",
-    supervisor_name="lake_sink_supervisor",
-    supervisor_description="Keeps one lake sink run alive: requests a run whenever none is queued or running.",
 )
 lake_sink_service = LAKE_SINK.job
 lake_sink_supervisor = LAKE_SINK.sensor
-
-#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
-defs = LAKE_SINK.defs

@@ -19,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from pipelines.services.builder import SERVICE_TAG, run_loop, service, service_tags
+from pipelines.services.builder import SERVICE_TAG, Pod, run_loop, service, service_tags
 from runtime.home import resolve_home
 from streaming.pragma.config import PragmaConfig
 from streaming.pragma.publisher import SERVICE_NAME as SERVICE
@@ -82,18 +82,16 @@ PRAGMA = service(
     SERVICE,
     PragmaPublisherOpConfig,
     _publisher,
+    pod=Pod("250m", "512Mi", "1Gi"),
     job_name=JOB_NAME,
-    op_name="run_pragma_publisher",
     op_tags=service_tags(SERVICE),
     run=lambda context, config, pub: run_loop(context, pub, run=lambda: pub.run(max_records_in=config.max_records_in)),
     output=_summary,
     metrics_port=lambda config: _config(config).metrics_port,
     description="Long-running: processed.* -> pragma-prices-v1 / pragma-orderbook-v1 (docs/pragma-contract.md)",
-    supervisor_name="pragma_publisher_supervisor",
-    supervisor_description="Keeps one live pragma_publisher run (restarts it after a failure or termination)",
 )
 pragma_publisher = PRAGMA.job
 pragma_publisher_supervisor = PRAGMA.sensor
 
-#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
+#: This service's part of the code location (pipelines/services/registry.py collects it).
 defs = PRAGMA.defs

@@ -12,8 +12,7 @@ micro-batch in flight before the run ends — nothing is left in an open transac
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
 import dagster as dg
 
-from pipelines.k8s import FEATURE_PROCESSOR, NORMALIZER
-from pipelines.services.builder import SERVICE_TAG, service, supervisor
+from pipelines.services.builder import SERVICE_TAG, Pod, service, supervisor
 from runtime.home import resolve_home
 from streaming.processors.feature_processor import (
     FeatureProcessor,
@@ -26,6 +25,10 @@ from streaming.processors.normalizer import (
     NormalizerSettings,
     normalizer_from_settings,
 )
+
+#: Service names (run tag values, status and metrics labels).
+NORMALIZER = "normalizer"
+FEATURE_PROCESSOR = "feature-processor"
 
 __all__ = [
     "EXCHANGE_INFO_ENV",
@@ -58,8 +61,8 @@ NORMALIZER_SERVICE = service(
     NORMALIZER,
     NormalizerRunConfig,
     _normalizer,
-    job_name="normalizer_service",
-    op_name="run_normalizer",
+    pod=Pod("1", "1Gi", "2Gi"),
+    own_supervisor=False,
     report=lambda svc: (
         f"ok={svc.normalizer.ok} duplicates={svc.normalizer.duplicates} dlq={dict(svc.normalizer.counters.counts)}"
     ),
@@ -69,8 +72,8 @@ FEATURE_PROCESSOR_SERVICE = service(
     FEATURE_PROCESSOR,
     FeatureProcessorRunConfig,
     _feature_processor,
-    job_name="feature_processor_service",
-    op_name="run_feature_processor",
+    pod=Pod("1", "2Gi", "4Gi"),
+    own_supervisor=False,
     report=lambda fp: f"late={fp.engine.late} dlq={dict(fp.engine.dlq.counts)}",
     description="Long-running feature processor: processed.* -> feature.*.signals.* (+ dlq.features).",
 )
@@ -79,9 +82,6 @@ feature_processor_service = FEATURE_PROCESSOR_SERVICE.job
 
 stream_processors_supervisor = supervisor(
     "stream_processors_supervisor",
-    [(NORMALIZER, normalizer_service), (FEATURE_PROCESSOR, feature_processor_service)],
+    [NORMALIZER_SERVICE, FEATURE_PROCESSOR_SERVICE],
     description="Keeps one normalizer and one feature processor run alive.",
 )
-
-#: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
-defs = dg.Definitions(jobs=[normalizer_service, feature_processor_service], sensors=[stream_processors_supervisor])
