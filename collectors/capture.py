@@ -33,9 +33,10 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from collectors.exchanges import registry
 from schemas.model import Exchange
@@ -265,15 +266,22 @@ def _binance_usdm_frame(data: object) -> bool:
     )
 
 
-def _detect_bybit_history(p: Path) -> CaptureInfo:
-    for raw in _bybit_lines(p):
+def _json_lines(p: Path, lines: Iterable[bytes]) -> Iterator[tuple[bytes, Any]]:
+    """(line, its JSON value) for each non-blank line of a JSON-lines capture; a line that is
+    not JSON refuses the whole file (a capture is told and read whole or not at all)."""
+    for raw in lines:
         raw = raw.strip()
         if not raw:
             continue
         try:
             obj = json.loads(raw)
         except ValueError:
-            raise CaptureError(f"{p}: first line is not JSON") from None
+            raise CaptureError(f"{p}: line is not JSON: {raw[:80]!r}") from None
+        yield raw, obj
+
+
+def _detect_bybit_history(p: Path) -> CaptureInfo:
+    for raw, obj in _json_lines(p, _bybit_lines(p)):
         topic = str(obj.get("topic", ""))
         parts = topic.split(".")
         if len(parts) < 2:
@@ -290,14 +298,7 @@ def _detect_tardis(p: Path) -> CaptureInfo:
     usdm = False
     symbols: dict[str, None] = {}
     with open(p, "rb") as f:
-        for raw in f:
-            raw = raw.strip()
-            if not raw:
-                continue
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                raise CaptureError(f"{p}: line is not JSON: {raw[:80]!r}") from None
+        for _raw, obj in _json_lines(p, f):
             if not isinstance(obj, dict):
                 continue
             if "stream" in obj:
@@ -333,13 +334,19 @@ def read(path: str | Path | CaptureInfo, *, include_sent: bool = False) -> Itera
     return _guarded(info.path, _read_tardis(info))
 
 
+def _text_lines(f: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(index, line without its line ending) of each non-blank line of a text capture; the
+    index counts blank lines too, so ``n + 1`` in a refusal is the file's line number."""
+    for n, raw in enumerate(f):
+        line = raw.rstrip(b"\r\n")
+        if line:
+            yield n, line
+
+
 def _read_cf_ws(path: Path, include_sent: bool) -> Iterator[tuple[int, int, Record]]:
     url = ""
     with open(path, "rb") as f:
-        for n, raw in enumerate(f):
-            line = raw.rstrip(b"\r\n")
-            if not line:
-                continue
+        for n, line in _text_lines(f):
             m = _CF_FRAME.match(line)
             if m:
                 yield seconds_to_us(m.group(1)), n, Record(seconds_to_us(m.group(1)), WS, url, m.group(2))
@@ -356,10 +363,7 @@ def _read_cf_ws(path: Path, include_sent: bool) -> Iterator[tuple[int, int, Reco
 
 def _read_cf_http(path: Path) -> Iterator[tuple[int, int, Record]]:
     with open(path, "rb") as f:
-        for n, raw in enumerate(f):
-            line = raw.rstrip(b"\r\n")
-            if not line:
-                continue
+        for n, line in _text_lines(f):
             m = _CF_LINE.match(line)
             if not m or m.group(2) != b"->":
                 raise CaptureError(f"{path}:{n + 1}: not a cryptofeed REST line: {line[:80]!r}")
@@ -381,10 +385,7 @@ def _read_hftbacktest(info: CaptureInfo) -> Iterator[Record]:
     rest_base = _depth_url(info)
     symbol = info.symbols[0] if info.symbols else ""
     with gzip.open(info.path, "rb") as f:
-        for n, raw in enumerate(f):
-            line = raw.rstrip(b"\r\n")
-            if not line:
-                continue
+        for n, line in _text_lines(f):
             m = _HFT_LINE.match(line)
             if not m:
                 raise CaptureError(f"{info.path}:{n + 1}: not '<ns> <json>': {line[:80]!r}")
