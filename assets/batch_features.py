@@ -13,9 +13,11 @@ import dagster as dg
 from assets.automation import HOURLY_CHAIN
 from assets.lake_hours import LAKE_HOUR_ASSETS
 from assets.partitions import HOURLY, hour_start
+from features.compute import FeatureState
 from features.spec import FEATURES_TABLE, SPEC_VERSION
 from resources.lake import LakeResource
 from streaming.lake import features as fl
+from streaming.lake.state import HOUR_US
 
 GROUP = "features"
 BATCH_FEATURES_KEY = dg.AssetKey(["lake", FEATURES_TABLE.name])
@@ -25,9 +27,11 @@ INPUT_DEPS = [LAKE_HOUR_ASSETS[name] for name in fl.INPUT_TABLES]
 class FeatureHourConfig(dg.Config):
     require_sealed: bool = True
     """Refuse an hour whose input tables still hold unsealed micro-batch files (not closed yet)."""
-    lookback_s: float = 0.0
-    """Replay this much history before the hour to warm up books and rolling values (0: the
-    hour is computed from an empty state; see streaming/lake/features.py)."""
+    carry_state: bool = True
+    """Start the hour from the state the stream had at its start (books, last mids, returns):
+    the state the hour before closed with, else replayed from the lake's book snapshots
+    (streaming/lake/features.start_state). False: start from empty books, as a processor
+    started at the hour would."""
 
 
 def hour_us(partition_key: str) -> int:
@@ -73,6 +77,15 @@ def hour_inputs(lake: LakeResource, config: FeatureHourConfig, partition_key: st
     return catalog, hour_us(partition_key), inputs
 
 
+def hour_start_state(catalog, lake: LakeResource, config: FeatureHourConfig, inputs, h: int):
+    """(start state, its source, the state table) of a feature hour, both runtimes alike."""
+    state_table = fl.ensure_spec_table(catalog, fl.FEATURE_STATE_TABLE, dict(lake.table_properties) or None)
+    if not config.carry_state:
+        return FeatureState(), "empty", state_table
+    state, source = fl.start_state(inputs, state_table, h)
+    return state, source, state_table
+
+
 def feature_metadata(rows) -> dict:
     symbols = sorted(set(rows.column("symbol").to_pylist())) if rows.num_rows else []
     return {"dagster/row_count": rows.num_rows, "symbols": dg.MetadataValue.json(symbols), "spec_version": SPEC_VERSION}
@@ -88,18 +101,27 @@ def features_1s(
     context: dg.AssetExecutionContext, config: FeatureHourConfig, lake: LakeResource
 ) -> dg.MaterializeResult:
     catalog, h, inputs = hour_inputs(lake, config, context.partition_key)
-    events = fl.hour_events(inputs, h, config.lookback_s)
-    rows = fl.compute_hour(events, h)
+    state, source, state_table = hour_start_state(catalog, lake, config, inputs, h)
+    events = fl.hour_events(inputs, h)
+    rows = fl.compute_hour(events, h, state)  # `state` is now the hour's closing state
     table = fl.ensure_spec_table(catalog, FEATURES_TABLE, dict(lake.table_properties) or None)
-    table = fl.write_hour(table, rows, h, {"writer": "batch-features", "hour": context.partition_key})
+    summary = {"writer": "batch-features", "hour": context.partition_key}
+    table = fl.write_hour(table, rows, h, summary)
+    if config.carry_state:  # the next hour starts from it (an empty start state is not the stream's)
+        fl.write_state(state_table, state, h + HOUR_US, summary)
     context.log.info(
-        "features_1s %s: %d input events -> %d rows", context.partition_key, events.num_rows, rows.num_rows
+        "features_1s %s: %s start state of %d instruments, %d input events -> %d rows",
+        context.partition_key,
+        source,
+        len(state.symbols),
+        events.num_rows,
+        rows.num_rows,
     )
     return dg.MaterializeResult(
         metadata={
             **feature_metadata(rows),
             "input_events": events.num_rows,
-            "lookback_s": config.lookback_s,
+            "start_state": source,
             "snapshot_id": dg.MetadataValue.text(str(table.current_snapshot().snapshot_id)),
         }
     )

@@ -27,6 +27,7 @@ from assets.batch_features import (
     feature_asset,
     feature_metadata,
     hour_inputs,
+    hour_start_state,
     hour_us,
 )
 from assets.partitions import HOURLY, hour_start
@@ -64,19 +65,20 @@ def spark_features_1s(
     context: dg.AssetExecutionContext, config: FeatureHourConfig, lake: LakeResource, spark: SparkResource
 ) -> dg.MaterializeResult:
     catalog, h, inputs = hour_inputs(lake, config, context.partition_key)
+    state, source, _ = hour_start_state(catalog, lake, config, inputs, h)
     target = fl.ensure_spec_table(catalog, fsp.SPARK_FEATURES_TABLE, dict(lake.table_properties) or None)
     res = fsp.write_hour(
         _session(spark),
         inputs,
         target,
         h,
-        config.lookback_s,
         {"hour": context.partition_key, "dagster_run_id": context.run_id},
+        state,
     )
     rows = fl.read_hour_rows(target.refresh(), h)
     context.log.info("spark features %s: %d rows in %d files", context.partition_key, res.rows, len(res.files))
     return dg.MaterializeResult(
-        metadata={**feature_metadata(rows), "files": dg.MetadataValue.json(res.files), "lookback_s": config.lookback_s}
+        metadata={**feature_metadata(rows), "files": dg.MetadataValue.json(res.files), "start_state": source}
     )
 
 

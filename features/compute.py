@@ -366,9 +366,10 @@ def compute_features(events: pa.Table, state: FeatureState | None = None) -> tup
     return pa.Table.from_pydict(cols, schema=FEATURE_SCHEMA), state
 
 
-def features_for_group(events: pa.Table) -> pa.Table:
+def features_for_group(events: pa.Table, state: FeatureState | None = None) -> pa.Table:
     """Spark `applyInArrow` entry point: all events of one group (e.g. one symbol) in, its
-    rows out, starting from an empty book (a group must begin at a snapshot to have book
-    features from its first window)."""
-    out, _ = compute_features(events)
+    rows out, starting from `state` (the state the stream had when the group's events begin;
+    empty when None: then a group must begin at a snapshot to have book features from its
+    first window)."""
+    out, _ = compute_features(events, state)
     return out

@@ -12,9 +12,12 @@ given; the test only watches and then checks what a user would look at:
   automation with every check passed, months apart hours included and nothing in between;
 * ClickHouse answers a separate client process while the stack runs, with the lake's numbers;
 * a Kafka consumer with library defaults receives pragma and processed records;
-* the ML area starts by itself: the training-dataset automation builds the Binance day's dataset
-  with its leakage and rebuild checks passed (models, registration and predictions on the stack
-  are not asserted yet: on this replay every model of the day is skipped, see docs/decisions.md);
+* the ML area built itself too: the Binance day's training dataset (leakage and rebuild checks
+  passed), a model per horizon in MLflow, the 1 s model registered as `champion` (a model that
+  loses to its baseline is refused by its blocking check, the only failure allowed, and then has
+  no champion), the inference service scored the replayed feature rows from the start of the
+  feature topics (predictions in Kafka), and the hour's predictions are in the lake with the
+  offline/online parity check passed;
 * `ticklake status --json` reports every service healthy; `ticklake down` leaves no process.
 
 Every shipped capture's hours have a lake partition (from 2017, assets/partitions.py); an old
@@ -55,11 +58,11 @@ PRODUCTS = (
     "charts/market_overview",
 )
 SEALED = ("lake/trades", "lake/book_deltas", "lake/book_snapshots")
-#: The Binance capture's day: its training dataset is built by automation.
-ML_DAY = "2024-08-08"
+#: The Binance capture's day and hour: the only replayed day with enough rows to train on.
+ML_DAY, ML_HOUR = "2024-08-08", "2024-08-08-23:00"
 DATASET_CHECKS = ("no_label_leakage", "rebuild_from_snapshots")
 TIMEOUT_S = 1500  # ~11-18 min seen on a loaded 2-core machine; bounded so a hang cannot eat the CI limit
-#: After the hourly products: the day's dataset and its checks.
+#: After the hourly products: dataset, models, registration, the service's scoring, predictions hour.
 ML_TIMEOUT_S = 600
 
 
@@ -98,6 +101,11 @@ def is_ml_run(run) -> bool:
     """A run of the ML area's assets only (daily training chain or an hour of predictions)."""
     sel = run.asset_selection or set()
     return bool(sel) and all(k.path[0] == "ml" or k.to_user_string() == "lake/predictions" for k in sel)
+
+
+def refused_models(instance, runs) -> list[str]:
+    """Failed steps of ML runs that are not a model refused by its beats_baseline check."""
+    return [f for f in failures(instance, runs) if "beats_baseline" not in f.split(":")[0]]
 
 
 def failures(instance, runs) -> list[str]:
@@ -292,7 +300,7 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
         assert ticklake(home, "status", "--json").returncode == 0
         assert info["services"]["replay"]["complete"] is True
 
-        check_ml(instance, time.monotonic() + ML_TIMEOUT_S)
+        check_ml(instance, ticklake_home, info, time.monotonic() + ML_TIMEOUT_S)
     finally:
         down = ticklake(home, "down")
     assert down.returncode == 0, down.stdout + down.stderr
@@ -301,25 +309,74 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
     assert not (home / "run" / "replay-source.json").exists()
 
 
-def check_ml(instance, deadline: float) -> None:
-    """Replay -> lake -> features -> the day's training dataset, by automation (ML_DAILY)."""
+def check_ml(instance, home, info: dict, deadline: float) -> None:
+    """Replay -> lake -> dataset -> model (registered) -> service -> predictions in Kafka and
+    the lake -> parity, all by automation (ML_DAILY, prediction_hours)."""
     import dagster as dg
 
-    def dataset_checked() -> list:
-        runs = [r for r in chain_runs(instance) if is_ml_run(r) and r.is_finished]
-        done = {(a, c, p) for a, c, p, ok in check_evaluations(instance, runs) if ok}
-        return runs if {("ml/training_dataset", c, ML_DAY) for c in DATASET_CHECKS} <= done else []
+    from assets.batch_features import hour_us
+    from assets.ml import CHECK_PARITY, PREDICTIONS_KEY, champion_key
+    from ml import registry as reg
+    from ml.predictions import PREDICTIONS_TABLE
+    from pipelines.local.stack import open_local_catalog
+    from resources.mlflow import MlflowResource
+    from schemas.topics import prediction_topic
+    from streaming.lake import features as fl
 
-    while not (ml_runs := dataset_checked()):
-        assert time.monotonic() < deadline, (
-            "ML dataset not built",
-            [(r.job_name, r.status, r.tags.get("dagster/partition")) for r in chain_runs(instance) if is_ml_run(r)],
-        )
+    def parity_after_champion() -> bool:
+        """The hour's predictions were landed (and their parity checked) after the 1 s
+        champion was registered: the lake hour holds what the service scored with it."""
+        champ = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=champion_key(1), asset_partitions=[ML_DAY]), limit=1
+        ).records
+        pred = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=PREDICTIONS_KEY, asset_partitions=[ML_HOUR]), limit=1
+        ).records
+        return bool(champ and pred and pred[0].timestamp > champ[0].timestamp)
+
+    while True:
+        ml_runs = [r for r in chain_runs(instance) if is_ml_run(r)]
+        bad = refused_models(instance, [r for r in ml_runs if r.status == dg.DagsterRunStatus.FAILURE])
+        assert not bad, bad
+        active = [r for r in ml_runs if not r.is_finished]
+        if parity_after_champion() and not active:
+            break
+        assert time.monotonic() < deadline, ("ML chain not done", [(r.job_name, r.status) for r in ml_runs])
         time.sleep(10)
-    # Launched by the automation sensor, not by hand, and the dataset materialized for the day.
+
+    # Dataset of the replayed (past, 1-hour) day with both blocking checks passed, built by automation.
+    evaluations = check_evaluations(instance, ml_runs)
+    passed = {(a, c, p) for a, c, p, ok in evaluations if ok}
+    assert {("ml/training_dataset", c, ML_DAY) for c in DATASET_CHECKS} <= passed
     assert any(r.tags.get("dagster/sensor_name") == "ml_training_automation" for r in ml_runs), [
         r.tags for r in ml_runs
     ]
-    assert instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(["ml", "training_dataset"]), asset_partitions=[ML_DAY]), limit=1
-    ).records
+    # A model per horizon in MLflow; the registered champions are exactly the models that passed.
+    settings = MlflowResource().settings()  # the stack's store: $TICKLAKE_HOME/mlflow
+    assert str(home.root) in settings.tracking_uri, settings.tracking_uri
+    client = settings.client()
+    for h in (1, 10, 60):
+        beat = {ok for a, c, p, ok in evaluations if (a, c, p) == (f"ml/model_{h}s", "beats_baseline", ML_DAY)}
+        assert len(beat) == 1, (h, evaluations)
+        champion = reg.alias_version(client, reg.model_name(h))
+        assert (champion is not None) == beat.pop(), h
+    version, run_id = reg.alias_version(client, reg.model_name(1))
+    run = client.get_run(run_id)
+    assert run.data.tags["dataset_day"] == ML_DAY and run.data.tags["snapshot.market.features_1s"]
+    assert run.data.metrics["mse_model"] < run.data.metrics["mse_baseline"]
+
+    # The service scored the replayed feature rows with the champion: in Kafka ...
+    assert default_consumer_receives(info["kafka_bootstrap"], prediction_topic("spot", reg.model_name(1))) > 0
+    # ... and every feature row of the hour has its prediction in the lake, by that version.
+    catalog = open_local_catalog(home).load_catalog()
+    h0 = hour_us(ML_HOUR)
+    feats = fl.read_hour_rows(catalog.load_table("market.features_1s"), h0)
+    preds = fl.read_range(catalog.load_table(PREDICTIONS_TABLE.identifier), h0, h0 + 3_600_000_000)
+    assert feats.num_rows > 0 and preds is not None
+    cols = (preds[c].to_pylist() for c in ("feature_event_id", "model", "model_version"))
+    mine = [(f, v) for f, m, v in zip(*cols, strict=True) if m == reg.model_name(1)]
+    assert {f for f, _ in mine} == set(feats["event_id"].to_pylist())
+    assert len(mine) == feats.num_rows and {v for _, v in mine} == {version}
+    # The offline/online parity check of that landing passed.
+    parity = [ok for a, c, p, ok in evaluations if (a, c, p) == ("lake/predictions", CHECK_PARITY, ML_HOUR)]
+    assert parity and all(parity), evaluations

@@ -96,11 +96,11 @@ def world(tmp_path_factory, clickhouse_server):
 CHECK_OP = "spark__features_1s_" + CHECK_PARITY
 
 
-def materialize(world, spark, partition: str, lookback_s: float = 0.0, selection=None) -> dg.ExecuteInProcessResult:
-    ops = {CHECK_OP: {"config": {"database": DB}}, "lake__features_1s": {"config": {"lookback_s": lookback_s}}}
+def materialize(world, spark, partition: str, carry_state: bool = True, selection=None) -> dg.ExecuteInProcessResult:
+    ops = {CHECK_OP: {"config": {"database": DB}}, "lake__features_1s": {"config": {"carry_state": carry_state}}}
     if selection is None:
         selection = dg.AssetSelection.all() | dg.AssetSelection.checks(features_parity)
-        ops["spark__features_1s"] = {"config": {"lookback_s": lookback_s}}
+        ops["spark__features_1s"] = {"config": {"carry_state": carry_state}}
     return dg.materialize(
         [features_1s, spark_features_1s, features_parity],
         partition_key=partition,
@@ -174,20 +174,43 @@ def test_parity_fails_when_one_feature_value_is_perturbed(world, spark):
     assert not check.passed and "microprice" in check.description
 
 
-def test_next_hour_needs_the_lookback_to_match_the_stream(world, spark):
-    # The capture's last second lies in the next hour; the processor computed it with the
-    # books it had built before midnight. Without lookback the batch starts from empty books.
+def test_next_hour_starts_from_the_state_the_hour_before_closed_with(world, spark):
+    # The capture's last second lies in the next hour, which has no snapshot of its own; the
+    # processor computed it with the books it had built before midnight. A batch that starts
+    # the hour from empty books differs; one that starts from the state carried out of the
+    # hour before (or replayed from the lake's snapshots when none was carried) matches.
     h = a.hour_us(H_NEXT)
+    catalog = world["lake"].catalog
     client = world["ch"].get_client()
     published = cs.features_from_ch(cs.query_hour(client, DB, cs.CH_FEATURES_LIVE, a.utc(H_NEXT), final=True))
     assert published.num_rows >= 1
-    cold = fl.compute_hour(fl.hour_events(fl.input_tables(world["lake"].catalog), h, 0.0), h)
+    events = fl.hour_events(fl.input_tables(catalog), h)
+    cold = fl.compute_hour(events, h)
     ok, details = fl.compare_features({"local_batch": cold, "published": published})
     assert not ok and details["mismatches"][0]["column"] in {"book_seq", "best_bid_px", "mid_px", "microprice"}
-    warm = materialize(world, spark, H_NEXT, lookback_s=900.0)
+    cold_run = materialize(world, spark, H_NEXT, carry_state=False)  # the config switch really switches
+    assert not parity_check(cold_run).passed
+    # The closing state of hour H, written by H's local batch, is what H_NEXT reads.
+    materialize(
+        world, spark, H, selection=dg.AssetSelection.assets(features_1s) | dg.AssetSelection.checks(features_parity)
+    )
+    state_table = fl.ensure_spec_table(catalog, fl.FEATURE_STATE_TABLE)
+    carried = fl.read_state(state_table, h)
+    assert carried is not None and carried.symbols
+    # The fallback (no carried state: a backfill running H_NEXT first) rebuilds the same state.
+    assert fl.replayed_state(fl.input_tables(catalog), h).to_state() == carried.to_state()
+    assert fl.compare_features(
+        {"replayed": fl.compute_hour(events, h, fl.replayed_state(fl.input_tables(catalog), h)), "published": published}
+    )[0]
+    warm = materialize(world, spark, H_NEXT)
     check = parity_check(warm)
     assert check.passed, check.description
     assert check.metadata["rows"].value["published"] == published.num_rows
+    starts = {
+        node: warm.asset_materializations_for_node(node)[0].metadata["start_state"].value
+        for node in ("lake__features_1s", "spark__features_1s")
+    }
+    assert starts == {"lake__features_1s": "carried", "spark__features_1s": "carried"}
 
 
 def test_parity_of_an_empty_hour_passes(world):

@@ -1,12 +1,15 @@
-"""The feature spec over lake hours: which rows feed an hour, and how an hour is written back.
+"""The feature spec over lake hours: which rows feed an hour, the state it starts from, and
+how an hour is written back.
 
 Shared by the local batch asset, the Spark asset and their parity check, so "the inputs of
 hour H" has one definition: trades, book snapshots and book deltas with exchange_ts in
-[H - lookback, H + 1 h). The spec carries state across windows (the book, the last mid,
-60 s of returns), so rows at the start of H depend on events before H; `lookback_s`
-replays that much history first and only rows of H are kept. With lookback 0 an hour is
-computed from an empty state, which equals the streaming processor's output when the
-processor also started inside that hour (or every symbol re-snapshots at the hour).
+[H, H + 1 h). The spec carries state across windows (the book, the last mid, 60 s of
+returns), so rows at the start of H depend on events before H. The streaming processor
+carries that state without a break; an hourly batch gets it from `start_state`: the state
+the batch of H - 1 wrote when it closed (table FEATURE_STATE_TABLE, one row per instrument
+at the instant H), else the state replayed from the newest book snapshot per instrument at
+least VOL_WINDOW_US before H (docs/decisions.md, "Feature state carried across hours").
+Either way the hour starts from the state the stream had at H, whatever order hours run in.
 
 Writes replace exactly one hour of an Iceberg table in one commit (delete + append), so
 re-running an hour never duplicates rows.
@@ -14,6 +17,7 @@ re-running an hour never duplicates rows.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import pyarrow as pa
@@ -21,9 +25,9 @@ import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
-from features.compute import compute_features
+from features.compute import FeatureState, SymbolState, compute_features
 from features.inputs import events_from_lake
-from features.spec import FEATURE_SCHEMA, FEATURES_TABLE
+from features.spec import FEATURE_SCHEMA, FEATURES_TABLE, SPEC_VERSION, VOL_WINDOW_US
 from schemas.iceberg import ensure_namespace, ensure_table, ts_range
 from schemas.model import EventType
 from schemas.tables import TABLES, TableSpec
@@ -34,6 +38,25 @@ INPUT_TABLES = {
     "book_snapshots": EventType.BOOK_SNAPSHOT,
     "book_deltas": EventType.BOOK_DELTA,
 }
+#: The spec's state per instrument at an hour boundary (exchange_ts = the hour it opens), as
+#: the batch of the hour before left it: features.compute.SymbolState.to_state() as JSON.
+FEATURE_STATE_TABLE = TableSpec(
+    "features_1s_state",
+    pa.schema(
+        [
+            pa.field("exchange_ts", pa.timestamp("us", tz="UTC"), nullable=False),
+            pa.field("exchange", pa.string(), nullable=False),
+            pa.field("market", pa.string(), nullable=False),
+            pa.field("symbol", pa.string(), nullable=False),
+            pa.field("spec_version", pa.int32(), nullable=False),
+            pa.field("state", pa.string(), nullable=False),
+        ]
+    ),
+)
+#: How far back the fallback looks for book snapshots when no carried state exists. An
+#: instrument whose newest snapshot is older starts without a book (its stream had one):
+#: only the carried state covers feeds that snapshot once per connection (Binance spot).
+MAX_REPLAY_US = 24 * HOUR_US
 FEATURE_SORT = [
     ("exchange", "ascending"),
     ("market", "ascending"),
@@ -62,8 +85,85 @@ def read_range(table: Table, start_us: int, end_us: int) -> pa.Table | None:
 
 def hour_events(tables: Mapping[str, Table], hour_us: int, lookback_s: float = 0.0) -> pa.Table:
     """The spec's input rows (features.inputs.INPUT_SCHEMA) for one hour plus lookback."""
-    start, end = input_range(hour_us, lookback_s)
-    return events_from_lake(**{name: read_range(tables[name], start, end) for name in INPUT_TABLES})
+    return events_between(tables, *input_range(hour_us, lookback_s))
+
+
+def events_between(tables: Mapping[str, Table], start_us: int, end_us: int) -> pa.Table:
+    """The spec's input rows with exchange_ts in [start, end)."""
+    return events_from_lake(**{name: read_range(tables[name], start_us, end_us) for name in INPUT_TABLES})
+
+
+def replay_start(tables: Mapping[str, Table], hour_us: int) -> int:
+    """Where replaying the lake rebuilds the stream's state at `hour_us`: the oldest of the
+    instruments' newest book snapshots that lie at least VOL_WINDOW_US before the hour
+    (searched back MAX_REPLAY_US). From there every book is reset by its snapshot before
+    the hour, and every return still inside the volatility window at the hour's first
+    window is computed from two mids of the replay; events before it change no state the
+    hour reads. Instruments without such a snapshot are replayed from H - VOL_WINDOW_US."""
+    cut = hour_us - VOL_WINDOW_US
+    table = tables["book_snapshots"]
+    if table.current_snapshot() is None:
+        return cut
+    snaps = table.scan(
+        row_filter=ts_range(hour_us - MAX_REPLAY_US, cut),
+        selected_fields=("exchange", "market", "symbol", "exchange_ts"),
+    ).to_arrow()
+    if not snaps.num_rows:
+        return cut
+    newest = snaps.group_by(["exchange", "market", "symbol"], use_threads=False).aggregate([("exchange_ts", "max")])
+    return min(cut, pc.min(pc.cast(newest["exchange_ts_max"], pa.int64())).as_py())
+
+
+def replayed_state(tables: Mapping[str, Table], hour_us: int) -> FeatureState:
+    """The stream's state at `hour_us` rebuilt from the lake alone (see replay_start)."""
+    _, state = compute_features(events_between(tables, replay_start(tables, hour_us), hour_us))
+    return state
+
+
+def read_state(state_table: Table, hour_us: int) -> FeatureState | None:
+    """The state carried into `hour_us` by the batch of the hour before, or None when that
+    batch has not written one (or wrote it for another spec version)."""
+    rows = read_range(state_table, hour_us, hour_us + 1)
+    if rows is None or not rows.num_rows:
+        return None
+    if set(rows["spec_version"].to_pylist()) != {SPEC_VERSION}:
+        return None
+    return FeatureState(
+        {
+            (r["exchange"], r["market"], r["symbol"]): SymbolState.from_state(json.loads(r["state"]))
+            for r in rows.select(["exchange", "market", "symbol", "state"]).to_pylist()
+        }
+    )
+
+
+def start_state(tables: Mapping[str, Table], state_table: Table, hour_us: int) -> tuple[FeatureState, str]:
+    """The state hour `hour_us` starts from and where it came from ("carried" / "replayed")."""
+    carried = read_state(state_table, hour_us)
+    if carried is not None:
+        return carried, "carried"
+    return replayed_state(tables, hour_us), "replayed"
+
+
+def write_state(state_table: Table, state: FeatureState, at_us: int, summary: Mapping[str, str] | None = None) -> None:
+    """Replace the state held at the hour boundary `at_us` (one commit, so a rerun of the hour
+    before overwrites it)."""
+    if at_us % HOUR_US:
+        raise ValueError(f"state is kept at hour boundaries, got {at_us}")
+    items = sorted(state.symbols.items())
+    rows = pa.table(
+        {
+            "exchange_ts": pa.array([at_us] * len(items), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "exchange": [k[0] for k, _ in items],
+            "market": [k[1] for k, _ in items],
+            "symbol": [k[2] for k, _ in items],
+            "spec_version": pa.array([SPEC_VERSION] * len(items), pa.int32()),
+            "state": [json.dumps(s.to_state(), separators=(",", ":")) for _, s in items],
+        },
+        schema=FEATURE_STATE_TABLE.schema,
+    )
+    state_table.overwrite(
+        rows, overwrite_filter=ts_range(at_us, at_us + HOUR_US), snapshot_properties=dict(summary or {})
+    )
 
 
 def keep_hour(rows: pa.Table, hour_us: int) -> pa.Table:
@@ -73,9 +173,10 @@ def keep_hour(rows: pa.Table, hour_us: int) -> pa.Table:
     return rows.filter(mask)
 
 
-def compute_hour(events: pa.Table, hour_us: int) -> pa.Table:
-    """Local batch: the whole spec in-process over the hour's events, sorted canonically."""
-    rows, _ = compute_features(events)
+def compute_hour(events: pa.Table, hour_us: int, state: FeatureState | None = None) -> pa.Table:
+    """Local batch: the whole spec in-process over the hour's events, sorted canonically,
+    from `state` (the hour's start state; empty when None), which is updated to the hour's close."""
+    rows, _ = compute_features(events, state)
     return canonical(keep_hour(rows, hour_us))
 
 

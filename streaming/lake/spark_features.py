@@ -5,8 +5,9 @@ Spark here has no Iceberg jars (ARCHITECTURE §5), so pyiceberg plans the scan
 Spark reads those files directly. The spec is not re-expressed in Spark SQL: each
 input table's Arrow batches go through features.inputs.events_from_lake (mapInArrow)
 and each (exchange, market, symbol) group through features.compute.features_for_group
-(applyInArrow) — the very functions the streaming processor and the local batch call.
-Only rows of the hour are kept (the lookback just warms the state up).
+(applyInArrow) — the very functions the streaming processor and the local batch call —
+starting from the instrument's state at the hour (streaming/lake/features.start_state, shipped
+to the workers as JSON).
 
 Output is Parquet with TIMESTAMP_MICROS (the session conf of resources/spark.py), one
 file per (exchange, market) so each file sits in one Iceberg partition, sorted by
@@ -24,7 +25,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 from pyiceberg.table import Table
 
-from features.compute import features_for_group
+from features.compute import FeatureState, SymbolState, features_for_group
 from features.inputs import INPUT_SCHEMA, events_from_lake
 from features.spec import FEATURE_SCHEMA
 from schemas.tables import TABLES, TableSpec
@@ -77,11 +78,15 @@ def _to_inputs(kind: str, start_us: int, end_us: int, lake_schema: pa.Schema):
     return fn
 
 
-def _features(hour_us: int):
-    """applyInArrow body: every event of one instrument -> its feature rows of the hour."""
+def _features(hour_us: int, states: Mapping[tuple[str, str, str], dict]):
+    """applyInArrow body: every event of one instrument -> its feature rows of the hour,
+    from the instrument's start state (`states`: SymbolState.to_state() per instrument)."""
 
     def fn(events: pa.Table) -> pa.Table:
-        return keep_hour(features_for_group(events.cast(INPUT_SCHEMA)), hour_us)
+        events = events.cast(INPUT_SCHEMA)
+        key = tuple(events[k][0].as_py() for k in GROUP_KEYS) if events.num_rows else None
+        start = FeatureState({key: SymbolState.from_state(states[key])}) if key in states else None
+        return keep_hour(features_for_group(events, start), hour_us)
 
     return fn
 
@@ -92,10 +97,10 @@ def spark_schema(schema: pa.Schema):
     return from_arrow_schema(schema)
 
 
-def hour_features_df(spark, tables: Mapping[str, Table], hour_us: int, lookback_s: float = 0.0):
-    """The Spark DataFrame of the hour's feature rows (FEATURE_SCHEMA columns), or None when
-    the hour has no input files."""
-    start, end = input_range(hour_us, lookback_s)
+def hour_features_df(spark, tables: Mapping[str, Table], hour_us: int, state: FeatureState | None = None):
+    """The Spark DataFrame of the hour's feature rows (FEATURE_SCHEMA columns) computed from
+    `state` (empty when None), or None when the hour has no input files."""
+    start, end = input_range(hour_us, 0.0)
     parts = []
     for name, et in INPUT_TABLES.items():
         files = planned_files(tables[name], start, end)
@@ -112,7 +117,8 @@ def hour_features_df(spark, tables: Mapping[str, Table], hour_us: int, lookback_
     events = parts[0]
     for p in parts[1:]:
         events = events.unionByName(p)
-    return events.groupBy(*GROUP_KEYS).applyInArrow(_features(hour_us), spark_schema(FEATURE_SCHEMA))
+    states = {k: s.to_state() for k, s in (state.symbols.items() if state is not None else ())}
+    return events.groupBy(*GROUP_KEYS).applyInArrow(_features(hour_us, states), spark_schema(FEATURE_SCHEMA))
 
 
 def local_path(uri: str) -> str:
@@ -132,14 +138,14 @@ def write_hour(
     tables: Mapping[str, Table],
     target: Table,
     hour_us: int,
-    lookback_s: float = 0.0,
     summary: Mapping[str, str] | None = None,
+    state: FeatureState | None = None,
 ) -> SparkHourResult:
-    """Compute the hour with Spark, write one Parquet file per (exchange, market) under the
-    target table's hour partition, and replace the hour in one Iceberg commit."""
+    """Compute the hour with Spark from `state`, write one Parquet file per (exchange, market)
+    under the target table's hour partition, and replace the hour in one Iceberg commit."""
     if hour_us % HOUR_US:
         raise ValueError(f"hour_us must be an hour boundary, got {hour_us}")
-    df = hour_features_df(spark, tables, hour_us, lookback_s)
+    df = hour_features_df(spark, tables, hour_us, state)
     files: list[str] = []
     pairs: list[tuple[str, str]] = []
     rows = 0
