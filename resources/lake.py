@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -88,20 +88,23 @@ class LakeSettings:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
+def _present(props: Mapping[str, str | None]) -> dict[str, str]:
+    """The properties that are set: an unset one is left out, never passed as empty."""
+    return {k: v for k, v in props.items() if v}
+
+
 def _s3_properties(s: LakeSettings) -> dict[str, str]:
-    props: dict[str, str] = {}
-    if s.s3_endpoint:
-        props[S3_ENDPOINT] = s.s3_endpoint
-    if s.region:
-        # Without a region pyarrow asks AWS where the bucket is, which fails against
-        # moto/MinIO and costs a request against S3.
-        props[S3_REGION] = s.region
-    if s.s3_access_key_id:
-        props[S3_ACCESS_KEY_ID] = s.s3_access_key_id
-    if s.s3_secret_access_key:
-        props[S3_SECRET_ACCESS_KEY] = s.s3_secret_access_key
-    if s.s3_session_token:
-        props[S3_SESSION_TOKEN] = s.s3_session_token
+    props = _present(
+        {
+            S3_ENDPOINT: s.s3_endpoint,
+            # Without a region pyarrow asks AWS where the bucket is, which fails against
+            # moto/MinIO and costs a request against S3.
+            S3_REGION: s.region,
+            S3_ACCESS_KEY_ID: s.s3_access_key_id,
+            S3_SECRET_ACCESS_KEY: s.s3_secret_access_key,
+            S3_SESSION_TOKEN: s.s3_session_token,
+        }
+    )
     if bool(s.s3_access_key_id) != bool(s.s3_secret_access_key):
         raise ValueError(
             "set both s3_access_key_id and s3_secret_access_key, or neither "
@@ -156,12 +159,7 @@ def catalog_properties(s: LakeSettings) -> dict[str, str]:
         if not s.region:
             raise ValueError("a glue catalog needs region")
         props |= {"glue.region": s.region, AWS_REGION: s.region}
-        if s.warehouse:
-            props["warehouse"] = s.warehouse
-        if s.glue_catalog_id:
-            props["glue.id"] = s.glue_catalog_id
-        if s.glue_endpoint:
-            props["glue.endpoint"] = s.glue_endpoint
+        props |= _present({"warehouse": s.warehouse, "glue.id": s.glue_catalog_id, "glue.endpoint": s.glue_endpoint})
         props |= _s3_properties(s)
     props |= {str(k): str(v) for k, v in s.extra.items()}
     return props
@@ -208,20 +206,8 @@ class LakeResource(dg.ConfigurableResource):
     _catalog: Catalog | None = PrivateAttr(default=None)
 
     def settings(self) -> LakeSettings:
-        return LakeSettings(
-            catalog_type=self.catalog_type,
-            name=self.name,
-            uri=self.uri,
-            warehouse=self.warehouse,
-            region=self.region,
-            s3_endpoint=self.s3_endpoint,
-            s3_access_key_id=self.s3_access_key_id,
-            s3_secret_access_key=self.s3_secret_access_key,
-            s3_session_token=self.s3_session_token,
-            signing_name=self.signing_name,
-            glue_catalog_id=self.glue_catalog_id,
-            glue_endpoint=self.glue_endpoint,
-        )
+        # Every settings field but `extra` is a field of this resource, by the same name.
+        return LakeSettings(**{f.name: getattr(self, f.name) for f in fields(LakeSettings) if f.name != "extra"})
 
     def catalog_properties(self) -> dict[str, str]:
         return catalog_properties(self.settings())

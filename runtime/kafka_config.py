@@ -173,22 +173,18 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any] | None, overrides: Map
 
 def connection_config(conn: KafkaConnection) -> dict[str, Any]:
     """Settings every client shares; SASL/TLS keys appear only when configured."""
-    cfg: dict[str, Any] = {
+    optional = {
+        "sasl.mechanism": conn.sasl_mechanism,
+        "sasl.username": conn.sasl_username,
+        "sasl.password": conn.sasl_password,
+        "ssl.ca.location": conn.ssl_ca_location,
+        "metadata.recovery.strategy": conn.metadata_recovery,
+    }
+    return {
         "bootstrap.servers": conn.bootstrap_servers,
         "client.id": conn.client_id,
         "security.protocol": conn.security_protocol,
-    }
-    if conn.sasl_mechanism:
-        cfg["sasl.mechanism"] = conn.sasl_mechanism
-    if conn.sasl_username:
-        cfg["sasl.username"] = conn.sasl_username
-    if conn.sasl_password:
-        cfg["sasl.password"] = conn.sasl_password
-    if conn.ssl_ca_location:
-        cfg["ssl.ca.location"] = conn.ssl_ca_location
-    if conn.metadata_recovery:
-        cfg["metadata.recovery.strategy"] = conn.metadata_recovery
-    return cfg
+    } | {k: v for k, v in optional.items() if v}
 
 
 def _check_idempotence(cfg: Mapping[str, Any]) -> None:
