@@ -27,6 +27,7 @@ from assets.lake_hours import (
     run_checks,
 )
 from assets.partitions import HOURLY, hour_start
+from pipelines.op_job import op_job
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from schemas.tables import TABLES, TABLES_BY_NAME
@@ -150,14 +151,14 @@ def _metadata(report) -> dict:
     }
 
 
-@dg.job(
+lake_rebuild_hour = op_job(
+    rebuild_lake_hour,
+    "lake_rebuild_hour",
+    "Rebuild broken lake hours: recompute from processed.* (or the lake), stage on a branch, "
+    "validate counts and checksums, promote in one overwrite.",
     partitions_def=HOURLY,
     tags={"ticklake/layer": "lake"},
-    description="Rebuild broken lake hours: recompute from processed.* (or the lake), stage on a branch, "
-    "validate counts and checksums, promote in one overwrite.",
 )
-def lake_rebuild_hour():
-    rebuild_lake_hour()
 
 
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).

@@ -21,6 +21,7 @@ from pyiceberg.expressions import GreaterThanOrEqual
 
 from assets.lake_hours import LAKE_HOUR_ASSETS, lake_asset_key
 from assets.partitions import HOURLY, hour_key
+from pipelines.op_job import op_job
 from resources.lake import LakeResource
 from schemas.tables import TABLES, TABLES_BY_NAME
 from streaming.kafka.source_complete import read_complete_ranges
@@ -191,9 +192,7 @@ def maintain_lake_tables(context: dg.OpExecutionContext, config: MaintenanceConf
         )
 
 
-@dg.job(description="Daily Iceberg maintenance of the lake tables.")
-def lake_maintenance():
-    maintain_lake_tables()
+lake_maintenance = op_job(maintain_lake_tables, "lake_maintenance", "Daily Iceberg maintenance of the lake tables.")
 
 
 lake_daily_maintenance = dg.ScheduleDefinition(

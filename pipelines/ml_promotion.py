@@ -24,6 +24,7 @@ from features.spec import FEATURES_TABLE
 from ml import registry as reg
 from ml.predictions import PREDICTION_SCHEMA, PREDICTIONS_TABLE
 from ml.promotion import compare_versions
+from pipelines.op_job import op_job
 from resources.lake import LakeResource
 from resources.mlflow import MlflowResource
 from streaming.lake import features as fl
@@ -76,12 +77,12 @@ def promote_shadow(
     return result
 
 
-@dg.job(
-    description="Compare a model's shadow version with its champion on sealed hours and move the "
-    "`champion` alias only when the shadow is at least as good (promotion runbook)."
+promote_model = op_job(
+    promote_shadow,
+    "promote_model",
+    "Compare a model's shadow version with its champion on sealed hours and move the "
+    "`champion` alias only when the shadow is at least as good (promotion runbook).",
 )
-def promote_model():
-    promote_shadow()
 
 
 jobs = [promote_model]

@@ -8,6 +8,7 @@ from datetime import UTC
 
 import dagster as dg
 
+from pipelines.op_job import op_job
 from resources.kafka import KafkaResource
 from runtime.home import resolve_home
 from streaming.processors.feature_processor import parse_pairs
@@ -99,13 +100,13 @@ def recompute_range(context: dg.OpExecutionContext, config: RecomputeConfig, kaf
     )
 
 
-@dg.job(
-    tags={"ticklake/runbook": "recompute"},
-    description="Recompute runbook: recompute a processor's output (features or normalized records) for a "
+recompute_job = op_job(
+    recompute_range,
+    "recompute_job",
+    "Recompute runbook: recompute a processor's output (features or normalized records) for a "
     "time range into a side topic, compare with the live topic, optionally promote.",
+    tags={"ticklake/runbook": "recompute"},
 )
-def recompute_job():
-    recompute_range()
 
 
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).
