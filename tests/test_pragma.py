@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -302,8 +301,8 @@ def run(kafka_broker, events):
         dlq_topic=dlq,
     )
     conn = kc.KafkaConnection(bootstrap_servers=bootstrap)
-    pub = PragmaPublisher(conn, cfg, clock=lambda: FIXED_NOW_US, session_timeout_ms=2000)
-    stats = pub.run(max_records_in=n_in)
+    pub = PragmaPublisher(conn, cfg, clock=lambda: FIXED_NOW_US, session_timeout_ms=2000, max_records_in=n_in)
+    stats = pub.run()
     assert stats.records_in == n_in
     assert stats.delivery_errors == 0 and stats.produce_errors == 0
     prices = read_topic(bootstrap, prices_topic, stats.per_topic[prices_topic])
@@ -535,9 +534,9 @@ def test_protobuf_encoding_carries_the_same_records(run, kafka_broker, events):
         encoding="protobuf",
         dlq_topic=f"dlq.{run['uid']}",
     )
-    stats = PragmaPublisher(run["conn"], cfg, clock=lambda: FIXED_NOW_US, session_timeout_ms=2000).run(
-        max_records_in=len(events) + 1
-    )
+    stats = PragmaPublisher(
+        run["conn"], cfg, clock=lambda: FIXED_NOW_US, session_timeout_ms=2000, max_records_in=len(events) + 1
+    ).run()
     for topic, json_msgs, data_type in ((pt, run["prices"], "price"), (dt, run["depth"], "market_depth")):
         pb_msgs = read_topic(run["bootstrap"], topic, stats.per_topic[topic])
         assert all(dict(m.headers())["content-type"].startswith(b"application/x-protobuf") for m in pb_msgs)
@@ -787,8 +786,9 @@ def test_unchanged_prices_are_not_republished():
     assert core.skipped.get("duplicate") == 1
 
 
-def test_stop_event_ends_the_service_loop(run):
-    """The Dagster op stops the service through this event; the loop must return."""
+def test_stop_request_ends_the_service_loop(run):
+    """The Dagster op (a run termination) and SIGTERM stop the service through request_stop;
+    the loop must return, its clients closed."""
     cfg = PragmaConfig(
         input_topics=tuple(run["input_topics"].values()),
         group_id=f"stop-{run['uid']}",
@@ -796,10 +796,10 @@ def test_stop_event_ends_the_service_loop(run):
         orderbook_topic=run["depth_topic"] + ".unused",
         auto_quotes=(),
     )
-    stop = threading.Event()
-    stop.set()
-    stats = PragmaPublisher(run["conn"], cfg, session_timeout_ms=2000).run(stop)
-    assert stats.produced == 0
+    pub = PragmaPublisher(run["conn"], cfg, session_timeout_ms=2000)
+    pub.request_stop()
+    stats = pub.run()
+    assert stats.produced == 0 and pub.started
 
 
 # -- the Dagster service ---------------------------------------------------------------------------

@@ -17,13 +17,14 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from collectors.config import CollectorShardSettings
 from pipelines.k8s import K8S_CONFIG_TAG
-from pipelines.services import clickhouse_live, collector, lake_sink, processors, registry
+from pipelines.services import clickhouse_live, collector, lake_sink, pragma, processors, registry
 from pipelines.services.builder import LIVE_STATUSES, SERVICE_TAG, Pod, service
 from pipelines.services.tags import LIVE_STATUS_NAMES
 from runtime.service_cli import settings_from_args, settings_parser
 from runtime.service_loop import ServiceLoop, run_in_worker
 from streaming.clickhouse.live import ClickHouseLiveSettings
 from streaming.lake.sink import LakeSinkSettings
+from streaming.pragma.publisher import PragmaPublisherSettings
 from streaming.processors.feature_processor import FeatureProcessorSettings
 from streaming.processors.normalizer import NormalizerSettings
 
@@ -114,6 +115,7 @@ def test_worker_result_and_error_reach_the_caller():
         (LakeSinkSettings, lake_sink.LakeSinkRunConfig),
         (ClickHouseLiveSettings, clickhouse_live.ClickHouseLiveConfig),
         (CollectorShardSettings, collector.CollectorShardConfig),
+        (PragmaPublisherSettings, pragma.PragmaPublisherOpConfig),
     ],
 )
 def test_one_settings_class_feeds_the_run_config_and_the_command_line(settings, config):

@@ -25,10 +25,12 @@ instrument mapping to a claimed key is skipped and counted, never mixed in.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from runtime.home import resolve_home
 from schemas.model import Exchange, Market
 from schemas.symbols import validate_canonical
 from schemas.topics import (
@@ -219,3 +221,18 @@ class PragmaConfig:
 
         with open(path, encoding="utf-8") as f:
             return cls.from_mapping(yaml.safe_load(f) or {})
+
+
+#: Environment variable naming the pragma YAML (else $TICKLAKE_HOME/pragma.yaml when it exists).
+CONFIG_ENV = "TICKLAKE_PRAGMA_CONFIG"
+
+
+def resolve_config_path(explicit: str | None) -> str | None:
+    """The YAML to load: `explicit`, else $TICKLAKE_PRAGMA_CONFIG, else $TICKLAKE_HOME/pragma.yaml
+    when it exists, else None (the built-in defaults)."""
+    if explicit:
+        return explicit
+    if os.environ.get(CONFIG_ENV):
+        return os.environ[CONFIG_ENV]
+    default = resolve_home().root / "pragma.yaml"
+    return str(default) if default.is_file() else None

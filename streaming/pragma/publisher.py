@@ -30,16 +30,18 @@ send venue and periodic snapshots); last-trade prices resume at once.
 from __future__ import annotations
 
 import logging
-import threading
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from pydantic import Field
 
 from collectors.dedup import DedupWindow
 from runtime import kafka_config as kc
 from runtime import metrics as obs
+from runtime.service_cli import ServiceSettings, standalone
 from runtime.service_loop import ServiceLoop
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import exchange_from_pb, market_from_pb
@@ -48,7 +50,7 @@ from schemas.serde import decode as decode_envelope
 from schemas.symbols import validate_canonical
 from schemas.topics import DlqStage
 from streaming.pragma.books import FeedBook
-from streaming.pragma.config import FeedConfig, PragmaConfig
+from streaming.pragma.config import FeedConfig, PragmaConfig, resolve_config_path
 from streaming.pragma.keys import BODY_MARKET_OF_CANONICAL, UNKNOWN_NETWORK, FeedKey
 from streaming.pragma.messages import PragmaRecord, build_depth, build_price, encode
 from streaming.pragma.price import PriceDefinition, book_price, trade_price
@@ -287,11 +289,25 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+class PragmaPublisherSettings(ServiceSettings):
+    """The publisher's settings: the Dagster job's run config (pipelines/services/pragma.py)
+    and the `python -m streaming.pragma.publisher` options."""
+
+    config_path: str | None = Field(default=None, json_schema_extra={"cli": "--config"})
+    """pragma YAML (default $TICKLAKE_PRAGMA_CONFIG, else $TICKLAKE_HOME/pragma.yaml, else built-ins)
+    whose keys streaming/pragma/config.py documents."""
+    max_records_in: int | None = None
+    """Stop after this many input records (bounded replays and tests); unset = run until stopped."""
+    idle_exit_s: float | None = None
+    """Stop after this long without an input record (tests); None = run until stopped."""
+    max_seconds: float | None = None
+
+
 class PragmaPublisher(ServiceLoop):
-    """Kafka edge of the publisher. ``run`` returns when ``stop`` (default: its own
-    `stop_event`, set by `request_stop`) is set, or, for tests and bounded replays, after
-    ``max_records_in`` input records, after flushing. Its clients exist from construction
-    and are closed when run() ends, so it keeps its own run() rather than ServiceLoop's."""
+    """Kafka edge of the publisher (lifecycle: runtime.service_loop.ServiceLoop): `start`
+    subscribes, `run_once` publishes one consumed batch and the depth messages due, `close`
+    publishes the depth still due, flushes and closes the clients. ``max_records_in`` input
+    records, when given, end the run (tests and bounded replays)."""
 
     name = SERVICE_NAME
 
@@ -302,14 +318,19 @@ class PragmaPublisher(ServiceLoop):
         *,
         clock: Callable[[], int] = _now_us,
         session_timeout_ms: int = 6000,
+        max_records_in: int | None = None,
+        poll_timeout_s: float = 0.05,
     ) -> None:
         super().__init__()
         self.conn = conn
         self.config = config
         self.clock = clock
+        self.max_records_in = max_records_in
+        self.poll_timeout_s = poll_timeout_s
         self.dlq = config.dlq_topic
         #: input partition -> instruments read from it (what to forget when it is revoked)
         self._instruments_of: dict[tuple[str, int], set[tuple]] = {}
+        self._lag: obs.LagSnapshot | None = None
         self.core = PublisherCore(config)
         self.stats = PublisherStats()
         self.producer = Producer(
@@ -398,74 +419,92 @@ class PragmaPublisher(ServiceLoop):
             gone |= self._instruments_of.pop((tp.topic, tp.partition), set())
         self.core.forget(list(gone))
 
-    def run(
-        self, stop: threading.Event | None = None, *, max_records_in: int | None = None, poll_timeout_s: float = 0.05
-    ) -> PublisherStats:
-        stop = stop or self.stop_event
-        topics = self.config.input_topic_list()
-        self.consumer.subscribe(topics, on_revoke=self._on_revoke)
-        snapshot = obs.LagSnapshot()
-        obs.register_lag_provider(SERVICE_NAME, snapshot.get)
-        try:
-            while not stop.is_set():
-                snapshot.maybe_update(self.lag)
-                msgs = self.consumer.consume(num_messages=500, timeout=poll_timeout_s)
-                if msgs:
-                    obs.LAST_RECORD.labels(SERVICE_NAME).set(time.time())
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            continue
-                        raise KafkaException(err)
-                    self.stats.records_in += 1
-                    try:
-                        env = decode_envelope(msg.value(), msg.headers())
-                    except SerdeError as exc:
-                        self._dead_letter(msg, str(exc))
-                        continue
-                    self._instruments_of.setdefault((msg.topic(), msg.partition()), set()).add(
-                        (env.exchange, env.market, env.symbol)
-                    )
-                    for out in self.core.on_envelope(env, self.clock()):
-                        self._produce(out)
-                for out in self.core.due_depth(self.clock()):
-                    self._produce(out)
-                self.producer.poll(0)
-                if max_records_in is not None and self.stats.records_in >= max_records_in:
-                    break
-        finally:
-            obs.unregister_lag_provider(SERVICE_NAME)
+    @property
+    def started(self) -> bool:
+        return self._lag is not None
+
+    def start(self) -> None:
+        self.consumer.subscribe(self.config.input_topic_list(), on_revoke=self._on_revoke)
+        self._lag = obs.LagSnapshot()
+        obs.register_lag_provider(SERVICE_NAME, self._lag.get)
+        log.info(
+            "pragma publisher: %d input topics -> %s, %s (encoding %s, acks=%s, retries=%d)",
+            len(self.config.input_topic_list()),
+            self.config.prices_topic,
+            self.config.orderbook_topic,
+            self.config.encoding,
+            self.config.producer_settings.acks,
+            self.config.producer_settings.retries,
+        )
+
+    def run_once(self) -> bool:
+        assert self._lag is not None, "start() first"
+        self._lag.maybe_update(self.lag)
+        msgs = self.consumer.consume(num_messages=500, timeout=self.poll_timeout_s)
+        if msgs:
+            obs.LAST_RECORD.labels(SERVICE_NAME).set(time.time())
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise KafkaException(err)
+            self.stats.records_in += 1
             try:
-                for out in self.core.due_depth(self.clock(), force=True):
-                    self._produce(out)
-                self.producer.flush(10)
-            finally:
-                self.consumer.close()
-                self.producer.close()
-        return self.stats
+                env = decode_envelope(msg.value(), msg.headers())
+            except SerdeError as exc:
+                self._dead_letter(msg, str(exc))
+                continue
+            self._instruments_of.setdefault((msg.topic(), msg.partition()), set()).add(
+                (env.exchange, env.market, env.symbol)
+            )
+            for out in self.core.on_envelope(env, self.clock()):
+                self._produce(out)
+        for out in self.core.due_depth(self.clock()):
+            self._produce(out)
+        self.producer.poll(0)
+        if self.max_records_in is not None and self.stats.records_in >= self.max_records_in:
+            self.request_stop()
+        return bool(msgs)
+
+    def close(self) -> None:
+        obs.unregister_lag_provider(SERVICE_NAME)
+        try:
+            for out in self.core.due_depth(self.clock(), force=True):
+                self._produce(out)
+            self.producer.flush(10)
+        finally:
+            self.consumer.close()
+            self.producer.close()
 
 
-def run_service(
-    conn: kc.KafkaConnection, config: PragmaConfig, stop: threading.Event | None = None, **kwargs
-) -> PublisherStats:
-    """Entry point of the long-running service (the Dagster job calls it)."""
-    from runtime.service_status import service_run
-
-    with service_run(SERVICE_NAME, port=config.metrics_port):
-        return _run_service(conn, config, stop, **kwargs)
-
-
-def _run_service(
-    conn: kc.KafkaConnection, config: PragmaConfig, stop: threading.Event | None = None, **kwargs
-) -> PublisherStats:
-    log.info(
-        "pragma publisher: %d input topics -> %s, %s (encoding %s, acks=%s, retries=%d)",
-        len(config.input_topic_list()),
-        config.prices_topic,
-        config.orderbook_topic,
-        config.encoding,
-        config.producer_settings.acks,
-        config.producer_settings.retries,
+def publisher_from_settings(
+    conn: kc.KafkaConnection, settings: PragmaPublisherSettings, *, describe: Callable[[str], object] = log.info
+) -> PragmaPublisher:
+    """The publisher a Dagster run and the standalone entry both run (`describe` gets one line
+    naming the configuration)."""
+    path = resolve_config_path(settings.config_path)
+    cfg = PragmaConfig.load(path)
+    describe(
+        f"pragma publisher: config {path or '(defaults)'}, producer {cfg.producer}, "
+        f"encoding {cfg.encoding}, acks={cfg.producer_settings.acks}, "
+        f"retries={cfg.producer_settings.retries}, depth {cfg.depth_levels} every "
+        f"{cfg.depth_interval_ms} ms"
     )
-    return PragmaPublisher(conn, config, **kwargs).run(stop)
+    return PragmaPublisher(conn, cfg, max_records_in=settings.max_records_in)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone(
+        PragmaPublisherSettings,
+        lambda conn, _args, settings: publisher_from_settings(conn, settings),
+        service=SERVICE_NAME,
+        prog="python -m streaming.pragma.publisher",
+        doc=__doc__,
+        argv=argv,
+        report=lambda pub: f"delivered={pub.stats.delivered} dead_letters={pub.stats.dead_letters}",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
