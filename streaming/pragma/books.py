@@ -65,6 +65,14 @@ def _base(env: pb.Envelope, payload) -> tuple[list[tuple[int, int]], list[tuple[
     return bids, asks, bs
 
 
+def _levels(env: pb.Envelope, payload, before: BeforeApply) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
+    """The levels to apply (_base), once `before` has seen the book still in its previous
+    state: the one order a snapshot and a delta share."""
+    if before is not None:
+        before(env)
+    return _base(env, payload)
+
+
 class FeedBook:
     __slots__ = ("_tie", "book", "dropped_pending", "max_pending", "pending", "stale")
 
@@ -106,9 +114,7 @@ class FeedBook:
         if b.synced and env.seq and b.seq and env.seq < b.seq:
             self.stale += 1  # the book is already past this snapshot
             return
-        if before is not None:
-            before(env)
-        bids, asks, bs = _base(env, env.book_snapshot)
+        bids, asks, bs = _levels(env, env.book_snapshot, before)
         b.apply_snapshot(bids, asks, env.seq, env.price_scale, bs)
         b.exchange_ts = env.exchange_ts
         yield BookChange(env, b.seq, b.exchange_ts)
@@ -128,9 +134,7 @@ class FeedBook:
         if not _newer(env, b):
             self.stale += 1
             return
-        if before is not None:
-            before(env)
-        bids, asks, bs = _base(env, env.book_delta)
+        bids, asks, bs = _levels(env, env.book_delta, before)
         b.apply_scaled(bids, asks, env.price_scale, bs)
         if env.seq:
             b.seq = env.seq
