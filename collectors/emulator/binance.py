@@ -347,60 +347,37 @@ class BinanceSim(VenueSim):
             if self.usdm:
                 data["pu"] = pu
             data["b"], data["a"] = bids, asks
-            self.emit(key, dumps({"stream": key, "data": data}), native, True, raw=lambda d=data: dumps(d))
+            self._emit_stream(key, native, data, True)
         key = f"{lower}@bookTicker"
         if self.subscribed(key) and book.bids and book.asks:
             bb, ba = book.top_bids(1)[0], book.top_asks(1)[0]
             data = {"u": u, "s": native, "b": bb[0], "B": bb[1], "a": ba[0], "A": ba[1]}
             if self.usdm:
                 data = {"e": "bookTicker", **data, "T": ts_ms, "E": ts_ms}
-            self.emit(key, dumps({"stream": key, "data": data}), native, raw=lambda d=data: dumps(d))
+            self._emit_stream(key, native, data)
 
     def synth_trade(self, native, px, qty, buyer_maker, ts_ms, trade_id):
-        lower = native.lower()
-        key = f"{lower}@trade"
-        if self.subscribed(key):
-            data = {
-                "e": "trade",
-                "E": ts_ms,
-                "s": native,
-                "t": trade_id,
-                "p": px,
-                "q": qty,
-                "T": ts_ms,
-                "m": buyer_maker,
-                "M": True,
-            }
-            if self.usdm:
-                data = {
-                    "e": "trade",
-                    "E": ts_ms,
-                    "T": ts_ms,
-                    "s": native,
-                    "t": trade_id,
-                    "p": px,
-                    "q": qty,
-                    "X": "MARKET",
-                    "m": buyer_maker,
-                }
-            self.emit(key, dumps({"stream": key, "data": data}), native, raw=lambda d=data: dumps(d))
-        key = f"{lower}@aggTrade"
-        if self.subscribed(key):
-            data = {
-                "e": "aggTrade",
-                "E": ts_ms,
-                "s": native,
-                "a": trade_id,
-                "p": px,
-                "q": qty,
-                "f": trade_id,
-                "l": trade_id,
-                "T": ts_ms,
-                "m": buyer_maker,
-            }
-            if not self.usdm:
-                data["M"] = True
-            self.emit(key, dumps({"stream": key, "data": data}), native, raw=lambda d=data: dumps(d))
+        values = {"E": ts_ms, "T": ts_ms, "s": native, "p": px, "q": qty, "m": buyer_maker, "M": True, "X": "MARKET"}
+        values.update(t=trade_id, a=trade_id, f=trade_id, l=trade_id)
+        for stream in ("trade", "aggTrade"):
+            key = f"{native.lower()}@{stream}"
+            if self.subscribed(key):
+                fields = _TRADE_FIELDS[stream, self.usdm]
+                self._emit_stream(key, native, {"e": stream, **{k: values[k] for k in fields}})
+
+    def _emit_stream(self, key: str, native: str, data: dict, book_update: bool = False) -> None:
+        """One combined-stream frame ``{"stream": key, "data": data}`` (raw: the bare payload)."""
+        self.emit(key, dumps({"stream": key, "data": data}), native, book_update, raw=lambda: dumps(data))
+
+
+#: the fields of a synthetic trade / aggTrade payload after "e", in the order the venue sends
+#: them, on spot (False) and USD-M (True)
+_TRADE_FIELDS = {
+    ("trade", False): ("E", "s", "t", "p", "q", "T", "m", "M"),
+    ("trade", True): ("E", "T", "s", "t", "p", "q", "X", "m"),
+    ("aggTrade", False): ("E", "s", "a", "p", "q", "f", "l", "T", "m", "M"),
+    ("aggTrade", True): ("E", "s", "a", "p", "q", "f", "l", "T", "m"),
+}
 
 
 def host_name(market: Market) -> str:

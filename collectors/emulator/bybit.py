@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from collectors.emulator.ratelimit import VenueLimits
-from collectors.emulator.sim import Client, InstrumentInfo, VenueSim, dumps, now_ms
+from collectors.emulator.sim import Client, InstrumentInfo, VenueSim, dumps, now_ms, query_int
 from collectors.exchanges import bybit_venue
 from schemas.model import Exchange, Market
 from schemas.symbols import SymbolError, split_concatenated
@@ -95,13 +95,7 @@ class BybitSim(VenueSim):
                         "topic": key,
                         "type": "snapshot",
                         "ts": book.ts_ms,
-                        "data": {
-                            "s": native,
-                            "b": [lv[:2] for lv in book.top_bids(n)],
-                            "a": [lv[:2] for lv in book.top_asks(n)],
-                            "u": book.seq,
-                            "seq": book.aux_seq,
-                        },
+                        "data": {**_levels(native, book, n), "u": book.seq, "seq": book.aux_seq},
                         "cts": book.cts_ms or book.ts_ms,
                     }
                 )
@@ -133,15 +127,9 @@ class BybitSim(VenueSim):
         if topic.startswith("orderbook.") and isinstance(data, dict):
             native = data.get("s", "")
             self._note_symbol(native)
+            snapshot = obj.get("type") == "snapshot" or int(data.get("u", 0)) == 1
+            upd = self.replay_book(native, snapshot, data.get("b", ()), data.get("a", ()), data.get("u"))
             book = self.book(native)
-            if obj.get("type") == "snapshot" or int(data.get("u", 0)) == 1:
-                book.reset(data.get("b", ()), data.get("a", ()), int(data.get("u", 0)))
-                self.learn_steps(native, list(data.get("b", ())) + list(data.get("a", ())))
-                self.mark_known()
-            elif book.known:
-                book.apply(data.get("b", ()), data.get("a", ()))
-                book.seq = int(data.get("u", book.seq))
-                upd = True
             book.aux_seq = int(data.get("seq", book.aux_seq))
             book.ts_ms = int(obj.get("ts", book.ts_ms))
             book.cts_ms = int(obj.get("cts", book.cts_ms))
@@ -164,34 +152,25 @@ class BybitSim(VenueSim):
                 base, quote = native, ""
             self.add_instrument(InstrumentInfo(native, BYBIT_CATEGORIES.get(self.category, Market.PERP), base, quote))
 
-    def routes(self):
-        return [
-            (bybit_venue.ORDERBOOK_PATH, self._orderbook, lambda r: 1),
-            (bybit_venue.INSTRUMENTS_PATH, self._instruments, lambda r: 1),
-            (bybit_venue.TIME_PATH, self._time, lambda r: 1),
-        ]
+    rest_paths = {
+        bybit_venue.ORDERBOOK_PATH: "_orderbook",
+        bybit_venue.INSTRUMENTS_PATH: "_instruments",
+        bybit_venue.TIME_PATH: "_time",
+    }
 
     async def _orderbook(self, request: web.Request) -> web.Response:
-        native = request.query.get("symbol", "")
-        book = (
-            await self.wait_book(native, timeout=30.0) if native in self.books or native in self.instruments else None
-        )
+        native, book = await self.requested_book(request, "symbol")
         if book is None:
             return web.json_response(
                 {"retCode": 10001, "retMsg": "params error: symbol invalid", "result": {}, "time": now_ms()}
             )
-        try:
-            n = int(request.query.get("limit", 25))
-        except ValueError:
-            n = 25
+        n = query_int(request, "limit", 25)
         return web.json_response(
             {
                 "retCode": 0,
                 "retMsg": "OK",
                 "result": {
-                    "s": native,
-                    "b": [lv[:2] for lv in book.top_bids(n)],
-                    "a": [lv[:2] for lv in book.top_asks(n)],
+                    **_levels(native, book, n),
                     "ts": book.ts_ms,
                     "u": book.seq,
                     "seq": book.aux_seq,
@@ -310,3 +289,8 @@ def make_sim(market: Market, **kw: Any) -> BybitSim:
 def synthetic_symbol(base: str, market: Market) -> str:
     """The venue's spelling of a synthetic USDT instrument of ``market``."""
     return f"{base}USDT"
+
+
+def _levels(native: str, book: Any, n: int | None) -> dict[str, Any]:
+    """The best ``n`` levels of each side as Bybit lists them (socket snapshot and REST book)."""
+    return {"s": native, "b": [lv[:2] for lv in book.top_bids(n)], "a": [lv[:2] for lv in book.top_asks(n)]}

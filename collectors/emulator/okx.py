@@ -16,7 +16,7 @@ from aiohttp import web
 
 from collectors.emulator.book import okx_checksum
 from collectors.emulator.ratelimit import VenueLimits
-from collectors.emulator.sim import Client, InstrumentInfo, VenueSim, dumps, now_ms
+from collectors.emulator.sim import Client, InstrumentInfo, VenueSim, dumps, now_ms, query_int
 from collectors.exchanges import okx_venue
 from schemas.model import Exchange, Market
 
@@ -199,17 +199,11 @@ class OkxSim(VenueSim):
         upd = False
         if channel in OKX_BOOK_CHANNELS and obj.get("data"):
             d = obj["data"][0]
-            book = self.book(inst)
             if "seqId" in d:
                 self._has_seq.add(inst)
-            if obj.get("action") == "snapshot":
-                book.reset(d.get("bids", ()), d.get("asks", ()), int(d.get("seqId", 0)))
-                self.learn_steps(inst, list(d.get("bids", ())) + list(d.get("asks", ())))
-                self.mark_known()
-            elif book.known:
-                book.apply(d.get("bids", ()), d.get("asks", ()))
-                book.seq = int(d.get("seqId", book.seq))
-                upd = True
+            snapshot = obj.get("action") == "snapshot"
+            upd = self.replay_book(inst, snapshot, d.get("bids", ()), d.get("asks", ()), d.get("seqId"))
+            book = self.book(inst)
             book.ts_ms = int(d.get("ts", book.ts_ms))
         self.emit(key, text, inst, upd)
 
@@ -218,22 +212,17 @@ class OkxSim(VenueSim):
             parts = inst.split("-")
             self.add_instrument(InstrumentInfo(inst, okx_market(inst), parts[0], parts[1] if len(parts) > 1 else ""))
 
-    def routes(self):
-        return [
-            (okx_venue.BOOKS_PATH, self._books, lambda r: 1),
-            (okx_venue.INSTRUMENTS_PATH, self._instruments, lambda r: 1),
-            (okx_venue.TIME_PATH, self._time, lambda r: 1),
-        ]
+    rest_paths = {
+        okx_venue.BOOKS_PATH: "_books",
+        okx_venue.INSTRUMENTS_PATH: "_instruments",
+        okx_venue.TIME_PATH: "_time",
+    }
 
     async def _books(self, request: web.Request) -> web.Response:
-        inst = request.query.get("instId", "")
-        book = await self.wait_book(inst, 30.0) if inst in self.books or inst in self.instruments else None
+        _inst, book = await self.requested_book(request, "instId")
         if book is None:
             return web.json_response({"code": "51001", "msg": "Instrument ID does not exist", "data": []})
-        try:
-            n = int(request.query.get("sz", 1))
-        except ValueError:
-            n = 1
+        n = query_int(request, "sz", 1)
         return web.json_response(
             {
                 "code": "0",

@@ -21,7 +21,7 @@ import collections
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,14 @@ class InstrumentInfo:
 #: Subscription keys whose frames are self-contained events (each one a venue event with its
 #: own id) and so can be resent to a late subscriber without breaking a book's sequence.
 _REPLAYABLE = ("@trade", "@aggtrade", "@bookticker", "trades:", "publictrade.")
+
+
+def query_int(request: web.Request, name: str, default: int) -> int:
+    """An integer REST query parameter; absent or not a number: the venue's default."""
+    try:
+        return int(request.query.get(name, default))
+    except ValueError:
+        return default
 
 
 def _replayable(key: str) -> bool:
@@ -365,6 +373,30 @@ class VenueSim:
         async with self.book_known:
             self.book_known.notify_all()
 
+    def replay_book(self, native: str, snapshot: bool, bids: Any, asks: Any, seq: Any) -> bool:
+        """A recorded book message replayed into the host's book: a snapshot replaces it (and
+        teaches the instrument's steps), an update applies once the book is known; ``seq`` is the
+        message's update id (None: not sent). True when an update was applied."""
+        book = self.book(native)
+        if snapshot:
+            book.reset(bids, asks, int(seq) if seq is not None else 0)
+            self.learn_steps(native, list(bids) + list(asks))
+            self.mark_known()
+            return False
+        if not book.known:
+            return False
+        book.apply(bids, asks)
+        if seq is not None:
+            book.seq = int(seq)
+        return True
+
+    async def requested_book(self, request: web.Request, param: str) -> tuple[str, EmuBook | None]:
+        """The symbol a REST book request names in query ``param`` and its book, once the host
+        has one (None: a symbol the host does not know, or no book within 30 s)."""
+        native = request.query.get(param, "")
+        known = native in self.books or native in self.instruments
+        return native, (await self.wait_book(native, 30.0) if known else None)
+
     def mark_known(self) -> None:
         if self.shadow:
             return
@@ -414,9 +446,12 @@ class VenueSim:
 
     # -- REST ----------------------------------------------------------------------------------
 
+    #: REST path -> name of its handler method, for a host whose every request weighs 1
+    rest_paths: Mapping[str, str] = {}
+
     def routes(self) -> list[tuple[str, Callable, Callable[[web.Request], int]]]:
-        """(path, handler, weight(request))."""
-        return []
+        """(path, handler, weight(request)); a host with other weights overrides this."""
+        return [(path, getattr(self, name), lambda r: 1) for path, name in self.rest_paths.items()]
 
     def refusal(self, status: int, ip: str, retry_after_s: float) -> web.Response:
         return web.json_response({"error": "rate limited"}, status=status)
