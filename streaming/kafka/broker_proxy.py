@@ -77,10 +77,13 @@ PRODUCE_FIRST_FLEXIBLE = 9
 FETCH_RESPONSE_VERSIONS = range(4, 17)
 DEFAULT_MAX_SESSION_TIMEOUT_MS = 6_000
 #: Longest a forwarded Fetch may wait inside the broker. Tansu re-scans at 0, 1/2, 3/4 ...
-#: of the wait, so a wait this short keeps its polling (and a record's delay after an
-#: unproductive wake-up scan) at today's 250 ms granularity whatever the client asked for;
-#: the rest of a longer wait is spent held here, where it costs nothing.
-BROKER_FETCH_WAIT_MS = 500
+#: of the wait, so a record written just after a forwarded Fetch's first scan waits up to
+#: half this for the next one: at 500 ms a busy consumer (whose Fetch after records is
+#: forwarded, not held) received its input in ~250 ms bursts, the largest hop of the
+#: feature latency (bench/bench_processing.py). At 100 ms the delay is <= 50 ms; an empty
+#: answer comes back sooner and the next Fetch is held here (no scan) until a write. The
+#: rest of a longer client wait is spent held here, where it costs nothing.
+BROKER_FETCH_WAIT_MS = 100
 #: The smallest wait a held Fetch is forwarded with (one scan of the log; see hold_fetch).
 #: Not 1 ms: on persistent storage (streaming/kafka/broker_store.py) Tansu reads a partition's
 #: batches over HTTP, and with a 1 ms wait it answered empty before they arrived, every
