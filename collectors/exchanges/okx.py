@@ -53,6 +53,15 @@ WS_BASE = venue.MIXED.endpoints.ws  # spelled once, in the venue declaration (ok
 IDLE_PING_US = 20_000_000
 BOOK_CHANNELS = frozenset({"books", "books-l2-tbt", "books50-l2-tbt"})
 CHECKSUM_LEVELS = 25
+#: channels whose data items are handled one at a time: channel -> the adapter's item handler
+_ITEM_HANDLERS = {
+    "trades": "_trade",
+    "trades-all": "_trade",
+    "tickers": "_ticker",
+    "funding-rate": "_funding",
+    "mark-price": "_mark",
+    "liquidation-orders": "_liquidations",
+}
 _IGNORED = frozenset(
     {
         "index-tickers",
@@ -189,23 +198,13 @@ class OkxAdapter(AdapterBase):
         data = msg["data"]
         if type(data) is not list:
             raise FrameError(f"{ch}: data is not a list")
-        if ch in BOOK_CHANNELS:
+        item = _ITEM_HANDLERS.get(ch)
+        if item is not None:
+            handle = getattr(self, item)
+            for t in data:
+                handle(t, recv, out)
+        elif ch in BOOK_CHANNELS:
             self._book(msg, arg, data, frame, recv, out)
-        elif ch in ("trades", "trades-all"):
-            for t in data:
-                self._trade(t, recv, out)
-        elif ch == "tickers":
-            for t in data:
-                self._ticker(t, recv, out)
-        elif ch == "funding-rate":
-            for t in data:
-                self._funding(t, recv, out)
-        elif ch == "mark-price":
-            for t in data:
-                self._mark(t, recv, out)
-        elif ch == "liquidation-orders":
-            for t in data:
-                self._liquidations(t, recv, out)
         elif ch == "bbo-tbt":
             self._bbo(arg, data, recv, out)
         elif ch in _IGNORED:
