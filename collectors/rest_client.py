@@ -37,10 +37,15 @@ class RestResponse:
 
 @dataclass(slots=True)
 class _Member:
-    ip: str
+    """One egress IP of the pool: its limiter (which holds the IP), its session, its count."""
+
     limiter: IpRateLimiter
     session: aiohttp.ClientSession | None = None
     requests: int = 0
+
+    @property
+    def ip(self) -> str:
+        return self.limiter.ip
 
 
 @dataclass(slots=True)
@@ -74,7 +79,7 @@ class RestPool:
         self.backoff_policy = backoff or BackoffPolicy(base_s=0.2, cap_s=10.0)
         self.on_state_change = on_state_change
         ips = list(ips) or [DEFAULT_IP]
-        self._members = {ip: _Member(ip, IpRateLimiter(ip, policy)) for ip in ips}
+        self._members = {ip: _Member(IpRateLimiter(ip, policy)) for ip in ips}
         self._last_state = dict.fromkeys(ips, IpState.HEALTHY)
         self.stats = RestStats()
 
