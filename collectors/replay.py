@@ -167,10 +167,13 @@ class Emulator:
         self.hold_timeout_s = hold_timeout_s
         #: longest hold for subscribers fetching the snapshot of a book the capture installed
         self.sync_timeout_s = sync_timeout_s
-        self.server_ping_s = server_ping_s
         self.server_ping_timeout_s = server_ping_timeout_s
-        self.app_ping_timeout_s = app_ping_timeout_s
-        self.slow_client_s = slow_client_s
+        #: what every venue host is created with (VenueSim's connection settings); venue(**kw) may override
+        self.sim_options: dict[str, Any] = {
+            "server_ping_s": server_ping_s,
+            "app_ping_timeout_s": app_ping_timeout_s,
+            "slow_client_s": slow_client_s,
+        }
         self.sims: dict[str, VenueSim] = {}
         self._hosts: dict[str, _Hosts] = {}
         self.feeds: list[Feed] = []
@@ -191,13 +194,7 @@ class Emulator:
         if sim is None:
             if self._started:
                 raise RuntimeError(f"venue {name} must be added before start()")
-            opts = {
-                "server_ping_s": self.server_ping_s,
-                "app_ping_timeout_s": self.app_ping_timeout_s,
-                "slow_client_s": self.slow_client_s,
-                **kw,
-            }
-            sim = self.sims[name] = make_sim(exchange, market, **opts)
+            sim = self.sims[name] = make_sim(exchange, market, **{**self.sim_options, **kw})
         return sim
 
     async def start(self) -> Emulator:
