@@ -14,7 +14,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipelines.services.tags import LIVE_STATUS_NAMES as LIVE_STATUSES
@@ -70,13 +70,7 @@ class Instigator:
     location: str
 
     def to_json(self) -> dict[str, str]:
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "status": self.status,
-            "repository": self.repository,
-            "location": self.location,
-        }
+        return asdict(self)
 
 
 def _post(url: str, query: str, variables: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
@@ -141,7 +135,7 @@ class ServiceRun:
     status: str
 
     def to_json(self) -> dict[str, str]:
-        return {"service": self.service, "run_id": self.run_id, "job": self.job, "status": self.status}
+        return asdict(self)
 
 
 def live_service_runs(url: str, timeout: float = 30.0) -> list[ServiceRun]:

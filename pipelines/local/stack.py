@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,16 +112,7 @@ class StackState:
     services: dict[str, ProcessRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "home": self.home,
-            "stack_id": self.stack_id,
-            "kafka_bootstrap": self.kafka_bootstrap,
-            "dagster_url": self.dagster_url,
-            "replay": self.replay,
-            "started_at": self.started_at,
-            "topics": self.topics,
-            "services": {k: v.to_json() for k, v in self.services.items()},
-        }
+        return asdict(self)  # services too: a ProcessRecord's JSON is its asdict
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StackState:
