@@ -50,31 +50,136 @@ _SLACK = 256
 _ALL = float("-inf")  # floor of a top list that holds the whole side
 
 
+class _Side:
+    """One side of the book: its level map and its sorted top, written once for both sides.
+
+    The top list holds ``sign * px`` ascending (``sign`` +1 for bids, -1 for asks), so the
+    best price is always the LAST key times ``sign``, and "at or better than the floor" is
+    ``sign * px >= floor`` on either side."""
+
+    __slots__ = ("qty", "sign", "keys", "floor", "best", "n", "cap")
+
+    def __init__(self, sign: int) -> None:
+        self.qty: dict[int, int] = {}  # px -> qty (0: tombstone)
+        self.sign = sign
+        self.keys: list[int] = []  # sign * px of the top prices >= floor, ascending; best = last
+        self.floor: float = _ALL  # every key of qty at or better than it is in keys
+        self.best: int | None = None  # best price when last settled (None: an empty side)
+        self.n = 0  # len(qty) when last settled
+        self.cap = _SLACK  # rebuild when qty grows past this
+
+    def fill(self, levels: Iterable[Level]) -> None:
+        d = self.qty
+        d.clear()
+        d.update((px, q) for px, q in levels if q)
+        self.rebuild(REGION)
+
+    def rebuild(self, want: int) -> None:
+        """Drop the tombstones and sort the best ``want`` (at least REGION) prices again."""
+        d, s = self.qty, self.sign
+        for px in [px for px, q in d.items() if not q]:
+            del d[px]
+        want = max(want, REGION)
+        if len(d) <= want:
+            self.keys, self.floor = sorted(d) if s > 0 else sorted(-px for px in d), _ALL
+        else:
+            self.keys = keys = nlargest(want, d) if s > 0 else [-px for px in nsmallest(want, d)]
+            keys.reverse()
+            self.floor = keys[0]
+        self.n = len(d)
+        self.cap = 2 * len(d) + _SLACK
+        self.best = s * self.keys[-1] if self.keys else None
+
+    def settle(self) -> None:
+        """Take the prices written since the last read into the top (the first read after writes)."""
+        d, keys, floor, s = self.qty, self.keys, self.floor, self.sign
+        m = len(d)
+        if m != self.n:
+            k = m - self.n
+            for px in (next(reversed(d)),) if k == 1 else list(islice(reversed(d), k)):
+                if not d[px]:
+                    del d[px]
+                elif (key := s * px) >= floor:
+                    insort(keys, key)
+            if len(keys) > 4 * REGION:  # the top grew (prices moved up): sort less of it
+                del keys[: len(keys) - 2 * REGION]
+                self.floor = keys[0]
+            if len(d) > self.cap:  # tombstones could outnumber the levels: drop them
+                for px in [px for px, q in d.items() if not q]:
+                    del d[px]
+                keys[:] = [key for key in keys if s * key in d]
+                self.cap = 2 * len(d) + _SLACK
+        while keys:
+            px = s * keys[-1]
+            if d[px]:
+                break
+            del d[px]
+            keys.pop()
+        self.n = len(d)
+        if keys:
+            self.best = px
+        elif d:
+            self.rebuild(REGION)
+        else:
+            self.best = None
+
+    def best_level(self) -> Level | None:
+        d = self.qty
+        if len(d) == self.n:  # no new price since the last read
+            px = self.best
+            if px is None:
+                return None
+            q = d[px]
+            if q:
+                return px, q
+        self.settle()
+        px = self.best
+        return None if px is None else (px, d[px])
+
+    def top(self, n: int) -> list[Level]:
+        """Best ``n`` levels, best first."""
+        out: list[Level] = []
+        if n <= 0:
+            return out
+        self.settle()
+        d, s = self.qty, self.sign
+        for key in reversed(self.keys):
+            q = d[s * key]
+            if q:
+                out.append((s * key, q))
+                if len(out) == n:
+                    return out
+        if self.floor != _ALL:  # levels below the sorted top are wanted: sort more of the side
+            self.rebuild(2 * n)
+            return self.top(n)
+        return out
+
+    def levels(self) -> dict[int, int]:
+        return {px: q for px, q in self.qty.items() if q}
+
+    def depth(self) -> int:
+        return sum(1 for q in self.qty.values() if q)
+
+
 class L2Book:
     """One instrument's book plus the sequence bookkeeping its venue sync rules need.
 
     ``set_bid(px, qty)`` / ``set_ask(px, qty)`` set one level (qty 0 deletes); they are
     bound once, so a caller may keep them across snapshots and clears (the side dicts are
-    never replaced, only refilled).
+    never replaced, only refilled). ``best_bid()`` / ``best_ask()`` return the best level
+    ``(px, qty)`` or None; they are the sides' own methods, bound once like the writes, so
+    a read per message costs one call.
     """
 
     __slots__ = (
-        "_b",
-        "_a",
-        "_bk",
-        "_ak",
-        "_nb",
-        "_na",
-        "_capb",
-        "_capa",
-        "_fb",
-        "_fa",
-        "_bb",
-        "_ba",
+        "_bids",
+        "_asks",
         "bid_qty",
         "ask_qty",
         "set_bid",
         "set_ask",
+        "best_bid",
+        "best_ask",
         "seq",
         "synced",
         "price_scale",
@@ -83,25 +188,17 @@ class L2Book:
     )
 
     def __init__(self, price_scale: int = 0, size_scale: int = 0) -> None:
-        self._b: dict[int, int] = {}  # bid px -> qty (0: tombstone)
-        self._a: dict[int, int] = {}  # ask px -> qty (0: tombstone)
-        self._bk: list[int] = []  # top bid prices >= _fb, ascending; best bid = last
-        self._ak: list[int] = []  # top negated ask prices >= _fa, ascending; best ask = -last
-        self._fb: float = _ALL  # floor of _bk: every key of _b at or above it is in _bk
-        self._fa: float = _ALL  # floor of _ak, negated like its keys
-        self._bb: int | None = None  # best bid price when last settled (None: no bids)
-        self._ba: int | None = None  # best ask price when last settled (None: no asks)
-        self._nb = 0  # len(_b) when last settled
-        self._na = 0
-        self._capb = _SLACK  # rebuild a side when its dict grows past this
-        self._capa = _SLACK
+        self._bids = _Side(1)
+        self._asks = _Side(-1)
         #: Writable level maps (px -> qty). Store only, 0 to delete, never ``del`` or pop:
         #: reads rely on the dict only growing between them. Read through the book's
         #: views (these hold tombstones).
-        self.bid_qty: dict[int, int] = self._b
-        self.ask_qty: dict[int, int] = self._a
-        self.set_bid: Callable[[int, int], None] = self._b.__setitem__
-        self.set_ask: Callable[[int, int], None] = self._a.__setitem__
+        self.bid_qty: dict[int, int] = self._bids.qty
+        self.ask_qty: dict[int, int] = self._asks.qty
+        self.set_bid: Callable[[int, int], None] = self.bid_qty.__setitem__
+        self.set_ask: Callable[[int, int], None] = self.ask_qty.__setitem__
+        self.best_bid: Callable[[], Level | None] = self._bids.best_level
+        self.best_ask: Callable[[], Level | None] = self._asks.best_level
         self.seq = 0  # venue id of the last applied snapshot/update
         self.synced = False  # True once a snapshot was applied and no gap since
         self.price_scale = price_scale
@@ -138,13 +235,13 @@ class L2Book:
         tombstones; a side written far past its bound without a read is rebuilt here, so a
         book that is never read cannot grow without limit (doing it at the reads' bound was
         measured to cost more than the smaller dict saves)."""
-        b, a = self._b, self._a
+        b, a = self.bid_qty, self.ask_qty
         b.update(bids)
         a.update(asks)
-        if len(b) > 16 * self._capb:
-            self._rebuild_bids(REGION)
-        if len(a) > 16 * self._capa:
-            self._rebuild_asks(REGION)
+        if len(b) > 16 * self._bids.cap:
+            self._bids.rebuild(REGION)
+        if len(a) > 16 * self._asks.cap:
+            self._asks.rebuild(REGION)
 
     def rescale(self, price_scale: int, size_scale: int) -> tuple[int, int]:
         """Raise the book to at least the given scales (exact up-scaling only, a scale never
@@ -153,8 +250,8 @@ class L2Book:
         if price_scale > ps or size_scale > ss:
             fp = 10 ** max(0, price_scale - ps)
             fq = 10 ** max(0, size_scale - ss)
-            bids = [(px * fp, q * fq) for px, q in self._b.items()]
-            asks = [(px * fp, q * fq) for px, q in self._a.items()]
+            bids = [(px * fp, q * fq) for px, q in self.bid_qty.items()]
+            asks = [(px * fp, q * fq) for px, q in self.ask_qty.items()]
             self._fill(bids, asks)
             self.price_scale = ps = max(ps, price_scale)
             self.size_scale = ss = max(ss, size_scale)
@@ -174,130 +271,10 @@ class L2Book:
         self._fill(self.top_bids(depth), self.top_asks(depth))
 
     def _fill(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
-        b, a = self._b, self._a
-        b.clear()
-        b.update((px, q) for px, q in bids if q)
-        a.clear()
-        a.update((px, q) for px, q in asks if q)
-        self._rebuild_bids(REGION)
-        self._rebuild_asks(REGION)
-
-    # -- settling (the first read after writes) ----------------------------------------------
-
-    def _rebuild_bids(self, want: int) -> None:
-        """Drop the tombstones and sort the best ``want`` (at least REGION) bids again."""
-        d = self._b
-        for px in [px for px, q in d.items() if not q]:
-            del d[px]
-        want = max(want, REGION)
-        if len(d) <= want:
-            self._bk, self._fb = sorted(d), _ALL
-        else:
-            self._bk = keys = nlargest(want, d)
-            keys.reverse()
-            self._fb = keys[0]
-        self._nb = len(d)
-        self._capb = 2 * len(d) + _SLACK
-        self._bb = self._bk[-1] if self._bk else None
-
-    def _rebuild_asks(self, want: int) -> None:
-        d = self._a
-        for px in [px for px, q in d.items() if not q]:
-            del d[px]
-        want = max(want, REGION)
-        if len(d) <= want:
-            self._ak, self._fa = sorted(-px for px in d), _ALL
-        else:
-            self._ak = keys = [-px for px in nsmallest(want, d)]
-            keys.reverse()
-            self._fa = keys[0]
-        self._na = len(d)
-        self._capa = 2 * len(d) + _SLACK
-        self._ba = -self._ak[-1] if self._ak else None
-
-    def _settle_bids(self) -> None:
-        d, keys, floor = self._b, self._bk, self._fb
-        m = len(d)
-        if m != self._nb:
-            k = m - self._nb
-            for px in (next(reversed(d)),) if k == 1 else list(islice(reversed(d), k)):
-                if not d[px]:
-                    del d[px]
-                elif px >= floor:
-                    insort(keys, px)
-            if len(keys) > 4 * REGION:  # the top grew (prices moved up): sort less of it
-                del keys[: len(keys) - 2 * REGION]
-                self._fb = keys[0]
-            if len(d) > self._capb:  # tombstones could outnumber the levels: drop them
-                for px in [px for px, q in d.items() if not q]:
-                    del d[px]
-                keys[:] = [px for px in keys if px in d]
-                self._capb = 2 * len(d) + _SLACK
-        while keys and not d[keys[-1]]:
-            del d[keys.pop()]
-        self._nb = len(d)
-        if keys:
-            self._bb = keys[-1]
-        elif d:
-            self._rebuild_bids(REGION)
-        else:
-            self._bb = None
-
-    def _settle_asks(self) -> None:
-        d, keys, floor = self._a, self._ak, self._fa
-        m = len(d)
-        if m != self._na:
-            k = m - self._na
-            for px in (next(reversed(d)),) if k == 1 else list(islice(reversed(d), k)):
-                if not d[px]:
-                    del d[px]
-                elif -px >= floor:
-                    insort(keys, -px)
-            if len(keys) > 4 * REGION:
-                del keys[: len(keys) - 2 * REGION]
-                self._fa = keys[0]
-            if len(d) > self._capa:
-                for px in [px for px, q in d.items() if not q]:
-                    del d[px]
-                keys[:] = [k for k in keys if -k in d]
-                self._capa = 2 * len(d) + _SLACK
-        while keys and not d[-keys[-1]]:
-            del d[-keys.pop()]
-        self._na = len(d)
-        if keys:
-            self._ba = -keys[-1]
-        elif d:
-            self._rebuild_asks(REGION)
-        else:
-            self._ba = None
+        self._bids.fill(bids)
+        self._asks.fill(asks)
 
     # -- reads ---------------------------------------------------------------------------------
-
-    def best_bid(self) -> Level | None:
-        d = self._b
-        if len(d) == self._nb:  # no new price since the last read
-            px = self._bb
-            if px is None:
-                return None
-            q = d[px]
-            if q:
-                return px, q
-        self._settle_bids()
-        px = self._bb
-        return None if px is None else (px, d[px])
-
-    def best_ask(self) -> Level | None:
-        d = self._a
-        if len(d) == self._na:
-            px = self._ba
-            if px is None:
-                return None
-            q = d[px]
-            if q:
-                return px, q
-        self._settle_asks()
-        px = self._ba
-        return None if px is None else (px, d[px])
 
     def best_bid_px(self) -> int | None:
         lv = self.best_bid()
@@ -309,49 +286,21 @@ class L2Book:
 
     def top_bids(self, n: int) -> list[Level]:
         """Best ``n`` bids, best (highest) first."""
-        out: list[Level] = []
-        if n <= 0:
-            return out
-        self._settle_bids()
-        d = self._b
-        for px in reversed(self._bk):
-            q = d[px]
-            if q:
-                out.append((px, q))
-                if len(out) == n:
-                    return out
-        if self._fb != _ALL:  # levels below the sorted top are wanted: sort more of the side
-            self._rebuild_bids(2 * n)
-            return self.top_bids(n)
-        return out
+        return self._bids.top(n)
 
     def top_asks(self, n: int) -> list[Level]:
         """Best ``n`` asks, best (lowest) first."""
-        out: list[Level] = []
-        if n <= 0:
-            return out
-        self._settle_asks()
-        d = self._a
-        for k in reversed(self._ak):
-            q = d[-k]
-            if q:
-                out.append((-k, q))
-                if len(out) == n:
-                    return out
-        if self._fa != _ALL:
-            self._rebuild_asks(2 * n)
-            return self.top_asks(n)
-        return out
+        return self._asks.top(n)
 
     @property
     def bids(self) -> dict[int, int]:
         """The bid levels as a new dict ``px -> qty`` (a copy: write with set_bid/apply)."""
-        return {px: q for px, q in self._b.items() if q}
+        return self._bids.levels()
 
     @property
     def asks(self) -> dict[int, int]:
         """The ask levels as a new dict ``px -> qty`` (a copy: write with set_ask/apply)."""
-        return {px: q for px, q in self._a.items() if q}
+        return self._asks.levels()
 
     def crossed(self) -> bool:
         """Best bid at or above best ask: the book cannot be the venue's."""
@@ -359,7 +308,7 @@ class L2Book:
         return b is not None and a is not None and b[0] >= a[0]
 
     def depth(self) -> tuple[int, int]:
-        return sum(1 for q in self._b.values() if q), sum(1 for q in self._a.values() if q)
+        return self._bids.depth(), self._asks.depth()
 
     def __len__(self) -> int:
         return sum(self.depth())
