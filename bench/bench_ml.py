@@ -120,7 +120,7 @@ def serving_loop(bootstrap: str, booster, group: str, topic: str) -> InferenceLo
         MODEL,
         [],
         input_topics=[topic],
-        batch_max_ms=200,  # the inference service's default (InferenceRunConfig.batch_max_ms)
+        batch_max_ms=200,  # the inference service's default (InferenceSettings.batch_max_ms)
     )
     loop.group_id = loop.transactional_id = group
     loop.served = ServedModel(MODEL, "1", "bench", booster)

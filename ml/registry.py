@@ -14,7 +14,9 @@ service serves, so promoting a model is moving the alias.
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +39,31 @@ def horizon_of(name: str) -> int:
     return int(name[8:-1])
 
 
+#: Tracking (and registry) URI of a non-local MLflow; unset = the local store of $TICKLAKE_HOME.
+TRACKING_URI_ENV = "TICKLAKE_MLFLOW_TRACKING_URI"
+
+
 @dataclass(frozen=True, slots=True)
 class MlflowSettings:
     tracking_uri: str
     registry_uri: str | None = None
     artifact_location: str | None = None  # for new experiments; None: the server's default
+
+    @classmethod
+    def from_env(
+        cls,
+        tracking_uri: str | None = None,
+        registry_uri: str | None = None,
+        artifact_location: str | None = None,
+        *,
+        local_root: Callable[[], Path],
+    ) -> MlflowSettings:
+        """Explicit URI, else $TICKLAKE_MLFLOW_TRACKING_URI, else the local store under
+        `local_root()` (the caller's $TICKLAKE_HOME/mlflow, created only when used)."""
+        uri = tracking_uri or os.environ.get(TRACKING_URI_ENV)
+        if not uri:
+            return cls.local(local_root())
+        return cls(uri, registry_uri, artifact_location)
 
     @classmethod
     def local(cls, root: Path) -> MlflowSettings:

@@ -8,15 +8,12 @@ the same for both.
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 from pydantic import Field
 
-from ml.registry import MlflowSettings
+from ml.registry import TRACKING_URI_ENV, MlflowSettings
 from runtime.home import resolve_home
 
-TRACKING_URI_ENV = "TICKLAKE_MLFLOW_TRACKING_URI"
 MLFLOW = "mlflow"
 
 
@@ -24,10 +21,9 @@ def mlflow_settings(
     tracking_uri: str | None = None, registry_uri: str | None = None, artifact_location: str | None = None
 ) -> MlflowSettings:
     """Explicit URI, else $TICKLAKE_MLFLOW_TRACKING_URI, else the local store of $TICKLAKE_HOME."""
-    uri = tracking_uri or os.environ.get(TRACKING_URI_ENV)
-    if not uri:
-        return MlflowSettings.local(resolve_home().ensure().root / "mlflow")
-    return MlflowSettings(uri, registry_uri, artifact_location)
+    return MlflowSettings.from_env(
+        tracking_uri, registry_uri, artifact_location, local_root=lambda: resolve_home().ensure().mlflow_dir
+    )
 
 
 class MlflowResource(dg.ConfigurableResource):

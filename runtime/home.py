@@ -60,6 +60,11 @@ class TicklakeHome:
         return self.root / "artifacts"
 
     @property
+    def mlflow_dir(self) -> Path:
+        """The local MLflow store (SQLite tracking + registry, file artifacts) when no URI is set."""
+        return self.root / "mlflow"
+
+    @property
     def run_dir(self) -> Path:
         """Pid files, the stack state file and service logs."""
         return self.root / "run"

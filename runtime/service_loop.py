@@ -10,6 +10,7 @@ Written once here so the services cannot drift apart:
   them until `request_stop()` (a signal handler, another thread) or, for tests and catch-up
   runs, until `idle_exit_s` without progress or `max_seconds` elapsed. `close()` runs however
   `run()` ends.
+* `Worker` — a target in a daemon thread with a `done` Event and its outcome (result or error).
 * `run_in_worker()` — how a Dagster op (or any supervising thread) runs a loop: the loop runs
   in a daemon worker thread while this thread waits; an exception raised here (a Dagster run
   termination interrupts the op's thread) becomes a stop request, and this thread waits for
@@ -119,6 +120,32 @@ class ServiceLoop:
         return getattr(self, "stats", None)
 
 
+class Worker:
+    """`target` running in a daemon thread: `done` is set once it returned or raised, and
+    `outcome()` is its result (or re-raises its error). The one way a loop gets its own thread
+    (run_in_worker, and services running several loops side by side)."""
+
+    def __init__(self, target: Callable[[], Any], *, name: str) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, args=(target,), name=name, daemon=True)
+        self.thread.start()
+
+    def _work(self, target: Callable[[], Any]) -> None:
+        try:
+            self.result = target()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by outcome() in the supervising thread
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 def run_in_worker(
     target: Callable[[], T],
     *,
@@ -139,22 +166,10 @@ def run_in_worker(
     loops that can only take a stop request once they exist (the collector's event loop).
     `on_tick` runs in this thread every `tick_s` seconds (e.g. Dagster events, which belong
     to the op's thread)."""
-    result: list[T] = []
-    errors: list[BaseException] = []
-    done = threading.Event()
-
-    def work() -> None:
-        try:
-            result.append(target())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the supervising thread
-            errors.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=work, name=name, daemon=True).start()
+    worker = Worker(target, name=name)
     last_tick = time.monotonic()
     try:
-        while not done.wait(WAIT_SLICE_S):
+        while not worker.done.wait(WAIT_SLICE_S):
             if on_tick is not None and time.monotonic() - last_tick >= tick_s:
                 on_tick()
                 last_tick = time.monotonic()
@@ -164,8 +179,6 @@ def run_in_worker(
         if ready is not None:
             ready.wait(30)
         request_stop()
-        done.wait(stop_timeout_s)
+        worker.done.wait(stop_timeout_s)
         raise
-    if errors:
-        raise errors[0]
-    return result[0]
+    return worker.outcome()

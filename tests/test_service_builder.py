@@ -17,7 +17,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from collectors.config import CollectorShardSettings
 from pipelines.k8s import K8S_CONFIG_TAG
-from pipelines.services import clickhouse_live, collector, lake_sink, pragma, processors, registry
+from pipelines.services import clickhouse_live, collector, inference, lake_sink, pragma, processors, registry
 from pipelines.services.builder import LIVE_STATUSES, SERVICE_TAG, Pod, service
 from pipelines.services.tags import LIVE_STATUS_NAMES
 from runtime.service_cli import settings_from_args, settings_parser
@@ -26,6 +26,7 @@ from streaming.clickhouse.live import ClickHouseLiveSettings
 from streaming.lake.sink import LakeSinkSettings
 from streaming.pragma.publisher import PragmaPublisherSettings
 from streaming.processors.feature_processor import FeatureProcessorSettings
+from streaming.processors.inference import InferenceService, InferenceSettings
 from streaming.processors.normalizer import NormalizerSettings
 
 
@@ -116,6 +117,7 @@ def test_worker_result_and_error_reach_the_caller():
         (ClickHouseLiveSettings, clickhouse_live.ClickHouseLiveConfig),
         (CollectorShardSettings, collector.CollectorShardConfig),
         (PragmaPublisherSettings, pragma.PragmaPublisherOpConfig),
+        (InferenceSettings, inference.InferenceRunConfig),
     ],
 )
 def test_one_settings_class_feeds_the_run_config_and_the_command_line(settings, config):
@@ -207,3 +209,30 @@ def test_the_code_location_serves_exactly_the_registered_services():
     service_jobs = {j.name for j in repo.get_all_jobs() if SERVICE_TAG in j.tags or j.name == "collector_shard"}
     assert service_jobs == {s.job.name for s in svcs}
     assert {s.name for s in registry.defs().sensors} <= {s.name for s in repo.sensor_defs}
+
+
+class _NoRegistry:
+    """An MLflow store that is not reachable (the service only warns and starts its loops)."""
+
+    tracking_uri = "none://"
+
+    def client(self):
+        raise OSError("no registry here")
+
+
+def test_a_service_of_several_loops_fails_when_one_fails_and_stops_the_others():
+    """InferenceService (one loop per model, each in its own Worker): crash-only, one failed
+    loop stops and closes the others, and the failure reaches the caller (the run fails, the
+    supervisor restarts it)."""
+
+    class Failing(Counter):
+        def run_once(self) -> bool:
+            time.sleep(0.2)
+            raise RuntimeError("model file unreadable")
+
+    healthy, failing = Counter(busy=10**9), Failing(busy=0)
+    for lp in (healthy, failing):
+        lp.settings = _NoRegistry()
+    with pytest.raises(RuntimeError, match="unreadable"):
+        InferenceService([healthy, failing]).run()
+    assert healthy.stopping and healthy.events == ["start", "close"] and failing.events == ["start", "close"]

@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient
+from pydantic import Field
 
 from features.records import decode_row, rows_to_table
 from features.spec import SPEC_VERSION
+from ml.dataset import HORIZONS_S
 from ml.predictions import CONTENT_TYPE, encode_prediction, score_features
 from ml.registry import (
     CHAMPION,
@@ -42,14 +44,18 @@ from ml.registry import (
     alias_version,
     horizon_of,
     load_version,
+    model_name,
 )
 from runtime import kafka_config as kc
 from runtime.dlq import DlqCounters, dead_letter
-from runtime.service_loop import ServiceLoop
+from runtime.home import resolve_home
+from runtime.service_cli import ServiceSettings, standalone
+from runtime.service_loop import STOP_TIMEOUT_S, WAIT_SLICE_S, ServiceLoop, Worker
 from schemas.model import Exchange, Market
 from schemas.topics import DlqStage, dlq_topic, feature_topic, prediction_topic
 from streaming.kafka.topic_admin import create_topics
 from streaming.kafka.topic_config import TopicConfig
+from streaming.processors.feature_processor import parse_pairs
 from streaming.processors.txn_loop import LoopStats, OutRecord, TransactionalLoop
 
 log = logging.getLogger(__name__)
@@ -235,13 +241,17 @@ _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, Over
 
 class InferenceService(ServiceLoop):
     """The loops of every served model, run side by side in one process (the Dagster run): a
-    ServiceLoop whose run() runs each loop in its own thread and whose stop request stops them all."""
+    ServiceLoop whose `start` starts each loop in its own Worker thread, whose `run_once`
+    watches them (one failed loop fails the service, crash-only: the supervisor restarts the
+    run; all loops done ends it) and whose `close` stops them and waits for their last commit."""
 
     name = "inference"
 
     def __init__(self, loops: list[InferenceLoop]):
         super().__init__()
         self.loops = loops
+        self._workers: list[Worker] = []
+        self._loop_limits: dict[str, float | None] = {}
 
     @property
     def stats(self) -> dict[str, LoopStats]:
@@ -261,21 +271,89 @@ class InferenceService(ServiceLoop):
         for lp in self.loops:
             lp.request_stop()
 
-    def run(self, *, idle_exit_s: float | None = None, max_seconds: float | None = None) -> None:
-        errors: list[BaseException] = []
+    def run(self, *, idle_exit_s: float | None = None, max_seconds: float | None = None, **kw) -> dict[str, LoopStats]:
+        """As ServiceLoop.run; each loop gets the idle and time limits (it idles on its own)."""
+        self._loop_limits = {"idle_exit_s": idle_exit_s, "max_seconds": max_seconds}
+        return super().run(max_seconds=max_seconds, **kw)
+
+    @property
+    def started(self) -> bool:
+        return bool(self._workers)
+
+    def start(self) -> None:
         self.warm_registry()
+        self._workers = [Worker(lambda lp=lp: lp.run(**self._loop_limits), name=lp.name) for lp in self.loops]
 
-        def work(lp: InferenceLoop) -> None:
-            try:
-                lp.run(idle_exit_s=idle_exit_s, max_seconds=max_seconds)
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                errors.append(exc)
-                self.request_stop()  # crash-only: one failed loop stops the service; the supervisor restarts it
+    def run_once(self) -> bool:
+        for worker in self._workers:
+            if worker.error is not None:
+                worker.outcome()  # raises: close() stops the other loops first
+        if all(w.done.is_set() for w in self._workers):
+            self.request_stop()
+            return False
+        self.stop_event.wait(WAIT_SLICE_S)
+        return True  # a live loop is progress: idling is each loop's own decision
 
-        threads = [threading.Thread(target=work, args=(lp,), name=lp.name, daemon=True) for lp in self.loops]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+    def close(self) -> None:
+        for lp in self.loops:
+            lp.request_stop()
+        for worker in self._workers:
+            worker.done.wait(STOP_TIMEOUT_S)
+
+
+class InferenceSettings(ServiceSettings):
+    """The inference service's settings: the Dagster run config (pipelines/services/inference.py)
+    and the `python -m streaming.processors.inference` options."""
+
+    models: list[str] = Field(default_factory=list)
+    """Registered models to serve (empty: one per horizon, mid_ret_<h>s)."""
+    pairs: list[str] = Field(default_factory=list)
+    """MARKET:EXCHANGE feature topics to score (empty: all)."""
+    shadows: list[str] = Field(default_factory=list)
+    """Extra loops serving another alias: MODEL:ALIAS[:SYMBOL,SYMBOL] (canary symbols optional),
+    published as prediction.<market>.<MODEL>-<ALIAS> (see pipelines/ml_promotion.py)."""
+    reload_interval_s: float = 10.0
+    """How often the `champion` alias is checked for a new version."""
+    batch_max_ms: int = 200
+    """Longest wait for a batch of feature rows."""
+    idle_exit_s: float | None = None
+    """Stop after this long without a committed batch (tests); None = run until terminated."""
+    max_seconds: float | None = None
+
+
+def inference_from_settings(
+    conn: kc.KafkaConnection,
+    mlflow: MlflowSettings,
+    settings: InferenceSettings,
+    *,
+    describe: Callable[[str], object] = log.info,
+) -> InferenceService:
+    """The service a Dagster run and the standalone entry both run: one loop per model's
+    champion plus one per shadow alias."""
+    models = settings.models or [model_name(h) for h in HORIZONS_S]
+    pairs = parse_pairs(settings.pairs or None)
+    common = {"reload_interval_s": settings.reload_interval_s, "batch_max_ms": settings.batch_max_ms}
+    loops = [InferenceLoop(conn, mlflow, m, pairs, **common) for m in models]
+    for spec in settings.shadows:
+        model, alias, *syms = spec.split(":")
+        symbols = [s for s in ",".join(syms).split(",") if s] or None
+        loops.append(InferenceLoop(conn, mlflow, model, pairs, alias=alias, symbols=symbols, **common))
+    describe(f"inference: serving {[lp.publish_name for lp in loops]} from {mlflow.tracking_uri}")
+    return InferenceService(loops)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone(
+        InferenceSettings,
+        lambda conn, _args, settings: inference_from_settings(
+            conn, MlflowSettings.from_env(local_root=lambda: resolve_home().ensure().mlflow_dir), settings
+        ),
+        service=InferenceService.name,
+        prog="python -m streaming.processors.inference",
+        doc=__doc__,
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
