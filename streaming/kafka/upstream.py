@@ -19,13 +19,15 @@ collector's produce time) with T. Plain Kafka, no Dagster.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from runtime import kafka_config as kc
+from streaming.kafka.drain import first_records
 from streaming.kafka.io import TP
 
 #: How long a raw record may take from its CreateTime (the collector's produce() call) to
@@ -90,41 +92,22 @@ class UpstreamClearance:
         return self._probe(starts, lambda m: False, read_committed=True)
 
     def _probe(self, starts: dict[TP, int], ok: Callable[[Message], bool], *, read_committed: bool) -> bool:
-        """Read the first record (or the end) of each partition from its start offset; True
-        when every partition ended there or its first record is `ok`. Absolute offsets: the
-        client looks a logical one (beginning) up with ListOffsets, which can stall here."""
+        """Read the first record (or the end) of each partition from its start offset
+        (drain.first_records); True when every partition ended there or its first record is `ok`."""
         if not starts:
             return True
-        cfg = kc.consumer_config(
-            self.conn,
-            f"{self.group}-clearance-{uuid.uuid4().hex[:8]}",
-            read_committed=read_committed,
-            fetch_wait_max_ms=10,
-        )
-        cfg["enable.partition.eof"] = True
-        # A fresh reader per probe: a client reports a partition's end once per end offset,
-        # so a reused one would stay silent about partitions it already saw at their end.
-        reader = Consumer(cfg)
-        settled: set[TP] = set()
-        try:
-            reader.assign([TopicPartition(t, p, max(o, 0)) for (t, p), o in starts.items()])
-            deadline = time.monotonic() + self.probe_s
-            while len(settled) < len(starts) and time.monotonic() < deadline:
-                for m in reader.consume(1000, PROBE_POLL_S):
-                    tp = (m.topic(), m.partition())
-                    err = m.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            settled.add(tp)
-                        continue
-                    if tp in settled or m.offset() < starts.get(tp, 0):
-                        continue
-                    if not ok(m):
-                        return False
-                    settled.add(tp)
-        finally:
-            reader.close()
-        return len(settled) >= len(starts)
+        group = f"{self.group}-clearance-{uuid.uuid4().hex[:8]}"
+        settled = 0
+        with contextlib.closing(
+            first_records(
+                self.conn, group, starts, probe_s=self.probe_s, poll_s=PROBE_POLL_S, read_committed=read_committed
+            )
+        ) as firsts:
+            for _tp, m in firsts:
+                if m is not None and not ok(m):
+                    return False
+                settled += 1
+        return settled >= len(starts)
 
     def close(self) -> None:
         if self._group_view is not None:
