@@ -24,6 +24,7 @@ from schemas.topics import (
     parse_event_topic,
     prediction_topic,
 )
+from schemas.units import QtyUnit
 from schemas.validation import validate_table
 from tests.support.envelopes import envelope, one_of_each
 
@@ -158,9 +159,15 @@ def test_python_enums_mirror_proto() -> None:
         (Exchange, pb.Exchange, "EXCHANGE_"),
         (Market, pb.Market, "MARKET_"),
         (EventType, pb.EventType, "EVENT_TYPE_"),
+        (QtyUnit, pb.QtyUnit, "QTY_UNIT_"),
     ):
         proto_names = {n.removeprefix(prefix) for n in proto.keys()} - {"UNSPECIFIED"}  # noqa: SIM118 - a protobuf enum wrapper, not a dict
         assert proto_names == {m.name for m in py}
+        for m in py:
+            assert m.pb == proto.Value(prefix + m.name)
+            assert py.from_pb(m.pb) is m
+        with pytest.raises(KeyError):
+            py.from_pb(0)  # UNSPECIFIED is no member
     payloads = {f.name for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields}
     assert payloads == {et.payload_field for et in EventType}
 
