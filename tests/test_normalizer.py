@@ -22,6 +22,7 @@ from schemas.model import EventType, Exchange, Market
 from schemas.serde import decode, encode
 from schemas.topics import dlq_topic, event_topic
 from streaming.kafka.broker import EmbeddedBroker
+from streaming.processors.dedup import OffsetWindowDedup
 from streaming.processors.instruments import InstrumentCatalog, fetch_instruments
 from streaming.processors.normalizer import (
     Normalizer,
@@ -311,6 +312,16 @@ def _with(env: pb.Envelope, fn) -> pb.Envelope:
     e.CopyFrom(env)
     fn(e)
     return stamp_event_id(e)
+
+
+def test_dedup_window_spans_input_offsets_not_ids():
+    d = OffsetWindowDedup(span=3)
+    assert d.first_time(10, "a") is True
+    assert d.first_time(11, "b") is True
+    assert d.first_time(13, "a") is False  # offset 10 is within the 3 offsets before 13
+    assert d.first_time(14, "a") is True  # offset 10 fell out of the span: "a" is new again
+    assert d.duplicates == 1
+    assert len(d) == 2 and "b" in d  # b (offset 11) is still inside the span ending at 14
 
 
 def test_records_are_enriched_or_refused_with_a_reason():
