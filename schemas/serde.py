@@ -20,6 +20,9 @@ from schemas.model import event_type_from_pb
 SCHEMA_VERSION = "1"
 SCHEMA_HEADER = "ticklake-schema"
 CONTENT_TYPE = "application/x-protobuf; messageType=ticklake.v1.Envelope"
+#: The constant headers of every record, encoded once (encode runs per event).
+_SCHEMA_HEADER_ITEM = (SCHEMA_HEADER, SCHEMA_VERSION.encode())
+_CONTENT_TYPE_ITEM = ("content-type", CONTENT_TYPE.encode())
 
 
 class SerdeError(ValueError):
@@ -42,8 +45,8 @@ def encode(env: pb.Envelope) -> KafkaRecord:
         key=env.symbol.encode(),
         value=env.SerializeToString(),
         headers=[
-            (SCHEMA_HEADER, SCHEMA_VERSION.encode()),
-            ("content-type", CONTENT_TYPE.encode()),
+            _SCHEMA_HEADER_ITEM,
+            _CONTENT_TYPE_ITEM,
             ("event-type", event_type_from_pb(env.event_type).value.encode()),
             ("event-id", env.event_id.encode()),
         ],
