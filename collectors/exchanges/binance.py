@@ -26,14 +26,8 @@ from typing import Any, NamedTuple
 from collectors.exchanges import binance_venue as venue
 from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest
 from collectors.exchanges.common import (
-    EVENT_FUNDING,
-    EVENT_LIQUIDATION,
-    EVENT_MARK_PRICE,
     EVENT_TICKER,
-    EVENT_TRADE,
     JSON_DECODE_ERRORS,
-    SIDE_BUY,
-    SIDE_SELL,
     AdapterBase,
     FrameError,
     InstrumentState,
@@ -412,14 +406,8 @@ class BinanceAdapter(AdapterBase):
         st = self.state(d.get("s"))
         t = as_int(d.get("t"), "trade id")
         px, qty = self.price(st, d.get("p")), self.size(st, d.get("q"))
-        ts, ps, ss = ms_to_us(d.get("T") or d.get("E")), st.px.scale, st.sz.scale
-        env = self.envelope(st, EVENT_TRADE, ts, recv, t, ps, ss)
-        tr = env.trade
-        tr.trade_id = str(t)
-        tr.px = px
-        tr.qty = qty
-        tr.taker_side = SIDE_SELL if _flag(d, "m") else SIDE_BUY
-        out.events.append(self.seal(st, env, tr, EVENT_TRADE, ts, t, ps, ss))
+        ts = ms_to_us(d.get("T") or d.get("E"))
+        out.events.append(self.trade_event(st, ts, recv, t, str(t), px, qty, not _flag(d, "m")))
 
     def _agg_trade(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         st = self.state(d.get("s"))
@@ -429,16 +417,9 @@ class BinanceAdapter(AdapterBase):
         if f > last:
             raise FrameError(f"aggTrade first trade id {f} > last {last}", st.native)
         px, qty = self.price(st, d.get("p")), self.size(st, d.get("q"))
-        ts, ps, ss = ms_to_us(d.get("T") or d.get("E")), st.px.scale, st.sz.scale
-        env = self.envelope(st, EVENT_TRADE, ts, recv, agg_id, ps, ss)
-        tr = env.trade
-        tr.trade_id = str(a) if a is not None else (str(f) if f == last else f"{f}-{last}")
-        tr.px = px
-        tr.qty = qty
-        tr.taker_side = SIDE_SELL if _flag(d, "m") else SIDE_BUY
-        tr.first_trade_id = f
-        tr.last_trade_id = last
-        out.events.append(self.seal(st, env, tr, EVENT_TRADE, ts, agg_id, ps, ss))
+        ts = ms_to_us(d.get("T") or d.get("E"))
+        trade_id = str(a) if a is not None else (str(f) if f == last else f"{f}-{last}")
+        out.events.append(self.trade_event(st, ts, recv, agg_id, trade_id, px, qty, not _flag(d, "m"), f, last))
 
     def _book_ticker(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         st = self.state(d.get("s"))
@@ -477,20 +458,12 @@ class BinanceAdapter(AdapterBase):
         if d.get("p") in (None, ""):
             raise FrameError("markPriceUpdate without a mark price", st.native)
         scale, (mark, index, settle) = self.aux_prices(st, d.get("p"), d.get("i"), d.get("P"))
-        env = self.envelope(st, EVENT_MARK_PRICE, ts, recv, 0, scale, 0)
-        m = env.mark_price
-        m.mark_px, m.index_px, m.estimated_settle_px = mark, index, settle
-        events = [self.stamp(env)]
+        events = [self.mark_event(st, ts, recv, 0, scale, mark, index, settle)]
         rate = d.get("r")
         if st.market is Market.PERP and rate not in (None, ""):
             r = funding_rate(rate, st.native)
-            fenv = self.envelope(st, EVENT_FUNDING, ts, recv, 0, scale, 0)
-            f = fenv.funding
-            f.rate = r
             nxt = d.get("T")
-            f.next_funding_ts = ms_to_us(nxt) if nxt else 0
-            f.mark_px = mark
-            events.append(self.stamp(fenv))
+            events.append(self.funding_event(st, ts, recv, 0, scale, r, ms_to_us(nxt) if nxt else 0, mark))
         out.events.extend(events)
 
     def _force_order(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
@@ -508,15 +481,8 @@ class BinanceAdapter(AdapterBase):
         filled = o.get("z")  # accumulated filled qty; the order qty when nothing is reported filled
         qty = self.size(st, filled if type(filled) is str and _nonzero(filled) else o.get("q"))
         px = self.price(st, o.get("p"))
-        env = self.envelope(
-            st, EVENT_LIQUIDATION, ms_to_us(o.get("T") or d.get("E")), recv, 0, st.px.scale, st.sz.scale
-        )
-        liq = env.liquidation
-        liq.side = SIDE_BUY if side == "BUY" else SIDE_SELL
-        liq.px = px
-        liq.qty = qty
-        liq.order_status = text_id(o.get("X", ""), "order status")
-        out.events.append(self.stamp(env))
+        ts, status = ms_to_us(o.get("T") or d.get("E")), text_id(o.get("X", ""), "order status")
+        out.events.append(self.liquidation_event(st, ts, recv, side == "BUY", px, qty, status))
 
 
 class BinanceSpotAdapter(BinanceAdapter):

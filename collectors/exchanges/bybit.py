@@ -24,14 +24,8 @@ from typing import Any
 from collectors.exchanges import bybit_venue as venue
 from collectors.exchanges.base import FrameResult, RestRequest, Send
 from collectors.exchanges.common import (
-    EVENT_FUNDING,
-    EVENT_LIQUIDATION,
-    EVENT_MARK_PRICE,
     EVENT_TICKER,
-    EVENT_TRADE,
     REASON_RESYNC,
-    SIDE_BUY,
-    SIDE_SELL,
     AdapterBase,
     FrameError,
     InstrumentState,
@@ -248,14 +242,9 @@ class BybitAdapter(AdapterBase):
             if side not in ("Buy", "Sell"):
                 raise FrameError(f"trade side {side!r}", st.native)
             px, qty = self.price(st, t.get("p")), self.size(st, t.get("v"))
-            ts, seq, ps, ss = ms_to_us(t.get("T")), opt_seq(t.get("seq"), "trade seq"), st.px.scale, st.sz.scale
-            env = self.envelope(st, EVENT_TRADE, ts, recv, seq, ps, ss)
-            tr = env.trade
-            tr.trade_id = text_id(t.get("i", ""), "trade id")
-            tr.px = px
-            tr.qty = qty
-            tr.taker_side = SIDE_BUY if side == "Buy" else SIDE_SELL
-            out.events.append(self.seal(st, env, tr, EVENT_TRADE, ts, seq, ps, ss))
+            ts, seq = ms_to_us(t.get("T")), opt_seq(t.get("seq"), "trade seq")
+            trade_id = text_id(t.get("i", ""), "trade id")
+            out.events.append(self.trade_event(st, ts, recv, seq, trade_id, px, qty, side == "Buy"))
 
     def _ticker(self, msg: dict, recv: int, out: FrameResult) -> None:
         data = msg.get("data")
@@ -295,21 +284,12 @@ class BybitAdapter(AdapterBase):
             mark_s, index_s = t.get("markPrice"), t.get("indexPrice")
             mscale, (mark, index) = self.aux_prices(st, mark_s, index_s)
             if ("markPrice" in data or "indexPrice" in data) and mark:
-                menv = self.envelope(st, EVENT_MARK_PRICE, ts, recv, seq, mscale, 0)
-                m = menv.mark_price
-                m.mark_px = mark
-                m.index_px = index
-                events.append(self.stamp(menv))
+                events.append(self.mark_event(st, ts, recv, seq, mscale, mark, index))
             rate = t.get("fundingRate")
             if ("fundingRate" in data or "nextFundingTime" in data) and rate:
                 r = funding_rate(rate, st.native)
-                fenv = self.envelope(st, EVENT_FUNDING, ts, recv, seq, mscale, 0)
-                f = fenv.funding
-                f.rate = r
                 nxt = t.get("nextFundingTime")
-                f.next_funding_ts = ms_to_us(nxt) if nxt else 0
-                f.mark_px = mark
-                events.append(self.stamp(fenv))
+                events.append(self.funding_event(st, ts, recv, seq, mscale, r, ms_to_us(nxt) if nxt else 0, mark))
         st.ticker = t
         out.events.extend(events)
 
@@ -324,14 +304,9 @@ class BybitAdapter(AdapterBase):
     ) -> None:
         if position_side not in ("Buy", "Sell"):
             raise FrameError(f"liquidation side {position_side!r}", st.native)
-        env = self.envelope(st, EVENT_LIQUIDATION, ts, recv, 0, 0, 0)
-        liq = env.liquidation
+        price, size = self.price(st, px), self.size(st, qty)
         # Position side Buy = a long was liquidated = the liquidation order sold.
-        liq.side = SIDE_SELL if position_side == "Buy" else SIDE_BUY
-        liq.px = self.price(st, px)
-        liq.qty = self.size(st, qty)
-        env.price_scale, env.size_scale = st.px.scale, st.sz.scale
-        out.events.append(self.stamp(env))
+        out.events.append(self.liquidation_event(st, ts, recv, position_side != "Buy", price, size))
 
     def _all_liquidation(self, msg: dict, recv: int, out: FrameResult) -> None:
         data = msg.get("data")

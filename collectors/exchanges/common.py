@@ -613,6 +613,77 @@ class AdapterBase:
 
     stamp = staticmethod(stamp_event_id)
 
+    # -- events every venue fills the same way (the venue module reads and checks the fields) --
+
+    def trade_event(
+        self,
+        st: InstrumentState,
+        ts: int,
+        recv: int,
+        seq: int,
+        trade_id: str,
+        px: int,
+        qty: int,
+        taker_buys: bool,
+        first_id: int = 0,
+        last_id: int = 0,
+    ) -> pb.Envelope:
+        """A TRADE at the instrument's current scales; ``first_id``/``last_id`` only for
+        aggregated trades (Binance aggTrade)."""
+        ps, ss = st.px.scale, st.sz.scale
+        env = self.envelope(st, EVENT_TRADE, ts, recv, seq, ps, ss)
+        tr = env.trade
+        tr.trade_id = trade_id
+        tr.px = px
+        tr.qty = qty
+        tr.taker_side = SIDE_BUY if taker_buys else SIDE_SELL
+        tr.first_trade_id = first_id
+        tr.last_trade_id = last_id
+        return self.seal(st, env, tr, EVENT_TRADE, ts, seq, ps, ss)
+
+    def liquidation_event(
+        self, st: InstrumentState, ts: int, recv: int, order_buys: bool, px: int, qty: int, status: str = ""
+    ) -> pb.Envelope:
+        """A LIQUIDATION; ``order_buys`` is the side of the liquidation *order* (a liquidated
+        long is sold)."""
+        env = self.envelope(st, EVENT_LIQUIDATION, ts, recv, 0, st.px.scale, st.sz.scale)
+        liq = env.liquidation
+        liq.side = SIDE_BUY if order_buys else SIDE_SELL
+        liq.px = px
+        liq.qty = qty
+        liq.order_status = status
+        return self.stamp(env)
+
+    def mark_event(
+        self, st: InstrumentState, ts: int, recv: int, seq: int, scale: int, mark: int, index: int = 0, settle: int = 0
+    ) -> pb.Envelope:
+        """A MARK_PRICE at the mark/index price scale ``scale`` (see aux_prices)."""
+        env = self.envelope(st, EVENT_MARK_PRICE, ts, recv, seq, scale, 0)
+        m = env.mark_price
+        m.mark_px, m.index_px, m.estimated_settle_px = mark, index, settle
+        return self.stamp(env)
+
+    def funding_event(
+        self,
+        st: InstrumentState,
+        ts: int,
+        recv: int,
+        seq: int,
+        scale: int,
+        rate: int,
+        next_ts: int,
+        mark: int = 0,
+        predicted: int = 0,
+    ) -> pb.Envelope:
+        """A FUNDING (rates scaled by RATE_SCALE; ``mark`` at price scale ``scale``)."""
+        env = self.envelope(st, EVENT_FUNDING, ts, recv, seq, scale, 0)
+        f = env.funding
+        f.rate = rate
+        f.next_funding_ts = next_ts
+        f.predicted_rate = predicted
+        f.mark_px = mark
+        return self.stamp(env)
+
     def snapshot_event(
         self, st: InstrumentState, reason: int, exchange_ts: int, ingest_ts: int, checksum: int = 0
     ) -> pb.Envelope:

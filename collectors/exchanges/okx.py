@@ -26,14 +26,8 @@ from typing import Any
 from collectors.exchanges import okx_venue as venue
 from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest, Send
 from collectors.exchanges.common import (
-    EVENT_FUNDING,
-    EVENT_LIQUIDATION,
-    EVENT_MARK_PRICE,
     EVENT_TICKER,
-    EVENT_TRADE,
     REASON_RESYNC,
-    SIDE_BUY,
-    SIDE_SELL,
     AdapterBase,
     FrameError,
     InstrumentState,
@@ -352,14 +346,7 @@ class OkxAdapter(AdapterBase):
         tid = text_id(t.get("tradeId"), "tradeId")
         px, qty = self.price(st, t.get("px")), self.size(st, t.get("sz"))
         seq = int(tid) if tid.isdigit() and tid.isascii() and len(tid) < 19 else 0
-        ts, ps, ss = ms_to_us(t.get("ts")), st.px.scale, st.sz.scale
-        env = self.envelope(st, EVENT_TRADE, ts, recv, seq, ps, ss)
-        tr = env.trade
-        tr.trade_id = tid
-        tr.px = px
-        tr.qty = qty
-        tr.taker_side = SIDE_BUY if side == "buy" else SIDE_SELL
-        out.events.append(self.seal(st, env, tr, EVENT_TRADE, ts, seq, ps, ss))
+        out.events.append(self.trade_event(st, ms_to_us(t.get("ts")), recv, seq, tid, px, qty, side == "buy"))
 
     def _ticker(self, t: Any, recv: int, out: FrameResult) -> None:
         if type(t) is not dict:
@@ -395,14 +382,10 @@ class OkxAdapter(AdapterBase):
         r = funding_rate(rate, st.native)
         nxt = t.get("nextFundingRate")
         predicted = funding_rate(nxt, st.native) if nxt not in (None, "") else 0
-        ts = t.get("ts")
-        env = self.envelope(st, EVENT_FUNDING, ms_to_us(ts) if ts not in (None, "") else recv, recv, 0, 0, 0)
-        f = env.funding
-        f.rate = r
-        f.predicted_rate = predicted
-        ft = t.get("fundingTime")
-        f.next_funding_ts = ms_to_us(ft) if ft not in (None, "") else 0
-        out.events.append(self.stamp(env))
+        ts, ft = t.get("ts"), t.get("fundingTime")
+        ts_us = ms_to_us(ts) if ts not in (None, "") else recv
+        next_ts = ms_to_us(ft) if ft not in (None, "") else 0
+        out.events.append(self.funding_event(st, ts_us, recv, 0, 0, r, next_ts, predicted=predicted))
 
     def _mark(self, t: Any, recv: int, out: FrameResult) -> None:
         if type(t) is not dict:
@@ -411,9 +394,7 @@ class OkxAdapter(AdapterBase):
         if t.get("markPx") in (None, ""):
             raise FrameError("mark-price item without markPx", st.native)
         scale, (mark,) = self.aux_prices(st, t.get("markPx"))
-        env = self.envelope(st, EVENT_MARK_PRICE, ms_to_us(t.get("ts")), recv, 0, scale, 0)
-        env.mark_price.mark_px = mark
-        out.events.append(self.stamp(env))
+        out.events.append(self.mark_event(st, ms_to_us(t.get("ts")), recv, 0, scale, mark))
 
     def _liquidations(self, t: Any, recv: int, out: FrameResult) -> None:
         if type(t) is not dict or type(t.get("details")) is not list:
@@ -430,12 +411,8 @@ class OkxAdapter(AdapterBase):
             if side not in ("buy", "sell"):
                 raise FrameError(f"liquidation side {side!r}", st.native)
             px, qty = self.price(st, det.get("bkPx")), self.size(st, det.get("sz"))
-            env = self.envelope(st, EVENT_LIQUIDATION, ms_to_us(det.get("ts")), recv, 0, st.px.scale, st.sz.scale)
-            liq = env.liquidation
-            liq.side = SIDE_BUY if side == "buy" else SIDE_SELL  # the liquidation order's side
-            liq.px = px
-            liq.qty = qty
-            out.events.append(self.stamp(env))
+            # the detail's side is the liquidation order's side
+            out.events.append(self.liquidation_event(st, ms_to_us(det.get("ts")), recv, side == "buy", px, qty))
 
     def _bbo(self, arg: dict, data: list, recv: int, out: FrameResult) -> None:
         st = self.state(arg.get("instId"))
