@@ -10,9 +10,9 @@ Spark asset recomputes it at scale and its parity check compares against it.
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
 import dagster as dg
 
-from assets.automation import HOURLY_CHAIN
+from assets.automation import hourly_chain_asset
 from assets.lake_hours import LAKE_HOUR_ASSETS
-from assets.partitions import HOURLY, hour_start
+from assets.partitions import hour_start
 from features.compute import FeatureState
 from features.spec import FEATURES_TABLE, SPEC_VERSION
 from resources.lake import LakeResource
@@ -54,16 +54,7 @@ def require_sealed(tables, partition_key: str) -> None:
 def feature_asset(key: dg.AssetKey, kinds: set[str], description: str):
     """The asset decorator of an hour of 1 s features, whichever runtime computes it (local
     batch here, Spark in assets/spark_features.py): same partitions, inputs, group and automation."""
-    return dg.asset(
-        key=key,
-        partitions_def=HOURLY,
-        deps=INPUT_DEPS,
-        group_name=GROUP,
-        kinds=kinds,
-        tags={"ticklake/layer": "features"},
-        automation_condition=HOURLY_CHAIN,
-        description=description,
-    )
+    return hourly_chain_asset(key, INPUT_DEPS, description, group=GROUP, layer="features", kinds=kinds)
 
 
 def hour_inputs(lake: LakeResource, config: FeatureHourConfig, partition_key: str):
