@@ -25,13 +25,11 @@ from collectors.exchanges import bybit_venue as venue
 from collectors.exchanges.base import FrameResult, RestRequest, Send
 from collectors.exchanges.common import (
     EVENT_TICKER,
-    REASON_RESYNC,
     AdapterBase,
     FrameError,
     InstrumentState,
     NotSubscribed,
     as_int,
-    dump,
     frame_object,
     funding_rate,
     ms_to_us,
@@ -94,13 +92,7 @@ class BybitAdapter(AdapterBase):
         out = FrameResult()
         self._last_ping_us = 0  # a new connection: ping on the next keepalive tick
         args = [t for s in native_symbols for t in self.topics(s)]
-        for i in range(0, len(args), MAX_ARGS_PER_REQUEST):
-            out.sends.append(Send(dump({"op": "subscribe", "args": args[i : i + MAX_ARGS_PER_REQUEST]})))
-        for s in native_symbols:
-            st = self.states.get(s)
-            if st is not None and st.book.synced:
-                # A new connection starts with a fresh snapshot; consumers must replace their book.
-                st.next_reason = REASON_RESYNC
+        self.subscribe_all(native_symbols, args, MAX_ARGS_PER_REQUEST, out)
         if self.fetch_instruments:
             out.requests.append(self.instruments_request(native_symbols))
         return out

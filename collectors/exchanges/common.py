@@ -460,6 +460,17 @@ class AdapterBase:
         """The subscribe argument of ``st``'s book, for venues that resend a snapshot on subscribe."""
         raise NotImplementedError
 
+    def subscribe_all(self, native_symbols: list[str], args: list, per_request: int, out: FrameResult) -> None:
+        """A new connection of a venue that pushes a book snapshot on subscribe (Bybit, OKX):
+        subscribe ``args`` in requests of at most ``per_request``; a book already synced gets a
+        fresh snapshot, which consumers must take as replacing theirs (RESYNC)."""
+        for i in range(0, len(args), per_request):
+            out.sends.append(Send(dump({"op": "subscribe", "args": args[i : i + per_request]})))
+        for s in native_symbols:
+            st = self.states.get(s)
+            if st is not None and st.book.synced:
+                st.next_reason = REASON_RESYNC
+
     def resubscribe(self, st: InstrumentState, reason: str, out: FrameResult, gap: bool) -> None:
         """Drop ``st``'s book and subscribe it again: Bybit and OKX answer a subscribe with a
         fresh snapshot, so that is their whole rebuild."""

@@ -27,13 +27,11 @@ from collectors.exchanges import okx_venue as venue
 from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest, Send
 from collectors.exchanges.common import (
     EVENT_TICKER,
-    REASON_RESYNC,
     AdapterBase,
     FrameError,
     InstrumentState,
     NotSubscribed,
     as_int,
-    dump,
     frame_object,
     funding_rate,
     ms_to_us,
@@ -145,13 +143,7 @@ class OkxAdapter(AdapterBase):
 
     def on_open(self, native_symbols: list[str]) -> FrameResult:
         out = FrameResult()
-        args = self.subscriptions(native_symbols)
-        for i in range(0, len(args), 100):
-            out.sends.append(Send(dump({"op": "subscribe", "args": args[i : i + 100]})))
-        for s in native_symbols:
-            st = self.states.get(s)
-            if st is not None and st.book.synced:
-                st.next_reason = REASON_RESYNC
+        self.subscribe_all(native_symbols, self.subscriptions(native_symbols), 100, out)
         if self.fetch_instruments:
             for it in sorted({_inst_type(market_of_inst(s)) for s in native_symbols}):
                 out.requests.append(
