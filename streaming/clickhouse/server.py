@@ -56,7 +56,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -890,11 +889,9 @@ class LocalClickHouse(ChildServer):
         self.state_file = Path(state_file)
         self.log_path = Path(log_path)
         self.host, self.port = host, port
-        self.extra_env = dict(env or {})
-        self.die_with_parent = die_with_parent
         self.startup_timeout = startup_timeout
         self.url: str | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(env=env, die_with_parent=die_with_parent)
 
     @property
     def dsn(self) -> str:
@@ -918,23 +915,16 @@ class LocalClickHouse(ChildServer):
         ]
 
     def start(self) -> LocalClickHouse:
-        from streaming.kafka.broker import _DIE_WITH_PARENT, log_tail
+        from streaming.kafka.broker import log_tail
 
         if self._proc is not None:
             raise RuntimeError("ClickHouse server already started")
         self.state_file.unlink(missing_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, **self.extra_env)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")) if p
         )
-        cmd = self.command()
-        if self.die_with_parent:
-            cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
-        with open(self.log_path, "ab") as fh:
-            self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        self._spawn(self.log_path, env)
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.state_file.exists():

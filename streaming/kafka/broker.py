@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -151,22 +150,6 @@ def log_tail(path: Path | None, lines: int = 30) -> str:
     return "\n".join(text[-lines:]) or "(broker log is empty)"
 
 
-#: Exec shim: ask the kernel to SIGTERM the broker when its parent dies (PR_SET_PDEATHSIG
-#: survives exec), so a test run killed with SIGKILL leaves no broker behind. Done in a
-#: shim rather than a preexec_fn, which is unsafe with the Kafka client's threads alive.
-#: The PID stays the same across exec. No-op where prctl does not exist.
-_DIE_WITH_PARENT = """
-import ctypes, os, signal, sys
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-except (OSError, AttributeError):
-    pass
-if os.getppid() != int(sys.argv[1]):
-    sys.exit("parent exited before the broker started")
-os.execv(sys.argv[2], sys.argv[2:])
-"""
-
-
 class EmbeddedBroker(ChildServer):
     """One Tansu broker process on 127.0.0.1, with memory storage or, given `data_dir`,
     persistent storage in that directory.
@@ -224,11 +207,9 @@ class EmbeddedBroker(ChildServer):
         self.cluster_id = cluster_id
         self.startup_timeout = startup_timeout
         self.binary = binary
-        self.extra_env = dict(env or {})
-        self.die_with_parent = die_with_parent
         self.log_path = Path(log_path) if log_path is not None else None
         self._own_log_dir: str | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(env=env, die_with_parent=die_with_parent)
 
     @property
     def bootstrap(self) -> str:
@@ -297,22 +278,13 @@ class EmbeddedBroker(ChildServer):
         if self.log_path is None:
             self._own_log_dir = tempfile.mkdtemp(prefix="ticklake-broker-")
             self.log_path = Path(self._own_log_dir) / "broker.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {
             k: v
             for k, v in os.environ.items()
             if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "CLUSTER_ID")
         }
         env.update(self.extra_env, NO_COLOR="1")
-        with open(self.log_path, "ab") as log:
-            # Own session: a Ctrl-C in the caller's terminal must not kill the broker
-            # behind the owner's back; the owner stops it explicitly.
-            cmd = self.command()
-            if self.die_with_parent:
-                cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
-            self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        self._spawn(self.log_path, env)
         try:
             wait_for_metadata(self.bootstrap, self.startup_timeout, alive=self.is_running)
             owns = process_listens_on(self._proc.pid, self.port)
