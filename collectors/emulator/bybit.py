@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from collectors.emulator.ratelimit import VenueLimits
-from collectors.emulator.sim import Client, InstrumentInfo, VenueSim, dumps, now_ms, query_int
+from collectors.emulator.sim import Client, InstrumentInfo, VenueSim, dumps, now_ms
 from collectors.exchanges import bybit_venue
 from schemas.model import Exchange, Market
 from schemas.symbols import SymbolError, split_concatenated
@@ -152,33 +152,19 @@ class BybitSim(VenueSim):
                 base, quote = native, ""
             self.add_instrument(InstrumentInfo(native, BYBIT_CATEGORIES.get(self.category, Market.PERP), base, quote))
 
+    book_query = ("symbol", "limit", 25)
     rest_paths = {
-        bybit_venue.ORDERBOOK_PATH: "_orderbook",
+        bybit_venue.ORDERBOOK_PATH: "rest_book",
         bybit_venue.INSTRUMENTS_PATH: "_instruments",
         bybit_venue.TIME_PATH: "_time",
     }
 
-    async def _orderbook(self, request: web.Request) -> web.Response:
-        native, book = await self.requested_book(request, "symbol")
-        if book is None:
-            return web.json_response(
-                {"retCode": 10001, "retMsg": "params error: symbol invalid", "result": {}, "time": now_ms()}
-            )
-        n = query_int(request, "limit", 25)
-        return web.json_response(
-            {
-                "retCode": 0,
-                "retMsg": "OK",
-                "result": {
-                    **_levels(native, book, n),
-                    "ts": book.ts_ms,
-                    "u": book.seq,
-                    "seq": book.aux_seq,
-                    "cts": book.cts_ms,
-                },
-                "time": now_ms(),
-            }
-        )
+    def unknown_book(self) -> dict[str, Any]:
+        return {"retCode": 10001, "retMsg": "params error: symbol invalid", "result": {}, "time": now_ms()}
+
+    def book_body(self, native: str, book: Any, n: int) -> dict[str, Any]:
+        result = {**_levels(native, book, n), "ts": book.ts_ms, "u": book.seq, "seq": book.aux_seq, "cts": book.cts_ms}
+        return {"retCode": 0, "retMsg": "OK", "result": result, "time": now_ms()}
 
     async def _instruments(self, request: web.Request) -> web.Response:
         cat = request.query.get("category", self.category)

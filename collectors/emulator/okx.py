@@ -16,7 +16,7 @@ from aiohttp import web
 
 from collectors.emulator.book import okx_checksum
 from collectors.emulator.ratelimit import VenueLimits
-from collectors.emulator.sim import Client, InstrumentInfo, VenueSim, dumps, now_ms, query_int
+from collectors.emulator.sim import Client, InstrumentInfo, VenueSim, dumps, now_ms
 from collectors.exchanges import okx_venue
 from schemas.model import Exchange, Market
 
@@ -212,24 +212,22 @@ class OkxSim(VenueSim):
             parts = inst.split("-")
             self.add_instrument(InstrumentInfo(inst, okx_market(inst), parts[0], parts[1] if len(parts) > 1 else ""))
 
+    book_query = ("instId", "sz", 1)
     rest_paths = {
-        okx_venue.BOOKS_PATH: "_books",
+        okx_venue.BOOKS_PATH: "rest_book",
         okx_venue.INSTRUMENTS_PATH: "_instruments",
         okx_venue.TIME_PATH: "_time",
     }
 
-    async def _books(self, request: web.Request) -> web.Response:
-        _inst, book = await self.requested_book(request, "instId")
-        if book is None:
-            return web.json_response({"code": "51001", "msg": "Instrument ID does not exist", "data": []})
-        n = query_int(request, "sz", 1)
-        return web.json_response(
-            {
-                "code": "0",
-                "msg": "",
-                "data": [{"asks": book.top_asks(n), "bids": book.top_bids(n), "ts": str(book.ts_ms)}],
-            }
-        )
+    def unknown_book(self) -> dict[str, Any]:
+        return {"code": "51001", "msg": "Instrument ID does not exist", "data": []}
+
+    def book_body(self, native: str, book: Any, n: int) -> dict[str, Any]:
+        return {
+            "code": "0",
+            "msg": "",
+            "data": [{"asks": book.top_asks(n), "bids": book.top_bids(n), "ts": str(book.ts_ms)}],
+        }
 
     async def _instruments(self, request: web.Request) -> web.Response:
         want_type = request.query.get("instType", "")

@@ -390,12 +390,26 @@ class VenueSim:
             book.seq = int(seq)
         return True
 
-    async def requested_book(self, request: web.Request, param: str) -> tuple[str, EmuBook | None]:
-        """The symbol a REST book request names in query ``param`` and its book, once the host
-        has one (None: a symbol the host does not know, or no book within 30 s)."""
+    #: a rest_book request: (parameter naming the symbol, depth parameter, default depth)
+    book_query: tuple[str, str, int] = ("symbol", "limit", 100)
+
+    async def rest_book(self, request: web.Request) -> web.Response:
+        """The REST order book of a host that declares ``book_query``: the named symbol's best
+        levels once the host has its book (``book_body``), else the venue's refusal
+        (``unknown_book``: a symbol the host does not know, or no book within 30 s)."""
+        param, depth_param, default_depth = self.book_query
         native = request.query.get(param, "")
         known = native in self.books or native in self.instruments
-        return native, (await self.wait_book(native, 30.0) if known else None)
+        book = await self.wait_book(native, 30.0) if known else None
+        if book is None:
+            return web.json_response(self.unknown_book())
+        return web.json_response(self.book_body(native, book, query_int(request, depth_param, default_depth)))
+
+    def unknown_book(self) -> Any:
+        raise NotImplementedError
+
+    def book_body(self, native: str, book: EmuBook, n: int) -> Any:
+        raise NotImplementedError
 
     def mark_known(self) -> None:
         if self.shadow:
