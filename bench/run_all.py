@@ -122,52 +122,6 @@ def _printed_lake_sink(out: str) -> list[dict]:
     return figs
 
 
-def _printed_processing(out: str) -> list[dict]:
-    """Figures of bench_processing.py's printed tables (until it emits figure lines itself)."""
-    figs = []
-    m = re.search(r"bare transactional consume->produce \(identity\)\s+([\d,]+)", out)
-    base = _num(m.group(1)) if m else None
-    for label, name, target in (
-        ("normalizer, through the broker", "normalizer through the broker", "≥ 70 %"),
-        ("feature processor, through the broker", "feature processor through the broker", "≥ 50 %"),
-    ):
-        m = re.search(re.escape(label) + r"\s+([\d,]+)", out)
-        if m:
-            figs.append(figure(name, _num(m.group(1)), "events/s", "bare transactional consume->produce", base, target))
-    num = r"([\d.]+|nan|inf)"
-    for m in re.finditer(
-        r"^\s+([\d,]+)\s+([\d,]+)\s+" + num + r"\s+" + num + r"\s+(met|MISS)\s+" + num + " / " + num, out, re.M
-    ):
-        rate = int(_num(m.group(1)))
-        figs.append(
-            figure(
-                f"latency after window close p50 at {rate:,} ev/s",
-                float(m.group(6)),
-                "s",
-                note=f"achieved {m.group(2)} ev/s",
-            )
-        )
-        figs.append(
-            figure(
-                f"latency after window close p99 at {rate:,} ev/s",
-                float(m.group(7)),
-                "s",
-                target="< 0.1 s at 20k ev/s",
-                note=f"achieved {m.group(2)} ev/s",
-            )
-        )
-        figs.append(
-            figure(
-                f"latency exchange_ts -> feature row p99 at {rate:,} ev/s",
-                float(m.group(4)),
-                "s",
-                target="< 2 s (SLO)",
-                note=f"SLO {m.group(5)}",
-            )
-        )
-    return figs
-
-
 def _printed_analytics(out: str) -> list[dict]:
     """Figures of bench_analytics.py's printed table (until it emits figure lines itself)."""
     figs = []
@@ -234,7 +188,6 @@ def _printed_idle(out: str) -> list[dict]:
 
 PRINTED = {
     "lake_sink": _printed_lake_sink,
-    "processing": _printed_processing,
     "analytics": _printed_analytics,
     "idle": _printed_idle,
 }
