@@ -31,7 +31,6 @@ from collectors.exchanges.common import (
     AdapterBase,
     FrameError,
     InstrumentState,
-    NotSubscribed,
     as_int,
     dump,
     frame_object,
@@ -470,10 +469,8 @@ class BinanceAdapter(AdapterBase):
         o = d.get("o")
         if type(o) is not dict:
             raise FrameError("forceOrder without order object")
-        try:
-            st = self.state(o.get("s"))
-        except NotSubscribed:  # !forceOrder@arr reports every symbol's liquidations
-            self._ignore("liquidation:not_subscribed")
+        st = self.liquidation_state(o.get("s"))
+        if st is None:
             return
         side = o.get("S")
         if side not in ("BUY", "SELL"):

@@ -28,7 +28,6 @@ from collectors.exchanges.common import (
     AdapterBase,
     FrameError,
     InstrumentState,
-    NotSubscribed,
     as_int,
     frame_object,
     funding_rate,
@@ -306,10 +305,8 @@ class BybitAdapter(AdapterBase):
         for d in items:
             if type(d) is not dict:
                 raise FrameError("allLiquidation item is not an object")
-            try:
-                st = self.state(d.get("s"))
-            except NotSubscribed:
-                self._ignore("liquidation:not_subscribed")
+            st = self.liquidation_state(d.get("s"))
+            if st is None:
                 continue
             self._liq(st, d.get("S"), d.get("p"), d.get("v"), ms_to_us(d.get("T")), recv, out)
 

@@ -460,6 +460,16 @@ class AdapterBase:
         """The subscribe argument of ``st``'s book, for venues that resend a snapshot on subscribe."""
         raise NotImplementedError
 
+    def liquidation_state(self, native: Any) -> InstrumentState | None:
+        """The state of a liquidation's instrument; None (counted as ignored) for one the shard
+        does not collect: the venues' liquidation streams report every instrument (Binance
+        !forceOrder@arr, Bybit allLiquidation, OKX liquidation-orders per instType)."""
+        try:
+            return self.state(native)
+        except NotSubscribed:
+            self._ignore("liquidation:not_subscribed")
+            return None
+
     def subscribe_all(self, native_symbols: list[str], args: list, per_request: int, out: FrameResult) -> None:
         """A new connection of a venue that pushes a book snapshot on subscribe (Bybit, OKX):
         subscribe ``args`` in requests of at most ``per_request``; a book already synced gets a

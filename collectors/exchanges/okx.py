@@ -30,7 +30,6 @@ from collectors.exchanges.common import (
     AdapterBase,
     FrameError,
     InstrumentState,
-    NotSubscribed,
     as_int,
     frame_object,
     funding_rate,
@@ -391,10 +390,8 @@ class OkxAdapter(AdapterBase):
     def _liquidations(self, t: Any, recv: int, out: FrameResult) -> None:
         if type(t) is not dict or type(t.get("details")) is not list:
             raise FrameError("liquidation-orders item without details")
-        try:
-            st = self.state(t.get("instId"))
-        except NotSubscribed:  # the channel is per instType: every instrument's liquidations
-            self._ignore("liquidation:not_subscribed")
+        st = self.liquidation_state(t.get("instId"))
+        if st is None:
             return
         for det in t["details"]:
             if type(det) is not dict:
