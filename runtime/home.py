@@ -27,47 +27,39 @@ LOCAL_POOL_LIMITS: dict[str, int] = {}
 CLICKHOUSE_STATE_FILE = "clickhouse.json"
 
 
+class _Under:
+    """One path of the layout, below the home's root: the layout is a table of these."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, home: TicklakeHome | None, owner: type | None = None) -> Path:
+        if home is None:
+            return self  # type: ignore[return-value]  # the class attribute itself
+        return home.root.joinpath(*self.parts)
+
+
 @dataclass(frozen=True, slots=True)
 class TicklakeHome:
     """Layout of one $TICKLAKE_HOME; `root` is always absolute."""
 
     root: Path
 
-    @property
-    def catalog_db(self) -> Path:
-        return self.root / "catalog.db"
-
-    @property
-    def warehouse_dir(self) -> Path:
-        return self.root / "warehouse"
-
-    @property
-    def clickhouse_dir(self) -> Path:
-        return self.root / "clickhouse"
-
-    @property
-    def broker_dir(self) -> Path:
-        """The local broker's persistent storage (topics, records, offsets): kept across
-        `ticklake down`/`up` and broker restarts, like the lake."""
-        return self.root / "broker"
-
-    @property
-    def dagster_home(self) -> Path:
-        return self.root / "dagster"
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.root / "artifacts"
-
-    @property
-    def mlflow_dir(self) -> Path:
-        """The local MLflow store (SQLite tracking + registry, file artifacts) when no URI is set."""
-        return self.root / "mlflow"
-
-    @property
-    def run_dir(self) -> Path:
-        """Pid files, the stack state file and service logs."""
-        return self.root / "run"
+    catalog_db = _Under("catalog.db")
+    warehouse_dir = _Under("warehouse")
+    clickhouse_dir = _Under("clickhouse")
+    #: The local broker's persistent storage (topics, records, offsets): kept across
+    #: `ticklake down`/`up` and broker restarts, like the lake.
+    broker_dir = _Under("broker")
+    dagster_home = _Under("dagster")
+    artifacts_dir = _Under("artifacts")
+    #: The local MLflow store (SQLite tracking + registry, file artifacts) when no URI is set.
+    mlflow_dir = _Under("mlflow")
+    #: Pid files, the stack state file and service logs.
+    run_dir = _Under("run")
+    clickhouse_state_file = _Under("run", CLICKHOUSE_STATE_FILE)
 
     @property
     def catalog_name(self) -> str:
@@ -80,10 +72,6 @@ class TicklakeHome:
     @property
     def warehouse(self) -> str:
         return self.warehouse_dir.as_uri()
-
-    @property
-    def clickhouse_state_file(self) -> Path:
-        return self.run_dir / CLICKHOUSE_STATE_FILE
 
     @property
     def clickhouse_dsn(self) -> str | None:
