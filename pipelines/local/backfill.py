@@ -353,10 +353,14 @@ def _n(n: int, word: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    from pipelines.local.cli import command, timeout_option
+
+    p = command(
+        sub,
         "backfill",
-        help="backfill hourly assets for a range of UTC hours through the running Dagster",
-        description=(
+        cmd_backfill,
+        "backfill hourly assets for a range of UTC hours through the running Dagster",
+        (
             "Launch an asset backfill of the hours [START, END) (UTC, END exclusive; e.g. "
             "`ticklake backfill 2024-08-08T23:00 2024-08-09T00:00` is one hour) through the running "
             "Dagster webserver - the same backfill the asset's Partitions page launches, visible in the "
@@ -376,12 +380,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--url", help="Dagster webserver URL (default: the one `ticklake up` started)")
     p.add_argument("--poll", type=float, default=2.0, metavar="SECONDS", help="progress poll interval")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="give up waiting after this long (the backfill keeps running)",
-    )
+    timeout_option(p, None, "give up waiting after this long (the backfill keeps running)")
     p.add_argument("--no-wait", action="store_true", help="launch and return")
-    p.set_defaults(func=cmd_backfill)

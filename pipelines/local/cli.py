@@ -1,7 +1,7 @@
 """`ticklake` command line: run the local platform (up/down/status) and, later, operate it.
 
 Each subcommand lives in its own `_register_<name>(subparsers)` function that adds its
-parser and sets `func`; other commands (backfill, capture verify, ...) are added the
+parser and handler with `command()`; other commands (backfill, capture verify, ...) are added the
 same way and appended to REGISTRARS. Handlers return the process exit code.
 """
 
@@ -28,6 +28,21 @@ def _home(args: argparse.Namespace) -> TicklakeHome:
 
 def _err(msg: str) -> None:
     print(f"ticklake: {msg}", file=sys.stderr)
+
+
+def command(
+    sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help: str, description: str
+) -> argparse.ArgumentParser:
+    """Add subcommand `name` (`help` in the command list, `description` in its --help), run by
+    `func`; the caller adds its options to the returned parser."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.set_defaults(func=func)
+    return p
+
+
+def timeout_option(p: argparse.ArgumentParser, default: float | None, help: str) -> None:
+    """The --timeout option (seconds) of a command that waits for something."""
+    p.add_argument("--timeout", type=float, default=default, metavar="SECONDS", help=help)
 
 
 # --------------------------------------------------------------------------- up
@@ -74,10 +89,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _register_up(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = command(
+        sub,
         "up",
-        help="start the local stack (Kafka broker, topics, Iceberg catalog, Dagster)",
-        description=(
+        _cmd_up,
+        "start the local stack (Kafka broker, topics, Iceberg catalog, Dagster)",
+        (
             "Start the embedded Tansu Kafka broker on a free 127.0.0.1 port (storage in <home>/broker, "
             "kept across down/up; restarted if it crashes), "
             "create every topic, create the SQLite Iceberg catalog and the `market` namespace, "
@@ -132,14 +149,7 @@ def _register_up(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="Dagster workspace file (default: the repository's workspace.yaml)",
     )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="how long to wait for each service to become ready (default: %(default)s)",
-    )
-    p.set_defaults(func=_cmd_up)
+    timeout_option(p, 300.0, "how long to wait for each service to become ready (default: %(default)s)")
 
 
 # --------------------------------------------------------------------------- down
@@ -157,24 +167,19 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _register_down(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = command(
+        sub,
         "down",
-        help="stop everything `ticklake up` started",
-        description=(
+        _cmd_down,
+        "stop everything `ticklake up` started",
+        (
             "Stop the Dagster daemon, the webserver and the broker (in that order) by the PIDs "
             "recorded under $TICKLAKE_HOME/run, including their child processes (code servers, "
             "runs): SIGTERM, then SIGKILL after the timeout. The broker keeps data in memory, so "
             "Kafka topics are gone afterwards; the catalog, warehouse and Dagster history stay."
         ),
     )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=20.0,
-        metavar="SECONDS",
-        help="grace period before SIGKILL (default: %(default)s)",
-    )
-    p.set_defaults(func=_cmd_down)
+    timeout_option(p, 20.0, "grace period before SIGKILL (default: %(default)s)")
 
 
 # --------------------------------------------------------------------------- status
@@ -281,10 +286,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _register_status(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = command(
+        sub,
         "status",
-        help="show each part of the local stack and where its logs are",
-        description=(
+        _cmd_status,
+        "show each part of the local stack and where its logs are",
+        (
             "Probe each service live (Kafka metadata, Dagster GraphQL location and daemon "
             "heartbeats), each long-running service through its metrics endpoint (lag, last "
             "record age, last error, restarts) and each lake table's newest sealed hour, and "
@@ -299,7 +306,6 @@ def _register_status(sub: argparse._SubParsersAction) -> None:
         "catalog_uri, warehouse, clickhouse_dsn, artifacts, services, service_health, "
         "lake_sealed_hours, problems, status",
     )
-    p.set_defaults(func=_cmd_status)
 
 
 # --------------------------------------------------------------------------- capture (collectors)
