@@ -154,13 +154,14 @@ class Emulator:
         self,
         host: str = HOST,
         *,
-        server_ping_s: float | None = 20.0,
         server_ping_timeout_s: float | None = 60.0,
-        app_ping_timeout_s: float | None = None,
-        slow_client_s: float = 30.0,
         hold_timeout_s: float | None = None,
         sync_timeout_s: float = 30.0,
+        **sim_options: Any,
     ) -> None:
+        """``sim_options``: the connection settings every venue host is created with
+        (VenueSim's server_ping_s, app_ping_timeout_s, slow_client_s; their defaults are
+        VenueSim's); a venue(**kw) call may override them for one host."""
         self.host = host
         #: how long a capture playback holds a frame for a subscriber of its key (None: as long
         #: as it takes); a frame released after the timeout goes to nobody and is counted unserved
@@ -168,12 +169,7 @@ class Emulator:
         #: longest hold for subscribers fetching the snapshot of a book the capture installed
         self.sync_timeout_s = sync_timeout_s
         self.server_ping_timeout_s = server_ping_timeout_s
-        #: what every venue host is created with (VenueSim's connection settings); venue(**kw) may override
-        self.sim_options: dict[str, Any] = {
-            "server_ping_s": server_ping_s,
-            "app_ping_timeout_s": app_ping_timeout_s,
-            "slow_client_s": slow_client_s,
-        }
+        self.sim_options = sim_options
         self.sims: dict[str, VenueSim] = {}
         self._hosts: dict[str, _Hosts] = {}
         self.feeds: list[Feed] = []
