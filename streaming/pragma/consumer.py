@@ -19,10 +19,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import Consumer
 
 from runtime import kafka_config as kc
 from schemas.topics import PRAGMA_ORDERBOOK_TOPIC, PRAGMA_PRICES_TOPIC
+from streaming.kafka.io import check
 from streaming.pragma.keys import MARKET_TYPES, FeedKey, PragmaKeyError, parse_key
 from streaming.pragma.messages import (
     MARKET_DEPTH,
@@ -147,11 +148,8 @@ class PragmaConsumer:
     def poll_batch(self, max_messages: int = 500, timeout: float = 1.0) -> list[Delivered]:
         out: list[Delivered] = []
         for msg in self.consumer.consume(num_messages=max_messages, timeout=timeout):
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaException(err)
+            if check(msg) is None:  # end of a partition; a real error raises
+                continue
             self.stats.seen += 1
             feed = self._keep(msg.key())
             if feed is None:
