@@ -63,7 +63,8 @@ def stop_group(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
 class ChildServer:
     """Base of a handle on one child server process: the subclass's `start()` prepares and
     calls `_spawn`, then waits for readiness; `stop()` ends the group; usable as a context
-    manager. `extra_env` is added to the child's environment; with `die_with_parent` the child
+    manager. It listens on `host`:`port` and must be ready within `startup_timeout` seconds;
+    `extra_env` is added to the child's environment; with `die_with_parent` the child
     dies with this process, even on SIGKILL (DIE_WITH_PARENT)."""
 
     #: What detach() says and raises when nothing was started (a subclass's own error type).
@@ -72,7 +73,17 @@ class ChildServer:
     #: How long stop() waits for SIGTERM before SIGKILL, and then for the kill.
     stop_timeout: float = 10.0
 
-    def __init__(self, *, env: Mapping[str, str] | None, die_with_parent: bool) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int | None,
+        startup_timeout: float,
+        env: Mapping[str, str] | None,
+        die_with_parent: bool,
+    ) -> None:
+        self.host, self.port = host, port
+        self.startup_timeout = startup_timeout
         self.extra_env = dict(env or {})
         self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None

@@ -888,10 +888,10 @@ class LocalClickHouse(ChildServer):
         self.path = os.path.realpath(path)
         self.state_file = Path(state_file)
         self.log_path = Path(log_path)
-        self.host, self.port = host, port
-        self.startup_timeout = startup_timeout
         self.url: str | None = None
-        super().__init__(env=env, die_with_parent=die_with_parent)
+        super().__init__(
+            host=host, port=port, startup_timeout=startup_timeout, env=env, die_with_parent=die_with_parent
+        )
 
     @property
     def dsn(self) -> str:

@@ -194,8 +194,6 @@ class EmbeddedBroker(ChildServer):
                 "persistent storage (data_dir) is served by the broker proxy; "
                 "it cannot be combined with the bare broker"
             )
-        self.host = host
-        self.port = port
         self.max_session_timeout_ms = max_session_timeout_ms
         #: where Tansu itself listens when the proxy fronts it (chosen at start)
         self.upstream_port: int | None = None
@@ -205,11 +203,12 @@ class EmbeddedBroker(ChildServer):
         self.store_port: int | None = None
         self.storage_engine = broker_store.storage_url() if data_dir is not None else storage_engine
         self.cluster_id = cluster_id
-        self.startup_timeout = startup_timeout
         self.binary = binary
         self.log_path = Path(log_path) if log_path is not None else None
         self._own_log_dir: str | None = None
-        super().__init__(env=env, die_with_parent=die_with_parent)
+        super().__init__(
+            host=host, port=port, startup_timeout=startup_timeout, env=env, die_with_parent=die_with_parent
+        )
 
     @property
     def bootstrap(self) -> str:
