@@ -403,6 +403,9 @@ class FeatureProcessor(TransactionalLoop):
         create_topics(admin, {self.state_topic: STATE_TOPIC_SPEC}, replication_factor=1)
 
     def start(self) -> None:
+        # pyarrow's Table.from_pylist imports pandas on first use (0.2-1 s on this machine):
+        # pay it before the loop starts, not at the first window close (its row's latency).
+        rows_to_table([])
         self.ensure_state_topic()
         if self.upstream_group is not None:
             raw = sorted({t for m, x in self.pairs for t in all_event_topics(Stage.RAW, [x], [m])})

@@ -91,7 +91,10 @@ class InstrumentCatalog:
         return iter(sorted(self._by_native.values(), key=lambda r: (r.exchange, r.market, r.native)))
 
     def get(self, exchange: Exchange | str, market: Market | str, native: str) -> InstrumentRef | None:
-        return self._by_native.get((Exchange(exchange).value, Market(market).value, native.upper()))
+        # Members skip Enum's call machinery (the normalizer asks once per event).
+        ex = exchange.value if isinstance(exchange, Exchange) else Exchange(exchange).value
+        mk = market.value if isinstance(market, Market) else Market(market).value
+        return self._by_native.get((ex, mk, native.upper()))
 
     def by_canonical(self, exchange: Exchange | str, market: Market | str, canonical: str) -> InstrumentRef | None:
         return self._by_canonical.get((Exchange(exchange).value, Market(market).value, canonical))
