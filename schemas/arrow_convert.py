@@ -1,7 +1,7 @@
 """Envelope <-> Arrow rows for the lake tables.
 
 The mapping is mechanical (column names equal protobuf field names) so a new payload
-field only needs adding to the .proto and to PAYLOAD_FIELDS in schemas/tables.py.
+field only needs adding to the .proto (schemas/tables.py derives its lake column).
 Enums are stored as lower-case names without their prefix ("buy", "resync") so lake
 queries read naturally.
 """

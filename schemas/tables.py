@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
+from google.protobuf.descriptor import FieldDescriptor
 
+from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import EventType
 
 NAMESPACE = "market"
@@ -50,57 +52,33 @@ ENVELOPE_FIELDS: tuple[pa.Field, ...] = (
     column("shard", pa.string(), nullable=True),
 )
 
-#: Payload columns per event type; names equal the protobuf payload field names so the
-#: conversion is mechanical (enums become lower-case strings, levels become list<struct>).
+#: Lake type of each .proto scalar type of a payload field: enums become lower-case strings
+#: (schemas/arrow_convert.py), uint32 (checksums) widens to int64, Arrow has no unsigned here.
+_LAKE_TYPES: dict[int, pa.DataType] = {
+    FieldDescriptor.TYPE_STRING: pa.string(),
+    FieldDescriptor.TYPE_INT64: pa.int64(),
+    FieldDescriptor.TYPE_UINT32: pa.int64(),
+    FieldDescriptor.TYPE_ENUM: pa.string(),
+}
+#: Payload columns stored narrower than their .proto type: a book's level count.
+_NARROWED: dict[str, pa.DataType] = {"depth": pa.int32()}
+
+
+def _payload_column(fd: FieldDescriptor) -> pa.Field:
+    if fd.message_type is not None:
+        if fd.message_type.name != "PriceLevel" or not fd.is_repeated:
+            raise TypeError(f"no lake column type for payload field {fd.full_name}")
+        return column(fd.name, LEVELS)
+    # Explicit presence (proto3 `optional`) is a nullable column: how a field added to a payload
+    # later must be declared, since existing Iceberg tables only gain optional columns.
+    return column(fd.name, _NARROWED.get(fd.name, _LAKE_TYPES[fd.type]), nullable=fd.has_presence)
+
+
+#: Payload columns per event type: the payload message's fields, in .proto order, under
+#: their .proto names (the .proto is their one definition; the conversion is mechanical).
 PAYLOAD_FIELDS: dict[EventType, tuple[pa.Field, ...]] = {
-    EventType.TRADE: (
-        column("trade_id", pa.string()),
-        column("px", pa.int64()),
-        column("qty", pa.int64()),
-        column("taker_side", pa.string()),
-        column("first_trade_id", pa.int64()),
-        column("last_trade_id", pa.int64()),
-    ),
-    EventType.BOOK_SNAPSHOT: (
-        column("bids", LEVELS),
-        column("asks", LEVELS),
-        column("depth", pa.int32()),
-        column("reason", pa.string()),
-        column("checksum", pa.int64()),
-    ),
-    EventType.BOOK_DELTA: (
-        column("bids", LEVELS),
-        column("asks", LEVELS),
-        column("first_seq", pa.int64()),
-        column("prev_seq", pa.int64()),
-        column("checksum", pa.int64()),
-    ),
-    EventType.FUNDING: (
-        column("rate", pa.int64()),
-        column("next_funding_ts", pa.int64()),
-        column("predicted_rate", pa.int64()),
-        column("mark_px", pa.int64()),
-    ),
-    EventType.MARK_PRICE: (
-        column("mark_px", pa.int64()),
-        column("index_px", pa.int64()),
-        column("estimated_settle_px", pa.int64()),
-    ),
-    EventType.LIQUIDATION: (
-        column("side", pa.string()),
-        column("px", pa.int64()),
-        column("qty", pa.int64()),
-        column("order_status", pa.string()),
-    ),
-    EventType.TICKER: (
-        column("bid_px", pa.int64()),
-        column("bid_qty", pa.int64()),
-        column("ask_px", pa.int64()),
-        column("ask_qty", pa.int64()),
-        column("last_px", pa.int64()),
-        column("volume_24h", pa.int64()),
-        column("open_interest", pa.int64()),
-    ),
+    et: tuple(_payload_column(fd) for fd in pb.Envelope.DESCRIPTOR.fields_by_name[et.payload_field].message_type.fields)
+    for et in EventType
 }
 
 #: The unit of every quantity in a row (schemas/units.py, docs/units.md): `qty x
