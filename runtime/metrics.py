@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -51,6 +52,42 @@ RECORDS_PRODUCED = Counter(
 DEAD_LETTERS = Counter(
     "ticklake_dead_letters", "Records sent to a dead-letter topic, by reason code", ["stage", "code"]
 )
+
+
+@dataclass(slots=True)
+class LoopCounters:
+    """What every consume -> process -> commit loop counts, meaning the same in each (the
+    processors, the lake sink, ClickHouse live, the pragma publisher): `batches` is the
+    consumed batches handled, `records_in` the Kafka records they held. A loop's own stats
+    extend it with what only that loop counts (rows, commits, deliveries).
+
+    `consumed()` is the one place a handled batch is counted: here, and in the shared
+    families every service exports (time of the last record, records consumed per topic),
+    which `ticklake status` and the dashboards read alike for every service."""
+
+    batches: int = 0
+    records_in: int = 0
+
+    def consumed(self, service: str, topics: Iterable[str]) -> None:
+        """Count one handled batch whose records came from `topics` (one entry a record)."""
+        n = count_by_topic(RECORDS_CONSUMED, service, topics)
+        self.batches += 1
+        self.records_in += n
+        if n:
+            LAST_RECORD.labels(service).set(time.time())
+
+
+def count_by_topic(counter: Counter, service: str, topics: Iterable[str]) -> int:
+    """Add records to a (service, topic) counter, one inc per topic rather than per record;
+    `topics` has one entry a record. Returns how many records there were."""
+    per_topic: dict[str, int] = {}
+    for t in topics:
+        per_topic[t] = per_topic.get(t, 0) + 1
+    for t, n in per_topic.items():
+        counter.labels(service, t).inc(n)
+    return sum(per_topic.values())
+
+
 #: Consumer lag per partition; samples come from registered providers at scrape time.
 CONSUMER_LAG_NAME = "ticklake_consumer_lag_records"
 

@@ -63,7 +63,7 @@ def filled_lake(tmp_path, ticklake_home):
         )
         sink.start()
         deadline = time.monotonic() + 120  # turns a hang into a failure, never a pass
-        while sink.stats.records < len(events):  # batch by batch until every record is in
+        while sink.stats.records_in < len(events):  # batch by batch until every record is in
             assert time.monotonic() < deadline, f"sink stuck at {sink.stats}"
             sink.run_once()
         sink.close()

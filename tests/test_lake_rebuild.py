@@ -58,7 +58,7 @@ def sunk(tmp_path, ticklake_home):
         )
         sink.start()
         deadline = time.monotonic() + 120  # a hang becomes a failure, never a pass
-        while sink.stats.records < len(events):
+        while sink.stats.records_in < len(events):
             assert time.monotonic() < deadline, f"sink stuck at {sink.stats}"
             sink.run_once()
         sink.close()

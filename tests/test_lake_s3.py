@@ -84,7 +84,7 @@ def _keys(client, bucket: str, prefix: str = "wh/") -> list[str]:
 
 def _drain(sink: LakeSink, n: int) -> None:
     deadline = time.monotonic() + 120  # a hang becomes a failure, never a pass
-    while sink.stats.records < n:
+    while sink.stats.records_in < n:
         assert time.monotonic() < deadline, f"sink stuck at {sink.stats}"
         sink.run_once()
 

@@ -256,7 +256,7 @@ def run_until(sink: LakeSink, rows: int | None = None, records: int | None = Non
     if sink.consumer is None:
         sink.start()
     deadline = time.monotonic() + limit_s
-    while (rows is not None and sink.stats.rows < rows) or (records is not None and sink.stats.records < records):
+    while (rows is not None and sink.stats.rows < rows) or (records is not None and sink.stats.records_in < records):
         assert time.monotonic() < deadline, f"sink stuck at {sink.stats}"
         sink.run_once()
     return sink.stats

@@ -49,6 +49,7 @@ from runtime import kafka_config as kc
 from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter
 from runtime.home import CATALOG_NAME, resolve_home
+from runtime.metrics import LoopCounters
 from runtime.service_cli import ServiceSettings, standalone
 from runtime.service_loop import ServiceLoop
 from schemas.arrow_convert import envelopes_to_table
@@ -92,12 +93,9 @@ class SinkConfig:
 
 
 @dataclass(slots=True)
-class SinkStats:
-    batches: int = 0
-    records: int = 0
+class SinkStats(LoopCounters):
     rows: int = 0
     duplicates: int = 0
-    dead_letters: int = 0
     commits: int = 0
     commit_retries: int = 0
     per_table_rows: dict[str, int] = field(default_factory=dict)
@@ -362,7 +360,6 @@ class LakeSink(ServiceLoop):
         rec = dead_letter(DlqStage.LAKE, reason, source=source, raw=m.value())
         self.producer.produce(rec.topic, key=rec.key, value=rec.value, headers=rec.headers, on_delivery=self._delivered)
         self.dlq.count(reason)
-        self.stats.dead_letters += 1
 
     def _delivered(self, err, _msg) -> None:
         if err is not None:
@@ -375,7 +372,7 @@ class LakeSink(ServiceLoop):
         if not msgs:
             return 0
         batches = self.split(msgs)
-        if self.stats.dead_letters:
+        if self.dlq.total:
             # Dead letters must be durable before the offsets that skip them are.
             remaining = self.producer.flush(30)
             if remaining or self.dlq_errors:
@@ -387,14 +384,7 @@ class LakeSink(ServiceLoop):
         for name in sorted(batches):
             if self.commit_table(batches[name]):
                 commits += 1
-        self.stats.batches += 1
-        self.stats.records += len(msgs)
-        obs.LAST_RECORD.labels(SERVICE_NAME).set(time.time())
-        per_topic: dict[str, int] = {}
-        for msg in msgs:
-            per_topic[msg.topic()] = per_topic.get(msg.topic(), 0) + 1
-        for topic, n in per_topic.items():
-            obs.RECORDS_CONSUMED.labels(SERVICE_NAME, topic).inc(n)
+        self.stats.consumed(SERVICE_NAME, [m.topic() for m in msgs])
         self._publish_lag()
         return commits
 

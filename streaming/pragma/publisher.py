@@ -35,12 +35,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, Producer
 from pydantic import Field
 
 from collectors.dedup import DedupWindow
 from runtime import kafka_config as kc
 from runtime import metrics as obs
+from runtime.metrics import LoopCounters
 from runtime.service_cli import ServiceSettings, standalone
 from runtime.service_loop import ServiceLoop
 from schemas.gen.ticklake.v1 import events_pb2 as pb
@@ -49,6 +50,7 @@ from schemas.serde import SerdeError
 from schemas.serde import decode as decode_envelope
 from schemas.symbols import validate_canonical
 from schemas.topics import DlqStage
+from streaming.kafka.io import check
 from streaming.pragma.books import FeedBook
 from streaming.pragma.config import FeedConfig, PragmaConfig, resolve_config_path
 from streaming.pragma.keys import BODY_MARKET_OF_CANONICAL, UNKNOWN_NETWORK, FeedKey
@@ -274,8 +276,7 @@ class PublisherCore:
 
 
 @dataclass(slots=True)
-class PublisherStats:
-    records_in: int = 0
+class PublisherStats(LoopCounters):
     produced: int = 0
     delivered: int = 0
     delivery_errors: int = 0
@@ -441,15 +442,10 @@ class PragmaPublisher(ServiceLoop):
         assert self._lag is not None, "start() first"
         self._lag.maybe_update(self.lag)
         msgs = self.consumer.consume(num_messages=500, timeout=self.poll_timeout_s)
-        if msgs:
-            obs.LAST_RECORD.labels(SERVICE_NAME).set(time.time())
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaException(err)
-            self.stats.records_in += 1
+        records = [m for m in msgs if check(m) is not None]
+        if records:
+            self.stats.consumed(SERVICE_NAME, [m.topic() for m in records])
+        for msg in records:
             try:
                 env = decode_envelope(msg.value(), msg.headers())
             except SerdeError as exc:

@@ -31,6 +31,7 @@ from confluent_kafka import (
 )
 
 from runtime import kafka_config as kc
+from runtime.metrics import LoopCounters, count_by_topic
 from runtime.service_loop import ServiceLoop
 from streaming.kafka.io import TP, check, committed_offsets, partitions_for, release_clients
 from streaming.processors import metrics
@@ -58,9 +59,7 @@ class OutRecord:
 
 
 @dataclass(slots=True)
-class LoopStats:
-    batches: int = 0
-    records_in: int = 0
+class LoopStats(LoopCounters):
     records_out: int = 0
     last_commit_monotonic: float = 0.0
     extra: dict[str, int] = field(default_factory=dict)
@@ -234,32 +233,17 @@ class TransactionalLoop(ServiceLoop):
                 pass
             raise
         self.positions.update(offsets)
-        self.stats.batches += 1
-        self.stats.records_in += len(msgs)
+        self.stats.consumed(self.name, [m.topic() for m in msgs])
         self.stats.records_out += len(outs)
         now = time.monotonic()
         self.stats.last_commit_monotonic = now
         metrics.RECORDS_IN.labels(self.name).inc(len(msgs))
         metrics.RECORDS_OUT.labels(self.name).inc(len(outs))
         metrics.TRANSACTIONS.labels(self.name).inc()
-        self._count_topics(msgs, outs)
+        count_by_topic(metrics.RECORDS_PRODUCED, self.name, [o.topic for o in outs])
         metrics.BATCH_SECONDS.labels(self.name).observe(now - started)
         self.after_commit()
         return True
-
-    def _count_topics(self, msgs: list[Message], outs: list[OutRecord]) -> None:
-        """Per-topic in/out counts of a committed batch (one inc per topic, not per record)."""
-        if msgs:
-            metrics.LAST_RECORD.labels(self.name).set(time.time())
-        for counter, topics in (
-            (metrics.RECORDS_CONSUMED, [m.topic() for m in msgs]),
-            (metrics.RECORDS_PRODUCED, [o.topic for o in outs]),
-        ):
-            counts: dict[str, int] = {}
-            for t in topics:
-                counts[t] = counts.get(t, 0) + 1
-            for t, n in counts.items():
-                counter.labels(self.name, t).inc(n)
 
     def _produce(self, o: OutRecord) -> None:
         kwargs: dict[str, Any] = {"value": o.value, "key": o.key, "headers": o.headers}
