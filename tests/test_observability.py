@@ -172,6 +172,25 @@ def test_health_verdict_lag_without_progress_is_stuck():
     assert ss.judge({**rec, "state": "stopped"}, None, alive=False, now=now)["healthy"]
 
 
+def test_loop_counters_count_a_batch_and_the_shared_families():
+    """One handled batch is counted once, in the loop's stats and in the families status reads."""
+    from prometheus_client import REGISTRY
+
+    def consumed(topic: str) -> float:
+        return (
+            REGISTRY.get_sample_value(m.RECORDS_CONSUMED._name + "_total", {"service": "unit-loop", "topic": topic})
+            or 0.0
+        )
+
+    before = consumed("a"), consumed("b")
+    c = m.LoopCounters()
+    c.consumed("unit-loop", ["a", "b", "a"])
+    c.consumed("unit-loop", [])  # an empty transaction (e.g. windows closed by time) is a batch, not a record
+    assert (c.batches, c.records_in) == (2, 3)
+    assert (consumed("a") - before[0], consumed("b") - before[1]) == (2.0, 1.0)
+    assert REGISTRY.get_sample_value(m.LAST_RECORD._name, {"service": "unit-loop"}) > time.time() - 60
+
+
 def test_consumer_lag_per_partition_on_a_real_broker(kafka_broker):
     topic = f"obs-lag-{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
