@@ -34,7 +34,7 @@ from streaming.kafka.io import TP
 #: the broker's log: the collectors' linger.ms (runtime.kafka_config.PRODUCER_DEFAULTS, 20
 #: ms) and one produce round trip, with room. A wall-clock bound, like the clearance's use of
 #: CreateTime itself (docs/decisions.md, "Feature processor idleness").
-APPEND_MARGIN_S = 0.2
+APPEND_MARGIN_S = 0.1
 #: How long one probe's consume call waits. consume() returns when this passes or 1000
 #: records arrived, so a probe costs at least one of these; end-of-partition events come
 #: after the first fetch round.
