@@ -66,6 +66,12 @@ class DeadLetterRecord:
     timestamp_ms: int | None
 
 
+def record_source(topic: str, partition: int, offset: int) -> str:
+    """`topic[partition]@offset`: where a dead letter came from. Deterministic, so a record
+    re-published after a crash is recognisable as the same dead letter."""
+    return f"{topic}[{partition}]@{offset}"
+
+
 def dead_letter(
     stage: DlqStage | str,
     reason: str,
@@ -77,8 +83,7 @@ def dead_letter(
     native_symbol: str = "",
     timestamp_ms: int | None = None,
 ) -> DeadLetterRecord:
-    """Build the dlq.<stage> record. `source` is topic[partition]@offset: deterministic, so
-    a record re-published after a crash can be recognised as the same dead letter."""
+    """Build the dlq.<stage> record; `source` is the input record's `record_source`."""
     st = DlqStage(stage)
     clip = clip_raw(raw)
     reason = clip.annotate(reason)

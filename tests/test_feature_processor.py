@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from features.compute import compute_features
 from features.inputs import events_from_envelopes
 from features.records import decode_row, rows_to_table
-from runtime.dlq import parse_dead_letter
+from runtime.dlq import parse_dead_letter, record_source
 from schemas.ids import stamp_event_id
 from schemas.model import EventType, Exchange, Market, event_type_from_pb
 from schemas.serde import decode, encode
@@ -52,7 +52,7 @@ def _processed_envelopes(bootstrap, exclude_sources: set[str] = frozenset()) -> 
     return [
         decode(m.value(), m.headers())
         for m in msgs
-        if f"{m.topic()}[{m.partition()}]@{m.offset()}" not in exclude_sources
+        if record_source(m.topic(), m.partition(), m.offset()) not in exclude_sources
     ]
 
 

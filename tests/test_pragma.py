@@ -427,7 +427,7 @@ def test_bad_input_goes_to_the_dead_letter_topic(run):
     dl = pb.DeadLetter()
     dl.ParseFromString(run["dead"][0].value())
     assert dl.stage == "pragma" and dl.raw == b"\x00not an envelope"
-    assert "Envelope" in dl.reason and dl.source == run["input_topics"]["trade"]
+    assert "Envelope" in dl.reason and dl.source.split("[")[0] == run["input_topics"]["trade"]
     assert run["stats"].dead_letters == 1
 
 

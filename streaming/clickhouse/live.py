@@ -32,7 +32,7 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from features.records import decode_row, rows_to_table
 from runtime import kafka_config as kc
 from runtime import metrics as obs
-from runtime.dlq import DlqCounters, dead_letter
+from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.service_cli import ServiceSettings, standalone
 from runtime.service_loop import ServiceLoop
 from schemas.model import Exchange, Market
@@ -178,7 +178,7 @@ class ClickHouseLive(ServiceLoop):
         dl = dead_letter(
             DlqStage.FEATURES,
             f"{reason} (clickhouse-live)",
-            source=f"{m.topic()}[{m.partition()}]@{m.offset()}",
+            source=record_source(m.topic(), m.partition(), m.offset()),
             raw=m.value(),
         )
         self.producer.produce(dl.topic, value=dl.value, key=dl.key, headers=dl.headers)

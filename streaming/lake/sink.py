@@ -47,7 +47,7 @@ from pyiceberg.table import Table
 
 from runtime import kafka_config as kc
 from runtime import metrics as obs
-from runtime.dlq import DlqCounters, dead_letter
+from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.home import CATALOG_NAME, resolve_home
 from runtime.metrics import LoopCounters
 from runtime.service_cli import ServiceSettings, standalone
@@ -356,7 +356,7 @@ class LakeSink(ServiceLoop):
         return batches
 
     def _dead_letter(self, reason: str, m: Message) -> None:
-        source = f"{m.topic()}[{m.partition()}]@{m.offset()}"
+        source = record_source(m.topic(), m.partition(), m.offset())
         rec = dead_letter(DlqStage.LAKE, reason, source=source, raw=m.value())
         self.producer.produce(rec.topic, key=rec.key, value=rec.value, headers=rec.headers, on_delivery=self._delivered)
         self.dlq.count(reason)

@@ -41,6 +41,7 @@ from pydantic import Field
 from collectors.dedup import DedupWindow
 from runtime import kafka_config as kc
 from runtime import metrics as obs
+from runtime.dlq import DlqCounters, dead_letter, reason_code, record_source
 from runtime.metrics import LoopCounters
 from runtime.service_cli import ServiceSettings, standalone
 from runtime.service_loop import ServiceLoop
@@ -334,6 +335,7 @@ class PragmaPublisher(ServiceLoop):
         self._lag: obs.LagSnapshot | None = None
         self.core = PublisherCore(config)
         self.stats = PublisherStats()
+        self.dlq_counts = DlqCounters(DlqStage.PRAGMA.value)
         self.producer = Producer(
             kc.producer_config(
                 conn.with_client_id(f"{conn.client_id}-pragma"), extra=config.producer_settings.overrides()
@@ -386,15 +388,15 @@ class PragmaPublisher(ServiceLoop):
         self.producer.poll(0)
 
     def _dead_letter(self, msg, reason: str) -> None:
-        short = reason.split(":", 1)[0][:60]
-        DEAD_LETTERS.labels(short).inc()
-        obs.DEAD_LETTERS.labels(DlqStage.PRAGMA.value, short).inc()
+        """The record every stage writes (runtime.dlq), counted in the shared family too."""
+        DEAD_LETTERS.labels(reason_code(reason)).inc()
+        self.dlq_counts.count(reason)
         self.stats.dead_letters += 1
-        dl = pb.DeadLetter(
-            stage=DlqStage.PRAGMA.value,
-            reason=reason,
-            source=msg.topic() or "",
-            raw=msg.value() or b"",
+        dl = dead_letter(
+            DlqStage.PRAGMA,
+            reason,
+            source=record_source(msg.topic(), msg.partition(), msg.offset()),
+            raw=msg.value(),
             ingest_ts=self.clock(),
         )
 
@@ -403,7 +405,7 @@ class PragmaPublisher(ServiceLoop):
                 DELIVERY_ERRORS.labels(self.dlq).inc()
                 log.error("pragma: dead letter not delivered to %s: %s", self.dlq, err)
 
-        self.producer.produce(self.dlq, value=dl.SerializeToString(), key=msg.key(), on_delivery=cb)
+        self.producer.produce(self.dlq, value=dl.value, key=dl.key, headers=dl.headers, on_delivery=cb)
 
     # -- loop -----------------------------------------------------------------------------------
 

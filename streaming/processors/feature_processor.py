@@ -60,7 +60,7 @@ from features.inputs import FEATURE_EVENT_TYPES, envelope_row, rows_to_table
 from features.records import CONTENT_TYPE, encode_row, table_rows
 from features.spec import WINDOW_US
 from runtime import kafka_config as kc
-from runtime.dlq import DlqCounters, dead_letter
+from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.service_cli import ServiceSettings, standalone
 from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.serde import SerdeError, decode
@@ -473,7 +473,7 @@ class FeatureProcessor(TransactionalLoop):
                 self.engine.dlq.count(reason)
                 if reason.startswith("late"):
                     metrics.LATE.labels(self.name).inc()
-                dl = dead_letter(DlqStage.FEATURES, reason, source=f"{tp[0]}[{tp[1]}]@{m.offset()}", raw=m.value())
+                dl = dead_letter(DlqStage.FEATURES, reason, source=record_source(*tp, m.offset()), raw=m.value())
                 out.append(OutRecord(dl.topic, dl.value, dl.key, dl.headers))
         live = live_partitions(
             self.assignment, self.last_seen, now, self.idle_timeout_s, self._caught_up(), self.engine.maxts
@@ -665,7 +665,7 @@ def replay_chain(
             for m in fetch(tp, rec["start"].get(k, 0), e):
                 reason, _ = engine.offer(tp, m.offset(), m.value(), m.headers())
                 if reason is not None:
-                    dls.append((reason, f"{tp[0]}[{tp[1]}]@{m.offset()}", m.value()))
+                    dls.append((reason, record_source(*tp, m.offset()), m.value()))
         rows = engine.close(rec["frontier"])
         if emit is not None:
             emit(rows, dls)

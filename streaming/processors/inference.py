@@ -47,7 +47,7 @@ from ml.registry import (
     model_name,
 )
 from runtime import kafka_config as kc
-from runtime.dlq import DlqCounters, dead_letter
+from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.home import resolve_home
 from runtime.service_cli import ServiceSettings, standalone
 from runtime.service_loop import STOP_TIMEOUT_S, WAIT_SLICE_S, ServiceLoop, Worker
@@ -165,7 +165,9 @@ class InferenceLoop(TransactionalLoop):
 
     def _dead(self, m: Message, reason: str) -> OutRecord:
         self.dlq.count(reason)
-        dl = dead_letter(DlqStage.INFERENCE, reason, source=f"{m.topic()}[{m.partition()}]@{m.offset()}", raw=m.value())
+        dl = dead_letter(
+            DlqStage.INFERENCE, reason, source=record_source(m.topic(), m.partition(), m.offset()), raw=m.value()
+        )
         return OutRecord(dl.topic, dl.value, dl.key, dl.headers, dl.timestamp_ms)
 
     def _parse(self, m: Message) -> tuple[dict | None, str | None]:

@@ -34,7 +34,7 @@ from confluent_kafka import Consumer, Message
 from pydantic import Field
 
 from runtime import kafka_config as kc
-from runtime.dlq import DlqCounters, dead_letter
+from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.service_cli import ServiceSettings, standalone
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
@@ -363,7 +363,7 @@ def outcome_records(o: Outcome, msg_topic: str, partition: int, offset: int, val
         dl = dead_letter(
             DlqStage.NORMALIZE,
             o.reason,
-            source=f"{msg_topic}[{partition}]@{offset}",
+            source=record_source(msg_topic, partition, offset),
             raw=value,
             ingest_ts=env.ingest_ts if env else 0,
         )
