@@ -175,6 +175,7 @@ def bench_sink(n_events: int, root: Path) -> None:
     from streaming.kafka.topic_config import TopicSpec
     from streaming.lake.sink import LakeSink, SinkConfig, processed_topics
     from workloads.kafka import processed_topic as topic_of
+    from workloads.kafka import produce_record
     from workloads.synthetic import SyntheticMarket
 
     events = SyntheticMarket(seed=3).events(n_events, spacing_us=20_000)
@@ -184,13 +185,7 @@ def bench_sink(n_events: int, root: Path) -> None:
         create_topics(admin_client(b.bootstrap), specs, replication_factor=1)
         p = Producer({"bootstrap.servers": b.bootstrap, "linger.ms": 20, "compression.type": "zstd"})
         for e in events:
-            rec = encode(e)
-            while True:
-                try:
-                    p.produce(topic_of(e), key=rec.key, value=rec.value, headers=rec.headers)
-                    break
-                except BufferError:
-                    p.poll(0.05)
+            produce_record(p, topic_of(e), encode(e), 0.05)
         p.flush(60)
         conn = kc.KafkaConnection(bootstrap_servers=b.bootstrap)
         consumer = plain_consumer(conn, "bench-consume-only")

@@ -50,7 +50,7 @@ from streaming.kafka.upstream import APPEND_MARGIN_S
 from streaming.processors.feature_processor import Engine, FeatureProcessor
 from streaming.processors.normalizer import Normalizer, NormalizerService, input_topics_for
 from streaming.processors.txn_loop import GC_THRESHOLDS, OutRecord, TransactionalLoop
-from workloads.kafka import create_project_topics, produce_raw, raw_topic
+from workloads.kafka import create_project_topics, produce_raw, produce_record, raw_topic
 from workloads.synthetic import SyntheticMarket, synthetic_catalog
 
 SLO_P99_S = 2.0
@@ -300,13 +300,7 @@ def latency_run(rate: int, duration: float, template) -> dict[str, float]:
                         e.book_delta.first_seq += cycle * 100_000_000
                         e.book_delta.prev_seq += cycle * 100_000_000
                 stamp_event_id(e)
-                r = encode(e)
-                while True:
-                    try:
-                        p.produce(raw_topic(e), value=r.value, key=r.key, headers=r.headers)
-                        break
-                    except BufferError:
-                        p.poll(0.01)
+                produce_record(p, raw_topic(e), encode(e))
                 sent.append((f"{e.symbol}|{ts - ts % WINDOW_US}", ts, ts / 1e6))
                 i += 1
             p.poll(0)

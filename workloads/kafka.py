@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 from runtime import kafka_config as kc
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import event_type_from_pb, exchange_from_pb, market_from_pb
-from schemas.serde import encode
+from schemas.serde import KafkaRecord, encode
 from schemas.topics import Stage, event_topic
 from streaming.kafka.topic_admin import admin_client, ensure_topics
 from streaming.kafka.topic_config import TopicConfig
@@ -55,6 +55,17 @@ def produce(bootstrap: str, items: Iterable[tuple]) -> int:
             p.flush()
     assert p.flush(30) == 0
     return n
+
+
+def produce_record(p: Producer, topic: str, rec: KafkaRecord, wait_s: float = 0.01) -> None:
+    """Produce one encoded envelope with `p`, serving delivery reports while the client's
+    queue is full (a paced benchmark producer must not drop or crash on a burst)."""
+    while True:
+        try:
+            p.produce(topic, value=rec.value, key=rec.key, headers=rec.headers)
+            return
+        except BufferError:
+            p.poll(wait_s)
 
 
 def produce_raw(bootstrap: str, envs: Iterable[pb.Envelope]) -> int:
