@@ -12,6 +12,7 @@ import pytest
 from runtime.home import HOME_ENV, TicklakeHome, resolve_home
 from streaming.clickhouse.server import LocalClickHouse
 from streaming.kafka.broker import EmbeddedBroker
+from tests.support.stack import SharedStack, order_shared_stack_users, start_shared_stack, stop_shared_stack
 
 if TYPE_CHECKING:
     from resources.spark import SparkResource
@@ -26,6 +27,7 @@ COMPONENT_FIXTURES = {
     "clickhouse_server": "chdb",
     "spark": "spark",
     "spark_resource": "spark",
+    "shared_stack": "stack",
 }
 
 
@@ -33,6 +35,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for fixture in COMPONENT_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
             item.add_marker(COMPONENT_FIXTURES[fixture])
+    order_shared_stack_users(items)
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +76,15 @@ def spark_resource() -> Iterator[SparkResource]:
     yield res
     if res._session is not None:
         res._session.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedStack]:
+    """One `ticklake up --no-services` on the default UI port, for the tests that only need a
+    running stack (tests/support/stack.py): started on first use, its users run last."""
+    stack = start_shared_stack(tmp_path_factory.mktemp("shared-stack"))
+    yield stack
+    stop_shared_stack(stack)
 
 
 @pytest.fixture

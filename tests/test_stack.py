@@ -24,10 +24,16 @@ from confluent_kafka.admin import AdminClient
 from pipelines.local.cli import build_parser
 from runtime.home import resolve_home
 from streaming.kafka.broker import port_in_use
+from tests.support.stack import (
+    TICKLAKE,
+    UI,
+    UI_PORT,
+    ends_the_shared_stack,
+    processes_of,
+    require_ui_port_free,
+    ticklake,
+)
 
-TICKLAKE = Path(sys.executable).parent / "ticklake"
-UI_PORT = 3000
-UI = f"http://127.0.0.1:{UI_PORT}"
 REQUIRED_STATUS_KEYS = {
     "home",
     "kafka_bootstrap",
@@ -44,31 +50,6 @@ REQUIRED_STATUS_KEYS = {
 # --------------------------------------------------------------------------- helpers
 
 
-def ticklake(home: Path, *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TICKLAKE_HOME": str(home)}
-    return subprocess.run(
-        [str(TICKLAKE), *args], env=env, capture_output=True, text=True, check=False, timeout=timeout, cwd=home.parent
-    )
-
-
-def processes_of(home: Path) -> dict[int, str]:
-    """Live processes whose environment carries TICKLAKE_HOME=<home> (zombies excluded:
-    their environment is gone, and they hold no resources)."""
-    marker = f"TICKLAKE_HOME={home}".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in environ.split(b"\0"):
-            found[int(entry.name)] = cmd[:200]
-    return found
-
-
 def parent_pid(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rfind(")") + 2 :].split()[1])
@@ -82,12 +63,6 @@ def graphql(query: str) -> dict:
         body = json.loads(resp.read())
     assert "errors" not in body, body
     return body["data"]
-
-
-def require_ui_port_free() -> None:
-    assert not port_in_use("127.0.0.1", UI_PORT), (
-        f"port {UI_PORT} is taken (another `ticklake up` or Dagster UI?); these tests need it"
-    )
 
 
 def assert_nothing_left(home: Path, broker_port: int | None = None) -> None:
@@ -146,137 +121,142 @@ def test_down_without_a_stack_says_so(ticklake_home):
 
 
 @pytest.mark.stack
-def test_up_status_refused_second_up_dead_services_and_down_leaves_nothing(ticklake_home):
-    home = ticklake_home.root
-    require_ui_port_free()
-    # --no-services keeps this test light; tests/test_platform_acceptance.py runs `up` with them on.
-    up = ticklake(home, "up", "--no-services")
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        assert f"UI: {UI}" in up.stdout
-        assert "left off (--no-services)" in up.stdout
+def test_up_status_and_refused_second_up(shared_stack):
+    """On the session's shared `ticklake up --no-services` (tests/support/stack.py; it runs before
+    the UI tests use it): tests/test_platform_acceptance.py runs `up` with the services on."""
+    home, up = shared_stack.home.root, shared_stack.up
+    assert f"UI: {UI}" in up.stdout
+    assert "left off (--no-services)" in up.stdout
 
-        # The UI serves, and the code location loaded without error (not just HTTP 200).
-        with urllib.request.urlopen(UI, timeout=30) as resp:
-            assert resp.status == 200
-        ws = graphql("""{ workspaceOrError { __typename ... on Workspace { locationEntries {
-            name loadStatus locationOrLoadError { __typename
-              ... on RepositoryLocation { repositories { name } }
-              ... on PythonError { message } } } } } }""")["workspaceOrError"]
-        assert ws["__typename"] == "Workspace"
-        [entry] = ws["locationEntries"]
-        assert entry["loadStatus"] == "LOADED"
-        assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", entry
-        assert entry["locationOrLoadError"]["repositories"]
-        daemons = graphql("{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")
-        required = [d for d in daemons["instance"]["daemonHealth"]["allDaemonStatuses"] if d["required"]]
-        assert required and all(d["healthy"] for d in required), required
+    # The UI serves, and the code location loaded without error (not just HTTP 200).
+    with urllib.request.urlopen(UI, timeout=30) as resp:
+        assert resp.status == 200
+    ws = graphql("""{ workspaceOrError { __typename ... on Workspace { locationEntries {
+        name loadStatus locationOrLoadError { __typename
+          ... on RepositoryLocation { repositories { name } }
+          ... on PythonError { message } } } } } }""")["workspaceOrError"]
+    assert ws["__typename"] == "Workspace"
+    [entry] = ws["locationEntries"]
+    assert entry["loadStatus"] == "LOADED"
+    assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", entry
+    assert entry["locationOrLoadError"]["repositories"]
+    daemons = graphql("{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")
+    required = [d for d in daemons["instance"]["daemonHealth"]["allDaemonStatuses"] if d["required"]]
+    assert required and all(d["healthy"] for d in required), required
 
-        st = ticklake(home, "status", "--json")
-        assert st.returncode == 0, st.stdout + st.stderr
-        info = json.loads(st.stdout)
-        assert REQUIRED_STATUS_KEYS <= info.keys()
-        assert info["home"] == str(home)
-        assert info["dagster_url"] == UI
-        assert info["catalog_uri"] == f"sqlite:///{home}/catalog.db"
-        assert info["warehouse"] == f"file://{home}/warehouse"
-        assert info["clickhouse_dsn"].startswith("http://127.0.0.1:")
-        # A user's own client, in a process of its own, queries ClickHouse while the stack runs.
-        script = (
-            "import sys, clickhouse_connect; "
-            "print(clickhouse_connect.get_client(dsn=sys.argv[1]).query('SELECT 40 + 2').result_rows[0][0])"
-        )
-        user = subprocess.run(
-            [sys.executable, "-c", script, info["clickhouse_dsn"]],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert user.stdout.strip() == "42", user.stderr
-        clickhouse_port = int(info["clickhouse_dsn"].rsplit(":", 1)[1])
-        assert info["artifacts"] == str(home / "artifacts")
-        assert {"broker", "clickhouse", "dagster-webserver", "dagster-daemon"} <= set(info["services"])
-        for name, svc in info["services"].items():
-            assert svc["state"] == "running" and svc["healthy"], (name, svc)
-            assert Path(svc["log"]).parent == home / "run"
-        # Status lists every supervisor sensor and schedule (left off here) and no service run.
-        report = info["dagster_services"]
-        kinds = {(i["kind"], i["name"]): i["status"] for i in report["instigators"]}
-        assert ("sensor", "collector_supervisor") in kinds and ("schedule", "lake_hourly_seal") in kinds
-        assert set(kinds.values()) == {"STOPPED"}, kinds
-        assert report["runs"] == []
-        # Live collection by default: `up` wrote the shipped collectors.yaml; status has a line
-        # per shard (not running: services are off here; tests/test_collector_status.py has
-        # connected and unreachable shards).
-        assert (home / "collectors.yaml").is_file() and "the default: BTC, ETH" in up.stdout
-        shards = info["collectors"]["shards"]
-        assert len(shards) == 6 and {s["state"] for s in shards} == {"not running"}, shards
-        text = ticklake(home, "status").stdout
-        assert "binance-spot" in text and "okx-swap" in text and "NOT RUNNING" in text
+    st = ticklake(home, "status", "--json")
+    assert st.returncode == 0, st.stdout + st.stderr
+    info = json.loads(st.stdout)
+    assert REQUIRED_STATUS_KEYS <= info.keys()
+    assert info["home"] == str(home)
+    assert info["dagster_url"] == UI
+    assert info["catalog_uri"] == f"sqlite:///{home}/catalog.db"
+    assert info["warehouse"] == f"file://{home}/warehouse"
+    assert info["clickhouse_dsn"].startswith("http://127.0.0.1:")
+    # A user's own client, in a process of its own, queries ClickHouse while the stack runs.
+    script = (
+        "import sys, clickhouse_connect; "
+        "print(clickhouse_connect.get_client(dsn=sys.argv[1]).query('SELECT 40 + 2').result_rows[0][0])"
+    )
+    user = subprocess.run(
+        [sys.executable, "-c", script, info["clickhouse_dsn"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert user.stdout.strip() == "42", user.stderr
+    assert info["artifacts"] == str(home / "artifacts")
+    assert {"broker", "clickhouse", "dagster-webserver", "dagster-daemon"} <= set(info["services"])
+    for name, svc in info["services"].items():
+        assert svc["state"] == "running" and svc["healthy"], (name, svc)
+        assert Path(svc["log"]).parent == home / "run"
+    # Status lists every supervisor sensor and schedule (left off here) and no service run.
+    report = info["dagster_services"]
+    kinds = {(i["kind"], i["name"]): i["status"] for i in report["instigators"]}
+    assert ("sensor", "collector_supervisor") in kinds and ("schedule", "lake_hourly_seal") in kinds
+    assert set(kinds.values()) == {"STOPPED"}, kinds
+    assert report["runs"] == []
+    # Live collection by default: `up` wrote the shipped collectors.yaml; status has a line
+    # per shard (not running: services are off here; tests/test_collector_status.py has
+    # connected and unreachable shards).
+    assert (home / "collectors.yaml").is_file() and "the default: BTC, ETH" in up.stdout
+    shards = info["collectors"]["shards"]
+    assert len(shards) == 6 and {s["state"] for s in shards} == {"not running"}, shards
+    text = ticklake(home, "status").stdout
+    assert "binance-spot" in text and "okx-swap" in text and "NOT RUNNING" in text
 
-        # The broker status points at answers metadata and holds the topics, sized locally.
-        bootstrap = info["kafka_bootstrap"]
-        broker_port = int(bootstrap.rsplit(":", 1)[1])
-        topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=20).topics
-        for name in (
-            "raw.spot.trades.binance",
-            "processed.perp.orderbook.delta.okx",
-            "feature.future.signals.bybit",
-            "dlq.collector",
-            "pragma-prices-v1",
-        ):
-            assert len(topics[name].partitions) == 3, name
+    # The broker status points at answers metadata and holds the topics, sized locally.
+    bootstrap = info["kafka_bootstrap"]
+    topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=20).topics
+    for name in (
+        "raw.spot.trades.binance",
+        "processed.perp.orderbook.delta.okx",
+        "feature.future.signals.bybit",
+        "dlq.collector",
+        "pragma-prices-v1",
+    ):
+        assert len(topics[name].partitions) == 3, name
 
-        # The catalog and namespace exist in the SQLite file named by status.
-        from pyiceberg.catalog.sql import SqlCatalog
+    # The catalog and namespace exist in the SQLite file named by status.
+    from pyiceberg.catalog.sql import SqlCatalog
 
-        catalog = SqlCatalog(info["catalog_name"], uri=info["catalog_uri"], warehouse=info["warehouse"])
-        assert ("market",) in catalog.list_namespaces()
-        assert (home / "dagster" / "dagster.yaml").is_file()
+    catalog = SqlCatalog(info["catalog_name"], uri=info["catalog_uri"], warehouse=info["warehouse"])
+    assert ("market",) in catalog.list_namespaces()
+    assert (home / "dagster" / "dagster.yaml").is_file()
 
-        # A second `up` refuses and changes nothing.
-        again = ticklake(home, "up")
-        assert again.returncode == 1
-        assert "already running" in again.stderr
-        pids = {k: v["pid"] for k, v in info["services"].items()}
-        info2 = json.loads(ticklake(home, "status", "--json").stdout)
-        assert {k: v["pid"] for k, v in info2["services"].items()} == pids
+    # A second `up` refuses and changes nothing.
+    again = ticklake(home, "up")
+    assert again.returncode == 1
+    assert "already running" in again.stderr
+    pids = {k: v["pid"] for k, v in info["services"].items()}
+    info2 = json.loads(ticklake(home, "status", "--json").stdout)
+    assert {k: v["pid"] for k, v in info2["services"].items()} == pids
 
-        # Services plus their children (code servers) carry the home in their environment.
-        running = processes_of(home)
-        assert set(pids.values()) <= set(running), running
-        assert len(running) > len(pids)  # the code servers of webserver and daemon
+    # Services plus their children (code servers) carry the home in their environment.
+    running = processes_of(home)
+    assert set(pids.values()) <= set(running), running
+    assert len(running) > len(pids)  # the code servers of webserver and daemon
 
-        # A dead service is reported and blocks `up` until `down` (on this same stack: one
-        # start less in CI). A process of this stack that no service owns any more (what a
-        # kill -9'd parent leaves behind) carries the stack's id: status reports it, down stops it.
-        assert info["orphans"] == []
-        stack_id = json.loads((home / "run" / "stack.json").read_text())["stack_id"]
-        orphan = subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(600)"],
-            env={**os.environ, "TICKLAKE_STACK_ID": stack_id},
-            start_new_session=True,
-        )
-        os.kill(pids["broker"], signal.SIGKILL)
-        os.kill(pids["dagster-daemon"], signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while port_in_use("127.0.0.1", broker_port):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        st = ticklake(home, "status", "--json")
-        assert st.returncode == 1
-        dead = json.loads(st.stdout)
-        assert dead["status"] == "degraded"
-        assert dead["services"]["broker"]["state"] == "dead"
-        assert dead["services"]["dagster-daemon"]["state"] == "dead"
-        assert dead["services"]["dagster-webserver"]["state"] == "running"
-        assert orphan.pid in dead["orphans"]
-        again = ticklake(home, "up")
-        assert again.returncode == 1
-        assert "partly running" in again.stderr and "ticklake down" in again.stderr
-    finally:
-        down = ticklake(home, "down")
+
+@pytest.mark.stack
+@ends_the_shared_stack
+def test_dead_services_are_reported_and_down_leaves_nothing(shared_stack):
+    """Kills services of the shared stack and stops it, so it runs after its other users
+    (tests/support/stack.py orders them): one whole-stack start less in CI."""
+    home = shared_stack.home.root
+    info = json.loads(ticklake(home, "status", "--json").stdout)
+    pids = {k: v["pid"] for k, v in info["services"].items()}
+    broker_port = int(info["kafka_bootstrap"].rsplit(":", 1)[1])
+    clickhouse_port = int(info["clickhouse_dsn"].rsplit(":", 1)[1])
+    # A dead service is reported and blocks `up` until `down` (on this same stack: one
+    # start less in CI). A process of this stack that no service owns any more (what a
+    # kill -9'd parent leaves behind) carries the stack's id: status reports it, down stops it.
+    assert info["orphans"] == []
+    stack_id = json.loads((home / "run" / "stack.json").read_text())["stack_id"]
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"],
+        env={**os.environ, "TICKLAKE_STACK_ID": stack_id},
+        start_new_session=True,
+    )
+    os.kill(pids["broker"], signal.SIGKILL)
+    os.kill(pids["dagster-daemon"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while port_in_use("127.0.0.1", broker_port):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    st = ticklake(home, "status", "--json")
+    assert st.returncode == 1
+    dead = json.loads(st.stdout)
+    assert dead["status"] == "degraded"
+    assert dead["services"]["broker"]["state"] == "dead"
+    assert dead["services"]["dagster-daemon"]["state"] == "dead"
+    assert dead["services"]["dagster-webserver"]["state"] == "running"
+    assert orphan.pid in dead["orphans"]
+    again = ticklake(home, "up")
+    assert again.returncode == 1
+    assert "partly running" in again.stderr and "ticklake down" in again.stderr
+    down = shared_stack.down()
     assert down.returncode == 0, down.stdout + down.stderr
     assert "broker             not running" in down.stdout
     assert "orphans" in down.stdout

@@ -1,8 +1,8 @@
 """The Dagster UI in a real browser: launch a backfill of lake hours from an hourly lake
 asset's Partitions page, then prove through GraphQL that it ran and succeeded.
 
-`ticklake up` starts the real local stack (broker, webserver, daemon) in a fresh
-TICKLAKE_HOME; the lake gets three past hours of micro-batch commits (carrying the sink's
+The session's shared `ticklake up --no-services` (tests/support/stack.py: the real local
+stack, broker, webserver, daemon, in a fresh TICKLAKE_HOME) runs it; the lake gets three past hours of micro-batch commits (carrying the sink's
 bookkeeping: watermark and hour ledger, as the sink writes them) plus later data, so those
 hours are closed. Headless Debian Chromium, driven by Playwright (never `playwright
 install`), opens the asset graph and the Partitions page of `lake/trades`, clicks
@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -36,7 +35,7 @@ from schemas.tables import TABLES
 from streaming.lake.seal import hour_layout
 from streaming.lake.state import HOUR_US, HourCount, SinkState
 from streaming.lake.writer import LakeFileWriter, commit_files
-from tests.test_stack import TICKLAKE, processes_of
+from tests.support.stack import TICKLAKE
 from workloads.synthetic import SyntheticMarket
 
 pytestmark = pytest.mark.browser
@@ -102,26 +101,6 @@ def hour_us(key: str) -> int:
 
 
 # --------------------------------------------------------------------------- stack helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_ticklake(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TICKLAKE_HOME": str(home)}
-    return subprocess.run(
-        [str(TICKLAKE), *args], env=env, capture_output=True, text=True, check=False, timeout=timeout, cwd=home.parent
-    )
-
-
-def up_args(port: int) -> list[str]:
-    """`ticklake up` on `port`, with the platform's services left off when the CLI offers
-    that: live collectors cannot reach venues here, and this test is about the UI."""
-    help_text = run_ticklake(Path("/tmp"), "up", "--help", timeout=120).stdout
-    return ["up", "--port", str(port)] + (["--no-services"] if "--no-services" in help_text else [])
 
 
 class Gql:
@@ -251,7 +230,9 @@ def HOURLY_KEYS_BETWEEN(first: str, last: str) -> list[str]:
 
 @pytest.mark.stack
 @pytest.mark.timeout(2700)
-def test_backfill_launched_from_the_partitions_page_completes(ticklake_home):
+def test_backfill_launched_from_the_partitions_page_completes(shared_stack):
+    """On the shared stack, services off (live collectors cannot reach venues here, and this
+    test is about the UI); the stack is stopped, and checked to leave nothing, after its last user."""
     from playwright.sync_api import expect, sync_playwright
 
     from assets.lake_hours import run_checks
@@ -259,6 +240,7 @@ def test_backfill_launched_from_the_partitions_page_completes(ticklake_home):
 
     assert Path(CHROMIUM).exists(), "Debian chromium is required (apt-get install chromium)"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    ticklake_home = shared_stack.home
     home = ticklake_home.root
     expected = seed_lake(ticklake_home)
     assert all(expected["trades"][hour_us(k)] > 0 for k in UI_HOURS + CLI_HOURS)
@@ -274,110 +256,98 @@ def test_backfill_launched_from_the_partitions_page_completes(ticklake_home):
         for k in UI_HOURS
     }
     assert all(n > 1 for n in files_before.values()), files_before  # micro-batch layout to compact
-    port = free_port()
-    up = run_ticklake(home, *up_args(port))
-    assert up.returncode == 0, up.stdout + up.stderr
-    url = f"http://127.0.0.1:{port}"
+    url = shared_stack.url
     gql = Gql(url)
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.set_default_timeout(120_000)
-            try:
-                # The asset graph: the whole lineage, and lake/trades with its neighbours.
-                page.goto(f"{url}/asset-groups")
-                page.get_by_text("Global asset lineage").wait_for()
-                page.get_by_text("clickhouse", exact=True).first.wait_for()
-                expect(page.get_by_text("fetching statuses")).to_have_count(0, timeout=120_000)
-                page.screenshot(path=str(ARTIFACTS / "asset_graph.png"))
-                page.goto(f"{url}/assets/{ASSET}?view=lineage")
-                page.get_by_text("lake_tables", exact=True).first.wait_for()
-                page.screenshot(path=str(ARTIFACTS / "asset_lineage.png"))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(120_000)
+        try:
+            # The asset graph: the whole lineage, and lake/trades with its neighbours.
+            page.goto(f"{url}/asset-groups")
+            page.get_by_text("Global asset lineage").wait_for()
+            page.get_by_text("clickhouse", exact=True).first.wait_for()
+            expect(page.get_by_text("fetching statuses")).to_have_count(0, timeout=120_000)
+            page.screenshot(path=str(ARTIFACTS / "asset_graph.png"))
+            page.goto(f"{url}/assets/{ASSET}?view=lineage")
+            page.get_by_text("lake_tables", exact=True).first.wait_for()
+            page.screenshot(path=str(ARTIFACTS / "asset_lineage.png"))
 
-                backfill_id = launch_backfill_in_ui(page, url, ASSET, UI_HOURS[0], UI_HOURS[-1])
-                done = wait_backfill_done(gql, lambda b: b["id"] == backfill_id, timeout_s=1500)
-                assert done["isAssetBackfill"] and done["assetSelection"] == [{"path": ASSET.split("/")}]
-                assert sorted(done["partitionNames"]) == UI_HOURS
-                assert {"key": "dagster/from_ui", "value": "true"} in done["tags"]
-                assert done["status"] == "COMPLETED_SUCCESS", done
-                assert [r["status"] for r in done["runs"]] == ["SUCCESS"] * len(UI_HOURS), done["runs"]
-                partitions = sorted(
-                    next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition") for r in done["runs"]
-                )
-                assert partitions == UI_HOURS
-                for r in done["runs"]:
-                    run = gql(RUN_PARTITION, {"id": r["runId"]})["runOrError"]
-                    assert [(m["assetKey"]["path"], m["partition"]) for m in run["assetMaterializations"]] == [
-                        (ASSET.split("/"), next(t["value"] for t in run["tags"] if t["key"] == "dagster/partition"))
-                    ]
-                assert materialized_keys(gql, ASSET) == set(UI_HOURS)
+            backfill_id = launch_backfill_in_ui(page, url, ASSET, UI_HOURS[0], UI_HOURS[-1])
+            done = wait_backfill_done(gql, lambda b: b["id"] == backfill_id, timeout_s=1500)
+            assert done["isAssetBackfill"] and done["assetSelection"] == [{"path": ASSET.split("/")}]
+            assert sorted(done["partitionNames"]) == UI_HOURS
+            assert {"key": "dagster/from_ui", "value": "true"} in done["tags"]
+            assert done["status"] == "COMPLETED_SUCCESS", done
+            assert [r["status"] for r in done["runs"]] == ["SUCCESS"] * len(UI_HOURS), done["runs"]
+            partitions = sorted(
+                next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition") for r in done["runs"]
+            )
+            assert partitions == UI_HOURS
+            for r in done["runs"]:
+                run = gql(RUN_PARTITION, {"id": r["runId"]})["runOrError"]
+                assert [(m["assetKey"]["path"], m["partition"]) for m in run["assetMaterializations"]] == [
+                    (ASSET.split("/"), next(t["value"] for t in run["tags"] if t["key"] == "dagster/partition"))
+                ]
+            assert materialized_keys(gql, ASSET) == set(UI_HOURS)
 
-                # The Partitions page shows them as materialized.
-                page.goto(f"{url}/assets/{ASSET}?view=partitions")
-                page.get_by_text(f"Materialized ({len(UI_HOURS)})").wait_for()
-                page.screenshot(path=str(ARTIFACTS / "partitions_after.png"))
-                # One backfilled hour in detail: the seal's metadata (rows, files before/after).
-                page.get_by_placeholder("Filter by name").fill(UI_HOURS[0][:10])
-                page.get_by_text(UI_HOURS[0], exact=True).first.click()
-                page.get_by_text("files_before", exact=True).wait_for()
-                expect(page.get_by_text("min_event_time", exact=True)).to_be_visible()
-                page.screenshot(path=str(ARTIFACTS / "partition_detail.png"))
-            except BaseException:
-                page.screenshot(path=str(ARTIFACTS / "failure.png"))
-                raise
-            finally:
-                browser.close()
+            # The Partitions page shows them as materialized.
+            page.goto(f"{url}/assets/{ASSET}?view=partitions")
+            page.get_by_text(f"Materialized ({len(UI_HOURS)})").wait_for()
+            page.screenshot(path=str(ARTIFACTS / "partitions_after.png"))
+            # One backfilled hour in detail: the seal's metadata (rows, files before/after).
+            page.get_by_placeholder("Filter by name").fill(UI_HOURS[0][:10])
+            page.get_by_text(UI_HOURS[0], exact=True).first.click()
+            page.get_by_text("files_before", exact=True).wait_for()
+            expect(page.get_by_text("min_event_time", exact=True)).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "partition_detail.png"))
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "failure.png"))
+            raise
+        finally:
+            browser.close()
 
-        # `ticklake backfill` launches the same kind of backfill and waits for it: a closed
-        # hour succeeds (exit 0), an hour still open fails its seal (exit 1).
-        env = {**os.environ, "TICKLAKE_HOME": str(home)}
-        ok = subprocess.Popen(
-            [str(TICKLAKE), "backfill", "2024-08-09T03:00", "2024-08-09T04:00", "--select", CLI_SELECT, "--poll", "1"],
-            env=env,
+    # `ticklake backfill` launches the same kind of backfill and waits for it: a closed
+    # hour succeeds (exit 0), an hour still open fails its seal (exit 1).
+    def backfill(first: str, last: str, select: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(TICKLAKE), "backfill", first, last, "--select", select, "--poll", "1"],
+            env={**os.environ, "TICKLAKE_HOME": str(home)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        bad = subprocess.Popen(
-            [str(TICKLAKE), "backfill", "2024-08-09T04:00", "2024-08-09T05:00", "--select", ASSET, "--poll", "1"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        ok_out, ok_err = ok.communicate(timeout=1500)
-        bad_out, bad_err = bad.communicate(timeout=1500)
-        assert ok.returncode == 0, ok_out + ok_err
-        assert re.search(r"backfill \w+: 1 hour \(", ok_out) and "COMPLETED_SUCCESS" in ok_out
-        assert re.search(r"succeeded: \d+ runs?", ok_out), ok_out
-        assert bad.returncode == 1, bad_out + bad_err
-        assert "COMPLETED_FAILED" in bad_err or "FAILED" in bad_err, bad_err
-        assert "failed run" in bad_err and "is not closed yet" in bad_err, bad_err  # the reason, for the user
-        cli_id = re.search(r"backfill (\w+): 1 hour \(", ok_out).group(1)
-        cli = wait_backfill_done(gql, lambda b: b["id"] == cli_id, timeout_s=60)
-        assert cli["partitionNames"] == CLI_HOURS and cli["status"] == "COMPLETED_SUCCESS"
-        assert materialized_keys(gql, ASSET) == set(UI_HOURS + CLI_HOURS)
-        assert materialized_keys(gql, CHART_ASSET) == set(CLI_HOURS)
 
-        # The chart of that hour, previewed on its materialization in the UI.
-        artifacts_url = artifact_server.recorded_url(ticklake_home)
-        assert artifacts_url, "ticklake up started no artifact server"
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.set_default_timeout(120_000)
-            try:
-                check_chart_preview(page, url, CLI_HOURS[0], artifacts_url)
-            except BaseException:
-                page.screenshot(path=str(ARTIFACTS / "failure_chart.png"))
-                raise
-            finally:
-                browser.close()
-    finally:
-        down = run_ticklake(home, "down")
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert processes_of(home) == {}
+    ok = backfill("2024-08-09T03:00", "2024-08-09T04:00", CLI_SELECT)
+    bad = backfill("2024-08-09T04:00", "2024-08-09T05:00", ASSET)
+    ok_out, ok_err = ok.communicate(timeout=1500)
+    bad_out, bad_err = bad.communicate(timeout=1500)
+    assert ok.returncode == 0, ok_out + ok_err
+    assert re.search(r"backfill \w+: 1 hour \(", ok_out) and "COMPLETED_SUCCESS" in ok_out
+    assert re.search(r"succeeded: \d+ runs?", ok_out), ok_out
+    assert bad.returncode == 1, bad_out + bad_err
+    assert "COMPLETED_FAILED" in bad_err or "FAILED" in bad_err, bad_err
+    assert "failed run" in bad_err and "is not closed yet" in bad_err, bad_err  # the reason, for the user
+    cli_id = re.search(r"backfill (\w+): 1 hour \(", ok_out).group(1)
+    cli = wait_backfill_done(gql, lambda b: b["id"] == cli_id, timeout_s=60)
+    assert cli["partitionNames"] == CLI_HOURS and cli["status"] == "COMPLETED_SUCCESS"
+    assert materialized_keys(gql, ASSET) == set(UI_HOURS + CLI_HOURS)
+    assert materialized_keys(gql, CHART_ASSET) == set(CLI_HOURS)
+
+    # The chart of that hour, previewed on its materialization in the UI.
+    artifacts_url = artifact_server.recorded_url(ticklake_home)
+    assert artifacts_url, "ticklake up started no artifact server"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(120_000)
+        try:
+            check_chart_preview(page, url, CLI_HOURS[0], artifacts_url)
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "failure_chart.png"))
+            raise
+        finally:
+            browser.close()
 
     # The lake agrees: the backfilled hours are sealed, hold every row, and pass their checks.
     lake = LakeResource(uri=ticklake_home.catalog_uri, warehouse=ticklake_home.warehouse)
