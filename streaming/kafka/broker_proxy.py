@@ -76,14 +76,20 @@ PRODUCE_FIRST_FLEXIBLE = 9
 #: Fetch response versions whose layout fetch_response_has_records reads (librdkafka 2.x uses 16).
 FETCH_RESPONSE_VERSIONS = range(4, 17)
 DEFAULT_MAX_SESSION_TIMEOUT_MS = 6_000
-#: Longest a forwarded Fetch may wait inside the broker. Tansu re-scans at 0, 1/2, 3/4 ...
-#: of the wait, so a record written just after a forwarded Fetch's first scan waits up to
-#: half this for the next one: at 500 ms a busy consumer (whose Fetch after records is
-#: forwarded, not held) received its input in ~250 ms bursts, the largest hop of the
-#: feature latency (bench/bench_processing.py). At 100 ms the delay is <= 50 ms; an empty
-#: answer comes back sooner and the next Fetch is held here (no scan) until a write. The
-#: rest of a longer client wait is spent held here, where it costs nothing.
+#: Longest a Fetch forwarded after records (a busy consumer's: it is not held) may wait
+#: inside the broker. Tansu re-scans at 0, 1/2, 3/4 ... of the wait, so a record written just
+#: after the first scan waits up to half this for the next one: at 500 ms a busy consumer
+#: received its input in ~250 ms bursts, the largest hop of the feature latency
+#: (bench/bench_processing.py). At 100 ms the delay is <= 50 ms; an empty answer comes back
+#: sooner and the next Fetch is held here (no scan) until a write.
 BROKER_FETCH_WAIT_MS = 100
+#: Longest a Fetch forwarded after an empty answer may wait inside the broker (released by a
+#: write, or not held because a write came while the previous one waited). Not 100 ms: with
+#: data trickling into other topics (a write every 20 ms) quiet consumers would come back
+#: empty and be forwarded again 5x as often, each time with a fresh series of scans (4
+#: consumers x 30 quiet partitions: broker 6 % of a core at 500 ms, 12.6 % at 100 ms). A
+#: consumer of the written topic finds the record at the first scan, whatever this wait.
+WOKEN_FETCH_WAIT_MS = 500
 #: The smallest wait a held Fetch is forwarded with (one scan of the log; see hold_fetch).
 #: Not 1 ms: on persistent storage (streaming/kafka/broker_store.py) Tansu reads a partition's
 #: batches over HTTP, and with a 1 ms wait it answered empty before they arrived, every
@@ -423,6 +429,7 @@ async def hold_fetch(
     clock: WriteClock,
     broker_wait_ms: int = BROKER_FETCH_WAIT_MS,
     max_answer_age_s: float = MAX_ANSWER_AGE_S,
+    woken_wait_ms: int = WOKEN_FETCH_WAIT_MS,
 ) -> bytes | None:
     """Delay a Fetch request that cannot find records yet (see the module docstring) and
     rewrite its max_wait_ms to what the broker should still wait; returns when it may go,
@@ -432,13 +439,16 @@ async def hold_fetch(
     if pos is None:
         return None
     (wait_ms,) = struct.unpack_from(">i", frame, pos)
-    forward_ms = min(wait_ms, broker_wait_ms)
+    # After records: the short wait (a busy consumer's next records come at the next scan).
+    # After an empty answer (the Fetch is forwarded at once when a write came since, else held
+    # until one): the long wait, or every write anywhere would re-forward quiet consumers.
+    forward_ms = min(wait_ms, woken_wait_ms if conn.last_fetch_empty else broker_wait_ms)
     loop = asyncio.get_running_loop()
     if conn.last_fetch_empty and clock.count == conn.count_at_forward and wait_ms > 0:
         t0 = loop.time()
         if await clock.wait_past(conn.count_at_forward, wait_ms / 1000):
             spent_ms = int((loop.time() - t0) * 1000)
-            forward_ms = max(MIN_SCAN_WAIT_MS, min(wait_ms - spent_ms, broker_wait_ms))
+            forward_ms = max(MIN_SCAN_WAIT_MS, min(wait_ms - spent_ms, woken_wait_ms))
         elif (
             clock.count == conn.count_at_forward
             and conn.in_flight == 0
