@@ -85,7 +85,7 @@ def test_rows_land_once_and_bad_records_go_to_the_dlq(kafka_broker, ch_res, db):
     client = ch_res.get_client()
     live = ClickHouseLive(conn, client, [topic], database=db, group_id=f"g-{topic}", session_timeout_ms=2000)
     stats = live.run(idle_exit_s=4.0)
-    assert stats.records == len(items) and stats.rows == len(rows) + 7
+    assert stats.records_in == len(items) and stats.rows == len(rows) + 7
     assert dict(stats.dlq.counts) == {"decode": 2, "mismatch": 1}
     got = _live_rows(client, db)
     assert got.num_rows == len(rows)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -33,6 +32,7 @@ from features.records import decode_row, rows_to_table
 from runtime import kafka_config as kc
 from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter, record_source
+from runtime.metrics import LoopCounters
 from runtime.service_cli import ServiceSettings, standalone
 from runtime.service_loop import ServiceLoop
 from schemas.model import Exchange, Market
@@ -71,10 +71,8 @@ def parse_record(value: bytes | None) -> dict:
 
 
 @dataclass(slots=True)
-class LiveStats:
-    records: int = 0
+class LiveStats(LoopCounters):
     rows: int = 0
-    batches: int = 0
     dlq: DlqCounters = field(default_factory=lambda: DlqCounters(DlqStage.FEATURES.value))
 
 
@@ -165,12 +163,8 @@ class ClickHouseLive(ServiceLoop):
             tp = (m.topic(), m.partition())
             ends[tp] = max(ends.get(tp, 0), m.offset() + 1)
         self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False)
-        self.stats.records += len(msgs)
+        self.stats.consumed(SERVICE_NAME, [m.topic() for m in msgs])
         self.stats.rows += len(rows)
-        obs.LAST_RECORD.labels(SERVICE_NAME).set(time.time())
-        for topic in {t for t, _ in ends}:
-            obs.RECORDS_CONSUMED.labels(SERVICE_NAME, topic).inc(sum(1 for m in msgs if m.topic() == topic))
-        self.stats.batches += 1
         return len(msgs)
 
     def _dead_letter(self, reason: str, m: Message) -> None:
@@ -247,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             required=True,
             help="http(s)://host:port (locally: the local ClickHouse server, `ticklake status` prints it)",
         ),
-        report=lambda svc: f"records={svc.stats.records} rows={svc.stats.rows} dlq={dict(svc.stats.dlq.counts)}",
+        report=lambda svc: f"records_in={svc.stats.records_in} rows={svc.stats.rows} dlq={dict(svc.stats.dlq.counts)}",
     )
 
 
