@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.stack import processes_of, ticklake
 from tests.test_platform_acceptance import free_port
-from tests.test_stack import processes_of, ticklake
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "samples" / "binance" / "hftbacktest_spot_btcusdt_20240808.gz"
 #: Capture seconds replayed, and the replay speed: ~15 s of wall time, long enough to kill

@@ -6,6 +6,7 @@ collectors   run collector shards against the emulator and the real broker, chec
 envelopes    valid canonical envelopes of every event type
 lake         lake sink topics, producing processed envelopes, reading tables back
 processing   processor subprocesses, reading topics back
+stack        the `ticklake` console script, a stack's processes, the session's shared stack
 
 What benchmarks use as well (the samples path, the synthetic market, the Binance capture
 hour, producing to the project's topics) is in the project's workloads/ package, which
