@@ -94,14 +94,13 @@ def standalone(
     doc: str,
     argv: list[str] | None = None,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-    report: Callable[[Any], str] | None = None,
 ) -> int:
     """The `python -m` entry of a service: options from `settings` (plus --bootstrap,
     --metrics-port and `add_arguments`; the description is the first line of the module's `doc`),
     then `build(conn, args, settings)` -> the loop, `conn` being the Kafka connection of
     --bootstrap or the environment, run in
     this (main) thread under service_run until SIGTERM/SIGINT (a stop request: the batch in
-    flight commits) or its idle_exit_s / max_seconds."""
+    flight commits) or its idle_exit_s / max_seconds, then its summary() logged."""
     from runtime.kafka_config import connection_from_env
     from runtime.service_status import service_run
 
@@ -117,8 +116,6 @@ def standalone(
     with service_run(service, port=args.metrics_port, home=getattr(args, "home", None)):
         loop = build(connection_from_env(bootstrap_servers=args.bootstrap), args, values)
         loop.install_signal_handlers()
-        stats = loop.run(
-            idle_exit_s=getattr(values, "idle_exit_s", None), max_seconds=getattr(values, "max_seconds", None)
-        )
-        log.info("%s stopped: %s %s", service, stats, report(loop) if report is not None else "")
+        loop.run(idle_exit_s=getattr(values, "idle_exit_s", None), max_seconds=getattr(values, "max_seconds", None))
+        log.info("%s stopped: %s", service, loop.summary())
     return 0

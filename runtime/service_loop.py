@@ -9,7 +9,7 @@ Written once here so the services cannot drift apart:
   (one batch; truthy when it made progress), `close()` (release clients), and `run()` driving
   them until `request_stop()` (a signal handler, another thread) or, for tests and catch-up
   runs, until `idle_exit_s` without progress or `max_seconds` elapsed. `close()` runs however
-  `run()` ends.
+  `run()` ends; `summary()` is the stop line, one per loop whoever ran it.
 * `Worker` — a target in a daemon thread with a `done` Event and its outcome (result or error).
 * `run_in_worker()` — how a Dagster op (or any supervising thread) runs a loop: the loop runs
   in a daemon worker thread while this thread waits; an exception raised here (a Dagster run
@@ -69,6 +69,12 @@ class ServiceLoop:
 
     def close(self) -> None:
         """Release clients; called once however run() ends (must be safe after a failed start)."""
+
+    def summary(self) -> str:
+        """What the loop did, for the one line logged when it stops (the standalone entry and
+        the Dagster op log the same line): its `stats`; a loop whose stats do not hold
+        everything worth reading (dead letters by reason, late rows) adds it."""
+        return str(getattr(self, "stats", None))
 
     # -- shared ----------------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ def test_loop_runs_until_idle_then_closes_once():
     loop = Counter(busy=5)
     assert loop.run(idle_exit_s=0.2) > 5
     assert loop.events == ["start", "close"]
+    assert loop.summary() == str(loop.steps)  # the stop line: the loop's stats unless it adds more
 
 
 def test_a_stop_request_ends_the_loop_and_a_failure_still_closes():

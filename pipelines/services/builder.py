@@ -64,8 +64,8 @@ def run_loop(
     on_tick: Callable[[], None] | None = None,
     tick_s: float = 60.0,
 ) -> Any:
-    """Run `loop` (a runtime.service_loop.ServiceLoop or anything with run/request_stop/name)
-    in a worker thread until it returns; a run termination becomes `loop.request_stop()`."""
+    """Run `loop` (a runtime.service_loop.ServiceLoop) in a worker thread until it returns,
+    then log its summary(); a run termination becomes `loop.request_stop()`."""
     result = run_in_worker(
         run or (lambda: loop.run(idle_exit_s=idle_exit_s, max_seconds=max_seconds)),
         request_stop=loop.request_stop,
@@ -75,7 +75,7 @@ def run_loop(
         on_tick=on_tick,
         tick_s=tick_s,
     )
-    context.log.info(f"{loop.name} stopped: {loop.stats}")
+    context.log.info(f"{loop.name} stopped: {loop.summary()}")
     return result
 
 
@@ -273,7 +273,6 @@ def service(
     job_name: str | None = None,
     op_name: str | None = None,
     run: Callable[[dg.OpExecutionContext, Any, Any], Any] | None = None,
-    report: Callable[[Any], str] | None = None,
     output: Callable[[Any, Any], Any] | None = None,
     metrics_port: Callable[[Any], int | None] | None = None,
     op_tags: Mapping[str, str] | None = None,
@@ -286,8 +285,8 @@ def service(
 
     By default the loop runs as `loop.run(idle_exit_s=config.idle_exit_s,
     max_seconds=config.max_seconds)` in a worker thread; `run(context, config, loop)` replaces
-    that (e.g. to publish Dagster events from the op's thread while the loop runs). `report`
-    adds a last log line, `output(config, loop)` makes the op return a value (the op output),
+    that (e.g. to publish Dagster events from the op's thread while the loop runs); the stop
+    line is the loop's own `summary()`. `output(config, loop)` makes the op return a value (the op output),
     `metrics_port(config)` fixes the Prometheus port (default: ephemeral). `supervision`:
     the supervisor options of `supervised` (name, description, interval, own_supervisor)."""
 
@@ -304,8 +303,6 @@ def service(
                     idle_exit_s=getattr(config, "idle_exit_s", None),
                     max_seconds=getattr(config, "max_seconds", None),
                 )
-            if report is not None:
-                context.log.info(f"{name}: {report(the_loop)}")
             return output(config, the_loop) if output is not None else None
 
     tags = {"kind": "kafka", **(op_tags or {})}

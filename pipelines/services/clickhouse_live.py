@@ -33,7 +33,6 @@ CLICKHOUSE_LIVE = service(
     pod=Pod("250m", "512Mi", "1Gi"),
     op_tags={"kind": "clickhouse"},
     resources=("kafka", "clickhouse"),
-    report=lambda svc: f"records_in={svc.stats.records_in} rows={svc.stats.rows} dlq={dict(svc.stats.dlq.counts)}",
     description="Long-running consumer: feature.* topics -> ClickHouse features_live.",
 )
 clickhouse_live_service = CLICKHOUSE_LIVE.job

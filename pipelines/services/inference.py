@@ -26,21 +26,12 @@ def _inference(context: dg.OpExecutionContext, config: InferenceRunConfig) -> In
     return inference_from_settings(kafka.connection(), mlflow.settings(), config, describe=context.log.info)
 
 
-def _report(svc: InferenceService) -> str:
-    loops = svc.loops
-    return (
-        f"dlq={ {lp.publish_name: dict(lp.dlq.counts) for lp in loops} } versions="
-        f"{ {lp.publish_name: lp.served.version if lp.served else None for lp in loops} }"
-    )
-
-
 INFERENCE_SERVICE = service(
     InferenceService.name,
     InferenceRunConfig,
     _inference,
     pod=Pod("500m", "1Gi", "2Gi"),
     resources=("kafka", "mlflow"),
-    report=_report,
     description="Long-running online inference: feature.* -> prediction.<market>.<model> (+ dlq.inference), "
     "exactly once, serving each model's `champion` version.",
 )

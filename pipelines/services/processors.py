@@ -63,9 +63,6 @@ NORMALIZER_SERVICE = service(
     _normalizer,
     pod=Pod("1", "1Gi", "2Gi"),
     own_supervisor=False,
-    report=lambda svc: (
-        f"ok={svc.normalizer.ok} duplicates={svc.normalizer.duplicates} dlq={dict(svc.normalizer.counters.counts)}"
-    ),
     description="Long-running normalizer: raw.* -> processed.* (+ dlq.normalize), exactly once.",
 )
 FEATURE_PROCESSOR_SERVICE = service(
@@ -74,7 +71,6 @@ FEATURE_PROCESSOR_SERVICE = service(
     _feature_processor,
     pod=Pod("1", "2Gi", "4Gi"),
     own_supervisor=False,
-    report=lambda fp: f"late={fp.engine.late} dlq={dict(fp.engine.dlq.counts)}",
     description="Long-running feature processor: processed.* -> feature.*.signals.* (+ dlq.features).",
 )
 normalizer_service = NORMALIZER_SERVICE.job

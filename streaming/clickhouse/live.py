@@ -241,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
             required=True,
             help="http(s)://host:port (locally: the local ClickHouse server, `ticklake status` prints it)",
         ),
-        report=lambda svc: f"records_in={svc.stats.records_in} rows={svc.stats.rows} dlq={dict(svc.stats.dlq.counts)}",
     )
 
 

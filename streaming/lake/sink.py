@@ -530,6 +530,9 @@ class LakeSink(ServiceLoop):
         obs.set_sealed_hour_source(None)
         release_clients(self)
 
+    def summary(self) -> str:
+        return f"{super().summary()} dlq={dict(self.dlq.counts)}"
+
     def watermarks_us(self) -> dict[str, int | None]:
         return {name: self.tracker.watermark_us(name) for name in self.tables}
 
@@ -585,7 +588,6 @@ def main(argv: list[str] | None = None) -> int:
         add_arguments=lambda ap: ap.add_argument(
             "--home", help="$TICKLAKE_HOME whose local catalog to write (default: the env/.ticklake)"
         ),
-        report=lambda sink: f"dlq={dict(sink.dlq.counts)}",
     )
 
 

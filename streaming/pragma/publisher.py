@@ -500,7 +500,6 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m streaming.pragma.publisher",
         doc=__doc__,
         argv=argv,
-        report=lambda pub: f"delivered={pub.stats.delivered} dead_letters={pub.stats.dead_letters}",
     )
 
 

@@ -418,6 +418,9 @@ class FeatureProcessor(TransactionalLoop):
             self.upstream = None
         super().close()
 
+    def summary(self) -> str:
+        return f"{super().summary()} late={self.engine.late} dlq={dict(self.engine.dlq.counts)}"
+
     def _reader(self) -> Consumer:
         return Consumer(
             kc.consumer_config(self.conn, f"{self.group_id}-restore", read_committed=True, fetch_wait_max_ms=10)
@@ -722,7 +725,6 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m streaming.processors.feature_processor",
         doc=__doc__,
         argv=argv,
-        report=lambda fp: f"late={fp.engine.late} dlq={dict(fp.engine.dlq.counts)}",
     )
 
 

@@ -259,6 +259,13 @@ class InferenceService(ServiceLoop):
     def stats(self) -> dict[str, LoopStats]:
         return {lp.publish_name: lp.stats for lp in self.loops}
 
+    def summary(self) -> str:
+        loops = self.loops
+        return (
+            f"{super().summary()} dlq={ {lp.publish_name: dict(lp.dlq.counts) for lp in loops} } versions="
+            f"{ {lp.publish_name: lp.served.version if lp.served else None for lp in loops} }"
+        )
+
     def warm_registry(self) -> None:
         """Touch each distinct store once, serially, before the loops start: a fresh local
         SQLite store creates its tables on first use, which the loops' threads must not race."""

@@ -389,6 +389,10 @@ class NormalizerService(TransactionalLoop):
         super().__init__(conn, group_id=group_id, transactional_id=transactional_id, input_topics=input_topics, **kw)
         self.normalizer = normalizer
 
+    def summary(self) -> str:
+        n = self.normalizer
+        return f"{super().summary()} ok={n.ok} duplicates={n.duplicates} dlq={dict(n.counters.counts)}"
+
     def warm_up(self, committed: dict[TP, int | None]) -> None:
         """Re-read the dedup span before each committed offset so the restarted state equals
         the crashed one's (output of warm-up records is discarded: it was committed)."""
@@ -532,7 +536,6 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m streaming.processors.normalizer",
         doc=__doc__,
         argv=argv,
-        report=lambda svc: f"dlq={dict(svc.normalizer.counters.counts)}",
     )
 
 
