@@ -1,9 +1,11 @@
 """A service's settings, declared once, feed both its Dagster run config and its `python -m` entry.
 
 Each service declares its tunables as one `ServiceSettings` class next to its loop (field,
-type, default, a docstring saying why). The Dagster job's config class is that class mixed
-into `dg.Config` (pipelines/services/*.py), and the standalone entry's argparse parser is
-generated from the same fields here, so the two cannot drift apart:
+type, default, a docstring saying why); a service running a ServiceLoop extends `LoopSettings`,
+which declares the loop's run bounds (idle_exit_s, max_seconds) once for all of them. The
+Dagster job's config class is that class mixed into `dg.Config` (pipelines/services/*.py),
+and the standalone entry's argparse parser is generated from the same fields here, so the two
+cannot drift apart:
 
 * `snake_case` fields become `--kebab-case` options; `bool` fields are switches;
 * `list[...]` fields are repeatable options named in the singular (`exchanges` ->
@@ -33,6 +35,17 @@ class ServiceSettings(BaseModel):
     """Base of every service's settings (attribute docstrings are the field descriptions)."""
 
     model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+class LoopSettings(ServiceSettings):
+    """Settings of a service that runs a runtime.service_loop.ServiceLoop: the bounds of its
+    `run()`, which the standalone entry and the Dagster op both pass on."""
+
+    idle_exit_s: float | None = None
+    """Stop after this long without progress (no batch handled: tests, one-off catch-up runs);
+    None = run until stopped."""
+    max_seconds: float | None = None
+    """Stop after this long in all (tests, bounded runs); None = no limit."""
 
 
 def _inner(annotation: Any) -> tuple[Any, bool]:
@@ -86,7 +99,7 @@ def settings_parser(settings: type[BaseModel], *, prog: str, description: str) -
 
 
 def standalone(
-    settings: type[BaseModel],
+    settings: type[LoopSettings],
     build: Callable[[Any, argparse.Namespace, Any], Any],
     *,
     service: str,
@@ -116,6 +129,6 @@ def standalone(
     with service_run(service, port=args.metrics_port, home=getattr(args, "home", None)):
         loop = build(connection_from_env(bootstrap_servers=args.bootstrap), args, values)
         loop.install_signal_handlers()
-        loop.run(idle_exit_s=getattr(values, "idle_exit_s", None), max_seconds=getattr(values, "max_seconds", None))
+        loop.run(idle_exit_s=values.idle_exit_s, max_seconds=values.max_seconds)
         log.info("%s stopped: %s", service, loop.summary())
     return 0

@@ -20,7 +20,7 @@ from pipelines.k8s import K8S_CONFIG_TAG
 from pipelines.services import clickhouse_live, collector, inference, lake_sink, pragma, processors, registry
 from pipelines.services.builder import LIVE_STATUSES, SERVICE_TAG, Pod, service
 from pipelines.services.tags import LIVE_STATUS_NAMES
-from runtime.service_cli import settings_from_args, settings_parser
+from runtime.service_cli import LoopSettings, settings_from_args, settings_parser
 from runtime.service_loop import ServiceLoop, run_in_worker
 from streaming.clickhouse.live import ClickHouseLiveSettings
 from streaming.lake.sink import LakeSinkSettings
@@ -150,9 +150,8 @@ def test_live_statuses_are_one_list():
     assert [s.value for s in LIVE_STATUSES] == list(LIVE_STATUS_NAMES)
 
 
-class SeventhConfig(dg.Config):
+class SeventhConfig(dg.Config, LoopSettings):
     idle_exit_s: float | None = 0.2
-    max_seconds: float | None = None
 
 
 def test_a_seventh_service_is_one_builder_call_in_its_own_module():

@@ -33,7 +33,7 @@ from runtime import kafka_config as kc
 from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.metrics import LoopCounters
-from runtime.service_cli import ServiceSettings, standalone
+from runtime.service_cli import LoopSettings, standalone
 from runtime.service_loop import ServiceLoop
 from schemas.model import Exchange, Market
 from schemas.symbols import validate_canonical
@@ -186,7 +186,7 @@ class ClickHouseLive(ServiceLoop):
         release_clients(self)
 
 
-class ClickHouseLiveSettings(ServiceSettings):
+class ClickHouseLiveSettings(LoopSettings):
     """The live loader's settings: the Dagster run config (pipelines/services/clickhouse_live.py)
     and the `python -m streaming.clickhouse.live` options (runtime/service_cli.py)."""
 
@@ -200,9 +200,6 @@ class ClickHouseLiveSettings(ServiceSettings):
     batch_max_ms: int = 500
     session_timeout_ms: int = 10_000
     """Consumer group session; the embedded broker admits a member after about half of it."""
-    idle_exit_s: float | None = None
-    """Stop after this long without records (tests, catch-up runs); None = run forever."""
-    max_seconds: float | None = None
 
 
 def live_from_settings(conn: kc.KafkaConnection, client: Client, settings: ClickHouseLiveSettings) -> ClickHouseLive:

@@ -50,7 +50,7 @@ from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.home import CATALOG_NAME, resolve_home
 from runtime.metrics import LoopCounters
-from runtime.service_cli import ServiceSettings, standalone
+from runtime.service_cli import LoopSettings, standalone
 from runtime.service_loop import ServiceLoop
 from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
@@ -537,7 +537,7 @@ class LakeSink(ServiceLoop):
         return {name: self.tracker.watermark_us(name) for name in self.tables}
 
 
-class LakeSinkSettings(ServiceSettings):
+class LakeSinkSettings(LoopSettings):
     """The sink's settings: the Dagster run config (pipelines/services/lake_sink.py) and the
     `python -m streaming.lake.sink` options (runtime/service_cli.py)."""
 
@@ -550,9 +550,6 @@ class LakeSinkSettings(ServiceSettings):
     batch_max_records: int = 50_000
     batch_max_ms: int = 500
     allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_US / 1e6
-    idle_exit_s: float | None = None
-    """Stop after this long without records (tests and one-off catch-up runs); None = run forever."""
-    max_seconds: float | None = None
 
 
 def sink_from_settings(conn: kc.KafkaConnection, catalog: Catalog, settings: LakeSinkSettings) -> LakeSink:

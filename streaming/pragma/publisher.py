@@ -43,7 +43,7 @@ from runtime import kafka_config as kc
 from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter, reason_code, record_source
 from runtime.metrics import LoopCounters
-from runtime.service_cli import ServiceSettings, standalone
+from runtime.service_cli import LoopSettings, standalone
 from runtime.service_loop import ServiceLoop
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import exchange_from_pb, market_from_pb
@@ -291,7 +291,7 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-class PragmaPublisherSettings(ServiceSettings):
+class PragmaPublisherSettings(LoopSettings):
     """The publisher's settings: the Dagster job's run config (pipelines/services/pragma.py)
     and the `python -m streaming.pragma.publisher` options."""
 
@@ -300,9 +300,6 @@ class PragmaPublisherSettings(ServiceSettings):
     whose keys streaming/pragma/config.py documents."""
     max_records_in: int | None = None
     """Stop after this many input records (bounded replays and tests); unset = run until stopped."""
-    idle_exit_s: float | None = None
-    """Stop after this long without an input record (tests); None = run until stopped."""
-    max_seconds: float | None = None
 
 
 class PragmaPublisher(ServiceLoop):

@@ -61,7 +61,7 @@ from features.records import CONTENT_TYPE, encode_row, table_rows
 from features.spec import WINDOW_US
 from runtime import kafka_config as kc
 from runtime.dlq import DlqCounters, dead_letter, record_source
-from runtime.service_cli import ServiceSettings, standalone
+from runtime.service_cli import LoopSettings, standalone
 from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.serde import SerdeError, decode
 from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, feature_topic
@@ -687,7 +687,7 @@ def parse_pairs(values: list[str] | None) -> list[tuple[Market, Exchange]]:
     return out
 
 
-class FeatureProcessorSettings(ServiceSettings):
+class FeatureProcessorSettings(LoopSettings):
     """The feature processor's settings: the Dagster run config (pipelines/services/processors.py)
     and the `python -m streaming.processors.feature_processor` options (runtime/service_cli.py)."""
 
@@ -699,9 +699,6 @@ class FeatureProcessorSettings(ServiceSettings):
     idle_timeout_ms: int = 2000
     checkpoint_interval_s: float = 10.0
     batch_max_ms: int = 200
-    idle_exit_s: float | None = None
-    """Stop after this long without a commit (tests, one-off catch-up); None = run until terminated."""
-    max_seconds: float | None = None
 
 
 def feature_processor_from_settings(conn: kc.KafkaConnection, settings: FeatureProcessorSettings) -> FeatureProcessor:

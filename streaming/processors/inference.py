@@ -49,7 +49,7 @@ from ml.registry import (
 from runtime import kafka_config as kc
 from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.home import resolve_home
-from runtime.service_cli import ServiceSettings, standalone
+from runtime.service_cli import LoopSettings, standalone
 from runtime.service_loop import STOP_TIMEOUT_S, WAIT_SLICE_S, ServiceLoop, Worker
 from schemas.model import Exchange, Market
 from schemas.topics import DlqStage, dlq_topic, feature_topic, prediction_topic
@@ -310,7 +310,7 @@ class InferenceService(ServiceLoop):
             worker.done.wait(STOP_TIMEOUT_S)
 
 
-class InferenceSettings(ServiceSettings):
+class InferenceSettings(LoopSettings):
     """The inference service's settings: the Dagster run config (pipelines/services/inference.py)
     and the `python -m streaming.processors.inference` options."""
 
@@ -325,9 +325,6 @@ class InferenceSettings(ServiceSettings):
     """How often the `champion` alias is checked for a new version."""
     batch_max_ms: int = 200
     """Longest wait for a batch of feature rows."""
-    idle_exit_s: float | None = None
-    """Stop after this long without a committed batch (tests); None = run until terminated."""
-    max_seconds: float | None = None
 
 
 def inference_from_settings(

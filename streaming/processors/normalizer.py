@@ -35,7 +35,7 @@ from pydantic import Field
 
 from runtime import kafka_config as kc
 from runtime.dlq import DlqCounters, dead_letter, record_source
-from runtime.service_cli import ServiceSettings, standalone
+from runtime.service_cli import LoopSettings, standalone
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
 from schemas.instruments import InstrumentRef
@@ -475,7 +475,7 @@ def input_topics_for(exchanges: list[str] | None, markets: list[str] | None) -> 
 EXCHANGE_INFO_ENV = "TICKLAKE_EXCHANGE_INFO_URLS"
 
 
-class NormalizerSettings(ServiceSettings):
+class NormalizerSettings(LoopSettings):
     """The normalizer's settings: the Dagster run config (pipelines/services/processors.py)
     and the `python -m streaming.processors.normalizer` options (runtime/service_cli.py)."""
 
@@ -493,9 +493,6 @@ class NormalizerSettings(ServiceSettings):
     dedup_span: int = DEFAULT_DEDUP_SPAN
     """Offsets per partition the event_id dedup window spans (also what a restart re-reads)."""
     batch_max_ms: int = 200
-    idle_exit_s: float | None = None
-    """Stop after this long without input (tests, one-off catch-up); None = run until terminated."""
-    max_seconds: float | None = None
 
 
 def exchange_info_urls(items: list[str]) -> dict[tuple[Exchange, Market], str]:
