@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -132,3 +133,35 @@ def standalone(
         loop.run(idle_exit_s=values.idle_exit_s, max_seconds=values.max_seconds)
         log.info("%s stopped: %s", service, loop.summary())
     return 0
+
+
+def service_main(
+    module: str,
+    settings: type[LoopSettings],
+    build: Callable[[Any, argparse.Namespace, Any], Any],
+    *,
+    service: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> Callable[[list[str] | None], int]:
+    """The `main(argv=None)` of a loop service, declared once in its module as
+    `main = service_main(__name__, Settings, build, service=...)`: `standalone` with the prog
+    and help derived from the module itself rather than written out in each, so they cannot
+    go stale when the module moves. prog is "python -m " + the module's import name (under
+    `python -m` its `__name__` is "__main__"; the real name is its `__spec__.name`), the
+    help text its docstring, both read when the entry runs (the module is complete then)."""
+
+    def main(argv: list[str] | None = None) -> int:
+        mod = sys.modules[module]
+        spec = getattr(mod, "__spec__", None)
+        name = spec.name if module == "__main__" and spec is not None else module
+        return standalone(
+            settings,
+            build,
+            service=service,
+            prog=f"python -m {name}",
+            doc=mod.__doc__ or "",
+            argv=argv,
+            add_arguments=add_arguments,
+        )
+
+    return main

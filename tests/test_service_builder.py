@@ -5,8 +5,11 @@ builder's jobs and supervisors (pipelines/services/builder.py). Fast: no broker.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -144,6 +147,35 @@ def test_generated_options_keep_the_hand_written_names():
         "shard": "alpha",
         "config_file": "c.yaml",
     }
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "streaming.processors.normalizer",
+        "streaming.processors.feature_processor",
+        "streaming.processors.inference",
+        "streaming.clickhouse.live",
+        "streaming.lake.sink",
+        "streaming.pragma.publisher",
+    ],
+)
+def test_a_service_entry_names_its_own_module_and_says_what_it_is(module, capsys):
+    """service_main derives prog and help from the module (nothing to go stale when it moves)."""
+    mod = importlib.import_module(module)
+    with pytest.raises(SystemExit):
+        mod.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m {module} ")
+    first_line = "".join(mod.__doc__.split("\n")[0].split())
+    assert first_line in "".join(out.split())  # (argparse rewraps it)
+
+
+def test_a_service_run_with_python_m_is_named_by_its_module_not_main():
+    out = subprocess.run(
+        [sys.executable, "-m", "streaming.pragma.publisher", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("usage: python -m streaming.pragma.publisher ")
 
 
 def test_live_statuses_are_one_list():

@@ -33,7 +33,7 @@ from runtime import kafka_config as kc
 from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.metrics import LoopCounters
-from runtime.service_cli import LoopSettings, standalone
+from runtime.service_cli import LoopSettings, service_main
 from runtime.service_loop import ServiceLoop
 from schemas.model import Exchange, Market
 from schemas.symbols import validate_canonical
@@ -225,20 +225,17 @@ def _standalone_live(
     return live_from_settings(conn, client, settings)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return standalone(
-        ClickHouseLiveSettings,
-        _standalone_live,
-        service=SERVICE_NAME,
-        prog="python -m streaming.clickhouse.live",
-        doc=__doc__,
-        argv=argv,
-        add_arguments=lambda ap: ap.add_argument(
-            "--dsn",
-            required=True,
-            help="http(s)://host:port (locally: the local ClickHouse server, `ticklake status` prints it)",
-        ),
-    )
+main = service_main(
+    __name__,
+    ClickHouseLiveSettings,
+    _standalone_live,
+    service=SERVICE_NAME,
+    add_arguments=lambda ap: ap.add_argument(
+        "--dsn",
+        required=True,
+        help="http(s)://host:port (locally: the local ClickHouse server, `ticklake status` prints it)",
+    ),
+)
 
 
 if __name__ == "__main__":

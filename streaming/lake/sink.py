@@ -50,7 +50,7 @@ from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.home import CATALOG_NAME, resolve_home
 from runtime.metrics import LoopCounters
-from runtime.service_cli import LoopSettings, standalone
+from runtime.service_cli import LoopSettings, service_main
 from runtime.service_loop import ServiceLoop
 from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
@@ -574,18 +574,15 @@ def _standalone_sink(conn: kc.KafkaConnection, a: argparse.Namespace, settings: 
     return sink_from_settings(conn, catalog, settings)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return standalone(
-        LakeSinkSettings,
-        _standalone_sink,
-        service=SERVICE_NAME,
-        prog="python -m streaming.lake.sink",
-        doc=__doc__,
-        argv=argv,
-        add_arguments=lambda ap: ap.add_argument(
-            "--home", help="$TICKLAKE_HOME whose local catalog to write (default: the env/.ticklake)"
-        ),
-    )
+main = service_main(
+    __name__,
+    LakeSinkSettings,
+    _standalone_sink,
+    service=SERVICE_NAME,
+    add_arguments=lambda ap: ap.add_argument(
+        "--home", help="$TICKLAKE_HOME whose local catalog to write (default: the env/.ticklake)"
+    ),
+)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from runtime import kafka_config as kc
 from runtime import metrics as obs
 from runtime.dlq import DlqCounters, dead_letter, reason_code, record_source
 from runtime.metrics import LoopCounters
-from runtime.service_cli import LoopSettings, standalone
+from runtime.service_cli import LoopSettings, service_main
 from runtime.service_loop import ServiceLoop
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import exchange_from_pb, market_from_pb
@@ -489,15 +489,12 @@ def publisher_from_settings(
     return PragmaPublisher(conn, cfg, max_records_in=settings.max_records_in)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return standalone(
-        PragmaPublisherSettings,
-        lambda conn, _args, settings: publisher_from_settings(conn, settings),
-        service=SERVICE_NAME,
-        prog="python -m streaming.pragma.publisher",
-        doc=__doc__,
-        argv=argv,
-    )
+main = service_main(
+    __name__,
+    PragmaPublisherSettings,
+    lambda conn, _args, settings: publisher_from_settings(conn, settings),
+    service=SERVICE_NAME,
+)
 
 
 if __name__ == "__main__":

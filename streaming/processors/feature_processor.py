@@ -61,7 +61,7 @@ from features.records import CONTENT_TYPE, encode_row, table_rows
 from features.spec import WINDOW_US
 from runtime import kafka_config as kc
 from runtime.dlq import DlqCounters, dead_letter, record_source
-from runtime.service_cli import LoopSettings, standalone
+from runtime.service_cli import LoopSettings, service_main
 from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.serde import SerdeError, decode
 from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, feature_topic
@@ -714,15 +714,12 @@ def feature_processor_from_settings(conn: kc.KafkaConnection, settings: FeatureP
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    return standalone(
-        FeatureProcessorSettings,
-        lambda conn, _a, s: feature_processor_from_settings(conn, s),
-        service=FeatureProcessor.name,
-        prog="python -m streaming.processors.feature_processor",
-        doc=__doc__,
-        argv=argv,
-    )
+main = service_main(
+    __name__,
+    FeatureProcessorSettings,
+    lambda conn, _a, s: feature_processor_from_settings(conn, s),
+    service=FeatureProcessor.name,
+)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from ml.registry import (
 from runtime import kafka_config as kc
 from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.home import resolve_home
-from runtime.service_cli import LoopSettings, standalone
+from runtime.service_cli import LoopSettings, service_main
 from runtime.service_loop import STOP_TIMEOUT_S, WAIT_SLICE_S, ServiceLoop, Worker
 from schemas.model import Exchange, Market
 from schemas.topics import DlqStage, dlq_topic, feature_topic, prediction_topic
@@ -348,17 +348,14 @@ def inference_from_settings(
     return InferenceService(loops)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return standalone(
-        InferenceSettings,
-        lambda conn, _args, settings: inference_from_settings(
-            conn, MlflowSettings.from_env(local_root=lambda: resolve_home().ensure().mlflow_dir), settings
-        ),
-        service=InferenceService.name,
-        prog="python -m streaming.processors.inference",
-        doc=__doc__,
-        argv=argv,
-    )
+main = service_main(
+    __name__,
+    InferenceSettings,
+    lambda conn, _args, settings: inference_from_settings(
+        conn, MlflowSettings.from_env(local_root=lambda: resolve_home().ensure().mlflow_dir), settings
+    ),
+    service=InferenceService.name,
+)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from pydantic import Field
 
 from runtime import kafka_config as kc
 from runtime.dlq import DlqCounters, dead_letter, record_source
-from runtime.service_cli import LoopSettings, standalone
+from runtime.service_cli import LoopSettings, service_main
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import compute_event_id
 from schemas.instruments import InstrumentRef
@@ -525,15 +525,9 @@ def normalizer_from_settings(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    return standalone(
-        NormalizerSettings,
-        lambda conn, _a, s: normalizer_from_settings(conn, s),
-        service=NormalizerService.name,
-        prog="python -m streaming.processors.normalizer",
-        doc=__doc__,
-        argv=argv,
-    )
+main = service_main(
+    __name__, NormalizerSettings, lambda conn, _a, s: normalizer_from_settings(conn, s), service=NormalizerService.name
+)
 
 
 if __name__ == "__main__":
