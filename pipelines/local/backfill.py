@@ -296,6 +296,14 @@ def webserver_url(home) -> str:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
+    """backfill hourly assets for a range of UTC hours through the running Dagster
+
+    Launch an asset backfill of the hours [START, END) (UTC, END exclusive; e.g.
+    `ticklake backfill 2024-08-08T23:00 2024-08-09T00:00` is one hour) through the running
+    Dagster webserver - the same backfill the asset's Partitions page launches, visible in the
+    UI - then wait for it, printing progress. Exit code 0 only when every run succeeded and every
+    asset partition materialized; 1 otherwise; 2 bad arguments; 3 the stack is not running.
+    """
     from runtime.home import resolve_home
 
     echo = print
@@ -355,19 +363,7 @@ def _n(n: int, word: str) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     from pipelines.local.cli import command, timeout_option
 
-    p = command(
-        sub,
-        "backfill",
-        cmd_backfill,
-        "backfill hourly assets for a range of UTC hours through the running Dagster",
-        (
-            "Launch an asset backfill of the hours [START, END) (UTC, END exclusive; e.g. "
-            "`ticklake backfill 2024-08-08T23:00 2024-08-09T00:00` is one hour) through the running "
-            "Dagster webserver - the same backfill the asset's Partitions page launches, visible in the "
-            "UI - then wait for it, printing progress. Exit code 0 only when every run succeeded and "
-            "every asset partition materialized; 1 otherwise; 2 bad arguments; 3 the stack is not running."
-        ),
-    )
+    p = command(sub, "backfill", cmd_backfill)
     p.add_argument("start", metavar="START", help="first hour, UTC (2024-08-08T23:00)")
     p.add_argument("end", metavar="END", help="end hour, UTC, exclusive")
     p.add_argument(

@@ -2,12 +2,14 @@
 
 Each subcommand lives in its own `_register_<name>(subparsers)` function that adds its
 parser and handler with `command()`; other commands (backfill, capture verify, ...) are added the
-same way and appended to REGISTRARS. Handlers return the process exit code.
+same way and appended to REGISTRARS. Handlers return the process exit code, and their
+docstring is the command's help: the first line in the command list, the rest its --help.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -31,11 +33,13 @@ def _err(msg: str) -> None:
 
 
 def command(
-    sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help: str, description: str
+    sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int]
 ) -> argparse.ArgumentParser:
-    """Add subcommand `name` (`help` in the command list, `description` in its --help), run by
-    `func`; the caller adds its options to the returned parser."""
-    p = sub.add_parser(name, help=help, description=description)
+    """Add subcommand `name`, run by `func`, whose docstring documents it once: its first
+    paragraph is the help in the command list, the rest the description in the command's
+    --help (argparse refills both). The caller adds its options to the returned parser."""
+    help, _, description = inspect.cleandoc(func.__doc__ or "").partition("\n\n")
+    p = sub.add_parser(name, help=help, description=description or None)
     p.set_defaults(func=func)
     return p
 
@@ -49,6 +53,16 @@ def timeout_option(p: argparse.ArgumentParser, default: float | None, help: str)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    """start the local stack (Kafka broker, topics, Iceberg catalog, Dagster)
+
+    Start the embedded Tansu Kafka broker on a free 127.0.0.1 port (storage in <home>/broker,
+    kept across down/up; restarted if it crashes), create every topic, create the SQLite
+    Iceberg catalog and the `market` namespace, then start the Dagster webserver and daemon.
+    Returns once the broker answers metadata requests, the code location is loaded and the
+    daemons heartbeat, and after turning on every supervisor sensor and schedule (collectors,
+    processors, lake sink, publishers, lake seal/maintenance); the services keep running in
+    the background until `ticklake down`. Refuses to start a second stack for the same home.
+    """
     from pipelines.local import stack
     from pipelines.local.replay import parse_speed
 
@@ -89,22 +103,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _register_up(sub: argparse._SubParsersAction) -> None:
-    p = command(
-        sub,
-        "up",
-        _cmd_up,
-        "start the local stack (Kafka broker, topics, Iceberg catalog, Dagster)",
-        (
-            "Start the embedded Tansu Kafka broker on a free 127.0.0.1 port (storage in <home>/broker, "
-            "kept across down/up; restarted if it crashes), "
-            "create every topic, create the SQLite Iceberg catalog and the `market` namespace, "
-            "then start the Dagster webserver and daemon. Returns once the broker answers "
-            "metadata requests, the code location is loaded and the daemons heartbeat, and "
-            "after turning on every supervisor sensor and schedule (collectors, processors, "
-            "lake sink, publishers, lake seal/maintenance); the services keep running in the "
-            "background until `ticklake down`. Refuses to start a second stack for the same home."
-        ),
-    )
+    p = command(sub, "up", _cmd_up)
     p.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C (or SIGTERM) stops everything")
     p.add_argument(
         "--port",
@@ -156,6 +155,13 @@ def _register_up(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
+    """stop everything `ticklake up` started
+
+    Stop the Dagster daemon, the webserver and the broker (in that order) by the PIDs recorded
+    under $TICKLAKE_HOME/run, including their child processes (code servers, runs): SIGTERM,
+    then SIGKILL after the timeout. The broker keeps data in memory, so Kafka topics are gone
+    afterwards; the catalog, warehouse and Dagster history stay.
+    """
     from pipelines.local import stack
 
     try:
@@ -167,18 +173,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _register_down(sub: argparse._SubParsersAction) -> None:
-    p = command(
-        sub,
-        "down",
-        _cmd_down,
-        "stop everything `ticklake up` started",
-        (
-            "Stop the Dagster daemon, the webserver and the broker (in that order) by the PIDs "
-            "recorded under $TICKLAKE_HOME/run, including their child processes (code servers, "
-            "runs): SIGTERM, then SIGKILL after the timeout. The broker keeps data in memory, so "
-            "Kafka topics are gone afterwards; the catalog, warehouse and Dagster history stay."
-        ),
-    )
+    p = command(sub, "down", _cmd_down)
     timeout_option(p, 20.0, "grace period before SIGKILL (default: %(default)s)")
 
 
@@ -269,6 +264,14 @@ def _print_health(info: dict) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    """show each part of the local stack and where its logs are
+
+    Probe each service live (Kafka metadata, Dagster GraphQL location and daemon heartbeats),
+    each long-running service through its metrics endpoint (lag, last record age, last error,
+    restarts) and each lake table's newest sealed hour, and print where state and logs live.
+    Exit code: 0 all running and healthy, 3 nothing running, 1 anything in between (a dead or
+    stuck service, an unreachable collector).
+    """
     from pipelines.local import stack
 
     try:
@@ -286,19 +289,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _register_status(sub: argparse._SubParsersAction) -> None:
-    p = command(
-        sub,
-        "status",
-        _cmd_status,
-        "show each part of the local stack and where its logs are",
-        (
-            "Probe each service live (Kafka metadata, Dagster GraphQL location and daemon "
-            "heartbeats), each long-running service through its metrics endpoint (lag, last "
-            "record age, last error, restarts) and each lake table's newest sealed hour, and "
-            "print where state and logs live. Exit code: 0 all running and healthy, 3 nothing "
-            "running, 1 anything in between (a dead or stuck service, an unreachable collector)."
-        ),
-    )
+    p = command(sub, "status", _cmd_status)
     p.add_argument(
         "--json",
         action="store_true",
