@@ -186,14 +186,17 @@ class SeventhConfig(dg.Config, LoopSettings):
     idle_exit_s: float | None = 0.2
 
 
+def _seventh(context: dg.OpExecutionContext, config: SeventhConfig) -> Counter:
+    return Counter(busy=3)
+
+
 def test_a_seventh_service_is_one_builder_call_in_its_own_module():
     """A new service = its module with one `service(...)` call: the registry finds it, and its
     job, tags, pod size and supervisor come with it (nothing else lists services)."""
     module = types.ModuleType("pipelines.services.seventh")
     module.SEVENTH = service(
         "seventh",
-        SeventhConfig,
-        lambda context, config: Counter(busy=3),
+        _seventh,
         pod=Pod("100m", "128Mi", "256Mi"),
         resources=(),
         description="A toy service.",
@@ -206,6 +209,10 @@ def test_a_seventh_service_is_one_builder_call_in_its_own_module():
         "seventh_supervisor"
     ]
     assert svc.op.name == "run_seventh" and svc.job.executor_def.name == "in_process"
+    # its run config is the class the loop builder's `config` parameter is annotated with
+    assert set(svc.op.config_schema.as_field().config_type.fields) == set(SeventhConfig.model_fields)
+    with pytest.raises(TypeError, match="annotate the loop builder"):
+        service("eighth", lambda context, config: Counter(busy=3), pod=svc.pod, resources=(), description="-")
     assert svc.job.tags[SERVICE_TAG] == "seventh" and svc.tags == {SERVICE_TAG: "seventh"}
     pod = json.loads(svc.job.tags[K8S_CONFIG_TAG])
     assert pod["container_config"]["resources"] == {

@@ -1,4 +1,4 @@
-"""One builder for the long-running services: (name, config class, loop, pod size) -> job, supervisor, tags.
+"""One builder for the long-running services: (name, loop builder, pod size) -> job, supervisor, tags.
 
 Every service is the same Dagster shape, written here once:
 
@@ -23,6 +23,7 @@ stack read them from there; nothing else lists services.
 """
 
 # No `from __future__ import annotations`: Dagster inspects the op's real annotation types.
+import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -264,7 +265,6 @@ def supervised(
 
 def service(
     name: str,
-    config_class: type[dg.Config],
     loop: Callable[[dg.OpExecutionContext, Any], Any],
     *,
     pod: Pod,
@@ -280,8 +280,9 @@ def service(
 ) -> Service:
     """Build a service from `loop(context, config)`, which returns the loop to run (its
     resources come from `context.resources`, listed in `resources`), and the Kubernetes `pod`
-    one run needs. Job, op and sensor names default to `<name>_service`, `run_<name>` and
-    `<name>_supervisor` (dashes as underscores).
+    one run needs. The annotation of `loop`'s `config` parameter is the op's run config class
+    (a dg.Config), so it is stated once. Job, op and sensor names default to
+    `<name>_service`, `run_<name>` and `<name>_supervisor` (dashes as underscores).
 
     By default the loop runs as `loop.run(idle_exit_s=config.idle_exit_s,
     max_seconds=config.max_seconds)` in a worker thread; `run(context, config, loop)` replaces
@@ -289,6 +290,10 @@ def service(
     line is the loop's own `summary()`. `output(config, loop)` makes the op return a value (the op output),
     `metrics_port(config)` fixes the Prometheus port (default: ephemeral). `supervision`:
     the supervisor options of `supervised` (name, description, interval, own_supervisor)."""
+
+    config_class = typing.get_type_hints(loop).get("config")
+    if not (isinstance(config_class, type) and issubclass(config_class, dg.Config)):
+        raise TypeError(f"service {name}: annotate the loop builder's `config` parameter with its dg.Config class")
 
     def body(context: dg.OpExecutionContext, config: Any) -> Any:
         port = metrics_port(config) if metrics_port is not None else None

@@ -28,7 +28,6 @@ def _live(context: dg.OpExecutionContext, config: ClickHouseLiveConfig) -> Click
 
 CLICKHOUSE_LIVE = service(
     SERVICE_NAME,
-    ClickHouseLiveConfig,
     _live,
     pod=Pod("250m", "512Mi", "1Gi"),
     op_tags={"kind": "clickhouse"},

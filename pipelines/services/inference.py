@@ -28,7 +28,6 @@ def _inference(context: dg.OpExecutionContext, config: InferenceRunConfig) -> In
 
 INFERENCE_SERVICE = service(
     InferenceService.name,
-    InferenceRunConfig,
     _inference,
     pod=Pod("500m", "1Gi", "2Gi"),
     resources=("kafka", "mlflow"),

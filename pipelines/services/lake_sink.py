@@ -57,7 +57,6 @@ def _run(context: dg.OpExecutionContext, config: LakeSinkRunConfig, sink: LakeSi
 
 LAKE_SINK = service(
     SERVICE_NAME,
-    LakeSinkRunConfig,
     _sink,
     pod=Pod("1", "4Gi", "8Gi"),
     resources=("kafka", "lake"),

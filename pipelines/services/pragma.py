@@ -47,7 +47,6 @@ def _summary(_config: PragmaPublisherOpConfig, pub: PragmaPublisher) -> dict:
 
 PRAGMA = service(
     SERVICE,
-    PragmaPublisherOpConfig,
     _publisher,
     pod=Pod("250m", "512Mi", "1Gi"),
     job_name=JOB_NAME,

@@ -10,9 +10,12 @@ micro-batch in flight before the run ends — nothing is left in an open transac
 """
 
 # No `from __future__ import annotations`: Dagster inspects real annotation types.
+from collections.abc import Callable
+from typing import Any
+
 import dagster as dg
 
-from pipelines.services.builder import SERVICE_TAG, Pod, service, supervisor
+from pipelines.services.builder import SERVICE_TAG, Pod, Service, service, supervisor
 from runtime.home import resolve_home
 from streaming.processors.feature_processor import (
     FeatureProcessor,
@@ -57,21 +60,23 @@ def _feature_processor(context: dg.OpExecutionContext, config: FeatureProcessorR
     return feature_processor_from_settings(context.resources.kafka.connection(), config)
 
 
-NORMALIZER_SERVICE = service(
+def _processor(name: str, loop: Callable[..., Any], pod: Pod, description: str) -> Service:
+    """A stream processor's service: kept alive by the one stream_processors_supervisor
+    below, not by a supervisor of its own."""
+    return service(name, loop, pod=pod, own_supervisor=False, description=description)
+
+
+NORMALIZER_SERVICE = _processor(
     NORMALIZER,
-    NormalizerRunConfig,
     _normalizer,
-    pod=Pod("1", "1Gi", "2Gi"),
-    own_supervisor=False,
-    description="Long-running normalizer: raw.* -> processed.* (+ dlq.normalize), exactly once.",
+    Pod("1", "1Gi", "2Gi"),
+    "Long-running normalizer: raw.* -> processed.* (+ dlq.normalize), exactly once.",
 )
-FEATURE_PROCESSOR_SERVICE = service(
+FEATURE_PROCESSOR_SERVICE = _processor(
     FEATURE_PROCESSOR,
-    FeatureProcessorRunConfig,
     _feature_processor,
-    pod=Pod("1", "2Gi", "4Gi"),
-    own_supervisor=False,
-    description="Long-running feature processor: processed.* -> feature.*.signals.* (+ dlq.features).",
+    Pod("1", "2Gi", "4Gi"),
+    "Long-running feature processor: processed.* -> feature.*.signals.* (+ dlq.features).",
 )
 normalizer_service = NORMALIZER_SERVICE.job
 feature_processor_service = FEATURE_PROCESSOR_SERVICE.job
