@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 #: Exec shim: ask the kernel to SIGTERM the child when its parent dies (PR_SET_PDEATHSIG
 #: survives exec), so a test run killed with SIGKILL leaves no server behind. Done in a
@@ -58,6 +58,9 @@ def stop_group(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
             proc.wait(timeout)
     else:
         proc.wait()
+
+
+T = TypeVar("T")
 
 
 class ChildServer:
@@ -118,11 +121,16 @@ class ChildServer:
         proc, self._proc = self._proc, None
         stop_group(proc, self.stop_timeout if timeout is None else timeout)
 
+    def started(self, value: T | None) -> T:
+        """`value`, something the start sets (the process, a chosen port, the server's URL);
+        the subclass's not-started error while it is None."""
+        if value is None:
+            raise self.not_started(f"{self.kind} not started")
+        return value
+
     def detach(self) -> int:
         """Forget the process without stopping it (it keeps running); returns its PID."""
-        if self._proc is None:
-            raise self.not_started(f"{self.kind} not started")
-        pid = self._proc.pid
+        pid = self.started(self._proc).pid
         # Popen would otherwise warn ("still running") when collected.
         self._proc.returncode = 0
         self._proc = None

@@ -895,9 +895,7 @@ class LocalClickHouse(ChildServer):
 
     @property
     def dsn(self) -> str:
-        if self.url is None:
-            raise RuntimeError("ClickHouse server not started")
-        return self.url
+        return self.started(self.url)
 
     def command(self) -> list[str]:
         return [

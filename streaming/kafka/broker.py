@@ -212,18 +212,14 @@ class EmbeddedBroker(ChildServer):
 
     @property
     def bootstrap(self) -> str:
-        if self.port is None:
-            raise BrokerError("broker not started")
-        return f"{self.host}:{self.port}"
+        return f"{self.host}:{self.started(self.port)}"
 
     def command(self) -> list[str]:
         advertised = f"tcp://{self.host}:{self.port}"
         if self.max_session_timeout_ms is None:
             listen = advertised
         else:
-            if self.upstream_port is None:
-                raise BrokerError("broker not started")
-            listen = f"tcp://{self.host}:{self.upstream_port}"
+            listen = f"tcp://{self.host}:{self.started(self.upstream_port)}"
         tansu = [
             self.binary or resolve_binary(),
             "broker",
