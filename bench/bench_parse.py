@@ -380,6 +380,158 @@ def floor(limit: int | None = None) -> dict[str, float]:
     return best
 
 
+FLOOR_WORKLOADS = ("binance depth", "binance-f depth", "binance-f mixed")
+
+
+def frame_floor(name: str, limit: int | None = None) -> dict[str, float]:
+    """The irreducible steps of one frame of a depth or mixed workload, done bare, µs per frame
+    (CPU time, averaged over every frame of the workload): parse the JSON; turn every price and
+    size string ours converts into its exact scaled int by the fastest bare method,
+    ``int(s.replace('.', '', 1))`` (these captures carry exactly the instrument's scale in
+    decimals: checked against ours below); store each depth level in a bare dict per side (no
+    order kept, no crossed check: below any book, as bench/bench_book.py's floor); fill the
+    Protobuf envelope with the fields ours sets (header from the same cached wire bytes, then
+    the payload, no method calls); hash its event_id (payload serialized + blake2b, the one
+    definition of the id). The later steps start from ours' own outputs, prepared untimed, and
+    the envelopes they produce are checked to equal ours byte for byte, so the floor does the
+    same work ours does and nothing more. Sum = the most a Python adapter emitting these
+    envelopes can reach on this interpreter (cryptofeed emits no envelope and hashes nothing)."""
+    import orjson
+
+    from schemas.ids import event_id_from
+
+    setup, frames = load(limit)[name]
+    ad = ours_factory(name)()
+    ours_run_setup(ad, setup)
+    from_string = type(ad.envelope(next(iter(ad.states.values())), 1, 0, 0, 0, 0, 0)).FromString
+    texts: list[list[str]] = []  # per frame with events: the strings ours converts
+    stores: list[tuple] = []  # per depth event: (bid dict, ask dict, bids, asks)
+    builds: dict[str, list[tuple]] = {"book_delta": [], "trade": [], "ticker": []}
+    ids: list[tuple] = []  # per event: (built envelope, its payload, id head, exchange_ts, seq, scales)
+    sides: dict[str, tuple[dict, dict]] = {}
+    ours: list = []
+    for i, f in enumerate(frames):
+        evs = ad.on_frame(f, i).events
+        if not evs:
+            continue
+        d = orjson.loads(f)["data"]
+        (e,) = evs
+        kind = e.WhichOneof("payload")
+        st = ad.states[e.native_symbol]
+        key = (e.event_type, e.price_scale, e.size_scale, ad.shard)
+        pre, head = st.prefixes[key]
+        hdr = (pre, e.exchange_ts, e.ingest_ts, e.seq)
+        if kind == "book_delta":
+            bd = e.book_delta
+            bids = [(lv.px, lv.qty) for lv in bd.bids]
+            asks = [(lv.px, lv.qty) for lv in bd.asks]
+            texts.append([v for lv in d["b"] + d["a"] for v in lv])
+            expect = [v for lv in bids + asks for v in lv]
+            stores.append((*sides.setdefault(e.native_symbol, ({}, {})), bids, asks))
+            builds[kind].append((*hdr, bd.first_seq, bd.prev_seq, bids, asks))
+        elif kind == "trade":
+            tr = e.trade
+            texts.append([d["p"], d["q"]])
+            expect = [tr.px, tr.qty]
+            builds[kind].append((*hdr, tr.trade_id, tr.px, tr.qty, tr.taker_side, tr.first_trade_id, tr.last_trade_id))
+        elif kind == "ticker":
+            tk = e.ticker
+            texts.append([d["b"], d["B"], d["a"], d["A"]])
+            expect = [tk.bid_px, tk.bid_qty, tk.ask_px, tk.ask_qty]
+            assert not e.exchange_ts_is_receipt, f"{name}: a bookTicker without its time is not in this floor"
+            builds[kind].append((*hdr, tk.bid_px, tk.bid_qty, tk.ask_px, tk.ask_qty))
+        else:
+            raise AssertionError(f"{name}: no floor for a {kind} event")
+        assert [int(s.replace(".", "", 1)) for s in texts[-1]] == expect, f"{name}: bare conversion is not exact"
+        ours.append(e)
+
+    def build_delta():
+        out = []
+        for pre, ts, ing, seq, first, prev, bids, asks in builds["book_delta"]:
+            env = from_string(pre)
+            env.exchange_ts, env.ingest_ts, env.seq = ts, ing, seq
+            bd = env.book_delta
+            bd.first_seq, bd.prev_seq = first, prev
+            add = bd.bids.add
+            for px, q in bids:
+                lv = add()
+                lv.px = px
+                lv.qty = q
+            add = bd.asks.add
+            for px, q in asks:
+                lv = add()
+                lv.px = px
+                lv.qty = q
+            out.append(env)
+        return out
+
+    def build_trade():
+        out = []
+        for pre, ts, ing, seq, tid, px, qty, side, first, last in builds["trade"]:
+            env = from_string(pre)
+            env.exchange_ts, env.ingest_ts, env.seq = ts, ing, seq
+            t = env.trade
+            t.trade_id, t.px, t.qty, t.taker_side, t.first_trade_id, t.last_trade_id = tid, px, qty, side, first, last
+            out.append(env)
+        return out
+
+    def build_ticker():
+        out = []
+        for pre, ts, ing, seq, bp, bq, ap, aq in builds["ticker"]:
+            env = from_string(pre)
+            env.exchange_ts, env.ingest_ts, env.seq = ts, ing, seq
+            t = env.ticker
+            t.bid_px, t.bid_qty, t.ask_px, t.ask_qty = bp, bq, ap, aq
+            out.append(env)
+        return out
+
+    def build_all():
+        return build_delta() + build_trade() + build_ticker()
+
+    def store():
+        for B, A, bids, asks in stores:
+            for px, q in bids:
+                B[px] = q
+            for px, q in asks:
+                A[px] = q
+
+    def stamp():
+        for env, payload, head, ts, seq, ps, ss in ids:
+            env.event_id = event_id_from(head, ts, seq, ps, ss, payload.SerializeToString())
+
+    built = build_all()
+    by_order = sorted(ours, key=lambda e: ("book_delta", "trade", "ticker").index(e.WhichOneof("payload")))
+    for env, e in zip(built, by_order, strict=True):
+        st = ad.states[e.native_symbol]
+        head = st.prefixes[(e.event_type, e.price_scale, e.size_scale, ad.shard)][1]
+        ids.append(
+            (env, getattr(env, e.WhichOneof("payload")), head, e.exchange_ts, e.seq, e.price_scale, e.size_scale)
+        )
+    stamp()
+    assert [env.SerializeToString() for env in built] == [e.SerializeToString() for e in by_order], (
+        f"{name}: the floor's envelopes differ from ours"
+    )
+    steps = {
+        "json parse": lambda: [orjson.loads(f) for f in frames],
+        "scaled ints": lambda: [[int(s.replace(".", "", 1)) for s in t] for t in texts],
+        "book store": store,
+        "envelope fill": build_all,
+        "event_id": stamp,
+    }
+    best = {k: float("inf") for k in steps}
+    reps = 1 if limit else max(1, 5_000 // max(1, len(frames)))
+    gc.disable()
+    for _ in range(2 if limit else 7):  # steps interleaved, so drifting load hits all alike
+        for k, fn in steps.items():
+            t = time.process_time()
+            for _ in range(reps):
+                fn()
+            best[k] = min(best[k], (time.process_time() - t) / (reps * len(frames)) * 1e6)
+    gc.enable()
+    best["sum (floor)"] = sum(best.values())
+    return best
+
+
 def ours_run_setup(ad, setup) -> None:
     from urllib.parse import urlsplit
 
@@ -472,8 +624,16 @@ def main() -> int:
     )
     fl = floor(limit)
     print("floor per frame, ours (us): " + ", ".join(f"{k} {v:.2f}" for k, v in fl.items()))
+    frame_floors = {name: frame_floor(name, limit) for name in FLOOR_WORKLOADS}
+    for name, ff in frame_floors.items():
+        print(f"floor per {name} frame (us): " + ", ".join(f"{k} {v:.2f}" for k, v in ff.items()))
     from figures import emit
 
+    agg_floor = "floor: aggTrade frames/s with nothing but json + envelope + event_id"
+    floor_names = {
+        name: f"floor: {name} frames/s with nothing but json + scaled ints + book store + envelope + event_id"
+        for name in FLOOR_WORKLOADS
+    } | {"binance-f aggTrade": agg_floor}
     for name, o in ours.items():
         c = cf.get(name)
         emit(
@@ -483,8 +643,19 @@ def main() -> int:
             "cryptofeed (same frames)" if c else None,
             c["fps"] if c else None,
             "≥ 3× cryptofeed" if c else "",
+            floor=floor_names.get(name),
         )
     js_us = parts["json parse"]
+    stage_floors = {  # the binance depth frames' bare steps (frame_floor), same frames as the stages
+        "decimal strings -> scaled ints": (
+            "floor: depth frame stage: scaled ints by bare int(s.replace('.', '', 1))",
+            frame_floors["binance depth"]["scaled ints"],
+        ),
+        "protobuf envelope": (
+            "floor: depth frame stage: protobuf envelope, bare upb fill",
+            frame_floors["binance depth"]["envelope fill"],
+        ),
+    }
     for k, v in parts.items():
         emit(
             f"depth frame stage: {k}",
@@ -492,20 +663,33 @@ def main() -> int:
             "µs/frame",
             "json parse (same frames)",
             js_us,
-            "≤ json parse" if k in ("decimal strings -> scaled ints", "protobuf envelope") else "",
+            "≤ json parse" if k in stage_floors else "",
+            floor=stage_floors[k][0] if k in stage_floors else None,
         )
+    for k, (fname, v) in stage_floors.items():
+        emit(fname, v, "µs/frame", "json parse (same frames)", js_us, note=f"floor of depth frame stage: {k}")
     for k, v in fl.items():
         emit(f"floor: {k}", v, "µs/frame")
     agg = cf.get("binance-f aggTrade")
     emit(
-        "floor: aggTrade frames/s with nothing but json + envelope + event_id",
+        agg_floor,
         1e6 / fl["aggTrade sum (floor)"],
         "frames/s",
         "cryptofeed (same frames)" if agg else None,
         agg["fps"] if agg else None,
-        "≥ 3× cryptofeed",
-        "the most any Python adapter emitting these envelopes reaches",
+        note="the most any Python adapter emitting these envelopes reaches; floor of parse+normalize binance-f aggTrade",
     )
+    for name, ff in frame_floors.items():
+        c = cf.get(name)
+        emit(
+            floor_names[name],
+            1e6 / ff["sum (floor)"],
+            "frames/s",
+            "cryptofeed (same frames)" if c else None,
+            c["fps"] if c else None,
+            note=f"floor of parse+normalize {name}; µs/frame: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in ff.items() if k != "sum (floor)"),
+        )
     return 0
 
 

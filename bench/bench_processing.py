@@ -400,6 +400,7 @@ def emit_figures(broker: dict[str, float], pure: dict[str, float], results: list
     emit("normalizer pure logic (CPU time)", pure["normalizer_pure"], "events/s", bare, base)
     emit("feature processor pure logic (CPU time)", pure["features_pure"], "events/s", bare, base)
     floor = (LATENESS_MS / 1000 + APPEND_MARGIN_S) * 1000
+    ceiling = "streaming CPU ceiling on 2 cores (normalizer + feature processor + broker)"
     for r in results:
         rate, note = r["rate"], f"achieved {r['achieved']:,.0f} ev/s; {r['events_without_row']} events without a row"
         emit(f"latency after window close p50 at {rate:,} ev/s", r["close_p50"], "s", note=note)
@@ -409,6 +410,8 @@ def emit_figures(broker: dict[str, float], pure: dict[str, float], results: list
             "s",
             target="< 0.1 s at 20k ev/s",
             note=f"{note}; policy floor {floor:.0f} ms (allowed lateness + upstream append margin)",
+            # the CPU ceiling bounds the rate the target names, so it can explain only that rate's row
+            floor=ceiling if rate >= 20_000 else None,
         )
         slo = "met" if r["p99"] < SLO_P99_S else "MISS"
         emit(f"latency exchange_ts -> feature row p99 at {rate:,} ev/s", r["p99"], "s", target="< 2 s (SLO)", note=slo)
@@ -426,7 +429,7 @@ def emit_figures(broker: dict[str, float], pure: dict[str, float], results: list
         for k, v in sorted(us.items()):
             emit(f"CPU per event at {low['rate']:,} ev/s: {k}", v, "µs/event")
         emit(
-            "streaming CPU ceiling on 2 cores (normalizer + feature processor + broker)",
+            ceiling,
             2e6 / stream if stream else float("nan"),
             "events/s",
             "target rate",

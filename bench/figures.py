@@ -25,9 +25,13 @@ def emit(
     baseline_value: float | None = None,
     target: str = "",
     note: str = "",
+    floor: str | None = None,
 ) -> dict:
     """Print one figure line (and return it). ``baseline`` names what ``baseline_value`` is.
-    A value that could not be measured (NaN, e.g. no feature row arrived) is written as null."""
+    A value that could not be measured (NaN, e.g. no feature row arrived) is written as null.
+    ``target`` is one of the forms bench/targets.py reads; ``floor`` names another figure of the
+    same run that bounds this one (the least work the product must do, done bare, against the
+    same baseline): a missed target is explained by it only if the floor misses it too."""
     value = float(value)
     if not math.isfinite(value):
         value = None
@@ -42,6 +46,7 @@ def emit(
         ),
         "target": target,
         "note": note,
+        "floor": floor,
     }
     print(PREFIX + json.dumps(fig), file=sys.stdout, flush=True)
     return fig

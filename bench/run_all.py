@@ -4,7 +4,8 @@ Each benchmark runs as its own subprocess (its own peak RSS, its own crash) with
 arguments, and reports figures through ``bench/figures.py`` lines on its stdout; this
 runner adds the run time and the commit measured, appends them to
 ``bench/results/<UTC date>.jsonl`` and writes ``bench/results/<UTC date>.md`` (the table the
-README's benchmark section shows). A script that prints no figure lines yet still runs,
+README's benchmark section shows), with a status per figure that has a target: met, explained by
+a named floor figure of the same run, or MISS (bench/targets.py). A script that prints no figure lines yet still runs,
 and its printed table is kept in the Markdown file, so nothing is silently left out.
 
 Figures are ratios against a baseline measured in the same run: on a shared machine the
@@ -34,6 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from figures import emit, parse  # noqa: E402
+from targets import statuses  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -228,13 +230,28 @@ def figure(
     baseline_value: float | None = None,
     target: str = "",
     note: str = "",
+    floor: str | None = None,
 ) -> dict:
     """A figure dict as ``figures.emit`` makes it, without printing it."""
     import contextlib
     import io
 
     with contextlib.redirect_stdout(io.StringIO()):
-        return emit(name, value, unit, baseline, baseline_value, target, note)
+        return emit(name, value, unit, baseline, baseline_value, target, note, floor)
+
+
+def with_status(figs: list[dict]) -> list[dict]:
+    """Each figure with its ``status`` (bench/targets.py), judged among the figures of its own
+    benchmark run (a floor is a figure of the same run). Rows written before statuses existed
+    get theirs here too."""
+    runs: dict[tuple, list[dict]] = {}
+    for f in figs:
+        runs.setdefault((f.get("bench"), f.get("time")), []).append(f)
+    done = {}
+    for group in runs.values():
+        for f, s in zip(group, statuses(group), strict=True):
+            done[id(f)] = f if "status" in f else {**f, "status": s}
+    return [done[id(f)] for f in figs]
 
 
 def fmt(v) -> str:
@@ -270,13 +287,14 @@ def markdown(figs: list[dict], meta: dict, raw: dict[str, tuple[str, int]]) -> s
         )
         + ".",
         "",
-        "| figure | value | unit | baseline (same run) | baseline value | ratio | target | note |",
-        "|---|---:|---|---|---:|---:|---|---|",
+        "| figure | value | unit | baseline (same run) | baseline value | ratio | target | status | note |",
+        "|---|---:|---|---|---:|---:|---|---|---|",
     ]
-    for f in figs:
+    for f in with_status(figs):
         lines.append(
             f"| {f['name']} | {fmt(f['value'])} | {f['unit']} | {f.get('baseline') or ''} | "
-            f"{fmt(f.get('baseline_value'))} | {fmt(f.get('ratio'))} | {f.get('target') or ''} | {f.get('note') or ''} |"
+            f"{fmt(f.get('baseline_value'))} | {fmt(f.get('ratio'))} | {f.get('target') or ''} | "
+            f"{f.get('status') or ''} | {f.get('note') or ''} |"
         )
     for name, (out, rc) in raw.items():
         tail = "\n".join(out.strip().splitlines()[-25:])
@@ -334,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        for f in got:
-            figs.append({**f, "bench": b.name, **meta, "load": load})
+        for f, st in zip(got, statuses(got), strict=True):
+            figs.append({**f, "status": st, "bench": b.name, **meta, "load": load})
         if not got or rc or b.name in PRINTED:  # a parsed table is kept as printed too
             raw[b.name] = (out, rc)
     args.out.mkdir(parents=True, exist_ok=True)
