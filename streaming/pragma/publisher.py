@@ -281,10 +281,15 @@ class PublisherStats(LoopCounters):
     produced: int = 0
     delivered: int = 0
     delivery_errors: int = 0
-    dead_letters: int = 0
     produce_errors: int = 0
     per_feed: dict[str, int] = field(default_factory=dict)
     per_topic: dict[str, int] = field(default_factory=dict)
+    #: records sent to dlq.pragma, by reason code (also the shared Prometheus family)
+    dlq: DlqCounters = field(default_factory=lambda: DlqCounters(DlqStage.PRAGMA.value))
+
+    @property
+    def dead_letters(self) -> int:
+        return self.dlq.total
 
 
 def _now_us() -> int:
@@ -332,7 +337,6 @@ class PragmaPublisher(ServiceLoop):
         self._lag: obs.LagSnapshot | None = None
         self.core = PublisherCore(config)
         self.stats = PublisherStats()
-        self.dlq_counts = DlqCounters(DlqStage.PRAGMA.value)
         self.producer = Producer(
             kc.producer_config(
                 conn.with_client_id(f"{conn.client_id}-pragma"), extra=config.producer_settings.overrides()
@@ -387,8 +391,7 @@ class PragmaPublisher(ServiceLoop):
     def _dead_letter(self, msg, reason: str) -> None:
         """The record every stage writes (runtime.dlq), counted in the shared family too."""
         DEAD_LETTERS.labels(reason_code(reason)).inc()
-        self.dlq_counts.count(reason)
-        self.stats.dead_letters += 1
+        self.stats.dlq.count(reason)
         dl = dead_letter(
             DlqStage.PRAGMA,
             reason,
