@@ -166,7 +166,7 @@ def status(fig: dict, by_name: dict[str, dict]) -> str:
         return f"MISS (floor {name!r} not comparable: {why})"
     if fok:
         return f"MISS (its floor {name} {describe(t, floor)} meets the target)"
-    return f"floor: {name} {describe(t, floor)} (target out of reach)"
+    return f"floor: {name.removeprefix('floor: ')} {describe(t, floor)} (target out of reach)"
 
 
 def statuses(figs: list[dict]) -> list[str]:

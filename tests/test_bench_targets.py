@@ -93,7 +93,7 @@ def test_a_floor_missing_the_target_explains_the_miss() -> None:
     cf = "cryptofeed (same frames)"
     row = fig("ours", 44, baseline=cf, baseline_value=100, target="≥ 3× cryptofeed", floor="floor: bare")
     floor = fig("floor: bare", 98, baseline=cf, baseline_value=100)
-    assert statuses([row, floor]) == ["floor: floor: bare 0.98× (target out of reach)", ""]
+    assert statuses([row, floor]) == ["floor: bare 0.98× (target out of reach)", ""]
 
 
 def test_a_floor_meeting_the_target_excuses_nothing() -> None:
