@@ -119,7 +119,8 @@ def describe(t: Target, fig: dict) -> str:
         r = _ratio(fig)
         return "no baseline" if r is None else (f"{r * 100:.0f} %" if t.pct else f"{r:.2f}×")
     if t.on == "baseline":
-        return f"{v:,.2f} {fig.get('unit')} vs {fig.get('baseline_value')} ({_ratio(fig) or 0:.2f}×)"
+        b = _num(fig.get("baseline_value"))
+        return f"{v:,.2f} {fig.get('unit')} vs {b or 0:,.2f} ({_ratio(fig) or 0:.2f}×)"
     return f"{v:,.3g} {fig.get('unit')}"
 
 
