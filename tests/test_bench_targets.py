@@ -124,9 +124,9 @@ def test_a_floor_must_be_in_the_run_and_comparable() -> None:
 def test_stage_row_against_json_parse_with_its_bare_floor() -> None:
     js = "json parse (same frames)"
     row = fig("stage: scaled ints", 16.2, "µs/frame", js, 3.2, "≤ json parse", floor="bare ints")
-    bare = fig("bare ints", 9.2, "µs/frame", js, 3.2)
+    bare = fig("bare ints", 9.6, "µs/frame", js, 3.2)
     got = statuses([row, bare])[0]
-    assert got == "floor: bare ints 9.20 µs/frame vs 3.20 (2.88×) (target out of reach)"
+    assert got == "floor: bare ints 9.60 µs/frame vs 3.20 (3.00×) (target out of reach)"
     bare["value"], bare["ratio"] = 3.0, 3.0 / 3.2  # a bare method that fits under json parse
     assert statuses([row, bare])[0].startswith("MISS")
 
