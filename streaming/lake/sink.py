@@ -21,6 +21,7 @@ still delivers to read_committed consumers.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import time
@@ -64,6 +65,7 @@ from streaming.lake.freshness import sealed_hour_timestamps
 from streaming.lake.state import HOUR_US, HourCount, SinkState, latest_sink_state
 from streaming.lake.watermarks import DEFAULT_ALLOWED_LATENESS_US, WatermarkTracker
 from streaming.lake.writer import LakeFileWriter, commit_files, ensure_writer_properties
+from streaming.processors.txn_loop import GC_THRESHOLDS
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +238,12 @@ class LakeSink(ServiceLoop):
         self.producer = Producer(kc.producer_config(self.conn, linger_ms=5))
         obs.register_lag_provider(SERVICE_NAME, self.lag_snapshot.get)
         obs.set_sealed_hour_source(lambda: sealed_hour_timestamps(self.catalog))
+        # As the transactional processors do (streaming/processors/txn_loop.py): a micro-batch
+        # allocates an envelope, a Message and column values per record, which ran a gen-0
+        # collection every few hundred records and full ones over pyiceberg's and pyarrow's
+        # objects; those are start-up objects, frozen out of the collector's reach.
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         log.info("lake sink started on %d partitions of %d topics", len(self.assignment), len(self.topic_table))
         return start
 
