@@ -7,6 +7,7 @@ collectors file written and restored, and the command line.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from confluent_kafka import Producer
 
 from collectors.config import load_shards
 from pipelines.local.cli import build_parser
+from pipelines.local.options import UpOptions
 from pipelines.local.replay import (
     ReplaySource,
     capture_spans,
@@ -220,8 +222,11 @@ def test_speed_and_services_options():
         with pytest.raises(ValueError):
             parse_speed(bad)
     args = build_parser().parse_args(["up", "--replay", "x", "--speed", "10", "--no-services"])
-    assert (str(args.replay), args.speed, args.no_services) == ("x", "10", True)
-    assert build_parser().parse_args(["up"]).no_services is False
+    assert (str(args.replay), args.speed, args.services) == ("x", "10", False)
+    assert build_parser().parse_args(["up"]).services is True
+    # each option of `up` is an UpOptions field, stored under its name with its default
+    plain = build_parser().parse_args(["up"])
+    assert UpOptions(**{f.name: getattr(plain, f.name) for f in dataclasses.fields(UpOptions)}) == UpOptions()
     out = subprocess.run([str(TICKLAKE), "up", "--speed", "2"], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 2 and "--speed applies to --replay only" in out.stderr
     out = subprocess.run(

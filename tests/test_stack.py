@@ -100,7 +100,7 @@ def test_cli_help_and_subcommands():
     names = set(parser._subparsers._group_actions[0].choices)
     assert {"up", "down", "status"} <= names
     args = parser.parse_args(["up", "--foreground", "--port", "3111", "--replay", "x"])
-    assert (args.foreground, args.port, str(args.replay)) == (True, 3111, "x")
+    assert (args.foreground, args.dagster_port, str(args.replay)) == (True, 3111, "x")
     assert parser.parse_args(["status", "--json"]).json is True
     out = subprocess.run([str(TICKLAKE), "up", "--help"], capture_output=True, text=True, check=False, timeout=60)
     assert out.returncode == 0 and "--foreground" in out.stdout and "--replay" in out.stdout

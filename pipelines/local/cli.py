@@ -9,12 +9,14 @@ docstring is the command's help: the first line in the command list, the rest it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pipelines.local.options import UpOptions
 from runtime.home import DEFAULT_HOME, HOME_ENV, TicklakeHome, resolve_home
 
 EXIT_OK = 0
@@ -67,24 +69,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from pipelines.local.replay import parse_speed
 
     home = _home(args)
+    # Each option's destination is its UpOptions field (see _register_up).
+    options = UpOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(UpOptions)})
     try:
-        speed = parse_speed(args.speed)
+        options.speed = parse_speed(options.speed)
     except ValueError as exc:
         _err(str(exc))
         return EXIT_USAGE
-    if args.speed != "max" and args.replay is None:
+    if options.speed != "max" and options.replay is None:
         _err("--speed applies to --replay only")
         return EXIT_USAGE
-    options = stack.UpOptions(
-        dagster_port=args.port,
-        partitions=args.partitions,
-        replay=args.replay,
-        workspace=args.workspace,
-        timeout=args.timeout,
-        speed=speed,
-        services=not args.no_services,
-        observe=args.observe,
-    )
     try:
         state = stack.up(home, options)
     except stack.AlreadyRunning as exc:
@@ -103,19 +97,22 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _register_up(sub: argparse._SubParsersAction) -> None:
+    """The options of `up` besides --foreground are the fields of UpOptions
+    (pipelines/local/options.py): each stored under its field's name, defaulting to its value."""
     p = command(sub, "up", _cmd_up)
+    defaults = dataclasses.asdict(UpOptions())
+    p.set_defaults(**defaults)  # before the options: each takes its default from here
     p.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C (or SIGTERM) stops everything")
     p.add_argument(
         "--port",
+        dest="dagster_port",
         type=int,
-        default=3000,
         metavar="PORT",
         help="port of the Dagster UI on 127.0.0.1 (default: %(default)s)",
     )
     p.add_argument(
         "--partitions",
         type=int,
-        default=3,
         metavar="N",
         help="partitions per topic on the local broker (default: %(default)s)",
     )
@@ -129,12 +126,14 @@ def _register_up(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--speed",
-        default="max",
         metavar="N|max",
         help="replay speed: a multiplier of the recorded pace, or max (default: %(default)s)",
     )
     p.add_argument(
-        "--no-services", action="store_true", help="leave every sensor and schedule off (start them from the UI)"
+        "--no-services",
+        dest="services",
+        action="store_false",
+        help="leave every sensor and schedule off (start them from the UI)",
     )
     p.add_argument(
         "--observe",
@@ -148,7 +147,7 @@ def _register_up(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="Dagster workspace file (default: the repository's workspace.yaml)",
     )
-    timeout_option(p, 300.0, "how long to wait for each service to become ready (default: %(default)s)")
+    timeout_option(p, defaults["timeout"], "how long to wait for each service to become ready (default: %(default)s)")
 
 
 # --------------------------------------------------------------------------- down

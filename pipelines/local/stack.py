@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipelines.local.options import UpOptions
 from pipelines.local.procs import (
     ProcessRecord,
     descendants,
@@ -68,7 +69,6 @@ CODE_SERVER = "dagster-code-server"
 #: Start order; `down` stops in reverse (daemon first, so it launches nothing new).
 #: REPLAY (the exchange emulator) only exists in a stack started with --replay.
 SERVICES = (BROKER, CLICKHOUSE, ARTIFACTS, PROMETHEUS, REPLAY, CODE_SERVER, WEBSERVER, DAEMON)
-DEFAULT_DAGSTER_PORT = 3000
 STATE_FILE = "stack.json"
 #: Set in the environment of every process of one stack (children inherit it), so `down`
 #: also finds processes orphaned when their parent died, and only those.
@@ -81,21 +81,6 @@ class StackError(RuntimeError):
 
 class AlreadyRunning(StackError):
     pass
-
-
-@dataclass(slots=True)
-class UpOptions:
-    dagster_port: int = DEFAULT_DAGSTER_PORT
-    partitions: int = 3
-    replay: Path | None = None
-    workspace: Path | None = None
-    timeout: float = 300.0
-    #: replay speed multiplier (1 = as recorded) or "max"
-    speed: str = "max"
-    #: turn on every supervisor sensor and schedule once Dagster is up (--no-services: off)
-    services: bool = True
-    #: start a local Prometheus scraping every service (--observe)
-    observe: bool = False
 
 
 @dataclass(slots=True)
