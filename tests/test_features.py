@@ -33,6 +33,7 @@ from features.spec import (
     feature_event_id,
 )
 from schemas.arrow_convert import envelopes_to_table, group_by_event_type
+from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import EventType
 from workloads.synthetic import BASE_TS, SyntheticMarket
 
@@ -180,6 +181,43 @@ def test_lake_rows_and_envelopes_give_the_same_input():
     )
     assert lake.schema == INPUT_SCHEMA
     assert compute_features(lake)[0].equals(compute_features(events_from_envelopes(envs))[0])
+
+
+def test_contract_sized_books_give_the_same_input_from_envelopes_and_lake_rows():
+    """Book levels in contracts are converted to base asset level by level at their own
+    price by the one columnar level builder of both paths: processed envelopes (the stream)
+    and lake rows (local batch, Spark), also when the lake columns arrive in several chunks
+    and sliced."""
+    envs = []
+    for i, e in enumerate(SyntheticMarket(seed=3).events(3000, 1000)):
+        c = pb.Envelope()
+        c.CopyFrom(e)
+        if i % 3:  # a third stays base: mixed units in one batch
+            c.qty_unit, c.contract_value, c.contract_value_ccy = pb.QTY_UNIT_INVERSE_CONTRACT, "100", "USD"
+        envs.append(c)
+    stream = events_from_envelopes(envs)
+    by_type = group_by_event_type(envs)
+
+    def chunked(t: pa.Table) -> pa.Table:  # two chunks, the second a slice of a larger table
+        cut = t.num_rows // 3
+        return pa.concat_tables([t.slice(0, cut), pa.concat_tables([t, t]).slice(cut, t.num_rows - cut)])
+
+    lake = events_from_lake(
+        *(
+            chunked(envelopes_to_table(k, by_type[k]))
+            for k in (EventType.TRADE, EventType.BOOK_SNAPSHOT, EventType.BOOK_DELTA)
+        )
+    )
+    order = [("event_id", "ascending")]
+    assert lake.sort_by(order).equals(stream.sort_by(order))
+    # converted: an inverse level of q contracts of 100 USD at px holds q * 100 / px BTC
+    snap = next(e for i, e in enumerate(envs) if i % 3 and e.HasField("book_snapshot"))
+    row = stream.filter(pc.equal(stream["event_id"], snap.event_id)).to_pylist()[0]
+    lvl, got = snap.book_snapshot.bids[0], row["bids"][0]
+    unit = 10**snap.price_scale
+    assert row["size_scale"] == snap.size_scale + 8 and got["px"] == lvl.px
+    assert abs(got["qty"] - lvl.qty * 100 * unit * 10**8 // lvl.px) <= 1 and got["qty"] != lvl.qty
+    assert compute_features(lake)[0].equals(compute_features(stream)[0])
 
 
 def test_feature_record_round_trip_is_exact():

@@ -56,12 +56,13 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from confluent_kafka.admin import AdminClient
 
 from features.compute import FeatureState, compute_features
-from features.inputs import FEATURE_EVENT_TYPES, envelope_row, rows_to_table
+from features.inputs import FEATURE_EVENT_TYPES, events_from_envelopes
 from features.records import CONTENT_TYPE, encode_row, table_rows
 from features.spec import WINDOW_US
 from runtime import kafka_config as kc
 from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.service_cli import LoopSettings, service_main
+from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.serde import SerdeError, decode
 from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, feature_topic
@@ -123,7 +124,7 @@ def _ranges(offsets: list[int]) -> list[list[int]]:
 class Buffered:
     tp: TP
     offset: int
-    row: dict
+    env: pb.Envelope  # decoded once; its window's input columns are built when it closes
 
 
 @dataclass(slots=True)
@@ -138,8 +139,8 @@ class Engine:
     late: int = 0
     dlq: DlqCounters = field(default_factory=lambda: DlqCounters(DlqStage.FEATURES.value))
 
-    def offer(self, tp: TP, offset: int, value: bytes | None, headers) -> tuple[str | None, dict | None]:
-        """Take one input record; returns (dlq reason or None, row if buffered)."""
+    def offer(self, tp: TP, offset: int, value: bytes | None, headers) -> tuple[str | None, pb.Envelope | None]:
+        """Take one input record; returns (dlq reason or None, the envelope if buffered)."""
         try:
             env = decode(value, headers)
         except SerdeError as exc:
@@ -166,9 +167,8 @@ class Engine:
             ), None
         if m is None or ts > m:
             self.maxts[tp] = ts
-        row = envelope_row(env)
-        self.buffers.setdefault(ws, []).append(Buffered(tp, offset, row))
-        return None, row
+        self.buffers.setdefault(ws, []).append(Buffered(tp, offset, env))
+        return None, env
 
     def propose_frontier(self, live: Iterable[TP] | None) -> int:
         """Close frontier from the non-idle partitions (`live`); None means all are idle."""
@@ -189,8 +189,8 @@ class Engine:
         due = sorted(ws for ws in self.buffers if ws + WINDOW_US <= self.frontier)
         if not due:
             return []
-        rows = [b.row for ws in due for b in self.buffers.pop(ws)]
-        table, _ = compute_features(rows_to_table(rows), self.state)
+        envs = [b.env for ws in due for b in self.buffers.pop(ws)]
+        table, _ = compute_features(events_from_envelopes(envs), self.state)
         return table_rows(table)
 
     # -- checkpoint payload ---------------------------------------------------------------
@@ -224,7 +224,7 @@ class Engine:
                 if m.offset() in wanted:
                     env = decode(m.value(), m.headers())
                     ts = env.exchange_ts
-                    self.buffers.setdefault(ts - ts % WINDOW_US, []).append(Buffered(tp, m.offset(), envelope_row(env)))
+                    self.buffers.setdefault(ts - ts % WINDOW_US, []).append(Buffered(tp, m.offset(), env))
 
 
 def live_partitions(
@@ -403,9 +403,9 @@ class FeatureProcessor(TransactionalLoop):
         create_topics(admin, {self.state_topic: STATE_TOPIC_SPEC}, replication_factor=1)
 
     def start(self) -> None:
-        # pyarrow's Table.from_pylist imports pandas on first use (0.2-1 s on this machine):
+        # pyarrow imports pandas on the first pa.array of a Python list (0.2-1 s on this machine):
         # pay it before the loop starts, not at the first window close (its row's latency).
-        rows_to_table([])
+        events_from_envelopes([])
         self.ensure_state_topic()
         if self.upstream_group is not None:
             raw = sorted({t for m, x in self.pairs for t in all_event_topics(Stage.RAW, [x], [m])})
