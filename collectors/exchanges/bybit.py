@@ -188,10 +188,7 @@ class BybitAdapter(AdapterBase):
             raise FrameError(f"orderbook message type {typ!r}", native)
         book = st.book
         if not book.synced:
-            if not st.awaiting:
-                self.resubscribe(st, f"delta u={u} without a snapshot", out, True)
-            else:
-                st.stats.deltas_stale += 1  # waiting for the resubscribe snapshot
+            self.await_snapshot(st, f"delta u={u} without a snapshot", out)
             return
         if u <= book.seq:
             st.stats.deltas_stale += 1
@@ -207,10 +204,7 @@ class BybitAdapter(AdapterBase):
             raise
         book.apply(bids, asks)
         if book.crossed():
-            st.stats.crossed += 1
-            bb, ba = book.best_bid_px(), book.best_ask_px()
-            self.resubscribe(st, f"crossed book after u={u}", out, False)
-            raise FrameError(f"crossed book after applying u={u}: best bid {bb} >= best ask {ba}", native)
+            raise self.crossed_by_delta(st, f"crossed book after u={u}", f"applying u={u}", out)
         book.seq = u
         book.exchange_ts = ts
         st.stats.deltas_applied += 1

@@ -489,6 +489,23 @@ class AdapterBase:
         out.sends.append(Send(dump({"op": "unsubscribe", "args": [arg]})))
         out.sends.append(Send(dump({"op": "subscribe", "args": [arg]})))
 
+    def await_snapshot(self, st: InstrumentState, reason: str, out: FrameResult) -> None:
+        """A delta for a book that has no snapshot is dropped (Bybit, OKX): the first one
+        resubscribes, which brings a snapshot; the ones after it wait for that snapshot."""
+        if not st.awaiting:
+            self.resubscribe(st, reason, out, True)
+        else:
+            st.stats.deltas_stale += 1  # waiting for the resubscribe snapshot
+
+    def crossed_by_delta(self, st: InstrumentState, reason: str, applied: str, out: FrameResult) -> FrameError:
+        """A delta crossed the book (Bybit, OKX), so it is no longer the venue's: counted and
+        resubscribed; returns the error the frame fails with (the caller raises it)."""
+        book = st.book
+        st.stats.crossed += 1
+        bb, ba = book.best_bid_px(), book.best_ask_px()
+        self.resubscribe(st, reason, out, False)
+        return FrameError(f"crossed book after {applied}: best bid {bb} >= best ask {ba}", st.native)
+
     def set_instruments(self, specs: dict[str, InstrumentRef]) -> None:
         """Exchange info arrived: future states use it (existing states keep their locks)."""
         self.specs.update(specs)

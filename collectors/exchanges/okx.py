@@ -250,10 +250,7 @@ class OkxAdapter(AdapterBase):
             raise FrameError(f"book action {action!r}", inst)
         book = st.book
         if not book.synced:
-            if not st.awaiting:
-                self.resubscribe(st, "update without a snapshot", out, True)
-            else:
-                st.stats.deltas_stale += 1  # waiting for the resubscribe snapshot
+            self.await_snapshot(st, "update without a snapshot", out)
             return
         if seq_id is not None and prev is not None and book.seq:
             if prev != book.seq:
@@ -281,10 +278,7 @@ class OkxAdapter(AdapterBase):
             else:
                 sa.pop(p, None)
         if book.crossed():
-            st.stats.crossed += 1
-            bb, ba = book.best_bid_px(), book.best_ask_px()
-            self.resubscribe(st, "crossed book", out, False)
-            raise FrameError(f"crossed book after update: best bid {bb} >= best ask {ba}", inst)
+            raise self.crossed_by_delta(st, "crossed book", "update", out)
         if not self._check(st, checksum, "update", frame, out):
             return
         if seq_id is not None:
