@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from resources.fields import secret_field
 from runtime.home import resolve_home
 
 MAX_KEY_LENGTH = 512
@@ -183,7 +184,7 @@ class ArtifactStoreResource(dg.ConfigurableResource):
     endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (moto, MinIO); unset for AWS")
     region: str | None = Field(default=None)
     access_key_id: str | None = Field(default=None, description="only through dg.EnvVar; unset = AWS default chain")
-    secret_access_key: str | None = Field(default=None, description="secret: only through dg.EnvVar")
+    secret_access_key: str | None = secret_field()
     base_url: str | None = Field(
         default=None,
         description=(

@@ -19,6 +19,7 @@ import dagster as dg
 from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
+from resources.fields import secret_field
 from resources.secrets import SecretsResource
 from runtime.home import resolve_home
 
@@ -62,7 +63,7 @@ class ClickHouseResource(dg.ConfigurableResource):
         description="http(s)://[user@]host:port[/db]; unset: the local "
         "ClickHouse server `ticklake up` started for $TICKLAKE_HOME",
     )
-    password: str | None = Field(default=None, description="secret for a server DSN: only through dg.EnvVar")
+    password: str | None = secret_field("secret for a server DSN: only through dg.EnvVar")
     # Optional[...] rather than `| None`: Dagster resolves nested resource annotations at runtime.
     secrets: Optional[SecretsResource] = Field(  # noqa: UP045
         default=None,

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field
 
+from resources.fields import secret_field
 from resources.secrets import SecretsResource
 from runtime import kafka_config as kc
 
@@ -29,7 +30,7 @@ class KafkaResource(dg.ConfigurableResource):
     security_protocol: str | None = Field(default=None, description="PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL")
     sasl_mechanism: str | None = Field(default=None, description="PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 | ...")
     sasl_username: str | None = Field(default=None, description="set through dg.EnvVar")
-    sasl_password: str | None = Field(default=None, description="secret: only through dg.EnvVar")
+    sasl_password: str | None = secret_field()
     ssl_ca_location: str | None = Field(default=None, description="CA bundle path for SSL/SASL_SSL")
     client_id: str | None = Field(default=None, description="client.id prefix shown in broker logs")
     # Optional[...] rather than `| None`: Dagster resolves nested resource annotations at runtime.

@@ -44,6 +44,7 @@ from pyiceberg.io import (
 )
 from pyiceberg.table import Table
 
+from resources.fields import secret_field
 from runtime.home import CATALOG_NAME
 from runtime.redact import redact_mapping
 from schemas.iceberg import ensure_all_tables
@@ -194,8 +195,8 @@ class LakeResource(dg.ConfigurableResource):
     region: str | None = Field(default=None, description="AWS region (SigV4, Glue, S3)")
     s3_endpoint: str | None = Field(default=None, description="S3-compatible endpoint (moto, MinIO); unset for AWS")
     s3_access_key_id: str | None = Field(default=None, description="only through dg.EnvVar; unset = AWS default chain")
-    s3_secret_access_key: str | None = Field(default=None, description="secret: only through dg.EnvVar")
-    s3_session_token: str | None = Field(default=None, description="secret: only through dg.EnvVar")
+    s3_secret_access_key: str | None = secret_field()
+    s3_session_token: str | None = secret_field()
     signing_name: str = Field(default=S3_TABLES_SIGNING_NAME, description="SigV4 service name of the REST catalog")
     glue_catalog_id: str | None = Field(default=None, description="Glue catalog (account) id, if not the caller's")
     glue_endpoint: str | None = Field(default=None, description="Glue endpoint override (tests)")
