@@ -124,14 +124,26 @@ def _scale_up(values: pa.ChunkedArray, scales: pa.ChunkedArray, target: list[int
     return pa.array([v * 10 ** (t - s) for v, s, t in zip(values.to_pylist(), scales.to_pylist(), target)], pa.int64())
 
 
+def _mixed_scales(trades: pa.Table) -> bool:
+    """Whether some (instrument, window) has trades at different scales. Instruments differ
+    in scale as a rule, so a batch of several is not mixed on that account (asking the whole
+    batch sent every multi-instrument batch down the per-row path)."""
+    ps, ss = pc.min_max(trades["price_scale"]), pc.min_max(trades["size_scale"])
+    if ps["min"] == ps["max"] and ss["min"] == ss["max"]:
+        return False
+    g = trades.group_by(_KEYS, use_threads=False).aggregate(
+        [("price_scale", "min"), ("price_scale", "max"), ("size_scale", "min"), ("size_scale", "max")]
+    )
+    return not (g["price_scale_min"].equals(g["price_scale_max"]) and g["size_scale_min"].equals(g["size_scale_max"]))
+
+
 def _trade_aggregates(trades: pa.Table) -> dict[tuple, dict]:
     """Per (instrument, window): count, volumes, OHLC and notional at the window's trade scales."""
     if trades.num_rows == 0:
         return {}
     ps, ss = trades["price_scale"], trades["size_scale"]
     px, qty = trades["px"], trades["qty"]
-    mixed = (pc.min_max(ps)["min"] != pc.min_max(ps)["max"]) or (pc.min_max(ss)["min"] != pc.min_max(ss)["max"])
-    if mixed:  # rare (an instrument's tick changed inside the input): align each window to its max scale
+    if _mixed_scales(trades):  # rare (an instrument's tick changed inside a window): align it to its max scale
         keys = list(zip(*(trades[k].to_pylist() for k in _KEYS)))
         wps: dict = {}
         wss: dict = {}
@@ -223,19 +235,26 @@ def _book_features(book: L2Book) -> dict:
     }
 
 
-def _apply_book_event(book: L2Book, ev: dict) -> None:
+def _apply_book_event(book: L2Book, snapshot: bool, seq: int, bids, asks, price_scale: int, size_scale: int) -> None:
     """A snapshot replaces the book at its scales; a delta is ignored before the first
     snapshot and when the snapshot already contains it (seq <= book seq), else applied at
     the largest scales seen."""
-    bids = [(lvl["px"], lvl["qty"]) for lvl in ev["bids"]]
-    asks = [(lvl["px"], lvl["qty"]) for lvl in ev["asks"]]
-    seq = ev["seq"]
-    if ev["kind"] == "book_snapshot":
-        book.apply_snapshot(bids, asks, seq, ev["price_scale"], ev["size_scale"])
+    if snapshot:
+        book.apply_snapshot(bids, asks, seq, price_scale, size_scale)
     elif book.synced and not (seq and book.seq and seq <= book.seq):
-        book.apply_scaled(bids, asks, ev["price_scale"], ev["size_scale"])
+        book.apply_scaled(bids, asks, price_scale, size_scale)
         if seq:
             book.seq = seq
+
+
+def _level_pairs(col: pa.ChunkedArray) -> list[list[tuple[int, int]]]:
+    """A bids/asks column as one list of (px, qty) pairs per row, from the flat level
+    columns (to_pylist would build a dict per level)."""
+    arr = col.combine_chunks()
+    px, qty = arr.values.flatten()
+    pairs = list(zip(px.to_pylist(), qty.to_pylist()))
+    off = arr.offsets.to_pylist()
+    return [pairs[a:b] for a, b in zip(off, off[1:])]
 
 
 def compute_features(events: pa.Table, state: FeatureState | None = None) -> tuple[pa.Table, FeatureState]:
@@ -272,13 +291,13 @@ def compute_features(events: pa.Table, state: FeatureState | None = None) -> tup
             )
     is_trade = pc.equal(t["kind"], "trade")
     trades = _trade_aggregates(t.filter(is_trade))
-    book_rows = (
-        t.filter(pc.invert(is_trade))
-        .select(
-            ["exchange", "market", "symbol", "window_start", "kind", "seq", "price_scale", "size_scale", "bids", "asks"]
-        )
-        .to_pylist()
-    )
+    book = t.filter(pc.invert(is_trade))
+    # the book events column by column, in the canonical order (no dict per row or level)
+    b_key = list(zip(*(book[k].to_pylist() for k in _KEYS)))
+    b_snap = pc.equal(book["kind"], "book_snapshot").to_pylist()
+    b_seq, b_ps, b_ss = (book[k].to_pylist() for k in ("seq", "price_scale", "size_scale"))
+    b_bids, b_asks = _level_pairs(book["bids"]), _level_pairs(book["asks"])
+    n_rows = len(b_key)
     bi = 0
     cols: dict[str, list] = {f.name: [] for f in FEATURE_SCHEMA}
     for w in windows:
@@ -286,11 +305,9 @@ def compute_features(events: pa.Table, state: FeatureState | None = None) -> tup
         ws = w["window_start"]
         st = state.get(key)
         n_book = 0
-        while bi < len(book_rows):
-            ev = book_rows[bi]
-            if (ev["exchange"], ev["market"], ev["symbol"]) != key or ev["window_start"] != ws:
-                break
-            _apply_book_event(st.book, ev)
+        wkey = (*key, ws)
+        while bi < n_rows and b_key[bi] == wkey:
+            _apply_book_event(st.book, b_snap[bi], b_seq[bi], b_bids[bi], b_asks[bi], b_ps[bi], b_ss[bi])
             n_book += 1
             bi += 1
         bf = _book_features(st.book)
