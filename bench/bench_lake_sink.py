@@ -162,7 +162,7 @@ def bench_compaction_and_scan(rows: pa.Table, root: Path) -> None:
     )
 
 
-def bench_sink(n_events: int, root: Path) -> None:
+def bench_sink(n_events: int, root: Path, with_floor: bool = False) -> None:
     from confluent_kafka import Producer
 
     from runtime import kafka_config as kc
@@ -190,16 +190,20 @@ def bench_sink(n_events: int, root: Path) -> None:
         conn = kc.KafkaConnection(bootstrap_servers=b.bootstrap)
         consumer = plain_consumer(conn, "bench-consume-only")
         tps = [(t, part) for t in topics for part in range(3)]
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         consumed = read_all(consumer, tps, idle_s=1.0)
         consume_s = time.perf_counter() - t
+        consume_cpu = time.process_time() - cpu
         consumer.close()
+        consume_last_s = _time_to_last_record(conn, tps, len(consumed))
         cat, _ = catalog_at(root / "s")
         sink = LakeSink(conn, cat, SinkConfig(topics=topics, batch_max_records=50_000, batch_max_ms=500))
         sink.start()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         stats = sink.run(idle_exit_s=1.0)
         secs = time.perf_counter() - t - 1.0  # minus the idle wait that ends the run
+        sink_cpu = time.process_time() - cpu
+        floor = sink_floor(conn, tps, len(consumed), root / "floor") if with_floor else []
     by_type: dict = {}
     for e in events:
         by_type.setdefault(e.WhichOneof("payload"), []).append(e)
@@ -216,6 +220,102 @@ def bench_sink(n_events: int, root: Path) -> None:
     print(f"  baseline pyarrow.parquet.write_table of the same rows : {n / base_s:12,.0f} rows/s")
     print(f"  baseline Kafka consume only ({len(consumed):,} records)     : {len(consumed) / consume_s:12,.0f} rows/s")
     print(f"  lake sink                                            : {stats.rows / secs:12,.0f} rows/s ({secs:.2f} s)")
+    # What the two rates above contain besides work (decisions.md, "Lake sink vs consume-only: the floor"):
+    # the consume-only time ends with read_all's 1 s idle wait (partitions without records stay
+    # pending), the sink's with one batch window (batch_max_ms) when the backlog is below a batch.
+    print(
+        f"  (consume only to its last record: {len(consumed) / consume_last_s:,.0f} rows/s, "
+        f"{consume_cpu / len(consumed) * 1e6:.1f} µs CPU/record; "
+        f"sink: {sink_cpu / max(1, stats.rows) * 1e6:.1f} µs CPU/record)"
+    )
+    for line in floor:
+        print(line)
+
+
+def _consume_n(conn, tps, n: int, on_message=None) -> tuple[float, float]:
+    """Wall seconds to the n-th record and CPU seconds, from a fresh, connected manual-assignment consumer
+    (read_committed, as the sink's), calling on_message(batch) on each consumed batch."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    from streaming.kafka.io import check, plain_consumer
+
+    consumer = plain_consumer(conn, f"bench-floor-{time.monotonic_ns()}")
+    try:
+        # Connected before the clock starts: a fresh consumer's first fetch otherwise waits ~0.5 s
+        # for its bootstrap (measured), which is no part of reading records.
+        consumer.list_topics(timeout=10)
+        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in tps])
+        got = 0
+        t, cpu = time.perf_counter(), time.process_time()
+        deadline = t + 60
+        while got < n and time.perf_counter() < deadline:
+            batch = [m for m in consumer.consume(10_000, 0.1) if check(m) is not None]
+            got += len(batch)
+            if on_message is not None and batch:
+                on_message(batch)
+        return time.perf_counter() - t, time.process_time() - cpu
+    finally:
+        consumer.close()
+
+
+def _time_to_last_record(conn, tps, n: int) -> float:
+    return _consume_n(conn, tps, n)[0]
+
+
+def sink_floor(conn, tps, n: int, root: Path) -> list[str]:
+    """The sink's per-record work done bare, each step on a fresh consumer of the same records
+    (so every step pays the first m.headers() conversion, as the sink does): consume; + value
+    and headers; + protobuf decode; + Arrow rows per table; + one Parquet file per table; + one
+    Iceberg fast-append commit per table. Cumulative CPU per record and wall rate per step."""
+    from schemas.arrow_convert import envelopes_to_table
+    from schemas.gen.ticklake.v1 import events_pb2 as pb
+    from streaming.lake.sink import topic_tables
+    from streaming.lake.writer import MICRO_BATCH_COMPRESSION_LEVEL, commit_files
+
+    specs = topic_tables(sorted({t for t, _ in tps}))
+    root.mkdir(parents=True, exist_ok=True)
+    _, tables = catalog_at(root / "cat")
+    parse = pb.Envelope.FromString
+
+    def values(batch):
+        for m in batch:
+            m.value()
+            m.headers()
+
+    def decoded(batch):
+        out = {}
+        for m in batch:
+            m.headers()
+            out.setdefault(m.topic(), []).append(parse(m.value()))
+        return out
+
+    def arrow(batch):
+        return {t: envelopes_to_table(specs[t].event_type, envs) for t, envs in decoded(batch).items()}
+
+    def parquet(batch):
+        rows = arrow(batch)
+        for t, tbl in rows.items():
+            path = root / f"{t}-{time.monotonic_ns()}.parquet"
+            pq.write_table(tbl, path, compression="zstd", compression_level=MICRO_BATCH_COMPRESSION_LEVEL)
+        return rows
+
+    def committed(batch):
+        for t in parquet(batch):
+            name = specs[t].name
+            tables[name] = commit_files(tables[name], [], {"bench-floor": "1"})
+
+    lines = [f"  floor: the sink's steps done bare on the same {n:,} records (cumulative)"]
+    for label, fn in (
+        ("consume", None),
+        ("+ m.value() + m.headers()", values),
+        ("+ protobuf decode", decoded),
+        ("+ envelopes -> Arrow", arrow),
+        ("+ Parquet write per table", parquet),
+        ("+ Iceberg commit per table", committed),
+    ):
+        wall, cpu = _consume_n(conn, tps, n, fn)
+        lines.append(f"    {label:32s}: {n / wall:12,.0f} rows/s  {cpu / n * 1e6:6.1f} µs CPU/record")
+    return lines
 
 
 TABLES_BY_PAYLOAD = {et.payload_field: et for et in EventType}
@@ -226,6 +326,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--sink-events", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--sink-floor", action="store_true", help="also time the sink's steps done bare (the floor)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-lake-") as tmp:
         root = Path(tmp)
@@ -233,7 +334,7 @@ def main() -> int:
         bench_writer(rows, root, a.repeat)
         bench_compaction_and_scan(rows, root)
         if a.sink_events:
-            bench_sink(a.sink_events, root)
+            bench_sink(a.sink_events, root, a.sink_floor)
     return 0
 
 
