@@ -52,6 +52,11 @@ _SIDE = {pb.SIDE_BUY: "buy", pb.SIDE_SELL: "sell", pb.SIDE_UNSPECIFIED: ""}
 _ET = {et.pb: et for et in EventType}
 _EX = {int(v): exchange_from_pb(v).value for v in pb.Exchange.values() if v}
 _MK = {int(v): market_from_pb(v).value for v in pb.Market.values() if v}
+_KIND = {et.pb: et.value for et in FEATURE_EVENT_TYPES}
+_FEATURE_CODES = frozenset(_KIND)
+_TRADE, _SNAPSHOT = EventType.TRADE.pb, EventType.BOOK_SNAPSHOT.pb
+#: qty_unit numbers whose sizes are base asset already (unit_of_envelope -> None)
+_NO_UNIT = frozenset({pb.QTY_UNIT_UNSPECIFIED, pb.QTY_UNIT_BASE})
 
 
 class _LevelColumns:
@@ -105,41 +110,61 @@ def events_from_envelopes(envelopes: Iterable[pb.Envelope]) -> pa.Table:
     batch/stream parity checks call it on whole inputs. (A dict per row and per book level,
     then pa.Table.from_pylist, was ~70 % of the feature processor's CPU.)"""
     # one list per scalar column, in INPUT_SCHEMA's order (bids/asks, the last two, apart)
+    # one list per scalar column, in INPUT_SCHEMA's order (bids/asks, the last two, apart);
+    # the enum-valued columns (exchange, market, kind, side) collect the enum numbers, named
+    # once per column at the end
     cols: list[list] = [[] for _ in INPUT_SCHEMA.names[:-2]]
     event_id, exchange, market, symbol, kind, exchange_ts, seq, price_scale, size_scale, px, qty, side = cols
     bids, asks = _LevelColumns(), _LevelColumns()
-    trade, snapshot = EventType.TRADE, EventType.BOOK_SNAPSHOT
+    b_off, a_off, b_px, a_px = bids.offsets, asks.offsets, bids.px, asks.px
     for env in envelopes:
-        et = _ET.get(env.event_type) or event_type_from_pb(env.event_type)
-        if et not in FEATURE_EVENT_TYPES:
+        code = env.event_type
+        if code not in _FEATURE_CODES:
+            if code not in _ET:
+                event_type_from_pb(code)  # raises on a number no EventType has
             continue
-        unit = unit_of_envelope(env)
         ss, ps = env.size_scale, env.price_scale
+        unit = None if env.qty_unit in _NO_UNIT else unit_of_envelope(env)
         event_id.append(env.event_id)
-        exchange.append(_EX.get(env.exchange) or exchange_from_pb(env.exchange).value)
-        market.append(_MK.get(env.market) or market_from_pb(env.market).value)
+        exchange.append(env.exchange)
+        market.append(env.market)
         symbol.append(env.symbol)
-        kind.append(et.value)
+        kind.append(code)
         exchange_ts.append(env.exchange_ts)
         seq.append(env.seq)
         price_scale.append(ps)
         size_scale.append(ss if unit is None else unit.base_scale(ss))
-        if et is trade:
+        if code == _TRADE:
             t = env.trade
             px.append(t.px)
             qty.append(t.qty if unit is None else unit.to_base(t.qty, ss, t.px, ps))
-            side.append(_SIDE.get(t.taker_side, ""))
-            bids.close_row()
-            asks.close_row()
+            side.append(t.taker_side)
+            b_off.append(len(b_px))
+            a_off.append(len(a_px))
         else:
-            b = env.book_snapshot if et is snapshot else env.book_delta
+            b = env.book_snapshot if code == _SNAPSHOT else env.book_delta
             px.append(0)
             qty.append(0)
-            side.append("")
+            side.append(pb.SIDE_UNSPECIFIED)
             bids.add(b.bids, unit, ss, ps)
             asks.add(b.asks, unit, ss, ps)
-    arrays = [pa.array(c, f.type) for c, f in zip(cols, INPUT_SCHEMA)]
+    cols[1] = _named(exchange, _EX, lambda c: exchange_from_pb(c).value)
+    cols[2] = _named(market, _MK, lambda c: market_from_pb(c).value)
+    cols[4] = _named(kind, _KIND, lambda c: _ET[c].value)
+    cols[11] = _named(side, _SIDE, lambda c: "")
+    arrays = [c if isinstance(c, pa.Array) else pa.array(c, f.type) for c, f in zip(cols, INPUT_SCHEMA)]
     return pa.Table.from_arrays([*arrays, bids.array(), asks.array()], schema=INPUT_SCHEMA)
+
+
+def _named(codes: list[int], names: dict[int, str], other) -> pa.Array:
+    """Enum numbers -> their names as a string column: one take from the names array;
+    a number outside `names` is named by `other` (which raises where it always did)."""
+    if not codes:
+        return pa.array([], pa.string())
+    if not set(codes) <= names.keys():
+        return pa.array([names.get(c) or other(c) for c in codes], pa.string())
+    table = pa.array([names.get(i, "") for i in range(max(names) + 1)], pa.string())
+    return table.take(pa.array(codes, pa.int32()))
 
 
 def rows_to_table(rows: Iterable[dict]) -> pa.Table:

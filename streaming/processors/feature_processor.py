@@ -403,9 +403,12 @@ class FeatureProcessor(TransactionalLoop):
         create_topics(admin, {self.state_topic: STATE_TOPIC_SPEC}, replication_factor=1)
 
     def start(self) -> None:
-        # pyarrow imports pandas on the first pa.array of a Python list (0.2-1 s on this machine):
-        # pay it before the loop starts, not at the first window close (its row's latency).
+        # pyarrow imports pandas on the first pa.array of a Python list (0.2-1 s on this machine)
+        # and acero/dataset on the first group_by: pay both before the loop starts, not at the
+        # first window close (its row's latency).
         events_from_envelopes([])
+        import pyarrow.acero  # noqa: F401
+
         self.ensure_state_topic()
         if self.upstream_group is not None:
             raw = sorted({t for m, x in self.pairs for t in all_event_topics(Stage.RAW, [x], [m])})
