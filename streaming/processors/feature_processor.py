@@ -392,6 +392,7 @@ class FeatureProcessor(TransactionalLoop):
         self._pending_ckpt: dict | None = None
         self._last_ckpt_time = 0.0
         self._batch_start: dict[TP, int] = {}
+        self._batch_end: dict[TP, int] = {}
         self._frontier_changed = False
         self._dirty = False
         self._seq = 0
@@ -470,17 +471,22 @@ class FeatureProcessor(TransactionalLoop):
             self._last_ckpt_time = now
         self._batch_start = {tp: self.positions.get(tp, 0) for tp in self.assignment}
         out: list[OutRecord] = []
+        batch_end: dict[TP, int] = {}  # offset after the newest record taken, per partition
+        offer = self.engine.offer
         for m in msgs:
             tp = (m.topic(), m.partition())
-            self.last_seen[tp] = now
-            self.next_offset[tp] = m.offset() + 1
-            reason, _ = self.engine.offer(tp, m.offset(), m.value(), m.headers())
+            off = m.offset()
+            batch_end[tp] = off + 1
+            reason, _ = offer(tp, off, m.value(), m.headers())
             if reason is not None:
                 self.engine.dlq.count(reason)
                 if reason.startswith("late"):
                     metrics.LATE.labels(self.name).inc()
-                dl = dead_letter(DlqStage.FEATURES, reason, source=record_source(*tp, m.offset()), raw=m.value())
+                dl = dead_letter(DlqStage.FEATURES, reason, source=record_source(*tp, off), raw=m.value())
                 out.append(OutRecord(dl.topic, dl.value, dl.key, dl.headers))
+        self._batch_end = batch_end
+        self.next_offset.update(batch_end)
+        self.last_seen.update(dict.fromkeys(batch_end, now))
         live = live_partitions(
             self.assignment, self.last_seen, now, self.idle_timeout_s, self._caught_up(), self.engine.maxts
         )
@@ -569,10 +575,7 @@ class FeatureProcessor(TransactionalLoop):
         return bool(msgs or outs or self._frontier_changed or self._pending_ckpt is not None)
 
     def finalize_txn(self, producer: Producer, msgs: list[Message], outs: list[OutRecord]) -> list[TopicPartition]:
-        end = dict(self._batch_start)
-        for m in msgs:
-            tp = (m.topic(), m.partition())
-            end[tp] = max(end.get(tp, 0), m.offset() + 1)
+        end = {**self._batch_start, **self._batch_end}  # records of a partition come in offset order
         delivered: dict[int, int] = {}
 
         def on_delivery(i):
