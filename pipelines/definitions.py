@@ -32,7 +32,7 @@ from pipelines import (
     replay_completion,
 )
 from pipelines.services import registry as services
-from resources.profiles import build_resources
+from resources.profiles import build_executor, build_resources
 
 #: One line per area, in data-flow order: services -> lake -> analytics. A new area defines
 #: `defs = dg.Definitions(...)` in its own module and adds one line here; a new long-running
@@ -54,5 +54,5 @@ defs = dg.Definitions.merge(
     ml.defs,  # training datasets, models (MLflow), champion registration
     ml_promotion.defs,  # shadow vs champion promotion job
     ml_automation.defs,  # automation of the datasets, models and prediction hours
-    dg.Definitions(resources=build_resources()),
+    dg.Definitions(resources=build_resources(), executor=build_executor()),  # both per TICKLAKE_PROFILE
 )

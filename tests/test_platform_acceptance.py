@@ -64,6 +64,9 @@ DATASET_CHECKS = ("no_label_leakage", "rebuild_from_snapshots")
 TIMEOUT_S = 1500  # ~11-18 min seen on a loaded 2-core machine; bounded so a hang cannot eat the CI limit
 #: After the hourly products: dataset, models, registration, the service's scoring, predictions hour.
 ML_TIMEOUT_S = 600
+#: Between looks at the instance while waiting (a few SQLite queries each): a product done just
+#: after a look is seen this much later.
+POLL_S = 2
 
 
 def binance_trades() -> int:
@@ -218,7 +221,7 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
                 [e for e in check_evaluations(instance, failed) if not e[-1]],
             )
             assert time.monotonic() < deadline, (missing, [r.job_name for r in active])
-            time.sleep(10)
+            time.sleep(POLL_S)
 
         runs = [r for r in chain_runs(instance) if r.tags.get("dagster/partition") in HOURS and not is_ml_run(r)]
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [
@@ -342,7 +345,7 @@ def check_ml(instance, home, info: dict, deadline: float) -> None:
         if parity_after_champion() and not active:
             break
         assert time.monotonic() < deadline, ("ML chain not done", [(r.job_name, r.status) for r in ml_runs])
-        time.sleep(10)
+        time.sleep(POLL_S)
 
     # Dataset of the replayed (past, 1-hour) day with both blocking checks passed, built by automation.
     evaluations = check_evaluations(instance, ml_runs)

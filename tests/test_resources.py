@@ -408,6 +408,20 @@ def test_local_profile_derives_from_home(monkeypatch: pytest.MonkeyPatch, tickla
         profiles.build_resources("gcp")
 
 
+def test_jobs_run_their_steps_in_process_locally_and_in_subprocesses_on_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local profile's jobs execute every step in the run worker (no process per step);
+    aws keeps Dagster's default (a process per step inside the run's pod)."""
+    from pipelines.definitions import defs
+
+    monkeypatch.delenv(profiles.PROFILE_ENV, raising=False)
+    assert profiles.build_executor() is dg.in_process_executor
+    assert profiles.build_executor("aws") is None  # Dagster's default: multiprocess
+    assert defs.resolve_job_def("lake_seal_hour").executor_def.name == "in_process"
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"
+    with pytest.raises(ValueError, match="TICKLAKE_PROFILE"):
+        profiles.build_executor("gcp")
+
+
 def test_aws_profile_reads_secrets_through_envvar(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {
         "TICKLAKE_KAFKA_BOOTSTRAP": "b-1.msk.example:9096",
