@@ -56,6 +56,8 @@ from workloads.kafka import create_project_topics, produce_raw, produce_record, 
 from workloads.synthetic import SyntheticMarket, synthetic_catalog
 
 SLO_P99_S = 2.0
+#: the rate the latency target ("< 0.1 s at 20k ev/s") holds at
+TARGET_RATE = 20_000
 #: Allowed lateness the latency run gives the feature processor: a window cannot close
 #: before its end plus this (the event-time policy, not a processing cost).
 LATENESS_MS = 200
@@ -479,14 +481,17 @@ def emit_figures(broker: dict[str, float], pure: dict[str, float], results: list
     for r in results:
         rate, note = r["rate"], f"achieved {r['achieved']:,.0f} ev/s; {r['events_without_row']} events without a row"
         emit(f"latency after window close p50 at {rate:,} ev/s", r["close_p50"], "s", note=note)
+        # The target holds at 20k ev/s: the other rates' rows report p50/p99 per rate (the issue asks
+        # for both per rate), with no target of their own.
+        at_target = rate == TARGET_RATE
         emit(
             f"latency after window close p99 at {rate:,} ev/s",
             r["close_p99"],
             "s",
-            target="< 0.1 s at 20k ev/s",
+            target="< 0.1 s at 20k ev/s" if at_target else "",
             note=f"{note}; policy floor {floor:.0f} ms (allowed lateness + upstream append margin)",
             # the CPU ceiling bounds the rate the target names, so it can explain only that rate's row
-            floor=ceiling if rate >= 20_000 else None,
+            floor=ceiling if at_target else None,
         )
         slo = "met" if r["p99"] < SLO_P99_S else "MISS"
         emit(f"latency exchange_ts -> feature row p99 at {rate:,} ev/s", r["p99"], "s", target="< 2 s (SLO)", note=slo)
@@ -508,7 +513,7 @@ def emit_figures(broker: dict[str, float], pure: dict[str, float], results: list
             2e6 / stream if stream else float("nan"),
             "events/s",
             "target rate",
-            20_000,
+            TARGET_RATE,
             note=f"{stream:.0f} µs CPU per event at {low['rate']:,} ev/s, load generator excluded",
         )
     emit(

@@ -53,7 +53,12 @@ BENCHES = (
     Bench("book", "bench_book.py", ("--rounds", "2"), ("--smoke",)),
     Bench("bulk", "bench_bulk.py", ("--rows", "60000", "--rounds", "1")),
     Bench("publish", "bench_publish.py", ("--events", "30000", "--seconds", "4", "--symbols", "5")),
-    Bench("lake_sink", "bench_lake_sink.py", ("--rows", "200000", "--sink-events", "20000", "--repeat", "1")),
+    # --sink-floor: the sink row's floor (the sink's steps done bare) measured in the same run
+    Bench(
+        "lake_sink",
+        "bench_lake_sink.py",
+        ("--rows", "200000", "--sink-events", "20000", "--repeat", "1", "--sink-floor"),
+    ),
     Bench(
         "processing",
         "bench_processing.py",
@@ -84,44 +89,6 @@ def commit_info() -> dict:
 
 def _num(text: str) -> float:
     return float(text.replace(",", ""))
-
-
-def _printed_lake_sink(out: str) -> list[dict]:
-    """Figures of bench_lake_sink.py's printed table (until it emits figure lines itself)."""
-    got: dict[str, float] = {}
-    for key, pat in (
-        ("parquet", r"baseline pyarrow\.parquet\.write_table, 1 unsorted file\s*:\s*([\d,]+)"),
-        ("writer", r"lake writer: sorted per partition \+ fast-append commit\s*:\s*([\d,]+)"),
-        ("consume", r"baseline Kafka consume only \([\d,]+ records\)\s*:\s*([\d,]+)"),
-        ("sink", r"lake sink\s*:\s*([\d,]+)"),
-    ):
-        m = re.search(pat, out)
-        if m:
-            got[key] = _num(m.group(1))
-    figs = []
-    if "writer" in got:
-        figs.append(
-            figure(
-                "lake writer (sorted per partition + commit)",
-                got["writer"],
-                "rows/s",
-                "pq.write_table (same rows)",
-                got.get("parquet"),
-                "≥ 50 %",
-            )
-        )
-    if "sink" in got:
-        figs.append(
-            figure(
-                "lake sink end to end (fetch + decode + Arrow + Iceberg)",
-                got["sink"],
-                "rows/s",
-                "broker consume only",
-                got.get("consume"),
-                "≥ 80 %",
-            )
-        )
-    return figs
 
 
 def _printed_analytics(out: str) -> list[dict]:
@@ -189,7 +156,6 @@ def _printed_idle(out: str) -> list[dict]:
 
 
 PRINTED = {
-    "lake_sink": _printed_lake_sink,
     "analytics": _printed_analytics,
     "idle": _printed_idle,
 }
