@@ -345,6 +345,35 @@ def consumer_lag(consumer, positions: Iterable[tuple[str, int, int]]) -> list[La
     return out
 
 
+def loop_lag(
+    consumer, partitions: Iterable[tuple[str, int]] | None = None, committed: dict[tuple[str, int], int] | None = None
+) -> list[LagSample]:
+    """The lag of every consume loop (processors, inference, lake sink, ClickHouse live, pragma
+    publisher): records per partition past what the loop has consumed, against the high
+    watermark its fetches last reported. Call it from the thread that owns the consumer,
+    between batches (when everything delivered is processed).
+
+    The position is the larger of `committed` (what the loop itself made durable, if it keeps
+    that) and the client's own position. A transactional input ends in a commit marker that
+    occupies an offset but is never delivered: a committed position (last record + 1) stays
+    one below the high watermark of an idle partition, while the client's position passes
+    markers and never records it has not delivered. A partition with neither (nothing
+    committed, nothing fetched yet) counts from 0. `partitions` defaults to the assignment."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    tps = list(partitions) if partitions is not None else [(tp.topic, tp.partition) for tp in consumer.assignment()]
+    pos = dict(committed or {})
+    if tps:
+        try:
+            for tp in consumer.position([TopicPartition(t, p) for t, p in tps]):
+                key = (tp.topic, tp.partition)
+                if tp.offset > pos.get(key, 0):
+                    pos[key] = tp.offset
+        except KafkaException:  # no position yet (nothing fetched): the committed one stands
+            pass
+    return consumer_lag(consumer, [(t, p, pos.get((t, p), 0)) for t, p in tps])
+
+
 class _SealedHourCollector(Collector):
     """The newest sealed hour per lake table, from a catalog the lake sink registers (cached
     for `ttl_s`: a scrape every 15 s must not load every table each time)."""

@@ -210,7 +210,7 @@ def test_resume_from_snapshot_offsets_and_topic_reset(tmp_path, ticklake_home):
         produce(b1.bootstrap, first[:500])
         s1 = _sink(b1.bootstrap, catalog, topics)
         stats = run_until(s1, records=500)
-        s1._publish_lag(every_s=0)  # caught up: the lag gauge says nothing is left behind
+        s1._publish_lag()  # caught up: the lag gauge says nothing is left behind
         lag_topic = next(t for t in topics if ".trades." in t)
         assert REGISTRY.get_sample_value("ticklake_lake_consumer_lag", {"topic": lag_topic}) == 0.0
         s1.close()

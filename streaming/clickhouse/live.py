@@ -130,8 +130,7 @@ class ClickHouseLive(ServiceLoop):
         consumer = self.consumer
         if consumer is None:
             return []
-        pos = consumer.position(consumer.assignment())
-        return obs.consumer_lag(consumer, [(tp.topic, tp.partition, tp.offset) for tp in pos if tp.offset >= 0])
+        return obs.loop_lag(consumer)  # the shared definition, over the group's assignment
 
     def run_once(self) -> int:
         """One poll batch: insert its rows, dead-letter the bad ones, then commit offsets."""

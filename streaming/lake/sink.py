@@ -179,7 +179,6 @@ class LakeSink(ServiceLoop):
         self.assignment: list[TP] = []
         self.topic_ids: dict[str, str] = {}
         self.dlq_errors: list[str] = []
-        self._lag_at = 0.0
         self.lag_snapshot = obs.LagSnapshot()
 
     # -- start / resume ------------------------------------------------------------------
@@ -375,7 +374,7 @@ class LakeSink(ServiceLoop):
 
     def run_once(self) -> int:
         """One micro-batch: returns the number of table commits made."""
-        self.lag_snapshot.maybe_update(self.lag)
+        self.lag_snapshot.maybe_update(self._publish_lag)
         msgs = self.poll_batch()
         if not msgs:
             return 0
@@ -393,24 +392,21 @@ class LakeSink(ServiceLoop):
             if self.commit_table(batches[name]):
                 commits += 1
         self.stats.consumed(SERVICE_NAME, [m.topic() for m in msgs])
-        self._publish_lag()
         return commits
 
-    def _publish_lag(self, every_s: float = 5.0) -> None:
-        """Consumer lag per topic from the high watermarks the fetches report (cached: the
-        embedded broker answers a ListOffsets(latest) query wrongly)."""
-        now = time.monotonic()
-        if now - self._lag_at < every_s:
-            return
-        self._lag_at = now
+    def _publish_lag(self) -> list[tuple[str, int, int]]:
+        """The per-partition lag (self.lag(), the shared definition) for the scrape, and its sum
+        per topic in the lake-lag gauge: one computation, refreshed by every round through
+        lag_snapshot, idle ones included. The gauge used to be set only after a batch with
+        records, at most every 5 s, so a sink that caught up within 5 s of its last update
+        kept showing that batch's lag on an idle stack."""
+        samples = self.lag()
         lag: dict[str, int] = {}
-        positions = self.consumer.position([TopicPartition(t, p) for t, p in self.assignment])
-        for tp in positions:
-            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0 and tp.offset >= 0:
-                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - tp.offset)
+        for topic, _part, n in samples:
+            lag[topic] = lag.get(topic, 0) + n
         for topic, n in lag.items():
             LAG.labels(topic).set(n)
+        return samples
 
     def commit_table(self, tb: TableBatch) -> bool:
         name = tb.spec.name
@@ -526,12 +522,11 @@ class LakeSink(ServiceLoop):
         return self.consumer is not None
 
     def lag(self) -> list[tuple[str, int, int]]:
-        """Per-partition lag from the consumer's positions (this loop's thread)."""
+        """Per-partition lag, the shared definition (runtime.metrics.loop_lag; this loop's thread)."""
         consumer = self.consumer
         if consumer is None:
             return []
-        pos = consumer.position([TopicPartition(t, p) for t, p in self.assignment])
-        return obs.consumer_lag(consumer, [(tp.topic, tp.partition, tp.offset) for tp in pos if tp.offset >= 0])
+        return obs.loop_lag(consumer, self.assignment)
 
     def close(self) -> None:
         obs.unregister_lag_provider(SERVICE_NAME)

@@ -411,8 +411,7 @@ class PragmaPublisher(ServiceLoop):
 
     def lag(self) -> list[tuple[str, int, int]]:
         """Per assigned partition (this loop's thread; the scrape reads the snapshot)."""
-        pos = self.consumer.position(self.consumer.assignment())
-        return obs.consumer_lag(self.consumer, [(tp.topic, tp.partition, tp.offset) for tp in pos if tp.offset >= 0])
+        return obs.loop_lag(self.consumer)  # the shared definition, over the group's assignment
 
     def _on_revoke(self, _consumer, partitions) -> None:
         # Another instance may own these symbols now: their books would go stale here and

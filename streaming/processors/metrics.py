@@ -15,6 +15,7 @@ from runtime.metrics import (
     RECORDS_PRODUCED,
     LagSnapshot,
     consumer_lag,
+    loop_lag,
     register_lag_provider,
     unregister_lag_provider,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "TRANSACTIONS",
     "WATERMARK",
     "consumer_lag",
+    "loop_lag",
     "register_lag_provider",
     "start_metrics_server",
     "unregister_lag_provider",

@@ -163,25 +163,14 @@ class TransactionalLoop(ServiceLoop):
         log.info("%s started: %d partitions, committed %s", self.name, len(self.assignment), committed)
 
     def lag(self) -> list[tuple[str, int, int]]:
-        """Records per input partition past the committed position (this loop's thread, between
-        batches, when everything delivered has been committed). A transactional input ends in a
-        commit marker: it occupies an offset but is never delivered, so the committed position
-        (last record + 1) stays one below the high watermark of an idle partition. The client's
-        own position passes markers (never records it has not delivered), so the larger of the
-        two counts only records not yet processed: an idle stack showed "lag 9" (one marker
-        per input partition) with nothing to read."""
+        """Records per input partition not yet processed (this loop's thread, between batches):
+        the shared definition (runtime.metrics.loop_lag) over the committed positions, which
+        passes the commit markers a transactional input ends in (an idle stack showed "lag 9",
+        one marker per input partition, with nothing to read)."""
         consumer = self.consumer
         if consumer is None:
             return []
-        pos = dict(self.positions)
-        try:
-            for tp in consumer.position([TopicPartition(t, p) for t, p in self.assignment]):
-                key = (tp.topic, tp.partition)
-                if tp.offset > pos.get(key, 0):
-                    pos[key] = tp.offset
-        except KafkaException:  # no position yet (nothing fetched): the committed one stands
-            pass
-        return metrics.consumer_lag(consumer, [(t, p, pos.get((t, p), 0)) for t, p in self.assignment])
+        return metrics.loop_lag(consumer, self.assignment, self.positions)
 
     def close(self) -> None:
         metrics.unregister_lag_provider(self.name)
