@@ -57,7 +57,7 @@ BENCHES = (
     Bench(
         "lake_sink",
         "bench_lake_sink.py",
-        ("--rows", "200000", "--sink-events", "20000", "--repeat", "1", "--sink-floor"),
+        ("--rows", "200000", "--sink-events", "20000", "--repeat", "3", "--sink-floor"),
     ),
     Bench(
         "processing",
