@@ -61,7 +61,7 @@ SEALED = ("lake/trades", "lake/book_deltas", "lake/book_snapshots")
 #: The Binance capture's day and hour: the only replayed day with enough rows to train on.
 ML_DAY, ML_HOUR = "2024-08-08", "2024-08-08-23:00"
 DATASET_CHECKS = ("no_label_leakage", "rebuild_from_snapshots")
-TIMEOUT_S = 1500  # ~11-18 min seen on a loaded 2-core machine; bounded so a hang cannot eat the CI limit
+TIMEOUT_S = 1500  # whole test 4-5 min since local steps run in process (11-18 min before); bounded so a hang cannot eat the CI limit
 #: After the hourly products: dataset, models, registration, the service's scoring, predictions hour.
 ML_TIMEOUT_S = 600
 #: Between looks at the instance while waiting (a few SQLite queries each): a product done just
