@@ -41,6 +41,7 @@ from features.inputs import events_from_envelopes
 from features.records import decode_row
 from features.spec import WINDOW_US
 from runtime import kafka_config as kc
+from runtime.service_loop import GC_THRESHOLDS
 from schemas.ids import stamp_event_id
 from schemas.model import Exchange, Market
 from schemas.serde import encode
@@ -51,7 +52,7 @@ from streaming.kafka.topic_config import TopicSpec
 from streaming.kafka.upstream import APPEND_MARGIN_S
 from streaming.processors.feature_processor import Engine, FeatureProcessor
 from streaming.processors.normalizer import Normalizer, NormalizerService, input_topics_for
-from streaming.processors.txn_loop import GC_THRESHOLDS, OutRecord, TransactionalLoop
+from streaming.processors.txn_loop import OutRecord, TransactionalLoop
 from workloads.kafka import create_project_topics, produce_raw, produce_record, raw_topic
 from workloads.synthetic import SyntheticMarket, synthetic_catalog
 

@@ -23,6 +23,7 @@ Plain Python (threading, signal): collectors import it too, and nothing here kno
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -36,6 +37,22 @@ STOP_TIMEOUT_S = 120.0
 #: How often the supervising thread wakes while it waits (to run on_tick, and to notice a
 #: signal promptly: a signal handler only runs in the main thread between waits).
 WAIT_SLICE_S = 0.5
+
+#: CPython's collector thresholds for a batch-processing loop (processors, lake sink). They
+#: allocate messages and per-record values and keep buffered rows alive until a window or a
+#: micro-batch closes; with the default gen-0 threshold (700 allocations) a collection ran
+#: every few records and full ones walked every live row. Raised (and the start-up objects
+#: frozen out of the collector's reach), bench_processing's pure logic ran +10 % (normalizer)
+#: and +27 % (feature processor) in CPU time, the lake sink 19.6 -> 15.7 us CPU per record.
+#: Cyclic garbage is rare here (refcounting frees the rows).
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
+def collect_for_batches() -> None:
+    """Call once a loop has started: its modules, resources and restored state are never
+    garbage, so they are frozen out of every later collection, and the thresholds raised."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class _Log(Protocol):

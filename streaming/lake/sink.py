@@ -21,7 +21,6 @@ still delivers to read_committed consumers.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 import time
@@ -52,7 +51,7 @@ from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.home import CATALOG_NAME, resolve_home
 from runtime.metrics import LoopCounters
 from runtime.service_cli import LoopSettings, service_main
-from runtime.service_loop import ServiceLoop
+from runtime.service_loop import ServiceLoop, collect_for_batches
 from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.iceberg import ensure_all_tables
@@ -65,7 +64,6 @@ from streaming.lake.freshness import sealed_hour_timestamps
 from streaming.lake.state import HOUR_US, HourCount, SinkState, latest_sink_state
 from streaming.lake.watermarks import DEFAULT_ALLOWED_LATENESS_US, WatermarkTracker
 from streaming.lake.writer import LakeFileWriter, commit_files, ensure_writer_properties
-from streaming.processors.txn_loop import GC_THRESHOLDS
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +235,7 @@ class LakeSink(ServiceLoop):
         self.producer = Producer(kc.producer_config(self.conn, linger_ms=5))
         obs.register_lag_provider(SERVICE_NAME, self.lag_snapshot.get)
         obs.set_sealed_hour_source(lambda: sealed_hour_timestamps(self.catalog))
-        # As the transactional processors do (streaming/processors/txn_loop.py): a micro-batch
-        # allocates an envelope, a Message and column values per record, which ran a gen-0
-        # collection every few hundred records and full ones over pyiceberg's and pyarrow's
-        # objects; those are start-up objects, frozen out of the collector's reach.
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        collect_for_batches()  # as the transactional processors do
         log.info("lake sink started on %d partitions of %d topics", len(self.assignment), len(self.topic_table))
         return start
 

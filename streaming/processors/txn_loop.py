@@ -15,7 +15,6 @@ fresh process, whose init_transactions() fences the old producer id. A stop requ
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,20 +31,11 @@ from confluent_kafka import (
 
 from runtime import kafka_config as kc
 from runtime.metrics import LoopCounters, count_by_topic
-from runtime.service_loop import ServiceLoop
+from runtime.service_loop import ServiceLoop, collect_for_batches
 from streaming.kafka.io import TP, check, committed_offsets, partitions_for, release_clients
 from streaming.processors import metrics
 
 log = logging.getLogger(__name__)
-
-
-#: CPython's collector thresholds for a processor process. The processors allocate dicts and
-#: messages per event and keep buffered rows alive until their window closes; with the
-#: default gen-0 threshold (700 allocations) a collection ran every few events and full ones
-#: walked every live row. Raised (and the start-up objects frozen out of the collector's
-#: reach), bench_processing's pure logic ran +10 % (normalizer) and +27 % (feature
-#: processor) in CPU time. Cyclic garbage is rare here (refcounting frees the rows).
-GC_THRESHOLDS = (100_000, 50, 100)
 
 
 @dataclass(slots=True)
@@ -158,8 +148,7 @@ class TransactionalLoop(ServiceLoop):
         )
         self.lag_snapshot = metrics.LagSnapshot()
         metrics.register_lag_provider(self.name, self.lag_snapshot.get)
-        gc.freeze()  # modules and restored state: never garbage, never scanned again
-        gc.set_threshold(*GC_THRESHOLDS)
+        collect_for_batches()
         log.info("%s started: %d partitions, committed %s", self.name, len(self.assignment), committed)
 
     def lag(self) -> list[tuple[str, int, int]]:
