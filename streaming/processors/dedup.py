@@ -22,5 +22,13 @@ class OffsetWindowDedup(RecentIds):
 
     def first_time(self, offset: int, event_id: str) -> bool:
         """True the first time `event_id` appears within the span ending at `offset`."""
-        self._forget_before(offset - self.span)
-        return self._remember(offset, event_id)
+        # RecentIds' _forget_before + _remember inline (once per record in the normalizer).
+        order = self._order
+        if order and order[0][0] < offset - self.span:
+            self._forget_before(offset - self.span)
+        if event_id in self._seen:
+            self.duplicates += 1
+            return False
+        self._seen.add(event_id)
+        order.append((offset, event_id))
+        return True

@@ -74,9 +74,13 @@ class InstrumentCatalog:
     def __init__(self, refs: Iterable[InstrumentRef] = ()) -> None:
         self._by_native: dict[tuple[str, str, str], InstrumentRef] = {}
         self._by_canonical: dict[tuple[str, str, str], InstrumentRef] = {}
+        #: Bumped by every add(): a reader that caches what it derived from the refs (the
+        #: normalizer's per-symbol entries) compares it instead of looking each event up.
+        self.revision = 0
         self.add(refs)
 
     def add(self, refs: Iterable[InstrumentRef]) -> int:
+        self.revision += 1
         n = 0
         for r in refs:
             self._by_native[(r.exchange, r.market, r.native.upper())] = r
