@@ -13,6 +13,8 @@ import copy
 from collections import defaultdict
 from dataclasses import replace
 
+import pytest
+
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import stamp_event_id
 from schemas.serde import encode
@@ -234,3 +236,30 @@ def test_service_batch_records_equal_the_outcome_records():
         want += outcome_records(o, m.topic(), 0, m.offset(), m.value())
     key = lambda r: (r.topic, r.value, r.key, r.headers, r.timestamp_ms)  # noqa: E731
     assert [key(r) for r in got] == [key(r) for r in want]
+
+
+def test_observe_many_fills_the_buckets_and_sum_observe_would():
+    """The per-batch histogram update against prometheus_client's own observe, value by value,
+    bucket bounds themselves included."""
+    import numpy as np
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from streaming.processors.normalizer import observe_many
+
+    reg = CollectorRegistry()
+    bounds = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
+    one, many = (Histogram(n, n, buckets=bounds, registry=reg) for n in ("one", "many"))
+    values = [*bounds, 0.0, 61.0, 1e9, *(i * 0.0137 for i in range(5000))]
+    for v in values:
+        one.observe(v)
+    observe_many(many, np.asarray(values))
+
+    def samples(name):
+        return [
+            (s.name.removeprefix(name), s.labels, s.value) for m in reg.collect() if m.name == name for s in m.samples
+        ]
+
+    a, b = samples("one"), samples("many")
+    assert [x[:2] for x in a] == [x[:2] for x in b]
+    for x, y in zip(a, b, strict=True):
+        assert y[2] == pytest.approx(x[2], rel=1e-12), x
