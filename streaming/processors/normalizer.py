@@ -77,6 +77,7 @@ _SCHEMA_ITEM = (SCHEMA_HEADER, SCHEMA_VERSION.encode())
 _CONTENT_TYPE_ITEM = ("content-type", CONTENT_TYPE.encode())
 _SCHEMA_VERSION_B = SCHEMA_VERSION.encode()
 _SNAPSHOT, _DELTA = EventType.BOOK_SNAPSHOT, EventType.BOOK_DELTA
+_from_bytes = pb.Envelope.FromString  # new + ParseFromString in one call
 
 
 class Reject(Exception):
@@ -374,8 +375,7 @@ class Normalizer:
                         return None
                     break
             out_topic, ex, mk, etn, field, et, payload_ok, symbols, skew, et_item = tc
-            env = pb.Envelope()
-            env.ParseFromString(value)
+            env = _from_bytes(value)
             eid = env.event_id
             if (
                 not eid
