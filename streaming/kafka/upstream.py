@@ -39,6 +39,30 @@ APPEND_MARGIN_S = 0.1
 #: records arrived, so a probe costs at least one of these; end-of-partition events come
 #: after the first fetch round.
 PROBE_POLL_S = 0.005
+#: Header the normalizer puts on the last record of each (output topic, key) of a batch:
+#: b"<transactional id>|<ms>", a time before which every raw record it had consumed by then
+#: was created (the wall time its batch started, as a running maximum). Each partition's last
+#: record of a batch carries it, so a reader whose last record taken from every partition
+#: carries one knows a bound on the CreateTime of the raw records behind everything it took
+#: (the feature processor stamps its clearance proposals with it; docs/decisions.md,
+#: "Clearance proposals stamped with the raw records' time").
+RAW_BEFORE_HEADER = "raw-created-before"
+
+
+def raw_before_value(writer: str, before_s: float) -> bytes:
+    return f"{writer}|{int(before_s * 1000)}".encode()
+
+
+def parse_raw_before(headers: list[tuple[str, bytes]] | None) -> tuple[str, float] | None:
+    """(writer, unix seconds) of a RAW_BEFORE_HEADER among `headers`; None without one (or malformed)."""
+    for k, v in headers or ():
+        if k == RAW_BEFORE_HEADER and v:
+            writer, _, ms = v.decode(errors="replace").rpartition("|")
+            try:
+                return writer, int(ms) / 1000
+            except ValueError:
+                return None
+    return None
 
 
 class UpstreamClearance:

@@ -59,6 +59,7 @@ from schemas.topics import (
 )
 from schemas.units import ContractUnit, UnitError, unit_of
 from streaming.kafka.io import TP, read_range, watermarks
+from streaming.kafka.upstream import RAW_BEFORE_HEADER, raw_before_value
 from streaming.processors import metrics
 from streaming.processors.dedup import OffsetWindowDedup
 from streaming.processors.instruments import InstrumentCatalog, fetch_instruments
@@ -630,6 +631,10 @@ class NormalizerService(TransactionalLoop):
     ):
         super().__init__(conn, group_id=group_id, transactional_id=transactional_id, input_topics=input_topics, **kw)
         self.normalizer = normalizer
+        self._raw_before = 0.0  # running maximum of the batches' start times (RAW_BEFORE_HEADER)
+        self._out_keys: set[tuple[str, bytes | None]] = set()  # (topic, key) pairs written so far
+        self._batches = 0
+        self._polled_at = 0.0
 
     def summary(self) -> str:
         n = self.normalizer
@@ -655,6 +660,15 @@ class NormalizerService(TransactionalLoop):
             log.info("normalizer warm-up replayed %d records", n)
         finally:
             cons.close()
+
+    def _poll_batch(self) -> list[Message]:
+        msgs = super()._poll_batch()
+        self._polled_at = time.time()  # every raw record in msgs was created before this
+        return msgs
+
+    def before_produce(self, msgs: list[Message], outs: list[OutRecord]) -> None:
+        if outs:
+            self._mark_raw_before(outs, self._polled_at)
 
     def process_batch(self, msgs: list[Message]) -> list[OutRecord]:
         out: list[OutRecord] = []
@@ -686,6 +700,29 @@ class NormalizerService(TransactionalLoop):
             metrics.DUPLICATES.labels(self.name).inc(dups)
         observe_exchange_to_processed(delays, time.time())
         return out
+
+    def _mark_raw_before(self, out: list[OutRecord], polled_at: float) -> None:
+        """RAW_BEFORE_HEADER on the last record of each (topic, key) of the batch, hence on the
+        last record of each output partition (keyed records: a key's partition is fixed): the
+        feature processor's bound on the raw CreateTime of what it took
+        (FeatureProcessor._proposal_stamp). Found from the end, stopping once every pair
+        written so far is found (a few records at high rates); a pair new in a batch where all
+        the others come later is missed until a full pass (every 64th batch): its partition
+        then lacks the header for a batch, which only makes the reader fall back to its own clock."""
+        self._raw_before = max(self._raw_before, polled_at)
+        item = (RAW_BEFORE_HEADER, raw_before_value(self.transactional_id, self._raw_before))
+        known = self._out_keys
+        want = len(known) if self._batches % 64 else -1
+        self._batches += 1
+        seen: set[tuple[str, bytes | None]] = set()
+        for r in reversed(out):
+            k = (r.topic, r.key)
+            if k not in seen:
+                seen.add(k)
+                r.headers = [*(r.headers or ()), item]
+                if len(seen) == want:
+                    break
+        known |= seen
 
 
 def observe_exchange_to_processed(exchange_ts_by_topic: dict[str, list[int]], now_s: float) -> None:

@@ -110,6 +110,10 @@ class TransactionalLoop(ServiceLoop):
     def wants_txn(self, msgs: list[Message], outs: list[OutRecord]) -> bool:
         return bool(msgs or outs)
 
+    def before_produce(self, msgs: list[Message], outs: list[OutRecord]) -> None:
+        """Last touch of the batch's records before they are produced (the normalizer stamps
+        a batch-level header on a few of them)."""
+
     def on_partition_eof(self, tp: TP, offset: int) -> None:
         """The client's fetcher reached the end of `tp` at `offset` (only with partition_eof)."""
 
@@ -203,6 +207,7 @@ class TransactionalLoop(ServiceLoop):
         outs = self.process_batch(msgs)
         if not self.wants_txn(msgs, outs):
             return False
+        self.before_produce(msgs, outs)
         producer = self.producer
         producer.begin_transaction()
         try:
