@@ -199,6 +199,37 @@ def test_ticks_above_one_and_a_catalog_change_mid_stream():
     assert hits > 0
 
 
+def test_a_replaced_catalog_and_a_changed_skew_are_followed():
+    """The settings the fast path reads may change between records: a catalog object swapped
+    for another (same revision number, different tick) and a tighter allowed skew."""
+
+    def coarse() -> InstrumentCatalog:
+        return InstrumentCatalog(replace(r, tick_size="0.05") for r in synthetic_catalog())
+
+    envs = SyntheticMarket(seed=6).events(3000, 50)
+    for e in envs[2000:]:
+        e.exchange_ts = e.ingest_ts + 2_000_000  # 2 s after receipt: allowed at 5 s, not at 1 s
+        stamp_event_id(e)
+    records = _records(envs)
+
+    def between(i, a, b):
+        if i == 1000:
+            for n in (a, b):
+                assert n.catalog.revision == coarse().revision
+                n.catalog = coarse()
+        if i == 2500:
+            for n in (a, b):
+                n.max_future_skew_us = 1_000_000
+
+    hits, outs = _both(records, synthetic_catalog, between)
+    assert not any(o.reason.startswith("off_grid") for o in outs[:1000])
+    assert any(o.reason.startswith("off_grid") for o in outs[1000:2000])
+    assert not any(o.reason.startswith("ts_range") for o in outs[2000:2500])
+    assert all(o.reason.startswith(("ts_range", "off_grid")) for o in outs[2500:] if o.kind == "dlq")
+    assert any(o.reason.startswith("ts_range") for o in outs[2500:])
+    assert hits > 0
+
+
 def test_service_batch_records_equal_the_outcome_records():
     """NormalizerService.process_batch builds accepted records itself (ok_record) and counts the
     rest: the same list outcome_records gives record by record."""

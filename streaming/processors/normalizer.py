@@ -289,9 +289,10 @@ class Normalizer:
         self._scale_cache: dict[InstrumentRef, tuple[int, int]] = {}
         self._qty_units: dict[InstrumentRef, ContractUnit] = {}
         # The fast path's per raw topic facts and, per venue symbol, what the catalog gives it
-        # (rebuilt whenever the catalog changes: InstrumentCatalog.revision).
+        # (rebuilt whenever the catalog changes or is replaced: InstrumentCatalog.revision).
         self._fast_topics: dict[str, tuple | bool] = {}
         self._fast_revision = -1
+        self._fast_catalog: InstrumentCatalog | None = None
         self.duplicates = 0
         self.ok = 0
 
@@ -362,9 +363,9 @@ class Normalizer:
         to stamps[processed topic]."""
         try:
             catalog = self.catalog
-            if self._fast_revision != catalog.revision:
+            if self._fast_revision != catalog.revision or self._fast_catalog is not catalog:
                 self._fast_topics.clear()
-                self._fast_revision = catalog.revision
+                self._fast_revision, self._fast_catalog = catalog.revision, catalog
             tc = self._fast_topics.get(topic)
             if tc is None:
                 tc = self._fast_topics[topic] = self._fast_topic(topic)
@@ -375,7 +376,7 @@ class Normalizer:
                     if v != _SCHEMA_VERSION_B:
                         return None
                     break
-            out_topic, ex, mk, etn, field, et, payload_ok, symbols, skew, et_item = tc
+            out_topic, ex, mk, etn, field, et, payload_ok, symbols, et_item = tc
             env = _from_bytes(value)
             eid = env.event_id
             if (
@@ -394,7 +395,13 @@ class Normalizer:
                 return None
             canonical, head, ps, ss, tick, lot, qty_unit, cv, ccy, finer, ref, rec_key = ent
             xts, its, seq, eps, ess = env.exchange_ts, env.ingest_ts, env.seq, env.price_scale, env.size_scale
-            if env.symbol != canonical or seq < 0 or xts < MIN_TS_US or its < MIN_TS_US or xts - its > skew:
+            if (
+                env.symbol != canonical
+                or seq < 0
+                or xts < MIN_TS_US
+                or its < MIN_TS_US
+                or xts - its > self.max_future_skew_us
+            ):
                 return None
             if eps != ps or ess != ss:
                 # Grid types are re-expressed at the instrument's scales (full path); the others
@@ -463,7 +470,7 @@ class Normalizer:
         if et not in _FAST_CHECKS:
             return False
         fields = (out_topic, src.exchange.pb, src.market.pb, et.pb, et.payload_field, et, _FAST_CHECKS[et], {})
-        return (*fields, self.max_future_skew_us, ("event-type", et.value.encode()))
+        return (*fields, ("event-type", et.value.encode()))
 
     def _fast_symbol(self, topic: str, native: str) -> tuple | bool:
         """What the fast path needs of a venue symbol's instrument (False: full path)."""
@@ -707,12 +714,13 @@ class NormalizerService(TransactionalLoop):
         feature processor's bound on the raw CreateTime of what it took
         (FeatureProcessor._proposal_stamp). Found from the end, stopping once every pair
         written so far is found (a few records at high rates); a pair new in a batch where all
-        the others come later is missed until a full pass (every 64th batch): its partition
-        then lacks the header for a batch, which only makes the reader fall back to its own clock."""
+        the others come later is missed until a full pass (every 64th batch, or any batch
+        lacking a known pair): its partition then lacks the header for a batch, which only
+        makes the reader fall back to its own clock."""
         self._raw_before = max(self._raw_before, polled_at)
         item = (RAW_BEFORE_HEADER, raw_before_value(self.transactional_id, self._raw_before))
         known = self._out_keys
-        want = len(known) if self._batches % 64 else -1
+        full = self._batches % 64 == 0
         self._batches += 1
         seen: set[tuple[str, bytes | None]] = set()
         for r in reversed(out):
@@ -720,7 +728,7 @@ class NormalizerService(TransactionalLoop):
             if k not in seen:
                 seen.add(k)
                 r.headers = [*(r.headers or ()), item]
-                if len(seen) == want:
+                if not full and seen >= known:
                     break
         known |= seen
 
