@@ -9,7 +9,7 @@ capture file and lets the same adapter run behind a live socket, the replay emul
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from schemas.gen.ticklake.v1 import events_pb2 as pb
@@ -56,17 +56,35 @@ class Resync:
     reason: str
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class FrameResult:
-    events: list[pb.Envelope] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    requests: list[RestRequest] = field(default_factory=list)
-    sends: list[Send] = field(default_factory=list)
-    resyncs: list[Resync] = field(default_factory=list)
+    events: list[pb.Envelope]
+    dead_letters: list[DeadLetter]
+    requests: list[RestRequest]
+    sends: list[Send]
+    resyncs: list[Resync]
     #: non-empty = the venue announced this connection is going away (Binance serverShutdown,
     #: OKX service-upgrade notice); the transport should open a replacement connection now
     #: (make-before-break) rather than wait for the drop. The text is the reason.
-    reconnect: str = ""
+    reconnect: str
+
+    def __init__(
+        self,
+        events: list[pb.Envelope] | None = None,
+        dead_letters: list[DeadLetter] | None = None,
+        requests: list[RestRequest] | None = None,
+        sends: list[Send] | None = None,
+        resyncs: list[Resync] | None = None,
+        reconnect: str = "",
+    ) -> None:
+        """Every list a new one unless given (one FrameResult per frame: written out, it costs
+        half of the generated ``default_factory`` calls)."""
+        self.events = [] if events is None else events
+        self.dead_letters = [] if dead_letters is None else dead_letters
+        self.requests = [] if requests is None else requests
+        self.sends = [] if sends is None else sends
+        self.resyncs = [] if resyncs is None else resyncs
+        self.reconnect = reconnect
 
     def extend(self, other: FrameResult) -> None:
         self.events.extend(other.events)

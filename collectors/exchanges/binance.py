@@ -28,6 +28,7 @@ from collectors.exchanges.base import DeadLetter, FrameResult, RestRequest
 from collectors.exchanges.common import (
     EVENT_TICKER,
     JSON_DECODE_ERRORS,
+    MAX_MS,
     AdapterBase,
     FrameError,
     InstrumentState,
@@ -41,7 +42,7 @@ from collectors.exchanges.common import (
     text_id,
 )
 from schemas.model import Exchange, Market
-from schemas.scaled import ScaleError
+from schemas.scaled import INT64_MAX, ScaleError
 
 #: default hosts: the venue declaration (binance_venue.py) is the one place they are spelled
 SPOT_WS = venue.SPOT.endpoints.ws
@@ -179,7 +180,13 @@ class BinanceAdapter(AdapterBase):
             if "code" in msg and "msg" in msg:
                 raise FrameError(f"venue error {msg.get('code')}: {msg.get('msg')}")
             data = msg  # raw /ws/<stream> connection
-        if type(data) is list:  # !markPrice@arr, !forceOrder@arr style
+        if type(data) is dict:  # the usual frame: dispatched here, one call less than _one
+            e = data.get("e")
+            fn = self._dispatch.get(e) if type(e) is str else None
+            if fn is not None:
+                fn(data, frame, recv, out)
+                return
+        elif type(data) is list:  # !markPrice@arr, !forceOrder@arr style
             for item in data:
                 self._one(item, frame, recv, out)
             return
@@ -208,6 +215,35 @@ class BinanceAdapter(AdapterBase):
     # -- order book -----------------------------------------------------------------------------
 
     def _depth(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        """A diff of a synced book whose ids and time are ints in range (the common case) goes
+        straight to ``_apply``; anything else takes ``_depth_checked``, which decides and words
+        the refusal or buffers the diff."""
+        try:
+            st = self.states[d["s"]]
+            U, u, bids, asks = d["U"], d["u"], d["b"], d["a"]
+            ts = d.get("T") or d["E"]
+        except (KeyError, TypeError):  # missing field, unhashable symbol, unknown instrument
+            self._depth_checked(d, frame, recv, out)
+            return
+        pu = d.get("pu")
+        if not (
+            type(U) is int
+            and type(u) is int
+            and type(ts) is int
+            and 0 <= U <= u <= INT64_MAX
+            and 0 <= ts <= MAX_MS
+            and (pu is None or (type(pu) is int and -1 <= pu <= INT64_MAX))
+            and st.book.synced
+            and st.px.locked
+            and st.sz.locked
+        ):
+            self._depth_checked(d, frame, recv, out)
+            return
+        # locked scales: nothing here changes them, so the frame leaves none to restore
+        self._book_st = st  # refused from here on: this book lost a venue update
+        self._apply(st, U, u, pu, ts * 1000, bids, asks, frame, recv, out)
+
+    def _depth_checked(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         st = self.state(d.get("s"))
         self._book_st = st  # refused from here on: this book lost a venue update
         U, u = as_int(d.get("U"), "first update id U"), as_int(d.get("u"), "final update id u")
@@ -252,10 +288,24 @@ class BinanceAdapter(AdapterBase):
         out.requests.append(self.snapshot_request(st))
 
     def _apply_diff(self, st: InstrumentState, d: Diff, frame: bytes | str, recv: int, out: FrameResult) -> None:
-        """Apply one diff to a synced book, enforcing the venue's continuity rule. Everything
-        that can refuse the diff is checked before the book changes."""
+        self._apply(st, d.U, d.u, d.pu, d.ts_us, d.bids, d.asks, frame, recv, out)
+
+    def _apply(
+        self,
+        st: InstrumentState,
+        U: int,
+        u: int,
+        pu: int | None,
+        ts_us: int | None,
+        raw_bids: Any,
+        raw_asks: Any,
+        frame: bytes | str,
+        recv: int,
+        out: FrameResult,
+    ) -> None:
+        """Apply one diff (the fields of a ``Diff``) to a synced book, enforcing the venue's
+        continuity rule. Everything that can refuse the diff is checked before the book changes."""
         book = st.book
-        U, u = d.U, d.u
         last = book.seq
         if self.usdm:
             if st.first_after_snapshot:
@@ -263,26 +313,27 @@ class BinanceAdapter(AdapterBase):
                     st.stats.deltas_stale += 1
                     return
                 if U > last:
+                    d = Diff(U, u, pu, ts_us, raw_bids, raw_asks)
                     self._resync(st, f"gap: first diff U={U} > lastUpdateId={last}", d, frame, recv, out, True)
                     return
-            else:
-                pu = d.pu
-                if pu != last:
-                    if u <= last:
-                        st.stats.deltas_stale += 1
-                        return
-                    self._resync(st, f"gap: pu={pu} != previous u={last}", d, frame, recv, out, True)
+            elif pu != last:
+                if u <= last:
+                    st.stats.deltas_stale += 1
                     return
+                d = Diff(U, u, pu, ts_us, raw_bids, raw_asks)
+                self._resync(st, f"gap: pu={pu} != previous u={last}", d, frame, recv, out, True)
+                return
         else:
             if u <= last:
                 st.stats.deltas_stale += 1
                 return
             if U > last + 1:
+                d = Diff(U, u, pu, ts_us, raw_bids, raw_asks)
                 self._resync(st, f"gap: U={U} > previous u+1={last + 1}", d, frame, recv, out, True)
                 return
         try:
-            bids = self.levels(st, d.bids)
-            asks = self.levels(st, d.asks)
+            bids = self.levels(st, raw_bids)
+            asks = self.levels(st, raw_asks)
         except FrameError as e:
             # The venue's update is lost to us, so the book is no longer the venue's.
             self._resync(st, f"unusable diff: {e.reason}", None, frame, recv, out, True)
@@ -296,13 +347,11 @@ class BinanceAdapter(AdapterBase):
             self._dead_in(out, f"crossed book after applying u={u}: best bid {bb} >= best ask {ba}", frame, st.native)
             return
         book.seq = u
-        book.exchange_ts = d.ts_us if d.ts_us is not None else recv
+        book.exchange_ts = ts_us if ts_us is not None else recv
         st.first_after_snapshot = False
         st.stats.deltas_applied += 1
         out.events.append(
-            self.delta_event(
-                st, bids, asks, book.exchange_ts, recv, u, U, d.pu if self.usdm and d.pu is not None else -1
-            )
+            self.delta_event(st, bids, asks, book.exchange_ts, recv, u, U, pu if self.usdm and pu is not None else -1)
         )
         if st.bbo:
             self.check_bbo_after_apply(st)
@@ -409,6 +458,43 @@ class BinanceAdapter(AdapterBase):
         out.events.append(self.trade_event(st, ts, recv, t, str(t), px, qty, not _flag(d, "m")))
 
     def _agg_trade(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        """The common case checked and converted inline (an aggTrade with every field of the
+        documented type and in range, a known instrument with locked scales, cached or exact
+        price/size strings); anything else takes ``_agg_trade_checked``, which decides and
+        words the refusal. Both give the same envelope and id (tests/test_adapters_fast_path.py)."""
+        try:
+            st = self.states[d["s"]]
+            f, last, a, ts, m, p, q = d["f"], d["l"], d["a"], d["T"], d["m"], d["p"], d["q"]
+        except (KeyError, TypeError):  # missing field, unhashable symbol, unknown instrument
+            self._agg_trade_checked(d, frame, recv, out)
+            return
+        px, sz = st.px, st.sz
+        if not (
+            type(f) is int
+            and type(last) is int
+            and type(a) is int
+            and type(ts) is int
+            and type(m) is bool
+            and type(p) is str
+            and type(q) is str
+            and 0 <= f <= last <= INT64_MAX
+            and 0 <= a <= INT64_MAX
+            and 0 < ts <= MAX_MS
+            and px.locked
+            and sz.locked
+        ):
+            self._agg_trade_checked(d, frame, recv, out)
+            return
+        # locked scales: nothing here can change them, so the frame leaves none to restore
+        pv = px.cache.get(p)
+        if pv is None:
+            pv = self.price(st, p)
+        qv = sz.cache.get(q)
+        if qv is None:
+            qv = self.size(st, q)
+        out.events.append(self.trade_event(st, ts * 1000, recv, a, str(a), pv, qv, not m, f, last))
+
+    def _agg_trade_checked(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         st = self.state(d.get("s"))
         f, last = as_int(d.get("f"), "first trade id"), as_int(d.get("l"), "last trade id")
         a = d.get("a")

@@ -9,7 +9,7 @@ checksum checks) lives here in one place so every venue counts the same way.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,8 +26,8 @@ from schemas.symbols import Instrument, SymbolError, parse_native
 try:  # orjson parses venue frames ~4x faster than the stdlib; the stdlib is the fallback.
     import orjson as _orjson
 
-    def loads(data: bytes | str) -> Any:
-        return _orjson.loads(data)
+    #: bound directly, not wrapped: one Python call less on every frame of every venue
+    loads: Callable[[bytes | str], Any] = _orjson.loads
 
     JSON_DECODE_ERRORS: tuple[type[Exception], ...] = (_orjson.JSONDecodeError, ValueError, TypeError)
 except ImportError:  # pragma: no cover - depends on the environment
@@ -164,7 +164,8 @@ def significant_decimals(text: Any) -> int:
     return 0 if i < 0 else len(text[i + 1 :].rstrip("0"))
 
 
-_MAX_MS = INT64_MAX // 1000
+#: the largest millisecond timestamp whose µs fit int64
+MAX_MS = INT64_MAX // 1000
 
 
 def funding_rate(text: Any, native: str) -> int:
@@ -187,7 +188,7 @@ def ms_to_us(value: Any) -> int:
         v = int(value)
     else:
         raise FrameError(f"bad millisecond timestamp {value!r:.80}")
-    if not 0 <= v <= _MAX_MS:
+    if not 0 <= v <= MAX_MS:
         raise FrameError(f"millisecond timestamp {value!r:.40} out of range")
     return v * 1000
 
@@ -423,7 +424,8 @@ class AdapterBase:
         out = FrameResult()
         self.frames += 1
         self.last_rx_us = recv_ts_us
-        self._touched.clear()
+        if self._touched:  # empty after frames whose fast paths took no state (aggTrade)
+            self._touched.clear()
         self._book_st = None
         try:
             self._handle(frame, recv_ts_us, out)
@@ -667,9 +669,18 @@ class AdapterBase:
         last_id: int = 0,
     ) -> pb.Envelope:
         """A TRADE at the instrument's current scales; ``first_id``/``last_id`` only for
-        aggregated trades (Binance aggTrade)."""
+        aggregated trades (Binance aggTrade). ``envelope`` + ``seal`` written out here, with
+        one prefix lookup for both: 0.25 µs less per trade, ~5 % of an aggTrade frame (every
+        trade of every venue passes here; same bytes, same id: tests/test_event_ids.py)."""
         ps, ss = st.px.scale, st.sz.scale
-        env = self.envelope(st, EVENT_TRADE, ts, recv, seq, ps, ss)
+        key = (EVENT_TRADE, ps, ss, self.shard)
+        pre = st.prefixes.get(key)
+        if pre is None:
+            pre = self._prefix(st, key)
+        env = _ENVELOPE_FROM(pre[0])
+        env.exchange_ts = ts
+        env.ingest_ts = recv
+        env.seq = seq
         tr = env.trade
         tr.trade_id = trade_id
         tr.px = px
@@ -677,7 +688,8 @@ class AdapterBase:
         tr.taker_side = SIDE_BUY if taker_buys else SIDE_SELL
         tr.first_trade_id = first_id
         tr.last_trade_id = last_id
-        return self.seal(st, env, tr, EVENT_TRADE, ts, seq, ps, ss)
+        env.event_id = event_id_from(pre[1], ts, seq, ps, ss, tr.SerializeToString())
+        return env
 
     def liquidation_event(
         self, st: InstrumentState, ts: int, recv: int, order_buys: bool, px: int, qty: int, status: str = ""
