@@ -69,7 +69,7 @@ from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, featu
 from streaming.kafka.io import TP, read_range
 from streaming.kafka.topic_admin import create_topics
 from streaming.kafka.topic_config import DAY_MS, TopicSpec
-from streaming.kafka.upstream import UpstreamClearance
+from streaming.kafka.upstream import APPEND_MARGIN_S, UpstreamClearance, parse_raw_before
 from streaming.processors import metrics
 from streaming.processors.txn_loop import OutRecord, TransactionalLoop
 
@@ -386,7 +386,15 @@ class FeatureProcessor(TransactionalLoop):
         self.next_offset: dict[TP, int] = {}  # offset after the newest record taken from the partition
         self.upstream_group = upstream_group
         self.upstream: UpstreamClearance | None = None
-        self._proposals: list[tuple[float, int]] = []  # (wall time, frontier proposed then), not yet cleared
+        self._proposals: list[tuple[float, int]] = []  # (stamp, frontier proposed then), not yet cleared
+        # Proposal stamps (_proposal_stamp): when the last poll returned, or tighter, the raw
+        # records' bound the normalizer writes (RAW_BEFORE_HEADER) where it covers every partition.
+        self._taken_at: float | None = None  # when the last poll returned (None: consumed by process_batch)
+        self._batch_taken_at = 0.0
+        self._raw_before = float("-inf")  # newest RAW_BEFORE_HEADER time taken
+        self._covered: dict[TP, bool] = {}  # the last record taken from the partition carried one
+        self._writer: dict[TP, str] = {}  # the header's writer per partition
+        self._mixed: set[TP] = set()  # partitions written by two writers: never covered
         self._last_probe = 0.0
         self.last_progress: int | None = None
         self._pending_ckpt: dict | None = None
@@ -463,8 +471,47 @@ class FeatureProcessor(TransactionalLoop):
 
     # -- batches -----------------------------------------------------------------------------
 
+    def _poll_batch(self) -> list[Message]:
+        msgs = super()._poll_batch()
+        self._taken_at = time.time()  # every record taken so far was created (raw) before this
+        return msgs
+
+    def _note_raw_before(self, lasts: dict[TP, Message]) -> None:
+        """Coverage by the normalizer's RAW_BEFORE_HEADER, from the last record taken per partition."""
+        for tp, m in lasts.items():
+            got = parse_raw_before(m.headers())
+            if got is None:
+                self._covered[tp] = False
+                continue
+            writer, before = got
+            if self._writer.setdefault(tp, writer) != writer and tp not in self._mixed:
+                self._mixed.add(tp)
+                log.warning("%s[%d] has two writers of %s: proposals stamped with wall time", *tp, writer)
+            self._covered[tp] = tp not in self._mixed
+            if before > self._raw_before:
+                self._raw_before = before
+
+    def _proposal_stamp(self) -> float:
+        """A time after the raw CreateTime of every record taken so far: what the clearance
+        must pass before a frontier proposed now may skip idle partitions. The end of the last
+        poll always is one (the raw records behind what it returned were created before).
+        Tighter, the newest RAW_BEFORE_HEADER taken, when the last record taken from every
+        partition that holds a record (or restored state) carried one: each of the
+        normalizer's batches puts it on its last record per output partition, as the running
+        maximum of its batch start times, so it bounds the records before it in that
+        partition too. Then a proposal is not held until the normalizer has also consumed
+        the raw records created while its output travelled here (its lag counted twice)."""
+        if self._raw_before > float("-inf") and all(
+            self._covered.get(tp, tp not in self.engine.maxts) for tp in self.assignment
+        ):
+            return min(self._raw_before, self._batch_taken_at)
+        return self._batch_taken_at
+
     def process_batch(self, msgs: list[Message]) -> list[OutRecord]:
         now = time.monotonic()
+        # records handed over without _poll_batch (a test, a replay): taken now
+        self._batch_taken_at = self._taken_at if self._taken_at is not None else time.time()
+        self._taken_at = None
         if self._dirty and now - self._last_ckpt_time >= self.checkpoint_interval_s:
             self._dirty = False
             self._pending_ckpt = self.engine.snapshot({tp: self.positions.get(tp, 0) for tp in self.assignment})
@@ -473,10 +520,12 @@ class FeatureProcessor(TransactionalLoop):
         out: list[OutRecord] = []
         batch_end: dict[TP, int] = {}  # offset after the newest record taken, per partition
         offer = self.engine.offer
+        lasts: dict[TP, Message] = {}
         for m in msgs:
             tp = (m.topic(), m.partition())
             off = m.offset()
             batch_end[tp] = off + 1
+            lasts[tp] = m
             reason, _ = offer(tp, off, m.value(), m.headers())
             if reason is not None:
                 self.engine.dlq.count(reason)
@@ -485,6 +534,7 @@ class FeatureProcessor(TransactionalLoop):
                 dl = dead_letter(DlqStage.FEATURES, reason, source=record_source(*tp, off), raw=m.value())
                 out.append(OutRecord(dl.topic, dl.value, dl.key, dl.headers))
         self._batch_end = batch_end
+        self._note_raw_before(lasts)
         self.next_offset.update(batch_end)
         self.last_seen.update(dict.fromkeys(batch_end, now))
         live = live_partitions(
@@ -521,7 +571,9 @@ class FeatureProcessor(TransactionalLoop):
         asking "until when" (not "is T clear", one T per probe) closes a window one probe
         after its frontier was proposed, not one probe interval after the previous
         clearance. Asked only when skipping the idle partitions would close a buffered
-        window (never on an idle stack)."""
+        window (never on an idle stack), and only when a probe could clear a proposal: T is
+        not a wall time but a bound on the raw CreateTime of what was taken
+        (_proposal_stamp), and a probe answers at most its start less the append margin."""
         held = self.engine.propose_frontier(self.assignment)
         if self.upstream is None:
             return frontier
@@ -529,9 +581,11 @@ class FeatureProcessor(TransactionalLoop):
             return held
         now = time.monotonic()
         if not self._proposals or frontier > self._proposals[-1][1]:
-            self._proposals.append((time.time(), frontier))
+            self._proposals.append((self._proposal_stamp(), frontier))
         if now - self._last_probe < UPSTREAM_PROBE_EVERY_S:
             return held
+        if min(t for t, _ in self._proposals) >= time.time() - APPEND_MARGIN_S:
+            return held  # cleared_until() <= its start - APPEND_MARGIN_S: it could clear none
         self._last_probe = now
         try:
             until = self.upstream.cleared_until()
