@@ -18,6 +18,8 @@ import pytest
 
 from collectors.capture import REST, WS, Record
 from collectors.exchanges.binance import BinanceAdapter, BinanceSpotAdapter, BinanceUsdmAdapter
+from collectors.exchanges.common import parse_scaled
+from schemas.scaled import ScaleError, to_scaled
 from tests.fuzz import engine
 from tests.support.adapters import records, rest_request_for
 from workloads.samples import (
@@ -198,3 +200,30 @@ def test_fast_paths_equal_the_checked_paths_on_fuzzed_frames(seed):
         recs = records(path)[:3000]
         mutated = {id(r): engine.mutate_payload(r.payload, rnd) for r in recs if rnd.random() < 0.3}
         assert_same(cls, recs, lambda rec, m=mutated: [m.get(id(rec), rec.payload)])
+
+
+def test_parse_scaled_equals_to_scaled_on_capture_strings_and_odd_ones():
+    """``parse_scaled``'s shortcuts (exact decimals, plain integers) give what the deciding
+    ``schemas.scaled.to_scaled`` gives, or refuse where it refuses, at every scale."""
+    texts: set[str] = set()
+    for rec in records(BINANCE_USDM_CF)[:400]:
+        d = orjson.loads(rec.payload)
+        d = d.get("data", d) if type(d) is dict else {}
+        for side in ("b", "a", "bids", "asks"):
+            if type(d.get(side)) is list:
+                texts.update(v for lv in d[side] for v in lv if type(v) is str)
+        texts.update(v for k, v in d.items() if k in ("p", "q") and type(v) is str)
+    assert len(texts) > 500
+    texts |= {"0", "00", "007", "9223372036854775807", "9223372036854775808", "1" * 30, "", ".", "1.", ".5", "1.5."}
+    texts |= {"+1", "-1", " 1", "1 ", "1_0", "\u0663", "\u00b2", "1e3", "1.50", "0.000", "12.3400", "1.2.3", "nan"}
+    for t in sorted(texts):
+        for scale in range(19):
+            try:
+                want: Any = to_scaled(t, scale)
+            except ScaleError:
+                want = ScaleError
+            try:
+                got: Any = parse_scaled(t, scale)
+            except ScaleError:
+                got = ScaleError
+            assert got == want, (t, scale)

@@ -114,6 +114,11 @@ def parse_scaled(text: str, scale: int) -> int:
             if v <= INT64_MAX:
                 return v
         return to_scaled(text, scale)  # decides (and refuses) the odd ones
+    if text.isdigit() and text.isascii():  # an integer (USD-M sizes at scale 0): no "." to find
+        v = int(text) * _POW10[scale]
+        if v <= INT64_MAX:
+            return v
+        return to_scaled(text, scale)  # refuses it
     i = text.find(".")
     if i > 0:
         extra = len(text) - i - 1 - scale  # decimals beyond the scale
@@ -288,6 +293,9 @@ class ScaleTracker:
                 cache.clear()
             cache[text] = v
         return v
+
+
+_CACHE_MAX = ScaleTracker.CACHE_MAX  # read per book message (levels): a global, not a class lookup
 
 
 # -- per-instrument state -----------------------------------------------------------------------
@@ -813,17 +821,18 @@ class AdapterBase:
         """[[px, qty, ...], ...] strings -> [(px, qty)] at the instrument's scales."""
         if type(raw) is not list:
             raise FrameError(f"levels are not a list: {raw!r:.80}", st.native)
-        if not st.px.locked or not st.sz.locked:
+        px, sz = st.px, st.sz
+        if not px.locked or not sz.locked:
             try:
-                st.px.fit([lv[0] for lv in raw])
-                st.sz.fit([lv[1] for lv in raw])
+                px.fit([lv[0] for lv in raw])
+                sz.fit([lv[1] for lv in raw])
             except (IndexError, TypeError, KeyError):
                 raise FrameError(f"malformed level in {raw!r:.120}", st.native) from None
-        ps, ss = st.px.scale, st.sz.scale
-        pc, qc = st.px.cache, st.sz.cache
-        if len(pc) > ScaleTracker.CACHE_MAX:
+        ps, ss = px.scale, sz.scale
+        pc, qc = px.cache, sz.cache
+        if len(pc) > _CACHE_MAX:
             pc.clear()
-        if len(qc) > ScaleTracker.CACHE_MAX:
+        if len(qc) > _CACHE_MAX:
             qc.clear()
         out: list[tuple[int, int]] = []
         append = out.append
