@@ -1,6 +1,6 @@
-"""The Binance adapters' fast paths (``_agg_trade`` and ``_depth`` checking the common case
-inline) must produce exactly what their checked paths (``_agg_trade_checked``,
-``_depth_checked``: the field-by-field validation that words every refusal) produce: the same
+"""The Binance adapters' fast paths (``_agg_trade``, ``_depth``, ``_book_ticker`` checking
+the common case inline) must produce exactly what their checked paths (``*_checked``: the
+field-by-field validation that words every refusal) produce: the same
 envelope bytes and event ids, the same dead letters, requests, resyncs, counters and books, on
 the genuine captures and on the same frames with fields removed, retyped or out of range.
 
@@ -39,28 +39,27 @@ class Counting:
     """Counts the frames each handler's checked path took (the rest took the fast path)."""
 
     def __init__(self) -> None:
-        self.checked = {"aggTrade": 0, "depthUpdate": 0}
+        self.checked = {"aggTrade": 0, "depthUpdate": 0, "bookTicker": 0}
 
     def wrap(self, ad: BinanceAdapter) -> BinanceAdapter:
-        agg, depth = ad._agg_trade_checked, ad._depth_checked
-
-        def agg_checked(*a: Any) -> None:
-            self.checked["aggTrade"] += 1
-            agg(*a)
-
-        def depth_checked(*a: Any) -> None:
-            self.checked["depthUpdate"] += 1
-            depth(*a)
-
-        ad._agg_trade_checked = agg_checked  # type: ignore[method-assign]
-        ad._depth_checked = depth_checked  # type: ignore[method-assign]
+        for name, e in (("_agg_trade", "aggTrade"), ("_depth", "depthUpdate"), ("_book_ticker", "bookTicker")):
+            setattr(ad, f"{name}_checked", self._counted(e, getattr(ad, f"{name}_checked")))
         return ad
+
+    def _counted(self, e: str, fn: Any) -> Any:
+        def counted(*a: Any) -> None:
+            self.checked[e] += 1
+            fn(*a)
+
+        return counted
 
 
 def checked_only(ad: BinanceAdapter) -> BinanceAdapter:
-    """The reference: every aggTrade and depth diff through the checked path."""
-    ad._dispatch["aggTrade"] = ad._agg_trade_checked
-    ad._dispatch["depthUpdate"] = ad._depth_checked
+    """The reference: every aggTrade, depth diff and bookTicker through the checked path."""
+    for name, e in (("_agg_trade", "aggTrade"), ("_depth", "depthUpdate"), ("_book_ticker", "bookTicker")):
+        checked = getattr(ad, f"{name}_checked")
+        setattr(ad, name, checked)  # spot bookTicker (no "e") is called by name
+        ad._dispatch[e] = checked
     return ad
 
 
@@ -94,7 +93,7 @@ def variants(rec: Record) -> list[bytes]:
     msg = orjson.loads(rec.payload)
     data = msg.get("data", msg) if type(msg) is dict else None
     out = []
-    if type(data) is dict and data.get("e") in ("aggTrade", "depthUpdate"):
+    if type(data) is dict and data.get("e", "bookTicker") in ("aggTrade", "depthUpdate", "bookTicker"):
         for key in list(data):
             for v in [*ODD, "<del>"]:
                 m = orjson.loads(rec.payload)
@@ -135,7 +134,8 @@ def kinds(recs: list[Record]) -> dict[str, int]:
         if r.kind == WS:
             m = orjson.loads(r.payload)
             d = m.get("data", m)
-            n[d.get("e", "")] = n.get(d.get("e", ""), 0) + 1
+            e = d.get("e", "bookTicker" if "B" in d and "A" in d else "")
+            n[e] = n.get(e, 0) + 1
     return n
 
 
@@ -155,7 +155,7 @@ def test_fast_paths_equal_the_checked_paths_on_genuine_frames(cls, path, limit):
     n = kinds(recs)
     # the genuine frames take the fast paths (not: diffs buffered before a snapshot, trades
     # before the first snapshot locks the scales, as in the short tardis fixtures)
-    for e in ("aggTrade", "depthUpdate"):
+    for e in ("aggTrade", "depthUpdate", "bookTicker"):
         if n.get(e, 0) > 50:
             assert counting.checked[e] < n[e] * 0.1, (e, counting.checked[e], n[e])
 
@@ -164,7 +164,7 @@ def test_fast_paths_equal_the_checked_paths_on_genuine_frames(cls, path, limit):
     ("cls", "path"), [(BinanceUsdmAdapter, BINANCE_USDM_CF), (BinanceSpotAdapter, BINANCE_SPOT_CF)]
 )
 def test_fast_paths_equal_the_checked_paths_on_altered_fields(cls, path):
-    """Every field of an aggTrade and a depth frame deleted or replaced by odd values, each
+    """Every field of aggTrade, depth and bookTicker frames deleted or replaced by odd values, each
     variant fed to both adapters as they stand at that frame: the first such frame (book not
     synced yet) and the first one of a synced book. Compared: the frame's outcome (events,
     dead letters, resync requests) and the adapters' whole state after it."""
@@ -177,8 +177,9 @@ def test_fast_paths_equal_the_checked_paths_on_altered_fields(cls, path):
             m = orjson.loads(rec.payload)
             d = m.get("data", m)
             st = fast.states.get(d.get("s"))
-            key = (d.get("e", ""), st is not None and st.book.synced)
-            if key[0] in ("aggTrade", "depthUpdate") and key not in done:
+            e = d.get("e", "bookTicker" if "B" in d and "A" in d else "")
+            key = (e, st is not None and st.book.synced)
+            if e in ("aggTrade", "depthUpdate", "bookTicker") and key not in done:
                 done.add(key)
                 for frame in variants(rec):
                     f2, r2 = copy.deepcopy(fast), copy.deepcopy(ref)
@@ -186,7 +187,7 @@ def test_fast_paths_equal_the_checked_paths_on_altered_fields(cls, path):
                     assert final(f2) == final(r2), frame
                     tried += 1
         assert run(fast, [rec], lambda r: [r.payload]) == run(ref, [rec], lambda r: [r.payload])
-    want = {("depthUpdate", False), ("depthUpdate", True)}
+    want = {("depthUpdate", False), ("depthUpdate", True), ("bookTicker", True)}
     if cls is BinanceUsdmAdapter:
         want |= {("aggTrade", True)}
     assert want <= done and tried > 150

@@ -507,6 +507,51 @@ class BinanceAdapter(AdapterBase):
         out.events.append(self.trade_event(st, ts, recv, agg_id, trade_id, px, qty, not _flag(d, "m"), f, last))
 
     def _book_ticker(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
+        """The common case inline (a known instrument with locked scales, an int update id,
+        str prices and sizes, an int time or none: spot's), the rest by ``_book_ticker_checked``;
+        same envelope and id (tests/test_adapters_fast_path.py)."""
+        try:
+            st = self.states[d["s"]]
+            u, b, bq, a, aq = d["u"], d["b"], d["B"], d["a"], d["A"]
+        except (KeyError, TypeError):  # missing field, unhashable symbol, unknown instrument
+            self._book_ticker_checked(d, frame, recv, out)
+            return
+        ts = d.get("T") or d.get("E")  # spot bookTicker has no time: receipt time stands in
+        px, sz = st.px, st.sz
+        if not (
+            type(u) is int
+            and type(b) is str
+            and type(bq) is str
+            and type(a) is str
+            and type(aq) is str
+            and 0 <= u <= INT64_MAX
+            and (ts is None or (type(ts) is int and 0 < ts <= MAX_MS))
+            and px.locked
+            and sz.locked
+        ):
+            self._book_ticker_checked(d, frame, recv, out)
+            return
+        pc, qc = px.cache, sz.cache
+        bpx, bsz, apx, asz = pc.get(b), qc.get(bq), pc.get(a), qc.get(aq)
+        if bpx is None:
+            bpx = self.price(st, b)
+        if bsz is None:
+            bsz = self.size(st, bq)
+        if apx is None:
+            apx = self.price(st, a)
+        if asz is None:
+            asz = self.size(st, aq)
+        ps, ss = px.scale, sz.scale
+        ex_ts = ts * 1000 if ts else 0
+        env = self.envelope(st, EVENT_TICKER, ex_ts if ts else recv, recv, u, ps, ss)
+        if not ts:
+            env.exchange_ts_is_receipt = True  # the id then hashes u and the prices, not our clock
+        tk = env.ticker
+        tk.bid_px, tk.bid_qty, tk.ask_px, tk.ask_qty = bpx, bsz, apx, asz
+        out.events.append(self.seal(st, env, tk, EVENT_TICKER, ex_ts, u, ps, ss))
+        self.remember_bbo(st, u, bpx, bsz, apx, asz)
+
+    def _book_ticker_checked(self, d: dict, frame: bytes | str, recv: int, out: FrameResult) -> None:
         st = self.state(d.get("s"))
         u = as_int(d.get("u"), "update id")
         self.prepare(st, (d.get("b"), d.get("a")), (d.get("B"), d.get("A")))
