@@ -62,7 +62,7 @@ BENCHES = (
     Bench(
         "processing",
         "bench_processing.py",
-        ("--events", "20000", "--rates", "1000,2000,5000,10000,20000", "--duration", "4"),
+        ("--events", "60000", "--rates", "1000,2000,5000,10000,20000", "--duration", "4"),
     ),
     Bench("analytics", "bench_analytics.py", ("--rows", "100000", "--events", "30000", "--rounds", "1")),
     Bench("ml", "bench_ml.py", ("--copies", "30", "--rounds", "1"), ("--smoke",)),
