@@ -844,8 +844,8 @@ class AdapterBase:
             if raw and set(map(type, raw)) != _LIST_TYPE:
                 raise TypeError
             if raw and len(raw[0]) == 2:  # [px, qty] (Binance, Bybit)
-                if set(map(len, raw)) != _TWO:
-                    raise TypeError
+                # a level of another length fails to unpack (ValueError: malformed); one after
+                # a refused value is found by the precision handler below, so it still wins
                 for p, q in raw:
                     a = pc.get(p)
                     if a is None:
@@ -867,6 +867,8 @@ class AdapterBase:
                     append((a, b))
             return out
         except ScaleError as e:  # (a ValueError: caught first)
+            if len(raw[0]) == 2 and set(map(len, raw)) != _TWO:
+                raise FrameError(f"malformed level in {raw!r:.120}", st.native) from None
             raise FrameError(
                 f"precision: {e} (instrument {st.native} fixed at price scale {ps}, size scale {ss})", st.native
             ) from None
