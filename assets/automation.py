@@ -83,9 +83,26 @@ def prediction_hours(serving: dg.AssetSelection) -> dg.AutomationCondition:
     registration) partition of its day was updated since it was last handled, the features
     hour exists, nothing upstream or itself is in progress. A new champion of day D thus
     re-lands the hours of D, which the inference service has just scored with it (a first
-    champion makes the service score the feature topics from their start)."""
+    champion makes the service score the feature topics from their start).
+
+    The champion trigger is kept apart from `since_last_handled()`: Dagster resolves a trigger
+    and a reset seen in the same tick by their timestamps only when both carry them, and an
+    `|` of conditions drops them. With the plain form, an hour whose predictions landed a
+    moment *before* the champion was registered (both between two ticks) counted as handled
+    and was never re-landed with the champion's scores. Here the trigger is the champion's
+    materialization and the reset the hour's own materialization, both timestamped, so only a
+    landing *after* the registration handles it (the asset re-reads the serving champions
+    before it returns, so a run in progress at the registration lands with it). A failed
+    landing is not retried in a loop; the next features update or a user's run re-lands it."""
+    champion_registered = (
+        dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated())
+        .allow(serving)
+        .since(dg.AutomationCondition.newly_updated())
+        .with_label("champion registered after the hour landed")
+        & ~dg.AutomationCondition.execution_failed()
+    )
     return (
-        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        (dg.AutomationCondition.any_deps_updated().since_last_handled() | champion_registered)
         & ~dg.AutomationCondition.any_deps_missing().ignore(serving)
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()

@@ -131,3 +131,68 @@ def test_a_dataset_failing_its_blocking_check_trains_nothing(defs, instance):
     check_result(instance, run, dg.AssetCheckKey(DATASET_KEY, CHECK_LEAKAGE), DAY, passed=False)
     finish(instance, run)
     assert train() == {}, "models trained on a dataset whose leakage check failed"
+
+
+def failed(instance, run) -> None:
+    """The run ends in failure, as a run worker records it."""
+    from dagster._core.events import DagsterEvent, DagsterEventType
+
+    instance.report_dagster_event(
+        DagsterEvent(event_type_value=DagsterEventType.RUN_FAILURE.value, job_name=run.job_name), run_id=run.run_id
+    )
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+@pytest.mark.dagster
+def test_a_champion_registered_just_after_the_hour_landed_relands_it(defs, instance):
+    """The race seen in CI: the hour's predictions land, then (before the next tick) the day's
+    champion is registered. Both are new at the same tick; the landing came first, so it did
+    not hold the champion's scores and the hour must be landed again."""
+    train, predict = Tick(defs, instance, ml_training_automation), Tick(defs, instance, ml_predictions_automation)
+    assert train() == {} and predict() == {}
+    features_built(defs, instance, HOUR)
+    assert train() == {k: {DAY} for k in TRAINING}
+    assert predict() == {PREDICTIONS_KEY: {HOUR}}
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    pred = start_run(instance, job, HOUR, {PREDICTIONS_KEY})
+    materialize(instance, pred, PREDICTIONS_KEY, HOUR)
+    finish(instance, pred)
+    day = start_run(instance, job, DAY, {champion_key(1)})
+    materialize(instance, day, champion_key(1), DAY)
+    finish(instance, day)
+    assert predict() == {PREDICTIONS_KEY: {HOUR}}, "an hour landed before its champion counted as handled"
+    pred = start_run(instance, job, HOUR, {PREDICTIONS_KEY})
+    materialize(instance, pred, PREDICTIONS_KEY, HOUR)
+    finish(instance, pred)
+    assert predict() == {}, "landed after the champion, requested again"
+
+
+@pytest.mark.dagster
+def test_an_hour_landed_after_the_champion_is_not_requested_again(defs, instance):
+    """A landing in progress when the champion is registered re-reads the serving champions
+    before it returns (assets/ml.py), so a landing that ends after the registration holds its
+    scores: one run, not two. A failed landing is not retried in a loop."""
+    predict = Tick(defs, instance, ml_predictions_automation)
+    assert predict() == {}
+    features_built(defs, instance, HOUR)
+    assert predict() == {PREDICTIONS_KEY: {HOUR}}
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    pred = start_run(instance, job, HOUR, {PREDICTIONS_KEY})
+    day = start_run(instance, job, DAY, {champion_key(1)})
+    materialize(instance, day, champion_key(1), DAY)
+    finish(instance, day)
+    materialize(instance, pred, PREDICTIONS_KEY, HOUR)
+    finish(instance, pred)
+    assert predict() == {}
+
+    # A second champion whose landing fails: requested once, then left to the user.
+    day = start_run(instance, job, DAY, {champion_key(10)})
+    materialize(instance, day, champion_key(10), DAY)
+    finish(instance, day)
+    assert predict() == {PREDICTIONS_KEY: {HOUR}}
+    pred = start_run(instance, job, HOUR, {PREDICTIONS_KEY})
+    failed(instance, pred)
+    assert predict() == {}
+    assert predict() == {}
