@@ -102,27 +102,32 @@ def _to_base(
         qty[i] = unit.to_base(qty[i], size_scale, px[i], price_scale)
 
 
-def events_from_envelopes(envelopes: Iterable[pb.Envelope]) -> pa.Table:
-    """The input table of processed envelopes (types the spec does not use are skipped),
-    built column by column: one pass appends each envelope's fields to per-column lists
-    (book levels to flat px/qty lists with row offsets) and Arrow builds every column at
-    once. The streaming processor calls this per closed micro-batch of windows; the tests'
-    batch/stream parity checks call it on whole inputs. (A dict per row and per book level,
-    then pa.Table.from_pylist, was ~70 % of the feature processor's CPU.)"""
-    # one list per scalar column, in INPUT_SCHEMA's order (bids/asks, the last two, apart)
-    # one list per scalar column, in INPUT_SCHEMA's order (bids/asks, the last two, apart);
-    # the enum-valued columns (exchange, market, kind, side) collect the enum numbers, named
-    # once per column at the end
-    cols: list[list] = [[] for _ in INPUT_SCHEMA.names[:-2]]
-    event_id, exchange, market, symbol, kind, exchange_ts, seq, price_scale, size_scale, px, qty, side = cols
-    bids, asks = _LevelColumns(), _LevelColumns()
-    b_off, a_off, b_px, a_px = bids.offsets, asks.offsets, bids.px, asks.px
-    for env in envelopes:
-        code = env.event_type
-        if code not in _FEATURE_CODES:
-            if code not in _ET:
-                event_type_from_pb(code)  # raises on a number no EventType has
-            continue
+class InputColumns:
+    """The input table of processed envelopes while it is filled: one definition of it for the
+    streaming engine (which appends each record as it is offered, window by window, and builds
+    the table when windows close) and for events_from_envelopes (batch, local batch, the Spark
+    parity paths). One list per scalar column in INPUT_SCHEMA's order (the enum-valued columns,
+    exchange, market, kind and side, collect the enum numbers, named once per column in
+    `table`), book levels in flat px/qty lists with row offsets (_LevelColumns); Arrow builds
+    every column at once. (A dict per row and per book level, then pa.Table.from_pylist, was
+    ~70 % of the feature processor's CPU; building the columns from ~30k envelopes buffered up
+    to a second earlier, instead of as each is parsed, another 2-4 µs per event through the
+    broker: docs/decisions.md, issue 13.)"""
+
+    __slots__ = ("asks", "bids", "cols")
+
+    def __init__(self) -> None:
+        self.cols: list[list] = [[] for _ in INPUT_SCHEMA.names[:-2]]
+        self.bids, self.asks = _LevelColumns(), _LevelColumns()
+
+    def __len__(self) -> int:
+        return len(self.cols[0])
+
+    def append(self, env: pb.Envelope, code: int) -> None:
+        """One envelope whose event type number `code` (env.event_type) is a feature input
+        (in _FEATURE_CODES; the caller checked). Sizes in contracts become base-asset sizes
+        here, level by level at the level's own price (_to_base)."""
+        event_id, exchange, market, symbol, kind, exchange_ts, seq, price_scale, size_scale, px, qty, side = self.cols
         ss, ps = env.size_scale, env.price_scale
         unit = None if env.qty_unit in _NO_UNIT else unit_of_envelope(env)
         event_id.append(env.event_id)
@@ -133,27 +138,73 @@ def events_from_envelopes(envelopes: Iterable[pb.Envelope]) -> pa.Table:
         exchange_ts.append(env.exchange_ts)
         seq.append(env.seq)
         price_scale.append(ps)
-        size_scale.append(ss if unit is None else unit.base_scale(ss))
+        bids, asks = self.bids, self.asks
         if code == _TRADE:
             t = env.trade
+            size_scale.append(ss if unit is None else unit.base_scale(ss))
             px.append(t.px)
             qty.append(t.qty if unit is None else unit.to_base(t.qty, ss, t.px, ps))
             side.append(t.taker_side)
-            b_off.append(len(b_px))
-            a_off.append(len(a_px))
+            bids.offsets.append(len(bids.px))
+            asks.offsets.append(len(asks.px))
+            return
+        b = env.book_snapshot if code == _SNAPSHOT else env.book_delta
+        px.append(0)
+        qty.append(0)
+        side.append(pb.SIDE_UNSPECIFIED)
+        if unit is None:
+            size_scale.append(ss)
+            for levels, lv in ((bids, b.bids), (asks, b.asks)):
+                lp, lq = levels.px, levels.qty
+                for lvl in lv:
+                    lp.append(lvl.px)
+                    lq.append(lvl.qty)
+                levels.offsets.append(len(lp))
         else:
-            b = env.book_snapshot if code == _SNAPSHOT else env.book_delta
-            px.append(0)
-            qty.append(0)
-            side.append(pb.SIDE_UNSPECIFIED)
+            size_scale.append(unit.base_scale(ss))
             bids.add(b.bids, unit, ss, ps)
             asks.add(b.asks, unit, ss, ps)
-    cols[1] = _named(exchange, _EX, lambda c: exchange_from_pb(c).value)
-    cols[2] = _named(market, _MK, lambda c: market_from_pb(c).value)
-    cols[4] = _named(kind, _KIND, lambda c: _ET[c].value)
-    cols[11] = _named(side, _SIDE, lambda c: "")
-    arrays = [c if isinstance(c, pa.Array) else pa.array(c, f.type) for c, f in zip(cols, INPUT_SCHEMA)]
-    return pa.Table.from_arrays([*arrays, bids.array(), asks.array()], schema=INPUT_SCHEMA)
+
+    @classmethod
+    def concat(cls, parts: list[InputColumns]) -> InputColumns:
+        """The rows of `parts` in order, as one (the parts themselves when there is one)."""
+        if len(parts) == 1:
+            return parts[0]
+        out = cls()
+        for part in parts:
+            for dst, src in zip(out.cols, part.cols):
+                dst.extend(src)
+            for d, s in ((out.bids, part.bids), (out.asks, part.asks)):
+                base = len(d.px)
+                d.px.extend(s.px)
+                d.qty.extend(s.qty)
+                d.offsets.extend([o + base for o in s.offsets[1:]] if base else s.offsets[1:])
+        return out
+
+    def table(self) -> pa.Table:
+        cols: list = list(self.cols)
+        cols[1] = _named(cols[1], _EX, lambda c: exchange_from_pb(c).value)
+        cols[2] = _named(cols[2], _MK, lambda c: market_from_pb(c).value)
+        cols[4] = _named(cols[4], _KIND, lambda c: _ET[c].value)
+        cols[11] = _named(cols[11], _SIDE, lambda c: "")
+        arrays = [c if isinstance(c, pa.Array) else pa.array(c, f.type) for c, f in zip(cols, INPUT_SCHEMA)]
+        return pa.Table.from_arrays([*arrays, self.bids.array(), self.asks.array()], schema=INPUT_SCHEMA)
+
+
+def events_from_envelopes(envelopes: Iterable[pb.Envelope]) -> pa.Table:
+    """The input table of processed envelopes (types the spec does not use are skipped; a
+    number no EventType has raises), through InputColumns: the same appender the streaming
+    processor fills record by record."""
+    cols = InputColumns()
+    add = cols.append
+    for env in envelopes:
+        code = env.event_type
+        if code not in _FEATURE_CODES:
+            if code not in _ET:
+                event_type_from_pb(code)  # raises on a number no EventType has
+            continue
+        add(env, code)
+    return cols.table()
 
 
 def _named(codes: list[int], names: dict[int, str], other) -> pa.Array:

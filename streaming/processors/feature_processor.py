@@ -56,7 +56,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from confluent_kafka.admin import AdminClient
 
 from features.compute import FeatureState, compute_features
-from features.inputs import FEATURE_EVENT_TYPES, events_from_envelopes
+from features.inputs import FEATURE_EVENT_TYPES, InputColumns, events_from_envelopes
 from features.records import CONTENT_TYPE, encode_row, table_rows
 from features.spec import WINDOW_US
 from runtime import kafka_config as kc
@@ -64,7 +64,7 @@ from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.service_cli import LoopSettings, service_main
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import Exchange, Market, event_type_from_pb
-from schemas.serde import SerdeError, decode
+from schemas.serde import SCHEMA_HEADER, SCHEMA_VERSION, SerdeError, decode
 from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, feature_topic
 from streaming.kafka.io import TP, read_range
 from streaming.kafka.topic_admin import create_topics
@@ -78,6 +78,9 @@ log = logging.getLogger(__name__)
 NEG_INF = -(1 << 62)
 CHUNK_BYTES = 700_000
 STATE_TOPIC_SPEC = TopicSpec(1, 7 * DAY_MS, -1, extra={"cleanup.policy": "delete"})
+#: event type numbers of the feature inputs, and their names (for the DLQ reasons)
+_ET_NAME = {et.pb: et for et in FEATURE_EVENT_TYPES}
+_FEATURE_CODES = frozenset(_ET_NAME)
 
 
 #: The normalizer's consumer group (streaming.processors.normalizer.NormalizerService's default): the stage
@@ -121,10 +124,18 @@ def _ranges(offsets: list[int]) -> list[list[int]]:
 
 
 @dataclass(slots=True)
-class Buffered:
-    tp: TP
-    offset: int
-    env: pb.Envelope  # decoded once; its window's input columns are built when it closes
+class Window:
+    """One open window's inputs: its input columns, appended as each record is offered
+    (features.inputs.InputColumns, the one definition of the input table), and which records
+    they came from (the checkpoint's `buffered` offsets)."""
+
+    cols: InputColumns = field(default_factory=InputColumns)
+    tps: list[TP] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+
+
+_Envelope = pb.Envelope
+_SCHEMA_VERSION_B = SCHEMA_VERSION.encode()
 
 
 @dataclass(slots=True)
@@ -133,41 +144,59 @@ class Engine:
 
     allowed_lateness_us: int = 500_000
     state: FeatureState = field(default_factory=FeatureState)
-    buffers: dict[int, list[Buffered]] = field(default_factory=dict)  # window_start -> events
+    buffers: dict[int, Window] = field(default_factory=dict)  # window_start -> its inputs
     maxts: dict[TP, int] = field(default_factory=dict)
     frontier: int = NEG_INF
     late: int = 0
     dlq: DlqCounters = field(default_factory=lambda: DlqCounters(DlqStage.FEATURES.value))
 
     def offer(self, tp: TP, offset: int, value: bytes | None, headers) -> tuple[str | None, pb.Envelope | None]:
-        """Take one input record; returns (dlq reason or None, the envelope if buffered)."""
+        """Take one input record; returns (dlq reason or None, the envelope if buffered).
+
+        The common record (a readable envelope of this schema version, with an id, a payload
+        and a feature event type) is accepted in one pass; any other goes through _checked,
+        which decides it as decode and the type checks always did (the same DLQ reasons), so
+        both paths accept exactly the same records."""
+        env = _Envelope()
         try:
-            env = decode(value, headers)
-        except SerdeError as exc:
-            return f"decode: {exc}", None
-        try:
-            et = event_type_from_pb(env.event_type)
-        except (KeyError, ValueError):
-            return "mismatch: unspecified event type", None
-        if et not in FEATURE_EVENT_TYPES:
-            return f"mismatch: {et} is not a feature input", None
+            env.ParseFromString(value)
+            code = env.event_type
+            ok = code in _FEATURE_CODES and env.event_id and env.WhichOneof("payload") is not None
+            if ok:
+                for k, v in headers or ():
+                    if k == SCHEMA_HEADER:
+                        ok = v == _SCHEMA_VERSION_B
+                        break
+        except Exception:  # noqa: BLE001 - _checked names the reason
+            ok = False
+        if not ok:
+            reason, env = _checked(value, headers)
+            if reason is not None:
+                return reason, None
+            code = env.event_type
         ts = env.exchange_ts
         m = self.maxts.get(tp)
         if m is not None and ts < m - self.allowed_lateness_us:
             self.late += 1
             return (
-                f"late: {env.symbol} {et} at {ts} is {m - ts} µs behind the newest record of "
+                f"late: {env.symbol} {_ET_NAME[code]} at {ts} is {m - ts} µs behind the newest record of "
                 f"{tp[0]}[{tp[1]}] (allowed lateness {self.allowed_lateness_us} µs)"
             ), None
         ws = ts - ts % WINDOW_US
         if ws + WINDOW_US <= self.frontier:
             self.late += 1
             return (
-                f"late: {env.symbol} {et} at {ts} falls in window {ws}, already closed (frontier {self.frontier})"
+                f"late: {env.symbol} {_ET_NAME[code]} at {ts} falls in window {ws}, already closed "
+                f"(frontier {self.frontier})"
             ), None
         if m is None or ts > m:
             self.maxts[tp] = ts
-        self.buffers.setdefault(ws, []).append(Buffered(tp, offset, env))
+        w = self.buffers.get(ws)
+        if w is None:
+            w = self.buffers[ws] = Window()
+        w.cols.append(env, code)
+        w.tps.append(tp)
+        w.offsets.append(offset)
         return None, env
 
     def propose_frontier(self, live: Iterable[TP] | None) -> int:
@@ -189,17 +218,17 @@ class Engine:
         due = sorted(ws for ws in self.buffers if ws + WINDOW_US <= self.frontier)
         if not due:
             return []
-        envs = [b.env for ws in due for b in self.buffers.pop(ws)]
-        table, _ = compute_features(events_from_envelopes(envs), self.state)
+        cols = InputColumns.concat([self.buffers.pop(ws).cols for ws in due])
+        table, _ = compute_features(cols.table(), self.state)
         return table_rows(table)
 
     # -- checkpoint payload ---------------------------------------------------------------
 
     def snapshot(self, offsets: dict[TP, int]) -> dict:
         by_tp: dict[TP, list[int]] = {}
-        for evs in self.buffers.values():
-            for b in evs:
-                by_tp.setdefault(b.tp, []).append(b.offset)
+        for w in self.buffers.values():
+            for tp, off in zip(w.tps, w.offsets):
+                by_tp.setdefault(tp, []).append(off)
         return {
             "lateness": self.allowed_lateness_us,
             "offsets": {_tp_key(tp): o for tp, o in offsets.items()},
@@ -224,7 +253,28 @@ class Engine:
                 if m.offset() in wanted:
                     env = decode(m.value(), m.headers())
                     ts = env.exchange_ts
-                    self.buffers.setdefault(ts - ts % WINDOW_US, []).append(Buffered(tp, m.offset(), env))
+                    ws = ts - ts % WINDOW_US
+                    w = self.buffers.get(ws)
+                    if w is None:
+                        w = self.buffers[ws] = Window()
+                    w.cols.append(env, env.event_type)
+                    w.tps.append(tp)
+                    w.offsets.append(m.offset())
+
+
+def _checked(value: bytes | None, headers) -> tuple[str | None, pb.Envelope | None]:
+    """decode and the event type checks: (the DLQ reason, None) or (None, the envelope)."""
+    try:
+        env = decode(value, headers)
+    except SerdeError as exc:
+        return f"decode: {exc}", None
+    try:
+        et = event_type_from_pb(env.event_type)
+    except (KeyError, ValueError):
+        return "mismatch: unspecified event type", None
+    if et not in FEATURE_EVENT_TYPES:
+        return f"mismatch: {et} is not a feature input", None
+    return None, env
 
 
 def live_partitions(
@@ -532,12 +582,13 @@ class FeatureProcessor(TransactionalLoop):
             off = m.offset()
             batch_end[tp] = off + 1
             lasts[tp] = m
-            reason, _ = offer(tp, off, m.value(), m.headers())
+            value = m.value()
+            reason, _ = offer(tp, off, value, m.headers())
             if reason is not None:
                 self.engine.dlq.count(reason)
                 if reason.startswith("late"):
                     metrics.LATE.labels(self.name).inc()
-                dl = dead_letter(DlqStage.FEATURES, reason, source=record_source(*tp, off), raw=m.value())
+                dl = dead_letter(DlqStage.FEATURES, reason, source=record_source(*tp, off), raw=value)
                 out.append(OutRecord(dl.topic, dl.value, dl.key, dl.headers))
         self._batch_end = batch_end
         self._note_raw_before(lasts)
