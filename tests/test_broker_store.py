@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streaming.kafka.broker import EmbeddedBroker, fetch_metadata
-from streaming.kafka.broker_store import ObjectStore, handle
+from streaming.kafka.broker_store import ObjectStore, StoreError, handle
 from streaming.kafka.topic_admin import admin_client, create_topics
 from streaming.kafka.topic_config import HOUR_MS, TopicSpec
 
@@ -181,3 +181,106 @@ def test_collector_publisher_produces_again_what_a_broker_outage_timed_out(tmp_p
         got = _consume(broker.bootstrap, topic, "outage-group", 6, commit=False)
     assert sorted(set(got)) == [f"v{i}".encode() for i in range(6)]
     assert pub.stats.delivered == 6
+
+
+# --------------------------------------------------------------------------- a kill inside a produce
+
+
+class _KillAtBatch(ObjectStore):
+    """The store, killing the broker when it is about to write a batch of `topic` (the write is
+    not done): the broker dies after it counted the batch in the producer's sequence and
+    handed out its offsets, before the records exist, the window a kill -9 can hit."""
+
+    def __init__(self, root, topic: str):
+        super().__init__(root)
+        self.topic, self.broker_pid, self.armed, self.killed_at = topic, 0, False, ""
+
+    def put(self, bucket, key, data, if_none_match=None, if_match=None):
+        if self.armed and f"/topics/{self.topic}/" in key and key.endswith(".batch"):
+            self.armed, self.killed_at = False, key
+            os.kill(self.broker_pid, signal.SIGKILL)
+            raise StoreError(500, "InternalError", "broker killed")
+        return super().put(bucket, key, data, if_none_match=if_none_match, if_match=if_match)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("transactional", [False, True], ids=["idempotent", "transactional"])
+def test_a_batch_counted_but_not_written_when_the_broker_died_is_written_by_the_retry(tmp_path, transactional):
+    """Tansu 0.6 advances the producer's sequence (meta.json) and the high watermark before it
+    writes the batch. Killed in between, the restarted broker answered the producer's retry
+    with DUPLICATE_SEQUENCE_NUMBER, librdkafka reported the records delivered, and they were
+    never in the log (an offset gap where they should be). The repair the broker proxy runs
+    before every broker start (ObjectStore.repair_unfinished_produces) undoes the half-done
+    produce, so the retry is written: every record exactly once, in order, no gap."""
+    import asyncio
+    import threading
+
+    from runtime import kafka_config as kc
+    from streaming.kafka import broker_store
+    from streaming.kafka.broker import find_free_port
+
+    store = _KillAtBatch(tmp_path / "store", "t")
+    loop = asyncio.new_event_loop()
+    store_port, port = find_free_port(), find_free_port()
+    server = loop.run_until_complete(broker_store.start_server(store, "127.0.0.1", store_port))
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    env = broker_store.client_env(f"http://127.0.0.1:{store_port}")
+
+    def start_broker(log: str) -> EmbeddedBroker:
+        assert store.repair_unfinished_produces() is not None  # what the proxy does before a start
+        broker = EmbeddedBroker(
+            port,
+            storage_engine=broker_store.storage_url(),
+            env=env,
+            max_session_timeout_ms=None,  # bare Tansu on this in-process store
+            log_path=tmp_path / log,
+        ).start()
+        store.broker_pid = broker.pid
+        return broker
+
+    broker = start_broker("b1.log")
+    try:
+        create_topics(admin_client(broker.bootstrap), {"t": TopicSpec(1, HOUR_MS)}, 1)
+        conn = kc.KafkaConnection(bootstrap_servers=broker.bootstrap, metadata_recovery="none")
+        failed: list = []
+        cfg = kc.transactional_producer_config(conn, "t-txn") if transactional else kc.producer_config(conn)
+        producer = Producer({**cfg, "on_delivery": lambda err, _m: failed.append(err) if err else None})
+        if transactional:
+            producer.init_transactions(30)
+            producer.begin_transaction()
+
+        def send(prefix: str) -> None:
+            for i in range(5):
+                producer.produce("t", f"{prefix}{i}".encode(), partition=0)
+
+        send("a")
+        assert producer.flush(30) == 0
+        store.armed = True
+        send("b")  # the broker dies at this batch's write
+        deadline = time.monotonic() + 30
+        while broker.is_running() and time.monotonic() < deadline:
+            producer.poll(0.1)
+        assert store.killed_at.endswith("00000000000000000005.batch") and not broker.is_running()
+        broker.stop()
+
+        broker = start_broker("b2.log")  # same port and store: the producer retries the batch
+        assert producer.flush(60) == 0
+        send("c")
+        assert producer.flush(30) == 0
+        if transactional:
+            producer.commit_transaction(30)
+        assert failed == []
+
+        reader = Consumer(kc.consumer_config(conn, "check", read_committed=False, fetch_wait_max_ms=100))
+        reader.assign([TopicPartition("t", 0, 0)])
+        got: list[tuple[int, bytes]] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 15 and time.monotonic() < deadline:
+            got += [(m.offset(), m.value()) for m in reader.consume(100, 0.5) if m.error() is None]
+        reader.close()
+        assert [v for _, v in got] == [f"{p}{i}".encode() for p in "abc" for i in range(5)]
+        assert [o for o, _ in got] == list(range(15))  # written where the lost batch's offsets were
+    finally:
+        broker.stop()
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)

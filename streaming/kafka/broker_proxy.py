@@ -44,8 +44,10 @@ With `--store-dir` the proxy also serves the broker's storage (streaming/kafka/b
 an S3-compatible server over that directory, in this event loop) and supervises the broker:
 a broker that crashes after it had answered is started again on the same ports and storage
 (at most MAX_RESTARTS per RESTART_WINDOW_S), so a kill -9 of the broker loses neither topics
-nor offsets and clients reconnect to the same address. Without persistent storage a restart
-would bring back an empty broker, so a memory broker's exit still ends the proxy.
+nor offsets and clients reconnect to the same address. Before every start the store repairs a
+produce the dead broker left half done (ObjectStore.repair_unfinished_produces), so a batch the
+broker counted but never wrote is written when its producer retries it. Without persistent
+storage a restart would bring back an empty broker, so a memory broker's exit still ends the proxy.
 
     python -m streaming.kafka.broker_proxy --listen 127.0.0.1:9092 --upstream 127.0.0.1:19092 \
         --max-session-timeout-ms 6000 -- tansu broker ...
@@ -654,6 +656,20 @@ async def _port_open(addr: tuple[str, int]) -> bool:
     return True
 
 
+def _repair_store(objects) -> None:
+    """Before a broker starts on the store: undo a produce the previous broker process left
+    half done when it died (streaming/kafka/broker_store.py), so a producer's retry of that
+    batch is written instead of being acknowledged as a duplicate and lost."""
+    if objects is None:
+        return
+    t0 = time.monotonic()
+    notes = objects.repair_unfinished_produces()
+    for note in notes:
+        print(f"broker proxy: store repaired after a broker crash: {note}", file=sys.stderr, flush=True)
+    if notes:
+        print(f"broker proxy: store repair took {time.monotonic() - t0:.3f} s", file=sys.stderr, flush=True)
+
+
 def _spawn(cmd: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
     # A plain Popen (not asyncio's): the child must not depend on this loop's child watcher.
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
@@ -678,11 +694,14 @@ async def _main(
     )
     env = None
     store = None
+    objects = None
     if store_dir is not None and store_port is not None:
         from streaming.kafka import broker_store
 
-        store = await broker_store.start_server(store_dir, listen[0], store_port)
+        objects = broker_store.ObjectStore(store_dir)
+        store = await broker_store.start_server(objects, listen[0], store_port)
         env = {**os.environ, **broker_store.client_env(f"http://{listen[0]}:{store_port}")}
+    _repair_store(objects)
     child = _spawn(cmd, env)
     ready = False
     restarts: list[float] = []
@@ -710,8 +729,9 @@ async def _main(
                 file=sys.stderr,
                 flush=True,
             )
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # lets the store finish what the dead broker had sent it
             clock.bump()  # no empty answer from before the crash is given again
+            _repair_store(objects)
             child = _spawn(cmd, env)
             ready = False
     finally:

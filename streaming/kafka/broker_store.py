@@ -22,13 +22,26 @@ listens on 127.0.0.1 only and ignores request signatures. Writes go to a tempora
 are renamed into place, so a reader never sees half an object; a kill -9 of the broker never
 loses what the store acknowledged (the store process is not the one killed). Not fsynced: a
 power cut may lose the last writes of a local development broker, which is accepted.
+
+The broker's produce is not crash-atomic, and the store repairs what a crash leaves half done
+(`ObjectStore.repair_unfinished_produces`, called by the broker proxy before it starts the
+broker). Tansu 0.6 writes an idempotent batch in three steps: the producer's next sequence in
+meta.json, then the partition's high watermark, then the batch object. Killed between the first
+and the last, it leaves the sequence counting records that were never written; the producer,
+which got no answer, sends the batch again to the restarted broker, is told
+DUPLICATE_SEQUENCE_NUMBER, and librdkafka reports that as delivered: the records are lost
+without an error (docs/decisions.md, "Records acknowledged and lost across a broker kill").
+The repair sets such a sequence back to the end of the producer's last batch the store holds
+(so the retry is written) and a high watermark past the partition's last batch back to its end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import struct
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,6 +103,47 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
+#: A Kafka v2 record batch header, as the broker stores it: base offset, length, leader epoch,
+#: magic, crc, attributes, last offset delta, first and max timestamps, producer id, producer
+#: epoch, base sequence (records count follows).
+_BATCH_HEAD = struct.Struct(">qiibIhiqqqhi")
+#: attributes bit of a control batch (transaction markers carry no producer sequence)
+_CONTROL = 0x20
+
+
+def batch_head(data: bytes) -> tuple[int, int, int, int, int] | None:
+    """(attributes, last offset delta, producer id, producer epoch, base sequence) of a stored
+    record batch; None when it is not a v2 batch."""
+    if len(data) < _BATCH_HEAD.size:
+        return None
+    _base, _length, _leader, magic, _crc, attrs, delta, _t0, _t1, pid, epoch, seq = _BATCH_HEAD.unpack_from(data)
+    return (attrs, delta, pid, epoch, seq) if magic == 2 else None
+
+
+def _batch_partition(key: str) -> tuple[str, str, str] | None:
+    """(cluster, topic, partition as the broker's meta.json writes it) of a batch object key
+    clusters/<cluster>/topics/<topic>/partitions/<10 digits>/records/<20 digits>.batch."""
+    parts = key.split("/")
+    if len(parts) != 8 or parts[0] != "clusters" or parts[2] != "topics" or parts[4] != "partitions":
+        return None
+    if parts[6] != "records" or not parts[5].isdigit():
+        return None
+    return parts[1], parts[3], str(int(parts[5]))
+
+
+def _sequences(meta: dict) -> dict[tuple[str, str, str, str], int]:
+    """Every producer's next sequence in a broker meta.json: (producer id, epoch, topic,
+    partition) -> sequence, keys as the JSON writes them."""
+    out: dict[tuple[str, str, str, str], int] = {}
+    for pid, detail in (meta.get("producers") or {}).items():
+        for epoch, topics in ((detail or {}).get("sequences") or {}).items():
+            for topic, parts in (topics or {}).items():
+                for part, seq in (parts or {}).items():
+                    if isinstance(seq, int):
+                        out[(pid, epoch, topic, part)] = seq
+    return out
+
+
 def _etag_matches(header: str, etag: str) -> bool:
     tags = [t.strip() for t in header.split(",")]
     return "*" in tags or etag in tags or etag.strip('"') in tags
@@ -102,6 +156,13 @@ class ObjectStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._meta: dict[tuple[str, str], Meta] = {}
+        #: (bucket, cluster, topic, partition, producer id, epoch) -> the sequence after the
+        #: newest data batch of that producer this store wrote (repair_unfinished_produces)
+        self._written: dict[tuple[str, str, str, str, str, str], int] = {}
+        #: (bucket, cluster) -> every producer sequence in meta.json when the broker last started
+        self._started_sequences: dict[tuple[str, str], dict[tuple[str, str, str, str], int]] = {}
+        #: buckets repaired at least once (a broker started on them) by this store
+        self._started: set[str] = set()
 
     # ---------------------------------------------------------------- paths
     def _bucket_dir(self, bucket: str) -> Path:
@@ -167,7 +228,105 @@ class ObjectStore:
         st = path.stat()
         meta = Meta(_etag(st), st.st_size, st.st_mtime)
         self._meta[(bucket, key)] = meta
+        if key.endswith(".batch"):
+            self._note_batch(bucket, key, data)
         return meta
+
+    # ---------------------------------------------------------------- crash repair
+    def _note_batch(self, bucket: str, key: str, data: bytes) -> None:
+        """Remember the sequence after an idempotent producer's data batch (a few µs a batch)."""
+        where, head = _batch_partition(key), batch_head(data)
+        if where is None or head is None:
+            return
+        attrs, delta, pid, epoch, seq = head
+        if attrs & _CONTROL or pid < 0 or seq < 0:
+            return
+        cluster, topic, part = where
+        k = (bucket, cluster, topic, part, str(pid), str(epoch))
+        self._written[k] = max(self._written.get(k, 0), seq + delta + 1)
+
+    def repair_unfinished_produces(self, bucket: str = BUCKET) -> list[str]:
+        """Undo what a broker killed in the middle of a produce left behind; call it while no
+        broker runs on this store, before each start. Returns one line per repair.
+
+        1. A producer sequence in meta.json past the end of that producer's newest batch the
+           store wrote is set back to that end: the broker had counted a batch it never
+           wrote, and would answer the producer's retry of it with DUPLICATE_SEQUENCE_NUMBER,
+           which the client takes for a delivery. Only sequences that moved since the broker
+           last started are candidates (a broker advances the sequences of producers that
+           produced to it), checked against the batches this store wrote; at the first start
+           of the store there is no such record, so the sequences are only remembered (no
+           producer of a previous store process can still be waiting for an answer).
+        2. A high watermark past the end of the partition's last batch is set back to that end
+           (offsets the killed broker handed out for a batch it never wrote: readers would
+           wait at the gap for records that never come, and count it as lag)."""
+        notes: list[str] = []
+        clusters = self._bucket_dir(bucket) / "clusters"
+        if clusters.is_dir():
+            for cdir in sorted(p for p in clusters.iterdir() if p.is_dir()):
+                notes += self._repair_sequences(bucket, cdir.name)
+                notes += self._repair_watermarks(bucket, cdir.name)
+        self._started.add(bucket)
+        return notes
+
+    def _repair_sequences(self, bucket: str, cluster: str) -> list[str]:
+        key = f"clusters/{cluster}/meta.json"
+        try:
+            meta = json.loads(self.read(bucket, key))
+        except (StoreError, ValueError):
+            return []
+        notes: list[str] = []
+        now = _sequences(meta)
+        # A cluster created since the last start (no meta.json then) started with no sequences.
+        before = self._started_sequences.get((bucket, cluster), {} if bucket in self._started else None)
+        if before is not None:
+            for (pid, epoch, topic, part), seq in now.items():
+                old = before.get((pid, epoch, topic, part), 0)
+                if seq <= old:
+                    continue
+                written = max(old, self._written.get((bucket, cluster, topic, part, pid, epoch), 0))
+                if seq > written:
+                    meta["producers"][pid]["sequences"][epoch][topic][part] = written
+                    now[(pid, epoch, topic, part)] = written
+                    notes.append(
+                        f"{topic}[{part}]: producer {pid} epoch {epoch} sequence {seq} -> {written} "
+                        f"({seq - written} record(s) counted but never written)"
+                    )
+            if notes:
+                self.put(bucket, key, json.dumps(meta, separators=(",", ":")).encode())
+        self._started_sequences[(bucket, cluster)] = now
+        return notes
+
+    def _repair_watermarks(self, bucket: str, cluster: str) -> list[str]:
+        notes: list[str] = []
+        topics = self._bucket_dir(bucket) / "clusters" / cluster / "topics"
+        if not topics.is_dir():
+            return notes
+        for wm_path in sorted(topics.glob("*/partitions/*/watermark.json")):
+            key = wm_path.relative_to(self._bucket_dir(bucket)).as_posix()
+            try:
+                wm = json.loads(self.read(bucket, key))
+            except (StoreError, ValueError):
+                continue
+            high = wm.get("high")
+            if not isinstance(high, int):
+                continue
+            end = wm.get("low") if isinstance(wm.get("low"), int) else 0
+            records = wm_path.parent / "records"
+            names = [n for n in os.listdir(records) if n.endswith(".batch")] if records.is_dir() else []
+            if names:
+                last = max(names)
+                with open(records / last, "rb") as f:
+                    head = batch_head(f.read(_BATCH_HEAD.size))
+                if head is None:
+                    continue
+                end = int(last[: -len(".batch")]) + head[1] + 1
+            if high > end:
+                wm["high"] = end
+                self.put(bucket, key, json.dumps(wm, separators=(",", ":")).encode())
+                topic, part = wm_path.parent.parent.parent.name, int(wm_path.parent.name)
+                notes.append(f"{topic}[{part}]: high watermark {high} -> {end} (no batch past {end})")
+        return notes
 
     def delete(self, bucket: str, key: str) -> None:
         path = self._path(bucket, key)
@@ -487,9 +646,12 @@ async def _serve(store: ObjectStore, reader: asyncio.StreamReader, writer: async
         writer.close()
 
 
-async def start_server(root: str | os.PathLike[str], host: str, port: int, bucket: str = BUCKET) -> asyncio.Server:
-    """Serve the store in the running event loop (the broker proxy's) and create `bucket`."""
-    store = ObjectStore(root)
+async def start_server(
+    root: str | os.PathLike[str] | ObjectStore, host: str, port: int, bucket: str = BUCKET
+) -> asyncio.Server:
+    """Serve the store (a directory, or an ObjectStore over one) in the running event loop (the
+    broker proxy's) and create `bucket`."""
+    store = root if isinstance(root, ObjectStore) else ObjectStore(root)
     store.create_bucket(bucket)
     return await asyncio.start_server(
         lambda r, w: _serve(store, r, w), host, port, reuse_address=True, limit=_MAX_HEADER
