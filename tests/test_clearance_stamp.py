@@ -157,3 +157,41 @@ def test_a_partition_whose_last_record_is_unstamped_falls_back_to_the_wall_clock
 
 def test_no_stamp_holds_as_before(broker):
     assert not _run_with_unread_raw(broker, "unstamped", None)
+
+
+def test_every_pair_of_every_batch_is_stamped_a_new_one_too():
+    """A (topic, key) pair first written in a batch where the known pairs' records come after
+    it (a symbol's first book snapshot) gets its bound in that batch: the earlier early exit
+    on the pairs seen before stamped it only at the next full pass (every 64th batch), and
+    the feature processor fell back to its own clock meanwhile."""
+    from streaming.processors.txn_loop import OutRecord
+
+    svc = NormalizerService(connection("127.0.0.1:1"), Normalizer(synthetic_catalog()), [])
+    trade, delta, snap = (
+        event_topic("processed", "spot", et, "binance")
+        for et in (EventType.TRADE, EventType.BOOK_DELTA, EventType.BOOK_SNAPSHOT)
+    )
+    pairs = [(trade, b"A"), (delta, b"A"), (trade, b"B")]
+    svc._mark_raw_before([OutRecord(t, b"v", k) for t, k in pairs * 3], 1000.0)  # the first batch
+    batch = [OutRecord(snap, b"v", b"A"), *(OutRecord(t, b"v", k) for t, k in pairs * 3)]
+    svc._mark_raw_before(batch, 1001.0)
+    stamped = [(r.topic, r.key) for r in batch if parse_raw_before(r.headers) is not None]
+    assert sorted(stamped) == sorted([(snap, b"A"), *pairs])
+    assert all(parse_raw_before(r.headers) == ("ticklake-normalizer", 1001.0) for r in batch if r.headers)
+
+
+def test_a_probe_waits_for_a_proposal_that_would_close_a_window():
+    """The gate probes only once a proposal whose clearance would close a buffered window is
+    older than the append margin; a pending proposal that closes nothing (the previous
+    window's) does not trigger one."""
+    from streaming.processors.feature_processor import probe_could_close
+
+    w = 1_000_000
+    buffered = [5 * w, 6 * w]  # windows [5 s, 6 s) and [6 s, 7 s) open
+    held = 5 * w + 100
+    stale, useful, later = (10.0, 5 * w + 500), (10.4, 6 * w + 50), (10.5, 7 * w + 1)
+    assert probe_could_close([stale], held, 7 * w, buffered) == float("inf")
+    assert probe_could_close([stale, useful, later], held, 7 * w, buffered) == 10.4
+    assert probe_could_close([stale, useful], held, 6 * w - 1, buffered) == float("inf")  # capped below the end
+    assert probe_could_close([stale, useful], held, 7 * w, []) == float("inf")
+    assert probe_could_close([stale, later], 6 * w, 8 * w, buffered) == 10.5  # [5,6) closed already

@@ -398,6 +398,22 @@ def committed_chain(
     return Chain(None, chain)
 
 
+def probe_could_close(proposals: list[tuple[float, int]], held: int, frontier: int, buffered: Iterable[int]) -> float:
+    """The oldest stamp among `proposals` (stamp, frontier proposed) whose clearance would
+    close a buffered window (start in `buffered`) that `held` keeps open, the frontier capped
+    at `frontier` as the gate does; +inf when none would. The gate probes only once this is
+    older than the append margin: a probe answers at most its start less the margin, and
+    one that clears only proposals closing nothing (the previous window's, left pending)
+    costs ~50 ms of the loop and, by the probe interval, delays the probe that could close
+    the next window by 0.1 s (docs/decisions.md, "Latency rows: where the time beyond the
+    floor goes")."""
+    ends = [ws + WINDOW_US for ws in buffered if ws + WINDOW_US > held]
+    if not ends:
+        return float("inf")
+    first_end = min(ends)
+    return min((t for t, f in proposals if min(f, frontier) >= first_end), default=float("inf"))
+
+
 class FeatureProcessor(TransactionalLoop):
     name = "feature-processor"
     partition_eof = True  # the exact caught-up test (_caught_up) reads end-of-partition events
@@ -641,8 +657,8 @@ class FeatureProcessor(TransactionalLoop):
             self._proposals.append((self._proposal_stamp(), frontier))
         if now - self._last_probe < UPSTREAM_PROBE_EVERY_S:
             return held
-        if min(t for t, _ in self._proposals) >= time.time() - APPEND_MARGIN_S:
-            return held  # cleared_until() <= its start - APPEND_MARGIN_S: it could clear none
+        if probe_could_close(self._proposals, held, frontier, self.engine.buffers) >= time.time() - APPEND_MARGIN_S:
+            return held  # cleared_until() <= its start - APPEND_MARGIN_S: it could close none
         self._last_probe = now
         try:
             until = self.upstream.cleared_until()

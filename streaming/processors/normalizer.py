@@ -639,8 +639,6 @@ class NormalizerService(TransactionalLoop):
         super().__init__(conn, group_id=group_id, transactional_id=transactional_id, input_topics=input_topics, **kw)
         self.normalizer = normalizer
         self._raw_before = 0.0  # running maximum of the batches' start times (RAW_BEFORE_HEADER)
-        self._out_keys: set[tuple[str, bytes | None]] = set()  # (topic, key) pairs written so far
-        self._batches = 0
         self._polled_at = 0.0
 
     def summary(self) -> str:
@@ -712,25 +710,26 @@ class NormalizerService(TransactionalLoop):
         """RAW_BEFORE_HEADER on the last record of each (topic, key) of the batch, hence on the
         last record of each output partition (keyed records: a key's partition is fixed): the
         feature processor's bound on the raw CreateTime of what it took
-        (FeatureProcessor._proposal_stamp). Found from the end, stopping once every pair
-        written so far is found (a few records at high rates); a pair new in a batch where all
-        the others come later is missed until a full pass (every 64th batch, or any batch
-        lacking a known pair): its partition then lacks the header for a batch, which only
-        makes the reader fall back to its own clock."""
+        (FeatureProcessor._proposal_stamp). The batch's pairs are collected first (~70 ns a
+        record), then the last record of each is found from the end, stopping once all are
+        found. Every pair of every batch is stamped: the early exit on the pairs seen before
+        (an earlier version) missed a pair new in a batch, e.g. a symbol's first book snapshot,
+        and its partition then lacked the header until that pair's next record (seconds to
+        hours for snapshots), so the feature processor fell back to its own clock for every
+        proposal meanwhile (docs/decisions.md, "Latency rows: where the time beyond the floor
+        goes")."""
         self._raw_before = max(self._raw_before, polled_at)
         item = (RAW_BEFORE_HEADER, raw_before_value(self.transactional_id, self._raw_before))
-        known = self._out_keys
-        full = self._batches % 64 == 0
-        self._batches += 1
+        left = len({(r.topic, r.key) for r in out})
         seen: set[tuple[str, bytes | None]] = set()
         for r in reversed(out):
             k = (r.topic, r.key)
             if k not in seen:
                 seen.add(k)
                 r.headers = [*(r.headers or ()), item]
-                if not full and seen >= known:
+                left -= 1
+                if not left:
                     break
-        known |= seen
 
 
 def observe_exchange_to_processed(exchange_ts_by_topic: dict[str, list[int]], now_s: float) -> None:
