@@ -16,7 +16,7 @@ from schemas.arrow_convert import envelopes_to_table
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import stamp_event_id
 from schemas.model import EventType
-from schemas.serde import SCHEMA_HEADER, encode
+from schemas.serde import SCHEMA_HEADER, VERSION_FIELD, encode
 from streaming.processors.feature_processor import Engine
 from workloads.synthetic import SyntheticMarket
 
@@ -82,7 +82,11 @@ def _log(envs: list[pb.Envelope]) -> list[tuple[tuple[str, int], _Rec]]:
         r = encode(e)
         add(tp, r.value, r.headers)
         if i % 997 == 500:
-            add(tp, r.value, [(SCHEMA_HEADER, b"2"), *r.headers[1:]])
+            other = pb.Envelope()
+            other.CopyFrom(e)
+            other.schema_version = 2  # a writer of the next version states it in the body
+            add(tp, other.SerializeToString(), [(SCHEMA_HEADER, b"2"), *r.headers[1:]])
+            add(tp, e.SerializeToString(), [(SCHEMA_HEADER, b"2"), *r.headers[1:]])  # in the header only
             add(tp, b"\x01\x02not an envelope", r.headers)
             late = pb.Envelope()
             late.CopyFrom(e)
@@ -115,7 +119,7 @@ def test_offered_columns_with_contract_units_equal_the_batch_and_lake_inputs(env
     (events_from_lake: the level columns converted by _base_book), the third construction."""
     recs = _log(envs)
     rows, reasons = _stream(recs)
-    assert sorted(set(reasons)) == ["decode", "late"] and reasons.count("decode") == 2 * (len(recs) - len(envs)) // 3
+    assert sorted(set(reasons)) == ["decode", "late"] and reasons.count("decode") == 3 * (len(recs) - len(envs)) // 4
     batch = compute_features(events_from_envelopes(envs))[0]
     assert sorted(rows, key=_row_key) == sorted(table_rows(batch), key=_row_key)
     by_type = {
@@ -190,3 +194,33 @@ def test_concat_keeps_rows_and_levels_in_order(envs):
     assert InputColumns.concat(parts).table().equals(whole.table())
     assert InputColumns.concat([parts[1]]) is parts[1]
     assert InputColumns().table().num_rows == 0
+
+
+def test_schema_version_from_the_body_or_else_the_header(envs):
+    """decode's rule, on the engine's one-pass offer: the body's Envelope.schema_version decides
+    when stated (the record's headers are then never read); a body that states none (written
+    before the field) is decided by the ticklake-schema header, as before; any other version
+    is dead-lettered with decode's reason whichever of the two states it."""
+
+    def never():
+        raise AssertionError("headers read for a body that states its version")
+
+    e = envs[0]
+    r = encode(e)
+    assert r.value == e.SerializeToString() + VERSION_FIELD
+    engine = Engine(LATENESS_US)
+    assert engine.offer(("in", 0), 0, r.value, never) == (None, engine.offer(("in", 0), 1, r.value, None)[1])
+    legacy = e.SerializeToString()  # no version in the body
+    assert engine.offer(("in", 0), 2, legacy, [(SCHEMA_HEADER, b"1")])[0] is None
+    assert engine.offer(("in", 0), 3, legacy, None)[0] is None
+    assert engine.offer(("in", 0), 4, legacy, lambda: r.headers)[0] is None
+    want = "decode: unsupported schema version b'2', this reader knows 1"
+    assert engine.offer(("in", 0), 5, legacy, [(SCHEMA_HEADER, b"2")]) == (want, None)
+    assert engine.offer(("in", 0), 6, legacy, lambda: [(SCHEMA_HEADER, b"2")]) == (want, None)
+    other = pb.Envelope()
+    other.CopyFrom(e)
+    other.schema_version = 2
+    for headers in (r.headers, None, [(SCHEMA_HEADER, b"2")], never):
+        assert engine.offer(("in", 0), 7, other.SerializeToString(), headers) == (want, None)
+    assert engine.offer(("in", 0), 8, b"\x01\x02junk", lambda: [(SCHEMA_HEADER, b"2")]) == (want, None)
+    assert sum(len(w.offsets) for w in engine.buffers.values()) == 5

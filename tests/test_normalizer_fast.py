@@ -137,8 +137,12 @@ def _variants(envs: list[pb.Envelope]) -> list[tuple[str, pb.Envelope | bytes, l
             e.event_id = "0" * 32  # does not match the content
             out.append((raw_topic(e), e.SerializeToString(), encode(e).headers))
             continue
-        elif k == 10:
-            out.append((raw_topic(e), encode(_restamp(e)).value, [("ticklake-schema", b"2")]))
+        elif k == 10:  # another version's record, its body stating no version: the header decides
+            out.append((raw_topic(e), _restamp(e).SerializeToString(), [("ticklake-schema", b"2")]))
+            continue
+        elif k == 18:  # another version's record stating it in the body (Envelope.schema_version) too
+            e.schema_version = 2
+            out.append((raw_topic(e), _restamp(e).SerializeToString(), [("ticklake-schema", b"2")]))
             continue
         elif k == 11:
             out.append((raw_topic(e), b"\x08\x96\x01garbage", None))
@@ -173,6 +177,8 @@ def test_each_check_decides_as_the_full_path():
     assert kinds == {"ok", "duplicate", "dlq"}
     reasons = {o.reason.split(":")[0] for o in outs if o.kind == "dlq"}
     assert {"range", "ts_range", "decode", "unknown_instrument", "seq_regression", "mismatch"} <= reasons
+    other_version = [o for r, o in zip(records, outs, strict=True) if r[2] % 23 in (10, 18)]
+    assert other_version and all("unsupported schema version b'2'" in (o.reason or "") for o in other_version)
     assert 0 < hits < len(records)
 
 

@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from runtime.kafka_config import KafkaConnection, consumer_config, producer_config
 from schemas.ids import compute_event_id
 from schemas.model import EventType, Market, event_type_from_pb, exchange_from_pb, market_from_pb
-from schemas.serde import SCHEMA_HEADER, SerdeError, decode, encode, header
+from schemas.serde import SCHEMA_HEADER, VERSION_FIELD, SerdeError, decode, encode, header
 from schemas.topics import Stage, event_topic, event_types_for
 from streaming.kafka.topic_admin import admin_client, ensure_topics
 from streaming.kafka.topic_config import TopicConfig
@@ -88,8 +88,20 @@ def test_decode_rejects_with_reasons() -> None:
     rec = encode(env)
     with pytest.raises(SerdeError, match="tombstone"):
         decode(None)
-    with pytest.raises(SerdeError, match="schema version"):
-        decode(rec.value, [(SCHEMA_HEADER, b"99")])
+    assert decode(rec.value) == env and rec.value == env.SerializeToString() + VERSION_FIELD
+    # a body that states no version (written before Envelope.schema_version): the header decides
+    with pytest.raises(SerdeError, match=r"unsupported schema version b'99'"):
+        decode(env.SerializeToString(), [(SCHEMA_HEADER, b"99")])
+    with pytest.raises(SerdeError, match=r"unsupported schema version b'99'"):
+        decode(b"\xff\xff\xff garbage", lambda: [(SCHEMA_HEADER, b"99")])  # headers read lazily too
+    # a body that states one decides (a writer of another version states its own)
+    other = type(env)()
+    other.CopyFrom(env)
+    other.schema_version = 99
+    with pytest.raises(SerdeError, match=r"unsupported schema version b'99'"):
+        decode(other.SerializeToString(), rec.headers)
+    with pytest.raises(SerdeError, match="writes 1"):
+        encode(other)
     with pytest.raises(SerdeError, match="protobuf"):
         decode(b"\xff\xff\xff garbage")
     tampered = type(env)()

@@ -64,7 +64,7 @@ from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.service_cli import LoopSettings, service_main
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import Exchange, Market, event_type_from_pb
-from schemas.serde import SCHEMA_HEADER, SCHEMA_VERSION, SerdeError, decode
+from schemas.serde import SCHEMA_VERSION_NUMBER, SerdeError, check_header_version, decode
 from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, feature_topic
 from streaming.kafka.io import TP, read_range
 from streaming.kafka.topic_admin import create_topics
@@ -135,7 +135,6 @@ class Window:
 
 
 _Envelope = pb.Envelope
-_SCHEMA_VERSION_B = SCHEMA_VERSION.encode()
 
 
 @dataclass(slots=True)
@@ -155,18 +154,21 @@ class Engine:
 
         The common record (a readable envelope of this schema version, with an id, a payload
         and a feature event type) is accepted in one pass; any other goes through _checked,
-        which decides it as decode and the type checks always did (the same DLQ reasons), so
-        both paths accept exactly the same records."""
+        which decides it as decode and the type checks do (the same DLQ reasons), so both
+        paths accept exactly the same records. The schema version is decode's: the body's
+        (Envelope.schema_version) when it states one, else the ticklake-schema header.
+        `headers`: a list, None, or a callable returning one (a consumed message's bound
+        .headers), called only for a body that states no version or is refused."""
         env = _Envelope()
         try:
             env.ParseFromString(value)
             code = env.event_type
             ok = code in _FEATURE_CODES and env.event_id and env.WhichOneof("payload") is not None
-            if ok:
-                for k, v in headers or ():
-                    if k == SCHEMA_HEADER:
-                        ok = v == _SCHEMA_VERSION_B
-                        break
+            if ok and env.schema_version != SCHEMA_VERSION_NUMBER:
+                ok = False
+                if env.schema_version == 0:  # stated by the header only (or not at all)
+                    check_header_version(headers)  # raises SerdeError: _checked gives the reason
+                    ok = True
         except Exception:  # noqa: BLE001 - _checked names the reason
             ok = False
         if not ok:
@@ -599,7 +601,7 @@ class FeatureProcessor(TransactionalLoop):
             batch_end[tp] = off + 1
             lasts[tp] = m
             value = m.value()
-            reason, _ = offer(tp, off, value, m.headers())
+            reason, _ = offer(tp, off, value, m.headers)  # headers read only if the body states no version
             if reason is not None:
                 self.engine.dlq.count(reason)
                 if reason.startswith("late"):

@@ -49,7 +49,17 @@ from schemas.model import (
     market_from_pb,
 )
 from schemas.scaled import INT64_MAX, MAX_ABS_FUNDING_RATE
-from schemas.serde import CONTENT_TYPE, SCHEMA_HEADER, SCHEMA_VERSION, SerdeError, decode, encode
+from schemas.serde import (
+    CONTENT_TYPE,
+    SCHEMA_HEADER,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_NUMBER,
+    VERSION_FIELD,
+    SerdeError,
+    decode,
+    encode,
+    envelope_bytes,
+)
 from schemas.topics import (
     DlqStage,
     Stage,
@@ -379,8 +389,10 @@ class Normalizer:
             out_topic, ex, mk, etn, field, et, payload_ok, symbols, et_item = tc
             env = _from_bytes(value)
             eid = env.event_id
+            stated = env.schema_version  # 0: the header decided (above); another: _process refuses
             if (
-                not eid
+                (stated and stated != SCHEMA_VERSION_NUMBER)
+                or not eid
                 or env.WhichOneof("payload") != field
                 or env.exchange != ex
                 or env.market != mk
@@ -458,7 +470,9 @@ class Normalizer:
         batch.append(xts)
         # ok_record's record, its per-topic and per-symbol parts prepared once
         out_headers = [_SCHEMA_ITEM, _CONTENT_TYPE_ITEM, et_item, ("event-id", eid.encode())]
-        return OutRecord(out_topic, env.SerializeToString(), rec_key, out_headers, xts // 1000)
+        # envelope_bytes' value: the version stated in the body (serialized last, so appended)
+        value = env.SerializeToString() if stated else env.SerializeToString() + VERSION_FIELD
+        return OutRecord(out_topic, value, rec_key, out_headers, xts // 1000)
 
     def _fast_topic(self, topic: str) -> tuple | bool:
         """The fast path's facts of a raw topic (False: its records take the full path)."""
@@ -598,7 +612,7 @@ def ok_record(topic: str, env: pb.Envelope) -> OutRecord:
         et_item = _EVENT_TYPE_ITEMS[env.event_type] = ("event-type", event_type_from_pb(env.event_type).value.encode())
     return OutRecord(
         topic,
-        env.SerializeToString(),
+        envelope_bytes(env),
         sym.encode(),
         [_SCHEMA_ITEM, _CONTENT_TYPE_ITEM, et_item, ("event-id", eid.encode())],
         env.exchange_ts // 1000,
