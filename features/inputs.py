@@ -165,21 +165,14 @@ class InputColumns:
             bids.add(b.bids, unit, ss, ps)
             asks.add(b.asks, unit, ss, ps)
 
-    @classmethod
-    def concat(cls, parts: list[InputColumns]) -> InputColumns:
-        """The rows of `parts` in order, as one (the parts themselves when there is one)."""
+    @staticmethod
+    def table_of(parts: list[InputColumns]) -> pa.Table:
+        """The rows of `parts` in order as one table: each part built apart and the Arrow
+        columns concatenated (copying Arrow buffers is ~0.5 µs per event cheaper than
+        extending the Python lists of ~12 windows closed at once, and gives the same table)."""
         if len(parts) == 1:
-            return parts[0]
-        out = cls()
-        for part in parts:
-            for dst, src in zip(out.cols, part.cols):
-                dst.extend(src)
-            for d, s in ((out.bids, part.bids), (out.asks, part.asks)):
-                base = len(d.px)
-                d.px.extend(s.px)
-                d.qty.extend(s.qty)
-                d.offsets.extend([o + base for o in s.offsets[1:]] if base else s.offsets[1:])
-        return out
+            return parts[0].table()
+        return pa.concat_tables([p.table() for p in parts]).combine_chunks()
 
     def table(self) -> pa.Table:
         cols: list = list(self.cols)

@@ -186,13 +186,14 @@ def _row_key(r: dict) -> tuple:
     return r["symbol"], r["exchange_ts"]
 
 
-def test_concat_keeps_rows_and_levels_in_order(envs):
+def test_table_of_keeps_rows_and_levels_in_order(envs):
     parts, whole = [InputColumns() for _ in range(3)], InputColumns()
     for i, e in enumerate(envs[:3000]):
         parts[i * 3 // 3000].append(e, e.event_type)
         whole.append(e, e.event_type)
-    assert InputColumns.concat(parts).table().equals(whole.table())
-    assert InputColumns.concat([parts[1]]) is parts[1]
+    got = InputColumns.table_of(parts)
+    assert got.equals(whole.table()) and all(c.num_chunks == 1 for c in got.columns)
+    assert InputColumns.table_of([parts[1]]).equals(parts[1].table())
     assert InputColumns().table().num_rows == 0
 
 

@@ -220,8 +220,8 @@ class Engine:
         due = sorted(ws for ws in self.buffers if ws + WINDOW_US <= self.frontier)
         if not due:
             return []
-        cols = InputColumns.concat([self.buffers.pop(ws).cols for ws in due])
-        table, _ = compute_features(cols.table(), self.state)
+        inputs = InputColumns.table_of([self.buffers.pop(ws).cols for ws in due])
+        table, _ = compute_features(inputs, self.state)
         return table_rows(table)
 
     # -- checkpoint payload ---------------------------------------------------------------
