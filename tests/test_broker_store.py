@@ -48,6 +48,60 @@ def test_store_conditional_writes_reads_and_listing(tmp_path):
     assert handle(again, "GET", "/b/../etc/passwd", {}, b"").status in (400, 404)
 
 
+def _batch(pid: int, seq: int, n: int, control: bool = False) -> bytes:
+    """A stored record batch's v2 header (what the repair reads) and a stand-in body."""
+    import struct
+
+    attrs = 0x30 if control else 0
+    return struct.pack(">qiibIhiqqqhii", 0, 49, -1, 2, 0, attrs, n - 1, 0, 0, pid, 0, seq, n) + b"r" * n
+
+
+def test_store_repair_sets_back_what_a_dead_broker_counted_but_never_wrote(tmp_path):
+    """The broker's produce writes meta.json (sequence), watermark.json, then the batch; the
+    repair (run before each broker start) undoes the first two when the third never came."""
+    import json
+
+    store = ObjectStore(tmp_path)
+    store.create_bucket("tansu")
+    part = "clusters/k/topics/t/partitions/0000000000"
+
+    def meta(seq: int) -> None:
+        seqs = {"producers": {"7": {"sequences": {"0": {"t": {"0": seq}}}}}, "transactions": {}, "topics": {"t": 1}}
+        store.put("tansu", "clusters/k/meta.json", json.dumps(seqs).encode())
+
+    def state() -> tuple[int, int]:
+        m = json.loads(store.read("tansu", "clusters/k/meta.json"))
+        return m["producers"]["7"]["sequences"]["0"]["t"]["0"], json.loads(
+            store.read("tansu", f"{part}/watermark.json")
+        )["high"]
+
+    # a previous store process: 3 records written, then a watermark past them (a batch never written)
+    meta(3)
+    store.put("tansu", f"{part}/records/{0:020d}.batch", _batch(7, 0, 3))
+    store.put("tansu", f"{part}/watermark.json", b'{"low":null,"high":5,"timestamps":null}')
+    fresh = ObjectStore(tmp_path)
+    assert fresh.repair_unfinished_produces() == ["t[0]: high watermark 5 -> 3 (no batch past 3)"]
+    assert state() == (3, 3)  # sequences only noted at a store's first start
+
+    # the broker writes 2 records and a transaction marker, then counts 4 more and dies
+    fresh.put("tansu", f"{part}/records/{3:020d}.batch", _batch(7, 3, 2))
+    fresh.put("tansu", f"{part}/records/{5:020d}.batch", _batch(7, -1, 1, control=True))
+    store = fresh
+    meta(9)
+    store.put("tansu", f"{part}/watermark.json", b'{"low":null,"high":10,"timestamps":null}')
+    assert store.repair_unfinished_produces() == [
+        "t[0]: producer 7 epoch 0 sequence 9 -> 5 (4 record(s) counted but never written)",
+        "t[0]: high watermark 10 -> 6 (no batch past 6)",
+    ]
+    assert state() == (5, 6)
+    assert json.loads(store.read("tansu", "clusters/k/meta.json"))["topics"] == {"t": 1}  # the rest kept
+    # a batch written in full needs nothing
+    store.put("tansu", f"{part}/records/{6:020d}.batch", _batch(7, 5, 4))
+    meta(9)
+    store.put("tansu", f"{part}/watermark.json", b'{"low":null,"high":10,"timestamps":null}')
+    assert store.repair_unfinished_produces() == [] and state() == (9, 10)
+
+
 # --------------------------------------------------------------------------- a real broker on it
 
 
