@@ -88,6 +88,8 @@ _FEATURE_CODES = frozenset(_ET_NAME)
 NORMALIZER_GROUP = "ticklake-normalizer"
 #: How often a pending upstream clearance is probed (a probe: two short-lived readers, ~10-30 ms).
 UPSTREAM_PROBE_EVERY_S = 0.1
+#: How long after the moment a deferred probe becomes possible the poll returns (clock slack).
+PROBE_DUE_SLACK_S = 0.002
 
 
 def state_topic(name: str) -> str:
@@ -464,6 +466,7 @@ class FeatureProcessor(TransactionalLoop):
         self._writer: dict[TP, str] = {}  # the header's writer per partition
         self._mixed: set[TP] = set()  # partitions written by two writers: never covered
         self._last_probe = 0.0
+        self._probe_due: float | None = None  # when the next probe could close a window (poll_due)
         self.last_progress: int | None = None
         self._pending_ckpt: dict | None = None
         self._last_ckpt_time = 0.0
@@ -657,10 +660,14 @@ class FeatureProcessor(TransactionalLoop):
         now = time.monotonic()
         if not self._proposals or frontier > self._proposals[-1][1]:
             self._proposals.append((self._proposal_stamp(), frontier))
-        if now - self._last_probe < UPSTREAM_PROBE_EVERY_S:
+        oldest = probe_could_close(self._proposals, held, frontier, self.engine.buffers)
+        if oldest == float("inf"):
             return held
-        if probe_could_close(self._proposals, held, frontier, self.engine.buffers) >= time.time() - APPEND_MARGIN_S:
-            return held  # cleared_until() <= its start - APPEND_MARGIN_S: it could close none
+        # cleared_until() <= its start - APPEND_MARGIN_S: a probe before then could close none
+        due = max(self._last_probe + UPSTREAM_PROBE_EVERY_S, now + oldest + APPEND_MARGIN_S - time.time())
+        if due > now:
+            self._probe_due = due + PROBE_DUE_SLACK_S  # the next poll returns by then (poll_due)
+            return held
         self._last_probe = now
         try:
             until = self.upstream.cleared_until()
@@ -678,6 +685,12 @@ class FeatureProcessor(TransactionalLoop):
 
     def on_partition_eof(self, tp: TP, offset: int) -> None:
         self.eof[tp] = offset
+
+    def poll_due(self) -> float | None:
+        """When the probe the last batch deferred becomes possible (once: each batch's gate
+        sets it again), so the poll ends then rather than at its batch limits."""
+        due, self._probe_due = self._probe_due, None
+        return due
 
     def _caught_up(self) -> set[TP]:
         """Partitions with nothing left to read, exactly: the client's fetcher reported the

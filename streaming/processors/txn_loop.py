@@ -117,6 +117,12 @@ class TransactionalLoop(ServiceLoop):
     def on_partition_eof(self, tp: TP, offset: int) -> None:
         """The client's fetcher reached the end of `tp` at `offset` (only with partition_eof)."""
 
+    def poll_due(self) -> float | None:
+        """A monotonic time by which the next poll returns, records or not (None: the batch
+        limits alone): the feature processor's next upstream probe, so a window's close does
+        not wait for the end of the batch after its probe became possible."""
+        return None
+
     # -- lifecycle -----------------------------------------------------------------------
 
     @property
@@ -179,7 +185,10 @@ class TransactionalLoop(ServiceLoop):
         out: list[Message] = []
         now = time.monotonic()
         deadline = now + self.batch_max_ms / 1000
-        min_until = now + self.batch_min_ms / 1000
+        due = self.poll_due()
+        if due is not None:
+            deadline = max(now, min(deadline, due))
+        min_until = min(now + self.batch_min_ms / 1000, deadline)
         while len(out) < self.batch_max_records and not self.stop_event.is_set():
             left = deadline - time.monotonic()
             if left <= 0:

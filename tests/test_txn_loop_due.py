@@ -1,0 +1,67 @@
+"""A transactional loop's poll ends by the time its `poll_due` hook names, records or not.
+
+The feature processor uses it for its next upstream clearance probe: a window's close then
+waits for the moment the probe can clear its proposal, not for the end of the batch being
+polled then (docs/decisions.md, "Latency rows: where the time beyond the floor goes").
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import Message, Producer
+
+from runtime import kafka_config as kc
+from streaming.kafka.topic_admin import admin_client, create_topics
+from streaming.kafka.topic_config import TopicSpec
+from streaming.processors.txn_loop import OutRecord, TransactionalLoop
+
+pytestmark = pytest.mark.broker
+
+
+class _Due(TransactionalLoop):
+    name = "due-test"
+
+    def __init__(self, conn, topic: str):
+        super().__init__(
+            conn, group_id=f"g-{topic}", transactional_id=f"tx-{topic}", input_topics=[topic], batch_max_ms=3000
+        )
+        self.due: float | None = None
+        self.asked = 0
+
+    def poll_due(self) -> float | None:
+        self.asked += 1
+        due, self.due = self.due, None
+        return due
+
+    def process_batch(self, msgs: list[Message]) -> list[OutRecord]:
+        return []
+
+
+def test_the_poll_returns_by_the_due_time_and_the_hook_is_asked_each_poll(kafka_broker):
+    topic = f"due-in-{time.time_ns()}"
+    create_topics(admin_client(kafka_broker.bootstrap), {topic: TopicSpec(1, 3_600_000)}, 1)
+    conn = kc.connection_from_env(bootstrap_servers=kafka_broker.bootstrap)
+    loop = _Due(conn, topic)
+    loop.start()
+    try:
+        loop.due = time.monotonic() + 0.3
+        t0 = time.monotonic()
+        assert loop._poll_batch() == []
+        assert 0.25 <= time.monotonic() - t0 < 1.5  # not batch_max_ms (3 s)
+        loop.due = time.monotonic() - 1.0  # already past: returns at once
+        t0 = time.monotonic()
+        assert loop._poll_batch() == []
+        assert time.monotonic() - t0 < 0.5
+        p = Producer(kc.producer_config(conn))
+        p.produce(topic, value=b"x")
+        p.flush(10)
+        got: list[Message] = []
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:  # no due: the batch limits alone
+            got = loop._poll_batch()
+        assert [m.value() for m in got] == [b"x"]
+        assert loop.asked >= 3
+    finally:
+        loop.close()
