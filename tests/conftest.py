@@ -38,6 +38,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     order_shared_stack_users(items)
 
 
+@pytest.fixture
+def broker(tmp_path) -> Iterator[EmbeddedBroker]:
+    """A broker of the test's own with the project's topics created: for tests that read or
+    write the project's fixed topic names (processors, services), which other tests on the
+    shared kafka_broker write to as well. A module may override it (tests/test_lake_sink.py
+    wants no topics)."""
+    from workloads.kafka import create_project_topics
+
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
+        create_project_topics(b.bootstrap)
+        yield b
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     """A real Tansu broker (memory storage) on a free 127.0.0.1 port for the whole session.

@@ -13,30 +13,20 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-import pytest
-
 from features.records import decode_row
 from schemas.model import EventType, Exchange, Market, event_type_from_pb
 from schemas.serde import encode
 from schemas.topics import dlq_topic, event_topic, feature_topic
-from streaming.kafka.broker import EmbeddedBroker
 from streaming.kafka.upstream import RAW_BEFORE_HEADER, parse_raw_before, raw_before_value
 from streaming.processors.feature_processor import FeatureProcessor
 from streaming.processors.normalizer import Normalizer, NormalizerService, input_topics_for
 from tests.support import processing as ps
 from tests.support.envelopes import BASE_TS, envelope
-from workloads.kafka import connection, create_project_topics, produce, produce_raw
+from workloads.kafka import connection, produce, produce_raw
 from workloads.synthetic import SyntheticMarket, synthetic_catalog
 
 PAIR = [(Market.SPOT, Exchange.BINANCE)]
 SPOT = {"market": Market.SPOT, "symbol": "BTC-USDT", "native": "BTCUSDT"}
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        create_project_topics(b.bootstrap)
-        yield b
 
 
 def test_every_processed_partition_ends_each_batch_with_the_raw_bound(broker):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from confluent_kafka import Producer
 
 from features.compute import compute_features
@@ -19,23 +18,15 @@ from runtime import kafka_config as kc
 from schemas.model import EventType, Exchange, Market, event_type_from_pb
 from schemas.serde import encode
 from schemas.topics import dlq_topic, event_topic, feature_topic
-from streaming.kafka.broker import EmbeddedBroker
 from streaming.processors.feature_processor import FeatureProcessor, live_partitions
 from tests.support import processing as ps
 from tests.support.envelopes import BASE_TS, envelope
-from workloads.kafka import connection, create_project_topics, produce
+from workloads.kafka import connection, produce
 from workloads.synthetic import SyntheticMarket
 
 PAIR = [(Market.SPOT, Exchange.BINANCE)]
 SORT = [("symbol", "ascending"), ("exchange_ts", "ascending")]
 SPOT = {"market": Market.SPOT, "symbol": "BTC-USDT", "native": "BTCUSDT"}
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        create_project_topics(b.bootstrap)
-        yield b
 
 
 def _topic(env) -> str:

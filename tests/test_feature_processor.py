@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pyarrow as pa
-import pytest
 from prometheus_client import REGISTRY
 
 from features.compute import compute_features
@@ -18,25 +17,17 @@ from schemas.ids import stamp_event_id
 from schemas.model import EventType, Exchange, Market, event_type_from_pb
 from schemas.serde import decode, encode
 from schemas.topics import dlq_topic, event_topic, feature_topic
-from streaming.kafka.broker import EmbeddedBroker
 from streaming.processors.feature_processor import FeatureProcessor, state_topic
 from streaming.processors.instruments import InstrumentCatalog
 from streaming.processors.normalizer import Normalizer, NormalizerService, input_topics_for
 from tests.support import processing as ps
 from workloads.binance_hour import BTCUSDT_SPOT_INFO, capture_raw_events
-from workloads.kafka import connection, create_project_topics, produce, produce_raw
+from workloads.kafka import connection, produce, produce_raw
 from workloads.synthetic import SyntheticMarket
 
 PAIR = [(Market.SPOT, Exchange.BINANCE)]
 FEATURES = feature_topic("spot", "binance")
 SORT = [("symbol", "ascending"), ("exchange_ts", "ascending")]
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        create_project_topics(b.bootstrap)
-        yield b
 
 
 def _feature_rows(bootstrap) -> list[dict]:

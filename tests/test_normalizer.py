@@ -21,7 +21,6 @@ from schemas.ids import stamp_event_id
 from schemas.model import EventType, Exchange, Market
 from schemas.serde import decode, encode
 from schemas.topics import dlq_topic, event_topic
-from streaming.kafka.broker import EmbeddedBroker
 from streaming.processors.dedup import OffsetWindowDedup
 from streaming.processors.instruments import InstrumentCatalog, fetch_instruments
 from streaming.processors.normalizer import (
@@ -35,7 +34,6 @@ from tests.support.envelopes import envelope
 from workloads.binance_hour import BTCUSDT_SPOT_INFO, capture_raw_events
 from workloads.kafka import (
     connection,
-    create_project_topics,
     produce,
     produce_raw,
     raw_topic,
@@ -44,13 +42,6 @@ from workloads.samples import BINANCE_SPOT_HFT
 from workloads.synthetic import SyntheticMarket, synthetic_catalog
 
 RAW_TRADES = event_topic("raw", "spot", EventType.TRADE, "binance")
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        create_project_topics(b.bootstrap)
-        yield b
 
 
 # -- reference data ------------------------------------------------------------------------

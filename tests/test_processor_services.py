@@ -27,11 +27,10 @@ from pipelines.services.processors import (
 from resources.kafka import KafkaResource
 from schemas.serde import decode
 from schemas.topics import feature_topic
-from streaming.kafka.broker import EmbeddedBroker
 from streaming.kafka.io import committed_offsets, plain_consumer
 from streaming.processors.normalizer import Normalizer, NormalizerService, input_topics_for
 from tests.support import processing as ps
-from workloads.kafka import connection, create_project_topics, produce_raw
+from workloads.kafka import connection, produce_raw
 from workloads.synthetic import SyntheticMarket, synthetic_catalog
 
 
@@ -72,13 +71,6 @@ def test_supervisor_keeps_one_live_run_per_processor_and_restarts_dead_ones():
         instance.report_run_failed(norm)  # its worker died (run monitoring marks it failed)
         again = _requests(stream_processors_supervisor(ctx()))
         assert again == {"normalizer_service": {SERVICE_TAG: NORMALIZER}}
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        create_project_topics(b.bootstrap)
-        yield b
 
 
 def test_jobs_run_the_processors_end_to_end_under_dagster(broker, tmp_path):

@@ -18,7 +18,6 @@ from runtime import kafka_config as kc
 from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.serde import VERSION_FIELD, encode
 from schemas.topics import event_topic, feature_topic
-from streaming.kafka.broker import EmbeddedBroker
 from streaming.kafka.topic_admin import admin_client, create_topics
 from streaming.kafka.topic_config import TopicSpec
 from streaming.processors.feature_processor import FeatureProcessor
@@ -31,18 +30,11 @@ from streaming.processors.recompute import (
     recompute_normalizer,
 )
 from tests.support import processing as ps
-from workloads.kafka import connection, create_project_topics, produce, raw_topic
+from workloads.kafka import connection, produce, raw_topic
 from workloads.synthetic import BASE_TS, SyntheticMarket, synthetic_catalog
 
 PAIR = [(Market.SPOT, Exchange.BINANCE)]
 LIVE = feature_topic("spot", "binance")
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        create_project_topics(b.bootstrap)
-        yield b
 
 
 def test_offset_for_time_is_a_binary_search_over_record_timestamps(broker):
