@@ -65,7 +65,14 @@ from streaming.pragma.messages import (
 from streaming.pragma.price import PriceDefinition, microprice, mid_price
 from streaming.pragma.publisher import PragmaPublisher, PublisherCore
 from tests.support.envelopes import envelope
-from workloads.samples import BINANCE_SPOT_CF, BINANCE_SPOT_HFT, BINANCE_USDM_CF, OKX_CF
+from workloads.samples import (
+    BINANCE_SPOT_CF,
+    BINANCE_SPOT_HFT,
+    BINANCE_USDM_CF,
+    BYBIT_TARDIS_DERIV,
+    OKX_CF,
+    OKX_TARDIS_SWAP,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -894,3 +901,236 @@ def test_revoked_partitions_forget_only_their_books():
     pub._on_revoke(None, [TP("snap", 0)])
     books = {st.symbol: st.book.synced for st in pub.core.feeds.values()}
     assert books == {"BTC-USDT-PERP": False, "BTC-USDT": True}
+
+
+# -- perpetuals of every venue under the default configuration ----------------------------------
+#
+# A user run of the stack replaying the genuine OKX capture published only spot-unknown-okx-BTC:
+# its perpetual, UNI-USD-SWAP (inverse, canonical UNI-USD-PERP), was skipped as "not_a_feed"
+# because the default auto_quotes listed USDT only, the quote of no inverse (coin-margined)
+# perpetual of any venue. These tests run the default configuration (only what the stack runs).
+
+
+def okx_capture_catalog():
+    """The reference data the stack's normalizer gets for the OKX capture: the emulator's
+    instruments endpoints (contract values by its own rule: UNI-USD-SWAP 10 USD)."""
+    import asyncio
+
+    from collectors.replay import Emulator
+    from streaming.processors.instruments import InstrumentCatalog, fetch_instruments
+
+    async def fetch():
+        emu = Emulator(server_ping_s=None)
+        emu.play_capture(OKX_CF, speed=None, gate=True)
+        await emu.start()
+        try:
+            cat = InstrumentCatalog()
+            for mk in Market:
+                cat.add(await asyncio.to_thread(fetch_instruments, Exchange.OKX, mk, emu.rest_base(Exchange.OKX, mk)))
+            return cat
+        finally:
+            await emu.stop()
+
+    return asyncio.run(fetch())
+
+
+def okx_processed_envelopes() -> list[pb.Envelope]:
+    """The OKX capture through the venue adapter and the real normalizer (units stated)."""
+    from schemas.topics import Stage, event_topic
+    from streaming.processors.normalizer import Normalizer
+
+    norm = Normalizer(okx_capture_catalog())
+    out = []
+    for i, env in enumerate(capture_envelopes(OKX_CF)):
+        rec = serde.encode(env)
+        topic = event_topic(
+            Stage.RAW, market_from_pb(env.market), event_type_from_pb(env.event_type), exchange_from_pb(env.exchange)
+        )
+        o = norm.process(topic, 0, i, rec.value, rec.headers)
+        assert o.kind in ("ok", "duplicate"), (o.reason, env.symbol)
+        if o.kind == "ok":
+            out.append(o.env)
+    return out
+
+
+def base_text(qty: int, size_scale: int, px: int, price_scale: int, cv: str) -> str:
+    """An inverse level's base-asset size, by docs/units.md (contracts * cv / px, half-even at
+    the contract's decimals + 8, a nonzero size never 0), in Decimal: not schemas/units.py."""
+    scale = size_scale + max(0, -Decimal(cv).as_tuple().exponent) + 8
+    q = Decimal(qty).scaleb(-size_scale) * Decimal(cv) / Decimal(px).scaleb(-price_scale)
+    with localcontext() as ctx:
+        ctx.prec = 80
+        v = q.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_EVEN)
+    if v == 0 and qty:
+        v = Decimal(1).scaleb(-scale)
+    return text(v)
+
+
+def read_committed(bootstrap: str, topic: str, quiet_polls: int = 20) -> list:
+    """Every record of `topic`, read as a downstream consumer does (read_committed), until
+    nothing came for `quiet_polls` polls of 0.1 s (the publisher has flushed and closed)."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        out: list = []
+        quiet = 0
+        while quiet < quiet_polls:
+            got = c.consume(num_messages=1000, timeout=0.1)
+            quiet = 0 if got else quiet + 1
+            for m in got:
+                assert m.error() is None, m.error()
+                out.append(m)
+        return sorted(out, key=lambda m: (m.partition(), m.offset()))
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(300)
+def test_default_config_publishes_the_okx_inverse_perp_of_the_genuine_capture(broker):
+    """The stack's path: processed envelopes on the project's processed.* topics, the
+    publisher with the built-in configuration (PragmaConfig()), the project's pragma topics.
+    The capture's inverse perpetual must be its own feed, priced (mid) and with depth in the
+    base asset; the dated future is not a pragma market type (v1.1: spot | perpetual)."""
+    from workloads.kafka import create_project_topics, processed_topic
+
+    create_project_topics(broker.bootstrap, exchanges=[x.value for x in Exchange], markets=[m.value for m in Market])
+    evs = okx_processed_envelopes()
+    assert {e.symbol for e in evs} >= {"BTC-USDT", "UNI-USD-PERP", "BTC-USD-220527"}
+    cfg = PragmaConfig()
+    inputs = set(cfg.input_topic_list())
+    prod = Producer({"bootstrap.servers": broker.bootstrap})
+    n_in = 0
+    for env in evs:
+        rec = serde.encode(env)
+        prod.produce(processed_topic(env), value=rec.value, key=rec.key, headers=rec.headers)
+        n_in += processed_topic(env) in inputs
+    assert prod.flush(30) == 0
+    pub = PragmaPublisher(
+        kc.KafkaConnection(bootstrap_servers=broker.bootstrap), cfg, session_timeout_ms=2000, max_records_in=n_in
+    )
+    stats = pub.run()
+    assert stats.records_in == n_in and stats.delivery_errors == 0 and stats.dead_letters == 0
+
+    prices = read_committed(broker.bootstrap, cfg.prices_topic)
+    depth = read_committed(broker.bootstrap, cfg.orderbook_topic)
+    assert read_committed(broker.bootstrap, cfg.dlq_topic) == []
+    keys = {m.key() for m in prices} | {m.key() for m in depth}
+    assert keys == {b"spot-unknown-okx-BTC", b"perp-unknown-okx-UNI"}, keys
+    for m in prices + depth:
+        body = json.loads(m.value())
+        (PRICE_VALIDATOR if body["data_type"] == "price" else DEPTH_VALIDATOR).validate(body)
+
+    # independent model of the perp feed: the book in base units, its mid after every change
+    uni = [e for e in evs if e.symbol == "UNI-USD-PERP" and e.WhichOneof("payload") in ("book_snapshot", "book_delta")]
+    assert {(e.qty_unit, e.contract_value) for e in uni} == {(pb.QTY_UNIT_INVERSE_CONTRACT, "10")}
+    book: dict[str, dict] = {}
+    states: list[tuple[int, list, list]] = []
+    mids: list[str] = []
+    for env in uni:
+        payload = env.book_snapshot if env.WhichOneof("payload") == "book_snapshot" else env.book_delta
+        if env.WhichOneof("payload") == "book_snapshot":
+            book = {"bids": {}, "asks": {}}
+        elif not book:
+            continue
+        for side, levels in (("bids", payload.bids), ("asks", payload.asks)):
+            for lv in levels:
+                px = dec(lv.px, env.price_scale)
+                if lv.qty == 0:
+                    book[side].pop(px, None)
+                else:
+                    book[side][px] = base_text(lv.qty, env.size_scale, lv.px, env.price_scale, env.contract_value)
+        bids, asks = sorted(book["bids"].items(), reverse=True), sorted(book["asks"].items())
+        states.append((env.exchange_ts, [[text(p), q] for p, q in bids[:20]], [[text(p), q] for p, q in asks[:20]]))
+        if bids and asks and bids[0][0] < asks[0][0]:
+            mid = text((bids[0][0] + asks[0][0]) / 2)
+            if not mids or mids[-1] != mid:
+                mids.append(mid)
+
+    perp_prices = [json.loads(m.value()) for m in prices if m.key() == b"perp-unknown-okx-UNI"]
+    assert [b["price"] for b in perp_prices] == mids and len(mids) > 3
+    for b in perp_prices:
+        assert (b["market_type"], b["source_id"], b["token_ticker"]) == ("perpetual", "okx", "UNI")
+        assert b["metadata"]["symbol"] == "UNI-USD-PERP" and b["metadata"]["exchange_symbol"] == "UNI-USD-SWAP"
+        assert b["metadata"]["price_definition"] == "mid"
+    perp_depth = [json.loads(m.value()) for m in depth if m.key() == b"perp-unknown-okx-UNI"]
+    assert perp_depth and perp_depth[-1]["bids"] == states[-1][1] and perp_depth[-1]["asks"] == states[-1][2]
+    for b in perp_depth:
+        ts = parse_iso_utc(b["event_timestamp"])
+        _, bids, asks = [s for s in states if s[0] <= ts][-1]
+        assert (b["bids"], b["asks"]) == (bids, asks), b["event_timestamp"]
+        assert b["market_type"] == "perpetual" and b["metadata"]["size_unit"] == "UNI"
+
+
+def test_default_config_keys_bybit_inverse_perp_and_prefers_linear_whatever_the_order():
+    """The genuine Bybit v5 fixture carries three BTC perpetuals: BTCUSDT (linear USDT),
+    BTCPERP (linear USDC) and BTCUSD (inverse). One key, perp-unknown-bybit-BTC, names them
+    all: with BTCUSD alone it is published (it was not: USD was not an auto quote); with all
+    three the USDT one owns the key, in capture order and in reverse order alike."""
+    evs = [e for e in capture_envelopes(BYBIT_TARDIS_DERIV) if e.market == Market.PERP.pb]
+    assert {"BTC-USDT-PERP", "BTC-USDC-PERP", "BTC-USD-PERP"} <= {e.symbol for e in evs}
+
+    inverse = [e for e in evs if e.symbol == "BTC-USD-PERP"]
+    core = PublisherCore(PragmaConfig(default_price="last_trade"))
+    outs = [o for e in inverse for o in core.on_envelope(e, FIXED_NOW_US)]
+    trades = [text(dec(e.trade.px, e.price_scale)) for e in inverse if e.WhichOneof("payload") == "trade"]
+    want = [p for i, p in enumerate(trades) if i == 0 or trades[i - 1] != p]
+    assert [o.record.price for o in outs] == want and want
+    assert {o.key for o in outs} == {b"perp-unknown-bybit-BTC"}
+    assert {(o.record.market_type, o.record.metadata["symbol"]) for o in outs} == {("perpetual", "BTC-USD-PERP")}
+
+    key = "perp-unknown-bybit-BTC"
+    takeovers = 0
+    for order in (evs, evs[::-1]):
+        core = PublisherCore(PragmaConfig(depth_interval_ms=0))
+        seen_usdt = False
+        for e in order:
+            # from the USDT perp's first trade or book record on, only it is published
+            seen_usdt |= e.symbol == "BTC-USDT-PERP" and e.WhichOneof("payload") in (
+                "trade",
+                "book_snapshot",
+                "book_delta",
+            )
+            for o in core.on_envelope(e, FIXED_NOW_US):
+                if o.key == key.encode() and seen_usdt:
+                    assert o.record.metadata["symbol"] == "BTC-USDT-PERP"
+        assert core.claims[key] == (Exchange.BYBIT, Market.PERP, "BTC-USDT-PERP")
+        owners = {st.symbol for st in core.feeds.values() if st is not None and st.key == key}
+        assert owners == {"BTC-USDT-PERP"}
+        takeovers += core.skipped.get("key_superseded", 0)
+    assert takeovers  # one of the orders had a later-listed quote claim the key first
+
+
+def test_binance_usdm_and_okx_swap_perps_get_their_keys_by_default():
+    """Linear perpetuals of Binance USD-M (genuine cryptofeed capture) and OKX SWAP (genuine
+    tardis fixture) keep their keys under the default configuration."""
+    core = PublisherCore(PragmaConfig())
+    for e in capture_envelopes(BINANCE_USDM_CF) + capture_envelopes(OKX_TARDIS_SWAP):
+        core.feed_for(e)
+    keys = {st.key: st.symbol for st in core.feeds.values() if st is not None}
+    assert keys == {
+        "perp-unknown-binance-AKRO": "AKRO-USDT-PERP",
+        "perp-unknown-binance-CTK": "CTK-USDT-PERP",
+        "perp-unknown-binance-KEEP": "KEEP-USDT-PERP",
+        "perp-unknown-binance-SUSHI": "SUSHI-USDT-PERP",
+        "perp-unknown-okx-BTC": "BTC-USDT-PERP",
+        "perp-unknown-okx-WNCG": "WNCG-USDT-PERP",
+    }
+
+
+def test_explicit_feed_keeps_its_key_and_auto_quotes_are_distinct():
+    core = PublisherCore(PragmaConfig(feeds=(FeedConfig(Exchange.BYBIT, Market.PERP, "BTC-USD-PERP"),)))
+    usdt = envelope(EventType.BOOK_SNAPSHOT, 0, exchange=Exchange.BYBIT, symbol="BTC-USDT-PERP")
+    inv = envelope(EventType.BOOK_SNAPSHOT, 0, exchange=Exchange.BYBIT, symbol="BTC-USD-PERP", native="BTCUSD")
+    assert core.feed_for(usdt) is None  # the configured inverse feed is never taken over
+    assert core.feed_for(inv).key == "perp-unknown-bybit-BTC"
+    with pytest.raises(ValueError, match="twice"):
+        PragmaConfig(auto_quotes=("USDT", "usdt"))

@@ -6,7 +6,7 @@ object; ``from_mapping`` reads the YAML/dict form ($TICKLAKE_HOME/pragma.yaml)::
 
     producer: ticklake
     default_price: mid            # last_trade | mid | microprice
-    auto_quotes: [USDT]           # instruments with these quotes publish without a feed entry
+    auto_quotes: [USDT, USDC, USD] # instruments with these quotes publish without a feed entry
     depth_levels: 20
     depth_interval_ms: 100
     encoding: json                # json | protobuf
@@ -16,11 +16,17 @@ object; ``from_mapping`` reads the YAML/dict form ($TICKLAKE_HOME/pragma.yaml)::
     producer_settings: {retries: 0, linger_ms: 5, batch_size: 65536}
 
 Why there is a feed list at all: the contract's key names a *token*, not a pair, so
-``BTC-USDT`` and ``BTC-FDUSD`` on one venue would both be ``spot-unknown-binance-BTC`` and
+``BTC-USDT`` and ``BTC-FDUSD`` on one venue would both be ``spot-unknown-binance-BTC``, and
+a venue's linear and inverse perpetuals (OKX ``BTC-USDT-SWAP`` / ``BTC-USD-SWAP``, Bybit
+``BTCUSDT`` / ``BTCPERP`` / ``BTCUSD``) would all be ``perp-unknown-<venue>-BTC``, and
 interleave into one "feed". Each key therefore belongs to exactly one instrument: explicit
-feeds claim theirs at start-up, the rest go to the first instrument seen whose quote is in
-``auto_quotes`` (one quote by default, so no two instruments can compete); a later
-instrument mapping to a claimed key is skipped and counted, never mixed in.
+feeds claim theirs at start-up; the rest go by ``auto_quotes``, an order of preference:
+an instrument whose quote is listed owns its key unless an instrument of an earlier-listed
+quote has it, and takes it over from one of a later-listed quote (publisher.PublisherCore).
+The default lists the stablecoins of linear contracts and ``USD``, the quote of every
+inverse (coin-margined) perpetual, so each venue's perpetuals of a token are published
+under one key: the USDT one where it is collected, else USDC, else the inverse one. A
+quote not listed (``FDUSD``, ``BTC``) needs a feed entry.
 """
 
 from __future__ import annotations
@@ -133,8 +139,9 @@ class FeedConfig:
 class PragmaConfig:
     producer: str = "ticklake"
     default_price: PriceDefinition = PriceDefinition.MID
-    #: quotes published without an explicit feed entry; () = explicit feeds only
-    auto_quotes: tuple[str, ...] = ("USDT",)
+    #: quotes published without an explicit feed entry, most preferred first (one key per
+    #: token: module docstring); () = explicit feeds only
+    auto_quotes: tuple[str, ...] = ("USDT", "USDC", "USD")
     feeds: tuple[FeedConfig, ...] = ()
     depth_levels: int = 20
     #: at most one depth message per feed per interval of venue (event) time, carrying the
@@ -163,6 +170,8 @@ class PragmaConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_price", PriceDefinition(self.default_price))
         object.__setattr__(self, "auto_quotes", tuple(q.upper() for q in self.auto_quotes))
+        if len(set(self.auto_quotes)) != len(self.auto_quotes):
+            raise ValueError(f"auto_quotes lists a quote twice: {list(self.auto_quotes)}")
         object.__setattr__(self, "exchanges", tuple(Exchange(x) for x in self.exchanges))
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")

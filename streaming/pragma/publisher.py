@@ -66,6 +66,8 @@ EVENT_AGE, DELIVERY_ERRORS = obs.PRAGMA_EVENT_AGE, obs.PRAGMA_DELIVERY_ERRORS
 SKIPPED, DEAD_LETTERS = obs.PRAGMA_SKIPPED, obs.PRAGMA_DEAD_LETTERS
 #: Service name (Dagster run tag value, status and metrics label).
 SERVICE_NAME = "pragma-publisher"
+#: Envelope payloads a feed publishes from (prices from trades or the book, depth from the book).
+PUBLISHED_PAYLOADS = ("trade", "book_snapshot", "book_delta")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +100,23 @@ class FeedState:
 
 
 class PublisherCore:
-    """Instrument -> feed mapping, books, and message building; no I/O, no clock of its own."""
+    """Instrument -> feed mapping, books, and message building; no I/O, no clock of its own.
+
+    Key ownership (one instrument per key, docs/pragma-contract.md "Record key"): explicit
+    feeds own theirs from the start; an instrument without a feed entry whose quote is in
+    ``auto_quotes`` owns its key unless an instrument of an earlier-listed quote claimed it,
+    and takes the key over from one of a later-listed quote (a venue's USDT perp supersedes
+    its USD inverse perp of the same token whichever is read first). So the owner never
+    depends on arrival order once both were seen, and a key changes hands at most once per
+    quote rank.
+    """
 
     def __init__(self, config: PragmaConfig) -> None:
         self.config = config
         self._explicit: dict[tuple, FeedConfig] = {(f.exchange, f.market, f.symbol): f for f in config.feeds}
         #: key -> instrument that owns it (explicit feeds claim theirs up front)
         self.claims: dict[str, tuple] = {f.feed_key().key(): (f.exchange, f.market, f.symbol) for f in config.feeds}
+        #: (exchange, market, symbol) -> its feed, or None when it is not published
         self.feeds: dict[tuple, FeedState | None] = {}
         self.dedup = DedupWindow(200_000)
         self.skipped: dict[str, int] = {}
@@ -123,6 +135,13 @@ class PublisherCore:
         self.feeds[ident] = state
         return state
 
+    def _rank(self, owner: tuple) -> int | None:
+        """Preference of an auto-claimed owner (index of its quote in auto_quotes); None for
+        an explicit feed, which is never taken over."""
+        if owner in self._explicit:
+            return None
+        return self.config.auto_quotes.index(owner[2].split("-")[1])
+
     def _new_feed(self, env: pb.Envelope) -> FeedState | None:
         try:
             exchange, market = exchange_from_pb(env.exchange), market_from_pb(env.market)
@@ -130,28 +149,38 @@ class PublisherCore:
         except (KeyError, ValueError):
             return None
         if exchange not in self.config.exchanges or market not in BODY_MARKET_OF_CANONICAL:
-            return None  # futures have no pragma market type
-        fc = self._explicit.get((exchange, market, symbol))
+            return None  # dated futures have no pragma market type (the contract's v1.1 schemas)
+        ident = (exchange, market, symbol)
+        fc = self._explicit.get(ident)
         if fc is not None:
-            feed, definition = fc.feed_key(), fc.price or self.config.default_price
-        else:
-            quote = symbol.split("-")[1]
-            if quote not in self.config.auto_quotes:
-                return None
-            feed = FeedKey(BODY_MARKET_OF_CANONICAL[market], UNKNOWN_NETWORK, exchange.value, symbol.split("-")[0])
-            owner = self.claims.setdefault(feed.key(), (exchange, market, symbol))
-            if owner != (exchange, market, symbol):
+            return FeedState(fc.feed_key(), fc.price or self.config.default_price, symbol, env.native_symbol)
+        base, quote = symbol.split("-")[:2]
+        if quote not in self.config.auto_quotes:
+            log.info(
+                "pragma: %s %s %s not published: quote %s not in auto_quotes %s and no feed entry",
+                exchange,
+                market,
+                symbol,
+                quote,
+                list(self.config.auto_quotes),
+            )
+            return None
+        feed = FeedKey(BODY_MARKET_OF_CANONICAL[market], UNKNOWN_NETWORK, exchange.value, base)
+        key = feed.key()
+        owner = self.claims.get(key)
+        if owner is not None:
+            owner_rank = self._rank(owner)
+            if owner_rank is None or owner_rank <= self.config.auto_quotes.index(quote):
                 log.warning(
-                    "pragma: %s %s %s maps to key %s already owned by %s; not published",
-                    exchange,
-                    market,
-                    symbol,
-                    feed.key(),
-                    owner,
+                    "pragma: %s %s %s maps to key %s owned by %s; not published", exchange, market, symbol, key, owner
                 )
                 return None
-            definition = self.config.default_price
-        return FeedState(feed, definition, symbol, env.native_symbol)
+            # a better-ranked quote takes the key over; the previous owner is no longer published
+            log.warning("pragma: key %s passes from %s to %s (auto_quotes order)", key, owner, ident)
+            self._skip("key_superseded")
+            self.feeds[(owner[0].pb, owner[1].pb, owner[2])] = None
+        self.claims[key] = ident
+        return FeedState(feed, self.config.default_price, symbol, env.native_symbol)
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -200,7 +229,7 @@ class PublisherCore:
 
     def on_envelope(self, env: pb.Envelope, now_us: int) -> list[Outgoing]:
         which = env.WhichOneof("payload")
-        if which not in ("trade", "book_snapshot", "book_delta"):
+        if which not in PUBLISHED_PAYLOADS:
             return []
         st = self.feed_for(env)
         if st is None:
@@ -446,6 +475,7 @@ class PragmaPublisher(ServiceLoop):
         records = [m for m in msgs if check(m) is not None]
         if records:
             self.stats.consumed(SERVICE_NAME, [m.topic() for m in records])
+        envs = []
         for msg in records:
             try:
                 env = decode_envelope(msg.value(), msg.headers())
@@ -455,6 +485,10 @@ class PragmaPublisher(ServiceLoop):
             self._instruments_of.setdefault((msg.topic(), msg.partition()), set()).add(
                 (env.exchange, env.market, env.symbol)
             )
+            if env.WhichOneof("payload") in PUBLISHED_PAYLOADS:
+                self.core.feed_for(env)  # every instrument of the batch claims its key before any is published
+            envs.append(env)
+        for env in envs:
             for out in self.core.on_envelope(env, self.clock()):
                 self._produce(out)
         for out in self.core.due_depth(self.clock()):
