@@ -297,7 +297,8 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
             "clickhouse-live",
             "pragma-publisher",
         }
-        assert all(h["healthy"] for h in info["service_health"]), info["service_health"]
+        sick = [(h["service"], h["state"], h.get("problem")) for h in info["service_health"] if not h["healthy"]]
+        assert not sick, sick
         assert info["lake_sealed_hours"]["trades"] is not None
         assert info["problems"] == [], info["problems"]
         assert ticklake(home, "status", "--json").returncode == 0
