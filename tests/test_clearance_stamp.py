@@ -185,27 +185,3 @@ def test_a_probe_waits_for_a_proposal_that_would_close_a_window():
     assert probe_could_close([stale, useful], held, 6 * w - 1, buffered) == float("inf")  # capped below the end
     assert probe_could_close([stale, useful], held, 7 * w, []) == float("inf")
     assert probe_could_close([stale, later], 6 * w, 8 * w, buffered) == 10.5  # [5,6) closed already
-
-
-def test_one_probe_answers_both_questions(broker):
-    """UpstreamClearance.clearance(downstream) answers cleared_until() and nothing_after(downstream)
-    from one probe (the downstream read starts once the group's committed offsets were read and
-    runs beside the raw read): a raw record the group has not consumed bounds the answer by its
-    CreateTime; a committed downstream record at the start offset is found, none after it."""
-    from streaming.kafka.upstream import UpstreamClearance
-
-    raw = event_topic("raw", "spot", EventType.BOOK_DELTA, "binance")
-    down = event_topic("processed", "spot", EventType.BOOK_SNAPSHOT, "binance")
-    produce(broker.bootstrap, [(raw, b"BTCUSDT", b"not yet normalized", None)])
-    produce(broker.bootstrap, [(down, b"BTCUSDT", b"normalized", None)])
-    [r] = ps.read_topics(broker.bootstrap, [raw], group="test-clearance-raw")
-    [m] = ps.read_topics(broker.bootstrap, [down], group="test-clearance-down")
-    tp = (m.topic(), m.partition())
-    up = UpstreamClearance(connection(broker.bootstrap), "test-clearance-nothing-consumed", [raw])
-    try:
-        assert up.clearance({tp: m.offset()}) == (r.timestamp()[1] / 1000, False)
-        assert up.clearance({tp: m.offset() + 1}) == (r.timestamp()[1] / 1000, True)
-        assert up.clearance({}) == (r.timestamp()[1] / 1000, True)
-        assert up.cleared_until() == r.timestamp()[1] / 1000
-    finally:
-        up.close()

@@ -20,10 +20,9 @@ collector's produce time) with T. Plain Kafka, no Dagster.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
@@ -95,49 +94,21 @@ class UpstreamClearance:
         producer's linger buffer). One probe answers for every T: a caller keeps the
         frontiers it proposed at several times and closes up to the newest one cleared,
         instead of asking about one time and waiting for a later probe."""
-        return self.clearance({})[0]
-
-    def clearance(self, downstream: Mapping[TP, int]) -> tuple[float | None, bool]:
-        """(cleared_until(), nothing_after(downstream)) from one probe, the two reads at once.
-        Only their order against the group's committed offsets matters: nothing_after must
-        read after those were read (a transaction committed between the two would otherwise
-        be counted cleared while its output went unseen), so it starts once they are; the
-        first records at those offsets are the same whenever they are read. Each read costs
-        a fresh consumer and a fetch round trip (one that finds nothing waits the fetch wait
-        in the broker): run one after the other they were ~45 ms of the feature processor's
-        loop per window at 20k ev/s (docs/decisions.md)."""
         start = time.time()
         tps = self.partitions()
         bound = start - APPEND_MARGIN_S
-        committed = self._view().committed([TopicPartition(t, p) for t, p in tps], timeout=10) if tps else []
-        after: dict[str, object] = {}
-
-        def read_downstream() -> None:
-            try:
-                after["clear"] = self.nothing_after(downstream)
-            except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
-                after["error"] = exc
-
-        other = threading.Thread(target=read_downstream, name="clearance-downstream", daemon=True)
-        if downstream:
-            other.start()
+        if not tps:
+            return bound
+        committed = self._view().committed([TopicPartition(t, p) for t, p in tps], timeout=10)
         firsts: list[int] = []
 
         def note(m: Message) -> bool:
             firsts.append(m.timestamp()[1])
             return True
 
-        try:
-            settled = self._probe(
-                {(r.topic, r.partition): max(r.offset, 0) for r in committed}, note, read_committed=False
-            )
-        finally:
-            if downstream:
-                other.join()
-        if "error" in after:
-            raise after["error"]  # type: ignore[misc]
-        until = min([bound, *(ms / 1000 for ms in firsts)]) if settled else None
-        return until, bool(after.get("clear", True))
+        if not self._probe({(r.topic, r.partition): max(r.offset, 0) for r in committed}, note, read_committed=False):
+            return None
+        return min([bound, *(ms / 1000 for ms in firsts)])
 
     def nothing_after(self, starts: dict[TP, int]) -> bool:
         """True when none of `starts`' partitions holds a committed record at or after its

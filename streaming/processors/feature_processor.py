@@ -89,16 +89,8 @@ _FEATURE_CODES = frozenset(_ET_NAME)
 #: The normalizer's consumer group (streaming.processors.normalizer.NormalizerService's default): the stage
 #: upstream of processed.*, whose progress through raw.* decides idleness (streaming/kafka/upstream.py).
 NORMALIZER_GROUP = "ticklake-normalizer"
-#: How often a pending upstream clearance is probed (a probe: two short-lived readers, read at
-#: once, ~20-30 ms; UpstreamClearance.clearance).
+#: How often a pending upstream clearance is probed (a probe: two short-lived readers, ~10-30 ms).
 UPSTREAM_PROBE_EVERY_S = 0.1
-#: After a probe that did not clear (the normalizer had not yet committed the raw records behind
-#: the proposal, or a skipped partition held committed records not taken yet, which the next
-#: batch takes), the next may come this soon, up to QUICK_RETRIES times until one clears: at 20k
-#: ev/s 1-3 probes per window failed, each holding the window for the whole probe interval
-#: (docs/decisions.md, "Clearance probe: both reads at once, a quick retry").
-UPSTREAM_RETRY_S = 0.03
-QUICK_RETRIES = 2
 #: How long after the moment a deferred probe becomes possible the poll returns (clock slack).
 PROBE_DUE_SLACK_S = 0.002
 
@@ -516,7 +508,6 @@ class FeatureProcessor(TransactionalLoop):
         self._writer: dict[TP, str] = {}  # the header's writer per partition
         self._mixed: set[TP] = set()  # partitions written by two writers: never covered
         self._last_probe = 0.0
-        self._quick_retries = 0  # early probes after failed ones since the last clearance
         self._probe_due: float | None = None  # when the next probe could close a window (poll_due)
         self.last_progress: int | None = None
         self._pending_ckpt: dict | None = None
@@ -727,23 +718,17 @@ class FeatureProcessor(TransactionalLoop):
             self._probe_due = due + PROBE_DUE_SLACK_S  # the next poll returns by then (poll_due)
             return held
         self._last_probe = now
-        cleared: list[int] = []
         try:
-            until, nothing_after = self.upstream.clearance(
+            until = self.upstream.cleared_until()
+            cleared = [f for t, f in self._proposals if t < until] if until is not None else []
+            clear = bool(cleared) and self.upstream.nothing_after(
                 {tp: max(self.eof.get(tp, 0), self.next_offset.get(tp, 0)) for tp in idle}
             )
-            cleared = [f for t, f in self._proposals if t < until] if until is not None else []
-            clear = bool(cleared) and nothing_after
         except KafkaException as exc:  # a broker hiccup: ask again later
             log.warning("upstream clearance probe failed: %s", exc)
             clear = False
         if not clear:
-            if self._quick_retries < QUICK_RETRIES:
-                # the normalizer's next commit or this loop's next batch usually settles it
-                self._quick_retries += 1
-                self._last_probe = now - UPSTREAM_PROBE_EVERY_S + UPSTREAM_RETRY_S
             return held
-        self._quick_retries = 0
         self._proposals = [(t, f) for t, f in self._proposals if t >= until]
         return max(held, min(max(cleared), frontier))
 
