@@ -22,6 +22,7 @@ event, SIGTERM in the Dagster run) closes the sockets and flushes the producer.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -52,6 +53,7 @@ from collectors.status import (
 )
 from collectors.ws_client import SessionEnded, WsSession, WsSettings, now_us
 from runtime.dlq import DLQ_SYMBOL_MAX, clip_raw
+from runtime.kafka_config import is_idempotent
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import (
     event_type_from_pb,
@@ -147,6 +149,13 @@ _PRODUCER_STATE_ERRORS = frozenset(
 #: Seconds between two rounds of producing failed records again (a broker that is down
 #: must not turn redelivery into a busy loop).
 REDELIVERY_INTERVAL_S = 0.5
+#: librdkafka statistics interval of a shard's producer: they say when its producer id arrived
+#: (Publisher.wait_ready), which the shard waits for before connecting: about 1 s at start. ~30 KB
+#: of JSON each (8 topics), so not more often.
+READY_STATS_INTERVAL_MS = 1000
+#: How long a shard waits for its producer id before connecting anyway (a broker down at start:
+#: the records then queue in the producer as they did before, and the shard says so).
+PRODUCER_READY_TIMEOUT_S = 15.0
 
 
 class Publisher:
@@ -161,9 +170,13 @@ class Publisher:
         self.stats = stats
         self._per_message_cb = not isinstance(producer, dict)
         self._config: dict[str, Any] | None = None
+        #: the producer may append what it is given at once (wait_ready)
+        self.ready = True
         if isinstance(producer, dict):
             self._config = {**producer, "delivery.report.only.error": True, "on_delivery": self._on_delivery}
-            producer = Producer(self._config)
+            if is_idempotent(self._config):
+                self._config |= {"statistics.interval.ms": READY_STATS_INTERVAL_MS, "stats_cb": self._on_stats}
+            producer = self._new_producer()
         self.producer = producer
         #: records to produce again (their delivery failed for a passing reason)
         self._redeliver: list[tuple[str, bytes | None, bytes | None, Any]] = []
@@ -211,6 +224,32 @@ class Publisher:
 
     _fatal = False
 
+    def _new_producer(self) -> Producer:
+        assert self._config is not None
+        self.ready = not is_idempotent(self._config)
+        return Producer(self._config)
+
+    def _on_stats(self, stats_json: str) -> None:
+        if not self.ready:
+            self.ready = json.loads(stats_json).get("eos", {}).get("idemp_state") == "Assigned"
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Until the idempotent producer holds its producer id (False if `timeout` passed first).
+
+        The feature processor's upstream gate trusts a raw record's CreateTime (the produce()
+        call) to be at most APPEND_MARGIN_S before the record reaches the broker. A new
+        idempotent producer sends nothing until the broker has given it a producer id:
+        librdkafka asks on a timer, measured 0.50 s after creation on the embedded broker. A
+        shard that subscribed at once stamped its first records half a second before they
+        could land, and the gate cleared past them (docs/decisions.md, "Feature idleness: the
+        shard whose first records waited for a producer id"). Waiting here, before any
+        connection, keeps that promise; the venue (or the emulator, which holds a capture's
+        frames until their stream is subscribed) sends nothing meanwhile."""
+        deadline = time.monotonic() + timeout
+        while not self.ready and time.monotonic() < deadline:
+            self.producer.poll(0.05)
+        return self.ready
+
     def _replace_producer(self) -> None:
         """A fatal producer error (idempotence state lost) leaves the producer unusable: queue
         what it still holds for redelivery and continue with a new one."""
@@ -220,7 +259,7 @@ class Publisher:
         old.purge()  # queued/in-flight records come back as failed deliveries -> _redeliver
         old.poll(0)
         self._produced -= len(old)  # anything it still reports is not counted as delivered
-        self.producer = Producer(self._config)
+        self.producer = self._new_producer()
         self._fatal = False
         self.stats.producers_replaced += 1
         _shard_log(
@@ -865,6 +904,7 @@ class ShardRunner:
             else None
         )
         try:
+            await self._producer_ready()
             await self.pool.start()
             await self._load_instruments(self.instruments_timeout_s)
             self.running.set()
@@ -885,6 +925,21 @@ class ShardRunner:
             await self.shutdown()
             self.write_status(stopped=True)
         return self.stats
+
+    async def _producer_ready(self) -> None:
+        """Publisher.wait_ready off the event loop (status reports go on meanwhile)."""
+        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        ready = await loop.run_in_executor(None, self.publisher.wait_ready, PRODUCER_READY_TIMEOUT_S)
+        if ready:
+            _shard_log(self.cfg.name, logging.INFO, "producer ready", waited_s=round(time.monotonic() - t0, 3))
+        else:
+            _shard_log(
+                self.cfg.name,
+                logging.WARNING,
+                "producer has no producer id yet; connecting anyway",
+                waited_s=round(time.monotonic() - t0, 3),
+            )
 
     async def shutdown(self, flush_timeout: float = 30.0) -> None:
         workers, self.workers = self.workers, []

@@ -187,10 +187,13 @@ def connection_config(conn: KafkaConnection) -> dict[str, Any]:
     } | {k: v for k, v in optional.items() if v}
 
 
+def is_idempotent(cfg: Mapping[str, Any]) -> bool:
+    return str(cfg.get("enable.idempotence", False)).lower() in ("true", "1")
+
+
 def _check_idempotence(cfg: Mapping[str, Any]) -> None:
     # librdkafka rejects this combination at client creation with a terse message; say why here.
-    idem = str(cfg.get("enable.idempotence", False)).lower() in ("true", "1")
-    if idem and str(cfg.get("acks")).lower() not in ("all", "-1"):
+    if is_idempotent(cfg) and str(cfg.get("acks")).lower() not in ("all", "-1"):
         raise ValueError(
             f"enable.idempotence requires acks=all (got acks={cfg.get('acks')!r}); "
             "pass enable_idempotence=False together with a weaker acks"
@@ -224,7 +227,7 @@ def transactional_producer_config(
         if explicit:
             raise ValueError("message.timeout.ms must not exceed transaction.timeout.ms")
         cfg["message.timeout.ms"] = cfg["transaction.timeout.ms"]
-    if str(cfg.get("enable.idempotence")).lower() not in ("true", "1"):
+    if not is_idempotent(cfg):
         raise ValueError("a transactional producer must keep enable.idempotence on")
     _check_idempotence(cfg)
     return cfg

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from confluent_kafka import Producer
 
 from features.compute import compute_features
@@ -67,35 +68,66 @@ def test_quiet_in_wall_time_is_not_idle_until_quiet_in_event_time_too():
     assert live_partitions([deltas, trades], seen, 100.0, 2.0, {trades}, maxts) == [deltas, trades]
 
 
-def test_a_partition_written_behind_another_keeps_its_window_open(broker):
-    """The acceptance test's missing window, replayed on a real broker. At speed max the
-    normalizer wrote BTC-USDT's trade of 23:58:35.702 before the book deltas of 23:58:34 (a
-    second without trades). The delta partition, read to its end and silent for the idle
-    timeout, was declared idle; the trade moved the frontier past 23:58:35 and the deltas of
-    23:58:34, written a moment later, were late: that 1 s window was never published. The
-    deltas are only 1.77 s of event time behind the trade (< the idle timeout): not idle."""
-    first = [envelope(EventType.BOOK_SNAPSHOT, 0, **SPOT)]
-    first += [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(40)]  # to 3.932 s
-    first += [envelope(EventType.TRADE, 250 * k + 227, **SPOT) for k in range(16)]  # to 3.977 s
-    ahead = [envelope(EventType.TRADE, 5702 + k, **SPOT) for k in range(3)]  # none in second 4
-    behind = [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(40, 60)]
+def test_a_caught_up_partition_behind_its_source_by_the_lateness_is_idle_at_once():
+    """A book-snapshot partition that just took a snapshot holds the frontier at the
+    snapshot's watermark. Once the other partitions of its source (same market and exchange)
+    are more than the allowed lateness past it, it is idle without the wall-clock wait, if it
+    is read to its end; a partition with something to read, or behind another source only,
+    keeps holding (another shard may run seconds behind at replay speed max)."""
+    from streaming.processors.feature_processor import _source_of
+
+    snap = (event_topic("processed", "spot", EventType.BOOK_SNAPSHOT, "binance"), 0)
+    deltas = (event_topic("processed", "spot", EventType.BOOK_DELTA, "binance"), 0)
+    okx = (event_topic("processed", "spot", EventType.BOOK_DELTA, "okx"), 0)
+    okx_snap = (event_topic("processed", "spot", EventType.BOOK_SNAPSHOT, "okx"), 0)
+    parts = [snap, deltas, okx, okx_snap]
+    seen = dict.fromkeys(parts, 99.9)  # everything arrived 0.1 s ago: nothing quiet in wall time
+    maxts = {snap: BASE_TS, deltas: BASE_TS + 500_000, okx: BASE_TS + 900_000, okx_snap: BASE_TS + 400_000}
+
+    def live(caught_up, behind_us=500_000, among=parts):
+        return live_partitions(among, seen, 100.0, 2.0, caught_up, maxts, behind_us, _source_of)
+
+    assert live(set(parts)) == parts  # each snapshot 0.5 s behind its source: not more than the lateness
+    maxts[deltas] += 1
+    assert live(set(parts)) == [deltas, okx, okx_snap]
+    assert live(set(parts), behind_us=600_000) == parts
+    assert live({deltas, okx, okx_snap}) == parts  # something left to read: holds
+    maxts[deltas] -= 1
+    maxts[okx] = BASE_TS + 2_000_000  # far past binance's snapshot, but another source
+    assert live(set(parts)) == [snap, deltas, okx]
+    assert live_partitions(parts, seen, 100.0, 2.0, set(parts), maxts) == parts  # without the rule
+    empty = (deltas[0], 1)  # never had a record: behind any source that has one
+    seen[empty] = 99.9
+    assert live({*parts, empty}, among=[*parts, empty]) == [snap, deltas, okx]
+    assert live(set(parts), among=[*parts, empty]) == [snap, deltas, okx, empty]  # not read to its end
+
+
+def test_a_snapshot_partition_does_not_hold_the_frontier_for_the_idle_timeout(broker):
+    """The latency p99's driver (docs/decisions.md): after a book snapshot its partition held
+    every window ending in the next second for the idle timeout of wall time. With an idle
+    timeout far longer than the run, the windows after a snapshot still close once the deltas
+    and trades are the allowed lateness past it (nothing upstream), identical to the batch
+    features and with nothing late."""
+    envs = [envelope(EventType.BOOK_SNAPSHOT, 0, **SPOT)]
+    envs += [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(30)]  # to 2.932 s
+    envs += [envelope(EventType.TRADE, 250 * k + 227, **SPOT) for k in range(12)]  # to 2.977 s
+    envs.append(envelope(EventType.BOOK_SNAPSHOT, 2_950, **SPOT))  # a resync near the end
     fp = FeatureProcessor(
-        connection(broker.bootstrap), PAIR, processor_name="behind", idle_timeout_ms=2000, batch_max_ms=100
+        connection(broker.bootstrap), PAIR, processor_name="snapshot-hold", idle_timeout_ms=600_000, batch_max_ms=100
     )
     fp.start()
     try:
-        _produce(broker.bootstrap, first)
-        _pump(fp, 3.0)  # read to the end, then quiet
-        _produce(broker.bootstrap, ahead)
-        _pump(fp, 1.0)  # the trades run ahead; the deltas have been silent for > 2 s
-        _produce(broker.bootstrap, behind)
-        _pump(fp, 8.0)  # end of input: quiet, upstream clear, fetched since: all closed
+        _produce(broker.bootstrap, envs)
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline and fp.engine.frontier < BASE_TS + 2_000_000:
+            fp.run_once()
     finally:
         fp.close()
+    assert fp.engine.frontier >= BASE_TS + 2_000_000  # without the rule: the snapshot's 0 s less the lateness
     assert not ps.read_topics(broker.bootstrap, [dlq_topic("features")])
     streamed = _streamed(broker.bootstrap)
-    assert streamed.column("exchange_ts").cast("int64").to_pylist() == [BASE_TS + s * 1_000_000 for s in range(6)]
-    assert streamed.equals(_batch(first + ahead + behind))
+    assert streamed.column("exchange_ts").cast("int64").to_pylist() == [BASE_TS, BASE_TS + 1_000_000]
+    assert streamed.equals(_batch(envs).slice(0, 2))
 
 
 def test_transactional_input_ends_after_one_idle_timeout_without_a_wall_clock_escape(broker):
@@ -119,11 +151,16 @@ def test_transactional_input_ends_after_one_idle_timeout_without_a_wall_clock_es
     assert _streamed(broker.bootstrap).equals(_batch(envs))
 
 
-def test_a_partition_far_behind_waits_until_the_normalizer_has_read_its_backlog(broker):
-    """Skew beyond the idle timeout: the normalizer, working through raw.* a chunk at a time,
-    wrote trades 8 s of event time ahead of the deltas. The delta partition is quiet in both
-    clocks, yet its deltas are still in raw.*; the frontier may skip it only once the
-    normalizer's group has consumed every raw record created before that decision."""
+@pytest.mark.parametrize(("ahead_ms", "behind_to", "windows"), [(5702, 60, 6), (12_000, 125, 13)], ids=["1.77s", "8s"])
+def test_a_partition_behind_waits_until_the_normalizer_has_read_its_backlog(broker, ahead_ms, behind_to, windows):
+    """The acceptance test's missing window (1.77 s) and a skew beyond the idle timeout (8 s),
+    replayed on a real broker. At speed max the normalizer, working through raw.* a chunk at
+    a time, wrote BTC-USDT's trade of 23:58:35.702 before the book deltas of 23:58:34 (a
+    second without trades). The delta partition, read to its end and behind its source by
+    more than the allowed lateness (and, at 8 s, quiet in both clocks), yet its deltas are
+    still in raw.*: the frontier may skip it only once the normalizer's group has consumed
+    every raw record created before that decision. Declared idle on silence alone, the
+    deltas written a moment later were late and that 1 s window was never published."""
     from confluent_kafka import Consumer, TopicPartition
 
     from streaming.processors.feature_processor import NORMALIZER_GROUP
@@ -133,10 +170,10 @@ def test_a_partition_far_behind_waits_until_the_normalizer_has_read_its_backlog(
     first = [envelope(EventType.BOOK_SNAPSHOT, 0, **SPOT)]
     first += [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(40)]
     first += [envelope(EventType.TRADE, 250 * k + 227, **SPOT) for k in range(16)]
-    ahead = [envelope(EventType.TRADE, 12_000 + k, **SPOT) for k in range(3)]
-    behind = [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(40, 125)]
+    ahead = [envelope(EventType.TRADE, ahead_ms + k, **SPOT) for k in range(3)]
+    behind = [envelope(EventType.BOOK_DELTA, 100 * k + 32, **SPOT) for k in range(40, behind_to)]
     fp = FeatureProcessor(
-        connection(broker.bootstrap), PAIR, processor_name="far-behind", idle_timeout_ms=1000, batch_max_ms=100
+        connection(broker.bootstrap), PAIR, processor_name=f"behind-{ahead_ms}", idle_timeout_ms=1000, batch_max_ms=100
     )
     fp.start()
     try:
@@ -156,7 +193,7 @@ def test_a_partition_far_behind_waits_until_the_normalizer_has_read_its_backlog(
         fp.close()
     assert not ps.read_topics(broker.bootstrap, [dlq_topic("features")])
     streamed = _streamed(broker.bootstrap)
-    assert streamed.column("exchange_ts").cast("int64").to_pylist() == [BASE_TS + s * 1_000_000 for s in range(13)]
+    assert streamed.column("exchange_ts").cast("int64").to_pylist() == [BASE_TS + s * 1_000_000 for s in range(windows)]
     assert streamed.equals(_batch(first + ahead + behind))
 
 

@@ -65,6 +65,7 @@ from streaming.pragma.messages import (
 from streaming.pragma.price import PriceDefinition, microprice, mid_price
 from streaming.pragma.publisher import PragmaPublisher, PublisherCore
 from tests.support.envelopes import envelope
+from tests.support.processing import read_topics
 from workloads.samples import (
     BINANCE_SPOT_CF,
     BINANCE_SPOT_HFT,
@@ -966,34 +967,6 @@ def base_text(qty: int, size_scale: int, px: int, price_scale: int, cv: str) -> 
     return text(v)
 
 
-def read_committed(bootstrap: str, topic: str, quiet_polls: int = 20) -> list:
-    """Every record of `topic`, read as a downstream consumer does (read_committed), until
-    nothing came for `quiet_polls` polls of 0.1 s (the publisher has flushed and closed)."""
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"read-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-        }
-    )
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        out: list = []
-        quiet = 0
-        while quiet < quiet_polls:
-            got = c.consume(num_messages=1000, timeout=0.1)
-            quiet = 0 if got else quiet + 1
-            for m in got:
-                assert m.error() is None, m.error()
-                out.append(m)
-        return sorted(out, key=lambda m: (m.partition(), m.offset()))
-    finally:
-        c.close()
-
-
 @pytest.mark.timeout(300)
 def test_default_config_publishes_the_okx_inverse_perp_of_the_genuine_capture(broker):
     """The stack's path: processed envelopes on the project's processed.* topics, the
@@ -1020,9 +993,9 @@ def test_default_config_publishes_the_okx_inverse_perp_of_the_genuine_capture(br
     stats = pub.run()
     assert stats.records_in == n_in and stats.delivery_errors == 0 and stats.dead_letters == 0
 
-    prices = read_committed(broker.bootstrap, cfg.prices_topic)
-    depth = read_committed(broker.bootstrap, cfg.orderbook_topic)
-    assert read_committed(broker.bootstrap, cfg.dlq_topic) == []
+    prices = read_topics(broker.bootstrap, [cfg.prices_topic])
+    depth = read_topics(broker.bootstrap, [cfg.orderbook_topic])
+    assert read_topics(broker.bootstrap, [cfg.dlq_topic]) == []
     keys = {m.key() for m in prices} | {m.key() for m in depth}
     assert keys == {b"spot-unknown-okx-BTC", b"perp-unknown-okx-UNI"}, keys
     for m in prices + depth:

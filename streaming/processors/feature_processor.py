@@ -14,7 +14,9 @@ active partitions have moved that far past it). Silence alone is wall time: a pa
 that has not been fetched for a while, or whose upstream writes it behind another topic
 (the normalizer working through a backlog at replay speed max), would be declared idle
 while older records are still to come, and they would be found late: the output would
-depend on the replay's speed. And before the frontier skips an idle partition (or, every
+depend on the replay's speed. One exception: a partition read to its end whose newest record
+is more than the allowed lateness behind its own source's (a book-snapshot partition after a
+snapshot) is idle without the waits. And before the frontier skips an idle partition (or, every
 partition quiet, closes what is buffered: the end of input, which event time cannot
 decide), the stage upstream must be clear: the normalizer's group has consumed every raw
 record created before that decision and nothing committed is left unread in the skipped
@@ -43,6 +45,7 @@ rows it recomputes are byte-identical to any aborted copies (same event_id per w
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import sys
@@ -65,7 +68,7 @@ from runtime.service_cli import LoopSettings, service_main
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.model import Exchange, Market, event_type_from_pb
 from schemas.serde import SCHEMA_VERSION_NUMBER, SerdeError, check_header_version, decode
-from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, feature_topic
+from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, feature_topic, parse_event_topic
 from streaming.kafka.io import TP, read_range
 from streaming.kafka.topic_admin import create_topics
 from streaming.kafka.topic_config import DAY_MS, TopicSpec
@@ -135,6 +138,11 @@ class Window:
     tps: list[TP] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
 
+    def add(self, env: pb.Envelope, code: int, tp: TP, offset: int) -> None:
+        self.cols.append(env, code)
+        self.tps.append(tp)
+        self.offsets.append(offset)
+
 
 _Envelope = pb.Envelope
 
@@ -195,13 +203,14 @@ class Engine:
             ), None
         if m is None or ts > m:
             self.maxts[tp] = ts
+        self._window(ws).add(env, code, tp, offset)
+        return None, env
+
+    def _window(self, ws: int) -> Window:
         w = self.buffers.get(ws)
         if w is None:
             w = self.buffers[ws] = Window()
-        w.cols.append(env, code)
-        w.tps.append(tp)
-        w.offsets.append(offset)
-        return None, env
+        return w
 
     def propose_frontier(self, live: Iterable[TP] | None) -> int:
         """Close frontier from the non-idle partitions (`live`); None means all are idle."""
@@ -257,13 +266,7 @@ class Engine:
                 if m.offset() in wanted:
                     env = decode(m.value(), m.headers())
                     ts = env.exchange_ts
-                    ws = ts - ts % WINDOW_US
-                    w = self.buffers.get(ws)
-                    if w is None:
-                        w = self.buffers[ws] = Window()
-                    w.cols.append(env, env.event_type)
-                    w.tps.append(tp)
-                    w.offsets.append(m.offset())
+                    self._window(ts - ts % WINDOW_US).add(env, env.event_type, tp, m.offset())
 
 
 def _checked(value: bytes | None, headers) -> tuple[str | None, pb.Envelope | None]:
@@ -288,6 +291,8 @@ def live_partitions(
     idle_s: float,
     caught_up: set[TP],
     maxts: dict[TP, int] | None = None,
+    behind_us: int | None = None,
+    source: Callable[[TP], object] | None = None,
 ) -> list[TP]:
     """Partitions that hold the close frontier: all but the idle ones.
 
@@ -300,7 +305,20 @@ def live_partitions(
     chunk at a time): the lagging partition's next records are then still behind the
     others, and declaring it idle on wall-clock silence alone would close their window
     before they arrive (one missing 1 s window in the acceptance test). When every
-    partition is quiet the input has ended for now: [] (the caller closes what is buffered)."""
+    partition is quiet the input has ended for now: [] (the caller closes what is buffered).
+
+    *Left behind by its source* (``behind_us``, the allowed lateness, with ``source``): a
+    caught-up partition whose newest record (if it ever had one) is more than ``behind_us`` of
+    event time older than the newest record taken from its source (the same market and exchange: one
+    collector shard's order, in a replay) is idle without the wall-clock wait. A
+    book-snapshot partition gets one record now and then; holding the frontier at that
+    record's watermark for ``idle_s`` of wall time after each one delayed every window
+    closing in that second (the latency p99, docs/decisions.md). Its next record can only be
+    one not yet normalized or not yet fetched, which the caller's upstream gate rules out
+    before the frontier skips it (FeatureProcessor._upstream_gate); after that, it comes from
+    raw records its source wrote later, whose event time the allowed lateness bounds as it
+    does within a partition. Only the same source: another venue or market (another shard)
+    may run seconds behind at replay speed max, and its partitions keep the wall-clock wait."""
     assignment = list(assignment)
     quiet = {tp for tp in assignment if tp in caught_up and now - last_seen.get(tp, now) > idle_s}
     active = [tp for tp in assignment if tp not in quiet]
@@ -311,7 +329,31 @@ def live_partitions(
     if not seen:
         return active
     reference = min(seen) - int(idle_s * 1_000_000)
-    return [tp for tp in assignment if tp not in quiet or (tp in maxts and maxts[tp] > reference)]
+    live = [tp for tp in assignment if tp not in quiet or (tp in maxts and maxts[tp] > reference)]
+    if behind_us is None or source is None:
+        return live
+    newest: dict[object, int] = {}
+    for tp, ts in maxts.items():
+        s = source(tp)
+        if ts > newest.get(s, ts - 1):
+            newest[s] = ts
+    kept = [
+        tp
+        for tp in live
+        if tp not in caught_up or maxts.get(tp, NEG_INF) >= newest.get(source(tp), NEG_INF) - behind_us
+    ]
+    return kept or live  # never [] here: a source's newest partition is not behind it ([] closes everything)
+
+
+@functools.cache
+def _source_of(tp: TP) -> tuple[Market, Exchange] | str:
+    """The source a processed.* partition's records come from, for live_partitions: the
+    market and exchange its collector shard serves (a topic of another shape: its own)."""
+    try:
+        t = parse_event_topic(tp[0])
+    except ValueError:
+        return tp[0]
+    return t.market, t.exchange
 
 
 def feature_records(rows: list[dict]) -> list[OutRecord]:
@@ -616,7 +658,14 @@ class FeatureProcessor(TransactionalLoop):
         self.next_offset.update(batch_end)
         self.last_seen.update(dict.fromkeys(batch_end, now))
         live = live_partitions(
-            self.assignment, self.last_seen, now, self.idle_timeout_s, self._caught_up(), self.engine.maxts
+            self.assignment,
+            self.last_seen,
+            now,
+            self.idle_timeout_s,
+            self._caught_up(),
+            self.engine.maxts,
+            self.engine.allowed_lateness_us,
+            _source_of,
         )
         before = self.engine.frontier
         frontier = self.engine.propose_frontier(live if live else None)
