@@ -241,8 +241,8 @@ class Publisher:
         idempotent producer sends nothing until the broker has given it a producer id:
         librdkafka asks on a timer, measured 0.50 s after creation on the embedded broker. A
         shard that subscribed at once stamped its first records half a second before they
-        could land, and the gate cleared past them (docs/decisions.md, "Feature idleness: the
-        shard whose first records waited for a producer id"). Waiting here, before any
+        could land, and the gate cleared past them (docs/decisions.md, "Spot features lost at
+        replay start: the shard's first records waited for a producer id"). Waiting here, before any
         connection, keeps that promise; the venue (or the emulator, which holds a capture's
         frames until their stream is subscribed) sends nothing meanwhile."""
         deadline = time.monotonic() + timeout
