@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from collectors.replay import Emulator
 from collectors.runner import Publisher, ShardStats
 from runtime.kafka_config import KafkaConnection, producer_config
-from tests.support.collectors import RunningShard, ensure_collector_topics, unique
+from tests.support.collectors import RunningShard, ensure_collector_topics, synthetic_okx_spot
 
 
 def test_a_shard_touches_its_venue_only_after_its_producer_has_an_id(kafka_broker):
@@ -24,11 +23,7 @@ def test_a_shard_touches_its_venue_only_after_its_producer_has_an_id(kafka_broke
     seen: list[tuple[str, bool]] = []
 
     async def scenario():
-        emu = Emulator()
-        emu.play_synthetic("okx", "spot", n_symbols=1, rate=50, gate=False)
-        await emu.start()
-        try:
-            cfg = emu.shard_configs(unique("ready"))[0]
+        async with synthetic_okx_spot("ready") as cfg:
             shard = RunningShard(cfg, kafka_broker.bootstrap)
             runner = shard.runner
             first_network_call = runner.pool.start
@@ -42,8 +37,6 @@ def test_a_shard_touches_its_venue_only_after_its_producer_has_an_id(kafka_broke
             async with shard:
                 waited = time.monotonic() - created
                 return waited, runner.publisher.ready
-        finally:
-            await emu.stop()
 
     waited, ready_at_end = asyncio.run(scenario())
     assert seen == [("rest pool start", True)], seen

@@ -23,12 +23,12 @@ from collectors.config import (
     ensure_default_config,
     parse_shards,
 )
-from collectors.replay import Emulator
 from collectors.status import collectors_status, explain, status_file
 from schemas.model import Exchange, Market
 from tests.support.collectors import (
     RunningShard,
     ensure_collector_topics,
+    synthetic_okx_spot,
     unique,
     wait_until,
 )
@@ -133,22 +133,18 @@ def test_status_shows_a_connected_shard_and_its_last_frame_age(kafka_broker, tmp
     home = tmp_path / "home"
 
     async def scenario():
-        emu = Emulator()
-        emu.play_synthetic("okx", "spot", n_symbols=1, rate=50, gate=False)
-        await emu.start()
-        try:
-            cfg = emu.shard_configs(unique("live"))[0]
-            async with RunningShard(cfg, bootstrap, status_path=status_file(cfg.name, home), status_interval_s=0.2):
-                assert await wait_until(
-                    lambda: (
-                        collectors_status(home, [cfg])[0]["state"] == "connected"
-                        and collectors_status(home, [cfg])[0]["last_frame_age_s"] is not None
-                    ),
-                    30,
-                )
-                return cfg, collectors_status(home, [cfg])[0]
-        finally:
-            await emu.stop()
+        async with (
+            synthetic_okx_spot("live") as cfg,
+            RunningShard(cfg, bootstrap, status_path=status_file(cfg.name, home), status_interval_s=0.2),
+        ):
+            assert await wait_until(
+                lambda: (
+                    collectors_status(home, [cfg])[0]["state"] == "connected"
+                    and collectors_status(home, [cfg])[0]["last_frame_age_s"] is not None
+                ),
+                30,
+            )
+            return cfg, collectors_status(home, [cfg])[0]
 
     cfg, st = asyncio.run(scenario())
     assert st["connected"] is True and st["reason"] == "" and st["last_frame_age_s"] < 5

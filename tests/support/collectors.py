@@ -8,10 +8,11 @@ a downstream consumer sees), so it judges the published stream, not the adapter'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -44,6 +45,20 @@ def ensure_collector_topics(bootstrap: str) -> None:
 
 def producer_config(bootstrap: str) -> dict:
     return kc.producer_config(kc.KafkaConnection(bootstrap), linger_ms=5)
+
+
+@contextlib.asynccontextmanager
+async def synthetic_okx_spot(name: str) -> AsyncIterator[ShardConfig]:
+    """A running emulator with one synthetic OKX spot symbol (50 frames/s); yields a shard config for it."""
+    from collectors.replay import Emulator
+
+    emu = Emulator()
+    emu.play_synthetic("okx", "spot", n_symbols=1, rate=50, gate=False)
+    await emu.start()
+    try:
+        yield emu.shard_configs(unique(name))[0]
+    finally:
+        await emu.stop()
 
 
 def unique(prefix: str) -> str:
