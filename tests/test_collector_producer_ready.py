@@ -15,6 +15,7 @@ import time
 
 from collectors.runner import Publisher, ShardStats
 from runtime.kafka_config import KafkaConnection, producer_config
+from streaming.kafka.broker import find_free_port
 from tests.support.collectors import RunningShard, ensure_collector_topics, synthetic_okx_spot
 
 
@@ -44,21 +45,20 @@ def test_a_shard_touches_its_venue_only_after_its_producer_has_an_id(kafka_broke
 
 
 def test_an_unreachable_broker_does_not_keep_a_shard_waiting_forever():
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = find_free_port()  # nobody listens there
     pub = Publisher(None, producer_config(KafkaConnection(bootstrap_servers=f"127.0.0.1:{port}")), ShardStats())
     try:
         assert pub.wait_ready(0.3) is False
     finally:
         pub.producer.purge()
+        pub.producer.close()  # else it keeps reconnecting (connection-refused lines) until collected
 
 
 def test_a_producer_without_idempotence_is_ready_at_once():
     cfg = producer_config(KafkaConnection(bootstrap_servers="127.0.0.1:9"), enable_idempotence=False, acks="1")
     pub = Publisher(None, cfg, ShardStats())
-    assert pub.ready and pub.wait_ready(0.0)
-    assert "stats_cb" not in pub._config
+    try:
+        assert pub.ready and pub.wait_ready(0.0)
+        assert "stats_cb" not in pub._config
+    finally:
+        pub.producer.close()

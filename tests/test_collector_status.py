@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 
 import yaml
@@ -25,6 +24,7 @@ from collectors.config import (
 )
 from collectors.status import collectors_status, explain, status_file
 from schemas.model import Exchange, Market
+from streaming.kafka.broker import find_free_port
 from tests.support.collectors import (
     RunningShard,
     ensure_collector_topics,
@@ -50,18 +50,10 @@ def test_default_config_collects_btc_and_eth_on_every_venue_and_is_never_overwri
     assert ensure_default_config(path) is False and path.read_text() == "shards: []\n"
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_status_says_why_a_venue_is_unreachable(kafka_broker, tmp_path):
     bootstrap = kafka_broker.bootstrap
     ensure_collector_topics(bootstrap)
-    port = _closed_port()
+    port = find_free_port()  # nobody listens there: connection refused
     refused = ShardConfig(
         name=unique("refused"),
         exchange=Exchange.BINANCE,

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import pytest
 
+from streaming.kafka.broker import find_free_port
 from tests.test_stack import processes_of, ticklake
 from workloads.samples import BINANCE_SPOT_HFT, BYBIT_OB500, OKX_CF
 
@@ -97,14 +98,6 @@ def bybit_messages() -> dict[str, int]:
         [name] = z.namelist()
         kinds = [json.loads(line)["type"] for line in z.read(name).decode().splitlines() if line.strip()]
     return {k: kinds.count(k) for k in set(kinds)}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def materialized(instance, key: str) -> set[str]:
@@ -206,7 +199,7 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
     captures.mkdir()
     for f in (BINANCE, BYBIT, OKX):  # read at test time; the copies live in the test's tmp dir
         shutil.copy(f, captures / f.name)
-    port = free_port()
+    port = find_free_port()
     trades, okx = binance_trades(), okx_trades()
     bybit = bybit_messages()
     assert trades > 0 and okx > 0 and bybit == {"snapshot": 1, "delta": 49}
