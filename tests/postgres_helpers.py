@@ -14,13 +14,14 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from streaming.kafka.broker import find_free_port
 
 UNPRIVILEGED_USER = "nobody"
 
@@ -61,12 +62,6 @@ def postgres_bin_dir() -> Path | None:
     return Path(candidates[-1]).parent if candidates else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_as(user: pwd.struct_passwd | None):
     """subprocess kwargs that drop root to `user` (uid, gid, no supplementary groups)."""
     if user is None:
@@ -87,7 +82,7 @@ def postgres_server(db_name: str = "ticklake_test", user: str = "dagster") -> It
         os.chown(root, runner.pw_uid, runner.pw_gid)
         os.chown(sock, runner.pw_uid, runner.pw_gid)
     as_runner = _run_as(runner)
-    port = _free_port()
+    port = find_free_port()
     started = False
     try:
         try:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from streaming.kafka.broker import find_free_port
 from tests.support.stack import processes_of, ticklake
-from tests.test_platform_acceptance import free_port
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "samples" / "binance" / "hftbacktest_spot_btcusdt_20240808.gz"
 #: Capture seconds replayed, and the replay speed: ~15 s of wall time, long enough to kill
@@ -101,7 +101,7 @@ def test_broker_killed_under_replay_load_recovers_and_loses_nothing(ticklake_hom
         home,
         "up",
         "--port",
-        str(free_port()),
+        str(find_free_port()),
         "--replay",
         str(captures),
         "--speed",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -45,6 +44,7 @@ from schemas.iceberg import (
 from schemas.ids import stamp_event_id
 from schemas.model import EventType
 from schemas.tables import TABLES_BY_NAME
+from streaming.kafka.broker import find_free_port
 from streaming.lake.rebuild import checksum, rebuild_hour, table_schema
 from streaming.lake.seal import read_hour
 from streaming.lake.sink import hour_filter
@@ -85,12 +85,6 @@ def _server_binary() -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _api(port: int, path: str, body: dict) -> dict:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",
@@ -107,7 +101,7 @@ def s3_tables_front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SigV4F
     binary = _server_binary()
     root = tmp_path_factory.mktemp("rest-catalog")
     with postgres_server(db_name="lakana") as pg:
-        port = _free_port()
+        port = find_free_port()
         env = {
             **os.environ,
             "LAKANA_DATABASE__URL": f"postgresql+pg8000://{pg.user}@{pg.host}:{pg.port}/{pg.db_name}",
