@@ -151,11 +151,11 @@ def test_restore_mid_window_gives_identical_rows(envs, cut_share):
     cut = int(len(recs) * cut_share)
     first, rows_a, reasons = Engine(LATENESS_US), [], []
     _offer(first, recs[:cut], rows_a, reasons)
-    open_windows = sorted(first.buffers)
-    buffered = sum(len(w.offsets) for w in first.buffers.values())
+    open_windows = sorted((s, ws) for s, ws, _ in first.windows())
+    buffered = sum(len(w.offsets) for _, _, w in first.windows())
     assert open_windows and buffered > 100  # the cut is inside open windows
     ckpt = first.snapshot({})
-    assert not any(ws + WINDOW_US <= first.frontier for ws in open_windows)
+    assert not any(ws + WINDOW_US <= first.frontier_of(s) for s, ws in open_windows)
 
     by_tp: dict = {}
     for tp, m in recs:
@@ -166,11 +166,11 @@ def test_restore_mid_window_gives_identical_rows(envs, cut_share):
 
     restored = Engine()
     restored.restore(ckpt, fetch)
-    assert sorted(restored.buffers) == open_windows
-    assert sum(len(w.offsets) for w in restored.buffers.values()) == buffered
+    assert sorted((s, ws) for s, ws, _ in restored.windows()) == open_windows
+    assert sum(len(w.offsets) for _, _, w in restored.windows()) == buffered
     assert restored.snapshot({})["buffered"] == ckpt["buffered"]
-    for ws, w in first.buffers.items():
-        got, exp = restored.buffers[ws].cols.table(), w.cols.table()
+    for s, ws, w in first.windows():
+        got, exp = restored.buffers[s][ws].cols.table(), w.cols.table()
         key = [("event_id", "ascending")]
         assert got.sort_by(key).equals(exp.sort_by(key)), ws
 
@@ -224,4 +224,4 @@ def test_schema_version_from_the_body_or_else_the_header(envs):
     for headers in (r.headers, None, [(SCHEMA_HEADER, b"2")], never):
         assert engine.offer(("in", 0), 7, other.SerializeToString(), headers) == (want, None)
     assert engine.offer(("in", 0), 8, b"\x01\x02junk", lambda: [(SCHEMA_HEADER, b"2")]) == (want, None)
-    assert sum(len(w.offsets) for w in engine.buffers.values()) == 5
+    assert sum(len(w.offsets) for _, _, w in engine.windows()) == 5

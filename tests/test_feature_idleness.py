@@ -74,7 +74,7 @@ def test_a_caught_up_partition_behind_its_source_by_the_lateness_is_idle_at_once
     are more than the allowed lateness past it, it is idle without the wall-clock wait, if it
     is read to its end; a partition with something to read, or behind another source only,
     keeps holding (another shard may run seconds behind at replay speed max)."""
-    from streaming.processors.feature_processor import _source_of
+    from streaming.processors.feature_processor import source_of
 
     snap = (event_topic("processed", "spot", EventType.BOOK_SNAPSHOT, "binance"), 0)
     deltas = (event_topic("processed", "spot", EventType.BOOK_DELTA, "binance"), 0)
@@ -85,7 +85,7 @@ def test_a_caught_up_partition_behind_its_source_by_the_lateness_is_idle_at_once
     maxts = {snap: BASE_TS, deltas: BASE_TS + 500_000, okx: BASE_TS + 900_000, okx_snap: BASE_TS + 400_000}
 
     def live(caught_up, behind_us=500_000, among=parts):
-        return live_partitions(among, seen, 100.0, 2.0, caught_up, maxts, behind_us, _source_of)
+        return live_partitions(among, seen, 100.0, 2.0, caught_up, maxts, behind_us, source_of)
 
     assert live(set(parts)) == parts  # each snapshot 0.5 s behind its source: not more than the lateness
     maxts[deltas] += 1

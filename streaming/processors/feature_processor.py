@@ -3,10 +3,13 @@
 Event time, per input partition. Each input partition P has a watermark
 wm(P) = max exchange_ts seen on P - allowed_lateness. A record is late when its time is
 below its own partition's watermark, or its window has already been closed; late records
-go to dlq.features with the reason (counted), never into a window. Windows close when the
-*close frontier* passes their end: the minimum watermark over partitions that are not idle
-(an idle partition, silent for idle_timeout, would otherwise hold every window open; when
-all are idle everything buffered is closed). Idle requires three things (live_partitions):
+go to dlq.features with the reason (counted), never into a window. Each source (the market
+and exchange of one collector shard: source_of) has its own *close frontier*, and its windows
+close when it passes their end: the minimum watermark over that source's partitions that are
+not idle (an idle partition, silent for idle_timeout, would otherwise hold every window open;
+when all of a source's are idle everything it buffered is closed). Sources are independent
+clocks: one frontier over all of them let a source with nothing read yet fall behind the
+others' event time, and lose every record it then brought as late. Idle requires three things (live_partitions):
 nothing left to read in the partition, decided exactly from the client's end-of-partition
 events (transaction markers understood, records of an open upstream transaction counted);
 silence for idle_timeout of wall time; and silence for idle_timeout of *event* time (the
@@ -147,17 +150,78 @@ class Window:
 _Envelope = pb.Envelope
 
 
+#: A progress record's or checkpoint's frontier key for "every source, at least": what a
+#: record written before frontiers were kept per source holds (docs/decisions.md).
+ALL_SOURCES = "*"
+
+
+def frontier_map(recorded: int | dict[str, int]) -> dict[str, int]:
+    """A recorded close frontier as {source: frontier}; an int (the one frontier of records
+    written before there was one per source) applies to every source."""
+    return {ALL_SOURCES: recorded} if isinstance(recorded, int) else recorded
+
+
+def closed_through(recorded: int | dict[str, int], end_us: int, sources: Iterable[str]) -> bool:
+    """Whether a recorded frontier closed every window of `sources` that ends by `end_us`."""
+    frontiers = frontier_map(recorded)
+    base = frontiers.get(ALL_SOURCES, NEG_INF)
+    return all(max(frontiers.get(s, NEG_INF), base) >= end_us for s in sources)
+
+
+@functools.cache
+def source_of(tp: TP) -> str:
+    """The source a processed.* partition's records come from: the market and exchange its
+    collector shard serves, spelled as in --pairs ('spot:binance'); a topic of another shape
+    is its own source. Each source has its own close frontier: sources are independent
+    clocks (another venue, another shard, a capture of another year)."""
+    try:
+        t = parse_event_topic(tp[0])
+    except ValueError:
+        return tp[0]
+    return f"{t.market.value}:{t.exchange.value}"
+
+
 @dataclass(slots=True)
 class Engine:
-    """The event-time core: buffers, watermarks, frontier, spec state. No Kafka in here."""
+    """The event-time core: buffers, watermarks, frontiers, spec state. No Kafka in here.
+
+    One close frontier per source (source_of): a window of one source closes on that
+    source's partitions only. Features are per instrument and an instrument belongs to one
+    source, so closing the sources independently changes no row; one frontier over all
+    sources made a source whose records were not in yet (idle) follow the others' event
+    time, and when they came they were all late (a 2022 capture replayed beside 2024 ones;
+    docs/decisions.md, "A close frontier per source")."""
 
     allowed_lateness_us: int = 500_000
     state: FeatureState = field(default_factory=FeatureState)
-    buffers: dict[int, Window] = field(default_factory=dict)  # window_start -> its inputs
+    buffers: dict[str, dict[int, Window]] = field(default_factory=dict)  # source -> window_start -> inputs
     maxts: dict[TP, int] = field(default_factory=dict)
-    frontier: int = NEG_INF
+    frontiers: dict[str, int] = field(default_factory=dict)  # per source
+    base: int = NEG_INF  # every source's frontier is at least this (records with one frontier)
     late: int = 0
     dlq: DlqCounters = field(default_factory=lambda: DlqCounters(DlqStage.FEATURES.value))
+
+    def frontier_of(self, source: str) -> int:
+        f = self.frontiers.get(source, NEG_INF)
+        return f if f > self.base else self.base
+
+    @property
+    def frontier(self) -> int:
+        """The oldest frontier of any source seen: every window before it is closed."""
+        known = self.sources()
+        return min((self.frontier_of(s) for s in known), default=self.base)
+
+    def sources(self) -> set[str]:
+        return {*self.frontiers, *self.buffers, *(source_of(tp) for tp in self.maxts)}
+
+    def frontier_record(self) -> dict[str, int]:
+        """The frontiers as progress records and checkpoints keep them."""
+        out = {ALL_SOURCES: self.base} if self.base > NEG_INF else {}
+        out.update((s, f) for s, f in self.frontiers.items() if f > self.base)
+        return out
+
+    def closed_through(self, end_us: int, sources: Iterable[str]) -> bool:
+        return closed_through(self.frontier_record(), end_us, sources)
 
     def offer(self, tp: TP, offset: int, value: bytes | None, headers) -> tuple[str | None, pb.Envelope | None]:
         """Take one input record; returns (dlq reason or None, the envelope if buffered).
@@ -195,57 +259,85 @@ class Engine:
                 f"{tp[0]}[{tp[1]}] (allowed lateness {self.allowed_lateness_us} µs)"
             ), None
         ws = ts - ts % WINDOW_US
-        if ws + WINDOW_US <= self.frontier:
+        source = source_of(tp)
+        frontier = self.frontier_of(source)
+        if ws + WINDOW_US <= frontier:
             self.late += 1
             return (
                 f"late: {env.symbol} {_ET_NAME[code]} at {ts} falls in window {ws}, already closed "
-                f"(frontier {self.frontier})"
+                f"(frontier {frontier} of {source})"
             ), None
         if m is None or ts > m:
             self.maxts[tp] = ts
-        self._window(ws).add(env, code, tp, offset)
+        self._window(source, ws).add(env, code, tp, offset)
         return None, env
 
-    def _window(self, ws: int) -> Window:
-        w = self.buffers.get(ws)
+    def _window(self, source: str, ws: int) -> Window:
+        windows = self.buffers.get(source)
+        if windows is None:
+            windows = self.buffers[source] = {}
+        w = windows.get(ws)
         if w is None:
-            w = self.buffers[ws] = Window()
+            w = windows[ws] = Window()
         return w
 
-    def propose_frontier(self, live: Iterable[TP] | None) -> int:
-        """Close frontier from the non-idle partitions (`live`); None means all are idle."""
-        if live is None:
-            if not self.buffers:
-                return self.frontier
-            return max(self.frontier, max(self.buffers) + WINDOW_US)
-        f = None
-        for tp in live:
-            m = self.maxts.get(tp)
-            w = NEG_INF if m is None else m - self.allowed_lateness_us
-            f = w if f is None else min(f, w)
-        return self.frontier if f is None else max(self.frontier, f)
+    def propose_frontier(self, live: Iterable[TP] | None) -> dict[str, int]:
+        """Each source's close frontier from its non-idle partitions (`live`): the lowest
+        watermark among them; a source with none (None or []: nothing is live) closes
+        everything it buffers."""
+        by_source: dict[str, list[TP]] = {}
+        for tp in live or ():
+            by_source.setdefault(source_of(tp), []).append(tp)
+        out: dict[str, int] = {}
+        for s in self.sources() | by_source.keys():
+            cur = self.frontier_of(s)
+            parts = by_source.get(s)
+            if parts is None:
+                windows = self.buffers.get(s)
+                out[s] = max(cur, max(windows) + WINDOW_US) if windows else cur
+                continue
+            f = min(NEG_INF if (m := self.maxts.get(tp)) is None else m - self.allowed_lateness_us for tp in parts)
+            out[s] = max(cur, f)
+        return out
 
-    def close(self, frontier: int) -> list[dict]:
-        """Advance to `frontier`; compute and return the rows of every window it closes."""
-        self.frontier = max(self.frontier, frontier)
-        due = sorted(ws for ws in self.buffers if ws + WINDOW_US <= self.frontier)
+    def close(self, frontiers: dict[str, int] | int) -> list[dict]:
+        """Advance each source to its frontier (an int or ALL_SOURCES: every source); compute
+        and return the rows of every window that closes."""
+        for s, f in frontier_map(frontiers).items():
+            if s == ALL_SOURCES:
+                self.base = max(self.base, f)
+            elif f > self.frontiers.get(s, NEG_INF):
+                self.frontiers[s] = f
+        due: list[tuple[int, str]] = []
+        for s, windows in self.buffers.items():
+            f = self.frontier_of(s)
+            due += [(ws, s) for ws in windows if ws + WINDOW_US <= f]
         if not due:
             return []
-        inputs = InputColumns.table_of([self.buffers.pop(ws).cols for ws in due])
+        due.sort()
+        inputs = InputColumns.table_of([self.buffers[s].pop(ws).cols for ws, s in due])
+        for s in {s for _, s in due}:
+            if not self.buffers[s]:
+                del self.buffers[s]
         table, _ = compute_features(inputs, self.state)
         return table_rows(table)
+
+    def windows(self) -> Iterable[tuple[str, int, Window]]:
+        for s, windows in self.buffers.items():
+            for ws, w in windows.items():
+                yield s, ws, w
 
     # -- checkpoint payload ---------------------------------------------------------------
 
     def snapshot(self, offsets: dict[TP, int]) -> dict:
         by_tp: dict[TP, list[int]] = {}
-        for w in self.buffers.values():
+        for _, _, w in self.windows():
             for tp, off in zip(w.tps, w.offsets):
                 by_tp.setdefault(tp, []).append(off)
         return {
             "lateness": self.allowed_lateness_us,
             "offsets": {_tp_key(tp): o for tp, o in offsets.items()},
-            "frontier": self.frontier,
+            "frontier": self.frontier_record(),
             "maxts": {_tp_key(tp): m for tp, m in self.maxts.items()},
             "features": self.state.to_state(),
             "buffered": {_tp_key(tp): _ranges(offs) for tp, offs in by_tp.items()},
@@ -253,7 +345,9 @@ class Engine:
 
     def restore(self, ckpt: dict, fetch: Callable[[TP, int, int], Iterable[Message]]) -> None:
         self.allowed_lateness_us = ckpt.get("lateness", self.allowed_lateness_us)
-        self.frontier = ckpt["frontier"]
+        recorded = frontier_map(ckpt["frontier"])
+        self.base = recorded.get(ALL_SOURCES, NEG_INF)
+        self.frontiers = {s: f for s, f in recorded.items() if s != ALL_SOURCES}
         self.maxts = {_key_tp(k): v for k, v in ckpt["maxts"].items()}
         self.state = FeatureState.from_state(ckpt["features"])
         self.buffers = {}
@@ -266,7 +360,7 @@ class Engine:
                 if m.offset() in wanted:
                     env = decode(m.value(), m.headers())
                     ts = env.exchange_ts
-                    self._window(ts - ts % WINDOW_US).add(env, env.event_type, tp, m.offset())
+                    self._window(source_of(tp), ts - ts % WINDOW_US).add(env, env.event_type, tp, m.offset())
 
 
 def _checked(value: bytes | None, headers) -> tuple[str | None, pb.Envelope | None]:
@@ -306,6 +400,9 @@ def live_partitions(
     others, and declaring it idle on wall-clock silence alone would close their window
     before they arrive (one missing 1 s window in the acceptance test). When every
     partition is quiet the input has ended for now: [] (the caller closes what is buffered).
+    With ``source``, all of this holds per source (each has its own close frontier): the
+    partitions of a source are compared with each other only, and a source whose partitions
+    are all quiet has none in the result (the caller closes what that source buffers).
 
     *Left behind by its source* (``behind_us``, the allowed lateness, with ``source``): a
     caught-up partition whose newest record (if it ever had one) is more than ``behind_us`` of
@@ -320,40 +417,41 @@ def live_partitions(
     does within a partition. Only the same source: another venue or market (another shard)
     may run seconds behind at replay speed max, and its partitions keep the wall-clock wait."""
     assignment = list(assignment)
-    quiet = {tp for tp in assignment if tp in caught_up and now - last_seen.get(tp, now) > idle_s}
-    active = [tp for tp in assignment if tp not in quiet]
+    if source is None:
+        return _live_among(assignment, last_seen, now, idle_s, caught_up, maxts or {}, None)
+    groups: dict[object, list[TP]] = {}
+    for tp in assignment:
+        groups.setdefault(source(tp), []).append(tp)
+    live: set[TP] = set()
+    for parts in groups.values():
+        live.update(_live_among(parts, last_seen, now, idle_s, caught_up, maxts or {}, behind_us))
+    return [tp for tp in assignment if tp in live]
+
+
+def _live_among(
+    parts: list[TP],
+    last_seen: dict[TP, float],
+    now: float,
+    idle_s: float,
+    caught_up: set[TP],
+    maxts: dict[TP, int],
+    behind_us: int | None,
+) -> list[TP]:
+    """live_partitions for the partitions of one source."""
+    quiet = {tp for tp in parts if tp in caught_up and now - last_seen.get(tp, now) > idle_s}
+    active = [tp for tp in parts if tp not in quiet]
     if not active:
         return []
-    maxts = maxts or {}
     seen = [maxts[tp] for tp in active if tp in maxts]
     if not seen:
         return active
     reference = min(seen) - int(idle_s * 1_000_000)
-    live = [tp for tp in assignment if tp not in quiet or (tp in maxts and maxts[tp] > reference)]
-    if behind_us is None or source is None:
+    live = [tp for tp in parts if tp not in quiet or (tp in maxts and maxts[tp] > reference)]
+    if behind_us is None:
         return live
-    newest: dict[object, int] = {}
-    for tp, ts in maxts.items():
-        s = source(tp)
-        if ts > newest.get(s, ts - 1):
-            newest[s] = ts
-    kept = [
-        tp
-        for tp in live
-        if tp not in caught_up or maxts.get(tp, NEG_INF) >= newest.get(source(tp), NEG_INF) - behind_us
-    ]
-    return kept or live  # never [] here: a source's newest partition is not behind it ([] closes everything)
-
-
-@functools.cache
-def _source_of(tp: TP) -> tuple[Market, Exchange] | str:
-    """The source a processed.* partition's records come from, for live_partitions: the
-    market and exchange its collector shard serves (a topic of another shape: its own)."""
-    try:
-        t = parse_event_topic(tp[0])
-    except ValueError:
-        return tp[0]
-    return t.market, t.exchange
+    newest = max((maxts[tp] for tp in parts if tp in maxts), default=NEG_INF)
+    kept = [tp for tp in live if tp not in caught_up or maxts.get(tp, NEG_INF) >= newest - behind_us]
+    return kept or live  # never [] here: the source's newest partition is not behind it ([] closes it all)
 
 
 def feature_records(rows: list[dict]) -> list[OutRecord]:
@@ -413,11 +511,13 @@ def committed_chain(
     *,
     before: dict[TP, int] | None = None,
     frontier_at_most: int | None = None,
+    frontier_sources: Iterable[str] | None = None,
 ) -> Chain:
     """Walk back from the last committed progress record (offset committed-1) to the newest
     checkpoint written in a committed batch. Replays ask for the newest checkpoint whose
     input offsets are all <= `before` and whose close frontier is <= `frontier_at_most`
-    (so every window from there on is still open in it and will be emitted again)."""
+    (so every window from there on is still open in it and will be emitted again): the
+    frontier of each of `frontier_sources` (default: every source in it)."""
     recs = load_state_records(consumer, topic, 0, committed)
     chain: list[dict] = []
     off = committed - 1
@@ -438,8 +538,11 @@ def committed_chain(
             _key_tp(k) in before and v > before[_key_tp(k)] for k, v in payload["offsets"].items()
         ):
             continue
-        if frontier_at_most is not None and payload["frontier"] > frontier_at_most:
-            continue
+        if frontier_at_most is not None:
+            recorded = frontier_map(payload["frontier"])
+            wanted = recorded.keys() if frontier_sources is None else {ALL_SOURCES, *frontier_sources}
+            if max((recorded.get(s, NEG_INF) for s in wanted), default=NEG_INF) > frontier_at_most:
+                continue
         return Chain(payload, chain[i:])
     return Chain(None, chain)
 
@@ -498,7 +601,8 @@ class FeatureProcessor(TransactionalLoop):
         self.next_offset: dict[TP, int] = {}  # offset after the newest record taken from the partition
         self.upstream_group = upstream_group
         self.upstream: UpstreamClearance | None = None
-        self._proposals: list[tuple[float, int]] = []  # (stamp, frontier proposed then), not yet cleared
+        # per source: (stamp, frontier proposed then), not yet cleared
+        self._proposals: dict[str, list[tuple[float, int]]] = {}
         # Proposal stamps (_proposal_stamp): when the last poll returned, or tighter, the raw
         # records' bound the normalizer writes (RAW_BEFORE_HEADER) where it covers every partition.
         self._taken_at: float | None = None  # when the last poll returned (None: consumed by process_batch)
@@ -665,72 +769,94 @@ class FeatureProcessor(TransactionalLoop):
             self._caught_up(),
             self.engine.maxts,
             self.engine.allowed_lateness_us,
-            _source_of,
+            source_of,
         )
-        before = self.engine.frontier
-        frontier = self.engine.propose_frontier(live if live else None)
+        before = self.engine.frontier_record()
+        frontiers = self.engine.propose_frontier(live)
         if len(live) < len(self.assignment):
-            frontier = self._upstream_gate(frontier, [tp for tp in self.assignment if tp not in set(live)])
-        rows = self.engine.close(frontier)
+            held = set(live)
+            frontiers = self._upstream_gate(frontiers, [tp for tp in self.assignment if tp not in held])
+        rows = self.engine.close(frontiers)
         if rows:
             wall = time.time()
             for r in rows:
                 metrics.FEATURE_DELAY.labels(self.name).observe(max(0.0, wall - r["last_event_ts"] / 1e6))
         out += feature_records(rows)
-        self._frontier_changed = self.engine.frontier != before
+        self._frontier_changed = self.engine.frontier_record() != before
         if self._frontier_changed:
             metrics.WATERMARK.labels(self.name).set(self.engine.frontier)
         if msgs or self._frontier_changed:
             self._dirty = True
         return out
 
-    def _upstream_gate(self, frontier: int, idle: list[TP]) -> int:
-        """The frontier the `idle` partitions may let through: `frontier` (which skips them)
-        only as far as the upstream has been found clear, else the frontier that holds every
-        partition. A quiet partition's next records can only come from raw records not yet
-        normalized (or normalized but not yet fetched here). So: note (T, frontier proposed
-        at T) at every batch; a probe finds the time U before which the normalizer's group
-        has consumed every raw record (its transactions make the output visible with the
-        offsets), then a direct read finds no committed record after what this processor
-        took from the idle partitions. Whatever reaches them later comes from raw records
-        created after U, i.e. after every record behind a frontier proposed at any T < U:
-        close up to min(newest such frontier, frontier now). Keeping every proposal and
-        asking "until when" (not "is T clear", one T per probe) closes a window one probe
-        after its frontier was proposed, not one probe interval after the previous
-        clearance. Asked only when skipping the idle partitions would close a buffered
-        window (never on an idle stack), and only when a probe could clear a proposal: T is
-        not a wall time but a bound on the raw CreateTime of what was taken
-        (_proposal_stamp), and a probe answers at most its start less the append margin."""
+    def _upstream_gate(self, proposed: dict[str, int], idle: list[TP]) -> dict[str, int]:
+        """The frontiers the `idle` partitions may let through: a source's `proposed` frontier
+        (which skips its idle partitions) only as far as the upstream has been found clear,
+        else the frontier that holds every partition of it. A quiet partition's next records
+        can only come from raw records not yet normalized (or normalized but not yet fetched
+        here). So: note (T, frontier proposed at T) per source at every batch; a probe finds
+        the time U before which the normalizer's group has consumed every raw record (its
+        transactions make the output visible with the offsets), then a direct read finds no
+        committed record after what this processor took from the idle partitions. Whatever
+        reaches them later comes from raw records created after U, i.e. after every record
+        behind a frontier proposed at any T < U: close up to min(newest such frontier,
+        frontier now). Keeping every proposal and asking "until when" (not "is T clear", one
+        T per probe) closes a window one probe after its frontier was proposed, not one probe
+        interval after the previous clearance. One probe serves every source. Asked only
+        when skipping the idle partitions would close a buffered window (never on an idle
+        stack), and only when a probe could clear a proposal: T is not a wall time but a
+        bound on the raw CreateTime of what was taken (_proposal_stamp), and a probe answers
+        at most its start less the append margin."""
         held = self.engine.propose_frontier(self.assignment)
         if self.upstream is None:
-            return frontier
-        if not any(held < ws + WINDOW_US <= frontier for ws in self.engine.buffers):
+            return proposed
+        waiting: dict[str, float] = {}  # source -> the oldest stamp whose clearance closes a window
+        stamp = None
+        for s, f in proposed.items():
+            h = held.get(s, self.engine.frontier_of(s))
+            windows = self.engine.buffers.get(s, {})
+            if not any(h < ws + WINDOW_US <= f for ws in windows):
+                continue
+            props = self._proposals.setdefault(s, [])
+            if not props or f > props[-1][1]:
+                stamp = self._proposal_stamp() if stamp is None else stamp
+                props.append((stamp, f))
+            oldest = probe_could_close(props, h, f, windows)
+            if oldest != float("inf"):
+                waiting[s] = oldest
+        if not waiting:
             return held
         now = time.monotonic()
-        if not self._proposals or frontier > self._proposals[-1][1]:
-            self._proposals.append((self._proposal_stamp(), frontier))
-        oldest = probe_could_close(self._proposals, held, frontier, self.engine.buffers)
-        if oldest == float("inf"):
-            return held
         # cleared_until() <= its start - APPEND_MARGIN_S: a probe before then could close none
-        due = max(self._last_probe + UPSTREAM_PROBE_EVERY_S, now + oldest + APPEND_MARGIN_S - time.time())
+        due = max(
+            self._last_probe + UPSTREAM_PROBE_EVERY_S, now + min(waiting.values()) + APPEND_MARGIN_S - time.time()
+        )
         if due > now:
             self._probe_due = due + PROBE_DUE_SLACK_S  # the next poll returns by then (poll_due)
             return held
         self._last_probe = now
+        cleared: dict[str, list[int]] = {}
         try:
             until = self.upstream.cleared_until()
-            cleared = [f for t, f in self._proposals if t < until] if until is not None else []
+            if until is not None:
+                for s in waiting:
+                    got = [f for t, f in self._proposals[s] if t < until]
+                    if got:
+                        cleared[s] = got
+            skipped = [tp for tp in idle if source_of(tp) in cleared]
             clear = bool(cleared) and self.upstream.nothing_after(
-                {tp: max(self.eof.get(tp, 0), self.next_offset.get(tp, 0)) for tp in idle}
+                {tp: max(self.eof.get(tp, 0), self.next_offset.get(tp, 0)) for tp in skipped}
             )
         except KafkaException as exc:  # a broker hiccup: ask again later
             log.warning("upstream clearance probe failed: %s", exc)
             clear = False
         if not clear:
             return held
-        self._proposals = [(t, f) for t, f in self._proposals if t >= until]
-        return max(held, min(max(cleared), frontier))
+        out = dict(held)
+        for s, got in cleared.items():
+            self._proposals[s] = [(t, f) for t, f in self._proposals[s] if t >= until]
+            out[s] = max(held[s], min(max(got), proposed[s]))
+        return out
 
     def on_partition_eof(self, tp: TP, offset: int) -> None:
         self.eof[tp] = offset
@@ -792,7 +918,7 @@ class FeatureProcessor(TransactionalLoop):
             "prev": self.last_progress,
             "start": {_tp_key(tp): o for tp, o in self._batch_start.items()},
             "end": {_tp_key(tp): o for tp, o in end.items()},
-            "frontier": self.engine.frontier,
+            "frontier": self.engine.frontier_record(),
             "lateness": self.engine.allowed_lateness_us,
             "ckpt": ckpt_ref,
         }

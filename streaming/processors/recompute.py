@@ -53,10 +53,12 @@ from streaming.kafka.topic_config import TopicConfig
 from streaming.processors.feature_processor import (
     Chain,
     Engine,
+    closed_through,
     committed_chain,
     feature_records,
     input_topics,
     replay_chain,
+    source_of,
     state_topic,
 )
 from streaming.processors.normalizer import DEFAULT_DEDUP_SPAN, Normalizer
@@ -194,12 +196,17 @@ def recompute_features(
         engine = Engine()
         rewind_ms = (start_us - rewind_margin_us) // 1000
         offsets = {tp: offset_for_time(search, tp, rewind_ms) for tp in tps}
+        # The sources whose windows the range needs closed: those with input from the rewind
+        # point on (each source has its own close frontier; one with nothing there has no row).
+        sources = sorted({source_of(tp) for tp in tps if offsets[tp] < watermarks(search, tp)[1]})
         st = committed_reader.committed([TopicPartition(st_topic, 0)], timeout=10)[0].offset
         if st is None or st < 0:
             raise RuntimeError(f"processor {processor_name!r} has no committed state in {st_topic}")
-        chain = committed_chain(committed_reader, st_topic, st, before=offsets, frontier_at_most=start_us)
+        chain = committed_chain(
+            committed_reader, st_topic, st, before=offsets, frontier_at_most=start_us, frontier_sources=sources
+        )
         for i, rec in enumerate(chain.batches):  # stop at the batch that closed the range's last window
-            if rec["frontier"] >= end_us:
+            if sources and closed_through(rec["frontier"], end_us, sources):
                 chain = Chain(chain.checkpoint, chain.batches[: i + 1])
                 break
         rows: dict[str, bytes] = {}
@@ -212,7 +219,11 @@ def recompute_features(
                 if start_us <= r["exchange_ts"] < end_us:
                     rows[r["event_id"]] = encode_row(r)
 
-        replay_chain(engine, chain, committed_reader, emit=collect, stop_after=lambda e: e.frontier >= end_us)
+        def done(e: Engine) -> bool:
+            """Every source with input in the range has closed its windows up to the end."""
+            return bool(sources) and e.closed_through(end_us, sources)
+
+        replay_chain(engine, chain, committed_reader, emit=collect, stop_after=done)
     finally:
         search.close()
         committed_reader.close()
@@ -238,7 +249,7 @@ def recompute_features(
         input_offsets={f"{t}[{p}]": o for (t, p), o in offsets.items()},
         from_checkpoint=chain.checkpoint is not None,
         batches_replayed=batches,
-        complete=engine.frontier >= end_us,
+        complete=done(engine),
         recomputed=len(rows),
         live=len(live),
         live_copies=copies,
