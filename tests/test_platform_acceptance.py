@@ -1,14 +1,20 @@
 """The assembled platform, as a user runs it: `ticklake up --replay CAPTURES`, nothing else.
 
-Two genuine captures of two venues are replayed together at speed max through the default
-stack (services on): hftbacktest's Binance spot BTCUSDT file (2024-08-08 23:54..23:59:59 UTC)
-and Bybit's own ob500 history file (XRPUSDT linear, 2024-12-01 00:00). No further command is
+Three genuine captures of three venues are replayed together at speed max through the default
+stack (services on): hftbacktest's Binance spot BTCUSDT file (2024-08-08 23:54..23:59:59 UTC),
+Bybit's own ob500 history file (XRPUSDT linear, 2024-12-01 00:00) and cryptofeed's OKX capture
+(2022-05-13 16:27, spot + swap + dated future: three collector shards whose data starts within
+the same 70 ms; the case where a shard's first records once reached the broker half a second
+late and the streamed features of a whole shard were dead-lettered; and, two years older than
+the others, the case where one close frontier over every source dead-lettered all of OKX's
+records as late, once in three runs, depending on which capture the processor read first). No
+further command is
 given; the test only watches and then checks what a user would look at:
 
-* every trade of the Binance capture is in the lake exactly once and every Bybit book message
-  (1 snapshot + 49 deltas) too, counted from the capture files here, independently of the code;
+* every trade of the Binance and OKX captures is in the lake exactly once and every Bybit book
+  message (1 snapshot + 49 deltas) too, counted from the capture files here, independently of the code;
 * nothing the feature processor read was dead-lettered, and the parity check (streamed == batch ==
-  Spark features) passed for every capture hour;
+  Spark features, every row and column) passed for every capture hour;
 * the capture hours are sealed, and every hourly product of those hours (batch and Spark
   features with the parity check, ClickHouse loads, bars, charts) was materialized by the
   automation with every check passed, months apart hours included and nothing in between;
@@ -22,8 +28,8 @@ given; the test only watches and then checks what a user would look at:
   offline/online parity check passed;
 * `ticklake status --json` reports every service healthy; `ticklake down` leaves no process.
 
-Every shipped capture's hours have a lake partition (from 2017, assets/partitions.py); an old
-capture's hours (the OKX one of 2022) are checked without a stack by test_capture_hours_sealed.
+Every shipped capture's hours have a lake partition (from 2017, assets/partitions.py); the OKX
+capture's 2022 hour is one of those built here.
 """
 
 from __future__ import annotations
@@ -42,13 +48,14 @@ import pytest
 
 from streaming.kafka.broker import find_free_port
 from tests.test_stack import processes_of, ticklake
-from workloads.samples import BINANCE_SPOT_HFT, BYBIT_OB500
+from workloads.samples import BINANCE_SPOT_HFT, BYBIT_OB500, OKX_CF
 
-BINANCE, BYBIT = BINANCE_SPOT_HFT, BYBIT_OB500
+BINANCE, BYBIT, OKX = BINANCE_SPOT_HFT, BYBIT_OB500, OKX_CF
 #: The hours each capture's receive times cover (widened by a minute each way), and only those.
 BINANCE_HOURS = ("2024-08-08-23:00", "2024-08-09-00:00")
 BYBIT_HOURS = ("2024-11-30-23:00", "2024-12-01-00:00")
-HOURS = (*BINANCE_HOURS, *BYBIT_HOURS)
+OKX_HOURS = ("2022-05-13-16:00",)  # received 16:27:04-16:27:16
+HOURS = (*OKX_HOURS, *BINANCE_HOURS, *BYBIT_HOURS)
 #: Every hourly product downstream of the sealed lake hours.
 PRODUCTS = (
     "lake/features_1s",
@@ -75,6 +82,18 @@ POLL_S = 2
 def binance_trades() -> int:
     with gzip.open(BINANCE, "rt") as fh:
         return sum(1 for line in fh if '@trade"' in line.partition(" ")[2][:200])
+
+
+def okx_trades() -> int:
+    """Trades in the OKX capture's received frames (cryptofeed: `<url> -> <time>: <frame>`)."""
+    n = 0
+    for line in OKX.read_text().splitlines():
+        _, sep, body = line.partition(": ")
+        if sep and body.startswith("{"):
+            msg = json.loads(body)
+            if msg.get("arg", {}).get("channel") == "trades" and "data" in msg:
+                n += len(msg["data"])
+    return n
 
 
 def bybit_messages() -> dict[str, int]:
@@ -174,19 +193,19 @@ def default_consumer_receives(bootstrap: str, topic: str, timeout_s: float = 10.
 
 @pytest.mark.stack
 @pytest.mark.timeout(TIMEOUT_S + ML_TIMEOUT_S + 600)
-def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_home, tmp_path):
+def test_up_replay_of_three_venues_builds_every_hourly_product_by_itself(ticklake_home, tmp_path):
     import dagster as dg
 
-    assert BINANCE.exists() and BYBIT.exists()
+    assert BINANCE.exists() and BYBIT.exists() and OKX.exists()
     home = ticklake_home.root
     captures = tmp_path / "captures"
     captures.mkdir()
-    for f in (BINANCE, BYBIT):  # read at test time; the copies live in the test's tmp dir
+    for f in (BINANCE, BYBIT, OKX):  # read at test time; the copies live in the test's tmp dir
         shutil.copy(f, captures / f.name)
     port = find_free_port()
-    trades = binance_trades()
+    trades, okx = binance_trades(), okx_trades()
     bybit = bybit_messages()
-    assert trades > 0 and bybit == {"snapshot": 1, "delta": 49}
+    assert trades > 0 and okx > 0 and bybit == {"snapshot": 1, "delta": 49}
 
     up = ticklake(home, "up", "--port", str(port), "--replay", str(captures), "--speed", "max", "--observe")
     try:
@@ -225,7 +244,11 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
         # The months between the two captures were not declared, sealed or built. (Hours of today
         # may be: the hourly schedule seals wall-clock hours the lake's watermark has passed.)
         for key in (*SEALED, *PRODUCTS):
-            between = {h for h in materialized(instance, key) if BINANCE_HOURS[-1] < h < BYBIT_HOURS[0]}
+            between = {
+                h
+                for h in materialized(instance, key)
+                if OKX_HOURS[-1] < h < BINANCE_HOURS[0] or BINANCE_HOURS[-1] < h < BYBIT_HOURS[0]
+            }
             assert not between, (key, sorted(between)[:5])
         # The automation built the products (a person launched nothing).
         assert any(
@@ -244,10 +267,12 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
         from pipelines.local.stack import open_local_catalog
 
         tables = open_local_catalog(ticklake_home).ensure_tables()
-        lake_trades = tables["trades"].scan().to_arrow()
+        lake_trades = tables["trades"].scan(row_filter="exchange == 'binance'").to_arrow()
         assert lake_trades.num_rows == trades
         assert len(set(lake_trades.column("event_id").to_pylist())) == trades
         assert set(lake_trades.column("symbol").to_pylist()) == {"BTC-USDT"}
+        okx_lake = tables["trades"].scan(row_filter="exchange == 'okx'").to_arrow()
+        assert okx_lake.num_rows == okx == len(set(okx_lake.column("event_id").to_pylist()))
         xrp = "XRP-USDT-PERP"
         deltas = tables["book_deltas"].scan(row_filter=f"symbol == '{xrp}'").to_arrow()
         snaps = tables["book_snapshots"].scan(row_filter=f"symbol == '{xrp}'").to_arrow()
@@ -263,7 +288,7 @@ def test_up_replay_of_two_venues_builds_every_hourly_product_by_itself(ticklake_
         rows = query_clickhouse_from_another_process(
             info["clickhouse_dsn"], "SELECT count(), uniqExact(event_id) FROM ticklake.trades"
         )
-        assert rows == [[trades, trades]], rows
+        assert rows == [[trades + okx, trades + okx]], rows
         features = query_clickhouse_from_another_process(
             info["clickhouse_dsn"], "SELECT count() FROM ticklake.features_1s"
         )
