@@ -1,32 +1,33 @@
 """processed.* -> feature.<market>.signals.<exchange>: 1-second features in micro-batches.
 
-Event time, per input partition. Each input partition P has a watermark
-wm(P) = max exchange_ts seen on P - allowed_lateness. A record is late when its time is
-below its own partition's watermark, or its window has already been closed; late records
-go to dlq.features with the reason (counted), never into a window. Each source (the market
-and exchange of one collector shard: source_of) has its own *close frontier*, and its windows
+Event time, per input partition. Each input partition P has a watermark wm(P) = max
+exchange_ts seen on P - allowed_lateness. A record is late when its time is below its own
+partition's watermark, or its window has already been closed; late records go to
+dlq.features with the reason (counted), never into a window. Each source (the market and
+exchange of one collector shard: source_of) has its own *close frontier*, and its windows
 close when it passes their end: the minimum watermark over that source's partitions that are
-not idle (an idle partition, silent for idle_timeout, would otherwise hold every window open;
-when all of a source's are idle everything it buffered is closed). Sources are independent
-clocks: one frontier over all of them let a source with nothing read yet fall behind the
-others' event time, and lose every record it then brought as late. Idle requires three things (live_partitions):
-nothing left to read in the partition, decided exactly from the client's end-of-partition
-events (transaction markers understood, records of an open upstream transaction counted);
-silence for idle_timeout of wall time; and silence for idle_timeout of *event* time (the
-active partitions have moved that far past it). Silence alone is wall time: a partition
-that has not been fetched for a while, or whose upstream writes it behind another topic
-(the normalizer working through a backlog at replay speed max), would be declared idle
-while older records are still to come, and they would be found late: the output would
-depend on the replay's speed. One exception: a partition read to its end whose newest record
-is more than the allowed lateness behind its own source's (a book-snapshot partition after a
-snapshot) is idle without the waits. And before the frontier skips an idle partition (or, every
-partition quiet, closes what is buffered: the end of input, which event time cannot
-decide), the stage upstream must be clear: the normalizer's group has consumed every raw
-record created before that decision and nothing committed is left unread in the skipped
-partitions (streaming/kafka/upstream.py; FeatureProcessor._upstream_gate). Whatever reaches them
-later then comes after the records the frontier was computed from. Closed windows are
-computed with the one feature spec (features.compute) and produced in the same Kafka
-transaction as the input offsets that completed them.
+not idle (an idle partition, silent for idle_timeout, would otherwise hold every window
+open; when all of a source's are idle everything it buffered is closed). Sources are
+independent clocks: one frontier over all of them let a source with nothing read yet fall
+behind the others' event time, and lose every record it then brought as late. Idle requires
+three things (live_partitions): nothing left to read in the partition, decided exactly from
+the client's end-of-partition events (transaction markers understood, records of an open
+upstream transaction counted); silence for idle_timeout of wall time; and silence for
+idle_timeout of *event* time (the active partitions have moved that far past it). Silence
+alone is wall time: a partition that has not been fetched for a while, or whose upstream
+writes it behind another topic (the normalizer working through a backlog at replay speed
+max), would be declared idle while older records are still to come, and they would be found
+late: the output would depend on the replay's speed. One exception: a partition read to its
+end whose newest record is more than the allowed lateness behind its own source's (a
+book-snapshot partition after a snapshot) is idle without the waits. And before the frontier
+skips an idle partition (or, every partition of its source quiet, closes what it buffered: the end of
+input, which event time cannot decide), the stage upstream must be clear: the normalizer's
+group has consumed every raw record created before that decision and nothing committed is
+left unread in the skipped partitions (streaming/kafka/upstream.py;
+FeatureProcessor._upstream_gate). Whatever reaches them later then comes after the records
+the frontier was computed from. Closed windows are computed with the one feature spec
+(features.compute) and produced in the same Kafka transaction as the input offsets that
+completed them.
 
 Why per-partition watermarks: after a restart the consumer may read one topic far ahead
 of another; a watermark shared across partitions would then declare the slower topic's
@@ -34,7 +35,7 @@ records late. Per-partition rules make "late" a function of that partition's own
 so the output depends on the input log, not on fetch interleaving.
 
 State and restarts (docs/decisions.md, "Feature processor state"): every transaction also
-writes a small *progress* record (input offset range, close frontier) to the processor's
+writes a small *progress* record (input offset range, close frontier per source) to the processor's
 state topic and commits the state topic's offset with the inputs' offsets, so the group's
 committed offset there names the last committed progress record exactly — aborted records
 (which the embedded broker does not hide) are never on that chain. Every
