@@ -25,10 +25,12 @@ from streaming.processors.feature_processor import (
     FeatureProcessor,
     closed_through,
     source_of,
+    state_topic,
 )
 from tests.support import processing as ps
 from tests.support.envelopes import BASE_TS, envelope
 from workloads.kafka import connection, create_project_topics, produce
+from workloads.synthetic import SyntheticMarket
 
 SORT = [("symbol", "ascending"), ("exchange_ts", "ascending")]
 TWO_YEARS_US = 2 * 365 * 86_400 * 1_000_000
@@ -153,3 +155,55 @@ def _pump(fp: FeatureProcessor, done, seconds: float = 20.0) -> None:
     while time.monotonic() < deadline and not done():
         fp.run_once()
     assert done(), fp.engine.frontier_record()
+
+
+def _another_venue(envs: list[pb.Envelope], exchange: Exchange, shift_us: int) -> list[pb.Envelope]:
+    out = []
+    for src in envs:
+        e = pb.Envelope()
+        e.CopyFrom(src)
+        e.exchange = exchange.pb
+        e.exchange_ts -= shift_us
+        e.ingest_ts -= shift_us
+        out.append(stamp_event_id(e))
+    return out
+
+
+def test_kill_9_with_two_eras_then_restart_emits_each_window_once(broker, tmp_path):
+    """The per-source frontiers survive a crash: a processor of Binance (2024) and OKX (2022)
+    input is killed inside a transaction after its first checkpoint; the restart replays the
+    committed chain (frontiers per source in its progress records and checkpoint) and every
+    window of both sources is published once with identical content, nothing dead-lettered."""
+    create_project_topics(broker.bootstrap, exchanges=("okx",))
+    new = SyntheticMarket(seed=8).events(15_000, 400)  # 6 s of three instruments
+    old = _another_venue(new, Exchange.OKX, TWO_YEARS_US)
+    produce(broker.bootstrap, [(_topic(e), *_kv(e)) for e in new + old])
+    hold, log = tmp_path / "in-txn", tmp_path / "fp.log"
+    args = ["--pair", "spot:binance", "--pair", "spot:okx", "--name", "eras", "--batch-max-ms", "40"]
+    args += ["--idle-timeout-ms", "1500"]
+    first = ps.run_module(
+        "streaming.processors.feature_processor",
+        [*args, "--checkpoint-interval-s", "0", "--test-hold-in-txn", str(hold), "--test-hold-after-batches", "3"]
+        + ["--test-hold-with-output"],
+        broker.bootstrap,
+        log,
+    )
+    ps.wait_for_file(hold, first, log=log)
+    ps.kill9(first)
+    assert any(b'"t":"ckpt"' in m.value() for m in ps.read_topics(broker.bootstrap, [state_topic("eras")]))
+    second = ps.run_module(
+        "streaming.processors.feature_processor", [*args, "--idle-exit-s", "15"], broker.bootstrap, log
+    )
+    ps.wait_exit(second, 240, log)
+    assert "restored feature state" in log.read_text()
+
+    copies: dict[str, set[bytes]] = {}
+    for m in ps.read_topics(broker.bootstrap, [feature_topic("spot", "binance"), feature_topic("spot", "okx")]):
+        copies.setdefault(decode_row(m.value())["event_id"], set()).add(m.value())
+    expected = _batch(new + old)
+    assert set(copies) == set(expected["event_id"].to_pylist())
+    assert all(len(v) == 1 for v in copies.values())
+    by = [("exchange", "ascending"), *SORT]
+    streamed = rows_to_table(decode_row(next(iter(v))) for v in copies.values())
+    assert streamed.sort_by(by).equals(expected.sort_by(by))
+    assert not ps.read_topics(broker.bootstrap, [dlq_topic("features")])
