@@ -149,7 +149,12 @@ PROCESSOR_LATE = Counter(
     _P + "late_records", "Records later than the allowed lateness (sent to dlq.features)", ["processor"]
 )
 PROCESSOR_WATERMARK = Gauge(
-    _P + "watermark_us", "Close frontier: windows ending at or before it are final", ["processor"]
+    _P + "watermark_us", "Close frontier (the oldest source's): windows ending at or before it are final", ["processor"]
+)
+PROCESSOR_SOURCE_FRONTIER = Gauge(
+    _P + "source_frontier_us",
+    "Close frontier of one source (market:exchange): its windows ending at or before it are final",
+    ["processor", "source"],
 )
 PROCESSOR_BATCH_SECONDS = Histogram(
     _P + "batch_seconds",

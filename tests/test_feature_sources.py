@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from prometheus_client import REGISTRY
+
 from features.compute import compute_features
 from features.inputs import events_from_envelopes
 from features.records import decode_row, rows_to_table, table_rows
@@ -140,6 +142,11 @@ def test_the_processor_streams_a_source_that_arrives_after_another_era(broker):
     finally:
         fp.close()
     assert not ps.read_topics(broker.bootstrap, [dlq_topic("features")])
+    for source in ("spot:binance", "spot:okx"):  # what an operator sees per source
+        got = REGISTRY.get_sample_value(
+            "ticklake_processor_source_frontier_us", {"processor": FeatureProcessor.name, "source": source}
+        )
+        assert got == fp.engine.frontier_of(source), source
     for envs, exchange in ((new, "binance"), (old, "okx")):
         rows = [decode_row(m.value()) for m in ps.read_topics(broker.bootstrap, [feature_topic("spot", exchange)])]
         assert rows_to_table(rows).sort_by(SORT).equals(_batch(envs)), exchange

@@ -783,9 +783,13 @@ class FeatureProcessor(TransactionalLoop):
             for r in rows:
                 metrics.FEATURE_DELAY.labels(self.name).observe(max(0.0, wall - r["last_event_ts"] / 1e6))
         out += feature_records(rows)
-        self._frontier_changed = self.engine.frontier_record() != before
+        after = self.engine.frontier_record()
+        self._frontier_changed = after != before
         if self._frontier_changed:
             metrics.WATERMARK.labels(self.name).set(self.engine.frontier)
+            for source in self.engine.sources():
+                if after.get(source) != before.get(source):
+                    metrics.SOURCE_FRONTIER.labels(self.name, source).set(self.engine.frontier_of(source))
         if msgs or self._frontier_changed:
             self._dirty = True
         return out

@@ -24,6 +24,7 @@ from runtime.metrics import PROCESSOR_DUPLICATES as DUPLICATES
 from runtime.metrics import PROCESSOR_LATE as LATE
 from runtime.metrics import PROCESSOR_RECORDS_IN as RECORDS_IN
 from runtime.metrics import PROCESSOR_RECORDS_OUT as RECORDS_OUT
+from runtime.metrics import PROCESSOR_SOURCE_FRONTIER as SOURCE_FRONTIER
 from runtime.metrics import PROCESSOR_TRANSACTIONS as TRANSACTIONS
 from runtime.metrics import PROCESSOR_WATERMARK as WATERMARK
 
@@ -39,6 +40,7 @@ __all__ = [
     "RECORDS_IN",
     "RECORDS_OUT",
     "RECORDS_PRODUCED",
+    "SOURCE_FRONTIER",
     "TRANSACTIONS",
     "WATERMARK",
     "consumer_lag",
