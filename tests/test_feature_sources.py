@@ -30,7 +30,7 @@ from streaming.processors.feature_processor import (
     state_topic,
 )
 from tests.support import processing as ps
-from tests.support.envelopes import BASE_TS, envelope
+from tests.support.envelopes import BASE_TS, as_venue, envelope
 from workloads.kafka import connection, create_project_topics, produce
 from workloads.synthetic import SyntheticMarket
 
@@ -164,18 +164,6 @@ def _pump(fp: FeatureProcessor, done, seconds: float = 20.0) -> None:
     assert done(), fp.engine.frontier_record()
 
 
-def _another_venue(envs: list[pb.Envelope], exchange: Exchange, shift_us: int) -> list[pb.Envelope]:
-    out = []
-    for src in envs:
-        e = pb.Envelope()
-        e.CopyFrom(src)
-        e.exchange = exchange.pb
-        e.exchange_ts -= shift_us
-        e.ingest_ts -= shift_us
-        out.append(stamp_event_id(e))
-    return out
-
-
 def test_kill_9_with_two_eras_then_restart_emits_each_window_once(broker, tmp_path):
     """The per-source frontiers survive a crash: a processor of Binance (2024) and OKX (2022)
     input is killed inside a transaction after its first checkpoint; the restart replays the
@@ -183,7 +171,7 @@ def test_kill_9_with_two_eras_then_restart_emits_each_window_once(broker, tmp_pa
     window of both sources is published once with identical content, nothing dead-lettered."""
     create_project_topics(broker.bootstrap, exchanges=("okx",))
     new = SyntheticMarket(seed=8).events(15_000, 400)  # 6 s of three instruments
-    old = _another_venue(new, Exchange.OKX, TWO_YEARS_US)
+    old = as_venue(new, Exchange.OKX, TWO_YEARS_US)
     produce(broker.bootstrap, [(_topic(e), *_kv(e)) for e in new + old])
     hold, log = tmp_path / "in-txn", tmp_path / "fp.log"
     args = ["--pair", "spot:binance", "--pair", "spot:okx", "--name", "eras", "--batch-max-ms", "40"]

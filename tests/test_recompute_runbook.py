@@ -30,7 +30,8 @@ from streaming.processors.recompute import (
     recompute_normalizer,
 )
 from tests.support import processing as ps
-from workloads.kafka import connection, produce, raw_topic
+from tests.support.envelopes import as_venue
+from workloads.kafka import connection, create_project_topics, processed_topic, produce, raw_topic
 from workloads.synthetic import BASE_TS, SyntheticMarket, synthetic_catalog
 
 PAIR = [(Market.SPOT, Exchange.BINANCE)]
@@ -195,3 +196,32 @@ def test_normalizer_recompute_rewinds_raw_by_timestamp_and_matches_processed(bro
     assert any(o > 0 for o in report.input_offsets.values())
     side = ps.read_topics(broker.bootstrap, [report.side_topic])
     assert len(side) == expected
+
+
+def test_recompute_of_one_source_among_two_eras(broker):
+    """Each source has its own close frontier: a range of OKX's 2022 input, recomputed while
+    the processor's history also holds Binance's 2024 input (read first), is complete and
+    equals the live rows; so is a range of both sources' pairs in Binance's era."""
+    create_project_topics(broker.bootstrap, exchanges=("okx",))
+    two_years = 2 * 365 * 86_400 * 1_000_000
+    new = SyntheticMarket(seed=31).events(12_000, 1000)  # 12 s of three instruments
+    old = as_venue(new, Exchange.OKX, two_years)
+    records = [(e, encode(e)) for e in new + old]
+    produce(
+        broker.bootstrap, [(processed_topic(e), r.key, r.value, r.headers, e.exchange_ts // 1000) for e, r in records]
+    )
+    pairs = [(Market.SPOT, Exchange.BINANCE), (Market.SPOT, Exchange.OKX)]
+    conn = connection(broker.bootstrap)
+    fp = FeatureProcessor(
+        conn, pairs, processor_name="eras", idle_timeout_ms=1000, checkpoint_interval_s=0, batch_max_ms=30
+    )
+    fp.run(idle_exit_s=3.0)
+    t0 = new[0].exchange_ts - new[0].exchange_ts % WINDOW_US
+    for subset, start in (([pairs[1]], t0 - two_years + 4 * WINDOW_US), (pairs, t0 + 4 * WINDOW_US)):
+        end = start + 5 * WINDOW_US
+        report = recompute_features(conn, subset, start, end, processor_name="eras", tag=f"eras{len(subset)}")
+        topics = [feature_topic(m, x) for m, x in subset]
+        live = [decode_row(m.value()) for m in ps.read_topics(broker.bootstrap, topics)]
+        live = [r for r in live if start <= r["exchange_ts"] < end]
+        assert report.complete and report.equal, report
+        assert report.recomputed == report.live == len(live) == 5 * 3

@@ -83,3 +83,16 @@ def envelope(
 
 def one_of_each(n: int = 2) -> list[pb.Envelope]:
     return [envelope(et, i) for et in EventType for i in range(n)]
+
+
+def as_venue(envs: list[pb.Envelope], exchange: Exchange, shift_us: int = 0) -> list[pb.Envelope]:
+    """Copies of `envs` from another exchange, `shift_us` earlier (event and ingest time), ids stamped again."""
+    out = []
+    for src in envs:
+        e = pb.Envelope()
+        e.CopyFrom(src)
+        e.exchange = exchange.pb
+        e.exchange_ts -= shift_us
+        e.ingest_ts -= shift_us
+        out.append(stamp_event_id(e))
+    return out
