@@ -26,7 +26,7 @@ class RecomputeConfig(dg.Config):
     processor_name: str = "default"
     """Which feature processor's history to recompute (its state topic and group)."""
     pairs: list[str] = []
-    """MARKET:EXCHANGE pairs the processor handles (empty: all)."""
+    """features: MARKET:EXCHANGE pairs whose rows to recompute, compare and promote (empty: all)."""
     promote: bool = False
     """Publish missing and corrected rows into the live feature topics when they differ."""
     tag: str = ""

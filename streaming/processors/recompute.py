@@ -212,11 +212,15 @@ def recompute_features(
         rows: dict[str, bytes] = {}
         batches = 0
 
+        # The replay runs the processor's whole history (every source it reads); only the rows
+        # of `pairs` are compared with their live topics (and promoted into them).
+        wanted = {f"{m.value}:{x.value}" for m, x in pairs}
+
         def collect(out_rows, _dead) -> None:
             nonlocal batches
             batches += 1
             for r in out_rows:
-                if start_us <= r["exchange_ts"] < end_us:
+                if start_us <= r["exchange_ts"] < end_us and f"{r['market']}:{r['exchange']}" in wanted:
                     rows[r["event_id"]] = encode_row(r)
 
         def done(e: Engine) -> bool:
