@@ -43,6 +43,12 @@ LAST_RECORD = Gauge(
     "Unix time the service last consumed (or, for a collector, received) a record",
     ["service"],
 )
+INPUT_READY = Gauge(
+    "ticklake_service_input_ready_time_seconds",
+    "Unix time the service became ready to consume its input, for a service that first waits for something "
+    "else (inference: a model to serve); the stuck check counts from here",
+    ["service"],
+)
 RECORDS_CONSUMED = Counter(
     "ticklake_topic_records_consumed", "Records a service consumed from a topic (committed)", ["service", "topic"]
 )

@@ -297,9 +297,16 @@ def judge(
     started = [v for labels, v in samples.get(m.SERVICE_START_TIME._name, []) if labels.get("service") == service]
     if last:
         out["last_record_age_s"] = round(now - max(last), 1)
+    # A service that waits for something before it consumes (inference for its first model)
+    # has been able to consume only since then: a backlog found the moment a model is
+    # served is not a stall.
+    ready = [v for _labels, v in samples.get(m.INPUT_READY._name, []) if v > 0]
+    since_ready = now - max(ready) if ready else None
     since = (
         out["last_record_age_s"] if out["last_record_age_s"] is not None else (now - started[0] if started else None)
     )
+    if since is not None and since_ready is not None:
+        since = min(since, since_ready)
     if waiting and since is not None and since > STUCK_AFTER_S:
         out.update(healthy=False, problem=f"stuck: {out['lag']} records behind and nothing consumed for {since:.0f}s")
     return out

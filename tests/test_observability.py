@@ -162,6 +162,12 @@ def test_health_verdict_lag_without_progress_is_stuck():
     stuck = ss.judge(rec, stale, now=now)
     assert not stuck["healthy"] and stuck["problem"].startswith("stuck")
     assert ss.judge(rec, idle, now=now)["healthy"]  # a quiet venue is not a sick service
+    # inference serving its first model 2 s ago with a backlog found then: not stuck; 200 s later it is
+    waited = {m.CONSUMER_LAG_NAME: lag, m.INPUT_READY._name: [({"service": "inference-m"}, now - 2)]}
+    started = {m.SERVICE_START_TIME._name: [({"service": "lake-sink", "shard": ""}, now - 213)]}
+    assert ss.judge(rec, {**waited, **started}, now=now)["healthy"]
+    assert not ss.judge(rec, {**waited, **started}, now=now + 200)["healthy"]
+    assert not ss.judge(rec, started | {m.CONSUMER_LAG_NAME: lag}, now=now)["healthy"]  # never ready-marked
     markers = {
         m.CONSUMER_LAG_NAME: [({"partition": str(p)}, 1.0) for p in range(5)],
         m.LAST_RECORD._name: [({"service": "lake-sink"}, now - 9000)],

@@ -49,6 +49,7 @@ from ml.registry import (
 from runtime import kafka_config as kc
 from runtime.dlq import DlqCounters, dead_letter, record_source
 from runtime.home import resolve_home
+from runtime.metrics import INPUT_READY
 from runtime.service_cli import LoopSettings, service_main
 from runtime.service_loop import STOP_TIMEOUT_S, WAIT_SLICE_S, ServiceLoop, Worker
 from schemas.model import Exchange, Market
@@ -136,7 +137,10 @@ class InferenceLoop(TransactionalLoop):
             found = alias_version(self._client, self.model, self.alias)
             if found is None or (self.served is not None and found[0] == self.served.version):
                 return False
+            first = self.served is None
             self.served = load_version(self._client, self.model, *found)
+            if first:  # input waiting until now was not a stall (ticklake status' stuck check)
+                INPUT_READY.labels(self.name).set(time.time())
         except Exception as exc:  # noqa: BLE001 - the registry being down must not stop scoring
             log.warning(
                 "%s: cannot check the champion (%s); keeping version %s",
