@@ -169,6 +169,11 @@ def closed_through(recorded: int | dict[str, int], end_us: int, sources: Iterabl
     return all(max(frontiers.get(s, NEG_INF), base) >= end_us for s in sources)
 
 
+def source_key(market: Market | str, exchange: Exchange | str) -> str:
+    """A source's name: its market and exchange as --pairs spells them ('spot:binance')."""
+    return f"{Market(market).value}:{Exchange(exchange).value}"
+
+
 @functools.cache
 def source_of(tp: TP) -> str:
     """The source a processed.* partition's records come from: the market and exchange its
@@ -179,7 +184,7 @@ def source_of(tp: TP) -> str:
         t = parse_event_topic(tp[0])
     except ValueError:
         return tp[0]
-    return f"{t.market.value}:{t.exchange.value}"
+    return source_key(t.market, t.exchange)
 
 
 @dataclass(slots=True)

@@ -58,6 +58,7 @@ from streaming.processors.feature_processor import (
     feature_records,
     input_topics,
     replay_chain,
+    source_key,
     source_of,
     state_topic,
 )
@@ -214,13 +215,13 @@ def recompute_features(
 
         # The replay runs the processor's whole history (every source it reads); only the rows
         # of `pairs` are compared with their live topics (and promoted into them).
-        wanted = {f"{m.value}:{x.value}" for m, x in pairs}
+        wanted = {source_key(m, x) for m, x in pairs}
 
         def collect(out_rows, _dead) -> None:
             nonlocal batches
             batches += 1
             for r in out_rows:
-                if start_us <= r["exchange_ts"] < end_us and f"{r['market']}:{r['exchange']}" in wanted:
+                if start_us <= r["exchange_ts"] < end_us and source_key(r["market"], r["exchange"]) in wanted:
                     rows[r["event_id"]] = encode_row(r)
 
         def done(e: Engine) -> bool:
