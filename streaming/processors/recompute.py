@@ -150,9 +150,10 @@ def checksum(rows: dict[str, bytes]) -> str:
 def _live_rows(
     conn: kc.KafkaConnection, topics: list[str], start_us: int, end_us: int, group: str, margin_us: int
 ) -> tuple[dict[str, set[bytes]], int]:
-    """Live rows of windows in [start, end). A close batch emits its rows instrument by
-    instrument, so row timestamps in a partition are ordered only up to the windows one
-    batch closes: the search starts `margin_us` early and rows are filtered by window."""
+    """Live rows of windows in [start, end). The processor publishes a batch's rows window by
+    window, so row timestamps in a partition never go back; rows written before it did (one
+    batch's rows instrument by instrument) are ordered only up to the windows one batch
+    closed: the search starts `margin_us` early and rows are filtered by window."""
     reader = _uncommitted_reader(conn, group)
     try:
         tps = partitions_for(reader, topics)
