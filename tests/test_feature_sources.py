@@ -17,7 +17,6 @@ from features.inputs import events_from_envelopes
 from features.records import decode_row, rows_to_table, table_rows
 from features.spec import WINDOW_US
 from schemas.gen.ticklake.v1 import events_pb2 as pb
-from schemas.ids import stamp_event_id
 from schemas.model import EventType, Exchange, Market, event_type_from_pb
 from schemas.serde import encode
 from schemas.topics import dlq_topic, event_topic, feature_topic
@@ -45,11 +44,7 @@ def _source(exchange: Exchange, seconds: int, shift_us: int = 0) -> list[pb.Enve
     envs = [envelope(EventType.BOOK_SNAPSHOT, 0, **kw)]
     envs += [envelope(EventType.BOOK_DELTA, 100 * k + 32, **kw) for k in range(10 * seconds)]
     envs += [envelope(EventType.TRADE, 250 * k + 227, **kw) for k in range(4 * seconds)]
-    for e in envs:
-        e.exchange_ts -= shift_us
-        e.ingest_ts -= shift_us
-        stamp_event_id(e)
-    return sorted(envs, key=lambda e: e.exchange_ts)
+    return sorted(as_venue(envs, exchange, shift_us), key=lambda e: e.exchange_ts)
 
 
 def _topic(e: pb.Envelope) -> str:

@@ -784,8 +784,8 @@ class FeatureProcessor(TransactionalLoop):
         before = self.engine.frontier_record()
         frontiers = self.engine.propose_frontier(live)
         if len(live) < len(self.assignment):
-            held = set(live)
-            frontiers = self._upstream_gate(frontiers, [tp for tp in self.assignment if tp not in held])
+            live_set = set(live)
+            frontiers = self._upstream_gate(frontiers, [tp for tp in self.assignment if tp not in live_set])
         rows = self.engine.close(frontiers)
         if rows:
             wall = time.time()
