@@ -15,6 +15,7 @@ from assets.batch_features import features_1s
 from assets.charts import market_charts
 from assets.clickhouse_loads import CLICKHOUSE_ASSETS
 from assets.spark_features import spark_features_1s
+from pipelines.launch_tags import launched_by
 
 #: The hourly products of a sealed lake hour, every one carrying HOURLY_CHAIN.
 CHAIN_ASSETS: list[dg.AssetsDefinition] = [features_1s, spark_features_1s, *CLICKHOUSE_ASSETS, market_charts]
@@ -25,7 +26,7 @@ EVALUATION_INTERVAL_S = 60
 
 
 def automation_sensor(
-    name: str, target: dg.AssetSelection, launched_by: str, description: str
+    name: str, target: dg.AssetSelection, launcher: str, description: str
 ) -> dg.AutomationConditionSensorDefinition:
     """An automation-condition sensor of this code location: off until `ticklake up` (or the
     UI) turns it on, evaluated every EVALUATION_INTERVAL_S, its runs tagged with who launched them."""
@@ -34,7 +35,7 @@ def automation_sensor(
         target=target,
         default_status=dg.DefaultSensorStatus.STOPPED,
         minimum_interval_seconds=EVALUATION_INTERVAL_S,
-        run_tags={"ticklake/launched-by": launched_by},
+        run_tags=launched_by(launcher),
         description=description,
     )
 

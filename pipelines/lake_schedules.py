@@ -21,6 +21,7 @@ from pyiceberg.expressions import GreaterThanOrEqual
 
 from assets.lake_hours import LAKE_HOUR_ASSETS, lake_asset_key
 from assets.partitions import HOURLY, hour_key
+from pipelines.launch_tags import launched_by
 from pipelines.op_job import op_job
 from resources.lake import LakeResource
 from schemas.tables import TABLES, TABLES_BY_NAME
@@ -71,7 +72,7 @@ def lake_hourly_seal(context: dg.ScheduleEvaluationContext, lake: LakeResource):
     key = newest_closed_hour(lake)
     if key is None:
         return dg.SkipReason("no hour is closed yet (the lake watermark is unknown or too early)")
-    return dg.RunRequest(run_key=f"seal-{key}", partition_key=key)
+    return dg.RunRequest(run_key=f"seal-{key}", partition_key=key, tags=launched_by("lake-hourly-seal"))
 
 
 def unsealed_closed_hours(
@@ -152,6 +153,7 @@ def lake_late_hours(context: dg.SensorEvaluationContext, lake: LakeResource):
                 run_key=f"late-{key}-{digest}",
                 partition_key=key,
                 asset_selection=[lake_asset_key(TABLES_BY_NAME[n]) for n in sorted(tables)],
+                tags=launched_by("lake-late-hours"),
             )
         )
     return requests
@@ -201,6 +203,7 @@ lake_daily_maintenance = dg.ScheduleDefinition(
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,
     name="lake_daily_maintenance",
+    tags=launched_by("lake-daily-maintenance"),
 )
 
 #: This area's part of the code location (pipelines/definitions.py merges every area's `defs`).

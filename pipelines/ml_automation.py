@@ -24,13 +24,17 @@ import dagster as dg
 from assets.ml import TRAINING_ASSETS, lake_predictions
 from pipelines.hourly_chain import automation_sensor
 
+#: The launcher tag of training runs: dagster.yaml runs one at a time locally (the local MLflow
+#: store is one SQLite file, and each day's registration moves the same champion aliases).
+ML_TRAINING_LAUNCHER = "ml-training-automation"
+
 TRAINING_SELECTION = dg.AssetSelection.assets(*TRAINING_ASSETS)
 PREDICTIONS_SELECTION = dg.AssetSelection.assets(lake_predictions)
 
 ml_training_automation = automation_sensor(
     "ml_training_automation",
     TRAINING_SELECTION,
-    "ml-automation",
+    ML_TRAINING_LAUNCHER,
     "Builds the training dataset of each day whose features_1s hours were (re)built, trains a "
     "model per horizon and registers every one that beats the baseline as champion.",
 )
@@ -38,7 +42,7 @@ ml_training_automation = automation_sensor(
 ml_predictions_automation = automation_sensor(
     "ml_predictions_automation",
     PREDICTIONS_SELECTION,
-    "ml-automation",
+    "ml-predictions-automation",
     "Lands each hour's predictions in the lake (with the parity check) once its features exist "
     "and again when a champion of its day is registered.",
 )

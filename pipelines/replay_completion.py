@@ -31,6 +31,7 @@ import dagster as dg
 
 from assets.partitions import HOURLY, hour_key
 from pipelines.lake_schedules import lake_seal_job
+from pipelines.launch_tags import launched_by
 from pipelines.local.replay import emulator_stats, incomplete_reason, load_source
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
@@ -178,7 +179,11 @@ def replay_completion(context: dg.SensorEvaluationContext, kafka: KafkaResource,
     if not keys:
         return dg.SkipReason(f"{source.capture}: complete; {outcome}")
     return [
-        dg.RunRequest(run_key=f"{source.source_id}-{k}", partition_key=k, tags={"ticklake/replay": source.source_id})
+        dg.RunRequest(
+            run_key=f"{source.source_id}-{k}",
+            partition_key=k,
+            tags={"ticklake/replay": source.source_id, **launched_by("replay-completion")},
+        )
         for k in keys
     ]
 

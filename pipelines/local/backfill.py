@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pipelines.launch_tags import launched_by
+
 HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"  # the key format of assets.partitions.HOURLY (checked in tests)
 #: Every hourly-partitioned asset: the lake hours and all their hourly products (features,
 #: Spark, ClickHouse, bars, charts), so a backfilled range ends with charts.
@@ -236,7 +238,7 @@ def launch(gql: Gql, assets: list[str], keys: list[str], title: str) -> str:
         "assetSelection": [{"path": a.split("/")} for a in assets],
         "fromFailure": False,
         "title": title,
-        "tags": [{"key": "ticklake/launched-by", "value": "ticklake-backfill"}],
+        "tags": [{"key": k, "value": v} for k, v in launched_by("ticklake-backfill").items()],
     }
     res = gql(LAUNCH, {"p": params})["launchPartitionBackfill"]
     if res["__typename"] != "LaunchBackfillSuccess":
