@@ -32,7 +32,9 @@ from assets.ml import GROUP as ML_GROUP
 from assets.ml import PREDICTIONS_KEY as ML_PREDICTIONS_KEY
 from pipelines.hourly_chain import CHAIN_ASSETS, hourly_chain_automation
 from pipelines.lake_schedules import lake_seal_job
+from pipelines.launch_tags import LAUNCHED_BY_TAG
 from pipelines.local import backfill as backfill_cli
+from pipelines.ml_automation import ML_TRAINING_LAUNCHER
 
 H1, H2, H3 = "2024-08-09-01:00", "2024-08-09-02:00", "2024-08-09-03:00"
 
@@ -175,6 +177,17 @@ def test_every_hourly_product_carries_the_chain_condition(defs):
     sensor = defs.get_sensor_def(hourly_chain_automation.name)
     assert sensor.asset_selection.resolve(graph) == chain
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+
+
+def test_every_launcher_of_work_tags_its_runs(defs):
+    """The local run queue caps work by LAUNCHED_BY_TAG (dagster.yaml): an automation sensor or a
+    schedule of work whose runs lacked it would run beside the cap. (The seal schedule's and the
+    late-hours sensor's requests are checked in tests/test_lake_schedules.py.)"""
+    automation = [s for s in defs.sensors if isinstance(s, dg.AutomationConditionSensorDefinition)]
+    assert {s.name for s in automation} >= {"hourly_chain_automation", "ml_training_automation"}
+    assert all(LAUNCHED_BY_TAG in s.run_tags for s in automation), [(s.name, s.run_tags) for s in automation]
+    assert defs.get_sensor_def("ml_training_automation").run_tags[LAUNCHED_BY_TAG] == ML_TRAINING_LAUNCHER
+    assert LAUNCHED_BY_TAG in defs.get_schedule_def("lake_daily_maintenance").tags
 
 
 @pytest.mark.dagster

@@ -14,6 +14,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from assets.partitions import hour_start
 from pipelines.lake_schedules import lake_hourly_seal, lake_late_hours, lake_maintenance
+from pipelines.launch_tags import launched_by
 from pipelines.services.lake_sink import (
     SERVICE_TAGS,
     lake_sink_service,
@@ -107,10 +108,12 @@ def test_schedule_and_late_sensor_follow_event_time(service_lake):
     # Event time ends ~02:33: with 5 min grace the newest closed hour is 01:00, not 02:00.
     req = lake_hourly_seal(dg.build_schedule_context(resources={"lake": lake}))
     assert isinstance(req, dg.RunRequest) and req.partition_key == H1
+    assert req.tags == launched_by("lake-hourly-seal")  # counted in the run queue's work limit
 
     with dg.instance_for_test() as instance:
         reqs = lake_late_hours(dg.build_sensor_context(instance=instance, resources={"lake": lake}))
         assert sorted(r.partition_key for r in reqs) == [H0, H1]
+        assert all(r.tags == launched_by("lake-late-hours") for r in reqs)
         tables = {a.path[-1] for a in reqs[0].asset_selection}
         assert tables == {"trades", "book_deltas", "book_snapshots"}
 
