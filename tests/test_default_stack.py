@@ -18,19 +18,14 @@ import pytest
 
 from collectors.config import load_shards
 from pipelines.local.stack import collectors_file
+from pipelines.services.registry import services
 from runtime.home import TicklakeHome
 from streaming.kafka.broker import find_free_port
 from tests.support.stack import processes_of, ticklake
 
-#: The services every default stack runs besides its collector shards.
-OTHER_SERVICES = {
-    "normalizer",
-    "feature-processor",
-    "lake-sink",
-    "pragma-publisher",
-    "clickhouse-live",
-    "inference",
-}
+#: The services every default stack runs once each (the registry's, less those run per
+#: instance: the collector, one run per shard of collectors.yaml).
+SINGLE_SERVICES = {s.name for s in services() if s.instances is None}
 
 
 def running_services(home) -> set[str]:
@@ -47,7 +42,7 @@ def test_default_up_runs_hourly_work_beside_every_service(ticklake_home: Ticklak
         assert up.returncode == 0, up.stdout + up.stderr
         shards = {f"collector:{s.name}" for s in load_shards(collectors_file(ticklake_home))}
         assert len(shards) >= 6, shards  # BTC and ETH on Binance, Bybit and OKX, spot and perp
-        expected = shards | OTHER_SERVICES
+        expected = shards | SINGLE_SERVICES
         deadline = time.monotonic() + 300
         while (running := running_services(home)) != expected:
             assert time.monotonic() < deadline, sorted(expected ^ running)
