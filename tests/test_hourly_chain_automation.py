@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
@@ -188,6 +190,13 @@ def test_every_launcher_of_work_tags_its_runs(defs):
     assert all(LAUNCHED_BY_TAG in s.run_tags for s in automation), [(s.name, s.run_tags) for s in automation]
     assert defs.get_sensor_def("ml_training_automation").run_tags[LAUNCHED_BY_TAG] == ML_TRAINING_LAUNCHER
     assert LAUNCHED_BY_TAG in defs.get_schedule_def("lake_daily_maintenance").tags
+    # dagster.yaml (YAML: it cannot import the names) caps runs by this same tag key, and
+    # training by this same launcher value.
+    limits = yaml.safe_load((Path(__file__).resolve().parents[1] / "dagster.yaml").read_text())["concurrency"]["runs"][
+        "tag_concurrency_limits"
+    ]
+    assert {"key": LAUNCHED_BY_TAG, "limit": 2} in limits
+    assert {"key": LAUNCHED_BY_TAG, "value": ML_TRAINING_LAUNCHER, "limit": 1} in limits
 
 
 @pytest.mark.dagster
