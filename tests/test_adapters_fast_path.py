@@ -9,7 +9,7 @@ ones; the captures are read from the shared samples (workloads/samples.py), neve
 
 from __future__ import annotations
 
-import copy
+import pickle
 import random
 from typing import Any
 
@@ -61,6 +61,15 @@ def checked_only(ad: BinanceAdapter) -> BinanceAdapter:
         setattr(ad, name, checked)  # spot bookTicker (no "e") is called by name
         ad._dispatch[e] = checked
     return ad
+
+
+def clone(ad: BinanceAdapter) -> BinanceAdapter:
+    """A deep copy of an adapter and its books (a pickle round trip: ~5x faster than copy.deepcopy
+    on synced books of a million levels' depth)."""
+    twin = pickle.loads(pickle.dumps(ad, pickle.HIGHEST_PROTOCOL))
+    # its handlers (the checked ones of checked_only's adapter too) are the twin's own
+    assert all(h.__self__ is twin and h.__name__ == ad._dispatch[e].__name__ for e, h in twin._dispatch.items())
+    return twin
 
 
 def outcome(res: Any) -> tuple:
@@ -182,7 +191,7 @@ def test_fast_paths_equal_the_checked_paths_on_altered_fields(cls, path):
             if e in ("aggTrade", "depthUpdate", "bookTicker") and key not in done:
                 done.add(key)
                 for frame in variants(rec):
-                    f2, r2 = copy.deepcopy(fast), copy.deepcopy(ref)
+                    f2, r2 = clone(fast), clone(ref)
                     assert outcome(f2.on_frame(frame, rec.recv_ts_us)) == outcome(r2.on_frame(frame, rec.recv_ts_us))
                     assert final(f2) == final(r2), frame
                     tried += 1
