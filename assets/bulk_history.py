@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-from pandera.errors import SchemaError, SchemaErrors
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import (
     And,
@@ -47,7 +46,6 @@ from resources.bulk import BulkHistoryResource
 from resources.lake import LakeResource
 from schemas.model import EventType
 from schemas.tables import TABLES, TableSpec
-from schemas.validation import validate_table
 from streaming.lake.writer import LakeFileWriter, commit_files
 
 GROUP = "bulk"
@@ -249,6 +247,10 @@ def verify_day(
                 {"table": spec.name, "gaps_in_file": file_gaps, "gaps_in_lake": lake_gaps},
             )
         )
+    from pandera.errors import SchemaError, SchemaErrors  # as streaming.lake.checks.schema_check
+
+    from schemas.validation import validate_table
+
     try:
         validate_table(spec, got)
         out.append(CheckOutcome(CHECK_SCHEMA, True, {"table": spec.name, "rows_validated": got.num_rows}))

@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pandera.errors import SchemaError, SchemaErrors
 
 from schemas.tables import TableSpec
-from schemas.validation import validate_table
 from streaming.lake.state import HourCount
 
 
@@ -26,6 +24,12 @@ class CheckOutcome:
 
 
 def schema_check(spec: TableSpec, rows: pa.Table) -> CheckOutcome:
+    # pandera is imported by the check that uses it: every process that loads the code location
+    # imports this module, and pandera's import (which pulls in pyspark.pandas) took ~0.8 s of it.
+    from pandera.errors import SchemaError, SchemaErrors
+
+    from schemas.validation import validate_table
+
     try:
         validate_table(spec, rows)
     except SchemaErrors as exc:
