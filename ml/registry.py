@@ -19,8 +19,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
+if TYPE_CHECKING:  # imported where a model is loaded (load_version), not by every process loading the code
+    import lightgbm as lgb
 
 CHAMPION = "champion"
 EXPERIMENT = "ticklake-mid-returns"
@@ -170,6 +172,8 @@ def alias_version(client, name: str, alias: str = CHAMPION) -> tuple[str, str] |
 
 
 def load_version(client, name: str, version: str, run_id: str) -> ServedModel:
+    import lightgbm as lgb
+
     with tempfile.TemporaryDirectory(prefix="ticklake-model-") as tmp:
         path = client.download_artifacts(run_id, MODEL_ARTIFACT, tmp)
         text = Path(path).read_text()

@@ -14,13 +14,16 @@ dataset gives the same booster text and the same predictions everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 
 from ml.dataset import label_column
 from ml.inputs import INPUT_COLUMNS, input_matrix
+
+if TYPE_CHECKING:  # imported by the fit (as ml/registry.py by the model load), not with the code location
+    import lightgbm as lgb
 
 PARAMS: dict = {
     "objective": "regression",
@@ -94,6 +97,8 @@ class TrainResult:
 
 
 def _fit(x: np.ndarray, y: np.ndarray) -> lgb.Booster:
+    import lightgbm as lgb
+
     ds = lgb.Dataset(x, y, feature_name=list(INPUT_COLUMNS), free_raw_data=True, params={"verbose": -1})
     return lgb.train(PARAMS, ds, num_boost_round=NUM_ROUNDS)
 

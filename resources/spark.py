@@ -16,7 +16,6 @@ import sys
 from typing import Any
 
 import dagster as dg
-from dagster_pyspark.resources import spark_session_from_config
 from pydantic import Field, PrivateAttr
 
 #: Settings every session gets; callers may add, not silently change these.
@@ -86,5 +85,9 @@ class SparkResource(dg.ConfigurableResource):
         """The session (pyspark.sql.SparkSession), created on first access. getOrCreate:
         a process has one JVM, so a second resource reuses the running session."""
         if self._session is None:
+            # Imported with the first session: pyspark is not needed by the processes that only
+            # load the code location (tests/test_code_location_imports.py).
+            from dagster_pyspark.resources import spark_session_from_config
+
             self._session = spark_session_from_config(self.conf())
         return self._session
