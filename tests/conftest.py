@@ -31,11 +31,56 @@ COMPONENT_FIXTURES = {
 }
 
 
+#: Markers of the tests that start a whole `ticklake up` stack or drive its UI. Under the README's
+#: `pytest -n 2 --dist loadgroup --no-loadscope-reorder` they run one after another on one worker,
+#: in collection order: several need the default UI port free or share the one stack started for
+#: them (the `shared_stack` fixture), and two stacks starting at once on two cores would each time
+#: the other's waits. The other worker starts with the tests that pin a group of their own (the
+#: acceptance replay, which spends most of its run waiting for the stack's sensors and
+#: schedules). Every other module is one unit that goes whole to whichever worker is free: its
+#: module-scoped fixtures (a lake, a ClickHouse database, a Spark world) are built once, and its
+#: tests run in file order, as in a serial run (some build on what an earlier test of their module
+#: loaded). Each worker starts the session fixtures it needs (broker, ClickHouse, Spark).
+SERIAL_MARKERS = ("stack", "browser")
+SERIAL_GROUP = "serial"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for fixture in COMPONENT_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
             item.add_marker(COMPONENT_FIXTURES[fixture])
     order_shared_stack_users(items)
+    pinned, serial, rest = [], [], []
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            pinned.append(item)
+        elif any(map(item.get_closest_marker, SERIAL_MARKERS)):
+            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
+            serial.append(item)
+        else:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+            rest.append(item)
+    # Handed out in this order (no reordering by size): the pinned tests and the serial group
+    # first, the longest work, so that they start on both workers at once; order kept within each.
+    items[:] = pinned + serial + rest
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """In an xdist worker of `--dist loadgroup`, every grouped test must carry its group in its
+    node id by now (that is how xdist hands the group to its scheduler). When it does not, the
+    groups are silently ignored and the component tests run two at a time, failing on each other
+    (seen with pytest 9.2, pytest-xdist issue 1386): stop the run with the reason instead."""
+    if not getattr(session.config.option, "loadgroup", False):  # set in xdist workers only
+        return
+    lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if lost:
+        reason = (
+            f"pytest-xdist did not apply the xdist_group of {len(lost)} tests (e.g. {lost[0]}) with pytest "
+            f"{pytest.__version__}: install the pytest range pinned in pyproject.toml"
+        )
+        print(reason, file=sys.stderr, flush=True)  # the worker's error itself reaches the terminal only as a crash
+        raise pytest.UsageError(reason)
 
 
 @pytest.fixture

@@ -192,6 +192,7 @@ def default_consumer_receives(bootstrap: str, topic: str, timeout_s: float = 10.
 
 
 @pytest.mark.stack
+@pytest.mark.xdist_group("acceptance")  # beside the serial group: it mostly waits on the stack's own ticks
 @pytest.mark.timeout(TIMEOUT_S + ML_TIMEOUT_S + 600)
 def test_up_replay_of_three_venues_builds_every_hourly_product_by_itself(ticklake_home, tmp_path):
     import dagster as dg

@@ -24,7 +24,7 @@ from assets.spark_features import (
     parity_outcome,
     spark_features_1s,
 )
-from features.spec import FEATURE_SCHEMA
+from features.spec import FEATURE_SCHEMA, FEATURES_TABLE
 from resources.clickhouse import ClickHouseResource
 from resources.kafka import KafkaResource
 from resources.spark import SparkResource
@@ -160,6 +160,8 @@ def test_parity_fails_when_one_feature_value_is_perturbed(world, spark):
     )
     table = fl.ensure_spec_table(world["lake"].catalog, fsp.SPARK_FEATURES_TABLE)
     fl.write_hour(table, rows, h)
+    # The local batch's hour too, so that the test stands on its own (not on the Spark test's run).
+    fl.write_hour(fl.ensure_spec_table(world["lake"].catalog, FEATURES_TABLE), rows, h)
     assert parity_outcome(world["lake"].lake, world["ch"], H, DB)[0]  # unperturbed copy: identical
     fl.write_hour(table.refresh(), bad, h)
     ok, details = parity_outcome(world["lake"].lake, world["ch"], H, DB)
