@@ -7,9 +7,12 @@ are checked element-wise.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import pandera.pandas as pa_
 import pyarrow as pa
+from pandera.errors import SchemaError, SchemaErrors
 
 from schemas.model import Exchange, Market
 from schemas.symbols import CANONICAL_RE
@@ -85,3 +88,28 @@ def validate_table(spec: TableSpec, table: pa.Table) -> pd.DataFrame:
         if pa.types.is_timestamp(f.type) and f.name in df:
             df[f.name] = df[f.name].astype(pd.DatetimeTZDtype("us", "UTC"))
     return pandera_schema(spec).validate(df, lazy=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Violations:
+    """Why rows do not match their spec, in the shapes the checks report it."""
+
+    summary: str  # "<n> schema violations", or the one error pandera raised eagerly
+    failure_cases: list[dict]  # the first failure cases, values as strings (empty for an eager error)
+    error: str  # pandera's whole message
+
+
+def schema_violations(spec: TableSpec, table: pa.Table, head: int = 20) -> Violations | None:
+    """validate_table as a value: None when every row matches, else what did not. The one place
+    that catches pandera's errors, so that its callers (the hourly schema check, the bulk loader's
+    verification) import pandera only through this module, where they validate."""
+    try:
+        validate_table(spec, table)
+    except SchemaErrors as exc:
+        cases = exc.failure_cases
+        return Violations(
+            f"{len(cases)} schema violations", cases.head(head).astype(str).to_dict(orient="records"), str(exc)
+        )
+    except SchemaError as exc:
+        return Violations(f"schema violation: {exc}", [], str(exc))
+    return None
