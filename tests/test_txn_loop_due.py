@@ -65,3 +65,48 @@ def test_the_poll_returns_by_the_due_time_and_the_hook_is_asked_each_poll(kafka_
         assert loop.asked >= 3
     finally:
         loop.close()
+
+
+class _Calls:
+    """The loop's real consumer, noting each consume call's (asked, timeout, returned)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def consume(self, num, timeout):
+        got = self.inner.consume(num, timeout)
+        self.calls.append((num, timeout, len(got)))
+        return got
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_poll_waits_for_the_first_record_only_and_takes_everything_queued(kafka_broker):
+    """Asking librdkafka for a whole batch while fewer records were there blocked until the
+    call's timeout: every hop of the pipeline waited it out at any rate below a full batch per
+    timeout. The wait is now for one record; the batch is still everything queued, read until
+    a read comes back short (not cut at the first record)."""
+    topic = f"first-in-{time.time_ns()}"
+    create_topics(admin_client(kafka_broker.bootstrap), {topic: TopicSpec(1, 3_600_000)}, 1)
+    conn = kc.connection_from_env(bootstrap_servers=kafka_broker.bootstrap)
+    loop = _Due(conn, topic)
+    loop.start()
+    try:
+        p = Producer(kc.producer_config(conn))
+        for i in range(300):
+            p.produce(topic, value=str(i).encode())
+        p.flush(10)
+        spy = loop.consumer = _Calls(loop.consumer)
+        got: list[Message] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 300 and time.monotonic() < deadline:
+            got += loop._poll_batch()
+        assert [m.value() for m in got] == [str(i).encode() for i in range(300)]
+        # Each poll that got records asked for one record while it had none, then for the rest.
+        asks = [num for num, _, n in spy.calls if n]
+        assert asks and asks[0] == 1 and any(num > 1 for num in asks)
+        polls = sum(1 for num, _, n in spy.calls if num == 1 and n)
+        assert polls <= 10, spy.calls  # batches of what was queued, not record by record (300)
+    finally:
+        loop.close()

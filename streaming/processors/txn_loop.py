@@ -194,7 +194,13 @@ class TransactionalLoop(ServiceLoop):
             if left <= 0:
                 break
             want = min(self.batch_max_records - len(out), 10_000)
-            got = self.consumer.consume(want, min(left, 0.1) if not out else 0.005)
+            # consume(n, timeout) blocks until it has n records or the timeout passes: asked
+            # for a whole batch while none was there, it waited out its timeout (up to 100 ms)
+            # at any rate below batch_max_records per timeout, and each hop's latency carried
+            # that wait. So the wait is for the first record only; the rest of the batch is
+            # what else is queued, read with short waits until a read comes back short.
+            first = not out
+            got = self.consumer.consume(1, min(left, 0.1)) if first else self.consumer.consume(want, 0.005)
             for m in got:
                 err = m.error()
                 if err is not None and err.code() == KafkaError._PARTITION_EOF:
@@ -203,7 +209,7 @@ class TransactionalLoop(ServiceLoop):
                 m = check(m)
                 if m is not None:
                     out.append(m)
-            if out and len(got) < want and time.monotonic() >= min_until:
+            if out and not first and len(got) < want and time.monotonic() >= min_until:
                 break
         return out
 
