@@ -93,6 +93,9 @@ def test_a_poll_waits_for_the_first_record_only_and_takes_everything_queued(kafk
     loop = _Due(conn, topic)
     loop.start()
     try:
+        # Never committed: assigned at offset 0, not the logical beginning (a ListOffsets
+        # round, which the embedded broker held for seconds after a killed transaction).
+        assert [(tp.partition, tp.offset) for tp in loop.consumer.assignment()] == [(0, 0)]
         p = Producer(kc.producer_config(conn))
         for i in range(300):
             p.produce(topic, value=str(i).encode())

@@ -150,9 +150,14 @@ class TransactionalLoop(ServiceLoop):
         committed = committed_offsets(self.consumer, self.assignment)
         self.warm_up(committed)
         self.positions = {tp: off for tp, off in committed.items() if off is not None}
+        # A partition the group never committed starts at offset 0, not at the logical
+        # "beginning": resolving that is a ListOffsets request, which the embedded broker held
+        # for ~4 s after a killed producer's transaction (a restarted normalizer read nothing
+        # meanwhile). A log that no longer starts at 0 answers the fetch out of range, and the
+        # consumer's auto.offset.reset (earliest) resolves it then.
         self.consumer.assign(
             [
-                TopicPartition(t, p, committed[(t, p)] if committed[(t, p)] is not None else -2)
+                TopicPartition(t, p, committed[(t, p)] if committed[(t, p)] is not None else 0)
                 for t, p in self.assignment
             ]
         )
