@@ -31,7 +31,7 @@ from features.spec import FEATURE_SCHEMA
 from schemas.tables import TABLES, TableSpec
 from streaming.lake.features import INPUT_TABLES, input_range, keep_hour, ts_range
 from streaming.lake.state import HOUR_US
-from streaming.lake.writer import hour_path_value
+from streaming.lake.writer import partition_path
 
 GROUP_KEYS = ["exchange", "market", "symbol"]
 #: Where Spark's recompute lands: same schema as features_1s, a separate table so the two
@@ -160,10 +160,7 @@ def write_hour(
             rows = sum(counts.values())
             fs = spark.sparkContext._jvm.org.apache.hadoop.fs
             for ex, mk in pairs:
-                out = (
-                    f"{target.location()}/data/exchange_ts_hour={hour_path_value(hour_us)}/exchange={ex}"
-                    f"/market={mk}/{WRITER}-{run}"
-                )
+                out = f"{target.location()}/data/{partition_path(hour_us, ex, mk)}/{WRITER}-{run}"
                 part = (
                     df.where((df.exchange == ex) & (df.market == mk))
                     .coalesce(1)

@@ -173,6 +173,11 @@ def hour_path_value(hour_us: int) -> str:
     return datetime.fromtimestamp(hour_us / 1e6, tz=UTC).strftime("%Y-%m-%d-%H")
 
 
+def partition_path(hour_us: int, exchange: str, market: str) -> str:
+    """A partition's directory under a lake table's data/ (Hive-style, as pyiceberg names it)."""
+    return f"exchange_ts_hour={hour_path_value(hour_us)}/exchange={exchange}/market={market}"
+
+
 def _narrow_strings(schema: pa.Schema) -> pa.Schema:
     """pyiceberg maps strings and lists to Arrow large_string / large_list, the lake's Arrow
     rows (schemas/tables.py) carry string / list: the Parquet bytes are the same either way,
@@ -417,10 +422,7 @@ class LakeFileWriter:
             yield part.slice(s, step)
 
     def _write_file(self, chunk: pa.Table, run: PartitionRun, prefix: str) -> DataFile:
-        path = (
-            f"{self.table.location()}/data/exchange_ts_hour={hour_path_value(run.hour_us)}"
-            f"/exchange={run.exchange}/market={run.market}/{prefix}-{uuid.uuid4().hex}.parquet"
-        )
+        path = f"{self.table.location()}/data/{partition_path(run.hour_us, run.exchange, run.market)}/{prefix}-{uuid.uuid4().hex}.parquet"
         with self.table.io.new_output(path).create(overwrite=True) as stream:
             with pq.ParquetWriter(stream, schema=self.arrow_schema, **self.options) as writer:
                 writer.write_table(chunk, row_group_size=ROW_GROUP_ROWS)
