@@ -39,12 +39,18 @@ class _Due(TransactionalLoop):
         return []
 
 
-def test_the_poll_returns_by_the_due_time_and_the_hook_is_asked_each_poll(kafka_broker):
-    topic = f"due-in-{time.time_ns()}"
+def _started(kafka_broker, prefix: str) -> tuple[_Due, kc.KafkaConnection, str]:
+    """A started loop on a new one-partition topic, with the connection and the topic."""
+    topic = f"{prefix}-{time.time_ns()}"
     create_topics(admin_client(kafka_broker.bootstrap), {topic: TopicSpec(1, 3_600_000)}, 1)
     conn = kc.connection_from_env(bootstrap_servers=kafka_broker.bootstrap)
     loop = _Due(conn, topic)
     loop.start()
+    return loop, conn, topic
+
+
+def test_the_poll_returns_by_the_due_time_and_the_hook_is_asked_each_poll(kafka_broker):
+    loop, conn, topic = _started(kafka_broker, "due-in")
     try:
         loop.due = time.monotonic() + 0.3
         t0 = time.monotonic()
@@ -87,11 +93,7 @@ def test_a_poll_waits_for_the_first_record_only_and_takes_everything_queued(kafk
     call's timeout: every hop of the pipeline waited it out at any rate below a full batch per
     timeout. The wait is now for one record; the batch is still everything queued, read until
     a read comes back short (not cut at the first record)."""
-    topic = f"first-in-{time.time_ns()}"
-    create_topics(admin_client(kafka_broker.bootstrap), {topic: TopicSpec(1, 3_600_000)}, 1)
-    conn = kc.connection_from_env(bootstrap_servers=kafka_broker.bootstrap)
-    loop = _Due(conn, topic)
-    loop.start()
+    loop, conn, topic = _started(kafka_broker, "first-in")
     try:
         # Never committed: assigned at offset 0, not the logical beginning (a ListOffsets
         # round, which the embedded broker held for seconds after a killed transaction).
