@@ -422,7 +422,8 @@ class LakeFileWriter:
             yield part.slice(s, step)
 
     def _write_file(self, chunk: pa.Table, run: PartitionRun, prefix: str) -> DataFile:
-        path = f"{self.table.location()}/data/{partition_path(run.hour_us, run.exchange, run.market)}/{prefix}-{uuid.uuid4().hex}.parquet"
+        part_dir = partition_path(run.hour_us, run.exchange, run.market)
+        path = f"{self.table.location()}/data/{part_dir}/{prefix}-{uuid.uuid4().hex}.parquet"
         with self.table.io.new_output(path).create(overwrite=True) as stream:
             with pq.ParquetWriter(stream, schema=self.arrow_schema, **self.options) as writer:
                 writer.write_table(chunk, row_group_size=ROW_GROUP_ROWS)
