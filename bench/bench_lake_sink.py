@@ -172,26 +172,25 @@ def bench_writer(rows: pa.Table, root: Path, repeat: int) -> None:
 
     runs = iter(range(repeat))
 
-    def bare_files(out_dir) -> list[tuple[str, PartitionRun, int]]:
+    def bare_files(data: Path) -> list[tuple[Path, PartitionRun]]:
         # The writer's layout without its machinery: the same sort (layout_order, the fastest
         # found) and one plain Parquet file per partition with the same options, in the lake's
-        # partition directories under `out_dir(run)` (new ones each run, as the writer's fresh
-        # table has: creating them is file-system work the writer does too).
+        # partition directories under `data` (new ones each run, as the writer's fresh table
+        # has: creating them is file-system work the writer does too).
         order, parts = layout_order(rows)
         t = rows.take(order)
         out = []
         for i, run in enumerate(partition_runs(t, parts)):
-            d = out_dir(run)
+            d = data / partition_path(run.hour_us, run.exchange, run.market)
             d.mkdir(parents=True, exist_ok=True)
             path = d / f"floor-{i}.parquet"
             pq.write_table(t.slice(run.start, run.stop - run.start), path, **opts)
-            out.append((str(path), run, run.stop - run.start))
+            out.append((path, run))
         return out
 
     def no_iceberg():
         # No statistics, manifests or commit: a lower bound, not a writer of this table.
-        data = root / f"floor{next(runs)}" / "data"
-        return len(bare_files(lambda run: data / partition_path(run.hour_us, run.exchange, run.market)))
+        return len(bare_files(root / f"floor{next(runs)}" / "data"))
 
     def floor():
         # What the row's own name says it does, done with the least work: the same sorted
@@ -202,19 +201,18 @@ def bench_writer(rows: pa.Table, root: Path, repeat: int) -> None:
         # target the target is out of reach for any such writer.
         table = next(fresh_f)
         meta = table.metadata
-        loc = Path(urlparse(table.location()).path) / "data"
         files = [
             DataFile.from_args(
                 content=DataFileContent.DATA,
-                file_path=Path(path).as_uri(),
+                file_path=path.as_uri(),
                 file_format=FileFormat.PARQUET,
                 partition=Record(run.hour_us // HOUR_US, run.exchange, run.market),
-                record_count=n_rows,
-                file_size_in_bytes=Path(path).stat().st_size,
+                record_count=run.stop - run.start,
+                file_size_in_bytes=path.stat().st_size,
                 sort_order_id=meta.default_sort_order_id,
                 spec_id=meta.default_spec_id,
             )
-            for path, run, n_rows in bare_files(lambda run: loc / partition_path(run.hour_us, run.exchange, run.market))
+            for path, run in bare_files(Path(urlparse(table.location()).path) / "data")
         ]
         commit_files(table, files, {"bench-floor": "1"})
         return len(files)
