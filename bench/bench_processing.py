@@ -48,6 +48,7 @@ from features.inputs import events_from_envelopes
 from features.records import decode_row
 from features.spec import WINDOW_US
 from runtime import kafka_config as kc
+from runtime.child_process import DIE_WITH_PARENT
 from runtime.service_loop import GC_THRESHOLDS
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import event_id_from, id_head, stamp_event_id
@@ -76,6 +77,10 @@ LATENESS_MS = 200
 #: rate to count as sustained (a growing backlog rises by about the run's length).
 SUSTAINED_GROWTH_S = 0.25
 PAIR = [(Market.SPOT, Exchange.BINANCE)]
+#: Prefix of the processes a latency or floor run starts: they end when this process does (a
+#: bench killed mid-run left its normalizer and feature processor running, and the next runs
+#: measured beside them).
+DIES_WITH_US = (sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()))
 #: --batch-max-ms the latency run gives both processors (and the floor's bare relays).
 SERVICE_BATCH_MAX_MS = 50
 #: Seconds the paced generator goes on after the measured events, unmeasured: the measured
@@ -523,7 +528,7 @@ def floor_run(rate: int, duration: float, template) -> dict[str, float]:
         logs = open(Path(tmp) / "procs.log", "ab")  # noqa: SIM115 - held by the child processes
         procs = [
             subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--relay", str(stage)],
+                [*DIES_WITH_US, sys.executable, str(Path(__file__).resolve()), "--relay", str(stage)],
                 cwd=REPO,
                 env=env,
                 stdout=logs,
@@ -608,6 +613,7 @@ def latency_run(rate: int, duration: float, template) -> dict[str, float]:
         procs = [
             subprocess.Popen(
                 [
+                    *DIES_WITH_US,
                     sys.executable,
                     "-m",
                     "streaming.processors.normalizer",
@@ -627,6 +633,7 @@ def latency_run(rate: int, duration: float, template) -> dict[str, float]:
             ),
             subprocess.Popen(
                 [
+                    *DIES_WITH_US,
                     sys.executable,
                     "-m",
                     "streaming.processors.feature_processor",
