@@ -392,6 +392,24 @@ def _prepare_dagster_home(home: TicklakeHome, root: Path) -> list[str]:
     return fail_orphaned_runs(home, "its run worker was gone when `ticklake up` started")
 
 
+def cancel_runs_in_progress(home: TicklakeHome, why: str) -> list[str]:
+    """Mark every started run CANCELING (returns their ids): a run worker interrupted by SIGTERM
+    then records its run CANCELED, as for a termination asked in the UI, instead of a failure
+    ("interrupted unexpectedly"). A stack stopped on purpose is not a failure of the service
+    runs and the hourly work it interrupts; queued runs stay queued for the next `up`."""
+    if not (home.dagster_home / "dagster.yaml").exists():
+        return []
+    from dagster import DagsterRunStatus, RunsFilter
+
+    canceling = []
+    with _local_instance(home) as instance:
+        started = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+        for run in instance.get_runs(RunsFilter(statuses=started)):
+            instance.report_run_canceling(run, message=f"Canceling: {why} stops the stack.")
+            canceling.append(run.run_id)
+    return canceling
+
+
 def fail_orphaned_runs(home: TicklakeHome, why: str) -> list[str]:
     """Mark runs whose workers no longer exist as failed and free their pool slots.
 
@@ -776,13 +794,19 @@ def down(home: TicklakeHome, echo: Callable[[str], None] = print, timeout: float
         if state is None:
             echo(f"nothing to stop: no ticklake stack recorded in {home.run_dir}")
             return False
+        # Before anything stops: the run workers are children of the code server, or of the
+        # daemon's and the webserver's own code servers for a --workspace of one's own. A
+        # supervisor counts a CANCELING service run as live, so none is replaced meanwhile.
+        canceling = cancel_runs_in_progress(home, "`ticklake down`")
+        if canceling:
+            echo(f"{len(canceling)} run(s) in progress canceled: {', '.join(canceling)}")
         problems = _stop_all(home, state, echo, timeout)
         if problems:
             raise StackError("could not stop everything:\n  " + "\n  ".join(problems))
         _clear_state(home)
         orphans = fail_orphaned_runs(home, "`ticklake down` stopped its run worker")
         if orphans:
-            echo(f"{len(orphans)} run(s) in progress were marked failed: {', '.join(orphans)}")
+            echo(f"{len(orphans)} run(s) in progress were closed out: {', '.join(orphans)}")
         return True
 
 
