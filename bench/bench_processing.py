@@ -48,7 +48,7 @@ from features.inputs import events_from_envelopes
 from features.records import decode_row
 from features.spec import WINDOW_US
 from runtime import kafka_config as kc
-from runtime.child_process import DIE_WITH_PARENT
+from runtime.child_process import dying_with_this_process
 from runtime.service_loop import GC_THRESHOLDS
 from schemas.gen.ticklake.v1 import events_pb2 as pb
 from schemas.ids import event_id_from, id_head, stamp_event_id
@@ -77,10 +77,6 @@ LATENESS_MS = 200
 #: rate to count as sustained (a growing backlog rises by about the run's length).
 SUSTAINED_GROWTH_S = 0.25
 PAIR = [(Market.SPOT, Exchange.BINANCE)]
-#: Prefix of the processes a latency or floor run starts: they end when this process does (a
-#: bench killed mid-run left its normalizer and feature processor running, and the next runs
-#: measured beside them).
-DIES_WITH_US = (sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()))
 #: --batch-max-ms the latency run gives both processors (and the floor's bare relays).
 SERVICE_BATCH_MAX_MS = 50
 #: Seconds the paced generator goes on after the measured events, unmeasured: the measured
@@ -393,6 +389,9 @@ def bench_broker(envs, rounds: int = 3) -> dict[str, float]:
         def norm_ids(r: int) -> dict[str, str]:
             return {"group_id": f"bench-normalizer-{r}", "transactional_id": f"bench-normalizer-{r}"}
 
+        feature_inputs = feature_input_topics(PAIR)
+        # per round: where its normalizer's copy of the backlog starts in processed.*
+        copy_starts: dict[int, dict[tuple[str, int], int]] = {}
         loops = {
             "copy_loop": lambda r: CopyLoop(
                 conn, group_id=f"bench-copy-{r}", transactional_id=f"bench-copy-{r}", input_topics=topics
@@ -415,8 +414,6 @@ def bench_broker(envs, rounds: int = 3) -> dict[str, float]:
                 **({} if r == 0 else {"upstream_group": norm_ids(r)["group_id"]}),
             ),
         }
-        feature_inputs = feature_input_topics(PAIR)
-        copy_starts: dict[int, dict[tuple[str, int], int]] = {}
         for r in range(rounds):
             for k, make in loops.items():
                 if k == "normalizer_broker":
@@ -528,7 +525,7 @@ def floor_run(rate: int, duration: float, template) -> dict[str, float]:
         logs = open(Path(tmp) / "procs.log", "ab")  # noqa: SIM115 - held by the child processes
         procs = [
             subprocess.Popen(
-                [*DIES_WITH_US, sys.executable, str(Path(__file__).resolve()), "--relay", str(stage)],
+                dying_with_this_process([sys.executable, str(Path(__file__).resolve()), "--relay", str(stage)]),
                 cwd=REPO,
                 env=env,
                 stdout=logs,
@@ -612,40 +609,42 @@ def latency_run(rate: int, duration: float, template) -> dict[str, float]:
         logs = open(Path(tmp) / "procs.log", "ab")  # noqa: SIM115 - held by the child processes
         procs = [
             subprocess.Popen(
-                [
-                    *DIES_WITH_US,
-                    sys.executable,
-                    "-m",
-                    "streaming.processors.normalizer",
-                    "--exchange",
-                    "binance",
-                    "--market",
-                    "spot",
-                    "--instruments-cache",
-                    str(cache),
-                    "--batch-max-ms",
-                    str(SERVICE_BATCH_MAX_MS),
-                ],
+                dying_with_this_process(
+                    [
+                        sys.executable,
+                        "-m",
+                        "streaming.processors.normalizer",
+                        "--exchange",
+                        "binance",
+                        "--market",
+                        "spot",
+                        "--instruments-cache",
+                        str(cache),
+                        "--batch-max-ms",
+                        str(SERVICE_BATCH_MAX_MS),
+                    ]
+                ),
                 cwd=REPO,
                 env=env,
                 stdout=logs,
                 stderr=subprocess.STDOUT,
             ),
             subprocess.Popen(
-                [
-                    *DIES_WITH_US,
-                    sys.executable,
-                    "-m",
-                    "streaming.processors.feature_processor",
-                    "--pair",
-                    "spot:binance",
-                    "--batch-max-ms",
-                    str(SERVICE_BATCH_MAX_MS),
-                    "--allowed-lateness-ms",
-                    str(LATENESS_MS),
-                    "--idle-timeout-ms",
-                    "1000",
-                ],
+                dying_with_this_process(
+                    [
+                        sys.executable,
+                        "-m",
+                        "streaming.processors.feature_processor",
+                        "--pair",
+                        "spot:binance",
+                        "--batch-max-ms",
+                        str(SERVICE_BATCH_MAX_MS),
+                        "--allowed-lateness-ms",
+                        str(LATENESS_MS),
+                        "--idle-timeout-ms",
+                        "1000",
+                    ]
+                ),
                 cwd=REPO,
                 env=env,
                 stdout=logs,

@@ -34,6 +34,11 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
+def dying_with_this_process(cmd: list[str]) -> list[str]:
+    """`cmd` started through the DIE_WITH_PARENT shim: it gets SIGTERM when this process dies."""
+    return [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), *cmd]
+
+
 def signal_group(pid: int, sig: signal.Signals) -> None:
     """Send `sig` to the process group led by `pid`; to the process alone where the group
     cannot be signalled (PermissionError), and nothing when it is already gone."""
@@ -104,7 +109,7 @@ class ChildServer:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = self.command()
         if self.die_with_parent:
-            cmd = [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), *cmd]
+            cmd = dying_with_this_process(cmd)
         with open(log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
