@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.local.options import UpOptions
+from runtime.console import output_survives_closed_reader
 from runtime.home import DEFAULT_HOME, HOME_ENV, TicklakeHome, resolve_home
 
 EXIT_OK = 0
@@ -345,12 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as exc:  # e.g. an invalid home path
-        _err(str(exc))
-        return EXIT_USAGE
+    with output_survives_closed_reader():  # `ticklake down | head -1` still stops everything
+        args = build_parser().parse_args(argv)
+        try:
+            return args.func(args)
+        except ValueError as exc:  # e.g. an invalid home path
+            _err(str(exc))
+            return EXIT_USAGE
 
 
 if __name__ == "__main__":
