@@ -45,7 +45,7 @@ from streaming.lake.writer import (
     PartitionRun,
     commit_files,
     ensure_writer_properties,
-    layout_order,
+    layout_table,
     parquet_options,
     partition_path,
     partition_runs,
@@ -173,18 +173,18 @@ def bench_writer(rows: pa.Table, root: Path, repeat: int) -> None:
     runs = iter(range(repeat))
 
     def bare_files(data: Path) -> list[tuple[Path, PartitionRun]]:
-        # The writer's layout without its machinery: the same sort (layout_order, the fastest
-        # found) and one plain Parquet file per partition with the same options, in the lake's
-        # partition directories under `data` (new ones each run, as the writer's fresh table
-        # has: creating them is file-system work the writer does too).
-        order, parts = layout_order(rows)
-        t = rows.take(order)
+        # The writer's layout without its machinery: the same sorted rows (layout_table: the
+        # fastest sort found, the layout keys as the sort's dictionaries) and one plain Parquet
+        # file per partition with the same options, in the lake's partition directories under
+        # `data` (new ones each run, as the writer's fresh table has: creating them is
+        # file-system work the writer does too).
+        t, parts = layout_table(rows)
         out = []
         for i, run in enumerate(partition_runs(t, parts)):
             d = data / partition_path(run.hour_us, run.exchange, run.market)
             d.mkdir(parents=True, exist_ok=True)
             path = d / f"floor-{i}.parquet"
-            pq.write_table(t.slice(run.start, run.stop - run.start), path, **opts)
+            pq.write_table(t.slice(run.start, run.stop - run.start), path, store_schema=False, **opts)
             out.append((path, run))
         return out
 

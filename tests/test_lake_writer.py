@@ -38,12 +38,13 @@ def market_tables(n: int = 6000) -> dict[str, pa.Table]:
     return {k: envelopes_to_table(TYPES[k], v) for k, v in by_type.items() if k in ("trade", "book_delta")}
 
 
-def mixed(rows: pa.Table, seed: int = 0) -> pa.Table:
-    """The rows shuffled, spread over three exchanges x two markets, with (symbol, exchange_ts)
-    ties whose seq is out of input order."""
+def mixed(rows: pa.Table, seed: int = 0, shuffle: bool = True) -> pa.Table:
+    """The rows shuffled (or left in arrival order), spread over three exchanges x two markets,
+    with (symbol, exchange_ts) ties whose seq is out of input order."""
     rng = np.random.default_rng(seed)
     n = rows.num_rows
-    rows = rows.take(pa.array(rng.permutation(n)))
+    if shuffle:
+        rows = rows.take(pa.array(rng.permutation(n)))
     ex = pa.array(np.array(["binance", "bybit", "okx"])[rng.integers(0, 3, n)])
     mk = pa.array(np.array(["spot", "perp"])[rng.integers(0, 2, n)])
     ts = rows.column("exchange_ts").cast(pa.int64()).to_numpy().copy()
@@ -107,6 +108,41 @@ def test_layout_order_is_the_multi_key_sort(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["trade", "book_delta"])
+def test_rows_in_time_order_take_the_group_sort(kind: str, monkeypatch) -> None:
+    """Arrival order (time order per instrument, partitions interleaved) is sorted by the radix
+    sort of (partition, symbol) alone: the same order as the multi-key sort, and no lexsort; a
+    tie on exchange_ts whose seq runs backwards makes it fall back to the lexsort."""
+    rows = market_tables()[kind]
+    rng = np.random.default_rng(2)
+    n = rows.num_rows
+    for name, values in (("exchange", ["binance", "bybit", "okx"]), ("market", ["spot", "perp"])):
+        i = rows.schema.get_field_index(name)
+        rows = rows.set_column(i, rows.schema.field(i), pa.array(np.array(values)[rng.integers(0, len(values), n)]))
+    expected = reference_order(rows)
+    assert not np.array_equal(expected, np.arange(n))  # not in layout order already
+
+    def no_lexsort(*_a, **_k):
+        raise AssertionError("lexsort used")
+
+    with monkeypatch.context() as m:
+        m.setattr(np, "lexsort", no_lexsort)
+        order, parts = layout_order(rows)
+    assert np.array_equal(order, expected)
+    assert (np.diff(parts) >= 0).all()
+    # a tie on (partition, symbol, exchange_ts) whose seq decreases: the group sort alone is wrong
+    a, b = int(expected[0]), int(expected[1])
+    seq = rows.column("seq").to_numpy().copy()
+    ts = rows.column("exchange_ts").cast(pa.int64()).to_numpy().copy()
+    ts[b], seq[a], seq[b] = ts[a], seq[b] + 1, seq[b]
+    i, j = rows.schema.get_field_index("exchange_ts"), rows.schema.get_field_index("seq")
+    rows = rows.set_column(i, rows.schema.field(i), pa.array(ts).cast(rows.schema.field(i).type))
+    rows = rows.set_column(j, rows.schema.field(j), pa.array(seq).cast(rows.schema.field(j).type))
+    order, _ = layout_order(rows)
+    assert np.array_equal(order, reference_order(rows))
+    assert order.tolist().index(b) < order.tolist().index(a)
+
+
+@pytest.mark.parametrize("kind", ["trade", "book_delta"])
 def test_already_sorted_rows_are_written_as_sorting_would(lake, kind: str) -> None:
     """The skip (rows in layout order already: no sort, no take) writes byte-for-byte the rows
     the sorted path writes, in the same order; unsorted input of the same rows gives them too."""
@@ -152,7 +188,7 @@ def test_data_files_carry_pyiceberg_statistics(lake, kind: str) -> None:
     # several row groups, nulls, strings past the 16-character truncation: still pyiceberg's values
     big = writer._with_field_ids(rows.select(writer.arrow_schema.names))
     buf = pa.BufferOutputStream()
-    with pq.ParquetWriter(buf, schema=writer.arrow_schema, **parquet_options()) as w:
+    with pq.ParquetWriter(buf, schema=writer.write_schema, store_schema=False, **parquet_options()) as w:
         w.write_table(big, row_group_size=700)
     md = pq.ParquetFile(pa.BufferReader(buf.getvalue())).metadata
     assert md.num_row_groups > 3

@@ -94,61 +94,99 @@ def hour_column(table: pa.Table) -> np.ndarray:
     return ts - np.mod(ts, HOUR_US)
 
 
-def _ranks(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, int]:
+#: The layout's string keys. The sort ranks them through a dictionary encoding, and the files
+#: are written from that same encoding: the Parquet writer then takes each column's dictionary
+#: and indices as they are instead of hashing every value again, and the sort gathers 4-byte
+#: indices instead of strings (decisions.md, "Lake writer: the layout keys written as dictionaries").
+LAYOUT_KEYS = ("exchange", "market", "symbol")
+
+
+def _ranks(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
     """Per-row rank of the value among the column's distinct values (string order), so
-    string keys sort as small integers."""
+    string keys sort as small integers, and those distinct values in that order (the ranks
+    index them: a dictionary that depends on the values present, not on their arrival order)."""
     enc = pc.dictionary_encode(col)
     if isinstance(enc, pa.ChunkedArray):
         enc = enc.combine_chunks() if enc.num_chunks != 1 else enc.chunk(0)
         if isinstance(enc, pa.ChunkedArray):  # combine_chunks of dictionaries may unify lazily
             enc = pa.concat_arrays(enc.chunks)
     dictionary = enc.dictionary
-    order = pc.sort_indices(dictionary).to_numpy()
-    rank = np.empty(len(dictionary), dtype=np.int64)
-    rank[order] = np.arange(len(dictionary), dtype=np.int64)
-    return rank[enc.indices.to_numpy(zero_copy_only=False)], len(dictionary)
+    order = pc.sort_indices(dictionary)
+    rank = np.empty(len(dictionary), dtype=np.int32)
+    rank[order.to_numpy()] = np.arange(len(dictionary), dtype=np.int32)
+    return rank[enc.indices.to_numpy(zero_copy_only=False)], dictionary.take(order)
 
 
-def _layout(table: pa.Table) -> tuple[np.ndarray | None, np.ndarray]:
-    """layout_order, with None for the order when the rows are in it already."""
-    ex, _ = _ranks(table.column("exchange"))
-    mk, n_mk = _ranks(table.column("market"))
-    sym, n_sym = _ranks(table.column("symbol"))
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    order: np.ndarray | None  # None: the rows are in layout order already
+    part: np.ndarray  # each row's partition key, in input order
+    keys: dict[str, pa.DictionaryArray]  # LAYOUT_KEYS by their sorted dictionaries, in input order
+
+
+def _ordered_within(group: np.ndarray, ts: np.ndarray, seq: np.ndarray) -> bool:
+    """Rows already grouped: is each group's (exchange_ts, seq) nondecreasing?"""
+    same = group[1:] == group[:-1]
+    step = np.diff(ts)
+    return bool((step[same] >= 0).all() and (np.diff(seq)[same & (step == 0)] >= 0).all())
+
+
+def _layout(table: pa.Table) -> _Layout:
+    ex, ex_values = _ranks(table.column("exchange"))
+    mk, mk_values = _ranks(table.column("market"))
+    sym, sym_values = _ranks(table.column("symbol"))
+    keys = {
+        name: pa.DictionaryArray.from_arrays(pa.array(r), values)
+        for name, r, values in (("exchange", ex, ex_values), ("market", mk, mk_values), ("symbol", sym, sym_values))
+    }
+    n_mk, n_sym = len(mk_values), len(sym_values)
     ts = table.column("exchange_ts").cast(pa.int64()).to_numpy()
-    hours = (ts - np.mod(ts, HOUR_US)) // HOUR_US
+    hours = ts // HOUR_US
     h0 = int(hours.min()) if len(hours) else 0
     span = int(hours.max()) - h0 + 1 if len(hours) else 1
-    part = (ex * n_mk + mk) * span + (hours - h0)
+    part = (ex.astype(np.int64) * n_mk + mk) * span + (hours - h0)
     seq = table.column("seq").to_numpy()
+    group = part * n_sym + sym
+    n_groups = (int(part.max()) + 1) * n_sym if len(part) else 1
+    if _ordered_within(group, ts, seq) and (np.diff(group) >= 0).all():
+        return _Layout(None, part, keys)  # in layout order already: no sort, and no take of every column
+    if n_groups <= 1 << 16:
+        # Rows arrive in time order per instrument: a stable radix sort of the group alone
+        # (numpy sorts 16-bit keys by radix) is then the whole sort, 4x cheaper than the lexsort
+        # below, and checking that each group came out in (exchange_ts, seq) order is O(n).
+        order = np.argsort(group.astype(np.uint16), kind="stable")
+        if _ordered_within(group[order], ts[order], seq[order]):
+            return _Layout(order, part, keys)
     t0 = int(ts.min()) if len(ts) else 0
     ts_bits = (int(ts.max()) - t0).bit_length() if len(ts) else 0
-    groups = (int(part.max()) + 1) * n_sym if len(part) else 1
-    if groups.bit_length() + ts_bits > 62:
-        return np.lexsort((seq, ts, sym, part)), part
-    key = ((part * n_sym + sym) << ts_bits) | (ts - t0)
-    step = np.diff(key)
-    if (step >= 0).all() and (np.diff(seq)[step == 0] >= 0).all():
-        return None, part  # in layout order already: no sort, and no take of every column
-    return np.lexsort((seq, key)), part
+    if n_groups.bit_length() + ts_bits > 62:
+        return _Layout(np.lexsort((seq, ts, group)), part, keys)
+    return _Layout(np.lexsort((seq, (group << ts_bits) | (ts - t0))), part, keys)
 
 
 def layout_order(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Row order by (exchange, market, hour, symbol, exchange_ts, seq) and each row's
-    partition key in that order. Integer keys and numpy lexsort: several times faster than
-    a multi-column Arrow sort over strings. (partition, symbol, exchange_ts) are packed into
-    one int64 when they fit in 62 bits (a micro-batch, or a day of a thousand symbols): a
-    two-key lexsort, 1.6x faster than the four-key one and the same order; rows already in
-    that order (checked in O(n) on the packed key) are not sorted (tests/test_lake_writer.py)."""
-    order, part = _layout(table)
-    if order is None:
-        return np.arange(len(part)), part
-    return order, part[order]
+    partition key in that order. Integer keys and numpy sorts: several times faster than
+    a multi-column Arrow sort over strings. Rows already in that order (checked in O(n)) are
+    not sorted; rows in time order within each (partition, symbol), the usual case, take a
+    radix sort of that group alone; others a lexsort with (partition, symbol, exchange_ts)
+    packed into one int64 when they fit in 62 bits (tests/test_lake_writer.py)."""
+    lay = _layout(table)
+    if lay.order is None:
+        return np.arange(len(lay.part)), lay.part
+    return lay.order, lay.part[lay.order]
 
 
-def sort_for_layout(table: pa.Table) -> pa.Table:
-    """Rows ordered by partition, then by the table's sort order (symbol, exchange_ts)."""
-    order, _ = layout_order(table)
-    return table.take(order)
+def layout_table(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """The rows in layout order with LAYOUT_KEYS as dictionary columns, and each row's
+    partition key: what the writer cuts into files."""
+    lay = _layout(table)
+    for name, arr in lay.keys.items():
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, table.schema.field(i).with_type(arr.type), arr)
+    if lay.order is None:
+        return table, lay.part
+    return table.take(pa.array(lay.order)), lay.part[lay.order]
 
 
 def partition_runs(sorted_table: pa.Table, part_keys: np.ndarray | None = None) -> list[PartitionRun]:
@@ -194,6 +232,21 @@ def _narrow_strings(schema: pa.Schema) -> pa.Schema:
         return t
 
     return pa.schema([f.with_type(narrow(f.type)) for f in schema], metadata=schema.metadata)
+
+
+def _with_dictionary_keys(schema: pa.Schema) -> pa.Schema:
+    """The write schema: LAYOUT_KEYS as the dictionaries layout_table makes (field ids kept).
+    The Parquet column stays a plain UTF-8 string, and the files carry no Arrow schema hint
+    (store_schema=False), which would make Arrow readers return these columns as dictionaries
+    where every other engine reads strings."""
+    fields = []
+    for f in schema:
+        if f.name in LAYOUT_KEYS:
+            if f.type != pa.string():
+                raise TypeError(f"layout key {f.name} is {f.type}, the writer expects string")
+            f = f.with_type(pa.dictionary(pa.int32(), pa.string()))
+        fields.append(f)
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +429,7 @@ class LakeFileWriter:
         meta = table.metadata
         self.schema = meta.schema()
         self.arrow_schema = _narrow_strings(schema_to_pyarrow(self.schema, include_field_ids=True))
+        self.write_schema = _with_dictionary_keys(self.arrow_schema)
         self.stats_plan = compute_statistics_plan(self.schema, meta.properties)
         self.col_mapping = parquet_path_to_id_mapping(self.schema)
         self.file_statistics = _FileStatistics(self.stats_plan, self.col_mapping)
@@ -388,10 +442,7 @@ class LakeFileWriter:
         """Sort once, cut at partition boundaries, write each run (split by target size)."""
         if rows.num_rows == 0:
             return []
-        rows = rows.select(self.arrow_schema.names)
-        order, part_keys = _layout(rows)
-        if order is not None:
-            rows, part_keys = rows.take(pa.array(order)), part_keys[order]
+        rows, part_keys = layout_table(rows.select(self.arrow_schema.names))
         rows = self._with_field_ids(rows)
         out: list[DataFile] = []
         for run in partition_runs(rows, part_keys):
@@ -402,9 +453,9 @@ class LakeFileWriter:
 
     def _with_field_ids(self, rows: pa.Table) -> pa.Table:
         """Attach the Iceberg field ids; zero-copy when only metadata/nullability differ."""
-        if all(a.type == b.type for a, b in zip(rows.schema, self.arrow_schema, strict=True)):
-            return pa.Table.from_arrays(rows.columns, schema=self.arrow_schema)
-        return rows.cast(self.arrow_schema)
+        if all(a.type == b.type for a, b in zip(rows.schema, self.write_schema, strict=True)):
+            return pa.Table.from_arrays(rows.columns, schema=self.write_schema)
+        return rows.cast(self.write_schema)
 
     def _split(self, part: pa.Table) -> Iterable[pa.Table]:
         # Arrow bytes over-estimate zstd Parquet by ~5-10x; splitting on Arrow size at
@@ -425,7 +476,7 @@ class LakeFileWriter:
         part_dir = partition_path(run.hour_us, run.exchange, run.market)
         path = f"{self.table.location()}/data/{part_dir}/{prefix}-{uuid.uuid4().hex}.parquet"
         with self.table.io.new_output(path).create(overwrite=True) as stream:
-            with pq.ParquetWriter(stream, schema=self.arrow_schema, **self.options) as writer:
+            with pq.ParquetWriter(stream, schema=self.write_schema, store_schema=False, **self.options) as writer:
                 writer.write_table(chunk, row_group_size=ROW_GROUP_ROWS)
             size = stream.tell()  # the file's size without asking the store (a HEAD request on S3)
         metadata = writer.writer.metadata
