@@ -17,7 +17,8 @@ alternatives are in docs/decisions.md ("Broker storage").
 Scope is what the broker's object-store client uses, nothing more: GET (Range,
 If-None-Match, If-Match), HEAD, PUT (If-None-Match: *, If-Match: create-only and
 compare-and-swap writes), DELETE, ListObjectsV2 (prefix, delimiter, start-after,
-continuation), CopyObject, multipart uploads, and bucket creation. No authentication: it
+continuation; a partition's records/ listing starts at the lowest offset a Fetch in flight asks
+for, streaming/kafka/fetch_floors.py), CopyObject, multipart uploads, and bucket creation. No authentication: it
 listens on 127.0.0.1 only and ignores request signatures. Writes go to a temporary file and
 are renamed into place, so a reader never sees half an object; a kill -9 of the broker never
 loses what the store acknowledged (the store process is not the one killed). Not fsynced: a
