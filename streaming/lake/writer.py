@@ -97,7 +97,7 @@ def hour_column(table: pa.Table) -> np.ndarray:
 #: The layout's string keys. The sort ranks them through a dictionary encoding, and the files
 #: are written from that same encoding: the Parquet writer then takes each column's dictionary
 #: and indices as they are instead of hashing every value again, and the sort gathers 4-byte
-#: indices instead of strings (decisions.md, "Lake writer: the layout keys written as dictionaries").
+#: indices instead of strings (decisions.md, "Lake writer: the layout keys written from the sort's dictionaries").
 LAYOUT_KEYS = ("exchange", "market", "symbol")
 
 
