@@ -132,13 +132,9 @@ def _ordered_within(group: np.ndarray, ts: np.ndarray, seq: np.ndarray) -> bool:
 
 
 def _layout(table: pa.Table) -> _Layout:
-    ex, ex_values = _ranks(table.column("exchange"))
-    mk, mk_values = _ranks(table.column("market"))
-    sym, sym_values = _ranks(table.column("symbol"))
-    keys = {
-        name: pa.DictionaryArray.from_arrays(pa.array(r), values)
-        for name, r, values in (("exchange", ex, ex_values), ("market", mk, mk_values), ("symbol", sym, sym_values))
-    }
+    ranked = {name: _ranks(table.column(name)) for name in LAYOUT_KEYS}
+    keys = {name: pa.DictionaryArray.from_arrays(pa.array(r), values) for name, (r, values) in ranked.items()}
+    (ex, _), (mk, mk_values), (sym, sym_values) = (ranked[name] for name in LAYOUT_KEYS)
     n_mk, n_sym = len(mk_values), len(sym_values)
     ts = table.column("exchange_ts").cast(pa.int64()).to_numpy()
     hours = ts // HOUR_US
