@@ -478,7 +478,12 @@ def test_produce_requests_say_whether_they_are_transactional_and_acked(version):
 
 
 def _full_fetch_request(
-    version: int, wait_ms: int, parts: list[tuple[str, int, int]], correlation: int = 9, isolation: int = 1
+    version: int,
+    wait_ms: int,
+    parts: list[tuple[str, int, int]],
+    correlation: int = 9,
+    isolation: int = 1,
+    session: int = 0,
 ) -> bytes:
     """A whole Fetch request (no size prefix) for (topic, partition, offset) entries in their
     order, a topic entry per run of one topic, as librdkafka builds them (v4-v16)."""
@@ -494,7 +499,7 @@ def _full_fetch_request(
     body = b"" if version >= 15 else struct.pack(">i", -1)
     body += struct.pack(">iiib", wait_ms, 1, 52_428_800, isolation)
     if version >= 7:
-        body += struct.pack(">ii", 0, -1)
+        body += struct.pack(">ii", session, -1 if session == 0 else 3)
     runs: list[tuple[str, list[tuple[int, int]]]] = []
     for topic, partition, offset in parts:
         if not runs or runs[-1][0] != topic:
@@ -517,6 +522,28 @@ def _full_fetch_request(
     if version >= 11:
         body += bytes([1]) if flexible else struct.pack(">h", 0)  # rack_id ""
     return head + body + tags
+
+
+@pytest.mark.parametrize("version", [4, 11, 12, 13, 16])
+def test_fetch_partitions_names_each_partition_and_its_offset(version):
+    """What the proxy registers for the store's listing (streaming/kafka/fetch_floors.py): the
+    topic by name up to v12, by id from v13; read_uncommitted too; nothing it cannot trust."""
+    import uuid as uuid_
+
+    from streaming.kafka.broker_proxy import fetch_partitions
+
+    parts = [("raw.a", 0, 5), ("raw.a", 1, 7), ("raw.b", 0, 0)]
+
+    def ref(topic: str) -> str:
+        return str(uuid_.UUID(bytes=topic.encode().ljust(16, b"_"))) if version >= 13 else topic
+
+    expected = {(ref(t), p): o for t, p, o in parts}
+    assert fetch_partitions(_full_fetch_request(version, 500, parts)) == expected
+    assert fetch_partitions(_full_fetch_request(version, 500, parts, isolation=0)) == expected
+    assert fetch_partitions(_full_fetch_request(version, 500, parts)[:-12]) is None  # cut short
+    assert fetch_partitions(_join_frame(5, 45_000)) is None
+    if version >= 7:  # an incremental fetch session leaves unchanged partitions out
+        assert fetch_partitions(_full_fetch_request(version, 500, parts, session=42)) is None
 
 
 @pytest.mark.parametrize("version", [4, 11, 12, 13, 16])

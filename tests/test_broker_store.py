@@ -194,6 +194,62 @@ def test_topics_records_and_offsets_survive_a_stop_start_and_a_kill_9(tmp_path):
         assert "restarting it" in (tmp_path / "b2.log").read_text()
 
 
+@pytest.mark.broker
+@pytest.mark.parametrize("isolation", ["read_committed", "read_uncommitted"])
+def test_readers_at_different_offsets_of_one_partition_each_get_every_record(tmp_path, isolation):
+    """The store lists a partition's batches from the lowest offset a Fetch in flight asks for
+    (streaming/kafka/fetch_floors.py). While batches keep arriving, a reader at the head fetches
+    them as they come, and readers from the start and the middle page through the log a few
+    batches per Fetch, their Fetches in the broker at the same time as the head's: each reader
+    gets exactly its records, none skipped."""
+    import threading
+
+    topic = f"floors-{uuid.uuid4().hex[:8]}"
+    with EmbeddedBroker(data_dir=tmp_path / "data", log_path=tmp_path / "b.log") as broker:
+        create_topics(admin_client(broker.bootstrap), {topic: TopicSpec(1, HOUR_MS)}, 1)
+        p = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True, "linger.ms": 0})
+
+        def produce(start: int, batches: int, pause_s: float = 0.0) -> None:
+            for b in range(batches):  # one flush per 5 records: one stored batch each
+                for i in range(5):
+                    p.produce(topic, f"{start + 5 * b + i:06d}".encode())
+                assert p.flush(30) == 0
+                time.sleep(pause_s)
+
+        produce(0, 80)  # offsets 0-399
+        want = 700
+        got: dict[int, list[int]] = {0: [], 200: [], 400: []}
+
+        def read(start: int) -> None:
+            c = Consumer(
+                {
+                    "bootstrap.servers": broker.bootstrap,
+                    "group.id": f"g-{start}",
+                    "enable.auto.commit": False,
+                    "isolation.level": isolation,
+                    # the pagers take ~15 batches per Fetch (the broker stops at a Fetch's max bytes)
+                    **({"message.max.bytes": 1000, "fetch.max.bytes": 1512} if start < 400 else {}),
+                    "fetch.wait.max.ms": 100,
+                }
+            )
+            c.assign([TopicPartition(topic, 0, start)])
+            deadline = time.monotonic() + 90
+            while len(got[start]) < want - start and time.monotonic() < deadline:
+                for m in c.consume(100, 0.2):
+                    if m.error() is None:
+                        got[start].append(int(m.value()))
+            c.close()
+
+        readers = [threading.Thread(target=read, args=(s,)) for s in got]
+        for t in readers:
+            t.start()
+        produce(400, 60, pause_s=0.05)  # offsets 400-699, one batch every ~50 ms
+        for t in readers:
+            t.join(120)
+        for start, values in got.items():
+            assert values == list(range(start, want)), (start, values[:5], len(values))
+
+
 # --------------------------------------------------------------------------- producers across an outage
 
 

@@ -65,6 +65,9 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
+
+from streaming.kafka.fetch_floors import FetchFloors
 
 PRODUCE = 0
 FETCH = 1
@@ -254,6 +257,42 @@ def fetch_request_key(frame: bytes | bytearray, offsets: dict[tuple[bytes, int],
     frame is another request, a version this does not read (v4-v16 are) or malformed, and for
     read_uncommitted: it sees an open transaction's records before the EndTxn the proxy
     counts as their write (librdkafka's default and the services are read_committed).
+    `offsets`, if given, receives each partition's fetch offset (read_uncommitted too)."""
+    parsed = _read_fetch(frame)
+    if parsed is None:
+        return None
+    key, found, _ = parsed
+    if offsets is not None:
+        offsets.update(found)
+    return key
+
+
+def fetch_partitions(
+    frame: bytes | bytearray, parsed: tuple[bytes | None, dict[tuple[bytes, int], int], int] | None = None
+) -> dict[tuple[str, int], int] | None:
+    """Each partition a Fetch request asks for, by topic name (v12 and older) or topic id as a
+    UUID string (v13+), with its fetch offset; None when the request cannot be read or belongs
+    to an incremental fetch session (which leaves unchanged partitions out; Tansu 0.6 opens
+    none, answering session id 0). `parsed`: the frame's _read_fetch, if already read."""
+    parsed = parsed if parsed is not None else _read_fetch(frame)
+    if parsed is None or parsed[2] != 0:
+        return None
+    version = struct.unpack_from(">h", frame, 2)[0]
+    out: dict[tuple[str, int], int] = {}
+    for (raw, index), offset in parsed[1].items():
+        if version >= 13:
+            ref = str(uuid.UUID(bytes=raw))
+        elif version >= FETCH_FIRST_FLEXIBLE:
+            ref = raw[_uvarint(raw, 0)[1] :].decode()
+        else:
+            ref = raw[2:].decode()
+        out[(ref, index)] = offset
+    return out
+
+
+def _read_fetch(frame: bytes | bytearray) -> tuple[bytes | None, dict[tuple[bytes, int], int], int] | None:
+    """(fetch_request_key, fetch offset per (raw topic field, partition), session id) of a Fetch
+    request; None when the frame is another request, a version not read here, or malformed.
 
     Body (v4-v16): v<15 replica_id, max_wait_ms, min_bytes, max_bytes, isolation_level,
     v7+: session_id, session_epoch; topics: name (v13+: a 16-byte id), partitions: index,
@@ -271,13 +310,14 @@ def fetch_request_key(frame: bytes | bytearray, offsets: dict[tuple[bytes, int],
 
         start = _body_offset(frame, flexible)
         wait = start + (4 if version < 15 else 0)
-        if frame[wait + 12] == 0:  # isolation_level READ_UNCOMMITTED
-            return None
+        uncommitted = frame[wait + 12] == 0  # isolation_level READ_UNCOMMITTED
+        session = struct.unpack_from(">i", frame, wait + 13)[0] if version >= 7 else 0
         pos = wait + 4 + 4 + 4 + 1 + (8 if version >= 7 else 0)
         head = bytes(frame[start:wait]) + bytes(frame[wait + 4 : pos])
         part_size = 4 + (4 if version >= 9 else 0) + 8 + (4 if version >= 12 else 0) + 8 + 4
         offset_at = 4 + (4 if version >= 9 else 0)  # fetch_offset within a partition entry
         entries = []
+        offsets: dict[tuple[bytes, int], int] = {}
         n_topics, pos = length(pos)
         for _ in range(max(n_topics, 0)):
             t0 = pos
@@ -287,12 +327,11 @@ def fetch_request_key(frame: bytes | bytearray, offsets: dict[tuple[bytes, int],
             n_parts, pos = length(pos)
             for _ in range(max(n_parts, 0)):
                 p0 = pos
-                if offsets is not None:
-                    index, offset = (
-                        struct.unpack_from(">i", frame, p0)[0],
-                        struct.unpack_from(">q", frame, offset_at + p0)[0],
-                    )
-                    offsets[(name, index)] = offset
+                index, offset = (
+                    struct.unpack_from(">i", frame, p0)[0],
+                    struct.unpack_from(">q", frame, offset_at + p0)[0],
+                )
+                offsets[(name, index)] = offset
                 pos += part_size
                 if flexible:
                     pos = _skip_tags(frame, pos)
@@ -309,7 +348,8 @@ def fetch_request_key(frame: bytes | bytearray, offsets: dict[tuple[bytes, int],
         entries.sort()
         rest = bytes(frame[pos:])  # forgotten topics, rack_id, tagged fields
         count = len(entries).to_bytes(4, "big")
-        return b"".join([version.to_bytes(2, "big"), head, count, *entries, rest])
+        key = None if uncommitted else b"".join([version.to_bytes(2, "big"), head, count, *entries, rest])
+        return key, offsets, session
     except (struct.error, IndexError, ValueError):
         return None
 
@@ -414,6 +454,8 @@ class _Connection:
         self.empty_answer: bytes | None = None
         self.empty_key: bytes | None = None
         self.forwarded_at = 0.0
+        #: correlation id -> the FetchFloors token of a forwarded Fetch not answered yet
+        self.floor_tokens: dict[int, object] = {}
 
 
 def scans_log(frame: bytes | bytearray) -> bool:
@@ -517,10 +559,11 @@ async def _requests(
     conn: _Connection,
     clock: WriteClock,
     client: asyncio.StreamWriter,
+    floors: FetchFloors | None = None,
 ) -> None:
     """Client -> broker: frame by frame; JoinGroup rewritten, Fetch possibly held and its
     wait rewritten (or answered here, on `client`), writes and Fetch noted for their
-    responses, the rest copied."""
+    responses (a forwarded Fetch's offsets in `floors` until then), the rest copied."""
     while (framed := await _frame_size(reader)) is not None:
         size_bytes, size = framed
         if size < 8:
@@ -538,9 +581,11 @@ async def _requests(
                     client.write(struct.pack(">ii", len(answer) + 4, correlation) + answer)
                     await client.drain()
                     continue
-                offsets: dict[tuple[bytes, int], int] = {}
-                key = fetch_request_key(frame, offsets) if scans_log(frame) else None
-                conn.pending[correlation] = (api_key, version, key, offsets)
+                parsed = _read_fetch(frame)
+                key = parsed[0] if parsed is not None and scans_log(frame) else None
+                conn.pending[correlation] = (api_key, version, key, dict(parsed[1]) if parsed else {})
+                if floors is not None:
+                    conn.floor_tokens[correlation] = floors.begin(fetch_partitions(frame, parsed))
             conn.in_flight += 1
             writer.write(size_bytes + bytes(frame))
         else:
@@ -568,7 +613,11 @@ async def _requests(
 
 
 async def _responses(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection, clock: WriteClock
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    conn: _Connection,
+    clock: WriteClock,
+    floors: FetchFloors | None = None,
 ) -> None:
     """Broker -> client, frame by frame: a Fetch response is read whole to learn whether it
     carried records (an empty one is kept for hold_fetch), the response to a write counts
@@ -581,7 +630,10 @@ async def _responses(
             await _copy_short(reader, writer, framed, conn, -1)
             continue
         head = await reader.readexactly(4)
-        request = conn.pending.pop(struct.unpack(">i", head)[0], None)
+        correlation = struct.unpack(">i", head)[0]
+        request = conn.pending.pop(correlation, None)
+        if floors is not None and correlation in conn.floor_tokens:
+            floors.end(conn.floor_tokens.pop(correlation))
         if request is not None and request[0] == FETCH:
             frame = head + await reader.readexactly(size - 4)
             # set before the client can see the response and send its next Fetch
@@ -609,7 +661,12 @@ async def _responses(
 
 
 async def _serve_client(
-    cr: asyncio.StreamReader, cw: asyncio.StreamWriter, upstream: tuple[str, int], max_ms: int, clock: WriteClock
+    cr: asyncio.StreamReader,
+    cw: asyncio.StreamWriter,
+    upstream: tuple[str, int],
+    max_ms: int,
+    clock: WriteClock,
+    floors: FetchFloors | None = None,
 ) -> None:
     try:
         ur, uw = await asyncio.open_connection(*upstream)
@@ -623,8 +680,8 @@ async def _serve_client(
                 sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
     conn = _Connection()
     tasks = [
-        asyncio.create_task(_requests(cr, uw, max_ms, conn, clock, cw)),
-        asyncio.create_task(_responses(ur, cw, conn, clock)),
+        asyncio.create_task(_requests(cr, uw, max_ms, conn, clock, cw, floors)),
+        asyncio.create_task(_responses(ur, cw, conn, clock, floors)),
     ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -634,6 +691,10 @@ async def _serve_client(
         for w in (cw, uw):
             w.close()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if floors is not None:  # Fetches whose answers will not come back
+            for token in conn.floor_tokens.values():
+                floors.end(token)
+            conn.floor_tokens.clear()
 
 
 def _die_with_parent() -> None:
@@ -689,8 +750,11 @@ async def _main(
         loop.add_signal_handler(sig, stop.set)
     # Listen first: a taken port fails here, before any broker was started.
     clock = WriteClock()
+    # Only the persistent store lists a partition's batches over HTTP per fetch (memory storage
+    # lists inside the broker, out of the proxy's reach).
+    floors = FetchFloors() if store_dir is not None and store_port is not None else None
     server = await asyncio.start_server(
-        lambda r, w: _serve_client(r, w, upstream, max_ms, clock), listen[0], listen[1], reuse_address=True
+        lambda r, w: _serve_client(r, w, upstream, max_ms, clock, floors), listen[0], listen[1], reuse_address=True
     )
     env = None
     store = None
@@ -698,7 +762,7 @@ async def _main(
     if store_dir is not None and store_port is not None:
         from streaming.kafka import broker_store
 
-        objects = broker_store.ObjectStore(store_dir)
+        objects = broker_store.ObjectStore(store_dir, fetch_floors=floors)
         store = await broker_store.start_server(objects, listen[0], store_port)
         env = {**os.environ, **broker_store.client_env(f"http://{listen[0]}:{store_port}")}
     _repair_store(objects)

@@ -17,7 +17,8 @@ alternatives are in docs/decisions.md ("Broker storage").
 Scope is what the broker's object-store client uses, nothing more: GET (Range,
 If-None-Match, If-Match), HEAD, PUT (If-None-Match: *, If-Match: create-only and
 compare-and-swap writes), DELETE, ListObjectsV2 (prefix, delimiter, start-after,
-continuation), CopyObject, multipart uploads, and bucket creation. No authentication: it
+continuation; a partition's records/ listing starts at the lowest offset a Fetch in flight asks
+for, streaming/kafka/fetch_floors.py), CopyObject, multipart uploads, and bucket creation. No authentication: it
 listens on 127.0.0.1 only and ignores request signatures. Writes go to a temporary file and
 are renamed into place, so a reader never sees half an object; a kill -9 of the broker never
 loses what the store acknowledged (the store process is not the one killed). Not fsynced: a
@@ -38,6 +39,7 @@ The repair sets such a sequence back to the end of the producer's last batch the
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import os
@@ -48,6 +50,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.sax.saxutils import escape
+
+from streaming.kafka.fetch_floors import FetchFloors
 
 #: The bucket the local broker stores into (its storage URL is s3://<BUCKET>/).
 BUCKET = "tansu"
@@ -152,9 +156,17 @@ def _etag_matches(header: str, etag: str) -> bool:
 class ObjectStore:
     """Objects of every bucket as files under `root`/<bucket>/<key>; ETags in memory."""
 
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str], fetch_floors: FetchFloors | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        #: the broker proxy's Fetches in flight: a partition's batches are listed from the
+        #: lowest offset they ask for (batch_keys)
+        self.fetch_floors = fetch_floors
+        #: (bucket, a partition's records/ prefix) -> the names under it, sorted (built on its
+        #: first listing, kept by put and delete: a listing is then a slice, not a directory walk)
+        self._batches: dict[tuple[str, str], list[str]] = {}
+        #: (bucket, cluster, topic) -> the topic's id (as Fetch v13+ names it), once read
+        self._topic_ids: dict[tuple[str, str, str], str] = {}
         self._meta: dict[tuple[str, str], Meta] = {}
         #: (bucket, cluster, topic, partition, producer id, epoch) -> the sequence after the
         #: newest data batch of that producer this store wrote (repair_unfinished_produces)
@@ -230,6 +242,12 @@ class ObjectStore:
         self._meta[(bucket, key)] = meta
         if key.endswith(".batch"):
             self._note_batch(bucket, key, data)
+        head, _, name = key.rpartition("/")
+        names = self._batches.get((bucket, head + "/"))
+        if names is not None:
+            i = bisect.bisect_left(names, name)
+            if i == len(names) or names[i] != name:
+                names.insert(i, name)
         return meta
 
     # ---------------------------------------------------------------- crash repair
@@ -331,6 +349,14 @@ class ObjectStore:
     def delete(self, bucket: str, key: str) -> None:
         path = self._path(bucket, key)
         self._meta.pop((bucket, key), None)
+        head, _, name = key.rpartition("/")
+        names = self._batches.get((bucket, head + "/"))
+        if names is not None:
+            i = bisect.bisect_left(names, name)
+            if i < len(names) and names[i] == name:
+                del names[i]
+        if "/topics/" in key and key.endswith(".json"):  # a topic deleted: its id may be reused by name
+            self._topic_ids.clear()
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             path.unlink()
         # Drop directories the delete emptied (listing walks them otherwise).
@@ -358,6 +384,43 @@ class ObjectStore:
                 base = "" if rel == "." else rel.replace(os.sep, "/") + "/"
                 found.extend(base + f for f in filenames if not f.startswith(".tmp-") and (base + f).startswith(prefix))
         return sorted(found, key=lambda k: k.encode())
+
+    def batch_keys(self, bucket: str, prefix: str) -> list[str] | None:
+        """The keys a listing of `prefix` returns when it is a partition's records/ prefix (the
+        broker's Fetch lists it; see streaming/kafka/fetch_floors.py): the batches from the
+        lowest offset a Fetch in flight asks of the partition on, or all of them when no floor
+        is known. None for any other prefix (listed by `keys`)."""
+        where = _records_prefix(prefix)
+        if where is None:
+            return None
+        cluster, topic, partition = where
+        names = self._batches.get((bucket, prefix))
+        if names is None:
+            names = [k[len(prefix) :] for k in self.keys(bucket, prefix)]
+            if any("/" in n for n in names):
+                return None  # something nested under records/: not a partition's log, list it whole
+            self._batches[(bucket, prefix)] = names
+        floor = (
+            self.fetch_floors.floor(self._topic_refs(bucket, cluster, topic), partition)
+            if self.fetch_floors is not None
+            else None
+        )
+        start = bisect.bisect_left(names, f"{floor:020d}") if floor is not None and floor > 0 else 0
+        return [prefix + n for n in names[start:]]
+
+    def _topic_refs(self, bucket: str, cluster: str, topic: str) -> tuple[str, ...]:
+        """The ways a Fetch names the topic: its name (v12 and older) and its id (v13+)."""
+        tid = self._topic_ids.get((bucket, cluster, topic))
+        if tid is None:
+            try:  # Tansu 0.6 keeps topics in the cluster's meta.json, later versions one file each
+                tid = str(json.loads(self.read(bucket, f"clusters/{cluster}/meta.json"))["topics"][topic]["id"])
+            except (StoreError, ValueError, KeyError, TypeError):
+                try:
+                    tid = str(json.loads(self.read(bucket, f"clusters/{cluster}/topics/{topic}.json"))["id"])
+                except (StoreError, ValueError, KeyError, TypeError):
+                    return (topic,)
+            self._topic_ids[(bucket, cluster, topic)] = tid
+        return (topic, tid)
 
     # ---------------------------------------------------------------- multipart
     def _upload_dir(self, upload_id: str) -> Path:
@@ -438,6 +501,17 @@ def _obj_headers(meta: Meta) -> dict[str, str]:
     }
 
 
+def _records_prefix(prefix: str) -> tuple[str, str, int] | None:
+    """(cluster, topic, partition) when `prefix` is clusters/<c>/topics/<t>/partitions/<10
+    digits>/records/, the prefix the broker lists to answer a Fetch."""
+    parts = prefix.split("/")
+    if len(parts) != 8 or parts[7] != "" or parts[0] != "clusters" or parts[2] != "topics":
+        return None
+    if parts[4] != "partitions" or parts[6] != "records" or len(parts[5]) != 10 or not parts[5].isdigit():
+        return None
+    return parts[1], parts[3], int(parts[5])
+
+
 def _list_v2(store: ObjectStore, bucket: str, q: dict[str, str]) -> Response:
     prefix = q.get("prefix", "")
     delimiter = q.get("delimiter", "")
@@ -447,7 +521,8 @@ def _list_v2(store: ObjectStore, bucket: str, q: dict[str, str]) -> Response:
     prefixes: list[str] = []
     truncated = False
     last = ""
-    for key in store.keys(bucket, prefix):
+    listed = store.batch_keys(bucket, prefix)
+    for key in store.keys(bucket, prefix) if listed is None else listed:
         if after and key.encode() <= after.encode():
             continue
         if delimiter:
