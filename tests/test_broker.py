@@ -33,6 +33,7 @@ from streaming.kafka.topic_admin import (
     planned_topics,
 )
 from streaming.kafka.topic_config import DAY_MS, HOUR_MS, TopicConfig, TopicSpec
+from tests.support.fetch_frames import fetch_request
 
 # --------------------------------------------------------------------------- broker process
 
@@ -477,53 +478,6 @@ def test_produce_requests_say_whether_they_are_transactional_and_acked(version):
     assert produce_kind(_fetch_request(11, 500)) is None
 
 
-def _full_fetch_request(
-    version: int,
-    wait_ms: int,
-    parts: list[tuple[str, int, int]],
-    correlation: int = 9,
-    isolation: int = 1,
-    session: int = 0,
-) -> bytes:
-    """A whole Fetch request (no size prefix) for (topic, partition, offset) entries in their
-    order, a topic entry per run of one topic, as librdkafka builds them (v4-v16)."""
-    import struct
-
-    flexible = version >= 12
-
-    def length(n: int) -> bytes:
-        return bytes([n + 1]) if flexible else struct.pack(">i", n)
-
-    tags = b"\x00" if flexible else b""
-    head = struct.pack(">hhi", 1, version, correlation) + struct.pack(">h", 7) + b"rdkafka" + tags
-    body = b"" if version >= 15 else struct.pack(">i", -1)
-    body += struct.pack(">iiib", wait_ms, 1, 52_428_800, isolation)
-    if version >= 7:
-        body += struct.pack(">ii", session, -1 if session == 0 else 3)
-    runs: list[tuple[str, list[tuple[int, int]]]] = []
-    for topic, partition, offset in parts:
-        if not runs or runs[-1][0] != topic:
-            runs.append((topic, []))
-        runs[-1][1].append((partition, offset))
-    body += length(len(runs))
-    for topic, entries in runs:
-        if version >= 13:
-            body += topic.encode().ljust(16, b"_")
-        else:
-            body += (bytes([len(topic) + 1]) if flexible else struct.pack(">h", len(topic))) + topic.encode()
-        body += length(len(entries))
-        for partition, offset in entries:
-            body += struct.pack(">i", partition) + (struct.pack(">i", -1) if version >= 9 else b"")
-            body += struct.pack(">q", offset) + (struct.pack(">i", -1) if version >= 12 else b"")
-            body += struct.pack(">qi", -1, 1_048_576) + tags
-        body += tags
-    if version >= 7:
-        body += length(0)  # forgotten topics
-    if version >= 11:
-        body += bytes([1]) if flexible else struct.pack(">h", 0)  # rack_id ""
-    return head + body + tags
-
-
 @pytest.mark.parametrize("version", [4, 11, 12, 13, 16])
 def test_fetch_partitions_names_each_partition_and_its_offset(version):
     """What the proxy registers for the store's listing (streaming/kafka/fetch_floors.py): the
@@ -538,12 +492,12 @@ def test_fetch_partitions_names_each_partition_and_its_offset(version):
         return str(uuid_.UUID(bytes=topic.encode().ljust(16, b"_"))) if version >= 13 else topic
 
     expected = {(ref(t), p): o for t, p, o in parts}
-    assert fetch_partitions(_full_fetch_request(version, 500, parts)) == expected
-    assert fetch_partitions(_full_fetch_request(version, 500, parts, isolation=0)) == expected
-    assert fetch_partitions(_full_fetch_request(version, 500, parts)[:-12]) is None  # cut short
+    assert fetch_partitions(fetch_request(version, 500, parts)) == expected
+    assert fetch_partitions(fetch_request(version, 500, parts, isolation=0)) == expected
+    assert fetch_partitions(fetch_request(version, 500, parts)[:-12]) is None  # cut short
     assert fetch_partitions(_join_frame(5, 45_000)) is None
     if version >= 7:  # an incremental fetch session leaves unchanged partitions out
-        assert fetch_partitions(_full_fetch_request(version, 500, parts, session=42)) is None
+        assert fetch_partitions(fetch_request(version, 500, parts, session=42)) is None
 
 
 @pytest.mark.parametrize("version", [4, 11, 12, 13, 16])
@@ -551,20 +505,20 @@ def test_a_fetch_request_key_ignores_wait_and_order_not_offsets(version):
     from streaming.kafka.broker_proxy import fetch_request_key
 
     parts = [("raw.a", 0, 5), ("raw.a", 1, 7), ("raw.b", 0, 0)]
-    key = fetch_request_key(_full_fetch_request(version, 2_000, parts))
+    key = fetch_request_key(fetch_request(version, 2_000, parts))
     assert key is not None
     rotated = parts[1:] + parts[:1]  # librdkafka starts each fetch at the next partition
-    assert fetch_request_key(_full_fetch_request(version, 100, rotated, correlation=10)) == key
+    assert fetch_request_key(fetch_request(version, 100, rotated, correlation=10)) == key
     split = [parts[0], parts[2], parts[1]]  # raw.a in two topic entries
-    assert fetch_request_key(_full_fetch_request(version, 2_000, split)) == key
-    assert fetch_request_key(_full_fetch_request(version, 2_000, [*parts[:2], ("raw.b", 0, 1)])) != key
-    assert fetch_request_key(_full_fetch_request(version, 2_000, parts[:2])) != key
-    assert fetch_request_key(_full_fetch_request(version, 2_000, [*parts, ("raw.b", 1, 0)])) != key
-    assert fetch_request_key(_full_fetch_request(version, 2_000, parts)[:-12]) is None  # cut short
+    assert fetch_request_key(fetch_request(version, 2_000, split)) == key
+    assert fetch_request_key(fetch_request(version, 2_000, [*parts[:2], ("raw.b", 0, 1)])) != key
+    assert fetch_request_key(fetch_request(version, 2_000, parts[:2])) != key
+    assert fetch_request_key(fetch_request(version, 2_000, [*parts, ("raw.b", 1, 0)])) != key
+    assert fetch_request_key(fetch_request(version, 2_000, parts)[:-12]) is None  # cut short
     # read_uncommitted sees an open transaction's records before the EndTxn counted as their write
-    assert fetch_request_key(_full_fetch_request(version, 2_000, parts, isolation=0)) is None
+    assert fetch_request_key(fetch_request(version, 2_000, parts, isolation=0)) is None
     offsets: dict[tuple[bytes, int], int] = {}
-    fetch_request_key(_full_fetch_request(version, 2_000, parts), offsets)
+    fetch_request_key(fetch_request(version, 2_000, parts), offsets)
     assert sorted((p, o) for (_, p), o in offsets.items()) == [(0, 0), (0, 5), (1, 7)]
     assert len({t for t, _ in offsets}) == 2
     assert fetch_request_key(_join_frame(5, 45_000)) is None
@@ -587,9 +541,9 @@ def test_only_an_empty_answer_to_a_fetch_that_waited_a_scan_may_be_given_again(v
     from streaming.kafka.broker_proxy import MIN_SCAN_WAIT_MS, scans_log
 
     parts = [("raw.a", 0, 5)]
-    assert scans_log(_full_fetch_request(version, MIN_SCAN_WAIT_MS, parts))
-    assert scans_log(_full_fetch_request(version, 2_000, parts))
-    assert not scans_log(_full_fetch_request(version, 10, parts))
+    assert scans_log(fetch_request(version, MIN_SCAN_WAIT_MS, parts))
+    assert scans_log(fetch_request(version, 2_000, parts))
+    assert not scans_log(fetch_request(version, 10, parts))
     assert not scans_log(_join_frame(5, 45_000))
 
 
@@ -617,7 +571,7 @@ def test_a_held_fetch_is_answered_by_the_proxy_only_when_the_broker_would_answer
         out: list[bytes | int] = []
 
         async def ask(offsets: list[tuple[str, int, int]] = parts, age_s: float = 30.0) -> None:
-            frame = bytearray(_full_fetch_request(16, 50, offsets))
+            frame = bytearray(fetch_request(16, 50, offsets))
             answer = await hold_fetch(frame, conn, clock, max_answer_age_s=age_s)
             out.append(
                 answer if answer is not None else struct.unpack_from(">i", frame, fetch_max_wait_offset(frame))[0]
@@ -626,7 +580,7 @@ def test_a_held_fetch_is_answered_by_the_proxy_only_when_the_broker_would_answer
         def broker_answered_empty() -> None:
             conn.last_fetch_empty = True
             conn.empty_answer = b"EMPTY"
-            conn.empty_key = fetch_request_key(_full_fetch_request(16, 50, parts))
+            conn.empty_key = fetch_request_key(fetch_request(16, 50, parts))
 
         await ask()  # nothing known yet: forwarded with the client's wait
         broker_answered_empty()

@@ -250,6 +250,65 @@ def test_readers_at_different_offsets_of_one_partition_each_get_every_record(tmp
             assert values == list(range(start, want)), (start, values[:5], len(values))
 
 
+@pytest.mark.broker
+def test_offsets_asked_while_a_fetch_is_in_the_broker_come_from_the_whole_log(tmp_path):
+    """Tansu answers ListOffsets (a consumer's offset reset, offsets_for_times, a lag report) by
+    listing the partition's batches too. Such a listing must not be cut at the floor of a Fetch
+    in flight at the same moment. Before the proxy counted ListOffsets among the requests that
+    turn the floor off, the earliest offset came back as 450 (the Fetch's floor) instead of 0:
+    a consumer resetting to the earliest offset would have skipped 450 records."""
+    import socket
+    import struct
+
+    from tests.support.fetch_frames import fetch_request
+
+    topic = f"offsets-{uuid.uuid4().hex[:8]}"
+    with EmbeddedBroker(data_dir=tmp_path / "data", log_path=tmp_path / "b.log") as broker:
+        create_topics(admin_client(broker.bootstrap), {topic: TopicSpec(1, HOUR_MS)}, 1)
+        _produce_batches(broker.bootstrap, topic, batches=100, per_batch=5)
+        tp = TopicPartition(topic, 0)
+        asker = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"ask-{topic}"})
+        early = 1_700_000_000_000 + 10_000  # the 11th batch's timestamp
+
+        def ask() -> tuple[int, int, int]:
+            low, high = asker.get_watermark_offsets(tp, timeout=10, cached=False)
+            [at] = asker.offsets_for_times([TopicPartition(topic, 0, early)], timeout=10)
+            return low, high, at.offset
+
+        alone = ask()  # nothing else in flight: the whole log is listed
+        assert alone[0] == 0 and alone[1] > 0, alone
+        # A Fetch near the end of the log that waits in the broker for more bytes than there are:
+        # its listing floor (450) is registered while the offsets are asked for.
+        request = fetch_request(11, 2_000, [(topic, 0, 450)], min_bytes=50_000_000)
+        host, port = broker.bootstrap.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as fetcher:
+            for _ in range(5):
+                fetcher.sendall(struct.pack(">i", len(request)) + request)
+                time.sleep(0.05)
+                assert ask() == alone
+                size = struct.unpack(">i", _recv_exactly(fetcher, 4))[0]
+                _recv_exactly(fetcher, size)
+        asker.close()
+
+
+def _produce_batches(bootstrap: str, topic: str, batches: int, per_batch: int) -> None:
+    """`batches` stored batches of `per_batch` records, the i-th batch stamped 1e12 ms + i s."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    for b in range(batches):
+        for _ in range(per_batch):
+            p.produce(topic, b"x", timestamp=1_700_000_000_000 + b * 1000)
+        assert p.flush(30) == 0
+
+
+def _recv_exactly(sock, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        chunk = sock.recv(n - len(got))
+        assert chunk, "the broker closed the connection"
+        got += chunk
+    return got
+
+
 # --------------------------------------------------------------------------- producers across an outage
 
 

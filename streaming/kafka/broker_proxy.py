@@ -109,6 +109,12 @@ MAX_ANSWER_AGE_S = 30.0
 #: sees a transaction's records at its end), InitProducerId (it ends a fenced producer's
 #: open transaction), and topic admin (create, delete, delete records, add partitions).
 WRITES = frozenset({0, 19, 20, 21, 22, 26, 37})
+#: Requests Tansu answers without reading a partition's records/ (its Fetch and ListOffsets do;
+#: the rest of what the services and `ticklake` send does not): any other request in flight
+#: turns the store's fetch-floor listing off (streaming/kafka/fetch_floors.py). Produce,
+#: Metadata, OffsetCommit, OffsetFetch, FindCoordinator, the group requests, ApiVersions,
+#: CreateTopics, InitProducerId, the transaction requests, DescribeConfigs, DescribeCluster.
+NO_LOG_READS = frozenset({0, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 22, 24, 25, 26, 28, 32, 60})
 CHUNK = 256 * 1024
 
 
@@ -603,6 +609,8 @@ async def _requests(
                     conn.pending[correlation] = (api_key, version, None, {})
             if kind is None or kind[1] != 0:
                 conn.in_flight += 1
+            if floors is not None and api_key not in NO_LOG_READS:
+                conn.floor_tokens[correlation] = floors.begin(None)
             writer.write(size_bytes + head + first)
             if not await _copy_exactly(reader, writer, size - 8 - len(first)):
                 return

@@ -12,9 +12,12 @@ Fetch in flight asks for: the batches the broker keeps of that listing are the s
 
 Safe by construction: a Fetch is registered before it reaches the broker and released only
 once its answer is back, so the broker's listing for it happens while the floor is at most
-its offset. A Fetch whose partitions could not be read (an unknown version, an incremental
-fetch session) turns filtering off while it is in flight; a registration never released
-(a connection torn down) keeps a floor too low, which costs speed, never records.
+its offset. The broker lists a partition's batches for ListOffsets too (earliest, latest,
+by time), which needs the whole log: any request other than those known not to read the log
+(broker_proxy.NO_LOG_READS), and a Fetch whose partitions could not be read (an unknown
+version, an incremental fetch session), is registered as unknown and turns filtering off
+while it is in flight. A registration never released (a connection torn down) keeps a floor
+too low or filtering off, which costs speed, never records.
 """
 
 from __future__ import annotations
@@ -28,17 +31,19 @@ Partition = tuple[str, int]
 
 
 class FetchFloors:
-    """Fetch offsets in flight per partition, and the number of Fetches in flight unread."""
+    """Fetch offsets in flight per partition, and the number of requests in flight that may
+    read a partition's log in ways a floor does not describe."""
 
     def __init__(self) -> None:
         self._open: dict[Partition, Counter[int]] = {}
-        self._unread = 0
+        self._unknown = 0
 
     def begin(self, offsets: Mapping[Partition, int] | None) -> Mapping[Partition, int] | None:
-        """Register a Fetch about to be forwarded (None: its partitions are unknown); the
-        returned token goes to `end` once its answer is back."""
+        """Register a Fetch about to be forwarded, or with None a request whose reads of the
+        log are unknown (filtering is off until its `end`); the returned token goes to `end`
+        once its answer is back."""
         if offsets is None:
-            self._unread += 1
+            self._unknown += 1
             return None
         token = dict(offsets)
         for tp, offset in token.items():
@@ -47,7 +52,7 @@ class FetchFloors:
 
     def end(self, token: Mapping[Partition, int] | None) -> None:
         if token is None:
-            self._unread = max(0, self._unread - 1)
+            self._unknown = max(0, self._unknown - 1)
             return
         for tp, offset in token.items():
             counts = self._open.get(tp)
@@ -62,8 +67,8 @@ class FetchFloors:
     def floor(self, refs: tuple[str, ...], partition: int) -> int | None:
         """The lowest offset a Fetch in flight asks of this partition, known by any of `refs`
         (its name, its id); None when nothing may be left out of a listing: no Fetch of it
-        is registered, or a Fetch whose partitions are unknown is in flight."""
-        if self._unread:
+        is registered, or a request registered as unknown is in flight."""
+        if self._unknown:
             return None
         found = [min(c) for ref in refs if (c := self._open.get((ref, partition)))]
         return min(found) if found else None
