@@ -291,6 +291,49 @@ def test_offsets_asked_while_a_fetch_is_in_the_broker_come_from_the_whole_log(tm
         asker.close()
 
 
+@pytest.mark.broker
+def test_the_latest_offset_is_the_last_batchs_not_an_older_one_written_in_the_same_tick(tmp_path):
+    """Tansu answers ListOffsets(latest) with the offset after the start of the batch listed with
+    the newest LastModified, the first of a tie. The store used to report file times to the
+    second (and file systems stamp with a clock tick), so 100 batches written within a second
+    answered 1 for a log of 500 records; now each write has its own time."""
+    topic = f"latest-{uuid.uuid4().hex[:8]}"
+    with EmbeddedBroker(data_dir=tmp_path / "data", log_path=tmp_path / "b.log") as broker:
+        create_topics(admin_client(broker.bootstrap), {topic: TopicSpec(1, HOUR_MS)}, 1)
+        _produce_batches(broker.bootstrap, topic, batches=100, per_batch=5)
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"latest-{topic}"})
+        low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)
+        c.close()
+    # Tansu's answer is the last batch's start + 1 (a batch holds at most the 5 records of a flush)
+    assert low == 0 and 500 - 5 < high <= 500, (low, high)
+
+
+@pytest.mark.broker
+def test_log_end_reads_past_the_latest_offset_to_the_logs_end(tmp_path):
+    """ListOffsets(latest) on Tansu falls short of the end by the rest of the last batch;
+    streaming.kafka.io.log_end reads the end from a Fetch of that batch, so read_all (the
+    predictions load, recompute) gets every record, and a transaction's marker counts."""
+    from streaming.kafka.io import log_end, read_all, watermarks
+
+    topic = f"end-{uuid.uuid4().hex[:8]}"
+    with EmbeddedBroker(data_dir=tmp_path / "data", log_path=tmp_path / "b.log") as broker:
+        create_topics(admin_client(broker.bootstrap), {topic: TopicSpec(1, HOUR_MS)}, 1)
+        _produce_batches(broker.bootstrap, topic, batches=100, per_batch=5)
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"end-{topic}", "enable.auto.commit": False})
+        assert watermarks(c, (topic, 0))[1] < 500  # the start of the last batch + 1
+        assert log_end(c, (topic, 0)) == 500
+        assert len(read_all(c, [(topic, 0)])) == 500
+        txn = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": f"end-{topic}"})
+        txn.init_transactions(30)
+        txn.begin_transaction()
+        for _ in range(7):
+            txn.produce(topic, b"t")
+        txn.commit_transaction(30)
+        assert log_end(c, (topic, 0)) == 508  # 7 records and the commit marker
+        assert len(read_all(c, [(topic, 0)])) == 507
+        c.close()
+
+
 def _produce_batches(bootstrap: str, topic: str, batches: int, per_batch: int) -> None:
     """`batches` stored batches of `per_batch` records, the i-th batch stamped 1e12 ms + i s."""
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})

@@ -44,6 +44,7 @@ import contextlib
 import json
 import os
 import struct
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -104,7 +105,7 @@ def _http_date(ts: float) -> str:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 #: A Kafka v2 record batch header, as the broker stores it: base offset, length, leader epoch,
@@ -168,6 +169,8 @@ class ObjectStore:
         #: (bucket, cluster, topic) -> the topic's id (as Fetch v13+ names it), once read
         self._topic_ids: dict[tuple[str, str, str], str] = {}
         self._meta: dict[tuple[str, str], Meta] = {}
+        #: the modification time the last put gave its object (put)
+        self._stamp_ns = 0
         #: (bucket, cluster, topic, partition, producer id, epoch) -> the sequence after the
         #: newest data batch of that producer this store wrote (repair_unfinished_produces)
         self._written: dict[tuple[str, str, str, str, str, str], int] = {}
@@ -236,6 +239,11 @@ class ObjectStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
         tmp.write_bytes(data)
+        # Stamped with the write's own time, strictly after the previous write's: file systems
+        # stamp with a clock tick (a few ms), and Tansu answers ListOffsets(latest) with the
+        # batch listed with the newest LastModified, the first of a tie (a stale offset).
+        self._stamp_ns = max(time.time_ns(), self._stamp_ns + 1000)
+        os.utime(tmp, ns=(self._stamp_ns, self._stamp_ns))
         os.replace(tmp, path)
         st = path.stat()
         meta = Meta(_etag(st), st.st_size, st.st_mtime)

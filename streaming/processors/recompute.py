@@ -43,6 +43,7 @@ from schemas.topics import feature_topic
 from streaming.kafka.io import (
     TP,
     check,
+    log_end,
     partitions_for,
     read_all,
     read_range,
@@ -97,8 +98,8 @@ def offset_for_time(consumer: Consumer, tp: TP, ts_ms: int) -> int:
     """Smallest offset o such that every record from o on has timestamp >= ts_ms, assuming
     timestamps are non-decreasing in the partition (event time, up to the lateness the
     caller subtracts beforehand). O(log n) single-record fetches."""
-    lo, hi = watermarks(consumer, tp)
-    end = hi
+    lo, _ = watermarks(consumer, tp)
+    end = hi = log_end(consumer, tp)
     while lo < hi:
         mid = (lo + hi) // 2
         rec = first_record_at(consumer, tp, mid, end)
@@ -200,7 +201,7 @@ def recompute_features(
         offsets = {tp: offset_for_time(search, tp, rewind_ms) for tp in tps}
         # The sources whose windows the range needs closed: those with input from the rewind
         # point on (each source has its own close frontier; one with nothing there has no row).
-        sources = sorted({source_of(tp) for tp in tps if offsets[tp] < watermarks(search, tp)[1]})
+        sources = sorted({source_of(tp) for tp in tps if offsets[tp] < log_end(search, tp)})
         st = committed_reader.committed([TopicPartition(st_topic, 0)], timeout=10)[0].offset
         if st is None or st < 0:
             raise RuntimeError(f"processor {processor_name!r} has no committed state in {st_topic}")
@@ -348,7 +349,8 @@ def recompute_normalizer(
     try:
         tps = partitions_for(search, raw_topics)
         for tp in tps:
-            low, high = watermarks(search, tp)
+            low, _ = watermarks(search, tp)
+            high = log_end(search, tp)
             rewind = offsets[tp] = offset_for_time(search, tp, (start_us - margin_us) // 1000)
             for m in read_range(reader, tp, max(low, rewind - dedup_span), rewind):
                 norm.process(m.topic(), m.partition(), m.offset(), m.value(), m.headers())
