@@ -113,8 +113,9 @@ WRITES = frozenset({0, 19, 20, 21, 22, 26, 37})
 #: the rest of what the services and `ticklake` send does not): any other request in flight
 #: turns the store's fetch-floor listing off (streaming/kafka/fetch_floors.py). Produce,
 #: Metadata, OffsetCommit, OffsetFetch, FindCoordinator, the group requests, ApiVersions,
-#: CreateTopics, InitProducerId, the transaction requests, DescribeConfigs, DescribeCluster.
-NO_LOG_READS = frozenset({0, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 22, 24, 25, 26, 28, 32, 60})
+#: CreateTopics, InitProducerId, the transaction requests, DescribeConfigs, DescribeCluster,
+#: and the client telemetry requests librdkafka sends on every connection (71, 72).
+NO_LOG_READS = frozenset({0, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 22, 24, 25, 26, 28, 32, 60, 71, 72})
 CHUNK = 256 * 1024
 
 
