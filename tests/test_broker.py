@@ -502,7 +502,7 @@ def test_fetch_partitions_names_each_partition_and_its_offset(version):
 
 @pytest.mark.parametrize("version", [4, 11, 12, 13, 16])
 def test_a_fetch_request_key_ignores_wait_and_order_not_offsets(version):
-    from streaming.kafka.broker_proxy import fetch_request_key
+    from streaming.kafka.broker_proxy import _read_fetch, fetch_request_key
 
     parts = [("raw.a", 0, 5), ("raw.a", 1, 7), ("raw.b", 0, 0)]
     key = fetch_request_key(fetch_request(version, 2_000, parts))
@@ -517,8 +517,8 @@ def test_a_fetch_request_key_ignores_wait_and_order_not_offsets(version):
     assert fetch_request_key(fetch_request(version, 2_000, parts)[:-12]) is None  # cut short
     # read_uncommitted sees an open transaction's records before the EndTxn counted as their write
     assert fetch_request_key(fetch_request(version, 2_000, parts, isolation=0)) is None
-    offsets: dict[tuple[bytes, int], int] = {}
-    fetch_request_key(fetch_request(version, 2_000, parts), offsets)
+    # each partition's fetch offset (what the proxy keeps per pending Fetch)
+    offsets = _read_fetch(fetch_request(version, 2_000, parts))[1]
     assert sorted((p, o) for (_, p), o in offsets.items()) == [(0, 0), (0, 5), (1, 7)]
     assert len({t for t, _ in offsets}) == 2
     assert fetch_request_key(_join_frame(5, 45_000)) is None

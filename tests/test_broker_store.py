@@ -309,11 +309,11 @@ def test_the_latest_offset_is_the_last_batchs_not_an_older_one_written_in_the_sa
 
 
 @pytest.mark.broker
-def test_log_end_reads_past_the_latest_offset_to_the_logs_end(tmp_path):
+def test_log_bounds_read_past_the_latest_offset_to_the_logs_end(tmp_path):
     """ListOffsets(latest) on Tansu falls short of the end by the rest of the last batch;
-    streaming.kafka.io.log_end reads the end from a Fetch of that batch, so read_all (the
+    streaming.kafka.io.log_bounds reads the end from a Fetch of that batch, so read_all (the
     predictions load, recompute) gets every record, and a transaction's marker counts."""
-    from streaming.kafka.io import log_end, read_all, watermarks
+    from streaming.kafka.io import log_bounds, read_all, watermarks
 
     topic = f"end-{uuid.uuid4().hex[:8]}"
     with EmbeddedBroker(data_dir=tmp_path / "data", log_path=tmp_path / "b.log") as broker:
@@ -321,7 +321,7 @@ def test_log_end_reads_past_the_latest_offset_to_the_logs_end(tmp_path):
         _produce_batches(broker.bootstrap, topic, batches=100, per_batch=5)
         c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"end-{topic}", "enable.auto.commit": False})
         assert watermarks(c, (topic, 0))[1] < 500  # the start of the last batch + 1
-        assert log_end(c, (topic, 0)) == 500
+        assert log_bounds(c, (topic, 0))[1] == 500
         assert len(read_all(c, [(topic, 0)])) == 500
         txn = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": f"end-{topic}"})
         txn.init_transactions(30)
@@ -329,13 +329,13 @@ def test_log_end_reads_past_the_latest_offset_to_the_logs_end(tmp_path):
         for _ in range(7):
             txn.produce(topic, b"t")
         txn.commit_transaction(30)
-        assert log_end(c, (topic, 0)) == 508  # 7 records and the commit marker
+        assert log_bounds(c, (topic, 0))[1] == 508  # 7 records and the commit marker
         assert len(read_all(c, [(topic, 0)])) == 507
         c.close()
 
 
 def _produce_batches(bootstrap: str, topic: str, batches: int, per_batch: int) -> None:
-    """`batches` stored batches of `per_batch` records, the i-th batch stamped 1e12 ms + i s."""
+    """`batches` stored batches of `per_batch` records, the i-th stamped 1,700,000,000,000 ms + i s."""
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     for b in range(batches):
         for _ in range(per_batch):

@@ -256,22 +256,16 @@ def fetch_response_has_records(
         return None
 
 
-def fetch_request_key(frame: bytes | bytearray, offsets: dict[tuple[bytes, int], int] | None = None) -> bytes | None:
+def fetch_request_key(frame: bytes | bytearray) -> bytes | None:
     """What a broker's answer to a Fetch request depends on, as bytes: the request minus its
     header, its max_wait_ms and the order of its topics and partitions (librdkafka rotates
     the partition it starts from on every fetch). Two requests with equal keys ask for the
     same partitions at the same offsets with the same limits and isolation. None when the
     frame is another request, a version this does not read (v4-v16 are) or malformed, and for
     read_uncommitted: it sees an open transaction's records before the EndTxn the proxy
-    counts as their write (librdkafka's default and the services are read_committed).
-    `offsets`, if given, receives each partition's fetch offset (read_uncommitted too)."""
+    counts as their write (librdkafka's default and the services are read_committed)."""
     parsed = _read_fetch(frame)
-    if parsed is None:
-        return None
-    key, found, _ = parsed
-    if offsets is not None:
-        offsets.update(found)
-    return key
+    return None if parsed is None else parsed[0]
 
 
 def fetch_partitions(

@@ -250,13 +250,17 @@ class ObjectStore:
         self._meta[(bucket, key)] = meta
         if key.endswith(".batch"):
             self._note_batch(bucket, key, data)
+        names, name, i = self._indexed(bucket, key)
+        if names is not None and (i == len(names) or names[i] != name):
+            names.insert(i, name)
+        return meta
+
+    def _indexed(self, bucket: str, key: str) -> tuple[list[str] | None, str, int]:
+        """(the sorted names of the listing index `key` falls in, or None if that prefix is not
+        indexed; the key's name in it; where the name is or would go): for put and delete."""
         head, _, name = key.rpartition("/")
         names = self._batches.get((bucket, head + "/"))
-        if names is not None:
-            i = bisect.bisect_left(names, name)
-            if i == len(names) or names[i] != name:
-                names.insert(i, name)
-        return meta
+        return names, name, bisect.bisect_left(names, name) if names is not None else 0
 
     # ---------------------------------------------------------------- crash repair
     def _note_batch(self, bucket: str, key: str, data: bytes) -> None:
@@ -357,12 +361,9 @@ class ObjectStore:
     def delete(self, bucket: str, key: str) -> None:
         path = self._path(bucket, key)
         self._meta.pop((bucket, key), None)
-        head, _, name = key.rpartition("/")
-        names = self._batches.get((bucket, head + "/"))
-        if names is not None:
-            i = bisect.bisect_left(names, name)
-            if i < len(names) and names[i] == name:
-                del names[i]
+        names, name, i = self._indexed(bucket, key)
+        if names is not None and i < len(names) and names[i] == name:
+            del names[i]
         if "/topics/" in key and key.endswith(".json"):  # a topic deleted: its id may be reused by name
             self._topic_ids.clear()
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):

@@ -74,18 +74,19 @@ def committed_offsets(consumer: Consumer, tps: Iterable[TP], timeout: float = 10
 def watermarks(consumer: Consumer, tp: TP, timeout: float = 10.0) -> tuple[int, int]:
     """(low, high) as the broker answers ListOffsets. Tansu's high is the offset after the first
     record of the partition's last batch, short of the log's end by the rest of that batch:
-    log_end reads the end itself."""
+    log_bounds reads the end itself."""
     return consumer.get_watermark_offsets(TopicPartition(*tp), timeout=timeout)
 
 
-def log_end(consumer: Consumer, tp: TP, timeout: float = 2.0) -> int:
-    """The offset after the partition's last record, as a Fetch answer's high watermark states
-    it (for a read_committed consumer, the last stable offset): the last batch is fetched from
-    the offset ListOffsets gave, and the answer carries the end. Takes the consumer's
-    assignment for the probe. ListOffsets' answer when no Fetch answer comes in `timeout`."""
+def log_bounds(consumer: Consumer, tp: TP, timeout: float = 2.0) -> tuple[int, int]:
+    """(low, end): ListOffsets' low, and the offset after the partition's last record as a Fetch
+    answer's high watermark states it (for a read_committed consumer, the last stable offset):
+    the last batch is fetched from the offset ListOffsets gave, and the answer carries the end.
+    Takes the consumer's assignment for the probe. ListOffsets' high as the end when no Fetch
+    answer comes in `timeout`."""
     low, latest = watermarks(consumer, tp)
     if latest <= max(low, 0):
-        return latest
+        return low, latest
     topic, part = tp
     consumer.assign([TopicPartition(topic, part, latest - 1)])
     deadline = time.monotonic() + timeout
@@ -97,8 +98,8 @@ def log_end(consumer: Consumer, tp: TP, timeout: float = 2.0) -> int:
             # answered since the assign, so the cached high watermark is that answer's.
             pos = consumer.position([TopicPartition(topic, part)])[0].offset
             if pos >= latest:
-                return max(consumer.get_watermark_offsets(TopicPartition(topic, part), cached=True)[1], pos)
-        return latest
+                return low, max(consumer.get_watermark_offsets(TopicPartition(topic, part), cached=True)[1], pos)
+        return low, latest
     finally:
         consumer.unassign()
 
@@ -162,7 +163,7 @@ def read_all(
     (The embedded broker reports a read_committed high watermark of 0 while a transaction
     is open on the partition, so such partitions are read until idle.)"""
     tps = list(tps)
-    ends = {tp: log_end(consumer, tp) for tp in tps}
+    ends = {tp: log_bounds(consumer, tp)[1] for tp in tps}
     begin = {tp: (start or {}).get(tp, OFFSET_BEGINNING) for tp in tps}
     consumer.assign([TopicPartition(t, p, begin[(t, p)]) for t, p in tps])
     out: list[Message] = []

@@ -43,11 +43,10 @@ from schemas.topics import feature_topic
 from streaming.kafka.io import (
     TP,
     check,
-    log_end,
+    log_bounds,
     partitions_for,
     read_all,
     read_range,
-    watermarks,
 )
 from streaming.kafka.topic_admin import create_topics
 from streaming.kafka.topic_config import TopicConfig
@@ -94,12 +93,13 @@ def first_record_at(consumer: Consumer, tp: TP, offset: int, high: int, timeout:
         consumer.unassign()
 
 
-def offset_for_time(consumer: Consumer, tp: TP, ts_ms: int) -> int:
+def offset_for_time(consumer: Consumer, tp: TP, ts_ms: int, bounds: tuple[int, int] | None = None) -> int:
     """Smallest offset o such that every record from o on has timestamp >= ts_ms, assuming
     timestamps are non-decreasing in the partition (event time, up to the lateness the
-    caller subtracts beforehand). O(log n) single-record fetches."""
-    lo, _ = watermarks(consumer, tp)
-    end = hi = log_end(consumer, tp)
+    caller subtracts beforehand). O(log n) single-record fetches. `bounds`: the partition's
+    log_bounds, if the caller has them."""
+    lo, hi = bounds if bounds is not None else log_bounds(consumer, tp)
+    end = hi
     while lo < hi:
         mid = (lo + hi) // 2
         rec = first_record_at(consumer, tp, mid, end)
@@ -198,10 +198,11 @@ def recompute_features(
         tps = partitions_for(search, input_topics(pairs))
         engine = Engine()
         rewind_ms = (start_us - rewind_margin_us) // 1000
-        offsets = {tp: offset_for_time(search, tp, rewind_ms) for tp in tps}
+        bounds = {tp: log_bounds(search, tp) for tp in tps}
+        offsets = {tp: offset_for_time(search, tp, rewind_ms, bounds[tp]) for tp in tps}
         # The sources whose windows the range needs closed: those with input from the rewind
         # point on (each source has its own close frontier; one with nothing there has no row).
-        sources = sorted({source_of(tp) for tp in tps if offsets[tp] < log_end(search, tp)})
+        sources = sorted({source_of(tp) for tp in tps if offsets[tp] < bounds[tp][1]})
         st = committed_reader.committed([TopicPartition(st_topic, 0)], timeout=10)[0].offset
         if st is None or st < 0:
             raise RuntimeError(f"processor {processor_name!r} has no committed state in {st_topic}")
@@ -349,9 +350,8 @@ def recompute_normalizer(
     try:
         tps = partitions_for(search, raw_topics)
         for tp in tps:
-            low, _ = watermarks(search, tp)
-            high = log_end(search, tp)
-            rewind = offsets[tp] = offset_for_time(search, tp, (start_us - margin_us) // 1000)
+            low, high = log_bounds(search, tp)
+            rewind = offsets[tp] = offset_for_time(search, tp, (start_us - margin_us) // 1000, (low, high))
             for m in read_range(reader, tp, max(low, rewind - dedup_span), rewind):
                 norm.process(m.topic(), m.partition(), m.offset(), m.value(), m.headers())
             for m in read_range(reader, tp, rewind, high):
