@@ -186,10 +186,18 @@ def layout_table(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
     return _take_columns(table, pa.array(lay.order)), lay.part[lay.order]
 
 
+#: Rows from which the sort's gather runs in the pool: measured on 25-column trade rows, 0.3 ms
+#: of hand-offs made 2k rows 2.3x slower, equal at 10k, 1.6x faster at 50k.
+POOLED_TAKE_ROWS = 16_384
+
+
 def _take_columns(table: pa.Table, indices: pa.Array) -> pa.Table:
     """table.take with the columns gathered in pyiceberg's thread pool: Arrow's take runs one
     column after another on one core and releases the GIL, and the gather is memory-bound work
-    over every column (a third of a 200k-row write before the file writes ran in the pool)."""
+    over every column (a third of a 200k-row write before the file writes ran in the pool).
+    Below POOLED_TAKE_ROWS the pool's hand-offs cost more than they save."""
+    if table.num_rows < POOLED_TAKE_ROWS:
+        return table.take(indices)
     taken = ExecutorFactory.get_or_create().map(lambda col: col.take(indices), table.columns)
     return pa.Table.from_arrays(list(taken), schema=table.schema)
 
