@@ -453,10 +453,14 @@ def paced_events(conn, rate: int, seconds: float, template) -> tuple[list[tuple[
     its producer id before the first event, as a shard waits before it connects: a producer sends
     nothing until the broker has given it one (~0.5 s here), and the first events, stamped with
     their send time, then reached the normalizer 0.77 s late in one lump, whose catch-up ran
-    into the measured events (the runs' first 20 % are left out as start-up, 0.8 s in quick mode)."""
+    into the measured events (the runs' first 20 % are left out as start-up, 0.8 s in quick mode).
+    Its producer has the collectors' own settings (kc.producer_config, linger 20 ms): with the 5 ms
+    it had until 2026-12-06, it sent ~3x the produce requests of a collector at the same rate, and
+    the broker's CPU per event at 20k was twice a collector's (docs/decisions.md, "The load
+    generator publishes as a collector does")."""
     pub = Publisher(
         ShardConfig("bench-load", Exchange.BINANCE, Market.SPOT, tuple(sorted({e.symbol for e in template}))),
-        kc.producer_config(conn, linger_ms=5),
+        kc.producer_config(conn),
         ShardStats(),
     )
     if not pub.wait_ready(30):
