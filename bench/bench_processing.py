@@ -883,12 +883,14 @@ def emit_latency(results: list[dict], floors: list[dict]) -> None:
             note="no later record closes it: the idle timeout (1 s) and the upstream clearance do",
         )
         slo = "met" if r["p99"] < SLO_P99_S else "MISS"
+        # Rates past the target rate are run to find where the SLO breaks (the issue asks for that
+        # rate): their rows state met or MISS in the note and carry no target.
         emit(
             f"latency exchange_ts -> feature row p99 at {rate:,} ev/s",
             r["p99"],
             "s",
-            target="< 2 s (SLO)",
-            note=slo,
+            target="< 2 s (SLO)" if rate <= TARGET_RATE else "",
+            note=slo if rate <= TARGET_RATE else f"{slo} (a rate past the target rate: where the SLO breaks)",
             # per event, the row cannot be visible before the bare relays deliver the first record
             # past its window's end + lateness: a lower bound event by event, so of the p99 too
             floor=names.get("slo"),
@@ -918,11 +920,18 @@ def emit_latency(results: list[dict], floors: list[dict]) -> None:
         "highest rate sustained (every row arrived, latency not rising)",
         low["rate"] if low else float("nan"),
         "events/s",
-        note="second-half minus first-half p50 latency per rate: "
+        note=("the highest rate tried; " if low is not None and low["rate"] == max(r["rate"] for r in results) else "")
+        + "second-half minus first-half p50 latency per rate: "
         + ", ".join(f"{r['rate']:,}: {r['growth']:+.2f} s" for r in results),
     )
     broke = [r["rate"] for r in results if not r["p99"] < SLO_P99_S]
-    emit("lowest rate missing the 2 s SLO (p99 exchange_ts -> row)", min(broke, default=float("nan")), "events/s")
+    tried = max(r["rate"] for r in results)
+    emit(
+        "lowest rate missing the 2 s SLO (p99 exchange_ts -> row)",
+        min(broke, default=float("nan")),
+        "events/s",
+        note="" if broke else f"none of the rates tried (up to {tried:,} ev/s) missed it",
+    )
 
 
 if __name__ == "__main__":
