@@ -17,6 +17,7 @@ from schemas.arrow_convert import envelopes_to_table
 from schemas.iceberg import ensure_all_tables
 from schemas.model import EventType
 from schemas.tables import HOUR_US
+from streaming.lake import writer as lake_writer
 from streaming.lake.writer import (
     DICTIONARY_PAGE_BYTES,
     LakeFileWriter,
@@ -162,6 +163,35 @@ def test_already_sorted_rows_are_written_as_sorting_would(lake, kind: str) -> No
     together = pa.concat_tables([pq.read_table(pa.BufferReader(b)) for b in written["sorted"]])
     assert together.num_rows == rows.num_rows
     assert sorted(together.column("event_id").to_pylist()) == sorted(rows.column("event_id").to_pylist())
+
+
+class _OneByOne:
+    """An executor that runs each task on the calling thread, in order."""
+
+    map = staticmethod(map)
+
+
+@pytest.mark.parametrize("kind", ["trade", "book_delta"])
+def test_the_pool_changes_no_file_and_no_order(lake, kind: str, monkeypatch) -> None:
+    """The sort's gather and the file writes in pyiceberg's thread pool write the same bytes,
+    and the DataFiles come back in the same (partition) order, as the same work done one task
+    after another on the calling thread."""
+    table = lake[{"trade": "trades", "book_delta": "book_deltas"}[kind]]
+    rows = mixed(market_tables()[kind], seed=7)
+    written = {}
+    for name in ("pool", "one-by-one"):
+        if name == "pool":
+            monkeypatch.setattr(lake_writer, "POOLED_TAKE_ROWS", 0)  # the gather in the pool at any size
+        else:
+            monkeypatch.setattr(lake_writer, "POOLED_TAKE_ROWS", 1 << 62)
+            monkeypatch.setattr(lake_writer.ExecutorFactory, "get_or_create", staticmethod(_OneByOne))
+        files = LakeFileWriter(table).write(rows, prefix="same")
+        written[name] = [
+            (tuple(f.partition), f.record_count, table.io.new_input(f.file_path).open().read()) for f in files
+        ]
+    assert len(written["pool"]) > 6
+    assert [w[:2] for w in written["pool"]] == [w[:2] for w in written["one-by-one"]]
+    assert written["pool"] == written["one-by-one"]  # byte for byte, file by file
 
 
 def _pyiceberg_fields(writer: LakeFileWriter, md: pq.FileMetaData) -> tuple[dict, object]:
