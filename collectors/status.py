@@ -128,6 +128,30 @@ def summarize(
     }
 
 
+#: the state of a replayed shard whose capture has run out (see after_capture_end)
+CAPTURE_EXHAUSTED = "capture exhausted"
+
+
+def after_capture_end(shard: dict[str, Any]) -> dict[str, Any]:
+    """A replay shard's status once the emulator has served all of its venue's capture.
+
+    Nothing more will arrive on that session, so the silence watchdog closes it every
+    ``watchdog_s`` and the shard reconnects, which is what it must do against a live venue
+    that goes quiet. Against an exhausted capture that silence is the expected end, not a
+    venue problem; any other failure (refused, TLS, a stale report) keeps its own state.
+    """
+    failing = [c for c in shard.get("connections") or () if not c.get("connected") and c.get("last_error")]
+    silent = failing and all(str(c["last_error"]).startswith("watchdog") for c in failing)
+    if shard.get("state") not in ("unreachable", "degraded") or not silent:
+        return shard
+    return {
+        **shard,
+        "state": CAPTURE_EXHAUSTED,
+        "reason": "the replayed capture has no frames left for this shard; the silence watchdog "
+        "closes the idle session and the shard reconnects, as it would to a quiet venue",
+    }
+
+
 def read_report(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())

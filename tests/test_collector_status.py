@@ -177,3 +177,70 @@ def test_explain_names_the_cause():
     assert "timed out" in explain("connect failed: TimeoutError: timed out during opening handshake", url)
     assert "no network route" in explain("connect failed: OSError: [Errno 101] Network is unreachable", url)
     assert "HTTP 451" in explain("connect failed: InvalidStatus: server rejected WebSocket connection: HTTP 451", url)
+
+
+def test_a_replay_shard_whose_capture_ran_out_is_not_a_problem(kafka_broker, tmp_path):
+    """A genuine Binance capture replayed to its end: the emulator sends nothing more, the
+    shard's silence watchdog closes the session and it waits to reconnect, so its own report
+    reads "unreachable". `status` must say the capture ran out instead of listing a problem
+    (this made the acceptance replay's final status check fail now and then)."""
+    from collectors.replay import Emulator
+    from pipelines.local import replay as stack_replay
+    from pipelines.local.stack import REPLAY, _settle_replayed_shards, collector_problems
+    from workloads.samples import SAMPLES
+
+    bootstrap = kafka_broker.bootstrap
+    ensure_collector_topics(bootstrap)
+    home = tmp_path / "home"
+
+    async def scenario():
+        emu = Emulator(server_ping_s=5)
+        emu.play_capture(SAMPLES / "binance" / "cryptofeed_BINANCE.ws.1.0", speed=None)
+        await emu.start()
+        # A short watchdog, and a long wait before reconnecting: the silent window lasts.
+        [cfg] = emu.shard_configs(unique("exhausted"), watchdog_s=1.0, backoff_base_s=20.0, backoff_cap_s=20.0)
+        try:
+            async with RunningShard(cfg, bootstrap, status_path=status_file(cfg.name, home), status_interval_s=0.2):
+                assert await wait_until(lambda: emu.stats()["finished"], 60), emu.stats()["feeds"]
+                assert await wait_until(lambda: collectors_status(home, [cfg])[0]["state"] == "unreachable", 30)
+                shards = collectors_status(home, [cfg])
+                stats = emu.stats()
+        finally:
+            await emu.stop()
+        return cfg, shards, stats
+
+    cfg, shards, stats = asyncio.run(scenario())
+    assert "no data arrived (watchdog" in shards[0]["reason"], shards[0]
+    assert collector_problems(shards), "the shard's own report calls it a problem"
+    exhausted = stack_replay.exhausted_venues(stats)
+    assert exhausted == ["binance-spot"], stats["venues"].keys()
+
+    info = {
+        "services": {REPLAY: {"shards": [cfg.name], "exhausted_venues": exhausted}},
+        "collectors": {"shards": shards},
+    }
+    _settle_replayed_shards(info)
+    [settled] = info["collectors"]["shards"]
+    assert settled["state"] == "capture exhausted" and "no frames left" in settled["reason"]
+    assert collector_problems(info["collectors"]["shards"]) == []
+
+    # While the venue's capture still plays, the same silence is a problem; so is any failure
+    # other than the watchdog's, exhausted or not; and shards of a live config are left alone.
+    playing = {**stats, "feeds": [{**f, "finished": False} for f in stats["feeds"]]}
+    assert stack_replay.exhausted_venues(playing) == []
+    refused = {
+        **shards[0],
+        "connections": [
+            {**c, "last_error": "connect failed: ConnectionRefusedError"} for c in shards[0]["connections"]
+        ],
+    }
+    for services, shard in (
+        ({REPLAY: {"shards": [cfg.name], "exhausted_venues": []}}, shards[0]),
+        ({REPLAY: {"shards": [cfg.name], "exhausted_venues": exhausted}}, refused),
+        ({REPLAY: {"shards": ["another"], "exhausted_venues": exhausted}}, shards[0]),
+        ({}, shards[0]),
+    ):
+        info = {"services": services, "collectors": {"shards": [shard]}}
+        _settle_replayed_shards(info)
+        assert info["collectors"]["shards"][0]["state"] == "unreachable"
+        assert len(collector_problems(info["collectors"]["shards"])) == 1

@@ -521,6 +521,7 @@ class VenueSim:
             "venue": self.name,
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
+            "queued": sum(c.queue.qsize() for c in self.clients.values()),
             "clients": [c.record() for c in list(self.clients.values()) + self.closed_clients],
             "gaps_injected": dict(self.gaps_injected),
             "malformed_sent": self.malformed_sent,

@@ -220,6 +220,8 @@ def _print_status(info: dict, overall: str) -> None:
 
 def _print_collectors(col: dict) -> None:
     """Per shard: state, newest frame's age, and the reason when it is not connected."""
+    from collectors.status import CAPTURE_EXHAUSTED
+
     shards = col.get("shards") or []
     print(
         f"  {'collectors':<18} {col.get('config', '-')}: {len(shards)} shard(s){'; ' + col['detail'] if col.get('detail') else ''}"
@@ -227,7 +229,11 @@ def _print_collectors(col: dict) -> None:
     for sh in shards:
         age = sh.get("last_frame_age_s")
         frame = f"last frame {age:.0f}s ago" if age is not None else "no frame yet"
-        state = sh["state"] if sh.get("connected") or sh["state"] in ("disabled", "stopped") else sh["state"].upper()
+        state = (
+            sh["state"]
+            if sh.get("connected") or sh["state"] in ("disabled", "stopped", CAPTURE_EXHAUSTED)
+            else sh["state"].upper()
+        )
         print(
             f"    {sh['shard']:<22} {state:<12} {frame:<22} {sh['exchange']} {sh['market']} "
             f"{','.join(sh.get('symbols', []))}"

@@ -201,6 +201,16 @@ def incomplete_reason(stats: dict[str, Any]) -> str:
     return "; ".join(parts) or "the emulator does not report the capture delivered"
 
 
+def exhausted_venues(stats: dict[str, Any]) -> list[str]:
+    """Emulator hosts with nothing left to send: every feed they serve has run out, and no
+    frame waits in the emulator for their clients."""
+    venues = stats.get("venues") or {}
+    feeds = stats.get("feeds") or []
+    served = {f["venue"] for f in feeds}
+    running = {f["venue"] for f in feeds if not f.get("finished")}
+    return sorted(v for v in served - running if not (venues.get(v) or {}).get("queued"))
+
+
 def restore_collectors(path: Path) -> None:
     """Undo write_collectors: the replay's shards go, a previous file comes back."""
     backup = path.with_name(path.name + ".before-replay")

@@ -903,6 +903,7 @@ def status(home: TicklakeHome) -> dict[str, Any]:
         services[REPLAY].update(_replay_status(home))
     info["catalog"] = _catalog_status(home)
     info["collectors"] = _collectors_status(home)
+    _settle_replayed_shards(info)
     _health(home, info)
     if web["state"] == "running":
         from pipelines.local.services import services_report
@@ -923,11 +924,8 @@ def _health(home: TicklakeHome, info: dict[str, Any]) -> None:
     health = service_health(home.root) if running else []
     info["service_health"] = health
     problems = [f"{h['service']}: {h['problem']}" for h in health if not h["healthy"]]
-    problems += [
-        f"collector {sh['shard']}: {sh['state']} ({sh.get('reason') or ''})"
-        for sh in (info.get("collectors") or {}).get("shards", [])
-        if running and sh.get("state") in ("unreachable", "no report")
-    ]
+    if running:
+        problems += collector_problems((info.get("collectors") or {}).get("shards", []))
     lake: dict[str, str | None] = {}
     if home.catalog_db.exists():
         try:
@@ -937,6 +935,34 @@ def _health(home: TicklakeHome, info: dict[str, Any]) -> None:
             lake = {"error": f"{type(exc).__name__}: {exc}"}
     info["lake_sealed_hours"] = lake
     info["problems"] = problems
+
+
+def collector_problems(shards: list[dict[str, Any]]) -> list[str]:
+    """The shards `status` reports as problems of a running stack: none of their connections
+    gets data, or their process stopped reporting."""
+    return [
+        f"collector {sh['shard']}: {sh['state']} ({sh.get('reason') or ''})"
+        for sh in shards
+        if sh.get("state") in ("unreachable", "no report")
+    ]
+
+
+def _settle_replayed_shards(info: dict[str, Any]) -> None:
+    """Replay shards whose venue's capture the emulator has served in full go quiet by design
+    (collectors/status.after_capture_end); status must not call that a problem."""
+    from collectors.emulator.venues import sim_name
+    from collectors.status import after_capture_end
+
+    replay = info["services"].get(REPLAY) or {}
+    exhausted = set(replay.get("exhausted_venues") or ())
+    replayed = set(replay.get("shards") or ())
+    collectors = info.get("collectors") or {}
+    if not exhausted or not collectors.get("shards"):
+        return
+    collectors["shards"] = [
+        after_capture_end(sh) if sh["shard"] in replayed and sim_name(sh["exchange"], sh["market"]) in exhausted else sh
+        for sh in collectors["shards"]
+    ]
 
 
 def _replay_status(home: TicklakeHome) -> dict[str, Any]:
@@ -979,6 +1005,8 @@ def _replay_status(home: TicklakeHome) -> dict[str, Any]:
         "unserved": stats.get("unserved", 0),
         "waiting_for": waiting,
         "source_id": source.source_id,
+        "shards": list(source.shards),
+        "exhausted_venues": sr.exhausted_venues(stats),
     }
 
 
