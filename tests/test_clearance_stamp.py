@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
+import pytest
+
 from features.records import decode_row
 from schemas.model import EventType, Exchange, Market, event_type_from_pb
 from schemas.serde import encode
@@ -185,3 +187,50 @@ def test_a_probe_waits_for_a_proposal_that_would_close_a_window():
     assert probe_could_close([stale, useful], held, 6 * w - 1, buffered) == float("inf")  # capped below the end
     assert probe_could_close([stale, useful], held, 7 * w, []) == float("inf")
     assert probe_could_close([stale, later], 6 * w, 8 * w, buffered) == 10.5  # [5,6) closed already
+
+
+def test_the_background_probe_answers_once_what_the_synchronous_one_finds(broker):
+    """BackgroundClearance (the feature processor's probe, on its own thread) on a real broker:
+    the same clearance and the same "nothing after" answer as the probe asked in the caller's
+    thread, handed over once; a committed record at the start offset makes it not clear; an
+    error other than the broker's reaches the caller."""
+    from streaming.kafka.upstream import BackgroundClearance, UpstreamClearance
+    from streaming.processors.feature_processor import NORMALIZER_GROUP
+
+    raw = event_topic("raw", "spot", EventType.TRADE, "binance")
+    processed = event_topic("processed", "spot", EventType.TRADE, "binance")
+    conn = connection(broker.bootstrap)
+    produce(broker.bootstrap, [(processed, b"BTC-USDT", encode(envelope(EventType.TRADE, 5, **SPOT)).value, None)])
+    [m] = ps.read_topics(broker.bootstrap, [processed], group="test-bg-probe")
+    tp = (m.topic(), m.partition())
+    upstream = UpstreamClearance(conn, NORMALIZER_GROUP, [raw])
+    probe = BackgroundClearance(upstream)
+    try:
+        assert probe.answer() is None  # nothing asked yet
+        before = time.time()
+        for starts, clear in (({tp: m.offset() + 1}, True), ({tp: m.offset()}, False)):
+            probe.ask(starts)
+            with pytest.raises(RuntimeError, match="already running"):
+                probe.ask(starts)
+            deadline = time.monotonic() + 30
+            while probe.busy and time.monotonic() < deadline:
+                time.sleep(0.005)
+            got = probe.answer()
+            assert got is not None and got.starts == starts
+            assert got.clear is clear and clear is upstream.nothing_after(starts)
+            # nothing raw: clear up to the probe's start less the append margin
+            assert got.until is not None and before - 1 < got.until < time.time()
+            assert probe.answer() is None  # handed over once
+
+        class Broken(UpstreamClearance):
+            def cleared_until(self):
+                raise ValueError("a bug in the probe")
+
+        broken = BackgroundClearance(Broken(conn, NORMALIZER_GROUP, [raw]))
+        broken.ask({tp: 0})
+        broken._thread.join(30)
+        with pytest.raises(ValueError, match="a bug in the probe"):
+            broken.answer()
+        broken.close()
+    finally:
+        probe.close()

@@ -20,15 +20,20 @@ collector's produce time) with T. Plain Kafka, no Dagster.
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from runtime import kafka_config as kc
 from streaming.kafka.drain import first_records
 from streaming.kafka.io import TP
+
+log = logging.getLogger(__name__)
 
 #: How long a raw record may take from its CreateTime (the collector's produce() call) to
 #: the broker's log: the collectors' linger.ms (runtime.kafka_config.PRODUCER_DEFAULTS, 20
@@ -137,3 +142,87 @@ class UpstreamClearance:
         if self._group_view is not None:
             self._group_view.close()
             self._group_view = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClearanceAnswer:
+    """One probe's findings: `until` (cleared_until's answer; None when it did not settle)
+    and whether nothing committed sits at or after `starts` in any of its partitions,
+    checked after `until` was found, as the clearance argument needs."""
+
+    until: float | None
+    starts: dict[TP, int]
+    clear: bool
+    took_s: float
+
+
+class BackgroundClearance:
+    """UpstreamClearance's probe (cleared_until, then nothing_after) on a worker thread, one
+    at a time, so the caller's loop keeps taking records while it runs.
+
+    A probe is two short-lived consumers, 10-30 ms of client set-up and fetch round trips,
+    nearly all of it waiting. Asked from the feature processor's loop itself, it stopped that
+    loop for as long at every probe, which at a steady input is every window close (a
+    book-snapshot partition is idle nearly always): ~8 % of its time on a backlog
+    (docs/decisions.md, "The upstream clearance probe off the loop's thread"). The answer
+    is about the moment it was found, so it holds whenever the caller takes it: records
+    taken since only move the caller's positions past `starts`.
+
+    A KafkaException in the probe is a broker hiccup: logged, answered "not clear", asked
+    again later. Any other exception is re-raised by the next answer() (crash-only)."""
+
+    def __init__(self, clearance: UpstreamClearance) -> None:
+        self.clearance = clearance
+        self._thread: threading.Thread | None = None
+        self._answer: ClearanceAnswer | None = None
+        self._error: BaseException | None = None
+        self.started_at = 0.0
+        #: how long the last probe took (the caller's next poll returns about then)
+        self.last_took_s = 0.02
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def ask(self, starts: dict[TP, int]) -> None:
+        """Start a probe of `starts` (partition -> the offset from which a committed record
+        would mean "not clear"); the caller checks `busy` first."""
+        if self.busy:
+            raise RuntimeError("a clearance probe is already running")
+        self.started_at = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._probe, args=(dict(starts),), name="upstream-clearance", daemon=True
+        )
+        self._thread.start()
+
+    def _probe(self, starts: dict[TP, int]) -> None:
+        t0 = time.monotonic()
+        try:
+            until = self.clearance.cleared_until()
+            clear = until is not None and self.clearance.nothing_after(starts)
+        except KafkaException as exc:
+            log.warning("upstream clearance probe failed: %s", exc)
+            until, clear = None, False
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by answer()
+            self._error = exc
+            return
+        took = time.monotonic() - t0
+        self.last_took_s = took
+        self._answer = ClearanceAnswer(until, starts, clear, took)
+
+    def answer(self) -> ClearanceAnswer | None:
+        """The finished probe's answer, once; None while one runs or none was asked."""
+        if self.busy:
+            return None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        got, self._answer = self._answer, None
+        return got
+
+    def close(self) -> None:
+        """Wait for a running probe (its consumers close with it), then close the clearance."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.clearance.close()

@@ -76,7 +76,7 @@ from schemas.topics import DlqStage, Stage, all_event_topics, event_topic, featu
 from streaming.kafka.io import TP, read_range
 from streaming.kafka.topic_admin import create_topics
 from streaming.kafka.topic_config import DAY_MS, TopicSpec
-from streaming.kafka.upstream import APPEND_MARGIN_S, UpstreamClearance, parse_raw_before
+from streaming.kafka.upstream import APPEND_MARGIN_S, BackgroundClearance, UpstreamClearance, parse_raw_before
 from streaming.processors import metrics
 from streaming.processors.txn_loop import OutRecord, TransactionalLoop
 
@@ -611,6 +611,7 @@ class FeatureProcessor(TransactionalLoop):
         self.next_offset: dict[TP, int] = {}  # offset after the newest record taken from the partition
         self.upstream_group = upstream_group
         self.upstream: UpstreamClearance | None = None
+        self.clearance: BackgroundClearance | None = None  # the upstream's probe, off this thread
         # per source: (stamp, frontier proposed then), not yet cleared
         self._proposals: dict[str, list[tuple[float, int]]] = {}
         # Proposal stamps (_proposal_stamp): when the last poll returned, or tighter, the raw
@@ -655,12 +656,16 @@ class FeatureProcessor(TransactionalLoop):
                 self.upstream.cleared_until()
             except KafkaException as exc:
                 log.warning("upstream clearance warm-up probe failed: %s", exc)
+            self.clearance = BackgroundClearance(self.upstream)
         super().start()
 
     def close(self) -> None:
-        if self.upstream is not None:
+        if self.clearance is not None:
+            self.clearance.close()  # closes self.upstream too
+            self.clearance = None
+        elif self.upstream is not None:
             self.upstream.close()
-            self.upstream = None
+        self.upstream = None
         super().close()
 
     def summary(self) -> str:
@@ -815,65 +820,67 @@ class FeatureProcessor(TransactionalLoop):
         here). So: note (T, frontier proposed at T) per source at every batch; a probe finds
         the time U before which the normalizer's group has consumed every raw record (its
         transactions make the output visible with the offsets), then a direct read finds no
-        committed record after what this processor took from the idle partitions. Whatever
-        reaches them later comes from raw records created after U, i.e. after every record
-        behind a frontier proposed at any T < U: close up to min(newest such frontier,
-        frontier now). Keeping every proposal and asking "until when" (not "is T clear", one
-        T per probe) closes a window one probe after its frontier was proposed, not one probe
-        interval after the previous clearance. One probe serves every source. Asked only
-        when skipping the idle partitions would close a buffered window (never on an idle
-        stack), and only when a probe could clear a proposal: T is not a wall time but a
-        bound on the raw CreateTime of what was taken (_proposal_stamp), and a probe answers
-        at most its start less the append margin."""
+        committed record after what this processor had taken from the idle partitions when it
+        asked. Whatever reaches them later comes from raw records created after U, i.e. after
+        every record behind a frontier proposed at any T < U: close up to min(newest such
+        frontier, frontier now). Keeping every proposal and asking "until when" (not "is T
+        clear", one T per probe) closes a window one probe after its frontier was proposed,
+        not one probe interval after the previous clearance. One probe serves every source.
+        Asked only when skipping the idle partitions would close a buffered window (never on
+        an idle stack), and only when a probe could clear a proposal: T is not a wall time but
+        a bound on the raw CreateTime of what was taken (_proposal_stamp), and a probe answers
+        at most its start less the append margin. The probe runs on its own thread
+        (BackgroundClearance) while this loop goes on taking records; its answer is used by
+        the first batch after it, for the sources whose idle partitions it checked."""
         held = self.engine.propose_frontier(self.assignment)
-        if self.upstream is None:
+        if self.clearance is None:
             return proposed
-        waiting: dict[str, float] = {}  # source -> the oldest stamp whose clearance closes a window
+        candidates: dict[str, dict[int, Window]] = {}  # source -> its buffered windows
         stamp = None
         for s, f in proposed.items():
             h = held.get(s, self.engine.frontier_of(s))
             windows = self.engine.buffers.get(s, {})
             if not any(h < ws + WINDOW_US <= f for ws in windows):
                 continue
+            candidates[s] = windows
             props = self._proposals.setdefault(s, [])
             if not props or f > props[-1][1]:
                 stamp = self._proposal_stamp() if stamp is None else stamp
                 props.append((stamp, f))
-            oldest = probe_could_close(props, h, f, windows)
+        out = dict(held)
+        answer = self.clearance.answer()
+        if answer is not None and answer.clear and answer.until is not None:
+            for s in candidates:
+                if not all(tp in answer.starts for tp in idle if source_of(tp) == s):
+                    continue  # a partition went idle after the probe was asked: not checked
+                got = [f for t, f in self._proposals[s] if t < answer.until]
+                if got:
+                    self._proposals[s] = [(t, f) for t, f in self._proposals[s] if t >= answer.until]
+                    out[s] = max(held[s], min(max(got), proposed[s]))
+        waiting = {}  # source -> the oldest stamp whose clearance closes a window
+        for s, windows in candidates.items():
+            oldest = probe_could_close(self._proposals[s], out[s], proposed[s], windows)
             if oldest != float("inf"):
                 waiting[s] = oldest
-        if not waiting:
-            return held
         now = time.monotonic()
+        if self.clearance.busy:
+            # the next poll returns about when the probe should have answered
+            self._probe_due = max(now + PROBE_DUE_SLACK_S, self.clearance.started_at + self.clearance.last_took_s)
+            return out
+        if not waiting:
+            return out
         # cleared_until() <= its start - APPEND_MARGIN_S: a probe before then could close none
         due = max(
             self._last_probe + UPSTREAM_PROBE_EVERY_S, now + min(waiting.values()) + APPEND_MARGIN_S - time.time()
         )
         if due > now:
             self._probe_due = due + PROBE_DUE_SLACK_S  # the next poll returns by then (poll_due)
-            return held
+            return out
         self._last_probe = now
-        cleared: dict[str, list[int]] = {}
-        try:
-            until = self.upstream.cleared_until()
-            if until is not None:
-                for s in waiting:
-                    got = [f for t, f in self._proposals[s] if t < until]
-                    if got:
-                        cleared[s] = got
-            skipped = [tp for tp in idle if source_of(tp) in cleared]
-            clear = bool(cleared) and self.upstream.nothing_after(
-                {tp: max(self.eof.get(tp, 0), self.next_offset.get(tp, 0)) for tp in skipped}
-            )
-        except KafkaException as exc:  # a broker hiccup: ask again later
-            log.warning("upstream clearance probe failed: %s", exc)
-            clear = False
-        if not clear:
-            return held
-        out = dict(held)
-        for s, got in cleared.items():
-            self._proposals[s] = [(t, f) for t, f in self._proposals[s] if t >= until]
-            out[s] = max(held[s], min(max(got), proposed[s]))
+        self.clearance.ask(
+            {tp: max(self.eof.get(tp, 0), self.next_offset.get(tp, 0)) for tp in idle if source_of(tp) in waiting}
+        )
+        self._probe_due = now + self.clearance.last_took_s + PROBE_DUE_SLACK_S
         return out
 
     def on_partition_eof(self, tp: TP, offset: int) -> None:
