@@ -624,6 +624,7 @@ class FeatureProcessor(TransactionalLoop):
         self._mixed: set[TP] = set()  # partitions written by two writers: never covered
         self._last_probe = 0.0
         self._probe_due: float | None = None  # when the next probe could close a window (poll_due)
+        self._backlog = False  # the last batch was a full one: records are waiting
         self.last_progress: int | None = None
         self._pending_ckpt: dict | None = None
         self._last_ckpt_time = 0.0
@@ -755,6 +756,7 @@ class FeatureProcessor(TransactionalLoop):
             self._pending_ckpt = self.engine.snapshot({tp: self.positions.get(tp, 0) for tp in self.assignment})
             self._last_ckpt_time = now
         self._batch_start = {tp: self.positions.get(tp, 0) for tp in self.assignment}
+        self._backlog = len(msgs) >= self.batch_max_records  # the poll stopped at its record cap
         out: list[OutRecord] = []
         batch_end: dict[TP, int] = {}  # offset after the newest record taken, per partition
         offer = self.engine.offer
@@ -864,8 +866,10 @@ class FeatureProcessor(TransactionalLoop):
                 waiting[s] = oldest
         now = time.monotonic()
         if self.clearance.busy:
-            # the next poll returns about when the probe should have answered
-            self._probe_due = max(now + PROBE_DUE_SLACK_S, self.clearance.started_at + self.clearance.last_took_s)
+            if not self._backlog:
+                # the next poll returns about when the probe should have answered (through a
+                # backlog the batches are short anyway, and cutting them adds transactions)
+                self._probe_due = max(now + PROBE_DUE_SLACK_S, self.clearance.started_at + self.clearance.last_took_s)
             return out
         if not waiting:
             return out
@@ -880,7 +884,8 @@ class FeatureProcessor(TransactionalLoop):
         self.clearance.ask(
             {tp: max(self.eof.get(tp, 0), self.next_offset.get(tp, 0)) for tp in idle if source_of(tp) in waiting}
         )
-        self._probe_due = now + self.clearance.last_took_s + PROBE_DUE_SLACK_S
+        if not self._backlog:
+            self._probe_due = now + self.clearance.last_took_s + PROBE_DUE_SLACK_S
         return out
 
     def on_partition_eof(self, tp: TP, offset: int) -> None:
