@@ -837,10 +837,11 @@ class FeatureProcessor(TransactionalLoop):
         held = self.engine.propose_frontier(self.assignment)
         if self.clearance is None:
             return proposed
+        out = dict(held)
         candidates: dict[str, dict[int, Window]] = {}  # source -> its buffered windows
         stamp = None
         for s, f in proposed.items():
-            h = held.get(s, self.engine.frontier_of(s))
+            h = out.setdefault(s, self.engine.frontier_of(s))
             windows = self.engine.buffers.get(s, {})
             if not any(h < ws + WINDOW_US <= f for ws in windows):
                 continue
@@ -849,7 +850,6 @@ class FeatureProcessor(TransactionalLoop):
             if not props or f > props[-1][1]:
                 stamp = self._proposal_stamp() if stamp is None else stamp
                 props.append((stamp, f))
-        out = dict(held)
         answer = self.clearance.answer()
         if answer is not None and answer.clear and answer.until is not None:
             for s in candidates:
@@ -858,7 +858,7 @@ class FeatureProcessor(TransactionalLoop):
                 got = [f for t, f in self._proposals[s] if t < answer.until]
                 if got:
                     self._proposals[s] = [(t, f) for t, f in self._proposals[s] if t >= answer.until]
-                    out[s] = max(held[s], min(max(got), proposed[s]))
+                    out[s] = max(out[s], min(max(got), proposed[s]))
         waiting = {}  # source -> the oldest stamp whose clearance closes a window
         for s, windows in candidates.items():
             oldest = probe_could_close(self._proposals[s], out[s], proposed[s], windows)
