@@ -667,10 +667,11 @@ class Emulator:
         not); only then has a replay delivered the whole capture to the collectors.
         ``waiting_for``: keys playback is holding for, i.e. no collector subscribed yet."""
         exhausted = all(f.finished.is_set() for f in self.feeds) if self.feeds else False
-        queued = sum(c.queue.qsize() for sim in self.sims.values() for c in sim.clients.values())
+        venues = {n: s.stats() for n, s in self.sims.items()}
+        queued = sum(v["queued"] for v in venues.values())
         finished = exhausted and queued == 0
         return {
-            "venues": {n: s.stats() for n, s in self.sims.items()},
+            "venues": venues,
             "feeds": [f.stats() for f in self.feeds],
             "exhausted": exhausted,
             "queued": queued,

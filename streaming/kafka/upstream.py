@@ -153,7 +153,6 @@ class ClearanceAnswer:
     until: float | None
     starts: dict[TP, int]
     clear: bool
-    took_s: float
 
 
 class BackgroundClearance:
@@ -206,9 +205,8 @@ class BackgroundClearance:
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by answer()
             self._error = exc
             return
-        took = time.monotonic() - t0
-        self.last_took_s = took
-        self._answer = ClearanceAnswer(until, starts, clear, took)
+        self.last_took_s = time.monotonic() - t0
+        self._answer = ClearanceAnswer(until, starts, clear)
 
     def answer(self) -> ClearanceAnswer | None:
         """The finished probe's answer, once; None while one runs or none was asked."""

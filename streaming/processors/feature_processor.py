@@ -651,22 +651,19 @@ class FeatureProcessor(TransactionalLoop):
         if self.upstream_group is not None:
             raw = sorted({t for m, x in self.pairs for t in all_event_topics(Stage.RAW, [x], [m])})
             self.upstream = UpstreamClearance(self.conn, self.upstream_group, raw)
+            self.clearance = BackgroundClearance(self.upstream)
             # The first probe also creates the group view's client and reads the metadata: 0.3-0.5 s
             # on this machine (0.04-0.06 s later), paid by the first window close if left to it.
             try:
                 self.upstream.cleared_until()
             except KafkaException as exc:
                 log.warning("upstream clearance warm-up probe failed: %s", exc)
-            self.clearance = BackgroundClearance(self.upstream)
         super().start()
 
     def close(self) -> None:
         if self.clearance is not None:
             self.clearance.close()  # closes self.upstream too
-            self.clearance = None
-        elif self.upstream is not None:
-            self.upstream.close()
-        self.upstream = None
+            self.clearance = self.upstream = None
         super().close()
 
     def summary(self) -> str:
@@ -865,27 +862,25 @@ class FeatureProcessor(TransactionalLoop):
             if oldest != float("inf"):
                 waiting[s] = oldest
         now = time.monotonic()
-        if self.clearance.busy:
-            if not self._backlog:
-                # the next poll returns about when the probe should have answered (through a
-                # backlog the batches are short anyway, and cutting them adds transactions)
-                self._probe_due = max(now + PROBE_DUE_SLACK_S, self.clearance.started_at + self.clearance.last_took_s)
-            return out
-        if not waiting:
-            return out
-        # cleared_until() <= its start - APPEND_MARGIN_S: a probe before then could close none
-        due = max(
-            self._last_probe + UPSTREAM_PROBE_EVERY_S, now + min(waiting.values()) + APPEND_MARGIN_S - time.time()
-        )
-        if due > now:
-            self._probe_due = due + PROBE_DUE_SLACK_S  # the next poll returns by then (poll_due)
-            return out
-        self._last_probe = now
-        self.clearance.ask(
-            {tp: max(self.eof.get(tp, 0), self.next_offset.get(tp, 0)) for tp in idle if source_of(tp) in waiting}
-        )
+        if not self.clearance.busy:
+            if not waiting:
+                return out
+            # cleared_until() <= its start - APPEND_MARGIN_S: a probe before then could close none
+            due = max(
+                self._last_probe + UPSTREAM_PROBE_EVERY_S, now + min(waiting.values()) + APPEND_MARGIN_S - time.time()
+            )
+            if due > now:
+                self._probe_due = due + PROBE_DUE_SLACK_S  # the next poll returns by then (poll_due)
+                return out
+            self._last_probe = now
+            self.clearance.ask(
+                {tp: max(self.eof.get(tp, 0), self.next_offset.get(tp, 0)) for tp in idle if source_of(tp) in waiting}
+            )
         if not self._backlog:
-            self._probe_due = now + self.clearance.last_took_s + PROBE_DUE_SLACK_S
+            # the next poll returns about when the probe should have answered (through a backlog
+            # the batches are short anyway, and cutting them adds transactions)
+            started = self.clearance.started_at
+            self._probe_due = max(now, started + self.clearance.last_took_s) + PROBE_DUE_SLACK_S
         return out
 
     def on_partition_eof(self, tp: TP, offset: int) -> None:
